@@ -1,0 +1,12 @@
+from django.urls import path
+
+from journeys.api import views
+
+urlpatterns = [
+    path("batch", views.BatchView.as_view(), name="api-batch"),
+    path("import", views.BatchView.as_view(), name="api-import"),
+    *[
+        path(kind, views.SingleEventView.as_view(event_type=kind), name=f"api-{kind}")
+        for kind in ("track", "identify", "page", "screen", "group", "alias")
+    ],
+]

@@ -1,0 +1,178 @@
+"""The Segment-compatible HTTP tracking API (/v1/track, /v1/batch, ...).
+
+Views are thin: read and size-check the body, authenticate the write key,
+rate-limit, then call the parsing and ingestion services.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import json
+import logging
+import zlib
+
+from django.conf import settings
+from django.db import DatabaseError, InterfaceError, OperationalError
+from django.utils import timezone
+from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from journeys.api.throttling import source_rate_check
+from journeys.errors import (
+    AuthenticationFailed,
+    EventValidationError,
+    PayloadTooLarge,
+    SourceDisabled,
+)
+from journeys.services.event_parsing import check_event_size
+from journeys.services.ingest import event_ingest, events_parse
+from journeys.services.sources import source_authenticate
+
+logger = logging.getLogger(__name__)
+
+
+def _error(status: int, message: str, *, code: str, field: str | None = None, headers: dict | None = None) -> Response:
+    body = {"success": False, "code": code, "message": f"{field}: {message}" if field else message}
+    if field:
+        body["field"] = field
+    return Response(body, status=status, headers=headers)
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class _BodyError(Exception):
+    def __init__(self, status: int, message: str, code: str):
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+
+
+def _read_json(request, *, max_bytes: int) -> object:
+    """Read, size-check, decompress and parse the body; every failure is a 4xx."""
+    declared = request.META.get("CONTENT_LENGTH")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise _BodyError(413, f"body is {declared} bytes; the limit is {max_bytes} bytes", "too_large")
+    stream = request.stream  # None when the body is empty; bounded by Content-Length
+    raw = stream.read(max_bytes + 1) if stream is not None else b""
+    if len(raw) > max_bytes:
+        raise _BodyError(413, f"body is over the limit of {max_bytes} bytes", "too_large")
+    encoding = request.META.get("HTTP_CONTENT_ENCODING", "").strip().lower()
+    if encoding == "gzip":
+        limit = settings.EVENT_API["MAX_DECOMPRESSED_BYTES"]
+        try:
+            decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            raw = decompressor.decompress(raw, limit + 1)
+        except zlib.error:
+            raise _BodyError(400, "body is not valid gzip", "invalid_body") from None
+        if len(raw) > limit or decompressor.unconsumed_tail:
+            raise _BodyError(413, f"decompressed body is over {limit} bytes", "too_large")
+        if len(raw) > max_bytes:
+            raise _BodyError(413, f"body is {len(raw)} bytes uncompressed; the limit is {max_bytes} bytes", "too_large")
+    elif encoding not in ("", "identity"):
+        raise _BodyError(415, f"unsupported Content-Encoding {encoding!r}; use gzip", "unsupported_encoding")
+    if not raw:
+        raise _BodyError(400, "body is empty; send a JSON object", "invalid_body")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _BodyError(400, f"body is not valid UTF-8 (byte {exc.start})", "invalid_body") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise _BodyError(400, "body is nested too deeply", "invalid_body") from None
+    except ValueError as exc:
+        raise _BodyError(400, f"malformed JSON: {exc}", "invalid_json") from None
+
+
+def _basic_write_key(request) -> str | None:
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    if not header.lower().startswith("basic "):
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
+    return decoded.split(":", 1)[0]
+
+
+class _TrackingView(APIView):
+    authentication_classes: list = []
+    permission_classes: list = []
+    renderer_classes = [JSONRenderer]
+    event_type: str | None = None
+    max_body_setting = "MAX_EVENT_BYTES"
+
+    def handle_payload(self, body: dict, received_at):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def post(self, request, *args, **kwargs):
+        received_at = timezone.now()
+        header_key = _basic_write_key(request)
+        try:
+            source = source_authenticate(write_key=header_key) if header_key else None
+            body = _read_json(request, max_bytes=settings.EVENT_API[self.max_body_setting])
+            if not isinstance(body, dict):
+                return _error(400, "body must be a JSON object", code="invalid_body")
+            if source is None:
+                source = source_authenticate(write_key=body.get("writeKey"))
+            wait = source_rate_check(source=source)
+            if wait:
+                return _error(
+                    429, f"rate limit exceeded for source {source.name!r}; retry after {wait}s",
+                    code="rate_limited", headers={"Retry-After": str(wait)},
+                )
+            events = self.handle_payload(body, received_at)
+            result = event_ingest(source=source, events=events)
+        except _BodyError as exc:
+            return _error(exc.status, exc.message, code=exc.code)
+        except AuthenticationFailed as exc:
+            return _error(401, exc.message, code=exc.code, headers={"WWW-Authenticate": 'Basic realm="events"'})
+        except SourceDisabled as exc:
+            return _error(403, exc.message, code=exc.code)
+        except PayloadTooLarge as exc:
+            return _error(413, exc.message, code=exc.code, field=exc.field)
+        except EventValidationError as exc:
+            return _error(400, exc.message, code=exc.code, field=exc.field)
+        except (OperationalError, InterfaceError) as exc:
+            # The database is down or restarting: nothing was stored, the client retries.
+            logger.warning("event API: database unavailable: %s", exc)
+            return _error(503, "storage temporarily unavailable; retry", code="unavailable", headers={"Retry-After": "2"})
+        except DatabaseError:
+            logger.exception("event API: database error")
+            return _error(503, "storage error; retry", code="unavailable", headers={"Retry-After": "2"})
+        return Response({"success": True})
+
+
+class SingleEventView(_TrackingView):
+    def handle_payload(self, body: dict, received_at):
+        check_event_size(body, max_bytes=settings.EVENT_API["MAX_EVENT_BYTES"], prefix="")
+        return events_parse(payloads=[body], received_at=received_at, event_type=self.event_type)
+
+
+class BatchView(_TrackingView):
+    """All or nothing: one bad event rejects the batch (400 names its index), nothing is stored."""
+
+    max_body_setting = "MAX_BATCH_BYTES"
+
+    def handle_payload(self, body: dict, received_at):
+        batch = body.get("batch")
+        if batch is None:
+            raise EventValidationError("is required (a list of events)", field="batch")
+        if not isinstance(batch, list):
+            raise EventValidationError("must be a list of events", field="batch")
+        if not batch:
+            raise EventValidationError("is empty", field="batch")
+        defaults = {}
+        for key in ("context", "integrations"):
+            value = body.get(key)
+            if value is not None and not isinstance(value, dict):
+                raise EventValidationError("must be a JSON object", field=key)
+            defaults[key] = value or {}
+        defaults["sentAt"] = body.get("sentAt")
+        return events_parse(
+            payloads=batch, received_at=received_at, batch_defaults=defaults, in_batch=True
+        )

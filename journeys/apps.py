@@ -1,0 +1,10 @@
+from django.apps import AppConfig
+
+
+class JourneysConfig(AppConfig):
+    name = "journeys"
+    verbose_name = "Journeys"
+
+    def ready(self) -> None:
+        # Core step kinds register themselves in the engine's registry.
+        from journeys.engine import steps  # noqa: F401

@@ -1,0 +1,65 @@
+"""Constants of the journeys app, in one place."""
+
+from django.db import models
+
+
+class IdentityKind(models.TextChoices):
+    USER_ID = "user_id", "User id"
+    ANONYMOUS_ID = "anonymous_id", "Anonymous id"
+    EMAIL = "email", "Email"
+    PHONE = "phone", "Phone"
+
+
+class EventType(models.TextChoices):
+    TRACK = "track", "Track"
+    IDENTIFY = "identify", "Identify"
+    PAGE = "page", "Page"
+    SCREEN = "screen", "Screen"
+    GROUP = "group", "Group"
+    ALIAS = "alias", "Alias"
+
+
+class EventStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    PROCESSED = "processed", "Processed"
+    FAILED = "failed", "Failed"
+
+
+class WorkflowStatus(models.TextChoices):
+    ACTIVE = "active", "Active"
+    PAUSED = "paused", "Paused"
+    ARCHIVED = "archived", "Archived"
+
+
+class VersionState(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    IN_REVIEW = "in_review", "In review"
+    APPROVED = "approved", "Approved"
+    LIVE = "live", "Live"
+    RETIRED = "retired", "Retired"
+
+
+class TriggerKind(models.TextChoices):
+    EVENT = "event", "Event received"
+    ATTRIBUTE_CHANGE = "attribute_change", "Profile attribute changed"
+    SEGMENT_ENTRY = "segment_entry", "Segment entered"
+    DATE_ATTRIBUTE = "date_attribute", "Date attribute (anniversary)"
+    INACTIVITY = "inactivity", "Inactivity (A without B)"
+    SCHEDULE = "schedule", "Cron schedule over a segment"
+
+
+class ReentryPolicy(models.TextChoices):
+    ONCE = "once", "Once per customer"
+    COOLDOWN = "cooldown", "Again after a cooldown"
+    ALWAYS = "always", "Always"
+
+
+class RunStatus(models.TextChoices):
+    ACTIVE = "active", "Active"
+    WAITING = "waiting", "Waiting"
+    COMPLETED = "completed", "Completed"
+    EXITED = "exited", "Exited"
+    FAILED = "failed", "Failed"
+
+
+OPEN_RUN_STATUSES = (RunStatus.ACTIVE, RunStatus.WAITING)

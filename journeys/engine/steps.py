@@ -1,0 +1,1 @@
+"""Core step kinds (filled in by the engine)."""

@@ -1,0 +1,43 @@
+"""Error types and codes of the journeys app, in one place."""
+
+from __future__ import annotations
+
+
+class JourneyError(Exception):
+    """Base for errors a caller can show to a person."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, field: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if code:
+            self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+class EventValidationError(JourneyError):
+    """An event payload breaks a rule of the tracking API (HTTP 400)."""
+
+    code = "invalid_event"
+
+
+class PayloadTooLarge(JourneyError):
+    """A body, a batch or one event is over the API limits (HTTP 413)."""
+
+    code = "too_large"
+
+
+class AuthenticationFailed(JourneyError):
+    code = "unauthorized"
+
+
+class SourceDisabled(JourneyError):
+    code = "source_disabled"
+
+
+class PermissionDenied(JourneyError):
+    code = "permission_denied"

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from django.db import models
+
+from journeys.choices import IdentityKind
+from journeys.models.base import Timestamped
+
+
+class Customer(Timestamped):
+    """The canonical profile of one person, whatever ids they arrived under.
+
+    A profile absorbed by an identity merge is kept (its id may be referenced
+    elsewhere) with `merged_into` pointing at the survivor; it owns nothing.
+    """
+
+    external_id = models.CharField("user id", max_length=255, blank=True, db_index=True)
+    email = models.EmailField(max_length=320, blank=True, db_index=True)
+    phone = models.CharField(max_length=64, blank=True)
+    timezone = models.CharField(max_length=64, blank=True, default="UTC")
+    locale = models.CharField(max_length=32, blank=True)
+    traits = models.JSONField(default=dict, blank=True)
+    first_seen = models.DateTimeField(null=True, blank=True)
+    last_seen = models.DateTimeField(null=True, blank=True)
+    last_engaged_at = models.DateTimeField(null=True, blank=True)
+    merged_into = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="absorbed"
+    )
+
+    class Meta:
+        ordering = ["-last_seen", "-id"]
+
+    def __str__(self) -> str:
+        return self.external_id or self.email or f"anonymous #{self.pk}"
+
+    @property
+    def display_name(self) -> str:
+        name = " ".join(
+            str(self.traits.get(k, "")) for k in ("first_name", "last_name") if self.traits.get(k)
+        )
+        return name or self.traits.get("name") or str(self)
+
+
+class Identity(models.Model):
+    """One (kind, value) pair that points at exactly one customer."""
+
+    kind = models.CharField(max_length=20, choices=IdentityKind.choices)
+    value = models.CharField(max_length=255)
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="identities")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "value"], name="identity_kind_value_unique")
+        ]
+        verbose_name_plural = "identities"
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.value}"
+
+
+class CustomerMerge(models.Model):
+    """Audit row of an identity merge: who asked, when, and what moved."""
+
+    target = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="merges")
+    merged = models.ForeignKey(
+        Customer, on_delete=models.CASCADE, related_name="merged_away"
+    )
+    reason = models.CharField(max_length=255)
+    actor = models.CharField(max_length=255, help_text="source or user that caused the merge")
+    details = models.JSONField(default=dict)
+    merged_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-merged_at"]
+
+    def __str__(self) -> str:
+        return f"#{self.merged_id} -> #{self.target_id}"

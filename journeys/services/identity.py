@@ -1,0 +1,202 @@
+"""Identity resolution: many ids in, one canonical customer out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from django.db import IntegrityError, transaction
+
+from journeys.choices import IdentityKind
+from journeys.models import Customer, CustomerMerge, Event, Identity
+
+# Other apps append callables here (in AppConfig.ready) to move their own rows
+# (runs, cases, deliveries) from a merged profile to the survivor.
+MERGE_HOOKS: list[Callable[[Customer, Customer], None]] = []
+
+PROFILE_TRAIT_FIELDS = {"email": "email", "phone": "phone", "timezone": "timezone", "locale": "locale"}
+
+
+class IdentityMap:
+    """Resolves (kind, value) pairs to customers for one batch.
+
+    Loads every identity the batch mentions in one query, then keeps the
+    answers (and the customers) in memory, so a batch of N events costs a
+    handful of queries rather than N.
+    """
+
+    def __init__(self, keys: set[tuple[str, str]]):
+        self.ids: dict[tuple[str, str], int] = {}
+        self.customers: dict[int, Customer] = {}
+        self.dirty: set[int] = set()
+        if keys:
+            self._load(keys)
+
+    def _load(self, keys: set[tuple[str, str]]) -> None:
+        by_kind: dict[str, list[str]] = {}
+        for kind, value in keys:
+            by_kind.setdefault(kind, []).append(value)
+        for kind, values in by_kind.items():
+            for i in range(0, len(values), 900):
+                chunk = values[i : i + 900]
+                for value, customer_id in Identity.objects.filter(kind=kind, value__in=chunk).values_list(
+                    "value", "customer_id"
+                ):
+                    self.ids[(kind, value)] = customer_id
+        wanted = set(self.ids.values())
+        if wanted:
+            for customer in Customer.objects.filter(pk__in=wanted):
+                self.customers[customer.pk] = customer
+
+    def get(self, kind: str, value: str) -> Customer | None:
+        customer_id = self.ids.get((kind, value))
+        return self.customers.get(customer_id) if customer_id else None
+
+    def claim(self, kind: str, value: str, customer: Customer) -> Customer:
+        """Point (kind, value) at `customer` unless someone got there first; returns the owner."""
+        existing = self.get(kind, value)
+        if existing is not None:
+            return existing
+        try:
+            with transaction.atomic():
+                Identity.objects.create(kind=kind, value=value, customer=customer)
+        except IntegrityError:
+            # A concurrent request created it after we loaded the map: theirs wins.
+            owner_id = Identity.objects.filter(kind=kind, value=value).values_list("customer_id", flat=True).get()
+            owner = self.customers.get(owner_id) or Customer.objects.get(pk=owner_id)
+            self.customers[owner.pk] = owner
+            self.ids[(kind, value)] = owner.pk
+            return owner
+        self.ids[(kind, value)] = customer.pk
+        self.customers[customer.pk] = customer
+        return customer
+
+    def new_customer(self, *, user_id: str, seen_at: datetime) -> Customer:
+        customer = Customer.objects.create(external_id=user_id, first_seen=seen_at, last_seen=seen_at)
+        self.customers[customer.pk] = customer
+        return customer
+
+    def forget(self, customer: Customer) -> None:
+        """After a merge, every key that pointed at `customer` points at its survivor."""
+        target_id = customer.merged_into_id
+        for key, cid in list(self.ids.items()):
+            if cid == customer.pk:
+                self.ids[key] = target_id
+        self.customers.pop(customer.pk, None)
+        self.dirty.discard(customer.pk)
+
+
+def _has_other_user_id(customer: Customer, user_id: str) -> bool:
+    if customer.external_id and customer.external_id != user_id:
+        return True
+    return Identity.objects.filter(customer=customer, kind=IdentityKind.USER_ID).exclude(value=user_id).exists()
+
+
+def customer_resolve(
+    *,
+    imap: IdentityMap,
+    user_id: str,
+    anonymous_id: str,
+    previous_id: str = "",
+    seen_at: datetime,
+    actor: str,
+) -> Customer:
+    """Find or create the canonical customer for an event's ids, merging where they meet.
+
+    An anonymous profile is merged into the known one when an event carries
+    both ids (or an alias names the previous id), unless the anonymous profile
+    already belongs to a different known user (a shared device): then the
+    event goes to the known user and nothing is merged.
+    """
+    known = imap.get(IdentityKind.USER_ID, user_id) if user_id else None
+    anon = imap.get(IdentityKind.ANONYMOUS_ID, anonymous_id) if anonymous_id else None
+    previous = None
+    if previous_id:
+        previous = imap.get(IdentityKind.USER_ID, previous_id) or imap.get(IdentityKind.ANONYMOUS_ID, previous_id)
+
+    if known is None and user_id and anon is not None and not _has_other_user_id(anon, user_id):
+        known = imap.claim(IdentityKind.USER_ID, user_id, anon)
+        if not known.external_id:
+            known.external_id = user_id
+            imap.dirty.add(known.pk)
+    if known is None:
+        known = anon if (anon is not None and not user_id) else None
+    if known is None:
+        known = imap.new_customer(user_id=user_id, seen_at=seen_at)
+        if user_id:
+            known = imap.claim(IdentityKind.USER_ID, user_id, known)
+        elif anonymous_id:
+            known = imap.claim(IdentityKind.ANONYMOUS_ID, anonymous_id, known)
+
+    for other, reason in ((anon, "anonymousId and userId on one event"), (previous, f"alias of {previous_id}")):
+        if other is None or other.pk == known.pk:
+            continue
+        if user_id and _has_other_user_id(other, user_id) and reason.startswith("anonymousId"):
+            continue  # shared device: do not fold one known user into another
+        customer_merge(target=known, merged=other, reason=reason, actor=actor)
+        imap.forget(other)
+
+    if anonymous_id and imap.get(IdentityKind.ANONYMOUS_ID, anonymous_id) is None:
+        imap.claim(IdentityKind.ANONYMOUS_ID, anonymous_id, known)
+    return known
+
+
+def customer_apply_traits(*, imap: IdentityMap, customer: Customer, traits: dict, context: dict) -> None:
+    """Copy identify traits onto the profile; well-known traits also fill the typed columns."""
+    changed = False
+    if traits:
+        merged = {**customer.traits, **traits}
+        if merged != customer.traits:
+            customer.traits = merged
+            changed = True
+        for trait, column in PROFILE_TRAIT_FIELDS.items():
+            value = traits.get(trait)
+            if isinstance(value, str) and value and getattr(customer, column) != value[:255]:
+                setattr(customer, column, value[:255])
+                changed = True
+        email = traits.get("email")
+        if isinstance(email, str) and email:
+            imap.claim(IdentityKind.EMAIL, email.strip().lower()[:255], customer)
+        phone = traits.get("phone")
+        if isinstance(phone, str) and phone:
+            imap.claim(IdentityKind.PHONE, phone.strip()[:255], customer)
+    # The device's timezone/locale fill the profile only where nothing better is known.
+    for column in ("timezone", "locale"):
+        value = context.get(column)
+        if isinstance(value, str) and value and getattr(customer, column) in ("", "UTC") and value != getattr(customer, column):
+            setattr(customer, column, value[:64])
+            changed = True
+    if changed:
+        imap.dirty.add(customer.pk)
+
+
+@transaction.atomic
+def customer_merge(*, target: Customer, merged: Customer, reason: str, actor: str) -> CustomerMerge:
+    """Fold `merged` into `target`: identities, events and traits move; the merge is recorded."""
+    if target.pk == merged.pk:
+        raise ValueError("cannot merge a customer into itself")
+    identities = list(Identity.objects.filter(customer=merged).values_list("kind", "value"))
+    Identity.objects.filter(customer=merged).update(customer=target)
+    moved_events = Event.objects.filter(customer=merged).update(customer=target)
+    # The known profile's traits win; the anonymous one fills gaps.
+    target.traits = {**merged.traits, **target.traits}
+    for column in ("email", "phone", "locale"):
+        if not getattr(target, column) and getattr(merged, column):
+            setattr(target, column, getattr(merged, column))
+    if merged.first_seen and (not target.first_seen or merged.first_seen < target.first_seen):
+        target.first_seen = merged.first_seen
+    if merged.last_seen and (not target.last_seen or merged.last_seen > target.last_seen):
+        target.last_seen = merged.last_seen
+    target.save()
+    for hook in MERGE_HOOKS:
+        hook(merged, target)
+    merged.merged_into = target
+    merged.traits = {}
+    merged.save(update_fields=["merged_into", "traits", "updated_at"])
+    return CustomerMerge.objects.create(
+        target=target,
+        merged=merged,
+        reason=reason,
+        actor=actor,
+        details={"identities": [f"{k}:{v}" for k, v in identities], "events_moved": moved_events},
+    )

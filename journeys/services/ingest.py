@@ -1,0 +1,150 @@
+"""Event ingestion: validated payloads in, Event rows (the outbox) out."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from journeys.choices import EventType, IdentityKind
+from journeys.models import Customer, Event, Source
+from journeys.services.event_parsing import ParsedEvent, check_event_size, parse_event
+from journeys.services.identity import IdentityMap, customer_apply_traits, customer_resolve
+from journeys.errors import EventValidationError, PayloadTooLarge
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    stored: int
+    duplicates: int
+    event_ids: list[int]
+
+
+def events_parse(
+    *, payloads: list, received_at: datetime, event_type: str | None = None, batch_defaults: dict | None = None,
+    in_batch: bool = False,
+) -> list[ParsedEvent]:
+    """Validate every payload before anything is stored (a bad one rejects the request)."""
+    limits = settings.EVENT_API
+    if in_batch and len(payloads) > limits["MAX_BATCH_EVENTS"]:
+        raise PayloadTooLarge(
+            f"{len(payloads)} events in one batch; the limit is {limits['MAX_BATCH_EVENTS']}", field="batch"
+        )
+    parsed = []
+    for index, raw in enumerate(payloads):
+        prefix = f"batch[{index}]" if in_batch else ""
+        if in_batch:
+            if not isinstance(raw, dict):
+                raise EventValidationError("must be a JSON object", field=prefix)
+            check_event_size(raw, max_bytes=limits["MAX_EVENT_BYTES"], prefix=prefix)
+        parsed.append(
+            parse_event(raw, received_at=received_at, event_type=event_type, prefix=prefix, defaults=batch_defaults)
+        )
+    return parsed
+
+
+def event_ingest(*, source: Source, events: list[ParsedEvent]) -> IngestResult:
+    """Store a validated request in one transaction and hand it to the engine.
+
+    Duplicates (same source and messageId, earlier or within this request) are
+    accepted and ignored. Identity resolution and profile traits are applied in
+    the same transaction, so an event is never stored without its customer.
+    """
+    from journeys.engine.queue import enqueue_events
+
+    seen: set[str] = set()
+    unique: list[ParsedEvent] = []
+    for event in events:
+        if event.message_id not in seen:
+            seen.add(event.message_id)
+            unique.append(event)
+    actor = f"source:{source.name}"
+
+    with transaction.atomic():
+        existing: set[str] = set()
+        ids = [e.message_id for e in unique]
+        for i in range(0, len(ids), 900):
+            existing.update(
+                Event.objects.filter(source=source, message_id__in=ids[i : i + 900]).values_list("message_id", flat=True)
+            )
+        fresh = [e for e in unique if e.message_id not in existing]
+        if not fresh:
+            return IngestResult(stored=0, duplicates=len(events), event_ids=[])
+
+        keys: set[tuple[str, str]] = set()
+        for e in fresh:
+            if e.user_id:
+                keys.add((IdentityKind.USER_ID, e.user_id))
+            if e.anonymous_id:
+                keys.add((IdentityKind.ANONYMOUS_ID, e.anonymous_id))
+            if e.previous_id:
+                keys.add((IdentityKind.USER_ID, e.previous_id))
+                keys.add((IdentityKind.ANONYMOUS_ID, e.previous_id))
+        imap = IdentityMap(keys)
+
+        rows = []
+        for e in fresh:
+            customer = customer_resolve(
+                imap=imap,
+                user_id=e.user_id,
+                anonymous_id=e.anonymous_id,
+                previous_id=e.previous_id if e.type == EventType.ALIAS else "",
+                seen_at=e.timestamp,
+                actor=actor,
+            )
+            traits: dict = {}
+            if e.type == EventType.IDENTIFY:
+                traits = e.traits
+            elif e.type == EventType.GROUP:
+                traits = {"group_id": e.group_id, **{f"group_{k}": v for k, v in e.traits.items()}}
+            customer_apply_traits(imap=imap, customer=customer, traits=traits, context=e.context)
+            if customer.last_seen is None or e.timestamp > customer.last_seen:
+                customer.last_seen = e.timestamp
+                imap.dirty.add(customer.pk)
+            if customer.first_seen is None or e.timestamp < customer.first_seen:
+                customer.first_seen = e.timestamp
+                imap.dirty.add(customer.pk)
+            rows.append(
+                Event(
+                    source=source,
+                    message_id=e.message_id,
+                    type=e.type,
+                    name=e.name,
+                    user_id=e.user_id,
+                    anonymous_id=e.anonymous_id,
+                    customer_id=customer.pk,
+                    properties=e.properties,
+                    traits=e.traits,
+                    context=e.context,
+                    integrations=e.integrations,
+                    timestamp=e.timestamp,
+                    original_timestamp=e.original_timestamp,
+                    sent_at=e.sent_at,
+                    received_at=e.received_at,
+                )
+            )
+        dirty = [imap.customers[pk] for pk in imap.dirty if pk in imap.customers]
+        if dirty:
+            now = timezone.now()
+            for customer in dirty:
+                customer.updated_at = now
+            fields = ["external_id", "email", "phone", "timezone", "locale", "traits", "first_seen", "last_seen", "updated_at"]
+            Customer.objects.bulk_update(dirty, fields, batch_size=500)
+        # ignore_conflicts covers a concurrent request carrying the same messageId.
+        Event.objects.bulk_create(rows, batch_size=500, ignore_conflicts=True)
+        fresh_ids = [r.message_id for r in rows]
+        event_ids: list[int] = []
+        for i in range(0, len(fresh_ids), 900):
+            event_ids.extend(
+                Event.objects.filter(
+                    source=source, message_id__in=fresh_ids[i : i + 900], received_at=rows[0].received_at
+                ).values_list("id", flat=True)
+            )
+        enqueue_events(event_ids)
+    return IngestResult(stored=len(event_ids), duplicates=len(events) - len(event_ids), event_ids=event_ids)

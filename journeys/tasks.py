@@ -1,0 +1,13 @@
+"""django-q2 tasks: thin wrappers that take ids and call the engine."""
+
+from __future__ import annotations
+
+from journeys.engine import processor
+
+
+def events_process(event_ids: list[int]) -> int:
+    return processor.events_process(event_ids=event_ids)
+
+
+def events_sweep() -> int:
+    return processor.events_sweep()

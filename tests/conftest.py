@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+
+import pytest
+from rest_framework.test import APIClient
+
+from tests.factories import make_source
+
+
+@pytest.fixture
+def source_and_key(db):
+    return make_source("web")
+
+
+@pytest.fixture
+def source(source_and_key):
+    return source_and_key[0]
+
+
+@pytest.fixture
+def write_key(source_and_key):
+    return source_and_key[1]
+
+
+class TrackingClient:
+    """Talks to /v1/* the way Segment's libraries do (HTTP Basic write key)."""
+
+    def __init__(self, key: str | None):
+        self.client = APIClient()
+        self.key = key
+
+    def post(self, path: str, body, *, key: str | None = "default", gzip_body: bool = False, raw: bytes | None = None,
+             headers: dict | None = None):
+        use_key = self.key if key == "default" else key
+        extra = dict(headers or {})
+        if use_key is not None:
+            extra["HTTP_AUTHORIZATION"] = "Basic " + base64.b64encode(f"{use_key}:".encode()).decode()
+        data = raw if raw is not None else json.dumps(body).encode()
+        if gzip_body:
+            data = gzip.compress(data)
+            extra["HTTP_CONTENT_ENCODING"] = "gzip"
+        return self.client.generic("POST", f"/v1/{path}", data, content_type="application/json", **extra)
+
+
+@pytest.fixture
+def api(write_key):
+    return TrackingClient(write_key)
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache():
+    """Rate-limit counters live in the cache; primary keys repeat between tests."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield

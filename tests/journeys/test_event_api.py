@@ -1,0 +1,282 @@
+"""The Segment-compatible tracking API, through HTTP."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from journeys.models import Customer, CustomerMerge, Event, Identity
+from tests.factories import make_source
+
+pytestmark = pytest.mark.django_db
+
+
+def track(user="u1", name="Order Completed", **extra):
+    return {"userId": user, "event": name, "properties": {"total": 120}, **extra}
+
+
+def test_track_is_stored_with_customer(api):
+    response = api.post("track", track(messageId="m-1"))
+
+    assert response.status_code == 200
+    assert response.json() == {"success": True}
+    event = Event.objects.get()
+    assert (event.type, event.name, event.message_id) == ("track", "Order Completed", "m-1")
+    assert event.properties == {"total": 120}
+    assert event.status == "pending"
+    assert event.customer.external_id == "u1"
+    assert Identity.objects.get(kind="user_id", value="u1").customer == event.customer
+
+
+@pytest.mark.parametrize("kind", ["identify", "page", "screen", "group", "alias"])
+def test_each_endpoint_stores_its_type(api, kind):
+    body = {"userId": "u1", "anonymousId": "a1", "name": "Home", "groupId": "g1", "previousId": "a0", "traits": {"plan": "pro"}}
+
+    response = api.post(kind, body)
+
+    assert response.status_code == 200, response.content
+    assert Event.objects.get().type == kind
+
+
+def test_write_key_in_body_is_accepted(api, write_key):
+    response = api.post("track", {**track(), "writeKey": write_key}, key=None)
+    assert response.status_code == 200
+
+
+def test_missing_or_wrong_key_is_401_and_stores_nothing(api):
+    assert api.post("track", track(), key=None).status_code == 401
+    assert api.post("track", track(), key="wk_wrong").status_code == 401
+    assert api.post("track", {**track(), "writeKey": "nope"}, key=None).status_code == 401
+    assert Event.objects.count() == 0
+
+
+def test_disabled_source_is_403(api, source):
+    source.enabled = False
+    source.save()
+    response = api.post("track", track())
+    assert response.status_code == 403
+    assert "disabled" in response.json()["message"]
+    assert Event.objects.count() == 0
+
+
+def test_rotated_key_replaces_the_old_one(api, source, write_key):
+    from journeys.services.sources import source_rotate_key
+
+    new_key = source_rotate_key(source=source)
+
+    assert api.post("track", track(), key=write_key).status_code == 401
+    assert api.post("track", track(), key=new_key).status_code == 200
+
+
+def test_write_key_is_stored_hashed(source, write_key):
+    stored = json.dumps(list(type(source).objects.values()), default=str)
+    assert write_key not in stored
+    assert write_key not in json.dumps(list(source.history.values()), default=str)
+
+
+def test_gzip_body_is_accepted(api):
+    response = api.post("batch", {"batch": [{"type": "track", **track()}]}, gzip_body=True)
+    assert response.status_code == 200
+    assert Event.objects.count() == 1
+
+
+def test_bad_gzip_is_400(api):
+    response = api.post("track", None, raw=b"not gzip at all", headers={"HTTP_CONTENT_ENCODING": "gzip"})
+    assert response.status_code == 400
+    assert "gzip" in response.json()["message"]
+
+
+def test_gzip_bomb_is_413(api):
+    bomb = json.dumps({"batch": [], "pad": "x" * (8 * 1024 * 1024)}).encode()
+    response = api.post("batch", None, raw=bomb, gzip_body=True)
+    assert response.status_code == 413
+
+
+def test_event_over_32kb_is_413(api):
+    response = api.post("track", track(properties={"blob": "x" * 33_000}))
+    assert response.status_code == 413
+    assert Event.objects.count() == 0
+
+
+def test_batch_over_500kb_is_413(api):
+    batch = [{"type": "track", **track(properties={"blob": "x" * 20_000})} for _ in range(30)]
+    response = api.post("batch", {"batch": batch})
+    assert response.status_code == 413
+    assert "limit" in response.json()["message"]
+
+
+def test_batch_over_2500_events_is_413(api):
+    batch = [{"type": "track", "userId": "u", "event": "E"} for _ in range(2501)]
+    response = api.post("batch", {"batch": batch})
+    assert response.status_code == 413
+    assert "2500" in response.json()["message"]
+    assert Event.objects.count() == 0
+
+
+def test_one_event_over_32kb_in_a_batch_names_its_index(api):
+    batch = [{"type": "track", **track()}, {"type": "track", **track(properties={"b": "x" * 33_000})}]
+    response = api.post("batch", {"batch": batch})
+    assert response.status_code == 413
+    assert response.json()["field"] == "batch[1]"
+
+
+@pytest.mark.parametrize(
+    "raw, needle",
+    [
+        (b"{not json", "malformed JSON"),
+        (b"", "empty"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"userId": "u", "event": "E", "properties": {"x": NaN}}', "NaN"),
+        (b"\xff\xfe{}", "UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, ""),
+    ],
+)
+def test_malformed_bodies_are_4xx(api, raw, needle):
+    response = api.post("batch" if len(raw) > 1000 else "track", None, raw=raw)
+    assert response.status_code in (400, 413)
+    assert needle in response.json()["message"]
+    assert Event.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"event": "E"}, "userId"),
+        ({"userId": "u"}, "event"),
+        ({"userId": "u", "event": ""}, "event"),
+        ({"userId": "u", "event": 5}, "event"),
+        ({"userId": "u", "event": "E", "timestamp": "yesterday"}, "timestamp"),
+        ({"userId": "u", "event": "E", "sentAt": 12}, "sentAt"),
+        ({"userId": "u", "event": "E", "properties": [1]}, "properties"),
+        ({"userId": {"a": 1}, "event": "E"}, "userId"),
+        ({"userId": "u", "event": "E", "properties": {"t": "bad\u0000null"}}, "body"),
+        ({"userId": "u", "event": "E", "messageId": "x" * 300}, "messageId"),
+    ],
+)
+def test_invalid_track_names_the_field(api, body, field):
+    response = api.post("track", body)
+    assert response.status_code == 400
+    assert response.json()["field"] == field
+    assert field in response.json()["message"]
+    assert Event.objects.count() == 0
+
+
+def test_alias_needs_previous_id(api):
+    response = api.post("alias", {"userId": "u"})
+    assert response.status_code == 400
+    assert response.json()["field"] == "previousId"
+
+
+@pytest.mark.parametrize(
+    "item, field",
+    [
+        ({"type": "explode", "userId": "u"}, "batch[1].type"),
+        ({"userId": "u", "event": "E"}, "batch[1].type"),
+        ({"type": "track", "anonymousId": "a"}, "batch[1].event"),
+        ({"type": "track", "event": "E"}, "batch[1].userId"),
+        ({"type": "track", "userId": "u", "event": "E", "timestamp": "2024-13-45"}, "batch[1].timestamp"),
+        ("just a string", "batch[1]"),
+    ],
+)
+def test_bad_event_rejects_the_whole_batch_naming_its_index(api, item, field):
+    batch = [{"type": "track", **track(messageId="ok-0")}, item, {"type": "track", **track(messageId="ok-2")}]
+
+    response = api.post("batch", {"batch": batch})
+
+    assert response.status_code == 400
+    assert response.json()["field"] == field
+    assert response.json()["message"].startswith(field)
+    assert Event.objects.count() == 0
+    assert Customer.objects.count() == 0
+
+
+@pytest.mark.parametrize("body, field", [({}, "batch"), ({"batch": {}}, "batch"), ({"batch": []}, "batch"),
+                                         ({"batch": [track()], "context": "x"}, "context")])
+def test_batch_shape_errors(api, body, field):
+    response = api.post("batch", body)
+    assert response.status_code == 400
+    assert response.json()["field"] == field
+
+
+def test_repeated_message_id_is_accepted_and_stored_once(api):
+    assert api.post("track", track(messageId="dup")).status_code == 200
+    assert api.post("track", track(messageId="dup")).status_code == 200
+    batch = [{"type": "track", **track(messageId="dup")}, {"type": "track", **track(messageId="dup2")},
+             {"type": "track", **track(messageId="dup2")}]
+    assert api.post("batch", {"batch": batch}).status_code == 200
+
+    assert sorted(Event.objects.values_list("message_id", flat=True)) == ["dup", "dup2"]
+
+
+def test_same_message_id_from_two_sources_is_two_events(api):
+    _, other_key = make_source("mobile")
+    api.post("track", track(messageId="same"))
+    api.post("track", track(messageId="same"), key=other_key)
+    assert Event.objects.count() == 2
+
+
+def test_missing_message_id_is_assigned(api):
+    api.post("track", track())
+    assert Event.objects.get().message_id.startswith("jc-")
+
+
+def test_batch_context_and_integrations_merge_into_each_event(api):
+    body = {
+        "batch": [
+            {"type": "track", **track(), "context": {"device": {"type": "mobile"}}},
+            {"type": "track", **track(), "context": {"ip": "10.0.0.2"}},
+        ],
+        "context": {"ip": "10.0.0.1", "library": {"name": "analytics-python"}},
+        "integrations": {"All": True},
+    }
+    assert api.post("batch", body).status_code == 200
+
+    first, second = Event.objects.order_by("id")
+    assert first.context == {"ip": "10.0.0.1", "library": {"name": "analytics-python"}, "device": {"type": "mobile"}}
+    assert second.context["ip"] == "10.0.0.2"
+    assert first.integrations == {"All": True}
+
+
+def test_timestamp_is_corrected_for_client_clock_skew(api):
+    # The client's clock is one hour behind: it says it sent at 10:00:05 an event from 10:00:00.
+    client_now = datetime.now(timezone.utc) - timedelta(hours=1)
+    body = track(timestamp=(client_now - timedelta(seconds=5)).isoformat(), sentAt=client_now.isoformat())
+
+    api.post("track", body)
+
+    event = Event.objects.get()
+    assert abs((event.received_at - event.timestamp) - timedelta(seconds=5)) < timedelta(seconds=1)
+    assert event.original_timestamp < event.timestamp
+
+
+def test_timestamp_without_sent_at_is_kept(api):
+    api.post("track", track(timestamp="2024-05-01T12:00:00Z"))
+    assert Event.objects.get().timestamp == datetime(2024, 5, 1, 12, tzinfo=timezone.utc)
+
+
+def test_rate_limit_per_source_answers_429_with_retry_after(api, source, settings):
+    source.rate_limit = 2
+    source.save()
+    assert api.post("track", track()).status_code == 200
+    assert api.post("track", track()).status_code == 200
+
+    response = api.post("track", track())
+
+    assert response.status_code == 429
+    assert int(response["Retry-After"]) >= 1
+    assert Event.objects.count() == 2
+
+
+def test_other_sources_are_not_limited_by_a_busy_one(api, source):
+    source.rate_limit = 1
+    source.save()
+    _, other_key = make_source("other")
+    api.post("track", track())
+    assert api.post("track", track()).status_code == 429
+    assert api.post("track", track(), key=other_key).status_code == 200
+
+
+def test_get_is_not_allowed(api):
+    assert api.client.get("/v1/track").status_code == 405

@@ -1,0 +1,94 @@
+"""Identity resolution through the tracking API."""
+
+from __future__ import annotations
+
+import pytest
+
+from journeys.models import Customer, CustomerMerge, Event, Identity
+
+pytestmark = pytest.mark.django_db
+
+
+def live_customers():
+    return Customer.objects.filter(merged_into__isnull=True)
+
+
+def test_anonymous_events_then_identify_merge_into_one_profile(api):
+    api.post("track", {"anonymousId": "anon-1", "event": "Viewed Product"})
+    api.post("page", {"anonymousId": "anon-1", "name": "Pricing"})
+    api.post("identify", {"userId": "u-42", "traits": {"email": "Ada@Example.com", "plan": "pro"}})
+    assert live_customers().count() == 2
+
+    response = api.post("identify", {"userId": "u-42", "anonymousId": "anon-1", "traits": {"name": "Ada"}})
+
+    assert response.status_code == 200
+    customer = live_customers().get()
+    assert customer.external_id == "u-42"
+    assert customer.traits == {"email": "Ada@Example.com", "plan": "pro", "name": "Ada"}
+    assert customer.email == "Ada@Example.com"
+    assert Event.objects.filter(customer=customer).count() == 4
+    assert set(Identity.objects.filter(customer=customer).values_list("kind", "value")) == {
+        ("user_id", "u-42"), ("anonymous_id", "anon-1"), ("email", "ada@example.com")}
+    merge = CustomerMerge.objects.get()
+    assert merge.target == customer
+    assert merge.actor == "source:web"
+    assert "anonymous_id:anon-1" in merge.details["identities"]
+    assert merge.details["events_moved"] == 2
+
+
+def test_anonymous_profile_becomes_known_when_user_id_first_appears(api):
+    api.post("track", {"anonymousId": "anon-2", "event": "Signed Up"})
+    api.post("identify", {"anonymousId": "anon-2", "userId": "u-2", "traits": {"plan": "free"}})
+
+    customer = live_customers().get()
+    assert customer.external_id == "u-2"
+    assert customer.traits == {"plan": "free"}
+    assert CustomerMerge.objects.count() == 0
+
+
+def test_alias_merges_previous_id_into_user(api):
+    api.post("track", {"userId": "old-id", "event": "A"})
+    api.post("track", {"userId": "new-id", "event": "B"})
+
+    api.post("alias", {"previousId": "old-id", "userId": "new-id"})
+
+    customer = live_customers().get()
+    assert customer.external_id == "new-id"
+    assert Event.objects.filter(customer=customer).count() == 3
+    assert CustomerMerge.objects.get().reason == "alias of old-id"
+
+
+def test_shared_device_does_not_merge_two_known_users(api):
+    api.post("identify", {"userId": "alice", "anonymousId": "device-1"})
+    api.post("identify", {"userId": "bob", "anonymousId": "device-1"})
+
+    assert live_customers().count() == 2
+    assert CustomerMerge.objects.count() == 0
+    assert Event.objects.filter(user_id="bob").get().customer.external_id == "bob"
+
+
+def test_merge_in_one_batch(api):
+    batch = [
+        {"type": "track", "anonymousId": "a9", "event": "Viewed"},
+        {"type": "identify", "anonymousId": "a9", "userId": "u9", "traits": {"tier": "gold"}},
+        {"type": "track", "userId": "u9", "event": "Bought"},
+    ]
+    api.post("batch", {"batch": batch})
+
+    customer = live_customers().get()
+    assert Event.objects.filter(customer=customer).count() == 3
+    assert customer.traits == {"tier": "gold"}
+
+
+def test_first_and_last_seen_follow_event_time(api):
+    api.post("track", {"userId": "u", "event": "E", "timestamp": "2024-01-01T00:00:00Z"})
+    api.post("track", {"userId": "u", "event": "E", "timestamp": "2024-03-01T00:00:00Z"})
+    api.post("track", {"userId": "u", "event": "E", "timestamp": "2024-02-01T00:00:00Z"})
+    customer = live_customers().get()
+    assert customer.first_seen.month == 1 and customer.last_seen.month == 3
+
+
+def test_context_timezone_fills_profile(api):
+    api.post("track", {"userId": "u", "event": "E", "context": {"timezone": "Europe/Paris", "locale": "fr-FR"}})
+    customer = live_customers().get()
+    assert (customer.timezone, customer.locale) == ("Europe/Paris", "fr-FR")
