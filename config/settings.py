@@ -134,6 +134,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+WHITENOISE_USE_FINDERS = DEBUG  # serve app static files without collectstatic while developing
 LOGIN_URL = "admin:login"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")

@@ -139,3 +139,4 @@ class SourceAdmin(SimpleHistoryAdmin):
     def enable_sources(self, request, queryset):
         for source in queryset:
             source_set_enabled(source=source, enabled=True, reason="enabled in admin")
+from journeys import admin_workflows  # noqa: E402,F401

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from journeys.engine import processor
+from journeys.engine import processor, scheduler
 
 
 def events_process(event_ids: list[int]) -> int:
     return processor.events_process(event_ids=event_ids)
 
 
-def events_sweep() -> int:
-    return processor.events_sweep()
+def engine_tick() -> dict:
+    return scheduler.engine_tick()

@@ -1,1 +1,268 @@
-"""Core step kinds (filled in by the engine)."""
+"""The core step kinds owned by journeys: condition, split, delay, wait_for_event,
+update_profile, goal, exit. Other apps register theirs in their AppConfig.ready()."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+
+from django.core.exceptions import ValidationError
+
+from journeys.engine.durations import parse_duration
+from journeys.engine.registry import StepKind, StepResult, register, require
+from journeys.engine.runtime import StepContext, add_local
+from journeys.rules import RuleSyntaxError, compile_rule
+
+_TIME = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+_SLUG = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def check_rule(config: dict, key: str, *, required: bool = True) -> str:
+    text = config.get(key, "")
+    if not text:
+        if required:
+            raise ValidationError({key: "is required (a rule such as profile.ltv >= 500)"})
+        return ""
+    if not isinstance(text, str):
+        raise ValidationError({key: "must be a rule written as text"})
+    try:
+        compile_rule(text)
+    except RuleSyntaxError as exc:
+        raise ValidationError({key: f"rule error: {exc}"}) from None
+    return text
+
+
+def check_duration(config: dict, key: str) -> timedelta:
+    try:
+        return parse_duration(config.get(key), field=key)
+    except ValueError as exc:
+        raise ValidationError({key: str(exc).split(": ", 1)[-1]}) from None
+
+
+@register
+class Condition(StepKind):
+    kind = "condition"
+    label = "Condition (yes/no)"
+    help = "Follows 'yes' when the rule is true, else 'no'. A rule that fails with a type error counts as false."
+    fields = {"rule": "e.g. event.properties.total >= 100 and profile.tenure_days > 30"}
+
+    def outcomes(self, config):
+        return ["yes", "no"]
+
+    def clean(self, config):
+        return {"rule": check_rule(config, "rule")}
+
+    def rules(self, config):
+        return [config["rule"]]
+
+    def execute(self, ctx: StepContext) -> StepResult:
+        result = ctx.evaluate(ctx.config["rule"])
+        return StepResult(outcome="yes" if result.value else "no", error=result.error or "")
+
+
+@register
+class Split(StepKind):
+    kind = "split"
+    label = "Multi-way split"
+    help = "Follows the first branch whose rule is true, else 'default'."
+    fields = {"branches": 'list of {"name": "vip", "rule": "profile.ltv >= 1000"}'}
+
+    def outcomes(self, config):
+        return [b["name"] for b in config.get("branches", [])] + ["default"]
+
+    def clean(self, config):
+        branches = require(config, "branches", list, "a list of {name, rule} branches")
+        cleaned, names = [], set()
+        for i, branch in enumerate(branches):
+            if not isinstance(branch, dict):
+                raise ValidationError({"branches": f"branch {i + 1} must be an object with name and rule"})
+            name = branch.get("name", "")
+            if not isinstance(name, str) or not _SLUG.match(name) or name == "default":
+                raise ValidationError({"branches": f"branch {i + 1}: name must be letters, digits, - or _ (not 'default')"})
+            if name in names:
+                raise ValidationError({"branches": f"branch name {name!r} is used twice"})
+            names.add(name)
+            try:
+                rule = check_rule(branch, "rule")
+            except ValidationError as exc:
+                raise ValidationError({"branches": f"branch {name}: {exc.message_dict['rule'][0]}"}) from None
+            cleaned.append({"name": name, "rule": rule})
+        return {"branches": cleaned}
+
+    def rules(self, config):
+        return [b["rule"] for b in config["branches"]]
+
+    def execute(self, ctx):
+        errors = []
+        for branch in ctx.config["branches"]:
+            result = ctx.evaluate(branch["rule"])
+            if result.error:
+                errors.append(f"{branch['name']}: {result.error}")
+            if result.value:
+                return StepResult(outcome=branch["name"], error="; ".join(errors))
+        return StepResult(outcome="default", error="; ".join(errors))
+
+
+@register
+class Delay(StepKind):
+    kind = "delay"
+    label = "Delay"
+    help = "Waits a duration, until a local time of day in the customer's timezone, or until a date attribute."
+    fields = {
+        "duration": "e.g. 1h, 30m, 2d",
+        "until_local_time": "HH:MM in the customer's timezone",
+        "until_attribute": "profile date attribute, e.g. renewal_date",
+        "offset": "with until_attribute: e.g. -3d sends three days before",
+    }
+
+    def clean(self, config):
+        modes = [k for k in ("duration", "until_local_time", "until_attribute") if config.get(k) not in (None, "")]
+        if len(modes) != 1:
+            raise ValidationError({"duration": "set exactly one of duration, until_local_time, until_attribute"})
+        mode = modes[0]
+        if mode == "duration":
+            return {"duration": int(check_duration(config, "duration").total_seconds())}
+        if mode == "until_local_time":
+            value = config["until_local_time"]
+            if not isinstance(value, str) or not _TIME.match(value):
+                raise ValidationError({"until_local_time": "must be HH:MM (24-hour), e.g. 09:00"})
+            return {"until_local_time": value}
+        offset = config.get("offset") or "0"
+        negative = isinstance(offset, str) and offset.strip().startswith("-")
+        seconds = parse_duration(offset.strip().lstrip("-") if isinstance(offset, str) else offset, field="offset")
+        return {"until_attribute": str(config["until_attribute"]), "offset": int(seconds.total_seconds()) * (-1 if negative else 1)}
+
+    def execute(self, ctx):
+        config = ctx.config
+        if "duration" in config:
+            until = ctx.now + timedelta(seconds=config["duration"])
+        elif "until_local_time" in config:
+            until = add_local(ctx.now, ctx.zone(), at=config["until_local_time"])
+        else:
+            raw = ctx.profile.get(config["until_attribute"])
+            moment = _as_datetime(raw, ctx)
+            if moment is None:
+                return StepResult(outcome="next", error=f"profile.{config['until_attribute']} is not a date; not waiting")
+            until = moment + timedelta(seconds=config["offset"])
+        if until <= ctx.now:
+            return StepResult(outcome="next", detail={"waited_until": until.isoformat()})
+        return StepResult(wait_until=until, detail={"until": until.isoformat()})
+
+
+def _as_datetime(raw, ctx) -> datetime | None:
+    if isinstance(raw, datetime):
+        return raw
+    if isinstance(raw, str):
+        try:
+            parsed = datetime.fromisoformat(raw)
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=ctx.zone())
+    return None
+
+
+@register
+class WaitForEvent(StepKind):
+    kind = "wait_for_event"
+    label = "Wait for an event"
+    help = "Waits until the customer sends the event (follows 'event') or the timeout passes ('timeout')."
+    fields = {"event": "event name, e.g. Order Completed", "filter": "optional rule over event.*", "timeout": "e.g. 24h"}
+
+    def outcomes(self, config):
+        return ["event", "timeout"]
+
+    def clean(self, config):
+        event = require(config, "event", str, "an event name")
+        timeout = check_duration(config, "timeout")
+        return {"event": event, "filter": check_rule(config, "filter", required=False), "timeout": int(timeout.total_seconds())}
+
+    def rules(self, config):
+        return [config["filter"]] if config.get("filter") else []
+
+    def execute(self, ctx):
+        return StepResult(wait_until=ctx.now + timedelta(seconds=ctx.config["timeout"]), wait_event=ctx.config["event"])
+
+
+@register
+class UpdateProfile(StepKind):
+    kind = "update_profile"
+    label = "Update profile"
+    help = "Sets profile traits and journey variables. Values are literals, or rules when written as {\"rule\": \"...\"}."
+    side_effects = True
+    fields = {"traits": '{"stage": "onboarding"}', "variables": '{"discount": 10}'}
+
+    def clean(self, config):
+        cleaned = {}
+        for key in ("traits", "variables"):
+            value = config.get(key) or {}
+            if not isinstance(value, dict):
+                raise ValidationError({key: "must be an object of name -> value"})
+            for name, item in value.items():
+                if isinstance(item, dict) and "rule" in item:
+                    try:
+                        compile_rule(item["rule"])
+                    except RuleSyntaxError as exc:
+                        raise ValidationError({key: f"{name}: rule error: {exc}"}) from None
+            cleaned[key] = value
+        if not cleaned["traits"] and not cleaned["variables"]:
+            raise ValidationError({"traits": "set at least one trait or variable"})
+        return cleaned
+
+    def _values(self, ctx, mapping):
+        out = {}
+        for name, item in mapping.items():
+            if isinstance(item, dict) and "rule" in item:
+                out[name] = _jsonable(compile_rule(item["rule"]).value(ctx.rule_context()))
+            else:
+                out[name] = item
+        return out
+
+    def execute(self, ctx):
+        traits = self._values(ctx, ctx.config["traits"])
+        variables = self._values(ctx, ctx.config["variables"])
+        ctx.run.variables = {**ctx.run.variables, **variables}
+        ctx.profile.update(traits)
+        if traits and not ctx.dry_run:
+            from journeys.services.profiles import customer_update_traits
+
+            customer_update_traits(customer=ctx.customer, traits=traits, reason=f"workflow step {ctx.step_key}")
+        return StepResult(outcome="next", detail={"traits": traits, "variables": variables})
+
+
+def _jsonable(value):
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+@register
+class Goal(StepKind):
+    kind = "goal"
+    label = "Goal (conversion)"
+    help = "Counts a conversion for this run and continues."
+    fields = {"name": "what was achieved, e.g. purchased"}
+
+    def clean(self, config):
+        return {"name": str(config.get("name") or "goal")}
+
+    def execute(self, ctx):
+        if ctx.run.converted_at is None:
+            ctx.run.converted_at = ctx.now
+        return StepResult(outcome="next", detail={"goal": ctx.config["name"]})
+
+
+@register
+class Exit(StepKind):
+    kind = "exit"
+    label = "Exit"
+    help = "Ends the run."
+    fields = {"reason": "shown in the run log"}
+
+    def outcomes(self, config):
+        return []
+
+    def clean(self, config):
+        return {"reason": str(config.get("reason") or "")}
+
+    def execute(self, ctx):
+        return StepResult(end_status="exited", detail={"reason": ctx.config["reason"]})

@@ -3,6 +3,8 @@
 from journeys.models.base import Timestamped
 from journeys.models.customers import Customer, CustomerMerge, Identity
 from journeys.models.events import Event, Source
+from journeys.models.runs import EngineGeneration, JourneyRun, StepExecution, TriggerState, TriggerWatch
+from journeys.models.workflows import BusinessUnit, Edge, Step, Workflow, WorkflowVersion
 
 __all__ = [
     "Timestamped",
@@ -11,4 +13,14 @@ __all__ = [
     "Identity",
     "Event",
     "Source",
+    "EngineGeneration",
+    "JourneyRun",
+    "StepExecution",
+    "TriggerState",
+    "TriggerWatch",
+    "BusinessUnit",
+    "Edge",
+    "Step",
+    "Workflow",
+    "WorkflowVersion",
 ]

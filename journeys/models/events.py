@@ -54,6 +54,9 @@ class Event(models.Model):
     traits = models.JSONField(default=dict, blank=True)
     context = models.JSONField(default=dict, blank=True)
     integrations = models.JSONField(default=dict, blank=True)
+    changes = models.JSONField(
+        default=dict, blank=True, help_text="profile traits this event changed: {trait: [old, new]}"
+    )
     timestamp = models.DateTimeField(help_text="when it happened, corrected for client clock skew")
     original_timestamp = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)

@@ -141,13 +141,17 @@ def customer_resolve(
     return known
 
 
-def customer_apply_traits(*, imap: IdentityMap, customer: Customer, traits: dict, context: dict) -> None:
-    """Copy identify traits onto the profile; well-known traits also fill the typed columns."""
+def customer_apply_traits(*, imap: IdentityMap, customer: Customer, traits: dict, context: dict) -> dict:
+    """Copy identify traits onto the profile; well-known traits also fill the typed columns.
+
+    Returns {trait: [old, new]} for traits whose value changed (attribute triggers use it).
+    """
     changed = False
+    changes: dict = {}
     if traits:
-        merged = {**customer.traits, **traits}
-        if merged != customer.traits:
-            customer.traits = merged
+        changes = {k: [customer.traits.get(k), v] for k, v in traits.items() if customer.traits.get(k) != v}
+        if changes:
+            customer.traits = {**customer.traits, **traits}
             changed = True
         for trait, column in PROFILE_TRAIT_FIELDS.items():
             value = traits.get(trait)
@@ -168,6 +172,7 @@ def customer_apply_traits(*, imap: IdentityMap, customer: Customer, traits: dict
             changed = True
     if changed:
         imap.dirty.add(customer.pk)
+    return changes
 
 
 @transaction.atomic

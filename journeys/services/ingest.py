@@ -103,7 +103,7 @@ def event_ingest(*, source: Source, events: list[ParsedEvent]) -> IngestResult:
                 traits = e.traits
             elif e.type == EventType.GROUP:
                 traits = {"group_id": e.group_id, **{f"group_{k}": v for k, v in e.traits.items()}}
-            customer_apply_traits(imap=imap, customer=customer, traits=traits, context=e.context)
+            changes = customer_apply_traits(imap=imap, customer=customer, traits=traits, context=e.context)
             if customer.last_seen is None or e.timestamp > customer.last_seen:
                 customer.last_seen = e.timestamp
                 imap.dirty.add(customer.pk)
@@ -123,6 +123,7 @@ def event_ingest(*, source: Source, events: list[ParsedEvent]) -> IngestResult:
                     traits=e.traits,
                     context=e.context,
                     integrations=e.integrations,
+                    changes=changes,
                     timestamp=e.timestamp,
                     original_timestamp=e.original_timestamp,
                     sent_at=e.sent_at,

@@ -1,0 +1,25 @@
+"""Durations as ops people write them: 90, "45s", "30m", "1h", "2d", "1w", "1h30m"."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+_PART = re.compile(r"(\d+)\s*([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: object, *, field: str = "duration") -> timedelta:
+    """Parse a duration or raise ValueError naming the field and what is accepted."""
+    if isinstance(value, bool):
+        raise ValueError(f"{field}: expected a duration like 30m, 1h, 2d or a number of seconds")
+    if isinstance(value, (int, float)) and value >= 0:
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        if text.isdigit():
+            return timedelta(seconds=int(text))
+        parts = _PART.findall(text)
+        if parts and "".join(f"{n}{u}" for n, u in parts) == text:
+            return timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in parts))
+    raise ValueError(f"{field}: {value!r} is not a duration; write e.g. 30m, 1h, 2d or seconds")

@@ -1,0 +1,79 @@
+"""The registry of step kinds. Each app registers the kinds it owns in AppConfig.ready()."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from django.core.exceptions import ValidationError
+
+if TYPE_CHECKING:
+    from journeys.engine.runtime import StepContext
+
+
+@dataclass(slots=True)
+class StepResult:
+    """What a step decided. Exactly one of: an outcome to follow, a wait, or an end."""
+
+    outcome: str | None = None
+    wait_until: datetime | None = None
+    wait_event: str = ""
+    end_status: str | None = None  # "completed" or "exited"
+    detail: dict = field(default_factory=dict)
+    error: str = ""
+
+
+class StepKind:
+    """Base for a step kind: validates its config and executes a visit.
+
+    `side_effects` kinds must act idempotently using `ctx.idempotency_key` and
+    must only describe (not perform) their action when `ctx.dry_run` is true.
+    """
+
+    kind: ClassVar[str]
+    label: ClassVar[str]
+    help: ClassVar[str] = ""
+    side_effects: ClassVar[bool] = False
+    fields: ClassVar[dict[str, str]] = {}  # config key -> help text, for the admin form
+
+    def outcomes(self, config: dict) -> list[str]:
+        return ["next"]
+
+    def clean(self, config: dict) -> dict:
+        """Return the normalised config or raise ValidationError({key: message})."""
+        return config
+
+    def rules(self, config: dict) -> list[str]:
+        """Rule expressions in the config (compiled once with the version)."""
+        return []
+
+    def execute(self, ctx: StepContext) -> StepResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+STEP_KINDS: dict[str, StepKind] = {}
+
+
+def register(kind_class: type[StepKind]) -> type[StepKind]:
+    """Class decorator: make a step kind available to versions, the admin and the engine."""
+    STEP_KINDS[kind_class.kind] = kind_class()
+    return kind_class
+
+
+def get_kind(name: str) -> StepKind:
+    try:
+        return STEP_KINDS[name]
+    except KeyError:
+        raise ValidationError(
+            {"kind": f"unknown step kind {name!r}; known kinds: {', '.join(sorted(STEP_KINDS))}"}
+        ) from None
+
+
+def require(config: dict, key: str, kinds: type | tuple[type, ...], what: str) -> Any:
+    value = config.get(key)
+    if value is None or value == "":
+        raise ValidationError({key: f"is required ({what})"})
+    if not isinstance(value, kinds):
+        raise ValidationError({key: f"must be {what}"})
+    return value

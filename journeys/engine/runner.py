@@ -1,0 +1,231 @@
+"""Runs: enrolment, executing steps until a wait, resuming on events and timers.
+
+Every visit of a run to a step is one StepExecution row, unique per (run,
+step, visit). A retried task finds the finished row and reuses its outcome,
+so a step's side effect happens once however often the task runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from datetime import datetime, timedelta
+
+from django.db import IntegrityError, transaction
+
+from journeys.choices import ReentryPolicy, RunStatus
+from journeys.engine.compiled import CompiledVersion, load_version
+from journeys.engine.registry import StepResult
+from journeys.engine.runtime import StepContext, events_counter, profile_dict
+from journeys.models import Customer, JourneyRun, StepExecution
+from journeys.rules import RuleContext, compile_rule
+
+logger = logging.getLogger(__name__)
+
+MAX_STEPS_PER_ADVANCE = 200
+
+
+class RunFailed(Exception):
+    pass
+
+
+def rule_true(text: str, ctx: RuleContext) -> tuple[bool, str | None]:
+    if not text:
+        return True, None
+    result = compile_rule(text).evaluate(ctx)
+    return result.value, result.error
+
+
+def entry_refusal(
+    *, version: CompiledVersion, customer: Customer, ctx: RuleContext, now: datetime
+) -> str | None:
+    """Why this customer may not enter now (None = may enter). Shared with dry runs."""
+    ok, error = rule_true(version.entry_rule, ctx)
+    if not ok:
+        return f"entry rule is false{f' ({error})' if error else ''}"
+    previous = JourneyRun.objects.filter(workflow_id=version.workflow_id, customer_id=customer.pk)
+    if version.reentry_policy == ReentryPolicy.ONCE and previous.exists():
+        return "already entered once (re-entry policy: once)"
+    if version.reentry_policy == ReentryPolicy.COOLDOWN:
+        since = now - timedelta(seconds=version.reentry_cooldown_s)
+        if previous.filter(created_at__gte=since).exists():
+            return f"entered within the cooldown of {version.reentry_cooldown_s}s"
+    if not version.allow_concurrent_runs and previous.filter(status__in=[RunStatus.ACTIVE, RunStatus.WAITING]).exists():
+        return "already has an open run in this workflow"
+    return None
+
+
+def run_enroll(
+    *,
+    version: CompiledVersion,
+    customer: Customer,
+    trigger_key: str,
+    now: datetime,
+    event=None,
+    rule_ctx: RuleContext | None = None,
+) -> JourneyRun | None:
+    """Start a run if entry rules, re-entry policy and concurrency allow; then execute it.
+
+    Idempotent: the same (workflow, customer, trigger_key) never makes two runs.
+    """
+    if rule_ctx is None:
+        from journeys.engine.runtime import context_dict, event_dict
+
+        rule_ctx = RuleContext(
+            event=event_dict(event), profile=profile_dict(customer, now), context=context_dict(event, now),
+            journey={}, now=now, events_in_last=events_counter(customer.pk),
+        )
+    if JourneyRun.objects.filter(
+        workflow_id=version.workflow_id, customer_id=customer.pk, trigger_key=trigger_key
+    ).exists():
+        return None
+    if entry_refusal(version=version, customer=customer, ctx=rule_ctx, now=now):
+        return None
+    try:
+        with transaction.atomic():
+            run = JourneyRun.objects.create(
+                workflow_id=version.workflow_id,
+                version_id=version.id,
+                customer=customer,
+                trigger_key=trigger_key,
+                trigger_event=event if event is not None and not isinstance(event, dict) else None,
+                exclusive=not version.allow_concurrent_runs,
+                current_step=version.entry_step,
+                visits={version.entry_step: 1} if version.entry_step else {},
+            )
+    except IntegrityError:
+        return None  # a concurrent worker enrolled them first
+    run_execute(run=run, version=version, customer=customer, event=event, now=now)
+    return run
+
+
+def _context(run, version: CompiledVersion, customer, event, now: datetime, step_key: str, dry_run: bool,
+             profile: dict | None = None) -> StepContext:
+    step = version.steps[step_key]
+    return StepContext(
+        run=run,
+        customer=customer,
+        event=event,
+        step_key=step_key,
+        step_name=step.name,
+        config=step.config,
+        visit=run.visits.get(step_key, 1),
+        now=now,
+        dry_run=dry_run,
+        workflow_id=version.workflow_id,
+        version_id=version.id,
+        profile=profile if profile is not None else profile_dict(customer, now),
+        events_in_last=events_counter(getattr(customer, "pk", None)),
+    )
+
+
+def _finish(run: JourneyRun, status: str, now: datetime, error: str = "") -> None:
+    run.status = status
+    run.finished_at = now
+    run.next_wake_at = None
+    run.wait_event = ""
+    run.error = error[:4000]
+
+
+def _follow(run: JourneyRun, version: CompiledVersion, outcome: str, now: datetime) -> bool:
+    """Move to the step the outcome leads to; False when the path ends (the run completes)."""
+    target = version.steps[run.current_step].edges.get(outcome)
+    if target is None:
+        _finish(run, RunStatus.COMPLETED, now)
+        return False
+    run.current_step = target
+    run.visits = {**run.visits, target: run.visits.get(target, 0) + 1}
+    return True
+
+
+def run_execute(
+    *, run: JourneyRun, version: CompiledVersion, customer, event, now: datetime, resume_outcome: str | None = None
+) -> JourneyRun:
+    """Execute steps until the run waits or ends. With `resume_outcome`, the current
+    (waiting) step is finished with that outcome first."""
+    if resume_outcome is not None:
+        exe = StepExecution.objects.filter(run=run, step_key=run.current_step, visit=run.visits.get(run.current_step, 1)).first()
+        if exe is not None and exe.finished_at is None:
+            exe.outcome, exe.finished_at = resume_outcome, now
+            exe.save(update_fields=["outcome", "finished_at"])
+        run.status, run.next_wake_at, run.wait_event = RunStatus.ACTIVE, None, ""
+        if not _follow(run, version, resume_outcome, now):
+            run.save()
+            return run
+    profile = profile_dict(customer, now)
+    for _ in range(MAX_STEPS_PER_ADVANCE):
+        key = run.current_step
+        if key not in version.steps:
+            _finish(run, RunStatus.FAILED, now, f"step {key!r} does not exist in version {version.number}")
+            break
+        step = version.steps[key]
+        visit = run.visits.get(key, 1)
+        exe, created = StepExecution.objects.get_or_create(
+            run=run, step_key=key, visit=visit, defaults={"step_kind": step.kind.kind, "started_at": now}
+        )
+        if exe.finished_at is not None:
+            result = StepResult(outcome=exe.outcome)  # done by an earlier attempt: do not act again
+        elif not created and exe.detail.get("waiting"):
+            result = StepResult(wait_until=run.next_wake_at, wait_event=run.wait_event)
+        else:
+            ctx = _context(run, version, customer, event, now, key, dry_run=False, profile=profile)
+            try:
+                with transaction.atomic():
+                    result = step.kind.execute(ctx)
+            except Exception as exc:  # one failing step fails this run only
+                logger.exception("step %s of run %s failed", key, run.pk)
+                exe.error = "".join(traceback.format_exception_only(exc)).strip()[:4000]
+                exe.finished_at = now
+                exe.outcome = "error"
+                exe.save()
+                _finish(run, RunStatus.FAILED, now, f"step {key}: {exe.error}")
+                break
+            errors = [e for e in (result.error, *ctx.notes.get("rule_errors", [])) if e]
+            exe.error = "; ".join(dict.fromkeys(errors))[:4000]
+            exe.detail = {**result.detail, **({"waiting": True} if result.wait_until else {})}
+            if result.outcome is not None or result.end_status:
+                exe.outcome = result.outcome or result.end_status
+                exe.finished_at = now
+            exe.save()
+        if result.end_status:
+            _finish(run, result.end_status, now)
+            break
+        if result.wait_until is not None:
+            run.status = RunStatus.WAITING
+            run.next_wake_at = result.wait_until
+            run.wait_event = result.wait_event
+            break
+        if not _follow(run, version, result.outcome or "next", now):
+            break
+    else:
+        _finish(run, RunStatus.FAILED, now, f"more than {MAX_STEPS_PER_ADVANCE} steps without a wait (a cycle?)")
+    run.save()
+    return run
+
+
+def run_resume(*, run: JourneyRun, outcome: str, now: datetime, event=None) -> JourneyRun:
+    """Continue a waiting run (timer fired: 'next'/'timeout'; awaited event: 'event')."""
+    version = load_version(run.version_id)
+    customer = run.customer
+    return run_execute(run=run, version=version, customer=customer, event=event, now=now, resume_outcome=outcome)
+
+
+def run_convert(*, run: JourneyRun, now: datetime) -> None:
+    """The goal event arrived: the run ends as a conversion."""
+    run.converted_at = run.converted_at or now
+    _finish(run, RunStatus.COMPLETED, now)
+    run.save()
+
+
+def run_retry(*, run: JourneyRun, now: datetime) -> JourneyRun:
+    """Retry a failed run from the step that failed (a new visit of that step)."""
+    if run.status != RunStatus.FAILED:
+        raise RunFailed(f"run {run.pk} is {run.status}, only failed runs can be retried")
+    run.status, run.error, run.finished_at = RunStatus.ACTIVE, "", None
+    run.visits = {**run.visits, run.current_step: run.visits.get(run.current_step, 1) + 1}
+    try:
+        with transaction.atomic():
+            run.save()
+    except IntegrityError:
+        raise RunFailed("the customer has another open run in this workflow") from None
+    return run_execute(run=run, version=load_version(run.version_id), customer=run.customer, event=run.trigger_event, now=now)

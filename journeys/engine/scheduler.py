@@ -1,0 +1,177 @@
+"""Time-driven work: wake due runs, fire inactivity windows, date and cron triggers.
+
+Called by the `engine_tick` q2 schedule every minute (and by tests with a
+chosen `now`). Rows are claimed with SELECT ... FOR UPDATE SKIP LOCKED on
+PostgreSQL, so several workers can tick at once without doing anything twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from journeys.choices import RunStatus, TriggerKind, VersionState
+from journeys.engine.compiled import load_version
+from journeys.engine.cron import cron_matches, parse_cron
+from journeys.engine.runner import run_enroll, run_resume, rule_true
+from journeys.engine.runtime import customer_zone, profile_dict
+from journeys.models import Customer, JourneyRun, TriggerState, TriggerWatch, WorkflowVersion
+from journeys.rules import RuleContext
+
+logger = logging.getLogger(__name__)
+BATCH = 200
+
+
+def _lock_kwargs() -> dict:
+    return {"skip_locked": True} if connection.features.has_select_for_update_skip_locked else {}
+
+
+def runs_wake_due(*, now: datetime | None = None, limit: int = 5000) -> int:
+    """Resume waiting runs whose timer is due: a delay ends ('next'), a wait times out ('timeout')."""
+    now = now or timezone.now()
+    woken = 0
+    while woken < limit:
+        with transaction.atomic():
+            runs = list(
+                JourneyRun.objects.select_for_update(**_lock_kwargs())
+                .filter(status=RunStatus.WAITING, next_wake_at__lte=now)
+                .order_by("next_wake_at")[:BATCH]
+            )
+            for run in runs:
+                outcome = "timeout" if run.wait_event else "next"
+                try:
+                    with transaction.atomic():
+                        run_resume(run=run, outcome=outcome, now=now)
+                except Exception as exc:  # never let one run stop the others
+                    logger.exception("waking run %s failed", run.pk)
+                    JourneyRun.objects.filter(pk=run.pk).update(
+                        status=RunStatus.FAILED, error=f"wake failed: {exc}"[:4000], finished_at=now, next_wake_at=None
+                    )
+        woken += len(runs)
+        if len(runs) < BATCH:
+            break
+    return woken
+
+
+def watches_fire_due(*, now: datetime | None = None) -> int:
+    """Inactivity windows that closed without the follow-up event: enrol the customer."""
+    now = now or timezone.now()
+    fired = 0
+    while True:
+        with transaction.atomic():
+            watches = list(
+                TriggerWatch.objects.select_for_update(**_lock_kwargs())
+                .filter(due_at__lte=now, fired_at__isnull=True, cancelled_at__isnull=True)
+                .select_related("customer", "start_event")[:BATCH]
+            )
+            for watch in watches:
+                version_row = WorkflowVersion.objects.filter(pk=watch.version_id, state=VersionState.LIVE).exists()
+                if version_row:
+                    run_enroll(
+                        version=load_version(watch.version_id),
+                        customer=watch.customer,
+                        trigger_key=f"inactivity:{watch.start_event_id}",
+                        now=now,
+                        event=watch.start_event,
+                    )
+                watch.fired_at = now
+                watch.save(update_fields=["fired_at"])
+        fired += len(watches)
+        if len(watches) < BATCH:
+            return fired
+
+
+def _live(kind: str):
+    return WorkflowVersion.objects.filter(state=VersionState.LIVE, trigger_kind=kind, workflow__status="active")
+
+
+def _anniversary(value, local_date, offset_days: int, yearly: bool) -> bool:
+    from datetime import date
+
+    if isinstance(value, str):
+        try:
+            value = date.fromisoformat(value[:10])
+        except ValueError:
+            return False
+    if not isinstance(value, date):
+        return False
+    target = local_date - timedelta(days=offset_days)
+    if not yearly:
+        return value == target
+    if (value.month, value.day) == (2, 29) and target.month == 2 and target.day == 28:
+        try:
+            target.replace(day=29)
+        except ValueError:
+            return True  # celebrate Feb 29 birthdays on Feb 28 in common years
+    return (value.month, value.day) == (target.month, target.day) and value.year < target.year
+
+
+def date_triggers_run(*, now: datetime | None = None) -> int:
+    """Date-attribute triggers (birthdays, anniversaries), in each customer's own timezone.
+
+    trigger_config: {"attribute": "signup_date", "offset_days": 0, "at": "09:00", "yearly": true}.
+    A customer enters once per local date (trigger key date:<local date>).
+    """
+    now = now or timezone.now()
+    enrolled = 0
+    for version_row in _live(TriggerKind.DATE_ATTRIBUTE):
+        version = load_version(version_row.pk)
+        config = version.trigger_config
+        attribute = config.get("attribute", "")
+        hour, minute = (int(p) for p in config.get("at", "09:00").split(":"))
+        customers = Customer.objects.filter(merged_into__isnull=True, traits__has_key=attribute)
+        for customer in customers.iterator(chunk_size=500):
+            local = now.astimezone(customer_zone(customer))
+            if (local.hour, local.minute) < (hour, minute):
+                continue
+            if not _anniversary(customer.traits.get(attribute), local.date(), int(config.get("offset_days", 0)), config.get("yearly", True)):
+                continue
+            with transaction.atomic():
+                if run_enroll(version=version, customer=customer, trigger_key=f"date:{local.date().isoformat()}", now=now):
+                    enrolled += 1
+    return enrolled
+
+
+def schedules_run(*, now: datetime | None = None) -> int:
+    """Cron triggers over a segment: {"cron": "0 9 * * 1", "segment": "profile.plan == 'pro'"} (UTC)."""
+    now = (now or timezone.now()).replace(second=0, microsecond=0)
+    enrolled = 0
+    for version_row in _live(TriggerKind.SCHEDULE):
+        version = load_version(version_row.pk)
+        fields = parse_cron(version.trigger_config.get("cron", ""))
+        with transaction.atomic():
+            state, _ = TriggerState.objects.select_for_update().get_or_create(version_id=version.id)
+            start = state.last_tick_at or (now - timedelta(minutes=1))
+            ticks, moment = [], start + timedelta(minutes=1)
+            while moment <= now and len(ticks) < 1440:  # at most a day of catch-up
+                if cron_matches(fields, moment):
+                    ticks.append(moment)
+                moment += timedelta(minutes=1)
+            state.last_tick_at = now
+            state.save()
+        for tick in ticks:
+            segment = version.trigger_config.get("segment", "")
+            for customer in Customer.objects.filter(merged_into__isnull=True).iterator(chunk_size=500):
+                if not rule_true(segment, RuleContext(profile=profile_dict(customer, now), now=now))[0]:
+                    continue
+                with transaction.atomic():
+                    if run_enroll(version=version, customer=customer, trigger_key=f"schedule:{tick.isoformat()}", now=now):
+                        enrolled += 1
+    return enrolled
+
+
+def engine_tick(*, now: datetime | None = None) -> dict:
+    """Everything time-driven, once. Safe to run concurrently on several workers."""
+    from journeys.engine.processor import events_sweep
+
+    now = now or timezone.now()
+    return {
+        "swept": events_sweep(),
+        "woken": runs_wake_due(now=now),
+        "inactivity": watches_fire_due(now=now),
+        "date": date_triggers_run(now=now),
+        "schedule": schedules_run(now=now),
+    }

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from simple_history.models import HistoricalRecords
+
+from journeys.choices import ReentryPolicy, TriggerKind, VersionState, WorkflowStatus
+from journeys.models.base import Timestamped
+
+
+class BusinessUnit(Timestamped):
+    """A team that owns workflows (retention, support, growth...); editors are scoped to it."""
+
+    name = models.CharField(max_length=100, unique=True)
+    slug = models.SlugField(max_length=100, unique=True)
+    history = HistoricalRecords()
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Workflow(Timestamped):
+    """A customer journey. Its behaviour lives in versions; `live_version` points at the one running."""
+
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    business_unit = models.ForeignKey(BusinessUnit, on_delete=models.PROTECT, related_name="workflows")
+    status = models.CharField(max_length=12, choices=WorkflowStatus.choices, default=WorkflowStatus.ACTIVE)
+    live_version = models.ForeignKey(
+        "journeys.WorkflowVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class WorkflowVersion(Timestamped):
+    """One revision of a workflow: trigger, entry and exit rules, and the step graph.
+
+    A version that has ever been live is frozen (`frozen_at` set): changing it
+    means a new draft (`version_new_draft`).
+    """
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    state = models.CharField(max_length=12, choices=VersionState.choices, default=VersionState.DRAFT)
+    notes = models.TextField(blank=True, help_text="what changed in this version and why")
+
+    trigger_kind = models.CharField(max_length=20, choices=TriggerKind.choices, default=TriggerKind.EVENT)
+    trigger_event = models.CharField(
+        max_length=255, blank=True, db_index=True,
+        help_text="event name for 'event' and 'inactivity' triggers (indexed for the engine)",
+    )
+    trigger_config = models.JSONField(
+        default=dict, blank=True,
+        help_text="kind-specific settings, e.g. {\"filter\": \"event.properties.total > 50\"}",
+    )
+    entry_rule = models.TextField(blank=True, help_text="rule that must be true to enter, e.g. profile.ltv >= 100")
+    reentry_policy = models.CharField(max_length=10, choices=ReentryPolicy.choices, default=ReentryPolicy.ONCE)
+    reentry_cooldown_s = models.PositiveIntegerField(
+        default=0, help_text="seconds before a customer may enter again (cooldown policy)"
+    )
+    allow_concurrent_runs = models.BooleanField(
+        default=False, help_text="allow several active runs per customer in this workflow"
+    )
+    goal_event = models.CharField(
+        max_length=255, blank=True, db_index=True,
+        help_text="event that ends the run and counts as a conversion (exit criterion)",
+    )
+    goal_filter = models.TextField(blank=True, help_text="optional rule the goal event must satisfy")
+    entry_step = models.CharField(max_length=64, blank=True, help_text="key of the first step")
+
+    frozen_at = models.DateTimeField(null=True, blank=True, editable=False)
+    published_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["workflow", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "number"], name="version_number_unique"),
+            models.UniqueConstraint(
+                fields=["workflow"], condition=models.Q(state="live"), name="one_live_version_per_workflow"
+            ),
+        ]
+        indexes = [models.Index(fields=["state", "trigger_kind"], name="version_live_trigger_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.workflow.name} v{self.number} ({self.state})"
+
+    @property
+    def is_frozen(self) -> bool:
+        return self.frozen_at is not None
+
+
+class Step(models.Model):
+    """A node of a version's graph; `kind` names a registered step kind that owns `config`."""
+
+    version = models.ForeignKey(WorkflowVersion, on_delete=models.CASCADE, related_name="steps")
+    key = models.SlugField(max_length=64, help_text="stable id within the version, used by edges")
+    kind = models.CharField(max_length=40)
+    name = models.CharField(max_length=200, blank=True)
+    config = models.JSONField(default=dict, blank=True)
+    x = models.IntegerField(default=0, help_text="position for the graph drawing")
+    y = models.IntegerField(default=0)
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["version", "y", "x", "id"]
+        constraints = [models.UniqueConstraint(fields=["version", "key"], name="step_key_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.kind})"
+
+
+class Edge(models.Model):
+    """A labelled arrow: when `source` ends with `outcome`, go to `target`."""
+
+    version = models.ForeignKey(WorkflowVersion, on_delete=models.CASCADE, related_name="edges")
+    source = models.ForeignKey(Step, on_delete=models.CASCADE, related_name="out_edges")
+    outcome = models.CharField(max_length=64, default="next")
+    target = models.ForeignKey(Step, on_delete=models.CASCADE, related_name="in_edges")
+    history = HistoricalRecords()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["source", "outcome"], name="edge_outcome_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.source.key} -[{self.outcome}]-> {self.target.key}"

@@ -1,0 +1,131 @@
+"""Tokenizer for the rule language.
+
+Hand-written rather than regex-driven so every error can point at the exact
+character an ops person has to fix (an unknown escape, a stray `=`, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import RuleSyntaxError
+
+TokenKind = Literal["num", "str", "name", "op", "end"]
+
+# Longest first, so "<=" wins over "<".
+_OPERATORS = ("==", "!=", "<=", ">=", "<", ">", "+", "-", "*", "/", "%", "(", ")", "[", "]", ",", ".", "=")
+
+_ESCAPES = {"\\": "\\", '"': '"', "'": "'", "/": "/", "n": "\n", "t": "\t", "r": "\r", "0": "\0"}
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    kind: TokenKind
+    value: object  # str for names/operators/strings, int | float for numbers
+    pos: int  # 0-based offset of the first character
+
+    def describe(self) -> str:
+        """How the token is named in error messages."""
+        if self.kind == "end":
+            return "end of rule"
+        if self.kind == "str":
+            return "string"
+        if self.kind == "num":
+            return f"number {self.value!r}"
+        return repr(self.value)
+
+
+def tokenize(text: str) -> list[Token]:
+    """Split `text` into tokens, ending with an "end" token at len(text)."""
+    tokens: list[Token] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch in " \t\r\n":
+            i += 1
+        elif ch.isascii() and (ch.isalpha() or ch == "_"):
+            j = i + 1
+            while j < n and text[j].isascii() and (text[j].isalnum() or text[j] == "_"):
+                j += 1
+            tokens.append(Token("name", text[i:j], i))
+            i = j
+        elif ch.isascii() and ch.isdigit():
+            i = _number(text, i, tokens)
+        elif ch in "\"'":
+            i = _string(text, i, tokens)
+        else:
+            for op in _OPERATORS:
+                if text.startswith(op, i):
+                    tokens.append(Token("op", op, i))
+                    i += len(op)
+                    break
+            else:
+                raise RuleSyntaxError(f"unexpected character {ch!r}", i, text)
+    tokens.append(Token("end", None, n))
+    return tokens
+
+
+def _number(text: str, start: int, tokens: list[Token]) -> int:
+    n = len(text)
+    j = start
+    while j < n and text[j].isascii() and text[j].isdigit():
+        j += 1
+    is_float = False
+    # "1.5" is a float; "1." followed by a name is not something we support.
+    if j < n and text[j] == "." and j + 1 < n and text[j + 1].isascii() and text[j + 1].isdigit():
+        is_float = True
+        j += 1
+        while j < n and text[j].isascii() and text[j].isdigit():
+            j += 1
+    if j < n and text[j] in "eE":
+        k = j + 1
+        if k < n and text[k] in "+-":
+            k += 1
+        if k < n and text[k].isascii() and text[k].isdigit():
+            is_float = True
+            j = k
+            while j < n and text[j].isascii() and text[j].isdigit():
+                j += 1
+    if j < n and text[j].isascii() and (text[j].isalpha() or text[j] == "_"):
+        raise RuleSyntaxError("invalid number", start, text)
+    literal = text[start:j]
+    try:
+        value: int | float = float(literal) if is_float else int(literal)
+    except ValueError:  # e.g. more digits than Python will convert
+        raise RuleSyntaxError("number too long", start, text) from None
+    tokens.append(Token("num", value, start))
+    return j
+
+
+def _string(text: str, start: int, tokens: list[Token]) -> int:
+    quote = text[start]
+    n = len(text)
+    out: list[str] = []
+    j = start + 1
+    while j < n:
+        ch = text[j]
+        if ch == quote:
+            tokens.append(Token("str", "".join(out), start))
+            return j + 1
+        if ch == "\\":
+            if j + 1 >= n:
+                break
+            esc = text[j + 1]
+            if esc in _ESCAPES:
+                out.append(_ESCAPES[esc])
+                j += 2
+                continue
+            if esc == "u":
+                digits = text[j + 2 : j + 6]
+                if len(digits) == 4 and all(c in "0123456789abcdefABCDEF" for c in digits):
+                    out.append(chr(int(digits, 16)))
+                    j += 6
+                    continue
+                raise RuleSyntaxError("invalid \\u escape (expected 4 hex digits)", j, text)
+            raise RuleSyntaxError(f"invalid escape '\\{esc}' in string", j, text)
+        if ch == "\n":
+            break
+        out.append(ch)
+        j += 1
+    raise RuleSyntaxError("unterminated string", start, text)

@@ -1,0 +1,113 @@
+"""Dry runs: what a version would do for a customer and an event, with no side effects.
+
+Uses the same step kinds as the engine, with `dry_run=True` (action kinds
+describe what they would send) and a simulated clock that jumps over delays.
+Nothing is written to the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from types import SimpleNamespace
+
+from django.utils import timezone
+
+from journeys.choices import TriggerKind
+from journeys.engine.compiled import CompiledVersion, compile_version
+from journeys.engine.runner import MAX_STEPS_PER_ADVANCE, entry_refusal, rule_true
+from journeys.engine.runtime import StepContext, context_dict, event_dict, events_counter, profile_dict
+from journeys.models import Customer, WorkflowVersion
+from journeys.rules import RuleContext
+
+
+@dataclass
+class DryRunReport:
+    entered: bool
+    reason: str = ""
+    path: list[dict] = field(default_factory=list)
+    actions: list[dict] = field(default_factory=list)
+    end: str = ""
+    converted: bool = False
+
+    def as_dict(self) -> dict:
+        return {"entered": self.entered, "reason": self.reason, "path": self.path, "actions": self.actions,
+                "end": self.end, "converted": self.converted}
+
+
+def version_dry_run(
+    *,
+    version: WorkflowVersion | CompiledVersion,
+    customer: Customer,
+    event: dict | None = None,
+    now: datetime | None = None,
+    later_events: list[str] | None = None,
+    check_entry: bool = True,
+) -> DryRunReport:
+    """Walk the version for this customer. `later_events` names events assumed to arrive
+    while the run waits (a wait_for_event for one of them takes the 'event' branch)."""
+    compiled = version if isinstance(version, CompiledVersion) else compile_version(version)
+    now = now or timezone.now()
+    event = event or {}
+    if isinstance(event, dict):
+        event = {"name": event.get("name") or event.get("event", ""), "type": event.get("type", "track"),
+                 "properties": event.get("properties") or {}, "context": event.get("context") or {},
+                 "traits": event.get("traits") or {}, "timestamp": now}
+    profile = profile_dict(customer, now)
+    rctx = RuleContext(event=event_dict(event), profile=profile, context=context_dict(event, now), journey={},
+                       now=now, events_in_last=events_counter(customer.pk))
+    if compiled.trigger_kind == TriggerKind.EVENT and event_dict(event).get("name") != compiled.trigger_event:
+        return DryRunReport(entered=False, reason=f"the trigger waits for {compiled.trigger_event!r}")
+    if not rule_true(compiled.trigger_config.get("filter", ""), rctx)[0]:
+        return DryRunReport(entered=False, reason="the trigger filter is false")
+    if check_entry and (why := entry_refusal(version=compiled, customer=customer, ctx=rctx, now=now)):
+        return DryRunReport(entered=False, reason=why)
+
+    report = DryRunReport(entered=True)
+    run = SimpleNamespace(pk="dry", variables={}, visits={compiled.entry_step: 1}, converted_at=None)
+    key, clock, pending = compiled.entry_step, now, list(later_events or [])
+    for _ in range(MAX_STEPS_PER_ADVANCE):
+        step = compiled.steps.get(key)
+        if step is None:
+            report.end = f"failed: step {key!r} missing"
+            break
+        ctx = StepContext(run=run, customer=customer, event=event, step_key=key, step_name=step.name,
+                          config=step.config, visit=run.visits.get(key, 1), now=clock, dry_run=True,
+                          workflow_id=compiled.workflow_id, version_id=compiled.id, profile=profile,
+                          events_in_last=events_counter(customer.pk))
+        try:
+            result = step.kind.execute(ctx)
+        except Exception as exc:
+            report.path.append({"step": key, "kind": step.kind.kind, "outcome": "error", "error": str(exc), "at": clock.isoformat()})
+            report.end = "failed"
+            break
+        outcome = result.outcome or result.end_status
+        if result.wait_until is not None:
+            if result.wait_event and result.wait_event in pending:
+                pending.remove(result.wait_event)
+                outcome = "event"
+            else:
+                outcome = "timeout" if result.wait_event else "next"
+                clock = max(clock, result.wait_until)
+        entry = {"step": key, "kind": step.kind.kind, "outcome": outcome, "at": clock.isoformat()}
+        if result.detail:
+            entry["detail"] = result.detail
+        errors = [e for e in (result.error, *ctx.notes.get("rule_errors", [])) if e]
+        if errors:
+            entry["error"] = "; ".join(errors)
+        report.path.append(entry)
+        if step.kind.side_effects and result.detail:
+            report.actions.append({"step": key, "kind": step.kind.kind, **result.detail})
+        if result.end_status:
+            report.end = result.end_status
+            break
+        target = step.edges.get(outcome or "next")
+        if target is None:
+            report.end = "completed"
+            break
+        run.visits[target] = run.visits.get(target, 0) + 1
+        key = target
+    else:
+        report.end = "failed: too many steps without a wait"
+    report.converted = run.converted_at is not None
+    return report

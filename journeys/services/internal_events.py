@@ -1,0 +1,73 @@
+"""Events the product records itself (profile updates, case resolved, email opened...)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from django.db import transaction
+from django.utils import timezone
+
+from journeys.choices import EventType
+from journeys.models import Customer, Event, Source
+from journeys.models.events import hash_write_key
+
+INTERNAL_SOURCE = "internal"
+
+
+def internal_source() -> Source:
+    """The source for product-made events; it has no usable write key (HTTP cannot post as it)."""
+    source = Source.objects.filter(name=INTERNAL_SOURCE).first()
+    if source is None:
+        source, _ = Source.objects.get_or_create(
+            name=INTERNAL_SOURCE,
+            defaults={
+                "description": "events recorded by the console itself",
+                "enabled": False,
+                "key_hash": hash_write_key(uuid.uuid4().hex + uuid.uuid4().hex),
+                "key_prefix": "internal",
+            },
+        )
+    return source
+
+
+@transaction.atomic
+def event_record_internal(
+    *,
+    customer: Customer,
+    name: str,
+    properties: dict | None = None,
+    traits: dict | None = None,
+    changes: dict | None = None,
+    at: datetime | None = None,
+    message_id: str | None = None,
+    context: dict | None = None,
+) -> Event:
+    """Store an internal event in the outbox so journeys can react to it like any other.
+
+    `message_id` makes it idempotent (e.g. one `Email Opened` per delivery).
+    """
+    from journeys.engine.queue import enqueue_events
+
+    at = at or timezone.now()
+    source = internal_source()
+    mid = message_id or f"int-{uuid.uuid4()}"
+    existing = Event.objects.filter(source=source, message_id=mid).first()
+    if existing:
+        return existing
+    event = Event.objects.create(
+        source=source,
+        message_id=mid,
+        type=EventType.IDENTIFY if traits else EventType.TRACK,
+        name=name,
+        user_id=customer.external_id,
+        customer=customer,
+        properties=properties or {},
+        traits=traits or {},
+        changes=changes or {},
+        context=context or {},
+        timestamp=at,
+        received_at=timezone.now(),
+    )
+    enqueue_events([event.pk])
+    return event
