@@ -39,7 +39,7 @@ def events_process(*, event_ids: list[int]) -> int:
     index = trigger_index()
     with transaction.atomic():
         events = list(
-            Event.objects.select_for_update(**_skip_locked())
+            Event.objects.select_for_update(of=("self",), **_skip_locked())
             .filter(pk__in=event_ids, status=EventStatus.PENDING)
             .select_related("customer")
             .order_by("timestamp", "id")

@@ -63,7 +63,7 @@ def watches_fire_due(*, now: datetime | None = None) -> int:
     while True:
         with transaction.atomic():
             watches = list(
-                TriggerWatch.objects.select_for_update(**_lock_kwargs())
+                TriggerWatch.objects.select_for_update(of=("self",), **_lock_kwargs())
                 .filter(due_at__lte=now, fired_at__isnull=True, cancelled_at__isnull=True)
                 .select_related("customer", "start_event")[:BATCH]
             )
