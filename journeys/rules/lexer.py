@@ -6,12 +6,13 @@ character an ops person has to fix (an unknown escape, a stray `=`, ...).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 from .errors import RuleSyntaxError
 
-TokenKind = Literal["num", "str", "name", "op", "end"]
+TokenKind = Literal["num", "str", "name", "op", "end", "error"]
 
 # Longest first, so "<=" wins over "<".
 _OPERATORS = ("==", "!=", "<=", ">=", "<", ">", "+", "-", "*", "/", "%", "(", ")", "[", "]", ",", ".", "=")
@@ -36,37 +37,47 @@ class Token:
         return repr(self.value)
 
 
-def tokenize(text: str) -> list[Token]:
-    """Split `text` into tokens, ending with an "end" token at len(text)."""
-    tokens: list[Token] = []
+def tokenize(text: str) -> Iterator[Token]:
+    """Yield the tokens of `text`, ending with an "end" token at len(text).
+
+    Lazy, and a bad character becomes an "error" token (value: the message)
+    instead of an exception, so the parser reports whichever problem comes first
+    in the text: `lambda: 1` is about `lambda`, even though `:` was peeked at.
+    Nothing follows an error token.
+    """
     i, n = 0, len(text)
     while i < n:
         ch = text[i]
         if ch in " \t\r\n":
             i += 1
-        elif ch.isascii() and (ch.isalpha() or ch == "_"):
-            j = i + 1
-            while j < n and text[j].isascii() and (text[j].isalnum() or text[j] == "_"):
-                j += 1
-            tokens.append(Token("name", text[i:j], i))
-            i = j
-        elif ch.isascii() and ch.isdigit():
-            i = _number(text, i, tokens)
-        elif ch in "\"'":
-            i = _string(text, i, tokens)
-        else:
-            for op in _OPERATORS:
-                if text.startswith(op, i):
-                    tokens.append(Token("op", op, i))
-                    i += len(op)
-                    break
-            else:
-                raise RuleSyntaxError(f"unexpected character {ch!r}", i, text)
-    tokens.append(Token("end", None, n))
-    return tokens
+            continue
+        try:
+            token, i = _next_token(text, i)
+        except RuleSyntaxError as error:
+            yield Token("error", error.message, error.position)
+            return
+        yield token
+    yield Token("end", None, n)
 
 
-def _number(text: str, start: int, tokens: list[Token]) -> int:
+def _next_token(text: str, start: int) -> tuple[Token, int]:
+    ch = text[start]
+    if ch.isascii() and (ch.isalpha() or ch == "_"):
+        j = start + 1
+        while j < len(text) and text[j].isascii() and (text[j].isalnum() or text[j] == "_"):
+            j += 1
+        return Token("name", text[start:j], start), j
+    if ch.isascii() and ch.isdigit():
+        return _number(text, start)
+    if ch in "\"'":
+        return _string(text, start)
+    for op in _OPERATORS:
+        if text.startswith(op, start):
+            return Token("op", op, start), start + len(op)
+    raise RuleSyntaxError(f"unexpected character {ch!r}", start, text)
+
+
+def _number(text: str, start: int) -> tuple[Token, int]:
     n = len(text)
     j = start
     while j < n and text[j].isascii() and text[j].isdigit():
@@ -94,11 +105,10 @@ def _number(text: str, start: int, tokens: list[Token]) -> int:
         value: int | float = float(literal) if is_float else int(literal)
     except ValueError:  # e.g. more digits than Python will convert
         raise RuleSyntaxError("number too long", start, text) from None
-    tokens.append(Token("num", value, start))
-    return j
+    return Token("num", value, start), j
 
 
-def _string(text: str, start: int, tokens: list[Token]) -> int:
+def _string(text: str, start: int) -> tuple[Token, int]:
     quote = text[start]
     n = len(text)
     out: list[str] = []
@@ -106,8 +116,7 @@ def _string(text: str, start: int, tokens: list[Token]) -> int:
     while j < n:
         ch = text[j]
         if ch == quote:
-            tokens.append(Token("str", "".join(out), start))
-            return j + 1
+            return Token("str", "".join(out), start), j + 1
         if ch == "\\":
             if j + 1 >= n:
                 break

@@ -82,7 +82,8 @@ def _check_depth(tree: Node, text: str) -> None:
 class _Parser:
     def __init__(self, text: str) -> None:
         self.text = text
-        self.tokens = tokenize(text)
+        self.pending = tokenize(text)
+        self.tokens: list[Token] = []
         self.index = 0
         self.nesting = 0
         self.references: set[str] = set()
@@ -91,10 +92,17 @@ class _Parser:
     # --- token helpers ---
 
     def peek(self, ahead: int = 0) -> Token:
-        return self.tokens[min(self.index + ahead, len(self.tokens) - 1)]
+        wanted = self.index + ahead
+        while len(self.tokens) <= wanted and (
+            not self.tokens or self.tokens[-1].kind not in ("end", "error")
+        ):
+            self.tokens.append(next(self.pending))
+        return self.tokens[min(wanted, len(self.tokens) - 1)]
 
     def advance(self) -> Token:
-        token = self.tokens[self.index]
+        token = self.peek()
+        if token.kind == "error":
+            raise self.error(str(token.value), token.pos)
         if token.kind != "end":
             self.index += 1
         return token
@@ -111,6 +119,8 @@ class _Parser:
         return RuleSyntaxError(message, pos, self.text)
 
     def unexpected(self, token: Token) -> RuleSyntaxError:
+        if token.kind == "error":
+            return self.error(str(token.value), token.pos)
         if token.kind == "op" and token.value == "=":
             return self.error("unexpected '=' (use == to compare)", token.pos)
         return self.error(f"unexpected {token.describe()}", token.pos)
@@ -119,6 +129,8 @@ class _Parser:
         token = self.peek()
         if token.kind == "op" and token.value == value:
             return self.advance()
+        if token.kind == "error":
+            raise self.unexpected(token)
         raise self.error(f"expected '{value}' but found {token.describe()}", token.pos)
 
     def enter(self, pos: int) -> None:
@@ -326,7 +338,7 @@ class _Parser:
                 self.advance()
                 kwargs.append((keyword, self.expression()))
             else:
-                if kwargs:
+                if kwargs and token.kind != "error":
                     raise self.error("positional argument after a keyword argument", token.pos)
                 args.append(self.expression())
             if not self.at_op(","):
