@@ -3,5 +3,8 @@ from django.urls import include, path
 
 urlpatterns = [
     path("v1/", include("journeys.api.urls")),
+    path("channels/", include("channels_app.urls")),
+    path("agents/", include("agents.urls")),
+    path("experiments/", include("experiments.urls")),
     path("admin/", admin.site.urls),
 ]
