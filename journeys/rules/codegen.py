@@ -1,4 +1,4 @@
-"""AST -> Python source for one function, compiled once per rule.
+"""AST -> Python source, compiled once per rule.
 
 Generating Python (rather than walking the tree per evaluation) is what makes
 rules nearly as fast as hand-written code. Safety comes from the input: only
@@ -33,6 +33,8 @@ BASE_GLOBALS: dict[str, object] = {
     "_idx": fn.get_index,
     "_mul": fn.multiply,
     "_mod": fn.modulo,
+    "_type": type,
+    "_NUM": frozenset({int, float, bool}),
     **{f"_f_{name}": spec.impl for name, spec in fn.SPECS.items()},
 }
 
@@ -40,11 +42,41 @@ _ORDERED = frozenset({"<", "<=", ">", ">="})
 
 
 def generate(tree: Node, *, fast: bool) -> tuple[str, dict[str, object]]:
-    """Return (source of `def _rule(event, profile, context, journey, _rt)`, extra globals)."""
+    """Return (module source, extra globals) defining two functions over the same expression.
+
+    `_rule(event, profile, context, journey, _rt)` returns the raw value.
+    `_evaluate(_rt)` is the engine's hot path, inlined to save a call per event:
+    it reads only the roots the rule uses and returns `_TRUE`/`_FALSE`, handing
+    any exception to `_recover(_rt, exc)`. The caller supplies those three names
+    and `_Exception` in the globals.
+    """
     emitter = _Emitter(fast=fast)
     body = emitter.emit(tree)
-    source = f"def _rule({', '.join(ARGUMENTS)}):\n    return {body}\n"
+    roots = sorted(_roots(tree))
+    loads = "".join(f"    {root} = _rt.{root}\n" for root in roots)
+    source = (
+        f"def _rule({', '.join(ARGUMENTS)}):\n"
+        f"    return {body}\n"
+        f"\n"
+        f"def _evaluate(_rt):\n"
+        f"{loads}"
+        f"    try:\n"
+        f"        return _TRUE if {body} else _FALSE\n"
+        f"    except _Exception as exc:\n"
+        f"        return _recover(_rt, exc)\n"
+    )
     return source, emitter.constants
+
+
+def _roots(tree: Node) -> set[str]:
+    found: set[str] = set()
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Path):
+            found.add(node.root)
+        stack.extend(children(node))
+    return found
 
 
 def has_multi_step_path(tree: Node) -> bool:
@@ -65,6 +97,11 @@ def _is_trivial(node: Node) -> bool:
 
 def _is_null(node: Node) -> bool:
     return isinstance(node, Const) and node.value is None
+
+
+def _may_be_null(node: Node) -> bool:
+    """Whether a None guard is needed (and legal: `[] is None` is a SyntaxWarning)."""
+    return not isinstance(node, (Const, ListExpr))
 
 
 # A comparison is rendered from parts: literal source text, or the index of an operand.
@@ -136,10 +173,8 @@ class _Emitter:
 
     def binop(self, node: BinOp) -> str:
         """Arithmetic where a missing operand makes the result missing, as in SQL."""
-        if node.op == "*":
-            return f"_mul({self.emit(node.left)}, {self.emit(node.right)})"
-        if node.op == "%":
-            return f"_mod({self.emit(node.left)}, {self.emit(node.right)})"
+        if node.op in ("*", "%"):
+            return self.numeric_binop(node)
         if _is_null(node.left) or _is_null(node.right):
             return "None"
         guards: list[str] = []
@@ -156,12 +191,34 @@ class _Emitter:
             return f"({result})"
         return f"(None if {' or '.join(guards)} else {result})"
 
+    def numeric_binop(self, node: BinOp) -> str:
+        """`*` and `%` on plain numbers inline; anything else goes to the checking helper."""
+        helper = "_mul" if node.op == "*" else "_mod"
+        checks: list[str] = []
+        operands: list[str] = []
+        for side in (node.left, node.right):
+            if isinstance(side, Const) and type(side.value) in (int, float):
+                operands.append(self.emit(side))
+            else:
+                tmp = self.temp()
+                checks.append(f"(_type({tmp} := {self.emit(side)}) in _NUM)")
+                operands.append(tmp)
+        left, right = operands
+        if not checks:
+            return f"({left} {node.op} {right})"
+        # `&`, not `and`: both temporaries must be assigned before the helper may need them.
+        return f"({left} {node.op} {right} if {' & '.join(checks)} else {helper}({left}, {right}))"
+
     def call(self, node: Call) -> str:
         spec = fn.SPECS[node.name]
         if node.name == "now":
             return "_rt.now"
         if node.name == "exists":
-            return f"({self.emit(node.args[0])} is not None)"
+            arg = node.args[0]
+            if not _may_be_null(arg):
+                return repr(not _is_null(arg))
+            if isinstance(arg, Path):  # inline; other code might constant-fold into `1 is ...`
+                return f"({self.emit(arg)} is not None)"
         args = [self.emit(arg) for arg in node.args]
         args += [f"{keyword}={self.emit(value)}" for keyword, value in node.kwargs]
         if spec.needs_context:
@@ -224,28 +281,35 @@ class _Emitter:
                 return None
             parts: list[_Part] = ["("]
             for index, side in ((li, left), (ri, right)):
-                if not isinstance(side, Const):
+                if _may_be_null(side):
                     parts += [index, " is not None and "]
-            return parts + [li, f" {op} ", ri, ")"]
+            return [*parts, li, f" {op} ", ri, ")"]
         negate = op == "not in"
         if _is_null(right):
             return ["True"] if negate else None
-        if (
-            rhs_private
-            and isinstance(right, ListExpr)
-            and all(isinstance(item, Const) for item in right.items)
-        ):
+        if isinstance(right, ListExpr) and all(isinstance(item, Const) for item in right.items):
             # `x in [..]` of literals: one hash lookup; null is only found if listed.
+            # (Should a chain go on, the next pair evaluates the list itself.)
             values = [item.value for item in right.items]  # type: ignore[attr-defined]
             name = self.constant(frozenset(values))
             return ["(", li, f" {op} {name})"]
         # General case: a missing needle or a missing collection is "not found".
-        parts = ["(not (" if negate else "("]
-        if not isinstance(left, Const):
-            parts += [li, " is not None and "]
-        elif left.value is None:
+        if _is_null(left):
             return ["True"] if negate else None
-        if not isinstance(right, (Const, ListExpr)):
-            parts += [ri, " is not None and "]
-        parts += [li, " in ", ri, "))" if negate else ")"]
-        return parts
+        if not negate:
+            # A missing side makes this pair, and so the whole chain, false before
+            # any later pair could read an unassigned temporary.
+            parts = ["("]
+            for index, side in ((li, left), (ri, right)):
+                if _may_be_null(side):
+                    parts += [index, " is not None and "]
+            return [*parts, li, " in ", ri, ")"]
+        # Negated, a missing side makes this pair true and the chain goes on, so a
+        # right operand shared with the next pair is evaluated first, unconditionally.
+        shared = not rhs_private and not isinstance(right, Const)
+        guards: list[_Part] = [ri, " is None or "] if shared else []
+        if _may_be_null(left):
+            guards += [li, " is None or "]
+        if not shared and _may_be_null(right):
+            guards += [ri, " is None or "]
+        return ["(", *guards, li, " not in ", ri, ")"]

@@ -15,6 +15,7 @@ from typing import Any
 
 from . import codegen
 from .errors import RuleEvaluationError, RuleSyntaxError
+from .nodes import Node
 from .parser import parse
 
 EventCounter = Callable[[str, dt.datetime], "int | None"]
@@ -90,9 +91,18 @@ def describe_error(exc: BaseException) -> str:
 
 
 class Rule:
-    """A compiled rule. Immutable and thread-safe; get one through compile_rule()."""
+    """A compiled rule. Immutable and thread-safe; get one through compile_rule().
 
-    __slots__ = ("text", "references", "functions", "source", "_fast", "_safe")
+    `evaluate(ctx) -> RuleResult` gives the truth of the rule for ctx and never
+    raises for runtime problems: they make it false and are described in
+    `error`. It is the generated function itself, stored on the instance rather
+    than wrapped in a method, because the engine calls it for every event and a
+    wrapper's extra Python call was a measurable share of the cost.
+    """
+
+    __slots__ = ("_fallback", "_value", "evaluate", "functions", "references", "source", "text")
+
+    evaluate: Callable[[RuleContext], RuleResult]
 
     def __init__(
         self,
@@ -100,78 +110,93 @@ class Rule:
         references: frozenset[str],
         functions: frozenset[str],
         source: str,
-        fast: _RuleFunction,
-        safe: _RuleFunction | None,
+        evaluate: Callable[[RuleContext], RuleResult],
+        value: _RuleFunction,
+        fallback: _RuleFunction | None,
     ) -> None:
         self.text = text
         self.references = references
         self.functions = functions
-        self.source = source  # the generated Python, for debugging and the admin
-        self._fast = fast
-        self._safe = safe  # None when it could not differ from _fast
+        self.source = source  # the generated Python, for debugging
+        self.evaluate = evaluate
+        self._value = value
+        self._fallback = fallback  # the "safe" variant, when it can differ from _value
 
     def __repr__(self) -> str:
         return f"<Rule {self.text!r}>"
 
-    def evaluate(self, ctx: RuleContext) -> RuleResult:
-        """Truth of the rule for ctx; runtime problems make it false and are described."""
-        try:
-            return (
-                _TRUE
-                if self._fast(ctx.event, ctx.profile, ctx.context, ctx.journey, ctx)
-                else _FALSE
-            )
-        except Exception as exc:
-            if self._safe is None:
-                return RuleResult(False, describe_error(exc))
-        try:
-            return (
-                _TRUE
-                if self._safe(ctx.event, ctx.profile, ctx.context, ctx.journey, ctx)
-                else _FALSE
-            )
-        except Exception as exc:
-            return RuleResult(False, describe_error(exc))
-
     def value(self, ctx: RuleContext) -> object:
         """The expression's raw value (for computed values); raises RuleEvaluationError."""
         try:
-            return self._fast(ctx.event, ctx.profile, ctx.context, ctx.journey, ctx)
+            return self._value(ctx.event, ctx.profile, ctx.context, ctx.journey, ctx)
         except Exception as exc:
-            if self._safe is None:
+            if self._fallback is None:
                 raise RuleEvaluationError(describe_error(exc)) from exc
         try:
-            return self._safe(ctx.event, ctx.profile, ctx.context, ctx.journey, ctx)
+            return self._fallback(ctx.event, ctx.profile, ctx.context, ctx.journey, ctx)
         except Exception as exc:
             raise RuleEvaluationError(describe_error(exc)) from exc
 
 
-def _build(source: str, constants: dict[str, object], text: str) -> _RuleFunction:
-    namespace: dict[str, Any] = {**codegen.BASE_GLOBALS, **constants}
+def _recovery(fallback: _RuleFunction | None) -> Callable[[RuleContext, Exception], RuleResult]:
+    """What the generated evaluate() does once the fast variant raised."""
+
+    def recover(ctx: RuleContext, exc: Exception) -> RuleResult:
+        if fallback is not None:
+            try:
+                if fallback(ctx.event, ctx.profile, ctx.context, ctx.journey, ctx):
+                    return _TRUE
+                return _FALSE
+            except Exception as again:  # noqa: BLE001 - reported in the result instead
+                exc = again
+        return RuleResult(False, describe_error(exc))
+
+    return recover
+
+
+def _load(
+    tree: Node, *, fast: bool, text: str, fallback: _RuleFunction | None = None
+) -> tuple[str, dict[str, Any]]:
+    """Generate, compile and run one variant; returns its source and namespace."""
+    source, constants = codegen.generate(tree, fast=fast)
+    namespace: dict[str, Any] = {
+        **codegen.BASE_GLOBALS,
+        **constants,
+        "_TRUE": _TRUE,
+        "_FALSE": _FALSE,
+        "_Exception": Exception,
+        "_recover": _recovery(fallback),
+    }
     try:
         code = compile(source, "<rule>", "exec")
     except (SyntaxError, RecursionError, MemoryError, ValueError):
         # Our limits should make this unreachable; fail as a rule error, not a crash.
         raise RuleSyntaxError("rule is too complex", 0, text) from None
-    exec(code, namespace)  # noqa: S102 - source generated from a validated AST only
-    return namespace["_rule"]
+    exec(code, namespace)  # noqa: S102 - generated from a validated AST, never from user text
+    return source, namespace
 
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def compile_rule(text: str) -> Rule:
     """Parse, validate and compile `text`; the same text returns the same Rule object."""
     parsed = parse(text)
-    fast_source, fast_constants = codegen.generate(parsed.tree, fast=True)
-    fast = _build(fast_source, fast_constants, text)
-    safe: _RuleFunction | None = None
-    # events_in_last may hit the database: never run it twice for one evaluation.
-    if codegen.has_multi_step_path(parsed.tree) and "events_in_last" not in parsed.functions:
-        safe_source, safe_constants = codegen.generate(parsed.tree, fast=False)
-        safe = _build(safe_source, safe_constants, text)
-    elif "events_in_last" in parsed.functions:
-        fast_source, fast_constants = codegen.generate(parsed.tree, fast=False)
-        fast = _build(fast_source, fast_constants, text)
-    return Rule(text, parsed.references, parsed.functions, fast_source, fast, safe)
+    fallback: _RuleFunction | None = None
+    if "events_in_last" in parsed.functions:
+        # It may hit the database: never run it twice for one evaluation.
+        source, namespace = _load(parsed.tree, fast=False, text=text)
+    else:
+        if codegen.has_multi_step_path(parsed.tree):
+            fallback = _load(parsed.tree, fast=False, text=text)[1]["_rule"]
+        source, namespace = _load(parsed.tree, fast=True, text=text, fallback=fallback)
+    return Rule(
+        text,
+        parsed.references,
+        parsed.functions,
+        source,
+        namespace["_evaluate"],
+        namespace["_rule"],
+        fallback,
+    )
 
 
 def validate_rule(text: str) -> list[str]:

@@ -25,7 +25,8 @@ class RuleSyntaxError(ValueError):
         """1-based column, which is what editors and people count in."""
         return self.position + 1
 
-    def __reduce__(self):  # keep pickling (e.g. q2 task results) working with our signature
+    def __reduce__(self) -> tuple[type[RuleSyntaxError], tuple[str, int, str]]:
+        # Keep pickling (e.g. q2 task results) working with our three-argument signature.
         return (type(self), (self.message, self.position, self.text))
 
 

@@ -327,49 +327,91 @@ class FunctionSpec:
 
 
 _SPECS = [
-    FunctionSpec("now", f_now, "now(): the current moment (the engine's clock)", 0, 0,
-                 needs_context=True),
+    FunctionSpec(
+        "now", f_now, "now(): the current moment (the engine's clock)", 0, 0, needs_context=True
+    ),
     FunctionSpec("today", f_today, "today(): the current date", 0, 0, needs_context=True),
-    FunctionSpec("days_since", f_days_since,
-                 "days_since(x): days (with fraction) from x until now; x is a date, datetime "
-                 "or ISO-8601 text; null if x is missing", 1, 1, needs_context=True),
-    FunctionSpec("hours_since", f_hours_since,
-                 "hours_since(x): hours (with fraction) from x until now; null if x is missing",
-                 1, 1, needs_context=True),
-    FunctionSpec("days_until", f_days_until,
-                 "days_until(x): days (with fraction) from now until x; null if x is missing",
-                 1, 1, needs_context=True),
-    FunctionSpec("date", f_date, "date(x): x (a datetime or ISO-8601 text) as a date", 1, 1,
-                 needs_context=True),
-    FunctionSpec("datetime", f_datetime,
-                 "datetime(x): ISO-8601 text as a datetime, comparable with now()", 1, 1,
-                 needs_context=True),
+    FunctionSpec(
+        "days_since",
+        f_days_since,
+        "days_since(x): days (with fraction) from x until now; x is a date, datetime "
+        "or ISO-8601 text; null if x is missing",
+        1,
+        1,
+        needs_context=True,
+    ),
+    FunctionSpec(
+        "hours_since",
+        f_hours_since,
+        "hours_since(x): hours (with fraction) from x until now; null if x is missing",
+        1,
+        1,
+        needs_context=True,
+    ),
+    FunctionSpec(
+        "days_until",
+        f_days_until,
+        "days_until(x): days (with fraction) from now until x; null if x is missing",
+        1,
+        1,
+        needs_context=True,
+    ),
+    FunctionSpec(
+        "date",
+        f_date,
+        "date(x): x (a datetime or ISO-8601 text) as a date",
+        1,
+        1,
+        needs_context=True,
+    ),
+    FunctionSpec(
+        "datetime",
+        f_datetime,
+        "datetime(x): ISO-8601 text as a datetime, comparable with now()",
+        1,
+        1,
+        needs_context=True,
+    ),
     FunctionSpec("lower", f_lower, "lower(s): text in lower case", 1, 1),
     FunctionSpec("upper", f_upper, "upper(s): text in upper case", 1, 1),
-    FunctionSpec("contains", f_contains,
-                 "contains(haystack, needle): needle is part of the text, or an item of the list",
-                 2, 2),
-    FunctionSpec("starts_with", f_starts_with, "starts_with(s, prefix): s begins with prefix",
-                 2, 2),
+    FunctionSpec(
+        "contains",
+        f_contains,
+        "contains(haystack, needle): needle is part of the text, or an item of the list",
+        2,
+        2,
+    ),
+    FunctionSpec(
+        "starts_with", f_starts_with, "starts_with(s, prefix): s begins with prefix", 2, 2
+    ),
     FunctionSpec("ends_with", f_ends_with, "ends_with(s, suffix): s ends with suffix", 2, 2),
     FunctionSpec("len", f_len, "len(x): length of text, a list or an object", 1, 1),
     FunctionSpec("abs", f_abs, "abs(n): absolute value", 1, 1),
-    FunctionSpec("min", f_min, "min(a, b, ...) or min(list): smallest value, nulls skipped",
-                 1, None),
-    FunctionSpec("max", f_max, "max(a, b, ...) or max(list): largest value, nulls skipped",
-                 1, None),
+    FunctionSpec(
+        "min", f_min, "min(a, b, ...) or min(list): smallest value, nulls skipped", 1, None
+    ),
+    FunctionSpec(
+        "max", f_max, "max(a, b, ...) or max(list): largest value, nulls skipped", 1, None
+    ),
     FunctionSpec("round", f_round, "round(n) or round(n, digits): rounded number", 1, 2),
-    FunctionSpec("int", f_int, "int(x): whole number from a number or text (\"3.5\" -> 3)",
-                 1, 1),
+    FunctionSpec("int", f_int, 'int(x): whole number from a number or text ("3.5" -> 3)', 1, 1),
     FunctionSpec("float", f_float, "float(x): number from a number or text", 1, 1),
     FunctionSpec("str", f_str, "str(x): x as text", 1, 1),
-    FunctionSpec("coalesce", f_coalesce, "coalesce(a, b, ...): the first value that is not null",
-                 1, None),
+    FunctionSpec(
+        "coalesce", f_coalesce, "coalesce(a, b, ...): the first value that is not null", 1, None
+    ),
     FunctionSpec("exists", f_exists, "exists(x): x is present (not null)", 1, 1),
-    FunctionSpec("events_in_last", f_events_in_last,
-                 "events_in_last(name, days=N) or events_in_last(name, hours=N): how many "
-                 "events called name this person sent in that window", 1, 1,
-                 kwargs=("days", "hours"), needs_context=True, exactly_one_kwarg=True),
+    FunctionSpec(
+        "events_in_last",
+        f_events_in_last,
+        "events_in_last(name, days=N) or events_in_last(name, hours=N): how many "
+        "events called name this person sent in that window",
+        1,
+        1,
+        kwargs=("days", "hours"),
+        needs_context=True,
+        exactly_one_kwarg=True,
+    ),
 ]
 
 SPECS: dict[str, FunctionSpec] = {spec.name: spec for spec in _SPECS}
