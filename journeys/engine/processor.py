@@ -46,11 +46,18 @@ def events_process(*, event_ids: list[int]) -> int:
         )
         if not events:
             return 0
-        customer_ids = {e.customer_id for e in events if e.customer_id}
+        # One Customer object per customer for the whole batch, so a later event sees
+        # what an earlier one changed (select_related gives each event its own copy).
+        shared: dict = {}
+        for event in events:
+            if event.customer_id:
+                event.customer = shared.setdefault(event.customer_id, event.customer)
+        customer_ids = set(shared)
         open_runs: dict[int, list[JourneyRun]] = defaultdict(list)
         for run in JourneyRun.objects.filter(
             customer_id__in=customer_ids, status__in=[RunStatus.ACTIVE, RunStatus.WAITING]
-        ).select_related("customer"):
+        ):
+            run.customer = shared[run.customer_id]
             open_runs[run.customer_id].append(run)
         processed, failed = [], []
         for event in events:
@@ -110,6 +117,8 @@ def event_route(*, event: Event, open_runs: dict, index, now) -> None:
         )
 
     for vid in index.by_event.get(event.name, ()):
+        if not index.admits(vid, customer.pk):
+            continue
         version = load_version(vid)
         if not rule_true(version.trigger_config.get("filter", ""), rctx)[0]:
             continue
@@ -126,6 +135,8 @@ def _profile_triggers(*, event, customer, index, rctx, runs, now) -> None:
     old_traits = {**customer.traits, **{k: v[0] for k, v in event.changes.items()}}
     old_traits = {k: v for k, v in old_traits.items() if v is not None}
     for vid in index.profile_triggers:
+        if not index.admits(vid, customer.pk):
+            continue
         version = load_version(vid)
         config = version.trigger_config
         if version.trigger_kind == TriggerKind.ATTRIBUTE_CHANGE:

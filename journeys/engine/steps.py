@@ -218,6 +218,15 @@ class UpdateProfile(StepKind):
         return out
 
     def execute(self, ctx):
+        if ctx.config["traits"] and not ctx.dry_run:
+            # Rules may read the traits they change (a counter: coalesce(profile.n, 0) + 1): lock
+            # the profile row and read it fresh, or a concurrent worker's update would be lost.
+            from journeys.engine.runtime import profile_dict
+            from journeys.models import Customer
+
+            fresh = Customer.objects.select_for_update().get(pk=ctx.customer.pk)
+            ctx.customer.traits = fresh.traits
+            ctx.profile.update(profile_dict(fresh, ctx.now))
         traits = self._values(ctx, ctx.config["traits"])
         variables = self._values(ctx, ctx.config["variables"])
         ctx.run.variables = {**ctx.run.variables, **variables}

@@ -17,7 +17,8 @@ def customer_update_traits(*, customer: Customer, traits: dict, reason: str) -> 
     """
     from journeys.services.internal_events import event_record_internal
 
-    customer = Customer.objects.select_for_update().get(pk=customer.pk)
+    fresh = Customer.objects.select_for_update().get(pk=customer.pk)
+    customer.traits = fresh.traits  # the caller's object stays the one the batch shares
     changes = {k: [customer.traits.get(k), v] for k, v in traits.items() if customer.traits.get(k) != v}
     if not changes:
         return {}
