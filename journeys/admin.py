@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
+from django.shortcuts import render
+from django.urls import path
 from django.db.models import Q
 from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
 
-from journeys.models import Customer, CustomerMerge, Event, Identity, Source
+from journeys.models import (
+    Customer,
+    CustomerMerge,
+    Event,
+    EventDefinition,
+    Identity,
+    LifecycleStage,
+    Source,
+    StageTransition,
+)
 from journeys.services.sources import source_create, source_rotate_key, source_set_enabled
 
 
@@ -43,13 +55,25 @@ class RecentEventInline(admin.TabularInline):
         return qs.filter(id__in=ids)
 
 
+class StageTransitionInline(admin.TabularInline):
+    model = StageTransition
+    fields = ("at", "from_stage", "to_stage", "reason")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    verbose_name_plural = "lifecycle stage history"
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Customer)
 class CustomerAdmin(admin.ModelAdmin):
-    list_display = ("__str__", "email", "phone", "timezone", "first_seen", "last_seen")
-    list_filter = ("timezone",)
+    list_display = ("__str__", "email", "phone", "stage", "timezone", "first_seen", "last_seen")
+    list_filter = ("stage", "timezone")
     search_fields = ("external_id", "email", "phone")
-    readonly_fields = ("first_seen", "last_seen", "last_engaged_at", "merged_into", "created_at", "updated_at")
-    inlines = [IdentityInline, RecentEventInline]
+    readonly_fields = ("stage", "first_seen", "last_seen", "last_engaged_at", "merged_into", "created_at", "updated_at")
+    inlines = [IdentityInline, StageTransitionInline, RecentEventInline]
 
     def get_queryset(self, request):
         return super().get_queryset(request).filter(merged_into__isnull=True)
@@ -110,7 +134,7 @@ class SourceAdmin(SimpleHistoryAdmin):
     list_filter = ("enabled",)
     search_fields = ("name",)
     readonly_fields = ("key_prefix", "key_rotated_at", "created_at", "updated_at")
-    fields = ("name", "description", "enabled", "rate_limit", "key_prefix", "key_rotated_at")
+    fields = ("name", "description", "enabled", "rate_limit", "schema_policy", "key_prefix", "key_rotated_at")
     actions = ["rotate_keys", "disable_sources", "enable_sources"]
 
     def save_model(self, request, obj, form, change):
@@ -139,4 +163,76 @@ class SourceAdmin(SimpleHistoryAdmin):
     def enable_sources(self, request, queryset):
         for source in queryset:
             source_set_enabled(source=source, enabled=True, reason="enabled in admin")
+
+
+class EventDefinitionForm(forms.ModelForm):
+    class Meta:
+        model = EventDefinition
+        fields = ("name", "description", "owner", "schema")
+
+    def clean_schema(self):
+        from journeys.services.catalog import schema_check
+
+        schema = self.cleaned_data.get("schema") or {}
+        if not isinstance(schema, dict):
+            raise forms.ValidationError("must be a JSON Schema object")
+        if error := schema_check(schema):
+            raise forms.ValidationError(f"not a valid JSON Schema: {error}")
+        return schema
+
+
+@admin.register(EventDefinition)
+class EventDefinitionAdmin(SimpleHistoryAdmin):
+    """The tracking plan; its changelist links to the unknown/drifting events report."""
+
+    form = EventDefinitionForm
+    list_display = ("name", "owner", "properties_list", "updated_at")
+    search_fields = ("name", "description", "owner")
+    change_list_template = "admin/journeys/eventdefinition/change_list.html"
+
+    @admin.display(description="properties")
+    def properties_list(self, obj):
+        return ", ".join(obj.property_names) or "-"
+
+    def get_urls(self):
+        return [path("report/", self.admin_site.admin_view(self.report_view), name="journeys_eventdefinition_report")] + super().get_urls()
+
+    def report_view(self, request):
+        from journeys.services.catalog import catalog_report
+
+        try:
+            days = max(1, min(int(request.GET.get("days", 7)), 365))
+        except ValueError:
+            days = 7
+        context = {**self.admin_site.each_context(request), "rows": catalog_report(days=days), "days": days,
+                   "title": f"Unknown and drifting events (last {days} days)", "opts": self.model._meta}
+        return render(request, "admin/journeys/catalog_report.html", context)
+
+
+class LifecycleStageForm(forms.ModelForm):
+    class Meta:
+        model = LifecycleStage
+        fields = ("key", "name", "order", "rule", "description")
+
+    def clean_rule(self):
+        from journeys.rules import validate_rule
+
+        rule = self.cleaned_data.get("rule", "")
+        if rule and (errors := validate_rule(rule)):
+            raise forms.ValidationError(errors)
+        return rule
+
+
+@admin.register(LifecycleStage)
+class LifecycleStageAdmin(SimpleHistoryAdmin):
+    form = LifecycleStageForm
+    list_display = ("order", "key", "name", "rule", "customers")
+    list_display_links = ("key",)
+    ordering = ("order",)
+
+    @admin.display(description="customers now")
+    def customers(self, obj):
+        return Customer.objects.filter(stage=obj.key, merged_into__isnull=True).count()
+
+
 from journeys import admin_workflows  # noqa: E402,F401

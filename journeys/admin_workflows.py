@@ -1,4 +1,8 @@
-"""Admin for workflows, versions, steps and runs (thin: services do the work)."""
+"""Admin for workflows, versions, steps, runs and governance (thin: services do the work).
+
+What a user sees and may change comes from `journeys.selectors` (roles and guardian object
+permissions); every change goes through a service that checks the same rules again.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +10,71 @@ import json
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError
 from django.http import HttpResponse, HttpResponseRedirect
-from django.shortcuts import render
+from django.shortcuts import get_object_or_404, render
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from simple_history.admin import SimpleHistoryAdmin
 
-from journeys.choices import RunStatus
+from journeys.choices import RunStatus, VersionState
 from journeys.engine.registry import STEP_KINDS, get_kind
 from journeys.engine.runner import RunFailed, run_retry
-from journeys.models import BusinessUnit, Edge, JourneyRun, Step, StepExecution, Workflow, WorkflowVersion
+from journeys.errors import PermissionDenied
+from journeys.models import (
+    AuditEntry,
+    AuditReport,
+    BusinessUnit,
+    ChangeRequest,
+    ChangeRequestStatus,
+    Edge,
+    JourneyRun,
+    OperationsSwitch,
+    Step,
+    StepExecution,
+    Workflow,
+    WorkflowVersion,
+)
+from journeys.selectors import (
+    EDIT,
+    OPERATE,
+    PROPOSE,
+    PUBLISH,
+    REVIEW,
+    VIEW,
+    audit_entries_for_user,
+    business_units_for_user,
+    change_requests_for_user,
+    runs_for_user,
+    user_can,
+    user_can_view_dashboard,
+    user_has_any_scope,
+    user_has_global,
+    versions_for_user,
+    workflows_for_user,
+)
+from journeys.services import governance as gov
 from journeys.services.workflows import (
+    change_request_comment,
+    change_request_refresh,
+    version_approve,
+    version_canary_start,
     version_check_editable,
     version_new_draft,
+    version_note_changed,
     version_publish,
+    version_reject,
+    version_submit,
     version_validate,
+    workflow_canary_stop,
+    workflow_create,
     workflow_export,
     workflow_import,
+    workflow_rollback,
+    workflow_save,
 )
 
 
@@ -34,14 +84,113 @@ def _messages_from(exc: ValidationError) -> list[str]:
     return exc.messages
 
 
+def _error_text(exc: Exception) -> str:
+    return "; ".join(_messages_from(exc)) if isinstance(exc, ValidationError) else str(exc)
+
+
+REASON_HELP = "Why are you making this change? Recorded in the history and the audit log."
+
+
+class ReasonForm(forms.ModelForm):
+    """Every change made by a person says why (simple-history's change reason)."""
+
+    change_reason = forms.CharField(label="Reason for this change", required=True, max_length=500,
+                                    help_text=REASON_HELP, widget=forms.TextInput(attrs={"size": 80}))
+
+
+class ReasonActionForm(ActionForm):
+    reason = forms.CharField(required=False, label="Reason", widget=forms.TextInput(attrs={"size": 40}))
+    percent = forms.IntegerField(required=False, min_value=1, max_value=99, label="Canary %",
+                                 widget=forms.NumberInput(attrs={"style": "width:4em"}))
+
+
+class HistoryReasonMixin:
+    """Sets the change reason and the acting user on the object and on inline rows."""
+
+    def _reason(self, request, form) -> str:
+        return (form.cleaned_data.get("change_reason") or "").strip() if form is not None else ""
+
+    def save_formset(self, request, form, formset, change):
+        reason = self._reason(request, form) or "edited in admin"
+        instances = formset.save(commit=False)
+        for obj in formset.deleted_objects:
+            obj._change_reason = reason
+            obj.delete()
+        for obj in instances:
+            obj._change_reason = reason
+            obj._history_user = request.user
+            obj.save()
+        formset.save_m2m()
+
+    def revert_disabled(self, request, obj=None):
+        return True  # reverting through history would skip review: make a new draft instead
+
+
+# --------------------------------------------------------------------------- business units
+
+
+class EditorForm(forms.Form):
+    username = forms.CharField(help_text="the user who edits (and proposes changes to) this unit's workflows")
+    grant = forms.ChoiceField(choices=[("grant", "grant"), ("revoke", "revoke")])
+    reason = forms.CharField(widget=forms.TextInput(attrs={"size": 60}))
+
+
 @admin.register(BusinessUnit)
-class BusinessUnitAdmin(SimpleHistoryAdmin):
-    list_display = ("name", "slug")
+class BusinessUnitAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
+    form = ReasonForm
+    list_display = ("name", "slug", "editors_link")
     prepopulated_fields = {"slug": ("name",)}
+
+    @admin.display(description="editors")
+    def editors_link(self, obj):
+        return format_html('<a href="{}">editors</a>', reverse("admin:journeys_businessunit_editors", args=[obj.pk]))
+
+    def save_model(self, request, obj, form, change):
+        obj._change_reason = self._reason(request, form)
+        super().save_model(request, obj, form, change)
+        gov.audit_record(action="business_unit_saved", actor=request.user, reason=obj._change_reason,
+                         data={"unit": obj.slug})
+
+    def get_urls(self):
+        return [
+            path("<int:pk>/editors/", self.admin_site.admin_view(self.editors_view), name="journeys_businessunit_editors"),
+        ] + super().get_urls()
+
+    def editors_view(self, request, pk):
+        """Who edits this unit's workflows (guardian object permission), granted and revoked with a reason."""
+        from django.contrib.auth import get_user_model
+
+        unit = get_object_or_404(BusinessUnit, pk=pk)
+        if not self.has_view_permission(request, unit):
+            raise DjangoPermissionDenied
+        form = EditorForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            user = get_user_model().objects.filter(username=data["username"]).first()
+            if user is None:
+                form.add_error("username", "no such user")
+            else:
+                service = gov.business_unit_grant_editor if data["grant"] == "grant" else gov.business_unit_revoke_editor
+                try:
+                    service(unit=unit, user=user, actor=request.user, reason=data["reason"])
+                except (ValidationError, PermissionDenied) as exc:
+                    form.add_error(None, _error_text(exc))
+                else:
+                    messages.success(request, f"{user}: {data['grant']}ed")
+                    return HttpResponseRedirect(request.path)
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "unit": unit, "form": form,
+                   "editors": gov.business_unit_editors(unit=unit),
+                   "can_grant": request.user.is_superuser or request.user.has_perm("auth.change_group"),
+                   "title": f"Editors of {unit}"}
+        return render(request, "admin/journeys/unit_editors.html", context)
+
+
+# --------------------------------------------------------------------------- workflows
 
 
 class VersionInline(admin.TabularInline):
     model = WorkflowVersion
+    fk_name = "workflow"
     fields = ("number", "state", "trigger_kind", "trigger_event", "published_at")
     readonly_fields = fields
     extra = 0
@@ -51,19 +200,42 @@ class VersionInline(admin.TabularInline):
     def has_add_permission(self, request, obj=None):
         return False
 
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_view_permission(self, request, obj=None):
+        return True
+
 
 class WorkflowImportForm(forms.Form):
     file = forms.FileField(help_text="a JSON file exported from this console")
     name = forms.CharField(required=False, help_text="import under another workflow name (optional)")
 
 
+class WorkflowForm(ReasonForm):
+    class Meta:
+        model = Workflow
+        fields = ("name", "description", "business_unit")
+
+
+class ScopedAdminMixin:
+    """Model-level answers from the user's scope (guardian object permissions included)."""
+
+    def has_module_permission(self, request):
+        return user_has_any_scope(request.user)
+
+
 @admin.register(Workflow)
-class WorkflowAdmin(SimpleHistoryAdmin):
-    list_display = ("name", "business_unit", "status", "live_version_link", "updated_at")
+class WorkflowAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAdmin):
+    form = WorkflowForm
+    action_form = ReasonActionForm
+    list_display = ("name", "business_unit", "status", "live_version_link", "canary", "updated_at")
     list_filter = ("status", "business_unit")
     search_fields = ("name", "description")
-    readonly_fields = ("live_version", "created_by", "created_at", "updated_at")
+    readonly_fields = ("status", "live_version", "canary_version", "canary_percent", "created_by", "created_at",
+                       "updated_at")
     inlines = [VersionInline]
+    actions = ["rollback", "stop_canary", "pause", "resume"]
 
     @admin.display(description="live version")
     def live_version_link(self, obj):
@@ -72,13 +244,47 @@ class WorkflowAdmin(SimpleHistoryAdmin):
         url = reverse("admin:journeys_workflowversion_change", args=[obj.live_version_id])
         return format_html('<a href="{}">v{}</a>', url, obj.live_version.number)
 
+    @admin.display(description="canary")
+    def canary(self, obj):
+        if not obj.canary_version_id:
+            return "-"
+        return f"v{obj.canary_version.number} at {obj.canary_percent}%"
+
     def get_queryset(self, request):
-        return super().get_queryset(request).select_related("business_unit", "live_version")
+        return (workflows_for_user(request.user, VIEW) & super().get_queryset(request)).select_related(
+            "business_unit", "live_version", "canary_version")
+
+    def has_view_permission(self, request, obj=None):
+        return user_can(request.user, VIEW, obj) if obj is not None else user_has_any_scope(request.user)
+
+    def has_change_permission(self, request, obj=None):
+        if obj is None:
+            return workflows_for_user(request.user, EDIT).exists() or business_units_for_user(request.user).exists()
+        return user_can(request.user, EDIT, obj)
+
+    def has_add_permission(self, request):
+        return business_units_for_user(request.user, EDIT).exists()
+
+    def has_publish_permission(self, request, obj=None):
+        return user_has_global(request.user, PUBLISH)
+
+    def has_operate_permission(self, request, obj=None):
+        return user_has_global(request.user, OPERATE) or user_has_global(request.user, PUBLISH)
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "business_unit":
+            kwargs["queryset"] = business_units_for_user(request.user, EDIT)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def get_urls(self):
-        return [path("import/", self.admin_site.admin_view(self.import_view), name="journeys_workflow_import")] + super().get_urls()
+        return [
+            path("import/", self.admin_site.admin_view(self.import_view), name="journeys_workflow_import"),
+            path("<int:pk>/diff/", self.admin_site.admin_view(self.diff_view), name="journeys_workflow_diff"),
+        ] + super().get_urls()
 
     def import_view(self, request):
+        if not self.has_add_permission(request):
+            raise DjangoPermissionDenied
         form = WorkflowImportForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():
             try:
@@ -89,17 +295,76 @@ class WorkflowAdmin(SimpleHistoryAdmin):
             except ValidationError as exc:
                 for msg in _messages_from(exc):
                     form.add_error(None, msg)
+            except PermissionDenied as exc:
+                form.add_error(None, str(exc))
             else:
                 messages.success(request, f"Imported as a draft: {version}")
                 return HttpResponseRedirect(reverse("admin:journeys_workflowversion_change", args=[version.pk]))
         context = {**self.admin_site.each_context(request), "form": form, "title": "Import a workflow", "opts": self.model._meta}
         return render(request, "admin/journeys/import.html", context)
 
+    def diff_view(self, request, pk):
+        """Any two versions of a workflow, side by side: settings, steps, edges, rules, templates."""
+        workflow = get_object_or_404(Workflow, pk=pk)
+        if not user_can(request.user, VIEW, workflow):
+            raise DjangoPermissionDenied
+        versions = list(workflow.versions.order_by("-number"))
+        by_id = {str(v.pk): v for v in versions}
+        new = by_id.get(request.GET.get("b", "")) or (versions[0] if versions else None)
+        default_old = workflow.live_version if workflow.live_version_id and new and workflow.live_version_id != new.pk else None
+        if default_old is None and new is not None:
+            default_old = next((v for v in versions if v.number < new.number), None)
+        old = by_id.get(request.GET.get("a", "")) or default_old
+        diff = gov.version_diff(old=old, new=new) if new is not None else None
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "workflow": workflow,
+                   "versions": versions, "old": old, "new": new, "diff": diff,
+                   "title": f"Compare versions of {workflow}"}
+        return render(request, "admin/journeys/diff.html", context)
+
     def save_model(self, request, obj, form, change):
+        reason = self._reason(request, form)
         if not change:
-            obj.created_by = request.user
-        obj._change_reason = "edited in admin" if change else "created in admin"
-        super().save_model(request, obj, form, change)
+            saved = workflow_create(name=obj.name, business_unit=obj.business_unit, description=obj.description,
+                                    actor=request.user, reason=reason)
+            obj.pk = saved.pk
+            obj.created_by = saved.created_by
+            return
+        obj._history_user = request.user
+        workflow_save(workflow=obj, actor=request.user, reason=reason)
+
+    def _each(self, request, queryset, func, done: str):
+        reason = request.POST.get("reason", "")
+        for workflow in queryset:
+            try:
+                func(workflow, reason)
+            except (ValidationError, PermissionDenied) as exc:
+                self.message_user(request, f"{workflow}: {_error_text(exc)}", messages.ERROR)
+            else:
+                self.message_user(request, f"{workflow}: {done}")
+
+    @admin.action(description="Roll back (previous version live again, or stop the canary)", permissions=["publish"])
+    def rollback(self, request, queryset):
+        self._each(request, queryset, lambda w, r: workflow_rollback(workflow=w, actor=request.user, reason=r),
+                   "rolled back")
+
+    @admin.action(description="Stop the canary", permissions=["publish"])
+    def stop_canary(self, request, queryset):
+        self._each(request, queryset, lambda w, r: workflow_canary_stop(workflow=w, actor=request.user, reason=r),
+                   "canary stopped")
+
+    @admin.action(description="Pause (no new entries; messages held)", permissions=["operate"])
+    def pause(self, request, queryset):
+        self._each(request, queryset,
+                   lambda w, r: gov.workflow_pause_set(workflow=w, paused=True, actor=request.user, reason=r), "paused")
+
+    @admin.action(description="Resume (held messages are released)", permissions=["operate"])
+    def resume(self, request, queryset):
+        self._each(request, queryset,
+                   lambda w, r: gov.workflow_pause_set(workflow=w, paused=False, actor=request.user, reason=r),
+                   "resumed")
+
+
+# --------------------------------------------------------------------------- versions, steps, edges
 
 
 class StepForm(forms.ModelForm):
@@ -126,16 +391,38 @@ class StepForm(forms.ModelForm):
         return data
 
 
-class StepInline(admin.TabularInline):
+class VersionChildInline(admin.TabularInline):
+    """Steps and edges may change exactly when their version may."""
+
+    extra = 0
+
+    def _editable(self, request, obj) -> bool:
+        if obj is None:  # asked without a version (the inline's queryset): the user's general reach
+            return workflows_for_user(request.user, EDIT).exists()
+        return (not obj.is_frozen and obj.state in (VersionState.DRAFT, VersionState.IN_REVIEW, VersionState.APPROVED)
+                and not obj.is_canary and user_can(request.user, EDIT, obj.workflow))
+
+    def has_view_permission(self, request, obj=None):
+        return user_can(request.user, VIEW, obj.workflow) if obj is not None else user_has_any_scope(request.user)
+
+    def has_add_permission(self, request, obj=None):
+        return self._editable(request, obj)
+
+    def has_change_permission(self, request, obj=None):
+        return self._editable(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return self._editable(request, obj)
+
+
+class StepInline(VersionChildInline):
     model = Step
     form = StepForm
-    extra = 0
 
 
-class EdgeInline(admin.TabularInline):
+class EdgeInline(VersionChildInline):
     model = Edge
     fields = ("source", "outcome", "target")
-    extra = 0
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         version_id = request.resolver_match.kwargs.get("object_id")
@@ -150,41 +437,89 @@ class DryRunForm(forms.Form):
     later_events = forms.CharField(required=False, help_text="comma-separated events assumed to arrive while waiting")
 
 
+class ProposeForm(forms.Form):
+    summary = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 80}),
+                              help_text="What changes and why (the reviewer reads this first).")
+
+
+class WorkflowVersionForm(ReasonForm):
+    class Meta:
+        model = WorkflowVersion
+        fields = "__all__"
+
+
 @admin.register(WorkflowVersion)
-class WorkflowVersionAdmin(SimpleHistoryAdmin):
-    list_display = ("workflow", "number", "state", "trigger_kind", "trigger_event", "published_at")
+class WorkflowVersionAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAdmin):
+    form = WorkflowVersionForm
+    action_form = ReasonActionForm
+    list_display = ("workflow", "number", "stage", "trigger_kind", "trigger_event", "published_at")
     list_filter = ("state", "trigger_kind", "workflow__business_unit")
     search_fields = ("workflow__name", "trigger_event")
-    readonly_fields = ("state", "frozen_at", "published_at", "created_by", "validation")
+    readonly_fields = ("state", "stage", "frozen_at", "published_at", "approved_at", "approved_by", "created_by",
+                       "validation")
     inlines = [StepInline, EdgeInline]
-    actions = ["publish", "new_draft", "export_json"]
+    actions = ["propose", "approve", "reject", "publish", "canary", "new_draft", "export_json"]
     fieldsets = (
-        (None, {"fields": ("workflow", "number", "state", "notes", "validation")}),
+        (None, {"fields": ("workflow", "number", "stage", "notes", "validation")}),
         ("Trigger", {"fields": ("trigger_kind", "trigger_event", "trigger_config")}),
         ("Entry and exit", {"fields": ("entry_step", "entry_rule", "reentry_policy", "reentry_cooldown_s",
                                        "allow_concurrent_runs", "goal_event", "goal_filter")}),
-        ("Publishing", {"fields": ("frozen_at", "published_at", "created_by")}),
+        ("Publishing", {"fields": ("state", "frozen_at", "published_at", "approved_at", "approved_by", "created_by")}),
+        ("Why", {"fields": ("change_reason",)}),
     )
 
-    def get_readonly_fields(self, request, obj=None):
-        if obj is not None and obj.is_frozen:
-            return [f.name for f in self.model._meta.fields] + ["validation"]
-        return self.readonly_fields
+    @admin.display(description="stage")
+    def stage(self, obj):
+        if obj is None or obj.pk is None:
+            return VersionState.DRAFT
+        if obj.is_canary:
+            return f"canary ({obj.workflow.canary_percent}% of new entries)"
+        return obj.get_state_display()
+
+    def get_queryset(self, request):
+        return (versions_for_user(request.user, VIEW) & super().get_queryset(request)).select_related("workflow")
+
+    def get_fieldsets(self, request, obj=None):
+        if obj is not None and not self.has_change_permission(request, obj):
+            return self.fieldsets[:-1]
+        return self.fieldsets
+
+    def _editable(self, request, obj) -> bool:
+        return (not obj.is_frozen and obj.state in (VersionState.DRAFT, VersionState.IN_REVIEW, VersionState.APPROVED)
+                and not obj.is_canary and user_can(request.user, EDIT, obj.workflow))
+
+    def has_view_permission(self, request, obj=None):
+        return user_can(request.user, VIEW, obj.workflow) if obj is not None else user_has_any_scope(request.user)
 
     def has_change_permission(self, request, obj=None):
-        return super().has_change_permission(request, obj)
+        if obj is None:
+            return workflows_for_user(request.user, EDIT).exists()
+        return self._editable(request, obj)
 
-    def get_inlines(self, request, obj):
-        return self.inlines
+    def has_add_permission(self, request):
+        return workflows_for_user(request.user, EDIT).exists()
+
+    def has_delete_permission(self, request, obj=None):
+        if obj is None:
+            return request.user.is_superuser
+        return request.user.is_superuser and obj.state == VersionState.DRAFT and not obj.is_frozen
+
+    def has_propose_permission(self, request, obj=None):
+        return workflows_for_user(request.user, PROPOSE).exists()
+
+    def has_review_permission(self, request, obj=None):
+        return user_has_global(request.user, REVIEW)
+
+    def has_publish_permission(self, request, obj=None):
+        return user_has_global(request.user, PUBLISH)
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "workflow":
+            kwargs["queryset"] = workflows_for_user(request.user, EDIT)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def get_inline_instances(self, request, obj=None):
-        instances = super().get_inline_instances(request, obj)
-        if obj is not None and obj.is_frozen:
-            for inline in instances:
-                inline.has_add_permission = lambda *a, **k: False
-                inline.has_change_permission = lambda *a, **k: False
-                inline.has_delete_permission = lambda *a, **k: False
-        return instances
+        return super().get_inline_instances(request, obj) if obj is not None else []
 
     @admin.display(description="validation")
     def validation(self, obj):
@@ -198,22 +533,72 @@ class WorkflowVersionAdmin(SimpleHistoryAdmin):
 
     def save_model(self, request, obj, form, change):
         if change:
-            version_check_editable(version=WorkflowVersion.objects.get(pk=obj.pk))
+            version_check_editable(version=WorkflowVersion.objects.get(pk=obj.pk), actor=request.user)
         else:
+            if not user_can(request.user, EDIT, obj.workflow):
+                raise DjangoPermissionDenied
             obj.created_by = request.user
-        obj._change_reason = "edited in admin"
+        obj._change_reason = self._reason(request, form)
+        obj._history_user = request.user
         super().save_model(request, obj, form, change)
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        try:
+            version_note_changed(version=form.instance, actor=request.user, reason=self._reason(request, form))
+        except PermissionDenied as exc:
+            raise DjangoPermissionDenied(str(exc)) from None
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {**(extra_context or {}), **self._tools(request, object_id)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def _tools(self, request, object_id) -> dict:
+        version = WorkflowVersion.objects.filter(pk=object_id).select_related("workflow").first()
+        if version is None:
+            return {}
+        request_open = ChangeRequest.objects.filter(version=version).order_by("-created_at", "-id").first()
+        return {
+            "version": version,
+            "can_propose": version.state == VersionState.DRAFT and user_can(request.user, PROPOSE, version.workflow),
+            "change_request": request_open if request_open and user_can(request.user, VIEW, version.workflow) else None,
+        }
 
     def get_urls(self):
         return [
             path("<int:pk>/dry-run/", self.admin_site.admin_view(self.dry_run_view), name="journeys_workflowversion_dry_run"),
+            path("<int:pk>/propose/", self.admin_site.admin_view(self.propose_view), name="journeys_workflowversion_propose"),
         ] + super().get_urls()
+
+    def _version_for(self, request, pk, action=VIEW) -> WorkflowVersion:
+        version = get_object_or_404(WorkflowVersion.objects.select_related("workflow"), pk=pk)
+        if not user_can(request.user, action, version.workflow):
+            raise DjangoPermissionDenied
+        return version
+
+    def propose_view(self, request, pk):
+        """An editor proposes a draft: shows validation and the diff, then opens a change request."""
+        version = self._version_for(request, pk, PROPOSE)
+        form = ProposeForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                change_request = version_submit(version=version, actor=request.user, summary=form.cleaned_data["summary"])
+            except (ValidationError, PermissionDenied) as exc:
+                form.add_error(None, _error_text(exc))
+            else:
+                messages.success(request, f"Proposed for review: {change_request}")
+                return HttpResponseRedirect(reverse("admin:journeys_changerequest_change", args=[change_request.pk]))
+        report = version_validate(version=version)
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "version": version,
+                   "form": form, "report": report, "diff": gov.version_diff(old=version.workflow.live_version, new=version),
+                   "title": f"Propose {version.workflow} v{version.number} for review"}
+        return render(request, "admin/journeys/propose.html", context)
 
     def dry_run_view(self, request, pk):
         from journeys.models import Identity
         from journeys.services.dry_run import version_dry_run
 
-        version = WorkflowVersion.objects.get(pk=pk)
+        version = self._version_for(request, pk, VIEW)
         form = DryRunForm(request.POST or None)
         report = None
         if request.method == "POST" and form.is_valid():
@@ -235,21 +620,47 @@ class WorkflowVersionAdmin(SimpleHistoryAdmin):
                    "title": f"Dry run of {version}", "opts": self.model._meta}
         return render(request, "admin/journeys/dry_run.html", context)
 
-    @admin.action(description="Publish (make live)", permissions=["change"])
-    def publish(self, request, queryset):
-        for version in queryset:
+    def _each(self, request, queryset, func, done):
+        reason = request.POST.get("reason", "")
+        for version in queryset.select_related("workflow"):
             try:
-                version_publish(version=version, actor=request.user, reason=f"published in admin by {request.user}")
-            except ValidationError as exc:
-                self.message_user(request, f"{version}: cannot publish: {'; '.join(_messages_from(exc))}", messages.ERROR)
+                result = func(version, reason)
+            except (ValidationError, PermissionDenied) as exc:
+                self.message_user(request, f"{version.workflow} v{version.number}: {_error_text(exc)}", messages.ERROR)
             else:
-                self.message_user(request, f"{version.workflow} v{version.number} is live")
+                self.message_user(request, f"{version.workflow} v{version.number}: {done(result) if callable(done) else done}")
 
-    @admin.action(description="Create a new draft from this version", permissions=["add"])
+    @admin.action(description="Propose for review (reason = summary)", permissions=["propose"])
+    def propose(self, request, queryset):
+        self._each(request, queryset, lambda v, r: version_submit(version=v, actor=request.user, summary=r),
+                   "proposed for review")
+
+    @admin.action(description="Approve (reason = comment)", permissions=["review"])
+    def approve(self, request, queryset):
+        self._each(request, queryset, lambda v, r: version_approve(version=v, actor=request.user, comment=r), "approved")
+
+    @admin.action(description="Reject back to draft (reason = comment)", permissions=["review"])
+    def reject(self, request, queryset):
+        self._each(request, queryset, lambda v, r: version_reject(version=v, actor=request.user, comment=r), "rejected")
+
+    @admin.action(description="Publish (make fully live)", permissions=["publish"])
+    def publish(self, request, queryset):
+        self._each(request, queryset, lambda v, r: version_publish(version=v, actor=request.user, reason=r), "is live")
+
+    @admin.action(description="Stage as canary (share in Canary %%)", permissions=["publish"])
+    def canary(self, request, queryset):
+        try:
+            percent = int(request.POST.get("percent") or 0)
+        except ValueError:
+            percent = 0
+        self._each(request, queryset,
+                   lambda v, r: version_canary_start(version=v, percent=percent, actor=request.user, reason=r),
+                   f"canary at {percent}% of new entries")
+
+    @admin.action(description="Create a new draft from this version", permissions=["change"])
     def new_draft(self, request, queryset):
-        for version in queryset:
-            draft = version_new_draft(version=version, actor=request.user)
-            self.message_user(request, f"Created draft v{draft.number} of {draft.workflow}")
+        self._each(request, queryset, lambda v, r: version_new_draft(version=v, actor=request.user, reason=r),
+                   lambda draft: f"created draft v{draft.number}")
 
     @admin.action(description="Export as JSON", permissions=["view"])
     def export_json(self, request, queryset):
@@ -258,6 +669,204 @@ class WorkflowVersionAdmin(SimpleHistoryAdmin):
         response = HttpResponse(data, content_type="application/json")
         response["Content-Disposition"] = f'attachment; filename="{version.workflow.name}-v{version.number}.json"'
         return response
+
+
+# --------------------------------------------------------------------------- change requests (review)
+
+
+class DecisionForm(forms.Form):
+    comment = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2, "cols": 80}))
+    fingerprint = forms.CharField(required=False, widget=forms.HiddenInput)
+    percent = forms.IntegerField(required=False, min_value=1, max_value=99)
+
+
+@admin.register(ChangeRequest)
+class ChangeRequestAdmin(ScopedAdminMixin, admin.ModelAdmin):
+    list_display = ("__str__", "workflow", "status", "proposed_by", "created_at", "decided_by", "decided_at")
+    list_filter = ("status", "workflow__business_unit")
+    list_select_related = ("workflow", "version", "proposed_by", "decided_by")
+
+    def get_queryset(self, request):
+        return change_requests_for_user(request.user) & super().get_queryset(request)
+
+    def has_view_permission(self, request, obj=None):
+        if obj is None:
+            return user_has_any_scope(request.user)
+        return change_requests_for_user(request.user).filter(pk=obj.pk).exists()
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        """The review page: summary, diff, validation, dry-run replay, the thread, and the decisions."""
+        change_request = get_object_or_404(
+            ChangeRequest.objects.select_related("workflow", "version", "base_version", "proposed_by"), pk=object_id)
+        if not self.has_view_permission(request, change_request):
+            raise DjangoPermissionDenied
+        user, workflow, version = request.user, change_request.workflow, change_request.version
+        form = DecisionForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            comment = form.cleaned_data["comment"]
+            decision = request.POST.get("decision", "")
+            handlers = {
+                "comment": lambda: change_request_comment(change_request=change_request, actor=user, comment=comment),
+                "approve": lambda: version_approve(version=version, actor=user, comment=comment,
+                                                   expected_fingerprint=form.cleaned_data["fingerprint"] or None),
+                "reject": lambda: version_reject(version=version, actor=user, comment=comment),
+                "publish": lambda: version_publish(version=version, actor=user, reason=comment),
+                "canary": lambda: version_canary_start(version=version, percent=form.cleaned_data["percent"] or 0,
+                                                       actor=user, reason=comment),
+                "refresh": lambda: change_request_refresh(change_request=change_request, actor=user),
+            }
+            if decision not in handlers:
+                messages.error(request, "unknown decision")
+            else:
+                try:
+                    handlers[decision]()
+                except (ValidationError, PermissionDenied) as exc:
+                    messages.error(request, f"{decision}: {_error_text(exc)}")
+                else:
+                    messages.success(request, f"{decision}: done")
+                    return HttpResponseRedirect(request.path)
+        change_request.refresh_from_db()
+        version.refresh_from_db()
+        workflow.refresh_from_db()
+        live = workflow.live_version
+        base = change_request.base_version if version.state == VersionState.LIVE else (live if live != version else change_request.base_version)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": f"Review: {workflow} v{version.number}",
+            "cr": change_request,
+            "version": version,
+            "workflow": workflow,
+            "diff": gov.version_diff(old=base, new=version),
+            "fingerprint": gov.version_fingerprint(version=version),
+            "entries": change_request.entries.select_related("actor").order_by("at", "id"),
+            "form": DecisionForm(initial={"fingerprint": gov.version_fingerprint(version=version)}),
+            "can_review": user_can(user, REVIEW, workflow) and version.state == VersionState.IN_REVIEW,
+            "can_reject": user_can(user, REVIEW, workflow) and version.state in (VersionState.IN_REVIEW, VersionState.APPROVED) and not version.is_frozen,
+            "can_publish": user_can(user, PUBLISH, workflow) and version.state == VersionState.APPROVED,
+            "can_canary": user_can(user, PUBLISH, workflow) and version.state == VersionState.APPROVED and workflow.live_version_id is not None,
+            "can_comment": user_can(user, PROPOSE, workflow) or user_can(user, REVIEW, workflow),
+            "is_canary": workflow.canary_version_id == version.pk,
+            "canary_percent": workflow.canary_percent,
+            "stage": version.stage,
+        }
+        return render(request, "admin/journeys/change_request.html", context)
+
+
+# --------------------------------------------------------------------------- audit log, switches, reports
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in self.model._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(ScopedAdminMixin, ReadOnlyAdmin):
+    list_display = ("at", "actor", "action", "workflow", "version", "change_request", "reason")
+    list_filter = ("action", "workflow")
+    search_fields = ("reason", "action", "workflow__name")
+    list_select_related = ("actor", "workflow", "version", "change_request")
+
+    def get_queryset(self, request):
+        return audit_entries_for_user(request.user) & super().get_queryset(request)
+
+    def has_view_permission(self, request, obj=None):
+        return user_has_any_scope(request.user) if obj is None else audit_entries_for_user(request.user).filter(pk=obj.pk).exists()
+
+
+@admin.register(OperationsSwitch)
+class OperationsSwitchAdmin(SimpleHistoryAdmin, ReadOnlyAdmin):
+    list_display = ("__str__", "scope", "key", "active", "reason", "changed_by", "changed_at")
+
+    def revert_disabled(self, request, obj=None):
+        return True
+
+
+class SwitchForm(forms.Form):
+    active = forms.ChoiceField(choices=[("on", "on"), ("off", "off")], label="Global safe mode")
+    reason = forms.CharField(widget=forms.TextInput(attrs={"size": 60}))
+
+
+@admin.register(AuditReport)
+class AuditReportAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "days", "trigger")
+    change_form_template = "admin/journeys/audit_report.html"
+
+    def has_module_permission(self, request):
+        return user_can_view_dashboard(request.user)
+
+    def has_view_permission(self, request, obj=None):
+        return user_can_view_dashboard(request.user)
+
+    def get_urls(self):
+        return [
+            path("dashboard/", self.admin_site.admin_view(self.dashboard_view), name="journeys_ops_dashboard"),
+        ] + super().get_urls()
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        report = get_object_or_404(AuditReport, pk=object_id)
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "report": report})
+
+    def dashboard_view(self, request):
+        """Ops dashboard: switches, canaries, reviews waiting, and the latest audit."""
+        if not user_can_view_dashboard(request.user):
+            raise DjangoPermissionDenied
+        can_operate = request.user.is_superuser or request.user.has_perm("journeys.operate_workflow")
+        form = SwitchForm(request.POST or None) if request.POST.get("form") == "switch" else SwitchForm()
+        if request.method == "POST":
+            try:
+                if request.POST.get("form") == "audit":
+                    gov.audit_run(days=int(request.POST.get("days") or 14), trigger="admin")
+                    messages.success(request, "audit finished")
+                elif form.is_valid():
+                    data = form.cleaned_data
+                    gov.safe_mode_set(active=data["active"] == "on", actor=request.user, reason=data["reason"])
+                    messages.success(request, f"safe mode {data['active']}")
+                    return HttpResponseRedirect(request.path)
+            except (ValidationError, PermissionDenied) as exc:
+                messages.error(request, _error_text(exc))
+            else:
+                if request.POST.get("form") == "audit":
+                    return HttpResponseRedirect(request.path)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Ops dashboard",
+            "safe_mode": gov.safe_mode_active(),
+            "switches": OperationsSwitch.objects.filter(active=True),
+            "paused": workflows_for_user(request.user, VIEW).filter(status="paused"),
+            "canaries": workflows_for_user(request.user, VIEW).filter(canary_version__isnull=False)
+            .select_related("canary_version", "live_version"),
+            "open_requests": change_requests_for_user(request.user).filter(status=ChangeRequestStatus.OPEN)
+            .select_related("workflow", "version"),
+            "report": AuditReport.objects.first(),
+            "form": form,
+            "can_operate": can_operate,
+            "now": timezone.now(),
+        }
+        return render(request, "admin/journeys/dashboard.html", context)
+
+
+# --------------------------------------------------------------------------- runs
 
 
 class StepExecutionInline(admin.TabularInline):
@@ -270,6 +879,9 @@ class StepExecutionInline(admin.TabularInline):
     def has_add_permission(self, request, obj=None):
         return False
 
+    def has_view_permission(self, request, obj=None):
+        return True
+
 
 @admin.register(JourneyRun)
 class JourneyRunAdmin(admin.ModelAdmin):
@@ -279,6 +891,9 @@ class JourneyRunAdmin(admin.ModelAdmin):
     list_select_related = ("workflow", "version", "customer")
     inlines = [StepExecutionInline]
     actions = ["retry_failed"]
+
+    def get_queryset(self, request):
+        return runs_for_user(request.user) & super().get_queryset(request)
 
     def get_readonly_fields(self, request, obj=None):
         return [f.name for f in self.model._meta.fields]
@@ -295,3 +910,4 @@ class JourneyRunAdmin(admin.ModelAdmin):
                 self.message_user(request, str(exc), messages.ERROR)
             else:
                 self.message_user(request, f"run {run.pk} retried: now {run.status}")
+

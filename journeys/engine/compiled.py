@@ -8,6 +8,7 @@ not on how many workflows exist.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import defaultdict
@@ -15,7 +16,9 @@ from dataclasses import dataclass, field
 
 from journeys.choices import TriggerKind, VersionState
 from journeys.engine.registry import StepKind, get_kind
-from journeys.models import EngineGeneration, WorkflowVersion
+from django.db import models
+
+from journeys.models import EngineGeneration, Workflow, WorkflowVersion
 from journeys.rules import compile_rule
 
 
@@ -103,7 +106,23 @@ class TriggerIndex:
     inactivity_stop: dict[str, list[int]] = field(default_factory=dict)
     profile_triggers: list[int] = field(default_factory=list)  # attribute change + segment entry
     goal_events: frozenset[str] = frozenset()
+    # Canary routing: version id -> (workflow id, percent, is_canary) for workflows with a canary.
+    canary: dict[int, tuple[int, int, bool]] = field(default_factory=dict)
     checked_at: float = 0.0
+
+    def admits(self, version_id: int, customer_id: int) -> bool:
+        """Whether a NEW entry of this customer may go to this version (canary share routing)."""
+        routing = self.canary.get(version_id)
+        if routing is None:
+            return True
+        workflow_id, percent, is_canary = routing
+        return (canary_bucket(workflow_id, customer_id) < percent * 100) == is_canary
+
+
+def canary_bucket(workflow_id: int, customer_id: int) -> int:
+    """A stable bucket 0..9999 per (workflow, customer): the same customer always lands on the same side."""
+    digest = hashlib.blake2b(f"canary:{workflow_id}:{customer_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 10000
 
 
 _index = TriggerIndex()
@@ -139,9 +158,19 @@ def trigger_index(*, force: bool = False) -> TriggerIndex:
     start: dict[str, list[int]] = defaultdict(list)
     stop: dict[str, list[int]] = defaultdict(list)
     goals = set()
-    rows = WorkflowVersion.objects.filter(state=VersionState.LIVE, workflow__status="active").values_list(
+    live = models.Q(state=VersionState.LIVE)
+    canary = models.Q(
+        workflow__canary_version=models.F("pk"), workflow__live_version__isnull=False,
+        trigger_kind__in=(TriggerKind.EVENT, TriggerKind.ATTRIBUTE_CHANGE, TriggerKind.SEGMENT_ENTRY),
+    )
+    rows = WorkflowVersion.objects.filter(live | canary, workflow__status="active").values_list(
         "id", "trigger_kind", "trigger_event", "trigger_config", "goal_event"
     )
+    for wid, live_id, canary_id, percent in Workflow.objects.filter(
+        status="active", canary_version__isnull=False, live_version__isnull=False
+    ).values_list("id", "live_version_id", "canary_version_id", "canary_percent"):
+        fresh.canary[live_id] = (wid, percent, False)
+        fresh.canary[canary_id] = (wid, percent, True)
     for vid, kind, event, config, goal in rows:
         if goal:
             goals.add(goal)

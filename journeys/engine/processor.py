@@ -18,6 +18,9 @@ from journeys.engine.runner import run_convert, run_enroll, run_resume, rule_tru
 from journeys.engine.runtime import context_dict, event_dict, events_counter, profile_dict
 from journeys.models import Event, JourneyRun, TriggerWatch
 from journeys.rules import RuleContext
+from journeys.services.lifecycle import customer_evaluate_stage
+
+STAGE_EVENTS = ("Stage Entered", "Stage Left")
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +131,8 @@ def event_route(*, event: Event, open_runs: dict, index, now) -> None:
 
     if event.changes:
         _profile_triggers(event=event, customer=customer, index=index, rctx=rctx, runs=runs, now=now)
+    if event.name not in STAGE_EVENTS:
+        customer_evaluate_stage(customer=customer, now=now, rule_ctx=rctx)
 
 
 def _profile_triggers(*, event, customer, index, rctx, runs, now) -> None:

@@ -163,6 +163,20 @@ def schedules_run(*, now: datetime | None = None) -> int:
     return enrolled
 
 
+def stages_refresh(*, now: datetime | None = None) -> int:
+    """Re-evaluate rule-defined lifecycle stages for everyone (time passes: 'inactive for 30 days')."""
+    from journeys.services.lifecycle import customer_evaluate_stage
+
+    now = now or timezone.now()
+    moved = 0
+    for customer in Customer.objects.filter(merged_into__isnull=True).iterator(chunk_size=500):
+        before = customer.stage
+        with transaction.atomic():
+            if customer_evaluate_stage(customer=customer, now=now) not in (None, before):
+                moved += 1
+    return moved
+
+
 def engine_tick(*, now: datetime | None = None) -> dict:
     """Everything time-driven, once. Safe to run concurrently on several workers."""
     from journeys.engine.processor import events_sweep
@@ -174,4 +188,5 @@ def engine_tick(*, now: datetime | None = None) -> dict:
         "inactivity": watches_fire_due(now=now),
         "date": date_triggers_run(now=now),
         "schedule": schedules_run(now=now),
+        "stages": stages_refresh(now=now) if now.minute == 0 else 0,  # hourly
     }

@@ -4,6 +4,14 @@ from journeys.models.base import Timestamped
 from journeys.models.customers import Customer, CustomerMerge, Identity
 from journeys.models.events import Event, Source
 from journeys.models.runs import EngineGeneration, JourneyRun, StepExecution, TriggerState, TriggerWatch
+from journeys.models.governance import (
+    AuditEntry,
+    AuditReport,
+    ChangeRequest,
+    ChangeRequestStatus,
+    OperationsSwitch,
+    SwitchScope,
+)
 from journeys.models.workflows import BusinessUnit, Edge, Step, Workflow, WorkflowVersion
 
 __all__ = [
@@ -23,4 +31,14 @@ __all__ = [
     "Step",
     "Workflow",
     "WorkflowVersion",
+    "AuditEntry",
+    "AuditReport",
+    "ChangeRequest",
+    "ChangeRequestStatus",
+    "OperationsSwitch",
+    "SwitchScope",
 ]
+
+from journeys.models.catalog import EventDefinition, LifecycleStage, StageTransition  # noqa: E402
+
+__all__ += ["EventDefinition", "LifecycleStage", "StageTransition"]

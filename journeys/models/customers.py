@@ -22,6 +22,7 @@ class Customer(Timestamped):
     first_seen = models.DateTimeField(null=True, blank=True)
     last_seen = models.DateTimeField(null=True, blank=True)
     last_engaged_at = models.DateTimeField(null=True, blank=True)
+    stage = models.CharField(max_length=40, blank=True, db_index=True, help_text="lifecycle stage key")
     merged_into = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="absorbed"
     )

@@ -31,6 +31,12 @@ class Source(Timestamped):
         help_text="requests per rate window for this source; empty = the settings default",
     )
     key_rotated_at = models.DateTimeField(null=True, blank=True, editable=False)
+    schema_policy = models.CharField(
+        max_length=10,
+        choices=[("accept", "Accept"), ("flag", "Accept and flag"), ("reject", "Reject with 400")],
+        default="flag",
+        help_text="what to do with events that break the event catalog's schema",
+    )
     history = HistoricalRecords(excluded_fields=["key_hash"])
 
     def __str__(self) -> str:
@@ -54,6 +60,9 @@ class Event(models.Model):
     traits = models.JSONField(default=dict, blank=True)
     context = models.JSONField(default=dict, blank=True)
     integrations = models.JSONField(default=dict, blank=True)
+    violations = models.JSONField(
+        default=list, blank=True, help_text="event catalog schema violations (policy: accept and flag)"
+    )
     changes = models.JSONField(
         default=dict, blank=True, help_text="profile traits this event changed: {trait: [old, new]}"
     )

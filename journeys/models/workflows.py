@@ -15,6 +15,12 @@ class BusinessUnit(Timestamped):
     slug = models.SlugField(max_length=100, unique=True)
     history = HistoricalRecords()
 
+    class Meta:
+        permissions = [
+            # Granted per unit with django-guardian: the holder edits drafts of the unit's workflows.
+            ("edit_unit_workflows", "Can edit drafts of and propose changes to this unit's workflows"),
+        ]
+
     def __str__(self) -> str:
         return self.name
 
@@ -29,11 +35,24 @@ class Workflow(Timestamped):
     live_version = models.ForeignKey(
         "journeys.WorkflowVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    canary_version = models.ForeignKey(
+        "journeys.WorkflowVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="an approved version taking a share of new entries beside the live one",
+    )
+    canary_percent = models.PositiveSmallIntegerField(
+        default=0, help_text="share of new entries (per customer, deterministic) that go to the canary version"
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     history = HistoricalRecords()
 
     class Meta:
         ordering = ["name"]
+        permissions = [
+            ("propose_workflow", "Can propose a version for review"),
+            ("review_workflow", "Can approve or reject a proposed version"),
+            ("publish_workflow", "Can publish, stage a canary and roll back"),
+            ("operate_workflow", "Can pause workflows and channels and switch safe mode"),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -77,6 +96,16 @@ class WorkflowVersion(Timestamped):
 
     frozen_at = models.DateTimeField(null=True, blank=True, editable=False)
     published_at = models.DateTimeField(null=True, blank=True, editable=False)
+    submitted_at = models.DateTimeField(null=True, blank=True, editable=False)
+    approved_at = models.DateTimeField(null=True, blank=True, editable=False)
+    approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+    approved_fingerprint = models.CharField(
+        max_length=64, blank=True, editable=False,
+        help_text="hash of the definition that was approved; publishing anything else needs a new review",
+    )
+    retired_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     history = HistoricalRecords()
 
@@ -96,6 +125,15 @@ class WorkflowVersion(Timestamped):
     @property
     def is_frozen(self) -> bool:
         return self.frozen_at is not None
+
+    @property
+    def is_canary(self) -> bool:
+        return self.workflow.canary_version_id == self.pk
+
+    @property
+    def stage(self) -> str:
+        """The lifecycle stage shown to people: the state, or 'canary' while it takes a share of entries."""
+        return "canary" if self.state == "approved" and self.is_canary else self.state
 
 
 class Step(models.Model):

@@ -205,4 +205,5 @@ def parse_event(
         original_timestamp=client_ts,
         sent_at=sent_at,
         received_at=received_at,
+        extra={"prefix": prefix} if prefix else {},
     )

@@ -57,7 +57,9 @@ def event_ingest(*, source: Source, events: list[ParsedEvent]) -> IngestResult:
     the same transaction, so an event is never stored without its customer.
     """
     from journeys.engine.queue import enqueue_events
+    from journeys.services.catalog import catalog_apply
 
+    catalog_apply(policy=source.schema_policy, events=events)  # may reject before anything is stored
     seen: set[str] = set()
     unique: list[ParsedEvent] = []
     for event in events:
@@ -124,6 +126,7 @@ def event_ingest(*, source: Source, events: list[ParsedEvent]) -> IngestResult:
                     context=e.context,
                     integrations=e.integrations,
                     changes=changes,
+                    violations=e.extra.get("violations", []),
                     timestamp=e.timestamp,
                     original_timestamp=e.original_timestamp,
                     sent_at=e.sent_at,

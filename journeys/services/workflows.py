@@ -1,4 +1,10 @@
-"""Workflows and versions: build, validate, publish, copy to a new draft, export/import."""
+"""Workflows and versions: build, validate, export/import, and the governed lifecycle.
+
+draft -> in review (a change request) -> approved -> [canary: a share of new entries] -> live -> retired.
+Every operation takes the acting user (`actor=None` is the system: demo data, imports by
+operators on the command line, tests), re-checks the actor's rights itself, and records
+who, when and why in the audit log inside its own transaction.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +19,19 @@ from journeys.engine.compiled import bump_generation
 from journeys.engine.cron import parse_cron
 from journeys.engine.durations import parse_duration
 from journeys.engine.registry import get_kind
-from journeys.models import BusinessUnit, Edge, Step, Workflow, WorkflowVersion
+from journeys.errors import PermissionDenied
+from journeys.models import BusinessUnit, ChangeRequest, ChangeRequestStatus, Edge, Step, Workflow, WorkflowVersion
 from journeys.rules import RuleSyntaxError, compile_rule
+from journeys.selectors import EDIT, PROPOSE, PUBLISH, REVIEW, business_units_for_user, user_can
+from journeys.services.governance import (
+    audit_record,
+    require,
+    require_reason,
+    unknown_attribute_warnings,
+    version_diff,
+    version_fingerprint,
+    version_replay,
+)
 
 EXPORT_FORMAT = "journey-console/workflow@1"
 VERSION_FIELDS = (
@@ -144,15 +161,20 @@ def version_validate(*, version: WorkflowVersion) -> ValidationReport:
             if node not in visited:
                 visited.add(node)
                 stack.extend(n for n in graph[node] if n not in waiting)
+    report.warnings.extend(unknown_attribute_warnings(version=version))
     return report
 
 
 @transaction.atomic
-def workflow_create(*, name: str, business_unit: BusinessUnit, description: str = "", actor=None) -> Workflow:
+def workflow_create(*, name: str, business_unit: BusinessUnit, description: str = "", actor=None,
+                    reason: str = "created") -> Workflow:
+    if actor is not None and not business_units_for_user(actor, EDIT).filter(pk=business_unit.pk).exists():
+        raise PermissionDenied(f"{actor} may not create workflows for {business_unit}")
     workflow = Workflow(name=name, business_unit=business_unit, description=description, created_by=actor)
-    workflow.full_clean(exclude=["live_version"])
-    workflow._change_reason = "created"
+    workflow.full_clean(exclude=["live_version", "canary_version"])
+    workflow._change_reason = reason or "created"
     workflow.save()
+    audit_record(action="workflow_created", actor=actor, workflow=workflow, reason=reason)
     return workflow
 
 
@@ -163,6 +185,7 @@ def version_build(*, workflow: Workflow, definition: dict, actor=None) -> Workfl
     The whole definition is validated first; a bad step or edge raises
     ValidationError naming it and nothing is stored.
     """
+    require(actor, EDIT, workflow)
     definition = dict(definition or {})
     kind = definition.get("trigger_kind", TriggerKind.EVENT)
     config = trigger_clean(kind=kind, event=definition.get("trigger_event", ""), config=definition.get("trigger_config", {}))
@@ -225,6 +248,7 @@ def version_build(*, workflow: Workflow, definition: dict, actor=None) -> Workfl
         Edge.objects.create(version=version, source=source, outcome=outcome, target=target)
     if version.entry_step not in by_key:
         raise ValidationError({"entry_step": f"{version.entry_step!r} is not a step key"})
+    audit_record(action="version_created", actor=actor, version=version, reason=version._change_reason)
     return version
 
 
@@ -269,54 +293,414 @@ def workflow_import(*, data: dict, actor=None, name: str | None = None) -> Workf
     return version_build(workflow=workflow, definition={**data.get("version", {}), "reason": "imported"}, actor=actor)
 
 
+# --------------------------------------------------------------------------- the governed lifecycle
+
+EDITABLE_STATES = (VersionState.DRAFT, VersionState.IN_REVIEW, VersionState.APPROVED)
+
+
+def _lock(version: WorkflowVersion) -> WorkflowVersion:
+    return WorkflowVersion.objects.select_for_update().select_related("workflow").get(pk=version.pk)
+
+
+def _lock_workflow(workflow_id: int) -> Workflow:
+    return Workflow.objects.select_for_update().get(pk=workflow_id)
+
+
+def _open_request(version: WorkflowVersion) -> ChangeRequest | None:
+    return (ChangeRequest.objects.filter(version=version, status__in=[ChangeRequestStatus.OPEN,
+                                                                      ChangeRequestStatus.APPROVED])
+            .order_by("-created_at", "-id").first())
+
+
+def _save(obj, reason: str, fields: list[str]) -> None:
+    obj._change_reason = reason
+    obj.save(update_fields=[*fields, "updated_at"])
+
+
 @transaction.atomic
-def version_new_draft(*, version: WorkflowVersion, actor=None) -> WorkflowVersion:
+def version_new_draft(*, version: WorkflowVersion, actor=None, reason: str = "") -> WorkflowVersion:
     """Editing a frozen version means copying it into a new draft."""
+    require(actor, EDIT, version.workflow)
     definition = version_definition(version=version)
-    return version_build(workflow=version.workflow, definition={**definition, "reason": f"copied from v{version.number}"}, actor=actor)
+    return version_build(workflow=version.workflow, actor=actor,
+                         definition={**definition, "reason": reason or f"copied from v{version.number}"})
+
+
+def version_check_editable(*, version: WorkflowVersion, actor=None) -> None:
+    """A version that has been live (or canary) is immutable: raise, pointing at 'new draft'.
+    With an actor, also refuse people who may not edit this workflow."""
+    if version.is_frozen or version.state not in EDITABLE_STATES:
+        raise ValidationError(
+            f"v{version.number} has been live and cannot change; use 'Create a new draft from this version'"
+        )
+    require(actor, EDIT, version.workflow)
 
 
 @transaction.atomic
-def version_publish(*, version: WorkflowVersion, actor=None, reason: str = "published") -> WorkflowVersion:
-    """Make a version live: it is frozen, the previous live version retires, workers reload.
+def version_note_changed(*, version: WorkflowVersion, actor=None, reason: str = "") -> WorkflowVersion:
+    """Record an edit of a version's settings, steps or edges (the admin calls it after saving).
 
-    Runs already in flight stay on the version they started on.
+    Any change after approval sends the version back to review: the approval was for other content.
+    The actor's scope is re-checked inside the transaction, so an edit outside it rolls back.
     """
-    version = WorkflowVersion.objects.select_for_update().get(pk=version.pk)
+    version = _lock(version)
+    version_check_editable(version=version, actor=actor)
+    reason = require_reason(actor, reason)
+    fingerprint = version_fingerprint(version=version)
+    if version.state == VersionState.APPROVED and fingerprint != version.approved_fingerprint:
+        if version.is_canary:
+            raise ValidationError("a canary version cannot change; stop the canary or create a new draft")
+        version.state = VersionState.IN_REVIEW
+        version.approved_fingerprint, version.approved_at, version.approved_by = "", None, None
+        _save(version, f"changed after approval, back to review: {reason}",
+              ["state", "approved_fingerprint", "approved_at", "approved_by"])
+        request = _open_request(version)
+        if request is not None:
+            request.status, request.decided_at, request.decided_by = ChangeRequestStatus.OPEN, None, None
+            request.save(update_fields=["status", "decided_at", "decided_by"])
+        audit_record(action="returned_to_review", actor=actor, version=version, change_request=request,
+                     reason=reason, data={"fingerprint": fingerprint})
+    else:
+        request = _open_request(version)
+        if request is not None and version.state == VersionState.IN_REVIEW and request.fingerprint != fingerprint:
+            # The reviewer must judge what is there now: refresh the reports of the open request.
+            analysis = change_request_analyse(version=version, baseline=version.workflow.live_version)
+            request.validation, request.dry_run, request.fingerprint = analysis["validation"], analysis["dry_run"], fingerprint
+            request.save(update_fields=["validation", "dry_run", "fingerprint"])
+        audit_record(action="version_edited", actor=actor, version=version, change_request=request,
+                     reason=reason, data={"state": version.state, "fingerprint": fingerprint})
+    return version
+
+
+def change_request_analyse(*, version: WorkflowVersion, baseline: WorkflowVersion | None) -> dict:
+    """What a reviewer needs besides the diff: the validation report and the dry-run replay."""
+    report = version_validate(version=version)
+    return {
+        "validation": {"errors": report.errors, "warnings": report.warnings},
+        "dry_run": version_replay(proposed=version, baseline=baseline),
+    }
+
+
+@transaction.atomic
+def version_submit(*, version: WorkflowVersion, actor=None, summary: str = "") -> ChangeRequest:
+    """An editor proposes a draft: validation must pass; a change request opens with the reports."""
+    version = _lock(version)
+    require(actor, PROPOSE, version.workflow)
+    summary = require_reason(actor, summary, "summary") or f"v{version.number} proposed"
+    if version.state != VersionState.DRAFT or version.is_frozen:
+        raise ValidationError(f"only drafts can be proposed; v{version.number} is {version.state}")
+    baseline = version.workflow.live_version
+    analysis = change_request_analyse(version=version, baseline=baseline)
+    if analysis["validation"]["errors"]:
+        raise ValidationError({"__all__": analysis["validation"]["errors"]})
+    version.state = VersionState.IN_REVIEW
+    version.submitted_at = timezone.now()
+    _save(version, f"proposed: {summary}", ["state", "submitted_at"])
+    request = ChangeRequest.objects.create(
+        workflow=version.workflow, version=version, base_version=baseline, summary=summary, proposed_by=actor,
+        fingerprint=version_fingerprint(version=version), **analysis,
+    )
+    audit_record(action="proposed", actor=actor, version=version, change_request=request, reason=summary,
+                 data={"errors": 0, "warnings": len(analysis["validation"]["warnings"]),
+                       "dry_run_differs": analysis["dry_run"]["differs"]})
+    return request
+
+
+@transaction.atomic
+def change_request_refresh(*, change_request: ChangeRequest, actor=None) -> ChangeRequest:
+    """Re-run validation and the dry-run replay against the current live version."""
+    if actor is not None and not user_can(actor, REVIEW, change_request.workflow):
+        require(actor, PROPOSE, change_request.workflow)
+    request = ChangeRequest.objects.select_for_update().get(pk=change_request.pk)
+    request.base_version = request.workflow.live_version
+    analysis = change_request_analyse(version=request.version, baseline=request.base_version)
+    request.validation, request.dry_run = analysis["validation"], analysis["dry_run"]
+    request.fingerprint = version_fingerprint(version=request.version)
+    request.save(update_fields=["base_version", "validation", "dry_run", "fingerprint"])
+    audit_record(action="reports_refreshed", actor=actor, version=request.version, change_request=request)
+    return request
+
+
+@transaction.atomic
+def change_request_comment(*, change_request: ChangeRequest, actor, comment: str):
+    """A remark in the review thread (editors on their workflows, reviewers anywhere)."""
+    if actor is not None and not user_can(actor, REVIEW, change_request.workflow):
+        require(actor, PROPOSE, change_request.workflow)
+    comment = require_reason(actor, comment, "comment")
+    return audit_record(action="commented", actor=actor, version=change_request.version,
+                        change_request=change_request, reason=comment)
+
+
+@transaction.atomic
+def version_approve(*, version: WorkflowVersion, actor=None, comment: str = "",
+                    expected_fingerprint: str | None = None) -> WorkflowVersion:
+    """A reviewer approves what they saw. The approval is bound to the content's fingerprint."""
+    version = _lock(version)
+    require(actor, REVIEW, version.workflow)
+    if version.state != VersionState.IN_REVIEW:
+        raise ValidationError(f"only versions in review can be approved; v{version.number} is {version.state}")
+    request = _open_request(version)
+    if actor is not None and request is not None and request.proposed_by_id == actor.pk and not actor.is_superuser:
+        raise PermissionDenied("a change must be approved by someone other than its author")
+    fingerprint = version_fingerprint(version=version)
+    if expected_fingerprint and expected_fingerprint != fingerprint:
+        raise ValidationError("the version changed while you were reviewing it; reload the review page")
     report = version_validate(version=version)
     if not report.ok:
         raise ValidationError({"__all__": report.errors})
     now = timezone.now()
-    workflow = Workflow.objects.select_for_update().get(pk=version.workflow_id)
+    version.state, version.approved_at, version.approved_by = VersionState.APPROVED, now, actor
+    version.approved_fingerprint = fingerprint
+    _save(version, f"approved: {comment}".strip(": "), ["state", "approved_at", "approved_by", "approved_fingerprint"])
+    if request is not None:
+        request.status, request.decided_by, request.decided_at = ChangeRequestStatus.APPROVED, actor, now
+        request.decision_comment = comment
+        request.save(update_fields=["status", "decided_by", "decided_at", "decision_comment"])
+    audit_record(action="approved", actor=actor, version=version, change_request=request, reason=comment,
+                 data={"fingerprint": fingerprint})
+    return version
+
+
+@transaction.atomic
+def version_reject(*, version: WorkflowVersion, actor=None, comment: str = "") -> WorkflowVersion:
+    """A reviewer sends the proposal back to its author as a draft, saying why."""
+    version = _lock(version)
+    require(actor, REVIEW, version.workflow)
+    comment = require_reason(actor, comment, "comment")
+    if version.state not in (VersionState.IN_REVIEW, VersionState.APPROVED) or version.is_frozen:
+        raise ValidationError(f"v{version.number} is {version.state}; only proposals can be rejected")
+    request = _open_request(version)
+    version.state, version.approved_fingerprint, version.approved_at, version.approved_by = (
+        VersionState.DRAFT, "", None, None)
+    _save(version, f"rejected: {comment}", ["state", "approved_fingerprint", "approved_at", "approved_by"])
+    if request is not None:
+        request.status, request.decided_by, request.decided_at = ChangeRequestStatus.REJECTED, actor, timezone.now()
+        request.decision_comment = comment
+        request.save(update_fields=["status", "decided_by", "decided_at", "decision_comment"])
+    audit_record(action="rejected", actor=actor, version=version, change_request=request, reason=comment)
+    return version
+
+
+def _guard_approval(version: WorkflowVersion, actor) -> None:
+    """Content changed after approval (shell, API, bulk update)? Send it back to review, for good
+    (this commits even though the caller then fails), and refuse."""
+    if actor is None:
+        return
+    with transaction.atomic():
+        version = _lock(version)
+        if version.state != VersionState.APPROVED or version_fingerprint(version=version) == version.approved_fingerprint:
+            return
+        version.state, version.approved_fingerprint = VersionState.IN_REVIEW, ""
+        _save(version, "changed after approval, back to review", ["state", "approved_fingerprint"])
+        request = _open_request(version)
+        if request is not None and request.status == ChangeRequestStatus.APPROVED:
+            request.status = ChangeRequestStatus.OPEN
+            request.save(update_fields=["status"])
+        audit_record(action="returned_to_review", actor=actor, version=version, change_request=request,
+                     reason="content differs from what was approved")
+    raise ValidationError(f"v{version.number} changed after approval and is back in review")
+
+
+def _check_publishable(version: WorkflowVersion, actor) -> None:
+    if actor is None:
+        if version.state == VersionState.LIVE:
+            raise ValidationError(f"v{version.number} is already live")
+        return
+    if version.state != VersionState.APPROVED:
+        raise ValidationError(f"v{version.number} is {version.state}: only approved versions can go live")
+    if version_fingerprint(version=version) != version.approved_fingerprint:
+        raise ValidationError(f"v{version.number} changed after approval; it needs a new review")
+
+
+def _retire(version: WorkflowVersion, reason: str, now) -> None:
+    version.state, version.retired_at = VersionState.RETIRED, now
+    _save(version, reason, ["state", "retired_at"])
+
+
+def version_publish(*, version: WorkflowVersion, actor=None, reason: str = "published") -> WorkflowVersion:
+    """Make a version fully live: it is frozen, the previous live version (and any canary) retires,
+    workers reload their trigger index.
+
+    People may only publish approved versions whose content is what was approved; the system
+    (actor=None: demo data, tests, command-line imports) may publish a draft directly.
+    Runs already in flight stay on the version they started on.
+    """
+    require(actor, PUBLISH, version.workflow)
+    _guard_approval(version, actor)
+    return _publish(version=version, actor=actor, reason=reason)
+
+
+@transaction.atomic
+def _publish(*, version: WorkflowVersion, actor, reason: str) -> WorkflowVersion:
+    version = _lock(version)
+    reason = require_reason(actor, reason) or "published"
+    workflow = _lock_workflow(version.workflow_id)
+    version.workflow = workflow
+    _check_publishable(version, actor)
+    report = version_validate(version=version)
+    if not report.ok:
+        raise ValidationError({"__all__": report.errors})
+    now = timezone.now()
     for previous in WorkflowVersion.objects.filter(workflow=workflow, state=VersionState.LIVE).exclude(pk=version.pk):
-        previous.state = VersionState.RETIRED
-        previous._change_reason = f"retired by v{version.number}: {reason}"
-        previous.save(update_fields=["state", "updated_at"])
+        _retire(previous, f"retired by v{version.number}: {reason}", now)
+    if workflow.canary_version_id and workflow.canary_version_id != version.pk:
+        _retire(workflow.canary_version, f"canary replaced by v{version.number}: {reason}", now)
+    was_canary = workflow.canary_version_id == version.pk
     version.state = VersionState.LIVE
     version.frozen_at = version.frozen_at or now
     version.published_at = now
-    version._change_reason = reason
-    version.save(update_fields=["state", "frozen_at", "published_at", "updated_at"])
-    workflow.live_version = version
-    workflow._change_reason = f"v{version.number} live: {reason}"
-    workflow.save(update_fields=["live_version", "updated_at"])
+    version.retired_at = None
+    _save(version, reason, ["state", "frozen_at", "published_at", "retired_at"])
+    workflow.live_version, workflow.canary_version, workflow.canary_percent = version, None, 0
+    _save(workflow, f"v{version.number} live: {reason}", ["live_version", "canary_version", "canary_percent"])
+    request = _open_request(version)
+    if request is not None:
+        request.status = ChangeRequestStatus.PUBLISHED
+        request.save(update_fields=["status"])
+    audit_record(action="promoted" if was_canary else "published", actor=actor, version=version,
+                 change_request=request, reason=reason)
+    bump_generation()
+    return version
+
+
+CANARY_TRIGGERS = (TriggerKind.EVENT, TriggerKind.ATTRIBUTE_CHANGE, TriggerKind.SEGMENT_ENTRY)
+
+
+def version_canary_start(*, version: WorkflowVersion, percent: int, actor=None,
+                         reason: str = "canary") -> WorkflowVersion:
+    """Stage an approved version as a canary: `percent`% of NEW entries (chosen deterministically
+    per customer) go to it, the rest to the live version. Call again to change the share;
+    `version_publish` promotes it, `workflow_canary_stop` or `workflow_rollback` ends it."""
+    require(actor, PUBLISH, version.workflow)
+    _guard_approval(version, actor)
+    return _canary_start(version=version, percent=percent, actor=actor, reason=reason)
+
+
+@transaction.atomic
+def _canary_start(*, version: WorkflowVersion, percent: int, actor, reason: str) -> WorkflowVersion:
+    version = _lock(version)
+    reason = require_reason(actor, reason) or "canary"
+    workflow = _lock_workflow(version.workflow_id)
+    version.workflow = workflow
+    if not isinstance(percent, int) or not 1 <= percent <= 99:
+        raise ValidationError({"percent": "the canary share is a whole percentage from 1 to 99"})
+    live = workflow.live_version
+    if live is None:
+        raise ValidationError("a canary runs beside a live version; publish this one directly instead")
+    if live.trigger_kind not in CANARY_TRIGGERS or version.trigger_kind not in CANARY_TRIGGERS:
+        raise ValidationError(
+            "canary routing covers event, attribute-change and segment-entry triggers; publish time-based "
+            "and inactivity workflows directly"
+        )
+    if workflow.canary_version_id != version.pk:
+        if actor is not None:
+            _check_publishable(version, actor)
+        elif version.state not in EDITABLE_STATES:
+            raise ValidationError(f"v{version.number} is {version.state}")
+        report = version_validate(version=version)
+        if not report.ok:
+            raise ValidationError({"__all__": report.errors})
+        now = timezone.now()
+        if workflow.canary_version_id:
+            _retire(workflow.canary_version, f"canary replaced by v{version.number}", now)
+        if version.state != VersionState.APPROVED:  # the system may stage a draft directly
+            version.state = VersionState.APPROVED
+            version.approved_fingerprint = version_fingerprint(version=version)
+        version.frozen_at = now  # it serves customers now: it must not change under them
+        _save(version, f"canary {percent}%: {reason}", ["state", "approved_fingerprint", "frozen_at"])
+    previous = workflow.canary_percent if workflow.canary_version_id == version.pk else 0
+    workflow.canary_version, workflow.canary_percent = version, percent
+    _save(workflow, f"canary v{version.number} at {percent}%: {reason}", ["canary_version", "canary_percent"])
+    audit_record(action="canary_started" if not previous else "canary_share_changed", actor=actor, version=version,
+                 change_request=_open_request(version), reason=reason, data={"percent": percent, "previous": previous})
     bump_generation()
     return version
 
 
 @transaction.atomic
+def workflow_canary_stop(*, workflow: Workflow, actor=None, reason: str = "canary stopped") -> Workflow:
+    """End a canary without promoting it: new entries all go to the live version again.
+    Runs already on the canary version finish on it."""
+    require(actor, PUBLISH, workflow)
+    reason = require_reason(actor, reason) or "canary stopped"
+    workflow = _lock_workflow(workflow.pk)
+    canary = workflow.canary_version
+    if canary is None:
+        raise ValidationError(f"{workflow} has no canary")
+    _retire(canary, f"canary stopped: {reason}", timezone.now())
+    workflow.canary_version, workflow.canary_percent = None, 0
+    _save(workflow, f"canary v{canary.number} stopped: {reason}", ["canary_version", "canary_percent"])
+    audit_record(action="canary_stopped", actor=actor, workflow=workflow, version=canary, reason=reason)
+    bump_generation()
+    return workflow
+
+
+@transaction.atomic
+def workflow_rollback(*, workflow: Workflow, actor=None, reason: str = "rolled back") -> WorkflowVersion:
+    """One-click rollback: a running canary stops; otherwise the version that was live before the
+    current one becomes live again. Runs in flight stay on their versions; workers reload."""
+    require(actor, PUBLISH, workflow)
+    reason = require_reason(actor, reason) or "rolled back"
+    workflow = _lock_workflow(workflow.pk)
+    if workflow.canary_version_id:
+        workflow_canary_stop(workflow=workflow, actor=actor, reason=f"rollback: {reason}")
+        return workflow.live_version
+    current = workflow.live_version
+    previous = (WorkflowVersion.objects.filter(workflow=workflow, state=VersionState.RETIRED,
+                                               published_at__isnull=False)
+                .exclude(pk=getattr(current, "pk", None)).order_by("-retired_at", "-number").first())
+    if previous is None:
+        raise ValidationError(f"{workflow} has no earlier live version to roll back to")
+    previous = _lock(previous)
+    now = timezone.now()
+    if current is not None:
+        _retire(current, f"rolled back to v{previous.number}: {reason}", now)
+    previous.state, previous.published_at, previous.retired_at = VersionState.LIVE, now, None
+    _save(previous, f"live again by rollback: {reason}", ["state", "published_at", "retired_at"])
+    workflow.live_version = previous
+    _save(workflow, f"rolled back to v{previous.number}: {reason}", ["live_version"])
+    audit_record(action="rolled_back", actor=actor, workflow=workflow, version=previous, reason=reason,
+                 data={"from": getattr(current, "number", None), "to": previous.number})
+    bump_generation()
+    return previous
+
+
+@transaction.atomic
 def version_retire(*, version: WorkflowVersion, actor=None, reason: str = "retired") -> WorkflowVersion:
-    version.state = VersionState.RETIRED
-    version._change_reason = reason
-    version.save(update_fields=["state", "updated_at"])
-    Workflow.objects.filter(pk=version.workflow_id, live_version=version).update(live_version=None)
+    """Take a version out of service (the workflow then has no live version)."""
+    version = _lock(version)
+    require(actor, PUBLISH, version.workflow)
+    reason = require_reason(actor, reason) or "retired"
+    workflow = _lock_workflow(version.workflow_id)
+    _retire(version, reason, timezone.now())
+    if workflow.live_version_id == version.pk:
+        workflow.live_version = None
+    if workflow.canary_version_id == version.pk:
+        workflow.canary_version, workflow.canary_percent = None, 0
+    _save(workflow, f"v{version.number} retired: {reason}", ["live_version", "canary_version", "canary_percent"])
+    audit_record(action="retired", actor=actor, version=version, reason=reason)
     bump_generation()
     return version
 
 
-def version_check_editable(*, version: WorkflowVersion) -> None:
-    """A version that has been live is immutable: raise, pointing at 'new draft'."""
-    if version.is_frozen:
-        raise ValidationError(
-            f"v{version.number} has been live and cannot change; use 'Create a new draft from this version'"
-        )
+def workflow_version_diff(*, old: WorkflowVersion | None, new: WorkflowVersion, actor=None) -> dict:
+    """The readable diff, for people allowed to see the workflow."""
+    from journeys.selectors import VIEW
+
+    require(actor, VIEW, new.workflow)
+    return version_diff(old=old, new=new)
+
+
+@transaction.atomic
+def workflow_save(*, workflow: Workflow, actor=None, reason: str = "") -> Workflow:
+    """Save a workflow edited in a form. The actor must be allowed to edit it before and after
+    the change (an editor cannot move a workflow into a unit they do not own)."""
+    reason = require_reason(actor, reason)
+    if workflow.pk:
+        before = Workflow.objects.select_for_update().select_related("business_unit").get(pk=workflow.pk)
+        require(actor, EDIT, before)
+    require(actor, EDIT, workflow)
+    workflow._change_reason = reason or "edited"
+    workflow.save()
+    audit_record(action="workflow_edited", actor=actor, workflow=workflow, reason=reason)
+    return workflow

@@ -1,0 +1,82 @@
+"""Step kinds of the shared vocabulary: set a lifecycle stage, move to another workflow."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+
+from journeys.engine.registry import StepKind, StepResult, register, require
+
+
+@register
+class SetStage(StepKind):
+    kind = "set_stage"
+    label = "Set lifecycle stage"
+    help = "Moves the customer to a lifecycle stage (recorded with history; triggers 'Stage Entered')."
+    side_effects = True
+    fields = {"stage": "stage key, e.g. at_risk"}
+
+    def clean(self, config):
+        from journeys.models.catalog import LifecycleStage
+
+        stage = require(config, "stage", str, "a lifecycle stage key")
+        if not LifecycleStage.objects.filter(key=stage).exists():
+            raise ValidationError({"stage": f"no lifecycle stage {stage!r}"})
+        return {"stage": stage}
+
+    def execute(self, ctx):
+        if ctx.dry_run:
+            return StepResult(outcome="next", detail={"would_set_stage": ctx.config["stage"]})
+        from journeys.services.lifecycle import customer_set_stage
+
+        changed = customer_set_stage(customer=ctx.customer, stage=ctx.config["stage"], reason=f"workflow step {ctx.step_key}", at=ctx.now)
+        return StepResult(outcome="next", detail={"stage": ctx.config["stage"], "changed": changed})
+
+
+@register
+class StartWorkflow(StepKind):
+    kind = "start_workflow"
+    label = "Start / move to another workflow"
+    help = ("Enrols the customer in another workflow's live version. With exit_current the current run ends "
+            "(a move, e.g. onboarding -> at-risk rescue); exit_workflows also ends open runs elsewhere. "
+            "History (runs, step log, events) is kept.")
+    side_effects = True
+    fields = {"workflow": "name of the workflow to start", "exit_current": "true to end this run (a move)",
+              "exit_workflows": "list of workflow names whose open runs end"}
+
+    def clean(self, config):
+        from journeys.models import Workflow
+
+        name = require(config, "workflow", str, "a workflow name")
+        if not Workflow.objects.filter(name=name).exists():
+            raise ValidationError({"workflow": f"no workflow named {name!r}"})
+        others = config.get("exit_workflows") or []
+        if not isinstance(others, list) or not all(isinstance(o, str) for o in others):
+            raise ValidationError({"exit_workflows": "must be a list of workflow names"})
+        return {"workflow": name, "exit_current": bool(config.get("exit_current")), "exit_workflows": others}
+
+    def execute(self, ctx):
+        from journeys.choices import RunStatus
+        from journeys.engine.compiled import load_version
+        from journeys.engine.runner import run_enroll
+        from journeys.models import JourneyRun, Workflow
+
+        target = Workflow.objects.get(name=ctx.config["workflow"])
+        detail = {"workflow": target.name, "exit_current": ctx.config["exit_current"]}
+        if target.live_version_id is None:
+            return StepResult(outcome="next", detail=detail, error=f"workflow {target.name!r} has no live version")
+        if ctx.dry_run:
+            return StepResult(end_status="exited" if ctx.config["exit_current"] else None,
+                              outcome=None if ctx.config["exit_current"] else "next", detail={"would_start": target.name, **detail})
+        JourneyRun.objects.filter(
+            customer=ctx.customer, workflow__name__in=ctx.config["exit_workflows"], status__in=[RunStatus.ACTIVE, RunStatus.WAITING]
+        ).exclude(pk=ctx.run.pk).update(status=RunStatus.EXITED, finished_at=ctx.now, next_wake_at=None, wait_event="",
+                                       error=f"moved to {target.name}")
+        if ctx.config["exit_current"]:
+            # Close this run first so a workflow that allows one open run at a time can take the customer.
+            JourneyRun.objects.filter(pk=ctx.run.pk).update(status=RunStatus.EXITED)
+        run = run_enroll(version=load_version(target.live_version_id), customer=ctx.customer,
+                         trigger_key=f"moved:{ctx.idempotency_key}", now=ctx.now, event=ctx.event)
+        detail["started_run"] = run.pk if run else None
+        if ctx.config["exit_current"]:
+            return StepResult(end_status="exited", detail=detail)
+        return StepResult(outcome="next", detail=detail)

@@ -1,0 +1,127 @@
+"""Reads limited to what a user may see, and the permission rules they follow.
+
+Who may do what to a workflow:
+
+- view:    global `journeys.view_workflow` (ops, approvers, analysts) or an edit scope below
+- edit:    global `journeys.change_workflow` (ops admins), or, through django-guardian,
+           `journeys.edit_unit_workflows` on the workflow's BusinessUnit (business-unit editors)
+           or `journeys.change_workflow` on the workflow itself
+- propose: global `journeys.propose_workflow`, or the edit scope (editors propose their own changes)
+- review:  global `journeys.review_workflow` (approvers)
+- publish: global `journeys.publish_workflow` (approvers, ops admins): publish, canary, roll back
+- operate: global `journeys.operate_workflow` (ops admins): pauses and safe mode
+
+Superusers may do everything. Services re-check these rules; the admin only uses them to
+hide what a user may not touch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Q, QuerySet
+from guardian.shortcuts import get_objects_for_user
+
+from journeys.models import (
+    AuditEntry,
+    BusinessUnit,
+    ChangeRequest,
+    JourneyRun,
+    Workflow,
+    WorkflowVersion,
+)
+
+VIEW, EDIT, PROPOSE, REVIEW, PUBLISH, OPERATE = "view", "edit", "propose", "review", "publish", "operate"
+ACTIONS = (VIEW, EDIT, PROPOSE, REVIEW, PUBLISH, OPERATE)
+GLOBAL_PERM = {
+    VIEW: "journeys.view_workflow",
+    EDIT: "journeys.change_workflow",
+    PROPOSE: "journeys.propose_workflow",
+    REVIEW: "journeys.review_workflow",
+    PUBLISH: "journeys.publish_workflow",
+    OPERATE: "journeys.operate_workflow",
+}
+UNIT_PERM = "journeys.edit_unit_workflows"
+# Actions that an edit scope on the owning unit (or the workflow) grants.
+SCOPED_ACTIONS = (VIEW, EDIT, PROPOSE)
+
+
+def _active(user: Any) -> bool:
+    return user is not None and getattr(user, "is_active", False) and getattr(user, "is_authenticated", False)
+
+
+def user_has_global(user: Any, action: str) -> bool:
+    if not _active(user):
+        return False
+    return user.is_superuser or user.has_perm(GLOBAL_PERM[action]) or (
+        action == VIEW and user.has_perm(GLOBAL_PERM[EDIT])
+    )
+
+
+def business_units_for_user(user: Any, action: str = EDIT) -> QuerySet[BusinessUnit]:
+    """Units whose workflows the user may edit (a global right covers every unit)."""
+    if not _active(user):
+        return BusinessUnit.objects.none()
+    if user_has_global(user, EDIT if action in SCOPED_ACTIONS else action):
+        return BusinessUnit.objects.all()
+    if action not in SCOPED_ACTIONS:
+        return BusinessUnit.objects.none()
+    return get_objects_for_user(user, UNIT_PERM, BusinessUnit, accept_global_perms=True)
+
+
+def workflows_for_user(user: Any, action: str = VIEW) -> QuerySet[Workflow]:
+    """The workflows on which the user may perform `action`."""
+    if not _active(user):
+        return Workflow.objects.none()
+    if user_has_global(user, action):
+        return Workflow.objects.all()
+    if action not in SCOPED_ACTIONS:
+        return Workflow.objects.none()
+    units = get_objects_for_user(user, UNIT_PERM, BusinessUnit, accept_global_perms=True)
+    direct = get_objects_for_user(user, "journeys.change_workflow", Workflow, accept_global_perms=False)
+    return Workflow.objects.filter(Q(business_unit__in=units) | Q(pk__in=direct.values("pk")))
+
+
+def user_can(user: Any, action: str, workflow: Workflow) -> bool:
+    """Whether the user may perform `action` on this workflow."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}")
+    if not _active(user):
+        return False
+    if user_has_global(user, action):
+        return True
+    if action not in SCOPED_ACTIONS:
+        return False
+    return user.has_perm(UNIT_PERM, workflow.business_unit) or user.has_perm("journeys.change_workflow", workflow)
+
+
+def user_has_any_scope(user: Any) -> bool:
+    """Whether the user sees the workflow part of the admin at all."""
+    if not _active(user):
+        return False
+    return any(user_has_global(user, a) for a in ACTIONS) or workflows_for_user(user, VIEW).exists()
+
+
+def versions_for_user(user: Any, action: str = VIEW) -> QuerySet[WorkflowVersion]:
+    return WorkflowVersion.objects.filter(workflow__in=workflows_for_user(user, action))
+
+
+def runs_for_user(user: Any) -> QuerySet[JourneyRun]:
+    return JourneyRun.objects.filter(workflow__in=workflows_for_user(user, VIEW))
+
+
+def change_requests_for_user(user: Any) -> QuerySet[ChangeRequest]:
+    """Editors see the requests on their workflows; reviewers and publishers see all."""
+    if user_has_global(user, REVIEW) or user_has_global(user, PUBLISH):
+        return ChangeRequest.objects.all()
+    return ChangeRequest.objects.filter(workflow__in=workflows_for_user(user, VIEW))
+
+
+def audit_entries_for_user(user: Any) -> QuerySet[AuditEntry]:
+    if user_has_global(user, VIEW):
+        return AuditEntry.objects.all()
+    return AuditEntry.objects.filter(workflow__in=workflows_for_user(user, VIEW))
+
+
+def user_can_view_dashboard(user: Any) -> bool:
+    return _active(user) and (user.is_superuser or user.has_perm("journeys.view_ops_dashboard"))

@@ -1,0 +1,657 @@
+"""Governance: roles, the audit log, diffs between versions, dry-run replays for review,
+outage switches (safe mode, channel and workflow pauses) and the scheduled audit.
+
+Lifecycle operations (propose, approve, publish, canary, rollback) live in
+`journeys.services.workflows`; they use the permission check and audit log from here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.contrib.auth.models import Group, Permission
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+from guardian.shortcuts import assign_perm, remove_perm
+
+from journeys.choices import TriggerKind, VersionState, WorkflowStatus
+from journeys.engine.compiled import bump_generation, compile_version
+from journeys.engine.registry import get_kind
+from journeys.errors import PermissionDenied
+from journeys.models import (
+    AuditEntry,
+    AuditReport,
+    BusinessUnit,
+    ChangeRequest,
+    Event,
+    JourneyRun,
+    OperationsSwitch,
+    StepExecution,
+    SwitchScope,
+    Workflow,
+    WorkflowVersion,
+)
+from journeys.selectors import UNIT_PERM, user_can
+
+logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- permissions, audit log
+
+
+def require(actor: Any, action: str, workflow: Workflow) -> None:
+    """Raise PermissionDenied unless `actor` may do `action` on `workflow`. actor=None is the system."""
+    if actor is None:
+        return
+    if not user_can(actor, action, workflow):
+        raise PermissionDenied(f"{actor} may not {action} workflow {workflow.name!r}", code="permission_denied")
+
+
+def require_reason(actor: Any, reason: str, what: str = "reason") -> str:
+    """People must say why they change configuration; the system may stay silent."""
+    reason = (reason or "").strip()
+    if actor is not None and not reason:
+        from django.core.exceptions import ValidationError
+
+        raise ValidationError({what: "a reason is required for every change made by a person"})
+    return reason
+
+
+def audit_record(
+    *,
+    action: str,
+    actor: Any = None,
+    workflow: Workflow | None = None,
+    version: WorkflowVersion | None = None,
+    change_request: ChangeRequest | None = None,
+    reason: str = "",
+    data: dict | None = None,
+) -> AuditEntry:
+    """One row in the audit log; call it inside the transaction of the change it records."""
+    return AuditEntry.objects.create(
+        action=action, actor=actor if actor is not None and actor.pk else None,
+        workflow=workflow or (version.workflow if version is not None else None),
+        version=version, change_request=change_request, reason=reason or "", data=data or {},
+    )
+
+
+# --------------------------------------------------------------------------- roles
+
+ROLE_OPS = "Ops admins"
+ROLE_EDITORS = "Business-unit editors"
+ROLE_APPROVERS = "Approvers"
+ROLE_AGENTS = "Agents"
+ROLE_ANALYSTS = "Analysts"
+ROLES = (ROLE_OPS, ROLE_EDITORS, ROLE_APPROVERS, ROLE_AGENTS, ROLE_ANALYSTS)
+CONFIG_APPS = ("journeys", "channels_app", "agents", "experiments")
+
+
+def _perms(q: Q) -> list[Permission]:
+    return list(Permission.objects.filter(q).select_related("content_type"))
+
+
+def _role_permissions() -> dict[str, list[Permission]]:
+    app = lambda label: Q(content_type__app_label=label)  # noqa: E731
+    view = Q(codename__startswith="view_")
+    journeys_config_view = app("journeys") & Q(codename__in=[
+        "view_workflow", "view_workflowversion", "view_step", "view_edge", "view_businessunit",
+        "view_journeyrun", "view_stepexecution", "view_changerequest", "view_auditentry", "view_auditreport",
+        "view_ops_dashboard", "view_operationsswitch",
+    ])
+    return {
+        ROLE_OPS: _perms(Q(content_type__app_label__in=CONFIG_APPS) | Q(content_type__app_label="django_q")
+                         | (app("auth") & Q(codename__in=["view_user", "view_group", "change_group"]))),
+        # Editors get their reach per unit through guardian (business_unit_grant_editor); globally they
+        # only read what they need to fill in a step (channels, templates, experiments).
+        ROLE_EDITORS: _perms((app("channels_app") | app("experiments")) & view),
+        ROLE_APPROVERS: _perms(
+            journeys_config_view
+            | (app("journeys") & Q(codename__in=["review_workflow", "publish_workflow", "change_changerequest"]))
+            | ((app("channels_app") | app("experiments")) & view)
+        ),
+        # Cases only: whatever models of the agents app have "case" in their codename.
+        ROLE_AGENTS: _perms(app("agents") & Q(codename__contains="case")),
+        ROLE_ANALYSTS: _perms(
+            (app("journeys") & Q(codename__in=[
+                "view_workflow", "view_workflowversion", "view_step", "view_edge", "view_journeyrun",
+                "view_stepexecution", "view_auditreport", "view_ops_dashboard",
+            ]))
+            | (app("experiments") & view)
+        ),
+    }
+
+
+@transaction.atomic
+def roles_setup() -> dict[str, int]:
+    """Create the role groups and (re)set their model permissions. Idempotent; run after migrations
+    of new apps so that their permissions join the roles (`manage.py setup_roles`)."""
+    counts = {}
+    for name, perms in _role_permissions().items():
+        group, _ = Group.objects.get_or_create(name=name)
+        group.permissions.set(perms)
+        counts[name] = len(perms)
+    return counts
+
+
+def _unit_group(unit: BusinessUnit) -> Group:
+    group, created = Group.objects.get_or_create(name=f"Editors: {unit.slug}")
+    if created:
+        assign_perm(UNIT_PERM, group, unit)
+    return group
+
+
+@transaction.atomic
+def business_unit_grant_editor(*, unit: BusinessUnit, user: Any, actor: Any = None, reason: str = "") -> None:
+    """Make `user` an editor of `unit`'s workflows (guardian object permission through a per-unit group)."""
+    if actor is not None and not (actor.is_superuser or actor.has_perm("auth.change_group")):
+        raise PermissionDenied(f"{actor} may not grant roles")
+    reason = require_reason(actor, reason)
+    roles_group, _ = Group.objects.get_or_create(name=ROLE_EDITORS)
+    user.groups.add(roles_group, _unit_group(unit))
+    audit_record(action="role_granted", actor=actor, reason=reason,
+                 data={"user": user.get_username(), "role": "editor", "unit": unit.slug})
+
+
+def business_unit_editors(*, unit: BusinessUnit) -> list:
+    """The users who may edit this unit's workflows through the unit (not the global editors)."""
+    from django.contrib.auth import get_user_model
+    from guardian.shortcuts import get_users_with_perms
+
+    users = get_users_with_perms(unit, only_with_perms_in=["edit_unit_workflows"], with_group_users=True,
+                                 with_superusers=False)
+    return list(get_user_model().objects.filter(pk__in=[u.pk for u in users]).order_by("username"))
+
+
+@transaction.atomic
+def business_unit_revoke_editor(*, unit: BusinessUnit, user: Any, actor: Any = None, reason: str = "") -> None:
+    if actor is not None and not (actor.is_superuser or actor.has_perm("auth.change_group")):
+        raise PermissionDenied(f"{actor} may not revoke roles")
+    reason = require_reason(actor, reason)
+    user.groups.remove(_unit_group(unit))
+    remove_perm(UNIT_PERM, user, unit)
+    audit_record(action="role_revoked", actor=actor, reason=reason,
+                 data={"user": user.get_username(), "role": "editor", "unit": unit.slug})
+
+
+# --------------------------------------------------------------------------- diffs
+
+_UNREVIEWED_FIELDS = ("notes",)
+
+
+def version_fingerprint(*, version: WorkflowVersion) -> str:
+    """Hash of what a version does (not of its notes or drawing positions): approval is bound to it."""
+    from journeys.services.workflows import version_definition
+
+    definition = version_definition(version=version)
+    for name in _UNREVIEWED_FIELDS:
+        definition.pop(name, None)
+    definition["steps"] = sorted(
+        ({k: v for k, v in s.items() if k not in ("x", "y")} for s in definition["steps"]), key=lambda s: s["key"]
+    )
+    definition["edges"] = sorted(definition["edges"], key=lambda e: (e["from"], e["outcome"], e["to"]))
+    blob = json.dumps(definition, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def _rules_of(definition: dict) -> dict[str, str]:
+    rules = {}
+    for name in ("entry_rule", "goal_filter"):
+        if definition.get(name):
+            rules[name.replace("_", " ")] = definition[name]
+    for name in ("filter", "rule", "segment"):
+        if (definition.get("trigger_config") or {}).get(name):
+            rules[f"trigger {name}"] = definition["trigger_config"][name]
+    for step in definition["steps"]:
+        try:
+            texts = get_kind(step["kind"]).rules(step["config"])
+        except Exception:  # an invalid step is reported by validation, not here
+            texts = []
+        for i, text in enumerate(texts):
+            rules[f"step {step['key']} rule {i + 1}" if len(texts) > 1 else f"step {step['key']}"] = text
+    return rules
+
+
+def _templates_of(definition: dict) -> set[str]:
+    return {str(s["config"]["template"]) for s in definition["steps"] if isinstance(s.get("config"), dict)
+            and s["config"].get("template")}
+
+
+def version_diff(*, old: WorkflowVersion | None, new: WorkflowVersion) -> dict:
+    """A readable difference between two versions: trigger and settings, steps, edges, rules, templates.
+
+    `old=None` compares against an empty workflow (everything is added).
+    """
+    from journeys.services.workflows import VERSION_FIELDS, version_definition
+
+    empty = {**{f: "" for f in VERSION_FIELDS}, "trigger_config": {}, "steps": [], "edges": []}
+    a = version_definition(version=old) if old is not None else empty
+    b = version_definition(version=new)
+    settings_changed = []
+    for name in VERSION_FIELDS:
+        if name == "trigger_config":
+            fa, fb = _flatten(a.get(name) or {}), _flatten(b.get(name) or {})
+            for key in sorted(set(fa) | set(fb)):
+                if fa.get(key) != fb.get(key):
+                    settings_changed.append({"field": f"trigger_config.{key}", "old": fa.get(key), "new": fb.get(key)})
+        elif a.get(name) != b.get(name):
+            settings_changed.append({"field": name, "old": a.get(name), "new": b.get(name)})
+    steps_a, steps_b = {s["key"]: s for s in a["steps"]}, {s["key"]: s for s in b["steps"]}
+    added = [steps_b[k] for k in steps_b if k not in steps_a]
+    removed = [steps_a[k] for k in steps_a if k not in steps_b]
+    changed = []
+    for key in steps_a.keys() & steps_b.keys():
+        sa, sb = steps_a[key], steps_b[key]
+        lines = [{"field": f, "old": sa[f], "new": sb[f]} for f in ("kind", "name") if sa[f] != sb[f]]
+        ca, cb = _flatten(sa["config"] or {}), _flatten(sb["config"] or {})
+        lines += [{"field": f"config.{k}", "old": ca.get(k), "new": cb.get(k)}
+                  for k in sorted(set(ca) | set(cb)) if ca.get(k) != cb.get(k)]
+        if lines:
+            changed.append({"key": key, "kind": sb["kind"], "changes": lines})
+    changed.sort(key=lambda c: c["key"])
+    edge = lambda e: (e["from"], e["outcome"], e["to"])  # noqa: E731
+    edges_a, edges_b = {edge(e) for e in a["edges"]}, {edge(e) for e in b["edges"]}
+    rules_a, rules_b = _rules_of(a), _rules_of(b)
+    rules = [{"where": w, "old": rules_a.get(w, ""), "new": rules_b.get(w, "")}
+             for w in sorted(set(rules_a) | set(rules_b)) if rules_a.get(w) != rules_b.get(w)]
+    templates_a, templates_b = _templates_of(a), _templates_of(b)
+    diff = {
+        "old": {"id": old.pk, "number": old.number} if old is not None else None,
+        "new": {"id": new.pk, "number": new.number},
+        "settings": settings_changed,
+        "steps_added": added,
+        "steps_removed": removed,
+        "steps_changed": changed,
+        "edges_added": [dict(zip(("from", "outcome", "to"), e)) for e in sorted(edges_b - edges_a)],
+        "edges_removed": [dict(zip(("from", "outcome", "to"), e)) for e in sorted(edges_a - edges_b)],
+        "rules": rules,
+        "templates_added": sorted(templates_b - templates_a),
+        "templates_removed": sorted(templates_a - templates_b),
+    }
+    diff["empty"] = not any(v for k, v in diff.items() if k not in ("old", "new"))
+    return diff
+
+
+# --------------------------------------------------------------------------- dry-run replay
+
+
+def _replay_one(compiled, customer, event: Event, now: datetime) -> dict:
+    from journeys.engine.runner import rule_true
+    from journeys.engine.runtime import context_dict, event_dict, events_counter, profile_dict
+    from journeys.rules import RuleContext
+    from journeys.services.dry_run import version_dry_run
+
+    payload = {"event": event.name, "type": event.type, "properties": event.properties or {},
+               "context": event.context or {}, "traits": event.traits or {}}
+    ctx = RuleContext(event=event_dict({**payload, "name": event.name}), profile=profile_dict(customer, now),
+                      context=context_dict(payload, now), journey={}, now=now,
+                      events_in_last=events_counter(customer.pk))
+    ok, error = rule_true(compiled.entry_rule, ctx)
+    if not ok:
+        return {"entered": False, "reason": f"entry rule is false{f' ({error})' if error else ''}", "path": [],
+                "actions": [], "end": ""}
+    # Re-entry limits are left out on purpose: the customers replayed may already be in the live journey.
+    return version_dry_run(version=compiled, customer=customer, event=payload, now=now, check_entry=False).as_dict()
+
+
+def _replay_events(versions: list[WorkflowVersion], since: datetime, limit: int):
+    names, profile_changes = set(), False
+    for version in versions:
+        if version.trigger_kind in (TriggerKind.EVENT, TriggerKind.INACTIVITY):
+            names.add(version.trigger_event)
+        elif version.trigger_kind in (TriggerKind.ATTRIBUTE_CHANGE, TriggerKind.SEGMENT_ENTRY):
+            profile_changes = True
+    query = Q(name__in=names)
+    if profile_changes:
+        query |= Q(type="identify")
+    return list(
+        Event.objects.filter(query, timestamp__gte=since, customer__isnull=False)
+        .select_related("customer").order_by("-timestamp", "-id")[:limit]
+    )
+
+
+def version_replay(
+    *, proposed: WorkflowVersion, baseline: WorkflowVersion | None, days: int = 7, limit: int = 200,
+    now: datetime | None = None,
+) -> dict:
+    """Replay recent real events of matching customers through the proposed version and the live one.
+
+    Uses the dry-run walker (no rows written, nothing sent): which steps each customer would reach
+    and which messages would go out, side by side, and a summary of where the two differ.
+    """
+    now = now or timezone.now()
+    compiled_new = compile_version(proposed)
+    compiled_old = compile_version(baseline) if baseline is not None else None
+    events = _replay_events([v for v in (proposed, baseline) if v is not None], now - timedelta(days=days), limit)
+    rows = []
+    reach = {"proposed": Counter(), "live": Counter()}
+    messages = {"proposed": Counter(), "live": Counter()}
+    entered = Counter()
+    for event in events:
+        customer = event.customer
+        if customer.merged_into_id:
+            continue
+        row = {"event_id": event.pk, "event": event.name, "at": event.timestamp.isoformat(),
+               "customer": customer.external_id or f"#{customer.pk}"}
+        for label, compiled in (("proposed", compiled_new), ("live", compiled_old)):
+            if compiled is None:
+                row[label] = None
+                continue
+            result = _replay_one(compiled, customer, event, now)
+            row[label] = {
+                "entered": result["entered"], "reason": result.get("reason", ""),
+                "steps": [p["step"] for p in result["path"]], "end": result["end"],
+                "messages": [a.get("would_send") or a.get("kind") for a in result["actions"]
+                             if a.get("kind") != "update_profile"],
+                "actions": result["actions"],
+            }
+            if result["entered"]:
+                entered[label] += 1
+            reach[label].update(set(row[label]["steps"]))
+            messages[label].update(row[label]["messages"])
+        simple = lambda r: r and (r["entered"], r["steps"], r["messages"])  # noqa: E731
+        row["differs"] = simple(row["proposed"]) != simple(row["live"])
+        rows.append(row)
+    return {
+        "generated_at": now.isoformat(),
+        "days": days,
+        "events": len(rows),
+        "customers": len({r["customer"] for r in rows}),
+        "baseline": {"id": baseline.pk, "number": baseline.number} if baseline is not None else None,
+        "proposed": {"id": proposed.pk, "number": proposed.number},
+        "entered": dict(entered),
+        "reach": {k: dict(sorted(v.items())) for k, v in reach.items()},
+        "messages": {k: dict(sorted(v.items())) for k, v in messages.items()},
+        "differs": sum(1 for r in rows if r["differs"]),
+        "rows": rows,
+    }
+
+
+# --------------------------------------------------------------------------- unknown attributes
+
+PROFILE_BUILTINS = {"user_id", "email", "phone", "timezone", "locale", "first_seen", "last_seen",
+                    "last_engaged_at", "tenure_days", "days_since_last_seen", "ltv"}
+JOURNEY_BUILTINS = {"holdout", "experiment", "experiment_arm"}
+
+
+def _known_attributes(version: WorkflowVersion, sample: int = 500) -> dict[str, set[str]]:
+    known = {"profile": set(PROFILE_BUILTINS), "journey": set(JOURNEY_BUILTINS), "event": set()}
+    from journeys.models import Customer
+
+    for traits in Customer.objects.order_by("-id").values_list("traits", flat=True)[:sample]:
+        known["profile"].update((traits or {}).keys())
+    names = {n for n in (version.trigger_event, version.goal_event, (version.trigger_config or {}).get("followed_by"))
+             if n}
+    for step in version.steps.all():
+        config = step.config or {}
+        if step.kind == "wait_for_event" and config.get("event"):
+            names.add(config["event"])
+        for key in ("traits",):
+            known["profile"].update((config.get(key) or {}).keys())
+        known["journey"].update((config.get("variables") or {}).keys())
+    for props in Event.objects.filter(name__in=names).order_by("-id").values_list("properties", flat=True)[:sample]:
+        known["event"].update((props or {}).keys())
+    known["event_names"] = names
+    return known
+
+
+def unknown_attribute_warnings(*, version: WorkflowVersion) -> list[str]:
+    """Rules that read profile/event/journey attributes nobody has: likely typos (warnings, not errors)."""
+    from journeys.rules import RuleSyntaxError, compile_rule
+    from journeys.services.workflows import version_definition
+
+    known = _known_attributes(version)
+    warnings = []
+    for where, text in _rules_of(version_definition(version=version)).items():
+        try:
+            references = compile_rule(text).references
+        except RuleSyntaxError:
+            continue  # reported as an error elsewhere
+        for ref in sorted(references):
+            parts = ref.replace("[", ".").split(".")
+            root = parts[0]
+            if root == "profile" and len(parts) > 1 and parts[1] not in known["profile"]:
+                warnings.append(f"{where}: {ref} is not an attribute of any customer (unknown attribute)")
+            elif root == "journey" and len(parts) > 1 and parts[1] not in known["journey"]:
+                warnings.append(f"{where}: {ref} is not set by any step (unknown attribute)")
+            elif (root == "event" and len(parts) > 2 and parts[1] == "properties" and known["event_names"]
+                  and parts[2] not in known["event"]):
+                warnings.append(f"{where}: {ref} was not seen in recent events (unknown attribute)")
+    return warnings
+
+
+# --------------------------------------------------------------------------- outage switches
+
+# Callables `(scope: str, key: str) -> None` run after a hold is lifted (on commit): scope "global"
+# (safe mode off) or "workflow" (key = workflow id). The channels app registers the one that releases
+# its held deliveries, oldest first, through its normal send path (quiet hours and caps apply again).
+HOLD_RELEASE_HOOKS: list[Callable[..., Any]] = []
+
+
+def outbound_hold(*, workflow_id: int | None = None, run_id: int | None = None) -> str:
+    """Why an outgoing message must be held now ('' = send it). The channels app asks this at send
+    time, next to its own per-channel pause, and keeps a held message deferred (never dropped)."""
+    if OperationsSwitch.objects.filter(scope=SwitchScope.GLOBAL, active=True).exists():
+        return "safe mode"
+    if workflow_id is None and run_id is not None:
+        workflow_id = JourneyRun.objects.filter(pk=run_id).values_list("workflow_id", flat=True).first()
+    if workflow_id and Workflow.objects.filter(pk=workflow_id, status=WorkflowStatus.PAUSED).exists():
+        return "workflow paused"
+    return ""
+
+
+def safe_mode_active() -> bool:
+    return OperationsSwitch.objects.filter(scope=SwitchScope.GLOBAL, active=True).exists()
+
+
+def _require_operate(actor: Any) -> None:
+    if actor is not None and not (actor.is_superuser or actor.has_perm("journeys.operate_workflow")):
+        raise PermissionDenied(f"{actor} may not switch pauses or safe mode")
+
+
+def _release_on_commit(scope: str, key: str) -> None:
+    def run() -> None:
+        for hook in list(HOLD_RELEASE_HOOKS):
+            try:
+                hook(scope=scope, key=key)
+            except Exception:  # one consumer failing must not keep the others held
+                logger.exception("releasing held messages (%s %s) failed in %r", scope, key, hook)
+
+    transaction.on_commit(run)
+
+
+@transaction.atomic
+def _switch_set(*, scope: str, key: str, active: bool, actor: Any, reason: str) -> OperationsSwitch:
+    _require_operate(actor)
+    reason = require_reason(actor, reason)
+    switch = (OperationsSwitch.objects.select_for_update().filter(scope=scope, key=key).first()
+              or OperationsSwitch(scope=scope, key=key))
+    was = switch.active
+    switch.active, switch.reason = active, reason
+    switch.changed_by = actor if actor is not None else None
+    switch._change_reason = reason or ("on" if active else "off")
+    switch.save()
+    audit_record(action=f"{scope}_{'on' if active else 'off'}", actor=actor, reason=reason,
+                 data={"scope": scope, "key": key})
+    if was and not active:
+        _release_on_commit(str(scope), key)
+    return switch
+
+
+def safe_mode_set(*, active: bool, actor: Any = None, reason: str = "") -> OperationsSwitch:
+    """Global safe mode: every outgoing message is held (kept queued); switching it off releases them."""
+    return _switch_set(scope=SwitchScope.GLOBAL, key="", active=active, actor=actor, reason=reason)
+
+
+@transaction.atomic
+def workflow_pause_set(*, workflow: Workflow, paused: bool, actor: Any = None, reason: str = "") -> Workflow:
+    """Pause a workflow: no new entries, and messages of its runs in flight are held until it resumes."""
+    if actor is not None and not user_can(actor, "publish", workflow):
+        _require_operate(actor)
+    reason = require_reason(actor, reason)
+    workflow = Workflow.objects.select_for_update().get(pk=workflow.pk)
+    was_paused = workflow.status == WorkflowStatus.PAUSED
+    workflow.status = WorkflowStatus.PAUSED if paused else WorkflowStatus.ACTIVE
+    workflow._change_reason = reason or ("paused" if paused else "resumed")
+    workflow.save(update_fields=["status", "updated_at"])
+    audit_record(action="workflow_paused" if paused else "workflow_resumed", actor=actor, workflow=workflow,
+                 reason=reason)
+    bump_generation()
+    if was_paused and not paused:
+        _release_on_commit("workflow", str(workflow.pk))
+    return workflow
+
+
+# --------------------------------------------------------------------------- audits
+
+# Callables `(since: datetime, now: datetime) -> dict[str, list[dict]]` adding sections to the audit
+# (the channels app can add its own delivery-level channel health here).
+AUDIT_SECTIONS: list[Callable[..., dict]] = []
+
+
+def _p95(values: list[float]) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=20, method="inclusive")[-1]
+
+
+def _conversion(qs) -> tuple[int, int]:
+    total = qs.count()
+    return total, qs.filter(converted_at__isnull=False).count()
+
+
+def _orphaned_paths(since: datetime, now: datetime, days: int) -> list[dict]:
+    findings = []
+    live = WorkflowVersion.objects.filter(state=VersionState.LIVE).select_related("workflow")
+    for version in live:
+        reached = set(StepExecution.objects.filter(run__version=version, started_at__gte=since)
+                      .values_list("step_key", flat=True).distinct())
+        live_for_days = (now - version.published_at).days if version.published_at else 0
+        for step in version.steps.all():
+            if step.key not in reached:
+                findings.append({"workflow": version.workflow.name, "version": version.number, "step": step.key,
+                                 "kind": step.kind, "live_for_days": live_for_days,
+                                 "note": f"no run reached this step in {days} days"})
+    return findings
+
+
+def _step_unchanged_since(version: WorkflowVersion, key: str) -> datetime | None:
+    """When the step last changed: walk back through earlier published versions with the same step."""
+    current = version.steps.filter(key=key).values_list("kind", "config").first()
+    since = version.published_at
+    earlier = (WorkflowVersion.objects.filter(workflow=version.workflow, number__lt=version.number,
+                                              published_at__isnull=False).order_by("-number"))
+    for older in earlier:
+        if older.steps.filter(key=key).values_list("kind", "config").first() != current:
+            break
+        since = older.published_at
+    return since
+
+
+def _stale_personalization(since: datetime, now: datetime, days: int, drop: float) -> list[dict]:
+    findings = []
+    previous_since = since - timedelta(days=days)
+    for version in WorkflowVersion.objects.filter(state=VersionState.LIVE).select_related("workflow"):
+        runs = JourneyRun.objects.filter(workflow=version.workflow)
+        recent_n, recent_c = _conversion(runs.filter(created_at__gte=since))
+        before_n, before_c = _conversion(runs.filter(created_at__gte=previous_since, created_at__lt=since))
+        if not recent_n or not before_n or not before_c:
+            continue
+        recent_rate, before_rate = recent_c / recent_n, before_c / before_n
+        if recent_rate > before_rate * (1 - drop):
+            continue
+        for step in version.steps.all():
+            config = step.config or {}
+            personalised = config.get("template") or get_kind(step.kind).rules(config) if step.kind != "exit" else None
+            if not personalised:
+                continue
+            unchanged = _step_unchanged_since(version, step.key)
+            if unchanged is None or unchanged > now - timedelta(days=days):
+                continue
+            findings.append({
+                "workflow": version.workflow.name, "step": step.key, "kind": step.kind,
+                "template": config.get("template", ""), "unchanged_days": (now - unchanged).days,
+                "conversion_before": round(before_rate, 4), "conversion_now": round(recent_rate, 4),
+                "runs_before": before_n, "runs_now": recent_n,
+            })
+    return findings
+
+
+def _step_health(since: datetime) -> tuple[list[dict], list[dict]]:
+    waiting_kinds = {"delay", "wait_for_event"}
+    latency: dict[tuple, list[float]] = defaultdict(list)
+    counts: Counter = Counter()
+    errors: Counter = Counter()
+    channels: dict[str, Counter] = defaultdict(Counter)
+    rows = (StepExecution.objects.filter(started_at__gte=since)
+            .values_list("run__workflow__name", "step_key", "step_kind", "outcome", "error", "started_at",
+                         "finished_at", "detail"))
+    for workflow, key, kind, outcome, error, started, finished, detail in rows.iterator(chunk_size=2000):
+        ident = (workflow, key, kind)
+        counts[ident] += 1
+        failed = outcome == "error" or bool(error)
+        if failed:
+            errors[ident] += 1
+        if finished and kind not in waiting_kinds:
+            latency[ident].append((finished - started).total_seconds() * 1000)
+        if kind == "send_message":
+            channel = (detail or {}).get("channel") or "?"
+            channels[channel]["executions"] += 1
+            if outcome == "error" or (detail or {}).get("status") == "failed":
+                channels[channel]["errors"] += 1
+            if (detail or {}).get("status") == "suppressed":
+                channels[channel]["suppressed"] += 1
+    steps = []
+    for ident, n in sorted(counts.items()):
+        values = latency.get(ident, [])
+        steps.append({"workflow": ident[0], "step": ident[1], "kind": ident[2], "executions": n,
+                      "errors": errors[ident], "error_rate": round(errors[ident] / n, 4),
+                      "latency_ms_avg": round(statistics.fmean(values), 1) if values else None,
+                      "latency_ms_p95": round(_p95(values), 1) if values else None})
+    channel_rows = [{"channel": name, "executions": c["executions"], "errors": c["errors"],
+                     "suppressed": c["suppressed"], "error_rate": round(c["errors"] / c["executions"], 4)}
+                    for name, c in sorted(channels.items())]
+    return steps, channel_rows
+
+
+def audit_run(*, days: int = 14, now: datetime | None = None, trigger: str = "manual",
+              conversion_drop: float = 0.2) -> AuditReport:
+    """The governance audit: orphaned paths, stale personalization, step latency and error rates,
+    channel error rates. Stored as an AuditReport for the ops dashboard."""
+    now = now or timezone.now()
+    since = now - timedelta(days=days)
+    steps, channels = _step_health(since)
+    findings = {
+        "orphaned_paths": _orphaned_paths(since, now, days),
+        "stale_personalization": _stale_personalization(since, now, days, conversion_drop),
+        "step_health": steps,
+        "channel_health": channels,
+    }
+    for section in AUDIT_SECTIONS:
+        try:
+            findings.update(section(since=since, now=now))
+        except Exception:
+            logger.exception("audit section %r failed", section)
+    return AuditReport.objects.create(days=days, trigger=trigger, findings=findings)
+
+
+def audit_scheduled() -> int:
+    """q2 schedule entry point (daily): runs the audit over the default window."""
+    return audit_run(trigger="schedule").pk

@@ -1,0 +1,115 @@
+"""In headless Chromium: an editor changes a draft and proposes it; an approver reviews the diff and publishes."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+from django.contrib.auth.models import Group
+
+from journeys.models import BusinessUnit, ChangeRequest, Workflow, WorkflowVersion
+from journeys.services.governance import ROLE_APPROVERS, business_unit_grant_editor, roles_setup
+from journeys.services.workflows import version_build, version_new_draft, version_publish, workflow_create
+from tests.factories import UserFactory
+from tests.journeys.test_governance_fixtures import SIGNUP
+
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(CHROMEDRIVER is None or shutil.which("chromium") is None, reason="needs chromium + chromedriver"),
+]
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    options.binary_location = shutil.which("chromium")
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.implicitly_wait(5)
+    yield driver
+    driver.quit()
+
+
+def _login(browser, base, username):
+    from selenium.webdriver.common.by import By
+
+    browser.delete_all_cookies()
+    browser.get(f"{base}/admin/login/")
+    browser.find_element(By.ID, "id_username").send_keys(username)
+    browser.find_element(By.ID, "id_password").send_keys("pw")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    _wait_for(browser, "/admin/logout/")
+
+
+def _wait_for(browser, text: str) -> str:
+    """Wait until the new page shows `text` (a click does not wait for the next page)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        WebDriverWait(browser, 10).until(lambda b: text in b.page_source)
+    except Exception:
+        errors = re.findall(r'(?:errorlist|errornote|messagelist|class="error").*?</(?:ul|p|li)>', browser.page_source, re.S)
+        raise AssertionError(f"{text!r} not on {browser.current_url}: {errors[:5]}") from None
+    return browser.page_source
+
+
+def _click(browser, by, value, then: str) -> str:
+    browser.find_element(by, value).click()
+    return _wait_for(browser, then)
+
+
+def test_editor_proposes_and_approver_reviews_the_diff_and_publishes(live_server, browser):
+    from selenium.webdriver.common.by import By
+
+    roles_setup()
+    unit = BusinessUnit.objects.create(name="Retention", slug="retention")
+    editor = UserFactory(username="edna", is_staff=True)
+    approver = UserFactory(username="arno", is_staff=True)
+    approver.groups.add(Group.objects.get(name=ROLE_APPROVERS))
+    business_unit_grant_editor(unit=unit, user=editor)
+    workflow = workflow_create(name="Signup", business_unit=unit)
+    v1 = version_publish(version=version_build(workflow=workflow, definition=SIGNUP), reason="first")
+    draft = version_new_draft(version=v1)
+    base = live_server.url
+
+    # the editor changes the rule of the 'check' step, saying why
+    _login(browser, base, "edna")
+    browser.get(f"{base}/admin/journeys/workflowversion/{draft.pk}/change/")
+    key_input = browser.find_element(By.CSS_SELECTOR, "input[name$='-key'][value='check']")
+    prefix = key_input.get_attribute("name").rsplit("-", 1)[0]
+    config = browser.find_element(By.NAME, f"{prefix}-config")
+    config.clear()
+    config.send_keys('{"rule": "profile.plan == \'business\'"}')
+    browser.find_element(By.NAME, "change_reason").send_keys("business customers are the VIPs now")
+    _click(browser, By.NAME, "_continue", "was changed successfully")
+
+    # ... and proposes it
+    _click(browser, By.ID, "propose-link", "changed step <b>check</b>")
+    browser.find_element(By.NAME, "summary").send_keys("Treat business plans as VIP")
+    _click(browser, By.NAME, "_propose", "Proposed for review")
+    request = ChangeRequest.objects.get(version=draft)
+    assert request.status == "open" and request.proposed_by == editor
+    assert "approve-button" not in browser.page_source  # the editor cannot approve
+
+    # the approver finds it on the dashboard, reviews the diff, approves and publishes
+    _login(browser, base, "arno")
+    browser.get(f"{base}/admin/journeys/auditreport/dashboard/")
+    page = _click(browser, By.PARTIAL_LINK_TEXT, "CR #", "What changes")
+    assert "changed step <b>check</b>" in page
+    assert "profile.plan == 'business'" in page.replace("&#x27;", "'").replace("&#39;", "'")
+    assert "Treat business plans as VIP" in page
+    browser.find_element(By.ID, "id_comment").send_keys("checked the dry run")
+    _click(browser, By.ID, "approve-button", "Approve: done")
+    browser.find_element(By.ID, "id_comment").send_keys("ship it")
+    _click(browser, By.ID, "publish-button", "Publish: done")
+    assert browser.find_element(By.ID, "version-stage").text == "live"
+
+    draft.refresh_from_db()
+    assert draft.state == "live" and Workflow.objects.get(pk=workflow.pk).live_version_id == draft.pk
+    assert WorkflowVersion.objects.get(pk=v1.pk).state == "retired"
