@@ -29,6 +29,7 @@ class IdentityMap:
         self.ids: dict[tuple[str, str], int] = {}
         self.customers: dict[int, Customer] = {}
         self.dirty: set[int] = set()
+        self.redirects: dict[int, int] = {}  # merged customer -> survivor, for rows not yet written
         if keys:
             self._load(keys)
 
@@ -47,6 +48,11 @@ class IdentityMap:
         if wanted:
             for customer in Customer.objects.filter(pk__in=wanted):
                 self.customers[customer.pk] = customer
+
+    def survivor(self, customer_id: int) -> int:
+        while customer_id in self.redirects:
+            customer_id = self.redirects[customer_id]
+        return customer_id
 
     def get(self, kind: str, value: str) -> Customer | None:
         customer_id = self.ids.get((kind, value))
@@ -79,6 +85,7 @@ class IdentityMap:
     def forget(self, customer: Customer) -> None:
         """After a merge, every key that pointed at `customer` points at its survivor."""
         target_id = customer.merged_into_id
+        self.redirects[customer.pk] = target_id
         for key, cid in list(self.ids.items()):
             if cid == customer.pk:
                 self.ids[key] = target_id
@@ -122,11 +129,14 @@ def customer_resolve(
     if known is None:
         known = anon if (anon is not None and not user_id) else None
     if known is None:
-        known = imap.new_customer(user_id=user_id, seen_at=seen_at)
+        created = imap.new_customer(user_id=user_id, seen_at=seen_at)
         if user_id:
-            known = imap.claim(IdentityKind.USER_ID, user_id, known)
-        elif anonymous_id:
-            known = imap.claim(IdentityKind.ANONYMOUS_ID, anonymous_id, known)
+            known = imap.claim(IdentityKind.USER_ID, user_id, created)
+        else:
+            known = imap.claim(IdentityKind.ANONYMOUS_ID, anonymous_id, created)
+        if known.pk != created.pk:  # lost a race for the identity: no orphan profile left behind
+            imap.customers.pop(created.pk, None)
+            Customer.objects.filter(pk=created.pk).delete()
 
     for other, reason in ((anon, "anonymousId and userId on one event"), (previous, f"alias of {previous_id}")):
         if other is None or other.pk == known.pk:

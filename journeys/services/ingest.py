@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from journeys.choices import EventType, IdentityKind
 from journeys.models import Customer, Event, Source
+from journeys.services.bulk_ingest import customers_precreate, customers_save, events_insert
 from journeys.services.event_parsing import ParsedEvent, check_event_size, parse_event
 from journeys.services.identity import IdentityMap, customer_apply_traits, customer_resolve
 from journeys.errors import EventValidationError, PayloadTooLarge
@@ -88,7 +89,14 @@ def event_ingest(*, source: Source, events: list[ParsedEvent]) -> IngestResult:
             if e.previous_id:
                 keys.add((IdentityKind.USER_ID, e.previous_id))
                 keys.add((IdentityKind.ANONYMOUS_ID, e.previous_id))
+            if e.type == EventType.IDENTIFY:  # so claiming a known email is a lookup, not a failed INSERT
+                email, phone = e.traits.get("email"), e.traits.get("phone")
+                if isinstance(email, str) and email:
+                    keys.add((IdentityKind.EMAIL, email.strip().lower()[:255]))
+                if isinstance(phone, str) and phone:
+                    keys.add((IdentityKind.PHONE, phone.strip()[:255]))
         imap = IdentityMap(keys)
+        customers_precreate(imap, fresh)
 
         rows = []
         for e in fresh:
@@ -133,22 +141,11 @@ def event_ingest(*, source: Source, events: list[ParsedEvent]) -> IngestResult:
                     received_at=e.received_at,
                 )
             )
-        dirty = [imap.customers[pk] for pk in imap.dirty if pk in imap.customers]
-        if dirty:
-            now = timezone.now()
-            for customer in dirty:
-                customer.updated_at = now
-            fields = ["external_id", "email", "phone", "timezone", "locale", "traits", "first_seen", "last_seen", "updated_at"]
-            Customer.objects.bulk_update(dirty, fields, batch_size=500)
-        # ignore_conflicts covers a concurrent request carrying the same messageId.
-        Event.objects.bulk_create(rows, batch_size=500, ignore_conflicts=True)
-        fresh_ids = [r.message_id for r in rows]
-        event_ids: list[int] = []
-        for i in range(0, len(fresh_ids), 900):
-            event_ids.extend(
-                Event.objects.filter(
-                    source=source, message_id__in=fresh_ids[i : i + 900], received_at=rows[0].received_at
-                ).values_list("id", flat=True)
-            )
+        if imap.redirects:  # a later event of this batch merged a profile an earlier event pointed at
+            for row in rows:
+                row.customer_id = imap.survivor(row.customer_id)
+        customers_save(imap.customers[pk] for pk in imap.dirty if pk in imap.customers)
+        # ON CONFLICT / ignore_conflicts covers a concurrent request carrying the same messageId.
+        event_ids = events_insert(rows)
         enqueue_events(event_ids)
     return IngestResult(stored=len(event_ids), duplicates=len(events) - len(event_ids), event_ids=event_ids)

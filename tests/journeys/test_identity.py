@@ -92,3 +92,17 @@ def test_context_timezone_fills_profile(api):
     api.post("track", {"userId": "u", "event": "E", "context": {"timezone": "Europe/Paris", "locale": "fr-FR"}})
     customer = live_customers().get()
     assert (customer.timezone, customer.locale) == ("Europe/Paris", "fr-FR")
+
+
+def test_events_before_a_merge_in_the_same_batch_land_on_the_survivor(api):
+    api.post("identify", {"userId": "known", "traits": {"plan": "pro"}})
+    batch = [
+        {"type": "track", "anonymousId": "anon-x", "event": "Viewed"},
+        {"type": "track", "userId": "known", "event": "Browsed"},
+        {"type": "identify", "anonymousId": "anon-x", "userId": "known"},
+    ]
+    assert api.post("batch", {"batch": batch}).status_code == 200
+
+    customer = live_customers().get()
+    assert customer.external_id == "known"
+    assert Event.objects.filter(customer=customer).count() == 4
