@@ -40,6 +40,9 @@ def demo_load() -> list[str]:
         Identity.objects.create(kind="user_id", value=user_id, customer=customer)
         Identity.objects.create(kind="email", value=email, customer=customer)
     lines.extend(_demo_workflows())
+    from agents.demo import agents_demo_load
+
+    lines.extend(agents_demo_load())
     return lines
 
 
@@ -84,13 +87,12 @@ def _demo_workflows() -> list[str]:
         "High-value support query": (support_unit, {
             "trigger_event": "Support Message", "reentry_policy": "always",
             "steps": [
-                {"key": "triage", "kind": "condition",
-                 "config": {"rule": "event.properties.sentiment < -0.3 or profile.ltv >= 1000"}},
-                # Until the agents app registers escalate_to_agent, the hand-off is a profile flag + acknowledgement.
-                {"key": "flag", "kind": "update_profile", "config": {"traits": {"needs_agent": True}}},
+                {"key": "triage", "kind": "escalate_to_agent",
+                 "config": {"sentiment_below": -0.3, "complexity_above": 0.5, "value_at_least": 1000,
+                            "failed_attempts_at_least": 2, "failed_event": "Bot Fallback"}},
                 {"key": "ack", "kind": "send_message", "config": {"channel": "email", "template": "support-ack"}},
             ],
-            "edges": [{"from": "triage", "outcome": "yes", "to": "flag"}, {"from": "flag", "outcome": "next", "to": "ack"}],
+            "edges": [{"from": "triage", "outcome": "escalated", "to": "ack"}],
         }),
         "Account anniversary": (unit, {
             "trigger_kind": "date_attribute", "trigger_config": {"attribute": "signup_date", "at": "09:00", "yearly": True},

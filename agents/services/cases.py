@@ -1,0 +1,351 @@
+"""The life of a case: opened by an escalation, worked by an agent (notes, replies), resolved.
+
+Each operation checks the actor's permission on the case itself, runs in one
+transaction with its timeline entry, and leaves side effects (routing, sending,
+the `Case Resolved` event) to the outbox or to `on_commit`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from agents.choices import CaseStatus, EntryKind, ErrorCode, ResolutionCode
+from agents.errors import CaseError
+from agents.models import Agent, Case, CaseEntry, Team
+from agents.services import permissions
+from agents.services.routing import enqueue_route, sla_due
+from journeys.engine.runtime import profile_dict
+from journeys.models import Customer, JourneyRun, Workflow
+
+REPLY_TEMPLATE_NAME = "agent-reply"
+
+
+# --- teams and agents ---------------------------------------------------------------------------
+
+
+@transaction.atomic
+def team_save(*, team: Team) -> Team:
+    """Save a team, giving it the auth Group that carries its queue permissions."""
+    if team.group_id is None:
+        team.group, _ = Group.objects.get_or_create(name=f"agents-team-{team.slug}")
+    team.save()
+    return team
+
+
+@transaction.atomic
+def agent_save(*, agent: Agent) -> Agent:
+    """Save an agent and keep their membership in exactly their team's group."""
+    agent.save()
+    other_groups = Group.objects.filter(agent_team__isnull=False).exclude(pk=agent.team.group_id)
+    agent.user.groups.remove(*other_groups)
+    agent.user.groups.add(agent.team.group)
+    return agent
+
+
+def _route_waiting_on_commit() -> None:
+    from django_q.tasks import async_task
+
+    transaction.on_commit(lambda: async_task("agents.tasks.cases_route_waiting", group="agents"))
+
+
+def agent_status_set(*, agent: Agent, status: str, actor) -> Agent:
+    """Online/away/offline. Coming online routes waiting cases that this agent may take."""
+    if actor != agent.user and not actor.has_perm("agents.change_agent"):
+        raise CaseError(ErrorCode.NOT_ALLOWED, "you may only change your own status")
+    with transaction.atomic():
+        Agent.objects.filter(pk=agent.pk).update(status=status, updated_at=timezone.now())
+        agent.status = status
+        if status != "offline":
+            _route_waiting_on_commit()
+    return agent
+
+
+# --- opening a case -------------------------------------------------------------------------------
+
+
+@dataclass
+class CaseDraft:
+    """What an escalation knows about the problem (built by the escalate_to_agent step)."""
+
+    customer: Customer
+    subject: str
+    text: str
+    category: str
+    intent: str
+    language: str
+    priority: int
+    sentiment: float | None
+    complexity: float | None
+    reasons: list[str]
+    team: Team | None = None
+    run: JourneyRun | None = None
+    event_id: int | None = None
+    workflow_id: int | None = None
+
+
+@transaction.atomic
+def case_open(*, draft: CaseDraft, idempotency_key: str, now: datetime | None = None) -> tuple[Case, bool]:
+    """Open a case for an escalation (once per key) or add the message to the customer's open case
+    in the same category. Returns (case, created). Routing happens after commit."""
+    now = now or timezone.now()
+    existing = Case.objects.filter(escalation_key=idempotency_key).first()
+    if existing is None:
+        existing = CaseEntry.objects.filter(idempotency_key=idempotency_key).select_related("case").first()
+        existing = existing.case if existing else None
+    if existing is not None:
+        return existing, False
+    open_case = (
+        Case.objects.filter(customer=draft.customer, category=draft.category)
+        .exclude(status__in=[CaseStatus.RESOLVED, CaseStatus.CLOSED]).order_by("-created_at").first()
+    )
+    if open_case is None:
+        # The customer is back about a problem resolved only days ago: that case reopens
+        # (it counts in the reopen rate) rather than a new one starting from nothing.
+        window = timedelta(days=getattr(settings, "AGENTS_REOPEN_WINDOW_DAYS", 7))
+        recent = (
+            Case.objects.select_for_update(of=("self",))
+            .filter(customer=draft.customer, category=draft.category, status=CaseStatus.RESOLVED,
+                    resolved_at__gte=now - window)
+            .order_by("-resolved_at").first()
+        )
+        if recent is not None:
+            open_case = _reopen_locked(case=recent, actor=None, reason="the customer wrote again")
+    if open_case is not None:
+        CaseEntry.objects.create(
+            case=open_case, kind=EntryKind.INBOUND, body=draft.text, idempotency_key=idempotency_key,
+            data={"sentiment": draft.sentiment, "complexity": draft.complexity,
+                  "run": draft.run.pk if draft.run else None},
+        )
+        # The customer answered: the ball is in the agent's court again, with a fresh SLA.
+        open_case.priority = max(open_case.priority, draft.priority)
+        if open_case.status == CaseStatus.PENDING:
+            open_case.status = CaseStatus.ASSIGNED
+        if open_case.sla_due_at is None:
+            open_case.sla_due_at = sla_due(priority=open_case.priority, start=now)
+        open_case._change_reason = "customer wrote again"
+        open_case.save()
+        return open_case, False
+    try:
+        with transaction.atomic():
+            case = Case.objects.create(
+                customer=draft.customer, origin_run=draft.run, origin_event_id=draft.event_id,
+                origin_workflow_id=draft.workflow_id, escalation_key=idempotency_key,
+                subject=draft.subject[:255], text=draft.text, category=draft.category, intent=draft.intent,
+                language=draft.language, priority=draft.priority, sentiment=draft.sentiment,
+                complexity=draft.complexity, escalation_reasons=draft.reasons, team=draft.team,
+                sla_due_at=sla_due(priority=draft.priority, start=now),
+            )
+    except IntegrityError:  # a concurrent retry of the same step opened it first
+        return Case.objects.get(escalation_key=idempotency_key), False
+    CaseEntry.objects.create(case=case, kind=EntryKind.INBOUND, body=draft.text,
+                             data={"reasons": draft.reasons, "sentiment": draft.sentiment, "complexity": draft.complexity})
+    enqueue_route(case_id=case.pk)
+    return case, True
+
+
+# --- working a case -------------------------------------------------------------------------------
+
+
+def _locked(case: Case) -> Case:
+    return Case.objects.select_for_update(of=("self",)).select_related("customer", "assigned_agent__user").get(pk=case.pk)
+
+
+@transaction.atomic
+def case_note_add(*, case: Case, actor, body: str) -> CaseEntry:
+    """An internal note: the customer never sees it."""
+    case = _locked(case)
+    permissions.case_check(user=actor, case=case, perm="agents.change_case")
+    if not body.strip():
+        raise CaseError(ErrorCode.WRONG_STATUS, "a note needs some text")
+    return CaseEntry.objects.create(case=case, kind=EntryKind.NOTE, author=actor, body=body.strip())
+
+
+def reply_channel(*, customer: Customer):
+    """The customer's preferred channel (trait `preferred_channel`: a channel name or kind),
+    else settings.AGENTS_REPLY_CHANNEL (default "email"). Fallbacks and consent are channels' job."""
+    from channels_app.models import Channel
+
+    preferred = str((customer.traits or {}).get("preferred_channel") or "")
+    default = getattr(settings, "AGENTS_REPLY_CHANNEL", "email")
+    for lookup in ({"name": preferred}, {"kind": preferred}, {"name": default}, {"kind": default}):
+        if next(iter(lookup.values())):
+            channel = Channel.objects.filter(**lookup).order_by("-enabled", "pk").first()
+            if channel is not None:
+                return channel
+    return None
+
+
+def reply_template():
+    """The channels template that carries an agent's free-text reply.
+
+    Agents are staff writing plain text, so the body is not HTML-escaped (an
+    apostrophe must reach an SMS as an apostrophe)."""
+    from channels_app.models import MessageTemplate
+
+    template, _ = MessageTemplate.objects.get_or_create(
+        name=REPLY_TEMPLATE_NAME,
+        defaults={
+            "subject": "{% autoescape off %}{{ reply.subject }}{% endautoescape %}",
+            "body": "{% autoescape off %}{{ reply.body }}{% endautoescape %}",
+        },
+    )
+    return template
+
+
+@transaction.atomic
+def case_reply_send(*, case: Case, actor, body: str, idempotency_key: str) -> CaseEntry:
+    """Send the agent's reply on the customer's preferred channel, once per form submission.
+
+    A reply that leaves (not suppressed) stops the SLA clock and the case then waits on
+    the customer (`pending`); the first one is the case's time to first response."""
+    from channels_app.services import message_send
+
+    case = _locked(case)
+    permissions.case_check(user=actor, case=case, perm="agents.change_case")
+    key = f"case:{case.pk}:reply:{idempotency_key}"[:200]
+    done = CaseEntry.objects.filter(idempotency_key=key).first()
+    if done is not None:
+        return done
+    if not case.is_open:
+        raise CaseError(ErrorCode.WRONG_STATUS, f"case #{case.pk} is {case.status}; reopen it to reply")
+    if not body.strip():
+        raise CaseError(ErrorCode.WRONG_STATUS, "a reply needs some text")
+    channel = reply_channel(customer=case.customer)
+    if channel is None:
+        raise CaseError(ErrorCode.NO_CHANNEL, "no reply channel is configured")
+    now = timezone.now()
+    context = {
+        "profile": profile_dict(case.customer, now),
+        "reply": {"subject": f"Re: {case.subject}" if case.subject else "About your request", "body": body.strip()},
+        "case": {"id": case.pk},
+    }
+    delivery = message_send(customer=case.customer, template=reply_template(), channel=channel, idempotency_key=key,
+                            context=context, step_key=f"case-{case.pk}")
+    entry = CaseEntry.objects.create(
+        case=case, kind=EntryKind.MESSAGE, author=actor, body=body.strip(), delivery=delivery, idempotency_key=key,
+        data={"channel": delivery.channel.name, "status": delivery.status, "error": delivery.error},
+    )
+    if delivery.status != "suppressed":
+        if case.first_response_at is None:
+            case.first_response_at = now
+        case.sla_due_at = None
+        if case.status == CaseStatus.ASSIGNED:
+            case.status = CaseStatus.PENDING
+        case._change_reason = "replied"
+        case.save()
+    return entry
+
+
+@transaction.atomic
+def case_resolve(*, case: Case, actor, code: str, note: str = "") -> Case:
+    """Resolve with a resolution code and emit `Case Resolved` so workflows can follow up
+    (e.g. a CSAT survey two days later). The event's message id is unique per resolution."""
+    from journeys.services.internal_events import event_record_internal
+
+    case = _locked(case)
+    permissions.case_check(user=actor, case=case, perm="agents.change_case")
+    if not case.is_open:
+        raise CaseError(ErrorCode.WRONG_STATUS, f"case #{case.pk} is already {case.status}")
+    if code not in ResolutionCode.values:
+        raise CaseError(ErrorCode.WRONG_STATUS, f"unknown resolution code {code!r}")
+    now = timezone.now()
+    case.status = CaseStatus.RESOLVED
+    case.resolution_code = code
+    case.resolved_at = now
+    case._change_reason = f"resolved: {code}"
+    case.save()
+    CaseEntry.objects.create(case=case, kind=EntryKind.STATUS, author=actor, body=note.strip() or f"resolved ({code})",
+                             data={"status": CaseStatus.RESOLVED, "code": code})
+    event_record_internal(
+        customer=case.customer,
+        name="Case Resolved",
+        message_id=f"case-resolved:{case.pk}:{case.reopen_count}",
+        at=now,
+        properties={
+            "case_id": case.pk, "category": case.category, "intent": case.intent,
+            "resolution_code": code, "priority": case.get_priority_display().lower(),
+            "agent": case.assigned_agent.user.get_username() if case.assigned_agent else None,
+            "workflow_id": case.origin_workflow_id, "reopened": case.reopen_count,
+            "resolution_seconds": int((now - case.created_at).total_seconds()),
+        },
+    )
+    _route_waiting_on_commit()  # the agent has room again: the queue need not wait for the next tick
+    return case
+
+
+@transaction.atomic
+def case_reopen(*, case: Case, actor, reason: str = "") -> Case:
+    """The problem came back: the case goes to its agent again if they can take it, else is re-routed."""
+    case = _locked(case)
+    permissions.case_check(user=actor, case=case, perm="agents.change_case")
+    if case.is_open:
+        raise CaseError(ErrorCode.WRONG_STATUS, f"case #{case.pk} is still open")
+    return _reopen_locked(case=case, actor=actor, reason=reason)
+
+
+def _reopen_locked(*, case: Case, actor, reason: str) -> Case:
+    case.reopen_count += 1
+    case.status = CaseStatus.NEW
+    case.resolved_at = case.closed_at = None
+    case.resolution_code = ""
+    case.sla_due_at = sla_due(priority=case.priority, start=timezone.now())
+    case._change_reason = "reopened"
+    case.save()
+    CaseEntry.objects.create(case=case, kind=EntryKind.STATUS, author=actor, body=reason or "reopened",
+                             data={"status": CaseStatus.NEW})
+    enqueue_route(case_id=case.pk)
+    return case
+
+
+@transaction.atomic
+def case_close(*, case: Case, actor) -> Case:
+    """Close a resolved case for good (no more replies)."""
+    case = _locked(case)
+    permissions.case_check(user=actor, case=case, perm="agents.change_case")
+    if case.status != CaseStatus.RESOLVED:
+        raise CaseError(ErrorCode.WRONG_STATUS, "only resolved cases can be closed")
+    case.status, case.closed_at = CaseStatus.CLOSED, timezone.now()
+    case._change_reason = "closed"
+    case.save()
+    CaseEntry.objects.create(case=case, kind=EntryKind.STATUS, author=actor, body="closed", data={"status": "closed"})
+    return case
+
+
+def followup_workflows():
+    """Workflows an agent may enrol a customer in: the live ones."""
+    return Workflow.objects.filter(live_version__isnull=False, status="active").order_by("name")
+
+
+def case_followup_enroll(*, case: Case, actor, workflow: Workflow) -> JourneyRun | None:
+    """Enrol the customer in a live workflow from the case page (once per case and workflow).
+
+    Entry rules and re-entry policy still apply; None means the workflow refused them."""
+    from journeys.engine.compiled import load_version
+    from journeys.engine.runner import run_enroll
+
+    with transaction.atomic():
+        case = _locked(case)
+        permissions.case_check(user=actor, case=case, perm="agents.change_case")
+        workflow = followup_workflows().filter(pk=workflow.pk).first()
+        if workflow is None:
+            raise CaseError(ErrorCode.WRONG_STATUS, "that workflow is not live")
+        now = timezone.now()
+        run = run_enroll(version=load_version(workflow.live_version_id), customer=case.customer,
+                         trigger_key=f"case:{case.pk}", now=now)
+        body = (f"enrolled in {workflow.name}" if run else
+                f"not enrolled in {workflow.name} (entry rule, re-entry policy or already enrolled)")
+        CaseEntry.objects.create(case=case, kind=EntryKind.FOLLOW_UP, author=actor, body=body,
+                                 data={"workflow": workflow.pk, "run": run.pk if run else None})
+    return run
+
+
+def cases_merge_customers(merged: Customer, target: Customer) -> None:
+    """MERGE_HOOKS entry: an absorbed profile's cases belong to the surviving customer."""
+    Case.objects.filter(customer=merged).update(customer=target)
+

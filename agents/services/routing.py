@@ -1,0 +1,302 @@
+"""Routing: which agent gets a case, the team queues, and the SLA timer.
+
+Lock order is always: the case row first, then agent rows in primary-key order.
+An assignment to an agent holds that agent's row FOR UPDATE while it counts the
+agent's open cases, so two workers can never push an agent over capacity; the
+case row lock plus a status re-check means a case is never assigned twice.
+Sweepers pick cases with SKIP LOCKED so parallel ticks share the work.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Count
+from django.utils import timezone
+from django_q.tasks import async_task
+
+from agents.choices import (
+    OPEN_CASE_STATUSES,
+    SLA_FIRST_RESPONSE,
+    WAITING_CASE_STATUSES,
+    AgentStatus,
+    CaseStatus,
+    EntryKind,
+    ErrorCode,
+    Priority,
+)
+from agents.errors import CaseError
+from agents.models import Agent, AgentSkill, Case, CaseEntry, Team
+from agents.services import permissions
+
+logger = logging.getLogger(__name__)
+
+
+def _skip_locked() -> dict:
+    # SQLite has no row locks (it serialises writers), so SKIP LOCKED is PostgreSQL-only.
+    return {"skip_locked": True} if connection.features.has_select_for_update_skip_locked else {}
+
+
+def sla_due(*, priority: int, start: datetime) -> datetime:
+    return start + SLA_FIRST_RESPONSE[Priority(priority)]
+
+
+def enqueue_route(*, case_id: int) -> None:
+    """Route after commit (a short transaction of its own, not the engine's long one).
+
+    With the ORM broker the task row is written inside the caller's transaction
+    (an outbox); otherwise it is sent on commit. The SLA tick re-finds any case
+    left in `new`, so a lost task only delays routing.
+    """
+    cluster = settings.Q_CLUSTER
+    if "orm" in cluster and not cluster.get("sync"):
+        async_task("agents.tasks.case_route", case_id, group="agents")
+    else:
+        transaction.on_commit(lambda: async_task("agents.tasks.case_route", case_id, group="agents"))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    agent: Agent
+    load: int
+    level: int  # experience in the case's category, 0 = none
+
+    @property
+    def free(self) -> int:
+        return self.agent.capacity - self.load
+
+    def rank(self, case: Case) -> tuple:
+        """Higher is better: the agent who had a reopened case, then category experience, language,
+        online, free capacity, least loaded, longest idle."""
+        agent = self.agent
+        idle = -agent.last_assigned_at.timestamp() if agent.last_assigned_at else float("inf")
+        return (
+            1 if case.assigned_agent_id == agent.pk else 0,
+            self.level,
+            1 if case.language and case.language in (agent.languages or []) else 0,
+            1 if agent.status == AgentStatus.ONLINE else 0,
+            self.free,
+            -(self.load / agent.capacity if agent.capacity else 1),
+            idle,
+            -agent.pk,
+        )
+
+
+def teams_for(*, case: Case) -> list[Team]:
+    """Teams that serve the case's category: the named team if set, else those listing it, else catch-all teams."""
+    teams = list(Team.objects.all())
+    if case.team_id and not case.team.is_fallback:
+        return [t for t in teams if t.pk == case.team_id]
+    listing = [t for t in teams if case.category and case.category in (t.categories or [])]
+    catch_all = [t for t in teams if not t.categories]
+    return listing + catch_all
+
+
+def _loads(agent_ids: list[int]) -> dict[int, int]:
+    rows = (
+        Case.objects.filter(assigned_agent_id__in=agent_ids, status__in=OPEN_CASE_STATUSES)
+        .values("assigned_agent_id")
+        .annotate(n=Count("id"))
+    )
+    return {r["assigned_agent_id"]: r["n"] for r in rows}
+
+
+def routing_candidates(*, case: Case, now: datetime, exclude: tuple[int, ...] = (), lock: bool = False) -> list[Candidate]:
+    """Agents who may take the case now, best first. With `lock`, their rows are held FOR UPDATE."""
+    team_ids = [t.pk for t in teams_for(case=case)]
+    agents = (
+        Agent.objects.filter(team_id__in=team_ids, user__is_active=True)
+        .exclude(status=AgentStatus.OFFLINE)
+        .exclude(pk__in=exclude)
+    )
+    if lock:
+        # One statement, rows locked in primary-key order, so two routers never deadlock;
+        # status and capacity are read under the lock (an agent may have gone offline meanwhile).
+        agents = agents.select_for_update(of=("self",)).order_by("pk")
+    found = list(agents.select_related("user"))
+    ids = [a.pk for a in found]
+    levels = dict(AgentSkill.objects.filter(agent_id__in=ids, category=case.category).values_list("agent_id", "level"))
+    loads = _loads(ids)
+    candidates = [Candidate(agent=a, load=loads.get(a.pk, 0), level=levels.get(a.pk, 0)) for a in found]
+    candidates = [c for c in candidates if c.free > 0 and c.agent.is_working(now)]
+    return sorted(candidates, key=lambda c: c.rank(case), reverse=True)
+
+
+def _entry(case: Case, kind: str, body: str, *, author=None, **data) -> CaseEntry:
+    return CaseEntry.objects.create(case=case, kind=kind, body=body, author=author, data=data)
+
+
+def _assign_locked(*, case: Case, agent: Agent, now: datetime, actor=None, reason: str) -> Case:
+    """Assign a locked case to a locked agent; permissions follow the case."""
+    previous = case.assigned_agent
+    case.assigned_agent = agent
+    case.team_id = agent.team_id
+    case.status = CaseStatus.ASSIGNED
+    case.assigned_at = now
+    case._change_reason = reason
+    case.save()
+    Agent.objects.filter(pk=agent.pk).update(last_assigned_at=now)
+    permissions.case_revoke_queues(case=case)
+    permissions.case_revoke_all_agents(case=case, keep_user_id=agent.user_id)
+    permissions.case_grant_agent(case=case, user=agent.user)
+    _entry(case, EntryKind.ASSIGNMENT, f"assigned to {agent} ({reason})", author=actor,
+           agent=agent.pk, previous=previous.pk if previous else None)
+    return case
+
+
+def _queue_locked(*, case: Case, team: Team | None, reason: str) -> Case:
+    """Put a locked, unassigned case in a team's queue (visible to and takeable by the team)."""
+    changed = case.team_id != (team.pk if team else None) or case.assigned_agent_id is not None
+    previous_agent = case.assigned_agent
+    case.team = team
+    case.assigned_agent = None
+    case.status = CaseStatus.NEW
+    case._change_reason = reason
+    case.save()
+    if previous_agent is not None:
+        permissions.case_revoke_agent(case=case, user=previous_agent.user)
+    permissions.case_revoke_queues(case=case)
+    if team is not None:
+        permissions.case_grant_queue(case=case, group=team.group)
+    if changed:
+        _entry(case, EntryKind.ASSIGNMENT, f"queued in {team or 'no team'} ({reason})", team=team.pk if team else None)
+    return case
+
+
+def queue_team_for(*, case: Case) -> Team | None:
+    """Where a case waits when nobody can take it: the team serving its category, else the fallback queue."""
+    if case.team_id and not case.team.is_fallback:
+        return case.team
+    serving = [t for t in teams_for(case=case) if case.category and case.category in (t.categories or [])]
+    if serving:
+        return serving[0]
+    return Team.objects.filter(is_fallback=True).first()
+
+
+def _route_locked(*, case: Case, now: datetime, exclude: tuple[int, ...] = (), reason: str = "routed") -> Agent | None:
+    candidates = routing_candidates(case=case, now=now, exclude=exclude, lock=True)
+    if candidates:
+        _assign_locked(case=case, agent=candidates[0].agent, now=now, reason=reason)
+        return candidates[0].agent
+    return None
+
+
+def case_route(*, case_id: int, now: datetime | None = None) -> Case:
+    """Give a new case to the best agent who can take it now, or queue it.
+
+    Idempotent: a case that is no longer `new` is left alone (the task may run twice).
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        case = Case.objects.select_for_update(of=("self",)).select_related("team", "assigned_agent").get(pk=case_id)
+        if case.status != CaseStatus.NEW:
+            return case
+        if _route_locked(case=case, now=now) is None:
+            _queue_locked(case=case, team=queue_team_for(case=case), reason="no agent can take it now")
+        return case
+
+
+def cases_route_waiting(*, now: datetime | None = None, limit: int = 500) -> int:
+    """Try again to route queued cases, oldest-highest first (agents came online or freed up)."""
+    now = now or timezone.now()
+    waiting = Case.objects.filter(status=CaseStatus.NEW).order_by("-priority", "created_at")
+    ids = list(waiting.values_list("pk", flat=True)[:limit])
+    routed = 0
+    for case_id in ids:
+        with transaction.atomic():
+            case = (
+                Case.objects.select_for_update(of=("self",), **_skip_locked())
+                .select_related("team").filter(pk=case_id, status=CaseStatus.NEW).first()
+            )
+            if case is None:
+                continue  # taken meanwhile, or another worker holds it
+            if _route_locked(case=case, now=now, reason="routed from queue") is not None:
+                routed += 1
+            elif case.team_id is None:
+                _queue_locked(case=case, team=queue_team_for(case=case), reason="no agent can take it now")
+    return routed
+
+
+def case_take(*, case: Case, actor) -> Case:
+    """An agent takes a case from their team's queue (capacity still applies)."""
+    agent = Agent.objects.filter(user=actor).first()
+    if agent is None:
+        raise CaseError(ErrorCode.NOT_ALLOWED, "only agents can take cases")
+    with transaction.atomic():
+        case = Case.objects.select_for_update().get(pk=case.pk)
+        permissions.case_check(user=actor, case=case, perm="agents.take_case")
+        if case.status != CaseStatus.NEW:
+            raise CaseError(ErrorCode.WRONG_STATUS, f"case #{case.pk} is already {case.get_status_display().lower()}")
+        agent = Agent.objects.select_for_update().get(pk=agent.pk)
+        if _loads([agent.pk]).get(agent.pk, 0) >= agent.capacity:
+            raise CaseError(ErrorCode.NO_CAPACITY, f"you already hold {agent.capacity} open cases")
+        return _assign_locked(case=case, agent=agent, now=timezone.now(), actor=actor, reason=f"taken by {agent}")
+
+
+def case_assign(*, case: Case, agent: Agent, actor) -> Case:
+    """A supervisor hands a case to a named agent (needs the model-wide change permission)."""
+    if not actor.has_perm("agents.change_case"):
+        raise CaseError(ErrorCode.NOT_ALLOWED, "only supervisors can assign cases")
+    with transaction.atomic():
+        case = Case.objects.select_for_update(of=("self",)).select_related("assigned_agent").get(pk=case.pk)
+        if not case.is_open:
+            raise CaseError(ErrorCode.WRONG_STATUS, f"case #{case.pk} is {case.status}")
+        agent = Agent.objects.select_for_update().get(pk=agent.pk)
+        held = _loads([agent.pk]).get(agent.pk, 0) - (1 if case.assigned_agent_id == agent.pk else 0)
+        if held >= agent.capacity:
+            raise CaseError(ErrorCode.NO_CAPACITY, f"{agent} already holds {agent.capacity} open cases")
+        return _assign_locked(case=case, agent=agent, now=timezone.now(), actor=actor, reason=f"assigned by {actor}")
+
+
+def _raise_priority(case: Case, now: datetime) -> None:
+    if case.priority < Priority.URGENT:
+        case.priority += 1
+    case.sla_due_at = sla_due(priority=case.priority, start=now)
+
+
+def cases_sla_check(*, now: datetime | None = None, limit: int = 500) -> dict:
+    """Cases still waiting for a first response after their SLA: re-route, else raise priority.
+
+    An assigned case goes to another agent who can take it; a queued case is routed
+    if anyone can take it now. When nobody can, the priority goes up one level (with a
+    new, shorter deadline) and a queued case moves to the fallback queue.
+    """
+    now = now or timezone.now()
+    stats = {"rerouted": 0, "raised": 0}
+    for _ in range(limit):
+        with transaction.atomic():
+            case = (
+                Case.objects.select_for_update(of=("self",), **_skip_locked())
+                .select_related("team", "assigned_agent__user")
+                .filter(status__in=WAITING_CASE_STATUSES, sla_due_at__lte=now)
+                .order_by("sla_due_at", "pk")
+                .first()
+            )
+            if case is None:
+                break
+            case.sla_breaches += 1
+            previous = case.assigned_agent
+            exclude = (previous.pk,) if previous else ()
+            waited = f"no first response by {case.sla_due_at:%Y-%m-%d %H:%M} UTC"
+            case.sla_due_at = sla_due(priority=case.priority, start=now)
+            agent = _route_locked(case=case, now=now, exclude=exclude, reason=f"SLA re-route: {waited}")
+            if agent is not None:
+                stats["rerouted"] += 1
+                _entry(case, EntryKind.SLA, f"SLA breached ({waited}): re-routed from {previous or 'the queue'} to {agent}")
+                continue
+            old = case.get_priority_display()
+            _raise_priority(case, now)
+            stats["raised"] += 1
+            if previous is None:
+                fallback = Team.objects.filter(is_fallback=True).first() or case.team
+                _queue_locked(case=case, team=fallback, reason="SLA breached: widened to the fallback queue")
+            else:
+                case._change_reason = "SLA breached: priority raised"
+                case.save()
+            _entry(case, EntryKind.SLA, f"SLA breached ({waited}): nobody else can take it; priority {old} -> "
+                   f"{case.get_priority_display()}, next deadline {case.sla_due_at:%Y-%m-%d %H:%M} UTC")
+    return stats

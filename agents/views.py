@@ -1,0 +1,162 @@
+"""The agent console: thin views over selectors and services.
+
+A case outside the user's reach is a 404 (its existence is not revealed); an
+action the user may not take on a case they can see is a 403.
+"""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required as _login_required
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from agents import forms, selectors
+from agents.errors import CaseError, CaseForbidden
+from agents.services import cases as case_services
+from agents.services import routing
+
+
+def login_required(view):
+    return _login_required(view, login_url="agents:login")
+
+
+def _case(request, pk: int):
+    return get_object_or_404(selectors.cases_for_user(user=request.user), pk=pk)
+
+
+def _act(request, case, action, ok: str):
+    """Run a service for a case the user can see; errors become messages, forbidden becomes 403."""
+    try:
+        action(case)
+    except CaseForbidden as exc:
+        raise PermissionDenied(exc.message) from None
+    except CaseError as exc:
+        messages.error(request, exc.message)
+    else:
+        if ok:
+            messages.success(request, ok)
+    return redirect("agents:case", pk=case.pk)
+
+
+@login_required
+def queue(request):
+    agent = selectors.agent_for(user=request.user)
+    return render(request, "agents/queue.html", {
+        "agent": agent,
+        "my_cases": selectors.my_cases(user=request.user),
+        "team_queue": selectors.team_queue(user=request.user),
+        "status_form": forms.StatusForm(initial={"status": agent.status}) if agent else None,
+    })
+
+
+@login_required
+@require_POST
+def status_set(request):
+    agent = selectors.agent_for(user=request.user)
+    form = forms.StatusForm(request.POST)
+    if agent is None or not form.is_valid():
+        raise PermissionDenied("only agents have a status")
+    case_services.agent_status_set(agent=agent, status=form.cleaned_data["status"], actor=request.user)
+    return redirect("agents:queue")
+
+
+@login_required
+def case_detail(request, pk: int):
+    case = _case(request, pk)
+    can_change = request.user.has_perm("agents.change_case") or request.user.has_perm("agents.change_case", case)
+    return render(request, "agents/case_detail.html", {
+        "case": case,
+        "can_change": can_change,
+        "can_take": request.user.has_perm("agents.take_case", case) and case.status == "new",
+        "summary": selectors.case_summary(case=case),
+        "suggestions": selectors.case_suggested_replies(case=case),
+        "entries": case.entries.select_related("author", "delivery").all(),
+        "reply_form": forms.ReplyForm(),
+        "note_form": forms.NoteForm(),
+        "resolve_form": forms.ResolveForm(),
+        "followup_form": forms.FollowUpForm(workflows=case_services.followup_workflows()),
+    })
+
+
+@login_required
+@require_POST
+def case_take(request, pk: int):
+    return _act(request, _case(request, pk),
+                lambda case: routing.case_take(case=case, actor=request.user), "The case is yours.")
+
+
+@login_required
+@require_POST
+def case_reply(request, pk: int):
+    case = _case(request, pk)
+    form = forms.ReplyForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Write a reply first.")
+        return redirect("agents:case", pk=pk)
+    data = form.cleaned_data
+    return _act(request, case, lambda case: case_services.case_reply_send(
+        case=case, actor=request.user, body=data["body"], idempotency_key=data["nonce"]), "Reply sent.")
+
+
+@login_required
+@require_POST
+def case_note(request, pk: int):
+    case = _case(request, pk)
+    form = forms.NoteForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Write a note first.")
+        return redirect("agents:case", pk=pk)
+    return _act(request, case, lambda case: case_services.case_note_add(
+        case=case, actor=request.user, body=form.cleaned_data["body"]), "Note added.")
+
+
+@login_required
+@require_POST
+def case_resolve(request, pk: int):
+    case = _case(request, pk)
+    form = forms.ResolveForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Pick a resolution code.")
+        return redirect("agents:case", pk=pk)
+    return _act(request, case, lambda case: case_services.case_resolve(
+        case=case, actor=request.user, code=form.cleaned_data["code"], note=form.cleaned_data["note"]), "Case resolved.")
+
+
+@login_required
+@require_POST
+def case_reopen(request, pk: int):
+    return _act(request, _case(request, pk),
+                lambda case: case_services.case_reopen(case=case, actor=request.user), "Case reopened.")
+
+
+@login_required
+@require_POST
+def case_close(request, pk: int):
+    return _act(request, _case(request, pk),
+                lambda case: case_services.case_close(case=case, actor=request.user), "Case closed.")
+
+
+@login_required
+@require_POST
+def case_followup(request, pk: int):
+    case = _case(request, pk)
+    form = forms.FollowUpForm(request.POST, workflows=case_services.followup_workflows())
+    if not form.is_valid():
+        messages.error(request, "Pick a live workflow.")
+        return redirect("agents:case", pk=pk)
+
+    def enroll(case):
+        run = case_services.case_followup_enroll(case=case, actor=request.user, workflow=form.cleaned_data["workflow"])
+        if run is None:
+            messages.warning(request, "The workflow did not enrol the customer (entry rule or re-entry policy).")
+        else:
+            messages.success(request, f"Enrolled in {form.cleaned_data['workflow']}.")
+
+    return _act(request, case, enroll, "")
+
+
+@login_required
+def metrics(request):
+    return render(request, "agents/metrics.html", {"metrics": selectors.case_metrics(user=request.user)})

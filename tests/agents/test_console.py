@@ -1,0 +1,193 @@
+"""The agent console through the Django test client: queues, permission boundaries, reply, notes, resolve."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.urls import reverse
+
+from agents.models import Case
+from tests.agents.conftest import open_case
+from tests.agents.factories import AgentFactory, ReplyTemplateFactory, TeamFactory
+from tests.factories import CustomerFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def world(django_capture_on_commit_callbacks, email_channel):
+    """Two teams; alice and bob in billing (capacity 1 each), carol in hardware."""
+    billing = TeamFactory(slug="billing", categories=["billing"])
+    hardware = TeamFactory(slug="hardware", categories=["hardware"])
+    alice = AgentFactory(team=billing, capacity=1, skills={"billing": 5}, user__username="alice")
+    bob = AgentFactory(team=billing, capacity=1, skills={"billing": 3}, user__username="bob")
+    carol = AgentFactory(team=hardware, skills={"hardware": 3}, user__username="carol")
+    customer = CustomerFactory(email="ada@example.com", traits={"first_name": "Ada", "plan": "pro"})
+    cap = django_capture_on_commit_callbacks
+    alices = open_case(customer=customer, capture=cap)
+    bobs = open_case(capture=cap)
+    queued = open_case(capture=cap)  # both billing agents are full
+    carols = open_case(category="hardware", intent="technical", capture=cap)
+    assert (alices.assigned_agent, bobs.assigned_agent, queued.status, carols.assigned_agent) == (alice, bob, "new", carol)
+    return {"alice": alice, "bob": bob, "carol": carol, "alices": alices, "bobs": bobs, "queued": queued,
+            "carols": carols, "customer": customer}
+
+
+def login(client, agent):
+    client.force_login(agent.user)
+    return client
+
+
+def test_pages_need_a_login(client, world):
+    response = client.get(reverse("agents:queue"))
+    assert response.status_code == 302 and response["Location"].startswith("/agents/login/")
+
+
+def test_my_queue_lists_my_cases_and_my_teams_queue_only(client, world):
+    page = login(client, world["alice"]).get(reverse("agents:queue")).content.decode()
+    mine = page.split('id="my-cases"')[1].split("</section>")[0]
+    queue = page.split('id="team-queue"')[1].split("</section>")[0]
+    assert f"#{world['alices'].pk}<" in mine and f"#{world['bobs'].pk}<" not in mine
+    assert f"#{world['queued'].pk}<" in queue
+    assert f"#{world['carols'].pk}<" not in page
+
+    carol_page = login(client, world["carol"]).get(reverse("agents:queue")).content.decode()
+    assert f"#{world['queued'].pk}<" not in carol_page  # another team's queue
+
+
+@pytest.mark.parametrize("url", ["case", "reply", "note", "resolve", "take", "reopen", "close", "followup"])
+def test_someone_elses_case_is_not_found(client, world, url):
+    client = login(client, world["alice"])
+    target = reverse(f"agents:{url}", args=[world["bobs"].pk])
+    response = client.get(target) if url == "case" else client.post(target, {"body": "hi", "code": "fixed", "nonce": "x"})
+    assert response.status_code == 404
+    other_team = reverse(f"agents:{url}", args=[world["carols"].pk])
+    response = client.get(other_team) if url == "case" else client.post(other_team, {"body": "hi", "code": "fixed"})
+    assert response.status_code == 404
+    assert Case.objects.get(pk=world["bobs"].pk).status == "assigned"
+
+
+def test_a_queued_case_can_be_seen_by_the_team_but_not_worked_until_taken(client, world):
+    client = login(client, world["bob"])
+    queued = world["queued"]
+    assert client.get(reverse("agents:case", args=[queued.pk])).status_code == 200
+    assert client.post(reverse("agents:reply", args=[queued.pk]), {"body": "hi", "nonce": "n1"}).status_code == 403
+    assert client.post(reverse("agents:resolve", args=[queued.pk]), {"code": "fixed"}).status_code == 403
+
+    # Bob is at capacity: taking is refused with a message, not a crash.
+    response = client.post(reverse("agents:take", args=[queued.pk]), follow=True)
+    assert "already hold 1 open cases" in response.content.decode()
+
+    carol_client = login(client.__class__(), world["carol"])
+    assert carol_client.post(reverse("agents:take", args=[queued.pk])).status_code == 404
+
+
+def test_a_supervisor_with_model_permissions_sees_every_case(client, world):
+    lead = UserFactory()
+    lead.user_permissions.add(*Permission.objects.filter(codename__in=["view_case", "change_case"]))
+    client.force_login(lead)
+    for key in ("alices", "bobs", "queued", "carols"):
+        assert client.get(reverse("agents:case", args=[world[key].pk])).status_code == 200
+
+
+def test_reply_goes_out_on_the_preferred_channel_once_and_stops_the_sla_clock(client, world):
+    from channels_app.models import Channel, Delivery
+
+    sms = Channel.objects.create(name="sms", kind="sms")
+    customer = world["customer"]
+    customer.phone = "+15550100"
+    customer.traits = {**customer.traits, "preferred_channel": "sms"}
+    customer.save()
+    client = login(client, world["alice"])
+    url = reverse("agents:reply", args=[world["alices"].pk])
+
+    with pytest.MonkeyPatch.context():
+        for _ in range(2):  # a double click posts the same form twice
+            response = client.post(url, {"body": "I'm on it, Ada.", "nonce": "form-1"}, follow=True)
+    assert "Reply sent." in response.content.decode()
+    delivery = Delivery.objects.get()
+    assert (delivery.channel, delivery.to, delivery.body) == (sms, "+15550100", "I'm on it, Ada.")
+    case = Case.objects.get(pk=world["alices"].pk)
+    assert case.first_response_at is not None and case.status == "pending"
+    assert case.entries.get(kind="message").delivery == delivery
+
+
+def test_notes_stay_internal(client, world):
+    from channels_app.models import Delivery
+
+    client = login(client, world["alice"])
+    client.post(reverse("agents:note", args=[world["alices"].pk]), {"body": "Called the bank."})
+    assert world["alices"].entries.get(kind="note").body == "Called the bank."
+    assert Delivery.objects.count() == 0
+
+
+def test_case_page_is_prefilled_with_summary_and_suggested_replies(client, world):
+    ReplyTemplateFactory(name="Billing help", category="billing", body="Hi {{ profile.first_name }}, about your {{ profile.plan }} bill...")
+    page = login(client, world["alice"]).get(reverse("agents:case", args=[world["alices"].pk])).content.decode()
+    assert "Hi Ada, about your pro bill..." in page
+    assert re.search(r"<th>Plan</th><td>pro</td>", page)
+    assert 'id="recent-events"' in page and 'id="previous-cases"' in page
+
+
+def test_resolve_needs_a_code_and_records_it(client, world):
+    client = login(client, world["alice"])
+    url = reverse("agents:resolve", args=[world["alices"].pk])
+    client.post(url, {"code": "made-up"})
+    assert Case.objects.get(pk=world["alices"].pk).status == "assigned"
+    client.post(url, {"code": "fixed", "note": "Refunded the double charge"})
+    case = Case.objects.get(pk=world["alices"].pk)
+    assert (case.status, case.resolution_code) == ("resolved", "fixed")
+    # Resolved cases free capacity: the queued case can now go to alice.
+    from agents.services.routing import cases_route_waiting
+
+    assert cases_route_waiting() == 1
+    assert Case.objects.get(pk=world["queued"].pk).assigned_agent == world["alice"]
+
+
+def test_status_toggle_and_metrics_pages(client, world):
+    client = login(client, world["carol"])
+    client.post(reverse("agents:status"), {"status": "away"})
+    world["carol"].refresh_from_db()
+    assert world["carol"].status == "away"
+    page = client.get(reverse("agents:metrics")).content.decode()
+    assert '<td id="m-cases">1</td>' in page  # carol sees her own case only
+
+
+def test_a_reply_that_cannot_reach_the_customer_is_recorded_and_keeps_the_sla_running(client, world):
+    from channels_app.models import Delivery
+
+    customer = world["customer"]
+    customer.email = ""
+    customer.save()
+    client = login(client, world["alice"])
+
+    page = client.post(reverse("agents:reply", args=[world["alices"].pk]), {"body": "Hello?", "nonce": "n"},
+                       follow=True).content.decode()
+
+    delivery = Delivery.objects.get()
+    assert delivery.status == "suppressed"
+    case = Case.objects.get(pk=world["alices"].pk)
+    assert case.first_response_at is None and case.sla_due_at is not None and case.status == "assigned"
+    assert "suppressed" in page.split('id="timeline"')[1]
+
+
+def test_a_customer_who_asked_not_to_be_contacted_gets_no_reply(client, world):
+    """Consent is the channels app's call; the case records what happened."""
+    import channels_app.services as channels
+
+    if not hasattr(channels, "consent_set"):
+        pytest.skip("this channels_app has no consent records yet")
+    from channels_app.models import Delivery
+
+    channels.consent_set(customer=world["customer"], channel_kind="", topic=None, status="opted_out",
+                         source="support ticket")
+    client = login(client, world["alice"])
+    client.post(reverse("agents:reply", args=[world["alices"].pk]), {"body": "Hello Ada", "nonce": "n"})
+
+    delivery = Delivery.objects.get()
+    assert delivery.status == "suppressed"
+    entry = world["alices"].entries.get(kind="message")
+    assert entry.delivery == delivery and entry.data["status"] == "suppressed"
+    assert Case.objects.get(pk=world["alices"].pk).first_response_at is None

@@ -1,0 +1,94 @@
+"""SLA timers: a case waiting too long for a first response is re-routed, or its priority goes up."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from django_q.models import Schedule
+
+from agents import tasks
+from agents.services.routing import cases_sla_check
+from tests.agents.conftest import open_case
+from tests.agents.factories import AgentFactory, TeamFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def team():
+    return TeamFactory(categories=["billing"])
+
+
+def test_the_sla_clock_is_a_q2_schedule():
+    schedule = Schedule.objects.get(name="agents.sla_tick")
+    assert (schedule.func, schedule.schedule_type, schedule.minutes, schedule.repeats) == ("agents.tasks.sla_tick", "I", 1, -1)
+
+
+def test_an_unanswered_case_moves_to_another_agent_after_its_sla(team, django_capture_on_commit_callbacks):
+    slow = AgentFactory(team=team, skills={"billing": 5})
+    backup = AgentFactory(team=team, skills={"billing": 2})
+    case = open_case(priority=3, capture=django_capture_on_commit_callbacks)  # high: 1 hour
+    assert case.assigned_agent == slow
+
+    assert cases_sla_check(now=timezone.now() + timedelta(minutes=30)) == {"rerouted": 0, "raised": 0}
+    stats = cases_sla_check(now=timezone.now() + timedelta(minutes=61))
+
+    case.refresh_from_db()
+    assert stats == {"rerouted": 1, "raised": 0}
+    assert case.assigned_agent == backup and case.sla_breaches == 1
+    assert case.sla_due_at > timezone.now() + timedelta(minutes=100)
+    assert "re-routed from" in case.entries.get(kind="sla").body
+    # The slow agent no longer sees the case; the backup does.
+    assert not slow.user.has_perm("agents.view_case", case) and backup.user.has_perm("agents.change_case", case)
+
+
+def test_when_nobody_else_can_take_it_the_priority_goes_up(team, django_capture_on_commit_callbacks):
+    only = AgentFactory(team=team, skills={"billing": 5})
+    case = open_case(priority=2, capture=django_capture_on_commit_callbacks)  # normal: 4 hours
+    later = timezone.now() + timedelta(hours=5)
+
+    assert cases_sla_check(now=later) == {"rerouted": 0, "raised": 1}
+    case.refresh_from_db()
+    assert (case.assigned_agent, case.get_priority_display()) == (only, "High")
+    assert case.sla_due_at == later + timedelta(hours=1)
+    # Not answered again within the new, shorter deadline: urgent.
+    cases_sla_check(now=later + timedelta(hours=2))
+    case.refresh_from_db()
+    assert case.get_priority_display() == "Urgent" and case.sla_breaches == 2
+
+
+def test_a_queued_case_widens_to_the_fallback_queue_and_goes_up(team, django_capture_on_commit_callbacks):
+    fallback = TeamFactory(is_fallback=True)
+    AgentFactory(team=team, status="offline", skills={"billing": 5})
+    case = open_case(priority=2, capture=django_capture_on_commit_callbacks)
+    assert (case.status, case.team) == ("new", team)
+
+    cases_sla_check(now=timezone.now() + timedelta(hours=5))
+
+    case.refresh_from_db()
+    assert (case.status, case.team, case.get_priority_display()) == ("new", fallback, "High")
+
+
+def test_an_answered_case_is_left_alone(team, django_capture_on_commit_callbacks, email_channel):
+    from agents.services.cases import case_reply_send
+
+    agent = AgentFactory(team=team, skills={"billing": 5})
+    AgentFactory(team=team, skills={"billing": 1})
+    case = open_case(priority=3, capture=django_capture_on_commit_callbacks)
+    with django_capture_on_commit_callbacks(execute=True):
+        case_reply_send(case=case, actor=agent.user, body="Looking into it", idempotency_key="k")
+
+    assert cases_sla_check(now=timezone.now() + timedelta(days=1)) == {"rerouted": 0, "raised": 0}
+
+
+def test_the_tick_task_checks_slas_and_routes_the_queue(team, django_capture_on_commit_callbacks):
+    agent = AgentFactory(team=team, status="offline", skills={"billing": 5})
+    case = open_case(capture=django_capture_on_commit_callbacks)
+    agent.status = "online"
+    agent.save()
+
+    assert tasks.sla_tick() == {"rerouted": 0, "raised": 0, "routed": 1}
+    case.refresh_from_db()
+    assert case.assigned_agent == agent
