@@ -1,4 +1,13 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
+
+from channels_app import views
 
 app_name = "channels_app"
-urlpatterns: list = []
+urlpatterns = [
+    path("u/<str:token>/", views.unsubscribe, name="unsubscribe"),
+    path("p/<str:token>/", views.preferences, name="preferences"),
+    path("o/<str:token>.gif", views.open_pixel, name="open"),
+    path("c/<str:token>/", views.click, name="click"),
+    path("status/<str:token>/", views.status_callback, name="status"),
+    path("inbound/sms/<str:token>/", views.inbound_sms, name="inbound_sms"),
+]

@@ -61,8 +61,13 @@ def _demo_workflows() -> list[str]:
         "anniversary-push": ("Happy anniversary!", "{{ profile.first_name }}, thanks for {{ profile.tenure_days }} days with us."),
         "support-ack": ("We're on it", "A specialist will reply shortly, {{ profile.first_name|default:'' }}."),
     }
+    from channels_app.models import Topic
+
+    # Topics decide which consent applies (and put the choices in the preference centre).
+    topics = {"support-ack": "transactional"}
     for name, (subject, body) in templates.items():
-        MessageTemplate.objects.get_or_create(name=name, defaults={"subject": subject, "body": body})
+        topic = Topic.objects.filter(slug=topics.get(name, "product_updates")).first()
+        MessageTemplate.objects.get_or_create(name=name, defaults={"subject": subject, "body": body, "topic": topic})
     unit, _ = BusinessUnit.objects.get_or_create(slug="retention", defaults={"name": "Retention"})
     support_unit, _ = BusinessUnit.objects.get_or_create(slug="support", defaults={"name": "Support"})
     flows = {

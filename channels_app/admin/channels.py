@@ -1,0 +1,105 @@
+"""Channels with health (circuit, error rate, p95 latency), pause and breaker actions; caps."""
+
+from __future__ import annotations
+
+import re
+
+from django import forms
+from django.contrib import admin
+from simple_history.admin import SimpleHistoryAdmin
+
+from channels_app.models import Channel, FrequencyCap
+from channels_app.providers import PROVIDERS
+from channels_app.services.breaker import breaker_reset
+from channels_app.services.health import channel_health
+
+SECRET_KEY_RE = re.compile(r"(secret|token|password|passwd|api_?key|private|credential)", re.IGNORECASE)
+
+
+class ChannelForm(forms.ModelForm):
+    class Meta:
+        model = Channel
+        fields = "__all__"
+
+    def clean_settings(self):
+        settings = self.cleaned_data.get("settings") or {}
+        if not isinstance(settings, dict):
+            raise forms.ValidationError("settings must be a JSON object")
+        for key in settings:
+            if SECRET_KEY_RE.search(key) and not key.endswith("_env"):
+                raise forms.ValidationError(
+                    f"{key!r} looks like a secret: keep secrets in the environment and name the variable "
+                    f"instead, e.g. \"{key}_env\": \"MY_{key.upper()}\"")
+        return settings
+
+    def clean_provider(self):
+        provider = self.cleaned_data["provider"]
+        if provider not in PROVIDERS:
+            raise forms.ValidationError(f"unknown provider; choose one of {', '.join(sorted(PROVIDERS))}")
+        return provider
+
+
+@admin.register(Channel)
+class ChannelAdmin(SimpleHistoryAdmin):
+    form = ChannelForm
+    list_display = ("name", "kind", "provider", "enabled", "paused", "fallback", "circuit", "error_rate",
+                    "p95_latency")
+    list_filter = ("kind", "enabled", "paused")
+    actions = ("pause", "resume", "reset_breaker")
+    readonly_fields = ("health",)
+    fieldsets = (
+        (None, {"fields": ("name", "kind", "provider", "settings", "enabled", "paused", "fallback", "health")}),
+        ("Delivery policy", {"fields": ("quiet_start", "quiet_end", "rate_limit_per_minute", "max_attempts",
+                                        "retry_base_s", "retry_max_s", "breaker_threshold", "breaker_cooldown_s")}),
+    )
+
+    def _health(self, obj):
+        cache = getattr(self, "_health_cache", {})
+        if obj.pk not in cache:
+            cache[obj.pk] = channel_health(channel=obj)
+            self._health_cache = cache
+        return cache[obj.pk]
+
+    def changelist_view(self, request, extra_context=None):
+        self._health_cache = {}
+        return super().changelist_view(request, extra_context)
+
+    @admin.display(description="circuit")
+    def circuit(self, obj):
+        return self._health(obj).state
+
+    @admin.display(description="errors (1h)")
+    def error_rate(self, obj):
+        h = self._health(obj)
+        return "-" if h.error_rate is None else f"{h.error_rate:.0%} of {h.attempts}"
+
+    @admin.display(description="p95 latency (1h)")
+    def p95_latency(self, obj):
+        ms = self._health(obj).p95_ms
+        return "-" if ms is None else f"{ms} ms"
+
+    @admin.display(description="health (last hour)")
+    def health(self, obj):
+        if obj is None or obj.pk is None:
+            return "-"
+        h = channel_health(channel=obj)
+        return f"circuit {h.state}; {h.attempts} attempts; errors {self.error_rate(obj)}; p95 {self.p95_latency(obj)}"
+
+    @admin.action(description="Pause (hold sends without losing them)")
+    def pause(self, request, queryset):
+        queryset.update(paused=True)
+
+    @admin.action(description="Resume")
+    def resume(self, request, queryset):
+        queryset.update(paused=False)
+
+    @admin.action(description="Close the circuit breaker")
+    def reset_breaker(self, request, queryset):
+        for channel in queryset:
+            breaker_reset(channel=channel)
+
+
+@admin.register(FrequencyCap)
+class FrequencyCapAdmin(admin.ModelAdmin):
+    list_display = ("name", "channel", "topic", "limit", "window_s", "action", "enabled")
+    list_filter = ("action", "enabled")

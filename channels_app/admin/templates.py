@@ -1,0 +1,143 @@
+"""Templates (syntax checked at save, locale variants, preview) and content blocks."""
+
+from __future__ import annotations
+
+import json
+
+from django import forms
+from django.contrib import admin
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from simple_history.admin import SimpleHistoryAdmin
+
+from channels_app.models import ContentBlock, MessageTemplate, TemplateVariant
+from channels_app.services import message_context, template_check, template_render
+from journeys.models import Customer
+
+class TemplateForm(forms.ModelForm):
+    class Meta:
+        model = MessageTemplate
+        fields = ("name", "channel_kind", "topic", "subject", "body", "html_body")
+
+    def clean(self):
+        data = super().clean()
+        for field in ("subject", "body", "html_body"):
+            if error := template_check(text=data.get(field) or ""):
+                self.add_error(field, f"template error: {error}")
+        return data
+
+
+class VariantForm(TemplateForm):
+    class Meta:
+        model = TemplateVariant
+        fields = ("locale", "subject", "body", "html_body")
+
+
+class VariantInline(admin.StackedInline):
+    model = TemplateVariant
+    form = VariantForm
+    extra = 0
+
+
+class PreviewForm(forms.Form):
+    customer = forms.CharField(help_text="user id or customer number")
+    event = forms.CharField(widget=forms.Textarea(attrs={"rows": 4}), required=False,
+                            help_text='sample event JSON, e.g. {"name": "Checkout Started", "properties": {"total": 120}}')
+    journey = forms.CharField(required=False, help_text="journey variables JSON")
+
+    def clean_customer(self):
+        value = self.cleaned_data["customer"].strip()
+        customer = Customer.objects.filter(external_id=value).first()
+        if customer is None and value.isdigit():
+            customer = Customer.objects.filter(pk=int(value)).first()
+        if customer is None:
+            raise forms.ValidationError("no such customer")
+        return customer
+
+    def _json(self, field):
+        raw = self.cleaned_data.get(field) or ""
+        try:
+            value = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            raise forms.ValidationError("not valid JSON") from None
+        if not isinstance(value, dict):
+            raise forms.ValidationError("must be a JSON object")
+        return value
+
+    def clean_event(self):
+        event = self._json("event")
+        if "event" in event and "name" not in event:
+            event["name"] = event["event"]
+        event.setdefault("properties", {})
+        return event
+
+    def clean_journey(self):
+        return self._json("journey")
+
+
+@admin.register(MessageTemplate)
+class MessageTemplateAdmin(SimpleHistoryAdmin):
+    form = TemplateForm
+    inlines = (VariantInline,)
+    list_display = ("name", "channel_kind", "topic", "subject", "preview_link")
+    list_filter = ("channel_kind", "topic")
+    search_fields = ("name", "subject", "body")
+
+    def get_urls(self):
+        return [path("<int:pk>/preview/", self.admin_site.admin_view(self.preview_view),
+                     name="channels_app_messagetemplate_preview"), *super().get_urls()]
+
+    @admin.display(description="preview")
+    def preview_link(self, obj):
+        return format_html('<a href="{}">preview</a>', reverse("admin:channels_app_messagetemplate_preview", args=[obj.pk]))
+
+    def preview_view(self, request, pk):
+        template = get_object_or_404(MessageTemplate, pk=pk)
+        if not self.has_view_permission(request, template):
+            return HttpResponse(status=403)
+        form = PreviewForm(request.POST or None)
+        rendered = None
+        if request.method == "POST" and form.is_valid():
+            customer = form.cleaned_data["customer"]
+            context = message_context(customer=customer, now=timezone.now(), context={
+                "event": form.cleaned_data["event"], "journey": form.cleaned_data["journey"],
+                "links": {"unsubscribe_url": "#unsubscribe", "preferences_url": "#preferences"}})
+            rendered = template_render(template=template, context=context, locale=customer.locale or "")
+        return TemplateResponse(request, "channels_app/template_preview.html", {
+            **self.admin_site.each_context(request), "template": template, "form": form, "rendered": rendered,
+            "title": f"Preview {template.name}", "opts": self.model._meta,
+        })
+
+
+class ContentBlockForm(forms.ModelForm):
+    class Meta:
+        model = ContentBlock
+        fields = ("name", "description", "variants")
+
+    def clean_variants(self):
+        from journeys.rules import RuleSyntaxError, compile_rule
+
+        variants = self.cleaned_data.get("variants") or []
+        if not isinstance(variants, list):
+            raise forms.ValidationError('a list of {"rule": ..., "body": ...}')
+        for i, variant in enumerate(variants, 1):
+            if not isinstance(variant, dict) or "body" not in variant:
+                raise forms.ValidationError(f"variant {i}: needs a body (and optionally a rule)")
+            if variant.get("rule"):
+                try:
+                    compile_rule(variant["rule"])
+                except RuleSyntaxError as exc:
+                    raise forms.ValidationError(f"variant {i}: rule error: {exc}") from None
+            if error := template_check(text=variant["body"]):
+                raise forms.ValidationError(f"variant {i}: template error: {error}")
+        return variants
+
+
+@admin.register(ContentBlock)
+class ContentBlockAdmin(SimpleHistoryAdmin):
+    form = ContentBlockForm
+    list_display = ("name", "description")

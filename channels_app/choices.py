@@ -1,0 +1,76 @@
+"""Constants of the channels app, in one place."""
+
+from django.db import models
+
+
+class ChannelKind(models.TextChoices):
+    EMAIL = "email", "Email"
+    SMS = "sms", "SMS"
+    PUSH = "push", "Push"
+    IN_APP = "in_app", "In-app"
+    CHAT = "chat", "Chat"
+    VOICE = "voice", "Voice"
+    WEBHOOK = "webhook", "Webhook"
+
+
+class DeliveryStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    DEFERRED = "deferred", "Deferred (waits for a window, a retry or a closed breaker)"
+    SENDING = "sending", "Sending"
+    SUPPRESSED = "suppressed", "Suppressed"
+    SENT = "sent", "Sent"
+    DELIVERED = "delivered", "Delivered"
+    OPENED = "opened", "Opened"
+    CLICKED = "clicked", "Clicked"
+    FAILED = "failed", "Failed"
+    BOUNCED = "bounced", "Bounced"
+
+
+# Statuses that count as "a message reached the provider" (frequency caps, rate limits).
+SENT_STATUSES = (
+    DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.OPENED, DeliveryStatus.CLICKED,
+    DeliveryStatus.BOUNCED,
+)
+# Only ever moves forward: a late "delivered" callback must not undo "opened".
+STATUS_RANK = {
+    DeliveryStatus.SENT: 1, DeliveryStatus.DELIVERED: 2, DeliveryStatus.OPENED: 3, DeliveryStatus.CLICKED: 4,
+}
+
+
+class Reason(models.TextChoices):
+    """Why a delivery was suppressed or deferred (error codes in one place)."""
+
+    HOLDOUT = "holdout", "Experiment holdout"
+    DO_NOT_CONTACT = "do_not_contact", "Global do-not-contact"
+    CHANNEL_OPT_OUT = "channel_opt_out", "Opted out of the channel"
+    TOPIC_OPT_OUT = "topic_opt_out", "Opted out of the topic"
+    NO_OPT_IN = "no_opt_in", "Topic requires opt-in"
+    NO_ADDRESS = "no_address", "no enabled channel can reach this customer"
+    FREQUENCY_CAP = "frequency_cap", "Frequency cap reached"
+    RECENT_CONTACT = "recent_contact", "Contacted recently on another channel"
+    ERASED = "erased", "Customer erased"
+    QUIET_HOURS = "quiet_hours", "Quiet hours"
+    PAUSED = "paused", "Channel paused"
+    BREAKER_OPEN = "breaker_open", "Circuit breaker open"
+    RATE_LIMIT = "rate_limit", "Channel send rate limit"
+    RETRY = "retry", "Retrying after a transient error"
+    PERMANENT_ERROR = "permanent_error", "Permanent provider error"
+    TEMPLATE_ERROR = "template_error", "The template could not be rendered"
+    ATTEMPTS_EXHAUSTED = "attempts_exhausted", "Gave up after the last retry"
+
+
+class ConsentStatus(models.TextChoices):
+    OPTED_IN = "opted_in", "Opted in"
+    OPTED_OUT = "opted_out", "Opted out"
+    UNKNOWN = "unknown", "Unknown"
+
+
+class BreakerState(models.TextChoices):
+    CLOSED = "closed", "Closed"
+    OPEN = "open", "Open"
+    HALF_OPEN = "half_open", "Half-open (probing)"
+
+
+class PressureAction(models.TextChoices):
+    SUPPRESS = "suppress", "Suppress"
+    DEFER = "defer", "Defer"

@@ -1,0 +1,24 @@
+"""Models of the channels app, split by concept and re-exported here."""
+
+from channels_app.choices import ChannelKind, DeliveryStatus
+from channels_app.models.channels import Channel, ChannelBreaker
+from channels_app.models.consent import Consent, DataSubject, ErasureRecord, Topic
+from channels_app.models.deliveries import Delivery, DeliveryAttempt, FrequencyCap
+from channels_app.models.templates import ContentBlock, MessageTemplate, TemplateVariant
+
+__all__ = [
+    "ChannelKind",
+    "DeliveryStatus",
+    "Channel",
+    "ChannelBreaker",
+    "Consent",
+    "DataSubject",
+    "ErasureRecord",
+    "Topic",
+    "Delivery",
+    "DeliveryAttempt",
+    "FrequencyCap",
+    "ContentBlock",
+    "MessageTemplate",
+    "TemplateVariant",
+]

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+from django.db import models
+
+from channels_app.choices import DeliveryStatus, PressureAction, Reason
+from channels_app.models.channels import Channel
+from channels_app.models.consent import Topic
+from channels_app.models.templates import MessageTemplate
+
+
+class Delivery(models.Model):
+    """One message to one customer, and the outbox row that sends it.
+
+    The row is committed first (queued, deferred or suppressed with a reason) and
+    sent afterwards by a task; `idempotency_key` (run, step, visit) makes a retried
+    step or a duplicate event find this row instead of sending again.
+    """
+
+    idempotency_key = models.CharField(max_length=200, unique=True)
+    customer = models.ForeignKey("journeys.Customer", on_delete=models.CASCADE, related_name="deliveries")
+    channel = models.ForeignKey(Channel, on_delete=models.PROTECT, related_name="deliveries")
+    requested_channel = models.ForeignKey(Channel, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+                                          help_text="the channel the step asked for, when a fallback was used")
+    template = models.ForeignKey(MessageTemplate, null=True, blank=True, on_delete=models.SET_NULL)
+    template_version = models.PositiveIntegerField(null=True, blank=True, help_text="template history id rendered")
+    topic = models.ForeignKey(Topic, null=True, blank=True, on_delete=models.SET_NULL)
+    transactional = models.BooleanField(default=False)
+    locale = models.CharField(max_length=16, blank=True)
+    run_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    step_key = models.CharField(max_length=64, blank=True)
+    to = models.CharField(max_length=320, blank=True)
+    subject = models.CharField(max_length=255, blank=True)
+    body = models.TextField(blank=True)
+    html_body = models.TextField(blank=True)
+    content_hash = models.CharField(max_length=64, blank=True)
+    policy = models.JSONField(default=dict, blank=True, help_text="send-time checks asked for by the step")
+    notes = models.JSONField(default=dict, blank=True, help_text="render report (missing variables), reroutes")
+    status = models.CharField(max_length=12, choices=DeliveryStatus.choices, default=DeliveryStatus.QUEUED)
+    reason = models.CharField(max_length=20, choices=Reason.choices, blank=True)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    provider_message_id = models.CharField(max_length=255, blank=True, db_index=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    clicked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "deliveries"
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"], name="delivery_due_idx"),
+            models.Index(fields=["customer", "sent_at"], name="delivery_customer_sent_idx"),
+            models.Index(fields=["channel", "sent_at"], name="delivery_channel_sent_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.channel.kind} to {self.to or self.customer_id}: {self.status}"
+
+
+class DeliveryAttempt(models.Model):
+    """One call to a provider: the log behind retries, error rates and latency."""
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempt_log")
+    channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="attempts")
+    at = models.DateTimeField(db_index=True)
+    ok = models.BooleanField()
+    transient = models.BooleanField(default=False)
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.delivery_id} @ {self.at:%H:%M:%S}: {'ok' if self.ok else 'error'}"
+
+
+class FrequencyCap(models.Model):
+    """At most `limit` messages per `window_s` seconds per customer: globally (no channel,
+    no topic), per channel, per topic or both. A capped send is suppressed or deferred."""
+
+    name = models.CharField(max_length=100, unique=True)
+    channel = models.ForeignKey(Channel, null=True, blank=True, on_delete=models.CASCADE)
+    topic = models.ForeignKey(Topic, null=True, blank=True, on_delete=models.CASCADE)
+    limit = models.PositiveIntegerField()
+    window_s = models.PositiveIntegerField(help_text="e.g. 86400 for a day")
+    action = models.CharField(max_length=10, choices=PressureAction.choices, default=PressureAction.SUPPRESS)
+    enabled = models.BooleanField(default=True)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.limit} per {self.window_s}s"

@@ -1,0 +1,148 @@
+"""Consent: what a customer allowed, per channel kind x topic, checked at send time."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from channels_app.choices import ChannelKind, ConsentStatus, Reason
+from channels_app.models import Channel, Consent, Topic
+from journeys.models import Customer, Identity
+
+STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
+START_WORDS = {"START", "YES", "UNSTOP", "OPTIN"}
+
+
+def consent_refusal(*, customer: Customer, channel_kind: str, topic: Topic | None) -> Reason | None:
+    """Why this customer may not get this message now (None = may).
+
+    Order: global do-not-contact (always wins) -> transactional topics pass ->
+    channel-wide opt-out (SMS STOP, "unsubscribe from all email") -> topic opt-out
+    on this channel or on every channel -> topics that require an opt-in.
+    """
+    rows = list(Consent.objects.filter(customer=customer, channel_kind__in=["", channel_kind])
+                .filter(Q(topic__isnull=True) | Q(topic=topic) if topic else Q(topic__isnull=True)))
+    status = {(r.channel_kind, r.topic_id): r.status for r in rows}
+    if status.get(("", None)) == ConsentStatus.OPTED_OUT:
+        return Reason.DO_NOT_CONTACT
+    if topic is not None and topic.transactional:
+        return None
+    if status.get((channel_kind, None)) == ConsentStatus.OPTED_OUT:
+        return Reason.CHANNEL_OPT_OUT
+    if topic is None:
+        return None
+    topic_rows = [status.get((channel_kind, topic.pk)), status.get(("", topic.pk))]
+    if ConsentStatus.OPTED_OUT in topic_rows:
+        return Reason.TOPIC_OPT_OUT
+    if topic.requires_opt_in and ConsentStatus.OPTED_IN not in topic_rows:
+        return Reason.NO_OPT_IN
+    return None
+
+
+def personalization_allowed(*, customer: Customer) -> bool:
+    """False when the customer opted out of the `personalization` purpose: messages then
+    use only the minimal profile (name, locale, addresses), not traits or scores."""
+    return not Consent.objects.filter(customer=customer, channel_kind="", topic__slug=Topic.PERSONALIZATION,
+                                      status=ConsentStatus.OPTED_OUT).exists()
+
+
+@transaction.atomic
+def consent_set(*, customer: Customer, channel_kind: str, topic: Topic | None, status: str, source: str,
+                at: datetime | None = None) -> Consent:
+    """Record one choice; the previous one stays in the history (with the source as reason)."""
+    at = at or timezone.now()
+    consent = (Consent.objects.select_for_update()
+               .filter(customer=customer, channel_kind=channel_kind, topic=topic).first())
+    if consent is None:
+        consent = Consent(customer=customer, channel_kind=channel_kind, topic=topic)
+    elif consent.status == status:
+        return consent
+    consent.status, consent.source, consent.updated_at = status, source[:100], at
+    consent._change_reason = source
+    consent.save()
+    return consent
+
+
+def unsubscribe_apply(*, customer: Customer, channel_kind: str, topic_slug: str | None, source: str) -> Consent:
+    """One-click unsubscribe: out of the message's topic on its channel, or the whole
+    channel when the message had no topic."""
+    topic = Topic.objects.filter(slug=topic_slug).first() if topic_slug else None
+    return consent_set(customer=customer, channel_kind=channel_kind, topic=topic,
+                       status=ConsentStatus.OPTED_OUT, source=source)
+
+
+def preference_kinds() -> list[str]:
+    """The channel kinds a customer can choose about: those of enabled channels (not webhooks)."""
+    kinds = set(Channel.objects.filter(enabled=True).values_list("kind", flat=True)) - {ChannelKind.WEBHOOK}
+    return [k for k in ChannelKind.values if k in kinds]
+
+
+def preferences_get(*, customer: Customer) -> dict:
+    """What the preference centre shows: each non-transactional topic x channel kind, on or off."""
+    kinds = preference_kinds()
+    topics = list(Topic.objects.filter(transactional=False).exclude(slug=Topic.PERSONALIZATION).order_by("name"))
+    rows = []
+    for topic in topics:
+        cells = []
+        for kind in kinds:
+            refused = consent_refusal(customer=customer, channel_kind=kind, topic=topic)
+            cells.append({"kind": kind, "field": f"t:{topic.slug}:{kind}", "on": refused is None})
+        rows.append({"topic": topic, "cells": cells})
+    return {
+        "kinds": kinds,
+        "rows": rows,
+        "do_not_contact": Consent.objects.filter(customer=customer, channel_kind="", topic__isnull=True,
+                                                 status=ConsentStatus.OPTED_OUT).exists(),
+        "personalization": personalization_allowed(customer=customer),
+    }
+
+
+@transaction.atomic
+def preferences_save(*, customer: Customer, checked: set[str], do_not_contact: bool, personalization: bool,
+                     source: str = "preference_centre") -> None:
+    """Store the preference centre form: every shown cell becomes an explicit choice.
+
+    Turning a topic on for a channel also lifts a channel-wide opt-out of that channel
+    (the customer just said they want messages there)."""
+    for kind in preference_kinds():
+        for topic in Topic.objects.filter(transactional=False).exclude(slug=Topic.PERSONALIZATION):
+            on = f"t:{topic.slug}:{kind}" in checked
+            consent_set(customer=customer, channel_kind=kind, topic=topic, source=source,
+                        status=ConsentStatus.OPTED_IN if on else ConsentStatus.OPTED_OUT)
+            if on:
+                wide = Consent.objects.filter(customer=customer, channel_kind=kind, topic__isnull=True,
+                                              status=ConsentStatus.OPTED_OUT).first()
+                if wide:
+                    consent_set(customer=customer, channel_kind=kind, topic=None, source=source,
+                                status=ConsentStatus.UNKNOWN)
+    consent_set(customer=customer, channel_kind="", topic=None, source=source,
+                status=ConsentStatus.OPTED_OUT if do_not_contact else ConsentStatus.UNKNOWN)
+    purpose, _ = Topic.objects.get_or_create(slug=Topic.PERSONALIZATION, defaults={"name": "Personalization"})
+    consent_set(customer=customer, channel_kind="", topic=purpose, source=source,
+                status=ConsentStatus.OPTED_IN if personalization else ConsentStatus.OPTED_OUT)
+
+
+def customers_by_phone(phone: str) -> list[Customer]:
+    ids = set(Identity.objects.filter(kind="phone", value=phone).values_list("customer_id", flat=True))
+    ids |= set(Customer.objects.filter(phone=phone, merged_into__isnull=True).values_list("pk", flat=True))
+    return list(Customer.objects.filter(pk__in=ids))
+
+
+def inbound_sms_handle(*, channel: Channel, from_number: str, body: str) -> dict:
+    """SMS keywords: STOP (and synonyms) opts the sender out of all SMS; START opts back in.
+    Other texts are acknowledged and ignored here. Returns what was done."""
+    word = (body or "").strip().upper().split(" ")[0] if body else ""
+    customers = customers_by_phone(from_number)
+    if word in STOP_WORDS:
+        status = ConsentStatus.OPTED_OUT
+    elif word in START_WORDS:
+        status = ConsentStatus.OPTED_IN
+    else:
+        return {"action": "ignored", "customers": [c.pk for c in customers]}
+    for customer in customers:
+        consent_set(customer=customer, channel_kind=channel.kind, topic=None, status=status,
+                    source=f"sms_keyword:{word}")
+    return {"action": status, "customers": [c.pk for c in customers]}

@@ -1,0 +1,133 @@
+"""Data-subject requests: export everything held about a customer, and erase them.
+
+The erasure policy (also in docs/PRIVACY.md):
+
+- Events of the customer (and of profiles merged into it) are **deleted**: their
+  properties, traits and context are personal data.
+- Identities are **deleted**; consents and their history are **deleted**.
+- The Customer row is **kept as an anonymous tombstone** (user id `erased-<id>`, no
+  email, phone, locale or traits) so that aggregate numbers (runs, conversions,
+  experiment counts, delivery statistics) keep adding up.
+- Journey runs are kept with their variables and step details cleared; open runs
+  are exited.
+- Deliveries are **anonymised**: address, subject, bodies, provider id and errors are
+  cleared; channel, status, timestamps and the content hash stay for reporting.
+  Queued or deferred deliveries are suppressed (reason `erased`).
+- Merge audit rows keep who/when but lose their details.
+- An ErasureRecord (customer id, actor, reason, counts) proves the erasure happened.
+- Other apps add their own rows through ERASERS / EXPORTERS (callables registered in
+  their AppConfig.ready()).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date, datetime
+from decimal import Decimal
+
+from django.db import transaction
+from django.db.models import Q
+from django.forms.models import model_to_dict
+
+from channels_app.choices import DeliveryStatus, Reason
+from channels_app.models import Consent, Delivery, DeliveryAttempt, ErasureRecord
+from journeys.models import Customer, CustomerMerge, Event, Identity, JourneyRun, StepExecution
+
+# (customer) -> (section name, JSON-able data); (customer) -> {what: count}
+EXPORTERS: list[Callable[[Customer], tuple[str, object]]] = []
+ERASERS: list[Callable[[Customer], dict]] = []
+
+
+def _json(value):
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json(v) for v in value]
+    return value
+
+
+def _rows(queryset, exclude=()) -> list[dict]:
+    out = []
+    for obj in queryset:
+        row = model_to_dict(obj, exclude=exclude)
+        for f in obj._meta.fields:
+            if f.name not in exclude and f.name not in row:
+                row[f.name] = getattr(obj, f.attname)
+        out.append(_json(row))
+    return out
+
+
+def _profile_ids(customer: Customer) -> list[int]:
+    """The customer and every profile merged into it (their data is the same person's)."""
+    ids, frontier = {customer.pk}, [customer.pk]
+    while frontier:
+        frontier = list(Customer.objects.filter(merged_into_id__in=frontier).exclude(pk__in=ids)
+                        .values_list("pk", flat=True))
+        ids.update(frontier)
+    return sorted(ids)
+
+
+def customer_export(*, customer: Customer) -> dict:
+    """Everything held about a customer, as JSON-able data (right of access / portability)."""
+    ids = _profile_ids(customer)
+    consents = Consent.objects.filter(customer_id__in=ids).select_related("topic")
+    data = {
+        "format": "journey-console/data-subject-export@1",
+        "customer": _rows(Customer.objects.filter(pk=customer.pk))[0],
+        "merged_profiles": _rows(Customer.objects.filter(pk__in=ids).exclude(pk=customer.pk)),
+        "identities": _rows(Identity.objects.filter(customer_id__in=ids)),
+        "merges": _rows(CustomerMerge.objects.filter(Q(target_id__in=ids) | Q(merged_id__in=ids))),
+        "events": _rows(Event.objects.filter(customer_id__in=ids).order_by("timestamp", "id")),
+        "journey_runs": [
+            {**row, "steps": _rows(StepExecution.objects.filter(run_id=row["id"]))}
+            for row in _rows(JourneyRun.objects.filter(customer_id__in=ids).order_by("created_at"))
+        ],
+        "deliveries": _rows(Delivery.objects.filter(customer_id__in=ids).order_by("created_at")),
+        "consents": [{**row, "topic": c.topic.slug if c.topic_id else None}
+                     for c, row in zip(consents, _rows(consents))],
+        "consent_history": [
+            _json({"channel_kind": h.channel_kind, "topic_id": h.topic_id, "status": h.status, "source": h.source,
+                   "at": h.history_date, "change": h.history_type})
+            for h in Consent.history.filter(customer_id__in=ids).order_by("history_date")
+        ],
+    }
+    for exporter in EXPORTERS:
+        name, section = exporter(customer)
+        data[name] = _json(section)
+    return data
+
+
+@transaction.atomic
+def customer_erase(*, customer: Customer, actor: str, reason: str = "") -> ErasureRecord:
+    """Erase a customer per the policy in this module's docstring (right to erasure)."""
+    ids = _profile_ids(customer)
+    counts: dict[str, int] = {}
+    for exporter_counts in (eraser(customer) for eraser in ERASERS):
+        for key, value in (exporter_counts or {}).items():
+            counts[key] = counts.get(key, 0) + int(value)
+    counts["events"] = Event.objects.filter(customer_id__in=ids).delete()[1].get("journeys.Event", 0)
+    counts["identities"] = Identity.objects.filter(customer_id__in=ids).delete()[0]
+    counts["consents"] = Consent.objects.filter(customer_id__in=ids).delete()[0]
+    Consent.history.filter(customer_id__in=ids).delete()
+    runs = JourneyRun.objects.filter(customer_id__in=ids)
+    counts["runs_cleared"] = runs.update(variables={})
+    runs.filter(status__in=["active", "waiting"]).update(status="exited", next_wake_at=None, wait_event="")
+    StepExecution.objects.filter(run__customer_id__in=ids).update(detail={}, error="")
+    deliveries = Delivery.objects.filter(customer_id__in=ids)
+    deliveries.filter(status__in=[DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED]).update(
+        status=DeliveryStatus.SUPPRESSED, reason=Reason.ERASED, next_attempt_at=None)
+    counts["deliveries_anonymised"] = deliveries.update(
+        to="", subject="", body="", html_body="", provider_message_id="", error="", notes={}, policy={})
+    DeliveryAttempt.objects.filter(delivery__customer_id__in=ids).update(error="")
+    CustomerMerge.objects.filter(Q(target_id__in=ids) | Q(merged_id__in=ids)).update(details={})
+    for pk in ids:
+        Customer.objects.filter(pk=pk).update(
+            external_id=f"erased-{pk}", email="", phone="", locale="", timezone="UTC", traits={},
+            first_seen=None, last_seen=None, last_engaged_at=None)
+    counts["profiles"] = len(ids)
+    return ErasureRecord.objects.create(customer_id_erased=customer.pk, actor=actor[:255], reason=reason[:255],
+                                        counts=counts)

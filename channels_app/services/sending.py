@@ -1,0 +1,185 @@
+"""Sending: message_send records a Delivery (the outbox row) inside the caller's
+transaction, with holdout, consent and reachability decided and the content rendered;
+after commit a task dispatches it (services/dispatch.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.html import escape
+
+from channels_app.choices import ChannelKind, DeliveryStatus, Reason
+from channels_app.models import Channel, Delivery, MessageTemplate
+from channels_app.services.consent import consent_refusal, personalization_allowed
+from channels_app.services.links import link_url
+from channels_app.services.templates import template_render
+
+MINIMAL_PROFILE = ("user_id", "first_name", "name", "email", "phone", "locale", "timezone")
+ADDRESS_FIELDS = {
+    ChannelKind.EMAIL: "email", ChannelKind.SMS: "phone", ChannelKind.VOICE: "phone",
+    ChannelKind.PUSH: "push_token", ChannelKind.CHAT: "chat_id", ChannelKind.IN_APP: "user_id",
+    ChannelKind.WEBHOOK: "user_id",
+}
+
+
+def channel_address(channel: Channel, profile: dict) -> str:
+    """Where this channel reaches the customer (settings.address_field overrides the default)."""
+    field = (channel.settings or {}).get("address_field") or ADDRESS_FIELDS.get(channel.kind, "user_id")
+    return str(profile.get(field) or "")
+
+
+def channel_pick(*, channel: Channel, profile: dict, customer=None, topic=None) -> tuple[Channel | None, str, str]:
+    """Follow the fallback chain past channels that are disabled, cannot reach the customer
+    or that the customer refused; returns (channel, address, reason when none fits)."""
+    seen: set[int] = set()
+    current, first_reason = channel, ""
+    while current is not None and current.pk not in seen:
+        seen.add(current.pk)
+        address = channel_address(current, profile)
+        if current.enabled and address:
+            refusal = consent_refusal(customer=customer, channel_kind=current.kind, topic=topic) if customer else None
+            if refusal is None:
+                return current, address, ""
+            first_reason = first_reason or refusal
+        current = current.fallback
+    return None, "", first_reason or Reason.NO_ADDRESS
+
+
+def message_context(*, customer, context: dict, now: datetime) -> dict:
+    """The data a template may read: profile, traits, scores, event, journey. Without the
+    customer's personalization consent, only the minimal profile (no traits, no scores)."""
+    from journeys.engine.runtime import profile_dict
+
+    data = dict(context or {})
+    profile = dict(data.get("profile") or profile_dict(customer, now))
+    traits = dict(data.get("traits") or customer.traits or {})
+    scores = dict(data.get("scores") or profile.get("scores") or {})
+    scores.update({k: v for k, v in traits.items() if k.startswith("propensity") or k.endswith("_score")})
+    if not personalization_allowed(customer=customer):
+        profile = {k: profile.get(k) for k in MINIMAL_PROFILE if profile.get(k) is not None}
+        traits, scores = {}, {}
+    data.update(profile=profile, traits=traits, scores=scores, now=now)
+    data.setdefault("event", {})
+    data.setdefault("journey", {})
+    return data
+
+
+_HREF = re.compile(r'href="(https?://[^"]+)"', re.IGNORECASE)
+
+
+def _track_html(html: str, delivery: Delivery, skip: set[str]) -> str:
+    """Click links through signed redirects and add the open pixel."""
+    from html import unescape
+
+    def rewrite(match: re.Match) -> str:
+        url = unescape(match.group(1))
+        if url in skip:
+            return match.group(0)
+        return f'href="{escape(link_url(purpose="click", data={"d": delivery.pk, "u": url}))}"'
+
+    html = _HREF.sub(rewrite, html)
+    pixel = f'<img src="{escape(link_url(purpose="open", data={"d": delivery.pk}))}" width="1" height="1" alt="">'
+    return html.replace("</body>", pixel + "</body>") if "</body>" in html else html + pixel
+
+
+def _links(delivery: Delivery) -> dict:
+    topic_slug = delivery.topic.slug if delivery.topic_id else None
+    return {
+        "unsubscribe_url": link_url(purpose="unsubscribe", data={"c": delivery.customer_id, "k": delivery.channel.kind,
+                                                                  "t": topic_slug, "d": delivery.pk}),
+        "preferences_url": link_url(purpose="preferences", data={"c": delivery.customer_id}),
+    }
+
+
+def _enqueue(delivery: Delivery) -> None:
+    from django_q.tasks import async_task
+
+    pk = delivery.pk
+    transaction.on_commit(lambda: async_task("channels_app.tasks.delivery_send", pk, group="deliveries"))
+
+
+@transaction.atomic
+def message_send(*, customer, template: MessageTemplate, channel: Channel, idempotency_key: str, context: dict,
+                 run_id=None, step_key: str = "", policy_options: dict | None = None,
+                 now: datetime | None = None) -> Delivery:
+    """Record a message once per idempotency key; it is sent after commit.
+
+    Holdout, consent and reachability are decided here (a refused message is stored as
+    suppressed with its reason); quiet hours, caps, pauses and breakers at send time.
+    """
+    existing = Delivery.objects.filter(idempotency_key=idempotency_key).first()
+    if existing is not None:
+        return existing
+    now = now or timezone.now()
+    data = message_context(customer=customer, context=context, now=now)
+    topic = template.topic
+    picked, to, refusal = channel_pick(channel=channel, profile=data["profile"], customer=customer, topic=topic)
+    if (data.get("journey") or {}).get("holdout"):
+        picked, refusal = None, Reason.HOLDOUT
+    latest = template.history.order_by("-history_id").values_list("history_id", flat=True).first()
+    try:
+        with transaction.atomic():
+            delivery = Delivery.objects.create(
+                idempotency_key=idempotency_key, customer=customer, channel=picked or channel,
+                requested_channel=channel if picked and picked.pk != channel.pk else None,
+                template=template, template_version=latest, topic=topic,
+                transactional=bool(topic and topic.transactional), run_id=run_id, step_key=step_key, to=to,
+                policy=policy_options or {},
+                status=DeliveryStatus.QUEUED if picked else DeliveryStatus.SUPPRESSED,
+                reason="" if picked else refusal, error="" if picked else Reason(refusal).label,
+            )
+    except IntegrityError:
+        return Delivery.objects.get(idempotency_key=idempotency_key)
+    links = _links(delivery)
+    try:
+        rendered = template_render(template=template, context={**data, "links": links}, locale=customer.locale or "")
+    except Exception as exc:  # a template saved around the admin's check, or a filter that raised
+        delivery.status, delivery.reason = DeliveryStatus.FAILED, Reason.TEMPLATE_ERROR
+        delivery.error = f"{type(exc).__name__}: {exc}"[:4000]
+        delivery.save()
+        return delivery
+    html = rendered.html_body
+    if html and delivery.channel.kind == ChannelKind.EMAIL and (delivery.channel.settings or {}).get("track", True):
+        html = _track_html(html, delivery, set(links.values()))
+    delivery.subject, delivery.body, delivery.html_body = rendered.subject[:255], rendered.body, html
+    delivery.locale, delivery.content_hash = rendered.locale, rendered.content_hash
+    delivery.notes = {k: v for k, v in (("missing", rendered.missing), ("render_errors", rendered.errors)) if v}
+    delivery.save()
+    if delivery.status == DeliveryStatus.QUEUED:
+        _enqueue(delivery)
+    return delivery
+
+
+@transaction.atomic
+def webhook_send(*, customer, channel: Channel, idempotency_key: str, payload: dict, run_id=None,
+                 step_key: str = "", suppress_reason: str = "") -> Delivery:
+    """Record a webhook call (an integration, not a message to the customer: no consent
+    topic), sent like any delivery: after commit, retried, behind the breaker."""
+    existing = Delivery.objects.filter(idempotency_key=idempotency_key).first()
+    if existing is not None:
+        return existing
+    try:
+        with transaction.atomic():
+            delivery = Delivery.objects.create(
+                idempotency_key=idempotency_key, customer=customer, channel=channel, run_id=run_id,
+                step_key=step_key, to=str((channel.settings or {}).get("url") or channel.settings.get("base_url") or ""),
+                body=json.dumps(payload, sort_keys=True, default=str), transactional=True,
+                status=DeliveryStatus.SUPPRESSED if suppress_reason else DeliveryStatus.QUEUED, reason=suppress_reason,
+            )
+    except IntegrityError:
+        return Delivery.objects.get(idempotency_key=idempotency_key)
+    if delivery.status == DeliveryStatus.QUEUED:
+        _enqueue(delivery)
+    return delivery
+
+
+
+def _event_properties(delivery: Delivery) -> dict:
+    return {"delivery_id": delivery.pk, "channel": delivery.channel.name, "channel_kind": delivery.channel.kind,
+            "template": delivery.template.name if delivery.template_id else None,
+            "topic": delivery.topic.slug if delivery.topic_id else None, "run_id": delivery.run_id,
+            "step": delivery.step_key}

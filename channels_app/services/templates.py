@@ -1,0 +1,196 @@
+"""Rendering message templates in a sandbox.
+
+A template sees only the plain data it is given (dicts, lists, strings, numbers,
+dates): no model instances, no settings, no `{% load %}`, `{% include %}`,
+`{% debug %}` or `{% url %}`. Missing variables render empty and are reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+
+from django.template import Context, Engine, Library, Node, TemplateSyntaxError, Variable, VariableDoesNotExist
+from django.template import defaultfilters, defaulttags
+from django.template.base import VariableNode
+from django.utils import timezone
+
+from channels_app.models import ContentBlock, MessageTemplate, TemplateVariant
+
+# Tags that read outside the given context (debug dumps sys.modules, load/include/url reach
+# the project) are left out; everything else of the default language is available.
+_BLOCKED_TAGS = {"debug", "load", "url", "csrf_token", "querystring", "include", "extends", "block", "ssi"}
+
+sandbox = Library()
+for _name, _tag in defaulttags.register.tags.items():
+    if _name not in _BLOCKED_TAGS:
+        sandbox.tags[_name] = _tag
+sandbox.filters.update(defaultfilters.register.filters)
+
+ROOTS = ("profile", "traits", "event", "journey", "scores", "links")
+_BLOCK_REF = re.compile(r"""{%\s*content_block\s+["']([\w-]+)["']\s*%}""")
+
+
+class SandboxEngine(Engine):
+    default_builtins: list[str] = []
+
+
+class ContentBlockNode(Node):
+    def __init__(self, name: str):
+        self.name = name
+
+    def render(self, context) -> str:
+        renderer = getattr(context, "block_renderer", None)
+        return renderer(self.name, context) if renderer else ""
+
+
+@sandbox.tag("content_block")
+def content_block(parser, token):
+    """{% content_block "name" %}: the first variant of the named ContentBlock whose rule is true."""
+    bits = token.split_contents()
+    if len(bits) != 2 or bits[1][0] not in "\"'" or bits[1][-1] != bits[1][0]:
+        raise TemplateSyntaxError('content_block takes one quoted block name: {% content_block "offer" %}')
+    return ContentBlockNode(bits[1][1:-1])
+
+
+_ENGINE = SandboxEngine(builtins=[], libraries={}, autoescape=True, string_if_invalid="", debug=False)
+_ENGINE.template_builtins = [sandbox]
+
+
+def _refuse(self, *args, **kwargs):
+    raise TypeError("template data is read-only")
+
+
+_refuse.alters_data = True  # Django's template engine never calls a method marked so
+
+
+class _Data(dict):
+    """A dict whose no-argument mutators ({{ profile.clear }}) cannot be called from a template."""
+
+    clear = popitem = _refuse
+
+
+class _List(list):
+    clear = pop = reverse = sort = _refuse
+
+
+def plain(value, depth: int = 0):
+    """Copy `value` as plain, read-only data: anything else (a model, a function) becomes its text."""
+    if depth > 20:
+        return None
+    if value is None or isinstance(value, (str, int, float, bool, Decimal, datetime, date)):
+        return value
+    if isinstance(value, dict):
+        return _Data({str(k): plain(v, depth + 1) for k, v in value.items()})
+    if isinstance(value, (list, tuple, set)):
+        return _List(plain(v, depth + 1) for v in value)
+    return str(value)
+
+
+def template_check(*, text: str) -> str | None:
+    """The syntax error of a template text, or None (shown at save time in the admin)."""
+    try:
+        _ENGINE.from_string(text)
+    except TemplateSyntaxError as exc:
+        return str(exc)
+    return None
+
+
+@dataclass
+class Rendered:
+    subject: str
+    body: str
+    html_body: str
+    locale: str
+    missing: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def content_hash(self) -> str:
+        return hashlib.sha256("\x1f".join((self.subject, self.body, self.html_body)).encode()).hexdigest()
+
+
+def template_variant(*, template: MessageTemplate, locale: str) -> TemplateVariant | None:
+    """Exact locale first (pt-BR), then its language (pt)."""
+    if not locale:
+        return None
+    wanted = [locale, locale.replace("_", "-").split("-")[0]]
+    variants = {v.locale.lower(): v for v in template.variants.all()}
+    for candidate in wanted:
+        if candidate.lower() in variants:
+            return variants[candidate.lower()]
+    return None
+
+
+def _missing(template, context: Context) -> list[str]:
+    """Variables under a known root (profile.x, event.y) that did not resolve and have no |default."""
+    missing = []
+    for node in template.nodelist.get_nodes_by_type(VariableNode):
+        expr = node.filter_expression
+        var = expr.var
+        if not isinstance(var, Variable) or var.literal is not None or var.lookups is None:
+            continue
+        if var.lookups[0] not in ROOTS or any(f[0].__name__ in ("default", "default_if_none") for f in expr.filters):
+            continue
+        try:
+            with context.bind_template(template):
+                var.resolve(context)
+        except VariableDoesNotExist:
+            missing.append(var.var)
+    return missing
+
+
+def _block_renderer(blocks: dict[str, ContentBlock], data: dict, result: Rendered):
+    from journeys.rules import compile_rule
+    from journeys.rules import RuleContext
+
+    def render(name: str, context: Context) -> str:
+        block = blocks.get(name)
+        if block is None:
+            result.errors.append(f"content block {name!r} does not exist")
+            return ""
+        rule_ctx = RuleContext(event=data.get("event") or {}, profile=data.get("profile") or {}, context={},
+                               journey=data.get("journey") or {}, now=data.get("now") or timezone.now())
+        for variant in block.variants or []:
+            rule = (variant or {}).get("rule") or ""
+            if rule:
+                outcome = compile_rule(rule).evaluate(rule_ctx)
+                if outcome.error:
+                    result.errors.append(f"block {name}: {outcome.error}")
+                if not outcome.value:
+                    continue
+            try:
+                return _ENGINE.from_string(variant.get("body") or "").render(context)
+            except TemplateSyntaxError as exc:
+                result.errors.append(f"block {name}: {exc}")
+                return ""
+        return ""
+
+    return render
+
+
+def template_render(*, template: MessageTemplate, context: dict, locale: str = "") -> Rendered:
+    """Render subject, text body and HTML body of `template` (its locale variant when
+    there is one) with a plain copy of `context`. Text parts are not HTML-escaped; the
+    HTML part is. Missing variables render empty and are listed in `missing`."""
+    data = plain(context)
+    data["now"] = context.get("now") if isinstance(context.get("now"), datetime) else None
+    variant = template_variant(template=template, locale=locale)
+    subject = (variant.subject if variant and variant.subject else template.subject) or ""
+    body = (variant.body if variant and variant.body else template.body) or ""
+    html = (variant.html_body if variant and variant.html_body else template.html_body) or ""
+    names = set(_BLOCK_REF.findall(subject + body + html))
+    blocks = {b.name: b for b in ContentBlock.objects.filter(name__in=names)} if names else {}
+    result = Rendered("", "", "", locale=variant.locale if variant else "")
+    parts = []
+    for text, escape in ((subject, False), (body, False), (html, True)):
+        ctx = Context(data, autoescape=escape)
+        ctx.block_renderer = _block_renderer(blocks, data, result)
+        compiled = _ENGINE.from_string(text)
+        parts.append(compiled.render(ctx))
+        result.missing.extend(m for m in _missing(compiled, ctx) if m not in result.missing)
+    result.subject, result.body, result.html_body = parts[0].strip().replace("\n", " "), parts[1], parts[2]
+    return result

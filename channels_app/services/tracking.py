@@ -1,0 +1,101 @@
+"""What happens after sending: status callbacks, opens and clicks, recorded on the
+Delivery and as events (`Message Delivered`, `Email Opened`, `Link Clicked`...) so
+journeys can react. Each event's message id comes from what happened, so a repeated
+callback or a reloaded pixel is stored once."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+
+from django.db import transaction
+from django.utils import timezone
+
+from channels_app.choices import STATUS_RANK, DeliveryStatus
+from channels_app.models import Delivery
+from channels_app.services.sending import _event_properties
+
+# Vendor words (Twilio MessageStatus, SES/SendGrid event names) -> our status.
+CALLBACK_STATUSES = {
+    "delivered": DeliveryStatus.DELIVERED,
+    "bounced": DeliveryStatus.BOUNCED, "bounce": DeliveryStatus.BOUNCED,
+    "failed": DeliveryStatus.FAILED, "undelivered": DeliveryStatus.FAILED, "dropped": DeliveryStatus.FAILED,
+}
+EVENT_NAMES = {
+    DeliveryStatus.DELIVERED: "Message Delivered",
+    DeliveryStatus.BOUNCED: "Message Bounced",
+    DeliveryStatus.FAILED: "Message Failed",
+}
+
+
+def _advance(delivery: Delivery, status: str) -> None:
+    """Statuses only move forward (a late 'delivered' does not undo 'clicked')."""
+    if STATUS_RANK.get(status, 0) > STATUS_RANK.get(delivery.status, 0):
+        delivery.status = status
+
+
+def _engaged(delivery: Delivery, at: datetime) -> None:
+    from journeys.models import Customer
+
+    Customer.objects.filter(pk=delivery.customer_id).update(last_engaged_at=at)
+
+
+@transaction.atomic
+def delivery_status_record(*, delivery_id: int, status: str, detail: str = "", at: datetime | None = None) -> Delivery | None:
+    """A provider told us what became of a message (delivered, bounced, failed)."""
+    from journeys.services.internal_events import event_record_internal
+
+    ours = CALLBACK_STATUSES.get((status or "").strip().lower())
+    delivery = Delivery.objects.select_for_update(of=("self",)).select_related("channel", "customer").filter(pk=delivery_id).first()
+    if delivery is None or ours is None:
+        return delivery
+    at = at or timezone.now()
+    if ours == DeliveryStatus.DELIVERED:
+        delivery.delivered_at = delivery.delivered_at or at
+        _advance(delivery, ours)
+    elif delivery.status in (DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.SENDING):
+        delivery.status = ours
+        delivery.error = (detail or status)[:4000]
+    delivery.save()
+    event_record_internal(customer=delivery.customer, name=EVENT_NAMES[ours], at=at,
+                          message_id=f"status:{delivery.pk}:{ours}",
+                          properties={**_event_properties(delivery), "status": ours, "detail": detail[:500]})
+    return delivery
+
+
+@transaction.atomic
+def delivery_open_record(*, delivery_id: int, at: datetime | None = None) -> Delivery | None:
+    """The open pixel was loaded: one `Email Opened` event per delivery."""
+    from journeys.services.internal_events import event_record_internal
+
+    delivery = Delivery.objects.select_for_update(of=("self",)).select_related("channel", "customer").filter(pk=delivery_id).first()
+    if delivery is None:
+        return None
+    at = at or timezone.now()
+    delivery.opened_at = delivery.opened_at or at
+    _advance(delivery, DeliveryStatus.OPENED)
+    delivery.save()
+    _engaged(delivery, at)
+    event_record_internal(customer=delivery.customer, name="Email Opened", message_id=f"open:{delivery.pk}",
+                          properties=_event_properties(delivery), at=at)
+    return delivery
+
+
+@transaction.atomic
+def delivery_click_record(*, delivery_id: int, url: str, at: datetime | None = None) -> Delivery | None:
+    """A tracked link was followed: one `Link Clicked` per delivery and URL (a click implies an open)."""
+    from journeys.services.internal_events import event_record_internal
+
+    delivery = Delivery.objects.select_for_update(of=("self",)).select_related("channel", "customer").filter(pk=delivery_id).first()
+    if delivery is None:
+        return None
+    at = at or timezone.now()
+    delivery.opened_at = delivery.opened_at or at
+    delivery.clicked_at = delivery.clicked_at or at
+    _advance(delivery, DeliveryStatus.CLICKED)
+    delivery.save()
+    _engaged(delivery, at)
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    event_record_internal(customer=delivery.customer, name="Link Clicked", message_id=f"click:{delivery.pk}:{digest}",
+                          properties={**_event_properties(delivery), "url": url}, at=at)
+    return delivery

@@ -1,0 +1,142 @@
+"""Public endpoints reached by customers and providers. Every one carries a signed token:
+a bad or expired token gets 400 and nothing is recorded."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseRedirect, JsonResponse
+from django.shortcuts import get_object_or_404, render
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods
+
+from channels_app.models import Channel
+from channels_app.services import inbound_sms_handle, preferences_get, preferences_save, unsubscribe_apply
+from channels_app.services.links import BadLink, absolute, link_load
+from channels_app.services.tracking import delivery_click_record, delivery_open_record, delivery_status_record
+from journeys.models import Customer
+
+PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+
+
+def _bad(request: HttpRequest, error: BadLink) -> HttpResponse:
+    return render(request, "channels_app/link_invalid.html", {"error": str(error)}, status=400)
+
+
+@csrf_exempt  # RFC 8058: mail clients POST "List-Unsubscribe=One-Click" without a CSRF token
+@require_http_methods(["GET", "POST"])
+def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
+    """GET shows a confirmation (link scanners must not unsubscribe anyone); POST unsubscribes."""
+    try:
+        data = link_load(purpose="unsubscribe", token=token)
+    except BadLink as exc:
+        return _bad(request, exc)
+    customer = get_object_or_404(Customer, pk=data.get("c"))
+    if request.method == "POST":
+        one_click = request.POST.get("List-Unsubscribe") == "One-Click"
+        unsubscribe_apply(customer=customer, channel_kind=data.get("k") or "", topic_slug=data.get("t"),
+                          source="one_click_unsubscribe" if one_click else "unsubscribe_link")
+        if one_click:
+            return HttpResponse("unsubscribed", content_type="text/plain")
+        return render(request, "channels_app/unsubscribe.html", {"done": True, "token": token, "data": data})
+    return render(request, "channels_app/unsubscribe.html", {"done": False, "token": token, "data": data})
+
+
+@require_http_methods(["GET", "POST"])
+def preferences(request: HttpRequest, token: str) -> HttpResponse:
+    """The preference centre: the customer sees and changes their choices."""
+    try:
+        data = link_load(purpose="preferences", token=token)
+    except BadLink as exc:
+        return _bad(request, exc)
+    customer = get_object_or_404(Customer, pk=data.get("c"))
+    saved = False
+    if request.method == "POST":
+        checked = {key for key in request.POST if key.startswith("t:")}
+        preferences_save(customer=customer, checked=checked, do_not_contact=bool(request.POST.get("do_not_contact")),
+                         personalization=bool(request.POST.get("personalization")))
+        saved = True
+    return render(request, "channels_app/preferences.html",
+                  {"prefs": preferences_get(customer=customer), "saved": saved, "customer": customer})
+
+
+def open_pixel(request: HttpRequest, token: str) -> HttpResponse:
+    try:
+        data = link_load(purpose="open", token=token)
+    except BadLink:
+        return HttpResponseBadRequest("bad link")
+    delivery_open_record(delivery_id=int(data.get("d") or 0))
+    response = HttpResponse(PIXEL, content_type="image/gif")
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def click(request: HttpRequest, token: str) -> HttpResponse:
+    try:
+        data = link_load(purpose="click", token=token)
+    except BadLink as exc:
+        return _bad(request, exc)
+    url = str(data.get("u") or "")
+    if not url.startswith(("http://", "https://")):
+        return HttpResponseBadRequest("bad link")
+    delivery_click_record(delivery_id=int(data.get("d") or 0), url=url)
+    return HttpResponseRedirect(url)
+
+
+@csrf_exempt
+@require_http_methods(["POST"])
+def status_callback(request: HttpRequest, token: str) -> HttpResponse:
+    """Providers report delivered / bounced / failed (Twilio's MessageStatus form field,
+    or JSON {"status": ...})."""
+    try:
+        data = link_load(purpose="status", token=token)
+    except BadLink:
+        return HttpResponseBadRequest("bad signature")
+    if request.content_type == "application/json":
+        try:
+            body = json.loads(request.body or b"{}")
+        except ValueError:
+            return HttpResponseBadRequest("bad json")
+    else:
+        body = request.POST
+    status = body.get("status") or body.get("MessageStatus") or body.get("CallStatus") or ""
+    detail = str(body.get("detail") or body.get("ErrorCode") or "")
+    delivery = delivery_status_record(delivery_id=int(data.get("d") or 0), status=str(status), detail=detail)
+    return JsonResponse({"ok": delivery is not None, "status": getattr(delivery, "status", None)})
+
+
+def twilio_signature(*, auth_token: str, url: str, params: dict) -> str:
+    """Twilio's request signature: base64(HMAC-SHA1(token, url + sorted key+value pairs))."""
+    payload = url + "".join(f"{key}{params[key]}" for key in sorted(params))
+    return base64.b64encode(hmac.new(auth_token.encode(), payload.encode(), hashlib.sha1).digest()).decode()
+
+
+@csrf_exempt
+@require_http_methods(["POST"])
+def inbound_sms(request: HttpRequest, token: str) -> HttpResponse:
+    """Inbound SMS (Twilio form post) for STOP/START. The URL carries a signed channel id; when
+    the channel names an auth token, Twilio's X-Twilio-Signature must match too."""
+    try:
+        data = link_load(purpose="inbound", token=token)
+    except BadLink:
+        return HttpResponseBadRequest("bad signature")
+    channel = get_object_or_404(Channel, pk=data.get("ch"))
+    env_name = (channel.settings or {}).get("auth_token_env")
+    if env_name and os.environ.get(env_name):
+        params = {k: request.POST[k] for k in request.POST}
+        given = request.headers.get("X-Twilio-Signature", "")
+        # Twilio signs the URL it was given (PUBLIC_BASE_URL); behind a proxy the request's own may differ.
+        urls = {absolute(request.get_full_path()), request.build_absolute_uri()}
+        if not any(hmac.compare_digest(twilio_signature(auth_token=os.environ[env_name], url=url, params=params), given)
+                   for url in urls):
+            return HttpResponseBadRequest("bad signature")
+    result = inbound_sms_handle(channel=channel, from_number=request.POST.get("From", ""),
+                                body=request.POST.get("Body", ""))
+    reply = {"opted_out": "You are unsubscribed and will get no more messages. Reply START to resubscribe.",
+             "opted_in": "You are subscribed again. Reply STOP to unsubscribe."}.get(result["action"], "")
+    twiml = f"<Response>{f'<Message>{reply}</Message>' if reply else ''}</Response>"
+    return HttpResponse(twiml, content_type="text/xml")

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tests.channels_app.servers import FakeVendor, start_smtp
+
+logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+@pytest.fixture
+def smtp(settings):
+    """A real SMTP server; Django's SMTP backend is pointed at it."""
+    controller, sink = start_smtp()
+    settings.EMAIL_HOST, settings.EMAIL_PORT = controller.hostname, controller.port
+    settings.EMAIL_USE_TLS, settings.EMAIL_HOST_USER, settings.EMAIL_HOST_PASSWORD = False, "", ""
+    settings.EMAIL_TIMEOUT = 5
+    yield sink
+    controller.stop()
+
+
+@pytest.fixture
+def vendor():
+    """A real HTTP server that records requests and fails on demand."""
+    server = FakeVendor().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def on_commit(django_capture_on_commit_callbacks):
+    """Run a block and then its on-commit callbacks (the sends), as a real commit would."""
+    return lambda: django_capture_on_commit_callbacks(execute=True)
+
+
+@pytest.fixture(autouse=True)
+def _channel_defaults(request):
+    """The default topics and the deliveries schedule come from a data migration; a
+    transactional test elsewhere in the suite flushes them, so put them back (idempotent)."""
+    if request.node.get_closest_marker("django_db") is None:
+        yield
+        return
+    from importlib import import_module
+
+    from django.apps import apps
+
+    import_module("channels_app.migrations.0003_delivery_schedule_and_topics").forwards(apps, None)
+    yield

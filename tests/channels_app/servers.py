@@ -1,0 +1,123 @@
+"""Real servers for the channel tests: an SMTP server (aiosmtpd) and an HTTP server that
+records requests and fails on demand (timeouts, 5xx, 429 with Retry-After)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
+
+from aiosmtpd.controller import Controller
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SmtpSink:
+    """aiosmtpd handler: keeps every received message (parsed) in `messages`."""
+
+    def __init__(self):
+        self.messages = []
+        self.refuse_next: list[str] = []  # SMTP replies to give to the next RCPT commands
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.refuse_next:
+            return self.refuse_next.pop(0)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(message_from_bytes(envelope.content, policy=policy.default))
+        return "250 Message accepted for delivery"
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body)
+
+    def form(self) -> dict:
+        return {k: v[-1] for k, v in parse_qs(self.body.decode()).items()}
+
+
+@dataclass
+class Plan:
+    status: int = 200
+    body: dict = field(default_factory=dict)
+    headers: dict = field(default_factory=dict)
+    delay: float = 0.0
+
+
+class FakeVendor:
+    """A local HTTP server. `plan(...)` queues the next answers; by default 200 {"id"/"sid"...}."""
+
+    def __init__(self):
+        self.requests: list[Recorded] = []
+        self.queue: list[Plan] = []
+        self.default = Plan(200, {"id": "ok-1", "sid": "SM123", "name": "projects/p/messages/9", "ok": True, "ts": "1.2"})
+        self.lock = threading.Lock()
+        vendor = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                with vendor.lock:
+                    vendor.requests.append(Recorded("POST", self.path, dict(self.headers), body))
+                    plan = vendor.queue.pop(0) if vendor.queue else vendor.default
+                if plan.delay:
+                    time.sleep(plan.delay)
+                payload = json.dumps(plan.body).encode()
+                try:
+                    self.send_response(plan.status)
+                    for k, v in plan.headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def plan(self, *plans: Plan) -> None:
+        with self.lock:
+            self.queue.extend(plans)
+
+    def fail(self, times: int, status: int = 500, **kw) -> None:
+        self.plan(*[Plan(status, {"error": "boom"}, **kw) for _ in range(times)])
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def start_smtp() -> tuple[Controller, SmtpSink]:
+    sink = SmtpSink()
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    return controller, sink

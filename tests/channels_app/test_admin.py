@@ -1,0 +1,116 @@
+"""Admin: channel settings never hold secrets, health columns, template errors at save, preview."""
+
+from __future__ import annotations
+
+import pytest
+from django_q.models import Schedule
+
+from channels_app.models import Channel, MessageTemplate
+from channels_app.services import consent_set, message_send
+from tests.channels_app.factories import ChannelFactory, CustomerFactory, TemplateFactory, topic
+
+pytestmark = pytest.mark.django_db
+
+
+def channel_form(**overrides):
+    data = {"name": "sms", "kind": "sms", "provider": "twilio_sms", "settings": '{"account_sid": "AC1"}',
+            "enabled": "on", "max_attempts": 5, "retry_base_s": 30, "retry_max_s": 3600, "breaker_threshold": 5,
+            "breaker_cooldown_s": 60}
+    return {**data, **overrides}
+
+
+def test_channel_settings_refuse_secrets_and_accept_env_names(admin_client):
+    bad = admin_client.post("/admin/channels_app/channel/add/",
+                            channel_form(settings='{"account_sid": "AC1", "auth_token": "s3cr3t"}'))
+    assert bad.status_code == 200 and b"looks like a secret" in bad.content
+    assert not Channel.objects.exists()
+
+    ok = admin_client.post("/admin/channels_app/channel/add/",
+                           channel_form(settings='{"account_sid": "AC1", "auth_token_env": "TWILIO_TOKEN"}'))
+    assert ok.status_code == 302
+    assert Channel.objects.get().settings == {"account_sid": "AC1", "auth_token_env": "TWILIO_TOKEN"}
+
+
+def test_channel_list_shows_circuit_error_rate_and_p95(admin_client, vendor, monkeypatch, on_commit):
+    monkeypatch.setenv("TEST_SLACK_TOKEN", "x")
+    chat = ChannelFactory(name="chat", kind="chat", provider="slack", breaker_threshold=1,
+                          settings={"base_url": vendor.url, "bot_token_env": "TEST_SLACK_TOKEN"})
+    customer = CustomerFactory(traits={"chat_id": "U1"})
+    vendor.fail(1, status=500)
+    with on_commit():
+        message_send(customer=customer, template=TemplateFactory(), channel=chat, idempotency_key="a", context={})
+
+    page = admin_client.get("/admin/channels_app/channel/")
+
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert "open" in html and "100% of 1" in html
+    assert admin_client.get(f"/admin/channels_app/channel/{chat.pk}/change/").status_code == 200
+
+
+def test_template_syntax_errors_are_shown_at_save(admin_client):
+    response = admin_client.post("/admin/channels_app/messagetemplate/add/", {
+        "name": "broken", "subject": "Hi {{ profile.first_name ", "body": "{% if %}",
+        "variants-TOTAL_FORMS": 0, "variants-INITIAL_FORMS": 0})
+    assert response.status_code == 200 and b"template error" in response.content
+    assert not MessageTemplate.objects.filter(name="broken").exists()
+
+
+def test_template_preview_with_a_chosen_customer_and_sample_event(admin_client):
+    template = TemplateFactory(subject="Cart of {{ event.properties.total }}",
+                               body="Hi {{ profile.first_name }} {{ profile.nickname }}",
+                               html_body="<p>{{ profile.first_name }}</p>")
+    CustomerFactory(external_id="ada", traits={"first_name": "Ada"})
+    url = f"/admin/channels_app/messagetemplate/{template.pk}/preview/"
+
+    assert admin_client.get(url).status_code == 200
+    response = admin_client.post(url, {"customer": "ada", "event": '{"event": "Checkout", "properties": {"total": 99}}'})
+
+    html = response.content.decode()
+    assert "Cart of 99" in html and "Hi Ada" in html and "profile.nickname" in html
+    bad = admin_client.post(url, {"customer": "nobody", "event": "{oops"})
+    assert b"no such customer" in bad.content and b"not valid JSON" in bad.content
+
+
+def test_consent_per_customer_and_deliveries_log_pages(admin_client, on_commit):
+    customer = CustomerFactory(external_id="ada")
+    consent_set(customer=customer, channel_kind="email", topic=topic("marketing"), status="opted_out", source="t")
+    email = ChannelFactory(name="email", kind="email", provider="console")
+    with on_commit():
+        delivery = message_send(customer=customer, template=TemplateFactory(), channel=email, idempotency_key="k",
+                                context={})
+
+    subject = admin_client.get(f"/admin/channels_app/datasubject/{customer.pk}/change/")
+    assert subject.status_code == 200 and b"Opted out" in subject.content and b"Marketing" in subject.content
+    log = admin_client.get("/admin/channels_app/delivery/?status__exact=sent")
+    assert log.status_code == 200 and b"ada" in log.content
+    assert admin_client.get(f"/admin/channels_app/delivery/{delivery.pk}/change/").status_code == 200
+
+
+def test_the_deliveries_clock_is_scheduled():
+    from importlib import import_module
+
+    from django.apps import apps
+
+    Schedule.objects.filter(name="channels_app.deliveries_tick").delete()
+    import_module("channels_app.migrations.0003_delivery_schedule_and_topics").forwards(apps, None)
+    schedule = Schedule.objects.get(name="channels_app.deliveries_tick")
+    assert (schedule.func, schedule.schedule_type, schedule.minutes) == ("channels_app.tasks.deliveries_tick", "I", 1)
+
+
+def test_secret_values_are_never_shown_in_the_admin(admin_client, monkeypatch):
+    monkeypatch.setenv("TEST_TWILIO_TOKEN", "tw-very-secret-value")
+    sms = ChannelFactory(name="sms", kind="sms", provider="twilio_sms",
+                         settings={"account_sid": "AC1", "auth_token_env": "TEST_TWILIO_TOKEN"})
+    for url in ("/admin/channels_app/channel/", f"/admin/channels_app/channel/{sms.pk}/change/",
+                f"/admin/channels_app/channel/{sms.pk}/history/"):
+        page = admin_client.get(url)
+        assert page.status_code == 200 and b"tw-very-secret-value" not in page.content
+
+
+def test_p95_is_the_nearest_rank_percentile():
+    from channels_app.services.health import percentile
+
+    assert percentile([], 95) is None
+    assert percentile(list(range(1, 101)), 95) == 95
+    assert percentile([10, 20, 30], 95) == 30

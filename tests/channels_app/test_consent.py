@@ -1,0 +1,179 @@
+"""Consent at send time, one-click unsubscribe, the preference centre, SMS STOP/START."""
+
+from __future__ import annotations
+
+import pytest
+
+from channels_app.models import Consent, Delivery
+from channels_app.services import consent_set, message_send
+from channels_app.services.links import link_url
+from channels_app.views import twilio_signature
+from tests.channels_app.factories import ChannelFactory, CustomerFactory, TemplateFactory, topic
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def email():
+    return ChannelFactory(name="email", kind="email", provider="console")
+
+
+@pytest.fixture
+def ada():
+    return CustomerFactory(external_id="ada", email="ada@example.com", phone="+15550001",
+                           traits={"first_name": "Ada", "ltv": 900, "propensity_buy": 0.8})
+
+
+def send(channel, customer, template, key, on_commit):
+    with on_commit():
+        delivery = message_send(customer=customer, template=template, channel=channel, idempotency_key=key, context={})
+    delivery.refresh_from_db()
+    return delivery
+
+
+def test_marketing_requires_opt_in_and_the_suppression_is_recorded(email, ada, on_commit):
+    marketing = TemplateFactory(topic=topic("marketing"))
+
+    first = send(email, ada, marketing, "m1", on_commit)
+    consent_set(customer=ada, channel_kind="email", topic=topic("marketing"), status="opted_in", source="signup form")
+    second = send(email, ada, marketing, "m2", on_commit)
+
+    assert (first.status, first.reason) == ("suppressed", "no_opt_in")
+    assert second.status == "sent"
+
+
+def test_topic_opt_out_stops_that_topic_but_not_transactional(email, ada, on_commit):
+    consent_set(customer=ada, channel_kind="email", topic=topic("product_updates"), status="opted_out", source="t")
+
+    news = send(email, ada, TemplateFactory(topic=topic("product_updates")), "n1", on_commit)
+    receipt = send(email, ada, TemplateFactory(topic=topic("transactional")), "r1", on_commit)
+
+    assert (news.status, news.reason) == ("suppressed", "topic_opt_out")
+    assert receipt.status == "sent"
+
+
+def test_global_do_not_contact_stops_even_transactional(email, ada, on_commit):
+    consent_set(customer=ada, channel_kind="", topic=None, status="opted_out", source="support ticket")
+
+    receipt = send(email, ada, TemplateFactory(topic=topic("transactional")), "r1", on_commit)
+
+    assert (receipt.status, receipt.reason) == ("suppressed", "do_not_contact")
+
+
+def test_opt_out_after_queueing_is_checked_again_at_send_time(email, ada, django_capture_on_commit_callbacks):
+    from channels_app.services import delivery_dispatch
+
+    with django_capture_on_commit_callbacks(execute=False):
+        delivery = message_send(customer=ada, template=TemplateFactory(topic=topic("product_updates")), channel=email,
+                                idempotency_key="late", context={})
+    consent_set(customer=ada, channel_kind="email", topic=None, status="opted_out", source="t")
+    delivery = delivery_dispatch(delivery_id=delivery.pk)
+    assert (delivery.status, delivery.reason) == ("suppressed", "channel_opt_out")
+
+
+def test_refused_channel_falls_back_to_one_the_customer_allows(ada, on_commit):
+    sms = ChannelFactory(name="sms", kind="sms", provider="console")
+    email = ChannelFactory(name="email", kind="email", provider="console", fallback=sms)
+    consent_set(customer=ada, channel_kind="email", topic=topic("product_updates"), status="opted_out", source="t")
+    delivery = send(email, ada, TemplateFactory(topic=topic("product_updates")), "f1", on_commit)
+    assert (delivery.channel.kind, delivery.to, delivery.status) == ("sms", "+15550001", "sent")
+
+
+def test_one_click_unsubscribe_post_opts_out_of_the_topic(email, ada, client, on_commit):
+    news = TemplateFactory(topic=topic("product_updates"))
+    delivery = send(email, ada, news, "n1", on_commit)
+    url = link_url(purpose="unsubscribe", data={"c": ada.pk, "k": "email", "t": "product_updates", "d": delivery.pk})
+    path = url.split("8000", 1)[1]
+
+    page = client.get(path)  # a link scanner's GET changes nothing
+    assert page.status_code == 200 and b"Unsubscribe" in page.content and not Consent.objects.exists()
+
+    response = client.post(path, {"List-Unsubscribe": "One-Click"})
+
+    assert response.status_code == 200
+    consent = Consent.objects.get(customer=ada)
+    assert (consent.channel_kind, consent.topic.slug, consent.status, consent.source) == (
+        "email", "product_updates", "opted_out", "one_click_unsubscribe")
+    assert send(email, ada, news, "n2", on_commit).reason == "topic_opt_out"
+
+
+def test_preference_centre_shows_and_changes_choices_with_history(email, ada, client, on_commit):
+    ChannelFactory(name="sms", kind="sms", provider="console")
+    path = link_url(purpose="preferences", data={"c": ada.pk}).split("8000", 1)[1]
+
+    page = client.get(path)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'name="t:product_updates:email" aria-label="Product updates by email" checked' in html
+    assert 'name="t:marketing:email" aria-label="Marketing by email" >' in html  # opt-in topic: off until chosen
+
+    response = client.post(path, {"t:marketing:email": "on", "t:product_updates:sms": "on", "personalization": "on"})
+
+    assert response.status_code == 200 and b"Your choices are saved" in response.content
+    status = {(c.channel_kind, c.topic.slug if c.topic else None): c.status for c in Consent.objects.filter(customer=ada)}
+    assert status[("email", "marketing")] == "opted_in"
+    assert status[("email", "product_updates")] == "opted_out"
+    assert status[("sms", "product_updates")] == "opted_in"
+    assert send(email, ada, TemplateFactory(topic=topic("marketing")), "m1", on_commit).status == "sent"
+    assert send(email, ada, TemplateFactory(topic=topic("product_updates")), "p1", on_commit).status == "suppressed"
+    history = Consent.history.filter(customer_id=ada.pk, channel_kind="email", topic__slug="marketing")
+    assert history.count() == 1 and history.get().history_change_reason == "preference_centre"
+
+    # a tampered link shows nothing and changes nothing
+    bad = client.post(path[:-3] + "xx/", {"do_not_contact": "on"})
+    assert bad.status_code == 400
+    assert not Consent.objects.filter(customer=ada, channel_kind="", topic=None, status="opted_out").exists()
+
+
+def test_personalization_opt_out_leaves_only_the_minimal_profile(email, ada, on_commit):
+    template = TemplateFactory(body="{{ profile.first_name }} ltv={{ profile.ltv }} p={{ scores.propensity_buy }}")
+    consent_set(customer=ada, channel_kind="", topic=topic("personalization"), status="opted_out", source="t")
+    delivery = send(email, ada, template, "x", on_commit)
+    assert delivery.body == "Ada ltv= p="
+
+
+@pytest.fixture
+def sms_channel(monkeypatch):
+    monkeypatch.setenv("TEST_TWILIO_TOKEN", "tw-secret")
+    return ChannelFactory(name="sms", kind="sms", provider="console", settings={"auth_token_env": "TEST_TWILIO_TOKEN"})
+
+
+def inbound(client, channel, body, sign_with="tw-secret", sender="+15550001"):
+    url = link_url(purpose="inbound", data={"ch": channel.pk})
+    path = url.split("8000", 1)[1]
+    params = {"From": sender, "Body": body, "To": "+15559999"}
+    signature = twilio_signature(auth_token=sign_with, url="http://testserver" + path, params=params)
+    return client.post(path, params, HTTP_X_TWILIO_SIGNATURE=signature)
+
+
+def test_sms_stop_and_start_keywords(sms_channel, ada, client, on_commit):
+    template = TemplateFactory(topic=topic("product_updates"))
+
+    stop = inbound(client, sms_channel, "  stop ")
+    assert stop.status_code == 200 and b"unsubscribed" in stop.content
+    assert send(sms_channel, ada, template, "s1", on_commit).reason == "channel_opt_out"
+
+    start = inbound(client, sms_channel, "START")
+    assert start.status_code == 200
+    assert send(sms_channel, ada, template, "s2", on_commit).status == "sent"
+    reasons = list(Consent.history.filter(customer_id=ada.pk, channel_kind="sms").order_by("history_date")
+                   .values_list("history_change_reason", flat=True))
+    assert reasons == ["sms_keyword:STOP", "sms_keyword:START"]
+
+
+def test_inbound_sms_with_a_bad_signature_changes_nothing(sms_channel, ada, client):
+    assert inbound(client, sms_channel, "STOP", sign_with="wrong").status_code == 400
+    path = link_url(purpose="inbound", data={"ch": sms_channel.pk}).split("8000", 1)[1]
+    assert client.post(path[:-4] + "zzz/", {"From": "+15550001", "Body": "STOP"}).status_code == 400
+    assert not Consent.objects.exists()
+    assert Delivery.objects.count() == 0
+
+
+def test_an_expired_preference_link_is_refused(ada, client, monkeypatch):
+    from channels_app.services import links
+
+    path = link_url(purpose="preferences", data={"c": ada.pk}).split("8000", 1)[1]
+    monkeypatch.setitem(links.MAX_AGE_S, "preferences", -1)
+    response = client.post(path, {"do_not_contact": "on"})
+    assert response.status_code == 400 and b"expired" in response.content
+    assert not Consent.objects.exists()

@@ -1,0 +1,272 @@
+"""Reliable delivery against a real HTTP server that fails on demand: retries with backoff,
+Retry-After, permanent errors, no duplicates, the circuit breaker and its fallback, pauses,
+signed status callbacks."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from urllib.parse import urlparse
+
+import pytest
+from django.utils import timezone
+
+from channels_app.models import ChannelBreaker, Delivery, DeliveryAttempt
+from channels_app.services import deliveries_dispatch_due, delivery_dispatch, message_send
+from journeys.models import Event
+from tests.channels_app.factories import ChannelFactory, CustomerFactory, TemplateFactory, topic
+from tests.channels_app.servers import Plan
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def sms(vendor, monkeypatch):
+    monkeypatch.setenv("TEST_TWILIO_TOKEN", "tw-secret")
+    return ChannelFactory(name="sms", kind="sms", provider="twilio_sms", retry_base_s=10, max_attempts=4,
+                          breaker_threshold=2, breaker_cooldown_s=60,
+                          settings={"base_url": vendor.url, "account_sid": "AC1", "from_number": "+15550000",
+                                    "auth_token_env": "TEST_TWILIO_TOKEN", "timeout": 1})
+
+
+@pytest.fixture
+def bea():
+    return CustomerFactory(external_id="bea", email="bea@example.com", phone="+15550001", traits={"first_name": "Bea"})
+
+
+@pytest.fixture
+def template():
+    return TemplateFactory(topic=topic("product_updates"), body="Hi {{ profile.first_name }}")
+
+
+def send(channel, customer, template, key, on_commit=None):
+    def call():
+        return message_send(customer=customer, template=template, channel=channel, idempotency_key=key, context={})
+
+    if on_commit is None:
+        return call()
+    with on_commit():
+        delivery = call()
+    delivery.refresh_from_db()
+    return delivery
+
+
+def test_sms_is_a_twilio_style_form_post(sms, bea, template, vendor, on_commit):
+    delivery = send(sms, bea, template, "k", on_commit)
+
+    [request] = vendor.requests
+    assert request.path == "/2010-04-01/Accounts/AC1/Messages.json"
+    assert request.headers["Authorization"] == "Basic QUMxOnR3LXNlY3JldA=="  # AC1:tw-secret
+    form = request.form()
+    assert (form["To"], form["From"], form["Body"]) == ("+15550001", "+15550000", "Hi Bea")
+    assert "/channels/status/" in form["StatusCallback"]
+    assert (delivery.status, delivery.provider_message_id, delivery.attempts) == ("sent", "SM123", 1)
+    assert delivery.latency_ms is not None and delivery.sent_at
+
+
+def test_transient_errors_are_retried_with_backoff_then_sent_once(sms, bea, template, vendor, on_commit):
+    sms.breaker_threshold = 5
+    sms.save()
+    vendor.fail(2, status=500)
+
+    delivery = send(sms, bea, template, "k", on_commit)
+    assert (delivery.status, delivery.reason, delivery.attempts) == ("deferred", "retry", 1)
+    first_delay = (delivery.next_attempt_at - delivery.claimed_at).total_seconds()
+    assert 5 <= first_delay <= 10  # base 10s, jittered
+
+    assert deliveries_dispatch_due(now=delivery.next_attempt_at - timedelta(seconds=1)) == 0  # not yet due
+    deliveries_dispatch_due(now=delivery.next_attempt_at)
+    delivery.refresh_from_db()
+    second_delay = (delivery.next_attempt_at - delivery.claimed_at).total_seconds()
+    assert delivery.attempts == 2 and 10 <= second_delay <= 20  # doubled
+
+    deliveries_dispatch_due(now=delivery.next_attempt_at)
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == ("sent", 3)
+    assert len(vendor.requests) == 3
+    assert len({r.headers["I-Twilio-Idempotency-Token"] for r in vendor.requests}) == 1
+    assert list(DeliveryAttempt.objects.order_by("id").values_list("ok", "status_code")) == [
+        (False, 500), (False, 500), (True, 200)]
+    deliveries_dispatch_due(now=timezone.now() + timedelta(days=1))
+    assert len(vendor.requests) == 3
+
+
+def test_429_honours_retry_after(sms, bea, template, vendor, on_commit):
+    vendor.plan(Plan(429, {"message": "slow down"}, headers={"Retry-After": "120"}))
+
+    delivery = send(sms, bea, template, "k", on_commit)
+
+    wait = (delivery.next_attempt_at - delivery.claimed_at).total_seconds()
+    assert delivery.status == "deferred" and 120 <= wait <= 125
+    deliveries_dispatch_due(now=delivery.claimed_at + timedelta(seconds=60))
+    assert len(vendor.requests) == 1
+    deliveries_dispatch_due(now=delivery.next_attempt_at)
+    delivery.refresh_from_db()
+    assert delivery.status == "sent" and len(vendor.requests) == 2
+
+
+def test_timeout_is_transient(sms, bea, template, vendor, on_commit):
+    vendor.plan(Plan(200, {"sid": "late"}, delay=2.5))
+    delivery = send(sms, bea, template, "k", on_commit)
+    assert (delivery.status, delivery.reason) == ("deferred", "retry")
+    assert "timed out" in delivery.error.lower() or "timeout" in delivery.error.lower()
+
+
+def test_permanent_4xx_is_not_retried(sms, bea, template, vendor, on_commit):
+    vendor.fail(1, status=400)
+    delivery = send(sms, bea, template, "k", on_commit)
+    deliveries_dispatch_due(now=timezone.now() + timedelta(days=1))
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.reason, delivery.attempts) == ("failed", "permanent_error", 1)
+    assert len(vendor.requests) == 1
+    assert not ChannelBreaker.objects.filter(channel=sms, consecutive_failures__gt=0).exists()  # not an outage
+    assert Event.objects.filter(name="Message Failed", customer=bea).count() == 1
+
+
+def test_gives_up_after_max_attempts(sms, bea, template, vendor, on_commit):
+    sms.max_attempts, sms.breaker_threshold = 2, 10
+    sms.save()
+    vendor.fail(5, status=503)
+    delivery = send(sms, bea, template, "k", on_commit)
+    deliveries_dispatch_due(now=delivery.next_attempt_at)
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.reason, delivery.attempts) == ("failed", "attempts_exhausted", 2)
+
+
+def test_no_duplicate_send_for_the_same_key_or_a_repeated_task(sms, bea, template, vendor, on_commit):
+    first = send(sms, bea, template, "run:1:sms:1", on_commit)
+    again = send(sms, bea, template, "run:1:sms:1", on_commit)
+    delivery_dispatch(delivery_id=first.pk)  # a redelivered task
+    deliveries_dispatch_due(now=timezone.now() + timedelta(hours=1))
+
+    assert again.pk == first.pk
+    assert Delivery.objects.count() == 1 and len(vendor.requests) == 1
+
+
+def test_a_row_claimed_by_another_worker_is_not_sent_again(sms, bea, template, vendor, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False):
+        delivery = send(sms, bea, template, "k")
+    Delivery.objects.filter(pk=delivery.pk).update(status="sending", claimed_at=timezone.now())
+
+    delivery_dispatch(delivery_id=delivery.pk)
+    deliveries_dispatch_due(now=timezone.now() + timedelta(minutes=5))
+    assert vendor.requests == []
+
+    # its worker died: after the lease the sweeper sends it (with the same idempotency key)
+    deliveries_dispatch_due(now=timezone.now() + timedelta(minutes=11))
+    delivery.refresh_from_db()
+    assert delivery.status == "sent" and len(vendor.requests) == 1
+    assert vendor.requests[0].headers["I-Twilio-Idempotency-Token"] == "k"
+
+
+def test_breaker_opens_falls_back_then_a_probe_closes_it(sms, bea, template, vendor, smtp, on_commit,
+                                                         django_capture_on_commit_callbacks):
+    email = ChannelFactory(name="email", kind="email", provider="smtp")
+    sms.fallback = email
+    sms.save()
+    vendor.fail(2, status=503)
+
+    send(sms, bea, template, "a", on_commit)
+    send(sms, bea, template, "b", on_commit)
+    breaker = ChannelBreaker.objects.get(channel=sms)
+    assert (breaker.state, breaker.consecutive_failures) == ("open", 2)
+
+    rerouted = send(sms, bea, template, "c", on_commit)
+    assert (rerouted.status, rerouted.channel.name, rerouted.requested_channel.name) == ("sent", "email", "sms")
+    assert rerouted.to == "bea@example.com" and rerouted.notes["rerouted"][0]["why"] == "breaker open"
+    assert [m["To"] for m in smtp.messages] == ["bea@example.com"]
+    assert len(vendor.requests) == 2  # nothing more went to the failing provider
+
+    opened_at = breaker.opened_at
+    with django_capture_on_commit_callbacks(execute=False):
+        probe = send(sms, bea, template, "d")
+    probe = delivery_dispatch(delivery_id=probe.pk, now=opened_at + timedelta(seconds=61))  # half-open probe
+
+    assert (probe.status, probe.channel.name) == ("sent", "sms")
+    assert ChannelBreaker.objects.get(channel=sms).state == "closed"
+    assert len(vendor.requests) == 3
+
+
+def test_open_breaker_without_fallback_waits_and_a_failed_probe_reopens(sms, bea, template, vendor, on_commit):
+    vendor.fail(3, status=500)
+    send(sms, bea, template, "a", on_commit)
+    send(sms, bea, template, "b", on_commit)
+    opened_at = ChannelBreaker.objects.get(channel=sms).opened_at
+
+    waiting = send(sms, bea, template, "c", on_commit)
+    assert (waiting.status, waiting.reason) == ("deferred", "breaker_open")
+    assert waiting.next_attempt_at == opened_at + timedelta(seconds=60)
+    assert len(vendor.requests) == 2
+
+    delivery_dispatch(delivery_id=waiting.pk, now=opened_at + timedelta(seconds=61))  # probe fails
+    breaker = ChannelBreaker.objects.get(channel=sms)
+    assert breaker.state == "open" and breaker.opened_at == opened_at + timedelta(seconds=61)
+
+    deliveries_dispatch_due(now=opened_at + timedelta(seconds=200))
+    assert Delivery.objects.filter(status="sent").count() == 3
+    assert ChannelBreaker.objects.get(channel=sms).state == "closed"
+
+
+def test_paused_channel_holds_sends_without_losing_them(sms, bea, template, vendor, on_commit):
+    sms.paused = True
+    sms.save()
+    delivery = send(sms, bea, template, "k", on_commit)
+    assert (delivery.status, delivery.reason) == ("deferred", "paused") and vendor.requests == []
+
+    deliveries_dispatch_due(now=timezone.now() + timedelta(minutes=5))
+    assert vendor.requests == []
+
+    sms.paused = False
+    sms.save()
+    deliveries_dispatch_due(now=timezone.now() + timedelta(minutes=10))
+    delivery.refresh_from_db()
+    assert delivery.status == "sent" and len(vendor.requests) == 1
+
+
+def test_channel_rate_limit_defers_the_excess(sms, bea, template, vendor, on_commit):
+    sms.rate_limit_per_minute = 1
+    sms.save()
+    send(sms, bea, template, "a", on_commit)
+    second = send(sms, bea, template, "b", on_commit)
+    assert (second.status, second.reason) == ("deferred", "rate_limit")
+    deliveries_dispatch_due(now=second.next_attempt_at)
+    second.refresh_from_db()
+    assert second.status == "sent"
+
+
+def test_signed_status_callback_records_delivery_once(sms, bea, template, vendor, on_commit, client):
+    delivery = send(sms, bea, template, "k", on_commit)
+    callback = urlparse(vendor.requests[0].form()["StatusCallback"]).path
+
+    for _ in range(2):
+        assert client.post(callback, {"MessageStatus": "delivered", "MessageSid": "SM123"}).status_code == 200
+    tampered = callback[:-5] + ("x" if callback[-5] != "x" else "y") + callback[-4:]
+    assert client.post(tampered, {"MessageStatus": "failed"}).status_code == 400
+
+    delivery.refresh_from_db()
+    assert delivery.status == "delivered" and delivery.delivered_at
+    assert Event.objects.filter(name="Message Delivered", customer=bea).count() == 1
+    assert not Event.objects.filter(name="Message Failed").exists()
+
+
+def test_bounce_callback_as_json(sms, bea, template, vendor, on_commit, client):
+    send(sms, bea, template, "k", on_commit)
+    callback = urlparse(vendor.requests[0].form()["StatusCallback"]).path
+    response = client.post(callback, {"status": "bounced", "detail": "mailbox full"}, content_type="application/json")
+    assert response.json() == {"ok": True, "status": "bounced"}
+    assert Event.objects.get(name="Message Bounced").properties["detail"] == "mailbox full"
+
+
+def test_admin_requeues_a_failed_delivery_with_the_same_key(sms, bea, template, vendor, on_commit, admin_client,
+                                                             django_capture_on_commit_callbacks):
+    vendor.fail(1, status=400)
+    delivery = send(sms, bea, template, "k", on_commit)
+    assert delivery.status == "failed"
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post("/admin/channels_app/delivery/",
+                                     {"action": "requeue", "_selected_action": [delivery.pk]})
+
+    assert response.status_code == 302
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts, delivery.notes["requeued"]) == ("sent", 1, ["admin:admin"])
+    assert [r.headers["I-Twilio-Idempotency-Token"] for r in vendor.requests] == ["k", "k"]

@@ -1,0 +1,126 @@
+"""Email through a real SMTP server: text + HTML, RFC 8058 headers, opens and clicks as events."""
+
+from __future__ import annotations
+
+import re
+from html import unescape
+from urllib.parse import urlparse
+
+import pytest
+
+from channels_app.models import Delivery
+from channels_app.services import message_send
+from journeys.models import Event
+from tests.channels_app.factories import ChannelFactory, CustomerFactory, TemplateFactory, topic
+
+pytestmark = pytest.mark.django_db
+
+
+def path_of(url: str) -> str:
+    return urlparse(url).path
+
+
+@pytest.fixture
+def email_setup(smtp):
+    channel = ChannelFactory(name="email", kind="email", provider="smtp", settings={"from_email": "news@shop.test"})
+    template = TemplateFactory(
+        topic=topic("product_updates"),
+        subject="Hi {{ profile.first_name }}",
+        body="Plain: total {{ event.properties.total }} & more",
+        html_body='<html><body><p>Hello <b>{{ profile.first_name }}</b></p>'
+                  '<a href="https://shop.test/cart?x=1&amp;y=2">cart</a>'
+                  '<a href="{{ links.unsubscribe_url }}">unsubscribe</a></body></html>',
+    )
+    customer = CustomerFactory(external_id="ada", email="ada@example.com", traits={"first_name": "<Ada>"})
+    return channel, template, customer
+
+
+def send(on_commit, channel, template, customer, key="k1", **context):
+    with on_commit():
+        return message_send(customer=customer, template=template, channel=channel, idempotency_key=key,
+                            context={"event": {"name": "Checkout", "properties": {"total": 120}}, **context})
+
+
+def test_email_arrives_with_text_html_and_one_click_unsubscribe_headers(email_setup, smtp, on_commit):
+    channel, template, customer = email_setup
+
+    delivery = send(on_commit, channel, template, customer)
+
+    delivery.refresh_from_db()
+    assert delivery.status == "sent" and delivery.attempts == 1 and delivery.provider_message_id
+    [mail] = smtp.messages
+    assert mail["To"] == "ada@example.com" and mail["From"] == "news@shop.test"
+    assert mail["Subject"] == "Hi <Ada>"
+    assert mail["Message-ID"] == delivery.provider_message_id
+    assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert re.fullmatch(r"<http://[^>]+/channels/u/[^>]+/>", mail["List-Unsubscribe"].strip())
+    text = mail.get_body(("plain",)).get_content()
+    html = mail.get_body(("html",)).get_content()
+    assert "total 120 & more" in text  # text is not HTML-escaped
+    assert "<b>&lt;Ada&gt;</b>" in html  # HTML is
+    assert "/channels/o/" in html and "/channels/c/" in html
+    assert "https://shop.test/cart" not in html  # the link goes through the signed redirect
+    assert Event.objects.filter(name="Message Sent", customer=customer).count() == 1
+
+
+def test_open_and_click_are_recorded_once_as_events(email_setup, smtp, on_commit, client):
+    channel, template, customer = email_setup
+    delivery = send(on_commit, channel, template, customer)
+    html = smtp.messages[0].get_body(("html",)).get_content()
+    pixel = unescape(re.search(r'<img src="([^"]+)"', html).group(1))
+    click = unescape(re.search(r'href="([^"]+/channels/c/[^"]+)"', html).group(1))
+
+    for _ in range(2):
+        assert client.get(path_of(pixel)).status_code == 200
+        response = client.get(path_of(click))
+        assert response.status_code == 302 and response["Location"] == "https://shop.test/cart?x=1&y=2"
+
+    delivery.refresh_from_db()
+    assert delivery.status == "clicked" and delivery.opened_at and delivery.clicked_at
+    assert Event.objects.filter(name="Email Opened", customer=customer).count() == 1
+    clicked = Event.objects.get(name="Link Clicked", customer=customer)
+    assert clicked.properties["url"] == "https://shop.test/cart?x=1&y=2"
+    assert clicked.properties["delivery_id"] == delivery.pk
+    customer.refresh_from_db()
+    assert customer.last_engaged_at is not None
+
+
+def test_tampered_tracking_links_get_400_and_record_nothing(email_setup, smtp, on_commit, client):
+    channel, template, customer = email_setup
+    send(on_commit, channel, template, customer)
+    html = smtp.messages[0].get_body(("html",)).get_content()
+    pixel = path_of(unescape(re.search(r'<img src="([^"]+)"', html).group(1)))
+    click = path_of(unescape(re.search(r'href="([^"]+/channels/c/[^"]+)"', html).group(1)))
+    unsubscribe = path_of(smtp.messages[0]["List-Unsubscribe"].strip().strip("<>"))
+
+    def tamper(path: str) -> str:
+        return path[:-8] + ("A" if path[-8] != "A" else "B") + path[-7:]
+
+    assert client.get(tamper(pixel)).status_code == 400
+    assert client.get(tamper(click)).status_code == 400
+    assert client.post(tamper(unsubscribe), {"List-Unsubscribe": "One-Click"}).status_code == 400
+    # a valid token for one purpose is not accepted for another
+    token = click.split("/")[-2]
+    assert client.get(f"/channels/o/{token}.gif").status_code == 400
+
+    assert not Event.objects.filter(name__in=["Email Opened", "Link Clicked"]).exists()
+    assert Delivery.objects.get().status == "sent"
+    assert not customer.consents.exists()
+
+
+def test_transactional_email_has_no_list_unsubscribe(email_setup, smtp, on_commit):
+    channel, template, customer = email_setup
+    template.topic = topic("transactional")
+    template.save()
+    send(on_commit, channel, template, customer)
+    assert "List-Unsubscribe" not in smtp.messages[0]
+
+
+def test_smtp_permanent_rejection_fails_without_retry(email_setup, smtp, on_commit):
+    channel, template, customer = email_setup
+    smtp.refuse_next = ["550 5.1.1 no such user"]
+    delivery = send(on_commit, channel, template, customer)
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.reason, delivery.attempts) == ("failed", "permanent_error", 1)
+    assert "550" in delivery.error and smtp.messages == []
+    assert Event.objects.filter(name="Message Failed").count() == 1

@@ -1,0 +1,150 @@
+"""Quiet hours in the customer's timezone, frequency caps, the gap after the last contact
+on another channel. A held message waits (deferred) or is suppressed with its reason."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+
+import pytest
+
+from channels_app.models import Delivery
+from channels_app.services import deliveries_dispatch_due, delivery_dispatch, message_send
+from tests.channels_app.factories import CapFactory, ChannelFactory, CustomerFactory, TemplateFactory, topic
+
+pytestmark = pytest.mark.django_db
+
+T0 = datetime(2026, 3, 10, 13, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def sms():
+    return ChannelFactory(name="sms", kind="sms", provider="console", quiet_start=time(21, 0), quiet_end=time(8, 0))
+
+
+@pytest.fixture
+def email():
+    return ChannelFactory(name="email", kind="email", provider="console")
+
+
+def person(name: str, tz: str):
+    return CustomerFactory(external_id=name, phone=f"+1555{abs(hash(name)) % 10**6:06d}", timezone=tz)
+
+
+def queue(channel, customer, key, *, template=None, now=T0, policy=None, django_capture_on_commit_callbacks):
+    """Record the delivery at `now` and dispatch it as the worker would at `now`."""
+    template = template or TemplateFactory(topic=topic("product_updates"))
+    with django_capture_on_commit_callbacks(execute=False):
+        delivery = message_send(customer=customer, template=template, channel=channel, idempotency_key=key,
+                                context={}, policy_options=policy, now=now)
+    return delivery_dispatch(delivery_id=delivery.pk, now=now)
+
+
+def test_quiet_hours_follow_each_customers_clock(sms, django_capture_on_commit_callbacks):
+    tokyo, new_york = person("tokyo", "Asia/Tokyo"), person("ny", "America/New_York")
+
+    night = queue(sms, tokyo, "t", django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)  # 22:00 JST
+    day = queue(sms, new_york, "n", django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)  # 09:00 EDT
+
+    assert day.status == "sent"
+    assert (night.status, night.reason) == ("deferred", "quiet_hours")
+    assert night.next_attempt_at == datetime(2026, 3, 10, 23, 0, tzinfo=UTC)  # 08:00 in Tokyo
+    assert "Asia/Tokyo" in night.error
+
+    deliveries_dispatch_due(now=night.next_attempt_at - timedelta(minutes=1))
+    assert Delivery.objects.get(pk=night.pk).status == "deferred"
+    deliveries_dispatch_due(now=night.next_attempt_at)
+    night.refresh_from_db()
+    assert night.status == "sent" and night.sent_at == datetime(2026, 3, 10, 23, 0, tzinfo=UTC)
+
+
+def test_quiet_hours_end_is_computed_in_local_time_across_a_dst_change(sms, django_capture_on_commit_callbacks):
+    new_york = person("ny", "America/New_York")
+    before_jump = datetime(2026, 3, 8, 6, 30, tzinfo=UTC)  # 01:30 EST; clocks go to EDT at 02:00
+
+    held = queue(sms, new_york, "n", now=before_jump, django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+
+    assert held.next_attempt_at == datetime(2026, 3, 8, 12, 0, tzinfo=UTC)  # 08:00 EDT, not 13:00 UTC
+
+
+def test_transactional_messages_ignore_quiet_hours(sms, django_capture_on_commit_callbacks):
+    tokyo = person("tokyo", "Asia/Tokyo")
+    receipt = TemplateFactory(topic=topic("transactional"))
+    sent = queue(sms, tokyo, "r", template=receipt, django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+    assert sent.status == "sent"
+
+
+def test_global_cap_suppresses_the_extra_message(email, sms, django_capture_on_commit_callbacks):
+    CapFactory(name="one a day", limit=1, window_s=86400, action="suppress")
+    ada = person("ada", "UTC")
+    kw = {"django_capture_on_commit_callbacks": django_capture_on_commit_callbacks}
+
+    first = queue(email, ada, "1", **kw)
+    second = queue(sms, ada, "2", now=T0 + timedelta(hours=1), **kw)
+    next_day = queue(sms, ada, "3", now=T0 + timedelta(hours=25), **kw)
+
+    assert first.status == "sent"
+    assert (second.status, second.reason) == ("suppressed", "frequency_cap")
+    assert "one a day" in second.error
+    assert next_day.status == "sent"
+
+
+def test_topic_cap_defers_until_the_window_allows(email, django_capture_on_commit_callbacks):
+    CapFactory(name="updates", topic=topic("product_updates"), limit=2, window_s=3600, action="defer")
+    ada = person("ada", "UTC")
+    kw = {"django_capture_on_commit_callbacks": django_capture_on_commit_callbacks}
+    updates = TemplateFactory(topic=topic("product_updates"))
+    marketing_free = TemplateFactory(topic=topic("transactional"))
+
+    queue(email, ada, "1", template=updates, **kw)
+    queue(email, ada, "2", template=updates, now=T0 + timedelta(minutes=10), **kw)
+    third = queue(email, ada, "3", template=updates, now=T0 + timedelta(minutes=20), **kw)
+    other = queue(email, ada, "4", template=marketing_free, now=T0 + timedelta(minutes=21), **kw)
+
+    assert (third.status, third.reason) == ("deferred", "frequency_cap")
+    assert third.next_attempt_at == T0 + timedelta(hours=1, seconds=1)
+    assert other.status == "sent"  # other topics (and transactional ones) are not capped by it
+    deliveries_dispatch_due(now=third.next_attempt_at)
+    third.refresh_from_db()
+    assert third.status == "sent"
+
+
+def test_channel_cap_counts_only_that_channel(email, sms, django_capture_on_commit_callbacks):
+    CapFactory(name="sms daily", channel=sms, limit=1, window_s=86400)
+    ada = person("ada", "UTC")
+    kw = {"django_capture_on_commit_callbacks": django_capture_on_commit_callbacks}
+    assert queue(email, ada, "1", **kw).status == "sent"
+    assert queue(sms, ada, "2", **kw).status == "sent"
+    assert queue(email, ada, "3", **kw).status == "sent"
+    assert queue(sms, ada, "4", **kw).reason == "frequency_cap"
+
+
+@pytest.mark.parametrize("action,expected", [("defer", "deferred"), ("suppress", "suppressed")])
+def test_no_send_within_the_gap_after_contact_on_another_channel(email, sms, action, expected,
+                                                                 django_capture_on_commit_callbacks):
+    ada = person("ada", "UTC")
+    kw = {"django_capture_on_commit_callbacks": django_capture_on_commit_callbacks}
+    gap = {"min_gap_other_channel_s": 4 * 3600, "recent_contact_action": action}
+    queue(email, ada, "mail", **kw)
+
+    sms_soon = queue(sms, ada, "sms", now=T0 + timedelta(hours=1), policy=gap, **kw)
+    email_soon = queue(email, ada, "mail2", now=T0 + timedelta(hours=1), policy=gap, **kw)  # same channel: fine
+
+    assert (sms_soon.status, sms_soon.reason) == (expected, "recent_contact")
+    assert email_soon.status == "sent"
+    if action == "defer":
+        assert sms_soon.next_attempt_at == T0 + timedelta(hours=4)
+        deliveries_dispatch_due(now=T0 + timedelta(hours=4))
+        sms_soon.refresh_from_db()  # the second email (at +1h) moved the gap on: now +5h
+        assert (sms_soon.status, sms_soon.next_attempt_at) == ("deferred", T0 + timedelta(hours=5))
+        deliveries_dispatch_due(now=T0 + timedelta(hours=5))
+        sms_soon.refresh_from_db()
+        assert sms_soon.status == "sent"
+
+
+def test_recent_engagement_counts_as_contact(sms, django_capture_on_commit_callbacks):
+    ada = person("ada", "UTC")
+    ada.last_engaged_at = T0 - timedelta(minutes=30)
+    ada.save()
+    held = queue(sms, ada, "x", policy={"min_gap_other_channel_s": 3600, "recent_contact_action": "suppress"},
+                 django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+    assert held.reason == "recent_contact"
