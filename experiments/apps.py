@@ -4,3 +4,11 @@ from django.apps import AppConfig
 class ExperimentsConfig(AppConfig):
     name = "experiments"
     verbose_name = "Experiments"
+
+    def ready(self) -> None:
+        from experiments import steps  # noqa: F401  (registers experiment_split)
+        from experiments.services.assignment import assignments_merge
+        from journeys.services.identity import MERGE_HOOKS
+
+        if assignments_merge not in MERGE_HOOKS:
+            MERGE_HOOKS.append(assignments_merge)

@@ -1,0 +1,359 @@
+"""Admin for experiments: thin classes; the report page and its actions call the services."""
+
+from __future__ import annotations
+
+import csv
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404, render
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
+from simple_history.admin import SimpleHistoryAdmin
+
+from experiments import svg
+from experiments.choices import CohortKind, ExperimentStatus
+from experiments.models import Arm, Assignment, Experiment, PropensityModel
+from experiments.services import report_export
+from experiments.services.analysis import experiment_analyze, experiment_auto_retire
+from experiments.services.bandits import experiment_bandit_update
+from experiments.services.experiments import (
+    arm_retire,
+    experiment_conclude,
+    experiment_set_weights,
+    experiment_start,
+    experiment_stop,
+)
+from experiments.services.nba import nba_explain, nba_train
+from experiments.services.reports import experiment_attribution, experiment_cohorts, version_funnel
+from journeys.models import Customer, Step
+
+
+def _errors(exc: ValidationError) -> str:
+    if hasattr(exc, "message_dict"):
+        return "; ".join(f"{k}: {m}" if k != "__all__" else m for k, ms in exc.message_dict.items() for m in ms)
+    return "; ".join(exc.messages)
+
+
+class ArmInline(admin.TabularInline):
+    model = Arm
+    fields = ("name", "is_control", "weight", "description", "retired_at", "retired_reason")
+    readonly_fields = ("retired_at", "retired_reason")
+    extra = 0
+
+
+class ConcludeForm(forms.Form):
+    winner = forms.ModelChoiceField(queryset=Arm.objects.none())
+    reason = forms.CharField(max_length=200, help_text="why this arm won; kept in the history")
+
+
+class RetireForm(forms.Form):
+    arm = forms.ModelChoiceField(queryset=Arm.objects.none())
+    reason = forms.CharField(max_length=200)
+
+
+class TrainForm(forms.Form):
+    features = forms.CharField(help_text="profile traits, comma separated, e.g. ltv, tenure_days, orders")
+
+
+class CohortForm(forms.Form):
+    kind = forms.ChoiceField(choices=CohortKind.choices, initial=CohortKind.ENTRY_WEEK)
+    trait = forms.CharField(required=False, help_text="for a trait cohort")
+
+
+class WeightsForm(forms.Form):
+    reason = forms.CharField(max_length=200)
+
+    def __init__(self, *args, arms=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        for arm in arms:
+            self.fields[f"w_{arm.name}"] = forms.FloatField(min_value=0, initial=arm.weight, label=f"weight {arm.name}")
+
+
+@admin.register(Experiment)
+class ExperimentAdmin(SimpleHistoryAdmin):
+    list_display = ("key", "name", "status", "mode", "holdout_share", "goal_event", "started_at", "report_link")
+    list_filter = ("status", "mode")
+    search_fields = ("key", "name", "hypothesis")
+    readonly_fields = ("status", "winner", "started_at", "stopped_at", "concluded_at", "weights_updated_at", "used_by")
+    inlines = [ArmInline]
+    actions = ["start_selected", "stop_selected", "bandit_update_selected"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Steps name the key; the salt places every customer: neither may change once created.
+        return (*self.readonly_fields, "key", "salt") if obj is not None else self.readonly_fields
+
+    @admin.display(description="report")
+    def report_link(self, obj):
+        return format_html('<a href="{}">report</a>', reverse("admin:experiments_experiment_report", args=[obj.pk]))
+
+    @admin.display(description="used by split steps")
+    def used_by(self, obj):
+        steps = Step.objects.filter(kind="experiment_split", config__experiment=obj.key).select_related(
+            "version__workflow"
+        )
+        return (
+            format_html_join(
+                ", ",
+                '<a href="{}">{} v{} / {}</a>',
+                (
+                    (
+                        reverse("admin:journeys_workflowversion_change", args=[s.version_id]),
+                        s.version.workflow.name,
+                        s.version.number,
+                        s.key,
+                    )
+                    for s in steps
+                ),
+            )
+            or "-"
+        )
+
+    def save_model(self, request, obj, form, change):
+        obj._change_reason = "edited in the admin" if change else "created in the admin"
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+
+    def save_formset(self, request, form, formset, change):
+        for instance in formset.save(commit=False):
+            instance._change_reason = "edited in the admin"
+            instance.save()
+        for obj in formset.deleted_objects:
+            obj.delete()
+
+    def _bulk(self, request, queryset, service, label):
+        for experiment in queryset:
+            try:
+                service(experiment=experiment, actor=request.user, reason=f"{label} in the admin")
+                self.message_user(request, f"{experiment.key}: {label}")
+            except ValidationError as exc:
+                self.message_user(request, f"{experiment.key}: {_errors(exc)}", messages.ERROR)
+
+    @admin.action(description="Start the selected experiments", permissions=["change"])
+    def start_selected(self, request, queryset):
+        self._bulk(request, queryset, experiment_start, "started")
+
+    @admin.action(description="Stop the selected experiments", permissions=["change"])
+    def stop_selected(self, request, queryset):
+        self._bulk(request, queryset, experiment_stop, "stopped")
+
+    @admin.action(description="Update bandit weights now", permissions=["change"])
+    def bandit_update_selected(self, request, queryset):
+        for experiment in queryset:
+            weights = experiment_bandit_update(experiment=experiment, actor=request.user)
+            self.message_user(request, f"{experiment.key}: {weights or 'not a running bandit'}")
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path("<int:pk>/report/", wrap(self.report_view), name="experiments_experiment_report"),
+            path("<int:pk>/report.csv", wrap(self.csv_view), name="experiments_experiment_csv"),
+            path("<int:pk>/act/", wrap(self.act_view), name="experiments_experiment_act"),
+        ] + super().get_urls()
+
+    def _get(self, request, pk, *, change=False) -> Experiment:
+        experiment = get_object_or_404(Experiment, pk=pk)
+        allowed = (
+            self.has_change_permission(request, experiment) if change else self.has_view_permission(request, experiment)
+        )
+        if not allowed:
+            raise PermissionDenied
+        return experiment
+
+    def report_view(self, request, pk):
+        experiment = self._get(request, pk)
+        analysis = experiment_analyze(experiment=experiment)
+        cohort_form = CohortForm(request.GET or None)
+        kind, trait = CohortKind.ENTRY_WEEK, ""
+        if cohort_form.is_valid():
+            kind, trait = cohort_form.cleaned_data["kind"], cohort_form.cleaned_data["trait"]
+        try:
+            cohorts = experiment_cohorts(experiment=experiment, kind=kind, trait=trait)
+        except ValueError as exc:
+            cohorts = experiment_cohorts(experiment=experiment, kind=CohortKind.ENTRY_WEEK)
+            messages.warning(request, str(exc))
+        funnels = [
+            (f, svg.funnel_chart(f))
+            for f in (
+                version_funnel(version=v, experiment=experiment)
+                for v in report_export.experiment_versions(experiment=experiment)
+            )
+        ]
+        active = experiment.arms.filter(retired_at__isnull=True)
+        conclude, retire = ConcludeForm(), RetireForm()
+        conclude.fields["winner"].queryset = active
+        retire.fields["arm"].queryset = active.filter(is_control=False)
+        model = PropensityModel.objects.filter(experiment=experiment).first()
+        explanation, who = None, request.GET.get("customer", "").strip()
+        if model is not None and who:
+            customer = Customer.objects.filter(external_id=who).first()
+            explanation = nba_explain(model=model, customer=customer) if customer else []
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Experiment report: {experiment.name}",
+            "opts": self.model._meta,
+            "experiment": experiment,
+            "analysis": analysis,
+            "chart": svg.conversion_chart(analysis.series),
+            "cohorts": cohorts,
+            "cohort_chart": svg.cohort_heatmap(cohorts),
+            "cohort_form": cohort_form if cohort_form.is_bound else CohortForm(),
+            "funnels": funnels,
+            "attribution": experiment_attribution(experiment=experiment),
+            "conclude_form": conclude,
+            "retire_form": retire,
+            "weights_form": WeightsForm(arms=active),
+            "train_form": TrainForm(initial={"features": ", ".join(model.features) if model else ""}),
+            "model": model,
+            "explain_customer": who,
+            "explanation": explanation,
+            "can_change": self.has_change_permission(request, experiment),
+            "running": experiment.status == ExperimentStatus.RUNNING,
+        }
+        return render(request, "experiments/report.html", context)
+
+    def csv_view(self, request, pk):
+        experiment = self._get(request, pk)
+        section = request.GET.get("section", "arms")
+        try:
+            rows = report_export.report_rows(
+                experiment=experiment,
+                section=section,
+                kind=request.GET.get("kind", CohortKind.ENTRY_WEEK),
+                trait=request.GET.get("trait", ""),
+            )
+        except ValueError as exc:
+            return HttpResponse(str(exc), status=400, content_type="text/plain")
+        response = HttpResponse(content_type="text/csv")
+        response["Content-Disposition"] = f'attachment; filename="{experiment.key}-{section}.csv"'
+        writer = csv.writer(response)
+        writer.writerows(rows)
+        return response
+
+    def act_view(self, request, pk):
+        if request.method != "POST":
+            return HttpResponseRedirect(reverse("admin:experiments_experiment_report", args=[pk]))
+        experiment = self._get(request, pk, change=True)
+        action, user = request.POST.get("action"), request.user
+        active = experiment.arms.filter(retired_at__isnull=True)
+        try:
+            if action == "conclude":
+                form = ConcludeForm(request.POST)
+                form.fields["winner"].queryset = active
+                if not form.is_valid():
+                    raise ValidationError(form.errors.as_text())
+                experiment_conclude(
+                    experiment=experiment,
+                    winner=form.cleaned_data["winner"],
+                    actor=user,
+                    reason=form.cleaned_data["reason"],
+                )
+                done = f"concluded: {form.cleaned_data['winner'].name} receives every new entry"
+            elif action == "retire":
+                form = RetireForm(request.POST)
+                form.fields["arm"].queryset = active
+                if not form.is_valid():
+                    raise ValidationError(form.errors.as_text())
+                arm_retire(arm=form.cleaned_data["arm"], actor=user, reason=form.cleaned_data["reason"])
+                done = f"retired {form.cleaned_data['arm'].name}"
+            elif action == "weights":
+                form = WeightsForm(request.POST, arms=active)
+                if not form.is_valid():
+                    raise ValidationError(form.errors.as_text())
+                weights = {k[2:]: v for k, v in form.cleaned_data.items() if k.startswith("w_")}
+                experiment_set_weights(
+                    experiment=experiment, weights=weights, actor=user, reason=form.cleaned_data["reason"]
+                )
+                done = f"weights set to {weights}"
+            elif action == "train":
+                form = TrainForm(request.POST)
+                if not form.is_valid():
+                    raise ValidationError(form.errors.as_text())
+                features = [f.strip() for f in form.cleaned_data["features"].split(",") if f.strip()]
+                model = nba_train(experiment=experiment, features=features)
+                done = f"model trained on {model.samples} exposures"
+            elif action == "auto_retire":
+                retired = experiment_auto_retire(experiment=experiment, actor=user)
+                done = f"auto-retired: {', '.join(a.name for a in retired) or 'none'}"
+            elif action == "bandit":
+                weights = experiment_bandit_update(experiment=experiment, actor=user)
+                done = f"bandit weights: {weights or 'not a running bandit'}"
+            else:
+                raise ValidationError(f"unknown action {action!r}")
+        except ValidationError as exc:
+            messages.error(request, _errors(exc))
+        else:
+            messages.success(request, done)
+        return HttpResponseRedirect(reverse("admin:experiments_experiment_report", args=[experiment.pk]))
+
+
+@admin.register(Arm)
+class ArmAdmin(SimpleHistoryAdmin):
+    list_display = ("__str__", "is_control", "weight", "retired_at", "retired_reason")
+    list_filter = ("experiment", "is_control")
+    readonly_fields = ("retired_at", "retired_reason")
+
+    def save_model(self, request, obj, form, change):
+        obj._change_reason = "edited in the admin"
+        super().save_model(request, obj, form, change)
+
+
+@admin.register(Assignment)
+class AssignmentAdmin(admin.ModelAdmin):
+    """Read-only: assignments are made by the split step and never edited."""
+
+    list_display = ("experiment", "customer", "arm", "holdout", "via", "bucket", "assigned_at", "run_id")
+    list_filter = ("experiment", "holdout", "via")
+    search_fields = ("customer__external_id", "customer__email")
+    list_select_related = ("experiment", "customer", "arm")
+    readonly_fields = [f.name for f in Assignment._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(PropensityModel)
+class PropensityModelAdmin(admin.ModelAdmin):
+    """Read-only view of a next-best-action model, with its coefficients explained."""
+
+    list_display = ("experiment", "trained_at", "samples", "features")
+    readonly_fields = ("experiment", "trained_at", "samples", "features", "quality", "coefficients")
+    exclude = ("params", "metrics")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="held-out quality")
+    def quality(self, obj):
+        return format_html_join(
+            "",
+            "<div>{}: n={}, AUC={}</div>",
+            ((arm, m.get("n"), "-" if m.get("auc") is None else f"{m['auc']:.3f}") for arm, m in obj.metrics.items()),
+        )
+
+    @admin.display(description="how it decides")
+    def coefficients(self, obj):
+        rows = [
+            (arm, f"{p['intercept']:+.3f}", ", ".join(f"{f}: {c:+.3f}" for f, c in zip(obj.features, p["coef"])))
+            for arm, p in obj.params.get("arms", {}).items()
+        ]
+        intro = mark_safe(
+            "<p>Predicted response = sigmoid(intercept + sum of coef x standardised trait). "
+            "A positive coefficient means customers with more of that trait respond better to "
+            "that arm; the split sends each customer to the arm with the highest prediction "
+            "(except an exploration share, assigned at random).</p>"
+        )
+        table = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", rows)
+        return format_html(
+            "{}<table><tr><th>arm</th><th>intercept</th><th>coefficients</th></tr>{}</table>", intro, table
+        )

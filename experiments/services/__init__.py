@@ -1,0 +1,1 @@
+"""Operations of the experiments app: plain, typed, keyword-only functions."""

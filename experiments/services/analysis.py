@@ -1,0 +1,458 @@
+"""Per-arm analysis: exposures, conversions, intervals, lift, p-values, SRM and the peeking guard.
+
+Primary metric: a customer converts when the experiment's goal event arrives
+within `window_s` after their assignment (without a goal event: when the run
+they entered with converts within the window). The unit is the customer: one
+assignment, at most one conversion. Customers merged into another profile are
+left out (their events moved to the survivor).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+
+from django.apps import apps
+from django.db.models import OuterRef, Subquery
+from django.utils import timezone
+
+from experiments.choices import HOLDOUT, AssignmentVia, ExperimentMode, ExperimentStatus, Metric
+from experiments.models import Arm, Assignment, Experiment
+from experiments.stats import (
+    SrmResult,
+    diff_interval,
+    msprt_pvalue,
+    ratio_interval,
+    sample_size_per_arm,
+    srm_check,
+    two_proportion_ztest,
+    wilson_interval,
+)
+from journeys.models import Event, JourneyRun
+
+MAX_DAYS = 400
+
+
+@dataclass
+class Exposure:
+    """One assigned customer and the first qualifying conversion (None if none in the window)."""
+
+    assignment_id: int
+    customer_id: int
+    group: str
+    arm: str
+    holdout: bool
+    assigned_at: datetime
+    converted_at: datetime | None
+    run_id: int | None
+
+
+def exposures_list(*, experiment: Experiment, now: datetime | None = None) -> list[Exposure]:
+    now = now or timezone.now()
+    qs = Assignment.objects.filter(experiment=experiment, customer__merged_into__isnull=True, assigned_at__lte=now)
+    if experiment.goal_event:
+        goal = (
+            Event.objects.filter(
+                customer_id=OuterRef("customer_id"), name=experiment.goal_event, timestamp__gte=OuterRef("assigned_at")
+            )
+            .order_by("timestamp")
+            .values("timestamp")[:1]
+        )
+    else:
+        goal = JourneyRun.objects.filter(pk=OuterRef("run_id"), converted_at__gte=OuterRef("assigned_at")).values(
+            "converted_at"
+        )[:1]
+    rows = (
+        qs.annotate(goal_at=Subquery(goal))
+        .values_list("id", "customer_id", "arm__name", "holdout", "assigned_at", "goal_at", "run_id")
+        .order_by("assigned_at", "id")
+    )
+    window = timedelta(seconds=experiment.window_s)
+    out = []
+    for pk, cid, arm, holdout, assigned_at, goal_at, run_id in rows:
+        converted = goal_at if goal_at is not None and goal_at <= assigned_at + window and goal_at <= now else None
+        out.append(Exposure(pk, cid, HOLDOUT if holdout else arm, arm, holdout, assigned_at, converted, run_id))
+    return out
+
+
+def group_counts(*, experiment: Experiment, now: datetime | None = None) -> dict[str, tuple[int, int]]:
+    """group -> (exposures, conversions)."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for e in exposures_list(experiment=experiment, now=now):
+        counts[e.group][0] += 1
+        counts[e.group][1] += e.converted_at is not None
+    return {k: (v[0], v[1]) for k, v in counts.items()}
+
+
+@dataclass
+class GroupStats:
+    name: str
+    is_control: bool = False
+    holdout: bool = False
+    retired: bool = False
+    weight: float | None = None
+    exposures: int = 0
+    conversions: int = 0
+    rate: float = 0.0
+    ci: tuple[float, float] = (0.0, 1.0)
+    diff: tuple[float, float, float] | None = None  # lift vs control: (abs, low, high)
+    rel: tuple[float, float, float] | None = None  # relative lift: (rel, low, high)
+    z: float | None = None
+    p_value: float | None = None
+    p_always_valid: float | None = None
+    secondary: dict = field(default_factory=dict)
+
+    @property
+    def significant(self) -> bool:
+        """Read with the always-valid p-value: safe however often someone looks."""
+        return self.p_always_valid is not None and self.p_always_valid < 0.05
+
+
+@dataclass
+class Analysis:
+    experiment: Experiment
+    groups: list[GroupStats]
+    srm: SrmResult | None
+    plan_per_arm: int
+    min_arm_exposures: int
+    messaging_effect: GroupStats | None  # control vs holdout
+    warnings: list[str]
+    recommendation: str
+    computed_at: datetime
+    series: dict[str, list[dict]] = field(default_factory=dict)  # the daily looks behind the chart
+
+    @property
+    def plan_reached(self) -> bool:
+        return self.min_arm_exposures >= self.plan_per_arm
+
+
+def _expected_counts(experiment: Experiment, now: datetime) -> tuple[dict[str, int], dict[str, float]]:
+    """Observed group sizes and the sizes the recorded weights promised (hash-assigned only)."""
+    rows = Assignment.objects.filter(
+        experiment=experiment, via=AssignmentVia.HASH, customer__merged_into__isnull=True, assigned_at__lte=now
+    )
+    personalized = experiment.mode == ExperimentMode.PERSONALIZED
+    if personalized:  # the model picks arms: only the holdout share is a planned ratio
+        rows = Assignment.objects.filter(
+            experiment=experiment, customer__merged_into__isnull=True, assigned_at__lte=now
+        )
+    observed: Counter = Counter()
+    for arm, holdout in rows.values_list("arm__name", "holdout"):
+        observed[HOLDOUT if holdout else ("treated" if personalized else arm)] += 1
+    expected: dict[str, float] = defaultdict(float)
+    by_weights = Counter()
+    for weights in rows.values_list("weights", flat=True):
+        by_weights[json.dumps(weights, sort_keys=True)] += 1
+    for text, n in by_weights.items():
+        for name, p in json.loads(text).items():
+            expected[name if name == HOLDOUT or not personalized else "treated"] += n * p
+    for name in expected:
+        observed.setdefault(name, 0)
+    return dict(observed), dict(expected)
+
+
+def experiment_timeseries(
+    *, experiment: Experiment, now: datetime | None = None, exposures: list[Exposure] | None = None
+) -> dict[str, list[dict]]:
+    """Per group and day: cumulative exposures, conversions, rate and Wilson interval
+    as they would have looked at the end of that day (what a peeking analyst saw)."""
+    now = now or timezone.now()
+    exposures = exposures if exposures is not None else exposures_list(experiment=experiment, now=now)
+    if not exposures:
+        return {}
+    first = min(e.assigned_at for e in exposures).astimezone(UTC).date()
+    last = now.astimezone(UTC).date()
+    first = max(first, last - timedelta(days=MAX_DAYS - 1))  # long experiments: the latest days
+    days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    by_group: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
+    for e in exposures:
+        by_group[e.group][0].append(e.assigned_at)
+        if e.converted_at is not None:
+            by_group[e.group][1].append(e.converted_at)
+    series: dict[str, list[dict]] = {}
+    for group in group_order(experiment, set(by_group)):
+        assigned, converted = by_group[group]
+        assigned.sort()
+        converted.sort()
+        points = []
+        for day in days:
+            end = datetime.combine(day + timedelta(days=1), time.min, tzinfo=UTC)
+            n = bisect.bisect_left(assigned, end)
+            x = bisect.bisect_left(converted, end)
+            lo, hi = wilson_interval(x, n, alpha=experiment.alpha)
+            points.append({"day": day, "n": n, "x": x, "rate": x / n if n else 0.0, "low": lo, "high": hi})
+        series[group] = points
+    return series
+
+
+def group_order(experiment: Experiment, present: set[str]) -> list[str]:
+    """Arms in their admin order (control first), unknown names next, holdout last."""
+    names = [a.name for a in experiment.arms.all()]
+    ordered = [n for n in names if n in present] + sorted(present - set(names) - {HOLDOUT})
+    return ordered + ([HOLDOUT] if HOLDOUT in present else [])
+
+
+def _always_valid(series: dict[str, list[dict]], arm: str, control: str, tau: float) -> float | None:
+    """Running minimum of the mSPRT p-value over the daily looks."""
+    if arm not in series or control not in series:
+        return None
+    p = 1.0
+    for a, c in zip(series[arm], series[control]):
+        if a["n"] > 1 and c["n"] > 1:
+            p = min(p, msprt_pvalue(a["x"], a["n"], c["x"], c["n"], tau=tau))
+    return p
+
+
+def _compare(stats: GroupStats, base: GroupStats, *, alpha: float) -> None:
+    x1, n1, x2, n2 = stats.conversions, stats.exposures, base.conversions, base.exposures
+    if n1 and n2:
+        stats.diff = diff_interval(x1, n1, x2, n2, alpha=alpha)
+        stats.rel = ratio_interval(x1, n1, x2, n2, alpha=alpha)
+        stats.z, stats.p_value = two_proportion_ztest(x1, n1, x2, n2)
+
+
+def experiment_analyze(*, experiment: Experiment, now: datetime | None = None) -> Analysis:
+    """Everything the report shows for one experiment, computed from the stored rows."""
+    now = now or timezone.now()
+    exposures = exposures_list(experiment=experiment, now=now)
+    series = experiment_timeseries(experiment=experiment, now=now, exposures=exposures)
+    arms = list(Arm.objects.filter(experiment=experiment))
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for e in exposures:
+        counts[e.group][0] += 1
+        counts[e.group][1] += e.converted_at is not None
+    groups: list[GroupStats] = []
+    for arm in arms:
+        n, x = counts.get(arm.name, [0, 0])
+        groups.append(
+            GroupStats(
+                name=arm.name,
+                is_control=arm.is_control,
+                retired=arm.retired_at is not None,
+                weight=arm.weight,
+                exposures=n,
+                conversions=x,
+            )
+        )
+    holdout = None
+    if HOLDOUT in counts or experiment.holdout_share > 0:
+        n, x = counts.get(HOLDOUT, [0, 0])
+        holdout = GroupStats(name=HOLDOUT, holdout=True, weight=experiment.holdout_share, exposures=n, conversions=x)
+        groups.append(holdout)
+    for g in groups:
+        g.rate = g.conversions / g.exposures if g.exposures else 0.0
+        g.ci = wilson_interval(g.conversions, g.exposures, alpha=experiment.alpha)
+    base = next((g for g in groups if g.is_control), None)
+    tau = max(experiment.min_detectable_effect, 1e-4)
+    for g in groups:
+        if base is not None and g is not base and not g.holdout:
+            _compare(g, base, alpha=experiment.alpha)
+            g.p_always_valid = _always_valid(series, g.name, base.name, tau)
+    messaging = None
+    if base is not None and holdout is not None and holdout.exposures and base.exposures:
+        messaging = GroupStats(
+            name=f"{base.name} vs holdout",
+            exposures=base.exposures,
+            conversions=base.conversions,
+            rate=base.rate,
+            ci=base.ci,
+        )
+        _compare(messaging, holdout, alpha=experiment.alpha)
+        messaging.p_always_valid = _always_valid(series, base.name, HOLDOUT, tau)
+    metrics = set(experiment.secondary_metrics or [])
+    if metrics:
+        secondary = secondary_metrics(experiment=experiment, exposures=exposures, metrics=metrics)
+        for g in groups:
+            g.secondary = secondary.get(g.name, {})
+
+    warnings: list[str] = []
+    srm = None
+    observed, expected = _expected_counts(experiment, now)
+    if sum(observed.values()) and len(expected) > 1:
+        srm = srm_check(observed, expected)
+        if srm.mismatch:
+            warnings.append(srm.message)
+    plan = sample_size_per_arm(
+        baseline=experiment.baseline_rate,
+        mde=experiment.min_detectable_effect,
+        alpha=experiment.alpha,
+        power=experiment.power,
+    )
+    active = [g for g in groups if not g.holdout and not g.retired]
+    min_n = min((g.exposures for g in active), default=0)
+    if experiment.mode != "fixed":
+        warnings.append(
+            f"{experiment.get_mode_display()}: traffic is not split at fixed weights, so the fixed-horizon "
+            "z-test is descriptive; read the always-valid p-value."
+        )
+    recommendation = _recommend(experiment, groups, srm, plan, min_n)
+    return Analysis(
+        experiment=experiment,
+        groups=groups,
+        srm=srm,
+        plan_per_arm=plan,
+        min_arm_exposures=min_n,
+        messaging_effect=messaging,
+        warnings=warnings,
+        recommendation=recommendation,
+        computed_at=now,
+        series=series,
+    )
+
+
+def _recommend(experiment, groups, srm, plan, min_n) -> str:
+    if srm is not None and srm.mismatch:
+        return "Do not act: the sample ratio is off. Find the assignment or logging bug first."
+    if experiment.status == ExperimentStatus.CONCLUDED:
+        return f"Concluded: {experiment.winner.name if experiment.winner else '-'} receives every entry."
+    alpha = experiment.alpha
+    better = [
+        g for g in groups if g.diff and g.p_always_valid is not None and g.p_always_valid < alpha and g.diff[0] > 0
+    ]
+    worse = [
+        g
+        for g in groups
+        if g.diff and g.p_always_valid is not None and g.p_always_valid < alpha and g.diff[0] < 0 and not g.retired
+    ]
+    parts = []
+    if better:
+        best = max(better, key=lambda g: g.diff[0])
+        parts.append(f"{best.name} beats control (always-valid p = {best.p_always_valid:.3g}): consider concluding.")
+    if worse:
+        parts.append("Worse than control: " + ", ".join(g.name for g in worse) + " (consider retiring).")
+    if not parts:
+        if min_n < plan:
+            parts.append(
+                f"Keep running: {min_n} of the {plan} customers per arm the fixed-horizon plan needs; "
+                "do not act on the z-test p-value before then."
+            )
+        else:
+            parts.append("Planned sample reached without a clear difference.")
+    return " ".join(parts)
+
+
+def experiment_auto_retire(*, experiment: Experiment, actor=None, now: datetime | None = None) -> list[Arm]:
+    """Retire arms the always-valid test finds worse than control (safe to run on every look)."""
+    from experiments.services.experiments import arm_retire
+
+    analysis = experiment_analyze(experiment=experiment, now=now)
+    if analysis.srm is not None and analysis.srm.mismatch:
+        return []
+    retired = []
+    for g in analysis.groups:
+        if g.holdout or g.is_control or g.retired or g.diff is None or g.p_always_valid is None:
+            continue
+        if g.p_always_valid < experiment.alpha and g.diff[0] < 0:
+            arm = Arm.objects.get(experiment=experiment, name=g.name)
+            retired.append(
+                arm_retire(
+                    arm=arm,
+                    actor=actor,
+                    now=now,
+                    reason=f"auto-retired: {g.diff[0]:+.2%} vs control, always-valid p={g.p_always_valid:.3g}",
+                )
+            )
+    return retired
+
+
+def _delivery_flags() -> tuple[object, object] | None:
+    """Q objects for opened/clicked deliveries, using whatever fields the channels app has."""
+    from django.db.models import Q
+
+    try:
+        Delivery = apps.get_model("channels_app", "Delivery")
+    except LookupError:
+        return None
+    names = {f.name for f in Delivery._meta.get_fields()}
+    statuses = {c[0] for c in Delivery._meta.get_field("status").choices or []} if "status" in names else set()
+    opened, clicked = Q(pk__in=[]), Q(pk__in=[])
+    open_statuses = [s for s in ("opened", "clicked") if s in statuses]
+    if open_statuses:
+        opened |= Q(status__in=open_statuses)
+    if "clicked" in statuses:
+        clicked |= Q(status="clicked")
+    if "opened_at" in names:
+        opened |= Q(opened_at__isnull=False)
+    if "clicked_at" in names:
+        opened |= Q(clicked_at__isnull=False)
+        clicked |= Q(clicked_at__isnull=False)
+    return opened, clicked
+
+
+def secondary_metrics(*, experiment: Experiment, exposures: list[Exposure], metrics: set[str]) -> dict[str, dict]:
+    """group -> {metric: value, ...}. Open/click rates are over messages actually sent in the window."""
+    by_customer = {e.customer_id: e for e in exposures}
+    window = timedelta(seconds=experiment.window_s)
+    out: dict[str, dict] = defaultdict(dict)
+    groups = {e.group for e in exposures}
+    if metrics & {Metric.OPEN_RATE, Metric.CLICK_RATE} and exposures:
+        flags = _delivery_flags()
+        if flags is not None:
+            Delivery = apps.get_model("channels_app", "Delivery")
+            opened_q, clicked_q = flags
+            since = min(e.assigned_at for e in exposures)
+            base = Delivery.objects.filter(customer_id__in=list(by_customer), created_at__gte=since).exclude(
+                status__in=["suppressed", "failed"]
+            )
+            sent, opened, clicked = Counter(), Counter(), Counter()
+            for qs, counter in ((base, sent), (base.filter(opened_q), opened), (base.filter(clicked_q), clicked)):
+                for cid, created in qs.values_list("customer_id", "created_at"):
+                    e = by_customer[cid]
+                    if e.assigned_at <= created <= e.assigned_at + window:
+                        counter[e.group] += 1
+            for g in groups:
+                if Metric.OPEN_RATE in metrics:
+                    out[g]["open_rate"] = _ratio(opened[g], sent[g])
+                if Metric.CLICK_RATE in metrics:
+                    out[g]["click_rate"] = _ratio(clicked[g], sent[g])
+                out[g]["messages"] = sent[g]
+    if Metric.COMPLETION in metrics:
+        runs = dict(
+            JourneyRun.objects.filter(pk__in=[e.run_id for e in exposures if e.run_id]).values_list("pk", "status")
+        )
+        done, total = Counter(), Counter()
+        for e in exposures:
+            if e.run_id in runs:
+                total[e.group] += 1
+                done[e.group] += runs[e.run_id] == "completed"
+        for g in groups:
+            out[g]["completion"] = _ratio(done[g], total[g])
+    if Metric.RESOLUTION in metrics:
+        hours = _resolution_hours(by_customer, window)
+        for g in groups:
+            values = hours.get(g, [])
+            out[g]["resolution_time_h"] = statistics.median(values) if values else None
+    return dict(out)
+
+
+def _ratio(x: int, n: int) -> dict:
+    lo, hi = wilson_interval(x, n)
+    return {"x": x, "n": n, "rate": x / n if n else None, "low": lo, "high": hi}
+
+
+def _resolution_hours(by_customer: dict[int, Exposure], window: timedelta) -> dict[str, list[float]]:
+    """Hours from case opening to resolution, per group (needs the agents app's Case; optional)."""
+    try:
+        Case = apps.get_model("agents", "Case")
+    except LookupError:
+        return {}
+    names = {f.name for f in Case._meta.get_fields()}
+    if not {"customer", "created_at", "resolved_at"} <= names:
+        return {}
+    out: dict[str, list[float]] = defaultdict(list)
+    rows = Case.objects.filter(customer_id__in=list(by_customer), resolved_at__isnull=False).values_list(
+        "customer_id", "created_at", "resolved_at"
+    )
+    for cid, created, resolved in rows:
+        e = by_customer[cid]
+        if e.assigned_at <= created <= e.assigned_at + window:
+            out[e.group].append((resolved - created).total_seconds() / 3600)
+    return out
+
+
+def day_start(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)

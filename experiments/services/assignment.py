@@ -1,0 +1,195 @@
+"""Who gets which arm: deterministic, sticky, recorded once per customer.
+
+The position of a customer is a hash of the experiment's salt and the
+customer id, so the same customer always lands in the same place. The first
+assignment is stored (unique per experiment and customer); later entries
+reuse it, so changing weights only affects customers not yet assigned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.db import IntegrityError, transaction
+
+from experiments.choices import HOLDOUT, AssignmentVia, ExperimentMode, ExperimentStatus
+from experiments.models import Arm, Assignment, Experiment
+
+
+def hash_unit(*parts: object) -> float:
+    """A uniform number in [0, 1) from the parts (first 8 bytes of SHA-256)."""
+    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def assignment_weights(
+    *, experiment: Experiment, arm_names: list[str] | None = None, arms: list[Arm] | None = None
+) -> dict[str, float]:
+    """The current assignment distribution: active arms (normalised, net of holdout) plus 'holdout'."""
+    all_arms = arms if arms is not None else list(experiment.arms.all())
+    arms = [a for a in all_arms if a.active and (arm_names is None or a.name in arm_names)]
+    total = sum(a.weight for a in arms)
+    share = experiment.holdout_share
+    if total <= 0:
+        control = next((a for a in all_arms if a.is_control), None)
+        arms_w = {control.name: 1.0} if control else {}
+    else:
+        arms_w = {a.name: a.weight / total for a in arms}
+    weights = {name: w * (1 - share) for name, w in arms_w.items()}
+    if share > 0:
+        weights[HOLDOUT] = share
+    return weights
+
+
+def pick_by_weight(weights: dict[str, float], u: float) -> str:
+    """The arm whose slice of [0, 1) contains u (weights need not sum to one)."""
+    names = [n for n, w in weights.items() if w > 0]
+    total = sum(weights[n] for n in names)
+    acc = 0.0
+    for name in names:
+        acc += weights[name] / total
+        if u < acc:
+            return name
+    return names[-1]
+
+
+@dataclass
+class Decision:
+    """What the split decided for one entry, and why (shown in the run log and dry runs)."""
+
+    arm: Arm
+    holdout: bool
+    reason: str
+    recorded: bool = False
+    assignment: Assignment | None = None
+    bucket: float | None = None
+    scores: dict = field(default_factory=dict)
+
+    @property
+    def group(self) -> str:
+        return HOLDOUT if self.holdout else self.arm.name
+
+
+def _control(experiment: Experiment, arms: list[Arm]) -> Arm:
+    control = next((a for a in arms if a.is_control), None)
+    if control is None:
+        raise ValueError(f"experiment {experiment.key} has no control arm")
+    return control
+
+
+def assignment_decide(
+    *,
+    experiment: Experiment,
+    customer,
+    now: datetime,
+    arm_names: list[str] | None = None,
+    run_id: int | None = None,
+    version_id: int | None = None,
+    dry_run: bool = False,
+) -> Decision:
+    """Choose the path for this entry; record the assignment unless this is a dry run.
+
+    Draft/stopped experiments send everyone down control unrecorded; a concluded
+    one sends every entry to the winner. A customer already assigned keeps the
+    arm (unless it was retired: then control).
+    """
+    all_arms = list(experiment.arms.all())
+    control = _control(experiment, all_arms)
+    if experiment.status == ExperimentStatus.CONCLUDED:
+        winner = next((a for a in all_arms if a.pk == experiment.winner_id), control)
+        return Decision(arm=winner, holdout=False, reason=f"concluded: every entry goes to the winner {winner.name}")
+    if experiment.status != ExperimentStatus.RUNNING:
+        return Decision(arm=control, holdout=False, reason=f"experiment is {experiment.status}: control, not recorded")
+
+    existing = Assignment.objects.select_related("arm").filter(experiment=experiment, customer=customer).first()
+    if existing is not None:
+        if existing.arm.retired_at is not None and not existing.holdout:
+            return Decision(
+                arm=control,
+                holdout=False,
+                assignment=existing,
+                bucket=existing.bucket,
+                reason=f"assigned {existing.arm.name} earlier, which is retired: control",
+            )
+        return Decision(
+            arm=existing.arm,
+            holdout=existing.holdout,
+            assignment=existing,
+            bucket=existing.bucket,
+            reason="assigned earlier (sticky)",
+        )
+
+    weights = assignment_weights(experiment=experiment, arm_names=arm_names, arms=all_arms)
+    arms = {a.name: a for a in all_arms}
+    u_holdout = hash_unit(experiment.salt, "holdout", customer.pk)
+    u_arm = hash_unit(experiment.salt, "arm", customer.pk)
+    via, scores = AssignmentVia.HASH, {}
+    if u_holdout < experiment.holdout_share:
+        holdout, arm, reason = True, control, "holdout: follows control, no messages"
+    else:
+        holdout = False
+        arm_weights = {k: v for k, v in weights.items() if k != HOLDOUT}
+        name = pick_by_weight(arm_weights, u_arm)
+        reason = f"hash bucket {u_arm:.4f} of weights {_rounded(arm_weights)}"
+        if experiment.mode == ExperimentMode.PERSONALIZED:
+            from experiments.services.nba import nba_choose
+
+            choice = nba_choose(experiment=experiment, customer=customer, arm_names=list(arm_weights), now=now)
+            if (
+                choice is not None
+                and hash_unit(experiment.salt, "explore", customer.pk) >= experiment.exploration_share
+            ):
+                name, scores, via = choice.arm, choice.scores, AssignmentVia.MODEL
+                reason = f"next-best-action: {choice.explanation}"
+            elif choice is not None:
+                scores, reason = choice.scores, f"exploring at random ({reason})"
+        arm = arms[name]
+    decision = Decision(arm=arm, holdout=holdout, reason=reason, bucket=u_arm, scores=scores)
+    if dry_run:
+        decision.reason = f"would assign: {reason} (dry run, nothing recorded)"
+        return decision
+    try:
+        with transaction.atomic():
+            decision.assignment = Assignment.objects.create(
+                experiment=experiment,
+                customer=customer,
+                arm=arm,
+                holdout=holdout,
+                via=via,
+                bucket=u_arm,
+                weights=weights,
+                scores=scores,
+                run_id=run_id,
+                version_id=version_id,
+                assigned_at=now,
+            )
+            decision.recorded = True
+    except IntegrityError:  # a concurrent entry recorded it first: use theirs
+        existing = Assignment.objects.select_related("arm").get(experiment=experiment, customer=customer)
+        return Decision(
+            arm=existing.arm,
+            holdout=existing.holdout,
+            assignment=existing,
+            bucket=existing.bucket,
+            reason="assigned concurrently (sticky)",
+        )
+    if experiment.mode == ExperimentMode.BANDIT:
+        from experiments.services.bandits import bandit_maybe_update
+
+        bandit_maybe_update(experiment=experiment, now=now)
+    return decision
+
+
+def _rounded(weights: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 3) for k, v in weights.items()}
+
+
+def assignments_merge(merged, target) -> None:
+    """Identity merge hook: the survivor keeps its own assignment, else takes the absorbed one's."""
+    for assignment in Assignment.objects.filter(customer=merged):
+        if Assignment.objects.filter(experiment_id=assignment.experiment_id, customer=target).exists():
+            continue
+        assignment.customer = target
+        assignment.save(update_fields=["customer"])

@@ -1,0 +1,188 @@
+"""The life of an experiment: create, start, stop, change weights, retire an arm, conclude.
+
+Each mutation runs in one transaction and leaves a history row (simple_history)
+carrying the actor and the reason.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from experiments.choices import HOLDOUT, ExperimentMode, ExperimentStatus, Metric
+from experiments.models import Arm, Experiment
+
+
+def experiment_authorize(*, actor, perm: str = "experiments.change_experiment") -> None:
+    """Changing an experiment needs the change permission; actor None is the system (tasks, tests)."""
+    if actor is not None and not actor.has_perm(perm):
+        raise PermissionDenied(f"{actor} may not change experiments")
+
+
+def _stamp(obj, *, actor, reason: str) -> None:
+    obj._change_reason = reason[:100]
+    if actor is not None and getattr(actor, "pk", None):
+        obj._history_user = actor
+
+
+@transaction.atomic
+def experiment_create(
+    *,
+    key: str,
+    name: str,
+    arms: list[dict],
+    hypothesis: str = "",
+    holdout_share: float = 0.0,
+    goal_event: str = "",
+    window_s: int = 7 * 86400,
+    mode: str = ExperimentMode.FIXED,
+    secondary_metrics: list[str] | None = None,
+    workflow=None,
+    actor=None,
+    **options,
+) -> Experiment:
+    """Create an experiment and its arms. `arms`: [{"name", "weight", "control": bool}], exactly one control."""
+    experiment_authorize(actor=actor, perm="experiments.add_experiment")
+    controls = [a for a in arms if a.get("control")]
+    if len(controls) != 1:
+        raise ValidationError({"arms": "exactly one arm must be the control"})
+    names = [a.get("name", "") for a in arms]
+    if len(set(names)) != len(names) or HOLDOUT in names or "" in names:
+        raise ValidationError({"arms": "arm names must be unique, non-empty and not 'holdout'"})
+    for metric in secondary_metrics or []:
+        if metric not in Metric.values:
+            raise ValidationError({"secondary_metrics": f"unknown metric {metric!r}"})
+    experiment = Experiment(
+        key=key,
+        name=name,
+        hypothesis=hypothesis,
+        holdout_share=holdout_share,
+        goal_event=goal_event,
+        window_s=window_s,
+        mode=mode,
+        secondary_metrics=secondary_metrics or [],
+        workflow=workflow,
+        created_by=actor if getattr(actor, "pk", None) else None,
+        **options,
+    )
+    experiment.full_clean(exclude=["winner", "salt"])
+    _stamp(experiment, actor=actor, reason="created")
+    experiment.save()
+    for spec in arms:
+        arm = Arm(
+            experiment=experiment,
+            name=spec["name"],
+            weight=float(spec.get("weight", 1.0)),
+            is_control=bool(spec.get("control")),
+            description=spec.get("description", ""),
+        )
+        arm.full_clean(exclude=["experiment"])
+        _stamp(arm, actor=actor, reason="created")
+        arm.save()
+    return experiment
+
+
+def _locked(experiment: Experiment) -> Experiment:
+    return Experiment.objects.select_for_update().get(pk=experiment.pk)
+
+
+@transaction.atomic
+def experiment_start(
+    *, experiment: Experiment, actor=None, reason: str = "started", now: datetime | None = None
+) -> Experiment:
+    experiment_authorize(actor=actor)
+    experiment = _locked(experiment)
+    if experiment.status == ExperimentStatus.CONCLUDED:
+        raise ValidationError("a concluded experiment cannot restart; create a new one")
+    if experiment.control is None or experiment.arms.filter(retired_at__isnull=True).count() < 2:
+        raise ValidationError("an experiment needs a control and at least one other active arm")
+    experiment.status = ExperimentStatus.RUNNING
+    experiment.started_at = experiment.started_at or now or timezone.now()
+    experiment.stopped_at = None
+    _stamp(experiment, actor=actor, reason=reason)
+    experiment.save()
+    return experiment
+
+
+@transaction.atomic
+def experiment_stop(
+    *, experiment: Experiment, actor=None, reason: str = "stopped", now: datetime | None = None
+) -> Experiment:
+    """Pause: new entries follow control unrecorded; recorded assignments are kept for analysis."""
+    experiment_authorize(actor=actor)
+    experiment = _locked(experiment)
+    if experiment.status != ExperimentStatus.RUNNING:
+        raise ValidationError(f"only a running experiment can stop (it is {experiment.status})")
+    experiment.status = ExperimentStatus.STOPPED
+    experiment.stopped_at = now or timezone.now()
+    _stamp(experiment, actor=actor, reason=reason)
+    experiment.save()
+    return experiment
+
+
+@transaction.atomic
+def experiment_conclude(
+    *, experiment: Experiment, winner: Arm, actor=None, reason: str, now: datetime | None = None
+) -> Experiment:
+    """Declare the winner: from now on every entry goes down the winner's path."""
+    experiment_authorize(actor=actor)
+    experiment = _locked(experiment)
+    if winner.experiment_id != experiment.pk:
+        raise ValidationError({"winner": "the winner must be an arm of this experiment"})
+    if winner.retired_at is not None:
+        raise ValidationError({"winner": f"arm {winner.name} is retired"})
+    if not reason:
+        raise ValidationError({"reason": "say why this arm won (it goes into the history)"})
+    experiment.status = ExperimentStatus.CONCLUDED
+    experiment.winner = winner
+    experiment.concluded_at = now or timezone.now()
+    _stamp(experiment, actor=actor, reason=f"concluded, winner {winner.name}: {reason}")
+    experiment.save()
+    return experiment
+
+
+@transaction.atomic
+def arm_retire(*, arm: Arm, actor=None, reason: str, now: datetime | None = None) -> Arm:
+    """Stop sending anyone new down an arm; customers already on it re-enter via control."""
+    experiment_authorize(actor=actor)
+    experiment = _locked(arm.experiment)
+    arm = Arm.objects.select_for_update().get(pk=arm.pk)
+    if arm.is_control:
+        raise ValidationError("the control arm cannot be retired (conclude the experiment instead)")
+    if arm.retired_at is not None:
+        raise ValidationError(f"arm {arm.name} is already retired")
+    if experiment.arms.filter(retired_at__isnull=True).exclude(pk=arm.pk).count() < 1:
+        raise ValidationError("the last active arm cannot be retired")
+    if not reason:
+        raise ValidationError({"reason": "say why the arm is retired (it goes into the history)"})
+    arm.retired_at = now or timezone.now()
+    arm.retired_reason = reason[:255]
+    arm.weight = 0.0
+    _stamp(arm, actor=actor, reason=f"retired: {reason}")
+    arm.save()
+    return arm
+
+
+@transaction.atomic
+def experiment_set_weights(*, experiment: Experiment, weights: dict[str, float], actor=None, reason: str) -> Experiment:
+    """Change arm weights. Customers already assigned keep their arm (assignments are recorded)."""
+    experiment_authorize(actor=actor)
+    experiment = _locked(experiment)
+    arms = {a.name: a for a in experiment.arms.select_for_update()}
+    unknown = set(weights) - set(arms)
+    if unknown:
+        raise ValidationError({"weights": f"unknown arm(s): {', '.join(sorted(unknown))}"})
+    for name, weight in weights.items():
+        if weight < 0:
+            raise ValidationError({"weights": f"{name}: weight must be >= 0"})
+        arm = arms[name]
+        if arm.retired_at is not None and weight > 0:
+            raise ValidationError({"weights": f"{name} is retired"})
+        if arm.weight != weight:
+            arm.weight = float(weight)
+            _stamp(arm, actor=actor, reason=reason)
+            arm.save(update_fields=["weight"])
+    return experiment

@@ -1,0 +1,96 @@
+"""The experiment_split step kind: sends each entrant down the arm they are assigned."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
+
+from experiments.choices import HOLDOUT
+from journeys.engine.registry import StepKind, StepResult, register, require
+from journeys.engine.runtime import StepContext
+
+
+@register
+class ExperimentSplit(StepKind):
+    kind = "experiment_split"
+    label = "Experiment split (A/B/n, holdout)"
+    help = (
+        "Assigns each customer to an arm of the experiment (sticky, recorded once) and follows the arm's name. "
+        "Holdout customers follow 'holdout' (wire it to the control path) or control, and get no messages. "
+        "Sets journey.experiment, journey.experiment_arm and journey.holdout."
+    )
+    side_effects = True  # records the assignment (idempotent: one row per customer)
+    fields = {
+        "experiment": "experiment key",
+        "arms": "optional: the arm names this step offers (default: all arms of the experiment)",
+    }
+
+    def outcomes(self, config):
+        return list(config.get("arms", [])) + ([HOLDOUT] if config.get("holdout") else [])
+
+    def clean(self, config):
+        from experiments.models import Experiment
+
+        key = require(config, "experiment", str, "an experiment key")
+        experiment = Experiment.objects.filter(key=key).first()
+        if experiment is None:
+            raise ValidationError({"experiment": f"no experiment with key {key!r}"})
+        names = [a.name for a in experiment.arms.all()]
+        arms = config.get("arms") or names
+        if not isinstance(arms, list) or any(a not in names for a in arms):
+            raise ValidationError({"arms": f"must be a list of arms of {key}: {', '.join(names)}"})
+        control = experiment.control
+        if control is None or control.name not in arms:
+            raise ValidationError({"arms": "the control arm must be one of the step's arms"})
+        holdout = bool(config.get("holdout", experiment.holdout_share > 0))
+        return {"experiment": key, "arms": list(arms), "holdout": holdout, "control": control.name}
+
+    def execute(self, ctx: StepContext) -> StepResult:
+        from experiments.models import Experiment
+        from experiments.services.assignment import assignment_decide
+
+        config = ctx.config
+        experiment = Experiment.objects.filter(key=config["experiment"]).first()
+        if experiment is None:
+            return StepResult(outcome=config["control"], error=f"experiment {config['experiment']} is gone: control")
+        decision = assignment_decide(
+            experiment=experiment,
+            customer=ctx.customer,
+            now=ctx.now,
+            arm_names=config["arms"],
+            run_id=None if ctx.dry_run else ctx.run.pk,
+            version_id=ctx.version_id,
+            dry_run=ctx.dry_run,
+        )
+        edges = _edges(ctx)
+        if decision.holdout:
+            outcome = HOLDOUT if HOLDOUT in edges or edges is None and config.get("holdout") else config["control"]
+        else:
+            outcome = decision.arm.name
+            if edges is not None and outcome not in edges:  # an arm this version does not offer
+                outcome = config["control"]
+        ctx.run.variables = {
+            **ctx.run.variables,
+            "experiment": experiment.pk,
+            "experiment_arm": decision.arm.name,
+            "holdout": decision.holdout,
+        }
+        detail = {
+            "experiment": experiment.key,
+            "arm": decision.arm.name,
+            "holdout": decision.holdout,
+            "reason": decision.reason,
+            "recorded": decision.recorded,
+        }
+        if decision.scores:
+            detail["scores"] = decision.scores
+        return StepResult(outcome=outcome, detail=detail)
+
+
+def _edges(ctx: StepContext) -> dict | None:
+    """The outcomes wired from this step in the running version (None if unknown)."""
+    from journeys.engine.compiled import load_version
+
+    try:
+        return load_version(ctx.version_id).steps[ctx.step_key].edges
+    except (KeyError, ObjectDoesNotExist):  # a stand-in version in a dry run
+        return None
