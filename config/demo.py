@@ -40,6 +40,7 @@ def demo_load() -> list[str]:
         Identity.objects.create(kind="user_id", value=user_id, customer=customer)
         Identity.objects.create(kind="email", value=email, customer=customer)
     lines.extend(_demo_workflows())
+    lines.extend(_demo_roles())
     from agents.demo import agents_demo_load
 
     lines.extend(agents_demo_load())
@@ -113,3 +114,29 @@ def _demo_workflows() -> list[str]:
         version_publish(version=version_build(workflow=workflow, definition=definition), reason="demo data")
         lines.append(f"Demo workflow live: {name}")
     return lines
+
+
+DEMO_ROLE_USERS = ("ops", "editor", "approver", "agent", "analyst")
+
+
+def _demo_roles() -> list[str]:
+    """One login per role (password = username) so the permission matrix can be tried by hand."""
+    from django.contrib.auth.models import Group
+
+    from journeys.models import BusinessUnit
+    from journeys.services import governance as gov
+
+    gov.roles_setup()
+    User = get_user_model()
+    groups = {"ops": gov.ROLE_OPS, "approver": gov.ROLE_APPROVERS, "agent": gov.ROLE_AGENTS,
+              "analyst": gov.ROLE_ANALYSTS}
+    for username in DEMO_ROLE_USERS:
+        user, created = User.objects.get_or_create(username=username, defaults={"is_staff": True})
+        if created:
+            user.set_password(username)
+            user.save()
+        if username in groups:
+            user.groups.add(Group.objects.get(name=groups[username]))
+    gov.business_unit_grant_editor(unit=BusinessUnit.objects.get(slug="retention"),
+                                   user=User.objects.get(username="editor"), reason="demo data")
+    return [f"Demo role logins (password = username): {', '.join(DEMO_ROLE_USERS)}; editor edits Retention"]

@@ -298,8 +298,10 @@ def workflow_import(*, data: dict, actor=None, name: str | None = None) -> Workf
 EDITABLE_STATES = (VersionState.DRAFT, VersionState.IN_REVIEW, VersionState.APPROVED)
 
 
+# Lock order, everywhere: the workflow row first, then its version rows (no deadlocks between a
+# publish and a rollback of the same workflow on PostgreSQL).
 def _lock(version: WorkflowVersion) -> WorkflowVersion:
-    return WorkflowVersion.objects.select_for_update().select_related("workflow").get(pk=version.pk)
+    return WorkflowVersion.objects.select_for_update(of=("self",)).select_related("workflow").get(pk=version.pk)
 
 
 def _lock_workflow(workflow_id: int) -> Workflow:
@@ -532,9 +534,9 @@ def version_publish(*, version: WorkflowVersion, actor=None, reason: str = "publ
 
 @transaction.atomic
 def _publish(*, version: WorkflowVersion, actor, reason: str) -> WorkflowVersion:
+    workflow = _lock_workflow(version.workflow_id)
     version = _lock(version)
     reason = require_reason(actor, reason) or "published"
-    workflow = _lock_workflow(version.workflow_id)
     version.workflow = workflow
     _check_publishable(version, actor)
     report = version_validate(version=version)
@@ -578,9 +580,9 @@ def version_canary_start(*, version: WorkflowVersion, percent: int, actor=None,
 
 @transaction.atomic
 def _canary_start(*, version: WorkflowVersion, percent: int, actor, reason: str) -> WorkflowVersion:
+    workflow = _lock_workflow(version.workflow_id)
     version = _lock(version)
     reason = require_reason(actor, reason) or "canary"
-    workflow = _lock_workflow(version.workflow_id)
     version.workflow = workflow
     if not isinstance(percent, int) or not 1 <= percent <= 99:
         raise ValidationError({"percent": "the canary share is a whole percentage from 1 to 99"})
@@ -668,10 +670,10 @@ def workflow_rollback(*, workflow: Workflow, actor=None, reason: str = "rolled b
 @transaction.atomic
 def version_retire(*, version: WorkflowVersion, actor=None, reason: str = "retired") -> WorkflowVersion:
     """Take a version out of service (the workflow then has no live version)."""
+    workflow = _lock_workflow(version.workflow_id)
     version = _lock(version)
     require(actor, PUBLISH, version.workflow)
     reason = require_reason(actor, reason) or "retired"
-    workflow = _lock_workflow(version.workflow_id)
     _retire(version, reason, timezone.now())
     if workflow.live_version_id == version.pk:
         workflow.live_version = None

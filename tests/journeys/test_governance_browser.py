@@ -31,7 +31,7 @@ def browser():
         options.add_argument(arg)
     options.binary_location = shutil.which("chromium")
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.implicitly_wait(5)
+    driver.implicitly_wait(10)
     yield driver
     driver.quit()
 
@@ -52,7 +52,7 @@ def _wait_for(browser, text: str) -> str:
     from selenium.webdriver.support.ui import WebDriverWait
 
     try:
-        WebDriverWait(browser, 10).until(lambda b: text in b.page_source)
+        WebDriverWait(browser, 30).until(lambda b: text in b.page_source)
     except Exception:
         errors = re.findall(r'(?:errorlist|errornote|messagelist|class="error").*?</(?:ul|p|li)>', browser.page_source, re.S)
         raise AssertionError(f"{text!r} not on {browser.current_url}: {errors[:5]}") from None

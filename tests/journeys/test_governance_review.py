@@ -25,11 +25,29 @@ from tests.journeys.test_governance_fixtures import draft_of, edges, login, step
 pytestmark = pytest.mark.django_db
 
 
+SUPPORT = {
+    "trigger_event": "Help Requested", "reentry_policy": "always",
+    "steps": [
+        {"key": "triage", "kind": "condition",
+         "config": {"rule": "event.properties.sentiment < -0.3 or profile.ltv >= 1000"}},
+        {"key": "flag", "kind": "update_profile", "config": {"traits": {"needs_agent": True}}},
+        {"key": "ack", "kind": "send_message", "config": {"channel": "email", "template": "support-ack"}},
+    ],
+    "edges": [{"from": "triage", "outcome": "yes", "to": "flag"}, {"from": "flag", "outcome": "next", "to": "ack"}],
+}
+
+
 @pytest.fixture
 def demo(people):
+    """The demo's customers, channels and templates, and a support workflow of our own (live v1)."""
+    from journeys.services.workflows import version_publish
+
     demo_load()
-    business_unit_grant_editor(unit=BusinessUnit.objects.get(slug="support"), user=people["editor"])
-    return Workflow.objects.get(name="High-value support query")
+    unit = BusinessUnit.objects.get(slug="support")
+    business_unit_grant_editor(unit=unit, user=people["editor"])
+    workflow = workflow_create(name="Support triage", business_unit=unit)
+    version_publish(version=version_build(workflow=workflow, definition=SUPPORT), reason="first")
+    return Workflow.objects.get(pk=workflow.pk)
 
 
 @pytest.fixture
@@ -48,9 +66,9 @@ def _deliveries() -> int:
 
 
 def _support_messages(send):
-    send(userId="u-alan", event="Support Message", properties={"sentiment": 0.5})   # ltv 1500: escalated
-    send(userId="u-grace", event="Support Message", properties={"sentiment": -0.8})  # angry: escalated
-    send(userId="u-ada", event="Support Message", properties={"sentiment": 0.2})    # ltv 820, calm: not
+    send(userId="u-alan", event="Help Requested", properties={"sentiment": 0.5})   # ltv 1500: escalated
+    send(userId="u-grace", event="Help Requested", properties={"sentiment": -0.8})  # angry: escalated
+    send(userId="u-ada", event="Help Requested", properties={"sentiment": 0.2})    # ltv 820, calm: not
 
 
 BROADER = "event.properties.sentiment < -0.3 or profile.ltv >= 500"
