@@ -156,7 +156,8 @@ Q_CLUSTER = {
     "ack_failures": True,
     "save_limit": 1000,
     "queue_limit": 50,
-    "poll": 0.2,
+    "poll": float(os.environ.get("Q_POLL", "0.2")),
+    "bulk": env_int("Q_BULK", 1),
     "catch_up": False,
     "label": "Task queue",
 }

@@ -57,7 +57,8 @@ def events_process(*, event_ids: list[int]) -> int:
                 event.customer = shared.setdefault(event.customer_id, event.customer)
         customer_ids = set(shared)
         open_runs: dict[int, list[JourneyRun]] = defaultdict(list)
-        for run in JourneyRun.objects.filter(
+        # Locked: a timer waking the same run in another worker waits for us (and vice versa).
+        for run in JourneyRun.objects.select_for_update(of=("self",)).filter(
             customer_id__in=customer_ids, status__in=[RunStatus.ACTIVE, RunStatus.WAITING]
         ):
             run.customer = shared[run.customer_id]

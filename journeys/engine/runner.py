@@ -37,20 +37,22 @@ def rule_true(text: str, ctx: RuleContext) -> tuple[bool, str | None]:
 
 
 def entry_refusal(
-    *, version: CompiledVersion, customer: Customer, ctx: RuleContext, now: datetime
+    *, version: CompiledVersion, customer: Customer, ctx: RuleContext, now: datetime, previous: list | None = None
 ) -> str | None:
     """Why this customer may not enter now (None = may enter). Shared with dry runs."""
     ok, error = rule_true(version.entry_rule, ctx)
     if not ok:
         return f"entry rule is false{f' ({error})' if error else ''}"
-    previous = JourneyRun.objects.filter(workflow_id=version.workflow_id, customer_id=customer.pk)
-    if version.reentry_policy == ReentryPolicy.ONCE and previous.exists():
+    previous = list(
+        JourneyRun.objects.filter(workflow_id=version.workflow_id, customer_id=customer.pk).values_list("status", "created_at")
+    ) if previous is None else previous
+    if version.reentry_policy == ReentryPolicy.ONCE and previous:
         return "already entered once (re-entry policy: once)"
     if version.reentry_policy == ReentryPolicy.COOLDOWN:
         since = now - timedelta(seconds=version.reentry_cooldown_s)
-        if previous.filter(created_at__gte=since).exists():
+        if any(created >= since for _, created in previous):
             return f"entered within the cooldown of {version.reentry_cooldown_s}s"
-    if not version.allow_concurrent_runs and previous.filter(status__in=[RunStatus.ACTIVE, RunStatus.WAITING]).exists():
+    if not version.allow_concurrent_runs and any(status in (RunStatus.ACTIVE, RunStatus.WAITING) for status, _ in previous):
         return "already has an open run in this workflow"
     return None
 
@@ -75,11 +77,16 @@ def run_enroll(
             event=event_dict(event), profile=profile_dict(customer, now), context=context_dict(event, now),
             journey={}, now=now, events_in_last=events_counter(customer.pk),
         )
-    if JourneyRun.objects.filter(
-        workflow_id=version.workflow_id, customer_id=customer.pk, trigger_key=trigger_key
-    ).exists():
+    # One query answers idempotency (same trigger), re-entry and the open-run rule.
+    rows = list(
+        JourneyRun.objects.filter(workflow_id=version.workflow_id, customer_id=customer.pk).values_list(
+            "trigger_key", "status", "created_at"
+        )
+    )
+    if any(key == trigger_key for key, _, _ in rows):
         return None
-    if entry_refusal(version=version, customer=customer, ctx=rule_ctx, now=now):
+    previous = [(status, created) for _, status, created in rows]
+    if entry_refusal(version=version, customer=customer, ctx=rule_ctx, now=now, previous=previous):
         return None
     try:
         with transaction.atomic():
@@ -144,10 +151,9 @@ def run_execute(
     """Execute steps until the run waits or ends. With `resume_outcome`, the current
     (waiting) step is finished with that outcome first."""
     if resume_outcome is not None:
-        exe = StepExecution.objects.filter(run=run, step_key=run.current_step, visit=run.visits.get(run.current_step, 1)).first()
-        if exe is not None and exe.finished_at is None:
-            exe.outcome, exe.finished_at = resume_outcome, now
-            exe.save(update_fields=["outcome", "finished_at"])
+        StepExecution.objects.filter(
+            run=run, step_key=run.current_step, visit=run.visits.get(run.current_step, 1), finished_at__isnull=True
+        ).update(outcome=resume_outcome, finished_at=now)
         run.status, run.next_wake_at, run.wait_event = RunStatus.ACTIVE, None, ""
         if not _follow(run, version, resume_outcome, now):
             run.save()
@@ -160,33 +166,32 @@ def run_execute(
             break
         step = version.steps[key]
         visit = run.visits.get(key, 1)
-        exe, created = StepExecution.objects.get_or_create(
-            run=run, step_key=key, visit=visit, defaults={"step_kind": step.kind.kind, "started_at": now}
-        )
-        if exe.finished_at is not None:
-            result = StepResult(outcome=exe.outcome)  # done by an earlier attempt: do not act again
-        elif not created and exe.detail.get("waiting"):
-            result = StepResult(wait_until=run.next_wake_at, wait_event=run.wait_event)
-        else:
-            ctx = _context(run, version, customer, event, now, key, dry_run=False, profile=profile)
-            try:
+        ctx = _context(run, version, customer, event, now, key, dry_run=False, profile=profile)
+        try:
+            if step.kind.side_effects:  # a savepoint, so a failing action leaves no half-written rows
                 with transaction.atomic():
                     result = step.kind.execute(ctx)
-            except Exception as exc:  # one failing step fails this run only
-                logger.exception("step %s of run %s failed", key, run.pk)
-                exe.error = "".join(traceback.format_exception_only(exc)).strip()[:4000]
-                exe.finished_at = now
-                exe.outcome = "error"
-                exe.save()
-                _finish(run, RunStatus.FAILED, now, f"step {key}: {exe.error}")
-                break
-            errors = [e for e in (result.error, *ctx.notes.get("rule_errors", [])) if e]
-            exe.error = "; ".join(dict.fromkeys(errors))[:4000]
-            exe.detail = {**result.detail, **({"waiting": True} if result.wait_until else {})}
-            if result.outcome is not None or result.end_status:
-                exe.outcome = result.outcome or result.end_status
-                exe.finished_at = now
-            exe.save()
+            else:
+                result = step.kind.execute(ctx)
+        except Exception as exc:  # one failing step fails this run only
+            logger.exception("step %s of run %s failed", key, run.pk)
+            error = "".join(traceback.format_exception_only(exc)).strip()[:4000]
+            StepExecution.objects.create(run=run, step_key=key, step_kind=step.kind.kind, visit=visit, outcome="error",
+                                         error=error, started_at=now, finished_at=now)
+            _finish(run, RunStatus.FAILED, now, f"step {key}: {error}")
+            break
+        # One INSERT per visit. The row commits together with the run's new position, so a
+        # retried task never meets a visit it already made; the unique (run, step, visit)
+        # constraint stops a concurrent duplicate outright.
+        errors = [e for e in (result.error, *ctx.notes.get("rule_errors", [])) if e]
+        finished = result.outcome is not None or bool(result.end_status)
+        StepExecution.objects.create(
+            run=run, step_key=key, step_kind=step.kind.kind, visit=visit,
+            outcome=(result.outcome or result.end_status or "") if finished else "",
+            detail={**result.detail, **({"waiting": True} if result.wait_until else {})},
+            error="; ".join(dict.fromkeys(errors))[:4000],
+            started_at=now, finished_at=now if finished else None,
+        )
         if result.end_status:
             _finish(run, result.end_status, now)
             break
