@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.shortcuts import render
 from django.urls import path
 from django.db.models import Q
@@ -18,53 +19,9 @@ from journeys.models import (
     Identity,
     LifecycleStage,
     Source,
-    StageTransition,
 )
+from journeys.selectors_console import customer_360
 from journeys.services.sources import source_create, source_rotate_key, source_set_enabled
-
-
-class IdentityInline(admin.TabularInline):
-    model = Identity
-    extra = 0
-    fields = ("kind", "value", "created_at")
-    readonly_fields = ("kind", "value", "created_at")
-    can_delete = False
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-
-class RecentEventInline(admin.TabularInline):
-    """The customer's timeline: newest events first."""
-
-    model = Event
-    extra = 0
-    fields = ("timestamp", "type", "name", "properties", "source", "status")
-    readonly_fields = fields
-    can_delete = False
-    ordering = ("-timestamp",)
-    show_change_link = True
-    verbose_name_plural = "timeline (latest 50 events)"
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def get_queryset(self, request):
-        qs = super().get_queryset(request).select_related("source")
-        ids = list(qs.order_by("-timestamp").values_list("id", flat=True)[:50])
-        return qs.filter(id__in=ids)
-
-
-class StageTransitionInline(admin.TabularInline):
-    model = StageTransition
-    fields = ("at", "from_stage", "to_stage", "reason")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    verbose_name_plural = "lifecycle stage history"
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Customer)
@@ -73,7 +30,15 @@ class CustomerAdmin(admin.ModelAdmin):
     list_filter = ("stage", "timezone")
     search_fields = ("external_id", "email", "phone")
     readonly_fields = ("stage", "first_seen", "last_seen", "last_engaged_at", "merged_into", "created_at", "updated_at")
-    inlines = [IdentityInline, StageTransitionInline, RecentEventInline]
+    # Customer 360: identities, merges, consents, events, messages, runs and cases above the form.
+    change_form_template = "admin/journeys/customer/change_form.html"
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        customer = self.get_object(request, unquote(object_id))
+        extra = dict(extra_context or {})
+        if customer is not None and self.has_view_permission(request, customer):
+            extra["c360"] = customer_360(customer=customer, user=request.user)
+        return super().change_view(request, object_id, form_url, extra)
 
     def get_queryset(self, request):
         return super().get_queryset(request).filter(merged_into__isnull=True)
@@ -128,18 +93,27 @@ class EventAdmin(admin.ModelAdmin):
         return request.user.has_perm("journeys.view_event")
 
 
+class SourceForm(forms.ModelForm):
+    change_reason = forms.CharField(label="Reason for this change", max_length=500, help_text="Recorded in the history.")
+
+    class Meta:
+        model = Source
+        fields = "__all__"
+
+
 @admin.register(Source)
 class SourceAdmin(SimpleHistoryAdmin):
+    form = SourceForm
     list_display = ("name", "enabled", "key_prefix", "rate_limit", "key_rotated_at", "created_at")
     list_filter = ("enabled",)
     search_fields = ("name",)
     readonly_fields = ("key_prefix", "key_rotated_at", "created_at", "updated_at")
-    fields = ("name", "description", "enabled", "rate_limit", "schema_policy", "key_prefix", "key_rotated_at")
+    fields = ("name", "description", "enabled", "rate_limit", "schema_policy", "key_prefix", "key_rotated_at", "change_reason")
     actions = ["rotate_keys", "disable_sources", "enable_sources"]
 
     def save_model(self, request, obj, form, change):
         if change:
-            obj._change_reason = "edited in admin"
+            obj._change_reason = form.cleaned_data["change_reason"]
             obj.save()
             return
         source, key = source_create(

@@ -1,0 +1,14 @@
+"""The operations console, mounted at /console/ (staff only, through the admin's login)."""
+
+from django.contrib import admin
+from django.urls import path
+
+from journeys import views_console
+
+app_name = "console"
+
+urlpatterns = [
+    path("", admin.site.admin_view(views_console.dashboard), name="dashboard"),
+    path("dashboard.json", admin.site.admin_view(views_console.dashboard_data), name="dashboard_data"),
+    path("versions/<int:pk>/graph/", admin.site.admin_view(views_console.version_graph_view), name="version_graph"),
+]

@@ -1,0 +1,442 @@
+"""Reads behind the operations console: the home dashboard, the workflow graph and Customer 360.
+
+`journeys` is the core and imports none of the other apps: their rows (deliveries, circuit
+breakers, consents, cases) are read through `django.apps.apps.get_model` inside the selector,
+and a section whose app or model is absent is simply empty (`None`). Every selector takes the
+user and shows only what that user may see.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+from django.db.models import Count, Max, Min, Q
+from django.db.models.functions import TruncHour, TruncMinute
+from django.utils import timezone
+
+from journeys.choices import EventStatus, RunStatus
+from journeys.models import (
+    Customer,
+    CustomerMerge,
+    Event,
+    JourneyRun,
+    StageTransition,
+    Step,
+    StepExecution,
+    WorkflowVersion,
+)
+from journeys.selectors import VIEW, runs_for_user, user_can, user_can_view_dashboard, workflows_for_user
+
+EVENT_MINUTES = 30  # the events-per-minute chart covers the last half hour
+DELIVERY_HOURS = 24  # the messages chart covers the last day, per hour
+# Delivery statuses grouped the way ops read them (strings: channels_app is not imported).
+SENT = ("sent", "delivered", "opened", "clicked")
+FAILED = ("failed", "bounced")
+PENDING_DELIVERY = ("queued", "deferred", "sending")
+CLOSED_CASE = ("resolved", "closed")
+# Open cases by where they stand against their first-response SLA, most urgent first.
+SLA_BUCKETS = (
+    ("breached", "SLA breached"),
+    ("due_15m", "due within 15 min"),
+    ("due_1h", "due within 1 h"),
+    ("on_track", "on track"),
+    ("answered", "answered"),
+)
+
+
+def _model(app_label: str, model_name: str):
+    """Another app's model, or None when the app (or the model) is not installed."""
+    try:
+        return apps.get_model(app_label, model_name)
+    except LookupError:
+        return None
+
+
+def _may_view(user: Any, model) -> bool:
+    opts = model._meta
+    return bool(user.is_superuser or user.has_perm(f"{opts.app_label}.view_{opts.model_name}"))
+
+
+# --------------------------------------------------------------------------- home dashboard
+
+
+def dashboard_events_per_minute(*, now: datetime, minutes: int = EVENT_MINUTES) -> list[dict]:
+    """Events received per minute over the last `minutes` minutes, oldest first, zeros included."""
+    end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    start = end - timedelta(minutes=minutes)
+    rows = (
+        Event.objects.filter(received_at__gte=start, received_at__lt=end)
+        .annotate(minute=TruncMinute("received_at", tzinfo=dt_timezone.utc))
+        .values("minute")
+        .annotate(n=Count("id"))
+    )
+    counts = {row["minute"]: row["n"] for row in rows if row["minute"]}
+    buckets = []
+    for i in range(minutes):
+        at = start + timedelta(minutes=i)
+        buckets.append({"at": at, "label": f"{at:%H:%M}", "n": counts.get(at, 0)})
+    return buckets
+
+
+def dashboard_deliveries(*, now: datetime, hours: int = DELIVERY_HOURS) -> dict | None:
+    """Messages of the last `hours` hours: totals by outcome and an hourly series; None without channels_app."""
+    Delivery = _model("channels_app", "Delivery")
+    if Delivery is None:
+        return None
+    end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    start = end - timedelta(hours=hours)
+    recent = Delivery.objects.filter(created_at__gte=start)
+    by_status = dict(recent.values_list("status").annotate(n=Count("id")).values_list("status", "n"))
+    totals = {
+        "sent": sum(by_status.get(s, 0) for s in SENT),
+        "suppressed": by_status.get("suppressed", 0),
+        "failed": sum(by_status.get(s, 0) for s in FAILED),
+        "pending": sum(by_status.get(s, 0) for s in PENDING_DELIVERY),
+    }
+    series: dict[Any, dict[str, int]] = defaultdict(lambda: {"sent": 0, "suppressed": 0, "failed": 0})
+    rows = recent.annotate(hour=TruncHour("created_at", tzinfo=dt_timezone.utc)).values("hour", "status").annotate(n=Count("id"))
+    for row in rows:
+        group = "sent" if row["status"] in SENT else "failed" if row["status"] in FAILED else (
+            "suppressed" if row["status"] == "suppressed" else None)
+        if group and row["hour"]:
+            series[row["hour"]][group] += row["n"]
+    hourly = []
+    for i in range(hours):
+        at = start + timedelta(hours=i)
+        hourly.append({"at": at, "label": f"{at:%H}h", **series.get(at, {"sent": 0, "suppressed": 0, "failed": 0})})
+    return {"totals": totals, "hourly": hourly}
+
+
+def dashboard_circuits() -> list[dict] | None:
+    """Every channel with its circuit breaker state (a channel without a breaker row is closed)."""
+    Channel = _model("channels_app", "Channel")
+    if Channel is None:
+        return None
+    has_breaker = _model("channels_app", "ChannelBreaker") is not None
+    channels = Channel.objects.order_by("name")
+    if has_breaker:
+        channels = channels.select_related("breaker", "fallback")
+    rows = []
+    for channel in channels:
+        breaker = getattr(channel, "breaker", None) if has_breaker else None
+        rows.append({
+            "name": channel.name,
+            "kind": channel.kind,
+            "enabled": channel.enabled,
+            "paused": channel.paused,
+            "fallback": channel.fallback.name if channel.fallback_id else "",
+            "state": breaker.state if breaker else "closed",
+            "failures": breaker.consecutive_failures if breaker else 0,
+            "opened_at": breaker.opened_at if breaker else None,
+            "last_error": (breaker.last_error if breaker else "")[:200],
+        })
+    return rows
+
+
+def dashboard_queue(*, now: datetime) -> dict:
+    """Tasks waiting in the q2 ORM broker, and the event outbox: how many and how old."""
+    OrmQ = _model("django_q", "OrmQ")
+    queued = in_progress = None
+    if "orm" in getattr(settings, "Q_CLUSTER", {}) and OrmQ is not None:
+        queued = OrmQ.objects.filter(Q(lock__isnull=True) | Q(lock__lt=now)).count()
+        in_progress = OrmQ.objects.filter(lock__gte=now).count()
+    else:  # another broker (Redis): ask it; a broker that cannot tell shows "n/a"
+        try:
+            from django_q.brokers import get_broker
+
+            queued = get_broker().queue_size()
+        except Exception:  # noqa: BLE001 - the dashboard must open while the broker is down
+            queued = None
+    outbox = Event.objects.filter(status=EventStatus.PENDING).aggregate(n=Count("id"), oldest=Min("received_at"))
+    oldest = outbox["oldest"]
+    return {
+        "queued": queued,
+        "in_progress": in_progress,
+        "pending_events": outbox["n"],
+        "failed_events": Event.objects.filter(status=EventStatus.FAILED).count(),
+        "oldest_pending_at": oldest,
+        "oldest_pending_age_s": int((now - oldest).total_seconds()) if oldest else None,
+    }
+
+
+def dashboard_cases(*, now: datetime) -> dict | None:
+    """Open cases by where they stand against their first-response SLA, and by priority."""
+    Case = _model("agents", "Case")
+    if Case is None:
+        return None
+    open_cases = Case.objects.exclude(status__in=CLOSED_CASE)
+    counts = open_cases.aggregate(
+        breached=Count("id", filter=Q(sla_due_at__lt=now)),
+        due_15m=Count("id", filter=Q(sla_due_at__gte=now, sla_due_at__lt=now + timedelta(minutes=15))),
+        due_1h=Count("id", filter=Q(sla_due_at__gte=now + timedelta(minutes=15), sla_due_at__lt=now + timedelta(hours=1))),
+        on_track=Count("id", filter=Q(sla_due_at__gte=now + timedelta(hours=1))),
+        answered=Count("id", filter=Q(sla_due_at__isnull=True)),
+    )
+    priority_labels = {}
+    priority_field = Case._meta.get_field("priority")
+    if priority_field.choices:
+        priority_labels = dict(priority_field.choices)
+    by_priority = [
+        {"priority": priority_labels.get(row["priority"], row["priority"]), "n": row["n"]}
+        for row in open_cases.values("priority").annotate(n=Count("id")).order_by("-priority")
+    ]
+    buckets = [{"key": key, "label": label, "n": counts[key]} for key, label in SLA_BUCKETS]
+    return {"total": sum(b["n"] for b in buckets), "buckets": buckets, "by_priority": by_priority,
+            "unassigned": open_cases.filter(assigned_agent__isnull=True).count()}
+
+
+def dashboard_workflows(*, user: Any) -> list[dict]:
+    """Live workflows the user may see, with their open runs."""
+    workflows = (
+        workflows_for_user(user, VIEW)
+        .filter(live_version__isnull=False, status="active")
+        .select_related("live_version", "canary_version", "business_unit")
+        .annotate(
+            active=Count("runs", filter=Q(runs__status=RunStatus.ACTIVE)),
+            waiting=Count("runs", filter=Q(runs__status=RunStatus.WAITING)),
+        )
+        .order_by("name")
+    )
+    return [
+        {"id": w.pk, "name": w.name, "unit": w.business_unit.name, "version_id": w.live_version_id,
+         "version": w.live_version.number, "canary": (f"v{w.canary_version.number} at {w.canary_percent}%"
+                                                      if w.canary_version_id else ""),
+         "active": w.active, "waiting": w.waiting}
+        for w in workflows
+    ]
+
+
+def dashboard_summary(*, user: Any, now: datetime | None = None) -> dict:
+    """Everything the ops home shows, in one dict (the JSON endpoint serialises it as is)."""
+    if not user_can_view_dashboard(user):
+        raise PermissionError("the ops dashboard needs journeys.view_ops_dashboard")
+    now = now or timezone.now()
+    per_minute = dashboard_events_per_minute(now=now)
+    last_minute = Event.objects.filter(received_at__gte=now - timedelta(minutes=1)).count()
+    runs = dict(
+        runs_for_user(user).filter(status__in=(RunStatus.ACTIVE, RunStatus.WAITING))
+        .values_list("status").annotate(n=Count("id")).values_list("status", "n")
+    )
+    failed_runs = runs_for_user(user).filter(status=RunStatus.FAILED, updated_at__gte=now - timedelta(hours=24)).count()
+    workflows = dashboard_workflows(user=user)
+    return {
+        "now": now,
+        "workflows": workflows,
+        "live_workflows": len(workflows),
+        "events": {"last_minute": last_minute, "per_minute": per_minute,
+                   "avg_per_minute": round(sum(b["n"] for b in per_minute) / max(len(per_minute), 1), 1)},
+        "runs": {"active": runs.get(RunStatus.ACTIVE, 0), "waiting": runs.get(RunStatus.WAITING, 0),
+                 "failed_24h": failed_runs},
+        "deliveries": dashboard_deliveries(now=now),
+        "circuits": dashboard_circuits(),
+        "queue": dashboard_queue(now=now),
+        "cases": dashboard_cases(now=now),
+    }
+
+
+# --------------------------------------------------------------------------- workflow graph
+
+
+@dataclass
+class GraphNode:
+    key: str
+    kind: str
+    name: str
+    index: int  # position in the version's step inline (admin anchor "steps-<index>")
+    x: float = 0
+    y: float = 0
+    layer: int = 0
+    entered: int = 0
+    waiting: int = 0
+    converted: int = 0
+    errors: int = 0
+    is_entry: bool = False
+
+
+@dataclass
+class GraphEdge:
+    source: str
+    target: str
+    outcome: str
+
+
+@dataclass
+class VersionGraph:
+    version: WorkflowVersion
+    nodes: list[GraphNode]
+    edges: list[GraphEdge]
+    layout: str  # "saved" (the steps' x/y) or "layered" (computed)
+    runs: dict = field(default_factory=dict)
+
+    @property
+    def node_map(self) -> dict[str, GraphNode]:
+        return {n.key: n for n in self.nodes}
+
+
+def version_for_user(*, user: Any, pk: int) -> WorkflowVersion | None:
+    version = WorkflowVersion.objects.select_related("workflow").filter(pk=pk).first()
+    if version is None or not user_can(user, VIEW, version.workflow):
+        return None
+    return version
+
+
+def _layered_layout(nodes: list[GraphNode], edges: list[GraphEdge], entry: str) -> None:
+    """Layer = shortest distance from the entry step (breadth first, so loops do not push nodes
+    down forever); steps the entry cannot reach start new layers below. Within a layer, nodes
+    are ordered by the mean position of their parents to keep edges from crossing."""
+    children: dict[str, list[str]] = defaultdict(list)
+    parents: dict[str, list[str]] = defaultdict(list)
+    for e in edges:
+        children[e.source].append(e.target)
+        parents[e.target].append(e.source)
+    by_key = {n.key: n for n in nodes}
+    layer: dict[str, int] = {}
+    roots = [entry] if entry in by_key else []
+    roots += [n.key for n in nodes if not parents[n.key] and n.key not in roots]
+    roots += [n.key for n in nodes if n.key not in roots]
+    for root in roots:
+        if root in layer:
+            continue
+        start = (max(layer.values()) + 1) if layer else 0
+        queue = deque([(root, start)])
+        layer[root] = start
+        while queue:
+            key, depth = queue.popleft()
+            for child in children[key]:
+                if child not in layer:
+                    layer[child] = depth + 1
+                    queue.append((child, depth + 1))
+    rows: dict[int, list[GraphNode]] = defaultdict(list)
+    for n in nodes:
+        n.layer = layer[n.key]
+        rows[n.layer].append(n)
+    order: dict[str, float] = {}
+    for depth in sorted(rows):
+        row = rows[depth]
+        def weight(n: GraphNode) -> float:
+            placed = [order[p] for p in parents[n.key] if p in order]
+            return sum(placed) / len(placed) if placed else n.index
+        row.sort(key=weight)
+        for i, n in enumerate(row):
+            order[n.key] = i - (len(row) - 1) / 2
+            n.x, n.y = order[n.key], depth
+
+
+def version_graph(*, version: WorkflowVersion) -> VersionGraph:
+    """The version as nodes and labelled edges with per-step counts, laid out for drawing.
+
+    Counts: entered = runs that reached the step; waiting = runs waiting at it now; converted =
+    runs through the step that reached the goal; errors = visits that failed or noted an error.
+    """
+    steps = list(Step.objects.filter(version=version).order_by("y", "x", "id"))
+    nodes = [GraphNode(key=s.key, kind=s.kind, name=s.name, index=i, x=s.x, y=s.y, is_entry=s.key == version.entry_step)
+             for i, s in enumerate(steps)]
+    by_pk = {s.pk: s.key for s in steps}
+    edges = [GraphEdge(source=by_pk[e.source_id], target=by_pk[e.target_id], outcome=e.outcome)
+             for e in version.edges.all().order_by("source__y", "source__x", "outcome")
+             if e.source_id in by_pk and e.target_id in by_pk]
+    positions = {(s.x, s.y) for s in steps}
+    layout = "saved" if len(steps) > 1 and len(positions) == len(steps) else "layered"
+    if layout == "layered":
+        _layered_layout(nodes, edges, version.entry_step or (steps[0].key if steps else ""))
+    executions = StepExecution.objects.filter(run__version=version)
+    stats = {
+        row["step_key"]: row
+        for row in executions.values("step_key").annotate(
+            entered=Count("run", distinct=True),
+            converted=Count("run", distinct=True, filter=Q(run__converted_at__isnull=False)),
+            errors=Count("id", filter=~Q(error="") | Q(outcome="error")),
+        )
+    }
+    waiting = dict(
+        JourneyRun.objects.filter(version=version, status=RunStatus.WAITING)
+        .values_list("current_step").annotate(n=Count("id")).values_list("current_step", "n")
+    )
+    for n in nodes:
+        row = stats.get(n.key, {})
+        n.entered, n.converted, n.errors = row.get("entered", 0), row.get("converted", 0), row.get("errors", 0)
+        n.waiting = waiting.get(n.key, 0)
+    runs = dict(JourneyRun.objects.filter(version=version).values_list("status").annotate(n=Count("id"))
+                .values_list("status", "n"))
+    runs["converted"] = JourneyRun.objects.filter(version=version, converted_at__isnull=False).count()
+    return VersionGraph(version=version, nodes=nodes, edges=edges, layout=layout, runs=runs)
+
+
+# --------------------------------------------------------------------------- customer 360
+
+
+def customer_360(*, customer: Customer, user: Any, limit: int = 50) -> dict:
+    """One customer across the apps: profile, identities and merges, consents with their
+    history, events, messages, journey runs and cases. A section is None when its app is
+    absent or the user may not view it."""
+    data: dict[str, Any] = {"customer": customer, "limit": limit}
+    data["identities"] = list(customer.identities.order_by("kind", "value"))
+    data["absorbed"] = list(Customer.objects.filter(merged_into=customer).order_by("-updated_at")[:limit])
+    data["merges"] = list(
+        CustomerMerge.objects.filter(Q(target=customer) | Q(merged=customer)).select_related("merged", "target")
+        .order_by("-merged_at")[:limit]
+    )
+    data["stages"] = list(StageTransition.objects.filter(customer=customer).order_by("-at")[:limit])
+    events = Event.objects.filter(customer=customer).select_related("source")
+    data["event_count"] = events.count()
+    data["events"] = list(events.order_by("-timestamp", "-id")[:limit]) if _may_view(user, Event) else None
+    data["event_names"] = list(events.values("name").exclude(name="").annotate(n=Count("id"), last=Max("timestamp"))
+                               .order_by("-n")[:10])
+    runs = JourneyRun.objects.filter(customer=customer, workflow__in=workflows_for_user(user, VIEW))
+    data["runs"] = list(runs.select_related("workflow", "version").order_by("-created_at")[:limit])
+    data["consents"] = data["consent_history"] = data["deliveries"] = data["cases"] = None
+    data["delivery_counts"] = {}
+
+    Consent = _model("channels_app", "Consent")
+    if Consent is not None and _may_view(user, Consent):
+        data["consents"] = list(Consent.objects.filter(customer=customer).select_related("topic")
+                                .order_by("channel_kind", "topic__slug"))
+        history = getattr(Consent, "history", None)
+        if history is not None:
+            data["consent_history"] = list(history.model.objects.filter(customer_id=customer.pk)
+                                           .select_related("topic", "history_user").order_by("-history_date")[:limit])
+    Delivery = _model("channels_app", "Delivery")
+    if Delivery is not None and _may_view(user, Delivery):
+        deliveries = Delivery.objects.filter(customer=customer)
+        data["deliveries"] = list(deliveries.select_related("channel", "template").order_by("-created_at", "-id")[:limit])
+        data["delivery_counts"] = dict(deliveries.values_list("status").annotate(n=Count("id")).values_list("status", "n"))
+    Case = _model("agents", "Case")
+    if Case is not None and _may_view(user, Case):
+        data["cases"] = list(Case.objects.filter(customer=customer).select_related("assigned_agent__user", "team",
+                                                                                  "origin_workflow")
+                             .order_by("-created_at")[:limit])
+    data["activity"] = _activity(data, limit=limit)
+    return data
+
+
+def _activity(data: dict, *, limit: int) -> list[dict]:
+    """One merged, newest-first stream of what happened to the customer across the apps."""
+    items = []
+    for e in data["events"] or []:
+        items.append({"at": e.timestamp, "kind": "event", "title": e.name or e.type,
+                      "detail": e.source.name, "obj": e})
+    for d in data["deliveries"] or []:
+        items.append({"at": d.sent_at or d.created_at, "kind": "message",
+                      "title": f"{d.channel.name}: {d.subject or (d.template.name if d.template_id else '')}".strip(": "),
+                      "detail": d.status + (f" ({d.reason})" if d.reason else ""), "obj": d})
+    for r in data["runs"]:
+        items.append({"at": r.created_at, "kind": "journey", "title": f"entered {r.workflow.name} v{r.version.number}",
+                      "detail": r.status + (f" at {r.current_step}" if r.current_step else ""), "obj": r})
+    for c in data["cases"] or []:
+        items.append({"at": c.created_at, "kind": "case", "title": str(c), "detail": c.get_status_display(), "obj": c})
+    for h in data["consent_history"] or []:
+        items.append({"at": h.history_date, "kind": "consent",
+                      "title": f"{h.channel_kind or 'all channels'} / {h.topic.name if h.topic_id else 'all topics'}",
+                      "detail": f"{h.status} via {h.source}", "obj": h})
+    for m in data["merges"]:
+        items.append({"at": m.merged_at, "kind": "merge", "title": f"merged #{m.merged_id} into #{m.target_id}",
+                      "detail": m.reason, "obj": m})
+    items.sort(key=lambda i: i["at"] or timezone.now(), reverse=True)
+    return items[:limit]
+

@@ -1,0 +1,281 @@
+"""Operations console pages: the ops home dashboard (with its JSON feed) and the workflow graph.
+
+Views stay thin: `journeys.selectors_console` reads, these functions draw small SVG charts on
+the server (no chart library, nothing fetched from the internet) and render templates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString, mark_safe
+from django.views.decorators.cache import never_cache
+
+from journeys.models import Step
+from journeys.selectors import user_can_view_dashboard
+from journeys.selectors_console import (
+    VersionGraph,
+    dashboard_summary,
+    version_for_user,
+    version_graph,
+)
+
+DEFAULT_REFRESH_S = 15
+BREAKER_COLOURS = {"closed": "#2e7d32", "half_open": "#ef6c00", "open": "#c62828"}
+SERIES_COLOURS = {"sent": "#2e7d32", "suppressed": "#9e9e9e", "failed": "#c62828"}
+SLA_COLOURS = {"breached": "#c62828", "due_15m": "#ef6c00", "due_1h": "#f9a825", "on_track": "#2e7d32",
+               "answered": "#78909c"}
+KIND_COLOURS = {"send_message": "#e3f2fd", "webhook": "#e3f2fd", "condition": "#fff8e1", "split": "#fff8e1",
+                "experiment_split": "#fff8e1", "delay": "#f3e5f5", "wait_for_event": "#f3e5f5",
+                "escalate_to_agent": "#fce4ec", "goal": "#e8f5e9", "exit": "#eceff1"}
+
+
+# --------------------------------------------------------------------------- small SVG charts
+
+
+def svg_bars(values: list[int], labels: list[str], *, title: str, width: int = 360, height: int = 90,
+             colour: str = "#417690") -> SafeString:
+    """A bar chart with a tooltip per bar and the maximum on the axis."""
+    top = max(values) if values and max(values) > 0 else 1
+    n = max(len(values), 1)
+    step = (width - 30) / n
+    bars = format_html_join(
+        "", '<rect x="{}" y="{}" width="{}" height="{}" fill="{}"><title>{}: {}</title></rect>',
+        ((f"{30 + i * step:.1f}", f"{height - 14 - (v / top) * (height - 24):.1f}", f"{max(step - 1, 1):.1f}",
+          f"{(v / top) * (height - 24):.1f}", colour, label, v) for i, (v, label) in enumerate(zip(values, labels))),
+    )
+    ticks = format_html(
+        '<text x="0" y="12" class="axis">{}</text><text x="0" y="{}" class="axis">0</text>'
+        '<text x="30" y="{}" class="axis">{}</text><text x="{}" y="{}" class="axis" text-anchor="end">{}</text>',
+        top, height - 14, height - 2, labels[0] if labels else "", width, height - 2, labels[-1] if labels else "")
+    return format_html('<svg class="chart" role="img" viewBox="0 0 {} {}" width="{}" height="{}"><title>{}</title>{}{}</svg>',
+                       width, height, width, height, title, bars, ticks)
+
+
+def svg_stacked(rows: list[dict], keys: tuple[str, ...], *, title: str, width: int = 360, height: int = 90) -> SafeString:
+    """Stacked bars (one per row, a segment per key) with a legend-free tooltip per segment."""
+    totals = [sum(r[k] for k in keys) for r in rows]
+    top = max(totals) if totals and max(totals) > 0 else 1
+    step = (width - 30) / max(len(rows), 1)
+    parts = []
+    for i, row in enumerate(rows):
+        base = height - 14
+        for key in keys:
+            h = row[key] / top * (height - 24)
+            if h <= 0:
+                continue
+            base -= h
+            parts.append(format_html('<rect x="{}" y="{}" width="{}" height="{}" fill="{}"><title>{} {}: {}</title></rect>',
+                                     f"{30 + i * step:.1f}", f"{base:.1f}", f"{max(step - 1, 1):.1f}", f"{h:.1f}",
+                                     SERIES_COLOURS.get(key, "#417690"), row["label"], key, row[key]))
+    ticks = format_html('<text x="0" y="12" class="axis">{}</text><text x="0" y="{}" class="axis">0</text>'
+                        '<text x="30" y="{}" class="axis">{}</text><text x="{}" y="{}" class="axis" text-anchor="end">{}</text>',
+                        top, height - 14, height - 2, rows[0]["label"] if rows else "", width, height - 2,
+                        rows[-1]["label"] if rows else "")
+    return format_html('<svg class="chart" role="img" viewBox="0 0 {} {}" width="{}" height="{}"><title>{}</title>{}{}</svg>',
+                       width, height, width, height, title, mark_safe("".join(parts)), ticks)
+
+
+def svg_hbars(items: list[dict], *, title: str, colours: dict[str, str], width: int = 360) -> SafeString:
+    """Horizontal bars: one labelled row per item ({key, label, n})."""
+    top = max([i["n"] for i in items] + [1])
+    row_h = 18
+    height = row_h * len(items) + 4
+    rows = format_html_join(
+        "", '<text x="0" y="{}" class="axis">{}</text><rect x="150" y="{}" width="{}" height="12" fill="{}">'
+            '<title>{}: {}</title></rect><text x="{}" y="{}" class="axis">{}</text>',
+        ((i * row_h + 13, it["label"], i * row_h + 3, f"{it['n'] / top * (width - 190):.1f}",
+          colours.get(it["key"], "#417690"), it["label"], it["n"], f"{155 + it['n'] / top * (width - 190):.1f}",
+          i * row_h + 13, it["n"]) for i, it in enumerate(items)),
+    )
+    return format_html('<svg class="chart" role="img" viewBox="0 0 {} {}" width="{}" height="{}"><title>{}</title>{}</svg>',
+                       width, height, width, height, title, rows)
+
+
+# --------------------------------------------------------------------------- dashboard
+
+
+def _refresh_seconds(request: HttpRequest) -> int:
+    try:
+        return max(1, min(int(request.GET.get("refresh", DEFAULT_REFRESH_S)), 300))
+    except ValueError:
+        return DEFAULT_REFRESH_S
+
+
+def _dashboard_context(request: HttpRequest) -> dict[str, Any]:
+    if not user_can_view_dashboard(request.user):
+        raise PermissionDenied
+    data = dashboard_summary(user=request.user)
+    per_minute = data["events"]["per_minute"]
+    charts = {"events": svg_bars([b["n"] for b in per_minute], [b["label"] for b in per_minute],
+                                 title="events received per minute, last 30 minutes")}
+    if data["deliveries"] is not None:
+        charts["deliveries"] = svg_stacked(data["deliveries"]["hourly"], ("sent", "suppressed", "failed"),
+                                           title="messages per hour, last 24 hours")
+    if data["cases"] is not None:
+        charts["cases"] = svg_hbars(data["cases"]["buckets"], title="open cases by SLA", colours=SLA_COLOURS)
+    return {"d": data, "charts": charts, "breaker_colours": BREAKER_COLOURS}
+
+
+def _metrics(data: dict) -> dict:
+    """The dashboard's numbers as plain JSON (for the page's own checks and for scripts)."""
+    queue = data["queue"]
+    return {
+        "live_workflows": data["live_workflows"],
+        "events_last_minute": data["events"]["last_minute"],
+        "events_per_minute": [b["n"] for b in data["events"]["per_minute"]],
+        "runs": data["runs"],
+        "deliveries": data["deliveries"]["totals"] if data["deliveries"] else None,
+        "circuits": {c["name"]: c["state"] for c in data["circuits"]} if data["circuits"] is not None else None,
+        "queue": {**queue, "oldest_pending_at": queue["oldest_pending_at"].isoformat() if queue["oldest_pending_at"] else None},
+        "cases": ({"total": data["cases"]["total"], **{b["key"]: b["n"] for b in data["cases"]["buckets"]}}
+                  if data["cases"] else None),
+    }
+
+
+@never_cache
+def dashboard(request: HttpRequest) -> HttpResponse:
+    """The ops home: health of the whole system on one page, refreshed in place."""
+    context = {**admin.site.each_context(request), **_dashboard_context(request), "title": "Operations dashboard",
+               "refresh_s": _refresh_seconds(request)}
+    return render(request, "console/dashboard.html", context)
+
+
+@never_cache
+def dashboard_data(request: HttpRequest) -> JsonResponse:
+    """The dashboard's panels (server-rendered HTML with the SVG charts) and its numbers, as JSON."""
+    context = _dashboard_context(request)
+    html = render_to_string("console/_dashboard.html", context, request=request)
+    now = context["d"]["now"]
+    return JsonResponse({"generated_at": now.isoformat(), "generated_label": f"{now:%H:%M:%S} UTC",
+                         "html": html, "metrics": _metrics(context["d"])})
+
+
+# --------------------------------------------------------------------------- workflow graph
+
+NODE_W, NODE_H, GAP_X, GAP_Y, PAD = 180, 70, 40, 60, 30
+
+
+def _positions(graph: VersionGraph) -> dict[str, tuple[float, float]]:
+    """Top-left corner of each node in pixels. Saved x/y are turned into columns and rows by rank,
+    which keeps their arrangement but can never overlap two boxes."""
+    if graph.layout == "saved":
+        xs = {v: i for i, v in enumerate(sorted({n.x for n in graph.nodes}))}
+        ys = {v: i for i, v in enumerate(sorted({n.y for n in graph.nodes}))}
+        col = {n.key: xs[n.x] for n in graph.nodes}
+        row = {n.key: ys[n.y] for n in graph.nodes}
+    else:
+        low = min((n.x for n in graph.nodes), default=0)
+        col = {n.key: n.x - low for n in graph.nodes}
+        row = {n.key: n.y for n in graph.nodes}
+    return {k: (PAD + col[k] * (NODE_W + GAP_X), PAD + row[k] * (NODE_H + GAP_Y)) for k in col}
+
+
+def svg_graph(graph: VersionGraph, *, step_url: str, runs_url: str, marks: dict[str, str] | None = None) -> SafeString:
+    """The version drawn as boxes and labelled arrows; each box links to the step in the admin."""
+    pos = _positions(graph)
+    marks = marks or {}
+    width = max([x for x, _ in pos.values()] + [PAD]) + NODE_W + PAD + 80
+    height = max([y for _, y in pos.values()] + [PAD]) + NODE_H + PAD
+    edges = []
+    for e in graph.edges:
+        sx, sy = pos[e.source]
+        tx, ty = pos[e.target]
+        if ty > sy:  # downwards: bottom centre to top centre
+            p0, p3 = (sx + NODE_W / 2, sy + NODE_H), (tx + NODE_W / 2, ty)
+            p1, p2 = (p0[0], p0[1] + GAP_Y / 1.5), (p3[0], p3[1] - GAP_Y / 1.5)
+        else:  # a loop or a sideways edge: around the right-hand side
+            p0, p3 = (sx + NODE_W, sy + NODE_H / 2), (tx + NODE_W, ty + NODE_H / 2)
+            bulge = max(p0[0], p3[0]) + 60
+            p1, p2 = (bulge, p0[1]), (bulge, p3[1])
+        mx = (p0[0] + 3 * p1[0] + 3 * p2[0] + p3[0]) / 8
+        my = (p0[1] + 3 * p1[1] + 3 * p2[1] + p3[1]) / 8
+        r = lambda v: f"{v:.0f}"  # noqa: E731 - format_html escapes its arguments to text first
+        edges.append(format_html(
+            '<g class="edge" data-source="{}" data-target="{}" data-outcome="{}">'
+            '<path d="M{},{} C{},{} {},{} {},{}" marker-end="url(#arrow)"/>'
+            '<rect x="{}" y="{}" width="{}" height="16" rx="3" class="edge-label-bg"/>'
+            '<text x="{}" y="{}" text-anchor="middle" class="edge-label">{}</text></g>',
+            e.source, e.target, e.outcome, *map(r, (*p0, *p1, *p2, *p3)), r(mx - (len(e.outcome) * 3.5 + 6)),
+            r(my - 9), len(e.outcome) * 7 + 12, r(mx), r(my + 3), e.outcome))
+    nodes = []
+    for n in graph.nodes:
+        x, y = pos[n.key]
+        classes = " ".join(c for c in ("node", "entry" if n.is_entry else "", "has-errors" if n.errors else "",
+                                       marks.get(n.key, "")) if c)
+        label = n.name or n.key
+        nodes.append(format_html(
+            '<g class="{}" data-key="{}" data-entered="{}" data-waiting="{}" data-converted="{}" data-errors="{}">'
+            '<a href="{}#steps-{}"><title>{} ({}): open the step in the admin</title>'
+            '<rect x="{}" y="{}" width="{}" height="{}" rx="8" fill="{}"/>'
+            '<text x="{}" y="{}" class="node-title">{}</text>'
+            '<text x="{}" y="{}" class="node-kind">{}{}</text></a>'
+            '<a href="{}&amp;status__exact=waiting&amp;current_step={}"><title>runs waiting at {}</title>'
+            '<text x="{}" y="{}" class="node-counts">in {} · wait {} · conv {} · err {}</text></a></g>',
+            classes, n.key, n.entered, n.waiting, n.converted, n.errors,
+            step_url, n.index, n.key, n.kind,
+            x, y, NODE_W, NODE_H, KIND_COLOURS.get(n.kind, "#ffffff"),
+            x + 10, y + 20, label[:24],
+            x + 10, y + 38, n.kind, " · entry" if n.is_entry else "",
+            runs_url, n.key, n.key,
+            x + 10, y + 58, n.entered, n.waiting, n.converted, n.errors))
+    return format_html(
+        '<svg class="workflow-graph" role="img" viewBox="0 0 {w} {h}" width="{w}" height="{h}">'
+        '<title>{t}</title><defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="8" '
+        'markerHeight="8" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z"/></marker></defs>{e}{n}</svg>',
+        w=f"{width:.0f}", h=f"{height:.0f}", t=str(graph.version), e=mark_safe("".join(edges)),
+        n=mark_safe("".join(nodes)))
+
+
+def _step_fingerprints(version) -> dict[str, str]:
+    return {s.key: hashlib.sha256(json.dumps([s.kind, s.name, s.config], sort_keys=True, default=str).encode()).hexdigest()
+            for s in Step.objects.filter(version=version)}
+
+
+def compare_marks(old, new) -> tuple[dict[str, str], dict[str, str]]:
+    """CSS marks for side-by-side review: steps removed from / added to / changed in the newer version."""
+    a, b = _step_fingerprints(old), _step_fingerprints(new)
+    old_marks = {k: "removed" for k in a if k not in b} | {k: "changed" for k in a if k in b and a[k] != b[k]}
+    new_marks = {k: "added" for k in b if k not in a} | {k: "changed" for k in b if k in a and a[k] != b[k]}
+    return old_marks, new_marks
+
+
+def _panel(graph: VersionGraph, marks: dict[str, str] | None = None) -> dict:
+    version = graph.version
+    step_url = reverse("admin:journeys_workflowversion_change", args=[version.pk])
+    runs_url = reverse("admin:journeys_journeyrun_changelist") + f"?version__id__exact={version.pk}"
+    return {"graph": graph, "version": version, "svg": svg_graph(graph, step_url=step_url, runs_url=runs_url, marks=marks),
+            "admin_url": step_url, "runs_url": runs_url}
+
+
+@never_cache
+def version_graph_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """A version as a graph with counts per step; `?compare=<version id>` puts another version beside it."""
+    version = version_for_user(user=request.user, pk=pk)
+    if version is None:
+        raise Http404("no such version, or not yours to see")
+    other = None
+    if request.GET.get("compare", "").isdigit():
+        other = version_for_user(user=request.user, pk=int(request.GET["compare"]))
+        if other is not None and other.workflow_id != version.workflow_id:
+            other = None
+    panels = []
+    if other is None:
+        panels.append(_panel(version_graph(version=version)))
+    else:
+        old, new = sorted((version, other), key=lambda v: v.number)
+        old_marks, new_marks = compare_marks(old, new)
+        panels = [_panel(version_graph(version=old), old_marks), _panel(version_graph(version=new), new_marks)]
+    versions = list(version.workflow.versions.order_by("-number"))
+    context = {**admin.site.each_context(request), "title": f"Graph of {version}", "version": version,
+               "workflow": version.workflow, "panels": panels, "versions": versions, "other": other}
+    return render(request, "console/graph.html", context)

@@ -1,0 +1,71 @@
+"""Shared set-up for the operations console: the demo data plus real traffic through the API."""
+
+from __future__ import annotations
+
+import pytest
+
+from journeys.engine.compiled import reset_caches
+from journeys.models import BusinessUnit, Event
+from journeys.services.workflows import version_build, version_publish, workflow_create
+
+# A small journey with a wait, a goal and a branch: enough to see every count on the graph.
+ONBOARDING = {
+    "trigger_event": "Signed Up",
+    "goal_event": "Activated",
+    "steps": [
+        {"key": "welcome", "kind": "update_profile", "config": {"traits": {"welcomed": True}}},
+        {"key": "wait", "kind": "wait_for_event", "config": {"event": "Activated", "timeout": "1d"}},
+        {"key": "yay", "kind": "goal", "config": {"name": "activated"}},
+        {"key": "nudge", "kind": "update_profile", "config": {"traits": {"nudged": True}}},
+    ],
+    "edges": [
+        {"from": "welcome", "outcome": "next", "to": "wait"},
+        {"from": "wait", "outcome": "event", "to": "yay"},
+        {"from": "wait", "outcome": "timeout", "to": "nudge"},
+    ],
+}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_engine():
+    reset_caches()
+    yield
+    reset_caches()
+
+
+@pytest.fixture
+def demo(db):
+    from config.demo import demo_load
+
+    demo_load()
+
+
+@pytest.fixture
+def onboarding(demo):
+    unit = BusinessUnit.objects.get(slug="retention")
+    workflow = workflow_create(name="Onboarding", business_unit=unit)
+    return version_publish(version=version_build(workflow=workflow, definition=ONBOARDING), reason="test")
+
+
+@pytest.fixture
+def send(api, django_capture_on_commit_callbacks):
+    """Send an event through the HTTP API and let the (inline) worker process it."""
+
+    def post(kind="track", **body):
+        with django_capture_on_commit_callbacks(execute=True):
+            response = api.post(kind, body)
+        assert response.status_code == 200, response.content
+        return Event.objects.order_by("-id").first()
+
+    return post
+
+
+@pytest.fixture
+def traffic(onboarding, send):
+    """Three sign-ups (one activates), one angry support message from a valuable customer."""
+    for user in ("u-ada", "u-grace", "u-new"):
+        send(userId=user, event="Signed Up")
+    send(userId="u-ada", event="Activated")
+    send(userId="u-alan", event="Support Message",
+         properties={"text": "This is terrible, I was charged twice and nobody answers. Awful service!"})
+    return onboarding

@@ -1,0 +1,115 @@
+"""Customer 360 in the admin: profile, identities and merges, consents and their history,
+events, messages, journey runs and cases on one page, limited to what the user may see."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.urls import reverse
+
+from journeys import selectors_console
+from journeys.models import Customer
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def _section(page: str, name: str) -> str:
+    match = re.search(rf'<section class="card[^"]*" id="c360-{name}">(.*?)</section>', page, re.S)
+    assert match, f"no {name} section"
+    return match.group(1)
+
+
+def _page(client, customer) -> str:
+    response = client.get(reverse("admin:journeys_customer_change", args=[customer.pk]))
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def test_everything_about_a_customer_on_one_page(traffic, send, admin_client):
+    from agents.models import Case
+    from channels_app.models import Topic
+    from channels_app.services.consent import consent_set
+
+    # given Alan wrote an angry support message (escalated to a case, acknowledged by email) and
+    # later opted out of SMS, then in again; and an anonymous visitor turned out to be him
+    alan = Customer.objects.get(external_id="u-alan")
+    topic = Topic.objects.first()
+    consent_set(customer=alan, channel_kind="sms", topic=topic, status="opted_out", source="sms_stop")
+    consent_set(customer=alan, channel_kind="sms", topic=topic, status="opted_in", source="preference_centre")
+    send(anonymousId="anon-77", event="Viewed Pricing")
+    send(anonymousId="anon-77", userId="u-alan", event="Logged In")
+
+    page = _page(admin_client, alan)
+
+    profile = _section(page, "profile")
+    assert "Alan" in profile and "business" in profile and "1500" in profile
+    identities = _section(page, "identities")
+    assert "alan@example.com" in identities and "anon-77" in identities
+    assert re.search(r"#\d+ → #%d" % alan.pk, identities)
+    consents = _section(page, "consents")
+    assert "sms_stop" in consents and "preference_centre" in consents and "Opted in" in consents
+    events = _section(page, "events")
+    assert "Support Message" in events and "Viewed Pricing" in events  # moved over by the merge
+    messages = _section(page, "messages")
+    assert "We&#x27;re on it" in messages and "sent" in messages
+    runs = _section(page, "runs")
+    assert "High-value support query" in runs and "completed" in runs
+    cases = _section(page, "cases")
+    case = Case.objects.get(customer=alan)
+    assert reverse("admin:agents_case_change", args=[case.pk]) in cases
+    activity = _section(page, "activity")
+    for kind in ("event", "message", "journey", "case", "consent", "merge"):
+        assert f'class="kind-tag {kind}"' in activity
+    assert 'name="email"' in page  # the edit form is still below
+
+
+def test_sections_follow_the_viewer_s_permissions(traffic, client):
+    clerk = UserFactory(username="clerk", is_staff=True)
+    clerk.user_permissions.add(*Permission.objects.filter(codename__in=["view_customer", "change_customer"]))
+    client.force_login(clerk)
+
+    page = _page(client, Customer.objects.get(external_id="u-alan"))
+
+    assert 'id="c360-profile"' in page and 'id="c360-identities"' in page
+    for hidden in ("consents", "messages", "cases", "events"):
+        assert f'id="c360-{hidden}"' not in page
+    assert "High-value support query" not in page  # runs only of workflows the clerk may view
+
+
+def test_the_page_works_without_the_other_apps(traffic, admin_client, monkeypatch):
+    """journeys is the core: with channels_app and agents gone the 360 shows what it has."""
+
+    class OnlyJourneys:
+        @staticmethod
+        def get_model(app_label, model_name):
+            if app_label in ("channels_app", "agents"):
+                raise LookupError(app_label)
+            from django.apps import apps
+
+            return apps.get_model(app_label, model_name)
+
+    monkeypatch.setattr(selectors_console, "apps", OnlyJourneys)
+    alan = Customer.objects.get(external_id="u-alan")
+
+    data = selectors_console.customer_360(customer=alan, user=UserFactory(is_superuser=True, is_staff=True))
+    page = _page(admin_client, alan)
+    dashboard = admin_client.get(reverse("console:dashboard_data")).json()["metrics"]
+
+    assert data["consents"] is data["deliveries"] is data["cases"] is None
+    assert 'id="c360-runs"' in page and 'id="c360-cases"' not in page and 'id="c360-messages"' not in page
+    assert dashboard["deliveries"] is dashboard["cases"] is dashboard["circuits"] is None
+
+
+def test_journeys_does_not_import_the_other_apps():
+    import ast
+    from pathlib import Path
+
+    for name in ("selectors_console.py", "views_console.py", "console_urls.py", "admin.py"):
+        tree = ast.parse((Path(selectors_console.__file__).parent / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                module = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
+                assert not (module or "").startswith(("channels_app", "agents", "experiments")), (name, module)
