@@ -61,6 +61,19 @@ class EntryKind(models.TextChoices):
     STATUS = "status", "Status change"
     SLA = "sla", "SLA timer"
     FOLLOW_UP = "follow_up", "Follow-up workflow"
+    TRANSCRIPT = "transcript", "Chat transcript"
+
+
+class ConversationStatus(models.TextChoices):
+    BOT = "bot", "With the bot"
+    RESOLVED = "resolved", "Resolved by the bot"
+    HANDED_OFF = "handed_off", "Handed off to an agent"
+
+
+class Sender(models.TextChoices):
+    CUSTOMER = "customer", "Customer"
+    BOT = "bot", "Bot"
+    AGENT = "agent", "Agent"
 
 
 class Intent(models.TextChoices):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
-from agents.models import Agent, AgentSkill, ReplyTemplate, Team
+from agents.models import Agent, AgentSkill, ReplyTemplate, Team, TriageBot, TriageNode
 from agents.services.cases import agent_save, team_save
 
 DEMO_AGENTS = [
@@ -34,6 +34,42 @@ REPLY_TEMPLATES = [
 ]
 
 
+# label, keywords, text, handoff, category, children
+DEMO_TREE = [
+    ("Track my order", ["where is", "tracking", "track", "parcel", "order"], "Sure. What is wrong with the order?",
+     False, "", [
+         ("It is late", ["late", "delayed"],
+          "Late orders ship within 2 days; the tracking link is in your confirmation email.", False, "", []),
+         ("Wrong address", ["address"], "", True, "general", []),
+     ]),
+    ("Opening hours", ["hours", "open", "opening"], "We are open 9:00-17:00, Monday to Friday.", False, "", []),
+    ("Reset my password", ["password", "log in", "login"],
+     "Use 'Forgot password' on the sign-in page; the link is valid for an hour.", False, "", []),
+    ("Billing question", ["invoice", "charge", "charged", "refund", "billing"], "", True, "billing", []),
+]
+
+
+def _demo_triage_bot() -> list[str]:
+    """A chat channel (console provider) and the support bot's decision tree."""
+    from channels_app.models import Channel
+
+    if TriageBot.objects.exists():
+        return []
+    chat, _ = Channel.objects.get_or_create(name="chat", defaults={"kind": "chat", "provider": "console"})
+    bot = TriageBot.objects.create(name="Support bot", channel=chat, category="general",
+                                   team=Team.objects.filter(slug="support").first())
+
+    def add(nodes, parent):
+        for order, (label, keywords, text, handoff, category, children) in enumerate(nodes, start=1):
+            node = TriageNode.objects.create(bot=bot, parent=parent, order=order, label=label, keywords=keywords,
+                                             text=text or "Let me find a colleague for this.", handoff=handoff,
+                                             category=category)
+            add(children, node)
+
+    add(DEMO_TREE, None)
+    return ["Demo chat triage bot 'Support bot' on channel 'chat' (admin: Agents and cases > Triage bots)"]
+
+
 @transaction.atomic
 def agents_demo_load() -> list[str]:
     """Idempotent: teams, three agents (password = username) and reply templates."""
@@ -60,4 +96,5 @@ def agents_demo_load() -> list[str]:
                 AgentSkill.objects.create(agent=agent, category=category, level=level)
     for name, category, intent, body in REPLY_TEMPLATES:
         ReplyTemplate.objects.get_or_create(name=name, defaults={"category": category, "intent": intent, "body": body})
+    lines.extend(_demo_triage_bot())
     return lines

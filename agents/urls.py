@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from agents import views
+from agents import chat, views
 
 app_name = "agents"
 urlpatterns = [
@@ -19,4 +19,5 @@ urlpatterns = [
     path("cases/<int:pk>/reopen/", views.case_reopen, name="reopen"),
     path("cases/<int:pk>/close/", views.case_close, name="close"),
     path("cases/<int:pk>/follow-up/", views.case_followup, name="followup"),
+    path("chat/inbound/<str:token>/", chat.chat_inbound, name="chat_inbound"),
 ]

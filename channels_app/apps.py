@@ -6,9 +6,15 @@ class ChannelsAppConfig(AppConfig):
     verbose_name = "Channels and messaging"
 
     def ready(self) -> None:
-        from channels_app import steps  # noqa: F401  (registers send_message and webhook)
+        from channels_app import steps  # noqa: F401  (registers send_message, send_best_channel and webhook)
         from channels_app.services.merge import customer_merge_channels
         from journeys.services.identity import MERGE_HOOKS
 
         if customer_merge_channels not in MERGE_HOOKS:
             MERGE_HOOKS.append(customer_merge_channels)
+
+        from channels_app.services.dispatch import deliveries_release_on_resume
+        from journeys.services.governance import HOLD_RELEASE_HOOKS
+
+        if deliveries_release_on_resume not in HOLD_RELEASE_HOOKS:
+            HOLD_RELEASE_HOOKS.append(deliveries_release_on_resume)

@@ -57,6 +57,24 @@ class Reason(models.TextChoices):
     PERMANENT_ERROR = "permanent_error", "Permanent provider error"
     TEMPLATE_ERROR = "template_error", "The template could not be rendered"
     ATTEMPTS_EXHAUSTED = "attempts_exhausted", "Gave up after the last retry"
+    SEND_TIME = "send_time", "Waiting for the customer's usual engagement hour"
+
+
+class Urgency(models.TextChoices):
+    """How a best-channel message ranks channels: urgent updates go to push or SMS first,
+    triage (a conversation to start) to chat first, normal ones follow the customer."""
+
+    NORMAL = "normal", "Normal"
+    URGENT = "urgent", "Urgent (push or SMS first)"
+    TRIAGE = "triage", "Triage (chat first)"
+
+
+# Channel kinds tried first for each urgency, in order.
+URGENCY_KINDS = {
+    Urgency.URGENT: (ChannelKind.PUSH, ChannelKind.SMS),
+    Urgency.TRIAGE: (ChannelKind.CHAT,),
+    Urgency.NORMAL: (),
+}
 
 
 class ConsentStatus(models.TextChoices):

@@ -1,4 +1,4 @@
-"""The send_message and webhook step kinds."""
+"""The send_message, send_best_channel and webhook step kinds."""
 
 from __future__ import annotations
 
@@ -138,3 +138,124 @@ class Webhook(StepKind):
                                 suppress_reason="holdout" if ctx.run.variables.get("holdout") else "")
         return StepResult(outcome="next", detail={"delivery": delivery.pk, "status": delivery.status,
                                                   "reason": delivery.reason})
+
+
+@register
+class SendBestChannel(StepKind):
+    kind = "send_best_channel"
+    label = "Send on the best channel"
+    help = ("Picks the channel for the customer: by urgency (urgent: push or SMS first; triage: chat first), their "
+            "stated preference (trait preferred_channel), the channel they last engaged on, then skips channels "
+            "that consent, quiet hours or caps would refuse or hold. Non-urgent messages wait for the customer's "
+            "most frequent engagement hour when there is enough history. Why is recorded on the delivery.")
+    side_effects = True
+    fields = {
+        "template": "template name (for any channel kind)",
+        "templates": 'optional per-kind templates, e.g. {"sms": "short-text"}',
+        "channels": "optional list of channel names to choose from (default: every enabled channel but webhooks)",
+        "urgency": "normal (default), urgent, triage, or event (read event.properties.urgency)",
+        "send_time": "best_hour (default: wait for the customer's usual hour) or now",
+        "min_engagements": "engagements needed before a best hour is trusted (default 5)",
+        "min_gap_other_channel": "optional, e.g. 4h: not within this long of the last contact on another channel",
+        "recent_contact_action": "defer (default) or suppress",
+    }
+
+    def clean(self, config):
+        from channels_app.choices import ChannelKind, Urgency
+        from channels_app.models import Channel, MessageTemplate
+
+        name = require(config, "template", str, "a template name")
+        templates = config.get("templates") or {}
+        if not isinstance(templates, dict) or not all(isinstance(v, str) for v in templates.values()):
+            raise ValidationError({"templates": 'must be an object of channel kind -> template name'})
+        for kind, template in {"": name, **templates}.items():
+            if kind and kind not in ChannelKind.values:
+                raise ValidationError({"templates": f"unknown channel kind {kind!r}"})
+            if not MessageTemplate.objects.filter(name=template).exists():
+                raise ValidationError({"templates" if kind else "template": f"no template named {template!r}"})
+        channels = config.get("channels") or []
+        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+            raise ValidationError({"channels": "must be a list of channel names"})
+        known = set(Channel.objects.filter(name__in=channels).values_list("name", flat=True))
+        if missing := [c for c in channels if c not in known]:
+            raise ValidationError({"channels": f"no channel named {missing[0]!r}"})
+        cleaned = {"template": name, **({"templates": templates} if templates else {}),
+                   **({"channels": channels} if channels else {})}
+        for candidate in self._channels(cleaned):
+            template = MessageTemplate.objects.get(name=templates.get(candidate.kind) or name)
+            if template.channel_kind and template.channel_kind != candidate.kind:
+                raise ValidationError({"templates": f"channel {candidate.name!r} is {candidate.kind}: template "
+                                                    f"{template.name!r} is for {template.channel_kind}; add "
+                                                    f'"templates": {{"{candidate.kind}": "..."}}'})
+        urgency = str(config.get("urgency") or Urgency.NORMAL)
+        if urgency not in (*Urgency.values, "event"):
+            raise ValidationError({"urgency": f"must be one of {', '.join(Urgency.values)} or event"})
+        send_time = str(config.get("send_time") or "best_hour")
+        if send_time not in ("best_hour", "now"):
+            raise ValidationError({"send_time": "must be best_hour or now"})
+        minimum = config.get("min_engagements", 5)
+        if isinstance(minimum, bool) or not str(minimum).isdigit() or int(minimum) < 1:
+            raise ValidationError({"min_engagements": "must be a whole number >= 1"})
+        return {**cleaned, "urgency": urgency, "send_time": send_time, "min_engagements": int(minimum), **_gap(config)}
+
+    @staticmethod
+    def _channels(config: dict) -> list:
+        from channels_app.choices import ChannelKind
+        from channels_app.models import Channel
+
+        names = config.get("channels")
+        if names:
+            found = {c.name: c for c in Channel.objects.filter(name__in=names)}
+            return [found[n] for n in names if n in found]
+        return list(Channel.objects.exclude(kind=ChannelKind.WEBHOOK).filter(enabled=True).order_by("pk"))
+
+    @staticmethod
+    def _urgency(ctx: StepContext) -> str:
+        from channels_app.choices import Urgency
+
+        urgency = ctx.config.get("urgency") or Urgency.NORMAL
+        if urgency == "event":
+            value = str((event_dict(ctx.event).get("properties") or {}).get("urgency") or "").lower()
+            urgency = value if value in Urgency.values else Urgency.NORMAL
+        return urgency
+
+    def execute(self, ctx: StepContext) -> StepResult:
+        from channels_app.models import MessageTemplate
+        from channels_app.services import message_context, message_send, template_render
+        from channels_app.services.choice import channel_choose
+
+        channels = self._channels(ctx.config)
+        main = MessageTemplate.objects.get(name=ctx.config["template"])
+        urgency = self._urgency(ctx)
+        policy = {"min_gap_other_channel_s": ctx.config["min_gap_other_channel"],
+                  "recent_contact_action": ctx.config["recent_contact_action"]} \
+            if ctx.config.get("min_gap_other_channel") else {}
+        real = ctx.customer if getattr(ctx.customer, "pk", None) else None
+        choice = channel_choose(customer=ctx.customer, profile=ctx.profile, channels=channels, urgency=urgency,
+                                topic=main.topic, send_time=ctx.config.get("send_time", "best_hour"), now=ctx.now,
+                                min_engagements=ctx.config.get("min_engagements", 5), policy_options=policy)
+        channel = choice.channel or (channels[0] if channels else None)
+        if channel is None:
+            return StepResult(outcome="next", detail={"urgency": urgency, "why": ["no channel is configured"]},
+                              error="send_best_channel: no channel to choose from")
+        template = MessageTemplate.objects.get(name=(ctx.config.get("templates") or {}).get(channel.kind)
+                                               or ctx.config["template"])
+        context = {"profile": ctx.profile, "event": event_dict(ctx.event), "journey": ctx.run.variables}
+        summary = {"urgency": urgency, "chosen_by": choice.chosen_by, "why": choice.reasons,
+                   "send_at": choice.send_at.isoformat() if choice.send_at else None}
+        if ctx.dry_run:
+            data = message_context(customer=real, context=context, now=ctx.now) if real else {**context, "now": ctx.now}
+            rendered = template_render(template=template, context=data, locale=getattr(ctx.customer, "locale", ""))
+            return StepResult(outcome="next", detail={
+                "would_send": template.name, "channel": choice.channel.name if choice.channel else None,
+                "to": choice.to, "subject": rendered.subject, "holdout": bool(ctx.run.variables.get("holdout")),
+                "considered": choice.considered, **summary,
+                **({"suppressed": choice.refusal} if choice.channel is None else {}),
+            })
+        delivery = message_send(customer=ctx.customer, template=template, channel=channel,
+                                idempotency_key=ctx.idempotency_key, context=context, run_id=ctx.run.pk,
+                                step_key=ctx.step_key, policy_options=policy, now=ctx.now, send_at=choice.send_at,
+                                notes={"channel_choice": {**choice.as_dict(), "urgency": urgency}},
+                                choice_reason=choice.summary)
+        return StepResult(outcome="next", detail={"delivery": delivery.pk, "channel": delivery.channel.name,
+                                                  "status": delivery.status, "reason": delivery.reason, **summary})

@@ -3,6 +3,7 @@
 from agents.models.cases import Case, CaseEntry, CaseGroupObjectPermission, CaseUserObjectPermission
 from agents.models.people import Agent, AgentSkill, Team
 from agents.models.replies import ReplyTemplate
+from agents.models.triage import Conversation, ConversationMessage, TriageBot, TriageNode
 
 __all__ = [
     "Agent",
@@ -13,4 +14,8 @@ __all__ = [
     "CaseUserObjectPermission",
     "CaseGroupObjectPermission",
     "ReplyTemplate",
+    "TriageBot",
+    "TriageNode",
+    "Conversation",
+    "ConversationMessage",
 ]

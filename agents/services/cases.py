@@ -200,7 +200,8 @@ def reply_template():
 
 @transaction.atomic
 def case_reply_send(*, case: Case, actor, body: str, idempotency_key: str) -> CaseEntry:
-    """Send the agent's reply on the customer's preferred channel, once per form submission.
+    """Send the agent's reply on the customer's preferred channel (or in the chat the case came
+    from), once per form submission.
 
     A reply that leaves (not suppressed) stops the SLA clock and the case then waits on
     the customer (`pending`); the first one is the case's time to first response."""
@@ -216,7 +217,11 @@ def case_reply_send(*, case: Case, actor, body: str, idempotency_key: str) -> Ca
         raise CaseError(ErrorCode.WRONG_STATUS, f"case #{case.pk} is {case.status}; reopen it to reply")
     if not body.strip():
         raise CaseError(ErrorCode.WRONG_STATUS, "a reply needs some text")
-    channel = reply_channel(customer=case.customer)
+    from agents.services.triage import conversation_for_case
+
+    # A case handed off by the chat bot is answered in that chat; others on the preferred channel.
+    conversation = conversation_for_case(case=case)
+    channel = conversation.channel if conversation is not None else reply_channel(customer=case.customer)
     if channel is None:
         raise CaseError(ErrorCode.NO_CHANNEL, "no reply channel is configured")
     now = timezone.now()
@@ -231,6 +236,11 @@ def case_reply_send(*, case: Case, actor, body: str, idempotency_key: str) -> Ca
         case=case, kind=EntryKind.MESSAGE, author=actor, body=body.strip(), delivery=delivery, idempotency_key=key,
         data={"channel": delivery.channel.name, "status": delivery.status, "error": delivery.error},
     )
+    if conversation is not None:
+        from agents.models import ConversationMessage
+
+        ConversationMessage.objects.create(conversation=conversation, sender="agent", text=body.strip(),
+                                           delivery=delivery, created_at=now, data={"case_entry": entry.pk})
     if delivery.status != "suppressed":
         if case.first_response_at is None:
             case.first_response_at = now

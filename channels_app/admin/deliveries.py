@@ -22,9 +22,9 @@ class AttemptInline(ReadOnlyMixin, admin.TabularInline):
 @admin.register(Delivery)
 class DeliveryAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ("created_at", "customer", "channel", "to", "subject", "status", "reason", "attempts",
-                    "latency_ms")
+                    "latency_ms", "choice_reason")
     list_filter = ("status", "reason", "channel", "channel__kind", "topic", ("created_at", admin.DateFieldListFilter))
-    search_fields = ("to", "customer__external_id", "idempotency_key", "provider_message_id")
+    search_fields = ("to", "customer__external_id", "idempotency_key", "provider_message_id", "choice_reason")
     list_select_related = ("customer", "channel")
     date_hierarchy = "created_at"
     inlines = (AttemptInline,)

@@ -34,7 +34,10 @@ class Delivery(models.Model):
     html_body = models.TextField(blank=True)
     content_hash = models.CharField(max_length=64, blank=True)
     policy = models.JSONField(default=dict, blank=True, help_text="send-time checks asked for by the step")
-    notes = models.JSONField(default=dict, blank=True, help_text="render report (missing variables), reroutes")
+    notes = models.JSONField(default=dict, blank=True, help_text="render report (missing variables), reroutes, "
+                                                                 "the best-channel choice")
+    choice_reason = models.CharField(max_length=255, blank=True,
+                                     help_text="why a best-channel step chose this channel and this time")
     status = models.CharField(max_length=12, choices=DeliveryStatus.choices, default=DeliveryStatus.QUEUED)
     reason = models.CharField(max_length=20, choices=Reason.choices, blank=True)
     error = models.TextField(blank=True)

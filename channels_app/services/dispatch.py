@@ -22,6 +22,7 @@ from channels_app.services import policy
 from channels_app.services.consent import consent_refusal
 from channels_app.services.links import link_url
 from channels_app.services.sending import _enqueue, _event_properties, _links, channel_pick
+from journeys.services.governance import outbound_hold
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,9 @@ def _send_checks(delivery: Delivery, now: datetime) -> Delivery | None:
     channel = delivery.channel
     if channel.paused:
         return _hold(delivery, Reason.PAUSED, now + PAUSE_RECHECK, f"channel {channel.name} is paused")
+    # Journeys' outage switches: global safe mode and workflow pauses hold the message (deferred, not lost).
+    if why := outbound_hold(run_id=delivery.run_id):
+        return _hold(delivery, Reason.PAUSED, now + PAUSE_RECHECK, why)
     allowed, retry_at = (channel.enabled, None)
     if allowed:
         allowed, retry_at = breakers.breaker_allow(channel=channel, now=now)
@@ -73,7 +77,9 @@ def _send_checks(delivery: Delivery, now: datetime) -> Delivery | None:
             return _hold(delivery, Reason.NO_ADDRESS, None, f"channel {channel.name} is disabled, no usable fallback")
         else:
             return _hold(delivery, Reason.BREAKER_OPEN, retry_at, f"breaker of {channel.name} is open")
-    if not delivery.transactional:
+    # A reply the customer is waiting for (a chat answer) is not an unsolicited contact:
+    # consent applies (above), quiet hours and caps do not.
+    if not delivery.transactional and not (delivery.policy or {}).get("in_reply_to"):
         hold = (policy.quiet_hours_hold(channel=channel, customer=customer, now=now)
                 or policy.frequency_cap_hold(delivery=delivery, now=now)
                 or policy.recent_contact_hold(delivery=delivery, now=now))
@@ -222,3 +228,27 @@ def delivery_requeue(*, delivery: Delivery, actor: str) -> Delivery:
     delivery.save()
     _enqueue(delivery)
     return delivery
+
+
+def deliveries_release_on_resume(*, scope: str, key: str) -> None:
+    """Journeys' HOLD_RELEASE_HOOKS entry: safe mode ended or a workflow resumed (runs on commit).
+    One task releases them, so they go out oldest first."""
+    from django_q.tasks import async_task
+
+    async_task("channels_app.services.dispatch.deliveries_release_held", scope, key, group="deliveries")
+
+
+def deliveries_release_held(scope: str = "", key: str = "", now: datetime | None = None) -> int:
+    """Send the deliveries held by a pause, oldest first, through the normal send path (consent,
+    quiet hours, caps and breakers apply again; one still held stays deferred)."""
+    from journeys.models import JourneyRun
+
+    now = now or timezone.now()
+    held = Delivery.objects.filter(status=DeliveryStatus.DEFERRED, reason=Reason.PAUSED)
+    if scope == "workflow":
+        held = held.filter(run_id__in=JourneyRun.objects.filter(workflow_id=int(key)).values("pk"))
+    ids = list(held.order_by("created_at", "id").values_list("pk", flat=True))
+    Delivery.objects.filter(pk__in=ids).update(next_attempt_at=now)
+    for pk in ids:
+        delivery_dispatch(delivery_id=pk, now=now)
+    return len(ids)

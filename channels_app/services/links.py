@@ -17,6 +17,7 @@ SALTS = {
     "click": "channels.click",
     "status": "channels.status",
     "inbound": "channels.inbound",
+    "chat": "channels.chat_inbound",
 }
 # Unsubscribe links must keep working for a long time (old emails); preference links
 # give access to choices, so they expire sooner; status callbacks come within days.
@@ -27,6 +28,7 @@ MAX_AGE_S = {
     "click": 400 * 86400,
     "status": 14 * 86400,
     "inbound": None,
+    "chat": None,
 }
 
 

@@ -121,7 +121,8 @@ def customer_erase(*, customer: Customer, actor: str, reason: str = "") -> Erasu
     deliveries.filter(status__in=[DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED]).update(
         status=DeliveryStatus.SUPPRESSED, reason=Reason.ERASED, next_attempt_at=None)
     counts["deliveries_anonymised"] = deliveries.update(
-        to="", subject="", body="", html_body="", provider_message_id="", error="", notes={}, policy={})
+        to="", subject="", body="", html_body="", provider_message_id="", error="", notes={}, policy={},
+        choice_reason="")
     DeliveryAttempt.objects.filter(delivery__customer_id__in=ids).update(error="")
     CustomerMerge.objects.filter(Q(target_id__in=ids) | Q(merged_id__in=ids)).update(details={})
     for pk in ids:

@@ -105,11 +105,14 @@ def _enqueue(delivery: Delivery) -> None:
 @transaction.atomic
 def message_send(*, customer, template: MessageTemplate, channel: Channel, idempotency_key: str, context: dict,
                  run_id=None, step_key: str = "", policy_options: dict | None = None,
-                 now: datetime | None = None) -> Delivery:
+                 now: datetime | None = None, send_at: datetime | None = None, notes: dict | None = None,
+                 choice_reason: str = "") -> Delivery:
     """Record a message once per idempotency key; it is sent after commit.
 
     Holdout, consent and reachability are decided here (a refused message is stored as
     suppressed with its reason); quiet hours, caps, pauses and breakers at send time.
+    `send_at` (later than now) holds the message until then (reason `send_time`);
+    `notes` and `choice_reason` record why a best-channel step chose this channel.
     """
     existing = Delivery.objects.filter(idempotency_key=idempotency_key).first()
     if existing is not None:
@@ -128,10 +131,13 @@ def message_send(*, customer, template: MessageTemplate, channel: Channel, idemp
                 requested_channel=channel if picked and picked.pk != channel.pk else None,
                 template=template, template_version=latest, topic=topic,
                 transactional=bool(topic and topic.transactional), run_id=run_id, step_key=step_key, to=to,
-                policy=policy_options or {},
+                policy=policy_options or {}, choice_reason=choice_reason[:255],
                 status=DeliveryStatus.QUEUED if picked else DeliveryStatus.SUPPRESSED,
                 reason="" if picked else refusal, error="" if picked else Reason(refusal).label,
             )
+            if picked and send_at is not None and send_at > now:
+                delivery.status, delivery.reason, delivery.next_attempt_at = (
+                    DeliveryStatus.DEFERRED, Reason.SEND_TIME, send_at)
     except IntegrityError:
         return Delivery.objects.get(idempotency_key=idempotency_key)
     links = _links(delivery)
@@ -147,7 +153,8 @@ def message_send(*, customer, template: MessageTemplate, channel: Channel, idemp
         html = _track_html(html, delivery, set(links.values()))
     delivery.subject, delivery.body, delivery.html_body = rendered.subject[:255], rendered.body, html
     delivery.locale, delivery.content_hash = rendered.locale, rendered.content_hash
-    delivery.notes = {k: v for k, v in (("missing", rendered.missing), ("render_errors", rendered.errors)) if v}
+    delivery.notes = {**(notes or {}),
+                      **{k: v for k, v in (("missing", rendered.missing), ("render_errors", rendered.errors)) if v}}
     delivery.save()
     if delivery.status == DeliveryStatus.QUEUED:
         _enqueue(delivery)

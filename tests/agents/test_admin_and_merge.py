@@ -28,12 +28,14 @@ def test_demo_agents_load_idempotently():
     assert Agent.objects.get(user__username="agent").user.groups.get() == Team.objects.get(slug="support").group
 
 
-@pytest.mark.parametrize("model", ["team", "agent", "case", "replytemplate"])
+@pytest.mark.parametrize("model", ["team", "agent", "case", "replytemplate", "triagebot", "conversation"])
 def test_admin_pages_open(admin_client, model, django_capture_on_commit_callbacks):
     agents_demo_load()
     open_case(category="billing", capture=django_capture_on_commit_callbacks)
     assert admin_client.get(reverse(f"admin:agents_{model}_changelist")).status_code == 200
-    obj = {"team": Team, "agent": Agent, "case": Case}.get(model)
+    from agents.models import TriageBot
+
+    obj = {"team": Team, "agent": Agent, "case": Case, "triagebot": TriageBot}.get(model)
     if obj is not None:
         pk = obj.objects.first().pk
         assert admin_client.get(reverse(f"admin:agents_{model}_change", args=[pk])).status_code == 200
