@@ -442,10 +442,25 @@ class ProposeForm(forms.Form):
                               help_text="What changes and why (the reviewer reads this first).")
 
 
+class CatalogNameInput(forms.TextInput):
+    """A text input that offers the event catalog's names (HTML datalist: no JS, no CDN)."""
+
+    def render(self, name, value, attrs=None, renderer=None):
+        from django.utils.html import format_html_join
+
+        from journeys.services.catalog import catalog_names
+
+        attrs = {**(attrs or {}), "list": f"catalog-{name}"}
+        html = super().render(name, value, attrs, renderer)
+        options = format_html_join("", '<option value="{}">', ((n,) for n in catalog_names()))
+        return format_html('{}<datalist id="catalog-{}">{}</datalist>', html, name, options)
+
+
 class WorkflowVersionForm(ReasonForm):
     class Meta:
         model = WorkflowVersion
         fields = "__all__"
+        widgets = {"trigger_event": CatalogNameInput(), "goal_event": CatalogNameInput()}
 
 
 @admin.register(WorkflowVersion)

@@ -415,8 +415,11 @@ def unknown_attribute_warnings(*, version: WorkflowVersion) -> list[str]:
     from journeys.rules import RuleSyntaxError, compile_rule
     from journeys.services.workflows import version_definition
 
+    from journeys.services.catalog import catalog_property_known
+
     known = _known_attributes(version)
     warnings = []
+    catalog_events = [e for e in (version.trigger_event, version.goal_event) if e]
     for where, text in _rules_of(version_definition(version=version)).items():
         try:
             references = compile_rule(text).references
@@ -429,6 +432,11 @@ def unknown_attribute_warnings(*, version: WorkflowVersion) -> list[str]:
                 warnings.append(f"{where}: {ref} is not an attribute of any customer (unknown attribute)")
             elif root == "journey" and len(parts) > 1 and parts[1] not in known["journey"]:
                 warnings.append(f"{where}: {ref} is not set by any step (unknown attribute)")
+            elif root == "event" and len(parts) > 2 and parts[1] == "properties" and any(
+                catalog_property_known(event_name=name, path=parts[2]) is False for name in catalog_events
+            ) and not any(catalog_property_known(event_name=name, path=parts[2]) for name in catalog_events):
+                warnings.append(f"{where}: {ref} is not in the event catalog's schema for "
+                                f"{', '.join(catalog_events)} (it never arrives)")
             elif (root == "event" and len(parts) > 2 and parts[1] == "properties" and known["event_names"]
                   and parts[2] not in known["event"]):
                 warnings.append(f"{where}: {ref} was not seen in recent events (unknown attribute)")

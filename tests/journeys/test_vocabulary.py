@@ -155,3 +155,30 @@ def test_stage_entered_triggers_a_workflow_and_a_step_moves_between_journeys(api
     assert JourneyRun.objects.get(workflow=rescue.workflow).status == "completed"
     assert customer.traits["rescued"] is True
     assert onboarding.executions.count() == 3  # history of the old journey is kept
+
+
+def test_rules_reading_properties_the_catalog_does_not_declare_are_flagged(order_schema):
+    from journeys.services.workflows import version_validate
+
+    unit, _ = BusinessUnit.objects.get_or_create(slug="ops", defaults={"name": "Ops"})
+    workflow = workflow_create(name="Typo", business_unit=unit)
+    version = version_build(workflow=workflow, definition={
+        "trigger_event": "Order Completed", "trigger_config": {"filter": "event.properties.totl > 10"},
+        "steps": [{"key": "c", "kind": "condition", "config": {"rule": "event.properties.total > 5"}}],
+    })
+
+    warnings = " ".join(version_validate(version=version).warnings)
+
+    assert "event.properties.totl is not in the event catalog" in warnings
+    assert "event.properties.total is not" not in warnings
+
+
+def test_version_form_offers_catalog_event_names(admin_client, order_schema):
+    unit, _ = BusinessUnit.objects.get_or_create(slug="ops", defaults={"name": "Ops"})
+    version = version_build(workflow=workflow_create(name="Form", business_unit=unit), definition={
+        "trigger_event": "Order Completed", "steps": [{"key": "g", "kind": "goal", "config": {}}]})
+
+    page = admin_client.get(f"/admin/journeys/workflowversion/{version.pk}/change/")
+
+    assert page.status_code == 200
+    assert b'<datalist id="catalog-trigger_event"><option value="Order Completed">' in page.content
