@@ -3,6 +3,7 @@ from django.urls import path
 from journeys.api import views
 
 urlpatterns = [
+    path("openapi.json", views.openapi_view, name="api-openapi"),
     path("batch", views.BatchView.as_view(), name="api-batch"),
     path("import", views.BatchView.as_view(), name="api-import"),
     *[

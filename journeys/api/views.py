@@ -106,6 +106,10 @@ class _TrackingView(APIView):
     event_type: str | None = None
     max_body_setting = "MAX_EVENT_BYTES"
 
+    def http_method_not_allowed(self, request, *args, **kwargs):
+        return _error(405, f"method {request.method} not allowed; use POST", code="method_not_allowed",
+                      headers={"Allow": "POST"})
+
     def handle_payload(self, body: dict, received_at):  # pragma: no cover - overridden
         raise NotImplementedError
 
@@ -176,3 +180,12 @@ class BatchView(_TrackingView):
         return events_parse(
             payloads=batch, received_at=received_at, batch_defaults=defaults, in_batch=True
         )
+
+
+def openapi_view(request):
+    """The tracking API's OpenAPI description (public: it holds no data)."""
+    from django.http import JsonResponse
+
+    from journeys.api.openapi import tracking_openapi
+
+    return JsonResponse(tracking_openapi())

@@ -115,7 +115,7 @@ def parse_event(
     if not isinstance(raw, dict):
         raise EventValidationError("must be a JSON object", field=prefix or "body")
     kind = event_type or raw.get("type")
-    if kind not in _TYPES:
+    if not isinstance(kind, str) or kind not in _TYPES:
         if kind is None:
             raise EventValidationError("is required", field=_where(prefix, "type"))
         raise EventValidationError(
@@ -179,8 +179,13 @@ def parse_event(
     # but the gap between "happened" and "sent" is measured on that same clock.
     client_ts = timestamp or original
     if client_ts is not None and sent_at is not None:
-        skew = received_at - sent_at
-        corrected = client_ts + skew
+        try:
+            corrected = client_ts + (received_at - sent_at)
+        except OverflowError:
+            raise EventValidationError(
+                "timestamp and sentAt are too far apart to correct for clock skew",
+                field=_where(prefix, "timestamp" if timestamp else "originalTimestamp"),
+            ) from None
     else:
         corrected = client_ts or received_at
     if corrected > received_at + timedelta(minutes=5):

@@ -153,6 +153,7 @@ def test_malformed_bodies_are_4xx(api, raw, needle):
         ({"userId": {"a": 1}, "event": "E"}, "userId"),
         ({"userId": "u", "event": "E", "properties": {"t": "bad\u0000null"}}, "body"),
         ({"userId": "u", "event": "E", "messageId": "x" * 300}, "messageId"),
+        ({"userId": "u", "event": "E", "timestamp": "0001-01-01T00:00:00Z", "sentAt": "9999-12-31T00:00:00Z"}, "timestamp"),
     ],
 )
 def test_invalid_track_names_the_field(api, body, field):
@@ -173,6 +174,7 @@ def test_alias_needs_previous_id(api):
     "item, field",
     [
         ({"type": "explode", "userId": "u"}, "batch[1].type"),
+        ({"type": ["track"], "userId": "u", "event": "E"}, "batch[1].type"),
         ({"userId": "u", "event": "E"}, "batch[1].type"),
         ({"type": "track", "anonymousId": "a"}, "batch[1].event"),
         ({"type": "track", "event": "E"}, "batch[1].userId"),
