@@ -84,6 +84,21 @@ def watches_fire_due(*, now: datetime | None = None) -> int:
             return fired
 
 
+def _in_chunks(queryset, size: int = 500):
+    """Customers page by page (by id), with no cursor held open between pages.
+
+    django-q2's enqueue closes idle connections (close_old_connections), which would
+    kill a server-side iterator mid-loop on SQLite; each page is read in full first.
+    """
+    last = 0
+    while True:
+        page = list(queryset.filter(pk__gt=last).order_by("pk")[:size])
+        if not page:
+            return
+        yield from page
+        last = page[-1].pk
+
+
 def _live(kind: str):
     return WorkflowVersion.objects.filter(state=VersionState.LIVE, trigger_kind=kind, workflow__status="active")
 
@@ -123,7 +138,7 @@ def date_triggers_run(*, now: datetime | None = None) -> int:
         attribute = config.get("attribute", "")
         hour, minute = (int(p) for p in config.get("at", "09:00").split(":"))
         customers = Customer.objects.filter(merged_into__isnull=True, traits__has_key=attribute)
-        for customer in customers.iterator(chunk_size=500):
+        for customer in _in_chunks(customers):
             local = now.astimezone(customer_zone(customer))
             if (local.hour, local.minute) < (hour, minute):
                 continue
@@ -154,7 +169,7 @@ def schedules_run(*, now: datetime | None = None) -> int:
             state.save()
         for tick in ticks:
             segment = version.trigger_config.get("segment", "")
-            for customer in Customer.objects.filter(merged_into__isnull=True).iterator(chunk_size=500):
+            for customer in _in_chunks(Customer.objects.filter(merged_into__isnull=True)):
                 if not rule_true(segment, RuleContext(profile=profile_dict(customer, now), now=now))[0]:
                     continue
                 with transaction.atomic():
@@ -169,7 +184,7 @@ def stages_refresh(*, now: datetime | None = None) -> int:
 
     now = now or timezone.now()
     moved = 0
-    for customer in Customer.objects.filter(merged_into__isnull=True).iterator(chunk_size=500):
+    for customer in _in_chunks(Customer.objects.filter(merged_into__isnull=True)):
         before = customer.stage
         with transaction.atomic():
             if customer_evaluate_stage(customer=customer, now=now) not in (None, before):
