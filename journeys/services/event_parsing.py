@@ -56,8 +56,12 @@ def parse_timestamp(value: Any, *, field_name: str) -> datetime | None:
             f"cannot parse {value[:40]!r} as an ISO-8601 date-time", field=field_name
         ) from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt_timezone.utc)
-    return parsed
+        return parsed.replace(tzinfo=dt_timezone.utc)
+    try:
+        # Stored in UTC: PostgreSQL refuses offsets beyond +-15:59 that ISO-8601 allows.
+        return parsed.astimezone(dt_timezone.utc)
+    except OverflowError:
+        raise EventValidationError(f"{value[:40]!r} is out of range", field=field_name) from None
 
 
 def _optional_id(raw: dict, key: str, prefix: str) -> str:

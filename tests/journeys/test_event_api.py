@@ -253,6 +253,11 @@ def test_timestamp_is_corrected_for_client_clock_skew(api):
     assert event.original_timestamp < event.timestamp
 
 
+def test_timestamp_with_a_far_offset_is_stored_in_utc(api):
+    assert api.post("track", track(timestamp="2024-05-01T12:00:00-17:34")).status_code == 200
+    assert Event.objects.get().timestamp == datetime(2024, 5, 2, 5, 34, tzinfo=timezone.utc)
+
+
 def test_timestamp_without_sent_at_is_kept(api):
     api.post("track", track(timestamp="2024-05-01T12:00:00Z"))
     assert Event.objects.get().timestamp == datetime(2024, 5, 1, 12, tzinfo=timezone.utc)

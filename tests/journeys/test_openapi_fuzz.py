@@ -16,6 +16,21 @@ schema = schemathesis.openapi.from_dict(tracking_openapi())
 schema.app = application  # calls go through Django's WSGI handler in-process
 
 
+@pytest.fixture(autouse=True)
+def _keep_test_connection():
+    """Calling the WSGI app directly fires request_started/finished, whose close_old_connections
+    would close the test's PostgreSQL connection (in its test transaction); Django's test client
+    disconnects it in the same way."""
+    from django.core import signals
+    from django.db import close_old_connections
+
+    signals.request_started.disconnect(close_old_connections)
+    signals.request_finished.disconnect(close_old_connections)
+    yield
+    signals.request_started.connect(close_old_connections)
+    signals.request_finished.connect(close_old_connections)
+
+
 @pytest.fixture
 def auth_header(write_key):
     return {"Authorization": "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()}
