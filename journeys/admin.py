@@ -11,6 +11,7 @@ from django.db.models import Q
 from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
 
+from journeys.admin_base import ReadOnlyAdmin
 from journeys.models import (
     Customer,
     CustomerMerge,
@@ -67,7 +68,7 @@ class CustomerMergeAdmin(admin.ModelAdmin):
 
 
 @admin.register(Event)
-class EventAdmin(admin.ModelAdmin):
+class EventAdmin(ReadOnlyAdmin):
     """Read-only: events are facts."""
 
     list_display = ("timestamp", "type", "name", "customer", "source", "status")
@@ -76,18 +77,6 @@ class EventAdmin(admin.ModelAdmin):
     date_hierarchy = "timestamp"
     list_select_related = ("customer", "source")
     show_full_result_count = False
-
-    def get_readonly_fields(self, request, obj=None):
-        return [f.name for f in self.model._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def has_view_permission(self, request, obj=None):
         return request.user.has_perm("journeys.view_event")

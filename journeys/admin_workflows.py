@@ -20,6 +20,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from simple_history.admin import SimpleHistoryAdmin
 
+from journeys.admin_base import ReadOnlyAdmin
 from journeys.choices import RunStatus, VersionState
 from journeys.engine.registry import STEP_KINDS, get_kind
 from journeys.engine.runner import RunFailed, run_retry
@@ -779,19 +780,6 @@ class ChangeRequestAdmin(ScopedAdminMixin, admin.ModelAdmin):
 
 # --------------------------------------------------------------------------- audit log, switches, reports
 
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def get_readonly_fields(self, request, obj=None):
-        return [f.name for f in self.model._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(AuditEntry)
