@@ -3,6 +3,7 @@
 #
 #   scripts/pg.sh start   # last line of stdout is the DATABASE_URL
 #   scripts/pg.sh stop
+#   scripts/pg.sh restart # pg_ctl restart -m fast (same port): a database restart under load
 #
 # start: uses PGDATA_DIR (an empty or already-initialised dir) or makes one
 # with mktemp -d; listens on 127.0.0.1 only, on PG_PORT or the first free port
@@ -11,6 +12,10 @@
 # role `journeys` (pytest-django must be able to CREATE DATABASE test_journeys).
 # stop: stops the server in PGDATA_DIR (or the one the last start used) and
 # deletes the data dir only if start created it.
+# restart: `pg_ctl restart -m fast` of the server in PGDATA_DIR (or the last
+# start's): sessions are terminated, the server comes back on the same port.
+# PG_STATE_FILE (default tmp/pg.state) is where start remembers its choices;
+# give each concurrent user of this script its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +23,7 @@ PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}   # Debian's postgresql-15 layout
 PG_ROLE=${PG_ROLE:-journeys}
 PG_DB=${PG_DB:-journeys}
 PG_OS_USER=${PG_OS_USER:-cipg}     # only used when run as root
-STATE=tmp/pg.state                 # remembers start's choices for stop; tmp/ is git-ignored
+STATE=${PG_STATE_FILE:-tmp/pg.state}  # remembers start's choices for stop; tmp/ is git-ignored
 
 # PostgreSQL refuses to run as root, so as root run the server as PG_OS_USER.
 as_pg() {
@@ -63,7 +68,7 @@ EOF
       { cat "$dir/server.log" >&2; exit 1; }
   fi
 
-  mkdir -p tmp
+  mkdir -p "$(dirname "$STATE")"
   printf 'dir=%q\ncreated=%q\n' "$dir" "$created" >"$STATE"
 
   local psql=("$PG_BIN/psql" -h 127.0.0.1 -p "$port" -U "$PG_ROLE" -d postgres -tAq)
@@ -86,8 +91,21 @@ stop() {
   if [ "$created" = 1 ]; then rm -rf "$dir"; fi
 }
 
+restart() {
+  local dir=${PGDATA_DIR:-} created=0
+  if [ -z "$dir" ] && [ -f "$STATE" ]; then
+    # shellcheck disable=SC1090
+    . "$STATE"
+  fi
+  [ -n "$dir" ] || { echo "pg.sh: nothing to restart (no PGDATA_DIR, no $STATE)" >&2; exit 1; }
+  # Without -o, pg_ctl restarts with the options of the last start (postmaster.opts): same port.
+  as_pg "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -m fast -w -t 60 restart >&2 ||
+    { tail -n 30 "$dir/server.log" >&2; exit 1; }
+}
+
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
-  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+  restart) restart ;;
+  *) echo "usage: $0 start|stop|restart" >&2; exit 2 ;;
 esac

@@ -176,3 +176,216 @@ class QCluster:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# -- more real processes: a private PostgreSQL, gunicorn, redis-server -----------------------------
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_listening(port: int, *, timeout: float, proc: subprocess.Popen | None = None, what: str = "server") -> None:
+    """Until something accepts TCP connections on 127.0.0.1:`port` (fails early if `proc` died)."""
+    import socket
+
+    def up() -> bool:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what} exited with {proc.returncode} before listening")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    wait_until(up, timeout=timeout, interval=0.1, message=f"{what} to listen on port {port}")
+
+
+PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))  # as scripts/pg.sh
+
+
+def private_postgres_missing() -> str | None:
+    """Why a private PostgreSQL cannot be started here (None when it can)."""
+    for tool in ("initdb", "pg_ctl", "postgres"):
+        if not (PG_BIN / tool).exists():
+            return f"PostgreSQL server binaries not found in {PG_BIN} (set PG_BIN; Debian: apt install postgresql-15)"
+    if os.geteuid() == 0 and not (Path("/usr/sbin/runuser").exists() or Path("/sbin/runuser").exists()):
+        return "running as root and runuser is missing (PostgreSQL refuses to run as root)"
+    return None
+
+
+class PrivatePostgres:
+    """A throwaway PostgreSQL cluster of our own (initdb + pg_ctl via scripts/pg.sh) on a free port.
+
+    Ours to restart or stop: the shared development server is never touched. As root (CI),
+    scripts/pg.sh runs the server as an unprivileged system user, as .ci/run does.
+    """
+
+    def __init__(self) -> None:
+        # Not pytest's tmp_path: /tmp/pytest-of-root is 0700, the server user could not enter it.
+        self.data_dir = tempfile.mkdtemp(prefix="proof-pg-")
+        self.state_dir = tempfile.mkdtemp(prefix="proof-pg-state-")
+        self.url = ""
+
+    def _pg_sh(self, command: str) -> str:
+        env = {**os.environ, "PGDATA_DIR": self.data_dir, "PG_STATE_FILE": f"{self.state_dir}/state",
+               "PG_BIN": str(PG_BIN), "PG_PORT": str(free_port())}
+        done = subprocess.run(["bash", str(BASE_DIR / "scripts" / "pg.sh"), command], cwd=BASE_DIR, env=env,
+                              capture_output=True, text=True, timeout=120)
+        if done.returncode:
+            raise AssertionError(f"scripts/pg.sh {command} failed:\n{done.stderr[-3000:]}")
+        return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+
+    def start(self) -> "PrivatePostgres":
+        self.url = self._pg_sh("start")
+        return self
+
+    def restart(self) -> None:
+        """`pg_ctl restart -m fast`: every session is terminated, the server comes back on the same port."""
+        self._pg_sh("restart")
+
+    def close(self) -> None:
+        import shutil
+
+        try:
+            self._pg_sh("stop")
+        except AssertionError:
+            pass
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def __enter__(self) -> "PrivatePostgres":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def manage(*args: str, env: dict) -> str:
+    """Run manage.py with `env`; returns stdout, AssertionError (with the output) if it fails."""
+    done = subprocess.run([sys.executable, "-W", "ignore", str(BASE_DIR / "manage.py"), *args], cwd=BASE_DIR,
+                          env=env, capture_output=True, text=True, timeout=300)
+    if done.returncode:
+        raise AssertionError(f"manage.py {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def server_env(db_url: str, **extra: str) -> dict:
+    """Production-like settings for a web or worker process of a test (not the tests' sync mode)."""
+    env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "Q_SYNC", "PYTEST_CURRENT_TEST"}}
+    env.update(DJANGO_SETTINGS_MODULE="config.settings", DATABASE_URL=db_url, DEBUG="0",
+               SECRET_KEY="proof-" + "k" * 50, SECURE_SSL_REDIRECT="0", ALLOWED_HOSTS="127.0.0.1,localhost",
+               EVENT_API_RATE_LIMIT="10000000", LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+class WebServer:
+    """gunicorn serving config.wsgi (sync workers, as in production) in its own process group."""
+
+    def __init__(self, *, env: dict, workers: int = 2, name: str = "web"):
+        self.env, self.workers, self.name = env, workers, name
+        self.port = free_port()
+        self.log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "WebServer":
+        gunicorn = Path(sys.executable).with_name("gunicorn")
+        self.proc = subprocess.Popen(
+            [str(gunicorn), "config.wsgi", "--workers", str(self.workers), "--bind", f"127.0.0.1:{self.port}",
+             "--no-control-socket", "--timeout", "60"],
+            cwd=BASE_DIR, env=self.env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_listening(self.port, timeout=60, proc=self.proc, what="gunicorn")
+        return self
+
+    def output(self, tail: int = 6000) -> str:
+        return Path(self.log.name).read_text(errors="replace")[-tail:]
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # the master stops its workers
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.log.close()
+        try:
+            os.unlink(self.log.name)
+        except OSError:
+            pass
+
+    def __enter__(self) -> "WebServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def redis_server_missing() -> str | None:
+    import shutil
+
+    return None if shutil.which("redis-server") else "redis-server not installed (Debian: apt install redis-server)"
+
+
+class RedisServer:
+    """A private redis-server on a free loopback port, nothing persisted; stopped at the end."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="proof-redis-")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        import shutil
+
+        self.proc = subprocess.Popen(
+            [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir, "--protected-mode", "yes"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        wait_listening(self.port, timeout=20, proc=self.proc, what="redis-server")
+        return self
+
+    def close(self) -> None:
+        import shutil
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "RedisServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def rss_bytes(pids: list[int]) -> int:
+    """Resident memory of the given processes together (VmRSS from /proc; vanished ones count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+        except OSError:
+            continue
+    return total
