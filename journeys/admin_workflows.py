@@ -24,7 +24,7 @@ from journeys.admin_base import ReadOnlyAdmin
 from journeys.choices import RunStatus, VersionState
 from journeys.engine.registry import STEP_KINDS, get_kind
 from journeys.engine.runner import RunFailed, run_retry
-from journeys.errors import PermissionDenied
+from journeys.errors import JourneyError, PermissionDenied
 from journeys.models import (
     AuditEntry,
     AuditReport,
@@ -32,6 +32,7 @@ from journeys.models import (
     ChangeRequest,
     ChangeRequestStatus,
     Edge,
+    Job,
     JourneyRun,
     OperationsSwitch,
     Step,
@@ -419,6 +420,15 @@ class VersionChildInline(admin.TabularInline):
 class StepInline(VersionChildInline):
     model = Step
     form = StepForm
+    fields = ("key", "kind", "name", "config", "x", "y", "form_link")
+    readonly_fields = ("form_link",)
+
+    @admin.display(description="form")
+    def form_link(self, obj):
+        if obj is None or obj.pk is None:
+            return "-"
+        return format_html('<a class="step-form-link" href="{}">edit in its form</a>',
+                           reverse("admin:journeys_step_change", args=[obj.pk]))
 
 
 class EdgeInline(VersionChildInline):
@@ -914,3 +924,255 @@ class JourneyRunAdmin(admin.ModelAdmin):
             else:
                 self.message_user(request, f"run {run.pk} retried: now {run.status}")
 
+
+
+# --------------------------------------------------------------------------- the step editor (a form per kind)
+
+
+@admin.register(Step)
+class StepAdmin(admin.ModelAdmin):
+    """A step's own page: pick a kind, then fill in that kind's form (journeys.forms_steps).
+
+    Reached from a version's page ("Add a step", "edit" on each step row); saving goes through
+    `step_save`, which re-checks that the version may change and who is changing it.
+    """
+
+    list_display = ("key", "kind", "name", "version")
+    list_select_related = ("version__workflow",)
+    search_fields = ("key", "name", "version__workflow__name")
+    list_filter = ("kind",)
+
+    def has_module_permission(self, request):
+        return False  # steps are edited from their version
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).filter(version__in=versions_for_user(request.user, VIEW))
+
+    def has_view_permission(self, request, obj=None):
+        return user_has_any_scope(request.user) if obj is None else user_can(request.user, VIEW, obj.version.workflow)
+
+    def has_add_permission(self, request):
+        return workflows_for_user(request.user, EDIT).exists()
+
+    def has_change_permission(self, request, obj=None):
+        return self.has_add_permission(request) if obj is None else _version_editable(request.user, obj.version)
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # removed on the version's page, where edges go with it
+
+    def add_view(self, request, form_url="", extra_context=None):
+        version = get_object_or_404(WorkflowVersion.objects.select_related("workflow"),
+                                    pk=request.GET.get("version") or 0)
+        return self._step_page(request, version, None)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        step = get_object_or_404(Step.objects.select_related("version__workflow"), pk=object_id)
+        return self._step_page(request, step.version, step)
+
+    def _step_page(self, request, version: WorkflowVersion, step: Step | None):
+        from journeys.forms_steps import kind_choices, step_form_class, step_save
+
+        if not user_can(request.user, VIEW, version.workflow):
+            raise DjangoPermissionDenied
+        editable = _version_editable(request.user, version)
+        kind = request.GET.get("kind") or (step.kind if step else "")
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "version": version,
+                   "step": step, "editable": editable, "kinds": kind_choices(), "kind": kind,
+                   "version_url": reverse("admin:journeys_workflowversion_change", args=[version.pk])}
+        if not kind:
+            if not editable:
+                raise DjangoPermissionDenied
+            context["title"] = f"Add a step to {version.workflow} v{version.number}: choose its kind"
+            return render(request, "admin/journeys/step/kind_picker.html", context)
+        try:
+            form_class = step_form_class(kind)
+        except ValidationError as exc:
+            messages.error(request, _error_text(exc))
+            return HttpResponseRedirect(f"{request.path}?version={version.pk}")
+        posting = request.method == "POST" and "_preview" not in request.POST
+        if posting and not editable:
+            raise DjangoPermissionDenied
+        form = form_class(request.POST or None, version=version, step=step)
+        reason_form = StepReasonForm(request.POST or None)
+        preview = None
+        if request.method == "POST" and "_preview" in request.POST and form.is_valid():
+            from journeys.selectors_console import template_preview
+
+            data = form.cleaned_data
+            preview = template_preview(user=request.user, template=data.get("template", ""),
+                                       locale=data.get("preview_locale", ""),
+                                       customer_ref=data.get("preview_customer", ""))
+        elif posting and form.is_valid() and reason_form.is_valid():
+            try:
+                saved = step_save(form=form, actor=request.user, reason=reason_form.cleaned_data["change_reason"])
+            except (ValidationError, PermissionDenied) as exc:
+                form.add_error(None, _error_text(exc))
+            else:
+                messages.success(request, f"Step {saved.key} ({saved.kind}) saved.")
+                if "_addanother" in request.POST:
+                    return HttpResponseRedirect(f"{reverse('admin:journeys_step_add')}?version={version.pk}")
+                if "_continue" in request.POST:
+                    return HttpResponseRedirect(reverse("admin:journeys_step_change", args=[saved.pk]))
+                return HttpResponseRedirect(context["version_url"])
+        label = STEP_KINDS[kind].label
+        context.update(form=form, reason_form=reason_form, preview=preview, kind_label=label,
+                       kind_help=STEP_KINDS[kind].help, form_help=getattr(form, "help", ""),
+                       title=f"{'Edit step ' + step.key if step else 'Add a step'}: {label}",
+                       media=self.media + form.media)
+        return render(request, "admin/journeys/step/step_form.html", context)
+
+
+class StepReasonForm(forms.Form):
+    change_reason = forms.CharField(label="Reason for this change", max_length=500, help_text=REASON_HELP,
+                                    widget=forms.TextInput(attrs={"size": 80}))
+
+
+def _version_editable(user, version: WorkflowVersion) -> bool:
+    return (not version.is_frozen and version.state in (VersionState.DRAFT, VersionState.IN_REVIEW,
+                                                        VersionState.APPROVED)
+            and not version.is_canary and user_can(user, EDIT, version.workflow))
+
+
+# --------------------------------------------------------------------------- background jobs
+
+
+class JobStartForm(forms.Form):
+    """What a job needs, by kind: a file and a source (imports), a version (replay), a customer (export)."""
+
+    file = forms.FileField(required=False, help_text="CSV with a header row, a JSON list of objects, or JSON lines")
+    source = forms.ModelChoiceField(queryset=None, required=False,
+                                    help_text="the event source the imported rows are attributed to "
+                                              "(its schema policy applies)")
+    version = forms.ModelChoiceField(queryset=None, required=False, help_text="the version to replay")
+    days = forms.IntegerField(required=False, min_value=1, max_value=60, initial=7,
+                              help_text="replay the events of this many past days")
+    customer = forms.CharField(required=False, help_text="the customer's user id or email")
+
+    FIELDS = {"import_customers": ("file", "source"), "import_events": ("file", "source"),
+              "replay": ("version", "days"), "export": ("customer",)}
+
+    def __init__(self, *args, kind: str, user, **kwargs):
+        from journeys.models import Source
+
+        super().__init__(*args, **kwargs)
+        self.kind = kind
+        self.fields["source"].queryset = Source.objects.exclude(name="internal").order_by("name")
+        editable = versions_for_user(user, REVIEW if user_has_global(user, REVIEW) else EDIT)
+        self.fields["version"].queryset = editable.select_related("workflow").order_by("workflow__name", "-number")
+        for name in list(self.fields):
+            if name not in self.FIELDS[kind]:
+                del self.fields[name]
+            elif name != "days":
+                self.fields[name].required = True
+
+    def params(self) -> dict:
+        data = self.cleaned_data
+        if self.kind == "replay":
+            return {"version_id": data["version"].pk, "days": data.get("days") or 7}
+        if self.kind == "export":
+            return {"customer_id": self.customer.pk}
+        return {"source_id": data["source"].pk}
+
+    def clean_customer(self):
+        from journeys.models import Identity
+
+        value = self.cleaned_data["customer"].strip()
+        identity = Identity.objects.filter(value__in=[value, value.lower()]).select_related("customer").first()
+        if identity is None:
+            raise ValidationError(f"no customer with id or email {value!r}")
+        self.customer = identity.customer
+        return value
+
+    def clean_file(self):
+        upload = self.cleaned_data["file"]
+        try:
+            self.text = upload.read().decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise ValidationError("the file must be UTF-8 text (CSV or JSON)") from None
+        return upload
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    """Long operations: start one (the add page), watch its progress and read its result (its page)."""
+
+    list_display = ("id", "kind", "status", "progress", "created_by", "created_at", "finished_at")
+    list_filter = ("kind", "status")
+    list_select_related = ("created_by",)
+
+    @admin.display(description="progress")
+    def progress(self, obj):
+        return f"{obj.percent}%"
+
+    def get_queryset(self, request):
+        from journeys.selectors_console import jobs_for_user
+
+        return jobs_for_user(request.user) & super().get_queryset(request)
+
+    def has_module_permission(self, request):
+        return request.user.is_active and request.user.is_staff and (
+            self.has_add_permission(request) or jobs_for_user_exists(request.user))
+
+    def has_view_permission(self, request, obj=None):
+        from journeys.selectors_console import jobs_for_user
+
+        if obj is None:
+            return self.has_module_permission(request)
+        return jobs_for_user(request.user).filter(pk=obj.pk).exists()
+
+    def has_add_permission(self, request):
+        return _may_start_data_jobs(request.user) or workflows_for_user(request.user, EDIT).exists() or \
+            user_has_global(request.user, REVIEW)
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+    def add_view(self, request, form_url="", extra_context=None):
+        from journeys.models import JobKind
+        from journeys.services.jobs import job_start
+
+        kinds = [(k, label) for k, label in JobKind.choices
+                 if (k == JobKind.REPLAY and self.has_add_permission(request)) or _may_start_data_jobs(request.user)]
+        kind = request.GET.get("kind", "")
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "kinds": kinds, "kind": kind,
+                   "title": "Start a background job"}
+        if kind not in dict(kinds):
+            return render(request, "admin/journeys/job/start.html", context)
+        form = JobStartForm(request.POST or None, request.FILES or None, kind=kind, user=request.user,
+                            initial={"version": request.GET.get("version"), "customer": request.GET.get("customer")})
+        if request.method == "POST" and form.is_valid():
+            try:
+                job = job_start(kind=kind, actor=request.user, params=form.params(),
+                                input_name=getattr(form.cleaned_data.get("file"), "name", "") or "",
+                                input_text=getattr(form, "text", ""))
+            except PermissionDenied as exc:
+                form.add_error(None, str(exc))
+            except JourneyError as exc:
+                form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+            else:
+                return HttpResponseRedirect(reverse("admin:journeys_job_change", args=[job.pk]))
+        context.update(form=form, title=f"Start: {dict(kinds)[kind]}")
+        return render(request, "admin/journeys/job/start.html", context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        from journeys.views_console import job_status
+
+        job = get_object_or_404(self.get_queryset(request), pk=object_id)
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "job": job,
+                   "status": job_status(job), "title": str(job)}
+        return render(request, "admin/journeys/job/job.html", context)
+
+
+def _may_start_data_jobs(user) -> bool:
+    from journeys.services.jobs import DATA_JOB_PERM
+
+    return bool(user.is_active and (user.is_superuser or user.has_perm(DATA_JOB_PERM)))
+
+
+def jobs_for_user_exists(user) -> bool:
+    from journeys.selectors_console import jobs_for_user
+
+    return jobs_for_user(user).exists()

@@ -11,4 +11,9 @@ urlpatterns = [
     path("", admin.site.admin_view(views_console.dashboard), name="dashboard"),
     path("dashboard.json", admin.site.admin_view(views_console.dashboard_data), name="dashboard_data"),
     path("versions/<int:pk>/graph/", admin.site.admin_view(views_console.version_graph_view), name="version_graph"),
+    path("rules/check.json", admin.site.admin_view(views_console.rule_check), name="rule_check"),
+    path("templates/preview.json", admin.site.admin_view(views_console.template_preview_view),
+         name="template_preview"),
+    path("jobs/<int:pk>.json", admin.site.admin_view(views_console.job_status_view), name="job_status"),
+    path("jobs/<int:pk>/download/", admin.site.admin_view(views_console.job_download), name="job_download"),
 ]

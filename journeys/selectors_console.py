@@ -25,6 +25,7 @@ from journeys.models import (
     Customer,
     CustomerMerge,
     Event,
+    Identity,
     JourneyRun,
     StageTransition,
     Step,
@@ -440,3 +441,98 @@ def _activity(data: dict, *, limit: int) -> list[dict]:
     items.sort(key=lambda i: i["at"] or timezone.now(), reverse=True)
     return items[:limit]
 
+
+
+# --------------------------------------------------------------------------- rule editor
+
+
+def rule_diagnose(*, text: str, version: WorkflowVersion | None = None, event: str = "") -> dict:
+    """What the rule editor shows while typing: ok, or the parser's message and its position;
+    for a rule that compiles, the attributes it reads and warnings for those nobody has (the
+    event catalog's schema, the profiles seen, the traits and variables the version's steps set)."""
+    from journeys.rules import RuleSyntaxError, compile_rule
+
+    if not text.strip():
+        return {"ok": True, "empty": True, "references": [], "warnings": []}
+    try:
+        rule = compile_rule(text)
+    except RuleSyntaxError as exc:
+        return {"ok": False, "error": exc.message, "position": exc.position, "column": exc.column,
+                "message": str(exc)}
+    references = sorted(rule.references)
+    return {"ok": True, "references": references,
+            "warnings": _attribute_warnings(references, version, event) if version is not None else []}
+
+
+def _attribute_warnings(references: list[str], version: WorkflowVersion, event: str) -> list[str]:
+    from journeys.services.catalog import catalog_property_known
+    from journeys.services.governance import _known_attributes
+
+    known = _known_attributes(version)
+    events = [e for e in (event, version.trigger_event, version.goal_event) if e]
+    warnings = []
+    for ref in references:
+        parts = ref.replace("[", ".").split(".")
+        if len(parts) < 2:
+            continue
+        if parts[0] == "profile" and parts[1] not in known["profile"]:
+            warnings.append(f"{ref}: no customer has this attribute (a typo?)")
+        elif parts[0] == "journey" and parts[1] not in known["journey"]:
+            warnings.append(f"{ref}: no step of this version sets it")
+        elif parts[0] == "event" and parts[1] == "properties" and len(parts) > 2:
+            answers = [catalog_property_known(event_name=name, path=parts[2]) for name in events]
+            if False in answers and True not in answers:
+                warnings.append(f"{ref}: not in the event catalog's schema for {', '.join(events)}")
+    return warnings
+
+
+# --------------------------------------------------------------------------- background jobs
+
+
+def jobs_for_user(user: Any):
+    """Ops admins (who may view jobs) see every job; everyone else their own."""
+    from journeys.models import Job
+
+    if user.is_superuser or user.has_perm("journeys.view_job"):
+        return Job.objects.all()
+    return Job.objects.filter(created_by=user)
+
+
+def template_preview(*, user: Any, template: str, locale: str = "", customer_ref: str = "",
+                     now: datetime | None = None) -> dict:
+    """Render a message template as the channels app would send it, for a chosen customer (by user
+    id or email; needs permission to view customers) or the most recently seen one as a sample.
+    Uses the channels app's own services (message_context, template_render): what is shown is
+    what would be sent, personalization consent included."""
+    from django.utils.module_loading import import_string
+
+    template_model = _model("channels_app", "MessageTemplate")
+    if template_model is None or not _may_view(user, template_model):
+        return {"ok": False, "field": "template", "error": "you may not preview templates"}
+    found = template_model.objects.filter(name=template).first()
+    if found is None:
+        return {"ok": False, "field": "template", "error": f"no template named {template!r}"}
+    now = now or timezone.now()
+    if customer_ref.strip():
+        if not _may_view(user, Customer):
+            return {"ok": False, "field": "preview_customer", "error": "you may not view customers"}
+        value = customer_ref.strip()
+        identity = Identity.objects.filter(value__in=[value, value.lower()]).select_related("customer").first()
+        if identity is None:
+            return {"ok": False, "field": "preview_customer", "error": f"no customer with id or email {value!r}"}
+        customer = identity.customer
+    else:
+        customer = Customer.objects.filter(merged_into__isnull=True).order_by("-last_seen", "-id").first()
+    sample_event = {"name": "Sample Event", "properties": {}}
+    links = {"unsubscribe_url": "#unsubscribe", "preferences_url": "#preferences"}
+    if customer is not None:
+        context = import_string("channels_app.services.message_context")(
+            customer=customer, now=now, context={"event": sample_event, "journey": {}, "links": links})
+    else:
+        context = {"profile": {"first_name": "Sam", "email": "sam@example.com"}, "event": sample_event,
+                   "journey": {}, "links": links, "now": now}
+    rendered = import_string("channels_app.services.template_render")(
+        template=found, context=context, locale=locale.strip() or (customer.locale if customer else ""))
+    return {"ok": True, "template": found.name, "customer": (customer.external_id or f"#{customer.pk}") if customer
+            else "sample", "subject": rendered.subject, "body": rendered.body, "html": rendered.html_body,
+            "locale": rendered.locale or "default", "missing": rendered.missing, "errors": rendered.errors}

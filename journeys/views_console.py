@@ -279,3 +279,81 @@ def version_graph_view(request: HttpRequest, pk: int) -> HttpResponse:
     context = {**admin.site.each_context(request), "title": f"Graph of {version}", "version": version,
                "workflow": version.workflow, "panels": panels, "versions": versions, "other": other}
     return render(request, "console/graph.html", context)
+
+
+# --------------------------------------------------------------------------- step editor helpers
+
+
+@never_cache
+def rule_check(request: HttpRequest) -> JsonResponse:
+    """Staff-only: parse a rule with the real rule parser while it is typed (GET or POST `rule`,
+    optional `version` and `event` for attribute warnings)."""
+    from journeys.selectors import VIEW, user_can
+    from journeys.selectors_console import rule_diagnose
+
+    data = request.POST if request.method == "POST" else request.GET
+    version = None
+    if data.get("version", "").isdigit():
+        version = version_for_user(user=request.user, pk=int(data["version"]))
+        if version is not None and not user_can(request.user, VIEW, version.workflow):
+            version = None
+    return JsonResponse(rule_diagnose(text=data.get("rule", ""), version=version, event=data.get("event", "")))
+
+
+@never_cache
+def template_preview_view(request: HttpRequest) -> JsonResponse:
+    """Staff-only: a send_message step's template rendered for a customer (or a sample)."""
+    from journeys.selectors_console import template_preview
+
+    data = request.POST if request.method == "POST" else request.GET
+    result = template_preview(user=request.user, template=data.get("template", ""), locale=data.get("locale", ""),
+                              customer_ref=data.get("customer", ""))
+    return JsonResponse(result, status=200 if result["ok"] else 400)
+
+
+# --------------------------------------------------------------------------- background jobs
+
+
+def _job(request: HttpRequest, pk: int):
+    from journeys.selectors_console import jobs_for_user
+
+    job = jobs_for_user(request.user).filter(pk=pk).first()
+    if job is None:
+        raise Http404("no such job")
+    return job
+
+
+def job_status(job) -> dict[str, Any]:
+    """What the job page polls: status, progress and (once finished) where the result is."""
+    return {"id": job.pk, "kind": job.kind, "status": job.status, "status_label": job.get_status_display(),
+            "done": job.progress_done, "total": job.progress_total, "percent": job.percent,
+            "message": job.message, "error": job.error, "finished": job.finished,
+            "page": reverse("admin:journeys_job_change", args=[job.pk])}
+
+
+@never_cache
+def job_status_view(request: HttpRequest, pk: int) -> JsonResponse:
+    return JsonResponse(job_status(_job(request, pk)))
+
+
+def job_download(request: HttpRequest, pk: int) -> HttpResponse:
+    """The result as a file: the export, the replay report, or the import's rejected rows (CSV)."""
+    import csv
+    import io
+
+    job = _job(request, pk)
+    if job.status != "succeeded":
+        raise Http404("the job has no result yet")
+    if job.kind.startswith("import_"):
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=["row", "field", "error"])
+        writer.writeheader()
+        writer.writerows(job.result.get("rejected_rows", []))
+        response = HttpResponse(out.getvalue(), content_type="text/csv")
+        name = f"job-{job.pk}-rejected.csv"
+    else:
+        body = job.result.get("export", job.result) if job.kind == "export" else job.result
+        response = HttpResponse(json.dumps(body, indent=2, default=str), content_type="application/json")
+        name = f"job-{job.pk}-{job.kind}.json"
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response

@@ -42,3 +42,7 @@ __all__ = [
 from journeys.models.catalog import EventDefinition, LifecycleStage, StageTransition  # noqa: E402
 
 __all__ += ["EventDefinition", "LifecycleStage", "StageTransition"]
+
+from journeys.models.jobs import Job, JobKind, JobStatus  # noqa: E402
+
+__all__ += ["Job", "JobKind", "JobStatus"]

@@ -1,0 +1,63 @@
+"""Background jobs started from the console: long operations with progress and a result page."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class JobKind(models.TextChoices):
+    IMPORT_CUSTOMERS = "import_customers", "Bulk import of customers"
+    IMPORT_EVENTS = "import_events", "Bulk import of events"
+    REPLAY = "replay", "Dry-run replay of a version"
+    EXPORT = "export", "Data-subject export"
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+class Job(models.Model):
+    """One long operation run by a django-q2 worker.
+
+    The console page polls `progress_done / progress_total`; the result (counts, rejected rows,
+    the replay report, the export) stays here so the result page can be opened again later.
+    The uploaded input is kept in the row because the worker may run on another machine.
+    """
+
+    kind = models.CharField(max_length=32, choices=JobKind.choices)
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    params = models.JSONField(default=dict, blank=True)
+    input_name = models.CharField(max_length=255, blank=True)
+    input_text = models.TextField(blank=True, help_text="uploaded file content (imports)")
+    progress_done = models.PositiveIntegerField(default=0)
+    progress_total = models.PositiveIntegerField(default=0)
+    message = models.CharField(max_length=255, blank=True, help_text="what the job is doing now")
+    result = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        permissions = [
+            ("run_data_jobs", "Can run bulk imports and data-subject exports"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} #{self.pk} ({self.status})"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+    @property
+    def percent(self) -> int:
+        if self.finished and self.status == JobStatus.SUCCEEDED:
+            return 100
+        return int(100 * self.progress_done / self.progress_total) if self.progress_total else 0

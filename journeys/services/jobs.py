@@ -1,0 +1,321 @@
+"""Long operations run as background jobs (django-q2) with progress and a stored result.
+
+`job_start` checks who may run what, stores the job and enqueues `run_job` after commit;
+`run_job` (the q2 task) reloads the row and calls the service of the job's kind, which
+reports progress as it goes. The work itself is done by existing services: ingestion
+(`events_parse` / `event_ingest`) for imports, `version_replay` for dry-run replays and the
+channels app's `customer_export` for data-subject exports.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from journeys.errors import EventValidationError, JourneyError, PermissionDenied, PayloadTooLarge
+from journeys.models import Customer, Job, JobKind, JobStatus, Source, WorkflowVersion
+from journeys.selectors import EDIT, REVIEW, user_can, user_has_global
+
+logger = logging.getLogger(__name__)
+
+IMPORT_BATCH = 500
+MAX_INPUT_BYTES = 20 * 1024 * 1024
+MAX_ROWS = 100_000
+DATA_JOB_PERM = "journeys.run_data_jobs"
+# The channels app owns the export of everything held about a person; journeys does not import it.
+EXPORT_SERVICE = "channels_app.services.privacy.customer_export"
+# Columns of a customer CSV that fill the profile (every other column becomes a trait).
+CUSTOMER_ID_COLUMNS = ("user_id", "userId")
+EVENT_COLUMNS = {"user_id": "userId", "userid": "userId", "anonymous_id": "anonymousId",
+                 "anonymousid": "anonymousId", "event": "event", "timestamp": "timestamp",
+                 "message_id": "messageId", "messageid": "messageId", "type": "type"}
+
+
+# --------------------------------------------------------------------------- permissions
+
+
+def job_check_allowed(*, actor: Any, kind: str, params: dict) -> None:
+    """Imports and exports: ops admins (`run_data_jobs`). Replays: whoever may edit the workflow
+    (a business-unit editor, for the unit's workflows) or review changes."""
+    if actor is None or not getattr(actor, "is_active", False):
+        raise PermissionDenied("sign in to run a job")
+    if kind == JobKind.REPLAY:
+        version = WorkflowVersion.objects.select_related("workflow").filter(pk=params.get("version_id")).first()
+        if version is None:
+            raise JourneyError(f"no workflow version with id {params.get('version_id')!r}", field="version")
+        if not (user_can(actor, EDIT, version.workflow) or user_has_global(actor, REVIEW)):
+            raise PermissionDenied(f"you may not replay versions of {version.workflow.name}")
+        return
+    if kind not in JobKind.values:
+        raise JourneyError(f"unknown job kind {kind!r}", field="kind")
+    if not (actor.is_superuser or actor.has_perm(DATA_JOB_PERM)):
+        raise PermissionDenied("only ops admins may run bulk imports and data-subject exports")
+
+
+def job_start(*, kind: str, actor: Any, params: dict | None = None, input_name: str = "",
+              input_text: str = "") -> Job:
+    """Store a job and hand it to a q2 worker once the transaction commits."""
+    from django_q.tasks import async_task
+
+    params = dict(params or {})
+    job_check_allowed(actor=actor, kind=kind, params=params)
+    if kind in (JobKind.IMPORT_CUSTOMERS, JobKind.IMPORT_EVENTS):
+        if not input_text.strip():
+            raise JourneyError("the uploaded file is empty", field="file")
+        if len(input_text.encode("utf-8")) > MAX_INPUT_BYTES:
+            raise JourneyError(f"the file is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MB", field="file")
+        if not Source.objects.filter(pk=params.get("source_id")).exists():
+            raise JourneyError("choose the source the rows are attributed to", field="source")
+    if kind == JobKind.EXPORT and not Customer.objects.filter(pk=params.get("customer_id")).exists():
+        raise JourneyError(f"no customer with id {params.get('customer_id')!r}", field="customer")
+    with transaction.atomic():
+        job = Job.objects.create(kind=kind, params=params, input_name=input_name[:255], input_text=input_text,
+                                 created_by=actor)
+        transaction.on_commit(lambda: async_task("journeys.services.jobs.run_job", job.pk,
+                                                 task_name=f"job-{job.pk}"))
+    return job
+
+
+# --------------------------------------------------------------------------- the q2 task
+
+
+def job_progress(*, job: Job, done: int, total: int | None = None, message: str = "") -> None:
+    """Record progress where the status page sees it (its own short write, outside the work)."""
+    job.progress_done = done
+    if total is not None:
+        job.progress_total = total
+    if message:
+        job.message = message[:255]
+    Job.objects.filter(pk=job.pk).update(progress_done=job.progress_done, progress_total=job.progress_total,
+                                         message=job.message)
+
+
+def run_job(job_id: int) -> str:
+    """The q2 task: run one job to its end. A job that already finished is left alone (a retried
+    task does not run twice); imports are idempotent anyway (message ids derive from job and row)."""
+    job = Job.objects.filter(pk=job_id).first()
+    if job is None or job.finished:
+        return "gone" if job is None else job.status
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, started_at=timezone.now())
+    runner = RUNNERS[job.kind]
+    try:
+        result = runner(job)
+    except Exception as exc:  # noqa: BLE001 - a job reports any failure on its page
+        logger.exception("job %s failed", job.pk)
+        Job.objects.filter(pk=job.pk).update(status=JobStatus.FAILED, error=str(exc)[:5000] or type(exc).__name__,
+                                             finished_at=timezone.now())
+        return JobStatus.FAILED
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.SUCCEEDED, result=result, finished_at=timezone.now(),
+                                         message="finished")
+    return JobStatus.SUCCEEDED
+
+
+# --------------------------------------------------------------------------- imports
+
+
+def _records(job: Job) -> list[dict]:
+    """The uploaded rows: a JSON list of objects, JSON lines, or CSV with a header row."""
+    text = job.input_text.lstrip("\ufeff")
+    stripped = text.strip()
+    if stripped.startswith("["):
+        try:
+            data = json.loads(stripped)
+        except ValueError as exc:
+            raise JourneyError(f"not valid JSON: {exc}", field="file") from None
+        return data
+    if stripped.startswith("{"):
+        rows = []
+        for number, line in enumerate(stripped.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as exc:
+                    rows.append(_Broken(f"not valid JSON ({exc.msg})"))
+        return rows
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames:
+        raise JourneyError("the CSV file has no header row", field="file")
+    return [{k.strip(): v for k, v in row.items() if k} for row in reader]
+
+
+class _Broken(dict):
+    """A line that could not be read: rejected with its reason, never skipped silently."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+
+def _value(text: Any) -> Any:
+    """CSV cells are text: numbers, booleans and JSON objects/lists are read as such."""
+    if not isinstance(text, str):
+        return text
+    value = text.strip()
+    if value in ("true", "false"):
+        return value == "true"
+    if value[:1] in ("{", "[") or value.lstrip("-").replace(".", "", 1).isdigit():
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _customer_payload(row: dict, job: Job, number: int) -> dict:
+    user_id = next((str(row[k]).strip() for k in CUSTOMER_ID_COLUMNS if row.get(k) not in (None, "")), "")
+    if not user_id:
+        raise EventValidationError("is required", field="user_id")
+    traits = dict(row.get("traits") or {}) if isinstance(row.get("traits"), dict) else {}
+    for key, raw in row.items():
+        if key in (*CUSTOMER_ID_COLUMNS, "traits") or raw in (None, ""):
+            continue
+        traits[key] = _value(raw)
+    return {"type": "identify", "userId": user_id, "traits": traits, "messageId": f"import-{job.pk}-{number}"}
+
+
+def _event_payload(row: dict, job: Job, number: int) -> dict:
+    if "properties" in row and isinstance(row["properties"], dict) or "userId" in row or "anonymousId" in row:
+        payload = dict(row)  # already Segment-shaped (JSON input)
+    else:
+        payload, properties = {"type": "track"}, {}
+        for key, raw in row.items():
+            if raw in (None, ""):
+                continue
+            name = EVENT_COLUMNS.get(key.lower())
+            if name:
+                payload[name] = str(raw).strip()
+            elif key.startswith("properties."):
+                properties[key.split(".", 1)[1]] = _value(raw)
+            elif key == "properties":
+                properties.update(_value(raw) if isinstance(_value(raw), dict) else {})
+            else:
+                properties[key] = _value(raw)
+        payload["properties"] = properties
+    payload.setdefault("type", "track")
+    payload.setdefault("messageId", f"import-{job.pk}-{number}")
+    return payload
+
+
+def _import(job: Job, build: Callable[[dict, Job, int], dict]) -> dict:
+    """Validate every row (a bad one is rejected with its row number and field), then store the
+    good rows in batches: each batch is one transaction, so a batch is stored whole or not at all."""
+    from journeys.services.catalog import catalog_apply
+    from journeys.services.ingest import event_ingest, events_parse
+
+    source = Source.objects.get(pk=job.params["source_id"])
+    rows = _records(job)
+    if not isinstance(rows, list):
+        raise JourneyError("expected a list of rows", field="file")
+    if len(rows) > MAX_ROWS:
+        raise JourneyError(f"{len(rows)} rows; the limit is {MAX_ROWS} per file", field="file")
+    total = len(rows)
+    job_progress(job=job, done=0, total=total * 2, message=f"checking {total} rows")
+    received = timezone.now()
+    good, rejected = [], []
+    # Row numbers count as people do: the CSV header is line 1, so data starts at 2; JSON rows from 1.
+    first = 2 if not job.input_text.strip().startswith(("[", "{")) else 1
+    for index, row in enumerate(rows):
+        number = index + first
+        try:
+            if isinstance(row, _Broken):
+                raise EventValidationError(row.reason, field="row")
+            if not isinstance(row, dict):
+                raise EventValidationError("must be an object", field="row")
+            parsed = events_parse(payloads=[build(row, job, number)], received_at=received)
+            catalog_apply(policy=source.schema_policy, events=parsed)
+        except (EventValidationError, PayloadTooLarge) as exc:
+            rejected.append({"row": number, "field": exc.field or "", "error": exc.message})
+        else:
+            good.append((number, parsed[0]))
+        if index % 200 == 199:
+            job_progress(job=job, done=index + 1)
+    job_progress(job=job, done=total, total=total + len(good), message=f"storing {len(good)} rows")
+    stored = duplicates = 0
+    failed_batches = []
+    for start in range(0, len(good), IMPORT_BATCH):
+        batch = good[start : start + IMPORT_BATCH]
+        try:
+            outcome = event_ingest(source=source, events=[p for _, p in batch])
+        except JourneyError as exc:  # the batch's transaction rolled back: none of it is stored
+            failed_batches.append({"rows": f"{batch[0][0]}-{batch[-1][0]}", "error": str(exc)})
+        else:
+            stored += outcome.stored
+            duplicates += outcome.duplicates
+        job_progress(job=job, done=total + start + len(batch))
+    return {"rows": total, "imported": stored, "duplicates": duplicates, "rejected": len(rejected),
+            "rejected_rows": rejected[:1000], "failed_batches": failed_batches, "source": source.name}
+
+
+def _import_customers(job: Job) -> dict:
+    return _import(job, _customer_payload)
+
+
+def _import_events(job: Job) -> dict:
+    return _import(job, _event_payload)
+
+
+# --------------------------------------------------------------------------- replay, export
+
+
+def _replay(job: Job) -> dict:
+    """Replay one day at a time so the page shows progress, then add the days up."""
+    from journeys.services.governance import version_replay
+
+    version = WorkflowVersion.objects.select_related("workflow").get(pk=job.params["version_id"])
+    live = version.workflow.live_version
+    baseline = live if live is not None and live.pk != version.pk else None
+    days = int(job.params.get("days") or 7)
+    limit = int(job.params.get("limit") or 200)
+    now = timezone.now()
+    job_progress(job=job, done=0, total=days, message=f"replaying {days} days of events")
+    total: dict = {"days": days, "events": 0, "differs": 0, "entered": Counter(), "rows": [],
+                   "reach": {"proposed": Counter(), "live": Counter()},
+                   "messages": {"proposed": Counter(), "live": Counter()}}
+    for day in range(days):
+        part = version_replay(proposed=version, baseline=baseline, days=1, limit=limit,
+                              now=now - timedelta(days=day))
+        total["events"] += part["events"]
+        total["differs"] += part["differs"]
+        total["entered"].update(part["entered"])
+        for side in ("proposed", "live"):
+            total["reach"][side].update(part["reach"][side])
+            total["messages"][side].update(part["messages"][side])
+        total["rows"].extend(part["rows"][: max(0, limit - len(total["rows"]))])
+        job_progress(job=job, done=day + 1, message=f"day {day + 1} of {days}: {total['events']} events so far")
+    return {
+        "generated_at": now.isoformat(), "days": days, "events": total["events"], "differs": total["differs"],
+        "customers": len({r["customer"] for r in total["rows"]}),
+        "proposed": {"id": version.pk, "number": version.number, "workflow": version.workflow.name},
+        "baseline": {"id": baseline.pk, "number": baseline.number} if baseline else None,
+        "entered": dict(total["entered"]),
+        "reach": {k: dict(sorted(v.items())) for k, v in total["reach"].items()},
+        "messages": {k: dict(sorted(v.items())) for k, v in total["messages"].items()},
+        "rows": total["rows"],
+    }
+
+
+def _export(job: Job) -> dict:
+    customer = Customer.objects.get(pk=job.params["customer_id"])
+    job_progress(job=job, done=0, total=1, message=f"collecting everything held about customer #{customer.pk}")
+    data = import_string(EXPORT_SERVICE)(customer=customer)
+    job_progress(job=job, done=1)
+    sections = {k: len(v) for k, v in data.items() if isinstance(v, list)}
+    return {"customer": customer.pk, "external_id": customer.external_id, "sections": sections, "export": data}
+
+
+RUNNERS: dict[str, Callable[[Job], dict]] = {
+    JobKind.IMPORT_CUSTOMERS: _import_customers,
+    JobKind.IMPORT_EVENTS: _import_events,
+    JobKind.REPLAY: _replay,
+    JobKind.EXPORT: _export,
+}
