@@ -32,6 +32,7 @@ class SendMessage(StepKind):
     help = ("Renders a template and sends it on a channel (falling back along the channel's fallback chain). "
             "Consent, quiet hours and frequency caps apply; a holdout customer's message is suppressed.")
     side_effects = True
+    batch_safe = True  # in an engine batch its Delivery waits for the batch's INSERT (SendBatch)
     fields = {
         "channel": "channel name",
         "template": "template name",
@@ -58,9 +59,14 @@ class SendMessage(StepKind):
     def execute(self, ctx: StepContext) -> StepResult:
         from channels_app.models import Channel, MessageTemplate
         from channels_app.services import channel_pick, message_context, message_send, template_render
+        from channels_app.services.sending import SendBatch
 
-        channel = Channel.objects.get(name=ctx.config["channel"])
-        template = MessageTemplate.objects.get(name=ctx.config["template"])
+        batch = None if ctx.dry_run else SendBatch.current()
+        if batch is not None:
+            channel, template = batch.channel(ctx.config["channel"]), batch.template(ctx.config["template"])
+        else:
+            channel = Channel.objects.get(name=ctx.config["channel"])
+            template = MessageTemplate.objects.get(name=ctx.config["template"])
         context = {"profile": ctx.profile, "event": event_dict(ctx.event), "journey": ctx.run.variables}
         if ctx.dry_run:
             real = ctx.customer if getattr(ctx.customer, "pk", None) else None
@@ -77,9 +83,10 @@ class SendMessage(StepKind):
         policy = {"min_gap_other_channel_s": ctx.config["min_gap_other_channel"],
                   "recent_contact_action": ctx.config["recent_contact_action"]} \
             if ctx.config.get("min_gap_other_channel") else {}
-        delivery = message_send(customer=ctx.customer, template=template, channel=channel,
-                                idempotency_key=ctx.idempotency_key, context=context, run_id=ctx.run.pk,
-                                step_key=ctx.step_key, policy_options=policy, now=ctx.now)
+        send = batch.message if batch is not None else message_send
+        delivery = send(customer=ctx.customer, template=template, channel=channel,
+                        idempotency_key=ctx.idempotency_key, context=context, run_id=ctx.run.pk,
+                        step_key=ctx.step_key, policy_options=policy, now=ctx.now)
         return StepResult(outcome="next", detail={"delivery": delivery.pk, "channel": delivery.channel.name,
                                                   "status": delivery.status, "reason": delivery.reason})
 

@@ -12,6 +12,12 @@ def delivery_send(delivery_id: int, now: str | None = None) -> str:
     return delivery.status if delivery else "missing"
 
 
+def deliveries_send(delivery_ids: list[int]) -> dict:
+    """The queued deliveries of one engine batch, one after another (each in its own
+    transactions, as delivery_send); one failing does not stop the others."""
+    return dispatch.deliveries_dispatch(delivery_ids=delivery_ids)
+
+
 def deliveries_tick() -> int:
     """Every minute: deferred sends that are due, lost enqueues, expired send leases."""
     return dispatch.deliveries_dispatch_due()

@@ -25,7 +25,13 @@ def consent_refusal(*, customer: Customer, channel_kind: str, topic: Topic | Non
     """
     rows = list(Consent.objects.filter(customer=customer, channel_kind__in=["", channel_kind])
                 .filter(Q(topic__isnull=True) | Q(topic=topic) if topic else Q(topic__isnull=True)))
-    status = {(r.channel_kind, r.topic_id): r.status for r in rows}
+    return refusal_from(status={(r.channel_kind, r.topic_id): r.status for r in rows}, channel_kind=channel_kind,
+                        topic=topic)
+
+
+def refusal_from(*, status: dict[tuple[str, int | None], str], channel_kind: str, topic: Topic | None) -> Reason | None:
+    """consent_refusal over rows already loaded: {(channel kind or "", topic id or None): status}
+    (a batch loads every consent of its customers with one query)."""
     if status.get(("", None)) == ConsentStatus.OPTED_OUT:
         return Reason.DO_NOT_CONTACT
     if topic is not None and topic.transactional:

@@ -196,6 +196,22 @@ def _record(*, delivery: Delivery, result, failure: ProviderError | None, latenc
 
 
 
+def deliveries_dispatch(*, delivery_ids: list[int]) -> dict:
+    """Dispatch several deliveries one after another (the engine queues one task per batch).
+    Each has its own claim and result transactions, so one that fails (a bug, a provider
+    raising something unexpected) is logged and left to the sweeper; the others go on."""
+    outcome: dict[str, int] = {}
+    for pk in delivery_ids:
+        try:
+            delivery = delivery_dispatch(delivery_id=pk)
+            status = delivery.status if delivery else "missing"
+        except Exception:
+            logger.exception("dispatching delivery %s failed", pk)
+            status = "error"
+        outcome[status] = outcome.get(status, 0) + 1
+    return outcome
+
+
 def deliveries_dispatch_due(*, now: datetime | None = None, limit: int = 500) -> int:
     """The sweeper (every minute): deferred deliveries whose time has come, queued ones
     whose enqueue was lost, and sends whose worker died (lease expired)."""

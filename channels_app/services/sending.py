@@ -12,9 +12,10 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.html import escape
 
-from channels_app.choices import ChannelKind, DeliveryStatus, Reason
-from channels_app.models import Channel, Delivery, MessageTemplate
-from channels_app.services.consent import consent_refusal, personalization_allowed
+from channels_app.choices import ChannelKind, ConsentStatus, DeliveryStatus, Reason
+from channels_app.models import Channel, Consent, Delivery, MessageTemplate, Topic
+from channels_app.services.consent import consent_refusal, personalization_allowed, refusal_from
+from journeys.engine.batch import reserve_ids
 from channels_app.services.links import link_url
 from channels_app.services.templates import template_render
 
@@ -32,16 +33,21 @@ def channel_address(channel: Channel, profile: dict) -> str:
     return str(profile.get(field) or "")
 
 
-def channel_pick(*, channel: Channel, profile: dict, customer=None, topic=None) -> tuple[Channel | None, str, str]:
+def channel_pick(*, channel: Channel, profile: dict, customer=None, topic=None,
+                 refuse=None) -> tuple[Channel | None, str, str]:
     """Follow the fallback chain past channels that are disabled, cannot reach the customer
-    or that the customer refused; returns (channel, address, reason when none fits)."""
+    or that the customer refused; returns (channel, address, reason when none fits).
+    `refuse(channel_kind, topic)` replaces the consent query (a batch's preloaded consents)."""
     seen: set[int] = set()
     current, first_reason = channel, ""
     while current is not None and current.pk not in seen:
         seen.add(current.pk)
         address = channel_address(current, profile)
         if current.enabled and address:
-            refusal = consent_refusal(customer=customer, channel_kind=current.kind, topic=topic) if customer else None
+            if refuse is not None:
+                refusal = refuse(current.kind, topic)
+            else:
+                refusal = consent_refusal(customer=customer, channel_kind=current.kind, topic=topic) if customer else None
             if refusal is None:
                 return current, address, ""
             first_reason = first_reason or refusal
@@ -49,9 +55,10 @@ def channel_pick(*, channel: Channel, profile: dict, customer=None, topic=None) 
     return None, "", first_reason or Reason.NO_ADDRESS
 
 
-def message_context(*, customer, context: dict, now: datetime) -> dict:
+def message_context(*, customer, context: dict, now: datetime, personalized: bool | None = None) -> dict:
     """The data a template may read: profile, traits, scores, event, journey. Without the
-    customer's personalization consent, only the minimal profile (no traits, no scores)."""
+    customer's personalization consent, only the minimal profile (no traits, no scores).
+    `personalized` is that consent when the caller already knows it (a batch)."""
     from journeys.engine.runtime import profile_dict
 
     data = dict(context or {})
@@ -59,7 +66,7 @@ def message_context(*, customer, context: dict, now: datetime) -> dict:
     traits = dict(data.get("traits") or customer.traits or {})
     scores = dict(data.get("scores") or profile.get("scores") or {})
     scores.update({k: v for k, v in traits.items() if k.startswith("propensity") or k.endswith("_score")})
-    if not personalization_allowed(customer=customer):
+    if not (personalization_allowed(customer=customer) if personalized is None else personalized):
         profile = {k: profile.get(k) for k in MINIMAL_PROFILE if profile.get(k) is not None}
         traits, scores = {}, {}
     data.update(profile=profile, traits=traits, scores=scores, now=now)
@@ -102,6 +109,68 @@ def _enqueue(delivery: Delivery) -> None:
     transaction.on_commit(lambda: async_task("channels_app.tasks.delivery_send", pk, group="deliveries"))
 
 
+def _enqueue_many(ids: list[int]) -> None:
+    """One dispatch task for the queued deliveries of a batch (after commit; the dispatch
+    sweeper finds them if the enqueue is lost)."""
+    from django_q.tasks import async_task
+
+    ids = list(ids)
+    transaction.on_commit(lambda: async_task("channels_app.tasks.deliveries_send", ids, group="deliveries"))
+
+
+def _decide(*, customer, template: MessageTemplate, channel: Channel, context: dict, now: datetime,
+            personalized: bool | None = None, refuse=None) -> tuple[dict, Channel | None, str, str]:
+    """Holdout, consent and reachability: (template data, picked channel or None, address, refusal)."""
+    data = message_context(customer=customer, context=context, now=now, personalized=personalized)
+    picked, to, refusal = channel_pick(channel=channel, profile=data["profile"], customer=customer,
+                                       topic=template.topic, refuse=refuse)
+    if (data.get("journey") or {}).get("holdout"):
+        picked, refusal = None, Reason.HOLDOUT
+    return data, picked, to, refusal
+
+
+def _new_delivery(*, customer, template: MessageTemplate, channel: Channel, picked: Channel | None, to: str,
+                  refusal: str, idempotency_key: str, latest: int | None, run_id, step_key: str,
+                  policy_options: dict | None, choice_reason: str, now: datetime, send_at: datetime | None,
+                  pk: int | None = None) -> Delivery:
+    topic = template.topic
+    delivery = Delivery(
+        pk=pk, idempotency_key=idempotency_key, customer=customer, channel=picked or channel,
+        requested_channel=channel if picked and picked.pk != channel.pk else None,
+        template=template, template_version=latest, topic=topic,
+        transactional=bool(topic and topic.transactional), run_id=run_id, step_key=step_key, to=to,
+        policy=policy_options or {}, choice_reason=choice_reason[:255],
+        status=DeliveryStatus.QUEUED if picked else DeliveryStatus.SUPPRESSED,
+        reason="" if picked else refusal, error="" if picked else Reason(refusal).label,
+    )
+    if picked and send_at is not None and send_at > now:
+        delivery.status, delivery.reason, delivery.next_attempt_at = DeliveryStatus.DEFERRED, Reason.SEND_TIME, send_at
+    return delivery
+
+
+def _render_into(delivery: Delivery, *, template: MessageTemplate, data: dict, customer, notes: dict | None) -> None:
+    """Content of a delivery that has its primary key (links carry it); a template that fails
+    to render fails the delivery (recorded), not the caller."""
+    links = _links(delivery)
+    try:
+        rendered = template_render(template=template, context={**data, "links": links}, locale=customer.locale or "")
+    except Exception as exc:  # a template saved around the admin's check, or a filter that raised
+        delivery.status, delivery.reason = DeliveryStatus.FAILED, Reason.TEMPLATE_ERROR
+        delivery.error = f"{type(exc).__name__}: {exc}"[:4000]
+        return
+    html = rendered.html_body
+    if html and delivery.channel.kind == ChannelKind.EMAIL and (delivery.channel.settings or {}).get("track", True):
+        html = _track_html(html, delivery, set(links.values()))
+    delivery.subject, delivery.body, delivery.html_body = rendered.subject[:255], rendered.body, html
+    delivery.locale, delivery.content_hash = rendered.locale, rendered.content_hash
+    delivery.notes = {**(notes or {}),
+                      **{k: v for k, v in (("missing", rendered.missing), ("render_errors", rendered.errors)) if v}}
+
+
+def _latest_version(template: MessageTemplate) -> int | None:
+    return template.history.order_by("-history_id").values_list("history_id", flat=True).first()
+
+
 @transaction.atomic
 def message_send(*, customer, template: MessageTemplate, channel: Channel, idempotency_key: str, context: dict,
                  run_id=None, step_key: str = "", policy_options: dict | None = None,
@@ -113,52 +182,129 @@ def message_send(*, customer, template: MessageTemplate, channel: Channel, idemp
     suppressed with its reason); quiet hours, caps, pauses and breakers at send time.
     `send_at` (later than now) holds the message until then (reason `send_time`);
     `notes` and `choice_reason` record why a best-channel step chose this channel.
+    (The engine's send_message step uses `SendBatch.message`, the same decisions for a
+    whole batch of events.)
     """
     existing = Delivery.objects.filter(idempotency_key=idempotency_key).first()
     if existing is not None:
         return existing
     now = now or timezone.now()
-    data = message_context(customer=customer, context=context, now=now)
-    topic = template.topic
-    picked, to, refusal = channel_pick(channel=channel, profile=data["profile"], customer=customer, topic=topic)
-    if (data.get("journey") or {}).get("holdout"):
-        picked, refusal = None, Reason.HOLDOUT
-    latest = template.history.order_by("-history_id").values_list("history_id", flat=True).first()
+    data, picked, to, refusal = _decide(customer=customer, template=template, channel=channel, context=context, now=now)
     try:
         with transaction.atomic():
-            delivery = Delivery.objects.create(
-                idempotency_key=idempotency_key, customer=customer, channel=picked or channel,
-                requested_channel=channel if picked and picked.pk != channel.pk else None,
-                template=template, template_version=latest, topic=topic,
-                transactional=bool(topic and topic.transactional), run_id=run_id, step_key=step_key, to=to,
-                policy=policy_options or {}, choice_reason=choice_reason[:255],
-                status=DeliveryStatus.QUEUED if picked else DeliveryStatus.SUPPRESSED,
-                reason="" if picked else refusal, error="" if picked else Reason(refusal).label,
+            delivery = _new_delivery(
+                customer=customer, template=template, channel=channel, picked=picked, to=to, refusal=refusal,
+                idempotency_key=idempotency_key, latest=_latest_version(template), run_id=run_id, step_key=step_key,
+                policy_options=policy_options, choice_reason=choice_reason, now=now, send_at=send_at,
             )
-            if picked and send_at is not None and send_at > now:
-                delivery.status, delivery.reason, delivery.next_attempt_at = (
-                    DeliveryStatus.DEFERRED, Reason.SEND_TIME, send_at)
+            delivery.save(force_insert=True)
     except IntegrityError:
         return Delivery.objects.get(idempotency_key=idempotency_key)
-    links = _links(delivery)
-    try:
-        rendered = template_render(template=template, context={**data, "links": links}, locale=customer.locale or "")
-    except Exception as exc:  # a template saved around the admin's check, or a filter that raised
-        delivery.status, delivery.reason = DeliveryStatus.FAILED, Reason.TEMPLATE_ERROR
-        delivery.error = f"{type(exc).__name__}: {exc}"[:4000]
-        delivery.save()
-        return delivery
-    html = rendered.html_body
-    if html and delivery.channel.kind == ChannelKind.EMAIL and (delivery.channel.settings or {}).get("track", True):
-        html = _track_html(html, delivery, set(links.values()))
-    delivery.subject, delivery.body, delivery.html_body = rendered.subject[:255], rendered.body, html
-    delivery.locale, delivery.content_hash = rendered.locale, rendered.content_hash
-    delivery.notes = {**(notes or {}),
-                      **{k: v for k, v in (("missing", rendered.missing), ("render_errors", rendered.errors)) if v}}
+    _render_into(delivery, template=template, data=data, customer=customer, notes=notes)
     delivery.save()
     if delivery.status == DeliveryStatus.QUEUED:
         _enqueue(delivery)
     return delivery
+
+
+class SendBatch:
+    """message_send for one engine batch (`journeys.engine.batch`): channels, templates and
+    the customers' consents are loaded once per batch, each Delivery is built in memory
+    with a reserved primary key, and `flush()` inserts them all with one statement and
+    queues one dispatch task for the batch instead of one per message.
+
+    Per-batch caches only: a channel disabled or a consent withdrawn is seen by the next
+    batch, and dispatch checks consent, pauses and breakers again at send time.
+    """
+
+    KEY = "channels.send"
+    RESERVE = 64
+
+    def __init__(self, batch) -> None:
+        self.customer_ids = set(batch.customer_ids)
+        self._channels: dict[str, Channel] = {}
+        self._templates: dict[str, tuple[MessageTemplate, int | None]] = {}
+        self._consents: dict[int, list[tuple]] | None = None
+        self._ids: list[int] = []
+        self.pending: dict[str, Delivery] = {}
+
+    @classmethod
+    def current(cls) -> SendBatch | None:
+        from journeys.engine.batch import current_batch
+
+        batch = current_batch()
+        return batch.extension(cls.KEY, cls) if batch is not None else None
+
+    def channel(self, name: str) -> Channel:
+        if name not in self._channels:
+            self._channels[name] = Channel.objects.select_related("fallback").get(name=name)
+        return self._channels[name]
+
+    def template(self, name: str) -> MessageTemplate:
+        if name not in self._templates:
+            template = MessageTemplate.objects.select_related("topic").prefetch_related("variants").get(name=name)
+            self._templates[name] = (template, _latest_version(template))
+        return self._templates[name][0]
+
+    def _consent_rows(self, customer_id: int) -> list[tuple]:
+        if self._consents is None:
+            self._consents = {}
+            for row in Consent.objects.filter(customer_id__in=self.customer_ids).values_list(
+                "customer_id", "channel_kind", "topic_id", "status", "topic__slug"
+            ):
+                self._consents.setdefault(row[0], []).append(row[1:])
+        if customer_id not in self.customer_ids:  # not one of the batch's customers: ask
+            self.customer_ids.add(customer_id)
+            self._consents[customer_id] = list(Consent.objects.filter(customer_id=customer_id).values_list(
+                "channel_kind", "topic_id", "status", "topic__slug"))
+        return self._consents.get(customer_id, [])
+
+    def _next_id(self) -> int:
+        if not self._ids:
+            self._ids = reserve_ids(Delivery, self.RESERVE)
+        return self._ids.pop(0)
+
+    def message(self, *, customer, template: MessageTemplate, channel: Channel, idempotency_key: str, context: dict,
+                run_id=None, step_key: str = "", policy_options: dict | None = None, now: datetime,
+                notes: dict | None = None) -> Delivery:
+        """What message_send decides and records, kept for the batch's INSERT."""
+        if idempotency_key in self.pending:
+            return self.pending[idempotency_key]
+        rows = self._consent_rows(customer.pk)
+        personalized = not any(kind == "" and slug == Topic.PERSONALIZATION and status == ConsentStatus.OPTED_OUT
+                               for kind, _, status, slug in rows)
+
+        def refuse(channel_kind: str, topic) -> str | None:
+            wanted = {None, topic.pk} if topic is not None else {None}
+            status = {(kind, topic_id): st for kind, topic_id, st, _ in rows
+                      if kind in ("", channel_kind) and topic_id in wanted}
+            return refusal_from(status=status, channel_kind=channel_kind, topic=topic)
+
+        data, picked, to, refusal = _decide(customer=customer, template=template, channel=channel, context=context,
+                                            now=now, personalized=personalized, refuse=refuse)
+        latest = self._templates[template.name][1] if template.name in self._templates else _latest_version(template)
+        delivery = _new_delivery(
+            customer=customer, template=template, channel=channel, picked=picked, to=to, refusal=refusal,
+            idempotency_key=idempotency_key, latest=latest, run_id=run_id, step_key=step_key,
+            policy_options=policy_options, choice_reason="", now=now, send_at=None, pk=self._next_id(),
+        )
+        _render_into(delivery, template=template, data=data, customer=customer, notes=notes)
+        self.pending[idempotency_key] = delivery
+        return delivery
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        deliveries = list(self.pending.values())
+        self.pending = {}
+        # Never expected (the keys belong to runs of this transaction), but a second row for
+        # a key must not happen: raising replays the batch event by event through message_send.
+        if Delivery.objects.filter(idempotency_key__in=[d.idempotency_key for d in deliveries]).exists():
+            raise IntegrityError("a delivery of this batch was already recorded")
+        Delivery.objects.bulk_create(deliveries, batch_size=500)
+        queued = [d.pk for d in deliveries if d.status == DeliveryStatus.QUEUED]
+        if queued:
+            _enqueue_many(queued)
 
 
 @transaction.atomic

@@ -7,6 +7,7 @@ dates): no model instances, no settings, no `{% load %}`, `{% include %}`,
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -88,6 +89,13 @@ def plain(value, depth: int = 0):
     if isinstance(value, (list, tuple, set)):
         return _List(plain(v, depth + 1) for v in value)
     return str(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(text: str):
+    """A parsed template per text: parsing costs more than rendering, and a text never changes
+    what it parses to (a compiled Template only reads the context it is rendered with)."""
+    return _ENGINE.from_string(text)
 
 
 def template_check(*, text: str) -> str | None:
@@ -189,7 +197,7 @@ def template_render(*, template: MessageTemplate, context: dict, locale: str = "
     for text, escape in ((subject, False), (body, False), (html, True)):
         ctx = Context(data, autoescape=escape)
         ctx.block_renderer = _block_renderer(blocks, data, result)
-        compiled = _ENGINE.from_string(text)
+        compiled = _compiled(text)
         parts.append(compiled.render(ctx))
         result.missing.extend(m for m in _missing(compiled, ctx) if m not in result.missing)
     result.subject, result.body, result.html_body = parts[0].strip().replace("\n", " "), parts[1], parts[2]

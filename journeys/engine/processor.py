@@ -8,13 +8,14 @@ from collections import defaultdict
 from dataclasses import replace
 from datetime import timedelta
 
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 from django.utils import timezone
 
-from journeys.choices import EventStatus, RunStatus, TriggerKind
+from journeys.choices import EventStatus, ReentryPolicy, RunStatus, TriggerKind
+from journeys.engine.batch import EngineBatch, batch_suspended, insert_ignore_returning
 from journeys.engine.compiled import load_version, trigger_index
 from journeys.engine.durations import parse_duration
-from journeys.engine.runner import run_convert, run_enroll, run_resume, rule_true
+from journeys.engine.runner import entry_refusal, run_convert, run_enroll, run_execute, run_resume, rule_true
 from journeys.engine.runtime import context_dict, event_dict, events_counter, profile_dict
 from journeys.models import Event, JourneyRun, TriggerWatch
 from journeys.rules import RuleContext
@@ -35,35 +36,70 @@ def events_process(*, event_ids: list[int]) -> int:
 
     One transaction per call: the events are locked (SKIP LOCKED, so the sweeper
     and a task never process the same event twice at once) and marked processed
-    in the same commit as the runs they moved. Each event gets a savepoint, so a
-    bug triggered by one event marks it failed and the others go on.
+    in the same commit as the runs they moved.
+
+    The batch is processed set-based (`_process_set`): what it needs is loaded
+    with one query per kind, runs are enrolled with one INSERT ... ON CONFLICT DO
+    NOTHING per wave, and step executions, run states and deliveries are written
+    in bulk, all under one savepoint. If anything escapes that (a bug, not a
+    failing step: a step failure only fails its run), the savepoint is rolled
+    back and the batch is replayed one event at a time, each in its own
+    savepoint, so the culprit is marked failed and the others go on.
     """
     now = timezone.now()
     index = trigger_index()
     with transaction.atomic():
-        events = list(
-            Event.objects.select_for_update(of=("self",), **_skip_locked())
-            .filter(pk__in=event_ids, status=EventStatus.PENDING)
-            .select_related("customer")
-            .order_by("timestamp", "id")
-        )
+        events = _lock_events(event_ids)
         if not events:
             return 0
-        # One Customer object per customer for the whole batch, so a later event sees
-        # what an earlier one changed (select_related gives each event its own copy).
-        shared: dict = {}
-        for event in events:
-            if event.customer_id:
-                event.customer = shared.setdefault(event.customer_id, event.customer)
-        customer_ids = set(shared)
-        open_runs: dict[int, list[JourneyRun]] = defaultdict(list)
-        # Locked: a timer waking the same run in another worker waits for us (and vice versa).
-        for run in JourneyRun.objects.select_for_update(of=("self",)).filter(
-            customer_id__in=customer_ids, status__in=[RunStatus.ACTIVE, RunStatus.WAITING]
-        ):
-            run.customer = shared[run.customer_id]
-            open_runs[run.customer_id].append(run)
-        processed, failed = [], []
+        try:
+            with transaction.atomic():
+                _process_set(events=events, index=index, now=now)
+            processed, failed = [e.pk for e in events], []
+        except Exception:
+            logger.exception("set-based processing of %d events failed; replaying them one by one", len(events))
+            processed, failed = _process_each(events=_lock_events([e.pk for e in events]), index=index, now=now)
+        Event.objects.filter(pk__in=processed).update(status=EventStatus.PROCESSED, processed_at=now)
+        for event in failed:
+            Event.objects.filter(pk=event.pk).update(
+                status=EventStatus.FAILED, processed_at=now, error=event.error, attempts=event.attempts + 1
+            )
+    return len(processed)
+
+
+def _lock_events(event_ids: list[int]) -> list[Event]:
+    events = list(
+        Event.objects.select_for_update(of=("self",), **_skip_locked())
+        .filter(pk__in=event_ids, status=EventStatus.PENDING)
+        .select_related("customer")
+        .order_by("timestamp", "id")
+    )
+    # One Customer object per customer for the whole batch, so a later event sees
+    # what an earlier one changed (select_related gives each event its own copy).
+    shared: dict = {}
+    for event in events:
+        if event.customer_id:
+            event.customer = shared.setdefault(event.customer_id, event.customer)
+    return events
+
+
+def _open_runs(events: list[Event]) -> dict[int, list[JourneyRun]]:
+    customers = {e.customer_id: e.customer for e in events if e.customer_id}
+    open_runs: dict[int, list[JourneyRun]] = defaultdict(list)
+    # Locked: a timer waking the same run in another worker waits for us (and vice versa).
+    for run in JourneyRun.objects.select_for_update(of=("self",)).filter(
+        customer_id__in=set(customers), status__in=[RunStatus.ACTIVE, RunStatus.WAITING]
+    ):
+        run.customer = customers[run.customer_id]
+        open_runs[run.customer_id].append(run)
+    return open_runs
+
+
+def _process_each(*, events: list[Event], index, now) -> tuple[list[int], list[Event]]:
+    """The fallback: one savepoint per event, rows written as they are made."""
+    open_runs = _open_runs(events)
+    processed, failed = [], []
+    with batch_suspended():
         for event in events:
             try:
                 with transaction.atomic():
@@ -73,19 +109,119 @@ def events_process(*, event_ids: list[int]) -> int:
                 logger.exception("event %s failed", event.pk)
                 event.error = "".join(traceback.format_exception_only(exc)).strip()[:4000]
                 failed.append(event)
-        Event.objects.filter(pk__in=processed).update(status=EventStatus.PROCESSED, processed_at=now)
-        for event in failed:
-            Event.objects.filter(pk=event.pk).update(
-                status=EventStatus.FAILED, processed_at=now, error=event.error, attempts=event.attempts + 1
-            )
-    return len(processed)
+    return processed, failed
 
 
-def event_route(*, event: Event, open_runs: dict, index, now) -> None:
-    """Everything one event can do: convert, wake waiting runs, open/close inactivity windows, enrol."""
+def _waves(events: list[Event]) -> list[list[Event]]:
+    """Split the batch so that a customer appears at most once per wave (the n-th event
+    of every customer is in wave n): a customer's events still act in order, and the
+    enrolments of one wave are independent of each other."""
+    waves: list[list[Event]] = []
+    seen: dict = defaultdict(int)
+    for event in events:
+        n = seen[event.customer_id]
+        if event.customer_id is not None:
+            seen[event.customer_id] += 1
+        if n == len(waves):
+            waves.append([])
+        waves[n].append(event)
+    return waves
+
+
+def _process_set(*, events: list[Event], index, now) -> None:
+    open_runs = _open_runs(events)
+    batch = EngineBatch(customer_ids={e.customer_id for e in events if e.customer_id}, now=now)
+    with batch.active():
+        for wave in _waves(events):
+            enrolments = Enrolments(now=now)
+            after = []
+            for event in wave:
+                after.append(event_route(event=event, open_runs=open_runs, index=index, now=now, enrol=enrolments))
+            enrolments.load_history()
+            for version, customer, trigger_key, event, rctx in enrolments.candidates:
+                if enrolments.admit(version=version, customer=customer, trigger_key=trigger_key, ctx=rctx):
+                    enrolments.accept(version=version, customer=customer, trigger_key=trigger_key, event=event)
+            for run, version, event in enrolments.insert():
+                run_execute(run=run, version=version, customer=run.customer, event=event, now=now)
+                if run.status in (RunStatus.ACTIVE, RunStatus.WAITING):
+                    open_runs[run.customer_id].append(run)
+            for finish in after:
+                if finish is not None:
+                    finish()
+            batch.flush()
+
+
+class Enrolments:
+    """The enrolments a wave asks for, checked against the customers' run history
+    (one query) and inserted with one INSERT ... ON CONFLICT DO NOTHING."""
+
+    def __init__(self, *, now) -> None:
+        self.now = now
+        self.candidates: list[tuple] = []
+        self.history: dict[tuple[int, int], list[tuple]] = defaultdict(list)
+        self.accepted: list[tuple[JourneyRun, object, object]] = []
+
+    def __call__(self, *, version, customer, trigger_key: str, event, rule_ctx) -> None:
+        self.candidates.append((version, customer, trigger_key, event, rule_ctx))
+
+    def load_history(self) -> None:
+        """Idempotency needs only this wave's trigger keys; re-entry and the one-open-run
+        rule need the whole history, for the workflows whose policy reads it."""
+        if not self.candidates:
+            return
+        customers = {c.pk for _, c, _, _, _ in self.candidates}
+        workflows = {v.workflow_id for v, _, _, _, _ in self.candidates}
+        strict = {v.workflow_id for v, _, _, _, _ in self.candidates
+                  if v.reentry_policy != ReentryPolicy.ALWAYS or not v.allow_concurrent_runs}
+        keys = {k for _, _, k, _, _ in self.candidates}
+        rows = JourneyRun.objects.filter(customer_id__in=customers, workflow_id__in=workflows).filter(
+            models.Q(workflow_id__in=strict) | models.Q(trigger_key__in=keys)
+        ).values_list("workflow_id", "customer_id", "trigger_key", "status", "created_at")
+        for workflow_id, customer_id, key, status, created in rows:
+            self.history[(workflow_id, customer_id)].append((key, status, created))
+
+    def admit(self, *, version, customer, trigger_key: str, ctx) -> bool:
+        rows = self.history[(version.workflow_id, customer.pk)]
+        if any(key == trigger_key for key, _, _ in rows):
+            return False
+        previous = [(status, created) for _, status, created in rows]
+        return entry_refusal(version=version, customer=customer, ctx=ctx, now=self.now, previous=previous) is None
+
+    def accept(self, *, version, customer, trigger_key: str, event) -> None:
+        run = JourneyRun(
+            workflow_id=version.workflow_id, version_id=version.id, customer=customer, trigger_key=trigger_key,
+            trigger_event=event, exclusive=not version.allow_concurrent_runs, current_step=version.entry_step,
+            visits={version.entry_step: 1} if version.entry_step else {},
+        )
+        self.history[(version.workflow_id, customer.pk)].append((trigger_key, RunStatus.ACTIVE, self.now))
+        self.accepted.append((run, version, event))
+
+    def insert(self) -> list[tuple[JourneyRun, object, object]]:
+        """Insert the accepted runs; those that hit a unique constraint (a concurrent or
+        earlier enrolment of the same trigger, a second open run) are dropped."""
+        rows = insert_ignore_returning(JourneyRun, [run for run, _, _ in self.accepted],
+                                       ["id", "workflow_id", "customer_id", "trigger_key"])
+        ids = {(w, c, k): pk for pk, w, c, k in rows}
+        out = []
+        for run, version, event in self.accepted:
+            pk = ids.get((run.workflow_id, run.customer_id, run.trigger_key))
+            if pk is not None:
+                run.pk = pk
+                run._state.adding = False
+                out.append((run, version, event))
+        return out
+
+
+def event_route(*, event: Event, open_runs: dict, index, now, enrol=None):
+    """Everything one event can do: convert, wake waiting runs, open/close inactivity windows, enrol.
+
+    With `enrol` (set-based processing), enrolments are handed to it instead of being made
+    here, and the event's remaining work (lifecycle stage) comes back as a callable to run
+    after them; without it, everything happens now and None is returned.
+    """
     customer = event.customer
     if customer is None:
-        return
+        return None
     runs = open_runs[customer.pk]
     rctx = RuleContext(
         event=event_dict(event), profile=profile_dict(customer, now), context=context_dict(event, now),
@@ -120,23 +256,36 @@ def event_route(*, event: Event, open_runs: dict, index, now) -> None:
             version_id=vid, start_event=event, defaults={"customer": customer, "due_at": event.timestamp + window}
         )
 
+    def start(version, trigger_key: str) -> None:
+        if enrol is not None:
+            enrol(version=version, customer=customer, trigger_key=trigger_key, event=event, rule_ctx=rctx)
+            return
+        run = run_enroll(version=version, customer=customer, trigger_key=trigger_key, now=now, event=event, rule_ctx=rctx)
+        if run is not None and run.status in (RunStatus.ACTIVE, RunStatus.WAITING):
+            runs.append(run)
+
     for vid in index.by_event.get(event.name, ()):
         if not index.admits(vid, customer.pk):
             continue
         version = load_version(vid)
         if not rule_true(version.trigger_config.get("filter", ""), rctx)[0]:
             continue
-        run = run_enroll(version=version, customer=customer, trigger_key=f"event:{event.pk}", now=now, event=event, rule_ctx=rctx)
-        if run is not None and run.status in (RunStatus.ACTIVE, RunStatus.WAITING):
-            runs.append(run)
+        start(version, f"event:{event.pk}")
 
     if event.changes:
-        _profile_triggers(event=event, customer=customer, index=index, rctx=rctx, runs=runs, now=now)
-    if event.name not in STAGE_EVENTS:
-        customer_evaluate_stage(customer=customer, now=now, rule_ctx=rctx)
+        _profile_triggers(event=event, customer=customer, index=index, rctx=rctx, start=start)
+
+    def finish() -> None:
+        if event.name not in STAGE_EVENTS:
+            customer_evaluate_stage(customer=customer, now=now, rule_ctx=rctx)
+
+    if enrol is not None:
+        return finish
+    finish()
+    return None
 
 
-def _profile_triggers(*, event, customer, index, rctx, runs, now) -> None:
+def _profile_triggers(*, event, customer, index, rctx, start) -> None:
     """Attribute-change and segment-entry triggers, from the changes this event made."""
     old_traits = {**customer.traits, **{k: v[0] for k, v in event.changes.items()}}
     old_traits = {k: v for k, v in old_traits.items() if v is not None}
@@ -158,9 +307,7 @@ def _profile_triggers(*, event, customer, index, rctx, runs, now) -> None:
             now_in = rule_true(rule, rctx)[0]
             if was or not now_in:
                 continue
-        run = run_enroll(version=version, customer=customer, trigger_key=f"profile:{event.pk}", now=now, event=event, rule_ctx=rctx)
-        if run is not None and run.status in (RunStatus.ACTIVE, RunStatus.WAITING):
-            runs.append(run)
+        start(version, f"profile:{event.pk}")
 
 
 def events_sweep(*, older_than_s: int = 30, limit: int = 2000) -> int:

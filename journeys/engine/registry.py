@@ -35,6 +35,10 @@ class StepKind:
     label: ClassVar[str]
     help: ClassVar[str] = ""
     side_effects: ClassVar[bool] = False
+    # A side-effect kind whose execute() writes nothing until the engine batch flushes (it
+    # keeps its rows in a batch extension when `journeys.engine.batch.current_batch()` is
+    # set): it needs no savepoint, and the batch is not flushed before it runs.
+    batch_safe: ClassVar[bool] = False
     fields: ClassVar[dict[str, str]] = {}  # config key -> help text, for the admin form
 
     def outcomes(self, config: dict) -> list[str]:

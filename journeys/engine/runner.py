@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from django.db import IntegrityError, transaction
 
 from journeys.choices import ReentryPolicy, RunStatus
+from journeys.engine.batch import current_batch
 from journeys.engine.compiled import CompiledVersion, load_version
 from journeys.engine.registry import StepResult
 from journeys.engine.runtime import StepContext, events_counter, profile_dict
@@ -150,7 +151,10 @@ def run_execute(
 ) -> JourneyRun:
     """Execute steps until the run waits or ends. With `resume_outcome`, the current
     (waiting) step is finished with that outcome first."""
+    batch = current_batch()
     if resume_outcome is not None:
+        if batch is not None:
+            batch.flush()  # the waiting step's row may still be in the batch
         StepExecution.objects.filter(
             run=run, step_key=run.current_step, visit=run.visits.get(run.current_step, 1), finished_at__isnull=True
         ).update(outcome=resume_outcome, finished_at=now)
@@ -167,8 +171,11 @@ def run_execute(
         step = version.steps[key]
         visit = run.visits.get(key, 1)
         ctx = _context(run, version, customer, event, now, key, dry_run=False, profile=profile)
+        isolated = step.kind.side_effects and not (batch is not None and step.kind.batch_safe)
+        if isolated and batch is not None:
+            batch.flush()  # the step may read (or lock) rows this batch has not written yet
         try:
-            if step.kind.side_effects:  # a savepoint, so a failing action leaves no half-written rows
+            if isolated:  # a savepoint, so a failing action leaves no half-written rows
                 with transaction.atomic():
                     result = step.kind.execute(ctx)
             else:
@@ -176,8 +183,8 @@ def run_execute(
         except Exception as exc:  # one failing step fails this run only
             logger.exception("step %s of run %s failed", key, run.pk)
             error = "".join(traceback.format_exception_only(exc)).strip()[:4000]
-            StepExecution.objects.create(run=run, step_key=key, step_kind=step.kind.kind, visit=visit, outcome="error",
-                                         error=error, started_at=now, finished_at=now)
+            _record(batch, StepExecution(run=run, step_key=key, step_kind=step.kind.kind, visit=visit, outcome="error",
+                                         error=error, started_at=now, finished_at=now))
             _finish(run, RunStatus.FAILED, now, f"step {key}: {error}")
             break
         # One INSERT per visit. The row commits together with the run's new position, so a
@@ -185,13 +192,13 @@ def run_execute(
         # constraint stops a concurrent duplicate outright.
         errors = [e for e in (result.error, *ctx.notes.get("rule_errors", [])) if e]
         finished = result.outcome is not None or bool(result.end_status)
-        StepExecution.objects.create(
+        _record(batch, StepExecution(
             run=run, step_key=key, step_kind=step.kind.kind, visit=visit,
             outcome=(result.outcome or result.end_status or "") if finished else "",
             detail={**result.detail, **({"waiting": True} if result.wait_until else {})},
             error="; ".join(dict.fromkeys(errors))[:4000],
             started_at=now, finished_at=now if finished else None,
-        )
+        ))
         if result.end_status:
             _finish(run, result.end_status, now)
             break
@@ -204,8 +211,19 @@ def run_execute(
             break
     else:
         _finish(run, RunStatus.FAILED, now, f"more than {MAX_STEPS_PER_ADVANCE} steps without a wait (a cycle?)")
-    run.save()
+    if batch is not None:
+        batch.save_run(run)
+    else:
+        run.save()
     return run
+
+
+def _record(batch, execution: StepExecution) -> None:
+    """One row per visit: now, or with the batch's single INSERT."""
+    if batch is not None:
+        batch.add_execution(execution)
+    else:
+        execution.save(force_insert=True)
 
 
 def run_resume(*, run: JourneyRun, outcome: str, now: datetime, event=None) -> JourneyRun:
