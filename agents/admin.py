@@ -12,15 +12,16 @@ from agents.models import (
     Agent, AgentSkill, Case, CaseEntry, Conversation, ConversationMessage, ReplyTemplate, Team, TriageBot, TriageNode,
 )
 from agents.services.cases import agent_save, team_save
+from journeys.admin_base import HistoryReasonMixin
 
 
 @admin.register(Team)
-class TeamAdmin(SimpleHistoryAdmin):
+class TeamAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     list_display = ("name", "slug", "categories", "is_fallback")
     prepopulated_fields = {"slug": ("name",)}
 
     def save_model(self, request, obj, form, change):
-        team_save(team=obj)
+        team_save(team=obj, actor=request.user, reason=self._reason(request, form))
 
 
 class AgentSkillInline(admin.TabularInline):
@@ -29,7 +30,7 @@ class AgentSkillInline(admin.TabularInline):
 
 
 @admin.register(Agent)
-class AgentAdmin(SimpleHistoryAdmin):
+class AgentAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     list_display = ("__str__", "team", "status", "capacity", "languages")
     list_filter = ("team", "status")
     inlines = [AgentSkillInline]
@@ -37,11 +38,11 @@ class AgentAdmin(SimpleHistoryAdmin):
     search_fields = ("user__username", "user__email")
 
     def save_model(self, request, obj, form, change):
-        agent_save(agent=obj)
+        agent_save(agent=obj, actor=request.user, reason=self._reason(request, form))
 
 
 @admin.register(ReplyTemplate)
-class ReplyTemplateAdmin(SimpleHistoryAdmin):
+class ReplyTemplateAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     list_display = ("name", "category", "intent", "language", "active")
     list_filter = ("category", "intent", "language", "active")
 
@@ -87,7 +88,7 @@ class TriageNodeInline(admin.TabularInline):
 
 
 @admin.register(TriageBot)
-class TriageBotAdmin(SimpleHistoryAdmin):
+class TriageBotAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     list_display = ("name", "channel", "active", "category", "team", "max_misses", "sentiment_floor")
     list_filter = ("active", "channel")
     readonly_fields = ("tree",)

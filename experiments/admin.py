@@ -29,10 +29,13 @@ from experiments.services.experiments import (
 )
 from experiments.services.nba import nba_explain, nba_train
 from experiments.services.reports import experiment_attribution, experiment_cohorts, version_funnel
+from journeys.admin_base import HistoryReasonMixin, ReasonActionForm, action_reason
 from journeys.models import Customer, Step
 
 
-def _errors(exc: ValidationError) -> str:
+def _errors(exc: ValidationError | PermissionDenied) -> str:
+    if isinstance(exc, PermissionDenied):
+        return str(exc) or "you may not do that"
     if hasattr(exc, "message_dict"):
         return "; ".join(f"{k}: {m}" if k != "__all__" else m for k, ms in exc.message_dict.items() for m in ms)
     return "; ".join(exc.messages)
@@ -74,12 +77,13 @@ class WeightsForm(forms.Form):
 
 
 @admin.register(Experiment)
-class ExperimentAdmin(SimpleHistoryAdmin):
+class ExperimentAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     list_display = ("key", "name", "status", "mode", "holdout_share", "goal_event", "started_at", "report_link")
     list_filter = ("status", "mode")
     search_fields = ("key", "name", "hypothesis")
     readonly_fields = ("status", "winner", "started_at", "stopped_at", "concluded_at", "weights_updated_at", "used_by")
     inlines = [ArmInline]
+    action_form = ReasonActionForm
     actions = ["start_selected", "stop_selected", "bandit_update_selected"]
 
     def get_readonly_fields(self, request, obj=None):
@@ -113,31 +117,25 @@ class ExperimentAdmin(SimpleHistoryAdmin):
         )
 
     def save_model(self, request, obj, form, change):
-        obj._change_reason = "edited in the admin" if change else "created in the admin"
         if not change:
             obj.created_by = request.user
         super().save_model(request, obj, form, change)
 
-    def save_formset(self, request, form, formset, change):
-        for instance in formset.save(commit=False):
-            instance._change_reason = "edited in the admin"
-            instance.save()
-        for obj in formset.deleted_objects:
-            obj.delete()
-
     def _bulk(self, request, queryset, service, label):
+        if not (reason := action_reason(self, request)):
+            return
         for experiment in queryset:
             try:
-                service(experiment=experiment, actor=request.user, reason=f"{label} in the admin")
+                service(experiment=experiment, actor=request.user, reason=reason)
                 self.message_user(request, f"{experiment.key}: {label}")
-            except ValidationError as exc:
+            except (ValidationError, PermissionDenied) as exc:
                 self.message_user(request, f"{experiment.key}: {_errors(exc)}", messages.ERROR)
 
-    @admin.action(description="Start the selected experiments", permissions=["change"])
+    @admin.action(description="Start the selected experiments (reason required)", permissions=["change"])
     def start_selected(self, request, queryset):
         self._bulk(request, queryset, experiment_start, "started")
 
-    @admin.action(description="Stop the selected experiments", permissions=["change"])
+    @admin.action(description="Stop the selected experiments (reason required)", permissions=["change"])
     def stop_selected(self, request, queryset):
         self._bulk(request, queryset, experiment_stop, "stopped")
 
@@ -284,7 +282,7 @@ class ExperimentAdmin(SimpleHistoryAdmin):
                 done = f"bandit weights: {weights or 'not a running bandit'}"
             else:
                 raise ValidationError(f"unknown action {action!r}")
-        except ValidationError as exc:
+        except (ValidationError, PermissionDenied) as exc:
             messages.error(request, _errors(exc))
         else:
             messages.success(request, done)
@@ -292,14 +290,10 @@ class ExperimentAdmin(SimpleHistoryAdmin):
 
 
 @admin.register(Arm)
-class ArmAdmin(SimpleHistoryAdmin):
+class ArmAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     list_display = ("__str__", "is_control", "weight", "retired_at", "retired_reason")
     list_filter = ("experiment", "is_control")
     readonly_fields = ("retired_at", "retired_reason")
-
-    def save_model(self, request, obj, form, change):
-        obj._change_reason = "edited in the admin"
-        super().save_model(request, obj, form, change)
 
 
 @admin.register(Assignment)

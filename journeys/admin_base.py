@@ -1,6 +1,108 @@
-"""Admin building blocks shared by the journeys admin modules."""
+"""Admin building blocks shared by the admin modules of every app.
 
+`HistoryReasonMixin` is the one way a configuration model's admin asks "why?": the change
+form gets a required "Reason for this change" field, and the reason and the acting user
+land on the simple-history row of the object and of every inline row saved with it, so the
+history page shows who, when and why.
+"""
+
+from __future__ import annotations
+
+from django import forms
 from django.contrib import admin
+from django.contrib.admin.helpers import ActionForm
+from django.contrib.admin.utils import flatten_fieldsets
+
+from journeys.services.governance import history_stamp
+
+REASON_FIELD = "change_reason"
+REASON_HELP = "Why are you making this change? Recorded in the history and the audit log."
+REASON_MISSING = "Say why you are making this change (it is recorded in the history)."
+
+
+def reason_field() -> forms.CharField:
+    return forms.CharField(
+        label="Reason for this change", required=True, max_length=500, help_text=REASON_HELP,
+        error_messages={"required": REASON_MISSING}, widget=forms.TextInput(attrs={"size": 80}),
+    )
+
+
+class ReasonForm(forms.ModelForm):
+    """Every change made by a person says why (simple-history's change reason)."""
+
+    change_reason = reason_field()
+
+    def clean_change_reason(self) -> str:
+        reason = (self.cleaned_data.get(REASON_FIELD) or "").strip()
+        if not reason:
+            raise forms.ValidationError(REASON_MISSING, code="required")
+        return reason
+
+
+_REASON_FORMS: dict[type, type] = {}
+
+
+def with_reason(form_class: type[forms.ModelForm]) -> type[forms.ModelForm]:
+    """`form_class` with the required change reason field (the class itself if it has one)."""
+    if REASON_FIELD in form_class.base_fields:
+        return form_class
+    if form_class not in _REASON_FORMS:
+        _REASON_FORMS[form_class] = type(f"{form_class.__name__}WithReason", (ReasonForm, form_class), {})
+    return _REASON_FORMS[form_class]
+
+
+class HistoryReasonMixin:
+    """For a SimpleHistoryAdmin of a configuration model: a required change reason on the form,
+    stored with the acting user on the history rows of the object and of its inline rows."""
+
+    # Reverting from the history page saves through the same form (a reason is asked there too).
+    history_revert = True
+    reason_fieldset = ("Change", {"fields": (REASON_FIELD,)})
+
+    def get_form(self, request, obj=None, **kwargs):
+        kwargs["form"] = with_reason(kwargs.get("form", self.form))
+        return super().get_form(request, obj, **kwargs)
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = list(super().get_fieldsets(request, obj))
+        may_change = self.has_add_permission(request) if obj is None else self.has_change_permission(request, obj)
+        names = flatten_fieldsets(fieldsets)
+        if not may_change:  # a read-only page asks nothing
+            return [(name, {**opts, "fields": [f for f in opts["fields"] if f != REASON_FIELD]})
+                    for name, opts in fieldsets]
+        if REASON_FIELD not in names:
+            fieldsets.append(self.reason_fieldset)
+        elif fieldsets and len(fieldsets) == 1 and fieldsets[0][0] is None:  # default layout: put it last
+            fields = [f for f in fieldsets[0][1]["fields"] if f != REASON_FIELD] + [REASON_FIELD]
+            fieldsets = [(None, {**fieldsets[0][1], "fields": fields})]
+        return fieldsets
+
+    def _reason(self, request, form) -> str:
+        return (form.cleaned_data.get(REASON_FIELD) or "").strip() if form is not None else ""
+
+    def save_model(self, request, obj, form, change):
+        history_stamp(obj, actor=request.user, reason=self._reason(request, form))
+        super().save_model(request, obj, form, change)
+
+    def save_formset(self, request, form, formset, change):
+        reason = self._reason(request, form) or "edited in admin"
+        instances = formset.save(commit=False)
+        for obj in formset.deleted_objects:
+            history_stamp(obj, actor=request.user, reason=reason).delete()
+        for obj in instances:
+            history_stamp(obj, actor=request.user, reason=reason).save()
+        formset.save_m2m()
+
+    def delete_model(self, request, obj):
+        history_stamp(obj, actor=request.user, reason=f"deleted in the admin by {request.user.get_username()}")
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        for obj in queryset:  # one by one, so each history row carries who and why
+            self.delete_model(request, obj)
+
+    def revert_disabled(self, request, obj=None):
+        return not self.history_revert or super().revert_disabled(request, obj)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -17,3 +119,20 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+class ReasonActionForm(ActionForm):
+    """The changelist's action bar with a reason box, for actions that change configuration."""
+
+    reason = forms.CharField(required=False, label="Reason", widget=forms.TextInput(attrs={"size": 40}))
+
+
+def action_reason(model_admin: admin.ModelAdmin, request) -> str:
+    """The reason typed next to an admin action; empty means the action is refused with a message."""
+    from django.contrib import messages
+
+    reason = (request.POST.get("reason") or "").strip()
+    if not reason:
+        model_admin.message_user(request, "Nothing changed: type a reason in the Reason box next to the action.",
+                                 messages.ERROR)
+    return reason

@@ -109,6 +109,7 @@ class AgentSkill(models.Model):
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="skills")
     category = models.SlugField(max_length=64)
     level = models.PositiveSmallIntegerField(default=3, choices=[(i, str(i)) for i in range(1, 6)])
+    history = HistoricalRecords()
 
     class Meta:
         ordering = ["agent", "-level"]

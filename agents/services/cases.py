@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.contrib.auth.models import Group
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -22,6 +23,7 @@ from agents.services import permissions
 from agents.services.routing import enqueue_route, sla_due
 from journeys.engine.runtime import profile_dict
 from journeys.models import Customer, JourneyRun, Workflow
+from journeys.services.governance import history_stamp, require_reason
 
 REPLY_TEMPLATE_NAME = "agent-reply"
 
@@ -29,9 +31,21 @@ REPLY_TEMPLATE_NAME = "agent-reply"
 # --- teams and agents ---------------------------------------------------------------------------
 
 
+def _routing_change_check(*, obj, actor, reason: str) -> None:
+    """Routing settings (teams, agents, skills, capacity) are ops configuration: the actor needs the
+    model permission, and a person must say why (stored on the history row). actor=None is the system."""
+    if actor is not None:
+        opts = obj._meta
+        action = "change" if obj.pk else "add"
+        if not actor.has_perm(f"{opts.app_label}.{action}_{opts.model_name}"):
+            raise PermissionDenied(f"{actor} may not {action} {opts.verbose_name_plural}")
+    history_stamp(obj, actor=actor, reason=require_reason(actor, reason) or getattr(obj, "_change_reason", ""))
+
+
 @transaction.atomic
-def team_save(*, team: Team) -> Team:
+def team_save(*, team: Team, actor=None, reason: str = "") -> Team:
     """Save a team, giving it the auth Group that carries its queue permissions."""
+    _routing_change_check(obj=team, actor=actor, reason=reason)
     if team.group_id is None:
         team.group, _ = Group.objects.get_or_create(name=f"agents-team-{team.slug}")
     team.save()
@@ -39,8 +53,10 @@ def team_save(*, team: Team) -> Team:
 
 
 @transaction.atomic
-def agent_save(*, agent: Agent) -> Agent:
-    """Save an agent and keep their membership in exactly their team's group."""
+def agent_save(*, agent: Agent, actor=None, reason: str = "") -> Agent:
+    """Save an agent (team, capacity, languages, hours) and keep their membership in exactly their
+    team's group."""
+    _routing_change_check(obj=agent, actor=actor, reason=reason)
     agent.save()
     other_groups = Group.objects.filter(agent_team__isnull=False).exclude(pk=agent.team.group_id)
     agent.user.groups.remove(*other_groups)

@@ -12,6 +12,8 @@ from channels_app.models import Channel, FrequencyCap
 from channels_app.providers import PROVIDERS
 from channels_app.services.breaker import breaker_reset
 from channels_app.services.health import channel_health
+from journeys.admin_base import HistoryReasonMixin, ReasonActionForm, action_reason
+from journeys.services.governance import history_stamp
 
 SECRET_KEY_RE = re.compile(r"(secret|token|password|passwd|api_?key|private|credential)", re.IGNORECASE)
 
@@ -40,8 +42,9 @@ class ChannelForm(forms.ModelForm):
 
 
 @admin.register(Channel)
-class ChannelAdmin(SimpleHistoryAdmin):
+class ChannelAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     form = ChannelForm
+    action_form = ReasonActionForm
     list_display = ("name", "kind", "provider", "enabled", "paused", "fallback", "circuit", "error_rate",
                     "p95_latency")
     list_filter = ("kind", "enabled", "paused")
@@ -85,21 +88,29 @@ class ChannelAdmin(SimpleHistoryAdmin):
         h = channel_health(channel=obj)
         return f"circuit {h.state}; {h.attempts} attempts; errors {self.error_rate(obj)}; p95 {self.p95_latency(obj)}"
 
-    @admin.action(description="Pause (hold sends without losing them)")
+    def _set_paused(self, request, queryset, paused: bool):
+        if not (reason := action_reason(self, request)):
+            return
+        for channel in queryset.filter(paused=not paused):
+            channel.paused = paused
+            history_stamp(channel, actor=request.user, reason=reason).save(update_fields=["paused"])
+        self.message_user(request, f"{'paused' if paused else 'resumed'}: {', '.join(c.name for c in queryset)}")
+
+    @admin.action(description="Pause (hold sends without losing them; reason required)", permissions=["change"])
     def pause(self, request, queryset):
-        queryset.update(paused=True)
+        self._set_paused(request, queryset, True)
 
-    @admin.action(description="Resume")
+    @admin.action(description="Resume (reason required)", permissions=["change"])
     def resume(self, request, queryset):
-        queryset.update(paused=False)
+        self._set_paused(request, queryset, False)
 
-    @admin.action(description="Close the circuit breaker")
+    @admin.action(description="Close the circuit breaker", permissions=["change"])
     def reset_breaker(self, request, queryset):
         for channel in queryset:
             breaker_reset(channel=channel)
 
 
 @admin.register(FrequencyCap)
-class FrequencyCapAdmin(admin.ModelAdmin):
+class FrequencyCapAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     list_display = ("name", "channel", "topic", "limit", "window_s", "action", "enabled")
     list_filter = ("action", "enabled")

@@ -12,15 +12,16 @@ from simple_history.admin import SimpleHistoryAdmin
 from channels_app.admin.base import ReadOnlyMixin
 from channels_app.models import Consent, DataSubject, ErasureRecord, Topic
 from channels_app.services import customer_erase, customer_export
+from journeys.admin_base import HistoryReasonMixin
 
 
 @admin.register(Topic)
-class TopicAdmin(SimpleHistoryAdmin):
+class TopicAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     list_display = ("name", "slug", "requires_opt_in", "transactional")
 
 
 @admin.register(Consent)
-class ConsentAdmin(SimpleHistoryAdmin):
+class ConsentAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     list_display = ("customer", "channel_kind", "topic", "status", "source", "updated_at")
     list_filter = ("status", "channel_kind", "topic", "source")
     search_fields = ("customer__external_id", "customer__email")

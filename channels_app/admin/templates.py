@@ -16,7 +16,9 @@ from simple_history.admin import SimpleHistoryAdmin
 
 from channels_app.models import ContentBlock, MessageTemplate, TemplateVariant
 from channels_app.services import message_context, template_check, template_render
+from journeys.admin_base import HistoryReasonMixin
 from journeys.models import Customer
+
 
 class TemplateForm(forms.ModelForm):
     class Meta:
@@ -80,7 +82,7 @@ class PreviewForm(forms.Form):
 
 
 @admin.register(MessageTemplate)
-class MessageTemplateAdmin(SimpleHistoryAdmin):
+class MessageTemplateAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     form = TemplateForm
     inlines = (VariantInline,)
     list_display = ("name", "channel_kind", "topic", "subject", "preview_link")
@@ -138,6 +140,6 @@ class ContentBlockForm(forms.ModelForm):
 
 
 @admin.register(ContentBlock)
-class ContentBlockAdmin(SimpleHistoryAdmin):
+class ContentBlockAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     form = ContentBlockForm
     list_display = ("name", "description")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.db import models
+from simple_history.models import HistoricalRecords
 
 from channels_app.choices import DeliveryStatus, PressureAction, Reason
 from channels_app.models.channels import Channel
@@ -96,6 +97,7 @@ class FrequencyCap(models.Model):
     window_s = models.PositiveIntegerField(help_text="e.g. 86400 for a day")
     action = models.CharField(max_length=10, choices=PressureAction.choices, default=PressureAction.SUPPRESS)
     enabled = models.BooleanField(default=True)
+    history = HistoricalRecords()
 
     def __str__(self) -> str:
         return f"{self.name}: {self.limit} per {self.window_s}s"

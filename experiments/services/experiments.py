@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from experiments.choices import HOLDOUT, ExperimentMode, ExperimentStatus, Metric
 from experiments.models import Arm, Experiment
+from journeys.services.governance import history_stamp, require_reason
 
 
 def experiment_authorize(*, actor, perm: str = "experiments.change_experiment") -> None:
@@ -23,9 +24,7 @@ def experiment_authorize(*, actor, perm: str = "experiments.change_experiment") 
 
 
 def _stamp(obj, *, actor, reason: str) -> None:
-    obj._change_reason = reason[:100]
-    if actor is not None and getattr(actor, "pk", None):
-        obj._history_user = actor
+    history_stamp(obj, actor=actor, reason=reason)
 
 
 @transaction.atomic
@@ -170,6 +169,7 @@ def arm_retire(*, arm: Arm, actor=None, reason: str, now: datetime | None = None
 def experiment_set_weights(*, experiment: Experiment, weights: dict[str, float], actor=None, reason: str) -> Experiment:
     """Change arm weights. Customers already assigned keep their arm (assignments are recorded)."""
     experiment_authorize(actor=actor)
+    reason = require_reason(actor, reason)
     experiment = _locked(experiment)
     arms = {a.name: a for a in experiment.arms.select_for_update()}
     unknown = set(weights) - set(arms)

@@ -64,6 +64,15 @@ def require_reason(actor: Any, reason: str, what: str = "reason") -> str:
     return reason
 
 
+def history_stamp(obj: Any, *, actor: Any, reason: str) -> Any:
+    """Put who and why on a configuration object about to be saved or deleted: simple-history
+    writes both on the history row (`history_user`, `history_change_reason`)."""
+    obj._change_reason = reason
+    if actor is not None and getattr(actor, "pk", None):
+        obj._history_user = actor
+    return obj
+
+
 def audit_record(
     *,
     action: str,

@@ -43,7 +43,7 @@ def test_admin_pages_open(admin_client, model, django_capture_on_commit_callback
 
 def test_a_team_created_in_the_admin_gets_its_permission_group(admin_client):
     response = admin_client.post(reverse("admin:agents_team_add"), {
-        "name": "Returns", "slug": "returns", "categories": '["returns"]'})
+        "name": "Returns", "slug": "returns", "categories": '["returns"]', "change_reason": "returns get a queue"})
     assert response.status_code == 302, response.content.decode()[:2000]
     assert Team.objects.get(slug="returns").group == Group.objects.get(name="agents-team-returns")
 
@@ -53,7 +53,7 @@ def test_an_agent_saved_in_the_admin_joins_only_their_teams_group(admin_client):
     agent = Agent.objects.get(user__username="agent")
     triage = Team.objects.get(slug="triage")
     data = {"user": agent.user.pk, "team": triage.pk, "languages": '["en"]', "capacity": 4, "status": "online",
-            "timezone": "UTC", "working_hours": "{}",
+            "timezone": "UTC", "working_hours": "{}", "change_reason": "moves to triage",
             "skills-TOTAL_FORMS": 0, "skills-INITIAL_FORMS": 0, "skills-MIN_NUM_FORMS": 0, "skills-MAX_NUM_FORMS": 1000}
     response = admin_client.post(reverse("admin:agents_agent_change", args=[agent.pk]), data)
     assert response.status_code == 302, response.content.decode()[:3000]

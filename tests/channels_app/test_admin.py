@@ -15,7 +15,7 @@ pytestmark = pytest.mark.django_db
 def channel_form(**overrides):
     data = {"name": "sms", "kind": "sms", "provider": "twilio_sms", "settings": '{"account_sid": "AC1"}',
             "enabled": "on", "max_attempts": 5, "retry_base_s": 30, "retry_max_s": 3600, "breaker_threshold": 5,
-            "breaker_cooldown_s": 60}
+            "breaker_cooldown_s": 60, "change_reason": "new SMS provider"}
     return {**data, **overrides}
 
 

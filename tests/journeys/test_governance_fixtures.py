@@ -112,3 +112,64 @@ def draft_of(workflow, actor=None, **changes):
 
     definition = {**version_definition(version=workflow.live_version), **changes, "reason": "test draft"}
     return version_build(workflow=workflow, definition=definition, actor=actor)
+
+
+def admin_form_data(response, **changes) -> dict:
+    """What a browser would post back from an admin change page, untouched, plus `changes`:
+    the main form's and every inline formset's current values (hidden management fields included)."""
+    from django.forms import CheckboxInput, MultiWidget
+
+    def add(form, data):
+        for name, field in form.fields.items():
+            key = form.add_prefix(name)
+            value = form[name].value()
+            if isinstance(field.widget, MultiWidget):
+                parts = field.widget.decompress(value) if not isinstance(value, list) else value
+                for i, part in enumerate(parts):
+                    data[f"{key}_{i}"] = "" if part is None else part
+            elif isinstance(field.widget, CheckboxInput):
+                if value:
+                    data[key] = "on"
+            elif isinstance(value, (list, tuple)):
+                data[key] = list(value)
+            else:
+                data[key] = "" if value is None else value
+
+    data: dict = {}
+    add(response.context["adminform"].form, data)
+    for inline in response.context["inline_admin_formsets"]:
+        formset = inline.formset
+        add(formset.management_form, data)
+        for form in formset.initial_forms:
+            add(form, data)
+        data[formset.management_form.add_prefix("TOTAL_FORMS")] = len(formset.initial_forms)
+    data.update(changes)
+    return data
+
+
+def assert_change_needs_a_reason(client, user, obj, changes: dict, reason: str = "quarterly policy review"):
+    """Through the admin change form of `obj`: saving without a reason is refused with a message
+    saying what to fix (nothing stored); with a reason, the history row has the user and the reason,
+    and the history page shows who, when and why. Returns the saved object."""
+    from django.urls import reverse
+
+    from journeys.admin_base import REASON_MISSING
+
+    opts = obj._meta
+    url = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])
+    page = client.get(url)
+    assert page.status_code == 200 and b'name="change_reason"' in page.content
+    rows_before = obj.history.count()
+
+    refused = client.post(url, admin_form_data(page, **changes))
+    assert refused.status_code == 200, refused.status_code
+    assert REASON_MISSING in refused.content.decode()
+    assert obj.history.count() == rows_before
+
+    saved = client.post(url, admin_form_data(page, **changes, change_reason=reason))
+    assert saved.status_code == 302, saved.context["adminform"].form.errors if saved.context else saved
+    row = obj.history.latest("history_date")
+    assert (row.history_user, row.history_change_reason, row.history_type) == (user, reason, "~")
+    history = client.get(reverse(f"admin:{opts.app_label}_{opts.model_name}_history", args=[obj.pk])).content.decode()
+    assert reason in history and user.get_username() in history
+    return type(obj).objects.get(pk=obj.pk)
