@@ -992,8 +992,8 @@ class StepAdmin(admin.ModelAdmin):
         posting = request.method == "POST" and "_preview" not in request.POST
         if posting and not editable:
             raise DjangoPermissionDenied
-        form = form_class(request.POST or None, version=version, step=step)
-        reason_form = StepReasonForm(request.POST or None)
+        form = form_class(request.POST if request.method == "POST" else None, version=version, step=step)
+        reason_form = StepReasonForm(request.POST if posting else None)
         preview = None
         if request.method == "POST" and "_preview" in request.POST and form.is_valid():
             from journeys.selectors_console import template_preview
@@ -1074,13 +1074,12 @@ class JobStartForm(forms.Form):
         return {"source_id": data["source"].pk}
 
     def clean_customer(self):
-        from journeys.models import Identity
+        from journeys.selectors_console import customer_find
 
         value = self.cleaned_data["customer"].strip()
-        identity = Identity.objects.filter(value__in=[value, value.lower()]).select_related("customer").first()
-        if identity is None:
+        self.customer = customer_find(value=value)
+        if self.customer is None:
             raise ValidationError(f"no customer with id or email {value!r}")
-        self.customer = identity.customer
         return value
 
     def clean_file(self):
@@ -1141,7 +1140,7 @@ class JobAdmin(admin.ModelAdmin):
                    "title": "Start a background job"}
         if kind not in dict(kinds):
             return render(request, "admin/journeys/job/start.html", context)
-        form = JobStartForm(request.POST or None, request.FILES or None, kind=kind, user=request.user,
+        form = JobStartForm(request.POST if request.method == "POST" else None, request.FILES or None, kind=kind, user=request.user,
                             initial={"version": request.GET.get("version"), "customer": request.GET.get("customer")})
         if request.method == "POST" and form.is_valid():
             try:

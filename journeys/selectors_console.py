@@ -498,6 +498,13 @@ def jobs_for_user(user: Any):
     return Job.objects.filter(created_by=user)
 
 
+def customer_find(*, value: str) -> Customer | None:
+    """A customer by any of their ids (user id, anonymous id, email, phone) or profile email."""
+    value = value.strip()
+    identity = Identity.objects.filter(value__in=[value, value.lower()]).select_related("customer").first()
+    return identity.customer if identity else Customer.objects.filter(email__iexact=value).first()
+
+
 def template_preview(*, user: Any, template: str, locale: str = "", customer_ref: str = "",
                      now: datetime | None = None) -> dict:
     """Render a message template as the channels app would send it, for a chosen customer (by user
@@ -517,10 +524,9 @@ def template_preview(*, user: Any, template: str, locale: str = "", customer_ref
         if not _may_view(user, Customer):
             return {"ok": False, "field": "preview_customer", "error": "you may not view customers"}
         value = customer_ref.strip()
-        identity = Identity.objects.filter(value__in=[value, value.lower()]).select_related("customer").first()
-        if identity is None:
+        customer = customer_find(value=customer_ref)
+        if customer is None:
             return {"ok": False, "field": "preview_customer", "error": f"no customer with id or email {value!r}"}
-        customer = identity.customer
     else:
         customer = Customer.objects.filter(merged_into__isnull=True).order_by("-last_seen", "-id").first()
     sample_event = {"name": "Sample Event", "properties": {}}

@@ -13,9 +13,7 @@ import csv
 import io
 import json
 import logging
-from collections import Counter
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
@@ -29,6 +27,7 @@ from journeys.selectors import EDIT, REVIEW, user_can, user_has_global
 logger = logging.getLogger(__name__)
 
 IMPORT_BATCH = 500
+REPLAY_LIMIT = 1000
 MAX_INPUT_BYTES = 20 * 1024 * 1024
 MAX_ROWS = 100_000
 DATA_JOB_PERM = "journeys.run_data_jobs"
@@ -268,40 +267,26 @@ def _import_events(job: Job) -> dict:
 
 
 def _replay(job: Job) -> dict:
-    """Replay one day at a time so the page shows progress, then add the days up."""
+    """Replay the recent events of the version's trigger through it and the live version.
+
+    Progress is per replayed event when `version_replay` reports it (`on_progress`), else the job
+    moves from 0 to 1 when the replay is done."""
+    import inspect
+
     from journeys.services.governance import version_replay
 
     version = WorkflowVersion.objects.select_related("workflow").get(pk=job.params["version_id"])
     live = version.workflow.live_version
     baseline = live if live is not None and live.pk != version.pk else None
     days = int(job.params.get("days") or 7)
-    limit = int(job.params.get("limit") or 200)
-    now = timezone.now()
-    job_progress(job=job, done=0, total=days, message=f"replaying {days} days of events")
-    total: dict = {"days": days, "events": 0, "differs": 0, "entered": Counter(), "rows": [],
-                   "reach": {"proposed": Counter(), "live": Counter()},
-                   "messages": {"proposed": Counter(), "live": Counter()}}
-    for day in range(days):
-        part = version_replay(proposed=version, baseline=baseline, days=1, limit=limit,
-                              now=now - timedelta(days=day))
-        total["events"] += part["events"]
-        total["differs"] += part["differs"]
-        total["entered"].update(part["entered"])
-        for side in ("proposed", "live"):
-            total["reach"][side].update(part["reach"][side])
-            total["messages"][side].update(part["messages"][side])
-        total["rows"].extend(part["rows"][: max(0, limit - len(total["rows"]))])
-        job_progress(job=job, done=day + 1, message=f"day {day + 1} of {days}: {total['events']} events so far")
-    return {
-        "generated_at": now.isoformat(), "days": days, "events": total["events"], "differs": total["differs"],
-        "customers": len({r["customer"] for r in total["rows"]}),
-        "proposed": {"id": version.pk, "number": version.number, "workflow": version.workflow.name},
-        "baseline": {"id": baseline.pk, "number": baseline.number} if baseline else None,
-        "entered": dict(total["entered"]),
-        "reach": {k: dict(sorted(v.items())) for k, v in total["reach"].items()},
-        "messages": {k: dict(sorted(v.items())) for k, v in total["messages"].items()},
-        "rows": total["rows"],
-    }
+    options: dict[str, Any] = {"days": days, "limit": int(job.params.get("limit") or REPLAY_LIMIT)}
+    job_progress(job=job, done=0, total=1, message=f"replaying the events of the last {days} days")
+    if "on_progress" in inspect.signature(version_replay).parameters:
+        options["on_progress"] = lambda done, total: job_progress(job=job, done=done, total=total,
+                                                                  message=f"event {done} of {total}")
+    report = version_replay(proposed=version, baseline=baseline, **options)
+    job_progress(job=job, done=max(job.progress_total, 1), total=max(job.progress_total, 1))
+    return {**report, "proposed": {**report["proposed"], "workflow": version.workflow.name}}
 
 
 def _export(job: Job) -> dict:

@@ -1,0 +1,73 @@
+"""The rule editor's endpoint: the real rule parser's verdict while typing, with the error's
+position, and warnings for attributes nobody has (profiles seen, the event catalog's schema)."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from journeys.models import EventDefinition, Workflow
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def ops(client, demo):
+    client.login(username="ops", password="ops")
+    return client
+
+
+def check(client, rule, **params):
+    response = client.get(reverse("console:rule_check"), {"rule": rule, **params})
+    assert response.status_code == 200
+    return response.json()
+
+
+def test_a_valid_rule_is_ok_and_lists_what_it_reads(ops):
+    data = check(ops, "profile.ltv >= 500 and event.properties.total > 10")
+    assert data["ok"] is True
+    assert data["references"] == ["event.properties.total", "profile.ltv"]
+
+
+def test_a_syntax_error_comes_back_with_its_message_and_position(ops):
+    data = check(ops, "profile.ltv >= 500 and and")
+    assert data["ok"] is False
+    assert data["position"] == 23 and data["column"] == 24
+    assert "and" in data["error"] and data["message"].endswith("at column 24")
+    unknown = check(ops, "profile.ltv >= 5 or explode(1)")
+    assert unknown["ok"] is False and "explode" in unknown["error"] and unknown["position"] == 20
+
+
+def test_unknown_attributes_are_warnings_using_profiles_steps_and_the_catalog(ops):
+    version = Workflow.objects.get(name="Cart abandonment").live_version
+    EventDefinition.objects.create(name="Checkout Started", schema={
+        "type": "object", "properties": {"total": {"type": "number"}}})
+    data = check(ops, "profile.ltvv > 1 and profile.ltv > 1 and event.properties.totl > 1 "
+                      "and event.properties.total > 1 and journey.discount > 1", version=version.pk)
+    assert data["ok"] is True
+    warnings = " | ".join(data["warnings"])
+    assert "profile.ltvv: no customer has this attribute" in warnings
+    assert "event.properties.totl: not in the event catalog's schema for Checkout Started" in warnings
+    assert "journey.discount: no step of this version sets it" in warnings
+    assert "profile.ltv:" not in warnings and "properties.total:" not in warnings
+
+
+def test_an_empty_rule_is_not_an_error_yet(ops):
+    assert check(ops, "   ") == {"ok": True, "empty": True, "references": [], "warnings": []}
+
+
+def test_only_staff_may_ask(client, demo):
+    UserFactory(username="outsider", is_staff=False)
+    client.login(username="outsider", password="pw")
+    response = client.get(reverse("console:rule_check"), {"rule": "true"})
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_the_step_form_wires_rule_fields_to_the_checker(ops):
+    version = Workflow.objects.get(name="Cart abandonment").live_version
+    step = version.steps.get(key="valuable")
+    page = ops.get(reverse("admin:journeys_step_change", args=[step.pk])).content.decode()
+    assert f'data-rule-check="{reverse("console:rule_check")}"' in page
+    assert f'data-version="{version.pk}"' in page and 'id="id_rule-feedback"' in page
+    assert "console/editor.js" in page
