@@ -3,7 +3,9 @@
 Everything that differs between a laptop and production comes from the
 environment: DATABASE_URL (PostgreSQL via psycopg 3, else a SQLite file),
 REDIS_URL (django-q2 Redis broker and shared cache, else the ORM broker and a
-local cache), SECRET_KEY, DEBUG and ALLOWED_HOSTS.
+local cache; Q_BROKER=orm|redis overrides the broker), SECRET_KEY, DEBUG and
+ALLOWED_HOSTS. Web and worker processes must share SECRET_KEY: django-q2 signs
+tasks with it, and a worker drops a task it cannot verify.
 """
 
 from __future__ import annotations
@@ -161,7 +163,14 @@ Q_CLUSTER = {
     "catch_up": False,
     "label": "Task queue",
 }
-if REDIS_URL:
+# Q_BROKER picks the queue: "orm" (default without REDIS_URL) or "redis" (default with it).
+# Q_BROKER=orm with REDIS_URL keeps the at-least-once ORM queue and still shares the cache.
+Q_BROKER = os.environ.get("Q_BROKER", "redis" if REDIS_URL else "orm").strip().lower()
+if Q_BROKER not in {"orm", "redis"}:
+    raise ValueError(f"Q_BROKER: unknown broker {Q_BROKER!r} (use orm or redis)")
+if Q_BROKER == "redis":
+    if not REDIS_URL:
+        raise ValueError("Q_BROKER=redis needs REDIS_URL (e.g. redis://127.0.0.1:6379/0)")
     Q_CLUSTER["redis"] = REDIS_URL
 else:
     Q_CLUSTER["orm"] = "default"
