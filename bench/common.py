@@ -292,3 +292,48 @@ def stack(
         with gunicorn(server, workers=workers) as (port, proc):
             s.port, s.server = port, proc
             yield s
+
+
+# --- workers and memory -------------------------------------------------------
+
+
+@contextlib.contextmanager
+def qcluster(env: dict[str, str], *, q_workers: int = 2, name: str = "bench") -> Iterator[subprocess.Popen]:
+    """One `manage.py qcluster` (Q_WORKERS workers) in its own session; stopped (then killed) afterwards.
+
+    Its log goes to tmp/bench-qcluster-<name>.log.
+    """
+    LOG_DIR.mkdir(exist_ok=True)
+    with open(LOG_DIR / f"bench-qcluster-{name}.log", "w") as logfile:
+        proc = subprocess.Popen(
+            [str(PYTHON), "manage.py", "qcluster"], env={**env, "Q_WORKERS": str(q_workers)}, cwd=ROOT,
+            stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                log(f"qcluster {name} did not stop in 30 s; killing it")
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def tree_rss(pid: int) -> tuple[int, int]:
+    """(sum, largest) resident bytes of a process and its live descendants (VmRSS, /proc)."""
+    sizes = []
+    stack_ = [pid]
+    while stack_:
+        p = stack_.pop()
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            status = Path(f"/proc/{p}/status").read_text()
+            sizes.append(int(status.split("VmRSS:")[1].split()[0]) * 1024)
+        stack_.extend(_children(p))
+    return sum(sizes), max(sizes, default=0)
+
+
+def loadavg() -> float:
+    return round(os.getloadavg()[0], 2)

@@ -110,8 +110,8 @@ class QCluster:
             PGAPPNAME=app_name,  # libpq: lets the test find this cluster's connections in pg_stat_activity
             PYTHONUNBUFFERED="1",
             LOG_LEVEL=os.environ.get("QCLUSTER_LOG_LEVEL", "INFO"),
-            **(extra_env or {}),
         )
+        env.update(extra_env or {})  # may override any of the above
         self.env = env
         self.log = tempfile.NamedTemporaryFile(prefix=f"{app_name}-", suffix=".log", delete=False)
         self.proc: subprocess.Popen | None = None
@@ -389,3 +389,31 @@ def rss_bytes(pids: list[int]) -> int:
         except OSError:
             continue
     return total
+
+
+class PeakRss:
+    """Samples the resident memory of a process group (all of a qcluster: guard, pusher, monitor,
+    workers) in a thread; `peak` is the largest sum seen, `peak_process` the largest single process."""
+
+    def __init__(self, pgid: int, *, interval: float = 0.05):
+        import threading
+
+        self.pgid, self.interval = pgid, interval
+        self.peak = self.peak_process = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            pids = group_pids(self.pgid)
+            self.peak = max(self.peak, rss_bytes(pids))
+            self.peak_process = max([self.peak_process] + [rss_bytes([p]) for p in pids])
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakRss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
