@@ -13,11 +13,11 @@ from django.contrib import admin
 from django.contrib.admin.helpers import ActionForm
 from django.contrib.admin.utils import flatten_fieldsets
 
-from journeys.services.governance import history_stamp
+from journeys.services.governance import history_stamp, run_user_can_view, runs_visible_to
 
 REASON_FIELD = "change_reason"
 REASON_HELP = "Why are you making this change? Recorded in the history and the audit log."
-REASON_MISSING = "Say why you are making this change (it is recorded in the history)."
+REASON_MISSING = "This field is required: say why you are making this change (it is recorded in the history)."
 
 
 def reason_field() -> forms.CharField:
@@ -103,6 +103,20 @@ class HistoryReasonMixin:
 
     def revert_disabled(self, request, obj=None):
         return not self.history_revert or super().revert_disabled(request, obj)
+
+
+class RunScopeMixin:
+    """Journey runs as each user may see them (services.governance decides): an editor watches the runs
+    and step executions of their unit's workflows; other units' runs are neither listed nor opened."""
+
+    def get_queryset(self, request):
+        return runs_visible_to(user=request.user) & super().get_queryset(request)
+
+    def has_module_permission(self, request):
+        return run_user_can_view(user=request.user)
+
+    def has_view_permission(self, request, obj=None):
+        return run_user_can_view(user=request.user, run=obj)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

@@ -18,7 +18,7 @@ from typing import Any
 
 from django.contrib.auth.models import Group, Permission
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
@@ -39,7 +39,7 @@ from journeys.models import (
     Workflow,
     WorkflowVersion,
 )
-from journeys.selectors import UNIT_PERM, user_can
+from journeys.selectors import UNIT_PERM, VIEW, runs_for_user, user_can, workflows_for_user
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,22 @@ def audit_record(
         workflow=workflow or (version.workflow if version is not None else None),
         version=version, change_request=change_request, reason=reason or "", data=data or {},
     )
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def runs_visible_to(*, user: Any) -> QuerySet[JourneyRun]:
+    """The runs (with their step executions) a user may watch: those of the workflows they may view.
+    Business-unit editors see the runs of their unit's workflows and no other unit's."""
+    return runs_for_user(user)
+
+
+def run_user_can_view(*, user: Any, run: JourneyRun | None = None) -> bool:
+    """Whether the user may open this run (run=None: whether they may see any run at all)."""
+    if run is None:
+        return workflows_for_user(user, VIEW).exists()
+    return user_can(user, VIEW, run.workflow)
 
 
 # --------------------------------------------------------------------------- roles

@@ -66,7 +66,7 @@ def test_adding_a_channel_without_a_reason_says_what_to_fix(admin_client):
         "retry_base_s": 30, "retry_max_s": 3600, "breaker_threshold": 5, "breaker_cooldown_s": 60})
 
     assert response.status_code == 200
-    assert "Say why you are making this change" in response.content.decode()
+    assert "say why you are making this change" in response.content.decode()
     assert not Channel.objects.filter(name="push").exists()
 
 
