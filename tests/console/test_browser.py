@@ -1,13 +1,7 @@
 """Headless Chromium walks the console: ops watches the dashboard refresh, reads a workflow's
-graph (and compares two versions), and opens a Customer 360. Screenshots are taken on every run;
-with SAVE_SCREENSHOTS=1 they replace the ones in docs/screenshots/ (shown in the README), otherwise
-they go to a temporary directory so that a test run leaves the working tree clean."""
+graph (and compares two versions), and opens a Customer 360. Screenshots: see tests/browser.py."""
 
 from __future__ import annotations
-
-import os
-import shutil
-from pathlib import Path
 
 import pytest
 from django.urls import reverse
@@ -15,64 +9,13 @@ from django.urls import reverse
 from journeys.models import Customer, Step, Workflow
 from journeys.services.workflows import version_new_draft
 
-CHROMEDRIVER = shutil.which("chromedriver")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+from tests.browser import browser, login, needs_chromium, only_local_resources, shot  # noqa: F401 - fixtures
 
-pytestmark = [
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not (CHROMEDRIVER and CHROMIUM), reason="needs Debian's chromium and chromium-driver"),
-]
+pytestmark = [pytest.mark.django_db(transaction=True), needs_chromium]
 
 
-@pytest.fixture
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", "--window-size=1440,1000"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.implicitly_wait(5)
-    yield driver
-    driver.quit()
-
-
-def _login(browser, base: str, username: str = "admin", password: str = "admin") -> None:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    browser.get(f"{base}/admin/login/")
-    browser.find_element(By.ID, "id_username").send_keys(username)
-    browser.find_element(By.ID, "id_password").send_keys(password)
-    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-    WebDriverWait(browser, 10).until(lambda b: "/admin/logout/" in b.page_source)
-
-
-def _only_local_resources(browser, base: str) -> None:
-    """Nothing on the page came from outside this server (works without internet)."""
-    urls = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
-    outside = [u for u in urls if not u.startswith(base)]
-    assert not outside, outside
-
-
-@pytest.fixture
-def shot(browser, tmp_path):
-    """Save a full-page screenshot (docs/screenshots/ with SAVE_SCREENSHOTS=1)."""
-    target = DOCS_SCREENSHOTS if os.environ.get("SAVE_SCREENSHOTS") == "1" else tmp_path
-    target.mkdir(parents=True, exist_ok=True)
-
-    def take(name: str) -> None:
-        height = browser.execute_script("return Math.min(document.documentElement.scrollHeight, 2400)")
-        browser.set_window_size(1440, max(height + 140, 900))
-        browser.save_screenshot(str(target / name))
-        browser.set_window_size(1440, 1000)
-
-    return take
+def _login(browser, base: str) -> None:
+    login(browser, base, "admin", "admin")
 
 
 def test_ops_watches_the_dashboard_refresh(traffic, send, live_server, browser, shot):
@@ -86,7 +29,7 @@ def test_ops_watches_the_dashboard_refresh(traffic, send, live_server, browser, 
     assert "/admin/" in browser.current_url
     live = str(Workflow.objects.filter(live_version__isnull=False, status="active").count())
     WebDriverWait(browser, 10).until(lambda b: b.find_element(By.ID, "m-live-workflows").text == live)
-    _only_local_resources(browser, base)
+    only_local_resources(browser, base)
     shot("admin-home.png")
 
     # the full dashboard, refreshing every second
@@ -95,7 +38,7 @@ def test_ops_watches_the_dashboard_refresh(traffic, send, live_server, browser, 
     assert browser.find_element(By.ID, "m-runs-waiting").text == "2"
     assert browser.find_element(By.ID, "m-open-cases").text == "1"
     assert len(browser.find_elements(By.CSS_SELECTOR, "svg.chart")) == 3
-    _only_local_resources(browser, base)
+    only_local_resources(browser, base)
     shot("dashboard.png")
 
     # new traffic arrives: the page updates in place, without a reload
@@ -126,7 +69,7 @@ def test_ops_reads_the_graph_of_a_demo_workflow_and_compares_versions(traffic, l
     assert keys == {"email", "wait", "valuable", "sms", "bought"}
     labels = {e.text for e in browser.find_elements(By.CSS_SELECTOR, "svg.workflow-graph .edge-label")}
     assert labels == {"next", "timeout", "event", "yes"}
-    _only_local_resources(browser, base)
+    only_local_resources(browser, base)
     shot("workflow-graph.png")
 
     # from the dashboard's live workflow list to the graph of Onboarding's live version
@@ -183,7 +126,7 @@ def test_ops_opens_a_customer_360(traffic, send, live_server, browser, shot):
     assert "High-value support query" in browser.find_element(By.ID, "c360-runs").text
     cases = browser.find_element(By.ID, "c360-cases")
     assert "Assigned" in cases.text
-    _only_local_resources(browser, base)
+    only_local_resources(browser, base)
     shot("customer-360.png")
 
     cases.find_element(By.PARTIAL_LINK_TEXT, "#").click()
