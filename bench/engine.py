@@ -258,8 +258,8 @@ def start_spy(output: str, pid: int) -> subprocess.Popen:
 class Cluster:
     """`manage.py qcluster` processes (each with Q_WORKERS workers), in their own sessions."""
 
-    def __init__(self, env: dict, *, processes: int = 1, q_workers: int = 2) -> None:
-        self.env = {**env, "Q_WORKERS": str(q_workers)}
+    def __init__(self, env: dict, *, processes: int = 1, q_workers: int = 2, q_poll: float | None = None) -> None:
+        self.env = {**env, "Q_WORKERS": str(q_workers), **({"Q_POLL": str(q_poll)} if q_poll else {})}
         self.count = processes
         self.procs: list[subprocess.Popen] = []
 
@@ -524,7 +524,7 @@ def phase(s, postmaster: int, *, tag: str, workflows: int, args, latency: bool =
     out: dict = {"workflows": workflows}
     with s.connect(autocommit=True) as conn:
         # customers for this phase, identified (not timed)
-        with cluster(s.env, processes=args.clusters, q_workers=args.q_workers):
+        with cluster(s.env, processes=args.clusters, q_workers=args.q_workers, q_poll=args.q_poll):
             Sender(s.port, s.write_key).post_all(bodies_for(identify_events(tag, args.users, args.reachable), 250))
             wait_drained(conn, timeout_s=300, what="identify")
 
@@ -538,7 +538,7 @@ def phase(s, postmaster: int, *, tag: str, workflows: int, args, latency: bool =
         ingest_wall = time.perf_counter() - t0
         ingest_cpu = delta(cpu_snapshot(s, None, postmaster), cpu0)
         log(f"  backlog of {args.backlog} stored in {ingest_wall:.1f} s; starting the cluster")
-        c = Cluster(s.env, processes=args.clusters, q_workers=args.q_workers)
+        c = Cluster(s.env, processes=args.clusters, q_workers=args.q_workers, q_poll=args.q_poll)
         cpu0 = cpu_snapshot(s, c, postmaster)
         load0 = os.getloadavg()[0]
         c.start()
@@ -609,6 +609,9 @@ def parse(argv=None):
     p.add_argument("--reachable", action="store_true",
                    help="customers get an email: deliveries are really sent (delivery_send tasks, 'Message Sent' events)")
     p.add_argument("--q-workers", type=int, default=2)
+    p.add_argument("--q-poll", type=float, default=0.05,
+                   help="Q_POLL of the qcluster (s): how long an idle ORM-broker pusher sleeps before looking "
+                        "again; it bounds the pickup delay of a freshly enqueued batch (0: the settings' value)")
     p.add_argument("--rounds", type=int, default=2, choices=(1, 2),
                    help="1: small then big; 2: small, big, big, small (ABBA, cancels a load drift)")
     p.add_argument("--clusters", type=int, default=1, help="qcluster processes")
@@ -682,6 +685,7 @@ def main() -> int:
         cpu_us_per_event={str(args.small): round(mean(small, "cost_cpu_us")), str(args.big): round(mean(big, "cost_cpu_us"))},
         queries_per_event=phases[1].get("queries", {}).get("queries_per_event"),
         q_workers=args.q_workers,
+        q_poll=args.q_poll or None,
         clusters=args.clusters,
         backlog=args.backlog,
         offered_per_s=args.rate,

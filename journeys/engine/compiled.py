@@ -112,11 +112,16 @@ class TriggerIndex:
 
     def admits(self, version_id: int, customer_id: int) -> bool:
         """Whether a NEW entry of this customer may go to this version (canary share routing)."""
-        routing = self.canary.get(version_id)
-        if routing is None:
-            return True
-        workflow_id, percent, is_canary = routing
-        return (canary_bucket(workflow_id, customer_id) < percent * 100) == is_canary
+        return canary_admits(self.canary.get(version_id), customer_id)
+
+
+def canary_admits(routing: tuple[int, int, bool] | None, customer_id: int) -> bool:
+    """Canary share routing of a new entry: `routing` is (workflow id, percent, is the canary)
+    for a workflow with a canary, None otherwise (everyone enters the live version)."""
+    if routing is None:
+        return True
+    workflow_id, percent, is_canary = routing
+    return (canary_bucket(workflow_id, customer_id) < percent * 100) == is_canary
 
 
 def canary_bucket(workflow_id: int, customer_id: int) -> int:
@@ -127,6 +132,15 @@ def canary_bucket(workflow_id: int, customer_id: int) -> int:
 
 _index = TriggerIndex()
 CHECK_EVERY_S = 1.0
+
+
+def routable_versions():
+    """Versions that take new entries: the live version of every active workflow and, beside
+    it, its canary (whatever the trigger kind: the scheduler routes date, inactivity and cron
+    entries by the same share as the event path)."""
+    live = models.Q(state=VersionState.LIVE)
+    canary = models.Q(workflow__canary_version=models.F("pk"), workflow__live_version__isnull=False)
+    return WorkflowVersion.objects.filter(live | canary, workflow__status="active")
 
 
 def current_generation() -> int:
@@ -158,12 +172,7 @@ def trigger_index(*, force: bool = False) -> TriggerIndex:
     start: dict[str, list[int]] = defaultdict(list)
     stop: dict[str, list[int]] = defaultdict(list)
     goals = set()
-    live = models.Q(state=VersionState.LIVE)
-    canary = models.Q(
-        workflow__canary_version=models.F("pk"), workflow__live_version__isnull=False,
-        trigger_kind__in=(TriggerKind.EVENT, TriggerKind.ATTRIBUTE_CHANGE, TriggerKind.SEGMENT_ENTRY),
-    )
-    rows = WorkflowVersion.objects.filter(live | canary, workflow__status="active").values_list(
+    rows = routable_versions().values_list(
         "id", "trigger_kind", "trigger_event", "trigger_config", "goal_event"
     )
     for wid, live_id, canary_id, percent in Workflow.objects.filter(

@@ -15,7 +15,8 @@ from journeys.choices import EventStatus, ReentryPolicy, RunStatus, TriggerKind
 from journeys.engine.batch import EngineBatch, batch_suspended, insert_ignore_returning
 from journeys.engine.compiled import load_version, trigger_index
 from journeys.engine.durations import parse_duration
-from journeys.engine.runner import entry_refusal, run_convert, run_enroll, run_execute, run_resume, rule_true
+from journeys.engine import runner
+from journeys.engine.runner import run_convert, run_enroll, run_execute, run_resume, rule_true
 from journeys.engine.runtime import context_dict, event_dict, events_counter, profile_dict
 from journeys.models import Event, JourneyRun, TriggerWatch
 from journeys.rules import RuleContext
@@ -185,7 +186,7 @@ class Enrolments:
         if any(key == trigger_key for key, _, _ in rows):
             return False
         previous = [(status, created) for _, status, created in rows]
-        return entry_refusal(version=version, customer=customer, ctx=ctx, now=self.now, previous=previous) is None
+        return runner.entry_refusal(version=version, customer=customer, ctx=ctx, now=self.now, previous=previous) is None
 
     def accept(self, *, version, customer, trigger_key: str, event) -> None:
         run = JourneyRun(
@@ -248,6 +249,8 @@ def event_route(*, event: Event, open_runs: dict, index, now, enrol=None):
             start_event__timestamp__lte=event.timestamp,
         ).update(cancelled_at=now)
     for vid in index.inactivity_start.get(event.name, ()):
+        if not index.admits(vid, customer.pk):  # the window belongs to the version the customer is routed to
+            continue
         version = load_version(vid)
         if not rule_true(version.trigger_config.get("filter", ""), rctx)[0]:
             continue

@@ -1,5 +1,9 @@
 """Time-driven work: wake due runs, fire inactivity windows, date and cron triggers.
 
+New entries from date, inactivity and cron triggers follow a workflow's canary share
+exactly as event entries do (`canary_admits`, the same stable bucket per customer);
+runs already started, and inactivity windows already open, stay on their version.
+
 Called by the `engine_tick` q2 schedule every minute (and by tests with a
 chosen `now`). Rows are claimed with SELECT ... FOR UPDATE SKIP LOCKED on
 PostgreSQL, so several workers can tick at once without doing anything twice.
@@ -11,10 +15,11 @@ import logging
 from datetime import datetime, timedelta
 
 from django.db import connection, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from journeys.choices import RunStatus, TriggerKind, VersionState
-from journeys.engine.compiled import load_version
+from journeys.engine.compiled import canary_admits, load_version, routable_versions
 from journeys.engine.cron import cron_matches, parse_cron
 from journeys.engine.runner import run_enroll, run_resume, rule_true
 from journeys.engine.runtime import customer_zone, profile_dict
@@ -67,9 +72,11 @@ def watches_fire_due(*, now: datetime | None = None) -> int:
                 .filter(due_at__lte=now, fired_at__isnull=True, cancelled_at__isnull=True)
                 .select_related("customer", "start_event")[:BATCH]
             )
+            serving = _serving({w.version_id for w in watches})
             for watch in watches:
-                version_row = WorkflowVersion.objects.filter(pk=watch.version_id, state=VersionState.LIVE).exists()
-                if version_row:
+                # Routed when the window opened (canary share): it enrols on that version while
+                # the version still serves (live, or the workflow's canary).
+                if watch.version_id in serving:
                     run_enroll(
                         version=load_version(watch.version_id),
                         customer=watch.customer,
@@ -99,8 +106,19 @@ def _in_chunks(queryset, size: int = 500):
         last = page[-1].pk
 
 
-def _live(kind: str):
-    return WorkflowVersion.objects.filter(state=VersionState.LIVE, trigger_kind=kind, workflow__status="active")
+def _serving(version_ids: set[int]) -> set[int]:
+    """Which of these versions are live or a workflow's canary (paused workflows included)."""
+    return set(WorkflowVersion.objects.filter(pk__in=version_ids).filter(
+        Q(state=VersionState.LIVE) | Q(workflow__canary_version=F("pk"))).values_list("pk", flat=True))
+
+
+def _routed(kind: str) -> list[tuple[int, tuple[int, int, bool] | None]]:
+    """(version id, canary routing) of the versions taking new entries for this trigger kind:
+    the live ones and canaries; routing is None unless the workflow has a canary."""
+    rows = routable_versions().filter(trigger_kind=kind).values_list(
+        "pk", "workflow_id", "workflow__canary_version_id", "workflow__canary_percent")
+    return [(vid, None if canary_id is None else (wid, percent, vid == canary_id))
+            for vid, wid, canary_id, percent in rows]
 
 
 def _anniversary(value, local_date, offset_days: int, yearly: bool) -> bool:
@@ -132,13 +150,15 @@ def date_triggers_run(*, now: datetime | None = None) -> int:
     """
     now = now or timezone.now()
     enrolled = 0
-    for version_row in _live(TriggerKind.DATE_ATTRIBUTE):
-        version = load_version(version_row.pk)
+    for vid, routing in _routed(TriggerKind.DATE_ATTRIBUTE):
+        version = load_version(vid)
         config = version.trigger_config
         attribute = config.get("attribute", "")
         hour, minute = (int(p) for p in config.get("at", "09:00").split(":"))
         customers = Customer.objects.filter(merged_into__isnull=True, traits__has_key=attribute)
         for customer in _in_chunks(customers):
+            if not canary_admits(routing, customer.pk):
+                continue
             local = now.astimezone(customer_zone(customer))
             if (local.hour, local.minute) < (hour, minute):
                 continue
@@ -154,8 +174,8 @@ def schedules_run(*, now: datetime | None = None) -> int:
     """Cron triggers over a segment: {"cron": "0 9 * * 1", "segment": "profile.plan == 'pro'"} (UTC)."""
     now = (now or timezone.now()).replace(second=0, microsecond=0)
     enrolled = 0
-    for version_row in _live(TriggerKind.SCHEDULE):
-        version = load_version(version_row.pk)
+    for vid, routing in _routed(TriggerKind.SCHEDULE):
+        version = load_version(vid)
         fields = parse_cron(version.trigger_config.get("cron", ""))
         with transaction.atomic():
             state, _ = TriggerState.objects.select_for_update().get_or_create(version_id=version.id)
@@ -170,6 +190,8 @@ def schedules_run(*, now: datetime | None = None) -> int:
         for tick in ticks:
             segment = version.trigger_config.get("segment", "")
             for customer in _in_chunks(Customer.objects.filter(merged_into__isnull=True)):
+                if not canary_admits(routing, customer.pk):
+                    continue
                 if not rule_true(segment, RuleContext(profile=profile_dict(customer, now), now=now))[0]:
                     continue
                 with transaction.atomic():

@@ -565,9 +565,6 @@ def _publish(*, version: WorkflowVersion, actor, reason: str) -> WorkflowVersion
     return version
 
 
-CANARY_TRIGGERS = (TriggerKind.EVENT, TriggerKind.ATTRIBUTE_CHANGE, TriggerKind.SEGMENT_ENTRY)
-
-
 def version_canary_start(*, version: WorkflowVersion, percent: int, actor=None,
                          reason: str = "canary") -> WorkflowVersion:
     """Stage an approved version as a canary: `percent`% of NEW entries (chosen deterministically
@@ -589,11 +586,6 @@ def _canary_start(*, version: WorkflowVersion, percent: int, actor, reason: str)
     live = workflow.live_version
     if live is None:
         raise ValidationError("a canary runs beside a live version; publish this one directly instead")
-    if live.trigger_kind not in CANARY_TRIGGERS or version.trigger_kind not in CANARY_TRIGGERS:
-        raise ValidationError(
-            "canary routing covers event, attribute-change and segment-entry triggers; publish time-based "
-            "and inactivity workflows directly"
-        )
     if workflow.canary_version_id != version.pk:
         if actor is not None:
             _check_publishable(version, actor)
