@@ -1001,7 +1001,8 @@ class StepAdmin(admin.ModelAdmin):
             data = form.cleaned_data
             preview = template_preview(user=request.user, template=data.get("template", ""),
                                        locale=data.get("preview_locale", ""),
-                                       customer_ref=data.get("preview_customer", ""))
+                                       customer_ref=data.get("preview_customer", ""),
+                                       event_name=version.trigger_event)
         elif posting and form.is_valid() and reason_form.is_valid():
             try:
                 saved = step_save(form=form, actor=request.user, reason=reason_form.cleaned_data["change_reason"])

@@ -505,12 +505,13 @@ def customer_find(*, value: str) -> Customer | None:
     return identity.customer if identity else Customer.objects.filter(email__iexact=value).first()
 
 
-def template_preview(*, user: Any, template: str, locale: str = "", customer_ref: str = "",
+def template_preview(*, user: Any, template: str, locale: str = "", customer_ref: str = "", event_name: str = "",
                      now: datetime | None = None) -> dict:
     """Render a message template as the channels app would send it, for a chosen customer (by user
     id or email; needs permission to view customers) or the most recently seen one as a sample.
     Uses the channels app's own services (message_context, template_render): what is shown is
-    what would be sent, personalization consent included."""
+    what would be sent, personalization consent included. `event_name` (the workflow's trigger)
+    picks the latest such event as the `event` the template reads."""
     from django.utils.module_loading import import_string
 
     template_model = _model("channels_app", "MessageTemplate")
@@ -529,7 +530,11 @@ def template_preview(*, user: Any, template: str, locale: str = "", customer_ref
             return {"ok": False, "field": "preview_customer", "error": f"no customer with id or email {value!r}"}
     else:
         customer = Customer.objects.filter(merged_into__isnull=True).order_by("-last_seen", "-id").first()
-    sample_event = {"name": "Sample Event", "properties": {}}
+    # The event the template would be sent for: the latest of that name (the customer's own if any).
+    events = Event.objects.filter(name=event_name).order_by("-id") if event_name else Event.objects.none()
+    event = (events.filter(customer=customer).first() if customer else None) or events.first()
+    sample_event = {"name": event.name, "properties": event.properties or {}} if event else \
+        {"name": event_name or "Sample Event", "properties": {}}
     links = {"unsubscribe_url": "#unsubscribe", "preferences_url": "#preferences"}
     if customer is not None:
         context = import_string("channels_app.services.message_context")(

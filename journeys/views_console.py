@@ -307,7 +307,7 @@ def template_preview_view(request: HttpRequest) -> JsonResponse:
 
     data = request.POST if request.method == "POST" else request.GET
     result = template_preview(user=request.user, template=data.get("template", ""), locale=data.get("locale", ""),
-                              customer_ref=data.get("customer", ""))
+                              customer_ref=data.get("customer", ""), event_name=data.get("event", ""))
     return JsonResponse(result, status=200 if result["ok"] else 400)
 
 

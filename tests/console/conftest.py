@@ -69,3 +69,10 @@ def traffic(onboarding, send):
     send(userId="u-alan", event="Support Message",
          properties={"text": "This is terrible, I was charged twice and nobody answers. Awful service!"})
     return onboarding
+
+
+@pytest.fixture
+def ops(client, demo):
+    """The demo's ops admin (role group, not a superuser), signed in."""
+    client.login(username="ops", password="ops")
+    return client

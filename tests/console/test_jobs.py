@@ -18,12 +18,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def ops(client, demo):
-    client.login(username="ops", password="ops")
-    return client
-
-
-@pytest.fixture
 def source(demo):
     return Source.objects.get(name="demo-web")
 

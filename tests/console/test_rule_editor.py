@@ -12,12 +12,6 @@ from tests.factories import UserFactory
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def ops(client, demo):
-    client.login(username="ops", password="ops")
-    return client
-
-
 def check(client, rule, **params):
     response = client.get(reverse("console:rule_check"), {"rule": rule, **params})
     assert response.status_code == 200

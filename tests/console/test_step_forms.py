@@ -21,12 +21,6 @@ def draft(demo):
     return WorkflowVersion.objects.create(workflow=workflow, number=1, trigger_event="Signed Up")  # as the admin adds one
 
 
-@pytest.fixture
-def ops(client, demo):
-    client.login(username="admin", password="admin")
-    return client
-
-
 def add_url(version, kind=""):
     return f"{reverse('admin:journeys_step_add')}?version={version.pk}" + (f"&kind={kind}" if kind else "")
 

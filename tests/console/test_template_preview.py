@@ -13,12 +13,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def ops(client, demo):
-    client.login(username="ops", password="ops")
-    return client
-
-
-@pytest.fixture
 def grace(demo):
     from channels_app.models import MessageTemplate, TemplateVariant
 
@@ -40,7 +34,15 @@ def test_preview_for_a_chosen_customer_in_a_chosen_locale(ops, grace):
     assert data["subject"] == "Dein Warenkorb, Greta"
     default = preview(ops, template="cart-reminder", customer="u-greta").json()
     assert default["subject"] == "You left something in your cart, Greta"
-    assert "event.properties.total" in default["missing"]  # the sample event has no total
+    assert "event.properties.total" in default["missing"]  # no event named: the sample has no total
+
+
+def test_preview_reads_the_latest_trigger_event_of_the_customer(ops, grace):
+    from journeys.services.internal_events import event_record_internal
+
+    event_record_internal(customer=grace, name="Checkout Started", properties={"total": 42})
+    data = preview(ops, template="cart-reminder", customer="u-greta", event="Checkout Started").json()
+    assert data["body"] == "Your cart worth 42 is waiting."
 
 
 def test_preview_without_a_customer_uses_the_latest_one_and_bad_input_names_the_field(ops, grace):

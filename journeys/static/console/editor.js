@@ -83,7 +83,8 @@
       event.preventDefault();
       var params = {template: document.getElementById("id_template").value,
                     locale: document.getElementById("id_preview_locale").value,
-                    customer: document.getElementById("id_preview_customer").value};
+                    customer: document.getElementById("id_preview_customer").value,
+                    event: panel.dataset.event || ""};
       result.textContent = "rendering…";
       getJSON(panel.dataset.previewUrl, params).then(function (data) {
         result.textContent = "";
