@@ -393,6 +393,14 @@ class StepForm(forms.ModelForm):
         return data
 
 
+def _version_editable(user, version: WorkflowVersion) -> bool:
+    """Steps, edges and settings of a version may change: not frozen (never live), not a canary,
+    not retired, and the user may edit the workflow."""
+    return (not version.is_frozen and version.state in (VersionState.DRAFT, VersionState.IN_REVIEW,
+                                                        VersionState.APPROVED)
+            and not version.is_canary and user_can(user, EDIT, version.workflow))
+
+
 class VersionChildInline(admin.TabularInline):
     """Steps and edges may change exactly when their version may."""
 
@@ -401,8 +409,7 @@ class VersionChildInline(admin.TabularInline):
     def _editable(self, request, obj) -> bool:
         if obj is None:  # asked without a version (the inline's queryset): the user's general reach
             return workflows_for_user(request.user, EDIT).exists()
-        return (not obj.is_frozen and obj.state in (VersionState.DRAFT, VersionState.IN_REVIEW, VersionState.APPROVED)
-                and not obj.is_canary and user_can(request.user, EDIT, obj.workflow))
+        return _version_editable(request.user, obj)
 
     def has_view_permission(self, request, obj=None):
         return user_can(request.user, VIEW, obj.workflow) if obj is not None else user_has_any_scope(request.user)
@@ -511,8 +518,7 @@ class WorkflowVersionAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAd
         return self.fieldsets
 
     def _editable(self, request, obj) -> bool:
-        return (not obj.is_frozen and obj.state in (VersionState.DRAFT, VersionState.IN_REVIEW, VersionState.APPROVED)
-                and not obj.is_canary and user_can(request.user, EDIT, obj.workflow))
+        return _version_editable(request.user, obj)
 
     def has_view_permission(self, request, obj=None):
         return user_can(request.user, VIEW, obj.workflow) if obj is not None else user_has_any_scope(request.user)
@@ -1026,12 +1032,6 @@ class StepAdmin(admin.ModelAdmin):
 class StepReasonForm(forms.Form):
     change_reason = forms.CharField(label="Reason for this change", max_length=500, help_text=REASON_HELP,
                                     widget=forms.TextInput(attrs={"size": 80}))
-
-
-def _version_editable(user, version: WorkflowVersion) -> bool:
-    return (not version.is_frozen and version.state in (VersionState.DRAFT, VersionState.IN_REVIEW,
-                                                        VersionState.APPROVED)
-            and not version.is_canary and user_can(user, EDIT, version.workflow))
 
 
 # --------------------------------------------------------------------------- background jobs
