@@ -144,6 +144,7 @@ def event_ingest(*, source: Source, events: list[ParsedEvent]) -> IngestResult:
         if imap.redirects:  # a later event of this batch merged a profile an earlier event pointed at
             for row in rows:
                 row.customer_id = imap.survivor(row.customer_id)
+        imap.claims_flush()
         customers_save(imap.customers[pk] for pk in imap.dirty if pk in imap.customers)
         # ON CONFLICT / ignore_conflicts covers a concurrent request carrying the same messageId.
         event_ids = events_insert(rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.db import connection
 
 from journeys.models import Customer, CustomerMerge, Event, Identity
 
@@ -106,3 +107,53 @@ def test_events_before_a_merge_in_the_same_batch_land_on_the_survivor(api):
     customer = live_customers().get()
     assert customer.external_id == "known"
     assert Event.objects.filter(customer=customer).count() == 4
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="needs PostgreSQL (concurrent writers; SQLite "
+                    "serialises them)")
+def test_two_requests_creating_the_same_new_people_at_once_leave_one_profile_each(source):
+    """Two batches with overlapping brand-new people (and their emails) are stored at the same
+    moment on two connections: each person ends with one profile, no profile without identity
+    is left behind (the loser's profiles are deleted), and every event points at the survivor."""
+    import threading
+
+    from django.db import connections
+    from django.utils import timezone
+
+    from journeys.services.ingest import event_ingest, events_parse
+
+    def batch(users, tag):
+        return [{"type": "identify", "userId": f"p{u}", "anonymousId": f"a{u}", "messageId": f"{tag}{u}",
+                 "traits": {"email": f"P{u}@example.com"}} for u in users]
+
+    barrier, errors = threading.Barrier(2), []
+
+    def ingest(payloads):
+        try:
+            events = events_parse(payloads=payloads, received_at=timezone.now(), in_batch=True)
+            barrier.wait(timeout=10)
+            event_ingest(source=source, events=events)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=ingest, args=(batch(range(0, 200), "x"),)),
+               threading.Thread(target=ingest, args=(batch(reversed(range(100, 300)), "y"),))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+
+    assert Event.objects.count() == 400
+    assert live_customers().count() == 300
+    assert not live_customers().filter(identities__isnull=True).exists(), "a profile was left without identity"
+    owner = dict(Identity.objects.filter(kind="user_id").values_list("value", "customer_id"))
+    assert len(owner) == 300
+    for kind, prefix in (("anonymous_id", "a"), ("email", "p")):
+        rows = dict(Identity.objects.filter(kind=kind).values_list("value", "customer_id"))
+        assert {value: cid for value, cid in rows.items()} == {
+            (f"{prefix}{u}@example.com" if kind == "email" else f"{prefix}{u}"): owner[f"p{u}"] for u in range(300)}
+    assert all(owner[user] == cid for user, cid in Event.objects.values_list("user_id", "customer_id"))
