@@ -480,6 +480,20 @@ class WorkflowVersionForm(ReasonForm):
         fields = "__all__"
         widgets = {"trigger_event": CatalogNameInput(), "goal_event": CatalogNameInput()}
 
+    class Media:
+        css = {"all": ("console/console.css",)}
+        js = ("console/editor.js",)
+
+    def __init__(self, *args, **kwargs):
+        from journeys.forms_steps import RuleInput
+
+        super().__init__(*args, **kwargs)
+        version_id = self.instance.pk if self.instance else None
+        for name, event in (("entry_rule", "trigger_event"), ("goal_filter", "goal_event")):
+            if name in self.fields:  # checked as typed, like the rules of the step forms
+                self.fields[name].widget = RuleInput(version_id=version_id,
+                                                     event=getattr(self.instance, event, "") or "")
+
 
 @admin.register(WorkflowVersion)
 class WorkflowVersionAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAdmin):

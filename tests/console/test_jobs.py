@@ -170,3 +170,12 @@ def test_who_may_run_which_job(client, demo, source):
     # ops see every job
     client.login(username="ops", password="ops")
     assert client.get(reverse("console:job_status", args=[approvers_job.pk])).json()["status"] == "queued"
+
+
+def test_customer_360_offers_the_export_to_those_who_may_run_it(client, demo):
+    alan = Customer.objects.get(external_id="u-alan")
+    url = reverse("admin:journeys_customer_change", args=[alan.pk])
+    client.login(username="ops", password="ops")
+    assert f"{reverse('admin:journeys_job_add')}?kind=export&amp;customer=u-alan" in client.get(url).content.decode()
+    client.login(username="admin", password="admin")
+    assert b'id="export-job-link"' in client.get(url).content

@@ -65,3 +65,12 @@ def test_the_step_form_wires_rule_fields_to_the_checker(ops):
     assert f'data-rule-check="{reverse("console:rule_check")}"' in page
     assert f'data-version="{version.pk}"' in page and 'id="id_rule-feedback"' in page
     assert "console/editor.js" in page
+
+
+def test_the_versions_entry_rule_and_goal_filter_are_checked_as_typed_too(ops):
+    from journeys.services.workflows import version_new_draft
+
+    version = version_new_draft(version=Workflow.objects.get(name="Cart abandonment").live_version)
+    page = ops.get(reverse("admin:journeys_workflowversion_change", args=[version.pk])).content.decode()
+    assert 'id="id_entry_rule-feedback"' in page and 'id="id_goal_filter-feedback"' in page
+    assert 'data-event="Checkout Started"' in page and "console/editor.js" in page
