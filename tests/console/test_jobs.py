@@ -139,6 +139,8 @@ def test_an_editor_replays_a_version_of_their_unit_in_the_background(client, dem
     assert job.progress_done == job.progress_total >= 1
     assert job.result["events"] == 1 and job.result["entered"] == {"proposed": 1}
     assert job.result["reach"]["proposed"] == {"email": 1, "wait": 1, "valuable": 1, "sms": 1}
+    page = client.get(reverse("admin:journeys_job_change", args=[job.pk])).content.decode()
+    assert 'id="dry-run-summary"' in page and "<td>u-ada</td><td>Checkout Started</td>" in page
     status = client.get(reverse("console:job_status", args=[job.pk])).json()
     assert status["status"] == "succeeded" and status["percent"] == 100 and status["finished"] is True
 

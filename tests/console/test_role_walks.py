@@ -186,7 +186,7 @@ def test_ops_imports_customers_and_watches_the_job(demo, live_server, browser, s
     assert browser.find_element(By.ID, "job-progress").get_attribute("value") == "37"
     shot("job-progress.png", max_height=600)
     run_job(queued.pk)  # finished: the page shows the result
-    _wait(browser, lambda b: b.find_elements(By.ID, "replay-summary"))
+    _wait(browser, lambda b: b.find_elements(By.ID, "dry-run-summary"))
 
     # an import started from the admin: rows checked, bad ones reported by row number
     upload = tmp_path / "people.csv"
