@@ -1176,7 +1176,7 @@ class JobAdmin(admin.ModelAdmin):
 
         job = get_object_or_404(self.get_queryset(request), pk=object_id)
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, "job": job,
-                   "status": job_status(job), "title": str(job)}
+                   "status": job_status(job), "title": f"Job #{job.pk}: {job.get_kind_display()}"}
         return render(request, "admin/journeys/job/job.html", context)
 
 

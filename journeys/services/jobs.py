@@ -134,7 +134,7 @@ def _records(job: Job) -> list[dict]:
         return data
     if stripped.startswith("{"):
         rows = []
-        for number, line in enumerate(stripped.splitlines(), 1):
+        for line in stripped.splitlines():
             if line.strip():
                 try:
                     rows.append(json.loads(line))
