@@ -21,11 +21,19 @@ from experiments.services import report_export
 from experiments.services.analysis import experiment_analyze, experiment_auto_retire
 from experiments.services.bandits import experiment_bandit_update
 from experiments.services.experiments import (
+    ADD,
+    CHANGE,
+    OPERATE,
+    VIEW,
     arm_retire,
+    experiment_authorize,
     experiment_conclude,
     experiment_set_weights,
+    experiment_settings_save,
     experiment_start,
     experiment_stop,
+    experiment_user_can,
+    experiments_for_user,
 )
 from experiments.services.nba import nba_explain, nba_train
 from experiments.services.reports import experiment_attribution, experiment_cohorts, version_funnel
@@ -42,10 +50,25 @@ def _errors(exc: ValidationError | PermissionDenied) -> str:
 
 
 class ArmInline(admin.TabularInline):
+    """Arms change exactly when their experiment's settings may."""
+
     model = Arm
     fields = ("name", "is_control", "weight", "description", "retired_at", "retired_reason")
     readonly_fields = ("retired_at", "retired_reason")
     extra = 0
+
+    def has_view_permission(self, request, obj=None):
+        return experiment_user_can(request.user, VIEW, obj)
+
+    def has_add_permission(self, request, obj=None):
+        return experiment_user_can(request.user, CHANGE, obj) if obj is not None else \
+            experiment_user_can(request.user, ADD)
+
+    def has_change_permission(self, request, obj=None):
+        return experiment_user_can(request.user, CHANGE, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return experiment_user_can(request.user, CHANGE, obj)
 
 
 class ConcludeForm(forms.Form):
@@ -90,6 +113,34 @@ class ExperimentAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
         # Steps name the key; the salt places every customer: neither may change once created.
         return (*self.readonly_fields, "key", "salt") if obj is not None else self.readonly_fields
 
+    # Who sees and changes what: experiments.services.experiments.experiment_user_can (editors: their
+    # units' experiments, settings only while a draft); the services check the same rules again.
+    def get_queryset(self, request):
+        return experiments_for_user(request.user) & super().get_queryset(request)
+
+    def has_module_permission(self, request):
+        return experiment_user_can(request.user, VIEW)
+
+    def has_view_permission(self, request, obj=None):
+        return experiment_user_can(request.user, VIEW, obj)
+
+    def has_add_permission(self, request):
+        return experiment_user_can(request.user, ADD)
+
+    def has_change_permission(self, request, obj=None):
+        return experiment_user_can(request.user, CHANGE, obj)
+
+    def has_operate_permission(self, request, obj=None):
+        return experiment_user_can(request.user, OPERATE, obj)
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "workflow" and not request.user.has_perm("experiments.add_experiment"):
+            from journeys.selectors import EDIT, workflows_for_user
+
+            kwargs["queryset"] = workflows_for_user(request.user, EDIT)
+            kwargs["required"] = True  # an editor's experiment belongs to one of their unit's workflows
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
     @admin.display(description="report")
     def report_link(self, obj):
         return format_html('<a href="{}">report</a>', reverse("admin:experiments_experiment_report", args=[obj.pk]))
@@ -117,9 +168,7 @@ class ExperimentAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
         )
 
     def save_model(self, request, obj, form, change):
-        if not change:
-            obj.created_by = request.user
-        super().save_model(request, obj, form, change)
+        experiment_settings_save(experiment=obj, actor=request.user, reason=self._reason(request, form))
 
     def _bulk(self, request, queryset, service, label):
         if not (reason := action_reason(self, request)):
@@ -131,18 +180,22 @@ class ExperimentAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
             except (ValidationError, PermissionDenied) as exc:
                 self.message_user(request, f"{experiment.key}: {_errors(exc)}", messages.ERROR)
 
-    @admin.action(description="Start the selected experiments (reason required)", permissions=["change"])
+    @admin.action(description="Start the selected experiments (reason required)", permissions=["operate"])
     def start_selected(self, request, queryset):
         self._bulk(request, queryset, experiment_start, "started")
 
-    @admin.action(description="Stop the selected experiments (reason required)", permissions=["change"])
+    @admin.action(description="Stop the selected experiments (reason required)", permissions=["operate"])
     def stop_selected(self, request, queryset):
         self._bulk(request, queryset, experiment_stop, "stopped")
 
-    @admin.action(description="Update bandit weights now", permissions=["change"])
+    @admin.action(description="Update bandit weights now", permissions=["operate"])
     def bandit_update_selected(self, request, queryset):
         for experiment in queryset:
-            weights = experiment_bandit_update(experiment=experiment, actor=request.user)
+            try:
+                weights = experiment_bandit_update(experiment=experiment, actor=request.user)
+            except PermissionDenied as exc:
+                self.message_user(request, f"{experiment.key}: {_errors(exc)}", messages.ERROR)
+                continue
             self.message_user(request, f"{experiment.key}: {weights or 'not a running bandit'}")
 
     def get_urls(self):
@@ -153,10 +206,11 @@ class ExperimentAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
             path("<int:pk>/act/", wrap(self.act_view), name="experiments_experiment_act"),
         ] + super().get_urls()
 
-    def _get(self, request, pk, *, change=False) -> Experiment:
+    def _get(self, request, pk, *, operate=False) -> Experiment:
         experiment = get_object_or_404(Experiment, pk=pk)
         allowed = (
-            self.has_change_permission(request, experiment) if change else self.has_view_permission(request, experiment)
+            self.has_operate_permission(request, experiment) if operate
+            else self.has_view_permission(request, experiment)
         )
         if not allowed:
             raise PermissionDenied
@@ -209,7 +263,7 @@ class ExperimentAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
             "model": model,
             "explain_customer": who,
             "explanation": explanation,
-            "can_change": self.has_change_permission(request, experiment),
+            "can_change": self.has_operate_permission(request, experiment),
             "running": experiment.status == ExperimentStatus.RUNNING,
         }
         return render(request, "experiments/report.html", context)
@@ -235,7 +289,7 @@ class ExperimentAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     def act_view(self, request, pk):
         if request.method != "POST":
             return HttpResponseRedirect(reverse("admin:experiments_experiment_report", args=[pk]))
-        experiment = self._get(request, pk, change=True)
+        experiment = self._get(request, pk, operate=True)
         action, user = request.POST.get("action"), request.user
         active = experiment.arms.filter(retired_at__isnull=True)
         try:
@@ -272,7 +326,7 @@ class ExperimentAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
                 if not form.is_valid():
                     raise ValidationError(form.errors.as_text())
                 features = [f.strip() for f in form.cleaned_data["features"].split(",") if f.strip()]
-                model = nba_train(experiment=experiment, features=features)
+                model = nba_train(experiment=experiment, features=features, actor=user)
                 done = f"model trained on {model.samples} exposures"
             elif action == "auto_retire":
                 retired = experiment_auto_retire(experiment=experiment, actor=user)
@@ -294,6 +348,33 @@ class ArmAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     list_display = ("__str__", "is_control", "weight", "retired_at", "retired_reason")
     list_filter = ("experiment", "is_control")
     readonly_fields = ("retired_at", "retired_reason")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).filter(experiment__in=experiments_for_user(request.user))
+
+    def has_module_permission(self, request):
+        return experiment_user_can(request.user, VIEW)
+
+    def has_view_permission(self, request, obj=None):
+        return experiment_user_can(request.user, VIEW, obj.experiment if obj is not None else None)
+
+    def has_change_permission(self, request, obj=None):
+        return experiment_user_can(request.user, CHANGE, obj.experiment if obj is not None else None)
+
+    def has_add_permission(self, request):
+        return request.user.has_perm("experiments.add_arm")  # editors add arms on their experiment's page
+
+    def get_readonly_fields(self, request, obj=None):
+        return (*self.readonly_fields, "experiment") if obj is not None else self.readonly_fields
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "experiment":
+            kwargs["queryset"] = experiments_for_user(request.user)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def save_model(self, request, obj, form, change):
+        experiment_authorize(actor=request.user, action=CHANGE, experiment=obj.experiment)  # re-checked at save
+        super().save_model(request, obj, form, change)
 
 
 @admin.register(Assignment)

@@ -36,6 +36,9 @@ def experiment_bandit_update(
 ) -> dict[str, float]:
     """Recompute weights from the evidence so far; returns the new weights (arm -> share)."""
     from experiments.services.analysis import group_counts
+    from experiments.services.experiments import experiment_authorize
+
+    experiment_authorize(actor=actor, experiment=experiment)
 
     now = now or timezone.now()
     experiment = Experiment.objects.select_for_update().get(pk=experiment.pk)

@@ -10,6 +10,7 @@ from datetime import datetime
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from experiments.choices import HOLDOUT, ExperimentMode, ExperimentStatus, Metric
@@ -17,10 +18,90 @@ from experiments.models import Arm, Experiment
 from journeys.services.governance import history_stamp, require_reason
 
 
-def experiment_authorize(*, actor, perm: str = "experiments.change_experiment") -> None:
-    """Changing an experiment needs the change permission; actor None is the system (tasks, tests)."""
-    if actor is not None and not actor.has_perm(perm):
-        raise PermissionDenied(f"{actor} may not change experiments")
+VIEW, ADD, CHANGE, OPERATE = "view", "add", "change", "operate"
+
+
+def _active(user) -> bool:
+    return user is not None and getattr(user, "is_active", False) and getattr(user, "is_authenticated", False)
+
+
+def experiment_user_can(user, action: str, experiment: Experiment | None = None, *, workflow=None) -> bool:
+    """Who may do what to experiments (the admin asks this; the services below re-check it).
+
+    - view:    `experiments.view_experiment` or `change_experiment` (ops, approvers, analysts); a business-unit
+               editor sees the experiments of the workflows they may view (their unit's)
+    - add:     `experiments.add_experiment`, or an editor for a workflow they may edit
+    - change:  settings and arms: `change_experiment`, or an editor while the experiment is a draft of
+               a workflow they may edit (a running experiment is live traffic: ops only)
+    - operate: start, stop, weights, retire, conclude, bandit, training: `change_experiment` only
+    experiment=None asks whether the user may do it to any experiment at all.
+    """
+    from journeys.selectors import EDIT, workflows_for_user
+
+    if not _active(user):
+        return False
+    if user.has_perm("experiments.change_experiment") and action != ADD:
+        return True
+    if action == VIEW:
+        if user.has_perm("experiments.view_experiment"):
+            return True
+        scope = workflows_for_user(user, VIEW)
+        if experiment is None:
+            return Experiment.objects.filter(workflow__in=scope).exists()
+        return experiment.workflow_id is not None and scope.filter(pk=experiment.workflow_id).exists()
+    if action == ADD:
+        if user.has_perm("experiments.add_experiment"):
+            return True
+        editable = workflows_for_user(user, EDIT)
+        return editable.exists() if workflow is None else editable.filter(pk=workflow.pk).exists()
+    if action == CHANGE:
+        editable = workflows_for_user(user, EDIT)
+        if experiment is None:
+            return editable.exists()
+        return (experiment.status == ExperimentStatus.DRAFT and experiment.workflow_id is not None
+                and editable.filter(pk=experiment.workflow_id).exists())
+    return False  # operate
+
+
+def experiments_for_user(user) -> QuerySet[Experiment]:
+    """The experiments a user may see (selector): all for ops, approvers and analysts; an editor's units'."""
+    from journeys.selectors import workflows_for_user
+
+    if not _active(user):
+        return Experiment.objects.none()
+    if user.has_perm("experiments.view_experiment") or user.has_perm("experiments.change_experiment"):
+        return Experiment.objects.all()
+    return Experiment.objects.filter(workflow__in=workflows_for_user(user, VIEW))
+
+
+def experiment_authorize(*, actor, action: str = OPERATE, experiment: Experiment | None = None, workflow=None) -> None:
+    """Raise PermissionDenied unless the actor may `action` (see experiment_user_can); None is the system."""
+    if actor is None:
+        return
+    if not experiment_user_can(actor, action, experiment, workflow=workflow):
+        what = f"experiment {experiment.key!r}" if experiment is not None else "experiments"
+        raise PermissionDenied(f"{actor} may not {action} {what}")
+
+
+@transaction.atomic
+def experiment_settings_save(*, experiment: Experiment, actor, reason: str) -> Experiment:
+    """Save an experiment's settings as edited in a form (hypothesis, holdout, metrics, bandit and
+    next-best-action settings). The scope is checked against the saved values and the stored row, inside
+    the transaction, so nobody moves an experiment into (or out of) a unit they do not edit."""
+    reason = require_reason(actor, reason)
+    if experiment.pk is None:
+        experiment_authorize(actor=actor, action=ADD, workflow=experiment.workflow)
+        if actor is not None and not actor.has_perm("experiments.add_experiment") and experiment.workflow is None:
+            raise PermissionDenied("choose a workflow of your unit for this experiment")
+        if getattr(actor, "pk", None):
+            experiment.created_by = actor
+    else:
+        stored = Experiment.objects.select_for_update().get(pk=experiment.pk)
+        experiment_authorize(actor=actor, action=CHANGE, experiment=stored)
+        experiment_authorize(actor=actor, action=CHANGE, experiment=experiment)
+    _stamp(experiment, actor=actor, reason=reason)
+    experiment.save()
+    return experiment
 
 
 def _stamp(obj, *, actor, reason: str) -> None:
@@ -44,7 +125,7 @@ def experiment_create(
     **options,
 ) -> Experiment:
     """Create an experiment and its arms. `arms`: [{"name", "weight", "control": bool}], exactly one control."""
-    experiment_authorize(actor=actor, perm="experiments.add_experiment")
+    experiment_authorize(actor=actor, action=ADD, workflow=workflow)
     controls = [a for a in arms if a.get("control")]
     if len(controls) != 1:
         raise ValidationError({"arms": "exactly one arm must be the control"})

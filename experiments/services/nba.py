@@ -46,8 +46,14 @@ def nba_features(*, customer: Customer, features: list[str], now: datetime) -> n
     return np.array([_number(profile.get(name)) for name in features], dtype=float)
 
 
-def nba_train(*, experiment: Experiment, features: list[str], now: datetime | None = None) -> PropensityModel:
-    """Fit one logistic regression per arm on randomised (hash-assigned) exposures and store it."""
+def nba_train(
+    *, experiment: Experiment, features: list[str], now: datetime | None = None, actor=None
+) -> PropensityModel:
+    """Fit one logistic regression per arm on randomised (hash-assigned) exposures and store it.
+    The model decides who gets which arm, so training it is an ops operation (actor None: the system)."""
+    from experiments.services.experiments import experiment_authorize
+
+    experiment_authorize(actor=actor, experiment=experiment)
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss, roc_auc_score
 

@@ -122,9 +122,21 @@ def _perms(q: Q) -> list[Permission]:
     return list(Permission.objects.filter(q).select_related("content_type"))
 
 
+# Configuration everyone who builds or reviews a step needs to read (no personal data: consent records,
+# deliveries, data subjects and erasures stay with ops). Experiments are scoped per unit for editors by
+# `experiments.services.experiments.experiment_user_can`, so they are not in this global list.
+CHANNEL_CONFIG_MODELS = ("channel", "messagetemplate", "templatevariant", "contentblock", "topic", "frequencycap")
+EXPERIMENT_CONFIG_MODELS = ("experiment", "arm")
+
+
+def _view(app_label: str, models: tuple[str, ...]) -> Q:
+    return Q(content_type__app_label=app_label, codename__in=[f"view_{m}" for m in models])
+
+
 def _role_permissions() -> dict[str, list[Permission]]:
     app = lambda label: Q(content_type__app_label=label)  # noqa: E731
     view = Q(codename__startswith="view_")
+    channel_config = _view("channels_app", CHANNEL_CONFIG_MODELS)
     journeys_config_view = app("journeys") & Q(codename__in=[
         "view_workflow", "view_workflowversion", "view_step", "view_edge", "view_businessunit",
         "view_journeyrun", "view_stepexecution", "view_changerequest", "view_auditentry", "view_auditreport",
@@ -134,15 +146,17 @@ def _role_permissions() -> dict[str, list[Permission]]:
         ROLE_OPS: _perms(Q(content_type__app_label__in=CONFIG_APPS) | Q(content_type__app_label="django_q")
                          | (app("auth") & Q(codename__in=["view_user", "view_group", "change_group"]))),
         # Editors get their reach per unit through guardian (business_unit_grant_editor); globally they
-        # only read what they need to fill in a step (channels, templates, experiments).
-        ROLE_EDITORS: _perms((app("channels_app") | app("experiments")) & view),
+        # only read the channel configuration they need to fill in a step.
+        ROLE_EDITORS: _perms(channel_config),
         ROLE_APPROVERS: _perms(
             journeys_config_view
             | (app("journeys") & Q(codename__in=["review_workflow", "publish_workflow", "change_changerequest"]))
-            | ((app("channels_app") | app("experiments")) & view)
+            | channel_config | _view("experiments", EXPERIMENT_CONFIG_MODELS)
         ),
-        # Cases only: whatever models of the agents app have "case" in their codename.
-        ROLE_AGENTS: _perms(app("agents") & Q(codename__contains="case")),
+        # Cases only, and only their own: routing grants each agent object permissions on the cases
+        # assigned to them and on their team's queue (agents.services.permissions). A model-wide case
+        # permission here would make every agent a supervisor who sees and works every case.
+        ROLE_AGENTS: [],
         ROLE_ANALYSTS: _perms(
             (app("journeys") & Q(codename__in=[
                 "view_workflow", "view_workflowversion", "view_step", "view_edge", "view_journeyrun",
