@@ -180,15 +180,15 @@ def _stop(proc: subprocess.Popen, name: str) -> None:
 
 @contextlib.contextmanager
 def gunicorn(
-    env: dict[str, str], *, workers: int = 2, port: int | None = None
+    env: dict[str, str], *, workers: int = 2, port: int | None = None, name: str = "gunicorn"
 ) -> Iterator[tuple[int, subprocess.Popen]]:
     """Run the WSGI app as run.sh does (sync workers); yields (port, master process).
 
-    Its log goes to tmp/bench-gunicorn.log (kept for a look afterwards).
+    Its log goes to tmp/bench-<name>.log (kept for a look afterwards).
     """
     port = port or free_port()
     LOG_DIR.mkdir(exist_ok=True)
-    logpath = LOG_DIR / "bench-gunicorn.log"
+    logpath = LOG_DIR / f"bench-{name}.log"
     command = [str(GUNICORN), "config.wsgi", "--workers", str(workers)]
     command += ["--bind", f"127.0.0.1:{port}"]
     # The default control socket path is shared with any other gunicorn (make run).

@@ -166,7 +166,9 @@ def customer_resolve(
         imap.forget(other)
 
     if anonymous_id and imap.get(IdentityKind.ANONYMOUS_ID, anonymous_id) is None:
-        imap.claim(IdentityKind.ANONYMOUS_ID, anonymous_id, known)
+        # A new device of a known person: written with the batch's other claims, in key order
+        # (one at a time in event order, two batches claiming the same ids deadlocked).
+        imap.claim_later(IdentityKind.ANONYMOUS_ID, anonymous_id, known)
     return known
 
 

@@ -109,13 +109,8 @@ def test_events_before_a_merge_in_the_same_batch_land_on_the_survivor(api):
     assert Event.objects.filter(customer=customer).count() == 4
 
 
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="needs PostgreSQL (concurrent writers; SQLite "
-                    "serialises them)")
-def test_two_requests_creating_the_same_new_people_at_once_leave_one_profile_each(source):
-    """Two batches with overlapping brand-new people (and their emails) are stored at the same
-    moment on two connections: each person ends with one profile, no profile without identity
-    is left behind (the loser's profiles are deleted), and every event points at the survivor."""
+def _ingest_at_once(source, *batches) -> None:
+    """Store each batch through the ingestion service on its own connection, all at the same moment."""
     import threading
 
     from django.db import connections
@@ -123,11 +118,7 @@ def test_two_requests_creating_the_same_new_people_at_once_leave_one_profile_eac
 
     from journeys.services.ingest import event_ingest, events_parse
 
-    def batch(users, tag):
-        return [{"type": "identify", "userId": f"p{u}", "anonymousId": f"a{u}", "messageId": f"{tag}{u}",
-                 "traits": {"email": f"P{u}@example.com"}} for u in users]
-
-    barrier, errors = threading.Barrier(2), []
+    barrier, errors = threading.Barrier(len(batches)), []
 
     def ingest(payloads):
         try:
@@ -139,21 +130,61 @@ def test_two_requests_creating_the_same_new_people_at_once_leave_one_profile_eac
         finally:
             connections.close_all()
 
-    threads = [threading.Thread(target=ingest, args=(batch(range(0, 200), "x"),)),
-               threading.Thread(target=ingest, args=(batch(reversed(range(100, 300)), "y"),))]
+    threads = [threading.Thread(target=ingest, args=(batch,)) for batch in batches]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
     assert not errors, errors
 
+
+CONCURRENT = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(connection.vendor != "postgresql",
+                       reason="needs PostgreSQL (concurrent writers; SQLite serialises them)"),
+]
+
+
+@CONCURRENT[0]
+@CONCURRENT[1]
+def test_two_requests_creating_the_same_new_people_at_once_leave_one_profile_each(source):
+    """Two batches with overlapping brand-new people (and their emails) are stored at the same
+    moment on two connections: each person ends with one profile, no profile without identity
+    is left behind (the loser's profiles are deleted), and every event points at the survivor."""
+    def batch(users, tag):
+        return [{"type": "identify", "userId": f"p{u}", "anonymousId": f"a{u}", "messageId": f"{tag}{u}",
+                 "traits": {"email": f"P{u}@example.com"}} for u in users]
+
+    _ingest_at_once(source, batch(range(0, 200), "x"), batch(reversed(range(100, 300)), "y"))
+
     assert Event.objects.count() == 400
     assert live_customers().count() == 300
     assert not live_customers().filter(identities__isnull=True).exists(), "a profile was left without identity"
     owner = dict(Identity.objects.filter(kind="user_id").values_list("value", "customer_id"))
     assert len(owner) == 300
-    for kind, prefix in (("anonymous_id", "a"), ("email", "p")):
+    for kind, value in (("anonymous_id", "a{}"), ("email", "p{}@example.com")):
         rows = dict(Identity.objects.filter(kind=kind).values_list("value", "customer_id"))
-        assert {value: cid for value, cid in rows.items()} == {
-            (f"{prefix}{u}@example.com" if kind == "email" else f"{prefix}{u}"): owner[f"p{u}"] for u in range(300)}
+        assert rows == {value.format(u): owner[f"p{u}"] for u in range(300)}
     assert all(owner[user] == cid for user, cid in Event.objects.values_list("user_id", "customer_id"))
+
+
+@CONCURRENT[0]
+@CONCURRENT[1]
+def test_two_requests_bringing_new_devices_of_the_same_known_people_do_not_deadlock(source):
+    """Known people arrive from new devices (new anonymousIds) in two batches at once, in
+    opposite orders: the new identities are written in key order, so neither request deadlocks
+    (a deadlock would be a 503 for the client) and each device ends on its person's profile."""
+    _ingest_at_once(source, [{"type": "track", "userId": f"k{u}", "event": "Seen", "messageId": f"s{u}"}
+                             for u in range(150)])
+    owner = dict(Identity.objects.filter(kind="user_id").values_list("value", "customer_id"))
+
+    def batch(users, tag):
+        return [{"type": "track", "userId": f"k{u}", "anonymousId": f"d{u}", "event": "Seen", "messageId": f"{tag}{u}"}
+                for u in users]
+
+    _ingest_at_once(source, batch(range(150), "x"), batch(reversed(range(150)), "y"))
+
+    assert Event.objects.count() == 450
+    assert live_customers().count() == 150
+    devices = dict(Identity.objects.filter(kind="anonymous_id").values_list("value", "customer_id"))
+    assert devices == {f"d{u}": owner[f"k{u}"] for u in range(150)}
