@@ -995,14 +995,16 @@ class StepAdmin(admin.ModelAdmin):
         if not user_can(request.user, VIEW, version.workflow):
             raise DjangoPermissionDenied
         editable = _version_editable(request.user, version)
-        kind = request.GET.get("kind") or (step.kind if step else "")
+        kind = "" if "pick" in request.GET else request.GET.get("kind") or (step.kind if step else "")
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, "version": version,
                    "step": step, "editable": editable, "kinds": kind_choices(), "kind": kind,
                    "version_url": reverse("admin:journeys_workflowversion_change", args=[version.pk])}
         if not kind:
             if not editable:
                 raise DjangoPermissionDenied
-            context["title"] = f"Add a step to {version.workflow} v{version.number}: choose its kind"
+            context["kind"] = step.kind if step else ""  # the current kind is ticked
+            context["title"] = (f"Step {step.key}: choose another kind" if step else
+                                f"Add a step to {version.workflow} v{version.number}: choose its kind")
             return render(request, "admin/journeys/step/kind_picker.html", context)
         try:
             form_class = step_form_class(kind)

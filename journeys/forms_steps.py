@@ -55,22 +55,30 @@ def _names(label: str, field: str = "name", *, describe: str = "") -> list[tuple
 # --------------------------------------------------------------------------- widgets
 
 
-class RuleInput(forms.Textarea):
-    """A rule textarea checked as you type (journeys/static/console/steps.js asks the rule
-    endpoint and marks the error position under the field); without JS the form checks on save."""
+class _RuleChecked:
+    """Rule inputs checked as you type (journeys/static/console/editor.js asks the rule endpoint
+    and marks the error position under the field); without JS the form checks on save."""
 
-    def __init__(self, attrs=None, *, version_id: int | None = None, event: str = ""):
-        super().__init__({"rows": 2, "cols": 80, "spellcheck": "false", "class": "rule-input vLargeTextField",
-                          **(attrs or {})})
-        self.version_id, self.event = version_id, event
+    def __init__(self, attrs=None, *, version_id: int | None = None, event: str = "", when: str = ""):
+        super().__init__(attrs)
+        self.version_id, self.event, self.when = version_id, event, when
 
     def render(self, name, value, attrs=None, renderer=None):
-        url = reverse("console:rule_check")
-        attrs = {**(attrs or {}), "data-rule-check": url, "data-version": self.version_id or "",
-                 "data-event": self.event, "autocomplete": "off"}
+        attrs = {**(attrs or {}), "data-rule-check": reverse("console:rule_check"), "data-version": self.version_id or "",
+                 "data-event": self.event, "autocomplete": "off", **({"data-rule-when": self.when} if self.when else {})}
         html = super().render(name, value, attrs, renderer)
         return format_html('{}<div class="rule-feedback" id="{}-feedback" aria-live="polite"></div>', html,
                            attrs.get("id") or name)
+
+
+class RuleInput(_RuleChecked, forms.Textarea):
+    def __init__(self, attrs=None, **kwargs):
+        super().__init__({"rows": 2, "cols": 80, "spellcheck": "false", "class": "rule-input vLargeTextField",
+                          **(attrs or {})}, **kwargs)
+
+
+class RuleTextInput(_RuleChecked, forms.TextInput):
+    """A one-line value that is a rule only when its companion select (`when`) says so."""
 
 
 class NamesInput(forms.TextInput):
@@ -186,12 +194,6 @@ class StepConfigForm(forms.Form):
 
 
 # --------------------------------------------------------------------------- journeys' own kinds
-
-
-class RuleField(forms.CharField):
-    def __init__(self, *, version_id=None, **kwargs):
-        kwargs.setdefault("widget", RuleInput(version_id=version_id))
-        super().__init__(**kwargs)
 
 
 class ConditionForm(StepConfigForm):
@@ -316,7 +318,8 @@ class UpdateProfileForm(StepConfigForm):
                                                        widget=forms.TextInput(attrs={"size": 18}))
             self.fields[f"as_{i}"] = forms.ChoiceField(label=f"Row {i}: value is", choices=VALUE_KINDS, required=False)
             self.fields[f"value_{i}"] = forms.CharField(
-                required=False, label=f"Row {i}: value", widget=forms.TextInput(attrs={"size": 40}),
+                required=False, label=f"Row {i}: value",
+                widget=RuleTextInput(attrs={"size": 40}, version_id=self.version.pk, when=f"id_as_{i}"),
                 help_text="for a rule: e.g. coalesce(profile.orders, 0) + 1" if i == 1 else "")
         for i, (where, name, value) in enumerate(existing, 1):
             kind, text = self._describe(value)
@@ -451,7 +454,6 @@ class SendMessageForm(StepConfigForm):
     def setup(self):
         self.fields["channel"].choices = [("", "-"), *_names("channels_app.Channel", describe="kind")]
         self.fields["template"].choices = [("", "-"), *_names("channels_app.MessageTemplate", describe="channel_kind")]
-        self.fields["template"].widget.attrs["data-preview"] = reverse("console:template_preview")
         self.fields["preview_locale"].widget = NamesInput(_locales(), attrs={"size": 8})
 
     def initial_from(self, config):

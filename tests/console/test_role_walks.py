@@ -105,9 +105,37 @@ def test_ops_builds_with_the_step_forms_and_publishes_after_review(demo, live_se
     only_local_resources(browser, base)
     shot("template-preview.png", max_height=1300)
     click(browser, By.ID, "save-step", "Step mail (send_message) saved")
+
+    # a delay shows only the fields of the chosen kind of wait
+    _add_step(browser, "delay")
+    browser.find_element(By.ID, "id_key").send_keys("later")
+    _select(browser, "id_after", "mail:next")
+    assert browser.find_element(By.ID, "row-until_local_time").is_displayed() is False
+    browser.find_element(By.CSS_SELECTOR, "input[name=mode][value=until_local_time]").click()
+    assert browser.find_element(By.ID, "row-duration").is_displayed() is False
+    browser.find_element(By.ID, "id_until_local_time").send_keys("09:30")
+    browser.find_element(By.ID, "id_change_reason").send_keys("morning")
+    click(browser, By.ID, "save-step", "Step later (delay) saved")
+
+    # a computed trait: its value is checked as a rule once 'rule' is chosen
+    _add_step(browser, "update_profile")
+    browser.find_element(By.ID, "id_key").send_keys("count")
+    _select(browser, "id_after", "later:next")
+    browser.find_element(By.ID, "id_name_1").send_keys("reminders")
+    value = browser.find_element(By.ID, "id_value_1")
+    value.send_keys("coalesce(profile.reminders, 0) +")
+    _select(browser, "id_as_1", "rule")
+    _wait(browser, lambda b: "column 33" in b.find_element(By.ID, "id_value_1-feedback").text)
+    value.send_keys(" 1")
+    _wait(browser, lambda b: "valid rule" in b.find_element(By.ID, "id_value_1-feedback").text)
+    browser.find_element(By.ID, "id_change_reason").send_keys("count reminders")
+    click(browser, By.ID, "save-step", "Step count (update_profile) saved")
     version = workflow.versions.get()
+    assert version.steps.get(key="later").config == {"until_local_time": "09:30"}
+    assert version.steps.get(key="count").config["traits"] == {"reminders": {"rule": "coalesce(profile.reminders, 0) + 1"}}
     assert version.entry_step == "big"
-    assert [(e.source.key, e.outcome, e.target.key) for e in version.edges.all()] == [("big", "yes", "mail")]
+    assert sorted((e.source.key, e.outcome, e.target.key) for e in version.edges.all()) == [
+        ("big", "yes", "mail"), ("later", "next", "count"), ("mail", "next", "later")]
 
     # proposed by ops, approved by an approver, published by ops
     click(browser, By.ID, "propose-link", "Propose")

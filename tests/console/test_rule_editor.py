@@ -74,3 +74,11 @@ def test_the_versions_entry_rule_and_goal_filter_are_checked_as_typed_too(ops):
     page = ops.get(reverse("admin:journeys_workflowversion_change", args=[version.pk])).content.decode()
     assert 'id="id_entry_rule-feedback"' in page and 'id="id_goal_filter-feedback"' in page
     assert 'data-event="Checkout Started"' in page and "console/editor.js" in page
+
+
+def test_update_profile_values_are_checked_as_rules_when_they_are_rules(ops):
+    from journeys.services.workflows import version_new_draft
+
+    draft = version_new_draft(version=Workflow.objects.get(name="Cart abandonment").live_version)
+    page = ops.get(f"{reverse('admin:journeys_step_add')}?version={draft.pk}&kind=update_profile").content.decode()
+    assert 'data-rule-when="id_as_1"' in page and 'id="id_value_1-feedback"' in page

@@ -193,3 +193,16 @@ def test_the_version_page_links_to_the_step_forms(ops, draft):
     page = ops.get(reverse("admin:journeys_workflowversion_change", args=[draft.pk])).content.decode()
     assert add_url(draft).replace("&", "&amp;") in page or add_url(draft) in page
     assert reverse("admin:journeys_step_change", args=[Step.objects.get(key="end", version=draft).pk]) in page
+
+
+def test_a_step_can_change_its_kind_through_the_picker(ops, draft):
+    post_step(ops, draft, "exit", {"key": "end"})
+    step = Step.objects.get(version=draft, key="end")
+    url = reverse("admin:journeys_step_change", args=[step.pk])
+    assert 'href="?pick=1"' in ops.get(url).content.decode()
+    picker = ops.get(f"{url}?pick=1").content.decode()
+    assert 'id="kind-goal"' in picker and 'value="exit" id="kind-exit" checked' in picker
+    response = ops.post(f"{url}?kind=goal", {"key": "end", "goal": "done", "change_reason": "count it", "_save": "Save"})
+    assert response.status_code == 302
+    step.refresh_from_db()
+    assert (step.kind, step.config) == ("goal", {"name": "done"})

@@ -44,8 +44,10 @@
     var box = document.getElementById(input.id + "-feedback");
     var timer = null;
     var sequence = 0;
+    var when = input.dataset.ruleWhen ? document.getElementById(input.dataset.ruleWhen) : null;
     function check() {
       var mine = ++sequence;
+      if (when && when.value !== "rule") { box.textContent = ""; box.className = "rule-feedback"; return; }
       var rule = input.value;
       var params = {rule: rule, version: input.dataset.version || "", event: input.dataset.event || ""};
       var eventField = document.getElementById("id_event");
@@ -55,6 +57,7 @@
       }).catch(function () { box.textContent = ""; });
     }
     input.addEventListener("input", function () { clearTimeout(timer); timer = setTimeout(check, 250); });
+    if (when) { when.addEventListener("change", check); }
     if (input.value) { check(); }
   }
 
@@ -114,7 +117,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
-    document.querySelectorAll("textarea[data-rule-check]").forEach(watchRule);
+    document.querySelectorAll("[data-rule-check]").forEach(watchRule);
     var form = document.getElementById("step-form");
     if (form) { delayModes(form); }
     var panel = document.getElementById("template-preview");
