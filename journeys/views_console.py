@@ -323,11 +323,19 @@ def _job(request: HttpRequest, pk: int):
     return job
 
 
+JOB_PICKUP_WARNING_S = 30
+
+
 def job_status(job) -> dict[str, Any]:
     """What the job page polls: status, progress and (once finished) where the result is."""
+    from django.utils import timezone
+
+    message = job.message
+    if job.status == "queued" and (timezone.now() - job.created_at).total_seconds() > JOB_PICKUP_WARNING_S:
+        message = "waiting for a worker: is the task cluster running (manage.py qcluster)?"
     return {"id": job.pk, "kind": job.kind, "status": job.status, "status_label": job.get_status_display(),
             "done": job.progress_done, "total": job.progress_total, "percent": job.percent,
-            "message": job.message, "error": job.error, "finished": job.finished,
+            "message": message, "error": job.error, "finished": job.finished,
             "page": reverse("admin:journeys_job_change", args=[job.pk])}
 
 

@@ -4,10 +4,12 @@ tests), with progress and a result page; who may run which job."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
+from django.utils import timezone
 
 from journeys.errors import PermissionDenied
 from journeys.models import Customer, Event, EventDefinition, Job, Source, Workflow
@@ -169,9 +171,11 @@ def test_who_may_run_which_job(client, demo, source):
     approvers_job = Job.objects.get()
     assert client.get(reverse("console:job_status", args=[approvers_job.pk])).status_code == 404
     assert client.get(reverse("admin:journeys_job_change", args=[approvers_job.pk])).status_code == 404
-    # ops see every job
+    # ops see every job; one no worker has picked up for a while says so
     client.login(username="ops", password="ops")
     assert client.get(reverse("console:job_status", args=[approvers_job.pk])).json()["status"] == "queued"
+    Job.objects.filter(pk=approvers_job.pk).update(created_at=timezone.now() - timedelta(minutes=2))
+    assert "waiting for a worker" in client.get(reverse("console:job_status", args=[approvers_job.pk])).json()["message"]
 
 
 def test_customer_360_offers_the_export_to_those_who_may_run_it(client, demo):
