@@ -45,6 +45,8 @@ def database_from_url(url: str) -> dict:
         "OPTIONS": options,
         "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 60),
         "CONN_HEALTH_CHECKS": True,
+        # Behind PgBouncer in transaction mode server-side cursors (.iterator()) break: set it to 1.
+        "DISABLE_SERVER_SIDE_CURSORS": env_bool("DB_DISABLE_SERVER_SIDE_CURSORS", False),
     }
 
 

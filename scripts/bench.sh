@@ -4,7 +4,11 @@
 # Each bench/*.py (bench/common.py is their shared helper, not a benchmark)
 # sets up what it needs, and prints its result as one JSON object on the last
 # stdout line, headline figures first. The table shows the first four figures
-# of each; the full result lines are kept in tmp/bench-results.jsonl.
+# of each; the full result lines are kept in tmp/bench-results.jsonl. The
+# machine (cores, memory, load average at the start and the end) is printed
+# with the table, since wall-clock figures depend on it.
+#
+#   BENCH="ingest burst" make bench    # only these benchmarks (names without .py)
 set -uo pipefail   # no -e: one failing benchmark must not hide the others' results
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -15,9 +19,12 @@ trap 'rm -f "$OUT"' EXIT
 : >"$RESULTS"
 status=0
 
+started_at=$(date -u '+%Y-%m-%d %H:%M UTC')
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 for script in bench/*.py; do
   name=$(basename "$script" .py)
   [ "$name" = common ] && continue
+  if [ -n "${BENCH:-}" ] && [[ " $BENCH " != *" $name "* ]]; then continue; fi
   echo "== $script" >&2
   "$PY" "$script" | tee "$OUT"   # shown as it runs; the last line is the result
   rc=${PIPESTATUS[0]}
@@ -38,7 +45,9 @@ if rc:
 print(json.dumps(result))' "$name" "$rc" >>"$RESULTS"
 done
 
-"$PY" - "$RESULTS" <<'EOF'
+MACHINE="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -m);"
+MACHINE="$MACHINE load average $load_start at the start ($started_at), $(cut -d' ' -f1-3 /proc/loadavg) at the end"
+"$PY" - "$RESULTS" "$MACHINE" <<'EOF'
 import json, sys
 
 rows = []
@@ -49,7 +58,8 @@ for line in open(sys.argv[1]):
     figures = list(result.items())[:4] + list(extra.items())
     rows.append((name, "  ".join(f"{k}={v}" for k, v in figures)))
 width = max([len("bench")] + [len(name) for name, _ in rows])
-print(f"\n{'bench':<{width}}  key figures")
+print(f"\nmachine: {sys.argv[2]}")
+print(f"{'bench':<{width}}  key figures")
 print(f"{'-' * width}  {'-' * 60}")
 for name, figures in rows:
     print(f"{name:<{width}}  {figures}")
