@@ -622,7 +622,7 @@ def step_form_class(kind_name: str) -> type[StepConfigForm]:
 
 def kind_choices() -> list[dict]:
     """The kind picker: every registered kind with its label and help."""
-    return [{"kind": k, "label": v.label, "help": v.help, "outcomes": ", ".join(v.outcomes({})) or "(ends the run)"}
+    return [{"kind": k, "label": v.label, "help": v.help, "outcomes": ", ".join(v.outcomes({}))}
             for k, v in sorted(STEP_KINDS.items(), key=lambda kv: kv[1].label)]
 
 
@@ -640,6 +640,7 @@ def step_save(*, form: StepConfigForm, actor: Any, reason: str) -> Step:
     version_check_editable(version=version, actor=actor)
     data = form.cleaned_data
     step = form.step or Step(version=version)
+    renamed_entry = form.step is not None and version.entry_step == form.step.key != data["key"]
     step.key, step.kind, step.name, step.config = data["key"], form.kind, data.get("name", ""), form.config
     step._change_reason = reason
     step._history_user = actor
@@ -652,7 +653,7 @@ def step_save(*, form: StepConfigForm, actor: Any, reason: str) -> Step:
         edge.target = step
         edge._change_reason = reason
         edge.save()
-    if not version.entry_step:
+    if not version.entry_step or renamed_entry:  # the first step starts the run; a renamed entry stays it
         version.entry_step = step.key
         version._change_reason = reason
         version.save(update_fields=["entry_step", "updated_at"])

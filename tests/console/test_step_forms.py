@@ -206,3 +206,11 @@ def test_a_step_can_change_its_kind_through_the_picker(ops, draft):
     assert response.status_code == 302
     step.refresh_from_db()
     assert (step.kind, step.config) == ("goal", {"name": "done"})
+
+
+def test_renaming_the_entry_step_keeps_it_the_entry(ops, draft):
+    post_step(ops, draft, "exit", {"key": "first"})
+    step = Step.objects.get(version=draft, key="first")
+    ops.post(reverse("admin:journeys_step_change", args=[step.pk]),
+             {"key": "start", "change_reason": "clearer key", "_save": "Save"})
+    assert WorkflowVersion.objects.get(pk=draft.pk).entry_step == "start"
