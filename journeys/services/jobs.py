@@ -16,7 +16,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from django.db import transaction
+from django.conf import settings
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -209,6 +210,7 @@ def _import(job: Job, build: Callable[[dict, Job, int], dict]) -> dict:
     """Validate every row (a bad one is rejected with its row number and field), then store the
     good rows in batches: each batch is one transaction, so a batch is stored whole or not at all."""
     from journeys.services.catalog import catalog_apply
+    from journeys.services.event_parsing import check_event_size
     from journeys.services.ingest import event_ingest, events_parse
 
     source = Source.objects.get(pk=job.params["source_id"])
@@ -230,7 +232,9 @@ def _import(job: Job, build: Callable[[dict, Job, int], dict]) -> dict:
                 raise EventValidationError(row.reason, field="row")
             if not isinstance(row, dict):
                 raise EventValidationError("must be an object", field="row")
-            parsed = events_parse(payloads=[build(row, job, number)], received_at=received)
+            payload = build(row, job, number)
+            check_event_size(payload, max_bytes=settings.EVENT_API["MAX_EVENT_BYTES"], prefix="")
+            parsed = events_parse(payloads=[payload], received_at=received)
             catalog_apply(policy=source.schema_policy, events=parsed)
         except (EventValidationError, PayloadTooLarge) as exc:
             rejected.append({"row": number, "field": exc.field or "", "error": exc.message})
@@ -245,12 +249,15 @@ def _import(job: Job, build: Callable[[dict, Job, int], dict]) -> dict:
         batch = good[start : start + IMPORT_BATCH]
         try:
             outcome = event_ingest(source=source, events=[p for _, p in batch])
-        except JourneyError as exc:  # the batch's transaction rolled back: none of it is stored
-            failed_batches.append({"rows": f"{batch[0][0]}-{batch[-1][0]}", "error": str(exc)})
+        except (JourneyError, DatabaseError) as exc:  # the batch's transaction rolled back: none of it is stored
+            failed_batches.append({"rows": f"{batch[0][0]}-{batch[-1][0]}", "error": str(exc)[:500]})
         else:
             stored += outcome.stored
             duplicates += outcome.duplicates
         job_progress(job=job, done=total + start + len(batch))
+        # What is stored so far stays on the job even if a later batch brings the worker down.
+        Job.objects.filter(pk=job.pk).update(result={"rows": total, "imported": stored, "duplicates": duplicates,
+                                                     "rejected": len(rejected), "partial": True})
     return {"rows": total, "imported": stored, "duplicates": duplicates, "rejected": len(rejected),
             "rejected_rows": rejected[:1000], "failed_batches": failed_batches, "source": source.name}
 

@@ -89,16 +89,18 @@ def test_events_import_applies_the_sources_catalog_policy_per_row(ops, source, d
                 "u-ada,Order Completed,yesterday,5,\n"
                 "u-new-buyer,Order Completed,,abc,\n"
                 ",Order Completed,,3,\n"
-                "u-grace,Order Completed,,80,\n")
+                "u-grace,Order Completed,,80,\n"
+                "u-grace,Order Completed,,7,bad\x00code\n")
     start(ops, "import_events", {"file": SimpleUploadedFile("orders.csv", csv_text.encode()), "source": source.pk},
           django_capture_on_commit_callbacks)
     job = Job.objects.get()
     assert job.status == "succeeded", job.error
-    assert (job.result["imported"], job.result["rejected"]) == (2, 3)
+    assert (job.result["imported"], job.result["rejected"]) == (2, 4)
     rows = {r["row"]: r for r in job.result["rejected_rows"]}
     assert rows[3]["field"] == "timestamp" and "cannot parse 'yesterday'" in rows[3]["error"]
     assert rows[4]["field"] == "properties.total" and "is not of type 'number'" in rows[4]["error"]
     assert rows[5]["field"] == "userId"
+    assert rows[7]["error"] == "NUL characters (\\u0000) are not allowed"  # PostgreSQL's jsonb refuses them
     stored = Event.objects.filter(source=source, name="Order Completed").order_by("id")
     assert [e.properties for e in stored] == [{"total": 120, "coupon": "SPRING"}, {"total": 80}]
     assert stored[0].timestamp.isoformat() == "2026-11-01T10:00:00+00:00"
