@@ -5,7 +5,8 @@
                                      [--reachable] [--profile PREFIX]
 
 What runs: a private PostgreSQL (bench/common.py), gunicorn (2 sync workers) and
-`manage.py qcluster` (Q_WORKERS=2, ORM broker) as separate processes. Workflows are
+`manage.py qcluster` (Q_WORKERS=2, ORM broker, Q_POLL=0.05 unless --q-poll says otherwise:
+an idle pusher's sleep bounds how soon a freshly enqueued batch is picked up) as separate processes. Workflows are
 made and published through the services (workflow_create, version_build,
 version_publish; past --via-services, bulk copies of a published one); events go in
 through POST /v1/batch.

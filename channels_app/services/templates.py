@@ -195,6 +195,9 @@ def template_render(*, template: MessageTemplate, context: dict, locale: str = "
     result = Rendered("", "", "", locale=variant.locale if variant else "")
     parts = []
     for text, escape in ((subject, False), (body, False), (html, True)):
+        if not text:  # most messages have no HTML part: nothing to render or report
+            parts.append("")
+            continue
         ctx = Context(data, autoescape=escape)
         ctx.block_renderer = _block_renderer(blocks, data, result)
         compiled = _compiled(text)

@@ -139,9 +139,9 @@ def insert_ignore_returning(model: type[models.Model], objs: list[models.Model],
 def reserve_ids(model: type[models.Model], count: int) -> list[int]:
     """Primary keys for rows that are built (and referenced) before one bulk INSERT.
 
-    PostgreSQL: the column's sequence, one statement. SQLite: the caller's transaction
-    already wrote (the batch inserted its runs), so it holds SQLite's single write
-    lock and no other writer can take ids until it commits.
+    PostgreSQL: the column's sequence, one statement. SQLite: the range is claimed in
+    sqlite_sequence (AUTOINCREMENT's counter) under the transaction's write lock, so no
+    other writer takes these ids; SQLite keeps the lock until the caller commits.
     """
     table, column = model._meta.db_table, model._meta.pk.column
     with connection.cursor() as cursor:
@@ -150,13 +150,16 @@ def reserve_ids(model: type[models.Model], count: int) -> list[int]:
                 "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)", [table, column, count]
             )
             return [row[0] for row in cursor.fetchall()]
+        # A write statement first: it takes the write lock (if this transaction has not yet),
+        # so nobody can insert between reading the top id and claiming the range.
+        cursor.execute("UPDATE sqlite_sequence SET seq = seq WHERE name = %s", [table])
         cursor.execute(
             f'SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = %s), 0), '
             f'coalesce((SELECT max("{column}") FROM "{table}"), 0))',
             [table],
         )
         start = cursor.fetchone()[0] + 1
-        # Claim them now: an empty UPDATE would not move sqlite_sequence, so record the top id.
+        # Claim the range: later inserts (ours or, after commit, anyone's) number above it.
         cursor.execute("UPDATE sqlite_sequence SET seq = %s WHERE name = %s", [start + count - 1, table])
         if cursor.rowcount == 0:
             cursor.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (%s, %s)", [table, start + count - 1])
