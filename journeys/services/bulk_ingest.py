@@ -36,24 +36,20 @@ def _pg_column_type(field) -> str:
     return {"serial": "integer", "bigserial": "bigint"}.get(kind, kind).split("(")[0]
 
 
-def _json_value(value):
-    return value.isoformat() if isinstance(value, datetime) else value
+def _json_default(value):
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _pg_recordset(fields, objs, *, with_id: bool = False) -> tuple[str, str, str]:
-    """(JSON document of the rows, `v(column type, ...)` definition, column list) for
-    `jsonb_to_recordset`: one parameter for the whole batch; JSON columns travel as
-    nested JSON (no second encoding), timestamps as ISO-8601 text."""
-    attnames = [f.attname for f in fields]
-    columns = [f.column for f in fields]
-    rows = []
-    for obj in objs:
-        row = {column: _json_value(getattr(obj, attname)) for column, attname in zip(columns, attnames)}
-        if with_id:
-            row["id"] = obj.pk
-        rows.append(row)
+def _pg_recordset(fields, rows: list[dict], *, with_id: bool = False) -> tuple[str, str, str]:
+    """(JSON document of `rows` ({column: value}), `v(column type, ...)` definition, column list)
+    for `jsonb_to_recordset`: one parameter for the whole batch; JSON columns travel as nested
+    JSON (no second encoding), timestamps as ISO-8601 text (json's C encoder calls back only
+    for those)."""
     definition = ", ".join((['"id" bigint'] if with_id else []) + [f'"{f.column}" {_pg_column_type(f)}' for f in fields])
-    return json.dumps(rows, separators=(",", ":")), definition, ", ".join(f'"{c}"' for c in columns)
+    document = json.dumps(rows, separators=(",", ":"), default=_json_default)
+    return document, definition, ", ".join(f'"{f.column}"' for f in fields)
 
 
 def customers_save(customers: Iterable[Customer]) -> None:
@@ -68,7 +64,8 @@ def customers_save(customers: Iterable[Customer]) -> None:
         Customer.objects.bulk_update(rows, CUSTOMER_COLUMNS, batch_size=500)
         return
     fields = [Customer._meta.get_field(name) for name in CUSTOMER_COLUMNS]
-    document, definition, _ = _pg_recordset(fields, rows, with_id=True)
+    document, definition, _ = _pg_recordset(
+        fields, [{"id": c.pk, **{f.column: getattr(c, f.attname) for f in fields}} for c in rows], with_id=True)
     sets = ", ".join(f'"{f.column}" = v."{f.column}"' for f in fields)
     with connection.cursor() as cur:
         cur.execute(
@@ -78,21 +75,32 @@ def customers_save(customers: Iterable[Customer]) -> None:
         )
 
 
-def events_insert(rows: list[Event]) -> list[int]:
-    """Insert events, skipping (source, message_id) already stored; returns the new ids."""
+def events_insert(rows: list[dict]) -> list[int]:
+    """Insert events given as {field attname: value} (fields left out take the model's default),
+    skipping (source, message_id) already stored; returns the new ids.
+
+    Plain dicts, not Event instances: building a model instance per event cost ~10% of
+    ingestion CPU, and on PostgreSQL nothing needs one.
+    """
     if not rows:
         return []
     if not _pg():
-        Event.objects.bulk_create(rows, batch_size=500, ignore_conflicts=True)
+        Event.objects.bulk_create([Event(**row) for row in rows], batch_size=500, ignore_conflicts=True)
         ids: list[int] = []
-        received = rows[0].received_at
-        mids = [r.message_id for r in rows]
+        received, source_id = rows[0]["received_at"], rows[0]["source_id"]
+        mids = [r["message_id"] for r in rows]
         for i in range(0, len(mids), 900):
-            ids.extend(Event.objects.filter(source_id=rows[0].source_id, message_id__in=mids[i : i + 900],
+            ids.extend(Event.objects.filter(source_id=source_id, message_id__in=mids[i : i + 900],
                                             received_at=received).values_list("id", flat=True))
         return ids
     fields = [f for f in Event._meta.concrete_fields if not f.primary_key]
-    document, definition, names = _pg_recordset(fields, rows)
+    defaults = {f.column: f.get_default() for f in fields if f.attname not in rows[0]}
+    columns = {f.attname: f.column for f in fields}
+    if all(a == c for a, c in columns.items()):
+        records = [{**defaults, **row} for row in rows]
+    else:  # pragma: no cover - every Event column is named after its attribute today
+        records = [{**defaults, **{columns[k]: v for k, v in row.items()}} for row in rows]
+    document, definition, names = _pg_recordset(fields, records)
     with connection.cursor() as cur:
         cur.execute(
             f"INSERT INTO journeys_event ({names}) SELECT {names} FROM jsonb_to_recordset(%s::jsonb) AS v({definition})"

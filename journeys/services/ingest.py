@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from journeys.choices import EventType, IdentityKind
-from journeys.models import Customer, Event, Source
+from journeys.models import Event, Source
 from journeys.services.bulk_ingest import customers_precreate, customers_save, events_insert
 from journeys.services.event_parsing import ParsedEvent, check_event_size, parse_event
 from journeys.services.identity import IdentityMap, customer_apply_traits, customer_resolve
@@ -120,30 +120,28 @@ def event_ingest(*, source: Source, events: list[ParsedEvent]) -> IngestResult:
             if customer.first_seen is None or e.timestamp < customer.first_seen:
                 customer.first_seen = e.timestamp
                 imap.dirty.add(customer.pk)
-            rows.append(
-                Event(
-                    source=source,
-                    message_id=e.message_id,
-                    type=e.type,
-                    name=e.name,
-                    user_id=e.user_id,
-                    anonymous_id=e.anonymous_id,
-                    customer_id=customer.pk,
-                    properties=e.properties,
-                    traits=e.traits,
-                    context=e.context,
-                    integrations=e.integrations,
-                    changes=changes,
-                    violations=e.extra.get("violations", []),
-                    timestamp=e.timestamp,
-                    original_timestamp=e.original_timestamp,
-                    sent_at=e.sent_at,
-                    received_at=e.received_at,
-                )
-            )
+            rows.append({
+                "source_id": source.pk,
+                "message_id": e.message_id,
+                "type": e.type,
+                "name": e.name,
+                "user_id": e.user_id,
+                "anonymous_id": e.anonymous_id,
+                "customer_id": customer.pk,
+                "properties": e.properties,
+                "traits": e.traits,
+                "context": e.context,
+                "integrations": e.integrations,
+                "changes": changes,
+                "violations": e.extra.get("violations", []),
+                "timestamp": e.timestamp,
+                "original_timestamp": e.original_timestamp,
+                "sent_at": e.sent_at,
+                "received_at": e.received_at,
+            })
         if imap.redirects:  # a later event of this batch merged a profile an earlier event pointed at
             for row in rows:
-                row.customer_id = imap.survivor(row.customer_id)
+                row["customer_id"] = imap.survivor(row["customer_id"])
         imap.claims_flush()
         customers_save(imap.customers[pk] for pk in imap.dirty if pk in imap.customers)
         # ON CONFLICT / ignore_conflicts covers a concurrent request carrying the same messageId.
