@@ -72,6 +72,10 @@ def job_start(*, kind: str, actor: Any, params: dict | None = None, input_name: 
     if kind in (JobKind.IMPORT_CUSTOMERS, JobKind.IMPORT_EVENTS):
         if not input_text.strip():
             raise JourneyError("the uploaded file is empty", field="file")
+        if "\x00" in input_text:  # PostgreSQL stores no NUL in text: refuse the file, saying where
+            line = input_text.count("\n", 0, input_text.index("\x00")) + 1
+            raise JourneyError(f"line {line} contains a NUL character (\\u0000); remove it and upload again",
+                               field="file")
         if len(input_text.encode("utf-8")) > MAX_INPUT_BYTES:
             raise JourneyError(f"the file is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MB", field="file")
         if not Source.objects.filter(pk=params.get("source_id")).exists():
