@@ -11,7 +11,7 @@ from django.db.models import Q
 from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
 
-from journeys.admin_base import ReadOnlyAdmin
+from journeys.admin_base import HistoryReasonMixin, ReadOnlyAdmin, ReasonForm
 from journeys.models import (
     Customer,
     CustomerMerge,
@@ -82,16 +82,14 @@ class EventAdmin(ReadOnlyAdmin):
         return request.user.has_perm("journeys.view_event")
 
 
-class SourceForm(forms.ModelForm):
-    change_reason = forms.CharField(label="Reason for this change", max_length=500, help_text="Recorded in the history.")
-
+class SourceForm(ReasonForm):
     class Meta:
         model = Source
         fields = "__all__"
 
 
 @admin.register(Source)
-class SourceAdmin(SimpleHistoryAdmin):
+class SourceAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     form = SourceForm
     list_display = ("name", "enabled", "key_prefix", "rate_limit", "key_rotated_at", "created_at")
     list_filter = ("enabled",)
@@ -102,8 +100,7 @@ class SourceAdmin(SimpleHistoryAdmin):
 
     def save_model(self, request, obj, form, change):
         if change:
-            obj._change_reason = form.cleaned_data["change_reason"]
-            obj.save()
+            super().save_model(request, obj, form, change)
             return
         source, key = source_create(
             name=obj.name, description=obj.description, rate_limit=obj.rate_limit, enabled=obj.enabled
@@ -145,7 +142,7 @@ class EventDefinitionForm(forms.ModelForm):
 
 
 @admin.register(EventDefinition)
-class EventDefinitionAdmin(SimpleHistoryAdmin):
+class EventDefinitionAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     """The tracking plan; its changelist links to the unknown/drifting events report."""
 
     form = EventDefinitionForm
@@ -187,7 +184,7 @@ class LifecycleStageForm(forms.ModelForm):
 
 
 @admin.register(LifecycleStage)
-class LifecycleStageAdmin(SimpleHistoryAdmin):
+class LifecycleStageAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     form = LifecycleStageForm
     list_display = ("order", "key", "name", "rule", "customers")
     list_display_links = ("key",)
