@@ -1174,8 +1174,10 @@ class JobAdmin(admin.ModelAdmin):
         return render(request, "admin/journeys/job/start.html", context)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        from journeys.services.jobs import jobs_purge_exports
         from journeys.views_console import job_status
 
+        jobs_purge_exports()
         job = get_object_or_404(self.get_queryset(request), pk=object_id)
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, "job": job,
                    "status": job_status(job), "title": f"Job #{job.pk}: {job.get_kind_display()}"}

@@ -349,9 +349,14 @@ def job_download(request: HttpRequest, pk: int) -> HttpResponse:
     import csv
     import io
 
+    from journeys.services.jobs import jobs_purge_exports
+
+    jobs_purge_exports()
     job = _job(request, pk)
     if job.status != "succeeded":
         raise Http404("the job has no result yet")
+    if job.result.get("expired"):
+        raise Http404("this export has expired (exports are kept for a day); start a new one")
     if job.kind.startswith("import_"):
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=["row", "field", "error"])

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import logging
+from datetime import datetime, timedelta
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,8 @@ IMPORT_BATCH = 500
 REPLAY_LIMIT = 1000
 MAX_INPUT_BYTES = 20 * 1024 * 1024
 MAX_ROWS = 100_000
+# A data-subject export is personal data: it can be downloaded for a day, then it is dropped.
+EXPORT_KEEP = timedelta(hours=24)
 DATA_JOB_PERM = "journeys.run_data_jobs"
 # The channels app owns the export of everything held about a person; journeys does not import it.
 EXPORT_SERVICE = "channels_app.services.privacy.customer_export"
@@ -69,6 +72,7 @@ def job_start(*, kind: str, actor: Any, params: dict | None = None, input_name: 
 
     params = dict(params or {})
     job_check_allowed(actor=actor, kind=kind, params=params)
+    jobs_purge_exports()
     if kind in (JobKind.IMPORT_CUSTOMERS, JobKind.IMPORT_EVENTS):
         if not input_text.strip():
             raise JourneyError("the uploaded file is empty", field="file")
@@ -88,6 +92,17 @@ def job_start(*, kind: str, actor: Any, params: dict | None = None, input_name: 
         transaction.on_commit(lambda: async_task("journeys.services.jobs.run_job", job.pk,
                                                  task_name=f"job-{job.pk}"))
     return job
+
+
+def jobs_purge_exports(*, now: datetime | None = None) -> int:
+    """Drop the personal data of exports older than EXPORT_KEEP (the summary stays). Called when
+    jobs are started or looked at, so no copy outlives its day by more than a page view."""
+    cutoff = (now or timezone.now()) - EXPORT_KEEP
+    purged = 0
+    for job in Job.objects.filter(kind=JobKind.EXPORT, finished_at__lt=cutoff, result__has_key="export"):
+        result = {k: v for k, v in job.result.items() if k != "export"}
+        purged += Job.objects.filter(pk=job.pk).update(result={**result, "expired": True})
+    return purged
 
 
 # --------------------------------------------------------------------------- the q2 task

@@ -130,6 +130,12 @@ def test_ops_exports_everything_held_about_a_customer(ops, django_capture_on_com
     assert download["Content-Disposition"] == f'attachment; filename="job-{job.pk}-export.json"'
     data = json.loads(download.content)
     assert data["format"] == "journey-console/data-subject-export@1" and data["customer"]["id"] == alan.pk
+    # a day later the personal data is gone, the summary stays
+    Job.objects.filter(pk=job.pk).update(finished_at=timezone.now() - timedelta(hours=25))
+    assert ops.get(reverse("console:job_download", args=[job.pk])).status_code == 404
+    job.refresh_from_db()
+    assert "export" not in job.result and job.result["expired"] and job.result["sections"]
+    assert b'id="export-expired"' in ops.get(reverse("admin:journeys_job_change", args=[job.pk])).content
     nobody = ops.post(f"{reverse('admin:journeys_job_add')}?kind=export", {"customer": "ghost"})
     assert "no customer with id or email 'ghost'" in nobody.context["form"].errors["customer"][0]
 
