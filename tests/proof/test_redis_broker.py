@@ -28,8 +28,17 @@ from journeys.choices import EventStatus, RunStatus
 from journeys.engine.compiled import reset_caches
 from journeys.models import BusinessUnit, Customer, Event, JourneyRun, StepExecution
 from journeys.services.workflows import version_build, version_publish, workflow_create
-from tests.proc import QCluster, RedisServer, WebServer, database_url, pid_owning_port, redis_server_missing, \
-    server_env, wait_until
+from tests.proc import (
+    QCluster,
+    RedisServer,
+    WebServer,
+    database_url,
+    freeze_mid_task,
+    in_flight_writes,
+    redis_server_missing,
+    server_env,
+    wait_until,
+)
 
 pytestmark = [
     pytest.mark.postgres,
@@ -117,18 +126,6 @@ def _queue_length(redis_url: str) -> int:
         client.close()
 
 
-def _in_flight_step_writes(app_name: str) -> list[tuple[int, int]]:
-    """(backend pid, client port) of worker connections holding uncommitted StepExecution inserts."""
-    with connection.cursor() as cur:
-        cur.execute(
-            "SELECT a.pid, a.client_port FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-            " WHERE a.application_name = %s AND a.datname = current_database() AND l.granted"
-            " AND l.locktype = 'relation' AND l.relation = %s::regclass AND l.mode = 'RowExclusiveLock'",
-            [app_name, StepExecution._meta.db_table],
-        )
-        return cur.fetchall()
-
-
 def _assert_each_order_acted_once(n: int) -> None:
     from channels_app.models import Delivery
 
@@ -182,26 +179,16 @@ def test_worker_killed_mid_batch_on_redis_the_sweeper_finishes_and_nothing_acts_
     _post_orders(stack, range(n))  # 5 tasks of 30 events on Redis
     posted = time.monotonic()
     first = stack["cluster"]("kill")
-    for _attempt in range(50):
-        backend_pid, client_port = wait_until(
-            lambda: Event.objects.filter(name=ORDER, status=EventStatus.PROCESSED).exists()
-            and _in_flight_step_writes(first.app_name),
-            timeout=40, interval=0.01, message=f"a committed task and a task half done\n{first.output()}",
-        )[0]
-        worker = pid_owning_port(client_port, first.pids())
-        assert worker not in (None, first.pgid), "could not find the worker process"
-        first.signal(signal.SIGSTOP)
-        if backend_pid in [pid for pid, _ in _in_flight_step_writes(first.app_name)]:
-            break
-        first.signal(signal.SIGCONT)
-    else:
-        pytest.fail("never caught the worker inside a task")
+    backend_pid, worker = freeze_mid_task(
+        first, table=StepExecution._meta.db_table,
+        ready=lambda: Event.objects.filter(name=ORDER, status=EventStatus.PROCESSED).exists())
     if target == "whole-cluster":
         first.kill()  # the local queue of prefetched tasks dies with it
     else:
         first.signal(signal.SIGKILL, worker)
     killed = time.monotonic()
-    wait_until(lambda: backend_pid not in [p for p, _ in _in_flight_step_writes(first.app_name)], timeout=15,
+    wait_until(lambda: backend_pid not in [p for p, _ in in_flight_writes(first.app_name, StepExecution._meta.db_table)],
+               timeout=15,
                message="the killed transaction to roll back")
     processed_at_kill = Event.objects.filter(name=ORDER, status=EventStatus.PROCESSED).count()
     assert 0 < processed_at_kill < n
