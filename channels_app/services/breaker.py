@@ -19,13 +19,17 @@ def _locked(channel: Channel) -> ChannelBreaker:
     return ChannelBreaker.objects.select_for_update().get(channel=channel)
 
 
-@transaction.atomic
 def breaker_allow(*, channel: Channel, now: datetime) -> tuple[bool, datetime | None]:
     """May a send go to this channel now? When not, also says when to look again.
     After the cooldown exactly one caller becomes the half-open probe."""
-    if ChannelBreaker.objects.filter(channel=channel, state=BreakerState.CLOSED).exists() or \
-            not ChannelBreaker.objects.filter(channel=channel).exists():
-        return True, None  # the common case: no lock, no write
+    state = ChannelBreaker.objects.filter(channel=channel).values_list("state", flat=True).first()
+    if state is None or state == BreakerState.CLOSED:
+        return True, None  # the common case: one read, no lock, no write, no savepoint
+    return _allow_locked(channel, now)
+
+
+@transaction.atomic
+def _allow_locked(channel: Channel, now: datetime) -> tuple[bool, datetime | None]:
     breaker = _locked(channel)
     cooldown = timedelta(seconds=channel.breaker_cooldown_s)
     if breaker.state == BreakerState.CLOSED:
@@ -45,12 +49,16 @@ def breaker_allow(*, channel: Channel, now: datetime) -> tuple[bool, datetime | 
     return True, None
 
 
-@transaction.atomic
 def breaker_record(*, channel: Channel, ok: bool, now: datetime, error: str = "") -> ChannelBreaker:
     """Count a success (closes the breaker) or a transient failure (may open it)."""
     if ok and not ChannelBreaker.objects.filter(channel=channel).exclude(
             state=BreakerState.CLOSED, consecutive_failures=0).exists():
         return ChannelBreaker(channel=channel)  # already closed and clean (or never failed): nothing to write
+    return _record_locked(channel, ok, now, error)
+
+
+@transaction.atomic
+def _record_locked(channel: Channel, ok: bool, now: datetime, error: str) -> ChannelBreaker:
     breaker = _locked(channel)
     if ok:
         breaker.state, breaker.consecutive_failures, breaker.probe_started_at = BreakerState.CLOSED, 0, None

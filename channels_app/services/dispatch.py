@@ -199,16 +199,20 @@ def _record(*, delivery: Delivery, result, failure: ProviderError | None, latenc
 def deliveries_dispatch(*, delivery_ids: list[int]) -> dict:
     """Dispatch several deliveries one after another (the engine queues one task per batch).
     Each has its own claim and result transactions, so one that fails (a bug, a provider
-    raising something unexpected) is logged and left to the sweeper; the others go on."""
+    raising something unexpected) is logged and left to the sweeper; the others go on.
+    The internal events they record are enqueued together at the end."""
+    from journeys.engine.queue import enqueue_collected
+
     outcome: dict[str, int] = {}
-    for pk in delivery_ids:
-        try:
-            delivery = delivery_dispatch(delivery_id=pk)
-            status = delivery.status if delivery else "missing"
-        except Exception:
-            logger.exception("dispatching delivery %s failed", pk)
-            status = "error"
-        outcome[status] = outcome.get(status, 0) + 1
+    with enqueue_collected():  # their Message Sent events: one events_process task, not one each
+        for pk in delivery_ids:
+            try:
+                delivery = delivery_dispatch(delivery_id=pk)
+                status = delivery.status if delivery else "missing"
+            except Exception:
+                logger.exception("dispatching delivery %s failed", pk)
+                status = "error"
+            outcome[status] = outcome.get(status, 0) + 1
     return outcome
 
 

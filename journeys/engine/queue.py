@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from django.conf import settings
 from django.db import transaction
 from django_q.tasks import async_task
 
 BATCH = 200
+
+_collected: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("enqueue_collected", default=None)
+
+
+@contextmanager
+def enqueue_collected() -> Iterator[None]:
+    """Within this block `enqueue_events` only collects ids; leaving it enqueues them together
+    (one task per BATCH ids instead of one per event), e.g. the `Message Sent` events of a
+    batch of deliveries. Each event row is committed by its own caller first: one that
+    is never enqueued (the process dies before the end of the block) is an outbox row the
+    sweeper processes."""
+    token = _collected.set([])
+    try:
+        yield
+    finally:
+        ids = _collected.get() or []
+        _collected.reset(token)
+        enqueue_events(ids)
 
 
 def _uses_orm_broker() -> bool:
@@ -23,6 +45,10 @@ def enqueue_events(event_ids: list[int]) -> None:
     sees an event that is not stored yet; the sweeper covers a lost send.
     """
     if not event_ids:
+        return
+    collected = _collected.get()
+    if collected is not None:
+        collected.extend(event_ids)
         return
     chunks = [event_ids[i : i + BATCH] for i in range(0, len(event_ids), BATCH)]
 

@@ -1,0 +1,56 @@
+"""Messages of one engine batch: recorded together, sent by one dispatch task, and their
+`Message Sent` events processed by one engine task (not one task per message)."""
+
+from __future__ import annotations
+
+import pytest
+from django_q.models import Task
+
+from channels_app.models import Delivery
+from journeys.engine.compiled import reset_caches
+from journeys.models import BusinessUnit, Event
+from journeys.services.workflows import version_build, version_publish, workflow_create
+from tests.channels_app.factories import ChannelFactory, TemplateFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def journey(db):
+    reset_caches()
+    ChannelFactory(name="mail", kind="email", provider="console")
+    TemplateFactory(name="hello", subject="Hello {{ profile.first_name }}", body="Hi")
+    unit = BusinessUnit.objects.create(name="Sales", slug="sales")
+    workflow = workflow_create(name="welcome", business_unit=unit)
+    version_publish(version=version_build(workflow=workflow, definition={
+        "trigger_kind": "event", "trigger_event": "Signed Up",
+        "steps": [{"key": "send", "kind": "send_message", "config": {"channel": "mail", "template": "hello"}}],
+    }), reason="test")
+    yield
+    reset_caches()
+
+
+def tasks(func: str) -> int:
+    return Task.objects.filter(func=func).count()
+
+
+def test_a_batch_of_messages_is_sent_by_one_task_and_its_events_processed_by_one(
+    journey, api, django_capture_on_commit_callbacks
+):
+    people = [f"p{i}" for i in range(5)]
+    with django_capture_on_commit_callbacks(execute=True):
+        api.post("batch", {"batch": [{"type": "identify", "userId": u, "traits": {"email": f"{u}@example.com",
+                                                                                  "first_name": u.upper()}}
+                                     for u in people]})
+    engine_tasks = tasks("journeys.tasks.events_process")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post("batch", {"batch": [{"type": "track", "userId": u, "event": "Signed Up"} for u in people]})
+    assert response.status_code == 200
+
+    assert sorted(Delivery.objects.values_list("to", "status")) == [(f"{u}@example.com", "sent") for u in people]
+    assert tasks("channels_app.tasks.deliveries_send") == 1
+    sent = Event.objects.filter(name="Message Sent")
+    assert sent.count() == 5 and set(sent.values_list("status", flat=True)) == {"processed"}
+    # the Signed Up batch, then the five Message Sent events together
+    assert tasks("journeys.tasks.events_process") - engine_tasks == 2
