@@ -110,6 +110,29 @@ def events_insert(rows: list[dict]) -> list[int]:
         return [r[0] for r in cur.fetchall()]
 
 
+def identities_insert(rows: list[tuple[str, str, int]]) -> None:
+    """Insert (kind, value, customer id) identities in (kind, value) order, so that concurrent
+    batches take the unique index's locks in one order and cannot deadlock; a key that exists
+    already (a concurrent request stored it first) is left to its owner."""
+    rows = sorted(rows)
+    if not rows:
+        return
+    if not _pg():
+        Identity.objects.bulk_create([Identity(kind=k, value=v, customer_id=c) for k, v, c in rows],
+                                     ignore_conflicts=True, batch_size=500)
+        return
+    now = timezone.now()
+    fields = [Identity._meta.get_field(name) for name in ("kind", "value", "customer", "created_at")]
+    document, definition, names = _pg_recordset(
+        fields, [{"kind": k, "value": v, "customer_id": c, "created_at": now} for k, v, c in rows])
+    with connection.cursor() as cur:
+        cur.execute(
+            f"INSERT INTO {Identity._meta.db_table} ({names}) SELECT {names}"
+            f" FROM jsonb_to_recordset(%s::jsonb) AS v({definition}) ORDER BY kind, value ON CONFLICT DO NOTHING",
+            [document],
+        )
+
+
 def customers_precreate(imap, events) -> None:
     """Create every brand-new person of a batch at once.
 
@@ -155,7 +178,7 @@ def customers_precreate(imap, events) -> None:
         return
     customers = Customer.objects.bulk_create([Customer(external_id=ext, first_seen=ts, last_seen=ts) for ts, ext in planned])
     rows = sorted((kind, value, customers[t[1]].pk) for (kind, value), t in plan.items())
-    Identity.objects.bulk_create([Identity(kind=k, value=v, customer_id=pk) for k, v, pk in rows], ignore_conflicts=True)
+    identities_insert(rows)
     owners: dict[tuple[str, str], int] = {}
     by_kind: dict[str, list[str]] = {}
     for k, v, _ in rows:

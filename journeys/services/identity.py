@@ -9,6 +9,7 @@ from django.db import IntegrityError, transaction
 
 from journeys.choices import IdentityKind
 from journeys.models import Customer, CustomerMerge, Event, Identity
+from journeys.services.bulk_ingest import identities_insert
 
 # Other apps append callables here (in AppConfig.ready) to move their own rows
 # (runs, cases, deliveries) from a merged profile to the survivor.
@@ -79,9 +80,10 @@ class IdentityMap:
         return customer
 
     def claim_later(self, kind: str, value: str, customer: Customer) -> None:
-        """Like `claim`, for keys that never decide which profile an event belongs to (email,
-        phone): the first claimant in the batch wins in memory at once, the rows are written
-        together by `claims_flush` (one INSERT instead of a savepoint and an INSERT each)."""
+        """Like `claim`, for keys whose owner is already decided (a known person's new device,
+        an email, a phone): the first claimant in the batch wins in memory at once, and the rows
+        are written together by `claims_flush` (one INSERT in key order instead of a savepoint
+        and an INSERT each, in event order, which deadlocked between concurrent batches)."""
         if (kind, value) not in self.ids:
             self.ids[(kind, value)] = customer.pk
             self.later[(kind, value)] = customer.pk
@@ -89,12 +91,8 @@ class IdentityMap:
     def claims_flush(self) -> None:
         """Write the deferred claims, in (kind, value) order so that concurrent batches cannot
         deadlock; a key a concurrent request stored first stays theirs (ON CONFLICT DO NOTHING)."""
-        if self.later:
-            Identity.objects.bulk_create(
-                [Identity(kind=k, value=v, customer_id=self.survivor(cid)) for (k, v), cid in sorted(self.later.items())],
-                ignore_conflicts=True, batch_size=500,
-            )
-            self.later.clear()
+        identities_insert([(k, v, self.survivor(cid)) for (k, v), cid in self.later.items()])
+        self.later.clear()
 
     def new_customer(self, *, user_id: str, seen_at: datetime) -> Customer:
         customer = Customer.objects.create(external_id=user_id, first_seen=seen_at, last_seen=seen_at)
