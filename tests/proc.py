@@ -227,8 +227,10 @@ class PrivatePostgres:
     """
 
     def __init__(self) -> None:
-        # Not pytest's tmp_path: /tmp/pytest-of-root is 0700, the server user could not enter it.
-        self.data_dir = tempfile.mkdtemp(prefix="proof-pg-")
+        # Not pytest's tmp_path: /tmp/pytest-of-root is 0700, the server user could not enter it;
+        # as root (CI) not $TMPDIR either, which may be under /root.
+        base = None if os.geteuid() else "/tmp"
+        self.data_dir = tempfile.mkdtemp(prefix="proof-pg-", dir=base)
         self.state_dir = tempfile.mkdtemp(prefix="proof-pg-state-")
         self.url = ""
 
