@@ -100,7 +100,7 @@ class QCluster:
     def __init__(self, *, db_url: str, app_name: str, workers: int = 1, retry: int = 5, timeout: int = 4,
                  extra_env: dict | None = None):
         self.app_name = app_name
-        env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "Q_SYNC", "PYTEST_CURRENT_TEST"}}
+        env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "Q_BROKER", "Q_SYNC", "PYTEST_CURRENT_TEST"}}
         env.update(
             DJANGO_SETTINGS_MODULE="config.settings",
             DATABASE_URL=db_url,
@@ -279,7 +279,7 @@ def manage(*args: str, env: dict) -> str:
 
 def server_env(db_url: str, **extra: str) -> dict:
     """Production-like settings for a web or worker process of a test (not the tests' sync mode)."""
-    env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "Q_SYNC", "PYTEST_CURRENT_TEST"}}
+    env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "Q_BROKER", "Q_SYNC", "PYTEST_CURRENT_TEST"}}
     env.update(DJANGO_SETTINGS_MODULE="config.settings", DATABASE_URL=db_url, DEBUG="0",
                SECRET_KEY="proof-" + "k" * 50, SECURE_SSL_REDIRECT="0", ALLOWED_HOSTS="127.0.0.1,localhost",
                EVENT_API_RATE_LIMIT="10000000", LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
