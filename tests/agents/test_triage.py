@@ -338,7 +338,8 @@ def _inline(rows: list[dict], initial: int = 0) -> dict:
 def test_ops_build_the_tree_in_the_admin(admin_client, chat, ada, django_capture_on_commit_callbacks):
     form = {"name": "Shop bot", "channel": chat.pk, "active": "on", "greeting": "Hello!", "not_understood": "Sorry:",
             "handoff_message": "A colleague will answer.", "resolved_message": "", "handoff_keywords": '["human"]',
-            "max_misses": 2, "sentiment_floor": -0.4, "sentiment_drop": 0.8, "category": "general", "priority": 2}
+            "max_misses": 2, "sentiment_floor": -0.4, "sentiment_drop": 0.8, "category": "general", "priority": 2,
+            "change_reason": "returns branch for the shop bot"}
     added = admin_client.post(reverse("admin:agents_triagebot_add"), {**form, **_inline([
         {"order": 1, "label": "Returns", "keywords": '["return", "send back"]', "text": "Which item?", "category": ""},
     ])})
