@@ -501,6 +501,13 @@ def latency_run(s, c, postmaster: int, sender, conn, *, tag: str, rate: float, a
     rows = action_times(conn, f"{tag}-tr-")
     lat = [(r[3] - r[1]) * 1000 for r in rows if r[3] is not None]
     pick = [(r[2] - r[1]) * 1000 for r in rows if r[2] is not None]
+    # the worst latency per second of the run: a slow start (cold caches, a scheduled task) vs a steady queue
+    start = min((r[1] for r in rows), default=0.0)
+    worst: dict[int, float] = {}
+    for r in rows:
+        if r[3] is not None:
+            second = int(r[1] - start)
+            worst[second] = max(worst.get(second, 0.0), (r[3] - r[1]) * 1000)
     return {
         "events": len(rows),
         "with_action": len(lat),
@@ -514,6 +521,7 @@ def latency_run(s, c, postmaster: int, sender, conn, *, tag: str, rate: float, a
         "pickup_p50_ms": round(percentile(pick, 0.50), 1),  # received -> the task's start
         "pickup_p99_ms": round(percentile(pick, 0.99), 1),
         "sender_late_max_ms": round(lateness * 1000, 1),
+        "worst_ms_per_second": [round(worst[k]) for k in sorted(worst)],
         "cpu_us": {k: round(v * 1e6 / n) for k, v in zip(("server", "workers", "db"), lat_cpu)},
         "cpu_us_total": round(sum(lat_cpu) * 1e6 / n),
         "loadavg": round(load0, 2),
