@@ -20,7 +20,8 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from simple_history.admin import SimpleHistoryAdmin
 
-from journeys.admin_base import ReadOnlyAdmin
+from journeys.admin_base import REASON_HELP, ReadOnlyAdmin, ReasonForm, RunScopeMixin
+from journeys.admin_base import HistoryReasonMixin as SharedHistoryReasonMixin
 from journeys.choices import RunStatus, VersionState
 from journeys.engine.registry import STEP_KINDS, get_kind
 from journeys.engine.runner import RunFailed, run_retry
@@ -50,7 +51,6 @@ from journeys.selectors import (
     audit_entries_for_user,
     business_units_for_user,
     change_requests_for_user,
-    runs_for_user,
     user_can,
     user_can_view_dashboard,
     user_has_any_scope,
@@ -90,42 +90,16 @@ def _error_text(exc: Exception) -> str:
     return "; ".join(_messages_from(exc)) if isinstance(exc, ValidationError) else str(exc)
 
 
-REASON_HELP = "Why are you making this change? Recorded in the history and the audit log."
-
-
-class ReasonForm(forms.ModelForm):
-    """Every change made by a person says why (simple-history's change reason)."""
-
-    change_reason = forms.CharField(label="Reason for this change", required=True, max_length=500,
-                                    help_text=REASON_HELP, widget=forms.TextInput(attrs={"size": 80}))
-
-
 class ReasonActionForm(ActionForm):
     reason = forms.CharField(required=False, label="Reason", widget=forms.TextInput(attrs={"size": 40}))
     percent = forms.IntegerField(required=False, min_value=1, max_value=99, label="Canary %",
                                  widget=forms.NumberInput(attrs={"style": "width:4em"}))
 
 
-class HistoryReasonMixin:
-    """Sets the change reason and the acting user on the object and on inline rows."""
+class HistoryReasonMixin(SharedHistoryReasonMixin):
+    """The shared change-reason mixin (journeys.admin_base), without revert from the history page."""
 
-    def _reason(self, request, form) -> str:
-        return (form.cleaned_data.get("change_reason") or "").strip() if form is not None else ""
-
-    def save_formset(self, request, form, formset, change):
-        reason = self._reason(request, form) or "edited in admin"
-        instances = formset.save(commit=False)
-        for obj in formset.deleted_objects:
-            obj._change_reason = reason
-            obj.delete()
-        for obj in instances:
-            obj._change_reason = reason
-            obj._history_user = request.user
-            obj.save()
-        formset.save_m2m()
-
-    def revert_disabled(self, request, obj=None):
-        return True  # reverting through history would skip review: make a new draft instead
+    history_revert = False  # reverting through history would skip review: make a new draft instead
 
 
 # --------------------------------------------------------------------------- business units
@@ -917,16 +891,13 @@ class StepExecutionInline(admin.TabularInline):
 
 
 @admin.register(JourneyRun)
-class JourneyRunAdmin(admin.ModelAdmin):
+class JourneyRunAdmin(RunScopeMixin, admin.ModelAdmin):
     list_display = ("id", "workflow", "version", "customer", "status", "current_step", "next_wake_at", "converted_at", "created_at")
     list_filter = ("status", "workflow")
     search_fields = ("customer__external_id", "customer__email", "trigger_key")
     list_select_related = ("workflow", "version", "customer")
     inlines = [StepExecutionInline]
     actions = ["retry_failed"]
-
-    def get_queryset(self, request):
-        return runs_for_user(request.user) & super().get_queryset(request)
 
     def get_readonly_fields(self, request, obj=None):
         return [f.name for f in self.model._meta.fields]

@@ -366,12 +366,13 @@ def _replay_events(versions: list[WorkflowVersion], since: datetime, limit: int)
 
 def version_replay(
     *, proposed: WorkflowVersion, baseline: WorkflowVersion | None, days: int = 7, limit: int = 200,
-    now: datetime | None = None,
+    now: datetime | None = None, on_progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Replay recent real events of matching customers through the proposed version and the live one.
 
     Uses the dry-run walker (no rows written, nothing sent): which steps each customer would reach
     and which messages would go out, side by side, and a summary of where the two differ.
+    `on_progress(done, total)` is called every 25 events (background jobs show a progress bar).
     """
     now = now or timezone.now()
     compiled_new = compile_version(proposed)
@@ -381,7 +382,9 @@ def version_replay(
     reach = {"proposed": Counter(), "live": Counter()}
     messages = {"proposed": Counter(), "live": Counter()}
     entered = Counter()
-    for event in events:
+    for index, event in enumerate(events):
+        if on_progress is not None and index and index % 25 == 0:
+            on_progress(index, len(events))
         customer = event.customer
         if customer.merged_into_id:
             continue
@@ -406,6 +409,8 @@ def version_replay(
         simple = lambda r: r and (r["entered"], r["steps"], r["messages"])  # noqa: E731
         row["differs"] = simple(row["proposed"]) != simple(row["live"])
         rows.append(row)
+    if on_progress is not None:
+        on_progress(len(events), len(events))
     return {
         "generated_at": now.isoformat(),
         "days": days,

@@ -5,10 +5,8 @@ which the JourneyRun admin calls."""
 from __future__ import annotations
 
 import pytest
-from django.contrib import admin
 from django.urls import reverse
 
-from journeys.admin_base import RunScopeMixin
 from journeys.engine.processor import events_process
 from journeys.models import JourneyRun
 from journeys.services.governance import run_user_can_view, runs_visible_to
@@ -16,12 +14,6 @@ from journeys.services.internal_events import event_record_internal
 from tests.factories import CustomerFactory
 from tests.journeys.test_governance_fixtures import *  # noqa: F401,F403
 from tests.journeys.test_governance_fixtures import login
-
-# The JourneyRun admin (journeys/admin_workflows.py) adopts RunScopeMixin through a one-line patch;
-# until it is applied, the admin-page tests below are expected to fail (and must, strictly).
-ADMIN_SCOPED = isinstance(admin.site._registry[JourneyRun], RunScopeMixin)
-needs_admin_patch = pytest.mark.xfail(not ADMIN_SCOPED, strict=True,
-                                      reason="JourneyRunAdmin does not use RunScopeMixin yet")
 
 pytestmark = pytest.mark.django_db
 
@@ -53,7 +45,6 @@ def test_the_scope_function_gives_each_role_its_runs(people, runs_one_each, role
         assert run_user_can_view(user=user, run=run) == (unit in sees)
 
 
-@needs_admin_patch
 def test_an_editor_lists_and_opens_their_units_runs_with_step_executions(client, people, runs_one_each):
     login(client, people["editor"])
     listing = client.get(reverse("admin:journeys_journeyrun_changelist"))

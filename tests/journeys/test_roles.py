@@ -21,7 +21,6 @@ from journeys.services.workflows import (
 )
 from tests.journeys.test_governance_fixtures import *  # noqa: F401,F403
 from tests.journeys.test_governance_fixtures import draft_of, login
-from tests.journeys.test_governance_runs import ADMIN_SCOPED
 
 pytestmark = pytest.mark.django_db
 
@@ -257,7 +256,7 @@ EXPECTED = {  # page -> status for ops, editor, approver, analyst, agent
     "change requests": (OK, OK, OK, OK, NO),
     "audit log":       (OK, OK, OK, OK, NO),
     # editors watch their unit's runs once JourneyRunAdmin uses RunScopeMixin (test_governance_runs.py)
-    "runs":            (OK, OK if ADMIN_SCOPED else NO, OK, OK, NO),
+    "runs":            (OK, OK, OK, OK, NO),
     "dashboard":       (OK, NO, OK, OK, NO),
     "audit reports":   (OK, NO, OK, OK, NO),
     "business units":  (OK, NO, OK, NO, NO),
