@@ -160,7 +160,9 @@ Q_CLUSTER = {
     "ack_failures": True,
     "save_limit": 1000,
     "queue_limit": 50,
-    "poll": float(os.environ.get("Q_POLL", "0.2")),
+    # An idle ORM-broker pusher sleeps this long before looking again: it bounds how soon a
+    # freshly enqueued batch is picked up (p99 at 100 events/s); ~20 cheap SELECTs/s per cluster.
+    "poll": float(os.environ.get("Q_POLL", "0.05")),
     "bulk": env_int("Q_BULK", 1),
     "catch_up": False,
     "label": "Task queue",

@@ -32,7 +32,7 @@ from journeys.engine import processor, runner, scheduler
 from journeys.engine.compiled import load_version, reset_caches
 from journeys.models import BusinessUnit, Customer, Event, JourneyRun, StepExecution
 from journeys.services.workflows import version_build, version_publish, workflow_create
-from tests.proc import QCluster, database_url, pid_owning_port, wait_until
+from tests.proc import QCluster, database_url, freeze_mid_task, wait_until
 
 pytestmark = [
     pytest.mark.postgres,
@@ -243,20 +243,6 @@ def _failed_tasks() -> list:
 # -- 1. a worker killed mid-task ------------------------------------------------------------------
 
 
-def _in_flight_step_writes(app_name: str) -> list[tuple[int, int]]:
-    """(backend pid, client port) of cluster connections holding uncommitted StepExecution inserts."""
-    with connection.cursor() as cur:
-        cur.execute(
-            """
-            SELECT a.pid, a.client_port FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-            WHERE a.application_name = %s AND a.datname = current_database() AND l.granted
-              AND l.locktype = 'relation' AND l.relation = %s::regclass AND l.mode = 'RowExclusiveLock'
-            """,
-            [app_name, StepExecution._meta.db_table],
-        )
-        return cur.fetchall()
-
-
 @pytest.mark.parametrize("target", ["whole-cluster", "one-worker"])
 def test_worker_killed_mid_task_the_events_are_processed_and_no_step_runs_twice(
     target, publish, api, orm_broker, clusters
@@ -287,23 +273,10 @@ def test_worker_killed_mid_task_the_events_are_processed_and_no_step_runs_twice(
 
     first = clusters("kill", workers=1, **QUICK_RETRY)
     began = time.monotonic()
-    for _attempt in range(50):
-        backend_pid, client_port = wait_until(
-            lambda: Event.objects.filter(name=ORDER, status=EventStatus.PROCESSED).exists()
-            and _in_flight_step_writes(first.app_name),
-            timeout=30, interval=0.01, message="a committed task and a task half done",
-        )[0]
-        worker = pid_owning_port(client_port, first.pids())
-        assert worker not in (None, first.pgid), "could not find the worker process"
-        # Freeze the cluster, then check that the task's transaction is still open (that it did not
-        # commit in between); while frozen nothing else can move either, so what we see is stable.
-        first.signal(signal.SIGSTOP)
-        frozen_processed = Event.objects.filter(name=ORDER, status=EventStatus.PROCESSED).count()
-        if backend_pid in [pid for pid, _ in _in_flight_step_writes(first.app_name)]:
-            break
-        first.signal(signal.SIGCONT)
-    else:
-        pytest.fail("never caught the worker inside a task")
+    backend_pid, worker = freeze_mid_task(
+        first, table=StepExecution._meta.db_table,
+        ready=lambda: Event.objects.filter(name=ORDER, status=EventStatus.PROCESSED).exists())
+    frozen_processed = Event.objects.filter(name=ORDER, status=EventStatus.PROCESSED).count()
     if target == "whole-cluster":
         first.kill()  # SIGKILL to the whole process group: a crashed host
     else:
