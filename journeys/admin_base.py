@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin
+from django.contrib.admin.actions import delete_selected
 from django.contrib.admin.helpers import ActionForm
 from django.contrib.admin.utils import flatten_fieldsets
+from django.http import QueryDict
 
 from journeys.services.governance import history_stamp, run_user_can_view, runs_visible_to
 
@@ -93,8 +95,42 @@ class HistoryReasonMixin:
             history_stamp(obj, actor=request.user, reason=reason).save()
         formset.save_m2m()
 
+    # Deleting is a change too: both confirmation pages ask for the reason and refuse without one.
+    delete_confirmation_template = "history_reason/delete_confirmation.html"
+    delete_selected_confirmation_template = "history_reason/delete_selected_confirmation.html"
+
+    @staticmethod
+    def _delete_reason(request) -> str:
+        return (request.POST.get(REASON_FIELD) or "").strip()
+
+    @staticmethod
+    def _without_confirmation(request, post: QueryDict) -> None:
+        """Turn a confirmed delete without a reason back into the confirmation page, with the error."""
+        request.POST = post
+        request.reason_missing = REASON_MISSING
+
+    def delete_view(self, request, object_id, extra_context=None):
+        if request.method == "POST" and not self._delete_reason(request):
+            self._without_confirmation(request, QueryDict())  # the delete view deletes on any POST body
+        return super().delete_view(request, object_id, extra_context)
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        if "delete_selected" in actions:
+            _func, name, description = actions["delete_selected"]
+            actions["delete_selected"] = (self._delete_selected_with_reason, name, description)
+        return actions
+
+    @staticmethod
+    def _delete_selected_with_reason(modeladmin, request, queryset):
+        if request.POST.get("post") and not modeladmin._delete_reason(request):
+            post = request.POST.copy()
+            del post["post"]
+            modeladmin._without_confirmation(request, post)
+        return delete_selected(modeladmin, request, queryset)
+
     def delete_model(self, request, obj):
-        history_stamp(obj, actor=request.user, reason=f"deleted in the admin by {request.user.get_username()}")
+        history_stamp(obj, actor=request.user, reason=self._delete_reason(request) or "deleted in the admin")
         super().delete_model(request, obj)
 
     def delete_queryset(self, request, queryset):
