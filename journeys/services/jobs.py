@@ -10,9 +10,12 @@ channels app's `customer_export` for data-subject exports.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
+import math
+from collections import Counter
 from datetime import datetime, timedelta
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +45,8 @@ CUSTOMER_ID_COLUMNS = ("user_id", "userId")
 EVENT_COLUMNS = {"user_id": "userId", "userid": "userId", "anonymous_id": "anonymousId",
                  "anonymousid": "anonymousId", "event": "event", "timestamp": "timestamp",
                  "message_id": "messageId", "messageid": "messageId", "type": "type"}
+# Columns kept as text even when all digits (so are `*_id` and `*Id` columns).
+TEXT_COLUMNS = frozenset({"id", "email", "phone", "timezone", "locale"})
 
 
 # --------------------------------------------------------------------------- permissions
@@ -121,7 +126,7 @@ def job_progress(*, job: Job, done: int, total: int | None = None, message: str 
 
 def run_job(job_id: int) -> str:
     """The q2 task: run one job to its end. A job that already finished is left alone (a retried
-    task does not run twice); imports are idempotent anyway (message ids derive from job and row)."""
+    task does not run twice); imports are idempotent anyway (message ids derive from each row's content)."""
     job = Job.objects.filter(pk=job_id).first()
     if job is None or job.finished:
         return "gone" if job is None else job.status
@@ -142,8 +147,13 @@ def run_job(job_id: int) -> str:
 # --------------------------------------------------------------------------- imports
 
 
-def _records(job: Job) -> list[dict]:
-    """The uploaded rows: a JSON list of objects, JSON lines, or CSV with a header row."""
+def _records(job: Job) -> tuple[list[tuple[int, Any]], bool]:
+    """The uploaded rows, each with the number people know it by, and whether the file is JSON.
+
+    A JSON list of objects (rows count from 1), JSON lines (one row a line), or CSV with a header
+    row (the header is line 1, a row is numbered by its line). A CSV cell may be as large as the
+    file: an oversized row is then rejected by its number like any other bad row, instead of the
+    csv module failing the whole file."""
     text = job.input_text.lstrip("\ufeff")
     stripped = text.strip()
     if stripped.startswith("["):
@@ -151,20 +161,24 @@ def _records(job: Job) -> list[dict]:
             data = json.loads(stripped)
         except ValueError as exc:
             raise JourneyError(f"not valid JSON: {exc}", field="file") from None
-        return data
+        return list(enumerate(data, 1)), True
     if stripped.startswith("{"):
-        rows = []
+        rows: list[Any] = []
         for line in stripped.splitlines():
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except ValueError as exc:
                     rows.append(_Broken(f"not valid JSON ({exc.msg})"))
-        return rows
+        return list(enumerate(rows, 1)), True
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_INPUT_BYTES))
     reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames:
-        raise JourneyError("the CSV file has no header row", field="file")
-    return [{k.strip(): v for k, v in row.items() if k} for row in reader]
+    try:
+        if not reader.fieldnames:
+            raise JourneyError("the CSV file has no header row", field="file")
+        return [(reader.line_num, {k.strip(): v for k, v in row.items() if k}) for row in reader], False
+    except csv.Error as exc:
+        raise JourneyError(f"line {reader.line_num}: {exc}", field="file") from None
 
 
 class _Broken(dict):
@@ -190,22 +204,67 @@ def _value(text: Any) -> Any:
     return value
 
 
-def _customer_payload(row: dict, job: Job, number: int) -> dict:
+def _text_column(key: str) -> bool:
+    """Ids, email, phone, timezone and locale are text even when they are all digits: a phone
+    number read as an integer fills no profile and claims no identity."""
+    return key.lower() in TEXT_COLUMNS or key.lower().endswith("_id") or key.endswith("Id")
+
+
+def _cell(key: str, raw: Any, *, typed: bool = True) -> Any:
+    """A value for `key`: text for text columns, else (when `typed`) what the CSV text reads as."""
+    if _text_column(key):
+        return str(raw).strip() if isinstance(raw, (str, int)) and not isinstance(raw, bool) else raw
+    return _value(raw) if typed else raw
+
+
+def _non_finite(value: Any, path: str = "") -> str | None:
+    """Where the first NaN or infinite number is (JSON allows neither, but Python's parser reads
+    NaN, Infinity and 1e999): PostgreSQL's jsonb refuses it, failing the whole batch, and SQLite
+    drops the row, so such a row is rejected by its path before anything is stored."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path or "row"
+    if isinstance(value, dict):
+        items = [(f"{path}.{k}" if path else str(k), v) for k, v in value.items()]
+    elif isinstance(value, list):
+        items = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+    else:
+        return None
+    return next((found for where, item in items if (found := _non_finite(item, where))), None)
+
+
+def _content_ids(kind: str) -> Callable[[dict], str]:
+    """Message ids derived from what a row says, not from the job: the same file imported again
+    (by another job) gives the same ids, so what is already stored is skipped. Identical rows in
+    one file stay apart by their occurrence (the second is `...-2`)."""
+    seen: Counter[str] = Counter()
+
+    def message_id(row: dict) -> str:
+        canonical = json.dumps([kind, row], sort_keys=True, separators=(",", ":"), default=str)
+        digest = hashlib.sha256(canonical.encode()).hexdigest()[:40]
+        seen[digest] += 1
+        return f"import-{digest}" + (f"-{seen[digest]}" if seen[digest] > 1 else "")
+
+    return message_id
+
+
+def _customer_payload(row: dict, *, from_json: bool) -> dict:
     user_id = next((str(row[k]).strip() for k in CUSTOMER_ID_COLUMNS if row.get(k) not in (None, "")), "")
     if not user_id:
         raise EventValidationError("is required", field="user_id")
-    traits = dict(row.get("traits") or {}) if isinstance(row.get("traits"), dict) else {}
+    given = row.get("traits")
+    traits = {k: _cell(k, v, typed=False) for k, v in given.items()} if isinstance(given, dict) else {}
     for key, raw in row.items():
         if key in (*CUSTOMER_ID_COLUMNS, "traits") or raw in (None, ""):
             continue
-        traits[key] = _value(raw)
-    return {"type": "identify", "userId": user_id, "traits": traits, "messageId": f"import-{job.pk}-{number}"}
+        traits[key] = _cell(key, raw)
+    return {"type": "identify", "userId": user_id, "traits": traits}
 
 
-def _event_payload(row: dict, job: Job, number: int) -> dict:
-    if "properties" in row and isinstance(row["properties"], dict) or "userId" in row or "anonymousId" in row:
-        payload = dict(row)  # already Segment-shaped (JSON input)
-    else:
+def _event_payload(row: dict, *, from_json: bool) -> dict:
+    shaped = isinstance(row.get("properties"), dict) or "userId" in row or "anonymousId" in row
+    if from_json and shaped:
+        payload = dict(row)  # a Segment track payload
+    else:  # CSV (whatever its headers are called) and flat JSON rows: columns through the table
         payload, properties = {"type": "track"}, {}
         for key, raw in row.items():
             if raw in (None, ""):
@@ -214,18 +273,19 @@ def _event_payload(row: dict, job: Job, number: int) -> dict:
             if name:
                 payload[name] = str(raw).strip()
             elif key.startswith("properties."):
-                properties[key.split(".", 1)[1]] = _value(raw)
+                properties[key.split(".", 1)[1]] = _cell(key.split(".", 1)[1], raw)
             elif key == "properties":
-                properties.update(_value(raw) if isinstance(_value(raw), dict) else {})
+                if not isinstance(_value(raw), dict):
+                    raise EventValidationError("must be a JSON object", field="properties")
+                properties.update(_value(raw))
             else:
-                properties[key] = _value(raw)
+                properties[key] = _cell(key, raw)
         payload["properties"] = properties
     payload.setdefault("type", "track")
-    payload.setdefault("messageId", f"import-{job.pk}-{number}")
     return payload
 
 
-def _import(job: Job, build: Callable[[dict, Job, int], dict]) -> dict:
+def _import(job: Job, build: Callable[..., dict]) -> dict:
     """Validate every row (a bad one is rejected with its row number and field), then store the
     good rows in batches: each batch is one transaction, so a batch is stored whole or not at all."""
     from journeys.services.catalog import catalog_apply
@@ -233,25 +293,25 @@ def _import(job: Job, build: Callable[[dict, Job, int], dict]) -> dict:
     from journeys.services.ingest import event_ingest, events_parse
 
     source = Source.objects.get(pk=job.params["source_id"])
-    rows = _records(job)
-    if not isinstance(rows, list):
-        raise JourneyError("expected a list of rows", field="file")
+    rows, from_json = _records(job)
     if len(rows) > MAX_ROWS:
         raise JourneyError(f"{len(rows)} rows; the limit is {MAX_ROWS} per file", field="file")
     total = len(rows)
     job_progress(job=job, done=0, total=total * 2, message=f"checking {total} rows")
     received = timezone.now()
+    message_id = _content_ids(job.kind)
     good, rejected = [], []
-    # Row numbers count as people do: the CSV header is line 1, so data starts at 2; JSON rows from 1.
-    first = 2 if not job.input_text.strip().startswith(("[", "{")) else 1
-    for index, row in enumerate(rows):
-        number = index + first
+    for index, (number, row) in enumerate(rows):
         try:
             if isinstance(row, _Broken):
                 raise EventValidationError(row.reason, field="row")
             if not isinstance(row, dict):
                 raise EventValidationError("must be an object", field="row")
-            payload = build(row, job, number)
+            payload = build(row, from_json=from_json)
+            if payload.get("messageId") in (None, ""):  # the row's own messageId wins
+                payload["messageId"] = message_id(row)
+            if where := _non_finite(payload):
+                raise EventValidationError("not a finite number", field=where)
             check_event_size(payload, max_bytes=settings.EVENT_API["MAX_EVENT_BYTES"], prefix="")
             parsed = events_parse(payloads=[payload], received_at=received)
             catalog_apply(policy=source.schema_policy, events=parsed)
