@@ -27,7 +27,7 @@ from journeys.errors import (
     PayloadTooLarge,
     SourceDisabled,
 )
-from journeys.services.event_parsing import check_event_size
+from journeys.services.event_parsing import check_event_size, check_finite_numbers
 from journeys.services.ingest import event_ingest, events_parse
 from journeys.services.sources import source_authenticate
 
@@ -175,6 +175,7 @@ class BatchView(_TrackingView):
             value = body.get(key)
             if value is not None and not isinstance(value, dict):
                 raise EventValidationError("must be a JSON object", field=key)
+            check_finite_numbers(value, field=key)  # merged into every event: checked like its own keys
             defaults[key] = value or {}
         defaults["sentAt"] = body.get("sentAt")
         return events_parse(

@@ -4,7 +4,8 @@ PostgreSQL gets single statements over `jsonb_to_recordset(<one JSON document>)`
 (measured: the ORM's bulk_update built a CASE/WHEN per row and field and was half
 of all ingestion CPU; then one array parameter per column still spent a fifth of
 the CPU in psycopg's Python array quoting, where one json.dumps of the rows is
-done in C). SQLite, the local default, uses the ORM's bulk operations. Rows are
+done in C). SQLite, the local default, uses the ORM's bulk operations (events: a plain
+INSERT ... ON CONFLICT, see `_sqlite_events_insert`). Rows are
 written in a fixed order (customer id, identity kind/value) so concurrent
 batches never deadlock.
 """
@@ -84,16 +85,9 @@ def events_insert(rows: list[dict]) -> list[int]:
     """
     if not rows:
         return []
-    if not _pg():
-        Event.objects.bulk_create([Event(**row) for row in rows], batch_size=500, ignore_conflicts=True)
-        ids: list[int] = []
-        received, source_id = rows[0]["received_at"], rows[0]["source_id"]
-        mids = [r["message_id"] for r in rows]
-        for i in range(0, len(mids), 900):
-            ids.extend(Event.objects.filter(source_id=source_id, message_id__in=mids[i : i + 900],
-                                            received_at=received).values_list("id", flat=True))
-        return ids
     fields = [f for f in Event._meta.concrete_fields if not f.primary_key]
+    if not _pg():
+        return _sqlite_events_insert(fields, rows)
     defaults = {f.column: f.get_default() for f in fields if f.attname not in rows[0]}
     columns = {f.attname: f.column for f in fields}
     if all(a == c for a, c in columns.items()):
@@ -108,6 +102,32 @@ def events_insert(rows: list[dict]) -> list[int]:
             [document],
         )
         return [r[0] for r in cur.fetchall()]
+
+
+def _sqlite_events_insert(fields, rows: list[dict]) -> list[int]:
+    """SQLite: `ON CONFLICT (source_id, message_id) DO NOTHING`, not the ORM's `INSERT OR IGNORE`,
+    which also swallows a failed CHECK (a JSON value SQLite cannot store) and counted the lost
+    event as a duplicate: only a repeated messageId may be skipped, anything else raises."""
+    quote = connection.ops.quote_name
+    names = ", ".join(quote(f.column) for f in fields)
+    defaults = {f.attname: f.get_default() for f in fields if f.attname not in rows[0]}
+    placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    size = connection.ops.bulk_batch_size(fields, rows)
+    ids: list[int] = []
+    with connection.cursor() as cur:
+        for i in range(0, len(rows), size):
+            chunk = rows[i : i + size]
+            params = []
+            for row in chunk:
+                full = {**defaults, **row}
+                params.extend(f.get_db_prep_save(full[f.attname], connection) for f in fields)
+            cur.execute(
+                f"INSERT INTO {quote(Event._meta.db_table)} ({names}) VALUES {', '.join([placeholders] * len(chunk))}"
+                " ON CONFLICT (source_id, message_id) DO NOTHING RETURNING id",
+                params,
+            )
+            ids.extend(r[0] for r in cur.fetchall())
+    return sorted(ids)  # RETURNING's order is arbitrary in SQLite
 
 
 def identities_insert(rows: list[tuple[str, str, int]]) -> None:

@@ -7,6 +7,7 @@ validated before anything of it is stored.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -85,14 +86,41 @@ def _object(raw: dict, key: str, prefix: str) -> dict:
     return value
 
 
-def check_event_size(raw: dict, *, max_bytes: int, prefix: str) -> None:
-    """Enforce the per-event size and reject text PostgreSQL cannot store.
+def check_finite_numbers(value: Any, *, field: str) -> None:
+    """Reject NaN and infinite numbers anywhere in `value`, naming where the first one sits.
 
-    One serialisation does three jobs: the size, lone surrogates (which cannot
-    be encoded as UTF-8) and NUL characters (which jsonb refuses).
+    The body parser refuses the literals NaN and Infinity, but a number such as 1e999
+    overflows to infinity on parsing; no JSON column can store it (PostgreSQL refuses the
+    whole insert, SQLite's JSON check fails), so it is the client's error, not a retryable one.
+    """
+    stack: list[tuple[str, Any]] = [(field, value)]
+    while stack:  # iterative: a deeply nested (but parsable) body must not overflow the stack
+        path, node = stack.pop()
+        if isinstance(node, float):
+            if not math.isfinite(node):
+                raise EventValidationError(
+                    "is not a finite number (JSON numbers must lie within +-1.8e308)", field=path or "body"
+                )
+        elif isinstance(node, dict):
+            stack.extend(reversed([(_where(path, str(k)), v) for k, v in node.items()]))
+        elif isinstance(node, list):
+            stack.extend(reversed([(f"{path}[{i}]", v) for i, v in enumerate(node)]))
+
+
+def check_event_size(raw: dict, *, max_bytes: int, prefix: str) -> None:
+    """Enforce the per-event size and reject what PostgreSQL cannot store.
+
+    One serialisation does four jobs: the size, lone surrogates (which cannot
+    be encoded as UTF-8), non-finite numbers (`allow_nan=False`; the slower walk
+    that names the field runs only then) and NUL characters (which jsonb refuses).
     """
     try:
-        encoded = json.dumps(raw, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        text = json.dumps(raw, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        check_finite_numbers(raw, field=prefix)
+        raise
+    try:
+        encoded = text.encode("utf-8")
     except UnicodeEncodeError:
         raise EventValidationError("contains text that is not valid Unicode", field=prefix or "body") from None
     if len(encoded) > max_bytes:

@@ -164,6 +164,61 @@ def test_invalid_track_names_the_field(api, body, field):
     assert Event.objects.count() == 0
 
 
+@pytest.mark.parametrize(
+    "kind, raw, field",
+    [
+        ("track", b'{"userId": "u", "event": "E", "properties": {"t": 1e999}}', "properties.t"),
+        ("identify", b'{"userId": "u", "traits": {"score": {"history": [1, -1e400]}}}', "traits.score.history[1]"),
+        ("page", b'{"anonymousId": "a", "name": "Home", "context": {"screen": {"density": 2E+999}}}',
+         "context.screen.density"),
+    ],
+)
+def test_number_out_of_range_is_400_naming_its_path(api, kind, raw, field):
+    # 1e999 is valid JSON syntax but overflows to infinity, which no JSON column can store:
+    # a retryable 503 (PostgreSQL) or a silent drop (SQLite) would leave the client retrying forever.
+    response = api.post(kind, None, raw=raw)
+
+    assert response.status_code == 400
+    assert response.json()["field"] == field
+    assert response.json()["message"].startswith(f"{field}: is not a finite number")
+    assert Event.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    "extra, field",
+    [
+        (b'', "batch[1].properties.t"),
+        (b', "context": {"app": {"build": 1e999}}', "context.app.build"),
+    ],
+)
+def test_number_out_of_range_in_a_batch_names_its_index(api, extra, field):
+    good = b'{"type": "track", "userId": "u", "event": "E", "messageId": "ok-%d", "properties": {"t": 1.5}}'
+    bad = b'{"type": "track", "userId": "u", "event": "E", "properties": {"t": 1e999}}' if not extra else good % 1
+    raw = b'{"batch": [' + good % 0 + b", " + bad + b"]" + extra + b"}"
+
+    response = api.post("batch", None, raw=raw)
+
+    assert response.status_code == 400
+    assert response.json()["field"] == field
+    assert Event.objects.count() == 0 and Customer.objects.count() == 0
+
+
+def test_a_value_the_database_refuses_is_an_error_not_a_duplicate(source):
+    """Should a value slip past validation, the insert fails loudly: only a repeated
+    messageId may be skipped (SQLite's INSERT OR IGNORE used to count such an event as a duplicate)."""
+    from django.db import DatabaseError
+    from django.utils import timezone as dj_timezone
+
+    from journeys.services.ingest import event_ingest, events_parse
+
+    events = events_parse(payloads=[track(messageId="m-inf")], received_at=dj_timezone.now(), event_type="track")
+    events[0].properties = {"t": float("inf")}
+
+    with pytest.raises(DatabaseError):
+        event_ingest(source=source, events=events)
+    assert Event.objects.count() == 0
+
+
 def test_alias_needs_previous_id(api):
     response = api.post("alias", {"userId": "u"})
     assert response.status_code == 400
@@ -210,6 +265,22 @@ def test_repeated_message_id_is_accepted_and_stored_once(api):
     assert api.post("batch", {"batch": batch}).status_code == 200
 
     assert sorted(Event.objects.values_list("message_id", flat=True)) == ["dup", "dup2"]
+
+
+def test_message_id_stored_by_a_concurrent_request_is_skipped_by_the_insert(api, source):
+    """Between the duplicate check and the insert another request may store the same messageId:
+    the insert skips that row and returns the ids of the new events only."""
+    from journeys.services.bulk_ingest import events_insert
+
+    api.post("track", track(messageId="taken"))
+    now = datetime.now(timezone.utc)
+    row = {"source_id": source.pk, "type": "track", "name": "E", "customer_id": Event.objects.get().customer_id,
+           "timestamp": now, "received_at": now}
+
+    ids = events_insert([{**row, "message_id": "taken"}, {**row, "message_id": "new"}])
+
+    assert ids == [Event.objects.get(message_id="new").pk]
+    assert Event.objects.count() == 2
 
 
 def test_same_message_id_from_two_sources_is_two_events(api):
