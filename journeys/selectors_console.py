@@ -508,31 +508,36 @@ def customer_find(*, value: str) -> Customer | None:
 def template_preview(*, user: Any, template: str, locale: str = "", customer_ref: str = "", event_name: str = "",
                      now: datetime | None = None) -> dict:
     """Render a message template as the channels app would send it, for a chosen customer (by user
-    id or email; needs permission to view customers) or the most recently seen one as a sample.
+    id or email) or, without one, the most recently seen customer as a sample. Only someone who may
+    view customers sees a customer's data: anyone else (an editor or approver reading templates) gets
+    the built-in sample profile and a sample event, and naming a customer is refused (403).
     Uses the channels app's own services (message_context, template_render): what is shown is
     what would be sent, personalization consent included. `event_name` (the workflow's trigger)
-    picks the latest such event as the `event` the template reads."""
+    picks the customer's latest such event as the `event` the template reads (never another
+    customer's: without one of their own, a sample event)."""
     from django.utils.module_loading import import_string
 
     template_model = _model("channels_app", "MessageTemplate")
     if template_model is None or not _may_view(user, template_model):
-        return {"ok": False, "field": "template", "error": "you may not preview templates"}
+        return {"ok": False, "status": 403, "field": "template", "error": "you may not preview templates"}
     found = template_model.objects.filter(name=template).first()
     if found is None:
         return {"ok": False, "field": "template", "error": f"no template named {template!r}"}
     now = now or timezone.now()
+    may_view_customers = _may_view(user, Customer)
+    customer = None
     if customer_ref.strip():
-        if not _may_view(user, Customer):
-            return {"ok": False, "field": "preview_customer", "error": "you may not view customers"}
+        if not may_view_customers:
+            return {"ok": False, "status": 403, "field": "preview_customer", "error": "you may not view customers"}
         value = customer_ref.strip()
         customer = customer_find(value=customer_ref)
         if customer is None:
             return {"ok": False, "field": "preview_customer", "error": f"no customer with id or email {value!r}"}
-    else:
+    elif may_view_customers:
         customer = Customer.objects.filter(merged_into__isnull=True).order_by("-last_seen", "-id").first()
-    # The event the template would be sent for: the latest of that name (the customer's own if any).
-    events = Event.objects.filter(name=event_name).order_by("-id") if event_name else Event.objects.none()
-    event = (events.filter(customer=customer).first() if customer else None) or events.first()
+    # The event the template would be sent for: the customer's latest of that name.
+    event = (Event.objects.filter(name=event_name, customer=customer).order_by("-id").first()
+             if customer is not None and event_name else None)
     sample_event = {"name": event.name, "properties": event.properties or {}} if event else \
         {"name": event_name or "Sample Event", "properties": {}}
     links = {"unsubscribe_url": "#unsubscribe", "preferences_url": "#preferences"}

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -263,8 +264,10 @@ def version_graph_view(request: HttpRequest, pk: int) -> HttpResponse:
     version = version_for_user(user=request.user, pk=pk)
     if version is None:
         raise Http404("no such version, or not yours to see")
+    if bad := _bad_parameter(request.GET, ids=("compare",)):
+        return HttpResponseBadRequest(bad[1], content_type="text/plain; charset=utf-8")
     other = None
-    if request.GET.get("compare", "").isdigit():
+    if request.GET.get("compare"):
         other = version_for_user(user=request.user, pk=int(request.GET["compare"]))
         if other is not None and other.workflow_id != version.workflow_id:
             other = None
@@ -284,16 +287,32 @@ def version_graph_view(request: HttpRequest, pk: int) -> HttpResponse:
 # --------------------------------------------------------------------------- step editor helpers
 
 
+def _bad_parameter(data, *, ids: tuple[str, ...] = (), texts: tuple[str, ...] = ()) -> tuple[str, str] | None:
+    """The first parameter that cannot be used, with why: an id that is not plain digits 0-9
+    (`str.isdigit` accepts '²', which `int` refuses) or text with a NUL character (PostgreSQL
+    stores and compares none). None when every parameter is usable; an empty id is no id."""
+    for name in ids:
+        value = data.get(name, "")
+        if value and not re.fullmatch(r"[0-9]{1,18}", value):
+            return name, f"{name} must be an id (digits 0-9), not {value[:40]!r}"
+    for name in texts:
+        if "\x00" in data.get(name, ""):
+            return name, f"{name} contains a NUL character (\\u0000)"
+    return None
+
+
 @never_cache
 def rule_check(request: HttpRequest) -> JsonResponse:
     """Staff-only: parse a rule with the real rule parser while it is typed (GET or POST `rule`,
-    optional `version` and `event` for attribute warnings)."""
+    optional `version` and `event` for attribute warnings); 400 naming a parameter that cannot be used."""
     from journeys.selectors import VIEW, user_can
     from journeys.selectors_console import rule_diagnose
 
     data = request.POST if request.method == "POST" else request.GET
+    if bad := _bad_parameter(data, ids=("version",), texts=("rule", "event")):
+        return JsonResponse({"ok": False, "field": bad[0], "error": bad[1], "message": bad[1]}, status=400)
     version = None
-    if data.get("version", "").isdigit():
+    if data.get("version"):
         version = version_for_user(user=request.user, pk=int(data["version"]))
         if version is not None and not user_can(request.user, VIEW, version.workflow):
             version = None
@@ -302,13 +321,16 @@ def rule_check(request: HttpRequest) -> JsonResponse:
 
 @never_cache
 def template_preview_view(request: HttpRequest) -> JsonResponse:
-    """Staff-only: a send_message step's template rendered for a customer (or a sample)."""
+    """Staff-only: a send_message step's template rendered for a customer (or a sample); 403 for
+    a customer the user may not view, 400 naming a parameter that cannot be used."""
     from journeys.selectors_console import template_preview
 
     data = request.POST if request.method == "POST" else request.GET
+    if bad := _bad_parameter(data, texts=("template", "locale", "customer", "event")):
+        return JsonResponse({"ok": False, "field": bad[0], "error": bad[1]}, status=400)
     result = template_preview(user=request.user, template=data.get("template", ""), locale=data.get("locale", ""),
                               customer_ref=data.get("customer", ""), event_name=data.get("event", ""))
-    return JsonResponse(result, status=200 if result["ok"] else 400)
+    return JsonResponse(result, status=result.pop("status", 200 if result["ok"] else 400))
 
 
 # --------------------------------------------------------------------------- background jobs
