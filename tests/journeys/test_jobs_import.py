@@ -102,3 +102,12 @@ def test_a_csv_cell_larger_than_the_csv_modules_limit_rejects_only_its_row(run_i
     [rejected] = job.result["rejected_rows"]
     assert rejected["row"] == 3 and "the limit is" in rejected["error"]
     assert sorted(Event.objects.filter(name="Order Completed").values_list("user_id", flat=True)) == ["u-1", "u-3"]
+
+
+def test_the_job_page_says_when_not_every_rejected_row_is_kept(ops, run_import):  # noqa: F811
+    # given a file with 1,001 rows without a user id (the job keeps the first 1,000) and one good row
+    job = run_import("import_events", "user_id,event\n" + ",Order Completed\n" * 1001 + "u-1,Order Completed\n")
+    assert (job.result["imported"], job.result["rejected"], len(job.result["rejected_rows"])) == (1, 1001, 1000)
+    # then its page says the list is cut rather than letting it pass for all of them
+    page = ops.get(reverse("admin:journeys_job_change", args=[job.pk])).content.decode()
+    assert "Only the first 1000 of the 1001 rejected rows are kept" in page
