@@ -103,7 +103,8 @@ class SourceAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
             super().save_model(request, obj, form, change)
             return
         source, key = source_create(
-            name=obj.name, description=obj.description, rate_limit=obj.rate_limit, enabled=obj.enabled
+            name=obj.name, description=obj.description, rate_limit=obj.rate_limit, enabled=obj.enabled,
+            schema_policy=obj.schema_policy, actor=request.user, reason=self._reason(request, form),
         )
         obj.pk, obj.key_prefix, obj.key_hash = source.pk, source.key_prefix, source.key_hash
         messages.warning(request, format_html("Write key for {}: <code>{}</code> — copy it now, it is not shown again.", source.name, key))
@@ -111,18 +112,18 @@ class SourceAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     @admin.action(description="Rotate the write key (the old key stops working)", permissions=["change"])
     def rotate_keys(self, request, queryset):
         for source in queryset:
-            key = source_rotate_key(source=source)
+            key = source_rotate_key(source=source, actor=request.user)
             messages.warning(request, format_html("New write key for {}: <code>{}</code> — copy it now.", source.name, key))
 
     @admin.action(description="Disable the selected sources", permissions=["change"])
     def disable_sources(self, request, queryset):
         for source in queryset:
-            source_set_enabled(source=source, enabled=False, reason="disabled in admin")
+            source_set_enabled(source=source, enabled=False, actor=request.user, reason="disabled in the admin")
 
     @admin.action(description="Enable the selected sources", permissions=["change"])
     def enable_sources(self, request, queryset):
         for source in queryset:
-            source_set_enabled(source=source, enabled=True, reason="enabled in admin")
+            source_set_enabled(source=source, enabled=True, actor=request.user, reason="enabled in the admin")
 
 
 class EventDefinitionForm(forms.ModelForm):

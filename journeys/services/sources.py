@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
-from journeys.errors import AuthenticationFailed, SourceDisabled
+from journeys.errors import AuthenticationFailed, PermissionDenied, SourceDisabled
 from journeys.models import Source
 from journeys.models.events import hash_write_key
+from journeys.services.governance import history_stamp, require_reason
+
+
+def _check_allowed(actor: Any, codename: str, what: str) -> None:
+    """A person needs the model permission; the system (no actor) may always act."""
+    if actor is not None and not actor.has_perm(f"journeys.{codename}"):
+        raise PermissionDenied(f"{actor} may not {what}")
 
 
 def _new_key() -> str:
@@ -19,41 +27,56 @@ def _new_key() -> str:
 
 @transaction.atomic
 def source_create(
-    *, name: str, description: str = "", rate_limit: int | None = None, enabled: bool = True
+    *,
+    name: str,
+    description: str = "",
+    rate_limit: int | None = None,
+    enabled: bool = True,
+    schema_policy: str = "flag",
+    actor: Any = None,
+    reason: str = "",
 ) -> tuple[Source, str]:
-    """Create a source; returns it with its write key, which is never stored or shown again."""
+    """Create a source; returns it with its write key, which is never stored or shown again.
+
+    A person (`actor`) must say why; who and why land on the source's creation history row.
+    """
+    _check_allowed(actor, "add_source", "create event sources")
+    reason = require_reason(actor, reason) or "source created"
     key = _new_key()
     source = Source(
         name=name,
         description=description,
         rate_limit=rate_limit,
         enabled=enabled,
+        schema_policy=schema_policy,
         key_hash=hash_write_key(key),
         key_prefix=key[:10],
     )
     source.full_clean(exclude=["key_hash", "key_prefix"])
-    source._change_reason = "source created"
+    history_stamp(source, actor=actor, reason=reason)
     source.save()
     return source, key
 
 
 @transaction.atomic
-def source_rotate_key(*, source: Source) -> str:
+def source_rotate_key(*, source: Source, actor: Any = None) -> str:
     """Replace the write key; the old key stops working at once."""
+    _check_allowed(actor, "change_source", "rotate write keys")
     key = _new_key()
     source.key_hash = hash_write_key(key)
     source.key_prefix = key[:10]
     source.key_rotated_at = timezone.now()
-    source._change_reason = "write key rotated"
+    history_stamp(source, actor=actor, reason="write key rotated")
     source.save(update_fields=["key_hash", "key_prefix", "key_rotated_at", "updated_at"])
     return key
 
 
 @transaction.atomic
-def source_set_enabled(*, source: Source, enabled: bool, reason: str) -> Source:
+def source_set_enabled(*, source: Source, enabled: bool, reason: str, actor: Any = None) -> Source:
     """Enable or disable a source; a disabled source's requests get 403."""
+    _check_allowed(actor, "change_source", "enable or disable event sources")
     source.enabled = enabled
-    source._change_reason = reason
+    history_stamp(source, actor=actor, reason=require_reason(actor, reason))
     source.save(update_fields=["enabled", "updated_at"])
     return source
 
