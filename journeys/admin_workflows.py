@@ -7,23 +7,25 @@ permissions); every change goes through a service that checks the same rules aga
 from __future__ import annotations
 
 import json
+import os
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError
-from django.http import HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from simple_history.admin import SimpleHistoryAdmin
 
 from journeys.admin_base import REASON_HELP, ReadOnlyAdmin, ReasonForm, RunScopeMixin
 from journeys.admin_base import HistoryReasonMixin as SharedHistoryReasonMixin
 from journeys.choices import RunStatus, VersionState
-from journeys.engine.registry import STEP_KINDS, get_kind
+from journeys.engine.registry import STEP_KINDS
 from journeys.engine.runner import RunFailed, run_retry
 from journeys.errors import JourneyError, PermissionDenied
 from journeys.models import (
@@ -88,6 +90,14 @@ def _messages_from(exc: ValidationError) -> list[str]:
 
 def _error_text(exc: Exception) -> str:
     return "; ".join(_messages_from(exc)) if isinstance(exc, ValidationError) else str(exc)
+
+
+def _object_or_404(queryset, pk):
+    """The row with id `pk` (from a URL) or a 404 naming what was asked for: an id that is not a
+    number is a page that does not exist, not a server error."""
+    if not str(pk).isdigit():
+        raise Http404(f"no {queryset.model._meta.verbose_name} with id {pk!r}")
+    return get_object_or_404(queryset, pk=pk)
 
 
 class ReasonActionForm(ActionForm):
@@ -343,30 +353,6 @@ class WorkflowAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAdmin):
 # --------------------------------------------------------------------------- versions, steps, edges
 
 
-class StepForm(forms.ModelForm):
-    class Meta:
-        model = Step
-        fields = ("key", "kind", "name", "config", "x", "y")
-        widgets = {"kind": forms.Select(choices=[]), "config": forms.Textarea(attrs={"rows": 3, "cols": 60})}
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.fields["kind"].widget.choices = [(k, f"{v.label} ({k})") for k, v in sorted(STEP_KINDS.items())]
-        self.fields["config"].help_text = "; ".join(
-            f"{k}: {', '.join(v.fields)}" for k, v in sorted(STEP_KINDS.items()) if v.fields
-        )
-
-    def clean(self):
-        data = super().clean()
-        kind_name = data.get("kind")
-        if kind_name:
-            try:
-                data["config"] = get_kind(kind_name).clean(data.get("config") or {})
-            except ValidationError as exc:
-                raise ValidationError({"config": _messages_from(exc)}) from None
-        return data
-
-
 def _version_editable(user, version: WorkflowVersion) -> bool:
     """Steps, edges and settings of a version may change: not frozen (never live), not a canary,
     not retired, and the user may edit the workflow."""
@@ -399,17 +385,44 @@ class VersionChildInline(admin.TabularInline):
 
 
 class StepInline(VersionChildInline):
+    """The version's steps at a glance. A step's kind and config change only in its kind's form
+    (StepAdmin, validated field by field), so here they are a read-only summary with a link to
+    that form; new steps start from "Add a step". Graph positions stay editable, and deleting a
+    step here takes its edges with it."""
+
     model = Step
-    form = StepForm
-    fields = ("key", "kind", "name", "config", "x", "y", "form_link")
-    readonly_fields = ("form_link",)
+    fields = ("key", "kind_label", "name", "config_summary", "x", "y", "form_link")
+    readonly_fields = ("key", "kind_label", "name", "config_summary", "form_link")
+
+    def has_add_permission(self, request, obj=None):
+        return False  # the version page's "Add a step" opens the kind picker
+
+    def get_formset(self, request, obj=None, **kwargs):
+        self.editable = obj is not None and _version_editable(request.user, obj)
+        return super().get_formset(request, obj, **kwargs)
+
+    @admin.display(description="kind")
+    def kind_label(self, obj):
+        kind = STEP_KINDS.get(obj.kind)
+        return f"{kind.label} ({obj.kind})" if kind else f"{obj.kind} (unknown kind)"
+
+    @admin.display(description="config")
+    def config_summary(self, obj):
+        from journeys.forms_steps import config_summary
+
+        lines = config_summary(obj.kind, obj.config or {})
+        if not lines:
+            return "-"
+        return format_html('<span class="step-config">{}</span>',
+                           format_html_join(mark_safe("<br>"), "<b>{}</b>: {}", lines))
 
     @admin.display(description="form")
     def form_link(self, obj):
         if obj is None or obj.pk is None:
             return "-"
-        return format_html('<a class="step-form-link" href="{}">edit in its form</a>',
-                           reverse("admin:journeys_step_change", args=[obj.pk]))
+        return format_html('<a class="step-form-link" href="{}">{}</a>',
+                           reverse("admin:journeys_step_change", args=[obj.pk]),
+                           "edit in its form" if getattr(self, "editable", False) else "view in its form")
 
 
 class EdgeInline(VersionChildInline):
@@ -574,6 +587,8 @@ class WorkflowVersionAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAd
         return super().change_view(request, object_id, form_url, extra_context)
 
     def _tools(self, request, object_id) -> dict:
+        if not str(object_id).isdigit():  # the admin answers "does not exist" itself
+            return {}
         version = WorkflowVersion.objects.filter(pk=object_id).select_related("workflow").first()
         if version is None:
             return {}
@@ -725,8 +740,8 @@ class ChangeRequestAdmin(ScopedAdminMixin, admin.ModelAdmin):
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         """The review page: summary, diff, validation, dry-run replay, the thread, and the decisions."""
-        change_request = get_object_or_404(
-            ChangeRequest.objects.select_related("workflow", "version", "base_version", "proposed_by"), pk=object_id)
+        change_request = _object_or_404(
+            ChangeRequest.objects.select_related("workflow", "version", "base_version", "proposed_by"), object_id)
         if not self.has_view_permission(request, change_request):
             raise DjangoPermissionDenied
         user, workflow, version = request.user, change_request.workflow, change_request.version
@@ -830,7 +845,7 @@ class AuditReportAdmin(ReadOnlyAdmin):
         ] + super().get_urls()
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        report = get_object_or_404(AuditReport, pk=object_id)
+        report = _object_or_404(AuditReport.objects.all(), object_id)
         return super().change_view(request, object_id, form_url, {**(extra_context or {}), "report": report})
 
     def dashboard_view(self, request):
@@ -952,13 +967,27 @@ class StepAdmin(admin.ModelAdmin):
         return False  # removed on the version's page, where edges go with it
 
     def add_view(self, request, form_url="", extra_context=None):
-        version = get_object_or_404(WorkflowVersion.objects.select_related("workflow"),
-                                    pk=request.GET.get("version") or 0)
+        version_id = request.GET.get("version", "")
+        version = WorkflowVersion.objects.select_related("workflow").filter(pk=version_id).first() \
+            if version_id.isdigit() else None
+        if version is None:  # steps belong to a version: send people to the versions, saying why
+            messages.warning(request, f"No workflow version with id {version_id!r}: open a draft version and use "
+                             "“Add a step” there." if version_id else
+                             "Steps belong to a workflow version: open a draft version and use “Add a step”.")
+            return HttpResponseRedirect(reverse("admin:journeys_workflowversion_changelist"))
         return self._step_page(request, version, None)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        step = get_object_or_404(Step.objects.select_related("version__workflow"), pk=object_id)
+        step = _object_or_404(Step.objects.select_related("version__workflow"), object_id)
         return self._step_page(request, step.version, step)
+
+    @staticmethod
+    def _locked_reason(user, version: WorkflowVersion) -> str:
+        """Why this version's steps cannot change for this user, in words that say what to do."""
+        if not user_can(user, EDIT, version.workflow):
+            return f"You may look at {version.workflow} but not edit it."
+        return (f"{version.workflow} v{version.number} cannot change here ({version.stage}); create a new draft from it "
+                "(action “Create a new draft from this version”) to edit its steps.")
 
     def _step_page(self, request, version: WorkflowVersion, step: Step | None):
         from journeys.forms_steps import kind_choices, step_form_class, step_save
@@ -969,10 +998,15 @@ class StepAdmin(admin.ModelAdmin):
         kind = "" if "pick" in request.GET else request.GET.get("kind") or (step.kind if step else "")
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, "version": version,
                    "step": step, "editable": editable, "kinds": kind_choices(), "kind": kind,
+                   "locked_reason": "" if editable else self._locked_reason(request.user, version),
                    "version_url": reverse("admin:journeys_workflowversion_change", args=[version.pk])}
+        if not editable and request.method == "POST" and "_preview" not in request.POST:
+            raise DjangoPermissionDenied
+        if not editable and (step is None or kind != step.kind):  # nothing to add or re-kind: say why
+            messages.error(request, context["locked_reason"])
+            return HttpResponseRedirect(reverse("admin:journeys_step_change", args=[step.pk]) if step
+                                        else context["version_url"])
         if not kind:
-            if not editable:
-                raise DjangoPermissionDenied
             context["kind"] = step.kind if step else ""  # the current kind is ticked
             context["title"] = (f"Step {step.key}: choose another kind" if step else
                                 f"Add a step to {version.workflow} v{version.number}: choose its kind")
@@ -980,11 +1014,12 @@ class StepAdmin(admin.ModelAdmin):
         try:
             form_class = step_form_class(kind)
         except ValidationError as exc:
+            if step is not None and kind == step.kind:  # a stored kind no longer registered: pick another
+                messages.error(request, f"Step {step.key}: {_error_text(exc)}")
+                return HttpResponseRedirect(f"{request.path}?pick=1" if editable else context["version_url"])
             messages.error(request, _error_text(exc))
-            return HttpResponseRedirect(f"{request.path}?version={version.pk}")
+            return HttpResponseRedirect(request.path if step is not None else f"{request.path}?version={version.pk}")
         posting = request.method == "POST" and "_preview" not in request.POST
-        if posting and not editable:
-            raise DjangoPermissionDenied
         form = form_class(request.POST if request.method == "POST" else None, version=version, step=step)
         reason_form = StepReasonForm(request.POST if posting else None)
         preview = None
@@ -1027,7 +1062,8 @@ class StepReasonForm(forms.Form):
 class JobStartForm(forms.Form):
     """What a job needs, by kind: a file and a source (imports), a version (replay), a customer (export)."""
 
-    file = forms.FileField(required=False, help_text="CSV with a header row, a JSON list of objects, or JSON lines")
+    file = forms.FileField(required=False, help_text="CSV (UTF-8) with a header row, a JSON list of objects, or JSON lines",
+                           error_messages={"empty": "the uploaded file is empty: choose a CSV or JSON file with rows"})
     source = forms.ModelChoiceField(queryset=None, required=False,
                                     help_text="the event source the imported rows are attributed to "
                                               "(its schema policy applies)")
@@ -1071,12 +1107,56 @@ class JobStartForm(forms.Form):
         return value
 
     def clean_file(self):
+        """Refuse, saying what to do, what the import cannot read: spreadsheets and other binary
+        files, text that is not UTF-8, a CSV header without rows, JSON that does not parse."""
         upload = self.cleaned_data["file"]
+        name = upload.name or "the file"
+        raw = upload.read()
+        binary = next((what for magic, what in BINARY_FILES if raw.startswith(magic)), None)
+        if binary:
+            raise ValidationError(f"{name} is {binary}, not CSV or JSON text: export it as CSV (UTF-8) or JSON "
+                                  "and upload that")
+        extension = os.path.splitext(name)[1].lower()
+        if extension and extension not in UPLOAD_EXTENSIONS:
+            raise ValidationError(f"{name}: choose a .csv, .json or .jsonl file (not {extension})")
         try:
-            self.text = upload.read().decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise ValidationError("the file must be UTF-8 text (CSV or JSON)") from None
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            raise ValidationError(f"{name} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}): save it "
+                                  "as UTF-8 (\u201cCSV UTF-8\u201d in Excel) and upload it again") from None
+        lines = [line for line in text.splitlines() if line.strip()]
+        if not lines:
+            raise ValidationError(self.fields["file"].error_messages["empty"])
+        start = text.lstrip()[:1]
+        if start in ("[", "{"):
+            try:
+                whole = json.loads(text)
+            except ValueError as exc:
+                if start == "[":
+                    raise ValidationError(f"{name} is not valid JSON: {exc}") from None
+            else:
+                if isinstance(whole, dict) and len(lines) > 1:  # one pretty-printed object, not JSON lines
+                    raise ValidationError(f"{name} holds a single JSON object over several lines: put the rows "
+                                          "in a JSON list ([{...}, {...}]) or write one object per line")
+        elif len(lines) == 1:
+            raise ValidationError(f"{name} has a header row ({lines[0][:60]}) and no rows below it: the first "
+                                  "line names the columns (e.g. user_id,email), each line after it is one row")
+        self.text = text
         return upload
+
+
+UPLOAD_EXTENSIONS = (".csv", ".json", ".jsonl", ".ndjson", ".txt")
+# What people upload by mistake, told apart by the first bytes of the file.
+BINARY_FILES = (
+    (b"PK\x03\x04", "a ZIP archive (an Excel .xlsx or OpenDocument spreadsheet?)"),
+    (b"\xd0\xcf\x11\xe0", "an old Office file (Excel .xls?)"),
+    (b"%PDF", "a PDF document"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"\x1f\x8b", "a gzip archive"),
+)
 
 
 @admin.register(Job)
@@ -1127,6 +1207,8 @@ class JobAdmin(admin.ModelAdmin):
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, "kinds": kinds, "kind": kind,
                    "title": "Start a background job"}
         if kind not in dict(kinds):
+            if kind:
+                messages.error(request, f"{kind!r} is not a job you can start here; choose one of the jobs below.")
             return render(request, "admin/journeys/job/start.html", context)
         form = JobStartForm(request.POST if request.method == "POST" else None, request.FILES or None, kind=kind, user=request.user,
                             initial={"version": request.GET.get("version"), "customer": request.GET.get("customer")})
@@ -1149,7 +1231,7 @@ class JobAdmin(admin.ModelAdmin):
         from journeys.views_console import job_status
 
         jobs_purge_exports()
-        job = get_object_or_404(self.get_queryset(request), pk=object_id)
+        job = _object_or_404(self.get_queryset(request), object_id)
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, "job": job,
                    "status": job_status(job), "title": f"Job #{job.pk}: {job.get_kind_display()}"}
         return render(request, "admin/journeys/job/job.html", context)

@@ -10,6 +10,7 @@ a kind without a form of its own gets one generated from its `fields` help texts
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any, ClassVar
 
@@ -110,11 +111,33 @@ def _trait_names(sample: int = 300) -> list[str]:
     return sorted(names)
 
 
+MAX_DURATION_DAYS = 3650  # a wait of more than ten years is a typo (and past year 9999 a date cannot be held)
+
+
+def check_duration_length(text: str) -> str:
+    """Refuse a duration too long to wait for; the kind's validator reports any other mistake."""
+    from journeys.engine.durations import parse_duration
+
+    try:
+        seconds = parse_duration(text.strip().lstrip("-")).total_seconds()
+    except ValueError:
+        return text
+    except OverflowError:
+        seconds = math.inf
+    if seconds > MAX_DURATION_DAYS * 86400:
+        raise ValidationError(f"{text.strip()!r} is too long: at most {MAX_DURATION_DAYS}d (ten years)")
+    return text
+
+
 class DurationField(forms.CharField):
     def __init__(self, **kwargs):
         kwargs.setdefault("help_text", DURATION_HELP)
         kwargs.setdefault("widget", forms.TextInput(attrs={"size": 10, "placeholder": "e.g. 1h"}))
         super().__init__(**kwargs)
+
+    def clean(self, value):
+        value = super().clean(value)
+        return check_duration_length(value) if value else value
 
 
 # --------------------------------------------------------------------------- the base form
@@ -269,6 +292,10 @@ class DelayForm(StepConfigForm):
         else:
             self.initial.setdefault("mode", "duration")
 
+    def clean_offset(self):
+        offset = self.cleaned_data.get("offset", "")
+        return check_duration_length(offset) if offset else offset
+
     def to_config(self, data):
         mode = data["mode"]
         if not data.get(mode):
@@ -346,14 +373,17 @@ class UpdateProfileForm(StepConfigForm):
             return text.strip().lower() in ("yes", "true", "1")
         if kind == "number":
             try:
-                return int(text) if re.fullmatch(r"-?\d+", text.strip()) else float(text)
+                number = int(text) if re.fullmatch(r"-?\d+", text.strip()) else float(text)
             except ValueError:
                 raise ValidationError({f"value_{i}": f"{text!r} is not a number"}) from None
+            if not math.isfinite(number):  # nan / inf: JSON (and the database) cannot hold them
+                raise ValidationError({f"value_{i}": f"{text!r} is not a finite number; write e.g. 10 or 2.5"})
+            return number
         if kind == "json":
             try:
-                return json.loads(text)
+                return json_finite(text)
             except ValueError as exc:
-                raise ValidationError({f"value_{i}": f"not valid JSON: {exc.msg}"}) from None
+                raise ValidationError({f"value_{i}": f"not valid JSON: {getattr(exc, 'msg', exc)}"}) from None
         return text
 
     def to_config(self, data):
@@ -581,10 +611,26 @@ def _literal(text: str) -> Any:
     value = text.strip()
     if value[:1] in ("{", "[") or value in ("true", "false", "null") or re.fullmatch(r"-?\d+(\.\d+)?", value):
         try:
-            return json.loads(value)
+            return json_finite(value)
         except ValueError:
             return text
     return text
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON can store; write a finite number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is too large a number")
+    return number
+
+
+def json_finite(text: str) -> Any:
+    """JSON as the database stores it: NaN, Infinity and 1e999 (which Python's json reads) are refused."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
 
 
 def generic_form(kind_name: str) -> type[StepConfigForm]:
@@ -624,6 +670,51 @@ def kind_choices() -> list[dict]:
     """The kind picker: every registered kind with its label and help."""
     return [{"kind": k, "label": v.label, "help": v.help, "outcomes": ", ".join(v.outcomes({}))}
             for k, v in sorted(STEP_KINDS.items(), key=lambda kv: kv[1].label)]
+
+
+# --------------------------------------------------------------------------- reading a config
+
+
+_SHARED_DURATIONS = ("min_gap_other_channel",)
+
+
+def _summary_value(value: Any, *, duration: bool = False, signed: bool = False) -> str:
+    if duration and isinstance(value, int) and not isinstance(value, bool):
+        return ("-" if signed and value < 0 else "") + (duration_text(abs(value)) or "0s")
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        if set(value) == {"rule"}:
+            return f"computed: {value['rule']}"
+        return ", ".join(f"{k} = {_summary_value(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        if all(isinstance(item, dict) and "name" in item for item in value):  # split branches
+            return "; ".join(f"{item['name']}: {item.get('rule', '')}".rstrip(": ") for item in value)
+        return ", ".join(_summary_value(item) for item in value)
+    return json.dumps(value)
+
+
+def config_summary(kind_name: str, config: dict) -> list[tuple[str, str]]:
+    """A step's config as (label, value) lines people can read, for pages that show a step
+    without editing it (the version page); labels come from the kind's form, durations read 1h30m."""
+    if kind_name not in STEP_KINDS:
+        return [("unknown kind", json.dumps(config, sort_keys=True))]
+    form = KIND_FORMS.get(kind_name)
+    fields = form.base_fields if form else {}
+    durations = {*getattr(form, "durations", ()), *_SHARED_DURATIONS}
+    signed = {"offset"} if kind_name == "delay" else set()  # before (-3d) or after (2h) a profile date
+    renamed = {"name": "goal"} if kind_name == "goal" else {}  # the goal's config "name" is its "goal" field
+    lines = []
+    for key, value in (config or {}).items():
+        if value in (None, "", [], {}):
+            continue
+        name = renamed.get(key, key)
+        field = fields.get(name)
+        label = str(field.label) if field is not None and field.label else name.replace("_", " ").capitalize()
+        lines.append((label, _summary_value(value, duration=key in durations | signed, signed=key in signed)))
+    return lines
 
 
 # --------------------------------------------------------------------------- saving

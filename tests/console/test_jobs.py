@@ -104,9 +104,19 @@ def test_events_import_applies_the_sources_catalog_policy_per_row(ops, source, d
     assert stored[0].timestamp.isoformat() == "2026-11-01T10:00:00+00:00"
 
 
-def test_an_unreadable_file_fails_the_job_with_a_clear_error(ops, source, django_capture_on_commit_callbacks):
-    start(ops, "import_events", {"file": SimpleUploadedFile("x.json", b"[{oops"), "source": source.pk},
-          django_capture_on_commit_callbacks)
+def test_an_unreadable_file_is_refused_or_fails_the_job_with_a_clear_error(ops, source,
+                                                                          django_capture_on_commit_callbacks):
+    # the admin reads the file before starting a job: broken JSON is refused at once, naming the file
+    response = start(ops, "import_events", {"file": SimpleUploadedFile("x.json", b"[{oops"), "source": source.pk},
+                     django_capture_on_commit_callbacks)
+    assert response.status_code == 200 and not Job.objects.exists()
+    assert response.context["form"].errors["file"][0].startswith("x.json is not valid JSON")
+    # a job started otherwise with such a file fails, and its page says why
+    from django.contrib.auth import get_user_model
+
+    with django_capture_on_commit_callbacks(execute=True):
+        job_start(kind="import_events", actor=get_user_model().objects.get(username="ops"),
+                  params={"source_id": source.pk}, input_name="x.json", input_text="[{oops")
     job = Job.objects.get()
     assert job.status == "failed" and job.error.startswith("file: not valid JSON")
     page = ops.get(reverse("admin:journeys_job_change", args=[job.pk])).content.decode()

@@ -3,6 +3,8 @@ fields, and the kind's own validator's errors appear next to the field that caus
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.urls import reverse
 
@@ -193,6 +195,36 @@ def test_the_version_page_links_to_the_step_forms(ops, draft):
     page = ops.get(reverse("admin:journeys_workflowversion_change", args=[draft.pk])).content.decode()
     assert add_url(draft).replace("&", "&amp;") in page or add_url(draft) in page
     assert reverse("admin:journeys_step_change", args=[Step.objects.get(key="end", version=draft).pk]) in page
+
+
+def test_the_version_page_shows_each_config_read_only_as_people_write_it(ops, draft):
+    # given steps of several kinds built through their forms
+    post_step(ops, draft, "delay", {"key": "pause", "mode": "until_attribute", "until_attribute": "renewal_date",
+                                    "offset": "-3d"})
+    post_step(ops, draft, "split", {"key": "tier", "branch_1_name": "vip", "branch_1_rule": "profile.ltv >= 1000"})
+    post_step(ops, draft, "update_profile", {"key": "mark", "set_1": "traits", "name_1": "orders", "as_1": "rule",
+                                             "value_1": "coalesce(profile.orders, 0) + 1"})
+    post_step(ops, draft, "wait_for_event", {"key": "wait", "event": "Order Completed", "timeout": "1h30m"})
+    post_step(ops, draft, "goal", {"key": "won", "goal": "ordered"})
+
+    # when ops opens the version page
+    page = ops.get(reverse("admin:journeys_workflowversion_change", args=[draft.pk])).content.decode()
+
+    # then each config reads like the form that wrote it, and nothing but the position can be typed in
+    for line in ("<b>Until profile date</b>: renewal_date", "<b>Offset</b>: -3d",
+                 "<b>Branches</b>: vip: profile.ltv &gt;= 1000", "<b>Traits</b>: orders = computed: coalesce",
+                 "<b>Event</b>: Order Completed", "<b>Timeout</b>: 1h30m", "<b>Goal</b>: ordered"):
+        assert line in page, line
+    assert "<b>Filter</b>" not in page  # options left empty are not listed
+    assert not re.search(r'name="steps-\d+-(config|kind|key|name)"', page)
+    assert re.search(r'name="steps-\d+-x"', page) and 'id="steps-empty"' not in page  # no raw "add a step" row
+    assert page.count(">edit in its form</a>") == 5
+
+
+def test_a_step_of_an_unregistered_kind_still_shows_on_the_version_page(ops, draft):
+    Step.objects.create(version=draft, key="legacy", kind="fax", config={"number": "+4930123"})
+    page = ops.get(reverse("admin:journeys_workflowversion_change", args=[draft.pk])).content.decode()
+    assert "fax (unknown kind)" in page and "<b>unknown kind</b>: {&quot;number&quot;: &quot;+4930123&quot;}" in page
 
 
 def test_a_step_can_change_its_kind_through_the_picker(ops, draft):

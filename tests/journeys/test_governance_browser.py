@@ -78,16 +78,20 @@ def test_editor_proposes_and_approver_reviews_the_diff_and_publishes(live_server
     draft = version_new_draft(version=v1)
     base = live_server.url
 
-    # the editor changes the rule of the 'check' step, saying why
+    # the editor opens the 'check' step from the version page (its rule is shown, not editable there)
+    # and changes the rule in the condition's form, saying why
     _login(browser, base, "edna")
     browser.get(f"{base}/admin/journeys/workflowversion/{draft.pk}/change/")
-    key_input = browser.find_element(By.CSS_SELECTOR, "input[name$='-key'][value='check']")
-    prefix = key_input.get_attribute("name").rsplit("-", 1)[0]
-    config = browser.find_element(By.NAME, f"{prefix}-config")
-    config.clear()
-    config.send_keys('{"rule": "profile.plan == \'business\'"}')
-    browser.find_element(By.NAME, "change_reason").send_keys("business customers are the VIPs now")
-    _click(browser, By.NAME, "_continue", "was changed successfully")
+    assert not browser.find_elements(By.CSS_SELECTOR, "textarea[name$='-config']")
+    link = f"a.step-form-link[href$='/journeys/step/{draft.steps.get(key='check').pk}/change/']"
+    row = browser.find_element(By.CSS_SELECTOR, link).find_element(By.XPATH, "ancestor::tr")
+    assert "Rule: profile.plan == 'pro'" in row.text
+    _click(browser, By.CSS_SELECTOR, link, 'id="step-form"')
+    rule = browser.find_element(By.ID, "id_rule")
+    rule.clear()
+    rule.send_keys("profile.plan == 'business'")
+    browser.find_element(By.ID, "id_change_reason").send_keys("business customers are the VIPs now")
+    _click(browser, By.ID, "save-step", "Step check (condition) saved")
 
     # ... and proposes it
     _click(browser, By.ID, "propose-link", "changed step <b>check</b>")

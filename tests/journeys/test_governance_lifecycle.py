@@ -90,20 +90,21 @@ def test_reject_sends_it_back_to_draft_with_the_comment(people, live_workflow):
     assert request.decision_comment == "the rule is too broad" and request.decided_by == people["approver"]
 
 
-def test_change_after_approval_through_the_admin_sends_it_back_to_review(client, people, live_workflow):
+def test_change_after_approval_through_the_step_form_sends_it_back_to_review(client, people, live_workflow):
+    # given an approved draft, whose version page shows the step's rule read-only with a link to its form
     draft = approved_draft(live_workflow, people)
     step = draft.steps.get(key="check")
     login(client, people["editor"])
-    url = reverse("admin:journeys_workflowversion_change", args=[draft.pk])
-    page = client.get(url)
-    data = _form_data(page)
-    prefix = "steps"
-    index = next(i for i in range(int(data[f"{prefix}-TOTAL_FORMS"])) if data.get(f"{prefix}-{i}-id") == str(step.pk))
-    data[f"{prefix}-{index}-config"] = '{"rule": "profile.plan == \'business\'"}'
-    data["change_reason"] = "business plan instead"
+    version_page = client.get(reverse("admin:journeys_workflowversion_change", args=[draft.pk])).content.decode()
+    step_url = reverse("admin:journeys_step_change", args=[step.pk])
+    assert f'href="{step_url}">edit in its form</a>' in version_page
+    assert 'name="steps-0-config"' not in version_page
 
-    response = client.post(url, data)
+    # when the editor changes the rule in the condition's form, saying why
+    response = client.post(step_url, {"key": "check", "rule": "profile.plan == 'business'",
+                                      "change_reason": "business plan instead", "_save": "Save"})
 
+    # then the step changed, with the reason on its history, and the version went back to review
     assert response.status_code == 302, response.content[:3000]
     draft.refresh_from_db()
     assert draft.state == "in_review" and draft.approved_fingerprint == ""
@@ -111,6 +112,26 @@ def test_change_after_approval_through_the_admin_sends_it_back_to_review(client,
     assert Step.history.filter(id=step.pk).first().history_change_reason == "business plan instead"
     assert AuditEntry.objects.filter(action="returned_to_review", version=draft).exists()
     assert ChangeRequest.objects.get(version=draft).status == "open"
+
+
+def test_the_version_page_no_longer_takes_a_raw_config(client, people, live_workflow):
+    # given a draft and its version page as the editor's browser would post it back
+    draft = draft_of(live_workflow)
+    step = draft.steps.get(key="check")
+    login(client, people["editor"])
+    url = reverse("admin:journeys_workflowversion_change", args=[draft.pk])
+    data = _form_data(client.get(url))
+    index = next(i for i in range(int(data["steps-TOTAL_FORMS"])) if data.get(f"steps-{i}-id") == str(step.pk))
+
+    # when a raw config (and kind) is forged into the step row
+    data.update({f"steps-{index}-config": '{"rule": "1 +"}', f"steps-{index}-kind": "exit",
+                 f"steps-{index}-x": "40", "change_reason": "moved on the graph"})
+    response = client.post(url, data)
+
+    # then only what the page offers (the position) is saved: kind and config stay as they were
+    assert response.status_code == 302
+    saved = Step.objects.get(pk=step.pk)
+    assert (saved.kind, saved.config, saved.x) == ("condition", {"rule": "profile.plan == 'pro'"}, 40)
 
 
 def test_admin_edit_requires_a_reason(client, people, live_workflow):

@@ -1,0 +1,214 @@
+"""What an ops person runs into on the step pages and job pages with bad input: ids that are not
+ids, pages for versions that cannot change, unknown step kinds, numbers and durations nothing can
+hold, and uploads the import cannot read. Each answer says what to do, none is a server error."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+
+from journeys.models import Job, Source, Step, Workflow, WorkflowVersion
+from journeys.services.workflows import version_new_draft
+
+pytestmark = pytest.mark.django_db
+
+STEP_ADD = reverse("admin:journeys_step_add")
+
+
+def _messages(response) -> list[str]:
+    return [str(m) for m in response.context["messages"]] if response.context else []
+
+
+@pytest.fixture
+def live(demo):
+    return Workflow.objects.get(name="Cart abandonment").live_version
+
+
+@pytest.fixture
+def draft(live):
+    return version_new_draft(version=live)
+
+
+# --------------------------------------------------------------------------- ids in URLs
+
+
+@pytest.mark.parametrize("name", ["step", "job", "changerequest", "auditreport"])
+def test_an_id_that_is_not_a_number_is_a_page_not_found(ops, name):
+    assert ops.get(reverse(f"admin:journeys_{name}_change", args=["abc"])).status_code == 404
+
+
+def test_a_version_id_that_is_not_a_number_is_answered_like_a_missing_version(ops):
+    response = ops.get(reverse("admin:journeys_workflowversion_change", args=["abc"]), follow=True)
+    assert response.status_code == 200
+    assert any("doesn’t exist" in m for m in _messages(response))
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("", "Steps belong to a workflow version"),
+    ("?version=abc", "No workflow version with id 'abc'"),
+    ("?version=99999", "No workflow version with id '99999'"),
+])
+def test_adding_a_step_without_a_known_version_leads_to_the_versions(ops, query, message):
+    response = ops.get(STEP_ADD + query)
+
+    assert response.status_code == 302 and response["Location"] == reverse("admin:journeys_workflowversion_changelist")
+    assert any(message in m for m in _messages(ops.get(response["Location"])))
+
+
+# --------------------------------------------------------------------------- versions that cannot change
+
+
+def test_adding_a_step_to_a_live_version_says_to_make_a_draft(ops, live):
+    response = ops.get(f"{STEP_ADD}?version={live.pk}", follow=True)
+
+    assert response.redirect_chain[-1][0] == reverse("admin:journeys_workflowversion_change", args=[live.pk])
+    assert any("cannot change here (live); create a new draft" in m for m in _messages(response))
+
+
+def test_choosing_another_kind_for_a_live_step_says_why_not(ops, live):
+    step = live.steps.get(key="valuable")
+    url = reverse("admin:journeys_step_change", args=[step.pk])
+
+    response = ops.get(f"{url}?pick=1", follow=True)
+
+    assert response.redirect_chain == [(url, 302)] and response.status_code == 200
+    assert any("create a new draft" in m for m in _messages(response))
+    assert 'id="step-locked"' in response.content.decode()
+    assert ops.post(f"{url}?kind=goal", {"key": "valuable", "goal": "x", "change_reason": "x"}).status_code == 403
+
+
+def test_someone_who_may_only_look_is_told_so(client, live):
+    client.login(username="analyst", password="analyst")
+    step = live.steps.get(key="valuable")
+    page = client.get(reverse("admin:journeys_step_change", args=[step.pk]))
+    assert page.status_code == 200
+    assert "You may look at Cart abandonment but not edit it." in page.content.decode()
+    assert "create a new draft" not in page.content.decode()
+
+
+def test_a_template_preview_still_works_on_a_live_version(ops, live):
+    step = live.steps.get(key="email")
+    response = ops.post(reverse("admin:journeys_step_change", args=[step.pk]),
+                        {"key": "email", "channel": "email", "template": "cart-reminder", "_preview": "Preview"})
+    assert response.status_code == 200 and response.context["preview"] is not None
+
+
+# --------------------------------------------------------------------------- unknown step kinds
+
+
+def test_an_unknown_kind_on_a_step_page_goes_back_to_that_step(ops, draft):
+    step = draft.steps.get(key="valuable")
+    url = reverse("admin:journeys_step_change", args=[step.pk])
+
+    response = ops.get(f"{url}?kind=fax", follow=True)
+
+    assert response.redirect_chain == [(url, 302)]
+    assert response.context["kind"] == "condition"
+    assert any("unknown step kind 'fax'; known kinds: condition" in m for m in _messages(response))
+
+
+def test_a_stored_kind_nobody_registers_any_more_asks_for_a_kind_instead_of_looping(ops, draft):
+    step = Step.objects.create(version=draft, key="legacy", kind="fax", config={"number": "+4930123"})
+    url = reverse("admin:journeys_step_change", args=[step.pk])
+
+    response = ops.get(url, follow=True)
+
+    assert response.redirect_chain == [(f"{url}?pick=1", 302)]
+    assert 'id="kind-picker"' in response.content.decode()
+    assert any("Step legacy: kind: unknown step kind 'fax'" in m for m in _messages(response))
+
+
+def test_an_unknown_kind_when_adding_goes_to_the_kind_picker(ops, draft):
+    response = ops.get(f"{STEP_ADD}?version={draft.pk}&kind=fax", follow=True)
+    assert response.redirect_chain == [(f"{STEP_ADD}?version={draft.pk}", 302)]
+    assert 'id="kind-picker"' in response.content.decode()
+
+
+# --------------------------------------------------------------------------- values nothing can hold
+
+
+def _post_step(client, version, kind, data):
+    return client.post(f"{STEP_ADD}?version={version.pk}&kind={kind}",
+                       {"change_reason": "probe", "_save": "Save", **data})
+
+
+@pytest.mark.parametrize(("kind", "data", "field", "message"), [
+    ("delay", {"mode": "duration", "duration": "99999999999999999999"}, "duration", "is too long: at most 3650d"),
+    ("delay", {"mode": "duration", "duration": "99999999999999999999d"}, "duration", "is too long"),
+    ("delay", {"mode": "until_attribute", "until_attribute": "renewal_date", "offset": "-4000d"}, "offset",
+     "'-4000d' is too long"),
+    ("wait_for_event", {"event": "Order Completed", "timeout": "600w"}, "timeout", "is too long"),
+    ("update_profile", {"set_1": "traits", "name_1": "score", "as_1": "number", "value_1": "nan"}, "value_1",
+     "'nan' is not a finite number"),
+    ("update_profile", {"set_1": "traits", "name_1": "score", "as_1": "number", "value_1": "1e999"}, "value_1",
+     "is not a finite number"),
+    ("update_profile", {"set_1": "traits", "name_1": "score", "as_1": "json", "value_1": '{"a": NaN}'}, "value_1",
+     "NaN is not a number JSON can store"),
+    ("update_profile", {"set_1": "traits", "name_1": "score", "as_1": "json", "value_1": "[1e999]"}, "value_1",
+     "too large a number"),
+])
+def test_values_too_large_for_a_wait_or_the_database_are_refused_at_their_field(ops, draft, kind, data, field,
+                                                                                 message):
+    before = draft.steps.count()
+
+    response = _post_step(ops, draft, kind, {"key": "probe", **data})
+
+    assert response.status_code == 200
+    errors = response.context["form"].errors
+    assert field in errors and message in " ".join(errors[field]), errors
+    assert draft.steps.count() == before
+
+
+# --------------------------------------------------------------------------- uploads
+
+
+def _upload(client, name: str, content: bytes):
+    source = Source.objects.get(name="demo-web")
+    return client.post(f"{reverse('admin:journeys_job_add')}?kind=import_customers",
+                       {"file": SimpleUploadedFile(name, content), "source": source.pk})
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("people.xlsx", b"PK\x03\x04" + b"\x00" * 30, "people.xlsx is a ZIP archive (an Excel .xlsx"),
+    ("people.csv", b"\x89PNG\r\n\x1a\n" + bytes(range(200)), "people.csv is a PNG image, not CSV or JSON text"),
+    ("scan.pdf", b"%PDF-1.4\n", "scan.pdf is a PDF document"),
+    ("people.tsv", b"user_id\tplan\nu-1\tpro\n", "people.tsv: choose a .csv, .json or .jsonl file (not .tsv)"),
+    ("latin.csv", "user_id,name\nu-2,J\xf6rg\n".encode("latin-1"),
+     "latin.csv is not UTF-8 text (byte 0xf6 on line 2): save it as UTF-8"),
+    ("ids.csv", b"u-1\n", "ids.csv has a header row (u-1) and no rows below it"),
+    ("people.json", b'[{"user_id": "a",}]', "people.json is not valid JSON: Expecting property name"),
+    ("one.json", b'{\n  "user_id": "a"\n}\n', "one.json holds a single JSON object over several lines"),
+    ("blank.csv", b"  \n\n", "the uploaded file is empty: choose a CSV or JSON file with rows"),
+    ("empty.csv", b"", "the uploaded file is empty: choose a CSV or JSON file with rows"),
+])
+def test_uploads_the_import_cannot_read_are_refused_saying_what_to_do(ops, name, content, message):
+    response = _upload(ops, name, content)
+
+    assert response.status_code == 200
+    assert message in " ".join(response.context["form"].errors["file"]), response.context["form"].errors
+    assert not Job.objects.exists()
+
+
+@pytest.mark.parametrize(("name", "content"), [
+    ("people.csv", b"\xef\xbb\xbfuser_id,plan\nu-1,pro\n"),  # Excel's UTF-8 with a byte order mark
+    ("people.jsonl", b'{"user_id": "u-1"}\n{"user_id": "u-2"}\n'),
+    ("people.json", b'[{"user_id": "u-1"}]'),
+    ("people", b"user_id\nu-1\n"),  # no extension: read by its content
+])
+def test_readable_uploads_still_start_a_job(ops, name, content, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = _upload(ops, name, content)
+    job = Job.objects.get()
+    assert response.status_code == 302 and job.status == "succeeded" and job.result["imported"] >= 1
+
+
+def test_an_unknown_job_kind_is_named(ops):
+    response = ops.get(f"{reverse('admin:journeys_job_add')}?kind=fax")
+    assert response.status_code == 200
+    assert "'fax' is not a job you can start here" in " ".join(_messages(response))
+
+
+def test_the_version_page_is_not_broken_by_a_missing_version(ops):
+    assert not WorkflowVersion.objects.filter(pk=99999).exists()
+    assert ops.get(reverse("admin:journeys_workflowversion_change", args=[99999])).status_code == 302
