@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from channels_app.services import dispatch
+from journeys.tasks import worker_gc_tune
 
 
 def delivery_send(delivery_id: int, now: str | None = None) -> str:
@@ -15,6 +16,7 @@ def delivery_send(delivery_id: int, now: str | None = None) -> str:
 def deliveries_send(delivery_ids: list[int]) -> dict:
     """The queued deliveries of one engine batch, one after another (each in its own
     transactions, as delivery_send); one failing does not stop the others."""
+    worker_gc_tune()
     return dispatch.deliveries_dispatch(delivery_ids=delivery_ids)
 
 

@@ -2,10 +2,34 @@
 
 from __future__ import annotations
 
+import gc
+
+from django.conf import settings
+
 from journeys.engine import processor, scheduler
+
+_gc_tuned = False
+
+
+def worker_gc_tune() -> None:
+    """Once per worker process (not in sync mode, i.e. not in a web process or a test):
+    freeze what startup allocated (Django, the models, compiled versions) out of the
+    collector's reach and collect the young generation every 20,000 allocations instead
+    of 700. A batch allocates tens of thousands of short-lived dicts and rows, and with
+    the default thresholds the collector kept re-scanning the long-lived heap: ~15% of a
+    worker's CPU per event (434 vs 521 us in-process). Memory stays bounded: everything
+    not frozen is still collected, only less often."""
+    global _gc_tuned
+    if _gc_tuned or settings.Q_CLUSTER.get("sync"):
+        return
+    _gc_tuned = True
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
 
 
 def events_process(event_ids: list[int]) -> int:
+    worker_gc_tune()
     return processor.events_process(event_ids=event_ids)
 
 

@@ -12,7 +12,7 @@ from django.db import connection, models, transaction
 from django.utils import timezone
 
 from journeys.choices import EventStatus, ReentryPolicy, RunStatus, TriggerKind
-from journeys.engine.batch import EngineBatch, batch_suspended, insert_ignore_returning
+from journeys.engine.batch import EngineBatch, batch_suspended, instance_new, objects_insert
 from journeys.engine.compiled import load_version, trigger_index
 from journeys.engine.durations import parse_duration
 from journeys.engine import runner
@@ -189,19 +189,19 @@ class Enrolments:
         return runner.entry_refusal(version=version, customer=customer, ctx=ctx, now=self.now, previous=previous) is None
 
     def accept(self, *, version, customer, trigger_key: str, event) -> None:
-        run = JourneyRun(
-            workflow_id=version.workflow_id, version_id=version.id, customer=customer, trigger_key=trigger_key,
-            trigger_event=event, exclusive=not version.allow_concurrent_runs, current_step=version.entry_step,
-            visits={version.entry_step: 1} if version.entry_step else {},
-        )
+        run = instance_new(JourneyRun, {
+            "workflow_id": version.workflow_id, "version_id": version.id, "trigger_key": trigger_key,
+            "exclusive": not version.allow_concurrent_runs, "current_step": version.entry_step,
+            "visits": {version.entry_step: 1} if version.entry_step else {},
+        }, {"customer": customer, "trigger_event": event})
         self.history[(version.workflow_id, customer.pk)].append((trigger_key, RunStatus.ACTIVE, self.now))
         self.accepted.append((run, version, event))
 
     def insert(self) -> list[tuple[JourneyRun, object, object]]:
         """Insert the accepted runs; those that hit a unique constraint (a concurrent or
         earlier enrolment of the same trigger, a second open run) are dropped."""
-        rows = insert_ignore_returning(JourneyRun, [run for run, _, _ in self.accepted],
-                                       ["id", "workflow_id", "customer_id", "trigger_key"])
+        rows = objects_insert(JourneyRun, [run for run, _, _ in self.accepted], ignore_conflicts=True,
+                              returning=["id", "workflow_id", "customer_id", "trigger_key"])
         ids = {(w, c, k): pk for pk, w, c, k in rows}
         out = []
         for run, version, event in self.accepted:

@@ -183,8 +183,8 @@ def run_execute(
         except Exception as exc:  # one failing step fails this run only
             logger.exception("step %s of run %s failed", key, run.pk)
             error = "".join(traceback.format_exception_only(exc)).strip()[:4000]
-            _record(batch, StepExecution(run=run, step_key=key, step_kind=step.kind.kind, visit=visit, outcome="error",
-                                         error=error, started_at=now, finished_at=now))
+            _record(batch, run_id=run.pk, step_key=key, step_kind=step.kind.kind, visit=visit, outcome="error",
+                    detail={}, error=error, started_at=now, finished_at=now)
             _finish(run, RunStatus.FAILED, now, f"step {key}: {error}")
             break
         # One INSERT per visit. The row commits together with the run's new position, so a
@@ -192,13 +192,13 @@ def run_execute(
         # constraint stops a concurrent duplicate outright.
         errors = [e for e in (result.error, *ctx.notes.get("rule_errors", [])) if e]
         finished = result.outcome is not None or bool(result.end_status)
-        _record(batch, StepExecution(
-            run=run, step_key=key, step_kind=step.kind.kind, visit=visit,
+        _record(
+            batch, run_id=run.pk, step_key=key, step_kind=step.kind.kind, visit=visit,
             outcome=(result.outcome or result.end_status or "") if finished else "",
-            detail={**result.detail, **({"waiting": True} if result.wait_until else {})},
-            error="; ".join(dict.fromkeys(errors))[:4000],
+            detail={**result.detail, "waiting": True} if result.wait_until else result.detail,
+            error="; ".join(dict.fromkeys(errors))[:4000] if errors else "",
             started_at=now, finished_at=now if finished else None,
-        ))
+        )
         if result.end_status:
             _finish(run, result.end_status, now)
             break
@@ -218,12 +218,12 @@ def run_execute(
     return run
 
 
-def _record(batch, execution: StepExecution) -> None:
-    """One row per visit: now, or with the batch's single INSERT."""
+def _record(batch, **row) -> None:
+    """One row per visit: now, or (a plain row, no model instance) with the batch's single INSERT."""
     if batch is not None:
-        batch.add_execution(execution)
+        batch.add_execution(row)
     else:
-        execution.save(force_insert=True)
+        StepExecution(**row).save(force_insert=True)
 
 
 def run_resume(*, run: JourneyRun, outcome: str, now: datetime, event=None) -> JourneyRun:
