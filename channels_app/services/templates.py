@@ -16,7 +16,8 @@ from decimal import Decimal
 
 from django.template import Context, Engine, Library, Node, TemplateSyntaxError, Variable, VariableDoesNotExist
 from django.template import defaultfilters, defaulttags
-from django.template.base import VariableNode
+from django.template.base import TextNode, VariableNode
+from django.utils.html import conditional_escape
 from django.utils import timezone
 
 from channels_app.models import ContentBlock, MessageTemplate, TemplateVariant
@@ -96,6 +97,75 @@ def _compiled(text: str):
     """A parsed template per text: parsing costs more than rendering, and a text never changes
     what it parses to (a compiled Template only reads the context it is rendered with)."""
     return _ENGINE.from_string(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _plain_parts(text: str) -> tuple | None:
+    """A text that is only literal text and plain {{ a.b.c }} variables (no filters, tags or
+    literals), as (text or (lookups, name)) parts; None when it needs Django's renderer."""
+    parts = []
+    for node in _compiled(text).nodelist:
+        if isinstance(node, TextNode):
+            parts.append(node.s)
+            continue
+        if not isinstance(node, VariableNode):
+            return None
+        expr = node.filter_expression
+        var = expr.var
+        if expr.filters or not isinstance(var, Variable) or var.literal is not None or not var.lookups \
+                or var.lookups[0] == "now":
+            return None
+        parts.append((var.lookups, var.var))
+    return tuple(parts)
+
+
+_MISSING = object()
+
+
+def _lookup(data: dict, lookups: tuple):
+    """Django's lookup (key, else index) over plain dicts and lists; _MISSING when it does not
+    resolve; None when Django would do more (an attribute, a method, another type)."""
+    current = data
+    for bit in lookups:
+        kind = type(current)
+        if kind is dict:
+            if bit in current:
+                current = current[bit]
+            elif hasattr(dict, bit) or any(type(k) is not str for k in current):
+                return None  # a method, or a key that plain() would have turned into this text
+            else:
+                return _MISSING
+        elif kind is list or kind is tuple:
+            if hasattr(kind, bit):
+                return None
+            try:
+                current = current[int(bit)]
+            except (ValueError, IndexError):
+                return _MISSING
+        else:
+            return None
+    return current if current is _MISSING or type(current) in (str, int, bool) else None
+
+
+def _render_plain(parts: tuple, context: dict, autoescape: bool) -> tuple[str, list[str]] | None:
+    """Render a text of `_plain_parts` straight from the caller's dicts: what Django renders
+    (str, int, bool values; a missing one is empty and reported), without building a
+    Context or a read-only copy of the data (~70 us a message). None: use Django."""
+    out, missing = [], []
+    for part in parts:
+        if type(part) is str:
+            out.append(part)
+            continue
+        lookups, name = part
+        value = _lookup(context, lookups)
+        if value is None:
+            return None
+        if value is _MISSING:
+            if lookups[0] in ROOTS:
+                missing.append(name)
+            continue
+        out.append(conditional_escape(value) if autoescape else str(value))
+    return "".join(out), missing
 
 
 def template_check(*, text: str) -> str | None:
@@ -184,8 +254,7 @@ def template_render(*, template: MessageTemplate, context: dict, locale: str = "
     """Render subject, text body and HTML body of `template` (its locale variant when
     there is one) with a plain copy of `context`. Text parts are not HTML-escaped; the
     HTML part is. Missing variables render empty and are listed in `missing`."""
-    data = plain(context)
-    data["now"] = context.get("now") if isinstance(context.get("now"), datetime) else None
+    data = None
     variant = template_variant(template=template, locale=locale)
     subject = (variant.subject if variant and variant.subject else template.subject) or ""
     body = (variant.body if variant and variant.body else template.body) or ""
@@ -198,6 +267,15 @@ def template_render(*, template: MessageTemplate, context: dict, locale: str = "
         if not text:  # most messages have no HTML part: nothing to render or report
             parts.append("")
             continue
+        quick = _plain_parts(text)
+        quick = _render_plain(quick, context, escape) if quick is not None and type(context) is dict else None
+        if quick is not None:
+            parts.append(quick[0])
+            result.missing.extend(m for m in quick[1] if m not in result.missing)
+            continue
+        if data is None:
+            data = plain(context)
+            data["now"] = context.get("now") if isinstance(context.get("now"), datetime) else None
         ctx = Context(data, autoescape=escape)
         ctx.block_renderer = _block_renderer(blocks, data, result)
         compiled = _compiled(text)

@@ -54,3 +54,33 @@ def test_a_batch_of_messages_is_sent_by_one_task_and_its_events_processed_by_one
     assert sent.count() == 5 and set(sent.values_list("status", flat=True)) == {"processed"}
     # the Signed Up batch, then the five Message Sent events together
     assert tasks("journeys.tasks.events_process") - engine_tasks == 2
+
+
+@pytest.mark.parametrize("text", [
+    "Hi {{ profile.first_name }}, total {{ event.properties.total }} {{ event.properties.flag }}",
+    "{{ profile.missing }}|{{ journey.x.y }}|{{ other.thing }}|{{ event.items.0 }}|{{ event.items.9 }}",
+    "<b>{{ profile.name }}</b> {{ event.properties.none }} {{ profile.items }} {{ event.items.count }}",
+    "{{ event.keys.1 }} {{ event.price }} {{ profile.first_name|upper }} {% if profile.name %}y{% endif %}",
+])
+@pytest.mark.parametrize("locale", ["", "de"])
+def test_plain_templates_render_as_django_renders_them(text, locale):
+    """Given texts a batch renders without Django's Context (plain variables over plain dicts),
+    when rendered, then the subject, bodies and missing list equal Django's own rendering."""
+    from decimal import Decimal
+
+    from channels_app.services import templates
+
+    template = TemplateFactory(subject=text, body=text, html_body=text)
+    context = {"profile": {"first_name": "Ann", "name": "<Ann & Bo>"},
+               "event": {"properties": {"total": 120, "flag": True, "none": None}, "items": ["a", 2],
+                         "keys": {1: "one"}, "price": Decimal("9.50")},
+               "journey": {}}
+    fast = templates.template_render(template=template, context=context, locale=locale)
+    original = templates._plain_parts
+    templates._plain_parts = lambda text: None  # every text through Django
+    try:
+        slow = templates.template_render(template=template, context=context, locale=locale)
+    finally:
+        templates._plain_parts = original
+    assert (fast.subject, fast.body, fast.html_body, fast.missing) == \
+        (slow.subject, slow.body, slow.html_body, slow.missing)
