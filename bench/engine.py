@@ -472,6 +472,22 @@ def action_times(conn, prefix: str) -> list[tuple]:
     return conn.execute(LATENCY_SQL, [prefix + "%"]).fetchall()
 
 
+OTHER_TASKS_SQL = """
+SELECT func, round((extract(epoch FROM started) - %s)::numeric, 1)::float8,
+       round((extract(epoch FROM stopped - started) * 1000)::numeric)::float8
+FROM django_q_task
+WHERE stopped >= to_timestamp(%s) AND started <= to_timestamp(%s)
+  AND func NOT IN ('journeys.tasks.events_process', 'channels_app.tasks.deliveries_send')
+ORDER BY started
+"""
+
+
+def other_tasks(conn, start: float, end: float) -> list[list]:
+    """Tasks other than the engine's that ran during a latency run ([func, started at s, ms]): a
+    scheduled task sharing the two workers shows up as a stall in worst_ms_per_second."""
+    return [[f.rsplit(".", 1)[-1], at, ms] for f, at, ms in conn.execute(OTHER_TASKS_SQL, [start, start, end]).fetchall()]
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -522,6 +538,7 @@ def latency_run(s, c, postmaster: int, sender, conn, *, tag: str, rate: float, a
         "pickup_p99_ms": round(percentile(pick, 0.99), 1),
         "sender_late_max_ms": round(lateness * 1000, 1),
         "worst_ms_per_second": [round(worst[k]) for k in sorted(worst)],
+        "other_tasks": other_tasks(conn, start, max((r[3] or r[1] for r in rows), default=start)),
         "cpu_us": {k: round(v * 1e6 / n) for k, v in zip(("server", "workers", "db"), lat_cpu)},
         "cpu_us_total": round(sum(lat_cpu) * 1e6 / n),
         "loadavg": round(load0, 2),
