@@ -6,14 +6,15 @@ of all ingestion CPU; then one array parameter per column still spent a fifth of
 the CPU in psycopg's Python array quoting, where one json.dumps of the rows is
 done in C). SQLite, the local default, uses the ORM's bulk operations (events: a plain
 INSERT ... ON CONFLICT, see `_sqlite_events_insert`). Rows are
-written in a fixed order (customer id, identity kind/value) so concurrent
-batches never deadlock.
+written in a fixed order (customer id, identity kind/value), and a batch locks
+the identity keys it may insert before its first insert (`identity_keys_lock`),
+so concurrent batches never deadlock.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import datetime
 
 from django.db import connection
@@ -151,6 +152,44 @@ def identities_insert(rows: list[tuple[str, str, int]]) -> None:
             f" FROM jsonb_to_recordset(%s::jsonb) AS v({definition}) ORDER BY kind, value ON CONFLICT DO NOTHING",
             [document],
         )
+
+
+# Advisory lock ids (the two-int form, so nothing else's single-bigint locks can collide).
+NEW_KEY_LOCK = 0x1D3E  # (NEW_KEY_LOCK, hashtext('kind:value')): a key this transaction may insert
+NEW_KEYS_GATE = 0x1D3F  # (NEW_KEYS_GATE, 0): shared by every batch that locks keys, exclusive for a big one
+MAX_KEY_LOCKS = 512  # PostgreSQL's lock table is shared: max_locks_per_transaction (64) x connections
+
+
+def identity_keys_lock(keys: Collection[tuple[str, str]]) -> bool:
+    """Before a batch inserts identities, lock every (kind, value) it may insert, in one order.
+
+    A batch inserts new identities in several statements (new people in
+    `customers_precreate`, then new devices, emails and phones in `claims_flush`,
+    rarely a single claim in between), each in key order; but two batches can
+    still meet in opposite orders across statements (X: new d*, then e*; Y: new
+    e*, then d*) and deadlock. Two batches that may insert the same key now
+    queue on its lock before either inserts anything. A batch with more than
+    MAX_KEY_LOCKS new keys takes the gate exclusively instead of its keys (a
+    backfill of new people then runs alone). SQLite runs one writer at a time.
+    Returns whether it locked (and so may have waited for another batch).
+    """
+    if not keys or not _pg():
+        return False
+    with connection.cursor() as cur:
+        if len(keys) > MAX_KEY_LOCKS:
+            cur.execute("SELECT pg_advisory_xact_lock(%s, 0)", [NEW_KEYS_GATE])
+            return True
+        # One round trip: the gate (the NULL row) first, then the keys in hash order. PostgreSQL
+        # evaluates a volatile function of the select list after the ORDER BY's sort (EXPLAIN: a
+        # Result above the Sort), so the locks are taken in that order.
+        cur.execute(
+            "SELECT count(*) FROM (SELECT CASE WHEN k IS NULL THEN pg_advisory_xact_lock_shared(%s, 0)"
+            " ELSE pg_advisory_xact_lock(%s, hashtext(k)) END"
+            " FROM (SELECT NULL::text AS k UNION ALL SELECT jsonb_array_elements_text(%s::jsonb)) AS keys"
+            " ORDER BY hashtext(k) NULLS FIRST) AS locked",
+            [NEW_KEYS_GATE, NEW_KEY_LOCK, json.dumps([f"{kind}:{value}" for kind, value in keys])],
+        )
+    return True
 
 
 def customers_precreate(imap, events) -> None:

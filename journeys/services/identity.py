@@ -46,10 +46,15 @@ class IdentityMap:
                     "value", "customer_id"
                 ):
                     self.ids[(kind, value)] = customer_id
-        wanted = set(self.ids.values())
+        wanted = set(self.ids.values()) - self.customers.keys()
         if wanted:
             for customer in Customer.objects.filter(pk__in=wanted):
                 self.customers[customer.pk] = customer
+
+    def refresh(self, keys: list[tuple[str, str]]) -> None:
+        """Look `keys` up again: after waiting for their locks (`identity_keys_lock`) a concurrent
+        batch may have stored some, and this batch must resolve (and merge) as if it came after."""
+        self._load(set(keys))
 
     def survivor(self, customer_id: int) -> int:
         while customer_id in self.redirects:

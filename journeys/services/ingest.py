@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from journeys.choices import EventType, IdentityKind
 from journeys.models import Event, Source
-from journeys.services.bulk_ingest import customers_precreate, customers_save, events_insert
+from journeys.services.bulk_ingest import customers_precreate, customers_save, events_insert, identity_keys_lock
 from journeys.services.event_parsing import ParsedEvent, check_event_size, parse_event
 from journeys.services.identity import IdentityMap, customer_apply_traits, customer_resolve
 from journeys.errors import EventValidationError, PayloadTooLarge
@@ -96,6 +96,9 @@ def event_ingest(*, source: Source, events: list[ParsedEvent]) -> IngestResult:
                 if isinstance(phone, str) and phone:
                     keys.add((IdentityKind.PHONE, phone.strip()[:255]))
         imap = IdentityMap(keys)
+        new_keys = [key for key in keys if key not in imap.ids]  # the only keys this batch may insert
+        if identity_keys_lock(new_keys):
+            imap.refresh(new_keys)
         customers_precreate(imap, fresh)
 
         rows = []

@@ -188,3 +188,51 @@ def test_two_requests_bringing_new_devices_of_the_same_known_people_do_not_deadl
     assert live_customers().count() == 150
     devices = dict(Identity.objects.filter(kind="anonymous_id").values_list("value", "customer_id"))
     assert devices == {f"d{u}": owner[f"k{u}"] for u in range(150)}
+
+
+@CONCURRENT[0]
+@CONCURRENT[1]
+@pytest.mark.parametrize("max_key_locks", [512, 2], ids=["key-locks", "gate-for-big-batches"])
+def test_new_devices_written_in_two_steps_by_two_requests_do_not_deadlock(source, monkeypatch, max_key_locks):
+    """A batch writes new identities in two steps: brand-new people first, then the new devices of
+    known people. Request X brings anonymous visitors d* and known people on new devices e*,
+    request Y the same ids with the roles swapped; both finish their first step before either
+    starts the second (the barrier), which deadlocked (a 503) before the batch locked its new keys
+    up front in one order (or, over the limit of key locks, the gate)."""
+    import threading
+
+    from journeys.services import bulk_ingest
+    from journeys.services.identity import IdentityMap
+
+    monkeypatch.setattr(bulk_ingest, "MAX_KEY_LOCKS", max_key_locks)
+
+    users = range(3)
+    _ingest_at_once(source, [{"type": "track", "userId": f"k{u}", "event": "Seen", "messageId": f"s{u}"}
+                             for u in users])
+    owner = dict(Identity.objects.filter(kind="user_id").values_list("value", "customer_id"))
+
+    def batch(anonymous, device, tag):
+        return ([{"type": "track", "anonymousId": f"{anonymous}{u}", "event": "Seen", "messageId": f"{tag}a{u}"}
+                 for u in users]
+                + [{"type": "track", "userId": f"k{u}", "anonymousId": f"{device}{u}", "event": "Seen",
+                    "messageId": f"{tag}k{u}"} for u in users])
+
+    both_precreated = threading.Barrier(2)
+    flush = IdentityMap.claims_flush
+
+    def flush_when_both_precreated(imap):
+        try:
+            both_precreated.wait(timeout=3)
+        except threading.BrokenBarrierError:
+            pass  # the other request waits for this one's keys: it cannot reach the barrier
+        return flush(imap)
+
+    monkeypatch.setattr(IdentityMap, "claims_flush", flush_when_both_precreated)
+
+    _ingest_at_once(source, batch("d", "e", "x"), batch("e", "d", "y"))
+
+    assert Event.objects.count() == 15
+    # Whichever ran first, the other folded its anonymous visitors into the known people.
+    devices = dict(Identity.objects.filter(kind="anonymous_id").values_list("value", "customer_id"))
+    assert devices == {f"{p}{u}": owner[f"k{u}"] for p in "de" for u in users}
+    assert live_customers().count() == 3
