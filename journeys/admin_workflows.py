@@ -102,8 +102,10 @@ def _object_or_404(queryset, pk):
 
 class ReasonActionForm(ActionForm):
     reason = forms.CharField(required=False, label="Reason", widget=forms.TextInput(attrs={"size": 40}))
-    percent = forms.IntegerField(required=False, min_value=1, max_value=99, label="Canary %",
-                                 widget=forms.NumberInput(attrs={"style": "width:4em"}))
+    # Text, not an IntegerField: a bad value would make Django drop the whole action ("No action
+    # selected"); the canary action says what is wrong with it instead.
+    percent = forms.CharField(required=False, label="Canary %",
+                              widget=forms.NumberInput(attrs={"style": "width:4em", "min": 1, "max": 99}))
 
 
 class HistoryReasonMixin(SharedHistoryReasonMixin):
@@ -272,12 +274,9 @@ class WorkflowAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAdmin):
         if not self.has_add_permission(request):
             raise DjangoPermissionDenied
         form = WorkflowImportForm(request.POST or None, request.FILES or None)
-        if request.method == "POST" and form.is_valid():
+        if request.method == "POST" and form.is_valid() and (data := self._export_read(form)) is not None:
             try:
-                data = json.loads(form.cleaned_data["file"].read().decode("utf-8"))
                 version = workflow_import(data=data, actor=request.user, name=form.cleaned_data["name"] or None)
-            except (ValueError, UnicodeDecodeError) as exc:
-                form.add_error("file", f"not a valid JSON export: {exc}")
             except ValidationError as exc:
                 for msg in _messages_from(exc):
                     form.add_error(None, msg)
@@ -288,6 +287,19 @@ class WorkflowAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAdmin):
                 return HttpResponseRedirect(reverse("admin:journeys_workflowversion_change", args=[version.pk]))
         context = {**self.admin_site.each_context(request), "form": form, "title": "Import a workflow", "opts": self.model._meta}
         return render(request, "admin/journeys/import.html", context)
+
+    @staticmethod
+    def _export_read(form: WorkflowImportForm):
+        """The uploaded export as JSON, or None with the file's error on the form."""
+        upload = form.cleaned_data["file"]
+        hint = "choose the file that \u201cExport as JSON\u201d downloaded"
+        try:
+            return json.loads(upload.read().decode("utf-8-sig"))
+        except UnicodeDecodeError:
+            form.add_error("file", f"{upload.name} is not a workflow export (not JSON text): {hint}")
+        except ValueError as exc:
+            form.add_error("file", f"{upload.name} is not valid JSON ({exc}): {hint}")
+        return None
 
     def diff_view(self, request, pk):
         """Any two versions of a workflow, side by side: settings, steps, edges, rules, templates."""
@@ -440,6 +452,20 @@ class DryRunForm(forms.Form):
     customer = forms.CharField(help_text="user id or email")
     event = forms.CharField(widget=forms.Textarea(attrs={"rows": 4}), help_text='e.g. {"event": "Checkout Started", "properties": {"total": 80}}')
     later_events = forms.CharField(required=False, help_text="comma-separated events assumed to arrive while waiting")
+
+
+def _dry_run_event_problem(payload) -> str:
+    """What is wrong with a dry run's event, said so that it can be fixed ("" when nothing is)."""
+    example = '{"event": "Checkout Started", "properties": {"total": 80}}'
+    if not isinstance(payload, dict):
+        return f"must be a JSON object, e.g. {example}"
+    name = payload.get("event", payload.get("name"))
+    if not isinstance(name, str) or not name.strip():
+        return f'give the event\'s name as text under "event", e.g. {example}'
+    for key in ("properties", "context", "traits"):
+        if payload.get(key) is not None and not isinstance(payload[key], dict):
+            return f'"{key}" must be a JSON object, e.g. {{"total": 80}}'
+    return ""
 
 
 class ProposeForm(forms.Form):
@@ -641,16 +667,16 @@ class WorkflowVersionAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAd
             identity = Identity.objects.filter(value__in=[value, value.lower()]).select_related("customer").first()
             try:
                 payload = json.loads(form.cleaned_data["event"])
-                if not isinstance(payload, dict):
-                    raise ValueError("must be a JSON object")
             except ValueError as exc:
                 form.add_error("event", f"not valid JSON: {exc}")
             else:
-                if identity is None:
-                    form.add_error("customer", f"no customer with id or email {value!r}")
-                else:
-                    later = [e.strip() for e in form.cleaned_data["later_events"].split(",") if e.strip()]
-                    report = version_dry_run(version=version, customer=identity.customer, event=payload, later_events=later)
+                if problem := _dry_run_event_problem(payload):
+                    form.add_error("event", problem)
+            if identity is None:
+                form.add_error("customer", f"no customer with id or email {value!r}")
+            if not form.errors:
+                later = [e.strip() for e in form.cleaned_data["later_events"].split(",") if e.strip()]
+                report = version_dry_run(version=version, customer=identity.customer, event=payload, later_events=later)
         context = {**self.admin_site.each_context(request), "form": form, "report": report, "version": version,
                    "title": f"Dry run of {version}", "opts": self.model._meta}
         return render(request, "admin/journeys/dry_run.html", context)
@@ -684,10 +710,13 @@ class WorkflowVersionAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAd
 
     @admin.action(description="Stage as canary (share in Canary %%)", permissions=["publish"])
     def canary(self, request, queryset):
-        try:
-            percent = int(request.POST.get("percent") or 0)
-        except ValueError:
-            percent = 0
+        text = (request.POST.get("percent") or "").strip()
+        if not text.isdigit() or not 1 <= int(text) <= 99:
+            self.message_user(request, f"Canary %: {text!r} is not a share of new entries; write a whole number "
+                              "from 1 to 99 next to the action" if text else
+                              "Canary %: say which share of new entries (1 to 99) the canary takes", messages.ERROR)
+            return
+        percent = int(text)
         self._each(request, queryset,
                    lambda v, r: version_canary_start(version=v, percent=percent, actor=request.user, reason=r),
                    f"canary at {percent}% of new entries")
@@ -699,6 +728,9 @@ class WorkflowVersionAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAd
 
     @admin.action(description="Export as JSON", permissions=["view"])
     def export_json(self, request, queryset):
+        if queryset.count() != 1:
+            self.message_user(request, f"Export one version at a time ({queryset.count()} selected).", messages.ERROR)
+            return None
         version = queryset.first()
         data = json.dumps(workflow_export(version=version), indent=2)
         response = HttpResponse(data, content_type="application/json")
@@ -823,6 +855,11 @@ class OperationsSwitchAdmin(SimpleHistoryAdmin, ReadOnlyAdmin):
         return True
 
 
+class AuditForm(forms.Form):
+    days = forms.IntegerField(min_value=1, max_value=365, error_messages={
+        "invalid": "write a whole number of days, e.g. 14", "required": "say how many days back the audit looks"})
+
+
 class SwitchForm(forms.Form):
     active = forms.ChoiceField(choices=[("on", "on"), ("off", "off")], label="Global safe mode")
     reason = forms.CharField(widget=forms.TextInput(attrs={"size": 60}))
@@ -857,7 +894,10 @@ class AuditReportAdmin(ReadOnlyAdmin):
         if request.method == "POST":
             try:
                 if request.POST.get("form") == "audit":
-                    gov.audit_run(days=int(request.POST.get("days") or 14), trigger="admin")
+                    audit_form = AuditForm(request.POST)
+                    if not audit_form.is_valid():
+                        raise ValidationError(audit_form.errors.as_data())
+                    gov.audit_run(days=audit_form.cleaned_data["days"], trigger="admin")
                     messages.success(request, "audit finished")
                 elif form.is_valid():
                     data = form.cleaned_data

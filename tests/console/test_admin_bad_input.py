@@ -212,3 +212,74 @@ def test_an_unknown_job_kind_is_named(ops):
 def test_the_version_page_is_not_broken_by_a_missing_version(ops):
     assert not WorkflowVersion.objects.filter(pk=99999).exists()
     assert ops.get(reverse("admin:journeys_workflowversion_change", args=[99999])).status_code == 302
+
+
+# --------------------------------------------------------------------------- dashboard, actions, import, dry run
+
+
+@pytest.mark.parametrize(("days", "message"), [("abc", "days: write a whole number of days, e.g. 14"),
+                                               ("-5", "days: Ensure this value is greater than or equal to 1")])
+def test_the_audit_refuses_a_bad_number_of_days(ops, days, message):
+    from journeys.models import AuditReport
+
+    response = ops.post(reverse("admin:journeys_ops_dashboard"), {"form": "audit", "days": days})
+
+    assert response.status_code == 200
+    assert message in " ".join(_messages(response)) and not AuditReport.objects.exists()
+    ops.post(reverse("admin:journeys_ops_dashboard"), {"form": "audit", "days": "7"})
+    assert AuditReport.objects.get().days == 7
+
+
+def _action(client, action, versions, **extra):
+    return client.post(reverse("admin:journeys_workflowversion_changelist"),
+                       {"action": action, "_selected_action": [v.pk for v in versions], **extra}, follow=True)
+
+
+@pytest.mark.parametrize(("percent", "message"), [
+    ("abc", "Canary %: 'abc' is not a share of new entries; write a whole number from 1 to 99"),
+    ("150", "'150' is not a share of new entries"),
+    ("", "Canary %: say which share of new entries (1 to 99) the canary takes"),
+])
+def test_a_canary_with_a_bad_share_names_the_share_instead_of_losing_the_action(ops, draft, percent, message):
+    response = _action(ops, "canary", [draft], reason="try it", percent=percent)
+
+    shown = " ".join(_messages(response))
+    assert message in shown and "No action selected" not in shown
+    assert Workflow.objects.get(pk=draft.workflow_id).canary_version_id is None
+
+
+def test_export_asks_for_one_version_at_a_time(ops, live, draft):
+    response = _action(ops, "export_json", [live, draft])
+    assert response["Content-Type"].startswith("text/html")
+    assert "Export one version at a time (2 selected)." in _messages(response)
+    single = _action(ops, "export_json", [live])
+    assert single["Content-Type"] == "application/json"
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("flow.png", b"\x89PNG\r\n\x1a\n" + bytes(range(200)), "flow.png is not a workflow export (not JSON text)"),
+    ("flow.json", b"{oops", "flow.json is not valid JSON (Expecting property name"),
+])
+def test_importing_a_file_that_is_not_an_export_names_the_file(ops, name, content, message):
+    response = ops.post(reverse("admin:journeys_workflow_import"), {"file": SimpleUploadedFile(name, content)})
+
+    assert response.status_code == 200
+    assert message in " ".join(response.context["form"].errors["file"])
+    assert response.content.decode().count(message.split(" (")[0]) == 1  # said once, next to the file
+
+
+@pytest.mark.parametrize(("event", "message"), [
+    ("[1]", "must be a JSON object, e.g."),
+    ('{"event": 5}', "give the event's name as text under \"event\""),
+    ('{"properties": {"total": 80}}', "give the event's name as text"),
+    ('{"event": "Checkout Started", "properties": "80"}', '"properties" must be a JSON object'),
+])
+def test_a_dry_run_event_that_cannot_be_replayed_says_what_to_fix(ops, live, event, message):
+    url = reverse("admin:journeys_workflowversion_dry_run", args=[live.pk])
+
+    response = ops.post(url, {"customer": "nobody", "event": event})
+
+    errors = response.context["form"].errors
+    assert message in " ".join(errors["event"]), errors
+    assert "no customer with id or email 'nobody'" in " ".join(errors["customer"])  # both said at once
+    assert response.context["report"] is None
