@@ -948,7 +948,8 @@ class StepExecutionInline(admin.TabularInline):
 @admin.register(JourneyRun)
 class JourneyRunAdmin(RunScopeMixin, admin.ModelAdmin):
     list_display = ("id", "workflow", "version", "customer", "status", "current_step", "next_wake_at", "converted_at", "created_at")
-    list_filter = ("status", "workflow")
+    # Only the workflows of runs the viewer may see (an editor never learns other units' workflow names).
+    list_filter = ("status", ("workflow", admin.RelatedOnlyFieldListFilter))
     search_fields = ("customer__external_id", "customer__email", "trigger_key")
     list_select_related = ("workflow", "version", "customer")
     inlines = [StepExecutionInline]
@@ -1150,7 +1151,12 @@ class JobStartForm(forms.Form):
         """Refuse, saying what to do, what the import cannot read: spreadsheets and other binary
         files, text that is not UTF-8, a CSV header without rows, JSON that does not parse."""
         upload = self.cleaned_data["file"]
+        from journeys.services.jobs import MAX_INPUT_BYTES
+
         name = upload.name or "the file"
+        if upload.size > MAX_INPUT_BYTES:  # before reading it into memory
+            raise ValidationError(f"{name} is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MB: split it into "
+                                  "smaller files and import them one after the other")
         raw = upload.read()
         binary = next((what for magic, what in BINARY_FILES if raw.startswith(magic)), None)
         if binary:

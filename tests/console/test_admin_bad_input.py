@@ -283,3 +283,15 @@ def test_a_dry_run_event_that_cannot_be_replayed_says_what_to_fix(ops, live, eve
     assert message in " ".join(errors["event"]), errors
     assert "no customer with id or email 'nobody'" in " ".join(errors["customer"])  # both said at once
     assert response.context["report"] is None
+
+
+
+def test_an_upload_over_the_size_limit_is_refused_before_it_is_read(ops, monkeypatch):
+    from journeys.services import jobs
+
+    monkeypatch.setattr(jobs, "MAX_INPUT_BYTES", 1024)
+    response = _upload(ops, "people.csv", b"user_id,plan\n" + b"u-1,pro\n" * 200)
+
+    assert response.status_code == 200
+    assert "people.csv is larger than" in " ".join(response.context["form"].errors["file"])
+    assert not Job.objects.exists()

@@ -45,6 +45,13 @@ def test_the_scope_function_gives_each_role_its_runs(people, runs_one_each, role
         assert run_user_can_view(user=user, run=run) == (unit in sees)
 
 
+def test_the_workflow_filter_offers_the_workflows_of_visible_runs(client, people, runs_one_each):
+    login(client, people["ops"])
+    listing = client.get(reverse("admin:journeys_journeyrun_changelist"))
+    offered = {title for spec in listing.context["cl"].filter_specs for _value, title in getattr(spec, "lookup_choices", [])}
+    assert {run.workflow.name for run in runs_one_each.values()} <= offered
+
+
 def test_an_editor_lists_and_opens_their_units_runs_with_step_executions(client, people, runs_one_each):
     login(client, people["editor"])
     listing = client.get(reverse("admin:journeys_journeyrun_changelist"))
@@ -52,6 +59,8 @@ def test_an_editor_lists_and_opens_their_units_runs_with_step_executions(client,
     listed = {r.pk for r in listing.context["cl"].result_list}
     assert listed == set(JourneyRun.objects.filter(workflow__business_unit__slug="retention").values_list("pk", flat=True))
     assert runs_one_each["retention"].pk in listed and runs_one_each["support"].pk not in listed
+    # the workflow filter offers only the workflows of runs they may see: other units' names never show
+    assert runs_one_each["support"].workflow.name.encode() not in listing.content
 
     own = runs_one_each["retention"]
     page = client.get(reverse("admin:journeys_journeyrun_change", args=[own.pk]))

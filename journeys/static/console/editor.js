@@ -25,6 +25,7 @@
     if (data.empty) { return; }
     if (!data.ok) {
       box.classList.add("rule-error");
+      if (data.field) { box.appendChild(text("div", data.error, "rule-message")); return; }  // a bad request, not a rule error
       var where = text("code", "", "rule-where");
       var at = Math.min(data.position, rule.length);
       where.appendChild(document.createTextNode(rule.slice(0, at)));
