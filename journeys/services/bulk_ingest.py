@@ -154,6 +154,34 @@ def identities_insert(rows: list[tuple[str, str, int]]) -> None:
         )
 
 
+def identities_find(keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """{(kind, value): customer id} for the keys that exist. PostgreSQL: one statement joining
+    the keys (one JSON parameter) to the unique index, not an IN list per kind."""
+    found: dict[tuple[str, str], int] = {}
+    if not keys:
+        return found
+    if not _pg():
+        by_kind: dict[str, list[str]] = {}
+        for kind, value in keys:
+            by_kind.setdefault(kind, []).append(value)
+        for kind, values in by_kind.items():
+            for i in range(0, len(values), 900):
+                for value, cid in Identity.objects.filter(kind=kind, value__in=values[i : i + 900]).values_list(
+                    "value", "customer_id"
+                ):
+                    found[(kind, value)] = cid
+        return found
+    with connection.cursor() as cur:
+        cur.execute(
+            f"SELECT i.kind, i.value, i.customer_id FROM jsonb_to_recordset(%s::jsonb) AS k(kind text, value text)"
+            f" JOIN {Identity._meta.db_table} i ON i.kind = k.kind AND i.value = k.value",
+            [json.dumps([{"kind": kind, "value": value} for kind, value in keys], separators=(",", ":"))],
+        )
+        for kind, value, cid in cur.fetchall():
+            found[(kind, value)] = cid
+    return found
+
+
 # Advisory lock ids (the two-int form, so nothing else's single-bigint locks can collide).
 NEW_KEY_LOCK = 0x1D3E  # (NEW_KEY_LOCK, hashtext('kind:value')): a key this transaction may insert
 NEW_KEYS_GATE = 0x1D3F  # (NEW_KEYS_GATE, 0): shared by every batch that locks keys, exclusive for a big one
@@ -171,25 +199,28 @@ def identity_keys_lock(keys: Collection[tuple[str, str]]) -> bool:
     queue on its lock before either inserts anything. A batch with more than
     MAX_KEY_LOCKS new keys takes the gate exclusively instead of its keys (a
     backfill of new people then runs alone). SQLite runs one writer at a time.
-    Returns whether it locked (and so may have waited for another batch).
+    Returns whether it had to wait for another batch (whose keys the caller then re-reads).
     """
     if not keys or not _pg():
         return False
+    # Each lock is tried first and waited for only if taken: CASE evaluates in order, so the
+    # row says 1 when this batch queued behind another. (void::text is '', hence the length.)
+    wait = "CASE WHEN pg_try_advisory_xact_lock{0}(%s, {1}) THEN 0 ELSE length(pg_advisory_xact_lock{0}(%s, {1})::text) + 1 END"
     with connection.cursor() as cur:
         if len(keys) > MAX_KEY_LOCKS:
-            cur.execute("SELECT pg_advisory_xact_lock(%s, 0)", [NEW_KEYS_GATE])
-            return True
+            cur.execute(f"SELECT {wait.format('', '0')}", [NEW_KEYS_GATE] * 2)
+            return bool(cur.fetchone()[0])
         # One round trip: the gate (the NULL row) first, then the keys in hash order. PostgreSQL
         # evaluates a volatile function of the select list after the ORDER BY's sort (EXPLAIN: a
         # Result above the Sort), so the locks are taken in that order.
         cur.execute(
-            "SELECT count(*) FROM (SELECT CASE WHEN k IS NULL THEN pg_advisory_xact_lock_shared(%s, 0)"
-            " ELSE pg_advisory_xact_lock(%s, hashtext(k)) END"
+            f"SELECT sum(waited) FROM (SELECT CASE WHEN k IS NULL THEN {wait.format('_shared', '0')}"
+            f" ELSE {wait.format('', 'hashtext(k)')} END AS waited"
             " FROM (SELECT NULL::text AS k UNION ALL SELECT jsonb_array_elements_text(%s::jsonb)) AS keys"
             " ORDER BY hashtext(k) NULLS FIRST) AS locked",
-            [NEW_KEYS_GATE, NEW_KEY_LOCK, json.dumps([f"{kind}:{value}" for kind, value in keys])],
+            [NEW_KEYS_GATE] * 2 + [NEW_KEY_LOCK] * 2 + [json.dumps([f"{kind}:{value}" for kind, value in keys])],
         )
-    return True
+        return bool(cur.fetchone()[0])
 
 
 def customers_precreate(imap, events) -> None:
@@ -238,14 +269,7 @@ def customers_precreate(imap, events) -> None:
     customers = Customer.objects.bulk_create([Customer(external_id=ext, first_seen=ts, last_seen=ts) for ts, ext in planned])
     rows = sorted((kind, value, customers[t[1]].pk) for (kind, value), t in plan.items())
     identities_insert(rows)
-    owners: dict[tuple[str, str], int] = {}
-    by_kind: dict[str, list[str]] = {}
-    for k, v, _ in rows:
-        by_kind.setdefault(k, []).append(v)
-    for kind, values in by_kind.items():
-        for i in range(0, len(values), 900):
-            for value, cid in Identity.objects.filter(kind=kind, value__in=values[i : i + 900]).values_list("value", "customer_id"):
-                owners[(kind, value)] = cid
+    owners = identities_find([(k, v) for k, v, _ in rows])
     ours = {c.pk: c for c in customers}
     used = set()
     for k, v, _ in rows:

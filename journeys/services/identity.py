@@ -9,7 +9,7 @@ from django.db import IntegrityError, transaction
 
 from journeys.choices import IdentityKind
 from journeys.models import Customer, CustomerMerge, Event, Identity
-from journeys.services.bulk_ingest import identities_insert
+from journeys.services.bulk_ingest import identities_find, identities_insert
 
 # Other apps append callables here (in AppConfig.ready) to move their own rows
 # (runs, cases, deliveries) from a merged profile to the survivor.
@@ -36,16 +36,7 @@ class IdentityMap:
             self._load(keys)
 
     def _load(self, keys: set[tuple[str, str]]) -> None:
-        by_kind: dict[str, list[str]] = {}
-        for kind, value in keys:
-            by_kind.setdefault(kind, []).append(value)
-        for kind, values in by_kind.items():
-            for i in range(0, len(values), 900):
-                chunk = values[i : i + 900]
-                for value, customer_id in Identity.objects.filter(kind=kind, value__in=chunk).values_list(
-                    "value", "customer_id"
-                ):
-                    self.ids[(kind, value)] = customer_id
+        self.ids.update(identities_find(keys))
         wanted = set(self.ids.values()) - self.customers.keys()
         if wanted:
             for customer in Customer.objects.filter(pk__in=wanted):

@@ -97,7 +97,7 @@ def event_ingest(*, source: Source, events: list[ParsedEvent]) -> IngestResult:
                     keys.add((IdentityKind.PHONE, phone.strip()[:255]))
         imap = IdentityMap(keys)
         new_keys = [key for key in keys if key not in imap.ids]  # the only keys this batch may insert
-        if identity_keys_lock(new_keys):
+        if identity_keys_lock(new_keys):  # waited for a batch that may have stored some of them
             imap.refresh(new_keys)
         customers_precreate(imap, fresh)
 
