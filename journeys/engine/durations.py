@@ -13,13 +13,16 @@ def parse_duration(value: object, *, field: str = "duration") -> timedelta:
     """Parse a duration or raise ValueError naming the field and what is accepted."""
     if isinstance(value, bool):
         raise ValueError(f"{field}: expected a duration like 30m, 1h, 2d or a number of seconds")
-    if isinstance(value, (int, float)) and value >= 0:
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        text = value.strip().lower().replace(" ", "")
-        if text.isdigit():
-            return timedelta(seconds=int(text))
-        parts = _PART.findall(text)
-        if parts and "".join(f"{n}{u}" for n, u in parts) == text:
-            return timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in parts))
+    try:
+        if isinstance(value, (int, float)) and value >= 0:
+            return timedelta(seconds=value)
+        if isinstance(value, str):
+            text = value.strip().lower().replace(" ", "")
+            if text.isdigit():
+                return timedelta(seconds=int(text))
+            parts = _PART.findall(text)
+            if parts and "".join(f"{n}{u}" for n, u in parts) == text:
+                return timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in parts))
+    except (OverflowError, ValueError):  # 99999999999999999999 or NaN: an error naming the field, not a 500
+        raise ValueError(f"{field}: {value!r} is too long a duration") from None
     raise ValueError(f"{field}: {value!r} is not a duration; write e.g. 30m, 1h, 2d or seconds")
