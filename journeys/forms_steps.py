@@ -116,14 +116,14 @@ MAX_DURATION_DAYS = 3650  # a wait of more than ten years is a typo (and past ye
 
 def check_duration_length(text: str) -> str:
     """Refuse a duration too long to wait for; the kind's validator reports any other mistake."""
-    from journeys.engine.durations import parse_duration
+    from journeys.engine.durations import DurationTooLong, parse_duration
 
     try:
         seconds = parse_duration(text.strip().lstrip("-")).total_seconds()
+    except DurationTooLong:
+        seconds = math.inf
     except ValueError:
         return text
-    except OverflowError:
-        seconds = math.inf
     if seconds > MAX_DURATION_DAYS * 86400:
         raise ValidationError(f"{text.strip()!r} is too long: at most {MAX_DURATION_DAYS}d (ten years)")
     return text

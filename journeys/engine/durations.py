@@ -9,6 +9,10 @@ _PART = re.compile(r"(\d+)\s*([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+class DurationTooLong(ValueError):
+    """A duration too long to represent (e.g. 99999999999999999999d)."""
+
+
 def parse_duration(value: object, *, field: str = "duration") -> timedelta:
     """Parse a duration or raise ValueError naming the field and what is accepted."""
     if isinstance(value, bool):
@@ -23,6 +27,8 @@ def parse_duration(value: object, *, field: str = "duration") -> timedelta:
             parts = _PART.findall(text)
             if parts and "".join(f"{n}{u}" for n, u in parts) == text:
                 return timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in parts))
-    except (OverflowError, ValueError):  # 99999999999999999999 or NaN: an error naming the field, not a 500
-        raise ValueError(f"{field}: {value!r} is too long a duration") from None
+    except OverflowError:  # 99999999999999999999d: an error naming the field, not a 500
+        raise DurationTooLong(f"{field}: {value!r} is too long a duration") from None
+    except ValueError:  # NaN seconds
+        pass
     raise ValueError(f"{field}: {value!r} is not a duration; write e.g. 30m, 1h, 2d or seconds")
