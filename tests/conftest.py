@@ -57,3 +57,27 @@ def _clear_cache():
 
     cache.clear()
     yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_engine():
+    """Compiled versions and the trigger index are cached per process; primary keys repeat between tests."""
+    from journeys.engine.compiled import reset_caches
+
+    reset_caches()
+    yield
+    reset_caches()
+
+
+@pytest.fixture
+def send(api, django_capture_on_commit_callbacks):
+    """Send an event through the HTTP API and let the (inline) worker process it; returns the newest event."""
+    from journeys.models import Event
+
+    def post(kind="track", **body):
+        with django_capture_on_commit_callbacks(execute=True):
+            response = api.post(kind, body)
+        assert response.status_code == 200, response.content
+        return Event.objects.order_by("-id").first()
+
+    return post

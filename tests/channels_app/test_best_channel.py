@@ -11,7 +11,7 @@ from django.core.exceptions import ValidationError
 
 from channels_app.models import Delivery
 from channels_app.services import consent_set, deliveries_dispatch_due, delivery_dispatch
-from journeys.engine.compiled import load_version, reset_caches
+from journeys.engine.compiled import load_version
 from journeys.engine.runner import run_enroll
 from journeys.models import BusinessUnit, Event
 from journeys.services.dry_run import version_dry_run
@@ -24,13 +24,6 @@ pytestmark = pytest.mark.django_db
 # Tuesday 10 March 2026, 13:00 UTC (14:00 in Paris, 22:00 in Tokyo).
 T0 = datetime(2026, 3, 10, 13, 0, tzinfo=UTC)
 _keys = itertools.count()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_engine():
-    reset_caches()
-    yield
-    reset_caches()
 
 
 @pytest.fixture

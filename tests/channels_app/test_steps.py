@@ -9,19 +9,11 @@ from django.core.exceptions import ValidationError
 
 from channels_app.models import Delivery
 from channels_app.providers.http import webhook_signature_valid
-from journeys.engine.compiled import reset_caches
 from journeys.models import BusinessUnit, Event
 from journeys.services.workflows import version_build, version_publish, workflow_create
 from tests.channels_app.factories import ChannelFactory, TemplateFactory
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _fresh_engine():
-    reset_caches()
-    yield
-    reset_caches()
 
 
 @pytest.fixture

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from journeys.engine.compiled import reset_caches
-from journeys.models import BusinessUnit, Event
+from journeys.models import BusinessUnit
 from journeys.services.workflows import version_build, version_publish, workflow_create
 
 # A small journey with a wait, a goal and a branch: enough to see every count on the graph.
@@ -26,13 +25,6 @@ ONBOARDING = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _fresh_engine():
-    reset_caches()
-    yield
-    reset_caches()
-
-
 @pytest.fixture
 def demo(db):
     from config.demo import demo_load
@@ -45,19 +37,6 @@ def onboarding(demo):
     unit = BusinessUnit.objects.get(slug="retention")
     workflow = workflow_create(name="Onboarding", business_unit=unit)
     return version_publish(version=version_build(workflow=workflow, definition=ONBOARDING), reason="test")
-
-
-@pytest.fixture
-def send(api, django_capture_on_commit_callbacks):
-    """Send an event through the HTTP API and let the (inline) worker process it."""
-
-    def post(kind="track", **body):
-        with django_capture_on_commit_callbacks(execute=True):
-            response = api.post(kind, body)
-        assert response.status_code == 200, response.content
-        return Event.objects.order_by("-id").first()
-
-    return post
 
 
 @pytest.fixture

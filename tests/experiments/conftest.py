@@ -2,16 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from journeys.engine.compiled import reset_caches
-from journeys.models import BusinessUnit, Event
+from journeys.models import BusinessUnit
 from journeys.services.workflows import version_build, version_publish, workflow_create
-
-
-@pytest.fixture(autouse=True)
-def _fresh_engine():
-    reset_caches()
-    yield
-    reset_caches()
 
 
 @pytest.fixture
@@ -28,14 +20,3 @@ def publish(db):
     return make
 
 
-@pytest.fixture
-def send(api, django_capture_on_commit_callbacks):
-    """Send an event through the HTTP API; the inline worker processes it."""
-
-    def post(kind="track", **body):
-        with django_capture_on_commit_callbacks(execute=True):
-            response = api.post(kind, body)
-        assert response.status_code == 200, response.content
-        return Event.objects.order_by("-id").first()
-
-    return post

@@ -8,7 +8,6 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.utils import timezone as djtz
 
-from journeys.engine.compiled import reset_caches
 from journeys.engine.scheduler import (
     date_triggers_run,
     runs_wake_due,
@@ -29,13 +28,6 @@ from journeys.services.workflows import (
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def _fresh_engine():
-    reset_caches()
-    yield
-    reset_caches()
-
-
 @pytest.fixture
 def unit(db):
     return BusinessUnit.objects.create(name="Retention", slug="retention")
@@ -52,19 +44,6 @@ def publish(unit):
         return version_publish(version=version, reason="test")
 
     return make
-
-
-@pytest.fixture
-def send(api, django_capture_on_commit_callbacks):
-    """Send an event through the HTTP API and let the (inline) worker process it."""
-
-    def post(kind="track", **body):
-        with django_capture_on_commit_callbacks(execute=True):
-            response = api.post(kind, body)
-        assert response.status_code == 200, response.content
-        return Event.objects.order_by("-id").first()
-
-    return post
 
 
 def steps(*items):

@@ -23,13 +23,6 @@ from tests.channels_app.factories import ChannelFactory, TemplateFactory, topic
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def _fresh_engine():
-    reset_caches()
-    yield
-    reset_caches()
-
-
 @pytest.fixture
 def mail(db):
     ChannelFactory(name="mail", kind="email", provider="console")

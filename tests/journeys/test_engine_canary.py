@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from django.utils import timezone as djtz
 
-from journeys.engine.compiled import canary_bucket, reset_caches
+from journeys.engine.compiled import canary_bucket
 from journeys.engine.processor import events_process
 from journeys.engine.scheduler import date_triggers_run, runs_wake_due, schedules_run, watches_fire_due
 from journeys.models import BusinessUnit, Customer, Event, JourneyRun, TriggerWatch
@@ -26,13 +26,6 @@ pytestmark = pytest.mark.django_db
 
 PEOPLE = 1000
 PERCENT = 20
-
-
-@pytest.fixture(autouse=True)
-def _fresh_engine():
-    reset_caches()
-    yield
-    reset_caches()
 
 
 def live_with_canary(definition: dict, percent: int = PERCENT):

@@ -23,15 +23,6 @@ from tests.journeys.test_governance_fixtures import draft_of, login
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def send(api, django_capture_on_commit_callbacks):
-    def post(**body):
-        with django_capture_on_commit_callbacks(execute=True):
-            response = api.post("track", body)
-        assert response.status_code == 200, response.content
-    return post
-
-
 def approved_draft(workflow, people, **changes):
     draft = draft_of(workflow, actor=people["editor"], **changes)
     version_submit(version=draft, actor=people["editor"], summary="route pros elsewhere")

@@ -15,15 +15,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def send(api, django_capture_on_commit_callbacks):
-    def post(**body):
-        with django_capture_on_commit_callbacks(execute=True):
-            response = api.post("track", body)
-        assert response.status_code == 200, response.content
-    return post
-
-
-@pytest.fixture
 def released(monkeypatch):
     """Record what the release hooks are told (the channels app registers the real one)."""
     calls = []

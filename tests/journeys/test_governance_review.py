@@ -50,15 +50,6 @@ def demo(people):
     return Workflow.objects.get(pk=workflow.pk)
 
 
-@pytest.fixture
-def send(api, django_capture_on_commit_callbacks):
-    def post(kind="track", **body):
-        with django_capture_on_commit_callbacks(execute=True):
-            response = api.post(kind, body)
-        assert response.status_code == 200, response.content
-    return post
-
-
 def _deliveries() -> int:
     from django.apps import apps
 

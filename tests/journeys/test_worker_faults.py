@@ -29,7 +29,7 @@ from django.utils import timezone
 
 from journeys.choices import EventStatus, RunStatus
 from journeys.engine import processor, runner, scheduler
-from journeys.engine.compiled import load_version, reset_caches
+from journeys.engine.compiled import load_version
 from journeys.models import BusinessUnit, Customer, Event, JourneyRun, StepExecution
 from journeys.services.workflows import version_build, version_publish, workflow_create
 from tests.proc import QCluster, database_url, freeze_mid_task, wait_until
@@ -84,13 +84,6 @@ DELAYED_FLOW = {
 
 
 # -- fixtures -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def _fresh_engine():
-    reset_caches()
-    yield
-    reset_caches()
 
 
 @pytest.fixture
