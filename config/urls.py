@@ -5,7 +5,6 @@ urlpatterns = [
     path("v1/", include("journeys.api.urls")),
     path("channels/", include("channels_app.urls")),
     path("agents/", include("agents.urls")),
-    path("experiments/", include("experiments.urls")),
     path("console/", include("journeys.console_urls")),
     path("admin/", admin.site.urls),
 ]

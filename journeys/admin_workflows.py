@@ -11,7 +11,6 @@ import os
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpResponse, HttpResponseRedirect
@@ -24,6 +23,7 @@ from simple_history.admin import SimpleHistoryAdmin
 
 from journeys.admin_base import REASON_HELP, ReadOnlyAdmin, ReasonForm, RunScopeMixin
 from journeys.admin_base import HistoryReasonMixin as SharedHistoryReasonMixin
+from journeys.admin_base import ReasonActionForm as SharedReasonActionForm
 from journeys.choices import RunStatus, VersionState
 from journeys.engine.registry import STEP_KINDS
 from journeys.engine.runner import RunFailed, run_retry
@@ -64,6 +64,7 @@ from journeys.services import governance as gov
 from journeys.services.workflows import (
     change_request_comment,
     change_request_refresh,
+    step_save,
     version_approve,
     version_canary_start,
     version_check_editable,
@@ -100,8 +101,7 @@ def _object_or_404(queryset, pk):
     return get_object_or_404(queryset, pk=pk)
 
 
-class ReasonActionForm(ActionForm):
-    reason = forms.CharField(required=False, label="Reason", widget=forms.TextInput(attrs={"size": 40}))
+class ReasonActionForm(SharedReasonActionForm):
     # Text, not an IntegerField: a bad value would make Django drop the whole action ("No action
     # selected"); the canary action says what is wrong with it instead.
     percent = forms.CharField(required=False, label="Canary %",
@@ -1031,7 +1031,7 @@ class StepAdmin(admin.ModelAdmin):
                 "(action “Create a new draft from this version”) to edit its steps.")
 
     def _step_page(self, request, version: WorkflowVersion, step: Step | None):
-        from journeys.forms_steps import kind_choices, step_form_class, step_save
+        from journeys.forms_steps import kind_choices, step_form_class
 
         if not user_can(request.user, VIEW, version.workflow):
             raise DjangoPermissionDenied
@@ -1074,7 +1074,10 @@ class StepAdmin(admin.ModelAdmin):
                                        event_name=version.trigger_event)
         elif posting and form.is_valid() and reason_form.is_valid():
             try:
-                saved = step_save(form=form, actor=request.user, reason=reason_form.cleaned_data["change_reason"])
+                data = form.cleaned_data
+                saved = step_save(version=form.version, step=form.step, key=data["key"], kind=form.kind,
+                                  name=data.get("name", ""), config=form.config, after=data.get("after", ""),
+                                  actor=request.user, reason=reason_form.cleaned_data["change_reason"])
             except (ValidationError, PermissionDenied) as exc:
                 form.add_error(None, _error_text(exc))
             else:

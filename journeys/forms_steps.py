@@ -17,12 +17,11 @@ from typing import Any, ClassVar
 from django import forms
 from django.apps import apps
 from django.core.exceptions import ValidationError
-from django.db import transaction
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from journeys.engine.registry import STEP_KINDS, get_kind
-from journeys.models import Edge, Step, Workflow, WorkflowVersion
+from journeys.models import Step, Workflow, WorkflowVersion
 
 _UNITS = (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
 DURATION_HELP = "a duration: 30m, 1h, 2d, 1h30m or a number of seconds"
@@ -715,38 +714,3 @@ def config_summary(kind_name: str, config: dict) -> list[tuple[str, str]]:
         label = str(field.label) if field is not None and field.label else name.replace("_", " ").capitalize()
         lines.append((label, _summary_value(value, duration=key in durations | signed, signed=key in signed)))
     return lines
-
-
-# --------------------------------------------------------------------------- saving
-
-
-@transaction.atomic
-def step_save(*, form: StepConfigForm, actor: Any, reason: str) -> Step:
-    """Save a step from its form, connect it after the chosen outcome, and record the edit on the
-    version (which re-checks the actor's scope and sends an approved version back to review)."""
-    from journeys.services.workflows import version_check_editable, version_note_changed
-
-    version = WorkflowVersion.objects.select_for_update(of=("self",)).select_related("workflow").get(
-        pk=form.version.pk)
-    version_check_editable(version=version, actor=actor)
-    data = form.cleaned_data
-    step = form.step or Step(version=version)
-    renamed_entry = form.step is not None and version.entry_step == form.step.key != data["key"]
-    step.key, step.kind, step.name, step.config = data["key"], form.kind, data.get("name", ""), form.config
-    step._change_reason = reason
-    step._history_user = actor
-    step.save()
-    if data.get("after"):
-        source_key, _, outcome = data["after"].rpartition(":")
-        source = Step.objects.get(version=version, key=source_key)
-        edge = Edge.objects.filter(source=source, outcome=outcome).first() or Edge(version=version, source=source,
-                                                                                      outcome=outcome)
-        edge.target = step
-        edge._change_reason = reason
-        edge.save()
-    if not version.entry_step or renamed_entry:  # the first step starts the run; a renamed entry stays it
-        version.entry_step = step.key
-        version._change_reason = reason
-        version.save(update_fields=["entry_step", "updated_at"])
-    version_note_changed(version=version, actor=actor, reason=reason)
-    return step

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import gzip
 import json
 import logging
 import zlib
@@ -130,7 +129,7 @@ class _TrackingView(APIView):
                     code="rate_limited", headers={"Retry-After": str(wait)},
                 )
             events = self.handle_payload(body, received_at)
-            result = event_ingest(source=source, events=events)
+            event_ingest(source=source, events=events)
         except _BodyError as exc:
             return _error(exc.status, exc.message, code=exc.code)
         except AuthenticationFailed as exc:

@@ -16,7 +16,6 @@ from django.db import IntegrityError, transaction
 from journeys.choices import ReentryPolicy, RunStatus
 from journeys.engine.batch import current_batch
 from journeys.engine.compiled import CompiledVersion, load_version
-from journeys.engine.registry import StepResult
 from journeys.engine.runtime import StepContext, events_counter, profile_dict
 from journeys.models import Customer, JourneyRun, StepExecution
 from journeys.rules import RuleContext, compile_rule

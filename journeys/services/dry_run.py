@@ -8,7 +8,7 @@ Nothing is written to the database.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from types import SimpleNamespace
 
 from django.utils import timezone

@@ -8,7 +8,6 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
 from journeys.choices import EventType, IdentityKind
 from journeys.models import Event, Source

@@ -25,6 +25,7 @@ from journeys.rules import RuleSyntaxError, compile_rule
 from journeys.selectors import EDIT, PROPOSE, PUBLISH, REVIEW, business_units_for_user, user_can
 from journeys.services.governance import (
     audit_record,
+    history_stamp,
     require,
     require_reason,
     unknown_attribute_warnings,
@@ -698,3 +699,31 @@ def workflow_save(*, workflow: Workflow, actor=None, reason: str = "") -> Workfl
     workflow.save()
     audit_record(action="workflow_edited", actor=actor, workflow=workflow, reason=reason)
     return workflow
+
+
+@transaction.atomic
+def step_save(
+    *, version: WorkflowVersion, step: Step | None, key: str, kind: str, name: str, config: dict,
+    after: str = "", actor=None, reason: str = "",
+) -> Step:
+    """Save a step (new when `step` is None) with its validated config, connect it after `after`
+    ("<step key>:<outcome>", optional) and record the edit on the version, which re-checks the
+    actor's scope and sends an approved version back to review."""
+    version = WorkflowVersion.objects.select_for_update(of=("self",)).select_related("workflow").get(pk=version.pk)
+    version_check_editable(version=version, actor=actor)
+    step = step or Step(version=version)
+    renamed_entry = step.pk is not None and version.entry_step == step.key != key
+    step.key, step.kind, step.name, step.config = key, kind, name, config
+    history_stamp(step, actor=actor, reason=reason).save()
+    if after:
+        source_key, _, outcome = after.rpartition(":")
+        source = Step.objects.get(version=version, key=source_key)
+        edge = Edge.objects.filter(source=source, outcome=outcome).first() or Edge(
+            version=version, source=source, outcome=outcome)
+        edge.target = step
+        history_stamp(edge, actor=actor, reason=reason).save()
+    if not version.entry_step or renamed_entry:  # the first step starts the run; a renamed entry stays it
+        version.entry_step = step.key
+        history_stamp(version, actor=actor, reason=reason).save(update_fields=["entry_step", "updated_at"])
+    version_note_changed(version=version, actor=actor, reason=reason)
+    return step
