@@ -7,9 +7,10 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseRedirect, JsonResponse
+from django.http import (
+    HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden, HttpResponseRedirect, JsonResponse,
+)
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
@@ -18,7 +19,9 @@ from channels_app.models import Channel
 from channels_app.services import inbound_sms_handle, preferences_get, preferences_save, unsubscribe_apply
 from channels_app.services.links import BadLink, absolute, link_load
 from channels_app.services.tracking import delivery_click_record, delivery_open_record, delivery_status_record
+from journeys.errors import SecretUnavailable
 from journeys.models import Customer
+from journeys.services.outbound import outbound_secret_read
 
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 
@@ -126,12 +129,17 @@ def inbound_sms(request: HttpRequest, token: str) -> HttpResponse:
         return HttpResponseBadRequest("bad signature")
     channel = get_object_or_404(Channel, pk=data.get("ch"))
     env_name = (channel.settings or {}).get("auth_token_env")
-    if env_name and os.environ.get(env_name):
+    if env_name:
+        # a named token that cannot be read (unset, or not a JOURNEYS_SECRET_ variable) refuses everything
+        try:
+            auth_token = outbound_secret_read(name=str(env_name))
+        except SecretUnavailable:
+            return HttpResponseForbidden("the channel's auth token is not configured")
         params = {k: request.POST[k] for k in request.POST}
         given = request.headers.get("X-Twilio-Signature", "")
         # Twilio signs the URL it was given (PUBLIC_BASE_URL); behind a proxy the request's own may differ.
         urls = {absolute(request.get_full_path()), request.build_absolute_uri()}
-        if not any(hmac.compare_digest(twilio_signature(auth_token=os.environ[env_name], url=url, params=params), given)
+        if not any(hmac.compare_digest(twilio_signature(auth_token=auth_token, url=url, params=params), given)
                    for url in urls):
             return HttpResponseBadRequest("bad signature")
     result = inbound_sms_handle(channel=channel, from_number=request.POST.get("From", ""),

@@ -208,6 +208,11 @@ EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "journeys@localhost")
+# Outbound calls (channel providers, webhooks, event-stream destinations) only go to public
+# addresses; these name the exceptions (comma-separated in the environment), e.g. an internal
+# gateway: OUTBOUND_ALLOWED_HOSTS=sms-gw.corp.internal, OUTBOUND_ALLOWED_NETWORKS=10.20.0.0/16.
+OUTBOUND_ALLOWED_HOSTS = [h.strip() for h in os.environ.get("OUTBOUND_ALLOWED_HOSTS", "").split(",") if h.strip()]
+OUTBOUND_ALLOWED_NETWORKS = [n.strip() for n in os.environ.get("OUTBOUND_ALLOWED_NETWORKS", "").split(",") if n.strip()]
 # Public base URL used in signed links (unsubscribe, preferences, tracking).
 PUBLIC_BASE_URL = os.environ.get("PUBLIC_BASE_URL", "http://127.0.0.1:8000")
 
