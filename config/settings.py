@@ -6,6 +6,10 @@ REDIS_URL (django-q2 Redis broker and shared cache, else the ORM broker and a
 local cache; Q_BROKER=orm|redis overrides the broker), SECRET_KEY, DEBUG and
 ALLOWED_HOSTS. Web and worker processes must share SECRET_KEY: django-q2 signs
 tasks with it, and a worker drops a task it cannot verify.
+
+Secure by default: no SECRET_KEY means no start (there is no fallback key), DEBUG is
+off unless DEBUG=1, and HTTPS-only cookies, the HTTPS redirect and HSTS are on unless
+the environment turns them off (scripts/run.sh does, for http://127.0.0.1).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
+
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -50,8 +56,30 @@ def database_from_url(url: str) -> dict:
     }
 
 
-DEBUG = env_bool("DEBUG", True)
-SECRET_KEY = os.environ.get("SECRET_KEY") or "dev-only-insecure-key-change-me-in-production-0123456789"
+def secret_key_from_env() -> str:
+    """SECRET_KEY, else the file SECRET_KEY_FILE names (a container secret), else the key that
+    `make run` generated into the git-ignored LOCAL_SECRET_KEY_FILE. There is no fallback: a
+    process without a key of its own refuses to start (journeys.checks flags public keys)."""
+    if key := os.environ.get("SECRET_KEY", "").strip():
+        return key
+    path = os.environ.get("SECRET_KEY_FILE", "").strip()
+    candidate = Path(path) if path else LOCAL_SECRET_KEY_FILE
+    if path or candidate.is_file():
+        try:
+            key = candidate.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ImproperlyConfigured(f"SECRET_KEY_FILE {candidate}: {exc}") from exc
+        if key:
+            return key
+    raise ImproperlyConfigured(
+        "SECRET_KEY is not set. Set SECRET_KEY (or SECRET_KEY_FILE) to at least 50 random characters, e.g. "
+        "python -c 'import secrets; print(secrets.token_urlsafe(50))'; web and worker processes need the same "
+        "one. `make run` makes one for local use in .secret_key.")
+
+
+LOCAL_SECRET_KEY_FILE = BASE_DIR / ".secret_key"  # written by scripts/run.sh, git-ignored
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = secret_key_from_env()
 ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 
@@ -227,12 +255,14 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
 
-if not DEBUG:
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
-    SESSION_COOKIE_SECURE = True
-    CSRF_COOKIE_SECURE = True
-    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
-    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
-    SECURE_HSTS_PRELOAD = True
-    SECURE_CONTENT_TYPE_NOSNIFF = True
+# HTTPS by default. A plain-http local run (scripts/run.sh on 127.0.0.1) turns these off
+# explicitly through the environment; `manage.py check --deploy` then says so.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_SECONDS > 0
+SECURE_HSTS_PRELOAD = SECURE_HSTS_SECONDS > 0
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SESSION_COOKIE_HTTPONLY = True
