@@ -10,11 +10,13 @@ from journeys.models.governance import (
     ChangeRequest,
     ChangeRequestStatus,
     OperationsSwitch,
+    RoleMember,
     SwitchScope,
 )
 from journeys.models.workflows import BusinessUnit, Edge, Step, Workflow, WorkflowVersion
 
 __all__ = [
+    "RoleMember",
     "Timestamped",
     "Customer",
     "CustomerMerge",
