@@ -19,6 +19,7 @@ from journeys.models import (
     EventDefinition,
     Identity,
     LifecycleStage,
+    MergeRefusal,
     Source,
 )
 from journeys.selectors_console import customer_360
@@ -67,6 +68,16 @@ class CustomerMergeAdmin(admin.ModelAdmin):
         return False
 
 
+@admin.register(MergeRefusal)
+class MergeRefusalAdmin(ReadOnlyAdmin):
+    """Aliases that would have merged two known users and did not (issue #15): facts to look at."""
+
+    list_display = ("refused_at", "previous_id", "user_id", "other", "customer", "source", "reason")
+    list_filter = ("source",)
+    search_fields = ("previous_id", "user_id", "message_id")
+    list_select_related = ("other", "customer", "source")
+
+
 @admin.register(Event)
 class EventAdmin(ReadOnlyAdmin):
     """Read-only: events are facts."""
@@ -95,7 +106,8 @@ class SourceAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     list_filter = ("enabled",)
     search_fields = ("name",)
     readonly_fields = ("key_prefix", "key_rotated_at", "created_at", "updated_at")
-    fields = ("name", "description", "enabled", "rate_limit", "schema_policy", "key_prefix", "key_rotated_at", "change_reason")
+    fields = ("name", "description", "enabled", "rate_limit", "schema_policy", "allow_known_merges", "key_prefix",
+              "key_rotated_at", "change_reason")
     actions = ["rotate_keys", "disable_sources", "enable_sources"]
 
     def save_model(self, request, obj, form, change):
@@ -104,7 +116,8 @@ class SourceAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
             return
         source, key = source_create(
             name=obj.name, description=obj.description, rate_limit=obj.rate_limit, enabled=obj.enabled,
-            schema_policy=obj.schema_policy, actor=request.user, reason=self._reason(request, form),
+            schema_policy=obj.schema_policy, allow_known_merges=obj.allow_known_merges, actor=request.user,
+            reason=self._reason(request, form),
         )
         obj.pk, obj.key_prefix, obj.key_hash = source.pk, source.key_prefix, source.key_hash
         messages.warning(request, format_html("Write key for {}: <code>{}</code> — copy it now, it is not shown again.", source.name, key))

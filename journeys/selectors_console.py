@@ -26,6 +26,7 @@ from journeys.models import (
     CustomerMerge,
     Event,
     JourneyRun,
+    MergeRefusal,
     StageTransition,
     Step,
     StepExecution,
@@ -382,6 +383,8 @@ def customer_360(*, customer: Customer, user: Any, limit: int = 50) -> dict:
         CustomerMerge.objects.filter(Q(target=customer) | Q(merged=customer)).select_related("merged", "target")
         .order_by("-merged_at")[:limit]
     )
+    data["merge_refusals"] = list(
+        MergeRefusal.objects.filter(Q(customer=customer) | Q(other=customer)).order_by("-refused_at")[:limit])
     data["stages"] = list(StageTransition.objects.filter(customer=customer).order_by("-at")[:limit])
     events = Event.objects.filter(customer=customer).select_related("source")
     data["event_count"] = events.count()

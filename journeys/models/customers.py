@@ -76,3 +76,27 @@ class CustomerMerge(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.merged_id} -> #{self.target_id}"
+
+
+class MergeRefusal(models.Model):
+    """An identity merge an event asked for and did not get (an alias that would fold one known
+    user into another), kept so that ops can see it (admin, Customer 360) and decide. Known-to-known
+    merges need the source's `allow_known_merges`; an anonymous id that already belongs to another
+    known user never merges two known users."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="merge_refusals",
+                                 help_text="the profile the event went to")
+    other = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="merge_refusals_as_other",
+                              help_text="the profile it would have absorbed")
+    source = models.ForeignKey("journeys.Source", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    message_id = models.CharField(max_length=255, blank=True)
+    user_id = models.CharField(max_length=255, blank=True)
+    previous_id = models.CharField(max_length=255, blank=True)
+    reason = models.CharField(max_length=255)
+    refused_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-refused_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.previous_id} -> {self.user_id}: {self.reason}"

@@ -37,6 +37,11 @@ class Source(Timestamped):
         default="flag",
         help_text="what to do with events that break the event catalog's schema",
     )
+    allow_known_merges = models.BooleanField(
+        default=False,
+        help_text="let an alias from this source merge one known user id into another (it moves their email, "
+                  "events and history); off, such an alias is refused and listed under Merge refusals",
+    )
     history = HistoricalRecords(excluded_fields=["key_hash"])
 
     def __str__(self) -> str:
