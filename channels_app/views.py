@@ -72,7 +72,7 @@ def open_pixel(request: HttpRequest, token: str) -> HttpResponse:
         data = link_load(purpose="open", token=token)
     except BadLink:
         return HttpResponseBadRequest("bad link")
-    delivery_open_record(delivery_id=int(data.get("d") or 0))
+    delivery_open_record(delivery_id=data["d"])
     response = HttpResponse(PIXEL, content_type="image/gif")
     response["Cache-Control"] = "no-store"
     return response
@@ -83,10 +83,10 @@ def click(request: HttpRequest, token: str) -> HttpResponse:
         data = link_load(purpose="click", token=token)
     except BadLink as exc:
         return _bad(request, exc)
-    url = str(data.get("u") or "")
+    url = data["u"]
     if not url.startswith(("http://", "https://")):
         return HttpResponseBadRequest("bad link")
-    delivery_click_record(delivery_id=int(data.get("d") or 0), url=url)
+    delivery_click_record(delivery_id=data["d"], url=url)
     return HttpResponseRedirect(url)
 
 
@@ -104,11 +104,15 @@ def status_callback(request: HttpRequest, token: str) -> HttpResponse:
             body = json.loads(request.body or b"{}")
         except ValueError:
             return HttpResponseBadRequest("bad json")
+        if not isinstance(body, dict):
+            return HttpResponseBadRequest("the body must be a JSON object")
     else:
         body = request.POST
     status = body.get("status") or body.get("MessageStatus") or body.get("CallStatus") or ""
-    detail = str(body.get("detail") or body.get("ErrorCode") or "")
-    delivery = delivery_status_record(delivery_id=int(data.get("d") or 0), status=str(status), detail=detail)
+    if not isinstance(status, str):
+        return HttpResponseBadRequest("status must be text")
+    detail = str(body.get("detail") or body.get("ErrorCode") or "")[:1000]
+    delivery = delivery_status_record(delivery_id=data["d"], status=status, detail=detail)
     return JsonResponse({"ok": delivery is not None, "status": getattr(delivery, "status", None)})
 
 
