@@ -15,6 +15,7 @@ from simple_history.admin import SimpleHistoryAdmin
 
 from channels_app.models import ContentBlock, MessageTemplate, TemplateVariant
 from channels_app.services import template_check
+from channels_app.services.templates import content_block_cycle
 from channels_app.services.preview import template_preview
 from journeys.admin_base import HistoryReasonMixin
 
@@ -133,6 +134,13 @@ class ContentBlockForm(forms.ModelForm):
             if error := template_check(text=variant["body"]):
                 raise forms.ValidationError(f"variant {i}: template error: {error}")
         return variants
+
+    def clean(self):
+        data = super().clean()
+        if data.get("name") and isinstance(data.get("variants"), list):
+            if problem := content_block_cycle(name=data["name"], variants=data["variants"]):
+                self.add_error("variants", f"this block cannot be saved: {problem}")
+        return data
 
 
 @admin.register(ContentBlock)

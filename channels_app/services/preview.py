@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from channels_app.models import MessageTemplate
 from channels_app.services.sending import message_context
-from channels_app.services.templates import template_render
+from channels_app.services.templates import TemplateRenderError, template_render
 from journeys.models import Customer, Event
 from journeys.selectors import customer_find, user_can_view_customers
 
@@ -65,8 +65,11 @@ def template_preview(*, user: Any, template: MessageTemplate | str, customer_ref
         context = message_context(customer=customer, now=now, context=context)
     else:
         context = {**context, "profile": dict(SAMPLE_PROFILE), "now": now}
-    rendered = template_render(template=found, context=context,
-                               locale=locale.strip() or (customer.locale if customer else ""))
+    try:
+        rendered = template_render(template=found, context=context,
+                                   locale=locale.strip() or (customer.locale if customer else ""))
+    except TemplateRenderError as exc:
+        return {"ok": False, "field": "template", "error": f"the template cannot be rendered: {exc}"}
     return {"ok": True, "template": found.name,
             "customer": (customer.external_id or f"#{customer.pk}") if customer else "sample",
             "subject": rendered.subject, "body": rendered.body, "html": rendered.html_body,
