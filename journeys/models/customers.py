@@ -4,6 +4,7 @@ from django.db import models
 
 from journeys.choices import IdentityKind
 from journeys.models.base import Timestamped
+from journeys.models.fields import ClientJSONField
 
 
 class Customer(Timestamped):
@@ -18,7 +19,7 @@ class Customer(Timestamped):
     phone = models.CharField(max_length=64, blank=True)
     timezone = models.CharField(max_length=64, blank=True, default="UTC")
     locale = models.CharField(max_length=32, blank=True)
-    traits = models.JSONField(default=dict, blank=True)
+    traits = ClientJSONField(default=dict, blank=True)
     first_seen = models.DateTimeField(null=True, blank=True)
     last_seen = models.DateTimeField(null=True, blank=True)
     last_engaged_at = models.DateTimeField(null=True, blank=True)

@@ -7,6 +7,7 @@ from simple_history.models import HistoricalRecords
 
 from journeys.choices import EventStatus, EventType
 from journeys.models.base import Timestamped
+from journeys.models.fields import ClientJSONField
 
 
 def hash_write_key(key: str) -> str:
@@ -61,10 +62,10 @@ class Event(models.Model):
     customer = models.ForeignKey(
         "journeys.Customer", null=True, blank=True, on_delete=models.SET_NULL, related_name="events"
     )
-    properties = models.JSONField(default=dict, blank=True)
-    traits = models.JSONField(default=dict, blank=True)
-    context = models.JSONField(default=dict, blank=True)
-    integrations = models.JSONField(default=dict, blank=True)
+    properties = ClientJSONField(default=dict, blank=True)
+    traits = ClientJSONField(default=dict, blank=True)
+    context = ClientJSONField(default=dict, blank=True)
+    integrations = ClientJSONField(default=dict, blank=True)
     violations = models.JSONField(
         default=list, blank=True, help_text="event catalog schema violations (policy: accept and flag)"
     )
