@@ -11,7 +11,7 @@ from channels_app.providers import PROVIDERS
 from channels_app.services.breaker import breaker_reset
 from channels_app.services.channel_settings import channel_settings_problems
 from channels_app.services.health import channel_health
-from journeys.admin_base import HistoryReasonMixin, ReasonActionForm, action_reason
+from journeys.admin.base import HistoryReasonMixin, ReasonActionForm, action_reason
 from journeys.services.governance import history_stamp
 
 

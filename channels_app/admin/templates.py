@@ -15,9 +15,9 @@ from simple_history.admin import SimpleHistoryAdmin
 
 from channels_app.models import ContentBlock, MessageTemplate, TemplateVariant
 from channels_app.services import template_check
-from channels_app.services.templates import content_block_cycle
 from channels_app.services.preview import template_preview
-from journeys.admin_base import HistoryReasonMixin
+from channels_app.services.templates import content_block_cycle
+from journeys.admin.base import HistoryReasonMixin
 
 
 class TemplateForm(forms.ModelForm):

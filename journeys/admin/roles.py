@@ -13,7 +13,7 @@ from django.contrib import admin
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, User
 
-from journeys.admin_base import reason_field
+from journeys.admin.base import reason_field
 from journeys.models import RoleMember
 from journeys.services.governance import ROLES, roles_can_manage
 from journeys.services.roles import user_roles, user_roles_set
