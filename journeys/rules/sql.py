@@ -400,12 +400,16 @@ class Translator:
             raise NotTranslatable("a key with a NUL character")
         index = self.param(key, "text") if isinstance(key, str) else self.param(key, "int")
         if val.json is not None:
+            if isinstance(key, int):  # PostgreSQL reads a JSON scalar as a one-item array
+                return self.jsonb(f"(CASE WHEN jsonb_typeof({val.json}) = 'array' THEN ({val.json}) -> {index} END)")
             return self.jsonb(f"(({val.json}) -> {index})")
         containers = [a for a in val.alts if a.cat in (LIST, DICT)]
         if not containers:
             return self.const(None)
         if any(a.cat in (ERR, UNK) for a in val.alts):
             raise NotTranslatable("a path into a value that may fail")
+        if isinstance(key, int):
+            containers = [a for a in containers if a.cat == LIST]
         branches = " ".join(f"WHEN {a.cond or 'TRUE'} THEN ({a.expr}) -> {index}" for a in containers)
         return self.jsonb(f"(CASE {branches} END)")
 
