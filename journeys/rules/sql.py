@@ -177,9 +177,10 @@ class Translation:
         return self.state if isinstance(self.state, int) else None
 
 
-def translate(text: str, *, now: dt.datetime, profile: ProfileSource) -> Translation:
+def translate(text: str, *, now: dt.datetime, profile: ProfileSource, prefix: str = "") -> Translation:
     """Translate `text` for rows read at `now` (which must be in UTC: naive ISO text in
-    the data is read in now's zone, as the Python evaluator does).
+    the data is read in now's zone, as the Python evaluator does). `prefix` keeps the
+    parameter and join names of several translations in one statement apart.
 
     Raises RuleSyntaxError for a broken rule and NotTranslatable for one SQL cannot
     answer exactly.
@@ -187,7 +188,7 @@ def translate(text: str, *, now: dt.datetime, profile: ProfileSource) -> Transla
     if now.tzinfo is None or now.utcoffset() != dt.timedelta(0) or str(now.tzinfo) != "UTC":
         raise NotTranslatable("now must be a UTC datetime")
     tree = parse(text).tree
-    tr = Translator(now=now, profile=profile)
+    tr = Translator(now=now, profile=profile, prefix=prefix)
     state = tr.state(tree)
     return Translation(text, state, dict(tr.params), tuple(tr.joins))
 
@@ -313,6 +314,7 @@ def _ascii(text: str) -> str:
 class Translator:
     now: dt.datetime
     profile: ProfileSource
+    prefix: str = ""
     params: dict[str, object] = field(default_factory=dict)
     joins: list[str] = field(default_factory=list)
     _aliases: int = 0
@@ -321,17 +323,17 @@ class Translator:
     # -- plumbing --
 
     def param(self, value: object, cast: str) -> str:
-        name = f"p{len(self.params)}"
+        name = f"{self.prefix}p{len(self.params)}"
         self.params[name] = value
         return f"%({name})s::{cast}"
 
     def alias(self) -> str:
         self._aliases += 1
-        return f"x{self._aliases}"
+        return f"{self.prefix}x{self._aliases}"
 
     def lateral(self, expr: str) -> str:
         """Compute `expr` once per row (it must only read the row itself)."""
-        name = f"l{len(self.joins)}"
+        name = f"{self.prefix}l{len(self.joins)}"
         self.joins.append(f"CROSS JOIN LATERAL (SELECT {expr} AS v OFFSET 0) AS {name}")
         return f"{name}.v"
 

@@ -20,7 +20,7 @@ and the tests).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -123,7 +123,7 @@ def _days(tr: Translator, moment: str) -> str:
 PROFILE = CustomerProfile()
 
 
-def segment_translation(*, rule: str, now: datetime | None = None) -> Translation | None:
+def segment_translation(*, rule: str, now: datetime | None = None, prefix: str = "") -> Translation | None:
     """The rule as SQL on this database, or None when it is evaluated in Python.
 
     Raises RuleSyntaxError for a rule that does not compile.
@@ -132,7 +132,7 @@ def segment_translation(*, rule: str, now: datetime | None = None) -> Translatio
     if not _sql_capable():
         return None
     try:
-        return translate(rule, now=_utc(now or timezone.now()), profile=PROFILE)
+        return translate(rule, now=utc(now or timezone.now()), profile=PROFILE, prefix=prefix)
     except NotTranslatable:
         return None
 
@@ -155,7 +155,7 @@ def segment_customer_ids(
     An empty rule selects everyone. A list shorter than `limit` means the audience
     is exhausted. Raises RuleSyntaxError for a rule that does not compile.
     """
-    now = _utc(now)
+    now = utc(now)
     if limit <= 0:
         return []
     if not rule.strip():
@@ -177,38 +177,32 @@ def customers_matching(
     *, rule: str, now: datetime, customers: Iterable[Customer]
 ) -> list[Customer]:
     """The given (already loaded) customers the rule selects, evaluated in Python."""
+    compiled = compile_rule(rule)
+    return [c for c, ctx in customer_rule_contexts(customers=customers, now=now) if compiled.evaluate(ctx).value]
+
+
+def customer_rule_contexts(
+    *, customers: Iterable[Customer], now: datetime
+) -> Iterator[tuple[Customer, RuleContext]]:
+    """What a segment rule sees of each customer of a page: the profile, the clock, and
+    events_in_last() answered for the whole page at once."""
     from journeys.engine.runtime import profile_dict
 
-    compiled = compile_rule(rule)
     page = list(customers)
     counter = _PageEventCounter([c.pk for c in page])
-    selected = []
     for customer in page:
-        ctx = RuleContext(
-            profile=profile_dict(customer, now),
-            now=now,
-            events_in_last=counter.for_customer(customer.pk),
+        yield customer, RuleContext(
+            profile=profile_dict(customer, now), now=now, events_in_last=counter.for_customer(customer.pk)
         )
-        if compiled.evaluate(ctx).value:
-            selected.append(customer)
-    return selected
-
-
-def customer_rows_sql(translation: Translation, *, columns: str, where: str = "TRUE") -> str:
-    """SELECT `columns` (reading `c`, the customer, and `s`, the rule's outcome set) from
-    unmerged customers whose outcome may be true (T alone: selected; T among others:
-    ask Python), further limited by `where`. Parameters: `translation.params`."""
-    state = translation.state
-    joins = " ".join(translation.joins)
-    return (
-        f"SELECT {columns.replace('{s}', f'({state})')} FROM {Customer._meta.db_table} AS c {joins}"
-        f" WHERE c.merged_into_id IS NULL AND ({where}) AND ((({state})) & 2) <> 0"
-    )
 
 
 def _sql_page(translation: Translation, *, now: datetime, after_id: int, limit: int) -> list[int]:
-    sql = customer_rows_sql(translation, columns="c.id, {s}", where="c.id > %(after)s")
-    sql += " ORDER BY c.id LIMIT %(limit)s"
+    state = f"({translation.state})"
+    sql = (
+        f"SELECT c.id, {state} FROM {Customer._meta.db_table} AS c {' '.join(translation.joins)}"
+        f" WHERE c.merged_into_id IS NULL AND c.id > %(after)s AND ({state} & 2) <> 0"
+        f" ORDER BY c.id LIMIT %(limit)s"
+    )
     selected: list[int] = []
     last = after_id
     while len(selected) < limit:
@@ -246,7 +240,7 @@ def _python_page(*, rule: str, now: datetime, after_id: int, limit: int) -> list
     return selected
 
 
-def _utc(now: datetime) -> datetime:
+def utc(now: datetime) -> datetime:
     """Both paths read naive ISO text in ctx.now's zone: fix that zone to UTC (same instant)."""
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("segment_customer_ids: now must be timezone-aware")
