@@ -275,31 +275,46 @@ _MAYBE_A_DATE = "'infinity'::timestamptz"  # only Python can tell
 
 
 def _iso_moment(text: str) -> str:
-    """SQL timestamptz of ISO text, -infinity where Python raises, infinity where unsure."""
-    m = "r.m"
+    """SQL timestamptz of ISO text, -infinity where Python raises, infinity where unsure.
+
+    The shape is checked with one regular expression (no captures: PostgreSQL matches
+    those much faster); the fields then sit at fixed positions.
+    """
+    s = text
+
+    def field(start: int, length: int) -> str:
+        return f"substr({s}, {start}, {length})::int"
+
+    def when(guard: str, condition: str) -> str:
+        return f"(CASE WHEN {guard} THEN {condition} ELSE FALSE END)"
+
+    has_time = f"length({s}) > 10"
+    has_seconds = f"(length({s}) > 18 AND substr({s}, 17, 1) = ':')"
+    has_offset = f"(length({s}) > 16 AND substr({s}, length({s}) - 5, 1) IN ('+', '-'))"
+    last_day = f"extract(day FROM make_date({field(1, 4)}, {field(6, 2)}, 1) + interval '1 month - 1 day')::int"
     offset_minutes = (
-        f"(CASE WHEN {m}[8] IS NULL OR {m}[8] = 'Z' THEN 0 ELSE "
-        f"(CASE WHEN left({m}[8], 1) = '-' THEN -1 ELSE 1 END) * "
-        f"(substr({m}[8], 2, 2)::int * 60 + substr({m}[8], 5, 2)::int) END)"
+        f"(CASE WHEN {has_offset} THEN (CASE WHEN substr({s}, length({s}) - 5, 1) = '-' THEN -1 ELSE 1 END)"
+        f" * (substr({s}, length({s}) - 4, 2)::int * 60 + right({s}, 2)::int) ELSE 0 END)"
     )
     return (
-        f"(SELECT CASE"
-        f" WHEN {m} IS NULL THEN (CASE WHEN ({text}) = '' OR ({text}) ~ '^[!-/:-~]'"
+        f"(CASE"
+        f" WHEN NOT ({s} ~ '{_ISO}') THEN (CASE WHEN ({s}) = '' OR ({s}) ~ '^[!-/:-~]'"
         f" THEN {_NOT_A_DATE} ELSE {_MAYBE_A_DATE} END)"
-        f" WHEN {m}[1]::int = 0 THEN {_NOT_A_DATE}"
-        f" WHEN {m}[1]::int IN (1, 9999) THEN {_MAYBE_A_DATE}"
-        f" WHEN {m}[2]::int NOT BETWEEN 1 AND 12 THEN {_NOT_A_DATE}"
-        f" WHEN {m}[3]::int NOT BETWEEN 1 AND extract(day FROM make_date({m}[1]::int, {m}[2]::int, 1)"
-        f" + interval '1 month - 1 day')::int THEN {_NOT_A_DATE}"
-        f" WHEN {m}[4]::int > 23 OR {m}[5]::int > 59 OR {m}[6]::int > 59 THEN {_NOT_A_DATE}"
-        f" WHEN {m}[8] <> 'Z' AND (substr({m}[8], 2, 2)::int > 23 OR substr({m}[8], 5, 2)::int > 59)"
+        f" WHEN {field(1, 4)} = 0 THEN {_NOT_A_DATE}"
+        f" WHEN {field(1, 4)} IN (1, 9999) THEN {_MAYBE_A_DATE}"
+        f" WHEN {field(6, 2)} NOT BETWEEN 1 AND 12 THEN {_NOT_A_DATE}"
+        f" WHEN {field(9, 2)} NOT BETWEEN 1 AND {last_day} THEN {_NOT_A_DATE}"
+        f" WHEN {when(has_time, f'{field(12, 2)} > 23 OR {field(15, 2)} > 59')} THEN {_NOT_A_DATE}"
+        f" WHEN {when(has_seconds, f'{field(18, 2)} > 59')} THEN {_NOT_A_DATE}"
+        f" WHEN {when(has_offset, f'substr({s}, length({s}) - 4, 2)::int > 23 OR right({s}, 2)::int > 59')}"
         f" THEN {_MAYBE_A_DATE}"
-        f" ELSE (make_timestamp({m}[1]::int, {m}[2]::int, {m}[3]::int, COALESCE({m}[4]::int, 0),"
-        f" COALESCE({m}[5]::int, 0), 0) AT TIME ZONE 'UTC')"
-        f" + make_interval(secs => COALESCE({m}[6]::int, 0))"
-        f" + COALESCE(rpad({m}[7], 6, '0')::int, 0) * interval '1 microsecond'"
+        f" ELSE (make_timestamp({field(1, 4)}, {field(6, 2)}, {field(9, 2)},"
+        f" (CASE WHEN {has_time} THEN {field(12, 2)} ELSE 0 END),"
+        f" (CASE WHEN {has_time} THEN {field(15, 2)} ELSE 0 END), 0) AT TIME ZONE 'UTC')"
+        f" + (CASE WHEN {has_seconds} THEN {field(18, 2)} ELSE 0 END) * interval '1 second'"
+        f" + COALESCE(rpad(substring({s} FROM '[.,]([0-9]{{1,6}})'), 6, '0')::int, 0) * interval '1 microsecond'"
         f" - {offset_minutes} * interval '1 minute'"
-        f" END FROM (SELECT regexp_match({text}, '{_ISO}') AS m) AS r)"
+        f" END)"
     )
 
 

@@ -78,30 +78,35 @@ def events_record_internal(*, rows: list[dict], at: datetime) -> list[int]:
 
     Each row: customer_id, user_id, name, properties, message_id (derived from what happened,
     e.g. a transition id, so it is new: repeats are the caller's to avoid). Call it inside the
-    transaction that made the change: the rows are the outbox.
+    transaction that made the change: the rows are the outbox. Returns the new ids in order.
     """
+    from journeys.engine.batch import rows_insert
     from journeys.engine.queue import enqueue_events
 
     if not rows:
         return []
-    source = internal_source()
+    source_id = internal_source().pk
     received = timezone.now()
-    events = Event.objects.bulk_create(
+    inserted = rows_insert(
+        Event,
         [
-            Event(
-                source=source,
-                message_id=row["message_id"],
-                type=EventType.TRACK,
-                name=row["name"],
-                user_id=row.get("user_id", ""),
-                customer_id=row["customer_id"],
-                properties=row.get("properties") or {},
-                timestamp=at,
-                received_at=received,
-            )
+            {
+                "source_id": source_id,
+                "message_id": row["message_id"],
+                "type": EventType.TRACK,
+                "name": row["name"],
+                "user_id": row.get("user_id", ""),
+                "anonymous_id": "",
+                "error": "",
+                "customer_id": row["customer_id"],
+                "properties": row.get("properties") or {},
+                "timestamp": at,
+                "received_at": received,
+            }
             for row in rows
-        ]
+        ],
+        returning=("id",),
     )
-    ids = [event.pk for event in events]
+    ids = sorted(pk for (pk,) in inserted)
     enqueue_events(ids)
     return ids

@@ -185,40 +185,54 @@ def _stage_targets(*, customers, stages: list[tuple[str, str]], now: datetime) -
 
 def _stage_moves_apply(*, moves: list[Move], rules: dict[str, str], now: datetime) -> int:
     """One transaction: lock, re-check, move, record transitions and events (set-based)."""
+    from journeys.engine.batch import rows_insert, rows_update
     from journeys.services.internal_events import events_record_internal
 
-    skip = {"skip_locked": True} if connection.features.has_select_for_update_skip_locked else {}
     with transaction.atomic():
-        locked = {
-            pk: (stage, user_id)
-            for pk, stage, user_id in Customer.objects.select_for_update(**skip)
-            .filter(pk__in=[pk for pk, _, _ in moves])
-            .order_by("pk")
-            .values_list("pk", "stage", "external_id")
-        }
+        locked = _customers_lock([pk for pk, _, _ in moves])
         # A customer moved meanwhile (by a worker, or another refresh) keeps that move.
         moves = [move for move in moves if move[0] in locked and locked[move[0]][0] == move[1]]
         if not moves:
             return 0
-        by_target: dict[str, list[int]] = {}
-        for pk, _, to in moves:
-            by_target.setdefault(to, []).append(pk)
-        for to, pks in by_target.items():
-            Customer.objects.filter(pk__in=pks).update(stage=to)
-        transitions = StageTransition.objects.bulk_create(
+        if connection.vendor == "postgresql":
+            rows_update(Customer, [{"id": pk, "stage": to} for pk, _, to in moves], ["stage"], stamp=timezone.now())
+        else:
+            by_target: dict[str, list[int]] = {}
+            for pk, _, to in moves:
+                by_target.setdefault(to, []).append(pk)
+            for to, pks in by_target.items():
+                Customer.objects.filter(pk__in=pks).update(stage=to)
+        transitions = rows_insert(
+            StageTransition,
             [
-                StageTransition(customer_id=pk, from_stage=frm, to_stage=to, reason=f"rule: {rules[to]}"[:255], at=now)
+                {"customer_id": pk, "from_stage": frm, "to_stage": to, "reason": f"rule: {rules[to]}"[:255], "at": now}
                 for pk, frm, to in moves
-            ]
+            ],
+            returning=("id", "customer_id", "from_stage", "to_stage"),
         )
         rows = []
-        for transition in transitions:
-            pk, frm, to = transition.customer_id, transition.from_stage, transition.to_stage
+        for transition_id, pk, frm, to in sorted(transitions):
             user_id = locked[pk][1]
             if frm:
                 rows.append({"customer_id": pk, "user_id": user_id, "name": "Stage Left",
-                             "properties": {"stage": frm, "to": to}, "message_id": f"stage-left:{transition.pk}"})
+                             "properties": {"stage": frm, "to": to}, "message_id": f"stage-left:{transition_id}"})
             rows.append({"customer_id": pk, "user_id": user_id, "name": "Stage Entered",
-                         "properties": {"stage": to, "from": frm}, "message_id": f"stage-entered:{transition.pk}"})
+                         "properties": {"stage": to, "from": frm}, "message_id": f"stage-entered:{transition_id}"})
         events_record_internal(rows=rows, at=now)
     return len(moves)
+
+
+def _customers_lock(ids: list[int]) -> dict[int, tuple[str, str]]:
+    """Lock these customers in id order, skipping those another transaction holds:
+    id -> (stage, user id). PostgreSQL gets the ids as one array literal (a long IN list
+    of parameters is slow to quote)."""
+    if connection.vendor != "postgresql":
+        rows = Customer.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", "stage", "external_id")
+        return {pk: (stage, user_id) for pk, stage, user_id in rows}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id, stage, external_id FROM {Customer._meta.db_table} WHERE id = ANY(%s::bigint[])"
+            " ORDER BY id FOR UPDATE SKIP LOCKED",
+            ["{" + ",".join(str(int(pk)) for pk in ids) + "}"],
+        )
+        return {pk: (stage, user_id) for pk, stage, user_id in cursor.fetchall()}
