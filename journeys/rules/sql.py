@@ -140,6 +140,11 @@ class Alt:
     cond: str | None = None
     expr: str = ""
     const: object = _NO
+    # For a JSON value: cond is `switch = 'label' [AND sub]`, so a CASE over several
+    # alternatives can read the JSON type once (`CASE switch WHEN 'label' ...`).
+    switch: str | None = None
+    label: str | None = None
+    sub: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,17 +241,39 @@ def _c(expr: str) -> str:
     return f'({expr}) COLLATE "C"'
 
 
-def case(branches: Sequence[tuple[str | None, State]]) -> State:
-    """A state chosen by mutually exclusive, exhaustive conditions."""
+def case(branches: Sequence[tuple[Alt | str | None, State]]) -> State:
+    """A state chosen by mutually exclusive, exhaustive alternatives (or conditions).
+
+    Branches equal to the most common constant become the ELSE. Alternatives of one JSON
+    value switch on its type once instead of testing it in every branch.
+    """
     if len(branches) == 1:
         return branches[0][1]
     ints = Counter(s for _, s in branches if isinstance(s, int))
     default: State = ints.most_common(1)[0][0] if ints else branches[-1][1]
-    rest = [(c, s) for c, s in branches if s != default]
-    if not rest:
+    if all(s == default for _, s in branches):
         return default
-    if any(c is None for c, _ in rest):  # pragma: no cover - only single alternatives lack a cond
-        raise AssertionError("an alternative without a condition among several")
+    alts = [b for b, _ in branches]
+    if all(isinstance(a, Alt) and a.switch is not None for a in alts):
+        switch = alts[0].switch  # type: ignore[union-attr]
+        if all(a.switch == switch for a in alts):  # type: ignore[union-attr]
+            groups: dict[str, list[tuple[Alt, State]]] = {}
+            for a, s in branches:
+                groups.setdefault(a.label, []).append((a, s))  # type: ignore[union-attr, arg-type]
+            whens = []
+            for label, items in groups.items():
+                if all(s == default for _, s in items):
+                    continue
+                inner = items[0][1] if len(items) == 1 else case([(a.sub, s) for a, s in items])
+                whens.append(f"WHEN '{label}' THEN {inner}")
+            return f"(CASE {switch} {' '.join(whens)} ELSE {default} END)"
+    rest = []
+    for b, s in branches:
+        cond = b.cond if isinstance(b, Alt) else b
+        if s != default:
+            if cond is None:  # pragma: no cover - only single alternatives lack a condition
+                raise AssertionError("an alternative without a condition among several")
+            rest.append((cond, s))
     whens = " ".join(f"WHEN {c} THEN {s}" for c, s in rest)
     return f"(CASE {whens} ELSE {default} END)"
 
@@ -267,8 +294,15 @@ _PY_OP: dict[str, Callable[[object, object], bool]] = {
 # ISO-8601 text that Python's datetime.fromisoformat reads field by field as this does;
 # other text either fails in Python too (an error) or needs Python to tell (unknown).
 _ISO = (
-    "^([0-9]{4})-([0-9]{2})-([0-9]{2})"
-    "(?:[T ]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:[.,]([0-9]{1,6}))?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?$"
+    "^[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    "(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]{1,6})?)?(?:Z|[+-][0-9]{2}:[0-9]{2})?)?$"
+)
+# The shapes of that text with digits as 9, "T" as a space, "," as "." and "+" as "-":
+# checking them with translate() is cheaper than a regular expression in PostgreSQL.
+_ISO_SHAPES = ("9999-99-99",) + tuple(
+    time + zone
+    for time in ["9999-99-99 99:99", "9999-99-99 99:99:99"] + ["9999-99-99 99:99:99." + "9" * k for k in range(1, 7)]
+    for zone in ("", "Z", "-99:99")
 )
 _NOT_A_DATE = "'-infinity'::timestamptz"  # fromisoformat raises
 _MAYBE_A_DATE = "'infinity'::timestamptz"  # only Python can tell
@@ -277,8 +311,9 @@ _MAYBE_A_DATE = "'infinity'::timestamptz"  # only Python can tell
 def _iso_moment(text: str) -> str:
     """SQL timestamptz of ISO text, -infinity where Python raises, infinity where unsure.
 
-    The shape is checked with one regular expression (no captures: PostgreSQL matches
-    those much faster); the fields then sit at fixed positions.
+    Valid text in the common forms is cast (naive text is UTC, as the service fixes now's
+    zone to UTC); anything else is classified: definitely not a date for Python (an
+    error), or a form only Python can tell (unknown).
     """
     s = text
 
@@ -288,33 +323,38 @@ def _iso_moment(text: str) -> str:
     def when(guard: str, condition: str) -> str:
         return f"(CASE WHEN {guard} THEN {condition} ELSE FALSE END)"
 
+    shapes = ", ".join(f"'{shape}'" for shape in _ISO_SHAPES)
+    day = field(9, 2)
+    last_day = f"extract(day FROM make_date({field(1, 4)}, {field(6, 2)}, 1) + interval '1 month - 1 day')::int"
     has_time = f"length({s}) > 10"
     has_seconds = f"(length({s}) > 18 AND substr({s}, 17, 1) = ':')"
     has_offset = f"(length({s}) > 16 AND substr({s}, length({s}) - 5, 1) IN ('+', '-'))"
-    last_day = f"extract(day FROM make_date({field(1, 4)}, {field(6, 2)}, 1) + interval '1 month - 1 day')::int"
-    offset_minutes = (
-        f"(CASE WHEN {has_offset} THEN (CASE WHEN substr({s}, length({s}) - 5, 1) = '-' THEN -1 ELSE 1 END)"
-        f" * (substr({s}, length({s}) - 4, 2)::int * 60 + right({s}, 2)::int) ELSE 0 END)"
+    castable = (
+        f"(CASE WHEN translate({s}, '0123456789T,+', '9999999999 .-') NOT IN ({shapes}) THEN FALSE"
+        f" WHEN left({s}, 4) IN ('0000', '0001', '9999') THEN FALSE"
+        f" WHEN {field(6, 2)} NOT BETWEEN 1 AND 12 OR {day} = 0 THEN FALSE"
+        f" WHEN {day} > 28 AND {day} > {last_day} THEN FALSE"
+        f" WHEN {when(has_time, f'{field(12, 2)} > 23 OR {field(15, 2)} > 59')} THEN FALSE"
+        f" WHEN {when(has_seconds, f'{field(18, 2)} > 59')} THEN FALSE"
+        f" WHEN {when(has_offset, f'substr({s}, length({s}) - 4, 2)::int > 15 OR right({s}, 2)::int > 59')}"
+        f" THEN FALSE ELSE TRUE END)"
+    )
+    cast = (
+        f"(CASE WHEN length({s}) = 10 THEN {s} || ' 00:00+00:00'"
+        f" WHEN right({s}, 1) = 'Z' OR {has_offset} THEN replace({s}, ',', '.')"
+        f" ELSE replace({s}, ',', '.') || '+00:00' END)::timestamptz"
     )
     return (
-        f"(CASE"
+        f"(CASE WHEN {castable} THEN {cast}"
         f" WHEN NOT ({s} ~ '{_ISO}') THEN (CASE WHEN ({s}) = '' OR ({s}) ~ '^[!-/:-~]'"
         f" THEN {_NOT_A_DATE} ELSE {_MAYBE_A_DATE} END)"
         f" WHEN {field(1, 4)} = 0 THEN {_NOT_A_DATE}"
         f" WHEN {field(1, 4)} IN (1, 9999) THEN {_MAYBE_A_DATE}"
         f" WHEN {field(6, 2)} NOT BETWEEN 1 AND 12 THEN {_NOT_A_DATE}"
-        f" WHEN {field(9, 2)} NOT BETWEEN 1 AND {last_day} THEN {_NOT_A_DATE}"
+        f" WHEN {day} NOT BETWEEN 1 AND {last_day} THEN {_NOT_A_DATE}"
         f" WHEN {when(has_time, f'{field(12, 2)} > 23 OR {field(15, 2)} > 59')} THEN {_NOT_A_DATE}"
         f" WHEN {when(has_seconds, f'{field(18, 2)} > 59')} THEN {_NOT_A_DATE}"
-        f" WHEN {when(has_offset, f'substr({s}, length({s}) - 4, 2)::int > 23 OR right({s}, 2)::int > 59')}"
-        f" THEN {_MAYBE_A_DATE}"
-        f" ELSE (make_timestamp({field(1, 4)}, {field(6, 2)}, {field(9, 2)},"
-        f" (CASE WHEN {has_time} THEN {field(12, 2)} ELSE 0 END),"
-        f" (CASE WHEN {has_time} THEN {field(15, 2)} ELSE 0 END), 0) AT TIME ZONE 'UTC')"
-        f" + (CASE WHEN {has_seconds} THEN {field(18, 2)} ELSE 0 END) * interval '1 second'"
-        f" + COALESCE(rpad(substring({s} FROM '[.,]([0-9]{{1,6}})'), 6, '0')::int, 0) * interval '1 microsecond'"
-        f" - {offset_minutes} * interval '1 minute'"
-        f" END)"
+        f" ELSE {_MAYBE_A_DATE} END)"  # an offset Python reads and PostgreSQL does not (16:00 to 23:59, :60)
     )
 
 
@@ -391,22 +431,25 @@ class Translator:
     def jsonb(self, expr: str) -> Val:
         """A JSON value read from the row: one alternative per JSON type."""
         t = f"COALESCE(jsonb_typeof({expr}), 'null')"
-        number = f"({t} = 'number')"
         is_float = f"(strpos(({expr})::text, '.') > 0)"
-        in_range = (
-            f"(CASE WHEN {number} THEN ({expr})::numeric = 0 OR "
-            f"abs(({expr})::numeric) BETWEEN 1e-307 AND 1e308 ELSE FALSE END)"
-        )
+        in_range = f"(({expr})::numeric = 0 OR abs(({expr})::numeric) BETWEEN 1e-307 AND 1e308)"
+        number_in_range = f"(CASE WHEN {t} = 'number' THEN {in_range} ELSE FALSE END)"
+
+        def alt(cat: str, label: str, value: str = "", sub: str | None = None, full: str | None = None) -> Alt:
+            cond = f"{t} = '{label}'" if sub is None else f"({t} = '{label}' AND {full or sub})"
+            return Alt(cat, cond, value, switch=t, label=label, sub=sub)
+
         return Val(
             (
-                Alt(NULL, f"{t} = 'null'"),
-                Alt(BOOL, f"{t} = 'boolean'", f"({expr})::boolean"),
-                Alt(INT, f"({number} AND NOT {is_float})", f"({expr})::numeric"),
-                Alt(FLOAT, f"({number} AND {is_float} AND {in_range})", f"({expr})::numeric::float8"),
-                Alt(UNK, f"({number} AND {is_float} AND NOT {in_range})"),
-                Alt(STR, f"{t} = 'string'", f"(({expr}) #>> '{{}}')"),
-                Alt(LIST, f"{t} = 'array'", expr),
-                Alt(DICT, f"{t} = 'object'", expr),
+                alt(NULL, "null"),
+                alt(BOOL, "boolean", f"({expr})::boolean"),
+                alt(INT, "number", f"({expr})::numeric", f"NOT {is_float}"),
+                alt(FLOAT, "number", f"({expr})::numeric::float8", f"({is_float} AND {in_range})",
+                    f"{is_float} AND {number_in_range}"),
+                alt(UNK, "number", "", f"({is_float} AND NOT {in_range})", f"{is_float} AND NOT {number_in_range}"),
+                alt(STR, "string", f"(({expr}) #>> '{{}}')"),
+                alt(LIST, "array", expr),
+                alt(DICT, "object", expr),
             ),
             json=expr,
         )
@@ -454,7 +497,7 @@ class Translator:
         return self.truth(self.value(node))
 
     def truth(self, val: Val) -> State:
-        branches: list[tuple[str | None, State]] = []
+        branches: list[tuple[Alt, State]] = []
         for a in val.alts:
             if a.const is not _NO:
                 s: State = T if a.const else F
@@ -476,7 +519,7 @@ class Translator:
                 s = ANY
             else:  # datetimes, dates, the profile
                 s = T
-            branches.append((a.cond, s))
+            branches.append((a, s))
         return case(branches)
 
     def state_value(self, s: State) -> Val:
@@ -594,27 +637,36 @@ class Translator:
         order "both": both sides are evaluated (an error on either side raises);
         "LR"/"RL": that side first, and a null there decides (`null`) without the other.
         """
+        def compared(a: Alt, b: Alt) -> State:
+            """cmp, except that a number we cannot read exactly meets something that is not a number."""
+            if a.cat == UNK or b.cat == UNK:
+                known = b if a.cat == UNK else a
+                unread = a if a.cat == UNK else b
+                if unread.label != "number" or known.cat in NUMBERS or known.cat in (UNK, ERR, PROFILE):
+                    return ANY
+                stand_in = Alt(FLOAT, unread.cond, "", switch=unread.switch, label=unread.label, sub=unread.sub)
+                return cmp(stand_in, b) if a.cat == UNK else cmp(a, stand_in)
+            return cmp(a, b)
+
         if order == "both":
 
             def inner(a: Alt) -> State:
-                branches: list[tuple[str | None, State]] = []
+                branches: list[tuple[Alt, State]] = []
                 for b in right.alts:
                     if a.cat == ERR or b.cat == ERR:
                         s: State = E
-                    elif a.cat == UNK or b.cat == UNK:
-                        s = ANY
                     else:
-                        s = cmp(a, b)
-                    branches.append((b.cond, s))
+                        s = compared(a, b)
+                    branches.append((b, s))
                 return case(branches)
 
-            return case([(a.cond, inner(a)) for a in left.alts])
+            return case([(a, inner(a)) for a in left.alts])
         first, second = (left, right) if order == "LR" else (right, left)
 
         def decided(a: Alt) -> State | None:
             if a.cat == ERR:
                 return E
-            if a.cat == UNK:
+            if a.cat == UNK and a.label != "number":
                 return ANY
             if a.cat == NULL:
                 return null
@@ -624,15 +676,15 @@ class Translator:
             early = decided(a)
             if early is not None:
                 return early
-            branches: list[tuple[str | None, State]] = []
+            branches: list[tuple[Alt, State]] = []
             for b in second.alts:
                 s = decided(b)
                 if s is None:
-                    s = cmp(a, b) if order == "LR" else cmp(b, a)
-                branches.append((b.cond, s))
+                    s = compared(a, b) if order == "LR" else compared(b, a)
+                branches.append((b, s))
             return case(branches)
 
-        return case([(a.cond, outer(a)) for a in first.alts])
+        return case([(a, outer(a)) for a in first.alts])
 
     def eq(self, a: Alt, b: Alt) -> State:
         """Python's `a == b` for two present alternatives (never raises)."""
@@ -757,12 +809,12 @@ class Translator:
         """`x in [literals]`: a set lookup in Python (a list or object cannot be looked up)."""
         strings = [i for i in items if isinstance(i, str)]
         numbers = [i for i in items if isinstance(i, (bool, int, float))]
-        branches: list[tuple[str | None, State]] = []
+        branches: list[tuple[Alt, State]] = []
         for a in val.alts:
             if a.cat == ERR:
                 s: State = E
             elif a.cat == UNK:
-                s = ANY
+                s = ANY if a.label != "number" or numbers else F
             elif a.const is not _NO:
                 try:
                     s = T if a.const in frozenset(items) else F
@@ -778,7 +830,7 @@ class Translator:
                 s = self._member_numbers(a, numbers)
             else:
                 s = F
-            branches.append((a.cond, s))
+            branches.append((a, s))
         return case(branches)
 
     def _member_numbers(self, a: Alt, numbers: list[bool | int | float]) -> State:
@@ -808,7 +860,7 @@ class Translator:
         if name == "exists":
             arg = node.args[0]
             val = self.value(arg)
-            return case([(a.cond, E if a.cat == ERR else ANY if a.cat == UNK else F if a.cat == NULL else T) for a in val.alts])
+            return case([(a, E if a.cat == ERR else ANY if a.cat == UNK else F if a.cat == NULL else T) for a in val.alts])
         hay, needle = (self.value(arg) for arg in node.args)
         if name == "contains":
             return self.pair(hay, needle, order="both", null=F, cmp=self._contains)
