@@ -108,7 +108,8 @@ class CustomerProfile:
                 "(CASE WHEN c.traits ? 'ltv' THEN c.traits -> 'ltv'"
                 " WHEN c.traits ? 'lifetime_value' THEN c.traits -> 'lifetime_value' ELSE '0'::jsonb END)"
             )
-        return tr.jsonb(f"(c.traits -> {tr.param(key, 'text')})")
+        name = tr.param(key, "text")
+        return tr.jsonb(f"(c.traits -> {name})", f"(c.traits ->> {name})")
 
 
 def _nullable(cat: str, column: str, expr: str) -> Val:
