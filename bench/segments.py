@@ -51,7 +51,7 @@ INSERT INTO journeys_customer (external_id, email, phone, timezone, locale, trai
 SELECT 'u-' || g, 'U' || g || '@Example.com', '', 'UTC', '',
        jsonb_build_object(
            'plan', CASE WHEN g %% 10 = 0 THEN 'pro' ELSE 'free' END,
-           'ltv', (g * 7919) %% 2000,
+           'ltv', (g::bigint * 7919) %% 2000,
            'country', (ARRAY['DE', 'FR', 'US', 'GB', 'ES'])[1 + g %% 5],
            'signup_at', to_char(timestamp '2021-01-01' + (g %% 1800) * interval '1 day',
                                 'YYYY-MM-DD"T"HH24:MI:SS"+00:00"'),

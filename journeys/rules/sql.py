@@ -169,13 +169,16 @@ class Translation:
     with T among others: evaluate that row in Python; without T: not selected).
 
     `joins` are LATERAL joins the state reads (computed once per row); `params` are
-    named (`%(p0)s`), for a DB-API cursor.
+    named (`%(p0)s`), for a DB-API cursor. `prefilter`, when set, is a cheap condition
+    every selected row meets (JSON containment on the stored traits, which a GIN index
+    can answer): add it to the WHERE clause to skip most rows before the state.
     """
 
     text: str
     state: State
     params: dict[str, object]
     joins: tuple[str, ...]
+    prefilter: str | None = None
 
     @property
     def constant(self) -> int | None:
@@ -195,7 +198,8 @@ def translate(text: str, *, now: dt.datetime, profile: ProfileSource, prefix: st
     tree = parse(text).tree
     tr = Translator(now=now, profile=profile, prefix=prefix)
     state = tr.state(tree)
-    return Translation(text, state, dict(tr.params), tuple(tr.joins))
+    prefilter = tr.prefilter(tree) if isinstance(state, str) else None
+    return Translation(text, state, dict(tr.params), tuple(tr.joins), prefilter)
 
 
 # --- SQL text helpers -------------------------------------------------------------------------
@@ -477,6 +481,50 @@ class Translator:
             containers = [a for a in containers if a.cat == LIST]
         branches = " ".join(f"WHEN {a.cond or 'TRUE'} THEN ({a.expr}) -> {index}" for a in containers)
         return self.jsonb(f"(CASE {branches} END)")
+
+    # -- a necessary condition, for indexes --
+
+    def prefilter(self, node: Node) -> str | None:
+        """A condition every row the rule selects meets: `trait == 'text'` and
+        `trait in ['text', ...]` become JSON containment, combined through and/or."""
+        if isinstance(node, BoolOp):
+            parts = [self.prefilter(value) for value in node.values]
+            if node.op == "and":
+                return _and(*(p for p in parts if p is not None))
+            return None if any(p is None for p in parts) else _or(*parts)  # type: ignore[arg-type]
+        if not isinstance(node, Compare) or len(node.ops) != 1:
+            return None
+        (op,), (left, right) = node.ops, node.operands
+        texts: list[str] = []
+        path = None
+        if op == "==":
+            for side, other in ((left, right), (right, left)):
+                if isinstance(other, Const) and isinstance(other.value, str):
+                    path, texts = side, [other.value]
+                    break
+        elif op == "in" and _const_list(right):
+            values = [item.value for item in right.items]  # type: ignore[union-attr]
+            if values and all(isinstance(v, str) for v in values):
+                path, texts = left, values  # type: ignore[assignment]
+        keys = self._trait_keys(path)
+        if keys is None or not texts or any("\x00" in t for t in texts):
+            return None
+        documents = []
+        for text in texts:
+            document: object = text
+            for key in reversed(keys):
+                document = {key: document}
+            documents.append(f"{self.profile.traits()} @> {self.param(json.dumps(document), 'jsonb')}")
+        return _or(*documents)
+
+    def _trait_keys(self, node: Node | None) -> list[str] | None:
+        """The keys of `profile.a.b` when it reads the stored traits only."""
+        if not isinstance(node, Path) or node.root != "profile" or not node.keys:
+            return None
+        keys = list(node.keys)
+        if keys[0] in self.profile.keys or not all(isinstance(k, str) and "\x00" not in k for k in keys):
+            return None
+        return keys  # type: ignore[return-value]
 
     # -- boolean context --
 

@@ -201,7 +201,8 @@ def _sql_page(translation: Translation, *, now: datetime, after_id: int, limit: 
     state = f"({translation.state})"
     sql = (
         f"SELECT c.id, {state} FROM {Customer._meta.db_table} AS c {' '.join(translation.joins)}"
-        f" WHERE c.merged_into_id IS NULL AND c.id > %(after)s AND ({state} & 2) <> 0"
+        f" WHERE c.merged_into_id IS NULL AND c.id > %(after)s AND {translation.prefilter or 'TRUE'}"
+        f" AND ({state} & 2) <> 0"
         f" ORDER BY c.id LIMIT %(limit)s"
     )
     selected: list[int] = []

@@ -324,3 +324,22 @@ def test_known_answers_on_every_database(rule, expected):
     got = {names[pk] for pk in segment_customer_ids(rule=rule, now=NOW)}
     # then it is what the rule says: booleans are numbers, text is not, a type error is false
     assert got == expected
+
+
+@on_postgres
+def test_text_equality_on_stored_traits_gives_the_database_a_containment_to_skip_rows_with():
+    # given rules that need a trait to be certain texts
+    selective = {
+        "profile.plan == 'pro'": ['{"plan": "pro"}'],
+        "profile.address.city == 'Berlin' and days_since(profile.signup_at) > 30": ['{"address": {"city": "Berlin"}}'],
+        "profile.country in ['DE', 'FR'] or profile.plan == 'pro'": ['{"country": "DE"}', '{"country": "FR"}', '{"plan": "pro"}'],
+    }
+    for rule, documents in selective.items():
+        translation = segment_translation(rule=rule, now=NOW)
+        # then the statement carries JSON containment on the traits (which a GIN index answers)
+        assert translation.prefilter is not None and translation.prefilter.count("@>") == len(documents), rule
+        assert sorted(v for v in translation.params.values() if isinstance(v, str) and v.startswith("{")) == sorted(documents)
+    # and nothing that could select other rows gets one: computed attributes, negations, numbers
+    for rule in ["profile.email == 'a@b.c'", "not (profile.plan == 'pro')", "profile.plan == 'pro' or profile.age > 3",
+                 "profile.age == 30", "profile.tags[0] == 'vip'", "profile.plan in ['pro', null]"]:
+        assert segment_translation(rule=rule, now=NOW).prefilter is None, rule
