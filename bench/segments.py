@@ -20,7 +20,7 @@ import argparse
 import os
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -83,15 +83,24 @@ def old_stages_refresh(now: datetime) -> int:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--customers", type=int, default=100_000)
-    p.add_argument("--python-sample", type=int, default=200_000, help="customers the Python path walks at most")
-    p.add_argument("--no-baseline", action="store_true", help="skip the old per-customer stage refresh")
+    p.add_argument(
+        "--python-sample", type=int, default=200_000, help="customers the Python path walks at most"
+    )
+    p.add_argument(
+        "--no-baseline", action="store_true", help="skip the old per-customer stage refresh"
+    )
     args = p.parse_args()
     exit_on_sigterm()
     with postgres() as url:
         env = server_env(url)
         log("migrating")
         manage("migrate", "--noinput", "-v", "0", env=env)
-        os.environ.update({k: env[k] for k in ("DATABASE_URL", "SECRET_KEY", "DEBUG", "DJANGO_SETTINGS_MODULE", "Q_SYNC")})
+        os.environ.update(
+            {
+                k: env[k]
+                for k in ("DATABASE_URL", "SECRET_KEY", "DEBUG", "DJANGO_SETTINGS_MODULE", "Q_SYNC")
+            }
+        )
         import django
 
         django.setup()
@@ -117,7 +126,9 @@ def main() -> int:
             assert segments.segment_plan(rule) == "sql", rule
             started = time.perf_counter()
             selected, in_sample, after = 0, 0, 0
-            while ids := segments.segment_customer_ids(rule=rule, now=NOW, after_id=after, limit=5000):
+            while ids := segments.segment_customer_ids(
+                rule=rule, now=NOW, after_id=after, limit=5000
+            ):
                 selected += len(ids)
                 in_sample += sum(1 for i in ids if i <= sample_last)
                 after = ids[-1]
@@ -125,14 +136,19 @@ def main() -> int:
             started = time.perf_counter()
             python_selected, last = 0, 0
             while page := list(base.filter(pk__gt=last, pk__lte=sample_last).order_by("pk")[:1000]):
-                python_selected += len(segments.customers_matching(rule=rule, now=NOW, customers=page))
+                python_selected += len(
+                    segments.customers_matching(rule=rule, now=NOW, customers=page)
+                )
                 last = page[-1].pk
             python_s = time.perf_counter() - started
             assert python_selected == in_sample, (rule, python_selected, in_sample)
             sql_rate, python_rate = args.customers / sql_s, sample / python_s
             results[name] = {
-                "selected": selected, "sql_s": round(sql_s, 3), "python_s": round(python_s, 2),
-                "python_customers": sample, "ratio": round(sql_rate / python_rate, 1),
+                "selected": selected,
+                "sql_s": round(sql_s, 3),
+                "python_s": round(python_s, 2),
+                "python_customers": sample,
+                "ratio": round(sql_rate / python_rate, 1),
             }
             log(f"{name}: {results[name]}")
 

@@ -185,7 +185,9 @@ class Translation:
         return self.state if isinstance(self.state, int) else None
 
 
-def translate(text: str, *, now: dt.datetime, profile: ProfileSource, prefix: str = "") -> Translation:
+def translate(
+    text: str, *, now: dt.datetime, profile: ProfileSource, prefix: str = ""
+) -> Translation:
     """Translate `text` for rows read at `now` (which must be in UTC: naive ISO text in
     the data is read in now's zone, as the Python evaluator does). `prefix` keeps the
     parameter and join names of several translations in one statement apart.
@@ -305,7 +307,8 @@ _ISO = (
 # checking them with translate() is cheaper than a regular expression in PostgreSQL.
 _ISO_SHAPES = ("9999-99-99",) + tuple(
     time + zone
-    for time in ["9999-99-99 99:99", "9999-99-99 99:99:99"] + ["9999-99-99 99:99:99." + "9" * k for k in range(1, 7)]
+    for time in ["9999-99-99 99:99", "9999-99-99 99:99:99"]
+    + ["9999-99-99 99:99:99." + "9" * k for k in range(1, 7)]
     for zone in ("", "Z", "-99:99")
 )
 _NOT_A_DATE = "'-infinity'::timestamptz"  # fromisoformat raises
@@ -416,7 +419,9 @@ class Translator:
         if isinstance(value, float):
             if math.isnan(value):
                 raise NotTranslatable("NaN")
-            text = repr(value) if math.isfinite(value) else ("Infinity" if value > 0 else "-Infinity")
+            text = (
+                repr(value) if math.isfinite(value) else ("Infinity" if value > 0 else "-Infinity")
+            )
             return Val((Alt(FLOAT, None, self.param(text, "float8"), value),))
         if isinstance(value, str):
             if "\x00" in value:
@@ -440,7 +445,9 @@ class Translator:
         in_range = f"(({expr})::numeric = 0 OR abs(({expr})::numeric) BETWEEN 1e-307 AND 1e308)"
         number_in_range = f"(CASE WHEN {t} = 'number' THEN {in_range} ELSE FALSE END)"
 
-        def alt(cat: str, label: str, value: str = "", sub: str | None = None, full: str | None = None) -> Alt:
+        def alt(
+            cat: str, label: str, value: str = "", sub: str | None = None, full: str | None = None
+        ) -> Alt:
             cond = f"{t} = '{label}'" if sub is None else f"({t} = '{label}' AND {full or sub})"
             return Alt(cat, cond, value, switch=t, label=label, sub=sub)
 
@@ -449,9 +456,20 @@ class Translator:
                 alt(NULL, "null"),
                 alt(BOOL, "boolean", f"({expr})::boolean"),
                 alt(INT, "number", f"({expr})::numeric", f"NOT {is_float}"),
-                alt(FLOAT, "number", f"({expr})::numeric::float8", f"({is_float} AND {in_range})",
-                    f"{is_float} AND {number_in_range}"),
-                alt(UNK, "number", "", f"({is_float} AND NOT {in_range})", f"{is_float} AND NOT {number_in_range}"),
+                alt(
+                    FLOAT,
+                    "number",
+                    f"({expr})::numeric::float8",
+                    f"({is_float} AND {in_range})",
+                    f"{is_float} AND {number_in_range}",
+                ),
+                alt(
+                    UNK,
+                    "number",
+                    "",
+                    f"({is_float} AND NOT {in_range})",
+                    f"{is_float} AND NOT {number_in_range}",
+                ),
                 alt(STR, "string", text or f"(({expr}) #>> '{{}}')"),
                 alt(LIST, "array", expr),
                 alt(DICT, "object", expr),
@@ -479,7 +497,9 @@ class Translator:
             raise NotTranslatable("a path into a value that may fail")
         if isinstance(key, int):
             containers = [a for a in containers if a.cat == LIST]
-        branches = " ".join(f"WHEN {a.cond or 'TRUE'} THEN ({a.expr}) -> {index}" for a in containers)
+        branches = " ".join(
+            f"WHEN {a.cond or 'TRUE'} THEN ({a.expr}) -> {index}" for a in containers
+        )
         return self.jsonb(f"(CASE {branches} END)")
 
     # -- a necessary condition, for indexes --
@@ -514,7 +534,9 @@ class Translator:
             document: object = text
             for key in reversed(keys):
                 document = {key: document}
-            documents.append(f"{self.profile.traits()} @> {self.param(json.dumps(document), 'jsonb')}")
+            documents.append(
+                f"{self.profile.traits()} @> {self.param(json.dumps(document), 'jsonb')}"
+            )
         return _or(*documents)
 
     def _trait_keys(self, node: Node | None) -> list[str] | None:
@@ -522,7 +544,9 @@ class Translator:
         if not isinstance(node, Path) or node.root != "profile" or not node.keys:
             return None
         keys = list(node.keys)
-        if keys[0] in self.profile.keys or not all(isinstance(k, str) and "\x00" not in k for k in keys):
+        if keys[0] in self.profile.keys or not all(
+            isinstance(k, str) and "\x00" not in k for k in keys
+        ):
             return None
         return keys  # type: ignore[return-value]
 
@@ -661,7 +685,11 @@ class Translator:
                     s = s_not(s)
             elif op in _SQL_OP:
                 s = self.pair(
-                    val(i), val(i + 1), order="LR", null=F, cmp=lambda a, b, op=op: self.order(op, a, b)
+                    val(i),
+                    val(i + 1),
+                    order="LR",
+                    null=F,
+                    cmp=lambda a, b, op=op: self.order(op, a, b),
                 )
             else:
                 negate = op == "not in"
@@ -673,34 +701,50 @@ class Translator:
                         s = s_not(s)
                 elif _is_null(left):
                     s = T  # `null not in x`
-                elif isinstance(right, ListExpr):  # `x in [profile.a, 'b']`: equal to one of the items
+                elif isinstance(
+                    right, ListExpr
+                ):  # `x in [profile.a, 'b']`: equal to one of the items
                     list_first = negate and i + 1 != last
-                    s = self.member_items(val(i), [self.value(item) for item in right.items], negate, list_first)
+                    s = self.member_items(
+                        val(i), [self.value(item) for item in right.items], negate, list_first
+                    )
                 elif not negate:
                     s = self.pair(val(i), val(i + 1), order="LR", null=F, cmp=self.contains_in)
                 else:
                     shared = i + 1 != last and not isinstance(right, Const)
                     s = self.pair(
-                        val(i), val(i + 1), order="RL" if shared else "LR", null=T,
+                        val(i),
+                        val(i + 1),
+                        order="RL" if shared else "LR",
+                        null=T,
                         cmp=lambda a, b: s_not(self.contains_in(a, b)),
                     )
             result = s_and(result, s)
         return result
 
-    def pair(self, left: Val, right: Val, *, order: str, null: State, cmp: Callable[[Alt, Alt], State]) -> State:
+    def pair(
+        self, left: Val, right: Val, *, order: str, null: State, cmp: Callable[[Alt, Alt], State]
+    ) -> State:
         """The outcome of `left <op> right` over every pair of alternatives.
 
         order "both": both sides are evaluated (an error on either side raises);
         "LR"/"RL": that side first, and a null there decides (`null`) without the other.
         """
+
         def compared(a: Alt, b: Alt) -> State:
             """cmp, except that a number we cannot read exactly meets something that is not a number."""
             if a.cat == UNK or b.cat == UNK:
                 known = b if a.cat == UNK else a
                 unread = a if a.cat == UNK else b
-                if unread.label != "number" or known.cat in NUMBERS or known.cat in (UNK, ERR, PROFILE):
+                if (
+                    unread.label != "number"
+                    or known.cat in NUMBERS
+                    or known.cat in (UNK, ERR, PROFILE)
+                ):
                     return ANY
-                stand_in = Alt(FLOAT, unread.cond, "", switch=unread.switch, label=unread.label, sub=unread.sub)
+                stand_in = Alt(
+                    FLOAT, unread.cond, "", switch=unread.switch, label=unread.label, sub=unread.sub
+                )
                 return cmp(stand_in, b) if a.cat == UNK else cmp(a, stand_in)
             return cmp(a, b)
 
@@ -808,7 +852,11 @@ class Translator:
                 raise NotTranslatable("an integer beyond the float range") from None
             if near == ca:
                 return bool_state(f"{self.param(repr(near), 'float8')} {sql_op} {eb}")
-            low, high = (near, math.nextafter(near, math.inf)) if near < ca else (math.nextafter(near, -math.inf), near)  # type: ignore[operator]
+            low, high = (
+                (near, math.nextafter(near, math.inf))
+                if near < ca
+                else (math.nextafter(near, -math.inf), near)
+            )  # type: ignore[operator]
             if op == "==":
                 return F
             if op in ("<", "<="):  # ca < f  <=>  f >= high
@@ -855,7 +903,13 @@ class Translator:
             raise NotTranslatable("the whole profile in a list")
         x = self.alias()
         item = self.jsonb(f"{x}.v")
-        s = self.pair(item, Val((Alt(needle.cat, None, needle.expr, needle.const),)), order="both", null=F, cmp=self.eq)
+        s = self.pair(
+            item,
+            Val((Alt(needle.cat, None, needle.expr, needle.const),)),
+            order="both",
+            null=F,
+            cmp=self.eq,
+        )
         return (
             f"(SELECT CASE WHEN bool_or({x}s.s = 2) THEN 2 WHEN bool_or(({x}s.s & 2) <> 0) THEN 3 ELSE 1 END"
             f" FROM (SELECT {s} AS s FROM jsonb_array_elements({array}) AS {x}(v)) AS {x}s)"
@@ -881,7 +935,11 @@ class Translator:
             elif a.cat in (LIST, DICT, PROFILE):
                 s = E  # unhashable
             elif a.cat == STR:
-                s = bool_state(f"{_c(a.expr)} = ANY({self.param(strings, 'text[]')})") if strings else F
+                s = (
+                    bool_state(f"{_c(a.expr)} = ANY({self.param(strings, 'text[]')})")
+                    if strings
+                    else F
+                )
             elif a.cat in NUMBERS:
                 s = self._member_numbers(a, numbers)
             else:
@@ -895,7 +953,10 @@ class Translator:
         `not in` with the list shared by the next comparison evaluates the list first."""
         built: State = T  # every item evaluated without an error
         for item in items:
-            built = s_and(built, case([(a, E if a.cat == ERR else ANY if a.cat == UNK else T) for a in item.alts]))
+            built = s_and(
+                built,
+                case([(a, E if a.cat == ERR else ANY if a.cat == UNK else T) for a in item.alts]),
+            )
         null = T if negate else F
 
         def against(a: Alt) -> State:
@@ -905,19 +966,36 @@ class Translator:
                 return null
             found: State = F
             for item in items:
-                present = Val(tuple(b for b in item.alts if b.cat not in (ERR, UNK))) if item.alts else item
+                present = (
+                    Val(tuple(b for b in item.alts if b.cat not in (ERR, UNK)))
+                    if item.alts
+                    else item
+                )
                 if present.alts:
-                    found = s_or(found, self.pair(Val((a,)), present, order="both", null=F, cmp=self.eq))
+                    found = s_or(
+                        found, self.pair(Val((a,)), present, order="both", null=F, cmp=self.eq)
+                    )
             return s_not(found) if negate else found
 
         if list_first:
             return s_and(built, case([(a, against(a)) for a in needle.alts]))
-        return case([(a, E if a.cat == ERR else null if a.cat == NULL else s_and(built, against(a))) for a in needle.alts])
+        return case(
+            [
+                (a, E if a.cat == ERR else null if a.cat == NULL else s_and(built, against(a)))
+                for a in needle.alts
+            ]
+        )
 
     def _member_numbers(self, a: Alt, numbers: list[bool | int | float]) -> State:
         kind, expr, _ = _number(a)
         if kind == "int":  # equal to an integer, or to a float with that exact value
-            exact = sorted({int(n) for n in numbers if not isinstance(n, float) or (math.isfinite(n) and n.is_integer())})
+            exact = sorted(
+                {
+                    int(n)
+                    for n in numbers
+                    if not isinstance(n, float) or (math.isfinite(n) and n.is_integer())
+                }
+            )
             if not exact:
                 return F
             return bool_state(f"{expr} = ANY({self.param([str(n) for n in exact], 'numeric[]')})")
@@ -931,7 +1009,10 @@ class Translator:
                         floats.add(float(n))
         if not floats:
             return F
-        texts = [repr(n) if math.isfinite(n) else ("Infinity" if n > 0 else "-Infinity") for n in sorted(floats)]
+        texts = [
+            repr(n) if math.isfinite(n) else ("Infinity" if n > 0 else "-Infinity")
+            for n in sorted(floats)
+        ]
         return bool_state(f"{expr} = ANY({self.param(texts, 'float8[]')})")
 
     # -- predicates (functions returning a boolean) --
@@ -941,11 +1022,18 @@ class Translator:
         if name == "exists":
             arg = node.args[0]
             val = self.value(arg)
-            return case([(a, E if a.cat == ERR else ANY if a.cat == UNK else F if a.cat == NULL else T) for a in val.alts])
+            return case(
+                [
+                    (a, E if a.cat == ERR else ANY if a.cat == UNK else F if a.cat == NULL else T)
+                    for a in val.alts
+                ]
+            )
         hay, needle = (self.value(arg) for arg in node.args)
         if name == "contains":
             return self.pair(hay, needle, order="both", null=F, cmp=self._contains)
-        return self.pair(hay, needle, order="both", null=F, cmp=lambda a, b: self._affix(name, a, b))
+        return self.pair(
+            hay, needle, order="both", null=F, cmp=lambda a, b: self._affix(name, a, b)
+        )
 
     def _contains(self, hay: Alt, needle: Alt) -> State:
         """functions.f_contains: null haystack is false; a dict with an unhashable needle too."""
@@ -1042,7 +1130,9 @@ class Translator:
             # inside the range, and leave the rest to Python.
             fa = ea if ka == "float" else f"({ea})::float8"
             fb = eb if kb == "float" else f"({eb})::float8"
-            exact = _and(*(f"abs({e}) <= {EXACT_INT}" for k, e in ((ka, ea), (kb, eb)) if k == "int"))
+            exact = _and(
+                *(f"abs({e}) <= {EXACT_INT}" for k, e in ((ka, ea), (kb, eb)) if k == "int")
+            )
             small = _and(*(f"({x} = 0 OR abs({x}) BETWEEN 1e-150 AND 1e150)" for x in (fa, fb)))
             safe = _guard(exact, small or "TRUE")
             if op != "/":
@@ -1050,7 +1140,11 @@ class Translator:
                 return [Alt(FLOAT, safe, result.expr), Alt(UNK, _not(safe))]
             zero = f"(({eb}) = 0)"
             fine = _and(_not(zero), safe)
-            return [Alt(ERR, zero), Alt(FLOAT, fine, f"({fa} / {fb})"), Alt(UNK, _and(_not(zero), _not(safe)))]
+            return [
+                Alt(ERR, zero),
+                Alt(FLOAT, fine, f"({fa} / {fb})"),
+                Alt(UNK, _and(_not(zero), _not(safe))),
+            ]
         if op == "+" and a.cat == b.cat and a.cat in (STR, LIST):
             return [Alt(a.cat, None, f"({a.expr} || {b.expr})")]
         if op == "-" and a.cat == b.cat and a.cat in (TS, DATE):
@@ -1072,7 +1166,10 @@ class Translator:
                 if a.cat != STR:
                     return [Alt(ERR)]
                 # Python and SQL agree on ASCII; other text goes to Python ('ß'.upper() == 'SS').
-                return [Alt(STR, _ascii(a.expr), f'{name}({_c(a.expr)})'), Alt(UNK, _not(_ascii(a.expr)))]
+                return [
+                    Alt(STR, _ascii(a.expr), f"{name}({_c(a.expr)})"),
+                    Alt(UNK, _not(_ascii(a.expr))),
+                ]
 
             return self.map(arg, case_fold)
         if name == "len":
@@ -1085,7 +1182,13 @@ class Translator:
                 if a.cat == LIST:
                     return [Alt(INT, None, f"jsonb_array_length({a.expr})::numeric")]
                 if a.cat == DICT:
-                    return [Alt(INT, None, f"(SELECT count(*) FROM jsonb_object_keys({a.expr}))::numeric")]
+                    return [
+                        Alt(
+                            INT,
+                            None,
+                            f"(SELECT count(*) FROM jsonb_object_keys({a.expr}))::numeric",
+                        )
+                    ]
                 if a.cat == PROFILE:
                     raise NotTranslatable("len(profile)")
                 return [Alt(ERR)]
@@ -1123,7 +1226,11 @@ class Translator:
         if name == "date":
             return self.map(
                 moment,
-                lambda a: [Alt(NULL)] if a.cat == NULL else [Alt(DATE, None, f"(({a.expr}) AT TIME ZONE 'UTC')::date")],
+                lambda a: (
+                    [Alt(NULL)]
+                    if a.cat == NULL
+                    else [Alt(DATE, None, f"(({a.expr}) AT TIME ZONE 'UTC')::date")]
+                ),
             )
         return moment  # datetime()
 
@@ -1163,7 +1270,9 @@ class Translator:
         for v in vals:
             for a in v.alts:
                 if a.cat not in (NULL, ERR, UNK):
-                    out.append(Alt(a.cat, _and(clean, before_null, a.cond) or "TRUE", a.expr, a.const))
+                    out.append(
+                        Alt(a.cat, _and(clean, before_null, a.cond) or "TRUE", a.expr, a.const)
+                    )
             nulls = [a.cond for a in v.alts if a.cat == NULL]
             before_null = _and(before_null, _or(*nulls) if nulls else "FALSE")
         out.append(Alt(NULL, _and(clean, before_null) or "TRUE"))
@@ -1175,8 +1284,18 @@ class Translator:
 _PREDICATES = frozenset({"contains", "starts_with", "ends_with", "exists"})
 _VALUE_FUNCTIONS = frozenset(
     {
-        "lower", "upper", "len", "abs", "int", "float", "coalesce",
-        "days_since", "hours_since", "days_until", "date", "datetime",
+        "lower",
+        "upper",
+        "len",
+        "abs",
+        "int",
+        "float",
+        "coalesce",
+        "days_since",
+        "hours_since",
+        "days_until",
+        "date",
+        "datetime",
     }
 )
 
@@ -1238,7 +1357,9 @@ def _foldable(node: Node) -> bool:
     stack = [node]
     while stack:
         current = stack.pop()
-        if isinstance(current, Path) or (isinstance(current, Call) and current.name == "events_in_last"):
+        if isinstance(current, Path) or (
+            isinstance(current, Call) and current.name == "events_in_last"
+        ):
             return False
         stack.extend(children(current))
     return True

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Iterator
 from datetime import datetime
 
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from journeys.models import Customer
 from journeys.models.catalog import LifecycleStage, StageTransition
+
+logger = logging.getLogger(__name__)
 
 _stages: dict = {"at": 0.0, "rows": []}
 
@@ -83,17 +87,19 @@ def customer_stages_refresh(*, now: datetime, chunk: int = STAGE_CHUNK) -> int:
 
     Set-based: on PostgreSQL, when every stage rule translates (journeys.rules.sql), one
     statement per chunk finds the customers whose stage must change (the first true rule,
-    in stage order, differs from their stage), so nothing that stays put is read into
+    in stage order, differs from their stage), so nobody who stays put is read into
     Python; elsewhere customers are evaluated in Python pages. Each chunk of changes is one
     transaction: the customers are locked (skipping those a worker holds: it evaluates
-    their stage itself), moved with one UPDATE per target stage, and their transitions and
+    their stage itself, and the next refresh catches up), moved, and their transitions and
     `Stage Left`/`Stage Entered` events are inserted with one statement each and queued
     one task per batch. Returns how many customers moved.
     """
     from journeys.services.segments import utc
 
     now = utc(now)
-    stages = list(LifecycleStage.objects.exclude(rule="").order_by("order", "key").values_list("key", "rule"))
+    stages = list(
+        LifecycleStage.objects.exclude(rule="").order_by("order", "key").values_list("key", "rule")
+    )
     if not stages:
         return 0
     moved = 0
@@ -105,31 +111,39 @@ def customer_stages_refresh(*, now: datetime, chunk: int = STAGE_CHUNK) -> int:
 Move = tuple[int, str, str]  # customer id, from stage, to stage
 
 
-def _stage_moves(*, stages: list[tuple[str, str]], now: datetime, chunk: int):
-    """Chunks of (customer id, stage, new stage) for customers whose stage must change."""
-    from journeys.services.segments import PROFILE_FIELDS, segment_translation
+def _stage_moves(*, stages: list[tuple[str, str]], now: datetime, chunk: int) -> Iterator[list[Move]]:
+    """Chunks of (customer id, stage, new stage) for the customers whose stage must change."""
+    from journeys.services.segments import segment_translation
 
-    translations = [segment_translation(rule=rule, now=now, prefix=f"s{i}_") for i, (_, rule) in enumerate(stages)]
+    translations = [
+        segment_translation(rule=rule, now=now, prefix=f"s{i}_") for i, (_, rule) in enumerate(stages)
+    ]
+    if all(t is not None for t in translations):
+        yield from _stage_moves_sql(translations=translations, stages=stages, now=now, chunk=chunk)
+    else:
+        yield from _stage_moves_python(stages=stages, now=now, chunk=chunk, after=0)
+
+
+def _stage_moves_python(
+    *, stages: list[tuple[str, str]], now: datetime, chunk: int, after: int
+) -> Iterator[list[Move]]:
+    from journeys.services.segments import PROFILE_FIELDS
+
     keys = [key for key, _ in stages]
     base = Customer.objects.filter(merged_into__isnull=True).filter(Q(stage="") | Q(stage__in=keys))
-    if all(t is not None for t in translations):
-        yield from _stage_moves_sql(translations=translations, keys=keys, now=now, chunk=chunk, stages=stages)
-        return
-    last = 0
-    while True:
-        page = list(base.filter(pk__gt=last).order_by("pk").only(*PROFILE_FIELDS)[:chunk])
-        if not page:
-            return
-        last = page[-1].pk
-        moves = _stage_targets(customers=page, stages=stages, now=now)
-        if moves:
+    while page := list(base.filter(pk__gt=after).order_by("pk").only(*PROFILE_FIELDS)[:chunk]):
+        after = page[-1].pk
+        if moves := _stage_targets(customers=page, stages=stages, now=now):
             yield moves
 
 
-def _stage_moves_sql(*, translations, keys: list[str], now: datetime, chunk: int, stages: list[tuple[str, str]]):
+def _stage_moves_sql(
+    *, translations: list, stages: list[tuple[str, str]], now: datetime, chunk: int
+) -> Iterator[list[Move]]:
     """PostgreSQL: the first stage whose rule is certainly true, '?' where Python must tell."""
     from journeys.services.segments import PROFILE_FIELDS
 
+    keys = [key for key, _ in stages]
     params: dict = {"keys": keys}
     whens = []
     for i, t in enumerate(translations):
@@ -147,9 +161,14 @@ def _stage_moves_sql(*, translations, keys: list[str], now: datetime, chunk: int
     )
     last = 0
     while True:
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(sql, {**params, "after": last, "limit": chunk})
-            rows = cursor.fetchall()
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(sql, {**params, "after": last, "limit": chunk})
+                rows = cursor.fetchall()
+        except DatabaseError:  # a translation bug must not stop the refresh: say so, use Python
+            logger.exception("stage refresh SQL failed; evaluating in Python")
+            yield from _stage_moves_python(stages=stages, now=now, chunk=chunk, after=last)
+            return
         if not rows:
             return
         last = rows[-1][0]

@@ -92,7 +92,9 @@ class CustomerProfile:
         if key == "user_id":
             return Val((Alt(STR, None, "c.external_id"),))
         if key in ("email", "phone"):  # the column, else the trait
-            return tr.jsonb(f"(CASE WHEN c.{key} <> '' THEN to_jsonb(c.{key}) ELSE c.traits -> '{key}' END)")
+            return tr.jsonb(
+                f"(CASE WHEN c.{key} <> '' THEN to_jsonb(c.{key}) ELSE c.traits -> '{key}' END)"
+            )
         if key in ("timezone", "locale"):
             return Val((Alt(STR, None, f"c.{key}"),))
         if key == "first_seen":
@@ -103,7 +105,9 @@ class CustomerProfile:
             return Val((Alt(INT, None, _days(tr, "COALESCE(c.first_seen, c.created_at)")),))
         if key == "days_since_last_seen":
             return _nullable(INT, "c.last_seen", _days(tr, "c.last_seen"))
-        if key == "ltv":  # profile.setdefault("ltv", traits.get("ltv", traits.get("lifetime_value", 0)))
+        if (
+            key == "ltv"
+        ):  # profile.setdefault("ltv", traits.get("ltv", traits.get("lifetime_value", 0)))
             return tr.jsonb(
                 "(CASE WHEN c.traits ? 'ltv' THEN c.traits -> 'ltv'"
                 " WHEN c.traits ? 'lifetime_value' THEN c.traits -> 'lifetime_value' ELSE '0'::jsonb END)"
@@ -124,7 +128,9 @@ def _days(tr: Translator, moment: str) -> str:
 PROFILE = CustomerProfile()
 
 
-def segment_translation(*, rule: str, now: datetime | None = None, prefix: str = "") -> Translation | None:
+def segment_translation(
+    *, rule: str, now: datetime | None = None, prefix: str = ""
+) -> Translation | None:
     """The rule as SQL on this database, or None when it is evaluated in Python.
 
     Raises RuleSyntaxError for a rule that does not compile.
@@ -139,7 +145,7 @@ def segment_translation(*, rule: str, now: datetime | None = None, prefix: str =
 
 
 def segment_plan(rule: str) -> Plan:
-    """"sql" when the database selects the customers, "python" when pages are evaluated here.
+    """ "sql" when the database selects the customers, "python" when pages are evaluated here.
 
     An empty rule (everyone) is plain SQL on every database.
     """
@@ -179,7 +185,11 @@ def customers_matching(
 ) -> list[Customer]:
     """The given (already loaded) customers the rule selects, evaluated in Python."""
     compiled = compile_rule(rule)
-    return [c for c, ctx in customer_rule_contexts(customers=customers, now=now) if compiled.evaluate(ctx).value]
+    return [
+        c
+        for c, ctx in customer_rule_contexts(customers=customers, now=now)
+        if compiled.evaluate(ctx).value
+    ]
 
 
 def customer_rule_contexts(
@@ -192,8 +202,13 @@ def customer_rule_contexts(
     page = list(customers)
     counter = _PageEventCounter([c.pk for c in page])
     for customer in page:
-        yield customer, RuleContext(
-            profile=profile_dict(customer, now), now=now, events_in_last=counter.for_customer(customer.pk)
+        yield (
+            customer,
+            RuleContext(
+                profile=profile_dict(customer, now),
+                now=now,
+                events_in_last=counter.for_customer(customer.pk),
+            ),
         )
 
 
@@ -218,7 +233,10 @@ def _sql_page(translation: Translation, *, now: datetime, after_id: int, limit: 
         confirmed: set[int] = set()
         if unsure:
             customers = Customer.objects.filter(pk__in=unsure).only(*PROFILE_FIELDS)
-            confirmed = {c.pk for c in customers_matching(rule=translation.text, now=now, customers=customers)}
+            confirmed = {
+                c.pk
+                for c in customers_matching(rule=translation.text, now=now, customers=customers)
+            }
         selected += [pk for pk, state in rows if state == 2 or pk in confirmed]
         last = rows[-1][0]
         if len(rows) < want:

@@ -28,28 +28,41 @@ def _fresh_stages():
 @pytest.fixture
 def stages(db):
     LifecycleStage.objects.create(key="vip", name="VIP", order=1, rule="profile.ltv >= 1000")
-    LifecycleStage.objects.create(key="active", name="Active", order=2, rule="profile.days_since_last_seen <= 30")
     LifecycleStage.objects.create(
-        key="at_risk", name="At risk", order=3, rule="days_since(coalesce(profile.last_order_at, profile.last_seen)) > 30"
+        key="active", name="Active", order=2, rule="profile.days_since_last_seen <= 30"
     )
-    LifecycleStage.objects.create(key="onboarding", name="Onboarding", order=0)  # set by workflow steps only
+    LifecycleStage.objects.create(
+        key="at_risk",
+        name="At risk",
+        order=3,
+        rule="days_since(coalesce(profile.last_order_at, profile.last_seen)) > 30",
+    )
+    LifecycleStage.objects.create(
+        key="onboarding", name="Onboarding", order=0
+    )  # set by workflow steps only
 
 
 def person(name: str, *, last_seen_days: int | None, stage: str = "", **traits) -> Customer:
     last_seen = None if last_seen_days is None else NOW - dt.timedelta(days=last_seen_days)
-    return Customer.objects.create(external_id=name, last_seen=last_seen, stage=stage, traits=traits)
+    return Customer.objects.create(
+        external_id=name, last_seen=last_seen, stage=stage, traits=traits
+    )
 
 
 def stages_of() -> dict[str, str]:
     return dict(Customer.objects.values_list("external_id", "stage"))
 
 
-def test_refresh_moves_whoever_time_moved_and_records_each_change(stages, django_capture_on_commit_callbacks):
+def test_refresh_moves_whoever_time_moved_and_records_each_change(
+    stages, django_capture_on_commit_callbacks
+):
     # given customers in various states, one in a stage that workflow steps own
     person("rich", last_seen_days=60, ltv=5000)
     person("fresh", last_seen_days=2)
     person("lapsed", last_seen_days=45, stage="active")
-    person("odd_date", last_seen_days=None, last_order_at="20240401")  # only Python reads this ISO form
+    person(
+        "odd_date", last_seen_days=None, last_order_at="20240401"
+    )  # only Python reads this ISO form
     person("manual", last_seen_days=90, stage="onboarding")
     person("unknown", last_seen_days=None)
     for rule in LifecycleStage.objects.exclude(rule="").values_list("rule", flat=True):
@@ -60,17 +73,37 @@ def test_refresh_moves_whoever_time_moved_and_records_each_change(stages, django
     # then the first true rule wins, steps' stages are left alone, nobody without a true rule moves
     assert moved == 4
     assert stages_of() == {
-        "rich": "vip", "fresh": "active", "lapsed": "at_risk", "odd_date": "at_risk",
-        "manual": "onboarding", "unknown": "",
+        "rich": "vip",
+        "fresh": "active",
+        "lapsed": "at_risk",
+        "odd_date": "at_risk",
+        "manual": "onboarding",
+        "unknown": "",
     }
-    transitions = set(StageTransition.objects.values_list("customer__external_id", "from_stage", "to_stage"))
-    assert transitions == {("rich", "", "vip"), ("fresh", "", "active"), ("lapsed", "active", "at_risk"),
-                           ("odd_date", "", "at_risk")}
-    assert StageTransition.objects.get(customer__external_id="lapsed").reason.startswith("rule: days_since(")
-    events = list(Event.objects.filter(name__startswith="Stage").order_by("id").values_list(
-        "customer__external_id", "name", "properties", "status"))
+    transitions = set(
+        StageTransition.objects.values_list("customer__external_id", "from_stage", "to_stage")
+    )
+    assert transitions == {
+        ("rich", "", "vip"),
+        ("fresh", "", "active"),
+        ("lapsed", "active", "at_risk"),
+        ("odd_date", "", "at_risk"),
+    }
+    assert StageTransition.objects.get(customer__external_id="lapsed").reason.startswith(
+        "rule: days_since("
+    )
+    events = list(
+        Event.objects.filter(name__startswith="Stage")
+        .order_by("id")
+        .values_list("customer__external_id", "name", "properties", "status")
+    )
     assert ("lapsed", "Stage Left", {"stage": "active", "to": "at_risk"}, "processed") in events
-    assert ("lapsed", "Stage Entered", {"stage": "at_risk", "from": "active"}, "processed") in events
+    assert (
+        "lapsed",
+        "Stage Entered",
+        {"stage": "at_risk", "from": "active"},
+        "processed",
+    ) in events
     assert len(events) == 5 and all(status == "processed" for *_, status in events)
 
 
@@ -86,10 +119,17 @@ def test_a_second_refresh_with_nothing_due_changes_nothing_and_time_passing_does
     assert Event.objects.filter(name="Stage Left", properties__stage="active").count() == 1
 
 
-def test_refresh_is_set_based_its_statements_do_not_grow_with_the_changes(stages, django_assert_max_num_queries):
+def test_refresh_is_set_based_its_statements_do_not_grow_with_the_changes(
+    stages, django_assert_max_num_queries
+):
     # given 120 customers whose stage must change
     Customer.objects.bulk_create(
-        [Customer(external_id=f"c{i}", last_seen=NOW - dt.timedelta(days=40 + i % 3), stage="active") for i in range(120)]
+        [
+            Customer(
+                external_id=f"c{i}", last_seen=NOW - dt.timedelta(days=40 + i % 3), stage="active"
+            )
+            for i in range(120)
+        ]
     )
     # when the refresh runs, it takes a bounded number of statements (not one or more per customer)
     with django_assert_max_num_queries(30):

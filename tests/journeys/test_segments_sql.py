@@ -33,30 +33,124 @@ from journeys.services.segments import (
 from tests.journeys.test_rules import _random_rule
 
 pytestmark = pytest.mark.django_db
-on_postgres = pytest.mark.skipif(connection.vendor != "postgresql", reason="the SQL path is PostgreSQL's")
+on_postgres = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="the SQL path is PostgreSQL's"
+)
 
 NOW = dt.datetime(2024, 6, 1, 12, 0, tzinfo=dt.UTC)
 
 # Values a trait may hold: every JSON type, numbers at the edges of float precision,
 # text that looks like numbers, dates (valid, invalid, unusual ISO forms), case and unicode.
 VALUES: list[object] = [
-    None, True, False, 0, 1, -2, 0.5, 1.5, 30, 30.0, 45, 100, 150, 1000, 2**53 + 1, 1e20, 1e-7, 0.1,
-    "0", "1", "30", "1.5", "pro", "Pro", "PRO", "free", "", " ", "vip", "beta", "abc", "A1",
-    "Ada@Example.com", "ÄÖÜ", "straße", "İstanbul", "日本", "😀", "mobile", "EUR",
-    "2024-05-01", "2024-05-01T12:00:00+00:00", "2024-05-31", "2024-06-01T12:00:00Z", "2024-02-30",
-    "2024-06-01 11:59:59.999999", "2024-06-01T13:00:00+01:00", "20240501", " 2024-05-01",
-    "yesterday", "2024-05-01T12:00:00+01:60", "0001-01-01", "2024-13-01", "2024-05-01T12:00",
-    "2024-05-01 12:00Z", "2024-05-01T12:00:00,5", "2024-05-31T12:00:00.123456-03:30", "2024-05-01T12:00:00+15:59",
-    "2024-05-01T12:00:00+16:00", "2024-02-29", "2023-02-29", "2024-04-31", "2024-05-01T24:00", "2024-05-01T23:60",
-    "9999-12-31", "0000-01-01", "2024-05-01T12:00:00.1234567",
-    [], ["vip", "beta"], ["vip"], [1, True, "a", None], [[1]], [1.0], [{"sku": "A1"}, {"sku": "B2"}],
-    {}, {"city": "Berlin"}, {"city": None}, {"total": 150, "currency": "EUR"}, {"city": {"zip": "10115"}},
+    None,
+    True,
+    False,
+    0,
+    1,
+    -2,
+    0.5,
+    1.5,
+    30,
+    30.0,
+    45,
+    100,
+    150,
+    1000,
+    2**53 + 1,
+    1e20,
+    1e-7,
+    0.1,
+    "0",
+    "1",
+    "30",
+    "1.5",
+    "pro",
+    "Pro",
+    "PRO",
+    "free",
+    "",
+    " ",
+    "vip",
+    "beta",
+    "abc",
+    "A1",
+    "Ada@Example.com",
+    "ÄÖÜ",
+    "straße",
+    "İstanbul",
+    "日本",
+    "😀",
+    "mobile",
+    "EUR",
+    "2024-05-01",
+    "2024-05-01T12:00:00+00:00",
+    "2024-05-31",
+    "2024-06-01T12:00:00Z",
+    "2024-02-30",
+    "2024-06-01 11:59:59.999999",
+    "2024-06-01T13:00:00+01:00",
+    "20240501",
+    " 2024-05-01",
+    "yesterday",
+    "2024-05-01T12:00:00+01:60",
+    "0001-01-01",
+    "2024-13-01",
+    "2024-05-01T12:00",
+    "2024-05-01 12:00Z",
+    "2024-05-01T12:00:00,5",
+    "2024-05-31T12:00:00.123456-03:30",
+    "2024-05-01T12:00:00+15:59",
+    "2024-05-01T12:00:00+16:00",
+    "2024-02-29",
+    "2023-02-29",
+    "2024-04-31",
+    "2024-05-01T24:00",
+    "2024-05-01T23:60",
+    "9999-12-31",
+    "0000-01-01",
+    "2024-05-01T12:00:00.1234567",
+    [],
+    ["vip", "beta"],
+    ["vip"],
+    [1, True, "a", None],
+    [[1]],
+    [1.0],
+    [{"sku": "A1"}, {"sku": "B2"}],
+    {},
+    {"city": "Berlin"},
+    {"city": None},
+    {"total": 150, "currency": "EUR"},
+    {"city": {"zip": "10115"}},
 ]
 KEYS = [
-    "plan", "tags", "total", "age", "ltv", "lifetime_value", "score", "signup_at", "birthday",
-    "address", "name", "email", "phone", "country", "device", "flag", "step", "a", "b", "x",
+    "plan",
+    "tags",
+    "total",
+    "age",
+    "ltv",
+    "lifetime_value",
+    "score",
+    "signup_at",
+    "birthday",
+    "address",
+    "name",
+    "email",
+    "phone",
+    "country",
+    "device",
+    "flag",
+    "step",
+    "a",
+    "b",
+    "x",
 ]
-MOMENTS = [None, NOW - dt.timedelta(days=40, hours=3), NOW - dt.timedelta(days=1), NOW, NOW + dt.timedelta(days=2)]
+MOMENTS = [
+    None,
+    NOW - dt.timedelta(days=40, hours=3),
+    NOW - dt.timedelta(days=1),
+    NOW,
+    NOW + dt.timedelta(days=2),
+]
 
 
 def populate(n: int = 240, seed: int = 14) -> list[Customer]:
@@ -76,7 +170,9 @@ def populate(n: int = 240, seed: int = 14) -> list[Customer]:
                 "coupon": None,
             }
         if rng.random() < 0.2:
-            traits["tags"] = rng.choice([["vip", "beta"], ["gold"], [], ["VIP", "vip"], "vip", None])
+            traits["tags"] = rng.choice(
+                [["vip", "beta"], ["gold"], [], ["VIP", "vip"], "vip", None]
+            )
         rows.append(
             Customer(
                 external_id=rng.choice([f"u-{i}", "", f"U-{i}"]),
@@ -90,7 +186,7 @@ def populate(n: int = 240, seed: int = 14) -> list[Customer]:
                 last_engaged_at=rng.choice(MOMENTS),
             )
         )
-    created = Customer.objects.bulk_create(rows)
+    Customer.objects.bulk_create(rows)
     Customer.objects.update(created_at=NOW - dt.timedelta(days=100))
     return list(Customer.objects.order_by("pk"))
 
@@ -141,31 +237,103 @@ def _as_profile(rule: str) -> str:
 CORPUS = _test_rules_literals()
 
 PATHS = [
-    "profile.plan", "profile.total", "profile.tags", "profile.address.city", "profile.email",
-    "profile.ltv", "profile.last_seen", "profile.tenure_days", "profile.first_seen", "profile.missing",
-    "profile.tags[0]", "profile.tags[-1]", "profile.properties.total", 'profile.properties["item count"]',
-    "profile.user_id", "profile.timezone", "profile.days_since_last_seen", "profile.address",
-    "profile.signup_at", "profile.phone", "profile.flag", "profile.score",
+    "profile.plan",
+    "profile.total",
+    "profile.tags",
+    "profile.address.city",
+    "profile.email",
+    "profile.ltv",
+    "profile.last_seen",
+    "profile.tenure_days",
+    "profile.first_seen",
+    "profile.missing",
+    "profile.tags[0]",
+    "profile.tags[-1]",
+    "profile.properties.total",
+    'profile.properties["item count"]',
+    "profile.user_id",
+    "profile.timezone",
+    "profile.days_since_last_seen",
+    "profile.address",
+    "profile.signup_at",
+    "profile.phone",
+    "profile.flag",
+    "profile.score",
 ]
 LITERALS = [
-    "null", "true", "false", "0", "1", "1.5", "30", "30.0", "0.1", "-2", "9007199254740993", "1e20",
-    "'pro'", "''", "'2024-05-01'", "'vip'", "[]", "['vip']", "[1, 'a', null]", "['pro', 1, null]",
-    "['vip', 'beta']", "now()", "today()", "'Berlin'",
+    "null",
+    "true",
+    "false",
+    "0",
+    "1",
+    "1.5",
+    "30",
+    "30.0",
+    "0.1",
+    "-2",
+    "9007199254740993",
+    "1e20",
+    "'pro'",
+    "''",
+    "'2024-05-01'",
+    "'vip'",
+    "[]",
+    "['vip']",
+    "[1, 'a', null]",
+    "['pro', 1, null]",
+    "['vip', 'beta']",
+    "now()",
+    "today()",
+    "'Berlin'",
 ]
 OPS = ["==", "!=", "<", "<=", ">", ">=", "in", "not in"]
 FUNCTION_RULES = [
-    "lower({p}) == 'pro'", "upper({p}) == 'PRO'", "lower({p}) in ['pro', 'vip', 'straße']",
-    "len({p}) > 1", "len({p}) == 0", "abs({p}) >= 1", "exists({p})", "not exists({p})",
-    "contains({p}, 'vip')", "contains({p}, 1)", "contains({p}, null)", "starts_with({p}, 'p')",
-    "ends_with({p}, 'o')", "days_since({p}) > 30", "days_since({p}) <= 1", "hours_since({p}) < 24",
-    "days_until({p}) > 0", "date({p}) == today()", "date({p}) < date('2024-05-15')",
-    "datetime({p}) < now()", "coalesce({p}, 'none') == 'none'", "coalesce({p}, profile.plan, 0) == 0",
-    "{p} + 1 > 2", "{p} - 1 < 0", "{p} * 2 >= 60", "{p} / 2 > 10", "-{p} < 0", "{p} + 'x' == 'prox'",
-    "{p}", "not {p}", "{p} and profile.plan", "{p} or profile.missing == null",
-    "not ({p} > 3)", "1 < {p} <= 150", "{p} == {p}", "{p} < profile.total",
-    "{p} in profile.tags", "'vip' in {p}", "{p} in profile.address", "{p} != null and {p} >= 30",
-    "int({p}) > 3", "int({p}) == 30", "float({p}) >= 1.5", "{p} in [profile.plan, 'vip', 30]",
-    "{p} not in [profile.tags[0], 1]", "{p} not in [profile.plan, null] == true",
+    "lower({p}) == 'pro'",
+    "upper({p}) == 'PRO'",
+    "lower({p}) in ['pro', 'vip', 'straße']",
+    "len({p}) > 1",
+    "len({p}) == 0",
+    "abs({p}) >= 1",
+    "exists({p})",
+    "not exists({p})",
+    "contains({p}, 'vip')",
+    "contains({p}, 1)",
+    "contains({p}, null)",
+    "starts_with({p}, 'p')",
+    "ends_with({p}, 'o')",
+    "days_since({p}) > 30",
+    "days_since({p}) <= 1",
+    "hours_since({p}) < 24",
+    "days_until({p}) > 0",
+    "date({p}) == today()",
+    "date({p}) < date('2024-05-15')",
+    "datetime({p}) < now()",
+    "coalesce({p}, 'none') == 'none'",
+    "coalesce({p}, profile.plan, 0) == 0",
+    "{p} + 1 > 2",
+    "{p} - 1 < 0",
+    "{p} * 2 >= 60",
+    "{p} / 2 > 10",
+    "-{p} < 0",
+    "{p} + 'x' == 'prox'",
+    "{p}",
+    "not {p}",
+    "{p} and profile.plan",
+    "{p} or profile.missing == null",
+    "not ({p} > 3)",
+    "1 < {p} <= 150",
+    "{p} == {p}",
+    "{p} < profile.total",
+    "{p} in profile.tags",
+    "'vip' in {p}",
+    "{p} in profile.address",
+    "{p} != null and {p} >= 30",
+    "int({p}) > 3",
+    "int({p}) == 30",
+    "float({p}) >= 1.5",
+    "{p} in [profile.plan, 'vip', 30]",
+    "{p} not in [profile.tags[0], 1]",
+    "{p} not in [profile.plan, null] == true",
 ]
 
 
@@ -216,7 +384,9 @@ _leaf = st.one_of(_path, _literal)
 _rule = st.recursive(
     st.builds(lambda a, op, b: f"{a} {op} {b}", _leaf, st.sampled_from(OPS), _leaf),
     lambda inner: st.one_of(
-        st.builds(lambda a, op, b: f"({a}) {op} ({b})", inner, st.sampled_from(["and", "or"]), inner),
+        st.builds(
+            lambda a, op, b: f"({a}) {op} ({b})", inner, st.sampled_from(["and", "or"]), inner
+        ),
         st.builds(lambda a: f"not ({a})", inner),
         st.builds(lambda f, a: f.format(p=a), st.sampled_from(FUNCTION_RULES), _path),
     ),
@@ -225,7 +395,9 @@ _rule = st.recursive(
 
 
 @on_postgres
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(rule=_rule)
 def test_sql_and_python_agree_on_hypothesis_rules(rule, django_db_blocker):
     customers = list(Customer.objects.order_by("pk")) or populate(80)
@@ -275,7 +447,11 @@ def test_rules_that_only_a_running_journey_can_answer_stay_in_python():
 def test_other_databases_use_the_python_path_with_the_same_answers():
     # given the varied population
     customers = populate(120)
-    for rule in ["profile.plan == 'pro'", "days_since(profile.signup_at) > 20", "lower(profile.plan) == 'pro'"]:
+    for rule in [
+        "profile.plan == 'pro'",
+        "days_since(profile.signup_at) > 20",
+        "lower(profile.plan) == 'pro'",
+    ]:
         # then the rule is evaluated in Python pages, and selects what Python selects
         assert segment_plan(rule) == "python"
         assert segment_translation(rule=rule) is None
@@ -300,14 +476,28 @@ KNOWN = [
 
 def _known_population() -> dict[str, int]:
     people = {
-        "pro": {"plan": "pro"}, "Pro": {"plan": "Pro"}, "PRO": {"plan": "PRO"}, "free": {"plan": "free"},
-        "n1": {"age": 1}, "n30": {"age": 30}, "n30.0": {"age": 30.0}, "n45": {"age": 45},
-        "text30": {"age": "30"}, "true_is_1": {"age": True, "flag": 1}, "true_is_1_false": {"age": False},
-        "old_date": {"signup_at": "2024-04-01T00:00:00+00:00"}, "old_date_naive": {"signup_at": "2024-04-01"},
-        "new_date": {"signup_at": "2024-05-30"}, "bad_date": {"signup_at": "2024-02-30"},
-        "tags_vip": {"tags": ["vip", "beta"]}, "tags_text": {"tags": "vip"}, "tags_num": {"tags": 5},
-        "berlin": {"address": {"city": "Berlin"}}, "no_city": {"address": "Berlin"},
-        "email_trait": {"email": "x@example.com"}, "nobody": {},
+        "pro": {"plan": "pro"},
+        "Pro": {"plan": "Pro"},
+        "PRO": {"plan": "PRO"},
+        "free": {"plan": "free"},
+        "n1": {"age": 1},
+        "n30": {"age": 30},
+        "n30.0": {"age": 30.0},
+        "n45": {"age": 45},
+        "text30": {"age": "30"},
+        "true_is_1": {"age": True, "flag": 1},
+        "true_is_1_false": {"age": False},
+        "old_date": {"signup_at": "2024-04-01T00:00:00+00:00"},
+        "old_date_naive": {"signup_at": "2024-04-01"},
+        "new_date": {"signup_at": "2024-05-30"},
+        "bad_date": {"signup_at": "2024-02-30"},
+        "tags_vip": {"tags": ["vip", "beta"]},
+        "tags_text": {"tags": "vip"},
+        "tags_num": {"tags": 5},
+        "berlin": {"address": {"city": "Berlin"}},
+        "no_city": {"address": "Berlin"},
+        "email_trait": {"email": "x@example.com"},
+        "nobody": {},
     }
     ids = {}
     for name, traits in people.items():
@@ -331,15 +521,31 @@ def test_text_equality_on_stored_traits_gives_the_database_a_containment_to_skip
     # given rules that need a trait to be certain texts
     selective = {
         "profile.plan == 'pro'": ['{"plan": "pro"}'],
-        "profile.address.city == 'Berlin' and days_since(profile.signup_at) > 30": ['{"address": {"city": "Berlin"}}'],
-        "profile.country in ['DE', 'FR'] or profile.plan == 'pro'": ['{"country": "DE"}', '{"country": "FR"}', '{"plan": "pro"}'],
+        "profile.address.city == 'Berlin' and days_since(profile.signup_at) > 30": [
+            '{"address": {"city": "Berlin"}}'
+        ],
+        "profile.country in ['DE', 'FR'] or profile.plan == 'pro'": [
+            '{"country": "DE"}',
+            '{"country": "FR"}',
+            '{"plan": "pro"}',
+        ],
     }
     for rule, documents in selective.items():
         translation = segment_translation(rule=rule, now=NOW)
         # then the statement carries JSON containment on the traits (which a GIN index answers)
-        assert translation.prefilter is not None and translation.prefilter.count("@>") == len(documents), rule
-        assert sorted(v for v in translation.params.values() if isinstance(v, str) and v.startswith("{")) == sorted(documents)
+        assert translation.prefilter is not None and translation.prefilter.count("@>") == len(
+            documents
+        ), rule
+        assert sorted(
+            v for v in translation.params.values() if isinstance(v, str) and v.startswith("{")
+        ) == sorted(documents)
     # and nothing that could select other rows gets one: computed attributes, negations, numbers
-    for rule in ["profile.email == 'a@b.c'", "not (profile.plan == 'pro')", "profile.plan == 'pro' or profile.age > 3",
-                 "profile.age == 30", "profile.tags[0] == 'vip'", "profile.plan in ['pro', null]"]:
+    for rule in [
+        "profile.email == 'a@b.c'",
+        "not (profile.plan == 'pro')",
+        "profile.plan == 'pro' or profile.age > 3",
+        "profile.age == 30",
+        "profile.tags[0] == 'vip'",
+        "profile.plan in ['pro', null]",
+    ]:
         assert segment_translation(rule=rule, now=NOW).prefilter is None, rule
