@@ -35,9 +35,9 @@ from journeys.rules.sql import (
     STR,
     TS,
     Alt,
+    Builder,
     NotTranslatable,
     Translation,
-    Translator,
     Val,
     translate,
 )
@@ -88,7 +88,7 @@ class CustomerProfile:
     def traits(self) -> str:
         return "c.traits"
 
-    def attribute(self, key: str, tr: Translator) -> Val:
+    def attribute(self, key: str, tr: Builder) -> Val:
         if key == "user_id":
             return Val((Alt(STR, None, "c.external_id"),))
         if key in ("email", "phone"):  # the column, else the trait
@@ -120,7 +120,7 @@ def _nullable(cat: str, column: str, expr: str) -> Val:
     return Val((Alt(NULL, f"{column} IS NULL"), Alt(cat, f"{column} IS NOT NULL", expr)))
 
 
-def _days(tr: Translator, moment: str) -> str:
+def _days(tr: Builder, moment: str) -> str:
     """timedelta.days of (now - moment): whole days, rounded down."""
     return f"floor((extract(epoch FROM {tr.now_sql()}) - extract(epoch FROM {moment})) / 86400)"
 

@@ -5,12 +5,9 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from .outcomes import State, negation
-
-if TYPE_CHECKING:
-    from .translator import Translator
 
 # Runtime types of a value on a row, as Python sees them.
 NULL, BOOL, INT, FLOAT, STR, LIST, DICT = "null", "bool", "int", "float", "str", "list", "dict"
@@ -53,6 +50,16 @@ class Val:
     json: str | None = None  # set when the whole value is this jsonb expression
 
 
+class Builder(Protocol):
+    """What a ProfileSource may ask of the translator (the Translator is one)."""
+
+    def param(self, value: object, cast: str) -> str: ...  # a bound parameter, cast
+
+    def jsonb(self, expr: str, text: str | None = None) -> Val: ...  # a JSON value of the row
+
+    def now_sql(self) -> str: ...  # the clock, as a parameter
+
+
 class ProfileSource(Protocol):
     """How `profile.<key>` reads on the table (the first key; the rest are JSON steps)."""
 
@@ -60,7 +67,7 @@ class ProfileSource(Protocol):
 
     def traits(self) -> str: ...  # SQL of the stored traits (jsonb object)
 
-    def attribute(self, key: str, tr: Translator) -> Val: ...
+    def attribute(self, key: str, tr: Builder) -> Val: ...
 
 
 @dataclass(frozen=True, slots=True)
