@@ -46,3 +46,7 @@ __all__ += ["EventDefinition", "LifecycleStage", "StageTransition"]
 from journeys.models.jobs import Job, JobKind, JobStatus  # noqa: E402
 
 __all__ += ["Job", "JobKind", "JobStatus"]
+
+from journeys.models.limits import RateCounter  # noqa: E402
+
+__all__ += ["RateCounter"]
