@@ -50,3 +50,7 @@ __all__ += ["Job", "JobKind", "JobStatus"]
 from journeys.models.limits import RateCounter  # noqa: E402
 
 __all__ += ["RateCounter"]
+
+from journeys.models.quarantine import QuarantinedEvent  # noqa: E402
+
+__all__ += ["QuarantinedEvent"]
