@@ -120,6 +120,17 @@ def _check(entry: QuarantinedEvent, payload: Any) -> list:
     return events
 
 
+def quarantine_check(*, entry: QuarantinedEvent, payload: str) -> Any:
+    """Would this corrected payload pass the API now? Returns it parsed, else a ValidationError on
+    `payload` naming the field as the API would (the admin's fix form shows it)."""
+    value = _loads(payload, field_name="payload")
+    try:
+        _check(entry, value)
+    except (EventValidationError, PayloadTooLarge) as exc:
+        raise ValidationError({"payload": str(exc)}) from None
+    return value
+
+
 @transaction.atomic
 def quarantine_fix(*, entry: QuarantinedEvent, payload: str, actor: Any = None, reason: str = "") -> QuarantinedEvent:
     """Replace a quarantined event's payload with a corrected one. It must pass every check of
@@ -129,11 +140,7 @@ def quarantine_fix(*, entry: QuarantinedEvent, payload: str, actor: Any = None, 
     entry = QuarantinedEvent.objects.select_for_update().select_related("source").get(pk=entry.pk)
     if entry.status != QuarantineStatus.QUARANTINED:
         raise ValidationError(f"this event was already {entry.get_status_display().lower()}")
-    value = _loads(payload, field_name="payload")
-    try:
-        _check(entry, value)
-    except (EventValidationError, PayloadTooLarge) as exc:
-        raise ValidationError({"payload": str(exc)}) from None
+    value = quarantine_check(entry=entry, payload=payload)
     entry.payload = payload_text(value)
     entry.message_id = str(value.get("messageId") or "")[:255] if isinstance(value, dict) else ""
     history_stamp(entry, actor=actor, reason=reason)
