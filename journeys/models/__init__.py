@@ -2,7 +2,7 @@
 
 from journeys.models.base import Timestamped
 from journeys.models.customers import Customer, CustomerMerge, Identity
-from journeys.models.events import Event, Source
+from journeys.models.events import Event, EventKey, Source
 from journeys.models.runs import EngineGeneration, JourneyRun, StepExecution, TriggerState, TriggerWatch
 from journeys.models.governance import (
     AuditEntry,
@@ -20,6 +20,7 @@ __all__ = [
     "CustomerMerge",
     "Identity",
     "Event",
+    "EventKey",
     "Source",
     "EngineGeneration",
     "JourneyRun",

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import transaction
 
 from journeys.choices import EventType, IdentityKind
-from journeys.models import Event, Source
+from journeys.models import EventKey, Source
 from journeys.services.bulk_ingest import customers_precreate, customers_save, events_insert, identity_keys_lock
 from journeys.services.event_parsing import ParsedEvent, check_event_size, event_with_defaults, parse_event
 from journeys.services.identity import IdentityMap, customer_apply_traits, customer_resolve
@@ -163,7 +163,7 @@ def event_ingest(
         ids = [e.message_id for e in unique]
         for i in range(0, len(ids), 900):
             existing.update(
-                Event.objects.filter(source=source, message_id__in=ids[i : i + 900]).values_list("message_id", flat=True)
+                EventKey.objects.filter(source=source, message_id__in=ids[i : i + 900]).values_list("message_id", flat=True)
             )
         fresh = [e for e in unique if e.message_id not in existing]
         if not fresh:
