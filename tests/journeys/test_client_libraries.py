@@ -37,6 +37,7 @@ def wire():
     yield seen
     for session in sessions:
         session.hooks["response"].remove(hook)
+        session.close()  # no kept-alive connection outlives the live server's test database
 
 
 def _send(client, errors: list) -> None:
