@@ -13,6 +13,7 @@ from journeys.admin import (  # noqa: F401  (register)
     jobs,
     quarantine,
     reviews,
+    roles,
     runs,
     steps,
     units,

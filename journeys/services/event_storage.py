@@ -4,7 +4,7 @@
 own short transaction, and stops at a time budget, so a backlog (a retention switched on over
 years of events) is worked off over several runs without one huge DELETE or long lock.
 
-On PostgreSQL journeys_event is partitioned by id range (migration 0011, docs/SCALING.md):
+On PostgreSQL journeys_event is partitioned by id range (migration 0013, docs/SCALING.md):
 partitions are created ahead of the id sequence here, and a partition whose rows are all past
 every source's retention, or that retention emptied, is dropped whole.
 """

@@ -17,5 +17,5 @@ def drop_schedule(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("journeys", "0011_event_partitions"), ("django_q", "0019_alter_task_options_alter_ormq_key_alter_ormq_lock_and_more")]
+    dependencies = [("journeys", "0013_event_partitions"), ("django_q", "0019_alter_task_options_alter_ormq_key_alter_ormq_lock_and_more")]
     operations = [migrations.RunPython(create_schedule, drop_schedule)]

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('journeys', '0007_jobs_purge_schedule'),
+        ('journeys', '0009_merge_refusals'),
     ]
 
     operations = [

@@ -4,7 +4,7 @@ Partitioned by id, not by time: the primary key stays the single `id` column Dja
 foreign keys into events keep working (a partitioned table can be referenced through a key
 that contains the partition key), a lookup by id touches one partition, and ids are handed out
 in arrival order, so each partition is a slice of time that can be dropped whole. Dedup of
-(source, messageId) moved to journeys_eventkey (0010), since a unique index here would have to
+(source, messageId) moved to journeys_eventkey (0012), since a unique index here would have to
 include the id. SQLite keeps the plain table.
 
 The rows are copied into the new table: on a large existing table, run this migration in a
@@ -66,7 +66,7 @@ class Migration(migrations.Migration):
     atomic = True
 
     dependencies = [
-        ("journeys", "0010_event_keys_retention"),
+        ("journeys", "0012_event_keys_retention"),
         ("agents", "0001_initial"),  # its cases point at events: their key is re-created here
     ]
 

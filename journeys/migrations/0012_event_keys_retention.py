@@ -16,7 +16,7 @@ def keys_from_events(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('journeys', '0009_ingest_quarantine_fields'),
+        ('journeys', '0011_ingest_quarantine_fields'),
     ]
 
     operations = [
