@@ -63,3 +63,18 @@ class RunStatus(models.TextChoices):
 
 
 OPEN_RUN_STATUSES = (RunStatus.ACTIVE, RunStatus.WAITING)
+
+
+class QuarantineStatus(models.TextChoices):
+    QUARANTINED = "quarantined", "Quarantined"
+    REPLAYED = "replayed", "Replayed"
+    DISCARDED = "discarded", "Discarded"
+
+
+class QuarantineReason(models.TextChoices):
+    """Why an event was set aside (the error codes of the tracking API)."""
+
+    INVALID = "invalid_event", "Invalid field"
+    TOO_LARGE = "too_large", "Too large"
+    TOO_DEEP = "too_deep", "Nested too deeply"
+    SCHEMA = "schema", "Breaks the event catalog"

@@ -35,3 +35,9 @@ def events_process(event_ids: list[int]) -> int:
 
 def engine_tick() -> dict:
     return scheduler.engine_tick()
+
+
+def events_housekeeping() -> dict:
+    from journeys.services.event_storage import events_housekeeping as run
+
+    return run()

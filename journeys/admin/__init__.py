@@ -11,6 +11,7 @@ from journeys.admin import (  # noqa: F401  (register)
     customers,
     events,
     jobs,
+    quarantine,
     reviews,
     roles,
     runs,

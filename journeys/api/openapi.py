@@ -1,60 +1,104 @@
-"""OpenAPI 3 description of the tracking API (served at /v1/openapi.json, fuzzed by schemathesis)."""
+"""OpenAPI 3 description of the tracking API (served at /v1/openapi.json, fuzzed by schemathesis).
+
+Built from the request/response serializers in journeys.api.serializers, so the document
+and the code describe one shape (drf-spectacular can read the same serializers).
+"""
 
 from __future__ import annotations
 
-_ID = {"oneOf": [{"type": "string", "maxLength": 255}, {"type": "integer"}]}
-_OBJ = {"type": "object", "additionalProperties": True}
-_TS = {"type": "string", "format": "date-time"}
-_COMMON = {
-    "userId": _ID, "anonymousId": _ID, "messageId": {"type": "string", "maxLength": 255},
-    "timestamp": _TS, "sentAt": _TS, "context": _OBJ, "integrations": _OBJ, "writeKey": {"type": "string"},
+from django.conf import settings
+from rest_framework import serializers
+
+from journeys.api.serializers import EVENT_SERIALIZERS, RESPONSES, BatchIn
+
+_ANSWERS = {
+    200: "taken: stored, a repeated messageId ignored; quarantined events are listed in `rejected`",
+    400: "the request itself is bad (JSON, shape, batch-level field), or an event of a strict source; "
+         "`field` names it with its batch index",
+    401: "missing or wrong write key",
+    403: "the source is disabled",
+    413: "over {event} bytes per event (strict source), {batch} bytes or {events} events per batch",
+    415: "unsupported Content-Encoding",
+    429: "the source's rate limit; retry after Retry-After seconds",
+    503: "storage unavailable; retry after Retry-After seconds",
 }
 
 
-def _event(extra: dict, required: list[str] | None = None) -> dict:
-    schema = {"type": "object", "properties": {**_COMMON, **extra}}
+def _field_schema(field: serializers.Field) -> dict:
+    if isinstance(field, serializers.ListSerializer):
+        return {"type": "array", "items": serializer_schema(field.child)}
+    if isinstance(field, serializers.Serializer):
+        return serializer_schema(field)
+    if isinstance(field, serializers.ListField):
+        schema: dict = {"type": "array", "items": _field_schema(field.child)}
+        if field.min_length is not None:
+            schema["minItems"] = field.min_length
+        if field.max_length is not None:
+            schema["maxItems"] = field.max_length
+        return schema
+    if isinstance(field, serializers.DictField):
+        return {"type": "object", "additionalProperties": True}
+    if isinstance(field, serializers.BooleanField):
+        return {"type": "boolean"}
+    if isinstance(field, serializers.IntegerField):
+        return {"type": "integer"}
+    if isinstance(field, serializers.ChoiceField):
+        return {"type": "string", "enum": list(field.choices)}
+    if isinstance(field, serializers.DateTimeField):
+        return {"type": "string", "format": "date-time"}
+    schema = {"type": "string"}
+    if getattr(field, "max_length", None):
+        schema["maxLength"] = field.max_length
+    return schema
+
+
+def serializer_schema(serializer: serializers.Serializer) -> dict:
+    """JSON Schema of a (shape-only) serializer: its fields, their types and help texts."""
+    properties, required = {}, []
+    for name, field in serializer.fields.items():
+        schema = _field_schema(field)
+        if field.help_text:
+            schema["description"] = str(field.help_text)
+        properties[name] = schema
+        if field.required:
+            required.append(name)
+    schema = {"type": "object", "properties": properties}
+    if serializer.__doc__:
+        schema["description"] = " ".join(serializer.__doc__.split())
     if required:
         schema["required"] = required
     return schema
 
 
-EVENTS = {
-    "track": _event({"event": {"type": "string", "minLength": 1, "maxLength": 255}, "properties": _OBJ}, ["event"]),
-    "identify": _event({"traits": _OBJ}),
-    "page": _event({"name": {"type": "string"}, "category": {"type": "string"}, "properties": _OBJ}),
-    "screen": _event({"name": {"type": "string"}, "properties": _OBJ}),
-    "group": _event({"groupId": _ID, "traits": _OBJ}, ["groupId"]),
-    "alias": _event({"previousId": _ID}, ["previousId"]),
-}
-_ANSWERS = {
-    "200": {"description": "stored (or a repeated messageId, ignored)",
-            "content": {"application/json": {"schema": {"type": "object", "properties": {"success": {"type": "boolean"}}}}}},
-    "400": {"description": "invalid event; `field` names it (with the batch index)"},
-    "401": {"description": "missing or wrong write key"},
-    "403": {"description": "the source is disabled"},
-    "413": {"description": "over 32 KB per event, 500 KB or 2,500 events per batch"},
-    "415": {"description": "unsupported Content-Encoding"},
-    "429": {"description": "rate limit; see Retry-After"},
-    "503": {"description": "storage unavailable; retry after Retry-After"},
-}
+def _responses() -> dict:
+    limits = settings.EVENT_API
+    answers = {}
+    for status, serializer in RESPONSES.items():
+        text = _ANSWERS[status].format(event=limits["MAX_EVENT_BYTES"], batch=limits["MAX_BATCH_BYTES"],
+                                       events=limits["MAX_BATCH_EVENTS"])
+        answers[str(status)] = {"description": text,
+                                "content": {"application/json": {"schema": serializer_schema(serializer())}}}
+    return answers
+
+
+def _operation(operation_id: str, body: dict) -> dict:
+    return {"post": {"operationId": operation_id, "security": [{"writeKey": []}],
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+                     "responses": _responses()}}
 
 
 def tracking_openapi() -> dict:
-    paths = {
-        f"/v1/{kind}": {"post": {"operationId": kind, "security": [{"writeKey": []}],
-                                 "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
-                                 "responses": _ANSWERS}}
-        for kind, schema in EVENTS.items()
-    }
-    item = {"oneOf": [{**schema, "properties": {**schema["properties"], "type": {"const": kind}},
-                       "required": [*schema.get("required", []), "type"]} for kind, schema in EVENTS.items()]}
-    paths["/v1/batch"] = {"post": {
-        "operationId": "batch", "security": [{"writeKey": []}],
-        "requestBody": {"required": True, "content": {"application/json": {"schema": {
-            "type": "object", "required": ["batch"],
-            "properties": {"batch": {"type": "array", "minItems": 1, "maxItems": 2500, "items": item},
-                           "context": _OBJ, "integrations": _OBJ, "sentAt": _TS, "writeKey": {"type": "string"}}}}}},
-        "responses": _ANSWERS}}
+    events = {kind: serializer_schema(serializer()) for kind, serializer in EVENT_SERIALIZERS.items()}
+    paths = {f"/v1/{kind}": _operation(kind, schema) for kind, schema in events.items()}
+    batch = serializer_schema(BatchIn())
+    # Each batch item is one of the event types, named by its `type`.
+    batch["properties"]["batch"]["items"] = {"oneOf": [
+        {**schema, "properties": {**schema["properties"], "type": {"type": "string", "enum": [kind]}},
+         "required": [*schema.get("required", []), "type"]}
+        for kind, schema in events.items()
+    ]}
+    paths["/v1/batch"] = _operation("batch", batch)
+    paths["/v1/import"] = _operation("import", {**batch, "description": "Historical import: the same as /v1/batch."})
     return {
         "openapi": "3.0.3",
         "info": {"title": "Journey console tracking API (Segment-compatible)", "version": "1"},

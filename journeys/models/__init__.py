@@ -2,7 +2,7 @@
 
 from journeys.models.base import Timestamped
 from journeys.models.customers import Customer, CustomerMerge, Identity, MergeRefusal
-from journeys.models.events import Event, Source
+from journeys.models.events import Event, EventKey, Source
 from journeys.models.runs import EngineGeneration, JourneyRun, StepExecution, TriggerState, TriggerWatch
 from journeys.models.governance import (
     AuditEntry,
@@ -23,6 +23,7 @@ __all__ = [
     "CustomerMerge",
     "Identity",
     "Event",
+    "EventKey",
     "Source",
     "EngineGeneration",
     "JourneyRun",
@@ -49,3 +50,11 @@ __all__ += ["EventDefinition", "LifecycleStage", "StageTransition"]
 from journeys.models.jobs import Job, JobKind, JobStatus  # noqa: E402
 
 __all__ += ["Job", "JobKind", "JobStatus"]
+
+from journeys.models.limits import RateCounter  # noqa: E402
+
+__all__ += ["RateCounter"]
+
+from journeys.models.quarantine import QuarantinedEvent  # noqa: E402
+
+__all__ += ["QuarantinedEvent"]

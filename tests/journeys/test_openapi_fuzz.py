@@ -12,7 +12,8 @@ from config.wsgi import application
 from journeys.api.openapi import tracking_openapi
 from journeys.models import Event
 
-schema = schemathesis.openapi.from_dict(tracking_openapi())
+# /v1/import is the /v1/batch view under another path: fuzzing it again would only double the time.
+schema = schemathesis.openapi.from_dict(tracking_openapi()).exclude(path="/v1/import")
 schema.app = application  # calls go through Django's WSGI handler in-process
 
 
@@ -44,13 +45,20 @@ def test_tracking_api_never_fails_on_generated_input(case, auth_header):
     response = case.call(headers=auth_header)
 
     assert response.status_code < 500, response.text
+    body = response.json()
     if response.status_code >= 400:
-        body = response.json()
         assert body.get("success") is False and body.get("message"), (response.status_code, response.text[:300])
         assert Event.objects.count() == before  # a rejected request stores nothing
+    elif case.method.upper() == "POST":  # the documented 200: success, and each quarantined event named
+        assert body["success"] is True
+        assert all(r["field"] and r["message"] and r["code"] for r in body.get("rejected", []))
 
 
 def test_openapi_document_is_served(client):
     response = client.get("/v1/openapi.json")
     assert response.status_code == 200
-    assert "/v1/batch" in response.json()["paths"]
+    paths = response.json()["paths"]
+    assert {"/v1/batch", "/v1/import", "/v1/track"} <= set(paths)
+    ok = paths["/v1/import"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert set(ok["properties"]) == {"success", "rejected"}
+    assert set(ok["properties"]["rejected"]["items"]["properties"]) == {"index", "field", "code", "message"}
