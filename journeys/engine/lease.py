@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from datetime import datetime, timedelta
 
@@ -29,6 +30,7 @@ class Lease:
         self.name, self.ttl = name, ttl
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.held = False
+        self._renewed = 0.0
 
     def acquire(self) -> bool:
         """Take the lease if it is free or expired; False when someone holds it."""
@@ -41,10 +43,15 @@ class Lease:
                 holder=self.holder, expires_at=now + self.ttl
             )
         self.held = bool(taken)
+        self._renewed = time.monotonic()
         return self.held
 
     def renew(self) -> None:
-        """Extend the lease; LeaseLost if it is no longer ours."""
+        """Extend the lease (at most every ttl/5: a cheap call between batches); LeaseLost if it
+        is no longer ours."""
+        if time.monotonic() - self._renewed < self.ttl.total_seconds() / 5:
+            return
+        self._renewed = time.monotonic()
         if not SchedulerLease.objects.filter(name=self.name, holder=self.holder).update(expires_at=timezone.now() + self.ttl):
             self.held = False
             raise LeaseLost(self.name)
