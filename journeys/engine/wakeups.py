@@ -21,6 +21,7 @@ import logging
 import traceback
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -34,14 +35,19 @@ from journeys.models import JourneyRun, StepExecution
 logger = logging.getLogger(__name__)
 
 WAKE_LEASE = timedelta(minutes=2)  # a claimed run is due again if its task has not run by then
-CLAIM_PAGE = 1000  # runs claimed per statement, and per q2 task
+
+
+def claim_page() -> int:
+    """Runs claimed per statement, and per q2 task (settings.ENGINE_RUN_BATCH, default 1,000)."""
+    return max(1, int(getattr(settings, "ENGINE_RUN_BATCH", 1000)))
 
 
 
 def wake_enqueue(*, run_ids: list[int], lease: datetime, now: datetime) -> None:
-    """One `runs_wake` task per CLAIM_PAGE runs, for the event workers' cluster."""
-    for i in range(0, len(run_ids), CLAIM_PAGE):
-        enqueue_work("journeys.tasks.runs_wake", run_ids[i : i + CLAIM_PAGE], lease, now, group="runs")
+    """One `runs_wake` task per page of runs (claim_page()), for the event workers' cluster."""
+    page = claim_page()
+    for i in range(0, len(run_ids), page):
+        enqueue_work("journeys.tasks.runs_wake", run_ids[i : i + page], lease, now, group="runs")
 
 
 def runs_claim_due(*, now: datetime, deadline: float | None = None) -> int:
@@ -51,6 +57,7 @@ def runs_claim_due(*, now: datetime, deadline: float | None = None) -> int:
     import time
 
     lease = now + WAKE_LEASE
+    page = claim_page()
     claimed = 0
     while True:
         with transaction.atomic():
@@ -58,13 +65,13 @@ def runs_claim_due(*, now: datetime, deadline: float | None = None) -> int:
                 JourneyRun.objects.select_for_update(**skip_locked())
                 .filter(status=RunStatus.WAITING, next_wake_at__lte=now)
                 .order_by("next_wake_at")
-                .values_list("pk", flat=True)[:CLAIM_PAGE]
+                .values_list("pk", flat=True)[:page]
             )
             if ids:
                 JourneyRun.objects.filter(pk__in=ids).update(next_wake_at=lease)
                 wake_enqueue(run_ids=ids, lease=lease, now=now)
         claimed += len(ids)
-        if len(ids) < CLAIM_PAGE or (deadline is not None and time.monotonic() > deadline):
+        if len(ids) < page or (deadline is not None and time.monotonic() > deadline):
             return claimed
 
 
