@@ -45,6 +45,14 @@ def skip_locked() -> dict:
     return {"skip_locked": True} if connection.features.has_select_for_update_skip_locked else {}
 
 
+def ids_in(column: str, ids: list[int]) -> tuple[str, list]:
+    """A `column IN (ids)` condition for raw SQL: on PostgreSQL one array parameter (= ANY(%s));
+    psycopg splits and quotes a query of thousands of placeholders slowly. Elsewhere an IN list."""
+    if connection.vendor == "postgresql":
+        return f"{column} = ANY(%s)", [list(ids)]
+    return f"{column} IN ({', '.join(['%s'] * len(ids))})", list(ids)
+
+
 def current_batch() -> EngineBatch | None:
     """The batch being processed in this thread, or None (single-event paths write at once)."""
     return _current.get()
