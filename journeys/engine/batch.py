@@ -28,6 +28,7 @@ from uuid import UUID
 from django.db import connection, models
 from django.db.models.base import ModelState
 from django.db.models.constants import OnConflict
+from django.db.models.expressions import RawSQL
 from django.db.models.sql import InsertQuery
 from django.utils import timezone
 
@@ -51,6 +52,13 @@ def ids_in(column: str, ids: list[int]) -> tuple[str, list]:
     if connection.vendor == "postgresql":
         return f"{column} = ANY(%s)", [list(ids)]
     return f"{column} IN ({', '.join(['%s'] * len(ids))})", list(ids)
+
+
+def ids_q(field: str, ids: list[int]) -> models.Q:
+    """`field__in=ids` for the ORM; on PostgreSQL `IN (SELECT unnest(%s))` with one array parameter."""
+    if connection.vendor == "postgresql":
+        return models.Q(**{f"{field}__in": RawSQL("SELECT unnest(%s::bigint[])", [list(ids)])})
+    return models.Q(**{f"{field}__in": list(ids)})
 
 
 def current_batch() -> EngineBatch | None:

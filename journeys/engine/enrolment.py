@@ -37,7 +37,7 @@ from typing import Any
 from django.db import connection
 
 from journeys.choices import ReentryPolicy, RunStatus
-from journeys.engine.batch import ids_in, instance_new, objects_insert
+from journeys.engine.batch import ids_in, ids_q, instance_new, objects_insert
 from journeys.engine.business_hours import business_hours_next_open
 from journeys.engine.compiled import CompiledVersion, canary_admits, load_version, routable_versions
 from journeys.engine.runtime import context_dict, customer_zone, event_dict, events_counter, profile_dict
@@ -245,7 +245,7 @@ def runs_insert(*, runs: list[JourneyRun], versions: dict[int, CompiledVersion],
             inserted.append(run)
     refused = entries_admit(runs=inserted, versions=versions, now=now)
     if refused:
-        JourneyRun.objects.filter(pk__in=refused)._raw_delete(connection.alias)
+        JourneyRun.objects.filter(ids_q("pk", sorted(refused)))._raw_delete(connection.alias)
         inserted = [r for r in inserted if r.pk not in refused]
     return inserted
 

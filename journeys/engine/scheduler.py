@@ -33,7 +33,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from journeys.choices import TriggerKind, VersionState
-from journeys.engine.batch import skip_locked
+from journeys.engine.batch import ids_q, skip_locked
 from journeys.engine.compiled import load_version, routable_versions
 from journeys.engine.cron import cron_matches, parse_cron
 from journeys.engine.dates import date_versions, dates_fire_due, dates_prepare, dates_refresh_stale
@@ -79,7 +79,7 @@ def watches_fire_due(*, now: datetime | None = None, deadline: float | None = No
                         event=watch.start_event))
             for vid, candidates in sorted(groups.items()):
                 enroll_candidates(version=load_version(vid), candidates=candidates, now=now)
-            TriggerWatch.objects.filter(pk__in=[w.pk for w in watches]).update(fired_at=now)
+            TriggerWatch.objects.filter(ids_q("pk", [w.pk for w in watches])).update(fired_at=now)
         fired += len(watches)
         if len(watches) < BATCH or (deadline is not None and monotonic.monotonic() > deadline):
             return fired
@@ -173,6 +173,14 @@ def schedules_run(*, now: datetime | None = None, deadline: float | None = None)
     return enrolled
 
 
+def segment_entries_refresh(*, now: datetime | None = None) -> int:
+    """Segment-entry triggers for customers who came into the segment without an event (time passing,
+    an import): hourly, set-based (journeys.engine.segment_entries). Returns how many runs were made."""
+    from journeys.engine.segment_entries import segment_entries_run
+
+    return segment_entries_run(routed=_routed(TriggerKind.SEGMENT_ENTRY), now=now or timezone.now())
+
+
 def _in_chunks(queryset, size: int = 500):
     """Customers page by page (by id), with no cursor held open between pages.
 
@@ -222,6 +230,7 @@ def engine_tick(*, now: datetime | None = None) -> dict:
             ("date", lambda: date_triggers_run(now=now, deadline=deadline)),
             ("schedule", lambda: schedules_run(now=now, deadline=deadline)),
             ("stages", lambda: stages_refresh(now=now) if now.minute == 0 else 0),  # hourly
+            ("segments", lambda: segment_entries_refresh(now=now) if now.minute == 0 else 0),  # hourly
         ):
             out[name] = part()
             lease.renew()

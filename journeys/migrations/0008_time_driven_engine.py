@@ -59,7 +59,7 @@ class Migration(migrations.Migration):
                 ('due_at', models.DateTimeField()),
                 ('expires_at', models.DateTimeField()),
                 ('customer', models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='journeys.customer')),
-                ('version', models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='journeys.workflowversion')),
+                ('version', models.ForeignKey(db_constraint=False, db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='journeys.workflowversion')),
             ],
             options={
                 'indexes': [models.Index(fields=['due_at'], name='date_due_at_idx')],

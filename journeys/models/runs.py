@@ -133,7 +133,7 @@ class DateTriggerDue(models.Model):
     # checking each at commit cost a third of that. Deleting a customer or a version still deletes
     # their rows (Django's cascade); the tick skips rows whose customer is gone.
     version = models.ForeignKey("journeys.WorkflowVersion", on_delete=models.CASCADE, related_name="+",
-                                db_constraint=False)
+                                db_constraint=False, db_index=False)  # date_due_unique leads with it
     customer = models.ForeignKey("journeys.Customer", on_delete=models.CASCADE, related_name="+", db_constraint=False)
     occurs_on = models.DateField(help_text="the customer's local date of the occurrence (the trigger key)")
     due_at = models.DateTimeField()
@@ -151,6 +151,20 @@ class DateTriggerStale(models.Model):
     erasure) is covered; the tick drains them (journeys.engine.dates)."""
 
     customer_id = models.BigIntegerField(primary_key=True)
+
+
+class SegmentMember(models.Model):
+    """Who was in a segment-entry trigger's segment at its last refresh (journeys.engine.segment_entries):
+    the hourly refresh enrols those who joined since, whatever made them join (time passing, an import,
+    a change made without an event). Inserted with ON CONFLICT DO NOTHING: only the refresh that
+    records a new member enrols them."""
+
+    version = models.ForeignKey("journeys.WorkflowVersion", on_delete=models.CASCADE, related_name="+",
+                                db_constraint=False, db_index=False)  # segment_member_unique leads with it
+    customer = models.ForeignKey("journeys.Customer", on_delete=models.CASCADE, related_name="+", db_constraint=False)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["version", "customer"], name="segment_member_unique")]
 
 
 class SchedulerLease(models.Model):
