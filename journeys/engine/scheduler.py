@@ -197,17 +197,10 @@ def _in_chunks(queryset, size: int = 500):
 
 
 def stages_refresh(*, now: datetime | None = None) -> int:
-    """Re-evaluate rule-defined lifecycle stages for everyone (time passes: 'inactive for 30 days')."""
-    from journeys.services.lifecycle import customer_evaluate_stage
+    """Re-evaluate rule-defined lifecycle stages for everyone, set-based (time passes: 'inactive for 30 days')."""
+    from journeys.services.lifecycle import customer_stages_refresh
 
-    now = now or timezone.now()
-    moved = 0
-    for customer in _in_chunks(Customer.objects.filter(merged_into__isnull=True)):
-        before = customer.stage
-        with transaction.atomic():
-            if customer_evaluate_stage(customer=customer, now=now) not in (None, before):
-                moved += 1
-    return moved
+    return customer_stages_refresh(now=now or timezone.now())
 
 
 def engine_tick(*, now: datetime | None = None) -> dict:
