@@ -40,7 +40,7 @@ from journeys.engine.dates import date_versions, dates_fire_due, dates_prepare, 
 from journeys.engine.enrolment import Candidate, enroll_candidates
 from journeys.engine.lease import Lease, LeaseLost
 from journeys.engine.wakeups import runs_claim_due
-from journeys.models import Customer, TriggerState, TriggerWatch, WorkflowVersion
+from journeys.models import TriggerState, TriggerWatch, WorkflowVersion
 
 logger = logging.getLogger(__name__)
 BATCH = 1000  # inactivity windows per page
