@@ -211,10 +211,11 @@ def engine_tick(*, now: datetime | None = None) -> dict:
 
     now = now or timezone.now()
     lease = Lease(TICK_LEASE, ttl=TICK_TTL)
+    parts = ("swept", "woken", "inactivity", "date", "schedule", "stages", "segments")
     if not lease.acquire():
-        return {"skipped": "another tick holds the lease"}
+        return {**dict.fromkeys(parts, 0), "skipped": "another tick holds the lease"}
     deadline = monotonic.monotonic() + getattr(settings, "ENGINE_TICK_BUDGET_S", 45)
-    out: dict = {}
+    out: dict = dict.fromkeys(parts, 0)
     try:
         for name, part in (
             ("swept", lambda: events_sweep()),
