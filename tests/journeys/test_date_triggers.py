@@ -13,6 +13,7 @@ from journeys.engine.dates import DateRule, occurrence_next
 from journeys.engine.scheduler import date_triggers_run, engine_tick
 from journeys.models import BusinessUnit, Customer, DateTriggerDue, JourneyRun, Workflow
 from journeys.services.workflows import version_build, version_publish, workflow_create
+from tests.console.conftest import demo  # noqa: F401 - the demo data (its ops admin and source)
 
 pytestmark = pytest.mark.django_db
 UTC = timezone.utc
@@ -224,3 +225,23 @@ def test_the_first_tick_after_go_live_prepares_the_version_once():
     assert {due for _, due in first} == {at(2025, 12, 24, 9, 0)}
     assert version.trigger_state.prepared_at is not None
     assert (at(2025, 12, 24, 9) - at(2025, 6, 1)) > timedelta(days=100)
+
+
+def test_dates_imported_from_a_customers_file_are_due_on_their_day(demo, django_capture_on_commit_callbacks):
+    """Imports write profiles set-based through ingestion: the database trigger queues them too."""
+    from django.contrib.auth.models import User
+
+    from journeys.models import Source
+    from journeys.services.jobs import job_start
+
+    version = publish({"attribute": "renewal_date", "at": "10:00", "yearly": False}, name="renewals")
+    text = "user_id,email,renewal_date,timezone\nu-r1,r1@example.com,2025-07-01,Europe/Paris\nu-r2,r2@example.com,2025-08-01,UTC\n"
+    with django_capture_on_commit_callbacks(execute=True):
+        job = job_start(kind="import_customers", actor=User.objects.get(username="ops"),
+                        params={"source_id": Source.objects.get(name="demo-web").pk}, input_name="c.csv", input_text=text)
+    job.refresh_from_db()
+    assert job.status == "succeeded", job.error
+
+    assert date_triggers_run(now=at(2025, 7, 1, 7, 59)) == 0
+    assert date_triggers_run(now=at(2025, 7, 1, 8, 0)) == 1  # 10:00 in Paris
+    assert entered(version) == {"u-r1": ["date:2025-07-01"]}
