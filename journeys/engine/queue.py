@@ -53,10 +53,31 @@ def enqueue_events(event_ids: list[int]) -> None:
     chunks = [event_ids[i : i + BATCH] for i in range(0, len(event_ids), BATCH)]
 
     def send() -> None:
-        for chunk in chunks:
-            async_task("journeys.tasks.events_process", chunk, task_name=None, group="events")
+        for chunk in chunks:  # the event workers' queue, also when stored by a schedule (see enqueue_work)
+            async_task("journeys.tasks.events_process", chunk, task_name=None, group="events",
+                       cluster=settings.Q_CLUSTER.get("name"))
 
     if _uses_orm_broker():
+        send()
+    else:
+        transaction.on_commit(send)
+
+
+def enqueue_work(func: str, *args, group: str) -> None:
+    """Queue a task of engine work (e.g. a page of runs to start) for the event workers.
+
+    Named for the main cluster explicitly: the tick runs on the schedules cluster, and a task
+    queued there without a cluster name would land on the schedules cluster's own queue. As
+    with events: with the ORM broker the task row is written inside the caller's transaction
+    (it commits with the rows it is about, or not at all); in sync mode (tests) the task runs
+    now, inside it; with Redis it is sent after commit.
+    """
+    cluster = settings.Q_CLUSTER
+
+    def send() -> None:
+        async_task(func, *args, task_name=None, group=group, cluster=cluster.get("name"))
+
+    if cluster.get("sync") or _uses_orm_broker():
         send()
     else:
         transaction.on_commit(send)

@@ -3,7 +3,18 @@
 from journeys.models.base import Timestamped
 from journeys.models.customers import Customer, CustomerMerge, Identity, MergeRefusal
 from journeys.models.events import Event, EventKey, Source
-from journeys.models.runs import EngineGeneration, JourneyRun, StepExecution, TriggerState, TriggerWatch
+from journeys.models.runs import (
+    DateTriggerDue,
+    DateTriggerStale,
+    EngineGeneration,
+    EntryGate,
+    JourneyRun,
+    SchedulerLease,
+    SegmentMember,
+    StepExecution,
+    TriggerState,
+    TriggerWatch,
+)
 from journeys.models.governance import (
     AuditEntry,
     AuditReport,
@@ -25,7 +36,12 @@ __all__ = [
     "Event",
     "EventKey",
     "Source",
+    "DateTriggerDue",
+    "DateTriggerStale",
     "EngineGeneration",
+    "EntryGate",
+    "SchedulerLease",
+    "SegmentMember",
     "JourneyRun",
     "StepExecution",
     "TriggerState",

@@ -1,4 +1,7 @@
-"""A JSON field for what clients send (traits, properties, context), safe to read back.
+"""Model fields with their own reading or form behaviour.
+
+ClientJSONField: a JSON field for what clients send (traits, properties, context), safe to read
+back.
 
 Why: JSON nested ~900 levels was accepted by the API before ingestion capped nesting at 64;
 reading such a row back raised RecursionError, so every page that showed it (the customer's
@@ -6,6 +9,9 @@ reading such a row back raised RecursionError, so every page that showed it (the
 cap keep their text in the database; when read, anything nested deeper than MAX_DEPTH is
 replaced by a short marker string, so every reader (admin, console, rules, templates, dry runs)
 sees bounded data. Normal rows cost one `str.count` more than Django's JSONField.
+
+BusinessHoursField: a version's business hours, typed as text in every ModelForm (the admin's
+included) and validated on every full_clean.
 """
 
 from __future__ import annotations
@@ -13,7 +19,11 @@ from __future__ import annotations
 import json
 import re
 
+from django import forms
+from django.core.exceptions import ValidationError
 from django.db import models
+
+from journeys.engine.business_hours import BusinessHoursError, business_hours_clean, business_hours_parse, business_hours_text
 
 MAX_DEPTH = 64
 TOO_DEEP = f"(nested deeper than {MAX_DEPTH} levels: not shown)"
@@ -58,3 +68,55 @@ class ClientJSONField(models.JSONField):
         differs, so no migration (and no table rebuild on SQLite) is needed."""
         name, _path, args, kwargs = super().deconstruct()
         return name, "django.db.models.JSONField", args, kwargs
+
+
+def validate_business_hours(value) -> None:
+    try:
+        business_hours_clean(value)
+    except BusinessHoursError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+class BusinessHoursFormField(forms.CharField):
+    """Typed as text ('Mon-Fri 09:00-17:00'), stored as {"days": [...], "start", "end"}."""
+
+    def __init__(self, **kwargs):
+        kwargs.pop("encoder", None)
+        kwargs.pop("decoder", None)
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("help_text", "days and local hours in which new entries from date, inactivity and schedule "
+                                       "triggers start, in the customer's timezone, e.g. 'Mon-Fri 09:00-17:00'; "
+                                       "entries outside it wait for the next window. Empty: any time.")
+        super().__init__(**kwargs)
+
+    def prepare_value(self, value):
+        if isinstance(value, dict):
+            return business_hours_text(value)
+        return value
+
+    def to_python(self, value):
+        if isinstance(value, dict):
+            return value
+        try:
+            return business_hours_parse(super().to_python(value))
+        except BusinessHoursError as exc:
+            raise ValidationError(str(exc), code="invalid") from None
+
+    def has_changed(self, initial, data):
+        try:
+            return self.to_python(data) != (initial or {})
+        except ValidationError:
+            return True
+
+
+class BusinessHoursField(models.JSONField):
+    """A version's business hours (journeys.engine.business_hours), validated on every full_clean."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("default", dict)
+        kwargs.setdefault("blank", True)
+        kwargs.setdefault("validators", [validate_business_hours])
+        super().__init__(*args, **kwargs)
+
+    def formfield(self, **kwargs):
+        return models.Field.formfield(self, **{"form_class": BusinessHoursFormField, **kwargs})

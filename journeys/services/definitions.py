@@ -19,6 +19,8 @@ def version_definition(*, version: WorkflowVersion) -> dict:
     """The portable form of a version (what export writes and version_build reads)."""
     return {
         **{f: getattr(version, f) for f in VERSION_FIELDS},
+        # Only when set: versions without business hours keep their definition (and fingerprint).
+        **({"business_hours": version.business_hours} if version.business_hours else {}),
         "steps": [
             {"key": s.key, "kind": s.kind, "name": s.name, "config": s.config, "x": s.x, "y": s.y}
             for s in version.steps.order_by("id")

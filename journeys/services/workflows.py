@@ -15,6 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from journeys.choices import ReentryPolicy, TriggerKind, VersionState
+from journeys.engine.business_hours import BusinessHoursError, business_hours_clean
 from journeys.engine.compiled import bump_generation
 from journeys.engine.cron import parse_cron
 from journeys.engine.durations import parse_duration
@@ -192,6 +193,10 @@ def version_build(*, workflow: Workflow, definition: dict, actor=None) -> Workfl
     for key in ("entry_rule", "goal_filter"):
         if error := _rule_error(definition.get(key, ""), key):
             raise ValidationError({key: error})
+    try:
+        business_hours = business_hours_clean(definition.get("business_hours"))
+    except BusinessHoursError as exc:
+        raise ValidationError({"business_hours": str(exc)}) from None
     raw_steps = definition.get("steps") or []
     if not isinstance(raw_steps, list) or not raw_steps:
         raise ValidationError({"steps": "at least one step is required"})
@@ -224,6 +229,7 @@ def version_build(*, workflow: Workflow, definition: dict, actor=None) -> Workfl
         goal_event=definition.get("goal_event", ""),
         goal_filter=definition.get("goal_filter", ""),
         entry_step=definition.get("entry_step") or keys[0],
+        business_hours=business_hours,
         notes=definition.get("notes", ""),
     )
     version._change_reason = definition.get("reason") or "version created"
