@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -53,9 +54,12 @@ class SendResult:
 
 
 class Provider:
-    """Sends one message on one channel. `settings` are the channel's non-secret settings;
+    """Sends messages on one channel. `settings` are the channel's non-secret settings;
     `secret(name)` reads the environment variable that `settings[name + '_env']` names
-    (or, failing that, the same key of the CHANNEL_SECRETS Django setting)."""
+    (or, failing that, the same key of the CHANNEL_SECRETS Django setting).
+
+    One instance serves one dispatcher run: it may keep a connection open between
+    messages (an SMTP session, an HTTP keep-alive connection); `close()` releases it."""
 
     name: ClassVar[str]
     kinds: ClassVar[tuple[str, ...]] = ()
@@ -78,6 +82,29 @@ class Provider:
 
     def send(self, message: OutgoingMessage) -> SendResult:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> Iterator[SendResult | ProviderError]:
+        """Send several messages; yields one outcome per message, in order, as each one is done.
+
+        The dispatcher records each accepted message before it asks for the next outcome, and
+        may stop asking (e.g. the breaker opened): messages not reached yet are not sent. So a
+        provider sends message n+1 only when outcome n has been taken, unless it uses a bulk
+        endpoint, where one request is the unit. This default sends them one by one with
+        `send` (over whatever connection the instance keeps)."""
+        for message in messages:
+            try:
+                yield self.send(message)
+            except ProviderError as exc:
+                yield exc
+
+    def close(self) -> None:
+        """Release connections kept between messages (the dispatcher calls it when done)."""
+
+    def __enter__(self) -> Provider:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 PROVIDERS: dict[str, type[Provider]] = {}

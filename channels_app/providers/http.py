@@ -7,17 +7,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import http.client
 import json
+import select
 import socket
+import ssl
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
+from collections.abc import Iterator, Sequence
 from email.utils import parsedate_to_datetime
 from xml.sax.saxutils import escape
 
 from channels_app.providers.base import (
-    OutgoingMessage, PermanentError, Provider, SendResult, TransientError, provider,
+    OutgoingMessage, PermanentError, Provider, ProviderError, SendResult, TransientError, provider,
 )
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -37,8 +39,26 @@ def retry_after_seconds(value: str | None) -> float | None:
         return None
 
 
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """An idle keep-alive socket that is readable was closed (or reset) by the server."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
 class HttpProvider(Provider):
-    """Shared request/response handling: timeouts and 5xx/429 are transient, other 4xx permanent."""
+    """Shared request/response handling: timeouts and 5xx/429 are transient, other 4xx permanent.
+
+    Requests of one dispatcher run share keep-alive connections (one per scheme, host and
+    port). Before a kept connection is reused it is checked for a close by the server;
+    a request is never re-sent after it went out (a failure then is transient, retried
+    later with the same idempotency key). Redirects are not followed."""
+
+    def __init__(self, settings: dict):
+        super().__init__(settings)
+        self._connections: dict[tuple[str, str, int], http.client.HTTPConnection] = {}
 
     def timeout(self) -> float:
         return float(self.settings.get("timeout") or DEFAULT_TIMEOUT_S)
@@ -49,19 +69,52 @@ class HttpProvider(Provider):
             raise PermanentError(f"{self.name}: settings.base_url is required")
         return url.rstrip("/")
 
+    def _connection(self, scheme: str, host: str, port: int) -> http.client.HTTPConnection:
+        """A new connection (the one place connections are made)."""
+        if scheme == "https":
+            return http.client.HTTPSConnection(host, port, timeout=self.timeout(), context=ssl.create_default_context())
+        return http.client.HTTPConnection(host, port, timeout=self.timeout())
+
+    def _kept(self, scheme: str, host: str, port: int) -> http.client.HTTPConnection:
+        key = (scheme, host, port)
+        conn = self._connections.get(key)
+        if conn is not None and conn.sock is not None and _closed_by_peer(conn.sock):
+            conn.close()  # the server closed it while idle: reconnect before sending anything
+        if conn is None:
+            conn = self._connections[key] = self._connection(scheme, host, port)
+        return conn
+
     def request(self, url: str, *, data: bytes, headers: dict) -> tuple[int, bytes]:
-        req = urllib.request.Request(url, data=data, headers=headers, method="POST")
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise PermanentError(f"{self.name}: not an http(s) URL: {url!r}")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        conn = self._kept(parts.scheme, parts.hostname, port)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout()) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            body = exc.read()[:500].decode("utf-8", "replace")
-            if exc.code == 429 or exc.code == 408 or exc.code >= 500:
-                raise TransientError(f"HTTP {exc.code}: {body}", status_code=exc.code,
-                                     retry_after=retry_after_seconds(exc.headers.get("Retry-After"))) from exc
-            raise PermanentError(f"HTTP {exc.code}: {body}", status_code=exc.code) from exc
-        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as exc:
-            raise TransientError(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}") from exc
+            conn.request("POST", path, body=data, headers={"Connection": "keep-alive", **headers})
+            response = conn.getresponse()
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as exc:  # timeouts, refused, reset, a bad answer
+            conn.close()
+            reason = "timed out" if isinstance(exc, (socket.timeout, TimeoutError)) else exc
+            raise TransientError(f"{type(exc).__name__}: {reason}") from exc
+        status = response.status
+        if 200 <= status < 300:
+            return status, raw
+        body = raw[:500].decode("utf-8", "replace")
+        if status in (408, 429) or status >= 500:
+            raise TransientError(f"HTTP {status}: {body}", status_code=status,
+                                 retry_after=retry_after_seconds(response.getheader("Retry-After")))
+        if 300 <= status < 400:
+            raise PermanentError(f"HTTP {status}: redirects are not followed (to {response.getheader('Location')})",
+                                 status_code=status)
+        raise PermanentError(f"HTTP {status}: {body}", status_code=status)
+
+    def close(self) -> None:
+        for conn in self._connections.values():
+            conn.close()
+        self._connections.clear()
 
     @staticmethod
     def json_body(raw: bytes) -> dict:
@@ -75,31 +128,81 @@ class HttpProvider(Provider):
 @provider
 class WebhookProvider(HttpProvider):
     """POSTs JSON to settings.url, signed: `X-Signature: sha256=<hex HMAC of "<timestamp>.<body>">`
-    with the secret named by settings.secret_env, plus `X-Timestamp` and `Idempotency-Key`."""
+    with the secret named by settings.secret_env, plus `X-Timestamp` and `Idempotency-Key`.
+
+    Bulk endpoint (optional): with settings.batch_url, a batch goes out as
+    `{"messages": [<the single-message document>, ...]}` (at most settings.batch_size, default
+    100, a request; signed the same way) and the receiver answers
+    `{"results": [{"idempotency_key": ..., "status": 200, "id": ...}, ...]}`: each message
+    gets its own outcome (2xx sent; 408, 429 and 5xx retried; other codes failed)."""
 
     name = "webhook"
     kinds = ("webhook", "in_app", "chat", "sms", "push", "voice", "email")
 
-    def send(self, message: OutgoingMessage) -> SendResult:
+    @staticmethod
+    def document(message: OutgoingMessage) -> dict:
         try:
             payload = json.loads(message.body) if message.kind == "webhook" else None
         except ValueError:
             payload = None
-        body = json.dumps({
+        return {
             "id": message.delivery_id, "idempotency_key": message.idempotency_key, "kind": message.kind,
             "to": message.to, "subject": message.subject,
             "payload": payload if payload is not None else {"text": message.body},
             "metadata": message.metadata,
-        }, sort_keys=True, default=str).encode()
+        }
+
+    def _post_signed(self, url: str, document: dict, idempotency_key: str) -> tuple[int, bytes]:
+        body = json.dumps(document, sort_keys=True, default=str).encode()
         timestamp = str(int(time.time()))
         secret = self.secret("secret")
         signature = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-        status, raw = self.request(self.base_url(), data=body, headers={
+        return self.request(url, data=body, headers={
             "Content-Type": "application/json", "X-Timestamp": timestamp, "X-Signature": f"sha256={signature}",
-            "Idempotency-Key": message.idempotency_key, "User-Agent": "journey-console",
+            "Idempotency-Key": idempotency_key, "User-Agent": "journey-console",
         })
+
+    def send(self, message: OutgoingMessage) -> SendResult:
+        status, raw = self._post_signed(self.base_url(), self.document(message), message.idempotency_key)
         return SendResult(provider_message_id=str(self.json_body(raw).get("id") or f"webhook-{message.delivery_id}"),
                           status_code=status)
+
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> Iterator[SendResult | ProviderError]:
+        batch_url = self.settings.get("batch_url")
+        if not batch_url:
+            yield from super().send_batch(messages)
+            return
+        size = max(1, int(self.settings.get("batch_size") or 100))
+        for i in range(0, len(messages), size):
+            chunk = messages[i : i + size]
+            key = hashlib.sha256("\n".join(m.idempotency_key for m in chunk).encode()).hexdigest()
+            try:
+                status, raw = self._post_signed(batch_url, {"messages": [self.document(m) for m in chunk]}, key)
+            except ProviderError as exc:
+                for _ in chunk:
+                    yield exc
+                continue
+            results = self.json_body(raw).get("results")
+            by_key = {str(r.get("idempotency_key")): r for r in results if isinstance(r, dict)} \
+                if isinstance(results, list) else {}
+            for message in chunk:
+                yield _bulk_outcome(by_key.get(message.idempotency_key), message, status)
+
+
+def _bulk_outcome(result: dict | None, message: OutgoingMessage, status: int) -> SendResult | ProviderError:
+    """One message's outcome in a bulk answer."""
+    if result is None:
+        return TransientError(f"HTTP {status}: the bulk answer has no result for this message", status_code=status)
+    try:
+        code = int(result.get("status") or 200)
+    except (TypeError, ValueError):
+        code = 0
+    if 200 <= code < 300:
+        return SendResult(provider_message_id=str(result.get("id") or f"webhook-{message.delivery_id}"), status_code=code)
+    error = f"HTTP {code}: {str(result.get('error') or '')[:500]}"
+    if code in (408, 429) or code >= 500:
+        return TransientError(error, status_code=code, retry_after=retry_after_seconds(str(result.get("retry_after") or "")))
+    return PermanentError(error, status_code=code or None)
 
 
 def webhook_signature_valid(*, secret: str, timestamp: str, body: bytes, header: str) -> bool:

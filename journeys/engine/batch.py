@@ -98,32 +98,35 @@ def batch_suspended() -> Iterator[None]:
         _current.reset(token)
 
 
-def _state_key(run: JourneyRun) -> str:
-    return json.dumps([getattr(run, f) for f in RUN_STATE_FIELDS], sort_keys=True, default=str)
-
-
 def runs_update(runs: list[JourneyRun]) -> None:
-    """Save the state of many runs. PostgreSQL: one UPDATE ... FROM jsonb_to_recordset for
-    all of them (a long `id IN (...)` list made psycopg split a query of thousands of
-    placeholders: 18% of a worker's time). Elsewhere: one UPDATE per distinct state (most
-    runs of a batch end alike, e.g. completed at the same step), not one per run."""
+    """Save the state of many runs (rows_set: one statement on PostgreSQL, one per distinct
+    end state elsewhere; most runs of a batch end alike, e.g. completed at the same step)."""
     stamp = timezone.now()
-    if connection.vendor == "postgresql":
-        rows_update(JourneyRun, [{"id": r.pk, **{f: getattr(r, f) for f in RUN_STATE_FIELDS}} for r in runs],
-                    RUN_STATE_FIELDS, stamp=stamp)
-        for run in runs:
-            run.updated_at = stamp
-        return
-    groups: dict[str, list[JourneyRun]] = defaultdict(list)
+    rows_set(JourneyRun, [{"id": r.pk, **{f: getattr(r, f) for f in RUN_STATE_FIELDS}} for r in runs],
+             RUN_STATE_FIELDS, stamp=stamp)
     for run in runs:
-        groups[_state_key(run)].append(run)
+        run.updated_at = stamp
+
+
+def rows_set(model: type[models.Model], rows: list[dict], fields: Iterable[str], *, stamp: datetime) -> None:
+    """Set `fields` of many rows, each to its own values (each row: "id" and those attnames).
+
+    PostgreSQL: one UPDATE ... FROM jsonb_to_recordset for all of them (a long `id IN (...)`
+    list made psycopg split a query of thousands of placeholders: 18% of a worker's time).
+    Elsewhere: one UPDATE per distinct set of values; auto_now fields get `stamp`."""
+    fields = tuple(fields)
+    if not rows:
+        return
+    if connection.vendor == "postgresql":
+        rows_update(model, rows, fields, stamp=stamp)
+        return
+    groups: dict[str, list] = defaultdict(list)
+    for row in rows:
+        groups[json.dumps([row[f] for f in fields], sort_keys=True, default=str)].append(row)
+    auto = {f.attname: stamp for f in model._meta.concrete_fields if getattr(f, "auto_now", False)}
     for members in groups.values():
-        first = members[0]
-        JourneyRun.objects.filter(pk__in=[r.pk for r in members]).update(
-            updated_at=stamp, **{f: getattr(first, f) for f in RUN_STATE_FIELDS}
-        )
-        for run in members:
-            run.updated_at = stamp
+        model._base_manager.filter(pk__in=[r["id"] for r in members]).update(
+            **auto, **{f: members[0][f] for f in fields})
 
 
 def _json_default(value: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
@@ -71,3 +72,33 @@ def event_record_internal(
     )
     enqueue_events([event.pk])
     return event
+
+
+@dataclass(frozen=True)
+class InternalEvent:
+    """One product-made event of a batch (see events_record_internal)."""
+
+    customer_id: int
+    user_id: str
+    name: str
+    message_id: str
+    properties: dict
+    at: datetime
+
+
+def events_record_internal(*, events: list[InternalEvent]) -> list[int]:
+    """event_record_internal for many events with one INSERT ... ON CONFLICT DO NOTHING (a
+    message id already stored is skipped) and one enqueue; returns the new events' ids.
+    Runs in the caller's transaction (the rows are the outbox)."""
+    from journeys.engine.batch import rows_insert
+    from journeys.engine.queue import enqueue_events
+
+    if not events:
+        return []
+    source_id, received = internal_source().pk, timezone.now()
+    rows = [{"source_id": source_id, "message_id": e.message_id, "type": EventType.TRACK, "name": e.name,
+             "user_id": e.user_id, "anonymous_id": "", "error": "", "customer_id": e.customer_id, "properties": e.properties, "timestamp": e.at,
+             "received_at": received} for e in events]
+    ids = [row[0] for row in rows_insert(Event, rows, ignore_conflicts=True, returning=("id",))]
+    enqueue_events(ids)
+    return ids
