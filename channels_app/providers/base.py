@@ -63,6 +63,8 @@ class Provider:
 
     name: ClassVar[str]
     kinds: ClassVar[tuple[str, ...]] = ()
+    # Whether messages should carry a signed status-callback URL (signing one costs ~40 us).
+    status_callbacks: ClassVar[bool] = False
 
     def __init__(self, settings: dict):
         self.settings = settings or {}

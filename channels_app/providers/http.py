@@ -216,6 +216,7 @@ class TwilioStyle(HttpProvider):
     Basic auth (account_sid : token from settings.auth_token_env)."""
 
     resource = ""
+    status_callbacks = True
 
     def fields(self, message: OutgoingMessage) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -44,7 +44,7 @@ from channels_app.services.claim import (
     QUEUED_GRACE, Claimed, batch_size, deliveries_claim, sending_lease,
 )
 from channels_app.services.links import link_url
-from channels_app.services.sending import _enqueue, _event_properties, _links
+from channels_app.services.sending import _enqueue, _event_properties, unsubscribe_url
 from journeys.engine.batch import rows_insert, rows_set
 
 logger = logging.getLogger(__name__)
@@ -62,16 +62,15 @@ def retry_delay(*, channel: Channel, attempt: int, retry_after: float | None) ->
     return timedelta(seconds=delay)
 
 
-def _outgoing(delivery: Delivery) -> OutgoingMessage:
+def _outgoing(delivery: Delivery, *, status_callback: bool) -> OutgoingMessage:
     headers = {}
     if delivery.channel.kind == ChannelKind.EMAIL and not delivery.transactional:
-        links = _links(delivery)
-        headers = {"List-Unsubscribe": f"<{links['unsubscribe_url']}>",
+        headers = {"List-Unsubscribe": f"<{unsubscribe_url(delivery)}>",
                    "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
     return OutgoingMessage(
         delivery_id=delivery.pk, idempotency_key=delivery.idempotency_key, kind=delivery.channel.kind,
         to=delivery.to, subject=delivery.subject, body=delivery.body, html_body=delivery.html_body, headers=headers,
-        status_callback_url=link_url(purpose="status", data={"d": delivery.pk}),
+        status_callback_url=link_url(purpose="status", data={"d": delivery.pk}) if status_callback else "",
         metadata={"customer": delivery.customer.external_id, "run_id": delivery.run_id, "step": delivery.step_key},
     )
 
@@ -171,7 +170,7 @@ class DispatchRun:
         channel = group[0].channel
         try:
             provider = self._provider(channel)
-            messages = [_outgoing(d) for d in group]
+            messages = [_outgoing(d, status_callback=provider.status_callbacks) for d in group]
         except ProviderError as exc:  # unknown provider, bad settings
             return [Sent(d, exc) for d in group]
         failures = admission.failures if admission else 0

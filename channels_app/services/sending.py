@@ -93,11 +93,16 @@ def _track_html(html: str, delivery: Delivery, skip: set[str]) -> str:
     return html.replace("</body>", pixel + "</body>") if "</body>" in html else html + pixel
 
 
-def _links(delivery: Delivery) -> dict:
+def unsubscribe_url(delivery: Delivery) -> str:
+    """One-click unsubscribe from the message's topic on its channel (List-Unsubscribe, links.unsubscribe_url)."""
     topic_slug = delivery.topic.slug if delivery.topic_id else None
+    return link_url(purpose="unsubscribe", data={"c": delivery.customer_id, "k": delivery.channel.kind,
+                                                 "t": topic_slug, "d": delivery.pk})
+
+
+def _links(delivery: Delivery) -> dict:
     return {
-        "unsubscribe_url": link_url(purpose="unsubscribe", data={"c": delivery.customer_id, "k": delivery.channel.kind,
-                                                                  "t": topic_slug, "d": delivery.pk}),
+        "unsubscribe_url": unsubscribe_url(delivery),
         "preferences_url": link_url(purpose="preferences", data={"c": delivery.customer_id}),
     }
 
