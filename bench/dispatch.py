@@ -4,6 +4,7 @@ provider to a local HTTP server, against a bare client sending the same messages
 connection to the same server in the same run.
 
     .venv/bin/python bench/dispatch.py [--events 3000] [--burst 2000] [--providers smtp,webhook] [--quick]
+                                       [--profile PREFIX]
 
 What runs: a private PostgreSQL (bench/common.py), gunicorn (2 sync workers), `manage.py
 qcluster` (Q_WORKERS=2, ORM broker) and the receiving server, each its own process (the
@@ -46,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: `co
 from common import (  # noqa: E402
     LOG_DIR, PYTHON, ROOT, exit_on_sigterm, free_port, log, postmaster_pid, qcluster, report, stack, tree_cpu,
 )
-from engine import Sender, bodies_for  # noqa: E402  (events through /v1/batch, 4 clients)
+from engine import Sender, bodies_for, start_spy  # noqa: E402  (events through /v1/batch, 4 clients)
 
 EVENTS = {"smtp": "Order Confirmed", "webhook": "Order Shipped"}
 CHANNELS = {"smtp": "bench-mail", "webhook": "bench-hook"}
@@ -327,7 +328,11 @@ def provider_run(s, postmaster: int, kind: str, args) -> dict:
 
             log(f"  {kind}: throughput, {args.events} events")
             first = len(sink.rows())
+            spy = start_spy(f"{args.profile}.{kind}.txt", cluster.pid) if args.profile else None
             _lat, span, extra = timed("tp", args.events)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(timeout=60)
             ours = args.events / span
             sent = [r for r in sink.rows()[first:] if ref_of(kind, r).startswith(f"{kind}-tp-")]
             bare = bare_smtp if kind == "smtp" else bare_http
@@ -369,6 +374,7 @@ def parse(argv=None):
     p.add_argument("--q-workers", type=int, default=2)
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--quick", action="store_true", help="1,000 events in the throughput run")
+    p.add_argument("--profile", metavar="PREFIX", help="py-spy the workers in the throughput run (PREFIX.<provider>.txt)")
     p.add_argument("--_sink", help=argparse.SUPPRESS)
     p.add_argument("--_seed", help=argparse.SUPPRESS)
     p.add_argument("--_port", type=int, help=argparse.SUPPRESS)

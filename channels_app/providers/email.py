@@ -6,12 +6,17 @@ fails the message in flight (transient: retried later) and the next message reco
 
 from __future__ import annotations
 
+import binascii
 import hashlib
+import re
+import secrets
 import smtplib
 import socket
+from email.header import Header
+from email.utils import formatdate, parseaddr
 
 from django.conf import settings as django_settings
-from django.core.mail import EmailMultiAlternatives, get_connection
+from django.core.mail import get_connection
 from django.core.mail.message import sanitize_address
 
 from channels_app.providers.base import (
@@ -33,6 +38,83 @@ def smtp_error(exc: Exception) -> ProviderError:
     return TransientError(f"SMTP connection: {exc}")
 
 
+# An address that needs no encoding (most do): used as it is, without parsing it.
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def _address(value: str) -> tuple[str, str]:
+    """(header form, envelope form) of an address: display names, non-ASCII local parts and
+    international domains go through Django's sanitize_address (RFC 2047, IDNA)."""
+    if _PLAIN_ADDRESS.fullmatch(value):
+        return value, value
+    try:
+        header = sanitize_address(value, django_settings.DEFAULT_CHARSET)
+    except ValueError as exc:
+        raise PermanentError(f"invalid address {value!r}: {exc}") from exc
+    return header, parseaddr(header)[1]
+
+
+def _smtp_transaction(conn: smtplib.SMTP, sender: str, recipient: str, raw: bytes) -> None:
+    """smtplib's sendmail for one recipient, with the envelope addresses given as they go on
+    the wire (sendmail parses both again for every message), and the same errors."""
+    conn.ehlo_or_helo_if_needed()
+    size = f" SIZE={len(raw)}" if conn.does_esmtp and conn.has_extn("size") else ""
+
+    def failed(code: int) -> None:
+        if code == 421:
+            conn.close()
+        else:
+            try:
+                conn.rset()
+            except smtplib.SMTPServerDisconnected:
+                pass
+
+    code, answer = conn.docmd("MAIL", f"FROM:<{sender}>{size}")
+    if code != 250:
+        failed(code)
+        raise smtplib.SMTPSenderRefused(code, answer, sender)
+    code, answer = conn.docmd("RCPT", f"TO:<{recipient}>")
+    if code not in (250, 251):
+        failed(code)
+        raise smtplib.SMTPRecipientsRefused({recipient: (code, answer)})
+    code, answer = conn.data(raw)
+    if code != 250:
+        failed(code)
+        raise smtplib.SMTPDataError(code, answer)
+
+
+def _header(name: str, value: str) -> bytes:
+    if "\n" in value or "\r" in value:
+        raise PermanentError(f"the {name} header contains a line break")
+    if value.isascii() and len(value) < 900:
+        return f"{name}: {value}\r\n".encode()
+    return f"{name}: {Header(value, 'utf-8', header_name=name).encode(linesep=chr(13) + chr(10))}\r\n".encode()
+
+
+def _quoted_printable(text: str) -> bytes:
+    return binascii.b2a_qp(text.replace("\r\n", "\n").encode(), istext=True).replace(b"\n", b"\r\n")
+
+
+def mime_bytes(message: OutgoingMessage, *, sender: str, recipient: str, headers: dict) -> bytes:
+    """The message as sent: UTF-8 text (and HTML, as multipart/alternative), quoted-printable.
+
+    Written directly rather than through the email package's generator, which costs ~0.4 ms a
+    message (header folding, a regex compiled per boundary): a batch builds thousands. The
+    boundary starts with "=_", which quoted-printable content can never contain."""
+    out = [_header("Subject", message.subject), _header("From", sender), _header("To", recipient),
+           _header("Date", formatdate(localtime=django_settings.EMAIL_USE_LOCALTIME)),
+           *(_header(name, str(value)) for name, value in headers.items()), b"MIME-Version: 1.0\r\n"]
+    text = b'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
+    if not message.html_body:
+        return b"".join([*out, text, _quoted_printable(message.body), b"\r\n"])
+    boundary = f"=_{secrets.token_hex(16)}".encode()
+    html = b'Content-Type: text/html; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
+    return b"".join([*out, b'Content-Type: multipart/alternative; boundary="', boundary, b'"\r\n\r\n',
+                     b"--", boundary, b"\r\n", text, _quoted_printable(message.body), b"\r\n",
+                     b"--", boundary, b"\r\n", html, _quoted_printable(message.html_body), b"\r\n",
+                     b"--", boundary, b"--\r\n"])
+
+
 @provider
 class SmtpProvider(Provider):
     """settings: from_email, host, port, username, password_env, use_tls, timeout (all
@@ -44,6 +126,7 @@ class SmtpProvider(Provider):
     def __init__(self, settings: dict):
         super().__init__(settings)
         self._backend = None  # Django's SMTP EmailBackend, open while messages flow
+        self._sender: tuple[str, str] | None = None
 
     def _open(self):
         """The session, opened on first use (and again after a dropped connection)."""
@@ -86,21 +169,14 @@ class SmtpProvider(Provider):
 
     def send(self, message: OutgoingMessage) -> SendResult:
         message_id = self.message_id(message)
-        email = EmailMultiAlternatives(
-            subject=message.subject, body=message.body,
-            from_email=self.settings.get("from_email") or django_settings.DEFAULT_FROM_EMAIL, to=[message.to],
-            headers={"Message-ID": message_id, **message.headers},
-        )
-        if message.html_body:
-            email.attach_alternative(message.html_body, "text/html")
+        sender = self._sender or _address(self.settings.get("from_email") or django_settings.DEFAULT_FROM_EMAIL)
+        self._sender = sender
+        recipient = _address(message.to)
+        raw = mime_bytes(message, sender=sender[0], recipient=recipient[0],
+                         headers={"Message-ID": message_id, **message.headers})
         backend = self._open()
-        encoding = email.encoding or django_settings.DEFAULT_CHARSET
         try:
-            backend.connection.sendmail(
-                sanitize_address(email.from_email, encoding),
-                [sanitize_address(address, encoding) for address in email.recipients()],
-                email.message().as_bytes(linesep="\r\n"),
-            )
+            _smtp_transaction(backend.connection, sender[1], recipient[1], raw)
         except CONNECTION_ERRORS as exc:
             # A refused recipient or sender, a refused DATA: smtplib sent RSET and the session goes
             # on. A lost connection (or 421, the server closing): whether the server kept the message

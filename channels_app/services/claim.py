@@ -27,7 +27,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from channels_app.choices import ChannelKind, DeliveryStatus, Reason
-from channels_app.models import Channel, Delivery
+from channels_app.models import Channel, Delivery, MessageTemplate
 from channels_app.services import breaker as breakers
 from channels_app.services import policy
 from channels_app.services.consent import ConsentBook
@@ -52,8 +52,8 @@ def sending_lease() -> timedelta:
 
 @dataclass
 class Claimed:
-    """One claimed batch: `deliveries` are `sending` now (with `channel`, `customer`, `topic`
-    and `template` loaded); `later` were left as they were because a half-open breaker lets
+    """One claimed batch: `deliveries` are `sending` now (with `channel`, `customer` (but its
+    traits), `topic` and `template` (its name) loaded); `later` were left as they were because a half-open breaker lets
     one probe through first (send the probe, then claim them again)."""
 
     deliveries: list[Delivery] = field(default_factory=list)
@@ -77,7 +77,8 @@ def _sendable(now: datetime) -> Q:
 
 
 def _locked_rows(ids: Sequence[int] | None, now: datetime, limit: int) -> list[Delivery]:
-    base = Delivery.objects.select_related("customer", "topic", "template")
+    # The customers' traits are read only to reroute (rare); templates are loaded by name (_template_names).
+    base = Delivery.objects.select_related("customer", "topic").defer("customer__traits")
     if connection.vendor == "postgresql":
         base = base.select_for_update(of=("self",), skip_locked=True)
     if ids is not None:
@@ -158,8 +159,12 @@ def deliveries_claim(*, ids: Sequence[int] | None = None, now: datetime | None =
         if not rows:
             return out
         channels = _channels()
+        templates = {t.pk: t for t in MessageTemplate.objects.only("id", "name")
+                     .filter(pk__in={d.template_id for d in rows if d.template_id})}
         for d in rows:
             d.channel = channels[d.channel_id]
+            if d.template_id:
+                d.template = templates[d.template_id]
         pressured = [d for d in rows if not d.transactional and not (d.policy or {}).get("in_reply_to")]
         caps = policy.enabled_caps()
         _advisory_lock(LOCK_CUSTOMER, {d.customer_id for d in pressured
