@@ -5,6 +5,6 @@ urlpatterns = [
     path("v1/", include("journeys.api.urls")),
     path("channels/", include("channels_app.urls")),
     path("agents/", include("agents.urls")),
-    path("console/", include("journeys.console_urls")),
+    path("console/", include("journeys.console.urls")),
     path("admin/", admin.site.urls),
 ]
