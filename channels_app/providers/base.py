@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
+
+from journeys.errors import SecretUnavailable
+from journeys.services.outbound import SECRET_PREFIX, outbound_secret_name_check, outbound_secret_read
 
 
 class ProviderError(Exception):
@@ -55,14 +57,21 @@ class SendResult:
 
 class Provider:
     """Sends messages on one channel. `settings` are the channel's non-secret settings;
-    `secret(name)` reads the environment variable that `settings[name + '_env']` names
-    (or, failing that, the same key of the CHANNEL_SECRETS Django setting).
+    `secret(name)` reads the secret that `settings[name + '_env']` names: an environment
+    variable called JOURNEYS_SECRET_... (or the same key of the CHANNEL_SECRETS setting), never
+    any other variable (journeys.services.outbound).
 
-    One instance serves one dispatcher run: it may keep a connection open between
-    messages (an SMTP session, an HTTP keep-alive connection); `close()` releases it."""
+    `url_settings` / `host_settings` name the settings a provider connects to: they are checked
+    when the channel is saved and again before every connection (public addresses only, unless
+    allow-listed).
+
+    One instance serves one dispatcher run: it may keep a connection open between messages
+    (an SMTP session, HTTP keep-alive connections); `close()` releases it."""
 
     name: ClassVar[str]
     kinds: ClassVar[tuple[str, ...]] = ()
+    url_settings: ClassVar[tuple[str, ...]] = ()
+    host_settings: ClassVar[tuple[str, ...]] = ()
     # Whether messages should carry a signed status-callback URL (signing one costs ~40 us).
     status_callbacks: ClassVar[bool] = False
 
@@ -71,16 +80,18 @@ class Provider:
 
     def secret(self, name: str, *, required: bool = True) -> str:
         env_name = self.settings.get(f"{name}_env", "")
-        value = os.environ.get(env_name, "") if env_name else ""
-        if env_name and not value:
-            # a secrets setting (filled by a secrets manager at start-up) is the other place secrets may live
-            from django.conf import settings as django_settings
-
-            value = str(getattr(django_settings, "CHANNEL_SECRETS", {}).get(env_name, ""))
-        if required and not value:
-            raise PermanentError(f"secret {name!r} missing: set settings[{name + '_env'!r}] to an environment "
-                                 f"variable that holds it (now {env_name or 'unset'})")
-        return value
+        if not env_name:
+            if required:
+                raise PermanentError(f"secret {name!r} missing: set settings[{name + '_env'!r}] to the name of an "
+                                     f"environment variable that holds it ({SECRET_PREFIX}...)")
+            return ""
+        try:
+            outbound_secret_name_check(name=str(env_name))  # a name that is not allowed always fails
+            return outbound_secret_read(name=str(env_name))
+        except SecretUnavailable as exc:
+            if not required and str(env_name).startswith(SECRET_PREFIX):
+                return ""
+            raise PermanentError(f"secret {name!r} (settings[{name + '_env'!r}]): {exc.message}") from None
 
     def send(self, message: OutgoingMessage) -> SendResult:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -22,6 +22,8 @@ from django.core.mail.message import sanitize_address
 from channels_app.providers.base import (
     OutgoingMessage, PermanentError, Provider, ProviderError, SendResult, TransientError, provider,
 )
+from journeys.errors import OutboundRefused, OutboundUnreachable
+from journeys.services.outbound import outbound_host_check
 
 CONNECTION_ERRORS = (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, socket.timeout, OSError)
 
@@ -122,6 +124,7 @@ class SmtpProvider(Provider):
 
     name = "smtp"
     kinds = ("email",)
+    host_settings = ("host",)
 
     def __init__(self, settings: dict):
         super().__init__(settings)
@@ -133,6 +136,15 @@ class SmtpProvider(Provider):
         if self._backend is not None and self._backend.connection is not None:
             return self._backend
         s = self.settings
+        if s.get("host"):
+            # a host typed into the channel (not the deployment's EMAIL_HOST) is an outbound target like a
+            # URL: checked whenever a session is opened
+            try:
+                outbound_host_check(host=str(s["host"]), port=int(s.get("port") or django_settings.EMAIL_PORT))
+            except OutboundRefused as exc:
+                raise PermanentError(f"smtp: {exc.message}") from exc
+            except OutboundUnreachable as exc:
+                raise TransientError(f"smtp: {exc.message}") from exc
         backend = get_connection(
             backend="django.core.mail.backends.smtp.EmailBackend",
             host=s.get("host") or django_settings.EMAIL_HOST,

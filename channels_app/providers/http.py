@@ -7,11 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import http.client
 import json
-import select
-import socket
-import ssl
 import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
@@ -21,6 +17,8 @@ from xml.sax.saxutils import escape
 from channels_app.providers.base import (
     OutgoingMessage, PermanentError, Provider, ProviderError, SendResult, TransientError, provider,
 )
+from journeys.errors import OutboundRefused, OutboundUnreachable
+from journeys.services.outbound import OutboundSession
 
 DEFAULT_TIMEOUT_S = 10.0
 
@@ -39,26 +37,12 @@ def retry_after_seconds(value: str | None) -> float | None:
         return None
 
 
-def _closed_by_peer(sock: socket.socket) -> bool:
-    """An idle keep-alive socket that is readable was closed (or reset) by the server."""
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(readable)
-
-
 class HttpProvider(Provider):
     """Shared request/response handling: timeouts and 5xx/429 are transient, other 4xx permanent.
+    Requests go through journeys' OutboundSession: public addresses only (unless allow-listed),
+    pinned to the checked address, keep-alive between the sends of one provider instance."""
 
-    Requests of one dispatcher run share keep-alive connections (one per scheme, host and
-    port). Before a kept connection is reused it is checked for a close by the server;
-    a request is never re-sent after it went out (a failure then is transient, retried
-    later with the same idempotency key). Redirects are not followed."""
-
-    def __init__(self, settings: dict):
-        super().__init__(settings)
-        self._connections: dict[tuple[str, str, int], http.client.HTTPConnection] = {}
+    url_settings = ("base_url", "url")
 
     def timeout(self) -> float:
         return float(self.settings.get("timeout") or DEFAULT_TIMEOUT_S)
@@ -67,54 +51,33 @@ class HttpProvider(Provider):
         url = self.settings.get("base_url") or self.settings.get("url")
         if not url:
             raise PermanentError(f"{self.name}: settings.base_url is required")
-        return url.rstrip("/")
+        return str(url).rstrip("/")
 
-    def _connection(self, scheme: str, host: str, port: int) -> http.client.HTTPConnection:
-        """A new connection (the one place connections are made)."""
-        if scheme == "https":
-            return http.client.HTTPSConnection(host, port, timeout=self.timeout(), context=ssl.create_default_context())
-        return http.client.HTTPConnection(host, port, timeout=self.timeout())
-
-    def _kept(self, scheme: str, host: str, port: int) -> http.client.HTTPConnection:
-        key = (scheme, host, port)
-        conn = self._connections.get(key)
-        if conn is not None and conn.sock is not None and _closed_by_peer(conn.sock):
-            conn.close()  # the server closed it while idle: reconnect before sending anything
-        if conn is None:
-            conn = self._connections[key] = self._connection(scheme, host, port)
-        return conn
-
-    def request(self, url: str, *, data: bytes, headers: dict) -> tuple[int, bytes]:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise PermanentError(f"{self.name}: not an http(s) URL: {url!r}")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        conn = self._kept(parts.scheme, parts.hostname, port)
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        try:
-            conn.request("POST", path, body=data, headers={"Connection": "keep-alive", **headers})
-            response = conn.getresponse()
-            raw = response.read()
-        except (OSError, http.client.HTTPException) as exc:  # timeouts, refused, reset, a bad answer
-            conn.close()
-            reason = "timed out" if isinstance(exc, (socket.timeout, TimeoutError)) else exc
-            raise TransientError(f"{type(exc).__name__}: {reason}") from exc
-        status = response.status
-        if 200 <= status < 300:
-            return status, raw
-        body = raw[:500].decode("utf-8", "replace")
-        if status in (408, 429) or status >= 500:
-            raise TransientError(f"HTTP {status}: {body}", status_code=status,
-                                 retry_after=retry_after_seconds(response.getheader("Retry-After")))
-        if 300 <= status < 400:
-            raise PermanentError(f"HTTP {status}: redirects are not followed (to {response.getheader('Location')})",
-                                 status_code=status)
-        raise PermanentError(f"HTTP {status}: {body}", status_code=status)
+    def session(self) -> OutboundSession:
+        if getattr(self, "_session", None) is None:
+            self._session = OutboundSession(timeout=self.timeout())
+        return self._session
 
     def close(self) -> None:
-        for conn in self._connections.values():
-            conn.close()
-        self._connections.clear()
+        if getattr(self, "_session", None) is not None:
+            self._session.close()
+            self._session = None
+
+    def request(self, url: str, *, data: bytes, headers: dict) -> tuple[int, bytes]:
+        try:
+            response = self.session().post(url, body=data, headers=headers)
+        except OutboundRefused as exc:
+            raise PermanentError(f"{self.name}: {exc.message}") from exc
+        except OutboundUnreachable as exc:
+            raise TransientError(exc.message) from exc
+        if response.status == 429 or response.status == 408 or response.status >= 500:
+            body = response.body[:500].decode("utf-8", "replace")
+            raise TransientError(f"HTTP {response.status}: {body}", status_code=response.status,
+                                 retry_after=retry_after_seconds(response.headers.get("Retry-After")))
+        if response.status >= 300:
+            body = response.body[:500].decode("utf-8", "replace")
+            raise PermanentError(f"HTTP {response.status}: {body}", status_code=response.status)
+        return response.status, response.body
 
     @staticmethod
     def json_body(raw: bytes) -> dict:
@@ -138,6 +101,7 @@ class WebhookProvider(HttpProvider):
 
     name = "webhook"
     kinds = ("webhook", "in_app", "chat", "sms", "push", "voice", "email")
+    url_settings = ("base_url", "url", "batch_url")
 
     @staticmethod
     def document(message: OutgoingMessage) -> dict:

@@ -24,9 +24,9 @@ pytestmark = on_postgres("row locks, several connections at once")
 
 
 def test_two_workers_dispatching_the_same_delivery_send_it_once(vendor, monkeypatch):
-    monkeypatch.setenv("TEST_SLACK_TOKEN", "x")
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_SLACK_TOKEN", "x")
     chat = ChannelFactory(name="chat", kind="chat", provider="slack",
-                          settings={"base_url": vendor.url, "bot_token_env": "TEST_SLACK_TOKEN"})
+                          settings={"base_url": vendor.url, "bot_token_env": "JOURNEYS_SECRET_TEST_SLACK_TOKEN"})
     customer = CustomerFactory(traits={"chat_id": "U1"})
     delivery = message_send(customer=customer, template=TemplateFactory(), channel=chat, idempotency_key="race",
                             context={})  # autocommit: the on-commit send ran already; make it queued again
@@ -57,9 +57,9 @@ def test_two_workers_dispatching_the_same_delivery_send_it_once(vendor, monkeypa
 
 def _due_webhooks(vendor, monkeypatch, count: int) -> list[Delivery]:
     """`count` webhook calls due now (deferred, their time has come), none sent yet."""
-    monkeypatch.setenv("TEST_HOOK_SECRET", "s")
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_HOOK", "s")
     hook = ChannelFactory(name="hook", kind="webhook", provider="webhook", breaker_threshold=50,
-                          settings={"url": vendor.url, "secret_env": "TEST_HOOK_SECRET"})
+                          settings={"url": vendor.url, "secret_env": "JOURNEYS_SECRET_TEST_HOOK"})
     customer = CustomerFactory()
     return Delivery.objects.bulk_create(
         Delivery(idempotency_key=f"due-{i}", customer=customer, channel=hook, to=vendor.url, body="{}",

@@ -50,9 +50,9 @@ def email(smtp):
 
 @pytest.fixture
 def hook(vendor, monkeypatch):
-    monkeypatch.setenv("TEST_HOOK_SECRET", "s3cret")
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_HOOK", "s3cret")
     return ChannelFactory(name="hook", kind="webhook", provider="webhook", retry_base_s=10, breaker_threshold=5,
-                          settings={"url": vendor.url + "/hook", "secret_env": "TEST_HOOK_SECRET", "timeout": 2})
+                          settings={"url": vendor.url + "/hook", "secret_env": "JOURNEYS_SECRET_TEST_HOOK", "timeout": 2})
 
 
 def test_a_batch_of_emails_goes_over_one_smtp_session_and_a_refused_recipient_fails_alone(
@@ -131,10 +131,10 @@ def test_the_webhook_bulk_endpoint_sends_a_batch_in_one_request_with_an_outcome_
 
 def test_a_breaker_that_opens_mid_batch_sends_the_rest_to_the_fallback(
         vendor, people, smtp, monkeypatch, django_capture_on_commit_callbacks):
-    monkeypatch.setenv("TEST_TWILIO_TOKEN", "tw")
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_TWILIO_TOKEN", "tw")
     email = ChannelFactory(name="email", kind="email", provider="smtp")
     sms = ChannelFactory(name="sms", kind="sms", provider="twilio_sms", breaker_threshold=2, fallback=email,
-                         settings={"base_url": vendor.url, "account_sid": "AC1", "auth_token_env": "TEST_TWILIO_TOKEN"})
+                         settings={"base_url": vendor.url, "account_sid": "AC1", "auth_token_env": "JOURNEYS_SECRET_TEST_TWILIO_TOKEN"})
     vendor.fail(2, status=503)
     deliveries = record(sms, people, django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
 
@@ -165,9 +165,9 @@ class DyingWebhook(WebhookProvider):
 
 def test_a_worker_dying_mid_batch_never_sends_an_accepted_message_again(
         vendor, people, monkeypatch, settings, django_capture_on_commit_callbacks):
-    monkeypatch.setenv("TEST_HOOK_SECRET", "s3cret")
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_HOOK", "s3cret")
     channel = ChannelFactory(name="hook", kind="in_app", provider="dying_webhook_for_tests",
-                             settings={"url": vendor.url, "secret_env": "TEST_HOOK_SECRET", "die_at": "p3"})
+                             settings={"url": vendor.url, "secret_env": "JOURNEYS_SECRET_TEST_HOOK", "die_at": "p3"})
     deliveries = record(channel, people, django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
     ids = [d.pk for d in deliveries]
 
