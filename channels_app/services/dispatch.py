@@ -354,7 +354,9 @@ def deliveries_dispatch_due(*, now: datetime | None = None) -> int:
            .values_list("pk", flat=True)[: size * tasks])
     found = len(due)
     for _ in range(min(tasks, -(-found // size))):
-        async_task("channels_app.tasks.deliveries_drain", now.isoformat() if now else None, group="deliveries")
+        # named for the main cluster: the tick may run on a schedules cluster of its own
+        async_task("channels_app.tasks.deliveries_drain", now.isoformat() if now else None, group="deliveries",
+                   cluster=settings.Q_CLUSTER.get("name"))
     return found
 
 
