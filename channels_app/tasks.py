@@ -14,12 +14,17 @@ def delivery_send(delivery_id: int, now: str | None = None) -> str:
 
 
 def deliveries_send(delivery_ids: list[int]) -> dict:
-    """The queued deliveries of one engine batch, one after another (each in its own
-    transactions, as delivery_send); one failing does not stop the others."""
+    """The queued deliveries of one engine batch, claimed and sent in batches."""
     worker_gc_tune()
     return dispatch.deliveries_dispatch(delivery_ids=delivery_ids)
 
 
+def deliveries_drain(now: str | None = None) -> dict:
+    """Due deliveries (quiet hours over, retries, pauses lifted), batch after batch, for a bounded time."""
+    worker_gc_tune()
+    return dispatch.deliveries_drain(now=datetime.fromisoformat(now) if now else None)
+
+
 def deliveries_tick() -> int:
-    """Every minute: deferred sends that are due, lost enqueues, expired send leases."""
+    """Every minute: expired send leases, then drain tasks for what is due."""
     return dispatch.deliveries_dispatch_due()

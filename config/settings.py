@@ -268,6 +268,15 @@ ENGINE_TICK_BUDGET_S = env_int("ENGINE_TICK_BUDGET_S", 45)
 # Runs started or resumed per q2 task (bulk entries, due delays and waits).
 ENGINE_RUN_BATCH = env_int("ENGINE_RUN_BATCH", 1000)
 
+# Dispatch (channels_app.services.dispatch): deliveries claimed and sent per batch; a claim
+# (`sending`) whose worker died is looked at again after the lease; the minute tick starts
+# at most DELIVERY_DRAIN_TASKS drain tasks, each sending due batches for at most
+# DELIVERY_DRAIN_SECONDS (and half the task timeout).
+DELIVERY_BATCH_SIZE = env_int("DELIVERY_BATCH_SIZE", 200)
+DELIVERY_SENDING_LEASE_S = env_int("DELIVERY_SENDING_LEASE_S", 600)
+DELIVERY_DRAIN_TASKS = env_int("DELIVERY_DRAIN_TASKS", 2)
+DELIVERY_DRAIN_SECONDS = env_int("DELIVERY_DRAIN_SECONDS", 40)
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

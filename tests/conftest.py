@@ -81,3 +81,14 @@ def send(api, django_capture_on_commit_callbacks):
         return Event.objects.order_by("-id").first()
 
     return post
+
+
+@pytest.fixture
+def orm_broker(settings, monkeypatch):
+    """Enqueue like production (test settings run tasks inline, sync): `async_task` writes the
+    django-q OrmQ row inside the caller's transaction (the outbox), for a real qcluster to pick up."""
+    from django_q.conf import Conf
+
+    settings.Q_CLUSTER = {k: v for k, v in settings.Q_CLUSTER.items() if k != "sync"}
+    monkeypatch.setattr(Conf, "SYNC", False)
+    assert "orm" in settings.Q_CLUSTER

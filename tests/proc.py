@@ -469,3 +469,39 @@ def freeze_mid_task(cluster: QCluster, *, table: str, ready, timeout: float = 40
             return backend_pid, worker
         cluster.signal(signal.SIGCONT)
     raise AssertionError("never caught a worker inside a task")
+
+
+# -- threads ---------------------------------------------------------------------------------------
+
+
+def run_in_threads(*calls, timeout: float = 60):
+    """Run each call in its own thread (each with its own DB connection), started together.
+    Returns [(result, started, finished)]; re-raises the first exception."""
+    import threading
+
+    from django.db import connections
+
+    barrier = threading.Barrier(len(calls))
+    out: list = [None] * len(calls)
+    errors: list[BaseException] = []
+
+    def target(i, call):
+        try:
+            barrier.wait(timeout=10)
+            started = time.monotonic()
+            result = call()
+            out[i] = (result, started, time.monotonic())
+        except BaseException as exc:  # noqa: BLE001 - reported to the test below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=target, args=(i, c), daemon=True) for i, c in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads), "a worker thread hung (deadlock?)"
+    if errors:
+        raise errors[0]
+    return out

@@ -10,11 +10,12 @@ import hmac
 import json
 import time
 import urllib.parse
+from collections.abc import Iterator, Sequence
 from email.utils import parsedate_to_datetime
 from xml.sax.saxutils import escape
 
 from channels_app.providers.base import (
-    OutgoingMessage, PermanentError, Provider, SendResult, TransientError, provider,
+    OutgoingMessage, PermanentError, Provider, ProviderError, SendResult, TransientError, provider,
 )
 from journeys.errors import OutboundRefused, OutboundUnreachable
 from journeys.services.outbound import OutboundSession
@@ -90,31 +91,82 @@ class HttpProvider(Provider):
 @provider
 class WebhookProvider(HttpProvider):
     """POSTs JSON to settings.url, signed: `X-Signature: sha256=<hex HMAC of "<timestamp>.<body>">`
-    with the secret named by settings.secret_env, plus `X-Timestamp` and `Idempotency-Key`."""
+    with the secret named by settings.secret_env, plus `X-Timestamp` and `Idempotency-Key`.
+
+    Bulk endpoint (optional): with settings.batch_url, a batch goes out as
+    `{"messages": [<the single-message document>, ...]}` (at most settings.batch_size, default
+    100, a request; signed the same way) and the receiver answers
+    `{"results": [{"idempotency_key": ..., "status": 200, "id": ...}, ...]}`: each message
+    gets its own outcome (2xx sent; 408, 429 and 5xx retried; other codes failed)."""
 
     name = "webhook"
     kinds = ("webhook", "in_app", "chat", "sms", "push", "voice", "email")
+    url_settings = ("base_url", "url", "batch_url")
 
-    def send(self, message: OutgoingMessage) -> SendResult:
+    @staticmethod
+    def document(message: OutgoingMessage) -> dict:
         try:
             payload = json.loads(message.body) if message.kind == "webhook" else None
         except ValueError:
             payload = None
-        body = json.dumps({
+        return {
             "id": message.delivery_id, "idempotency_key": message.idempotency_key, "kind": message.kind,
             "to": message.to, "subject": message.subject,
             "payload": payload if payload is not None else {"text": message.body},
             "metadata": message.metadata,
-        }, sort_keys=True, default=str).encode()
+        }
+
+    def _post_signed(self, url: str, document: dict, idempotency_key: str) -> tuple[int, bytes]:
+        body = json.dumps(document, sort_keys=True, default=str).encode()
         timestamp = str(int(time.time()))
         secret = self.secret("secret")
         signature = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-        status, raw = self.request(self.base_url(), data=body, headers={
+        return self.request(url, data=body, headers={
             "Content-Type": "application/json", "X-Timestamp": timestamp, "X-Signature": f"sha256={signature}",
-            "Idempotency-Key": message.idempotency_key, "User-Agent": "journey-console",
+            "Idempotency-Key": idempotency_key, "User-Agent": "journey-console",
         })
+
+    def send(self, message: OutgoingMessage) -> SendResult:
+        status, raw = self._post_signed(self.base_url(), self.document(message), message.idempotency_key)
         return SendResult(provider_message_id=str(self.json_body(raw).get("id") or f"webhook-{message.delivery_id}"),
                           status_code=status)
+
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> Iterator[SendResult | ProviderError]:
+        batch_url = self.settings.get("batch_url")
+        if not batch_url:
+            yield from super().send_batch(messages)
+            return
+        size = max(1, int(self.settings.get("batch_size") or 100))
+        for i in range(0, len(messages), size):
+            chunk = messages[i : i + size]
+            key = hashlib.sha256("\n".join(m.idempotency_key for m in chunk).encode()).hexdigest()
+            try:
+                status, raw = self._post_signed(batch_url, {"messages": [self.document(m) for m in chunk]}, key)
+            except ProviderError as exc:
+                for _ in chunk:
+                    yield exc
+                continue
+            results = self.json_body(raw).get("results")
+            by_key = {str(r.get("idempotency_key")): r for r in results if isinstance(r, dict)} \
+                if isinstance(results, list) else {}
+            for message in chunk:
+                yield _bulk_outcome(by_key.get(message.idempotency_key), message, status)
+
+
+def _bulk_outcome(result: dict | None, message: OutgoingMessage, status: int) -> SendResult | ProviderError:
+    """One message's outcome in a bulk answer."""
+    if result is None:
+        return TransientError(f"HTTP {status}: the bulk answer has no result for this message", status_code=status)
+    try:
+        code = int(result.get("status") or 200)
+    except (TypeError, ValueError):
+        code = 0
+    if 200 <= code < 300:
+        return SendResult(provider_message_id=str(result.get("id") or f"webhook-{message.delivery_id}"), status_code=code)
+    error = f"HTTP {code}: {str(result.get('error') or '')[:500]}"
+    if code in (408, 429) or code >= 500:
+        return TransientError(error, status_code=code, retry_after=retry_after_seconds(str(result.get("retry_after") or "")))
+    return PermanentError(error, status_code=code or None)
 
 
 def webhook_signature_valid(*, secret: str, timestamp: str, body: bytes, header: str) -> bool:
@@ -128,6 +180,7 @@ class TwilioStyle(HttpProvider):
     Basic auth (account_sid : token from settings.auth_token_env)."""
 
     resource = ""
+    status_callbacks = True
 
     def fields(self, message: OutgoingMessage) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 from django.db import transaction
@@ -46,6 +47,44 @@ def refusal_from(*, status: dict[tuple[str, int | None], str], channel_kind: str
     if topic.requires_opt_in and ConsentStatus.OPTED_IN not in topic_rows:
         return Reason.NO_OPT_IN
     return None
+
+
+class ConsentBook:
+    """The consents of many customers, loaded with one query on first use: consent_refusal and
+    personalization_allowed for a batch (the engine's SendBatch, the dispatcher's claim)
+    without a query per message. A customer outside the book is looked up on its own."""
+
+    def __init__(self, customer_ids: Iterable[int]) -> None:
+        self.customer_ids = set(customer_ids)
+        self._rows: dict[int, list[tuple]] | None = None
+
+    def rows(self, customer_id: int) -> list[tuple]:
+        """(channel kind, topic id, status, topic slug) of each of the customer's consents."""
+        if self._rows is None:
+            self._rows = {}
+            for row in Consent.objects.filter(customer_id__in=self.customer_ids).values_list(
+                "customer_id", "channel_kind", "topic_id", "status", "topic__slug"
+            ):
+                self._rows.setdefault(row[0], []).append(row[1:])
+        if customer_id not in self.customer_ids:
+            self.customer_ids.add(customer_id)
+            self._rows[customer_id] = list(Consent.objects.filter(customer_id=customer_id).values_list(
+                "channel_kind", "topic_id", "status", "topic__slug"))
+        return self._rows.get(customer_id, [])
+
+    def refusal(self, customer_id: int, channel_kind: str, topic: Topic | None) -> Reason | None:
+        wanted = {None, topic.pk} if topic is not None else {None}
+        status = {(kind, topic_id): st for kind, topic_id, st, _ in self.rows(customer_id)
+                  if kind in ("", channel_kind) and topic_id in wanted}
+        return refusal_from(status=status, channel_kind=channel_kind, topic=topic)
+
+    def refuser(self, customer_id: int):
+        """`refuse(channel_kind, topic)` for channel_pick."""
+        return lambda channel_kind, topic: self.refusal(customer_id, channel_kind, topic)
+
+    def personalized(self, customer_id: int) -> bool:
+        return not any(kind == "" and slug == Topic.PERSONALIZATION and status == ConsentStatus.OPTED_OUT
+                       for kind, _, status, slug in self.rows(customer_id))
 
 
 def personalization_allowed(*, customer: Customer) -> bool:

@@ -1,108 +1,56 @@
-"""Dispatching: send one recorded Delivery outside any transaction. Send-time checks
-(consent again, pause, breaker and fallback, quiet hours, caps, recent contact, rate) and
-the claim run in one short transaction, the provider call in none, the result in another.
-Transient errors are retried with exponential backoff and jitter; the sweeper finds
-what is due."""
+"""Dispatching: send recorded deliveries in batches.
+
+A pass claims a batch (services/claim.py: every send-time check for the whole batch in a
+few queries, then status `sending`, in one short transaction), hands each channel's part
+to its provider's batch entry point outside any transaction (one SMTP session, one HTTP
+keep-alive connection for the whole dispatcher run), and writes the results set-based in
+one more transaction: delivery rows, attempt log, breaker, and the `Message Sent` /
+`Message Failed` events.
+
+No message is sent twice: each message the provider accepted is marked on its row
+(`sent_at`, still `sending`) before the provider gets the next one, so a worker killed
+mid-batch leaves its accepted messages marked; when its claim's lease expires the sweeper
+records those as sent and retries only the others (with the same idempotency key /
+Message-ID). Transient errors are retried with exponential backoff and jitter (never
+sooner than Retry-After); a breaker that opens mid-batch stops that channel's part, and
+the rest is claimed again at once: rerouted to the fallback channel or deferred.
+
+Deferred deliveries (quiet hours, send time, retries, pauses) are released by drain
+tasks that claim due batches (SKIP LOCKED) one after another while due work remains,
+bounded in time per task; the minute tick starts them.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import transaction
+from django.conf import settings
+from django.db import connection, transaction
 from django.utils import timezone
 
 from channels_app.choices import ChannelKind, DeliveryStatus, Reason
 from channels_app.models import Channel, Delivery, DeliveryAttempt
-from channels_app.providers import OutgoingMessage, ProviderError, get_provider
+from channels_app.providers import (
+    OutgoingMessage, PermanentError, Provider, ProviderError, SendResult, TransientError, get_provider,
+)
 from channels_app.services import breaker as breakers
-from channels_app.services import policy
-from channels_app.services.consent import consent_refusal
+from channels_app.services.claim import (
+    QUEUED_GRACE, Claimed, batch_size, deliveries_claim, sending_lease,
+)
 from channels_app.services.links import link_url
-from channels_app.services.sending import _enqueue, _event_properties, _links, channel_pick
-from journeys.services.governance import outbound_hold
+from channels_app.services.sending import _enqueue, _event_properties, unsubscribe_url
+from journeys.engine.batch import rows_insert, rows_set
 
 logger = logging.getLogger(__name__)
 
-# A claimed ("sending") delivery whose worker died is retried after this long. The
-# provider gets the same idempotency key / Message-ID, so it can drop the duplicate.
-SENDING_LEASE = timedelta(minutes=10)
-# A queued delivery whose enqueue was lost is picked up by the sweeper after this long.
-QUEUED_GRACE = timedelta(seconds=30)
-PAUSE_RECHECK = timedelta(minutes=1)
-
-
-def _hold(delivery: Delivery, reason: str, until: datetime | None, detail: str = "") -> Delivery:
-    if until is None:
-        delivery.status, delivery.next_attempt_at = DeliveryStatus.SUPPRESSED, None
-    else:
-        delivery.status, delivery.next_attempt_at = DeliveryStatus.DEFERRED, until
-    delivery.reason, delivery.error = reason, detail
-    delivery.save()
-    return delivery
-
-
-def _send_checks(delivery: Delivery, now: datetime) -> Delivery | None:
-    """Send-time checks on a locked row; returns the row when it was held (not to send now)."""
-    from journeys.engine.runtime import profile_dict
-
-    customer = delivery.customer
-    refusal = consent_refusal(customer=customer, channel_kind=delivery.channel.kind, topic=delivery.topic) \
-        if delivery.channel.kind != ChannelKind.WEBHOOK else None
-    if refusal:
-        return _hold(delivery, refusal, None, "consent changed before sending")
-    channel = delivery.channel
-    if channel.paused:
-        return _hold(delivery, Reason.PAUSED, now + PAUSE_RECHECK, f"channel {channel.name} is paused")
-    # Journeys' outage switches: global safe mode and workflow pauses hold the message (deferred, not lost).
-    if why := outbound_hold(run_id=delivery.run_id):
-        return _hold(delivery, Reason.PAUSED, now + PAUSE_RECHECK, why)
-    allowed, retry_at = (channel.enabled, None)
-    if allowed:
-        allowed, retry_at = breakers.breaker_allow(channel=channel, now=now)
-    if not allowed:
-        profile = profile_dict(customer, now)
-        fallback, to, _ = (channel_pick(channel=channel.fallback, profile=profile, customer=customer, topic=delivery.topic)
-                           if channel.fallback_id else (None, "", ""))
-        if fallback is not None and not fallback.paused and breakers.breaker_allow(channel=fallback, now=now)[0]:
-            delivery.notes = {**delivery.notes, "rerouted": [*delivery.notes.get("rerouted", []),
-                              {"from": channel.name, "to": fallback.name, "at": now.isoformat(),
-                               "why": "breaker open" if channel.enabled else "channel disabled"}]}
-            delivery.requested_channel = delivery.requested_channel or channel
-            delivery.channel, delivery.to = fallback, to
-            channel = fallback
-        elif not channel.enabled:
-            return _hold(delivery, Reason.NO_ADDRESS, None, f"channel {channel.name} is disabled, no usable fallback")
-        else:
-            return _hold(delivery, Reason.BREAKER_OPEN, retry_at, f"breaker of {channel.name} is open")
-    # A reply the customer is waiting for (a chat answer) is not an unsolicited contact:
-    # consent applies (above), quiet hours and caps do not.
-    if not delivery.transactional and not (delivery.policy or {}).get("in_reply_to"):
-        hold = (policy.quiet_hours_hold(channel=channel, customer=customer, now=now)
-                or policy.frequency_cap_hold(delivery=delivery, now=now)
-                or policy.recent_contact_hold(delivery=delivery, now=now))
-        if hold:
-            return _hold(delivery, hold.reason, hold.until, hold.detail)
-    hold = policy.rate_limit_hold(channel=channel, now=now)
-    if hold:
-        return _hold(delivery, hold.reason, hold.until, hold.detail)
-    return None
-
-
-def _outgoing(delivery: Delivery) -> OutgoingMessage:
-    headers = {}
-    if delivery.channel.kind == ChannelKind.EMAIL and not delivery.transactional:
-        links = _links(delivery)
-        headers = {"List-Unsubscribe": f"<{links['unsubscribe_url']}>",
-                   "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
-    return OutgoingMessage(
-        delivery_id=delivery.pk, idempotency_key=delivery.idempotency_key, kind=delivery.channel.kind,
-        to=delivery.to, subject=delivery.subject, body=delivery.body, html_body=delivery.html_body, headers=headers,
-        status_callback_url=link_url(purpose="status", data={"d": delivery.pk}),
-        metadata={"customer": delivery.customer.external_id, "run_id": delivery.run_id, "step": delivery.step_key},
-    )
+__all__ = ["QUEUED_GRACE", "deliveries_dispatch", "deliveries_dispatch_due", "deliveries_drain", "delivery_dispatch",
+           "delivery_requeue", "retry_delay"]
 
 
 def retry_delay(*, channel: Channel, attempt: int, retry_after: float | None) -> timedelta:
@@ -114,125 +62,302 @@ def retry_delay(*, channel: Channel, attempt: int, retry_after: float | None) ->
     return timedelta(seconds=delay)
 
 
-def delivery_dispatch(*, delivery_id: int, now: datetime | None = None) -> Delivery:
-    """Send one queued or due delivery: checks and claim in one short transaction, the
-    provider call outside any transaction, the result in another. A delivery that is
-    not queued or due (already sending, sent, suppressed) is left alone."""
-    now = now or timezone.now()
-    with transaction.atomic():
-        delivery = (Delivery.objects.select_for_update(of=("self",)).select_related("channel", "customer", "topic")
-                    .filter(pk=delivery_id).first())
-        if delivery is None or delivery.status not in (DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED):
-            return delivery
-        if delivery.status == DeliveryStatus.DEFERRED and delivery.next_attempt_at and delivery.next_attempt_at > now:
-            return delivery
-        held = _send_checks(delivery, now)
-        if held is not None:
-            return held
-        # Compare-and-set claim: only one worker moves it to "sending" (also on SQLite).
-        claimed = Delivery.objects.filter(pk=delivery.pk, status=delivery.status).update(
-            status=DeliveryStatus.SENDING, attempts=delivery.attempts + 1, claimed_at=now,
-            channel=delivery.channel, to=delivery.to, requested_channel=delivery.requested_channel,
-            notes=delivery.notes, reason="", error="",
-        )
-        if not claimed:
-            return delivery
-        delivery.status, delivery.attempts, delivery.claimed_at = DeliveryStatus.SENDING, delivery.attempts + 1, now
-        delivery.reason = delivery.error = ""
-        message = _outgoing(delivery)
-    channel = delivery.channel
-    started = time.monotonic()
-    try:
-        result = get_provider(channel.provider, channel.settings).send(message)
-        failure = None
-    except ProviderError as exc:
-        result, failure = None, exc
-    except Exception as exc:  # a provider bug must not leave the row "sending" forever
-        logger.exception("provider %s crashed on delivery %s", channel.provider, delivery.pk)
-        result, failure = None, ProviderError(f"{type(exc).__name__}: {exc}")
-    latency = int((time.monotonic() - started) * 1000)
-    return _record(delivery=delivery, result=result, failure=failure, latency=latency, now=now)
-
-
-@transaction.atomic
-def _record(*, delivery: Delivery, result, failure: ProviderError | None, latency: int, now: datetime) -> Delivery:
-    from journeys.services.internal_events import event_record_internal
-
-    channel = delivery.channel
-    DeliveryAttempt.objects.create(
-        delivery=delivery, channel=channel, at=now, ok=failure is None, latency_ms=latency,
-        transient=bool(failure and failure.transient), error=str(failure or "")[:4000],
-        status_code=(failure.status_code if failure else result.status_code),
+def _outgoing(delivery: Delivery, *, status_callback: bool) -> OutgoingMessage:
+    headers = {}
+    if delivery.channel.kind == ChannelKind.EMAIL and not delivery.transactional:
+        headers = {"List-Unsubscribe": f"<{unsubscribe_url(delivery)}>",
+                   "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+    return OutgoingMessage(
+        delivery_id=delivery.pk, idempotency_key=delivery.idempotency_key, kind=delivery.channel.kind,
+        to=delivery.to, subject=delivery.subject, body=delivery.body, html_body=delivery.html_body, headers=headers,
+        status_callback_url=link_url(purpose="status", data={"d": delivery.pk}) if status_callback else "",
+        metadata={"customer": delivery.customer.external_id, "run_id": delivery.run_id, "step": delivery.step_key},
     )
-    delivery = (Delivery.objects.select_for_update(of=("self",))
-                .select_related("channel", "customer", "template", "topic").get(pk=delivery.pk))
-    if failure is None:
-        delivery.status, delivery.sent_at, delivery.latency_ms = DeliveryStatus.SENT, now, latency
-        delivery.provider_message_id = result.provider_message_id[:255]
-        delivery.next_attempt_at, delivery.reason, delivery.error = None, "", ""
-        delivery.save()
-        breakers.breaker_record(channel=channel, ok=True, now=now)
-        event_record_internal(customer=delivery.customer, name="Message Sent", message_id=f"sent:{delivery.pk}",
-                              properties=_event_properties(delivery), at=now)
-        return delivery
-    delivery.error = str(failure)[:4000]
-    if failure.transient:
-        breakers.breaker_record(channel=channel, ok=False, now=now, error=str(failure))
-        if delivery.attempts < channel.max_attempts:
-            delivery.status, delivery.reason = DeliveryStatus.DEFERRED, Reason.RETRY
-            delivery.next_attempt_at = now + retry_delay(channel=channel, attempt=delivery.attempts,
-                                                          retry_after=failure.retry_after)
-            delivery.save()
-            return delivery
-        delivery.reason = Reason.ATTEMPTS_EXHAUSTED
-    else:
-        delivery.reason = Reason.PERMANENT_ERROR
-    delivery.status, delivery.next_attempt_at = DeliveryStatus.FAILED, None
-    delivery.save()
-    event_record_internal(customer=delivery.customer, name="Message Failed", message_id=f"status:{delivery.pk}:failed",
-                          properties={**_event_properties(delivery), "error": delivery.error[:500]}, at=now)
-    return delivery
 
 
+class NotSent:
+    """A claimed message the provider never got (its channel's breaker opened first, or the
+    provider crashed on an earlier message): claimed again at once."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
 
 
-def deliveries_dispatch(*, delivery_ids: list[int]) -> dict:
-    """Dispatch several deliveries one after another (the engine queues one task per batch).
-    Each has its own claim and result transactions, so one that fails (a bug, a provider
-    raising something unexpected) is logged and left to the sweeper; the others go on.
-    The internal events they record are enqueued together at the end."""
-    from journeys.engine.queue import enqueue_collected
+@dataclass
+class Sent:
+    """What a provider said about one message, and how long it took."""
 
-    outcome: dict[str, int] = {}
-    with enqueue_collected():  # their Message Sent events: one events_process task, not one each
-        for pk in delivery_ids:
+    delivery: Delivery
+    outcome: SendResult | ProviderError | NotSent
+    latency_ms: int = 0
+
+
+_MARK_SQL = "UPDATE channels_app_delivery SET sent_at = %s, provider_message_id = %s, latency_ms = %s WHERE id = %s"
+
+
+def _mark_accepted(delivery: Delivery, result: SendResult, latency_ms: int, now: datetime) -> None:
+    """The provider has the message: say so on its row at once (its own statement, committed
+    unless a caller's transaction is open), so a worker killed before the batch's results are
+    written never sends it again."""
+    delivery.sent_at, delivery.latency_ms = now, latency_ms
+    delivery.provider_message_id = (result.provider_message_id or "")[:255]
+    with connection.cursor() as cursor:
+        cursor.execute(_MARK_SQL, [now, delivery.provider_message_id, latency_ms, delivery.pk])
+
+
+class DispatchRun:
+    """One dispatcher run (a task): provider instances, and so their connections, are kept
+    from one pass to the next and closed at the end."""
+
+    def __init__(self, now: datetime | None = None) -> None:
+        self.fixed_now = now
+        self.providers: dict[tuple, Provider] = {}
+        self.outcome: Counter = Counter()
+
+    def now(self) -> datetime:
+        return self.fixed_now or timezone.now()
+
+    def __enter__(self) -> DispatchRun:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for provider in self.providers.values():
             try:
-                delivery = delivery_dispatch(delivery_id=pk)
-                status = delivery.status if delivery else "missing"
-            except Exception:
-                logger.exception("dispatching delivery %s failed", pk)
-                status = "error"
-            outcome[status] = outcome.get(status, 0) + 1
-    return outcome
+                provider.close()
+            except Exception:  # noqa: BLE001 - closing a connection must not fail the run
+                logger.exception("closing provider %s failed", provider.name)
+        self.providers.clear()
+
+    def _provider(self, channel: Channel) -> Provider:
+        key = (channel.pk, channel.provider, json.dumps(channel.settings or {}, sort_keys=True, default=str))
+        if key not in self.providers:
+            self.providers[key] = get_provider(channel.provider, channel.settings)
+        return self.providers[key]
+
+    def _forget(self, channel: Channel) -> None:
+        for key in [k for k in self.providers if k[0] == channel.pk]:
+            try:
+                self.providers.pop(key).close()
+            except Exception:  # noqa: BLE001
+                logger.exception("closing provider of %s failed", channel.name)
+
+    def pass_(self, *, ids: list[int] | None = None, limit: int | None = None) -> tuple[Claimed, list[int]]:
+        """Claim one batch, send it, record the results. Returns the claim and the ids to
+        claim again at once (probe waiters; messages a breaker stopped)."""
+        now = self.now()
+        claimed = deliveries_claim(ids=ids, now=now, limit=limit)
+        self.outcome["held"] += claimed.held
+        if not claimed.deliveries:
+            return claimed, list(claimed.later)
+        by_channel: dict[int, list[Delivery]] = defaultdict(list)
+        for d in claimed.deliveries:
+            by_channel[d.channel.pk].append(d)
+        sent: list[Sent] = []
+        for group in by_channel.values():
+            sent += self._send(group, claimed.admissions.get(group[0].channel.pk), now)
+        deliveries_record(sent=sent, now=now)
+        again = list(claimed.later)
+        for s in sent:
+            if isinstance(s.outcome, NotSent):
+                again.append(s.delivery.pk)
+            else:
+                self.outcome[s.delivery.status] += 1
+        return claimed, again
+
+    def _send(self, group: list[Delivery], admission: breakers.Admission | None, now: datetime) -> list[Sent]:
+        """One channel's part of a batch, through the provider's batch entry point. Stops at
+        the failure that opens the breaker (the rest is not sent: claimed again at once)."""
+        channel = group[0].channel
+        try:
+            provider = self._provider(channel)
+            messages = [_outgoing(d, status_callback=provider.status_callbacks) for d in group]
+        except ProviderError as exc:  # unknown provider, bad settings
+            return [Sent(d, exc) for d in group]
+        failures = admission.failures if admission else 0
+        probe = bool(admission and admission.probe)
+        why_stopped = ""
+        out: list[Sent] = []
+        results = provider.send_batch(messages)
+        try:
+            for d in group:
+                started = time.monotonic()
+                try:
+                    outcome = next(results)
+                except StopIteration:  # handed over, but no word on it: retried later (same idempotency key)
+                    outcome = TransientError(f"provider {channel.provider} gave no outcome for this message")
+                except Exception as exc:  # a provider bug must not leave rows "sending" until the lease ends
+                    logger.exception("provider %s crashed on delivery %s", channel.provider, d.pk)
+                    outcome, why_stopped = PermanentError(f"{type(exc).__name__}: {exc}"), "the provider crashed"
+                    self._forget(channel)
+                if not isinstance(outcome, (SendResult, ProviderError, NotSent)):
+                    outcome = PermanentError(f"provider {channel.provider} answered {outcome!r}")
+                latency = int((time.monotonic() - started) * 1000)
+                out.append(Sent(d, outcome, latency))
+                if isinstance(outcome, SendResult):
+                    _mark_accepted(d, outcome, latency, now)
+                    failures = 0
+                elif isinstance(outcome, NotSent):
+                    break
+                elif outcome.transient:
+                    failures += 1
+                    if probe or failures >= channel.breaker_threshold:
+                        why_stopped = f"the breaker of {channel.name} opened during the batch"
+                if why_stopped:
+                    break  # the rest goes to the fallback, waits, or gets a fresh provider
+        finally:
+            results.close()
+        out += [Sent(d, NotSent(why_stopped or "not sent")) for d in group[len(out):]]
+        return out
 
 
-def deliveries_dispatch_due(*, now: datetime | None = None, limit: int = 500) -> int:
-    """The sweeper (every minute): deferred deliveries whose time has come, queued ones
-    whose enqueue was lost, and sends whose worker died (lease expired)."""
+def _event(delivery: Delivery, name: str, message_id: str, at: datetime, **extra):
+    from journeys.services.internal_events import InternalEvent
+
+    return InternalEvent(customer_id=delivery.customer_id, user_id=delivery.customer.external_id, name=name,
+                         message_id=message_id, properties={**_event_properties(delivery), **extra}, at=at)
+
+
+def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) -> None:
+    """Write a batch's results in one transaction: delivery rows (sent; deferred for a retry
+    with backoff; failed; not sent: due again now), one attempt row per provider call, each
+    channel's breaker (its successes and transient failures in order), and the
+    `Message Sent` / `Message Failed` events (one INSERT, one engine task per 200)."""
+    from journeys.services.internal_events import events_record_internal
+
+    attempts, events, accepted, changed = [], [], [], []
+    per_channel: dict[int, tuple[Channel, list[tuple[bool, str]]]] = {}
+    for s in sent:
+        d, outcome = s.delivery, s.outcome
+        channel = d.channel
+        if isinstance(outcome, NotSent):
+            d.attempts -= 1  # the claim counted an attempt the provider never saw
+            d.status, d.reason, d.next_attempt_at, d.error = DeliveryStatus.DEFERRED, Reason.RETRY, now, outcome.why
+            changed.append(d)
+            continue
+        ok = isinstance(outcome, SendResult)
+        attempts.append({"delivery_id": d.pk, "channel_id": channel.pk, "at": now, "ok": ok,
+                         "latency_ms": s.latency_ms, "transient": bool(not ok and outcome.transient),
+                         "error": "" if ok else str(outcome)[:4000], "status_code": outcome.status_code})
+        if ok or outcome.transient:
+            per_channel.setdefault(channel.pk, (channel, []))[1].append((ok, "" if ok else str(outcome)))
+        if ok:
+            accepted.append(d)
+            d.status, d.next_attempt_at, d.reason, d.error = DeliveryStatus.SENT, None, "", ""
+            events.append(_event(d, "Message Sent", f"sent:{d.pk}", d.sent_at or now))
+            continue
+        d.error = str(outcome)[:4000]
+        if outcome.transient and d.attempts < channel.max_attempts:
+            d.status, d.reason = DeliveryStatus.DEFERRED, Reason.RETRY
+            d.next_attempt_at = now + retry_delay(channel=channel, attempt=d.attempts, retry_after=outcome.retry_after)
+        else:
+            d.status, d.next_attempt_at = DeliveryStatus.FAILED, None
+            d.reason = Reason.ATTEMPTS_EXHAUSTED if outcome.transient else Reason.PERMANENT_ERROR
+            events.append(_event(d, "Message Failed", f"status:{d.pk}:failed", now, error=d.error[:500]))
+        changed.append(d)
+    with transaction.atomic():
+        rows_insert(DeliveryAttempt, attempts)
+        if accepted:
+            # a status callback may already have moved a row on (delivered): statuses only move forward
+            Delivery.objects.filter(pk__in=[d.pk for d in accepted], status=DeliveryStatus.SENDING).update(
+                status=DeliveryStatus.SENT, next_attempt_at=None, reason="", error="", updated_at=now)
+        rows_set(Delivery, [{"id": d.pk, "status": d.status, "reason": d.reason, "error": d.error,
+                             "next_attempt_at": d.next_attempt_at, "attempts": d.attempts} for d in changed],
+                 ("status", "reason", "error", "next_attempt_at", "attempts"), stamp=now)
+        if breaker:
+            for channel, outcomes in per_channel.values():
+                breakers.breaker_record_many(channel=channel, outcomes=outcomes, now=now)
+        events_record_internal(events=events)
+
+
+def deliveries_dispatch(*, delivery_ids: list[int], now: datetime | None = None) -> dict:
+    """Send these deliveries (the engine queues one task per batch): claimed in batches,
+    each channel's part over one provider connection. Ids that are not queued or due
+    (already sending, sent, suppressed, deferred to later) are left alone."""
+    pending = list(dict.fromkeys(delivery_ids))
+    size = batch_size()
+    with DispatchRun(now) as run:
+        for _ in range(4 * len(pending) + 4):  # every pass settles at least one message
+            if not pending:
+                break
+            chunk, pending = pending[:size], pending[size:]
+            _, again = run.pass_(ids=chunk)
+            pending = again + pending
+        return dict(run.outcome)
+
+
+def delivery_dispatch(*, delivery_id: int, now: datetime | None = None) -> Delivery | None:
+    """Send one queued or due delivery (a batch of one); returns the row as it ends up.
+    A delivery that is not queued or due (already sending, sent, suppressed) is left alone."""
+    deliveries_dispatch(delivery_ids=[delivery_id], now=now)
+    return (Delivery.objects.select_related("channel", "customer", "topic", "requested_channel")
+            .filter(pk=delivery_id).first())
+
+
+def drain_seconds() -> float:
+    """How long one drain task keeps claiming batches: well inside the q2 task timeout."""
+    budget = float(getattr(settings, "DELIVERY_DRAIN_SECONDS", 40))
+    timeout = (getattr(settings, "Q_CLUSTER", {}) or {}).get("timeout")
+    return min(budget, timeout * 0.5) if timeout else budget
+
+
+def deliveries_drain(*, now: datetime | None = None, seconds: float | None = None) -> dict:
+    """Send due deliveries batch after batch (SKIP LOCKED: drains running side by side take
+    different batches) until none is due or `seconds` have passed (the next tick goes on)."""
+    deadline = time.monotonic() + (drain_seconds() if seconds is None else seconds)
+    batches = 0
+    with DispatchRun(now) as run:
+        while time.monotonic() < deadline:
+            claimed, again = run.pass_(limit=batch_size())
+            if not claimed and not again:
+                break  # nothing due (or all of it taken by other drains)
+            batches += 1
+        return {**run.outcome, "batches": batches}
+
+
+def deliveries_lease_expire(*, now: datetime) -> int:
+    """Claims whose worker died (`sending` past the lease): messages the provider had
+    accepted (marked) are recorded as sent, never sent again; the others are due again."""
+    expired = Delivery.objects.filter(status=DeliveryStatus.SENDING, claimed_at__lt=now - sending_lease())
+    count = expired.filter(sent_at__isnull=True).update(
+        status=DeliveryStatus.DEFERRED, reason=Reason.RETRY, next_attempt_at=now, error="send lease expired")
+    while True:
+        with transaction.atomic():
+            rows = expired.filter(sent_at__isnull=False).select_related("channel", "customer", "topic", "template")
+            if connection.vendor == "postgresql":
+                rows = rows.select_for_update(of=("self",), skip_locked=True)
+            rows = list(rows.order_by("id")[: batch_size()])
+            if not rows:
+                return count
+            deliveries_record(sent=[Sent(d, SendResult(d.provider_message_id), d.latency_ms or 0) for d in rows],
+                              now=now, breaker=False)
+            count += len(rows)
+
+
+def drain_tasks() -> int:
+    return max(1, int(getattr(settings, "DELIVERY_DRAIN_TASKS", 2)))
+
+
+def deliveries_dispatch_due(*, now: datetime | None = None) -> int:
+    """The sweeper (every minute): expired send leases, then drain tasks for what is due
+    (deferred deliveries whose time has come, queued ones whose enqueue was lost): one task
+    per batch due, at most DELIVERY_DRAIN_TASKS; each keeps claiming batches while due
+    work remains. Returns how many deliveries were due (counted up to what those tasks take
+    in their first batches)."""
     from django.db.models import Q
     from django_q.tasks import async_task
 
-    now = now or timezone.now()
-    Delivery.objects.filter(status=DeliveryStatus.SENDING, claimed_at__lt=now - SENDING_LEASE).update(
-        status=DeliveryStatus.DEFERRED, reason=Reason.RETRY, next_attempt_at=now, error="send lease expired")
-    due = (Delivery.objects.filter(
-        Q(status=DeliveryStatus.DEFERRED, next_attempt_at__lte=now)
-        | Q(status=DeliveryStatus.QUEUED, created_at__lte=now - QUEUED_GRACE))
-        .order_by("next_attempt_at", "id").values_list("pk", flat=True)[:limit])
-    ids = list(due)
-    for pk in ids:
-        async_task("channels_app.tasks.delivery_send", pk, now.isoformat(), group="deliveries")
-    return len(ids)
+    at = now or timezone.now()
+    deliveries_lease_expire(now=at)
+    size, tasks = batch_size(), drain_tasks()
+    due = (Delivery.objects.filter(Q(status=DeliveryStatus.DEFERRED, next_attempt_at__lte=at)
+                                   | Q(status=DeliveryStatus.QUEUED, created_at__lte=at - QUEUED_GRACE))
+           .values_list("pk", flat=True)[: size * tasks])
+    found = len(due)
+    for _ in range(min(tasks, -(-found // size))):
+        # named for the main cluster: the tick may run on a schedules cluster of its own
+        async_task("channels_app.tasks.deliveries_drain", now.isoformat() if now else None, group="deliveries",
+                   cluster=settings.Q_CLUSTER.get("name"))
+    return found
 
 
 @transaction.atomic
@@ -260,15 +385,15 @@ def deliveries_release_on_resume(*, scope: str, key: str) -> None:
 
 def deliveries_release_held(scope: str = "", key: str = "", now: datetime | None = None) -> int:
     """Send the deliveries held by a pause, oldest first, through the normal send path (consent,
-    quiet hours, caps and breakers apply again; one still held stays deferred)."""
+    quiet hours, caps and breakers apply again; one still held stays deferred): they are made
+    due now with one UPDATE and drained in batches."""
     from journeys.models import JourneyRun
 
-    now = now or timezone.now()
+    at = now or timezone.now()
     held = Delivery.objects.filter(status=DeliveryStatus.DEFERRED, reason=Reason.PAUSED)
     if scope == "workflow":
         held = held.filter(run_id__in=JourneyRun.objects.filter(workflow_id=int(key)).values("pk"))
-    ids = list(held.order_by("created_at", "id").values_list("pk", flat=True))
-    Delivery.objects.filter(pk__in=ids).update(next_attempt_at=now)
-    for pk in ids:
-        delivery_dispatch(delivery_id=pk, now=now)
-    return len(ids)
+    count = held.update(next_attempt_at=at)
+    if count:
+        deliveries_dispatch_due(now=now)
+    return count

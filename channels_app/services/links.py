@@ -6,9 +6,11 @@ where it makes sense, a maximum age. A bad or expired token raises `BadLink`.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from django.conf import settings
 from django.core import signing
-from django.urls import reverse
+from django.urls import get_script_prefix, reverse
 
 SALTS = {
     "unsubscribe": "channels.unsubscribe",
@@ -90,8 +92,20 @@ def absolute(path: str) -> str:
     return settings.PUBLIC_BASE_URL.rstrip("/") + path
 
 
+VIEWS = {"unsubscribe": "unsubscribe", "preferences": "preferences", "open": "open",
+         "click": "click", "status": "status", "inbound": "inbound_sms"}
+_TOKEN = "TOKEN-0123456789"  # a stand-in that the URL patterns accept and nothing else contains
+
+
+@lru_cache(maxsize=32)
+def _url_parts(purpose: str, script_prefix: str, base: str) -> tuple[str, str]:
+    url = absolute(reverse(f"channels_app:{VIEWS[purpose]}", args=[_TOKEN]))
+    head, _, tail = url.partition(_TOKEN)
+    return head, tail
+
+
 def link_url(*, purpose: str, data: dict) -> str:
-    """The absolute URL (PUBLIC_BASE_URL) of a signed link."""
-    views = {"unsubscribe": "unsubscribe", "preferences": "preferences", "open": "open",
-             "click": "click", "status": "status", "inbound": "inbound_sms"}
-    return absolute(reverse(f"channels_app:{views[purpose]}", args=[link_sign(purpose=purpose, data=data)]))
+    """The absolute URL (PUBLIC_BASE_URL) of a signed link. The URL around the token is
+    reversed once per purpose (a dispatcher signs one or two links per message)."""
+    head, tail = _url_parts(purpose, get_script_prefix(), settings.PUBLIC_BASE_URL)
+    return head + link_sign(purpose=purpose, data=data) + tail

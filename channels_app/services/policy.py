@@ -1,15 +1,25 @@
 """Timing and pressure: quiet hours in the customer's timezone, frequency caps, a gap
 after the last contact on another channel, the channel's send rate. Each check
-returns None (go) or a Hold: suppress, or defer until a moment."""
+returns None (go) or a Hold: suppress, or defer until a moment.
+
+The dispatcher checks a whole batch: `PressureBook` loads the recent contacts of the
+batch's customers with one query and `RateBook` a channel's sends of the last minute,
+and each counts the messages the batch itself lets through. A message that is being
+sent (claimed, `sending`) counts as a contact from its claim on, so two workers
+that take turns on a customer (the claim holds a lock on it, see services/claim.py)
+cannot break a cap between them."""
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
-from django.db.models import Max, Min, Q
+from django.db.models import Count, Min, Q
+from django.db.models.functions import Coalesce
 
-from channels_app.choices import SENT_STATUSES, ChannelKind, PressureAction, Reason
+from channels_app.choices import SENT_STATUSES, ChannelKind, DeliveryStatus, PressureAction, Reason
 from channels_app.models import Channel, Delivery, FrequencyCap
 from journeys.engine.runtime import customer_zone
 
@@ -44,61 +54,124 @@ def quiet_hours_hold(*, channel: Channel, customer, now: datetime) -> Hold | Non
                 detail=f"quiet hours {channel.quiet_start:%H:%M}-{channel.quiet_end:%H:%M} {zone.key}")
 
 
-def _sent(customer_id: int):
-    """Messages that reached the customer (webhook calls are integrations, not contacts)."""
-    return (Delivery.objects.filter(customer_id=customer_id, status__in=SENT_STATUSES, sent_at__isnull=False)
-            .exclude(channel__kind=ChannelKind.WEBHOOK))
+def _contacts():
+    """Messages that reached the customer or are being sent to them (webhook calls are
+    integrations, not contacts), with the moment they count from."""
+    return (Delivery.objects.filter(Q(status__in=SENT_STATUSES, sent_at__isnull=False) | Q(status=DeliveryStatus.SENDING))
+            .exclude(channel__kind=ChannelKind.WEBHOOK).annotate(at=Coalesce("sent_at", "claimed_at")))
+
+
+@dataclass(frozen=True)
+class Contact:
+    delivery_id: int | None
+    channel_id: int
+    channel_kind: str
+    topic_id: int | None
+    at: datetime
+
+
+def enabled_caps() -> list[FrequencyCap]:
+    return list(FrequencyCap.objects.filter(enabled=True).order_by("window_s", "id"))
+
+
+def _gap_s(delivery: Delivery) -> int:
+    return int((delivery.policy or {}).get("min_gap_other_channel_s") or 0)
+
+
+class PressureBook:
+    """Frequency caps and the gap after the last contact, for many deliveries: the recent
+    contacts of their customers in one query; `add` counts a message the batch sends."""
+
+    def __init__(self, *, deliveries: Iterable[Delivery], now: datetime, caps: list[FrequencyCap] | None = None):
+        deliveries = list(deliveries)
+        self.caps = enabled_caps() if caps is None else caps
+        self.contacts: dict[int, list[Contact]] = defaultdict(list)
+        windows = [cap.window_s for cap in self.caps] + [_gap_s(d) for d in deliveries]
+        customer_ids = {d.customer_id for d in deliveries}
+        if not customer_ids or not max(windows, default=0):
+            return
+        since = now - timedelta(seconds=max(windows))
+        rows = (_contacts().filter(customer_id__in=customer_ids, at__gt=since)
+                .values_list("pk", "customer_id", "channel_id", "channel__kind", "topic_id", "at"))
+        for pk, customer_id, channel_id, kind, topic_id, at in rows:
+            self.contacts[customer_id].append(Contact(pk, channel_id, kind, topic_id, at))
+
+    def add(self, delivery: Delivery, at: datetime) -> None:
+        self.contacts[delivery.customer_id].append(
+            Contact(delivery.pk, delivery.channel_id, delivery.channel.kind, delivery.topic_id, at))
+
+    def cap_hold(self, delivery: Delivery, now: datetime) -> Hold | None:
+        """The first cap this send would break (global, per channel, per topic)."""
+        for cap in self.caps:
+            if cap.channel_id not in (None, delivery.channel_id) or cap.topic_id not in (None, delivery.topic_id):
+                continue
+            since = now - timedelta(seconds=cap.window_s)
+            recent = sorted((c.at for c in self.contacts.get(delivery.customer_id, ())
+                             if c.at > since and (delivery.pk is None or c.delivery_id != delivery.pk)
+                             and cap.channel_id in (None, c.channel_id) and cap.topic_id in (None, c.topic_id)),
+                            reverse=True)
+            if len(recent) >= cap.limit:
+                detail = f"cap {cap.name}: {len(recent)}/{cap.limit} in {cap.window_s}s"
+                if cap.action == PressureAction.SUPPRESS:
+                    return Hold(Reason.FREQUENCY_CAP, detail=detail)
+                return Hold(Reason.FREQUENCY_CAP, detail=detail,
+                            until=recent[cap.limit - 1] + timedelta(seconds=cap.window_s) + timedelta(seconds=1))
+        return None
+
+    def gap_hold(self, delivery: Delivery, now: datetime) -> Hold | None:
+        """Step option `min_gap_other_channel_s`: no send within that long after the customer's
+        last message on another channel kind or their last engagement (open, click...)."""
+        gap = _gap_s(delivery)
+        if not gap:
+            return None
+        last_other = max((c.at for c in self.contacts.get(delivery.customer_id, ())
+                          if c.channel_kind != delivery.channel.kind), default=None)
+        engaged = getattr(delivery.customer, "last_engaged_at", None)
+        last = max([m for m in (last_other, engaged) if m is not None], default=None)
+        if last is None or now - last >= timedelta(seconds=gap):
+            return None
+        detail = f"last contact {last.isoformat()} is within {gap}s"
+        if (delivery.policy or {}).get("recent_contact_action", PressureAction.DEFER) == PressureAction.SUPPRESS:
+            return Hold(Reason.RECENT_CONTACT, detail=detail)
+        return Hold(Reason.RECENT_CONTACT, until=last + timedelta(seconds=gap), detail=detail)
 
 
 def frequency_cap_hold(*, delivery: Delivery, now: datetime) -> Hold | None:
-    """The first cap this send would break (global, per channel, per topic)."""
-    caps = FrequencyCap.objects.filter(enabled=True).filter(
-        Q(channel__isnull=True) | Q(channel_id=delivery.channel_id)
-    ).filter(Q(topic__isnull=True) | Q(topic_id=delivery.topic_id))
-    for cap in caps.order_by("window_s"):
-        since = now - timedelta(seconds=cap.window_s)
-        recent = _sent(delivery.customer_id).filter(sent_at__gt=since).exclude(pk=delivery.pk)
-        if cap.channel_id:
-            recent = recent.filter(channel_id=cap.channel_id)
-        if cap.topic_id:
-            recent = recent.filter(topic_id=cap.topic_id)
-        count = recent.count()
-        if count >= cap.limit:
-            detail = f"cap {cap.name}: {count}/{cap.limit} in {cap.window_s}s"
-            if cap.action == PressureAction.SUPPRESS:
-                return Hold(Reason.FREQUENCY_CAP, detail=detail)
-            oldest = recent.order_by("-sent_at").values_list("sent_at", flat=True)[cap.limit - 1]
-            return Hold(Reason.FREQUENCY_CAP, until=oldest + timedelta(seconds=cap.window_s) + timedelta(seconds=1),
-                        detail=detail)
-    return None
+    """The first cap this one send would break (see PressureBook for a batch)."""
+    return PressureBook(deliveries=[delivery], now=now).cap_hold(delivery, now)
 
 
 def recent_contact_hold(*, delivery: Delivery, now: datetime) -> Hold | None:
-    """Step option `min_gap_other_channel_s`: no send within that long after the customer's
-    last message on another channel kind or their last engagement (open, click...)."""
-    gap = int((delivery.policy or {}).get("min_gap_other_channel_s") or 0)
-    if not gap:
-        return None
-    last_other = (_sent(delivery.customer_id).exclude(channel__kind=delivery.channel.kind)
-                  .aggregate(m=Max("sent_at"))["m"])
-    engaged = getattr(delivery.customer, "last_engaged_at", None)
-    last = max([m for m in (last_other, engaged) if m is not None], default=None)
-    if last is None or now - last >= timedelta(seconds=gap):
-        return None
-    detail = f"last contact {last.isoformat()} is within {gap}s"
-    if (delivery.policy or {}).get("recent_contact_action", PressureAction.DEFER) == PressureAction.SUPPRESS:
-        return Hold(Reason.RECENT_CONTACT, detail=detail)
-    return Hold(Reason.RECENT_CONTACT, until=last + timedelta(seconds=gap), detail=detail)
+    """The gap after the last contact, for one send (see PressureBook for a batch)."""
+    return PressureBook(deliveries=[delivery], now=now, caps=[]).gap_hold(delivery, now)
+
+
+class RateBook:
+    """Each channel's sends per minute, counted in the database (shared by all workers) once
+    per batch; `take` lets a message through or says until when it waits."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self._seen: dict[int, list] = {}  # channel id -> [count in the last minute, first of them]
+
+    def take(self, channel: Channel) -> Hold | None:
+        if not channel.rate_limit_per_minute:
+            return None
+        seen = self._seen.get(channel.pk)
+        if seen is None:
+            since = self.now - timedelta(seconds=60)
+            found = (Delivery.objects.filter(channel=channel)
+                     .filter(Q(sent_at__gt=since) | Q(status=DeliveryStatus.SENDING, claimed_at__gt=since))
+                     .aggregate(n=Count("pk"), first=Min(Coalesce("sent_at", "claimed_at"))))
+            seen = self._seen[channel.pk] = [found["n"], found["first"]]
+        if seen[0] < channel.rate_limit_per_minute:
+            seen[0] += 1
+            seen[1] = seen[1] or self.now
+            return None
+        return Hold(Reason.RATE_LIMIT, until=(seen[1] or self.now) + timedelta(seconds=60, milliseconds=1),
+                    detail=f"{channel.rate_limit_per_minute}/min")
 
 
 def rate_limit_hold(*, channel: Channel, now: datetime) -> Hold | None:
-    """The channel's sends per minute, counted in the database (shared by all workers)."""
-    if not channel.rate_limit_per_minute:
-        return None
-    since = now - timedelta(seconds=60)
-    sent = Delivery.objects.filter(channel=channel, sent_at__gt=since)
-    if sent.count() < channel.rate_limit_per_minute:
-        return None
-    first = sent.aggregate(m=Min("sent_at"))["m"]
-    return Hold(Reason.RATE_LIMIT, until=first + timedelta(seconds=60, milliseconds=1),
-                detail=f"{channel.rate_limit_per_minute}/min")
+    """The channel's sends per minute, for one send (see RateBook for a batch)."""
+    return RateBook(now).take(channel)

@@ -12,9 +12,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.html import escape
 
-from channels_app.choices import ChannelKind, ConsentStatus, DeliveryStatus, Reason
-from channels_app.models import Channel, Consent, Delivery, MessageTemplate, Topic
-from channels_app.services.consent import consent_refusal, personalization_allowed, refusal_from
+from channels_app.choices import ChannelKind, DeliveryStatus, Reason
+from channels_app.models import Channel, Delivery, MessageTemplate
+from channels_app.services.consent import ConsentBook, consent_refusal, personalization_allowed
 from journeys.engine.batch import instance_new, objects_insert, reserve_ids
 from channels_app.services.links import link_url
 from channels_app.services.templates import template_render
@@ -93,11 +93,16 @@ def _track_html(html: str, delivery: Delivery, skip: set[str]) -> str:
     return html.replace("</body>", pixel + "</body>") if "</body>" in html else html + pixel
 
 
-def _links(delivery: Delivery) -> dict:
+def unsubscribe_url(delivery: Delivery) -> str:
+    """One-click unsubscribe from the message's topic on its channel (List-Unsubscribe, links.unsubscribe_url)."""
     topic_slug = delivery.topic.slug if delivery.topic_id else None
+    return link_url(purpose="unsubscribe", data={"c": delivery.customer_id, "k": delivery.channel.kind,
+                                                 "t": topic_slug, "d": delivery.pk})
+
+
+def _links(delivery: Delivery) -> dict:
     return {
-        "unsubscribe_url": link_url(purpose="unsubscribe", data={"c": delivery.customer_id, "k": delivery.channel.kind,
-                                                                  "t": topic_slug, "d": delivery.pk}),
+        "unsubscribe_url": unsubscribe_url(delivery),
         "preferences_url": link_url(purpose="preferences", data={"c": delivery.customer_id}),
     }
 
@@ -238,10 +243,9 @@ class SendBatch:
     RESERVE = 64
 
     def __init__(self, batch) -> None:
-        self.customer_ids = set(batch.customer_ids)
+        self.consents = ConsentBook(batch.customer_ids)
         self._channels: dict[str, Channel] = {}
         self._templates: dict[str, tuple[MessageTemplate, int | None]] = {}
-        self._consents: dict[int, list[tuple]] | None = None
         self._ids: list[int] = []
         self.pending: dict[str, Delivery] = {}
 
@@ -263,22 +267,9 @@ class SendBatch:
             self._templates[name] = (template, _latest_version(template))
         return self._templates[name][0]
 
-    def _consent_rows(self, customer_id: int) -> list[tuple]:
-        if self._consents is None:
-            self._consents = {}
-            for row in Consent.objects.filter(customer_id__in=self.customer_ids).values_list(
-                "customer_id", "channel_kind", "topic_id", "status", "topic__slug"
-            ):
-                self._consents.setdefault(row[0], []).append(row[1:])
-        if customer_id not in self.customer_ids:  # not one of the batch's customers: ask
-            self.customer_ids.add(customer_id)
-            self._consents[customer_id] = list(Consent.objects.filter(customer_id=customer_id).values_list(
-                "channel_kind", "topic_id", "status", "topic__slug"))
-        return self._consents.get(customer_id, [])
-
     def _next_id(self) -> int:
         if not self._ids:  # about one message per customer of the batch: one statement, not one per 64
-            self._ids = reserve_ids(Delivery, max(self.RESERVE, len(self.customer_ids)))
+            self._ids = reserve_ids(Delivery, max(self.RESERVE, len(self.consents.customer_ids)))
         return self._ids.pop(0)
 
     def message(self, *, customer, template: MessageTemplate, channel: Channel, idempotency_key: str, context: dict,
@@ -287,18 +278,9 @@ class SendBatch:
         """What message_send decides and records, kept for the batch's INSERT."""
         if idempotency_key in self.pending:
             return self.pending[idempotency_key]
-        rows = self._consent_rows(customer.pk)
-        personalized = not any(kind == "" and slug == Topic.PERSONALIZATION and status == ConsentStatus.OPTED_OUT
-                               for kind, _, status, slug in rows)
-
-        def refuse(channel_kind: str, topic) -> str | None:
-            wanted = {None, topic.pk} if topic is not None else {None}
-            status = {(kind, topic_id): st for kind, topic_id, st, _ in rows
-                      if kind in ("", channel_kind) and topic_id in wanted}
-            return refusal_from(status=status, channel_kind=channel_kind, topic=topic)
-
         data, picked, to, refusal = _decide(customer=customer, template=template, channel=channel, context=context,
-                                            now=now, personalized=personalized, refuse=refuse)
+                                            now=now, personalized=self.consents.personalized(customer.pk),
+                                            refuse=self.consents.refuser(customer.pk))
         latest = self._templates[template.name][1] if template.name in self._templates else _latest_version(template)
         delivery = _new_delivery(
             customer=customer, template=template, channel=channel, picked=picked, to=to, refusal=refusal,

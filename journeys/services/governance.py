@@ -12,7 +12,7 @@ import json
 import logging
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -507,6 +507,17 @@ def outbound_hold(*, workflow_id: int | None = None, run_id: int | None = None) 
     if workflow_id and Workflow.objects.filter(pk=workflow_id, status=WorkflowStatus.PAUSED).exists():
         return "workflow paused"
     return ""
+
+
+def outbound_holds(*, run_ids: Iterable[int | None]) -> Callable[[int | None], str]:
+    """outbound_hold for a batch of messages with two queries: returns `hold(run_id)` ->
+    why that run's message must be held now ('' = send it)."""
+    if OperationsSwitch.objects.filter(scope=SwitchScope.GLOBAL, active=True).exists():
+        return lambda run_id: "safe mode"
+    ids = {pk for pk in run_ids if pk is not None}
+    paused = set(JourneyRun.objects.filter(pk__in=ids, workflow__status=WorkflowStatus.PAUSED)
+                 .values_list("pk", flat=True)) if ids else set()
+    return lambda run_id: "workflow paused" if run_id in paused else ""
 
 
 def safe_mode_active() -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
@@ -72,27 +73,36 @@ def event_record_internal(
     return Event.objects.get(pk=ids[0])
 
 
-def events_record_internal(*, rows: list[dict], at: datetime) -> list[int]:
-    """Store many internal events with one INSERT and queue them one task per batch.
+@dataclass(frozen=True)
+class InternalEvent:
+    """One product-made event of a batch (see events_record_internal)."""
 
-    Each row: customer_id, user_id, name, properties, message_id (derived from what happened,
-    e.g. a transition id, so it is new: a repeat is skipped by the event-key claim). Call it
-    inside the transaction that made the change: the rows are the outbox. Returns the new ids.
-    """
+    customer_id: int
+    user_id: str
+    name: str
+    message_id: str
+    properties: dict
+    at: datetime
+
+
+def events_record_internal(*, events: list[InternalEvent]) -> list[int]:
+    """event_record_internal for many events with one INSERT and one enqueue; returns the new
+    events' ids. Each message id is derived from what happened (a transition, a delivery), so a
+    repeat is skipped by the event-key claim. Runs in the caller's transaction (the rows are the
+    outbox): the stage refresh's `Stage Entered`, the dispatcher's `Message Sent` / `Failed`."""
     from journeys.engine.queue import enqueue_events
     from journeys.services.bulk_ingest import events_insert
 
-    if not rows:
+    if not events:
         return []
-    source_id = internal_source().pk
-    received = timezone.now()
+    source_id, received = internal_source().pk, timezone.now()
     ids = events_insert([
         {
-            "source_id": source_id, "message_id": row["message_id"], "type": EventType.TRACK,
-            "name": row["name"], "user_id": row.get("user_id", ""), "customer_id": row["customer_id"],
-            "properties": row.get("properties") or {}, "timestamp": at, "received_at": received,
+            "source_id": source_id, "message_id": e.message_id, "type": EventType.TRACK, "name": e.name,
+            "user_id": e.user_id, "customer_id": e.customer_id, "properties": e.properties or {},
+            "timestamp": e.at, "received_at": received,
         }
-        for row in rows
+        for e in events
     ])
     enqueue_events(ids)
     return ids

@@ -205,7 +205,7 @@ def _stage_targets(*, customers, stages: list[tuple[str, str]], now: datetime) -
 def _stage_moves_apply(*, moves: list[Move], rules: dict[str, str], now: datetime) -> int:
     """One transaction: lock, re-check, move, record transitions and events (set-based)."""
     from journeys.engine.batch import rows_insert, rows_update
-    from journeys.services.internal_events import events_record_internal
+    from journeys.services.internal_events import InternalEvent, events_record_internal
 
     with transaction.atomic():
         locked = _customers_lock([pk for pk, _, _ in moves])
@@ -229,15 +229,15 @@ def _stage_moves_apply(*, moves: list[Move], rules: dict[str, str], now: datetim
             ],
             returning=("id", "customer_id", "from_stage", "to_stage"),
         )
-        rows = []
+        events = []
         for transition_id, pk, frm, to in sorted(transitions):
             user_id = locked[pk][1]
             if frm:
-                rows.append({"customer_id": pk, "user_id": user_id, "name": "Stage Left",
-                             "properties": {"stage": frm, "to": to}, "message_id": f"stage-left:{transition_id}"})
-            rows.append({"customer_id": pk, "user_id": user_id, "name": "Stage Entered",
-                         "properties": {"stage": to, "from": frm}, "message_id": f"stage-entered:{transition_id}"})
-        events_record_internal(rows=rows, at=now)
+                events.append(InternalEvent(customer_id=pk, user_id=user_id, name="Stage Left", at=now,
+                                            properties={"stage": frm, "to": to}, message_id=f"stage-left:{transition_id}"))
+            events.append(InternalEvent(customer_id=pk, user_id=user_id, name="Stage Entered", at=now,
+                                        properties={"stage": to, "from": frm}, message_id=f"stage-entered:{transition_id}"))
+        events_record_internal(events=events)
     return len(moves)
 
 

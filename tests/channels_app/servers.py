@@ -22,20 +22,33 @@ def free_port() -> int:
 
 
 class SmtpSink:
-    """aiosmtpd handler: keeps every received message (parsed) in `messages`."""
+    """aiosmtpd handler: keeps every received message (parsed) in `messages` and the client's
+    address and port of each (`peers`: one port per connection). Fails on demand: the next
+    RCPT commands (`refuse_next`), a given recipient (`refuse`), or drops the connection at a
+    given recipient's RCPT (`drop`, once per address)."""
 
     def __init__(self):
         self.messages = []
+        self.peers: list[tuple] = []
         self.refuse_next: list[str] = []  # SMTP replies to give to the next RCPT commands
+        self.refuse: dict[str, str] = {}  # recipient -> SMTP reply
+        self.drop: set[str] = set()  # recipients whose RCPT closes the connection (once each)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.drop:
+            self.drop.discard(address)
+            server.transport.close()
+            return "421 closing"
         if self.refuse_next:
             return self.refuse_next.pop(0)
+        if address in self.refuse:
+            return self.refuse[address]
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
         self.messages.append(message_from_bytes(envelope.content, policy=policy.default))
+        self.peers.append(session.peer)
         return "250 Message accepted for delivery"
 
 
@@ -66,17 +79,22 @@ class FakeVendor:
 
     def __init__(self):
         self.requests: list[Recorded] = []
+        self.ports: list[int] = []  # the client's port of each request: one per connection (keep-alive)
         self.queue: list[Plan] = []
         self.default = Plan(200, {"id": "ok-1", "sid": "SM123", "name": "projects/p/messages/9", "ok": True, "ts": "1.2"})
         self.lock = threading.Lock()
         vendor = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real vendors' APIs
+            disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
+
             def do_POST(self):  # noqa: N802
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 with vendor.lock:
                     vendor.requests.append(Recorded("POST", self.path, dict(self.headers), body))
+                    vendor.ports.append(self.client_address[1])
                     plan = vendor.queue.pop(0) if vendor.queue else vendor.default
                 if plan.delay:
                     time.sleep(plan.delay)

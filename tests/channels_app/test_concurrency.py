@@ -1,22 +1,28 @@
-"""Two workers racing for the same delivery, with real commits and threads: one send only."""
+"""Dispatchers racing, with real commits and threads (PostgreSQL): one send per delivery, SKIP LOCKED
+claims that never wait, frequency caps that hold between workers."""
 
 from __future__ import annotations
 
 import threading
+import time
+from collections import Counter
+from datetime import timedelta
 
-import pytest
-from django.db import connection
+from django.db import connection, transaction
+from django.utils import timezone
 
 from channels_app.models import Delivery
-from channels_app.services import delivery_dispatch, message_send
-from tests.channels_app.factories import ChannelFactory, CustomerFactory, TemplateFactory
+from channels_app.services import deliveries_dispatch, deliveries_drain, delivery_dispatch, message_send
+from tests.channels_app.factories import CapFactory, ChannelFactory, CustomerFactory, TemplateFactory, topic
 from tests.channels_app.servers import Plan
+from tests.marks import on_postgres
+from tests.proc import run_in_threads
 
 
-@pytest.mark.postgres
-@pytest.mark.skipif(connection.vendor != "postgresql",
-                    reason="SQLite's shared in-memory test database locks whole tables; set DATABASE_URL to run")
-@pytest.mark.django_db(transaction=True)
+# Real commits and threads (SQLite's shared in-memory test database locks whole tables).
+pytestmark = on_postgres("row locks, several connections at once")
+
+
 def test_two_workers_dispatching_the_same_delivery_send_it_once(vendor, monkeypatch):
     monkeypatch.setenv("JOURNEYS_SECRET_TEST_SLACK_TOKEN", "x")
     chat = ChannelFactory(name="chat", kind="chat", provider="slack",
@@ -47,3 +53,75 @@ def test_two_workers_dispatching_the_same_delivery_send_it_once(vendor, monkeypa
     assert errors == []
     assert len(vendor.requests) == 1
     assert Delivery.objects.get(pk=delivery.pk).status == "sent"
+
+
+def _due_webhooks(vendor, monkeypatch, count: int) -> list[Delivery]:
+    """`count` webhook calls due now (deferred, their time has come), none sent yet."""
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_HOOK", "s")
+    hook = ChannelFactory(name="hook", kind="webhook", provider="webhook", breaker_threshold=50,
+                          settings={"url": vendor.url, "secret_env": "JOURNEYS_SECRET_TEST_HOOK"})
+    customer = CustomerFactory()
+    return Delivery.objects.bulk_create(
+        Delivery(idempotency_key=f"due-{i}", customer=customer, channel=hook, to=vendor.url, body="{}",
+                 transactional=True, status="deferred", reason="quiet_hours",
+                 next_attempt_at=timezone.now() - timedelta(seconds=1)) for i in range(count))
+
+
+def test_a_dispatcher_skips_rows_another_one_holds_and_never_waits_for_them(vendor, monkeypatch):
+    due = _due_webhooks(vendor, monkeypatch, 12)
+    held_ids = [d.pk for d in due[:5]]
+    locked, release = threading.Event(), threading.Event()
+
+    def other_dispatcher():  # holds 5 of them, as a dispatcher mid-claim would
+        with transaction.atomic():
+            list(Delivery.objects.select_for_update().filter(pk__in=held_ids))
+            locked.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=lambda: (other_dispatcher(), connection.close()))
+    holder.start()
+    locked.wait(10)
+    started = time.monotonic()
+    outcome = deliveries_drain(seconds=20)
+    took = time.monotonic() - started
+    release.set()
+    holder.join(10)
+
+    assert outcome["sent"] == 7 and took < 10  # the 7 free ones, without waiting for the locked 5
+    assert set(Delivery.objects.filter(pk__in=held_ids).values_list("status", flat=True)) == {"deferred"}
+    deliveries_drain(seconds=20)
+    keys = [r.headers["Idempotency-Key"] for r in vendor.requests]
+    assert sorted(keys) == sorted(d.idempotency_key for d in due)  # every one once
+
+
+def test_two_dispatchers_draining_together_send_every_delivery_once(vendor, monkeypatch, settings):
+    settings.DELIVERY_BATCH_SIZE = 5
+    due = _due_webhooks(vendor, monkeypatch, 40)
+    vendor.default = Plan(200, {"id": "ok"}, delay=0.01)
+    outcomes: list[dict] = []
+
+    run_in_threads(*[lambda: outcomes.append(deliveries_drain(seconds=30))] * 2)
+
+    keys = [r.headers["Idempotency-Key"] for r in vendor.requests]
+    assert sorted(keys) == sorted(d.idempotency_key for d in due)  # none twice, none missed
+    assert sum(o.get("sent", 0) for o in outcomes) == 40
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"sent"}
+
+
+def test_a_frequency_cap_holds_when_two_workers_send_to_the_same_customers(settings):
+    """Two workers, each with its own message for the same 60 customers, a cap of one message a
+    day: each customer gets one, whichever worker is faster (the claim locks the customer)."""
+    CapFactory(name="one a day", limit=1, window_s=86400, action="suppress")
+    news = TemplateFactory(topic=topic("product_updates"))
+    first = ChannelFactory(name="mail-a", kind="email", provider="console")
+    second = ChannelFactory(name="mail-b", kind="email", provider="console")
+    people = [CustomerFactory(email=f"c{i}@example.com") for i in range(60)]
+    batches = [[Delivery.objects.create(idempotency_key=f"{channel.name}-{c.pk}", customer=c, channel=channel,
+                                        template=news, topic=news.topic, to=c.email, status="queued").pk
+                for c in people] for channel in (first, second)]
+
+    run_in_threads(*[lambda ids=ids: deliveries_dispatch(delivery_ids=ids) for ids in batches])
+
+    sent = Counter(Delivery.objects.filter(status="sent").values_list("customer_id", flat=True))
+    assert sent == Counter({c.pk: 1 for c in people})
+    assert Delivery.objects.filter(status="suppressed", reason="frequency_cap").count() == 60

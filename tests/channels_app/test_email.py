@@ -124,3 +124,23 @@ def test_smtp_permanent_rejection_fails_without_retry(email_setup, smtp, on_comm
     assert (delivery.status, delivery.reason, delivery.attempts) == ("failed", "permanent_error", 1)
     assert "550" in delivery.error and smtp.messages == []
     assert Event.objects.filter(name="Message Failed").count() == 1
+
+
+def test_non_ascii_subjects_bodies_and_named_senders_arrive_intact(smtp, on_commit):
+    channel = ChannelFactory(name="email", kind="email", provider="smtp",
+                             settings={"from_email": "Café Zoë <news@shop.test>"})
+    template = TemplateFactory(topic=topic("transactional"), subject="Grüße, {{ profile.first_name }} ✓",
+                               body="Ligne 1 : déjà vu = 100 %\n" + "é" * 300 + "\n.leading dot",
+                               html_body="<p>Grüße <b>{{ profile.first_name }}</b></p>")
+    customer = CustomerFactory(external_id="zoe", email="zoe@example.com", traits={"first_name": "Zoë"})
+
+    send(on_commit, channel, template, customer)
+
+    [mail] = smtp.messages
+    assert mail["Subject"] == "Grüße, Zoë ✓"
+    [sender] = mail["From"].addresses
+    assert (sender.display_name, sender.addr_spec) == ("Café Zoë", "news@shop.test")
+    text = mail.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert text == "Ligne 1 : déjà vu = 100 %\n" + "é" * 300 + "\n.leading dot"
+    assert "<b>Zoë</b>" in mail.get_body(("html",)).get_content()
+    assert all(len(line) <= 998 for line in mail.as_string().splitlines())

@@ -32,7 +32,7 @@ from journeys.engine import processor, runner, scheduler
 from journeys.engine.compiled import load_version
 from journeys.models import BusinessUnit, Customer, Event, JourneyRun, StepExecution
 from journeys.services.workflows import version_build, version_publish, workflow_create
-from tests.proc import QCluster, database_url, freeze_mid_task, wait_until
+from tests.proc import QCluster, database_url, freeze_mid_task, run_in_threads, wait_until
 
 pytestmark = [
     pytest.mark.postgres,
@@ -99,17 +99,6 @@ def publish():
     return make
 
 
-@pytest.fixture
-def orm_broker(settings, monkeypatch):
-    """Enqueue like production: test settings run tasks inline (sync); here `enqueue_events`
-    writes the django-q OrmQ row inside the ingesting transaction (the outbox) instead."""
-    from django_q.conf import Conf
-
-    settings.Q_CLUSTER = {k: v for k, v in settings.Q_CLUSTER.items() if k != "sync"}
-    monkeypatch.setattr(Conf, "SYNC", False)
-    assert "orm" in settings.Q_CLUSTER
-
-
 def _backends(app_name: str) -> list[int]:
     with connection.cursor() as cur:
         cur.execute(
@@ -150,35 +139,6 @@ def post_orders(api, numbers, *, per_request: int, event: str = ORDER) -> None:
         ]
         response = api.post("batch", {"batch": batch})
         assert response.status_code == 200, response.content
-
-
-def run_in_threads(*calls, timeout: float = 60):
-    """Run each call in its own thread (each with its own DB connection), started together.
-    Returns [(result, started, finished)]; re-raises the first exception."""
-    barrier = threading.Barrier(len(calls))
-    out: list = [None] * len(calls)
-    errors: list[BaseException] = []
-
-    def target(i, call):
-        try:
-            barrier.wait(timeout=10)
-            started = time.monotonic()
-            result = call()
-            out[i] = (result, started, time.monotonic())
-        except BaseException as exc:  # noqa: BLE001 - reported to the test below
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=target, args=(i, c), daemon=True) for i, c in enumerate(calls)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout)
-    assert not any(t.is_alive() for t in threads), "a worker thread hung (deadlock?)"
-    if errors:
-        raise errors[0]
-    return out
 
 
 def busy_at_once(timings) -> bool:

@@ -15,22 +15,16 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from django.db import connection
 
 from journeys.choices import EventStatus
 from journeys.engine.compiled import reset_caches
 from journeys.models import BusinessUnit, Event, JourneyRun, StepExecution
 from journeys.services.workflows import version_build, version_publish, workflow_create
+from tests.marks import on_postgres
 from tests.proc import PeakRss, QCluster, database_url, wait_until
 
-pytestmark = [
-    pytest.mark.postgres,
-    pytest.mark.skipif(connection.vendor != "postgresql",
-                       reason="needs PostgreSQL (real worker processes on the test database); "
-                       "set DATABASE_URL=postgresql://... to run"),
-    pytest.mark.django_db(transaction=True),
-]
+pytestmark = on_postgres("real worker processes on the test database")
 
 N = 1250
 MB = 1024 * 1024
@@ -47,16 +41,6 @@ FLOW = {  # one in ten events (Order Completed) runs a workflow: condition -> pr
     ],
     "edges": [{"from": "check", "outcome": "yes", "to": "count"}, {"from": "count", "outcome": "next", "to": "done"}],
 }
-
-
-@pytest.fixture
-def orm_broker(settings, monkeypatch):
-    """Enqueue as production does (test settings run tasks inline): the task rows are written
-    in each request's transaction, for the qcluster to pick up."""
-    from django_q.conf import Conf
-
-    settings.Q_CLUSTER = {k: v for k, v in settings.Q_CLUSTER.items() if k != "sync"}
-    monkeypatch.setattr(Conf, "SYNC", False)
 
 
 def _burst(api, start: int, count: int) -> None:

@@ -1,0 +1,271 @@
+"""Claiming a batch of deliveries to send: the send-time checks for the whole batch in a
+few queries, and the claim (status `sending`) in the same short transaction.
+
+Rows are locked with `SELECT ... FOR UPDATE SKIP LOCKED` on PostgreSQL, so dispatchers
+running side by side take disjoint batches and never wait on each other; SQLite runs
+write transactions one at a time (`transaction_mode = IMMEDIATE`), and the claim is a
+compare-and-set on the status either way. Customers whose messages are capped (frequency
+caps, the gap after the last contact) and rate-limited channels are locked too
+(transaction-scoped advisory locks, in key order), so two workers cannot both count
+the same free slot: the second counts the first one's claim.
+
+Checks, in the order the single-message path always had: consent again (webhook calls
+excepted), the channel's pause, journeys' safe mode and workflow pauses, the breaker
+(falling back to the fallback channel when it is open or the channel is disabled),
+quiet hours, frequency caps and the gap after the last contact (not for transactional
+messages nor replies the customer waits for), and the channel's rate limit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from channels_app.choices import ChannelKind, DeliveryStatus, Reason
+from channels_app.models import Channel, Delivery, MessageTemplate
+from channels_app.services import breaker as breakers
+from channels_app.services import policy
+from channels_app.services.consent import ConsentBook
+from channels_app.services.sending import channel_pick
+from journeys.engine.batch import rows_set
+
+# A queued delivery whose enqueue was lost is picked up by the sweeper after this long.
+QUEUED_GRACE = timedelta(seconds=30)
+PAUSE_RECHECK = timedelta(minutes=1)
+# Advisory lock namespaces (pg_advisory_xact_lock(namespace, key)).
+LOCK_CUSTOMER, LOCK_CHANNEL_RATE = 7301, 7302
+
+
+def batch_size() -> int:
+    return max(1, int(getattr(settings, "DELIVERY_BATCH_SIZE", 200)))
+
+
+def sending_lease() -> timedelta:
+    """A claimed (`sending`) delivery whose worker died is looked at again after this long."""
+    return timedelta(seconds=int(getattr(settings, "DELIVERY_SENDING_LEASE_S", 600)))
+
+
+@dataclass
+class Claimed:
+    """One claimed batch: `deliveries` are `sending` now (with `channel`, `customer` (but its
+    traits), `topic` and `template` (its name) loaded); `later` were left as they were because a half-open breaker lets
+    one probe through first (send the probe, then claim them again)."""
+
+    deliveries: list[Delivery] = field(default_factory=list)
+    later: list[int] = field(default_factory=list)
+    held: int = 0
+    admissions: dict[int, breakers.Admission] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.deliveries or self.held)
+
+
+def _due(now: datetime) -> Q:
+    return (Q(status=DeliveryStatus.DEFERRED, next_attempt_at__lte=now)
+            | Q(status=DeliveryStatus.QUEUED, created_at__lte=now - QUEUED_GRACE))
+
+
+def _sendable(now: datetime) -> Q:
+    """Given ids: queued ones, and deferred ones whose time has come."""
+    return Q(status=DeliveryStatus.QUEUED) | Q(status=DeliveryStatus.DEFERRED) & (
+        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+
+
+def _locked_rows(ids: Sequence[int] | None, now: datetime, limit: int) -> list[Delivery]:
+    # The customers' traits are read only to reroute (rare); templates are loaded by name (_template_names).
+    base = Delivery.objects.select_related("customer", "topic").defer("customer__traits")
+    if connection.vendor == "postgresql":
+        base = base.select_for_update(of=("self",), skip_locked=True)
+    if ids is not None:
+        return list(base.filter(_sendable(now), pk__in=list(ids)).order_by("id"))
+    # Stale queued rows (a lost enqueue: few), then deferred ones oldest first (the due index).
+    rows = list(base.filter(status=DeliveryStatus.QUEUED, created_at__lte=now - QUEUED_GRACE).order_by("id")[:limit])
+    if len(rows) < limit:
+        rows += list(base.filter(status=DeliveryStatus.DEFERRED, next_attempt_at__lte=now)
+                     .order_by("next_attempt_at", "id")[: limit - len(rows)])
+    return rows
+
+
+def _advisory_lock(namespace: int, keys: set[int]) -> None:
+    """Transaction-scoped locks, taken in key order (no deadlock between two batches)."""
+    if not keys or connection.vendor != "postgresql":
+        return  # SQLite: the IMMEDIATE write transaction already excludes every other writer
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(%s, k) FROM (SELECT DISTINCT k FROM unnest(%s::int[]) AS k ORDER BY k OFFSET 0) s",
+            [namespace, sorted({key % 2_147_483_647 for key in keys})],
+        )
+
+
+class _Breakers:
+    """Each channel's admission, asked once per batch; a half-open breaker admits one probe."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self.admissions: dict[int, breakers.Admission] = {}
+        self.probing: set[int] = set()
+
+    def take(self, channel: Channel) -> tuple[bool, bool, datetime | None]:
+        """(allowed, later, retry_at): later = the probe of this batch is already out."""
+        admission = self.admissions.get(channel.pk)
+        if admission is None:
+            admission = self.admissions[channel.pk] = breakers.breaker_admit(channel=channel, now=self.now)
+        if not admission.allowed:
+            return False, False, admission.retry_at
+        if admission.probe:
+            if channel.pk in self.probing:
+                return False, True, None
+            self.probing.add(channel.pk)
+        return True, False, None
+
+
+def _channels() -> dict[int, Channel]:
+    """Every channel, with its fallback chain wired (a handful of rows, one query)."""
+    channels = {c.pk: c for c in Channel.objects.all()}
+    for channel in channels.values():
+        channel.fallback = channels.get(channel.fallback_id)
+    return channels
+
+
+def _reachable(channels) -> set[Channel]:
+    """These channels and their fallback chains."""
+    found: dict[int, Channel] = {}
+    for channel in channels:
+        while channel is not None and channel.pk not in found:
+            found[channel.pk] = channel
+            channel = channel.fallback
+    return set(found.values())
+
+
+def deliveries_claim(*, ids: Sequence[int] | None = None, now: datetime | None = None,
+                     limit: int | None = None) -> Claimed:
+    """Check and claim a batch: the given ids that are queued or due, or else (ids None) up
+    to `limit` due deliveries (deferred ones whose time has come, queued ones whose enqueue
+    was lost), oldest first. Held messages are deferred or suppressed with their reason in
+    the same transaction; rows another dispatcher holds are skipped."""
+    from journeys.engine.runtime import profile_dict
+    from journeys.services.governance import outbound_holds
+
+    now = now or timezone.now()
+    limit = limit or batch_size()
+    out = Claimed()
+    with transaction.atomic():
+        rows = _locked_rows(ids, now, limit)
+        if not rows:
+            return out
+        channels = _channels()
+        templates = {t.pk: t for t in MessageTemplate.objects.only("id", "name")
+                     .filter(pk__in={d.template_id for d in rows if d.template_id})}
+        for d in rows:
+            d.channel = channels[d.channel_id]
+            if d.template_id:
+                d.template = templates[d.template_id]
+        pressured = [d for d in rows if not d.transactional and not (d.policy or {}).get("in_reply_to")]
+        caps = policy.enabled_caps()
+        _advisory_lock(LOCK_CUSTOMER, {d.customer_id for d in pressured
+                                       if caps or (d.policy or {}).get("min_gap_other_channel_s")})
+        _advisory_lock(LOCK_CHANNEL_RATE, {c.pk for c in _reachable(d.channel for d in rows) if c.rate_limit_per_minute})
+        consents = ConsentBook(d.customer_id for d in rows)
+        hold_of = outbound_holds(run_ids=(d.run_id for d in rows))
+        pressure = policy.PressureBook(deliveries=pressured, now=now, caps=caps)
+        rates, admit = policy.RateBook(now), _Breakers(now)
+        held: list[Delivery] = []
+        claimed: list[Delivery] = []
+        rerouted: set[int] = set()
+
+        def hold(d: Delivery, reason: str, until: datetime | None, detail: str = "") -> None:
+            d.status = DeliveryStatus.DEFERRED if until is not None else DeliveryStatus.SUPPRESSED
+            d.next_attempt_at, d.reason, d.error = until, reason, detail
+            held.append(d)
+
+        for d in rows:
+            channel = d.channel
+            refusal = consents.refusal(d.customer_id, channel.kind, d.topic) if channel.kind != ChannelKind.WEBHOOK else None
+            if refusal:
+                hold(d, refusal, None, "consent changed before sending")
+                continue
+            if channel.paused:
+                hold(d, Reason.PAUSED, now + PAUSE_RECHECK, f"channel {channel.name} is paused")
+                continue
+            # Journeys' outage switches: global safe mode and workflow pauses hold the message (deferred, not lost).
+            if why := hold_of(d.run_id):
+                hold(d, Reason.PAUSED, now + PAUSE_RECHECK, why)
+                continue
+            allowed, later, retry_at = admit.take(channel) if channel.enabled else (False, False, None)
+            if later:
+                out.later.append(d.pk)
+                continue
+            if not allowed:
+                fallback, to = None, ""
+                if channel.fallback_id:
+                    fallback, to, _ = channel_pick(channel=channel.fallback, profile=profile_dict(d.customer, now),
+                                                   customer=d.customer, topic=d.topic,
+                                                   refuse=consents.refuser(d.customer_id))
+                fallback_ok = fallback is not None and not fallback.paused
+                if fallback_ok:
+                    fallback_ok, later, _ = admit.take(fallback)
+                    if later:
+                        out.later.append(d.pk)
+                        continue
+                if fallback_ok:
+                    d.notes = {**d.notes, "rerouted": [*d.notes.get("rerouted", []),
+                               {"from": channel.name, "to": fallback.name, "at": now.isoformat(),
+                                "why": "breaker open" if channel.enabled else "channel disabled"}]}
+                    d.requested_channel_id = d.requested_channel_id or channel.pk
+                    d.channel, d.to = fallback, to
+                    rerouted.add(d.pk)
+                    channel = fallback
+                elif not channel.enabled:
+                    hold(d, Reason.NO_ADDRESS, None, f"channel {channel.name} is disabled, no usable fallback")
+                    continue
+                else:
+                    hold(d, Reason.BREAKER_OPEN, retry_at, f"breaker of {channel.name} is open")
+                    continue
+            # A reply the customer is waiting for (a chat answer) is not an unsolicited contact:
+            # consent applies (above), quiet hours and caps do not.
+            if not d.transactional and not (d.policy or {}).get("in_reply_to"):
+                found = (policy.quiet_hours_hold(channel=channel, customer=d.customer, now=now)
+                         or pressure.cap_hold(d, now) or pressure.gap_hold(d, now))
+                if found:
+                    hold(d, found.reason, found.until, found.detail)
+                    continue
+            found = rates.take(channel)
+            if found:
+                hold(d, found.reason, found.until, found.detail)
+                continue
+            pressure.add(d, now)
+            claimed.append(d)
+
+        _write_holds(held, now)
+        _write_claims(claimed, rerouted, now)
+        out.deliveries, out.held, out.admissions = claimed, len(held), admit.admissions
+    return out
+
+
+_ROUTE_FIELDS = ("channel_id", "to", "requested_channel_id", "notes")
+
+
+def _write_holds(held: list[Delivery], now: datetime) -> None:
+    rows_set(Delivery, [{"id": d.pk, "status": d.status, "reason": d.reason, "error": d.error,
+                         "next_attempt_at": d.next_attempt_at, **{f: getattr(d, f) for f in _ROUTE_FIELDS}}
+                        for d in held],
+             ("status", "reason", "error", "next_attempt_at", *_ROUTE_FIELDS), stamp=now)
+
+
+def _write_claims(claimed: list[Delivery], rerouted: set[int], now: datetime) -> None:
+    """status `sending`, one more attempt, the claim time; a rerouted row also its new channel."""
+    if not claimed:
+        return
+    rows_set(Delivery, [{"id": d.pk, **{f: getattr(d, f) for f in _ROUTE_FIELDS}}
+                        for d in claimed if d.pk in rerouted], _ROUTE_FIELDS, stamp=now)
+    Delivery.objects.filter(pk__in=[d.pk for d in claimed]).update(
+        status=DeliveryStatus.SENDING, attempts=F("attempts") + 1, claimed_at=now, reason="", error="",
+        sent_at=None, provider_message_id="", latency_ms=None, updated_at=now)
+    for d in claimed:
+        d.status, d.attempts, d.claimed_at, d.reason, d.error = DeliveryStatus.SENDING, d.attempts + 1, now, "", ""
+        d.sent_at, d.provider_message_id, d.latency_ms = None, "", None

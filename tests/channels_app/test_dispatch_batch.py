@@ -1,0 +1,213 @@
+"""Batched dispatch against real servers: a batch of emails over one SMTP session (a refused
+recipient and a dropped connection fail only their own message), webhook calls over one
+keep-alive connection (a 429 with Retry-After or a 5xx mid-batch), a breaker that opens
+mid-batch sending the rest to the fallback, a worker that dies mid-batch never sending an
+accepted message again, and deferred messages released in batches."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from django_q.models import Task
+
+from channels_app.models import ChannelBreaker, Delivery, DeliveryAttempt
+from channels_app.providers import provider
+from channels_app.providers.http import WebhookProvider
+from channels_app.services import deliveries_dispatch, deliveries_dispatch_due, message_send
+from journeys.models import Event
+from tests.channels_app.factories import ChannelFactory, CustomerFactory, TemplateFactory, topic
+from tests.channels_app.servers import Plan
+
+pytestmark = pytest.mark.django_db
+
+
+def record(channel, people, *, template=None, now=None, django_capture_on_commit_callbacks) -> list[Delivery]:
+    """Deliveries recorded (queued, or held) without sending them: their send task is dropped."""
+    template = template or TemplateFactory(topic=topic("product_updates"), body="Hi {{ profile.first_name }}")
+    with django_capture_on_commit_callbacks(execute=False):
+        return [message_send(customer=c, template=template, channel=channel, idempotency_key=f"k-{c.external_id}",
+                             context={}, now=now) for c in people]
+
+
+def status(deliveries) -> list[tuple[str, str]]:
+    return [(d.status, d.reason) for d in Delivery.objects.filter(pk__in=[x.pk for x in deliveries]).order_by("id")]
+
+
+@pytest.fixture
+def people():
+    return [CustomerFactory(external_id=f"p{i}", email=f"p{i}@example.com", phone=f"+1555000{i:04d}",
+                            traits={"first_name": f"P{i}"}) for i in range(5)]
+
+
+@pytest.fixture
+def email(smtp):
+    return ChannelFactory(name="email", kind="email", provider="smtp", settings={"from_email": "news@shop.test"})
+
+
+@pytest.fixture
+def hook(vendor, monkeypatch):
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_HOOK", "s3cret")
+    return ChannelFactory(name="hook", kind="webhook", provider="webhook", retry_base_s=10, breaker_threshold=5,
+                          settings={"url": vendor.url + "/hook", "secret_env": "JOURNEYS_SECRET_TEST_HOOK", "timeout": 2})
+
+
+def test_a_batch_of_emails_goes_over_one_smtp_session_and_a_refused_recipient_fails_alone(
+        email, people, smtp, django_capture_on_commit_callbacks):
+    smtp.refuse = {"p2@example.com": "550 5.1.1 no such user"}
+    deliveries = record(email, people, django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+
+    deliveries_dispatch(delivery_ids=[d.pk for d in deliveries])
+
+    assert sorted(m["To"] for m in smtp.messages) == ["p0@example.com", "p1@example.com", "p3@example.com",
+                                                       "p4@example.com"]
+    assert len({peer for peer in smtp.peers}) == 1  # one connection for the whole batch
+    assert status(deliveries) == [("sent", "")] * 2 + [("failed", "permanent_error")] + [("sent", "")] * 2
+    assert Event.objects.filter(name="Message Sent").count() == 4
+    assert Event.objects.filter(name="Message Failed").count() == 1
+    # each message has its own stable Message-ID
+    assert len({m["Message-ID"] for m in smtp.messages}) == 4
+
+
+def test_a_dropped_smtp_connection_fails_only_the_message_in_flight_and_the_next_reconnects(
+        email, people, smtp, django_capture_on_commit_callbacks):
+    smtp.drop = {"p1@example.com"}
+    deliveries = record(email, people, django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+
+    deliveries_dispatch(delivery_ids=[d.pk for d in deliveries])
+
+    assert status(deliveries) == [("sent", "")] + [("deferred", "retry")] + [("sent", "")] * 3
+    assert len({peer for peer in smtp.peers}) == 2  # reconnected once
+    retried = Delivery.objects.get(pk=deliveries[1].pk)
+    assert "SMTP connection" in retried.error and retried.attempts == 1
+
+    deliveries_dispatch_due(now=retried.next_attempt_at)  # the retry, with the same Message-ID
+
+    assert Delivery.objects.get(pk=retried.pk).status == "sent"
+    assert sorted(m["To"] for m in smtp.messages) == sorted(p.email for p in people)
+
+
+def test_webhook_calls_share_one_keep_alive_connection_through_a_429_and_a_500(
+        hook, people, vendor, django_capture_on_commit_callbacks):
+    vendor.plan(Plan(200, {"id": "a"}), Plan(429, {"error": "slow down"}, headers={"Retry-After": "120"}),
+                Plan(200, {"id": "c"}), Plan(503, {"error": "busy"}), Plan(200, {"id": "e"}))
+    deliveries = record(hook, people, django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+    before = timezone.now()
+
+    deliveries_dispatch(delivery_ids=[d.pk for d in deliveries])
+
+    assert len(vendor.requests) == 5 and len(set(vendor.ports)) == 1
+    assert status(deliveries) == [("sent", ""), ("deferred", "retry"), ("sent", ""), ("deferred", "retry"),
+                                  ("sent", "")]
+    throttled, busy = (Delivery.objects.get(pk=deliveries[i].pk) for i in (1, 3))
+    assert (throttled.next_attempt_at - before).total_seconds() >= 120  # Retry-After honoured
+    assert 5 <= (busy.next_attempt_at - before).total_seconds() <= 12  # base 10 s, jittered
+    assert [r.headers["Idempotency-Key"] for r in vendor.requests] == [d.idempotency_key for d in deliveries]
+    assert ChannelBreaker.objects.get(channel=hook).consecutive_failures == 0  # the last call succeeded
+
+
+def test_the_webhook_bulk_endpoint_sends_a_batch_in_one_request_with_an_outcome_each(
+        hook, people, vendor, django_capture_on_commit_callbacks):
+    hook.settings = {**hook.settings, "batch_url": vendor.url + "/bulk", "batch_size": 10}
+    hook.save()
+    deliveries = record(hook, people, django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+    keys = [d.idempotency_key for d in deliveries]
+    vendor.plan(Plan(200, {"results": [{"idempotency_key": keys[0], "status": 200, "id": "x0"},
+                                       {"idempotency_key": keys[1], "status": 422, "error": "bad address"},
+                                       {"idempotency_key": keys[2], "status": 503, "error": "later"},
+                                       {"idempotency_key": keys[3], "status": 202, "id": "x3"}]}))
+
+    deliveries_dispatch(delivery_ids=[d.pk for d in deliveries])
+
+    [request] = vendor.requests
+    assert request.path == "/bulk" and [m["idempotency_key"] for m in request.json()["messages"]] == keys
+    assert status(deliveries) == [("sent", ""), ("failed", "permanent_error"), ("deferred", "retry"),
+                                  ("sent", ""), ("deferred", "retry")]  # the last had no result: retried
+    assert Delivery.objects.get(pk=deliveries[3].pk).provider_message_id == "x3"
+
+
+def test_a_breaker_that_opens_mid_batch_sends_the_rest_to_the_fallback(
+        vendor, people, smtp, monkeypatch, django_capture_on_commit_callbacks):
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_TWILIO_TOKEN", "tw")
+    email = ChannelFactory(name="email", kind="email", provider="smtp")
+    sms = ChannelFactory(name="sms", kind="sms", provider="twilio_sms", breaker_threshold=2, fallback=email,
+                         settings={"base_url": vendor.url, "account_sid": "AC1", "auth_token_env": "JOURNEYS_SECRET_TEST_TWILIO_TOKEN"})
+    vendor.fail(2, status=503)
+    deliveries = record(sms, people, django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+
+    deliveries_dispatch(delivery_ids=[d.pk for d in deliveries])
+
+    assert len(vendor.requests) == 2  # nothing more went to the failing provider
+    assert ChannelBreaker.objects.get(channel=sms).state == "open"
+    rows = list(Delivery.objects.filter(pk__in=[d.pk for d in deliveries]).order_by("id"))
+    assert [(d.status, d.channel.name) for d in rows] == [("deferred", "sms")] * 2 + [("sent", "email")] * 3
+    assert all(d.requested_channel.name == "sms" and d.notes["rerouted"][0]["why"] == "breaker open"
+               and d.attempts == 1 for d in rows[2:])
+    assert sorted(m["To"] for m in smtp.messages) == ["p2@example.com", "p3@example.com", "p4@example.com"]
+    assert DeliveryAttempt.objects.filter(channel=sms).count() == 2
+
+
+@provider
+class DyingWebhook(WebhookProvider):
+    """The webhook provider on a worker that is killed (SystemExit: no except clause of ours
+    runs) while it sends the message to `settings.die_at`."""
+
+    name = "dying_webhook_for_tests"
+
+    def send(self, message):
+        if message.to == self.settings.get("die_at"):
+            raise SystemExit("killed")
+        return super().send(message)
+
+
+def test_a_worker_dying_mid_batch_never_sends_an_accepted_message_again(
+        vendor, people, monkeypatch, settings, django_capture_on_commit_callbacks):
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_HOOK", "s3cret")
+    channel = ChannelFactory(name="hook", kind="in_app", provider="dying_webhook_for_tests",
+                             settings={"url": vendor.url, "secret_env": "JOURNEYS_SECRET_TEST_HOOK", "die_at": "p3"})
+    deliveries = record(channel, people, django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+    ids = [d.pk for d in deliveries]
+
+    with pytest.raises(SystemExit):
+        deliveries_dispatch(delivery_ids=ids)
+    assert len(vendor.requests) == 3  # p0, p1, p2 went out; the worker died sending p3
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"sending"}
+
+    channel.settings = {k: v for k, v in channel.settings.items() if k != "die_at"}  # a healthy worker now
+    channel.save()
+    deliveries_dispatch(delivery_ids=ids)  # the task runs again before the lease ends: nothing is sent
+    deliveries_dispatch_due(now=timezone.now() + timedelta(minutes=5))
+    assert len(vendor.requests) == 3
+
+    deliveries_dispatch_due(now=timezone.now() + timedelta(seconds=settings.DELIVERY_SENDING_LEASE_S + 1))
+
+    assert status(deliveries) == [("sent", "")] * 5
+    received = [r.json()["to"] for r in vendor.requests]
+    assert sorted(received) == ["p0", "p1", "p2", "p3", "p4"]  # each exactly once
+    assert Event.objects.filter(name="Message Sent").count() == 5
+
+
+def test_messages_held_by_quiet_hours_are_released_in_batches_by_one_task(
+        settings, django_capture_on_commit_callbacks):
+    settings.DELIVERY_BATCH_SIZE = 20
+    sms = ChannelFactory(name="sms", kind="sms", provider="console", quiet_start=time(21, 0), quiet_end=time(8, 0))
+    night = datetime(2026, 3, 10, 13, 0, tzinfo=UTC)  # 22:00 in Tokyo
+    tokyo = [CustomerFactory(external_id=f"t{i}", phone=f"+8190000{i:04d}", timezone="Asia/Tokyo") for i in range(70)]
+    held = record(sms, tokyo, now=night, django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+    deliveries_dispatch(delivery_ids=[d.pk for d in held], now=night)
+    assert set(status(held)) == {("deferred", "quiet_hours")}
+    morning = datetime(2026, 3, 10, 23, 0, tzinfo=UTC)  # 08:00 in Tokyo
+
+    with CaptureQueriesContext(connection) as queries:
+        assert deliveries_dispatch_due(now=morning) == 40  # counted up to what two drains take first
+
+    assert set(status(held)) == {("sent", "")}
+    assert Task.objects.filter(func="channels_app.tasks.deliveries_drain").count() == 2  # not one task per message
+    drained = Task.objects.filter(func="channels_app.tasks.deliveries_drain").order_by("started")
+    assert drained[0].result["batches"] == 4 and drained[0].result["sent"] == 70
+    # One statement per message (the mark that makes a crash safe) and ~20 per batch of 20 (one
+    # dispatch at a time took ~21 per message).
+    assert len(queries) < 3 * 70, [q["sql"][:60] for q in queries.captured_queries]
