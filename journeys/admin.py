@@ -197,3 +197,4 @@ class LifecycleStageAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
 
 
 from journeys import admin_workflows  # noqa: E402,F401
+from journeys import admin_api  # noqa: E402,F401

@@ -19,6 +19,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from journeys.api.openapi import TrackingSchema
 from journeys.api.throttling import source_rate_check
 from journeys.errors import (
     AuthenticationFailed,
@@ -102,6 +103,7 @@ class _TrackingView(APIView):
     authentication_classes: list = []
     permission_classes: list = []
     renderer_classes = [JSONRenderer]
+    schema = TrackingSchema()
     event_type: str | None = None
     max_body_setting = "MAX_EVENT_BYTES"
 
@@ -181,11 +183,3 @@ class BatchView(_TrackingView):
             payloads=batch, received_at=received_at, batch_defaults=defaults, in_batch=True
         )
 
-
-def openapi_view(request):
-    """The tracking API's OpenAPI description (public: it holds no data)."""
-    from django.http import JsonResponse
-
-    from journeys.api.openapi import tracking_openapi
-
-    return JsonResponse(tracking_openapi())

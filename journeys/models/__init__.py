@@ -46,3 +46,8 @@ __all__ += ["EventDefinition", "LifecycleStage", "StageTransition"]
 from journeys.models.jobs import Job, JobKind, JobStatus  # noqa: E402
 
 __all__ += ["Job", "JobKind", "JobStatus"]
+
+from journeys.models.api import ApiRequest, ApiToken  # noqa: E402
+from journeys.models.stream import StreamAttempt, StreamBatch, StreamDestination, StreamEvent  # noqa: E402
+
+__all__ += ["ApiRequest", "ApiToken", "StreamAttempt", "StreamBatch", "StreamDestination", "StreamEvent"]

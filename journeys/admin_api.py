@@ -1,0 +1,103 @@
+"""Admin for the management API's tokens and their access log (thin: services do the work)."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+from django.utils.html import format_html
+from simple_history.admin import SimpleHistoryAdmin
+
+from journeys.admin_base import HistoryReasonMixin, ReadOnlyAdmin, ReasonActionForm, ReasonForm, action_reason
+from journeys.choices import ApiScope
+from journeys.models import ApiRequest, ApiToken
+from journeys.services.api_tokens import scopes_clean, token_create, token_revoke
+
+
+class ApiTokenForm(ReasonForm):
+    scopes = forms.MultipleChoiceField(choices=ApiScope.choices, widget=forms.CheckboxSelectMultiple,
+                                       help_text="what the token may do; give each client only what it needs")
+
+    class Meta:
+        model = ApiToken
+        fields = ("name", "description", "scopes", "source", "expires_at", "rate_limit")
+
+    def clean_scopes(self):
+        try:
+            return scopes_clean(self.cleaned_data.get("scopes") or [])
+        except ValidationError as exc:
+            raise forms.ValidationError(exc.message_dict["scopes"]) from None
+
+    def clean(self):
+        data = super().clean()
+        if ApiScope.TRACK in (data.get("scopes") or []) and not data.get("source"):
+            self.add_error("source", "a token with the track scope needs the source its events belong to")
+        expires = data.get("expires_at")
+        if expires is not None and expires <= timezone.now() and not self.instance.pk:
+            self.add_error("expires_at", "must be in the future")
+        return data
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
+    """Tokens are shown once, at creation; revoking one asks why (the Reason box)."""
+
+    form = ApiTokenForm
+    action_form = ReasonActionForm
+    list_display = ("name", "key_prefix", "scope_list", "state", "expires_at", "last_used_at", "created_by")
+    list_filter = ("revoked_at",)
+    search_fields = ("name", "key_prefix")
+    readonly_fields = ("key_prefix", "created_by", "created_reason", "revoked_at", "revoked_by", "revoked_reason",
+                       "last_used_at", "created_at")
+    actions = ["revoke_tokens"]
+
+    def get_fields(self, request, obj=None):
+        fields = ["name", "description", "scopes", "source", "expires_at", "rate_limit"]
+        if obj is not None:
+            fields += list(self.readonly_fields)
+        return fields
+
+    @admin.display(description="scopes")
+    def scope_list(self, obj):
+        return ", ".join(obj.scopes or []) or "-"
+
+    @admin.display(description="state")
+    def state(self, obj):
+        if obj.revoked_at:
+            return "revoked"
+        return "active" if obj.active_at() else "expired"
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        token, key = token_create(
+            name=obj.name, description=obj.description, scopes=obj.scopes, source=obj.source,
+            expires_at=obj.expires_at, rate_limit=obj.rate_limit, actor=request.user, reason=self._reason(request, form),
+        )
+        obj.pk, obj.key_prefix, obj.key_hash = token.pk, token.key_prefix, token.key_hash
+        messages.warning(request, format_html(
+            "API token {}: <code>{}</code> — copy it now, it is not shown again. "
+            "Send it as <code>Authorization: Bearer &lt;token&gt;</code>.", token.name, key))
+
+    @admin.action(description="Revoke the selected tokens (their calls are refused at once)", permissions=["change"])
+    def revoke_tokens(self, request, queryset):
+        reason = action_reason(self, request)
+        if not reason:
+            return
+        for token in queryset:
+            token_revoke(token=token, actor=request.user, reason=reason)
+        self.message_user(request, f"Revoked {queryset.count()} token(s).", messages.SUCCESS)
+
+
+@admin.register(ApiRequest)
+class ApiRequestAdmin(ReadOnlyAdmin):
+    """The access log: every call made with a token."""
+
+    list_display = ("at", "token", "method", "path", "status", "duration_ms", "ip")
+    list_filter = ("status", "method", "token")
+    search_fields = ("path",)
+    list_select_related = ("token",)
+    date_hierarchy = "at"
+    show_full_result_count = False
