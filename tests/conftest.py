@@ -52,7 +52,7 @@ def api(write_key):
 
 @pytest.fixture(autouse=True)
 def _clear_cache():
-    """Rate-limit counters live in the cache; primary keys repeat between tests."""
+    """Caches (the event catalog's, throttles') must not leak between tests; primary keys repeat."""
     from django.core.cache import cache
 
     cache.clear()
