@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('journeys', '0007_jobs_purge_schedule'),
+        ('journeys', '0008_rate_counter'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
