@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
-from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 
 from channels_app.models import Delivery
@@ -13,6 +12,7 @@ from journeys.api.base import TokenApiView
 from journeys.api.fields import JSONObjectField
 from journeys.api.management import INPUT_REFUSALS, REFUSALS
 from journeys.choices import ApiScope
+from journeys.models import Customer
 from journeys.services import customers_api
 
 
@@ -71,7 +71,7 @@ class MessageViewSet(TokenApiView, mixins.RetrieveModelMixin, viewsets.GenericVi
         customer = None
         if "customer_id" in data or "user_id" in data:
             found = (customers_api.customers_lookup(user_id=data["user_id"]).first() if "user_id" in data else
-                     customers_api.Customer.objects.filter(pk=data["customer_id"]).first())
+                     Customer.objects.filter(pk=data["customer_id"]).first())
             if found is None:
                 field = "user_id" if "user_id" in data else "customer_id"
                 raise serializers.ValidationError({field: "no such customer"})
@@ -86,7 +86,4 @@ class MessageViewSet(TokenApiView, mixins.RetrieveModelMixin, viewsets.GenericVi
     @extend_schema(responses={200: DeliveryOut, 404: OpenApiResponse(description="no such message"), **REFUSALS},
                    summary="A message's status: queued, deferred, sent, delivered, failed, suppressed (with reason)")
     def retrieve(self, request, *args, **kwargs):
-        try:
-            return super().retrieve(request, *args, **kwargs)
-        except OverflowError:
-            raise NotFound("no such message") from None
+        return super().retrieve(request, *args, **kwargs)

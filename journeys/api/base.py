@@ -10,6 +10,9 @@ from __future__ import annotations
 import time
 
 from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
+from django.http import Http404
+from django.views.decorators.csrf import csrf_exempt
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions, status
@@ -28,7 +31,8 @@ from journeys.services.api_tokens import api_request_record, token_authenticate,
 
 
 class BearerTokenAuthentication(BaseAuthentication):
-    """`Authorization: Bearer <token>`; the request's user and auth are the ApiToken."""
+    """`Authorization: Bearer <token>`; `request.auth` is the ApiToken. `request.user` stays
+    anonymous: a token is no person (history rows name no user; services record the token)."""
 
     def authenticate(self, request):
         header = request.META.get("HTTP_AUTHORIZATION", "")
@@ -41,7 +45,7 @@ class BearerTokenAuthentication(BaseAuthentication):
             token = token_authenticate(key=value.strip())
         except errors.AuthenticationFailed as exc:
             raise exceptions.AuthenticationFailed(exc.message) from None
-        return token, token
+        return AnonymousUser(), token
 
     def authenticate_header(self, request) -> str:
         return 'Bearer realm="api"'
@@ -67,7 +71,7 @@ class HasScope(BasePermission):
         scope = view.scope_for(request)
         if token_has_scope(token=token, scope=scope):
             return True
-        self.message = f"this token lacks the {scope!r} scope"
+        self.message = f"this token lacks the {str(scope)!r} scope"
         return False
 
 
@@ -153,7 +157,9 @@ def _body(*, code: str, message: str, field: str = "", errors: object = None) ->
 
 def api_exception_handler(exc, context):
     """Every refusal as {"code", "message", "field"}; service errors mapped to their status."""
-    if isinstance(exc, errors.PermissionDenied):
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound(str(exc) or "not found")
+    elif isinstance(exc, errors.PermissionDenied):
         exc = exceptions.PermissionDenied(exc.message)
     elif isinstance(exc, errors.PayloadTooLarge):
         return Response(_body(code=exc.code, message=exc.message, field=exc.field or ""), status=413)
@@ -174,6 +180,25 @@ def api_exception_handler(exc, context):
         codes = exc.get_codes()
         response.data = _body(code=codes if isinstance(codes, str) else exc.default_code, message=str(exc.detail))
     return response
+
+
+MAX_ID = 2**63 - 1
+
+
+def id_or_404(value) -> int:
+    """A path id as an int; anything that cannot be a row id (too long, not digits) is a 404."""
+    text = str(value)
+    if not text.isdigit() or int(text) > MAX_ID:
+        raise exceptions.NotFound(f"no such id {text[:40]!r}")
+    return int(text)
+
+
+@csrf_exempt
+def not_found_view(request, *args, **kwargs):
+    """Unknown /api/v1 paths answer in the API's error format, not with an HTML page."""
+    from django.http import JsonResponse
+
+    return JsonResponse(_body(code="not_found", message=f"no API endpoint at {request.path[:200]}"), status=404)
 
 
 def client_ip(request) -> str | None:
@@ -202,6 +227,11 @@ class TokenApiView:
 
     def get_exception_handler(self):
         return api_exception_handler
+
+    def get_object(self):
+        self.kwargs[self.lookup_url_kwarg or self.lookup_field] = id_or_404(self.kwargs[self.lookup_url_kwarg or
+                                                                                        self.lookup_field])
+        return super().get_object()
 
     def permission_denied(self, request, message=None, code=None):
         if request.auth is None:  # no or a bad token: 401 with WWW-Authenticate, never 403

@@ -15,12 +15,12 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 
-from journeys.api.base import IdCursorPagination, TokenApiView
+from journeys.api.base import IdCursorPagination, TokenApiView, id_or_404
 from journeys.api.serializers import (
     CustomerListOut, CustomerOut, CustomerQuery, EraseIn, JobOut, MergeIn, TraitsIn, TraitsOut, TriggerIn, TriggerOut,
 )
 from journeys.choices import ApiScope
-from journeys.models import Job, JobKind, Workflow
+from journeys.models import Customer, Job, JobKind, Workflow
 from journeys.services import customers_api
 from journeys.services.customers_api import CustomerNotFound
 from journeys.services.triggers import workflow_trigger
@@ -39,10 +39,10 @@ INPUT_REFUSALS = {**REFUSALS, 400: OpenApiResponse(description="bad input; `fiel
                   422: OpenApiResponse(description="well-formed but cannot be done; `field` names why")}
 
 
-def _customer(pk) -> object:
+def _customer(pk) -> Customer:
     try:
-        return customers_api.customer_get(pk=int(pk))
-    except (CustomerNotFound, ValueError, OverflowError):
+        return customers_api.customer_get(pk=id_or_404(pk))
+    except CustomerNotFound:
         raise NotFound(f"no customer with id {pk}") from None
 
 
@@ -96,7 +96,7 @@ class CustomerViewSet(TokenApiView, viewsets.GenericViewSet):
         target = _customer(pk)
         body = MergeIn(data=request.data)
         body.is_valid(raise_exception=True)
-        merged = customers_api.Customer.objects.filter(pk=body.validated_data["merge"]).first()
+        merged = Customer.objects.filter(pk=body.validated_data["merge"]).first()
         if merged is None:
             raise serializers.ValidationError({"merge": f"no customer with id {body.validated_data['merge']}"})
         customers_api.customers_merge(target=target, merged=merged, actor=request.auth.actor,
@@ -141,7 +141,7 @@ class WorkflowTriggerViewSet(TokenApiView, viewsets.GenericViewSet):
                    summary="Enrol customers (or a segment) in the workflow's live version, idempotently")
     @action(detail=True, methods=["post"])
     def trigger(self, request, pk=None):
-        workflow = get_object_or_404(Workflow, pk=pk)
+        workflow = get_object_or_404(Workflow, pk=id_or_404(pk))
         body = TriggerIn(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data

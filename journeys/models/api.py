@@ -55,10 +55,6 @@ class ApiToken(Timestamped):
     def __str__(self) -> str:
         return f"{self.name} ({self.key_prefix}…)"
 
-    # DRF reads request.user.is_authenticated; an authenticated call's "user" is its token.
-    is_authenticated = True
-    is_anonymous = False
-
     @property
     def actor(self) -> str:
         """How the token appears in audit rows (merges, erasures)."""
