@@ -101,3 +101,120 @@ class ApiRequestAdmin(ReadOnlyAdmin):
     list_select_related = ("token",)
     date_hierarchy = "at"
     show_full_result_count = False
+
+
+# --------------------------------------------------------------------------- outbound event stream
+
+from journeys.choices import StreamEventType  # noqa: E402
+from journeys.models import StreamAttempt, StreamBatch, StreamDestination  # noqa: E402
+from journeys.services import stream as stream_service  # noqa: E402
+
+
+class StreamDestinationForm(ReasonForm):
+    event_types = forms.MultipleChoiceField(
+        choices=StreamEventType.choices, widget=forms.CheckboxSelectMultiple, required=False,
+        help_text="what it receives; none ticked = everything")
+
+    class Meta:
+        model = StreamDestination
+        fields = ("name", "url", "event_types", "enabled", "batch_size", "max_failures")
+
+    def clean_url(self):
+        url = self.cleaned_data.get("url", "")
+        if problem := stream_service.destination_url_problem(url):
+            raise forms.ValidationError(f"The URL {problem}.")
+        return url
+
+    def clean_batch_size(self):
+        value = self.cleaned_data.get("batch_size")
+        if value is not None and not 1 <= value <= 1000:
+            raise forms.ValidationError("Between 1 and 1000 events per request.")
+        return value
+
+
+@admin.register(StreamDestination)
+class StreamDestinationAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
+    """Where the event stream goes. The signing secret is shown when made or rotated; a paused
+    destination keeps collecting its events and sends them, in order, once resumed."""
+
+    form = StreamDestinationForm
+    action_form = ReasonActionForm
+    list_display = ("name", "url", "enabled", "state", "pending", "last_success_at", "consecutive_failures")
+    list_filter = ("enabled",)
+    search_fields = ("name", "url")
+    readonly_fields = ("paused_at", "pause_reason", "consecutive_failures", "next_attempt_at", "last_success_at",
+                       "last_error", "secret_rotated_at", "created_at")
+    actions = ["resume_destinations", "pause_destinations", "rotate_secrets"]
+
+    def get_fields(self, request, obj=None):
+        fields = ["name", "url", "event_types", "enabled", "batch_size", "max_failures"]
+        return fields + list(self.readonly_fields) if obj is not None else fields
+
+    @admin.display(description="state")
+    def state(self, obj):
+        if obj.paused_at:
+            return format_html("paused: {}", obj.pause_reason)
+        if obj.consecutive_failures:
+            return f"retrying ({obj.consecutive_failures} failed)"
+        return "ok"
+
+    @admin.display(description="waiting events")
+    def pending(self, obj):
+        return obj.events.filter(batch__isnull=True).count() + sum(
+            obj.batches.filter(delivered_at__isnull=True).values_list("events_count", flat=True))
+
+    def save_model(self, request, obj, form, change):
+        secret = stream_service.destination_save(destination=obj, actor=request.user, reason=self._reason(request, form))
+        if secret:
+            messages.warning(request, format_html(
+                "Signing secret for {}: <code>{}</code> — copy it now, it is not shown again. Verify requests "
+                "with any Standard Webhooks library.", obj.name, secret))
+
+    @admin.action(description="Resume the selected destinations (send their backlog now)", permissions=["change"])
+    def resume_destinations(self, request, queryset):
+        if reason := action_reason(self, request):
+            for destination in queryset:
+                stream_service.destination_resume(destination=destination, actor=request.user, reason=reason)
+            self.message_user(request, f"Resumed {queryset.count()} destination(s).", messages.SUCCESS)
+
+    @admin.action(description="Pause the selected destinations (events keep being collected)", permissions=["change"])
+    def pause_destinations(self, request, queryset):
+        if reason := action_reason(self, request):
+            for destination in queryset:
+                stream_service.destination_pause(destination=destination, actor=request.user, reason=reason)
+            self.message_user(request, f"Paused {queryset.count()} destination(s).", messages.SUCCESS)
+
+    @admin.action(description="Rotate the signing secret", permissions=["change"])
+    def rotate_secrets(self, request, queryset):
+        if reason := action_reason(self, request):
+            for destination in queryset:
+                secret = stream_service.destination_rotate_secret(destination=destination, actor=request.user,
+                                                                  reason=reason)
+                messages.warning(request, format_html("New signing secret for {}: <code>{}</code> — copy it now.",
+                                                      destination.name, secret))
+
+
+class StreamAttemptInline(admin.TabularInline):
+    model = StreamAttempt
+    fields = readonly_fields = ("at", "ok", "status_code", "latency_ms", "error")
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(StreamBatch)
+class StreamBatchAdmin(ReadOnlyAdmin):
+    """The delivery log: each signed request, its attempts and answers."""
+
+    list_display = ("created_at", "destination", "webhook_id", "events_count", "attempts", "last_status_code",
+                    "delivered_at")
+    list_filter = ("destination", ("delivered_at", admin.EmptyFieldListFilter))
+    search_fields = ("webhook_id",)
+    list_select_related = ("destination",)
+    inlines = [StreamAttemptInline]
+    show_full_result_count = False
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.has_perm("journeys.view_streamdestination")

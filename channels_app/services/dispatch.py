@@ -22,6 +22,7 @@ from channels_app.services import policy
 from channels_app.services.consent import consent_refusal
 from channels_app.services.links import link_url
 from channels_app.services.sending import _enqueue, _event_properties, _links, channel_pick
+from channels_app.services.streaming import deliveries_stream
 from journeys.services.governance import outbound_hold
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ def _hold(delivery: Delivery, reason: str, until: datetime | None, detail: str =
         delivery.status, delivery.next_attempt_at = DeliveryStatus.DEFERRED, until
     delivery.reason, delivery.error = reason, detail
     delivery.save()
+    if until is None:
+        deliveries_stream(deliveries=[delivery])
     return delivery
 
 
@@ -174,6 +177,7 @@ def _record(*, delivery: Delivery, result, failure: ProviderError | None, latenc
         breakers.breaker_record(channel=channel, ok=True, now=now)
         event_record_internal(customer=delivery.customer, name="Message Sent", message_id=f"sent:{delivery.pk}",
                               properties=_event_properties(delivery), at=now)
+        deliveries_stream(deliveries=[delivery], at=now)
         return delivery
     delivery.error = str(failure)[:4000]
     if failure.transient:
@@ -191,6 +195,7 @@ def _record(*, delivery: Delivery, result, failure: ProviderError | None, latenc
     delivery.save()
     event_record_internal(customer=delivery.customer, name="Message Failed", message_id=f"status:{delivery.pk}:failed",
                           properties={**_event_properties(delivery), "error": delivery.error[:500]}, at=now)
+    deliveries_stream(deliveries=[delivery], at=now)
     return delivery
 
 
