@@ -298,15 +298,21 @@ def stack(
 
 
 @contextlib.contextmanager
-def qcluster(env: dict[str, str], *, q_workers: int = 2, name: str = "bench") -> Iterator[subprocess.Popen]:
+def qcluster(env: dict[str, str], *, q_workers: int = 2, name: str = "bench",
+             cluster_name: str | None = None) -> Iterator[subprocess.Popen]:
     """One `manage.py qcluster` (Q_WORKERS workers) in its own session; stopped (then killed) afterwards.
+    `cluster_name="schedules"` starts the cluster that runs the q2 schedules (settings.Q_SCHEDULE_CLUSTER)
+    instead of the event workers.
 
     Its log goes to tmp/bench-qcluster-<name>.log.
     """
     LOG_DIR.mkdir(exist_ok=True)
+    extra = {"Q_WORKERS": str(q_workers)}
+    if cluster_name:
+        extra.update(Q_CLUSTER_NAME=cluster_name, Q_SCHEDULE_WORKERS=str(q_workers))
     with open(LOG_DIR / f"bench-qcluster-{name}.log", "w") as logfile:
         proc = subprocess.Popen(
-            [str(PYTHON), "manage.py", "qcluster"], env={**env, "Q_WORKERS": str(q_workers)}, cwd=ROOT,
+            [str(PYTHON), "manage.py", "qcluster"], env={**env, **extra}, cwd=ROOT,
             stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:

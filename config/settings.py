@@ -181,6 +181,25 @@ else:
     Q_CLUSTER["orm"] = "default"
 if env_bool("Q_SYNC", False):
     Q_CLUSTER["sync"] = True
+# The q2 schedules (the engine's minute tick, the deliveries and SLA ticks, the daily audit...)
+# run on a cluster of their own, so that they never take the event workers: `make run` starts
+# it beside the main one (`Q_CLUSTER_NAME=schedules manage.py qcluster`). `migrate` assigns
+# every schedule to it (journeys.schedules). Q_SCHEDULE_CLUSTER="" keeps them on the main
+# cluster (a deployment that runs one qcluster only). Work the tick hands out (starting and
+# resuming runs) is queued for the main cluster by name.
+Q_SCHEDULE_CLUSTER = os.environ.get("Q_SCHEDULE_CLUSTER", "schedules").strip()
+Q_CLUSTER["ALT_CLUSTERS"] = {
+    Q_SCHEDULE_CLUSTER: {
+        "workers": env_int("Q_SCHEDULE_WORKERS", 1),
+        "timeout": env_int("Q_SCHEDULE_TIMEOUT", 600),  # the daily audit may take minutes
+        "retry": env_int("Q_SCHEDULE_RETRY", 900),
+    },
+} if Q_SCHEDULE_CLUSTER else {}
+# The engine tick stops claiming new work after this many seconds (what is left stays due for the
+# next tick); keep it well under a minute and under the schedules cluster's timeout.
+ENGINE_TICK_BUDGET_S = env_int("ENGINE_TICK_BUDGET_S", 45)
+# Runs started or resumed per q2 task (bulk entries, due delays and waits).
+ENGINE_RUN_BATCH = env_int("ENGINE_RUN_BATCH", 1000)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],

@@ -523,7 +523,7 @@ class WorkflowVersionAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAd
         (None, {"fields": ("workflow", "number", "stage", "notes", "validation")}),
         ("Trigger", {"fields": ("trigger_kind", "trigger_event", "trigger_config")}),
         ("Entry and exit", {"fields": ("entry_step", "entry_rule", "reentry_policy", "reentry_cooldown_s",
-                                       "allow_concurrent_runs", "goal_event", "goal_filter")}),
+                                       "allow_concurrent_runs", "business_hours", "goal_event", "goal_filter")}),
         ("Publishing", {"fields": ("state", "frozen_at", "published_at", "approved_at", "approved_by", "created_by")}),
         ("Why", {"fields": ("change_reason",)}),
     )

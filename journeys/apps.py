@@ -6,5 +6,11 @@ class JourneysConfig(AppConfig):
     verbose_name = "Journeys"
 
     def ready(self) -> None:
+        from django.db.models.signals import post_migrate
+
         # Core step kinds register themselves in the engine's registry.
         from journeys.engine import steps, steps_vocabulary  # noqa: F401
+        from journeys.schedules import schedules_assign
+
+        # After every migrate (when apps add their q2 schedules): put them on the schedules cluster.
+        post_migrate.connect(schedules_assign, sender=self, dispatch_uid="journeys.schedules_assign")

@@ -6,7 +6,7 @@ import gc
 
 from django.conf import settings
 
-from journeys.engine import processor, scheduler
+from journeys.engine import processor, scheduler, wakeups
 
 _gc_tuned = False
 
@@ -35,3 +35,9 @@ def events_process(event_ids: list[int]) -> int:
 
 def engine_tick() -> dict:
     return scheduler.engine_tick()
+
+
+def runs_wake(run_ids: list[int], lease, now=None) -> int:
+    """A page of due runs claimed by the tick (or enrolled in bulk): start or resume them."""
+    worker_gc_tune()
+    return wakeups.runs_wake(run_ids=run_ids, lease=lease, now=now)

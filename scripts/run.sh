@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make run`: migrate, create the demo admin, load demo data, then run the web
-# server (gunicorn) and the django-q2 worker together. Ctrl-C stops both.
+# server (gunicorn), the django-q2 event workers and the schedules cluster together.
+# Ctrl-C stops them all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -13,7 +14,7 @@ $PY manage.py load_demo
 pids=()
 stop() {
   trap - INT TERM EXIT
-  echo "stopping web and worker..."
+  echo "stopping web and workers..."
   kill "${pids[@]}" 2>/dev/null || true
   wait "${pids[@]}" 2>/dev/null || true
 }
@@ -23,6 +24,11 @@ trap stop INT TERM EXIT
 pids+=($!)
 $PY manage.py qcluster &
 pids+=($!)
+# The q2 schedules (minute tick, audit...) on their own one-worker cluster, beside the event workers.
+if [ "${Q_SCHEDULE_CLUSTER-schedules}" != "" ]; then
+  Q_CLUSTER_NAME="${Q_SCHEDULE_CLUSTER:-schedules}" $PY manage.py qcluster &
+  pids+=($!)
+fi
 
 echo "Console: http://127.0.0.1:$PORT/admin/   (login printed above)"
 # Stop both as soon as either exits.

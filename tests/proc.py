@@ -98,9 +98,12 @@ class QCluster:
     """`manage.py qcluster` in its own process group, with production settings (not sync)."""
 
     def __init__(self, *, db_url: str, app_name: str, workers: int = 1, retry: int = 5, timeout: int = 4,
-                 extra_env: dict | None = None):
+                 extra_env: dict | None = None, cluster_name: str | None = None):
+        """`cluster_name`: run as that django-q2 cluster (Q_CLUSTER_NAME), e.g. "schedules", the
+        cluster that runs the q2 schedules (settings.Q_SCHEDULE_CLUSTER); default: the main one."""
         self.app_name = app_name
-        env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "Q_BROKER", "Q_SYNC", "PYTEST_CURRENT_TEST"}}
+        env = {k: v for k, v in os.environ.items()
+               if k not in {"REDIS_URL", "Q_BROKER", "Q_SYNC", "PYTEST_CURRENT_TEST", "Q_CLUSTER_NAME"}}
         env.update(
             DJANGO_SETTINGS_MODULE="config.settings",
             DATABASE_URL=db_url,
@@ -111,6 +114,10 @@ class QCluster:
             PYTHONUNBUFFERED="1",
             LOG_LEVEL=os.environ.get("QCLUSTER_LOG_LEVEL", "INFO"),
         )
+        if cluster_name:
+            # The schedules cluster reads its workers/timeout/retry from ALT_CLUSTERS: ours win.
+            env.update(Q_CLUSTER_NAME=cluster_name, Q_SCHEDULE_WORKERS=str(workers), Q_SCHEDULE_RETRY=str(retry),
+                       Q_SCHEDULE_TIMEOUT=str(timeout))
         env.update(extra_env or {})  # may override any of the above
         self.env = env
         self.log = tempfile.NamedTemporaryFile(prefix=f"{app_name}-", suffix=".log", delete=False)

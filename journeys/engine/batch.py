@@ -39,6 +39,12 @@ RUN_STATE_FIELDS = ("status", "current_step", "next_wake_at", "wait_event", "var
                     "finished_at", "error")
 
 
+def skip_locked() -> dict:
+    """select_for_update() arguments that claim rows without waiting for another worker's
+    (PostgreSQL's SKIP LOCKED); SQLite serialises writers anyway and has no row locks."""
+    return {"skip_locked": True} if connection.features.has_select_for_update_skip_locked else {}
+
+
 def current_batch() -> EngineBatch | None:
     """The batch being processed in this thread, or None (single-event paths write at once)."""
     return _current.get()

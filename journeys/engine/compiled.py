@@ -47,6 +47,7 @@ class CompiledVersion:
     goal_filter: str
     entry_step: str
     steps: dict[str, CompiledStep] = field(default_factory=dict)
+    business_hours: dict = field(default_factory=dict)  # when time-driven entries may start (business_hours.py)
 
 
 def compile_version(version: WorkflowVersion) -> CompiledVersion:
@@ -69,6 +70,7 @@ def compile_version(version: WorkflowVersion) -> CompiledVersion:
         goal_event=version.goal_event,
         goal_filter=version.goal_filter,
         entry_step=version.entry_step,
+        business_hours=version.business_hours or {},
     )
     for pk, step in steps.items():
         kind = get_kind(step.kind)

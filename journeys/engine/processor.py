@@ -12,7 +12,8 @@ from django.db import connection, models, transaction
 from django.utils import timezone
 
 from journeys.choices import EventStatus, ReentryPolicy, RunStatus, TriggerKind
-from journeys.engine.batch import EngineBatch, batch_suspended, instance_new, objects_insert
+from journeys.engine.batch import EngineBatch, batch_suspended, instance_new
+from journeys.engine.enrolment import runs_insert
 from journeys.engine.compiled import load_version, trigger_index
 from journeys.engine.durations import parse_duration
 from journeys.engine import runner
@@ -199,18 +200,11 @@ class Enrolments:
 
     def insert(self) -> list[tuple[JourneyRun, object, object]]:
         """Insert the accepted runs; those that hit a unique constraint (a concurrent or
-        earlier enrolment of the same trigger, a second open run) are dropped."""
-        rows = objects_insert(JourneyRun, [run for run, _, _ in self.accepted], ignore_conflicts=True,
-                              returning=["id", "workflow_id", "customer_id", "trigger_key"])
-        ids = {(w, c, k): pk for pk, w, c, k in rows}
-        out = []
-        for run, version, event in self.accepted:
-            pk = ids.get((run.workflow_id, run.customer_id, run.trigger_key))
-            if pk is not None:
-                run.pk = pk
-                run._state.adding = False
-                out.append((run, version, event))
-        return out
+        earlier enrolment of the same trigger, a second open run) or that the re-entry gate
+        refuses (`runs_insert`: a concurrent entry of the same customer won) are dropped."""
+        versions = {version.id: version for _, version, _ in self.accepted}
+        kept = {run.pk: run for run in runs_insert(runs=[run for run, _, _ in self.accepted], versions=versions, now=self.now)}
+        return [(run, version, event) for run, version, event in self.accepted if run.pk in kept and kept[run.pk] is run]
 
 
 def event_route(*, event: Event, open_runs: dict, index, now, enrol=None):

@@ -60,3 +60,23 @@ def enqueue_events(event_ids: list[int]) -> None:
         send()
     else:
         transaction.on_commit(send)
+
+
+def enqueue_work(func: str, *args, group: str) -> None:
+    """Queue a task of engine work (e.g. a page of runs to start) for the event workers.
+
+    Named for the main cluster explicitly: the tick runs on the schedules cluster, and a task
+    queued there without a cluster name would land on the schedules cluster's own queue. As
+    with events: with the ORM broker the task row is written inside the caller's transaction
+    (it commits with the rows it is about, or not at all); in sync mode (tests) the task runs
+    now, inside it; with Redis it is sent after commit.
+    """
+    cluster = settings.Q_CLUSTER
+
+    def send() -> None:
+        async_task(func, *args, task_name=None, group=group, cluster=cluster.get("name"))
+
+    if cluster.get("sync") or _uses_orm_broker():
+        send()
+    else:
+        transaction.on_commit(send)

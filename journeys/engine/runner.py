@@ -30,6 +30,10 @@ class RunFailed(Exception):
     pass
 
 
+class _Refused(Exception):
+    """Rolls back a run the entry gate refused."""
+
+
 def rule_true(text: str, ctx: RuleContext) -> tuple[bool, str | None]:
     if not text:
         return True, None
@@ -89,6 +93,8 @@ def run_enroll(
     previous = [(status, created) for _, status, created in rows]
     if entry_refusal(version=version, customer=customer, ctx=rule_ctx, now=now, previous=previous):
         return None
+    from journeys.engine.enrolment import entries_admit
+
     try:
         with transaction.atomic():
             run = JourneyRun.objects.create(
@@ -101,7 +107,9 @@ def run_enroll(
                 current_step=version.entry_step,
                 visits={version.entry_step: 1} if version.entry_step else {},
             )
-    except IntegrityError:
+            if entries_admit(runs=[run], versions={version.id: version}, now=now):
+                raise _Refused  # the re-entry limit, as the database enforces it (a concurrent entry won)
+    except (IntegrityError, _Refused):
         return None  # a concurrent worker enrolled them first
     run_execute(run=run, version=version, customer=customer, event=event, now=now)
     return run
@@ -146,21 +154,35 @@ def _follow(run: JourneyRun, version: CompiledVersion, outcome: str, now: dateti
     return True
 
 
+def run_start(*, run: JourneyRun, version: CompiledVersion) -> None:
+    """A run inserted not yet started (bulk enrolment: waiting, no current step) moves to the
+    version's entry step; `run_execute` then runs it like a fresh enrolment."""
+    run.status, run.next_wake_at, run.wait_event = RunStatus.ACTIVE, None, ""
+    run.current_step = version.entry_step
+    run.visits = {version.entry_step: 1} if version.entry_step else {}
+
+
 def run_execute(
-    *, run: JourneyRun, version: CompiledVersion, customer, event, now: datetime, resume_outcome: str | None = None
+    *, run: JourneyRun, version: CompiledVersion, customer, event, now: datetime, resume_outcome: str | None = None,
+    waiting_step_closed: bool = False,
 ) -> JourneyRun:
     """Execute steps until the run waits or ends. With `resume_outcome`, the current
-    (waiting) step is finished with that outcome first."""
+    (waiting) step is finished with that outcome first (`waiting_step_closed`: the caller
+    already closed its StepExecution row, set-based for a whole batch of wake-ups)."""
     batch = current_batch()
     if resume_outcome is not None:
-        if batch is not None:
-            batch.flush()  # the waiting step's row may still be in the batch
-        StepExecution.objects.filter(
-            run=run, step_key=run.current_step, visit=run.visits.get(run.current_step, 1), finished_at__isnull=True
-        ).update(outcome=resume_outcome, finished_at=now)
+        if not waiting_step_closed:
+            if batch is not None:
+                batch.flush()  # the waiting step's row may still be in the batch
+            StepExecution.objects.filter(
+                run=run, step_key=run.current_step, visit=run.visits.get(run.current_step, 1), finished_at__isnull=True
+            ).update(outcome=resume_outcome, finished_at=now)
         run.status, run.next_wake_at, run.wait_event = RunStatus.ACTIVE, None, ""
         if not _follow(run, version, resume_outcome, now):
-            run.save()
+            if batch is not None:
+                batch.save_run(run)
+            else:
+                run.save()
             stream_run_progress(run=run, version=version, reached=[], now=now)
             return run
     profile = profile_dict(customer, now)

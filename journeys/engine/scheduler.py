@@ -1,109 +1,88 @@
 """Time-driven work: wake due runs, fire inactivity windows, date and cron triggers.
 
+Every part costs what is due, not the size of the customer base: due runs, inactivity windows
+and date occurrences are read through indexes on their due moments (SKIP LOCKED pages), cron
+audiences through the segment service (SQL where the rule translates). New entries are made
+set-based by `journeys.engine.enrolment` (entry rules, re-entry limits enforced in the database,
+one open run per customer, canary share, business hours), and started, like due runs, by q2
+tasks of up to 1,000 runs each on the event workers (`journeys.engine.wakeups`): the tick
+itself only claims and hands out work.
+
 New entries from date, inactivity and cron triggers follow a workflow's canary share
 exactly as event entries do (`canary_admits`, the same stable bucket per customer);
 runs already started, and inactivity windows already open, stay on their version.
 
-Called by the `engine_tick` q2 schedule every minute (and by tests with a
-chosen `now`). Rows are claimed with SELECT ... FOR UPDATE SKIP LOCKED on
-PostgreSQL, so several workers can tick at once without doing anything twice.
+`engine_tick` (the `engine_tick` q2 schedule, every minute, on the schedules cluster) never
+overlaps itself: it holds a lease (journeys.engine.lease) while it works and a tick that finds
+the lease held returns at once. It also stops claiming new work after ENGINE_TICK_BUDGET_S
+seconds (what is left stays due for the next tick). The functions below are also safe to run
+concurrently on their own (tests force that): rows are claimed with SKIP LOCKED, cron moments
+under the TriggerState row lock, and every limit is a database constraint.
 """
 
 from __future__ import annotations
 
 import logging
+import time as monotonic
+from collections import defaultdict
 from datetime import datetime, timedelta
 
-from django.db import connection, transaction
+from django.conf import settings
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from journeys.choices import RunStatus, TriggerKind, VersionState
-from journeys.engine.compiled import canary_admits, load_version, routable_versions
+from journeys.choices import TriggerKind, VersionState
+from journeys.engine.batch import skip_locked
+from journeys.engine.compiled import load_version, routable_versions
 from journeys.engine.cron import cron_matches, parse_cron
-from journeys.engine.runner import run_enroll, run_resume, rule_true
-from journeys.engine.runtime import customer_zone, profile_dict
-from journeys.models import Customer, JourneyRun, TriggerState, TriggerWatch, WorkflowVersion
-from journeys.rules import RuleContext
+from journeys.engine.dates import date_versions, dates_fire_due, dates_prepare, dates_refresh_stale
+from journeys.engine.enrolment import Candidate, enroll_candidates
+from journeys.engine.lease import Lease, LeaseLost
+from journeys.engine.wakeups import runs_claim_due
+from journeys.models import Customer, TriggerState, TriggerWatch, WorkflowVersion
 
 logger = logging.getLogger(__name__)
-BATCH = 200
+BATCH = 1000  # inactivity windows per page
+AUDIENCE_PAGE = 2000  # customers of a cron audience enrolled per transaction
+CATCH_UP = timedelta(days=1)  # how far back a cron trigger looks for a missed moment
+TICK_LEASE = "journeys.engine_tick"
+TICK_TTL = timedelta(minutes=5)
 
 
-def _lock_kwargs() -> dict:
-    return {"skip_locked": True} if connection.features.has_select_for_update_skip_locked else {}
+
+def runs_wake_due(*, now: datetime | None = None, deadline: float | None = None) -> int:
+    """Resume waiting runs whose timer is due (a delay ends: 'next'; a wait times out: 'timeout')
+    and start bulk entries that are due; returns how many runs were claimed."""
+    return runs_claim_due(now=now or timezone.now(), deadline=deadline)
 
 
-def runs_wake_due(*, now: datetime | None = None, limit: int = 5000) -> int:
-    """Resume waiting runs whose timer is due: a delay ends ('next'), a wait times out ('timeout')."""
-    now = now or timezone.now()
-    woken = 0
-    while woken < limit:
-        with transaction.atomic():
-            runs = list(
-                JourneyRun.objects.select_for_update(**_lock_kwargs())
-                .filter(status=RunStatus.WAITING, next_wake_at__lte=now)
-                .order_by("next_wake_at")[:BATCH]
-            )
-            for run in runs:
-                outcome = "timeout" if run.wait_event else "next"
-                try:
-                    with transaction.atomic():
-                        run_resume(run=run, outcome=outcome, now=now)
-                except Exception as exc:  # never let one run stop the others
-                    logger.exception("waking run %s failed", run.pk)
-                    JourneyRun.objects.filter(pk=run.pk).update(
-                        status=RunStatus.FAILED, error=f"wake failed: {exc}"[:4000], finished_at=now, next_wake_at=None
-                    )
-        woken += len(runs)
-        if len(runs) < BATCH:
-            break
-    return woken
-
-
-def watches_fire_due(*, now: datetime | None = None) -> int:
-    """Inactivity windows that closed without the follow-up event: enrol the customer."""
+def watches_fire_due(*, now: datetime | None = None, deadline: float | None = None) -> int:
+    """Inactivity windows that closed without the follow-up event: enrol the customers, set-based."""
     now = now or timezone.now()
     fired = 0
     while True:
         with transaction.atomic():
             watches = list(
-                TriggerWatch.objects.select_for_update(of=("self",), **_lock_kwargs())
+                TriggerWatch.objects.select_for_update(of=("self",), **skip_locked())
                 .filter(due_at__lte=now, fired_at__isnull=True, cancelled_at__isnull=True)
-                .select_related("customer", "start_event")[:BATCH]
+                .select_related("start_event").order_by("due_at")[:BATCH]
             )
             serving = _serving({w.version_id for w in watches})
+            groups: dict[int, list[Candidate]] = defaultdict(list)
             for watch in watches:
                 # Routed when the window opened (canary share): it enrols on that version while
                 # the version still serves (live, or the workflow's canary).
                 if watch.version_id in serving:
-                    run_enroll(
-                        version=load_version(watch.version_id),
-                        customer=watch.customer,
-                        trigger_key=f"inactivity:{watch.start_event_id}",
-                        now=now,
-                        event=watch.start_event,
-                    )
-                watch.fired_at = now
-                watch.save(update_fields=["fired_at"])
+                    groups[watch.version_id].append(Candidate(
+                        customer_id=watch.customer_id, trigger_key=f"inactivity:{watch.start_event_id}",
+                        event=watch.start_event))
+            for vid, candidates in sorted(groups.items()):
+                enroll_candidates(version=load_version(vid), candidates=candidates, now=now)
+            TriggerWatch.objects.filter(pk__in=[w.pk for w in watches]).update(fired_at=now)
         fired += len(watches)
-        if len(watches) < BATCH:
+        if len(watches) < BATCH or (deadline is not None and monotonic.monotonic() > deadline):
             return fired
-
-
-def _in_chunks(queryset, size: int = 500):
-    """Customers page by page (by id), with no cursor held open between pages.
-
-    django-q2's enqueue closes idle connections (close_old_connections), which would
-    kill a server-side iterator mid-loop on SQLite; each page is read in full first.
-    """
-    last = 0
-    while True:
-        page = list(queryset.filter(pk__gt=last).order_by("pk")[:size])
-        if not page:
-            return
-        yield from page
-        last = page[-1].pk
 
 
 def _serving(version_ids: set[int]) -> set[int]:
@@ -121,83 +100,92 @@ def _routed(kind: str) -> list[tuple[int, tuple[int, int, bool] | None]]:
             for vid, wid, canary_id, percent in rows]
 
 
-def _anniversary(value, local_date, offset_days: int, yearly: bool) -> bool:
-    from datetime import date
-
-    if isinstance(value, str):
-        try:
-            value = date.fromisoformat(value[:10])
-        except ValueError:
-            return False
-    if not isinstance(value, date):
-        return False
-    target = local_date - timedelta(days=offset_days)
-    if not yearly:
-        return value == target
-    if (value.month, value.day) == (2, 29) and target.month == 2 and target.day == 28:
-        try:
-            target.replace(day=29)
-        except ValueError:
-            return True  # celebrate Feb 29 birthdays on Feb 28 in common years
-    return (value.month, value.day) == (target.month, target.day) and value.year < target.year
-
-
-def date_triggers_run(*, now: datetime | None = None) -> int:
-    """Date-attribute triggers (birthdays, anniversaries), in each customer's own timezone.
+def date_triggers_run(*, now: datetime | None = None, deadline: float | None = None) -> int:
+    """Date-attribute triggers (birthdays, anniversaries), in each customer's own timezone, read
+    from the precomputed due moments (journeys.engine.dates); returns how many runs were made.
 
     trigger_config: {"attribute": "signup_date", "offset_days": 0, "at": "09:00", "yearly": true}.
     A customer enters once per local date (trigger key date:<local date>).
     """
     now = now or timezone.now()
-    enrolled = 0
-    for vid, routing in _routed(TriggerKind.DATE_ATTRIBUTE):
-        version = load_version(vid)
-        config = version.trigger_config
-        attribute = config.get("attribute", "")
-        hour, minute = (int(p) for p in config.get("at", "09:00").split(":"))
-        customers = Customer.objects.filter(merged_into__isnull=True, traits__has_key=attribute)
-        for customer in _in_chunks(customers):
-            if not canary_admits(routing, customer.pk):
-                continue
-            local = now.astimezone(customer_zone(customer))
-            if (local.hour, local.minute) < (hour, minute):
-                continue
-            if not _anniversary(customer.traits.get(attribute), local.date(), int(config.get("offset_days", 0)), config.get("yearly", True)):
-                continue
-            with transaction.atomic():
-                if run_enroll(version=version, customer=customer, trigger_key=f"date:{local.date().isoformat()}", now=now):
-                    enrolled += 1
-    return enrolled
+    versions = date_versions(_routed(TriggerKind.DATE_ATTRIBUTE))
+    dates_prepare(versions=versions, now=now)
+    dates_refresh_stale(versions=versions, now=now, deadline=deadline)
+    return dates_fire_due(versions=versions, now=now, deadline=deadline).enrolled
 
 
-def schedules_run(*, now: datetime | None = None) -> int:
-    """Cron triggers over a segment: {"cron": "0 9 * * 1", "segment": "profile.plan == 'pro'"} (UTC)."""
+def _moment_claim(version_id: int, fields, now: datetime) -> TriggerState:
+    """Under the TriggerState row lock: if no broadcast is in progress, claim the latest cron
+    moment in (last moment considered, now] (missed moments are not sent once each: one catch-up
+    broadcast, for the latest, within CATCH_UP)."""
+    state, _ = TriggerState.objects.select_for_update().get_or_create(version_id=version_id)
+    if state.broadcast_at is not None:
+        return state
+    start = max(state.last_tick_at or (now - timedelta(minutes=1)), now - CATCH_UP)
+    moment, claimed = now, None
+    while moment > start:
+        if cron_matches(fields, moment):
+            claimed = moment
+            break
+        moment -= timedelta(minutes=1)
+    state.last_tick_at = now
+    if claimed is not None:
+        state.broadcast_at, state.broadcast_after_id = claimed, 0
+    state.save()
+    return state
+
+
+def schedules_run(*, now: datetime | None = None, deadline: float | None = None) -> int:
+    """Cron triggers over a segment: {"cron": "0 9 * * 1", "segment": "profile.plan == 'pro'"} (UTC).
+
+    Each cron moment is claimed once under the TriggerState row lock, and its audience is
+    enrolled page by page with trigger key schedule:<moment>; each page commits together with
+    the cursor, so a tick that dies resumes after the last committed page and two ticks can
+    neither claim the same moment twice nor enrol anyone twice. Returns how many runs were made.
+    """
+    from journeys.services.segments import segment_customer_ids
+
     now = (now or timezone.now()).replace(second=0, microsecond=0)
     enrolled = 0
     for vid, routing in _routed(TriggerKind.SCHEDULE):
         version = load_version(vid)
         fields = parse_cron(version.trigger_config.get("cron", ""))
         with transaction.atomic():
-            state, _ = TriggerState.objects.select_for_update().get_or_create(version_id=version.id)
-            start = state.last_tick_at or (now - timedelta(minutes=1))
-            ticks, moment = [], start + timedelta(minutes=1)
-            while moment <= now and len(ticks) < 1440:  # at most a day of catch-up
-                if cron_matches(fields, moment):
-                    ticks.append(moment)
-                moment += timedelta(minutes=1)
-            state.last_tick_at = now
-            state.save()
-        for tick in ticks:
-            segment = version.trigger_config.get("segment", "")
-            for customer in _in_chunks(Customer.objects.filter(merged_into__isnull=True)):
-                if not canary_admits(routing, customer.pk):
-                    continue
-                if not rule_true(segment, RuleContext(profile=profile_dict(customer, now), now=now))[0]:
-                    continue
-                with transaction.atomic():
-                    if run_enroll(version=version, customer=customer, trigger_key=f"schedule:{tick.isoformat()}", now=now):
-                        enrolled += 1
+            pending = _moment_claim(vid, fields, now).broadcast_at is not None
+        while pending:
+            with transaction.atomic():
+                state = TriggerState.objects.select_for_update().get(version_id=vid)
+                if state.broadcast_at is None:
+                    break
+                ids = segment_customer_ids(rule=version.trigger_config.get("segment", ""), now=now,
+                                           after_id=state.broadcast_after_id, limit=AUDIENCE_PAGE)
+                key = f"schedule:{state.broadcast_at.isoformat()}"
+                enrolled += enroll_candidates(version=version, candidates=[Candidate(customer_id=c, trigger_key=key) for c in ids],
+                                              now=now, routing=routing).enrolled
+                if ids:
+                    state.broadcast_after_id = ids[-1]
+                if len(ids) < AUDIENCE_PAGE:
+                    state.broadcast_at, state.broadcast_after_id = None, 0
+                state.save(update_fields=["broadcast_at", "broadcast_after_id"])
+                pending = state.broadcast_at is not None
+            if deadline is not None and monotonic.monotonic() > deadline:
+                break
     return enrolled
+
+
+def _in_chunks(queryset, size: int = 500):
+    """Customers page by page (by id), with no cursor held open between pages.
+
+    django-q2's enqueue closes idle connections (close_old_connections), which would
+    kill a server-side iterator mid-loop on SQLite; each page is read in full first.
+    """
+    last = 0
+    while True:
+        page = list(queryset.filter(pk__gt=last).order_by("pk")[:size])
+        if not page:
+            return
+        yield from page
+        last = page[-1].pk
 
 
 def stages_refresh(*, now: datetime | None = None) -> int:
@@ -215,15 +203,31 @@ def stages_refresh(*, now: datetime | None = None) -> int:
 
 
 def engine_tick(*, now: datetime | None = None) -> dict:
-    """Everything time-driven, once. Safe to run concurrently on several workers."""
+    """Everything time-driven, once, under the tick's lease (a tick never overlaps itself: a
+    second one returns {"skipped": "..."} at once). Each part stops claiming new work when the
+    budget (ENGINE_TICK_BUDGET_S) is spent; what is left stays due for the next tick."""
     from journeys.engine.processor import events_sweep
 
     now = now or timezone.now()
-    return {
-        "swept": events_sweep(),
-        "woken": runs_wake_due(now=now),
-        "inactivity": watches_fire_due(now=now),
-        "date": date_triggers_run(now=now),
-        "schedule": schedules_run(now=now),
-        "stages": stages_refresh(now=now) if now.minute == 0 else 0,  # hourly
-    }
+    lease = Lease(TICK_LEASE, ttl=TICK_TTL)
+    if not lease.acquire():
+        return {"skipped": "another tick holds the lease"}
+    deadline = monotonic.monotonic() + getattr(settings, "ENGINE_TICK_BUDGET_S", 45)
+    out: dict = {}
+    try:
+        for name, part in (
+            ("swept", lambda: events_sweep()),
+            ("woken", lambda: runs_wake_due(now=now, deadline=deadline)),
+            ("inactivity", lambda: watches_fire_due(now=now, deadline=deadline)),
+            ("date", lambda: date_triggers_run(now=now, deadline=deadline)),
+            ("schedule", lambda: schedules_run(now=now, deadline=deadline)),
+            ("stages", lambda: stages_refresh(now=now) if now.minute == 0 else 0),  # hourly
+        ):
+            out[name] = part()
+            lease.renew()
+    except LeaseLost:
+        logger.warning("engine tick lost its lease (it ran longer than %s); stopping", TICK_TTL)
+        out["lease_lost"] = True
+    finally:
+        lease.release()
+    return out

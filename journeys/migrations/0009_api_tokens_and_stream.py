@@ -10,6 +10,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('journeys', '0008_rate_counter'),
+        ('journeys', '0008_time_driven_engine'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -3,7 +3,17 @@
 from journeys.models.base import Timestamped
 from journeys.models.customers import Customer, CustomerMerge, Identity
 from journeys.models.events import Event, Source
-from journeys.models.runs import EngineGeneration, JourneyRun, StepExecution, TriggerState, TriggerWatch
+from journeys.models.runs import (
+    DateTriggerDue,
+    DateTriggerStale,
+    EngineGeneration,
+    EntryGate,
+    JourneyRun,
+    SchedulerLease,
+    StepExecution,
+    TriggerState,
+    TriggerWatch,
+)
 from journeys.models.governance import (
     AuditEntry,
     AuditReport,
@@ -21,7 +31,11 @@ __all__ = [
     "Identity",
     "Event",
     "Source",
+    "DateTriggerDue",
+    "DateTriggerStale",
     "EngineGeneration",
+    "EntryGate",
+    "SchedulerLease",
     "JourneyRun",
     "StepExecution",
     "TriggerState",

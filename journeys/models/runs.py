@@ -92,10 +92,70 @@ class TriggerWatch(models.Model):
 
 
 class TriggerState(models.Model):
-    """Per-version bookkeeping of time-based triggers (last cron tick handled, ...)."""
+    """Per-version bookkeeping of time-based triggers, changed only under this row's lock.
+
+    Cron: `last_tick_at` is the last moment considered; a matched moment is claimed once
+    (`broadcast_at`) and its audience enrolled page by page, each page committing with the
+    cursor (`broadcast_after_id`), so a crash resumes where it stopped and two ticks never
+    claim the same moment twice. Date triggers: `prepared_at` says when the version's
+    due moments were first computed for every customer (see journeys.engine.dates).
+    """
 
     version = models.OneToOneField("journeys.WorkflowVersion", on_delete=models.CASCADE, related_name="trigger_state")
     last_tick_at = models.DateTimeField(null=True, blank=True)
+    broadcast_at = models.DateTimeField(null=True, blank=True, help_text="cron moment whose audience is being enrolled")
+    broadcast_after_id = models.BigIntegerField(default=0, help_text="customers up to this id are enrolled")
+    prepared_at = models.DateTimeField(null=True, blank=True)
+
+
+class EntryGate(models.Model):
+    """The last entry of a customer into a workflow whose re-entry policy limits entries
+    (once, cooldown). Its unique key and a conditional upsert in the enrolling transaction
+    enforce the limit in the database: two ticks or workers enrolling the same customer at
+    once cannot both pass (journeys.engine.enrolment.entries_admit)."""
+
+    workflow = models.ForeignKey("journeys.Workflow", on_delete=models.CASCADE, related_name="+")
+    customer = models.ForeignKey("journeys.Customer", on_delete=models.CASCADE, related_name="+")
+    entered_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["workflow", "customer"], name="entry_gate_unique")]
+
+
+class DateTriggerDue(models.Model):
+    """When a customer is next due in a date-attribute trigger (a birthday, a renewal), in UTC,
+    precomputed from the trait, the trigger's offset and local time and the customer's timezone.
+    The tick reads only the rows that are due (index on due_at); the window closes at the end of
+    that local day (`expires_at`)."""
+
+    version = models.ForeignKey("journeys.WorkflowVersion", on_delete=models.CASCADE, related_name="+")
+    customer = models.ForeignKey("journeys.Customer", on_delete=models.CASCADE, related_name="+")
+    occurs_on = models.DateField(help_text="the customer's local date of the occurrence (the trigger key)")
+    due_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["version", "customer"], name="date_due_unique")]
+        indexes = [models.Index(fields=["due_at"], name="date_due_at_idx")]
+
+
+class DateTriggerStale(models.Model):
+    """Customers whose due moments must be recomputed: a watched date trait, the timezone or a
+    merge changed. Rows are written by a database trigger on the customer table, so every path
+    that changes a profile (the event API's set-based updates, imports, merges, steps, the admin,
+    erasure) is covered; the tick drains them (journeys.engine.dates)."""
+
+    customer_id = models.BigIntegerField(primary_key=True)
+
+
+class SchedulerLease(models.Model):
+    """A named lease that keeps a periodic job from overlapping itself: taken with one
+    conditional UPDATE, renewed while the job works, released at its end; a holder that dies
+    loses it when it expires (journeys.engine.lease)."""
+
+    name = models.CharField(max_length=64, primary_key=True)
+    holder = models.CharField(max_length=128, blank=True)
+    expires_at = models.DateTimeField()
 
 
 class EngineGeneration(models.Model):

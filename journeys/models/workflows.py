@@ -6,6 +6,7 @@ from simple_history.models import HistoricalRecords
 
 from journeys.choices import ReentryPolicy, TriggerKind, VersionState, WorkflowStatus
 from journeys.models.base import Timestamped
+from journeys.models.fields import BusinessHoursField
 
 
 class BusinessUnit(Timestamped):
@@ -93,6 +94,7 @@ class WorkflowVersion(Timestamped):
     )
     goal_filter = models.TextField(blank=True, help_text="optional rule the goal event must satisfy")
     entry_step = models.CharField(max_length=64, blank=True, help_text="key of the first step")
+    business_hours = BusinessHoursField()
 
     frozen_at = models.DateTimeField(null=True, blank=True, editable=False)
     published_at = models.DateTimeField(null=True, blank=True, editable=False)

@@ -15,6 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from journeys.choices import ReentryPolicy, TriggerKind, VersionState
+from journeys.engine.business_hours import BusinessHoursError, business_hours_clean
 from journeys.engine.compiled import bump_generation
 from journeys.engine.cron import parse_cron
 from journeys.engine.durations import parse_duration
@@ -195,6 +196,10 @@ def version_build(*, workflow: Workflow, definition: dict, actor=None) -> Workfl
     for key in ("entry_rule", "goal_filter"):
         if error := _rule_error(definition.get(key, ""), key):
             raise ValidationError({key: error})
+    try:
+        business_hours = business_hours_clean(definition.get("business_hours"))
+    except BusinessHoursError as exc:
+        raise ValidationError({"business_hours": str(exc)}) from None
     raw_steps = definition.get("steps") or []
     if not isinstance(raw_steps, list) or not raw_steps:
         raise ValidationError({"steps": "at least one step is required"})
@@ -227,6 +232,7 @@ def version_build(*, workflow: Workflow, definition: dict, actor=None) -> Workfl
         goal_event=definition.get("goal_event", ""),
         goal_filter=definition.get("goal_filter", ""),
         entry_step=definition.get("entry_step") or keys[0],
+        business_hours=business_hours,
         notes=definition.get("notes", ""),
     )
     version._change_reason = definition.get("reason") or "version created"
@@ -257,6 +263,8 @@ def version_definition(*, version: WorkflowVersion) -> dict:
     """The portable form of a version (what export writes and version_build reads)."""
     return {
         **{f: getattr(version, f) for f in VERSION_FIELDS},
+        # Only when set: versions without business hours keep their definition (and fingerprint).
+        **({"business_hours": version.business_hours} if version.business_hours else {}),
         "steps": [
             {"key": s.key, "kind": s.kind, "name": s.name, "config": s.config, "x": s.x, "y": s.y}
             for s in version.steps.order_by("id")

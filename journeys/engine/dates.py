@@ -1,0 +1,259 @@
+"""Date-attribute triggers (birthdays, anniversaries, renewals) at a cost that follows what is due.
+
+Each customer's next due moment per live date trigger is precomputed into `DateTriggerDue`
+(version, customer, local date, due_at in UTC, end of that local day), so the minute tick
+reads only the rows that are due, through the index on `due_at`, whatever the number of
+customers. The moments are kept current:
+
+- when a version starts taking entries (published, or made a canary), the tick queues every
+  customer who has the trait (one INSERT ... SELECT) and marks the version prepared;
+- when a customer's watched trait, timezone or merge state changes, a database trigger on the
+  customer table queues them (`DateTriggerStale`), whatever wrote the row: the event API's
+  set-based profile updates, imports, merges, update_profile steps, the admin, erasure;
+- the tick drains that queue in pages (SKIP LOCKED), recomputing the queued customers' rows;
+- a fired (or missed) occurrence moves to the next one; a one-off date is then removed;
+- a version that stops taking entries (retired, its workflow paused) has its rows removed.
+
+An occurrence is the local date `anniversary + offset_days` (yearly) or `date + offset_days`
+(one-off), at the trigger's `at` local time in the customer's timezone (an unknown timezone is
+UTC); it may fire until the end of that local day, as before (a tick that was down all day does
+not send a day late). Feb 29 is celebrated on Feb 28 in common years. A local time that the
+clocks skip (DST spring-forward) is read as Python and PostgreSQL read it (02:30 is 03:30); a
+repeated one (fall-back) is its first occurrence. The trigger key `date:<local date>` keeps
+an occurrence to one run per customer, however often it is recomputed.
+"""
+
+from __future__ import annotations
+
+import time as monotonic
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone as dt_timezone
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from django.db import connection, transaction
+from django.db.models.fields.json import KeyTransform
+
+from journeys.choices import TriggerKind
+from journeys.engine.batch import rows_insert, skip_locked
+from journeys.engine.compiled import CompiledVersion, load_version
+from journeys.engine.enrolment import Candidate, EnrolmentResult, enroll_candidates
+from journeys.models import Customer, DateTriggerDue, DateTriggerStale, TriggerState
+
+STALE_PAGE = 2000
+FIRE_PAGE = 1000
+UTC = dt_timezone.utc
+
+
+@dataclass(frozen=True, slots=True)
+class DateRule:
+    """A date trigger's settings: {"attribute": "signup_date", "offset_days": 0, "at": "09:00", "yearly": true}."""
+
+    attribute: str
+    offset_days: int
+    at: time
+    yearly: bool
+
+    @classmethod
+    def of(cls, config: dict) -> DateRule:
+        hour, minute = (int(p) for p in str(config.get("at") or "09:00").split(":"))
+        return cls(attribute=str(config.get("attribute", "")), offset_days=int(config.get("offset_days") or 0),
+                   at=time(hour, minute), yearly=bool(config.get("yearly", True)))
+
+
+@lru_cache(maxsize=1024)
+def zone_named(name: str | None) -> ZoneInfo:
+    """The customer's timezone (an unknown name is UTC, as `customer_zone` reads it)."""
+    try:
+        return ZoneInfo(name or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def _as_date(value: object) -> date | None:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value[:10])
+        except ValueError:
+            return None
+    return None
+
+
+def _anniversary(anchor: date, year: int) -> date:
+    if (anchor.month, anchor.day) == (2, 29):
+        try:
+            return date(year, 2, 29)
+        except ValueError:
+            return date(year, 2, 28)  # celebrate Feb 29 on Feb 28 in common years
+    return date(year, anchor.month, anchor.day)
+
+
+def occurrence_next(value: object, *, rule: DateRule, zone: ZoneInfo, from_date: date) -> tuple[date, datetime, datetime] | None:
+    """The first occurrence on or after the local date `from_date`: (local date, due_at UTC,
+    expires_at UTC), or None (no valid date, or a one-off date that has passed)."""
+    anchor = _as_date(value)
+    if anchor is None:
+        return None
+    offset = timedelta(days=rule.offset_days)
+    try:
+        if rule.yearly:
+            local = None
+            for year in range(max(anchor.year + 1, (from_date - offset).year - 1), (from_date - offset).year + 3):
+                candidate = _anniversary(anchor, year) + offset
+                if candidate >= from_date:
+                    local = candidate
+                    break
+            if local is None:
+                return None
+        else:
+            local = anchor + offset
+            if local < from_date:
+                return None
+        due = datetime.combine(local, rule.at, tzinfo=zone).astimezone(UTC)
+        ends = datetime.combine(local + timedelta(days=1), time(0, 0), tzinfo=zone).astimezone(UTC)
+    except (OverflowError, ValueError):
+        return None
+    return local, due, ends
+
+
+@dataclass(slots=True)
+class DateVersion:
+    version: CompiledVersion
+    rule: DateRule
+    routing: tuple[int, int, bool] | None
+
+
+def date_versions(routed: list[tuple[int, tuple[int, int, bool] | None]]) -> dict[int, DateVersion]:
+    out = {}
+    for vid, routing in routed:
+        version = load_version(vid)
+        out[vid] = DateVersion(version=version, rule=DateRule.of(version.trigger_config), routing=routing)
+    return out
+
+
+
+# --------------------------------------------------------------------------- keeping the moments current
+
+
+def dates_prepare(*, versions: dict[int, DateVersion], now: datetime) -> int:
+    """Queue every customer with the trait of a version that just started taking entries, and
+    drop the rows of versions that stopped. Returns how many versions were prepared."""
+    prepared = 0
+    known = dict(TriggerState.objects.filter(version_id__in=list(versions)).values_list("version_id", "prepared_at"))
+    for vid, dv in versions.items():
+        if known.get(vid) is not None:
+            continue
+        with transaction.atomic():
+            state, _ = TriggerState.objects.select_for_update().get_or_create(version_id=vid)
+            if state.prepared_at is not None:
+                continue
+            _queue_all_with(dv.rule.attribute)
+            state.prepared_at = now
+            state.save(update_fields=["prepared_at"])
+            prepared += 1
+    gone = TriggerState.objects.filter(prepared_at__isnull=False, version__trigger_kind=TriggerKind.DATE_ATTRIBUTE).exclude(
+        version_id__in=list(versions))
+    for vid in gone.values_list("version_id", flat=True):
+        with transaction.atomic():
+            DateTriggerDue.objects.filter(version_id=vid)._raw_delete(connection.alias)
+            TriggerState.objects.filter(version_id=vid).update(prepared_at=None)
+    return prepared
+
+
+def _queue_all_with(attribute: str) -> None:
+    query = Customer.objects.filter(merged_into__isnull=True, traits__has_key=attribute).values("pk").query
+    sql, params = query.sql_with_params()
+    table = DateTriggerStale._meta.db_table
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"INSERT INTO {table} (customer_id) {sql} ON CONFLICT DO NOTHING", params)
+        else:
+            cursor.execute(f"INSERT OR IGNORE INTO {table} (customer_id) {sql}", params)
+
+
+def _profiles(ids: list[int], attributes: list[str]) -> list[dict]:
+    """id, timezone, merge state and the watched traits of these customers, one query."""
+    names = {f"a{i}": KeyTransform(attr, "traits") for i, attr in enumerate(attributes)}
+    rows = Customer.objects.filter(pk__in=ids).values("pk", "timezone", "merged_into_id", **names)
+    index = {attr: f"a{i}" for i, attr in enumerate(attributes)}
+    return [{**row, "traits": {attr: row[col] for attr, col in index.items()}} for row in rows]
+
+
+def _due_rows(profiles: list[dict], versions: dict[int, DateVersion], now: datetime,
+              after: dict[tuple[int, int], date] | None = None) -> list[dict]:
+    out = []
+    for profile in profiles:
+        if profile["merged_into_id"] is not None:
+            continue
+        zone = zone_named(profile["timezone"])
+        today = now.astimezone(zone).date()
+        for vid, dv in versions.items():
+            value = profile["traits"].get(dv.rule.attribute)
+            if value is None:
+                continue
+            start = today
+            if after is not None and (vid, profile["pk"]) in after:
+                start = max(today, after[(vid, profile["pk"])] + timedelta(days=1))
+            found = occurrence_next(value, rule=dv.rule, zone=zone, from_date=start)
+            if found is not None:
+                local, due, ends = found
+                out.append({"version_id": vid, "customer_id": profile["pk"], "occurs_on": local, "due_at": due,
+                            "expires_at": ends})
+    return out
+
+
+def dates_refresh_stale(*, versions: dict[int, DateVersion], now: datetime, deadline: float | None = None) -> int:
+    """Recompute the due rows of queued customers, page by page; returns how many customers."""
+    attributes = sorted({dv.rule.attribute for dv in versions.values()})
+    done = 0
+    while True:
+        with transaction.atomic():
+            ids = list(DateTriggerStale.objects.select_for_update(**skip_locked()).order_by("pk")
+                       .values_list("pk", flat=True)[:STALE_PAGE])
+            if not ids:
+                return done
+            DateTriggerStale.objects.filter(pk__in=ids)._raw_delete(connection.alias)
+            DateTriggerDue.objects.filter(customer_id__in=ids)._raw_delete(connection.alias)
+            if versions:
+                rows_insert(DateTriggerDue, _due_rows(_profiles(ids, attributes), versions, now))
+        done += len(ids)
+        if len(ids) < STALE_PAGE or (deadline is not None and monotonic.monotonic() > deadline):
+            return done
+
+
+# --------------------------------------------------------------------------- firing what is due
+
+
+def dates_fire_due(*, versions: dict[int, DateVersion], now: datetime, deadline: float | None = None) -> EnrolmentResult:
+    """Enrol every customer whose occurrence is due (SKIP LOCKED pages), then move each fired or
+    missed row to its next occurrence (or remove it)."""
+    result = EnrolmentResult()
+    attributes = sorted({dv.rule.attribute for dv in versions.values()})
+    while True:
+        with transaction.atomic():
+            rows = list(DateTriggerDue.objects.select_for_update(**skip_locked()).filter(due_at__lte=now)
+                        .order_by("due_at").values_list("pk", "version_id", "customer_id", "occurs_on", "expires_at")
+                        [:FIRE_PAGE])
+            if not rows:
+                return result
+            groups: dict[tuple[int, date], list[Candidate]] = defaultdict(list)
+            for _pk, vid, customer_id, occurs_on, expires_at in rows:
+                if vid in versions and expires_at > now:
+                    groups[(vid, occurs_on)].append(Candidate(customer_id=customer_id, trigger_key=f"date:{occurs_on.isoformat()}"))
+            for (vid, _), candidates in sorted(groups.items()):
+                dv = versions[vid]
+                result.add(enroll_candidates(version=dv.version, candidates=candidates, now=now, routing=dv.routing))
+            DateTriggerDue.objects.filter(pk__in=[r[0] for r in rows])._raw_delete(connection.alias)
+            known = {vid: dv for vid, dv in versions.items() if any(r[1] == vid for r in rows)}
+            after = {(r[1], r[2]): r[3] for r in rows if r[1] in known}
+            customers = sorted({r[2] for r in rows if r[1] in known})
+            if customers:
+                rows_insert(DateTriggerDue, [row for row in _due_rows(_profiles(customers, attributes), known, now, after)
+                                             if (row["version_id"], row["customer_id"]) in after])
+        if len(rows) < FIRE_PAGE or (deadline is not None and monotonic.monotonic() > deadline):
+            return result

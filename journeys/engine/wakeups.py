@@ -1,0 +1,150 @@
+"""Runs that are due: a delay ends, a wait times out, a bulk entry starts (at once, or when the
+workflow's business hours open).
+
+The tick only *claims*: `runs_claim_due` takes due runs in pages (`SELECT ... FOR UPDATE SKIP
+LOCKED`, so ticks and workers never take the same run), moves their `next_wake_at` to a lease
+(`WAKE_LEASE` ahead) and hands each page to the event workers as one q2 task. The task
+(`runs_wake`) takes the page's runs that still carry that lease (a compare-and-set: a run an
+event resumed meanwhile, or a page handed out twice, is skipped), and resumes or starts them
+through the batch engine: the waiting steps are closed with one UPDATE per outcome, then the
+steps run with their rows, run states and messages written in bulk (journeys.engine.batch).
+A task that is lost (a killed worker on the Redis broker) costs the lease, not the run: its
+runs are due again when the lease has passed and the tick claims them again.
+
+There is no cap per tick: the tick claims pages until nothing is due, and the cost is one
+indexed range scan per page (`run_due_idx` on status, next_wake_at).
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from journeys.choices import RunStatus
+from journeys.engine.batch import EngineBatch, batch_suspended, skip_locked
+from journeys.engine.compiled import load_version
+from journeys.engine.queue import enqueue_work
+from journeys.engine.runner import run_execute, run_start
+from journeys.models import JourneyRun, StepExecution
+
+logger = logging.getLogger(__name__)
+
+WAKE_LEASE = timedelta(minutes=2)  # a claimed run is due again if its task has not run by then
+
+
+def claim_page() -> int:
+    """Runs claimed per statement, and per q2 task (settings.ENGINE_RUN_BATCH, default 1,000)."""
+    return max(1, int(getattr(settings, "ENGINE_RUN_BATCH", 1000)))
+
+
+
+def wake_enqueue(*, run_ids: list[int], lease: datetime, now: datetime) -> None:
+    """One `runs_wake` task per page of runs (claim_page()), for the event workers' cluster."""
+    page = claim_page()
+    for i in range(0, len(run_ids), page):
+        enqueue_work("journeys.tasks.runs_wake", run_ids[i : i + page], lease, now, group="runs")
+
+
+def runs_claim_due(*, now: datetime, deadline: float | None = None) -> int:
+    """Claim every due run, page by page, and hand each page to a `runs_wake` task; returns how many.
+    `deadline` (time.monotonic()) stops claiming early so a tick stays within its budget; what is
+    left stays due for the next tick."""
+    import time
+
+    lease = now + WAKE_LEASE
+    page = claim_page()
+    claimed = 0
+    while True:
+        with transaction.atomic():
+            ids = list(
+                JourneyRun.objects.select_for_update(**skip_locked())
+                .filter(status=RunStatus.WAITING, next_wake_at__lte=now)
+                .order_by("next_wake_at")
+                .values_list("pk", flat=True)[:page]
+            )
+            if ids:
+                JourneyRun.objects.filter(pk__in=ids).update(next_wake_at=lease)
+                wake_enqueue(run_ids=ids, lease=lease, now=now)
+        claimed += len(ids)
+        if len(ids) < page or (deadline is not None and time.monotonic() > deadline):
+            return claimed
+
+
+def runs_wake(*, run_ids: list[int], lease: datetime, now: datetime | None = None) -> int:
+    """Start or resume the runs of one claimed page that still carry its lease; returns how many.
+
+    One transaction. Set-based first (one savepoint for the page); if anything escapes that (a
+    bug, not a failing step: a failing step only fails its run), the page is replayed run by run,
+    each in its own savepoint, and a run that still breaks is marked failed. `now` is the moment
+    the page was claimed (its runs were due then), so a following delay counts from there."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        runs = _lock(run_ids, lease)
+        if not runs:
+            return 0
+        try:
+            with transaction.atomic():
+                _wake_set(runs, now)
+        except Exception:
+            logger.exception("set-based wake-up of %d runs failed; replaying them one by one", len(runs))
+            _wake_each(_lock([r.pk for r in runs], lease), now)
+    return len(runs)
+
+
+def _lock(run_ids: list[int], lease: datetime) -> list[JourneyRun]:
+    runs = list(
+        JourneyRun.objects.select_for_update(of=("self",), **skip_locked())
+        .filter(pk__in=run_ids, status=RunStatus.WAITING, next_wake_at=lease)
+        .select_related("customer", "trigger_event")
+        .order_by("pk")
+    )
+    shared: dict = {}  # one Customer object per customer: a step's profile update is seen by the next run
+    for run in runs:
+        run.customer = shared.setdefault(run.customer_id, run.customer)
+    return runs
+
+
+def _outcome(run: JourneyRun) -> str:
+    return "timeout" if run.wait_event else "next"
+
+
+def _wake_set(runs: list[JourneyRun], now: datetime) -> None:
+    resumed = [r for r in runs if r.current_step]
+    for outcome in ("next", "timeout"):  # the waiting step of each resumed run, closed set-based
+        ids = [r.pk for r in resumed if _outcome(r) == outcome]
+        if ids:
+            StepExecution.objects.filter(run_id__in=ids, finished_at__isnull=True).update(outcome=outcome, finished_at=now)
+    batch = EngineBatch(customer_ids={r.customer_id for r in runs}, now=now)
+    with batch.active():
+        for run in runs:
+            _wake_one(run, now, closed=True)
+        batch.flush()
+
+
+def _wake_one(run: JourneyRun, now: datetime, *, closed: bool) -> None:
+    version = load_version(run.version_id)
+    if not run.current_step:
+        run_start(run=run, version=version)
+        run_execute(run=run, version=version, customer=run.customer, event=run.trigger_event, now=now)
+    else:
+        run_execute(run=run, version=version, customer=run.customer, event=None, now=now,
+                    resume_outcome=_outcome(run), waiting_step_closed=closed)
+
+
+def _wake_each(runs: list[JourneyRun], now: datetime) -> None:
+    with batch_suspended():
+        for run in runs:
+            try:
+                with transaction.atomic():
+                    _wake_one(run, now, closed=False)
+            except Exception as exc:  # never let one run stop the others
+                logger.exception("waking run %s failed", run.pk)
+                error = "".join(traceback.format_exception_only(exc)).strip()
+                JourneyRun.objects.filter(pk=run.pk).update(
+                    status=RunStatus.FAILED, error=f"wake failed: {error}"[:4000], finished_at=now, next_wake_at=None
+                )

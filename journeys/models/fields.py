@@ -1,0 +1,61 @@
+"""Model fields with their own form fields (so every ModelForm, the admin's included, gets them)."""
+
+from __future__ import annotations
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.db import models
+
+from journeys.engine.business_hours import BusinessHoursError, business_hours_clean, business_hours_parse, business_hours_text
+
+
+def validate_business_hours(value) -> None:
+    try:
+        business_hours_clean(value)
+    except BusinessHoursError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+class BusinessHoursFormField(forms.CharField):
+    """Typed as text ('Mon-Fri 09:00-17:00'), stored as {"days": [...], "start", "end"}."""
+
+    def __init__(self, **kwargs):
+        kwargs.pop("encoder", None)
+        kwargs.pop("decoder", None)
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("help_text", "days and local hours in which new entries from date, inactivity and schedule "
+                                       "triggers start, in the customer's timezone, e.g. 'Mon-Fri 09:00-17:00'; "
+                                       "entries outside it wait for the next window. Empty: any time.")
+        super().__init__(**kwargs)
+
+    def prepare_value(self, value):
+        if isinstance(value, dict):
+            return business_hours_text(value)
+        return value
+
+    def to_python(self, value):
+        if isinstance(value, dict):
+            return value
+        try:
+            return business_hours_parse(super().to_python(value))
+        except BusinessHoursError as exc:
+            raise ValidationError(str(exc), code="invalid") from None
+
+    def has_changed(self, initial, data):
+        try:
+            return self.to_python(data) != (initial or {})
+        except ValidationError:
+            return True
+
+
+class BusinessHoursField(models.JSONField):
+    """A version's business hours (journeys.engine.business_hours), validated on every full_clean."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("default", dict)
+        kwargs.setdefault("blank", True)
+        kwargs.setdefault("validators", [validate_business_hours])
+        super().__init__(*args, **kwargs)
+
+    def formfield(self, **kwargs):
+        return models.Field.formfield(self, **{"form_class": BusinessHoursFormField, **kwargs})
