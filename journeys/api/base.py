@@ -128,6 +128,8 @@ def _first_error(detail, path: str = "") -> tuple[str, str, str]:
         for key, value in detail.items():
             if key in ("non_field_errors", "detail"):
                 sub = path
+            elif isinstance(key, int) or str(key).isdigit():  # a list's errors by index (many=True)
+                sub = f"{path}[{key}]"
             else:
                 sub = f"{path}.{key}" if path else str(key)
             found = _first_error(value, sub)

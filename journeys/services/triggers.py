@@ -89,11 +89,14 @@ def recipients_resolve(recipients: list[dict]) -> tuple[dict[int, dict], list[in
 
 def _enrol(*, version_id: int, variables: dict[int, dict], trigger_key: str, now: datetime) -> None:
     from journeys.engine.compiled import load_version
-    from journeys.engine.enrolment import runs_enroll_bulk
+    from journeys.engine.enrolment import VersionNotLive, runs_enroll_bulk
 
     if variables:
-        runs_enroll_bulk(version=load_version(version_id), customer_ids=sorted(variables), trigger_key=trigger_key,
-                         now=now, variables=variables)
+        try:
+            runs_enroll_bulk(version=load_version(version_id), customer_ids=sorted(variables),
+                             trigger_key=trigger_key, now=now, variables=variables)
+        except VersionNotLive as exc:
+            raise JourneyError(f"the workflow takes no entries now ({exc})", field="workflow") from None
 
 
 def _summary(*, job: Job, requested: int, not_found: list[int]) -> dict:
@@ -141,8 +144,11 @@ def trigger_job_run(*, job: Job) -> dict:
     from journeys.services.jobs import job_progress
     from journeys.services.segments import segment_customer_ids
 
-    params, now = job.params, timezone.now()
+    params, now = dict(job.params), timezone.now()
     data, key = params.get("data") or {}, f"api:{job.pk}"
+    # The workflow's live version when the job runs (a publish in between is followed, not refused).
+    live = Workflow.objects.filter(pk=params["workflow_id"]).values_list("live_version_id", flat=True).first()
+    params["version_id"] = live or params["version_id"]
     if params.get("segment") is not None:
         after, done = 0, 0
         while True:
