@@ -84,7 +84,7 @@ class TrackingSchema(AutoSchema):
     def get_auth(self) -> list[dict]:
         self.registry.register_on_missing(ResolvedComponent(
             name="writeKey", type=ResolvedComponent.SECURITY_SCHEMA, object="writeKey", schema=WRITE_KEY))
-        return [{"writeKey": []}]
+        return [{"writeKey": []}, {"apiToken": []}]  # or a bearer token with the track scope
 
     def _get_request_body(self, direction="request"):
         body = super()._get_request_body(direction)

@@ -25,10 +25,12 @@ from journeys.errors import (
     AuthenticationFailed,
     EventValidationError,
     PayloadTooLarge,
+    PermissionDenied,
     SourceDisabled,
 )
 from journeys.services.event_parsing import check_event_size, check_finite_numbers
 from journeys.services.ingest import event_ingest, events_parse
+from journeys.services.api_tokens import api_call_log, token_track_source
 from journeys.services.sources import source_authenticate
 
 logger = logging.getLogger(__name__)
@@ -99,6 +101,11 @@ def _basic_write_key(request) -> str | None:
     return decoded.split(":", 1)[0]
 
 
+def _bearer_token(request) -> str | None:
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    return header[7:].strip() if header.lower().startswith("bearer ") else None
+
+
 class _TrackingView(APIView):
     authentication_classes: list = []
     permission_classes: list = []
@@ -111,14 +118,22 @@ class _TrackingView(APIView):
         return _error(405, f"method {request.method} not allowed; use POST", code="method_not_allowed",
                       headers={"Allow": "POST"})
 
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        api_call_log(request=request, status=response.status_code)
+        return response
+
     def handle_payload(self, body: dict, received_at):  # pragma: no cover - overridden
         raise NotImplementedError
 
     def post(self, request, *args, **kwargs):
         received_at = timezone.now()
         header_key = _basic_write_key(request)
+        bearer = _bearer_token(request)
         try:
             source = source_authenticate(write_key=header_key) if header_key else None
+            if bearer is not None:  # an API token with the track scope (its calls are logged)
+                source = token_track_source(key=bearer, request=request)
             body = _read_json(request, max_bytes=settings.EVENT_API[self.max_body_setting])
             if not isinstance(body, dict):
                 return _error(400, "body must be a JSON object", code="invalid_body")
@@ -136,7 +151,7 @@ class _TrackingView(APIView):
             return _error(exc.status, exc.message, code=exc.code)
         except AuthenticationFailed as exc:
             return _error(401, exc.message, code=exc.code, headers={"WWW-Authenticate": 'Basic realm="events"'})
-        except SourceDisabled as exc:
+        except (SourceDisabled, PermissionDenied) as exc:
             return _error(403, exc.message, code=exc.code)
         except PayloadTooLarge as exc:
             return _error(413, exc.message, code=exc.code, field=exc.field)

@@ -127,3 +127,33 @@ def api_requests_purge(*, now: datetime | None = None) -> int:
     """Drop access-log rows older than API["LOG_KEEP_DAYS"] (called by the stream tick)."""
     cutoff = (now or timezone.now()) - timedelta(days=settings.API["LOG_KEEP_DAYS"])
     return ApiRequest.objects.filter(at__lt=cutoff).delete()[0]
+
+
+def token_track_source(*, key: str, request: Any = None) -> Source:
+    """The source a bearer token with the `track` scope sends events for (the tracking API,
+    /v1/*, accepts such tokens beside write keys). The call is logged with the token when
+    `request` is given (see `api_call_log`)."""
+    import time
+
+    from journeys.errors import SourceDisabled
+
+    token = token_authenticate(key=key)
+    if request is not None:
+        request._api_token = (token, time.monotonic())
+    if not token_has_scope(token=token, scope=ApiScope.TRACK):
+        raise PermissionDenied(f"this token lacks the {str(ApiScope.TRACK)!r} scope")
+    if token.source is None or not token.source.enabled:
+        raise SourceDisabled(f"the source of token {token.key_prefix}… is missing or disabled")
+    return token.source
+
+
+def api_call_log(*, request: Any, status: int) -> None:
+    """Record a call authenticated by `token_track_source` in the access log."""
+    import time
+
+    found = getattr(request, "_api_token", None)
+    if found is not None:
+        token, started = found
+        api_request_record(token=token, method=request.method, path=request.path, status=status,
+                           duration_ms=int((time.monotonic() - started) * 1000),
+                           ip=request.META.get("REMOTE_ADDR") or None)

@@ -117,3 +117,40 @@ def test_tokens_are_stored_hashed_and_told_apart_by_prefix():
     assert key.startswith("jct_") and len(key) > 40
     assert key not in str(ApiToken.objects.filter(pk=token.pk).values().get())
     assert key.startswith(token.key_prefix)
+
+
+def test_a_token_with_the_track_scope_sends_events_for_its_source_and_is_logged(django_capture_on_commit_callbacks):
+    from journeys.models import Event
+
+    # given a token with the track scope, and one without
+    token, key = make_token(ApiScope.TRACK, name="sdk")
+    _, other = make_token(ApiScope.SEND, name="mailer")
+    body = {"userId": "u1", "event": "Checkout Started"}
+
+    # when each posts an event to the tracking API with Authorization: Bearer
+    with django_capture_on_commit_callbacks(execute=True):
+        ok = Api(key).client.post("/v1/track", body, format="json", HTTP_AUTHORIZATION=f"Bearer {key}")
+    refused = Api(other).client.post("/v1/track", body, format="json", HTTP_AUTHORIZATION=f"Bearer {other}")
+    unknown = Api(None).client.post("/v1/track", body, format="json", HTTP_AUTHORIZATION="Bearer jct_nope")
+
+    # then the first is stored for the token's source and logged; the others are refused
+    assert ok.status_code == 200, ok.content
+    assert Event.objects.get(name="Checkout Started").source == token.source
+    assert (refused.status_code, unknown.status_code) == (403, 401)
+    assert list(ApiRequest.objects.order_by("id").values_list("token__name", "path", "status")) == [
+        ("sdk", "/v1/track", 200), ("mailer", "/v1/track", 403)]
+
+
+def test_each_token_is_throttled_on_its_own_with_retry_after(customer):
+    # given a token allowed 2 requests a minute, and another token
+    _, slow = make_token(ApiScope.CUSTOMERS_READ, name="slow", rate_limit=2)
+    _, fast = make_token(ApiScope.CUSTOMERS_READ, name="fast")
+
+    # when the first calls three times
+    answers = [Api(slow).get(f"customers/{customer.pk}").status_code for _ in range(3)]
+
+    # then the third is refused with 429 and Retry-After; the other token is not affected
+    assert answers == [200, 200, 429]
+    response = Api(slow).get(f"customers/{customer.pk}")
+    assert int(response["Retry-After"]) >= 1 and "throttled" in response.body["message"].lower()
+    assert Api(fast).get(f"customers/{customer.pk}").status_code == 200
