@@ -228,7 +228,7 @@ API = {
     # A trigger for more recipients than this (or for a segment) is enrolled by a background job.
     "TRIGGER_SYNC_MAX": 100,
     "TRIGGER_MAX_RECIPIENTS": 10000,
-    "MAX_BODY_BYTES": 4 * 1024 * 1024,
+    "MAX_BODY_BYTES": 2 * 1024 * 1024,  # below DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB)
 }
 
 # Outbound event stream (Standard Webhooks) to the destinations configured in the admin.
