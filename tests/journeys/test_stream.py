@@ -222,3 +222,9 @@ def test_journeys_messages_and_their_reasons_reach_the_stream(destination, vendo
     suppressed = next(e for e in events if e["type"] == "message.suppressed")
     assert suppressed["data"]["reason"] == "no_address" and suppressed["data"]["user_id"] == "u-stream"
     assert next(e for e in events if e["type"] == "journey.exited")["data"]["status"] == "completed"
+
+
+def test_without_destinations_recording_costs_no_query(django_assert_num_queries):
+    stream_emit(items=items(1))  # the (empty) list of destinations is read once and cached
+    with django_assert_num_queries(0):
+        assert stream_emit(items=items(100)) == 0
