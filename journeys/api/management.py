@@ -16,7 +16,7 @@ from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 
 from journeys.api.base import IdCursorPagination, TokenApiView, id_or_404
-from journeys.api.serializers import (
+from journeys.api.management_serializers import (
     CustomerListOut, CustomerOut, CustomerQuery, EraseIn, JobOut, MergeIn, TraitsIn, TraitsOut, TriggerIn, TriggerOut,
 )
 from journeys.choices import ApiScope

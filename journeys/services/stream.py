@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 COLLECTOR_KEY = "journeys.stream"
 FINISHED = (RunStatus.COMPLETED, RunStatus.EXITED, RunStatus.FAILED)
+JOURNEY_TYPES = (StreamEventType.JOURNEY_ENTERED, StreamEventType.JOURNEY_STEP_REACHED,
+                 StreamEventType.JOURNEY_CONVERTED, StreamEventType.JOURNEY_EXITED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +183,7 @@ def stream_run_progress(*, run, version, reached: list[tuple[str, int, str, str]
     """What a run did in one advance: `reached` is (step key, visit, step kind, outcome) per step
     executed. Emits journey.entered (its first step, first visit), journey.step_reached per step
     and journey.exited when it ended."""
-    if not _destinations():
+    if not any(stream_wanted(t) for t in JOURNEY_TYPES):
         return
     items = []
     for key, visit, kind, outcome in reached:
