@@ -248,10 +248,14 @@ STREAM = {
 # Event API limits (the Segment HTTP Tracking API's own limits).
 EVENT_API = {
     "MAX_EVENT_BYTES": 32 * 1024,
-    "MAX_BATCH_BYTES": 500 * 1024,
+    # RudderStack's SDKs send batches of up to 4 MB; Segment's up to 500 KB.
+    "MAX_BATCH_BYTES": env_int("EVENT_API_MAX_BATCH_BYTES", 4 * 1024 * 1024),
     "MAX_BATCH_EVENTS": 2500,
-    # Max decompressed size of a gzip body; stops gzip bombs.
-    "MAX_DECOMPRESSED_BYTES": 4 * 1024 * 1024,
+    # Max decompressed size of a gzip body (above the batch limit, so a full batch may be
+    # compressed, and a gzip bomb is cut off after this many bytes).
+    "MAX_DECOMPRESSED_BYTES": env_int("EVENT_API_MAX_DECOMPRESSED_BYTES", 5 * 1024 * 1024),
+    # Replayed or discarded quarantine entries are deleted this many days after the decision.
+    "QUARANTINE_KEEP_DAYS": env_int("EVENT_API_QUARANTINE_KEEP_DAYS", 90),
     # Default per-source rate limit (requests per window, counted for all processes together in
     # the database or Redis); a Source may override it. 12,000 a minute (200 requests/s) is far
     # above what Segment's and RudderStack's SDKs send (a flush every 0.5-10 s per process, 15-500
@@ -259,6 +263,12 @@ EVENT_API = {
     "RATE_LIMIT_REQUESTS": env_int("EVENT_API_RATE_LIMIT", 12000),
     "RATE_LIMIT_WINDOW_S": env_int("EVENT_API_RATE_WINDOW", 60),
 }
+
+# Addresses (or networks, CIDR) of the reverse proxies / load balancers in front of the web
+# processes. Only a request arriving from one of them may name the client's address in
+# X-Forwarded-For; the address recorded with an event is the last one in that chain that is not
+# a trusted proxy. Empty (the default): the TCP peer's address, X-Forwarded-For ignored.
+TRUSTED_PROXIES = [p.strip() for p in os.environ.get("TRUSTED_PROXIES", "").split(",") if p.strip()]
 
 # Email: real SMTP (tests point it at a local aiosmtpd server). Secrets only from the environment.
 EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"

@@ -91,11 +91,12 @@ class SourceForm(ReasonForm):
 @admin.register(Source)
 class SourceAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     form = SourceForm
-    list_display = ("name", "enabled", "key_prefix", "rate_limit", "key_rotated_at", "created_at")
+    list_display = ("name", "enabled", "strict", "key_prefix", "rate_limit", "retention_days", "key_rotated_at", "created_at")
     list_filter = ("enabled",)
     search_fields = ("name",)
     readonly_fields = ("key_prefix", "key_rotated_at", "created_at", "updated_at")
-    fields = ("name", "description", "enabled", "rate_limit", "schema_policy", "key_prefix", "key_rotated_at", "change_reason")
+    fields = ("name", "description", "enabled", "strict", "rate_limit", "schema_policy", "retention_days", "key_prefix",
+              "key_rotated_at", "change_reason")
     actions = ["rotate_keys", "disable_sources", "enable_sources"]
 
     def save_model(self, request, obj, form, change):
@@ -104,7 +105,8 @@ class SourceAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
             return
         source, key = source_create(
             name=obj.name, description=obj.description, rate_limit=obj.rate_limit, enabled=obj.enabled,
-            schema_policy=obj.schema_policy, actor=request.user, reason=self._reason(request, form),
+            schema_policy=obj.schema_policy, strict=obj.strict, retention_days=obj.retention_days,
+            actor=request.user, reason=self._reason(request, form),
         )
         obj.pk, obj.key_prefix, obj.key_hash = source.pk, source.key_prefix, source.key_hash
         messages.warning(request, format_html("Write key for {}: <code>{}</code> — copy it now, it is not shown again.", source.name, key))
@@ -196,5 +198,5 @@ class LifecycleStageAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
         return Customer.objects.filter(stage=obj.key, merged_into__isnull=True).count()
 
 
-from journeys import admin_workflows  # noqa: E402,F401
+from journeys import admin_quarantine, admin_workflows  # noqa: E402,F401
 from journeys import admin_api  # noqa: E402,F401

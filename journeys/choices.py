@@ -92,3 +92,18 @@ class StreamEventType(models.TextChoices):
     JOURNEY_EXITED = "journey.exited", "Journey exited (completed, exited or failed)"
     CASE_OPENED = "case.opened", "Case opened"
     CASE_RESOLVED = "case.resolved", "Case resolved"
+
+
+class QuarantineStatus(models.TextChoices):
+    QUARANTINED = "quarantined", "Quarantined"
+    REPLAYED = "replayed", "Replayed"
+    DISCARDED = "discarded", "Discarded"
+
+
+class QuarantineReason(models.TextChoices):
+    """Why an event was set aside (the error codes of the tracking API)."""
+
+    INVALID = "invalid_event", "Invalid field"
+    TOO_LARGE = "too_large", "Too large"
+    TOO_DEEP = "too_deep", "Nested too deeply"
+    SCHEMA = "schema", "Breaks the event catalog"

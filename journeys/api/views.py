@@ -19,7 +19,9 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from journeys.api.client_ip import client_ip
 from journeys.api.openapi import TrackingSchema
+from journeys.api.serializers import EVENT_SERIALIZERS, RESPONSES, BatchIn
 from journeys.api.throttling import source_rate_check
 from journeys.errors import (
     AuthenticationFailed,
@@ -28,9 +30,9 @@ from journeys.errors import (
     PermissionDenied,
     SourceDisabled,
 )
-from journeys.services.event_parsing import check_event_size, check_finite_numbers
-from journeys.services.ingest import event_ingest, events_parse
 from journeys.services.api_tokens import api_call_log, token_track_source
+from journeys.services.event_parsing import MAX_DEPTH, batch_defaults_check, nesting_path
+from journeys.services.ingest import ReceiveResult, events_receive
 from journeys.services.sources import source_authenticate
 
 logger = logging.getLogger(__name__)
@@ -48,9 +50,9 @@ def _reject_constant(name: str):
 
 
 class _BodyError(Exception):
-    def __init__(self, status: int, message: str, code: str):
+    def __init__(self, status: int, message: str, code: str, field: str | None = None):
         super().__init__(message)
-        self.status, self.message, self.code = status, message, code
+        self.status, self.message, self.code, self.field = status, message, code, field
 
 
 def _read_json(request, *, max_bytes: int) -> object:
@@ -85,7 +87,8 @@ def _read_json(request, *, max_bytes: int) -> object:
     try:
         return json.loads(text, parse_constant=_reject_constant)
     except RecursionError:
-        raise _BodyError(400, "body is nested too deeply", "invalid_body") from None
+        where = nesting_path(text)
+        raise _BodyError(400, f"is nested more than {MAX_DEPTH} levels deep", "too_deep", field=where or "body") from None
     except ValueError as exc:
         raise _BodyError(400, f"malformed JSON: {exc}", "invalid_json") from None
 
@@ -113,6 +116,9 @@ class _TrackingView(APIView):
     schema = TrackingSchema()
     event_type: str | None = None
     max_body_setting = "MAX_EVENT_BYTES"
+    # The shapes, for the OpenAPI document (journeys.api.openapi / drf-spectacular): input and output apart.
+    request_serializer = BatchIn
+    response_serializers = RESPONSES
 
     def http_method_not_allowed(self, request, *args, **kwargs):
         return _error(405, f"method {request.method} not allowed; use POST", code="method_not_allowed",
@@ -123,7 +129,7 @@ class _TrackingView(APIView):
         api_call_log(request=request, status=response.status_code)
         return response
 
-    def handle_payload(self, body: dict, received_at):  # pragma: no cover - overridden
+    def handle_payload(self, *, source, body: dict, received_at, ip) -> ReceiveResult:  # pragma: no cover
         raise NotImplementedError
 
     def post(self, request, *args, **kwargs):
@@ -145,10 +151,9 @@ class _TrackingView(APIView):
                     429, f"rate limit exceeded for source {source.name!r}; retry after {wait}s",
                     code="rate_limited", headers={"Retry-After": str(wait)},
                 )
-            events = self.handle_payload(body, received_at)
-            event_ingest(source=source, events=events)
+            result = self.handle_payload(source=source, body=body, received_at=received_at, ip=client_ip(request.META))
         except _BodyError as exc:
-            return _error(exc.status, exc.message, code=exc.code)
+            return _error(exc.status, exc.message, code=exc.code, field=exc.field)
         except AuthenticationFailed as exc:
             return _error(401, exc.message, code=exc.code, headers={"WWW-Authenticate": 'Basic realm="events"'})
         except (SourceDisabled, PermissionDenied) as exc:
@@ -164,21 +169,39 @@ class _TrackingView(APIView):
         except DatabaseError:
             logger.exception("event API: database error")
             return _error(503, "storage error; retry", code="unavailable", headers={"Retry-After": "2"})
-        return Response({"success": True})
+        return Response(accepted_body(result))
+
+
+def accepted_body(result: ReceiveResult) -> dict:
+    """200: `{"success": true}` as Segment answers; with `rejected` listing each event that was
+    quarantined instead of stored (its batch index, field, error code and message)."""
+    body: dict = {"success": True}
+    if result.rejected:
+        body["rejected"] = [
+            {"index": r.index or 0, "field": r.field, "code": r.code,
+             "message": f"{r.field}: {r.message}" if r.field else r.message}
+            for r in result.rejected
+        ]
+    return body
 
 
 class SingleEventView(_TrackingView):
-    def handle_payload(self, body: dict, received_at):
-        check_event_size(body, max_bytes=settings.EVENT_API["MAX_EVENT_BYTES"], prefix="")
-        return events_parse(payloads=[body], received_at=received_at, event_type=self.event_type)
+    @property
+    def request_serializer(self):
+        return EVENT_SERIALIZERS[self.event_type]
+
+    def handle_payload(self, *, source, body: dict, received_at, ip) -> ReceiveResult:
+        return events_receive(source=source, payloads=[body], received_at=received_at, ip=ip,
+                              event_type=self.event_type)
 
 
 class BatchView(_TrackingView):
-    """All or nothing: one bad event rejects the batch (400 names its index), nothing is stored."""
+    """Good events are stored, each bad one is quarantined and listed in the answer; a `strict`
+    source keeps all or nothing (the first bad event is a 400 naming its index, nothing stored)."""
 
     max_body_setting = "MAX_BATCH_BYTES"
 
-    def handle_payload(self, body: dict, received_at):
+    def handle_payload(self, *, source, body: dict, received_at, ip) -> ReceiveResult:
         batch = body.get("batch")
         if batch is None:
             raise EventValidationError("is required (a list of events)", field="batch")
@@ -186,15 +209,7 @@ class BatchView(_TrackingView):
             raise EventValidationError("must be a list of events", field="batch")
         if not batch:
             raise EventValidationError("is empty", field="batch")
-        defaults = {}
-        for key in ("context", "integrations"):
-            value = body.get(key)
-            if value is not None and not isinstance(value, dict):
-                raise EventValidationError("must be a JSON object", field=key)
-            check_finite_numbers(value, field=key)  # merged into every event: checked like its own keys
-            defaults[key] = value or {}
-        defaults["sentAt"] = body.get("sentAt")
-        return events_parse(
-            payloads=batch, received_at=received_at, batch_defaults=defaults, in_batch=True
-        )
+        defaults = batch_defaults_check(body, max_bytes=settings.EVENT_API["MAX_EVENT_BYTES"])
+        return events_receive(source=source, payloads=batch, received_at=received_at, ip=ip,
+                              batch_defaults=defaults, in_batch=True)
 

@@ -40,6 +40,8 @@ def profile_dict(customer: Any, now: datetime) -> dict:
 
 
 def event_dict(event: Any) -> dict:
+    """event.* for rules: what the client sent (ids, names, timestamps, channel, category...) and
+    `event.other.<field>` for any other top-level field it sent."""
     if event is None:
         return {}
     if isinstance(event, dict):
@@ -52,6 +54,19 @@ def event_dict(event: Any) -> dict:
         "timestamp": event.timestamp,
         "message_id": event.message_id,
         "id": event.pk,
+        "user_id": getattr(event, "user_id", ""),
+        "anonymous_id": getattr(event, "anonymous_id", ""),
+        "previous_id": getattr(event, "previous_id", ""),
+        "group_id": getattr(event, "group_id", ""),
+        "category": getattr(event, "category", ""),
+        "channel": getattr(event, "channel", ""),
+        "version": getattr(event, "version", ""),
+        "original_timestamp": getattr(event, "original_timestamp", None),
+        "sent_at": getattr(event, "sent_at", None),
+        "received_at": getattr(event, "received_at", None),
+        "ip": getattr(event, "ip", None),
+        "metadata": getattr(event, "metadata", None) or {},
+        "other": getattr(event, "other", None) or {},
     }
 
 

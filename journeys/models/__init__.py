@@ -69,3 +69,7 @@ __all__ += ["ApiRequest", "ApiToken", "StreamAttempt", "StreamBatch", "StreamDes
 from journeys.models.limits import RateCounter  # noqa: E402
 
 __all__ += ["RateCounter"]
+
+from journeys.models.quarantine import QuarantinedEvent  # noqa: E402
+
+__all__ += ["QuarantinedEvent"]

@@ -33,9 +33,19 @@ class Source(Timestamped):
     key_rotated_at = models.DateTimeField(null=True, blank=True, editable=False)
     schema_policy = models.CharField(
         max_length=10,
-        choices=[("accept", "Accept"), ("flag", "Accept and flag"), ("reject", "Reject with 400")],
+        choices=[("accept", "Accept"), ("flag", "Accept and flag"), ("reject", "Reject (quarantine; 400 if strict)")],
         default="flag",
         help_text="what to do with events that break the event catalog's schema",
+    )
+    strict = models.BooleanField(
+        default=False,
+        help_text="all or nothing: one bad event rejects the whole request with 400 and nothing is stored "
+        "(off: the good events are stored and each bad one is quarantined, answer 200)",
+    )
+    retention_days = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="delete this source's events older than this many days (empty = keep forever)",
     )
     history = HistoricalRecords(excluded_fields=["key_hash"])
 
@@ -53,6 +63,11 @@ class Event(models.Model):
     name = models.CharField(max_length=255, blank=True, db_index=True)
     user_id = models.CharField(max_length=255, blank=True)
     anonymous_id = models.CharField(max_length=255, blank=True)
+    previous_id = models.CharField(max_length=255, blank=True, help_text="alias: the id being merged")
+    group_id = models.CharField(max_length=255, blank=True)
+    category = models.CharField(max_length=255, blank=True, help_text="page/screen category")
+    channel = models.CharField(max_length=64, blank=True, help_text="the client's channel: server, browser, mobile...")
+    version = models.CharField(max_length=32, blank=True, help_text="the spec version the client sent")
     customer = models.ForeignKey(
         "journeys.Customer", null=True, blank=True, on_delete=models.SET_NULL, related_name="events"
     )
@@ -60,6 +75,10 @@ class Event(models.Model):
     traits = models.JSONField(default=dict, blank=True)
     context = models.JSONField(default=dict, blank=True)
     integrations = models.JSONField(default=dict, blank=True)
+    metadata = models.JSONField(default=dict, blank=True, help_text="the client's _metadata")
+    other = models.JSONField(
+        default=dict, blank=True, help_text="every other top-level field the client sent, verbatim"
+    )
     violations = models.JSONField(
         default=list, blank=True, help_text="event catalog schema violations (policy: accept and flag)"
     )
@@ -67,9 +86,14 @@ class Event(models.Model):
         default=dict, blank=True, help_text="profile traits this event changed: {trait: [old, new]}"
     )
     timestamp = models.DateTimeField(help_text="when it happened, corrected for client clock skew")
-    original_timestamp = models.DateTimeField(null=True, blank=True)
+    original_timestamp = models.DateTimeField(
+        null=True, blank=True, help_text="the client's clock: originalTimestamp if sent, else its timestamp"
+    )
     sent_at = models.DateTimeField(null=True, blank=True)
     received_at = models.DateTimeField()
+    ip = models.GenericIPAddressField(
+        null=True, blank=True, help_text="the sender's address (X-Forwarded-For only from trusted proxies)"
+    )
     status = models.CharField(max_length=12, choices=EventStatus.choices, default=EventStatus.PENDING)
     attempts = models.PositiveSmallIntegerField(default=0)
     processed_at = models.DateTimeField(null=True, blank=True)

@@ -60,25 +60,37 @@ def event_violations(*, name: str, properties: dict) -> list[str]:
     return problems
 
 
-def catalog_apply(*, policy: str, events: list) -> None:
-    """Check parsed track events against the catalog under a source's policy.
+def catalog_split(*, policy: str, events: list, strict: bool = True) -> tuple[list, list]:
+    """Check parsed track events against the catalog under a source's policy; returns (kept, refused).
 
-    reject: raise a 400 naming the first bad property (nothing of the request is stored);
-    flag: record the violations on the event; accept: do nothing.
+    reject: a breaking event is refused with an EventValidationError naming its first bad
+    property; strict raises it (nothing of the request is stored), otherwise it is returned in
+    `refused` (for the quarantine). flag: the violations are recorded on the event. accept: nothing.
     """
     if policy == "accept" or not _validators():
-        return
+        return events, []
+    kept, refused = [], []
     for event in events:
-        if event.type != "track":
-            continue
-        problems = event_violations(name=event.name, properties=event.properties)
+        problems = event_violations(name=event.name, properties=event.properties) if event.type == "track" else []
         if not problems:
+            kept.append(event)
             continue
         if policy == "reject":
             where = problems[0].split(":", 1)[0]
             prefix = event.extra.get("prefix", "")
-            raise EventValidationError(problems[0].split(": ", 1)[1], field=f"{prefix}.{where}" if prefix else where)
+            error = EventValidationError(problems[0].split(": ", 1)[1], field=f"{prefix}.{where}" if prefix else where)
+            if strict:
+                raise error
+            refused.append((event, error))
+            continue
         event.extra["violations"] = problems
+        kept.append(event)
+    return kept, refused
+
+
+def catalog_apply(*, policy: str, events: list) -> None:
+    """All or nothing: under the `reject` policy the first breaking event raises (a 400 naming it)."""
+    catalog_split(policy=policy, events=events, strict=True)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -18,7 +19,15 @@ from journeys.choices import EventType
 from journeys.errors import EventValidationError, PayloadTooLarge
 
 MAX_ID_LENGTH = 255
+MAX_DEPTH = 64  # levels of objects and arrays in one event, the event itself being the first
 _TYPES = {t.value for t in EventType}
+# Top-level fields that have a column (or are the write key, which is never stored); every other
+# field the client sent is kept verbatim in Event.other.
+KNOWN_FIELDS = frozenset({
+    "type", "userId", "anonymousId", "previousId", "groupId", "event", "name", "category", "properties",
+    "traits", "context", "integrations", "messageId", "timestamp", "originalTimestamp", "sentAt", "channel",
+    "version", "_metadata", "writeKey",
+})
 
 
 @dataclass(slots=True)
@@ -38,6 +47,13 @@ class ParsedEvent:
     original_timestamp: datetime | None
     sent_at: datetime | None
     received_at: datetime
+    channel: str = ""
+    version: str = ""
+    category: str = ""
+    metadata: dict = field(default_factory=dict)
+    other: dict = field(default_factory=dict)  # top-level fields without a column of their own
+    index: int | None = None  # position in the request's batch
+    raw: dict | None = None  # the payload as received (batch defaults merged), for the quarantine
     extra: dict = field(default_factory=dict)
 
 
@@ -107,13 +123,89 @@ def check_finite_numbers(value: Any, *, field: str) -> None:
             stack.extend(reversed([(f"{path}[{i}]", v) for i, v in enumerate(node)]))
 
 
-def check_event_size(raw: dict, *, max_bytes: int, prefix: str) -> None:
-    """Enforce the per-event size and reject what PostgreSQL cannot store.
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether objects/arrays nest more than `limit` levels (iterative: never recursion-bound)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in node.values() if type(node) is dict else node:
+            kind = type(child)
+            if kind is dict or kind is list:
+                stack.append((child, depth + 1))
+    return False
 
-    One serialisation does four jobs: the size, lone surrogates (which cannot
-    be encoded as UTF-8), non-finite numbers (`allow_nan=False`; the slower walk
-    that names the field runs only then) and NUL characters (which jsonb refuses).
+
+def _deep_path(value: Any, limit: int, field: str) -> str:
+    """The path of the first object/array nested deeper than `limit` (only run once one is)."""
+    stack: list[tuple[str, Any, int]] = [(field, value, 1)]
+    while stack:
+        path, node, depth = stack.pop()
+        if depth > limit:
+            return path
+        items = [(_where(path, str(k)), v) for k, v in node.items()] if type(node) is dict else [
+            (f"{path}[{i}]", v) for i, v in enumerate(node)]
+        stack.extend((p, v, depth + 1) for p, v in reversed(items) if type(v) in (dict, list))
+    return field
+
+
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{},:]')
+
+
+def nesting_path(text: str, limit: int = MAX_DEPTH) -> str:
+    """Where JSON text first nests deeper than `limit` levels (e.g. `batch[3].properties.a.a`),
+    read without parsing it: for a body too deep for the parser itself, so that even that
+    answer names the event and field. The top-level object is level 0 here, so `limit`
+    levels of an event inside a batch are allowed below `batch[i]`."""
+    path: list[Any] = []  # per open container: its key (object) or index (array)
+    kinds: list[str] = []
+    last_string = None
+    for match in _TOKENS.finditer(text):
+        token = match.group()
+        if token[0] == '"':
+            last_string = token
+        elif token in "{[":
+            kinds.append(token)
+            path.append(0 if token == "[" else None)
+            if len(kinds) > limit + 1:
+                break
+        elif token in "}]":
+            if kinds:
+                kinds.pop()
+                path.pop()
+        elif token == ":" and kinds and kinds[-1] == "{":
+            try:
+                path[-1] = json.loads(last_string) if last_string else None
+            except ValueError:
+                path[-1] = None
+        elif token == "," and kinds and kinds[-1] == "[":
+            path[-1] += 1
+    where = ""
+    for kind, step in zip(kinds[:-1], path[:-1]):
+        where = f"{where}[{step}]" if kind == "[" else _where(where, str(step))
+    return where if len(where) <= 200 else where[:120] + "..." + where[-60:]
+
+
+def check_depth(value: Any, *, field: str, limit: int = MAX_DEPTH) -> None:
+    """Refuse JSON nested deeper than `limit` levels, naming where (pages and rules that read
+    stored JSON recursively must never meet what they cannot walk)."""
+    if type(value) in (dict, list) and _too_deep(value, limit):
+        path = _deep_path(value, limit, field)
+        shown = path if len(path) <= 200 else path[:120] + "..." + path[-60:]
+        raise EventValidationError(f"is nested more than {limit} levels deep", field=shown or "body", code="too_deep")
+
+
+def check_event_size(raw: dict, *, max_bytes: int, prefix: str) -> int:
+    """Enforce the nesting cap and the per-event size and reject what PostgreSQL cannot store;
+    returns the event's size in bytes.
+
+    The depth walk comes first (iterative, so the serialiser below never meets a structure deep
+    enough to exhaust the stack). Then one serialisation does four jobs: the size, lone
+    surrogates (which cannot be encoded as UTF-8), non-finite numbers (`allow_nan=False`; the
+    slower walk that names the field runs only then) and NUL characters (which jsonb refuses).
     """
+    check_depth(raw, field=prefix)
     try:
         text = json.dumps(raw, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except ValueError:
@@ -125,10 +217,67 @@ def check_event_size(raw: dict, *, max_bytes: int, prefix: str) -> None:
         raise EventValidationError("contains text that is not valid Unicode", field=prefix or "body") from None
     if len(encoded) > max_bytes:
         raise PayloadTooLarge(
-            f"event is {len(encoded)} bytes; the limit is {max_bytes} bytes", field=prefix or "body"
+            f"is {len(encoded)} bytes; the limit is {max_bytes} bytes per event", field=prefix or "body"
         )
     if b"\\u0000" in encoded or b"\x00" in encoded:
         raise EventValidationError("NUL characters (\\u0000) are not allowed", field=prefix or "body")
+    return len(encoded)
+
+
+def _optional_text(raw: dict, key: str, prefix: str, max_length: int) -> str:
+    value = raw.get(key)
+    if value is None or value == "":
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise EventValidationError("must be a string", field=_where(prefix, key))
+    text = str(value)
+    if len(text) > max_length:
+        raise EventValidationError(f"is longer than {max_length} characters", field=_where(prefix, key))
+    return text
+
+
+def batch_defaults_check(body: dict, *, max_bytes: int) -> dict:
+    """The batch-level `context`, `integrations` and `sentAt` that every event of a batch inherits.
+
+    They are checked as strictly as an event's own fields (objects, depth, finite numbers, NUL,
+    lone surrogates, at most one event's size): a bad one affects every event, so it is an
+    error of the whole request naming the field, never a quarantine of each event.
+    """
+    defaults: dict = {}
+    for key in ("context", "integrations"):
+        value = body.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise EventValidationError("must be a JSON object", field=key)
+        check_depth(value, field=key, limit=MAX_DEPTH - 1)  # one level below the event once merged
+        check_event_size(value, max_bytes=max_bytes, prefix=key)
+        if value:
+            defaults[key] = value
+    sent_at = body.get("sentAt")
+    if sent_at not in (None, ""):
+        parse_timestamp(sent_at, field_name="sentAt")
+        defaults["sentAt"] = sent_at
+    return defaults
+
+
+def event_with_defaults(raw: dict, defaults: dict | None) -> dict:
+    """The event as its batch meant it: batch-level `context`/`integrations` under the event's own
+    keys (the event's win), `sentAt` when the event has none. An own `context` that is not an
+    object is left as sent, for the parser to name."""
+    if not defaults:
+        return raw
+    merged = dict(raw)
+    for key in ("context", "integrations"):
+        if key in defaults:
+            own = raw.get(key)
+            if own is None:
+                merged[key] = defaults[key]
+            elif isinstance(own, dict):
+                merged[key] = {**defaults[key], **own}
+    if "sentAt" in defaults and raw.get("sentAt") in (None, ""):
+        merged["sentAt"] = defaults["sentAt"]
+    return merged
 
 
 def parse_event(
@@ -137,13 +286,9 @@ def parse_event(
     received_at: datetime,
     event_type: str | None = None,
     prefix: str = "",
-    defaults: dict | None = None,
 ) -> ParsedEvent:
-    """Validate one event. `event_type` is fixed by the endpoint, else read from `type`.
-
-    `defaults` carries batch-level `context`, `integrations` and `sentAt`; the
-    event's own keys win inside each object.
-    """
+    """Validate one event (batch defaults already merged: `event_with_defaults`).
+    `event_type` is fixed by the endpoint, else read from `type`."""
     if not isinstance(raw, dict):
         raise EventValidationError("must be a JSON object", field=prefix or "body")
     kind = event_type or raw.get("type")
@@ -193,19 +338,17 @@ def parse_event(
     traits = _object(raw, "traits", prefix)
     context = _object(raw, "context", prefix)
     integrations = _object(raw, "integrations", prefix)
+    metadata = _object(raw, "_metadata", prefix)
     if kind == EventType.IDENTIFY and not traits:
         # analytics.js puts identify traits in context.traits for some calls.
         traits = context.get("traits") if isinstance(context.get("traits"), dict) else {}
-    if defaults:
-        if defaults.get("context"):
-            context = {**defaults["context"], **context}
-        if defaults.get("integrations"):
-            integrations = {**defaults["integrations"], **integrations}
+    category = _optional_text(raw, "category", prefix, MAX_ID_LENGTH)
+    channel = _optional_text(raw, "channel", prefix, 64)
+    version = _optional_text(raw, "version", prefix, 32)
 
     timestamp = parse_timestamp(raw.get("timestamp"), field_name=_where(prefix, "timestamp"))
     original = parse_timestamp(raw.get("originalTimestamp"), field_name=_where(prefix, "originalTimestamp"))
-    sent_raw = raw.get("sentAt", (defaults or {}).get("sentAt"))
-    sent_at = parse_timestamp(sent_raw, field_name=_where(prefix, "sentAt"))
+    sent_at = parse_timestamp(raw.get("sentAt"), field_name=_where(prefix, "sentAt"))
 
     # Clock-skew correction as Segment does it: the client's clock may be off,
     # but the gap between "happened" and "sent" is measured on that same clock.
@@ -223,7 +366,7 @@ def parse_event(
     if corrected > received_at + timedelta(minutes=5):
         corrected = received_at  # never in the future: a wrong clock must not delay journeys
 
-    if kind == EventType.PAGE and raw.get("category"):
+    if kind == EventType.PAGE and category:
         properties = {**properties, "category": raw.get("category")}
 
     return ParsedEvent(
@@ -239,8 +382,15 @@ def parse_event(
         context=context,
         integrations=integrations,
         timestamp=corrected,
-        original_timestamp=client_ts,
+        # The client's own clock: its originalTimestamp when it sent one (even beside timestamp).
+        original_timestamp=original or client_ts,
         sent_at=sent_at,
         received_at=received_at,
+        channel=channel,
+        version=version,
+        category=category,
+        metadata=metadata,
+        other={k: v for k, v in raw.items() if k not in KNOWN_FIELDS},
+        raw=raw,
         extra={"prefix": prefix} if prefix else {},
     )

@@ -12,7 +12,7 @@ from django.db import transaction
 from journeys.choices import EventType, IdentityKind
 from journeys.models import Event, Source
 from journeys.services.bulk_ingest import customers_precreate, customers_save, events_insert, identity_keys_lock
-from journeys.services.event_parsing import ParsedEvent, check_event_size, parse_event
+from journeys.services.event_parsing import ParsedEvent, check_event_size, event_with_defaults, parse_event
 from journeys.services.identity import IdentityMap, customer_apply_traits, customer_resolve
 from journeys.errors import EventValidationError, PayloadTooLarge
 
@@ -26,30 +26,117 @@ class IngestResult:
     event_ids: list[int]
 
 
+@dataclass(slots=True)
+class Rejection:
+    """One event refused while the rest of its request is stored: it goes to the quarantine."""
+
+    index: int | None  # position in the batch (None: a single-event endpoint)
+    field: str
+    code: str
+    message: str
+    payload: object  # the event as sent (before the batch defaults)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiveResult:
+    stored: int
+    duplicates: int
+    event_ids: list[int]
+    rejected: list[Rejection]
+
+
+def _event_check(
+    raw: object, *, index: int | None, prefix: str, received_at: datetime, event_type: str | None,
+    defaults: dict | None, max_bytes: int,
+) -> tuple[ParsedEvent, int]:
+    """Merge the batch defaults into one event, check what storage needs (depth, size, NUL,
+    surrogates, finite numbers) on the merged event, and parse it; returns it with its size."""
+    if not isinstance(raw, dict):
+        raise EventValidationError("must be a JSON object", field=prefix or "body")
+    merged = event_with_defaults(raw, defaults)
+    size = check_event_size(merged, max_bytes=max_bytes, prefix=prefix)
+    parsed = parse_event(merged, received_at=received_at, event_type=event_type, prefix=prefix)
+    parsed.index = index
+    return parsed, size
+
+
+def _check_count(payloads: list, in_batch: bool) -> None:
+    limit = settings.EVENT_API["MAX_BATCH_EVENTS"]
+    if in_batch and len(payloads) > limit:
+        raise PayloadTooLarge(f"{len(payloads)} events in one batch; the limit is {limit}", field="batch")
+
+
 def events_parse(
     *, payloads: list, received_at: datetime, event_type: str | None = None, batch_defaults: dict | None = None,
     in_batch: bool = False,
 ) -> list[ParsedEvent]:
-    """Validate every payload before anything is stored (a bad one rejects the request)."""
+    """Validate every payload before anything is stored; the first bad one raises (all or nothing)."""
+    _check_count(payloads, in_batch)
+    max_bytes = settings.EVENT_API["MAX_EVENT_BYTES"]
+    return [
+        _event_check(raw, index=index if in_batch else None, prefix=f"batch[{index}]" if in_batch else "",
+                     received_at=received_at, event_type=event_type, defaults=batch_defaults, max_bytes=max_bytes)[0]
+        for index, raw in enumerate(payloads)
+    ]
+
+
+def events_receive(
+    *, source: Source, payloads: list, received_at: datetime, ip: str | None = None, event_type: str | None = None,
+    batch_defaults: dict | None = None, in_batch: bool = False,
+) -> ReceiveResult:
+    """What the tracking API does with a request: store the good events, quarantine each bad one.
+
+    A bad event (a field, its size, nesting, the event catalog under the `reject` policy) is
+    set aside with its payload, field and reason, in the same transaction as the good ones, and
+    the answer lists it. A `strict` source keeps all or nothing: the first bad event raises and
+    nothing is stored. Errors of the request itself (too many events; batch defaults that would
+    make the stored batch larger than a batch may be) always raise.
+    """
+    from journeys.services.catalog import catalog_split
+
+    _check_count(payloads, in_batch)
     limits = settings.EVENT_API
-    if in_batch and len(payloads) > limits["MAX_BATCH_EVENTS"]:
-        raise PayloadTooLarge(
-            f"{len(payloads)} events in one batch; the limit is {limits['MAX_BATCH_EVENTS']}", field="batch"
-        )
-    parsed = []
+    good: list[ParsedEvent] = []
+    rejected: list[Rejection] = []
+    stored_bytes = 0
     for index, raw in enumerate(payloads):
         prefix = f"batch[{index}]" if in_batch else ""
-        if in_batch:
-            if not isinstance(raw, dict):
-                raise EventValidationError("must be a JSON object", field=prefix)
-            check_event_size(raw, max_bytes=limits["MAX_EVENT_BYTES"], prefix=prefix)
-        parsed.append(
-            parse_event(raw, received_at=received_at, event_type=event_type, prefix=prefix, defaults=batch_defaults)
+        try:
+            parsed, size = _event_check(raw, index=index if in_batch else None, prefix=prefix, received_at=received_at,
+                                        event_type=event_type, defaults=batch_defaults,
+                                        max_bytes=limits["MAX_EVENT_BYTES"])
+        except (EventValidationError, PayloadTooLarge) as exc:
+            if source.strict:
+                raise
+            rejected.append(Rejection(index if in_batch else None, exc.field or prefix, exc.code, exc.message, raw))
+            continue
+        stored_bytes += size
+        good.append(parsed)
+    if batch_defaults and stored_bytes > limits["MAX_BATCH_BYTES"]:
+        # The batch-level context/integrations are copied into every event: bound what one request stores.
+        raise PayloadTooLarge(
+            f"merged into every event, the batch-level context and integrations make the batch {stored_bytes} bytes;"
+            f" the limit is {limits['MAX_BATCH_BYTES']} bytes: send them per event, or smaller batches",
+            field="context" if "context" in batch_defaults else "integrations",
         )
-    return parsed
+    good, refused = catalog_split(policy=source.schema_policy, events=good, strict=source.strict)
+    rejected.extend(Rejection(e.index, exc.field or "", "schema", exc.message, payloads[e.index or 0]) for e, exc in refused)
+    rejected.sort(key=lambda r: r.index or 0)
+    if not rejected:
+        result = event_ingest(source=source, events=good, ip=ip, catalog=False)
+        return ReceiveResult(result.stored, result.duplicates, result.event_ids, [])
+    from journeys.services.quarantine import quarantine_store
+
+    with transaction.atomic():
+        result = event_ingest(source=source, events=good, ip=ip, catalog=False)
+        quarantine_store(source=source, rejections=rejected, received_at=received_at, ip=ip,
+                         endpoint_type=event_type or "", batch_defaults=batch_defaults)
+    return ReceiveResult(result.stored, result.duplicates, result.event_ids, rejected)
 
 
-def event_ingest(*, source: Source, events: list[ParsedEvent]) -> IngestResult:
+def event_ingest(
+    *, source: Source, events: list[ParsedEvent], ip: str | None = None, catalog: bool = True
+) -> IngestResult:
     """Store a validated request in one transaction and hand it to the engine.
 
     Duplicates (same source and messageId, earlier or within this request) are
@@ -59,7 +146,10 @@ def event_ingest(*, source: Source, events: list[ParsedEvent]) -> IngestResult:
     from journeys.engine.queue import enqueue_events
     from journeys.services.catalog import catalog_apply
 
-    catalog_apply(policy=source.schema_policy, events=events)  # may reject before anything is stored
+    if catalog:  # may reject before anything is stored (events_receive has split them already)
+        catalog_apply(policy=source.schema_policy, events=events)
+    if not events:
+        return IngestResult(stored=0, duplicates=0, event_ids=[])
     seen: set[str] = set()
     unique: list[ParsedEvent] = []
     for event in events:
@@ -129,17 +219,25 @@ def event_ingest(*, source: Source, events: list[ParsedEvent]) -> IngestResult:
                 "name": e.name,
                 "user_id": e.user_id,
                 "anonymous_id": e.anonymous_id,
+                "previous_id": e.previous_id,
+                "group_id": e.group_id,
+                "category": e.category,
+                "channel": e.channel,
+                "version": e.version,
                 "customer_id": customer.pk,
                 "properties": e.properties,
                 "traits": e.traits,
                 "context": e.context,
                 "integrations": e.integrations,
+                "metadata": e.metadata,
+                "other": e.other,
                 "changes": changes,
                 "violations": e.extra.get("violations", []),
                 "timestamp": e.timestamp,
                 "original_timestamp": e.original_timestamp,
                 "sent_at": e.sent_at,
                 "received_at": e.received_at,
+                "ip": ip,
             })
         if imap.redirects:  # a later event of this batch merged a profile an earlier event pointed at
             for row in rows:

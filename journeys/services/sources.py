@@ -33,6 +33,8 @@ def source_create(
     rate_limit: int | None = None,
     enabled: bool = True,
     schema_policy: str = "flag",
+    strict: bool = False,
+    retention_days: int | None = None,
     actor: Any = None,
     reason: str = "",
 ) -> tuple[Source, str]:
@@ -49,6 +51,8 @@ def source_create(
         rate_limit=rate_limit,
         enabled=enabled,
         schema_policy=schema_policy,
+        strict=strict,
+        retention_days=retention_days,
         key_hash=hash_write_key(key),
         key_prefix=key[:10],
     )

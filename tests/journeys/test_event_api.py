@@ -17,6 +17,21 @@ def track(user="u1", name="Order Completed", **extra):
     return {"userId": user, "event": name, "properties": {"total": 120}, **extra}
 
 
+@pytest.fixture
+def strict(source):
+    """The source is all or nothing: a bad event is a 400 for the whole request."""
+    source.strict = True
+    source.save()
+    return source
+
+
+def rejected_fields(response) -> list[str]:
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["success"] is True
+    return [r["field"] for r in body.get("rejected", [])]
+
+
 def test_track_is_stored_with_customer(api):
     response = api.post("track", track(messageId="m-1"))
 
@@ -100,11 +115,31 @@ def test_event_over_32kb_is_413(api):
     assert Event.objects.count() == 0
 
 
-def test_batch_over_500kb_is_413(api):
-    batch = [{"type": "track", **track(properties={"blob": "x" * 20_000})} for _ in range(30)]
+def test_batch_of_4mb_is_stored_and_over_4mb_is_413(api):
+    # RudderStack's SDKs send up to 4 MB per batch: 134 events of ~31 KB (3.97 MiB) are stored.
+    batch = [{"type": "track", **track(messageId=f"big-{i}", properties={"blob": "x" * 31_000})} for i in range(134)]
+    body = json.dumps({"batch": batch}).encode()
+    assert 4_150_000 < len(body) <= 4 * 1024 * 1024
+
+    assert api.post("batch", None, raw=body).json() == {"success": True}
+    assert Event.objects.count() == 134
+
+    batch.append({"type": "track", **track(properties={"blob": "x" * 31_000})})
     response = api.post("batch", {"batch": batch})
     assert response.status_code == 413
     assert "limit" in response.json()["message"]
+    assert Event.objects.count() == 134
+
+
+def test_gzip_batch_of_4mb_is_stored_and_a_bomb_is_cut_off(api):
+    batch = [{"type": "track", **track(messageId=f"gz-{i}", properties={"blob": "y" * 31_000})} for i in range(130)]
+    assert api.post("batch", {"batch": batch}, gzip_body=True).json() == {"success": True}
+    assert Event.objects.count() == 130
+
+    bomb = b'{"batch": [], "pad": "' + b"z" * (16 * 1024 * 1024) + b'"}'  # 16 MB that compresses to ~16 KB
+    response = api.post("batch", None, raw=bomb, gzip_body=True)
+    assert response.status_code == 413
+    assert "decompressed" in response.json()["message"]
 
 
 def test_batch_over_2500_events_is_413(api):
@@ -115,11 +150,20 @@ def test_batch_over_2500_events_is_413(api):
     assert Event.objects.count() == 0
 
 
-def test_one_event_over_32kb_in_a_batch_names_its_index(api):
+def test_one_event_over_32kb_in_a_batch_is_quarantined(api):
+    batch = [{"type": "track", **track()}, {"type": "track", **track(properties={"b": "x" * 33_000})}]
+    response = api.post("batch", {"batch": batch})
+    assert rejected_fields(response) == ["batch[1]"]
+    assert response.json()["rejected"][0]["code"] == "too_large"
+    assert Event.objects.count() == 1
+
+
+def test_one_event_over_32kb_in_a_strict_batch_is_413_naming_its_index(api, strict):
     batch = [{"type": "track", **track()}, {"type": "track", **track(properties={"b": "x" * 33_000})}]
     response = api.post("batch", {"batch": batch})
     assert response.status_code == 413
     assert response.json()["field"] == "batch[1]"
+    assert Event.objects.count() == 0
 
 
 @pytest.mark.parametrize(
@@ -156,11 +200,19 @@ def test_malformed_bodies_are_4xx(api, raw, needle):
         ({"userId": "u", "event": "E", "timestamp": "0001-01-01T00:00:00Z", "sentAt": "9999-12-31T00:00:00Z"}, "timestamp"),
     ],
 )
-def test_invalid_track_names_the_field(api, body, field):
+def test_invalid_track_names_the_field(api, strict, body, field):
     response = api.post("track", body)
     assert response.status_code == 400
     assert response.json()["field"] == field
     assert field in response.json()["message"]
+    assert Event.objects.count() == 0
+
+
+def test_invalid_track_of_a_lenient_source_is_quarantined_naming_the_field(api):
+    response = api.post("track", {"userId": "u", "event": "E", "timestamp": "yesterday"})
+
+    assert rejected_fields(response) == ["timestamp"]
+    assert response.json()["rejected"][0]["message"].startswith("timestamp: cannot parse")
     assert Event.objects.count() == 0
 
 
@@ -173,7 +225,7 @@ def test_invalid_track_names_the_field(api, body, field):
          "context.screen.density"),
     ],
 )
-def test_number_out_of_range_is_400_naming_its_path(api, kind, raw, field):
+def test_number_out_of_range_is_400_naming_its_path(api, strict, kind, raw, field):
     # 1e999 is valid JSON syntax but overflows to infinity, which no JSON column can store:
     # a retryable 503 (PostgreSQL) or a silent drop (SQLite) would leave the client retrying forever.
     response = api.post(kind, None, raw=raw)
@@ -191,7 +243,7 @@ def test_number_out_of_range_is_400_naming_its_path(api, kind, raw, field):
         (b', "context": {"app": {"build": 1e999}}', "context.app.build"),
     ],
 )
-def test_number_out_of_range_in_a_batch_names_its_index(api, extra, field):
+def test_number_out_of_range_in_a_strict_batch_names_its_index(api, strict, extra, field):
     good = b'{"type": "track", "userId": "u", "event": "E", "messageId": "ok-%d", "properties": {"t": 1.5}}'
     bad = b'{"type": "track", "userId": "u", "event": "E", "properties": {"t": 1e999}}' if not extra else good % 1
     raw = b'{"batch": [' + good % 0 + b", " + bad + b"]" + extra + b"}"
@@ -201,6 +253,20 @@ def test_number_out_of_range_in_a_batch_names_its_index(api, extra, field):
     assert response.status_code == 400
     assert response.json()["field"] == field
     assert Event.objects.count() == 0 and Customer.objects.count() == 0
+
+
+def test_number_out_of_range_in_a_batch_quarantines_the_event_but_in_the_batch_context_refuses_the_request(api):
+    good = b'{"type": "track", "userId": "u", "event": "E", "messageId": "ok-%d", "properties": {"t": 1.5}}'
+    bad = b'{"type": "track", "userId": "u", "event": "E", "properties": {"t": 1e999}}'
+
+    response = api.post("batch", None, raw=b'{"batch": [' + good % 0 + b", " + bad + b"]}")
+    assert rejected_fields(response) == ["batch[1].properties.t"]
+    assert Event.objects.count() == 1
+
+    response = api.post("batch", None, raw=b'{"batch": [' + good % 2 + b'], "context": {"app": {"build": 1e999}}}')
+    assert response.status_code == 400
+    assert response.json()["field"] == "context.app.build"
+    assert Event.objects.count() == 1
 
 
 def test_a_value_the_database_refuses_is_an_error_not_a_duplicate(source):
@@ -219,7 +285,7 @@ def test_a_value_the_database_refuses_is_an_error_not_a_duplicate(source):
     assert Event.objects.count() == 0
 
 
-def test_alias_needs_previous_id(api):
+def test_alias_needs_previous_id(api, strict):
     response = api.post("alias", {"userId": "u"})
     assert response.status_code == 400
     assert response.json()["field"] == "previousId"
@@ -237,7 +303,7 @@ def test_alias_needs_previous_id(api):
         ("just a string", "batch[1]"),
     ],
 )
-def test_bad_event_rejects_the_whole_batch_naming_its_index(api, item, field):
+def test_bad_event_rejects_the_whole_strict_batch_naming_its_index(api, strict, item, field):
     batch = [{"type": "track", **track(messageId="ok-0")}, item, {"type": "track", **track(messageId="ok-2")}]
 
     response = api.post("batch", {"batch": batch})
@@ -247,6 +313,29 @@ def test_bad_event_rejects_the_whole_batch_naming_its_index(api, item, field):
     assert response.json()["message"].startswith(field)
     assert Event.objects.count() == 0
     assert Customer.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    "item, field",
+    [
+        ({"type": "explode", "userId": "u"}, "batch[1].type"),
+        ({"type": "track", "anonymousId": "a"}, "batch[1].event"),
+        ({"type": "track", "userId": "u", "event": "x" * 300}, "batch[1].event"),
+        ("just a string", "batch[1]"),
+    ],
+)
+def test_bad_event_is_quarantined_and_the_rest_of_the_batch_stored(api, item, field):
+    batch = [{"type": "track", **track(messageId="ok-0")}, item, {"type": "track", **track(messageId="ok-2")}]
+
+    response = api.post("batch", {"batch": batch})
+
+    assert rejected_fields(response) == [field]
+    assert response.json()["rejected"][0]["index"] == 1
+    assert sorted(Event.objects.values_list("message_id", flat=True)) == ["ok-0", "ok-2"]
+    from journeys.models import QuarantinedEvent
+
+    entry = QuarantinedEvent.objects.get()
+    assert (entry.field, entry.batch_index, json.loads(entry.payload)) == (field, 1, item)
 
 
 @pytest.mark.parametrize("body, field", [({}, "batch"), ({"batch": {}}, "batch"), ({"batch": []}, "batch"),

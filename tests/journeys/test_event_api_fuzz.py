@@ -1,4 +1,5 @@
-"""Property-based tests of the tracking API: whatever arrives, never a 500 and never half a batch."""
+"""Property-based tests of the tracking API: whatever arrives, never a 500; a lenient source stores
+the good events and quarantines each bad one, a strict one stores all or nothing."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from journeys.models import Customer, Event
+from journeys.models import Customer, Event, QuarantinedEvent
 
 pytestmark = pytest.mark.django_db
 
@@ -49,22 +50,45 @@ FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 
 @FUZZ
 @given(body=st.one_of(event_like, json_value))
-def test_track_never_500_and_stores_all_or_nothing(api, body):
-    before = Event.objects.count()
+def test_track_never_500_and_stores_or_quarantines(api, body):
+    before, held = Event.objects.count(), QuarantinedEvent.objects.count()
     response = api.post("track", None, raw=as_json(body))
     assert response.status_code in (200, 400, 413), response.content
-    if isinstance(body, dict) and has_infinity(body) and response.status_code != 413:
-        assert response.status_code == 400 and "finite" in response.json()["message"]
     stored = Event.objects.count() - before
     if response.status_code == 200:
-        assert stored in (0, 1)  # 0 only for a repeated messageId
+        rejected = response.json().get("rejected", [])
+        if isinstance(body, dict) and has_infinity(body):
+            assert "finite" in rejected[0]["message"]
+        assert stored + len(rejected) <= 1  # neither for a repeated messageId or content
+        assert QuarantinedEvent.objects.count() - held <= len(rejected)
     else:
         assert stored == 0 and "message" in response.json()
 
 
 @FUZZ
 @given(batch=st.lists(event_like, min_size=1, max_size=8))
-def test_batch_is_all_or_nothing(api, batch):
+def test_batch_stores_the_good_and_quarantines_the_bad(api, batch):
+    before_events, before_held = Event.objects.count(), QuarantinedEvent.objects.count()
+    response = api.post("batch", None, raw=as_json({"batch": batch}))
+    assert response.status_code in (200, 400, 413), response.content
+    if response.status_code != 200:  # only errors of the whole request
+        assert Event.objects.count() == before_events
+        assert response.json()["field"] in ("batch", "context", "integrations")
+        return
+    rejected = response.json().get("rejected", [])
+    indexes = [r["index"] for r in rejected]
+    assert indexes == sorted(set(indexes)) and all(0 <= i < len(batch) for i in indexes)
+    assert all(r["field"].startswith(f"batch[{r['index']}]") and r["message"] for r in rejected)
+    assert all(i in indexes for i, item in enumerate(batch) if has_infinity(item))
+    assert Event.objects.count() - before_events <= len(batch) - len(rejected)
+    assert QuarantinedEvent.objects.count() - before_held <= len(rejected)
+
+
+@FUZZ
+@given(batch=st.lists(event_like, min_size=1, max_size=8))
+def test_strict_batch_is_all_or_nothing(api, source, batch):
+    source.strict = True
+    source.save()
     before_events, before_customers = Event.objects.count(), Customer.objects.count()
     response = api.post("batch", None, raw=as_json({"batch": batch}))
     assert response.status_code in (200, 400, 413), response.content

@@ -25,7 +25,8 @@ def generated_document() -> dict:
     return json.loads(OpenApiJsonRenderer().render(SchemaGenerator().get_schema(request=None, public=True)))
 
 
-schema = schemathesis.openapi.from_dict(generated_document())
+# /v1/import is the /v1/batch view under another path: fuzzing it again would only double the time.
+schema = schemathesis.openapi.from_dict(generated_document()).exclude(path="/v1/import")
 schema.app = application  # calls go through Django's WSGI handler in-process
 
 
@@ -63,12 +64,15 @@ def test_api_never_fails_on_generated_input(case, auth_headers):
     response = case.call(headers=auth_headers["/v1/" if tracking else "/api/"])
 
     assert response.status_code < 500, response.text
+    body = response.json()
     if response.status_code >= 400:
-        body = response.json()
         assert body.get("message"), (response.status_code, response.text[:300])
         if tracking:
             assert body.get("success") is False
             assert Event.objects.count() == before  # a rejected request stores nothing
+    elif tracking:  # the documented 200: success, and each quarantined event named
+        assert body["success"] is True
+        assert all(r["field"] and r["message"] and r["code"] for r in body.get("rejected", []))
 
 
 def test_openapi_document_is_served_and_generated_from_the_views(client):
@@ -78,3 +82,9 @@ def test_openapi_document_is_served_and_generated_from_the_views(client):
     assert {"/v1/batch", "/v1/import", "/v1/track", "/api/v1/customers/", "/api/v1/messages/",
             "/api/v1/workflows/{id}/trigger/", "/api/v1/jobs/{id}/"} <= set(paths)
     assert paths == generated_document()["paths"]
+    ok = paths["/v1/import"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    components = response.json()["components"]["schemas"]
+    accepted = components[ok["$ref"].rsplit("/", 1)[1]]
+    assert set(accepted["properties"]) == {"success", "rejected"}
+    rejected = components[accepted["properties"]["rejected"]["items"]["$ref"].rsplit("/", 1)[1]]
+    assert set(rejected["properties"]) == {"index", "field", "code", "message"}

@@ -12,6 +12,7 @@ from journeys.models import (
     EventDefinition,
     JourneyRun,
     LifecycleStage,
+    QuarantinedEvent,
     StageTransition,
 )
 from journeys.services.catalog import catalog_report, catalog_reset
@@ -55,10 +56,11 @@ def test_catalog_policies(api, source, order_schema, policy, django_capture_on_c
     bad = send(api, django_capture_on_commit_callbacks, userId="u", event="Order Completed", properties={"total": "ten"})
 
     assert good.status_code == 200
-    if policy == "reject":
-        assert bad.status_code == 400
-        assert bad.json()["field"] == "properties.total"
+    if policy == "reject":  # quarantined, named in the answer
+        assert bad.status_code == 200
+        assert [(r["field"], r["code"]) for r in bad.json()["rejected"]] == [("properties.total", "schema")]
         assert Event.objects.filter(name="Order Completed").count() == 1
+        assert QuarantinedEvent.objects.get().code == "schema"
     else:
         assert bad.status_code == 200
         flagged = Event.objects.filter(name="Order Completed").exclude(violations=[])
@@ -67,8 +69,8 @@ def test_catalog_policies(api, source, order_schema, policy, django_capture_on_c
             assert "properties.total" in flagged.get().violations[0]
 
 
-def test_reject_in_a_batch_names_index_and_property_and_stores_nothing(api, source, order_schema):
-    source.schema_policy = "reject"
+def test_reject_in_a_strict_batch_names_index_and_property_and_stores_nothing(api, source, order_schema):
+    source.schema_policy, source.strict = "reject", True
     source.save()
     batch = [{"type": "track", "userId": "u", "event": "Order Completed", "properties": {"total": 1}},
              {"type": "track", "userId": "u", "event": "Order Completed", "properties": {}}]

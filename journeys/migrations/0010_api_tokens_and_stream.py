@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('journeys', '0008_rate_counter'),
+        ('journeys', '0009_ingest_quarantine_fields'),
         ('journeys', '0008_time_driven_engine'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]

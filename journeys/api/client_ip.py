@@ -1,0 +1,51 @@
+"""The sender's address: the TCP peer, or what trusted proxies say in X-Forwarded-For."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+
+from django.conf import settings
+
+
+@lru_cache(maxsize=8)
+def _networks(proxies: tuple[str, ...]) -> tuple:
+    return tuple(ipaddress.ip_network(p, strict=False) for p in proxies)
+
+
+def _address(text: str):
+    text = text.strip()
+    if text.startswith("[") and "]" in text:  # [v6]:port
+        text = text[1 : text.index("]")]
+    elif text.count(":") == 1:  # v4:port
+        text = text.split(":", 1)[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return address.ipv4_mapped or address if address.version == 6 else address
+
+
+def client_ip(meta: dict) -> str | None:
+    """REMOTE_ADDR, unless it is a trusted proxy (settings.TRUSTED_PROXIES): then walk
+    X-Forwarded-For from the right, past every trusted proxy, to the first other address.
+    Anything a client could forge (entries left of an untrusted hop, junk) is never used."""
+    peer = _address(meta.get("REMOTE_ADDR") or "")
+    if peer is None:
+        return None
+    trusted = _networks(tuple(settings.TRUSTED_PROXIES))
+
+    def is_trusted(address) -> bool:
+        return any(address in network for network in trusted)
+
+    if not trusted or not is_trusted(peer):
+        return str(peer)
+    hops = [h for h in (meta.get("HTTP_X_FORWARDED_FOR") or "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        address = _address(hop)
+        if address is None:
+            return str(peer)  # a malformed hop: stop at what we know
+        if not is_trusted(address):
+            return str(address)
+        peer = address
+    return str(peer)

@@ -1,0 +1,224 @@
+"""The event quarantine: bad events of a request kept aside, fixed and replayed, or discarded.
+
+`events_receive` stores each refused event here in the transaction that stores the rest of
+its request. Ops list them in the admin (by source and reason), correct the payload
+(`quarantine_fix`, checked exactly as the API checks it), and replay them through the same
+ingestion service (`quarantine_replay`), or discard them with a reason. Every change is
+on the entry's history with who and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from journeys.choices import QuarantineReason, QuarantineStatus
+from journeys.errors import EventValidationError, JourneyError, PayloadTooLarge, PermissionDenied
+from journeys.models import QuarantinedEvent, Source
+from journeys.services.governance import history_stamp, require_reason
+
+PERM = "journeys.change_quarantinedevent"
+_CODES = {c.value for c in QuarantineReason}
+
+
+def _require(actor: Any, what: str) -> None:
+    if actor is not None and not actor.has_perm(PERM):
+        raise PermissionDenied(f"{actor} may not {what} quarantined events")
+
+
+def _deep_dumps(value: Any) -> str:
+    """JSON text of `value` without recursion (for events nested deeper than the C encoder's
+    stack allows); ASCII, so lone surrogates and NUL survive as escapes."""
+    out: list[str] = []
+    stack: list[Any] = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, _Raw):
+            out.append(node.text)
+        elif isinstance(node, dict):
+            parts: list[Any] = [_Raw("{")]
+            for i, (k, v) in enumerate(node.items()):
+                parts += [_Raw(("," if i else "") + json.dumps(str(k)) + ":"), v]
+            stack.extend(reversed([*parts, _Raw("}")]))
+        elif isinstance(node, list):
+            parts = [_Raw("[")]
+            for i, v in enumerate(node):
+                parts += ([_Raw(",")] if i else []) + [v]
+            stack.extend(reversed([*parts, _Raw("]")]))
+        else:
+            out.append(json.dumps(node))
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class _Raw:
+    text: str
+
+
+def payload_text(value: Any) -> str:
+    """The stored form of a quarantined payload: JSON text that any database keeps as it is."""
+    try:
+        return json.dumps(value, ensure_ascii=True)
+    except RecursionError:
+        return _deep_dumps(value)
+
+
+def _loads(text: str, *, field_name: str) -> Any:
+    def refuse(name: str):
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except RecursionError:
+        raise ValidationError({field_name: "is nested too deeply to read"}) from None
+    except ValueError as exc:
+        raise ValidationError({field_name: f"is not valid JSON: {exc}"}) from None
+
+
+def quarantine_store(
+    *, source: Source, rejections: list, received_at, ip: str | None, endpoint_type: str = "",
+    batch_defaults: dict | None = None,
+) -> int:
+    """Keep each refused event with its payload, field and reason (a resent request adds nothing:
+    entries are unique per source and content). The write key, if in the payload, is not kept."""
+    defaults = payload_text(batch_defaults) if batch_defaults else ""
+    rows = []
+    for r in rejections:
+        payload = r.payload
+        if isinstance(payload, dict) and "writeKey" in payload:
+            payload = {k: v for k, v in payload.items() if k != "writeKey"}
+        text = payload_text(payload)
+        digest = hashlib.sha256(f"{endpoint_type}\n{defaults}\n{text}".encode("ascii")).hexdigest()
+        mid = payload.get("messageId") if isinstance(payload, dict) else None
+        message_id = str(mid) if isinstance(mid, (str, int)) and not isinstance(mid, bool) and len(str(mid)) <= 255 else ""
+        rows.append(QuarantinedEvent(
+            source=source, code=r.code if r.code in _CODES else QuarantineReason.INVALID, field=(r.field or "")[:300],
+            message=r.message, payload=text, defaults=defaults, endpoint_type=endpoint_type, message_id=message_id,
+            batch_index=r.index, digest=digest, received_at=received_at, ip=ip,
+        ))
+    QuarantinedEvent.objects.bulk_create(rows, ignore_conflicts=True)
+    return len(rows)
+
+
+def _check(entry: QuarantinedEvent, payload: Any) -> list:
+    """Parse and check a payload as the API would (catalog included); raises the API's errors."""
+    from journeys.services.catalog import catalog_apply
+    from journeys.services.ingest import events_parse
+
+    defaults = _loads(entry.defaults, field_name="defaults") if entry.defaults else None
+    events = events_parse(payloads=[payload], received_at=entry.received_at, event_type=entry.endpoint_type or None,
+                          batch_defaults=defaults)
+    catalog_apply(policy=entry.source.schema_policy, events=events)
+    return events
+
+
+def quarantine_check(*, entry: QuarantinedEvent, payload: str) -> Any:
+    """Would this corrected payload pass the API now? Returns it parsed, else a ValidationError on
+    `payload` naming the field as the API would (the admin's fix form shows it)."""
+    value = _loads(payload, field_name="payload")
+    try:
+        _check(entry, value)
+    except (EventValidationError, PayloadTooLarge) as exc:
+        raise ValidationError({"payload": str(exc)}) from None
+    return value
+
+
+@transaction.atomic
+def quarantine_fix(*, entry: QuarantinedEvent, payload: str, actor: Any = None, reason: str = "") -> QuarantinedEvent:
+    """Replace a quarantined event's payload with a corrected one. It must pass every check of
+    the API (else a ValidationError on `payload` names the field); replaying is a separate step."""
+    _require(actor, "fix")
+    reason = require_reason(actor, reason) or "payload corrected"
+    entry = QuarantinedEvent.objects.select_for_update().select_related("source").get(pk=entry.pk)
+    if entry.status != QuarantineStatus.QUARANTINED:
+        raise ValidationError(f"this event was already {entry.get_status_display().lower()}")
+    value = quarantine_check(entry=entry, payload=payload)
+    entry.payload = payload_text(value)
+    entry.message_id = str(value.get("messageId") or "")[:255] if isinstance(value, dict) else ""
+    history_stamp(entry, actor=actor, reason=reason)
+    entry.save()
+    return entry
+
+
+@dataclass
+class ReplayResult:
+    replayed: list[QuarantinedEvent] = field(default_factory=list)
+    still_bad: list[tuple[QuarantinedEvent, str]] = field(default_factory=list)
+
+
+def quarantine_replay(*, entries, actor: Any = None, reason: str = "") -> ReplayResult:
+    """Send quarantined events through the ingestion service again (each on its own: one that is
+    still bad stays quarantined with its new field and reason; the others are stored and processed).
+    A replayed event keeps its original receipt time, so clock-skew correction is unchanged."""
+    from journeys.services.ingest import event_ingest
+
+    _require(actor, "replay")
+    reason = require_reason(actor, reason) or "replayed"
+    result = ReplayResult()
+    for pk in [e.pk for e in entries]:
+        with transaction.atomic():
+            entry = QuarantinedEvent.objects.select_for_update().select_related("source").filter(
+                pk=pk, status=QuarantineStatus.QUARANTINED).first()
+            if entry is None:
+                continue
+            try:
+                payload = _loads(entry.payload, field_name="payload")
+                events = _check(entry, payload)
+                outcome = event_ingest(source=entry.source, events=events, ip=entry.ip, catalog=False)
+            except ValidationError as exc:
+                entry.code, entry.field, entry.message = QuarantineReason.INVALID, "payload", "; ".join(exc.messages)
+                result.still_bad.append((entry, entry.message))
+            except JourneyError as exc:
+                entry.code = exc.code if exc.code in _CODES else QuarantineReason.INVALID
+                entry.field, entry.message = (exc.field or "")[:300], exc.message
+                result.still_bad.append((entry, str(exc)))
+            else:
+                entry.status, entry.resolved_at, entry.resolution = QuarantineStatus.REPLAYED, timezone.now(), reason
+                entry.resolved_by = actor if getattr(actor, "pk", None) else None
+                entry.event_id = outcome.event_ids[0] if outcome.event_ids else None
+                if not outcome.event_ids:
+                    entry.resolution = f"{reason} (its messageId was already stored: nothing new)"
+                result.replayed.append(entry)
+            history_stamp(entry, actor=actor, reason=reason if entry.status == QuarantineStatus.REPLAYED
+                          else f"replay failed: {entry.message}"[:500])
+            entry.save()
+    return result
+
+
+@transaction.atomic
+def quarantine_discard(*, entries, actor: Any = None, reason: str) -> int:
+    """Give up on quarantined events, saying why (kept for the record, never stored as events)."""
+    _require(actor, "discard")
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationError({"reason": "say why these events are discarded (it is recorded)"})
+    now = timezone.now()
+    count = 0
+    for entry in QuarantinedEvent.objects.select_for_update().filter(
+            pk__in=[e.pk for e in entries], status=QuarantineStatus.QUARANTINED):
+        entry.status, entry.resolved_at, entry.resolution = QuarantineStatus.DISCARDED, now, reason
+        entry.resolved_by = actor if getattr(actor, "pk", None) else None
+        history_stamp(entry, actor=actor, reason=reason)
+        entry.save()
+        count += 1
+    return count
+
+
+def quarantine_purge(*, now=None, batch: int = 5000) -> int:
+    """Delete replayed and discarded entries resolved over EVENT_API['QUARANTINE_KEEP_DAYS'] days ago
+    (bounded per call); open entries stay until someone decides."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.EVENT_API["QUARANTINE_KEEP_DAYS"])
+    ids = list(QuarantinedEvent.objects.filter(status__in=[QuarantineStatus.REPLAYED, QuarantineStatus.DISCARDED],
+                                               resolved_at__lt=cutoff).values_list("pk", flat=True)[:batch])
+    if ids:  # their history rows (who fixed, replayed or discarded them, and why) stay
+        QuarantinedEvent.objects.filter(pk__in=ids).delete()
+    return len(ids)

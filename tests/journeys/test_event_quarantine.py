@@ -1,0 +1,186 @@
+"""The event quarantine: a bad event is kept aside, listed in the admin, fixed, replayed or discarded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.urls import reverse
+
+from journeys.models import BusinessUnit, Customer, Event, QuarantinedEvent
+from journeys.services.quarantine import quarantine_purge, quarantine_replay
+from journeys.services.workflows import version_build, version_publish, workflow_create
+from tests.factories import make_source
+from tests.journeys.test_governance_fixtures import login, people, units  # noqa: F401
+
+pytestmark = pytest.mark.django_db
+
+CHANGELIST = "admin:journeys_quarantinedevent_changelist"
+
+
+def good(mid: str, **extra) -> dict:
+    return {"type": "track", "userId": "ada", "event": "Order Completed", "messageId": mid,
+            "properties": {"total": 12}, **extra}
+
+
+@pytest.fixture
+def tagging_workflow(db):
+    """A live workflow that tags whoever completes an order (so 'processed' is visible on the profile)."""
+    unit = BusinessUnit.objects.create(name="Q", slug="q")
+    workflow = workflow_create(name="tag orders", business_unit=unit)
+    definition = {"trigger_event": "Order Completed", "reentry": "always",
+                  "steps": [{"key": "tag", "kind": "update_profile", "config": {"traits": {"ordered": True}}}],
+                  "edges": []}
+    return version_publish(version=version_build(workflow=workflow, definition=definition), reason="test")
+
+
+def post_batch(api, capture, batch, **extra):
+    with capture(execute=True):
+        response = api.post("batch", {"batch": batch, **extra})
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def test_bad_event_round_trip_list_filter_fix_replay(
+    api, source, people, client, tagging_workflow, django_capture_on_commit_callbacks,  # noqa: F811
+):
+    # Given a batch of two good events and one whose name is 300 characters long
+    body = post_batch(api, django_capture_on_commit_callbacks,
+                      [good("m-1"), good("m-2", event="x" * 300), good("m-3")],
+                      context={"library": {"name": "analytics-python"}})
+    assert body["rejected"] == [{"index": 1, "field": "batch[1].event", "code": "invalid_event",
+                                 "message": "batch[1].event: is longer than 255 characters"}]
+    assert sorted(Event.objects.filter(source=source).values_list("message_id", flat=True)) == ["m-1", "m-3"]
+    _other, other_key = make_source("mobile")
+    api.post("track", {"userId": "bob"}, key=other_key)  # another source's bad event (no name)
+
+    # When ops list the quarantine, filtered by source and by reason
+    ops = login(client, people["ops"])
+    listing = ops.get(reverse(CHANGELIST), {"source__id__exact": source.pk, "code__exact": "invalid_event"})
+    assert listing.status_code == 200
+    entry = QuarantinedEvent.objects.get(source=source)
+    assert f"/{entry.pk}/change/" in listing.text and "batch[1].event" in listing.text
+    assert QuarantinedEvent.objects.filter(source__name="mobile").count() == 1
+    assert "m-2" not in ops.get(reverse(CHANGELIST), {"source__id__exact": _other.pk}).text
+    assert ops.get(reverse(CHANGELIST), {"code__exact": "schema"}).text.count("/change/") == 0
+
+    # ... a fix that is still wrong is refused with the field named, nothing changes
+    change = reverse("admin:journeys_quarantinedevent_change", args=[entry.pk])
+    page = ops.get(change)
+    assert page.status_code == 200 and "Save and replay" in page.text
+    still_bad = json.dumps(good("m-2", event=""))
+    response = ops.post(change, {"payload": still_bad, "change_reason": "shorten the name"})
+    assert response.status_code == 200 and "event: is required for track events" in response.text
+    assert QuarantinedEvent.objects.get(pk=entry.pk).payload == entry.payload
+
+    # ... then a right one is saved and replayed
+    with django_capture_on_commit_callbacks(execute=True):
+        response = ops.post(change, {"payload": json.dumps(good("m-2", event="Order Completed")),
+                                     "change_reason": "name was a stack trace", "_replay": "1"})
+    assert response.status_code == 302
+
+    # Then the event is stored through the same ingestion, processed by the live workflow, and the
+    # entry says who replayed it and why; the batch context it was sent with came along
+    entry.refresh_from_db()
+    replayed = Event.objects.get(message_id="m-2")
+    assert (entry.status, entry.event_id, entry.resolved_by) == ("replayed", replayed.pk, people["ops"])
+    assert replayed.context == {"library": {"name": "analytics-python"}}
+    assert replayed.status == "processed" and replayed.customer.traits["ordered"] is True
+    reasons = list(entry.history.values_list("history_change_reason", "history_user__username"))
+    assert ("name was a stack trace", "ops") in reasons
+    assert ops.get(change).status_code == 200  # read-only now
+
+
+def test_discard_needs_a_reason_and_records_it(api, people, client):  # noqa: F811
+    api.post("batch", {"batch": [good("d-1", userId=None), good("d-2", userId=None)]})
+    ids = list(QuarantinedEvent.objects.values_list("pk", flat=True))
+    ops = login(client, people["ops"])
+    action = {"action": "discard_selected", "_selected_action": ids}
+
+    ops.post(reverse(CHANGELIST), {**action, "reason": ""})
+    assert set(QuarantinedEvent.objects.values_list("status", flat=True)) == {"quarantined"}
+
+    ops.post(reverse(CHANGELIST), {**action, "reason": "test traffic from a staging app"})
+    assert set(QuarantinedEvent.objects.values_list("status", "resolution")) == {
+        ("discarded", "test traffic from a staging app")}
+    assert Event.objects.count() == 0
+
+
+def test_replay_action_keeps_what_is_still_bad_and_names_why(api, people, client):  # noqa: F811
+    api.post("batch", {"batch": [good("r-1", timestamp="yesterday")]})
+    entry = QuarantinedEvent.objects.get()
+    ops = login(client, people["ops"])
+
+    response = ops.post(reverse(CHANGELIST), {"action": "replay_selected", "_selected_action": [entry.pk],
+                                              "reason": "try again"}, follow=True)
+
+    assert "still refused: timestamp: cannot parse" in response.text
+    entry.refresh_from_db()
+    assert (entry.status, entry.field) == ("quarantined", "timestamp")
+
+
+def test_people_without_the_permission_can_neither_list_nor_replay(api, people, client):  # noqa: F811
+    api.post("track", {"event": "No one"})
+    entry = QuarantinedEvent.objects.get()
+
+    analyst = login(client, people["analyst"])
+    assert analyst.get(reverse(CHANGELIST)).status_code == 403
+    from journeys.errors import PermissionDenied
+
+    with pytest.raises(PermissionDenied):
+        quarantine_replay(entries=[entry], actor=people["analyst"], reason="x")
+
+
+def test_what_a_json_column_cannot_hold_is_kept_and_shown(api, source, people, client):  # noqa: F811
+    """NUL, a lone surrogate, a number out of range, deep nesting: the payload is JSON text."""
+    deep = "{\"a\":" * 80 + "1" + "}" * 80
+    raw = ('{"batch": [{"type": "track", "userId": "u", "event": "NUL\\u0000"},'
+           ' {"type": "track", "userId": "u", "event": "S", "properties": {"s": "\\ud800"}},'
+           ' {"type": "track", "userId": "u", "event": "N", "properties": {"n": 1e999}},'
+           f' {{"type": "track", "userId": "u", "event": "D", "properties": {deep}}}]}}')
+    response = api.post("batch", None, raw=raw.encode())
+
+    assert [r["code"] for r in response.json()["rejected"]] == ["invalid_event"] * 3 + ["too_deep"]
+    ops = login(client, people["ops"])
+    for entry in QuarantinedEvent.objects.all():
+        page = ops.get(reverse("admin:journeys_quarantinedevent_change", args=[entry.pk]))
+        assert page.status_code == 200
+    assert json.loads(QuarantinedEvent.objects.get(batch_index=0).payload)["event"] == "NUL\x00"
+
+
+def test_a_resent_batch_is_quarantined_once_and_the_write_key_is_not_kept(api, write_key):
+    batch = {"batch": [good("w-1", event=7)], "writeKey": write_key}
+    for _ in range(2):
+        assert api.post("batch", {"batch": [{**good("w-1", event=7), "writeKey": write_key}]}).status_code == 200
+    assert api.post("batch", batch).status_code == 200
+
+    entry = QuarantinedEvent.objects.get()
+    assert write_key not in entry.payload and write_key not in entry.defaults
+
+
+def test_replay_of_a_message_id_already_stored_adds_nothing(api, source):
+    api.post("batch", {"batch": [good("x-1", timestamp="never")]})
+    entry = QuarantinedEvent.objects.get()
+    api.post("track", good("x-1"))  # the client sent it right the second time
+    entry.payload = json.dumps(good("x-1"))
+    entry.save()
+
+    result = quarantine_replay(entries=[entry], reason="fixed")
+
+    assert [e.pk for e in result.replayed] == [entry.pk]
+    assert Event.objects.count() == 1 and "already stored" in QuarantinedEvent.objects.get().resolution
+
+
+def test_resolved_entries_are_purged_after_the_keep_window(api, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    api.post("batch", {"batch": [good("p-1", event=""), good("p-2", event="")]})
+    first, second = QuarantinedEvent.objects.order_by("batch_index")
+    QuarantinedEvent.objects.filter(pk=first.pk).update(
+        status="discarded", resolved_at=timezone.now() - timedelta(days=settings.EVENT_API["QUARANTINE_KEEP_DAYS"] + 1))
+
+    assert quarantine_purge() == 1
+    assert list(QuarantinedEvent.objects.values_list("pk", flat=True)) == [second.pk]
+    assert Customer.objects.count() == 0
