@@ -228,3 +228,39 @@ def test_without_destinations_recording_costs_no_query(django_assert_num_queries
     stream_emit(items=items(1))  # the (empty) list of destinations is read once and cached
     with django_assert_num_queries(0):
         assert stream_emit(items=items(100)) == 0
+
+
+def test_cases_opened_and_resolved_and_message_callbacks_reach_the_stream(destination, vendor,
+                                                                          django_capture_on_commit_callbacks):
+    """The agents app (case opened/resolved) and the channels app's tracking (delivered, opened,
+    clicked, bounced) tell the stream, each in the transaction that records it."""
+    from agents.services.cases import case_resolve
+    from channels_app.models import Channel, Delivery
+    from channels_app.services.tracking import delivery_click_record, delivery_open_record, delivery_status_record
+    from tests.agents.conftest import open_case
+    from tests.agents.factories import AgentFactory, TeamFactory
+    from tests.factories import CustomerFactory
+
+    dest, secret = destination()
+    agent = AgentFactory(team=TeamFactory(categories=["billing"]), skills={"billing": 3})
+    customer = CustomerFactory(external_id="cara", email="cara@example.com")
+    case = open_case(customer=customer, capture=django_capture_on_commit_callbacks)
+    with django_capture_on_commit_callbacks(execute=True):
+        case_resolve(case=case, actor=agent.user, code="refunded")
+    channel = Channel.objects.create(name="mail", kind="email")
+    sent = Delivery.objects.create(idempotency_key="d1", customer=customer, channel=channel, status="sent")
+    lost = Delivery.objects.create(idempotency_key="d2", customer=customer, channel=channel, status="sent")
+    with django_capture_on_commit_callbacks(execute=True):
+        delivery_status_record(delivery_id=sent.pk, status="delivered")
+        delivery_open_record(delivery_id=sent.pk)
+        delivery_click_record(delivery_id=sent.pk, url="https://shop.example.com/a")
+        delivery_status_record(delivery_id=lost.pk, status="bounced", detail="mailbox full")
+
+    events = [e for r in vendor.requests for e in Webhook(secret).verify(r.body, headers(r))["data"]["events"]]
+    by_type = {e["type"]: e["data"] for e in events}
+    assert by_type["case.opened"]["case_id"] == case.pk
+    assert by_type["case.resolved"]["resolution_code"] == "refunded"
+    assert by_type["message.delivered"]["delivery_id"] == sent.pk
+    assert by_type["message.opened"]["delivery_id"] == sent.pk
+    assert by_type["message.clicked"]["url"] == "https://shop.example.com/a"
+    assert by_type["message.bounced"]["delivery_id"] == lost.pk
