@@ -12,7 +12,7 @@ from agents.models import (
     Agent, AgentSkill, Case, CaseEntry, Conversation, ConversationMessage, ReplyTemplate, Team, TriageBot, TriageNode,
 )
 from agents.services.cases import agent_save, team_save
-from journeys.admin_base import HistoryReasonMixin
+from journeys.admin.base import HistoryReasonMixin
 
 
 @admin.register(Team)

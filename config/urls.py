@@ -6,6 +6,6 @@ urlpatterns = [
     path("api/v1/", include("config.api_urls")),
     path("channels/", include("channels_app.urls")),
     path("agents/", include("agents.urls")),
-    path("console/", include("journeys.console_urls")),
+    path("console/", include("journeys.console.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -37,7 +37,7 @@ from experiments.services.experiments import (
 )
 from experiments.services.nba import nba_explain, nba_train
 from experiments.services.reports import experiment_attribution, experiment_cohorts, version_funnel
-from journeys.admin_base import HistoryReasonMixin, ReasonActionForm, action_reason
+from journeys.admin.base import HistoryReasonMixin, ReasonActionForm, action_reason
 from journeys.models import Customer, Step
 
 

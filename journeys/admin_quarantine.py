@@ -15,7 +15,7 @@ from django.core.exceptions import ValidationError
 from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
 
-from journeys.admin_base import REASON_FIELD, ReasonActionForm, action_reason, reason_field
+from journeys.admin.base import REASON_FIELD, ReasonActionForm, action_reason, reason_field
 from journeys.choices import QuarantineStatus
 from journeys.models import QuarantinedEvent
 from journeys.services.quarantine import quarantine_check, quarantine_discard, quarantine_fix, quarantine_replay

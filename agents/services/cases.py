@@ -20,6 +20,7 @@ from agents.choices import CaseStatus, EntryKind, ErrorCode, ResolutionCode
 from agents.errors import CaseError
 from agents.models import Agent, Case, CaseEntry, Team
 from agents.services import permissions
+from agents.services.conversations import conversation_for_case
 from agents.services.routing import enqueue_route, sla_due
 from journeys.choices import StreamEventType
 from journeys.engine.runtime import profile_dict
@@ -235,8 +236,6 @@ def case_reply_send(*, case: Case, actor, body: str, idempotency_key: str) -> Ca
         raise CaseError(ErrorCode.WRONG_STATUS, f"case #{case.pk} is {case.status}; reopen it to reply")
     if not body.strip():
         raise CaseError(ErrorCode.WRONG_STATUS, "a reply needs some text")
-    from agents.services.triage import conversation_for_case
-
     # A case handed off by the chat bot is answered in that chat; others on the preferred channel.
     conversation = conversation_for_case(case=case)
     channel = conversation.channel if conversation is not None else reply_channel(customer=case.customer)

@@ -260,11 +260,6 @@ def _to_case(*, conversation: Conversation, message: ConversationMessage, scores
     return case
 
 
-def conversation_for_case(*, case: Case) -> Conversation | None:
-    """The chat a case came from, while it is with a person (agent replies go back there)."""
-    return case.conversations.filter(status=ConversationStatus.HANDED_OFF).select_related("channel").order_by("-id").first()
-
-
 def conversations_merge_customers(merged: Customer, target: Customer) -> None:
     """MERGE_HOOKS entry: an absorbed profile's chats belong to the surviving customer."""
     Conversation.objects.filter(customer=merged).update(customer=target)

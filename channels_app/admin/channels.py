@@ -12,7 +12,7 @@ from channels_app.models import Channel, FrequencyCap
 from channels_app.providers import PROVIDERS
 from channels_app.services.breaker import breaker_reset
 from channels_app.services.health import channel_health
-from journeys.admin_base import HistoryReasonMixin, ReasonActionForm, action_reason
+from journeys.admin.base import HistoryReasonMixin, ReasonActionForm, action_reason
 from journeys.services.governance import history_stamp
 
 SECRET_KEY_RE = re.compile(r"(secret|token|password|passwd|api_?key|private|credential)", re.IGNORECASE)

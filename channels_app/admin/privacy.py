@@ -12,7 +12,7 @@ from simple_history.admin import SimpleHistoryAdmin
 from channels_app.admin.base import ReadOnlyMixin
 from channels_app.models import Consent, DataSubject, ErasureRecord, Topic
 from channels_app.services import customer_erase, customer_export
-from journeys.admin_base import HistoryReasonMixin
+from journeys.admin.base import HistoryReasonMixin
 
 
 @admin.register(Topic)

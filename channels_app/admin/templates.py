@@ -16,7 +16,7 @@ from simple_history.admin import SimpleHistoryAdmin
 
 from channels_app.models import ContentBlock, MessageTemplate, TemplateVariant
 from channels_app.services import message_context, template_check, template_render
-from journeys.admin_base import HistoryReasonMixin
+from journeys.admin.base import HistoryReasonMixin
 from journeys.models import Customer
 
 

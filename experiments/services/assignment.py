@@ -8,7 +8,6 @@ reuse it, so changing weights only affects customers not yet assigned.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -16,12 +15,7 @@ from django.db import IntegrityError, transaction
 
 from experiments.choices import HOLDOUT, AssignmentVia, ExperimentMode, ExperimentStatus
 from experiments.models import Arm, Assignment, Experiment
-
-
-def hash_unit(*parts: object) -> float:
-    """A uniform number in [0, 1) from the parts (first 8 bytes of SHA-256)."""
-    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+from experiments.services.hashing import hash_unit
 
 
 def assignment_weights(

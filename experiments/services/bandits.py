@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from experiments.choices import ExperimentMode, ExperimentStatus
 from experiments.models import Arm, Assignment, Experiment
-from experiments.services.assignment import hash_unit
+from experiments.services.hashing import hash_unit
 from experiments.stats import thompson_prob_best
 
 

@@ -36,7 +36,7 @@ from django.db import connection, transaction
 from django.db.models.fields.json import KeyTransform
 
 from journeys.choices import TriggerKind
-from journeys.engine.batch import rows_insert, skip_locked
+from journeys.engine.batch import ids_in, rows_insert, skip_locked
 from journeys.engine.compiled import CompiledVersion, load_version
 from journeys.engine.enrolment import Candidate, EnrolmentResult, enroll_candidates
 from journeys.models import Customer, DateTriggerDue, DateTriggerStale, TriggerState
@@ -93,27 +93,34 @@ def _anniversary(anchor: date, year: int) -> date:
     return date(year, anchor.month, anchor.day)
 
 
-def occurrence_next(value: object, *, rule: DateRule, zone: ZoneInfo, from_date: date) -> tuple[date, datetime, datetime] | None:
-    """The first occurrence on or after the local date `from_date`: (local date, due_at UTC,
-    expires_at UTC), or None (no valid date, or a one-off date that has passed)."""
+def occurrence_date(value: object, *, rule: DateRule, from_date: date) -> date | None:
+    """The customer's local date of the first occurrence on or after `from_date`, or None (no
+    valid date, or a one-off date that has passed)."""
     anchor = _as_date(value)
     if anchor is None:
         return None
     offset = timedelta(days=rule.offset_days)
     try:
-        if rule.yearly:
-            local = None
-            for year in range(max(anchor.year + 1, (from_date - offset).year - 1), (from_date - offset).year + 3):
-                candidate = _anniversary(anchor, year) + offset
-                if candidate >= from_date:
-                    local = candidate
-                    break
-            if local is None:
-                return None
-        else:
+        if not rule.yearly:
             local = anchor + offset
-            if local < from_date:
-                return None
+            return local if local >= from_date else None
+        first = (from_date - offset).year
+        for year in range(max(anchor.year + 1, first - 1), first + 3):
+            local = _anniversary(anchor, year) + offset
+            if local >= from_date:
+                return local
+    except (OverflowError, ValueError):
+        return None
+    return None
+
+
+def occurrence_next(value: object, *, rule: DateRule, zone: ZoneInfo, from_date: date) -> tuple[date, datetime, datetime] | None:
+    """The first occurrence on or after the local date `from_date`: (local date, due_at UTC,
+    expires_at UTC), or None (no valid date, or a one-off date that has passed)."""
+    local = occurrence_date(value, rule=rule, from_date=from_date)
+    if local is None:
+        return None
+    try:
         due = datetime.combine(local, rule.at, tzinfo=zone).astimezone(UTC)
         ends = datetime.combine(local + timedelta(days=1), time(0, 0), tzinfo=zone).astimezone(UTC)
     except (OverflowError, ValueError):
@@ -178,33 +185,79 @@ def _queue_all_with(attribute: str) -> None:
 
 def _profiles(ids: list[int], attributes: list[str]) -> list[dict]:
     """id, timezone, merge state and the watched traits of these customers, one query."""
-    names = {f"a{i}": KeyTransform(attr, "traits") for i, attr in enumerate(attributes)}
-    rows = Customer.objects.filter(pk__in=ids).values("pk", "timezone", "merged_into_id", **names)
-    index = {attr: f"a{i}" for i, attr in enumerate(attributes)}
-    return [{**row, "traits": {attr: row[col] for attr, col in index.items()}} for row in rows]
+    if connection.vendor != "postgresql":
+        names = {f"a{i}": KeyTransform(attr, "traits") for i, attr in enumerate(attributes)}
+        rows = Customer.objects.filter(pk__in=ids).annotate(**names).values_list(
+            "pk", "timezone", "merged_into_id", *names)
+    else:
+        where, params = ids_in("id", ids)
+        picks = "".join(", traits ->> %s" for _ in attributes)  # text: only strings can hold a date
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT id, timezone, merged_into_id{picks} FROM journeys_customer WHERE {where}",
+                           [*attributes, *params])
+            rows = cursor.fetchall()
+    return [{"pk": row[0], "timezone": row[1], "merged_into_id": row[2], "traits": dict(zip(attributes, row[3:]))}
+            for row in rows]
+
+
+@lru_cache(maxsize=8192)
+def _moments(local: date, at: time, zone_name: str) -> tuple[str, str]:
+    """(due, end of that local day) in UTC, as the ISO text the bulk insert sends: most customers
+    share a few zones and dates."""
+    zone = zone_named(zone_name)
+    due = datetime.combine(local, at, tzinfo=zone).astimezone(UTC)
+    return due.isoformat(), datetime.combine(local + timedelta(days=1), time(0, 0), tzinfo=zone).astimezone(UTC).isoformat()
 
 
 def _due_rows(profiles: list[dict], versions: dict[int, DateVersion], now: datetime,
               after: dict[tuple[int, int], date] | None = None) -> list[dict]:
     out = []
+    today: dict[str, date] = {}
     for profile in profiles:
         if profile["merged_into_id"] is not None:
             continue
-        zone = zone_named(profile["timezone"])
-        today = now.astimezone(zone).date()
+        name = profile["timezone"] or "UTC"
+        if name not in today:
+            today[name] = now.astimezone(zone_named(name)).date()
         for vid, dv in versions.items():
             value = profile["traits"].get(dv.rule.attribute)
             if value is None:
                 continue
-            start = today
+            start = today[name]
             if after is not None and (vid, profile["pk"]) in after:
-                start = max(today, after[(vid, profile["pk"])] + timedelta(days=1))
-            found = occurrence_next(value, rule=dv.rule, zone=zone, from_date=start)
-            if found is not None:
-                local, due, ends = found
-                out.append({"version_id": vid, "customer_id": profile["pk"], "occurs_on": local, "due_at": due,
-                            "expires_at": ends})
+                start = max(start, after[(vid, profile["pk"])] + timedelta(days=1))
+            local = occurrence_date(value, rule=dv.rule, from_date=start)
+            if local is None:
+                continue
+            try:
+                due, ends = _moments(local, dv.rule.at, name)
+            except (OverflowError, ValueError):
+                continue
+            out.append({"version_id": vid, "customer_id": profile["pk"], "occurs_on": local.isoformat(),
+                        "due_at": due, "expires_at": ends})
     return out
+
+
+def _claim_stale(limit: int) -> list[int]:
+    """Take (delete) up to `limit` queued customers; SKIP LOCKED, so two ticks take different ones."""
+    table = DateTriggerStale._meta.db_table
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"DELETE FROM {table} WHERE customer_id IN (SELECT customer_id FROM {table} "
+                           f"ORDER BY customer_id LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING customer_id", [limit])
+            return sorted(row[0] for row in cursor.fetchall())
+        cursor.execute(f"SELECT customer_id FROM {table} ORDER BY customer_id LIMIT %s", [limit])
+        ids = [row[0] for row in cursor.fetchall()]
+        if ids:
+            where, params = ids_in("customer_id", ids)
+            cursor.execute(f"DELETE FROM {table} WHERE {where}", params)
+        return ids
+
+
+def _drop_due(column: str, ids: list[int]) -> None:
+    where, params = ids_in(column, ids)
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {DateTriggerDue._meta.db_table} WHERE {where}", params)
 
 
 def dates_refresh_stale(*, versions: dict[int, DateVersion], now: datetime, deadline: float | None = None) -> int:
@@ -213,12 +266,10 @@ def dates_refresh_stale(*, versions: dict[int, DateVersion], now: datetime, dead
     done = 0
     while True:
         with transaction.atomic():
-            ids = list(DateTriggerStale.objects.select_for_update(**skip_locked()).order_by("pk")
-                       .values_list("pk", flat=True)[:STALE_PAGE])
+            ids = _claim_stale(STALE_PAGE)
             if not ids:
                 return done
-            DateTriggerStale.objects.filter(pk__in=ids)._raw_delete(connection.alias)
-            DateTriggerDue.objects.filter(customer_id__in=ids)._raw_delete(connection.alias)
+            _drop_due("customer_id", ids)
             if versions:
                 rows_insert(DateTriggerDue, _due_rows(_profiles(ids, attributes), versions, now))
         done += len(ids)
@@ -241,19 +292,20 @@ def dates_fire_due(*, versions: dict[int, DateVersion], now: datetime, deadline:
                         [:FIRE_PAGE])
             if not rows:
                 return result
+            profiles = {p["pk"]: p for p in _profiles(sorted({r[2] for r in rows}), attributes)} if versions else {}
             groups: dict[tuple[int, date], list[Candidate]] = defaultdict(list)
             for _pk, vid, customer_id, occurs_on, expires_at in rows:
-                if vid in versions and expires_at > now:
+                profile = profiles.get(customer_id)
+                if vid in versions and expires_at > now and profile is not None and profile["merged_into_id"] is None:
                     groups[(vid, occurs_on)].append(Candidate(customer_id=customer_id, trigger_key=f"date:{occurs_on.isoformat()}"))
             for (vid, _), candidates in sorted(groups.items()):
                 dv = versions[vid]
                 result.add(enroll_candidates(version=dv.version, candidates=candidates, now=now, routing=dv.routing))
-            DateTriggerDue.objects.filter(pk__in=[r[0] for r in rows])._raw_delete(connection.alias)
-            known = {vid: dv for vid, dv in versions.items() if any(r[1] == vid for r in rows)}
-            after = {(r[1], r[2]): r[3] for r in rows if r[1] in known}
-            customers = sorted({r[2] for r in rows if r[1] in known})
-            if customers:
-                rows_insert(DateTriggerDue, [row for row in _due_rows(_profiles(customers, attributes), known, now, after)
-                                             if (row["version_id"], row["customer_id"]) in after])
+            _drop_due("id", [r[0] for r in rows])
+            after = {(vid, customer_id): occurs_on for _pk, vid, customer_id, occurs_on, _ in rows if vid in versions}
+            if after:
+                moved = _due_rows([profiles[c] for c in sorted({c for _, c in after}) if c in profiles],
+                                  {vid: versions[vid] for vid, _ in after}, now, after)
+                rows_insert(DateTriggerDue, [row for row in moved if (row["version_id"], row["customer_id"]) in after])
         if len(rows) < FIRE_PAGE or (deadline is not None and monotonic.monotonic() > deadline):
             return result

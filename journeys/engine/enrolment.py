@@ -37,7 +37,7 @@ from typing import Any
 from django.db import connection
 
 from journeys.choices import ReentryPolicy, RunStatus
-from journeys.engine.batch import instance_new, objects_insert
+from journeys.engine.batch import ids_in, ids_q, instance_new, objects_insert
 from journeys.engine.business_hours import business_hours_next_open
 from journeys.engine.compiled import CompiledVersion, canary_admits, load_version, routable_versions
 from journeys.engine.runtime import context_dict, customer_zone, event_dict, events_counter, profile_dict
@@ -182,13 +182,28 @@ def _customers_needed(version: CompiledVersion, candidates: list[Candidate]) -> 
 def _history(version: CompiledVersion, candidates: list[Candidate]) -> dict[int, list[tuple]]:
     """(trigger key, status, created) of the candidates' runs in this workflow, one query. A
     workflow that allows everything needs only the rows of these trigger keys."""
-    ids = [c.customer_id for c in candidates]
-    rows = JourneyRun.objects.filter(workflow_id=version.workflow_id, customer_id__in=ids)
-    if version.reentry_policy == ReentryPolicy.ALWAYS and version.allow_concurrent_runs:
-        rows = rows.filter(trigger_key__in={c.trigger_key for c in candidates})
+    ids = sorted({c.customer_id for c in candidates})
     history: dict[int, list[tuple]] = defaultdict(list)
-    for customer_id, key, status, created in rows.values_list("customer_id", "trigger_key", "status", "created_at"):
-        history[customer_id].append((key, status, created))
+    if connection.vendor != "postgresql":
+        rows = JourneyRun.objects.filter(workflow_id=version.workflow_id, customer_id__in=ids)
+        if version.reentry_policy == ReentryPolicy.ALWAYS and version.allow_concurrent_runs:
+            rows = rows.filter(trigger_key__in={c.trigger_key for c in candidates})
+        for customer_id, key, status, created in rows.values_list("customer_id", "trigger_key", "status", "created_at"):
+            history[customer_id].append((key, status, created))
+        return history
+    # PostgreSQL: the ids as one array parameter (thousands of placeholders are slow to send).
+    where, params = ids_in("customer_id", ids)
+    sql = (f"SELECT customer_id, trigger_key, status, created_at FROM {JourneyRun._meta.db_table} "
+           f"WHERE workflow_id = %s AND {where}")
+    params = [version.workflow_id, *params]
+    if version.reentry_policy == ReentryPolicy.ALWAYS and version.allow_concurrent_runs:
+        keys = sorted({c.trigger_key for c in candidates})
+        sql += f" AND trigger_key IN ({', '.join(['%s'] * len(keys))})"
+        params += keys
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        for customer_id, key, status, created in cursor.fetchall():
+            history[customer_id].append((key, status, created))
     return history
 
 
@@ -230,12 +245,14 @@ def runs_insert(*, runs: list[JourneyRun], versions: dict[int, CompiledVersion],
             inserted.append(run)
     refused = entries_admit(runs=inserted, versions=versions, now=now)
     if refused:
-        JourneyRun.objects.filter(pk__in=refused)._raw_delete(connection.alias)
+        JourneyRun.objects.filter(ids_q("pk", sorted(refused)))._raw_delete(connection.alias)
         inserted = [r for r in inserted if r.pk not in refused]
     return inserted
 
 
 _GATE_INSERT = "INSERT INTO journeys_entrygate (workflow_id, customer_id, entered_at) VALUES {values} "
+_GATE_SELECT = ("INSERT INTO journeys_entrygate (workflow_id, customer_id, entered_at) "
+                "SELECT %s, c, %s FROM unnest(%s::bigint[]) WITH ORDINALITY AS u(c, n) ORDER BY n ")
 _GATE_ONCE = "ON CONFLICT (workflow_id, customer_id) DO NOTHING RETURNING customer_id"
 _GATE_COOLDOWN = ("ON CONFLICT (workflow_id, customer_id) DO UPDATE SET entered_at = excluded.entered_at "
                   "WHERE journeys_entrygate.entered_at <= %s RETURNING customer_id")
@@ -266,15 +283,20 @@ def entries_admit(*, runs: list[JourneyRun], versions: dict[int, CompiledVersion
                 seen = {}
                 for run in group:  # one gate row per customer and statement (allow_concurrent_runs: several runs)
                     seen.setdefault(run.customer_id, run)
-                unique = list(seen.values())
-                for i in range(0, len(unique), 300):
-                    chunk = unique[i : i + 300]
-                    params: list = []
-                    for run in chunk:
-                        params += [workflow_id, run.customer_id, now]
-                    sql = _GATE_INSERT.format(values=", ".join(["(%s, %s, %s)"] * len(chunk))) + conflict
-                    cursor.execute(sql, params + ([threshold] if threshold is not None else []))
+                customers = list(seen)
+                extra = [threshold] if threshold is not None else []
+                if connection.vendor == "postgresql":  # one array parameter, not thousands of placeholders
+                    cursor.execute(_GATE_SELECT + conflict, [workflow_id, now, customers, *extra])
                     admitted.update((workflow_id, row[0]) for row in cursor.fetchall())
+                else:
+                    for i in range(0, len(customers), 300):
+                        chunk = customers[i : i + 300]
+                        params: list = []
+                        for customer_id in chunk:
+                            params += [workflow_id, customer_id, now]
+                        sql = _GATE_INSERT.format(values=", ".join(["(%s, %s, %s)"] * len(chunk))) + conflict
+                        cursor.execute(sql, params + extra)
+                        admitted.update((workflow_id, row[0]) for row in cursor.fetchall())
                 # Several runs of one customer in one statement (concurrent runs allowed): the first is the entry.
                 for run in group:
                     if (workflow_id, run.customer_id) not in admitted or seen[run.customer_id] is not run:

@@ -53,8 +53,9 @@ def enqueue_events(event_ids: list[int]) -> None:
     chunks = [event_ids[i : i + BATCH] for i in range(0, len(event_ids), BATCH)]
 
     def send() -> None:
-        for chunk in chunks:
-            async_task("journeys.tasks.events_process", chunk, task_name=None, group="events")
+        for chunk in chunks:  # the event workers' queue, also when stored by a schedule (see enqueue_work)
+            async_task("journeys.tasks.events_process", chunk, task_name=None, group="events",
+                       cluster=settings.Q_CLUSTER.get("name"))
 
     if _uses_orm_broker():
         send()

@@ -33,14 +33,14 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from journeys.choices import TriggerKind, VersionState
-from journeys.engine.batch import skip_locked
+from journeys.engine.batch import ids_q, skip_locked
 from journeys.engine.compiled import load_version, routable_versions
 from journeys.engine.cron import cron_matches, parse_cron
 from journeys.engine.dates import date_versions, dates_fire_due, dates_prepare, dates_refresh_stale
 from journeys.engine.enrolment import Candidate, enroll_candidates
 from journeys.engine.lease import Lease, LeaseLost
 from journeys.engine.wakeups import runs_claim_due
-from journeys.models import Customer, TriggerState, TriggerWatch, WorkflowVersion
+from journeys.models import TriggerState, TriggerWatch, WorkflowVersion
 
 logger = logging.getLogger(__name__)
 BATCH = 1000  # inactivity windows per page
@@ -79,7 +79,7 @@ def watches_fire_due(*, now: datetime | None = None, deadline: float | None = No
                         event=watch.start_event))
             for vid, candidates in sorted(groups.items()):
                 enroll_candidates(version=load_version(vid), candidates=candidates, now=now)
-            TriggerWatch.objects.filter(pk__in=[w.pk for w in watches]).update(fired_at=now)
+            TriggerWatch.objects.filter(ids_q("pk", [w.pk for w in watches])).update(fired_at=now)
         fired += len(watches)
         if len(watches) < BATCH or (deadline is not None and monotonic.monotonic() > deadline):
             return fired
@@ -173,6 +173,14 @@ def schedules_run(*, now: datetime | None = None, deadline: float | None = None)
     return enrolled
 
 
+def segment_entries_refresh(*, now: datetime | None = None) -> int:
+    """Segment-entry triggers for customers who came into the segment without an event (time passing,
+    an import): hourly, set-based (journeys.engine.segment_entries). Returns how many runs were made."""
+    from journeys.engine.segment_entries import segment_entries_run
+
+    return segment_entries_run(routed=_routed(TriggerKind.SEGMENT_ENTRY), now=now or timezone.now())
+
+
 def _in_chunks(queryset, size: int = 500):
     """Customers page by page (by id), with no cursor held open between pages.
 
@@ -189,17 +197,10 @@ def _in_chunks(queryset, size: int = 500):
 
 
 def stages_refresh(*, now: datetime | None = None) -> int:
-    """Re-evaluate rule-defined lifecycle stages for everyone (time passes: 'inactive for 30 days')."""
-    from journeys.services.lifecycle import customer_evaluate_stage
+    """Re-evaluate rule-defined lifecycle stages for everyone, set-based (time passes: 'inactive for 30 days')."""
+    from journeys.services.lifecycle import customer_stages_refresh
 
-    now = now or timezone.now()
-    moved = 0
-    for customer in _in_chunks(Customer.objects.filter(merged_into__isnull=True)):
-        before = customer.stage
-        with transaction.atomic():
-            if customer_evaluate_stage(customer=customer, now=now) not in (None, before):
-                moved += 1
-    return moved
+    return customer_stages_refresh(now=now or timezone.now())
 
 
 def engine_tick(*, now: datetime | None = None) -> dict:
@@ -210,10 +211,11 @@ def engine_tick(*, now: datetime | None = None) -> dict:
 
     now = now or timezone.now()
     lease = Lease(TICK_LEASE, ttl=TICK_TTL)
+    parts = ("swept", "woken", "inactivity", "date", "schedule", "stages", "segments")
     if not lease.acquire():
-        return {"skipped": "another tick holds the lease"}
+        return {**dict.fromkeys(parts, 0), "skipped": "another tick holds the lease"}
     deadline = monotonic.monotonic() + getattr(settings, "ENGINE_TICK_BUDGET_S", 45)
-    out: dict = {}
+    out: dict = dict.fromkeys(parts, 0)
     try:
         for name, part in (
             ("swept", lambda: events_sweep()),
@@ -222,6 +224,7 @@ def engine_tick(*, now: datetime | None = None) -> dict:
             ("date", lambda: date_triggers_run(now=now, deadline=deadline)),
             ("schedule", lambda: schedules_run(now=now, deadline=deadline)),
             ("stages", lambda: stages_refresh(now=now) if now.minute == 0 else 0),  # hourly
+            ("segments", lambda: segment_entries_refresh(now=now) if now.minute == 0 else 0),  # hourly
         ):
             out[name] = part()
             lease.renew()

@@ -26,7 +26,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from journeys.choices import RunStatus
-from journeys.engine.batch import EngineBatch, batch_suspended, skip_locked
+from journeys.engine.batch import EngineBatch, batch_suspended, ids_q, skip_locked
 from journeys.engine.compiled import load_version
 from journeys.engine.queue import enqueue_work
 from journeys.engine.runner import run_execute, run_start
@@ -68,7 +68,7 @@ def runs_claim_due(*, now: datetime, deadline: float | None = None) -> int:
                 .values_list("pk", flat=True)[:page]
             )
             if ids:
-                JourneyRun.objects.filter(pk__in=ids).update(next_wake_at=lease)
+                JourneyRun.objects.filter(ids_q("pk", ids)).update(next_wake_at=lease)
                 wake_enqueue(run_ids=ids, lease=lease, now=now)
         claimed += len(ids)
         if len(ids) < page or (deadline is not None and time.monotonic() > deadline):
@@ -99,7 +99,7 @@ def runs_wake(*, run_ids: list[int], lease: datetime, now: datetime | None = Non
 def _lock(run_ids: list[int], lease: datetime) -> list[JourneyRun]:
     runs = list(
         JourneyRun.objects.select_for_update(of=("self",), **skip_locked())
-        .filter(pk__in=run_ids, status=RunStatus.WAITING, next_wake_at=lease)
+        .filter(ids_q("pk", run_ids), status=RunStatus.WAITING, next_wake_at=lease)
         .select_related("customer", "trigger_event")
         .order_by("pk")
     )
@@ -118,7 +118,8 @@ def _wake_set(runs: list[JourneyRun], now: datetime) -> None:
     for outcome in ("next", "timeout"):  # the waiting step of each resumed run, closed set-based
         ids = [r.pk for r in resumed if _outcome(r) == outcome]
         if ids:
-            StepExecution.objects.filter(run_id__in=ids, finished_at__isnull=True).update(outcome=outcome, finished_at=now)
+            StepExecution.objects.filter(ids_q("run_id", ids), finished_at__isnull=True).update(
+                outcome=outcome, finished_at=now)
     batch = EngineBatch(customer_ids={r.customer_id for r in runs}, now=now)
     with batch.active():
         for run in runs:

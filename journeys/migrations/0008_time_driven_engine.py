@@ -58,8 +58,8 @@ class Migration(migrations.Migration):
                 ('occurs_on', models.DateField(help_text="the customer's local date of the occurrence (the trigger key)")),
                 ('due_at', models.DateTimeField()),
                 ('expires_at', models.DateTimeField()),
-                ('customer', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='journeys.customer')),
-                ('version', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='journeys.workflowversion')),
+                ('customer', models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='journeys.customer')),
+                ('version', models.ForeignKey(db_constraint=False, db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='journeys.workflowversion')),
             ],
             options={
                 'indexes': [models.Index(fields=['due_at'], name='date_due_at_idx')],

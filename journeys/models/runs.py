@@ -13,9 +13,10 @@ class JourneyRun(Timestamped):
     same customer for the same trigger finds the existing run.
     """
 
-    workflow = models.ForeignKey("journeys.Workflow", on_delete=models.CASCADE, related_name="runs")
+    # workflow_id and customer_id lead the indexes below: their own FK indexes would only slow inserts.
+    workflow = models.ForeignKey("journeys.Workflow", on_delete=models.CASCADE, related_name="runs", db_index=False)
     version = models.ForeignKey("journeys.WorkflowVersion", on_delete=models.PROTECT, related_name="runs")
-    customer = models.ForeignKey("journeys.Customer", on_delete=models.CASCADE, related_name="runs")
+    customer = models.ForeignKey("journeys.Customer", on_delete=models.CASCADE, related_name="runs", db_index=False)
     trigger_key = models.CharField(max_length=100)
     trigger_event = models.ForeignKey(
         "journeys.Event", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -128,8 +129,12 @@ class DateTriggerDue(models.Model):
     The tick reads only the rows that are due (index on due_at); the window closes at the end of
     that local day (`expires_at`)."""
 
-    version = models.ForeignKey("journeys.WorkflowVersion", on_delete=models.CASCADE, related_name="+")
-    customer = models.ForeignKey("journeys.Customer", on_delete=models.CASCADE, related_name="+")
+    # No database-level foreign keys: a million rows are rewritten when a version goes live, and
+    # checking each at commit cost a third of that. Deleting a customer or a version still deletes
+    # their rows (Django's cascade); the tick skips rows whose customer is gone.
+    version = models.ForeignKey("journeys.WorkflowVersion", on_delete=models.CASCADE, related_name="+",
+                                db_constraint=False, db_index=False)  # date_due_unique leads with it
+    customer = models.ForeignKey("journeys.Customer", on_delete=models.CASCADE, related_name="+", db_constraint=False)
     occurs_on = models.DateField(help_text="the customer's local date of the occurrence (the trigger key)")
     due_at = models.DateTimeField()
     expires_at = models.DateTimeField()
@@ -146,6 +151,20 @@ class DateTriggerStale(models.Model):
     erasure) is covered; the tick drains them (journeys.engine.dates)."""
 
     customer_id = models.BigIntegerField(primary_key=True)
+
+
+class SegmentMember(models.Model):
+    """Who was in a segment-entry trigger's segment at its last refresh (journeys.engine.segment_entries):
+    the hourly refresh enrols those who joined since, whatever made them join (time passing, an import,
+    a change made without an event). Inserted with ON CONFLICT DO NOTHING: only the refresh that
+    records a new member enrols them."""
+
+    version = models.ForeignKey("journeys.WorkflowVersion", on_delete=models.CASCADE, related_name="+",
+                                db_constraint=False, db_index=False)  # segment_member_unique leads with it
+    customer = models.ForeignKey("journeys.Customer", on_delete=models.CASCADE, related_name="+", db_constraint=False)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["version", "customer"], name="segment_member_unique")]
 
 
 class SchedulerLease(models.Model):

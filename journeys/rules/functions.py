@@ -12,10 +12,9 @@ import datetime as dt
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .compiler import RuleContext
+from .context import RuleContext
 
 _NUMBERS = (int, float)  # bool is an int subclass, which is fine for arithmetic
 _SEQUENCES = (list, tuple)

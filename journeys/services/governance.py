@@ -40,6 +40,7 @@ from journeys.models import (
     WorkflowVersion,
 )
 from journeys.selectors import UNIT_PERM, VIEW, runs_for_user, user_can, workflows_for_user
+from journeys.services.definitions import VERSION_FIELDS, version_definition
 
 logger = logging.getLogger(__name__)
 
@@ -226,8 +227,6 @@ _UNREVIEWED_FIELDS = ("notes",)
 
 def version_fingerprint(*, version: WorkflowVersion) -> str:
     """Hash of what a version does (not of its notes or drawing positions): approval is bound to it."""
-    from journeys.services.workflows import version_definition
-
     definition = version_definition(version=version)
     for name in _UNREVIEWED_FIELDS:
         definition.pop(name, None)
@@ -276,8 +275,6 @@ def version_diff(*, old: WorkflowVersion | None, new: WorkflowVersion) -> dict:
 
     `old=None` compares against an empty workflow (everything is added).
     """
-    from journeys.services.workflows import VERSION_FIELDS, version_definition
-
     empty = {**{f: "" for f in VERSION_FIELDS}, "trigger_config": {}, "steps": [], "edges": []}
     a = version_definition(version=old) if old is not None else empty
     b = version_definition(version=new)
@@ -457,8 +454,6 @@ def _known_attributes(version: WorkflowVersion, sample: int = 500) -> dict[str, 
 def unknown_attribute_warnings(*, version: WorkflowVersion) -> list[str]:
     """Rules that read profile/event/journey attributes nobody has: likely typos (warnings, not errors)."""
     from journeys.rules import RuleSyntaxError, compile_rule
-    from journeys.services.workflows import version_definition
-
     from journeys.services.catalog import catalog_property_known
 
     known = _known_attributes(version)

@@ -71,3 +71,42 @@ def event_record_internal(
     )
     enqueue_events([event.pk])
     return event
+
+
+def events_record_internal(*, rows: list[dict], at: datetime) -> list[int]:
+    """Store many internal events with one INSERT and queue them one task per batch.
+
+    Each row: customer_id, user_id, name, properties, message_id (derived from what happened,
+    e.g. a transition id, so it is new: repeats are the caller's to avoid). Call it inside the
+    transaction that made the change: the rows are the outbox. Returns the new ids in order.
+    """
+    from journeys.engine.batch import rows_insert
+    from journeys.engine.queue import enqueue_events
+
+    if not rows:
+        return []
+    source_id = internal_source().pk
+    received = timezone.now()
+    inserted = rows_insert(
+        Event,
+        [
+            {
+                "source_id": source_id,
+                "message_id": row["message_id"],
+                "type": EventType.TRACK,
+                "name": row["name"],
+                "user_id": row.get("user_id", ""),
+                "anonymous_id": "",
+                "error": "",
+                "customer_id": row["customer_id"],
+                "properties": row.get("properties") or {},
+                "timestamp": at,
+                "received_at": received,
+            }
+            for row in rows
+        ],
+        returning=("id",),
+    )
+    ids = sorted(pk for (pk,) in inserted)
+    enqueue_events(ids)
+    return ids

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from journeys.models import Customer
@@ -72,3 +73,166 @@ def customer_evaluate_stage(*, customer: Customer, now: datetime, rule_ctx=None)
                 customer_set_stage(customer=customer, stage=key, reason=f"rule: {rule}"[:255], at=now)
             return key
     return None
+
+
+STAGE_CHUNK = 5000  # stage changes applied per transaction
+
+
+def customer_stages_refresh(*, now: datetime, chunk: int = STAGE_CHUNK) -> int:
+    """Re-evaluate rule-defined stages for everyone (time passes: "inactive for 30 days").
+
+    Set-based: on PostgreSQL, when every stage rule translates (journeys.rules.sql), one
+    statement per chunk finds the customers whose stage must change (the first true rule,
+    in stage order, differs from their stage), so nothing that stays put is read into
+    Python; elsewhere customers are evaluated in Python pages. Each chunk of changes is one
+    transaction: the customers are locked (skipping those a worker holds: it evaluates
+    their stage itself), moved with one UPDATE per target stage, and their transitions and
+    `Stage Left`/`Stage Entered` events are inserted with one statement each and queued
+    one task per batch. Returns how many customers moved.
+    """
+    from journeys.services.segments import utc
+
+    now = utc(now)
+    stages = list(LifecycleStage.objects.exclude(rule="").order_by("order", "key").values_list("key", "rule"))
+    if not stages:
+        return 0
+    moved = 0
+    for moves in _stage_moves(stages=stages, now=now, chunk=chunk):
+        moved += _stage_moves_apply(moves=moves, rules=dict(stages), now=now)
+    return moved
+
+
+Move = tuple[int, str, str]  # customer id, from stage, to stage
+
+
+def _stage_moves(*, stages: list[tuple[str, str]], now: datetime, chunk: int):
+    """Chunks of (customer id, stage, new stage) for customers whose stage must change."""
+    from journeys.services.segments import PROFILE_FIELDS, segment_translation
+
+    translations = [segment_translation(rule=rule, now=now, prefix=f"s{i}_") for i, (_, rule) in enumerate(stages)]
+    keys = [key for key, _ in stages]
+    base = Customer.objects.filter(merged_into__isnull=True).filter(Q(stage="") | Q(stage__in=keys))
+    if all(t is not None for t in translations):
+        yield from _stage_moves_sql(translations=translations, keys=keys, now=now, chunk=chunk, stages=stages)
+        return
+    last = 0
+    while True:
+        page = list(base.filter(pk__gt=last).order_by("pk").only(*PROFILE_FIELDS)[:chunk])
+        if not page:
+            return
+        last = page[-1].pk
+        moves = _stage_targets(customers=page, stages=stages, now=now)
+        if moves:
+            yield moves
+
+
+def _stage_moves_sql(*, translations, keys: list[str], now: datetime, chunk: int, stages: list[tuple[str, str]]):
+    """PostgreSQL: the first stage whose rule is certainly true, '?' where Python must tell."""
+    from journeys.services.segments import PROFILE_FIELDS
+
+    params: dict = {"keys": keys}
+    whens = []
+    for i, t in enumerate(translations):
+        params.update(t.params)
+        params[f"key{i}"] = keys[i]
+        state = f"({t.state})"
+        whens.append(f"WHEN {state} = 2 THEN %(key{i})s::text WHEN ({state} & 2) <> 0 THEN '?'")
+    target = f"(CASE {' '.join(whens)} END)"
+    joins = " ".join(join for t in translations for join in t.joins)
+    sql = (
+        f"SELECT c.id, c.stage, {target} FROM {Customer._meta.db_table} AS c {joins}"
+        f" WHERE c.merged_into_id IS NULL AND (c.stage = '' OR c.stage = ANY(%(keys)s::text[]))"
+        f" AND c.id > %(after)s AND {target} <> c.stage"
+        f" ORDER BY c.id LIMIT %(limit)s"
+    )
+    last = 0
+    while True:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(sql, {**params, "after": last, "limit": chunk})
+            rows = cursor.fetchall()
+        if not rows:
+            return
+        last = rows[-1][0]
+        moves = [(pk, stage, target) for pk, stage, target in rows if target != "?"]
+        unsure = [pk for pk, _, target in rows if target == "?"]
+        if unsure:
+            customers = Customer.objects.filter(pk__in=unsure).only(*PROFILE_FIELDS)
+            moves += _stage_targets(customers=customers, stages=stages, now=now)
+        if moves:
+            yield sorted(moves)
+        if len(rows) < chunk:
+            return
+
+
+def _stage_targets(*, customers, stages: list[tuple[str, str]], now: datetime) -> list[Move]:
+    """Python: the first true rule decides (as customer_evaluate_stage); no true rule, no move."""
+    from journeys.rules import compile_rule
+    from journeys.services.segments import customer_rule_contexts
+
+    keys = {key for key, _ in stages}
+    compiled = [(key, compile_rule(rule)) for key, rule in stages]
+    moves = []
+    for customer, ctx in customer_rule_contexts(customers=customers, now=now):
+        if customer.stage and customer.stage not in keys:
+            continue
+        for key, rule in compiled:
+            if rule.evaluate(ctx).value:
+                if key != customer.stage:
+                    moves.append((customer.pk, customer.stage, key))
+                break
+    return moves
+
+
+def _stage_moves_apply(*, moves: list[Move], rules: dict[str, str], now: datetime) -> int:
+    """One transaction: lock, re-check, move, record transitions and events (set-based)."""
+    from journeys.engine.batch import rows_insert, rows_update
+    from journeys.services.internal_events import events_record_internal
+
+    with transaction.atomic():
+        locked = _customers_lock([pk for pk, _, _ in moves])
+        # A customer moved meanwhile (by a worker, or another refresh) keeps that move.
+        moves = [move for move in moves if move[0] in locked and locked[move[0]][0] == move[1]]
+        if not moves:
+            return 0
+        if connection.vendor == "postgresql":
+            rows_update(Customer, [{"id": pk, "stage": to} for pk, _, to in moves], ["stage"], stamp=timezone.now())
+        else:
+            by_target: dict[str, list[int]] = {}
+            for pk, _, to in moves:
+                by_target.setdefault(to, []).append(pk)
+            for to, pks in by_target.items():
+                Customer.objects.filter(pk__in=pks).update(stage=to)
+        transitions = rows_insert(
+            StageTransition,
+            [
+                {"customer_id": pk, "from_stage": frm, "to_stage": to, "reason": f"rule: {rules[to]}"[:255], "at": now}
+                for pk, frm, to in moves
+            ],
+            returning=("id", "customer_id", "from_stage", "to_stage"),
+        )
+        rows = []
+        for transition_id, pk, frm, to in sorted(transitions):
+            user_id = locked[pk][1]
+            if frm:
+                rows.append({"customer_id": pk, "user_id": user_id, "name": "Stage Left",
+                             "properties": {"stage": frm, "to": to}, "message_id": f"stage-left:{transition_id}"})
+            rows.append({"customer_id": pk, "user_id": user_id, "name": "Stage Entered",
+                         "properties": {"stage": to, "from": frm}, "message_id": f"stage-entered:{transition_id}"})
+        events_record_internal(rows=rows, at=now)
+    return len(moves)
+
+
+def _customers_lock(ids: list[int]) -> dict[int, tuple[str, str]]:
+    """Lock these customers in id order, skipping those another transaction holds:
+    id -> (stage, user id). PostgreSQL gets the ids as one array literal (a long IN list
+    of parameters is slow to quote)."""
+    if connection.vendor != "postgresql":
+        rows = Customer.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", "stage", "external_id")
+        return {pk: (stage, user_id) for pk, stage, user_id in rows}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id, stage, external_id FROM {Customer._meta.db_table} WHERE id = ANY(%s::bigint[])"
+            " ORDER BY id FOR UPDATE SKIP LOCKED",
+            ["{" + ",".join(str(int(pk)) for pk in ids) + "}"],
+        )
+        return {pk: (stage, user_id) for pk, stage, user_id in cursor.fetchall()}

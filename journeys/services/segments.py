@@ -9,19 +9,40 @@ and by the management API. Callers walk an audience in ascending id order:
         after = ids[-1]
 
 On PostgreSQL a rule that translates (journeys.rules.sql) is answered by one
-indexed statement per page; anything else is evaluated in Python over pages of
-customers, never the whole table at once. `segment_plan` says which path a rule
-takes (for the admin, the docs and the tests).
+statement per page, walking the primary key: a page costs what it returns (plus
+the rows it skips), never a read of the whole base into Python. Rows the SQL
+cannot decide exactly (see journeys.rules.sql: e.g. dates in unusual ISO forms)
+are re-checked here in Python. Anything else is evaluated in Python over pages of
+customers. `segment_plan` says which path a rule takes (for the admin, the docs
+and the tests).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Literal
 
+from django.db import DatabaseError, connection, transaction
+from django.utils import timezone
+
 from journeys.models import Customer
 from journeys.rules import RuleContext, compile_rule
+from journeys.rules.sql import (
+    INT,
+    NULL,
+    STR,
+    TS,
+    Alt,
+    NotTranslatable,
+    Translation,
+    Translator,
+    Val,
+    translate,
+)
+
+logger = logging.getLogger(__name__)
 
 Plan = Literal["sql", "python"]
 
@@ -44,15 +65,87 @@ PROFILE_FIELDS = (
 )
 
 
+class CustomerProfile:
+    """`profile.*` on `journeys_customer AS c`, exactly as runtime.profile_dict builds it:
+    stored traits, overridden by the customer's columns and computed attributes."""
+
+    keys = frozenset(
+        {
+            "user_id",
+            "email",
+            "phone",
+            "timezone",
+            "locale",
+            "first_seen",
+            "last_seen",
+            "last_engaged_at",
+            "tenure_days",
+            "days_since_last_seen",
+            "ltv",
+        }
+    )
+
+    def traits(self) -> str:
+        return "c.traits"
+
+    def attribute(self, key: str, tr: Translator) -> Val:
+        if key == "user_id":
+            return Val((Alt(STR, None, "c.external_id"),))
+        if key in ("email", "phone"):  # the column, else the trait
+            return tr.jsonb(f"(CASE WHEN c.{key} <> '' THEN to_jsonb(c.{key}) ELSE c.traits -> '{key}' END)")
+        if key in ("timezone", "locale"):
+            return Val((Alt(STR, None, f"c.{key}"),))
+        if key == "first_seen":
+            return Val((Alt(TS, None, "COALESCE(c.first_seen, c.created_at)"),))
+        if key in ("last_seen", "last_engaged_at"):
+            return _nullable(TS, f"c.{key}", f"c.{key}")
+        if key == "tenure_days":
+            return Val((Alt(INT, None, _days(tr, "COALESCE(c.first_seen, c.created_at)")),))
+        if key == "days_since_last_seen":
+            return _nullable(INT, "c.last_seen", _days(tr, "c.last_seen"))
+        if key == "ltv":  # profile.setdefault("ltv", traits.get("ltv", traits.get("lifetime_value", 0)))
+            return tr.jsonb(
+                "(CASE WHEN c.traits ? 'ltv' THEN c.traits -> 'ltv'"
+                " WHEN c.traits ? 'lifetime_value' THEN c.traits -> 'lifetime_value' ELSE '0'::jsonb END)"
+            )
+        name = tr.param(key, "text")
+        return tr.jsonb(f"(c.traits -> {name})", f"(c.traits ->> {name})")
+
+
+def _nullable(cat: str, column: str, expr: str) -> Val:
+    return Val((Alt(NULL, f"{column} IS NULL"), Alt(cat, f"{column} IS NOT NULL", expr)))
+
+
+def _days(tr: Translator, moment: str) -> str:
+    """timedelta.days of (now - moment): whole days, rounded down."""
+    return f"floor((extract(epoch FROM {tr.now_sql()}) - extract(epoch FROM {moment})) / 86400)"
+
+
+PROFILE = CustomerProfile()
+
+
+def segment_translation(*, rule: str, now: datetime | None = None, prefix: str = "") -> Translation | None:
+    """The rule as SQL on this database, or None when it is evaluated in Python.
+
+    Raises RuleSyntaxError for a rule that does not compile.
+    """
+    compile_rule(rule)
+    if not _sql_capable():
+        return None
+    try:
+        return translate(rule, now=utc(now or timezone.now()), profile=PROFILE, prefix=prefix)
+    except NotTranslatable:
+        return None
+
+
 def segment_plan(rule: str) -> Plan:
-    """"sql" when the database answers the rule by itself, "python" when pages are evaluated here.
+    """"sql" when the database selects the customers, "python" when pages are evaluated here.
 
     An empty rule (everyone) is plain SQL on every database.
     """
     if not rule.strip():
         return "sql"
-    compile_rule(rule)  # a broken rule is the caller's error on both paths
-    return "python"
+    return "sql" if segment_translation(rule=rule) is not None else "python"
 
 
 def segment_customer_ids(
@@ -63,15 +156,21 @@ def segment_customer_ids(
     An empty rule selects everyone. A list shorter than `limit` means the audience
     is exhausted. Raises RuleSyntaxError for a rule that does not compile.
     """
-    now = _utc(now)
+    now = utc(now)
     if limit <= 0:
         return []
-    base = Customer.objects.filter(merged_into__isnull=True)
     if not rule.strip():
         return list(
-            base.filter(pk__gt=after_id).order_by("pk").values_list("pk", flat=True)[:limit]
+            Customer.objects.filter(merged_into__isnull=True, pk__gt=after_id)
+            .order_by("pk")
+            .values_list("pk", flat=True)[:limit]
         )
-    compile_rule(rule)  # refuse a broken rule even when there is nobody to evaluate
+    translation = segment_translation(rule=rule, now=now)
+    if translation is not None:
+        try:
+            return _sql_page(translation, now=now, after_id=after_id, limit=limit)
+        except DatabaseError:  # a translation bug must not stop a campaign: say so, use Python
+            logger.exception("segment SQL failed; evaluating in Python: %s", rule)
     return _python_page(rule=rule, now=now, after_id=after_id, limit=limit)
 
 
@@ -79,28 +178,52 @@ def customers_matching(
     *, rule: str, now: datetime, customers: Iterable[Customer]
 ) -> list[Customer]:
     """The given (already loaded) customers the rule selects, evaluated in Python."""
+    compiled = compile_rule(rule)
+    return [c for c, ctx in customer_rule_contexts(customers=customers, now=now) if compiled.evaluate(ctx).value]
+
+
+def customer_rule_contexts(
+    *, customers: Iterable[Customer], now: datetime
+) -> Iterator[tuple[Customer, RuleContext]]:
+    """What a segment rule sees of each customer of a page: the profile, the clock, and
+    events_in_last() answered for the whole page at once."""
     from journeys.engine.runtime import profile_dict
 
-    compiled = compile_rule(rule)
     page = list(customers)
     counter = _PageEventCounter([c.pk for c in page])
-    selected = []
     for customer in page:
-        ctx = RuleContext(
-            profile=profile_dict(customer, now),
-            now=now,
-            events_in_last=counter.for_customer(customer.pk),
+        yield customer, RuleContext(
+            profile=profile_dict(customer, now), now=now, events_in_last=counter.for_customer(customer.pk)
         )
-        if compiled.evaluate(ctx).value:
-            selected.append(customer)
+
+
+def _sql_page(translation: Translation, *, now: datetime, after_id: int, limit: int) -> list[int]:
+    state = f"({translation.state})"
+    sql = (
+        f"SELECT c.id, {state} FROM {Customer._meta.db_table} AS c {' '.join(translation.joins)}"
+        f" WHERE c.merged_into_id IS NULL AND c.id > %(after)s AND {translation.prefilter or 'TRUE'}"
+        f" AND ({state} & 2) <> 0"
+        f" ORDER BY c.id LIMIT %(limit)s"
+    )
+    selected: list[int] = []
+    last = after_id
+    while len(selected) < limit:
+        want = limit - len(selected)
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(sql, {**translation.params, "after": last, "limit": want})
+            rows = cursor.fetchall()
+        if not rows:
+            break
+        unsure = [pk for pk, state in rows if state != 2]
+        confirmed: set[int] = set()
+        if unsure:
+            customers = Customer.objects.filter(pk__in=unsure).only(*PROFILE_FIELDS)
+            confirmed = {c.pk for c in customers_matching(rule=translation.text, now=now, customers=customers)}
+        selected += [pk for pk, state in rows if state == 2 or pk in confirmed]
+        last = rows[-1][0]
+        if len(rows) < want:
+            break
     return selected
-
-
-def _utc(now: datetime) -> datetime:
-    """Both paths read naive ISO text in ctx.now's zone: fix that zone to UTC (same instant)."""
-    if now.tzinfo is None or now.utcoffset() is None:
-        raise ValueError("segment_customer_ids: now must be timezone-aware")
-    return now.astimezone(UTC)
 
 
 def _python_page(*, rule: str, now: datetime, after_id: int, limit: int) -> list[int]:
@@ -117,6 +240,28 @@ def _python_page(*, rule: str, now: datetime, after_id: int, limit: int) -> list
             if len(selected) == limit:
                 break
     return selected
+
+
+def utc(now: datetime) -> datetime:
+    """Both paths read naive ISO text in ctx.now's zone: fix that zone to UTC (same instant)."""
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("segment_customer_ids: now must be timezone-aware")
+    return now.astimezone(UTC)
+
+
+_capable: dict[str, bool] = {}
+
+
+def _sql_capable() -> bool:
+    """PostgreSQL with UTF-8 text (the translation counts characters as Python does)."""
+    if connection.vendor != "postgresql":
+        return False
+    key = connection.settings_dict["NAME"]
+    if key not in _capable:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW server_encoding")
+            _capable[key] = cursor.fetchone()[0].upper() in ("UTF8", "UTF-8")
+    return _capable[key]
 
 
 class _PageEventCounter:

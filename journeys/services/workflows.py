@@ -24,6 +24,7 @@ from journeys.errors import PermissionDenied
 from journeys.models import BusinessUnit, ChangeRequest, ChangeRequestStatus, Edge, Step, Workflow, WorkflowVersion
 from journeys.rules import RuleSyntaxError, compile_rule
 from journeys.selectors import EDIT, PROPOSE, PUBLISH, REVIEW, business_units_for_user, user_can
+from journeys.services.definitions import version_definition
 from journeys.services.governance import (
     audit_record,
     history_stamp,
@@ -36,10 +37,6 @@ from journeys.services.governance import (
 )
 
 EXPORT_FORMAT = "journey-console/workflow@1"
-VERSION_FIELDS = (
-    "trigger_kind", "trigger_event", "trigger_config", "entry_rule", "reentry_policy", "reentry_cooldown_s",
-    "allow_concurrent_runs", "goal_event", "goal_filter", "entry_step", "notes",
-)
 
 
 @dataclass
@@ -257,23 +254,6 @@ def version_build(*, workflow: Workflow, definition: dict, actor=None) -> Workfl
         raise ValidationError({"entry_step": f"{version.entry_step!r} is not a step key"})
     audit_record(action="version_created", actor=actor, version=version, reason=version._change_reason)
     return version
-
-
-def version_definition(*, version: WorkflowVersion) -> dict:
-    """The portable form of a version (what export writes and version_build reads)."""
-    return {
-        **{f: getattr(version, f) for f in VERSION_FIELDS},
-        # Only when set: versions without business hours keep their definition (and fingerprint).
-        **({"business_hours": version.business_hours} if version.business_hours else {}),
-        "steps": [
-            {"key": s.key, "kind": s.kind, "name": s.name, "config": s.config, "x": s.x, "y": s.y}
-            for s in version.steps.order_by("id")
-        ],
-        "edges": [
-            {"from": e.source.key, "outcome": e.outcome, "to": e.target.key}
-            for e in version.edges.select_related("source", "target").order_by("id")
-        ],
-    }
 
 
 def workflow_export(*, version: WorkflowVersion) -> dict:

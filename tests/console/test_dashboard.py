@@ -10,7 +10,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from journeys.models import BusinessUnit, Event, Source, Workflow
-from journeys.selectors_console import dashboard_deliveries
+from journeys.console.selectors import dashboard_deliveries
 from tests.factories import CustomerFactory, UserFactory
 
 pytestmark = pytest.mark.django_db

@@ -9,7 +9,7 @@ from django.contrib.auth.models import Permission
 from django.urls import reverse
 
 from journeys.models import BusinessUnit, Step, Workflow
-from journeys.selectors_console import version_graph
+from journeys.console.selectors import version_graph
 from journeys.services.workflows import version_build, version_new_draft, version_publish, workflow_create
 from tests.factories import UserFactory
 

@@ -8,7 +8,7 @@ import re
 import pytest
 from django.urls import reverse
 
-from journeys.admin_base import REASON_MISSING
+from journeys.admin.base import REASON_MISSING
 from journeys.models import ApiToken, StreamDestination
 from tests.apiclient import Api
 from tests.factories import CustomerFactory

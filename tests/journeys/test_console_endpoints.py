@@ -1,4 +1,4 @@
-"""The console's JSON endpoints and graph page (journeys.views_console): the template preview shows a
+"""The console's JSON endpoints and graph page (journeys.console.views): the template preview shows a
 customer's data only to those who may view customers, and parameters that cannot be used are refused
 with a 400 naming them instead of a server error."""
 

@@ -28,6 +28,7 @@ from journeys.services.workflows import (
     workflow_import,
 )
 from tests.channels_app.factories import ChannelFactory, TemplateFactory
+from tests.journeys.test_governance_fixtures import live_workflow, people, units  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.django_db
 UTC = timezone.utc
@@ -40,7 +41,7 @@ def publish(definition: dict, name: str = "bulk"):
     return version_publish(version=version_build(workflow=workflow, definition=definition), reason="test")
 
 
-def people(n: int, *, zone: str = "UTC", **traits) -> list[Customer]:
+def make_customers(n: int, *, zone: str = "UTC", **traits) -> list[Customer]:
     start = Customer.objects.count()
     return Customer.objects.bulk_create(
         Customer(external_id=f"p{start + i}", email=f"p{start + i}@example.com", timezone=zone, traits=dict(traits))
@@ -66,7 +67,7 @@ def test_a_list_of_customers_enters_with_their_own_data_in_rules_and_messages():
         "steps": [{"key": "has_code", "kind": "condition", "config": {"rule": "journey.coupon != null"}},
                   {"key": "send", "kind": "send_message", "config": {"channel": "mail", "template": "offer"}}],
         "edges": [{"from": "has_code", "outcome": "yes", "to": "send"}]})
-    crowd = people(3)
+    crowd = make_customers(3)
     coupons = {crowd[0].pk: {"coupon": "AAA"}, crowd[1].pk: {"coupon": "BBB"}}
 
     result = runs_enroll_bulk(version=version, customer_ids=ids(crowd), trigger_key="api:1", now=at(2025, 1, 6, 12),
@@ -82,8 +83,8 @@ def test_a_list_of_customers_enters_with_their_own_data_in_rules_and_messages():
 def test_the_same_trigger_key_again_does_nothing_and_entry_rules_apply():
     version = publish({"trigger_kind": "event", "trigger_event": "Never Sent", "reentry_policy": "always",
                        "entry_rule": "profile.plan == 'pro'", "steps": GOAL})
-    pros, free = people(4, plan="pro"), people(2, plan="free")
-    merged = people(1, plan="pro")[0]
+    pros, free = make_customers(4, plan="pro"), make_customers(2, plan="free")
+    merged = make_customers(1, plan="pro")[0]
     Customer.objects.filter(pk=merged.pk).update(merged_into=pros[0])
 
     first = runs_enroll_bulk(version=version, customer_ids=ids(pros + free) + [merged.pk], trigger_key="api:7",
@@ -97,7 +98,7 @@ def test_the_same_trigger_key_again_does_nothing_and_entry_rules_apply():
 
 def test_re_entry_once_holds_across_trigger_keys():
     version = publish({"trigger_kind": "event", "trigger_event": "Never Sent", "reentry_policy": "once", "steps": GOAL})
-    crowd = people(5)
+    crowd = make_customers(5)
     runs_enroll_bulk(version=version, customer_ids=ids(crowd[:3]), trigger_key="api:a", now=at(2025, 1, 6))
 
     second = runs_enroll_bulk(version=version, customer_ids=ids(crowd), trigger_key="api:b", now=at(2025, 1, 7))
@@ -110,7 +111,7 @@ def test_re_entry_once_holds_across_trigger_keys():
 def test_cooldown_is_counted_from_the_last_entry():
     version = publish({"trigger_kind": "event", "trigger_event": "Never Sent", "reentry_policy": "cooldown",
                        "reentry_cooldown_s": 3600, "steps": GOAL})
-    crowd = people(2)
+    crowd = make_customers(2)
     start = djtz.now()
     runs_enroll_bulk(version=version, customer_ids=ids(crowd), trigger_key="api:1", now=start)
 
@@ -123,7 +124,7 @@ def test_cooldown_is_counted_from_the_last_entry():
 def test_one_open_run_per_customer_holds_in_bulk():
     version = publish({"trigger_kind": "event", "trigger_event": "Never Sent", "reentry_policy": "always",
                        "steps": [{"key": "wait", "kind": "delay", "config": {"duration": "1d"}}]})
-    crowd = people(3)
+    crowd = make_customers(3)
     runs_enroll_bulk(version=version, customer_ids=ids(crowd[:2]), trigger_key="api:1", now=at(2025, 1, 6))
 
     assert runs_enroll_bulk(version=version, customer_ids=ids(crowd), trigger_key="api:2", now=at(2025, 1, 6)).enrolled == 1
@@ -132,7 +133,7 @@ def test_one_open_run_per_customer_holds_in_bulk():
 def test_the_canary_share_routes_each_customer_to_one_side():
     version = publish({"trigger_kind": "event", "trigger_event": "Never Sent", "reentry_policy": "always", "steps": GOAL})
     canary = version_canary_start(version=version_new_draft(version=version), percent=30, reason="try")
-    crowd = people(400)
+    crowd = make_customers(400)
 
     result = runs_enroll_bulk(version=version, customer_ids=ids(crowd), trigger_key="api:1", now=at(2025, 1, 6))
 
@@ -148,13 +149,13 @@ def test_a_version_that_is_not_live_takes_no_bulk_entries():
     version = publish({"trigger_kind": "event", "trigger_event": "Never Sent", "steps": GOAL})
     draft = version_new_draft(version=version)
     with pytest.raises(VersionNotLive):
-        runs_enroll_bulk(version=draft, customer_ids=ids(people(1)), trigger_key="api:1", now=at(2025, 1, 6))
+        runs_enroll_bulk(version=draft, customer_ids=ids(make_customers(1)), trigger_key="api:1", now=at(2025, 1, 6))
 
 
 def test_one_task_per_page_of_runs_and_a_few_statements_per_page():
     """2,500 customers: three start tasks (1,000 runs each at most), never one per customer."""
     version = publish({"trigger_kind": "event", "trigger_event": "Never Sent", "reentry_policy": "once", "steps": GOAL})
-    crowd = people(2500)
+    crowd = make_customers(2500)
     Task.objects.all().delete()
 
     with CaptureQueriesContext(connection) as queries:
@@ -173,7 +174,7 @@ def test_entries_outside_business_hours_wait_for_the_customers_window():
     hours = {"days": [0, 1, 2, 3, 4], "start": "09:00", "end": "17:00"}
     version = publish({"trigger_kind": "event", "trigger_event": "Never Sent", "reentry_policy": "always",
                        "business_hours": hours, "steps": GOAL})
-    tokyo, ny = people(1, zone="Asia/Tokyo")[0], people(1, zone="America/New_York")[0]
+    tokyo, ny = make_customers(1, zone="Asia/Tokyo")[0], make_customers(1, zone="America/New_York")[0]
 
     # Saturday 2025-01-11 12:00 UTC: the weekend everywhere.
     result = runs_enroll_bulk(version=version, customer_ids=[tokyo.pk, ny.pk], trigger_key="api:1", now=at(2025, 1, 11, 12))
@@ -195,7 +196,7 @@ def test_a_cron_broadcast_inside_the_window_starts_at_once():
     version = publish({"trigger_kind": "schedule", "trigger_config": {"cron": "0 10 * * *", "segment": ""},
                        "reentry_policy": "always", "business_hours": {"days": [0, 1, 2, 3, 4], "start": "09:00",
                                                                       "end": "17:00"}, "steps": GOAL})
-    people(3)
+    make_customers(3)
     TriggerState.objects.create(version=version, last_tick_at=at(2025, 1, 6, 9, 59))
 
     assert schedules_run(now=at(2025, 1, 6, 10, 0)) == 3  # a Monday
@@ -234,7 +235,7 @@ def test_thousands_of_delays_ending_together_resume_in_pages():
                        "steps": [{"key": "wait", "kind": "delay", "config": {"duration": "1h"}},
                                  {"key": "done", "kind": "goal", "config": {}}],
                        "edges": [{"from": "wait", "outcome": "next", "to": "done"}]})
-    crowd = people(2100)
+    crowd = make_customers(2100)
     runs_enroll_bulk(version=version, customer_ids=ids(crowd), trigger_key="api:1", now=at(2025, 1, 6, 12))
     assert JourneyRun.objects.filter(status="waiting", current_step="wait").count() == 2100
     Task.objects.all().delete()
@@ -257,10 +258,34 @@ def test_a_page_whose_lease_moved_on_is_not_woken_twice():
                        "steps": [{"key": "wait", "kind": "delay", "config": {"duration": "1h"}},
                                  {"key": "done", "kind": "goal", "config": {}}],
                        "edges": [{"from": "wait", "outcome": "next", "to": "done"}]})
-    runs_enroll_bulk(version=version, customer_ids=ids(people(2)), trigger_key="api:1", now=at(2025, 1, 6, 12))
+    runs_enroll_bulk(version=version, customer_ids=ids(make_customers(2)), trigger_key="api:1", now=at(2025, 1, 6, 12))
     run_ids = list(JourneyRun.objects.values_list("pk", flat=True))
     runs_wake_due(now=at(2025, 1, 6, 13))  # claimed and woken with lease 13:00 + WAKE_LEASE
 
     # The same page handed out again (a duplicated task): nothing happens.
     assert runs_wake(run_ids=run_ids, lease=at(2025, 1, 6, 13) + WAKE_LEASE, now=at(2025, 1, 6, 13)) == 0
     assert StepExecution.objects.filter(step_key="done").count() == 2
+
+
+def test_business_hours_are_typed_as_text_in_the_version_admin_with_errors_at_the_field(client, people, live_workflow):
+    from django.urls import reverse
+
+    from tests.journeys.test_governance_fixtures import admin_form_data, draft_of, login
+
+    draft = draft_of(live_workflow)
+    login(client, people["ops"])
+    url = reverse("admin:journeys_workflowversion_change", args=[draft.pk])
+    page = client.get(url)
+    assert page.status_code == 200 and 'name="business_hours"' in page.content.decode()
+
+    refused = client.post(url, admin_form_data(page, business_hours="Mon-Fry 09:00-17:00", change_reason="hours"))
+    assert refused.status_code == 200
+    assert "unknown day range 'mon-fry'" in " ".join(refused.context["adminform"].form.errors["business_hours"])
+    refused = client.post(url, admin_form_data(page, business_hours="Mon-Fri 17:00-09:00", change_reason="hours"))
+    assert "must be later than start" in " ".join(refused.context["adminform"].form.errors["business_hours"])
+
+    saved = client.post(url, admin_form_data(page, business_hours="Sat-Mon 8:00-20:30", change_reason="hours"))
+    assert saved.status_code == 302
+    draft.refresh_from_db()
+    assert draft.business_hours == {"days": [0, 5, 6], "start": "08:00", "end": "20:30"}
+    assert 'value="Mon,Sat-Sun 08:00-20:30"' in client.get(url).content.decode()

@@ -153,7 +153,7 @@ def assert_change_needs_a_reason(client, user, obj, changes: dict, reason: str =
     and the history page shows who, when and why. Returns the saved object."""
     from django.urls import reverse
 
-    from journeys.admin_base import REASON_MISSING
+    from journeys.admin.base import REASON_MISSING
 
     opts = obj._meta
     url = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])

@@ -60,7 +60,8 @@ def test_a_tick_that_finds_the_lease_held_does_nothing():
     other = Lease(TICK_LEASE, ttl=timedelta(minutes=5))
     assert other.acquire()
 
-    assert engine_tick(now=at(2025, 1, 6, 9, 1)) == {"skipped": "another tick holds the lease"}
+    result = engine_tick(now=at(2025, 1, 6, 9, 1))
+    assert result["skipped"] == "another tick holds the lease" and result["schedule"] == 0
     assert not JourneyRun.objects.exists()
 
     other.release()

@@ -8,7 +8,7 @@ from django.contrib.auth.models import Permission
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 
-from journeys.admin_base import REASON_MISSING
+from journeys.admin.base import REASON_MISSING
 from journeys.errors import PermissionDenied
 from journeys.models import Source
 from journeys.services.sources import source_authenticate, source_create, source_rotate_key, source_set_enabled

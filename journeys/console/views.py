@@ -1,6 +1,6 @@
 """Operations console pages: the ops home dashboard (with its JSON feed) and the workflow graph.
 
-Views stay thin: `journeys.selectors_console` reads, these functions draw small SVG charts on
+Views stay thin: `journeys.console.selectors` reads, these functions draw small SVG charts on
 the server (no chart library, nothing fetched from the internet) and render templates.
 """
 
@@ -23,7 +23,7 @@ from django.views.decorators.cache import never_cache
 
 from journeys.models import Step
 from journeys.selectors import user_can_view_dashboard
-from journeys.selectors_console import (
+from journeys.console.selectors import (
     VersionGraph,
     dashboard_summary,
     version_for_user,
@@ -306,7 +306,7 @@ def rule_check(request: HttpRequest) -> JsonResponse:
     """Staff-only: parse a rule with the real rule parser while it is typed (GET or POST `rule`,
     optional `version` and `event` for attribute warnings); 400 naming a parameter that cannot be used."""
     from journeys.selectors import VIEW, user_can
-    from journeys.selectors_console import rule_diagnose
+    from journeys.console.selectors import rule_diagnose
 
     data = request.POST if request.method == "POST" else request.GET
     if bad := _bad_parameter(data, ids=("version",), texts=("rule", "event")):
@@ -323,7 +323,7 @@ def rule_check(request: HttpRequest) -> JsonResponse:
 def template_preview_view(request: HttpRequest) -> JsonResponse:
     """Staff-only: a send_message step's template rendered for a customer (or a sample); 403 for
     a customer the user may not view, 400 naming a parameter that cannot be used."""
-    from journeys.selectors_console import template_preview
+    from journeys.console.selectors import template_preview
 
     data = request.POST if request.method == "POST" else request.GET
     if bad := _bad_parameter(data, texts=("template", "locale", "customer", "event")):
@@ -337,7 +337,7 @@ def template_preview_view(request: HttpRequest) -> JsonResponse:
 
 
 def _job(request: HttpRequest, pk: int):
-    from journeys.selectors_console import jobs_for_user
+    from journeys.console.selectors import jobs_for_user
 
     job = jobs_for_user(request.user).filter(pk=pk).first()
     if job is None:

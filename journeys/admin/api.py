@@ -9,7 +9,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
 
-from journeys.admin_base import HistoryReasonMixin, ReadOnlyAdmin, ReasonActionForm, ReasonForm, action_reason
+from journeys.admin.base import HistoryReasonMixin, ReadOnlyAdmin, ReasonActionForm, ReasonForm, action_reason
 from journeys.choices import ApiScope
 from journeys.models import ApiRequest, ApiToken
 from journeys.services.api_tokens import scopes_clean, token_create, token_revoke

@@ -1,0 +1,262 @@
+"""A cron broadcast at scale, and what the minute tick costs when nothing is due.
+
+    .venv/bin/python bench/broadcast.py [--customers 100000] [--q-workers 2] [--idle-ticks 5]
+    .venv/bin/python bench/broadcast.py --customers 1000000
+
+A private PostgreSQL (bench/common.py), production settings, the ORM broker. Customers are
+loaded with INSERT ... SELECT FROM generate_series (not through the API): 10% have
+plan = 'pro', each has a signup_date whose anniversary is 30 to 330 days away, in one of four
+timezones. Two workflows are live from the start: an anniversary (date trigger on
+signup_date, 09:00 local) and a monthly cron over the pro segment; neither has anything due.
+
+1. Idle tick, base size (N/10 customers) then full size (N): after the first ticks have
+   computed every customer's next anniversary (reported as `prepare_s`), `engine_tick` is
+   called directly `--idle-ticks` times after one warm-up call (at a minute other than :00,
+   so the hourly refreshes are not in it); the slowest call is the figure. Ratio = slowest at N / slowest at
+   N/10: the tick's cost must follow what is due, not the number of customers.
+2. Broadcast: a cron workflow (`* * * * *`) over `profile.plan == 'pro'` (re-entry once) with
+   one send_message through the console provider goes live; a real qcluster (Q_WORKERS
+   workers) is running; ticks are called until the moment's audience is enrolled. Enrolled
+   and sent per second = audience / (tick start -> last delivery sent). `enrolled_per_s` is
+   the tick's enrolment alone (runs inserted, start tasks queued); sending is
+   channels_app's dispatch, measured as it is.
+
+Targets: >= 5,000 enrolled and sent per second; idle tick < 1 s at 1,000,000 customers;
+cost at N no more than 2x the cost at N/10.
+
+Last stdout line: {"bench": "broadcast", "enrolled_and_sent_per_s": ..., "idle_tick_ms": ..., "tick_ratio": ..., ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    PYTHON,
+    ROOT,
+    exit_on_sigterm,
+    loadavg,
+    log,
+    manage,
+    postgres,
+    postmaster_pid,
+    qcluster,
+    report,
+    server_env,
+    tree_cpu,
+)
+
+SEED = """
+from channels_app.models import Channel, MessageTemplate
+from journeys.models import BusinessUnit
+from journeys.services.workflows import version_build, version_publish, workflow_create
+Channel.objects.create(name="news", kind="email", provider="console")
+MessageTemplate.objects.create(name="news", subject="News for {{ profile.first_name }}", body="Hello {{ profile.first_name }}")
+unit = BusinessUnit.objects.create(name="Bench", slug="bench")
+def live(name, definition):
+    version_publish(version=version_build(workflow=workflow_create(name=name, business_unit=unit), definition=definition),
+                    reason="bench")
+live("anniversary", {"trigger_kind": "date_attribute", "reentry_policy": "always",
+                     "trigger_config": {"attribute": "signup_date", "at": "09:00"},
+                     "steps": [{"key": "done", "kind": "goal", "config": {}}]})
+live("monthly", {"trigger_kind": "schedule", "reentry_policy": "always",
+                 "trigger_config": {"cron": "0 3 1 * *", "segment": "profile.plan == 'pro'"},
+                 "steps": [{"key": "done", "kind": "goal", "config": {}}]})
+"""
+
+BROADCAST = """
+from journeys.models import BusinessUnit
+from journeys.services.workflows import version_build, version_publish, workflow_create
+flow = {"trigger_kind": "schedule", "reentry_policy": "once",
+        "trigger_config": {"cron": "* * * * *", "segment": "profile.plan == 'pro'"},
+        "steps": [{"key": "send", "kind": "send_message", "config": {"channel": "news", "template": "news"}},
+                  {"key": "done", "kind": "goal", "config": {}}],
+        "edges": [{"from": "send", "outcome": "next", "to": "done"}]}
+version_publish(version=version_build(workflow=workflow_create(name="broadcast", business_unit=BusinessUnit.objects.get()),
+                                      definition=flow), reason="bench")
+"""
+
+# Ticks until there is nothing left to prepare (date moments) or to broadcast; prints one JSON line.
+TICKS = """
+import json, time
+from datetime import timedelta
+from django.utils import timezone
+from journeys.engine.scheduler import engine_tick
+from journeys.models import DateTriggerStale, TriggerState
+mode, count = {mode!r}, {count}
+out = []
+if mode == "idle":
+    engine_tick(now=timezone.now() + timedelta(minutes=1))  # warm-up: compiled versions, connection
+def now():
+    moment = timezone.now()
+    return moment + timedelta(minutes=1) if moment.minute == 0 else moment  # not the hourly stage refresh
+while True:
+    began, cpu = time.perf_counter(), time.process_time()
+    result = engine_tick(now=now())
+    out.append({{"ms": (time.perf_counter() - began) * 1000, "cpu_ms": (time.process_time() - cpu) * 1000,
+                 "result": result, "t": time.time()}})
+    if mode == "idle" and len(out) >= count:
+        break
+    if mode == "prepare" and not DateTriggerStale.objects.exists() and len(out) >= 2:
+        break
+    if mode == "broadcast" and not TriggerState.objects.filter(broadcast_at__isnull=False).exists() and len(out) >= 1:
+        break
+print(json.dumps(out, default=str))
+"""
+
+
+def shell(code: str, env: dict) -> str:
+    done = subprocess.run([str(PYTHON), "manage.py", "shell", "-c", code], env=env, cwd=ROOT, check=True,
+                          stdout=subprocess.PIPE, text=True)
+    return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+
+
+def ticks(env: dict, mode: str, count: int = 1) -> list[dict]:
+    return json.loads(shell(TICKS.format(mode=mode, count=count), env))
+
+
+def load_customers(url: str, first: int, last: int) -> float:
+    """Customers first..last: 10% pro, anniversaries 30-330 days from today, four timezones."""
+    began = time.monotonic()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("""
+            INSERT INTO journeys_customer (external_id, email, phone, timezone, locale, traits, first_seen, last_seen,
+                                           last_engaged_at, stage, merged_into_id, created_at, updated_at)
+            SELECT 'c' || g, 'c' || g || '@example.com', '',
+                   (ARRAY['UTC', 'Europe/Berlin', 'America/New_York', 'Asia/Tokyo'])[1 + g %% 4], '',
+                   jsonb_build_object(
+                       'plan', CASE WHEN g %% 10 = 0 THEN 'pro' ELSE 'free' END,
+                       'first_name', 'C' || g,
+                       'signup_date', to_char(make_date(2015 + (g %% 8)::int,
+                                                        extract(month FROM d)::int,
+                                                        least(extract(day FROM d)::int, 28)), 'YYYY-MM-DD')),
+                   now(), now(), NULL, '', NULL, now(), now()
+            FROM generate_series(%s::bigint, %s::bigint) AS g,
+                 LATERAL (SELECT current_date + (30 + (g %% 300))::int AS d) AS days
+        """, [first, last])
+        conn.execute("ANALYZE journeys_customer")
+    return time.monotonic() - began
+
+
+def idle(env: dict, count: int) -> dict:
+    runs = ticks(env, "idle", count)
+    assert all(not r["result"].get("date") and not r["result"].get("schedule") for r in runs), runs
+    times = sorted(r["ms"] for r in runs)
+    return {"slowest_ms": round(times[-1], 1), "median_ms": round(times[len(times) // 2], 1),
+            "cpu_ms": round(max(r["cpu_ms"] for r in runs), 1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--q-workers", type=int, default=2)
+    parser.add_argument("--idle-ticks", type=int, default=5)
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds to wait for the broadcast")
+    args = parser.parse_args()
+    exit_on_sigterm()
+    n, base = args.customers, max(1, args.customers // 10)
+    load0 = loadavg()
+    problems: list[str] = []
+
+    with postgres() as url:
+        env = server_env(url)
+        log("migrating")
+        manage("migrate", "--noinput", "-v", "0", env=env)
+        log(f"loading {base:,} customers")
+        load_s = load_customers(url, 1, base)
+        shell(SEED, env)  # published after the first customers exist: the first tick prepares them
+        began = time.monotonic()
+        ticks(env, "prepare")
+        prepare_base_s = time.monotonic() - began
+        idle_base = idle(env, args.idle_ticks)
+        log(f"{base:,} customers (loaded in {load_s:.1f} s, prepared in {prepare_base_s:.1f} s): idle tick {idle_base}")
+
+        log(f"loading {n - base:,} more customers (the anniversary workflow is live: the database trigger queues them)")
+        load_s += load_customers(url, base + 1, n)
+        began = time.monotonic()
+        ticks(env, "prepare")
+        prepare_s = time.monotonic() - began
+        idle_full = idle(env, args.idle_ticks)
+        log(f"{n:,} customers (prepared the new ones in {prepare_s:.1f} s): idle tick {idle_full}")
+        with psycopg.connect(url) as conn:
+            due_rows = conn.execute("SELECT count(*) FROM journeys_datetriggerdue").fetchone()[0]
+        if due_rows != n:
+            problems.append(f"{due_rows} anniversary moments for {n} customers")
+
+        shell(BROADCAST, env)
+        with qcluster(env, q_workers=args.q_workers, name="broadcast") as cluster, \
+                psycopg.connect(url, autocommit=True) as conn:
+            time.sleep(3)  # the cluster is up before the tick
+            audience = conn.execute("SELECT count(*) FROM journeys_customer WHERE traits ->> 'plan' = 'pro'").fetchone()[0]
+            log(f"broadcast to {audience:,} customers, {args.q_workers} workers")
+            postmaster = postmaster_pid(conn)
+            cpu0 = tree_cpu(cluster.pid) + tree_cpu(postmaster)
+            start = time.time()
+            tick_runs = ticks(env, "broadcast")
+            enrolled_s = sum(r["ms"] for r in tick_runs) / 1000
+            enrolled = sum(r["result"].get("schedule", 0) for r in tick_runs)
+            deadline = time.monotonic() + args.timeout
+            started_at = None
+            while True:
+                sent = conn.execute("SELECT count(*) FROM channels_app_delivery WHERE status = 'sent'").fetchone()[0]
+                if started_at is None and not conn.execute(
+                        "SELECT EXISTS (SELECT 1 FROM journeys_journeyrun WHERE status IN ('waiting', 'active'))").fetchone()[0]:
+                    started_at = conn.execute("SELECT extract(epoch FROM max(created_at)) FROM channels_app_delivery"
+                                              ).fetchone()[0]
+                if sent >= audience or time.monotonic() > deadline or cluster.poll() is not None:
+                    break
+                time.sleep(0.5)
+            cpu = tree_cpu(cluster.pid) + tree_cpu(postmaster) - cpu0
+            last = conn.execute("SELECT extract(epoch FROM max(sent_at)) FROM channels_app_delivery").fetchone()[0]
+            runs = conn.execute("SELECT count(*), count(DISTINCT customer_id) FROM journeys_journeyrun"
+                                " WHERE workflow_id = (SELECT id FROM journeys_workflow WHERE name = 'broadcast')").fetchone()
+            deliveries = conn.execute("SELECT count(*), count(DISTINCT customer_id) FROM channels_app_delivery").fetchone()
+            tasks = conn.execute("SELECT count(*) FROM django_q_task WHERE func = 'journeys.tasks.runs_wake'").fetchone()[0]
+    sent_s = float(last or time.time()) - start
+    started_s = float(started_at or time.time()) - start
+    if enrolled != audience or runs != (audience, audience):
+        problems.append(f"audience {audience}, enrolled {enrolled}, runs {runs}")
+    if sent < audience or deliveries != (audience, audience):
+        problems.append(f"audience {audience}, sent {sent}, deliveries {deliveries}")
+    ratio = idle_full["slowest_ms"] / max(idle_base["slowest_ms"], 0.001)
+    for problem in problems:
+        log(f"FAIL {problem}")
+    log(f"enrolled {enrolled:,} in {enrolled_s:.1f} s by {len(tick_runs)} tick(s); all runs done (messages recorded) "
+        f"after {started_s:.1f} s, all sent after {sent_s:.1f} s "
+        f"({tasks} start tasks); load {load0} -> {loadavg()}")
+    report(
+        "broadcast",
+        enrolled_and_sent_per_s=round(audience / sent_s) if sent_s > 0 else None,
+        idle_tick_ms=idle_full["slowest_ms"],
+        tick_ratio=round(ratio, 2),
+        customers=n,
+        audience=audience,
+        enrolled_per_s=round(enrolled / enrolled_s) if enrolled_s > 0 else None,
+        enrolled_and_started_per_s=round(audience / started_s) if started_s > 0 else None,
+        cpu_us_per_message=round(cpu * 1e6 / audience) if audience else None,
+        tick_cpu_ms=round(sum(r["cpu_ms"] for r in tick_runs)),
+        idle_tick_ms_base=idle_base["slowest_ms"],
+        idle_tick_median_ms=idle_full["median_ms"],
+        base_customers=base,
+        prepare_s=round(prepare_s, 1),
+        prepare_base_s=round(prepare_base_s, 1),
+        load_s=round(load_s, 1),
+        start_tasks=tasks,
+        q_workers=args.q_workers,
+        loadavg=load0,
+        ok=not problems and idle_full["slowest_ms"] < 1000 and ratio <= 2,
+    )
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

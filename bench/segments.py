@@ -1,0 +1,178 @@
+"""Benchmark: segment selection in SQL against the Python evaluator, and the stage refresh.
+
+N customers (default 100,000; `--customers 1000000` works) are loaded into a private
+PostgreSQL with one INSERT ... SELECT FROM generate_series. For a handful of typical
+segment rules, the whole audience is walked with segment_customer_ids (SQL, pages of
+5,000) and, in the same run, with the Python fallback (pages of customers evaluated by
+the compiled rule; at more than 200,000 customers on the first 200,000 only, reported
+per customer). Then lifecycle stages with rules: the first refresh moves everyone; a
+second one at the same moment has nothing to do (the hourly case), timed against the
+previous per-customer Python refresh in the same run (`--no-baseline` skips it).
+
+    .venv/bin/python bench/segments.py [--customers 100000] [--no-baseline]
+
+Last stdout line: {"bench": "segments", "sql_vs_python": ..., "stages_idle_s": ..., ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import exit_on_sigterm, log, manage, postgres, report, server_env  # noqa: E402
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+RULES = {
+    "plan": "profile.plan == 'pro'",
+    "value_country": "profile.ltv >= 1500 and profile.country in ['DE', 'FR']",
+    "signup_year": "days_since(profile.signup_at) > 1095",
+    "vip_recent": "'vip' in profile.tags and profile.days_since_last_seen <= 30",
+    "city_email": "profile.address.city == 'Berlin' and ends_with(lower(profile.email), '7@example.com')",
+}
+
+STAGES = [
+    ("vip", 1, "profile.ltv >= 1900"),
+    ("active", 2, "profile.days_since_last_seen <= 30"),
+    ("at_risk", 3, "profile.days_since_last_seen > 30 and profile.days_since_last_seen <= 60"),
+    ("lapsed", 4, "profile.days_since_last_seen > 60"),
+]
+
+LOAD = """
+INSERT INTO journeys_customer (external_id, email, phone, timezone, locale, traits, first_seen, last_seen,
+                               last_engaged_at, stage, merged_into_id, created_at, updated_at)
+SELECT 'u-' || g, 'U' || g || '@Example.com', '', 'UTC', '',
+       jsonb_build_object(
+           'plan', CASE WHEN g %% 10 = 0 THEN 'pro' ELSE 'free' END,
+           'ltv', (g::bigint * 7919) %% 2000,
+           'country', (ARRAY['DE', 'FR', 'US', 'GB', 'ES'])[1 + g %% 5],
+           'signup_at', to_char(timestamp '2021-01-01' + (g %% 1800) * interval '1 day',
+                                'YYYY-MM-DD"T"HH24:MI:SS"+00:00"'),
+           'tags', CASE WHEN g %% 7 = 0 THEN '["vip", "beta"]'::jsonb ELSE '[]'::jsonb END,
+           'address', jsonb_build_object('city', (ARRAY['Berlin', 'Paris', 'Rome'])[1 + g %% 3])),
+       %(now)s - (g %% 400) * interval '1 day', %(now)s - (g %% 90) * interval '1 day', NULL, '', NULL,
+       %(now)s, %(now)s
+FROM generate_series(1, %(n)s) AS g
+"""
+
+
+def old_stages_refresh(now: datetime) -> int:
+    """The refresh as it was: every customer read and evaluated in Python (baseline)."""
+    from django.db import transaction
+
+    from journeys.engine.scheduler import _in_chunks
+    from journeys.models import Customer
+    from journeys.services.lifecycle import customer_evaluate_stage
+
+    moved = 0
+    for customer in _in_chunks(Customer.objects.filter(merged_into__isnull=True)):
+        before = customer.stage
+        with transaction.atomic():
+            if customer_evaluate_stage(customer=customer, now=now) not in (None, before):
+                moved += 1
+    return moved
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--customers", type=int, default=100_000)
+    p.add_argument("--python-sample", type=int, default=200_000, help="customers the Python path walks at most")
+    p.add_argument("--no-baseline", action="store_true", help="skip the old per-customer stage refresh")
+    args = p.parse_args()
+    exit_on_sigterm()
+    with postgres() as url:
+        env = server_env(url)
+        log("migrating")
+        manage("migrate", "--noinput", "-v", "0", env=env)
+        os.environ.update({k: env[k] for k in ("DATABASE_URL", "SECRET_KEY", "DEBUG", "DJANGO_SETTINGS_MODULE", "Q_SYNC")})
+        import django
+
+        django.setup()
+        from django.db import connection
+
+        from journeys.models import Customer, LifecycleStage, StageTransition
+        from journeys.services import segments
+        from journeys.services.lifecycle import customer_stages_refresh
+
+        log(f"loading {args.customers:,} customers")
+        started = time.perf_counter()
+        with connection.cursor() as cursor:
+            cursor.execute(LOAD, {"n": args.customers, "now": NOW})
+            cursor.execute("ANALYZE journeys_customer")
+        log(f"loaded in {time.perf_counter() - started:.1f} s")
+
+        results: dict[str, dict] = {}
+        sample = min(args.customers, args.python_sample)
+        first_id = Customer.objects.order_by("pk").values_list("pk", flat=True).first()
+        sample_last = first_id + sample - 1
+        base = Customer.objects.filter(merged_into__isnull=True).only(*segments.PROFILE_FIELDS)
+        for name, rule in RULES.items():
+            assert segments.segment_plan(rule) == "sql", rule
+            started = time.perf_counter()
+            selected, in_sample, after = 0, 0, 0
+            while ids := segments.segment_customer_ids(rule=rule, now=NOW, after_id=after, limit=5000):
+                selected += len(ids)
+                in_sample += sum(1 for i in ids if i <= sample_last)
+                after = ids[-1]
+            sql_s = time.perf_counter() - started
+            started = time.perf_counter()
+            python_selected, last = 0, 0
+            while page := list(base.filter(pk__gt=last, pk__lte=sample_last).order_by("pk")[:1000]):
+                python_selected += len(segments.customers_matching(rule=rule, now=NOW, customers=page))
+                last = page[-1].pk
+            python_s = time.perf_counter() - started
+            assert python_selected == in_sample, (rule, python_selected, in_sample)
+            sql_rate, python_rate = args.customers / sql_s, sample / python_s
+            results[name] = {
+                "selected": selected, "sql_s": round(sql_s, 3), "python_s": round(python_s, 2),
+                "python_customers": sample, "ratio": round(sql_rate / python_rate, 1),
+            }
+            log(f"{name}: {results[name]}")
+
+        for key, order, rule in STAGES:
+            LifecycleStage.objects.create(key=key, name=key, order=order, rule=rule)
+        started = time.perf_counter()
+        moved = customer_stages_refresh(now=NOW)
+        first_s = time.perf_counter() - started
+        log(f"first stage refresh: {moved:,} moved in {first_s:.1f} s")
+        assert StageTransition.objects.count() == moved
+        idle = []
+        for _ in range(3):
+            started = time.perf_counter()
+            assert customer_stages_refresh(now=NOW) == 0
+            idle.append(time.perf_counter() - started)
+        idle_s = min(idle)
+        log(f"idle stage refresh: {[round(x, 3) for x in idle]} s")
+        baseline_s = None
+        if not args.no_baseline:
+            started = time.perf_counter()
+            assert old_stages_refresh(NOW) == 0
+            baseline_s = time.perf_counter() - started
+            log(f"old per-customer refresh (nothing to do): {baseline_s:.1f} s")
+        assert Customer.objects.filter(stage="").count() == 0
+
+    ratios = [r["ratio"] for r in results.values()]
+    report(
+        "segments",
+        sql_vs_python=round(min(ratios), 1),
+        stages_idle_s=round(idle_s, 3),
+        stages_idle_vs_old=round(baseline_s / idle_s, 1) if baseline_s else None,
+        customers=args.customers,
+        stages_first_moved=moved,
+        stages_first_s=round(first_s, 1),
+        stages_old_idle_s=round(baseline_s, 2) if baseline_s else None,
+        rules=results,
+        ok=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

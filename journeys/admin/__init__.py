@@ -1,0 +1,23 @@
+"""The journeys admin, split by concept (thin: forms validate, actions call services).
+
+What a user sees and may change comes from `journeys.selectors` (roles and guardian object
+permissions); every change goes through a service that checks the same rules again.
+`base` holds the building blocks every app's admin shares (the change reason, read-only
+admins); `common` what the workflow-side admins share.
+"""
+
+from journeys.admin import (  # noqa: F401  (register)
+    api,
+    audits,
+    customers,
+    events,
+    jobs,
+    reviews,
+    runs,
+    steps,
+    units,
+    versions,
+    workflows,
+)
+
+from journeys import admin_quarantine  # noqa: E402,F401  (register)

@@ -1,0 +1,86 @@
+"""Customers (Customer 360 on their page), merges and lifecycle stages."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin
+from django.contrib.admin.utils import unquote
+from django.db.models import Q
+from simple_history.admin import SimpleHistoryAdmin
+
+from journeys.admin.base import HistoryReasonMixin
+from journeys.console.selectors import customer_360
+from journeys.models import (
+    Customer,
+    CustomerMerge,
+    Identity,
+    LifecycleStage,
+)
+
+
+@admin.register(Customer)
+class CustomerAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "email", "phone", "stage", "timezone", "first_seen", "last_seen")
+    list_filter = ("stage", "timezone")
+    search_fields = ("external_id", "email", "phone")
+    readonly_fields = ("stage", "first_seen", "last_seen", "last_engaged_at", "merged_into", "created_at", "updated_at")
+    # Customer 360: identities, merges, consents, events, messages, runs and cases above the form.
+    change_form_template = "admin/journeys/customer/change_form.html"
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        customer = self.get_object(request, unquote(object_id))
+        extra = dict(extra_context or {})
+        if customer is not None and self.has_view_permission(request, customer):
+            extra["c360"] = customer_360(customer=customer, user=request.user)
+        return super().change_view(request, object_id, form_url, extra)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).filter(merged_into__isnull=True)
+
+    def get_search_results(self, request, queryset, search_term):
+        """Search by any identity value (anonymous id, user id, email, phone) too."""
+        queryset, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        term = search_term.strip()
+        if term:
+            ids = Identity.objects.filter(Q(value=term) | Q(value=term.lower())).values("customer_id")
+            queryset = queryset | self.model.objects.filter(pk__in=ids, merged_into__isnull=True)
+        return queryset, may_have_duplicates
+
+
+@admin.register(CustomerMerge)
+class CustomerMergeAdmin(admin.ModelAdmin):
+    list_display = ("merged_at", "merged", "target", "reason", "actor")
+    readonly_fields = ("merged_at", "merged", "target", "reason", "actor", "details")
+    list_select_related = ("merged", "target")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+class LifecycleStageForm(forms.ModelForm):
+    class Meta:
+        model = LifecycleStage
+        fields = ("key", "name", "order", "rule", "description")
+
+    def clean_rule(self):
+        from journeys.rules import validate_rule
+
+        rule = self.cleaned_data.get("rule", "")
+        if rule and (errors := validate_rule(rule)):
+            raise forms.ValidationError(errors)
+        return rule
+
+
+@admin.register(LifecycleStage)
+class LifecycleStageAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
+    form = LifecycleStageForm
+    list_display = ("order", "key", "name", "rule", "customers")
+    list_display_links = ("key",)
+    ordering = ("order",)
+
+    @admin.display(description="customers now")
+    def customers(self, obj):
+        return Customer.objects.filter(stage=obj.key, merged_into__isnull=True).count()

@@ -1,0 +1,126 @@
+"""Change requests: the review page (diff, validation, replay, thread) and its decisions."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError
+from django.http import HttpResponseRedirect
+from django.shortcuts import render
+
+from journeys.admin.common import (
+    ScopedAdminMixin,
+    error_text,
+    object_or_404,
+)
+from journeys.choices import VersionState
+from journeys.errors import PermissionDenied
+from journeys.models import (
+    ChangeRequest,
+)
+from journeys.selectors import (
+    PROPOSE,
+    PUBLISH,
+    REVIEW,
+    change_requests_for_user,
+    user_can,
+    user_has_any_scope,
+)
+from journeys.services import governance as gov
+from journeys.services.workflows import (
+    change_request_comment,
+    change_request_refresh,
+    version_approve,
+    version_canary_start,
+    version_publish,
+    version_reject,
+)
+
+
+class DecisionForm(forms.Form):
+    comment = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2, "cols": 80}))
+    fingerprint = forms.CharField(required=False, widget=forms.HiddenInput)
+    percent = forms.IntegerField(required=False, min_value=1, max_value=99)
+
+
+@admin.register(ChangeRequest)
+class ChangeRequestAdmin(ScopedAdminMixin, admin.ModelAdmin):
+    list_display = ("__str__", "workflow", "status", "proposed_by", "created_at", "decided_by", "decided_at")
+    list_filter = ("status", "workflow__business_unit")
+    list_select_related = ("workflow", "version", "proposed_by", "decided_by")
+
+    def get_queryset(self, request):
+        return change_requests_for_user(request.user) & super().get_queryset(request)
+
+    def has_view_permission(self, request, obj=None):
+        if obj is None:
+            return user_has_any_scope(request.user)
+        return change_requests_for_user(request.user).filter(pk=obj.pk).exists()
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        """The review page: summary, diff, validation, dry-run replay, the thread, and the decisions."""
+        change_request = object_or_404(
+            ChangeRequest.objects.select_related("workflow", "version", "base_version", "proposed_by"), object_id)
+        if not self.has_view_permission(request, change_request):
+            raise DjangoPermissionDenied
+        user, workflow, version = request.user, change_request.workflow, change_request.version
+        form = DecisionForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            comment = form.cleaned_data["comment"]
+            decision = request.POST.get("decision", "")
+            handlers = {
+                "comment": lambda: change_request_comment(change_request=change_request, actor=user, comment=comment),
+                "approve": lambda: version_approve(version=version, actor=user, comment=comment,
+                                                   expected_fingerprint=form.cleaned_data["fingerprint"] or None),
+                "reject": lambda: version_reject(version=version, actor=user, comment=comment),
+                "publish": lambda: version_publish(version=version, actor=user, reason=comment),
+                "canary": lambda: version_canary_start(version=version, percent=form.cleaned_data["percent"] or 0,
+                                                       actor=user, reason=comment),
+                "refresh": lambda: change_request_refresh(change_request=change_request, actor=user),
+            }
+            if decision not in handlers:
+                messages.error(request, "unknown decision")
+            else:
+                try:
+                    handlers[decision]()
+                except (ValidationError, PermissionDenied) as exc:
+                    messages.error(request, f"{decision}: {error_text(exc)}")
+                else:
+                    messages.success(request, f"{decision}: done")
+                    return HttpResponseRedirect(request.path)
+        change_request.refresh_from_db()
+        version.refresh_from_db()
+        workflow.refresh_from_db()
+        live = workflow.live_version
+        base = change_request.base_version if version.state == VersionState.LIVE else (live if live != version else change_request.base_version)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": f"Review: {workflow} v{version.number}",
+            "cr": change_request,
+            "version": version,
+            "workflow": workflow,
+            "diff": gov.version_diff(old=base, new=version),
+            "fingerprint": gov.version_fingerprint(version=version),
+            "entries": change_request.entries.select_related("actor").order_by("at", "id"),
+            "form": DecisionForm(initial={"fingerprint": gov.version_fingerprint(version=version)}),
+            "can_review": user_can(user, REVIEW, workflow) and version.state == VersionState.IN_REVIEW,
+            "can_reject": user_can(user, REVIEW, workflow) and version.state in (VersionState.IN_REVIEW, VersionState.APPROVED) and not version.is_frozen,
+            "can_publish": user_can(user, PUBLISH, workflow) and version.state == VersionState.APPROVED,
+            "can_canary": user_can(user, PUBLISH, workflow) and version.state == VersionState.APPROVED and workflow.live_version_id is not None,
+            "can_comment": user_can(user, PROPOSE, workflow) or user_can(user, REVIEW, workflow),
+            "is_canary": workflow.canary_version_id == version.pk,
+            "canary_percent": workflow.canary_percent,
+            "stage": version.stage,
+        }
+        return render(request, "admin/journeys/change_request.html", context)

@@ -1,0 +1,55 @@
+"""Journey runs and their step executions, as each user may see them."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.utils import timezone
+
+from journeys.admin.base import RunScopeMixin
+from journeys.choices import RunStatus
+from journeys.engine.runner import RunFailed, run_retry
+from journeys.models import (
+    JourneyRun,
+    StepExecution,
+)
+
+
+class StepExecutionInline(admin.TabularInline):
+    model = StepExecution
+    fields = ("step_key", "step_kind", "visit", "outcome", "error", "started_at", "finished_at", "detail")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_view_permission(self, request, obj=None):
+        return True
+
+
+@admin.register(JourneyRun)
+class JourneyRunAdmin(RunScopeMixin, admin.ModelAdmin):
+    list_display = ("id", "workflow", "version", "customer", "status", "current_step", "next_wake_at", "converted_at", "created_at")
+    # Only the workflows of runs the viewer may see (an editor never learns other units' workflow names).
+    list_filter = ("status", ("workflow", admin.RelatedOnlyFieldListFilter))
+    search_fields = ("customer__external_id", "customer__email", "trigger_key")
+    list_select_related = ("workflow", "version", "customer")
+    inlines = [StepExecutionInline]
+    actions = ["retry_failed"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in self.model._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Retry the selected failed runs", permissions=["change"])
+    def retry_failed(self, request, queryset):
+        for run in queryset.filter(status=RunStatus.FAILED):
+            try:
+                run_retry(run=run, now=timezone.now())
+            except RunFailed as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+            else:
+                self.message_user(request, f"run {run.pk} retried: now {run.status}")

@@ -1,0 +1,227 @@
+"""Workflows: create, import, compare versions, roll back, stop a canary, pause and resume."""
+
+from __future__ import annotations
+
+import json
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError
+from django.http import HttpResponseRedirect
+from django.shortcuts import get_object_or_404, render
+from django.urls import path, reverse
+from django.utils.html import format_html
+from simple_history.admin import SimpleHistoryAdmin
+
+from journeys.admin.base import ReasonForm
+from journeys.admin.common import (
+    HistoryReasonMixin,
+    ReasonActionForm,
+    ScopedAdminMixin,
+    error_messages,
+    error_text,
+)
+from journeys.errors import PermissionDenied
+from journeys.models import (
+    Workflow,
+    WorkflowVersion,
+)
+from journeys.selectors import (
+    EDIT,
+    OPERATE,
+    PUBLISH,
+    VIEW,
+    business_units_for_user,
+    user_can,
+    user_has_any_scope,
+    user_has_global,
+    workflows_for_user,
+)
+from journeys.services import governance as gov
+from journeys.services.workflows import (
+    workflow_canary_stop,
+    workflow_create,
+    workflow_import,
+    workflow_rollback,
+    workflow_save,
+)
+
+
+class VersionInline(admin.TabularInline):
+    model = WorkflowVersion
+    fk_name = "workflow"
+    fields = ("number", "state", "trigger_kind", "trigger_event", "published_at")
+    readonly_fields = fields
+    extra = 0
+    show_change_link = True
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_view_permission(self, request, obj=None):
+        return True
+
+
+class WorkflowImportForm(forms.Form):
+    file = forms.FileField(help_text="a JSON file exported from this console")
+    name = forms.CharField(required=False, help_text="import under another workflow name (optional)")
+
+
+class WorkflowForm(ReasonForm):
+    class Meta:
+        model = Workflow
+        fields = ("name", "description", "business_unit")
+
+
+@admin.register(Workflow)
+class WorkflowAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAdmin):
+    form = WorkflowForm
+    action_form = ReasonActionForm
+    list_display = ("name", "business_unit", "status", "live_version_link", "canary", "updated_at")
+    list_filter = ("status", "business_unit")
+    search_fields = ("name", "description")
+    readonly_fields = ("status", "live_version", "canary_version", "canary_percent", "created_by", "created_at",
+                       "updated_at")
+    inlines = [VersionInline]
+    actions = ["rollback", "stop_canary", "pause", "resume"]
+
+    @admin.display(description="live version")
+    def live_version_link(self, obj):
+        if not obj.live_version_id:
+            return "-"
+        url = reverse("admin:journeys_workflowversion_change", args=[obj.live_version_id])
+        return format_html('<a href="{}">v{}</a>', url, obj.live_version.number)
+
+    @admin.display(description="canary")
+    def canary(self, obj):
+        if not obj.canary_version_id:
+            return "-"
+        return f"v{obj.canary_version.number} at {obj.canary_percent}%"
+
+    def get_queryset(self, request):
+        return (workflows_for_user(request.user, VIEW) & super().get_queryset(request)).select_related(
+            "business_unit", "live_version", "canary_version")
+
+    def has_view_permission(self, request, obj=None):
+        return user_can(request.user, VIEW, obj) if obj is not None else user_has_any_scope(request.user)
+
+    def has_change_permission(self, request, obj=None):
+        if obj is None:
+            return workflows_for_user(request.user, EDIT).exists() or business_units_for_user(request.user).exists()
+        return user_can(request.user, EDIT, obj)
+
+    def has_add_permission(self, request):
+        return business_units_for_user(request.user, EDIT).exists()
+
+    def has_publish_permission(self, request, obj=None):
+        return user_has_global(request.user, PUBLISH)
+
+    def has_operate_permission(self, request, obj=None):
+        return user_has_global(request.user, OPERATE) or user_has_global(request.user, PUBLISH)
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "business_unit":
+            kwargs["queryset"] = business_units_for_user(request.user, EDIT)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def get_urls(self):
+        return [
+            path("import/", self.admin_site.admin_view(self.import_view), name="journeys_workflow_import"),
+            path("<int:pk>/diff/", self.admin_site.admin_view(self.diff_view), name="journeys_workflow_diff"),
+        ] + super().get_urls()
+
+    def import_view(self, request):
+        if not self.has_add_permission(request):
+            raise DjangoPermissionDenied
+        form = WorkflowImportForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid() and (data := self._export_read(form)) is not None:
+            try:
+                version = workflow_import(data=data, actor=request.user, name=form.cleaned_data["name"] or None)
+            except ValidationError as exc:
+                for msg in error_messages(exc):
+                    form.add_error(None, msg)
+            except PermissionDenied as exc:
+                form.add_error(None, str(exc))
+            else:
+                messages.success(request, f"Imported as a draft: {version}")
+                return HttpResponseRedirect(reverse("admin:journeys_workflowversion_change", args=[version.pk]))
+        context = {**self.admin_site.each_context(request), "form": form, "title": "Import a workflow", "opts": self.model._meta}
+        return render(request, "admin/journeys/import.html", context)
+
+    @staticmethod
+    def _export_read(form: WorkflowImportForm):
+        """The uploaded export as JSON, or None with the file's error on the form."""
+        upload = form.cleaned_data["file"]
+        hint = "choose the file that \u201cExport as JSON\u201d downloaded"
+        try:
+            return json.loads(upload.read().decode("utf-8-sig"))
+        except UnicodeDecodeError:
+            form.add_error("file", f"{upload.name} is not a workflow export (not JSON text): {hint}")
+        except ValueError as exc:
+            form.add_error("file", f"{upload.name} is not valid JSON ({exc}): {hint}")
+        return None
+
+    def diff_view(self, request, pk):
+        """Any two versions of a workflow, side by side: settings, steps, edges, rules, templates."""
+        workflow = get_object_or_404(Workflow, pk=pk)
+        if not user_can(request.user, VIEW, workflow):
+            raise DjangoPermissionDenied
+        versions = list(workflow.versions.order_by("-number"))
+        by_id = {str(v.pk): v for v in versions}
+        new = by_id.get(request.GET.get("b", "")) or (versions[0] if versions else None)
+        default_old = workflow.live_version if workflow.live_version_id and new and workflow.live_version_id != new.pk else None
+        if default_old is None and new is not None:
+            default_old = next((v for v in versions if v.number < new.number), None)
+        old = by_id.get(request.GET.get("a", "")) or default_old
+        diff = gov.version_diff(old=old, new=new) if new is not None else None
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "workflow": workflow,
+                   "versions": versions, "old": old, "new": new, "diff": diff,
+                   "title": f"Compare versions of {workflow}"}
+        return render(request, "admin/journeys/diff.html", context)
+
+    def save_model(self, request, obj, form, change):
+        reason = self._reason(request, form)
+        if not change:
+            saved = workflow_create(name=obj.name, business_unit=obj.business_unit, description=obj.description,
+                                    actor=request.user, reason=reason)
+            obj.pk = saved.pk
+            obj.created_by = saved.created_by
+            return
+        obj._history_user = request.user
+        workflow_save(workflow=obj, actor=request.user, reason=reason)
+
+    def _each(self, request, queryset, func, done: str):
+        reason = request.POST.get("reason", "")
+        for workflow in queryset:
+            try:
+                func(workflow, reason)
+            except (ValidationError, PermissionDenied) as exc:
+                self.message_user(request, f"{workflow}: {error_text(exc)}", messages.ERROR)
+            else:
+                self.message_user(request, f"{workflow}: {done}")
+
+    @admin.action(description="Roll back (previous version live again, or stop the canary)", permissions=["publish"])
+    def rollback(self, request, queryset):
+        self._each(request, queryset, lambda w, r: workflow_rollback(workflow=w, actor=request.user, reason=r),
+                   "rolled back")
+
+    @admin.action(description="Stop the canary", permissions=["publish"])
+    def stop_canary(self, request, queryset):
+        self._each(request, queryset, lambda w, r: workflow_canary_stop(workflow=w, actor=request.user, reason=r),
+                   "canary stopped")
+
+    @admin.action(description="Pause (no new entries; messages held)", permissions=["operate"])
+    def pause(self, request, queryset):
+        self._each(request, queryset,
+                   lambda w, r: gov.workflow_pause_set(workflow=w, paused=True, actor=request.user, reason=r), "paused")
+
+    @admin.action(description="Resume (held messages are released)", permissions=["operate"])
+    def resume(self, request, queryset):
+        self._each(request, queryset,
+                   lambda w, r: gov.workflow_pause_set(workflow=w, paused=False, actor=request.user, reason=r),
+                   "resumed")
