@@ -254,6 +254,10 @@ EVENT_API = {
     # Max decompressed size of a gzip body (above the batch limit, so a full batch may be
     # compressed, and a gzip bomb is cut off after this many bytes).
     "MAX_DECOMPRESSED_BYTES": env_int("EVENT_API_MAX_DECOMPRESSED_BYTES", 5 * 1024 * 1024),
+    # A resent (source, messageId) is stored once if it comes back within this many days.
+    "DEDUP_DAYS": env_int("EVENT_API_DEDUP_DAYS", 30),
+    # PostgreSQL: ids per partition of journeys_event (partitioned by id range; docs/SCALING.md).
+    "PARTITION_IDS": env_int("EVENT_PARTITION_IDS", 10_000_000),
     # Replayed or discarded quarantine entries are deleted this many days after the decision.
     "QUARANTINE_KEEP_DAYS": env_int("EVENT_API_QUARANTINE_KEEP_DAYS", 90),
     # Default per-source rate limit (requests per window, counted for all processes together in

@@ -41,3 +41,9 @@ def runs_wake(run_ids: list[int], lease, now=None) -> int:
     """A page of due runs claimed by the tick (or enrolled in bulk): start or resume them."""
     worker_gc_tune()
     return wakeups.runs_wake(run_ids=run_ids, lease=lease, now=now)
+
+
+def events_housekeeping() -> dict:
+    from journeys.services.event_storage import events_housekeeping as run
+
+    return run()

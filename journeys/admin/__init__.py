@@ -12,6 +12,7 @@ from journeys.admin import (  # noqa: F401  (register)
     customers,
     events,
     jobs,
+    quarantine,
     reviews,
     runs,
     steps,
@@ -19,5 +20,3 @@ from journeys.admin import (  # noqa: F401  (register)
     versions,
     workflows,
 )
-
-from journeys import admin_quarantine  # noqa: E402,F401  (register)

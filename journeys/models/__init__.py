@@ -2,7 +2,7 @@
 
 from journeys.models.base import Timestamped
 from journeys.models.customers import Customer, CustomerMerge, Identity
-from journeys.models.events import Event, Source
+from journeys.models.events import Event, EventKey, Source
 from journeys.models.runs import (
     DateTriggerDue,
     DateTriggerStale,
@@ -31,6 +31,7 @@ __all__ = [
     "CustomerMerge",
     "Identity",
     "Event",
+    "EventKey",
     "Source",
     "DateTriggerDue",
     "DateTriggerStale",

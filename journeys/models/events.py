@@ -55,9 +55,15 @@ class Source(Timestamped):
 
 class Event(models.Model):
     """One received event. The table is also the engine's outbox: a row in
-    `pending` is found again by the sweeper until it has been processed."""
+    `pending` is found again by the sweeper until it has been processed.
 
-    source = models.ForeignKey(Source, on_delete=models.PROTECT, related_name="events")
+    A repeated (source, messageId) is refused by EventKey, not by a unique index here: on
+    PostgreSQL this table is partitioned by id range (see docs/SCALING.md), where a unique index
+    would have to include the id. Old events go by their source's `retention_days`.
+    """
+
+    # No single-column indexes on the two keys: (source, received_at) and (customer, timestamp) lead with them.
+    source = models.ForeignKey(Source, on_delete=models.PROTECT, related_name="events", db_index=False)
     message_id = models.CharField(max_length=255)
     type = models.CharField(max_length=16, choices=EventType.choices)
     name = models.CharField(max_length=255, blank=True, db_index=True)
@@ -69,7 +75,7 @@ class Event(models.Model):
     channel = models.CharField(max_length=64, blank=True, help_text="the client's channel: server, browser, mobile...")
     version = models.CharField(max_length=32, blank=True, help_text="the spec version the client sent")
     customer = models.ForeignKey(
-        "journeys.Customer", null=True, blank=True, on_delete=models.SET_NULL, related_name="events"
+        "journeys.Customer", null=True, blank=True, on_delete=models.SET_NULL, related_name="events", db_index=False
     )
     properties = models.JSONField(default=dict, blank=True)
     traits = models.JSONField(default=dict, blank=True)
@@ -101,14 +107,35 @@ class Event(models.Model):
 
     class Meta:
         ordering = ["-timestamp", "-id"]
-        constraints = [
-            models.UniqueConstraint(fields=["source", "message_id"], name="event_source_message_unique")
-        ]
         indexes = [
-            models.Index(fields=["status", "received_at"], name="event_outbox_idx"),
+            # The outbox and the failed list: partial, so they stay as small as what is pending or failed.
+            models.Index(fields=["received_at"], name="event_outbox_idx", condition=models.Q(status="pending")),
+            models.Index(fields=["received_at"], name="event_failed_idx", condition=models.Q(status="failed")),
             models.Index(fields=["customer", "timestamp"], name="event_customer_ts_idx"),
             models.Index(fields=["customer", "name", "timestamp"], name="event_customer_name_idx"),
+            models.Index(fields=["source", "received_at"], name="event_source_received_idx"),  # retention
         ]
 
     def __str__(self) -> str:
         return f"{self.type} {self.name}".strip()
+
+
+class EventKey(models.Model):
+    """A received (source, messageId): what makes a resent event be stored once.
+
+    Kept for EVENT_API['DEDUP_DAYS'] days (clients resend within minutes or hours), so this
+    unique index stays as small as that window however large the event table grows. The
+    product's own events (source `internal`) keep their keys as long as the events.
+    """
+
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="+", db_index=False)
+    message_id = models.CharField(max_length=255)
+    received_at = models.DateTimeField()
+    event_id = models.BigIntegerField(help_text="the stored event (no foreign key: events may go first)")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["source", "message_id"], name="event_key_unique")]
+        indexes = [models.Index(fields=["received_at"], name="event_key_received_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.source_id}:{self.message_id}"

@@ -22,7 +22,7 @@ from django.db.models import JSONField
 from django.utils import timezone
 
 from journeys.choices import EventType, IdentityKind
-from journeys.models import Customer, Event, Identity
+from journeys.models import Customer, Event, EventKey, Identity
 
 CUSTOMER_COLUMNS = ["external_id", "email", "phone", "timezone", "locale", "traits", "first_seen", "last_seen", "updated_at"]
 
@@ -77,12 +77,27 @@ def customers_save(customers: Iterable[Customer]) -> None:
         )
 
 
+_EVENT_SEQUENCE: dict[str, str] = {}
+
+
+def event_id_sequence() -> str:
+    """The id sequence of journeys_event (the partitioned table's identity), looked up once."""
+    alias = connection.alias
+    if alias not in _EVENT_SEQUENCE:
+        with connection.cursor() as cur:
+            cur.execute("SELECT pg_get_serial_sequence(%s, 'id')", [Event._meta.db_table])
+            _EVENT_SEQUENCE[alias] = cur.fetchone()[0]
+    return _EVENT_SEQUENCE[alias]
+
+
 def events_insert(rows: list[dict]) -> list[int]:
     """Insert events given as {field attname: value} (fields left out take the model's default),
-    skipping (source, message_id) already stored; returns the new ids.
+    skipping (source, message_id) already received; returns the new ids.
 
-    Plain dicts, not Event instances: building a model instance per event cost ~10% of
-    ingestion CPU, and on PostgreSQL nothing needs one.
+    The (source, message_id) is claimed in EventKey first (`ON CONFLICT DO NOTHING`), so a
+    concurrent request carrying the same messageId waits for this one and then skips it; only
+    rows whose key was claimed become events. Plain dicts, not Event instances: building a
+    model instance per event cost ~10% of ingestion CPU, and on PostgreSQL nothing needs one.
     """
     if not rows:
         return []
@@ -96,39 +111,64 @@ def events_insert(rows: list[dict]) -> list[int]:
     else:  # pragma: no cover - every Event column is named after its attribute today
         records = [{**defaults, **{columns[k]: v for k, v in row.items()}} for row in rows]
     document, definition, names = _pg_recordset(fields, records)
+    key_table = EventKey._meta.db_table
     with connection.cursor() as cur:
+        # One statement: number the rows, claim their keys, insert the rows whose key was claimed.
         cur.execute(
-            f"INSERT INTO journeys_event ({names}) SELECT {names} FROM jsonb_to_recordset(%s::jsonb) AS v({definition})"
-            " ON CONFLICT (source_id, message_id) DO NOTHING RETURNING id",
-            [document],
+            f"WITH v AS MATERIALIZED (SELECT nextval(%s::regclass) AS id, * FROM jsonb_to_recordset(%s::jsonb) AS r({definition})),"
+            f" k AS (INSERT INTO {key_table} (source_id, message_id, received_at, event_id)"
+            "  SELECT source_id, message_id, received_at, id FROM v ON CONFLICT (source_id, message_id) DO NOTHING"
+            "  RETURNING event_id)"
+            f" INSERT INTO {Event._meta.db_table} (id, {names}) SELECT v.id, {', '.join('v.' + n for n in names.split(', '))}"
+            " FROM v JOIN k ON k.event_id = v.id RETURNING id",
+            [event_id_sequence(), document],
         )
-        return [r[0] for r in cur.fetchall()]
+        return sorted(r[0] for r in cur.fetchall())
 
 
 def _sqlite_events_insert(fields, rows: list[dict]) -> list[int]:
-    """SQLite: `ON CONFLICT (source_id, message_id) DO NOTHING`, not the ORM's `INSERT OR IGNORE`,
-    which also swallows a failed CHECK (a JSON value SQLite cannot store) and counted the lost
-    event as a duplicate: only a repeated messageId may be skipped, anything else raises."""
+    """SQLite (one writer at a time: nothing can claim a key between the check and the insert):
+    skip keys already received, insert the events, then their keys. A value SQLite cannot store
+    fails the insert loudly (never counted as a duplicate)."""
     quote = connection.ops.quote_name
+    received: set[tuple[int, str]] = set()
+    by_source: dict[int, list[str]] = {}
+    for row in rows:
+        by_source.setdefault(row["source_id"], []).append(row["message_id"])
+    for source_id, mids in by_source.items():
+        for i in range(0, len(mids), 900):
+            received.update((source_id, m) for m in EventKey.objects.filter(
+                source_id=source_id, message_id__in=mids[i : i + 900]).values_list("message_id", flat=True))
+    fresh, seen = [], set(received)
+    for row in rows:
+        key = (row["source_id"], row["message_id"])
+        if key not in seen:
+            seen.add(key)
+            fresh.append(row)
+    if not fresh:
+        return []
+    received_at = {(row["source_id"], row["message_id"]): row["received_at"] for row in fresh}
     names = ", ".join(quote(f.column) for f in fields)
-    defaults = {f.attname: f.get_default() for f in fields if f.attname not in rows[0]}
+    defaults = {f.attname: f.get_default() for f in fields if f.attname not in fresh[0]}
     placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    size = connection.ops.bulk_batch_size(fields, rows)
-    ids: list[int] = []
+    size = connection.ops.bulk_batch_size(fields, fresh)
+    keys: list[EventKey] = []
     with connection.cursor() as cur:
-        for i in range(0, len(rows), size):
-            chunk = rows[i : i + size]
+        for i in range(0, len(fresh), size):
+            chunk = fresh[i : i + size]
             params = []
             for row in chunk:
                 full = {**defaults, **row}
                 params.extend(f.get_db_prep_save(full[f.attname], connection) for f in fields)
             cur.execute(
                 f"INSERT INTO {quote(Event._meta.db_table)} ({names}) VALUES {', '.join([placeholders] * len(chunk))}"
-                " ON CONFLICT (source_id, message_id) DO NOTHING RETURNING id",
+                " RETURNING id, source_id, message_id",
                 params,
             )
-            ids.extend(r[0] for r in cur.fetchall())
-    return sorted(ids)  # RETURNING's order is arbitrary in SQLite
+            keys.extend(EventKey(event_id=r[0], source_id=r[1], message_id=r[2], received_at=received_at[(r[1], r[2])])
+                        for r in cur.fetchall())
+    EventKey.objects.bulk_create(keys, batch_size=500)
+    return sorted(k.event_id for k in keys)  # RETURNING's order is arbitrary in SQLite
 
 
 def identities_insert(rows: list[tuple[str, str, int]]) -> None:

@@ -10,10 +10,11 @@ from django.conf import settings
 from django.db import transaction
 
 from journeys.choices import EventType, IdentityKind
-from journeys.models import Event, Source
+from journeys.models import EventKey, Source
 from journeys.services.bulk_ingest import customers_precreate, customers_save, events_insert, identity_keys_lock
 from journeys.services.event_parsing import ParsedEvent, check_event_size, event_with_defaults, parse_event
 from journeys.services.identity import IdentityMap, customer_apply_traits, customer_resolve
+from journeys.services.quarantine_store import quarantine_store
 from journeys.errors import EventValidationError, PayloadTooLarge
 
 logger = logging.getLogger(__name__)
@@ -125,8 +126,6 @@ def events_receive(
     if not rejected:
         result = event_ingest(source=source, events=good, ip=ip, catalog=False)
         return ReceiveResult(result.stored, result.duplicates, result.event_ids, [])
-    from journeys.services.quarantine import quarantine_store
-
     with transaction.atomic():
         result = event_ingest(source=source, events=good, ip=ip, catalog=False)
         quarantine_store(source=source, rejections=rejected, received_at=received_at, ip=ip,
@@ -163,7 +162,7 @@ def event_ingest(
         ids = [e.message_id for e in unique]
         for i in range(0, len(ids), 900):
             existing.update(
-                Event.objects.filter(source=source, message_id__in=ids[i : i + 900]).values_list("message_id", flat=True)
+                EventKey.objects.filter(source=source, message_id__in=ids[i : i + 900]).values_list("message_id", flat=True)
             )
         fresh = [e for e in unique if e.message_id not in existing]
         if not fresh:

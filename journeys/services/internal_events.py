@@ -9,7 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from journeys.choices import EventType
-from journeys.models import Customer, Event, Source
+from journeys.models import Customer, Event, EventKey, Source
 from journeys.models.events import hash_write_key
 
 INTERNAL_SOURCE = "internal"
@@ -49,28 +49,27 @@ def event_record_internal(
     """
     from journeys.engine.queue import enqueue_events
 
+    from journeys.services.bulk_ingest import events_insert
+
     at = at or timezone.now()
     source = internal_source()
     mid = message_id or f"int-{uuid.uuid4()}"
-    existing = Event.objects.filter(source=source, message_id=mid).first()
-    if existing:
-        return existing
-    event = Event.objects.create(
-        source=source,
-        message_id=mid,
-        type=EventType.IDENTIFY if traits else EventType.TRACK,
-        name=name,
-        user_id=customer.external_id,
-        customer=customer,
-        properties=properties or {},
-        traits=traits or {},
-        changes=changes or {},
-        context=context or {},
-        timestamp=at,
-        received_at=timezone.now(),
-    )
-    enqueue_events([event.pk])
-    return event
+    ids = events_insert([{
+        "source_id": source.pk, "message_id": mid, "type": EventType.IDENTIFY if traits else EventType.TRACK,
+        "name": name, "user_id": customer.external_id, "customer_id": customer.pk, "properties": properties or {},
+        "traits": traits or {}, "changes": changes or {}, "context": context or {}, "timestamp": at,
+        "received_at": timezone.now(),
+    }])
+    if not ids:  # recorded before (its key is kept as long as the event)
+        key = EventKey.objects.get(source=source, message_id=mid)
+        existing = Event.objects.filter(pk=key.event_id).first()
+        if existing is not None:
+            return existing
+        key.delete()  # the event itself is gone (retention): record it again
+        return event_record_internal(customer=customer, name=name, properties=properties, traits=traits,
+                                     changes=changes, at=at, message_id=mid, context=context)
+    enqueue_events(ids)
+    return Event.objects.get(pk=ids[0])
 
 
 def events_record_internal(*, rows: list[dict], at: datetime) -> list[int]:

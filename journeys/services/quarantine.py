@@ -9,7 +9,6 @@ on the entry's history with who and why.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -22,53 +21,16 @@ from django.utils import timezone
 
 from journeys.choices import QuarantineReason, QuarantineStatus
 from journeys.errors import EventValidationError, JourneyError, PayloadTooLarge, PermissionDenied
-from journeys.models import QuarantinedEvent, Source
+from journeys.models import QuarantinedEvent
 from journeys.services.governance import history_stamp, require_reason
+from journeys.services.quarantine_store import CODES, payload_text
 
 PERM = "journeys.change_quarantinedevent"
-_CODES = {c.value for c in QuarantineReason}
 
 
 def _require(actor: Any, what: str) -> None:
     if actor is not None and not actor.has_perm(PERM):
         raise PermissionDenied(f"{actor} may not {what} quarantined events")
-
-
-def _deep_dumps(value: Any) -> str:
-    """JSON text of `value` without recursion (for events nested deeper than the C encoder's
-    stack allows); ASCII, so lone surrogates and NUL survive as escapes."""
-    out: list[str] = []
-    stack: list[Any] = [value]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, _Raw):
-            out.append(node.text)
-        elif isinstance(node, dict):
-            parts: list[Any] = [_Raw("{")]
-            for i, (k, v) in enumerate(node.items()):
-                parts += [_Raw(("," if i else "") + json.dumps(str(k)) + ":"), v]
-            stack.extend(reversed([*parts, _Raw("}")]))
-        elif isinstance(node, list):
-            parts = [_Raw("[")]
-            for i, v in enumerate(node):
-                parts += ([_Raw(",")] if i else []) + [v]
-            stack.extend(reversed([*parts, _Raw("]")]))
-        else:
-            out.append(json.dumps(node))
-    return "".join(out)
-
-
-@dataclass(frozen=True, slots=True)
-class _Raw:
-    text: str
-
-
-def payload_text(value: Any) -> str:
-    """The stored form of a quarantined payload: JSON text that any database keeps as it is."""
-    try:
-        return json.dumps(value, ensure_ascii=True)
-    except RecursionError:
-        return _deep_dumps(value)
 
 
 def _loads(text: str, *, field_name: str) -> Any:
@@ -81,31 +43,6 @@ def _loads(text: str, *, field_name: str) -> Any:
         raise ValidationError({field_name: "is nested too deeply to read"}) from None
     except ValueError as exc:
         raise ValidationError({field_name: f"is not valid JSON: {exc}"}) from None
-
-
-def quarantine_store(
-    *, source: Source, rejections: list, received_at, ip: str | None, endpoint_type: str = "",
-    batch_defaults: dict | None = None,
-) -> int:
-    """Keep each refused event with its payload, field and reason (a resent request adds nothing:
-    entries are unique per source and content). The write key, if in the payload, is not kept."""
-    defaults = payload_text(batch_defaults) if batch_defaults else ""
-    rows = []
-    for r in rejections:
-        payload = r.payload
-        if isinstance(payload, dict) and "writeKey" in payload:
-            payload = {k: v for k, v in payload.items() if k != "writeKey"}
-        text = payload_text(payload)
-        digest = hashlib.sha256(f"{endpoint_type}\n{defaults}\n{text}".encode("ascii")).hexdigest()
-        mid = payload.get("messageId") if isinstance(payload, dict) else None
-        message_id = str(mid) if isinstance(mid, (str, int)) and not isinstance(mid, bool) and len(str(mid)) <= 255 else ""
-        rows.append(QuarantinedEvent(
-            source=source, code=r.code if r.code in _CODES else QuarantineReason.INVALID, field=(r.field or "")[:300],
-            message=r.message, payload=text, defaults=defaults, endpoint_type=endpoint_type, message_id=message_id,
-            batch_index=r.index, digest=digest, received_at=received_at, ip=ip,
-        ))
-    QuarantinedEvent.objects.bulk_create(rows, ignore_conflicts=True)
-    return len(rows)
 
 
 def _check(entry: QuarantinedEvent, payload: Any) -> list:
@@ -177,7 +114,7 @@ def quarantine_replay(*, entries, actor: Any = None, reason: str = "") -> Replay
                 entry.code, entry.field, entry.message = QuarantineReason.INVALID, "payload", "; ".join(exc.messages)
                 result.still_bad.append((entry, entry.message))
             except JourneyError as exc:
-                entry.code = exc.code if exc.code in _CODES else QuarantineReason.INVALID
+                entry.code = exc.code if exc.code in CODES else QuarantineReason.INVALID
                 entry.field, entry.message = (exc.field or "")[:300], exc.message
                 result.still_bad.append((entry, str(exc)))
             else:

@@ -18,5 +18,5 @@ def drop_schedule(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("journeys", "0010_api_tokens_and_stream"), ("django_q", "0001_initial")]
+    dependencies = [("journeys", "0013_api_tokens_and_stream"), ("django_q", "0001_initial")]
     operations = [migrations.RunPython(create_schedule, drop_schedule)]

@@ -9,8 +9,8 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('journeys', '0009_ingest_quarantine_fields'),
-        ('journeys', '0008_time_driven_engine'),
+        ('journeys', '0012_events_housekeeping_schedule'),
+        ('journeys', '0009_segment_members_and_run_indexes'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

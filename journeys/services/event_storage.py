@@ -1,0 +1,191 @@
+"""Keeping the event table bounded: retention per source, dedup keys, partitions (PostgreSQL).
+
+`events_housekeeping` runs on a q2 schedule. Every step works in bounded batches, each in its
+own short transaction, and stops at a time budget, so a backlog (a retention switched on over
+years of events) is worked off over several runs without one huge DELETE or long lock.
+
+On PostgreSQL journeys_event is partitioned by id range (migration 0011, docs/SCALING.md):
+partitions are created ahead of the id sequence here, and a partition whose rows are all past
+every source's retention, or that retention emptied, is dropped whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import connection, models, transaction
+from django.utils import timezone
+
+from journeys.models import Event, EventKey, Source
+from journeys.services.bulk_ingest import event_id_sequence
+from journeys.services.internal_events import INTERNAL_SOURCE
+
+logger = logging.getLogger(__name__)
+
+BATCH = 5000
+TABLE = Event._meta.db_table
+# A partition's newest row by id is, to within one request's duration, its newest by receipt.
+DROP_MARGIN = timedelta(hours=1)
+
+
+def _detach(ids_filter: dict) -> None:
+    """What points at the events about to go, as each relation says (SET_NULL, CASCADE),
+    found through the model's relations, so other apps' references (cases) are handled too."""
+    for rel in Event._meta.get_fields(include_hidden=True):  # hidden: related_name="+" relations too
+        if not (rel.auto_created and not rel.concrete and (rel.one_to_many or rel.one_to_one)):
+            continue
+        lookup = {f"{rel.field.attname}__{k}": v for k, v in ids_filter.items()}
+        manager = rel.related_model._base_manager
+        if rel.on_delete is models.SET_NULL:
+            manager.filter(**lookup).update(**{rel.field.attname: None})
+        elif rel.on_delete is models.CASCADE:
+            manager.filter(**lookup).delete()
+
+
+def events_delete(*, ids: list[int]) -> int:
+    """Delete these events (and what their relations say must follow) in one short transaction."""
+    if not ids:
+        return 0
+    with transaction.atomic():
+        _detach({"in": ids})
+        internal = list(EventKey.objects.filter(event_id__in=ids, source__name=INTERNAL_SOURCE).values_list("pk", flat=True))
+        if internal:  # the product's own keys live as long as their events
+            EventKey.objects.filter(pk__in=internal).delete()
+        with connection.cursor() as cur:
+            cur.execute(f"DELETE FROM {TABLE} WHERE id IN ({', '.join(['%s'] * len(ids))})", ids)
+            return cur.rowcount
+
+
+def events_retention_run(*, now: datetime | None = None, budget_s: float = 20.0, batch: int = BATCH) -> int:
+    """Delete events older than their source's `retention_days`, oldest first, `batch` at a time."""
+    now = now or timezone.now()
+    deadline = time.monotonic() + budget_s
+    deleted = 0
+    for source in Source.objects.exclude(retention_days=None).order_by("pk"):
+        cutoff = now - timedelta(days=source.retention_days)
+        while time.monotonic() < deadline:
+            ids = list(Event.objects.filter(source=source, received_at__lt=cutoff).order_by("received_at")
+                       .values_list("pk", flat=True)[:batch])
+            deleted += events_delete(ids=ids)
+            if len(ids) < batch:
+                break
+    return deleted
+
+
+def event_keys_purge(*, now: datetime | None = None, budget_s: float = 10.0, batch: int = BATCH) -> int:
+    """Forget (source, messageId) keys older than EVENT_API['DEDUP_DAYS'] (not the product's own)."""
+    cutoff = (now or timezone.now()) - timedelta(days=settings.EVENT_API["DEDUP_DAYS"])
+    deadline = time.monotonic() + budget_s
+    purged = 0
+    while time.monotonic() < deadline:
+        ids = list(EventKey.objects.filter(received_at__lt=cutoff).exclude(source__name=INTERNAL_SOURCE)
+                   .order_by("received_at").values_list("pk", flat=True)[:batch])
+        if ids:
+            EventKey.objects.filter(pk__in=ids).delete()
+        purged += len(ids)
+        if len(ids) < batch:
+            break
+    return purged
+
+
+# -- PostgreSQL partitions -----------------------------------------------------------------------
+
+
+def _partitions(cur) -> list[tuple[str, int | None, int | None]]:
+    """(name, low, high) of each range partition, in order (None: MINVALUE); the default one left out."""
+    cur.execute(
+        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = %s::regclass", [TABLE])
+    found = []
+    for name, bound in cur.fetchall():
+        if bound == "DEFAULT":
+            continue
+        low, high = bound.split("FROM (", 1)[1].split(") TO (")
+        parse = lambda v: None if v.strip() == "MINVALUE" else int(v.strip().strip("'"))  # noqa: E731
+        found.append((name, parse(low), parse(high.rstrip(")"))))
+    return sorted(found, key=lambda p: -1 if p[1] is None else p[1])
+
+
+def _partitioned() -> bool:
+    if connection.vendor != "postgresql":
+        return False
+    with connection.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_partitioned_table WHERE partrelid = %s::regclass", [TABLE])
+        return cur.fetchone() is not None
+
+
+def _last_id(cur) -> int:
+    cur.execute(f"SELECT last_value FROM {event_id_sequence()}")
+    return cur.fetchone()[0]
+
+
+def events_partitions_ensure(*, ahead: int = 2) -> list[str]:
+    """Create range partitions so that at least `ahead` empty ones lie beyond the id sequence."""
+    if not _partitioned():
+        return []
+    size = settings.EVENT_API["PARTITION_IDS"]
+    made = []
+    with connection.cursor() as cur:
+        parts = _partitions(cur)
+        top = parts[-1][2] if parts else 0
+        want = _last_id(cur) + ahead * size
+        while top < want:
+            name = f"{TABLE}_p{top // size}" if top % size == 0 else f"{TABLE}_from{top}"
+            try:
+                with transaction.atomic():
+                    cur.execute(f"CREATE TABLE {name} PARTITION OF {TABLE} FOR VALUES FROM ({top}) TO ({top + size})")
+            except Exception as exc:  # noqa: BLE001 - e.g. rows of that range already in the default partition
+                logger.warning("event partition %s not created: %s", name, exc)
+                break
+            made.append(name)
+            top += size
+    return made
+
+
+def events_partitions_drop(*, now: datetime | None = None) -> list[str]:
+    """Drop whole partitions that are behind the sequence and either empty (retention emptied them) or
+    entirely older than every source's retention (only when every source has one)."""
+    if not _partitioned():
+        return []
+    now = now or timezone.now()
+    retentions = list(Source.objects.values_list("retention_days", flat=True))
+    expired_before = (now - timedelta(days=max(retentions)) if retentions and None not in retentions else None)
+    dropped = []
+    with connection.cursor() as cur:
+        last = _last_id(cur)
+        for name, low, high in _partitions(cur)[:-1]:
+            if high > last:
+                break  # still filling (or ahead)
+            cur.execute(f"SELECT received_at FROM {name} ORDER BY id DESC LIMIT 1")
+            newest = cur.fetchone()
+            # ids follow arrival, so the last row by id is (to the length of one request) the newest
+            if newest is not None and not (expired_before and newest[0] + DROP_MARGIN < expired_before):
+                continue
+            with transaction.atomic():
+                if newest is not None:
+                    _detach({"gte": low if low is not None else 0, "lt": high})
+                    EventKey.objects.filter(event_id__gte=low or 0, event_id__lt=high,
+                                            source__name=INTERNAL_SOURCE).delete()
+                cur.execute("SET CONSTRAINTS ALL IMMEDIATE")  # deferred checks pending on its rows run first
+                cur.execute(f"ALTER TABLE {TABLE} DETACH PARTITION {name}")  # checks nothing points into it
+                cur.execute(f"DROP TABLE {name}")
+            dropped.append(name)
+    return dropped
+
+
+def events_housekeeping(*, now: datetime | None = None) -> dict:
+    """The scheduled upkeep of the event tables and their neighbours (every few minutes)."""
+    from journeys.services.quarantine import quarantine_purge
+    from journeys.services.ratelimit import rate_counters_purge
+
+    return {
+        "partitions_created": events_partitions_ensure(),
+        "events_deleted": events_retention_run(now=now),
+        "partitions_dropped": events_partitions_drop(now=now),
+        "keys_purged": event_keys_purge(now=now),
+        "quarantine_purged": quarantine_purge(now=now),
+        "rate_counters_purged": rate_counters_purge(now=now),
+    }

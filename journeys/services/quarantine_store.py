@@ -1,0 +1,79 @@
+"""Writing refused events into the quarantine (called by ingestion, in its transaction).
+
+Apart from journeys.services.quarantine (fix, replay, discard), which calls ingestion itself:
+this way the two never import each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from journeys.choices import QuarantineReason
+from journeys.models import QuarantinedEvent, Source
+
+CODES = {c.value for c in QuarantineReason}
+
+
+def _deep_dumps(value: Any) -> str:
+    """JSON text of `value` without recursion (for events nested deeper than the C encoder's
+    stack allows); ASCII, so lone surrogates and NUL survive as escapes."""
+    out: list[str] = []
+    stack: list[Any] = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, _Raw):
+            out.append(node.text)
+        elif isinstance(node, dict):
+            parts: list[Any] = [_Raw("{")]
+            for i, (k, v) in enumerate(node.items()):
+                parts += [_Raw(("," if i else "") + json.dumps(str(k)) + ":"), v]
+            stack.extend(reversed([*parts, _Raw("}")]))
+        elif isinstance(node, list):
+            parts = [_Raw("[")]
+            for i, v in enumerate(node):
+                parts += ([_Raw(",")] if i else []) + [v]
+            stack.extend(reversed([*parts, _Raw("]")]))
+        else:
+            out.append(json.dumps(node))
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class _Raw:
+    text: str
+
+
+def payload_text(value: Any) -> str:
+    """The stored form of a quarantined payload: JSON text that any database keeps as it is."""
+    try:
+        return json.dumps(value, ensure_ascii=True)
+    except RecursionError:
+        return _deep_dumps(value)
+
+
+def quarantine_store(
+    *, source: Source, rejections: list, received_at, ip: str | None, endpoint_type: str = "",
+    batch_defaults: dict | None = None,
+) -> int:
+    """Keep each refused event with its payload, field and reason (a resent request adds nothing:
+    entries are unique per source and content). The write key, if in the payload, is not kept."""
+    defaults = payload_text(batch_defaults) if batch_defaults else ""
+    rows = []
+    for r in rejections:
+        payload = r.payload
+        if isinstance(payload, dict) and "writeKey" in payload:
+            payload = {k: v for k, v in payload.items() if k != "writeKey"}
+        text = payload_text(payload)
+        digest = hashlib.sha256(f"{endpoint_type}\n{defaults}\n{text}".encode("ascii")).hexdigest()
+        mid = payload.get("messageId") if isinstance(payload, dict) else None
+        message_id = str(mid) if isinstance(mid, (str, int)) and not isinstance(mid, bool) and len(str(mid)) <= 255 else ""
+        rows.append(QuarantinedEvent(
+            source=source, code=r.code if r.code in CODES else QuarantineReason.INVALID, field=(r.field or "")[:300],
+            message=r.message, payload=text, defaults=defaults, endpoint_type=endpoint_type, message_id=message_id,
+            batch_index=r.index, digest=digest, received_at=received_at, ip=ip,
+        ))
+    QuarantinedEvent.objects.bulk_create(rows, ignore_conflicts=True)
+    return len(rows)
