@@ -14,3 +14,5 @@ class JourneysConfig(AppConfig):
 
         # After every migrate (when apps add their q2 schedules): put them on the schedules cluster.
         post_migrate.connect(schedules_assign, sender=self, dispatch_uid="journeys.schedules_assign")
+
+        from journeys import checks  # noqa: F401  (security system checks)

@@ -14,6 +14,7 @@ from journeys.admin import (  # noqa: F401  (register)
     jobs,
     quarantine,
     reviews,
+    roles,
     runs,
     steps,
     units,

@@ -11,6 +11,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ('journeys', '0012_events_housekeeping_schedule'),
         ('journeys', '0009_segment_members_and_run_indexes'),
+        ('journeys', '0009_merge_refusals'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

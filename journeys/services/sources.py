@@ -35,6 +35,7 @@ def source_create(
     schema_policy: str = "flag",
     strict: bool = False,
     retention_days: int | None = None,
+    allow_known_merges: bool = False,
     actor: Any = None,
     reason: str = "",
 ) -> tuple[Source, str]:
@@ -53,6 +54,7 @@ def source_create(
         schema_policy=schema_policy,
         strict=strict,
         retention_days=retention_days,
+        allow_known_merges=allow_known_merges,
         key_hash=hash_write_key(key),
         key_prefix=key[:10],
     )

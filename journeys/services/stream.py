@@ -229,19 +229,25 @@ def destination_secret(destination: StreamDestination) -> str:
 
 def destination_url_problem(url: str) -> str:
     """Why this URL cannot be a destination ('' = fine): checked when saved and before each send.
-    The single place to plug in the shared outbound-URL guard."""
+    The shared outbound guard (journeys.services.outbound) refuses non-http(s), credentials and
+    private/loopback addresses unless allow-listed; on top, the stream wants HTTPS, plain http
+    only for allow-listed hosts (OUTBOUND_ALLOWED_HOSTS / _NETWORKS: local test servers)."""
+    import ipaddress
     from urllib.parse import urlsplit
 
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "is not a URL"
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        return "must be an https:// URL"
-    if parts.username or parts.password:
-        return "must not carry credentials"
-    if parts.scheme == "http" and parts.hostname not in getattr(settings, "STREAM_HTTP_HOSTS", ()):
-        return "must be an https:// URL (plain http only for hosts in STREAM_HTTP_HOSTS)"
+    from journeys.services.outbound import allowed_networks, outbound_url_problem
+
+    if problem := outbound_url_problem(url=url):
+        return problem
+    parts = urlsplit(url)
+    if parts.scheme == "http":
+        host = parts.hostname or ""
+        try:
+            local = any(ipaddress.ip_address(host) in net for net in allowed_networks())
+        except ValueError:
+            local = False
+        if not (local or host in getattr(settings, "OUTBOUND_ALLOWED_HOSTS", ())):
+            return "must be an https:// URL (plain http only for allow-listed hosts)"
     return ""
 
 
@@ -345,25 +351,18 @@ def batch_body(batch: StreamBatch) -> bytes:
 
 
 def _post(url: str, body: bytes, headers: dict, timeout: float) -> tuple[int | None, dict, str]:
-    """POST once: (status or None when it never answered, response headers, error text). The
-    single place where the stream talks to the network."""
-    import urllib.error
-    import urllib.request
+    """POST once through the shared outbound guard (address checked and pinned, TLS verified):
+    (status or None when it never answered, response headers, error text)."""
+    from journeys.errors import OutboundRefused, OutboundUnreachable
+    from journeys.services.outbound import OutboundSession
 
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-
-    class _NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args, **kwargs):  # Standard Webhooks: a redirect is a failure
-            return None
-
-    opener = urllib.request.build_opener(_NoRedirect)
     try:
-        with opener.open(request, timeout=timeout) as response:
-            return response.status, dict(response.headers), ""
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers or {}), exc.read(500).decode("utf-8", "replace")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        return None, {}, f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+        with OutboundSession(timeout=timeout) as session:
+            response = session.post(url, body=body, headers=headers)
+    except (OutboundRefused, OutboundUnreachable) as exc:
+        return None, {}, f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
+    error = "" if 200 <= response.status < 300 else response.body[:500].decode("utf-8", "replace")
+    return response.status, dict(response.headers.items()), error
 
 
 def retry_delay(*, failures: int, retry_after: str | None = None) -> timedelta:

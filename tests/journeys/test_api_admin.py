@@ -65,7 +65,7 @@ def test_revoking_in_the_admin_needs_a_reason(admin_client, admin_user):
 
 
 def test_a_destination_made_in_the_admin_shows_its_secret_once_and_refuses_plain_http(admin_client, settings):
-    settings.STREAM_HTTP_HOSTS = ()
+    settings.OUTBOUND_ALLOWED_NETWORKS, settings.OUTBOUND_ALLOWED_HOSTS = [], []
     url = reverse("admin:journeys_streamdestination_add")
     base = {"name": "warehouse", "event_types": ["message.sent", "case.opened"], "enabled": "on",
             "batch_size": "100", "max_failures": "30", "change_reason": "BI wants message events"}

@@ -30,8 +30,7 @@ def vendor():
 
 @pytest.fixture
 def destination(vendor, settings):
-    """A destination on the local server (plain http is allowed for it in tests only)."""
-    settings.STREAM_HTTP_HOSTS = ("127.0.0.1",)
+    """A destination on the local server (allowed: the test settings allow-list 127.0.0.0/8)."""
 
     def make(**fields):
         dest = StreamDestination(name=fields.pop("name", "warehouse"), url=vendor.url + "/hook", **fields)
@@ -185,8 +184,9 @@ def test_delivered_batches_are_purged_after_the_keep_period_and_undelivered_neve
 def test_bad_destination_urls_are_refused_naming_the_field(settings):
     from django.core.exceptions import ValidationError
 
-    settings.STREAM_HTTP_HOSTS = ()
-    for url in ("http://example.com/hook", "ftp://example.com/x", "https://user:pw@example.com/x"):
+    settings.OUTBOUND_ALLOWED_NETWORKS, settings.OUTBOUND_ALLOWED_HOSTS = [], []
+    for url in ("http://example.com/hook", "ftp://example.com/x", "https://user:pw@example.com/x",
+                "https://127.0.0.1/hook", "https://10.0.0.5/hook"):
         with pytest.raises(ValidationError) as refused:
             destination_save(destination=StreamDestination(name="x", url=url), reason="test")
         assert "url" in refused.value.message_dict
