@@ -138,10 +138,14 @@ def workflow_trigger(*, workflow: Workflow, token: ApiToken, key: str, recipient
     return job, True
 
 
+def _progress(job: Job, *, done: int, total: int, message: str) -> None:
+    """Progress where the job's status page and GET /api/v1/jobs/<id> see it (a short write of its own)."""
+    Job.objects.filter(pk=job.pk).update(progress_done=done, progress_total=total, message=message[:255])
+
+
 def trigger_job_run(*, job: Job) -> dict:
     """The background half (`run_job`): enrol page by page, one bulk enrolment per page. A retried
     task enrols nobody twice (the runs' trigger key is the job's)."""
-    from journeys.services.jobs import job_progress
     from journeys.services.segments import segment_customer_ids
 
     params, now = dict(job.params), timezone.now()
@@ -159,7 +163,7 @@ def trigger_job_run(*, job: Job) -> dict:
                 _enrol(version_id=params["version_id"], variables={pk: dict(data) for pk in ids}, trigger_key=key, now=now)
             done += len(ids)
             after = ids[-1]
-            job_progress(job=job, done=done, total=done, message=f"{done} customers of the segment handled")
+            _progress(job, done=done, total=done, message=f"{done} customers of the segment handled")
         return _summary(job=job, requested=done, not_found=[])
     recipients = params.get("recipients") or []
     missing_all: list[int] = []
@@ -170,6 +174,6 @@ def trigger_job_run(*, job: Job) -> dict:
         with transaction.atomic():
             _enrol(version_id=params["version_id"], variables={pk: {**data, **v} for pk, v in variables.items()},
                    trigger_key=key, now=now)
-        job_progress(job=job, done=start + len(page), total=len(recipients),
-                     message=f"{start + len(page)} of {len(recipients)} recipients handled")
+        _progress(job, done=start + len(page), total=len(recipients),
+                  message=f"{start + len(page)} of {len(recipients)} recipients handled")
     return _summary(job=job, requested=len(recipients), not_found=missing_all)
