@@ -13,6 +13,12 @@ class ChannelsAppConfig(AppConfig):
         if customer_merge_channels not in MERGE_HOOKS:
             MERGE_HOOKS.append(customer_merge_channels)
 
+        from channels_app.services.privacy import ERASERS
+        from journeys.services.stream import stream_customer_erase
+
+        if stream_customer_erase not in ERASERS:  # events not yet streamed lose the person's user id
+            ERASERS.append(stream_customer_erase)
+
         from channels_app.services.dispatch import deliveries_release_on_resume
         from journeys.services.governance import HOLD_RELEASE_HOOKS
 

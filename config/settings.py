@@ -92,6 +92,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
     "guardian",
     "simple_history",
     "django_q",
@@ -281,6 +282,44 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+# The OpenAPI document (GET /v1/openapi.json) is generated from the views and serializers.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Journey console API",
+    "DESCRIPTION": "Tracking API (Segment-compatible, write keys) and management API (/api/v1, bearer tokens).",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {"ApiScopeEnum": "journeys.choices.ApiScope"},
+}
+
+# Management API (/api/v1): bearer tokens made in the admin.
+API = {
+    # Requests per minute per token (a token may set its own), counted for all processes at once.
+    "RATE_LIMIT": env_int("API_RATE_LIMIT", 600),
+    "RATE_WINDOW_S": 60,
+    # Access-log rows (one per call) are kept this long.
+    "LOG_KEEP_DAYS": env_int("API_LOG_KEEP_DAYS", 30),
+    # A trigger for more recipients than this (or for a segment) is enrolled by a background job.
+    "TRIGGER_SYNC_MAX": 100,
+    "TRIGGER_MAX_RECIPIENTS": 10000,
+    "MAX_BODY_BYTES": 2 * 1024 * 1024,  # below DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB)
+}
+
+# Outbound event stream (Standard Webhooks) to the destinations configured in the admin.
+STREAM = {
+    "TIMEOUT_S": env_int("STREAM_TIMEOUT_S", 15),
+    # Backoff after a failed request: RETRY_BASE_S doubling per failure, at most RETRY_MAX_S.
+    "RETRY_BASE_S": 5,
+    "RETRY_MAX_S": 3600,
+    # Delivered batches (and their events) are purged after this many days; undelivered never.
+    "KEEP_DAYS": env_int("STREAM_KEEP_DAYS", 7),
+    # Workers re-read the list of destinations this often (a change in this process: at once).
+    "CACHE_S": 5,
+    # Batches one delivery task sends to a destination before it hands over to the next task.
+    "BATCHES_PER_TASK": 20,
 }
 
 # Event API limits (the Segment HTTP Tracking API's own limits).

@@ -3,6 +3,7 @@ from django.urls import include, path
 
 urlpatterns = [
     path("v1/", include("journeys.api.urls")),
+    path("api/v1/", include("config.api_urls")),
     path("channels/", include("channels_app.urls")),
     path("agents/", include("agents.urls")),
     path("console/", include("journeys.console.urls")),

@@ -65,6 +65,35 @@ class RunStatus(models.TextChoices):
 OPEN_RUN_STATUSES = (RunStatus.ACTIVE, RunStatus.WAITING)
 
 
+class ApiScope(models.TextChoices):
+    """What an API token may do (a token holds a list of these)."""
+
+    TRACK = "track", "Send events (/v1/track, /v1/batch...)"
+    TRIGGER = "trigger", "Trigger workflows"
+    SEND = "send", "Send transactional messages"
+    CUSTOMERS_READ = "customers:read", "Read customer profiles"
+    CUSTOMERS_WRITE = "customers:write", "Update, merge and delete customers"
+    EXPORT = "export", "Export a customer's data"
+
+
+class StreamEventType(models.TextChoices):
+    """What the outbound event stream tells its destinations (Standard Webhooks `type`)."""
+
+    MESSAGE_SENT = "message.sent", "Message sent"
+    MESSAGE_DELIVERED = "message.delivered", "Message delivered"
+    MESSAGE_OPENED = "message.opened", "Message opened"
+    MESSAGE_CLICKED = "message.clicked", "Message clicked"
+    MESSAGE_BOUNCED = "message.bounced", "Message bounced"
+    MESSAGE_FAILED = "message.failed", "Message failed"
+    MESSAGE_SUPPRESSED = "message.suppressed", "Message suppressed (with its reason)"
+    JOURNEY_ENTERED = "journey.entered", "Journey entered"
+    JOURNEY_STEP_REACHED = "journey.step_reached", "Journey step reached"
+    JOURNEY_CONVERTED = "journey.converted", "Journey converted"
+    JOURNEY_EXITED = "journey.exited", "Journey exited (completed, exited or failed)"
+    CASE_OPENED = "case.opened", "Case opened"
+    CASE_RESOLVED = "case.resolved", "Case resolved"
+
+
 class QuarantineStatus(models.TextChoices):
     QUARANTINED = "quarantined", "Quarantined"
     REPLAYED = "replayed", "Replayed"

@@ -47,3 +47,12 @@ def runs_wake(run_ids: list[int], lease, now=None) -> int:
     """A page of due runs claimed by the tick (or enrolled in bulk): start or resume them."""
     worker_gc_tune()
     return wakeups.runs_wake(run_ids=run_ids, lease=lease, now=now)
+
+
+def stream_tick() -> dict:
+    """The minute schedule: deliver what is due on the event stream, purge what was delivered
+    long ago and the old API access log."""
+    from journeys.services.api_tokens import api_requests_purge
+    from journeys.services.stream import stream_deliver_due, stream_purge
+
+    return {"batches": stream_deliver_due(), "purged": stream_purge(), "api_log_purged": api_requests_purge()}

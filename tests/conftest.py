@@ -63,10 +63,13 @@ def _clear_cache():
 def _fresh_engine():
     """Compiled versions and the trigger index are cached per process; primary keys repeat between tests."""
     from journeys.engine.compiled import reset_caches
+    from journeys.services.stream import stream_destinations_reset
 
     reset_caches()
+    stream_destinations_reset()
     yield
     reset_caches()
+    stream_destinations_reset()
 
 
 @pytest.fixture

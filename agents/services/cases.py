@@ -22,6 +22,7 @@ from agents.models import Agent, Case, CaseEntry, Team
 from agents.services import permissions
 from agents.services.conversations import conversation_for_case
 from agents.services.routing import enqueue_route, sla_due
+from journeys.choices import StreamEventType
 from journeys.engine.runtime import profile_dict
 from journeys.models import Customer, JourneyRun, Workflow
 from journeys.services.governance import history_stamp, require_reason
@@ -162,6 +163,7 @@ def case_open(*, draft: CaseDraft, idempotency_key: str, now: datetime | None = 
         return Case.objects.get(escalation_key=idempotency_key), False
     CaseEntry.objects.create(case=case, kind=EntryKind.INBOUND, body=draft.text,
                              data={"reasons": draft.reasons, "sentiment": draft.sentiment, "complexity": draft.complexity})
+    case_stream(case=case, event_type=StreamEventType.CASE_OPENED, at=now)
     enqueue_route(case_id=case.pk)
     return case, True
 
@@ -300,6 +302,7 @@ def case_resolve(*, case: Case, actor, code: str, note: str = "") -> Case:
             "resolution_seconds": int((now - case.created_at).total_seconds()),
         },
     )
+    case_stream(case=case, event_type=StreamEventType.CASE_RESOLVED, at=now)
     _route_waiting_on_commit()  # the agent has room again: the queue need not wait for the next tick
     return case
 
@@ -368,6 +371,20 @@ def case_followup_enroll(*, case: Case, actor, workflow: Workflow) -> JourneyRun
         CaseEntry.objects.create(case=case, kind=EntryKind.FOLLOW_UP, author=actor, body=body,
                                  data={"workflow": workflow.pk, "run": run.pk if run else None})
     return run
+
+
+def case_stream(*, case: Case, event_type: str, at: datetime) -> None:
+    """Tell the outbound event stream (journeys.services.stream) that a case opened or was resolved."""
+    from journeys.services.stream import StreamItem, stream_active, stream_emit
+
+    if not stream_active():
+        return
+    data = {"case_id": case.pk, "customer_id": case.customer_id, "category": case.category, "intent": case.intent,
+            "priority": case.get_priority_display().lower(), "status": case.status,
+            "resolution_code": case.resolution_code or None, "workflow_id": case.origin_workflow_id,
+            "run_id": case.origin_run_id, "reopened": case.reopen_count}
+    stream_emit(items=[StreamItem(event_type, f"{event_type}:{case.pk}:{case.reopen_count}", at, data,
+                                  case.customer_id)])
 
 
 def cases_merge_customers(merged: Customer, target: Customer) -> None:

@@ -32,6 +32,7 @@ from channels_app.services import breaker as breakers
 from channels_app.services import policy
 from channels_app.services.consent import ConsentBook
 from channels_app.services.sending import channel_pick
+from channels_app.services.streaming import deliveries_stream
 from journeys.engine.batch import rows_set
 
 # A queued delivery whose enqueue was lost is picked up by the sweeper after this long.
@@ -255,6 +256,7 @@ def _write_holds(held: list[Delivery], now: datetime) -> None:
                          "next_attempt_at": d.next_attempt_at, **{f: getattr(d, f) for f in _ROUTE_FIELDS}}
                         for d in held],
              ("status", "reason", "error", "next_attempt_at", *_ROUTE_FIELDS), stamp=now)
+    deliveries_stream(deliveries=held, at=now)  # the suppressed ones, with their reason (deferred: not streamed)
 
 
 def _write_claims(claimed: list[Delivery], rerouted: set[int], now: datetime) -> None:

@@ -44,6 +44,7 @@ from channels_app.services.claim import (
     QUEUED_GRACE, Claimed, batch_size, deliveries_claim, sending_lease,
 )
 from channels_app.services.links import link_url
+from channels_app.services.streaming import deliveries_stream
 from channels_app.services.sending import _enqueue, _event_properties, unsubscribe_url
 from journeys.engine.batch import rows_insert, rows_set
 
@@ -267,6 +268,7 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
             for channel, outcomes in per_channel.values():
                 breakers.breaker_record_many(channel=channel, outcomes=outcomes, now=now)
         events_record_internal(events=events)
+        deliveries_stream(deliveries=[*accepted, *(d for d in changed if d.status == DeliveryStatus.FAILED)], at=now)
 
 
 def deliveries_dispatch(*, delivery_ids: list[int], now: datetime | None = None) -> dict:

@@ -17,6 +17,7 @@ from channels_app.models import Channel, Delivery, MessageTemplate
 from channels_app.services.consent import ConsentBook, consent_refusal, personalization_allowed
 from journeys.engine.batch import instance_new, objects_insert, reserve_ids
 from channels_app.services.links import link_url
+from channels_app.services.streaming import deliveries_stream
 from channels_app.services.templates import template_render
 
 MINIMAL_PROFILE = ("user_id", "first_name", "name", "email", "phone", "locale", "timezone")
@@ -226,6 +227,8 @@ def message_send(*, customer, template: MessageTemplate, channel: Channel, idemp
     delivery.save()
     if delivery.status == DeliveryStatus.QUEUED:
         _enqueue(delivery)
+    else:
+        deliveries_stream(deliveries=[delivery], at=now)  # suppressed (with its reason) or failed
     return delivery
 
 
@@ -304,6 +307,7 @@ class SendBatch:
         queued = [d.pk for d in deliveries if d.status == DeliveryStatus.QUEUED]
         if queued:
             _enqueue_many(queued)
+        deliveries_stream(deliveries=[d for d in deliveries if d.status != DeliveryStatus.QUEUED])
 
 
 @transaction.atomic

@@ -14,12 +14,19 @@ from django.utils import timezone
 from channels_app.choices import STATUS_RANK, DeliveryStatus
 from channels_app.models import Delivery
 from channels_app.services.sending import _event_properties
+from channels_app.services.streaming import deliveries_stream
+from journeys.choices import StreamEventType
 
 # Vendor words (Twilio MessageStatus, SES/SendGrid event names) -> our status.
 CALLBACK_STATUSES = {
     "delivered": DeliveryStatus.DELIVERED,
     "bounced": DeliveryStatus.BOUNCED, "bounce": DeliveryStatus.BOUNCED,
     "failed": DeliveryStatus.FAILED, "undelivered": DeliveryStatus.FAILED, "dropped": DeliveryStatus.FAILED,
+}
+STREAM_TYPES = {
+    DeliveryStatus.DELIVERED: StreamEventType.MESSAGE_DELIVERED,
+    DeliveryStatus.BOUNCED: StreamEventType.MESSAGE_BOUNCED,
+    DeliveryStatus.FAILED: StreamEventType.MESSAGE_FAILED,
 }
 EVENT_NAMES = {
     DeliveryStatus.DELIVERED: "Message Delivered",
@@ -60,6 +67,7 @@ def delivery_status_record(*, delivery_id: int, status: str, detail: str = "", a
     event_record_internal(customer=delivery.customer, name=EVENT_NAMES[ours], at=at,
                           message_id=f"status:{delivery.pk}:{ours}",
                           properties={**_event_properties(delivery), "status": ours, "detail": detail[:500]})
+    deliveries_stream(deliveries=[delivery], event_type=STREAM_TYPES[ours], at=at)
     return delivery
 
 
@@ -78,6 +86,7 @@ def delivery_open_record(*, delivery_id: int, at: datetime | None = None) -> Del
     _engaged(delivery, at)
     event_record_internal(customer=delivery.customer, name="Email Opened", message_id=f"open:{delivery.pk}",
                           properties=_event_properties(delivery), at=at)
+    deliveries_stream(deliveries=[delivery], event_type=StreamEventType.MESSAGE_OPENED, at=at)
     return delivery
 
 
@@ -98,4 +107,6 @@ def delivery_click_record(*, delivery_id: int, url: str, at: datetime | None = N
     digest = hashlib.sha256(url.encode()).hexdigest()[:16]
     event_record_internal(customer=delivery.customer, name="Link Clicked", message_id=f"click:{delivery.pk}:{digest}",
                           properties={**_event_properties(delivery), "url": url}, at=at)
+    deliveries_stream(deliveries=[delivery], event_type=StreamEventType.MESSAGE_CLICKED, at=at, key_suffix=f":{digest}",
+                      extra={"url": url})
     return delivery

@@ -7,6 +7,7 @@ admins); `common` what the workflow-side admins share.
 """
 
 from journeys.admin import (  # noqa: F401  (register)
+    api,
     audits,
     customers,
     events,

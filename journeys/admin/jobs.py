@@ -173,10 +173,10 @@ class JobAdmin(admin.ModelAdmin):
 
     def add_view(self, request, form_url="", extra_context=None):
         from journeys.models import JobKind
-        from journeys.services.jobs import job_start
+        from journeys.services.jobs import CONSOLE_KINDS, job_start
 
-        kinds = [(k, label) for k, label in JobKind.choices
-                 if (k == JobKind.REPLAY and self.has_add_permission(request)) or _may_start_data_jobs(request.user)]
+        kinds = [(k, label) for k, label in JobKind.choices if k in CONSOLE_KINDS
+                 and ((k == JobKind.REPLAY and self.has_add_permission(request)) or _may_start_data_jobs(request.user))]
         kind = request.GET.get("kind", "")
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, "kinds": kinds, "kind": kind,
                    "title": "Start a background job"}

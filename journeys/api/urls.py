@@ -1,9 +1,11 @@
 from django.urls import path
+from drf_spectacular.views import SpectacularJSONAPIView
 
 from journeys.api import views
 
 urlpatterns = [
-    path("openapi.json", views.openapi_view, name="api-openapi"),
+    # Generated from the code (drf-spectacular): tracking and management API together.
+    path("openapi.json", SpectacularJSONAPIView.as_view(), name="api-openapi"),
     path("batch", views.BatchView.as_view(), name="api-batch"),
     path("import", views.BatchView.as_view(), name="api-import"),
     *[

@@ -20,14 +20,17 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from journeys.api.client_ip import client_ip
+from journeys.api.openapi import TrackingSchema
 from journeys.api.serializers import EVENT_SERIALIZERS, RESPONSES, BatchIn
 from journeys.api.throttling import source_rate_check
 from journeys.errors import (
     AuthenticationFailed,
     EventValidationError,
     PayloadTooLarge,
+    PermissionDenied,
     SourceDisabled,
 )
+from journeys.services.api_tokens import api_call_log, token_track_source
 from journeys.services.event_parsing import MAX_DEPTH, batch_defaults_check, nesting_path
 from journeys.services.ingest import ReceiveResult, events_receive
 from journeys.services.sources import source_authenticate
@@ -101,10 +104,16 @@ def _basic_write_key(request) -> str | None:
     return decoded.split(":", 1)[0]
 
 
+def _bearer_token(request) -> str | None:
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    return header[7:].strip() if header.lower().startswith("bearer ") else None
+
+
 class _TrackingView(APIView):
     authentication_classes: list = []
     permission_classes: list = []
     renderer_classes = [JSONRenderer]
+    schema = TrackingSchema()
     event_type: str | None = None
     max_body_setting = "MAX_EVENT_BYTES"
     # The shapes, for the OpenAPI document (journeys.api.openapi / drf-spectacular): input and output apart.
@@ -115,14 +124,22 @@ class _TrackingView(APIView):
         return _error(405, f"method {request.method} not allowed; use POST", code="method_not_allowed",
                       headers={"Allow": "POST"})
 
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        api_call_log(request=request, status=response.status_code)
+        return response
+
     def handle_payload(self, *, source, body: dict, received_at, ip) -> ReceiveResult:  # pragma: no cover
         raise NotImplementedError
 
     def post(self, request, *args, **kwargs):
         received_at = timezone.now()
         header_key = _basic_write_key(request)
+        bearer = _bearer_token(request)
         try:
             source = source_authenticate(write_key=header_key) if header_key else None
+            if bearer is not None:  # an API token with the track scope (its calls are logged)
+                source = token_track_source(key=bearer, request=request)
             body = _read_json(request, max_bytes=settings.EVENT_API[self.max_body_setting])
             if not isinstance(body, dict):
                 return _error(400, "body must be a JSON object", code="invalid_body")
@@ -139,7 +156,7 @@ class _TrackingView(APIView):
             return _error(exc.status, exc.message, code=exc.code, field=exc.field)
         except AuthenticationFailed as exc:
             return _error(401, exc.message, code=exc.code, headers={"WWW-Authenticate": 'Basic realm="events"'})
-        except SourceDisabled as exc:
+        except (SourceDisabled, PermissionDenied) as exc:
             return _error(403, exc.message, code=exc.code)
         except PayloadTooLarge as exc:
             return _error(413, exc.message, code=exc.code, field=exc.field)
@@ -196,11 +213,3 @@ class BatchView(_TrackingView):
         return events_receive(source=source, payloads=batch, received_at=received_at, ip=ip,
                               batch_defaults=defaults, in_batch=True)
 
-
-def openapi_view(request):
-    """The tracking API's OpenAPI description (public: it holds no data)."""
-    from django.http import JsonResponse
-
-    from journeys.api.openapi import tracking_openapi
-
-    return JsonResponse(tracking_openapi())

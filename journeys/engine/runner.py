@@ -20,6 +20,7 @@ from journeys.engine.entry_gate import entries_admit
 from journeys.engine.runtime import StepContext, events_counter, profile_dict
 from journeys.models import Customer, JourneyRun, StepExecution
 from journeys.rules import RuleContext, compile_rule
+from journeys.services.stream import stream_run_converted, stream_run_progress
 
 logger = logging.getLogger(__name__)
 
@@ -181,8 +182,10 @@ def run_execute(
                 batch.save_run(run)
             else:
                 run.save()
+            stream_run_progress(run=run, version=version, reached=[], now=now)
             return run
     profile = profile_dict(customer, now)
+    reached: list[tuple[str, int, str, str]] = []  # for the outbound event stream
     for _ in range(MAX_STEPS_PER_ADVANCE):
         key = run.current_step
         if key not in version.steps:
@@ -219,6 +222,7 @@ def run_execute(
             error="; ".join(dict.fromkeys(errors))[:4000] if errors else "",
             started_at=now, finished_at=now if finished else None,
         )
+        reached.append((key, visit, step.kind.kind, (result.outcome or result.end_status or "") if finished else ""))
         if result.end_status:
             _finish(run, result.end_status, now)
             break
@@ -235,6 +239,7 @@ def run_execute(
         batch.save_run(run)
     else:
         run.save()
+    stream_run_progress(run=run, version=version, reached=reached, now=now)
     return run
 
 
@@ -258,6 +263,7 @@ def run_convert(*, run: JourneyRun, now: datetime) -> None:
     run.converted_at = run.converted_at or now
     _finish(run, RunStatus.COMPLETED, now)
     run.save()
+    stream_run_converted(run=run, now=now)
 
 
 def run_retry(*, run: JourneyRun, now: datetime) -> JourneyRun:

@@ -67,6 +67,11 @@ from journeys.models.jobs import Job, JobKind, JobStatus  # noqa: E402
 
 __all__ += ["Job", "JobKind", "JobStatus"]
 
+from journeys.models.api import ApiRequest, ApiToken  # noqa: E402
+from journeys.models.stream import StreamAttempt, StreamBatch, StreamDestination, StreamEvent  # noqa: E402
+
+__all__ += ["ApiRequest", "ApiToken", "StreamAttempt", "StreamBatch", "StreamDestination", "StreamEvent"]
+
 from journeys.models.limits import RateCounter  # noqa: E402
 
 __all__ += ["RateCounter"]

@@ -11,6 +11,8 @@ class JobKind(models.TextChoices):
     IMPORT_EVENTS = "import_events", "Bulk import of events"
     REPLAY = "replay", "Dry-run replay of a version"
     EXPORT = "export", "Data-subject export"
+    TRIGGER = "trigger", "Workflow trigger (API)"
+    ERASE = "erase", "Data-subject erasure (API)"
 
 
 class JobStatus(models.TextChoices):
@@ -39,6 +41,11 @@ class Job(models.Model):
     result = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    api_token = models.ForeignKey("journeys.ApiToken", null=True, blank=True, on_delete=models.SET_NULL,
+                                  related_name="jobs", help_text="the API token that started it")
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True, unique=True,
+                                       help_text="API jobs: the client's key (a replay finds this job)")
+    request_hash = models.CharField(max_length=64, blank=True, help_text="API jobs: what the key was used for")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -55,6 +55,13 @@ def require(actor: Any, action: str, workflow: Workflow) -> None:
         raise PermissionDenied(f"{actor} may not {action} workflow {workflow.name!r}", code="permission_denied")
 
 
+def require_model_perm(actor: Any, codename: str, what: str) -> None:
+    """A person needs the journeys model permission `codename` to `what`; the system (no
+    actor) may always act."""
+    if actor is not None and not actor.has_perm(f"journeys.{codename}"):
+        raise PermissionDenied(f"{actor} may not {what}")
+
+
 def require_reason(actor: Any, reason: str, what: str = "reason") -> str:
     """People must say why they change configuration; the system may stay silent."""
     reason = (reason or "").strip()

@@ -40,6 +40,9 @@ EXPORT_KEEP = timedelta(hours=24)
 DATA_JOB_PERM = "journeys.run_data_jobs"
 # The channels app owns the export of everything held about a person; journeys does not import it.
 EXPORT_SERVICE = "channels_app.services.privacy.customer_export"
+ERASE_SERVICE = "channels_app.services.privacy.customer_erase"
+# Jobs a person starts from the console; the others are started through the API (api_jobs.py).
+CONSOLE_KINDS = (JobKind.IMPORT_CUSTOMERS, JobKind.IMPORT_EVENTS, JobKind.REPLAY, JobKind.EXPORT)
 # Columns of a customer CSV that fill the profile (every other column becomes a trait).
 CUSTOMER_ID_COLUMNS = ("user_id", "userId")
 EVENT_COLUMNS = {"user_id": "userId", "userid": "userId", "anonymous_id": "anonymousId",
@@ -64,7 +67,7 @@ def job_check_allowed(*, actor: Any, kind: str, params: dict) -> None:
         if not (user_can(actor, EDIT, version.workflow) or user_has_global(actor, REVIEW)):
             raise PermissionDenied(f"you may not replay versions of {version.workflow.name}")
         return
-    if kind not in JobKind.values:
+    if kind not in CONSOLE_KINDS:
         raise JourneyError(f"unknown job kind {kind!r}", field="kind")
     if not (actor.is_superuser or actor.has_perm(DATA_JOB_PERM)):
         raise PermissionDenied("only ops admins may run bulk imports and data-subject exports")
@@ -384,9 +387,27 @@ def _export(job: Job) -> dict:
     return {"customer": customer.pk, "external_id": customer.external_id, "sections": sections, "export": data}
 
 
+def _erase(job: Job) -> dict:
+    """Erasure requested through the API: the same service as `manage.py erase_customer`."""
+    customer = Customer.objects.get(pk=job.params["customer_id"])
+    job_progress(job=job, done=0, total=1, message=f"erasing customer #{customer.pk}")
+    record = import_string(ERASE_SERVICE)(customer=customer, actor=job.params.get("actor") or "api",
+                                          reason=job.params.get("reason") or "")
+    job_progress(job=job, done=1)
+    return {"customer": customer.pk, "erasure_record": record.pk, "counts": record.counts}
+
+
+def _trigger(job: Job) -> dict:
+    from journeys.services.triggers import trigger_job_run
+
+    return trigger_job_run(job=job)
+
+
 RUNNERS: dict[str, Callable[[Job], dict]] = {
     JobKind.IMPORT_CUSTOMERS: _import_customers,
     JobKind.IMPORT_EVENTS: _import_events,
     JobKind.REPLAY: _replay,
     JobKind.EXPORT: _export,
+    JobKind.ERASE: _erase,
+    JobKind.TRIGGER: _trigger,
 }

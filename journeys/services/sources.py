@@ -9,16 +9,10 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from journeys.errors import AuthenticationFailed, PermissionDenied, SourceDisabled
+from journeys.errors import AuthenticationFailed, SourceDisabled
 from journeys.models import Source
 from journeys.models.events import hash_write_key
-from journeys.services.governance import history_stamp, require_reason
-
-
-def _check_allowed(actor: Any, codename: str, what: str) -> None:
-    """A person needs the model permission; the system (no actor) may always act."""
-    if actor is not None and not actor.has_perm(f"journeys.{codename}"):
-        raise PermissionDenied(f"{actor} may not {what}")
+from journeys.services.governance import history_stamp, require_model_perm, require_reason
 
 
 def _new_key() -> str:
@@ -43,7 +37,7 @@ def source_create(
 
     A person (`actor`) must say why; who and why land on the source's creation history row.
     """
-    _check_allowed(actor, "add_source", "create event sources")
+    require_model_perm(actor, "add_source", "create event sources")
     reason = require_reason(actor, reason) or "source created"
     key = _new_key()
     source = Source(
@@ -67,7 +61,7 @@ def source_create(
 @transaction.atomic
 def source_rotate_key(*, source: Source, actor: Any = None) -> str:
     """Replace the write key; the old key stops working at once."""
-    _check_allowed(actor, "change_source", "rotate write keys")
+    require_model_perm(actor, "change_source", "rotate write keys")
     key = _new_key()
     source.key_hash = hash_write_key(key)
     source.key_prefix = key[:10]
@@ -80,7 +74,7 @@ def source_rotate_key(*, source: Source, actor: Any = None) -> str:
 @transaction.atomic
 def source_set_enabled(*, source: Source, enabled: bool, reason: str, actor: Any = None) -> Source:
     """Enable or disable a source; a disabled source's requests get 403."""
-    _check_allowed(actor, "change_source", "enable or disable event sources")
+    require_model_perm(actor, "change_source", "enable or disable event sources")
     source.enabled = enabled
     history_stamp(source, actor=actor, reason=require_reason(actor, reason))
     source.save(update_fields=["enabled", "updated_at"])

@@ -1,0 +1,99 @@
+"""One message sent on request through the API (receipts, password resets): a template to a
+customer or to a raw address, with per-message data the template reads as `journey.*`.
+
+It goes through `message_send`, so consent (the template's topic decides: a transactional
+topic passes everything but global do-not-contact), reachability, idempotency and dispatch
+apply as to any message. Idempotent by the client's key: the Delivery's own unique key.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from django.db import transaction
+from django.utils import timezone
+
+from channels_app.choices import ChannelKind
+from channels_app.models import Channel, Delivery, MessageTemplate
+from channels_app.services.sending import message_send
+from journeys.choices import IdentityKind
+from journeys.engine.runtime import profile_dict
+from journeys.errors import JourneyError
+from journeys.models import ApiToken, Customer
+from journeys.services.api_jobs import IdempotencyMismatch, request_fingerprint
+from journeys.services.customers_api import customer_for_address
+
+ADDRESS_KINDS = {ChannelKind.EMAIL: IdentityKind.EMAIL, ChannelKind.SMS: IdentityKind.PHONE,
+                 ChannelKind.VOICE: IdentityKind.PHONE}
+ADDRESS_FIELDS = {ChannelKind.EMAIL: "email", ChannelKind.SMS: "phone", ChannelKind.VOICE: "phone"}
+
+
+def _template_and_channel(template_name: str, channel_name: str | None) -> tuple[MessageTemplate, Channel]:
+    template = MessageTemplate.objects.select_related("topic").filter(name=template_name).first()
+    if template is None:
+        raise JourneyError(f"no message template named {template_name!r}", field="template")
+    if channel_name:
+        channel = Channel.objects.select_related("fallback").filter(name=channel_name).first()
+        if channel is None:
+            raise JourneyError(f"no channel named {channel_name!r}", field="channel")
+    elif template.channel_kind:
+        channel = (Channel.objects.select_related("fallback").filter(kind=template.channel_kind, enabled=True)
+                   .order_by("id").first())
+        if channel is None:
+            raise JourneyError(f"no enabled {template.channel_kind} channel for template {template.name!r}",
+                               field="channel")
+    else:
+        raise JourneyError(f"template {template.name!r} fits any channel: name the channel", field="channel")
+    if template.channel_kind and channel.kind != template.channel_kind:
+        raise JourneyError(f"template {template.name!r} is for {template.channel_kind}, channel {channel.name!r} is "
+                           f"{channel.kind}", field="channel")
+    return template, channel
+
+
+def _address_customer(channel: Channel, to: str, now: datetime) -> tuple[Customer, str]:
+    kind = ADDRESS_KINDS.get(channel.kind)
+    if kind is None:
+        raise JourneyError(f"a raw address needs an email, SMS or voice channel, not {channel.kind}", field="to")
+    to = to.strip()
+    if kind == IdentityKind.EMAIL:
+        try:
+            validate_email(to)
+        except ValidationError:
+            raise JourneyError("is not a valid email address", field="to") from None
+    elif not to.lstrip("+").replace(" ", "").isdigit():
+        raise JourneyError("is not a phone number (digits, optionally after +)", field="to")
+    return customer_for_address(kind=kind, value=to, now=now), to
+
+
+def transactional_send(*, template_name: str, token: ApiToken, key: str, data: dict, customer: Customer | None = None,
+                       to: str = "", channel_name: str | None = None,
+                       now: datetime | None = None) -> tuple[Delivery, bool]:
+    """Record the message (sent after commit by the dispatcher); returns (delivery, created).
+    A replay of the key returns the first delivery; the same key for another message is refused."""
+    request_hash = request_fingerprint({"template": template_name, "channel": channel_name, "data": data,
+                                        "customer": customer.pk if customer else None, "to": to})
+    idempotency_key = f"api:{key}"
+    existing = Delivery.objects.filter(idempotency_key=idempotency_key).first()
+    if existing is not None:
+        if (existing.notes or {}).get("api_request") != request_hash:
+            raise IdempotencyMismatch("was already used for a different message; use a new key",
+                                      field="idempotency_key")
+        return existing, False
+    now = now or timezone.now()
+    template, channel = _template_and_channel(template_name, channel_name)
+    context: dict = {"journey": data}
+    with transaction.atomic():
+        if customer is None:
+            customer, address = _address_customer(channel, to, now)
+            context["profile"] = {**profile_dict(customer, now), ADDRESS_FIELDS[channel.kind]: address}
+        stamp = {"api_token": token.name, "api_request": request_hash}
+        delivery = message_send(customer=customer, template=template, channel=channel, idempotency_key=idempotency_key,
+                                context=context, now=now, notes=stamp)
+        if "api_request" not in (delivery.notes or {}):  # a template that failed to render keeps no notes
+            delivery.notes = {**(delivery.notes or {}), **stamp}
+            Delivery.objects.filter(pk=delivery.pk).update(notes=delivery.notes)
+    if delivery.notes["api_request"] != request_hash:  # a concurrent request with this key and another message
+        raise IdempotencyMismatch("was already used for a different message; use a new key", field="idempotency_key")
+    return delivery, True

@@ -1,0 +1,221 @@
+"""Admin for the management API's tokens and their access log (thin: services do the work)."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+from django.utils.html import format_html
+from simple_history.admin import SimpleHistoryAdmin
+
+from journeys.admin.base import HistoryReasonMixin, ReadOnlyAdmin, ReasonActionForm, ReasonForm, action_reason
+from journeys.choices import ApiScope
+from journeys.models import ApiRequest, ApiToken
+from journeys.services.api_tokens import scopes_clean, token_create, token_revoke
+
+
+class ApiTokenForm(ReasonForm):
+    scopes = forms.MultipleChoiceField(choices=ApiScope.choices, widget=forms.CheckboxSelectMultiple,
+                                       help_text="what the token may do; give each client only what it needs")
+
+    class Meta:
+        model = ApiToken
+        fields = ("name", "description", "scopes", "source", "expires_at", "rate_limit")
+
+    def clean_scopes(self):
+        try:
+            return scopes_clean(self.cleaned_data.get("scopes") or [])
+        except ValidationError as exc:
+            raise forms.ValidationError(exc.message_dict["scopes"]) from None
+
+    def clean(self):
+        data = super().clean()
+        if ApiScope.TRACK in (data.get("scopes") or []) and not data.get("source"):
+            self.add_error("source", "a token with the track scope needs the source its events belong to")
+        expires = data.get("expires_at")
+        if expires is not None and expires <= timezone.now() and not self.instance.pk:
+            self.add_error("expires_at", "must be in the future")
+        return data
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
+    """Tokens are shown once, at creation; revoking one asks why (the Reason box)."""
+
+    form = ApiTokenForm
+    action_form = ReasonActionForm
+    list_display = ("name", "key_prefix", "scope_list", "state", "expires_at", "last_used_at", "created_by")
+    list_filter = ("revoked_at",)
+    search_fields = ("name", "key_prefix")
+    readonly_fields = ("key_prefix", "created_by", "created_reason", "revoked_at", "revoked_by", "revoked_reason",
+                       "last_used_at", "created_at")
+    actions = ["revoke_tokens"]
+
+    def get_fields(self, request, obj=None):
+        fields = ["name", "description", "scopes", "source", "expires_at", "rate_limit"]
+        if obj is not None:
+            fields += list(self.readonly_fields)
+        return fields
+
+    @admin.display(description="scopes")
+    def scope_list(self, obj):
+        return ", ".join(obj.scopes or []) or "-"
+
+    @admin.display(description="state")
+    def state(self, obj):
+        if obj.revoked_at:
+            return "revoked"
+        return "active" if obj.active_at() else "expired"
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        token, key = token_create(
+            name=obj.name, description=obj.description, scopes=obj.scopes, source=obj.source,
+            expires_at=obj.expires_at, rate_limit=obj.rate_limit, actor=request.user, reason=self._reason(request, form),
+        )
+        obj.pk, obj.key_prefix, obj.key_hash = token.pk, token.key_prefix, token.key_hash
+        messages.warning(request, format_html(
+            "API token {}: <code>{}</code> — copy it now, it is not shown again. "
+            "Send it as <code>Authorization: Bearer &lt;token&gt;</code>.", token.name, key))
+
+    @admin.action(description="Revoke the selected tokens (their calls are refused at once)", permissions=["change"])
+    def revoke_tokens(self, request, queryset):
+        reason = action_reason(self, request)
+        if not reason:
+            return
+        for token in queryset:
+            token_revoke(token=token, actor=request.user, reason=reason)
+        self.message_user(request, f"Revoked {queryset.count()} token(s).", messages.SUCCESS)
+
+
+@admin.register(ApiRequest)
+class ApiRequestAdmin(ReadOnlyAdmin):
+    """The access log: every call made with a token."""
+
+    list_display = ("at", "token", "method", "path", "status", "duration_ms", "ip")
+    list_filter = ("status", "method", "token")
+    search_fields = ("path",)
+    list_select_related = ("token",)
+    date_hierarchy = "at"
+    show_full_result_count = False
+
+
+# --------------------------------------------------------------------------- outbound event stream
+
+from journeys.choices import StreamEventType  # noqa: E402
+from journeys.models import StreamAttempt, StreamBatch, StreamDestination  # noqa: E402
+from journeys.services import stream as stream_service  # noqa: E402
+from journeys.services import stream_destinations  # noqa: E402
+
+
+class StreamDestinationForm(ReasonForm):
+    event_types = forms.MultipleChoiceField(
+        choices=StreamEventType.choices, widget=forms.CheckboxSelectMultiple, required=False,
+        help_text="what it receives; none ticked = everything")
+
+    class Meta:
+        model = StreamDestination
+        fields = ("name", "url", "event_types", "enabled", "batch_size", "max_failures")
+
+    def clean_url(self):
+        url = self.cleaned_data.get("url", "")
+        if problem := stream_service.destination_url_problem(url):
+            raise forms.ValidationError(f"The URL {problem}.")
+        return url
+
+    def clean_batch_size(self):
+        value = self.cleaned_data.get("batch_size")
+        if value is not None and not 1 <= value <= 1000:
+            raise forms.ValidationError("Between 1 and 1000 events per request.")
+        return value
+
+
+@admin.register(StreamDestination)
+class StreamDestinationAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
+    """Where the event stream goes. The signing secret is shown when made or rotated; a paused
+    destination keeps collecting its events and sends them, in order, once resumed."""
+
+    form = StreamDestinationForm
+    action_form = ReasonActionForm
+    list_display = ("name", "url", "enabled", "state", "pending", "last_success_at", "consecutive_failures")
+    list_filter = ("enabled",)
+    search_fields = ("name", "url")
+    readonly_fields = ("paused_at", "pause_reason", "consecutive_failures", "next_attempt_at", "last_success_at",
+                       "last_error", "secret_rotated_at", "created_at")
+    actions = ["resume_destinations", "pause_destinations", "rotate_secrets"]
+
+    def get_fields(self, request, obj=None):
+        fields = ["name", "url", "event_types", "enabled", "batch_size", "max_failures"]
+        return fields + list(self.readonly_fields) if obj is not None else fields
+
+    @admin.display(description="state")
+    def state(self, obj):
+        if obj.paused_at:
+            return format_html("paused: {}", obj.pause_reason)
+        if obj.consecutive_failures:
+            return f"retrying ({obj.consecutive_failures} failed)"
+        return "ok"
+
+    @admin.display(description="waiting events")
+    def pending(self, obj):
+        return obj.events.filter(batch__isnull=True).count() + sum(
+            obj.batches.filter(delivered_at__isnull=True).values_list("events_count", flat=True))
+
+    def save_model(self, request, obj, form, change):
+        secret = stream_destinations.destination_save(destination=obj, actor=request.user, reason=self._reason(request, form))
+        if secret:
+            messages.warning(request, format_html(
+                "Signing secret for {}: <code>{}</code> — copy it now, it is not shown again. Verify requests "
+                "with any Standard Webhooks library.", obj.name, secret))
+
+    @admin.action(description="Resume the selected destinations (send their backlog now)", permissions=["change"])
+    def resume_destinations(self, request, queryset):
+        if reason := action_reason(self, request):
+            for destination in queryset:
+                stream_destinations.destination_resume(destination=destination, actor=request.user, reason=reason)
+            self.message_user(request, f"Resumed {queryset.count()} destination(s).", messages.SUCCESS)
+
+    @admin.action(description="Pause the selected destinations (events keep being collected)", permissions=["change"])
+    def pause_destinations(self, request, queryset):
+        if reason := action_reason(self, request):
+            for destination in queryset:
+                stream_destinations.destination_pause(destination=destination, actor=request.user, reason=reason)
+            self.message_user(request, f"Paused {queryset.count()} destination(s).", messages.SUCCESS)
+
+    @admin.action(description="Rotate the signing secret", permissions=["change"])
+    def rotate_secrets(self, request, queryset):
+        if reason := action_reason(self, request):
+            for destination in queryset:
+                secret = stream_destinations.destination_rotate_secret(destination=destination, actor=request.user,
+                                                                  reason=reason)
+                messages.warning(request, format_html("New signing secret for {}: <code>{}</code> — copy it now.",
+                                                      destination.name, secret))
+
+
+class StreamAttemptInline(admin.TabularInline):
+    model = StreamAttempt
+    fields = readonly_fields = ("at", "ok", "status_code", "latency_ms", "error")
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(StreamBatch)
+class StreamBatchAdmin(ReadOnlyAdmin):
+    """The delivery log: each signed request, its attempts and answers."""
+
+    list_display = ("created_at", "destination", "webhook_id", "events_count", "attempts", "last_status_code",
+                    "delivered_at")
+    list_filter = ("destination", ("delivered_at", admin.EmptyFieldListFilter))
+    search_fields = ("webhook_id",)
+    list_select_related = ("destination",)
+    inlines = [StreamAttemptInline]
+    show_full_result_count = False
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.has_perm("journeys.view_streamdestination")

@@ -1,0 +1,180 @@
+"""Management API views of the journeys core (/api/v1): customers, workflow triggers, jobs.
+
+Thin: an input serializer checks the shape, a service does the work, an output serializer
+renders it. Authentication, scopes, throttling and the access log come from `TokenApiView`.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
+from rest_framework.response import Response
+
+from journeys.api.base import IdCursorPagination, TokenApiView, id_or_404
+from journeys.api.management_serializers import (
+    CustomerListOut, CustomerOut, CustomerQuery, EraseIn, JobOut, MergeIn, TraitsIn, TraitsOut, TriggerIn, TriggerOut,
+)
+from journeys.choices import ApiScope
+from journeys.models import Customer, Job, JobKind, Workflow
+from journeys.services import customers_api
+from journeys.services.customers_api import CustomerNotFound
+from journeys.services.triggers import workflow_trigger
+
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
+    description="repeat a request safely: the same key returns the same job",
+)
+REFUSALS = {
+    401: OpenApiResponse(description="missing, unknown, revoked or expired token"),
+    403: OpenApiResponse(description="the token lacks the scope"),
+    429: OpenApiResponse(description="the token's rate limit; see Retry-After"),
+}
+INPUT_REFUSALS = {**REFUSALS, 400: OpenApiResponse(description="bad input; `field` names it"),
+                  413: OpenApiResponse(description="body too large"),
+                  422: OpenApiResponse(description="well-formed but cannot be done; `field` names why")}
+
+
+def _customer(pk) -> Customer:
+    try:
+        return customers_api.customer_get(pk=id_or_404(pk))
+    except CustomerNotFound:
+        raise NotFound(f"no customer with id {pk}") from None
+
+
+def _job_body(job: Job, replayed: bool) -> dict:
+    return {"job": JobOut(job).data, "replayed": replayed}
+
+
+class CustomerViewSet(TokenApiView, viewsets.GenericViewSet):
+    """Customer profiles: look up, read, set traits, merge, erase, export."""
+
+    scopes = {"list": ApiScope.CUSTOMERS_READ, "retrieve": ApiScope.CUSTOMERS_READ,
+              "traits": ApiScope.CUSTOMERS_WRITE, "merge": ApiScope.CUSTOMERS_WRITE,
+              "destroy": ApiScope.CUSTOMERS_WRITE, "export": ApiScope.EXPORT}
+    pagination_class = IdCursorPagination
+    serializer_class = CustomerOut
+    lookup_value_regex = r"[0-9]+"
+
+    def get_queryset(self):
+        query = CustomerQuery(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        return customers_api.customers_lookup(**query.validated_data)
+
+    @extend_schema(parameters=[CustomerQuery], responses={200: CustomerListOut(many=True), **REFUSALS},
+                   summary="List or look up customers (by user id, email, phone or anonymous id)")
+    def list(self, request):
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(CustomerListOut(page, many=True).data)
+
+    @extend_schema(responses={200: CustomerOut, 404: OpenApiResponse(description="no such customer"), **REFUSALS},
+                   summary="A customer's profile: identities, consents, stage, traits")
+    def retrieve(self, request, pk=None):
+        return Response(CustomerOut(customers_api.customer_profile(customer=_customer(pk))).data)
+
+    @extend_schema(request=TraitsIn, responses={200: TraitsOut, 404: OpenApiResponse(description="no such customer"),
+                                                **INPUT_REFUSALS},
+                   summary="Set traits (as an identify call: attribute-change triggers fire)")
+    @action(detail=True, methods=["patch"])
+    def traits(self, request, pk=None):
+        customer = _customer(pk)
+        body = TraitsIn(data=request.data)
+        body.is_valid(raise_exception=True)
+        changes = customers_api.customer_traits_set(customer=customer, traits=body.validated_data["traits"],
+                                                    actor=request.auth.actor)
+        return Response(TraitsOut({"changes": changes, "customer": customers_api.customer_profile(customer=customer)}).data)
+
+    @extend_schema(request=MergeIn, responses={200: CustomerOut, 404: OpenApiResponse(description="no such customer"),
+                                               **INPUT_REFUSALS},
+                   summary="Merge another customer into this one (identities, events, runs move)")
+    @action(detail=True, methods=["post"])
+    def merge(self, request, pk=None):
+        target = _customer(pk)
+        body = MergeIn(data=request.data)
+        body.is_valid(raise_exception=True)
+        merged = Customer.objects.filter(pk=body.validated_data["merge"]).first()
+        if merged is None:
+            raise serializers.ValidationError({"merge": f"no customer with id {body.validated_data['merge']}"})
+        customers_api.customers_merge(target=target, merged=merged, actor=request.auth.actor,
+                                      reason=body.validated_data.get("reason", ""))
+        target.refresh_from_db()
+        return Response(CustomerOut(customers_api.customer_profile(customer=target)).data)
+
+    @extend_schema(request=EraseIn, parameters=[IDEMPOTENCY_HEADER],
+                   responses={202: TriggerOut, 404: OpenApiResponse(description="no such customer"), **INPUT_REFUSALS},
+                   summary="Erase a customer (as manage.py erase_customer), in the background; poll the job")
+    def destroy(self, request, pk=None):
+        customer = _customer(pk)
+        body = EraseIn(data=request.data if isinstance(request.data, dict) else {})
+        body.is_valid(raise_exception=True)
+        key = request.headers.get("Idempotency-Key") or f"customer:{customer.pk}"
+        job, created = customers_api.customer_erase_request(customer=customer, token=request.auth, key=key[:200],
+                                                            reason=body.validated_data.get("reason", ""))
+        return Response(_job_body(job, not created), status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, parameters=[IDEMPOTENCY_HEADER],
+                   responses={202: TriggerOut, 404: OpenApiResponse(description="no such customer"), **REFUSALS},
+                   summary="Export everything held about a customer, in the background (kept 24 h)")
+    @action(detail=True, methods=["post"])
+    def export(self, request, pk=None):
+        customer = _customer(pk)
+        key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
+        job, created = customers_api.customer_export_request(customer=customer, token=request.auth, key=key[:200])
+        return Response(_job_body(job, not created), status=status.HTTP_202_ACCEPTED)
+
+
+class WorkflowTriggerViewSet(TokenApiView, viewsets.GenericViewSet):
+    """Trigger a live workflow for customers or a segment."""
+
+    scope = ApiScope.TRIGGER
+    serializer_class = TriggerIn
+    queryset = Workflow.objects.all()
+    lookup_value_regex = r"[0-9]+"
+
+    @extend_schema(request=TriggerIn, responses={200: TriggerOut, 202: TriggerOut,
+                                                 404: OpenApiResponse(description="no such workflow"),
+                                                 **INPUT_REFUSALS},
+                   summary="Enrol customers (or a segment) in the workflow's live version, idempotently")
+    @action(detail=True, methods=["post"])
+    def trigger(self, request, pk=None):
+        workflow = get_object_or_404(Workflow, pk=id_or_404(pk))
+        body = TriggerIn(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        job, created = workflow_trigger(workflow=workflow, token=request.auth, key=data["idempotency_key"],
+                                        recipients=data.get("recipients"), segment=data.get("segment"),
+                                        data=data.get("data") or {})
+        code = status.HTTP_200_OK if job.finished else status.HTTP_202_ACCEPTED
+        return Response(_job_body(job, not created), status=code)
+
+
+JOB_SCOPES = {JobKind.TRIGGER: ApiScope.TRIGGER, JobKind.ERASE: ApiScope.CUSTOMERS_WRITE,
+              JobKind.EXPORT: ApiScope.EXPORT}
+
+
+class JobViewSet(TokenApiView, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Background jobs started through the API; a token sees the kinds its scopes start."""
+
+    serializer_class = JobOut
+    lookup_value_regex = r"[0-9]+"
+
+    def scope_for(self, request) -> str:
+        token = request.auth
+        return next((s for s in (ApiScope.TRIGGER, ApiScope.CUSTOMERS_WRITE, ApiScope.EXPORT) if s in token.scopes),
+                    ApiScope.TRIGGER)
+
+    def get_queryset(self):
+        kinds = [kind for kind, scope in JOB_SCOPES.items() if scope in self.request.auth.scopes]
+        return Job.objects.filter(api_token__isnull=False, kind__in=kinds)
+
+    @extend_schema(responses={200: JobOut, 404: OpenApiResponse(description="no such job"), **REFUSALS},
+                   summary="A background job's status, progress and result")
+    def retrieve(self, request, *args, **kwargs):
+        from journeys.services.jobs import jobs_purge_exports
+
+        jobs_purge_exports()
+        return super().retrieve(request, *args, **kwargs)

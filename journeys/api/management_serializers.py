@@ -1,0 +1,135 @@
+"""Input and output serializers of the management API (shapes and field checks only: the
+services decide)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from rest_framework import serializers
+
+from journeys.api.fields import JSONObjectField
+from journeys.models import Job
+
+# --------------------------------------------------------------------------- customers
+
+
+class IdentityOut(serializers.Serializer):
+    kind = serializers.CharField()
+    value = serializers.CharField()
+
+
+class ConsentOut(serializers.Serializer):
+    channel_kind = serializers.CharField(help_text="empty = every channel")
+    topic = serializers.CharField(allow_null=True, help_text="null = every topic")
+    status = serializers.CharField()
+    source = serializers.CharField()
+    updated_at = serializers.DateTimeField()
+
+
+class CustomerOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    user_id = serializers.CharField()
+    email = serializers.CharField()
+    phone = serializers.CharField()
+    timezone = serializers.CharField()
+    locale = serializers.CharField()
+    stage = serializers.CharField(help_text="lifecycle stage key")
+    traits = serializers.DictField()
+    first_seen = serializers.DateTimeField(allow_null=True)
+    last_seen = serializers.DateTimeField(allow_null=True)
+    identities = IdentityOut(many=True)
+    consents = ConsentOut(many=True)
+    merged_ids = serializers.ListField(child=serializers.IntegerField(), help_text="profiles merged into this one")
+
+
+class CustomerListOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    user_id = serializers.CharField(source="external_id")
+    email = serializers.CharField()
+    stage = serializers.CharField()
+    last_seen = serializers.DateTimeField(allow_null=True)
+
+
+class CustomerQuery(serializers.Serializer):
+    user_id = serializers.CharField(required=False, max_length=255)
+    email = serializers.CharField(required=False, max_length=320)
+    phone = serializers.CharField(required=False, max_length=64)
+    anonymous_id = serializers.CharField(required=False, max_length=255)
+
+
+class TraitsIn(serializers.Serializer):
+    traits = JSONObjectField(help_text="traits to set (others are kept); email and phone also fill the profile")
+
+    def validate_traits(self, value: dict) -> dict:
+        if not value:
+            raise serializers.ValidationError("name at least one trait")
+        return value
+
+
+class TraitsOut(serializers.Serializer):
+    changes = serializers.DictField(help_text="{trait: [old, new]} for the traits that changed")
+    customer = CustomerOut()
+
+
+class MergeIn(serializers.Serializer):
+    merge = serializers.IntegerField(min_value=1, help_text="id of the customer folded into this one")
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=255)
+
+
+class EraseIn(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=255,
+                                   help_text="e.g. the request's ticket number")
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+class JobOut(serializers.ModelSerializer):
+    class Meta:
+        model = Job
+        fields = ("id", "kind", "status", "progress_done", "progress_total", "message", "result", "error",
+                  "created_at", "started_at", "finished_at")
+
+
+# --------------------------------------------------------------------------- triggers
+
+
+class RecipientIn(serializers.Serializer):
+    """One recipient: exactly one of user_id, email or customer_id."""
+
+    user_id = serializers.CharField(required=False, max_length=255)
+    email = serializers.EmailField(required=False, max_length=320)
+    customer_id = serializers.IntegerField(required=False, min_value=1)
+    data = JSONObjectField(required=False, max_bytes=16 * 1024,
+                           help_text="this recipient's journey variables (journey.*)")
+
+    def validate(self, attrs: dict) -> dict:
+        given = [k for k in ("user_id", "email", "customer_id") if k in attrs]
+        if len(given) != 1:
+            raise serializers.ValidationError({"user_id": "name the recipient by exactly one of user_id, email or "
+                                                          "customer_id"})
+        return attrs
+
+
+class TriggerIn(serializers.Serializer):
+    idempotency_key = serializers.CharField(max_length=200, help_text="the same key and request return the same "
+                                                                      "result and never enrol twice")
+    recipients = RecipientIn(many=True, required=False, allow_empty=False)
+    segment = serializers.CharField(required=False, max_length=5000, help_text="a rule over profile.* "
+                                    "(e.g. 'profile.plan == \"pro\"'); everyone matching it is enrolled")
+    data = JSONObjectField(required=False, max_bytes=16 * 1024, help_text="journey variables for every recipient")
+
+    def validate_recipients(self, value: list) -> list:
+        limit = settings.API["TRIGGER_MAX_RECIPIENTS"]
+        if len(value) > limit:
+            raise serializers.ValidationError(f"{len(value)} recipients; at most {limit} per request")
+        return value
+
+    def validate(self, attrs: dict) -> dict:
+        if ("recipients" in attrs) == ("segment" in attrs):
+            raise serializers.ValidationError({"recipients": "give either recipients or a segment"})
+        return attrs
+
+
+class TriggerOut(serializers.Serializer):
+    job = JobOut()
+    replayed = serializers.BooleanField(help_text="true when this key was seen before (nothing new was done)")

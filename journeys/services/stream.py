@@ -1,0 +1,446 @@
+"""The outbound event stream: what happens (messages, journeys, cases) goes to the HTTPS
+destinations ops configure, in signed batches (Standard Webhooks).
+
+Writing: `stream_emit(items=...)` stores one `StreamEvent` row per item and interested
+destination, with one INSERT, inside the caller's transaction: the table is the outbox, so
+what happened and what the stream says about it commit (or roll back) together. `key` names
+what happened, unique per destination, so recording a fact twice stores it once. With no
+destination configured it costs nothing but a look at a cached list. Inside an engine batch,
+`stream_collect` keeps the items in a batch extension and writes them when the batch flushes
+(set-based, like the batch's own rows). Other apps call these; journeys imports none of them.
+
+Sending: `stream_deliver(destination_id=)` (a q2 task, kicked after commit and by the minute
+tick) sends a destination's oldest undelivered events, at most `batch_size` per POST, in id
+order, one request in flight per destination (a lease on the destination row). The request
+is signed as Standard Webhooks asks (headers webhook-id, webhook-timestamp,
+webhook-signature `v1,<base64 HMAC-SHA256 of "id.timestamp.body">`); a batch keeps its
+webhook-id across retries. A failure backs off exponentially (with jitter, honouring
+Retry-After) and the same batch is retried; after `max_failures` failures in a row, or a
+410 Gone, the destination pauses until ops resume it. Nothing is dropped meanwhile: events
+keep being recorded and go out, in order, once it answers again. Delivered batches are purged
+after STREAM["KEEP_DAYS"].
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import random
+import secrets
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import connection, transaction
+from django.utils import timezone
+
+from journeys.choices import RunStatus, StreamEventType
+from journeys.models import StreamAttempt, StreamBatch, StreamDestination, StreamEvent
+
+logger = logging.getLogger(__name__)
+
+COLLECTOR_KEY = "journeys.stream"
+FINISHED = (RunStatus.COMPLETED, RunStatus.EXITED, RunStatus.FAILED)
+JOURNEY_TYPES = (StreamEventType.JOURNEY_ENTERED, StreamEventType.JOURNEY_STEP_REACHED,
+                 StreamEventType.JOURNEY_CONVERTED, StreamEventType.JOURNEY_EXITED)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamItem:
+    """One thing that happened. `key` names it (e.g. `message.sent:42`); `data` is JSON-able."""
+
+    type: str
+    key: str
+    occurred_at: datetime
+    data: dict
+    customer_id: int | None = None
+
+
+# --------------------------------------------------------------------------- who wants what
+
+_cache: dict[str, Any] = {"at": 0.0, "rows": []}
+
+
+def stream_destinations_reset() -> None:
+    """Forget the cached destination list (after a change here; tests between cases)."""
+    _cache["at"], _cache["rows"] = 0.0, []
+
+
+def _destinations() -> list[tuple[int, frozenset[str] | None]]:
+    """(id, wanted types or None = all) of the enabled destinations, re-read every CACHE_S seconds.
+    Paused destinations are included: their events wait for them."""
+    now = time.monotonic()
+    if now - _cache["at"] > settings.STREAM["CACHE_S"]:
+        _cache["rows"] = [(pk, frozenset(types) if types else None) for pk, types in
+                          StreamDestination.objects.filter(enabled=True).values_list("pk", "event_types")]
+        _cache["at"] = now
+    return _cache["rows"]
+
+
+def stream_active() -> bool:
+    """Whether any destination is configured (callers skip building items when not)."""
+    return bool(_destinations())
+
+
+def stream_wanted(event_type: str) -> bool:
+    """Whether any destination wants this type (callers may skip building items when not)."""
+    return any(types is None or event_type in types for _, types in _destinations())
+
+
+# --------------------------------------------------------------------------- recording
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def stream_emit(*, items: Iterable[StreamItem]) -> int:
+    """Record items for every destination that wants them: one INSERT ... ON CONFLICT DO NOTHING
+    in the caller's transaction. Returns how many rows were written (0 without destinations)."""
+    from journeys.engine.batch import rows_insert
+
+    destinations = _destinations()
+    if not destinations:
+        return 0
+    rows = []
+    for item in items:
+        for pk, types in destinations:
+            if types is None or item.type in types:
+                rows.append({"destination_id": pk, "key": item.key[:200], "type": item.type,
+                             "occurred_at": item.occurred_at, "customer_id": item.customer_id,
+                             "data": _jsonable({**item.data, "type": item.type}), "batch_id": None})
+    if not rows:
+        return 0
+    rows_insert(StreamEvent, rows, ignore_conflicts=True)
+    transaction.on_commit(_kick)
+    return len(rows)
+
+
+class _Collector:
+    """The stream's extension of an engine batch: items wait for the batch's flush."""
+
+    def __init__(self, batch) -> None:
+        self.items: list[StreamItem] = []
+
+    def flush(self) -> None:
+        items, self.items = self.items, []
+        if items:
+            stream_emit(items=items)
+
+
+def stream_collect(*, items: Sequence[StreamItem]) -> None:
+    """`stream_emit` now, or with the engine batch's flush when one is active."""
+    from journeys.engine.batch import current_batch
+
+    if not items or not _destinations():
+        return
+    batch = current_batch()
+    if batch is None:
+        stream_emit(items=items)
+    else:
+        batch.extension(COLLECTOR_KEY, _Collector).items.extend(items)
+
+
+_last_kick = {"at": 0.0}
+
+
+def _kick() -> None:
+    """After a commit that recorded events: one delivery task, at most once a second per process
+    (the minute tick catches whatever a skipped kick would have sent)."""
+    from django_q.tasks import async_task
+
+    now = time.monotonic()
+    if now - _last_kick["at"] < 1.0 and not settings.Q_CLUSTER.get("sync"):
+        return
+    _last_kick["at"] = now
+    async_task("journeys.services.stream.stream_deliver_due", group="stream")
+
+
+# --------------------------------------------------------------------------- journeys' own events
+
+
+def _run_data(run, version, **extra) -> dict:
+    return {"run_id": run.pk, "workflow_id": run.workflow_id, "version_id": run.version_id,
+            "version": getattr(version, "number", None), "customer_id": run.customer_id, **extra}
+
+
+def stream_run_progress(*, run, version, reached: list[tuple[str, int, str, str]], now: datetime) -> None:
+    """What a run did in one advance: `reached` is (step key, visit, step kind, outcome) per step
+    executed. Emits journey.entered (its first step, first visit), journey.step_reached per step
+    and journey.exited when it ended."""
+    if not any(stream_wanted(t) for t in JOURNEY_TYPES):
+        return
+    items = []
+    for key, visit, kind, outcome in reached:
+        if visit == 1 and key == getattr(version, "entry_step", None):
+            items.append(StreamItem(StreamEventType.JOURNEY_ENTERED, f"journey.entered:{run.pk}", now,
+                                    _run_data(run, version, trigger_key=run.trigger_key), run.customer_id))
+        items.append(StreamItem(StreamEventType.JOURNEY_STEP_REACHED, f"journey.step:{run.pk}:{key}:{visit}", now,
+                                _run_data(run, version, step=key, step_kind=kind, visit=visit, outcome=outcome),
+                                run.customer_id))
+    items.extend(_run_end(run, version, now))
+    stream_collect(items=items)
+
+
+def _run_end(run, version, now: datetime) -> list[StreamItem]:
+    if run.status not in FINISHED or run.finished_at is None:
+        return []
+    at = run.finished_at
+    return [StreamItem(StreamEventType.JOURNEY_EXITED, f"journey.exited:{run.pk}:{at.isoformat()}", at,
+                       _run_data(run, version, status=run.status, step=run.current_step, error=run.error[:500],
+                                 converted=run.converted_at is not None), run.customer_id)]
+
+
+def stream_run_converted(*, run, now: datetime) -> None:
+    """The run's goal was reached: journey.converted (and journey.exited, the run is over)."""
+    if not _destinations():
+        return
+    at = run.converted_at or now
+    items = [StreamItem(StreamEventType.JOURNEY_CONVERTED, f"journey.converted:{run.pk}", at,
+                        _run_data(run, None, step=run.current_step), run.customer_id), *_run_end(run, None, now)]
+    stream_collect(items=items)
+
+
+# --------------------------------------------------------------------------- destinations
+
+
+def destination_secret(destination: StreamDestination) -> str:
+    """The destination's signing secret (`whsec_` + base64 of 32 bytes), derived from the
+    server's SECRET_KEY and the destination's salt: never stored."""
+    key = hmac.new(settings.SECRET_KEY.encode(), f"stream-destination:{destination.secret_salt}".encode(),
+                   hashlib.sha256).digest()
+    return "whsec_" + base64.b64encode(key).decode()
+
+
+def destination_url_problem(url: str) -> str:
+    """Why this URL cannot be a destination ('' = fine): checked when saved and before each send.
+    The shared outbound guard (journeys.services.outbound) refuses non-http(s), credentials and
+    private/loopback addresses unless allow-listed; on top, the stream wants HTTPS, plain http
+    only for allow-listed hosts (OUTBOUND_ALLOWED_HOSTS / _NETWORKS: local test servers)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    from journeys.services.outbound import allowed_networks, outbound_url_problem
+
+    if problem := outbound_url_problem(url=url):
+        return problem
+    parts = urlsplit(url)
+    if parts.scheme == "http":
+        host = parts.hostname or ""
+        try:
+            local = any(ipaddress.ip_address(host) in net for net in allowed_networks())
+        except ValueError:
+            local = False
+        if not (local or host in getattr(settings, "OUTBOUND_ALLOWED_HOSTS", ())):
+            return "must be an https:// URL (plain http only for allow-listed hosts)"
+    return ""
+
+
+def destination_clean(destination: StreamDestination) -> None:
+    from journeys.choices import StreamEventType as Types
+
+    if problem := destination_url_problem(destination.url):
+        raise ValidationError({"url": problem})
+    unknown = [t for t in destination.event_types or [] if t not in Types.values]
+    if unknown:
+        raise ValidationError({"event_types": f"unknown event type(s) {', '.join(map(str, unknown))}"})
+    if not 1 <= destination.batch_size <= 1000:
+        raise ValidationError({"batch_size": "must be between 1 and 1000"})
+    if destination.max_failures < 1:
+        raise ValidationError({"max_failures": "must be at least 1"})
+
+
+def deliver_later(destination_id: int) -> None:
+    from django_q.tasks import async_task
+
+    async_task("journeys.services.stream.stream_deliver", destination_id=destination_id, group="stream")
+
+
+# --------------------------------------------------------------------------- sending
+
+
+def stream_sign(*, secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
+    """`v1,<base64 HMAC-SHA256(key, "id.timestamp.body")>`, the key being the secret's bytes."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    digest = hmac.new(key, f"{webhook_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def batch_body(batch: StreamBatch) -> bytes:
+    """The request body of a batch (the same bytes on every attempt)."""
+    events = [{"id": f"evt_{e.pk}", "type": e.type, "timestamp": e.occurred_at.isoformat(), "data": e.data}
+              for e in StreamEvent.objects.filter(batch=batch).order_by("id")]
+    payload = {"type": "journeys.batch", "timestamp": batch.created_at.isoformat(), "data": {"events": events}}
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _post(url: str, body: bytes, headers: dict, timeout: float) -> tuple[int | None, dict, str]:
+    """POST once through the shared outbound guard (address checked and pinned, TLS verified):
+    (status or None when it never answered, response headers, error text)."""
+    from journeys.errors import OutboundRefused, OutboundUnreachable
+    from journeys.services.outbound import OutboundSession
+
+    try:
+        with OutboundSession(timeout=timeout) as session:
+            response = session.post(url, body=body, headers=headers)
+    except (OutboundRefused, OutboundUnreachable) as exc:
+        return None, {}, f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
+    error = "" if 200 <= response.status < 300 else response.body[:500].decode("utf-8", "replace")
+    return response.status, dict(response.headers.items()), error
+
+
+def retry_delay(*, failures: int, retry_after: str | None = None) -> timedelta:
+    """Exponential backoff with jitter (half fixed, half random), capped; never before Retry-After."""
+    ceiling = min(settings.STREAM["RETRY_MAX_S"], settings.STREAM["RETRY_BASE_S"] * 2 ** max(0, failures - 1))
+    delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+    if retry_after and retry_after.strip().isdigit():
+        delay = max(delay, float(retry_after.strip()))
+    return timedelta(seconds=delay)
+
+
+def _skip_locked() -> dict:
+    return {"skip_locked": True} if connection.features.has_select_for_update_skip_locked else {}
+
+
+def _claim(destination_id: int, now: datetime) -> tuple[StreamDestination, StreamBatch] | None:
+    """Lock the destination, pick its open batch (or make one of its oldest events) and take the
+    send lease; None when there is nothing to send now."""
+    with transaction.atomic():
+        destination = (StreamDestination.objects.select_for_update(**_skip_locked())
+                       .filter(pk=destination_id).first())
+        if destination is None or not destination.enabled or destination.paused_at is not None:
+            return None
+        if destination.lease_until and destination.lease_until > now:
+            return None  # another worker is sending to it
+        if destination.next_attempt_at and destination.next_attempt_at > now:
+            return None  # backing off
+        batch = StreamBatch.objects.filter(destination=destination, delivered_at__isnull=True).order_by("id").first()
+        if batch is None:
+            ids = list(StreamEvent.objects.filter(destination=destination, batch__isnull=True).order_by("id")
+                       .values_list("id", flat=True)[:destination.batch_size])
+            if not ids:
+                return None
+            batch = StreamBatch.objects.create(destination=destination, webhook_id=f"msg_{uuid.uuid4().hex}",
+                                               events_count=len(ids), first_event_id=ids[0], last_event_id=ids[-1])
+            StreamEvent.objects.filter(pk__in=ids).update(batch=batch)
+        destination.lease_until = now + timedelta(seconds=settings.STREAM["TIMEOUT_S"] + 60)
+        destination.save(update_fields=["lease_until"])
+    return destination, batch
+
+
+def _send(destination: StreamDestination, batch: StreamBatch) -> tuple[int | None, dict, str, int]:
+    if problem := destination_url_problem(destination.url):
+        return None, {}, f"refused: the URL {problem}", 0
+    body = batch_body(batch)
+    stamp = int(time.time())
+    headers = {
+        "Content-Type": "application/json", "User-Agent": "journeys-stream/1",
+        "webhook-id": batch.webhook_id, "webhook-timestamp": str(stamp),
+        "webhook-signature": stream_sign(secret=destination_secret(destination), webhook_id=batch.webhook_id,
+                                         timestamp=stamp, body=body),
+    }
+    started = time.monotonic()
+    code, response_headers, error = _post(destination.url, body, headers, float(settings.STREAM["TIMEOUT_S"]))
+    return code, response_headers, error, int((time.monotonic() - started) * 1000)
+
+
+@transaction.atomic
+def _record(*, destination: StreamDestination, batch: StreamBatch, code: int | None, headers: dict, error: str,
+            latency: int, now: datetime) -> bool:
+    ok = code is not None and 200 <= code < 300
+    StreamAttempt.objects.create(batch=batch, at=now, ok=ok, status_code=code, latency_ms=latency,
+                                 error="" if ok else (error or f"HTTP {code}")[:4000])
+    destination = StreamDestination.objects.select_for_update().get(pk=destination.pk)
+    batch.attempts += 1
+    batch.last_status_code, batch.last_error = code, "" if ok else (error or f"HTTP {code}")[:4000]
+    destination.lease_until = None
+    if ok:
+        batch.delivered_at = now
+        destination.consecutive_failures, destination.next_attempt_at = 0, None
+        destination.last_success_at, destination.last_error = now, ""
+    else:
+        destination.consecutive_failures += 1
+        destination.last_error = batch.last_error
+        retry_after = {k.lower(): v for k, v in headers.items()}.get("retry-after")
+        destination.next_attempt_at = now + retry_delay(failures=destination.consecutive_failures,
+                                                        retry_after=retry_after)
+        if code == 410:
+            destination.paused_at, destination.pause_reason = now, "the destination answered 410 Gone"
+        elif destination.consecutive_failures >= destination.max_failures:
+            destination.paused_at = now
+            destination.pause_reason = f"{destination.consecutive_failures} failed attempts in a row"
+    batch.save(update_fields=["attempts", "last_status_code", "last_error", "delivered_at"])
+    destination.save(update_fields=["lease_until", "consecutive_failures", "next_attempt_at", "last_success_at",
+                                    "last_error", "paused_at", "pause_reason"])
+    return ok
+
+
+def stream_deliver(*, destination_id: int, now: datetime | None = None) -> int:
+    """Send a destination's due batches, oldest first, until one fails, nothing is left or
+    BATCHES_PER_TASK were sent (then the next task goes on). Returns the batches delivered."""
+    delivered = 0
+    for _ in range(settings.STREAM["BATCHES_PER_TASK"]):
+        moment = now or timezone.now()
+        claimed = _claim(destination_id, moment)
+        if claimed is None:
+            break
+        destination, batch = claimed
+        code, headers, error, latency = _send(destination, batch)
+        if not _record(destination=destination, batch=batch, code=code, headers=headers, error=error,
+                       latency=latency, now=moment):
+            break
+        delivered += 1
+    else:
+        deliver_later(destination_id)  # more to send: another task, so one destination never hogs a worker
+    return delivered
+
+
+def stream_deliver_due(*, now: datetime | None = None) -> int:
+    """Deliver to every destination that has something due (the kick after commit, the tick)."""
+    now = now or timezone.now()
+    from django.db.models import Exists, OuterRef, Q
+
+    pending = StreamEvent.objects.filter(destination=OuterRef("pk"), batch__isnull=True)
+    open_batch = StreamBatch.objects.filter(destination=OuterRef("pk"), delivered_at__isnull=True)
+    due = (StreamDestination.objects.filter(enabled=True, paused_at__isnull=True)
+           .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+           .filter(Q(Exists(pending)) | Q(Exists(open_batch))).values_list("pk", flat=True))
+    return sum(stream_deliver(destination_id=pk, now=now) for pk in list(due))
+
+
+def stream_purge(*, now: datetime | None = None) -> int:
+    """Drop delivered batches (and their events) older than STREAM["KEEP_DAYS"]; never anything
+    undelivered."""
+    cutoff = (now or timezone.now()) - timedelta(days=settings.STREAM["KEEP_DAYS"])
+    ids = list(StreamBatch.objects.filter(delivered_at__lt=cutoff).values_list("pk", flat=True)[:5000])
+    if not ids:
+        return 0
+    StreamEvent.objects.filter(batch_id__in=ids).delete()
+    StreamBatch.objects.filter(pk__in=ids).delete()
+    return len(ids)
+
+
+def stream_customer_erase(customer) -> dict:
+    """ERASERS hook (registered by the channels app): events not yet sent lose the person's
+    user id (the ids of runs, messages and cases stay, as in the rest of the erasure)."""
+    rows = StreamEvent.objects.filter(customer_id=customer.pk, batch__delivered_at__isnull=True)
+    erased = 0
+    for event in rows.only("pk", "data"):
+        if "user_id" in event.data:
+            StreamEvent.objects.filter(pk=event.pk).update(data={**event.data, "user_id": None})
+            erased += 1
+    return {"stream_events": erased}

@@ -1,0 +1,125 @@
+"""Transactional messages through the management API: to a customer or a raw address, with
+per-message data, consent applied, idempotent by key, status readable by id."""
+
+from __future__ import annotations
+
+import pytest
+
+from channels_app.models import Channel, Consent, Delivery, MessageTemplate, Topic
+from journeys.choices import ApiScope
+from journeys.models import Customer, Identity
+from tests.apiclient import Api, make_token
+from tests.factories import CustomerFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def api():
+    _, key = make_token(ApiScope.SEND, name="shop")
+    return Api(key)
+
+
+@pytest.fixture
+def receipt(smtp):
+    """An email channel on the local SMTP server and a receipt template on a transactional topic."""
+    Channel.objects.create(name="email", kind="email", provider="smtp", settings={"from": "shop@example.com"})
+    topic, _ = Topic.objects.get_or_create(slug="receipts", defaults={"name": "Receipts", "transactional": True})
+    topic.transactional = True
+    topic.save()
+    return MessageTemplate.objects.create(name="receipt", channel_kind="email", topic=topic,
+                                          subject="Order {{ journey.order_id }}",
+                                          body="Thanks {{ profile.first_name }}, total {{ journey.total }}")
+
+
+def send(api, on_commit, **body):
+    with on_commit():
+        return api.post("messages", {"idempotency_key": "k1", "template": "receipt", **body})
+
+
+def test_a_message_to_a_customer_with_data_is_sent_and_its_status_readable(api, receipt, smtp, on_commit):
+    # given a customer
+    customer = CustomerFactory(external_id="ada", email="ada@example.com", traits={"first_name": "Ada"})
+
+    # when the API sends the receipt with per-message data
+    response = send(api, on_commit, user_id="ada", data={"order_id": "A-17", "total": "42.00"})
+
+    # then the delivery id comes back, the mail arrives rendered with the data, the status says sent
+    assert response.status_code == 202, response.body
+    delivery_id = response.body["delivery"]["id"]
+    assert [m["Subject"] for m in smtp.messages] == ["Order A-17"]
+    assert "Thanks Ada, total 42.00" in smtp.messages[0].get_body(("plain",)).get_content()
+    status = api.get(f"messages/{delivery_id}").body
+    assert status["status"] == "sent" and status["attempts"] == 1 and status["customer_id"] == customer.pk
+
+
+def test_a_replay_of_the_key_returns_the_same_delivery_and_sends_nothing_more(api, receipt, smtp, on_commit):
+    CustomerFactory(external_id="ada", email="ada@example.com")
+    first = send(api, on_commit, user_id="ada", data={"order_id": "1"})
+    again = send(api, on_commit, user_id="ada", data={"order_id": "1"})
+
+    assert again.status_code == 200 and again.body["replayed"] is True
+    assert again.body["delivery"]["id"] == first.body["delivery"]["id"]
+    assert len(smtp.messages) == 1 and Delivery.objects.count() == 1
+
+    # the same key for another message is refused, naming the key
+    other = send(api, on_commit, user_id="ada", data={"order_id": "2"})
+    assert other.status_code == 422 and other.body["field"] == "idempotency_key"
+
+
+def test_a_raw_address_gets_its_own_profile_and_consent_still_applies(api, receipt, smtp, on_commit):
+    # when a receipt goes to an address nobody has
+    response = send(api, on_commit, to="New@Example.com", data={"order_id": "9"})
+
+    # then it is sent to that address and a profile known by it now exists
+    assert response.status_code == 202 and smtp.messages[0]["To"] == "New@Example.com"
+    owner = Identity.objects.get(kind="email", value="new@example.com").customer
+    assert response.body["delivery"]["customer_id"] == owner.pk
+
+    # and when that person is on global do-not-contact, the next message is suppressed with the reason
+    Consent.objects.create(customer=owner, channel_kind="", topic=None, status="opted_out", source="admin",
+                           updated_at=owner.created_at)
+    with on_commit():
+        refused = api.post("messages", {"idempotency_key": "k2", "template": "receipt", "to": "new@example.com"})
+    assert refused.body["delivery"]["status"] == "suppressed"
+    assert refused.body["delivery"]["reason"] == "do_not_contact" and len(smtp.messages) == 1
+
+
+def test_a_transactional_topic_passes_a_marketing_opt_out(api, receipt, smtp, on_commit):
+    customer = CustomerFactory(external_id="bo", email="bo@example.com")
+    marketing, _ = Topic.objects.get_or_create(slug="news", defaults={"name": "News"})
+    Consent.objects.create(customer=customer, channel_kind="email", topic=marketing, status="opted_out",
+                           source="preference_centre", updated_at=customer.created_at)
+    response = send(api, on_commit, user_id="bo")
+    assert response.body["delivery"]["status"] == "queued"  # recorded; it goes out after commit
+    assert api.get(f"messages/{response.body['delivery']['id']}").body["status"] == "sent"
+    assert len(smtp.messages) == 1
+
+
+@pytest.mark.parametrize(("body", "status", "field"), [
+    ({"template": "receipt", "user_id": "ada"}, 400, "idempotency_key"),
+    ({"idempotency_key": "x", "user_id": "ada"}, 400, "template"),
+    ({"idempotency_key": "x", "template": "receipt"}, 400, "to"),
+    ({"idempotency_key": "x", "template": "receipt", "user_id": "ada", "to": "a@b.c"}, 400, "to"),
+    ({"idempotency_key": "x", "template": "nope", "user_id": "ada"}, 422, "template"),
+    ({"idempotency_key": "x", "template": "receipt", "user_id": "ada", "channel": "nope"}, 422, "channel"),
+    ({"idempotency_key": "x", "template": "receipt", "user_id": "nobody"}, 400, "user_id"),
+    ({"idempotency_key": "x", "template": "receipt", "to": "not an address"}, 422, "to"),
+    ({"idempotency_key": "x", "template": "receipt", "user_id": "ada", "data": [1]}, 400, "data"),
+], ids=["no-key", "no-template", "no-recipient", "two-recipients", "unknown-template", "unknown-channel",
+        "unknown-user", "bad-address", "data-not-object"])
+def test_bad_input_names_the_field_and_sends_nothing(api, receipt, body, status, field):
+    CustomerFactory(external_id="ada", email="ada@example.com")
+    response = api.post("messages", body)
+    assert (response.status_code, response.body["field"]) == (status, field), response.body
+    assert not Delivery.objects.exists()
+    assert Customer.objects.count() == 1
+
+
+def test_status_is_readable_only_for_messages_sent_through_the_api(api, receipt):
+    from channels_app.services.sending import message_send
+
+    customer = CustomerFactory(email="c@example.com")
+    journey_message = message_send(customer=customer, template=receipt, channel=Channel.objects.get(),
+                                   idempotency_key="run:1:mail:1", context={})
+    assert api.get(f"messages/{journey_message.pk}").status_code == 404

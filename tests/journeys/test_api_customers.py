@@ -1,0 +1,179 @@
+"""Customers through the management API: look up, read, set traits (attribute triggers fire),
+merge (recorded with the token), erase and export as jobs; bad input names the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from journeys.choices import ApiScope
+from journeys.models import BusinessUnit, Customer, CustomerMerge, Identity, Job, JourneyRun
+from journeys.services.workflows import version_build, version_publish, workflow_create
+from tests.apiclient import Api, make_token
+from tests.factories import CustomerFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def api():
+    _, key = make_token(ApiScope.CUSTOMERS_READ, ApiScope.CUSTOMERS_WRITE, ApiScope.EXPORT, name="crm")
+    return Api(key)
+
+
+def test_lookup_by_user_id_or_email_pages_by_id(api):
+    # given three customers
+    for n in range(3):
+        CustomerFactory(external_id=f"u{n}", email=f"u{n}@example.com")
+    Identity.objects.create(kind="email", value="u1@example.com", customer=Customer.objects.get(external_id="u1"))
+
+    # when looked up by user id, and by email
+    by_id = api.get("customers?user_id=u2").body
+    by_email = api.get("customers?email=U1@example.com").body
+
+    # then each finds its one customer
+    assert [c["user_id"] for c in by_id["results"]] == ["u2"]
+    assert [c["user_id"] for c in by_email["results"]] == ["u1"]
+
+    # and the full list comes in pages that follow each other
+    first = api.get("customers?limit=2").body
+    assert len(first["results"]) == 2 and first["next"]
+    second = api.client.get(first["next"], HTTP_AUTHORIZATION=f"Bearer {api.key}").json()
+    assert [c["user_id"] for c in first["results"] + second["results"]] == ["u0", "u1", "u2"]
+
+
+def test_profile_shows_identities_consents_stage_and_traits(api):
+    from channels_app.models import Consent
+
+    customer = CustomerFactory(external_id="ada", traits={"plan": "pro"}, stage="active")
+    Consent.objects.create(customer=customer, channel_kind="email", status="opted_out", source="preference_centre",
+                           updated_at=customer.created_at)
+
+    body = api.get(f"customers/{customer.pk}").body
+
+    assert body["user_id"] == "ada" and body["stage"] == "active" and body["traits"] == {"plan": "pro"}
+    assert {"kind": "user_id", "value": "ada"} in body["identities"]
+    assert body["consents"][0]["channel_kind"] == "email" and body["consents"][0]["status"] == "opted_out"
+
+
+def test_setting_traits_goes_through_ingestion_so_attribute_triggers_fire(api, django_capture_on_commit_callbacks):
+    # given a live workflow triggered when `plan` changes to "pro"
+    unit = BusinessUnit.objects.create(name="Growth", slug="growth")
+    workflow = workflow_create(name="upgrade", business_unit=unit)
+    version_publish(version=version_build(workflow=workflow, definition={
+        "trigger_kind": "attribute_change", "trigger_config": {"attribute": "plan", "to": "pro"},
+        "steps": [{"key": "done", "kind": "goal", "config": {}}], "edges": [],
+    }), reason="test")
+    customer = CustomerFactory(external_id="bo", traits={"plan": "free"})
+
+    # when the API sets the trait (and an email)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.patch(f"customers/{customer.pk}/traits", {"traits": {"plan": "pro", "email": "Bo@Example.com"}})
+
+    # then the change is reported, the profile and its identities follow, and the workflow started
+    assert response.status_code == 200, response.body
+    assert response.body["changes"]["plan"] == ["free", "pro"]
+    customer.refresh_from_db()
+    assert customer.traits["plan"] == "pro" and customer.email == "Bo@Example.com"
+    assert Identity.objects.filter(kind="email", value="bo@example.com", customer=customer).exists()
+    assert JourneyRun.objects.filter(workflow=workflow, customer=customer).exists()
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({}, "traits"),
+    ({"traits": []}, "traits"),
+    ({"traits": {}}, "traits"),
+    ({"traits": {"x": "a\u0000b"}}, "traits"),
+], ids=["missing", "not-object", "empty", "nul"])
+def test_bad_traits_answer_400_naming_the_field(api, body, field):
+    customer = CustomerFactory()
+    response = api.patch(f"customers/{customer.pk}/traits", body)
+    assert response.status_code == 400 and response.body["field"] == field, response.body
+
+
+def test_infinite_numbers_in_traits_are_refused(api):
+    customer = CustomerFactory()
+    response = api.patch(f"customers/{customer.pk}/traits", raw=b'{"traits": {"n": 1e999}}')
+    assert response.status_code == 400 and response.body["field"] == "traits"
+    assert Customer.objects.get(pk=customer.pk).traits == {}
+
+
+def test_merge_moves_the_other_profile_and_records_the_token(api):
+    # given two profiles of one person
+    target = CustomerFactory(external_id="main")
+    other = CustomerFactory(external_id="dup", traits={"city": "Lyon"})
+
+    # when merged through the API
+    response = api.post(f"customers/{target.pk}/merge", {"merge": other.pk, "reason": "same person, ticket 7"})
+
+    # then the survivor has the other's identities and traits; the merge names the token
+    assert response.status_code == 200, response.body
+    assert {"kind": "user_id", "value": "dup"} in response.body["identities"]
+    assert response.body["traits"]["city"] == "Lyon" and response.body["merged_ids"] == [other.pk]
+    merge = CustomerMerge.objects.get()
+    assert (merge.actor, merge.reason) == ("api-token:crm", "same person, ticket 7")
+    # and the old id now leads to the survivor
+    assert api.get(f"customers/{other.pk}").body["id"] == target.pk
+
+
+def test_merge_refuses_itself_an_unknown_or_an_absorbed_customer(api):
+    target, other = CustomerFactory(), CustomerFactory()
+    assert api.post(f"customers/{target.pk}/merge", {"merge": target.pk}).body["field"] == "merge"
+    assert api.post(f"customers/{target.pk}/merge", {"merge": 10**9}).body["field"] == "merge"
+    assert api.post(f"customers/{target.pk}/merge", {"merge": "x"}).status_code == 400
+    assert api.post(f"customers/{target.pk}/merge", {"merge": other.pk}).status_code == 200
+    third = CustomerFactory()
+    response = api.post(f"customers/{third.pk}/merge", {"merge": other.pk})
+    assert response.status_code == 422 and response.body["field"] == "merge"
+
+
+def test_delete_erases_in_the_background_like_erase_customer(api, django_capture_on_commit_callbacks):
+    # given a customer
+    customer = CustomerFactory(external_id="gone", email="gone@example.com", traits={"a": 1})
+
+    # when deleted through the API (twice: a client retrying)
+    with django_capture_on_commit_callbacks(execute=True):
+        first = api.delete(f"customers/{customer.pk}", {"reason": "GDPR ticket 9"})
+    again = api.delete(f"customers/{customer.pk}")
+
+    # then one erasure job ran, the same one is answered again, and its status is readable
+    assert first.status_code == 202 and again.status_code == 202
+    assert first.body["job"]["id"] == again.body["job"]["id"] and again.body["replayed"] is True
+    job = api.get(f"jobs/{first.body['job']['id']}").body
+    assert job["status"] == "succeeded" and job["result"]["counts"]["identities"] == 1
+    customer.refresh_from_db()
+    assert customer.external_id == f"erased-{customer.pk}" and customer.email == "" and customer.traits == {}
+    from channels_app.models import ErasureRecord
+
+    record = ErasureRecord.objects.get()
+    assert (record.actor, record.reason) == ("api-token:crm", "GDPR ticket 9")
+
+
+def test_export_is_a_job_whose_result_holds_the_data(api, django_capture_on_commit_callbacks):
+    customer = CustomerFactory(external_id="exp")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post(f"customers/{customer.pk}/export", headers={"Idempotency-Key": "exp-1"})
+    job = api.get(f"jobs/{response.body['job']['id']}").body
+    assert job["status"] == "succeeded" and job["result"]["export"]["customer"]["external_id"] == "exp"
+
+
+def test_jobs_are_seen_only_by_tokens_whose_scopes_start_them(api, django_capture_on_commit_callbacks):
+    customer = CustomerFactory()
+    with django_capture_on_commit_callbacks(execute=True):
+        job_id = api.post(f"customers/{customer.pk}/export").body["job"]["id"]
+    _, trigger_key = make_token(ApiScope.TRIGGER, name="trigger-only")
+    assert Api(trigger_key).get(f"jobs/{job_id}").status_code == 404
+    console_job = Job.objects.create(kind="replay")  # started in the console, not through the API
+    assert api.get(f"jobs/{console_job.pk}").status_code == 404
+
+
+def test_unknown_ids_and_paths_answer_404_in_the_api_format(api):
+    for path in ("customers/999999", "customers/99999999999999999999999", "nothing/here", "jobs/abc"):
+        response = api.get(path)
+        assert response.status_code == 404 and response.body["message"], path
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(api, settings):
+    settings.API = {**settings.API, "MAX_BODY_BYTES": 100}
+    customer = CustomerFactory()
+    response = api.patch(f"customers/{customer.pk}/traits", {"traits": {"x": "y" * 200}})
+    assert response.status_code == 413 and "limit" in response.body["message"]

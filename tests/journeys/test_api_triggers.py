@@ -1,0 +1,136 @@
+"""Triggering a workflow through the API: for listed customers (with their own journey.* data)
+or a segment, idempotent by the client's key, small lists at once and large ones as a job."""
+
+from __future__ import annotations
+
+import pytest
+
+from journeys.choices import ApiScope
+from journeys.models import BusinessUnit, Job, JourneyRun
+from journeys.services.workflows import version_build, version_publish, workflow_create
+from tests.apiclient import Api, make_token
+from tests.factories import CustomerFactory
+
+pytestmark = pytest.mark.django_db
+
+GOLD = {  # reads the trigger's data: journey.tier
+    "trigger_event": "Never Sent",
+    "steps": [{"key": "gold", "kind": "condition", "config": {"rule": "journey.tier == 'gold'"}},
+              {"key": "vip", "kind": "goal", "config": {}}, {"key": "std", "kind": "goal", "config": {}}],
+    "edges": [{"from": "gold", "outcome": "yes", "to": "vip"}, {"from": "gold", "outcome": "no", "to": "std"}],
+}
+
+
+@pytest.fixture
+def workflow(db):
+    unit = BusinessUnit.objects.create(name="Growth", slug="growth")
+    wf = workflow_create(name="campaign", business_unit=unit)
+    version_publish(version=version_build(workflow=wf, definition=GOLD), reason="test")
+    wf.refresh_from_db()
+    return wf
+
+
+@pytest.fixture
+def api():
+    _, key = make_token(ApiScope.TRIGGER, name="backend")
+    return Api(key)
+
+
+def trigger(api, workflow, on_commit, **body):
+    with on_commit(execute=True):
+        return api.post(f"workflows/{workflow.pk}/trigger", {"idempotency_key": "k1", **body})
+
+
+def paths(workflow) -> dict[str, list[str]]:
+    return {run.customer.external_id: list(run.executions.order_by("id").values_list("step_key", flat=True))
+            for run in JourneyRun.objects.filter(workflow=workflow).select_related("customer")}
+
+
+def test_listed_customers_enter_with_their_own_data(api, workflow, django_capture_on_commit_callbacks):
+    # given customers named by user id, email and id
+    a = CustomerFactory(external_id="a")
+    b = CustomerFactory(external_id="b", email="b@example.com")
+    from journeys.models import Identity
+
+    Identity.objects.create(kind="email", value="b@example.com", customer=b)
+    c = CustomerFactory(external_id="c")
+
+    # when the workflow is triggered for them, with data for everyone and for one of them
+    response = trigger(api, workflow, django_capture_on_commit_callbacks, data={"tier": "std"}, recipients=[
+        {"user_id": "a", "data": {"tier": "gold"}}, {"email": "B@example.com"}, {"customer_id": c.pk},
+        {"user_id": "nobody"}])
+
+    # then it answers at once with what happened, and each run read its own journey.tier
+    assert response.status_code == 200, response.body
+    result = response.body["job"]["result"]
+    assert (result["requested"], result["enrolled"], result["not_found"]) == (4, 3, [3])
+    assert paths(workflow) == {"a": ["gold", "vip"], "b": ["gold", "std"], "c": ["gold", "std"]}
+    assert JourneyRun.objects.get(customer=a).variables["tier"] == "gold"
+
+
+def test_a_replayed_key_enrols_nobody_twice(api, workflow, django_capture_on_commit_callbacks):
+    CustomerFactory(external_id="a")
+    first = trigger(api, workflow, django_capture_on_commit_callbacks, recipients=[{"user_id": "a"}])
+    again = trigger(api, workflow, django_capture_on_commit_callbacks, recipients=[{"user_id": "a"}])
+
+    assert again.body["replayed"] is True and again.body["job"] == first.body["job"]
+    assert JourneyRun.objects.count() == 1 and Job.objects.count() == 1
+
+    other = trigger(api, workflow, django_capture_on_commit_callbacks, recipients=[{"user_id": "b"}])
+    assert other.status_code == 422 and other.body["field"] == "idempotency_key"
+
+
+def test_a_large_list_is_enrolled_by_a_job_whose_status_is_readable(api, workflow, settings,
+                                                                    django_capture_on_commit_callbacks):
+    settings.API = {**settings.API, "TRIGGER_SYNC_MAX": 2}
+    for n in range(5):
+        CustomerFactory(external_id=f"u{n}")
+    _, reader = make_token(ApiScope.TRIGGER, name="reader")
+
+    response = trigger(api, workflow, django_capture_on_commit_callbacks,
+                       recipients=[{"user_id": f"u{n}"} for n in range(5)])
+
+    assert response.status_code == 202 and response.body["job"]["status"] == "queued"
+    job = Api(reader).get(f"jobs/{response.body['job']['id']}").body
+    assert job["status"] == "succeeded" and job["result"]["enrolled"] == 5
+    assert JourneyRun.objects.filter(workflow=workflow).count() == 5
+
+
+def test_a_segment_enrols_everyone_matching_it(api, workflow, django_capture_on_commit_callbacks):
+    for n, plan in enumerate(["pro", "free", "pro"]):
+        CustomerFactory(external_id=f"s{n}", traits={"plan": plan})
+
+    response = trigger(api, workflow, django_capture_on_commit_callbacks, segment="profile.plan == 'pro'",
+                       data={"tier": "gold"})
+
+    assert response.status_code == 202
+    assert Job.objects.get().result["enrolled"] == 2
+    assert paths(workflow) == {"s0": ["gold", "vip"], "s2": ["gold", "vip"]}
+
+
+@pytest.mark.parametrize(("body", "status", "field"), [
+    ({"recipients": [{"user_id": "a"}]}, 400, "idempotency_key"),
+    ({"idempotency_key": "k"}, 400, "recipients"),
+    ({"idempotency_key": "k", "recipients": [{"user_id": "a"}], "segment": "true"}, 400, "recipients"),
+    ({"idempotency_key": "k", "recipients": []}, 400, "recipients"),
+    ({"idempotency_key": "k", "recipients": [{"user_id": "a", "email": "a@example.com"}]}, 400, "recipients[0].user_id"),
+    ({"idempotency_key": "k", "recipients": [{"customer_id": "x"}]}, 400, "recipients[0].customer_id"),
+    ({"idempotency_key": "k", "recipients": [{"user_id": "a"}], "data": {"holdout": True}}, 422, "data.holdout"),
+    ({"idempotency_key": "k", "recipients": [{"user_id": "a", "data": {"case_id": 1}}]}, 422,
+     "recipients[0].data.case_id"),
+    ({"idempotency_key": "k", "segment": "profile.plan =="}, 422, "segment"),
+], ids=["no-key", "no-audience", "both", "empty-list", "two-ids", "bad-id", "reserved", "reserved-recipient",
+        "bad-rule"])
+def test_bad_requests_name_the_field_and_enrol_nobody(api, workflow, body, status, field):
+    CustomerFactory(external_id="a")
+    response = api.post(f"workflows/{workflow.pk}/trigger", body)
+    assert (response.status_code, response.body.get("field")) == (status, field), response.body
+    assert not JourneyRun.objects.exists() and not Job.objects.exists()
+
+
+def test_a_workflow_that_is_not_live_is_refused(api):
+    unit = BusinessUnit.objects.create(name="Ops", slug="ops")
+    draft = workflow_create(name="draft only", business_unit=unit)
+    response = api.post(f"workflows/{draft.pk}/trigger", {"idempotency_key": "k", "recipients": [{"user_id": "a"}]})
+    assert response.status_code == 422 and response.body["field"] == "workflow"
+    assert api.post("workflows/999999/trigger", {"idempotency_key": "k", "segment": ""}).status_code == 404
