@@ -107,7 +107,7 @@ class StepInline(VersionChildInline):
 
     @admin.display(description="config")
     def config_summary(self, obj):
-        from journeys.forms_steps import config_summary
+        from journeys.forms.steps import config_summary
 
         lines = config_summary(obj.kind, obj.config or {})
         if not lines:
@@ -185,7 +185,7 @@ class WorkflowVersionForm(ReasonForm):
         js = ("console/editor.js",)
 
     def __init__(self, *args, **kwargs):
-        from journeys.forms_steps import RuleInput
+        from journeys.forms.fields import RuleInput
 
         super().__init__(*args, **kwargs)
         version_id = self.instance.pk if self.instance else None

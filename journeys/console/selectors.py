@@ -16,11 +16,13 @@ from typing import Any
 
 from django.apps import apps
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db.models import Count, Max, Min, Q
 from django.db.models.functions import TruncHour, TruncMinute
 from django.utils import timezone
 
-from journeys.choices import EventStatus, RunStatus
+from journeys.choices import EventStatus, RunStatus, VersionState
+from journeys.engine.registry import STEP_KINDS
 from journeys.models import (
     Customer,
     CustomerMerge,
@@ -32,7 +34,7 @@ from journeys.models import (
     StepExecution,
     WorkflowVersion,
 )
-from journeys.selectors import VIEW, runs_for_user, user_can, user_can_view_dashboard, workflows_for_user
+from journeys.selectors import EDIT, VIEW, runs_for_user, user_can, user_can_view_dashboard, workflows_for_user
 
 EVENT_MINUTES = 30  # the events-per-minute chart covers the last half hour
 DELIVERY_HOURS = 24  # the messages chart covers the last day, per hour
@@ -250,6 +252,10 @@ class GraphNode:
     kind: str
     name: str
     index: int  # position in the version's step inline (admin anchor "steps-<index>")
+    id: int = 0
+    kind_label: str = ""
+    summary: str = ""  # what the step does, in its kind's words
+    outcomes: list[str] = field(default_factory=list)
     x: float = 0
     y: float = 0
     layer: int = 0
@@ -265,6 +271,7 @@ class GraphEdge:
     source: str
     target: str
     outcome: str
+    id: int = 0
 
 
 @dataclass
@@ -285,6 +292,32 @@ def version_for_user(*, user: Any, pk: int) -> WorkflowVersion | None:
     if version is None or not user_can(user, VIEW, version.workflow):
         return None
     return version
+
+
+def version_canvas_editable(*, user: Any, version: WorkflowVersion) -> bool:
+    """The canvas edits drafts only (in review, approved, live: read-only, make a new draft), and
+    only for someone who may edit the workflow."""
+    return version.state == VersionState.DRAFT and not version.is_frozen and user_can(user, EDIT, version.workflow)
+
+
+def version_issues(*, version: WorkflowVersion) -> tuple[dict[str, list[dict]], list[dict]]:
+    """The validation report (`version_validate`) sorted by the step each message is about: for
+    the canvas, which draws each step's issues on it and lists them all beside the drawing."""
+    from journeys.services.workflows import version_validate
+
+    report = version_validate(version=version)
+    keys = sorted(version.steps.values_list("key", flat=True), key=len, reverse=True)  # "a_1" before "a"
+    by_step: dict[str, list[dict]] = defaultdict(list)
+    items = []
+    for level, texts in (("error", report.errors), ("warning", report.warnings)):
+        for text in texts:
+            key = next((k for k in keys if text.startswith((f"step {k}:", f"step {k} "))), None)
+            item = {"level": level, "step": key, "message": text[len(f"step {key}"):].lstrip(": ") if key else text,
+                    "text": text}
+            items.append(item)
+            if key:
+                by_step[key].append(item)
+    return dict(by_step), items
 
 
 def _layered_layout(nodes: list[GraphNode], edges: list[GraphEdge], entry: str) -> None:
@@ -329,6 +362,25 @@ def _layered_layout(nodes: list[GraphNode], edges: list[GraphEdge], entry: str) 
             n.x, n.y = order[n.key], depth
 
 
+def _kind_reading(step: Step) -> dict:
+    """The step as its kind reads it: label, one-line summary, outcomes (a kind no longer
+    registered, or a config it cannot read yet, reads as little as it can)."""
+    kind = STEP_KINDS.get(step.kind)
+    if kind is None:
+        return {"kind_label": f"{step.kind} (unknown kind)", "summary": "", "outcomes": []}
+    reading = {"kind_label": kind.label, "summary": "", "outcomes": []}
+    config = step.config or {}
+    try:
+        reading["summary"] = kind.summary(config)
+    except (ValidationError, LookupError, TypeError, ValueError, AttributeError):
+        pass
+    try:
+        reading["outcomes"] = list(kind.outcomes(config))
+    except (ValidationError, LookupError, TypeError, ValueError, AttributeError):
+        pass
+    return reading
+
+
 def version_graph(*, version: WorkflowVersion) -> VersionGraph:
     """The version as nodes and labelled edges with per-step counts, laid out for drawing.
 
@@ -336,10 +388,10 @@ def version_graph(*, version: WorkflowVersion) -> VersionGraph:
     runs through the step that reached the goal; errors = visits that failed or noted an error.
     """
     steps = list(Step.objects.filter(version=version).order_by("y", "x", "id"))
-    nodes = [GraphNode(key=s.key, kind=s.kind, name=s.name, index=i, x=s.x, y=s.y, is_entry=s.key == version.entry_step)
-             for i, s in enumerate(steps)]
+    nodes = [GraphNode(key=s.key, kind=s.kind, name=s.name, index=i, x=s.x, y=s.y, is_entry=s.key == version.entry_step,
+                       id=s.pk, **_kind_reading(s)) for i, s in enumerate(steps)]
     by_pk = {s.pk: s.key for s in steps}
-    edges = [GraphEdge(source=by_pk[e.source_id], target=by_pk[e.target_id], outcome=e.outcome)
+    edges = [GraphEdge(source=by_pk[e.source_id], target=by_pk[e.target_id], outcome=e.outcome, id=e.pk)
              for e in version.edges.all().order_by("source__y", "source__x", "outcome")
              if e.source_id in by_pk and e.target_id in by_pk]
     positions = {(s.x, s.y) for s in steps}

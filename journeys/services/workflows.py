@@ -18,7 +18,7 @@ from journeys.choices import ReentryPolicy, TriggerKind, VersionState
 from journeys.engine.compiled import bump_generation
 from journeys.engine.cron import parse_cron
 from journeys.engine.durations import parse_duration
-from journeys.engine.registry import get_kind
+from journeys.engine.registry import STEP_KINDS, get_kind
 from journeys.errors import PermissionDenied
 from journeys.models import BusinessUnit, ChangeRequest, ChangeRequestStatus, Edge, Step, Workflow, WorkflowVersion
 from journeys.rules import RuleSyntaxError, compile_rule
@@ -123,7 +123,10 @@ def version_validate(*, version: WorkflowVersion) -> ValidationReport:
         except ValidationError as exc:
             for name, msgs in exc.message_dict.items():
                 report.errors.extend(f"step {key}: {name}: {m}" for m in msgs)
-            outcomes_by_step[key] = []
+            try:  # its outcomes as far as they can be read: those without an edge are still worth saying
+                outcomes_by_step[key] = kind.outcomes(step.config or {}) if step.kind in STEP_KINDS else []
+            except (ValidationError, LookupError, TypeError, ValueError):
+                outcomes_by_step[key] = []
     graph: dict[str, list[str]] = {k: [] for k in steps}
     for edge in edges:
         graph[edge.source.key].append(edge.target.key)
@@ -137,9 +140,11 @@ def version_validate(*, version: WorkflowVersion) -> ValidationReport:
         if key not in seen:
             seen.add(key)
             stack.extend(graph[key])
+    targets = {edge.target.key for edge in edges}
     for key in steps:
         if key not in seen:
-            report.errors.append(f"step {key} cannot be reached from the entry step")
+            orphaned = ": no edge leads to it (orphaned)" if key not in targets else ""
+            report.errors.append(f"step {key} cannot be reached from the entry step{orphaned}")
     connected = {(e.source.key, e.outcome) for e in edges}
     for key, outcomes in outcomes_by_step.items():
         missing = [o for o in outcomes if (key, o) not in connected]
