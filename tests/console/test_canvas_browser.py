@@ -153,6 +153,7 @@ def test_editor_builds_the_cart_abandonment_journey_on_the_canvas(demo, live_ser
     _edit(browser, "condition_1", {"key": "valuable", "rule": "profile.ltv >= 500"}, saved_as="valuable")
     feedback = browser.find_element(By.ID, "id_rule-feedback")
     _wait(browser, lambda b: "valid rule" in feedback.text)  # the rule editor works in the panel too
+    shot("canvas-panel.png", max_height=1100)
     _drop(browser, "send_message", on=_port(browser, "valuable", "yes"))
     _status(browser, "Added send_message_1")
     _edit(browser, "send_message_1", {"key": "sms", "channel": "sms", "template": "cart-discount-sms"}, saved_as="sms")
