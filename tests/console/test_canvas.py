@@ -10,7 +10,7 @@ import pytest
 from django.urls import reverse
 
 from journeys.models import AuditEntry, BusinessUnit, Edge, Step, WorkflowVersion
-from journeys.services.workflows import version_publish, workflow_create
+from journeys.services.workflows import version_publish
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -18,16 +18,8 @@ WHY = "building the cart flow"
 
 
 @pytest.fixture
-def draft(demo):
-    workflow = workflow_create(name="Canvas", business_unit=BusinessUnit.objects.get(slug="retention"))
-    return WorkflowVersion.objects.create(workflow=workflow, number=1, trigger_event="Checkout Started")
-
-
-@pytest.fixture
-def editor(client, demo):
-    """The demo's business-unit editor (edits Retention's workflows), signed in."""
-    client.login(username="editor", password="editor")
-    return client
+def draft(empty_draft):
+    return empty_draft
 
 
 def command(client, version, **body):

@@ -13,8 +13,7 @@ from django.urls import reverse
 
 from journeys.engine.registry import STEP_KINDS, Palette, StepKind, StepResult, register, require
 from journeys.forms.steps import StepConfigForm
-from journeys.models import BusinessUnit, Step, WorkflowVersion
-from journeys.services.workflows import workflow_create
+from journeys.models import Step
 
 pytestmark = pytest.mark.django_db
 WHY = "trying the stamp kind"
@@ -57,15 +56,8 @@ def stamp_kind():
 
 
 @pytest.fixture
-def draft(demo):
-    workflow = workflow_create(name="Stamps", business_unit=BusinessUnit.objects.get(slug="retention"))
-    return WorkflowVersion.objects.create(workflow=workflow, number=1, trigger_event="Signed Up")
-
-
-@pytest.fixture
-def editor(client, demo):
-    client.login(username="editor", password="editor")
-    return client
+def draft(empty_draft):
+    return empty_draft
 
 
 def test_a_new_kind_is_in_the_palette_in_its_own_section(stamp_kind, editor, draft):
