@@ -25,14 +25,27 @@ from typing import Any
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect, JsonResponse
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseNotAllowed,
+    HttpResponseRedirect,
+    JsonResponse,
+)
 from django.shortcuts import render
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 
-from journeys.console.graph import graph_data, svg_graph
-from journeys.console.selectors import version_canvas_editable, version_for_user, version_graph, version_issues
+from journeys.console.graph import (
+    graph_data,
+    svg_graph,
+    version_canvas_editable,
+    version_graph,
+    version_issues,
+)
+from journeys.console.selectors import version_for_user
 from journeys.engine.registry import STEP_KINDS
 from journeys.errors import PermissionDenied
 from journeys.forms.steps import kind_palette, step_form_class

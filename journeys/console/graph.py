@@ -1,4 +1,5 @@
-"""A version drawn as SVG on the server: the trigger's start node, a box per step (its kind's
+"""A version as a graph: read (steps, edges, counts per step, what validation says about each
+step) and drawn as SVG on the server: the trigger's start node, a box per step (its kind's
 colour, what it does, counts per step), a port per outcome, labelled arrows, and for the canvas
 the validation report on each step. The same drawing is read-only (live and in-review versions,
 side-by-side review) and the canvas's surface (journeys/static/console/canvas.js adds dragging,
@@ -12,15 +13,192 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
 from typing import Any
 
+from django.core.exceptions import ValidationError
+from django.db.models import Count, Q
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
-from journeys.choices import TriggerKind
-from journeys.console.selectors import GraphNode, VersionGraph
+from journeys.choices import RunStatus, TriggerKind, VersionState
 from journeys.engine.registry import STEP_KINDS
-from journeys.models import Step
+from journeys.models import JourneyRun, Step, StepExecution, WorkflowVersion
+from journeys.selectors import EDIT, user_can
+
+# --------------------------------------------------------------------------- reading a version as a graph
+
+
+@dataclass
+class GraphNode:
+    key: str
+    kind: str
+    name: str
+    index: int  # position in the version's step inline (admin anchor "steps-<index>")
+    id: int = 0
+    kind_label: str = ""
+    summary: str = ""  # what the step does, in its kind's words
+    outcomes: list[str] = field(default_factory=list)
+    x: float = 0
+    y: float = 0
+    layer: int = 0
+    entered: int = 0
+    waiting: int = 0
+    converted: int = 0
+    errors: int = 0
+    is_entry: bool = False
+
+
+@dataclass
+class GraphEdge:
+    source: str
+    target: str
+    outcome: str
+    id: int = 0
+
+
+@dataclass
+class VersionGraph:
+    version: WorkflowVersion
+    nodes: list[GraphNode]
+    edges: list[GraphEdge]
+    layout: str  # "saved" (the steps' x/y) or "layered" (computed)
+    runs: dict = field(default_factory=dict)
+
+    @property
+    def node_map(self) -> dict[str, GraphNode]:
+        return {n.key: n for n in self.nodes}
+
+
+def version_canvas_editable(*, user: Any, version: WorkflowVersion) -> bool:
+    """The canvas edits drafts only (in review, approved, live: read-only, make a new draft), and
+    only for someone who may edit the workflow."""
+    return version.state == VersionState.DRAFT and not version.is_frozen and user_can(user, EDIT, version.workflow)
+
+
+def version_issues(*, version: WorkflowVersion) -> tuple[dict[str, list[dict]], list[dict]]:
+    """The validation report (`version_validate`) sorted by the step each message is about: for
+    the canvas, which draws each step's issues on it and lists them all beside the drawing."""
+    from journeys.services.workflows import version_validate
+
+    report = version_validate(version=version)
+    keys = sorted(version.steps.values_list("key", flat=True), key=len, reverse=True)  # "a_1" before "a"
+    by_step: dict[str, list[dict]] = defaultdict(list)
+    items = []
+    for level, texts in (("error", report.errors), ("warning", report.warnings)):
+        for text in texts:
+            key = next((k for k in keys if text.startswith((f"step {k}:", f"step {k} "))), None)
+            item = {"level": level, "step": key, "message": text[len(f"step {key}"):].lstrip(": ") if key else text,
+                    "text": text}
+            items.append(item)
+            if key:
+                by_step[key].append(item)
+    return dict(by_step), items
+
+
+def _layered_layout(nodes: list[GraphNode], edges: list[GraphEdge], entry: str) -> None:
+    """Layer = shortest distance from the entry step (breadth first, so loops do not push nodes
+    down forever); steps the entry cannot reach start new layers below. Within a layer, nodes
+    are ordered by the mean position of their parents to keep edges from crossing."""
+    children: dict[str, list[str]] = defaultdict(list)
+    parents: dict[str, list[str]] = defaultdict(list)
+    for e in edges:
+        children[e.source].append(e.target)
+        parents[e.target].append(e.source)
+    by_key = {n.key: n for n in nodes}
+    layer: dict[str, int] = {}
+    roots = [entry] if entry in by_key else []
+    roots += [n.key for n in nodes if not parents[n.key] and n.key not in roots]
+    roots += [n.key for n in nodes if n.key not in roots]
+    for root in roots:
+        if root in layer:
+            continue
+        start = (max(layer.values()) + 1) if layer else 0
+        queue = deque([(root, start)])
+        layer[root] = start
+        while queue:
+            key, depth = queue.popleft()
+            for child in children[key]:
+                if child not in layer:
+                    layer[child] = depth + 1
+                    queue.append((child, depth + 1))
+    rows: dict[int, list[GraphNode]] = defaultdict(list)
+    for n in nodes:
+        n.layer = layer[n.key]
+        rows[n.layer].append(n)
+    order: dict[str, float] = {}
+    for depth in sorted(rows):
+        row = rows[depth]
+        def weight(n: GraphNode) -> float:
+            placed = [order[p] for p in parents[n.key] if p in order]
+            return sum(placed) / len(placed) if placed else n.index
+        row.sort(key=weight)
+        for i, n in enumerate(row):
+            order[n.key] = i - (len(row) - 1) / 2
+            n.x, n.y = order[n.key], depth
+
+
+def _kind_reading(step: Step) -> dict:
+    """The step as its kind reads it: label, one-line summary, outcomes (a kind no longer
+    registered, or a config it cannot read yet, reads as little as it can)."""
+    kind = STEP_KINDS.get(step.kind)
+    if kind is None:
+        return {"kind_label": f"{step.kind} (unknown kind)", "summary": "", "outcomes": []}
+    reading = {"kind_label": kind.label, "summary": "", "outcomes": []}
+    config = step.config or {}
+    try:
+        reading["summary"] = kind.summary(config)
+    except (ValidationError, LookupError, TypeError, ValueError, AttributeError):
+        pass
+    try:
+        reading["outcomes"] = list(kind.outcomes(config))
+    except (ValidationError, LookupError, TypeError, ValueError, AttributeError):
+        pass
+    return reading
+
+
+def version_graph(*, version: WorkflowVersion) -> VersionGraph:
+    """The version as nodes and labelled edges with per-step counts, laid out for drawing.
+
+    Counts: entered = runs that reached the step; waiting = runs waiting at it now; converted =
+    runs through the step that reached the goal; errors = visits that failed or noted an error.
+    """
+    steps = list(Step.objects.filter(version=version).order_by("y", "x", "id"))
+    nodes = [GraphNode(key=s.key, kind=s.kind, name=s.name, index=i, x=s.x, y=s.y, is_entry=s.key == version.entry_step,
+                       id=s.pk, **_kind_reading(s)) for i, s in enumerate(steps)]
+    by_pk = {s.pk: s.key for s in steps}
+    edges = [GraphEdge(source=by_pk[e.source_id], target=by_pk[e.target_id], outcome=e.outcome, id=e.pk)
+             for e in version.edges.all().order_by("source__y", "source__x", "outcome")
+             if e.source_id in by_pk and e.target_id in by_pk]
+    positions = {(s.x, s.y) for s in steps}
+    layout = "saved" if len(steps) > 1 and len(positions) == len(steps) else "layered"
+    if layout == "layered":
+        _layered_layout(nodes, edges, version.entry_step or (steps[0].key if steps else ""))
+    executions = StepExecution.objects.filter(run__version=version)
+    stats = {
+        row["step_key"]: row
+        for row in executions.values("step_key").annotate(
+            entered=Count("run", distinct=True),
+            converted=Count("run", distinct=True, filter=Q(run__converted_at__isnull=False)),
+            errors=Count("id", filter=~Q(error="") | Q(outcome="error")),
+        )
+    }
+    waiting = dict(
+        JourneyRun.objects.filter(version=version, status=RunStatus.WAITING)
+        .values_list("current_step").annotate(n=Count("id")).values_list("current_step", "n")
+    )
+    for n in nodes:
+        row = stats.get(n.key, {})
+        n.entered, n.converted, n.errors = row.get("entered", 0), row.get("converted", 0), row.get("errors", 0)
+        n.waiting = waiting.get(n.key, 0)
+    runs = dict(JourneyRun.objects.filter(version=version).values_list("status").annotate(n=Count("id"))
+                .values_list("status", "n"))
+    runs["converted"] = JourneyRun.objects.filter(version=version, converted_at__isnull=False).count()
+    return VersionGraph(version=version, nodes=nodes, edges=edges, layout=layout, runs=runs)
+
+
+# --------------------------------------------------------------------------- drawing
 
 NODE_W, NODE_H, GAP_X, GAP_Y, PAD = 180, 84, 40, 70, 30
 START_W, START_H = 240, 40

@@ -22,14 +22,14 @@ from django.views.decorators.cache import never_cache
 
 from journeys.choices import VersionState
 from journeys.console.canvas import canvas_context
-from journeys.console.graph import compare_marks, svg_graph
-from journeys.console.selectors import (
+from journeys.console.graph import (
     VersionGraph,
-    dashboard_summary,
+    compare_marks,
+    svg_graph,
     version_canvas_editable,
-    version_for_user,
     version_graph,
 )
+from journeys.console.selectors import dashboard_summary, version_for_user
 from journeys.selectors import EDIT, user_can, user_can_view_dashboard
 
 DEFAULT_REFRESH_S = 15
