@@ -58,6 +58,8 @@ UNDO_KEY = "canvas_undo"
 UNDO_DEPTH = 20  # changes kept per version
 UNDO_VERSIONS = 5  # versions whose changes are kept in one session
 MAX_TEXT = 200
+MAX_REASON = 500  # as the admin's "Reason for this change"
+MAX_POSITIONS = 2000  # steps placed in one change
 
 
 def _version(request: HttpRequest, pk: int) -> WorkflowVersion:
@@ -151,14 +153,14 @@ def _undo(request: HttpRequest, version: WorkflowVersion, reason: str) -> JsonRe
 # --------------------------------------------------------------------------- commands
 
 
-def _text(data: dict, name: str, *, required: bool = True) -> str:
+def _text(data: dict, name: str, *, required: bool = True, limit: int = MAX_TEXT) -> str:
     value = data.get(name, "")
     if value is None:
         value = ""
     if not isinstance(value, str):
         raise ValidationError({name: f"{name} must be text"})
-    if "\x00" in value or len(value) > MAX_TEXT:
-        raise ValidationError({name: f"{name} must be text of at most {MAX_TEXT} characters, without NUL"})
+    if "\x00" in value or len(value) > limit:
+        raise ValidationError({name: f"{name} must be text of at most {limit} characters, without NUL"})
     if required and not value.strip():
         raise ValidationError({name: f"{name} is required"})
     return value.strip()
@@ -184,6 +186,8 @@ def _positions(data: dict, *, required: bool = False) -> dict | None:
         return None
     if not isinstance(value, dict) or not value:
         raise ValidationError({"positions": "positions must be an object of step key -> [x, y]"})
+    if len(value) > MAX_POSITIONS:
+        raise ValidationError({"positions": f"at most {MAX_POSITIONS} steps can be placed at once"})
     return value
 
 
@@ -248,7 +252,7 @@ def canvas_command(request: HttpRequest, pk: int) -> HttpResponse:
     if not isinstance(data, dict):
         return _fail("body", "the request body must be a JSON object")
     try:
-        op, reason = _text(data, "op"), _text(data, "reason", required=False)
+        op, reason = _text(data, "op"), _text(data, "reason", required=False, limit=MAX_REASON)
         if op == "undo":
             return _undo(request, version, reason)
         if op not in COMMANDS:
@@ -266,7 +270,7 @@ def canvas_command(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def _form_answer(request: HttpRequest, version: WorkflowVersion, form, template: str, context: dict,
-                 save: Callable[[], drafts.DraftEdit], what: str) -> HttpResponse:
+                 save: Callable[[str], Any], what: str) -> HttpResponse:
     """GET: the panel. POST: validate, save through the service, answer with the new drawing
     (or a 400 naming the first field to fix, with the panel showing every error)."""
     editable = version_canvas_editable(user=request.user, version=version)
@@ -278,13 +282,13 @@ def _form_answer(request: HttpRequest, version: WorkflowVersion, form, template:
     if not editable:
         return _fail("version", f"v{version.number} is {version.stage}: read-only on the canvas", status=403)
     reason = (request.POST.get("change_reason") or "").strip()
-    if not reason:
+    if not reason or "\x00" in reason or len(reason) > MAX_REASON:
         form.is_valid()  # show the form's own errors too
-        return _fail("reason", "say why you are changing this draft (it is recorded in the history)",
-                     panel=render_to_string(template, context, request))
+        return _fail("reason", "say why you are changing this draft (it is recorded in the history), in at most "
+                     f"{MAX_REASON} characters", panel=render_to_string(template, context, request))
     if form.is_valid():
         try:
-            edit = drafts.draft_edit(version=version, actor=request.user, reason=reason, change=lambda v: save())
+            edit = drafts.draft_edit(version=version, actor=request.user, reason=reason, change=lambda v: save(reason))
         except PermissionDenied as exc:
             return _fail("version", str(exc), status=403)
         except ValidationError as exc:
@@ -326,11 +330,10 @@ def canvas_step(request: HttpRequest, pk: int, step_pk: int) -> HttpResponse:
     form.fields.pop("after", None)  # connections are drawn (or chosen below the form)
     context["outcomes"] = _outcomes_of(step, context["connections"])
 
-    def save() -> drafts.DraftEdit:
+    def save(reason: str) -> Step:
         data = form.cleaned_data
         return drafts.step_form_save(version=version, step=step, key=data["key"], kind=step.kind,
-                                     name=data.get("name", ""), config=form.config, actor=request.user,
-                                     reason=(request.POST.get("change_reason") or "").strip())
+                                     name=data.get("name", ""), config=form.config, actor=request.user, reason=reason)
 
     return _form_answer(request, version, form, "console/_canvas_step.html", context, save,
                         f"step {form.data.get('key') or step.key}")
@@ -352,9 +355,8 @@ def canvas_settings(request: HttpRequest, pk: int) -> HttpResponse:
     version = _version(request, pk)
     form = VersionSettingsForm(request.POST if request.method == "POST" else None, version=version)
 
-    def save() -> drafts.DraftEdit:
-        return drafts.version_settings_save(version=version, values=form.values(), actor=request.user,
-                                            reason=(request.POST.get("change_reason") or "").strip())
+    def save(reason: str) -> WorkflowVersion:
+        return drafts.version_settings_save(version=version, values=form.values(), actor=request.user, reason=reason)
 
     return _form_answer(request, version, form, "console/_canvas_settings.html", {}, save, "the trigger settings")
 
