@@ -125,6 +125,17 @@
     });
   }
 
+  // The drawing as the server last drew it: put back when a change is refused (a dragged box
+  // returns to where it is stored).
+  var drawn = {svg: surface.innerHTML, graph: JSON.stringify(data)};
+
+  function restore() {
+    surface.innerHTML = drawn.svg;
+    data = JSON.parse(drawn.graph);
+    decorate();
+    markSelected();
+  }
+
   function command(body) {
     return askReason().then(function (why) {
       body.reason = why;
@@ -134,7 +145,10 @@
         headers: {"Content-Type": "application/json", "Accept": "application/json", "X-CSRFToken": root.dataset.csrf},
         body: JSON.stringify(body)
       });
-    }).then(answered);
+    }).then(answered).catch(function (refusal) {
+      restore();
+      return Promise.reject(refusal);
+    });
   }
 
   function quietly(promise) { return promise.catch(function () { return null; }); }
@@ -143,6 +157,7 @@
     surface.innerHTML = answer.svg;
     data = answer.graph;
     data.urls = urls;
+    drawn = {svg: answer.svg, graph: JSON.stringify(data)};
     undoButton.disabled = !answer.undo;
     showIssues(answer.issues);
     decorate();
