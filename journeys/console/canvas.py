@@ -280,7 +280,7 @@ def _form_answer(request: HttpRequest, version: WorkflowVersion, form, template:
     if request.method != "POST":
         return HttpResponseNotAllowed(["GET", "POST"])
     if not editable:
-        return _fail("version", f"v{version.number} is {version.stage}: read-only on the canvas", status=403)
+        return _fail("version", f"v{version.number} is {version.stage.replace('_', ' ')}: read-only on the canvas", status=403)
     reason = (request.POST.get("change_reason") or "").strip()
     if not reason or "\x00" in reason or len(reason) > MAX_REASON:
         form.is_valid()  # show the form's own errors too

@@ -35,12 +35,16 @@ MAX_COORDINATE = 100_000  # a canvas position further out is a mistake, not a dr
 SETTINGS = tuple(f for f in VERSION_FIELDS if f != "notes")
 
 
+def _stage(version: WorkflowVersion) -> str:
+    return version.stage.replace("_", " ")  # "in review", "canary", "live"...
+
+
 def _draft(version: WorkflowVersion, actor: Any) -> WorkflowVersion:
     """The version locked for this transaction, if it is a draft the actor may edit."""
     version = WorkflowVersion.objects.select_for_update(of=("self",)).select_related("workflow").get(pk=version.pk)
     version_check_editable(version=version, actor=actor)
     if version.state != VersionState.DRAFT:
-        raise ValidationError(f"v{version.number} is {version.stage}: only a draft changes on the canvas; "
+        raise ValidationError(f"v{version.number} is {_stage(version)}: only a draft changes on the canvas; "
                               "create a new draft from it to change it")
     return version
 

@@ -68,6 +68,20 @@ def test_live_and_in_review_versions_stay_read_only_with_a_new_draft_button(edit
     assert steps(new).keys() == steps(live).keys()
 
 
+def test_a_version_in_review_is_read_only_on_the_canvas(editor, draft):
+    from journeys.services.workflows import version_submit
+
+    ok(command(editor, draft, op="add_step", kind="goal", x=100, y=150))
+    version_submit(version=draft, summary="a goal only")
+
+    page = editor.get(reverse("console:version_graph", args=[draft.pk])).content.decode()
+    refused = command(editor, draft, op="place", positions={"goal_1": [1, 1]})
+
+    assert 'id="canvas"' not in page and 'id="new-draft-button"' in page
+    assert refused.status_code == 400 and "v1 is in review" in refused.json()["message"]
+    assert Step.objects.get(version=draft).x == 100
+
+
 def test_adding_connecting_and_inserting_steps(editor, draft):
     # given a first step dropped on the empty canvas (it becomes the entry)
     first = ok(command(editor, draft, op="add_step", kind="send_message", x=100, y=150))

@@ -3,7 +3,8 @@ draft: the inactivity trigger on the start node, then an email, a wait for `Orde
 with a timeout, a condition on `profile.ltv`, an SMS and a goal, each dropped from the palette
 onto the outcome it follows and filled in its side panel. The editor proposes it, and its
 export is the demo's (modulo positions and order, which the export keeps but which say nothing
-about what the journey does). Then the keyboard: a step is moved, connected and deleted, and
+about what the journey does). On the way an outcome is connected by dragging it (and the Undo
+button takes it back) and a step is moved. Then the keyboard: a step is moved, connected and deleted, and
 the last change undone, without the mouse.
 """
 
@@ -162,6 +163,22 @@ def test_editor_builds_the_cart_abandonment_journey_on_the_canvas(demo, live_ser
     _drop(browser, "goal", on=_port(browser, "wait", "event"))
     _status(browser, "Added goal_1")
     _edit(browser, "goal_1", {"key": "bought", "goal": "ordered"}, saved_as="bought")
+
+    # an outcome dragged onto a step connects it; Undo takes that back; a step dragged stays where it is put
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(browser).click_and_hold(_port(browser, "valuable", "no")).move_by_offset(10, 30) \
+        .move_to_element(_node(browser, "bought")).release().perform()
+    _status(browser, "Connected valuable —no→ bought")
+    browser.find_element(By.ID, "canvas-undo").click()
+    _status(browser, "Undone: connected valuable —no→ bought")
+    assert not draft.edges.filter(source__key="valuable", outcome="no").exists()
+    before = Step.objects.get(version=draft, key="bought")
+    ActionChains(browser).click_and_hold(_node(browser, "bought")).move_by_offset(0, 20).move_by_offset(0, 20) \
+        .release().perform()
+    _status(browser, "Moved")
+    after = Step.objects.get(version=draft, key="bought")
+    assert (after.x, after.y) == (before.x, before.y + 40)
 
     # the drawing shows no errors, only the outcomes that lead nowhere (as the demo's)
     issues = browser.find_element(By.ID, "canvas-issue-list").text
