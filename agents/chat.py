@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import time
 
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden, JsonResponse
@@ -26,7 +25,9 @@ from agents.models import TriageBot
 from agents.services.triage import chat_message_receive
 from channels_app.models import Channel
 from channels_app.services.links import BadLink, absolute, link_load, link_sign
+from journeys.errors import SecretUnavailable
 from journeys.models import Customer
+from journeys.services.outbound import outbound_secret_read
 
 MAX_SKEW_S = 300
 MAX_BODY = 64 * 1024
@@ -42,12 +43,15 @@ def chat_signature(*, secret: str, timestamp: str, body: bytes) -> str:
 
 
 def _signing_secret(channel: Channel) -> tuple[bool, str]:
-    from django.conf import settings
-
+    """(required, secret): a named secret that cannot be read (unset, or not a JOURNEYS_SECRET_
+    variable) is required and empty, so every request is refused."""
     env_name = (channel.settings or {}).get("signing_secret_env")
     if not env_name:
         return False, ""
-    return True, os.environ.get(env_name) or str(getattr(settings, "CHANNEL_SECRETS", {}).get(env_name, ""))
+    try:
+        return True, outbound_secret_read(name=str(env_name))
+    except SecretUnavailable:
+        return True, ""
 
 
 def _message(body: dict) -> tuple[str, str, str, str]:

@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import sys
 import tempfile
 import time
@@ -34,6 +35,7 @@ def main() -> None:
     # The ORM broker (not sync mode): enqueueing is a row insert, as in production; the
     # dispatch is called here directly, as the worker would.
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))  # in-process only; nothing else shares it
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     import django
 

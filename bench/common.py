@@ -142,6 +142,7 @@ def server_env(database_url: str, **overrides: str) -> dict[str, str]:
         "DEBUG": "0",
         "SECRET_KEY": "bench-" + secrets.token_hex(24),
         "SECURE_SSL_REDIRECT": "0",
+        "OUTBOUND_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",  # local vendors (HTTP/SMTP sinks)
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "EVENT_API_RATE_LIMIT": "10000000",
         "LOG_LEVEL": "WARNING",

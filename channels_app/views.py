@@ -7,9 +7,10 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseRedirect, JsonResponse
+from django.http import (
+    HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden, HttpResponseRedirect, JsonResponse,
+)
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
@@ -18,7 +19,9 @@ from channels_app.models import Channel
 from channels_app.services import inbound_sms_handle, preferences_get, preferences_save, unsubscribe_apply
 from channels_app.services.links import BadLink, absolute, link_load
 from channels_app.services.tracking import delivery_click_record, delivery_open_record, delivery_status_record
+from journeys.errors import SecretUnavailable
 from journeys.models import Customer
+from journeys.services.outbound import outbound_secret_read
 
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 
@@ -69,7 +72,7 @@ def open_pixel(request: HttpRequest, token: str) -> HttpResponse:
         data = link_load(purpose="open", token=token)
     except BadLink:
         return HttpResponseBadRequest("bad link")
-    delivery_open_record(delivery_id=int(data.get("d") or 0))
+    delivery_open_record(delivery_id=data["d"])
     response = HttpResponse(PIXEL, content_type="image/gif")
     response["Cache-Control"] = "no-store"
     return response
@@ -80,10 +83,10 @@ def click(request: HttpRequest, token: str) -> HttpResponse:
         data = link_load(purpose="click", token=token)
     except BadLink as exc:
         return _bad(request, exc)
-    url = str(data.get("u") or "")
+    url = data["u"]
     if not url.startswith(("http://", "https://")):
         return HttpResponseBadRequest("bad link")
-    delivery_click_record(delivery_id=int(data.get("d") or 0), url=url)
+    delivery_click_record(delivery_id=data["d"], url=url)
     return HttpResponseRedirect(url)
 
 
@@ -101,11 +104,15 @@ def status_callback(request: HttpRequest, token: str) -> HttpResponse:
             body = json.loads(request.body or b"{}")
         except ValueError:
             return HttpResponseBadRequest("bad json")
+        if not isinstance(body, dict):
+            return HttpResponseBadRequest("the body must be a JSON object")
     else:
         body = request.POST
     status = body.get("status") or body.get("MessageStatus") or body.get("CallStatus") or ""
-    detail = str(body.get("detail") or body.get("ErrorCode") or "")
-    delivery = delivery_status_record(delivery_id=int(data.get("d") or 0), status=str(status), detail=detail)
+    if not isinstance(status, str):
+        return HttpResponseBadRequest("status must be text")
+    detail = str(body.get("detail") or body.get("ErrorCode") or "")[:1000]
+    delivery = delivery_status_record(delivery_id=data["d"], status=status, detail=detail)
     return JsonResponse({"ok": delivery is not None, "status": getattr(delivery, "status", None)})
 
 
@@ -126,12 +133,17 @@ def inbound_sms(request: HttpRequest, token: str) -> HttpResponse:
         return HttpResponseBadRequest("bad signature")
     channel = get_object_or_404(Channel, pk=data.get("ch"))
     env_name = (channel.settings or {}).get("auth_token_env")
-    if env_name and os.environ.get(env_name):
+    if env_name:
+        # a named token that cannot be read (unset, or not a JOURNEYS_SECRET_ variable) refuses everything
+        try:
+            auth_token = outbound_secret_read(name=str(env_name))
+        except SecretUnavailable:
+            return HttpResponseForbidden("the channel's auth token is not configured")
         params = {k: request.POST[k] for k in request.POST}
         given = request.headers.get("X-Twilio-Signature", "")
         # Twilio signs the URL it was given (PUBLIC_BASE_URL); behind a proxy the request's own may differ.
         urls = {absolute(request.get_full_path()), request.build_absolute_uri()}
-        if not any(hmac.compare_digest(twilio_signature(auth_token=os.environ[env_name], url=url, params=params), given)
+        if not any(hmac.compare_digest(twilio_signature(auth_token=auth_token, url=url, params=params), given)
                    for url in urls):
             return HttpResponseBadRequest("bad signature")
     result = inbound_sms_handle(channel=channel, from_number=request.POST.get("From", ""),

@@ -6,13 +6,20 @@ REDIS_URL (django-q2 Redis broker and shared cache, else the ORM broker and a
 local cache; Q_BROKER=orm|redis overrides the broker), SECRET_KEY, DEBUG and
 ALLOWED_HOSTS. Web and worker processes must share SECRET_KEY: django-q2 signs
 tasks with it, and a worker drops a task it cannot verify.
+
+Secure by default: no SECRET_KEY means no start (there is no fallback key), DEBUG is
+off unless DEBUG=1, and HTTPS-only cookies, the HTTPS redirect and HSTS are on unless
+the environment turns them off (scripts/run.sh does, for http://127.0.0.1).
 """
 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
+
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -50,8 +57,30 @@ def database_from_url(url: str) -> dict:
     }
 
 
-DEBUG = env_bool("DEBUG", True)
-SECRET_KEY = os.environ.get("SECRET_KEY") or "dev-only-insecure-key-change-me-in-production-0123456789"
+def secret_key_from_env() -> str:
+    """SECRET_KEY, else the file SECRET_KEY_FILE names (a container secret), else the key that
+    `make run` generated into the git-ignored LOCAL_SECRET_KEY_FILE. There is no fallback: a
+    process without a key of its own refuses to start (journeys.checks flags public keys)."""
+    if key := os.environ.get("SECRET_KEY", "").strip():
+        return key
+    path = os.environ.get("SECRET_KEY_FILE", "").strip()
+    candidate = Path(path) if path else LOCAL_SECRET_KEY_FILE
+    if path or candidate.is_file():
+        try:
+            key = candidate.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ImproperlyConfigured(f"SECRET_KEY_FILE {candidate}: {exc}") from exc
+        if key:
+            return key
+    raise ImproperlyConfigured(
+        "SECRET_KEY is not set. Set SECRET_KEY (or SECRET_KEY_FILE) to at least 50 random characters, e.g. "
+        "python -c 'import secrets; print(secrets.token_urlsafe(50))'; web and worker processes need the same "
+        "one. `make run` makes one for local use in .secret_key.")
+
+
+LOCAL_SECRET_KEY_FILE = BASE_DIR / ".secret_key"  # written by scripts/run.sh, git-ignored
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = secret_key_from_env()
 ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 
@@ -66,6 +95,7 @@ INSTALLED_APPS = [
     "guardian",
     "simple_history",
     "django_q",
+    "axes",
     "journeys",
     "channels_app",
     "agents",
@@ -74,6 +104,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "config.csp.ContentSecurityPolicyMiddleware",
     # Serves our own static files from gunicorn (no CDN, no separate web server needed).
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -83,7 +114,27 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "simple_history.middleware.HistoryRequestMiddleware",
+    # Login throttling (django-axes): must come last, it turns a lockout into a 429 answer.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Content-Security-Policy (config.csp): no inline script, no eval, our own origin only. Inline
+# style attributes stay allowed (Django's admin uses some); images may come from https (email
+# HTML in template previews). See docs/CONVENTIONS.md, "Pages and the Content-Security-Policy".
+CONTENT_SECURITY_POLICY = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'", "'unsafe-inline'"],
+    "img-src": ["'self'", "data:", "https:"],
+    "font-src": ["'self'", "data:"],
+    "connect-src": ["'self'"],
+    "frame-src": ["'self'"],
+    "object-src": ["'none'"],
+    "base-uri": ["'self'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+}
+SECURE_REFERRER_POLICY = "same-origin"
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
@@ -122,6 +173,8 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTHENTICATION_BACKENDS = [
+    # First: refuses every login attempt (even with the right password) while locked out.
+    "journeys.services.throttle.LoginThrottleBackend",
     "django.contrib.auth.backends.ModelBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
@@ -129,7 +182,22 @@ AUTHENTICATION_BACKENDS = [
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+
+# Login throttling on /admin/login/ and /agents/login/ (django-axes, failures kept in the
+# database so every web process shares them): after LOGIN_FAILURE_LIMIT failures for one
+# account, or from one address, further attempts (even with the right password) get 429
+# for LOGIN_LOCKOUT_MINUTES. Behind a proxy set TRUSTED_PROXY_COUNT so the client's address
+# is read from X-Forwarded-For (journeys.services.throttle.client_ip), not the proxy's.
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # per account, and per address, separately
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "journeys.services.throttle.client_ip"
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -208,6 +276,11 @@ EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "journeys@localhost")
+# Outbound calls (channel providers, webhooks, event-stream destinations) only go to public
+# addresses; these name the exceptions (comma-separated in the environment), e.g. an internal
+# gateway: OUTBOUND_ALLOWED_HOSTS=sms-gw.corp.internal, OUTBOUND_ALLOWED_NETWORKS=10.20.0.0/16.
+OUTBOUND_ALLOWED_HOSTS = [h.strip() for h in os.environ.get("OUTBOUND_ALLOWED_HOSTS", "").split(",") if h.strip()]
+OUTBOUND_ALLOWED_NETWORKS = [n.strip() for n in os.environ.get("OUTBOUND_ALLOWED_NETWORKS", "").split(",") if n.strip()]
 # Public base URL used in signed links (unsubscribe, preferences, tracking).
 PUBLIC_BASE_URL = os.environ.get("PUBLIC_BASE_URL", "http://127.0.0.1:8000")
 
@@ -222,12 +295,14 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
 
-if not DEBUG:
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
-    SESSION_COOKIE_SECURE = True
-    CSRF_COOKIE_SECURE = True
-    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
-    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
-    SECURE_HSTS_PRELOAD = True
-    SECURE_CONTENT_TYPE_NOSNIFF = True
+# HTTPS by default. A plain-http local run (scripts/run.sh on 127.0.0.1) turns these off
+# explicitly through the environment; `manage.py check --deploy` then says so.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_SECONDS > 0
+SECURE_HSTS_PRELOAD = SECURE_HSTS_SECONDS > 0
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SESSION_COOKIE_HTTPONLY = True

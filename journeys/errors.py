@@ -41,3 +41,21 @@ class SourceDisabled(JourneyError):
 
 class PermissionDenied(JourneyError):
     code = "permission_denied"
+
+
+class OutboundRefused(JourneyError):
+    """An outbound URL or host we will not connect to (scheme, private address, redirect...)."""
+
+    code = "outbound_refused"
+
+
+class OutboundUnreachable(JourneyError):
+    """A connection to an allowed place failed (DNS, refused, reset, timeout): worth retrying."""
+
+    code = "outbound_unreachable"
+
+
+class SecretUnavailable(JourneyError):
+    """A configured secret name is not allowed (no JOURNEYS_SECRET_ prefix) or holds nothing."""
+
+    code = "secret_unavailable"

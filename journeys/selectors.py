@@ -26,6 +26,8 @@ from journeys.models import (
     AuditEntry,
     BusinessUnit,
     ChangeRequest,
+    Customer,
+    Identity,
     JourneyRun,
     Workflow,
     WorkflowVersion,
@@ -125,3 +127,27 @@ def audit_entries_for_user(user: Any) -> QuerySet[AuditEntry]:
 
 def user_can_view_dashboard(user: Any) -> bool:
     return _active(user) and (user.is_superuser or user.has_perm("journeys.view_ops_dashboard"))
+
+
+def user_can_view_customers(user: Any) -> bool:
+    """The one rule for showing a customer's profile (Customer 360, template previews with a real
+    customer...): superusers and holders of journeys.view_customer (ops). Editors and approvers
+    read configuration, not people."""
+    return _active(user) and (user.is_superuser or user.has_perm("journeys.view_customer"))
+
+
+def customer_find(*, value: str) -> Customer | None:
+    """A customer by any of their ids (user id, anonymous id, email, phone), their external id,
+    their profile email, or `#<number>` / a number (the customer's row id)."""
+    value = (value or "").strip()
+    if not value:
+        return None
+    identity = Identity.objects.filter(value__in=[value, value.lower()]).select_related("customer").first()
+    if identity is not None:
+        return identity.customer
+    found = (Customer.objects.filter(external_id=value).first()
+             or Customer.objects.filter(email__iexact=value).order_by("pk").first())
+    digits = value.removeprefix("#")
+    if found is None and digits.isdigit() and len(digits) < 19:
+        found = Customer.objects.filter(pk=int(digits)).first()
+    return found

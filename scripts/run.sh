@@ -6,6 +6,20 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 PORT=${PORT:-8000}
 
+# A key of this checkout's own, made once and kept in a git-ignored file; the web server and
+# the worker get the same one (tasks are signed with it). An exported SECRET_KEY wins.
+if [ -z "${SECRET_KEY:-}" ]; then
+  if [ ! -s .secret_key ]; then
+    (umask 077 && $PY -c 'import secrets; print(secrets.token_urlsafe(50))' > .secret_key)
+    echo "Generated a secret key for this checkout in .secret_key (git-ignored)."
+  fi
+  SECRET_KEY=$(cat .secret_key)
+fi
+export SECRET_KEY
+# The demo serves plain http on 127.0.0.1: turn off, explicitly, what only works over HTTPS
+# (secure-only cookies, the HTTPS redirect, HSTS). DEBUG stays off (no tracebacks in pages).
+export DEBUG=${DEBUG:-0} SECURE_SSL_REDIRECT=0 SESSION_COOKIE_SECURE=0 CSRF_COOKIE_SECURE=0 SECURE_HSTS_SECONDS=0
+
 $PY manage.py migrate --noinput
 $PY manage.py collectstatic --noinput -v 0
 $PY manage.py load_demo

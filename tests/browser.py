@@ -37,10 +37,22 @@ def browser():
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--no-first-run", f"--window-size={WIDTH},1000"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console messages, CSP reports included
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.implicitly_wait(5)
     yield driver
+    violations = csp_violations(driver)
     driver.quit()
+    assert not violations, "Content-Security-Policy violations in the browser console:\n" + "\n".join(violations)
+
+
+def csp_violations(driver) -> list[str]:
+    """Console messages of the pages visited so far that report a Content-Security-Policy violation."""
+    try:
+        entries = driver.get_log("browser")
+    except Exception:  # noqa: BLE001 - a driver without logs has nothing to report
+        return []
+    return [e["message"] for e in entries if "Content Security Policy" in e.get("message", "")]
 
 
 @pytest.fixture

@@ -20,6 +20,14 @@ from urllib.parse import quote
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
+def process_settings_env() -> dict:
+    """What every process a test starts needs from the test's own settings: the same secret key
+    (the test process signs tasks, the workers verify them) and the local servers allow-listed."""
+    from django.conf import settings
+
+    return {"SECRET_KEY": settings.SECRET_KEY, "OUTBOUND_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128"}
+
+
 def database_url(settings_dict: dict) -> str:
     """postgresql://user:pass@host:port/name of a Django DATABASES entry (the test database's, in a test)."""
     user = quote(settings_dict.get("USER") or "", safe="")
@@ -108,6 +116,7 @@ class QCluster:
             Q_RETRY=str(retry),
             Q_TIMEOUT=str(timeout),
             PGAPPNAME=app_name,  # libpq: lets the test find this cluster's connections in pg_stat_activity
+            **process_settings_env(),
             PYTHONUNBUFFERED="1",
             LOG_LEVEL=os.environ.get("QCLUSTER_LOG_LEVEL", "INFO"),
         )
@@ -280,8 +289,8 @@ def manage(*args: str, env: dict) -> str:
 def server_env(db_url: str, **extra: str) -> dict:
     """Production-like settings for a web or worker process of a test (not the tests' sync mode)."""
     env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "Q_BROKER", "Q_SYNC", "PYTEST_CURRENT_TEST"}}
-    env.update(DJANGO_SETTINGS_MODULE="config.settings", DATABASE_URL=db_url, DEBUG="0",
-               SECRET_KEY="proof-" + "k" * 50, SECURE_SSL_REDIRECT="0", ALLOWED_HOSTS="127.0.0.1,localhost",
+    env.update(DJANGO_SETTINGS_MODULE="config.settings", DATABASE_URL=db_url, DEBUG="0", **process_settings_env(),
+               SECURE_SSL_REDIRECT="0", ALLOWED_HOSTS="127.0.0.1,localhost",
                EVENT_API_RATE_LIMIT="10000000", LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
     env.update(extra)
     return env

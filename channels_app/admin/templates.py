@@ -10,14 +10,14 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils import timezone
 from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
 
 from channels_app.models import ContentBlock, MessageTemplate, TemplateVariant
-from channels_app.services import message_context, template_check, template_render
+from channels_app.services import template_check
+from channels_app.services.preview import template_preview
+from channels_app.services.templates import content_block_cycle
 from journeys.admin.base import HistoryReasonMixin
-from journeys.models import Customer
 
 
 class TemplateForm(forms.ModelForm):
@@ -46,19 +46,11 @@ class VariantInline(admin.StackedInline):
 
 
 class PreviewForm(forms.Form):
-    customer = forms.CharField(help_text="user id or customer number")
+    customer = forms.CharField(required=False, help_text="user id, email or #number; empty: a sample profile "
+                                                         "(or the latest customer, for those who may view customers)")
     event = forms.CharField(widget=forms.Textarea(attrs={"rows": 4}), required=False,
                             help_text='sample event JSON, e.g. {"name": "Checkout Started", "properties": {"total": 120}}')
     journey = forms.CharField(required=False, help_text="journey variables JSON")
-
-    def clean_customer(self):
-        value = self.cleaned_data["customer"].strip()
-        customer = Customer.objects.filter(external_id=value).first()
-        if customer is None and value.isdigit():
-            customer = Customer.objects.filter(pk=int(value)).first()
-        if customer is None:
-            raise forms.ValidationError("no such customer")
-        return customer
 
     def _json(self, field):
         raw = self.cleaned_data.get(field) or ""
@@ -98,21 +90,26 @@ class MessageTemplateAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
         return format_html('<a href="{}">preview</a>', reverse("admin:channels_app_messagetemplate_preview", args=[obj.pk]))
 
     def preview_view(self, request, pk):
+        """Thin: the channels app's template_preview decides what may be shown (the same service and
+        permission rule as the console's step-form preview)."""
         template = get_object_or_404(MessageTemplate, pk=pk)
         if not self.has_view_permission(request, template):
             return HttpResponse(status=403)
         form = PreviewForm(request.POST or None)
-        rendered = None
+        rendered, status = None, 200
         if request.method == "POST" and form.is_valid():
-            customer = form.cleaned_data["customer"]
-            context = message_context(customer=customer, now=timezone.now(), context={
-                "event": form.cleaned_data["event"], "journey": form.cleaned_data["journey"],
-                "links": {"unsubscribe_url": "#unsubscribe", "preferences_url": "#preferences"}})
-            rendered = template_render(template=template, context=context, locale=customer.locale or "")
+            data = form.cleaned_data
+            result = template_preview(user=request.user, template=template, customer_ref=data["customer"],
+                                      event=data["event"], journey=data["journey"])
+            if result["ok"]:
+                rendered = result
+            else:
+                status = result.get("status", 400)
+                form.add_error(result["field"] if result["field"] in form.fields else None, result["error"])
         return TemplateResponse(request, "channels_app/template_preview.html", {
             **self.admin_site.each_context(request), "template": template, "form": form, "rendered": rendered,
             "title": f"Preview {template.name}", "opts": self.model._meta,
-        })
+        }, status=status)
 
 
 class ContentBlockForm(forms.ModelForm):
@@ -137,6 +134,13 @@ class ContentBlockForm(forms.ModelForm):
             if error := template_check(text=variant["body"]):
                 raise forms.ValidationError(f"variant {i}: template error: {error}")
         return variants
+
+    def clean(self):
+        data = super().clean()
+        if data.get("name") and isinstance(data.get("variants"), list):
+            if problem := content_block_cycle(name=data["name"], variants=data["variants"]):
+                self.add_error("variants", f"this block cannot be saved: {problem}")
+        return data
 
 
 @admin.register(ContentBlock)

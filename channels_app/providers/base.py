@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import ClassVar
+
+from journeys.errors import SecretUnavailable
+from journeys.services.outbound import SECRET_PREFIX, outbound_secret_name_check, outbound_secret_read
 
 
 class ProviderError(Exception):
@@ -54,30 +56,42 @@ class SendResult:
 
 class Provider:
     """Sends one message on one channel. `settings` are the channel's non-secret settings;
-    `secret(name)` reads the environment variable that `settings[name + '_env']` names
-    (or, failing that, the same key of the CHANNEL_SECRETS Django setting)."""
+    `secret(name)` reads the secret that `settings[name + '_env']` names: an environment
+    variable called JOURNEYS_SECRET_... (or the same key of the CHANNEL_SECRETS setting), never
+    any other variable (journeys.services.outbound).
+
+    `url_settings` / `host_settings` name the settings a provider connects to: they are checked
+    when the channel is saved and again before every connection (public addresses only, unless
+    allow-listed)."""
 
     name: ClassVar[str]
     kinds: ClassVar[tuple[str, ...]] = ()
+    url_settings: ClassVar[tuple[str, ...]] = ()
+    host_settings: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: dict):
         self.settings = settings or {}
 
     def secret(self, name: str, *, required: bool = True) -> str:
         env_name = self.settings.get(f"{name}_env", "")
-        value = os.environ.get(env_name, "") if env_name else ""
-        if env_name and not value:
-            # a secrets setting (filled by a secrets manager at start-up) is the other place secrets may live
-            from django.conf import settings as django_settings
-
-            value = str(getattr(django_settings, "CHANNEL_SECRETS", {}).get(env_name, ""))
-        if required and not value:
-            raise PermanentError(f"secret {name!r} missing: set settings[{name + '_env'!r}] to an environment "
-                                 f"variable that holds it (now {env_name or 'unset'})")
-        return value
+        if not env_name:
+            if required:
+                raise PermanentError(f"secret {name!r} missing: set settings[{name + '_env'!r}] to the name of an "
+                                     f"environment variable that holds it ({SECRET_PREFIX}...)")
+            return ""
+        try:
+            outbound_secret_name_check(name=str(env_name))  # a name that is not allowed always fails
+            return outbound_secret_read(name=str(env_name))
+        except SecretUnavailable as exc:
+            if not required and str(env_name).startswith(SECRET_PREFIX):
+                return ""
+            raise PermanentError(f"secret {name!r} (settings[{name + '_env'!r}]): {exc.message}") from None
 
     def send(self, message: OutgoingMessage) -> SendResult:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections kept open between sends (keep-alive sessions)."""
 
 
 PROVIDERS: dict[str, type[Provider]] = {}

@@ -12,6 +12,8 @@ from django.core.mail import EmailMultiAlternatives, get_connection
 from channels_app.providers.base import (
     OutgoingMessage, PermanentError, Provider, SendResult, TransientError, provider,
 )
+from journeys.errors import OutboundRefused, OutboundUnreachable
+from journeys.services.outbound import outbound_host_check
 
 
 @provider
@@ -21,9 +23,18 @@ class SmtpProvider(Provider):
 
     name = "smtp"
     kinds = ("email",)
+    host_settings = ("host",)
 
     def send(self, message: OutgoingMessage) -> SendResult:
         s = self.settings
+        if s.get("host"):
+            # a host typed into the channel (not the deployment's EMAIL_HOST) is an outbound target like a URL
+            try:
+                outbound_host_check(host=str(s["host"]), port=int(s.get("port") or django_settings.EMAIL_PORT))
+            except OutboundRefused as exc:
+                raise PermanentError(f"smtp: {exc.message}") from exc
+            except OutboundUnreachable as exc:
+                raise TransientError(f"smtp: {exc.message}") from exc
         connection = get_connection(
             backend="django.core.mail.backends.smtp.EmailBackend",
             host=s.get("host") or django_settings.EMAIL_HOST,

@@ -8,17 +8,16 @@ import base64
 import hashlib
 import hmac
 import json
-import socket
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from email.utils import parsedate_to_datetime
 from xml.sax.saxutils import escape
 
 from channels_app.providers.base import (
     OutgoingMessage, PermanentError, Provider, SendResult, TransientError, provider,
 )
+from journeys.errors import OutboundRefused, OutboundUnreachable
+from journeys.services.outbound import OutboundSession
 
 DEFAULT_TIMEOUT_S = 10.0
 
@@ -38,7 +37,11 @@ def retry_after_seconds(value: str | None) -> float | None:
 
 
 class HttpProvider(Provider):
-    """Shared request/response handling: timeouts and 5xx/429 are transient, other 4xx permanent."""
+    """Shared request/response handling: timeouts and 5xx/429 are transient, other 4xx permanent.
+    Requests go through journeys' OutboundSession: public addresses only (unless allow-listed),
+    pinned to the checked address, keep-alive between the sends of one provider instance."""
+
+    url_settings = ("base_url", "url")
 
     def timeout(self) -> float:
         return float(self.settings.get("timeout") or DEFAULT_TIMEOUT_S)
@@ -47,21 +50,33 @@ class HttpProvider(Provider):
         url = self.settings.get("base_url") or self.settings.get("url")
         if not url:
             raise PermanentError(f"{self.name}: settings.base_url is required")
-        return url.rstrip("/")
+        return str(url).rstrip("/")
+
+    def session(self) -> OutboundSession:
+        if getattr(self, "_session", None) is None:
+            self._session = OutboundSession(timeout=self.timeout())
+        return self._session
+
+    def close(self) -> None:
+        if getattr(self, "_session", None) is not None:
+            self._session.close()
+            self._session = None
 
     def request(self, url: str, *, data: bytes, headers: dict) -> tuple[int, bytes]:
-        req = urllib.request.Request(url, data=data, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout()) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            body = exc.read()[:500].decode("utf-8", "replace")
-            if exc.code == 429 or exc.code == 408 or exc.code >= 500:
-                raise TransientError(f"HTTP {exc.code}: {body}", status_code=exc.code,
-                                     retry_after=retry_after_seconds(exc.headers.get("Retry-After"))) from exc
-            raise PermanentError(f"HTTP {exc.code}: {body}", status_code=exc.code) from exc
-        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as exc:
-            raise TransientError(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}") from exc
+            response = self.session().post(url, body=data, headers=headers)
+        except OutboundRefused as exc:
+            raise PermanentError(f"{self.name}: {exc.message}") from exc
+        except OutboundUnreachable as exc:
+            raise TransientError(exc.message) from exc
+        if response.status == 429 or response.status == 408 or response.status >= 500:
+            body = response.body[:500].decode("utf-8", "replace")
+            raise TransientError(f"HTTP {response.status}: {body}", status_code=response.status,
+                                 retry_after=retry_after_seconds(response.headers.get("Retry-After")))
+        if response.status >= 300:
+            body = response.body[:500].decode("utf-8", "replace")
+            raise PermanentError(f"HTTP {response.status}: {body}", status_code=response.status)
+        return response.status, response.body
 
     @staticmethod
     def json_body(raw: bytes) -> dict:

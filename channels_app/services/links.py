@@ -32,8 +32,41 @@ MAX_AGE_S = {
 }
 
 
+# What each purpose's signed data holds: key -> (type, required). Anything else in a token
+# that verifies (signed with a leaked or public key, or by an older release) is a bad link, so
+# the views never meet a list where they expect an id (issue #15: they answered 500).
+_ID = (int, True)
+SCHEMAS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
+    "unsubscribe": {"c": _ID, "k": (str, False), "t": ((str, type(None)), False), "d": (int, False)},
+    "preferences": {"c": _ID},
+    "open": {"d": _ID},
+    "click": {"d": _ID, "u": (str, True)},
+    "status": {"d": _ID},
+    "inbound": {"ch": _ID},
+    "chat": {"ch": _ID},
+}
+_MAX_ID = 2**63 - 1
+
+
 class BadLink(Exception):
     pass
+
+
+def _check_schema(purpose: str, data: dict) -> None:
+    if set(data) - SCHEMAS[purpose].keys():
+        raise BadLink("this link is not valid")
+    for key, (kind, required) in SCHEMAS[purpose].items():
+        if key not in data:
+            if required:
+                raise BadLink("this link is not valid")
+            continue
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise BadLink("this link is not valid")
+        if isinstance(value, int) and not 0 < value <= _MAX_ID:
+            raise BadLink("this link is not valid")
+        if isinstance(value, str) and len(value) > 4096:
+            raise BadLink("this link is not valid")
 
 
 def link_sign(*, purpose: str, data: dict) -> str:
@@ -49,6 +82,7 @@ def link_load(*, purpose: str, token: str) -> dict:
         raise BadLink("this link is not valid") from exc
     if not isinstance(data, dict):
         raise BadLink("this link is not valid")
+    _check_schema(purpose, data)
     return data
 
 

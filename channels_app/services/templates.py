@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 
-from django.template import Context, Engine, Library, Node, TemplateSyntaxError, Variable, VariableDoesNotExist
+from django.template import Context, Engine, Library, Node, NodeList, TemplateSyntaxError, Variable, VariableDoesNotExist
 from django.template import defaultfilters, defaulttags
 from django.template.base import TextNode, VariableNode
 from django.utils.html import conditional_escape
@@ -24,13 +24,85 @@ from channels_app.models import ContentBlock, MessageTemplate, TemplateVariant
 
 # Tags that read outside the given context (debug dumps sys.modules, load/include/url reach
 # the project) are left out; everything else of the default language is available.
-_BLOCKED_TAGS = {"debug", "load", "url", "csrf_token", "querystring", "include", "extends", "block", "ssi"}
+# `lorem` writes any amount of text from a number: not for messages.
+_BLOCKED_TAGS = {"debug", "load", "url", "csrf_token", "querystring", "include", "extends", "block", "ssi",
+                 "lorem"}
+
+# Cost bounds (issue #15: `{{ 'a'|ljust:'50000000' }}` made a 50 MB preview; a block including
+# itself was a 500): every rendered part, every loop and every padding filter is bounded.
+MAX_RENDERED_CHARS = 200_000  # one rendered subject / body / HTML body
+MAX_LOOP_ITERATIONS = 10_000  # {% for %} iterations in one message, all loops together
+MAX_FILTER_WIDTH = 1_000  # ljust/rjust/center width, stringformat width, floatformat digits
+MAX_BLOCK_DEPTH = 5  # content blocks inside content blocks
+
+
+class TemplateRenderError(ValueError):
+    """A template would cost more than a message may (too long, too many loop runs)."""
+
 
 sandbox = Library()
 for _name, _tag in defaulttags.register.tags.items():
     if _name not in _BLOCKED_TAGS:
         sandbox.tags[_name] = _tag
 sandbox.filters.update(defaultfilters.register.filters)
+
+
+def _spend(context, *, iterations: int = 0, chars: int = 0) -> None:
+    budget = getattr(context, "budget", None)
+    if budget is None:
+        return
+    budget[0] += iterations
+    budget[1] += chars
+    if budget[0] > MAX_LOOP_ITERATIONS:
+        raise TemplateRenderError(f"loops ran more than {MAX_LOOP_ITERATIONS:,} times")
+    if budget[1] > MAX_RENDERED_CHARS:
+        raise TemplateRenderError(f"the message is longer than {MAX_RENDERED_CHARS:,} characters")
+
+
+class _LoopBody(Node):
+    """A loop's body as one node (ForNode renders its body node by node): each run is counted,
+    and what it writes, against the message's budget."""
+
+    child_nodelists = ("nodelist",)
+
+    def __init__(self, nodelist: NodeList):
+        self.nodelist = nodelist
+
+    def render(self, context) -> str:
+        _spend(context, iterations=1)
+        out = self.nodelist.render(context)
+        _spend(context, chars=len(out))
+        return out
+
+
+@sandbox.tag("for")
+def bounded_for(parser, token):
+    node = defaulttags.do_for(parser, token)
+    node.nodelist_loop = NodeList([_LoopBody(node.nodelist_loop)])
+    return node
+
+
+def _largest_number(arg) -> int:
+    """The largest number written in a filter's argument: "50000000", "-3g", "%050000000d"."""
+    return max((int(n) for n in re.findall(r"\d+", str(arg if arg is not None else ""))), default=0)
+
+
+def _bounded_filter(name: str, measure):
+    original = defaultfilters.register.filters[name]
+
+    def bounded(value, arg=None):
+        if measure(arg) > MAX_FILTER_WIDTH:
+            raise TemplateRenderError(f"|{name}: at most {MAX_FILTER_WIDTH:,}")
+        return original(value, arg) if arg is not None else original(value)
+
+    for attr in ("is_safe", "needs_autoescape", "expects_localtime"):
+        if hasattr(original, attr):
+            setattr(bounded, attr, getattr(original, attr))
+    return bounded
+
+
+for _name in ("ljust", "rjust", "center", "floatformat", "stringformat"):
+    sandbox.filters[_name] = _bounded_filter(_name, _largest_number)
 
 ROOTS = ("profile", "traits", "event", "journey", "scores", "links")
 _BLOCK_REF = re.compile(r"""{%\s*content_block\s+["']([\w-]+)["']\s*%}""")
@@ -225,11 +297,28 @@ def _block_renderer(blocks: dict[str, ContentBlock], data: dict, result: Rendere
     from journeys.rules import compile_rule
     from journeys.rules import RuleContext
 
+    stack: list[str] = []
+
     def render(name: str, context: Context) -> str:
+        if name in stack:
+            result.errors.append(f"content block {name!r} includes itself ({' -> '.join([*stack, name])})")
+            return ""
+        if len(stack) >= MAX_BLOCK_DEPTH:
+            result.errors.append(f"content blocks nested more than {MAX_BLOCK_DEPTH} deep ({' -> '.join(stack)})")
+            return ""
+        if name not in blocks:  # a block inside a block: looked up once
+            blocks[name] = ContentBlock.objects.filter(name=name).first()
         block = blocks.get(name)
         if block is None:
             result.errors.append(f"content block {name!r} does not exist")
             return ""
+        stack.append(name)
+        try:
+            return _block_body(name, block, context)
+        finally:
+            stack.pop()
+
+    def _block_body(name: str, block: ContentBlock, context: Context) -> str:
         rule_ctx = RuleContext(event=data.get("event") or {}, profile=data.get("profile") or {}, context={},
                                journey=data.get("journey") or {}, now=data.get("now") or timezone.now())
         for variant in block.variants or []:
@@ -241,7 +330,7 @@ def _block_renderer(blocks: dict[str, ContentBlock], data: dict, result: Rendere
                 if not outcome.value:
                     continue
             try:
-                return _ENGINE.from_string(variant.get("body") or "").render(context)
+                return _compiled(str(variant.get("body") or "")).render(context)
             except TemplateSyntaxError as exc:
                 result.errors.append(f"block {name}: {exc}")
                 return ""
@@ -250,10 +339,40 @@ def _block_renderer(blocks: dict[str, ContentBlock], data: dict, result: Rendere
     return render
 
 
+def content_block_names(text: str) -> set[str]:
+    """The blocks a template text includes ({% content_block "name" %}); none if it does not parse."""
+    try:
+        return {node.name for node in _compiled(text).nodelist.get_nodes_by_type(ContentBlockNode)}
+    except TemplateSyntaxError:
+        return set()
+
+
+def content_block_cycle(*, name: str, variants: list) -> str | None:
+    """Why a content block with these variants cannot be saved: it would include itself, directly
+    or through other blocks, or nest blocks deeper than MAX_BLOCK_DEPTH; None when it is fine."""
+    def includes(block_name: str, block_variants) -> set[str]:
+        return {n for v in block_variants or [] if isinstance(v, dict) for n in content_block_names(str(v.get("body") or ""))}
+
+    stored = {b.name: b.variants for b in ContentBlock.objects.exclude(name=name)}
+    stack = [(child, [name, child]) for child in sorted(includes(name, variants))]
+    while stack:
+        current, path = stack.pop()
+        if current == name:
+            return f"it would include itself: {' -> '.join(path)}"
+        if len(path) > MAX_BLOCK_DEPTH + 1:
+            return f"content blocks would nest more than {MAX_BLOCK_DEPTH} deep: {' -> '.join(path)}"
+        if current in path[:-1]:
+            continue  # a cycle among other blocks; refused when they were saved
+        stack.extend((child, [*path, child]) for child in sorted(includes(current, stored.get(current))))
+    return None
+
+
 def template_render(*, template: MessageTemplate, context: dict, locale: str = "") -> Rendered:
     """Render subject, text body and HTML body of `template` (its locale variant when
     there is one) with a plain copy of `context`. Text parts are not HTML-escaped; the
-    HTML part is. Missing variables render empty and are listed in `missing`."""
+    HTML part is. Missing variables render empty and are listed in `missing`; a missing or
+    self-including content block renders empty and is listed in `errors`. Raises
+    TemplateRenderError when a part would be too costly (see the MAX_ bounds above)."""
     data = None
     variant = template_variant(template=template, locale=locale)
     subject = (variant.subject if variant and variant.subject else template.subject) or ""
@@ -278,8 +397,12 @@ def template_render(*, template: MessageTemplate, context: dict, locale: str = "
             data["now"] = context.get("now") if isinstance(context.get("now"), datetime) else None
         ctx = Context(data, autoescape=escape)
         ctx.block_renderer = _block_renderer(blocks, data, result)
+        ctx.budget = [0, 0]  # loop runs, characters written by loops
         compiled = _compiled(text)
-        parts.append(compiled.render(ctx))
+        rendered = compiled.render(ctx)
+        if len(rendered) > MAX_RENDERED_CHARS:
+            raise TemplateRenderError(f"the message is longer than {MAX_RENDERED_CHARS:,} characters")
+        parts.append(rendered)
         result.missing.extend(m for m in _missing(compiled, ctx) if m not in result.missing)
     result.subject, result.body, result.html_body = parts[0].strip().replace("\n", " "), parts[1], parts[2]
     return result

@@ -12,6 +12,7 @@ from journeys.admin import (  # noqa: F401  (register)
     events,
     jobs,
     reviews,
+    roles,
     runs,
     steps,
     units,

@@ -8,13 +8,14 @@ from django.contrib.admin.utils import unquote
 from django.db.models import Q
 from simple_history.admin import SimpleHistoryAdmin
 
-from journeys.admin.base import HistoryReasonMixin
+from journeys.admin.base import HistoryReasonMixin, ReadOnlyAdmin
 from journeys.console.selectors import customer_360
 from journeys.models import (
     Customer,
     CustomerMerge,
     Identity,
     LifecycleStage,
+    MergeRefusal,
 )
 
 
@@ -72,6 +73,16 @@ class LifecycleStageForm(forms.ModelForm):
         if rule and (errors := validate_rule(rule)):
             raise forms.ValidationError(errors)
         return rule
+
+
+@admin.register(MergeRefusal)
+class MergeRefusalAdmin(ReadOnlyAdmin):
+    """Aliases that would have merged two known users and did not (issue #15): facts to look at."""
+
+    list_display = ("refused_at", "previous_id", "user_id", "other", "customer", "source", "reason")
+    list_filter = ("source",)
+    search_fields = ("previous_id", "user_id", "message_id")
+    list_select_related = ("other", "customer", "source")
 
 
 @admin.register(LifecycleStage)

@@ -46,7 +46,8 @@ class SourceAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     list_filter = ("enabled",)
     search_fields = ("name",)
     readonly_fields = ("key_prefix", "key_rotated_at", "created_at", "updated_at")
-    fields = ("name", "description", "enabled", "rate_limit", "schema_policy", "key_prefix", "key_rotated_at", "change_reason")
+    fields = ("name", "description", "enabled", "rate_limit", "schema_policy", "allow_known_merges", "key_prefix",
+              "key_rotated_at", "change_reason")
     actions = ["rotate_keys", "disable_sources", "enable_sources"]
 
     def save_model(self, request, obj, form, change):
@@ -55,7 +56,8 @@ class SourceAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
             return
         source, key = source_create(
             name=obj.name, description=obj.description, rate_limit=obj.rate_limit, enabled=obj.enabled,
-            schema_policy=obj.schema_policy, actor=request.user, reason=self._reason(request, form),
+            schema_policy=obj.schema_policy, allow_known_merges=obj.allow_known_merges, actor=request.user,
+            reason=self._reason(request, form),
         )
         obj.pk, obj.key_prefix, obj.key_hash = source.pk, source.key_prefix, source.key_hash
         messages.warning(request, format_html("Write key for {}: <code>{}</code> — copy it now, it is not shown again.", source.name, key))

@@ -67,7 +67,7 @@ class JobStartForm(forms.Form):
         return {"source_id": data["source"].pk}
 
     def clean_customer(self):
-        from journeys.console.selectors import customer_find
+        from journeys.selectors import customer_find
 
         value = self.cleaned_data["customer"].strip()
         self.customer = customer_find(value=value)

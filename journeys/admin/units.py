@@ -75,6 +75,6 @@ class BusinessUnitAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
                     return HttpResponseRedirect(request.path)
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, "unit": unit, "form": form,
                    "editors": gov.business_unit_editors(unit=unit),
-                   "can_grant": request.user.is_superuser or request.user.has_perm("auth.change_group"),
+                   "can_grant": gov.roles_can_manage(user=request.user),
                    "title": f"Editors of {unit}"}
         return render(request, "admin/journeys/unit_editors.html", context)

@@ -24,8 +24,8 @@ from journeys.models import (
     Customer,
     CustomerMerge,
     Event,
-    Identity,
     JourneyRun,
+    MergeRefusal,
     StageTransition,
     WorkflowVersion,
 )
@@ -268,6 +268,8 @@ def customer_360(*, customer: Customer, user: Any, limit: int = 50) -> dict:
         CustomerMerge.objects.filter(Q(target=customer) | Q(merged=customer)).select_related("merged", "target")
         .order_by("-merged_at")[:limit]
     )
+    data["merge_refusals"] = list(
+        MergeRefusal.objects.filter(Q(customer=customer) | Q(other=customer)).order_by("-refused_at")[:limit])
     data["stages"] = list(StageTransition.objects.filter(customer=customer).order_by("-at")[:limit])
     events = Event.objects.filter(customer=customer).select_related("source")
     data["event_count"] = events.count()
@@ -383,57 +385,17 @@ def jobs_for_user(user: Any):
     return Job.objects.filter(created_by=user)
 
 
-def customer_find(*, value: str) -> Customer | None:
-    """A customer by any of their ids (user id, anonymous id, email, phone) or profile email."""
-    value = value.strip()
-    identity = Identity.objects.filter(value__in=[value, value.lower()]).select_related("customer").first()
-    return identity.customer if identity else Customer.objects.filter(email__iexact=value).first()
-
-
 def template_preview(*, user: Any, template: str, locale: str = "", customer_ref: str = "", event_name: str = "",
                      now: datetime | None = None) -> dict:
-    """Render a message template as the channels app would send it, for a chosen customer (by user
-    id or email) or, without one, the most recently seen customer as a sample. Only someone who may
-    view customers sees a customer's data: anyone else (an editor or approver reading templates) gets
-    the built-in sample profile and a sample event, and naming a customer is refused (403).
-    Uses the channels app's own services (message_context, template_render): what is shown is
-    what would be sent, personalization consent included. `event_name` (the workflow's trigger)
-    picks the customer's latest such event as the `event` the template reads (never another
-    customer's: without one of their own, a sample event)."""
+    """A send_message step's template rendered for a customer or the sample profile: the channels
+    app's template_preview, the same service and permission rule as the admin's preview page.
+    The customer's field is called `preview_customer` in the step form."""
     from django.utils.module_loading import import_string
 
-    template_model = _model("channels_app", "MessageTemplate")
-    if template_model is None or not _may_view(user, template_model):
+    if _model("channels_app", "MessageTemplate") is None:
         return {"ok": False, "status": 403, "field": "template", "error": "you may not preview templates"}
-    found = template_model.objects.filter(name=template).first()
-    if found is None:
-        return {"ok": False, "field": "template", "error": f"no template named {template!r}"}
-    now = now or timezone.now()
-    may_view_customers = _may_view(user, Customer)
-    customer = None
-    if customer_ref.strip():
-        if not may_view_customers:
-            return {"ok": False, "status": 403, "field": "preview_customer", "error": "you may not view customers"}
-        value = customer_ref.strip()
-        customer = customer_find(value=customer_ref)
-        if customer is None:
-            return {"ok": False, "field": "preview_customer", "error": f"no customer with id or email {value!r}"}
-    elif may_view_customers:
-        customer = Customer.objects.filter(merged_into__isnull=True).order_by("-last_seen", "-id").first()
-    # The event the template would be sent for: the customer's latest of that name.
-    event = (Event.objects.filter(name=event_name, customer=customer).order_by("-id").first()
-             if customer is not None and event_name else None)
-    sample_event = {"name": event.name, "properties": event.properties or {}} if event else \
-        {"name": event_name or "Sample Event", "properties": {}}
-    links = {"unsubscribe_url": "#unsubscribe", "preferences_url": "#preferences"}
-    if customer is not None:
-        context = import_string("channels_app.services.message_context")(
-            customer=customer, now=now, context={"event": sample_event, "journey": {}, "links": links})
-    else:
-        context = {"profile": {"first_name": "Sam", "email": "sam@example.com"}, "event": sample_event,
-                   "journey": {}, "links": links, "now": now}
-    rendered = import_string("channels_app.services.template_render")(
-        template=found, context=context, locale=locale.strip() or (customer.locale if customer else ""))
-    return {"ok": True, "template": found.name, "customer": (customer.external_id or f"#{customer.pk}") if customer
-            else "sample", "subject": rendered.subject, "body": rendered.body, "html": rendered.html_body,
-            "locale": rendered.locale or "default", "missing": rendered.missing, "errors": rendered.errors}
+    result = import_string("channels_app.services.preview.template_preview")(
+        user=user, template=template, locale=locale, customer_ref=customer_ref, event_name=event_name, now=now)
+    if result.get("field") == "customer":
+        result["field"] = "preview_customer"
+    return result

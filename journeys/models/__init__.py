@@ -1,7 +1,7 @@
 """Models of the journeys core, split by concept and re-exported here."""
 
 from journeys.models.base import Timestamped
-from journeys.models.customers import Customer, CustomerMerge, Identity
+from journeys.models.customers import Customer, CustomerMerge, Identity, MergeRefusal
 from journeys.models.events import Event, Source
 from journeys.models.runs import EngineGeneration, JourneyRun, StepExecution, TriggerState, TriggerWatch
 from journeys.models.governance import (
@@ -10,11 +10,14 @@ from journeys.models.governance import (
     ChangeRequest,
     ChangeRequestStatus,
     OperationsSwitch,
+    RoleMember,
     SwitchScope,
 )
 from journeys.models.workflows import BusinessUnit, Edge, Step, Workflow, WorkflowVersion
 
 __all__ = [
+    "MergeRefusal",
+    "RoleMember",
     "Timestamped",
     "Customer",
     "CustomerMerge",

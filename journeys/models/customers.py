@@ -4,6 +4,7 @@ from django.db import models
 
 from journeys.choices import IdentityKind
 from journeys.models.base import Timestamped
+from journeys.models.fields import ClientJSONField
 
 
 class Customer(Timestamped):
@@ -18,7 +19,7 @@ class Customer(Timestamped):
     phone = models.CharField(max_length=64, blank=True)
     timezone = models.CharField(max_length=64, blank=True, default="UTC")
     locale = models.CharField(max_length=32, blank=True)
-    traits = models.JSONField(default=dict, blank=True)
+    traits = ClientJSONField(default=dict, blank=True)
     first_seen = models.DateTimeField(null=True, blank=True)
     last_seen = models.DateTimeField(null=True, blank=True)
     last_engaged_at = models.DateTimeField(null=True, blank=True)
@@ -76,3 +77,27 @@ class CustomerMerge(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.merged_id} -> #{self.target_id}"
+
+
+class MergeRefusal(models.Model):
+    """An identity merge an event asked for and did not get (an alias that would fold one known
+    user into another), kept so that ops can see it (admin, Customer 360) and decide. Known-to-known
+    merges need the source's `allow_known_merges`; an anonymous id that already belongs to another
+    known user never merges two known users."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="merge_refusals",
+                                 help_text="the profile the event went to")
+    other = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="merge_refusals_as_other",
+                              help_text="the profile it would have absorbed")
+    source = models.ForeignKey("journeys.Source", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    message_id = models.CharField(max_length=255, blank=True)
+    user_id = models.CharField(max_length=255, blank=True)
+    previous_id = models.CharField(max_length=255, blank=True)
+    reason = models.CharField(max_length=255)
+    refused_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-refused_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.previous_id} -> {self.user_id}: {self.reason}"

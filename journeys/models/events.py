@@ -7,6 +7,7 @@ from simple_history.models import HistoricalRecords
 
 from journeys.choices import EventStatus, EventType
 from journeys.models.base import Timestamped
+from journeys.models.fields import ClientJSONField
 
 
 def hash_write_key(key: str) -> str:
@@ -37,6 +38,11 @@ class Source(Timestamped):
         default="flag",
         help_text="what to do with events that break the event catalog's schema",
     )
+    allow_known_merges = models.BooleanField(
+        default=False,
+        help_text="let an alias from this source merge one known user id into another (it moves their email, "
+                  "events and history); off, such an alias is refused and listed under Merge refusals",
+    )
     history = HistoricalRecords(excluded_fields=["key_hash"])
 
     def __str__(self) -> str:
@@ -56,10 +62,10 @@ class Event(models.Model):
     customer = models.ForeignKey(
         "journeys.Customer", null=True, blank=True, on_delete=models.SET_NULL, related_name="events"
     )
-    properties = models.JSONField(default=dict, blank=True)
-    traits = models.JSONField(default=dict, blank=True)
-    context = models.JSONField(default=dict, blank=True)
-    integrations = models.JSONField(default=dict, blank=True)
+    properties = ClientJSONField(default=dict, blank=True)
+    traits = ClientJSONField(default=dict, blank=True)
+    context = ClientJSONField(default=dict, blank=True)
+    integrations = ClientJSONField(default=dict, blank=True)
     violations = models.JSONField(
         default=list, blank=True, help_text="event catalog schema violations (policy: accept and flag)"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import models
 from simple_history.models import HistoricalRecords
 
@@ -119,3 +120,15 @@ class AuditReport(models.Model):
 
     def __str__(self) -> str:
         return f"audit {self.created_at:%Y-%m-%d %H:%M} ({self.days}d)"
+
+
+class RoleMember(User):
+    """A person seen through the roles they hold (the role groups of `roles_setup`). Exists so
+    that ops grant and revoke roles on their own admin page, through `user_roles_set`, and never
+    need Django's own user and group pages (where a permission edit makes a superuser)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "role member"
+        verbose_name_plural = "roles"
+        permissions = [("manage_roles", "Can grant and revoke roles (role groups, business-unit editors)")]

@@ -4,6 +4,7 @@ from django.db import models
 
 from journeys.choices import RunStatus
 from journeys.models.base import Timestamped
+from journeys.models.fields import ClientJSONField
 
 
 class JourneyRun(Timestamped):
@@ -25,7 +26,7 @@ class JourneyRun(Timestamped):
     current_step = models.CharField(max_length=64, blank=True)
     next_wake_at = models.DateTimeField(null=True, blank=True)
     wait_event = models.CharField(max_length=255, blank=True)
-    variables = models.JSONField(default=dict, blank=True)
+    variables = ClientJSONField(default=dict, blank=True)
     visits = models.JSONField(default=dict, blank=True, help_text="step key -> times reached")
     converted_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -59,7 +60,7 @@ class StepExecution(models.Model):
     step_kind = models.CharField(max_length=40)
     visit = models.PositiveIntegerField(default=1)
     outcome = models.CharField(max_length=64, blank=True)
-    detail = models.JSONField(default=dict, blank=True)
+    detail = ClientJSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)

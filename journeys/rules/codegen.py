@@ -32,6 +32,7 @@ BASE_GLOBALS: dict[str, object] = {
     "_get": fn.get_key,
     "_idx": fn.get_index,
     "_mul": fn.multiply,
+    "_add": fn.add,
     "_mod": fn.modulo,
     "_type": type,
     "_NUM": frozenset({int, float, bool}),
@@ -173,7 +174,7 @@ class _Emitter:
 
     def binop(self, node: BinOp) -> str:
         """Arithmetic where a missing operand makes the result missing, as in SQL."""
-        if node.op in ("*", "%"):
+        if node.op in ("*", "%", "+"):
             return self.numeric_binop(node)
         if _is_null(node.left) or _is_null(node.right):
             return "None"
@@ -192,8 +193,13 @@ class _Emitter:
         return f"(None if {' or '.join(guards)} else {result})"
 
     def numeric_binop(self, node: BinOp) -> str:
-        """`*` and `%` on plain numbers inline; anything else goes to the checking helper."""
-        helper = "_mul" if node.op == "*" else "_mod"
+        """`%` on plain numbers and `+` on plain floats inline; anything else goes to the checking
+        helper (`*` always: products of whole numbers grow without bound, `+` on text and lists too)."""
+        helper = {"*": "_mul", "%": "_mod", "+": "_add"}[node.op]
+        if node.op == "+" and (_is_null(node.left) or _is_null(node.right)):
+            return "None"
+        if node.op == "*":
+            return f"_mul({self.emit(node.left)}, {self.emit(node.right)})"
         checks: list[str] = []
         operands: list[str] = []
         for side in (node.left, node.right):

@@ -19,6 +19,25 @@ from .context import RuleContext
 _NUMBERS = (int, float)  # bool is an int subclass, which is fine for arithmetic
 _SEQUENCES = (list, tuple)
 
+# Cost bounds (issue #15): without them one rule could run for minutes (`round(1, -100000000)`
+# builds 10**100000000) or allocate gigabytes. With every result bounded and no loops in the
+# language, a rule's evaluation time is bounded by its length.
+MAX_INT_BITS = 1100  # ~330 digits: beyond any float, far beyond any real amount
+MAX_ROUND_DIGITS = 100
+MAX_TEXT_LENGTH = 100_000  # characters of text, items of a list, made by one operation
+MAX_NUMBER_TEXT = 100  # characters int()/float() will read
+MAX_EVENT_QUERIES = 5  # events_in_last calls in one rule (each is a database query)
+
+
+def _bounded(value: Any) -> Any:
+    """`value` if it is within the cost bounds, else a ValueError that names the bound."""
+    if type(value) is int and value.bit_length() > MAX_INT_BITS:
+        raise ValueError(f"number too large (more than {MAX_INT_BITS * 3 // 10} digits)")
+    if isinstance(value, (str, *_SEQUENCES)) and len(value) > MAX_TEXT_LENGTH:
+        unit = "characters" if isinstance(value, str) else "items"
+        raise ValueError(f"{_type_name(value)} too long (more than {MAX_TEXT_LENGTH:,} {unit})")
+    return value
+
 
 def _type_name(value: object) -> str:
     """Name types the way the rule language does, not the way Python does."""
@@ -66,8 +85,15 @@ def multiply(a: Any, b: Any) -> Any:
     if a is None or b is None:
         return None
     if isinstance(a, _NUMBERS) and isinstance(b, _NUMBERS):
-        return a * b
+        return _bounded(a * b)
     raise TypeError(f"unsupported operand type(s) for *: '{_type_name(a)}' and '{_type_name(b)}'")
+
+
+def add(a: Any, b: Any) -> Any:
+    """`+` on anything but two numbers (text, lists, dates...): the result is size-bounded."""
+    if a is None or b is None:
+        return None
+    return _bounded(a + b)
 
 
 def modulo(a: Any, b: Any) -> Any:
@@ -251,6 +277,8 @@ def f_round(value: object, ndigits: object = None) -> int | float | None:
         return round(number)
     if isinstance(ndigits, bool) or not isinstance(ndigits, int):
         raise _expect("round", "a whole number of digits", ndigits)
+    if not -MAX_ROUND_DIGITS <= ndigits <= MAX_ROUND_DIGITS:
+        raise ValueError(f"round() digits must be between -{MAX_ROUND_DIGITS} and {MAX_ROUND_DIGITS}")
     return round(number, ndigits)
 
 
@@ -258,10 +286,12 @@ def f_int(value: object) -> int | None:
     if value is None:
         return None
     if isinstance(value, _NUMBERS):
-        return int(value)
+        return _bounded(int(value))
     if isinstance(value, str):
+        if len(value) > MAX_NUMBER_TEXT:
+            raise ValueError(f"int() reads at most {MAX_NUMBER_TEXT} characters")
         try:
-            return int(value)
+            return _bounded(int(value))
         except ValueError:
             pass
         try:
@@ -277,6 +307,8 @@ def f_float(value: object) -> float | None:
     if isinstance(value, _NUMBERS):
         return float(value)
     if isinstance(value, str):
+        if len(value) > MAX_NUMBER_TEXT:
+            raise ValueError(f"float() reads at most {MAX_NUMBER_TEXT} characters")
         try:
             return float(value)
         except ValueError:
@@ -293,7 +325,7 @@ def f_str(value: object) -> str | None:
     if isinstance(value, (dt.date, dt.datetime)):
         return value.isoformat()
     if isinstance(value, (*_SEQUENCES, dict)):
-        return json.dumps(value, default=str, ensure_ascii=False)
+        return _bounded(json.dumps(value, default=str, ensure_ascii=False))
     return str(value)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .errors import RuleSyntaxError
+from .functions import MAX_INT_BITS
 
 TokenKind = Literal["num", "str", "name", "op", "end", "error"]
 
@@ -124,6 +125,8 @@ def _number(text: str, start: int) -> tuple[Token, int]:
         value: int | float = float(literal) if is_float else int(literal)
     except ValueError:  # e.g. more digits than Python will convert
         raise RuleSyntaxError("number too long", start, text) from None
+    if type(value) is int and value.bit_length() > MAX_INT_BITS:
+        raise RuleSyntaxError(f"number too long (at most {MAX_INT_BITS * 3 // 10} digits)", start, text)
     return Token("num", value, start), j
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import RuleSyntaxError
-from .functions import SPECS
+from .functions import MAX_EVENT_QUERIES, MAX_ROUND_DIGITS, SPECS
 from .lexer import Token, tokenize
 from .nodes import (
     ROOTS,
@@ -59,6 +59,16 @@ def parse(text: str) -> ParsedRule:
     tree = parser.parse()
     _check_depth(tree, text)
     return ParsedRule(tree, frozenset(parser.references), frozenset(parser.functions))
+
+
+def _const_int(node: Node) -> int | None:
+    """The whole number a literal (or a negated literal) spells, else None."""
+    if isinstance(node, Unary) and node.op == "-":
+        inner = _const_int(node.operand)
+        return None if inner is None else -inner
+    if isinstance(node, Const) and type(node.value) is int:
+        return node.value
+    return None
 
 
 def _check_depth(tree: Node, text: str) -> None:
@@ -347,8 +357,22 @@ class _Parser:
         self.expect_op(")")
         self.leave()
         self.check_arity(name_token, len(args), len(kwargs))
+        self.check_cost(name_token, args)
         self.functions.add(name)
         return Call(name_token.pos, name, tuple(args), tuple(kwargs))
+
+    def check_cost(self, name_token: Token, args: list[Node]) -> None:
+        """What a rule's text already shows to be too costly (the functions check values again)."""
+        name = str(name_token.value)
+        if name == "events_in_last":
+            self.event_queries = getattr(self, "event_queries", 0) + 1
+            if self.event_queries > MAX_EVENT_QUERIES:
+                raise self.error(f"at most {MAX_EVENT_QUERIES} events_in_last() calls in one rule (each one "
+                                 f"is a database query)", name_token.pos)
+        if name == "round" and len(args) == 2 and (digits := _const_int(args[1])) is not None \
+                and not -MAX_ROUND_DIGITS <= digits <= MAX_ROUND_DIGITS:
+            raise self.error(f"round() digits must be between -{MAX_ROUND_DIGITS} and {MAX_ROUND_DIGITS}",
+                             args[1].pos)
 
     def check_arity(self, name_token: Token, n_args: int, n_kwargs: int) -> None:
         spec = SPECS[str(name_token.value)]

@@ -149,8 +149,10 @@ def _role_permissions() -> dict[str, list[Permission]]:
         "view_ops_dashboard", "view_operationsswitch",
     ])
     return {
+        # Ops may see who is who, and grant roles only through journeys.manage_roles (user_roles_set,
+        # business_unit_grant_editor): never a raw auth permission, with which a group edit makes a superuser.
         ROLE_OPS: _perms(Q(content_type__app_label__in=CONFIG_APPS) | Q(content_type__app_label="django_q")
-                         | (app("auth") & Q(codename__in=["view_user", "view_group", "change_group"]))),
+                         | (app("auth") & Q(codename__in=["view_user", "view_group"]))),
         # Editors get their reach per unit through guardian (business_unit_grant_editor); globally they
         # only read the channel configuration they need to fill in a step.
         ROLE_EDITORS: _perms(channel_config),
@@ -185,6 +187,11 @@ def roles_setup() -> dict[str, int]:
     return counts
 
 
+def roles_can_manage(*, user: Any) -> bool:
+    """Who may grant and revoke roles: superusers and holders of journeys.manage_roles (ops)."""
+    return bool(user.is_active and (user.is_superuser or user.has_perm("journeys.manage_roles")))
+
+
 def _unit_group(unit: BusinessUnit) -> Group:
     group, created = Group.objects.get_or_create(name=f"Editors: {unit.slug}")
     if created:
@@ -195,7 +202,7 @@ def _unit_group(unit: BusinessUnit) -> Group:
 @transaction.atomic
 def business_unit_grant_editor(*, unit: BusinessUnit, user: Any, actor: Any = None, reason: str = "") -> None:
     """Make `user` an editor of `unit`'s workflows (guardian object permission through a per-unit group)."""
-    if actor is not None and not (actor.is_superuser or actor.has_perm("auth.change_group")):
+    if actor is not None and not roles_can_manage(user=actor):
         raise PermissionDenied(f"{actor} may not grant roles")
     reason = require_reason(actor, reason)
     roles_group, _ = Group.objects.get_or_create(name=ROLE_EDITORS)
@@ -216,7 +223,7 @@ def business_unit_editors(*, unit: BusinessUnit) -> list:
 
 @transaction.atomic
 def business_unit_revoke_editor(*, unit: BusinessUnit, user: Any, actor: Any = None, reason: str = "") -> None:
-    if actor is not None and not (actor.is_superuser or actor.has_perm("auth.change_group")):
+    if actor is not None and not roles_can_manage(user=actor):
         raise PermissionDenied(f"{actor} may not revoke roles")
     reason = require_reason(actor, reason)
     user.groups.remove(_unit_group(unit))

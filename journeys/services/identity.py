@@ -8,7 +8,7 @@ from datetime import datetime
 from django.db import IntegrityError, transaction
 
 from journeys.choices import IdentityKind
-from journeys.models import Customer, CustomerMerge, Event, Identity
+from journeys.models import Customer, CustomerMerge, Event, Identity, MergeRefusal, Source
 from journeys.services.bulk_ingest import identities_find, identities_insert
 
 # Other apps append callables here (in AppConfig.ready) to move their own rows
@@ -112,6 +112,24 @@ def _has_other_user_id(customer: Customer, user_id: str) -> bool:
     return Identity.objects.filter(customer=customer, kind=IdentityKind.USER_ID).exclude(value=user_id).exists()
 
 
+def _alias_refusal(*, other: Customer, previous_kind: str, previous_id: str, user_id: str,
+                   allow_known_merge: bool) -> str:
+    """Why an alias must not fold `other` (found by previousId) into the event's customer; '' = merge.
+
+    An anonymous profile merges. A known user merges into another known user only when the
+    previousId *is* their user id and the source allows known-to-known merges; an anonymous id
+    that belongs to a known user (a shared device) never merges two known users."""
+    if not _has_other_user_id(other, user_id):
+        return ""
+    if previous_kind == IdentityKind.ANONYMOUS_ID:
+        return (f"anonymous id {previous_id} belongs to known user {other.external_id or f'#{other.pk}'}: "
+                f"an alias through it never merges two known users")
+    if not (allow_known_merge and user_id):
+        return (f"alias of known user {previous_id} into {user_id or 'an anonymous profile'}: the source does not "
+                f"allow known-to-known merges")
+    return ""
+
+
 def customer_resolve(
     *,
     imap: IdentityMap,
@@ -120,19 +138,27 @@ def customer_resolve(
     previous_id: str = "",
     seen_at: datetime,
     actor: str,
+    allow_known_merge: bool = False,
+    source: Source | None = None,
+    message_id: str = "",
 ) -> Customer:
     """Find or create the canonical customer for an event's ids, merging where they meet.
 
     An anonymous profile is merged into the known one when an event carries
     both ids (or an alias names the previous id), unless the anonymous profile
     already belongs to a different known user (a shared device): then the
-    event goes to the known user and nothing is merged.
+    event goes to the known user and nothing is merged. An alias that would fold
+    one known user into another is refused (a MergeRefusal row records it) unless
+    `allow_known_merge` (the source's setting) and its previousId is that user's id.
     """
     known = imap.get(IdentityKind.USER_ID, user_id) if user_id else None
     anon = imap.get(IdentityKind.ANONYMOUS_ID, anonymous_id) if anonymous_id else None
-    previous = None
+    previous, previous_kind = None, ""
     if previous_id:
-        previous = imap.get(IdentityKind.USER_ID, previous_id) or imap.get(IdentityKind.ANONYMOUS_ID, previous_id)
+        for kind in (IdentityKind.USER_ID, IdentityKind.ANONYMOUS_ID):
+            if (previous := imap.get(kind, previous_id)) is not None:
+                previous_kind = kind
+                break
 
     if known is None and user_id and anon is not None and not _has_other_user_id(anon, user_id):
         known = imap.claim(IdentityKind.USER_ID, user_id, anon)
@@ -156,6 +182,12 @@ def customer_resolve(
             continue
         if user_id and _has_other_user_id(other, user_id) and reason.startswith("anonymousId"):
             continue  # shared device: do not fold one known user into another
+        if reason.startswith("alias") and (refusal := _alias_refusal(other=other, previous_kind=previous_kind,
+                                                            previous_id=previous_id, user_id=user_id,
+                                                            allow_known_merge=allow_known_merge)):
+            MergeRefusal.objects.create(customer=known, other=other, source=source, message_id=message_id[:255],
+                                        user_id=user_id[:255], previous_id=previous_id[:255], reason=refusal[:255])
+            continue
         customer_merge(target=known, merged=other, reason=reason, actor=actor)
         imap.forget(other)
 

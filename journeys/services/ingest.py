@@ -109,6 +109,7 @@ def event_ingest(*, source: Source, events: list[ParsedEvent]) -> IngestResult:
                 previous_id=e.previous_id if e.type == EventType.ALIAS else "",
                 seen_at=e.timestamp,
                 actor=actor,
+                allow_known_merge=source.allow_known_merges, source=source, message_id=e.message_id,
             )
             traits: dict = {}
             if e.type == EventType.IDENTIFY:

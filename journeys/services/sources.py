@@ -33,6 +33,7 @@ def source_create(
     rate_limit: int | None = None,
     enabled: bool = True,
     schema_policy: str = "flag",
+    allow_known_merges: bool = False,
     actor: Any = None,
     reason: str = "",
 ) -> tuple[Source, str]:
@@ -49,6 +50,7 @@ def source_create(
         rate_limit=rate_limit,
         enabled=enabled,
         schema_policy=schema_policy,
+        allow_known_merges=allow_known_merges,
         key_hash=hash_write_key(key),
         key_prefix=key[:10],
     )

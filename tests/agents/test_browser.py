@@ -20,19 +20,7 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.implicitly_wait(5)
-    yield driver
-    driver.quit()
+from tests.browser import browser  # noqa: E402,F401  (the shared fixture: fails on CSP violations)
 
 
 def test_agent_opens_a_case_uses_a_suggested_reply_and_resolves_it(live_server, browser):

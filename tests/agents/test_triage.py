@@ -32,8 +32,8 @@ SIGNING = "slack-signing-secret"
 @pytest.fixture
 def slack(monkeypatch):
     """A real local HTTP server in the shape of Slack's Web API (chat.postMessage)."""
-    monkeypatch.setenv("TEST_SLACK_TOKEN", "xoxb-test")
-    monkeypatch.setenv("TEST_SLACK_SIGNING", SIGNING)
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_SLACK_TOKEN", "xoxb-test")
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_SLACK_SIGNING", SIGNING)
     server = FakeVendor().start()
     yield server
     server.stop()
@@ -42,7 +42,7 @@ def slack(monkeypatch):
 @pytest.fixture
 def chat(slack):
     return Channel.objects.create(name="chat", kind="chat", provider="slack", settings={
-        "base_url": slack.url, "bot_token_env": "TEST_SLACK_TOKEN", "signing_secret_env": "TEST_SLACK_SIGNING"})
+        "base_url": slack.url, "bot_token_env": "JOURNEYS_SECRET_TEST_SLACK_TOKEN", "signing_secret_env": "JOURNEYS_SECRET_TEST_SLACK_SIGNING"})
 
 
 @pytest.fixture

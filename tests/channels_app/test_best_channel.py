@@ -302,10 +302,10 @@ def test_step_options_are_validated(channels, template, db):
 def test_end_to_end_an_urgent_event_goes_out_by_push_over_http(api, vendor, monkeypatch, template,
                                                                 django_capture_on_commit_callbacks):
     """Through the event API, the engine and the worker to an FCM-style server (a real local HTTP server)."""
-    monkeypatch.setenv("TEST_FCM_TOKEN", "fcm-secret")
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_FCM_TOKEN", "fcm-secret")
     ChannelFactory(name="email", kind="email", provider="console")
     ChannelFactory(name="push", kind="push", provider="fcm",
-                   settings={"base_url": vendor.url, "project_id": "demo", "access_token_env": "TEST_FCM_TOKEN"})
+                   settings={"base_url": vendor.url, "project_id": "demo", "access_token_env": "JOURNEYS_SECRET_TEST_FCM_TOKEN"})
     unit = BusinessUnit.objects.create(name="Ops", slug="ops")
     workflow = workflow_create(name="delays", business_unit=unit)
     version_publish(version=version_build(workflow=workflow, definition={

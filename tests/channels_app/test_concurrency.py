@@ -18,9 +18,9 @@ from tests.channels_app.servers import Plan
                     reason="SQLite's shared in-memory test database locks whole tables; set DATABASE_URL to run")
 @pytest.mark.django_db(transaction=True)
 def test_two_workers_dispatching_the_same_delivery_send_it_once(vendor, monkeypatch):
-    monkeypatch.setenv("TEST_SLACK_TOKEN", "x")
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_SLACK_TOKEN", "x")
     chat = ChannelFactory(name="chat", kind="chat", provider="slack",
-                          settings={"base_url": vendor.url, "bot_token_env": "TEST_SLACK_TOKEN"})
+                          settings={"base_url": vendor.url, "bot_token_env": "JOURNEYS_SECRET_TEST_SLACK_TOKEN"})
     customer = CustomerFactory(traits={"chat_id": "U1"})
     delivery = message_send(customer=customer, template=TemplateFactory(), channel=chat, idempotency_key="race",
                             context={})  # autocommit: the on-commit send ran already; make it queued again

@@ -134,8 +134,8 @@ def test_personalization_opt_out_leaves_only_the_minimal_profile(email, ada, on_
 
 @pytest.fixture
 def sms_channel(monkeypatch):
-    monkeypatch.setenv("TEST_TWILIO_TOKEN", "tw-secret")
-    return ChannelFactory(name="sms", kind="sms", provider="console", settings={"auth_token_env": "TEST_TWILIO_TOKEN"})
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_TWILIO_TOKEN", "tw-secret")
+    return ChannelFactory(name="sms", kind="sms", provider="console", settings={"auth_token_env": "JOURNEYS_SECRET_TEST_TWILIO_TOKEN"})
 
 
 def inbound(client, channel, body, sign_with="tw-secret", sender="+15550001"):

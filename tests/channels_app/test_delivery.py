@@ -21,11 +21,11 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def sms(vendor, monkeypatch):
-    monkeypatch.setenv("TEST_TWILIO_TOKEN", "tw-secret")
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_TWILIO_TOKEN", "tw-secret")
     return ChannelFactory(name="sms", kind="sms", provider="twilio_sms", retry_base_s=10, max_attempts=4,
                           breaker_threshold=2, breaker_cooldown_s=60,
                           settings={"base_url": vendor.url, "account_sid": "AC1", "from_number": "+15550000",
-                                    "auth_token_env": "TEST_TWILIO_TOKEN", "timeout": 1})
+                                    "auth_token_env": "JOURNEYS_SECRET_TEST_TWILIO_TOKEN", "timeout": 1})
 
 
 @pytest.fixture

@@ -25,8 +25,8 @@ def _consent():
 CASES = {
     "channel (provider settings, quiet hours)": (
         lambda: ChannelFactory(name="email-main", provider="console"),
-        {"quiet_start": "22:00:00", "quiet_end": "07:00:00", "settings": '{"from_env": "MAIL_FROM"}'},
-        lambda c: (c.quiet_start, c.settings) == (time(22), {"from_env": "MAIL_FROM"}),
+        {"quiet_start": "22:00:00", "quiet_end": "07:00:00", "settings": '{"from_email": "news@shop.example"}'},
+        lambda c: (c.quiet_start, c.settings) == (time(22), {"from_email": "news@shop.example"}),
     ),
     "frequency cap": (lambda: CapFactory(limit=3), {"limit": 2}, lambda c: c.limit == 2),
     "topic": (lambda: TopicFactory(slug="offers"), {"requires_opt_in": "on"}, lambda t: t.requires_opt_in),

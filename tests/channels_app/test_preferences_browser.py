@@ -18,19 +18,7 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1200,900"):
-        options.add_argument(arg)
-    options.binary_location = shutil.which("chromium")
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.implicitly_wait(5)
-    yield driver
-    driver.quit()
+from tests.browser import browser  # noqa: E402,F401  (the shared fixture: fails on CSP violations)
 
 
 def wait_for(browser, text: str) -> None:

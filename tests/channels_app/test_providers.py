@@ -25,9 +25,9 @@ def send(channel, customer, on_commit, key="k"):
 
 
 def test_fcm_push_json_with_bearer_token_from_env(vendor, customer, on_commit, monkeypatch):
-    monkeypatch.setenv("TEST_FCM_TOKEN", "ya29.token")
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_FCM_TOKEN", "ya29.token")
     push = ChannelFactory(name="push", kind="push", provider="fcm",
-                          settings={"base_url": vendor.url, "project_id": "shop", "access_token_env": "TEST_FCM_TOKEN"})
+                          settings={"base_url": vendor.url, "project_id": "shop", "access_token_env": "JOURNEYS_SECRET_TEST_FCM_TOKEN"})
 
     delivery = send(push, customer, on_commit)
 
@@ -41,10 +41,10 @@ def test_fcm_push_json_with_bearer_token_from_env(vendor, customer, on_commit, m
 
 
 def test_voice_call_is_twiml_with_escaped_text(vendor, customer, on_commit, monkeypatch):
-    monkeypatch.setenv("TEST_TWILIO_TOKEN", "t")
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_TWILIO_TOKEN", "t")
     voice = ChannelFactory(name="voice", kind="voice", provider="twilio_voice",
                            settings={"base_url": vendor.url, "account_sid": "AC9", "from_number": "+1",
-                                     "auth_token_env": "TEST_TWILIO_TOKEN"})
+                                     "auth_token_env": "JOURNEYS_SECRET_TEST_TWILIO_TOKEN"})
     send(voice, customer, on_commit)
     [request] = vendor.requests
     assert request.path == "/2010-04-01/Accounts/AC9/Calls.json"
@@ -54,9 +54,9 @@ def test_voice_call_is_twiml_with_escaped_text(vendor, customer, on_commit, monk
 def test_chat_slack_style_and_ok_false_is_permanent(vendor, customer, on_commit, monkeypatch):
     from tests.channels_app.servers import Plan
 
-    monkeypatch.setenv("TEST_SLACK_TOKEN", "xoxb-1")
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_SLACK_TOKEN", "xoxb-1")
     chat = ChannelFactory(name="chat", kind="chat", provider="slack",
-                          settings={"base_url": vendor.url, "bot_token_env": "TEST_SLACK_TOKEN"})
+                          settings={"base_url": vendor.url, "bot_token_env": "JOURNEYS_SECRET_TEST_SLACK_TOKEN"})
     ok = send(chat, customer, on_commit, key="a")
     vendor.plan(Plan(200, {"ok": False, "error": "channel_not_found"}))
     bad = send(chat, customer, on_commit, key="b")
@@ -69,29 +69,29 @@ def test_chat_slack_style_and_ok_false_is_permanent(vendor, customer, on_commit,
 
 
 def test_a_missing_secret_fails_clearly_and_sends_nothing(vendor, customer, on_commit, monkeypatch):
-    monkeypatch.delenv("TEST_NOT_SET", raising=False)
+    monkeypatch.delenv("JOURNEYS_SECRET_TEST_NOT_SET", raising=False)
     sms = ChannelFactory(name="sms", kind="sms", provider="twilio_sms",
-                         settings={"base_url": vendor.url, "account_sid": "AC1", "auth_token_env": "TEST_NOT_SET"})
+                         settings={"base_url": vendor.url, "account_sid": "AC1", "auth_token_env": "JOURNEYS_SECRET_TEST_NOT_SET"})
     delivery = send(sms, customer, on_commit)
     assert (delivery.status, delivery.reason) == ("failed", "permanent_error")
-    assert "TEST_NOT_SET" in delivery.error and vendor.requests == []
+    assert "JOURNEYS_SECRET_TEST_NOT_SET" in delivery.error and vendor.requests == []
 
 
 def test_unreachable_provider_is_transient(customer, on_commit, monkeypatch):
     from tests.channels_app.servers import free_port
 
-    monkeypatch.setenv("TEST_SLACK_TOKEN", "x")
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_SLACK_TOKEN", "x")
     chat = ChannelFactory(name="chat", kind="chat", provider="slack",
-                          settings={"base_url": f"http://127.0.0.1:{free_port()}", "bot_token_env": "TEST_SLACK_TOKEN"})
+                          settings={"base_url": f"http://127.0.0.1:{free_port()}", "bot_token_env": "JOURNEYS_SECRET_TEST_SLACK_TOKEN"})
     delivery = send(chat, customer, on_commit)
     assert (delivery.status, delivery.reason) == ("deferred", "retry")
 
 
 def test_secret_from_the_secrets_setting_when_not_in_the_environment(vendor, customer, on_commit, settings,
                                                                      monkeypatch):
-    monkeypatch.delenv("TEST_FROM_SETTING", raising=False)
-    settings.CHANNEL_SECRETS = {"TEST_FROM_SETTING": "from-vault"}
+    monkeypatch.delenv("JOURNEYS_SECRET_TEST_FROM_SETTING", raising=False)
+    settings.CHANNEL_SECRETS = {"JOURNEYS_SECRET_TEST_FROM_SETTING": "from-vault"}
     chat = ChannelFactory(name="chat", kind="chat", provider="slack",
-                          settings={"base_url": vendor.url, "bot_token_env": "TEST_FROM_SETTING"})
+                          settings={"base_url": vendor.url, "bot_token_env": "JOURNEYS_SECRET_TEST_FROM_SETTING"})
     assert send(chat, customer, on_commit).status == "sent"
     assert vendor.requests[0].headers["Authorization"] == "Bearer from-vault"

@@ -54,9 +54,9 @@ def test_holdout_customers_are_suppressed_with_reason_holdout(publish, post):
 
 
 def test_webhook_step_posts_signed_json_once(publish, post, vendor, monkeypatch):
-    monkeypatch.setenv("TEST_HOOK_SECRET", "hook-secret")
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_HOOK_SECRET", "hook-secret")
     ChannelFactory(name="crm", kind="webhook", provider="webhook",
-                   settings={"url": vendor.url + "/hooks/crm", "secret_env": "TEST_HOOK_SECRET"})
+                   settings={"url": vendor.url + "/hooks/crm", "secret_env": "JOURNEYS_SECRET_TEST_HOOK_SECRET"})
     publish({"trigger_event": "Order Completed", "steps": [
         {"key": "hook", "kind": "webhook", "config": {"channel": "crm", "payload": {
             "plan": "{{ profile.plan }}", "total": "{{ event.properties.total }}"}}},
@@ -122,9 +122,9 @@ def test_webhook_payload_respects_personalization_consent(publish, post, vendor,
     from journeys.models import Customer
     from tests.channels_app.factories import topic
 
-    monkeypatch.setenv("TEST_HOOK_SECRET", "s")
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_HOOK_SECRET", "s")
     ChannelFactory(name="crm", kind="webhook", provider="webhook",
-                   settings={"url": vendor.url, "secret_env": "TEST_HOOK_SECRET"})
+                   settings={"url": vendor.url, "secret_env": "JOURNEYS_SECRET_TEST_HOOK_SECRET"})
     publish({"trigger_event": "Ping", "steps": [
         {"key": "hook", "kind": "webhook", "config": {"channel": "crm", "payload": {"ltv": "{{ profile.ltv }}"}}}]})
     post("identify", userId="p", traits={"ltv": 999})

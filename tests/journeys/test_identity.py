@@ -47,7 +47,9 @@ def test_anonymous_profile_becomes_known_when_user_id_first_appears(api):
     assert CustomerMerge.objects.count() == 0
 
 
-def test_alias_merges_previous_id_into_user(api):
+def test_alias_merges_previous_id_into_user_when_the_source_allows_known_merges(api, source):
+    source.allow_known_merges = True
+    source.save()
     api.post("track", {"userId": "old-id", "event": "A"})
     api.post("track", {"userId": "new-id", "event": "B"})
 

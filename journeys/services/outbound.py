@@ -1,0 +1,358 @@
+"""Outbound calls and the secrets they carry: the one gate every HTTP call to a configured
+URL (channel providers, webhooks, event-stream destinations) and every configured secret
+goes through.
+
+Why: a URL or an environment-variable name typed into the admin must not let an ops user
+(or anyone who gets an ops login) reach the machine's own services — the database, the
+cloud metadata endpoint at 169.254.169.254, an admin port on loopback — nor read any
+environment variable (DATABASE_URL, SECRET_KEY...) into a request header.
+
+- `outbound_url_check(url=)` refuses anything but http(s) and any host that resolves to a
+  loopback, private, link-local, unspecified, multicast, reserved or otherwise non-global
+  address (IPv4-mapped, 6to4 and Teredo forms included), unless the setting
+  `OUTBOUND_ALLOWED_HOSTS` names the host or `OUTBOUND_ALLOWED_NETWORKS` holds the address.
+  Every address a name resolves to must pass, and the connection is pinned to the checked
+  address (no second DNS lookup that a rebinding DNS server could answer differently).
+- `OutboundSession` sends HTTP(S) requests through that check: keep-alive connections,
+  pinned, TLS verified against the host name, 307/308 redirects followed only to allowed
+  places (other redirects are refused: a POST is not silently turned into a GET), bounded
+  response size.
+- `outbound_secret_read(name=)` reads a secret only from an environment variable whose name
+  starts with `JOURNEYS_SECRET_` (or the same key of the `CHANNEL_SECRETS` setting, filled
+  by a secrets manager at start-up); `outbound_secret_name_check(name=)` is the save-time form.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import os
+import socket
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from urllib.parse import urljoin, urlsplit
+
+from django.conf import settings
+
+from journeys.errors import OutboundRefused, OutboundUnreachable, SecretUnavailable
+
+SCHEMES = ("http", "https")
+SECRET_PREFIX = "JOURNEYS_SECRET_"
+DEFAULT_TIMEOUT_S = 10.0
+MAX_REDIRECTS = 3
+MAX_RESPONSE_BYTES = 1024 * 1024
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class OutboundTarget:
+    """A URL that passed the check, with the address the connection must use."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    address: str
+
+
+@dataclass
+class OutboundResponse:
+    """What came back. Any status is returned; callers decide what 4xx/5xx mean to them."""
+
+    status: int
+    headers: Mapping[str, str]  # an http.client.HTTPMessage: .get() is case-insensitive
+    body: bytes
+    url: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# addresses
+
+
+@lru_cache(maxsize=8)
+def _networks(spec: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in spec if item.strip())
+
+
+def allowed_networks() -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """OUTBOUND_ALLOWED_NETWORKS as networks (a bad entry is caught by the system check)."""
+    return _networks(tuple(getattr(settings, "OUTBOUND_ALLOWED_NETWORKS", ()) or ()))
+
+
+def _allowed_hosts() -> set[str]:
+    return {h.strip().lower().rstrip(".") for h in getattr(settings, "OUTBOUND_ALLOWED_HOSTS", ()) or () if h.strip()}
+
+
+def _embedded_v4(ip: IPAddress) -> ipaddress.IPv4Address | None:
+    if isinstance(ip, ipaddress.IPv6Address):
+        return ip.ipv4_mapped or ip.sixtofour
+    return None
+
+
+def address_is_public(ip: IPAddress) -> bool:
+    """A globally routable unicast address: not loopback, private, link-local, unspecified,
+    multicast, reserved or shared (100.64/10); IPv4 embedded in IPv6 is judged as IPv4."""
+    embedded = _embedded_v4(ip)
+    if embedded is not None:
+        return address_is_public(embedded)
+    if isinstance(ip, ipaddress.IPv6Address) and (ip.teredo or ip.is_site_local):
+        return False
+    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_loopback or ip.is_link_local
+                                 or ip.is_unspecified or ip.is_private)
+
+
+def address_allowed(ip: IPAddress) -> bool:
+    """Public, or inside OUTBOUND_ALLOWED_NETWORKS (an embedded IPv4 counts as itself)."""
+    candidates = [ip] + [e for e in [_embedded_v4(ip)] if e is not None]
+    for network in allowed_networks():
+        if any(c.version == network.version and c in network for c in candidates):
+            return True
+    return address_is_public(ip)
+
+
+def _resolve(host: str, port: int) -> list[str]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise OutboundUnreachable(f"host {host!r} does not resolve ({exc})") from exc
+    addresses: list[str] = []
+    for _family, _type, _proto, _name, sockaddr in infos:
+        address = str(sockaddr[0]).split("%", 1)[0]
+        if address not in addresses:
+            addresses.append(address)
+    if not addresses:
+        raise OutboundUnreachable(f"host {host!r} does not resolve")
+    return addresses
+
+
+def outbound_host_check(*, host: str, port: int) -> str:
+    """Resolve `host` and return the address to connect to; raise OutboundRefused when any of
+    its addresses is not allowed, OutboundUnreachable when it does not resolve.
+
+    For non-HTTP clients (SMTP) that cannot be pinned: call it right before connecting."""
+    host = (host or "").strip().lower().rstrip(".")
+    if not host:
+        raise OutboundRefused("no host")
+    addresses = _resolve(host, port)
+    if host not in _allowed_hosts():
+        for address in addresses:
+            if not address_allowed(ipaddress.ip_address(address)):
+                raise OutboundRefused(
+                    f"{host} resolves to {address}, a loopback/private/link-local/reserved address; outbound "
+                    f"calls only go to public addresses unless OUTBOUND_ALLOWED_HOSTS or "
+                    f"OUTBOUND_ALLOWED_NETWORKS names it")
+    return addresses[0]
+
+
+def _split(url: str) -> tuple[str, str, int]:
+    if not isinstance(url, str) or not url.strip():
+        raise OutboundRefused("no URL")
+    if any(ord(ch) < 33 or ord(ch) == 127 for ch in url.strip()):
+        raise OutboundRefused("the URL contains spaces or control characters")
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise OutboundRefused(f"not a valid URL ({exc})") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        raise OutboundRefused(f"scheme {parts.scheme or '(none)'!r} is not allowed: use http:// or https://")
+    if parts.username is not None or parts.password is not None:
+        raise OutboundRefused("credentials in the URL are not allowed: name a secret setting instead")
+    host = (parts.hostname or "").rstrip(".")
+    if not host:
+        raise OutboundRefused("the URL has no host")
+    return scheme, host, port or (443 if scheme == "https" else 80)
+
+
+def outbound_url_check(*, url: str, resolve: bool = True) -> OutboundTarget:
+    """Check a configured URL; raise OutboundRefused (with a message for a form) or
+    OutboundUnreachable (DNS). With resolve=False only the scheme and shape are checked
+    (and a literal IP address), e.g. for a form when the network is not to be touched."""
+    scheme, host, port = _split(url)
+    if not resolve:
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            return OutboundTarget(url=url.strip(), scheme=scheme, host=host, port=port, address="")
+        if host.lower() not in _allowed_hosts() and not address_allowed(literal):
+            raise OutboundRefused(f"{host} is a loopback/private/link-local/reserved address; outbound calls only "
+                                  f"go to public addresses unless OUTBOUND_ALLOWED_NETWORKS names it")
+        return OutboundTarget(url=url.strip(), scheme=scheme, host=host, port=port, address=str(literal))
+    address = outbound_host_check(host=host, port=port)
+    return OutboundTarget(url=url.strip(), scheme=scheme, host=host, port=port, address=address)
+
+
+def outbound_url_problem(*, url: str) -> str:
+    """'' when `url` may be saved as an outbound URL, else why not (for a form error).
+    A name that does not resolve right now is accepted (it is checked again before each call)."""
+    try:
+        outbound_url_check(url=url)
+    except OutboundRefused as exc:
+        return exc.message
+    except OutboundUnreachable:
+        return ""
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# secrets
+
+
+def outbound_secret_name_check(*, name: str) -> None:
+    """Raise SecretUnavailable unless `name` is an allowed secret variable name."""
+    if not isinstance(name, str) or not name.startswith(SECRET_PREFIX) or len(name) <= len(SECRET_PREFIX):
+        raise SecretUnavailable(
+            f"{name!r} is not a secret variable name: secrets are read only from environment variables "
+            f"named {SECRET_PREFIX}... (e.g. {SECRET_PREFIX}TWILIO_TOKEN)")
+    if not name.replace("_", "").isalnum() or not name.isascii():
+        raise SecretUnavailable(f"{name!r}: use only letters, digits and underscores")
+
+
+def outbound_secret_read(*, name: str) -> str:
+    """The secret held by environment variable `name` (or CHANNEL_SECRETS[name]); raise
+    SecretUnavailable when the name is not allowed or nothing is set."""
+    outbound_secret_name_check(name=name)
+    value = os.environ.get(name, "") or str((getattr(settings, "CHANNEL_SECRETS", None) or {}).get(name, ""))
+    if not value:
+        raise SecretUnavailable(f"environment variable {name} is not set")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to the checked address; the Host header still names the host."""
+
+    def __init__(self, host: str, port: int, *, address: str, timeout: float):
+        super().__init__(host, port, timeout=timeout)
+        self._address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """TLS to the checked address, with the certificate verified against the host name."""
+
+    def __init__(self, host: str, port: int, *, address: str, timeout: float, context: ssl.SSLContext):
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+
+
+@dataclass
+class OutboundSession:
+    """Keep-alive HTTP(S) client for configured URLs. Every new connection goes through
+    `outbound_url_check` and is pinned to the checked address; redirects are followed only
+    for 307/308 and only to allowed places. Use as a context manager (closes connections).
+
+        with OutboundSession(timeout=5) as session:
+            response = session.request("POST", url, body=b"...", headers={...})
+
+    Raises OutboundRefused (do not retry: fix the configuration) or OutboundUnreachable
+    (DNS, connect, reset, timeout: retry later). HTTP errors are returned as responses."""
+
+    timeout: float = DEFAULT_TIMEOUT_S
+    max_redirects: int = MAX_REDIRECTS
+    max_response_bytes: int = MAX_RESPONSE_BYTES
+    _connections: dict[tuple[str, str, int], http.client.HTTPConnection] = field(default_factory=dict, repr=False)
+    _context: ssl.SSLContext | None = field(default=None, repr=False)
+
+    def __enter__(self) -> OutboundSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for connection in self._connections.values():
+            connection.close()
+        self._connections.clear()
+
+    def post(self, url: str, *, body: bytes, headers: Mapping[str, str] | None = None) -> OutboundResponse:
+        return self.request("POST", url, body=body, headers=headers)
+
+    def request(self, method: str, url: str, *, body: bytes | None = None,
+                headers: Mapping[str, str] | None = None) -> OutboundResponse:
+        for _hop in range(self.max_redirects + 1):
+            response = self._send(method, url, body=body, headers=dict(headers or {}))
+            if response.status not in (301, 302, 303, 307, 308):
+                return response
+            location = response.headers.get("Location", "")
+            if response.status in (301, 302, 303) and method not in ("GET", "HEAD"):
+                raise OutboundRefused(f"{url} answered HTTP {response.status} (moved to {location or '?'}); a "
+                                      f"{method} is not re-sent as a GET: update the URL")
+            if not location:
+                return response
+            url = urljoin(url, location)  # the next _send checks it like any other URL
+        raise OutboundRefused(f"more than {self.max_redirects} redirects")
+
+    def _open(self, target: OutboundTarget) -> http.client.HTTPConnection:
+        connection: http.client.HTTPConnection
+        if target.scheme == "https":
+            if self._context is None:
+                self._context = ssl.create_default_context()
+            connection = _PinnedHTTPSConnection(target.host, target.port, address=target.address,
+                                                timeout=self.timeout, context=self._context)
+        else:
+            connection = _PinnedHTTPConnection(target.host, target.port, address=target.address,
+                                               timeout=self.timeout)
+        self._connections[(target.scheme, target.host, target.port)] = connection
+        return connection
+
+    def _drop(self, key: tuple[str, str, int]) -> None:
+        connection = self._connections.pop(key, None)
+        if connection is not None:
+            connection.close()
+
+    def _send(self, method: str, url: str, *, body: bytes | None, headers: dict[str, str]) -> OutboundResponse:
+        scheme, host, port = _split(url)
+        key = (scheme, host.lower(), port)
+        parts = urlsplit(url.strip())
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        for _attempt in (1, 2):
+            # an open connection stays pinned to the address checked when it was opened
+            connection = self._connections.get(key)
+            reused = connection is not None
+            if connection is None:
+                target = outbound_url_check(url=url)
+                connection = self._open(OutboundTarget(url=target.url, scheme=scheme, host=key[1], port=port,
+                                                       address=target.address))
+            try:
+                connection.request(method, path, body=body, headers=headers)
+                raw = connection.getresponse()
+                data = raw.read(self.max_response_bytes + 1)
+            except _STALE as exc:
+                self._drop(key)
+                if reused:
+                    continue  # the server had closed the idle keep-alive connection: one fresh, re-checked try
+                raise OutboundUnreachable(f"{host}: {type(exc).__name__}: {exc}") from exc
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop(key)
+                raise OutboundUnreachable(f"{host}: {type(exc).__name__}: {exc}") from exc
+            if len(data) > self.max_response_bytes or raw.will_close:
+                self._drop(key)
+            return OutboundResponse(status=raw.status, headers=raw.headers, body=data[: self.max_response_bytes],
+                                    url=url.strip())
+        raise OutboundUnreachable(f"{host}: the connection was closed twice")
+
+
+def outbound_request(*, method: str, url: str, body: bytes | None = None, headers: Mapping[str, str] | None = None,
+                     timeout: float = DEFAULT_TIMEOUT_S) -> OutboundResponse:
+    """One request on a fresh session (see OutboundSession)."""
+    with OutboundSession(timeout=timeout) as session:
+        return session.request(method, url, body=body, headers=headers)

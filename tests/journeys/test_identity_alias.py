@@ -1,0 +1,68 @@
+"""Aliases never merge two known users unless the source says so (issue #15 item 6); every
+refusal is recorded where ops see it (admin list, Customer 360)."""
+
+from __future__ import annotations
+
+import pytest
+
+from journeys.models import Customer, CustomerMerge, Event, MergeRefusal
+
+pytestmark = pytest.mark.django_db
+
+
+def profile(user_id):
+    return Customer.objects.get(external_id=user_id, merged_into__isnull=True)
+
+
+def test_an_alias_through_a_known_users_anonymous_id_merges_nobody(api, admin_client):
+    # given dave, known on device "a" with his email and events
+    api.post("identify", {"userId": "dave", "anonymousId": "a", "traits": {"email": "dave@example.com"}})
+    api.post("track", {"userId": "dave", "event": "Order Completed"})
+
+    # when another write key holder aliases erin to dave's device
+    response = api.post("alias", {"userId": "erin", "previousId": "a", "messageId": "m-alias"})
+
+    # then it is accepted but nothing moves: dave keeps his profile, email and events
+    assert response.status_code == 200
+    dave, erin = profile("dave"), profile("erin")
+    assert CustomerMerge.objects.count() == 0
+    assert dave.email == "dave@example.com" and Event.objects.filter(customer=dave).count() == 2
+    assert Event.objects.get(message_id="m-alias").customer == erin
+    # and the refusal is recorded for ops
+    refusal = MergeRefusal.objects.get()
+    assert (refusal.customer, refusal.other, refusal.previous_id, refusal.message_id) == (erin, dave, "a", "m-alias")
+    assert "never merges two known users" in refusal.reason
+    listing = admin_client.get("/admin/journeys/mergerefusal/").content.decode()
+    assert "never merges two known users" in listing
+    c360 = admin_client.get(f"/admin/journeys/customer/{dave.pk}/change/").content.decode()
+    assert "Merge refusals" in c360 and "never merges two known users" in c360
+
+
+def test_a_known_to_known_alias_needs_the_sources_setting(api, source):
+    api.post("identify", {"userId": "dave", "traits": {"email": "dave@example.com"}})
+    api.post("identify", {"userId": "erin"})
+
+    api.post("alias", {"userId": "erin", "previousId": "dave"})
+    assert CustomerMerge.objects.count() == 0 and profile("dave").email == "dave@example.com"
+    assert "does not allow known-to-known merges" in MergeRefusal.objects.get().reason
+
+    source.allow_known_merges = True
+    source.save()
+    api.post("alias", {"userId": "erin", "previousId": "dave"})
+    assert CustomerMerge.objects.get().merged.external_id == "dave"
+    assert profile("erin").email == "dave@example.com"
+
+
+def test_even_with_the_setting_an_anonymous_id_of_a_known_user_merges_nobody(api, source):
+    source.allow_known_merges = True
+    source.save()
+    api.post("identify", {"userId": "dave", "anonymousId": "a"})
+    api.post("alias", {"userId": "erin", "previousId": "a"})
+    assert CustomerMerge.objects.count() == 0 and MergeRefusal.objects.count() == 1
+
+
+def test_an_alias_of_an_anonymous_visitor_still_merges(api):
+    api.post("track", {"anonymousId": "visitor-1", "event": "Viewed"})
+    api.post("alias", {"userId": "erin", "previousId": "visitor-1"})
+    assert CustomerMerge.objects.get().reason == "alias of visitor-1"
+    assert MergeRefusal.objects.count() == 0

@@ -1,0 +1,140 @@
+"""journeys.services.outbound: where outbound calls may go and which secrets they may read."""
+
+from __future__ import annotations
+
+import re
+import socket
+
+import pytest
+
+from journeys.errors import OutboundRefused, OutboundUnreachable, SecretUnavailable
+from journeys.services.outbound import (
+    OutboundSession, outbound_secret_read, outbound_url_check, outbound_url_problem,
+)
+from tests.channels_app.servers import FakeVendor, Plan, free_port
+
+
+@pytest.fixture
+def no_allow_list(settings):
+    settings.OUTBOUND_ALLOWED_HOSTS, settings.OUTBOUND_ALLOWED_NETWORKS = [], []
+    return settings
+
+
+@pytest.fixture
+def vendor():
+    server = FakeVendor().start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:8000/", "http://localhost/", "http://[::1]/", "http://0.0.0.0/",
+    "http://0x7f.1/", "http://2130706433/", "http://0177.0.0.1/",           # other spellings of 127.0.0.1
+    "http://[::ffff:127.0.0.1]/", "http://[::ffff:10.0.0.1]/", "http://[2002:7f00:1::]/",  # IPv4 inside IPv6
+    "http://169.254.169.254/latest/meta-data/", "http://10.1.2.3/", "http://172.16.0.1/", "http://192.168.1.1/",
+    "http://100.64.0.1/", "http://224.0.0.1/", "http://240.0.0.1/", "http://[fc00::1]/", "http://[ff02::1]/",
+    "http://[64:ff9b::7f00:1]/",
+])
+def test_private_loopback_and_reserved_addresses_are_refused(no_allow_list, url):
+    with pytest.raises(OutboundRefused, match="address"):
+        outbound_url_check(url=url)
+
+
+@pytest.mark.parametrize("url, why", [
+    ("file:///etc/passwd", "scheme 'file'"), ("gopher://example.com/", "scheme 'gopher'"),
+    ("ftp://example.com/x", "scheme 'ftp'"), ("//example.com/x", "scheme '(none)'"), ("", "no URL"),
+    ("http://user:pw@93.184.216.34/", "credentials"), ("http:///path", "no host"),
+    ("http://93.184.216.34/a b", "spaces"), ("http://93.184.216.34:99999/", "valid URL"),
+])
+def test_only_plain_http_and_https_urls_are_accepted(no_allow_list, url, why):
+    with pytest.raises(OutboundRefused, match=re.escape(why)):
+        outbound_url_check(url=url)
+
+
+def test_public_addresses_pass_and_the_allow_list_opens_named_networks_and_hosts(no_allow_list):
+    assert outbound_url_check(url="https://93.184.216.34/hook").address == "93.184.216.34"
+    assert outbound_url_check(url="http://[::ffff:8.8.8.8]/").address == "::ffff:8.8.8.8"
+    assert outbound_url_problem(url="http://10.1.2.3/") != ""
+
+    no_allow_list.OUTBOUND_ALLOWED_NETWORKS = ["10.1.0.0/16"]
+    assert outbound_url_check(url="http://10.1.2.3/").address == "10.1.2.3"
+    with pytest.raises(OutboundRefused):
+        outbound_url_check(url="http://10.2.0.1/")
+
+    no_allow_list.OUTBOUND_ALLOWED_HOSTS = ["LocalHost"]
+    assert outbound_url_check(url="http://localhost:9/").address in {"127.0.0.1", "::1"}
+
+
+def test_a_name_that_does_not_resolve_is_unreachable_not_refused(no_allow_list):
+    with pytest.raises(OutboundUnreachable, match="does not resolve"):
+        outbound_url_check(url="http://no-such-host.invalid/")
+    assert outbound_url_problem(url="http://no-such-host.invalid/") == ""  # savable; checked again when sending
+
+
+def test_the_connection_is_pinned_to_the_checked_address(vendor, settings, monkeypatch):
+    # given a DNS server that answers a loopback address first and a private one afterwards (rebinding)
+    settings.OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.0/8"]
+    port = int(vendor.url.rsplit(":", 1)[1])
+    real = socket.getaddrinfo
+    answers = ["127.0.0.1", "10.9.9.9"]
+    lookups = []
+
+    def rebinding(host, *args, **kwargs):
+        if host != "hooks.test":
+            return real(host, *args, **kwargs)
+        lookups.append(host)
+        address = answers[min(len(lookups), len(answers)) - 1]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+
+    # when a request goes out
+    response = OutboundSession(timeout=2).post(f"http://hooks.test:{port}/in", body=b"{}",
+                                               headers={"Content-Type": "application/json"})
+
+    # then it went to the address that was checked, named the host, and DNS was asked once
+    assert response.status == 200 and lookups == ["hooks.test"]
+    assert vendor.requests[0].headers["Host"] == f"hooks.test:{port}"
+    # and the next connection asks again and is refused
+    with pytest.raises(OutboundRefused, match="10.9.9.9"):
+        OutboundSession(timeout=2).post(f"http://hooks.test:{port}/in", body=b"{}")
+
+
+def test_redirects_to_disallowed_places_are_refused_and_a_post_is_not_turned_into_a_get(vendor, settings):
+    settings.OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.0/8"]
+    vendor.plan(Plan(307, headers={"Location": "http://169.254.169.254/latest/meta-data/"}))
+    with pytest.raises(OutboundRefused, match="169.254.169.254"):
+        OutboundSession(timeout=2).post(vendor.url + "/a", body=b"x")
+
+    vendor.plan(Plan(302, headers={"Location": "/elsewhere"}))
+    with pytest.raises(OutboundRefused, match="HTTP 302"):
+        OutboundSession(timeout=2).post(vendor.url + "/a", body=b"x")
+
+    vendor.plan(Plan(308, headers={"Location": "/moved"}))
+    response = OutboundSession(timeout=2).post(vendor.url + "/a", body=b"payload")
+    assert response.status == 200
+    assert [(r.path, r.body) for r in vendor.requests[-2:]] == [("/a", b"payload"), ("/moved", b"payload")]
+
+
+def test_unreachable_and_refused_connections_are_unreachable(settings):
+    settings.OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.0/8"]
+    with pytest.raises(OutboundUnreachable, match="Connection"):
+        OutboundSession(timeout=1).post(f"http://127.0.0.1:{free_port()}/", body=b"")
+
+
+def test_secrets_come_only_from_prefixed_variables(monkeypatch, settings):
+    monkeypatch.setenv("JOURNEYS_SECRET_SMS_TOKEN", "tok")
+    assert outbound_secret_read(name="JOURNEYS_SECRET_SMS_TOKEN") == "tok"
+
+    for name in ("PATH", "DATABASE_URL", "SECRET_KEY", "EMAIL_HOST_PASSWORD", "JOURNEYS_SECRET_", "journeys_secret_x",
+                 "JOURNEYS_SECRET_A-B"):
+        with pytest.raises(SecretUnavailable):
+            outbound_secret_read(name=name)
+
+    monkeypatch.delenv("JOURNEYS_SECRET_UNSET", raising=False)
+    with pytest.raises(SecretUnavailable, match="not set"):
+        outbound_secret_read(name="JOURNEYS_SECRET_UNSET")
+    settings.CHANNEL_SECRETS = {"JOURNEYS_SECRET_UNSET": "from-vault", "PATH": "no"}
+    assert outbound_secret_read(name="JOURNEYS_SECRET_UNSET") == "from-vault"
+    with pytest.raises(SecretUnavailable):
+        outbound_secret_read(name="PATH")
