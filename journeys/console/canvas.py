@@ -323,9 +323,12 @@ def canvas_step(request: HttpRequest, pk: int, step_pk: int) -> HttpResponse:
                "connections": {e.outcome: e.target.key for e in step.out_edges.select_related("target")}}
     try:
         form_class = step_form_class(step.kind)
-    except ValidationError as exc:
+    except ValidationError as exc:  # a kind no longer registered: the step can still be deleted
         context["unknown_kind"] = " ".join(exc.messages)
-        return render(request, "console/_canvas_step.html", {**context, "version": version})
+        if request.method == "POST":
+            return _fail("kind", context["unknown_kind"])
+        return render(request, "console/_canvas_step.html", {
+            **context, "version": version, "editable": version_canvas_editable(user=request.user, version=version)})
     form = form_class(request.POST if request.method == "POST" else None, version=version, step=step)
     form.fields.pop("after", None)  # connections are drawn (or chosen below the form)
     context["outcomes"] = _outcomes_of(step, context["connections"])

@@ -337,3 +337,28 @@ def test_publishing_freezes_the_canvas(editor, draft):
     version_publish(version=draft, reason="test")
 
     assert command(editor, draft, op="place", positions={"goal_1": [1, 1]}).status_code == 400
+
+
+def test_every_registered_kind_can_be_dropped_drawn_and_opened(editor, draft):
+    from journeys.engine.registry import STEP_KINDS
+
+    for kind in sorted(STEP_KINDS):
+        answer = ok(command(editor, draft, op="add_step", kind=kind, x=100, y=150))
+        step = Step.objects.get(version=draft, key=answer["focus"])
+
+        panel = editor.get(reverse("console:canvas_step", args=[draft.pk, step.pk]))
+
+        assert panel.status_code == 200 and b'id="step-form"' in panel.content, kind
+        assert f'data-key="{step.key}"' in answer["svg"], kind
+
+
+def test_a_step_of_a_kind_no_longer_registered_can_still_be_deleted(editor, draft):
+    step = Step.objects.create(version=draft, key="old", kind="retired_kind")
+
+    panel = editor.get(reverse("console:canvas_step", args=[draft.pk, step.pk])).content.decode()
+    refused = editor.post(reverse("console:canvas_step", args=[draft.pk, step.pk]), {"change_reason": WHY})
+    deleted = command(editor, draft, op="delete_step", step="old")
+
+    assert "unknown step kind" in panel and 'id="canvas-delete-step"' in panel
+    assert refused.status_code == 400 and refused.json()["field"] == "kind"
+    assert ok(deleted) and not Step.objects.filter(version=draft).exists()
