@@ -57,6 +57,7 @@ from journeys.services.workflows import version_new_draft
 UNDO_KEY = "canvas_undo"
 UNDO_DEPTH = 20  # changes kept per version
 UNDO_VERSIONS = 5  # versions whose changes are kept in one session
+UNDO_BYTES = 256 * 1024  # at most this much of one version's past in the session
 MAX_TEXT = 200
 MAX_REASON = 500  # as the admin's "Reason for this change"
 MAX_POSITIONS = 2000  # steps placed in one change
@@ -86,7 +87,7 @@ def _refusal(exc: Exception, default_field: str) -> JsonResponse:
 # --------------------------------------------------------------------------- the drawing
 
 
-def canvas_state(*, version: WorkflowVersion, user: Any, request: HttpRequest | None = None) -> dict:
+def canvas_state(*, version: WorkflowVersion, request: HttpRequest | None = None) -> dict:
     """The drawing (SVG), what the script needs to edit it and the validation report."""
     graph = version_graph(version=version)
     by_step, report = version_issues(version=version)
@@ -99,7 +100,7 @@ def canvas_state(*, version: WorkflowVersion, user: Any, request: HttpRequest | 
 
 def canvas_context(request: HttpRequest, version: WorkflowVersion) -> dict:
     """The graph page's editor: palette, drawing, data for the script, the endpoints."""
-    state = canvas_state(version=version, user=request.user, request=request)
+    state = canvas_state(version=version, request=request)
     return {"palette": kind_palette(), "state": state, "svg": state["svg"],
             "script_data": {**state["graph"], "undo": state["undo"], "issues": state["issues"],
                             "urls": {"command": reverse("console:canvas_command", args=[version.pk]),
@@ -110,8 +111,7 @@ def canvas_context(request: HttpRequest, version: WorkflowVersion) -> dict:
 
 def _answer(request: HttpRequest, version: WorkflowVersion, message: str, **extra: Any) -> JsonResponse:
     version.refresh_from_db()
-    return JsonResponse({"ok": True, "message": message, **canvas_state(version=version, user=request.user,
-                                                                          request=request), **extra})
+    return JsonResponse({"ok": True, "message": message, **canvas_state(version=version, request=request), **extra})
 
 
 # --------------------------------------------------------------------------- undo, kept in the session
@@ -124,9 +124,15 @@ def _undo_stack(request: HttpRequest | None, version: WorkflowVersion) -> list:
 
 
 def _undo_push(request: HttpRequest, version: WorkflowVersion, edit: drafts.DraftEdit, what: str) -> None:
+    """Remember the change (the last UNDO_DEPTH per version, within UNDO_BYTES, for the
+    UNDO_VERSIONS versions edited last): the session stays small whatever the draft's size."""
+    entry = {"before": edit.before, "after": edit.after, "what": what}
+    entry["size"] = len(json.dumps(entry, default=str))
     stacks = dict(request.session.get(UNDO_KEY, {}))
-    stack = [*stacks.pop(str(version.pk), []), {"before": edit.before, "after": edit.after, "what": what}]
-    stacks[str(version.pk)] = stack[-UNDO_DEPTH:]  # last: the most recently edited version
+    stack = [*stacks.pop(str(version.pk), []), entry][-UNDO_DEPTH:]
+    while len(stack) > 1 and sum(e.get("size", 0) for e in stack) > UNDO_BYTES:
+        stack.pop(0)
+    stacks[str(version.pk)] = stack  # last: the most recently edited version
     request.session[UNDO_KEY] = dict(list(stacks.items())[-UNDO_VERSIONS:])
 
 

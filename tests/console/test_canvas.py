@@ -362,3 +362,18 @@ def test_a_step_of_a_kind_no_longer_registered_can_still_be_deleted(editor, draf
     assert "unknown step kind" in panel and 'id="canvas-delete-step"' in panel
     assert refused.status_code == 400 and refused.json()["field"] == "kind"
     assert ok(deleted) and not Step.objects.filter(version=draft).exists()
+
+
+def test_undo_remembers_a_bounded_past(editor, draft, monkeypatch):
+    from journeys.console import canvas
+
+    monkeypatch.setattr(canvas, "UNDO_DEPTH", 2)
+    for kind in ("goal", "exit", "condition"):
+        ok(command(editor, draft, op="add_step", kind=kind, x=100, y=150))
+
+    ok(command(editor, draft, op="undo"))
+    ok(command(editor, draft, op="undo"))
+    third = command(editor, draft, op="undo")
+
+    assert third.status_code == 400 and third.json()["message"].startswith("nothing to undo")
+    assert set(steps(draft)) == {"goal_1"}
