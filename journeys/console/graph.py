@@ -5,8 +5,9 @@ the validation report on each step. The same drawing is read-only (live and in-r
 side-by-side review) and the canvas's surface (journeys/static/console/canvas.js adds dragging,
 connecting and the side panel on top of it, and swaps in a new drawing after each change).
 
-Positions are the canvas's pixels (Step.x/y), drawn as saved; when steps have none (or share
-one) they are laid out in layers from the entry step.
+Positions are the canvas's pixels (Step.x/y), drawn as saved (small numbers typed by hand on the
+version page, all within 50 of each other, are read as grid cells); when steps have none (or
+share one) they are laid out in layers from the entry step.
 """
 
 from __future__ import annotations
