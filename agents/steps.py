@@ -7,9 +7,10 @@ from datetime import timedelta
 from django.core.exceptions import ValidationError
 from django.utils.text import slugify
 
+from agents import step_forms as forms
 from agents.choices import Priority
 from journeys.engine.durations import parse_duration
-from journeys.engine.registry import StepKind, StepResult, register
+from journeys.engine.registry import Palette, StepKind, StepResult, register
 from journeys.engine.runtime import StepContext, event_dict
 
 TEXT_PROPERTIES = ("text", "message", "body", "content")
@@ -60,8 +61,18 @@ class EscalateToAgent(StepKind):
                               "the built-in scorer (default: sentiment)",
     }
 
+    form = forms.EscalateToAgentForm
+    palette = Palette(group="People", colour="#fce4ec", order=40)
+
     def outcomes(self, config):
         return ["escalated", "automated"]
+
+    def summary(self, config):
+        if config.get("always"):
+            return "always"
+        said = {"sentiment_below": "sentiment ≤ {}", "complexity_above": "complexity ≥ {}",
+                "value_at_least": "ltv ≥ {}", "failed_attempts_at_least": "{} failures"}
+        return ", ".join(text.format(config[key]) for key, text in said.items() if config.get(key) is not None)
 
     def clean(self, config):
         cleaned: dict = {}

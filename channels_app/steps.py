@@ -5,8 +5,12 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError
 
 from journeys.engine.durations import parse_duration
-from journeys.engine.registry import StepKind, StepResult, register, require
+from channels_app import step_forms as forms
+from journeys.engine.registry import Palette, StepKind, StepResult, register, require
 from journeys.engine.runtime import StepContext, event_dict
+
+
+MESSAGES = Palette(group="Messages", colour="#e3f2fd", order=10)
 
 
 def _gap(config: dict) -> dict:
@@ -39,6 +43,11 @@ class SendMessage(StepKind):
         "min_gap_other_channel": "optional, e.g. 4h: not within this long of the last contact on another channel",
         "recent_contact_action": "defer (default) or suppress",
     }
+    form = forms.SendMessageForm
+    palette = MESSAGES
+
+    def summary(self, config):
+        return ": ".join(v for v in (config.get("channel"), config.get("template")) if v)
 
     def clean(self, config):
         from channels_app.models import Channel, MessageTemplate
@@ -99,6 +108,10 @@ class Webhook(StepKind):
             "breaker. Payload values may be templates ({{ profile.email }}). Suppressed for holdout customers.")
     side_effects = True
     fields = {"channel": "a webhook channel name", "payload": '{"plan": "{{ profile.plan }}"}'}
+    palette = Palette(group="Messages", colour="#e3f2fd", order=12)
+
+    def summary(self, config):
+        return config.get("channel") or ""
 
     def clean(self, config):
         from channels_app.models import Channel
@@ -166,6 +179,12 @@ class SendBestChannel(StepKind):
         "min_gap_other_channel": "optional, e.g. 4h: not within this long of the last contact on another channel",
         "recent_contact_action": "defer (default) or suppress",
     }
+    form = forms.SendBestChannelForm
+    palette = Palette(group="Messages", colour="#e3f2fd", order=11)
+
+    def summary(self, config):
+        urgency = config.get("urgency")
+        return (config.get("template") or "") + (f" ({urgency})" if urgency and urgency != "normal" else "")
 
     def clean(self, config):
         from channels_app.choices import ChannelKind, Urgency

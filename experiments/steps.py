@@ -5,7 +5,8 @@ from __future__ import annotations
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
 
 from experiments.choices import HOLDOUT
-from journeys.engine.registry import StepKind, StepResult, register, require
+from experiments import step_forms as forms
+from journeys.engine.registry import Palette, StepKind, StepResult, register, require
 from journeys.engine.runtime import StepContext
 
 
@@ -24,8 +25,14 @@ class ExperimentSplit(StepKind):
         "arms": "optional: the arm names this step offers (default: all arms of the experiment)",
     }
 
+    form = forms.ExperimentSplitForm
+    palette = Palette(group="Experiments", colour="#fff8e1", order=30)
+
     def outcomes(self, config):
         return list(config.get("arms", [])) + ([HOLDOUT] if config.get("holdout") else [])
+
+    def summary(self, config):
+        return config.get("experiment", "") + (f" ({', '.join(config['arms'])})" if config.get("arms") else "")
 
     def clean(self, config):
         from experiments.models import Experiment

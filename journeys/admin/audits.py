@@ -9,7 +9,6 @@ from django.core.exceptions import ValidationError
 from django.http import HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import path
-from django.utils import timezone
 from simple_history.admin import SimpleHistoryAdmin
 
 from journeys.admin.base import ReadOnlyAdmin
@@ -18,20 +17,17 @@ from journeys.admin.common import (
     error_text,
     object_or_404,
 )
+from journeys.console.governance import ops_switches
 from journeys.errors import PermissionDenied
 from journeys.models import (
     AuditEntry,
     AuditReport,
-    ChangeRequestStatus,
     OperationsSwitch,
 )
 from journeys.selectors import (
-    VIEW,
     audit_entries_for_user,
-    change_requests_for_user,
     user_can_view_dashboard,
     user_has_any_scope,
-    workflows_for_user,
 )
 from journeys.services import governance as gov
 
@@ -92,7 +88,6 @@ class AuditReportAdmin(ReadOnlyAdmin):
         """Ops dashboard: switches, canaries, reviews waiting, and the latest audit."""
         if not user_can_view_dashboard(request.user):
             raise DjangoPermissionDenied
-        can_operate = request.user.is_superuser or request.user.has_perm("journeys.operate_workflow")
         form = SwitchForm(request.POST or None) if request.POST.get("form") == "switch" else SwitchForm()
         if request.method == "POST":
             try:
@@ -116,16 +111,7 @@ class AuditReportAdmin(ReadOnlyAdmin):
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
             "title": "Ops dashboard",
-            "safe_mode": gov.safe_mode_active(),
-            "switches": OperationsSwitch.objects.filter(active=True),
-            "paused": workflows_for_user(request.user, VIEW).filter(status="paused"),
-            "canaries": workflows_for_user(request.user, VIEW).filter(canary_version__isnull=False)
-            .select_related("canary_version", "live_version"),
-            "open_requests": change_requests_for_user(request.user).filter(status=ChangeRequestStatus.OPEN)
-            .select_related("workflow", "version"),
-            "report": AuditReport.objects.first(),
+            **ops_switches(user=request.user),
             "form": form,
-            "can_operate": can_operate,
-            "now": timezone.now(),
         }
         return render(request, "admin/journeys/dashboard.html", context)

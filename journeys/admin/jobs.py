@@ -201,8 +201,8 @@ class JobAdmin(admin.ModelAdmin):
         return render(request, "admin/journeys/job/start.html", context)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        from journeys.services.jobs import jobs_purge_exports
         from journeys.console.views import job_status
+        from journeys.services.jobs import jobs_purge_exports
 
         jobs_purge_exports()
         job = object_or_404(self.get_queryset(request), object_id)

@@ -14,20 +14,15 @@ from journeys.admin.common import (
     error_text,
     object_or_404,
 )
-from journeys.choices import VersionState
+from journeys.console.governance import change_request_review
 from journeys.errors import PermissionDenied
 from journeys.models import (
     ChangeRequest,
 )
 from journeys.selectors import (
-    PROPOSE,
-    PUBLISH,
-    REVIEW,
     change_requests_for_user,
-    user_can,
     user_has_any_scope,
 )
-from journeys.services import governance as gov
 from journeys.services.workflows import (
     change_request_comment,
     change_request_refresh,
@@ -73,7 +68,7 @@ class ChangeRequestAdmin(ScopedAdminMixin, admin.ModelAdmin):
             ChangeRequest.objects.select_related("workflow", "version", "base_version", "proposed_by"), object_id)
         if not self.has_view_permission(request, change_request):
             raise DjangoPermissionDenied
-        user, workflow, version = request.user, change_request.workflow, change_request.version
+        user, version = request.user, change_request.version
         form = DecisionForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             comment = form.cleaned_data["comment"]
@@ -98,29 +93,8 @@ class ChangeRequestAdmin(ScopedAdminMixin, admin.ModelAdmin):
                 else:
                     messages.success(request, f"{decision}: done")
                     return HttpResponseRedirect(request.path)
-        change_request.refresh_from_db()
-        version.refresh_from_db()
-        workflow.refresh_from_db()
-        live = workflow.live_version
-        base = change_request.base_version if version.state == VersionState.LIVE else (live if live != version else change_request.base_version)
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": self.model._meta,
-            "title": f"Review: {workflow} v{version.number}",
-            "cr": change_request,
-            "version": version,
-            "workflow": workflow,
-            "diff": gov.version_diff(old=base, new=version),
-            "fingerprint": gov.version_fingerprint(version=version),
-            "entries": change_request.entries.select_related("actor").order_by("at", "id"),
-            "form": DecisionForm(initial={"fingerprint": gov.version_fingerprint(version=version)}),
-            "can_review": user_can(user, REVIEW, workflow) and version.state == VersionState.IN_REVIEW,
-            "can_reject": user_can(user, REVIEW, workflow) and version.state in (VersionState.IN_REVIEW, VersionState.APPROVED) and not version.is_frozen,
-            "can_publish": user_can(user, PUBLISH, workflow) and version.state == VersionState.APPROVED,
-            "can_canary": user_can(user, PUBLISH, workflow) and version.state == VersionState.APPROVED and workflow.live_version_id is not None,
-            "can_comment": user_can(user, PROPOSE, workflow) or user_can(user, REVIEW, workflow),
-            "is_canary": workflow.canary_version_id == version.pk,
-            "canary_percent": workflow.canary_percent,
-            "stage": version.stage,
-        }
+        review = change_request_review(change_request=change_request, user=user)
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta, **review,
+                   "title": f"Review: {review['workflow']} v{review['version'].number}",
+                   "form": DecisionForm(initial={"fingerprint": review["fingerprint"]})}
         return render(request, "admin/journeys/change_request.html", context)

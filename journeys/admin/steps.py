@@ -37,7 +37,7 @@ from journeys.services.workflows import (
 
 @admin.register(Step)
 class StepAdmin(admin.ModelAdmin):
-    """A step's own page: pick a kind, then fill in that kind's form (journeys.forms_steps).
+    """A step's own page: pick a kind, then fill in that kind's form (journeys.forms.steps; each kind owns its form).
 
     Reached from a version's page ("Add a step", "edit" on each step row); saving goes through
     `step_save`, which re-checks that the version may change and who is changing it.
@@ -90,14 +90,14 @@ class StepAdmin(admin.ModelAdmin):
                 "(action “Create a new draft from this version”) to edit its steps.")
 
     def _step_page(self, request, version: WorkflowVersion, step: Step | None):
-        from journeys.forms_steps import kind_choices, step_form_class
+        from journeys.forms.steps import kind_palette, step_form_class
 
         if not user_can(request.user, VIEW, version.workflow):
             raise DjangoPermissionDenied
         editable = version_editable(request.user, version)
         kind = "" if "pick" in request.GET else request.GET.get("kind") or (step.kind if step else "")
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, "version": version,
-                   "step": step, "editable": editable, "kinds": kind_choices(), "kind": kind,
+                   "step": step, "editable": editable, "kinds": kind_palette(), "kind": kind,
                    "locked_reason": "" if editable else self._locked_reason(request.user, version),
                    "version_url": reverse("admin:journeys_workflowversion_change", args=[version.pk])}
         if not editable and request.method == "POST" and "_preview" not in request.POST:

@@ -25,10 +25,10 @@ from journeys.admin.common import (
     version_editable,
 )
 from journeys.choices import VersionState
+from journeys.console.governance import version_tools
 from journeys.engine.registry import STEP_KINDS
 from journeys.errors import PermissionDenied
 from journeys.models import (
-    ChangeRequest,
     Edge,
     Step,
     WorkflowVersion,
@@ -107,7 +107,7 @@ class StepInline(VersionChildInline):
 
     @admin.display(description="config")
     def config_summary(self, obj):
-        from journeys.forms_steps import config_summary
+        from journeys.forms.steps import config_summary
 
         lines = config_summary(obj.kind, obj.config or {})
         if not lines:
@@ -185,7 +185,7 @@ class WorkflowVersionForm(ReasonForm):
         js = ("console/editor.js",)
 
     def __init__(self, *args, **kwargs):
-        from journeys.forms_steps import RuleInput
+        from journeys.forms.fields import RuleInput
 
         super().__init__(*args, **kwargs)
         version_id = self.instance.pk if self.instance else None
@@ -296,21 +296,8 @@ class WorkflowVersionAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAd
             raise DjangoPermissionDenied(str(exc)) from None
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        extra_context = {**(extra_context or {}), **self._tools(request, object_id)}
+        extra_context = {**(extra_context or {}), **version_tools(version_id=object_id, user=request.user)}
         return super().change_view(request, object_id, form_url, extra_context)
-
-    def _tools(self, request, object_id) -> dict:
-        if not str(object_id).isdigit():  # the admin answers "does not exist" itself
-            return {}
-        version = WorkflowVersion.objects.filter(pk=object_id).select_related("workflow").first()
-        if version is None:
-            return {}
-        request_open = ChangeRequest.objects.filter(version=version).order_by("-created_at", "-id").first()
-        return {
-            "version": version,
-            "can_propose": version.state == VersionState.DRAFT and user_can(request.user, PROPOSE, version.workflow),
-            "change_request": request_open if request_open and user_can(request.user, VIEW, version.workflow) else None,
-        }
 
     def get_urls(self):
         return [

@@ -22,6 +22,7 @@ from journeys.admin.common import (
     error_messages,
     error_text,
 )
+from journeys.console.governance import version_pair
 from journeys.errors import PermissionDenied
 from journeys.models import (
     Workflow,
@@ -171,16 +172,8 @@ class WorkflowAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAdmin):
         workflow = get_object_or_404(Workflow, pk=pk)
         if not user_can(request.user, VIEW, workflow):
             raise DjangoPermissionDenied
-        versions = list(workflow.versions.order_by("-number"))
-        by_id = {str(v.pk): v for v in versions}
-        new = by_id.get(request.GET.get("b", "")) or (versions[0] if versions else None)
-        default_old = workflow.live_version if workflow.live_version_id and new and workflow.live_version_id != new.pk else None
-        if default_old is None and new is not None:
-            default_old = next((v for v in versions if v.number < new.number), None)
-        old = by_id.get(request.GET.get("a", "")) or default_old
-        diff = gov.version_diff(old=old, new=new) if new is not None else None
-        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "workflow": workflow,
-                   "versions": versions, "old": old, "new": new, "diff": diff,
+        pair = version_pair(workflow=workflow, old_id=request.GET.get("a", ""), new_id=request.GET.get("b", ""))
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "workflow": workflow, **pair,
                    "title": f"Compare versions of {workflow}"}
         return render(request, "admin/journeys/diff.html", context)
 

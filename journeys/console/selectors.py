@@ -8,8 +8,7 @@ user and shows only what that user may see.
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
-from dataclasses import dataclass, field
+from collections import defaultdict
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from typing import Any
@@ -28,11 +27,15 @@ from journeys.models import (
     JourneyRun,
     MergeRefusal,
     StageTransition,
-    Step,
-    StepExecution,
     WorkflowVersion,
 )
-from journeys.selectors import VIEW, runs_for_user, user_can, user_can_view_dashboard, workflows_for_user
+from journeys.selectors import (
+    VIEW,
+    runs_for_user,
+    user_can,
+    user_can_view_dashboard,
+    workflows_for_user,
+)
 
 EVENT_MINUTES = 30  # the events-per-minute chart covers the last half hour
 DELIVERY_HOURS = 24  # the messages chart covers the last day, per hour
@@ -241,43 +244,7 @@ def dashboard_summary(*, user: Any, now: datetime | None = None) -> dict:
     }
 
 
-# --------------------------------------------------------------------------- workflow graph
-
-
-@dataclass
-class GraphNode:
-    key: str
-    kind: str
-    name: str
-    index: int  # position in the version's step inline (admin anchor "steps-<index>")
-    x: float = 0
-    y: float = 0
-    layer: int = 0
-    entered: int = 0
-    waiting: int = 0
-    converted: int = 0
-    errors: int = 0
-    is_entry: bool = False
-
-
-@dataclass
-class GraphEdge:
-    source: str
-    target: str
-    outcome: str
-
-
-@dataclass
-class VersionGraph:
-    version: WorkflowVersion
-    nodes: list[GraphNode]
-    edges: list[GraphEdge]
-    layout: str  # "saved" (the steps' x/y) or "layered" (computed)
-    runs: dict = field(default_factory=dict)
-
-    @property
-    def node_map(self) -> dict[str, GraphNode]:
-        return {n.key: n for n in self.nodes}
+# --------------------------------------------------------------------------- versions
 
 
 def version_for_user(*, user: Any, pk: int) -> WorkflowVersion | None:
@@ -285,88 +252,6 @@ def version_for_user(*, user: Any, pk: int) -> WorkflowVersion | None:
     if version is None or not user_can(user, VIEW, version.workflow):
         return None
     return version
-
-
-def _layered_layout(nodes: list[GraphNode], edges: list[GraphEdge], entry: str) -> None:
-    """Layer = shortest distance from the entry step (breadth first, so loops do not push nodes
-    down forever); steps the entry cannot reach start new layers below. Within a layer, nodes
-    are ordered by the mean position of their parents to keep edges from crossing."""
-    children: dict[str, list[str]] = defaultdict(list)
-    parents: dict[str, list[str]] = defaultdict(list)
-    for e in edges:
-        children[e.source].append(e.target)
-        parents[e.target].append(e.source)
-    by_key = {n.key: n for n in nodes}
-    layer: dict[str, int] = {}
-    roots = [entry] if entry in by_key else []
-    roots += [n.key for n in nodes if not parents[n.key] and n.key not in roots]
-    roots += [n.key for n in nodes if n.key not in roots]
-    for root in roots:
-        if root in layer:
-            continue
-        start = (max(layer.values()) + 1) if layer else 0
-        queue = deque([(root, start)])
-        layer[root] = start
-        while queue:
-            key, depth = queue.popleft()
-            for child in children[key]:
-                if child not in layer:
-                    layer[child] = depth + 1
-                    queue.append((child, depth + 1))
-    rows: dict[int, list[GraphNode]] = defaultdict(list)
-    for n in nodes:
-        n.layer = layer[n.key]
-        rows[n.layer].append(n)
-    order: dict[str, float] = {}
-    for depth in sorted(rows):
-        row = rows[depth]
-        def weight(n: GraphNode) -> float:
-            placed = [order[p] for p in parents[n.key] if p in order]
-            return sum(placed) / len(placed) if placed else n.index
-        row.sort(key=weight)
-        for i, n in enumerate(row):
-            order[n.key] = i - (len(row) - 1) / 2
-            n.x, n.y = order[n.key], depth
-
-
-def version_graph(*, version: WorkflowVersion) -> VersionGraph:
-    """The version as nodes and labelled edges with per-step counts, laid out for drawing.
-
-    Counts: entered = runs that reached the step; waiting = runs waiting at it now; converted =
-    runs through the step that reached the goal; errors = visits that failed or noted an error.
-    """
-    steps = list(Step.objects.filter(version=version).order_by("y", "x", "id"))
-    nodes = [GraphNode(key=s.key, kind=s.kind, name=s.name, index=i, x=s.x, y=s.y, is_entry=s.key == version.entry_step)
-             for i, s in enumerate(steps)]
-    by_pk = {s.pk: s.key for s in steps}
-    edges = [GraphEdge(source=by_pk[e.source_id], target=by_pk[e.target_id], outcome=e.outcome)
-             for e in version.edges.all().order_by("source__y", "source__x", "outcome")
-             if e.source_id in by_pk and e.target_id in by_pk]
-    positions = {(s.x, s.y) for s in steps}
-    layout = "saved" if len(steps) > 1 and len(positions) == len(steps) else "layered"
-    if layout == "layered":
-        _layered_layout(nodes, edges, version.entry_step or (steps[0].key if steps else ""))
-    executions = StepExecution.objects.filter(run__version=version)
-    stats = {
-        row["step_key"]: row
-        for row in executions.values("step_key").annotate(
-            entered=Count("run", distinct=True),
-            converted=Count("run", distinct=True, filter=Q(run__converted_at__isnull=False)),
-            errors=Count("id", filter=~Q(error="") | Q(outcome="error")),
-        )
-    }
-    waiting = dict(
-        JourneyRun.objects.filter(version=version, status=RunStatus.WAITING)
-        .values_list("current_step").annotate(n=Count("id")).values_list("current_step", "n")
-    )
-    for n in nodes:
-        row = stats.get(n.key, {})
-        n.entered, n.converted, n.errors = row.get("entered", 0), row.get("converted", 0), row.get("errors", 0)
-        n.waiting = waiting.get(n.key, 0)
-    runs = dict(JourneyRun.objects.filter(version=version).values_list("status").annotate(n=Count("id"))
-                .values_list("status", "n"))
-    runs["converted"] = JourneyRun.objects.filter(version=version, converted_at__isnull=False).count()
-    return VersionGraph(version=version, nodes=nodes, edges=edges, layout=layout, runs=runs)
 
 
 # --------------------------------------------------------------------------- customer 360

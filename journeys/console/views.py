@@ -6,7 +6,6 @@ the server (no chart library, nothing fetched from the internet) and render temp
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from typing import Any
@@ -21,24 +20,23 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.cache import never_cache
 
-from journeys.models import Step
-from journeys.selectors import user_can_view_dashboard
-from journeys.console.selectors import (
+from journeys.choices import VersionState
+from journeys.console.canvas import canvas_context
+from journeys.console.graph import (
     VersionGraph,
-    dashboard_summary,
-    version_for_user,
+    compare_marks,
+    svg_graph,
+    version_canvas_editable,
     version_graph,
 )
+from journeys.console.selectors import dashboard_summary, version_for_user
+from journeys.selectors import EDIT, user_can, user_can_view_dashboard
 
 DEFAULT_REFRESH_S = 15
 BREAKER_COLOURS = {"closed": "#2e7d32", "half_open": "#ef6c00", "open": "#c62828"}
 SERIES_COLOURS = {"sent": "#2e7d32", "suppressed": "#9e9e9e", "failed": "#c62828"}
 SLA_COLOURS = {"breached": "#c62828", "due_15m": "#ef6c00", "due_1h": "#f9a825", "on_track": "#2e7d32",
                "answered": "#78909c"}
-KIND_COLOURS = {"send_message": "#e3f2fd", "webhook": "#e3f2fd", "condition": "#fff8e1", "split": "#fff8e1",
-                "experiment_split": "#fff8e1", "delay": "#f3e5f5", "wait_for_event": "#f3e5f5",
-                "escalate_to_agent": "#fce4ec", "goal": "#e8f5e9", "exit": "#eceff1"}
-
 
 # --------------------------------------------------------------------------- small SVG charts
 
@@ -163,93 +161,6 @@ def dashboard_data(request: HttpRequest) -> JsonResponse:
 
 # --------------------------------------------------------------------------- workflow graph
 
-NODE_W, NODE_H, GAP_X, GAP_Y, PAD = 180, 70, 40, 60, 30
-
-
-def _positions(graph: VersionGraph) -> dict[str, tuple[float, float]]:
-    """Top-left corner of each node in pixels. Saved x/y are turned into columns and rows by rank,
-    which keeps their arrangement but can never overlap two boxes."""
-    if graph.layout == "saved":
-        xs = {v: i for i, v in enumerate(sorted({n.x for n in graph.nodes}))}
-        ys = {v: i for i, v in enumerate(sorted({n.y for n in graph.nodes}))}
-        col = {n.key: xs[n.x] for n in graph.nodes}
-        row = {n.key: ys[n.y] for n in graph.nodes}
-    else:
-        low = min((n.x for n in graph.nodes), default=0)
-        col = {n.key: n.x - low for n in graph.nodes}
-        row = {n.key: n.y for n in graph.nodes}
-    return {k: (PAD + col[k] * (NODE_W + GAP_X), PAD + row[k] * (NODE_H + GAP_Y)) for k in col}
-
-
-def svg_graph(graph: VersionGraph, *, step_url: str, runs_url: str, marks: dict[str, str] | None = None) -> SafeString:
-    """The version drawn as boxes and labelled arrows; each box links to the step in the admin."""
-    pos = _positions(graph)
-    marks = marks or {}
-    width = max([x for x, _ in pos.values()] + [PAD]) + NODE_W + PAD + 80
-    height = max([y for _, y in pos.values()] + [PAD]) + NODE_H + PAD
-    edges = []
-    for e in graph.edges:
-        sx, sy = pos[e.source]
-        tx, ty = pos[e.target]
-        if ty > sy:  # downwards: bottom centre to top centre
-            p0, p3 = (sx + NODE_W / 2, sy + NODE_H), (tx + NODE_W / 2, ty)
-            p1, p2 = (p0[0], p0[1] + GAP_Y / 1.5), (p3[0], p3[1] - GAP_Y / 1.5)
-        else:  # a loop or a sideways edge: around the right-hand side
-            p0, p3 = (sx + NODE_W, sy + NODE_H / 2), (tx + NODE_W, ty + NODE_H / 2)
-            bulge = max(p0[0], p3[0]) + 60
-            p1, p2 = (bulge, p0[1]), (bulge, p3[1])
-        mx = (p0[0] + 3 * p1[0] + 3 * p2[0] + p3[0]) / 8
-        my = (p0[1] + 3 * p1[1] + 3 * p2[1] + p3[1]) / 8
-        r = lambda v: f"{v:.0f}"  # noqa: E731 - format_html escapes its arguments to text first
-        edges.append(format_html(
-            '<g class="edge" data-source="{}" data-target="{}" data-outcome="{}">'
-            '<path d="M{},{} C{},{} {},{} {},{}" marker-end="url(#arrow)"/>'
-            '<rect x="{}" y="{}" width="{}" height="16" rx="3" class="edge-label-bg"/>'
-            '<text x="{}" y="{}" text-anchor="middle" class="edge-label">{}</text></g>',
-            e.source, e.target, e.outcome, *map(r, (*p0, *p1, *p2, *p3)), r(mx - (len(e.outcome) * 3.5 + 6)),
-            r(my - 9), len(e.outcome) * 7 + 12, r(mx), r(my + 3), e.outcome))
-    nodes = []
-    for n in graph.nodes:
-        x, y = pos[n.key]
-        classes = " ".join(c for c in ("node", "entry" if n.is_entry else "", "has-errors" if n.errors else "",
-                                       marks.get(n.key, "")) if c)
-        label = n.name or n.key
-        nodes.append(format_html(
-            '<g class="{}" data-key="{}" data-entered="{}" data-waiting="{}" data-converted="{}" data-errors="{}">'
-            '<a href="{}#steps-{}"><title>{} ({}): open the step in the admin</title>'
-            '<rect x="{}" y="{}" width="{}" height="{}" rx="8" fill="{}"/>'
-            '<text x="{}" y="{}" class="node-title">{}</text>'
-            '<text x="{}" y="{}" class="node-kind">{}{}</text></a>'
-            '<a href="{}&amp;status__exact=waiting&amp;current_step={}"><title>runs waiting at {}</title>'
-            '<text x="{}" y="{}" class="node-counts">in {} · wait {} · conv {} · err {}</text></a></g>',
-            classes, n.key, n.entered, n.waiting, n.converted, n.errors,
-            step_url, n.index, n.key, n.kind,
-            x, y, NODE_W, NODE_H, KIND_COLOURS.get(n.kind, "#ffffff"),
-            x + 10, y + 20, label[:24],
-            x + 10, y + 38, n.kind, " · entry" if n.is_entry else "",
-            runs_url, n.key, n.key,
-            x + 10, y + 58, n.entered, n.waiting, n.converted, n.errors))
-    return format_html(
-        '<svg class="workflow-graph" role="img" viewBox="0 0 {w} {h}" width="{w}" height="{h}">'
-        '<title>{t}</title><defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="8" '
-        'markerHeight="8" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z"/></marker></defs>{e}{n}</svg>',
-        w=f"{width:.0f}", h=f"{height:.0f}", t=str(graph.version), e=mark_safe("".join(edges)),
-        n=mark_safe("".join(nodes)))
-
-
-def _step_fingerprints(version) -> dict[str, str]:
-    return {s.key: hashlib.sha256(json.dumps([s.kind, s.name, s.config], sort_keys=True, default=str).encode()).hexdigest()
-            for s in Step.objects.filter(version=version)}
-
-
-def compare_marks(old, new) -> tuple[dict[str, str], dict[str, str]]:
-    """CSS marks for side-by-side review: steps removed from / added to / changed in the newer version."""
-    a, b = _step_fingerprints(old), _step_fingerprints(new)
-    old_marks = {k: "removed" for k in a if k not in b} | {k: "changed" for k in a if k in b and a[k] != b[k]}
-    new_marks = {k: "added" for k in b if k not in a} | {k: "changed" for k in b if k in a and a[k] != b[k]}
-    return old_marks, new_marks
-
-
 def _panel(graph: VersionGraph, marks: dict[str, str] | None = None) -> dict:
     version = graph.version
     step_url = reverse("admin:journeys_workflowversion_change", args=[version.pk])
@@ -280,7 +191,11 @@ def version_graph_view(request: HttpRequest, pk: int) -> HttpResponse:
         panels = [_panel(version_graph(version=old), old_marks), _panel(version_graph(version=new), new_marks)]
     versions = list(version.workflow.versions.order_by("-number"))
     context = {**admin.site.each_context(request), "title": f"Graph of {version}", "version": version,
-               "workflow": version.workflow, "panels": panels, "versions": versions, "other": other}
+               "workflow": version.workflow, "panels": panels, "versions": versions, "other": other,
+               "may_draft": version.state != VersionState.DRAFT and user_can(request.user, EDIT, version.workflow)}
+    if other is None and version_canvas_editable(user=request.user, version=version):
+        context["canvas"] = canvas_context(request, version)
+        context["is_nav_sidebar_enabled"] = False  # the drawing needs the width
     return render(request, "console/graph.html", context)
 
 
@@ -305,8 +220,8 @@ def _bad_parameter(data, *, ids: tuple[str, ...] = (), texts: tuple[str, ...] = 
 def rule_check(request: HttpRequest) -> JsonResponse:
     """Staff-only: parse a rule with the real rule parser while it is typed (GET or POST `rule`,
     optional `version` and `event` for attribute warnings); 400 naming a parameter that cannot be used."""
-    from journeys.selectors import VIEW, user_can
     from journeys.console.selectors import rule_diagnose
+    from journeys.selectors import VIEW, user_can
 
     data = request.POST if request.method == "POST" else request.GET
     if bad := _bad_parameter(data, ids=("version",), texts=("rule", "event")):

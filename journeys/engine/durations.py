@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from typing import Any
 
 _PART = re.compile(r"(\d+)\s*([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_UNITS_DESCENDING = sorted(_UNITS.items(), key=lambda item: -item[1])
 
 
 class DurationTooLong(ValueError):
@@ -32,3 +34,15 @@ def parse_duration(value: object, *, field: str = "duration") -> timedelta:
     except ValueError:  # NaN seconds
         pass
     raise ValueError(f"{field}: {value!r} is not a duration; write e.g. 30m, 1h, 2d or seconds")
+
+
+def duration_text(seconds: Any) -> str:
+    """Seconds as people write them (5400 -> 1h30m); anything else unchanged."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds <= 0:
+        return "" if seconds in (None, 0) else str(seconds)
+    parts = []
+    for unit, size in _UNITS_DESCENDING:
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(parts)

@@ -1,4 +1,10 @@
-"""The registry of step kinds. Each app registers the kinds it owns in AppConfig.ready()."""
+"""The registry of step kinds. Each app registers the kinds it owns in AppConfig.ready().
+
+A kind brings everything the console needs with its executor: its form (`form`), its place
+in the canvas's palette (`palette`) and a one-line `summary` of a config for the graph, so a
+new kind in any app shows up in the palette, the side panel and the step pages with nothing
+changed in journeys.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +30,15 @@ class StepResult:
     error: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Palette:
+    """Where a kind sits in the canvas's palette and how its box is drawn."""
+
+    group: str = "Other"  # the palette's section, e.g. Messages, Flow, Profile, End
+    colour: str = "#ffffff"  # fill of the step's box on the graph
+    order: int = 90  # sections are sorted by their lowest order, kinds by order then label
+
+
 class StepKind:
     """Base for a step kind: validates its config and executes a visit.
 
@@ -39,7 +54,10 @@ class StepKind:
     # keeps its rows in a batch extension when `journeys.engine.batch.current_batch()` is
     # set): it needs no savepoint, and the batch is not flushed before it runs.
     batch_safe: ClassVar[bool] = False
-    fields: ClassVar[dict[str, str]] = {}  # config key -> help text, for the admin form
+    fields: ClassVar[dict[str, str]] = {}  # config key -> help text (a generated form uses them)
+    # Its form: a `journeys.forms.steps.StepConfigForm` subclass (None: generated from `fields`).
+    form: ClassVar[type | None] = None
+    palette: ClassVar[Palette] = Palette()
 
     def outcomes(self, config: dict) -> list[str]:
         return ["next"]
@@ -47,6 +65,10 @@ class StepKind:
     def clean(self, config: dict) -> dict:
         """Return the normalised config or raise ValidationError({key: message})."""
         return config
+
+    def summary(self, config: dict) -> str:
+        """One line saying what a step of this kind does with `config`, drawn in its box."""
+        return ", ".join(f"{k}: {v}" for k, v in config.items() if v not in (None, "", [], {}))
 
     def rules(self, config: dict) -> list[str]:
         """Rule expressions in the config (compiled once with the version)."""

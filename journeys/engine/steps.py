@@ -8,10 +8,15 @@ from datetime import datetime, timedelta
 
 from django.core.exceptions import ValidationError
 
-from journeys.engine.durations import parse_duration
-from journeys.engine.registry import StepKind, StepResult, register, require
+from journeys.engine.durations import duration_text, parse_duration
+from journeys.engine.registry import Palette, StepKind, StepResult, register, require
+from journeys.forms import kinds as forms
 from journeys.engine.runtime import StepContext, add_local
 from journeys.rules import RuleSyntaxError, compile_rule
+
+FLOW = Palette(group="Flow", colour="#fff8e1", order=20)
+WAITS = Palette(group="Flow", colour="#f3e5f5", order=22)
+PROFILE = Palette(group="Profile", colour="#e0f2f1", order=50)
 
 _TIME = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 _SLUG = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -45,9 +50,14 @@ class Condition(StepKind):
     label = "Condition (yes/no)"
     help = "Follows 'yes' when the rule is true, else 'no'. A rule that fails with a type error counts as false."
     fields = {"rule": "e.g. event.properties.total >= 100 and profile.tenure_days > 30"}
+    form = forms.ConditionForm
+    palette = FLOW
 
     def outcomes(self, config):
         return ["yes", "no"]
+
+    def summary(self, config):
+        return config.get("rule") or ""
 
     def clean(self, config):
         return {"rule": check_rule(config, "rule")}
@@ -66,9 +76,14 @@ class Split(StepKind):
     label = "Multi-way split"
     help = "Follows the first branch whose rule is true, else 'default'."
     fields = {"branches": 'list of {"name": "vip", "rule": "profile.ltv >= 1000"}'}
+    form = forms.SplitForm
+    palette = Palette(group="Flow", colour="#fff8e1", order=21)
 
     def outcomes(self, config):
         return [b["name"] for b in config.get("branches", [])] + ["default"]
+
+    def summary(self, config):
+        return " | ".join(b.get("name", "?") for b in config.get("branches") or [])
 
     def clean(self, config):
         branches = require(config, "branches", list, "a list of {name, rule} branches")
@@ -114,6 +129,19 @@ class Delay(StepKind):
         "until_attribute": "profile date attribute, e.g. renewal_date",
         "offset": "with until_attribute: e.g. -3d sends three days before",
     }
+    form = forms.DelayForm
+    palette = WAITS
+
+    def summary(self, config):
+        if config.get("duration"):
+            return f"for {duration_text(config['duration'])}"
+        if config.get("until_local_time"):
+            return f"until {config['until_local_time']} local time"
+        if config.get("until_attribute"):
+            offset = config.get("offset") or 0
+            shift = f" {'-' if offset < 0 else '+'}{duration_text(abs(offset))}" if isinstance(offset, int) and offset else ""
+            return f"until profile.{config['until_attribute']}{shift}"
+        return ""
 
     def clean(self, config):
         modes = [k for k in ("duration", "until_local_time", "until_attribute") if config.get(k) not in (None, "")]
@@ -167,9 +195,15 @@ class WaitForEvent(StepKind):
     label = "Wait for an event"
     help = "Waits until the customer sends the event (follows 'event') or the timeout passes ('timeout')."
     fields = {"event": "event name, e.g. Order Completed", "filter": "optional rule over event.*", "timeout": "e.g. 24h"}
+    form = forms.WaitForEventForm
+    palette = Palette(group="Flow", colour="#f3e5f5", order=23)
 
     def outcomes(self, config):
         return ["event", "timeout"]
+
+    def summary(self, config):
+        timeout = config.get("timeout")
+        return f"{config.get('event') or '?'}" + (f", up to {duration_text(timeout)}" if timeout else "")
 
     def clean(self, config):
         event = require(config, "event", str, "an event name")
@@ -190,6 +224,12 @@ class UpdateProfile(StepKind):
     help = "Sets profile traits and journey variables. Values are literals, or rules when written as {\"rule\": \"...\"}."
     side_effects = True
     fields = {"traits": '{"stage": "onboarding"}', "variables": '{"discount": 10}'}
+    form = forms.UpdateProfileForm
+    palette = PROFILE
+
+    def summary(self, config):
+        names = [*(config.get("traits") or {}), *(f"journey.{n}" for n in config.get("variables") or {})]
+        return "sets " + ", ".join(names) if names else ""
 
     def clean(self, config):
         cleaned = {}
@@ -250,6 +290,11 @@ class Goal(StepKind):
     label = "Goal (conversion)"
     help = "Counts a conversion for this run and continues."
     fields = {"name": "what was achieved, e.g. purchased"}
+    form = forms.GoalForm
+    palette = Palette(group="End", colour="#e8f5e9", order=60)
+
+    def summary(self, config):
+        return config.get("name") or ""
 
     def clean(self, config):
         return {"name": str(config.get("name") or "goal")}
@@ -266,6 +311,11 @@ class Exit(StepKind):
     label = "Exit"
     help = "Ends the run."
     fields = {"reason": "shown in the run log"}
+    form = forms.ExitForm
+    palette = Palette(group="End", colour="#eceff1", order=61)
+
+    def summary(self, config):
+        return config.get("reason") or ""
 
     def outcomes(self, config):
         return []

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError
 
-from journeys.engine.registry import StepKind, StepResult, register, require
+from journeys.engine.registry import Palette, StepKind, StepResult, register, require
+from journeys.engine.steps import PROFILE
+from journeys.forms import kinds as forms
 
 
 @register
@@ -14,6 +16,11 @@ class SetStage(StepKind):
     help = "Moves the customer to a lifecycle stage (recorded with history; triggers 'Stage Entered')."
     side_effects = True
     fields = {"stage": "stage key, e.g. at_risk"}
+    form = forms.SetStageForm
+    palette = PROFILE
+
+    def summary(self, config):
+        return f"to {config['stage']}" if config.get("stage") else ""
 
     def clean(self, config):
         from journeys.models.catalog import LifecycleStage
@@ -42,6 +49,13 @@ class StartWorkflow(StepKind):
     side_effects = True
     fields = {"workflow": "name of the workflow to start", "exit_current": "true to end this run (a move)",
               "exit_workflows": "list of workflow names whose open runs end"}
+    form = forms.StartWorkflowForm
+    palette = Palette(group="Flow", colour="#e8eaf6", order=25)
+
+    def summary(self, config):
+        if not config.get("workflow"):
+            return ""
+        return ("move to " if config.get("exit_current") else "start ") + config["workflow"]
 
     def clean(self, config):
         from journeys.models import Workflow

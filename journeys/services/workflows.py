@@ -4,6 +4,12 @@ draft -> in review (a change request) -> approved -> [canary: a share of new ent
 Every operation takes the acting user (`actor=None` is the system: demo data, imports by
 operators on the command line, tests), re-checks the actor's rights itself, and records
 who, when and why in the audit log inside its own transaction.
+
+One file (about 700 lines) because the lifecycle is one state machine: every transition locks
+the same rows (`_lock`, `_lock_workflow`), checks the same states (`EDITABLE_STATES`,
+`version_check_editable`) and ends in the same audit record, and validation (at the top) is
+what proposing and publishing require. Editing a draft step by step (the canvas) is apart, in
+`journeys.services.drafts`; a version's portable definition in `journeys.services.definitions`.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from journeys.engine.business_hours import BusinessHoursError, business_hours_cl
 from journeys.engine.compiled import bump_generation
 from journeys.engine.cron import parse_cron
 from journeys.engine.durations import parse_duration
-from journeys.engine.registry import get_kind
+from journeys.engine.registry import STEP_KINDS, get_kind
 from journeys.errors import PermissionDenied
 from journeys.models import BusinessUnit, ChangeRequest, ChangeRequestStatus, Edge, Step, Workflow, WorkflowVersion
 from journeys.rules import RuleSyntaxError, compile_rule
@@ -124,7 +130,10 @@ def version_validate(*, version: WorkflowVersion) -> ValidationReport:
         except ValidationError as exc:
             for name, msgs in exc.message_dict.items():
                 report.errors.extend(f"step {key}: {name}: {m}" for m in msgs)
-            outcomes_by_step[key] = []
+            try:  # its outcomes as far as they can be read: those without an edge are still worth saying
+                outcomes_by_step[key] = kind.outcomes(step.config or {}) if step.kind in STEP_KINDS else []
+            except (ValidationError, LookupError, TypeError, ValueError):
+                outcomes_by_step[key] = []
     graph: dict[str, list[str]] = {k: [] for k in steps}
     for edge in edges:
         graph[edge.source.key].append(edge.target.key)
@@ -138,9 +147,11 @@ def version_validate(*, version: WorkflowVersion) -> ValidationReport:
         if key not in seen:
             seen.add(key)
             stack.extend(graph[key])
+    targets = {edge.target.key for edge in edges}
     for key in steps:
         if key not in seen:
-            report.errors.append(f"step {key} cannot be reached from the entry step")
+            orphaned = ": no edge leads to it (orphaned)" if key not in targets else ""
+            report.errors.append(f"step {key} cannot be reached from the entry step{orphaned}")
     connected = {(e.source.key, e.outcome) for e in edges}
     for key, outcomes in outcomes_by_step.items():
         missing = [o for o in outcomes if (key, o) not in connected]

@@ -55,3 +55,19 @@ def ops(client, demo):
     """The demo's ops admin (role group, not a superuser), signed in."""
     client.login(username="ops", password="ops")
     return client
+
+
+@pytest.fixture
+def editor(client, demo):
+    """The demo's business-unit editor (edits Retention's workflows), signed in."""
+    client.login(username="editor", password="editor")
+    return client
+
+
+@pytest.fixture
+def empty_draft(demo):
+    """A new Retention workflow with an empty draft, as the admin's "add version" leaves it."""
+    from journeys.models import WorkflowVersion
+
+    workflow = workflow_create(name="Canvas", business_unit=BusinessUnit.objects.get(slug="retention"))
+    return WorkflowVersion.objects.create(workflow=workflow, number=1, trigger_event="Checkout Started")

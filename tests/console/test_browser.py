@@ -44,7 +44,10 @@ def test_ops_watches_the_dashboard_refresh(traffic, send, live_server, browser, 
     # new traffic arrives: the page updates in place, without a reload
     browser.execute_script("document.body.dataset.sameDocument = 'yes'")
     send(userId="u-late", event="Signed Up")
-    WebDriverWait(browser, 10).until(
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    # (the panels are replaced on each refresh: a figure read as it is swapped is read again)
+    WebDriverWait(browser, 10, ignored_exceptions=(StaleElementReferenceException,)).until(
         lambda b: int(b.find_element(By.ID, "m-events-last-minute").text) > before
         and b.find_element(By.ID, "m-runs-waiting").text == "3")
     assert browser.execute_script("return document.body.dataset.sameDocument") == "yes"

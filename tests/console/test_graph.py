@@ -8,9 +8,13 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.urls import reverse
 
+from journeys.console.graph import version_graph
 from journeys.models import BusinessUnit, Step, Workflow
-from journeys.console.selectors import version_graph
-from journeys.services.workflows import version_build, version_new_draft, version_publish, workflow_create
+from journeys.services.workflows import (
+    version_build,
+    version_new_draft,
+    workflow_create,
+)
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db

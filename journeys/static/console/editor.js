@@ -117,11 +117,17 @@
     });
   }
 
-  document.addEventListener("DOMContentLoaded", function () {
-    document.querySelectorAll("[data-rule-check]").forEach(watchRule);
-    var form = document.getElementById("step-form");
+  // Wire the editors inside `root` (the page, or a form the canvas just put in its side panel).
+  function init(root) {
+    root.querySelectorAll("[data-rule-check]").forEach(watchRule);
+    var form = root.querySelector("#step-form");
     if (form) { delayModes(form); }
-    var panel = document.getElementById("template-preview");
+    var panel = root.querySelector("#template-preview");
     if (panel) { preview(panel); }
+  }
+
+  window.consoleEditor = {init: init};
+  document.addEventListener("DOMContentLoaded", function () {
+    if (!document.getElementById("canvas")) { init(document); }  // the canvas inits its panel itself
   });
 })();

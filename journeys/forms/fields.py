@@ -1,0 +1,118 @@
+"""Fields and widgets the step forms of every app share: durations written as people write them
+(1h30m), rules checked as they are typed, inputs offering known names, JSON without NaN."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+
+DURATION_HELP = "a duration: 30m, 1h, 2d, 1h30m or a number of seconds"
+
+
+# --------------------------------------------------------------------------- widgets
+
+
+class _RuleChecked:
+    """Rule inputs checked as you type (journeys/static/console/editor.js asks the rule endpoint
+    and marks the error position under the field); without JS the form checks on save."""
+
+    def __init__(self, attrs=None, *, version_id: int | None = None, event: str = "", when: str = ""):
+        super().__init__(attrs)
+        self.version_id, self.event, self.when = version_id, event, when
+
+    def render(self, name, value, attrs=None, renderer=None):
+        attrs = {**(attrs or {}), "data-rule-check": reverse("console:rule_check"), "data-version": self.version_id or "",
+                 "data-event": self.event, "autocomplete": "off", **({"data-rule-when": self.when} if self.when else {})}
+        html = super().render(name, value, attrs, renderer)
+        return format_html('{}<div class="rule-feedback" id="{}-feedback" aria-live="polite"></div>', html,
+                           attrs.get("id") or name)
+
+
+class RuleInput(_RuleChecked, forms.Textarea):
+    def __init__(self, attrs=None, **kwargs):
+        super().__init__({"rows": 2, "cols": 80, "spellcheck": "false", "class": "rule-input vLargeTextField",
+                          **(attrs or {})}, **kwargs)
+
+
+class RuleTextInput(_RuleChecked, forms.TextInput):
+    """A one-line value that is a rule only when its companion select (`when`) says so."""
+
+
+class NamesInput(forms.TextInput):
+    """A text input offering known names (an HTML datalist: no JS, no CDN)."""
+
+    def __init__(self, names: list[str], attrs=None):
+        super().__init__(attrs)
+        self.names = names
+
+    def render(self, name, value, attrs=None, renderer=None):
+        attrs = {**(attrs or {}), "list": f"names-{name}"}
+        html = super().render(name, value, attrs, renderer)
+        options = format_html_join("", '<option value="{}">', ((n,) for n in self.names))
+        return format_html('{}<datalist id="names-{}">{}</datalist>', html, name, options)
+
+
+def event_names() -> list[str]:
+    from journeys.services.catalog import catalog_names
+
+    return catalog_names()
+
+
+def trait_names(sample: int = 300) -> list[str]:
+    from journeys.models import Customer
+
+    names: set[str] = set()
+    for traits in Customer.objects.order_by("-id").values_list("traits", flat=True)[:sample]:
+        names.update((traits or {}).keys())
+    return sorted(names)
+
+
+MAX_DURATION_DAYS = 3650  # a wait of more than ten years is a typo (and past year 9999 a date cannot be held)
+
+
+def check_duration_length(text: str) -> str:
+    """Refuse a duration too long to wait for; the kind's validator reports any other mistake."""
+    from journeys.engine.durations import DurationTooLong, parse_duration
+
+    try:
+        seconds = parse_duration(text.strip().lstrip("-")).total_seconds()
+    except DurationTooLong:
+        seconds = math.inf
+    except ValueError:
+        return text
+    if seconds > MAX_DURATION_DAYS * 86400:
+        raise ValidationError(f"{text.strip()!r} is too long: at most {MAX_DURATION_DAYS}d (ten years)")
+    return text
+
+
+class DurationField(forms.CharField):
+    def __init__(self, **kwargs):
+        kwargs.setdefault("help_text", DURATION_HELP)
+        kwargs.setdefault("widget", forms.TextInput(attrs={"size": 10, "placeholder": "e.g. 1h"}))
+        super().__init__(**kwargs)
+
+    def clean(self, value):
+        value = super().clean(value)
+        return check_duration_length(value) if value else value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON can store; write a finite number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is too large a number")
+    return number
+
+
+def json_finite(text: str) -> Any:
+    """JSON as the database stores it: NaN, Infinity and 1e999 (which Python's json reads) are refused."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
