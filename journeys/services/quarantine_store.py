@@ -54,6 +54,18 @@ def payload_text(value: Any) -> str:
         return _deep_dumps(value)
 
 
+def storable_text(value: str) -> str:
+    """`value` as any database keeps it: NUL and lone surrogates (what PostgreSQL refuses, and
+    what got the event refused in the first place) written as escapes."""
+    if "\x00" in value:
+        value = value.replace("\x00", "\\u0000")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
 def quarantine_store(
     *, source: Source, rejections: list, received_at, ip: str | None, endpoint_type: str = "",
     batch_defaults: dict | None = None,
@@ -69,10 +81,11 @@ def quarantine_store(
         text = payload_text(payload)
         digest = hashlib.sha256(f"{endpoint_type}\n{defaults}\n{text}".encode("ascii")).hexdigest()
         mid = payload.get("messageId") if isinstance(payload, dict) else None
-        message_id = str(mid) if isinstance(mid, (str, int)) and not isinstance(mid, bool) and len(str(mid)) <= 255 else ""
+        message_id = str(mid) if isinstance(mid, (str, int)) and not isinstance(mid, bool) else ""
+        message_id = storable_text(message_id) if len(message_id) <= 255 else ""
         rows.append(QuarantinedEvent(
-            source=source, code=r.code if r.code in CODES else QuarantineReason.INVALID, field=(r.field or "")[:300],
-            message=r.message, payload=text, defaults=defaults, endpoint_type=endpoint_type, message_id=message_id,
+            source=source, code=r.code if r.code in CODES else QuarantineReason.INVALID,
+            field=storable_text(r.field or "")[:300], message=storable_text(r.message or ""), payload=text, defaults=defaults, endpoint_type=endpoint_type, message_id=message_id,
             batch_index=r.index, digest=digest, received_at=received_at, ip=ip,
         ))
     QuarantinedEvent.objects.bulk_create(rows, ignore_conflicts=True)

@@ -148,6 +148,22 @@ def test_what_a_json_column_cannot_hold_is_kept_and_shown(api, source, people, c
     assert json.loads(QuarantinedEvent.objects.get(batch_index=0).payload)["event"] == "NUL\x00"
 
 
+def test_an_unstorable_message_id_is_quarantined_not_a_storage_error(api):
+    """Found by the schema fuzzer on PostgreSQL: a messageId of a NUL character (or a lone
+    surrogate) got the event refused, then the quarantine row itself could not be written."""
+    raw = ('{"batch": [{"type": "track", "userId": "u", "event": "ok", "messageId": "fine-1"},'
+           ' {"type": "track", "userId": "u", "event": "e", "messageId": "\\u0000"},'
+           ' {"type": "track", "userId": "u", "event": "e", "messageId": "\\udc00x"}]}')
+
+    response = api.post("batch", None, raw=raw.encode())
+    single = api.post("track", None, raw=b'{"userId": "u", "event": "e", "messageId": "a\\u0000b"}')
+
+    assert response.status_code == 200 and single.status_code == 200, (response.content, single.content)
+    assert [r["index"] for r in response.json()["rejected"]] == [1, 2]
+    assert Event.objects.filter(message_id="fine-1").count() == 1
+    assert sorted(QuarantinedEvent.objects.values_list("message_id", flat=True)) == ["\\u0000", "\\udc00x", "a\\u0000b"]
+
+
 def test_a_resent_batch_is_quarantined_once_and_the_write_key_is_not_kept(api, write_key):
     batch = {"batch": [good("w-1", event=7)], "writeKey": write_key}
     for _ in range(2):
