@@ -18,6 +18,10 @@ class ChannelsAppConfig(AppConfig):
 
         if stream_customer_erase not in ERASERS:  # events not yet streamed lose the person's user id
             ERASERS.append(stream_customer_erase)
+        from journeys.services.quarantine import quarantine_customer_erase
+
+        if quarantine_customer_erase not in ERASERS:  # refused events that name the person go too
+            ERASERS.append(quarantine_customer_erase)
 
         from channels_app.services.dispatch import deliveries_release_on_resume
         from journeys.services.governance import HOLD_RELEASE_HOOKS

@@ -159,3 +159,32 @@ def quarantine_purge(*, now=None, batch: int = 5000) -> int:
     if ids:  # their history rows (who fixed, replayed or discarded them, and why) stay
         QuarantinedEvent.objects.filter(pk__in=ids).delete()
     return len(ids)
+
+
+# Payload keys that name a person: an entry that names the erased customer under one of them goes.
+PERSON_KEYS = ("userId", "anonymousId", "previousId", "email")
+
+
+def quarantine_customer_erase(customer) -> dict:
+    """ERASERS hook (registered by the channels app): quarantined events that name the customer
+    (as userId, anonymousId, previousId or an email, under any of their identities) are deleted
+    with their history rows, like the customer's stored events. Payloads are JSON text, so this
+    is a text match on `"key": "value"` (both spacings, as stored); the quarantine is small."""
+    from django.db.models import Q
+
+    from journeys.models import Identity
+
+    values = {v for v in [customer.external_id, customer.email,
+                          *Identity.objects.filter(customer=customer).values_list("value", flat=True)] if v}
+    if not values:
+        return {"quarantined_events": 0}
+    match = Q()
+    for value in values:
+        quoted = json.dumps(value)  # ASCII escapes, as payload_text stores it
+        for key in PERSON_KEYS:
+            match |= Q(payload__contains=f'"{key}": {quoted}') | Q(payload__contains=f'"{key}":{quoted}')
+    entries = QuarantinedEvent.objects.filter(match)
+    ids = list(entries.values_list("pk", flat=True))
+    QuarantinedEvent.objects.filter(pk__in=ids).delete()
+    QuarantinedEvent.history.filter(id__in=ids).delete()  # after: the deletion itself wrote a history row
+    return {"quarantined_events": len(ids)}

@@ -9,7 +9,7 @@ from django.core.management import CommandError, call_command
 
 from channels_app.models import Consent, Delivery, ErasureRecord
 from channels_app.services import consent_set, message_send
-from journeys.models import Customer, Event, Identity
+from journeys.models import Customer, Event, Identity, QuarantinedEvent
 from tests.channels_app.factories import ChannelFactory, TemplateFactory, topic
 
 pytestmark = pytest.mark.django_db
@@ -61,6 +61,24 @@ def test_erase_command_deletes_and_anonymises_per_policy(history, capsys):
     record = ErasureRecord.objects.get()
     assert record.customer_id_erased == dana.pk and record.reason == "GDPR art. 17 request #12"
     assert record.counts["events"] >= 2 and "erased" in capsys.readouterr().out
+
+
+def test_erasure_takes_the_quarantined_events_that_name_the_customer(history, api):
+    # given refused events of dana (under her user id, her anonymous id and her email) and one of someone else
+    bad = {"type": "track", "event": "x" * 300}
+    response = api.post("batch", {"batch": [{**bad, "userId": "dana"}, {**bad, "anonymousId": "anon-1"},
+                                            {"type": "identify", "userId": "new-id", "traits": {"email": "dana@example.com"},
+                                             "context": {"x": "x" * 40000}},
+                                            {**bad, "userId": "danaX"}]})
+    assert len(response.json()["rejected"]) == 4
+
+    # when she is erased
+    call_command("erase_customer", "dana", "--yes", "--reason", "GDPR art. 17 request #13")
+
+    # then only the other person's refused event is left, and the record counts hers
+    assert [json.loads(e.payload)["userId"] for e in QuarantinedEvent.objects.all()] == ["danaX"]
+    assert not QuarantinedEvent.history.filter(payload__contains='"dana"').exists()
+    assert ErasureRecord.objects.get().counts["quarantined_events"] == 3
 
 
 def test_admin_export_and_erase_actions(history, admin_client):
