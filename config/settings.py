@@ -190,15 +190,14 @@ AUTH_PASSWORD_VALIDATORS = [
 # Login throttling on /admin/login/ and /agents/login/ (django-axes, failures kept in the
 # database so every web process shares them): after LOGIN_FAILURE_LIMIT failures for one
 # account, or from one address, further attempts (even with the right password) get 429
-# for LOGIN_LOCKOUT_MINUTES. Behind a proxy set TRUSTED_PROXY_COUNT so the client's address
-# is read from X-Forwarded-For (journeys.services.throttle.client_ip), not the proxy's.
+# for LOGIN_LOCKOUT_MINUTES. Behind a proxy set TRUSTED_PROXIES (below) so the client's address
+# is read from X-Forwarded-For (journeys.services.client_ip), not the proxy's.
 AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15))
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # per account, and per address, separately
 AXES_RESET_ON_SUCCESS = True
-AXES_CLIENT_IP_CALLABLE = "journeys.services.throttle.client_ip"
+AXES_CLIENT_IP_CALLABLE = "journeys.services.client_ip.request_client_ip"
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
-TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -347,8 +346,8 @@ EVENT_API = {
 
 # Addresses (or networks, CIDR) of the reverse proxies / load balancers in front of the web
 # processes. Only a request arriving from one of them may name the client's address in
-# X-Forwarded-For; the address recorded with an event is the last one in that chain that is not
-# a trusted proxy. Empty (the default): the TCP peer's address, X-Forwarded-For ignored.
+# X-Forwarded-For; the address recorded with an event, in the API access log and by login
+# throttling is the last one in that chain that is not a trusted proxy. Empty (the default): the TCP peer's address, X-Forwarded-For ignored.
 TRUSTED_PROXIES = [p.strip() for p in os.environ.get("TRUSTED_PROXIES", "").split(",") if p.strip()]
 
 # Email: real SMTP (tests point it at a local aiosmtpd server). Secrets only from the environment.

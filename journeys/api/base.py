@@ -30,6 +30,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from journeys import errors
 from journeys.models import ApiToken
 from journeys.services.api_tokens import api_request_record, token_authenticate, token_has_scope
+from journeys.services.client_ip import client_ip
 
 logger = logging.getLogger(__name__)
 
@@ -207,10 +208,6 @@ def not_found_view(request, *args, **kwargs):
     return JsonResponse(_body(code="not_found", message=f"no API endpoint at {request.path[:200]}"), status=404)
 
 
-def client_ip(request) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
-
-
 class TokenApiView:
     """Mixin for APIView/ViewSet classes of the management API.
 
@@ -259,7 +256,7 @@ class TokenApiView:
             try:
                 api_request_record(token=token, method=request.method, path=request.path,
                                    status=response.status_code, duration_ms=int((time.monotonic() - started) * 1000),
-                                   ip=client_ip(request))
+                                   ip=client_ip(request.META))
             except DatabaseError:  # the answer stands; a log row lost to an outage is only logged
                 logger.warning("API access log: could not record %s %s", request.method, request.path)
         return response

@@ -19,7 +19,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from journeys.api.client_ip import client_ip
+from journeys.services.client_ip import client_ip
 from journeys.api.openapi import TrackingSchema
 from journeys.api.serializers import EVENT_SERIALIZERS, RESPONSES, BatchIn
 from journeys.api.throttling import source_rate_check

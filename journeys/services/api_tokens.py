@@ -145,9 +145,11 @@ def api_call_log(*, request: Any, status: int) -> None:
     """Record a call authenticated by `token_track_source` in the access log."""
     import time
 
+    from journeys.services.client_ip import client_ip
+
     found = getattr(request, "_api_token", None)
     if found is not None:
         token, started = found
         api_request_record(token=token, method=request.method, path=request.path, status=status,
                            duration_ms=int((time.monotonic() - started) * 1000),
-                           ip=request.META.get("REMOTE_ADDR") or None)
+                           ip=client_ip(request.META))

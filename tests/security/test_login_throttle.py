@@ -45,6 +45,23 @@ def test_the_lock_is_per_account_across_addresses_and_per_address_across_account
     assert attempt(page, "fay", "pw", ip="192.0.2.78")[0].status_code == 302  # fay elsewhere is fine
 
 
+def test_behind_a_trusted_proxy_the_lock_is_per_client_not_per_proxy(settings):
+    """The same address rule as the event API (TRUSTED_PROXIES): one attacker behind the load
+    balancer does not lock out every other client coming through it, and a client cannot pick
+    its address by writing X-Forwarded-For itself."""
+    settings.TRUSTED_PROXIES = ["10.0.0.0/8"]
+    UserFactory(username="hal", is_staff=True)
+
+    def through_proxy(username, password, forwarded):
+        return Client(REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR=forwarded).post(
+            "/admin/login/", {"username": username, "password": password})
+
+    for i in range(settings.AXES_FAILURE_LIMIT):  # one attacker, many accounts, forged left-most hops
+        through_proxy(f"victim{i}", "guess", f"192.0.2.{i + 1}, 198.51.100.66")
+    assert through_proxy("hal", "pw", "198.51.100.66").status_code == 429  # the attacker's address is locked
+    assert through_proxy("hal", "pw", "198.51.100.67").status_code == 302  # another client is not
+
+
 def test_a_success_before_the_limit_forgets_the_failures(settings):
     UserFactory(username="gus", is_staff=True)
     for _ in range(settings.AXES_FAILURE_LIMIT - 1):

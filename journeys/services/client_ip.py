@@ -1,4 +1,8 @@
-"""The sender's address: the TCP peer, or what trusted proxies say in X-Forwarded-For."""
+"""The sender's address: the TCP peer, or what trusted proxies say in X-Forwarded-For.
+
+One rule for everything that records or counts a client's address: the event API (the IP kept
+with each event), the management API's access log, and login throttling (django-axes calls
+`request_client_ip`)."""
 
 from __future__ import annotations
 
@@ -49,3 +53,8 @@ def client_ip(meta: dict) -> str | None:
             return str(address)
         peer = address
     return str(peer)
+
+
+def request_client_ip(request) -> str:
+    """client_ip of a request ('' when unknown): django-axes' AXES_CLIENT_IP_CALLABLE."""
+    return client_ip(request.META) or ""
