@@ -9,6 +9,17 @@ from rest_framework.test import APIClient
 
 from tests.factories import make_source
 
+# Tests that time real processes (workers SIGKILLed or frozen mid-task, ticks racing each other):
+# scripts/test.sh runs them after the rest, alone, so the other xdist worker cannot starve them.
+SERIAL = ("tests/proof/", "tests/journeys/test_worker_faults.py", "tests/agents/test_concurrency.py",
+          "tests/channels_app/test_concurrency.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.startswith(SERIAL):
+            item.add_marker(pytest.mark.serial)
+
 
 @pytest.fixture
 def source_and_key(db):

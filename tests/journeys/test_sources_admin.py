@@ -104,3 +104,17 @@ def test_rotating_or_disabling_needs_the_change_permission():
     with pytest.raises(PermissionDenied, match="may not enable or disable event sources"):
         source_set_enabled(source=source, enabled=False, actor=clerk, reason="cleanup")
     assert Source.objects.get(pk=source.pk).enabled
+
+
+def test_the_create_source_command_sets_strict_retention_and_merges(capsys):
+    from django.core.management import CommandError, call_command
+
+    call_command("create_source", "backend", "--strict", "--retention-days", "30", "--allow-known-merges")
+
+    key = capsys.readouterr().out.strip().splitlines()[-1]
+    source = Source.objects.get(name="backend")
+    assert (source.strict, source.retention_days, source.allow_known_merges) == (True, 30, True)
+    assert key.startswith("wk_")
+    with pytest.raises(CommandError, match="retention_days"):
+        call_command("create_source", "bad", "--retention-days", "-1")
+    assert not Source.objects.filter(name="bad").exists()
