@@ -1,7 +1,6 @@
 """Issue #15, replayed as the outside reviewer did it: through the real views (HTTP), each
 finding's attack, and the refusal we now give. Every test here failed on the code before the
-fix (checked against main at 12007ee). Items not here: 3 (batch context/integrations:
-ingestion, another change) and 13 (documentation).
+fix (checked against main at 12007ee). Item 13 (documentation) is not here.
 """
 
 from __future__ import annotations
@@ -86,6 +85,58 @@ def test_2_deep_traits_already_stored_do_not_break_the_customer_and_event_pages(
     # then the pages that read them answer
     assert admin_client.get(reverse("admin:journeys_customer_change", args=[customer.pk])).status_code == 200
     assert admin_client.get(reverse("admin:journeys_event_change", args=[event.pk])).status_code == 200
+
+
+def test_2_a_900_level_identify_is_refused_naming_the_field_and_stores_nothing(api, admin_client):
+    from journeys.models import Customer, Event
+
+    deep = '{"a": ' * 900 + "1" + "}" * 900
+    response = api.post("identify", None, raw=('{"userId": "deep-2", "traits": ' + deep + "}").encode())
+
+    # the good-events-stored contract of the API (issue #16): 200, this event refused with its field
+    assert response.status_code == 200, response.content[:300]
+    (rejected,) = response.json()["rejected"]
+    assert rejected["code"] == "too_deep" and rejected["field"].startswith("traits")
+    assert not Customer.objects.filter(external_id="deep-2").exists() and not Event.objects.exists()
+    assert admin_client.get(reverse("admin:journeys_quarantinedevent_changelist")).status_code == 200
+
+
+def test_2_a_strict_source_answers_400_naming_the_field(api, source):
+    source.strict = True
+    source.save()
+    deep = '{"a": ' * 900 + "1" + "}" * 900
+
+    response = api.post("track", None, raw=('{"userId": "u", "event": "E", "properties": ' + deep + "}").encode())
+
+    assert response.status_code == 400 and response.json()["field"].startswith("properties")
+
+
+def test_3_batch_context_cannot_carry_nul_surrogates_or_depth_past_the_checks(api):
+    from journeys.models import Event
+
+    events = [{"type": "track", "userId": "u", "event": "E"}]
+    for context, field in [('{"x": "a\\u0000"}', "context"), ('{"x": "\\ud800"}', "context"),
+                           ('{"a": ' * 70 + "1" + "}" * 70, "context")]:
+        raw = '{"batch": ' + __import__("json").dumps(events) + ', "context": ' + context + "}"
+        response = api.post("batch", None, raw=raw.encode())
+        assert response.status_code == 400 and response.json()["field"].startswith(field), response.content[:300]
+    nul_integrations = api.post("batch", {"batch": events, "integrations": {"All": "\x00"}})
+    assert nul_integrations.status_code == 400 and nul_integrations.json()["field"].startswith("integrations")
+    assert not Event.objects.exists()
+
+
+def test_3_a_small_batch_cannot_store_megabytes_through_its_context(api, settings):
+    """139 KB of request stored 50 MB: the context was merged into every event after the
+    checks. Now each merged event is checked, and what the batch would store is bounded."""
+    from journeys.models import Event
+
+    context = {"pad": "x" * 30_000}
+    events = [{"type": "track", "userId": f"u{i}", "event": "E"} for i in range(2000)]
+
+    response = api.post("batch", {"batch": events, "context": context})
+
+    assert response.status_code == 413, response.content[:300]
+    assert response.json()["field"] == "context" and not Event.objects.exists()
 
 
 # 4. The admin template preview showed any customer to editors -----------------------------------
