@@ -437,35 +437,37 @@ class PeakRss:
         self._thread.join(5)
 
 
-def in_flight_writes(app_name: str, table: str) -> list[tuple[int, int]]:
+def in_flight_writes(app_name: str, table: str, modes: tuple[str, ...] = ("RowExclusiveLock",)) -> list[tuple[int, int]]:
     """(backend pid, client port) of `app_name`'s connections (PGAPPNAME) to the test database
-    that hold uncommitted inserts/updates on `table` (a granted RowExclusiveLock), PostgreSQL."""
+    that hold uncommitted inserts/updates on `table` (a granted RowExclusiveLock; with
+    "RowShareLock" in `modes` also rows locked FOR UPDATE), PostgreSQL."""
     from django.db import connection
 
     with connection.cursor() as cur:
         cur.execute(
             "SELECT a.pid, a.client_port FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
             " WHERE a.application_name = %s AND a.datname = current_database() AND l.granted"
-            " AND l.locktype = 'relation' AND l.relation = %s::regclass AND l.mode = 'RowExclusiveLock'",
-            [app_name, table],
+            " AND l.locktype = 'relation' AND l.relation = %s::regclass AND l.mode = ANY(%s)",
+            [app_name, table, list(modes)],
         )
         return cur.fetchall()
 
 
-def freeze_mid_task(cluster: QCluster, *, table: str, ready, timeout: float = 40) -> tuple[int, int]:
+def freeze_mid_task(cluster: QCluster, *, table: str, ready, timeout: float = 40,
+                    modes: tuple[str, ...] = ("RowExclusiveLock",)) -> tuple[int, int]:
     """Catch one of `cluster`'s workers inside a task: wait until `ready()` and a worker holds
     uncommitted writes on `table`, SIGSTOP the whole cluster, and check that the transaction is
     still open (it did not commit in between; while frozen nothing moves). Returns (backend pid,
     worker pid) with the cluster left frozen: SIGKILL the worker or the group, or SIGCONT it."""
     for _attempt in range(50):
         backend_pid, client_port = wait_until(
-            lambda: ready() and in_flight_writes(cluster.app_name, table), timeout=timeout, interval=0.01,
+            lambda: ready() and in_flight_writes(cluster.app_name, table, modes), timeout=timeout, interval=0.01,
             message=f"a task half done\n{cluster.output()}",
         )[0]
         worker = pid_owning_port(client_port, cluster.pids())
         assert worker not in (None, cluster.pgid), "could not find the worker process"
         cluster.signal(signal.SIGSTOP)
-        if backend_pid in [pid for pid, _ in in_flight_writes(cluster.app_name, table)]:
+        if backend_pid in [pid for pid, _ in in_flight_writes(cluster.app_name, table, modes)]:
             return backend_pid, worker
         cluster.signal(signal.SIGCONT)
     raise AssertionError("never caught a worker inside a task")

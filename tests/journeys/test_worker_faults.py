@@ -292,9 +292,10 @@ def test_concurrent_events_process_on_overlapping_ids_processes_each_event_once(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
 
 
-def test_concurrent_wakeups_resume_each_due_run_once(publish, api, orm_broker, caplog):
+def test_concurrent_wakeups_resume_each_due_run_once(publish, api, caplog, settings):
     """Three schedulers tick at once over the same due runs: each run is resumed by exactly one.
-    (More runs than runs_wake_due's batch of 200, so the work is shared.)"""
+    (Pages of 50 runs, ENGINE_RUN_BATCH, for 210 runs: so the work is shared.)"""
+    settings.ENGINE_RUN_BATCH = 50
     n = 210
     publish(DELAYED_FLOW)
     post_orders(api, range(n), per_request=105, event=SIGNUP)

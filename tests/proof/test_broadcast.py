@@ -87,8 +87,11 @@ def test_cron_broadcast_with_overlapping_ticks_and_a_killed_worker_reaches_every
                                   stderr=subprocess.PIPE, text=True)
                  for kind in ("no-lease", "no-lease", "lease")]
 
-        # A worker caught with a batch of runs half written: SIGKILL it, let the rest go on.
-        backend_pid, worker = freeze_mid_task(main, table=StepExecution._meta.db_table,
+        # A worker caught inside a page of runs (its runs locked, their steps being written, nothing
+        # committed): SIGKILL it, let the rest go on. The batch engine writes a page's rows in one
+        # flush at the end, so the locked runs are the wider window to catch it in.
+        backend_pid, worker = freeze_mid_task(main, table=JourneyRun._meta.db_table,
+                                              modes=("RowShareLock", "RowExclusiveLock"),
                                               ready=lambda: JourneyRun.objects.exists(), timeout=90)
         main.signal(signal.SIGKILL, worker)
         main.signal(signal.SIGCONT)
