@@ -39,6 +39,14 @@ class QuarantineFixForm(forms.ModelForm):
             raise forms.ValidationError(exc.message_dict.get("payload", exc.messages)) from None
         return text
 
+    def clean(self):
+        # Someone else replayed or discarded it while this page was open: say so on the form.
+        current = QuarantinedEvent.objects.filter(pk=self.instance.pk).values_list("status", flat=True).first()
+        if current is not None and current != QuarantineStatus.QUARANTINED:
+            raise forms.ValidationError(f"this event was already {QuarantineStatus(current).label.lower()}; "
+                                        "reload the page")
+        return super().clean()
+
 
 @admin.register(QuarantinedEvent)
 class QuarantinedEventAdmin(SimpleHistoryAdmin):
@@ -72,20 +80,24 @@ class QuarantinedEventAdmin(SimpleHistoryAdmin):
         return obj is not None and obj.status == QuarantineStatus.QUARANTINED
 
     def get_fields(self, request, obj=None):
-        if self._open(obj) and self.has_change_permission(request, obj):
+        if self.has_change_permission(request, obj) and obj is not None:
             return ["source", "code", "field", "message", "payload", REASON_FIELD, "defaults_shown", "endpoint_type",
                     "message_id", "batch_index", "received_at", "ip"]
         return ["source", "status", "code", "field", "message", "payload_shown", "defaults_shown", "endpoint_type",
                 "message_id", "batch_index", "received_at", "ip", "resolved_at", "resolved_by", "resolution", "event"]
 
     def get_form(self, request, obj=None, **kwargs):
-        if not (self._open(obj) and self.has_change_permission(request, obj)):
+        if not (obj is not None and self.has_change_permission(request, obj)):
             kwargs["fields"] = []
             kwargs["form"] = forms.ModelForm
         return super().get_form(request, obj, **kwargs)
 
     def has_add_permission(self, request):
         return False  # entries come from the API only
+
+    def has_change_permission(self, request, obj=None):
+        # A replayed or discarded entry is shown, never changed (its page has no form to save).
+        return super().has_change_permission(request, obj) and (obj is None or self._open(obj))
 
     def has_delete_permission(self, request, obj=None):
         return False  # discard (with a reason) instead

@@ -23,7 +23,7 @@ from journeys.choices import QuarantineReason, QuarantineStatus
 from journeys.errors import EventValidationError, JourneyError, PayloadTooLarge, PermissionDenied
 from journeys.models import QuarantinedEvent
 from journeys.services.governance import history_stamp, require_reason
-from journeys.services.quarantine_store import CODES, payload_text
+from journeys.services.quarantine_store import CODES, payload_text, storable_text
 
 PERM = "journeys.change_quarantinedevent"
 
@@ -79,7 +79,7 @@ def quarantine_fix(*, entry: QuarantinedEvent, payload: str, actor: Any = None, 
         raise ValidationError(f"this event was already {entry.get_status_display().lower()}")
     value = quarantine_check(entry=entry, payload=payload)
     entry.payload = payload_text(value)
-    entry.message_id = str(value.get("messageId") or "")[:255] if isinstance(value, dict) else ""
+    entry.message_id = storable_text(str(value.get("messageId") or ""))[:255] if isinstance(value, dict) else ""
     history_stamp(entry, actor=actor, reason=reason)
     entry.save()
     return entry

@@ -8,7 +8,7 @@ import pytest
 from django.urls import reverse
 
 from journeys.models import BusinessUnit, Customer, Event, QuarantinedEvent
-from journeys.services.quarantine import quarantine_purge, quarantine_replay
+from journeys.services.quarantine import quarantine_discard, quarantine_purge, quarantine_replay
 from journeys.services.workflows import version_build, version_publish, workflow_create
 from tests.factories import make_source
 from tests.journeys.test_governance_fixtures import login, people, units  # noqa: F401
@@ -103,6 +103,28 @@ def test_discard_needs_a_reason_and_records_it(api, people, client):  # noqa: F8
     ops.post(reverse(CHANGELIST), {**action, "reason": "test traffic from a staging app"})
     assert set(QuarantinedEvent.objects.values_list("status", "resolution")) == {
         ("discarded", "test traffic from a staging app")}
+    assert Event.objects.count() == 0
+
+
+def test_a_discarded_entry_is_read_only_and_a_stale_fix_is_refused_on_the_form(api, people, client):  # noqa: F811
+    # given two entries open on an ops page, one of which someone discards meanwhile
+    api.post("batch", {"batch": [good("s-1", userId=None), good("s-2", userId=None)]})
+    gone, stale = QuarantinedEvent.objects.order_by("pk")
+    ops = login(client, people["ops"])
+    url = reverse("admin:journeys_quarantinedevent_change", args=[stale.pk])
+    assert ops.get(url).status_code == 200
+    quarantine_discard(entries=[gone, stale], actor=people["ops"], reason="staging traffic")
+    fix = {"payload": json.dumps(good("s-2")), "change_reason": "user id added"}
+
+    # when ops saves the stale page, and posts to the discarded entry's page
+    stale_answer = ops.post(url, fix)
+    gone_answer = ops.post(reverse("admin:journeys_quarantinedevent_change", args=[gone.pk]), fix)
+
+    # then no 500: the discarded entries are shown, not changed, and stay as they were
+    assert stale_answer.status_code in (200, 403) and gone_answer.status_code in (200, 403)
+    assert b"Server Error" not in stale_answer.content
+    assert ops.get(url).status_code == 200
+    assert set(QuarantinedEvent.objects.values_list("status", flat=True)) == {"discarded"}
     assert Event.objects.count() == 0
 
 
