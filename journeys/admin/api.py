@@ -120,17 +120,14 @@ class StreamDestinationForm(ReasonForm):
         model = StreamDestination
         fields = ("name", "url", "event_types", "enabled", "batch_size", "max_failures")
 
-    def clean_url(self):
-        url = self.cleaned_data.get("url", "")
-        if problem := stream_service.destination_url_problem(url):
-            raise forms.ValidationError(f"The URL {problem}.")
-        return url
-
-    def clean_batch_size(self):
-        value = self.cleaned_data.get("batch_size")
-        if value is not None and not 1 <= value <= 1000:
-            raise forms.ValidationError("Between 1 and 1000 events per request.")
-        return value
+    def _post_clean(self):
+        """The service's own checks (URL through the outbound guard, event types, batch size,
+        failures before a pause), so every refusal is a form error on its field, never a 500."""
+        super()._post_clean()
+        try:
+            stream_service.destination_clean(self.instance)
+        except ValidationError as exc:
+            self.add_error(None, exc)
 
 
 @admin.register(StreamDestination)

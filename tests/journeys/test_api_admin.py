@@ -72,6 +72,9 @@ def test_a_destination_made_in_the_admin_shows_its_secret_once_and_refuses_plain
 
     refused = admin_client.post(url, {**base, "url": "http://example.com/hook"})
     assert "url" in refused.context["adminform"].form.errors
+    never_pauses = admin_client.post(url, {**base, "url": "https://example.com/hook", "max_failures": "0"})
+    assert "max_failures" in never_pauses.context["adminform"].form.errors  # a form error, not a 500
+    assert not StreamDestination.objects.exists()
     response = admin_client.post(url, {**base, "url": "https://example.com/hook"}, follow=True)
 
     destination = StreamDestination.objects.get()
