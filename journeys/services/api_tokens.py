@@ -4,13 +4,14 @@ access log of the calls made with them."""
 from __future__ import annotations
 
 import hmac
+import logging
 import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from journeys.choices import ApiScope
@@ -18,6 +19,8 @@ from journeys.errors import AuthenticationFailed, PermissionDenied
 from journeys.models import ApiRequest, ApiToken, Source
 from journeys.models.api import hash_token
 from journeys.services.governance import history_stamp, require_model_perm, require_reason
+
+logger = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "jct_"
 
@@ -108,13 +111,17 @@ def token_has_scope(*, token: ApiToken, scope: str) -> bool:
 def api_request_record(*, token: ApiToken, method: str, path: str, status: int, duration_ms: int,
                        ip: str | None, now: datetime | None = None) -> None:
     """One access-log row per call (one INSERT, outside the call's own transaction); the token's
-    `last_used_at` is written at most once a minute, so a busy token costs one row per call."""
+    `last_used_at` is written at most once a minute, so a busy token costs one row per call.
+    The call's answer stands whatever happens here: a row lost to a database outage is logged."""
     now = now or timezone.now()
-    ApiRequest.objects.create(token_id=token.pk, at=now, method=method[:8], path=path[:255], status=status,
-                              duration_ms=max(0, duration_ms), ip=ip or None)
-    if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
-        token.last_used_at = now
+    try:
+        ApiRequest.objects.create(token_id=token.pk, at=now, method=method[:8], path=path[:255], status=status,
+                                  duration_ms=max(0, duration_ms), ip=ip or None)
+        if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
+            ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+            token.last_used_at = now
+    except DatabaseError:
+        logger.warning("API access log: could not record %s %s", method, path)
 
 
 def api_requests_purge(*, now: datetime | None = None) -> int:
