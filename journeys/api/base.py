@@ -31,7 +31,6 @@ from journeys.services.api_tokens import api_request_record, token_authenticate,
 from journeys.services.client_ip import client_ip
 
 
-
 class BearerTokenAuthentication(BaseAuthentication):
     """`Authorization: Bearer <token>`; `request.auth` is the ApiToken. `request.user` stays
     anonymous: a token is no person (history rows name no user; services record the token)."""
