@@ -110,6 +110,12 @@ class Provider:
             except ProviderError as exc:
                 yield exc
 
+    def batch_unit(self) -> int:
+        """How many messages one request carries (a bulk endpoint's chunk): once a chunk is
+        handed over, the dispatcher takes every outcome of it, even after deciding to stop, so
+        a message the vendor may have accepted is never claimed again as "not sent"."""
+        return 1
+
     def close(self) -> None:
         """Release connections kept between messages (the dispatcher calls it when done)."""
 

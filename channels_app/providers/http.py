@@ -131,12 +131,15 @@ class WebhookProvider(HttpProvider):
         return SendResult(provider_message_id=str(self.json_body(raw).get("id") or f"webhook-{message.delivery_id}"),
                           status_code=status)
 
+    def batch_unit(self) -> int:
+        return max(1, int(self.settings.get("batch_size") or 100)) if self.settings.get("batch_url") else 1
+
     def send_batch(self, messages: Sequence[OutgoingMessage]) -> Iterator[SendResult | ProviderError]:
         batch_url = self.settings.get("batch_url")
         if not batch_url:
             yield from super().send_batch(messages)
             return
-        size = max(1, int(self.settings.get("batch_size") or 100))
+        size = self.batch_unit()
         for i in range(0, len(messages), size):
             chunk = messages[i : i + size]
             key = hashlib.sha256("\n".join(m.idempotency_key for m in chunk).encode()).hexdigest()

@@ -178,6 +178,7 @@ class DispatchRun:
         probe = bool(admission and admission.probe)
         why_stopped = ""
         out: list[Sent] = []
+        unit = provider.batch_unit()
         results = provider.send_batch(messages)
         try:
             for d in group:
@@ -203,7 +204,7 @@ class DispatchRun:
                     failures += 1
                     if probe or failures >= channel.breaker_threshold:
                         why_stopped = f"the breaker of {channel.name} opened during the batch"
-                if why_stopped:
+                if why_stopped and len(out) % unit == 0:  # never inside a bulk request already made
                     break  # the rest goes to the fallback, waits, or gets a fresh provider
         finally:
             results.close()

@@ -129,6 +129,24 @@ def test_the_webhook_bulk_endpoint_sends_a_batch_in_one_request_with_an_outcome_
     assert Delivery.objects.get(pk=deliveries[3].pk).provider_message_id == "x3"
 
 
+def test_a_breaker_that_opens_inside_a_bulk_request_still_records_what_the_vendor_accepted(
+        hook, people, vendor, django_capture_on_commit_callbacks):
+    # given a bulk endpoint whose answer fails the first two messages (the breaker opens) and accepts the rest
+    hook.settings = {**hook.settings, "batch_url": vendor.url + "/bulk", "batch_size": 10}
+    hook.breaker_threshold = 2
+    hook.save()
+    deliveries = record(hook, people, django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+    keys = [d.idempotency_key for d in deliveries]
+    vendor.plan(Plan(200, {"results": [{"idempotency_key": k, "status": 503 if i < 2 else 200, "id": f"x{i}"}
+                                       for i, k in enumerate(keys)]}))
+
+    deliveries_dispatch(delivery_ids=[d.pk for d in deliveries])
+
+    # then the accepted three are sent, not claimed again as "not sent" (the request already carried them)
+    assert len(vendor.requests) == 1
+    assert status(deliveries) == [("deferred", "retry")] * 2 + [("sent", "")] * 3
+
+
 def test_a_breaker_that_opens_mid_batch_sends_the_rest_to_the_fallback(
         vendor, people, smtp, monkeypatch, django_capture_on_commit_callbacks):
     monkeypatch.setenv("JOURNEYS_SECRET_TEST_TWILIO_TOKEN", "tw")
