@@ -33,7 +33,7 @@ from channels_app.services import policy
 from channels_app.services.consent import ConsentBook
 from channels_app.services.sending import channel_pick
 from channels_app.services.streaming import deliveries_stream
-from journeys.engine.batch import rows_set
+from journeys.engine.batch import rows_set, skip_locked
 
 # A queued delivery whose enqueue was lost is picked up by the sweeper after this long.
 QUEUED_GRACE = timedelta(seconds=30)
@@ -66,7 +66,8 @@ class Claimed:
         return bool(self.deliveries or self.held)
 
 
-def _due(now: datetime) -> Q:
+def deliveries_due_q(now: datetime) -> Q:
+    """Deferred deliveries whose time has come, and queued ones whose enqueue was lost."""
     return (Q(status=DeliveryStatus.DEFERRED, next_attempt_at__lte=now)
             | Q(status=DeliveryStatus.QUEUED, created_at__lte=now - QUEUED_GRACE))
 
@@ -79,9 +80,8 @@ def _sendable(now: datetime) -> Q:
 
 def _locked_rows(ids: Sequence[int] | None, now: datetime, limit: int) -> list[Delivery]:
     # The customers' traits are read only to reroute (rare); templates are loaded by name (_template_names).
-    base = Delivery.objects.select_related("customer", "topic").defer("customer__traits")
-    if connection.vendor == "postgresql":
-        base = base.select_for_update(of=("self",), skip_locked=True)
+    base = (Delivery.objects.select_related("customer", "topic").defer("customer__traits")
+            .select_for_update(of=("self",), **skip_locked()))
     if ids is not None:
         return list(base.filter(_sendable(now), pk__in=list(ids)).order_by("id"))
     # Stale queued rows (a lost enqueue: few), then deferred ones oldest first (the due index).

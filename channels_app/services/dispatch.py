@@ -41,12 +41,12 @@ from channels_app.providers import (
 )
 from channels_app.services import breaker as breakers
 from channels_app.services.claim import (
-    QUEUED_GRACE, Claimed, batch_size, deliveries_claim, sending_lease,
+    QUEUED_GRACE, Claimed, batch_size, deliveries_claim, deliveries_due_q, sending_lease,
 )
 from channels_app.services.links import link_url
 from channels_app.services.streaming import deliveries_stream
 from channels_app.services.sending import _enqueue, _event_properties, unsubscribe_url
-from journeys.engine.batch import rows_insert, rows_set
+from journeys.engine.batch import rows_insert, rows_set, skip_locked
 
 logger = logging.getLogger(__name__)
 
@@ -325,10 +325,8 @@ def deliveries_lease_expire(*, now: datetime) -> int:
         status=DeliveryStatus.DEFERRED, reason=Reason.RETRY, next_attempt_at=now, error="send lease expired")
     while True:
         with transaction.atomic():
-            rows = expired.filter(sent_at__isnull=False).select_related("channel", "customer", "topic", "template")
-            if connection.vendor == "postgresql":
-                rows = rows.select_for_update(of=("self",), skip_locked=True)
-            rows = list(rows.order_by("id")[: batch_size()])
+            rows = list(expired.filter(sent_at__isnull=False).select_related("channel", "customer", "topic", "template")
+                        .select_for_update(of=("self",), **skip_locked()).order_by("id")[: batch_size()])
             if not rows:
                 return count
             deliveries_record(sent=[Sent(d, SendResult(d.provider_message_id), d.latency_ms or 0) for d in rows],
@@ -346,15 +344,12 @@ def deliveries_dispatch_due(*, now: datetime | None = None) -> int:
     per batch due, at most DELIVERY_DRAIN_TASKS; each keeps claiming batches while due
     work remains. Returns how many deliveries were due (counted up to what those tasks take
     in their first batches)."""
-    from django.db.models import Q
     from django_q.tasks import async_task
 
     at = now or timezone.now()
     deliveries_lease_expire(now=at)
     size, tasks = batch_size(), drain_tasks()
-    due = (Delivery.objects.filter(Q(status=DeliveryStatus.DEFERRED, next_attempt_at__lte=at)
-                                   | Q(status=DeliveryStatus.QUEUED, created_at__lte=at - QUEUED_GRACE))
-           .values_list("pk", flat=True)[: size * tasks])
+    due = Delivery.objects.filter(deliveries_due_q(at)).values_list("pk", flat=True)[: size * tasks]
     found = len(due)
     for _ in range(min(tasks, -(-found // size))):
         # named for the main cluster: the tick may run on a schedules cluster of its own
