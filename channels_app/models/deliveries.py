@@ -55,6 +55,10 @@ class Delivery(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     sent_at = models.DateTimeField(null=True, blank=True)
+    # Set the moment the provider takes the message, before it gets the next one: a worker killed
+    # before the batch is recorded never sends it again. Not indexed, so that write can stay on its
+    # page (a HOT update touching no index); `sent_at` (indexed, for caps) follows with the batch.
+    accepted_at = models.DateTimeField(null=True, blank=True, editable=False)
     delivered_at = models.DateTimeField(null=True, blank=True)
     opened_at = models.DateTimeField(null=True, blank=True)
     clicked_at = models.DateTimeField(null=True, blank=True)

@@ -267,7 +267,7 @@ def _write_claims(claimed: list[Delivery], rerouted: set[int], now: datetime) ->
                         for d in claimed if d.pk in rerouted], _ROUTE_FIELDS, stamp=now)
     Delivery.objects.filter(pk__in=[d.pk for d in claimed]).update(
         status=DeliveryStatus.SENDING, attempts=F("attempts") + 1, claimed_at=now, reason="", error="",
-        sent_at=None, provider_message_id="", latency_ms=None, updated_at=now)
+        sent_at=None, accepted_at=None, provider_message_id="", latency_ms=None, updated_at=now)
     for d in claimed:
         d.status, d.attempts, d.claimed_at, d.reason, d.error = DeliveryStatus.SENDING, d.attempts + 1, now, "", ""
-        d.sent_at, d.provider_message_id, d.latency_ms = None, "", None
+        d.sent_at, d.accepted_at, d.provider_message_id, d.latency_ms = None, None, "", None

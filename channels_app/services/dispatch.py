@@ -8,7 +8,7 @@ one more transaction: delivery rows, attempt log, breaker, and the `Message Sent
 `Message Failed` events.
 
 No message is sent twice: each message the provider accepted is marked on its row
-(`sent_at`, still `sending`) before the provider gets the next one, so a worker killed
+(`accepted_at`, still `sending`) before the provider gets the next one, so a worker killed
 mid-batch leaves its accepted messages marked; when its claim's lease expires the sweeper
 records those as sent and retries only the others (with the same idempotency key /
 Message-ID). Transient errors are retried with exponential backoff and jitter (never
@@ -30,8 +30,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import psycopg
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from channels_app.choices import ChannelKind, DeliveryStatus, Reason
@@ -93,17 +95,27 @@ class Sent:
     latency_ms: int = 0
 
 
-_MARK_SQL = "UPDATE channels_app_delivery SET sent_at = %s, provider_message_id = %s, latency_ms = %s WHERE id = %s"
+_MARK_SQL = "UPDATE channels_app_delivery SET accepted_at = %s, provider_message_id = %s, latency_ms = %s WHERE id = %s"
 
 
 def _mark_accepted(delivery: Delivery, result: SendResult, latency_ms: int, now: datetime) -> None:
     """The provider has the message: say so on its row at once (its own statement, committed
     unless a caller's transaction is open), so a worker killed before the batch's results are
     written never sends it again."""
-    delivery.sent_at, delivery.latency_ms = now, latency_ms
+    delivery.accepted_at = delivery.sent_at = now
+    delivery.latency_ms = latency_ms
     delivery.provider_message_id = (result.provider_message_id or "")[:255]
+    params = [now, delivery.provider_message_id, latency_ms, delivery.pk]
+    if connection.vendor == "postgresql" and not connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS"):
+        # The one statement per message of the send loop, prepared once per connection: Django's
+        # cursors bind client-side, so PostgreSQL would parse and plan it for every message (~40%
+        # of its cost). Off behind PgBouncer (DB_DISABLE_SERVER_SIDE_CURSORS, docs/SCALING.md).
+        connection.ensure_connection()
+        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+            cursor.execute(_MARK_SQL, params, prepare=True)
+        return
     with connection.cursor() as cursor:
-        cursor.execute(_MARK_SQL, [now, delivery.provider_message_id, latency_ms, delivery.pk])
+        cursor.execute(_MARK_SQL, params)
 
 
 class DispatchRun:
@@ -260,8 +272,11 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
         rows_insert(DeliveryAttempt, attempts)
         if accepted:
             # a status callback may already have moved a row on (delivered): statuses only move forward
-            Delivery.objects.filter(pk__in=[d.pk for d in accepted], status=DeliveryStatus.SENDING).update(
-                status=DeliveryStatus.SENT, next_attempt_at=None, reason="", error="", updated_at=now)
+            ids = [d.pk for d in accepted]
+            Delivery.objects.filter(pk__in=ids, status=DeliveryStatus.SENDING).update(
+                status=DeliveryStatus.SENT, sent_at=F("accepted_at"), next_attempt_at=None, reason="", error="",
+                updated_at=now)
+            Delivery.objects.filter(pk__in=ids, sent_at__isnull=True).update(sent_at=F("accepted_at"))
         rows_set(Delivery, [{"id": d.pk, "status": d.status, "reason": d.reason, "error": d.error,
                              "next_attempt_at": d.next_attempt_at, "attempts": d.attempts} for d in changed],
                  ("status", "reason", "error", "next_attempt_at", "attempts"), stamp=now)
@@ -321,14 +336,16 @@ def deliveries_lease_expire(*, now: datetime) -> int:
     """Claims whose worker died (`sending` past the lease): messages the provider had
     accepted (marked) are recorded as sent, never sent again; the others are due again."""
     expired = Delivery.objects.filter(status=DeliveryStatus.SENDING, claimed_at__lt=now - sending_lease())
-    count = expired.filter(sent_at__isnull=True).update(
+    count = expired.filter(accepted_at__isnull=True).update(
         status=DeliveryStatus.DEFERRED, reason=Reason.RETRY, next_attempt_at=now, error="send lease expired")
     while True:
         with transaction.atomic():
-            rows = list(expired.filter(sent_at__isnull=False).select_related("channel", "customer", "topic", "template")
+            rows = list(expired.filter(accepted_at__isnull=False).select_related("channel", "customer", "topic", "template")
                         .select_for_update(of=("self",), **skip_locked()).order_by("id")[: batch_size()])
             if not rows:
                 return count
+            for d in rows:
+                d.sent_at = d.accepted_at
             deliveries_record(sent=[Sent(d, SendResult(d.provider_message_id), d.latency_ms or 0) for d in rows],
                               now=now, breaker=False)
             count += len(rows)

@@ -104,7 +104,7 @@ def test_a_worker_killed_mid_batch_sends_each_message_exactly_once(api, orm_brok
             killed_at = timezone.now()
             sink.release.set()
             assert len(sink.received) == K - 1
-            marked = Delivery.objects.filter(status="sending", sent_at__isnull=False).count()
+            marked = Delivery.objects.filter(status="sending", accepted_at__isnull=False).count()
             assert marked == K - 1, "each accepted message is marked before the next one goes"
 
             # The task is handed out again (Q_RETRY) to the respawned worker, before the lease ends.
