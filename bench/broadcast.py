@@ -222,9 +222,11 @@ def main() -> int:
             log(f"broadcast to {audience:,} customers, {args.q_workers} workers")
             postmaster = postmaster_pid(conn)
             cpu0 = tree_cpu(cluster.pid) + tree_cpu(postmaster)
-            start = time.time()
             tick_runs = ticks(env, "broadcast")
-            enrolled_s = tick_runs[-1]["t"] - start  # includes starting the tick's process (~2-3 s)
+            # From the first tick's start (in production the tick runs inside the schedules cluster,
+            # already started; this bench starts a process for it, ~2-3 s that are not the tick's).
+            start = tick_runs[0]["t"] - tick_runs[0]["ms"] / 1000
+            enrolled_s = tick_runs[-1]["t"] - start
             enrolled = conn.execute("SELECT count(*) FROM journeys_journeyrun WHERE workflow_id = "
                                     "(SELECT id FROM journeys_workflow WHERE name = 'broadcast')").fetchone()[0]
             deadline = time.monotonic() + args.timeout
@@ -270,7 +272,8 @@ def main() -> int:
         audience=audience,
         enrolled_per_s=round(enrolled / enrolled_s) if enrolled_s > 0 else None,
         enrolled_and_started_per_s=round(audience / started_s) if started_s > 0 else None,
-        cpu_us_per_message=round(cpu * 1e6 / audience) if audience else None,
+        # the cluster, PostgreSQL and the tick itself (its process: the calls, not Django's start-up)
+        cpu_us_per_message=round((cpu + sum(r["cpu_ms"] for r in tick_runs) / 1000) * 1e6 / audience) if audience else None,
         tick_cpu_ms=round(sum(r["cpu_ms"] for r in tick_runs)),
         idle_tick_ms_base=idle_base["slowest_ms"],
         idle_tick_median_ms=idle_full["median_ms"],
