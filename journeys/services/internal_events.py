@@ -91,7 +91,7 @@ def events_record_internal(*, events: list[InternalEvent]) -> list[int]:
     stage rule) are stored already processed, kept for the timeline, reports and segments. Each message id is derived from what happened (a transition, a delivery), so a
     repeat is skipped by the event-key claim. Runs in the caller's transaction (the rows are the
     outbox): the stage refresh's `Stage Entered`, the dispatcher's `Message Sent` / `Failed`."""
-    from journeys.engine.processor import events_unheard
+    from journeys.engine.listeners import events_unheard
     from journeys.engine.queue import enqueue_events
     from journeys.services.bulk_ingest import events_insert
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -11,28 +10,12 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from journeys.engine.listeners import rule_stages
 from journeys.models import Customer
 from journeys.models.catalog import LifecycleStage, StageTransition
 
 logger = logging.getLogger(__name__)
 
-_stages: dict = {"at": 0.0, "rows": []}
-
-
-def _rule_stages() -> list[tuple[str, str]]:
-    if time.monotonic() - _stages["at"] > 5.0:
-        _stages["rows"] = list(LifecycleStage.objects.exclude(rule="").order_by("order", "key").values_list("key", "rule"))
-        _stages["at"] = time.monotonic()
-    return _stages["rows"]
-
-
-def stage_rules_defined() -> bool:
-    """Whether any lifecycle stage has a rule (then every customer event re-evaluates the stage)."""
-    return bool(_rule_stages())
-
-
-def stages_reset() -> None:
-    _stages["at"] = 0.0
 
 
 @transaction.atomic
@@ -70,7 +53,7 @@ def customer_evaluate_stage(*, customer: Customer, now: datetime, rule_ctx=None)
     from journeys.engine.runtime import profile_dict
     from journeys.rules import RuleContext, compile_rule
 
-    stages = _rule_stages()
+    stages = rule_stages()
     if not stages:
         return None
     if customer.stage and customer.stage not in {key for key, _ in stages}:

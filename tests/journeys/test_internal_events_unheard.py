@@ -11,7 +11,7 @@ from django_q.models import Task
 from channels_app.services import deliveries_dispatch, message_send
 from journeys.engine.compiled import reset_caches
 from journeys.models import BusinessUnit, Event, JourneyRun, LifecycleStage
-from journeys.services.lifecycle import stages_reset
+from journeys.engine.listeners import stages_reset
 from journeys.services.workflows import version_build, version_publish, workflow_create
 from tests.channels_app.factories import ChannelFactory, CustomerFactory, TemplateFactory
 

@@ -11,7 +11,7 @@ from django.db import connection, transaction
 from journeys.engine.scheduler import stages_refresh
 from journeys.models import Customer, Event, LifecycleStage, StageTransition
 from journeys.rules import RuleContext, compile_rule
-from journeys.services.lifecycle import stages_reset
+from journeys.engine.listeners import stages_reset
 from journeys.services.segments import segment_plan
 from tests.journeys.test_segments_sql import NOW, populate
 

@@ -16,7 +16,7 @@ from journeys.models import (
     StageTransition,
 )
 from journeys.services.catalog import catalog_report, catalog_reset
-from journeys.services.lifecycle import stages_reset
+from journeys.engine.listeners import stages_reset
 from journeys.services.workflows import version_build, version_publish, workflow_create
 
 pytestmark = pytest.mark.django_db
