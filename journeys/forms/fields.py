@@ -76,22 +76,33 @@ def trait_names(sample: int = 300) -> list[str]:
 MAX_DURATION_DAYS = 3650  # a wait of more than ten years is a typo (and past year 9999 a date cannot be held)
 
 
-def check_duration_length(text: str) -> str:
-    """Refuse a duration too long to wait for; the kind's validator reports any other mistake."""
+DURATION_EXAMPLE = "Enter a duration like 30m, 2h or 7d"
+
+
+def duration_clean(text: str, *, signed: bool = False) -> str:
+    """A duration as typed, read by the engine's own parser (so what a form accepts is what a run
+    can wait for): anything it cannot read, a negative one (unless `signed`: before/after a date,
+    -3d) and a wait too long to hold are refused with what to write instead."""
     from journeys.engine.durations import DurationTooLong, parse_duration
 
+    shown = text.strip()
+    if shown.startswith("-") and not signed:
+        raise ValidationError(f"{shown!r} is negative: a duration cannot be. {DURATION_EXAMPLE}")
     try:
-        seconds = parse_duration(text.strip().lstrip("-")).total_seconds()
+        seconds = parse_duration(shown.lstrip("-") if signed else shown).total_seconds()
     except DurationTooLong:
         seconds = math.inf
     except ValueError:
-        return text
+        raise ValidationError(f"{shown!r} is not a duration. {DURATION_EXAMPLE}"
+                              + (" (-3d for before)" if signed else "")) from None
     if seconds > MAX_DURATION_DAYS * 86400:
-        raise ValidationError(f"{text.strip()!r} is too long: at most {MAX_DURATION_DAYS}d (ten years)")
+        raise ValidationError(f"{shown!r} is too long: at most {MAX_DURATION_DAYS}d (ten years)")
     return text
 
 
 class DurationField(forms.CharField):
+    """A duration written as people write it (1h30m), checked with the engine's parser."""
+
     def __init__(self, **kwargs):
         kwargs.setdefault("help_text", DURATION_HELP)
         kwargs.setdefault("widget", forms.TextInput(attrs={"size": 10, "placeholder": "e.g. 1h"}))
@@ -99,7 +110,7 @@ class DurationField(forms.CharField):
 
     def clean(self, value):
         value = super().clean(value)
-        return check_duration_length(value) if value else value
+        return duration_clean(value) if value else value
 
 
 def _no_constant(name: str) -> Any:
