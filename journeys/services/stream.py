@@ -28,7 +28,6 @@ import hashlib
 import hmac
 import json
 import logging
-import random
 import secrets
 import time
 import uuid
@@ -44,6 +43,7 @@ from django.utils import timezone
 
 from journeys.choices import RunStatus, StreamEventType
 from journeys.models import StreamAttempt, StreamBatch, StreamDestination, StreamEvent
+from journeys.services.outbound import backoff_delay
 
 logger = logging.getLogger(__name__)
 
@@ -303,15 +303,6 @@ def _post(url: str, body: bytes, headers: dict, timeout: float) -> tuple[int | N
     return response.status, dict(response.headers.items()), error
 
 
-def retry_delay(*, failures: int, retry_after: str | None = None) -> timedelta:
-    """Exponential backoff with jitter (half fixed, half random), capped; never before Retry-After."""
-    ceiling = min(settings.STREAM["RETRY_MAX_S"], settings.STREAM["RETRY_BASE_S"] * 2 ** max(0, failures - 1))
-    delay = ceiling / 2 + random.uniform(0, ceiling / 2)
-    if retry_after and retry_after.strip().isdigit():
-        delay = max(delay, float(retry_after.strip()))
-    return timedelta(seconds=delay)
-
-
 def _skip_locked() -> dict:
     return {"skip_locked": True} if connection.features.has_select_for_update_skip_locked else {}
 
@@ -376,8 +367,9 @@ def _record(*, destination: StreamDestination, batch: StreamBatch, code: int | N
         destination.consecutive_failures += 1
         destination.last_error = batch.last_error
         retry_after = {k.lower(): v for k, v in headers.items()}.get("retry-after")
-        destination.next_attempt_at = now + retry_delay(failures=destination.consecutive_failures,
-                                                        retry_after=retry_after)
+        destination.next_attempt_at = now + backoff_delay(
+            attempt=destination.consecutive_failures, base_s=settings.STREAM["RETRY_BASE_S"],
+            max_s=settings.STREAM["RETRY_MAX_S"], retry_after=retry_after, now=now)
         if code == 410:
             destination.paused_at, destination.pause_reason = now, "the destination answered 410 Gone"
         elif destination.consecutive_failures >= destination.max_failures:

@@ -5,6 +5,7 @@ the destination is down, delivered in order, paused after repeated failure, noth
 from __future__ import annotations
 
 from datetime import timedelta
+from email.utils import format_datetime
 
 import pytest
 from django.utils import timezone
@@ -120,6 +121,28 @@ def test_a_destination_down_for_a_while_gets_everything_in_order_once_back(desti
     first = StreamBatch.objects.order_by("id").first()
     assert list(first.attempt_log.order_by("at", "id").values_list("status_code", "ok")) == [
         (503, False), (500, False), (502, False), (200, True)]
+
+
+@pytest.mark.parametrize("retry_after", ["7200", "date"])
+def test_a_retry_after_in_seconds_or_as_an_http_date_is_honoured(destination, vendor, retry_after):
+    # given a destination that answers 503 asking to come back in two hours (seconds or a date)
+    dest, _ = destination()
+    now = timezone.now()
+    if retry_after == "date":
+        retry_after = format_datetime(now + timedelta(hours=2), usegmt=True)
+    vendor.plan(Plan(503, {"error": "maintenance"}, {"Retry-After": retry_after}))
+    stream_emit(items=items(1))
+
+    # when delivery is attempted now and again an hour later
+    stream_deliver_due(now=now)
+    stream_deliver_due(now=now + timedelta(hours=1))
+
+    # then it waited as asked (the backoff alone would have tried again within seconds), then delivered
+    dest.refresh_from_db()
+    assert len(vendor.requests) == 1
+    assert dest.next_attempt_at >= now + timedelta(hours=2) - timedelta(seconds=1)
+    stream_deliver_due(now=now + timedelta(hours=2, minutes=1))
+    assert delivered_ids(vendor) == [0]
 
 
 def test_repeated_failure_pauses_the_destination_and_resuming_sends_the_backlog(destination, vendor):
