@@ -89,8 +89,14 @@ def allowed_networks() -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, .
     return _networks(tuple(getattr(settings, "OUTBOUND_ALLOWED_NETWORKS", ()) or ()))
 
 
+def _host_key(host: str) -> str:
+    """A host name as the allow-list compares it: case, surrounding space, a final dot and IPv6
+    brackets do not matter."""
+    return (host or "").strip().lower().rstrip(".").removeprefix("[").removesuffix("]")
+
+
 def _allowed_hosts() -> set[str]:
-    return {h.strip().lower().rstrip(".") for h in getattr(settings, "OUTBOUND_ALLOWED_HOSTS", ()) or () if h.strip()}
+    return {_host_key(h) for h in getattr(settings, "OUTBOUND_ALLOWED_HOSTS", ()) or () if h.strip()}
 
 
 def _embedded_v4(ip: IPAddress) -> ipaddress.IPv4Address | None:
@@ -111,13 +117,29 @@ def address_is_public(ip: IPAddress) -> bool:
                                  or ip.is_unspecified or ip.is_private)
 
 
+def _address_allowlisted(ip: IPAddress) -> bool:
+    candidates = [ip] + [e for e in [_embedded_v4(ip)] if e is not None]
+    return any(c.version == network.version and c in network for network in allowed_networks() for c in candidates)
+
+
 def address_allowed(ip: IPAddress) -> bool:
     """Public, or inside OUTBOUND_ALLOWED_NETWORKS (an embedded IPv4 counts as itself)."""
-    candidates = [ip] + [e for e in [_embedded_v4(ip)] if e is not None]
-    for network in allowed_networks():
-        if any(c.version == network.version and c in network for c in candidates):
-            return True
-    return address_is_public(ip)
+    return _address_allowlisted(ip) or address_is_public(ip)
+
+
+def host_allowlisted(host: str) -> bool:
+    """OUTBOUND_ALLOWED_HOSTS names `host`, or it is an address literal inside
+    OUTBOUND_ALLOWED_NETWORKS: the places ops opened on purpose (a local gateway, a test server),
+    compared as the guard compares them (no DNS lookup)."""
+    key = _host_key(host)
+    if not key:
+        return False
+    if key in _allowed_hosts():
+        return True
+    try:
+        return _address_allowlisted(ipaddress.ip_address(key))
+    except ValueError:
+        return False
 
 
 def _resolve(host: str, port: int) -> list[str]:
@@ -140,7 +162,7 @@ def outbound_host_check(*, host: str, port: int) -> str:
     its addresses is not allowed, OutboundUnreachable when it does not resolve.
 
     For non-HTTP clients (SMTP) that cannot be pinned: call it right before connecting."""
-    host = (host or "").strip().lower().rstrip(".")
+    host = _host_key(host)
     if not host:
         raise OutboundRefused("no host")
     addresses = _resolve(host, port)
@@ -185,7 +207,7 @@ def outbound_url_check(*, url: str, resolve: bool = True) -> OutboundTarget:
             literal = ipaddress.ip_address(host)
         except ValueError:
             return OutboundTarget(url=url.strip(), scheme=scheme, host=host, port=port, address="")
-        if host.lower() not in _allowed_hosts() and not address_allowed(literal):
+        if not (host_allowlisted(host) or address_is_public(literal)):
             raise OutboundRefused(f"{host} is a loopback/private/link-local/reserved address; outbound calls only "
                                   f"go to public addresses unless OUTBOUND_ALLOWED_NETWORKS names it")
         return OutboundTarget(url=url.strip(), scheme=scheme, host=host, port=port, address=str(literal))

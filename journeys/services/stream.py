@@ -35,6 +35,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -43,7 +44,7 @@ from django.utils import timezone
 
 from journeys.choices import RunStatus, StreamEventType
 from journeys.models import StreamAttempt, StreamBatch, StreamDestination, StreamEvent
-from journeys.services.outbound import backoff_delay
+from journeys.services.outbound import backoff_delay, host_allowlisted, outbound_url_problem
 
 logger = logging.getLogger(__name__)
 
@@ -231,22 +232,11 @@ def destination_url_problem(url: str) -> str:
     The shared outbound guard (journeys.services.outbound) refuses non-http(s), credentials and
     private/loopback addresses unless allow-listed; on top, the stream wants HTTPS, plain http
     only for allow-listed hosts (OUTBOUND_ALLOWED_HOSTS / _NETWORKS: local test servers)."""
-    import ipaddress
-    from urllib.parse import urlsplit
-
-    from journeys.services.outbound import allowed_networks, outbound_url_problem
-
     if problem := outbound_url_problem(url=url):
         return problem
-    parts = urlsplit(url)
-    if parts.scheme == "http":
-        host = parts.hostname or ""
-        try:
-            local = any(ipaddress.ip_address(host) in net for net in allowed_networks())
-        except ValueError:
-            local = False
-        if not (local or host in getattr(settings, "OUTBOUND_ALLOWED_HOSTS", ())):
-            return "must be an https:// URL (plain http only for allow-listed hosts)"
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() == "http" and not host_allowlisted(parts.hostname or ""):
+        return "must be an https:// URL (plain http only for allow-listed hosts)"
     return ""
 
 

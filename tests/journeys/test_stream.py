@@ -214,6 +214,23 @@ def test_bad_destination_urls_are_refused_naming_the_field(settings):
         assert "url" in refused.value.message_dict
 
 
+@pytest.mark.parametrize(("allowed", "url"), [
+    (["hooks.invalid"], "http://hooks.invalid./events"),  # a final dot names the same host
+    (["Hooks.Invalid."], "http://hooks.invalid/events"),
+    ([], "http://[::ffff:127.0.0.1]:9/events"),  # an allow-listed network, written as IPv4-mapped IPv6
+])
+def test_plain_http_goes_to_a_host_the_outbound_allow_list_opens_however_it_is_written(settings, allowed, url):
+    # given the allow-list the outbound guard reads (the test settings open 127.0.0.0/8)
+    settings.OUTBOUND_ALLOWED_HOSTS = allowed
+
+    # when a destination on plain http to such a host is saved
+    dest = StreamDestination(name="internal", url=url)
+    destination_save(destination=dest, reason="test")
+
+    # then it is accepted, as the guard would accept the call itself
+    assert StreamDestination.objects.filter(pk=dest.pk, url=url).exists()
+
+
 # --------------------------------------------------------------------------- from the product
 
 
