@@ -1,11 +1,9 @@
 """Fields and widgets the step forms of every app share: durations written as people write them
-(1h30m), rules checked as they are typed, inputs offering known names, JSON without NaN."""
+(1h30m), rules checked as they are typed, inputs offering known names."""
 
 from __future__ import annotations
 
-import json
 import math
-from typing import Any
 
 from django import forms
 from django.core.exceptions import ValidationError
@@ -111,19 +109,3 @@ class DurationField(forms.CharField):
     def clean(self, value):
         value = super().clean(value)
         return duration_clean(value) if value else value
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number JSON can store; write a finite number")
-
-
-def _finite_float(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise ValueError(f"{text} is too large a number")
-    return number
-
-
-def json_finite(text: str) -> Any:
-    """JSON as the database stores it: NaN, Infinity and 1e999 (which Python's json reads) are refused."""
-    return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)

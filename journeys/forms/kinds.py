@@ -19,10 +19,10 @@ from journeys.forms.fields import (
     RuleTextInput,
     duration_clean,
     event_names,
-    json_finite,
     trait_names,
 )
 from journeys.forms.steps import StepConfigForm
+from journeys.services.event_parsing import json_strict
 from journeys.models import Workflow
 
 
@@ -198,7 +198,7 @@ class UpdateProfileForm(StepConfigForm):
             return number
         if kind == "json":
             try:
-                return json_finite(text)
+                return json_strict(text, finite=True)
             except ValueError as exc:
                 raise ValidationError({f"value_{i}": f"not valid JSON: {getattr(exc, 'msg', exc)}"}) from None
         return text
