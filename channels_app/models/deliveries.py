@@ -17,9 +17,14 @@ class Delivery(models.Model):
     step or a duplicate event find this row instead of sending again.
     """
 
-    idempotency_key = models.CharField(max_length=200, unique=True)
-    customer = models.ForeignKey("journeys.Customer", on_delete=models.CASCADE, related_name="deliveries")
-    channel = models.ForeignKey(Channel, on_delete=models.PROTECT, related_name="deliveries")
+    # Indexes: every row is written four times on its way out (queued, claimed, accepted, sent) and
+    # each version touches every index, so the table keeps only those a query uses: customer and
+    # channel are the leading columns of the two (x, sent_at) indexes; the unique key is a
+    # constraint (no LIKE-pattern twin); provider_message_id is only shown and searched by substring.
+    idempotency_key = models.CharField(max_length=200)
+    customer = models.ForeignKey("journeys.Customer", on_delete=models.CASCADE, related_name="deliveries",
+                                 db_index=False)
+    channel = models.ForeignKey(Channel, on_delete=models.PROTECT, related_name="deliveries", db_index=False)
     requested_channel = models.ForeignKey(Channel, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
                                           help_text="the channel the step asked for, when a fallback was used")
     template = models.ForeignKey(MessageTemplate, null=True, blank=True, on_delete=models.SET_NULL)
@@ -45,7 +50,7 @@ class Delivery(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
-    provider_message_id = models.CharField(max_length=255, blank=True, db_index=True)
+    provider_message_id = models.CharField(max_length=255, blank=True)
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -62,6 +67,7 @@ class Delivery(models.Model):
             models.Index(fields=["customer", "sent_at"], name="delivery_customer_sent_idx"),
             models.Index(fields=["channel", "sent_at"], name="delivery_channel_sent_idx"),
         ]
+        constraints = [models.UniqueConstraint(fields=["idempotency_key"], name="delivery_idempotency_key_unique")]
 
     def __str__(self) -> str:
         return f"{self.channel.kind} to {self.to or self.customer_id}: {self.status}"

@@ -108,6 +108,9 @@ class TriggerIndex:
     inactivity_stop: dict[str, list[int]] = field(default_factory=dict)
     profile_triggers: list[int] = field(default_factory=list)  # attribute change + segment entry
     goal_events: frozenset[str] = frozenset()
+    # Event names a trigger, an inactivity window or the goal of any version that may still have
+    # runs (every one past review) reacts to; runs waiting for an event are read from the runs.
+    heard: frozenset[str] = frozenset()
     # Canary routing: version id -> (workflow id, percent, is_canary) for workflows with a canary.
     canary: dict[int, tuple[int, int, bool]] = field(default_factory=dict)
     checked_at: float = 0.0
@@ -194,6 +197,9 @@ def trigger_index(*, force: bool = False) -> TriggerIndex:
             fresh.profile_triggers.append(vid)
     fresh.by_event, fresh.inactivity_start, fresh.inactivity_stop = dict(by_event), dict(start), dict(stop)
     fresh.goal_events = frozenset(goals)
+    old_goals = WorkflowVersion.objects.exclude(state__in=[VersionState.DRAFT, VersionState.IN_REVIEW]).exclude(
+        goal_event="").values_list("goal_event", flat=True).distinct()
+    fresh.heard = frozenset({*by_event, *start, *stop, *goals, *old_goals} - {""})
     _index = fresh
     return fresh
 

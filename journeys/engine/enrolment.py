@@ -37,7 +37,7 @@ from typing import Any
 from django.db import connection
 
 from journeys.choices import ReentryPolicy, RunStatus
-from journeys.engine.batch import ids_in, instance_new
+from journeys.engine.batch import ids_lateral, instance_new
 from journeys.engine.business_hours import business_hours_next_open
 from journeys.engine.compiled import CompiledVersion, canary_admits, load_version, routable_versions
 from journeys.engine.entry_gate import runs_insert
@@ -193,15 +193,17 @@ def _history(version: CompiledVersion, candidates: list[Candidate]) -> dict[int,
         for customer_id, key, status, created in rows.values_list("customer_id", "trigger_key", "status", "created_at"):
             history[customer_id].append((key, status, created))
         return history
-    # PostgreSQL: the ids as one array parameter (thousands of placeholders are slow to send).
-    where, params = ids_in("customer_id", ids)
-    sql = (f"SELECT customer_id, trigger_key, status, created_at FROM {JourneyRun._meta.db_table} "
-           f"WHERE workflow_id = %s AND {where}")
-    params = [version.workflow_id, *params]
+    # PostgreSQL: the ids as one array parameter, each looked up through run_trigger_unique.
+    inner = (f"SELECT trigger_key, status, created_at FROM {JourneyRun._meta.db_table} "
+             f"WHERE workflow_id = %s AND customer_id = ids.id")
+    params = [version.workflow_id]
     if version.reentry_policy == ReentryPolicy.ALWAYS and version.allow_concurrent_runs:
         keys = sorted({c.trigger_key for c in candidates})
-        sql += f" AND trigger_key IN ({', '.join(['%s'] * len(keys))})"
+        inner += f" AND trigger_key IN ({', '.join(['%s'] * len(keys))})"
         params += keys
+    source, ids_param = ids_lateral(ids, inner)
+    sql = f"SELECT ids.id, hit.trigger_key, hit.status, hit.created_at FROM {source}"
+    params = [*ids_param, *params]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         for customer_id, key, status, created in cursor.fetchall():

@@ -21,11 +21,26 @@ from journeys.engine.runner import run_convert, run_enroll, run_execute, run_res
 from journeys.engine.runtime import context_dict, event_dict, events_counter, profile_dict
 from journeys.models import Event, JourneyRun, TriggerWatch
 from journeys.rules import RuleContext
-from journeys.services.lifecycle import customer_evaluate_stage
+from journeys.services.lifecycle import customer_evaluate_stage, stage_rules_defined
 
 STAGE_EVENTS = ("Stage Entered", "Stage Left")
 
 logger = logging.getLogger(__name__)
+
+
+def events_unheard(names: set[str]) -> set[str]:
+    """Of these event names, the ones nothing would react to now: no live trigger or inactivity
+    window starts or stops on them, no version that may still have runs has them as its goal,
+    no run waits for them (an indexed read of the waiting runs), and no rule-defined lifecycle
+    stage would be re-evaluated. Product-made events with such a name are stored processed
+    (journeys.services.internal_events): the engine would lock, load and mark them for nothing."""
+    if stage_rules_defined():
+        names = {n for n in names if n in STAGE_EVENTS}  # stage events never re-evaluate the stage
+    names = set(names) - trigger_index().heard
+    if names:
+        names -= set(JourneyRun.objects.filter(status=RunStatus.WAITING, wait_event__in=names)
+                     .exclude(wait_event="").values_list("wait_event", flat=True).distinct())
+    return names
 
 
 def _skip_locked() -> dict:

@@ -24,7 +24,7 @@ from datetime import datetime
 from django.db import connection, transaction
 
 from journeys.choices import TriggerKind
-from journeys.engine.batch import ids_in
+from journeys.engine.batch import ids_in, ids_lateral
 from journeys.engine.compiled import load_version
 from journeys.engine.enrolment import Candidate, enroll_candidates
 from journeys.models import JourneyRun, SegmentMember, TriggerState
@@ -60,10 +60,16 @@ def _record(version_id: int, customer_ids: list[int]) -> list[int]:
 def _entered_since(workflow_id: int, customer_ids: list[int], since: datetime | None) -> set[int]:
     if since is None or not customer_ids:
         return set()
-    where, params = ids_in("customer_id", customer_ids)
+    table = JourneyRun._meta.db_table
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT DISTINCT customer_id FROM {JourneyRun._meta.db_table} "
-                       f"WHERE workflow_id = %s AND created_at >= %s AND {where}", [workflow_id, since, *params])
+        if connection.vendor == "postgresql":
+            source, params = ids_lateral(customer_ids, f"SELECT 1 FROM {table} WHERE workflow_id = %s "
+                                                       f"AND customer_id = ids.id AND created_at >= %s LIMIT 1")
+            cursor.execute(f"SELECT ids.id FROM {source}", [*params, workflow_id, since])
+        else:
+            where, params = ids_in("customer_id", customer_ids)
+            cursor.execute(f"SELECT DISTINCT customer_id FROM {table} "
+                           f"WHERE workflow_id = %s AND created_at >= %s AND {where}", [workflow_id, since, *params])
         return {row[0] for row in cursor.fetchall()}
 
 

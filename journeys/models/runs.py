@@ -46,6 +46,9 @@ class JourneyRun(Timestamped):
         indexes = [
             models.Index(fields=["status", "next_wake_at"], name="run_due_idx"),
             models.Index(fields=["customer", "status"], name="run_customer_status_idx"),
+            # "does any run wait for this event?" (internal events nobody hears are stored processed)
+            models.Index(fields=["wait_event"], condition=models.Q(status="waiting") & ~models.Q(wait_event=""),
+                         name="run_waiting_event_idx"),
         ]
 
     def __str__(self) -> str:

@@ -9,7 +9,7 @@ from datetime import datetime
 from django.db import transaction
 from django.utils import timezone
 
-from journeys.choices import EventType
+from journeys.choices import EventStatus, EventType
 from journeys.models import Customer, Event, EventKey, Source
 from journeys.models.events import hash_write_key
 
@@ -87,22 +87,35 @@ class InternalEvent:
 
 def events_record_internal(*, events: list[InternalEvent]) -> list[int]:
     """event_record_internal for many events with one INSERT and one enqueue; returns the new
-    events' ids. Each message id is derived from what happened (a transition, a delivery), so a
+    events' ids. Events nothing reacts to (`events_unheard`: no trigger, goal, waiting run or
+    stage rule) are stored already processed, kept for the timeline, reports and segments. Each message id is derived from what happened (a transition, a delivery), so a
     repeat is skipped by the event-key claim. Runs in the caller's transaction (the rows are the
     outbox): the stage refresh's `Stage Entered`, the dispatcher's `Message Sent` / `Failed`."""
+    from journeys.engine.processor import events_unheard
     from journeys.engine.queue import enqueue_events
     from journeys.services.bulk_ingest import events_insert
 
     if not events:
         return []
     source_id, received = internal_source().pk, timezone.now()
-    ids = events_insert([
-        {
-            "source_id": source_id, "message_id": e.message_id, "type": EventType.TRACK, "name": e.name,
-            "user_id": e.user_id, "customer_id": e.customer_id, "properties": e.properties or {},
-            "timestamp": e.at, "received_at": received,
-        }
-        for e in events
-    ])
-    enqueue_events(ids)
-    return ids
+    unheard = events_unheard({e.name for e in events})
+    ids, pending = [], []
+    for heard in (False, True):  # one INSERT each for the events stored processed and those to process
+        group = [e for e in events if (e.name not in unheard) == heard]
+        if not group:
+            continue
+        inserted = events_insert([
+            {
+                "source_id": source_id, "message_id": e.message_id, "type": EventType.TRACK, "name": e.name,
+                "user_id": e.user_id, "customer_id": e.customer_id, "properties": e.properties or {},
+                "timestamp": e.at, "received_at": received,
+                "status": EventStatus.PENDING if heard else EventStatus.PROCESSED,
+                "processed_at": None if heard else received,
+            }
+            for e in group
+        ])
+        ids += inserted
+        if heard:
+            pending += inserted
+    enqueue_events(pending)
+    return sorted(ids)

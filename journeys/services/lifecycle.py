@@ -26,6 +26,11 @@ def _rule_stages() -> list[tuple[str, str]]:
     return _stages["rows"]
 
 
+def stage_rules_defined() -> bool:
+    """Whether any lifecycle stage has a rule (then every customer event re-evaluates the stage)."""
+    return bool(_rule_stages())
+
+
 def stages_reset() -> None:
     _stages["at"] = 0.0
 
