@@ -11,30 +11,15 @@ import json
 import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
-from email.utils import parsedate_to_datetime
 from xml.sax.saxutils import escape
 
 from channels_app.providers.base import (
     OutgoingMessage, PermanentError, Provider, ProviderError, SendResult, TransientError, provider,
 )
 from journeys.errors import OutboundRefused, OutboundUnreachable
-from journeys.services.outbound import OutboundSession
+from journeys.services.outbound import OutboundSession, retry_after_seconds
 
 DEFAULT_TIMEOUT_S = 10.0
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After is either seconds or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 class HttpProvider(Provider):

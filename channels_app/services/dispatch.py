@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import psycopg
 from django.conf import settings
@@ -49,20 +48,12 @@ from channels_app.services.links import link_url
 from channels_app.services.streaming import deliveries_stream
 from channels_app.services.sending import _enqueue, _event_properties, unsubscribe_url
 from journeys.engine.batch import rows_insert, rows_set, skip_locked
+from journeys.services.outbound import backoff_delay
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["QUEUED_GRACE", "deliveries_dispatch", "deliveries_dispatch_due", "deliveries_drain", "delivery_dispatch",
-           "delivery_requeue", "retry_delay"]
-
-
-def retry_delay(*, channel: Channel, attempt: int, retry_after: float | None) -> timedelta:
-    """Exponential backoff with jitter (half fixed, half random); never sooner than Retry-After."""
-    ceiling = min(channel.retry_max_s, channel.retry_base_s * 2 ** max(0, attempt - 1))
-    delay = ceiling / 2 + random.uniform(0, ceiling / 2)
-    if retry_after is not None:
-        delay = max(delay, retry_after + random.uniform(0, min(5.0, retry_after * 0.1)))
-    return timedelta(seconds=delay)
+           "delivery_requeue"]
 
 
 def _outgoing(delivery: Delivery, *, status_callback: bool) -> OutgoingMessage:
@@ -262,7 +253,8 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
         d.error = str(outcome)[:4000]
         if outcome.transient and d.attempts < channel.max_attempts:
             d.status, d.reason = DeliveryStatus.DEFERRED, Reason.RETRY
-            d.next_attempt_at = now + retry_delay(channel=channel, attempt=d.attempts, retry_after=outcome.retry_after)
+            d.next_attempt_at = now + backoff_delay(attempt=d.attempts, base_s=channel.retry_base_s,
+                                                      max_s=channel.retry_max_s, retry_after=outcome.retry_after)
         else:
             d.status, d.next_attempt_at = DeliveryStatus.FAILED, None
             d.reason = Reason.ATTEMPTS_EXHAUSTED if outcome.transient else Reason.PERMANENT_ERROR

@@ -22,7 +22,7 @@ from journeys.choices import IdentityKind
 from journeys.engine.runtime import profile_dict
 from journeys.errors import JourneyError
 from journeys.models import ApiToken, Customer
-from journeys.services.api_jobs import IdempotencyMismatch, request_fingerprint
+from journeys.services.api_jobs import idempotency_check, request_fingerprint
 from journeys.services.customers_api import customer_for_address
 
 ADDRESS_KINDS = {ChannelKind.EMAIL: IdentityKind.EMAIL, ChannelKind.SMS: IdentityKind.PHONE,
@@ -77,9 +77,8 @@ def transactional_send(*, template_name: str, token: ApiToken, key: str, data: d
     idempotency_key = f"api:{key}"
     existing = Delivery.objects.filter(idempotency_key=idempotency_key).first()
     if existing is not None:
-        if (existing.notes or {}).get("api_request") != request_hash:
-            raise IdempotencyMismatch("was already used for a different message; use a new key",
-                                      field="idempotency_key")
+        idempotency_check(stored_hash=(existing.notes or {}).get("api_request"), request_hash=request_hash,
+                          what="message")
         return existing, False
     now = now or timezone.now()
     template, channel = _template_and_channel(template_name, channel_name)
@@ -94,6 +93,6 @@ def transactional_send(*, template_name: str, token: ApiToken, key: str, data: d
         if "api_request" not in (delivery.notes or {}):  # a template that failed to render keeps no notes
             delivery.notes = {**(delivery.notes or {}), **stamp}
             Delivery.objects.filter(pk=delivery.pk).update(notes=delivery.notes)
-    if delivery.notes["api_request"] != request_hash:  # a concurrent request with this key and another message
-        raise IdempotencyMismatch("was already used for a different message; use a new key", field="idempotency_key")
+    # a concurrent request with this key and another message stored it first
+    idempotency_check(stored_hash=delivery.notes["api_request"], request_hash=request_hash, what="message")
     return delivery, True

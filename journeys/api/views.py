@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import zlib
 
@@ -31,7 +30,7 @@ from journeys.errors import (
     SourceDisabled,
 )
 from journeys.services.api_tokens import api_call_log, token_track_source
-from journeys.services.event_parsing import MAX_DEPTH, batch_defaults_check, nesting_path
+from journeys.services.event_parsing import MAX_DEPTH, batch_defaults_check, json_strict, nesting_path
 from journeys.services.ingest import ReceiveResult, events_receive
 from journeys.services.sources import source_authenticate
 
@@ -43,10 +42,6 @@ def _error(status: int, message: str, *, code: str, field: str | None = None, he
     if field:
         body["field"] = field
     return Response(body, status=status, headers=headers)
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
 
 
 class _BodyError(Exception):
@@ -85,7 +80,7 @@ def _read_json(request, *, max_bytes: int) -> object:
     except UnicodeDecodeError as exc:
         raise _BodyError(400, f"body is not valid UTF-8 (byte {exc.start})", "invalid_body") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json_strict(text)
     except RecursionError:
         where = nesting_path(text)
         raise _BodyError(400, f"is nested more than {MAX_DEPTH} levels deep", "too_deep", field=where or "body") from None

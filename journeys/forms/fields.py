@@ -1,11 +1,9 @@
 """Fields and widgets the step forms of every app share: durations written as people write them
-(1h30m), rules checked as they are typed, inputs offering known names, JSON without NaN."""
+(1h30m), rules checked as they are typed, inputs offering known names."""
 
 from __future__ import annotations
 
-import json
 import math
-from typing import Any
 
 from django import forms
 from django.core.exceptions import ValidationError
@@ -76,22 +74,33 @@ def trait_names(sample: int = 300) -> list[str]:
 MAX_DURATION_DAYS = 3650  # a wait of more than ten years is a typo (and past year 9999 a date cannot be held)
 
 
-def check_duration_length(text: str) -> str:
-    """Refuse a duration too long to wait for; the kind's validator reports any other mistake."""
+DURATION_EXAMPLE = "Enter a duration like 30m, 2h or 7d"
+
+
+def duration_clean(text: str, *, signed: bool = False) -> str:
+    """A duration as typed, read by the engine's own parser (so what a form accepts is what a run
+    can wait for): anything it cannot read, a negative one (unless `signed`: before/after a date,
+    -3d) and a wait too long to hold are refused with what to write instead."""
     from journeys.engine.durations import DurationTooLong, parse_duration
 
+    shown = text.strip()
+    if shown.startswith("-") and not signed:
+        raise ValidationError(f"{shown!r} is negative: a duration cannot be. {DURATION_EXAMPLE}")
     try:
-        seconds = parse_duration(text.strip().lstrip("-")).total_seconds()
+        seconds = parse_duration(shown.lstrip("-") if signed else shown).total_seconds()
     except DurationTooLong:
         seconds = math.inf
     except ValueError:
-        return text
+        raise ValidationError(f"{shown!r} is not a duration. {DURATION_EXAMPLE}"
+                              + (" (-3d for before)" if signed else "")) from None
     if seconds > MAX_DURATION_DAYS * 86400:
-        raise ValidationError(f"{text.strip()!r} is too long: at most {MAX_DURATION_DAYS}d (ten years)")
+        raise ValidationError(f"{shown!r} is too long: at most {MAX_DURATION_DAYS}d (ten years)")
     return text
 
 
 class DurationField(forms.CharField):
+    """A duration written as people write it (1h30m), checked with the engine's parser."""
+
     def __init__(self, **kwargs):
         kwargs.setdefault("help_text", DURATION_HELP)
         kwargs.setdefault("widget", forms.TextInput(attrs={"size": 10, "placeholder": "e.g. 1h"}))
@@ -99,20 +108,4 @@ class DurationField(forms.CharField):
 
     def clean(self, value):
         value = super().clean(value)
-        return check_duration_length(value) if value else value
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number JSON can store; write a finite number")
-
-
-def _finite_float(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise ValueError(f"{text} is too large a number")
-    return number
-
-
-def json_finite(text: str) -> Any:
-    """JSON as the database stores it: NaN, Infinity and 1e999 (which Python's json reads) are refused."""
-    return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+        return duration_clean(value) if value else value

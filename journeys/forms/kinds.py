@@ -17,12 +17,12 @@ from journeys.forms.fields import (
     NamesInput,
     RuleInput,
     RuleTextInput,
-    check_duration_length,
+    duration_clean,
     event_names,
-    json_finite,
     trait_names,
 )
 from journeys.forms.steps import StepConfigForm
+from journeys.services.event_parsing import json_strict
 from journeys.models import Workflow
 
 
@@ -75,6 +75,8 @@ class DelayForm(StepConfigForm):
     kind = "delay"
     durations = ("duration",)
     signed_durations = ("offset",)  # before (-3d) or after (2h) a profile date
+    MODES = {"duration": ("duration",), "until_local_time": ("until_local_time",),
+             "until_attribute": ("until_attribute", "offset")}
     mode = forms.ChoiceField(label="Wait", widget=forms.RadioSelect, choices=[
         ("duration", "for a duration"), ("until_local_time", "until a time of day (customer's timezone)"),
         ("until_attribute", "until a date in the profile")])
@@ -102,7 +104,14 @@ class DelayForm(StepConfigForm):
 
     def clean_offset(self):
         offset = self.cleaned_data.get("offset", "")
-        return check_duration_length(offset) if offset else offset
+        return duration_clean(offset, signed=True) if offset else offset
+
+    def clean(self):
+        mode = self.cleaned_data.get("mode")
+        if mode in self.MODES:  # the other modes' fields are ignored, and so are their mistakes
+            for name in (n for n in (*self.MODES, "offset") if n not in self.MODES[mode]):
+                self.errors.pop(name, None)
+        return super().clean()
 
     def to_config(self, data):
         mode = data["mode"]
@@ -189,7 +198,7 @@ class UpdateProfileForm(StepConfigForm):
             return number
         if kind == "json":
             try:
-                return json_finite(text)
+                return json_strict(text, finite=True)
             except ValueError as exc:
                 raise ValidationError({f"value_{i}": f"not valid JSON: {getattr(exc, 'msg', exc)}"}) from None
         return text

@@ -18,8 +18,8 @@ from django.core.exceptions import ValidationError
 
 from journeys.engine.durations import duration_text
 from journeys.engine.registry import STEP_KINDS, get_kind
-from journeys.forms.fields import json_finite
 from journeys.models import Step, WorkflowVersion
+from journeys.services.event_parsing import json_strict
 
 
 class StepConfigForm(forms.Form):
@@ -109,7 +109,7 @@ def _literal(text: str) -> Any:
     value = text.strip()
     if value[:1] in ("{", "[") or value in ("true", "false", "null") or re.fullmatch(r"-?\d+(\.\d+)?", value):
         try:
-            return json_finite(value)
+            return json_strict(value, finite=True)
         except ValueError:
             return text
     return text

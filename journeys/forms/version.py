@@ -12,8 +12,9 @@ from django.core.exceptions import ValidationError
 
 from journeys.choices import ReentryPolicy, TriggerKind
 from journeys.engine.durations import duration_text, parse_duration
-from journeys.forms.fields import DurationField, NamesInput, RuleInput, event_names, json_finite, trait_names
+from journeys.forms.fields import DurationField, NamesInput, RuleInput, event_names, trait_names
 from journeys.models import WorkflowVersion
+from journeys.services.event_parsing import json_strict
 
 # The settings each kind of trigger reads from trigger_config, as form fields.
 TRIGGER_FIELDS = {
@@ -104,7 +105,7 @@ class VersionSettingsForm(forms.Form):
         if not text:
             return {}
         try:
-            value = json_finite(text)
+            value = json_strict(text, finite=True)
         except ValueError as exc:
             raise ValidationError(f"not valid JSON: {getattr(exc, 'msg', exc)}") from None
         if not isinstance(value, dict):

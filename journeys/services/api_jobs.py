@@ -27,11 +27,18 @@ def request_fingerprint(payload: Any) -> str:
                           .encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def idempotency_check(*, stored_hash: str | None, request_hash: str, what: str = "request") -> None:
+    """A key replayed with the request it was first used for passes; with another request it is
+    refused (IdempotencyMismatch: the API's 422 naming `idempotency_key`)."""
+    if stored_hash != request_hash:
+        raise IdempotencyMismatch(f"was already used for a different {what}; use a new key", field="idempotency_key")
+
+
 def idempotent_job_find(*, key: str, request_hash: str) -> Job | None:
     """The job stored for this key, or None; the same key for another request is an error."""
     job = Job.objects.filter(idempotency_key=key).first()
-    if job is not None and job.request_hash != request_hash:
-        raise IdempotencyMismatch("was already used for a different request; use a new key", field="idempotency_key")
+    if job is not None:
+        idempotency_check(stored_hash=job.request_hash, request_hash=request_hash)
     return job
 
 

@@ -150,6 +150,27 @@ def _deep_path(value: Any, limit: int, field: str) -> str:
     return field
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON can store; write a finite number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is too large a number")
+    return number
+
+
+def json_strict(text: str | bytes, *, finite: bool = False) -> Any:
+    """JSON as standard parsers and the database read it: the constants NaN, Infinity and
+    -Infinity, which Python's json accepts, are refused (ValueError). With `finite`, numbers that
+    overflow to infinity (1e999) are refused too; without, `check_finite_numbers` can later name
+    where one sits (the event API does). RecursionError escapes for the caller to report."""
+    if finite:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    return json.loads(text, parse_constant=_no_constant)
+
+
 _TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{},:]')
 
 

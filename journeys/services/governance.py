@@ -537,8 +537,7 @@ def safe_mode_active() -> bool:
 
 
 def _require_operate(actor: Any) -> None:
-    if actor is not None and not (actor.is_superuser or actor.has_perm("journeys.operate_workflow")):
-        raise PermissionDenied(f"{actor} may not switch pauses or safe mode")
+    require_model_perm(actor, "operate_workflow", "switch pauses or safe mode")
 
 
 def _release_on_commit(scope: str, key: str) -> None:

@@ -17,6 +17,8 @@ environment variable (DATABASE_URL, SECRET_KEY...) into a request header.
   pinned, TLS verified against the host name, 307/308 redirects followed only to allowed
   places (other redirects are refused: a POST is not silently turned into a GET), bounded
   response size.
+- `backoff_delay(...)` is how long to wait before calling a failing destination again
+  (exponential with jitter, capped, never sooner than its Retry-After in either form).
 - `outbound_secret_read(name=)` reads a secret only from an environment variable whose name
   starts with `JOURNEYS_SECRET_` (or the same key of the `CHANNEL_SECRETS` setting, filled
   by a secrets manager at start-up); `outbound_secret_name_check(name=)` is the save-time form.
@@ -26,11 +28,15 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
+import math
 import os
+import random
 import socket
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from urllib.parse import urljoin, urlsplit
 
@@ -43,6 +49,7 @@ SECRET_PREFIX = "JOURNEYS_SECRET_"
 DEFAULT_TIMEOUT_S = 10.0
 MAX_REDIRECTS = 3
 MAX_RESPONSE_BYTES = 1024 * 1024
+RETRY_AFTER_MAX_S = 86400.0  # a Retry-After further out than a day is honoured for a day
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -82,8 +89,14 @@ def allowed_networks() -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, .
     return _networks(tuple(getattr(settings, "OUTBOUND_ALLOWED_NETWORKS", ()) or ()))
 
 
+def _host_key(host: str) -> str:
+    """A host name as the allow-list compares it: case, surrounding space, a final dot and IPv6
+    brackets do not matter."""
+    return (host or "").strip().lower().rstrip(".").removeprefix("[").removesuffix("]")
+
+
 def _allowed_hosts() -> set[str]:
-    return {h.strip().lower().rstrip(".") for h in getattr(settings, "OUTBOUND_ALLOWED_HOSTS", ()) or () if h.strip()}
+    return {_host_key(h) for h in getattr(settings, "OUTBOUND_ALLOWED_HOSTS", ()) or () if h.strip()}
 
 
 def _embedded_v4(ip: IPAddress) -> ipaddress.IPv4Address | None:
@@ -104,13 +117,29 @@ def address_is_public(ip: IPAddress) -> bool:
                                  or ip.is_unspecified or ip.is_private)
 
 
+def _address_allowlisted(ip: IPAddress) -> bool:
+    candidates = [ip] + [e for e in [_embedded_v4(ip)] if e is not None]
+    return any(c.version == network.version and c in network for network in allowed_networks() for c in candidates)
+
+
 def address_allowed(ip: IPAddress) -> bool:
     """Public, or inside OUTBOUND_ALLOWED_NETWORKS (an embedded IPv4 counts as itself)."""
-    candidates = [ip] + [e for e in [_embedded_v4(ip)] if e is not None]
-    for network in allowed_networks():
-        if any(c.version == network.version and c in network for c in candidates):
-            return True
-    return address_is_public(ip)
+    return _address_allowlisted(ip) or address_is_public(ip)
+
+
+def host_allowlisted(host: str) -> bool:
+    """OUTBOUND_ALLOWED_HOSTS names `host`, or it is an address literal inside
+    OUTBOUND_ALLOWED_NETWORKS: the places ops opened on purpose (a local gateway, a test server),
+    compared as the guard compares them (no DNS lookup)."""
+    key = _host_key(host)
+    if not key:
+        return False
+    if key in _allowed_hosts():
+        return True
+    try:
+        return _address_allowlisted(ipaddress.ip_address(key))
+    except ValueError:
+        return False
 
 
 def _resolve(host: str, port: int) -> list[str]:
@@ -133,7 +162,7 @@ def outbound_host_check(*, host: str, port: int) -> str:
     its addresses is not allowed, OutboundUnreachable when it does not resolve.
 
     For non-HTTP clients (SMTP) that cannot be pinned: call it right before connecting."""
-    host = (host or "").strip().lower().rstrip(".")
+    host = _host_key(host)
     if not host:
         raise OutboundRefused("no host")
     addresses = _resolve(host, port)
@@ -178,7 +207,7 @@ def outbound_url_check(*, url: str, resolve: bool = True) -> OutboundTarget:
             literal = ipaddress.ip_address(host)
         except ValueError:
             return OutboundTarget(url=url.strip(), scheme=scheme, host=host, port=port, address="")
-        if host.lower() not in _allowed_hosts() and not address_allowed(literal):
+        if not (host_allowlisted(host) or address_is_public(literal)):
             raise OutboundRefused(f"{host} is a loopback/private/link-local/reserved address; outbound calls only "
                                   f"go to public addresses unless OUTBOUND_ALLOWED_NETWORKS names it")
         return OutboundTarget(url=url.strip(), scheme=scheme, host=host, port=port, address=str(literal))
@@ -196,6 +225,43 @@ def outbound_url_problem(*, url: str) -> str:
     except OutboundUnreachable:
         return ""
     return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# backoff
+
+
+def retry_after_seconds(value: str | float | None, *, now: datetime | None = None) -> float | None:
+    """A Retry-After as seconds from `now`: delay-seconds or an HTTP date (RFC 9110 10.2.3),
+    at most a day; None when there is none or it cannot be read."""
+    if value is None or value == "":
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        try:
+            at = parsedate_to_datetime(str(value).strip())
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if at.tzinfo is None:  # "-0000": an HTTP date is UTC
+            at = at.replace(tzinfo=timezone.utc)
+        seconds = (at - (now or datetime.now(timezone.utc))).total_seconds()
+    if math.isnan(seconds):
+        return None
+    return min(max(0.0, seconds), RETRY_AFTER_MAX_S)
+
+
+def backoff_delay(*, attempt: int, base_s: float, max_s: float, retry_after: str | float | None = None,
+                  now: datetime | None = None) -> timedelta:
+    """How long to wait before trying a failing destination again after `attempt` failures:
+    exponential from `base_s`, capped at `max_s`, with jitter (half fixed, half random), and never
+    sooner than the destination's Retry-After (seconds or an HTTP date, read against `now`)."""
+    ceiling = min(max_s, base_s * 2 ** min(max(0, attempt - 1), 60))
+    delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+    wait = retry_after_seconds(retry_after, now=now)
+    if wait is not None:
+        delay = max(delay, wait + random.uniform(0, min(5.0, wait * 0.1)))
+    return timedelta(seconds=delay)
 
 
 # ---------------------------------------------------------------------------------------------

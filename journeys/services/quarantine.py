@@ -20,25 +20,18 @@ from django.db import transaction
 from django.utils import timezone
 
 from journeys.choices import QuarantineReason, QuarantineStatus
-from journeys.errors import EventValidationError, JourneyError, PayloadTooLarge, PermissionDenied
+from journeys.errors import EventValidationError, JourneyError, PayloadTooLarge
 from journeys.models import QuarantinedEvent
-from journeys.services.governance import history_stamp, require_reason
+from journeys.services.event_parsing import json_strict
+from journeys.services.governance import history_stamp, require_model_perm, require_reason
 from journeys.services.quarantine_store import CODES, payload_text, storable_text
 
-PERM = "journeys.change_quarantinedevent"
-
-
-def _require(actor: Any, what: str) -> None:
-    if actor is not None and not actor.has_perm(PERM):
-        raise PermissionDenied(f"{actor} may not {what} quarantined events")
+PERM = "change_quarantinedevent"
 
 
 def _loads(text: str, *, field_name: str) -> Any:
-    def refuse(name: str):
-        raise ValueError(f"{name} is not valid JSON")
-
     try:
-        return json.loads(text, parse_constant=refuse)
+        return json_strict(text)
     except RecursionError:
         raise ValidationError({field_name: "is nested too deeply to read"}) from None
     except ValueError as exc:
@@ -72,7 +65,7 @@ def quarantine_check(*, entry: QuarantinedEvent, payload: str) -> Any:
 def quarantine_fix(*, entry: QuarantinedEvent, payload: str, actor: Any = None, reason: str = "") -> QuarantinedEvent:
     """Replace a quarantined event's payload with a corrected one. It must pass every check of
     the API (else a ValidationError on `payload` names the field); replaying is a separate step."""
-    _require(actor, "fix")
+    require_model_perm(actor, PERM, "fix quarantined events")
     reason = require_reason(actor, reason) or "payload corrected"
     entry = QuarantinedEvent.objects.select_for_update().select_related("source").get(pk=entry.pk)
     if entry.status != QuarantineStatus.QUARANTINED:
@@ -97,7 +90,7 @@ def quarantine_replay(*, entries, actor: Any = None, reason: str = "") -> Replay
     A replayed event keeps its original receipt time, so clock-skew correction is unchanged."""
     from journeys.services.ingest import event_ingest
 
-    _require(actor, "replay")
+    require_model_perm(actor, PERM, "replay quarantined events")
     reason = require_reason(actor, reason) or "replayed"
     result = ReplayResult()
     for pk in [e.pk for e in entries]:
@@ -133,7 +126,7 @@ def quarantine_replay(*, entries, actor: Any = None, reason: str = "") -> Replay
 @transaction.atomic
 def quarantine_discard(*, entries, actor: Any = None, reason: str) -> int:
     """Give up on quarantined events, saying why (kept for the record, never stored as events)."""
-    _require(actor, "discard")
+    require_model_perm(actor, PERM, "discard quarantined events")
     reason = (reason or "").strip()
     if not reason:
         raise ValidationError({"reason": "say why these events are discarded (it is recorded)"})

@@ -28,7 +28,6 @@ import hashlib
 import hmac
 import json
 import logging
-import random
 import secrets
 import time
 import uuid
@@ -36,6 +35,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -44,6 +44,7 @@ from django.utils import timezone
 
 from journeys.choices import RunStatus, StreamEventType
 from journeys.models import StreamAttempt, StreamBatch, StreamDestination, StreamEvent
+from journeys.services.outbound import backoff_delay, host_allowlisted, outbound_url_problem
 
 logger = logging.getLogger(__name__)
 
@@ -231,22 +232,11 @@ def destination_url_problem(url: str) -> str:
     The shared outbound guard (journeys.services.outbound) refuses non-http(s), credentials and
     private/loopback addresses unless allow-listed; on top, the stream wants HTTPS, plain http
     only for allow-listed hosts (OUTBOUND_ALLOWED_HOSTS / _NETWORKS: local test servers)."""
-    import ipaddress
-    from urllib.parse import urlsplit
-
-    from journeys.services.outbound import allowed_networks, outbound_url_problem
-
     if problem := outbound_url_problem(url=url):
         return problem
-    parts = urlsplit(url)
-    if parts.scheme == "http":
-        host = parts.hostname or ""
-        try:
-            local = any(ipaddress.ip_address(host) in net for net in allowed_networks())
-        except ValueError:
-            local = False
-        if not (local or host in getattr(settings, "OUTBOUND_ALLOWED_HOSTS", ())):
-            return "must be an https:// URL (plain http only for allow-listed hosts)"
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() == "http" and not host_allowlisted(parts.hostname or ""):
+        return "must be an https:// URL (plain http only for allow-listed hosts)"
     return ""
 
 
@@ -301,15 +291,6 @@ def _post(url: str, body: bytes, headers: dict, timeout: float) -> tuple[int | N
         return None, {}, f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
     error = "" if 200 <= response.status < 300 else response.body[:500].decode("utf-8", "replace")
     return response.status, dict(response.headers.items()), error
-
-
-def retry_delay(*, failures: int, retry_after: str | None = None) -> timedelta:
-    """Exponential backoff with jitter (half fixed, half random), capped; never before Retry-After."""
-    ceiling = min(settings.STREAM["RETRY_MAX_S"], settings.STREAM["RETRY_BASE_S"] * 2 ** max(0, failures - 1))
-    delay = ceiling / 2 + random.uniform(0, ceiling / 2)
-    if retry_after and retry_after.strip().isdigit():
-        delay = max(delay, float(retry_after.strip()))
-    return timedelta(seconds=delay)
 
 
 def _skip_locked() -> dict:
@@ -376,8 +357,9 @@ def _record(*, destination: StreamDestination, batch: StreamBatch, code: int | N
         destination.consecutive_failures += 1
         destination.last_error = batch.last_error
         retry_after = {k.lower(): v for k, v in headers.items()}.get("retry-after")
-        destination.next_attempt_at = now + retry_delay(failures=destination.consecutive_failures,
-                                                        retry_after=retry_after)
+        destination.next_attempt_at = now + backoff_delay(
+            attempt=destination.consecutive_failures, base_s=settings.STREAM["RETRY_BASE_S"],
+            max_s=settings.STREAM["RETRY_MAX_S"], retry_after=retry_after, now=now)
         if code == 410:
             destination.paused_at, destination.pause_reason = now, "the destination answered 410 Gone"
         elif destination.consecutive_failures >= destination.max_failures:

@@ -19,8 +19,9 @@ from django.utils import timezone
 
 from journeys.choices import IdentityKind, WorkflowStatus
 from journeys.errors import JourneyError
-from journeys.models import ApiToken, Customer, Identity, Job, JobKind, JobStatus, JourneyRun, Workflow
+from journeys.models import ApiToken, Customer, Job, JobKind, JobStatus, JourneyRun, Workflow
 from journeys.services.api_jobs import api_job_start, request_fingerprint
+from journeys.services.bulk_ingest import identities_find
 
 # Run variables other parts of the product give a meaning to (docs/CONVENTIONS.md).
 RESERVED_VARIABLES = frozenset({"holdout", "experiment", "experiment_arm", "case_id"})
@@ -52,31 +53,24 @@ def trigger_validate(*, workflow: Workflow, recipients: list[dict] | None, segme
 def recipients_resolve(recipients: list[dict]) -> tuple[dict[int, dict], list[int]]:
     """({customer id: journey variables}, indexes of recipients not found), a few queries for the
     whole list. A customer named twice gets the data of both (the later wins)."""
-    wanted: dict[str, set[str]] = {IdentityKind.USER_ID: set(), IdentityKind.EMAIL: set()}
-    ids: set[int] = set()
-    for r in recipients:
+
+    def key(r: dict) -> tuple[str, str] | None:
         if r.get("user_id"):
-            wanted[IdentityKind.USER_ID].add(r["user_id"])
-        elif r.get("email"):
-            wanted[IdentityKind.EMAIL].add(r["email"].strip().lower())
-        elif r.get("customer_id"):
-            ids.add(int(r["customer_id"]))
-    owners: dict[tuple[str, str], int] = {}
-    for kind, values in wanted.items():
-        values_list = sorted(values)
-        for i in range(0, len(values_list), 900):
-            for value, customer_id in Identity.objects.filter(kind=kind, value__in=values_list[i:i + 900]) \
-                    .values_list("value", "customer_id"):
-                owners[(kind, value)] = customer_id
+            return IdentityKind.USER_ID, r["user_id"]
+        if r.get("email"):
+            return IdentityKind.EMAIL, r["email"].strip().lower()
+        return None
+
+    keys = [key(r) for r in recipients]
+    owners = identities_find({k for k in keys if k is not None})
+    ids = {int(r["customer_id"]) for r, k in zip(recipients, keys) if k is None and r.get("customer_id")}
     known = {pk: merged for pk, merged in Customer.objects.filter(pk__in=set(owners.values()) | ids)
              .values_list("pk", "merged_into_id")}
     out: dict[int, dict] = {}
     missing: list[int] = []
-    for index, r in enumerate(recipients):
-        if r.get("user_id"):
-            pk = owners.get((IdentityKind.USER_ID, r["user_id"]))
-        elif r.get("email"):
-            pk = owners.get((IdentityKind.EMAIL, r["email"].strip().lower()))
+    for index, (r, k) in enumerate(zip(recipients, keys)):
+        if k is not None:
+            pk = owners.get(k)
         else:
             pk = int(r["customer_id"]) if r.get("customer_id") else None
         if pk is None or pk not in known:

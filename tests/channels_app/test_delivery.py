@@ -104,6 +104,20 @@ def test_429_honours_retry_after(sms, bea, template, vendor, on_commit):
     assert delivery.status == "sent" and len(vendor.requests) == 2
 
 
+@pytest.mark.parametrize(("retry_after", "at_least", "at_most"), [
+    ("1e999", 86400, 86400 + 5),  # further out than anything: honoured for a day
+    ("soonish", 5, 10),  # unreadable: the backoff alone (retry_base_s 10, jitter)
+])
+def test_a_retry_after_nothing_can_wait_for_falls_back_to_a_bounded_delay(sms, bea, template, vendor, on_commit,
+                                                                          retry_after, at_least, at_most):
+    vendor.plan(Plan(429, {"message": "slow down"}, headers={"Retry-After": retry_after}))
+
+    delivery = send(sms, bea, template, "k", on_commit)
+
+    wait = (delivery.next_attempt_at - delivery.claimed_at).total_seconds()
+    assert delivery.status == "deferred" and at_least <= wait <= at_most + 1
+
+
 def test_timeout_is_transient(sms, bea, template, vendor, on_commit):
     vendor.plan(Plan(200, {"sid": "late"}, delay=2.5))
     delivery = send(sms, bea, template, "k", on_commit)

@@ -321,6 +321,25 @@ def test_the_start_node_edits_the_trigger_and_entry_settings(editor, draft):
     assert 'Start · Inactivity' in ok(good)["svg"]
 
 
+@pytest.mark.parametrize(("cooldown", "message"), [
+    ("soon", "'soon' is not a duration. Enter a duration like 30m, 2h or 7d"),
+    ("-1h", "'-1h' is negative: a duration cannot be. Enter a duration like 30m, 2h or 7d"),
+])
+def test_a_cooldown_that_is_not_a_duration_is_a_400_naming_it_and_the_draft_stays(editor, draft, cooldown, message):
+    url = reverse("console:canvas_settings", args=[draft.pk])
+    before = (draft.reentry_policy, draft.reentry_cooldown_s, draft.history.count())
+
+    response = editor.post(url, {"trigger_kind": "event", "trigger_event": "Signed Up", "reentry_policy": "cooldown",
+                                 "reentry_cooldown": cooldown, "change_reason": WHY})
+
+    assert response.status_code == 400
+    answer = response.json()
+    assert (answer["field"], answer["message"]) == ("reentry_cooldown", message)
+    assert "Enter a duration like 30m, 2h or 7d" in answer["panel"]  # the panel shows it at its field
+    draft.refresh_from_db()
+    assert (draft.reentry_policy, draft.reentry_cooldown_s, draft.history.count()) == before
+
+
 def test_the_panel_of_a_read_only_version_cannot_save(editor, demo):
     live = WorkflowVersion.objects.get(workflow__name="Cart abandonment", state="live")
     step = Step.objects.get(version=live, key="wait")

@@ -128,6 +128,27 @@ def test_a_discarded_entry_is_read_only_and_a_stale_fix_is_refused_on_the_form(a
     assert Event.objects.count() == 0
 
 
+@pytest.mark.parametrize(("total", "message"), [
+    ("NaN", "NaN is not a number JSON can store; write a finite number"),
+    ("1e999", "properties.total: is not a finite number"),
+])
+def test_a_fix_with_a_number_no_json_column_holds_is_refused_at_the_payload(api, people, client, total,  # noqa: F811
+                                                                              message):
+    # given a quarantined event
+    api.post("batch", {"batch": [good("n-1", userId=None)]})
+    entry = QuarantinedEvent.objects.get()
+    ops = login(client, people["ops"])
+
+    # when ops "fix" it with a number the API itself would refuse
+    payload = json.dumps(good("n-1")).replace('"total": 12', f'"total": {total}')
+    response = ops.post(reverse("admin:journeys_quarantinedevent_change", args=[entry.pk]),
+                        {"payload": payload, "change_reason": "user id added"})
+
+    # then the form says what is wrong with it, and the entry stays as it was
+    assert response.status_code == 200 and message in " ".join(response.context["adminform"].form.errors["payload"])
+    assert QuarantinedEvent.objects.get(pk=entry.pk).payload == entry.payload and Event.objects.count() == 0
+
+
 def test_replay_action_keeps_what_is_still_bad_and_names_why(api, people, client):  # noqa: F811
     api.post("batch", {"batch": [good("r-1", timestamp="yesterday")]})
     entry = QuarantinedEvent.objects.get()

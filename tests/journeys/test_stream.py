@@ -5,6 +5,7 @@ the destination is down, delivered in order, paused after repeated failure, noth
 from __future__ import annotations
 
 from datetime import timedelta
+from email.utils import format_datetime
 
 import pytest
 from django.utils import timezone
@@ -122,6 +123,28 @@ def test_a_destination_down_for_a_while_gets_everything_in_order_once_back(desti
         (503, False), (500, False), (502, False), (200, True)]
 
 
+@pytest.mark.parametrize("retry_after", ["7200", "date"])
+def test_a_retry_after_in_seconds_or_as_an_http_date_is_honoured(destination, vendor, retry_after):
+    # given a destination that answers 503 asking to come back in two hours (seconds or a date)
+    dest, _ = destination()
+    now = timezone.now()
+    if retry_after == "date":
+        retry_after = format_datetime(now + timedelta(hours=2), usegmt=True)
+    vendor.plan(Plan(503, {"error": "maintenance"}, {"Retry-After": retry_after}))
+    stream_emit(items=items(1))
+
+    # when delivery is attempted now and again an hour later
+    stream_deliver_due(now=now)
+    stream_deliver_due(now=now + timedelta(hours=1))
+
+    # then it waited as asked (the backoff alone would have tried again within seconds), then delivered
+    dest.refresh_from_db()
+    assert len(vendor.requests) == 1
+    assert dest.next_attempt_at >= now + timedelta(hours=2) - timedelta(seconds=1)
+    stream_deliver_due(now=now + timedelta(hours=2, minutes=1))
+    assert delivered_ids(vendor) == [0]
+
+
 def test_repeated_failure_pauses_the_destination_and_resuming_sends_the_backlog(destination, vendor):
     # given a destination that pauses after 2 failures in a row, and a server that is down
     dest, _ = destination(max_failures=2)
@@ -189,6 +212,23 @@ def test_bad_destination_urls_are_refused_naming_the_field(settings):
         with pytest.raises(ValidationError) as refused:
             destination_save(destination=StreamDestination(name="x", url=url), reason="test")
         assert "url" in refused.value.message_dict
+
+
+@pytest.mark.parametrize(("allowed", "url"), [
+    (["hooks.invalid"], "http://hooks.invalid./events"),  # a final dot names the same host
+    (["Hooks.Invalid."], "http://hooks.invalid/events"),
+    ([], "http://[::ffff:127.0.0.1]:9/events"),  # an allow-listed network, written as IPv4-mapped IPv6
+])
+def test_plain_http_goes_to_a_host_the_outbound_allow_list_opens_however_it_is_written(settings, allowed, url):
+    # given the allow-list the outbound guard reads (the test settings open 127.0.0.0/8)
+    settings.OUTBOUND_ALLOWED_HOSTS = allowed
+
+    # when a destination on plain http to such a host is saved
+    dest = StreamDestination(name="internal", url=url)
+    destination_save(destination=dest, reason="test")
+
+    # then it is accepted, as the guard would accept the call itself
+    assert StreamDestination.objects.filter(pk=dest.pk, url=url).exists()
 
 
 # --------------------------------------------------------------------------- from the product
