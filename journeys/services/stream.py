@@ -28,7 +28,6 @@ import hashlib
 import hmac
 import json
 import logging
-import secrets
 import time
 import uuid
 from collections.abc import Iterable, Sequence
