@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import time
 
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden, JsonResponse
@@ -25,8 +24,9 @@ from agents.models import TriageBot
 from agents.services.triage import chat_message_receive
 from channels_app.models import Channel
 from channels_app.services.links import BadLink, absolute, link_load, link_sign
-from journeys.errors import SecretUnavailable
+from journeys.errors import JourneyError, SecretUnavailable
 from journeys.models import Customer
+from journeys.services.event_parsing import json_read_storable
 from journeys.services.outbound import outbound_secret_read
 
 MAX_SKEW_S = 300
@@ -84,9 +84,9 @@ def chat_inbound(request: HttpRequest, token: str) -> HttpResponse:
         if not hmac.compare_digest(chat_signature(secret=secret, timestamp=stamp, body=request.body), given):
             return HttpResponseForbidden("bad signature")
     try:
-        body = json.loads(request.body or b"{}")
-    except ValueError:
-        return HttpResponseBadRequest("bad json")
+        body = json_read_storable(request.body or b"{}", max_bytes=MAX_BODY)
+    except JourneyError as exc:
+        return HttpResponseBadRequest(str(exc))
     if not isinstance(body, dict):
         return HttpResponseBadRequest("bad json")
     if body.get("type") == "url_verification":

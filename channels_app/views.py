@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 
 from django.http import (
     HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden, HttpResponseRedirect, JsonResponse,
@@ -19,8 +18,9 @@ from channels_app.models import Channel
 from channels_app.services import inbound_sms_handle, preferences_get, preferences_save, unsubscribe_apply
 from channels_app.services.links import BadLink, absolute, link_load
 from channels_app.services.tracking import delivery_click_record, delivery_open_record, delivery_status_record
-from journeys.errors import SecretUnavailable
+from journeys.errors import JourneyError, SecretUnavailable
 from journeys.models import Customer
+from journeys.services.event_parsing import json_read_storable
 from journeys.services.outbound import outbound_secret_read
 
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
@@ -101,9 +101,9 @@ def status_callback(request: HttpRequest, token: str) -> HttpResponse:
         return HttpResponseBadRequest("bad signature")
     if request.content_type == "application/json":
         try:
-            body = json.loads(request.body or b"{}")
-        except ValueError:
-            return HttpResponseBadRequest("bad json")
+            body = json_read_storable(request.body or b"{}")
+        except JourneyError as exc:
+            return HttpResponseBadRequest(str(exc))
         if not isinstance(body, dict):
             return HttpResponseBadRequest("the body must be a JSON object")
     else:
@@ -112,6 +112,8 @@ def status_callback(request: HttpRequest, token: str) -> HttpResponse:
     if not isinstance(status, str):
         return HttpResponseBadRequest("status must be text")
     detail = str(body.get("detail") or body.get("ErrorCode") or "")[:1000]
+    if "\x00" in status or "\x00" in detail:  # a form post's %00: PostgreSQL stores no NUL in text
+        return HttpResponseBadRequest("status/detail: contains a NUL character (\\u0000), which cannot be stored")
     delivery = delivery_status_record(delivery_id=data["d"], status=status, detail=detail)
     return JsonResponse({"ok": delivery is not None, "status": getattr(delivery, "status", None)})
 

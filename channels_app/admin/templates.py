@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 from django import forms
 from django.contrib import admin
@@ -18,6 +17,8 @@ from channels_app.services import template_check
 from channels_app.services.preview import template_preview
 from channels_app.services.templates import content_block_cycle
 from journeys.admin.base import HistoryReasonMixin
+from journeys.errors import JourneyError
+from journeys.services.event_parsing import json_read_storable
 
 
 class TemplateForm(forms.ModelForm):
@@ -55,9 +56,9 @@ class PreviewForm(forms.Form):
     def _json(self, field):
         raw = self.cleaned_data.get(field) or ""
         try:
-            value = json.loads(raw) if raw.strip() else {}
-        except ValueError:
-            raise forms.ValidationError("not valid JSON") from None
+            value = json_read_storable(raw, field=field) if raw.strip() else {}
+        except JourneyError as exc:
+            raise forms.ValidationError(str(exc)) from None
         if not isinstance(value, dict):
             raise forms.ValidationError("must be a JSON object")
         return value

@@ -27,7 +27,7 @@ from journeys.admin.common import (
 from journeys.choices import VersionState
 from journeys.console.governance import version_tools
 from journeys.engine.registry import STEP_KINDS
-from journeys.errors import PermissionDenied
+from journeys.errors import JourneyError, PermissionDenied
 from journeys.models import (
     Edge,
     Step,
@@ -46,6 +46,7 @@ from journeys.selectors import (
     workflows_for_user,
 )
 from journeys.services import governance as gov
+from journeys.services.event_parsing import json_read_storable
 from journeys.services.workflows import (
     version_approve,
     version_canary_start,
@@ -340,9 +341,9 @@ class WorkflowVersionAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAd
             value = form.cleaned_data["customer"].strip()
             identity = Identity.objects.filter(value__in=[value, value.lower()]).select_related("customer").first()
             try:
-                payload = json.loads(form.cleaned_data["event"])
-            except ValueError as exc:
-                form.add_error("event", f"not valid JSON: {exc}")
+                payload = json_read_storable(form.cleaned_data["event"], field="event")
+            except JourneyError as exc:
+                form.add_error("event", str(exc))
             else:
                 if problem := _dry_run_event_problem(payload):
                     form.add_error("event", problem)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -23,7 +21,7 @@ from journeys.admin.common import (
     error_text,
 )
 from journeys.console.governance import version_pair
-from journeys.errors import PermissionDenied
+from journeys.errors import JourneyError, PermissionDenied
 from journeys.models import (
     Workflow,
     WorkflowVersion,
@@ -40,6 +38,7 @@ from journeys.selectors import (
     workflows_for_user,
 )
 from journeys.services import governance as gov
+from journeys.services.event_parsing import json_read_storable
 from journeys.services.workflows import (
     workflow_canary_stop,
     workflow_create,
@@ -160,11 +159,15 @@ class WorkflowAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAdmin):
         upload = form.cleaned_data["file"]
         hint = "choose the file that \u201cExport as JSON\u201d downloaded"
         try:
-            return json.loads(upload.read().decode("utf-8-sig"))
+            text = upload.read().decode("utf-8-sig")
         except UnicodeDecodeError:
             form.add_error("file", f"{upload.name} is not a workflow export (not JSON text): {hint}")
-        except ValueError as exc:
-            form.add_error("file", f"{upload.name} is not valid JSON ({exc}): {hint}")
+            return None
+        try:
+            return json_read_storable(text, max_bytes=10 * 1024 * 1024)
+        except JourneyError as exc:
+            where = "" if exc.field in (None, "", "body") else f", at {exc.field},"
+            form.add_error("file", f"{upload.name}{where} {exc.message}: {hint}")
         return None
 
     def diff_view(self, request, pk):

@@ -47,11 +47,12 @@ from journeys.console.graph import (
 )
 from journeys.console.selectors import version_for_user
 from journeys.engine.registry import STEP_KINDS
-from journeys.errors import PermissionDenied
+from journeys.errors import JourneyError, PermissionDenied
 from journeys.forms.steps import kind_palette, step_form_class
 from journeys.forms.version import VersionSettingsForm
 from journeys.models import Step, WorkflowVersion
 from journeys.services import drafts
+from journeys.services.event_parsing import json_read_storable
 from journeys.services.workflows import version_new_draft
 
 UNDO_KEY = "canvas_undo"
@@ -252,9 +253,9 @@ def canvas_command(request: HttpRequest, pk: int) -> HttpResponse:
         return HttpResponseNotAllowed(["POST"])
     version = _version(request, pk)
     try:
-        data = json.loads(request.body or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        return _fail("body", "the request body must be JSON, e.g. {\"op\": \"undo\", \"reason\": \"...\"}")
+        data = json_read_storable(request.body or b"{}")
+    except JourneyError as exc:
+        return _fail(exc.field or "body", f"{exc.message}; send JSON, e.g. {{\"op\": \"undo\", \"reason\": \"...\"}}")
     if not isinstance(data, dict):
         return _fail("body", "the request body must be a JSON object")
     try:

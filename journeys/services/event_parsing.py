@@ -217,6 +217,61 @@ def check_depth(value: Any, *, field: str, limit: int = MAX_DEPTH) -> None:
         raise EventValidationError(f"is nested more than {limit} levels deep", field=shown or "body", code="too_deep")
 
 
+def _unstorable_text(value: str) -> str | None:
+    if "\x00" in value:
+        return "contains a NUL character (\\u0000), which cannot be stored"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains text that is not valid Unicode (a lone surrogate such as \\ud800)"
+    return None
+
+
+def check_storable_text(value: Any, *, field: str) -> None:
+    """Reject NUL characters and lone surrogates in any string or key of `value`, naming where the
+    first one sits: PostgreSQL's jsonb and text columns refuse both (the whole insert fails)."""
+    stack: list[tuple[str, Any]] = [(field, value)]
+    while stack:  # iterative, as check_finite_numbers
+        path, node = stack.pop()
+        if isinstance(node, str):
+            if problem := _unstorable_text(node):
+                raise EventValidationError(problem, field=path or "body")
+        elif isinstance(node, dict):
+            for key in node:
+                if problem := _unstorable_text(str(key)):
+                    raise EventValidationError(f"a key {problem}", field=path or "body")
+            stack.extend(reversed([(_where(path, str(k)), v) for k, v in node.items()]))
+        elif isinstance(node, list):
+            stack.extend(reversed([(f"{path}[{i}]", v) for i, v in enumerate(node)]))
+
+
+def json_read_storable(text: str | bytes, *, field: str = "", max_bytes: int = 1024 * 1024) -> Any:
+    """JSON a person or a client typed, read so that whatever it holds can be stored and shown
+    later. Refused with an EventValidationError naming the field (`field` is the path prefix; ""
+    names top-level keys as they are) when it is not JSON, or holds what the event API refuses
+    too: NaN, Infinity or a number that overflows (1e999), which Python's json reads but jsonb
+    refuses; NUL characters or lone surrogates; nesting deeper than MAX_DEPTH; more than
+    `max_bytes` once serialised (PayloadTooLarge). Every reader of typed JSON (admin forms,
+    console endpoints, inbound webhooks, commands) uses this, so none answers 500 or stores a row
+    that breaks a later read."""
+    try:
+        value = json.loads(text)  # NaN/Infinity are read, to be refused below with where they are
+    except RecursionError:
+        inner = nesting_path(text.decode("utf-8", "replace") if isinstance(text, bytes) else text)
+        where = field + inner if inner.startswith("[") else _where(field, inner) if inner else field
+        raise EventValidationError(f"is nested more than {MAX_DEPTH} levels deep", field=where or "body",
+                                   code="too_deep") from None
+    except UnicodeDecodeError:
+        raise EventValidationError("is not UTF-8 text", field=field or "body") from None
+    except ValueError as exc:
+        raise EventValidationError(f"is not valid JSON: {exc}", field=field or "body") from None
+    check_depth(value, field=field)
+    check_finite_numbers(value, field=field)
+    check_storable_text(value, field=field)
+    check_event_size(value, max_bytes=max_bytes, prefix=field)  # the size (the rest passed above)
+    return value
+
+
 def check_event_size(raw: dict, *, max_bytes: int, prefix: str) -> int:
     """Enforce the nesting cap and the per-event size and reject what PostgreSQL cannot store;
     returns the event's size in bytes.
@@ -241,7 +296,7 @@ def check_event_size(raw: dict, *, max_bytes: int, prefix: str) -> int:
             f"is {len(encoded)} bytes; the limit is {max_bytes} bytes per event", field=prefix or "body"
         )
     if b"\\u0000" in encoded or b"\x00" in encoded:
-        raise EventValidationError("NUL characters (\\u0000) are not allowed", field=prefix or "body")
+        raise EventValidationError("contains a NUL character (\\u0000), which cannot be stored", field=prefix or "body")
     return len(encoded)
 
 

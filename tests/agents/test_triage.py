@@ -309,6 +309,21 @@ def test_webhook_ignores_the_bots_own_echo_and_unknown_senders(client, chat, bot
     assert not ConversationMessage.objects.exists()
 
 
+@pytest.mark.parametrize(("text", "message"), [
+    (float("nan"), "event.text: is not a finite number"),
+    ("where is my \u0000 order", "event.text: contains a NUL character"),
+    ("where is my \ud800 order", "event.text: contains text that is not valid Unicode"),
+])
+def test_webhook_refuses_a_message_no_database_stores_naming_the_field(client, chat, bot, ada, text, message):
+    # given a signed chat message whose text is NaN, or holds a NUL or a lone surrogate
+    # when the platform posts it
+    response = slack_post(client, chat, event(text))
+
+    # then it is a 400 naming the field, and no conversation holds it
+    assert response.status_code == 400 and message in response.content.decode()
+    assert not ConversationMessage.objects.exists()
+
+
 def test_admin_shows_the_decision_tree(admin_client, bot):
     page = admin_client.get(reverse("admin:agents_triagebot_change", args=[bot.pk]))
     assert page.status_code == 200

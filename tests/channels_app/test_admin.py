@@ -72,6 +72,25 @@ def test_template_preview_with_a_chosen_customer_and_sample_event(admin_client):
     assert b"no customer with id or email &#x27;nobody&#x27;" in admin_client.post(url, {"customer": "nobody"}).content
 
 
+@pytest.mark.parametrize(("event", "message"), [
+    ('{"event": "Checkout", "properties": {"total": NaN}}', "event.properties.total: is not a finite number"),
+    ('{"event": "Checkout", "properties": {"total": 1e999}}', "event.properties.total: is not a finite number"),
+    ('{"event": "Checkout", "properties": {"total": "\\ud800"}}', "event.properties.total: contains text that"),
+])
+def test_template_preview_refuses_an_event_that_is_not_json_naming_where(admin_client, event, message):
+    # given a template showing the event's total
+    template = TemplateFactory(subject="Cart of {{ event.properties.total }}")
+    url = f"/admin/channels_app/messagetemplate/{template.pk}/preview/"
+
+    # when the sample event holds NaN, an overflowing number or a lone surrogate
+    response = admin_client.post(url, {"event": event})
+
+    # then the event field says where, and nothing is rendered from it
+    assert response.status_code == 200
+    assert message in " ".join(response.context["form"].errors["event"])
+    assert "Cart of" not in response.content.decode()
+
+
 def test_consent_per_customer_and_deliveries_log_pages(admin_client, on_commit):
     customer = CustomerFactory(external_id="ada")
     consent_set(customer=customer, channel_kind="email", topic=topic("marketing"), status="opted_out", source="t")

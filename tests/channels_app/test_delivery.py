@@ -270,6 +270,28 @@ def test_bounce_callback_as_json(sms, bea, template, vendor, on_commit, client):
     assert Event.objects.get(name="Message Bounced").properties["detail"] == "mailbox full"
 
 
+@pytest.mark.parametrize(("body", "form", "message"), [
+    (b'{"status": "bounced", "detail": NaN}', False, "detail: is not a finite number"),
+    (b'{"status": "bounced", "detail": "full\\u0000box"}', False, "detail: contains a NUL character"),
+    (b'{"status": "bounced", "detail": "full\\udc00box"}', False, "detail: contains text that is not valid Unicode"),
+    ({"MessageStatus": "failed", "ErrorCode": "30\x0003"}, True, "status/detail: contains a NUL character"),
+])
+def test_a_status_callback_a_database_cannot_store_is_a_400_naming_the_field(sms, bea, template, vendor, on_commit,
+                                                                              client, body, form, message):
+    # given a sent message and its signed status callback
+    delivery = send(sms, bea, template, "k", on_commit)
+    callback = urlparse(vendor.requests[0].form()["StatusCallback"]).path
+
+    # when the provider reports a bounce holding NaN, NUL or a lone surrogate
+    response = client.post(callback, body) if form else client.generic("POST", callback, body,
+                                                                         content_type="application/json")
+
+    # then it is a 400 naming the field, and the delivery is as it was
+    assert response.status_code == 400 and message in response.content.decode()
+    delivery.refresh_from_db()
+    assert delivery.status == "sent" and not Event.objects.filter(name__in=["Message Bounced", "Message Failed"]).exists()
+
+
 def test_admin_requeues_a_failed_delivery_with_the_same_key(sms, bea, template, vendor, on_commit, admin_client,
                                                              django_capture_on_commit_callbacks):
     vendor.fail(1, status=400)

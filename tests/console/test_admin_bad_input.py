@@ -4,6 +4,8 @@ hold, and uploads the import cannot read. Each answer says what to do, none is a
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
@@ -263,7 +265,7 @@ def test_export_asks_for_one_version_at_a_time(ops, live, draft):
 
 @pytest.mark.parametrize(("name", "content", "message"), [
     ("flow.png", b"\x89PNG\r\n\x1a\n" + bytes(range(200)), "flow.png is not a workflow export (not JSON text)"),
-    ("flow.json", b"{oops", "flow.json is not valid JSON (Expecting property name"),
+    ("flow.json", b"{oops", "flow.json is not valid JSON: Expecting property name"),
 ])
 def test_importing_a_file_that_is_not_an_export_names_the_file(ops, name, content, message):
     response = ops.post(reverse("admin:journeys_workflow_import"), {"file": SimpleUploadedFile(name, content)})
@@ -300,3 +302,68 @@ def test_an_upload_over_the_size_limit_is_refused_before_it_is_read(ops, monkeyp
     assert response.status_code == 200
     assert "people.csv is larger than" in " ".join(response.context["form"].errors["file"])
     assert not Job.objects.exists()
+
+
+# --------------------------------------------------------------------------- JSON people type: refused at its field
+# Python's json reads NaN, Infinity and 1e999; PostgreSQL's jsonb refuses them (and NUL, and lone
+# surrogates), so a stored one is a 500 there and a shown one is not JSON.
+
+
+def _export_with(live, **config) -> bytes:
+    from journeys.services.workflows import workflow_export
+
+    data = workflow_export(version=live)
+    data["version"]["steps"][0]["config"].update(config)
+    return json.dumps(data).encode()
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"total": float("nan")}, "is not a finite number"),
+    ({"total": float("inf")}, "is not a finite number"),
+    ({"note": "a\x00b"}, "contains a NUL character"),
+])
+def test_importing_an_export_with_what_no_database_stores_names_where_and_stores_nothing(ops, live, config, message):
+    # given an export edited by hand: a step's config holds NaN, Infinity or a NUL character
+    before = WorkflowVersion.objects.count()
+    upload = SimpleUploadedFile("flow.json", _export_with(live, **config))
+
+    # when it is imported through the admin
+    response = ops.post(reverse("admin:journeys_workflow_import"), {"file": upload})
+
+    # then the file is refused, naming the step's field, and no version was made
+    assert response.status_code == 200
+    errors = " ".join(response.context["form"].errors["file"])
+    assert f"flow.json, at version.steps[0].config.{next(iter(config))}, {message}" in errors, errors
+    assert WorkflowVersion.objects.count() == before
+
+
+@pytest.mark.parametrize(("event", "message"), [
+    ('{"event": "Checkout Started", "properties": {"total": NaN}}', "event.properties.total: is not a finite number"),
+    ('{"event": "Checkout Started", "properties": {"total": 1e999}}', "event.properties.total: is not a finite number"),
+    ('{"event": "Checkout Started", "properties": {"note": "a\\u0000b"}}', "event.properties.note: contains a NUL"),
+])
+def test_a_dry_run_event_that_is_not_json_a_database_stores_is_refused_at_its_field(ops, live, event, message):
+    # given a customer the dry run can use and an event with NaN, 1e999 or a NUL character
+    from journeys.models import Identity
+
+    customer = Identity.objects.values_list("value", flat=True).first()
+    url = reverse("admin:journeys_workflowversion_dry_run", args=[live.pk])
+
+    # when it is dry-run
+    response = ops.post(url, {"customer": customer, "event": event})
+
+    # then the event field names where, and nothing ran
+
+    errors = response.context["form"].errors
+    assert message in " ".join(errors["event"]), errors
+    assert response.context["report"] is None
+
+
+def test_the_dry_run_command_refuses_nan_naming_the_field(live):
+    from django.core.management import CommandError, call_command
+
+    from journeys.models import Customer
+
+    with pytest.raises(CommandError, match=r"--event\.properties\.total: is not a finite number"):
+        call_command("dry_run", str(live.pk), "--customer", f"#{Customer.objects.order_by('pk').first().pk}",
+                     "--event", '{"event": "Checkout Started", "properties": {"total": NaN}}')

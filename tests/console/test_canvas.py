@@ -209,6 +209,9 @@ BAD_INPUT = [  # (body, the field the answer names)
     ({"op": "add_step", "kind": "goal", "x": 1, "y": 1, "reason": "why " * 126}, "reason"),
     ({"op": "place", "positions": {f"s{i}": [1, 1] for i in range(2001)}}, "positions"),
     ({"op": "add_step", "kind": "goal", "x": 1e999, "y": 1}, "x"),
+    ({"op": "add_step", "kind": "goal", "x": 1, "y": 1, "note": float("nan")}, "note"),  # NaN is not JSON
+    ({"op": "add_step", "kind": "goal", "x": 1, "y": 1, "reason": "why \ud800"}, "reason"),  # no UTF-8 for it
+    ({"op": "add_step", "kind": "goal", "x": 1, "y": 1, "after": "a\u0000:next"}, "after"),
 ]
 
 

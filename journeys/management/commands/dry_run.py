@@ -2,7 +2,9 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
+from journeys.errors import JourneyError
 from journeys.models import Customer, Identity, WorkflowVersion
+from journeys.services.event_parsing import json_read_storable
 from journeys.services.dry_run import version_dry_run
 
 
@@ -27,8 +29,8 @@ class Command(BaseCommand):
         if person is None:
             raise CommandError(f"no customer {customer!r}")
         try:
-            payload = json.loads(event)
-        except ValueError as exc:
-            raise CommandError(f"--event is not valid JSON: {exc}") from None
+            payload = json_read_storable(event, field="--event")
+        except JourneyError as exc:
+            raise CommandError(str(exc)) from None
         report = version_dry_run(version=version, customer=person, event=payload, later_events=later_event)
         self.stdout.write(json.dumps(report.as_dict(), indent=2, default=str))
