@@ -16,6 +16,7 @@ from journeys.admin.common import (
     object_or_404,
 )
 from journeys.errors import JourneyError, PermissionDenied
+from journeys.services.event_parsing import MAX_DEPTH, nesting_path
 from journeys.models import (
     Job,
 )
@@ -105,7 +106,10 @@ class JobStartForm(forms.Form):
         start = text.lstrip()[:1]
         if start in ("[", "{"):
             try:
-                whole = json.loads(text)
+                whole = json.loads(text)  # NaN and 1e999 are read: the import rejects their rows by number
+            except RecursionError:
+                raise ValidationError(f"{name} nests lists or objects too deeply (at {nesting_path(text) or 'the top'}):"
+                                      f" at most {MAX_DEPTH} levels") from None
             except ValueError as exc:
                 if start == "[":
                     raise ValidationError(f"{name} is not valid JSON: {exc}") from None

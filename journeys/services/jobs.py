@@ -26,6 +26,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from journeys.errors import EventValidationError, JourneyError, PermissionDenied, PayloadTooLarge
+from journeys.services.event_parsing import MAX_DEPTH, nesting_path
 from journeys.models import Customer, Job, JobKind, JobStatus, Source, WorkflowVersion
 from journeys.selectors import EDIT, REVIEW, user_can, user_has_global
 
@@ -162,6 +163,9 @@ def _records(job: Job) -> tuple[list[tuple[int, Any]], bool]:
     if stripped.startswith("["):
         try:
             data = json.loads(stripped)
+        except RecursionError:
+            raise JourneyError(f"nested more than {MAX_DEPTH} levels deep at {nesting_path(stripped)}",
+                               field="file") from None
         except ValueError as exc:
             raise JourneyError(f"not valid JSON: {exc}", field="file") from None
         return list(enumerate(data, 1)), True
@@ -171,6 +175,8 @@ def _records(job: Job) -> tuple[list[tuple[int, Any]], bool]:
             if line.strip():
                 try:
                     rows.append(json.loads(line))
+                except RecursionError:
+                    rows.append(_Broken(f"nested more than {MAX_DEPTH} levels deep"))
                 except ValueError as exc:
                     rows.append(_Broken(f"not valid JSON ({exc.msg})"))
         return list(enumerate(rows, 1)), True
@@ -202,7 +208,7 @@ def _value(text: Any) -> Any:
     if value[:1] in ("{", "[") or value.lstrip("-").replace(".", "", 1).isdigit():
         try:
             return json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # kept as the text it is (too deep to be a value)
             return value
     return value
 
@@ -292,7 +298,7 @@ def _import(job: Job, build: Callable[..., dict]) -> dict:
     """Validate every row (a bad one is rejected with its row number and field), then store the
     good rows in batches: each batch is one transaction, so a batch is stored whole or not at all."""
     from journeys.services.catalog import catalog_apply
-    from journeys.services.event_parsing import check_event_size
+    from journeys.services.event_parsing import check_event_size, check_storable_text
     from journeys.services.ingest import event_ingest, events_parse
 
     source = Source.objects.get(pk=job.params["source_id"])
@@ -315,6 +321,7 @@ def _import(job: Job, build: Callable[..., dict]) -> dict:
                 payload["messageId"] = message_id(row)
             if where := _non_finite(payload):
                 raise EventValidationError("not a finite number", field=where)
+            check_storable_text(payload, field="")  # NUL, lone surrogates: named by their field
             check_event_size(payload, max_bytes=settings.EVENT_API["MAX_EVENT_BYTES"], prefix="")
             parsed = events_parse(payloads=[payload], received_at=received)
             catalog_apply(policy=source.schema_policy, events=parsed)

@@ -186,6 +186,7 @@ def _upload(client, name: str, content: bytes):
     ("ids.csv", b"u-1\n", "ids.csv has a header row (u-1) and no rows below it"),
     ("people.json", b'[{"user_id": "a",}]', "people.json is not valid JSON: Expecting property name"),
     ("one.json", b'{\n  "user_id": "a"\n}\n', "one.json holds a single JSON object over several lines"),
+    ("deep.json", b"[" * 100_000 + b"]" * 100_000, "deep.json nests lists or objects too deeply (at [0][0]"),
     ("blank.csv", b"  \n\n", "the uploaded file is empty: choose a CSV or JSON file with rows"),
     ("empty.csv", b"", "the uploaded file is empty: choose a CSV or JSON file with rows"),
 ])

@@ -49,6 +49,20 @@ def test_a_number_json_cannot_hold_rejects_its_row_and_the_rest_of_the_batch_is_
     assert not Event.objects.filter(user_id__in=["u-nan", "u-inf"]).exists()
 
 
+def test_rows_no_database_stores_are_rejected_by_number_and_the_others_stored(run_import):
+    # given JSON lines: a good row, then one with NUL, one with a lone surrogate, one nested 100,000 deep
+    lines = ['{"userId": "imp-ok", "traits": {"plan": "pro"}}',
+             '{"userId": "imp-nul", "traits": {"plan": "p\\u0000ro"}}',
+             '{"userId": "imp-sur", "traits": {"plan": "p\\ud800ro"}}',
+             '{"userId": "imp-deep", "traits": {"plan": ' + "[" * 100_000 + "]" * 100_000 + "}}"]
+    # when they are imported as customers
+    job = run_import("import_customers", "\n".join(lines), "people.jsonl")
+    # then each bad row is rejected by its number (and field), and the good one is stored
+    assert [(r["row"], r["field"]) for r in job.result["rejected_rows"]] == [(2, "traits.plan"), (3, "traits.plan"), (4, "row")]
+    assert "NUL" in job.result["rejected_rows"][0]["error"] and "nested" in job.result["rejected_rows"][2]["error"]
+    assert list(Customer.objects.filter(external_id__startswith="imp-").values_list("external_id", flat=True)) == ["imp-ok"]
+
+
 def test_the_same_file_imported_again_by_a_new_job_stores_nothing_twice(ops, run_import):  # noqa: F811
     # given an events file with two identical rows (two orders of the same amount) and a customers file
     events = "user_id,event,total\nu-a,Order Completed,10\nu-b,Order Completed,20\nu-a,Order Completed,10\n"
