@@ -199,7 +199,19 @@ def message_send(*, customer, template: MessageTemplate, channel: Channel, idemp
                  run_id=None, step_key: str = "", policy_options: dict | None = None,
                  now: datetime | None = None, send_at: datetime | None = None, notes: dict | None = None,
                  choice_reason: str = "") -> Delivery:
-    """Record a message once per idempotency key; it is sent after commit.
+    """Record a message once per idempotency key; it is sent after commit (`message_record`)."""
+    return message_record(customer=customer, template=template, channel=channel, idempotency_key=idempotency_key,
+                          context=context, run_id=run_id, step_key=step_key, policy_options=policy_options, now=now,
+                          send_at=send_at, notes=notes, choice_reason=choice_reason)[0]
+
+
+def message_record(*, customer, template: MessageTemplate, channel: Channel, idempotency_key: str, context: dict,
+                   run_id=None, step_key: str = "", policy_options: dict | None = None,
+                   now: datetime | None = None, send_at: datetime | None = None, notes: dict | None = None,
+                   choice_reason: str = "") -> tuple[Delivery, bool]:
+    """Record a message once per idempotency key; it is sent after commit. Returns the delivery and
+    whether this call stored it: False when the key was there already, or when a concurrent call
+    with the same key stored it first (the unique key decided; what it stored is returned).
 
     Holdout, consent and reachability are decided here (a refused message is stored as
     suppressed with its reason); quiet hours, caps, pauses and breakers at send time.
@@ -210,7 +222,7 @@ def message_send(*, customer, template: MessageTemplate, channel: Channel, idemp
     """
     existing = Delivery.objects.filter(idempotency_key=idempotency_key).first()
     if existing is not None:
-        return existing
+        return existing, False
     now = now or timezone.now()
     data, picked, to, refusal = _decide(customer=customer, template=template, channel=channel, context=context, now=now)
     try:
@@ -222,14 +234,14 @@ def message_send(*, customer, template: MessageTemplate, channel: Channel, idemp
             )
             delivery.save(force_insert=True)
     except IntegrityError:
-        return Delivery.objects.get(idempotency_key=idempotency_key)
+        return Delivery.objects.get(idempotency_key=idempotency_key), False
     _render_into(delivery, template=template, data=data, customer=customer, notes=notes)
     delivery.save()
     if delivery.status == DeliveryStatus.QUEUED:
         _enqueue(delivery)
     else:
         deliveries_stream(deliveries=[delivery], at=now)  # suppressed (with its reason) or failed
-    return delivery
+    return delivery, True
 
 
 class SendBatch:

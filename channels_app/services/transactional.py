@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from channels_app.choices import ChannelKind
 from channels_app.models import Channel, Delivery, MessageTemplate
-from channels_app.services.sending import message_send
+from channels_app.services.sending import message_record
 from journeys.choices import IdentityKind
 from journeys.engine.runtime import profile_dict
 from journeys.errors import JourneyError
@@ -88,11 +88,11 @@ def transactional_send(*, template_name: str, token: ApiToken, key: str, data: d
             customer, address = _address_customer(channel, to, now)
             context["profile"] = {**profile_dict(customer, now), ADDRESS_FIELDS[channel.kind]: address}
         stamp = {"api_token": token.name, "api_request": request_hash}
-        delivery = message_send(customer=customer, template=template, channel=channel, idempotency_key=idempotency_key,
-                                context=context, now=now, notes=stamp)
+        delivery, created = message_record(customer=customer, template=template, channel=channel,
+                                           idempotency_key=idempotency_key, context=context, now=now, notes=stamp)
         if "api_request" not in (delivery.notes or {}):  # a template that failed to render keeps no notes
             delivery.notes = {**(delivery.notes or {}), **stamp}
             Delivery.objects.filter(pk=delivery.pk).update(notes=delivery.notes)
-    # a concurrent request with this key and another message stored it first
+    # a concurrent request with this key stored it first: the same message is a replay (200), another is refused
     idempotency_check(stored_hash=delivery.notes["api_request"], request_hash=request_hash, what="message")
-    return delivery, True
+    return delivery, created
