@@ -16,7 +16,8 @@ from xml.sax.saxutils import escape
 from channels_app.providers.base import (
     OutgoingMessage, PermanentError, Provider, ProviderError, SendResult, TransientError, provider,
 )
-from journeys.errors import OutboundRefused, OutboundUnreachable
+from journeys.errors import JourneyError, OutboundRefused, OutboundUnreachable
+from journeys.services.event_parsing import json_read_storable
 from journeys.services.outbound import OutboundSession, retry_after_seconds
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -66,9 +67,12 @@ class HttpProvider(Provider):
 
     @staticmethod
     def json_body(raw: bytes) -> dict:
+        """The provider's JSON answer, or {} when it is not JSON a database can store (NaN, NUL,
+        lone surrogates...): its ids are kept on the delivery, and a row PostgreSQL refuses
+        would fail the recording of a message already sent."""
         try:
-            value = json.loads(raw or b"{}")
-        except ValueError:
+            value = json_read_storable(raw or b"{}", max_bytes=max(len(raw) * 2, 1024 * 1024))
+        except JourneyError:
             return {}
         return value if isinstance(value, dict) else {}
 

@@ -292,6 +292,19 @@ def test_a_status_callback_a_database_cannot_store_is_a_400_naming_the_field(sms
     assert delivery.status == "sent" and not Event.objects.filter(name__in=["Message Bounced", "Message Failed"]).exists()
 
 
+@pytest.mark.parametrize("sid", ["SM\x00bad", "SM\udc00bad", float("nan")])
+def test_a_provider_answer_no_database_stores_does_not_lose_the_sent_message(sms, bea, template, vendor, on_commit,
+                                                                              sid):
+    # given a provider that accepts the message but answers with an id holding NUL, a lone surrogate, or NaN
+    vendor.plan(Plan(200, {"sid": sid}))
+
+    # when the message is sent
+    delivery = send(sms, bea, template, "k", on_commit)
+
+    # then it is recorded as sent once (the unusable id is not kept) and not sent again
+    assert delivery.status == "sent" and delivery.provider_message_id == "" and len(vendor.requests) == 1
+
+
 def test_admin_requeues_a_failed_delivery_with_the_same_key(sms, bea, template, vendor, on_commit, admin_client,
                                                              django_capture_on_commit_callbacks):
     vendor.fail(1, status=400)
