@@ -34,6 +34,7 @@ from channels_app.services.consent import ConsentBook
 from channels_app.services.sending import channel_pick
 from channels_app.services.streaming import deliveries_stream
 from journeys.engine.batch import rows_set, skip_locked
+from journeys.models import Customer
 
 # A queued delivery whose enqueue was lost is picked up by the sweeper after this long.
 QUEUED_GRACE = timedelta(seconds=30)
@@ -178,6 +179,18 @@ def deliveries_claim(*, ids: Sequence[int] | None = None, now: datetime | None =
         held: list[Delivery] = []
         claimed: list[Delivery] = []
         rerouted: set[int] = set()
+        traits_loaded = False
+
+        def with_traits(d: Delivery):
+            """The customer with their traits (deferred by the claim's query): loaded for the whole
+            batch with one query the first time a message is rerouted, not one query a row."""
+            nonlocal traits_loaded
+            if not traits_loaded:
+                traits = dict(Customer.objects.filter(pk__in={r.customer_id for r in rows}).values_list("pk", "traits"))
+                for r in rows:
+                    r.customer.traits = traits.get(r.customer_id, {})
+                traits_loaded = True
+            return d.customer
 
         def hold(d: Delivery, reason: str, until: datetime | None, detail: str = "") -> None:
             d.status = DeliveryStatus.DEFERRED if until is not None else DeliveryStatus.SUPPRESSED
@@ -204,8 +217,9 @@ def deliveries_claim(*, ids: Sequence[int] | None = None, now: datetime | None =
             if not allowed:
                 fallback, to = None, ""
                 if channel.fallback_id:
-                    fallback, to, _ = channel_pick(channel=channel.fallback, profile=profile_dict(d.customer, now),
-                                                   customer=d.customer, topic=d.topic,
+                    customer = with_traits(d)
+                    fallback, to, _ = channel_pick(channel=channel.fallback, profile=profile_dict(customer, now),
+                                                   customer=customer, topic=d.topic,
                                                    refuse=consents.refuser(d.customer_id))
                 fallback_ok = fallback is not None and not fallback.paused
                 if fallback_ok:

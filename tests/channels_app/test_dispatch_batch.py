@@ -229,3 +229,26 @@ def test_messages_held_by_quiet_hours_are_released_in_batches_by_one_task(
     # One statement per message (the mark that makes a crash safe) and ~20 per batch of 20 (one
     # dispatch at a time took ~21 per message).
     assert len(queries) < 3 * 70, [q["sql"][:60] for q in queries.captured_queries]
+
+
+def test_rerouting_a_batch_around_an_open_breaker_reads_the_customers_once_not_once_a_message(
+        people, django_capture_on_commit_callbacks):
+    """Given a channel whose breaker is open and a fallback, when batches of one and of three
+    messages are dispatched, then both read the customers the same number of times (the traits,
+    which the fallback's address rules read, come in one query for the batch)."""
+    email = ChannelFactory(name="email", kind="email", provider="console")
+    sms = ChannelFactory(name="sms", kind="sms", provider="console", fallback=email)
+    ChannelBreaker.objects.create(channel=sms, state="open", opened_at=timezone.now(), consecutive_failures=9)
+    deliveries = record(sms, people, django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+    deliveries_dispatch(delivery_ids=[deliveries[0].pk])  # warm-up: caches of the first dispatch
+
+    with CaptureQueriesContext(connection) as one:
+        deliveries_dispatch(delivery_ids=[deliveries[1].pk])
+    with CaptureQueriesContext(connection) as three:
+        deliveries_dispatch(delivery_ids=[d.pk for d in deliveries[2:]])
+
+    assert status(deliveries) == [("sent", "")] * 5
+    assert {d.channel.name for d in Delivery.objects.filter(pk__in=[d.pk for d in deliveries])} == {"email"}
+    def customer_reads(ctx) -> int:
+        return sum(1 for q in ctx.captured_queries if q["sql"].startswith("SELECT") and 'FROM "journeys_customer"' in q["sql"])
+    assert customer_reads(three) == customer_reads(one) >= 1  # one read of the batch's traits, not one a message
