@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 from django_q.tasks import async_task
@@ -32,13 +32,10 @@ from agents.choices import (
 from agents.errors import CaseError
 from agents.models import Agent, AgentSkill, Case, CaseEntry, Team
 from agents.services import permissions
+from journeys.engine.batch import skip_locked
 
 logger = logging.getLogger(__name__)
 
-
-def _skip_locked() -> dict:
-    # SQLite has no row locks (it serialises writers), so SKIP LOCKED is PostgreSQL-only.
-    return {"skip_locked": True} if connection.features.has_select_for_update_skip_locked else {}
 
 
 def sla_due(*, priority: int, start: datetime) -> datetime:
@@ -209,7 +206,7 @@ def cases_route_waiting(*, now: datetime | None = None, limit: int = 500) -> int
     for case_id in ids:
         with transaction.atomic():
             case = (
-                Case.objects.select_for_update(of=("self",), **_skip_locked())
+                Case.objects.select_for_update(of=("self",), **skip_locked())
                 .select_related("team").filter(pk=case_id, status=CaseStatus.NEW).first()
             )
             if case is None:
@@ -270,7 +267,7 @@ def cases_sla_check(*, now: datetime | None = None, limit: int = 500) -> dict:
     for _ in range(limit):
         with transaction.atomic():
             case = (
-                Case.objects.select_for_update(of=("self",), **_skip_locked())
+                Case.objects.select_for_update(of=("self",), **skip_locked())
                 .select_related("team", "assigned_agent__user")
                 .filter(status__in=WAITING_CASE_STATUSES, sla_due_at__lte=now)
                 .order_by("sla_due_at", "pk")

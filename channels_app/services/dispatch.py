@@ -265,10 +265,11 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
         if accepted:
             # a status callback may already have moved a row on (delivered): statuses only move forward
             ids = [d.pk for d in accepted]
-            Delivery.objects.filter(pk__in=ids, status=DeliveryStatus.SENDING).update(
+            moved = Delivery.objects.filter(pk__in=ids, status=DeliveryStatus.SENDING).update(
                 status=DeliveryStatus.SENT, sent_at=F("accepted_at"), next_attempt_at=None, reason="", error="",
                 updated_at=now)
-            Delivery.objects.filter(pk__in=ids, sent_at__isnull=True).update(sent_at=F("accepted_at"))
+            if moved < len(ids):  # those a callback moved on keep their status, and get their sent_at
+                Delivery.objects.filter(pk__in=ids, sent_at__isnull=True).update(sent_at=F("accepted_at"))
         rows_set(Delivery, [{"id": d.pk, "status": d.status, "reason": d.reason, "error": d.error,
                              "next_attempt_at": d.next_attempt_at, "attempts": d.attempts} for d in changed],
                  ("status", "reason", "error", "next_attempt_at", "attempts"), stamp=now)

@@ -8,28 +8,24 @@ from collections import defaultdict
 from dataclasses import replace
 from datetime import timedelta
 
-from django.db import connection, models, transaction
+from django.db import models, transaction
 from django.utils import timezone
 
 from journeys.choices import EventStatus, ReentryPolicy, RunStatus, TriggerKind
-from journeys.engine.batch import EngineBatch, batch_suspended, instance_new
+from journeys.engine.batch import EngineBatch, batch_suspended, instance_new, skip_locked
 from journeys.engine.entry_gate import runs_insert
 from journeys.engine.compiled import load_version, trigger_index
 from journeys.engine.durations import parse_duration
+from journeys.engine.listeners import STAGE_EVENTS
 from journeys.engine import runner
 from journeys.engine.runner import run_convert, run_enroll, run_execute, run_resume, rule_true
 from journeys.engine.runtime import context_dict, event_dict, events_counter, profile_dict
 from journeys.models import Event, JourneyRun, TriggerWatch
 from journeys.rules import RuleContext
-from journeys.engine.listeners import STAGE_EVENTS
 from journeys.services.lifecycle import customer_evaluate_stage
 
 logger = logging.getLogger(__name__)
 
-
-def _skip_locked() -> dict:
-    # SQLite serialises writers anyway and has no row locks.
-    return {"skip_locked": True} if connection.features.has_select_for_update_skip_locked else {}
 
 
 def events_process(*, event_ids: list[int]) -> int:
@@ -70,7 +66,7 @@ def events_process(*, event_ids: list[int]) -> int:
 
 def _lock_events(event_ids: list[int]) -> list[Event]:
     events = list(
-        Event.objects.select_for_update(of=("self",), **_skip_locked())
+        Event.objects.select_for_update(of=("self",), **skip_locked())
         .filter(pk__in=event_ids, status=EventStatus.PENDING)
         .select_related("customer")
         .order_by("timestamp", "id")

@@ -88,7 +88,8 @@ class InternalEvent:
 def events_record_internal(*, events: list[InternalEvent]) -> list[int]:
     """event_record_internal for many events with one INSERT and one enqueue; returns the new
     events' ids. Events nothing reacts to (`events_unheard`: no trigger, goal, waiting run or
-    stage rule) are stored already processed, kept for the timeline, reports and segments. Each message id is derived from what happened (a transition, a delivery), so a
+    stage rule) are stored already processed, kept for the timeline, reports and segments.
+    Each message id is derived from what happened (a transition, a delivery), so a
     repeat is skipped by the event-key claim. Runs in the caller's transaction (the rows are the
     outbox): the stage refresh's `Stage Entered`, the dispatcher's `Message Sent` / `Failed`."""
     from journeys.engine.listeners import events_unheard

@@ -17,7 +17,6 @@ from journeys.models.catalog import LifecycleStage, StageTransition
 logger = logging.getLogger(__name__)
 
 
-
 @transaction.atomic
 def customer_set_stage(*, customer: Customer, stage: str, reason: str, at: datetime | None = None) -> bool:
     """Move a customer to a stage; records the transition and `Stage Left`/`Stage Entered` events.

@@ -38,11 +38,12 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from journeys.choices import RunStatus, StreamEventType
 from journeys.models import StreamAttempt, StreamBatch, StreamDestination, StreamEvent
+from journeys.engine.batch import skip_locked
 from journeys.services.outbound import backoff_delay, host_allowlisted, outbound_url_problem
 
 logger = logging.getLogger(__name__)
@@ -292,15 +293,12 @@ def _post(url: str, body: bytes, headers: dict, timeout: float) -> tuple[int | N
     return response.status, dict(response.headers.items()), error
 
 
-def _skip_locked() -> dict:
-    return {"skip_locked": True} if connection.features.has_select_for_update_skip_locked else {}
-
 
 def _claim(destination_id: int, now: datetime) -> tuple[StreamDestination, StreamBatch] | None:
     """Lock the destination, pick its open batch (or make one of its oldest events) and take the
     send lease; None when there is nothing to send now."""
     with transaction.atomic():
-        destination = (StreamDestination.objects.select_for_update(**_skip_locked())
+        destination = (StreamDestination.objects.select_for_update(**skip_locked())
                        .filter(pk=destination_id).first())
         if destination is None or not destination.enabled or destination.paused_at is not None:
             return None

@@ -252,3 +252,31 @@ def test_rerouting_a_batch_around_an_open_breaker_reads_the_customers_once_not_o
     def customer_reads(ctx) -> int:
         return sum(1 for q in ctx.captured_queries if q["sql"].startswith("SELECT") and 'FROM "journeys_customer"' in q["sql"])
     assert customer_reads(three) == customer_reads(one) >= 1  # one read of the batch's traits, not one a message
+
+
+@provider
+class CallbackFirstProvider(WebhookProvider):
+    """A vendor whose 'delivered' callback reaches us before its answer to the send does."""
+
+    name = "callback_first_for_tests"
+
+    def send(self, message):
+        from channels_app.services.tracking import delivery_status_record
+
+        delivery_status_record(delivery_id=message.delivery_id, status="delivered")
+        return super().send(message)
+
+
+def test_a_delivered_callback_that_beats_the_send_answer_keeps_delivered_and_gets_its_sent_time(
+        vendor, people, monkeypatch, django_capture_on_commit_callbacks):
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_HOOK", "s3cret")
+    channel = ChannelFactory(name="hook", kind="in_app", provider="callback_first_for_tests",
+                             settings={"url": vendor.url, "secret_env": "JOURNEYS_SECRET_TEST_HOOK"})
+    deliveries = record(channel, people[:2], django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+
+    deliveries_dispatch(delivery_ids=[d.pk for d in deliveries])
+
+    rows = list(Delivery.objects.filter(pk__in=[d.pk for d in deliveries]))
+    assert [d.status for d in rows] == ["delivered", "delivered"]  # statuses only move forward
+    assert all(d.sent_at is not None and d.sent_at == d.accepted_at and d.delivered_at for d in rows)
+    assert len(vendor.requests) == 2
