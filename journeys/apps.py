@@ -6,7 +6,10 @@ class JourneysConfig(AppConfig):
     verbose_name = "Journeys"
 
     def ready(self) -> None:
+        from django.db.backends.signals import connection_created
         from django.db.models.signals import post_migrate
+
+        from config.pgloaders import timestamptz_loader_install
 
         # Core step kinds register themselves in the engine's registry.
         from journeys.engine import steps, steps_vocabulary  # noqa: F401
@@ -15,3 +18,5 @@ class JourneysConfig(AppConfig):
 
         # After every migrate (when apps add their q2 schedules): put them on the schedules cluster.
         post_migrate.connect(schedules_assign, sender=self, dispatch_uid="journeys.schedules_assign")
+        # PostgreSQL timestamps read with datetime.fromisoformat (config.pgloaders).
+        connection_created.connect(timestamptz_loader_install, dispatch_uid="config.pgloaders")

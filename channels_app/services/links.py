@@ -6,6 +6,12 @@ where it makes sense, a maximum age. A bad or expired token raises `BadLink`.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
+import time
+import zlib
 from functools import lru_cache
 
 from django.conf import settings
@@ -71,8 +77,28 @@ def _check_schema(purpose: str, data: dict) -> None:
             raise BadLink("this link is not valid")
 
 
+@lru_cache(maxsize=32)
+def _mac(salt: str, secret: str) -> hmac.HMAC:
+    # django.core.signing.salted_hmac's key for this salt, derived once (not once a link).
+    key = hashlib.sha256((salt + "signer").encode() + secret.encode()).digest()
+    return hmac.new(key, digestmod=hashlib.sha256)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
 def link_sign(*, purpose: str, data: dict) -> str:
-    return signing.dumps(data, salt=SALTS[purpose], compress=True)
+    """`signing.dumps(data, salt=..., compress=True)`, byte for byte (signing.loads reads it), at
+    half its cost: a dispatcher signs three to five links an email, and Django builds a Signer,
+    reads the settings and derives the HMAC key from the secret for each one."""
+    raw = json.dumps(data, separators=(",", ":")).encode("latin-1")
+    packed = zlib.compress(raw)
+    body = "." + _b64(packed) if len(packed) < len(raw) - 1 else _b64(raw)
+    value = f"{body}:{signing.b62_encode(int(time.time()))}"
+    mac = _mac(SALTS[purpose], settings.SECRET_KEY).copy()
+    mac.update(value.encode())
+    return f"{value}:{_b64(mac.digest())}"
 
 
 def link_load(*, purpose: str, token: str) -> dict:
