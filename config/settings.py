@@ -226,7 +226,10 @@ Q_CLUSTER = {
     "retry": env_int("Q_RETRY", 180),
     "max_attempts": 5,
     "ack_failures": True,
-    "save_limit": 1000,
+    # 0: q2 keeps successful results and never prunes them per task (its pruning reads and locks
+    # every kept row each time a task finishes); events_housekeeping keeps the newest
+    # Q_SUCCESS_KEEP (journeys.services.task_results). -1: keep no successes at all.
+    "save_limit": env_int("Q_SAVE_LIMIT", 0),
     "queue_limit": 50,
     # An idle ORM-broker pusher sleeps this long before looking again: it bounds how soon a
     # freshly enqueued batch is picked up (p99 at 100 events/s); ~20 cheap SELECTs/s per cluster.
@@ -235,6 +238,7 @@ Q_CLUSTER = {
     "catch_up": False,
     "label": "Task queue",
 }
+Q_SUCCESS_KEEP = env_int("Q_SUCCESS_KEEP", 1000)
 # Q_BROKER picks the queue: "orm" (default without REDIS_URL) or "redis" (default with it).
 # Q_BROKER=orm with REDIS_URL keeps the at-least-once ORM queue and still shares the cache.
 Q_BROKER = os.environ.get("Q_BROKER", "redis" if REDIS_URL else "orm").strip().lower()

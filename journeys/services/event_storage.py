@@ -180,6 +180,7 @@ def events_housekeeping(*, now: datetime | None = None) -> dict:
     """The scheduled upkeep of the event tables and their neighbours (every few minutes)."""
     from journeys.services.quarantine import quarantine_purge
     from journeys.services.ratelimit import rate_counters_purge
+    from journeys.services.task_results import task_results_prune
 
     return {
         "partitions_created": events_partitions_ensure(),
@@ -188,4 +189,5 @@ def events_housekeeping(*, now: datetime | None = None) -> dict:
         "keys_purged": event_keys_purge(now=now),
         "quarantine_purged": quarantine_purge(now=now),
         "rate_counters_purged": rate_counters_purge(now=now),
+        "task_results_pruned": task_results_prune(),
     }

@@ -192,3 +192,27 @@ def test_a_partition_is_kept_while_any_source_keeps_its_events(api, source, sett
     assert events_partitions_drop() == []
     assert events_housekeeping()["events_deleted"] == 0
     assert Event.objects.count() == 1
+
+
+# -- q2's record of finished tasks ---------------------------------------------------------------
+
+def test_housekeeping_keeps_the_newest_successful_task_results_and_every_failure(settings):
+    """Q_CLUSTER save_limit 0: a finished task is saved without q2's per-task pruning (which locks
+    every kept row); the housekeeping schedule trims successes to Q_SUCCESS_KEEP, newest first."""
+    from django_q.models import Failure, Success
+    from django_q.tasks import async_task
+
+    for n in range(8):
+        async_task("math.floor", n + 0.5)        # sync in tests: worker and monitor run inline
+    now = timezone.now()                        # a failure, as a worker's monitor saves it
+    Failure.objects.create(id="f1", name="f1", func="math.sqrt", started=now, stopped=now, success=False)
+    assert Success.objects.count() == 8 and Failure.objects.count() == 1  # nothing pruned per task
+    newest = list(Success.objects.order_by("-stopped", "-pk").values_list("pk", flat=True)[:3])
+
+    settings.Q_SUCCESS_KEEP = 3
+    assert events_housekeeping()["task_results_pruned"] == 5
+
+    assert sorted(Success.objects.values_list("pk", flat=True)) == sorted(newest)
+    assert set(Success.objects.values_list("result", flat=True)) <= {4, 5, 6, 7}  # the last ones run
+    assert Failure.objects.count() == 1
+    assert events_housekeeping()["task_results_pruned"] == 0
