@@ -20,6 +20,7 @@ class ExperimentSplit(StepKind):
         "Sets journey.experiment, journey.experiment_arm and journey.holdout."
     )
     side_effects = True  # records the assignment (idempotent: one row per customer)
+    batch_safe = True  # in an engine batch the assignments are recorded with one INSERT (AssignmentBatch)
     fields = {
         "experiment": "experiment key",
         "arms": "optional: the arm names this step offers (default: all arms of the experiment)",
@@ -53,21 +54,29 @@ class ExperimentSplit(StepKind):
 
     def execute(self, ctx: StepContext) -> StepResult:
         from experiments.models import Experiment
-        from experiments.services.assignment import assignment_decide
+        from experiments.services.assignment import AssignmentBatch, assignment_decide
 
         config = ctx.config
-        experiment = Experiment.objects.filter(key=config["experiment"]).first()
+        batch = None if ctx.dry_run else AssignmentBatch.current()
+        if batch is not None:
+            experiment = batch.experiment(config["experiment"])
+        else:
+            experiment = Experiment.objects.filter(key=config["experiment"]).first()
         if experiment is None:
             return StepResult(outcome=config["control"], error=f"experiment {config['experiment']} is gone: control")
-        decision = assignment_decide(
-            experiment=experiment,
-            customer=ctx.customer,
-            now=ctx.now,
-            arm_names=config["arms"],
-            run_id=None if ctx.dry_run else ctx.run.pk,
-            version_id=ctx.version_id,
-            dry_run=ctx.dry_run,
-        )
+        if batch is not None:
+            decision = batch.decide(experiment=experiment, customer=ctx.customer, now=ctx.now,
+                                    arm_names=config["arms"], run_id=ctx.run.pk, version_id=ctx.version_id)
+        else:
+            decision = assignment_decide(
+                experiment=experiment,
+                customer=ctx.customer,
+                now=ctx.now,
+                arm_names=config["arms"],
+                run_id=None if ctx.dry_run else ctx.run.pk,
+                version_id=ctx.version_id,
+                dry_run=ctx.dry_run,
+            )
         edges = _edges(ctx)
         if decision.holdout:
             outcome = HOLDOUT if HOLDOUT in edges or edges is None and config.get("holdout") else config["control"]

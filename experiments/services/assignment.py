@@ -60,6 +60,8 @@ class Decision:
     assignment: Assignment | None = None
     bucket: float | None = None
     scores: dict = field(default_factory=dict)
+    weights: dict = field(default_factory=dict)  # the distribution it was drawn from (recorded with it)
+    via: str = AssignmentVia.HASH
 
     @property
     def group(self) -> str:
@@ -73,48 +75,27 @@ def _control(experiment: Experiment, arms: list[Arm]) -> Arm:
     return control
 
 
-def assignment_decide(
-    *,
-    experiment: Experiment,
-    customer,
-    now: datetime,
-    arm_names: list[str] | None = None,
-    run_id: int | None = None,
-    version_id: int | None = None,
-    dry_run: bool = False,
-) -> Decision:
-    """Choose the path for this entry; record the assignment unless this is a dry run.
-
-    Draft/stopped experiments send everyone down control unrecorded; a concluded
-    one sends every entry to the winner. A customer already assigned keeps the
-    arm (unless it was retired: then control).
-    """
-    all_arms = list(experiment.arms.all())
-    control = _control(experiment, all_arms)
+def _settled(experiment: Experiment, all_arms: list[Arm], control: Arm) -> Decision | None:
+    """The decision of an experiment that no longer assigns (concluded, or not running)."""
     if experiment.status == ExperimentStatus.CONCLUDED:
         winner = next((a for a in all_arms if a.pk == experiment.winner_id), control)
         return Decision(arm=winner, holdout=False, reason=f"concluded: every entry goes to the winner {winner.name}")
     if experiment.status != ExperimentStatus.RUNNING:
         return Decision(arm=control, holdout=False, reason=f"experiment is {experiment.status}: control, not recorded")
+    return None
 
-    existing = Assignment.objects.select_related("arm").filter(experiment=experiment, customer=customer).first()
-    if existing is not None:
-        if existing.arm.retired_at is not None and not existing.holdout:
-            return Decision(
-                arm=control,
-                holdout=False,
-                assignment=existing,
-                bucket=existing.bucket,
-                reason=f"assigned {existing.arm.name} earlier, which is retired: control",
-            )
-        return Decision(
-            arm=existing.arm,
-            holdout=existing.holdout,
-            assignment=existing,
-            bucket=existing.bucket,
-            reason="assigned earlier (sticky)",
-        )
 
+def _sticky(existing: Assignment, control: Arm, reason: str = "assigned earlier (sticky)") -> Decision:
+    if existing.arm.retired_at is not None and not existing.holdout:
+        return Decision(arm=control, holdout=False, assignment=existing, bucket=existing.bucket,
+                        reason=f"assigned {existing.arm.name} earlier, which is retired: control")
+    return Decision(arm=existing.arm, holdout=existing.holdout, assignment=existing, bucket=existing.bucket,
+                    reason=reason)
+
+
+def _fresh(*, experiment: Experiment, all_arms: list[Arm], control: Arm, customer, now: datetime,
+           arm_names: list[str] | None) -> Decision:
+    """A first assignment: holdout by hash, then the arm by hash of the weights (or the model)."""
     weights = assignment_weights(experiment=experiment, arm_names=arm_names, arms=all_arms)
     arms = {a.name: a for a in all_arms}
     u_holdout = hash_unit(experiment.salt, "holdout", customer.pk)
@@ -140,40 +121,142 @@ def assignment_decide(
             elif choice is not None:
                 scores, reason = choice.scores, f"exploring at random ({reason})"
         arm = arms[name]
-    decision = Decision(arm=arm, holdout=holdout, reason=reason, bucket=u_arm, scores=scores)
+    return Decision(arm=arm, holdout=holdout, reason=reason, bucket=u_arm, scores=scores, weights=weights, via=via)
+
+
+def _assignment(experiment: Experiment, customer, decision: Decision, *, run_id, version_id, now) -> Assignment:
+    return Assignment(experiment=experiment, customer_id=customer.pk, arm=decision.arm, holdout=decision.holdout,
+                      via=decision.via, bucket=decision.bucket, weights=decision.weights, scores=decision.scores,
+                      run_id=run_id, version_id=version_id, assigned_at=now)
+
+
+def assignment_decide(
+    *,
+    experiment: Experiment,
+    customer,
+    now: datetime,
+    arm_names: list[str] | None = None,
+    run_id: int | None = None,
+    version_id: int | None = None,
+    dry_run: bool = False,
+) -> Decision:
+    """Choose the path for this entry; record the assignment unless this is a dry run.
+
+    Draft/stopped experiments send everyone down control unrecorded; a concluded
+    one sends every entry to the winner. A customer already assigned keeps the
+    arm (unless it was retired: then control).
+    """
+    all_arms = list(experiment.arms.all())
+    control = _control(experiment, all_arms)
+    settled = _settled(experiment, all_arms, control)
+    if settled is not None:
+        return settled
+    existing = Assignment.objects.select_related("arm").filter(experiment=experiment, customer=customer).first()
+    if existing is not None:
+        return _sticky(existing, control)
+    decision = _fresh(experiment=experiment, all_arms=all_arms, control=control, customer=customer, now=now,
+                      arm_names=arm_names)
     if dry_run:
-        decision.reason = f"would assign: {reason} (dry run, nothing recorded)"
+        decision.reason = f"would assign: {decision.reason} (dry run, nothing recorded)"
         return decision
     try:
         with transaction.atomic():
-            decision.assignment = Assignment.objects.create(
-                experiment=experiment,
-                customer=customer,
-                arm=arm,
-                holdout=holdout,
-                via=via,
-                bucket=u_arm,
-                weights=weights,
-                scores=scores,
-                run_id=run_id,
-                version_id=version_id,
-                assigned_at=now,
-            )
-            decision.recorded = True
+            assignment = _assignment(experiment, customer, decision, run_id=run_id, version_id=version_id, now=now)
+            assignment.save(force_insert=True)
+            decision.assignment, decision.recorded = assignment, True
     except IntegrityError:  # a concurrent entry recorded it first: use theirs
         existing = Assignment.objects.select_related("arm").get(experiment=experiment, customer=customer)
-        return Decision(
-            arm=existing.arm,
-            holdout=existing.holdout,
-            assignment=existing,
-            bucket=existing.bucket,
-            reason="assigned concurrently (sticky)",
-        )
+        return _sticky(existing, control, reason="assigned concurrently (sticky)")
     if experiment.mode == ExperimentMode.BANDIT:
         from experiments.services.bandits import bandit_maybe_update
 
         bandit_maybe_update(experiment=experiment, now=now)
     return decision
+
+
+class AssignmentRaced(Exception):
+    """Another transaction recorded a different arm for a customer this batch assigned: the engine
+    replays the batch one entry at a time, where assignment_decide takes theirs."""
+
+
+class AssignmentBatch:
+    """assignment_decide for one engine batch (`journeys.engine.batch`, experiment_split is
+    batch-safe): the experiment and its arms are read once per batch, the batch's customers'
+    earlier assignments with one query per experiment, and `flush()` records the new ones with
+    one INSERT ... ON CONFLICT DO NOTHING. An entry of the same customer later in the batch is
+    sticky to what the batch decided. A conflict (another worker recorded the customer first)
+    is fine when it holds the same arm (the hash decides both); otherwise AssignmentRaced.
+    Bandit weights are updated once per batch and experiment, after its assignments are recorded.
+    """
+
+    KEY = "experiments.assign"
+
+    def __init__(self, batch) -> None:
+        self.customer_ids = list(batch.customer_ids)
+        self.now = batch.now
+        self._experiments: dict[str, tuple[Experiment | None, list[Arm]]] = {}
+        self._assigned: dict[int, dict[int, Assignment]] = {}
+        self.pending: list[Assignment] = []
+
+    @classmethod
+    def current(cls) -> AssignmentBatch | None:
+        from journeys.engine.batch import current_batch
+
+        batch = current_batch()
+        return batch.extension(cls.KEY, cls) if batch is not None else None
+
+    def experiment(self, key: str) -> Experiment | None:
+        if key not in self._experiments:
+            experiment = Experiment.objects.filter(key=key).first()
+            self._experiments[key] = (experiment, list(experiment.arms.all()) if experiment else [])
+        return self._experiments[key][0]
+
+    def _earlier(self, experiment: Experiment) -> dict[int, Assignment]:
+        if experiment.pk not in self._assigned:
+            from journeys.engine.batch import ids_q
+
+            found = Assignment.objects.select_related("arm").filter(ids_q("customer_id", self.customer_ids),
+                                                                   experiment=experiment)
+            self._assigned[experiment.pk] = {a.customer_id: a for a in found}
+        return self._assigned[experiment.pk]
+
+    def decide(self, *, experiment: Experiment, customer, now: datetime, arm_names: list[str] | None,
+               run_id: int | None, version_id: int | None) -> Decision:
+        all_arms = self._experiments[experiment.key][1]
+        control = _control(experiment, all_arms)
+        settled = _settled(experiment, all_arms, control)
+        if settled is not None:
+            return settled
+        assigned = self._earlier(experiment)
+        if customer.pk in assigned:
+            return _sticky(assigned[customer.pk], control)
+        decision = _fresh(experiment=experiment, all_arms=all_arms, control=control, customer=customer, now=now,
+                          arm_names=arm_names)
+        assignment = _assignment(experiment, customer, decision, run_id=run_id, version_id=version_id, now=now)
+        assigned[customer.pk] = decision.assignment = assignment
+        decision.recorded = True
+        self.pending.append(assignment)
+        return decision
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        from journeys.engine.batch import insert_ignore_returning
+
+        pending, self.pending = self.pending, []
+        inserted = set(insert_ignore_returning(Assignment, pending, ["experiment_id", "customer_id"]))
+        lost = [a for a in pending if (a.experiment_id, a.customer_id) not in inserted]
+        for mine in lost:
+            theirs = Assignment.objects.select_related("arm").get(experiment_id=mine.experiment_id,
+                                                                  customer_id=mine.customer_id)
+            if (theirs.arm_id, theirs.holdout) != (mine.arm_id, mine.holdout):
+                raise AssignmentRaced(f"customer {mine.customer_id} was assigned {theirs.arm.name} concurrently")
+            self._assigned[mine.experiment_id][mine.customer_id] = theirs
+        for experiment in {a.experiment_id: a.experiment for a in pending}.values():
+            if experiment.mode == ExperimentMode.BANDIT:
+                from experiments.services.bandits import bandit_maybe_update
+
+                bandit_maybe_update(experiment=experiment, now=self.now)
 
 
 def _rounded(weights: dict[str, float]) -> dict[str, float]:
