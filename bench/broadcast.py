@@ -77,11 +77,21 @@ live("monthly", {"trigger_kind": "schedule", "reentry_policy": "always",
 BROADCAST = """
 from journeys.models import BusinessUnit
 from journeys.services.workflows import version_build, version_publish, workflow_create
-flow = {"trigger_kind": "schedule", "reentry_policy": "once",
-        "trigger_config": {"cron": "* * * * *", "segment": "profile.plan == 'pro'"},
-        "steps": [{"key": "send", "kind": "send_message", "config": {"channel": "news", "template": "news"}},
-                  {"key": "done", "kind": "goal", "config": {}}],
-        "edges": [{"from": "send", "outcome": "next", "to": "done"}]}
+flow = {{"trigger_kind": "schedule", "reentry_policy": "once",
+        "trigger_config": {{"cron": "* * * * *", "segment": "profile.plan == 'pro'"}},
+        "steps": [{{"key": "send", "kind": "send_message", "config": {{"channel": "news", "template": "news"}}}},
+                  {{"key": "done", "kind": "goal", "config": {{}}}}],
+        "edges": [{{"from": "send", "outcome": "next", "to": "done"}}]}}
+if {split!r}:  # an A/B test in front of the send: experiment_split -> one send_message per arm
+    from experiments.services.experiments import experiment_create, experiment_start
+    experiment_start(experiment=experiment_create(key="news-ab", name="News A/B", goal_event="Order Completed",
+                                                  arms=[{{"name": "control", "control": True}}, {{"name": "b"}}]))
+    flow["steps"] = [{{"key": "split", "kind": "experiment_split", "config": {{"experiment": "news-ab"}}}},
+                     {{"key": "send", "kind": "send_message", "config": {{"channel": "news", "template": "news"}}}},
+                     {{"key": "send_b", "kind": "send_message", "config": {{"channel": "news", "template": "news"}}}},
+                     {{"key": "done", "kind": "goal", "config": {{}}}}]
+    flow["edges"] = [{{"from": "split", "outcome": "control", "to": "send"}}, {{"from": "split", "outcome": "b", "to": "send_b"}},
+                     {{"from": "send", "outcome": "next", "to": "done"}}, {{"from": "send_b", "outcome": "next", "to": "done"}}]
 version_publish(version=version_build(workflow=workflow_create(name="broadcast", business_unit=BusinessUnit.objects.get()),
                                       definition=flow), reason="bench")
 """
@@ -180,6 +190,8 @@ def main() -> int:
     parser.add_argument("--q-workers", type=int, default=2)
     parser.add_argument("--idle-ticks", type=int, default=5)
     parser.add_argument("--timeout", type=int, default=3600, help="seconds to wait for the broadcast")
+    parser.add_argument("--split", action="store_true",
+                        help="an experiment_split (A/B, 50/50) in front of the send: each customer assigned once")
     args = parser.parse_args()
     exit_on_sigterm()
     n, base = args.customers, max(1, args.customers // 10)
@@ -211,7 +223,7 @@ def main() -> int:
         if due_rows != n:
             problems.append(f"{due_rows} anniversary moments for {n} customers")
 
-        shell(BROADCAST, env)
+        shell(BROADCAST.format(split=args.split), env)
         # As `make run`: the event workers, and the schedules cluster (its minute tick shares the work
         # under the lease; its deliveries tick re-sends what a timed-out task left).
         with qcluster(env, q_workers=args.q_workers, name="broadcast") as cluster, \
@@ -246,12 +258,15 @@ def main() -> int:
                                 " WHERE workflow_id = (SELECT id FROM journeys_workflow WHERE name = 'broadcast')").fetchone()
             deliveries = conn.execute("SELECT count(*), count(DISTINCT customer_id) FROM channels_app_delivery").fetchone()
             tasks = conn.execute("SELECT count(*) FROM django_q_task WHERE func = 'journeys.tasks.runs_wake'").fetchone()[0]
+            assigned = conn.execute("SELECT count(*), count(DISTINCT customer_id) FROM experiments_assignment").fetchone()
             slowest_task = conn.execute("SELECT extract(epoch FROM max(stopped - started)) FROM django_q_task"
                                         " WHERE func = 'journeys.tasks.runs_wake'").fetchone()[0]
     sent_s = float(last or time.time()) - start
     started_s = float(started_at or time.time()) - start
     if enrolled != audience or runs != (audience, audience):
         problems.append(f"audience {audience}, enrolled {enrolled}, runs {runs}")
+    if args.split and assigned != (audience, audience):
+        problems.append(f"audience {audience}, assignments {assigned}")
     if sent < audience or deliveries != (audience, audience):
         problems.append(f"audience {audience}, sent {sent}, deliveries {deliveries}")
     # The tick's cost (CPU of the tick and of its PostgreSQL session, median of the calls) at N vs N/10;
@@ -286,6 +301,7 @@ def main() -> int:
         start_tasks=tasks,
         slowest_start_task_s=round(float(slowest_task or 0), 1),
         q_workers=args.q_workers,
+        split=args.split,
         loadavg=load0,
         ok=not problems and (rate or 0) >= 5000 and idle_full["slowest_ms"] < 1000 and ratio <= 2,
     )

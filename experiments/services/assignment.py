@@ -125,7 +125,7 @@ def _fresh(*, experiment: Experiment, all_arms: list[Arm], control: Arm, custome
 
 
 def _assignment(experiment: Experiment, customer, decision: Decision, *, run_id, version_id, now) -> Assignment:
-    return Assignment(experiment=experiment, customer_id=customer.pk, arm=decision.arm, holdout=decision.holdout,
+    return Assignment(experiment=experiment, customer=customer, arm=decision.arm, holdout=decision.holdout,
                       via=decision.via, bucket=decision.bucket, weights=decision.weights, scores=decision.scores,
                       run_id=run_id, version_id=version_id, assigned_at=now)
 
