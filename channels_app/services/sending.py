@@ -115,13 +115,12 @@ def _enqueue(delivery: Delivery) -> None:
     transaction.on_commit(lambda: async_task("channels_app.tasks.delivery_send", pk, group="deliveries"))
 
 
-def _enqueue_many(ids: list[int]) -> None:
-    """One dispatch task for the queued deliveries of a batch (after commit; the dispatch
-    sweeper finds them if the enqueue is lost)."""
+def _enqueue_collected(ids: list[int]) -> None:
+    """One dispatch task, after commit, for the deliveries in `ids` then (its batch may add more
+    until the commit; the dispatch sweeper finds them if the enqueue is lost)."""
     from django_q.tasks import async_task
 
-    ids = list(ids)
-    transaction.on_commit(lambda: async_task("channels_app.tasks.deliveries_send", ids, group="deliveries"))
+    transaction.on_commit(lambda: async_task("channels_app.tasks.deliveries_send", list(ids), group="deliveries"))
 
 
 def _decide(*, customer, template: MessageTemplate, channel: Channel, context: dict, now: datetime,
@@ -263,6 +262,7 @@ class SendBatch:
         self._templates: dict[str, tuple[MessageTemplate, int | None]] = {}
         self._ids: list[int] = []
         self.pending: dict[str, Delivery] = {}
+        self._queued: list[int] = []  # what the batch's one dispatch task sends (it grows until commit)
 
     @classmethod
     def current(cls) -> SendBatch | None:
@@ -318,7 +318,13 @@ class SendBatch:
         objects_insert(Delivery, deliveries)
         queued = [d.pk for d in deliveries if d.status == DeliveryStatus.QUEUED]
         if queued:
-            _enqueue_many(queued)
+            # One dispatch task for the engine batch however often it is flushed (a step that is
+            # not batch-safe, e.g. update_profile, flushes it before each of its visits): the task
+            # is queued at commit with every id collected by then. Ids of a rolled-back savepoint
+            # are not queued rows, which the dispatcher leaves alone.
+            if not self._queued:
+                _enqueue_collected(self._queued)
+            self._queued.extend(queued)
         deliveries_stream(deliveries=[d for d in deliveries if d.status != DeliveryStatus.QUEUED])
 
 

@@ -57,6 +57,37 @@ def test_a_batch_of_messages_is_sent_by_one_task_and_its_events_processed_by_one
     assert tasks("journeys.tasks.events_process") - engine_tasks == 1
 
 
+def test_a_step_that_flushes_the_batch_before_each_visit_still_leaves_one_dispatch_task(
+    api, django_capture_on_commit_callbacks
+):
+    """update_profile is not batch-safe: the batch is written before each of its visits. The
+    batch's messages still go to one dispatch task (before: one task per customer)."""
+    reset_caches()
+    ChannelFactory(name="mail", kind="email", provider="console")
+    TemplateFactory(name="hello", subject="Hello {{ profile.first_name }}", body="Hi")
+    unit = BusinessUnit.objects.create(name="Sales", slug="sales")
+    version_publish(version=version_build(workflow=workflow_create(name="tagged", business_unit=unit), definition={
+        "trigger_kind": "event", "trigger_event": "Signed Up",
+        "steps": [{"key": "send", "kind": "send_message", "config": {"channel": "mail", "template": "hello"}},
+                  {"key": "tag", "kind": "update_profile", "config": {"traits": {"welcomed": True}}}],
+        "edges": [{"from": "send", "outcome": "next", "to": "tag"}],
+    }), reason="test")
+    people = [f"q{i}" for i in range(6)]
+    with django_capture_on_commit_callbacks(execute=True):
+        api.post("batch", {"batch": [{"type": "identify", "userId": u, "traits": {"email": f"{u}@example.com"}}
+                                     for u in people]})
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.post("batch", {"batch": [{"type": "track", "userId": u, "event": "Signed Up"}
+                                            for u in people]}).status_code == 200
+
+    assert sorted(Delivery.objects.values_list("to", "status")) == [(f"{u}@example.com", "sent") for u in people]
+    assert tasks("channels_app.tasks.deliveries_send") == 1
+    from journeys.models import Customer
+
+    assert all(c.traits.get("welcomed") is True for c in Customer.objects.all())
+    reset_caches()
+
+
 @pytest.mark.parametrize("text", [
     "Hi {{ profile.first_name }}, total {{ event.properties.total }} {{ event.properties.flag }}",
     "{{ profile.missing }}|{{ journey.x.y }}|{{ other.thing }}|{{ event.items.0 }}|{{ event.items.9 }}",
