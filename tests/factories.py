@@ -37,3 +37,35 @@ class CustomerFactory(factory.django.DjangoModelFactory):
 def make_source(name: str = "web", **kwargs):
     """A source and its write key (keys are only known at creation)."""
     return source_create(name=name, **kwargs)
+
+
+def pending_events(customers, *, name: str = "Signed Up", source: str = "batch") -> list[int]:
+    """One pending track event per customer (as the API stores them), for events_process."""
+    from django.utils import timezone
+
+    from journeys.choices import EventStatus
+    from journeys.models import Event
+
+    src = make_source(source)[0]
+    now = timezone.now()
+    rows = Event.objects.bulk_create([
+        Event(source=src, customer=c, name=name, type="track", timestamp=now, received_at=now,
+              status=EventStatus.PENDING, properties={}) for c in customers])
+    return [e.pk for e in rows]
+
+
+def events_process_counted(ids: list[int]) -> int:
+    """events_process over one batch (all of `ids` processed); returns how many statements it made."""
+    from django.db import connection
+
+    from journeys.engine.processor import events_process
+
+    count = [0]
+
+    def counting(execute, sql, params, many, context):
+        count[0] += 1
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(counting):
+        assert events_process(event_ids=ids) == len(ids)
+    return count[0]

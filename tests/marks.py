@@ -15,3 +15,13 @@ def on_postgres(why: str) -> list:
                            reason=f"needs PostgreSQL ({why}); set DATABASE_URL=postgresql://... to run"),
         pytest.mark.django_db(transaction=True),
     ]
+
+
+def postgres_test(why: str):
+    """The marks of `on_postgres` for one test function (a decorator), in a module whose other
+    tests run on both databases."""
+    def apply(test):
+        for mark in on_postgres(why):
+            test = mark(test)
+        return test
+    return apply

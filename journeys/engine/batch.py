@@ -161,7 +161,7 @@ def rows_set(model: type[models.Model], rows: list[dict], fields: Iterable[str],
             **auto, **{f: members[0][f] for f in fields})
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     if isinstance(value, (datetime, date, time)):
         return value.isoformat()
     if isinstance(value, (Decimal, UUID)):
@@ -227,7 +227,7 @@ def rows_insert(model: type[models.Model], rows: list[dict], *, ignore_conflicts
     out: list[tuple] = []
     with connection.cursor() as cursor:
         for i in range(0, len(rows), 5000):
-            cursor.execute(sql, [*constants, json.dumps(rows[i : i + 5000], default=_json_default)])
+            cursor.execute(sql, [*constants, json.dumps(rows[i : i + 5000], default=json_default)])
             if returning:
                 out.extend(cursor.fetchall())
     return out
@@ -281,7 +281,7 @@ def rows_update(model: type[models.Model], rows: list[dict], fields: Iterable[st
            f"WHERE {table}.{qn(pk.column)} = x.{qn(pk.attname)}")
     stamps = [stamp] * sum(1 for f in opts.concrete_fields if getattr(f, "auto_now", False))
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*stamps, json.dumps(rows, default=_json_default)])
+        cursor.execute(sql, [*stamps, json.dumps(rows, default=json_default)])
 
 
 @lru_cache(maxsize=64)

@@ -223,6 +223,7 @@ class UpdateProfile(StepKind):
     label = "Update profile"
     help = "Sets profile traits and journey variables. Values are literals, or rules when written as {\"rule\": \"...\"}."
     side_effects = True
+    batch_safe = True  # in an engine batch the profiles are written at its flush (ProfileBatch)
     fields = {"traits": '{"stage": "onboarding"}', "variables": '{"discount": 10}'}
     form = forms.UpdateProfileForm
     palette = PROFILE
@@ -258,23 +259,30 @@ class UpdateProfile(StepKind):
         return out
 
     def execute(self, ctx):
+        from journeys.engine.runtime import profile_dict
+        from journeys.services.profiles import ProfileBatch, customer_update_traits
+
+        batch = None if ctx.dry_run else ProfileBatch.current()
         if ctx.config["traits"] and not ctx.dry_run:
             # Rules may read the traits they change (a counter: coalesce(profile.n, 0) + 1): lock
             # the profile row and read it fresh, or a concurrent worker's update would be lost.
-            from journeys.engine.runtime import profile_dict
-            from journeys.models import Customer
+            if batch is not None:
+                batch.lock(ctx.customer)
+            else:
+                from journeys.models import Customer
 
-            fresh = Customer.objects.select_for_update().get(pk=ctx.customer.pk)
-            ctx.customer.traits = fresh.traits
-            ctx.profile.update(profile_dict(fresh, ctx.now))
+                ctx.customer.traits = Customer.objects.select_for_update().get(pk=ctx.customer.pk).traits
+            ctx.profile.update(profile_dict(ctx.customer, ctx.now))
         traits = self._values(ctx, ctx.config["traits"])
         variables = self._values(ctx, ctx.config["variables"])
         ctx.run.variables = {**ctx.run.variables, **variables}
         ctx.profile.update(traits)
         if traits and not ctx.dry_run:
-            from journeys.services.profiles import customer_update_traits
-
-            customer_update_traits(customer=ctx.customer, traits=traits, reason=f"workflow step {ctx.step_key}")
+            reason = f"workflow step {ctx.step_key}"
+            if batch is not None:
+                batch.update(customer=ctx.customer, traits=traits, reason=reason)
+            else:
+                customer_update_traits(customer=ctx.customer, traits=traits, reason=reason)
         return StepResult(outcome="next", detail={"traits": traits, "variables": variables})
 
 

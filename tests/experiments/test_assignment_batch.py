@@ -15,13 +15,12 @@ from django.utils import timezone
 
 from experiments.models import Assignment
 from experiments.services.assignment import assignment_decide
-from journeys.choices import EventStatus
 from journeys.engine.compiled import reset_caches
 from journeys.engine.processor import events_process
-from journeys.models import Event, JourneyRun
+from journeys.models import JourneyRun
 from tests.experiments.factories import edges, make_customers, make_experiment, steps
-from tests.factories import make_source
-from tests.marks import on_postgres
+from tests.factories import events_process_counted, pending_events
+from tests.marks import postgres_test
 
 
 def split_then_wait(key: str = "welcome", arms=("control", "short"), holdout: bool = False,
@@ -35,28 +34,6 @@ def split_then_wait(key: str = "welcome", arms=("control", "short"), holdout: bo
     return {"trigger_event": "Signed Up", "reentry_policy": "always", "steps": steps(*items), "edges": edges(*links)}
 
 
-def store_events(customers, *, prefix: str = "") -> list[int]:
-    source = make_source(f"batch{prefix}")[0]
-    now = timezone.now()
-    rows = Event.objects.bulk_create([
-        Event(source=source, customer=c, name="Signed Up", type="track", timestamp=now, received_at=now,
-              status=EventStatus.PENDING, properties={}) for c in customers])
-    return [e.pk for e in rows]
-
-
-def process(ids: list[int]) -> int:
-    """events_process over one batch; returns how many statements it made."""
-    count = [0]
-
-    def counting(execute, sql, params, many, context):
-        count[0] += 1
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(counting):
-        assert events_process(event_ids=ids) == len(ids)
-    return count[0]
-
-
 @pytest.mark.django_db
 def test_a_batch_assigns_as_one_at_a_time_would_with_statements_that_do_not_grow_with_it(publish):
     experiment = make_experiment(holdout_share=0.2)
@@ -64,8 +41,8 @@ def test_a_batch_assigns_as_one_at_a_time_would_with_statements_that_do_not_grow
     reset_caches()
     small, large = make_customers(10, prefix="s"), make_customers(120, prefix="l")
 
-    statements_small = process(store_events(small, prefix="s"))
-    statements_large = process(store_events(large, prefix="l"))
+    statements_small = events_process_counted(pending_events(small, source="s"))
+    statements_large = events_process_counted(pending_events(large, source="l"))
 
     assert statements_large - statements_small <= 6, (statements_small, statements_large)
     assignments = {a.customer_id: a for a in Assignment.objects.select_related("arm")}
@@ -92,7 +69,7 @@ def test_earlier_assignments_and_a_second_entry_in_the_same_batch_are_sticky(pub
               for c in customers[:20]}
     experiment_set_weights(experiment=experiment, weights={"control": 0, "short": 1}, reason="all new to short")
 
-    process(store_events(customers) + store_events(customers[20:], prefix="again"))  # the last 20 enter twice
+    events_process_counted(pending_events(customers) + pending_events(customers[20:], source="again"))  # the last 20 enter twice
 
     arms = dict(Assignment.objects.values_list("customer_id", "arm__name"))
     assert len(arms) == 40
@@ -103,15 +80,7 @@ def test_earlier_assignments_and_a_second_entry_in_the_same_batch_are_sticky(pub
         assert runs.count() == 2 and {r.variables["experiment_arm"] for r in runs} == {"short"}
 
 
-def _marked(marks):
-    def apply(test):
-        for mark in marks:
-            test = mark(test)
-        return test
-    return apply
-
-
-@_marked(on_postgres("a concurrent transaction"))
+@postgres_test("a concurrent transaction")
 def test_a_customer_another_worker_assigned_first_keeps_that_arm(publish):
     """Another transaction holds an uncommitted assignment of the other arm for one customer of the
     batch; the batch's INSERT waits for it, meets the conflict when it commits, and the batch is
@@ -124,7 +93,7 @@ def test_a_customer_another_worker_assigned_first_keeps_that_arm(publish):
     target = customers[5]
     hashed = assignment_decide(experiment=experiment, customer=target, now=timezone.now(), dry_run=True).arm
     other = experiment.arms.exclude(pk=hashed.pk).get()
-    ids = store_events(customers)
+    ids = pending_events(customers)
 
     from tests.proc import database_url
 
