@@ -1,6 +1,6 @@
 """A cron broadcast at scale, and what the minute tick costs when nothing is due.
 
-    .venv/bin/python bench/broadcast.py [--customers 100000] [--q-workers 2] [--idle-ticks 5]
+    .venv/bin/python bench/broadcast.py [--customers 100000] [--q-workers 2] [--idle-ticks 5] [--split] [--tag]
     .venv/bin/python bench/broadcast.py --customers 1000000
 
 A private PostgreSQL (bench/common.py), production settings, the ORM broker. Customers are
@@ -21,6 +21,10 @@ signup_date, 09:00 local) and a monthly cron over the pro segment; neither has a
    and sent per second = audience / (tick start -> last delivery sent). `enrolled_per_s` is
    the tick's enrolment alone (runs inserted, start tasks queued); sending is
    channels_app's dispatch, measured as it is.
+
+`--split` puts an A/B experiment_split (50/50) in front of the send and `--tag` an update_profile
+(a counter rule) after it: the steps a real campaign has; each is checked (one assignment, a
+count of one per customer).
 
 Targets: >= 5,000 enrolled and sent per second; idle tick < 1 s at 1,000,000 customers;
 cost at N no more than 2x the cost at N/10.
@@ -92,6 +96,11 @@ if {split!r}:  # an A/B test in front of the send: experiment_split -> one send_
                      {{"key": "done", "kind": "goal", "config": {{}}}}]
     flow["edges"] = [{{"from": "split", "outcome": "control", "to": "send"}}, {{"from": "split", "outcome": "b", "to": "send_b"}},
                      {{"from": "send", "outcome": "next", "to": "done"}}, {{"from": "send_b", "outcome": "next", "to": "done"}}]
+if {tag!r}:  # then a profile change after the send (update_profile: "newsletter_at", a counter rule)
+    flow["steps"].append({{"key": "tag", "kind": "update_profile", "config": {{"traits": {{
+        "newsletters": {{"rule": "coalesce(profile.newsletters, 0) + 1"}}, "last_newsletter": "news"}}}}}})
+    flow["edges"] = [e if e["to"] != "done" else {{**e, "to": "tag"}} for e in flow["edges"]]
+    flow["edges"].append({{"from": "tag", "outcome": "next", "to": "done"}})
 version_publish(version=version_build(workflow=workflow_create(name="broadcast", business_unit=BusinessUnit.objects.get()),
                                       definition=flow), reason="bench")
 """
@@ -192,6 +201,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=int, default=3600, help="seconds to wait for the broadcast")
     parser.add_argument("--split", action="store_true",
                         help="an experiment_split (A/B, 50/50) in front of the send: each customer assigned once")
+    parser.add_argument("--tag", action="store_true",
+                        help="an update_profile after the send (a counter rule): each customer's count goes to 1")
     args = parser.parse_args()
     exit_on_sigterm()
     n, base = args.customers, max(1, args.customers // 10)
@@ -223,7 +234,7 @@ def main() -> int:
         if due_rows != n:
             problems.append(f"{due_rows} anniversary moments for {n} customers")
 
-        shell(BROADCAST.format(split=args.split), env)
+        shell(BROADCAST.format(split=args.split, tag=args.tag), env)
         # As `make run`: the event workers, and the schedules cluster (its minute tick shares the work
         # under the lease; its deliveries tick re-sends what a timed-out task left).
         with qcluster(env, q_workers=args.q_workers, name="broadcast") as cluster, \
@@ -259,6 +270,7 @@ def main() -> int:
             deliveries = conn.execute("SELECT count(*), count(DISTINCT customer_id) FROM channels_app_delivery").fetchone()
             tasks = conn.execute("SELECT count(*) FROM django_q_task WHERE func = 'journeys.tasks.runs_wake'").fetchone()[0]
             assigned = conn.execute("SELECT count(*), count(DISTINCT customer_id) FROM experiments_assignment").fetchone()
+            tagged = conn.execute("SELECT count(*) FROM journeys_customer WHERE traits -> 'newsletters' = '1'").fetchone()[0]
             slowest_task = conn.execute("SELECT extract(epoch FROM max(stopped - started)) FROM django_q_task"
                                         " WHERE func = 'journeys.tasks.runs_wake'").fetchone()[0]
     sent_s = float(last or time.time()) - start
@@ -267,6 +279,8 @@ def main() -> int:
         problems.append(f"audience {audience}, enrolled {enrolled}, runs {runs}")
     if args.split and assigned != (audience, audience):
         problems.append(f"audience {audience}, assignments {assigned}")
+    if args.tag and tagged != audience:
+        problems.append(f"audience {audience}, profiles counted once {tagged}")
     if sent < audience or deliveries != (audience, audience):
         problems.append(f"audience {audience}, sent {sent}, deliveries {deliveries}")
     # The tick's cost (CPU of the tick and of its PostgreSQL session, median of the calls) at N vs N/10;
@@ -302,6 +316,7 @@ def main() -> int:
         slowest_start_task_s=round(float(slowest_task or 0), 1),
         q_workers=args.q_workers,
         split=args.split,
+        tag=args.tag,
         loadavg=load0,
         ok=not problems and (rate or 0) >= 5000 and idle_full["slowest_ms"] < 1000 and ratio <= 2,
     )

@@ -205,21 +205,23 @@ def test_worker_killed_mid_task_the_events_are_processed_and_no_step_runs_twice(
     How it is made faithful:
     - Events enter through the HTTP API (`/v1/batch`); with the ORM broker (settings as in production,
       not the tests' sync mode) each request writes its Event rows and its django-q task row in one
-      transaction. Four requests of 30 orders -> four tasks of 30 events.
+      transaction. Four requests of 120 orders -> four tasks of 120 events.
     - A real `manage.py qcluster` (config.settings, one worker) works them, with Q_RETRY=4 so the killed
       task is handed out again quickly, and a generous Q_TIMEOUT: on a loaded machine a task that hit
       django-q's timeout would be acked as failed (ack_failures) and left to the once-a-minute sweeper.
       (A task redelivered while it still runs is harmless, and is exercised here too.)
-      Its connections carry PGAPPNAME, so pg_locks shows when the worker has inserted StepExecution
-      rows that are not committed yet, while earlier tasks are committed: that is "mid-task". The
+      Its connections carry PGAPPNAME, so pg_locks shows when the worker has inserted JourneyRun
+      rows that are not committed yet (the batch enrols first and writes its step rows, profiles
+      and runs' states at the end), while earlier tasks are committed: that is "mid-task". The
       worker is frozen (SIGSTOP), the transaction checked to be still open, then SIGKILLed - the
       whole process group (a crashed host), or only the worker process that owns that connection
       (found via /proc; an OOM kill, the cluster respawns the worker).
-    - Nothing is mocked or slowed: the window is just a task's own work (30 events x 3 steps, ~0.4 s).
+    - Nothing is mocked or slowed: the window is just a task's own work (120 events x 3 steps, set-based:
+      ~0.1-0.3 s).
     - Recovery is the product's: the killed task's OrmQ row is handed out again `retry` seconds
       after it was taken (by a fresh cluster, or by the surviving one).
     """
-    n, per_request = 120, 30
+    n, per_request = 480, 120
     publish(ORDER_FLOW)
     post_orders(api, range(n), per_request=per_request)
     assert Event.objects.filter(status=EventStatus.PENDING).count() == n
@@ -227,7 +229,7 @@ def test_worker_killed_mid_task_the_events_are_processed_and_no_step_runs_twice(
     first = clusters("kill", workers=1, **QUICK_RETRY)
     began = time.monotonic()
     backend_pid, worker = freeze_mid_task(
-        first, table=StepExecution._meta.db_table,
+        first, table=JourneyRun._meta.db_table,
         ready=lambda: Event.objects.filter(name=ORDER, status=EventStatus.PROCESSED).exists())
     frozen_processed = Event.objects.filter(name=ORDER, status=EventStatus.PROCESSED).count()
     if target == "whole-cluster":

@@ -141,14 +141,17 @@ def _assert_each_order_acted_once(n: int) -> None:
     assert counts == {1: n}, f"orders_seen per customer: {counts}"
 
 
+PER_TASK = 100  # events a request and so a task: long enough (set-based, ~0.1-0.3 s) to be caught mid-way
+
+
 def _post_orders(stack, numbers) -> None:
-    """Customer u<i> sends order i; one request of 30 orders -> one task of 30 events."""
+    """Customer u<i> sends order i; one request of PER_TASK orders -> one task of PER_TASK events."""
     auth = "Basic " + base64.b64encode(f"{stack['key']}:".encode()).decode()
     numbers = list(numbers)
-    for start in range(0, len(numbers), 30):
+    for start in range(0, len(numbers), PER_TASK):
         body = json.dumps({"batch": [
             {"type": "track", "userId": f"u{i}", "event": ORDER, "properties": {"seq": i}, "messageId": f"o{i}"}
-            for i in numbers[start:start + 30]]})
+            for i in numbers[start:start + PER_TASK]]})
         conn = http.client.HTTPConnection("127.0.0.1", stack["web"].port, timeout=60)
         conn.request("POST", "/v1/batch", body=body, headers={"Authorization": auth, "Content-Type": "application/json"})
         response = conn.getresponse()
@@ -175,19 +178,20 @@ def test_worker_killed_mid_batch_on_redis_the_sweeper_finishes_and_nothing_acts_
     """SIGKILL mid-task on Redis: the popped task is lost for good (no ack, no retry), its events
     stay pending in the outbox; the engine_tick schedule's sweeper (events pending > 30 s)
     processes them, and every order still gets exactly one run, one message, one increment."""
-    n = 150
-    _post_orders(stack, range(n))  # 5 tasks of 30 events on Redis
+    n = 5 * PER_TASK
+    _post_orders(stack, range(n))  # 5 tasks on Redis
     posted = time.monotonic()
     first = stack["cluster"]("kill")
+    # The batch inserts its runs first and its step rows at the end: uncommitted runs are "mid-task".
     backend_pid, worker = freeze_mid_task(
-        first, table=StepExecution._meta.db_table,
+        first, table=JourneyRun._meta.db_table,
         ready=lambda: Event.objects.filter(name=ORDER, status=EventStatus.PROCESSED).exists())
     if target == "whole-cluster":
         first.kill()  # the local queue of prefetched tasks dies with it
     else:
         first.signal(signal.SIGKILL, worker)
     killed = time.monotonic()
-    wait_until(lambda: backend_pid not in [p for p, _ in in_flight_writes(first.app_name, StepExecution._meta.db_table)],
+    wait_until(lambda: backend_pid not in [p for p, _ in in_flight_writes(first.app_name, JourneyRun._meta.db_table)],
                timeout=15,
                message="the killed transaction to roll back")
     processed_at_kill = Event.objects.filter(name=ORDER, status=EventStatus.PROCESSED).count()
@@ -205,6 +209,6 @@ def test_worker_killed_mid_batch_on_redis_the_sweeper_finishes_and_nothing_acts_
     from django_q.models import Task
 
     ticks = [t.result for t in Task.objects.filter(func="journeys.tasks.engine_tick", success=True)]
-    assert sum(t["swept"] for t in ticks) >= 30, ticks  # the killed task's 30 events came back this way
+    assert sum(t["swept"] for t in ticks) >= PER_TASK, ticks  # the killed task's events came back this way
     print(f"[{target}] {processed_at_kill}/{n} processed at the kill ({killed - posted:.1f}s after posting); "
           f"all processed {time.monotonic() - killed:.1f}s after the kill")
