@@ -32,6 +32,18 @@ def internal_source() -> Source:
     return source
 
 
+def internal_event_row(*, source_id: int, customer: Customer, name: str, properties: dict | None = None,
+                       traits: dict | None = None, changes: dict | None = None, at: datetime,
+                       message_id: str | None = None, context: dict | None = None) -> dict:
+    """The events_insert row of an internal event (an identify when it carries traits)."""
+    return {
+        "source_id": source_id, "message_id": message_id or f"int-{uuid.uuid4()}",
+        "type": EventType.IDENTIFY if traits else EventType.TRACK, "name": name, "user_id": customer.external_id,
+        "customer_id": customer.pk, "properties": properties or {}, "traits": traits or {}, "changes": changes or {},
+        "context": context or {}, "timestamp": at, "received_at": timezone.now(),
+    }
+
+
 @transaction.atomic
 def event_record_internal(
     *,
@@ -55,12 +67,8 @@ def event_record_internal(
     at = at or timezone.now()
     source = internal_source()
     mid = message_id or f"int-{uuid.uuid4()}"
-    ids = events_insert([{
-        "source_id": source.pk, "message_id": mid, "type": EventType.IDENTIFY if traits else EventType.TRACK,
-        "name": name, "user_id": customer.external_id, "customer_id": customer.pk, "properties": properties or {},
-        "traits": traits or {}, "changes": changes or {}, "context": context or {}, "timestamp": at,
-        "received_at": timezone.now(),
-    }])
+    ids = events_insert([internal_event_row(source_id=source.pk, customer=customer, name=name, properties=properties,
+                                            traits=traits, changes=changes, at=at, message_id=mid, context=context)])
     if not ids:  # recorded before (its key is kept as long as the event)
         key = EventKey.objects.get(source=source, message_id=mid)
         existing = Event.objects.filter(pk=key.event_id).first()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 
 from django.db import connection, transaction
 from django.db.models import F, Func, Value
@@ -81,8 +80,7 @@ class ProfileBatch:
 
     def update(self, *, customer: Customer, traits: dict, reason: str) -> dict:
         """customer_update_traits, written at the batch's flush; returns {trait: [old, new]}."""
-        from journeys.choices import EventType
-        from journeys.services.internal_events import internal_source
+        from journeys.services.internal_events import internal_event_row, internal_source
 
         self.lock(customer)
         changes = _changes(customer, traits)
@@ -91,15 +89,11 @@ class ProfileBatch:
         customer.traits = {**customer.traits, **traits}
         self._patches.setdefault(customer.pk, {}).update(traits)
         self._customers[customer.pk] = customer
-        now = timezone.now()
         if self._source_id is None:
             self._source_id = internal_source().pk
-        self._events.append({
-            "source_id": self._source_id, "message_id": f"int-{uuid.uuid4()}", "type": EventType.IDENTIFY,
-            "name": "Profile Updated", "user_id": customer.external_id, "customer_id": customer.pk,
-            "properties": {"reason": reason}, "traits": traits, "changes": changes, "context": {},
-            "timestamp": now, "received_at": now,
-        })
+        self._events.append(internal_event_row(source_id=self._source_id, customer=customer, name="Profile Updated",
+                                               properties={"reason": reason}, traits=traits, changes=changes,
+                                               at=timezone.now()))
         return changes
 
     def flush(self) -> None:
@@ -117,7 +111,7 @@ class ProfileBatch:
             # Only the keys the steps set, over the row as it is (locked by this batch since lock()).
             with connection.cursor() as cursor:
                 cursor.execute(
-                    "UPDATE journeys_customer AS c SET traits = c.traits || x.patch, updated_at = %s"
+                    f"UPDATE {Customer._meta.db_table} AS c SET traits = c.traits || x.patch, updated_at = %s"
                     " FROM jsonb_to_recordset(%s::jsonb) AS x(id bigint, patch jsonb) WHERE c.id = x.id",
                     [stamp, json.dumps([{"id": pk, "patch": p} for pk, p in patches.items()], default=json_default)])
         else:  # SQLite: one UPDATE per distinct patch; json_patch drops keys set to null and merges

@@ -33,6 +33,11 @@ def test_production_settings_refuse_to_start_without_a_key_of_their_own():
     assert result.returncode != 0 and "SECRET_KEY is not set" in result.stderr
 
 
+def test_a_number_setting_that_is_not_a_number_is_refused_by_name():
+    result = manage("check", SECRET_KEY=secrets.token_urlsafe(50), Q_SUCCESS_KEEP="lots")
+    assert result.returncode != 0 and "Q_SUCCESS_KEEP: 'lots' is not a whole number" in result.stderr
+
+
 def test_check_deploy_is_loud_for_a_public_key_debug_and_plain_http():
     result = manage("check", "--deploy", SECRET_KEY="dev-only-insecure-key-change-me-in-production-0123456789",
                     DEBUG="1", SESSION_COOKIE_SECURE="0", SECURE_SSL_REDIRECT="0")
