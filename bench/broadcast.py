@@ -1,6 +1,6 @@
 """A cron broadcast at scale, and what the minute tick costs when nothing is due.
 
-    .venv/bin/python bench/broadcast.py [--customers 100000] [--q-workers 2] [--idle-ticks 5] [--split] [--tag]
+    .venv/bin/python bench/broadcast.py [--customers 100000] [--q-workers 2] [--idle-ticks 5] [--split] [--tag] [--hook]
     .venv/bin/python bench/broadcast.py --customers 1000000
 
 A private PostgreSQL (bench/common.py), production settings, the ORM broker. Customers are
@@ -23,8 +23,9 @@ signup_date, 09:00 local) and a monthly cron over the pro segment; neither has a
    channels_app's dispatch, measured as it is.
 
 `--split` puts an A/B experiment_split (50/50) in front of the send and `--tag` an update_profile
-(a counter rule) after it: the steps a real campaign has; each is checked (one assignment, a
-count of one per customer).
+(a counter rule) after it, `--hook` a webhook step (a signed POST to a local HTTP server, the
+bench/dispatch.py sink) before it: the steps a real campaign has; each is checked (one
+assignment, a count of one per customer, one POST per customer with its own idempotency key).
 
 Targets: >= 5,000 enrolled and sent per second; idle tick < 1 s at 1,000,000 customers;
 cost at N no more than 2x the cost at N/10.
@@ -35,6 +36,7 @@ Last stdout line: {"bench": "broadcast", "enrolled_and_sent_per_s": ..., "idle_t
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import subprocess
 import sys
@@ -45,6 +47,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from dispatch import SECRET_ENV, Sink  # noqa: E402  (the local HTTP server for --hook)
 from common import (  # noqa: E402
     PYTHON,
     ROOT,
@@ -96,6 +99,13 @@ if {split!r}:  # an A/B test in front of the send: experiment_split -> one send_
                      {{"key": "done", "kind": "goal", "config": {{}}}}]
     flow["edges"] = [{{"from": "split", "outcome": "control", "to": "send"}}, {{"from": "split", "outcome": "b", "to": "send_b"}},
                      {{"from": "send", "outcome": "next", "to": "done"}}, {{"from": "send_b", "outcome": "next", "to": "done"}}]
+if {hook!r}:  # a webhook call (e.g. to a CRM) before everything else
+    from channels_app.models import Channel
+    Channel.objects.create(name="crm", kind="webhook", provider="webhook", breaker_threshold=50,
+                           settings={{"url": "{hook_url}", "secret_env": "{secret_env}", "timeout": 30}})
+    flow["steps"].insert(0, {{"key": "hook", "kind": "webhook", "config": {{"channel": "crm", "payload": {{
+        "plan": "{{{{ profile.plan }}}}", "name": "{{{{ profile.first_name }}}}"}}}}}})
+    flow["edges"].insert(0, {{"from": "hook", "outcome": "next", "to": flow["steps"][1]["key"]}})
 if {tag!r}:  # then a profile change after the send (update_profile: "newsletter_at", a counter rule)
     flow["steps"].append({{"key": "tag", "kind": "update_profile", "config": {{"traits": {{
         "newsletters": {{"rule": "coalesce(profile.newsletters, 0) + 1"}}, "last_newsletter": "news"}}}}}})
@@ -203,6 +213,8 @@ def main() -> int:
                         help="an experiment_split (A/B, 50/50) in front of the send: each customer assigned once")
     parser.add_argument("--tag", action="store_true",
                         help="an update_profile after the send (a counter rule): each customer's count goes to 1")
+    parser.add_argument("--hook", action="store_true",
+                        help="a webhook step (to a local HTTP server) before the send: one POST per customer")
     args = parser.parse_args()
     exit_on_sigterm()
     n, base = args.customers, max(1, args.customers // 10)
@@ -234,7 +246,13 @@ def main() -> int:
         if due_rows != n:
             problems.append(f"{due_rows} anniversary moments for {n} customers")
 
-        shell(BROADCAST.format(split=args.split, tag=args.tag), env)
+        sink = Sink("webhook") if args.hook else None
+        if sink is not None:
+            atexit.register(sink.stop)
+        env[SECRET_ENV] = "bench-hook-secret"
+        shell(BROADCAST.format(split=args.split, tag=args.tag, hook=args.hook, secret_env=SECRET_ENV,
+                               hook_url=f"http://127.0.0.1:{sink.port}/hooks/crm" if sink else ""), env)
+        per_customer = 2 if args.hook else 1  # deliveries: the webhook call and the email
         # As `make run`: the event workers, and the schedules cluster (its minute tick shares the work
         # under the lease; its deliveries tick re-sends what a timed-out task left).
         with qcluster(env, q_workers=args.q_workers, name="broadcast") as cluster, \
@@ -260,10 +278,15 @@ def main() -> int:
                         "SELECT EXISTS (SELECT 1 FROM journeys_journeyrun WHERE status IN ('waiting', 'active'))").fetchone()[0]:
                     started_at = conn.execute("SELECT extract(epoch FROM max(created_at)) FROM channels_app_delivery"
                                               ).fetchone()[0]
-                if sent >= audience or time.monotonic() > deadline or cluster.poll() is not None:
+                if sent >= per_customer * audience or time.monotonic() > deadline or cluster.poll() is not None:
                     break
                 time.sleep(0.5)
             cpu = tree_cpu(cluster.pid) + tree_cpu(postmaster) - cpu0
+            if sink is not None:
+                time.sleep(0.5)  # the sink writes what it received every 0.1 s
+                posts = sink.rows()
+                sink.stop()
+                hooked = (len(posts), len({row["headers"].get("Idempotency-Key") for row in posts}))
             last = conn.execute("SELECT extract(epoch FROM max(sent_at)) FROM channels_app_delivery").fetchone()[0]
             runs = conn.execute("SELECT count(*), count(DISTINCT customer_id) FROM journeys_journeyrun"
                                 " WHERE workflow_id = (SELECT id FROM journeys_workflow WHERE name = 'broadcast')").fetchone()
@@ -281,7 +304,9 @@ def main() -> int:
         problems.append(f"audience {audience}, assignments {assigned}")
     if args.tag and tagged != audience:
         problems.append(f"audience {audience}, profiles counted once {tagged}")
-    if sent < audience or deliveries != (audience, audience):
+    if args.hook and hooked != (audience, audience):
+        problems.append(f"audience {audience}, webhook posts (all, distinct keys) {hooked}")
+    if sent < per_customer * audience or deliveries != (per_customer * audience, audience):
         problems.append(f"audience {audience}, sent {sent}, deliveries {deliveries}")
     # The tick's cost (CPU of the tick and of its PostgreSQL session, median of the calls) at N vs N/10;
     # wall time on a shared machine mostly measures the other processes.
@@ -317,6 +342,7 @@ def main() -> int:
         q_workers=args.q_workers,
         split=args.split,
         tag=args.tag,
+        hook=args.hook,
         loadavg=load0,
         ok=not problems and (rate or 0) >= 5000 and idle_full["slowest_ms"] < 1000 and ratio <= 2,
     )

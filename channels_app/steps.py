@@ -107,6 +107,7 @@ class Webhook(StepKind):
     help = ("POSTs a signed JSON payload to a webhook channel, sent after commit with retries and the channel's "
             "breaker. Payload values may be templates ({{ profile.email }}). Suppressed for holdout customers.")
     side_effects = True
+    batch_safe = True  # in an engine batch its Delivery waits for the batch's INSERT (SendBatch)
     fields = {"channel": "a webhook channel name", "payload": '{"plan": "{{ profile.plan }}"}'}
     palette = Palette(group="Messages", colour="#e3f2fd", order=12)
 
@@ -128,19 +129,17 @@ class Webhook(StepKind):
                 raise ValidationError({"payload": f"{key}: template error: {error}"})
         return {"channel": channel, "payload": payload}
 
-    def _payload(self, ctx: StepContext) -> dict:
-        from channels_app.services.templates import _ENGINE, plain
-        from django.template import Context
-
+    def _payload(self, ctx: StepContext, personalized: bool | None = None) -> dict:
         from channels_app.services import message_context
+        from channels_app.services.templates import text_render
 
         context = {"event": event_dict(ctx.event), "journey": ctx.run.variables, "profile": ctx.profile}
         if getattr(ctx.customer, "pk", None):  # only the data the customer allowed (personalization consent)
-            context = message_context(customer=ctx.customer, context=context, now=ctx.now)
-        data = plain({k: context[k] for k in ("profile", "event", "journey")})
+            context = message_context(customer=ctx.customer, context=context, now=ctx.now, personalized=personalized)
+        data = {k: context[k] for k in ("profile", "event", "journey")}
         out = {}
         for key, value in ctx.config["payload"].items():
-            out[key] = _ENGINE.from_string(value).render(Context(data, autoescape=False)) if isinstance(value, str) else value
+            out[key] = text_render(text=value, data=data) if isinstance(value, str) else value
         out.setdefault("event", (event_dict(ctx.event) or {}).get("name"))
         out.setdefault("user_id", ctx.profile.get("user_id"))
         return out
@@ -148,14 +147,21 @@ class Webhook(StepKind):
     def execute(self, ctx: StepContext) -> StepResult:
         from channels_app.models import Channel
         from channels_app.services import webhook_send
+        from channels_app.services.sending import SendBatch
 
-        channel = Channel.objects.get(name=ctx.config["channel"])
-        payload = self._payload(ctx)
+        batch = None if ctx.dry_run else SendBatch.current()
+        if batch is None:
+            channel = Channel.objects.get(name=ctx.config["channel"])
+            payload = self._payload(ctx)
+        else:
+            channel = batch.channel(ctx.config["channel"])
+            payload = self._payload(ctx, personalized=batch.consents.personalized(ctx.customer.pk))
         if ctx.dry_run:
             return StepResult(outcome="next", detail={"would_call": channel.name, "payload": payload})
-        delivery = webhook_send(customer=ctx.customer, channel=channel, idempotency_key=ctx.idempotency_key,
-                                payload=payload, run_id=ctx.run.pk, step_key=ctx.step_key,
-                                suppress_reason="holdout" if ctx.run.variables.get("holdout") else "")
+        send = batch.webhook if batch is not None else webhook_send
+        delivery = send(customer=ctx.customer, channel=channel, idempotency_key=ctx.idempotency_key,
+                        payload=payload, run_id=ctx.run.pk, step_key=ctx.step_key,
+                        suppress_reason="holdout" if ctx.run.variables.get("holdout") else "")
         return StepResult(outcome="next", detail={"delivery": delivery.pk, "status": delivery.status,
                                                   "reason": delivery.reason})
 

@@ -306,6 +306,16 @@ class SendBatch:
         self.pending[idempotency_key] = delivery
         return delivery
 
+    def webhook(self, *, customer, channel: Channel, idempotency_key: str, payload: dict, run_id=None,
+                step_key: str = "", suppress_reason: str = "") -> Delivery:
+        """What webhook_send records, kept for the batch's INSERT."""
+        if idempotency_key in self.pending:
+            return self.pending[idempotency_key]
+        delivery = self.pending[idempotency_key] = _webhook_delivery(
+            customer=customer, channel=channel, idempotency_key=idempotency_key, payload=payload, run_id=run_id,
+            step_key=step_key, suppress_reason=suppress_reason, pk=self._next_id())
+        return delivery
+
     def flush(self) -> None:
         if not self.pending:
             return
@@ -319,7 +329,7 @@ class SendBatch:
         queued = [d.pk for d in deliveries if d.status == DeliveryStatus.QUEUED]
         if queued:
             # One dispatch task for the engine batch however often it is flushed (a step that is
-            # not batch-safe, e.g. update_profile, flushes it before each of its visits): the task
+            # not batch-safe, e.g. set_stage, flushes it before each of its visits): the task
             # is queued at commit with every id collected by then. Ids of a rolled-back savepoint
             # are not queued rows, which the dispatcher leaves alone.
             if not self._queued:
@@ -328,28 +338,37 @@ class SendBatch:
         deliveries_stream(deliveries=[d for d in deliveries if d.status != DeliveryStatus.QUEUED])
 
 
-@transaction.atomic
+def _webhook_delivery(*, customer, channel: Channel, idempotency_key: str, payload: dict, run_id, step_key: str,
+                      suppress_reason: str, pk: int | None = None) -> Delivery:
+    settings = channel.settings or {}
+    return instance_new(Delivery, {
+        "id": pk, "idempotency_key": idempotency_key, "run_id": run_id, "step_key": step_key,
+        "to": str(settings.get("url") or settings.get("base_url") or ""),
+        "body": json.dumps(payload, sort_keys=True, default=str), "transactional": True,
+        "status": DeliveryStatus.SUPPRESSED if suppress_reason else DeliveryStatus.QUEUED, "reason": suppress_reason,
+    }, {"customer": customer, "channel": channel})
+
+
 def webhook_send(*, customer, channel: Channel, idempotency_key: str, payload: dict, run_id=None,
                  step_key: str = "", suppress_reason: str = "") -> Delivery:
     """Record a webhook call (an integration, not a message to the customer: no consent
-    topic), sent like any delivery: after commit, retried, behind the breaker."""
+    topic), sent like any delivery: after commit, retried, behind the breaker. (The engine's
+    webhook step uses `SendBatch.webhook`, the same row for a whole batch of events.)"""
     existing = Delivery.objects.filter(idempotency_key=idempotency_key).first()
     if existing is not None:
         return existing
+    delivery = _webhook_delivery(customer=customer, channel=channel, idempotency_key=idempotency_key,
+                                 payload=payload, run_id=run_id, step_key=step_key, suppress_reason=suppress_reason)
     try:
         with transaction.atomic():
-            delivery = Delivery.objects.create(
-                idempotency_key=idempotency_key, customer=customer, channel=channel, run_id=run_id,
-                step_key=step_key, to=str((channel.settings or {}).get("url") or channel.settings.get("base_url") or ""),
-                body=json.dumps(payload, sort_keys=True, default=str), transactional=True,
-                status=DeliveryStatus.SUPPRESSED if suppress_reason else DeliveryStatus.QUEUED, reason=suppress_reason,
-            )
+            delivery.save(force_insert=True)
     except IntegrityError:
         return Delivery.objects.get(idempotency_key=idempotency_key)
     if delivery.status == DeliveryStatus.QUEUED:
         _enqueue(delivery)
+    else:
+        deliveries_stream(deliveries=[delivery])  # suppressed (a holdout customer)
     return delivery
-
 
 
 def _event_properties(delivery: Delivery) -> dict:

@@ -240,6 +240,15 @@ def _render_plain(parts: tuple, context: dict, autoescape: bool) -> tuple[str, l
     return "".join(out), missing
 
 
+def text_render(*, text: str, data: dict, autoescape: bool = False) -> str:
+    """One template text (e.g. a webhook payload value) rendered with `data` (plain dicts and
+    values): the parsed template is cached per text, plain variables are read without Django."""
+    parts = _plain_parts(text)
+    if parts is not None and (fast := _render_plain(parts, data, autoescape)) is not None:
+        return fast[0]
+    return _compiled(text).render(Context(plain(data), autoescape=autoescape))
+
+
 def template_check(*, text: str) -> str | None:
     """The syntax error of a template text, or None (shown at save time in the admin)."""
     try:

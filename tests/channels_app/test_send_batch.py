@@ -60,16 +60,19 @@ def test_a_batch_of_messages_is_sent_by_one_task_and_its_events_processed_by_one
 def test_a_step_that_flushes_the_batch_before_each_visit_still_leaves_one_dispatch_task(
     api, django_capture_on_commit_callbacks
 ):
-    """update_profile is not batch-safe: the batch is written before each of its visits. The
+    """set_stage is not batch-safe: the batch is written before each of its visits. The
     batch's messages still go to one dispatch task (before: one task per customer)."""
+    from journeys.models import LifecycleStage
+
     reset_caches()
+    LifecycleStage.objects.create(key="welcomed", name="Welcomed", order=1)
     ChannelFactory(name="mail", kind="email", provider="console")
     TemplateFactory(name="hello", subject="Hello {{ profile.first_name }}", body="Hi")
     unit = BusinessUnit.objects.create(name="Sales", slug="sales")
     version_publish(version=version_build(workflow=workflow_create(name="tagged", business_unit=unit), definition={
         "trigger_kind": "event", "trigger_event": "Signed Up",
         "steps": [{"key": "send", "kind": "send_message", "config": {"channel": "mail", "template": "hello"}},
-                  {"key": "tag", "kind": "update_profile", "config": {"traits": {"welcomed": True}}}],
+                  {"key": "tag", "kind": "set_stage", "config": {"stage": "welcomed"}}],
         "edges": [{"from": "send", "outcome": "next", "to": "tag"}],
     }), reason="test")
     people = [f"q{i}" for i in range(6)]
@@ -84,8 +87,86 @@ def test_a_step_that_flushes_the_batch_before_each_visit_still_leaves_one_dispat
     assert tasks("channels_app.tasks.deliveries_send") == 1
     from journeys.models import Customer
 
-    assert all(c.traits.get("welcomed") is True for c in Customer.objects.all())
+    assert all(c.stage == "welcomed" for c in Customer.objects.all())
     reset_caches()
+
+
+@pytest.fixture
+def hooked(db, vendor, monkeypatch):
+    """A webhook step (one plain variable, one with a filter) in front of an email."""
+    reset_caches()
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_HOOK_SECRET", "s")
+    ChannelFactory(name="crm", kind="webhook", provider="webhook",
+                   settings={"url": vendor.url + "/hooks", "secret_env": "JOURNEYS_SECRET_TEST_HOOK_SECRET"})
+    ChannelFactory(name="mail", kind="email", provider="console")
+    TemplateFactory(name="hello", subject="Hello", body="Hi")
+    unit = BusinessUnit.objects.create(name="Ops", slug="ops")
+    version_publish(version=version_build(workflow=workflow_create(name="hooked", business_unit=unit), definition={
+        "trigger_kind": "event", "trigger_event": "Signed Up", "reentry_policy": "always",
+        "steps": [{"key": "hook", "kind": "webhook", "config": {"channel": "crm", "payload": {
+                      "plan": "{{ profile.plan }}", "shout": "{{ profile.first_name|upper }}", "n": 3}}},
+                  {"key": "send", "kind": "send_message", "config": {"channel": "mail", "template": "hello"}}],
+        "edges": [{"from": "hook", "outcome": "next", "to": "send"}],
+    }), reason="test")
+    yield vendor
+    reset_caches()
+
+
+def _customers(n: int, prefix: str) -> list:
+    from tests.factories import CustomerFactory
+
+    return [CustomerFactory(external_id=f"{prefix}{i}", email=f"{prefix}{i}@example.com",
+                            traits={"plan": "pro", "first_name": f"{prefix}{i}", "email": f"{prefix}{i}@example.com"})
+            for i in range(n)]
+
+
+def test_webhook_calls_of_a_batch_are_recorded_with_statements_that_do_not_grow_with_it(hooked):
+    """The webhook step is batch-safe: its deliveries join the batch's one INSERT (before: a flush
+    of the batch, a savepoint and a dispatch task per visit)."""
+    from tests.factories import events_process_counted, pending_events
+
+    small, large = _customers(4, "s"), _customers(40, "l")
+    statements_small = events_process_counted(pending_events(small, source="s"))
+    statements_large = events_process_counted(pending_events(large, source="l"))
+
+    assert statements_large - statements_small <= 6, (statements_small, statements_large)
+    hooks = Delivery.objects.filter(channel__name="crm").order_by("id")
+    assert hooks.count() == 44 and set(hooks.values_list("status", flat=True)) == {"queued"}
+    assert Delivery.objects.filter(channel__name="mail").count() == 44
+    first = hooks.get(customer=small[0])
+    assert first.to == hooked.url + "/hooks" and first.step_key == "hook" and first.transactional
+    assert first.body == '{"event": "Signed Up", "n": 3, "plan": "pro", "shout": "S0", "user_id": "s0"}'
+    assert first.idempotency_key.startswith("run:")
+
+
+def test_a_batch_of_webhook_calls_reaches_the_endpoint_once_each_through_one_dispatch_task(
+    hooked, api, django_capture_on_commit_callbacks
+):
+    """Through the API: each customer's call is posted once, with what the customer allowed (one
+    opted out of personalization: a name, not the plan), and the batch's calls and emails go to one dispatch task."""
+    from channels_app.services import consent_set
+    from journeys.models import Customer
+    from tests.channels_app.factories import topic
+
+    people = [f"w{i}" for i in range(5)]
+    with django_capture_on_commit_callbacks(execute=True):
+        api.post("batch", {"batch": [{"type": "identify", "userId": u, "traits": {
+            "email": f"{u}@example.com", "plan": "pro", "first_name": u}} for u in people]})
+    consent_set(customer=Customer.objects.get(external_id="w1"), channel_kind="", topic=topic("personalization"),
+                status="opted_out", source="t")
+    dispatch_tasks = tasks("channels_app.tasks.deliveries_send")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.post("batch", {"batch": [{"type": "track", "userId": u, "event": "Signed Up"}
+                                            for u in people]}).status_code == 200
+
+    assert tasks("channels_app.tasks.deliveries_send") - dispatch_tasks == 1
+    assert tasks("channels_app.tasks.delivery_send") == 0  # before: one task per webhook call
+    payloads = sorted((r.json()["payload"] for r in hooked.requests), key=lambda p: p["user_id"])
+    assert [(p["user_id"], p["plan"], p["shout"]) for p in payloads] == [
+        ("w0", "pro", "W0"), ("w1", "", "W1"), ("w2", "pro", "W2"), ("w3", "pro", "W3"), ("w4", "pro", "W4")]
+    assert len({r.headers["Idempotency-Key"] for r in hooked.requests}) == 5
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"sent"}
 
 
 @pytest.mark.parametrize("text", [
@@ -97,7 +178,8 @@ def test_a_step_that_flushes_the_batch_before_each_visit_still_leaves_one_dispat
 @pytest.mark.parametrize("locale", ["", "de"])
 def test_plain_templates_render_as_django_renders_them(text, locale):
     """Given texts a batch renders without Django's Context (plain variables over plain dicts),
-    when rendered, then the subject, bodies and missing list equal Django's own rendering."""
+    when rendered, then the subject, bodies and missing list (and a webhook payload value,
+    not escaped) equal Django's own rendering."""
     from decimal import Decimal
 
     from channels_app.services import templates
@@ -108,11 +190,14 @@ def test_plain_templates_render_as_django_renders_them(text, locale):
                          "keys": {1: "one"}, "price": Decimal("9.50")},
                "journey": {}}
     fast = templates.template_render(template=template, context=context, locale=locale)
+    fast_text = templates.text_render(text=text, data=context)  # a webhook payload value
     original = templates._plain_parts
     templates._plain_parts = lambda text: None  # every text through Django
     try:
         slow = templates.template_render(template=template, context=context, locale=locale)
+        slow_text = templates.text_render(text=text, data=context)
     finally:
         templates._plain_parts = original
     assert (fast.subject, fast.body, fast.html_body, fast.missing) == \
         (slow.subject, slow.body, slow.html_body, slow.missing)
+    assert fast_text == slow_text
