@@ -15,6 +15,7 @@ class SetStage(StepKind):
     label = "Set lifecycle stage"
     help = "Moves the customer to a lifecycle stage (recorded with history; triggers 'Stage Entered')."
     side_effects = True
+    batch_safe = True  # in an engine batch the moves are written at its flush (StageBatch)
     fields = {"stage": "stage key, e.g. at_risk"}
     form = forms.SetStageForm
     palette = PROFILE

@@ -11,36 +11,135 @@ from django.db.models import Q
 from django.utils import timezone
 
 from journeys.engine.listeners import rule_stages
+from journeys.engine.queue import enqueue_events
 from journeys.models import Customer
 from journeys.models.catalog import LifecycleStage, StageTransition
+from journeys.services.bulk_ingest import events_insert
+from journeys.services.internal_events import internal_event_row, internal_source
 
 logger = logging.getLogger(__name__)
 
 
-@transaction.atomic
 def customer_set_stage(*, customer: Customer, stage: str, reason: str, at: datetime | None = None) -> bool:
     """Move a customer to a stage; records the transition and `Stage Left`/`Stage Entered` events.
 
-    Returns False when they are already there (nothing recorded).
+    Returns False when they are already there (nothing recorded). In an engine batch (a
+    set_stage step, or a rule stage an event moves) it is recorded with the batch (StageBatch).
     """
-    from journeys.services.internal_events import event_record_internal
+    at = at or timezone.now()
+    batch = StageBatch.current()
+    if batch is not None:
+        return batch.move(customer=customer, stage=stage, reason=reason, at=at)
+    return _stage_set_now(customer=customer, stage=stage, reason=reason, at=at)
 
+
+@transaction.atomic
+def _stage_set_now(*, customer: Customer, stage: str, reason: str, at: datetime) -> bool:
     if not LifecycleStage.objects.filter(key=stage).exists():
         raise ValueError(f"unknown lifecycle stage {stage!r}")
-    at = at or timezone.now()
     fresh = Customer.objects.select_for_update().get(pk=customer.pk)
     previous = fresh.stage
     if previous == stage:
         return False
     Customer.objects.filter(pk=customer.pk).update(stage=stage)
     customer.stage = stage
-    transition = StageTransition.objects.create(customer=customer, from_stage=previous, to_stage=stage, reason=reason[:255], at=at)
-    if previous:
-        event_record_internal(customer=customer, name="Stage Left", properties={"stage": previous, "to": stage},
-                              at=at, message_id=f"stage-left:{transition.pk}")
-    event_record_internal(customer=customer, name="Stage Entered", properties={"stage": stage, "from": previous},
-                          at=at, message_id=f"stage-entered:{transition.pk}")
+    transition = StageTransition.objects.create(customer=customer, from_stage=previous, to_stage=stage,
+                                                reason=reason[:255], at=at)
+    enqueue_events(events_insert(_stage_events(source_id=internal_source().pk, customer=customer,
+                                               transition=transition)))
     return True
+
+
+def _stage_events(*, source_id: int, customer: Customer, transition: StageTransition) -> list[dict]:
+    """The `Stage Left` (when there was a stage) and `Stage Entered` rows of one transition."""
+    previous, stage, at = transition.from_stage, transition.to_stage, transition.at
+    rows = [internal_event_row(source_id=source_id, customer=customer, name="Stage Left",
+                               properties={"stage": previous, "to": stage}, at=at,
+                               message_id=f"stage-left:{transition.pk}")] if previous else []
+    return rows + [internal_event_row(source_id=source_id, customer=customer, name="Stage Entered",
+                                      properties={"stage": stage, "from": previous}, at=at,
+                                      message_id=f"stage-entered:{transition.pk}")]
+
+
+class StageBatch:
+    """customer_set_stage for one engine batch (set_stage is batch-safe): the first time a
+    stage moves, the batch's customers are locked with one statement (in id order, as
+    ProfileBatch does) and each one's stage is taken from that locked read; later moves in the
+    batch build on it. `flush()` writes the new stages with one UPDATE per distinct stage,
+    the transitions with one INSERT and their `Stage Left`/`Stage Entered` events with one
+    INSERT and one enqueue."""
+
+    KEY = "journeys.stages"
+
+    def __init__(self, batch) -> None:
+        self.customer_ids = set(batch.customer_ids)
+        self._known: set[str] | None = None
+        self._locked: dict[int, str] | None = None
+        self._stages: dict[int, str] = {}  # the stage of each customer the batch has moved or read
+        self._moved: dict[int, str] = {}
+        self._transitions: list[StageTransition] = []
+        self._customers: dict[int, Customer] = {}
+        self._ids: list[int] = []
+
+    @classmethod
+    def current(cls) -> StageBatch | None:
+        from journeys.engine.batch import current_batch
+
+        batch = current_batch()
+        return batch.extension(cls.KEY, cls) if batch is not None else None
+
+    def _stage(self, customer: Customer) -> str:
+        """The customer's stage, read under this batch's lock the first time it is needed."""
+        from journeys.engine.batch import ids_q
+
+        pk = customer.pk
+        if pk not in self._stages:
+            if pk not in self.customer_ids:  # not one of the batch's (never expected): alone
+                self.customer_ids.add(pk)
+                self._stages[pk] = Customer.objects.select_for_update().values_list("stage", flat=True).get(pk=pk)
+            else:
+                if self._locked is None:
+                    self._locked = dict(Customer.objects.select_for_update().filter(
+                        ids_q("pk", list(self.customer_ids))).order_by("pk").values_list("pk", "stage"))
+                self._stages[pk] = self._locked[pk]
+        return self._stages[pk]
+
+    def move(self, *, customer: Customer, stage: str, reason: str, at: datetime) -> bool:
+        from journeys.engine.batch import instance_new, reserve_ids
+
+        if self._known is None:
+            self._known = set(LifecycleStage.objects.values_list("key", flat=True))
+        if stage not in self._known:
+            raise ValueError(f"unknown lifecycle stage {stage!r}")
+        previous = self._stage(customer)
+        if previous == stage:
+            return False
+        if not self._ids:
+            self._ids = reserve_ids(StageTransition, max(16, len(self.customer_ids)))
+        self._transitions.append(instance_new(StageTransition, {
+            "id": self._ids.pop(0), "from_stage": previous, "to_stage": stage, "reason": reason[:255], "at": at,
+        }, {"customer": customer}))
+        self._stages[customer.pk] = self._moved[customer.pk] = customer.stage = stage
+        self._customers[customer.pk] = customer
+        return True
+
+    def flush(self) -> None:
+        if not self._transitions:
+            return
+        from journeys.engine.batch import ids_q, objects_insert
+
+        moved, self._moved = self._moved, {}
+        transitions, self._transitions = self._transitions, []
+        customers, self._customers = self._customers, {}
+        by_stage: dict[str, list[int]] = {}
+        for pk, stage in moved.items():
+            by_stage.setdefault(stage, []).append(pk)
+        for stage, pks in by_stage.items():
+            Customer.objects.filter(ids_q("pk", pks)).update(stage=stage)
+        objects_insert(StageTransition, transitions)
+        source_id = internal_source().pk
+        enqueue_events(events_insert([row for t in transitions for row in _stage_events(
+            source_id=source_id, customer=customers[t.customer_id], transition=t)]))
 
 
 def customer_evaluate_stage(*, customer: Customer, now: datetime, rule_ctx=None) -> str | None:
