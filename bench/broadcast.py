@@ -1,6 +1,6 @@
 """A cron broadcast at scale, and what the minute tick costs when nothing is due.
 
-    .venv/bin/python bench/broadcast.py [--customers 100000] [--q-workers 2] [--idle-ticks 5] [--split] [--tag] [--hook]
+    .venv/bin/python bench/broadcast.py [--customers 100000] [--q-workers 2] [--idle-ticks 5] [--split] [--tag] [--hook] [--stage]
     .venv/bin/python bench/broadcast.py --customers 1000000
 
 A private PostgreSQL (bench/common.py), production settings, the ORM broker. Customers are
@@ -24,8 +24,9 @@ signup_date, 09:00 local) and a monthly cron over the pro segment; neither has a
 
 `--split` puts an A/B experiment_split (50/50) in front of the send and `--tag` an update_profile
 (a counter rule) after it, `--hook` a webhook step (a signed POST to a local HTTP server, the
-bench/dispatch.py sink) before it: the steps a real campaign has; each is checked (one
-assignment, a count of one per customer, one POST per customer with its own idempotency key).
+bench/dispatch.py sink) before it and `--stage` a set_stage at the end: the steps a real campaign
+has; each is checked (one assignment, a count of one per customer, one POST per customer with its
+own idempotency key, one stage transition per customer).
 
 Targets: >= 5,000 enrolled and sent per second; idle tick < 1 s at 1,000,000 customers;
 cost at N no more than 2x the cost at N/10.
@@ -111,6 +112,12 @@ if {tag!r}:  # then a profile change after the send (update_profile: "newsletter
         "newsletters": {{"rule": "coalesce(profile.newsletters, 0) + 1"}}, "last_newsletter": "news"}}}}}})
     flow["edges"] = [e if e["to"] != "done" else {{**e, "to": "tag"}} for e in flow["edges"]]
     flow["edges"].append({{"from": "tag", "outcome": "next", "to": "done"}})
+if {stage!r}:  # last, a lifecycle stage (set_stage: a transition and Stage Left/Entered events each)
+    from journeys.models import LifecycleStage
+    LifecycleStage.objects.create(key="reader", name="Newsletter reader", order=9)
+    flow["steps"].append({{"key": "stage", "kind": "set_stage", "config": {{"stage": "reader"}}}})
+    flow["edges"] = [e if e["to"] != "done" else {{**e, "to": "stage"}} for e in flow["edges"]]
+    flow["edges"].append({{"from": "stage", "outcome": "next", "to": "done"}})
 version_publish(version=version_build(workflow=workflow_create(name="broadcast", business_unit=BusinessUnit.objects.get()),
                                       definition=flow), reason="bench")
 """
@@ -213,6 +220,8 @@ def main() -> int:
                         help="an experiment_split (A/B, 50/50) in front of the send: each customer assigned once")
     parser.add_argument("--tag", action="store_true",
                         help="an update_profile after the send (a counter rule): each customer's count goes to 1")
+    parser.add_argument("--stage", action="store_true",
+                        help="a set_stage at the end: each customer moved (one transition) once")
     parser.add_argument("--hook", action="store_true",
                         help="a webhook step (to a local HTTP server) before the send: one POST per customer")
     args = parser.parse_args()
@@ -249,8 +258,9 @@ def main() -> int:
         sink = Sink("webhook") if args.hook else None
         if sink is not None:
             atexit.register(sink.stop)
-        env[SECRET_ENV] = "bench-hook-secret"
-        shell(BROADCAST.format(split=args.split, tag=args.tag, hook=args.hook, secret_env=SECRET_ENV,
+        if sink is not None:
+            env[SECRET_ENV] = "bench-hook-secret"
+        shell(BROADCAST.format(split=args.split, tag=args.tag, hook=args.hook, stage=args.stage, secret_env=SECRET_ENV,
                                hook_url=f"http://127.0.0.1:{sink.port}/hooks/crm" if sink else ""), env)
         per_customer = 2 if args.hook else 1  # deliveries: the webhook call and the email
         # As `make run`: the event workers, and the schedules cluster (its minute tick shares the work
@@ -293,6 +303,8 @@ def main() -> int:
             deliveries = conn.execute("SELECT count(*), count(DISTINCT customer_id) FROM channels_app_delivery").fetchone()
             tasks = conn.execute("SELECT count(*) FROM django_q_task WHERE func = 'journeys.tasks.runs_wake'").fetchone()[0]
             assigned = conn.execute("SELECT count(*), count(DISTINCT customer_id) FROM experiments_assignment").fetchone()
+            staged = conn.execute("SELECT count(*), count(DISTINCT customer_id) FROM journeys_stagetransition"
+                                  " WHERE to_stage = 'reader'").fetchone()
             tagged = conn.execute("SELECT count(*) FROM journeys_customer WHERE traits -> 'newsletters' = '1'").fetchone()[0]
             slowest_task = conn.execute("SELECT extract(epoch FROM max(stopped - started)) FROM django_q_task"
                                         " WHERE func = 'journeys.tasks.runs_wake'").fetchone()[0]
@@ -304,7 +316,9 @@ def main() -> int:
         problems.append(f"audience {audience}, assignments {assigned}")
     if args.tag and tagged != audience:
         problems.append(f"audience {audience}, profiles counted once {tagged}")
-    if args.hook and hooked != (audience, audience):
+    if args.stage and staged != (audience, audience):
+        problems.append(f"audience {audience}, stage transitions {staged}")
+    if args.hook and (hooked[0] < audience or hooked[1] != audience):  # a retried POST repeats its key
         problems.append(f"audience {audience}, webhook posts (all, distinct keys) {hooked}")
     if sent < per_customer * audience or deliveries != (per_customer * audience, audience):
         problems.append(f"audience {audience}, sent {sent}, deliveries {deliveries}")
@@ -343,6 +357,7 @@ def main() -> int:
         split=args.split,
         tag=args.tag,
         hook=args.hook,
+        stage=args.stage,
         loadavg=load0,
         ok=not problems and (rate or 0) >= 5000 and idle_full["slowest_ms"] < 1000 and ratio <= 2,
     )

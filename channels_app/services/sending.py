@@ -329,7 +329,7 @@ class SendBatch:
         queued = [d.pk for d in deliveries if d.status == DeliveryStatus.QUEUED]
         if queued:
             # One dispatch task for the engine batch however often it is flushed (a step that is
-            # not batch-safe, e.g. set_stage, flushes it before each of its visits): the task
+            # not batch-safe, e.g. start_workflow, flushes it before each of its visits): the task
             # is queued at commit with every id collected by then. Ids of a rolled-back savepoint
             # are not queued rows, which the dispatcher leaves alone.
             if not self._queued:
@@ -349,6 +349,7 @@ def _webhook_delivery(*, customer, channel: Channel, idempotency_key: str, paylo
     }, {"customer": customer, "channel": channel})
 
 
+@transaction.atomic
 def webhook_send(*, customer, channel: Channel, idempotency_key: str, payload: dict, run_id=None,
                  step_key: str = "", suppress_reason: str = "") -> Delivery:
     """Record a webhook call (an integration, not a message to the customer: no consent

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from django.db import IntegrityError, transaction
 
 from journeys.choices import ReentryPolicy, RunStatus
-from journeys.engine.batch import current_batch
+from journeys.engine.batch import batch_suspended, current_batch
 from journeys.engine.compiled import CompiledVersion, load_version
 from journeys.engine.entry_gate import entries_admit
 from journeys.engine.runtime import StepContext, events_counter, profile_dict
@@ -198,8 +198,9 @@ def run_execute(
         if isolated and batch is not None:
             batch.flush()  # the step may read (or lock) rows this batch has not written yet
         try:
-            if isolated:  # a savepoint, so a failing action leaves no half-written rows
-                with transaction.atomic():
+            if isolated:  # a savepoint, so a failing action leaves no half-written rows; what the step
+                # sets off (start_workflow: another run and its steps) writes inside it, not to the batch
+                with transaction.atomic(), batch_suspended():
                     result = step.kind.execute(ctx)
             else:
                 result = step.kind.execute(ctx)

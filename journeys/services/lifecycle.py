@@ -37,8 +37,7 @@ def customer_set_stage(*, customer: Customer, stage: str, reason: str, at: datet
 def _stage_set_now(*, customer: Customer, stage: str, reason: str, at: datetime) -> bool:
     if not LifecycleStage.objects.filter(key=stage).exists():
         raise ValueError(f"unknown lifecycle stage {stage!r}")
-    fresh = Customer.objects.select_for_update().get(pk=customer.pk)
-    previous = fresh.stage
+    previous = Customer.objects.select_for_update(no_key=True).values_list("stage", flat=True).get(pk=customer.pk)
     if previous == stage:
         return False
     Customer.objects.filter(pk=customer.pk).update(stage=stage)
@@ -51,7 +50,8 @@ def _stage_set_now(*, customer: Customer, stage: str, reason: str, at: datetime)
 
 
 def _stage_events(*, source_id: int, customer: Customer, transition: StageTransition) -> list[dict]:
-    """The `Stage Left` (when there was a stage) and `Stage Entered` rows of one transition."""
+    """The `Stage Left` (when there was a stage) and `Stage Entered` rows of one transition (their
+    message ids name the new transition, so they never meet an earlier event's key)."""
     previous, stage, at = transition.from_stage, transition.to_stage, transition.at
     rows = [internal_event_row(source_id=source_id, customer=customer, name="Stage Left",
                                properties={"stage": previous, "to": stage}, at=at,
@@ -96,10 +96,10 @@ class StageBatch:
         if pk not in self._stages:
             if pk not in self.customer_ids:  # not one of the batch's (never expected): alone
                 self.customer_ids.add(pk)
-                self._stages[pk] = Customer.objects.select_for_update().values_list("stage", flat=True).get(pk=pk)
+                self._stages[pk] = Customer.objects.select_for_update(no_key=True).values_list("stage", flat=True).get(pk=pk)
             else:
                 if self._locked is None:
-                    self._locked = dict(Customer.objects.select_for_update().filter(
+                    self._locked = dict(Customer.objects.select_for_update(no_key=True).filter(
                         ids_q("pk", list(self.customer_ids))).order_by("pk").values_list("pk", "stage"))
                 self._stages[pk] = self._locked[pk]
         return self._stages[pk]

@@ -20,8 +20,8 @@ def customer_update_traits(*, customer: Customer, traits: dict, reason: str) -> 
     """
     from journeys.services.internal_events import event_record_internal
 
-    fresh = Customer.objects.select_for_update().get(pk=customer.pk)
-    customer.traits = fresh.traits  # the caller's object stays the one the batch shares
+    customer.traits = Customer.objects.select_for_update(no_key=True).values_list("traits", flat=True).get(
+        pk=customer.pk)  # the caller's object stays the one the batch shares
     changes = _changes(customer, traits)
     if not changes:
         return {}
@@ -70,10 +70,11 @@ class ProfileBatch:
 
         if customer.pk not in self.customer_ids:  # not one of the batch's (never expected): alone
             self.customer_ids.add(customer.pk)
-            customer.traits = Customer.objects.select_for_update().values_list("traits", flat=True).get(pk=customer.pk)
+            customer.traits = Customer.objects.select_for_update(no_key=True).values_list("traits", flat=True).get(
+                pk=customer.pk)
             return
         if self._fresh is None:
-            self._fresh = dict(Customer.objects.select_for_update().filter(ids_q("pk", list(self.customer_ids)))
+            self._fresh = dict(Customer.objects.select_for_update(no_key=True).filter(ids_q("pk", list(self.customer_ids)))
                                .order_by("pk").values_list("pk", "traits"))
         if customer.pk in self._fresh:  # the first change in this batch; later ones build on it
             customer.traits = self._fresh.pop(customer.pk)

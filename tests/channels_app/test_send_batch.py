@@ -139,6 +139,27 @@ def test_webhook_calls_of_a_batch_are_recorded_with_statements_that_do_not_grow_
     assert first.idempotency_key.startswith("run:")
 
 
+def test_a_holdout_customers_webhook_call_in_a_batch_is_suppressed_as_one_at_a_time(db, vendor, monkeypatch):
+    from tests.factories import events_process_counted, pending_events
+
+    reset_caches()
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_HOOK_SECRET", "s")
+    ChannelFactory(name="crm", kind="webhook", provider="webhook",
+                   settings={"url": vendor.url, "secret_env": "JOURNEYS_SECRET_TEST_HOOK_SECRET"})
+    unit = BusinessUnit.objects.create(name="Ops", slug="ops")
+    version_publish(version=version_build(workflow=workflow_create(name="held", business_unit=unit), definition={
+        "trigger_kind": "event", "trigger_event": "Signed Up",
+        "steps": [{"key": "hold", "kind": "update_profile", "config": {"variables": {"holdout": True}}},
+                  {"key": "hook", "kind": "webhook", "config": {"channel": "crm", "payload": {"a": 1}}}],
+        "edges": [{"from": "hold", "outcome": "next", "to": "hook"}],
+    }), reason="test")
+
+    events_process_counted(pending_events(_customers(3, "h")))
+
+    assert sorted(Delivery.objects.values_list("status", "reason", "step_key")) == [("suppressed", "holdout", "hook")] * 3
+    reset_caches()
+
+
 def test_a_batch_of_webhook_calls_reaches_the_endpoint_once_each_through_one_dispatch_task(
     hooked, api, django_capture_on_commit_callbacks
 ):
