@@ -96,7 +96,8 @@ class StageBatch:
         if pk not in self._stages:
             if pk not in self.customer_ids:  # not one of the batch's (never expected): alone
                 self.customer_ids.add(pk)
-                self._stages[pk] = Customer.objects.select_for_update(no_key=True).values_list("stage", flat=True).get(pk=pk)
+                self._stages[pk] = (Customer.objects.select_for_update(no_key=True)
+                                    .values_list("stage", flat=True).get(pk=pk))
             else:
                 if self._locked is None:
                     self._locked = dict(Customer.objects.select_for_update(no_key=True).filter(

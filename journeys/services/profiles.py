@@ -74,7 +74,8 @@ class ProfileBatch:
                 pk=customer.pk)
             return
         if self._fresh is None:
-            self._fresh = dict(Customer.objects.select_for_update(no_key=True).filter(ids_q("pk", list(self.customer_ids)))
+            self._fresh = dict(Customer.objects.select_for_update(no_key=True)
+                               .filter(ids_q("pk", list(self.customer_ids)))
                                .order_by("pk").values_list("pk", "traits"))
         if customer.pk in self._fresh:  # the first change in this batch; later ones build on it
             customer.traits = self._fresh.pop(customer.pk)

@@ -25,7 +25,8 @@ def _publish(name: str, steps: list[dict]) -> None:
     unit, _ = BusinessUnit.objects.get_or_create(slug="growth", defaults={"name": "Growth"})
     version_publish(version=version_build(workflow=workflow_create(name=name, business_unit=unit), definition={
         "trigger_kind": "event", "trigger_event": "Signed Up", "reentry_policy": "always",
-        "steps": steps, "edges": [{"from": a["key"], "outcome": "next", "to": b["key"]} for a, b in zip(steps, steps[1:])],
+        "steps": steps,
+        "edges": [{"from": a["key"], "outcome": "next", "to": b["key"]} for a, b in zip(steps, steps[1:])],
     }), reason="test")
 
 
