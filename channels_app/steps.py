@@ -175,6 +175,7 @@ class SendBestChannel(StepKind):
             "that consent, quiet hours or caps would refuse or hold. Non-urgent messages wait for the customer's "
             "most frequent engagement hour when there is enough history. Why is recorded on the delivery.")
     side_effects = True
+    batch_safe = True  # in an engine batch its Delivery waits for the batch's INSERT (SendBatch)
     fields = {
         "template": "template name (for any channel kind)",
         "templates": 'optional per-kind templates, e.g. {"sms": "short-text"}',
@@ -255,23 +256,35 @@ class SendBestChannel(StepKind):
         from channels_app.models import MessageTemplate
         from channels_app.services import message_context, message_send, template_render
         from channels_app.services.choice import channel_choose
+        from channels_app.services.sending import SendBatch
 
-        channels = self._channels(ctx.config)
-        main = MessageTemplate.objects.get(name=ctx.config["template"])
+        batch = None if ctx.dry_run else SendBatch.current()
+        if batch is not None:
+            channels = batch.channels(tuple(ctx.config.get("channels") or ()), lambda: self._channels(ctx.config))
+            main = batch.template(ctx.config["template"])
+        else:
+            channels = self._channels(ctx.config)
+            main = MessageTemplate.objects.get(name=ctx.config["template"])
         urgency = self._urgency(ctx)
         policy = {"min_gap_other_channel_s": ctx.config["min_gap_other_channel"],
                   "recent_contact_action": ctx.config["recent_contact_action"]} \
             if ctx.config.get("min_gap_other_channel") else {}
         real = ctx.customer if getattr(ctx.customer, "pk", None) else None
+        batched = {}
+        if batch is not None and real is not None:
+            if batch.pending_for(real.pk):
+                batch.flush()  # the customer's messages of this batch count for caps and recent contact
+            batched = {"refuse": batch.consents.refuser(real.pk), "breakers": batch.breakers()}
         choice = channel_choose(customer=ctx.customer, profile=ctx.profile, channels=channels, urgency=urgency,
                                 topic=main.topic, send_time=ctx.config.get("send_time", "best_hour"), now=ctx.now,
-                                min_engagements=ctx.config.get("min_engagements", 5), policy_options=policy)
+                                min_engagements=ctx.config.get("min_engagements", 5), policy_options=policy,
+                                **batched)
         channel = choice.channel or (channels[0] if channels else None)
         if channel is None:
             return StepResult(outcome="next", detail={"urgency": urgency, "why": ["no channel is configured"]},
                               error="send_best_channel: no channel to choose from")
-        template = MessageTemplate.objects.get(name=(ctx.config.get("templates") or {}).get(channel.kind)
-                                               or ctx.config["template"])
+        name = (ctx.config.get("templates") or {}).get(channel.kind) or ctx.config["template"]
+        template = batch.template(name) if batch is not None else MessageTemplate.objects.get(name=name)
         context = {"profile": ctx.profile, "event": event_dict(ctx.event), "journey": ctx.run.variables}
         summary = {"urgency": urgency, "chosen_by": choice.chosen_by, "why": choice.reasons,
                    "send_at": choice.send_at.isoformat() if choice.send_at else None}
@@ -284,10 +297,11 @@ class SendBestChannel(StepKind):
                 "considered": choice.considered, **summary,
                 **({"suppressed": choice.refusal} if choice.channel is None else {}),
             })
-        delivery = message_send(customer=ctx.customer, template=template, channel=channel,
-                                idempotency_key=ctx.idempotency_key, context=context, run_id=ctx.run.pk,
-                                step_key=ctx.step_key, policy_options=policy, now=ctx.now, send_at=choice.send_at,
-                                notes={"channel_choice": {**choice.as_dict(), "urgency": urgency}},
-                                choice_reason=choice.summary)
+        send = batch.message if batch is not None else message_send
+        delivery = send(customer=ctx.customer, template=template, channel=channel,
+                        idempotency_key=ctx.idempotency_key, context=context, run_id=ctx.run.pk,
+                        step_key=ctx.step_key, policy_options=policy, now=ctx.now, send_at=choice.send_at,
+                        notes={"channel_choice": {**choice.as_dict(), "urgency": urgency}},
+                        choice_reason=choice.summary)
         return StepResult(outcome="next", detail={"delivery": delivery.pk, "channel": delivery.channel.name,
                                                   "status": delivery.status, "reason": delivery.reason, **summary})

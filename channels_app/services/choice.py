@@ -181,9 +181,11 @@ def channels_rank(*, customer, channels: list[Channel], urgency: str,
     return ranked
 
 
-def _breaker_open(channel: Channel, now: datetime) -> bool:
-    """Read-only look at the breaker (the worker's breaker_allow may start a probe)."""
-    breaker = ChannelBreaker.objects.filter(channel=channel).first()
+def _breaker_open(channel: Channel, now: datetime, breaker: ChannelBreaker | None | bool = False) -> bool:
+    """Read-only look at the breaker (the worker's breaker_allow may start a probe); `breaker`:
+    the channel's row (or None) when the caller has read it already."""
+    if breaker is False:
+        breaker = ChannelBreaker.objects.filter(channel=channel).first()
     if breaker is None or breaker.state == BreakerState.CLOSED:
         return False
     if breaker.state == BreakerState.OPEN:
@@ -192,10 +194,13 @@ def _breaker_open(channel: Channel, now: datetime) -> bool:
 
 
 def channel_hold(*, channel: Channel, customer, profile: dict, topic: Topic | None, at: datetime,
-                 policy_options: dict | None = None) -> tuple[str, str, str, bool]:
+                 policy_options: dict | None = None, refuse=None,
+                 breakers: dict | None = None) -> tuple[str, str, str, bool]:
     """Would this channel send to this customer at `at`? ("", address, "", False) when yes,
     else (reason, address, detail, waits): the same checks as message_send and the worker;
-    `waits` when the hold only delays the message (quiet hours, a deferring cap, a pause)."""
+    `waits` when the hold only delays the message (quiet hours, a deferring cap, a pause).
+    A batch passes `refuse(channel_kind, topic)` (its consents) and `breakers` (channel id ->
+    breaker row) read once for all its customers."""
     address = channel_address(channel, profile)
     if not channel.enabled:
         return Reason.NO_ADDRESS, address, f"channel {channel.name} is disabled", False
@@ -203,12 +208,13 @@ def channel_hold(*, channel: Channel, customer, profile: dict, topic: Topic | No
         return Reason.NO_ADDRESS, address, f"no {channel.kind} address on the profile", False
     real = getattr(customer, "pk", None) is not None
     if real:
-        refusal = consent_refusal(customer=customer, channel_kind=channel.kind, topic=topic)
+        refusal = refuse(channel.kind, topic) if refuse is not None else \
+            consent_refusal(customer=customer, channel_kind=channel.kind, topic=topic)
         if refusal:
             return refusal, address, Reason(refusal).label, False
     if channel.paused:
         return Reason.PAUSED, address, f"channel {channel.name} is paused", True
-    if _breaker_open(channel, at):
+    if _breaker_open(channel, at, breakers.get(channel.pk) if breakers is not None else False):
         return Reason.BREAKER_OPEN, address, f"breaker of {channel.name} is open", True
     if topic is not None and topic.transactional:
         return "", address, "", False
@@ -224,7 +230,8 @@ def channel_hold(*, channel: Channel, customer, profile: dict, topic: Topic | No
 
 def channel_choose(*, customer, profile: dict, channels: list[Channel], urgency: str = Urgency.NORMAL,
                    topic: Topic | None = None, send_time: str = "best_hour", now: datetime,
-                   min_engagements: int = MIN_ENGAGEMENTS, policy_options: dict | None = None) -> ChannelChoice:
+                   min_engagements: int = MIN_ENGAGEMENTS, policy_options: dict | None = None, refuse=None,
+                   breakers: dict | None = None) -> ChannelChoice:
     """Pick the channel and the send time for one message, and say why.
 
     When every channel would be refused or held, the best-ranked channel that only has
@@ -240,7 +247,8 @@ def channel_choose(*, customer, profile: dict, channels: list[Channel], urgency:
     for channel, by, why in channels_rank(customer=customer, channels=channels, urgency=urgency,
                                           engagements=engagements):
         reason, address, detail, waits = channel_hold(channel=channel, customer=customer, profile=profile, topic=topic,
-                                               at=at, policy_options=policy_options)
+                                               at=at, policy_options=policy_options, refuse=refuse,
+                                               breakers=breakers)
         row = {"channel": channel.name, "kind": channel.kind, "ranked_by": by, "why": why}
         if reason:
             row.update(skipped=str(reason), detail=detail)

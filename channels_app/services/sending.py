@@ -262,6 +262,9 @@ class SendBatch:
         self._templates: dict[str, tuple[MessageTemplate, int | None]] = {}
         self._ids: list[int] = []
         self.pending: dict[str, Delivery] = {}
+        self._pending_customers: set[int] = set()
+        self._channel_lists: dict[tuple, list[Channel]] = {}
+        self._breakers: dict[int, object] | None = None
         self._queued: list[int] = []  # what the batch's one dispatch task sends (it grows until commit)
 
     @classmethod
@@ -282,6 +285,24 @@ class SendBatch:
             self._templates[name] = (template, _latest_version(template))
         return self._templates[name][0]
 
+    def channels(self, names: tuple[str, ...], load) -> list[Channel]:
+        """A step's channel list (`load()` reads it), once per batch."""
+        if names not in self._channel_lists:
+            self._channel_lists[names] = load()
+        return self._channel_lists[names]
+
+    def breakers(self) -> dict:
+        """Channel id -> its breaker row, read once per batch (send_best_channel's look at them)."""
+        if self._breakers is None:
+            from channels_app.models import ChannelBreaker
+
+            self._breakers = {b.channel_id: b for b in ChannelBreaker.objects.all()}
+        return self._breakers
+
+    def pending_for(self, customer_id: int) -> bool:
+        """Whether this batch holds a message for the customer that is not written yet."""
+        return customer_id in self._pending_customers
+
     def _next_id(self) -> int:
         if not self._ids:  # about one message per customer of the batch: one statement, not one per 64
             self._ids = reserve_ids(Delivery, max(self.RESERVE, len(self.consents.customer_ids)))
@@ -289,7 +310,7 @@ class SendBatch:
 
     def message(self, *, customer, template: MessageTemplate, channel: Channel, idempotency_key: str, context: dict,
                 run_id=None, step_key: str = "", policy_options: dict | None = None, now: datetime,
-                notes: dict | None = None) -> Delivery:
+                notes: dict | None = None, send_at: datetime | None = None, choice_reason: str = "") -> Delivery:
         """What message_send decides and records, kept for the batch's INSERT."""
         if idempotency_key in self.pending:
             return self.pending[idempotency_key]
@@ -300,10 +321,11 @@ class SendBatch:
         delivery = _new_delivery(
             customer=customer, template=template, channel=channel, picked=picked, to=to, refusal=refusal,
             idempotency_key=idempotency_key, latest=latest, run_id=run_id, step_key=step_key,
-            policy_options=policy_options, choice_reason="", now=now, send_at=None, pk=self._next_id(),
+            policy_options=policy_options, choice_reason=choice_reason, now=now, send_at=send_at, pk=self._next_id(),
         )
         _render_into(delivery, template=template, data=data, customer=customer, notes=notes)
         self.pending[idempotency_key] = delivery
+        self._pending_customers.add(customer.pk)
         return delivery
 
     def webhook(self, *, customer, channel: Channel, idempotency_key: str, payload: dict, run_id=None,
@@ -314,13 +336,14 @@ class SendBatch:
         delivery = self.pending[idempotency_key] = _webhook_delivery(
             customer=customer, channel=channel, idempotency_key=idempotency_key, payload=payload, run_id=run_id,
             step_key=step_key, suppress_reason=suppress_reason, pk=self._next_id())
+        self._pending_customers.add(customer.pk)
         return delivery
 
     def flush(self) -> None:
         if not self.pending:
             return
         deliveries = list(self.pending.values())
-        self.pending = {}
+        self.pending, self._pending_customers = {}, set()
         # Never expected (the keys belong to runs of this transaction), but a second row for
         # a key must not happen: raising replays the batch event by event through message_send.
         if Delivery.objects.filter(idempotency_key__in=[d.idempotency_key for d in deliveries]).exists():

@@ -43,9 +43,15 @@ def template(db):
                            topic=topic("product_updates"))
 
 
-@pytest.fixture
-def step(db, template, django_capture_on_commit_callbacks):
-    """Publish a one-step workflow and run it for a customer at a given moment; returns the Delivery."""
+@pytest.fixture(params=["alone", "in_a_batch"])
+def step(request, db, template, django_capture_on_commit_callbacks):
+    """Publish a one-step workflow and run it for a customer at a given moment; returns the Delivery.
+    Each test runs twice: the run alone (written at once), and inside an engine batch as
+    events_process runs it (the step batch-safe: its message recorded at the batch's flush)."""
+    from django.db import transaction
+
+    from journeys.engine.batch import EngineBatch
+
     unit = BusinessUnit.objects.create(name="Ops", slug="ops")
 
     def run(customer, *, now=T0, event=None, **config):
@@ -54,9 +60,17 @@ def step(db, template, django_capture_on_commit_callbacks):
             "trigger_event": "Order Moved",
             "steps": [{"key": "best", "kind": "send_best_channel", "config": {"template": "update", **config}}],
         }), reason="test")
+        enrol = dict(version=load_version(version.pk), customer=customer, trigger_key=f"t:{next(_keys)}",
+                     now=now, event=event or {"name": "Order Moved", "properties": {"order": "A1"}})
         with django_capture_on_commit_callbacks(execute=False):
-            journey = run_enroll(version=load_version(version.pk), customer=customer, trigger_key=f"t:{next(_keys)}",
-                                 now=now, event=event or {"name": "Order Moved", "properties": {"order": "A1"}})
+            if request.param == "alone":
+                journey = run_enroll(**enrol)
+            else:
+                batch = EngineBatch(customer_ids=[customer.pk], now=now)
+                with transaction.atomic(), batch.active():
+                    journey = run_enroll(**enrol)
+                    assert not Delivery.objects.filter(run_id=journey.pk).exists()  # kept for the flush
+                    batch.flush()
         return Delivery.objects.get(run_id=journey.pk)
 
     return run

@@ -223,3 +223,52 @@ def test_plain_templates_render_as_django_renders_them(text, locale):
     assert (fast.subject, fast.body, fast.html_body, fast.missing) == \
         (slow.subject, slow.body, slow.html_body, slow.missing)
     assert fast_text == slow_text
+
+
+
+@pytest.fixture
+def best(db):
+    """send_message (email), then send_best_channel over email and sms."""
+    reset_caches()
+    ChannelFactory(name="email", kind="email", provider="console")
+    ChannelFactory(name="sms", kind="sms", provider="console")
+    TemplateFactory(name="hello", subject="Hello", body="Hi")
+    unit = BusinessUnit.objects.create(name="Ops", slug="ops")
+    version_publish(version=version_build(workflow=workflow_create(name="twice", business_unit=unit), definition={
+        "trigger_kind": "event", "trigger_event": "Signed Up", "reentry_policy": "always",
+        "steps": [{"key": "mail", "kind": "send_message", "config": {"channel": "email", "template": "hello"}},
+                  {"key": "best", "kind": "send_best_channel",
+                   "config": {"template": "hello", "channels": ["email", "sms"], "send_time": "now"}}],
+        "edges": [{"from": "mail", "outcome": "next", "to": "best"}],
+    }), reason="test")
+    yield
+    reset_caches()
+
+
+def _reachable(n: int, prefix: str) -> list:
+    from tests.factories import CustomerFactory
+
+    return [CustomerFactory(external_id=f"{prefix}{i}", phone=f"+1555{i:04d}", traits={"preferred_channel": "sms"})
+            for i in range(n)]
+
+
+def test_best_channel_in_a_batch_records_with_the_batchs_insert_and_dispatch_task(best):
+    """send_best_channel is batch-safe: its message joins the batch's INSERT and dispatch task
+    (before: a flush, a savepoint, ~25 statements and a dispatch task per visit); the choice is
+    the one made one at a time (tests/channels_app/test_best_channel.py runs every case both
+    ways): the stated preference, SMS."""
+    from tests.factories import events_process_counted, pending_events
+
+    small, large = _reachable(4, "s"), _reachable(24, "l")
+    statements_small = events_process_counted(pending_events(small, source="s"))
+    statements_large = events_process_counted(pending_events(large, source="l"))
+
+    best_rows = Delivery.objects.filter(step_key="best")
+    assert best_rows.count() == 28 and set(best_rows.values_list("channel__name", "status")) == {("sms", "queued")}
+    first = best_rows.get(customer=small[0])
+    assert first.notes["channel_choice"]["chosen_by"] == "preference" and first.to == "+15550000"
+    assert first.choice_reason.startswith("sms: stated preference (preferred_channel=sms)")
+    assert set(Delivery.objects.filter(step_key="mail").values_list("status", flat=True)) == {"queued"}
+    assert tasks("channels_app.tasks.delivery_send") == 0  # one deliveries_send per batch instead
+    per_event = (statements_large - statements_small) / 20
+    assert per_event <= 8, (statements_small, statements_large)  # the choice's own reads (history, caps)
