@@ -1,6 +1,6 @@
 """A cron broadcast at scale, and what the minute tick costs when nothing is due.
 
-    .venv/bin/python bench/broadcast.py [--customers 100000] [--q-workers 2] [--idle-ticks 5] [--split] [--tag] [--hook] [--stage]
+    .venv/bin/python bench/broadcast.py [--customers 100000] [--q-workers 2] [--idle-ticks 5] [--split] [--tag] [--hook] [--stage] [--best]
     .venv/bin/python bench/broadcast.py --customers 1000000
 
 A private PostgreSQL (bench/common.py), production settings, the ORM broker. Customers are
@@ -24,8 +24,9 @@ signup_date, 09:00 local) and a monthly cron over the pro segment; neither has a
 
 `--split` puts an A/B experiment_split (50/50) in front of the send and `--tag` an update_profile
 (a counter rule) after it, `--hook` a webhook step (a signed POST to a local HTTP server, the
-bench/dispatch.py sink) before it and `--stage` a set_stage at the end: the steps a real campaign
-has; each is checked (one assignment, a count of one per customer, one POST per customer with its
+bench/dispatch.py sink) before it and `--stage` a set_stage at the end, and `--best` sends with
+send_best_channel (the channel and time chosen per customer) instead of send_message: the steps a
+real campaign has; each is checked (one assignment, a count of one per customer, one POST per customer with its
 own idempotency key, one stage transition per customer).
 
 Targets: >= 5,000 enrolled and sent per second; idle tick < 1 s at 1,000,000 customers;
@@ -100,6 +101,10 @@ if {split!r}:  # an A/B test in front of the send: experiment_split -> one send_
                      {{"key": "done", "kind": "goal", "config": {{}}}}]
     flow["edges"] = [{{"from": "split", "outcome": "control", "to": "send"}}, {{"from": "split", "outcome": "b", "to": "send_b"}},
                      {{"from": "send", "outcome": "next", "to": "done"}}, {{"from": "send_b", "outcome": "next", "to": "done"}}]
+if {best!r}:  # the channel chosen per customer (history, consent, caps), sent now
+    flow["steps"] = [{{**s, "kind": "send_best_channel", "config": {{"template": "news", "channels": ["news"],
+                                                                   "send_time": "now"}}}}
+                     if s["kind"] == "send_message" else s for s in flow["steps"]]
 if {hook!r}:  # a webhook call (e.g. to a CRM) before everything else
     from channels_app.models import Channel
     Channel.objects.create(name="crm", kind="webhook", provider="webhook", breaker_threshold=50,
@@ -220,6 +225,8 @@ def main() -> int:
                         help="an experiment_split (A/B, 50/50) in front of the send: each customer assigned once")
     parser.add_argument("--tag", action="store_true",
                         help="an update_profile after the send (a counter rule): each customer's count goes to 1")
+    parser.add_argument("--best", action="store_true",
+                        help="send with send_best_channel (channel chosen per customer) instead of send_message")
     parser.add_argument("--stage", action="store_true",
                         help="a set_stage at the end: each customer moved (one transition) once")
     parser.add_argument("--hook", action="store_true",
@@ -260,7 +267,7 @@ def main() -> int:
             atexit.register(sink.stop)
         if sink is not None:
             env[SECRET_ENV] = "bench-hook-secret"
-        shell(BROADCAST.format(split=args.split, tag=args.tag, hook=args.hook, stage=args.stage, secret_env=SECRET_ENV,
+        shell(BROADCAST.format(split=args.split, tag=args.tag, hook=args.hook, stage=args.stage, best=args.best, secret_env=SECRET_ENV,
                                hook_url=f"http://127.0.0.1:{sink.port}/hooks/crm" if sink else ""), env)
         per_customer = 2 if args.hook else 1  # deliveries: the webhook call and the email
         # As `make run`: the event workers, and the schedules cluster (its minute tick shares the work
@@ -358,6 +365,7 @@ def main() -> int:
         tag=args.tag,
         hook=args.hook,
         stage=args.stage,
+        best=args.best,
         loadavg=load0,
         ok=not problems and (rate or 0) >= 5000 and idle_full["slowest_ms"] < 1000 and ratio <= 2,
     )
