@@ -274,7 +274,8 @@ class SendBestChannel(StepKind):
         if batch is not None and real is not None:
             if batch.pending_for(real.pk):
                 batch.flush()  # the customer's messages of this batch count for caps and recent contact
-            batched = {"refuse": batch.consents.refuser(real.pk), "breakers": batch.breakers()}
+            batched = {"refuse": batch.consents.refuser(real.pk), "breakers": batch.breakers(),
+                       "history": batch.history(ctx.now)}
         choice = channel_choose(customer=ctx.customer, profile=ctx.profile, channels=channels, urgency=urgency,
                                 topic=main.topic, send_time=ctx.config.get("send_time", "best_hour"), now=ctx.now,
                                 min_engagements=ctx.config.get("min_engagements", 5), policy_options=policy,

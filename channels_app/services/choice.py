@@ -80,22 +80,47 @@ class ChannelChoice:
 def engagements_list(*, customer, now: datetime, days: int = HISTORY_DAYS) -> list[Engagement]:
     """The customer's engagements over the last `days`, newest first: opened or clicked
     deliveries, engagement events and (when nothing else explains it) last_engaged_at."""
-    from journeys.models import Event
-
     if getattr(customer, "pk", None) is None:
         return []
+    deliveries, events = _engagement_rows([customer.pk], now=now, days=days)
+    return _engagements(customer, now=now, days=days, deliveries=deliveries.get(customer.pk, []),
+                        events=events.get(customer.pk, []))
+
+
+HISTORY_ROWS = 500  # per customer and kind: the newest, enough for a best hour and the last channel
+
+
+def _engagement_rows(customer_ids: list[int], *, now: datetime, days: int) -> tuple[dict, dict]:
+    """Opened/clicked deliveries and engagement events of these customers since `days` ago, by
+    customer, newest first (at most HISTORY_ROWS each): one query for each of the two kinds."""
+    from journeys.engine.batch import ids_q
+    from journeys.models import Event
+
+    since = now - timedelta(days=days)
+    deliveries: dict[int, list] = {}
+    for row in (Delivery.objects.filter(ids_q("customer_id", customer_ids))
+                .filter(Q(opened_at__gte=since) | Q(clicked_at__gte=since))
+                .values_list("customer_id", "pk", "channel__kind", "opened_at", "clicked_at").order_by("-id")):
+        found = deliveries.setdefault(row[0], [])
+        if len(found) < HISTORY_ROWS:
+            found.append(row[1:])
+    events: dict[int, list] = {}
+    for row in (Event.objects.filter(ids_q("customer_id", customer_ids), name__in=list(ENGAGEMENT_EVENTS),
+                                     timestamp__gte=since, timestamp__lte=now)
+                .values_list("customer_id", "name", "properties", "timestamp").order_by("-timestamp")):
+        found = events.setdefault(row[0], [])
+        if len(found) < HISTORY_ROWS:
+            found.append(row[1:])
+    return deliveries, events
+
+
+def _engagements(customer, *, now: datetime, days: int, deliveries: list, events: list) -> list[Engagement]:
     since = now - timedelta(days=days)
     out: list[Engagement] = []
-    rows = (Delivery.objects.filter(customer_id=customer.pk)
-            .filter(Q(opened_at__gte=since) | Q(clicked_at__gte=since))
-            .values_list("pk", "channel__kind", "opened_at", "clicked_at").order_by("-id")[:500])
-    for pk, kind, opened, clicked in rows:
+    for pk, kind, opened, clicked in deliveries:
         at = min(t for t in (opened, clicked) if t is not None)
         if at <= now:
             out.append(Engagement(at=at, kind=kind, source=f"delivery:{pk}"))
-    events = (Event.objects.filter(customer_id=customer.pk, name__in=list(ENGAGEMENT_EVENTS),
-                                   timestamp__gte=since, timestamp__lte=now)
-              .values_list("name", "properties", "timestamp").order_by("-timestamp")[:500])
     for name, props, at in events:
         kind = ENGAGEMENT_EVENTS[name] or str((props or {}).get("channel_kind") or "")
         if kind in ChannelKind.values:
@@ -105,6 +130,24 @@ def engagements_list(*, customer, now: datetime, days: int = HISTORY_DAYS) -> li
         out.append(Engagement(at=last, kind="", source="profile:last_engaged_at"))
     out.sort(key=lambda e: e.at, reverse=True)
     return out
+
+
+class EngagementBook:
+    """engagements_list for the customers of a batch: their history read with one query per kind
+    on first use, for the moment `now` (another moment, or a customer outside, reads alone)."""
+
+    def __init__(self, customer_ids, now: datetime) -> None:
+        self.customer_ids, self.now = set(customer_ids), now
+        self._rows: tuple[dict, dict] | None = None
+
+    def engagements(self, customer, now: datetime) -> list[Engagement]:
+        if now != self.now or getattr(customer, "pk", None) not in self.customer_ids:
+            return engagements_list(customer=customer, now=now)
+        if self._rows is None:
+            self._rows = _engagement_rows(list(self.customer_ids), now=now, days=HISTORY_DAYS)
+        deliveries, events = self._rows
+        return _engagements(customer, now=now, days=HISTORY_DAYS, deliveries=deliveries.get(customer.pk, []),
+                            events=events.get(customer.pk, []))
 
 
 def best_hour(*, engagements: list[Engagement], zone) -> tuple[int, int]:
@@ -231,14 +274,15 @@ def channel_hold(*, channel: Channel, customer, profile: dict, topic: Topic | No
 def channel_choose(*, customer, profile: dict, channels: list[Channel], urgency: str = Urgency.NORMAL,
                    topic: Topic | None = None, send_time: str = "best_hour", now: datetime,
                    min_engagements: int = MIN_ENGAGEMENTS, policy_options: dict | None = None, refuse=None,
-                   breakers: dict | None = None) -> ChannelChoice:
+                   breakers: dict | None = None, history: EngagementBook | None = None) -> ChannelChoice:
     """Pick the channel and the send time for one message, and say why.
 
     When every channel would be refused or held, the best-ranked channel that only has
     to *wait* (quiet hours, a deferring cap, a pause) is used, so the message goes out
     when it may; when all refuse outright, the choice is None with the top reason.
     """
-    engagements = engagements_list(customer=customer, now=now)
+    engagements = history.engagements(customer, now) if history is not None else \
+        engagements_list(customer=customer, now=now)
     send_at, timing = send_time_choose(customer=customer, engagements=engagements, urgency=urgency,
                                        mode=send_time, now=now, min_engagements=min_engagements)
     at = send_at or now
