@@ -255,7 +255,7 @@ class SendBestChannel(StepKind):
     def execute(self, ctx: StepContext) -> StepResult:
         from channels_app.models import MessageTemplate
         from channels_app.services import message_context, message_send, template_render
-        from channels_app.services.choice import channel_choose
+        from channels_app.services.choice import EngagementBook, channel_choose
         from channels_app.services.sending import SendBatch
 
         batch = None if ctx.dry_run else SendBatch.current()
@@ -275,7 +275,7 @@ class SendBestChannel(StepKind):
             if batch.pending_for(real.pk):
                 batch.flush()  # the customer's messages of this batch count for caps and recent contact
             batched = {"refuse": batch.consents.refuser(real.pk), "breakers": batch.breakers(),
-                       "history": batch.history(ctx.now)}
+                       "history": EngagementBook.current()}
         choice = channel_choose(customer=ctx.customer, profile=ctx.profile, channels=channels, urgency=urgency,
                                 topic=main.topic, send_time=ctx.config.get("send_time", "best_hour"), now=ctx.now,
                                 min_engagements=ctx.config.get("min_engagements", 5), policy_options=policy,

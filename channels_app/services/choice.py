@@ -134,11 +134,24 @@ def _engagements(customer, *, now: datetime, days: int, deliveries: list, events
 
 class EngagementBook:
     """engagements_list for the customers of a batch: their history read with one query per kind
-    on first use, for the moment `now` (another moment, or a customer outside, reads alone)."""
+    on first use, for the moment `now` (another moment, or a customer outside, reads alone).
+    An engine batch keeps one (`current()`, a read cache: nothing to flush)."""
+
+    KEY = "channels.history"
 
     def __init__(self, customer_ids, now: datetime) -> None:
         self.customer_ids, self.now = set(customer_ids), now
         self._rows: tuple[dict, dict] | None = None
+
+    @classmethod
+    def current(cls) -> EngagementBook | None:
+        from journeys.engine.batch import current_batch
+
+        batch = current_batch()
+        return batch.extension(cls.KEY, lambda b: cls(b.customer_ids, b.now)) if batch is not None else None
+
+    def flush(self) -> None:
+        """Nothing to write."""
 
     def engagements(self, customer, now: datetime) -> list[Engagement]:
         if now != self.now or getattr(customer, "pk", None) not in self.customer_ids:

@@ -265,7 +265,6 @@ class SendBatch:
         self._pending_customers: set[int] = set()
         self._channel_lists: dict[tuple, list[Channel]] = {}
         self._breakers: dict[int, object] | None = None
-        self._history = None
         self._queued: list[int] = []  # what the batch's one dispatch task sends (it grows until commit)
 
     @classmethod
@@ -299,14 +298,6 @@ class SendBatch:
 
             self._breakers = {b.channel_id: b for b in ChannelBreaker.objects.all()}
         return self._breakers
-
-    def history(self, now: datetime):
-        """The batch customers' engagement history (send_best_channel), read once per batch."""
-        from channels_app.services.choice import EngagementBook
-
-        if self._history is None or self._history.now != now:
-            self._history = EngagementBook(self.consents.customer_ids, now)
-        return self._history
 
     def pending_for(self, customer_id: int) -> bool:
         """Whether this batch holds a message for the customer that is not written yet."""
