@@ -271,9 +271,7 @@ class SendBestChannel(StepKind):
             if ctx.config.get("min_gap_other_channel") else {}
         real = ctx.customer if getattr(ctx.customer, "pk", None) else None
         batched = {}
-        if batch is not None and real is not None:
-            if batch.pending_for(real.pk):
-                batch.flush()  # the customer's messages of this batch count for caps and recent contact
+        if batch is not None and real is not None:  # (caps and gaps count sent messages, not this batch's)
             batched = {"refuse": batch.consents.refuser(real.pk), "breakers": batch.breakers(),
                        "history": EngagementBook.current()}
         choice = channel_choose(customer=ctx.customer, profile=ctx.profile, channels=channels, urgency=urgency,

@@ -100,14 +100,16 @@ def _engagement_rows(customer_ids: list[int], *, now: datetime, days: int) -> tu
     deliveries: dict[int, list] = {}
     for row in (Delivery.objects.filter(ids_q("customer_id", customer_ids))
                 .filter(Q(opened_at__gte=since) | Q(clicked_at__gte=since))
-                .values_list("customer_id", "pk", "channel__kind", "opened_at", "clicked_at").order_by("-id")):
+                .values_list("customer_id", "pk", "channel__kind", "opened_at", "clicked_at").order_by("-id")
+                [:HISTORY_ROWS if len(customer_ids) == 1 else None]):
         found = deliveries.setdefault(row[0], [])
         if len(found) < HISTORY_ROWS:
             found.append(row[1:])
     events: dict[int, list] = {}
     for row in (Event.objects.filter(ids_q("customer_id", customer_ids), name__in=list(ENGAGEMENT_EVENTS),
                                      timestamp__gte=since, timestamp__lte=now)
-                .values_list("customer_id", "name", "properties", "timestamp").order_by("-timestamp")):
+                .values_list("customer_id", "name", "properties", "timestamp").order_by("-timestamp")
+                [:HISTORY_ROWS if len(customer_ids) == 1 else None]):
         found = events.setdefault(row[0], [])
         if len(found) < HISTORY_ROWS:
             found.append(row[1:])

@@ -262,7 +262,6 @@ class SendBatch:
         self._templates: dict[str, tuple[MessageTemplate, int | None]] = {}
         self._ids: list[int] = []
         self.pending: dict[str, Delivery] = {}
-        self._pending_customers: set[int] = set()
         self._channel_lists: dict[tuple, list[Channel]] = {}
         self._breakers: dict[int, object] | None = None
         self._queued: list[int] = []  # what the batch's one dispatch task sends (it grows until commit)
@@ -299,10 +298,6 @@ class SendBatch:
             self._breakers = {b.channel_id: b for b in ChannelBreaker.objects.all()}
         return self._breakers
 
-    def pending_for(self, customer_id: int) -> bool:
-        """Whether this batch holds a message for the customer that is not written yet."""
-        return customer_id in self._pending_customers
-
     def _next_id(self) -> int:
         if not self._ids:  # about one message per customer of the batch: one statement, not one per 64
             self._ids = reserve_ids(Delivery, max(self.RESERVE, len(self.consents.customer_ids)))
@@ -325,7 +320,6 @@ class SendBatch:
         )
         _render_into(delivery, template=template, data=data, customer=customer, notes=notes)
         self.pending[idempotency_key] = delivery
-        self._pending_customers.add(customer.pk)
         return delivery
 
     def webhook(self, *, customer, channel: Channel, idempotency_key: str, payload: dict, run_id=None,
@@ -336,14 +330,13 @@ class SendBatch:
         delivery = self.pending[idempotency_key] = _webhook_delivery(
             customer=customer, channel=channel, idempotency_key=idempotency_key, payload=payload, run_id=run_id,
             step_key=step_key, suppress_reason=suppress_reason, pk=self._next_id())
-        self._pending_customers.add(customer.pk)
         return delivery
 
     def flush(self) -> None:
         if not self.pending:
             return
         deliveries = list(self.pending.values())
-        self.pending, self._pending_customers = {}, set()
+        self.pending = {}
         # Never expected (the keys belong to runs of this transaction), but a second row for
         # a key must not happen: raising replays the batch event by event through message_send.
         if Delivery.objects.filter(idempotency_key__in=[d.idempotency_key for d in deliveries]).exists():
