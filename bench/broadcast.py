@@ -1,6 +1,6 @@
 """A cron broadcast at scale, and what the minute tick costs when nothing is due.
 
-    .venv/bin/python bench/broadcast.py [--customers 100000] [--q-workers 2] [--idle-ticks 5] [--split] [--tag] [--hook] [--stage] [--best]
+    .venv/bin/python bench/broadcast.py [--customers 100000] [--q-workers 2] [--idle-ticks 5] [--split] [--tag] [--hook] [--stage] [--best] [--move]
     .venv/bin/python bench/broadcast.py --customers 1000000
 
 A private PostgreSQL (bench/common.py), production settings, the ORM broker. Customers are
@@ -24,7 +24,8 @@ signup_date, 09:00 local) and a monthly cron over the pro segment; neither has a
 
 `--split` puts an A/B experiment_split (50/50) in front of the send and `--tag` an update_profile
 (a counter rule) after it, `--hook` a webhook step (a signed POST to a local HTTP server, the
-bench/dispatch.py sink) before it and `--stage` a set_stage at the end, and `--best` sends with
+bench/dispatch.py sink) before it, `--stage` a set_stage at the end, `--move` a start_workflow after
+that (each customer moved to a follow-up journey that completes at once), and `--best` sends with
 send_best_channel (the channel and time chosen per customer) instead of send_message: the steps a
 real campaign has; each is checked (one assignment, a count of one per customer, one POST per customer with its
 own idempotency key, one stage transition per customer).
@@ -123,6 +124,13 @@ if {stage!r}:  # last, a lifecycle stage (set_stage: a transition and Stage Left
     flow["steps"].append({{"key": "stage", "kind": "set_stage", "config": {{"stage": "reader"}}}})
     flow["edges"] = [e if e["to"] != "done" else {{**e, "to": "stage"}} for e in flow["edges"]]
     flow["edges"].append({{"from": "stage", "outcome": "next", "to": "done"}})
+if {move!r}:  # last, a move to a follow-up journey (start_workflow, exit_current): its first step runs at once
+    version_publish(version=version_build(workflow=workflow_create(name="followup", business_unit=BusinessUnit.objects.get()),
+                    definition={{"trigger_kind": "event", "trigger_event": "Never", "reentry_policy": "once",
+                                "steps": [{{"key": "done", "kind": "goal", "config": {{}}}}]}}), reason="bench")
+    flow["steps"] = [s for s in flow["steps"] if s["key"] != "done"]  # the move ends the run
+    flow["steps"].append({{"key": "move", "kind": "start_workflow", "config": {{"workflow": "followup", "exit_current": True}}}})
+    flow["edges"] = [e if e["to"] != "done" else {{**e, "to": "move"}} for e in flow["edges"]]
 version_publish(version=version_build(workflow=workflow_create(name="broadcast", business_unit=BusinessUnit.objects.get()),
                                       definition=flow), reason="bench")
 """
@@ -229,6 +237,8 @@ def main() -> int:
                         help="send with send_best_channel (channel chosen per customer) instead of send_message")
     parser.add_argument("--stage", action="store_true",
                         help="a set_stage at the end: each customer moved (one transition) once")
+    parser.add_argument("--move", action="store_true",
+                        help="a start_workflow at the end: each customer moved once to a follow-up journey, which completes")
     parser.add_argument("--hook", action="store_true",
                         help="a webhook step (to a local HTTP server) before the send: one POST per customer")
     args = parser.parse_args()
@@ -267,7 +277,7 @@ def main() -> int:
             atexit.register(sink.stop)
         if sink is not None:
             env[SECRET_ENV] = "bench-hook-secret"
-        shell(BROADCAST.format(split=args.split, tag=args.tag, hook=args.hook, stage=args.stage, best=args.best, secret_env=SECRET_ENV,
+        shell(BROADCAST.format(split=args.split, tag=args.tag, hook=args.hook, stage=args.stage, best=args.best, move=args.move, secret_env=SECRET_ENV,
                                hook_url=f"http://127.0.0.1:{sink.port}/hooks/crm" if sink else ""), env)
         per_customer = 2 if args.hook else 1  # deliveries: the webhook call and the email
         # As `make run`: the event workers, and the schedules cluster (its minute tick shares the work
@@ -312,6 +322,9 @@ def main() -> int:
             assigned = conn.execute("SELECT count(*), count(DISTINCT customer_id) FROM experiments_assignment").fetchone()
             staged = conn.execute("SELECT count(*), count(DISTINCT customer_id) FROM journeys_stagetransition"
                                   " WHERE to_stage = 'reader'").fetchone()
+            followed = conn.execute(
+                "SELECT count(*) FILTER (WHERE r.status = 'completed'), count(DISTINCT r.customer_id) FROM journeys_journeyrun r"
+                " JOIN journeys_workflow w ON w.id = r.workflow_id WHERE w.name = 'followup'").fetchone()
             tagged = conn.execute("SELECT count(*) FROM journeys_customer WHERE traits -> 'newsletters' = '1'").fetchone()[0]
             slowest_task = conn.execute("SELECT extract(epoch FROM max(stopped - started)) FROM django_q_task"
                                         " WHERE func = 'journeys.tasks.runs_wake'").fetchone()[0]
@@ -325,6 +338,8 @@ def main() -> int:
         problems.append(f"audience {audience}, profiles counted once {tagged}")
     if args.stage and staged != (audience, audience):
         problems.append(f"audience {audience}, stage transitions {staged}")
+    if args.move and followed != (audience, audience):
+        problems.append(f"audience {audience}, follow-up runs (completed, distinct customers) {followed}")
     if args.hook and (hooked[0] < audience or hooked[1] != audience):  # a retried POST repeats its key
         problems.append(f"audience {audience}, webhook posts (all, distinct keys) {hooked}")
     if sent < per_customer * audience or deliveries != (per_customer * audience, audience):
@@ -366,6 +381,7 @@ def main() -> int:
         hook=args.hook,
         stage=args.stage,
         best=args.best,
+        move=args.move,
         loadavg=load0,
         ok=not problems and (rate or 0) >= 5000 and idle_full["slowest_ms"] < 1000 and ratio <= 2,
     )

@@ -37,6 +37,8 @@ from journeys.models import JourneyRun, StepExecution
 
 _current: contextvars.ContextVar[EngineBatch | None] = contextvars.ContextVar("engine_batch", default=None)
 
+FLUSH_ROUNDS = 20  # start_workflow steps chained within one flush (one round each)
+
 RUN_STATE_FIELDS = ("status", "current_step", "next_wake_at", "wait_event", "variables", "visits", "converted_at",
                     "finished_at", "error")
 
@@ -101,12 +103,24 @@ class EngineBatch:
         self.runs[run.pk] = run
 
     def flush(self) -> None:
-        """Write what was collected: app rows, step executions, then run states."""
-        for extension in self._extensions.values():
-            extension.flush()
+        """Write what was collected: app rows, step executions, then run states.
+
+        An extension's `flush()` may set off more work in the batch (journeys.engine.moves
+        starts the runs a start_workflow step enrolled, and their steps add rows to the other
+        extensions): it then returns True and every extension is flushed again."""
+        for _ in range(FLUSH_ROUNDS):
+            if not any([bool(extension.flush()) for extension in list(self._extensions.values())]):
+                break
+        else:
+            raise RuntimeError(f"the batch's steps still set off more work after {FLUSH_ROUNDS} rounds "
+                               "(start_workflow steps that move customers round a circle?)")
         if self.executions:
             rows_insert(StepExecution, self.executions)
             self.executions = []
+        self.flush_runs()
+
+    def flush_runs(self) -> None:
+        """Write the run states collected so far (before an action that reads runs)."""
         if self.runs:
             runs_update(list(self.runs.values()))
             self.runs = {}

@@ -48,6 +48,7 @@ class StartWorkflow(StepKind):
             "(a move, e.g. onboarding -> at-risk rescue); exit_workflows also ends open runs elsewhere. "
             "History (runs, step log, events) is kept.")
     side_effects = True
+    batch_safe = True  # in an engine batch the moves are written and started at its flush (MoveBatch)
     fields = {"workflow": "name of the workflow to start", "exit_current": "true to end this run (a move)",
               "exit_workflows": "list of workflow names whose open runs end"}
     form = forms.StartWorkflowForm
@@ -72,26 +73,40 @@ class StartWorkflow(StepKind):
     def execute(self, ctx):
         from journeys.choices import RunStatus
         from journeys.engine.compiled import load_version
+        from journeys.engine.moves import MoveBatch
         from journeys.engine.runner import run_enroll
         from journeys.models import JourneyRun, Workflow
 
-        target = Workflow.objects.get(name=ctx.config["workflow"])
-        detail = {"workflow": target.name, "exit_current": ctx.config["exit_current"]}
-        if target.live_version_id is None:
-            return StepResult(outcome="next", detail=detail, error=f"workflow {target.name!r} has no live version")
+        name = ctx.config["workflow"]
+        moves = None if ctx.dry_run else MoveBatch.current()
+        if moves is not None:
+            _, live_version_id = moves.target(name)
+        else:
+            live_version_id = Workflow.objects.values_list("live_version_id", flat=True).get(name=name)
+        detail = {"workflow": name, "exit_current": ctx.config["exit_current"]}
+        if live_version_id is None:
+            return StepResult(outcome="next", detail=detail, error=f"workflow {name!r} has no live version")
         if ctx.dry_run:
             return StepResult(end_status="exited" if ctx.config["exit_current"] else None,
-                              outcome=None if ctx.config["exit_current"] else "next", detail={"would_start": target.name, **detail})
-        JourneyRun.objects.filter(
-            customer=ctx.customer, workflow__name__in=ctx.config["exit_workflows"], status__in=[RunStatus.ACTIVE, RunStatus.WAITING]
-        ).exclude(pk=ctx.run.pk).update(status=RunStatus.EXITED, finished_at=ctx.now, next_wake_at=None, wait_event="",
-                                       error=f"moved to {target.name}")
-        if ctx.config["exit_current"]:
-            # Close this run first so a workflow that allows one open run at a time can take the customer.
-            JourneyRun.objects.filter(pk=ctx.run.pk).update(status=RunStatus.EXITED)
-        run = run_enroll(version=load_version(target.live_version_id), customer=ctx.customer,
-                         trigger_key=f"moved:{ctx.idempotency_key}", now=ctx.now, event=ctx.event)
-        detail["started_run"] = run.pk if run else None
+                              outcome=None if ctx.config["exit_current"] else "next", detail={"would_start": name, **detail})
+        trigger_key = f"moved:{ctx.idempotency_key}"
+        if moves is not None:  # written, enrolled and started with the batch's other moves at its flush
+            detail["started_run"] = None
+            moves.add(run=ctx.run, customer=ctx.customer, version_id=live_version_id, target=name,
+                      trigger_key=trigger_key, event=ctx.event, now=ctx.now,
+                      exit_workflows=ctx.config["exit_workflows"], detail=detail)
+        else:
+            JourneyRun.objects.filter(
+                customer=ctx.customer, workflow__name__in=ctx.config["exit_workflows"],
+                status__in=[RunStatus.ACTIVE, RunStatus.WAITING],
+            ).exclude(pk=ctx.run.pk).update(status=RunStatus.EXITED, finished_at=ctx.now, next_wake_at=None,
+                                           wait_event="", error=f"moved to {name}")
+            if ctx.config["exit_current"]:
+                # Close this run first so a workflow that allows one open run at a time can take the customer.
+                JourneyRun.objects.filter(pk=ctx.run.pk).update(status=RunStatus.EXITED)
+            run = run_enroll(version=load_version(live_version_id), customer=ctx.customer, trigger_key=trigger_key,
+                             now=ctx.now, event=ctx.event)
+            detail["started_run"] = run.pk if run else None
         if ctx.config["exit_current"]:
             return StepResult(end_status="exited", detail=detail)
         return StepResult(outcome="next", detail=detail)

@@ -57,11 +57,12 @@ def test_a_batch_of_messages_is_sent_by_one_task_and_its_events_processed_by_one
     assert tasks("journeys.tasks.events_process") - engine_tasks == 1
 
 
-def test_a_step_that_flushes_the_batch_before_each_visit_still_leaves_one_dispatch_task(
+def test_customers_moved_to_another_workflow_after_their_message_leave_one_dispatch_task(
     api, django_capture_on_commit_callbacks
 ):
-    """start_workflow is not batch-safe: the batch is written before each of its visits. The
-    batch's messages still go to one dispatch task (before: one task per customer)."""
+    """start_workflow after the send (batch-safe since journeys.engine.moves; before, the batch was
+    written before each of its visits): the batch's messages go to one dispatch task and every
+    customer's new run is started and done."""
     reset_caches()
     ChannelFactory(name="mail", kind="email", provider="console")
     TemplateFactory(name="hello", subject="Hello {{ profile.first_name }}", body="Hi")

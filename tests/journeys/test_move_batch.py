@@ -1,0 +1,187 @@
+"""start_workflow in the engine's batches (journeys.engine.moves.MoveBatch): a batch's moves end
+the runs they name, enrol their customers through the entry checks and start the new runs in the
+batch, with statements that do not grow with it (before: a flush of the batch, a savepoint and
+~15 statements per visit). Every case runs twice, alone (the step written at once) and inside an
+engine batch, with the same outcome."""
+
+from __future__ import annotations
+
+from itertools import count
+
+import pytest
+from django.db import transaction
+from django.utils import timezone
+
+from journeys.engine.batch import EngineBatch
+from journeys.engine.compiled import load_version, reset_caches
+from journeys.engine.runner import run_enroll
+from journeys.models import BusinessUnit, Customer, JourneyRun, StepExecution, Workflow
+from journeys.services.workflows import version_build, version_publish, workflow_create
+from tests.factories import CustomerFactory, events_process_counted, pending_events
+
+_keys = count()
+
+
+def _publish(name: str, steps: list[dict], *, trigger: str = "Never", **extra) -> int:
+    unit, _ = BusinessUnit.objects.get_or_create(slug="growth", defaults={"name": "Growth"})
+    version = version_publish(version=version_build(workflow=workflow_create(name=name, business_unit=unit), definition={
+        "trigger_kind": "event", "trigger_event": trigger, "steps": steps,
+        "edges": [{"from": a["key"], "outcome": "next", "to": b["key"]} for a, b in zip(steps, steps[1:])],
+        **extra,
+    }), reason="test")
+    return version.pk
+
+
+def _move(workflow: str, *, exit_current: bool = True, exit_workflows: tuple[str, ...] = ()) -> dict:
+    return {"key": "move", "kind": "start_workflow",
+            "config": {"workflow": workflow, "exit_current": exit_current, "exit_workflows": list(exit_workflows)}}
+
+
+WAIT = {"key": "wait", "kind": "wait_for_event", "config": {"event": "Came Back", "timeout": "7d"}}
+TAG = {"key": "tag", "kind": "update_profile", "config": {"traits": {"rescued": True}}}
+
+
+@pytest.fixture
+def journeys(db):
+    reset_caches()
+    _publish("nurture", [WAIT], trigger="Joined")
+    _publish("rescue", [TAG, WAIT])
+    _publish("onboard", [_move("rescue", exit_workflows=("nurture",))], trigger="Signed Up", reentry_policy="always")
+    yield
+    reset_caches()
+
+
+@pytest.fixture(params=["alone", "in_a_batch"])
+def enter(request, db, django_capture_on_commit_callbacks):
+    """Enter customers into a workflow at once: each alone (written as it goes), or all in one
+    engine batch as events_process and runs_wake run them."""
+
+    def run(workflow: str, customers: list[Customer]) -> None:
+        version = load_version(Workflow.objects.get(name=workflow).live_version_id)
+        now = timezone.now()
+        with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
+            if request.param == "alone":
+                for customer in customers:
+                    run_enroll(version=version, customer=customer, trigger_key=f"t:{next(_keys)}", now=now)
+                return
+            batch = EngineBatch(customer_ids=[c.pk for c in customers], now=now)
+            with batch.active():
+                for customer in customers:
+                    run_enroll(version=version, customer=customer, trigger_key=f"t:{next(_keys)}", now=now)
+                batch.flush()
+
+    run.mode = request.param
+    return run
+
+
+def _runs(workflow: str, customer: Customer) -> list[JourneyRun]:
+    return list(JourneyRun.objects.filter(workflow__name=workflow, customer=customer).order_by("id"))
+
+
+def _move_detail(customer: Customer, workflow: str = "onboard") -> dict:
+    return StepExecution.objects.get(run__workflow__name=workflow, run__customer=customer, step_key="move").detail
+
+
+def test_a_move_ends_the_named_runs_and_starts_the_target_whose_first_steps_run(journeys, enter):
+    people = [CustomerFactory(external_id=f"m{i}") for i in range(3)]
+    events_process_counted(pending_events(people, name="Joined"))  # each waits in nurture
+
+    enter("onboard", people)
+
+    for customer in people:
+        [onboard], [nurture], [rescue] = _runs("onboard", customer), _runs("nurture", customer), _runs("rescue", customer)
+        assert onboard.status == "exited"
+        assert (nurture.status, nurture.error) == ("exited", "moved to rescue") and nurture.next_wake_at is None
+        assert rescue.status == "waiting" and rescue.current_step == "wait"
+        assert rescue.trigger_key == f"moved:run:{onboard.pk}:move:1"
+        assert _move_detail(customer) == {"workflow": "rescue", "exit_current": True, "started_run": rescue.pk}
+        customer.refresh_from_db()
+        assert customer.traits["rescued"] is True  # the new run's first step ran
+        assert list(rescue.executions.order_by("id").values_list("step_key", "outcome")) == [("tag", "next"), ("wait", "")]
+
+
+def test_a_start_that_is_not_a_move_goes_on_and_a_refused_entry_is_logged_as_none(db, enter):
+    reset_caches()
+    _publish("welcome", [TAG], reentry_policy="once")
+    _publish("main", [{"key": "move", "kind": "start_workflow", "config": {"workflow": "welcome"}},
+                      {"key": "after", "kind": "update_profile", "config": {"traits": {"after": True}}}])
+    ada, bob = CustomerFactory(external_id="ada"), CustomerFactory(external_id="bob")
+    enter("welcome", [bob])  # bob has entered welcome once already
+
+    enter("main", [ada, bob])
+
+    for customer in (ada, bob):
+        [main] = _runs("main", customer)
+        assert main.status == "completed"
+        customer.refresh_from_db()
+        assert customer.traits == {"rescued": True, "after": True}
+    [welcome] = _runs("welcome", ada)
+    assert _move_detail(ada, "main") == {"workflow": "welcome", "exit_current": False, "started_run": welcome.pk}
+    assert len(_runs("welcome", bob)) == 1  # re-entry once: refused
+    assert _move_detail(bob, "main")["started_run"] is None
+    reset_caches()
+
+
+def test_an_entry_rule_is_read_with_the_profile_of_the_moment_and_moves_chain(db, enter):
+    reset_caches()
+    _publish("vip", [TAG], entry_rule="profile.ltv >= 100")
+    _publish("middle", [_move("vip")])
+    _publish("first", [{"key": "ltv", "kind": "update_profile", "config": {"traits": {"ltv": {"rule": "profile.spend"}}}},
+                       _move("middle")])
+    rich = CustomerFactory(external_id="rich", traits={"spend": 500})
+    poor = CustomerFactory(external_id="poor", traits={"spend": 5})
+
+    enter("first", [rich, poor])
+
+    assert [r.status for r in _runs("first", rich) + _runs("middle", rich)] == ["exited", "exited"]
+    [vip] = _runs("vip", rich)
+    assert vip.status == "completed" and Customer.objects.get(pk=rich.pk).traits["rescued"] is True
+    assert [r.status for r in _runs("middle", poor)] == ["exited"]
+    assert _runs("vip", poor) == []  # the entry rule refused: ltv 5
+    assert _move_detail(poor, "middle")["started_run"] is None
+    reset_caches()
+
+
+def test_a_target_without_a_live_version_is_an_error_on_the_step_and_the_run_goes_on(db, enter):
+    reset_caches()
+    unit = BusinessUnit.objects.create(slug="drafts", name="Drafts")
+    workflow_create(name="draft", business_unit=unit)
+    _publish("main", [{"key": "move", "kind": "start_workflow", "config": {"workflow": "draft"}}, TAG])
+    ada = CustomerFactory(external_id="ada")
+
+    enter("main", [ada])
+
+    [main] = _runs("main", ada)
+    step = StepExecution.objects.get(run=main, step_key="move")
+    assert main.status == "completed" and step.error == "workflow 'draft' has no live version"
+    reset_caches()
+
+
+@pytest.mark.django_db
+def test_a_batch_moves_its_customers_with_statements_that_do_not_grow_with_it(journeys):
+    small = [CustomerFactory(external_id=f"s{i}") for i in range(5)]
+    large = [CustomerFactory(external_id=f"l{i}") for i in range(40)]
+    events_process_counted(pending_events(small + large, name="Joined"))
+
+    statements_small = events_process_counted(pending_events(small, source="s"))
+    statements_large = events_process_counted(pending_events(large, source="l"))
+
+    assert statements_large - statements_small <= 6, (statements_small, statements_large)
+    assert JourneyRun.objects.filter(workflow__name="rescue", status="waiting").count() == 45
+    assert not JourneyRun.objects.filter(workflow__name__in=["onboard", "nurture"], status__in=["active", "waiting"]).exists()
+    assert Customer.objects.filter(traits__rescued=True).count() == 45
+
+
+@pytest.mark.django_db
+def test_a_second_delivery_of_the_same_event_moves_no_one_twice(journeys):
+    ada = CustomerFactory(external_id="ada")
+    [event] = pending_events([ada])
+    events_process_counted([event])
+    from journeys.choices import EventStatus
+    from journeys.models import Event
+
+    Event.objects.filter(pk=event).update(status=EventStatus.PENDING)  # a retried task finds it pending again
+
+    events_process_counted([event])
+
+    assert len(_runs("onboard", ada)) == 1 and len(_runs("rescue", ada)) == 1
