@@ -255,7 +255,7 @@ class SendBestChannel(StepKind):
     def execute(self, ctx: StepContext) -> StepResult:
         from channels_app.models import MessageTemplate
         from channels_app.services import message_context, message_send, template_render
-        from channels_app.services.choice import EngagementBook, channel_choose
+        from channels_app.services.choice import EngagementBook, PressureCache, channel_choose
         from channels_app.services.sending import SendBatch
 
         batch = None if ctx.dry_run else SendBatch.current()
@@ -273,7 +273,7 @@ class SendBestChannel(StepKind):
         batched = {}
         if batch is not None and real is not None:  # (caps and gaps count sent messages, not this batch's)
             batched = {"refuse": batch.consents.refuser(real.pk), "breakers": batch.breakers(),
-                       "history": EngagementBook.current()}
+                       "history": EngagementBook.current(), "pressure": PressureCache.current()}
         choice = channel_choose(customer=ctx.customer, profile=ctx.profile, channels=channels, urgency=urgency,
                                 topic=main.topic, send_time=ctx.config.get("send_time", "best_hour"), now=ctx.now,
                                 min_engagements=ctx.config.get("min_engagements", 5), policy_options=policy,

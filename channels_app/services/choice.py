@@ -165,6 +165,45 @@ class EngagementBook:
                             events=events.get(customer.pk, []))
 
 
+class PressureCache:
+    """Frequency caps and recent contacts for the choices of a batch: the caps read once, the
+    contacts of all its customers with one query on first use, looking back as far as the
+    longest cap or gap asked so far (a longer gap reads them again). Checks at `now` or later
+    are answered from it; another moment, or a customer outside, reads alone. Caps and gaps
+    count messages sent, never the batch's own unwritten ones (as one choice at a time does).
+    An engine batch keeps one (`current()`, a read cache: nothing to flush)."""
+
+    KEY = "channels.pressure"
+
+    def __init__(self, customer_ids, now: datetime) -> None:
+        self.customer_ids, self.now = set(customer_ids), now
+        self.caps: list | None = None
+        self.book: policy.PressureBook | None = None
+        self.window_s = -1
+
+    @classmethod
+    def current(cls) -> PressureCache | None:
+        from journeys.engine.batch import current_batch
+
+        batch = current_batch()
+        return batch.extension(cls.KEY, lambda b: cls(b.customer_ids, b.now)) if batch is not None else None
+
+    def flush(self) -> None:
+        """Nothing to write."""
+
+    def hold(self, probe: Delivery, at: datetime) -> policy.Hold | None:
+        if at < self.now or probe.customer_id not in self.customer_ids:
+            return policy.frequency_cap_hold(delivery=probe, now=at) or policy.recent_contact_hold(delivery=probe, now=at)
+        if self.caps is None:
+            self.caps = policy.enabled_caps()
+        window = max([cap.window_s for cap in self.caps] + [policy.gap_s(probe)])
+        if window > self.window_s:
+            self.book = policy.PressureBook(deliveries=(), now=self.now, caps=self.caps,
+                                            customer_ids=self.customer_ids, window_s=window)
+            self.window_s = window
+        return self.book.cap_hold(probe, at) or self.book.gap_hold(probe, at)
+
+
 def best_hour(*, engagements: list[Engagement], zone) -> tuple[int, int]:
     """The local hour the customer engages in most (ties: the most recent such hour), and its count."""
     hours = [e.at.astimezone(zone).hour for e in engagements]  # newest first
@@ -253,12 +292,12 @@ def _breaker_open(channel: Channel, now: datetime, breaker: ChannelBreaker | Non
 
 def channel_hold(*, channel: Channel, customer, profile: dict, topic: Topic | None, at: datetime,
                  policy_options: dict | None = None, refuse=None,
-                 breakers: dict | None = None) -> tuple[str, str, str, bool]:
+                 breakers: dict | None = None, pressure: PressureCache | None = None) -> tuple[str, str, str, bool]:
     """Would this channel send to this customer at `at`? ("", address, "", False) when yes,
     else (reason, address, detail, waits): the same checks as message_send and the worker;
     `waits` when the hold only delays the message (quiet hours, a deferring cap, a pause).
-    A batch passes `refuse(channel_kind, topic)` (its consents) and `breakers` (channel id ->
-    breaker row) read once for all its customers."""
+    A batch passes `refuse(channel_kind, topic)` (its consents), `breakers` (channel id ->
+    breaker row) and `pressure` (caps and recent contacts), read once for all its customers."""
     address = channel_address(channel, profile)
     if not channel.enabled:
         return Reason.NO_ADDRESS, address, f"channel {channel.name} is disabled", False
@@ -279,7 +318,8 @@ def channel_hold(*, channel: Channel, customer, profile: dict, topic: Topic | No
     hold = policy.quiet_hours_hold(channel=channel, customer=customer, now=at)
     if hold is None and real:
         probe = Delivery(customer=customer, channel=channel, topic=topic, policy=policy_options or {})
-        hold = policy.frequency_cap_hold(delivery=probe, now=at) or policy.recent_contact_hold(delivery=probe, now=at)
+        hold = pressure.hold(probe, at) if pressure is not None else \
+            policy.frequency_cap_hold(delivery=probe, now=at) or policy.recent_contact_hold(delivery=probe, now=at)
     if hold is not None:
         until = f" (until {hold.until:%Y-%m-%d %H:%M} UTC)" if hold.until else ""
         return hold.reason, address, hold.detail + until, hold.until is not None
@@ -289,7 +329,8 @@ def channel_hold(*, channel: Channel, customer, profile: dict, topic: Topic | No
 def channel_choose(*, customer, profile: dict, channels: list[Channel], urgency: str = Urgency.NORMAL,
                    topic: Topic | None = None, send_time: str = "best_hour", now: datetime,
                    min_engagements: int = MIN_ENGAGEMENTS, policy_options: dict | None = None, refuse=None,
-                   breakers: dict | None = None, history: EngagementBook | None = None) -> ChannelChoice:
+                   breakers: dict | None = None, history: EngagementBook | None = None,
+                   pressure: PressureCache | None = None) -> ChannelChoice:
     """Pick the channel and the send time for one message, and say why.
 
     When every channel would be refused or held, the best-ranked channel that only has
@@ -307,7 +348,7 @@ def channel_choose(*, customer, profile: dict, channels: list[Channel], urgency:
                                           engagements=engagements):
         reason, address, detail, waits = channel_hold(channel=channel, customer=customer, profile=profile, topic=topic,
                                                at=at, policy_options=policy_options, refuse=refuse,
-                                               breakers=breakers)
+                                               breakers=breakers, pressure=pressure)
         row = {"channel": channel.name, "kind": channel.kind, "ranked_by": by, "why": why}
         if reason:
             row.update(skipped=str(reason), detail=detail)

@@ -74,7 +74,7 @@ def enabled_caps() -> list[FrequencyCap]:
     return list(FrequencyCap.objects.filter(enabled=True).order_by("window_s", "id"))
 
 
-def _gap_s(delivery: Delivery) -> int:
+def gap_s(delivery: Delivery) -> int:
     return int((delivery.policy or {}).get("min_gap_other_channel_s") or 0)
 
 
@@ -82,16 +82,21 @@ class PressureBook:
     """Frequency caps and the gap after the last contact, for many deliveries: the recent
     contacts of their customers in one query; `add` counts a message the batch sends."""
 
-    def __init__(self, *, deliveries: Iterable[Delivery], now: datetime, caps: list[FrequencyCap] | None = None):
+    def __init__(self, *, deliveries: Iterable[Delivery], now: datetime, caps: list[FrequencyCap] | None = None,
+                 customer_ids: Iterable[int] = (), window_s: int = 0):
+        """`customer_ids` and `window_s` add customers and a longer look back than the deliveries
+        need (a batch that reads its customers' contacts once for the checks it will make)."""
+        from journeys.engine.batch import ids_q
+
         deliveries = list(deliveries)
         self.caps = enabled_caps() if caps is None else caps
         self.contacts: dict[int, list[Contact]] = defaultdict(list)
-        windows = [cap.window_s for cap in self.caps] + [_gap_s(d) for d in deliveries]
-        customer_ids = {d.customer_id for d in deliveries}
+        windows = [cap.window_s for cap in self.caps] + [gap_s(d) for d in deliveries] + [window_s]
+        customer_ids = {d.customer_id for d in deliveries} | set(customer_ids)
         if not customer_ids or not max(windows, default=0):
             return
         since = now - timedelta(seconds=max(windows))
-        rows = (_contacts().filter(customer_id__in=customer_ids, at__gt=since)
+        rows = (_contacts().filter(ids_q("customer_id", sorted(customer_ids)), at__gt=since)
                 .values_list("pk", "customer_id", "channel_id", "channel__kind", "topic_id", "at"))
         for pk, customer_id, channel_id, kind, topic_id, at in rows:
             self.contacts[customer_id].append(Contact(pk, channel_id, kind, topic_id, at))
@@ -121,7 +126,7 @@ class PressureBook:
     def gap_hold(self, delivery: Delivery, now: datetime) -> Hold | None:
         """Step option `min_gap_other_channel_s`: no send within that long after the customer's
         last message on another channel kind or their last engagement (open, click...)."""
-        gap = _gap_s(delivery)
+        gap = gap_s(delivery)
         if not gap:
             return None
         last_other = max((c.at for c in self.contacts.get(delivery.customer_id, ())
