@@ -177,3 +177,33 @@ def test_a_customer_answering_a_pending_case_puts_it_back_on_the_agents_desk(
 
     case.refresh_from_db()
     assert case.status == "assigned" and case.sla_due_at is not None
+
+
+def test_a_batch_of_events_moves_customers_into_an_escalation_and_each_gets_its_own_outcome(support_agent):
+    """start_workflow is batch-safe and escalate_to_agent is not: the runs a batch's moves start reach
+    the escalation inside the batch's flush, which writes what the batch holds and escalates each alone."""
+    from journeys.models import Customer
+    from tests.factories import CustomerFactory, events_process_counted, pending_events
+
+    publish(THRESHOLDS)
+    unit = BusinessUnit.objects.get(slug="support")
+    version_publish(version=version_build(workflow=workflow_create(name="Front door", business_unit=unit), definition={
+        "trigger_event": "Help Needed", "reentry_policy": "always",
+        "steps": [{"key": "tag", "kind": "update_profile", "config": {"traits": {"asked": True}}},
+                  {"key": "move", "kind": "start_workflow", "config": {"workflow": "Support triage", "exit_current": True}}],
+        "edges": [{"from": "tag", "outcome": "next", "to": "move"}],
+    }))
+    vips = [CustomerFactory(external_id=f"vip{i}", traits={"ltv": 5000}) for i in range(3)]
+    normal = [CustomerFactory(external_id=f"n{i}", traits={"ltv": 10}) for i in range(3)]
+
+    events_process_counted(pending_events(vips + normal, name="Help Needed"))
+
+    assert sorted(Case.objects.values_list("customer__external_id", flat=True)) == ["vip0", "vip1", "vip2"]
+    for customer in vips + normal:
+        front, triage = (JourneyRun.objects.get(customer=customer, workflow__name=name)
+                         for name in ("Front door", "Support triage"))
+        assert front.status == "exited" and triage.status == "completed"
+        assert StepExecution.objects.get(run=front, step_key="move").detail["started_run"] == triage.pk
+        traits = Customer.objects.get(pk=customer.pk).traits
+        assert traits["asked"] is True
+        assert traits["handled_by"] == ("agent" if customer in vips else "bot")
