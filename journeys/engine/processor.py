@@ -92,12 +92,27 @@ def _open_runs(events: list[Event]) -> dict[int, list[JourneyRun]]:
     return open_runs
 
 
+def _open_runs_reload(open_runs: dict[int, list[JourneyRun]], events: list[Event]) -> None:
+    """The open runs of these events' customers as the database has them now. The lists are
+    kept current for what the processor itself does (enrol, convert, resume), not for what a
+    step does to other runs: start_workflow ends the runs it names and starts one in another
+    workflow. A customer's next event in the same batch must meet those, not the runs as
+    they were (an exited run resumed, its state written back over the exit)."""
+    fresh = _open_runs(events)
+    for customer_id in {e.customer_id for e in events if e.customer_id}:
+        open_runs[customer_id] = fresh[customer_id]
+
+
 def _process_each(*, events: list[Event], index, now) -> tuple[list[int], list[Event]]:
     """The fallback: one savepoint per event, rows written as they are made."""
     open_runs = _open_runs(events)
     processed, failed = [], []
+    seen: set[int] = set()
     with batch_suspended():
         for event in events:
+            if event.customer_id in seen:
+                _open_runs_reload(open_runs, [event])
+            seen.add(event.customer_id)
             try:
                 with transaction.atomic():
                     event_route(event=event, open_runs=open_runs, index=index, now=now)
@@ -129,7 +144,9 @@ def _process_set(*, events: list[Event], index, now) -> None:
     open_runs = _open_runs(events)
     batch = EngineBatch(customer_ids={e.customer_id for e in events if e.customer_id}, now=now)
     with batch.active():
-        for wave in _waves(events):
+        for n, wave in enumerate(_waves(events)):
+            if n:  # a customer's earlier event may have ended or started runs (a move): read them again
+                _open_runs_reload(open_runs, wave)
             enrolments = Enrolments(now=now)
             after = []
             for event in wave:

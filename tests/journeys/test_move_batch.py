@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from journeys.engine.batch import EngineBatch
 from journeys.engine.compiled import load_version, reset_caches
+from journeys.engine.processor import events_process
 from journeys.engine.runner import run_enroll
 from journeys.models import BusinessUnit, Customer, JourneyRun, StepExecution, Workflow
 from journeys.services.workflows import version_build, version_publish, workflow_create
@@ -185,3 +186,33 @@ def test_a_second_delivery_of_the_same_event_moves_no_one_twice(journeys):
     events_process_counted([event])
 
     assert len(_runs("onboard", ada)) == 1 and len(_runs("rescue", ada)) == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("replayed", [False, True], ids=["set_based", "replayed_one_by_one"])
+def test_a_later_event_of_the_same_batch_sees_the_runs_a_move_ended_and_started(journeys, replayed):
+    """One /v1/batch can carry a customer's events back to back: the move made for the first
+    (nurture ended, rescue started and waiting for "Came Back") is what the second one meets,
+    in the set-based pass and in the one-event-at-a-time replay a broken event sets off."""
+    people = [CustomerFactory(external_id=f"b{i}") for i in range(3)]
+    events_process_counted(pending_events(people, name="Joined", source="j"))  # each waits in nurture for "Came Back"
+    both = pending_events(people, name="Signed Up", source="s") + pending_events(people, name="Came Back", source="c")
+    if replayed:  # an inactivity watch whose window cannot be read breaks routing: the batch is replayed
+        from journeys.models import Event, WorkflowVersion
+
+        broken = _publish("watch", [TAG], trigger="Oops", trigger_kind="inactivity",
+                          trigger_config={"followed_by": "Fixed", "within": "1h"})
+        WorkflowVersion.objects.filter(pk=broken).update(trigger_config={"followed_by": "Fixed", "within": "soon"})
+        reset_caches()
+        both += pending_events([CustomerFactory(external_id="oops")], name="Oops", source="o")
+
+    assert events_process(event_ids=both) == 6
+    if replayed:
+        assert Event.objects.get(name="Oops").status == "failed"
+
+    for customer in people:
+        [nurture], [rescue] = _runs("nurture", customer), _runs("rescue", customer)
+        assert (nurture.status, nurture.error) == ("exited", "moved to rescue")  # not resumed after its exit
+        assert rescue.status == "completed"  # "Came Back" resumed the run the move started
+        assert rescue.executions.get(step_key="wait").outcome == "event"
+        assert not nurture.executions.filter(outcome="event").exists()
