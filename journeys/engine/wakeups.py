@@ -81,7 +81,11 @@ def runs_wake(*, run_ids: list[int], lease: datetime, now: datetime | None = Non
     One transaction. Set-based first (one savepoint for the page); if anything escapes that (a
     bug, not a failing step: a failing step only fails its run), the page is replayed run by run,
     each in its own savepoint, and a run that still breaks is marked failed. `now` is the moment
-    the page was claimed (its runs were due then), so a following delay counts from there."""
+    the page was claimed (its runs were due then), so a following delay counts from there.
+
+    A customer with several runs in the page wakes them in id order, and a later one only if it is
+    still waiting with the page's lease: a run the customer's earlier run ended (a start_workflow
+    move that exits its workflow) stays ended and takes no step."""
     now = now or timezone.now()
     with transaction.atomic():
         runs = _lock(run_ids, lease)
@@ -89,10 +93,10 @@ def runs_wake(*, run_ids: list[int], lease: datetime, now: datetime | None = Non
             return 0
         try:
             with transaction.atomic():
-                _wake_set(runs, now)
+                _wake_set(runs, now, lease)
         except Exception:
             logger.exception("set-based wake-up of %d runs failed; replaying them one by one", len(runs))
-            _wake_each(_lock([r.pk for r in runs], lease), now)
+            _wake_each(_lock([r.pk for r in runs], lease), now, lease)
     return len(runs)
 
 
@@ -109,21 +113,44 @@ def _lock(run_ids: list[int], lease: datetime) -> list[JourneyRun]:
     return runs
 
 
+def _still_waiting(runs: list[JourneyRun], lease: datetime) -> list[JourneyRun]:
+    """The runs an earlier run of their customer (in this page) has not ended meanwhile."""
+    waiting = set(JourneyRun.objects.filter(ids_q("pk", [r.pk for r in runs]), status=RunStatus.WAITING,
+                                            next_wake_at=lease).values_list("pk", flat=True))
+    return [r for r in runs if r.pk in waiting]
+
+
+def _waves(runs: list[JourneyRun]) -> list[list[JourneyRun]]:
+    """The first run of each customer, then the second of each, ...: most pages are one wave."""
+    waves: list[list[JourneyRun]] = []
+    seen: dict[int, int] = {}
+    for run in runs:
+        k = seen[run.customer_id] = seen.get(run.customer_id, -1) + 1
+        if k == len(waves):
+            waves.append([])
+        waves[k].append(run)
+    return waves
+
+
 def _outcome(run: JourneyRun) -> str:
     return "timeout" if run.wait_event else "next"
 
 
-def _wake_set(runs: list[JourneyRun], now: datetime) -> None:
-    resumed = [r for r in runs if r.current_step]
-    for outcome in ("next", "timeout"):  # the waiting step of each resumed run, closed set-based
-        ids = [r.pk for r in resumed if _outcome(r) == outcome]
-        if ids:
-            StepExecution.objects.filter(ids_q("run_id", ids), finished_at__isnull=True).update(
-                outcome=outcome, finished_at=now)
+def _wake_set(runs: list[JourneyRun], now: datetime, lease: datetime) -> None:
     batch = EngineBatch(customer_ids={r.customer_id for r in runs}, now=now)
     with batch.active():
-        for run in runs:
-            _wake_one(run, now, closed=True)
+        for i, wave in enumerate(_waves(runs)):
+            if i:
+                batch.flush()  # the earlier waves' moves are written: the runs they ended are not waiting
+                wave = _still_waiting(wave, lease)
+            resumed = [r for r in wave if r.current_step]
+            for outcome in ("next", "timeout"):  # the waiting step of each resumed run, closed set-based
+                ids = [r.pk for r in resumed if _outcome(r) == outcome]
+                if ids:
+                    StepExecution.objects.filter(ids_q("run_id", ids), finished_at__isnull=True).update(
+                        outcome=outcome, finished_at=now)
+            for run in wave:
+                _wake_one(run, now, closed=True)
         batch.flush()
 
 
@@ -137,9 +164,13 @@ def _wake_one(run: JourneyRun, now: datetime, *, closed: bool) -> None:
                     resume_outcome=_outcome(run), waiting_step_closed=closed)
 
 
-def _wake_each(runs: list[JourneyRun], now: datetime) -> None:
+def _wake_each(runs: list[JourneyRun], now: datetime, lease: datetime) -> None:
+    woken: set[int] = set()
     with batch_suspended():
         for run in runs:
+            if run.customer_id in woken and not _still_waiting([run], lease):
+                continue  # the customer's earlier run ended it
+            woken.add(run.customer_id)
             try:
                 with transaction.atomic():
                     _wake_one(run, now, closed=False)

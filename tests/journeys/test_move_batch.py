@@ -216,3 +216,53 @@ def test_a_later_event_of_the_same_batch_sees_the_runs_a_move_ended_and_started(
         assert rescue.status == "completed"  # "Came Back" resumed the run the move started
         assert rescue.executions.get(step_key="wait").outcome == "event"
         assert not nurture.executions.filter(outcome="event").exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("replayed", [False, True], ids=["set_based", "replayed_one_by_one"])
+def test_a_run_that_wakes_after_a_move_ended_it_in_the_same_page_takes_no_step(journeys, replayed):
+    """Two runs of one customer wake in the same page (both delays end at the same minute); the
+    first moves the customer to rescue and ends the second's workflow. The second run stays ended:
+    it does not take its next step, in the set-based wake-up and in the run-by-run replay a broken
+    run sets off (that run alone is marked failed)."""
+    from datetime import timedelta
+
+    from journeys.engine.wakeups import WAKE_LEASE, runs_wake
+
+    pause = {"key": "pause", "kind": "delay", "config": {"duration": "1h"}}
+    nudge = {"key": "nudge", "kind": "update_profile", "config": {"traits": {"nudged": True}}}
+    _publish("deadline", [pause, _move("rescue", exit_workflows=("reminder",))])
+    _publish("reminder", [pause, nudge])
+    people = [CustomerFactory(external_id=f"w{i}") for i in range(3)]
+    now = timezone.now()
+    with transaction.atomic():
+        for workflow in ("deadline", "reminder"):  # the deadline runs first in each customer's page order
+            version = load_version(Workflow.objects.get(name=workflow).live_version_id)
+            for customer in people:
+                run_enroll(version=version, customer=customer, trigger_key=f"t:{next(_keys)}", now=now)
+    due = now + timedelta(hours=1)
+    lease = due + WAKE_LEASE
+    runs = JourneyRun.objects.filter(workflow__name__in=["deadline", "reminder"])
+    if replayed:  # a run whose visits cannot be read breaks the set-based pass: the page is replayed run by run
+        oops = CustomerFactory(external_id="oops")
+        with transaction.atomic():
+            run_enroll(version=load_version(Workflow.objects.get(name="reminder").live_version_id), customer=oops,
+                       trigger_key="t:oops", now=now)
+        JourneyRun.objects.filter(customer=oops).update(visits=["not", "a", "map"])
+    assert runs.filter(status="waiting").count() == 6 + replayed
+    ids = list(runs.values_list("pk", flat=True))
+    runs.update(next_wake_at=lease)
+
+    assert runs_wake(run_ids=ids, lease=lease, now=due) == len(ids)
+
+    for customer in people:
+        [deadline], [reminder], [rescue] = _runs("deadline", customer), _runs("reminder", customer), _runs("rescue", customer)
+        assert deadline.status == "exited" and rescue.status == "waiting"
+        assert (reminder.status, reminder.error) == ("exited", "moved to rescue")  # not written over by its own step
+        assert not reminder.executions.filter(step_key="nudge").exists()
+        assert reminder.executions.get(step_key="pause").outcome == ""  # its delay was not ended as if it went on
+        customer.refresh_from_db()
+        assert "nudged" not in customer.traits and customer.traits["rescued"] is True
+    if replayed:
+        broken = JourneyRun.objects.get(customer__external_id="oops")
+        assert broken.status == "failed" and broken.error.startswith("wake failed")
