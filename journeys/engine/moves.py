@@ -28,13 +28,12 @@ from typing import Any
 from journeys.choices import RunStatus
 from journeys.engine.batch import EngineBatch, current_batch
 from journeys.engine.compiled import CompiledVersion, load_version
-from journeys.engine.runner import run_execute
+from journeys.engine.runner import run_execute, runs_end
 from journeys.engine.runtime import context_dict, event_dict, events_counter, profile_dict
 from journeys.models import Customer, Event, JourneyRun, Workflow
 from journeys.rules import RuleContext
 
 KEY = "journeys.moves"
-OPEN = (RunStatus.ACTIVE, RunStatus.WAITING)
 
 
 @dataclass(slots=True)
@@ -102,10 +101,9 @@ class MoveBatch:
             for move in group:
                 by_target[move.target].append(move)
             for target, members in by_target.items():
-                JourneyRun.objects.filter(
-                    customer_id__in={m.customer.pk for m in members}, workflow__name__in=names, status__in=OPEN,
-                ).exclude(pk__in=[m.run_id for m in moves]).update(
-                    status=RunStatus.EXITED, finished_at=now, next_wake_at=None, wait_event="", error=f"moved to {target}")
+                runs_end(JourneyRun.objects.filter(
+                    customer_id__in={m.customer.pk for m in members}, workflow__name__in=names,
+                ).exclude(pk__in=[m.run_id for m in moves]), status=RunStatus.EXITED, now=now, error=f"moved to {target}")
         enrolments = Enrolments(now=now)
         for move in moves:
             enrolments(version=move.version, customer=move.customer, trigger_key=move.trigger_key, event=move.event,

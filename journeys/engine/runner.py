@@ -13,14 +13,14 @@ from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
 
-from journeys.choices import ReentryPolicy, RunStatus
+from journeys.choices import ReentryPolicy, RunStatus, StreamEventType
 from journeys.engine.batch import batch_suspended, current_batch
 from journeys.engine.compiled import CompiledVersion, load_version
 from journeys.engine.entry_gate import entries_admit
 from journeys.engine.runtime import StepContext, events_counter, profile_dict
 from journeys.models import Customer, JourneyRun, StepExecution
 from journeys.rules import RuleContext, compile_rule
-from journeys.services.stream import stream_run_converted, stream_run_progress
+from journeys.services.stream import stream_run_converted, stream_run_progress, stream_runs_ended, stream_wanted
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +140,24 @@ def _finish(run: JourneyRun, status: str, now: datetime, error: str = "") -> Non
     run.next_wake_at = None
     run.wait_event = ""
     run.error = error[:4000]
+
+
+def runs_end(runs, *, status: str, now: datetime, error: str) -> int:
+    """End the open runs of a queryset with one UPDATE (another run's move ends them; a wake-up
+    that broke fails one); returns how many. The outbound stream hears of each (journey.exited),
+    as of a run that ends on its own: the rows are read (and locked) first only when a
+    destination wants that."""
+    runs = runs.filter(status__in=(RunStatus.ACTIVE, RunStatus.WAITING))
+    ended: list[dict] = []
+    if stream_wanted(StreamEventType.JOURNEY_EXITED):
+        ended = list(runs.select_for_update(of=("self",)).order_by("pk").values(
+            "id", "workflow_id", "version_id", "version__number", "customer_id", "current_step", "converted_at"))
+        if not ended:
+            return 0
+        runs = JourneyRun.objects.filter(pk__in=[r["id"] for r in ended])
+    count = runs.update(status=status, finished_at=now, next_wake_at=None, wait_event="", error=error[:4000])
+    stream_runs_ended(runs=ended, status=status, error=error, at=now)
+    return count
 
 
 def _follow(run: JourneyRun, version: CompiledVersion, outcome: str, now: datetime) -> bool:

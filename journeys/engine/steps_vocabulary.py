@@ -74,7 +74,7 @@ class StartWorkflow(StepKind):
         from journeys.choices import RunStatus
         from journeys.engine.compiled import load_version
         from journeys.engine.moves import MoveBatch
-        from journeys.engine.runner import run_enroll
+        from journeys.engine.runner import run_enroll, runs_end
         from journeys.models import JourneyRun, Workflow
 
         name = ctx.config["workflow"]
@@ -96,11 +96,8 @@ class StartWorkflow(StepKind):
                       trigger_key=trigger_key, event=ctx.event, now=ctx.now,
                       exit_workflows=ctx.config["exit_workflows"], detail=detail)
         else:
-            JourneyRun.objects.filter(
-                customer=ctx.customer, workflow__name__in=ctx.config["exit_workflows"],
-                status__in=[RunStatus.ACTIVE, RunStatus.WAITING],
-            ).exclude(pk=ctx.run.pk).update(status=RunStatus.EXITED, finished_at=ctx.now, next_wake_at=None,
-                                           wait_event="", error=f"moved to {name}")
+            runs_end(JourneyRun.objects.filter(customer=ctx.customer, workflow__name__in=ctx.config["exit_workflows"])
+                     .exclude(pk=ctx.run.pk), status=RunStatus.EXITED, now=ctx.now, error=f"moved to {name}")
             if ctx.config["exit_current"]:
                 # Close this run first so a workflow that allows one open run at a time can take the customer.
                 JourneyRun.objects.filter(pk=ctx.run.pk).update(status=RunStatus.EXITED)

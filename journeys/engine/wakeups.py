@@ -29,7 +29,7 @@ from journeys.choices import RunStatus
 from journeys.engine.batch import EngineBatch, batch_suspended, ids_q, skip_locked
 from journeys.engine.compiled import load_version
 from journeys.engine.queue import enqueue_work
-from journeys.engine.runner import run_execute, run_start
+from journeys.engine.runner import run_execute, run_start, runs_end
 from journeys.models import JourneyRun, StepExecution
 
 logger = logging.getLogger(__name__)
@@ -177,6 +177,5 @@ def _wake_each(runs: list[JourneyRun], now: datetime, lease: datetime) -> None:
             except Exception as exc:  # never let one run stop the others
                 logger.exception("waking run %s failed", run.pk)
                 error = "".join(traceback.format_exception_only(exc)).strip()
-                JourneyRun.objects.filter(pk=run.pk).update(
-                    status=RunStatus.FAILED, error=f"wake failed: {error}"[:4000], finished_at=now, next_wake_at=None
-                )
+                runs_end(JourneyRun.objects.filter(pk=run.pk), status=RunStatus.FAILED, now=now,
+                         error=f"wake failed: {error}")

@@ -220,7 +220,7 @@ def test_a_later_event_of_the_same_batch_sees_the_runs_a_move_ended_and_started(
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("replayed", [False, True], ids=["set_based", "replayed_one_by_one"])
-def test_a_run_that_wakes_after_a_move_ended_it_in_the_same_page_takes_no_step(journeys, replayed):
+def test_a_run_that_wakes_after_a_move_ended_it_in_the_same_page_takes_no_step(journeys, replayed, warehouse):
     """Two runs of one customer wake in the same page (both delays end at the same minute); the
     first moves the customer to rescue and ends the second's workflow. The second run stays ended:
     it does not take its next step, in the set-based wake-up and in the run-by-run replay a broken
@@ -263,6 +263,44 @@ def test_a_run_that_wakes_after_a_move_ended_it_in_the_same_page_takes_no_step(j
         assert reminder.executions.get(step_key="pause").outcome == ""  # its delay was not ended as if it went on
         customer.refresh_from_db()
         assert "nudged" not in customer.traits and customer.traits["rescued"] is True
+        assert warehouse(customer)[reminder.workflow_id]["error"] == "moved to rescue"  # the stream heard of it
     if replayed:
         broken = JourneyRun.objects.get(customer__external_id="oops")
         assert broken.status == "failed" and broken.error.startswith("wake failed")
+        assert warehouse(broken.customer)[broken.workflow_id]["status"] == "failed"
+
+
+@pytest.fixture
+def warehouse(db):
+    """A stream destination that wants journey.exited (its outbox rows are what it will be sent)."""
+    from journeys.models import StreamDestination
+    from journeys.services.stream_destinations import destination_save
+
+    destination_save(destination=StreamDestination(name="warehouse", url="http://127.0.0.1:9/hook",
+                                                   event_types=["journey.exited"]), reason="test")
+
+    def exits(customer: Customer) -> dict[str, dict]:
+        from journeys.models import StreamEvent
+
+        return {e.data["workflow_id"]: e.data for e in StreamEvent.objects.filter(type="journey.exited", customer_id=customer.pk)}
+
+    return exits
+
+
+def test_the_stream_hears_of_the_runs_a_move_ended(journeys, enter, warehouse):
+    """A run another run's move ends did not end by its own steps: the outbound stream still gets
+    its journey.exited, as for every run that ends (alone and inside an engine batch)."""
+    people = [CustomerFactory(external_id=f"x{i}") for i in range(3)]
+    events_process_counted(pending_events(people, name="Joined"))  # each waits in nurture
+
+    enter("onboard", people)
+
+    for customer in people:
+        [onboard], [nurture] = _runs("onboard", customer), _runs("nurture", customer)
+        exits = warehouse(customer)
+        assert exits[nurture.workflow_id] == {
+            "type": "journey.exited", "run_id": nurture.pk, "workflow_id": nurture.workflow_id,
+            "version_id": nurture.version_id, "version": 1, "customer_id": customer.pk, "status": "exited",
+            "step": "wait", "error": "moved to rescue", "converted": False}
+        assert exits[onboard.workflow_id]["status"] == "exited"  # the moving run ends on its own, as before
+        assert set(exits) == {onboard.workflow_id, nurture.workflow_id}  # rescue is still waiting
