@@ -28,9 +28,12 @@ from decimal import Decimal
 from django.db import transaction
 from django.db.models import Q
 from django.forms.models import model_to_dict
+from django.utils import timezone
 
 from channels_app.choices import DeliveryStatus, Reason
 from channels_app.models import Consent, Delivery, DeliveryAttempt, ErasureRecord
+from journeys.choices import RunStatus
+from journeys.engine.runner import runs_end
 from journeys.models import Customer, CustomerMerge, Event, Identity, JourneyRun, StepExecution
 
 # (customer) -> (section name, JSON-able data); (customer) -> {what: count}
@@ -115,7 +118,7 @@ def customer_erase(*, customer: Customer, actor: str, reason: str = "") -> Erasu
     Consent.history.filter(customer_id__in=ids).delete()
     runs = JourneyRun.objects.filter(customer_id__in=ids)
     counts["runs_cleared"] = runs.update(variables={})
-    runs.filter(status__in=["active", "waiting"]).update(status="exited", next_wake_at=None, wait_event="")
+    runs_end(runs, status=RunStatus.EXITED, now=timezone.now(), error="customer erased")  # open ones; streamed
     StepExecution.objects.filter(run__customer_id__in=ids).update(detail={}, error="")
     deliveries = Delivery.objects.filter(customer_id__in=ids)
     deliveries.filter(status__in=[DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED]).update(

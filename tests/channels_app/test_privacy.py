@@ -45,6 +45,18 @@ def test_export_command_writes_everything_held(history, tmp_path):
 
 
 def test_erase_command_deletes_and_anonymises_per_policy(history, capsys):
+    from django.utils import timezone
+
+    from journeys.engine.compiled import load_version
+    from journeys.engine.runner import run_enroll
+    from journeys.models import BusinessUnit, JourneyRun
+    from journeys.services.workflows import version_build, version_publish, workflow_create
+
+    unit = BusinessUnit.objects.create(slug="growth", name="Growth")
+    version = version_publish(version=version_build(workflow=workflow_create(name="nurture", business_unit=unit), definition={
+        "trigger_kind": "event", "trigger_event": "Never",
+        "steps": [{"key": "wait", "kind": "delay", "config": {"duration": "7d"}}], "edges": []}), reason="test")
+    run_enroll(version=load_version(version.pk), customer=history, trigger_key="t:1", now=timezone.now())
     with pytest.raises(CommandError):
         call_command("erase_customer", "dana")  # refuses without --yes
 
@@ -58,6 +70,8 @@ def test_erase_command_deletes_and_anonymises_per_policy(history, capsys):
     assert not Consent.objects.exists() and not Consent.history.exists()
     delivery = Delivery.objects.get()
     assert (delivery.to, delivery.body, delivery.subject) == ("", "", "") and delivery.status == "sent"
+    run = JourneyRun.objects.get(customer=dana)  # an open run is ended, with its moment (reports count it finished)
+    assert (run.status, run.error, run.next_wake_at) == ("exited", "customer erased", None) and run.finished_at
     record = ErasureRecord.objects.get()
     assert record.customer_id_erased == dana.pk and record.reason == "GDPR art. 17 request #12"
     assert record.counts["events"] >= 2 and "erased" in capsys.readouterr().out
