@@ -12,7 +12,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from journeys.choices import EventStatus, ReentryPolicy, RunStatus, TriggerKind
-from journeys.engine.batch import EngineBatch, batch_suspended, instance_new, skip_locked
+from journeys.engine.batch import EngineBatch, batch_suspended, current_batch, instance_new, skip_locked
 from journeys.engine.entry_gate import runs_insert
 from journeys.engine.compiled import load_version, trigger_index
 from journeys.engine.durations import parse_duration
@@ -140,6 +140,14 @@ def _waves(events: list[Event]) -> list[list[Event]]:
     return waves
 
 
+def _still_open(run: JourneyRun) -> bool:
+    """Whether a run is still open in the database (an engine batch's moves written first)."""
+    batch = current_batch()
+    if batch is not None:
+        batch.flush()
+    return JourneyRun.objects.filter(pk=run.pk, status__in=[RunStatus.ACTIVE, RunStatus.WAITING]).exists()
+
+
 def _process_set(*, events: list[Event], index, now) -> None:
     open_runs = _open_runs(events)
     batch = EngineBatch(customer_ids={e.customer_id for e in events if e.customer_id}, now=now)
@@ -151,6 +159,8 @@ def _process_set(*, events: list[Event], index, now) -> None:
             after = []
             for event in wave:
                 after.append(event_route(event=event, open_runs=open_runs, index=index, now=now, enrol=enrolments))
+            batch.flush()  # what the wave's resumes did (runs completed, moves: runs ended and started)
+            # is written before its entries are checked, as one event at a time sees it
             enrolments.load_history()
             for version, customer, trigger_key, event, rctx in enrolments.candidates:
                 if enrolments.admit(version=version, customer=customer, trigger_key=trigger_key, ctx=rctx):
@@ -234,18 +244,27 @@ def event_route(*, event: Event, open_runs: dict, index, now, enrol=None):
         event=event_dict(event), profile=profile_dict(customer, now), context=context_dict(event, now),
         journey={}, now=now, events_in_last=events_counter(customer.pk),
     )
+    acted = False  # once one of the customer's runs went on, it may have ended the others (a move)
     for run in list(runs):
         version = load_version(run.version_id)
         if version.goal_event and version.goal_event == event.name:
             if rule_true(version.goal_filter, replace(rctx, journey=run.variables))[0]:
+                if acted and not _still_open(run):
+                    runs.remove(run)
+                    continue
                 run_convert(run=run, now=now)
                 runs.remove(run)
+                acted = True
                 continue
         if run.status == RunStatus.WAITING and run.wait_event and run.wait_event == event.name:
             step = version.steps.get(run.current_step)
             text = (step.config.get("filter") if step else "") or ""
             if rule_true(text, replace(rctx, journey=run.variables))[0]:
+                if acted and not _still_open(run):
+                    runs.remove(run)
+                    continue
                 run_resume(run=run, outcome="event", now=now, event=event)
+                acted = True
                 if run.status not in (RunStatus.ACTIVE, RunStatus.WAITING):
                     runs.remove(run)
 

@@ -27,7 +27,8 @@ def _publish(name: str, steps: list[dict], *, trigger: str = "Never", **extra) -
     unit, _ = BusinessUnit.objects.get_or_create(slug="growth", defaults={"name": "Growth"})
     version = version_publish(version=version_build(workflow=workflow_create(name=name, business_unit=unit), definition={
         "trigger_kind": "event", "trigger_event": trigger, "steps": steps,
-        "edges": [{"from": a["key"], "outcome": "next", "to": b["key"]} for a, b in zip(steps, steps[1:])],
+        "edges": [{"from": a["key"], "outcome": "event" if a["kind"] == "wait_for_event" else "next", "to": b["key"]}
+                  for a, b in zip(steps, steps[1:])],
         **extra,
     }), reason="test")
     return version.pk
@@ -73,6 +74,18 @@ def enter(request, db, django_capture_on_commit_callbacks):
 
     run.mode = request.param
     return run
+
+
+def _breaking_event() -> list[int]:
+    """An event whose routing breaks (an inactivity watch whose window cannot be read): a batch
+    holding it is replayed one event at a time."""
+    from journeys.models import WorkflowVersion
+
+    broken = _publish("watch", [TAG], trigger="Oops", trigger_kind="inactivity",
+                      trigger_config={"followed_by": "Fixed", "within": "1h"})
+    WorkflowVersion.objects.filter(pk=broken).update(trigger_config={"followed_by": "Fixed", "within": "soon"})
+    reset_caches()
+    return pending_events([CustomerFactory(external_id="oops")], name="Oops", source="o")
 
 
 def _runs(workflow: str, customer: Customer) -> list[JourneyRun]:
@@ -197,14 +210,10 @@ def test_a_later_event_of_the_same_batch_sees_the_runs_a_move_ended_and_started(
     people = [CustomerFactory(external_id=f"b{i}") for i in range(3)]
     events_process_counted(pending_events(people, name="Joined", source="j"))  # each waits in nurture for "Came Back"
     both = pending_events(people, name="Signed Up", source="s") + pending_events(people, name="Came Back", source="c")
-    if replayed:  # an inactivity watch whose window cannot be read breaks routing: the batch is replayed
-        from journeys.models import Event, WorkflowVersion
+    if replayed:
+        from journeys.models import Event
 
-        broken = _publish("watch", [TAG], trigger="Oops", trigger_kind="inactivity",
-                          trigger_config={"followed_by": "Fixed", "within": "1h"})
-        WorkflowVersion.objects.filter(pk=broken).update(trigger_config={"followed_by": "Fixed", "within": "soon"})
-        reset_caches()
-        both += pending_events([CustomerFactory(external_id="oops")], name="Oops", source="o")
+        both += _breaking_event()
 
     assert events_process(event_ids=both) == 6
     if replayed:
@@ -304,3 +313,79 @@ def test_the_stream_hears_of_the_runs_a_move_ended(journeys, enter, warehouse):
             "step": "wait", "error": "moved to rescue", "converted": False}
         assert exits[onboard.workflow_id]["status"] == "exited"  # the moving run ends on its own, as before
         assert set(exits) == {onboard.workflow_id, nurture.workflow_id}  # rescue is still waiting
+
+
+PING = {"key": "ping", "kind": "wait_for_event", "config": {"event": "Ping", "timeout": "7d"}}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("tail", [False, True], ids=["reminder_ends", "reminder_waits_again"])
+@pytest.mark.parametrize("replayed", [False, True], ids=["set_based", "replayed_one_by_one"])
+def test_one_event_resumes_two_runs_and_the_first_ones_move_ends_the_second(journeys, replayed, tail):
+    """A "Ping" both runs of a customer wait for: the deadline run (newest, so first) moves the
+    customer to rescue and exits the reminder's workflow; the reminder stays ended and takes no
+    step (before: resumed from its stale copy and written over the exit)."""
+    nudge = {"key": "nudge", "kind": "update_profile", "config": {"traits": {"nudged": True}}}
+    _publish("reminder", [PING, nudge, WAIT] if tail else [PING, nudge])
+    _publish("deadline", [PING, _move("rescue", exit_workflows=("reminder",))])
+    people = [CustomerFactory(external_id=f"p{i}") for i in range(2)]
+    now = timezone.now()
+    with transaction.atomic():
+        for workflow in ("reminder", "deadline"):
+            version = load_version(Workflow.objects.get(name=workflow).live_version_id)
+            for customer in people:
+                run_enroll(version=version, customer=customer, trigger_key=f"t:{next(_keys)}", now=now)
+    ids = pending_events(people, name="Ping", source="p") + (_breaking_event() if replayed else [])
+
+    events_process(event_ids=ids)
+
+    for customer in people:
+        [deadline], [reminder], [rescue] = _runs("deadline", customer), _runs("reminder", customer), _runs("rescue", customer)
+        assert deadline.status == "exited" and rescue.status == "waiting"
+        assert (reminder.status, reminder.error) == ("exited", "moved to rescue")
+        customer.refresh_from_db()
+        assert "nudged" not in customer.traits
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("replayed", [False, True], ids=["set_based", "replayed_one_by_one"])
+def test_an_event_that_ends_a_run_and_enters_its_workflow_again_starts_the_new_run(db, replayed):
+    """One open run at a time, re-entry always: the "Go" that ends a customer's run (it waited for
+    it) also starts the next one, for every customer of the batch (before, set-based, only for
+    those whose ended run another resume had happened to write first)."""
+    reset_caches()
+    _publish("loop", [{"key": "go", "kind": "wait_for_event", "config": {"event": "Go", "timeout": "7d"}}],
+             trigger="Go", reentry_policy="always")
+    people = [CustomerFactory(external_id=f"g{i}") for i in range(3)]
+    assert events_process(event_ids=pending_events(people, name="Go", source="a")) == 3
+
+    events_process(event_ids=pending_events(people, name="Go", source="b") + (_breaking_event() if replayed else []))
+
+    for customer in people:
+        assert [r.status for r in _runs("loop", customer)] == ["completed", "waiting"]
+    reset_caches()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("replayed", [False, True], ids=["set_based", "replayed_one_by_one"])
+def test_a_move_an_event_sets_off_comes_before_the_entries_the_same_event_makes(db, replayed):
+    """The "Ping" that moves a customer out of promo (exit_workflows) also enters promo: as one
+    event at a time sees it, the move ends what was open, then the entry starts a promo run that
+    stays, for every customer of the batch (before, set-based, the last one's was exited)."""
+    reset_caches()
+    _publish("rescue", [TAG, WAIT])
+    _publish("promo", [WAIT], trigger="Ping")
+    _publish("deadline", [PING, _move("rescue", exit_workflows=("promo",))])
+    people = [CustomerFactory(external_id=f"q{i}") for i in range(3)]
+    now = timezone.now()
+    with transaction.atomic():
+        version = load_version(Workflow.objects.get(name="deadline").live_version_id)
+        for customer in people:
+            run_enroll(version=version, customer=customer, trigger_key=f"t:{next(_keys)}", now=now)
+
+    events_process(event_ids=pending_events(people, name="Ping", source="p") + (_breaking_event() if replayed else []))
+
+    for customer in people:
+        assert [(r.status, r.error) for r in _runs("promo", customer)] == [("waiting", "")]
+        assert [r.status for r in _runs("rescue", customer)] == ["waiting"]
+    reset_caches()
