@@ -73,6 +73,23 @@ def ids_q(field: str, ids: list[int]) -> models.Q:
     return models.Q(**{f"{field}__in": list(ids)})
 
 
+def customer_waves(items: list, customer_id: Callable[[Any], int | None]) -> list[list]:
+    """Split a batch so that a customer appears at most once per wave (the n-th item of every
+    customer is in wave n): a customer's items still act in order, and the work of one wave is
+    independent per customer. Items without a customer all go in the first wave."""
+    waves: list[list] = []
+    seen: dict[int, int] = {}
+    for item in items:
+        key = customer_id(item)
+        n = seen.get(key, 0) if key is not None else 0
+        if key is not None:
+            seen[key] = n + 1
+        if n == len(waves):
+            waves.append([])
+        waves[n].append(item)
+    return waves
+
+
 def current_batch() -> EngineBatch | None:
     """The batch being processed in this thread, or None (single-event paths write at once)."""
     return _current.get()

@@ -12,7 +12,8 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from journeys.choices import EventStatus, ReentryPolicy, RunStatus, TriggerKind
-from journeys.engine.batch import EngineBatch, batch_suspended, current_batch, instance_new, skip_locked
+from journeys.engine.batch import (EngineBatch, batch_suspended, current_batch, customer_waves, instance_new,
+                                   skip_locked)
 from journeys.engine.entry_gate import runs_insert
 from journeys.engine.compiled import load_version, trigger_index
 from journeys.engine.durations import parse_duration
@@ -124,22 +125,6 @@ def _process_each(*, events: list[Event], index, now) -> tuple[list[int], list[E
     return processed, failed
 
 
-def _waves(events: list[Event]) -> list[list[Event]]:
-    """Split the batch so that a customer appears at most once per wave (the n-th event
-    of every customer is in wave n): a customer's events still act in order, and the
-    enrolments of one wave are independent of each other."""
-    waves: list[list[Event]] = []
-    seen: dict = defaultdict(int)
-    for event in events:
-        n = seen[event.customer_id]
-        if event.customer_id is not None:
-            seen[event.customer_id] += 1
-        if n == len(waves):
-            waves.append([])
-        waves[n].append(event)
-    return waves
-
-
 def _still_open(run: JourneyRun) -> bool:
     """Whether a run is still open in the database (an engine batch's moves written first)."""
     batch = current_batch()
@@ -152,7 +137,7 @@ def _process_set(*, events: list[Event], index, now) -> None:
     open_runs = _open_runs(events)
     batch = EngineBatch(customer_ids={e.customer_id for e in events if e.customer_id}, now=now)
     with batch.active():
-        for n, wave in enumerate(_waves(events)):
+        for n, wave in enumerate(customer_waves(events, lambda e: e.customer_id)):
             if n:  # a customer's earlier event may have ended or started runs (a move): read them again
                 _open_runs_reload(open_runs, wave)
             enrolments = Enrolments(now=now)

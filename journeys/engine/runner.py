@@ -148,15 +148,17 @@ def runs_end(runs, *, status: str, now: datetime, error: str) -> int:
     as of a run that ends on its own: the rows are read (and locked) first only when a
     destination wants that."""
     runs = runs.filter(status__in=(RunStatus.ACTIVE, RunStatus.WAITING))
-    ended: list[dict] = []
+    ended: list[JourneyRun] = []
     if stream_wanted(StreamEventType.JOURNEY_EXITED):
-        ended = list(runs.select_for_update(of=("self",)).order_by("pk").values(
-            "id", "workflow_id", "version_id", "version__number", "customer_id", "current_step", "converted_at"))
+        ended = list(runs.select_for_update(of=("self",)).select_related("version").only(
+            "workflow_id", "version__number", "customer_id", "current_step", "converted_at").order_by("pk"))
         if not ended:
             return 0
-        runs = JourneyRun.objects.filter(pk__in=[r["id"] for r in ended])
+        runs = JourneyRun.objects.filter(pk__in=[r.pk for r in ended])
     count = runs.update(status=status, finished_at=now, next_wake_at=None, wait_event="", error=error[:4000])
-    stream_runs_ended(runs=ended, status=status, error=error, at=now)
+    for run in ended:
+        _finish(run, status, now, error)
+    stream_runs_ended(runs=ended, now=now)
     return count
 
 

@@ -26,7 +26,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from journeys.choices import RunStatus
-from journeys.engine.batch import EngineBatch, batch_suspended, ids_q, skip_locked
+from journeys.engine.batch import EngineBatch, batch_suspended, customer_waves, ids_q, skip_locked
 from journeys.engine.compiled import load_version
 from journeys.engine.queue import enqueue_work
 from journeys.engine.runner import run_execute, run_start, runs_end
@@ -120,18 +120,6 @@ def _still_waiting(runs: list[JourneyRun], lease: datetime) -> list[JourneyRun]:
     return [r for r in runs if r.pk in waiting]
 
 
-def _waves(runs: list[JourneyRun]) -> list[list[JourneyRun]]:
-    """The first run of each customer, then the second of each, ...: most pages are one wave."""
-    waves: list[list[JourneyRun]] = []
-    seen: dict[int, int] = {}
-    for run in runs:
-        k = seen[run.customer_id] = seen.get(run.customer_id, -1) + 1
-        if k == len(waves):
-            waves.append([])
-        waves[k].append(run)
-    return waves
-
-
 def _outcome(run: JourneyRun) -> str:
     return "timeout" if run.wait_event else "next"
 
@@ -139,7 +127,7 @@ def _outcome(run: JourneyRun) -> str:
 def _wake_set(runs: list[JourneyRun], now: datetime, lease: datetime) -> None:
     batch = EngineBatch(customer_ids={r.customer_id for r in runs}, now=now)
     with batch.active():
-        for i, wave in enumerate(_waves(runs)):
+        for i, wave in enumerate(customer_waves(runs, lambda r: r.customer_id)):
             if i:
                 batch.flush()  # the earlier waves' moves are written: the runs they ended are not waiting
                 wave = _still_waiting(wave, lease)

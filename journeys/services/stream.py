@@ -206,18 +206,11 @@ def _run_end(run, version, now: datetime) -> list[StreamItem]:
                                  converted=run.converted_at is not None), run.customer_id)]
 
 
-def stream_runs_ended(*, runs: Iterable[dict], status: str, error: str, at: datetime) -> None:
+def stream_runs_ended(*, runs: Iterable, now: datetime) -> None:
     """journey.exited for runs ended by one UPDATE, not by their own steps (another run's
-    start_workflow move; a wake-up that broke): `runs` are rows with id, workflow_id, version_id,
-    version__number, customer_id, current_step and converted_at. Written at once, in the
-    caller's transaction (an engine batch may be flushing already)."""
-    stream_emit(items=[
-        StreamItem(StreamEventType.JOURNEY_EXITED, f"journey.exited:{r['id']}:{at.isoformat()}", at,
-                   {"run_id": r["id"], "workflow_id": r["workflow_id"], "version_id": r["version_id"],
-                    "version": r["version__number"], "customer_id": r["customer_id"], "status": status,
-                    "step": r["current_step"], "error": error[:500], "converted": r["converted_at"] is not None},
-                   r["customer_id"])
-        for r in runs])
+    start_workflow move; a wake-up that broke): the runs carry their end and their version.
+    Written at once, in the caller's transaction (an engine batch may be flushing already)."""
+    stream_emit(items=[item for run in runs for item in _run_end(run, run.version, now)])
 
 
 def stream_run_converted(*, run, now: datetime) -> None:
