@@ -4,7 +4,7 @@ provider to a local HTTP server, against a bare client sending the same messages
 connection to the same server in the same run.
 
     .venv/bin/python bench/dispatch.py [--events 3000] [--burst 2000] [--providers smtp,webhook] [--quick]
-                                       [--profile PREFIX]
+                                       [--resume] [--profile PREFIX]
 
 What runs: a private PostgreSQL (bench/common.py), gunicorn (2 sync workers), `manage.py
 qcluster` (Q_WORKERS=2, ORM broker) and the receiving server, each its own process (the
@@ -24,6 +24,11 @@ The workflow: trigger event -> send_message (template: a subject naming the even
 HTML with a link: click tracking and an open pixel, List-Unsubscribe; topic product_updates).
 CPU seconds per message of the web, the workers, PostgreSQL and the receiving server are
 reported next to the wall-clock rates (this machine is shared).
+
+--resume: the event resumes a waiting run instead of starting one (an order confirmation that a
+cart journey waits for: trigger "Cart Updated" -> wait_for_event -> send_message). Before each
+timed run, every customer of it gets one "Cart Updated" event and the runs are left waiting (not
+timed); the timed events then close those waits and send. Same figures, same baseline.
 
 Last stdout line: {"bench": "dispatch", "smtp_ratio": ..., "smtp_burst_p99_s": ..., "webhook_ratio": ..., ...}
 """
@@ -173,7 +178,10 @@ def ref_of(kind: str, row: dict) -> str:
 # --- seeding (a child process with Django: --_seed smtp|webhook PORT) ------------------------------
 
 
-def seed(kind: str, port: int) -> dict:
+CART = "Cart Updated"
+
+
+def seed(kind: str, port: int, resume: bool = False) -> dict:
     sys.path.insert(0, str(ROOT))
     import django
 
@@ -201,11 +209,14 @@ def seed(kind: str, port: int) -> dict:
     )
     unit, _ = BusinessUnit.objects.get_or_create(slug="bench", defaults={"name": "Bench"})
     workflow = workflow_create(name=f"bench {kind}", business_unit=unit)
-    version_publish(version=version_build(workflow=workflow, definition={
-        "trigger_kind": "event", "trigger_event": EVENTS[kind], "reentry_policy": "always",
-        "allow_concurrent_runs": True,
-        "steps": [{"key": "send", "kind": "send_message", "config": {"channel": channel.name, "template": template.name}}],
-    }), reason="bench")
+    send = {"key": "send", "kind": "send_message", "config": {"channel": channel.name, "template": template.name}}
+    definition = {"trigger_kind": "event", "trigger_event": EVENTS[kind], "reentry_policy": "always",
+                  "allow_concurrent_runs": True, "steps": [send]}
+    if resume:
+        definition.update(trigger_event=CART, steps=[
+            {"key": "wait", "kind": "wait_for_event", "config": {"event": EVENTS[kind], "timeout": "1d"}}, send],
+            edges=[{"from": "wait", "outcome": "event", "to": "send"}])
+    version_publish(version=version_build(workflow=workflow, definition=definition), reason="bench")
     return {"channel": channel.pk}
 
 
@@ -226,6 +237,11 @@ def identify_events(count: int) -> list[dict]:
 def order_events(kind: str, tag: str, count: int) -> list[dict]:
     return [{"type": "track", "userId": f"c{i}", "event": EVENTS[kind], "messageId": f"{kind}-{tag}-{i}",
              "properties": {"ref": f"{kind}-{tag}-{i}", "total": 40 + i % 60}} for i in range(count)]
+
+
+def cart_events(kind: str, tag: str, count: int) -> list[dict]:
+    return [{"type": "track", "userId": f"c{i}", "event": CART, "messageId": f"cart-{kind}-{tag}-{i}",
+             "properties": {"items": 1 + i % 5}} for i in range(count)]
 
 
 def received_at(conn, prefix: str) -> dict[str, float]:
@@ -299,7 +315,7 @@ def bare_http(port: int, rows: list[dict]) -> tuple[float, float]:
 def provider_run(s, postmaster: int, kind: str, args) -> dict:
     sink = Sink(kind)
     try:
-        run_child(s.env, ["--_seed", kind, "--_port", str(sink.port)])
+        run_child(s.env, ["--_seed", kind, "--_port", str(sink.port), *(["--resume"] if args.resume else [])])
         sender = Sender(s.port, s.write_key)
         out: dict = {}
         with qcluster(s.env, q_workers=args.q_workers, name=f"dispatch-{kind}") as cluster, s.connect(autocommit=True) as conn:
@@ -307,7 +323,20 @@ def provider_run(s, postmaster: int, kind: str, args) -> dict:
             def cpu() -> tuple[float, float, float, float]:
                 return tree_cpu(s.server.pid), tree_cpu(cluster.pid), tree_cpu(postmaster), sink.cpu()
 
+            def prime(tag: str, count: int) -> None:
+                """--resume: one waiting run for each of the customers the timed events go to."""
+                if not args.resume:
+                    return
+                sender.post_all(bodies_for(cart_events(kind, tag, count), 250))
+                deadline = time.monotonic() + args.timeout
+                while conn.execute("SELECT count(*) FROM journeys_journeyrun WHERE status = 'waiting'"
+                                   " AND wait_event = %s", [EVENTS[kind]]).fetchone()[0] < count:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the cart runs did not reach their wait")
+                    time.sleep(0.2)
+
             def timed(tag: str, count: int) -> tuple[list[float], float, dict]:
+                prime(tag, count)
                 events = order_events(kind, tag, count)
                 refs = {e["properties"]["ref"] for e in events}
                 cpu0, load0 = cpu(), os.getloadavg()[0]
@@ -323,6 +352,7 @@ def provider_run(s, postmaster: int, kind: str, args) -> dict:
                     "loadavg": round(load0, 2)}
 
             # warm-up (not timed): caches, connections, the first tasks
+            prime("warm", 50)
             sender.post_all(bodies_for(order_events(kind, "warm", 50), 250))
             wait_for(sink, kind, {e["properties"]["ref"] for e in order_events(kind, "warm", 50)}, args.timeout)
 
@@ -374,6 +404,7 @@ def parse(argv=None):
     p.add_argument("--q-workers", type=int, default=2)
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--quick", action="store_true", help="1,000 events in the throughput run")
+    p.add_argument("--resume", action="store_true", help="the events resume waiting runs (see above)")
     p.add_argument("--profile", metavar="PREFIX", help="py-spy the workers in the throughput run (PREFIX.<provider>.txt)")
     p.add_argument("--_sink", help=argparse.SUPPRESS)
     p.add_argument("--_seed", help=argparse.SUPPRESS)
@@ -391,7 +422,7 @@ def main() -> int:
         run_sink(args._sink, args._port, args._out)
         return 0
     if args._seed:
-        print(json.dumps(seed(args._seed, args._port)))
+        print(json.dumps(seed(args._seed, args._port, resume=args.resume)))
         return 0
     exit_on_sigterm()
     machine = {"nproc": os.cpu_count(), "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
@@ -418,6 +449,7 @@ def main() -> int:
     targets = {f"{kind}_ratio>=0.8": r["ratio"] >= 0.8 for kind, r in results.items()}
     targets.update({f"{kind}_burst_p99<5s": r["burst_p99_s"] < 5 for kind, r in results.items()})
     report("dispatch", **figures, ok=all(targets.values()), targets=targets, events=args.events, burst=args.burst,
+           resume=args.resume,
            **{kind: r for kind, r in results.items()},
            machine={**machine, "loadavg_end": [round(x, 2) for x in os.getloadavg()]})
     return 0

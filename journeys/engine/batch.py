@@ -102,6 +102,8 @@ class EngineBatch:
         self.customer_ids = set(customer_ids)
         self.now = now
         self.executions: list[dict] = []
+        self._waiting: dict[tuple[int, str, int], dict] = {}  # unfinished rows of self.executions
+        self._closes: dict[tuple[str, datetime, str, int], list[int]] = defaultdict(list)
         self.runs: dict[int, JourneyRun] = {}
         self._extensions: dict[str, Any] = {}
 
@@ -115,6 +117,17 @@ class EngineBatch:
     def add_execution(self, row: dict) -> None:
         """A StepExecution as a plain row (attname -> value), inserted by `flush()`."""
         self.executions.append(row)
+        if row.get("finished_at") is None:
+            self._waiting[(row["run_id"], row["step_key"], row["visit"])] = row
+
+    def close_step(self, *, run_id: int, step_key: str, visit: int, outcome: str, finished_at: datetime) -> None:
+        """Finish a waiting step's row (a resumed run): in memory when the batch holds it, else
+        by `flush()`, with one UPDATE per outcome and step for every run resumed there."""
+        row = self._waiting.pop((run_id, step_key, visit), None)
+        if row is not None:
+            row["outcome"], row["finished_at"] = outcome, finished_at
+            return
+        self._closes[(outcome, finished_at, step_key, visit)].append(run_id)
 
     def save_run(self, run: JourneyRun) -> None:
         self.runs[run.pk] = run
@@ -125,6 +138,7 @@ class EngineBatch:
         An extension's `flush()` may set off more work in the batch (journeys.engine.moves
         starts the runs a start_workflow step enrolled, and their steps add rows to the other
         extensions): it then returns True and every extension is flushed again."""
+        self._flush_closes()
         for _ in range(FLUSH_ROUNDS):
             if not any([bool(extension.flush()) for extension in list(self._extensions.values())]):
                 break
@@ -133,8 +147,14 @@ class EngineBatch:
                                "(start_workflow steps that move customers round a circle?)")
         if self.executions:
             rows_insert(StepExecution, self.executions)
-            self.executions = []
+            self.executions, self._waiting = [], {}
         self.flush_runs()
+
+    def _flush_closes(self) -> None:
+        for (outcome, finished_at, step_key, visit), run_ids in self._closes.items():
+            StepExecution.objects.filter(ids_q("run_id", run_ids), step_key=step_key, visit=visit,
+                                         finished_at__isnull=True).update(outcome=outcome, finished_at=finished_at)
+        self._closes.clear()
 
     def flush_runs(self) -> None:
         """Write the run states collected so far (before an action that reads runs)."""

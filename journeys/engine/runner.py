@@ -183,19 +183,18 @@ def run_start(*, run: JourneyRun, version: CompiledVersion) -> None:
 
 def run_execute(
     *, run: JourneyRun, version: CompiledVersion, customer, event, now: datetime, resume_outcome: str | None = None,
-    waiting_step_closed: bool = False,
 ) -> JourneyRun:
     """Execute steps until the run waits or ends. With `resume_outcome`, the current
-    (waiting) step is finished with that outcome first (`waiting_step_closed`: the caller
-    already closed its StepExecution row, set-based for a whole batch of wake-ups)."""
+    (waiting) step is finished with that outcome first (in an engine batch: with the
+    batch's other resumed runs, at its flush)."""
     batch = current_batch()
     if resume_outcome is not None:
-        if not waiting_step_closed:
-            if batch is not None:
-                batch.flush()  # the waiting step's row may still be in the batch
-            StepExecution.objects.filter(
-                run=run, step_key=run.current_step, visit=run.visits.get(run.current_step, 1), finished_at__isnull=True
-            ).update(outcome=resume_outcome, finished_at=now)
+        waiting = {"step_key": run.current_step, "visit": run.visits.get(run.current_step, 1)}
+        if batch is not None:
+            batch.close_step(run_id=run.pk, **waiting, outcome=resume_outcome, finished_at=now)
+        else:
+            StepExecution.objects.filter(run=run, **waiting, finished_at__isnull=True).update(
+                outcome=resume_outcome, finished_at=now)
         run.status, run.next_wake_at, run.wait_event = RunStatus.ACTIVE, None, ""
         if not _follow(run, version, resume_outcome, now):
             if batch is not None:

@@ -6,8 +6,8 @@ LOCKED`, so ticks and workers never take the same run), moves their `next_wake_a
 (`WAKE_LEASE` ahead) and hands each page to the event workers as one q2 task. The task
 (`runs_wake`) takes the page's runs that still carry that lease (a compare-and-set: a run an
 event resumed meanwhile, or a page handed out twice, is skipped), and resumes or starts them
-through the batch engine: the waiting steps are closed with one UPDATE per outcome, then the
-steps run with their rows, run states and messages written in bulk (journeys.engine.batch).
+through the batch engine: the steps run with their rows, run states and messages written in
+bulk, the waiting steps closed with one UPDATE per outcome and step (journeys.engine.batch).
 A task that is lost (a killed worker on the Redis broker) costs the lease, not the run: its
 runs are due again when the lease has passed and the tick claims them again.
 
@@ -30,7 +30,7 @@ from journeys.engine.batch import EngineBatch, batch_suspended, customer_waves, 
 from journeys.engine.compiled import load_version
 from journeys.engine.queue import enqueue_work
 from journeys.engine.runner import run_execute, run_start, runs_end
-from journeys.models import JourneyRun, StepExecution
+from journeys.models import JourneyRun
 
 logger = logging.getLogger(__name__)
 
@@ -131,25 +131,19 @@ def _wake_set(runs: list[JourneyRun], now: datetime, lease: datetime) -> None:
             if i:
                 batch.flush()  # the earlier waves' moves are written: the runs they ended are not waiting
                 wave = _still_waiting(wave, lease)
-            resumed = [r for r in wave if r.current_step]
-            for outcome in ("next", "timeout"):  # the waiting step of each resumed run, closed set-based
-                ids = [r.pk for r in resumed if _outcome(r) == outcome]
-                if ids:
-                    StepExecution.objects.filter(ids_q("run_id", ids), finished_at__isnull=True).update(
-                        outcome=outcome, finished_at=now)
             for run in wave:
-                _wake_one(run, now, closed=True)
+                _wake_one(run, now)
         batch.flush()
 
 
-def _wake_one(run: JourneyRun, now: datetime, *, closed: bool) -> None:
+def _wake_one(run: JourneyRun, now: datetime) -> None:
     version = load_version(run.version_id)
     if not run.current_step:
         run_start(run=run, version=version)
         run_execute(run=run, version=version, customer=run.customer, event=run.trigger_event, now=now)
     else:
         run_execute(run=run, version=version, customer=run.customer, event=None, now=now,
-                    resume_outcome=_outcome(run), waiting_step_closed=closed)
+                    resume_outcome=_outcome(run))
 
 
 def _wake_each(runs: list[JourneyRun], now: datetime, lease: datetime) -> None:
@@ -161,7 +155,7 @@ def _wake_each(runs: list[JourneyRun], now: datetime, lease: datetime) -> None:
             woken.add(run.customer_id)
             try:
                 with transaction.atomic():
-                    _wake_one(run, now, closed=False)
+                    _wake_one(run, now)
             except Exception as exc:  # never let one run stop the others
                 logger.exception("waking run %s failed", run.pk)
                 error = "".join(traceback.format_exception_only(exc)).strip()

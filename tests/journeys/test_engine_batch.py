@@ -227,3 +227,36 @@ def test_a_processed_batch_is_not_processed_again(api, mail, publish, django_cap
     with django_capture_on_commit_callbacks(execute=True):
         assert events_process(event_ids=ids) == 0  # a retried task finds them processed
     assert Delivery.objects.count() == 2 and JourneyRun.objects.count() == 2
+
+
+def test_statements_for_resumed_runs_do_not_grow_with_the_number_of_events(api, mail, publish, django_capture_on_commit_callbacks):
+    """Events that the customers' waiting runs wait for: each run's waiting step is closed and its
+    next steps run, for the whole batch in a few statements (not a flush and an UPDATE per run)."""
+    waiting = publish({
+        "trigger_kind": "event", "trigger_event": "Checkout Started", "reentry_policy": "always",
+        "steps": [{"key": "wait", "kind": "wait_for_event", "config": {"event": "Order Completed", "timeout": "1h"}},
+                  {"key": "send", "kind": "send_message", "config": {"channel": "mail", "template": "cart"}}],
+        "edges": [{"from": "wait", "outcome": "event", "to": "send"}],
+    })
+    users = [f"w{i}" for i in range(60)]
+    identify(api, django_capture_on_commit_callbacks, users)
+    store(api, django_capture_on_commit_callbacks, checkouts(users), process=True)
+    assert JourneyRun.objects.filter(version=waiting, status="waiting").count() == 60
+    orders = [{"messageId": f"o-{u}", "userId": u, "event": "Order Completed", "properties": {"total": 9}}
+              for u in users]
+    small = store(api, django_capture_on_commit_callbacks, orders[:5])
+    large = store(api, django_capture_on_commit_callbacks, orders[5:])
+    events_process(event_ids=small[:1])
+
+    with CaptureQueriesContext(connection) as few:
+        assert events_process(event_ids=small[1:]) == 4
+    with CaptureQueriesContext(connection) as many:
+        assert events_process(event_ids=large) == 55
+
+    assert len(many.captured_queries) <= len(few.captured_queries) + 2, [q["sql"][:80] for q in many.captured_queries]
+    runs = JourneyRun.objects.filter(version=waiting)
+    assert set(runs.values_list("status", flat=True)) == {"completed"}
+    steps = StepExecution.objects.filter(run__version=waiting)
+    assert sorted(set(steps.values_list("step_key", "outcome"))) == [("send", "next"), ("wait", "event")]
+    assert steps.count() == 120 and not steps.filter(finished_at__isnull=True).exists()
+    assert Delivery.objects.count() == 60
