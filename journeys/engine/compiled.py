@@ -177,7 +177,7 @@ def trigger_index(*, force: bool = False) -> TriggerIndex:
     start: dict[str, list[int]] = defaultdict(list)
     stop: dict[str, list[int]] = defaultdict(list)
     goals = set()
-    rows = routable_versions().values_list(
+    rows = routable_versions().order_by("pk").values_list(  # one event's workflows act in version order
         "id", "trigger_kind", "trigger_event", "trigger_config", "goal_event"
     )
     for wid, live_id, canary_id, percent in Workflow.objects.filter(

@@ -8,7 +8,8 @@ customer. Here each visit only records the move; the batch's flush then, for all
 
 1. writes the run states the batch holds (so the history read below sees them: a run this
    batch completed is not open any more; the moving run is closed when it is a move);
-2. ends the open runs of the named `exit_workflows`, one UPDATE per distinct list;
+2. ends the open runs of the named `exit_workflows` (but the moving run), one UPDATE per
+   distinct list;
 3. enrols through the same checks as an event's entries (`processor.Enrolments`: one history
    query for idempotency, the entry rule and the re-entry policy; one INSERT ... ON CONFLICT
    DO NOTHING; the database's entry gate), and
@@ -101,9 +102,11 @@ class MoveBatch:
             for move in group:
                 by_target[move.target].append(move)
             for target, members in by_target.items():
+                # as alone, a move spares only its own run (another run that made a move in this
+                # flush is ended like any open run of the named workflows)
                 runs_end(JourneyRun.objects.filter(
                     customer_id__in={m.customer.pk for m in members}, workflow__name__in=names,
-                ).exclude(pk__in=[m.run_id for m in moves]), status=RunStatus.EXITED, now=now, error=f"moved to {target}")
+                ).exclude(pk__in=[m.run_id for m in members]), status=RunStatus.EXITED, now=now, error=f"moved to {target}")
         enrolments = Enrolments(now=now)
         for move in moves:
             enrolments(version=move.version, customer=move.customer, trigger_key=move.trigger_key, event=move.event,

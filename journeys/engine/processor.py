@@ -154,6 +154,8 @@ def _process_set(*, events: list[Event], index, now) -> None:
                 run_execute(run=run, version=version, customer=run.customer, event=event, now=now)
                 if run.status in (RunStatus.ACTIVE, RunStatus.WAITING):
                     open_runs[run.customer_id].append(run)
+            batch.flush()  # the entries' moves start their runs (set_stage among their steps) before
+            # the stage rules are applied, as one event at a time sees it
             for finish in after:
                 if finish is not None:
                     finish()

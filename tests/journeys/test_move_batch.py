@@ -389,3 +389,56 @@ def test_a_move_an_event_sets_off_comes_before_the_entries_the_same_event_makes(
         assert [(r.status, r.error) for r in _runs("promo", customer)] == [("waiting", "")]
         assert [r.status for r in _runs("rescue", customer)] == ["waiting"]
     reset_caches()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("replayed", [False, True], ids=["set_based", "replayed_one_by_one"])
+def test_a_move_ends_a_run_that_started_another_workflow_in_the_same_flush(db, replayed):
+    """"Signed Up" enters starter (it starts welcome and waits) and then onboard, whose move ends
+    starter's runs: as one event at a time sees it, the starter run is ended. Set-based, both
+    start_workflow visits are written by one flush; before, a run that had itself made a move in
+    that flush was spared every other move's exits and stayed waiting."""
+    reset_caches()
+    _publish("welcome", [TAG])
+    _publish("rescue", [TAG, WAIT])
+    _publish("starter", [_move("welcome", exit_current=False), WAIT], trigger="Signed Up")
+    _publish("onboard", [_move("rescue", exit_workflows=("starter",))], trigger="Signed Up")
+    people = [CustomerFactory(external_id=f"x{i}") for i in range(3)]
+
+    events_process(event_ids=pending_events(people, name="Signed Up", source="s")
+                   + (_breaking_event() if replayed else []))
+
+    for customer in people:
+        [starter] = _runs("starter", customer)
+        assert (starter.status, starter.error) == ("exited", "moved to rescue")
+        assert [r.status for r in _runs("welcome", customer)] == ["completed"]
+        assert [r.status for r in _runs("rescue", customer)] == ["waiting"]
+        assert [r.status for r in _runs("onboard", customer)] == ["exited"]
+    reset_caches()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("replayed", [False, True], ids=["set_based", "replayed_one_by_one"])
+def test_the_stage_rules_see_the_stage_a_moved_to_run_set(db, replayed):
+    """"Signed Up" moves a pro customer into rescue, whose first step puts them in the step-managed
+    stage "rescued". As one event at a time sees it, the stage rules run after that move (and leave
+    a step-managed stage alone): one transition, to "rescued". Set-based, the rules ran before the
+    moved-to run's steps, so the customer went through "active" first (two transitions)."""
+    from journeys.models import LifecycleStage, StageTransition
+
+    reset_caches()
+    LifecycleStage.objects.create(key="active", name="Active", order=0, rule="profile.plan == 'pro'")
+    LifecycleStage.objects.create(key="rescued", name="Rescued", order=1)
+    _publish("rescue", [{"key": "stage", "kind": "set_stage", "config": {"stage": "rescued"}}, WAIT])
+    _publish("onboard", [_move("rescue")], trigger="Signed Up")
+    people = [CustomerFactory(external_id=f"r{i}", traits={"plan": "pro"}) for i in range(3)]
+
+    events_process(event_ids=pending_events(people, name="Signed Up", source="s")
+                   + (_breaking_event() if replayed else []))
+
+    for customer in people:
+        customer.refresh_from_db()
+        assert customer.stage == "rescued"
+        assert list(StageTransition.objects.filter(customer=customer).values_list("from_stage", "to_stage")) == [
+            ("", "rescued")]
+    reset_caches()
