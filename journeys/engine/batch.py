@@ -150,6 +150,17 @@ class EngineBatch:
             self.executions, self._waiting = [], {}
         self.flush_runs()
 
+    def close_held(self, runs: models.QuerySet, *, outcome: str, finished_at: datetime) -> None:
+        """Finish the unfinished step rows this batch still holds of the runs of `runs` (runs that
+        end now: the steps they wait at end with them); one SELECT, only when it holds such rows."""
+        if not self._waiting:
+            return
+        held = {run_id for run_id, _, _ in self._waiting}
+        ending = set(runs.filter(ids_q("pk", list(held))).values_list("pk", flat=True))
+        for key in [key for key in self._waiting if key[0] in ending]:
+            row = self._waiting.pop(key)
+            row["outcome"], row["finished_at"] = outcome, finished_at
+
     def _flush_closes(self) -> None:
         for (outcome, finished_at, step_key, visit), run_ids in self._closes.items():
             StepExecution.objects.filter(ids_q("run_id", run_ids), step_key=step_key, visit=visit,

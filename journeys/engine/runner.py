@@ -155,6 +155,12 @@ def runs_end(runs, *, status: str, now: datetime, error: str) -> int:
         if not ended:
             return 0
         runs = JourneyRun.objects.filter(pk__in=[r.pk for r in ended])
+    # the step a run waits at is finished with the run (outcome: how it ended)
+    batch = current_batch()
+    if batch is not None:
+        batch.close_held(runs, outcome=status, finished_at=now)
+    StepExecution.objects.filter(run__in=runs.values("pk"), finished_at__isnull=True).update(
+        outcome=status, finished_at=now)
     count = runs.update(status=status, finished_at=now, next_wake_at=None, wait_event="", error=error[:4000])
     for run in ended:
         _finish(run, status, now, error)
@@ -189,12 +195,7 @@ def run_execute(
     batch's other resumed runs, at its flush)."""
     batch = current_batch()
     if resume_outcome is not None:
-        waiting = {"step_key": run.current_step, "visit": run.visits.get(run.current_step, 1)}
-        if batch is not None:
-            batch.close_step(run_id=run.pk, **waiting, outcome=resume_outcome, finished_at=now)
-        else:
-            StepExecution.objects.filter(run=run, **waiting, finished_at__isnull=True).update(
-                outcome=resume_outcome, finished_at=now)
+        _close_waiting(run, resume_outcome, now)
         run.status, run.next_wake_at, run.wait_event = RunStatus.ACTIVE, None, ""
         if not _follow(run, version, resume_outcome, now):
             if batch is not None:
@@ -263,6 +264,17 @@ def run_execute(
     return run
 
 
+def _close_waiting(run: JourneyRun, outcome: str, now: datetime) -> None:
+    """Finish the row of the step the run waits at (in an engine batch: with the batch's others)."""
+    waiting = {"step_key": run.current_step, "visit": run.visits.get(run.current_step, 1)}
+    batch = current_batch()
+    if batch is not None:
+        batch.close_step(run_id=run.pk, **waiting, outcome=outcome, finished_at=now)
+    else:
+        StepExecution.objects.filter(run=run, **waiting, finished_at__isnull=True).update(
+            outcome=outcome, finished_at=now)
+
+
 def _record(batch, **row) -> None:
     """One row per visit: now, or (a plain row, no model instance) with the batch's single INSERT."""
     if batch is not None:
@@ -279,7 +291,9 @@ def run_resume(*, run: JourneyRun, outcome: str, now: datetime, event=None) -> J
 
 
 def run_convert(*, run: JourneyRun, now: datetime) -> None:
-    """The goal event arrived: the run ends as a conversion."""
+    """The goal event arrived: the run ends as a conversion (a step it waited at: outcome "converted")."""
+    if run.status == RunStatus.WAITING and run.current_step:
+        _close_waiting(run, "converted", now)
     run.converted_at = run.converted_at or now
     _finish(run, RunStatus.COMPLETED, now)
     run.save()

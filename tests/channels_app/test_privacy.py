@@ -72,6 +72,7 @@ def test_erase_command_deletes_and_anonymises_per_policy(history, capsys):
     assert (delivery.to, delivery.body, delivery.subject) == ("", "", "") and delivery.status == "sent"
     run = JourneyRun.objects.get(customer=dana)  # an open run is ended, with its moment (reports count it finished)
     assert (run.status, run.error, run.next_wake_at) == ("exited", "customer erased", None) and run.finished_at
+    assert list(run.executions.values_list("step_key", "outcome")) == [("wait", "exited")]  # its delay ends with it
     record = ErasureRecord.objects.get()
     assert record.customer_id_erased == dana.pk and record.reason == "GDPR art. 17 request #12"
     assert record.counts["events"] >= 2 and "erased" in capsys.readouterr().out

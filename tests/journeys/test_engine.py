@@ -204,6 +204,8 @@ def test_goal_event_ends_the_run_as_conversion(publish, send):
 
     run = JourneyRun.objects.get()
     assert run.status == "completed" and run.converted_at is not None
+    wait = run.executions.get()  # the wait it was at ends with the conversion
+    assert (wait.step_key, wait.outcome, wait.finished_at) == ("wait", "converted", run.finished_at)
     assert runs_wake_due(now=djtz.now() + timedelta(days=2)) == 0
 
 

@@ -106,6 +106,8 @@ def test_a_move_ends_the_named_runs_and_starts_the_target_whose_first_steps_run(
         [onboard], [nurture], [rescue] = _runs("onboard", customer), _runs("nurture", customer), _runs("rescue", customer)
         assert onboard.status == "exited"
         assert (nurture.status, nurture.error) == ("exited", "moved to rescue") and nurture.next_wake_at is None
+        wait = nurture.executions.get()  # the step it waited at ends with it
+        assert (wait.outcome, wait.finished_at) == ("exited", nurture.finished_at)
         assert rescue.status == "waiting" and rescue.current_step == "wait"
         assert rescue.trigger_key == f"moved:run:{onboard.pk}:move:1"
         assert _move_detail(customer) == {"workflow": "rescue", "exit_current": True, "started_run": rescue.pk}
@@ -269,13 +271,14 @@ def test_a_run_that_wakes_after_a_move_ended_it_in_the_same_page_takes_no_step(j
         assert deadline.status == "exited" and rescue.status == "waiting"
         assert (reminder.status, reminder.error) == ("exited", "moved to rescue")  # not written over by its own step
         assert not reminder.executions.filter(step_key="nudge").exists()
-        assert reminder.executions.get(step_key="pause").outcome == ""  # its delay was not ended as if it went on
+        assert reminder.executions.get(step_key="pause").outcome == "exited"  # its delay ended with it, not "next"
         customer.refresh_from_db()
         assert "nudged" not in customer.traits and customer.traits["rescued"] is True
         assert warehouse(customer)[reminder.workflow_id]["error"] == "moved to rescue"  # the stream heard of it
     if replayed:
         broken = JourneyRun.objects.get(customer__external_id="oops")
         assert broken.status == "failed" and broken.error.startswith("wake failed")
+        assert broken.executions.get().outcome == "failed"
         assert warehouse(broken.customer)[broken.workflow_id]["status"] == "failed"
 
 
@@ -411,6 +414,9 @@ def test_a_move_ends_a_run_that_started_another_workflow_in_the_same_flush(db, r
     for customer in people:
         [starter] = _runs("starter", customer)
         assert (starter.status, starter.error) == ("exited", "moved to rescue")
+        assert list(starter.executions.order_by("id").values_list("step_key", "outcome")) == [
+            ("move", "next"), ("wait", "exited")]  # its wait, written by the same flush, ends with it
+        assert not starter.executions.filter(finished_at__isnull=True).exists()
         assert [r.status for r in _runs("welcome", customer)] == ["completed"]
         assert [r.status for r in _runs("rescue", customer)] == ["waiting"]
         assert [r.status for r in _runs("onboard", customer)] == ["exited"]
