@@ -49,6 +49,11 @@ class CompiledVersion:
     steps: dict[str, CompiledStep] = field(default_factory=dict)
     business_hours: dict = field(default_factory=dict)  # when time-driven entries may start (business_hours.py)
 
+    @property
+    def moves(self) -> bool:
+        """Whether a run of it may end or start other runs of its customer (a start_workflow step)."""
+        return any(step.kind.kind == "start_workflow" for step in self.steps.values())
+
 
 def compile_version(version: WorkflowVersion) -> CompiledVersion:
     """Load the graph and compile every rule once (a bad rule raises here, not mid-run)."""

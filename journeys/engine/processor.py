@@ -87,7 +87,7 @@ def _open_runs(events: list[Event]) -> dict[int, list[JourneyRun]]:
     # Locked: a timer waking the same run in another worker waits for us (and vice versa).
     for run in JourneyRun.objects.select_for_update(of=("self",)).filter(
         customer_id__in=set(customers), status__in=[RunStatus.ACTIVE, RunStatus.WAITING]
-    ):
+    ).order_by("pk"):  # one event acts on a customer's runs in the order they began, in every path
         run.customer = customers[run.customer_id]
         open_runs[run.customer_id].append(run)
     return open_runs
@@ -144,16 +144,17 @@ def _process_set(*, events: list[Event], index, now) -> None:
             after = []
             for event in wave:
                 after.append(event_route(event=event, open_runs=open_runs, index=index, now=now, enrol=enrolments))
-            batch.flush()  # what the wave's resumes did (runs completed, moves: runs ended and started)
-            # is written before its entries are checked, as one event at a time sees it
-            enrolments.load_history()
-            for version, customer, trigger_key, event, rctx in enrolments.candidates:
-                if enrolments.admit(version=version, customer=customer, trigger_key=trigger_key, ctx=rctx):
-                    enrolments.accept(version=version, customer=customer, trigger_key=trigger_key, event=event)
-            for run, version, event in enrolments.insert():
-                run_execute(run=run, version=version, customer=run.customer, event=event, now=now)
-                if run.status in (RunStatus.ACTIVE, RunStatus.WAITING):
-                    open_runs[run.customer_id].append(run)
+            for entries in enrolments.rounds():
+                batch.flush()  # what the wave's resumes did (runs completed, moves: runs ended and started),
+                # and an earlier round's moves, are written before entries are checked, as one event at a time sees it
+                entries.load_history()
+                for version, customer, trigger_key, event, rctx in entries.candidates:
+                    if entries.admit(version=version, customer=customer, trigger_key=trigger_key, ctx=rctx):
+                        entries.accept(version=version, customer=customer, trigger_key=trigger_key, event=event)
+                for run, version, event in entries.insert():
+                    run_execute(run=run, version=version, customer=run.customer, event=event, now=now)
+                    if run.status in (RunStatus.ACTIVE, RunStatus.WAITING):
+                        open_runs[run.customer_id].append(run)
             batch.flush()  # the entries' moves start their runs (set_stage among their steps) before
             # the stage rules are applied, as one event at a time sees it
             for finish in after:
@@ -174,6 +175,24 @@ class Enrolments:
 
     def __call__(self, *, version, customer, trigger_key: str, event, rule_ctx) -> None:
         self.candidates.append((version, customer, trigger_key, event, rule_ctx))
+
+    def rounds(self) -> list[Enrolments]:
+        """The candidates in rounds: a customer's entry that comes after one into a workflow that
+        can move them (journeys.engine.moves) waits for the next round, so that it is checked,
+        and its run started, after that move, as one event at a time does. Without such a
+        workflow (the common case): one round, this one."""
+        if not any(version.moves for version, *_ in self.candidates):
+            return [self]
+        rounds: list[Enrolments] = []
+        movers: dict[int, int] = defaultdict(int)
+        for candidate in self.candidates:
+            version, customer = candidate[0], candidate[1]
+            n = movers[customer.pk]
+            if n == len(rounds):
+                rounds.append(Enrolments(now=self.now))
+            rounds[n].candidates.append(candidate)
+            movers[customer.pk] += version.moves
+        return rounds
 
     def load_history(self) -> None:
         """Idempotency needs only this wave's trigger keys; re-entry and the one-open-run

@@ -325,7 +325,7 @@ PING = {"key": "ping", "kind": "wait_for_event", "config": {"event": "Ping", "ti
 @pytest.mark.parametrize("tail", [False, True], ids=["reminder_ends", "reminder_waits_again"])
 @pytest.mark.parametrize("replayed", [False, True], ids=["set_based", "replayed_one_by_one"])
 def test_one_event_resumes_two_runs_and_the_first_ones_move_ends_the_second(journeys, replayed, tail):
-    """A "Ping" both runs of a customer wait for: the deadline run (newest, so first) moves the
+    """A "Ping" both runs of a customer wait for: the deadline run (older, so first) moves the
     customer to rescue and exits the reminder's workflow; the reminder stays ended and takes no
     step (before: resumed from its stale copy and written over the exit)."""
     nudge = {"key": "nudge", "kind": "update_profile", "config": {"traits": {"nudged": True}}}
@@ -334,7 +334,7 @@ def test_one_event_resumes_two_runs_and_the_first_ones_move_ends_the_second(jour
     people = [CustomerFactory(external_id=f"p{i}") for i in range(2)]
     now = timezone.now()
     with transaction.atomic():
-        for workflow in ("reminder", "deadline"):
+        for workflow in ("deadline", "reminder"):  # an event acts on a customer's runs in the order they began
             version = load_version(Workflow.objects.get(name=workflow).live_version_id)
             for customer in people:
                 run_enroll(version=version, customer=customer, trigger_key=f"t:{next(_keys)}", now=now)
@@ -447,4 +447,52 @@ def test_the_stage_rules_see_the_stage_a_moved_to_run_set(db, replayed):
         assert customer.stage == "rescued"
         assert list(StageTransition.objects.filter(customer=customer).values_list("from_stage", "to_stage")) == [
             ("", "rescued")]
+    reset_caches()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("starter_moves", [True, False], ids=["starter_moves", "starter_waits"])
+@pytest.mark.parametrize("replayed", [False, True], ids=["set_based", "replayed_one_by_one"])
+def test_an_earlier_workflows_move_does_not_end_a_run_the_event_enters_after_it(db, replayed, starter_moves):
+    """The other order: onboard (published first) moves the customer before starter takes them,
+    so, as one event at a time sees it, starter's run comes after the move and stays. Set-based,
+    both entries were made before either ran, and the move ended the starter run."""
+    reset_caches()
+    _publish("welcome", [TAG])
+    _publish("rescue", [TAG, WAIT])
+    _publish("onboard", [_move("rescue", exit_workflows=("starter",))], trigger="Signed Up")
+    _publish("starter", ([_move("welcome", exit_current=False)] if starter_moves else []) + [WAIT], trigger="Signed Up")
+    people = [CustomerFactory(external_id=f"y{i}") for i in range(3)]
+
+    events_process(event_ids=pending_events(people, name="Signed Up", source="s")
+                   + (_breaking_event() if replayed else []))
+
+    for customer in people:
+        [starter] = _runs("starter", customer)
+        assert (starter.status, starter.error) == ("waiting", "")
+        assert [r.status for r in _runs("rescue", customer)] == ["waiting"]
+    reset_caches()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("replayed", [False, True], ids=["set_based", "replayed_one_by_one"])
+def test_an_entry_is_checked_after_the_move_an_earlier_entry_of_the_event_made(db, replayed):
+    """One open run at a time in second: "Signed Up" enters onboard, whose move ends the open
+    second run, and then second, which takes the customer again (set-based, the entry was checked
+    against the run before the move ended it and refused)."""
+    reset_caches()
+    _publish("rescue", [TAG, WAIT])
+    _publish("onboard", [_move("rescue", exit_workflows=("second",))], trigger="Signed Up")
+    second = _publish("second", [WAIT], trigger="Signed Up", reentry_policy="always", allow_concurrent_runs=False)
+    people = [CustomerFactory(external_id=f"z{i}") for i in range(3)]
+    now = timezone.now()
+    with transaction.atomic():
+        for customer in people:
+            run_enroll(version=load_version(second), customer=customer, trigger_key=f"old:{customer.pk}", now=now)
+
+    events_process(event_ids=pending_events(people, name="Signed Up", source="s")
+                   + (_breaking_event() if replayed else []))
+
+    for customer in people:
+        assert [(r.status, r.error) for r in _runs("second", customer)] == [("exited", "moved to rescue"), ("waiting", "")]
     reset_caches()
