@@ -250,6 +250,7 @@ def event_route(*, event: Event, open_runs: dict, index, now, enrol=None):
         event=event_dict(event), profile=profile_dict(customer, now), context=context_dict(event, now),
         journey={}, now=now, events_in_last=events_counter(customer.pk),
     )
+    traits = dict(customer.traits)  # as rctx has them: the steps run below do not change what "before" was
     acted = False  # once one of the customer's runs went on, it may have ended the others (a move)
     for run in list(runs):
         version = load_version(run.version_id)
@@ -307,7 +308,7 @@ def event_route(*, event: Event, open_runs: dict, index, now, enrol=None):
         start(version, f"event:{event.pk}")
 
     if event.changes:
-        _profile_triggers(event=event, customer=customer, index=index, rctx=rctx, start=start)
+        _profile_triggers(event=event, customer=customer, traits=traits, index=index, rctx=rctx, start=start)
 
     def finish() -> None:
         if event.name not in STAGE_EVENTS:
@@ -319,9 +320,11 @@ def event_route(*, event: Event, open_runs: dict, index, now, enrol=None):
     return None
 
 
-def _profile_triggers(*, event, customer, index, rctx, start) -> None:
-    """Attribute-change and segment-entry triggers, from the changes this event made."""
-    old_traits = {**customer.traits, **{k: v[0] for k, v in event.changes.items()}}
+def _profile_triggers(*, event, customer, traits: dict, index, rctx, start) -> None:
+    """Attribute-change and segment-entry triggers, from the changes this event made (`traits`:
+    the customer's traits when the event began to act; the profile before is those, the
+    changes undone)."""
+    old_traits = {**traits, **{k: v[0] for k, v in event.changes.items()}}
     old_traits = {k: v for k, v in old_traits.items() if v is not None}
     for vid in index.profile_triggers:
         if not index.admits(vid, customer.pk):

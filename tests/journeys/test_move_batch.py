@@ -496,3 +496,29 @@ def test_an_entry_is_checked_after_the_move_an_earlier_entry_of_the_event_made(d
     for customer in people:
         assert [(r.status, r.error) for r in _runs("second", customer)] == [("exited", "moved to rescue"), ("waiting", "")]
     reset_caches()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("replayed", [False, True], ids=["set_based", "replayed_one_by_one"])
+def test_a_segment_entry_compares_with_the_profile_before_the_event_in_both_paths(replayed):
+    """An identify that makes the customer pro enters tagger (it sets `rescued`) and the segment
+    "pro or rescued": the customer was in neither before the event, so they enter it. One event
+    at a time, "before" was read after tagger's step had run (rescued: already in), and the
+    customer did not enter (found by a review)."""
+    from journeys.models import Event
+
+    reset_caches()
+    _publish("tagger", [TAG], trigger="Identify")
+    _publish("seg", [WAIT], trigger_kind="segment_entry",
+             trigger_config={"rule": "profile.plan == 'pro' or profile.rescued == true"})
+    people = [CustomerFactory(external_id=f"s{i}", traits={"plan": "pro"}) for i in range(2)]
+    ids = pending_events(people, name="Identify", source="i")
+    Event.objects.filter(pk__in=ids).update(changes={"plan": [None, "pro"]})
+
+    events_process(event_ids=ids + (_breaking_event() if replayed else []))
+
+    for customer in people:
+        assert [r.status for r in _runs("seg", customer)] == ["waiting"]
+        customer.refresh_from_db()
+        assert customer.traits["rescued"] is True
+    reset_caches()
