@@ -255,5 +255,9 @@ def test_bandit_converges_to_the_better_arm_on_simulated_data():
 
     weights = {a.name: a.weight for a in Experiment.objects.get(pk=experiment.pk).arms.all()}
     assert max(weights, key=weights.get) == "c" and weights["c"] > 0.7, weights
-    assert share_c[0] < 0.5 and sum(share_c[-3:]) / 3 > 0.6, share_c
+    # Traffic moves to it. How fast depends on the sample (the hash places customers by id, and the
+    # ids differ with the tests that ran before): over 32 samples the last three batches held
+    # 0.54-0.94 of the traffic (0.22-1.6 more than the first three), one in CI 0.37 after an
+    # unlucky start (0.33, 0.11, 0.16; +0.52).
+    assert share_c[0] < 0.5 and sum(share_c[-3:]) > sum(share_c[:3]) + 0.1, share_c
     assert experiment.arms.get(name="c").history.filter(history_change_reason__startswith="bandit update").exists()
