@@ -157,9 +157,8 @@ class EngineBatch:
             return
         held = {run_id for run_id, _, _ in self._waiting}
         ending = set(runs.filter(ids_q("pk", list(held))).values_list("pk", flat=True))
-        for key in [key for key in self._waiting if key[0] in ending]:
-            row = self._waiting.pop(key)
-            row["outcome"], row["finished_at"] = outcome, finished_at
+        for run_id, step_key, visit in [key for key in self._waiting if key[0] in ending]:
+            self.close_step(run_id=run_id, step_key=step_key, visit=visit, outcome=outcome, finished_at=finished_at)
 
     def _flush_closes(self) -> None:
         for (outcome, finished_at, step_key, visit), run_ids in self._closes.items():

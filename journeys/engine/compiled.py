@@ -48,11 +48,7 @@ class CompiledVersion:
     entry_step: str
     steps: dict[str, CompiledStep] = field(default_factory=dict)
     business_hours: dict = field(default_factory=dict)  # when time-driven entries may start (business_hours.py)
-
-    @property
-    def moves(self) -> bool:
-        """Whether a run of it may end or start other runs of its customer (a start_workflow step)."""
-        return any(step.kind.kind == "start_workflow" for step in self.steps.values())
+    moves: bool = False  # a run of it may end or start other runs of its customer (a start_workflow step)
 
 
 def compile_version(version: WorkflowVersion) -> CompiledVersion:
@@ -82,6 +78,7 @@ def compile_version(version: WorkflowVersion) -> CompiledVersion:
         for text in kind.rules(step.config):
             compile_rule(text)
         compiled.steps[step.key] = CompiledStep(step.key, step.name, kind, step.config, edges.get(pk, {}))
+    compiled.moves = any(step.kind.kind == "start_workflow" for step in compiled.steps.values())
     for text in (version.entry_rule, version.goal_filter, version.trigger_config.get("filter", "")):
         if text:
             compile_rule(text)
