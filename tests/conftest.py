@@ -72,15 +72,17 @@ def _clear_cache():
 
 @pytest.fixture(autouse=True)
 def _fresh_engine():
-    """Compiled versions and the trigger index are cached per process; primary keys repeat between tests."""
+    """Compiled versions, the trigger index and the rule-defined stages (read again every few
+    seconds) are cached per process; primary keys repeat between tests."""
     from journeys.engine.compiled import reset_caches
+    from journeys.engine.listeners import stages_reset
     from journeys.services.stream import stream_destinations_reset
 
-    reset_caches()
-    stream_destinations_reset()
+    for reset in (reset_caches, stages_reset, stream_destinations_reset):
+        reset()
     yield
-    reset_caches()
-    stream_destinations_reset()
+    for reset in (reset_caches, stages_reset, stream_destinations_reset):
+        reset()
 
 
 @pytest.fixture
