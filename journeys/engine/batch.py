@@ -103,7 +103,8 @@ class EngineBatch:
         self.now = now
         self.executions: list[dict] = []
         self._waiting: dict[tuple[int, str, int], dict] = {}  # unfinished rows of self.executions
-        self._closes: dict[tuple[str, datetime, str, int], list[int]] = defaultdict(list)
+        # (outcome, finished_at) -> (step_key, visit) -> run ids: rows to finish at the flush
+        self._closes: dict[tuple[str, datetime], dict[tuple[str, int], list[int]]] = defaultdict(lambda: defaultdict(list))
         self.runs: dict[int, JourneyRun] = {}
         self._extensions: dict[str, Any] = {}
 
@@ -122,12 +123,12 @@ class EngineBatch:
 
     def close_step(self, *, run_id: int, step_key: str, visit: int, outcome: str, finished_at: datetime) -> None:
         """Finish a waiting step's row (a resumed run): in memory when the batch holds it, else
-        by `flush()`, with one UPDATE per outcome and step for every run resumed there."""
+        by `flush()`, with one UPDATE per outcome for every run resumed anywhere (whatever step and visit)."""
         row = self._waiting.pop((run_id, step_key, visit), None)
         if row is not None:
             row["outcome"], row["finished_at"] = outcome, finished_at
             return
-        self._closes[(outcome, finished_at, step_key, visit)].append(run_id)
+        self._closes[(outcome, finished_at)][(step_key, visit)].append(run_id)
 
     def save_run(self, run: JourneyRun) -> None:
         self.runs[run.pk] = run
@@ -161,9 +162,26 @@ class EngineBatch:
             self.close_step(run_id=run_id, step_key=step_key, visit=visit, outcome=outcome, finished_at=finished_at)
 
     def _flush_closes(self) -> None:
-        for (outcome, finished_at, step_key, visit), run_ids in self._closes.items():
-            StepExecution.objects.filter(ids_q("run_id", run_ids), step_key=step_key, visit=visit,
-                                         finished_at__isnull=True).update(outcome=outcome, finished_at=finished_at)
+        """One UPDATE per (outcome, time) for runs waiting at any steps and visits (a reminder loop's
+        runs wait at different visits of one step): on PostgreSQL a join of the (run, step, visit)
+        list with the unique index (an OR of semi-joins would be a scan of the whole table);
+        elsewhere an OR of (step, visit) groups, each a range of that index."""
+        for (outcome, finished_at), groups in self._closes.items():
+            if connection.vendor == "postgresql":
+                keys = [(run_id, step_key, visit) for (step_key, visit), run_ids in groups.items() for run_id in run_ids]
+                table = connection.ops.quote_name(StepExecution._meta.db_table)
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        f"UPDATE {table} AS s SET outcome = %s, finished_at = %s "
+                        "FROM unnest(%s::bigint[], %s::text[], %s::int[]) AS x(run_id, step_key, visit) "
+                        "WHERE s.run_id = x.run_id AND s.step_key = x.step_key AND s.visit = x.visit "
+                        "AND s.finished_at IS NULL",
+                        [outcome, finished_at, *map(list, zip(*keys))])
+                continue
+            where = models.Q()
+            for (step_key, visit), run_ids in groups.items():
+                where |= models.Q(run_id__in=run_ids, step_key=step_key, visit=visit)
+            StepExecution.objects.filter(where, finished_at__isnull=True).update(outcome=outcome, finished_at=finished_at)
         self._closes.clear()
 
     def flush_runs(self) -> None:

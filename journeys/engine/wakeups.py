@@ -7,7 +7,7 @@ LOCKED`, so ticks and workers never take the same run), moves their `next_wake_a
 (`runs_wake`) takes the page's runs that still carry that lease (a compare-and-set: a run an
 event resumed meanwhile, or a page handed out twice, is skipped), and resumes or starts them
 through the batch engine: the steps run with their rows, run states and messages written in
-bulk, the waiting steps closed with one UPDATE per outcome and step (journeys.engine.batch).
+bulk, the waiting steps closed with one UPDATE per outcome (journeys.engine.batch).
 A task that is lost (a killed worker on the Redis broker) costs the lease, not the run: its
 runs are due again when the lease has passed and the tick claims them again.
 

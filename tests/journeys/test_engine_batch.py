@@ -260,3 +260,54 @@ def test_statements_for_resumed_runs_do_not_grow_with_the_number_of_events(api, 
     assert sorted(set(steps.values_list("step_key", "outcome"))) == [("send", "next"), ("wait", "event")]
     assert steps.count() == 120 and not steps.filter(finished_at__isnull=True).exists()
     assert Delivery.objects.count() == 60
+
+
+def test_runs_resumed_at_different_visits_of_a_loop_are_closed_together(api, mail, publish, django_capture_on_commit_callbacks):
+    """A reminder loop: each ping closes the wait and the run waits again (the next visit). Runs at
+    many different visits resumed in one batch cost what runs at one visit cost, and every row of
+    the visit they waited at is finished, no other."""
+    loop = publish({
+        "trigger_kind": "event", "trigger_event": "Checkout Started", "reentry_policy": "always",
+        "steps": [{"key": "wait", "kind": "wait_for_event", "config": {"event": "Ping", "timeout": "1h"}},
+                  {"key": "send", "kind": "send_message", "config": {"channel": "mail", "template": "cart"}}],
+        "edges": [{"from": "wait", "outcome": "event", "to": "send"}, {"from": "send", "outcome": "next", "to": "wait"}],
+    })
+    users = [f"v{i}" for i in range(36)]
+    identify(api, django_capture_on_commit_callbacks, users)
+    store(api, django_capture_on_commit_callbacks, checkouts(users), process=True)
+
+    def pings(who, tag):
+        return [{"messageId": f"p-{tag}-{u}", "userId": u, "event": "Ping", "properties": {"total": 1}} for u in who]
+
+    # Earlier pings, one batch per round: customer i has made i % 6 loops (waits at visit i % 6 + 1).
+    for n in range(1, 6):
+        store(api, django_capture_on_commit_callbacks, pings([u for i, u in enumerate(users) if i % 6 >= n], f"r{n}"),
+              process=True)
+    same_visit = [u for i, u in enumerate(users) if i % 6 == 0]  # six customers, all at visit 1
+    few = store(api, django_capture_on_commit_callbacks, pings(same_visit[1:], "few"))
+    many = store(api, django_capture_on_commit_callbacks, pings([u for u in users if u not in same_visit], "many"))
+    events_process(event_ids=store(api, django_capture_on_commit_callbacks, pings(same_visit[:1], "warm")))
+
+    with CaptureQueriesContext(connection) as at_one_visit:
+        assert events_process(event_ids=few) == 5
+    with CaptureQueriesContext(connection) as at_five_visits:
+        assert events_process(event_ids=many) == 30
+
+    def closes(captured):
+        return [q["sql"] for q in captured if q["sql"].startswith('UPDATE "journeys_stepexecution"')]
+
+    assert len(closes(at_one_visit)) == len(closes(at_five_visits)) == 1, closes(at_five_visits)
+    if connection.vendor == "postgresql":  # SQLite writes run states one UPDATE per distinct state (visits)
+        assert len(at_five_visits.captured_queries) <= len(at_one_visit.captured_queries) + 2, (
+            [q["sql"][:150] for q in at_five_visits.captured_queries])
+    for i, user in enumerate(users):
+        run = JourneyRun.objects.get(version=loop, customer__external_id=user)
+        waits = list(StepExecution.objects.filter(run=run, step_key="wait").order_by("visit")
+                     .values_list("visit", "outcome", "finished_at"))
+        loops = i % 6 + 1
+        assert run.status == "waiting" and run.visits["wait"] == loops + 1
+        assert [(visit, outcome) for visit, outcome, _ in waits] == [
+            *((v, "event") for v in range(1, loops + 1)), (loops + 1, "")]
+        assert all(at is not None for _, _, at in waits[:-1]) and waits[-1][2] is None
+    assert Delivery.objects.filter(run_id__in=JourneyRun.objects.filter(version=loop).values("pk")).count() == sum(
+        i % 6 + 1 for i in range(36))
