@@ -12,6 +12,7 @@ import re
 import secrets
 import smtplib
 import socket
+import time
 from email.header import Header
 from email.utils import formatdate, parseaddr
 
@@ -97,6 +98,17 @@ def _quoted_printable(text: str) -> bytes:
     return binascii.b2a_qp(text.replace("\r\n", "\n").encode(), istext=True).replace(b"\n", b"\r\n")
 
 
+_date: list = [None, b""]  # (second, localtime) -> the Date header: formatted once a second, not per message
+
+
+def _date_header() -> bytes:
+    localtime = bool(django_settings.EMAIL_USE_LOCALTIME)
+    key = (int(time.time()), localtime)
+    if _date[0] != key:
+        _date[:] = [key, _header("Date", formatdate(key[0], localtime=localtime))]
+    return _date[1]
+
+
 def mime_bytes(message: OutgoingMessage, *, sender: str, recipient: str, headers: dict) -> bytes:
     """The message as sent: UTF-8 text (and HTML, as multipart/alternative), quoted-printable.
 
@@ -104,7 +116,7 @@ def mime_bytes(message: OutgoingMessage, *, sender: str, recipient: str, headers
     message (header folding, a regex compiled per boundary): a batch builds thousands. The
     boundary starts with "=_", which quoted-printable content can never contain."""
     out = [_header("Subject", message.subject), _header("From", sender), _header("To", recipient),
-           _header("Date", formatdate(localtime=django_settings.EMAIL_USE_LOCALTIME)),
+           _date_header(),
            *(_header(name, str(value)) for name, value in headers.items()), b"MIME-Version: 1.0\r\n"]
     text = b'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
     if not message.html_body:

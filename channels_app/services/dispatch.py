@@ -89,24 +89,50 @@ class Sent:
 _MARK_SQL = "UPDATE channels_app_delivery SET accepted_at = %s, provider_message_id = %s, latency_ms = %s WHERE id = %s"
 
 
-def _mark_accepted(delivery: Delivery, result: SendResult, latency_ms: int, now: datetime) -> None:
-    """The provider has the message: say so on its row at once (its own statement, committed
+class _Marks:
+    """Each message the provider has is marked on its row at once (its own statement, committed
     unless a caller's transaction is open), so a worker killed before the batch's results are
-    written never sends it again."""
-    delivery.accepted_at = delivery.sent_at = now
-    delivery.latency_ms = latency_ms
-    delivery.provider_message_id = (result.provider_message_id or "")[:255]
-    params = [now, delivery.provider_message_id, latency_ms, delivery.pk]
-    if connection.vendor == "postgresql" and not connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS"):
+    written never sends it again. One channel's part of a batch: one cursor for all its marks."""
+
+    def __init__(self) -> None:
         # The one statement per message of the send loop, prepared once per connection: Django's
         # cursors bind client-side, so PostgreSQL would parse and plan it for every message (~40%
         # of its cost). Off behind PgBouncer (DB_DISABLE_SERVER_SIDE_CURSORS, docs/SCALING.md).
-        connection.ensure_connection()
-        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-            cursor.execute(_MARK_SQL, params, prepare=True)
-        return
-    with connection.cursor() as cursor:
-        cursor.execute(_MARK_SQL, params)
+        self.prepared = (connection.vendor == "postgresql"
+                         and not connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS"))
+        self.cursor: psycopg.Cursor | None = None
+
+    def mark(self, delivery: Delivery, result: SendResult, latency_ms: int, now: datetime) -> None:
+        delivery.accepted_at = delivery.sent_at = now
+        delivery.latency_ms = latency_ms
+        delivery.provider_message_id = (result.provider_message_id or "")[:255]
+        params = [now, delivery.provider_message_id, latency_ms, delivery.pk]
+        if not self.prepared:
+            with connection.cursor() as cursor:
+                cursor.execute(_MARK_SQL, params)
+            return
+        with connection.wrap_database_errors:
+            if self.cursor is None:
+                connection.ensure_connection()
+                self.cursor = psycopg.Cursor(connection.connection)
+            raw = self.cursor.connection
+            # Django connects with prepare_threshold None, with which psycopg ignores prepare=True;
+            # a threshold no query reaches lets only this explicit one be prepared, for this call.
+            threshold = raw.prepare_threshold
+            if threshold is None:
+                raw.prepare_threshold = _EXPLICIT_ONLY
+            try:
+                self.cursor.execute(_MARK_SQL, params, prepare=True)
+            finally:
+                raw.prepare_threshold = threshold
+
+    def close(self) -> None:
+        if self.cursor is not None:
+            self.cursor.close()
+            self.cursor = None
+
+
+_EXPLICIT_ONLY = 2**31 - 1
 
 
 class DispatchRun:
@@ -182,7 +208,7 @@ class DispatchRun:
         why_stopped = ""
         out: list[Sent] = []
         unit = provider.batch_unit()
-        results = provider.send_batch(messages)
+        results, marks = provider.send_batch(messages), _Marks()
         try:
             for d in group:
                 started = time.monotonic()
@@ -199,7 +225,7 @@ class DispatchRun:
                 latency = int((time.monotonic() - started) * 1000)
                 out.append(Sent(d, outcome, latency))
                 if isinstance(outcome, SendResult):
-                    _mark_accepted(d, outcome, latency, now)
+                    marks.mark(d, outcome, latency, now)
                     failures = 0
                 elif isinstance(outcome, NotSent):
                     break
@@ -210,6 +236,7 @@ class DispatchRun:
                 if why_stopped and len(out) % unit == 0:  # never inside a bulk request already made
                     break  # the rest goes to the fallback, waits, or gets a fresh provider
         finally:
+            marks.close()
             results.close()
         out += [Sent(d, NotSent(why_stopped or "not sent")) for d in group[len(out):]]
         return out

@@ -7,6 +7,7 @@ accepted message again, and deferred messages released in batches."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, time, timedelta
+from email.utils import parsedate_to_datetime
 
 import pytest
 from django.db import connection
@@ -68,8 +69,36 @@ def test_a_batch_of_emails_goes_over_one_smtp_session_and_a_refused_recipient_fa
     assert status(deliveries) == [("sent", "")] * 2 + [("failed", "permanent_error")] + [("sent", "")] * 2
     assert Event.objects.filter(name="Message Sent").count() == 4
     assert Event.objects.filter(name="Message Failed").count() == 1
-    # each message has its own stable Message-ID
+    # each message has its own stable Message-ID, and the time it was sent
     assert len({m["Message-ID"] for m in smtp.messages}) == 4
+    dates = [parsedate_to_datetime(m["Date"]) for m in smtp.messages]  # "-0000": UTC, naive
+    assert all(abs((d if d.tzinfo else d.replace(tzinfo=UTC)) - timezone.now()) < timedelta(seconds=30) for d in dates)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="server-side prepared statements are PostgreSQL's")
+def test_the_mark_of_each_accepted_message_is_planned_once_per_connection(
+        email, people, smtp, django_capture_on_commit_callbacks):
+    """The one statement a message of the send loop costs is a prepared statement: parsed and
+    planned once per connection, not for every message; nothing else is prepared by it."""
+    def marks() -> list[tuple]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT statement, generic_plans + custom_plans FROM pg_prepared_statements "
+                           "WHERE statement LIKE %s", ["UPDATE channels_app_delivery SET accepted_at%"])
+            return cursor.fetchall()
+
+    first = record(email, people[:2], django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+    deliveries_dispatch(delivery_ids=[d.pk for d in first])
+    assert [uses for _, uses in marks()] == [2]
+    later = record(email, people[2:], django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+    deliveries_dispatch(delivery_ids=[d.pk for d in later])
+
+    assert [uses for _, uses in marks()] == [5]  # the same statement, executed for every message
+    assert status(first + later) == [("sent", "")] * 5 and len(smtp.messages) == 5
+    assert connection.connection.prepare_threshold is None  # Django's queries stay unprepared
+    Delivery.objects.filter(pk=first[0].pk).exists()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_prepared_statements")
+        assert cursor.fetchone() == (1,)
 
 
 def test_a_dropped_smtp_connection_fails_only_the_message_in_flight_and_the_next_reconnects(
