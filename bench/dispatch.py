@@ -4,7 +4,7 @@ provider to a local HTTP server, against a bare client sending the same messages
 connection to the same server in the same run.
 
     .venv/bin/python bench/dispatch.py [--events 3000] [--burst 2000] [--providers smtp,webhook] [--quick]
-                                       [--resume] [--profile PREFIX]
+                                       [--resume] [--profile PREFIX] [--server-latency-ms 20]
 
 What runs: a private PostgreSQL (bench/common.py), gunicorn (2 sync workers), `manage.py
 qcluster` (Q_WORKERS=2, ORM broker) and the receiving server, each its own process (the
@@ -29,6 +29,11 @@ reported next to the wall-clock rates (this machine is shared).
 cart journey waits for: trigger "Cart Updated" -> wait_for_event -> send_message). Before each
 timed run, every customer of it gets one "Cart Updated" event and the runs are left waiting (not
 timed); the timed events then close those waits and send. Same figures, same baseline.
+
+--server-latency-ms N: the receiving server answers each message N ms later (SMTP: the reply to
+DATA; HTTP: the response), as a relay or an API across a network does; the bare client pays the
+same. Local servers answer in well under a millisecond, so without it the bench measures CPU;
+with it, how many sessions a dispatcher keeps busy at once (a channel's `connections`).
 
 Last stdout line: {"bench": "dispatch", "smtp_ratio": ..., "smtp_burst_p99_s": ..., "webhook_ratio": ..., ...}
 """
@@ -63,8 +68,9 @@ FROM = "shop@bench.test"
 # --- the receiving servers (a child process: --_sink smtp|webhook) ---------------------------------
 
 
-def run_sink(kind: str, port: int, out: str) -> None:
-    """Receive messages until SIGTERM; one JSON line per message: arrival time, key, raw content."""
+def run_sink(kind: str, port: int, out: str, latency_s: float = 0.0) -> None:
+    """Receive messages until SIGTERM; one JSON line per message: arrival time, key, raw content.
+    latency_s: each message is answered that much later (a server across a network)."""
     lock = threading.Lock()
     sink = open(out, "a", buffering=1 << 16)
     signal.signal(signal.SIGTERM, lambda *_: (sink.flush(), os._exit(0)))
@@ -79,8 +85,12 @@ def run_sink(kind: str, port: int, out: str) -> None:
     if kind == "smtp":
         from aiosmtpd.controller import Controller
 
+        import asyncio
+
         class Handler:
             async def handle_DATA(self, server, session, envelope):
+                if latency_s:
+                    await asyncio.sleep(latency_s)
                 write({"t": time.time(), "to": envelope.rcpt_tos[0], "from": envelope.mail_from,
                        "raw": envelope.original_content.decode("latin-1")})
                 return "250 OK"
@@ -101,6 +111,8 @@ def run_sink(kind: str, port: int, out: str) -> None:
                                    if k.lower() in ("content-type", "x-timestamp", "x-signature", "idempotency-key",
                                                     "user-agent")}})
                 answer = b'{"id": "ok"}'
+                if latency_s:
+                    time.sleep(latency_s)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(answer)))
@@ -122,13 +134,14 @@ def run_sink(kind: str, port: int, out: str) -> None:
 class Sink:
     """The receiving server as a child process; `rows()` reads what it received so far."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, latency_ms: float = 0.0) -> None:
         self.kind, self.port = kind, free_port()
         LOG_DIR.mkdir(exist_ok=True)
         self.path = LOG_DIR / f"bench-dispatch-{kind}-sink.jsonl"
         self.path.write_text("")
         self.proc = subprocess.Popen([str(PYTHON), str(Path(__file__).resolve()), "--_sink", kind,
-                                      "--_port", str(self.port), "--_out", str(self.path)], cwd=ROOT,
+                                      "--_port", str(self.port), "--_out", str(self.path),
+                                      "--server-latency-ms", str(latency_ms)], cwd=ROOT,
                                      start_new_session=True)
         self._offset, self._rows = 0, []
         deadline = time.monotonic() + 30
@@ -313,7 +326,7 @@ def bare_http(port: int, rows: list[dict]) -> tuple[float, float]:
 
 
 def provider_run(s, postmaster: int, kind: str, args) -> dict:
-    sink = Sink(kind)
+    sink = Sink(kind, args.server_latency_ms)
     try:
         run_child(s.env, ["--_seed", kind, "--_port", str(sink.port), *(["--resume"] if args.resume else [])])
         sender = Sender(s.port, s.write_key)
@@ -406,6 +419,8 @@ def parse(argv=None):
     p.add_argument("--quick", action="store_true", help="1,000 events in the throughput run")
     p.add_argument("--resume", action="store_true", help="the events resume waiting runs (see above)")
     p.add_argument("--profile", metavar="PREFIX", help="py-spy the workers in the throughput run (PREFIX.<provider>.txt)")
+    p.add_argument("--server-latency-ms", type=float, default=0.0,
+                   help="the receiving server answers each message this much later (a relay or API across a network)")
     p.add_argument("--_sink", help=argparse.SUPPRESS)
     p.add_argument("--_seed", help=argparse.SUPPRESS)
     p.add_argument("--_port", type=int, help=argparse.SUPPRESS)
@@ -419,7 +434,7 @@ def parse(argv=None):
 def main() -> int:
     args = parse()
     if args._sink:
-        run_sink(args._sink, args._port, args._out)
+        run_sink(args._sink, args._port, args._out, args.server_latency_ms / 1000)
         return 0
     if args._seed:
         print(json.dumps(seed(args._seed, args._port, resume=args.resume)))
@@ -449,7 +464,7 @@ def main() -> int:
     targets = {f"{kind}_ratio>=0.8": r["ratio"] >= 0.8 for kind, r in results.items()}
     targets.update({f"{kind}_burst_p99<5s": r["burst_p99_s"] < 5 for kind, r in results.items()})
     report("dispatch", **figures, ok=all(targets.values()), targets=targets, events=args.events, burst=args.burst,
-           resume=args.resume,
+           resume=args.resume, server_latency_ms=args.server_latency_ms,
            **{kind: r for kind, r in results.items()},
            machine={**machine, "loadavg_end": [round(x, 2) for x in os.getloadavg()]})
     return 0

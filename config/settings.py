@@ -285,6 +285,10 @@ DELIVERY_BATCH_SIZE = env_int("DELIVERY_BATCH_SIZE", 200)
 DELIVERY_SENDING_LEASE_S = env_int("DELIVERY_SENDING_LEASE_S", 600)
 DELIVERY_DRAIN_TASKS = env_int("DELIVERY_DRAIN_TASKS", 2)
 DELIVERY_DRAIN_SECONDS = env_int("DELIVERY_DRAIN_SECONDS", 40)
+# Sessions (SMTP connections, HTTP keep-alive connections) a dispatcher opens at once for a
+# channel's part of a batch (at least 20 messages a session) with a provider across a network;
+# a channel's settings {"connections": n} override it (1: one session, one message at a time).
+DELIVERY_CONNECTIONS = env_int("DELIVERY_CONNECTIONS", 4)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],

@@ -74,6 +74,10 @@ class Provider:
     host_settings: ClassVar[tuple[str, ...]] = ()
     # Whether messages should carry a signed status-callback URL (signing one costs ~40 us).
     status_callbacks: ClassVar[bool] = False
+    # Whether a dispatcher may send a large batch over several instances at once (settings
+    # "connections", default DELIVERY_CONNECTIONS): for providers across a network, where a
+    # message's round trips, not CPU, bound the rate of one session. Instances must not share state.
+    concurrent: ClassVar[bool] = False
 
     def __init__(self, settings: dict):
         self.settings = settings or {}

@@ -137,6 +137,7 @@ class SmtpProvider(Provider):
     name = "smtp"
     kinds = ("email",)
     host_settings = ("host",)
+    concurrent = True
 
     def __init__(self, settings: dict):
         super().__init__(settings)

@@ -29,6 +29,7 @@ class HttpProvider(Provider):
     pinned to the checked address, keep-alive between the sends of one provider instance."""
 
     url_settings = ("base_url", "url")
+    concurrent = True
 
     def timeout(self) -> float:
         return float(self.settings.get("timeout") or DEFAULT_TIMEOUT_S)

@@ -9,6 +9,7 @@ import re
 from journeys.errors import OutboundRefused, OutboundUnreachable, SecretUnavailable
 from journeys.services.outbound import outbound_host_check, outbound_secret_name_check, outbound_url_problem
 
+MAX_CONNECTIONS = 32
 SECRET_KEY_RE = re.compile(r"(secret|token|password|passwd|api_?key|private|credential)", re.IGNORECASE)
 
 
@@ -19,7 +20,8 @@ def channel_settings_problems(*, provider: str, settings: object) -> list[str]:
     - a key that looks like a secret must name an environment variable instead (`..._env`);
     - every `..._env` value must be a JOURNEYS_SECRET_... variable name;
     - every URL the provider connects to must be http(s) to an allowed address;
-    - a host the provider connects to (SMTP) must be an allowed address."""
+    - a host the provider connects to (SMTP) must be an allowed address;
+    - `connections` (sessions at once for a large batch) is a whole number from 1 to 32."""
     from channels_app.providers import PROVIDERS
 
     if not isinstance(settings, dict):
@@ -34,6 +36,11 @@ def channel_settings_problems(*, provider: str, settings: object) -> list[str]:
         elif SECRET_KEY_RE.search(key):
             problems.append(f"{key!r} looks like a secret: keep secrets in the environment and name the variable "
                             f"instead, e.g. \"{key}_env\": \"JOURNEYS_SECRET_{key.upper()}\"")
+    if "connections" in settings:
+        value = settings["connections"]
+        if not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_CONNECTIONS):
+            problems.append(f"connections: must be a whole number from 1 to {MAX_CONNECTIONS} (sessions a "
+                            f"dispatcher opens at once for a large batch), not {value!r}")
     cls = PROVIDERS.get(provider)
     for key in getattr(cls, "url_settings", ()):
         if key in settings:

@@ -24,14 +24,16 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -41,6 +43,7 @@ from channels_app.providers import (
     OutgoingMessage, PermanentError, Provider, ProviderError, SendResult, TransientError, get_provider,
 )
 from channels_app.services import breaker as breakers
+from channels_app.services.channel_settings import MAX_CONNECTIONS
 from channels_app.services.claim import (
     QUEUED_GRACE, Claimed, batch_size, deliveries_claim, deliveries_due_q, sending_lease,
 )
@@ -158,8 +161,8 @@ class DispatchRun:
                 logger.exception("closing provider %s failed", provider.name)
         self.providers.clear()
 
-    def _provider(self, channel: Channel) -> Provider:
-        key = (channel.pk, channel.provider, json.dumps(channel.settings or {}, sort_keys=True, default=str))
+    def _provider(self, channel: Channel, lane: int = 0) -> Provider:
+        key = (channel.pk, channel.provider, json.dumps(channel.settings or {}, sort_keys=True, default=str), lane)
         if key not in self.providers:
             self.providers[key] = get_provider(channel.provider, channel.settings)
         return self.providers[key]
@@ -195,51 +198,183 @@ class DispatchRun:
         return claimed, again
 
     def _send(self, group: list[Delivery], admission: breakers.Admission | None, now: datetime) -> list[Sent]:
-        """One channel's part of a batch, through the provider's batch entry point. Stops at
-        the failure that opens the breaker (the rest is not sent: claimed again at once)."""
+        """One channel's part of a batch, through the provider's batch entry point (a large part of
+        a concurrent provider's: over several sessions at once, `_Lanes`). Stops at the failure
+        that opens the breaker (the rest is not sent: claimed again at once)."""
         channel = group[0].channel
+        probe = bool(admission and admission.probe)
         try:
             provider = self._provider(channel)
             messages = [_outgoing(d, status_callback=provider.status_callbacks) for d in group]
+            lanes = 1 if probe or provider.batch_unit() > 1 else lane_count(channel, provider, len(group))
+            providers = [provider, *(self._provider(channel, lane) for lane in range(1, lanes))]
         except ProviderError as exc:  # unknown provider, bad settings
             return [Sent(d, exc) for d in group]
         failures = admission.failures if admission else 0
-        probe = bool(admission and admission.probe)
         why_stopped = ""
         out: list[Sent] = []
         unit = provider.batch_unit()
-        results, marks = provider.send_batch(messages), _Marks()
+        source = _Lanes(providers, group, messages) if lanes > 1 else _Session(provider, group, messages)
+        marks = _Marks()
         try:
-            for d in group:
-                started = time.monotonic()
-                try:
-                    outcome = next(results)
-                except StopIteration:  # handed over, but no word on it: retried later (same idempotency key)
+            for d, outcome, latency in source:
+                if outcome is _NO_OUTCOME:  # handed over, but no word on it: retried later (same idempotency key)
                     outcome = TransientError(f"provider {channel.provider} gave no outcome for this message")
-                except Exception as exc:  # a provider bug must not leave rows "sending" until the lease ends
-                    logger.exception("provider %s crashed on delivery %s", channel.provider, d.pk)
-                    outcome, why_stopped = PermanentError(f"{type(exc).__name__}: {exc}"), "the provider crashed"
-                    self._forget(channel)
-                if not isinstance(outcome, (SendResult, ProviderError, NotSent)):
+                elif isinstance(outcome, Exception) and not isinstance(outcome, ProviderError):
+                    # a provider bug must not leave rows "sending" until the lease ends
+                    logger.error("provider %s crashed on delivery %s", channel.provider, d.pk, exc_info=outcome)
+                    outcome, why_stopped = PermanentError(f"{type(outcome).__name__}: {outcome}"), "the provider crashed"
+                elif not isinstance(outcome, (SendResult, ProviderError, NotSent)):
                     outcome = PermanentError(f"provider {channel.provider} answered {outcome!r}")
-                latency = int((time.monotonic() - started) * 1000)
                 out.append(Sent(d, outcome, latency))
                 if isinstance(outcome, SendResult):
                     marks.mark(d, outcome, latency, now)
                     failures = 0
                 elif isinstance(outcome, NotSent):
-                    break
+                    source.stop()
                 elif outcome.transient:
                     failures += 1
                     if probe or failures >= channel.breaker_threshold:
                         why_stopped = f"the breaker of {channel.name} opened during the batch"
                 if why_stopped and len(out) % unit == 0:  # never inside a bulk request already made
-                    break  # the rest goes to the fallback, waits, or gets a fresh provider
+                    source.stop()  # the rest goes to the fallback, waits, or gets a fresh provider
         finally:
             marks.close()
-            results.close()
-        out += [Sent(d, NotSent(why_stopped or "not sent")) for d in group[len(out):]]
+            source.close()
+        if why_stopped == "the provider crashed":
+            self._forget(channel)
+        reported = {s.delivery.pk for s in out}
+        out += [Sent(d, NotSent(why_stopped or "not sent")) for d in group if d.pk not in reported]
         return out
+
+
+LANE_MIN_MESSAGES = 20  # a message part smaller than this per session is sent over fewer sessions
+
+
+def lane_count(channel: Channel, provider: Provider, messages: int) -> int:
+    """Sessions for a channel's part of a batch: the channel's `connections` setting (default
+    DELIVERY_CONNECTIONS) for a concurrent provider, fewer for a small part, 1 otherwise."""
+    if not provider.concurrent:
+        return 1
+    default = getattr(settings, "DELIVERY_CONNECTIONS", 4)
+    try:  # a value saved before the admin checked it (channel_settings) is not worth a failed batch
+        wanted = int((channel.settings or {}).get("connections") or default)
+    except (TypeError, ValueError):
+        wanted = default
+    return max(1, min(wanted, MAX_CONNECTIONS, messages // LANE_MIN_MESSAGES))
+
+
+_NO_OUTCOME = object()
+
+
+class _Session:
+    """A channel's part of a batch over one provider instance: (delivery, outcome, latency) in
+    order, message n+1 handed over only when the report of n has been taken; an outcome is the
+    provider's answer, the exception a crashed provider raised, or _NO_OUTCOME."""
+
+    def __init__(self, provider: Provider, group: list[Delivery], messages: list[OutgoingMessage]) -> None:
+        self.group, self.results, self.stopped = group, provider.send_batch(messages), False
+
+    def __iter__(self):
+        for d in self.group:
+            if self.stopped:
+                return
+            started = time.monotonic()
+            try:
+                outcome = next(self.results)
+            except StopIteration:
+                outcome = _NO_OUTCOME
+            except Exception as exc:  # noqa: BLE001 - reported (the dispatcher fails the message and stops)
+                outcome = exc
+            yield d, outcome, int((time.monotonic() - started) * 1000)
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def close(self) -> None:
+        self.results.close()
+
+
+class _Lanes:
+    """A channel's part of a batch over several provider instances at once, each in a thread of
+    its own (a lane). A lane takes the next message not yet handed to any lane, and hands its
+    provider the one after only when the dispatcher has taken (and marked) the report of the
+    last: so at most one message per lane is ever accepted and not yet marked, and after
+    `stop()` no lane starts another one. Lanes never touch the database; the dispatcher's
+    thread takes the reports as they come (completion order) and writes the marks."""
+
+    def __init__(self, providers: list[Provider], group: list[Delivery], messages: list[OutgoingMessage]) -> None:
+        self.group, self.messages = group, messages
+        self.pending = deque(range(len(group)))
+        self.lock = threading.Lock()
+        self.reports: queue.SimpleQueue = queue.SimpleQueue()
+        self.stopped = threading.Event()
+        self.taken = [threading.Semaphore(0) for _ in providers]
+        self.threads = [threading.Thread(target=self._lane, args=(i, p), name=f"dispatch-lane-{i}", daemon=True)
+                        for i, p in enumerate(providers)]
+        self.started = False
+
+    def _feed(self, lane: int, current: list):
+        while not self.stopped.is_set():
+            with self.lock:
+                if not self.pending:
+                    return
+                current[0] = self.pending.popleft()
+            yield self.messages[current[0]]
+
+    def _lane(self, lane: int, provider: Provider) -> None:
+        current: list = [None]  # the index of the message handed to the provider and not reported yet
+        results = provider.send_batch(self._feed(lane, current))
+        try:
+            while True:
+                started = time.monotonic()
+                try:
+                    outcome = next(results)
+                except StopIteration:
+                    if current[0] is None:
+                        return
+                    outcome = _NO_OUTCOME
+                except Exception as exc:  # noqa: BLE001 - reported; a crashed provider sends no more
+                    outcome = exc
+                self.reports.put((lane, current[0], outcome, int((time.monotonic() - started) * 1000)))
+                current[0] = None
+                self.taken[lane].acquire()
+                if isinstance(outcome, Exception) and not isinstance(outcome, ProviderError):
+                    return
+        finally:
+            try:
+                results.close()
+            except Exception:  # noqa: BLE001
+                logger.exception("closing the sends of provider %s failed", provider.name)
+            connections.close_all()  # a provider that read the database did it on this thread's connection
+            self.reports.put((lane, None, None, 0))
+
+    def __iter__(self):
+        self.started = True
+        for thread in self.threads:
+            thread.start()
+        live = len(self.threads)
+        while live:
+            lane, index, outcome, latency = self.reports.get()
+            if index is None:
+                live -= 1
+                continue
+            yield self.group[index], outcome, latency
+            self.taken[lane].release()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def close(self) -> None:
+        """Stop handing out messages and wait for the lanes (a report not taken is not marked:
+        as when a worker dies mid-send, its row waits for the lease)."""
+        self.stopped.set()
+        if not self.started:
+            return
+        for taken in self.taken:
+            taken.release()
+        for thread in self.threads:
+            thread.join()
 
 
 def _event(delivery: Delivery, name: str, message_id: str, at: datetime, **extra):

@@ -81,6 +81,7 @@ class FakeVendor:
         self.requests: list[Recorded] = []
         self.ports: list[int] = []  # the client's port of each request: one per connection (keep-alive)
         self.queue: list[Plan] = []
+        self.in_flight = self.max_in_flight = 0  # requests being answered at once (concurrent connections)
         self.default = Plan(200, {"id": "ok-1", "sid": "SM123", "name": "projects/p/messages/9", "ok": True, "ts": "1.2"})
         self.lock = threading.Lock()
         vendor = self
@@ -96,8 +97,12 @@ class FakeVendor:
                     vendor.requests.append(Recorded("POST", self.path, dict(self.headers), body))
                     vendor.ports.append(self.client_address[1])
                     plan = vendor.queue.pop(0) if vendor.queue else vendor.default
+                    vendor.in_flight += 1
+                    vendor.max_in_flight = max(vendor.max_in_flight, vendor.in_flight)
                 if plan.delay:
                     time.sleep(plan.delay)
+                with vendor.lock:
+                    vendor.in_flight -= 1  # answered (before the client can read the answer)
                 payload = json.dumps(plan.body).encode()
                 try:
                     self.send_response(plan.status)

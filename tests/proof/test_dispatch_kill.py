@@ -27,6 +27,7 @@ from collections import Counter
 from datetime import timedelta
 from email import message_from_bytes, policy
 
+import pytest
 from aiosmtpd.controller import Controller
 from django.db import connection
 from django.utils import timezone
@@ -41,26 +42,30 @@ from tests.proc import QCluster, database_url, free_port, pid_owning_port, wait_
 
 pytestmark = on_postgres("real worker processes on the test database")
 
-N, K, LEASE_S = 30, 11, 8
+K, LEASE_S = 11, 8
 
 
 class HoldingSink:
     """aiosmtpd handler: records every message it accepts (recipient, Message-ID), and holds the
-    RCPT of the K-th message (no answer) until released, telling the test the client's port."""
+    RCPT of the K-th message and of every one after it (no answer) until released; `held` is set
+    once `sessions` sessions wait there (every session of the dispatcher: none is between an
+    accepted message and its mark), `held_peer` is a client's address."""
 
-    def __init__(self, hold_at: int):
+    def __init__(self, hold_at: int, sessions: int = 1):
         self.received: list[tuple[str, str]] = []
-        self.rcpts = 0
-        self.hold_at = hold_at
+        self.rcpts = self.holding = 0
+        self.hold_at, self.sessions = hold_at, sessions
         self.held = threading.Event()
         self.release = threading.Event()
         self.held_peer: tuple | None = None
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         self.rcpts += 1
-        if self.rcpts == self.hold_at:
+        if self.rcpts >= self.hold_at and not self.release.is_set():
             self.held_peer = session.peer
-            self.held.set()
+            self.holding += 1
+            if self.holding == self.sessions:
+                self.held.set()
             while not self.release.is_set():
                 await asyncio.sleep(0.05)
         envelope.rcpt_tos.append(address)
@@ -72,13 +77,17 @@ class HoldingSink:
         return "250 Message accepted for delivery"
 
 
-def test_a_worker_killed_mid_batch_sends_each_message_exactly_once(api, orm_broker, settings):
+@pytest.mark.parametrize(("count", "sessions"), [(30, 1), (100, 4)], ids=["one_session", "four_sessions"])
+def test_a_worker_killed_mid_batch_sends_each_message_exactly_once(api, orm_broker, settings, count, sessions):
+    """With four sessions (a large batch over `connections`), the worker is killed while every
+    session waits at its next message's RCPT, each having marked the one before."""
     settings.DELIVERY_SENDING_LEASE_S = LEASE_S
-    sink = HoldingSink(hold_at=K)
+    sink = HoldingSink(hold_at=K, sessions=sessions)
     smtp = Controller(sink, hostname="127.0.0.1", port=free_port())
     smtp.start()
     Channel.objects.create(name="proof-mail", kind="email", provider="smtp", settings={
-        "host": smtp.hostname, "port": smtp.port, "from_email": "news@shop.test", "timeout": 60})
+        "host": smtp.hostname, "port": smtp.port, "from_email": "news@shop.test", "timeout": 60,
+        "connections": sessions})
     MessageTemplate.objects.create(name="proof-receipt", subject="Thanks", body="Order {{ event.properties.n }}")
     unit = BusinessUnit.objects.create(name="Proof", slug="proof")
     version_publish(version=version_build(workflow=workflow_create(name="kill-proof", business_unit=unit), definition={
@@ -86,7 +95,7 @@ def test_a_worker_killed_mid_batch_sends_each_message_exactly_once(api, orm_brok
         "steps": [{"key": "send", "kind": "send_message", "config": {"channel": "proof-mail",
                                                                      "template": "proof-receipt"}}],
     }), reason="test")
-    people = [CustomerFactory(external_id=f"k{i}", email=f"k{i}@example.com") for i in range(N)]
+    people = [CustomerFactory(external_id=f"k{i}", email=f"k{i}@example.com") for i in range(count)]
     response = api.post("batch", {"batch": [{"type": "track", "userId": p.external_id, "event": "Order Completed",
                                              "messageId": f"order-{i}", "properties": {"n": i}}
                                             for i, p in enumerate(people)]})
@@ -100,7 +109,7 @@ def test_a_worker_killed_mid_batch_sends_each_message_exactly_once(api, orm_brok
                        message=f"the worker to reach message {K}\n{cluster.output()}")
             worker = pid_owning_port(sink.held_peer[1], cluster.pids())
             assert worker not in (None, cluster.pgid), "could not find the sending worker"
-            cluster.signal(signal.SIGKILL, worker)  # mid-batch: K-1 accepted, one in flight, the rest waiting
+            cluster.signal(signal.SIGKILL, worker)  # mid-batch: K-1 accepted, one in flight a session, the rest waiting
             killed_at = timezone.now()
             sink.release.set()
             assert len(sink.received) == K - 1
@@ -117,7 +126,7 @@ def test_a_worker_killed_mid_batch_sends_each_message_exactly_once(api, orm_brok
             # After the lease, the sweeper: accepted ones are recorded as sent, the others are drained.
             time.sleep(max(0.0, LEASE_S + 0.5 - (timezone.now() - killed_at).total_seconds()))
             assert deliveries_dispatch_due() > 0
-            wait_until(lambda: Delivery.objects.filter(status="sent").count() == N, timeout=60, interval=0.2,
+            wait_until(lambda: Delivery.objects.filter(status="sent").count() == count, timeout=60, interval=0.2,
                        message=f"every delivery sent after the lease\n{cluster.output()}")
     finally:
         sink.release.set()
@@ -125,10 +134,10 @@ def test_a_worker_killed_mid_batch_sends_each_message_exactly_once(api, orm_brok
 
     per_customer = Counter(to for to, _ in sink.received)
     assert per_customer == Counter({p.email: 1 for p in people}), "a customer got two messages, or none"
-    assert len({mid for _, mid in sink.received}) == N
-    assert Event.objects.filter(name="Message Sent").count() == N
+    assert len({mid for _, mid in sink.received}) == count
+    assert Event.objects.filter(name="Message Sent").count() == count
     retried = Delivery.objects.filter(attempts=2)
-    assert retried.count() == N - (K - 1)  # the one in flight and those not reached: sent after the lease
+    assert retried.count() == count - (K - 1)  # the one in flight and those not reached: sent after the lease
 
 
 def _task_done(func: str) -> bool:

@@ -1,0 +1,109 @@
+"""A large batch for a provider across a network goes over several sessions at once (the
+channel's `connections`): a remote SMTP relay or HTTP API answers in tens of milliseconds, and
+one session would bound a dispatcher to a few dozen messages a second. Real servers; each
+message still goes out once, is marked as soon as it is accepted, and a breaker that opens
+mid-batch stops every session."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from django.db.models import Count
+
+from channels_app.models import Delivery, DeliveryAttempt
+from channels_app.services import deliveries_dispatch
+from channels_app.services.channel_settings import channel_settings_problems
+from journeys.models import Event
+from tests.channels_app.factories import ChannelFactory, CustomerFactory
+from tests.channels_app.servers import Plan
+from tests.channels_app.test_dispatch_batch import record
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def crowd():
+    return [CustomerFactory(external_id=f"c{i}", email=f"c{i}@example.com", traits={"first_name": f"C{i}"})
+            for i in range(100)]
+
+
+def hook_channel(vendor, monkeypatch, **extra):
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_HOOK", "s3cret")
+    settings = {"url": vendor.url + "/hook", "secret_env": "JOURNEYS_SECRET_TEST_HOOK", "timeout": 5, "connections": 4}
+    return ChannelFactory(name="hook", kind="webhook", provider="webhook", retry_base_s=10,
+                          **{"breaker_threshold": 5, **extra}, settings=settings)
+
+
+def test_a_large_batch_of_emails_goes_over_several_smtp_sessions_each_message_once(
+        smtp, crowd, django_capture_on_commit_callbacks):
+    email = ChannelFactory(name="email", kind="email", provider="smtp",
+                           settings={"from_email": "news@shop.test", "connections": 4})
+    deliveries = record(email, crowd, django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+
+    deliveries_dispatch(delivery_ids=[d.pk for d in deliveries])
+
+    assert sorted(m["To"] for m in smtp.messages) == sorted(c.email for c in crowd)  # each one, once
+    assert len(set(smtp.peers)) == 4  # four sessions
+    rows = Delivery.objects.filter(pk__in=[d.pk for d in deliveries])
+    assert set(rows.values_list("status", flat=True)) == {"sent"}
+    assert not rows.filter(accepted_at__isnull=True).exists()
+    assert len({m["Message-ID"] for m in smtp.messages}) == 100
+    assert DeliveryAttempt.objects.filter(delivery__in=rows).count() == 100
+    assert Event.objects.filter(name="Message Sent").count() == 100
+
+
+def test_a_slow_vendor_is_called_over_several_connections_at_once(vendor, monkeypatch, crowd,
+                                                                    django_capture_on_commit_callbacks):
+    vendor.default = Plan(200, {"id": "ok"}, delay=0.03)
+    hook = hook_channel(vendor, monkeypatch)
+    deliveries = record(hook, crowd[:80], django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+
+    deliveries_dispatch(delivery_ids=[d.pk for d in deliveries])
+
+    assert vendor.max_in_flight == 4 and len(set(vendor.ports)) == 4
+    keys = Counter(r.headers["Idempotency-Key"] for r in vendor.requests)
+    assert sorted(keys) == sorted(d.idempotency_key for d in deliveries) and set(keys.values()) == {1}
+    assert set(Delivery.objects.filter(pk__in=[d.pk for d in deliveries]).values_list("status", flat=True)) == {"sent"}
+
+
+def test_a_breaker_that_opens_mid_batch_stops_every_connection_and_nothing_goes_twice(
+        vendor, monkeypatch, crowd, django_capture_on_commit_callbacks):
+    vendor.plan(*[Plan(200, {"id": f"ok-{i}"}, delay=0.01) for i in range(10)])
+    vendor.default = Plan(503, {"error": "down"}, delay=0.01)
+    hook = hook_channel(vendor, monkeypatch, breaker_threshold=3)
+    deliveries = record(hook, crowd[:80], django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+
+    deliveries_dispatch(delivery_ids=[d.pk for d in deliveries])
+
+    rows = Delivery.objects.filter(pk__in=[d.pk for d in deliveries])
+    statuses = Counter(rows.values_list("status", "reason"))
+    assert statuses[("sent", "")] == 10
+    # every call is on record, one per message at most: the ones a lane had made when the breaker
+    # opened are taken too; no lane starts another after that (at most one more per lane)
+    calls = len(vendor.requests)
+    assert DeliveryAttempt.objects.filter(delivery__in=rows).count() == calls <= 10 + 3 + 4
+    assert not rows.annotate(n=Count("attempt_log")).filter(n__gt=1).exists()
+    assert len({r.headers["Idempotency-Key"] for r in vendor.requests}) == calls
+    assert statuses[("deferred", "retry")] == calls - 10  # the failed calls: retried later
+    assert statuses[("deferred", "breaker_open")] == 80 - calls  # never called: wait for the breaker
+
+
+def test_a_small_batch_keeps_one_connection(vendor, monkeypatch, crowd, django_capture_on_commit_callbacks):
+    hook = hook_channel(vendor, monkeypatch)
+    deliveries = record(hook, crowd[:30], django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+
+    deliveries_dispatch(delivery_ids=[d.pk for d in deliveries])
+
+    assert len(set(vendor.ports)) == 1 and len(vendor.requests) == 30  # 30 // 20 messages a session: one
+
+
+@pytest.mark.parametrize("value", [0, -1, 33, "4", 2.5, True])
+def test_connections_must_be_a_small_whole_number(value):
+    problems = channel_settings_problems(provider="smtp", settings={"connections": value})
+    assert problems and problems[0].startswith("connections:"), problems
+
+
+def test_connections_setting_accepts_1_to_32():
+    assert channel_settings_problems(provider="webhook", settings={"connections": 1, "url": "https://example.com/h"}) == []
+    assert channel_settings_problems(provider="smtp", settings={"connections": 32}) == []
