@@ -108,7 +108,7 @@ class _Marks:
     def mark(self, delivery: Delivery, result: SendResult, latency_ms: int, now: datetime) -> None:
         delivery.accepted_at = delivery.sent_at = now
         delivery.latency_ms = latency_ms
-        delivery.provider_message_id = (result.provider_message_id or "")[:255]
+        delivery.provider_message_id = (result.provider_message_id or "").replace("\x00", "")[:255]
         params = [now, delivery.provider_message_id, latency_ms, delivery.pk]
         if not self.prepared:
             with connection.cursor() as cursor:
@@ -384,6 +384,12 @@ def _event(delivery: Delivery, name: str, message_id: str, at: datetime, **extra
                          message_id=message_id, properties={**_event_properties(delivery), **extra}, at=at)
 
 
+def _error_text(error: ProviderError) -> str:
+    """A provider's error as stored: its message (an answer's body may hold anything), without
+    NUL characters, which PostgreSQL text and JSON refuse (one would fail the whole batch's record)."""
+    return str(error).replace("\x00", "\N{REPLACEMENT CHARACTER}")[:4000]
+
+
 def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) -> None:
     """Write a batch's results in one transaction: delivery rows (sent; deferred for a retry
     with backoff; failed; not sent: due again now), one attempt row per provider call, each
@@ -402,17 +408,18 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
             changed.append(d)
             continue
         ok = isinstance(outcome, SendResult)
+        error = "" if ok else _error_text(outcome)
         attempts.append({"delivery_id": d.pk, "channel_id": channel.pk, "at": now, "ok": ok,
                          "latency_ms": s.latency_ms, "transient": bool(not ok and outcome.transient),
-                         "error": "" if ok else str(outcome)[:4000], "status_code": outcome.status_code})
+                         "error": error, "status_code": outcome.status_code})
         if ok or outcome.transient:
-            per_channel.setdefault(channel.pk, (channel, []))[1].append((ok, "" if ok else str(outcome)))
+            per_channel.setdefault(channel.pk, (channel, []))[1].append((ok, error))
         if ok:
             accepted.append(d)
             d.status, d.next_attempt_at, d.reason, d.error = DeliveryStatus.SENT, None, "", ""
             events.append(_event(d, "Message Sent", f"sent:{d.pk}", d.sent_at or now))
             continue
-        d.error = str(outcome)[:4000]
+        d.error = error
         if outcome.transient and d.attempts < channel.max_attempts:
             d.status, d.reason = DeliveryStatus.DEFERRED, Reason.RETRY
             d.next_attempt_at = now + backoff_delay(attempt=d.attempts, base_s=channel.retry_base_s,
@@ -420,9 +427,17 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
         else:
             d.status, d.next_attempt_at = DeliveryStatus.FAILED, None
             d.reason = Reason.ATTEMPTS_EXHAUSTED if outcome.transient else Reason.PERMANENT_ERROR
-            events.append(_event(d, "Message Failed", f"status:{d.pk}:failed", now, error=d.error[:500]))
         changed.append(d)
     with transaction.atomic():
+        if changed:
+            # A status callback may have moved a row on while its send was answered with an error (the
+            # vendor delivered it, then our read timed out): statuses only move forward, so such a row
+            # keeps its status and is neither retried nor failed.
+            ours = set(Delivery.objects.select_for_update().filter(
+                pk__in=[d.pk for d in changed], status=DeliveryStatus.SENDING).values_list("pk", flat=True))
+            changed = [d for d in changed if d.pk in ours]
+            events += [_event(d, "Message Failed", f"status:{d.pk}:failed", now, error=d.error[:500])
+                       for d in changed if d.status == DeliveryStatus.FAILED]
         rows_insert(DeliveryAttempt, attempts)
         if accepted:
             # a status callback may already have moved a row on (delivered): statuses only move forward

@@ -72,6 +72,7 @@ class Plan:
     body: dict = field(default_factory=dict)
     headers: dict = field(default_factory=dict)
     delay: float = 0.0
+    raw: bytes = b""  # an answer's body as it is (instead of `body` as JSON)
 
 
 class FakeVendor:
@@ -103,7 +104,7 @@ class FakeVendor:
                     time.sleep(plan.delay)
                 with vendor.lock:
                     vendor.in_flight -= 1  # answered (before the client can read the answer)
-                payload = json.dumps(plan.body).encode()
+                payload = plan.raw or json.dumps(plan.body).encode()
                 try:
                     self.send_response(plan.status)
                     for k, v in plan.headers.items():

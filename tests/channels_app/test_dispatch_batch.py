@@ -309,3 +309,49 @@ def test_a_delivered_callback_that_beats_the_send_answer_keeps_delivered_and_get
     assert [d.status for d in rows] == ["delivered", "delivered"]  # statuses only move forward
     assert all(d.sent_at is not None and d.sent_at == d.accepted_at and d.delivered_at for d in rows)
     assert len(vendor.requests) == 2
+
+
+@provider
+class CallbackThenTimeout(WebhookProvider):
+    """A vendor that takes the message and reports it delivered, while its answer to the send
+    itself times out on our side."""
+
+    name = "callback_then_timeout_for_tests"
+
+    def send(self, message):
+        from channels_app.providers import TransientError
+        from channels_app.services.tracking import delivery_status_record
+
+        super().send(message)
+        delivery_status_record(delivery_id=message.delivery_id, status="delivered")
+        raise TransientError("read timed out")
+
+
+def test_a_delivered_callback_before_an_error_answer_keeps_delivered_and_nothing_is_sent_again(
+        vendor, people, monkeypatch, django_capture_on_commit_callbacks):
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_HOOK", "s3cret")
+    channel = ChannelFactory(name="hook", kind="in_app", provider="callback_then_timeout_for_tests",
+                             settings={"url": vendor.url, "secret_env": "JOURNEYS_SECRET_TEST_HOOK"})
+    [delivery] = record(channel, people[:1], django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+
+    deliveries_dispatch(delivery_ids=[delivery.pk])
+    deliveries_dispatch_due(now=timezone.now() + timedelta(hours=1))
+
+    row = Delivery.objects.get(pk=delivery.pk)
+    assert row.status == "delivered" and len(vendor.requests) == 1  # statuses only move forward
+    assert DeliveryAttempt.objects.filter(delivery=row, ok=False).count() == 1  # the answer is on record
+    assert not Event.objects.filter(name="Message Failed").exists()
+
+
+def test_an_error_answer_holding_a_nul_is_recorded_and_retried(vendor, hook, people, django_capture_on_commit_callbacks):
+    """PostgreSQL refuses NUL in text and JSON: one such answer failed the whole batch's record,
+    leaving every row `sending` until the lease."""
+    vendor.plan(Plan(502, raw=b"upstream \x00 error"))
+    deliveries = record(hook, people[:2], django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+
+    deliveries_dispatch(delivery_ids=[d.pk for d in deliveries])
+
+    assert status(deliveries) == [("deferred", "retry"), ("sent", "")]
+    failed = Delivery.objects.get(pk=deliveries[0].pk)
+    assert "upstream \ufffd error" in failed.error
+    assert DeliveryAttempt.objects.filter(delivery=failed, status_code=502).count() == 1
