@@ -31,6 +31,7 @@ import ipaddress
 import math
 import os
 import random
+import select
 import socket
 import ssl
 from collections.abc import Mapping
@@ -318,6 +319,20 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
 
 
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
+def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:
+    """An idle keep-alive connection is readable only when the server has closed it (or sent
+    what nobody asked for): either way it is not reused."""
+    sock = connection.sock
+    if sock is None:
+        return False  # not connected yet: request() connects
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 @dataclass
@@ -393,19 +408,27 @@ class OutboundSession:
         for _attempt in (1, 2):
             # an open connection stays pinned to the address checked when it was opened
             connection = self._connections.get(key)
+            if connection is not None and _closed_by_peer(connection):
+                self._drop(key)  # the server closed the idle keep-alive connection: a fresh, re-checked one
+                connection = None
             reused = connection is not None
             if connection is None:
                 target = outbound_url_check(url=url)
                 connection = self._open(OutboundTarget(url=target.url, scheme=scheme, host=key[1], port=port,
                                                        address=target.address))
+            sent = False
             try:
                 connection.request(method, path, body=body, headers=headers)
+                sent = True
                 raw = connection.getresponse()
                 data = raw.read(self.max_response_bytes + 1)
             except _STALE as exc:
                 self._drop(key)
-                if reused:
-                    continue  # the server had closed the idle keep-alive connection: one fresh, re-checked try
+                # Tried again on a fresh connection only when the server cannot have acted on it: the
+                # request could not be written, or it is idempotent. A POST written in full and then
+                # cut off may have been processed (the caller retries later, with its idempotency key).
+                if reused and (not sent or method in _IDEMPOTENT):
+                    continue
                 raise OutboundUnreachable(f"{host}: {type(exc).__name__}: {exc}") from exc
             except (OSError, http.client.HTTPException) as exc:
                 self._drop(key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 
 import pytest
 
@@ -138,3 +139,75 @@ def test_secrets_come_only_from_prefixed_variables(monkeypatch, settings):
     assert outbound_secret_read(name="JOURNEYS_SECRET_UNSET") == "from-vault"
     with pytest.raises(SecretUnavailable):
         outbound_secret_read(name="PATH")
+
+
+class RawServer:
+    """HTTP/1.1 on a bare socket: answers requests (keep-alive) and, on demand, closes the
+    connection right after answering (`close_after_answer`), or reads a request in full and
+    closes without answering (`cut_at`: the n-th request, 1-based)."""
+
+    def __init__(self, *, close_after_answer: bool = False, cut_at: int = 0):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+        self.bodies: list[bytes] = []
+        self.connections = 0
+        self.close_after_answer, self.cut_at = close_after_answer, cut_at
+        import threading
+
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            reader = conn.makefile("rb")
+            while reader.readline():
+                length = 0
+                while (line := reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.decode().partition(":")
+                    length = int(value) if name.strip().lower() == "content-length" else length
+                self.bodies.append(reader.read(length))
+                if len(self.bodies) == self.cut_at:
+                    break  # processed, never answered
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+                if self.close_after_answer:
+                    break
+            reader.close()  # the file holds the socket open too
+            conn.close()
+
+    def stop(self):
+        self.sock.close()
+
+
+def test_a_post_cut_off_after_the_server_read_it_is_not_sent_again(settings):
+    """Only a request the server cannot have acted on is tried again on a fresh connection: a
+    POST written in full and then cut off is the caller's to retry (later, with its key)."""
+    settings.OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.0/8"]
+    server = RawServer(cut_at=2)
+    session = OutboundSession(timeout=2)
+    try:
+        assert session.post(server.url, body=b"one").status == 200
+        with pytest.raises(OutboundUnreachable, match="RemoteDisconnected"):
+            session.post(server.url, body=b"two")
+        assert session.post(server.url, body=b"three").status == 200  # a fresh connection
+    finally:
+        session.close()
+        server.stop()
+    assert server.bodies == [b"one", b"two", b"three"] and server.connections == 2
+
+
+def test_a_keep_alive_connection_the_server_closed_while_idle_is_replaced_before_sending(settings):
+    settings.OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.0/8"]
+    server = RawServer(close_after_answer=True)
+    session = OutboundSession(timeout=2)
+    try:
+        for body in (b"one", b"two", b"three"):
+            assert session.post(server.url, body=body).status == 200
+            time.sleep(0.05)  # the server's FIN reaches us while the connection is idle
+    finally:
+        session.close()
+        server.stop()
+    assert server.bodies == [b"one", b"two", b"three"] and server.connections == 3
