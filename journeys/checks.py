@@ -5,6 +5,9 @@
   redirect anywhere, open any preference centre, fake delivery callbacks and forge tasks.
 - journeys.E002: SECRET_KEY is short or has little variety.
 - journeys.E003: OUTBOUND_ALLOWED_NETWORKS holds something that is not a network (always checked).
+- journeys.W001: DELIVERY_SENDING_LEASE_S is not longer than the task timeout of the cluster that
+  sends (always checked; a warning, so that tests may shorten the lease on purpose): a dispatcher
+  still sending when its claim's lease ends would send again what the sweeper hands to another one.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from django.conf import settings
-from django.core.checks import Error, Tags, register
+from django.core.checks import Error, Tags, Warning, register  # noqa: A004
 
 # Keys that were public before the repository stopped shipping a fallback.
 KNOWN_PUBLIC_KEYS = frozenset({
@@ -83,3 +86,15 @@ def outbound_allow_list_check(app_configs, **kwargs) -> list[Error]:
             errors.append(Error(f"OUTBOUND_ALLOWED_NETWORKS: {item!r} is not a network (e.g. 10.20.0.0/16)",
                                 id="journeys.E003"))
     return errors
+
+
+@register()
+def sending_lease_check(app_configs, **kwargs) -> list[Warning]:
+    lease = int(getattr(settings, "DELIVERY_SENDING_LEASE_S", 600))
+    timeout = (getattr(settings, "Q_CLUSTER", {}) or {}).get("timeout")
+    if timeout and lease <= int(timeout):
+        return [Warning(f"DELIVERY_SENDING_LEASE_S ({lease}) must be longer than the task timeout Q_TIMEOUT ({timeout}): "
+                      "a dispatcher still sending when its lease ends would send again what the sweeper hands out",
+                      hint="raise DELIVERY_SENDING_LEASE_S (default 600) or lower Q_TIMEOUT (default 120)",
+                      id="journeys.W001")]
+    return []

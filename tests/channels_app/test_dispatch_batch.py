@@ -355,3 +355,14 @@ def test_an_error_answer_holding_a_nul_is_recorded_and_retried(vendor, hook, peo
     failed = Delivery.objects.get(pk=deliveries[0].pk)
     assert "upstream \ufffd error" in failed.error
     assert DeliveryAttempt.objects.filter(delivery=failed, status_code=502).count() == 1
+
+
+def test_a_sending_lease_no_longer_than_the_task_timeout_is_reported_by_the_checks(settings):
+    """A dispatcher still sending when its claim's lease ends would send again what the sweeper
+    hands to another one: `manage.py check` says so."""
+    from django.core.checks import run_checks
+
+    assert not [m for m in run_checks() if m.id == "journeys.W001"]  # the defaults: 600 s against 120 s
+    settings.DELIVERY_SENDING_LEASE_S = 120
+    [warning] = [m for m in run_checks() if m.id == "journeys.W001"]
+    assert "DELIVERY_SENDING_LEASE_S (120) must be longer than the task timeout Q_TIMEOUT (120)" in warning.msg
