@@ -87,6 +87,7 @@ class Sent:
     delivery: Delivery
     outcome: SendResult | ProviderError | NotSent
     latency_ms: int = 0
+    at: datetime | None = None  # when the answer came (retries, Retry-After and the breaker count from it)
 
 
 _MARK_SQL = "UPDATE channels_app_delivery SET accepted_at = %s, provider_message_id = %s, latency_ms = %s WHERE id = %s"
@@ -226,9 +227,10 @@ class DispatchRun:
                     outcome, why_stopped = PermanentError(f"{type(outcome).__name__}: {outcome}"), "the provider crashed"
                 elif not isinstance(outcome, (SendResult, ProviderError, NotSent)):
                     outcome = PermanentError(f"provider {channel.provider} answered {outcome!r}")
-                out.append(Sent(d, outcome, latency))
+                at = self.now()  # a long pass (a slow vendor) is not as old as its claim
+                out.append(Sent(d, outcome, latency, at))
                 if isinstance(outcome, SendResult):
-                    marks.mark(d, outcome, latency, now)
+                    marks.mark(d, outcome, latency, at)
                     failures = 0
                 elif isinstance(outcome, NotSent):
                     source.stop()
@@ -399,8 +401,9 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
 
     attempts, events, accepted, changed = [], [], [], []
     per_channel: dict[int, tuple[Channel, list[tuple[bool, str]]]] = {}
+    last_at: dict[int, datetime] = {}
     for s in sent:
-        d, outcome = s.delivery, s.outcome
+        d, outcome, at = s.delivery, s.outcome, s.at or now
         channel = d.channel
         if isinstance(outcome, NotSent):
             d.attempts -= 1  # the claim counted an attempt the provider never saw
@@ -409,20 +412,21 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
             continue
         ok = isinstance(outcome, SendResult)
         error = "" if ok else _error_text(outcome)
-        attempts.append({"delivery_id": d.pk, "channel_id": channel.pk, "at": now, "ok": ok,
+        attempts.append({"delivery_id": d.pk, "channel_id": channel.pk, "at": at, "ok": ok,
                          "latency_ms": s.latency_ms, "transient": bool(not ok and outcome.transient),
                          "error": error, "status_code": outcome.status_code})
         if ok or outcome.transient:
             per_channel.setdefault(channel.pk, (channel, []))[1].append((ok, error))
+            last_at[channel.pk] = max(at, last_at.get(channel.pk, at))
         if ok:
             accepted.append(d)
             d.status, d.next_attempt_at, d.reason, d.error = DeliveryStatus.SENT, None, "", ""
-            events.append(_event(d, "Message Sent", f"sent:{d.pk}", d.sent_at or now))
+            events.append(_event(d, "Message Sent", f"sent:{d.pk}", d.sent_at or at))
             continue
         d.error = error
         if outcome.transient and d.attempts < channel.max_attempts:
             d.status, d.reason = DeliveryStatus.DEFERRED, Reason.RETRY
-            d.next_attempt_at = now + backoff_delay(attempt=d.attempts, base_s=channel.retry_base_s,
+            d.next_attempt_at = at + backoff_delay(attempt=d.attempts, base_s=channel.retry_base_s,
                                                       max_s=channel.retry_max_s, retry_after=outcome.retry_after)
         else:
             d.status, d.next_attempt_at = DeliveryStatus.FAILED, None
@@ -436,7 +440,8 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
             ours = set(Delivery.objects.select_for_update().filter(
                 pk__in=[d.pk for d in changed], status=DeliveryStatus.SENDING).values_list("pk", flat=True))
             changed = [d for d in changed if d.pk in ours]
-            events += [_event(d, "Message Failed", f"status:{d.pk}:failed", now, error=d.error[:500])
+            failed_at = {s.delivery.pk: s.at or now for s in sent}
+            events += [_event(d, "Message Failed", f"status:{d.pk}:failed", failed_at[d.pk], error=d.error[:500])
                        for d in changed if d.status == DeliveryStatus.FAILED]
         rows_insert(DeliveryAttempt, attempts)
         if accepted:
@@ -452,7 +457,7 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
                  ("status", "reason", "error", "next_attempt_at", "attempts"), stamp=now)
         if breaker:
             for channel, outcomes in per_channel.values():
-                breakers.breaker_record_many(channel=channel, outcomes=outcomes, now=now)
+                breakers.breaker_record_many(channel=channel, outcomes=outcomes, now=last_at[channel.pk])
         events_record_internal(events=events)
         deliveries_stream(deliveries=[*accepted, *(d for d in changed if d.status == DeliveryStatus.FAILED)], at=now)
 

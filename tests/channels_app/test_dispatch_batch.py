@@ -366,3 +366,28 @@ def test_a_sending_lease_no_longer_than_the_task_timeout_is_reported_by_the_chec
     settings.DELIVERY_SENDING_LEASE_S = 120
     [warning] = [m for m in run_checks() if m.id == "journeys.W001"]
     assert "DELIVERY_SENDING_LEASE_S (120) must be longer than the task timeout Q_TIMEOUT (120)" in warning.msg
+
+
+def test_retry_after_and_the_breaker_count_from_the_answer_not_from_the_claim(
+        vendor, people, monkeypatch, django_capture_on_commit_callbacks):
+    """A slow first answer makes a long pass: the 429 that comes 1.5 s after the claim asks for
+    2 s from then, and the breaker that opens with the 503 after it cools down from then (they
+    were counted from the claim: the 429's row was due again at once)."""
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_HOOK", "s3cret")
+    hook = ChannelFactory(name="hook", kind="in_app", provider="webhook", breaker_threshold=2, breaker_cooldown_s=3,
+                          retry_base_s=1, settings={"url": vendor.url, "secret_env": "JOURNEYS_SECRET_TEST_HOOK"})
+    vendor.plan(Plan(200, {"id": "a"}, delay=1.5), Plan(429, {"error": "slow"}, headers={"Retry-After": "2"}),
+                Plan(503, {"error": "busy"}))
+    deliveries = record(hook, people[:3], django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+    claimed = timezone.now()
+
+    deliveries_dispatch(delivery_ids=[d.pk for d in deliveries])
+
+    throttled = Delivery.objects.get(pk=deliveries[1].pk)
+    assert (throttled.status, throttled.reason) == ("deferred", "retry")
+    assert throttled.next_attempt_at >= claimed + timedelta(seconds=1.5 + 2)
+    breaker = ChannelBreaker.objects.get(channel=hook)
+    assert breaker.state == "open" and breaker.opened_at >= claimed + timedelta(seconds=1.5)
+    sent = Delivery.objects.get(pk=deliveries[0].pk)
+    assert sent.sent_at >= claimed + timedelta(seconds=1.5)  # when the vendor took it
+    assert DeliveryAttempt.objects.get(delivery=throttled).at >= claimed + timedelta(seconds=1.5)
