@@ -50,9 +50,12 @@ class OutboundRefused(JourneyError):
 
 
 class OutboundUnreachable(JourneyError):
-    """A connection to an allowed place failed (DNS, refused, reset, timeout): worth retrying."""
+    """A connection to an allowed place failed (DNS, refused, reset, timeout): worth retrying.
+    `maybe_received`: the request had been written in full (a timeout or a cut-off while waiting
+    for the answer), so the other side may have acted on it."""
 
     code = "outbound_unreachable"
+    maybe_received = False
 
 
 class SecretUnavailable(JourneyError):

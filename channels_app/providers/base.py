@@ -11,14 +11,19 @@ from journeys.services.outbound import SECRET_PREFIX, outbound_secret_name_check
 
 
 class ProviderError(Exception):
-    """A send failed. `transient` errors are retried (with backoff); others are not."""
+    """A send failed. `transient` errors are retried (with backoff); others are not.
+    `unanswered`: the message was handed over and no answer came (a timeout, a connection lost
+    after the request was written): the vendor may have taken it, so it is retried with the
+    same idempotency key on the same channel, never rerouted to a fallback."""
 
     transient: bool = False
 
-    def __init__(self, message: str, *, status_code: int | None = None, retry_after: float | None = None):
+    def __init__(self, message: str, *, status_code: int | None = None, retry_after: float | None = None,
+                 unanswered: bool = False):
         super().__init__(message)
         self.status_code = status_code
         self.retry_after = retry_after
+        self.unanswered = unanswered
 
 
 class TransientError(ProviderError):

@@ -209,7 +209,10 @@ class SmtpProvider(Provider):
             if not isinstance(exc, (smtplib.SMTPRecipientsRefused, smtplib.SMTPResponseException)) \
                     or getattr(exc, "smtp_code", None) == 421:
                 self._drop()
-            raise smtp_error(exc) from exc
+            error = smtp_error(exc)
+            # the session was lost mid-transaction: the server may have queued the message
+            error.unanswered = not isinstance(exc, (smtplib.SMTPRecipientsRefused, smtplib.SMTPResponseException))
+            raise error from exc
         return SendResult(provider_message_id=message_id)
 
     def close(self) -> None:

@@ -56,7 +56,7 @@ class HttpProvider(Provider):
         except OutboundRefused as exc:
             raise PermanentError(f"{self.name}: {exc.message}") from exc
         except OutboundUnreachable as exc:
-            raise TransientError(exc.message) from exc
+            raise TransientError(exc.message, unanswered=exc.maybe_received) from exc
         if response.status == 429 or response.status == 408 or response.status >= 500:
             body = response.body[:500].decode("utf-8", "replace")
             raise TransientError(f"HTTP {response.status}: {body}", status_code=response.status,
@@ -149,7 +149,8 @@ class WebhookProvider(HttpProvider):
 def _bulk_outcome(result: dict | None, message: OutgoingMessage, status: int) -> SendResult | ProviderError:
     """One message's outcome in a bulk answer."""
     if result is None:
-        return TransientError(f"HTTP {status}: the bulk answer has no result for this message", status_code=status)
+        return TransientError(f"HTTP {status}: the bulk answer has no result for this message", status_code=status,
+                              unanswered=True)
     try:
         code = int(result.get("status") or 200)
     except (TypeError, ValueError):

@@ -216,7 +216,10 @@ def deliveries_claim(*, ids: Sequence[int] | None = None, now: datetime | None =
                 continue
             if not allowed:
                 fallback, to = None, ""
-                if channel.fallback_id:
+                # A message whose last send got no answer may have arrived: it waits for its own
+                # channel (same idempotency key), never goes out on another one as well.
+                unanswered = bool((d.notes or {}).get("unanswered"))
+                if channel.fallback_id and not unanswered:
                     customer = with_traits(d)
                     fallback, to, _ = channel_pick(channel=channel.fallback, profile=profile_dict(customer, now),
                                                    customer=customer, topic=d.topic,
@@ -236,10 +239,12 @@ def deliveries_claim(*, ids: Sequence[int] | None = None, now: datetime | None =
                     rerouted.add(d.pk)
                     channel = fallback
                 elif not channel.enabled:
-                    hold(d, Reason.NO_ADDRESS, None, f"channel {channel.name} is disabled, no usable fallback")
+                    hold(d, Reason.NO_ADDRESS, None, f"channel {channel.name} is disabled, no usable fallback"
+                         + (_UNANSWERED if unanswered and channel.fallback_id else ""))
                     continue
                 else:
-                    hold(d, Reason.BREAKER_OPEN, retry_at, f"breaker of {channel.name} is open")
+                    hold(d, Reason.BREAKER_OPEN, retry_at, f"breaker of {channel.name} is open"
+                         + (_UNANSWERED if unanswered and channel.fallback_id else ""))
                     continue
             # A reply the customer is waiting for (a chat answer) is not an unsolicited contact:
             # consent applies (above), quiet hours and caps do not.
@@ -263,6 +268,9 @@ def deliveries_claim(*, ids: Sequence[int] | None = None, now: datetime | None =
 
 
 _ROUTE_FIELDS = ("channel_id", "to", "requested_channel_id", "notes")
+
+
+_UNANSWERED = " (its last send got no answer and may have arrived: it is not sent on the fallback as well)"
 
 
 def _write_holds(held: list[Delivery], now: datetime) -> None:

@@ -220,7 +220,8 @@ class DispatchRun:
         try:
             for d, outcome, latency in source:
                 if outcome is _NO_OUTCOME:  # handed over, but no word on it: retried later (same idempotency key)
-                    outcome = TransientError(f"provider {channel.provider} gave no outcome for this message")
+                    outcome = TransientError(f"provider {channel.provider} gave no outcome for this message",
+                                             unanswered=True)
                 elif isinstance(outcome, Exception) and not isinstance(outcome, ProviderError):
                     # a provider bug must not leave rows "sending" until the lease ends
                     logger.error("provider %s crashed on delivery %s", channel.provider, d.pk, exc_info=outcome)
@@ -424,6 +425,8 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
             events.append(_event(d, "Message Sent", f"sent:{d.pk}", d.sent_at or at))
             continue
         d.error = error
+        if outcome.unanswered or d.notes.get("unanswered"):  # whether the claim may reroute it (claim.py)
+            d.notes = {**d.notes, "unanswered": bool(outcome.unanswered)}
         if outcome.transient and d.attempts < channel.max_attempts:
             d.status, d.reason = DeliveryStatus.DEFERRED, Reason.RETRY
             d.next_attempt_at = at + backoff_delay(attempt=d.attempts, base_s=channel.retry_base_s,
@@ -453,8 +456,9 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
             if moved < len(ids):  # those a callback moved on keep their status, and get their sent_at
                 Delivery.objects.filter(pk__in=ids, sent_at__isnull=True).update(sent_at=F("accepted_at"))
         rows_set(Delivery, [{"id": d.pk, "status": d.status, "reason": d.reason, "error": d.error,
-                             "next_attempt_at": d.next_attempt_at, "attempts": d.attempts} for d in changed],
-                 ("status", "reason", "error", "next_attempt_at", "attempts"), stamp=now)
+                             "next_attempt_at": d.next_attempt_at, "attempts": d.attempts, "notes": d.notes}
+                            for d in changed],
+                 ("status", "reason", "error", "next_attempt_at", "attempts", "notes"), stamp=now)
         if breaker:
             for channel, outcomes in per_channel.values():
                 breakers.breaker_record_many(channel=channel, outcomes=outcomes, now=last_at[channel.pk])

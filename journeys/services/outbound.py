@@ -322,6 +322,12 @@ _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
+def _unreachable(host: str, exc: Exception, sent: bool) -> OutboundUnreachable:
+    error = OutboundUnreachable(f"{host}: {type(exc).__name__}: {exc}")
+    error.maybe_received = sent
+    return error
+
+
 def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:
     """An idle keep-alive connection is readable only when the server has closed it (or sent
     what nobody asked for): either way it is not reused."""
@@ -429,10 +435,10 @@ class OutboundSession:
                 # cut off may have been processed (the caller retries later, with its idempotency key).
                 if reused and (not sent or method in _IDEMPOTENT):
                     continue
-                raise OutboundUnreachable(f"{host}: {type(exc).__name__}: {exc}") from exc
+                raise _unreachable(host, exc, sent) from exc
             except (OSError, http.client.HTTPException) as exc:
                 self._drop(key)
-                raise OutboundUnreachable(f"{host}: {type(exc).__name__}: {exc}") from exc
+                raise _unreachable(host, exc, sent) from exc
             if len(data) > self.max_response_bytes or raw.will_close:
                 self._drop(key)
             return OutboundResponse(status=raw.status, headers=raw.headers, body=data[: self.max_response_bytes],

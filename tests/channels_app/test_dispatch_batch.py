@@ -21,7 +21,7 @@ from channels_app.providers.http import WebhookProvider
 from channels_app.services import deliveries_dispatch, deliveries_dispatch_due, message_send
 from journeys.models import Event
 from tests.channels_app.factories import ChannelFactory, CustomerFactory, TemplateFactory, topic
-from tests.channels_app.servers import Plan
+from tests.channels_app.servers import FakeVendor, Plan
 
 pytestmark = pytest.mark.django_db
 
@@ -391,3 +391,43 @@ def test_retry_after_and_the_breaker_count_from_the_answer_not_from_the_claim(
     sent = Delivery.objects.get(pk=deliveries[0].pk)
     assert sent.sent_at >= claimed + timedelta(seconds=1.5)  # when the vendor took it
     assert DeliveryAttempt.objects.get(delivery=throttled).at >= claimed + timedelta(seconds=1.5)
+
+
+def test_a_send_that_got_no_answer_is_not_rerouted_to_the_fallback_as_well(
+        vendor, people, monkeypatch, django_capture_on_commit_callbacks):
+    """The vendor took the message but answered after our timeout, and the breaker opened: the
+    retry waits for this channel (same idempotency key) instead of going out on the fallback
+    too, which would reach the customer twice. A message whose send was answered with an
+    error (a 503) is rerouted as before."""
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_HOOK", "s3cret")
+    other = FakeVendor().start()
+    try:
+        backup = ChannelFactory(name="backup", kind="in_app", provider="webhook",
+                                settings={"url": other.url, "secret_env": "JOURNEYS_SECRET_TEST_HOOK"})
+        main = ChannelFactory(name="main", kind="in_app", provider="webhook", breaker_threshold=1, fallback=backup,
+                              breaker_cooldown_s=600,
+                              settings={"url": vendor.url, "secret_env": "JOURNEYS_SECRET_TEST_HOOK", "timeout": 0.5})
+        vendor.plan(Plan(200, {"id": "late"}, delay=1.2))  # processed, answered after our timeout
+        [late] = record(main, people[:1], django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+        deliveries_dispatch(delivery_ids=[late.pk])
+        late.refresh_from_db()
+        assert (late.status, late.reason) == ("deferred", "retry") and late.notes["unanswered"] is True
+
+        deliveries_dispatch_due(now=late.next_attempt_at + timedelta(seconds=1))
+
+        late.refresh_from_db()
+        assert (late.status, late.reason, late.channel_id) == ("deferred", "breaker_open", main.pk)
+        assert "may have arrived" in late.error
+        assert len(vendor.requests) == 1 and other.requests == []
+
+        # answered with an error: rerouted
+        ChannelBreaker.objects.filter(channel=main).delete()
+        vendor.plan(Plan(503, {"error": "busy"}))
+        [refused] = record(main, people[1:2], django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+        deliveries_dispatch(delivery_ids=[refused.pk])
+        refused.refresh_from_db()
+        deliveries_dispatch_due(now=refused.next_attempt_at + timedelta(seconds=1))
+        refused.refresh_from_db()
+        assert (refused.status, refused.channel_id) == ("sent", backup.pk)
+    finally:
+        other.stop()
