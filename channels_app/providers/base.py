@@ -81,7 +81,9 @@ class Provider:
     status_callbacks: ClassVar[bool] = False
     # Whether a dispatcher may send a large batch over several instances at once (settings
     # "connections", default DELIVERY_CONNECTIONS): for providers across a network, where a
-    # message's round trips, not CPU, bound the rate of one session. Instances must not share state.
+    # message's round trips, not CPU, bound the rate of one session. Instances must not share
+    # state, and with batch_unit() 1 their send_batch must be `send` per message (each session
+    # calls `send` itself).
     concurrent: ClassVar[bool] = False
 
     def __init__(self, settings: dict):

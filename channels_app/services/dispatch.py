@@ -225,7 +225,7 @@ class DispatchRun:
                 elif isinstance(outcome, Exception) and not isinstance(outcome, ProviderError):
                     # a provider bug must not leave rows "sending" until the lease ends
                     logger.error("provider %s crashed on delivery %s", channel.provider, d.pk, exc_info=outcome)
-                    outcome, why_stopped = PermanentError(f"{type(outcome).__name__}: {outcome}"), "the provider crashed"
+                    outcome, why_stopped = PermanentError(f"{type(outcome).__name__}: {outcome}"), _CRASHED
                 elif not isinstance(outcome, (SendResult, ProviderError, NotSent)):
                     outcome = PermanentError(f"provider {channel.provider} answered {outcome!r}")
                 at = self.now()  # a long pass (a slow vendor) is not as old as its claim
@@ -237,20 +237,23 @@ class DispatchRun:
                     source.stop()
                 elif outcome.transient:
                     failures += 1
-                    if probe or failures >= channel.breaker_threshold:
+                    if (probe or failures >= channel.breaker_threshold) and not why_stopped:
                         why_stopped = f"the breaker of {channel.name} opened during the batch"
                 if why_stopped and len(out) % unit == 0:  # never inside a bulk request already made
                     source.stop()  # the rest goes to the fallback, waits, or gets a fresh provider
         finally:
-            marks.close()
-            source.close()
-        if why_stopped == "the provider crashed":
+            try:
+                source.close()
+            finally:
+                marks.close()
+        if why_stopped == _CRASHED:
             self._forget(channel)
         reported = {s.delivery.pk for s in out}
         out += [Sent(d, NotSent(why_stopped or "not sent")) for d in group if d.pk not in reported]
         return out
 
 
+_CRASHED = "the provider crashed"
 LANE_MIN_MESSAGES = 20  # a message part smaller than this per session is sent over fewer sessions
 
 
@@ -300,57 +303,48 @@ class _Session:
 
 class _Lanes:
     """A channel's part of a batch over several provider instances at once, each in a thread of
-    its own (a lane). A lane takes the next message not yet handed to any lane, and hands its
-    provider the one after only when the dispatcher has taken (and marked) the report of the
-    last: so at most one message per lane is ever accepted and not yet marked, and after
-    `stop()` no lane starts another one. Lanes never touch the database; the dispatcher's
-    thread takes the reports as they come (completion order) and writes the marks."""
+    its own (a lane). A lane takes the next message not yet handed to any lane and calls its
+    provider's `send` (concurrent providers send one message a call: `Provider.concurrent`), and
+    takes the one after only when the dispatcher has taken (and marked) the report of the last:
+    so at most one message per lane is ever accepted and not yet marked, and after `stop()` no
+    lane starts another one. Lanes never touch the database; the dispatcher's thread takes the
+    reports as they come (completion order) and writes the marks."""
+
+    _DONE = object()  # a lane's last report
 
     def __init__(self, providers: list[Provider], group: list[Delivery], messages: list[OutgoingMessage]) -> None:
         self.group, self.messages = group, messages
         self.pending = deque(range(len(group)))
         self.lock = threading.Lock()
         self.reports: queue.SimpleQueue = queue.SimpleQueue()
-        self.stopped = threading.Event()
+        self.stopped = False
         self.taken = [threading.Semaphore(0) for _ in providers]
         self.threads = [threading.Thread(target=self._lane, args=(i, p), name=f"dispatch-lane-{i}", daemon=True)
                         for i, p in enumerate(providers)]
         self.started = False
 
-    def _feed(self, lane: int, current: list):
-        while not self.stopped.is_set():
-            with self.lock:
-                if not self.pending:
-                    return
-                current[0] = self.pending.popleft()
-            yield self.messages[current[0]]
+    def _next(self) -> int | None:
+        with self.lock:
+            return None if self.stopped or not self.pending else self.pending.popleft()
 
     def _lane(self, lane: int, provider: Provider) -> None:
-        current: list = [None]  # the index of the message handed to the provider and not reported yet
-        results = provider.send_batch(self._feed(lane, current))
         try:
-            while True:
+            while (index := self._next()) is not None:
                 started = time.monotonic()
                 try:
-                    outcome = next(results)
-                except StopIteration:
-                    if current[0] is None:
-                        return
-                    outcome = _NO_OUTCOME
-                except Exception as exc:  # noqa: BLE001 - reported; a crashed provider sends no more
+                    outcome = provider.send(self.messages[index])
+                except Exception as exc:  # noqa: BLE001 - reported: a ProviderError, or a crash (no more sends)
                     outcome = exc
-                self.reports.put((lane, current[0], outcome, int((time.monotonic() - started) * 1000)))
-                current[0] = None
+                self.reports.put((lane, index, outcome, int((time.monotonic() - started) * 1000)))
                 self.taken[lane].acquire()
                 if isinstance(outcome, Exception) and not isinstance(outcome, ProviderError):
                     return
         finally:
+            self.reports.put((lane, self._DONE, None, 0))
             try:
-                results.close()
+                connections.close_all()  # a provider that read the database did it on this thread's connection
             except Exception:  # noqa: BLE001
-                logger.exception("closing the sends of provider %s failed", provider.name)
-            connections.close_all()  # a provider that read the database did it on this thread's connection
-            self.reports.put((lane, None, None, 0))
+                logger.exception("closing a dispatch lane's database connection failed")
 
     def __iter__(self):
         self.started = True
@@ -359,19 +353,20 @@ class _Lanes:
         live = len(self.threads)
         while live:
             lane, index, outcome, latency = self.reports.get()
-            if index is None:
+            if index is self._DONE:
                 live -= 1
                 continue
             yield self.group[index], outcome, latency
             self.taken[lane].release()
 
     def stop(self) -> None:
-        self.stopped.set()
+        with self.lock:
+            self.stopped = True
 
     def close(self) -> None:
         """Stop handing out messages and wait for the lanes (a report not taken is not marked:
         as when a worker dies mid-send, its row waits for the lease)."""
-        self.stopped.set()
+        self.stop()
         if not self.started:
             return
         for taken in self.taken:
@@ -425,8 +420,10 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
             events.append(_event(d, "Message Sent", f"sent:{d.pk}", d.sent_at or at))
             continue
         d.error = error
-        if outcome.unanswered or d.notes.get("unanswered"):  # whether the claim may reroute it (claim.py)
-            d.notes = {**d.notes, "unanswered": bool(outcome.unanswered)}
+        if outcome.unanswered and not d.notes.get("unanswered"):
+            # an attempt that may have arrived: never rerouted from now on (claim.py), whatever later
+            # attempts on this channel answer
+            d.notes = {**d.notes, "unanswered": True}
         if outcome.transient and d.attempts < channel.max_attempts:
             d.status, d.reason = DeliveryStatus.DEFERRED, Reason.RETRY
             d.next_attempt_at = at + backoff_delay(attempt=d.attempts, base_s=channel.retry_base_s,

@@ -12,6 +12,8 @@ import pytest
 from django.db.models import Count
 
 from channels_app.models import Delivery, DeliveryAttempt
+from channels_app.providers import provider
+from channels_app.providers.http import WebhookProvider
 from channels_app.services import deliveries_dispatch
 from channels_app.services.channel_settings import channel_settings_problems
 from journeys.models import Event
@@ -107,3 +109,38 @@ def test_connections_must_be_a_small_whole_number(value):
 def test_connections_setting_accepts_1_to_32():
     assert channel_settings_problems(provider="webhook", settings={"connections": 1, "url": "https://example.com/h"}) == []
     assert channel_settings_problems(provider="smtp", settings={"connections": 32}) == []
+
+
+@provider
+class CrashingVendor(WebhookProvider):
+    """A provider with a bug: it crashes on one recipient."""
+
+    name = "crashing_webhook_for_tests"
+
+    def send(self, message):
+        if message.to == "c7@example.com":
+            raise RuntimeError("provider bug")
+        return super().send(message)
+
+
+def test_a_provider_that_crashes_in_one_session_fails_that_message_alone(vendor, monkeypatch, crowd,
+                                                                        django_capture_on_commit_callbacks):
+    """The crash stops every session (what they had in flight is taken and marked); the crashed
+    message fails, the others are claimed again on fresh providers and go out once each."""
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_HOOK", "s3cret")
+    channel = ChannelFactory(name="buggy", kind="in_app", provider="crashing_webhook_for_tests",
+                             settings={"url": vendor.url + "/hook", "secret_env": "JOURNEYS_SECRET_TEST_HOOK",
+                                       "connections": 4})
+    deliveries = record(channel, crowd[:80], django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+    for d in deliveries:  # the webhook document's "to" is the delivery's address
+        d.to = d.customer.email
+    Delivery.objects.bulk_update(deliveries, ["to"])
+
+    deliveries_dispatch(delivery_ids=[d.pk for d in deliveries])
+
+    rows = Delivery.objects.filter(pk__in=[d.pk for d in deliveries])
+    crashed = rows.get(to="c7@example.com")
+    assert (crashed.status, crashed.reason) == ("failed", "permanent_error") and "provider bug" in crashed.error
+    assert set(rows.exclude(pk=crashed.pk).values_list("status", flat=True)) == {"sent"}
+    keys = Counter(r.headers["Idempotency-Key"] for r in vendor.requests)
+    assert len(keys) == 79 and set(keys.values()) == {1}
