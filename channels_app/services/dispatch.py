@@ -512,8 +512,14 @@ def deliveries_lease_expire(*, now: datetime) -> int:
     """Claims whose worker died (`sending` past the lease): messages the provider had
     accepted (marked) are recorded as sent, never sent again; the others are due again."""
     expired = Delivery.objects.filter(status=DeliveryStatus.SENDING, claimed_at__lt=now - sending_lease())
-    count = expired.filter(accepted_at__isnull=True).update(
-        status=DeliveryStatus.DEFERRED, reason=Reason.RETRY, next_attempt_at=now, error="send lease expired")
+    with transaction.atomic():
+        # Not marked: due again. The one its worker had in flight may have arrived: none of them is
+        # rerouted to a fallback channel from now on ("unanswered", claim.py).
+        unmarked = list(expired.filter(accepted_at__isnull=True).select_for_update(**skip_locked()).only("id", "notes"))
+        rows_set(Delivery, [{"id": d.pk, "status": DeliveryStatus.DEFERRED, "reason": Reason.RETRY, "next_attempt_at": now,
+                             "error": "send lease expired", "notes": {**d.notes, "unanswered": True}} for d in unmarked],
+                 ("status", "reason", "next_attempt_at", "error", "notes"), stamp=now)
+    count = len(unmarked)
     while True:
         with transaction.atomic():
             rows = list(expired.filter(accepted_at__isnull=False).select_related("channel", "customer", "topic", "template")

@@ -235,6 +235,9 @@ def test_a_worker_dying_mid_batch_never_sends_an_accepted_message_again(
     received = [r.json()["to"] for r in vendor.requests]
     assert sorted(received) == ["p0", "p1", "p2", "p3", "p4"]  # each exactly once
     assert Event.objects.filter(name="Message Sent").count() == 5
+    # the one in flight when the worker died may have arrived: those not marked are never rerouted
+    unanswered = {d.customer.external_id for d in Delivery.objects.filter(pk__in=ids) if d.notes.get("unanswered")}
+    assert unanswered == {"p3", "p4"}
 
 
 def test_messages_held_by_quiet_hours_are_released_in_batches_by_one_task(
