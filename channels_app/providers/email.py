@@ -10,6 +10,7 @@ import binascii
 import hashlib
 import re
 import secrets
+import select
 import smtplib
 import socket
 import time
@@ -129,6 +130,19 @@ def mime_bytes(message: OutgoingMessage, *, sender: str, recipient: str, headers
                      b"--", boundary, b"--\r\n"])
 
 
+def _closed_by_server(conn: smtplib.SMTP) -> bool:
+    """An idle SMTP session is readable only when the server has said or done something unasked
+    (a 421 before it hangs up, the hang-up itself)."""
+    sock = getattr(conn, "sock", None)
+    if sock is None:
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
 @provider
 class SmtpProvider(Provider):
     """settings: from_email, host, port, username, password_env, use_tls, timeout (all
@@ -145,9 +159,13 @@ class SmtpProvider(Provider):
         self._sender: tuple[str, str] | None = None
 
     def _open(self):
-        """The session, opened on first use (and again after a dropped connection)."""
+        """The session, opened on first use, and again after a dropped connection or one the server
+        closed while it was idle (a 421 for an idle timeout, then its end: a fresh session, not a
+        failed message)."""
         if self._backend is not None and self._backend.connection is not None:
-            return self._backend
+            if not _closed_by_server(self._backend.connection):
+                return self._backend
+            self._drop()
         s = self.settings
         if s.get("host"):
             # a host typed into the channel (not the deployment's EMAIL_HOST) is an outbound target like a

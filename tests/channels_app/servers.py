@@ -3,6 +3,7 @@ records requests and fails on demand (timeouts, 5xx, 429 with Retry-After)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -33,6 +34,7 @@ class SmtpSink:
         self.refuse_next: list[str] = []  # SMTP replies to give to the next RCPT commands
         self.refuse: dict[str, str] = {}  # recipient -> SMTP reply
         self.drop: set[str] = set()  # recipients whose RCPT closes the connection (once each)
+        self.hang_up_after_data = False  # close each session right after accepting its message (an idle timeout)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address in self.drop:
@@ -49,6 +51,8 @@ class SmtpSink:
     async def handle_DATA(self, server, session, envelope):
         self.messages.append(message_from_bytes(envelope.content, policy=policy.default))
         self.peers.append(session.peer)
+        if self.hang_up_after_data:
+            asyncio.get_running_loop().call_later(0.02, server.transport.close)
         return "250 Message accepted for delivery"
 
 

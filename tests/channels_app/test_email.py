@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from html import unescape
 from urllib.parse import urlparse
 
@@ -144,3 +145,23 @@ def test_non_ascii_subjects_bodies_and_named_senders_arrive_intact(smtp, on_comm
     assert text == "Ligne 1 : déjà vu = 100 %\n" + "é" * 300 + "\n.leading dot"
     assert "<b>Zoë</b>" in mail.get_body(("html",)).get_content()
     assert all(len(line) <= 998 for line in mail.as_string().splitlines())
+
+
+def test_a_session_the_server_closed_while_idle_is_opened_again_before_the_next_message(smtp):
+    """SMTP servers hang up idle sessions; the next message of a dispatcher run goes over a fresh
+    session instead of failing (a lost session counts as 'may have arrived': it could not be
+    rerouted and waited for a retry)."""
+    from channels_app.providers import OutgoingMessage, get_provider
+
+    smtp.hang_up_after_data = True
+    provider = get_provider("smtp", {"from_email": "news@shop.test"})
+    try:
+        for i in range(3):
+            result = provider.send(OutgoingMessage(delivery_id=i, idempotency_key=f"idle-{i}", kind="email",
+                                                   to=f"idle{i}@example.com", subject="Hi", body="Hello"))
+            assert result.provider_message_id
+            time.sleep(0.2)  # the server hangs up meanwhile
+    finally:
+        provider.close()
+    assert [m["To"] for m in smtp.messages] == ["idle0@example.com", "idle1@example.com", "idle2@example.com"]
+    assert len(set(smtp.peers)) == 3
