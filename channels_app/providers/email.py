@@ -30,8 +30,18 @@ from journeys.services.outbound import outbound_host_check
 CONNECTION_ERRORS = (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, socket.timeout, OSError)
 
 
+# Answers about the channel's own credentials, not about a message: every message would fail the same
+# way until someone fixes the settings, so they count toward the breaker (it opens, messages wait)
+# instead of failing a whole campaign one message at a time.
+SMTP_AUTH_CODES = frozenset({454, 530, 534, 535, 538})
+
+
 def smtp_error(exc: Exception) -> ProviderError:
-    """Ours for an SMTP failure: 4xx answers are transient, 5xx permanent, a lost connection transient."""
+    """Ours for an SMTP failure: 4xx answers are transient, 5xx permanent, a lost connection
+    transient; an authentication failure is transient (the channel's settings, see above)."""
+    if isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code in SMTP_AUTH_CODES:
+        return TransientError(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}: the server refused the channel's "
+                              "credentials (check its username and password_env)", status_code=exc.smtp_code)
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         codes = [code for code, _ in exc.recipients.values()]
         error = TransientError if codes and all(400 <= c < 500 for c in codes) else PermanentError

@@ -35,6 +35,14 @@ class SmtpSink:
         self.refuse: dict[str, str] = {}  # recipient -> SMTP reply
         self.drop: set[str] = set()  # recipients whose RCPT closes the connection (once each)
         self.hang_up_after_data = False  # close each session right after accepting its message (an idle timeout)
+        self.mail_reply = ""  # an answer to give every MAIL command instead of 250
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if self.mail_reply:
+            return self.mail_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address in self.drop:

@@ -434,3 +434,37 @@ def test_a_send_that_got_no_answer_is_not_rerouted_to_the_fallback_as_well(
         assert (refused.status, refused.channel_id) == ("sent", backup.pk)
     finally:
         other.stop()
+
+
+def test_refused_credentials_open_the_breaker_instead_of_failing_every_message(
+        vendor, people, monkeypatch, django_capture_on_commit_callbacks):
+    """A rotated API key (401 for every call) is the channel's problem, not the messages': they
+    wait behind the open breaker for someone to fix the secret, instead of all ending `failed`."""
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_HOOK", "s3cret")
+    hook = ChannelFactory(name="hook", kind="in_app", provider="webhook", breaker_threshold=2,
+                          settings={"url": vendor.url, "secret_env": "JOURNEYS_SECRET_TEST_HOOK"})
+    vendor.default = Plan(401, {"error": "invalid api key"})
+    deliveries = record(hook, people, django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+
+    deliveries_dispatch(delivery_ids=[d.pk for d in deliveries])
+
+    assert len(vendor.requests) == 2  # the breaker opened at the second refusal
+    assert status(deliveries) == [("deferred", "retry")] * 2 + [("deferred", "breaker_open")] * 3
+    assert "credentials" in Delivery.objects.get(pk=deliveries[0].pk).error
+    assert ChannelBreaker.objects.get(channel=hook).state == "open"
+
+
+def test_an_smtp_server_asking_for_the_channels_login_does_not_fail_the_messages(
+        email, people, smtp, django_capture_on_commit_callbacks):
+    """530 "authentication required" (a relay whose password was rotated, or that now wants a
+    login): every message would fail alike, so the breaker opens and they wait."""
+    smtp.mail_reply = "530 5.7.0 Authentication required"
+    email.breaker_threshold = 2
+    email.save()
+    deliveries = record(email, people[:3], django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+
+    deliveries_dispatch(delivery_ids=[d.pk for d in deliveries])
+
+    assert smtp.messages == []
+    assert status(deliveries) == [("deferred", "retry")] * 2 + [("deferred", "breaker_open")]
+    assert "credentials" in Delivery.objects.get(pk=deliveries[0].pk).error
