@@ -10,7 +10,6 @@ import binascii
 import hashlib
 import re
 import secrets
-import select
 import smtplib
 import socket
 import time
@@ -25,7 +24,7 @@ from channels_app.providers.base import (
     OutgoingMessage, PermanentError, Provider, ProviderError, SendResult, TransientError, provider,
 )
 from journeys.errors import OutboundRefused, OutboundUnreachable
-from journeys.services.outbound import outbound_host_check
+from journeys.services.outbound import outbound_host_check, socket_closed_by_peer
 
 CONNECTION_ERRORS = (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, socket.timeout, OSError)
 
@@ -140,19 +139,6 @@ def mime_bytes(message: OutgoingMessage, *, sender: str, recipient: str, headers
                      b"--", boundary, b"--\r\n"])
 
 
-def _closed_by_server(conn: smtplib.SMTP) -> bool:
-    """An idle SMTP session is readable only when the server has said or done something unasked
-    (a 421 before it hangs up, the hang-up itself)."""
-    sock = getattr(conn, "sock", None)
-    if sock is None:
-        return True
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(readable)
-
-
 @provider
 class SmtpProvider(Provider):
     """settings: from_email, host, port, username, password_env, use_tls, timeout (all
@@ -173,7 +159,8 @@ class SmtpProvider(Provider):
         closed while it was idle (a 421 for an idle timeout, then its end: a fresh session, not a
         failed message)."""
         if self._backend is not None and self._backend.connection is not None:
-            if not _closed_by_server(self._backend.connection):
+            sock = getattr(self._backend.connection, "sock", None)
+            if sock is not None and not socket_closed_by_peer(sock):
                 return self._backend
             self._drop()
         s = self.settings
@@ -234,12 +221,11 @@ class SmtpProvider(Provider):
             # A refused recipient or sender, a refused DATA: smtplib sent RSET and the session goes
             # on. A lost connection (or 421, the server closing): whether the server kept the message
             # is unknown; it is retried later with the same Message-ID, and the next message reconnects.
-            if not isinstance(exc, (smtplib.SMTPRecipientsRefused, smtplib.SMTPResponseException)) \
-                    or getattr(exc, "smtp_code", None) == 421:
+            answered = isinstance(exc, (smtplib.SMTPRecipientsRefused, smtplib.SMTPResponseException))
+            if not answered or getattr(exc, "smtp_code", None) == 421:
                 self._drop()
             error = smtp_error(exc)
-            # the session was lost mid-transaction: the server may have queued the message
-            error.unanswered = not isinstance(exc, (smtplib.SMTPRecipientsRefused, smtplib.SMTPResponseException))
+            error.unanswered = not answered  # the session was lost mid-transaction: the server may have queued it
             raise error from exc
         return SendResult(provider_message_id=message_id)
 

@@ -57,20 +57,18 @@ class HttpProvider(Provider):
             raise PermanentError(f"{self.name}: {exc.message}") from exc
         except OutboundUnreachable as exc:
             raise TransientError(exc.message, unanswered=exc.maybe_received) from exc
+        if response.status < 300:
+            return response.status, response.body
+        body = response.body[:500].decode("utf-8", "replace")
         if response.status in (401, 407):
             # the channel's credentials, not this message: every message would fail alike until the
             # settings are fixed, so it counts toward the breaker (messages wait) instead of failing them all
-            body = response.body[:500].decode("utf-8", "replace")
             raise TransientError(f"HTTP {response.status}: {body} (the vendor refused the channel's credentials: "
                                  "check its secret settings)", status_code=response.status)
         if response.status == 429 or response.status == 408 or response.status >= 500:
-            body = response.body[:500].decode("utf-8", "replace")
             raise TransientError(f"HTTP {response.status}: {body}", status_code=response.status,
                                  retry_after=retry_after_seconds(response.headers.get("Retry-After")))
-        if response.status >= 300:
-            body = response.body[:500].decode("utf-8", "replace")
-            raise PermanentError(f"HTTP {response.status}: {body}", status_code=response.status)
-        return response.status, response.body
+        raise PermanentError(f"HTTP {response.status}: {body}", status_code=response.status)
 
     @staticmethod
     def json_body(raw: bytes) -> dict:

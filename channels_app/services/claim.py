@@ -219,6 +219,7 @@ def deliveries_claim(*, ids: Sequence[int] | None = None, now: datetime | None =
                 # A message whose last send got no answer may have arrived: it waits for its own
                 # channel (same idempotency key), never goes out on another one as well.
                 unanswered = bool((d.notes or {}).get("unanswered"))
+                kept = _UNANSWERED if unanswered and channel.fallback_id else ""
                 if channel.fallback_id and not unanswered:
                     customer = with_traits(d)
                     fallback, to, _ = channel_pick(channel=channel.fallback, profile=profile_dict(customer, now),
@@ -239,12 +240,10 @@ def deliveries_claim(*, ids: Sequence[int] | None = None, now: datetime | None =
                     rerouted.add(d.pk)
                     channel = fallback
                 elif not channel.enabled:
-                    hold(d, Reason.NO_ADDRESS, None, f"channel {channel.name} is disabled, no usable fallback"
-                         + (_UNANSWERED if unanswered and channel.fallback_id else ""))
+                    hold(d, Reason.NO_ADDRESS, None, f"channel {channel.name} is disabled, no usable fallback{kept}")
                     continue
                 else:
-                    hold(d, Reason.BREAKER_OPEN, retry_at, f"breaker of {channel.name} is open"
-                         + (_UNANSWERED if unanswered and channel.fallback_id else ""))
+                    hold(d, Reason.BREAKER_OPEN, retry_at, f"breaker of {channel.name} is open{kept}")
                     continue
             # A reply the customer is waiting for (a chat answer) is not an unsolicited contact:
             # consent applies (above), quiet hours and caps do not.

@@ -328,17 +328,19 @@ def _unreachable(host: str, exc: Exception, sent: bool) -> OutboundUnreachable:
     return error
 
 
-def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:
-    """An idle keep-alive connection is readable only when the server has closed it (or sent
-    what nobody asked for): either way it is not reused."""
-    sock = connection.sock
-    if sock is None:
-        return False  # not connected yet: request() connects
+def socket_closed_by_peer(sock: socket.socket) -> bool:
+    """An idle client connection (HTTP keep-alive, an SMTP session) is readable only when the
+    server has closed it or said something nobody asked for (a 421 before hanging up): either
+    way it is not reused."""
     try:
         readable, _, _ = select.select([sock], [], [], 0)
     except (OSError, ValueError):
         return True
     return bool(readable)
+
+
+def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:
+    return connection.sock is not None and socket_closed_by_peer(connection.sock)  # no sock yet: request() connects
 
 
 @dataclass
