@@ -141,12 +141,19 @@ _EXPLICIT_ONLY = 2**31 - 1
 
 class DispatchRun:
     """One dispatcher run (a task): provider instances, and so their connections, are kept
-    from one pass to the next and closed at the end."""
+    from one pass to the next and closed at the end. A run with `seconds` stops handing messages
+    to providers when they have passed, even inside a pass (a slow vendor must not keep the task
+    past its timeout: killed mid-batch, the batch would wait for the send lease); what it did not
+    send is due again at once."""
 
-    def __init__(self, now: datetime | None = None) -> None:
+    def __init__(self, now: datetime | None = None, seconds: float | None = None) -> None:
         self.fixed_now = now
+        self.deadline = None if seconds is None else time.monotonic() + seconds
         self.providers: dict[tuple, Provider] = {}
         self.outcome: Counter = Counter()
+
+    def time_up(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
     def now(self) -> datetime:
         return self.fixed_now or timezone.now()
@@ -239,6 +246,8 @@ class DispatchRun:
                     failures += 1
                     if (probe or failures >= channel.breaker_threshold) and not why_stopped:
                         why_stopped = f"the breaker of {channel.name} opened during the batch"
+                if not why_stopped and self.time_up():
+                    why_stopped = _TIME_UP
                 if why_stopped and len(out) % unit == 0:  # never inside a bulk request already made
                     source.stop()  # the rest goes to the fallback, waits, or gets a fresh provider
         finally:
@@ -254,6 +263,7 @@ class DispatchRun:
 
 
 _CRASHED = "the provider crashed"
+_TIME_UP = "the dispatcher's time was up (the next one sends it)"
 LANE_MIN_MESSAGES = 20  # a message part smaller than this per session is sent over fewer sessions
 
 
@@ -466,12 +476,19 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
 def deliveries_dispatch(*, delivery_ids: list[int], now: datetime | None = None) -> dict:
     """Send these deliveries (the engine queues one task per batch): claimed in batches,
     each channel's part over one provider connection. Ids that are not queued or due
-    (already sending, sent, suppressed, deferred to later) are left alone."""
+    (already sending, sent, suppressed, deferred to later) are left alone. After
+    `drain_seconds()` the rest is handed on to a task of its own (a slow vendor)."""
+    from django_q.tasks import async_task
+
     pending = list(dict.fromkeys(delivery_ids))
     size = batch_size()
-    with DispatchRun(now) as run:
+    with DispatchRun(now, seconds=drain_seconds()) as run:
         for _ in range(4 * len(pending) + 4):  # every pass settles at least one message
             if not pending:
+                break
+            if run.time_up():  # a slow provider: the rest goes on in a task of its own
+                async_task("channels_app.tasks.deliveries_send", pending, group="deliveries")
+                run.outcome["handed_on"] += len(pending)
                 break
             chunk, pending = pending[:size], pending[size:]
             _, again = run.pass_(ids=chunk)
@@ -497,10 +514,9 @@ def drain_seconds() -> float:
 def deliveries_drain(*, now: datetime | None = None, seconds: float | None = None) -> dict:
     """Send due deliveries batch after batch (SKIP LOCKED: drains running side by side take
     different batches) until none is due or `seconds` have passed (the next tick goes on)."""
-    deadline = time.monotonic() + (drain_seconds() if seconds is None else seconds)
     batches = 0
-    with DispatchRun(now) as run:
-        while time.monotonic() < deadline:
+    with DispatchRun(now, seconds=drain_seconds() if seconds is None else seconds) as run:
+        while not run.time_up():
             claimed, again = run.pass_(limit=batch_size())
             if not claimed and not again:
                 break  # nothing due (or all of it taken by other drains)

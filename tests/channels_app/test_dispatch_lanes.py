@@ -10,11 +10,13 @@ from collections import Counter
 
 import pytest
 from django.db.models import Count
+from django.utils import timezone
 
 from channels_app.models import Delivery, DeliveryAttempt
 from channels_app.providers import provider
 from channels_app.providers.http import WebhookProvider
-from channels_app.services import deliveries_dispatch
+from channels_app.services import deliveries_dispatch, deliveries_drain
+from channels_app.tasks import deliveries_send
 from channels_app.services.channel_settings import channel_settings_problems
 from journeys.models import Event
 from tests.channels_app.factories import ChannelFactory, CustomerFactory
@@ -144,3 +146,74 @@ def test_a_provider_that_crashes_in_one_session_fails_that_message_alone(vendor,
     assert set(rows.exclude(pk=crashed.pk).values_list("status", flat=True)) == {"sent"}
     keys = Counter(r.headers["Idempotency-Key"] for r in vendor.requests)
     assert len(keys) == 79 and set(keys.values()) == {1}
+
+
+def slow_hook(vendor, monkeypatch, settings):
+    """A vendor taking 0.1 s a message over one connection, for a dispatcher given 0.5 s."""
+    settings.DELIVERY_DRAIN_SECONDS = 0.5
+    vendor.default = Plan(200, {"id": "ok"}, delay=0.1)
+    hook = hook_channel(vendor, monkeypatch)
+    hook.settings = {**hook.settings, "connections": 1}
+    hook.save()
+    return hook
+
+
+def test_a_vendor_too_slow_for_the_task_timeout_gets_the_rest_in_a_task_of_its_own(
+        vendor, monkeypatch, crowd, settings, orm_broker, django_capture_on_commit_callbacks):
+    """A pass against a slow vendor would outlast the task (q2 kills it: the batch would wait for
+    the send lease, ten minutes). The dispatcher stops handing messages over when its time is up,
+    even inside a pass; the rest goes on in a task of its own, each message once."""
+    from django_q.models import OrmQ
+
+    hook = slow_hook(vendor, monkeypatch, settings)
+    deliveries = record(hook, crowd[:30], django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+    rows = Delivery.objects.filter(pk__in=[d.pk for d in deliveries])
+
+    outcome = deliveries_dispatch(delivery_ids=[d.pk for d in deliveries])
+
+    first = len(vendor.requests)
+    assert 1 <= first < 15 and outcome["sent"] == first
+    assert rows.filter(status="sent").count() == first
+    rest = rows.exclude(status="sent")
+    assert set(rest.values_list("status", flat=True)) <= {"queued", "deferred"}
+    assert set(rest.values_list("attempts", flat=True)) == {0}  # an attempt the vendor never saw is not counted
+
+    def handed_on():
+        queued = [q for q in OrmQ.objects.all() if q.task["func"] == "channels_app.tasks.deliveries_send"]
+        OrmQ.objects.filter(pk__in=[q.pk for q in queued]).delete()
+        return [q.task["args"][0] for q in queued]
+
+    (ids,) = handed_on()
+    assert sorted(ids) == sorted(rest.values_list("pk", flat=True))
+    for _ in range(10):  # the worker runs the tasks handed on, one after another
+        deliveries_send(ids)
+        if not (tasks := handed_on()):
+            break
+        (ids,) = tasks
+    assert set(rows.values_list("status", flat=True)) == {"sent"}
+    keys = Counter(r.headers["Idempotency-Key"] for r in vendor.requests)
+    assert sorted(keys) == sorted(d.idempotency_key for d in deliveries) and set(keys.values()) == {1}
+
+
+def test_a_drain_stops_inside_a_pass_when_its_time_is_up(vendor, monkeypatch, crowd, settings,
+                                                         django_capture_on_commit_callbacks):
+    """The drain (due deliveries, batch after batch) keeps to its time inside a pass too: what it did
+    not hand over is due again at once, for the next drain, with its attempt not counted."""
+    hook = slow_hook(vendor, monkeypatch, settings)
+    deliveries = record(hook, crowd[:30], django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+    rows = Delivery.objects.filter(pk__in=[d.pk for d in deliveries])
+    rows.update(status="deferred", reason="retry", next_attempt_at=timezone.now())
+
+    deliveries_drain()
+
+    first = rows.filter(status="sent").count()
+    assert 1 <= first < 15 and len(vendor.requests) == first
+    rest = rows.exclude(status="sent")
+    assert set(rest.values_list("status", "reason", "attempts")) == {("deferred", "retry", 0)}
+    assert not rest.filter(next_attempt_at__gt=timezone.now()).exists()  # due again at once
+
+    deliveries_drain(seconds=30)
+
+    assert set(rows.values_list("status", flat=True)) == {"sent"}
+    keys = Counter(r.headers["Idempotency-Key"] for r in vendor.requests)
+    assert set(keys.values()) == {1} and len(keys) == 30
