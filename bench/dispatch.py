@@ -5,6 +5,7 @@ connection to the same server in the same run.
 
     .venv/bin/python bench/dispatch.py [--events 3000] [--burst 2000] [--providers smtp,webhook] [--quick]
                                        [--resume] [--profile PREFIX] [--server-latency-ms 20]
+                                       [--network-rtt-ms 20]
 
 What runs: a private PostgreSQL (bench/common.py), gunicorn (2 sync workers), `manage.py
 qcluster` (Q_WORKERS=2, ORM broker) and the receiving server, each its own process (the
@@ -34,6 +35,11 @@ timed); the timed events then close those waits and send. Same figures, same bas
 DATA; HTTP: the response), as a relay or an API across a network does; the bare client pays the
 same. Local servers answer in well under a millisecond, so without it the bench measures CPU;
 with it, how many sessions a dispatcher keeps busy at once (a channel's `connections`).
+
+--network-rtt-ms N: the server sits behind a network: everything it writes reaches the client N ms
+later (a TCP proxy in the sink's process), so every round trip costs N ms, as across a real
+network. The SMTP server offers PIPELINING, as real relays do (smtplib, the baseline, never
+pipelines: four round trips a message; ours two).
 
 Last stdout line: {"bench": "dispatch", "smtp_ratio": ..., "smtp_burst_p99_s": ..., "webhook_ratio": ..., ...}
 """
@@ -68,9 +74,56 @@ FROM = "shop@bench.test"
 # --- the receiving servers (a child process: --_sink smtp|webhook) ---------------------------------
 
 
-def run_sink(kind: str, port: int, out: str, latency_s: float = 0.0) -> None:
+def delay_proxy(port: int, target: int, delay_s: float) -> None:
+    """Listen on `port`, forward each connection to `target`: the client's bytes at once, the
+    server's `delay_s` later (in order): every round trip costs delay_s."""
+    import asyncio
+    import socket
+
+    async def pipe(reader, writer, delay):
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue = asyncio.Queue()
+
+        async def out():
+            while True:
+                due, data = await chunks.get()
+                if due > loop.time():
+                    await asyncio.sleep(due - loop.time())
+                if data is None:
+                    writer.close()
+                    return
+                writer.write(data)
+
+        sender = asyncio.ensure_future(out())
+        try:
+            while data := await reader.read(1 << 16):
+                chunks.put_nowait((loop.time() + delay, data))
+        except OSError:
+            pass
+        chunks.put_nowait((loop.time() + delay, None))
+        await sender
+
+    async def connection(client_reader, client_writer):
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target)
+        for w in (client_writer, server_writer):
+            w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await asyncio.gather(pipe(client_reader, server_writer, 0.0), pipe(server_reader, client_writer, delay_s))
+
+    async def serve():
+        server = await asyncio.start_server(connection, "127.0.0.1", port)
+        await server.serve_forever()
+
+    threading.Thread(target=lambda: asyncio.run(serve()), daemon=True).start()
+
+
+def run_sink(kind: str, port: int, out: str, latency_s: float = 0.0, rtt_s: float = 0.0) -> None:
     """Receive messages until SIGTERM; one JSON line per message: arrival time, key, raw content.
-    latency_s: each message is answered that much later (a server across a network)."""
+    latency_s: each message is answered that much later (a server across a network).
+    rtt_s: the server listens behind delay_proxy (on `port`)."""
+    if rtt_s:
+        target = free_port()
+        delay_proxy(port, target, rtt_s)
+        port = target
     lock = threading.Lock()
     sink = open(out, "a", buffering=1 << 16)
     signal.signal(signal.SIGTERM, lambda *_: (sink.flush(), os._exit(0)))
@@ -88,6 +141,10 @@ def run_sink(kind: str, port: int, out: str, latency_s: float = 0.0) -> None:
         import asyncio
 
         class Handler:
+            async def handle_EHLO(self, server, session, envelope, hostname, responses):
+                session.host_name = hostname
+                return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
             async def handle_DATA(self, server, session, envelope):
                 if latency_s:
                     await asyncio.sleep(latency_s)
@@ -134,14 +191,14 @@ def run_sink(kind: str, port: int, out: str, latency_s: float = 0.0) -> None:
 class Sink:
     """The receiving server as a child process; `rows()` reads what it received so far."""
 
-    def __init__(self, kind: str, latency_ms: float = 0.0) -> None:
+    def __init__(self, kind: str, latency_ms: float = 0.0, rtt_ms: float = 0.0) -> None:
         self.kind, self.port = kind, free_port()
         LOG_DIR.mkdir(exist_ok=True)
         self.path = LOG_DIR / f"bench-dispatch-{kind}-sink.jsonl"
         self.path.write_text("")
         self.proc = subprocess.Popen([str(PYTHON), str(Path(__file__).resolve()), "--_sink", kind,
                                       "--_port", str(self.port), "--_out", str(self.path),
-                                      "--server-latency-ms", str(latency_ms)], cwd=ROOT,
+                                      "--server-latency-ms", str(latency_ms), "--network-rtt-ms", str(rtt_ms)], cwd=ROOT,
                                      start_new_session=True)
         self._offset, self._rows = 0, []
         deadline = time.monotonic() + 30
@@ -326,7 +383,7 @@ def bare_http(port: int, rows: list[dict]) -> tuple[float, float]:
 
 
 def provider_run(s, postmaster: int, kind: str, args) -> dict:
-    sink = Sink(kind, args.server_latency_ms)
+    sink = Sink(kind, args.server_latency_ms, args.network_rtt_ms)
     try:
         run_child(s.env, ["--_seed", kind, "--_port", str(sink.port), *(["--resume"] if args.resume else [])])
         sender = Sender(s.port, s.write_key)
@@ -421,6 +478,8 @@ def parse(argv=None):
     p.add_argument("--profile", metavar="PREFIX", help="py-spy the workers in the throughput run (PREFIX.<provider>.txt)")
     p.add_argument("--server-latency-ms", type=float, default=0.0,
                    help="the receiving server answers each message this much later (a relay or API across a network)")
+    p.add_argument("--network-rtt-ms", type=float, default=0.0,
+                   help="every round trip to the receiving server costs this much (a proxy delays its answers)")
     p.add_argument("--_sink", help=argparse.SUPPRESS)
     p.add_argument("--_seed", help=argparse.SUPPRESS)
     p.add_argument("--_port", type=int, help=argparse.SUPPRESS)
@@ -434,7 +493,7 @@ def parse(argv=None):
 def main() -> int:
     args = parse()
     if args._sink:
-        run_sink(args._sink, args._port, args._out, args.server_latency_ms / 1000)
+        run_sink(args._sink, args._port, args._out, args.server_latency_ms / 1000, args.network_rtt_ms / 1000)
         return 0
     if args._seed:
         print(json.dumps(seed(args._seed, args._port, resume=args.resume)))
@@ -464,7 +523,7 @@ def main() -> int:
     targets = {f"{kind}_ratio>=0.8": r["ratio"] >= 0.8 for kind, r in results.items()}
     targets.update({f"{kind}_burst_p99<5s": r["burst_p99_s"] < 5 for kind, r in results.items()})
     report("dispatch", **figures, ok=all(targets.values()), targets=targets, events=args.events, burst=args.burst,
-           resume=args.resume, server_latency_ms=args.server_latency_ms,
+           resume=args.resume, server_latency_ms=args.server_latency_ms, network_rtt_ms=args.network_rtt_ms,
            **{kind: r for kind, r in results.items()},
            machine={**machine, "loadavg_end": [round(x, 2) for x in os.getloadavg()]})
     return 0

@@ -69,7 +69,9 @@ def _address(value: str) -> tuple[str, str]:
 
 def _smtp_transaction(conn: smtplib.SMTP, sender: str, recipient: str, raw: bytes) -> None:
     """smtplib's sendmail for one recipient, with the envelope addresses given as they go on
-    the wire (sendmail parses both again for every message), and the same errors."""
+    the wire (sendmail parses both again for every message), and the same errors. A server that
+    offers PIPELINING (RFC 2920; every common relay and sending service) gets MAIL, RCPT and DATA
+    in one write: two round trips a message instead of four, across a network the most of its time."""
     conn.ehlo_or_helo_if_needed()
     size = f" SIZE={len(raw)}" if conn.does_esmtp and conn.has_extn("size") else ""
 
@@ -82,18 +84,62 @@ def _smtp_transaction(conn: smtplib.SMTP, sender: str, recipient: str, raw: byte
             except smtplib.SMTPServerDisconnected:
                 pass
 
-    code, answer = conn.docmd("MAIL", f"FROM:<{sender}>{size}")
+    envelope = [f"MAIL FROM:<{sender}>{size}", f"RCPT TO:<{recipient}>"]
+    pipelined = conn.does_esmtp and conn.has_extn("pipelining")
+    replies = _pipelined(conn, [*envelope, "DATA"]) if pipelined else []
+    if not pipelined:
+        for command in envelope:
+            replies.append(conn.docmd(command))
+            if replies[-1][0] not in (250, 251):
+                break
+    code, answer = replies[0]
     if code != 250:
         failed(code)
         raise smtplib.SMTPSenderRefused(code, answer, sender)
-    code, answer = conn.docmd("RCPT", f"TO:<{recipient}>")
+    code, answer = replies[1]
     if code not in (250, 251):
         failed(code)
         raise smtplib.SMTPRecipientsRefused({recipient: (code, answer)})
-    code, answer = conn.data(raw)
+    if pipelined:
+        code, answer = replies[2]
+        if code != 354:
+            failed(code)
+            raise smtplib.SMTPDataError(code, answer)
+        conn.send(_dot_stuffed(raw))
+        code, answer = conn.getreply()
+    else:
+        code, answer = conn.data(raw)
     if code != 250:
         failed(code)
         raise smtplib.SMTPDataError(code, answer)
+
+
+def _pipelined(conn: smtplib.SMTP, commands: list[str]) -> list[tuple[int, bytes]]:
+    """The commands in one write, then their answers in order (all of them, as RFC 2920 asks: an
+    answer left unread would be taken for the next command's). A 421 ends the session: no more
+    answers come. A DATA the server took after a refused envelope is ended at once (an empty
+    message without recipients), so that the RSET that follows is read as a command."""
+    conn.send("".join(f"{command}\r\n" for command in commands))
+    replies = []
+    for _ in commands:
+        replies.append(conn.getreply())
+        if replies[-1][0] == 421:
+            return replies
+    if replies[-1][0] == 354 and any(code not in (250, 251) for code, _ in replies[:-1]):
+        conn.send(b".\r\n")
+        conn.getreply()
+    return replies
+
+
+_LINE_END = re.compile(rb"\r\n|\n|\r(?!\n)")
+_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
+
+
+def _dot_stuffed(raw: bytes) -> bytes:
+    """A message body as DATA sends it (smtplib's data(): CRLF line ends, a leading dot doubled,
+    the final '.')."""
+    body = _LEADING_DOT.sub(b"..", _LINE_END.sub(b"\r\n", raw))
+    return body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n"
 
 
 def _header(name: str, value: str) -> bytes:

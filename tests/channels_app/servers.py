@@ -36,8 +36,16 @@ class SmtpSink:
         self.drop: set[str] = set()  # recipients whose RCPT closes the connection (once each)
         self.hang_up_after_data = False  # close each session right after accepting its message (an idle timeout)
         self.mail_reply = ""  # an answer to give every MAIL command instead of 250
+        self.pipelining = True  # offer PIPELINING (RFC 2920), as real relays do
+        self.pipelined = 0  # MAIL commands whose RCPT and DATA had already arrived (sent in one write)
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]] if self.pipelining else responses
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if b"RCPT TO:" in server._reader._buffer and b"DATA\r\n" in server._reader._buffer:
+            self.pipelined += 1
         if self.mail_reply:
             return self.mail_reply
         envelope.mail_from = address

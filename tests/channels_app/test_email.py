@@ -165,3 +165,40 @@ def test_a_session_the_server_closed_while_idle_is_opened_again_before_the_next_
         provider.close()
     assert [m["To"] for m in smtp.messages] == ["idle0@example.com", "idle1@example.com", "idle2@example.com"]
     assert len(set(smtp.peers)) == 3
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one-command-at-a-time"])
+def test_one_session_carries_refusals_and_messages_whether_or_not_the_server_pipelines(smtp, pipelining):
+    """A relay offering PIPELINING (RFC 2920) gets MAIL, RCPT and DATA in one write (two round trips
+    a message, not four). Either way a refused sender or recipient fails its own message only, with
+    its answer's class (5xx permanent, 4xx transient, refused credentials transient), and the
+    session goes on: every answer is read in order, none is taken for the next command's."""
+    from channels_app.providers import OutgoingMessage, PermanentError, TransientError, get_provider
+
+    smtp.pipelining = pipelining
+    smtp.refuse = {"gone@example.com": "550 5.1.1 no such user", "full@example.com": "452 4.2.2 mailbox full"}
+    provider = get_provider("smtp", {"from_email": "news@shop.test"})
+
+    def send(to, body="Hello"):
+        return provider.send(OutgoingMessage(delivery_id=len(to), idempotency_key=to, kind="email", to=to,
+                                             subject="Hi", body=body))
+
+    try:
+        send("a@example.com", body=".starts with a dot\n..two\nbare\rreturn")
+        with pytest.raises(PermanentError, match="550"):
+            send("gone@example.com")
+        with pytest.raises(TransientError, match="452"):
+            send("full@example.com")
+        smtp.mail_reply = "530 5.7.0 Authentication required"
+        with pytest.raises(TransientError, match="credentials"):
+            send("b@example.com")
+        smtp.mail_reply = ""
+        send("c@example.com")
+    finally:
+        provider.close()
+
+    assert [m["To"] for m in smtp.messages] == ["a@example.com", "c@example.com"]
+    assert len(set(smtp.peers)) == 1  # one session throughout
+    body = smtp.messages[0].get_body(("plain",)).get_content()
+    assert body.splitlines() == [".starts with a dot", "..two", "bare", "return"]
+    assert smtp.pipelined == (5 if pipelining else 0)
