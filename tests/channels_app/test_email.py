@@ -202,3 +202,66 @@ def test_one_session_carries_refusals_and_messages_whether_or_not_the_server_pip
     body = smtp.messages[0].get_body(("plain",)).get_content()
     assert body.splitlines() == [".starts with a dot", "..two", "bare", "return"]
     assert smtp.pipelined == (5 if pipelining else 0)
+
+
+def test_a_server_that_takes_data_after_refusing_the_recipient_gets_an_empty_message_ended_at_once(settings):
+    """Some servers answer a pipelined DATA with 354 even though they refused the only recipient:
+    the empty message is ended at once, so that the RSET after it and the next message's commands
+    are read as commands (not as the body of a message without recipients)."""
+    import socket
+    import threading
+
+    from channels_app.providers import OutgoingMessage, PermanentError, get_provider
+    from tests.channels_app.servers import free_port
+
+    port, seen = free_port(), []
+    listener = socket.create_server(("127.0.0.1", port))
+
+    def serve():
+        conn, _ = listener.accept()
+        lines = conn.makefile("rb")
+        conn.sendall(b"220 odd.test ESMTP\r\n")
+        in_data = False
+        for raw in lines:
+            line = raw.decode().rstrip("\r\n")
+            if in_data:
+                if line == ".":
+                    in_data = False
+                    conn.sendall(b"554 no valid recipients\r\n" if seen[-2].startswith("RCPT TO:<gone")
+                                 else b"250 queued\r\n")
+                    seen.append(".")
+                continue
+            seen.append(line)
+            verb = line.split(" ", 1)[0].split(":", 1)[0].upper()
+            if verb == "EHLO":
+                conn.sendall(b"250-odd.test\r\n250-PIPELINING\r\n250 SIZE 1000000\r\n")
+            elif verb == "RCPT" and "gone@" in line:
+                conn.sendall(b"550 no such user\r\n")
+            elif verb == "DATA":
+                in_data = True
+                conn.sendall(b"354 go ahead\r\n")
+            elif verb == "QUIT":
+                conn.sendall(b"221 bye\r\n")
+                break
+            else:
+                conn.sendall(b"250 ok\r\n")
+        conn.close()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_USE_TLS = "127.0.0.1", port, False
+    settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
+    provider = get_provider("smtp", {"from_email": "news@shop.test"})
+    try:
+        with pytest.raises(PermanentError, match="550"):
+            provider.send(OutgoingMessage(delivery_id=1, idempotency_key="a", kind="email", to="gone@example.com",
+                                          subject="Hi", body="Hello"))
+        result = provider.send(OutgoingMessage(delivery_id=2, idempotency_key="b", kind="email",
+                                               to="here@example.com", subject="Hi", body="Hello"))
+    finally:
+        provider.close()
+        server.join(5)
+        listener.close()
+    assert result.provider_message_id
+    verbs = [line.split(" ", 1)[0].split(":", 1)[0].upper() if line != "." else "." for line in seen]
+    assert verbs == ["EHLO", "MAIL", "RCPT", "DATA", ".", "RSET", "MAIL", "RCPT", "DATA", ".", "QUIT"]
