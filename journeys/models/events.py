@@ -141,7 +141,8 @@ class EventKey(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["source", "message_id"], name="event_key_unique")]
-        indexes = [models.Index(fields=["received_at"], name="event_key_received_idx")]
+        # per source: the purge skips the product's own keys without walking them
+        indexes = [models.Index(fields=["source", "received_at"], name="event_key_source_received_idx")]
 
     def __str__(self) -> str:
         return f"{self.source_id}:{self.message_id}"

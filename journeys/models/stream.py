@@ -66,7 +66,9 @@ class StreamBatch(models.Model):
     class Meta:
         ordering = ["-id"]
         verbose_name_plural = "stream batches"
-        indexes = [models.Index(fields=["destination", "delivered_at"], name="streambatch_open_idx")]
+        indexes = [models.Index(fields=["destination", "delivered_at"], name="streambatch_open_idx"),
+                   models.Index(fields=["delivered_at"], name="streambatch_delivered_idx",
+                                condition=models.Q(delivered_at__isnull=False))]  # the purge, oldest first
 
     def __str__(self) -> str:
         return f"{self.webhook_id} ({self.events_count} events)"

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from journeys.models import Event, EventKey, Source
 from journeys.services.bulk_ingest import event_id_sequence
-from journeys.services.internal_events import INTERNAL_SOURCE
+from journeys.services.internal_events import INTERNAL_SOURCE, internal_source
 
 logger = logging.getLogger(__name__)
 
@@ -45,18 +45,31 @@ def _detach(ids_filter: dict) -> None:
             manager.filter(**lookup).delete()
 
 
-def events_delete(*, ids: list[int]) -> int:
-    """Delete these events (and what their relations say must follow) in one short transaction."""
+def events_delete(*, ids: list[int], source: Source | None = None) -> int:
+    """Delete these events (and what their relations say must follow) in one short transaction.
+    `source`: theirs, if they all have the same (the product's own keys live as long as their
+    events: looked up only for events of the internal source, or of any when it is not given)."""
     if not ids:
         return 0
     with transaction.atomic():
         _detach({"in": ids})
-        internal = list(EventKey.objects.filter(event_id__in=ids, source__name=INTERNAL_SOURCE).values_list("pk", flat=True))
-        if internal:  # the product's own keys live as long as their events
-            EventKey.objects.filter(pk__in=internal).delete()
+        if source is None or source.name == INTERNAL_SOURCE:
+            _internal_keys_delete(event_ids={"event_id__in": ids},
+                                  newest=Event.objects.filter(pk__in=ids).aggregate(at=models.Max("received_at"))["at"])
         with connection.cursor() as cur:
             cur.execute(f"DELETE FROM {TABLE} WHERE id IN ({', '.join(['%s'] * len(ids))})", ids)
             return cur.rowcount
+
+
+def _internal_keys_delete(*, event_ids: dict, newest: datetime | None) -> None:
+    """The product's own keys of these events (a key has its event's received_at): found through
+    the (source, received_at) index up to the newest of them, not by a scan of every key."""
+    if newest is None:
+        return
+    keys = EventKey.objects.filter(source=internal_source(), received_at__lte=newest, **event_ids)
+    pks = list(keys.values_list("pk", flat=True))
+    if pks:
+        EventKey.objects.filter(pk__in=pks).delete()
 
 
 def events_retention_run(*, now: datetime | None = None, budget_s: float = 20.0, batch: int = BATCH) -> int:
@@ -69,7 +82,7 @@ def events_retention_run(*, now: datetime | None = None, budget_s: float = 20.0,
         while time.monotonic() < deadline:
             ids = list(Event.objects.filter(source=source, received_at__lt=cutoff).order_by("received_at")
                        .values_list("pk", flat=True)[:batch])
-            deleted += events_delete(ids=ids)
+            deleted += events_delete(ids=ids, source=source)
             if len(ids) < batch:
                 break
     return deleted
@@ -80,14 +93,15 @@ def event_keys_purge(*, now: datetime | None = None, budget_s: float = 10.0, bat
     cutoff = (now or timezone.now()) - timedelta(days=settings.EVENT_API["DEDUP_DAYS"])
     deadline = time.monotonic() + budget_s
     purged = 0
-    while time.monotonic() < deadline:
-        ids = list(EventKey.objects.filter(received_at__lt=cutoff).exclude(source__name=INTERNAL_SOURCE)
-                   .order_by("received_at").values_list("pk", flat=True)[:batch])
-        if ids:
-            EventKey.objects.filter(pk__in=ids).delete()
-        purged += len(ids)
-        if len(ids) < batch:
-            break
+    for source in Source.objects.exclude(name=INTERNAL_SOURCE).order_by("pk"):  # (source, received_at) index
+        while time.monotonic() < deadline:
+            ids = list(EventKey.objects.filter(source=source, received_at__lt=cutoff)
+                       .order_by("received_at").values_list("pk", flat=True)[:batch])
+            if ids:
+                EventKey.objects.filter(pk__in=ids).delete()
+            purged += len(ids)
+            if len(ids) < batch:
+                break
     return purged
 
 
@@ -167,8 +181,8 @@ def events_partitions_drop(*, now: datetime | None = None) -> list[str]:
             with transaction.atomic():
                 if newest is not None:
                     _detach({"gte": low if low is not None else 0, "lt": high})
-                    EventKey.objects.filter(event_id__gte=low or 0, event_id__lt=high,
-                                            source__name=INTERNAL_SOURCE).delete()
+                    _internal_keys_delete(event_ids={"event_id__gte": low or 0, "event_id__lt": high},
+                                          newest=newest[0] + DROP_MARGIN)
                 cur.execute("SET CONSTRAINTS ALL IMMEDIATE")  # deferred checks pending on its rows run first
                 cur.execute(f"ALTER TABLE {TABLE} DETACH PARTITION {name}")  # checks nothing points into it
                 cur.execute(f"DROP TABLE {name}")

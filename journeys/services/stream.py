@@ -412,7 +412,8 @@ def stream_purge(*, now: datetime | None = None) -> int:
     """Drop delivered batches (and their events) older than STREAM["KEEP_DAYS"]; never anything
     undelivered."""
     cutoff = (now or timezone.now()) - timedelta(days=settings.STREAM["KEEP_DAYS"])
-    ids = list(StreamBatch.objects.filter(delivered_at__lt=cutoff).values_list("pk", flat=True)[:5000])
+    ids = list(StreamBatch.objects.filter(delivered_at__lt=cutoff).order_by("delivered_at")
+               .values_list("pk", flat=True)[:5000])
     if not ids:
         return 0
     StreamEvent.objects.filter(batch_id__in=ids).delete()

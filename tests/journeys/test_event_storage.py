@@ -96,6 +96,22 @@ def test_the_products_own_events_keep_their_keys_as_long_as_the_events(db, setti
     assert again.pk == first.pk and Event.objects.count() == 1
 
 
+def test_retention_of_the_products_own_events_takes_their_keys_along(db):
+    from journeys.services.internal_events import event_record_internal, internal_source
+
+    customer = CustomerFactory()
+    old = event_record_internal(customer=customer, name="Email Opened", message_id="open:1")
+    kept = event_record_internal(customer=customer, name="Email Opened", message_id="open:2")
+    age(40, pk=old.pk)
+    Source.objects.filter(pk=internal_source().pk).update(retention_days=30)
+
+    assert events_retention_run() == 1
+
+    assert list(EventKey.objects.values_list("message_id", flat=True)) == ["open:2"]
+    again = event_record_internal(customer=customer, name="Email Opened", message_id="open:1")
+    assert again.pk not in (old.pk, kept.pk) and Event.objects.count() == 2
+
+
 def test_housekeeping_runs_as_a_scheduled_task(api, source):
     from django_q.models import Schedule
 
@@ -171,6 +187,10 @@ def test_a_partition_past_every_retention_is_dropped_whole(api, source, version,
     old = Event.objects.get()
     run = JourneyRun.objects.create(workflow=version.workflow, version=version, customer=old.customer,
                                     trigger_key="t", trigger_event=old)
+    from journeys.services.internal_events import event_record_internal
+
+    event_record_internal(customer=old.customer, name="Email Opened", message_id="open:1")  # its key lives with it
+    Source.objects.update(retention_days=30)
     age(60)
     sequence_at(size + 5)  # p0 is full: the ids moved on to p1
     api.post("track", track("recent"))
@@ -178,6 +198,7 @@ def test_a_partition_past_every_retention_is_dropped_whole(api, source, version,
     assert events_partitions_drop() == ["journeys_event_p0"]
 
     assert list(Event.objects.values_list("message_id", flat=True)) == ["recent"]
+    assert not EventKey.objects.filter(message_id="open:1").exists()  # the product's own key went with its event
     run.refresh_from_db()
     assert run.trigger_event_id is None
     assert "journeys_event_p0" not in _partitions()
