@@ -10,9 +10,9 @@ from channels_app.models import Channel, FrequencyCap
 from channels_app.providers import PROVIDERS
 from channels_app.services.breaker import breaker_reset
 from channels_app.services.channel_settings import channel_settings_problems
+from channels_app.services.dispatch import channel_pause_set, channel_resumed
 from channels_app.services.health import channel_health
 from journeys.admin.base import HistoryReasonMixin, ReasonActionForm, action_reason
-from journeys.services.governance import history_stamp
 
 
 class ChannelForm(forms.ModelForm):
@@ -56,6 +56,11 @@ class ChannelAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
         ("Delivery policy", {"fields": ("quiet_start", "quiet_end", "rate_limit_per_minute", "max_attempts",
                                         "retry_base_s", "retry_max_s", "breaker_threshold", "breaker_cooldown_s")}),
     )
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if change and "paused" in form.changed_data and not obj.paused:
+            channel_resumed(obj)  # what the pause held goes out now, not at its next recheck
 
     def _health(self, obj):
         cache = getattr(self, "_health_cache", {})
@@ -101,8 +106,7 @@ class ChannelAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
         if not (reason := action_reason(self, request)):
             return
         for channel in queryset.filter(paused=not paused):
-            channel.paused = paused
-            history_stamp(channel, actor=request.user, reason=reason).save(update_fields=["paused"])
+            channel_pause_set(channel=channel, paused=paused, actor=request.user, reason=reason)
         self.message_user(request, f"{'paused' if paused else 'resumed'}: {', '.join(c.name for c in queryset)}")
 
     @admin.action(description="Pause (hold sends without losing them; reason required)", permissions=["change"])

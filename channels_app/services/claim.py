@@ -38,7 +38,10 @@ from journeys.models import Customer
 
 # A queued delivery whose enqueue was lost is picked up by the sweeper after this long.
 QUEUED_GRACE = timedelta(seconds=30)
-PAUSE_RECHECK = timedelta(minutes=1)
+# A message held by a pause (the channel's, a workflow's, safe mode) is released at once when the pause
+# is lifted (deliveries_release_held); this recheck is a safety net only (a channel resumed by hand in
+# the database): a paused campaign of a million messages is not claimed and written again every minute.
+PAUSE_RECHECK = timedelta(hours=1)
 # Advisory lock namespaces (pg_advisory_xact_lock(namespace, key)).
 LOCK_CUSTOMER, LOCK_CHANNEL_RATE = 7301, 7302
 

@@ -221,17 +221,67 @@ def test_open_breaker_without_fallback_waits_and_a_failed_probe_reopens(sms, bea
 
 
 def test_paused_channel_holds_sends_without_losing_them(sms, bea, template, vendor, on_commit):
+    from channels_app.services import channel_pause_set
+    from tests.factories import UserFactory
+
+    ops = UserFactory(is_superuser=True)
+    channel_pause_set(channel=sms, paused=True, actor=ops, reason="vendor incident")
+    delivery = send(sms, bea, template, "k", on_commit)
+    assert (delivery.status, delivery.reason) == ("deferred", "paused") and vendor.requests == []
+    held_at = delivery.updated_at
+
+    # a held message is not claimed and written again every minute while the pause lasts
+    assert deliveries_dispatch_due(now=timezone.now() + timedelta(minutes=5)) == 0
+    delivery.refresh_from_db()
+    assert delivery.updated_at == held_at and vendor.requests == []
+
+    with on_commit():
+        channel_pause_set(channel=sms, paused=False, actor=ops, reason="vendor back")
+    delivery.refresh_from_db()  # released at once by the resume, not at a recheck
+    assert delivery.status == "sent" and len(vendor.requests) == 1
+    assert [h.history_change_reason for h in sms.history.order_by("history_date")][-2:] == ["vendor incident",
+                                                                                             "vendor back"]
+
+
+@pytest.mark.parametrize("where", ["resume action", "change form"])
+def test_resuming_a_channel_in_the_admin_releases_what_its_pause_held(sms, bea, template, vendor, on_commit,
+                                                                      admin_client, where):
+    import json
+
+    from django.urls import reverse
+
+    changelist = reverse("admin:channels_app_channel_changelist")
+    admin_client.post(changelist, {"action": "pause", "_selected_action": [sms.pk], "reason": "incident"})
+    sms.refresh_from_db()
+    assert sms.paused
+    delivery = send(sms, bea, template, "k", on_commit)
+    assert (delivery.status, delivery.reason) == ("deferred", "paused")
+
+    with on_commit():
+        if where == "resume action":
+            admin_client.post(changelist, {"action": "resume", "_selected_action": [sms.pk], "reason": "over"})
+        else:
+            form = {"name": sms.name, "kind": sms.kind, "provider": sms.provider, "settings": json.dumps(sms.settings),
+                    "enabled": "on", "max_attempts": sms.max_attempts, "retry_base_s": sms.retry_base_s,
+                    "retry_max_s": sms.retry_max_s, "breaker_threshold": sms.breaker_threshold,
+                    "breaker_cooldown_s": sms.breaker_cooldown_s, "change_reason": "over"}  # "paused" left unticked
+            response = admin_client.post(reverse("admin:channels_app_channel_change", args=[sms.pk]), form)
+            assert response.status_code == 302
+
+    delivery.refresh_from_db()
+    assert delivery.status == "sent" and len(vendor.requests) == 1
+
+
+def test_a_safety_net_recheck_sends_what_a_pause_lifted_by_hand_held(sms, bea, template, vendor, on_commit):
+    """A channel resumed behind the product's back (a database edit) still sends, at the hourly recheck."""
     sms.paused = True
     sms.save()
     delivery = send(sms, bea, template, "k", on_commit)
-    assert (delivery.status, delivery.reason) == ("deferred", "paused") and vendor.requests == []
-
-    deliveries_dispatch_due(now=timezone.now() + timedelta(minutes=5))
-    assert vendor.requests == []
-
     sms.paused = False
     sms.save()
-    deliveries_dispatch_due(now=timezone.now() + timedelta(minutes=10))
+
+    deliveries_dispatch_due(now=timezone.now() + timedelta(minutes=61))
+
     delivery.refresh_from_db()
     assert delivery.status == "sent" and len(vendor.requests) == 1
 
