@@ -289,3 +289,35 @@ def test_business_hours_are_typed_as_text_in_the_version_admin_with_errors_at_th
     draft.refresh_from_db()
     assert draft.business_hours == {"days": [0, 5, 6], "start": "08:00", "end": "20:30"}
     assert 'value="Mon,Sat-Sun 08:00-20:30"' in client.get(url).content.decode()
+
+
+@pytest.mark.parametrize("policy", ["always", "once", "cooldown"])
+def test_entry_checks_decide_alike_over_a_long_history(policy):
+    """A daily broadcast after a year: each customer has hundreds of finished runs of it. The
+    entry checks read only the runs they decide on (this trigger, open runs, one run for `once`,
+    those inside the cooldown) and decide as with every run in hand."""
+    version = publish({"trigger_kind": "event", "trigger_event": "Never Sent", "reentry_policy": policy,
+                       "reentry_cooldown_s": 3600, "steps": [{"key": "wait", "kind": "delay", "config": {"duration": "1d"}}]})
+    crowd = make_customers(24)
+    now = djtz.now()
+    JourneyRun.objects.bulk_create(
+        JourneyRun(workflow_id=version.workflow_id, version=version, customer=c, trigger_key=f"cron:{day}",
+                   status="completed", current_step="done")
+        for c in crowd[:16] for day in range(40))
+    for day in range(40):  # created_at is set on insert
+        JourneyRun.objects.filter(trigger_key=f"cron:{day}").update(created_at=now - timedelta(days=day + 1))
+    recent, open_run, same_key = crowd[:4], crowd[4:8], crowd[8:12]  # 12-15: only old finished runs; 16-23: none
+    JourneyRun.objects.filter(customer__in=recent, trigger_key="cron:0").update(created_at=now - timedelta(minutes=5))
+    JourneyRun.objects.filter(customer__in=open_run, trigger_key="cron:1").update(status="waiting", exclusive=True)
+    JourneyRun.objects.filter(customer__in=same_key, trigger_key="cron:2").update(trigger_key="cron:new")
+
+    result = runs_enroll_bulk(version=version, customer_ids=ids(crowd), trigger_key="cron:new", now=now)
+
+    entered = set(JourneyRun.objects.filter(trigger_key="cron:new", status="waiting").exclude(customer__in=same_key)
+                  .values_list("customer_id", flat=True))
+    expected = {
+        "always": ids(recent) + ids(crowd[12:]),  # not the open runs, not the same trigger again
+        "once": ids(crowd[16:]),  # only those who never entered
+        "cooldown": ids(crowd[12:]),  # not within the hour, not open, not the same trigger
+    }[policy]
+    assert entered == set(expected) and result.enrolled == len(expected)
