@@ -58,8 +58,11 @@ class ChannelAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     )
 
     def save_model(self, request, obj, form, change):
+        # against the stored row, not the form's initial data (a revert from the history starts
+        # from the old version's values)
+        was_paused = change and Channel.objects.filter(pk=obj.pk, paused=True).exists()
         super().save_model(request, obj, form, change)
-        if change and "paused" in form.changed_data and not obj.paused:
+        if was_paused and not obj.paused:
             channel_resumed(obj)  # what the pause held goes out now, not at its next recheck
 
     def _health(self, obj):

@@ -120,14 +120,25 @@ def _pipelined(conn: smtplib.SMTP, commands: list[str]) -> list[tuple[int, bytes
     answers come. A DATA the server took after a refused envelope is ended at once (an empty
     message without recipients), so that the RSET that follows is read as a command."""
     conn.send("".join(f"{command}\r\n" for command in commands))
-    replies = []
+    replies: list[tuple[int, bytes]] = []
     for _ in commands:
-        replies.append(conn.getreply())
+        try:
+            replies.append(conn.getreply())
+        except smtplib.SMTPServerDisconnected:
+            # A server that refuses and hangs up (a drop rule, too many errors): the refusal read
+            # is the answer (no message was sent); with none, the session was lost.
+            if all(code in (250, 251) for code, _ in replies):
+                raise
+            conn.close()
+            return replies
         if replies[-1][0] == 421:
             return replies
     if replies[-1][0] == 354 and any(code not in (250, 251) for code, _ in replies[:-1]):
-        conn.send(b".\r\n")
-        conn.getreply()
+        try:
+            conn.send(b".\r\n")
+            conn.getreply()
+        except smtplib.SMTPServerDisconnected:
+            conn.close()
     return replies
 
 

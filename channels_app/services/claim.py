@@ -130,7 +130,12 @@ class _Breakers:
 
 
 def _channels() -> dict[int, Channel]:
-    """Every channel, with its fallback chain wired (a handful of rows, one query)."""
+    """Every channel, with its fallback chain wired (a handful of rows, one query). On PostgreSQL
+    the paused ones are locked FOR SHARE first, until the claim ends: resuming one (an UPDATE)
+    waits for the claim, so the release after the resume sees what the claim held for the pause."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cur:
+            cur.execute(f"SELECT id FROM {Channel._meta.db_table} WHERE paused FOR SHARE")
     channels = {c.pk: c for c in Channel.objects.all()}
     for channel in channels.values():
         channel.fallback = channels.get(channel.fallback_id)

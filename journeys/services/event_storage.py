@@ -181,8 +181,10 @@ def events_partitions_drop(*, now: datetime | None = None) -> list[str]:
             with transaction.atomic():
                 if newest is not None:
                     _detach({"gte": low if low is not None else 0, "lt": high})
+                    # the newest by receipt, not by id (a replayed event keeps its old received_at)
+                    cur.execute(f"SELECT max(received_at) FROM {name}")
                     _internal_keys_delete(event_ids={"event_id__gte": low or 0, "event_id__lt": high},
-                                          newest=newest[0] + DROP_MARGIN)
+                                          newest=cur.fetchone()[0])
                 cur.execute("SET CONSTRAINTS ALL IMMEDIATE")  # deferred checks pending on its rows run first
                 cur.execute(f"ALTER TABLE {TABLE} DETACH PARTITION {name}")  # checks nothing points into it
                 cur.execute(f"DROP TABLE {name}")

@@ -523,12 +523,30 @@ def outbound_hold(*, workflow_id: int | None = None, run_id: int | None = None) 
 
 def outbound_holds(*, run_ids: Iterable[int | None]) -> Callable[[int | None], str]:
     """outbound_hold for a batch of messages with two queries: returns `hold(run_id)` ->
-    why that run's message must be held now ('' = send it)."""
-    if OperationsSwitch.objects.filter(scope=SwitchScope.GLOBAL, active=True).exists():
-        return lambda run_id: "safe mode"
-    ids = {pk for pk in run_ids if pk is not None}
-    paused = set(JourneyRun.objects.filter(pk__in=ids, workflow__status=WorkflowStatus.PAUSED)
-                 .values_list("pk", flat=True)) if ids else set()
+    why that run's message must be held now ('' = send it).
+
+    On PostgreSQL the switch and paused workflow rows that hold a message are locked FOR SHARE
+    until the caller's transaction ends (the dispatcher's claim): lifting the hold (an UPDATE of
+    those rows) waits for the claim, so the release that follows its commit sees what the claim held."""
+    from django.db import connection
+
+    ids = sorted({pk for pk in run_ids if pk is not None})
+    if connection.vendor != "postgresql":
+        if OperationsSwitch.objects.filter(scope=SwitchScope.GLOBAL, active=True).exists():
+            return lambda run_id: "safe mode"
+        paused = set(JourneyRun.objects.filter(pk__in=ids, workflow__status=WorkflowStatus.PAUSED)
+                     .values_list("pk", flat=True)) if ids else set()
+        return lambda run_id: "workflow paused" if run_id in paused else ""
+    with connection.cursor() as cur:
+        cur.execute(f"SELECT id FROM {OperationsSwitch._meta.db_table} WHERE scope = %s AND active FOR SHARE",
+                    [SwitchScope.GLOBAL.value])
+        if cur.fetchall():
+            return lambda run_id: "safe mode"
+        if not ids:
+            return lambda run_id: ""
+        cur.execute(f"SELECT r.id FROM {JourneyRun._meta.db_table} r JOIN {Workflow._meta.db_table} w ON w.id = r.workflow_id"
+                    " WHERE r.id = ANY(%s) AND w.status = %s FOR SHARE OF w", [ids, WorkflowStatus.PAUSED.value])
+        paused = {row[0] for row in cur.fetchall()}
     return lambda run_id: "workflow paused" if run_id in paused else ""
 
 

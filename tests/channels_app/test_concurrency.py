@@ -125,3 +125,43 @@ def test_a_frequency_cap_holds_when_two_workers_send_to_the_same_customers(setti
     sent = Counter(Delivery.objects.filter(status="sent").values_list("customer_id", flat=True))
     assert sent == Counter({c.pk: 1 for c in people})
     assert Delivery.objects.filter(status="suppressed", reason="frequency_cap").count() == 60
+
+
+def test_a_resume_waits_for_a_claim_that_is_holding_messages_for_the_pause(vendor, monkeypatch):
+    """A claim that read the channel as paused holds its messages for the pause (an hour's recheck);
+    a resume committing meanwhile must not release before the claim's holds are visible. The
+    paused channel row is locked FOR SHARE by the claim: the resume waits, and its release sends
+    the message held in the claim that was running."""
+    from channels_app.services import channel_pause_set
+    from channels_app.services.claim import deliveries_claim
+    from tests.factories import UserFactory
+
+    (delivery,) = _due_webhooks(vendor, monkeypatch, 1)
+    hook = delivery.channel
+    Channel = type(hook)
+    Channel.objects.filter(pk=hook.pk).update(paused=True)
+    hook.refresh_from_db()
+    ops = UserFactory(is_superuser=True)
+    claimed_in_a, errors = threading.Event(), []
+
+    def claim_and_linger():
+        try:
+            with transaction.atomic():
+                deliveries_claim(ids=[delivery.pk], now=timezone.now())
+                claimed_in_a.set()
+                time.sleep(0.5)  # the claim's transaction is still open when the resume comes
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            claimed_in_a.set()
+            connection.close()
+
+    a = threading.Thread(target=claim_and_linger)
+    a.start()
+    claimed_in_a.wait(10)
+    channel_pause_set(channel=hook, paused=False, actor=ops, reason="vendor back")  # autocommit: releases on commit
+    a.join()
+
+    assert errors == []
+    delivery.refresh_from_db()
+    assert delivery.status == "sent" and len(vendor.requests) == 1

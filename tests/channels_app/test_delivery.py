@@ -243,7 +243,7 @@ def test_paused_channel_holds_sends_without_losing_them(sms, bea, template, vend
                                                                                              "vendor back"]
 
 
-@pytest.mark.parametrize("where", ["resume action", "change form"])
+@pytest.mark.parametrize("where", ["resume action", "change form", "history revert"])
 def test_resuming_a_channel_in_the_admin_releases_what_its_pause_held(sms, bea, template, vendor, on_commit,
                                                                       admin_client, where):
     import json
@@ -265,7 +265,12 @@ def test_resuming_a_channel_in_the_admin_releases_what_its_pause_held(sms, bea, 
                     "enabled": "on", "max_attempts": sms.max_attempts, "retry_base_s": sms.retry_base_s,
                     "retry_max_s": sms.retry_max_s, "breaker_threshold": sms.breaker_threshold,
                     "breaker_cooldown_s": sms.breaker_cooldown_s, "change_reason": "over"}  # "paused" left unticked
-            response = admin_client.post(reverse("admin:channels_app_channel_change", args=[sms.pk]), form)
+            if where == "change form":
+                url = reverse("admin:channels_app_channel_change", args=[sms.pk])
+            else:  # back to the version before the pause (its form starts unpaused)
+                before = sms.history.filter(paused=False).order_by("-history_date").first()
+                url = reverse("admin:channels_app_channel_simple_history", args=[sms.pk, before.history_id])
+            response = admin_client.post(url, form)
             assert response.status_code == 302
 
     delivery.refresh_from_db()

@@ -204,10 +204,12 @@ def test_one_session_carries_refusals_and_messages_whether_or_not_the_server_pip
     assert smtp.pipelined == (5 if pipelining else 0)
 
 
-def test_a_server_that_takes_data_after_refusing_the_recipient_gets_an_empty_message_ended_at_once(settings):
+@pytest.mark.parametrize("odd", ["data after a refusal", "hang-up after a refusal"])
+def test_odd_servers_refusing_a_pipelined_recipient_fail_that_message_alone(settings, odd):
     """Some servers answer a pipelined DATA with 354 even though they refused the only recipient:
     the empty message is ended at once, so that the RSET after it and the next message's commands
-    are read as commands (not as the body of a message without recipients)."""
+    are read as commands. Others refuse and hang up (a drop rule, too many errors): the refusal is
+    the answer (permanent, not 'no answer'), and the next message goes over a new session."""
     import socket
     import threading
 
@@ -217,8 +219,8 @@ def test_a_server_that_takes_data_after_refusing_the_recipient_gets_an_empty_mes
     port, seen = free_port(), []
     listener = socket.create_server(("127.0.0.1", port))
 
-    def serve():
-        conn, _ = listener.accept()
+    def session(conn) -> bool:
+        """One SMTP session; False when the client quit."""
         lines = conn.makefile("rb")
         conn.sendall(b"220 odd.test ESMTP\r\n")
         in_data = False
@@ -237,15 +239,24 @@ def test_a_server_that_takes_data_after_refusing_the_recipient_gets_an_empty_mes
                 conn.sendall(b"250-odd.test\r\n250-PIPELINING\r\n250 SIZE 1000000\r\n")
             elif verb == "RCPT" and "gone@" in line:
                 conn.sendall(b"550 no such user\r\n")
+                if odd == "hang-up after a refusal":
+                    return True
             elif verb == "DATA":
                 in_data = True
                 conn.sendall(b"354 go ahead\r\n")
             elif verb == "QUIT":
                 conn.sendall(b"221 bye\r\n")
-                break
+                return False
             else:
                 conn.sendall(b"250 ok\r\n")
-        conn.close()
+        return False
+
+    def serve():
+        while True:
+            conn, _ = listener.accept()
+            with conn:
+                if not session(conn):
+                    return
 
     server = threading.Thread(target=serve, daemon=True)
     server.start()
@@ -253,9 +264,10 @@ def test_a_server_that_takes_data_after_refusing_the_recipient_gets_an_empty_mes
     settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
     provider = get_provider("smtp", {"from_email": "news@shop.test"})
     try:
-        with pytest.raises(PermanentError, match="550"):
+        with pytest.raises(PermanentError, match="550") as refused:
             provider.send(OutgoingMessage(delivery_id=1, idempotency_key="a", kind="email", to="gone@example.com",
                                           subject="Hi", body="Hello"))
+        assert not refused.value.unanswered  # the server answered: never 'may have arrived'
         result = provider.send(OutgoingMessage(delivery_id=2, idempotency_key="b", kind="email",
                                                to="here@example.com", subject="Hi", body="Hello"))
     finally:
@@ -264,4 +276,7 @@ def test_a_server_that_takes_data_after_refusing_the_recipient_gets_an_empty_mes
         listener.close()
     assert result.provider_message_id
     verbs = [line.split(" ", 1)[0].split(":", 1)[0].upper() if line != "." else "." for line in seen]
-    assert verbs == ["EHLO", "MAIL", "RCPT", "DATA", ".", "RSET", "MAIL", "RCPT", "DATA", ".", "QUIT"]
+    assert verbs == {
+        "data after a refusal": ["EHLO", "MAIL", "RCPT", "DATA", ".", "RSET", "MAIL", "RCPT", "DATA", ".", "QUIT"],
+        "hang-up after a refusal": ["EHLO", "MAIL", "RCPT", "EHLO", "MAIL", "RCPT", "DATA", ".", "QUIT"],
+    }[odd]
