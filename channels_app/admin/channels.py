@@ -10,7 +10,7 @@ from channels_app.models import Channel, FrequencyCap
 from channels_app.providers import PROVIDERS
 from channels_app.services.breaker import breaker_reset
 from channels_app.services.channel_settings import channel_settings_problems
-from channels_app.services.dispatch import channel_pause_set, channel_resumed
+from channels_app.services.channels import channel_pause_set, channel_save
 from channels_app.services.health import channel_health
 from journeys.admin.base import HistoryReasonMixin, ReasonActionForm, action_reason
 
@@ -58,12 +58,7 @@ class ChannelAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     )
 
     def save_model(self, request, obj, form, change):
-        # against the stored row, not the form's initial data (a revert from the history starts
-        # from the old version's values)
-        was_paused = change and Channel.objects.filter(pk=obj.pk, paused=True).exists()
-        super().save_model(request, obj, form, change)
-        if was_paused and not obj.paused:
-            channel_resumed(obj)  # what the pause held goes out now, not at its next recheck
+        channel_save(channel=obj, actor=request.user, reason=self._reason(request, form))
 
     def _health(self, obj):
         cache = getattr(self, "_health_cache", {})

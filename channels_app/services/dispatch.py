@@ -55,7 +55,7 @@ from journeys.services.outbound import backoff_delay
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["QUEUED_GRACE", "channel_pause_set", "deliveries_dispatch", "deliveries_dispatch_due", "deliveries_drain", "delivery_dispatch",
+__all__ = ["QUEUED_GRACE", "deliveries_dispatch", "deliveries_dispatch_due", "deliveries_drain", "delivery_dispatch",
            "delivery_requeue"]
 
 
@@ -588,27 +588,9 @@ def delivery_requeue(*, delivery: Delivery, actor: str) -> Delivery:
     return delivery
 
 
-def channel_pause_set(*, channel: Channel, paused: bool, actor, reason: str) -> Channel:
-    """Pause a channel (its sends wait, deferred: never lost) or resume it; on resume what the pause
-    held is released at once (after the commit), not at its next recheck."""
-    from journeys.services.governance import history_stamp
-
-    if channel.paused != paused:
-        channel.paused = paused
-        history_stamp(channel, actor=actor, reason=reason).save(update_fields=["paused"])
-        if not paused:
-            channel_resumed(channel)
-    return channel
-
-
-def channel_resumed(channel: Channel) -> None:
-    """A channel's pause was lifted (the pause action, or its admin form): release what it held."""
-    transaction.on_commit(lambda: deliveries_release_on_resume(scope="channel", key=str(channel.pk)))
-
-
 def deliveries_release_on_resume(*, scope: str, key: str) -> None:
     """Journeys' HOLD_RELEASE_HOOKS entry: safe mode ended or a workflow resumed (runs on commit);
-    also a channel resumed (`channel_resumed`). One task releases them, so they go out oldest first."""
+    also a channel resumed (`channels.channel_save`). One task releases them, so they go out oldest first."""
     from django_q.tasks import async_task
 
     async_task("channels_app.services.dispatch.deliveries_release_held", scope, key, group="deliveries")

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import Group, Permission
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
@@ -528,8 +528,6 @@ def outbound_holds(*, run_ids: Iterable[int | None]) -> Callable[[int | None], s
     On PostgreSQL the switch and paused workflow rows that hold a message are locked FOR SHARE
     until the caller's transaction ends (the dispatcher's claim): lifting the hold (an UPDATE of
     those rows) waits for the claim, so the release that follows its commit sees what the claim held."""
-    from django.db import connection
-
     ids = sorted({pk for pk in run_ids if pk is not None})
     if connection.vendor != "postgresql":
         if OperationsSwitch.objects.filter(scope=SwitchScope.GLOBAL, active=True).exists():
