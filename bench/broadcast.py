@@ -95,6 +95,7 @@ flow = {{"trigger_kind": "schedule", "reentry_policy": "once",
 if {split!r}:  # an A/B test in front of the send: experiment_split -> one send_message per arm
     from experiments.services.experiments import experiment_create, experiment_start
     experiment_start(experiment=experiment_create(key="news-ab", name="News A/B", goal_event="Order Completed",
+                                                  mode="bandit" if {bandit!r} else "fixed",
                                                   arms=[{{"name": "control", "control": True}}, {{"name": "b"}}]))
     flow["steps"] = [{{"key": "split", "kind": "experiment_split", "config": {{"experiment": "news-ab"}}}},
                      {{"key": "send", "kind": "send_message", "config": {{"channel": "news", "template": "news"}}}},
@@ -231,6 +232,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=int, default=3600, help="seconds to wait for the broadcast")
     parser.add_argument("--split", action="store_true",
                         help="an experiment_split (A/B, 50/50) in front of the send: each customer assigned once")
+    parser.add_argument("--bandit", action="store_true",
+                        help="with --split: the experiment is a bandit (weights updated every 100 assignments)")
     parser.add_argument("--tag", action="store_true",
                         help="an update_profile after the send (a counter rule): each customer's count goes to 1")
     parser.add_argument("--best", action="store_true",
@@ -277,7 +280,7 @@ def main() -> int:
             atexit.register(sink.stop)
         if sink is not None:
             env[SECRET_ENV] = "bench-hook-secret"
-        shell(BROADCAST.format(split=args.split, tag=args.tag, hook=args.hook, stage=args.stage, best=args.best, move=args.move, secret_env=SECRET_ENV,
+        shell(BROADCAST.format(split=args.split, bandit=args.bandit, tag=args.tag, hook=args.hook, stage=args.stage, best=args.best, move=args.move, secret_env=SECRET_ENV,
                                hook_url=f"http://127.0.0.1:{sink.port}/hooks/crm" if sink else ""), env)
         per_customer = 2 if args.hook else 1  # deliveries: the webhook call and the email
         # As `make run`: the event workers, and the schedules cluster (its minute tick shares the work
@@ -377,6 +380,7 @@ def main() -> int:
         slowest_start_task_s=round(float(slowest_task or 0), 1),
         q_workers=args.q_workers,
         split=args.split,
+        bandit=args.bandit,
         tag=args.tag,
         hook=args.hook,
         stage=args.stage,

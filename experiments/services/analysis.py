@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
 from django.apps import apps
-from django.db.models import OuterRef, Subquery
+from django.db.models import Count, Exists, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from experiments.choices import HOLDOUT, AssignmentVia, ExperimentMode, ExperimentStatus, Metric
@@ -80,11 +80,30 @@ def exposures_list(*, experiment: Experiment, now: datetime | None = None) -> li
 
 
 def group_counts(*, experiment: Experiment, now: datetime | None = None) -> dict[str, tuple[int, int]]:
-    """group -> (exposures, conversions)."""
+    """group -> (exposures, conversions), counted by the database in one statement (the same
+    customers and conversions as `exposures_list`, without a row per assignment in Python)."""
+    now = now or timezone.now()
+    window = timedelta(seconds=experiment.window_s)
+    if experiment.goal_event:  # a goal event from the assignment to the end of the window (or now)
+        hit = Event.objects.filter(customer_id=OuterRef("customer_id"), name=experiment.goal_event,
+                                   timestamp__gte=OuterRef("assigned_at"), timestamp__lte=now)
+        hit = hit.filter(timestamp__lte=OuterRef("assigned_at") + window)
+    else:
+        hit = JourneyRun.objects.filter(pk=OuterRef("run_id"), converted_at__gte=OuterRef("assigned_at"),
+                                        converted_at__lte=now)
+        hit = hit.filter(converted_at__lte=OuterRef("assigned_at") + window)
+    rows = (
+        Assignment.objects.filter(experiment=experiment, customer__merged_into__isnull=True, assigned_at__lte=now)
+        .annotate(hit=Exists(hit))
+        .values("arm__name", "holdout")
+        .annotate(n=Count("pk"), x=Count("pk", filter=Q(hit=True)))
+        .order_by()
+    )
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for e in exposures_list(experiment=experiment, now=now):
-        counts[e.group][0] += 1
-        counts[e.group][1] += e.converted_at is not None
+    for row in rows:
+        group = counts[HOLDOUT if row["holdout"] else row["arm__name"]]
+        group[0] += row["n"]
+        group[1] += row["x"]
     return {k: (v[0], v[1]) for k, v in counts.items()}
 
 

@@ -2,8 +2,9 @@
 
 Weights become P(arm is best) under Beta posteriors of each arm's conversions
 (with a floor so no arm starves), recomputed every `bandit_every` new
-assignments and by the scheduled task. Assignment stays hash-based and sticky;
-only customers not yet assigned feel the new weights.
+assignments (by a queued task, at most once a minute) and by the scheduled task.
+Assignment stays hash-based and sticky; only customers not yet assigned feel
+the new weights.
 """
 
 from __future__ import annotations
@@ -20,14 +21,44 @@ from experiments.services.hashing import hash_unit
 from experiments.stats import thompson_prob_best
 
 
-def bandit_maybe_update(*, experiment: Experiment, now: datetime) -> dict[str, float] | None:
-    """Called after each new assignment: update when `bandit_every` assignments arrived since the last."""
-    count = Assignment.objects.filter(experiment=experiment, holdout=False).count()
-    # Read the mark from the row: the caller's instance may predate the last update.
-    last = Experiment.objects.filter(pk=experiment.pk).values_list("assignments_at_update", flat=True).first() or 0
-    if count - last < max(1, experiment.bandit_every):
-        return None
-    return experiment_bandit_update(experiment=experiment, now=now)
+BANDIT_MIN_INTERVAL = timedelta(minutes=1)  # weights move at most this often as assignments arrive
+
+
+def bandit_maybe_update(*, experiment: Experiment, now: datetime) -> bool:
+    """Called after new assignments are recorded (inside the engine's batch): when `bandit_every`
+    assignments arrived since the last update, and the last is more than BANDIT_MIN_INTERVAL old,
+    queue `experiments.tasks.bandit_update`. The update reads the outcome of every assignment and
+    locks the experiment; done here it would hold every other batch of a broadcast waiting on that
+    lock, and run once a batch. The task decides again under the lock (a few may be queued at
+    once; the first does the work). Returns whether it was queued."""
+    from journeys.engine.queue import enqueue_work
+
+    mark = Experiment.objects.filter(pk=experiment.pk).values("assignments_at_update", "weights_updated_at").first()
+    if mark is None or _updated_lately(mark["weights_updated_at"], now):
+        return False
+    if _assigned(experiment.pk) - mark["assignments_at_update"] < max(1, experiment.bandit_every):
+        return False
+    enqueue_work("experiments.tasks.bandit_update", experiment.pk, now, group="experiments")
+    return True
+
+
+def bandit_update_due(*, experiment_id: int, now: datetime) -> dict[str, float]:
+    """The queued update: recompute the weights unless another update came first (fewer than
+    `bandit_every` new assignments since, or one less than BANDIT_MIN_INTERVAL ago)."""
+    with transaction.atomic():
+        experiment = Experiment.objects.select_for_update().filter(pk=experiment_id).first()
+        if (experiment is None or _updated_lately(experiment.weights_updated_at, now)
+                or _assigned(experiment_id) - experiment.assignments_at_update < max(1, experiment.bandit_every)):
+            return {}
+        return experiment_bandit_update(experiment=experiment, now=now)
+
+
+def _updated_lately(updated_at: datetime | None, now: datetime) -> bool:
+    return updated_at is not None and updated_at > now - BANDIT_MIN_INTERVAL
+
+
+def _assigned(experiment_id: int) -> int:
+    return Assignment.objects.filter(experiment_id=experiment_id, holdout=False).count()
 
 
 @transaction.atomic
@@ -48,7 +79,7 @@ def experiment_bandit_update(
     counts = group_counts(experiment=experiment, now=now)
     s = [counts.get(a.name, (0, 0))[1] for a in arms]
     f = [counts.get(a.name, (0, 0))[0] - counts.get(a.name, (0, 0))[1] for a in arms]
-    n_total = Assignment.objects.filter(experiment=experiment, holdout=False).count()
+    n_total = _assigned(experiment.pk)
     seed = int(hash_unit(experiment.salt, "bandit", n_total) * 2**32)
     probs = thompson_prob_best(s, f, draws=draws, rng=np.random.default_rng(seed))
     floor = min(max(experiment.bandit_floor, 0.0), 1.0 / max(1, len(arms)))
