@@ -3,7 +3,8 @@
 N customers (default 100,000; `--customers 1000000` works) are loaded into a private
 PostgreSQL with one INSERT ... SELECT FROM generate_series. For a handful of typical
 segment rules, the whole audience is walked with segment_customer_ids (SQL, pages of
-5,000) and, in the same run, with the Python fallback (pages of customers evaluated by
+5,000; two of them count each customer's orders with events_in_last, over 1.5 orders a
+customer) and, in the same run, with the Python fallback (pages of customers evaluated by
 the compiled rule; at more than 200,000 customers on the first 200,000 only, reported
 per customer). Then lifecycle stages with rules: the first refresh moves everyone; a
 second one at the same moment has nothing to do (the hourly case), timed against the
@@ -36,6 +37,8 @@ RULES = {
     "signup_year": "days_since(profile.signup_at) > 1095",
     "vip_recent": "'vip' in profile.tags and profile.days_since_last_seen <= 30",
     "city_email": "profile.address.city == 'Berlin' and ends_with(lower(profile.email), '7@example.com')",
+    "recent_buyers": "events_in_last('Order Completed', days=90) >= 1",
+    "lapsed_buyers": "events_in_last('Order Completed', days=60) == 0 and events_in_last('Order Completed', days=365) > 0",
 }
 
 STAGES = [
@@ -60,6 +63,19 @@ SELECT 'u-' || g, 'U' || g || '@Example.com', '', 'UTC', '',
        %(now)s - (g %% 400) * interval '1 day', %(now)s - (g %% 90) * interval '1 day', NULL, '', NULL,
        %(now)s, %(now)s
 FROM generate_series(1, %(n)s) AS g
+"""
+
+# Two orders for three customers in four, 0-400 days ago (the events_in_last rules).
+ORDERS = """
+INSERT INTO journeys_event (source_id, message_id, type, name, user_id, anonymous_id, previous_id, group_id,
+                            category, channel, version, customer_id, properties, traits, context, integrations,
+                            metadata, other, violations, changes, timestamp, received_at, status, attempts,
+                            processed_at, error)
+SELECT %(source)s, 'o-' || c.id || '-' || k, 'track', 'Order Completed', c.external_id, '', '', '', '', 'server', '',
+       c.id, '{}', '{}', '{}', '{}', '{}', '{}', '[]', '{}', ts, ts, 'processed', 1, ts, ''
+FROM journeys_customer c, generate_series(1, 2) AS k,
+     LATERAL (SELECT %(now)s - ((c.id * 7919 * k) %% 400) * interval '1 day' AS ts) t
+WHERE c.id %% 4 <> 0
 """
 
 
@@ -108,13 +124,15 @@ def main() -> int:
 
         from journeys.models import Customer, LifecycleStage, StageTransition
         from journeys.services import segments
+        from journeys.services.internal_events import internal_source
         from journeys.services.lifecycle import customer_stages_refresh
 
         log(f"loading {args.customers:,} customers")
         started = time.perf_counter()
         with connection.cursor() as cursor:
             cursor.execute(LOAD, {"n": args.customers, "now": NOW})
-            cursor.execute("ANALYZE journeys_customer")
+            cursor.execute(ORDERS, {"source": internal_source().pk, "now": NOW})
+            cursor.execute("ANALYZE journeys_customer; ANALYZE journeys_event")
         log(f"loaded in {time.perf_counter() - started:.1f} s")
 
         results: dict[str, dict] = {}

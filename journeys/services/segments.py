@@ -88,6 +88,12 @@ class CustomerProfile:
     def traits(self) -> str:
         return "c.traits"
 
+    def event_count(self, name: str, since: str) -> str:
+        from journeys.models import Event
+
+        return (f"SELECT count(*) FROM {Event._meta.db_table} AS ev"
+                f" WHERE ev.customer_id = c.id AND ev.name = {name} AND ev.timestamp >= {since}")
+
     def attribute(self, key: str, tr: Builder) -> Val:
         if key == "user_id":
             return Val((Alt(STR, None, "c.external_id"),))

@@ -107,6 +107,27 @@ def test_refresh_moves_whoever_time_moved_and_records_each_change(
     assert len(events) == 5 and all(status == "processed" for *_, status in events)
 
 
+def test_stages_by_recent_orders_follow_time_and_run_in_sql_on_postgresql(db):
+    from journeys.services.internal_events import event_record_internal
+
+    LifecycleStage.objects.create(key="buyer", name="Buyer", order=1,
+                                  rule="events_in_last('Order Completed', days=30) >= 1")
+    LifecycleStage.objects.create(key="lapsed", name="Lapsed", order=2,
+                                  rule="events_in_last('Order Completed', days=365) >= 1")
+    recent, old, never = (person(name, last_seen_days=1) for name in ("recent", "old", "never"))
+    event_record_internal(customer=recent, name="Order Completed", at=NOW - dt.timedelta(days=5))
+    event_record_internal(customer=old, name="Order Completed", at=NOW - dt.timedelta(days=60))
+    event_record_internal(customer=never, name="Viewed", at=NOW - dt.timedelta(days=1))
+    for rule in LifecycleStage.objects.values_list("rule", flat=True):
+        assert segment_plan(rule) == ("sql" if connection.vendor == "postgresql" else "python")
+
+    assert stages_refresh(now=NOW) == 2
+    assert stages_of() == {"recent": "buyer", "old": "lapsed", "never": ""}
+    assert stages_refresh(now=NOW + dt.timedelta(days=20)) == 0
+    assert stages_refresh(now=NOW + dt.timedelta(days=26)) == 1  # 31 days after the order
+    assert stages_of() == {"recent": "lapsed", "old": "lapsed", "never": ""}
+
+
 def test_a_second_refresh_with_nothing_due_changes_nothing_and_time_passing_does(stages):
     person("fresh", last_seen_days=20)
     assert stages_refresh(now=NOW) == 1

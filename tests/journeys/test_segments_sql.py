@@ -433,7 +433,8 @@ def test_rules_that_only_a_running_journey_can_answer_stay_in_python():
         "event.name == 'x'",
         "context.device == 'mobile'",
         "journey.step == 'a'",
-        "events_in_last('Login', days=7) > 1",
+        "events_in_last(profile.favourite, days=7) > 1",  # a name read from the data
+        "events_in_last('Login', days=profile.window) > 1",
         "round(profile.total) == 150",
         "profile.total % 2 == 0",
         "int(profile.total) % 2 == 0",
@@ -443,6 +444,55 @@ def test_rules_that_only_a_running_journey_can_answer_stay_in_python():
     ]:
         assert segment_plan(rule) == "python", rule
         assert segment_translation(rule=rule) is None
+
+
+EVENT_RULES = [
+    "events_in_last('Buy', days=7) > 1",
+    "events_in_last('Buy', days=7) == 0",
+    "events_in_last('Buy', days=30) >= 1 and profile.plan == 'pro'",
+    "events_in_last('Buy', hours=12) > 0 or events_in_last('View', days=1.5) > 2",
+    "events_in_last('Buy', days=7) + events_in_last('View', hours=36) >= 3",
+    "not events_in_last('View', days=3)",
+    "events_in_last('View', days=0) == 0",
+    "events_in_last('Buy', days=-1) == 0",  # a window that starts after now
+    "events_in_last('Buy', days=True) > 0",  # not a number of days: the rule raises, false for all
+    "events_in_last(3, days=1) == 0",  # not an event name: raises
+    "events_in_last('Buy', days=1e12) == 0",  # a window Python cannot subtract: raises
+    "events_in_last('Buy', days=null) == null",  # no window: None
+    "events_in_last('Buy', days=7) > profile.visits",
+]
+
+
+def with_events(customers: list[Customer]) -> None:
+    """Buy and View events at moments around the windows of EVENT_RULES (some on their edges)."""
+    from journeys.models import Event
+    from tests.factories import make_source
+
+    source = make_source("seg")[0]
+    rng = random.Random(3)
+    offsets = [dt.timedelta(**kw) for kw in ({"hours": 1}, {"hours": 12}, {"hours": 13}, {"days": 1},
+                                                {"days": 1.5}, {"days": 3}, {"days": 7}, {"days": 8},
+                                                {"days": 29}, {"days": 31}, {"hours": -2}, {"seconds": 0})]
+    rows = [
+        Event(source=source, customer=c, name=rng.choice(["Buy", "View", "Other"]), type="track",
+              timestamp=NOW - rng.choice(offsets), received_at=NOW, status="processed", properties={})
+        for c in customers for _ in range(rng.randint(0, 4))
+    ]
+    Event.objects.bulk_create(rows)
+
+
+@on_postgres
+def test_event_counts_translate_and_select_what_python_selects():
+    # given the varied population, and events around the windows the rules ask about
+    customers = populate(120)
+    with_events(customers)
+    # when rules counting events (constant names and windows) are run both ways
+    translated, wrong = mismatches(EVENT_RULES, customers)
+    # then every one of them is SQL, and SQL agrees with Python
+    assert not wrong, "\n".join(wrong)
+    assert translated == len(EVENT_RULES)
+    assert 0 < len(python_ids(EVENT_RULES[0], customers)) < len(customers)
+    assert 0 < len(python_ids(EVENT_RULES[1], customers)) < len(customers)
 
 
 @pytest.mark.skipif(connection.vendor == "postgresql", reason="the fallback is for other databases")

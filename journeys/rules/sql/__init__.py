@@ -20,10 +20,11 @@ point (COLLATE "C"), a type mismatch is false for ==/!= and an error for orderin
 
 Every value reaches the SQL as a bound parameter; every expression that could fail
 in PostgreSQL (a cast, a date) is evaluated only inside the CASE branch that proved
-it valid. Rules reading event.*, context.*, journey.*, events_in_last() or functions
-without an exact SQL equivalent raise NotTranslatable: the caller evaluates them in
-Python. This module does not know the customer table: a `ProfileSource` maps
-`profile.<key>` to SQL (journeys.services.segments has the one for customers).
+it valid. Rules reading event.*, context.*, journey.*, events_in_last() of a name or
+window read from the data, or functions without an exact SQL equivalent raise
+NotTranslatable: the caller evaluates them in Python. This module does not know the
+customer table: a `ProfileSource` maps `profile.<key>` to SQL and counts a row's events
+(journeys.services.segments has the one for customers).
 """
 
 from __future__ import annotations

@@ -290,10 +290,34 @@ class Translator(Comparisons, Functions):
             )
         )
 
-    def fold(self, node: Node) -> tuple[bool, object]:
+    def event_count(self, node: Call) -> Val:
+        """events_in_last(name, days=N | hours=N) with constant arguments: the Python function
+        itself checks them and works out the window (an error, or None without one, is the
+        value of every row); the count is the row's events of that name since then, as the
+        Python evaluator counts them (one index probe a row: event (customer, name, timestamp))."""
+        if not all(reads_no_data(arg) for arg in (*node.args, *(value for _, value in node.kwargs))):
+            raise NotTranslatable("events_in_last() of a name or window read from the data")
+        asked: list[tuple[str, dt.datetime]] = []
+
+        def counter(name: str, since: dt.datetime) -> int:
+            asked.append((name, since))
+            return 0
+
+        ok, value = self.fold(node, events_in_last=counter)
+        if not ok:
+            return Val((Alt(ERR),))
+        if not asked:
+            return self.const(value)
+        ((name, since),) = asked
+        if "\x00" in name:
+            raise NotTranslatable("text with a NUL character")
+        count = self.profile.event_count(self.param(name, "text"), self.param(since.isoformat(), "timestamptz"))
+        return Val((Alt(INT, None, f"(({count}))::numeric"),))
+
+    def fold(self, node: Node, events_in_last=None) -> tuple[bool, object]:
         """Evaluate a part that reads no data with the Python compiler itself."""
         function = _load(node, fast=False, text="<constant>")[1]["_rule"]
-        ctx = RuleContext(now=self.now)
+        ctx = RuleContext(now=self.now, events_in_last=events_in_last)
         try:
             return True, function(ctx.event, ctx.profile, ctx.context, ctx.journey, ctx)
         except Exception:  # noqa: BLE001 - a constant error is the outcome E
@@ -314,6 +338,8 @@ class Translator(Comparisons, Functions):
         if isinstance(node, Compare):
             return self.state_value(self.compare(node))
         if isinstance(node, Call):
+            if node.name == "events_in_last":
+                return self.event_count(node)
             if node.name in PREDICATES:
                 return self.state_value(self.predicate(node))
             return self.call(node)

@@ -69,6 +69,8 @@ class ProfileSource(Protocol):
 
     def attribute(self, key: str, tr: Builder) -> Val: ...
 
+    def event_count(self, name: str, since: str) -> str: ...  # SQL: the row's events named `name` since `since`
+
 
 @dataclass(frozen=True, slots=True)
 class Translation:
