@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from experiments.services.bandits import bandit_update_due, bandits_update_all
+from experiments.services.bandits import bandits_update_all, bandits_update_due
 
 
 def experiments_refresh() -> int:
@@ -10,6 +10,6 @@ def experiments_refresh() -> int:
     return bandits_update_all()
 
 
-def bandit_update(experiment_id: int, now) -> int:
-    """Queued by assignments (experiments.services.bandits.bandit_maybe_update): one bandit's weights."""
-    return len(bandit_update_due(experiment_id=experiment_id, now=now))
+def bandits_due() -> int:
+    """Scheduled every minute: the bandits with `bandit_every` new assignments since their last update."""
+    return bandits_update_due()

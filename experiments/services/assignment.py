@@ -167,10 +167,6 @@ def assignment_decide(
     except IntegrityError:  # a concurrent entry recorded it first: use theirs
         existing = Assignment.objects.select_related("arm").get(experiment=experiment, customer=customer)
         return _sticky(existing, control, reason="assigned concurrently (sticky)")
-    if experiment.mode == ExperimentMode.BANDIT:
-        from experiments.services.bandits import bandit_maybe_update
-
-        bandit_maybe_update(experiment=experiment, now=now)
     return decision
 
 
@@ -186,7 +182,7 @@ class AssignmentBatch:
     one INSERT ... ON CONFLICT DO NOTHING. An entry of the same customer later in the batch is
     sticky to what the batch decided. A conflict (another worker recorded the customer first)
     is fine when it holds the same arm (the hash decides both); otherwise AssignmentRaced.
-    Bandit weights are updated once per batch and experiment, after its assignments are recorded.
+    Bandit weights are not touched here (experiments.services.bandits.bandits_update_due, every minute).
     """
 
     KEY = "experiments.assign"
@@ -252,11 +248,6 @@ class AssignmentBatch:
             if (theirs.arm_id, theirs.holdout) != (mine.arm_id, mine.holdout):
                 raise AssignmentRaced(f"customer {mine.customer_id} was assigned {theirs.arm.name} concurrently")
             self._assigned[mine.experiment_id][mine.customer_id] = theirs
-        for experiment in {a.experiment_id: a.experiment for a in pending}.values():
-            if experiment.mode == ExperimentMode.BANDIT:
-                from experiments.services.bandits import bandit_maybe_update
-
-                bandit_maybe_update(experiment=experiment, now=self.now)
 
 
 def _rounded(weights: dict[str, float]) -> dict[str, float]:

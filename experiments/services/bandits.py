@@ -1,8 +1,8 @@
 """Bandit mode: Thompson sampling moves weight toward arms that convert better.
 
 Weights become P(arm is best) under Beta posteriors of each arm's conversions
-(with a floor so no arm starves), recomputed every `bandit_every` new
-assignments (by a queued task, at most once a minute) and by the scheduled task.
+(with a floor so no arm starves), recomputed after `bandit_every` new
+assignments (checked every minute) and by the 15-minute refresh.
 Assignment stays hash-based and sticky; only customers not yet assigned feel
 the new weights.
 """
@@ -21,44 +21,25 @@ from experiments.services.hashing import hash_unit
 from experiments.stats import thompson_prob_best
 
 
-BANDIT_MIN_INTERVAL = timedelta(minutes=1)  # weights move at most this often as assignments arrive
-
-
-def bandit_maybe_update(*, experiment: Experiment, now: datetime) -> bool:
-    """Called after new assignments are recorded (inside the engine's batch): when `bandit_every`
-    assignments arrived since the last update, and the last is more than BANDIT_MIN_INTERVAL old,
-    queue `experiments.tasks.bandit_update`. The update reads the outcome of every assignment and
-    locks the experiment; done here it would hold every other batch of a broadcast waiting on that
-    lock, and run once a batch. The task decides again under the lock (a few may be queued at
-    once; the first does the work). Returns whether it was queued."""
-    from journeys.engine.queue import enqueue_work
-
-    mark = Experiment.objects.filter(pk=experiment.pk).values("assignments_at_update", "weights_updated_at").first()
-    if mark is None or _updated_lately(mark["weights_updated_at"], now):
-        return False
-    if _assigned(experiment.pk) - mark["assignments_at_update"] < max(1, experiment.bandit_every):
-        return False
-    enqueue_work("experiments.tasks.bandit_update", experiment.pk, now, group="experiments")
-    return True
-
-
-def bandit_update_due(*, experiment_id: int, now: datetime) -> dict[str, float]:
-    """The queued update: recompute the weights unless another update came first (fewer than
-    `bandit_every` new assignments since, or one less than BANDIT_MIN_INTERVAL ago)."""
-    with transaction.atomic():
-        experiment = Experiment.objects.select_for_update().filter(pk=experiment_id).first()
-        if (experiment is None or _updated_lately(experiment.weights_updated_at, now)
-                or _assigned(experiment_id) - experiment.assignments_at_update < max(1, experiment.bandit_every)):
-            return {}
-        return experiment_bandit_update(experiment=experiment, now=now)
-
-
-def _updated_lately(updated_at: datetime | None, now: datetime) -> bool:
-    return updated_at is not None and updated_at > now - BANDIT_MIN_INTERVAL
-
-
-def _assigned(experiment_id: int) -> int:
-    return Assignment.objects.filter(experiment_id=experiment_id, holdout=False).count()
+def bandits_update_due(*, now: datetime | None = None) -> int:
+    """q2 task, every minute (schedule `experiments.bandits`): update each running bandit that had
+    `bandit_every` new assignments since its last update. The engine's batches only record
+    assignments: an update reads the outcome of every assignment and locks the experiment, which a
+    batch of a broadcast must not wait for, nor do once per batch. So the weights move at most once
+    a minute, and an update that came due within the minute is made at the next one, not dropped.
+    Finding them reads only the assignments since each bandit's last update (the assigned_at index;
+    the 15-minute refresh updates every bandit). Returns how many were updated."""
+    now = now or timezone.now()
+    done = 0
+    for experiment in Experiment.objects.filter(status=ExperimentStatus.RUNNING, mode=ExperimentMode.BANDIT):
+        last = experiment.weights_updated_at
+        if last is not None:
+            new = Assignment.objects.filter(experiment=experiment, holdout=False, assigned_at__gt=last).count()
+            if new < max(1, experiment.bandit_every):
+                continue
+        experiment_bandit_update(experiment=experiment, now=now)
+        done += 1
+    return done
 
 
 @transaction.atomic
@@ -72,14 +53,16 @@ def experiment_bandit_update(
     experiment_authorize(actor=actor, experiment=experiment)
 
     now = now or timezone.now()
-    experiment = Experiment.objects.select_for_update().get(pk=experiment.pk)
+    # FOR NO KEY UPDATE: the weights are not keys, so the engine's batches keep inserting
+    # assignments (their foreign keys lock these rows FOR KEY SHARE) while the update runs.
+    experiment = Experiment.objects.select_for_update(no_key=True).get(pk=experiment.pk)
     if experiment.mode != ExperimentMode.BANDIT or experiment.status != ExperimentStatus.RUNNING:
         return {}
-    arms = [a for a in Arm.objects.select_for_update().filter(experiment=experiment) if a.retired_at is None]
+    arms = [a for a in Arm.objects.select_for_update(no_key=True).filter(experiment=experiment) if a.retired_at is None]
     counts = group_counts(experiment=experiment, now=now)
     s = [counts.get(a.name, (0, 0))[1] for a in arms]
     f = [counts.get(a.name, (0, 0))[0] - counts.get(a.name, (0, 0))[1] for a in arms]
-    n_total = _assigned(experiment.pk)
+    n_total = Assignment.objects.filter(experiment=experiment, holdout=False).count()
     seed = int(hash_unit(experiment.salt, "bandit", n_total) * 2**32)
     probs = thompson_prob_best(s, f, draws=draws, rng=np.random.default_rng(seed))
     floor = min(max(experiment.bandit_floor, 0.0), 1.0 / max(1, len(arms)))

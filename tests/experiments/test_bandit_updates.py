@@ -1,7 +1,6 @@
 """Bandit weights at broadcast scale: the per-arm counts come from one aggregate statement (the same
-counts as the exposures the report lists), and an engine batch that records assignments only queues
-the weight update (a task that decides again under the experiment's lock), at most once a minute,
-instead of locking the experiment and reading every assignment inside the batch."""
+counts as the exposures the report lists); an engine batch only records assignments, and a schedule
+moves the weights at most once a minute, without holding up the batches."""
 
 from __future__ import annotations
 
@@ -10,11 +9,11 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
-from django_q.models import OrmQ
+from django.db import connection
 
 from experiments.models import Assignment, Experiment
 from experiments.services.analysis import exposures_list, group_counts
-from experiments.tasks import bandit_update
+from experiments.services.bandits import bandits_update_due
 from journeys.engine.compiled import reset_caches
 from journeys.engine.processor import events_process
 from journeys.models import Customer, JourneyRun
@@ -87,16 +86,16 @@ def test_group_counts_are_the_exposures_counted_by_converted_runs(publish):
     assert sum(n for n, _ in counts.values()) == Assignment.objects.count() == 40
 
 
-def queued_updates() -> list[tuple]:
-    return [task["args"] for task in (q.task for q in OrmQ.objects.all())
-            if task["func"] == "experiments.tasks.bandit_update"]
-
-
 def weights(experiment) -> dict[str, float]:
     return dict(experiment.arms.values_list("name", "weight"))
 
 
-def test_an_engine_batch_queues_the_bandit_update_instead_of_doing_it(publish, orm_broker):
+def test_batches_only_record_assignments_and_the_minute_schedule_moves_the_weights(publish, orm_broker):
+    """A broadcast's batches neither lock the experiment nor count its assignments nor queue work for
+    the bandit; every minute the bandits with `bandit_every` new assignments are updated: at most once
+    a minute, and an update that came due within the minute is made at the next one."""
+    from django_q.models import OrmQ, Schedule
+
     experiment = make_experiment(key="news", arms=ARMS, mode="bandit", goal_event="Buy", bandit_every=10)
     publish(split_then_wait("news"))
     reset_caches()
@@ -104,24 +103,61 @@ def test_an_engine_batch_queues_the_bandit_update_instead_of_doing_it(publish, o
 
     events_process(event_ids=pending_events(make_customers(30, prefix="a")))
 
-    assert Assignment.objects.count() == 30
-    assert weights(experiment) == before  # nothing done in the batch
-    (args,) = queued_updates()
-    assert args[0] == experiment.pk
+    assert Assignment.objects.count() == 30 and weights(experiment) == before  # nothing done in the batch
+    assert not [q for q in OrmQ.objects.all() if "bandit" in q.task["func"]]
+    schedule = Schedule.objects.get(name="experiments.bandits")
+    assert (schedule.func, schedule.schedule_type, schedule.minutes) == ("experiments.tasks.bandits_due", "I", 1)
 
-    assert bandit_update(*args) == 2  # the task: new weights for both arms
-    assert bandit_update(*args) == 0  # queued twice: the second finds the update done
-    experiment.refresh_from_db()
-    assert experiment.assignments_at_update == 30 and experiment.weights_updated_at is not None
-    assert experiment.arms.get(name="b").history.filter(history_change_reason__startswith="bandit update").count() == 1
+    now = timezone.now()
+    assert bandits_update_due(now=now) == 1  # never updated: due
+    updated = Experiment.objects.get(pk=experiment.pk)
+    assert updated.assignments_at_update == 30 and updated.weights_updated_at == now
+    assert bandits_update_due(now=now + timedelta(seconds=30)) == 0  # nothing new
 
-    OrmQ.objects.all().delete()
-    events_process(event_ids=pending_events(make_customers(30, prefix="b"), source="b"))
-    assert queued_updates() == []  # 30 more within the minute: the weights moved less than a minute ago
+    events_process(event_ids=pending_events(make_customers(200, prefix="b"), source="b"))
+    assert bandits_update_due(now=timezone.now() + timedelta(minutes=1)) == 1  # 200 new: made, not dropped
+    assert Experiment.objects.get(pk=experiment.pk).assignments_at_update == 230
+    assert experiment.arms.get(name="b").history.filter(history_change_reason__startswith="bandit update").count() == 2
 
-    Experiment.objects.filter(pk=experiment.pk).update(
-        weights_updated_at=experiment.weights_updated_at - timedelta(minutes=2))
     events_process(event_ids=pending_events(make_customers(5, prefix="c"), source="c"))
-    assert len(queued_updates()) == 1  # a minute later: 35 new since the last update
-    assert bandit_update(*queued_updates()[0]) == 2
-    assert Experiment.objects.get(pk=experiment.pk).assignments_at_update == 65
+    assert bandits_update_due(now=timezone.now() + timedelta(minutes=2)) == 0  # 5 new: fewer than bandit_every
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks")
+@pytest.mark.django_db(transaction=True)
+def test_a_running_weight_update_does_not_hold_up_the_batches_that_assign(publish):
+    """The update locks the experiment and its arms FOR NO KEY UPDATE: an assignment's foreign keys
+    only need FOR KEY SHARE, so a batch inserting assignments goes on while the update runs."""
+    import threading
+
+    from django.db import connections, transaction
+
+    experiment = make_experiment(key="news", arms=ARMS, mode="bandit", goal_event="Buy", bandit_every=10)
+    arm = experiment.arms.get(name="b")
+    customer = make_customers(1, prefix="x")[0]
+    locked, release, errors = threading.Event(), threading.Event(), []
+
+    def update_in_progress():
+        try:
+            with transaction.atomic():
+                Experiment.objects.select_for_update(no_key=True).get(pk=experiment.pk)
+                list(experiment.arms.select_for_update(no_key=True))
+                locked.set()
+                release.wait(10)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=update_in_progress)
+    thread.start()
+    try:
+        assert locked.wait(10)
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL lock_timeout = '2s'")
+            Assignment.objects.create(experiment=experiment, customer=customer, arm=arm, bucket=0.5,
+                                      assigned_at=timezone.now())
+    finally:
+        release.set()
+        thread.join()
+    assert not errors and Assignment.objects.filter(experiment=experiment).count() == 1
