@@ -107,7 +107,7 @@ def test_refresh_moves_whoever_time_moved_and_records_each_change(
     assert len(events) == 5 and all(status == "processed" for *_, status in events)
 
 
-def test_stages_by_recent_orders_follow_time_and_run_in_sql_on_postgresql(db):
+def test_stages_by_recent_orders_follow_time_and_run_in_sql_on_postgresql(db, caplog):
     from journeys.services.internal_events import event_record_internal
 
     LifecycleStage.objects.create(key="buyer", name="Buyer", order=1,
@@ -126,6 +126,7 @@ def test_stages_by_recent_orders_follow_time_and_run_in_sql_on_postgresql(db):
     assert stages_refresh(now=NOW + dt.timedelta(days=20)) == 0
     assert stages_refresh(now=NOW + dt.timedelta(days=26)) == 1  # 31 days after the order
     assert stages_of() == {"recent": "lapsed", "old": "lapsed", "never": ""}
+    assert not [r for r in caplog.records if "SQL failed" in r.getMessage()]  # no fallback to Python
 
 
 def test_a_second_refresh_with_nothing_due_changes_nothing_and_time_passing_does(stages):

@@ -33,6 +33,15 @@ from journeys.services.segments import (
 from tests.journeys.test_rules import _random_rule
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _sql_never_falls_back(caplog):
+    """A statement PostgreSQL refuses is logged and answered in Python (a campaign must not stop):
+    here that is a failure, or a broken translation would pass as the Python answer."""
+    yield
+    failed = [r.getMessage() for r in caplog.get_records("call") if "SQL failed" in r.getMessage()]
+    assert not failed, failed
 on_postgres = pytest.mark.skipif(
     connection.vendor != "postgresql", reason="the SQL path is PostgreSQL's"
 )

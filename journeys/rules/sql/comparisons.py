@@ -307,6 +307,8 @@ class Comparisons:
             return F
         if needle.cat == PROFILE:
             raise NotTranslatable("the whole profile in a list")
+        if not needle.expr:  # a number SQL cannot read exactly (pair's stand-in): Python compares it
+            return ANY
         x = self.alias()
         item = self.jsonb(f"{x}.v")
         s = self.pair(

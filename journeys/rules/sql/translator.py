@@ -75,7 +75,7 @@ class Translator(Comparisons, Functions):
         return f"{self.prefix}x{self._aliases}"
 
     def lateral(self, expr: str) -> str:
-        """Compute `expr` once per row (it must only read the row itself)."""
+        """Compute `expr` once per row (it must only read the row itself, or rows keyed by it)."""
         name = f"{self.prefix}l{len(self.joins)}"
         self.joins.append(f"CROSS JOIN LATERAL (SELECT {expr} AS v OFFSET 0) AS {name}")
         return f"{name}.v"
@@ -294,7 +294,8 @@ class Translator(Comparisons, Functions):
         """events_in_last(name, days=N | hours=N) with constant arguments: the Python function
         itself checks them and works out the window (an error, or None without one, is the
         value of every row); the count is the row's events of that name since then, as the
-        Python evaluator counts them (one index probe a row: event (customer, name, timestamp))."""
+        Python evaluator counts them, made once a row in a LATERAL join however often the rule
+        reads it (index probes of event (customer, name, timestamp))."""
         if not all(reads_no_data(arg) for arg in (*node.args, *(value for _, value in node.kwargs))):
             raise NotTranslatable("events_in_last() of a name or window read from the data")
         asked: list[tuple[str, dt.datetime]] = []
@@ -312,7 +313,7 @@ class Translator(Comparisons, Functions):
         if "\x00" in name:
             raise NotTranslatable("text with a NUL character")
         count = self.profile.event_count(self.param(name, "text"), self.param(since.isoformat(), "timestamptz"))
-        return Val((Alt(INT, None, f"(({count}))::numeric"),))
+        return Val((Alt(INT, None, self.lateral(f"(({count}))::numeric")),))
 
     def fold(self, node: Node, events_in_last=None) -> tuple[bool, object]:
         """Evaluate a part that reads no data with the Python compiler itself."""
