@@ -99,8 +99,9 @@ def main() -> int:
                 cursor.execute(RUNS, {"customer": customer, "first": first, "last": last,
                                       "per_day": args.runs_per_day, "versions": versions})
                 cursor.execute(STEPS, {"after": after})
-                cursor.execute("ANALYZE journeys_journeyrun")
-                cursor.execute("ANALYZE journeys_stepexecution")
+            with connection.cursor() as cursor:  # as autovacuum would have (BRIN ranges summarised)
+                cursor.execute("VACUUM ANALYZE journeys_journeyrun")
+                cursor.execute("VACUUM ANALYZE journeys_stepexecution")
             return time.perf_counter() - started
 
         def audit() -> tuple[float, dict]:

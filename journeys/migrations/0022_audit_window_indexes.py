@@ -2,7 +2,9 @@
 by `started_at`, runs by `created_at`), so the audit reads the last weeks, not every row ever
 written. Both columns grow with insertion order, which is what BRIN summarises: a few pages for
 a table of hundreds of millions of rows, and next to nothing added to each insert (these are
-the two hottest insert tables). Built CONCURRENTLY (the migration is not atomic): an install
+the two hottest insert tables). `autosummarize`: a block range is summarised as soon as it
+is full (autovacuum does the work), not at the next vacuum of the table; until then the range
+is read whole. Built CONCURRENTLY (the migration is not atomic): an install
 with a large history keeps running while they are built. Other databases do without."""
 
 from django.db import migrations
@@ -17,7 +19,8 @@ def create(apps, schema_editor):
     if schema_editor.connection.vendor != "postgresql":
         return
     for name, table, column in INDEXES:
-        schema_editor.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} USING brin ({column})")
+        schema_editor.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} USING brin ({column})"
+                              " WITH (autosummarize = on)")
 
 
 def drop(apps, schema_editor):
