@@ -19,6 +19,7 @@ import argparse
 import os
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -80,6 +81,7 @@ def main() -> int:
 
         django.setup()
         from django.db import connection
+        from django.utils import timezone
 
         from journeys.models import BusinessUnit, Customer, JourneyRun, StepExecution
         from journeys.services.governance import audit_run
@@ -104,11 +106,11 @@ def main() -> int:
                 cursor.execute("VACUUM ANALYZE journeys_stepexecution")
             return time.perf_counter() - started
 
-        def audit() -> tuple[float, dict]:
+        def audit(at) -> tuple[float, dict]:
             times, findings = [], {}
             for _ in range(args.rounds):
                 started = time.perf_counter()
-                findings = audit_run(days=14).findings
+                findings = audit_run(days=14, now=at).findings
                 times.append(time.perf_counter() - started)
             return min(times), findings
 
@@ -119,11 +121,11 @@ def main() -> int:
         log(f"loaded in {history_s:.0f} s; loading the 28 newest days")
         window_s_load = load(0, 28)
         runs, steps = JourneyRun.objects.count(), StepExecution.objects.count()
-        full_s, findings = audit()
+        at = timezone.now()  # both audits see the same window
+        full_s, findings = audit(at)
         log(f"audit over {runs:,} runs / {steps:,} step executions: {full_s:.2f} s")
         with connection.cursor() as cursor:  # the same window without the history
-            cursor.execute("SELECT now() - interval '28 days'")
-            cutoff = cursor.fetchone()[0]
+            cutoff = at - timedelta(days=28)
             cursor.execute("DELETE FROM journeys_stepexecution WHERE run_id IN"
                            " (SELECT id FROM journeys_journeyrun WHERE created_at < %s)", [cutoff])
             cursor.execute("DELETE FROM journeys_journeyrun WHERE created_at < %s", [cutoff])
@@ -131,7 +133,7 @@ def main() -> int:
             cursor.execute("VACUUM ANALYZE journeys_journeyrun")
             cursor.execute("VACUUM ANALYZE journeys_stepexecution")
         small_runs = JourneyRun.objects.count()
-        window_s, small_findings = audit()
+        window_s, small_findings = audit(at)
         log(f"audit over the window alone ({small_runs:,} runs): {window_s:.2f} s")
         executions = sum(s["executions"] for s in findings["step_health"])
         assert executions == sum(s["executions"] for s in small_findings["step_health"]), "the window changed"

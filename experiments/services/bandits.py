@@ -22,21 +22,21 @@ from experiments.stats import thompson_prob_best
 
 
 def bandits_update_due(*, now: datetime | None = None) -> int:
-    """q2 task, every minute (schedule `experiments.bandits`): update each running bandit that had
+    """q2 task, every minute (schedule `experiments.bandits`): update each running bandit with
     `bandit_every` new assignments since its last update. The engine's batches only record
     assignments: an update reads the outcome of every assignment and locks the experiment, which a
     batch of a broadcast must not wait for, nor do once per batch. So the weights move at most once
-    a minute, and an update that came due within the minute is made at the next one, not dropped.
-    Finding them reads only the assignments since each bandit's last update (the assigned_at index;
-    the 15-minute refresh updates every bandit). Returns how many were updated."""
+    a minute, and an update that came due within the minute is made at the next one. New means
+    counted since the update (the total against the count it recorded): a batch that was assigning
+    while the update ran is counted the next time, whatever its clock said. Returns how many were
+    updated."""
     now = now or timezone.now()
     done = 0
     for experiment in Experiment.objects.filter(status=ExperimentStatus.RUNNING, mode=ExperimentMode.BANDIT):
-        last = experiment.weights_updated_at
-        if last is not None:
-            new = Assignment.objects.filter(experiment=experiment, holdout=False, assigned_at__gt=last).count()
-            if new < max(1, experiment.bandit_every):
-                continue
+        assigned = Assignment.objects.filter(experiment=experiment, holdout=False).count()
+        if experiment.weights_updated_at is not None and (
+                assigned - experiment.assignments_at_update < max(1, experiment.bandit_every)):
+            continue
         experiment_bandit_update(experiment=experiment, now=now)
         done += 1
     return done

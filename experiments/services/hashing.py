@@ -1,7 +1,7 @@
 """Deterministic positions in [0, 1): what assignment (and the bandit's seeded sampling) build on.
 
 On its own so that assignment and bandits both depend on it and not on each other
-(assignment calls the bandit's update; the bandit seeds its draws with the same hash).
+(the bandit seeds its draws with the same hash as assignment).
 """
 
 from __future__ import annotations

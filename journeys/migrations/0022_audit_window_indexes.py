@@ -19,6 +19,11 @@ def create(apps, schema_editor):
     if schema_editor.connection.vendor != "postgresql":
         return
     for name, table, column in INDEXES:
+        # A build that was cancelled (a timeout on a large table) leaves an invalid index behind,
+        # which IF NOT EXISTS would keep: drop it, so that running the migration again builds it.
+        schema_editor.execute(
+            f"DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            f" WHERE c.relname = '{name}' AND NOT i.indisvalid) THEN EXECUTE 'DROP INDEX {name}'; END IF; END $$")
         schema_editor.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} USING brin ({column})"
                               " WITH (autosummarize = on)")
 

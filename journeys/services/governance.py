@@ -703,20 +703,27 @@ def _step_health(since: datetime) -> tuple[list[dict], list[dict], set[tuple[int
     for ident, (n, errors, avg, p95) in sorted(groups.items()):
         steps.append({"workflow": ident[0], "step": ident[1], "kind": ident[2], "executions": n,
                       "errors": errors, "error_rate": round(errors / n, 4),
-                      "latency_ms_avg": None if avg is None else round(avg, 1),
-                      "latency_ms_p95": None if p95 is None else round(p95, 1)})
-    sends = (window.filter(step_kind="send_message").annotate(channel=KT("detail__channel")).values("channel")
+                      "latency_ms_avg": _ms(avg), "latency_ms_p95": _ms(p95)})
+    sends = (window.filter(step_kind="send_message").values("detail__channel")
              .annotate(n=Count("pk"), errors=Count("pk", filter=Q(outcome="error") | Q(detail__status="failed")),
                        suppressed=Count("pk", filter=Q(detail__status="suppressed")))
              .order_by())
     channels: dict[str, Counter] = defaultdict(Counter)
-    for r in sends:
-        channels[r["channel"] or "?"].update({"executions": r["n"], "errors": r["errors"],
-                                              "suppressed": r["suppressed"]})
+    for r in sends:  # grouped by the JSON value: a channel written as false, 0 or null is "?"
+        channel = r["detail__channel"]
+        channels[str(channel) if channel else "?"].update(
+            {"executions": r["n"], "errors": r["errors"], "suppressed": r["suppressed"]})
     channel_rows = [{"channel": name, "executions": c["executions"], "errors": c["errors"],
                      "suppressed": c["suppressed"], "error_rate": round(c["errors"] / c["executions"], 4)}
                     for name, c in sorted(channels.items())]
     return steps, channel_rows, reached
+
+
+def _ms(value: float | None) -> float | None:
+    """Milliseconds to one decimal; rounded to 6 places first, so that two ways of computing the
+    same value (PostgreSQL's percentile_cont, Python's statistics) that differ in the last bits
+    round alike (361.35 and 361.3499999999 are 361.4 both)."""
+    return None if value is None else round(round(value, 6), 1)
 
 
 Groups = dict[tuple[str, str, str], tuple[int, int, float | None, float | None]]

@@ -102,9 +102,10 @@ def test_setup_roles_command(people):
 
 def test_step_latency_and_channel_health_are_the_same_on_every_database(live_workflow):
     """The database counts and computes the percentile (PostgreSQL) as Python does (elsewhere):
-    20 executions taking 1..20 ms have a mean of 10.5 ms and a 95th percentile of 19.05 ms, shown as 19.1 (between
-    the 19th and 20th); an unfinished one counts as an execution without a latency; waits have no
-    latency; what started before the window is not read."""
+    20 executions taking 10, 20 .. 200 ms have a mean of 105 ms and a 95th percentile of 190.5 ms
+    (between the 19th and 20th); an unfinished one counts as an execution without a latency; waits
+    have no latency; what started before the window is not read; a channel written as something
+    other than text (false, 0, null) is "?", as a missing one."""
     from journeys.models import Customer
 
     version = live_workflow.live_version
@@ -120,23 +121,24 @@ def test_step_latency_and_channel_health_are_the_same_on_every_database(live_wor
                                      **fields)
 
     for i in range(20):
-        execution(i, "work", "update_profile", ms=i + 1, outcome="error" if i < 3 else "next")
+        execution(i, "work", "update_profile", ms=10 * (i + 1), outcome="error" if i < 3 else "next")
     execution(20, "work", "update_profile")  # still running
     execution(21, "work", "update_profile", ms=5000, started=now - timedelta(days=9))  # before the window
     execution(22, "pause", "delay", ms=86_400_000)
     for i, detail in enumerate([{"channel": "sms", "status": "suppressed"}, {"channel": "sms", "status": "failed"},
-                                {"channel": "sms"}, {"status": "queued"}, {"channel": "", "status": "failed"}]):
+                                {"channel": "sms"}, {"status": "queued"}, {"channel": "", "status": "failed"},
+                                {"channel": False}, {"channel": 0, "status": "failed"}, {"channel": None}]):
         execution(30 + i, "mail", "send_message", ms=2, outcome="next", detail=detail)
 
     findings = audit_run(days=7, now=now).findings
 
     steps = {s["step"]: s for s in findings["step_health"]}
     assert steps["work"] == {"workflow": "Signup", "step": "work", "kind": "update_profile", "executions": 21,
-                             "errors": 3, "error_rate": round(3 / 21, 4), "latency_ms_avg": 10.5,
-                             "latency_ms_p95": 19.1}
+                             "errors": 3, "error_rate": round(3 / 21, 4), "latency_ms_avg": 105.0,
+                             "latency_ms_p95": 190.5}
     assert steps["pause"]["executions"] == 1 and steps["pause"]["latency_ms_avg"] is None
     assert findings["channel_health"] == [
-        {"channel": "?", "executions": 2, "errors": 1, "suppressed": 0, "error_rate": 0.5},
+        {"channel": "?", "executions": 5, "errors": 2, "suppressed": 0, "error_rate": 0.4},
         {"channel": "sms", "executions": 3, "errors": 1, "suppressed": 1, "error_rate": 0.3333},
     ]
 
