@@ -154,6 +154,18 @@ def server_env(database_url: str, **overrides: str) -> dict[str, str]:
     return env
 
 
+
+def django_in_process(url: str) -> None:
+    """Migrate the bench database and set Django up in this process, with production-like settings
+    (for benches that call services directly rather than through a server)."""
+    env = server_env(url)
+    log("migrating")
+    manage("migrate", "--noinput", "-v", "0", env=env)
+    os.environ.update({k: env[k] for k in ("DATABASE_URL", "SECRET_KEY", "DEBUG", "DJANGO_SETTINGS_MODULE", "Q_SYNC")})
+    import django
+
+    django.setup()
+
 def manage(*args: str, env: dict[str, str]) -> str:
     """Run manage.py; returns its stdout (stderr passes through)."""
     done = subprocess.run(

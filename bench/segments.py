@@ -18,7 +18,6 @@ Last stdout line: {"bench": "segments", "sql_vs_python": ..., "stages_idle_s": .
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -27,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import exit_on_sigterm, log, manage, postgres, report, server_env  # noqa: E402
+from common import django_in_process, exit_on_sigterm, log, postgres, report  # noqa: E402
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -108,18 +107,7 @@ def main() -> int:
     args = p.parse_args()
     exit_on_sigterm()
     with postgres() as url:
-        env = server_env(url)
-        log("migrating")
-        manage("migrate", "--noinput", "-v", "0", env=env)
-        os.environ.update(
-            {
-                k: env[k]
-                for k in ("DATABASE_URL", "SECRET_KEY", "DEBUG", "DJANGO_SETTINGS_MODULE", "Q_SYNC")
-            }
-        )
-        import django
-
-        django.setup()
+        django_in_process(url)
         from django.db import connection
 
         from journeys.models import Customer, LifecycleStage, StageTransition
