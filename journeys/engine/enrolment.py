@@ -28,20 +28,16 @@ once their lease (`wakeups.WAKE_LEASE`) has passed.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from django.db import connection
-from django.db.models import Q
-
-from journeys.choices import OPEN_RUN_STATUSES, ReentryPolicy, RunStatus
-from journeys.engine.batch import ids_lateral, instance_new
+from journeys.choices import RunStatus
+from journeys.engine.batch import instance_new
 from journeys.engine.business_hours import business_hours_next_open
 from journeys.engine.compiled import CompiledVersion, canary_admits, load_version, routable_versions
-from journeys.engine.entry_gate import runs_insert
+from journeys.engine.entry_gate import entry_history, runs_insert
 from journeys.engine.runner import entry_refusal
 from journeys.engine.runtime import context_dict, customer_zone, event_dict, events_counter, profile_dict
 from journeys.models import Customer, JourneyRun, WorkflowVersion
@@ -145,7 +141,7 @@ def enroll_candidates(*, version: CompiledVersion, candidates: list[Candidate], 
     if not candidates:
         return result
     customers = _customers_needed(version, candidates)
-    history = _history(version, candidates, now)
+    history = entry_history(version=version, wanted=[(c.customer_id, c.trigger_key) for c in candidates], now=now)
     lease = now + WAKE_LEASE
     runs: list[JourneyRun] = []
     for cand in candidates:
@@ -180,51 +176,6 @@ def _customers_needed(version: CompiledVersion, candidates: list[Candidate]) -> 
     if not (version.entry_rule or version.business_hours):
         return {}
     return {c.pk: c for c in Customer.objects.filter(pk__in=[c.customer_id for c in candidates])}
-
-
-def _history(version: CompiledVersion, candidates: list[Candidate], now: datetime) -> dict[int, list[tuple]]:
-    """(trigger key, status, created) of those of the candidates' runs in this workflow that the
-    entry checks can tell apart, one query: runs of the same trigger keys (idempotency), open runs
-    (unless concurrent runs are allowed), one run of each (re-entry once) and the runs within the
-    cooldown; never every run a customer ever had (a daily broadcast: 365 a year per customer)."""
-    ids = sorted({c.customer_id for c in candidates})
-    keys = sorted({c.trigger_key for c in candidates})
-    policy = version.reentry_policy
-    since = now - timedelta(seconds=version.reentry_cooldown_s or 0)
-    history: dict[int, list[tuple]] = defaultdict(list)
-    if connection.vendor != "postgresql":
-        wanted = Q(trigger_key__in=keys)
-        if not version.allow_concurrent_runs:
-            wanted |= Q(status__in=OPEN_RUN_STATUSES)
-        if policy == ReentryPolicy.COOLDOWN:
-            wanted |= Q(created_at__gte=since)
-        rows = JourneyRun.objects.filter(workflow_id=version.workflow_id, customer_id__in=ids)
-        if policy != ReentryPolicy.ONCE:  # once: any run refuses (SQLite is not the scale path)
-            rows = rows.filter(wanted)
-        for customer_id, key, status, created in rows.values_list("customer_id", "trigger_key", "status", "created_at"):
-            history[customer_id].append((key, status, created))
-        return history
-    # PostgreSQL: the ids as one array parameter; per id, each part through an index
-    # (run_trigger_unique; run_customer_status_idx for the open runs).
-    runs = (f"SELECT trigger_key, status, created_at FROM {JourneyRun._meta.db_table} "
-            "WHERE customer_id = ids.id AND workflow_id = %s")
-    parts, params = [f"{runs} AND trigger_key = ANY(%s::text[])"], [version.workflow_id, keys]
-    if not version.allow_concurrent_runs:
-        parts.append(f"{runs} AND status = ANY(%s::text[])")
-        params += [version.workflow_id, [status.value for status in OPEN_RUN_STATUSES]]
-    if policy == ReentryPolicy.ONCE:
-        parts.append(f"{runs} LIMIT 1")
-        params += [version.workflow_id]
-    elif policy == ReentryPolicy.COOLDOWN:
-        parts.append(f"{runs} AND created_at >= %s")
-        params += [version.workflow_id, since]
-    source, ids_param = ids_lateral(ids, " UNION ALL ".join(f"({part})" for part in parts))
-    sql = f"SELECT ids.id, hit.trigger_key, hit.status, hit.created_at FROM {source}"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*ids_param, *params])
-        for customer_id, key, status, created in cursor.fetchall():
-            history[customer_id].append((key, status, created))
-    return history
 
 
 def _rule_context(cand: Candidate, customer: Customer | None, now: datetime) -> RuleContext:

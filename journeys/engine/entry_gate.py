@@ -3,7 +3,8 @@
 EntryGate row in the enrolling transaction, so two concurrent enrolments of the same customer
 cannot both pass a `once` or `cooldown` limit. Used by every enrolment path: one run
 (journeys.engine.runner), the event batch (processor) and bulk enrolment (enrolment); it sits
-below them all so none of them import each other for it."""
+below them all so none of them import each other for it. `entry_history` reads, for all of them,
+the few past runs the entry checks look at (never a customer's whole history)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,71 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 
 from django.db import connection
+from django.db.models import Q
 
-from journeys.choices import ReentryPolicy
-from journeys.engine.batch import ids_q, objects_insert
+from journeys.choices import OPEN_RUN_STATUSES, ReentryPolicy
+from journeys.engine.batch import ids_lateral, ids_q, objects_insert
 from journeys.engine.compiled import CompiledVersion
 from journeys.models import JourneyRun
+
+
+def entry_history(*, version: CompiledVersion, wanted: list[tuple[int, str | None]], now: datetime) -> dict[int, list[tuple]]:
+    """(trigger key, status, created) of the runs in the version's workflow that the entry checks
+    need for these (customer id, trigger key) pairs, one query: the run of the same trigger
+    (idempotency; a None key asks for none), open runs (unless concurrent runs are allowed), one
+    run of each customer (re-entry once) and the runs within the cooldown. Never every run a
+    customer ever had (a daily broadcast, a frequent buyer's thank-you journey: hundreds each),
+    so an entry costs the same on the thousandth visit as on the first. A run may be listed twice."""
+    ids = sorted({customer_id for customer_id, _ in wanted})
+    pairs = sorted({(customer_id, key) for customer_id, key in wanted if key is not None})
+    policy = version.reentry_policy
+    since = now - timedelta(seconds=version.reentry_cooldown_s or 0)
+    history: dict[int, list[tuple]] = defaultdict(list)
+    if not ids:
+        return history
+    if connection.vendor != "postgresql":
+        if policy == ReentryPolicy.ONCE:  # any run refuses (SQLite is not the scale path)
+            wanted_runs = Q()
+        else:  # another customer's trigger key may bring a run more: it changes no check
+            wanted_runs = Q(trigger_key__in={key for _, key in pairs})
+            if not version.allow_concurrent_runs:
+                wanted_runs |= Q(status__in=OPEN_RUN_STATUSES)
+            if policy == ReentryPolicy.COOLDOWN:
+                wanted_runs |= Q(created_at__gte=since)
+        rows = JourneyRun.objects.filter(wanted_runs, workflow_id=version.workflow_id, customer_id__in=ids)
+        for customer_id, key, status, created in rows.values_list("customer_id", "trigger_key", "status", "created_at"):
+            history[customer_id].append((key, status, created))
+        return history
+    # PostgreSQL: the ids (and keys) as array parameters; per id, each part through an index
+    # (run_trigger_unique; run_customer_status_idx for the open runs).
+    table = JourneyRun._meta.db_table
+    runs = f"SELECT trigger_key, status, created_at FROM {table} WHERE customer_id = ids.id AND workflow_id = %s"
+    same_trigger = (
+        f"SELECT p.id, hit.trigger_key, hit.status, hit.created_at FROM unnest(%s::bigint[], %s::text[]) AS p(id, k) "
+        f"CROSS JOIN LATERAL (SELECT trigger_key, status, created_at FROM {table} WHERE customer_id = p.id "
+        "AND workflow_id = %s AND trigger_key = p.k OFFSET 0) AS hit"
+    )
+    statements = [same_trigger]
+    params: list = [[c for c, _ in pairs], [k for _, k in pairs], version.workflow_id]
+    parts, part_params = [], []
+    if not version.allow_concurrent_runs:
+        parts.append(f"{runs} AND status = ANY(%s::text[])")
+        part_params += [version.workflow_id, [status.value for status in OPEN_RUN_STATUSES]]
+    if policy == ReentryPolicy.ONCE:
+        parts.append(f"{runs} LIMIT 1")
+        part_params += [version.workflow_id]
+    elif policy == ReentryPolicy.COOLDOWN:
+        parts.append(f"{runs} AND created_at >= %s")
+        part_params += [version.workflow_id, since]
+    if parts:
+        source, ids_param = ids_lateral(ids, " UNION ALL ".join(f"({part})" for part in parts))
+        statements.append(f"SELECT ids.id, hit.trigger_key, hit.status, hit.created_at FROM {source}")
+        params += [*ids_param, *part_params]
+    with connection.cursor() as cursor:
+        cursor.execute(" UNION ALL ".join(statements), params)
+        for customer_id, key, status, created in cursor.fetchall():
+            history[customer_id].append((key, status, created))
+    return history
 
 
 def runs_insert(*, runs: list[JourneyRun], versions: dict[int, CompiledVersion], now: datetime) -> list[JourneyRun]:

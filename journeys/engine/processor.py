@@ -8,13 +8,13 @@ from collections import defaultdict
 from dataclasses import replace
 from datetime import timedelta
 
-from django.db import models, transaction
+from django.db import transaction
 from django.utils import timezone
 
-from journeys.choices import EventStatus, ReentryPolicy, RunStatus, TriggerKind
+from journeys.choices import EventStatus, RunStatus, TriggerKind
 from journeys.engine.batch import (EngineBatch, batch_suspended, current_batch, customer_waves, instance_new,
                                    skip_locked)
-from journeys.engine.entry_gate import runs_insert
+from journeys.engine.entry_gate import entry_history, runs_insert
 from journeys.engine.compiled import load_version, trigger_index
 from journeys.engine.durations import parse_duration
 from journeys.engine.listeners import STAGE_EVENTS
@@ -195,20 +195,14 @@ class Enrolments:
         return rounds
 
     def load_history(self) -> None:
-        """Idempotency needs only this wave's trigger keys; re-entry and the one-open-run
-        rule need the whole history, for the workflows whose policy reads it."""
-        if not self.candidates:
-            return
-        customers = {c.pk for _, c, _, _, _ in self.candidates}
-        workflows = {v.workflow_id for v, _, _, _, _ in self.candidates}
-        strict = {v.workflow_id for v, _, _, _, _ in self.candidates
-                  if v.reentry_policy != ReentryPolicy.ALWAYS or not v.allow_concurrent_runs}
-        keys = {k for _, _, k, _, _ in self.candidates}
-        rows = JourneyRun.objects.filter(customer_id__in=customers, workflow_id__in=workflows).filter(
-            models.Q(workflow_id__in=strict) | models.Q(trigger_key__in=keys)
-        ).values_list("workflow_id", "customer_id", "trigger_key", "status", "created_at")
-        for workflow_id, customer_id, key, status, created in rows:
-            self.history[(workflow_id, customer_id)].append((key, status, created))
+        """The runs the entry checks need (`entry_history`): one query per version asked for."""
+        wanted: dict[int, tuple] = {}
+        for version, customer, trigger_key, _, _ in self.candidates:
+            wanted.setdefault(version.id, (version, []))[1].append((customer.pk, trigger_key))
+        for version, pairs in wanted.values():
+            for customer_id, rows in entry_history(version=version, wanted=pairs, now=self.now).items():
+                known = self.history[(version.workflow_id, customer_id)]
+                known.extend(row for row in set(rows) if row not in known)  # a canary and the live version: one workflow
 
     def admit(self, *, version, customer, trigger_key: str, ctx) -> bool:
         rows = self.history[(version.workflow_id, customer.pk)]

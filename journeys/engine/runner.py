@@ -16,7 +16,7 @@ from django.db import IntegrityError, transaction
 from journeys.choices import ReentryPolicy, RunStatus, StreamEventType
 from journeys.engine.batch import batch_suspended, current_batch
 from journeys.engine.compiled import CompiledVersion, load_version
-from journeys.engine.entry_gate import entries_admit
+from journeys.engine.entry_gate import entries_admit, entry_history
 from journeys.engine.runtime import StepContext, events_counter, profile_dict
 from journeys.models import Customer, JourneyRun, StepExecution
 from journeys.rules import RuleContext, compile_rule
@@ -49,9 +49,9 @@ def entry_refusal(
     ok, error = rule_true(version.entry_rule, ctx)
     if not ok:
         return f"entry rule is false{f' ({error})' if error else ''}"
-    previous = list(
-        JourneyRun.objects.filter(workflow_id=version.workflow_id, customer_id=customer.pk).values_list("status", "created_at")
-    ) if previous is None else previous
+    if previous is None:
+        rows = entry_history(version=version, wanted=[(customer.pk, None)], now=now).get(customer.pk, [])
+        previous = [(status, created) for _, status, created in rows]
     if version.reentry_policy == ReentryPolicy.ONCE and previous:
         return "already entered once (re-entry policy: once)"
     if version.reentry_policy == ReentryPolicy.COOLDOWN:
@@ -84,11 +84,7 @@ def run_enroll(
             journey={}, now=now, events_in_last=events_counter(customer.pk),
         )
     # One query answers idempotency (same trigger), re-entry and the open-run rule.
-    rows = list(
-        JourneyRun.objects.filter(workflow_id=version.workflow_id, customer_id=customer.pk).values_list(
-            "trigger_key", "status", "created_at"
-        )
-    )
+    rows = entry_history(version=version, wanted=[(customer.pk, trigger_key)], now=now).get(customer.pk, [])
     if any(key == trigger_key for key, _, _ in rows):
         return None
     previous = [(status, created) for _, status, created in rows]
