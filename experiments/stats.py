@@ -140,25 +140,30 @@ def srm_check(observed: dict[str, int], expected: dict[str, float], *, threshold
 # --- peeking guard ------------------------------------------------------------------------------
 
 
-def msprt_lambda(x1: int, n1: int, x2: int, n2: int, *, tau: float) -> float:
-    """Mixture likelihood ratio (mSPRT, Johari et al. 2017) for p1 - p2 with a N(0, tau^2) mixture.
-
-    Uses the normal approximation of the difference; 1/Lambda is an always-valid
-    p-value: looking at it after every new customer does not inflate errors.
-    """
+def msprt_log_lambda(x1: int, n1: int, x2: int, n2: int, *, tau: float) -> float:
+    """log of the mixture likelihood ratio (mSPRT, Johari et al. 2017) for p1 - p2 with a
+    N(0, tau^2) mixture, using the normal approximation of the difference. In logs: with a
+    large sample and a clear difference the ratio itself is too large for a float."""
     if n1 <= 1 or n2 <= 1:
-        return 1.0
+        return 0.0
     p1, p2 = x1 / n1, x2 / n2
     v = p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2
     if v <= 0:
-        return 1.0
+        return 0.0
     theta = p1 - p2
     t2 = tau * tau
-    return math.sqrt(v / (v + t2)) * math.exp(theta * theta * t2 / (2 * v * (v + t2)))
+    return 0.5 * math.log(v / (v + t2)) + theta * theta * t2 / (2 * v * (v + t2))
+
+
+def msprt_lambda(x1: int, n1: int, x2: int, n2: int, *, tau: float) -> float:
+    """The mixture likelihood ratio; 1/Lambda is an always-valid p-value: looking at it after
+    every new customer does not inflate errors. Infinite past what a float holds."""
+    log_lambda = msprt_log_lambda(x1, n1, x2, n2, tau=tau)
+    return math.exp(log_lambda) if log_lambda < 700 else math.inf
 
 
 def msprt_pvalue(x1: int, n1: int, x2: int, n2: int, *, tau: float) -> float:
-    return min(1.0, 1.0 / msprt_lambda(x1, n1, x2, n2, tau=tau))
+    return min(1.0, math.exp(-msprt_log_lambda(x1, n1, x2, n2, tau=tau)))
 
 
 def sample_size_per_arm(*, baseline: float, mde: float, alpha: float = 0.05, power: float = 0.8) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import factory
 from django.contrib.auth import get_user_model
 
@@ -69,3 +71,21 @@ def events_process_counted(ids: list[int]) -> int:
     with connection.execute_wrapper(counting):
         assert events_process(event_ids=ids) == len(ids)
     return count[0]
+
+
+@contextlib.contextmanager
+def select_rows(table: str):
+    """PostgreSQL: the row counts of the SELECTs on `table` made inside the block (a list, filled
+    as they run): what a code path reads back, e.g. to show it does not grow with the history."""
+    from django.db import connection
+
+    rows: list[int] = []
+
+    def counted(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if sql.lstrip().upper().startswith("SELECT") and table in sql:
+            rows.append(context["cursor"].rowcount)
+        return result
+
+    with connection.execute_wrapper(counted):
+        yield rows

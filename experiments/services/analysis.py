@@ -9,8 +9,6 @@ left out (their events moved to the survivor).
 
 from __future__ import annotations
 
-import bisect
-import json
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from django.apps import apps
 from django.db.models import Count, Exists, OuterRef, Q, Subquery
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from experiments.choices import HOLDOUT, AssignmentVia, ExperimentMode, ExperimentStatus, Metric
@@ -150,7 +149,8 @@ class Analysis:
 
 
 def _expected_counts(experiment: Experiment, now: datetime) -> tuple[dict[str, int], dict[str, float]]:
-    """Observed group sizes and the sizes the recorded weights promised (hash-assigned only)."""
+    """Observed group sizes and the sizes the recorded weights promised (hash-assigned only),
+    counted by the database per (arm, holdout, recorded weights)."""
     rows = Assignment.objects.filter(
         experiment=experiment, via=AssignmentVia.HASH, customer__merged_into__isnull=True, assigned_at__lte=now
     )
@@ -160,48 +160,74 @@ def _expected_counts(experiment: Experiment, now: datetime) -> tuple[dict[str, i
             experiment=experiment, customer__merged_into__isnull=True, assigned_at__lte=now
         )
     observed: Counter = Counter()
-    for arm, holdout in rows.values_list("arm__name", "holdout"):
-        observed[HOLDOUT if holdout else ("treated" if personalized else arm)] += 1
     expected: dict[str, float] = defaultdict(float)
-    by_weights = Counter()
-    for weights in rows.values_list("weights", flat=True):
-        by_weights[json.dumps(weights, sort_keys=True)] += 1
-    for text, n in by_weights.items():
-        for name, p in json.loads(text).items():
+    for row in rows.values("arm__name", "holdout", "weights").annotate(n=Count("pk")).order_by():
+        n = row["n"]
+        observed[HOLDOUT if row["holdout"] else ("treated" if personalized else row["arm__name"])] += n
+        for name, p in (row["weights"] or {}).items():
             expected[name if name == HOLDOUT or not personalized else "treated"] += n * p
     for name in expected:
         observed.setdefault(name, 0)
     return dict(observed), dict(expected)
 
 
+def _first_conversion(experiment: Experiment, now: datetime) -> Subquery:
+    """An assignment's conversion moment, as `exposures_list` has it: its first goal event (or its
+    run's conversion) from the assignment to the end of the window, not after now; else NULL."""
+    window = timedelta(seconds=experiment.window_s)
+    if experiment.goal_event:
+        first = (Event.objects.filter(customer_id=OuterRef("customer_id"), name=experiment.goal_event,
+                                      timestamp__gte=OuterRef("assigned_at"), timestamp__lte=now)
+                 .filter(timestamp__lte=OuterRef("assigned_at") + window).order_by("timestamp").values("timestamp")[:1])
+    else:
+        first = (JourneyRun.objects.filter(pk=OuterRef("run_id"), converted_at__gte=OuterRef("assigned_at"),
+                                           converted_at__lte=now)
+                 .filter(converted_at__lte=OuterRef("assigned_at") + window).values("converted_at")[:1])
+    return Subquery(first)
+
+
+def daily_counts(*, experiment: Experiment, now: datetime) -> dict[str, Counter]:
+    """group -> Counter of (day assigned, day converted or None) -> customers, counted by the database
+    in one statement (UTC days; the same customers and conversions as `exposures_list`, without a
+    row per assignment in Python: what the report and the 15-minute auto-retire read)."""
+    rows = (
+        Assignment.objects.filter(experiment=experiment, customer__merged_into__isnull=True, assigned_at__lte=now)
+        .annotate(converted_at=_first_conversion(experiment, now))
+        .values("arm__name", "holdout", assigned_day=TruncDate("assigned_at", tzinfo=UTC),
+                converted_day=TruncDate("converted_at", tzinfo=UTC))
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for row in rows:
+        group = HOLDOUT if row["holdout"] else row["arm__name"]
+        counts[group][(row["assigned_day"], row["converted_day"])] += row["n"]
+    return dict(counts)
+
+
 def experiment_timeseries(
-    *, experiment: Experiment, now: datetime | None = None, exposures: list[Exposure] | None = None
+    *, experiment: Experiment, now: datetime | None = None, counts: dict[str, Counter] | None = None
 ) -> dict[str, list[dict]]:
     """Per group and day: cumulative exposures, conversions, rate and Wilson interval
     as they would have looked at the end of that day (what a peeking analyst saw)."""
     now = now or timezone.now()
-    exposures = exposures if exposures is not None else exposures_list(experiment=experiment, now=now)
-    if not exposures:
+    counts = counts if counts is not None else daily_counts(experiment=experiment, now=now)
+    if not counts:
         return {}
-    first = min(e.assigned_at for e in exposures).astimezone(UTC).date()
     last = now.astimezone(UTC).date()
+    first = min(assigned for group in counts.values() for assigned, _ in group)
     first = max(first, last - timedelta(days=MAX_DAYS - 1))  # long experiments: the latest days
     days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
-    by_group: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
-    for e in exposures:
-        by_group[e.group][0].append(e.assigned_at)
-        if e.converted_at is not None:
-            by_group[e.group][1].append(e.converted_at)
     series: dict[str, list[dict]] = {}
-    for group in group_order(experiment, set(by_group)):
-        assigned, converted = by_group[group]
-        assigned.sort()
-        converted.sort()
-        points = []
+    for group in group_order(experiment, set(counts)):
+        assigned, converted = Counter(), Counter()
+        for (assigned_day, converted_day), n in counts[group].items():
+            assigned[max(assigned_day, first)] += n  # earlier days count from the first one shown
+            if converted_day is not None:
+                converted[max(converted_day, first)] += n
+        points, n, x = [], 0, 0
         for day in days:
-            end = datetime.combine(day + timedelta(days=1), time.min, tzinfo=UTC)
-            n = bisect.bisect_left(assigned, end)
-            x = bisect.bisect_left(converted, end)
+            n, x = n + assigned[day], x + converted[day]
             lo, hi = wilson_interval(x, n, alpha=experiment.alpha)
             points.append({"day": day, "n": n, "x": x, "rate": x / n if n else 0.0, "low": lo, "high": hi})
         series[group] = points
@@ -234,16 +260,18 @@ def _compare(stats: GroupStats, base: GroupStats, *, alpha: float) -> None:
         stats.z, stats.p_value = two_proportion_ztest(x1, n1, x2, n2)
 
 
-def experiment_analyze(*, experiment: Experiment, now: datetime | None = None) -> Analysis:
-    """Everything the report shows for one experiment, computed from the stored rows."""
+def experiment_analyze(*, experiment: Experiment, now: datetime | None = None, secondary: bool = True) -> Analysis:
+    """Everything the report shows for one experiment, computed from the stored rows (counted by
+    the database; per-customer rows only for secondary metrics, skipped with `secondary=False`)."""
     now = now or timezone.now()
-    exposures = exposures_list(experiment=experiment, now=now)
-    series = experiment_timeseries(experiment=experiment, now=now, exposures=exposures)
+    daily = daily_counts(experiment=experiment, now=now)
+    series = experiment_timeseries(experiment=experiment, now=now, counts=daily)
     arms = list(Arm.objects.filter(experiment=experiment))
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for e in exposures:
-        counts[e.group][0] += 1
-        counts[e.group][1] += e.converted_at is not None
+    for group, cells in daily.items():
+        for (_, converted_day), n in cells.items():
+            counts[group][0] += n
+            counts[group][1] += n if converted_day is not None else 0
     groups: list[GroupStats] = []
     for arm in arms:
         n, x = counts.get(arm.name, [0, 0])
@@ -282,11 +310,12 @@ def experiment_analyze(*, experiment: Experiment, now: datetime | None = None) -
         )
         _compare(messaging, holdout, alpha=experiment.alpha)
         messaging.p_always_valid = _always_valid(series, base.name, HOLDOUT, tau)
-    metrics = set(experiment.secondary_metrics or [])
-    if metrics:
-        secondary = secondary_metrics(experiment=experiment, exposures=exposures, metrics=metrics)
+    metrics = set(experiment.secondary_metrics or []) if secondary else set()
+    if metrics:  # per customer: the exposures themselves (the report page, not the 15-minute auto-retire)
+        exposures = exposures_list(experiment=experiment, now=now)
+        secondary_values = secondary_metrics(experiment=experiment, exposures=exposures, metrics=metrics)
         for g in groups:
-            g.secondary = secondary.get(g.name, {})
+            g.secondary = secondary_values.get(g.name, {})
 
     warnings: list[str] = []
     srm = None
@@ -358,7 +387,7 @@ def experiment_auto_retire(*, experiment: Experiment, actor=None, now: datetime 
     """Retire arms the always-valid test finds worse than control (safe to run on every look)."""
     from experiments.services.experiments import arm_retire
 
-    analysis = experiment_analyze(experiment=experiment, now=now)
+    analysis = experiment_analyze(experiment=experiment, now=now, secondary=False)
     if analysis.srm is not None and analysis.srm.mismatch:
         return []
     retired = []

@@ -67,3 +67,14 @@ def split_workflow(key: str = "welcome", arms=("control", "short"), holdout: boo
     if holdout:
         links.append(("split", "holdout", f"path_{arms[0]}"))
     return {"trigger_event": "Signed Up", "reentry_policy": "always", "steps": steps(*items), "edges": edges(*links)}
+
+
+def split_then_wait(key: str) -> dict:
+    """Signed Up -> experiment split (control / b) -> a day's delay on each side: the runs stay open."""
+    return {
+        "trigger_event": "Signed Up",
+        "reentry_policy": "always",
+        "steps": steps(("split", "experiment_split", {"experiment": key}),
+                       ("wait_a", "delay", {"duration": "1d"}), ("wait_b", "delay", {"duration": "1d"})),
+        "edges": edges(("split", "control", "wait_a"), ("split", "b", "wait_b")),
+    }

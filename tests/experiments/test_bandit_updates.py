@@ -17,20 +17,10 @@ from experiments.services.bandits import bandits_update_due
 from journeys.engine.compiled import reset_caches
 from journeys.engine.processor import events_process
 from journeys.models import Customer, JourneyRun
-from tests.experiments.factories import edges, make_customers, make_experiment, make_goal_events, steps
+from tests.experiments.factories import make_customers, make_experiment, make_goal_events, split_then_wait
 from tests.factories import pending_events
 
 pytestmark = pytest.mark.django_db
-
-
-def split_then_wait(key: str) -> dict:
-    return {
-        "trigger_event": "Signed Up",
-        "reentry_policy": "always",
-        "steps": steps(("split", "experiment_split", {"experiment": key}),
-                       ("wait_a", "delay", {"duration": "1d"}), ("wait_b", "delay", {"duration": "1d"})),
-        "edges": edges(("split", "control", "wait_a"), ("split", "b", "wait_b")),
-    }
 
 
 ARMS = [{"name": "control", "control": True}, {"name": "b"}]

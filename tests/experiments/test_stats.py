@@ -100,6 +100,18 @@ def test_msprt_matches_the_mixture_integral(a, b, tau):
     assert stats.msprt_pvalue(a[0], a[1], b[0], b[1], tau=tau) == pytest.approx(min(1, 1 / reference), rel=1e-6)
 
 
+def test_msprt_holds_a_large_sample_with_a_clear_difference():
+    """A broadcast-sized arm that never converts against one that does: the likelihood ratio is
+    beyond a float (it overflowed and took the report and auto-retire down with it); the always-
+    valid p-value is 0, and just below that the values still agree with the ratio."""
+    assert stats.msprt_pvalue(0, 135_000, 13_500, 135_000, tau=0.01) == 0.0
+    assert stats.msprt_lambda(0, 135_000, 13_500, 135_000, tau=0.01) == math.inf
+    assert stats.msprt_pvalue(13_500, 135_000, 0, 135_000, tau=0.01) == 0.0  # either direction
+    lam = stats.msprt_lambda(1_000, 20_000, 1_150, 20_000, tau=0.01)
+    assert 1 < lam < math.inf
+    assert stats.msprt_pvalue(1_000, 20_000, 1_150, 20_000, tau=0.01) == pytest.approx(1 / lam, rel=1e-9)
+
+
 def test_msprt_controls_false_positives_under_continuous_peeking():
     """A/A test looked at after every 50 customers: the always-valid p-value stays honest
     where the naive z-test, read at every look, 'finds' an effect far more often than alpha."""

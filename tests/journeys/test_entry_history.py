@@ -19,7 +19,7 @@ from journeys.engine.runner import run_enroll
 from journeys.models import BusinessUnit, Customer, EntryGate, JourneyRun
 from journeys.services.dry_run import version_dry_run
 from journeys.services.workflows import version_build, version_publish, workflow_create
-from tests.factories import pending_events
+from tests.factories import pending_events, select_rows
 
 pytestmark = pytest.mark.django_db
 
@@ -137,15 +137,7 @@ def test_an_entry_reads_the_runs_it_needs_not_the_whole_history(policy, cooldown
     the runs table return a handful of rows for a customer with hundreds of past runs."""
     version = publish(policy, cooldown=cooldown)
     buyers = [frequent_buyer(version, f"b{i}", last_days_ago=2) for i in range(3)]
-    rows = []
-
-    def counted(execute, sql, params, many, context):
-        result = execute(sql, params, many, context)
-        if sql.lstrip().upper().startswith("SELECT") and "journeys_journeyrun" in sql:
-            rows.append(context["cursor"].rowcount)
-        return result
-
-    with connection.execute_wrapper(counted):
+    with select_rows("journeys_journeyrun") as rows:
         order(buyers)
         run_enroll(version=version, customer=buyers[0], trigger_key="step:1", now=timezone.now())
         runs_enroll_bulk(version=version, customer_ids=[b.pk for b in buyers], trigger_key="campaign:1",

@@ -1,0 +1,132 @@
+"""Benchmark: the experiment analysis (the report, and auto-retire every 15 minutes) at campaign size.
+
+A running A/B experiment with a 10% holdout and a goal event ("Buy", 7-day window), on a private
+PostgreSQL: `--customers` customers assigned over 30 days (INSERT ... SELECT FROM generate_series,
+the weights recorded as the engine records them) and a goal event for one in five, some inside
+their window and some after it. Timed, best of `--rounds`:
+
+- `experiment_auto_retire` (what the `experiments.refresh` schedule runs for an experiment with
+  auto-retire on: the whole analysis with its daily series, SRM and always-valid p-values);
+- the baseline: `group_counts`, one aggregate statement over the same assignments and events
+  (the bandit's per-arm counts: the least a look at the experiment can cost).
+
+Ratio = analysis / baseline (target: <= 3). Also reported: the Python memory the analysis
+allocated at its peak (tracemalloc). Before the analysis was counted in SQL it read every
+assignment into Python, with its conversion, three times over.
+
+    .venv/bin/python bench/experiments_analysis.py [--customers 300000] [--rounds 3]
+
+Last stdout line: {"bench": "experiments_analysis", "ratio": ..., "analysis_s": ..., "baseline_s": ..., ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import django_in_process, exit_on_sigterm, log, postgres, report  # noqa: E402
+
+CUSTOMERS = """
+INSERT INTO journeys_customer (external_id, email, phone, timezone, locale, traits, first_seen, last_seen,
+                               last_engaged_at, stage, merged_into_id, created_at, updated_at)
+SELECT 'u-' || g, '', '', 'UTC', '', '{}', now(), now(), NULL, '', NULL, now(), now()
+FROM generate_series(1, %(n)s) AS g
+"""
+
+# Arms by the customer's id (control / b, a tenth in the holdout), assigned over the last 30 days.
+ASSIGNMENTS = """
+INSERT INTO experiments_assignment (experiment_id, customer_id, arm_id, holdout, via, bucket, weights, scores,
+                                    run_id, version_id, assigned_at)
+SELECT %(experiment)s, c.id, CASE WHEN (c.id / 7) %% 2 = 0 THEN %(control)s ELSE %(b)s END, c.id %% 10 = 0, 'hash',
+       (c.id %% 1000) / 1000.0, '{"control": 0.45, "b": 0.45, "holdout": 0.1}', '{}', NULL, NULL,
+       now() - (c.id %% 43200) * interval '1 minute'
+FROM journeys_customer c
+"""
+
+# One customer in five buys: most inside the 7-day window, every third of those after it.
+GOALS = """
+INSERT INTO journeys_event (source_id, message_id, type, name, user_id, anonymous_id, previous_id, group_id,
+                            category, channel, version, customer_id, properties, traits, context, integrations,
+                            metadata, other, violations, changes, timestamp, received_at, status, attempts,
+                            processed_at, error)
+SELECT %(source)s, 'buy-' || a.customer_id, 'track', 'Buy', '', '', '', '', '', 'server', '', a.customer_id,
+       '{}', '{}', '{}', '{}', '{}', '{}', '[]', '{}', t.ts, t.ts, 'processed', 1, t.ts, ''
+FROM experiments_assignment a,
+     LATERAL (SELECT least(now(), a.assigned_at + CASE WHEN a.customer_id %% 3 = 0 THEN interval '9 days'
+                                                        ELSE interval '2 days' END) AS ts) t
+WHERE a.experiment_id = %(experiment)s AND (a.customer_id / 3) %% 5 = 0
+"""
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--customers", type=int, default=300_000)
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args()
+    exit_on_sigterm()
+    with postgres() as url:
+        django_in_process(url)
+        from django.db import connection
+        from django.utils import timezone
+
+        from experiments.models import Assignment
+        from experiments.services.analysis import experiment_auto_retire, group_counts
+        from experiments.services.experiments import experiment_create, experiment_start
+        from journeys.services.internal_events import internal_source
+
+        experiment = experiment_create(key="offer", name="Offer", goal_event="Buy", window_s=7 * 86400,
+                                       holdout_share=0.1, auto_retire=True,
+                                       arms=[{"name": "control", "control": True}, {"name": "b"}])
+        experiment = experiment_start(experiment=experiment)
+        arms = dict(experiment.arms.values_list("name", "pk"))
+        log(f"loading {args.customers:,} customers, their assignments and goal events")
+        started = time.perf_counter()
+        with connection.cursor() as cursor:
+            cursor.execute(CUSTOMERS, {"n": args.customers})
+            cursor.execute(ASSIGNMENTS, {"experiment": experiment.pk, "control": arms["control"], "b": arms["b"]})
+            cursor.execute(GOALS, {"experiment": experiment.pk, "source": internal_source().pk})
+            cursor.execute("ANALYZE journeys_customer; ANALYZE journeys_event; ANALYZE experiments_assignment")
+        load_s = time.perf_counter() - started
+        assignments = Assignment.objects.filter(experiment=experiment).count()
+        now = timezone.now()
+
+        def best(fn) -> float:
+            times = []
+            for _ in range(args.rounds):
+                started = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - started)
+            return min(times)
+
+        baseline_s = best(lambda: group_counts(experiment=experiment, now=now))
+        analysis_s = best(lambda: experiment_auto_retire(experiment=experiment, now=now))
+        tracemalloc.start()
+        experiment_auto_retire(experiment=experiment, now=now)
+        peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        counts = group_counts(experiment=experiment, now=now)
+        log(f"{assignments:,} assignments: analysis {analysis_s:.2f} s, group counts {baseline_s:.2f} s, "
+            f"peak Python memory {peak_mb:.1f} MB; {counts}")
+
+    report(
+        "experiments_analysis",
+        ratio=round(analysis_s / baseline_s, 2),
+        analysis_s=round(analysis_s, 3),
+        baseline_s=round(baseline_s, 3),
+        peak_mb=round(peak_mb, 1),
+        assignments=assignments,
+        conversions=sum(x for _, x in counts.values()),
+        load_s=round(load_s, 1),
+        ok=analysis_s / baseline_s <= 3,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""The experiment analysis is counted by the database: per group and UTC day, the exposures and
+conversions the report and the 15-minute auto-retire read are those of `exposures_list` (the
+per-customer view), over days, windows crossing midnight, late, early and future goal events,
+merged profiles, the holdout and experiments longer than the days a series shows; and the rows
+it reads back do not grow with the number of assignments."""
+
+from __future__ import annotations
+
+import bisect
+from datetime import UTC, datetime, time, timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from experiments.models import Assignment
+from experiments.services.analysis import MAX_DAYS, experiment_analyze, experiment_auto_retire, exposures_list
+from journeys.engine.compiled import reset_caches
+from journeys.engine.processor import events_process
+from journeys.models import Customer, JourneyRun
+from tests.experiments.factories import make_customers, make_experiment, make_goal_events, split_then_wait
+from tests.factories import pending_events, select_rows
+
+pytestmark = pytest.mark.django_db
+
+ARMS = [{"name": "control", "control": True}, {"name": "b"}]
+
+
+def reference_series(experiment, now) -> dict[str, list[tuple]]:
+    """What the analysis computed from the per-customer exposures before it was counted in SQL."""
+    exposures = exposures_list(experiment=experiment, now=now)
+    last = now.astimezone(UTC).date()
+    first = max(min(e.assigned_at for e in exposures).astimezone(UTC).date(), last - timedelta(days=MAX_DAYS - 1))
+    out = {}
+    for group in {e.group for e in exposures}:
+        assigned = sorted(e.assigned_at for e in exposures if e.group == group)
+        converted = sorted(e.converted_at for e in exposures if e.group == group and e.converted_at)
+        points = []
+        for i in range((last - first).days + 1):
+            day = first + timedelta(days=i)
+            end = datetime.combine(day + timedelta(days=1), time.min, tzinfo=UTC)
+            points.append((day, bisect.bisect_left(assigned, end), bisect.bisect_left(converted, end)))
+        out[group] = points
+    return out
+
+
+def series_of(analysis) -> dict[str, list[tuple]]:
+    return {group: [(p["day"], p["n"], p["x"]) for p in points] for group, points in analysis.series.items()}
+
+
+def totals(analysis) -> dict[str, tuple[int, int]]:
+    return {g.name: (g.exposures, g.conversions) for g in analysis.groups if g.exposures}
+
+
+def reference_totals(experiment, now) -> dict[str, tuple[int, int]]:
+    out: dict[str, list[int]] = {}
+    for e in exposures_list(experiment=experiment, now=now):
+        n_x = out.setdefault(e.group, [0, 0])
+        n_x[0] += 1
+        n_x[1] += e.converted_at is not None
+    return {k: (n, x) for k, (n, x) in out.items()}
+
+
+def assigned_over_days(publish, n: int, **experiment) -> tuple:
+    """An experiment (split, then a day's wait) and `n` customers assigned through the engine, their
+    assignments then moved over the last six days, at hours that put windows across midnight, and
+    five of them 450 days back (a long experiment: before the first day a series shows).
+    Returns (experiment, customers, now, {customer id: assigned at})."""
+    experiment = make_experiment(arms=ARMS, **experiment)
+    publish(split_then_wait(experiment.key))
+    reset_caches()
+    customers = make_customers(n)
+    events_process(event_ids=pending_events(customers))
+    now = timezone.now()
+    at = {}
+    for i, customer in enumerate(customers):
+        when = now - timedelta(days=i % 6, hours=(i * 7) % 24, minutes=i)
+        if i >= len(customers) - 5:
+            when = now - timedelta(days=450 + i % 3)
+        at[customer.pk] = when
+        Assignment.objects.filter(customer=customer).update(assigned_at=when)
+    return experiment, customers, now, at
+
+
+def test_counts_and_daily_series_are_those_of_the_exposures_with_a_goal_event(publish):
+    experiment, customers, now, at = assigned_over_days(publish, 80, key="goal", goal_event="Buy",
+                                                        window_s=2 * 86400, holdout_share=0.2)
+    for i, c in enumerate(customers):
+        assigned = at[c.pk]
+        goals = {0: [timedelta(hours=20)],  # across midnight for most of them
+                 1: [timedelta(hours=3), timedelta(hours=30)],  # a second goal event: the first counts
+                 2: [timedelta(days=2, hours=1)],  # after the window
+                 3: [-timedelta(hours=1)],  # before the assignment
+                 4: []}[i % 5]
+        for n, offset in enumerate(goals):
+            make_goal_events([c], name="Buy", at=assigned + offset, prefix=f"g{n}")
+        if i % 7 == 0:
+            make_goal_events([c], name="Other", at=assigned + timedelta(hours=1), prefix="other")
+    make_goal_events([customers[6]], name="Buy", at=now + timedelta(hours=1), prefix="future")  # after `now`
+    Customer.objects.filter(pk=customers[11].pk).update(merged_into=customers[12])  # merged away: left out
+
+    analysis = experiment_analyze(experiment=experiment, now=now)
+
+    assert totals(analysis) == reference_totals(experiment, now)
+    assert series_of(analysis) == reference_series(experiment, now)
+    assert set(analysis.series) == {"control", "b", "holdout"}
+    assert sum(x for _, x in totals(analysis).values()) > 20
+    assert len(analysis.series["control"]) == MAX_DAYS  # the long experiment's latest days
+    assert analysis.series["control"][0]["n"] > 0  # ... counting the assignments before them
+
+
+def test_counts_and_daily_series_are_those_of_the_exposures_by_converted_runs(publish):
+    experiment, _, now, at = assigned_over_days(publish, 40, key="runs", window_s=86400)
+    for i, run in enumerate(JourneyRun.objects.order_by("pk")):
+        offset = [timedelta(hours=5), timedelta(hours=30), -timedelta(hours=1), None][i % 4]
+        if offset is not None:
+            JourneyRun.objects.filter(pk=run.pk).update(converted_at=at[run.customer_id] + offset)
+
+    analysis = experiment_analyze(experiment=experiment, now=now)
+
+    assert totals(analysis) == reference_totals(experiment, now)
+    assert series_of(analysis) == reference_series(experiment, now)
+    assert sum(x for _, x in totals(analysis).values()) >= 8  # 10 in the window, the newest ones after now
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row counts of SELECTs (SQLite's cursor has none)")
+def test_auto_retire_reads_counts_not_a_row_per_assignment(publish):
+    experiment = make_experiment(key="many", arms=ARMS, goal_event="Buy", auto_retire=True,
+                                 secondary_metrics=["completion"])
+    publish(split_then_wait("many"))
+    reset_caches()
+    customers = make_customers(300)
+    events_process(event_ids=pending_events(customers))
+    make_goal_events(customers[:50], name="Buy", at=timezone.now() + timedelta(minutes=1))
+    with select_rows("experiments_assignment") as rows:
+        experiment_auto_retire(experiment=experiment, now=timezone.now() + timedelta(minutes=2))
+    assert rows and sum(rows) <= 20, rows
