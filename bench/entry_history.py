@@ -1,7 +1,7 @@
 """Benchmark: an entry costs the same for a customer with a long run history as for a new one.
 
-A live "thank you" workflow (trigger "Order Completed", re-entry always, one open run per
-customer, one profile update) on a private PostgreSQL. `--buyers` frequent buyers each have
+A live "thank you" workflow (trigger "Order Completed", re-entry always or with `--policy
+cooldown` a 1-second cooldown, one open run per customer, one profile update) on a private PostgreSQL. `--buyers` frequent buyers each have
 `--history` past runs in it (loaded with INSERT ... SELECT FROM generate_series); as many new
 customers have none. Each round stores one "Order Completed" event per customer of a group and
 processes them through `events_process` in batches of `--batch` (the event workers' task),
@@ -10,6 +10,7 @@ groups do the same work, so ratio = frequent / new must stay near 1 (target: <= 
 entry checks read only the runs they need, the processor read every past run of each customer.
 
     .venv/bin/python bench/entry_history.py [--buyers 2000] [--history 500] [--batch 200] [--rounds 3]
+                                            [--policy always|cooldown]
 
 Last stdout line: {"bench": "entry_history", "ratio": ..., "frequent_ms_per_event": ..., ...}
 """
@@ -26,12 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import django_in_process, exit_on_sigterm, log, postgres, report  # noqa: E402
 
-FLOW = {
-    "trigger_event": "Order Completed",
-    "reentry_policy": "always",
-    "allow_concurrent_runs": False,
-    "steps": [{"key": "thank", "kind": "update_profile", "config": {"traits": {"thanked": True}}}],
-}
+def flow(policy: str) -> dict:
+    return {
+        "trigger_event": "Order Completed",
+        "reentry_policy": policy,
+        "reentry_cooldown_s": 1 if policy == "cooldown" else 0,  # rounds are further apart: every event enters
+        "allow_concurrent_runs": False,
+        "steps": [{"key": "thank", "kind": "update_profile", "config": {"traits": {"thanked": True}}}],
+    }
 
 HISTORY = """
 INSERT INTO journeys_journeyrun (workflow_id, version_id, customer_id, trigger_key, status, exclusive,
@@ -49,6 +52,8 @@ def main() -> int:
     p.add_argument("--history", type=int, default=500, help="past runs of each frequent buyer")
     p.add_argument("--batch", type=int, default=200, help="events per events_process call")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--policy", choices=["always", "cooldown"], default="always",
+                   help="re-entry policy (cooldown: 1 s, so the check reads the runs of the last second)")
     args = p.parse_args()
     exit_on_sigterm()
     with postgres() as url:
@@ -64,7 +69,7 @@ def main() -> int:
 
         unit = BusinessUnit.objects.create(name="Shop", slug="shop")
         workflow = workflow_create(name="Thank you", business_unit=unit)
-        version = version_publish(version=version_build(workflow=workflow, definition=FLOW), reason="bench")
+        version = version_publish(version=version_build(workflow=workflow, definition=flow(args.policy)), reason="bench")
         source = source_create(name="shop")[0]
         groups = {}
         for group in ("frequent", "new"):
@@ -78,6 +83,7 @@ def main() -> int:
         past = JourneyRun.objects.count()
 
         def round_of(group: str) -> float:
+            time.sleep(1.1)  # past the 1-second cooldown of the previous round
             now = timezone.now()
             events = Event.objects.bulk_create(
                 Event(source=source, customer_id=c, name="Order Completed", type="track", timestamp=now,
@@ -104,6 +110,7 @@ def main() -> int:
         new_ms_per_event=round(1000 * new / args.buyers, 3),
         past_runs=past,
         history_per_buyer=args.history,
+        policy=args.policy,
         events_per_round=args.buyers,
         ok=frequent / new <= 1.5,
     )

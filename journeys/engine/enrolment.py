@@ -141,11 +141,11 @@ def enroll_candidates(*, version: CompiledVersion, candidates: list[Candidate], 
     if not candidates:
         return result
     customers = _customers_needed(version, candidates)
-    history = entry_history(version=version, wanted=[(c.customer_id, c.trigger_key) for c in candidates], now=now)
+    history = entry_history(wanted=[(version, c.customer_id, c.trigger_key) for c in candidates], now=now)
     lease = now + WAKE_LEASE
     runs: list[JourneyRun] = []
     for cand in candidates:
-        previous = history.get(cand.customer_id, [])
+        previous = history.get((version.workflow_id, cand.customer_id), [])
         if any(key == cand.trigger_key for key, _, _ in previous):
             continue
         customer = customers.get(cand.customer_id)

@@ -15,67 +15,94 @@ from django.db import connection
 from django.db.models import Q
 
 from journeys.choices import OPEN_RUN_STATUSES, ReentryPolicy
-from journeys.engine.batch import ids_lateral, ids_q, objects_insert
+from journeys.engine.batch import ids_q, objects_insert
 from journeys.engine.compiled import CompiledVersion
 from journeys.models import JourneyRun
 
 
-def entry_history(*, version: CompiledVersion, wanted: list[tuple[int, str | None]], now: datetime) -> dict[int, list[tuple]]:
-    """(trigger key, status, created) of the runs in the version's workflow that the entry checks
-    need for these (customer id, trigger key) pairs, one query: the run of the same trigger
-    (idempotency; a None key asks for none), open runs (unless concurrent runs are allowed), one
-    run of each customer (re-entry once) and the runs within the cooldown. Never every run a
-    customer ever had (a daily broadcast, a frequent buyer's thank-you journey: hundreds each),
-    so an entry costs the same on the thousandth visit as on the first. A run may be listed twice."""
-    ids = sorted({customer_id for customer_id, _ in wanted})
-    pairs = sorted({(customer_id, key) for customer_id, key in wanted if key is not None})
-    policy = version.reentry_policy
-    since = now - timedelta(seconds=version.reentry_cooldown_s or 0)
-    history: dict[int, list[tuple]] = defaultdict(list)
-    if not ids:
-        return history
+def entry_history(*, wanted: list[tuple[CompiledVersion, int, str | None]], now: datetime) -> dict[tuple[int, int], list[tuple]]:
+    """(workflow id, customer id) -> (trigger key, status, created) of the runs the entry checks
+    need for these (version, customer id, trigger key) entries, in one query whatever the number
+    of versions: the run of the same trigger (idempotency; a None key asks for none), open runs
+    (unless the version allows concurrent runs), one run (re-entry once), the runs within the
+    cooldown. Never every run a customer ever had (a daily broadcast, a frequent buyer's thank-you
+    journey: hundreds each). A run may be listed twice; every run listed is the customer's in
+    that workflow, so a superset changes no check (`runner.entry_refusal` applies each version's
+    own policy and cooldown)."""
+    keyed, open_runs, once, cooldown = set(), set(), set(), {}
+    for version, customer_id, key in wanted:
+        pair = (version.workflow_id, customer_id)
+        if key is not None:
+            keyed.add((*pair, key))
+        if not version.allow_concurrent_runs:
+            open_runs.add(pair)
+        if version.reentry_policy == ReentryPolicy.ONCE:
+            once.add(pair)
+        elif version.reentry_policy == ReentryPolicy.COOLDOWN:
+            since = now - timedelta(seconds=version.reentry_cooldown_s or 0)
+            cooldown[pair] = min(since, cooldown.get(pair, since))  # two versions of a workflow: the longer
+    history: dict[tuple[int, int], list[tuple]] = defaultdict(list)
     if connection.vendor != "postgresql":
-        if policy == ReentryPolicy.ONCE:  # any run refuses (SQLite is not the scale path)
-            wanted_runs = Q()
-        else:  # another customer's trigger key may bring a run more: it changes no check
-            wanted_runs = Q(trigger_key__in={key for _, key in pairs})
-            if not version.allow_concurrent_runs:
-                wanted_runs |= Q(status__in=OPEN_RUN_STATUSES)
-            if policy == ReentryPolicy.COOLDOWN:
-                wanted_runs |= Q(created_at__gte=since)
-        rows = JourneyRun.objects.filter(wanted_runs, workflow_id=version.workflow_id, customer_id__in=ids)
+        return _entry_history_orm(keyed, open_runs, once, cooldown, history)
+    # PostgreSQL: each part one LATERAL probe per (workflow, customer) from array parameters, through
+    # an index (run_trigger_unique; run_customer_status_idx for the open runs).
+    statements, params = [], []
+
+    def part(pairs: str, condition: str, values: list) -> None:
+        statements.append(
+            f"SELECT p.w, p.c, hit.trigger_key, hit.status, hit.created_at FROM {pairs} "
+            f"CROSS JOIN LATERAL (SELECT trigger_key, status, created_at FROM {JourneyRun._meta.db_table} "
+            f"WHERE workflow_id = p.w AND customer_id = p.c{condition} OFFSET 0) AS hit")
+        params.extend(values)
+
+    if keyed:
+        part("unnest(%s::bigint[], %s::bigint[], %s::text[]) AS p(w, c, k)", " AND trigger_key = p.k",
+             [list(column) for column in zip(*sorted(keyed))])
+    if open_runs:
+        part("unnest(%s::bigint[], %s::bigint[]) AS p(w, c)", " AND status = ANY(%s::text[])",
+             [*(list(column) for column in zip(*sorted(open_runs))), [status.value for status in OPEN_RUN_STATUSES]])
+    if once:
+        part("unnest(%s::bigint[], %s::bigint[]) AS p(w, c)", " LIMIT 1", [list(column) for column in zip(*sorted(once))])
+    if cooldown:
+        rows = sorted((w, c, since) for (w, c), since in cooldown.items())
+        part("unnest(%s::bigint[], %s::bigint[], %s::timestamptz[]) AS p(w, c, since)", " AND created_at >= p.since",
+             [list(column) for column in zip(*rows)])
+    if statements:
+        # The cooldown part is estimated at a customer's average number of runs a probe: with a few
+        # hundred, the estimate passes jit_above_cost and compiling would cost ~13 ms a statement,
+        # more than the statement itself (a few index pages a customer: customer index AND BRIN).
+        no_jit = bool(cooldown) and connection.in_atomic_block
+        with connection.cursor() as cursor:
+            if no_jit:
+                cursor.execute("SET LOCAL jit = off")
+            cursor.execute(" UNION ALL ".join(statements), params)
+            for workflow_id, customer_id, key, status, created in cursor.fetchall():
+                history[(workflow_id, customer_id)].append((key, status, created))
+            if no_jit:
+                cursor.execute("SET LOCAL jit TO DEFAULT")
+    return history
+
+
+def _entry_history_orm(keyed: set, open_runs: set, once: set, cooldown: dict, history: dict) -> dict:
+    """The same on other databases (SQLite is not the scale path): per workflow, one query with
+    the parts OR-ed; `once` reads the customers' runs in the workflow."""
+    workflows = {w for w, *_ in keyed} | {w for w, _ in open_runs} | {w for w, _ in once} | {w for w, _ in cooldown}
+    for workflow_id in sorted(workflows):
+        keys = {k for w, _, k in keyed if w == workflow_id}
+        parts = [Q(customer_id__in={c for w, c, _ in keyed if w == workflow_id}, trigger_key__in=keys)]
+        parts.append(Q(customer_id__in={c for w, c in open_runs if w == workflow_id}, status__in=OPEN_RUN_STATUSES))
+        parts.append(Q(customer_id__in={c for w, c in once if w == workflow_id}))
+        by_since = defaultdict(set)
+        for (w, c), since in cooldown.items():
+            if w == workflow_id:
+                by_since[since].add(c)
+        parts += [Q(customer_id__in=customers, created_at__gte=since) for since, customers in by_since.items()]
+        wanted_runs = Q()
+        for q in parts:
+            wanted_runs |= q
+        rows = JourneyRun.objects.filter(wanted_runs, workflow_id=workflow_id)
         for customer_id, key, status, created in rows.values_list("customer_id", "trigger_key", "status", "created_at"):
-            history[customer_id].append((key, status, created))
-        return history
-    # PostgreSQL: the ids (and keys) as array parameters; per id, each part through an index
-    # (run_trigger_unique; run_customer_status_idx for the open runs).
-    table = JourneyRun._meta.db_table
-    runs = f"SELECT trigger_key, status, created_at FROM {table} WHERE customer_id = ids.id AND workflow_id = %s"
-    same_trigger = (
-        f"SELECT p.id, hit.trigger_key, hit.status, hit.created_at FROM unnest(%s::bigint[], %s::text[]) AS p(id, k) "
-        f"CROSS JOIN LATERAL (SELECT trigger_key, status, created_at FROM {table} WHERE customer_id = p.id "
-        "AND workflow_id = %s AND trigger_key = p.k OFFSET 0) AS hit"
-    )
-    statements = [same_trigger]
-    params: list = [[c for c, _ in pairs], [k for _, k in pairs], version.workflow_id]
-    parts, part_params = [], []
-    if not version.allow_concurrent_runs:
-        parts.append(f"{runs} AND status = ANY(%s::text[])")
-        part_params += [version.workflow_id, [status.value for status in OPEN_RUN_STATUSES]]
-    if policy == ReentryPolicy.ONCE:
-        parts.append(f"{runs} LIMIT 1")
-        part_params += [version.workflow_id]
-    elif policy == ReentryPolicy.COOLDOWN:
-        parts.append(f"{runs} AND created_at >= %s")
-        part_params += [version.workflow_id, since]
-    if parts:
-        source, ids_param = ids_lateral(ids, " UNION ALL ".join(f"({part})" for part in parts))
-        statements.append(f"SELECT ids.id, hit.trigger_key, hit.status, hit.created_at FROM {source}")
-        params += [*ids_param, *part_params]
-    with connection.cursor() as cursor:
-        cursor.execute(" UNION ALL ".join(statements), params)
-        for customer_id, key, status, created in cursor.fetchall():
-            history[customer_id].append((key, status, created))
+            history[(workflow_id, customer_id)].append((key, status, created))
     return history
 
 

@@ -195,14 +195,10 @@ class Enrolments:
         return rounds
 
     def load_history(self) -> None:
-        """The runs the entry checks need (`entry_history`): one query per version asked for."""
-        wanted: dict[int, tuple] = {}
-        for version, customer, trigger_key, _, _ in self.candidates:
-            wanted.setdefault(version.id, (version, []))[1].append((customer.pk, trigger_key))
-        for version, pairs in wanted.values():
-            for customer_id, rows in entry_history(version=version, wanted=pairs, now=self.now).items():
-                known = self.history[(version.workflow_id, customer_id)]
-                known.extend(row for row in set(rows) if row not in known)  # a canary and the live version: one workflow
+        """The runs the entry checks need (`entry_history`), one query for the whole round."""
+        wanted = [(version, customer.pk, trigger_key) for version, customer, trigger_key, _, _ in self.candidates]
+        for pair, rows in entry_history(wanted=wanted, now=self.now).items():
+            self.history[pair].extend(rows)
 
     def admit(self, *, version, customer, trigger_key: str, ctx) -> bool:
         rows = self.history[(version.workflow_id, customer.pk)]

@@ -50,7 +50,7 @@ def entry_refusal(
     if not ok:
         return f"entry rule is false{f' ({error})' if error else ''}"
     if previous is None:
-        rows = entry_history(version=version, wanted=[(customer.pk, None)], now=now).get(customer.pk, [])
+        rows = entry_history(wanted=[(version, customer.pk, None)], now=now)[(version.workflow_id, customer.pk)]
         previous = [(status, created) for _, status, created in rows]
     if version.reentry_policy == ReentryPolicy.ONCE and previous:
         return "already entered once (re-entry policy: once)"
@@ -84,7 +84,7 @@ def run_enroll(
             journey={}, now=now, events_in_last=events_counter(customer.pk),
         )
     # One query answers idempotency (same trigger), re-entry and the open-run rule.
-    rows = entry_history(version=version, wanted=[(customer.pk, trigger_key)], now=now).get(customer.pk, [])
+    rows = entry_history(wanted=[(version, customer.pk, trigger_key)], now=now)[(version.workflow_id, customer.pk)]
     if any(key == trigger_key for key, _, _ in rows):
         return None
     previous = [(status, created) for _, status, created in rows]

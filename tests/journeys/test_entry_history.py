@@ -14,9 +14,11 @@ from django.utils import timezone
 
 from journeys.engine.compiled import load_version
 from journeys.engine.enrolment import runs_enroll_bulk
+from journeys.engine.entry_gate import entry_history
 from journeys.engine.processor import events_process
-from journeys.engine.runner import run_enroll
-from journeys.models import BusinessUnit, Customer, EntryGate, JourneyRun
+from journeys.engine.runner import entry_refusal, run_enroll
+from journeys.models import BusinessUnit, Customer, JourneyRun
+from journeys.rules import RuleContext
 from journeys.services.dry_run import version_dry_run
 from journeys.services.workflows import version_build, version_publish, workflow_create
 from tests.factories import pending_events, select_rows
@@ -38,8 +40,10 @@ def publish(policy: str, *, cooldown: int = 0, steps: dict = DONE, concurrent: b
 
 
 def frequent_buyer(version, name: str, *, last_days_ago: float, open_run: bool = False) -> Customer:
-    """A customer with PAST closed runs in the workflow, the newest `last_days_ago` days old
-    (and its entry gate row, as the entries left it); optionally one run still waiting."""
+    """A customer with PAST closed runs in the workflow, the newest `last_days_ago` days old, left
+    by an earlier version that did not limit entries: no entry gate row, so only the run history
+    can refuse them. With `open_run`, one run still waiting, started while concurrent runs were
+    allowed (not exclusive: no unique index covers it either)."""
     now = timezone.now()
     customer = Customer.objects.create(external_id=name, email=f"{name}@example.com")
     runs = JourneyRun.objects.bulk_create(
@@ -51,9 +55,7 @@ def frequent_buyer(version, name: str, *, last_days_ago: float, open_run: bool =
     JourneyRun.objects.bulk_update(runs, ["created_at"], batch_size=100)
     if open_run:
         JourneyRun.objects.create(workflow_id=version.workflow_id, version_id=version.id, customer=customer,
-                                  trigger_key="open", status="waiting", current_step="wait")
-    EntryGate.objects.create(workflow_id=version.workflow_id, customer=customer,
-                             entered_at=now - timedelta(days=last_days_ago))
+                                  trigger_key="open", status="waiting", current_step="wait", exclusive=False)
     return customer
 
 
@@ -127,6 +129,54 @@ def test_a_dry_run_names_the_limit_a_long_history_hits():
     once = publish("once")
     entered = frequent_buyer(once, "entered", last_days_ago=300)
     assert version_dry_run(version=once, customer=entered, event=event).reason == "already entered once (re-entry policy: once)"
+    waiting = publish("always", steps=WAIT)
+    busy = frequent_buyer(waiting, "busy", last_days_ago=1, open_run=True)
+    assert version_dry_run(version=waiting, customer=busy, event=event).reason == "already has an open run in this workflow"
+
+
+HISTORIES = {  # (trigger key, status, age in seconds, exclusive) of a customer's runs in the workflow
+    "none": [],
+    "old": [("k1", "completed", 10 * 86400, True)],
+    "recent": [("k1", "completed", 600, True)],
+    "open": [("k1", "waiting", 10 * 86400, True)],
+    "open, not exclusive": [("k1", "active", 10 * 86400, False), ("k2", "active", 10 * 86400, False)],
+    "same trigger": [("new", "exited", 10 * 86400, True)],
+    "same trigger, failed": [("new", "failed", 60, True), ("z", "completed", 20 * 86400, True)],
+    "dated ahead": [("k9", "completed", -3600, True)],
+}
+
+
+@pytest.mark.parametrize("policy, concurrent", list(itertools.product(["once", "cooldown", "always"], [True, False])))
+def test_the_runs_read_decide_every_entry_as_the_whole_history_would(policy, concurrent):
+    version = publish(policy, cooldown=3600, concurrent=concurrent)
+    other = publish("once", cooldown=1)  # another workflow's runs never count
+    now = timezone.now()
+    customers = []
+    for name, runs in HISTORIES.items():
+        customer = Customer.objects.create(external_id=name)
+        customers.append(customer)
+        for key, status, age, exclusive in runs:
+            run = JourneyRun.objects.create(workflow_id=version.workflow_id, version_id=version.id, customer=customer,
+                                            trigger_key=key, status=status, exclusive=exclusive)
+            JourneyRun.objects.filter(pk=run.pk).update(created_at=now - timedelta(seconds=age))
+        JourneyRun.objects.create(workflow_id=other.workflow_id, version_id=other.id, customer=customer,
+                                  trigger_key="new", status="waiting")
+    ctx = RuleContext(now=now)
+
+    def decide(customer, key, rows) -> str | None:
+        if key is not None and any(k == key for k, _, _ in rows):
+            return "entered for this trigger"
+        return entry_refusal(version=version, customer=customer, ctx=ctx, now=now, previous=[(s, t) for _, s, t in rows])
+
+    for keys in (["new"], ["k1"], [None], ["new", "k1", None]):
+        read = entry_history(wanted=[(version, c.pk, k) for c in customers for k in keys], now=now)
+        for customer in customers:
+            rows = read[(version.workflow_id, customer.pk)]
+            everything = list(JourneyRun.objects.filter(workflow_id=version.workflow_id, customer=customer)
+                              .values_list("trigger_key", "status", "created_at"))
+            assert set(rows) <= set(everything)
+            for key in keys:
+                assert decide(customer, key, rows) == decide(customer, key, everything), (customer.external_id, key)
 
 
 @pytest.mark.postgres
