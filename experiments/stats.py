@@ -158,8 +158,10 @@ def msprt_log_lambda(x1: int, n1: int, x2: int, n2: int, *, tau: float) -> float
 def msprt_lambda(x1: int, n1: int, x2: int, n2: int, *, tau: float) -> float:
     """The mixture likelihood ratio; 1/Lambda is an always-valid p-value: looking at it after
     every new customer does not inflate errors. Infinite past what a float holds."""
-    log_lambda = msprt_log_lambda(x1, n1, x2, n2, tau=tau)
-    return math.exp(log_lambda) if log_lambda < 700 else math.inf
+    try:
+        return math.exp(msprt_log_lambda(x1, n1, x2, n2, tau=tau))
+    except OverflowError:
+        return math.inf
 
 
 def msprt_pvalue(x1: int, n1: int, x2: int, n2: int, *, tau: float) -> float:

@@ -97,14 +97,23 @@ def test_counts_and_daily_series_are_those_of_the_exposures_with_a_goal_event(pu
         if i % 7 == 0:
             make_goal_events([c], name="Other", at=assigned + timedelta(hours=1), prefix="other")
     make_goal_events([customers[6]], name="Buy", at=now + timedelta(hours=1), prefix="future")  # after `now`
+    # on the bounds (in the window both): at the assignment (the trigger was the goal), at the window's end
+    make_goal_events([customers[4]], name="Buy", at=at[customers[4].pk], prefix="at")
+    make_goal_events([customers[9]], name="Buy", at=at[customers[9].pk] + timedelta(days=2), prefix="end")
+    make_goal_events([customers[14]], name="Buy", at=at[customers[14].pk] + timedelta(days=2, microseconds=1),
+                     prefix="past-end")
+    make_goal_events([customers[19]], name="Buy", at=now, prefix="now")
     Customer.objects.filter(pk=customers[11].pk).update(merged_into=customers[12])  # merged away: left out
 
-    analysis = experiment_analyze(experiment=experiment, now=now)
+    with timezone.override("Pacific/Kiritimati"):  # UTC+14: days are UTC days whatever the local zone
+        analysis = experiment_analyze(experiment=experiment, now=now)
 
     assert totals(analysis) == reference_totals(experiment, now)
     assert series_of(analysis) == reference_series(experiment, now)
     assert set(analysis.series) == {"control", "b", "holdout"}
     assert sum(x for _, x in totals(analysis).values()) > 20
+    converted = {e.customer_id for e in exposures_list(experiment=experiment, now=now) if e.converted_at}
+    assert {customers[i].pk for i in (4, 9, 19)} <= converted and customers[14].pk not in converted
     assert len(analysis.series["control"]) == MAX_DAYS  # the long experiment's latest days
     assert analysis.series["control"][0]["n"] > 0  # ... counting the assignments before them
 

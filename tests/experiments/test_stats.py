@@ -109,6 +109,7 @@ def test_msprt_holds_a_large_sample_with_a_clear_difference():
     assert stats.msprt_pvalue(13_500, 135_000, 0, 135_000, tau=0.01) == 0.0  # either direction
     lam = stats.msprt_lambda(1_000, 20_000, 1_150, 20_000, tau=0.01)
     assert 1 < lam < math.inf
+    assert 1e305 < stats.msprt_lambda(0, 7_000, 1_386, 7_000, tau=0.01) < math.inf  # near the float's limit
     assert stats.msprt_pvalue(1_000, 20_000, 1_150, 20_000, tau=0.01) == pytest.approx(1 / lam, rel=1e-9)
 
 
