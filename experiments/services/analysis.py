@@ -82,18 +82,9 @@ def group_counts(*, experiment: Experiment, now: datetime | None = None) -> dict
     """group -> (exposures, conversions), counted by the database in one statement (the same
     customers and conversions as `exposures_list`, without a row per assignment in Python)."""
     now = now or timezone.now()
-    window = timedelta(seconds=experiment.window_s)
-    if experiment.goal_event:  # a goal event from the assignment to the end of the window (or now)
-        hit = Event.objects.filter(customer_id=OuterRef("customer_id"), name=experiment.goal_event,
-                                   timestamp__gte=OuterRef("assigned_at"), timestamp__lte=now)
-        hit = hit.filter(timestamp__lte=OuterRef("assigned_at") + window)
-    else:
-        hit = JourneyRun.objects.filter(pk=OuterRef("run_id"), converted_at__gte=OuterRef("assigned_at"),
-                                        converted_at__lte=now)
-        hit = hit.filter(converted_at__lte=OuterRef("assigned_at") + window)
     rows = (
         Assignment.objects.filter(experiment=experiment, customer__merged_into__isnull=True, assigned_at__lte=now)
-        .annotate(hit=Exists(hit))
+        .annotate(hit=Exists(_conversions(experiment, now)))
         .values("arm__name", "holdout")
         .annotate(n=Count("pk"), x=Count("pk", filter=Q(hit=True)))
         .order_by()
@@ -171,19 +162,23 @@ def _expected_counts(experiment: Experiment, now: datetime) -> tuple[dict[str, i
     return dict(observed), dict(expected)
 
 
-def _first_conversion(experiment: Experiment, now: datetime) -> Subquery:
-    """An assignment's conversion moment, as `exposures_list` has it: its first goal event (or its
-    run's conversion) from the assignment to the end of the window, not after now; else NULL."""
+def _conversions(experiment: Experiment, now: datetime):
+    """An assignment's conversions (a subquery on OuterRef), as `exposures_list` counts them: goal
+    events (or its run's conversion) from the assignment to the end of the window, not after now."""
     window = timedelta(seconds=experiment.window_s)
     if experiment.goal_event:
-        first = (Event.objects.filter(customer_id=OuterRef("customer_id"), name=experiment.goal_event,
-                                      timestamp__gte=OuterRef("assigned_at"), timestamp__lte=now)
-                 .filter(timestamp__lte=OuterRef("assigned_at") + window).order_by("timestamp").values("timestamp")[:1])
-    else:
-        first = (JourneyRun.objects.filter(pk=OuterRef("run_id"), converted_at__gte=OuterRef("assigned_at"),
-                                           converted_at__lte=now)
-                 .filter(converted_at__lte=OuterRef("assigned_at") + window).values("converted_at")[:1])
-    return Subquery(first)
+        return (Event.objects.filter(customer_id=OuterRef("customer_id"), name=experiment.goal_event,
+                                     timestamp__gte=OuterRef("assigned_at"), timestamp__lte=now)
+                .filter(timestamp__lte=OuterRef("assigned_at") + window).order_by("timestamp"))
+    return (JourneyRun.objects.filter(pk=OuterRef("run_id"), converted_at__gte=OuterRef("assigned_at"),
+                                      converted_at__lte=now)
+            .filter(converted_at__lte=OuterRef("assigned_at") + window))
+
+
+def _first_conversion(experiment: Experiment, now: datetime) -> Subquery:
+    """An assignment's conversion moment: the first of `_conversions`, else NULL."""
+    column = "timestamp" if experiment.goal_event else "converted_at"
+    return Subquery(_conversions(experiment, now).values(column)[:1])
 
 
 def daily_counts(*, experiment: Experiment, now: datetime) -> dict[str, Counter]:

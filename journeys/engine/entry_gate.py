@@ -84,25 +84,22 @@ def entry_history(*, wanted: list[tuple[CompiledVersion, int, str | None]], now:
 
 
 def _entry_history_orm(keyed: set, open_runs: set, once: set, cooldown: dict, history: dict) -> dict:
-    """The same on other databases (SQLite is not the scale path): per workflow, one query with
-    the parts OR-ed; `once` reads the customers' runs in the workflow."""
-    workflows = {w for w, *_ in keyed} | {w for w, _ in open_runs} | {w for w, _ in once} | {w for w, _ in cooldown}
-    for workflow_id in sorted(workflows):
-        keys = {k for w, _, k in keyed if w == workflow_id}
-        parts = [Q(customer_id__in={c for w, c, _ in keyed if w == workflow_id}, trigger_key__in=keys)]
-        parts.append(Q(customer_id__in={c for w, c in open_runs if w == workflow_id}, status__in=OPEN_RUN_STATUSES))
-        parts.append(Q(customer_id__in={c for w, c in once if w == workflow_id}))
-        by_since = defaultdict(set)
-        for (w, c), since in cooldown.items():
-            if w == workflow_id:
-                by_since[since].add(c)
-        parts += [Q(customer_id__in=customers, created_at__gte=since) for since, customers in by_since.items()]
-        wanted_runs = Q()
-        for q in parts:
-            wanted_runs |= q
-        rows = JourneyRun.objects.filter(wanted_runs, workflow_id=workflow_id)
-        for customer_id, key, status, created in rows.values_list("customer_id", "trigger_key", "status", "created_at"):
-            history[(workflow_id, customer_id)].append((key, status, created))
+    """The same on other databases (SQLite is not the scale path), as one query that may read a
+    few runs more (another customer's trigger key, the longest cooldown): every run it lists is
+    the customer's in that workflow, so no check changes. With `once`, every run of the pairs."""
+    pairs = {(w, c) for w, c, _ in keyed} | open_runs | once | set(cooldown)
+    if not pairs:
+        return history
+    rows = JourneyRun.objects.filter(workflow_id__in={w for w, _ in pairs}, customer_id__in={c for _, c in pairs})
+    if not once:
+        wanted_runs = Q(trigger_key__in={k for _, _, k in keyed}) | Q(status__in=OPEN_RUN_STATUSES)
+        if cooldown:
+            wanted_runs |= Q(created_at__gte=min(cooldown.values()))
+        rows = rows.filter(wanted_runs)
+    for w, c, key, status, created in rows.values_list("workflow_id", "customer_id", "trigger_key", "status",
+                                                       "created_at"):
+        if (w, c) in pairs:
+            history[(w, c)].append((key, status, created))
     return history
 
 
