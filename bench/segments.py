@@ -38,6 +38,8 @@ RULES = {
     "city_email": "profile.address.city == 'Berlin' and ends_with(lower(profile.email), '7@example.com')",
     "recent_buyers": "events_in_last('Order Completed', days=90) >= 1",
     "lapsed_buyers": "events_in_last('Order Completed', days=60) == 0 and events_in_last('Order Completed', days=365) > 0",
+    # the same count read twice: one probe a customer
+    "some_orders": "events_in_last('Order Completed', days=365) >= 1 and events_in_last('Order Completed', days=365) <= 2",
 }
 
 STAGES = [

@@ -59,9 +59,15 @@ __all__ = [
     "SwitchScope",
 ]
 
-from journeys.models.catalog import EventDefinition, LifecycleStage, StageTransition  # noqa: E402
+from journeys.models.catalog import (  # noqa: E402
+    EventDefinition,
+    LifecycleStage,
+    StageRecheck,
+    StageRules,
+    StageTransition,
+)
 
-__all__ += ["EventDefinition", "LifecycleStage", "StageTransition"]
+__all__ += ["EventDefinition", "LifecycleStage", "StageRecheck", "StageRules", "StageTransition"]
 
 from journeys.models.jobs import Job, JobKind, JobStatus  # noqa: E402
 

@@ -68,3 +68,30 @@ class StageTransition(models.Model):
 
     def __str__(self) -> str:
         return f"{self.from_stage or '-'} -> {self.to_stage}"
+
+
+class StageRecheck(models.Model):
+    """When a customer's rule-defined stage must be evaluated again (PostgreSQL): the hourly
+    refresh reads only the rows due, not every customer.
+
+    The refresh writes the earliest moment the stage rules' answer may change with time alone
+    (journeys.rules.sql.due); no row means it never does. A database trigger marks a customer
+    due at once ('-infinity') when anything a rule can read changes on the row, whatever wrote
+    it (the event API's set-based updates, imports, merges, steps, the admin); the event
+    processor does so for the customers of events a rule counts (a late event changes no row).
+    """
+
+    customer = models.OneToOneField("journeys.Customer", primary_key=True, on_delete=models.CASCADE,
+                                    related_name="+")
+    due_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["due_at"], name="stage_recheck_due_idx")]
+
+
+class StageRules(models.Model):
+    """The stage rules the rechecks were worked out for (one row): when they change, the next
+    refresh walks every customer once and writes everyone's moment again."""
+
+    fingerprint = models.CharField(max_length=64)
+    walked_at = models.DateTimeField()

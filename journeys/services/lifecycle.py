@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Iterator
 from datetime import datetime
@@ -13,7 +15,7 @@ from django.utils import timezone
 from journeys.engine.listeners import rule_stages
 from journeys.engine.queue import enqueue_events
 from journeys.models import Customer
-from journeys.models.catalog import LifecycleStage, StageTransition
+from journeys.models.catalog import LifecycleStage, StageRecheck, StageRules, StageTransition
 from journeys.services.bulk_ingest import events_insert
 from journeys.services.internal_events import internal_event_row, internal_source
 
@@ -167,21 +169,23 @@ def customer_evaluate_stage(*, customer: Customer, now: datetime, rule_ctx=None)
 
 
 STAGE_CHUNK = 5000  # stage changes applied per transaction
+DUE_VERSION = 1  # bump when journeys.rules.sql.due works moments out differently: everyone is walked again
 
 
 def customer_stages_refresh(*, now: datetime, chunk: int = STAGE_CHUNK) -> int:
-    """Re-evaluate rule-defined stages for everyone (time passes: "inactive for 30 days").
+    """Re-evaluate rule-defined stages where time may have changed them ("inactive for 30 days").
 
-    Set-based: on PostgreSQL, when every stage rule translates (journeys.rules.sql), one
-    statement per chunk finds the customers whose stage must change (the first true rule,
-    in stage order, differs from their stage), so nobody who stays put is read into
-    Python; elsewhere customers are evaluated in Python pages. Each chunk of changes is one
-    transaction: the customers are locked (skipping those a worker holds: it evaluates
-    their stage itself, and the next refresh catches up), moved, and their transitions and
-    `Stage Left`/`Stage Entered` events are inserted with one statement each and queued
-    one task per batch. Returns how many customers moved.
+    On PostgreSQL, when every stage rule translates (journeys.rules.sql), only the customers
+    due are read (StageRecheck: changed since the last refresh, or at the moment a rule's answer
+    may change with time; journeys.rules.sql.due), one statement per chunk computing each one's
+    stage and next moment; after the rules change, every customer once. Elsewhere customers are
+    evaluated in Python pages, every one every time. Each chunk of changes is one transaction:
+    the customers are locked (skipping those a worker holds: it evaluates their stage itself,
+    and they stay due), moved, and their transitions and `Stage Left`/`Stage Entered` events
+    are inserted with one statement each and queued one task per batch. Returns how many
+    customers moved.
     """
-    from journeys.services.segments import utc
+    from journeys.services.segments import segment_translation, utc
 
     now = utc(now)
     stages = list(
@@ -189,26 +193,22 @@ def customer_stages_refresh(*, now: datetime, chunk: int = STAGE_CHUNK) -> int:
     )
     if not stages:
         return 0
+    translations = [
+        segment_translation(rule=rule, now=now, prefix=f"s{i}_", due=True) for i, (_, rule) in enumerate(stages)
+    ]
+    if all(t is not None for t in translations):
+        try:
+            return _stages_refresh_sql(translations=translations, stages=stages, now=now, chunk=chunk)
+        except DatabaseError:  # a translation bug must not stop the refresh: say so, use Python
+            logger.exception("stage refresh SQL failed; evaluating in Python")
     moved = 0
-    for moves in _stage_moves(stages=stages, now=now, chunk=chunk):
+    for moves in _stage_moves_python(stages=stages, now=now, chunk=chunk, after=0):
         moved += _stage_moves_apply(moves=moves, rules=dict(stages), now=now)
     return moved
 
 
 Move = tuple[int, str, str]  # customer id, from stage, to stage
-
-
-def _stage_moves(*, stages: list[tuple[str, str]], now: datetime, chunk: int) -> Iterator[list[Move]]:
-    """Chunks of (customer id, stage, new stage) for the customers whose stage must change."""
-    from journeys.services.segments import segment_translation
-
-    translations = [
-        segment_translation(rule=rule, now=now, prefix=f"s{i}_") for i, (_, rule) in enumerate(stages)
-    ]
-    if all(t is not None for t in translations):
-        yield from _stage_moves_sql(translations=translations, stages=stages, now=now, chunk=chunk)
-    else:
-        yield from _stage_moves_python(stages=stages, now=now, chunk=chunk, after=0)
+Recheck = tuple[str | None, datetime | None]  # the recheck row's version as read (xmin; None: no row), its next moment
 
 
 def _stage_moves_python(
@@ -224,50 +224,73 @@ def _stage_moves_python(
             yield moves
 
 
-def _stage_moves_sql(
-    *, translations: list, stages: list[tuple[str, str]], now: datetime, chunk: int
-) -> Iterator[list[Move]]:
-    """PostgreSQL: the first stage whose rule is certainly true, '?' where Python must tell."""
-    from journeys.services.segments import PROFILE_FIELDS
-
+def _stages_refresh_sql(*, translations: list, stages: list[tuple[str, str]], now: datetime, chunk: int) -> int:
+    """PostgreSQL: the customers due (or, once after the rules changed, everyone), a chunk a
+    statement: each one's first stage whose rule is certainly true ('?' where Python must tell)
+    and the next moment to look again."""
+    fingerprint = hashlib.sha256(json.dumps([DUE_VERSION, stages]).encode()).hexdigest()
+    known = StageRules.objects.filter(pk=1).values_list("fingerprint", flat=True).first()
     keys = [key for key, _ in stages]
     params: dict = {"keys": keys}
-    whens = []
+    whens, dues = [], []
     for i, t in enumerate(translations):
         params.update(t.params)
         params[f"key{i}"] = keys[i]
         state = f"({t.state})"
         whens.append(f"WHEN {state} = 2 THEN %(key{i})s::text WHEN ({state} & 2) <> 0 THEN '?'")
-    target = f"(CASE {' '.join(whens)} END)"
+        if t.due is not None:
+            dues.append(t.due)
+    eligible = "(c.merged_into_id IS NULL AND (c.stage = '' OR c.stage = ANY(%(keys)s::text[])))"
+    due = "NULL::timestamptz" if not dues else dues[0] if len(dues) == 1 else f"LEAST({', '.join(dues)})"
     joins = " ".join(join for t in translations for join in t.joins)
-    sql = (
-        f"SELECT c.id, c.stage, {target} FROM {Customer._meta.db_table} AS c {joins}"
-        f" WHERE c.merged_into_id IS NULL AND (c.stage = '' OR c.stage = ANY(%(keys)s::text[]))"
-        f" AND c.id > %(after)s AND {target} <> c.stage"
-        f" ORDER BY c.id LIMIT %(limit)s"
-    )
+    columns = (f"c.id, c.stage, CASE WHEN {eligible} THEN (CASE {' '.join(whens)} END) END AS target,"
+               f" CASE WHEN {eligible} THEN {due} END AS due, r.xmin::text AS version, r.due_at AS was")
+    customers, rechecks = Customer._meta.db_table, StageRecheck._meta.db_table
+    moved = 0
+    if known == fingerprint:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT customer_id FROM {rechecks} WHERE due_at <= %s ORDER BY customer_id", [now])
+            due_ids = [pk for (pk,) in cursor.fetchall()]
+        sql = (f"SELECT id, stage, target, due, version FROM (SELECT {columns} FROM {rechecks} AS r"
+               f" JOIN {customers} AS c ON c.id = r.customer_id {joins}"
+               f" WHERE r.customer_id = ANY(%(ids)s::bigint[]) OFFSET 0) AS q ORDER BY id")
+        for i in range(0, len(due_ids), chunk):
+            with connection.cursor() as cursor:
+                cursor.execute(sql, {**params, "ids": "{" + ",".join(map(str, due_ids[i:i + chunk])) + "}"})
+                moved += _stage_rows_apply(cursor.fetchall(), stages=stages, now=now)
+        return moved
+    # The rules changed (or never ran here): everyone once, returning only the customers who move
+    # or whose moment changes.
+    sql = (f"SELECT id, stage, target, due, version FROM (SELECT {columns} FROM {customers} AS c"
+           f" LEFT JOIN {rechecks} AS r ON r.customer_id = c.id {joins}"
+           f" WHERE c.id > %(after)s ORDER BY c.id OFFSET 0) AS q"
+           f" WHERE COALESCE(target, stage) <> stage OR due IS DISTINCT FROM was LIMIT %(limit)s")
     last = 0
     while True:
-        try:
-            with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute(sql, {**params, "after": last, "limit": chunk})
-                rows = cursor.fetchall()
-        except DatabaseError:  # a translation bug must not stop the refresh: say so, use Python
-            logger.exception("stage refresh SQL failed; evaluating in Python")
-            yield from _stage_moves_python(stages=stages, now=now, chunk=chunk, after=last)
-            return
-        if not rows:
-            return
-        last = rows[-1][0]
-        moves = [(pk, stage, target) for pk, stage, target in rows if target != "?"]
-        unsure = [pk for pk, _, target in rows if target == "?"]
-        if unsure:
-            customers = Customer.objects.filter(pk__in=unsure).only(*PROFILE_FIELDS)
-            moves += _stage_targets(customers=customers, stages=stages, now=now)
-        if moves:
-            yield sorted(moves)
+        with connection.cursor() as cursor:
+            cursor.execute(sql, {**params, "after": last, "limit": chunk})
+            rows = cursor.fetchall()
+        moved += _stage_rows_apply(rows, stages=stages, now=now)
         if len(rows) < chunk:
-            return
+            break
+        last = rows[-1][0]
+    StageRules.objects.update_or_create(pk=1, defaults={"fingerprint": fingerprint, "walked_at": now})
+    return moved
+
+
+def _stage_rows_apply(rows: list, *, stages: list[tuple[str, str]], now: datetime) -> int:
+    """Apply one chunk of (id, stage, target or '?' or None, next moment, recheck version)."""
+    from journeys.services.segments import PROFILE_FIELDS
+
+    if not rows:
+        return 0
+    moves = [(pk, stage, target) for pk, stage, target, _, _ in rows if target not in (None, "?", stage)]
+    unsure = [pk for pk, _, target, _, _ in rows if target == "?"]
+    if unsure:
+        customers = Customer.objects.filter(pk__in=unsure).only(*PROFILE_FIELDS)
+        moves += _stage_targets(customers=customers, stages=stages, now=now)
+    rechecks = {pk: (version, due) for pk, _, _, due, version in rows}
+    return _stage_moves_apply(moves=sorted(moves), rules=dict(stages), now=now, rechecks=rechecks)
 
 
 def _stage_targets(*, customers, stages: list[tuple[str, str]], now: datetime) -> list[Move]:
@@ -289,43 +312,59 @@ def _stage_targets(*, customers, stages: list[tuple[str, str]], now: datetime) -
     return moves
 
 
-def _stage_moves_apply(*, moves: list[Move], rules: dict[str, str], now: datetime) -> int:
-    """One transaction: lock, re-check, move, record transitions and events (set-based)."""
+def _stage_moves_apply(
+    *, moves: list[Move], rules: dict[str, str], now: datetime, rechecks: dict[int, Recheck] | None = None
+) -> int:
+    """One transaction: lock, re-check, move, record transitions and events (set-based), and
+    write the customers' next moments (`rechecks`, PostgreSQL) where nothing changed them since
+    they were read."""
+    with transaction.atomic():
+        locked = _customers_lock(sorted({pk for pk, _, _ in moves} | set(rechecks or ())))
+        if rechecks is not None:
+            # A customer changed since the statement read them (their recheck row was written) is
+            # left due, unmoved: the next refresh reads them again.
+            current = _rechecks_lock([pk for pk in rechecks if pk in locked])
+            fresh = {pk for pk in locked if pk in rechecks and current.get(pk) == rechecks[pk][0]}
+            moves = [move for move in moves if move[0] in fresh]
+        # A customer moved meanwhile (by a worker, or another refresh) keeps that move.
+        moves = [move for move in moves if move[0] in locked and locked[move[0]][0] == move[1]]
+        if moves:
+            _stage_moves_write(moves=moves, rules=rules, locked=locked, now=now)
+        if rechecks is not None:
+            _rechecks_write({pk: rechecks[pk][1] for pk in fresh})
+    return len(moves)
+
+
+def _stage_moves_write(*, moves: list[Move], rules: dict[str, str], locked: dict[int, tuple[str, str]],
+                       now: datetime) -> None:
     from journeys.engine.batch import rows_insert, rows_update
     from journeys.services.internal_events import InternalEvent, events_record_internal
 
-    with transaction.atomic():
-        locked = _customers_lock([pk for pk, _, _ in moves])
-        # A customer moved meanwhile (by a worker, or another refresh) keeps that move.
-        moves = [move for move in moves if move[0] in locked and locked[move[0]][0] == move[1]]
-        if not moves:
-            return 0
-        if connection.vendor == "postgresql":
-            rows_update(Customer, [{"id": pk, "stage": to} for pk, _, to in moves], ["stage"], stamp=timezone.now())
-        else:
-            by_target: dict[str, list[int]] = {}
-            for pk, _, to in moves:
-                by_target.setdefault(to, []).append(pk)
-            for to, pks in by_target.items():
-                Customer.objects.filter(pk__in=pks).update(stage=to)
-        transitions = rows_insert(
-            StageTransition,
-            [
-                {"customer_id": pk, "from_stage": frm, "to_stage": to, "reason": f"rule: {rules[to]}"[:255], "at": now}
-                for pk, frm, to in moves
-            ],
-            returning=("id", "customer_id", "from_stage", "to_stage"),
-        )
-        events = []
-        for transition_id, pk, frm, to in sorted(transitions):
-            user_id = locked[pk][1]
-            if frm:
-                events.append(InternalEvent(customer_id=pk, user_id=user_id, name="Stage Left", at=now,
-                                            properties={"stage": frm, "to": to}, message_id=f"stage-left:{transition_id}"))
-            events.append(InternalEvent(customer_id=pk, user_id=user_id, name="Stage Entered", at=now,
-                                        properties={"stage": to, "from": frm}, message_id=f"stage-entered:{transition_id}"))
-        events_record_internal(events=events)
-    return len(moves)
+    if connection.vendor == "postgresql":
+        rows_update(Customer, [{"id": pk, "stage": to} for pk, _, to in moves], ["stage"], stamp=timezone.now())
+    else:
+        by_target: dict[str, list[int]] = {}
+        for pk, _, to in moves:
+            by_target.setdefault(to, []).append(pk)
+        for to, pks in by_target.items():
+            Customer.objects.filter(pk__in=pks).update(stage=to)
+    transitions = rows_insert(
+        StageTransition,
+        [
+            {"customer_id": pk, "from_stage": frm, "to_stage": to, "reason": f"rule: {rules[to]}"[:255], "at": now}
+            for pk, frm, to in moves
+        ],
+        returning=("id", "customer_id", "from_stage", "to_stage"),
+    )
+    events = []
+    for transition_id, pk, frm, to in sorted(transitions):
+        user_id = locked[pk][1]
+        if frm:
+            events.append(InternalEvent(customer_id=pk, user_id=user_id, name="Stage Left", at=now,
+                                        properties={"stage": frm, "to": to}, message_id=f"stage-left:{transition_id}"))
+        events.append(InternalEvent(customer_id=pk, user_id=user_id, name="Stage Entered", at=now,
+                                    properties={"stage": to, "from": frm}, message_id=f"stage-entered:{transition_id}"))
+    events_record_internal(events=events)
 
 
 def _customers_lock(ids: list[int]) -> dict[int, tuple[str, str]]:
@@ -342,3 +381,44 @@ def _customers_lock(ids: list[int]) -> dict[int, tuple[str, str]]:
             ["{" + ",".join(str(int(pk)) for pk in ids) + "}"],
         )
         return {pk: (stage, user_id) for pk, stage, user_id in cursor.fetchall()}
+
+
+def _rechecks_lock(ids: list[int]) -> dict[int, str]:
+    """The version (xmin) of these customers' recheck rows, locked (the caller holds the
+    customers: only the event processor's mark, its last statement, can hold one meanwhile)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT customer_id, xmin::text FROM {StageRecheck._meta.db_table}"
+                       " WHERE customer_id = ANY(%s::bigint[]) ORDER BY customer_id FOR UPDATE",
+                       ["{" + ",".join(map(str, ids)) + "}"])
+        return dict(cursor.fetchall())
+
+
+def _rechecks_write(dues: dict[int, datetime | None]) -> None:
+    """Each customer's next moment; no row for those whose stage time cannot change."""
+    table = StageRecheck._meta.db_table
+    later = sorted((pk, due) for pk, due in dues.items() if due is not None)
+    never = sorted(pk for pk, due in dues.items() if due is None)
+    with connection.cursor() as cursor:
+        if later:
+            cursor.execute(f"INSERT INTO {table} (customer_id, due_at)"
+                           " SELECT * FROM unnest(%s::bigint[], %s::timestamptz[])"
+                           " ON CONFLICT (customer_id) DO UPDATE SET due_at = EXCLUDED.due_at",
+                           [[pk for pk, _ in later], [due for _, due in later]])
+        if never:
+            cursor.execute(f"DELETE FROM {table} WHERE customer_id = ANY(%s::bigint[])", [never])
+
+
+def customers_stage_recheck(customer_ids) -> None:
+    """Mark these customers' stages due at the next refresh, where a stage rule counts events:
+    an event that arrives late (older than the customer's last one) changes a count without
+    changing the customer's row, which the database trigger watches (PostgreSQL; elsewhere
+    every customer is evaluated every time). The event processor calls it last in its batch."""
+    if connection.vendor != "postgresql" or not customer_ids:
+        return
+    if not any("events_in_last" in rule for _, rule in rule_stages()):
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO {StageRecheck._meta.db_table} (customer_id, due_at)"
+                       " SELECT id, '-infinity' FROM unnest(%s::bigint[]) AS id"
+                       " ON CONFLICT (customer_id) DO UPDATE SET due_at = EXCLUDED.due_at",
+                       [sorted(set(customer_ids))])

@@ -94,6 +94,12 @@ class CustomerProfile:
         return (f"SELECT count(*) FROM {Event._meta.db_table} AS ev"
                 f" WHERE ev.customer_id = c.id AND ev.name = {name} AND ev.timestamp >= {since}")
 
+    def event_first(self, name: str, since: str) -> str:
+        from journeys.models import Event
+
+        return (f"SELECT min(ev.timestamp) FROM {Event._meta.db_table} AS ev"
+                f" WHERE ev.customer_id = c.id AND ev.name = {name} AND ev.timestamp >= {since}")
+
     def attribute(self, key: str, tr: Builder) -> Val:
         if key == "user_id":
             return Val((Alt(STR, None, "c.external_id"),))
@@ -135,9 +141,10 @@ PROFILE = CustomerProfile()
 
 
 def segment_translation(
-    *, rule: str, now: datetime | None = None, prefix: str = ""
+    *, rule: str, now: datetime | None = None, prefix: str = "", due: bool = False
 ) -> Translation | None:
-    """The rule as SQL on this database, or None when it is evaluated in Python.
+    """The rule as SQL on this database, or None when it is evaluated in Python. `due`: with
+    the moment each row's answer may next change with time alone (Translation.due).
 
     Raises RuleSyntaxError for a rule that does not compile.
     """
@@ -145,7 +152,7 @@ def segment_translation(
     if not _sql_capable():
         return None
     try:
-        return translate(rule, now=utc(now or timezone.now()), profile=PROFILE, prefix=prefix)
+        return translate(rule, now=utc(now or timezone.now()), profile=PROFILE, prefix=prefix, due=due)
     except NotTranslatable:
         return None
 

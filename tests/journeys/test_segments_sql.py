@@ -469,6 +469,7 @@ EVENT_RULES = [
     "events_in_last('Buy', days=1e12) == 0",  # a window Python cannot subtract: raises
     "events_in_last('Buy', days=null) == null",  # no window: None
     "events_in_last('Buy', days=7) > profile.visits",
+    "events_in_last('Buy', days=7) >= 1 and events_in_last('Buy', days=7) < 3",  # one count, read twice
 ]
 
 
@@ -502,6 +503,26 @@ def test_event_counts_translate_and_select_what_python_selects():
     assert translated == len(EVENT_RULES)
     assert 0 < len(python_ids(EVENT_RULES[0], customers)) < len(customers)
     assert 0 < len(python_ids(EVENT_RULES[1], customers)) < len(customers)
+
+
+@on_postgres
+def test_a_part_written_twice_is_computed_once_a_row():
+    # given rules that read the same event count, or the same date trait, more than once
+    rules = {
+        "events_in_last('Buy', days=7) >= 1 and events_in_last('Buy', days=7) < 3": 1,
+        "events_in_last('Buy', days=7) > 1 or events_in_last('Buy', days=7) + events_in_last('View', days=7) > 4": 2,
+        "days_since(profile.signup_at) > 1 and days_since(profile.signup_at) < 400": 2,  # the text, its parse
+    }
+    customers = populate(120)
+    with_events(customers)
+    for rule, joins in rules.items():
+        translation = segment_translation(rule=rule, now=NOW)
+        # then each distinct count or parse is one LATERAL join (a probe of the index or a parse a row)
+        assert len(translation.joins) == joins, (rule, translation.joins)
+    # and the customers selected are still those Python selects
+    translated, wrong = mismatches(list(rules), customers)
+    assert not wrong, "\n".join(wrong)
+    assert translated == len(rules)
 
 
 @pytest.mark.skipif(connection.vendor == "postgresql", reason="the fallback is for other databases")

@@ -11,6 +11,7 @@ from ..compiler import RuleContext, _load
 from ..nodes import BinOp, BoolOp, Call, Compare, Const, Node, Path, Unary, children
 from ..parser import parse
 from .comparisons import Comparisons, is_literal_list
+from .due import due_sql
 from .functions import PREDICATES, Functions
 from .outcomes import ANY, E, F, State, T, all_of, any_of, bool_state, case, s_and, s_not, s_or
 from .values import (
@@ -37,11 +38,12 @@ from .values import (
 
 
 def translate(
-    text: str, *, now: dt.datetime, profile: ProfileSource, prefix: str = ""
+    text: str, *, now: dt.datetime, profile: ProfileSource, prefix: str = "", due: bool = False
 ) -> Translation:
     """Translate `text` for rows read at `now` (which must be in UTC: naive ISO text in
     the data is read in now's zone, as the Python evaluator does). `prefix` keeps the
-    parameter and join names of several translations in one statement apart.
+    parameter and join names of several translations in one statement apart. `due`: also
+    work out when each row's answer may next change with time alone (Translation.due).
 
     Raises RuleSyntaxError for a broken rule and NotTranslatable for one SQL cannot
     answer exactly.
@@ -52,7 +54,8 @@ def translate(
     tr = Translator(now=now, profile=profile, prefix=prefix)
     state = tr.state(tree)
     prefilter = tr.prefilter(tree) if isinstance(state, str) else None
-    return Translation(text, state, dict(tr.params), tuple(tr.joins), prefilter)
+    moment = due_sql(tr, tree) if due else None
+    return Translation(text, state, dict(tr.params), tuple(tr.joins), prefilter, moment)
 
 
 @dataclass
@@ -64,11 +67,18 @@ class Translator(Comparisons, Functions):
     joins: list[str] = field(default_factory=list)
     _aliases: int = 0
     _now_sql: str = ""
+    # The same value bound once, so the same part of a rule written twice is the same SQL, and
+    # the same LATERAL (an event count, a parsed date) is joined once however often it is read.
+    _bound: dict[tuple, str] = field(default_factory=dict)
+    _laterals: dict[str, str] = field(default_factory=dict)
 
     def param(self, value: object, cast: str) -> str:
-        name = f"{self.prefix}p{len(self.params)}"
-        self.params[name] = value
-        return f"%({name})s::{cast}"
+        key = (type(value), tuple(value) if isinstance(value, list) else value, cast)  # lists: of text
+        if key not in self._bound:
+            name = f"{self.prefix}p{len(self.params)}"
+            self.params[name] = value
+            self._bound[key] = f"%({name})s::{cast}"
+        return self._bound[key]
 
     def alias(self) -> str:
         self._aliases += 1
@@ -76,9 +86,11 @@ class Translator(Comparisons, Functions):
 
     def lateral(self, expr: str) -> str:
         """Compute `expr` once per row (it must only read the row itself, or rows keyed by it)."""
-        name = f"{self.prefix}l{len(self.joins)}"
-        self.joins.append(f"CROSS JOIN LATERAL (SELECT {expr} AS v OFFSET 0) AS {name}")
-        return f"{name}.v"
+        if expr not in self._laterals:
+            name = f"{self.prefix}l{len(self.joins)}"
+            self.joins.append(f"CROSS JOIN LATERAL (SELECT {expr} AS v OFFSET 0) AS {name}")
+            self._laterals[expr] = f"{name}.v"
+        return self._laterals[expr]
 
     def now_sql(self) -> str:
         if not self._now_sql:

@@ -71,6 +71,8 @@ class ProfileSource(Protocol):
 
     def event_count(self, name: str, since: str) -> str: ...  # SQL: the row's events named `name` since `since`
 
+    def event_first(self, name: str, since: str) -> str: ...  # SQL: the first one's timestamp (NULL: none)
+
 
 @dataclass(frozen=True, slots=True)
 class Translation:
@@ -88,6 +90,9 @@ class Translation:
     params: dict[str, object]
     joins: tuple[str, ...]
     prefilter: str | None = None
+    # When asked for: SQL (timestamptz) of the earliest moment the row's answer may change with
+    # time alone (its data unchanged); None where it never does (journeys.rules.sql.due).
+    due: str | None = None
 
     @property
     def constant(self) -> int | None:
