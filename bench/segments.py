@@ -6,13 +6,15 @@ segment rules, the whole audience is walked with segment_customer_ids (SQL, page
 5,000; two of them count each customer's orders with events_in_last, over 1.5 orders a
 customer) and, in the same run, with the Python fallback (pages of customers evaluated by
 the compiled rule; at more than 200,000 customers on the first 200,000 only, reported
-per customer). Then lifecycle stages with rules: the first refresh moves everyone; a
-second one at the same moment has nothing to do (the hourly case), timed against the
-previous per-customer Python refresh in the same run (`--no-baseline` skips it).
+per customer). Then lifecycle stages with rules on the last visit: the first refresh moves
+everyone; a walk of every customer with nothing to change (what each hourly refresh cost before
+the rechecks, and what one costs after the rules change) against the next hours' refreshes
+(only the customers due: the ratio), then a day later (the customers whose day came), checked
+against the previous per-customer Python refresh at that moment (`--no-baseline` skips it).
 
     .venv/bin/python bench/segments.py [--customers 100000] [--no-baseline]
 
-Last stdout line: {"bench": "segments", "sql_vs_python": ..., "stages_idle_s": ..., ...}
+Last stdout line: {"bench": "segments", "sql_vs_python": ..., "stages_walk_vs_hour": ..., ...}
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -112,7 +114,7 @@ def main() -> int:
         django_in_process(url)
         from django.db import connection
 
-        from journeys.models import Customer, LifecycleStage, StageTransition
+        from journeys.models import Customer, LifecycleStage, StageRecheck, StageRules, StageTransition
         from journeys.services import segments
         from journeys.services.internal_events import internal_source
         from journeys.services.lifecycle import customer_stages_refresh
@@ -165,19 +167,32 @@ def main() -> int:
         started = time.perf_counter()
         moved = customer_stages_refresh(now=NOW)
         first_s = time.perf_counter() - started
-        log(f"first stage refresh: {moved:,} moved in {first_s:.1f} s")
+        log(f"first stage refresh: {moved:,} moved in {first_s:.1f} s ({StageRecheck.objects.count():,} rechecks)")
         assert StageTransition.objects.count() == moved
-        idle = []
-        for _ in range(3):
+        # What every hour cost before the rechecks: every customer evaluated (in SQL), nobody moving.
+        walks = []
+        for _ in range(2):
+            StageRules.objects.all().delete()  # as after a change of the rules: everyone once
             started = time.perf_counter()
             assert customer_stages_refresh(now=NOW) == 0
+            walks.append(time.perf_counter() - started)
+        walk_s = min(walks)
+        log(f"every customer, nothing to change: {[round(x, 3) for x in walks]} s")
+        idle = []
+        for hour in (1, 2, 3):  # the next hours: only the customers due
+            started = time.perf_counter()
+            assert customer_stages_refresh(now=NOW + timedelta(hours=hour)) == 0
             idle.append(time.perf_counter() - started)
         idle_s = min(idle)
-        log(f"idle stage refresh: {[round(x, 3) for x in idle]} s")
+        log(f"the next hours: {[round(x, 4) for x in idle]} s")
+        started = time.perf_counter()
+        day_moved = customer_stages_refresh(now=NOW + timedelta(days=1))
+        day_s = time.perf_counter() - started
+        log(f"a day later: {day_moved:,} moved in {day_s:.2f} s")
         baseline_s = None
         if not args.no_baseline:
             started = time.perf_counter()
-            assert old_stages_refresh(NOW) == 0
+            assert old_stages_refresh(NOW + timedelta(days=1)) == 0
             baseline_s = time.perf_counter() - started
             log(f"old per-customer refresh (nothing to do): {baseline_s:.1f} s")
         assert Customer.objects.filter(stage="").count() == 0
@@ -186,12 +201,15 @@ def main() -> int:
     report(
         "segments",
         sql_vs_python=round(min(ratios), 1),
-        stages_idle_s=round(idle_s, 3),
-        stages_idle_vs_old=round(baseline_s / idle_s, 1) if baseline_s else None,
+        stages_hour_s=round(idle_s, 4),
+        stages_walk_s=round(walk_s, 3),
+        stages_walk_vs_hour=round(walk_s / idle_s, 1),
+        stages_day_s=round(day_s, 3),
+        stages_day_moved=day_moved,
+        stages_old_python_s=round(baseline_s, 2) if baseline_s else None,
         customers=args.customers,
         stages_first_moved=moved,
         stages_first_s=round(first_s, 1),
-        stages_old_idle_s=round(baseline_s, 2) if baseline_s else None,
         rules=results,
         ok=True,
     )

@@ -24,7 +24,6 @@ from typing import Any
 from django.contrib.auth.models import Group, Permission
 from django.db import connection, transaction
 from django.db.models import Count, Q, QuerySet
-from django.db.models.fields.json import KT
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 

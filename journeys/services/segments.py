@@ -113,10 +113,9 @@ class CustomerProfile:
             return Val((Alt(TS, None, "COALESCE(c.first_seen, c.created_at)"),))
         if key in ("last_seen", "last_engaged_at"):
             return _nullable(TS, f"c.{key}", f"c.{key}")
-        if key == "tenure_days":
-            return Val((Alt(INT, None, _days(tr, "COALESCE(c.first_seen, c.created_at)")),))
-        if key == "days_since_last_seen":
-            return _nullable(INT, "c.last_seen", _days(tr, "c.last_seen"))
+        if key in DAY_COUNTS:
+            days = f"floor({self.elapsed(key, tr)})"
+            return Val((Alt(INT, None, days),)) if key == "tenure_days" else _nullable(INT, "c.last_seen", days)
         if (
             key == "ltv"
         ):  # profile.setdefault("ltv", traits.get("ltv", traits.get("lifetime_value", 0)))
@@ -128,13 +127,17 @@ class CustomerProfile:
         return tr.jsonb(f"(c.traits -> {name})", f"(c.traits ->> {name})")
 
 
+    def elapsed(self, key: str, tr: Builder) -> str:
+        """The days (with fraction) a whole-day attribute counts, before rounding down (timedelta.days)."""
+        moment = DAY_COUNTS[key]
+        return f"((extract(epoch FROM {tr.now_sql()}) - extract(epoch FROM {moment})) / 86400)"
+
+
+DAY_COUNTS = {"tenure_days": "COALESCE(c.first_seen, c.created_at)", "days_since_last_seen": "c.last_seen"}
+
+
 def _nullable(cat: str, column: str, expr: str) -> Val:
     return Val((Alt(NULL, f"{column} IS NULL"), Alt(cat, f"{column} IS NOT NULL", expr)))
-
-
-def _days(tr: Builder, moment: str) -> str:
-    """timedelta.days of (now - moment): whole days, rounded down."""
-    return f"floor((extract(epoch FROM {tr.now_sql()}) - extract(epoch FROM {moment})) / 86400)"
 
 
 PROFILE = CustomerProfile()

@@ -32,13 +32,12 @@ from ..nodes import Call, Compare, Node, Path, children
 from .values import DATE, NUMBERS, UNK, number_view
 
 CLOCK_CALLS = frozenset({"now", "today", "days_since", "hours_since", "days_until", "events_in_last"})
-# The unit each clock value moves by at most one in, and the slack of the bound in units: the
-# functions move continuously (a minute's slack for float rounding); the attributes are whole
-# days, rounded down, so one already passed part of a day.
-# Each moves one way: up, but days_until down.
+# The unit each clock value moves in at one a unit, the slack of the bound in units (a minute:
+# float rounding) and the way it moves (up; days_until down). The attributes are whole days
+# (rounded down), which the bound works out from the days before rounding.
 RATES = {"days_since": ("1 day", 1 / 1440, 1), "days_until": ("1 day", 1 / 1440, -1),
          "hours_since": ("1 hour", 1 / 60, 1)}
-CLOCK_ATTRIBUTES = {"tenure_days": ("1 day", 1, 1), "days_since_last_seen": ("1 day", 1, 1)}
+CLOCK_ATTRIBUTES = {"tenure_days": ("1 day", 1 / 1440, 1), "days_since_last_seen": ("1 day", 1 / 1440, 1)}
 ORDERING = frozenset({"==", "!=", "<", "<=", ">", ">="})
 HORIZON_UNITS = 36500  # a bound further away than this many units is cut to it (still a lower bound)
 
@@ -181,12 +180,21 @@ def _approach(tr, atom: Node, k: float) -> str:
     now, less the slack; never once it has moved past k (every comparison with k then stays)."""
     unit, slack, direction = _rate(atom)  # type: ignore[misc]
     target = tr.param(repr(k), "float8")
+    whole = atom.keys[0] if isinstance(atom, Path) else None  # type: ignore[union-attr]
     branches = []
     for a in tr.value(atom).alts:
         if a.cat in NUMBERS:
             _, expr, _ = number_view(a)
-            ahead = f"({target} - ({expr})::float8)" if direction > 0 else f"(({expr})::float8 - {target})"
-            moment = (f"CASE WHEN {ahead} >= 0 THEN {tr.now_sql()}"
+            value = f"({expr})::float8"
+            if whole is not None:
+                # A whole number of days w: the answer can only change when w reaches an integer
+                # past v and at least k, which happens when the days before rounding do.
+                ahead = f"(greatest({value} + 1, ceil({target})) - {tr.profile.elapsed(whole, tr)})"
+                behind = f"{value} <= {target}"
+            else:
+                ahead = f"({target} - {value})" if direction > 0 else f"({value} - {target})"
+                behind = f"{ahead} >= 0"
+            moment = (f"CASE WHEN {behind} THEN {tr.now_sql()}"
                       f" + least(greatest({ahead} - {slack!r}, 0), {HORIZON_UNITS}) * interval '{unit}' END")
         elif a.cat == UNK:
             moment = tr.now_sql()  # Python tells the value: evaluate every time

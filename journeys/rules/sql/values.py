@@ -73,6 +73,8 @@ class ProfileSource(Protocol):
 
     def event_first(self, name: str, since: str) -> str: ...  # SQL: the first one's timestamp (NULL: none)
 
+    def elapsed(self, key: str, tr: Builder) -> str: ...  # SQL: days before rounding, of a whole-day attribute
+
 
 @dataclass(frozen=True, slots=True)
 class Translation:
