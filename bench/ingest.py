@@ -1,6 +1,7 @@
 """Ingestion throughput: events/s through POST /v1/batch vs. a raw COPY of the same rows.
 
     .venv/bin/python bench/ingest.py [--events 50000] [--batch 250] [--clients 4] [--gzip]
+                                     [--stage-rule 'profile.days_since_last_seen > 30']
 
 Sends N realistic Segment events (track/identify/page mix over ~5,000 users)
 to a real gunicorn server on PostgreSQL from several keep-alive HTTP clients,
@@ -417,6 +418,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--gzip", action="store_true", help="send gzip-compressed bodies")
     parser.add_argument("--py-spy", metavar="PREFIX", help="profile the workers with py-spy")
+    parser.add_argument("--stage-rule", metavar="RULE",
+                        help="a lifecycle stage with this rule exists (the customer table's recheck trigger marks)")
     args = parser.parse_args()
     exit_on_sigterm()
 
@@ -439,6 +442,11 @@ def main() -> int:
         warm_up(s.port, args.workers)
         with s.connect() as conn:
             postmaster = postmaster_pid(conn)
+            if args.stage_rule:
+                conn.execute("INSERT INTO journeys_lifecyclestage (key, name, \"order\", rule, description,"
+                             " created_at, updated_at) VALUES ('bench', 'bench', 1, %s, '', now(), now())",
+                             [args.stage_rule])
+                conn.commit()
         spies = start_py_spy(args.py_spy, worker_pids(s.server)) if args.py_spy else []
         log(f"sending from {args.clients} clients to 127.0.0.1:{s.port}")
         cpu_before = tree_cpu(s.server.pid), tree_cpu(postmaster), time.process_time()

@@ -74,6 +74,33 @@ def events_process_counted(ids: list[int]) -> int:
 
 
 @contextlib.contextmanager
+def row_held(model, pk: int):
+    """Another connection holds this row (SELECT ... FOR UPDATE, as a busy worker would) for the
+    duration of the block (needs a transactional test: the row must be committed)."""
+    import threading
+
+    from django.db import connection, transaction
+
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with transaction.atomic():
+            model.objects.select_for_update().get(pk=pk)
+            locked.set()
+            release.wait(10)
+        connection.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert locked.wait(10), "the row could not be locked"
+        yield
+    finally:
+        release.set()
+        thread.join()
+
+
+@contextlib.contextmanager
 def select_rows(table: str):
     """PostgreSQL: the row counts of the SELECTs on `table` made inside the block (a list, filled
     as they run): what a code path reads back, e.g. to show it does not grow with the history."""

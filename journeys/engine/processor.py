@@ -62,7 +62,7 @@ def events_process(*, event_ids: list[int]) -> int:
             Event.objects.filter(pk=event.pk).update(
                 status=EventStatus.FAILED, processed_at=now, error=event.error, attempts=event.attempts + 1
             )
-        customers_stage_recheck([e.customer_id for e in events if e.customer_id])  # last: it locks rows
+        customers_stage_recheck([(e.customer_id, e.name) for e in events])  # last: it locks rows
     return len(processed)
 
 

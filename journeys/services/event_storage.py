@@ -19,9 +19,10 @@ from django.conf import settings
 from django.db import connection, models, transaction
 from django.utils import timezone
 
-from journeys.models import Event, EventKey, Source
+from journeys.models import Event, EventKey, Source, StageRecheck
 from journeys.services.bulk_ingest import event_id_sequence
 from journeys.services.internal_events import INTERNAL_SOURCE, internal_source
+from journeys.services.lifecycle import customers_stage_recheck, stage_rechecks_counted_sql
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,11 @@ def events_delete(*, ids: list[int], source: Source | None = None) -> int:
             _internal_keys_delete(event_ids={"event_id__in": ids},
                                   newest=Event.objects.filter(pk__in=ids).aggregate(at=models.Max("received_at"))["at"])
         with connection.cursor() as cur:
-            cur.execute(f"DELETE FROM {TABLE} WHERE id IN ({', '.join(['%s'] * len(ids))})", ids)
-            return cur.rowcount
+            cur.execute(f"DELETE FROM {TABLE} WHERE id IN ({', '.join(['%s'] * len(ids))})"
+                        " RETURNING customer_id, name", ids)
+            gone = cur.fetchall()
+        customers_stage_recheck(gone)  # a stage rule's count of them drops
+        return len(gone)
 
 
 def _internal_keys_delete(*, event_ids: dict, newest: datetime | None) -> None:
@@ -185,6 +189,13 @@ def events_partitions_drop(*, now: datetime | None = None) -> list[str]:
                     cur.execute(f"SELECT max(received_at) FROM {name}")
                     _internal_keys_delete(event_ids={"event_id__gte": low or 0, "event_id__lt": high},
                                           newest=cur.fetchone()[0])
+                    counted = stage_rechecks_counted_sql()
+                    if counted is not None:  # a stage rule's counts of its customers drop
+                        where, params = counted
+                        cur.execute(f"INSERT INTO {StageRecheck._meta.db_table} (customer_id, due_at)"
+                                    f" SELECT DISTINCT customer_id, '-infinity'::timestamptz FROM {name}"
+                                    f" WHERE customer_id IS NOT NULL AND {where} ORDER BY 1"
+                                    " ON CONFLICT (customer_id) DO UPDATE SET due_at = EXCLUDED.due_at", params)
                 cur.execute("SET CONSTRAINTS ALL IMMEDIATE")  # deferred checks pending on its rows run first
                 cur.execute(f"ALTER TABLE {TABLE} DETACH PARTITION {name}")  # checks nothing points into it
                 cur.execute(f"DROP TABLE {name}")

@@ -250,6 +250,10 @@ def customer_merge(*, target: Customer, merged: Customer, reason: str, actor: st
     if merged.last_seen and (not target.last_seen or merged.last_seen > target.last_seen):
         target.last_seen = merged.last_seen
     target.save()
+    if moved_events:  # counts of events change without a column a trigger sees
+        from journeys.services.lifecycle import customers_stage_recheck
+
+        customers_stage_recheck([(target.pk, None)])
     for hook in MERGE_HOOKS:
         hook(merged, target)
     merged.merged_into = target

@@ -12,7 +12,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from journeys.engine.listeners import rule_stages
+from journeys.engine.listeners import STAGE_EVENTS, rule_stages
 from journeys.engine.queue import enqueue_events
 from journeys.models import Customer
 from journeys.models.catalog import LifecycleStage, StageRecheck, StageRules, StageTransition
@@ -192,6 +192,7 @@ def customer_stages_refresh(*, now: datetime, chunk: int = STAGE_CHUNK) -> int:
         LifecycleStage.objects.exclude(rule="").order_by("order", "key").values_list("key", "rule")
     )
     if not stages:
+        StageRules.objects.all().delete()  # nobody is marked meanwhile: the next rules walk everyone
         return 0
     translations = [
         segment_translation(rule=rule, now=now, prefix=f"s{i}_", due=True) for i, (_, rule) in enumerate(stages)
@@ -203,7 +204,7 @@ def customer_stages_refresh(*, now: datetime, chunk: int = STAGE_CHUNK) -> int:
             logger.exception("stage refresh SQL failed; evaluating in Python")
     moved = 0
     for moves in _stage_moves_python(stages=stages, now=now, chunk=chunk, after=0):
-        moved += _stage_moves_apply(moves=moves, rules=dict(stages), now=now)
+        moved += _stage_moves_apply(moves=moves, rules=dict(stages), now=now)[0]
     return moved
 
 
@@ -255,9 +256,10 @@ def _stages_refresh_sql(*, translations: list, stages: list[tuple[str, str]], no
                f" JOIN {customers} AS c ON c.id = r.customer_id {joins}"
                f" WHERE r.customer_id = ANY(%(ids)s::bigint[]) OFFSET 0) AS q ORDER BY id")
         for i in range(0, len(due_ids), chunk):
-            with connection.cursor() as cursor:
+            with transaction.atomic(), connection.cursor() as cursor:
                 cursor.execute(sql, {**params, "ids": "{" + ",".join(map(str, due_ids[i:i + chunk])) + "}"})
-                moved += _stage_rows_apply(cursor.fetchall(), stages=stages, now=now)
+                rows = cursor.fetchall()
+            moved += _stage_rows_apply(rows, stages=stages, now=now)[0]  # those left are still due
         return moved
     # The rules changed (or never ran here): everyone once, returning only the customers who move
     # or whose moment changes.
@@ -267,10 +269,14 @@ def _stages_refresh_sql(*, translations: list, stages: list[tuple[str, str]], no
            f" WHERE COALESCE(target, stage) <> stage OR due IS DISTINCT FROM was LIMIT %(limit)s")
     last = 0
     while True:
-        with connection.cursor() as cursor:
+        with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(sql, {**params, "after": last, "limit": chunk})
             rows = cursor.fetchall()
-        moved += _stage_rows_apply(rows, stages=stages, now=now)
+        done, left = _stage_rows_apply(rows, stages=stages, now=now)
+        moved += done
+        # Those a worker held (or that changed meanwhile) may keep a moment of the old rules:
+        # due now, marked once their locks are gone (this holds no customer).
+        _rechecks_mark(sorted(left))
         if len(rows) < chunk:
             break
         last = rows[-1][0]
@@ -278,12 +284,13 @@ def _stages_refresh_sql(*, translations: list, stages: list[tuple[str, str]], no
     return moved
 
 
-def _stage_rows_apply(rows: list, *, stages: list[tuple[str, str]], now: datetime) -> int:
-    """Apply one chunk of (id, stage, target or '?' or None, next moment, recheck version)."""
+def _stage_rows_apply(rows: list, *, stages: list[tuple[str, str]], now: datetime) -> tuple[int, set[int]]:
+    """Apply one chunk of (id, stage, target or '?' or None, next moment, recheck version):
+    how many moved, and the ids left as they were (held by a worker, or changed since)."""
     from journeys.services.segments import PROFILE_FIELDS
 
     if not rows:
-        return 0
+        return 0, set()
     moves = [(pk, stage, target) for pk, stage, target, _, _ in rows if target not in (None, "?", stage)]
     unsure = [pk for pk, _, target, _, _ in rows if target == "?"]
     if unsure:
@@ -314,10 +321,10 @@ def _stage_targets(*, customers, stages: list[tuple[str, str]], now: datetime) -
 
 def _stage_moves_apply(
     *, moves: list[Move], rules: dict[str, str], now: datetime, rechecks: dict[int, Recheck] | None = None
-) -> int:
+) -> tuple[int, set[int]]:
     """One transaction: lock, re-check, move, record transitions and events (set-based), and
     write the customers' next moments (`rechecks`, PostgreSQL) where nothing changed them since
-    they were read."""
+    they were read. Returns how many moved and the ids of `rechecks` left as they were."""
     with transaction.atomic():
         locked = _customers_lock(sorted({pk for pk, _, _ in moves} | set(rechecks or ())))
         if rechecks is not None:
@@ -330,9 +337,14 @@ def _stage_moves_apply(
         moves = [move for move in moves if move[0] in locked and locked[move[0]][0] == move[1]]
         if moves:
             _stage_moves_write(moves=moves, rules=rules, locked=locked, now=now)
-        if rechecks is not None:
-            _rechecks_write({pk: rechecks[pk][1] for pk in fresh})
-    return len(moves)
+        if rechecks is None:
+            return len(moves), set()
+        dues = {pk: rechecks[pk][1] for pk in fresh}
+        if counted_event_names(rules.values(), among=STAGE_EVENTS):
+            for pk, _, _ in moves:  # their Stage events change what a rule counts: left due (the move marked them)
+                dues.pop(pk, None)
+        _rechecks_write(dues)
+    return len(moves), set(rechecks) - fresh
 
 
 def _stage_moves_write(*, moves: list[Move], rules: dict[str, str], locked: dict[int, tuple[str, str]],
@@ -408,17 +420,58 @@ def _rechecks_write(dues: dict[int, datetime | None]) -> None:
             cursor.execute(f"DELETE FROM {table} WHERE customer_id = ANY(%s::bigint[])", [never])
 
 
-def customers_stage_recheck(customer_ids) -> None:
-    """Mark these customers' stages due at the next refresh, where a stage rule counts events:
-    an event that arrives late (older than the customer's last one) changes a count without
+def counted_event_names(rules, among=None) -> set[str | None]:
+    """The event names these rules count with events_in_last (None: a name read from the data,
+    which may be any), limited to `among` when given."""
+    from journeys.rules.nodes import Call, Const, children
+    from journeys.rules.parser import parse
+
+    names: set[str | None] = set()
+    for rule in rules:
+        if "events_in_last" not in rule:
+            continue
+        stack = [parse(rule).tree]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, Call) and node.name == "events_in_last":
+                first = node.args[0] if node.args else None
+                names.add(first.value if isinstance(first, Const) and isinstance(first.value, str) else None)
+            stack.extend(children(node))
+    if among is not None and None not in names:
+        names &= set(among)
+    return names
+
+
+def customers_stage_recheck(events) -> None:
+    """Mark the customers of these events (customer id, event name; None: any name) due at the
+    next stage refresh where a stage rule counts events of that name: an event that arrives late
+    (older than the customer's last one), moves in a merge or is deleted changes a count without
     changing the customer's row, which the database trigger watches (PostgreSQL; elsewhere
     every customer is evaluated every time). The event processor calls it last in its batch."""
-    if connection.vendor != "postgresql" or not customer_ids:
+    if connection.vendor != "postgresql":
         return
-    if not any("events_in_last" in rule for _, rule in rule_stages()):
+    counted = counted_event_names(rule for _, rule in rule_stages())
+    if not counted:
+        return
+    _rechecks_mark(sorted({pk for pk, name in events if pk and (None in counted or name is None or name in counted)}))
+
+
+def stage_rechecks_counted_sql() -> tuple[str, list] | None:
+    """A condition on event rows (`name`) for those a stage rule counts, for a caller that marks
+    their customers itself (a partition about to be dropped); None when no rule counts any."""
+    if connection.vendor != "postgresql":
+        return None
+    counted = counted_event_names(rule for _, rule in rule_stages())
+    if not counted:
+        return None
+    return ("TRUE", []) if None in counted else ("name = ANY(%s)", [sorted(counted)])  # type: ignore[type-var]
+
+
+def _rechecks_mark(ids: list[int]) -> None:
+    """Due at the next refresh ('-infinity'), in id order."""
+    if not ids:
         return
     with connection.cursor() as cursor:
         cursor.execute(f"INSERT INTO {StageRecheck._meta.db_table} (customer_id, due_at)"
                        " SELECT id, '-infinity' FROM unnest(%s::bigint[]) AS id"
-                       " ON CONFLICT (customer_id) DO UPDATE SET due_at = EXCLUDED.due_at",
-                       [sorted(set(customer_ids))])
+                       " ON CONFLICT (customer_id) DO UPDATE SET due_at = EXCLUDED.due_at", [ids])

@@ -10,7 +10,7 @@ import random
 import threading
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection
 
 from journeys.engine.listeners import stages_reset
 from journeys.engine.processor import events_process
@@ -18,7 +18,7 @@ from journeys.engine.scheduler import stages_refresh
 from journeys.models import Customer, Event, LifecycleStage, StageRecheck
 from journeys.rules import compile_rule
 from journeys.services.segments import customer_rule_contexts, segment_plan
-from tests.factories import make_source, select_rows
+from tests.factories import make_source, row_held, select_rows
 
 pytestmark = pytest.mark.django_db
 on_postgres = pytest.mark.skipif(connection.vendor != "postgresql", reason="rechecks are PostgreSQL's")
@@ -137,8 +137,8 @@ def test_moving_through_time_the_due_customers_get_the_stages_that_everyone_eval
             Customer.objects.filter(external_id="c6").update(first_seen=now)
         # when the hourly refresh runs at this moment
         due = StageRecheck.objects.filter(due_at__lte=now).count()
-        stages_refresh(now=now)
         reference.refresh(now)
+        stages_refresh(now=now)
         # then every customer is where evaluating everyone puts them
         got = dict(Customer.objects.values_list("pk", "stage"))
         assert got == reference.stages, f"at {offset}: " + ", ".join(
@@ -178,24 +178,31 @@ def test_an_idle_hour_reads_no_customer():
 
 @on_postgres
 def test_a_late_event_a_rule_counts_makes_its_customer_due():
-    # given a stage on orders in the last 30 days, and a customer without one, walked
+    # given a stage on orders in the last 30 days, and a buyer whose order was two days ago, walked
     now = dt.datetime.now(dt.UTC)
     make_stages([("buyer", "events_in_last('Order', days=30) >= 1")])
-    customer = Customer.objects.create(external_id="late", last_seen=now)
-    stages_refresh(now=now)
-    assert not StageRecheck.objects.filter(customer=customer).exists()  # nothing on the clock to wait for
-    # when an order from last week arrives now (it changes no column of the customer) and is processed
     source = make_source("late")[0]
-    event = Event.objects.create(source=source, customer=customer, name="Order", type="track", properties={},
-                                 timestamp=now - dt.timedelta(days=7), received_at=now)
-    events_process(event_ids=[event.pk])
-    customer.refresh_from_db()
-    assert customer.stage == "buyer"  # the worker evaluated it
-    # then the customer is due, and the refresh writes when the order leaves the window
-    assert StageRecheck.objects.filter(customer=customer, due_at__lte=now).exists()
+    customer = Customer.objects.create(external_id="late", last_seen=now, stage="buyer")
+    viewer = Customer.objects.create(external_id="viewer", last_seen=now)
+
+    def event(who: Customer, name: str, days: int) -> Event:
+        return Event.objects.create(source=source, customer=who, name=name, type="track", properties={},
+                                    timestamp=now - dt.timedelta(days=days), received_at=now, status="processed")
+
+    event(customer, "Order", 2)
     stages_refresh(now=now)
-    due = StageRecheck.objects.get(customer=customer).due_at
-    assert due == event.timestamp + dt.timedelta(days=30)
+    assert StageRecheck.objects.get(customer=customer).due_at == now + dt.timedelta(days=28)
+    # when an order from twenty days ago arrives now (it changes no column of the customer, nor their
+    # stage) and is processed, beside a late event of a name no rule counts
+    late, viewed = event(customer, "Order", 20), event(viewer, "Viewed", 7)
+    Event.objects.filter(pk__in=[late.pk, viewed.pk]).update(status="pending")
+    events_process(event_ids=[late.pk, viewed.pk])
+    assert Customer.objects.get(pk=customer.pk).stage == "buyer"
+    # then the customer is due, and the refresh writes when the late order leaves the window
+    assert StageRecheck.objects.filter(customer=customer, due_at__lte=now).exists()
+    assert not StageRecheck.objects.filter(customer=viewer).exists()  # no rule counts what they did
+    stages_refresh(now=now)
+    assert StageRecheck.objects.get(customer=customer).due_at == late.timestamp + dt.timedelta(days=30)
 
 
 @on_postgres
@@ -244,3 +251,94 @@ def test_a_customer_changed_after_the_refresh_read_them_is_not_moved_on_what_it_
     # and the next refresh puts them where they now belong
     assert stages_refresh(now=NOW + dt.timedelta(hours=1)) == 1
     assert Customer.objects.get(pk=back.pk).stage == "active"
+
+
+CLOCK_FORMS = {
+    "a clock value of a clock value": [("pm", "hours_since(today()) >= 14")],
+    "today in a list": [("soon", "today() in [date('2026-06-02'), date('2026-06-03')]")],
+    "a window read from the clock": [("today", "events_in_last('Order', hours=hours_since(today())) > 0"),
+                                     ("none", "true")],
+    "stage events counted": [("moved", "events_in_last('Stage Entered', days=7) >= 2"),
+                             ("b", "profile.days_since_last_seen > 3"), ("a", "profile.days_since_last_seen <= 3")],
+}
+
+
+@pytest.mark.parametrize("form", list(CLOCK_FORMS))
+def test_every_clock_form_gives_what_evaluating_everyone_gives(form):
+    # given stage rules reading the clock in an unusual way, and customers with orders and visits
+    stages = CLOCK_FORMS[form]
+    make_stages(stages)
+    source = make_source("forms")[0]
+    customers = Customer.objects.bulk_create([
+        Customer(external_id=f"c{i}", first_seen=NOW - dt.timedelta(days=400),
+                 last_seen=NOW - dt.timedelta(hours=7 * i)) for i in range(24)])
+    Event.objects.bulk_create([
+        Event(source=source, customer=c, name="Order", type="track", status="processed", properties={},
+              timestamp=NOW - dt.timedelta(hours=5 * i), received_at=NOW) for i, c in enumerate(customers)])
+    reference = Reference()
+    # when the refresh runs every hour for three days
+    for hour in range(72):
+        now = NOW + dt.timedelta(hours=hour)
+        reference.refresh(now, stages)  # on the data the refresh reads (not the Stage events it records)
+        stages_refresh(now=now)
+        # then everyone is where evaluating everyone puts them
+        assert dict(Customer.objects.values_list("pk", "stage")) == reference.stages, f"hour {hour}"
+
+
+@on_postgres
+def test_merges_deleted_events_and_rules_put_back_make_customers_due():
+    from journeys.services.event_storage import events_delete
+    from journeys.services.identity import customer_merge
+
+    # given a stage on orders in the last 30 days, walked
+    now = dt.datetime.now(dt.UTC)
+    make_stages([("buyer", "events_in_last('Order', days=30) >= 1"), ("none", "true")])
+    source = make_source("moves")[0]
+    target = Customer.objects.create(external_id="target", last_seen=now, first_seen=now - dt.timedelta(days=9))
+    anonymous = Customer.objects.create(last_seen=now - dt.timedelta(days=1), first_seen=now - dt.timedelta(days=1))
+    order = Event.objects.create(source=source, customer=anonymous, name="Order", type="track", properties={},
+                                 timestamp=now - dt.timedelta(days=3), received_at=now, status="processed")
+    stages_refresh(now=now)
+    assert Customer.objects.get(pk=target.pk).stage == "none"
+    # when a merge moves the order to the target (no column a stage rule reads changes)
+    customer_merge(target=Customer.objects.get(pk=target.pk), merged=anonymous, reason="test", actor="test")
+    # then the target is due, and the next refresh makes them a buyer
+    assert StageRecheck.objects.filter(customer=target, due_at__lte=now).exists()
+    stages_refresh(now=now + dt.timedelta(hours=1))
+    assert Customer.objects.get(pk=target.pk).stage == "buyer"
+    # and when the order is deleted (retention), they are due again and go back
+    events_delete(ids=[order.pk])
+    assert StageRecheck.objects.filter(customer=target, due_at__lte=now).exists()
+    stages_refresh(now=now + dt.timedelta(hours=2))
+    assert Customer.objects.get(pk=target.pk).stage == "none"
+    # and rules taken away and put back walk everyone, changes made meanwhile included
+    rules = dict(LifecycleStage.objects.values_list("key", "rule"))
+    LifecycleStage.objects.update(rule="")
+    stages_reset()
+    stages_refresh(now=now + dt.timedelta(hours=3))
+    Event.objects.create(source=source, customer=target, name="Order", type="track", properties={},
+                         timestamp=now, received_at=now, status="processed")
+    for key, rule in rules.items():
+        LifecycleStage.objects.filter(key=key).update(rule=rule)
+    stages_reset()
+    stages_refresh(now=now + dt.timedelta(hours=4))
+    assert Customer.objects.get(pk=target.pk).stage == "buyer"
+
+
+@on_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_customer_held_during_the_walk_after_a_rules_change_is_walked_later():
+    # given customers walked under one rule
+    make_stages([("gold", "profile.plan == 'gold'")])
+    held, other = (Customer.objects.create(external_id=name, last_seen=NOW - dt.timedelta(days=29))
+                   for name in ("held", "other"))
+    stages_refresh(now=NOW)
+    assert not StageRecheck.objects.exists()  # no clock in that rule
+    # when the rules change and a worker holds one customer during the walk
+    make_stages([("gold", "profile.plan == 'gold'"), ("lapsed", "profile.days_since_last_seen > 30")])
+    with row_held(Customer, held.pk):
+        stages_refresh(now=NOW)
+    # then the one held is due, and moves when its day comes like the other
+    assert StageRecheck.objects.filter(customer=held, due_at__lte=NOW).exists()
+    assert stages_refresh(now=NOW + dt.timedelta(days=2)) == 2
+    assert set(Customer.objects.values_list("stage", flat=True)) == {"lapsed"}

@@ -32,12 +32,12 @@ from ..nodes import Call, Compare, Node, Path, children
 from .values import DATE, NUMBERS, UNK, number_view
 
 CLOCK_CALLS = frozenset({"now", "today", "days_since", "hours_since", "days_until", "events_in_last"})
-# The unit each clock value moves in at one a unit, the slack of the bound in units (a minute:
+# The unit (seconds: an interval of days would follow the session's time zone) each clock value
+# moves in at one a unit, the slack of the bound in units (a minute:
 # float rounding) and the way it moves (up; days_until down). The attributes are whole days
 # (rounded down), which the bound works out from the days before rounding.
-RATES = {"days_since": ("1 day", 1 / 1440, 1), "days_until": ("1 day", 1 / 1440, -1),
-         "hours_since": ("1 hour", 1 / 60, 1)}
-CLOCK_ATTRIBUTES = {"tenure_days": ("1 day", 1 / 1440, 1), "days_since_last_seen": ("1 day", 1 / 1440, 1)}
+RATES = {"days_since": (86400, 1 / 1440, 1), "days_until": (86400, 1 / 1440, -1), "hours_since": (3600, 1 / 60, 1)}
+CLOCK_ATTRIBUTES = {"tenure_days": (86400, 1 / 1440, 1), "days_since_last_seen": (86400, 1 / 1440, 1)}
 ORDERING = frozenset({"==", "!=", "<", "<=", ">", ">="})
 HORIZON_UNITS = 36500  # a bound further away than this many units is cut to it (still a lower bound)
 
@@ -83,6 +83,8 @@ def _bounds(tr, node: Node, out: list[str]) -> bool:
         if dates is not None:
             out.extend(dates)
             return True
+    if isinstance(node, Call) and node.name in CLOCK_CALLS and any(reads_clock(c) for c in children(node)):
+        return False  # a clock value of a clock value (`hours_since(today())`): every time
     if isinstance(node, Call) and node.name == "events_in_last":
         bound = _first_leaves(tr, node)
         if bound is not None:
@@ -102,7 +104,7 @@ def _bounds(tr, node: Node, out: list[str]) -> bool:
     return all(_bounds(tr, child, out) for child in children(node))
 
 
-def _rate(node: Node) -> tuple[str, float, int] | None:
+def _rate(node: Node) -> tuple[int, float, int] | None:
     """(unit, slack, direction) of a clock value, for `days_since(x)` (x not reading the clock)
     and the clock attributes; None for anything else."""
     if isinstance(node, Call) and node.name in RATES and not node.kwargs and len(node.args) == 1:
@@ -142,7 +144,7 @@ def _compared_with_today(tr, node: Compare) -> list[str] | None:
     x the answer can change when today reaches x (at x's midnight, or the next one when x is
     today) and never once x is past; against anything else (null, text, a datetime) it is the
     same at any time. None for any other comparison."""
-    if not (isinstance(node.operands[-1], Call) or isinstance(node.operands[0], Call)):
+    if not all(op in ORDERING for op in node.ops):
         return None
     clocks = [o for o in node.operands if reads_clock(o)]
     if len(clocks) != 1 or not (isinstance(clocks[0], Call) and clocks[0].name == "today" and not clocks[0].args):
@@ -195,7 +197,7 @@ def _approach(tr, atom: Node, k: float) -> str:
                 ahead = f"({target} - {value})" if direction > 0 else f"({value} - {target})"
                 behind = f"{ahead} >= 0"
             moment = (f"CASE WHEN {behind} THEN {tr.now_sql()}"
-                      f" + least(greatest({ahead} - {slack!r}, 0), {HORIZON_UNITS}) * interval '{unit}' END")
+                      f" + least(greatest({ahead} - {slack!r}, 0), {HORIZON_UNITS}) * {unit} * interval '1 second' END")
         elif a.cat == UNK:
             moment = tr.now_sql()  # Python tells the value: evaluate every time
         else:
