@@ -95,3 +95,16 @@ def children(node: Node) -> tuple[Node, ...]:
     if isinstance(node, Call):
         return node.args + tuple(value for _, value in node.kwargs)
     return ()
+
+
+def reads_no_data(node: Node) -> bool:
+    """Reads no data: no path, no event count."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, Path) or (
+            isinstance(current, Call) and current.name == "events_in_last"
+        ):
+            return False
+        stack.extend(children(current))
+    return True

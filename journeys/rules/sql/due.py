@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from ..nodes import Call, Compare, Node, Path, children
+from ..nodes import Call, Compare, Node, Path, children, reads_no_data
 from .values import DATE, NUMBERS, UNK, number_view
 
 CLOCK_CALLS = frozenset({"now", "today", "days_since", "hours_since", "days_until", "events_in_last"})
@@ -172,8 +172,6 @@ def _compared_with_today(tr, node: Compare) -> list[str] | None:
 
 
 def _constant(node: Node) -> bool:
-    from .translator import reads_no_data
-
     return reads_no_data(node) and not reads_clock(node)
 
 

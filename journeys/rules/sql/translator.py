@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..compiler import RuleContext, _load
-from ..nodes import BinOp, BoolOp, Call, Compare, Const, Node, Path, Unary, children
+from ..nodes import BinOp, BoolOp, Call, Compare, Const, Node, Path, Unary, reads_no_data
 from ..parser import parse
 from .comparisons import Comparisons, is_literal_list
 from .due import due_sql
@@ -368,16 +368,3 @@ class Translator(Comparisons, Functions):
         for key in rest:
             val = self.step(val, key)
         return val
-
-
-def reads_no_data(node: Node) -> bool:
-    """Reads no data: no path, no event count."""
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        if isinstance(current, Path) or (
-            isinstance(current, Call) and current.name == "events_in_last"
-        ):
-            return False
-        stack.extend(children(current))
-    return True
