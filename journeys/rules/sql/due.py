@@ -9,8 +9,9 @@ a lower bound (evaluating earlier is only wasted work, later would miss a change
 
 - a clock value compared with numbers (`profile.days_since_last_seen > 30`, `0 < days_since(x) < 7`):
   these values move one way by at most one a day (an hour for `hours_since`), so `v op k` cannot
-  change before |k - v| days have passed (less a minute for rounding; less a day for the
-  attributes, whole days rounded down), and never once v has moved past k;
+  change before |k - v| days have passed (less a minute for float rounding), and never once v
+  has moved past k; the attributes are whole days (rounded down), which cannot change the
+  answer before the days before rounding reach the next whole number past v and at least k;
 - `events_in_last(name, days=N)` anywhere: the count changes with time only when the oldest
   event it counts leaves the window (the first such event's timestamp + N days); a new event
   changes the data, which is the caller's to notice;
@@ -32,10 +33,9 @@ from ..nodes import Call, Compare, Node, Path, children, reads_no_data
 from .values import DATE, NUMBERS, UNK, number_view
 
 CLOCK_CALLS = frozenset({"now", "today", "days_since", "hours_since", "days_until", "events_in_last"})
-# The unit (seconds: an interval of days would follow the session's time zone) each clock value
-# moves in at one a unit, the slack of the bound in units (a minute:
-# float rounding) and the way it moves (up; days_until down). The attributes are whole days
-# (rounded down), which the bound works out from the days before rounding.
+# (unit, slack, direction): the unit each clock value moves in at one a unit (in seconds: an
+# interval of days would follow the session's time zone), the slack of the bound in units (a
+# minute: float rounding) and the way it moves (up; days_until down).
 RATES = {"days_since": (86400, 1 / 1440, 1), "days_until": (86400, 1 / 1440, -1), "hours_since": (3600, 1 / 60, 1)}
 CLOCK_ATTRIBUTES = {"tenure_days": (86400, 1 / 1440, 1), "days_since_last_seen": (86400, 1 / 1440, 1)}
 ORDERING = frozenset({"==", "!=", "<", "<=", ">", ">="})
