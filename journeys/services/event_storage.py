@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import connection, models, transaction
 from django.utils import timezone
 
-from journeys.models import Event, EventKey, Source, StageRecheck
+from journeys.models import Event, EventKey, Source
 from journeys.services.bulk_ingest import event_id_sequence
 from journeys.services.internal_events import INTERNAL_SOURCE, internal_source
 from journeys.services.lifecycle import customers_stage_recheck, stage_rechecks_counted_sql
@@ -171,7 +171,7 @@ def events_partitions_drop(*, now: datetime | None = None) -> list[str]:
     now = now or timezone.now()
     retentions = list(Source.objects.values_list("retention_days", flat=True))
     expired_before = (now - timedelta(days=max(retentions)) if retentions and None not in retentions else None)
-    dropped = []
+    dropped, recount = [], []
     with connection.cursor() as cur:
         last = _last_id(cur)
         for name, low, high in _partitions(cur)[:-1]:
@@ -190,16 +190,16 @@ def events_partitions_drop(*, now: datetime | None = None) -> list[str]:
                     _internal_keys_delete(event_ids={"event_id__gte": low or 0, "event_id__lt": high},
                                           newest=cur.fetchone()[0])
                     counted = stage_rechecks_counted_sql()
-                    if counted is not None:  # a stage rule's counts of its customers drop
-                        where, params = counted
-                        cur.execute(f"INSERT INTO {StageRecheck._meta.db_table} (customer_id, due_at)"
-                                    f" SELECT DISTINCT customer_id, '-infinity'::timestamptz FROM {name}"
-                                    f" WHERE customer_id IS NOT NULL AND {where} ORDER BY 1"
-                                    " ON CONFLICT (customer_id) DO UPDATE SET due_at = EXCLUDED.due_at", params)
+                    if counted is not None:  # a stage rule's counts of its customers drop: marked
+                        where, params = counted  # once dropped (holding no lock of the event table)
+                        cur.execute(f"SELECT DISTINCT customer_id FROM {name}"
+                                    f" WHERE customer_id IS NOT NULL AND {where}", params)
+                        recount += [pk for (pk,) in cur.fetchall()]
                 cur.execute("SET CONSTRAINTS ALL IMMEDIATE")  # deferred checks pending on its rows run first
                 cur.execute(f"ALTER TABLE {TABLE} DETACH PARTITION {name}")  # checks nothing points into it
                 cur.execute(f"DROP TABLE {name}")
             dropped.append(name)
+    customers_stage_recheck([(pk, None) for pk in recount], existing=True)
     return dropped
 
 

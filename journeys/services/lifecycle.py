@@ -8,7 +8,7 @@ import logging
 from collections.abc import Iterator
 from datetime import datetime
 
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -202,6 +202,7 @@ def customer_stages_refresh(*, now: datetime, chunk: int = STAGE_CHUNK) -> int:
             return _stages_refresh_sql(translations=translations, stages=stages, now=now, chunk=chunk)
         except DatabaseError:  # a translation bug must not stop the refresh: say so, use Python
             logger.exception("stage refresh SQL failed; evaluating in Python")
+    StageRules.objects.all().delete()  # nobody's moment is kept meanwhile: SQL walks everyone again
     moved = 0
     for moves in _stage_moves_python(stages=stages, now=now, chunk=chunk, after=0):
         moved += _stage_moves_apply(moves=moves, rules=dict(stages), now=now)[0]
@@ -276,7 +277,7 @@ def _stages_refresh_sql(*, translations: list, stages: list[tuple[str, str]], no
         moved += done
         # Those a worker held (or that changed meanwhile) may keep a moment of the old rules:
         # due now, marked once their locks are gone (this holds no customer).
-        _rechecks_mark(sorted(left))
+        _rechecks_mark(sorted(left), existing=True)
         if len(rows) < chunk:
             break
         last = rows[-1][0]
@@ -330,8 +331,8 @@ def _stage_moves_apply(
         if rechecks is not None:
             # A customer changed since the statement read them (their recheck row was written) is
             # left due, unmoved: the next refresh reads them again.
-            current = _rechecks_lock([pk for pk in rechecks if pk in locked])
-            fresh = {pk for pk in locked if pk in rechecks and current.get(pk) == rechecks[pk][0]}
+            current = _rechecks_claim(sorted(pk for pk in rechecks if pk in locked))
+            fresh = {pk for pk in current if current[pk] == rechecks[pk][0]}
             moves = [move for move in moves if move[0] in fresh]
         # A customer moved meanwhile (by a worker, or another refresh) keeps that move.
         moves = [move for move in moves if move[0] in locked and locked[move[0]][0] == move[1]]
@@ -389,20 +390,26 @@ def _customers_lock(ids: list[int]) -> dict[int, tuple[str, str]]:
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT id, stage, external_id FROM {Customer._meta.db_table} WHERE id = ANY(%s::bigint[])"
-            " ORDER BY id FOR UPDATE SKIP LOCKED",
+            " ORDER BY id FOR NO KEY UPDATE SKIP LOCKED",  # only `stage` changes: a foreign key check may share it
             ["{" + ",".join(str(int(pk)) for pk in ids) + "}"],
         )
         return {pk: (stage, user_id) for pk, stage, user_id in cursor.fetchall()}
 
 
-def _rechecks_lock(ids: list[int]) -> dict[int, str]:
-    """The version (xmin) of these customers' recheck rows, locked (the caller holds the
-    customers: only the event processor's mark, its last statement, can hold one meanwhile)."""
+def _rechecks_claim(ids: list[int]) -> dict[int, str | None]:
+    """Lock these customers' recheck rows in id order, inserting the missing ones (a mark, until
+    written): id -> the version (xmin) of the row as it was, None where there was none. The
+    caller holds the customers; a mark made meanwhile by someone who does not (the event
+    processor, a deletion) is waited for, and shows as a changed version."""
+    table = StageRecheck._meta.db_table
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT customer_id, xmin::text FROM {StageRecheck._meta.db_table}"
-                       " WHERE customer_id = ANY(%s::bigint[]) ORDER BY customer_id FOR UPDATE",
-                       ["{" + ",".join(map(str, ids)) + "}"])
-        return dict(cursor.fetchall())
+        cursor.execute(f"INSERT INTO {table} (customer_id, due_at)"
+                       " SELECT id, '-infinity' FROM unnest(%s::bigint[]) AS id ORDER BY id"
+                       " ON CONFLICT (customer_id) DO UPDATE SET due_at = EXCLUDED.due_at WHERE FALSE"
+                       " RETURNING customer_id", [ids])
+        made = {pk for (pk,) in cursor.fetchall()}
+        cursor.execute(f"SELECT customer_id, xmin::text FROM {table} WHERE customer_id = ANY(%s::bigint[])", [ids])
+        return {pk: None if pk in made else version for pk, version in cursor.fetchall()}
 
 
 def _rechecks_write(dues: dict[int, datetime | None]) -> None:
@@ -442,7 +449,7 @@ def counted_event_names(rules, among=None) -> set[str | None]:
     return names
 
 
-def customers_stage_recheck(events) -> None:
+def customers_stage_recheck(events, existing: bool = False) -> None:
     """Mark the customers of these events (customer id, event name; None: any name) due at the
     next stage refresh where a stage rule counts events of that name: an event that arrives late
     (older than the customer's last one), moves in a merge or is deleted changes a count without
@@ -453,7 +460,8 @@ def customers_stage_recheck(events) -> None:
     counted = counted_event_names(rule for _, rule in rule_stages())
     if not counted:
         return
-    _rechecks_mark(sorted({pk for pk, name in events if pk and (None in counted or name is None or name in counted)}))
+    _rechecks_mark(sorted({pk for pk, name in events if pk and (None in counted or name is None or name in counted)}),
+                   existing=existing)
 
 
 def stage_rechecks_counted_sql() -> tuple[str, list] | None:
@@ -467,11 +475,21 @@ def stage_rechecks_counted_sql() -> tuple[str, list] | None:
     return ("TRUE", []) if None in counted else ("name = ANY(%s)", [sorted(counted)])  # type: ignore[type-var]
 
 
-def _rechecks_mark(ids: list[int]) -> None:
-    """Due at the next refresh ('-infinity'), in id order."""
+def _rechecks_mark(ids: list[int], existing: bool = False) -> None:
+    """Due at the next refresh ('-infinity'), in id order. `existing`: only the customers that
+    still exist when it commits (one deleted meanwhile is left out, not a foreign key error)."""
     if not ids:
         return
-    with connection.cursor() as cursor:
-        cursor.execute(f"INSERT INTO {StageRecheck._meta.db_table} (customer_id, due_at)"
-                       " SELECT id, '-infinity' FROM unnest(%s::bigint[]) AS id"
-                       " ON CONFLICT (customer_id) DO UPDATE SET due_at = EXCLUDED.due_at", [ids])
+    sql = (f"INSERT INTO {StageRecheck._meta.db_table} (customer_id, due_at)"
+           " SELECT id, '-infinity' FROM unnest(%s::bigint[]) AS id ORDER BY id"
+           " ON CONFLICT (customer_id) DO UPDATE SET due_at = EXCLUDED.due_at")
+    if not existing:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [ids])
+        return
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(sql, [ids])
+    except IntegrityError:
+        ids = list(Customer.objects.filter(pk__in=ids).order_by("pk").values_list("pk", flat=True))
+        _rechecks_mark(ids)

@@ -258,6 +258,7 @@ CLOCK_FORMS = {
     "today in a list": [("soon", "today() in [date('2026-06-02'), date('2026-06-03')]")],
     "a window read from the clock": [("today", "events_in_last('Order', hours=hours_since(today())) > 0"),
                                      ("none", "true")],
+    "a number beyond the floats": [("young", "profile.tenure_days < 1" + "0" * 310), ("none", "true")],
     "stage events counted": [("moved", "events_in_last('Stage Entered', days=7) >= 2"),
                              ("b", "profile.days_since_last_seen > 3"), ("a", "profile.days_since_last_seen <= 3")],
 }
@@ -311,18 +312,24 @@ def test_merges_deleted_events_and_rules_put_back_make_customers_due():
     assert StageRecheck.objects.filter(customer=target, due_at__lte=now).exists()
     stages_refresh(now=now + dt.timedelta(hours=2))
     assert Customer.objects.get(pk=target.pk).stage == "none"
-    # and rules taken away and put back walk everyone, changes made meanwhile included
+    # and rules taken away and put back walk everyone, changes made meanwhile included, whether a
+    # refresh ran while there were none or not
     rules = dict(LifecycleStage.objects.values_list("key", "rule"))
-    LifecycleStage.objects.update(rule="")
-    stages_reset()
-    stages_refresh(now=now + dt.timedelta(hours=3))
-    Event.objects.create(source=source, customer=target, name="Order", type="track", properties={},
-                         timestamp=now, received_at=now, status="processed")
-    for key, rule in rules.items():
-        LifecycleStage.objects.filter(key=key).update(rule=rule)
-    stages_reset()
-    stages_refresh(now=now + dt.timedelta(hours=4))
-    assert Customer.objects.get(pk=target.pk).stage == "buyer"
+    for hour, refresh_between, stage in ((3, True, "buyer"), (5, False, "none")):
+        LifecycleStage.objects.update(rule="")
+        stages_reset()
+        if refresh_between:
+            stages_refresh(now=now + dt.timedelta(hours=hour))
+        if stage == "buyer":
+            Event.objects.create(source=source, customer=target, name="Order", type="track", properties={},
+                                 timestamp=now, received_at=now, status="processed")
+        else:
+            Event.objects.filter(customer=target).delete()  # not through events_delete: nobody is marked
+        for key, rule in rules.items():
+            LifecycleStage.objects.filter(key=key).update(rule=rule)
+        stages_reset()
+        stages_refresh(now=now + dt.timedelta(hours=hour + 1))
+        assert Customer.objects.get(pk=target.pk).stage == stage
 
 
 @on_postgres

@@ -135,7 +135,11 @@ def _compared_with_numbers(tr, node: Compare) -> tuple[Node, list[float]] | None
         if isinstance(value, bool):
             value = int(value)
         if isinstance(value, int | float):
-            numbers.append(max(-1e300, min(1e300, float(value))))
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond the floats: as far as the floats go
+                number = 1e300 if value > 0 else -1e300
+            numbers.append(max(-1e300, min(1e300, number)))
     return atoms[0], numbers
 
 
