@@ -62,11 +62,7 @@ def events_process(*, event_ids: list[int]) -> int:
             Event.objects.filter(pk=event.pk).update(
                 status=EventStatus.FAILED, processed_at=now, error=event.error, attempts=event.attempts + 1
             )
-        try:  # last: it locks rows; a failure costs a late event's mark, not the batch
-            with transaction.atomic():
-                customers_stage_recheck([(e.customer_id, e.name) for e in events])
-        except Exception:  # noqa: BLE001
-            logger.exception("marking the stages of %d events' customers failed", len(events))
+        customers_stage_recheck([(e.customer_id, e.name) for e in events], guarded=True)  # last: it locks rows
     return len(processed)
 
 

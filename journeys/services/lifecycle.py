@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -204,7 +205,7 @@ def customer_stages_refresh(*, now: datetime, chunk: int = STAGE_CHUNK) -> int:
             logger.exception("stage refresh SQL failed; evaluating in Python")
     StageRules.objects.all().delete()  # nobody's moment is kept meanwhile: SQL walks everyone again
     moved = 0
-    for moves in _stage_moves_python(stages=stages, now=now, chunk=chunk, after=0):
+    for moves in _stage_moves_python(stages=stages, now=now, chunk=chunk):
         moved += _stage_moves_apply(moves=moves, rules=dict(stages), now=now)[0]
     return moved
 
@@ -213,13 +214,12 @@ Move = tuple[int, str, str]  # customer id, from stage, to stage
 Recheck = tuple[str | None, datetime | None]  # the recheck row's version as read (xmin; None: no row), its next moment
 
 
-def _stage_moves_python(
-    *, stages: list[tuple[str, str]], now: datetime, chunk: int, after: int
-) -> Iterator[list[Move]]:
+def _stage_moves_python(*, stages: list[tuple[str, str]], now: datetime, chunk: int) -> Iterator[list[Move]]:
     from journeys.services.segments import PROFILE_FIELDS
 
     keys = [key for key, _ in stages]
     base = Customer.objects.filter(merged_into__isnull=True).filter(Q(stage="") | Q(stage__in=keys))
+    after = 0
     while page := list(base.filter(pk__gt=after).order_by("pk").only(*PROFILE_FIELDS)[:chunk]):
         after = page[-1].pk
         if moves := _stage_targets(customers=page, stages=stages, now=now):
@@ -430,38 +430,58 @@ def _rechecks_write(dues: dict[int, datetime | None]) -> None:
 def counted_event_names(rules, among=None) -> set[str | None]:
     """The event names these rules count with events_in_last (None: a name read from the data,
     which may be any), limited to `among` when given."""
-    from journeys.rules.nodes import Call, Const, children
-    from journeys.rules.parser import parse
-
-    names: set[str | None] = set()
-    for rule in rules:
-        if "events_in_last" not in rule:
-            continue
-        stack = [parse(rule).tree]
-        while stack:
-            node = stack.pop()
-            if isinstance(node, Call) and node.name == "events_in_last":
-                first = node.args[0] if node.args else None
-                names.add(first.value if isinstance(first, Const) and isinstance(first.value, str) else None)
-            stack.extend(children(node))
+    names: set[str | None] = set().union(*(_counted_in(rule) for rule in rules))
     if among is not None and None not in names:
         names &= set(among)
     return names
 
 
-def customers_stage_recheck(events, existing: bool = False) -> None:
+@functools.lru_cache(maxsize=256)
+def _counted_in(rule: str) -> frozenset[str | None]:
+    """One rule's counted names, parsed once (the event processor asks on every batch)."""
+    from journeys.rules import RuleSyntaxError
+    from journeys.rules.nodes import Call, Const, children
+    from journeys.rules.parser import parse
+
+    if "events_in_last" not in rule:
+        return frozenset()
+    try:
+        stack = [parse(rule).tree]
+    except RuleSyntaxError:
+        return frozenset({None})  # it may count anything; the refresh says what is wrong with it
+    names: set[str | None] = set()
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Call) and node.name == "events_in_last":
+            first = node.args[0] if node.args else None
+            names.add(first.value if isinstance(first, Const) and isinstance(first.value, str) else None)
+        stack.extend(children(node))
+    return frozenset(names)
+
+
+def customers_stage_recheck(events, existing: bool = False, guarded: bool = False) -> None:
     """Mark the customers of these events (customer id, event name; None: any name) due at the
     next stage refresh where a stage rule counts events of that name: an event that arrives late
     (older than the customer's last one), moves in a merge or is deleted changes a count without
     changing the customer's row, which the database trigger watches (PostgreSQL; elsewhere
-    every customer is evaluated every time). The event processor calls it last in its batch."""
+    every customer is evaluated every time). `guarded`: in a savepoint, and a failure is logged,
+    not raised (the event processor's batch, whose last statement this is, must not fail on it)."""
     if connection.vendor != "postgresql":
         return
     counted = counted_event_names(rule for _, rule in rule_stages())
     if not counted:
         return
-    _rechecks_mark(sorted({pk for pk, name in events if pk and (None in counted or name is None or name in counted)}),
-                   existing=existing)
+    ids = sorted({pk for pk, name in events if pk and (None in counted or name is None or name in counted)})
+    if not ids:
+        return
+    if not guarded:
+        _rechecks_mark(ids, existing=existing)
+        return
+    try:
+        with transaction.atomic():
+            _rechecks_mark(ids, existing=existing)
+    except Exception:  # noqa: BLE001 - it costs a late event's mark, not the batch
+        logger.exception("marking the stages of %d customers failed", len(ids))
 
 
 def stage_rechecks_counted_sql() -> tuple[str, list] | None:
