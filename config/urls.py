@@ -9,3 +9,6 @@ urlpatterns = [
     path("console/", include("journeys.console.urls")),
     path("admin/", admin.site.urls),
 ]
+
+handler400 = "journeys.api.base.bad_request_view"
+

@@ -204,6 +204,27 @@ def not_found_view(request, *args, **kwargs):
     return JsonResponse(_body(code="not_found", message=f"no API endpoint at {request.path[:200]}"), status=404)
 
 
+@csrf_exempt
+def bad_request_view(request, exception=None):
+    """Django's 400 (an unknown or malformed Host header, a form with too many fields) answers the
+    APIs' clients in their error format; the console keeps Django's page. Never reads the Host."""
+    from django.core.exceptions import DisallowedHost
+    from django.http import JsonResponse
+    from django.views.defaults import bad_request
+
+    if not request.path.startswith(("/v1/", "/api/")):
+        return bad_request(request, exception)
+    if isinstance(exception, DisallowedHost):
+        host = request.META.get("HTTP_X_FORWARDED_HOST" if settings.USE_X_FORWARDED_HOST else "HTTP_HOST", "")
+        body = _body(code="bad_host", field="Host",
+                     message=f"{host[:100]!r} is not a host this server answers for (ALLOWED_HOSTS)")
+    else:
+        body = _body(code="bad_request", message=str(exception or "")[:300] or "bad request")
+    if request.path.startswith("/v1/"):
+        body = {"success": False, **body}
+    return JsonResponse(body, status=400)
+
+
 class TokenApiView:
     """Mixin for APIView/ViewSet classes of the management API.
 

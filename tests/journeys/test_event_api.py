@@ -67,6 +67,20 @@ def test_missing_or_wrong_key_is_401_and_stores_nothing(api):
     assert Event.objects.count() == 0
 
 
+def test_a_host_this_server_does_not_answer_for_is_a_400_in_each_api_format(client, write_key):
+    batch = json.dumps({"batch": [track()]})
+    tracking = client.post("/v1/batch", batch, content_type="application/json", HTTP_HOST="n+5:05{")
+    management = client.get("/api/v1/customers/", HTTP_HOST="evil.example")
+    console = client.get("/admin/", HTTP_HOST="evil.example")
+
+    assert tracking.status_code == 400
+    assert tracking.json() == {"success": False, "code": "bad_host", "field": "Host",
+                               "message": "Host: 'n+5:05{' is not a host this server answers for (ALLOWED_HOSTS)"}
+    assert management.status_code == 400 and management.json()["field"] == "Host"
+    assert console.status_code == 400 and b"Bad Request" in console.content
+    assert Event.objects.count() == 0
+
+
 def test_disabled_source_is_403(api, source):
     source.enabled = False
     source.save()
