@@ -11,10 +11,12 @@ everyone; a walk of every customer with nothing to change (what each hourly refr
 the rechecks, and what one costs after the rules change) against the next hours' refreshes
 (only the customers due: the ratio), then a day later (the customers whose day came), checked
 against the previous per-customer Python refresh at that moment (`--no-baseline` skips it).
+The same for a live segment-entry trigger on lapsed buyers: a walk of everyone against the next
+hours' refreshes, and a day later the customers who lapsed that day enter.
 
     .venv/bin/python bench/segments.py [--customers 100000] [--no-baseline]
 
-Last stdout line: {"bench": "segments", "sql_vs_python": ..., "stages_walk_vs_hour": ..., ...}
+Last stdout line: {"bench": "segments", "sql_vs_python": ..., "stages_walk_vs_hour": ..., "entry_walk_vs_hour": ..., ...}
 """
 
 from __future__ import annotations
@@ -97,6 +99,51 @@ def old_stages_refresh(now: datetime) -> int:
             if customer_evaluate_stage(customer=customer, now=now) not in (None, before):
                 moved += 1
     return moved
+
+
+ENTRY_RULE = "profile.days_since_last_seen > 30 and events_in_last('Order Completed', days=365) > 0"
+
+
+def segment_entry_refresh_timings() -> dict:
+    """A live win-back trigger (segment entry on lapsed buyers): the first refresh (everyone,
+    members recorded), a walk of everyone with nothing new (what every hourly refresh cost before
+    the rechecks), the next hours (only the customers due), and a day later (those who lapsed
+    that day enter)."""
+    from journeys.engine.scheduler import segment_entries_refresh
+    from journeys.models import BusinessUnit, JourneyRun, SegmentMember, SegmentRecheck, SegmentRules
+    from journeys.services.workflows import version_build, version_publish, workflow_create
+
+    unit = BusinessUnit.objects.create(slug="bench", name="Bench")
+    workflow = workflow_create(name="win-back", business_unit=unit)
+    definition = {"trigger_kind": "segment_entry", "trigger_config": {"rule": ENTRY_RULE}, "reentry_policy": "always",
+                  "steps": [{"key": "done", "kind": "goal", "config": {}}]}
+    version_publish(version=version_build(workflow=workflow, definition=definition), reason="bench")
+    started = time.perf_counter()
+    assert segment_entries_refresh(now=NOW) == 0
+    first_s = time.perf_counter() - started
+    log(f"first segment-entry refresh: {SegmentMember.objects.count():,} members in {first_s:.1f} s"
+        f" ({SegmentRecheck.objects.count():,} rechecks)")
+    walks = []
+    for _ in range(2):
+        SegmentRules.objects.all().delete()  # as after a go-live: everyone once
+        started = time.perf_counter()
+        assert segment_entries_refresh(now=NOW) == 0
+        walks.append(time.perf_counter() - started)
+    log(f"segment entry, every customer, nothing new: {[round(x, 3) for x in walks]} s")
+    idle = []
+    for hour in (1, 2, 3):
+        started = time.perf_counter()
+        assert segment_entries_refresh(now=NOW + timedelta(hours=hour)) == 0
+        idle.append(time.perf_counter() - started)
+    log(f"segment entry, the next hours: {[round(x, 4) for x in idle]} s")
+    started = time.perf_counter()
+    entered = segment_entries_refresh(now=NOW + timedelta(days=1))
+    day_s = time.perf_counter() - started
+    assert entered == JourneyRun.objects.count() > 0
+    log(f"segment entry, a day later: {entered:,} entered in {day_s:.2f} s")
+    return {"entry_hour_s": round(min(idle), 4), "entry_walk_s": round(min(walks), 3),
+            "entry_walk_vs_hour": round(min(walks) / min(idle), 1), "entry_day_s": round(day_s, 3),
+            "entry_day_entered": entered, "entry_first_s": round(first_s, 1)}
 
 
 def main() -> int:
@@ -196,6 +243,7 @@ def main() -> int:
             baseline_s = time.perf_counter() - started
             log(f"old per-customer refresh (nothing to do): {baseline_s:.1f} s")
         assert Customer.objects.filter(stage="").count() == 0
+        entry = segment_entry_refresh_timings()
 
     ratios = [r["ratio"] for r in results.values()]
     report(
@@ -210,6 +258,7 @@ def main() -> int:
         customers=args.customers,
         stages_first_moved=moved,
         stages_first_s=round(first_s, 1),
+        **entry,
         rules=results,
         ok=True,
     )

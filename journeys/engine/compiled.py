@@ -109,6 +109,7 @@ class TriggerIndex:
     inactivity_start: dict[str, list[int]] = field(default_factory=dict)
     inactivity_stop: dict[str, list[int]] = field(default_factory=dict)
     profile_triggers: list[int] = field(default_factory=list)  # attribute change + segment entry
+    segment_rules: tuple[str, ...] = ()  # of the segment-entry triggers (what their rules count is heard)
     goal_events: frozenset[str] = frozenset()
     # Event names a trigger, an inactivity window or the goal of any version that may still have
     # runs (every one past review) reacts to; runs waiting for an event are read from the runs.
@@ -197,6 +198,8 @@ def trigger_index(*, force: bool = False) -> TriggerIndex:
             stop[(config or {}).get("followed_by", "")].append(vid)
         elif kind in (TriggerKind.ATTRIBUTE_CHANGE, TriggerKind.SEGMENT_ENTRY):
             fresh.profile_triggers.append(vid)
+            if kind == TriggerKind.SEGMENT_ENTRY:
+                fresh.segment_rules += ((config or {}).get("rule", ""),)
     fresh.by_event, fresh.inactivity_start, fresh.inactivity_stop = dict(by_event), dict(start), dict(stop)
     fresh.goal_events = frozenset(goals)
     old_goals = WorkflowVersion.objects.exclude(state__in=[VersionState.DRAFT, VersionState.IN_REVIEW]).exclude(

@@ -31,12 +31,15 @@ def stages_reset() -> None:
 def events_unheard(names: set[str]) -> set[str]:
     """Of these event names, the ones nothing would react to now: no live trigger or inactivity
     window starts or stops on them, no version that may still have runs has them as its goal,
-    no run waits for them (an indexed read of the waiting runs), and no rule-defined lifecycle
-    stage would be re-evaluated. Product-made events with such a name are stored processed
+    no run waits for them (an indexed read of the waiting runs), no rule-defined lifecycle
+    stage would be re-evaluated and no segment-entry rule counts events. Product-made events with such a name are stored processed
     (journeys.services.internal_events): the engine would lock, load and mark them for nothing."""
+    index = trigger_index()
+    if any("events_in_last" in rule for rule in index.segment_rules):
+        return set()  # a segment-entry rule may count them: the processor marks their customers for its refresh
     if rule_stages():
         names = {n for n in names if n in STAGE_EVENTS}
-    names = set(names) - trigger_index().heard
+    names = set(names) - index.heard
     if names:
         names -= set(JourneyRun.objects.filter(status=RunStatus.WAITING, wait_event__in=names)
                      .exclude(wait_event="").values_list("wait_event", flat=True).distinct())

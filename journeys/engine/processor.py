@@ -23,7 +23,8 @@ from journeys.engine.runner import run_convert, run_enroll, run_execute, run_res
 from journeys.engine.runtime import context_dict, event_dict, events_counter, profile_dict
 from journeys.models import Event, JourneyRun, TriggerWatch
 from journeys.rules import RuleContext
-from journeys.services.lifecycle import customer_evaluate_stage, customers_stage_recheck
+from journeys.services.lifecycle import customer_evaluate_stage
+from journeys.services.rechecks import customers_recheck
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def events_process(*, event_ids: list[int]) -> int:
             Event.objects.filter(pk=event.pk).update(
                 status=EventStatus.FAILED, processed_at=now, error=event.error, attempts=event.attempts + 1
             )
-        customers_stage_recheck([(e.customer_id, e.name) for e in events], guarded=True)  # last: it locks rows
+        customers_recheck([(e.customer_id, e.name) for e in events], guarded=True)  # last: it locks rows
     return len(processed)
 
 

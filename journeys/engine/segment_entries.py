@@ -3,14 +3,18 @@
 An event that changes a profile fires segment entry at once (journeys.engine.processor). A
 customer can also come into a segment with no event: time passes ("inactive for 30 days"),
 an import or a direct update changes a trait. The refresh (hourly, with the stage refresh)
-walks each live segment-entry trigger's audience through the segment service (SQL where the
-rule translates) in id pages, compares each page with the members recorded last time
-(`SegmentMember`, the same id range) and:
+compares customers with the members recorded last time (`SegmentMember`) and:
 
 - records who joined with one INSERT ... ON CONFLICT DO NOTHING RETURNING (so only one refresh
   can count a customer as new) and enrols them set-based, trigger key `segment:<refresh>`,
   unless they already entered this workflow since the previous refresh (the event path did);
 - forgets who left (they may enter again when they come back).
+
+Which customers it compares: on PostgreSQL, when every live rule translates, only those due
+(`SegmentRecheck`, journeys.services.rechecks): changed since the last refresh, or at the
+moment a rule's answer may change with time alone; all the live rules in one statement a
+chunk. After the live versions change, everyone once. Elsewhere, every customer each hour,
+a version at a time, through the segment service in id pages.
 
 The first refresh after a version goes live only records the members: entry is a change, and
 customers already in the segment have not entered it. Its cost is the segment's evaluation
@@ -19,15 +23,29 @@ and the changes, never one statement per customer.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
 from datetime import datetime
 
-from django.db import connection, transaction
+from django.db import DatabaseError, OperationalError, connection, transaction
 
 from journeys.choices import TriggerKind
 from journeys.engine.batch import ids_in, ids_lateral
 from journeys.engine.compiled import load_version
 from journeys.engine.enrolment import Candidate, enroll_candidates
-from journeys.models import JourneyRun, SegmentMember, TriggerState
+from journeys.models import (
+    Customer,
+    JourneyRun,
+    SegmentMember,
+    SegmentRecheck,
+    SegmentRules,
+    TriggerState,
+)
+from journeys.services.rechecks import rechecks_claim, rechecks_mark, rechecks_write
+
+logger = logging.getLogger(__name__)
 
 PAGE = 2000
 
@@ -75,41 +93,182 @@ def _entered_since(workflow_id: int, customer_ids: list[int], since: datetime | 
 
 def segment_entries_run(*, routed: list[tuple[int, tuple[int, int, bool] | None]], now: datetime) -> int:
     """Refresh every live segment-entry trigger (see the module docstring); returns how many runs were made."""
-    from journeys.services.segments import segment_customer_ids
+    from journeys.services.segments import segment_translation, utc
 
-    enrolled = 0
-    live = {vid for vid, _ in routed}
+    now = utc(now)
+    live = []
     for vid, routing in routed:
         version = load_version(vid)
-        rule = version.trigger_config.get("rule", "")
         with transaction.atomic():
             state, _ = TriggerState.objects.select_for_update().get_or_create(version_id=vid)
-            baseline, since = state.prepared_at is None, state.last_tick_at
-        key = f"segment:{now.replace(second=0, microsecond=0).isoformat()}"
-        after = 0
-        while True:
-            with transaction.atomic():
-                ids = segment_customer_ids(rule=rule, now=now, after_id=after, limit=PAGE)
-                high = ids[-1] if len(ids) == PAGE else None
-                stored = _members(vid, after, high)
-                gone = stored.difference(ids)
-                if gone:
-                    SegmentMember.objects.filter(version_id=vid, customer_id__in=sorted(gone)).delete()
-                joined = _record(vid, [c for c in ids if c not in stored])
-                if joined and not baseline:
-                    already = _entered_since(version.workflow_id, joined, since)
-                    candidates = [Candidate(customer_id=c, trigger_key=key) for c in joined if c not in already]
-                    enrolled += enroll_candidates(version=version, candidates=candidates, now=now, routing=routing).enrolled
-            if high is None:
-                break
-            after = high
-        with transaction.atomic():
-            TriggerState.objects.filter(version_id=vid).update(prepared_at=state.prepared_at or now, last_tick_at=now)
+        live.append(_Live(vid=vid, routing=routing, version=version, rule=version.trigger_config.get("rule", ""),
+                          baseline=state.prepared_at is None, since=state.last_tick_at))
+    key = f"segment:{now.replace(second=0, microsecond=0).isoformat()}"
+    enrolled = 0
+    translations = [segment_translation(rule=v.rule, now=now, prefix=f"v{i}_", due=True) if v.rule.strip() else None
+                    for i, v in enumerate(live)]
+    done = False
+    if live and all(t is not None for t in translations):
+        try:
+            enrolled, done = _refresh_sql(live=live, translations=translations, key=key, now=now), True
+        except DatabaseError:  # a translation bug must not stop the refresh: say so, compare everyone
+            logger.exception("segment-entry refresh SQL failed; comparing every customer")
+    if not done:
+        SegmentRules.objects.all().delete()  # nobody is marked meanwhile: the SQL refresh walks everyone again
+        for v in live:
+            enrolled += _version_walk(v, key=key, now=now)
+    with transaction.atomic():
+        for v in live:
+            TriggerState.objects.filter(version_id=v.vid, prepared_at__isnull=True).update(prepared_at=now)
+            TriggerState.objects.filter(version_id=v.vid).update(last_tick_at=now)
     # Versions that stopped taking entries forget their members (a later go-live starts afresh).
     stale = TriggerState.objects.filter(prepared_at__isnull=False, version__trigger_kind=TriggerKind.SEGMENT_ENTRY
-                                        ).exclude(version_id__in=live).values_list("version_id", flat=True)
+                                        ).exclude(version_id__in=[v.vid for v in live]).values_list("version_id", flat=True)
     for vid in list(stale):
         with transaction.atomic():
             SegmentMember.objects.filter(version_id=vid)._raw_delete(connection.alias)
             TriggerState.objects.filter(version_id=vid).update(prepared_at=None, last_tick_at=None)
     return enrolled
+
+
+@dataclass
+class _Live:
+    vid: int
+    routing: tuple[int, int, bool] | None
+    version: object  # CompiledVersion
+    rule: str
+    baseline: bool  # the first refresh since go-live: members are recorded, nobody enters
+    since: datetime | None  # the previous refresh: who entered since (the event path) is not enrolled again
+
+
+def _enter(v: _Live, members: set[int], stored: set[int], *, key: str, now: datetime) -> int:
+    """Record who joined and forget who left (of the customers compared); enrol those who joined."""
+    gone = stored - members
+    if gone:
+        SegmentMember.objects.filter(version_id=v.vid, customer_id__in=sorted(gone)).delete()
+    joined = _record(v.vid, sorted(members - stored))
+    if not joined or v.baseline:
+        return 0
+    already = _entered_since(v.version.workflow_id, joined, v.since)
+    candidates = [Candidate(customer_id=c, trigger_key=key) for c in joined if c not in already]
+    return enroll_candidates(version=v.version, candidates=candidates, now=now, routing=v.routing).enrolled
+
+
+def _version_walk(v: _Live, *, key: str, now: datetime) -> int:
+    """Every customer, one version, in id pages (SQLite, or rules that do not translate)."""
+    from journeys.services.segments import segment_customer_ids
+
+    enrolled, after = 0, 0
+    while True:
+        with transaction.atomic():
+            ids = segment_customer_ids(rule=v.rule, now=now, after_id=after, limit=PAGE)
+            high = ids[-1] if len(ids) == PAGE else None
+            enrolled += _enter(v, set(ids), _members(v.vid, after, high), key=key, now=now)
+        if high is None:
+            return enrolled
+        after = high
+
+
+DUE_VERSION = 1  # bump when journeys.rules.sql.due works moments out differently: everyone is walked again
+
+
+def _refresh_sql(*, live: list[_Live], translations: list, key: str, now: datetime) -> int:
+    """PostgreSQL: the customers due (SegmentRecheck), or everyone once after the live versions
+    changed, a chunk a statement: each one's answer to every live rule ('?' bits: Python tells)
+    and the next moment any answer may change with time alone."""
+    fingerprint = hashlib.sha256(json.dumps([DUE_VERSION, sorted(v.vid for v in live)]).encode()).hexdigest()
+    known = SegmentRules.objects.filter(pk=1).values_list("fingerprint", flat=True).first()
+    params: dict = {}
+    for t in translations:
+        params.update(t.params)
+    states = ", ".join(f"CASE WHEN c.merged_into_id IS NULL THEN ({t.state}) ELSE 0 END" for t in translations)
+    dues = [t.due for t in translations if t.due is not None]
+    due = "NULL::timestamptz" if not dues else dues[0] if len(dues) == 1 else f"LEAST({', '.join(dues)})"
+    joins = " ".join(join for t in translations for join in t.joins)
+    columns = (f"c.id, r.xmin::text AS version, CASE WHEN c.merged_into_id IS NULL THEN {due} END AS due,"
+               f" ARRAY[{states}] AS states")
+    customers, rechecks = Customer._meta.db_table, SegmentRecheck._meta.db_table
+    enrolled = 0
+    if known == fingerprint and not any(v.baseline for v in live):
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT customer_id FROM {rechecks} WHERE due_at <= %s ORDER BY customer_id", [now])
+            due_ids = [pk for (pk,) in cursor.fetchall()]
+        sql = (f"SELECT * FROM (SELECT {columns} FROM {rechecks} AS r JOIN {customers} AS c ON c.id = r.customer_id"
+               f" {joins} WHERE r.customer_id = ANY(%(ids)s::bigint[]) OFFSET 0) AS q ORDER BY id")
+        for i in range(0, len(due_ids), CHUNK):
+            chunk = due_ids[i:i + CHUNK]
+            with connection.cursor() as cursor:
+                cursor.execute(sql, {**params, "ids": "{" + ",".join(map(str, chunk)) + "}"})
+                rows = cursor.fetchall()
+            enrolled += _rows_apply(rows, live=live, key=key, now=now)[0]  # those left are still due
+        return enrolled
+    # The live versions changed (or never ran here): everyone once. Marks start before the walk
+    # reads anyone, so a change made meanwhile is seen by the next refresh.
+    SegmentRules.objects.update_or_create(pk=1, defaults={"fingerprint": "", "walked_at": None})
+    sql = (f"SELECT * FROM (SELECT {columns} FROM {customers} AS c LEFT JOIN {rechecks} AS r ON r.customer_id = c.id"
+           f" {joins} WHERE c.id > %(after)s ORDER BY c.id LIMIT %(limit)s OFFSET 0) AS q ORDER BY id")
+    after = 0
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, {**params, "after": after, "limit": CHUNK})
+            rows = cursor.fetchall()
+        high = rows[-1][0] if len(rows) == CHUNK else None
+        done, left = _rows_apply(rows, live=live, key=key, now=now, span=(after, high))
+        enrolled += done
+        # Those a worker held (or that changed meanwhile): due at the next refresh (this holds no customer).
+        rechecks_mark(SegmentRecheck, sorted(left), existing=True)
+        if high is None:
+            break
+        after = high
+    SegmentRules.objects.filter(pk=1).update(fingerprint=fingerprint, walked_at=now)
+    return enrolled
+
+
+CHUNK = 5000  # customers compared per transaction
+
+
+def _rows_apply(rows: list, *, live: list[_Live], key: str, now: datetime,
+                span: tuple[int, int | None] | None = None) -> tuple[int, set[int]]:
+    """One transaction for a chunk of (id, recheck version, next moment, [state per version]):
+    the customers are held FOR KEY SHARE (skipping those a worker holds for an update), their
+    recheck rows claimed; where the row is the one read, memberships are compared, joiners
+    enrolled and the next moment written. `span`: the whole id range was read (a walk), so
+    members in it who were not read (deleted customers) are forgotten too. Returns how many
+    runs were made and the ids left as they were (still due)."""
+    from journeys.services.segments import PROFILE_FIELDS, customers_matching
+
+    read = {row[0]: row for row in rows}
+    enrolled = 0
+    try:
+        with transaction.atomic():
+            held = _customers_hold(sorted(read))
+            current = rechecks_claim(SegmentRecheck, held)
+            fresh = sorted(pk for pk, version in current.items() if version == read[pk][1])
+            kept = set(fresh)
+            for i, v in enumerate(live):
+                members = {pk for pk in fresh if read[pk][3][i] == 2}
+                unsure = [pk for pk in fresh if read[pk][3][i] not in (0, 2) and read[pk][3][i] & 2]
+                if unsure:
+                    customers = Customer.objects.filter(pk__in=unsure).only(*PROFILE_FIELDS)
+                    members |= {c.pk for c in customers_matching(rule=v.rule, now=now, customers=customers)}
+                if span is None:
+                    stored = set(SegmentMember.objects.filter(version_id=v.vid, customer_id__in=fresh)
+                                 .values_list("customer_id", flat=True))
+                else:
+                    stored = {pk for pk in _members(v.vid, *span) if pk in kept or pk not in read}
+                enrolled += _enter(v, members, stored, key=key, now=now)
+            rechecks_write(SegmentRecheck, {pk: read[pk][2] for pk in fresh})
+    except OperationalError:  # a deadlock with a mark made by a transaction that does not hold the customer
+        logger.exception("segment-entry refresh: a chunk of %d customers stays due", len(read))
+        return 0, set(read)
+    return enrolled, set(read) - kept
+
+
+def _customers_hold(ids: list[int]) -> list[int]:
+    """FOR KEY SHARE in id order, skipping customers another transaction holds FOR UPDATE (a
+    step changing their traits: they stay due). The runs enrolled reference them; a plain
+    update (FOR NO KEY UPDATE) does not block it."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT id FROM {Customer._meta.db_table} WHERE id = ANY(%s::bigint[])"
+                       " ORDER BY id FOR KEY SHARE SKIP LOCKED", ["{" + ",".join(map(str, ids)) + "}"])
+        return [pk for (pk,) in cursor.fetchall()]

@@ -171,6 +171,29 @@ class SegmentMember(models.Model):
         constraints = [models.UniqueConstraint(fields=["version", "customer"], name="segment_member_unique")]
 
 
+class SegmentRecheck(models.Model):
+    """When to compare a customer with the segment-entry triggers' segments again (PostgreSQL):
+    the hourly refresh reads only the rows due, not every customer (journeys.services.rechecks).
+    The refresh writes the earliest moment any live segment-entry rule's answer may change with
+    time alone; a database trigger marks a customer due at once when anything a rule can read
+    changes on the row, while the refresh keeps rechecks (a SegmentRules row exists)."""
+
+    customer = models.OneToOneField("journeys.Customer", primary_key=True, on_delete=models.CASCADE,
+                                    related_name="+")
+    due_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["due_at"], name="segment_recheck_due_idx")]
+
+
+class SegmentRules(models.Model):
+    """The live segment-entry versions the rechecks were worked out for (one row; none: nobody
+    is marked). When they change, the next refresh walks every customer once."""
+
+    fingerprint = models.CharField(max_length=64)
+    walked_at = models.DateTimeField(null=True)
+
+
 class SchedulerLease(models.Model):
     """A named lease that keeps a periodic job from overlapping itself: taken with one
     conditional UPDATE, renewed while the job works, released at its end; a holder that dies

@@ -22,7 +22,7 @@ from django.db.models import JSONField
 from django.utils import timezone
 
 from journeys.choices import EventType, IdentityKind
-from journeys.models import Customer, Event, EventKey, Identity, StageRecheck
+from journeys.models import Customer, Event, EventKey, Identity, SegmentRecheck, StageRecheck
 
 CUSTOMER_COLUMNS = ["external_id", "email", "phone", "timezone", "locale", "traits", "first_seen", "last_seen", "updated_at"]
 
@@ -326,8 +326,9 @@ def customers_precreate(imap, events) -> None:
     if orphans:
         # Created a moment ago in this transaction and referenced by nothing (their identities
         # lost the race): a plain DELETE, without the ORM collector's cascade queries per relation.
-        # Their stage recheck (a database trigger marks new customers) goes first.
+        # Their rechecks (a database trigger marks new customers) go first.
         with connection.cursor() as cur:
             marks = ", ".join(["%s"] * len(orphans))
-            cur.execute(f"DELETE FROM {StageRecheck._meta.db_table} WHERE customer_id IN ({marks})", orphans)
+            for model in (StageRecheck, SegmentRecheck):
+                cur.execute(f"DELETE FROM {model._meta.db_table} WHERE customer_id IN ({marks})", orphans)
             cur.execute(f"DELETE FROM {Customer._meta.db_table} WHERE id IN ({marks})", orphans)

@@ -22,7 +22,7 @@ from django.utils import timezone
 from journeys.models import Event, EventKey, Source
 from journeys.services.bulk_ingest import event_id_sequence
 from journeys.services.internal_events import INTERNAL_SOURCE, internal_source
-from journeys.services.lifecycle import customers_stage_recheck, stage_rechecks_counted_sql
+from journeys.services.rechecks import customers_recheck, rechecks_counted_sql
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def events_delete(*, ids: list[int], source: Source | None = None) -> int:
             cur.execute(f"DELETE FROM {TABLE} WHERE id IN ({', '.join(['%s'] * len(ids))})"
                         " RETURNING customer_id, name", ids)
             gone = cur.fetchall()
-        customers_stage_recheck(gone)  # a stage rule's count of them drops
+        customers_recheck(gone)  # a stage or segment rule's count of them drops
         return len(gone)
 
 
@@ -189,8 +189,8 @@ def events_partitions_drop(*, now: datetime | None = None) -> list[str]:
                     cur.execute(f"SELECT max(received_at) FROM {name}")
                     _internal_keys_delete(event_ids={"event_id__gte": low or 0, "event_id__lt": high},
                                           newest=cur.fetchone()[0])
-                    counted = stage_rechecks_counted_sql()
-                    if counted is not None:  # a stage rule's counts of its customers drop: marked
+                    counted = rechecks_counted_sql()
+                    if counted is not None:  # a rule's counts of its customers drop: marked
                         where, params = counted  # once dropped (holding no lock of the event table)
                         cur.execute(f"SELECT DISTINCT customer_id FROM {name}"
                                     f" WHERE customer_id IS NOT NULL AND {where}", params)
@@ -199,7 +199,7 @@ def events_partitions_drop(*, now: datetime | None = None) -> list[str]:
                 cur.execute(f"ALTER TABLE {TABLE} DETACH PARTITION {name}")  # checks nothing points into it
                 cur.execute(f"DROP TABLE {name}")
             dropped.append(name)
-    customers_stage_recheck([(pk, None) for pk in recount], existing=True)
+    customers_recheck([(pk, None) for pk in recount], existing=True)
     return dropped
 
 

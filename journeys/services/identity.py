@@ -251,9 +251,9 @@ def customer_merge(*, target: Customer, merged: Customer, reason: str, actor: st
         target.last_seen = merged.last_seen
     target.save()
     if moved_events:  # counts of events change without a column a trigger sees
-        from journeys.services.lifecycle import customers_stage_recheck
+        from journeys.services.rechecks import customers_recheck
 
-        customers_stage_recheck([(target.pk, None)])
+        customers_recheck([(target.pk, None)])
     for hook in MERGE_HOOKS:
         hook(merged, target)
     merged.merged_into = target

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 from collections.abc import Iterator
 from datetime import datetime
 
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -19,6 +18,12 @@ from journeys.models import Customer
 from journeys.models.catalog import LifecycleStage, StageRecheck, StageRules, StageTransition
 from journeys.services.bulk_ingest import events_insert
 from journeys.services.internal_events import internal_event_row, internal_source
+from journeys.services.rechecks import (
+    counted_event_names,
+    rechecks_claim,
+    rechecks_mark,
+    rechecks_write,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -277,7 +282,7 @@ def _stages_refresh_sql(*, translations: list, stages: list[tuple[str, str]], no
         moved += done
         # Those a worker held (or that changed meanwhile) may keep a moment of the old rules:
         # due now, marked once their locks are gone (this holds no customer).
-        _rechecks_mark(sorted(left), existing=True)
+        rechecks_mark(StageRecheck, sorted(left), existing=True)
         if len(rows) < chunk:
             break
         last = rows[-1][0]
@@ -331,7 +336,7 @@ def _stage_moves_apply(
         if rechecks is not None:
             # A customer changed since the statement read them (their recheck row was written) is
             # left due, unmoved: the next refresh reads them again.
-            current = _rechecks_claim(sorted(pk for pk in rechecks if pk in locked))
+            current = rechecks_claim(StageRecheck, sorted(pk for pk in rechecks if pk in locked))
             fresh = {pk for pk in current if current[pk] == rechecks[pk][0]}
             moves = [move for move in moves if move[0] in fresh]
         # A customer moved meanwhile (by a worker, or another refresh) keeps that move.
@@ -344,7 +349,7 @@ def _stage_moves_apply(
         if counted_event_names(rules.values(), among=STAGE_EVENTS):
             for pk, _, _ in moves:  # their Stage events change what a rule counts: left due (the move marked them)
                 dues.pop(pk, None)
-        _rechecks_write(dues)
+        rechecks_write(StageRecheck, dues)
     return len(moves), set(rechecks) - fresh
 
 
@@ -394,122 +399,3 @@ def _customers_lock(ids: list[int]) -> dict[int, tuple[str, str]]:
             ["{" + ",".join(str(int(pk)) for pk in ids) + "}"],
         )
         return {pk: (stage, user_id) for pk, stage, user_id in cursor.fetchall()}
-
-
-def _rechecks_claim(ids: list[int]) -> dict[int, str | None]:
-    """Lock these customers' recheck rows in id order, inserting the missing ones (a mark, until
-    written): id -> the version (xmin) of the row as it was, None where there was none. The
-    caller holds the customers; a mark made meanwhile by someone who does not (the event
-    processor, a deletion) is waited for, and shows as a changed version."""
-    table = StageRecheck._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(f"INSERT INTO {table} (customer_id, due_at)"
-                       " SELECT id, '-infinity' FROM unnest(%s::bigint[]) AS id ORDER BY id"
-                       " ON CONFLICT (customer_id) DO UPDATE SET due_at = EXCLUDED.due_at WHERE FALSE"
-                       " RETURNING customer_id", [ids])
-        made = {pk for (pk,) in cursor.fetchall()}
-        cursor.execute(f"SELECT customer_id, xmin::text FROM {table} WHERE customer_id = ANY(%s::bigint[])", [ids])
-        return {pk: None if pk in made else version for pk, version in cursor.fetchall()}
-
-
-def _rechecks_write(dues: dict[int, datetime | None]) -> None:
-    """Each customer's next moment; no row for those whose stage time cannot change."""
-    table = StageRecheck._meta.db_table
-    later = sorted((pk, due) for pk, due in dues.items() if due is not None)
-    never = sorted(pk for pk, due in dues.items() if due is None)
-    with connection.cursor() as cursor:
-        if later:
-            cursor.execute(f"INSERT INTO {table} (customer_id, due_at)"
-                           " SELECT * FROM unnest(%s::bigint[], %s::timestamptz[])"
-                           " ON CONFLICT (customer_id) DO UPDATE SET due_at = EXCLUDED.due_at",
-                           [[pk for pk, _ in later], [due for _, due in later]])
-        if never:
-            cursor.execute(f"DELETE FROM {table} WHERE customer_id = ANY(%s::bigint[])", [never])
-
-
-def counted_event_names(rules, among=None) -> set[str | None]:
-    """The event names these rules count with events_in_last (None: a name read from the data,
-    which may be any), limited to `among` when given."""
-    names: set[str | None] = set().union(*(_counted_in(rule) for rule in rules))
-    if among is not None and None not in names:
-        names &= set(among)
-    return names
-
-
-@functools.lru_cache(maxsize=256)
-def _counted_in(rule: str) -> frozenset[str | None]:
-    """One rule's counted names, parsed once (the event processor asks on every batch)."""
-    from journeys.rules import RuleSyntaxError
-    from journeys.rules.nodes import Call, Const, children
-    from journeys.rules.parser import parse
-
-    if "events_in_last" not in rule:
-        return frozenset()
-    try:
-        stack = [parse(rule).tree]
-    except RuleSyntaxError:
-        return frozenset({None})  # it may count anything; the refresh says what is wrong with it
-    names: set[str | None] = set()
-    while stack:
-        node = stack.pop()
-        if isinstance(node, Call) and node.name == "events_in_last":
-            first = node.args[0] if node.args else None
-            names.add(first.value if isinstance(first, Const) and isinstance(first.value, str) else None)
-        stack.extend(children(node))
-    return frozenset(names)
-
-
-def customers_stage_recheck(events, existing: bool = False, guarded: bool = False) -> None:
-    """Mark the customers of these events (customer id, event name; None: any name) due at the
-    next stage refresh where a stage rule counts events of that name: an event that arrives late
-    (older than the customer's last one), moves in a merge or is deleted changes a count without
-    changing the customer's row, which the database trigger watches (PostgreSQL; elsewhere
-    every customer is evaluated every time). `guarded`: in a savepoint, and a failure is logged,
-    not raised (the event processor's batch, whose last statement this is, must not fail on it)."""
-    if connection.vendor != "postgresql":
-        return
-    counted = counted_event_names(rule for _, rule in rule_stages())
-    if not counted:
-        return
-    ids = sorted({pk for pk, name in events if pk and (None in counted or name is None or name in counted)})
-    if not ids:
-        return
-    if not guarded:
-        _rechecks_mark(ids, existing=existing)
-        return
-    try:
-        with transaction.atomic():
-            _rechecks_mark(ids, existing=existing)
-    except Exception:  # noqa: BLE001 - it costs a late event's mark, not the batch
-        logger.exception("marking the stages of %d customers failed", len(ids))
-
-
-def stage_rechecks_counted_sql() -> tuple[str, list] | None:
-    """A condition on event rows (`name`) for those a stage rule counts, for a caller that marks
-    their customers itself (a partition about to be dropped); None when no rule counts any."""
-    if connection.vendor != "postgresql":
-        return None
-    counted = counted_event_names(rule for _, rule in rule_stages())
-    if not counted:
-        return None
-    return ("TRUE", []) if None in counted else ("name = ANY(%s)", [sorted(counted)])  # type: ignore[type-var]
-
-
-def _rechecks_mark(ids: list[int], existing: bool = False) -> None:
-    """Due at the next refresh ('-infinity'), in id order. `existing`: only the customers that
-    still exist when it commits (one deleted meanwhile is left out, not a foreign key error)."""
-    if not ids:
-        return
-    sql = (f"INSERT INTO {StageRecheck._meta.db_table} (customer_id, due_at)"
-           " SELECT id, '-infinity' FROM unnest(%s::bigint[]) AS id ORDER BY id"
-           " ON CONFLICT (customer_id) DO UPDATE SET due_at = EXCLUDED.due_at")
-    if not existing:
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [ids])
-        return
-    try:
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(sql, [ids])
-    except IntegrityError:
-        ids = list(Customer.objects.filter(pk__in=ids).order_by("pk").values_list("pk", flat=True))
-        _rechecks_mark(ids)

@@ -1,0 +1,153 @@
+"""Rechecks: when to look at a customer again for rules that time can change (PostgreSQL).
+
+Two hourly refreshes read only the customers due instead of every customer: the lifecycle
+stages (StageRecheck) and the segment-entry triggers (SegmentRecheck). Each table holds, per
+customer, the earliest moment its rules' answer may change with time alone
+(journeys.rules.sql.due); no row means it never does. A customer is due at once ('-infinity')
+when their data changes: a database trigger on the customer table marks them (migrations 0023,
+0025), and this module marks the customers of events a rule counts (a late event, one moved in a
+merge or deleted, changes a count without changing the customer's row).
+
+A refresh claims the rows of the customers it read (`rechecks_claim`, in id order, inserting
+the missing ones) and writes their next moments (`rechecks_write`) only where the row's version
+(xmin) is the one it read: a customer changed or marked in between stays due.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from datetime import datetime
+
+from django.db import IntegrityError, connection, transaction
+
+from journeys.models import Customer
+
+logger = logging.getLogger(__name__)
+
+
+def rechecks_claim(model, ids: list[int]) -> dict[int, str | None]:
+    """Lock these customers' rows in id order, inserting the missing ones (a mark, until
+    written): id -> the version (xmin) of the row as it was, None where there was none. A mark
+    made meanwhile by another transaction is waited for, and shows as a changed version."""
+    table = model._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO {table} (customer_id, due_at)"
+                       " SELECT id, '-infinity' FROM unnest(%s::bigint[]) AS id ORDER BY id"
+                       " ON CONFLICT (customer_id) DO UPDATE SET due_at = EXCLUDED.due_at WHERE FALSE"
+                       " RETURNING customer_id", [ids])
+        made = {pk for (pk,) in cursor.fetchall()}
+        cursor.execute(f"SELECT customer_id, xmin::text FROM {table} WHERE customer_id = ANY(%s::bigint[])", [ids])
+        return {pk: None if pk in made else version for pk, version in cursor.fetchall()}
+
+
+def rechecks_write(model, dues: dict[int, datetime | None]) -> None:
+    """Each customer's next moment; no row for those whose answer time cannot change."""
+    table = model._meta.db_table
+    later = sorted((pk, due) for pk, due in dues.items() if due is not None)
+    never = sorted(pk for pk, due in dues.items() if due is None)
+    with connection.cursor() as cursor:
+        if later:
+            cursor.execute(f"INSERT INTO {table} (customer_id, due_at)"
+                           " SELECT * FROM unnest(%s::bigint[], %s::timestamptz[])"
+                           " ON CONFLICT (customer_id) DO UPDATE SET due_at = EXCLUDED.due_at",
+                           [[pk for pk, _ in later], [due for _, due in later]])
+        if never:
+            cursor.execute(f"DELETE FROM {table} WHERE customer_id = ANY(%s::bigint[])", [never])
+
+
+def rechecks_mark(model, ids: list[int], existing: bool = False) -> None:
+    """Due at the next refresh ('-infinity'), in id order. `existing`: only the customers that
+    still exist when it commits (one deleted meanwhile is left out, not a foreign key error)."""
+    if not ids:
+        return
+    sql = (f"INSERT INTO {model._meta.db_table} (customer_id, due_at)"
+           " SELECT id, '-infinity' FROM unnest(%s::bigint[]) AS id ORDER BY id"
+           " ON CONFLICT (customer_id) DO UPDATE SET due_at = EXCLUDED.due_at")
+    if not existing:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [ids])
+        return
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(sql, [ids])
+    except IntegrityError:
+        ids = list(Customer.objects.filter(pk__in=ids).order_by("pk").values_list("pk", flat=True))
+        rechecks_mark(model, ids)
+
+
+def counted_event_names(rules, among=None) -> set[str | None]:
+    """The event names these rules count with events_in_last (None: a name read from the data,
+    which may be any), limited to `among` when given."""
+    names: set[str | None] = set().union(*(_counted_in(rule) for rule in rules))
+    if among is not None and None not in names:
+        names &= set(among)
+    return names
+
+
+@functools.lru_cache(maxsize=256)
+def _counted_in(rule: str) -> frozenset[str | None]:
+    """One rule's counted names, parsed once (the event processor asks on every batch)."""
+    from journeys.rules import RuleSyntaxError
+    from journeys.rules.nodes import Call, Const, children
+    from journeys.rules.parser import parse
+
+    if "events_in_last" not in rule:
+        return frozenset()
+    try:
+        stack = [parse(rule).tree]
+    except RuleSyntaxError:
+        return frozenset({None})  # it may count anything; the refresh says what is wrong with it
+    names: set[str | None] = set()
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Call) and node.name == "events_in_last":
+            first = node.args[0] if node.args else None
+            names.add(first.value if isinstance(first, Const) and isinstance(first.value, str) else None)
+        stack.extend(children(node))
+    return frozenset(names)
+
+
+def _counting() -> list[tuple[type, set[str | None]]]:
+    """(recheck table, the event names its rules count) for each refresh whose rules count some."""
+    from journeys.engine.compiled import trigger_index
+    from journeys.engine.listeners import rule_stages
+    from journeys.models import SegmentRecheck, StageRecheck
+
+    tables = [(StageRecheck, counted_event_names(rule for _, rule in rule_stages())),
+              (SegmentRecheck, counted_event_names(trigger_index().segment_rules))]
+    return [(model, names) for model, names in tables if names]
+
+
+def customers_recheck(events, existing: bool = False, guarded: bool = False) -> None:
+    """Mark the customers of these events (customer id, event name; None: any name) due at the
+    next refresh whose rules count events of that name: an event that arrives late (older than
+    the customer's last one), moves in a merge or is deleted changes a count without changing
+    the customer's row, which the database trigger watches (PostgreSQL; elsewhere every customer
+    is evaluated every time). `guarded`: in a savepoint, and a failure is logged, not raised
+    (the event processor's batch, whose last statement this is, must not fail on it)."""
+    if connection.vendor != "postgresql":
+        return
+    for model, counted in _counting():
+        ids = sorted({pk for pk, name in events if pk and (None in counted or name is None or name in counted)})
+        if not ids:
+            continue
+        if not guarded:
+            rechecks_mark(model, ids, existing=existing)
+            continue
+        try:
+            with transaction.atomic():
+                rechecks_mark(model, ids, existing=existing)
+        except Exception:
+            logger.exception("marking %d customers in %s failed", len(ids), model._meta.db_table)
+
+
+def rechecks_counted_sql() -> tuple[str, list] | None:
+    """A condition on event rows (`name`) for those a rule counts, for a caller that marks their
+    customers itself (a partition about to be dropped); None when no rule counts any."""
+    if connection.vendor != "postgresql":
+        return None
+    counted: set[str | None] = set().union(*(names for _, names in _counting()))
+    if not counted:
+        return None
+    return ("TRUE", []) if None in counted else ("name = ANY(%s)", [sorted(counted)])  # type: ignore[type-var]

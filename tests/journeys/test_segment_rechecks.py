@@ -1,0 +1,203 @@
+"""The hourly segment-entry refresh compares the customers due, not everyone (PostgreSQL), and
+still records and enrols exactly who evaluating everyone says joined: rules on the clock, data
+changed by any writer, late events, go-lives, and customers changed or held meanwhile."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pytest
+from django.db import connection
+
+from journeys.engine.processor import events_process
+from journeys.engine.scheduler import segment_entries_refresh
+from journeys.models import BusinessUnit, Customer, Event, JourneyRun, SegmentMember, SegmentRecheck
+from journeys.rules import compile_rule
+from journeys.services.segments import customer_rule_contexts, segment_plan
+from journeys.services.workflows import version_build, version_publish, workflow_create
+from tests.factories import make_source, row_held, select_rows
+from tests.journeys.test_stage_rechecks import NOW, population, steps
+
+pytestmark = pytest.mark.django_db
+on_postgres = pytest.mark.skipif(connection.vendor != "postgresql", reason="rechecks are PostgreSQL's")
+
+RULES = [
+    "profile.days_since_last_seen > 30 or events_in_last('Order', days=90) == 0",
+    "0 <= days_until(profile.renewal_at) < 14 or hours_since(profile.trial_started) < 72",
+    "profile.ltv >= 1000 and events_in_last('Order', days=30) >= 2",
+    "date(profile.anniversary) == today() or profile.tenure_days < 7",
+    "days_since(profile.cohort_at) / 7 > 60",  # the clock in arithmetic: compared every time
+]
+
+
+def publish(rule: str, name: str = "entry"):
+    unit, _ = BusinessUnit.objects.get_or_create(slug="seg", defaults={"name": "Seg"})
+    workflow = workflow_create(name=name, business_unit=unit)
+    definition = {"trigger_kind": "segment_entry", "trigger_config": {"rule": rule}, "reentry_policy": "always",
+                  "steps": [{"key": "done", "kind": "goal", "config": {}}]}
+    return version_publish(version=version_build(workflow=workflow, definition=definition), reason="test")
+
+
+def selected(rule: str, now: dt.datetime) -> set[int]:
+    """Who evaluating every customer in Python puts in the segment."""
+    compiled = compile_rule(rule)
+    customers = list(Customer.objects.filter(merged_into__isnull=True))
+    return {c.pk for c, ctx in customer_rule_contexts(customers=customers, now=now) if compiled.evaluate(ctx).value}
+
+
+def members(version) -> set[int]:
+    return set(SegmentMember.objects.filter(version_id=version.pk).values_list("customer_id", flat=True))
+
+
+@pytest.mark.parametrize("seed", [7, 101])
+def test_moving_through_time_the_due_customers_give_the_members_and_entries_everyone_gives(seed):
+    # given live segment-entry triggers on the clock in many forms, and a varied population
+    if connection.vendor == "postgresql":
+        assert all(segment_plan(rule) == "sql" for rule in RULES)
+    versions = [publish(rule, name=f"w{i}") for i, rule in enumerate(RULES)]
+    population(seed=seed)
+    before = {v.pk: set() for v in versions}
+    read, everyone, source = [], Customer.objects.count(), make_source("late")[0]
+    for n, offset in enumerate(steps()):
+        now = NOW + offset
+        if n == 60:  # data changes through ORM updates, as imports, steps and the admin make them
+            Customer.objects.filter(external_id__in=["c1", "c2", "c3"]).update(traits={"ltv": 5000})
+            Customer.objects.filter(external_id__in=["c4", "c5"]).update(last_seen=now - dt.timedelta(days=2))
+            Customer.objects.create(external_id="new", first_seen=now, last_seen=now)
+        if n == 80:  # late orders, processed (they change no column of their customer)
+            late = [Event.objects.create(source=source, customer=c, name="Order", type="track", properties={},
+                                         timestamp=now - dt.timedelta(days=20), received_at=now, status="pending")
+                    for c in Customer.objects.filter(merged_into__isnull=True).order_by("pk")[:40]]
+            events_process(event_ids=[e.pk for e in late])
+        runs = {v.pk: JourneyRun.objects.filter(version=v).count() for v in versions}
+        # when the hourly refresh runs at this moment
+        due = SegmentRecheck.objects.filter(due_at__lte=now).count()
+        segment_entries_refresh(now=now)
+        JourneyRun.objects.filter(created_at__gt=now).update(created_at=now)  # made at this (simulated) moment
+        # then each trigger's members are who evaluating everyone selects
+        for rule, version in zip(RULES, versions):
+            want = selected(rule, now)
+            assert members(version) == want, (offset, rule, sorted(members(version) ^ want))
+            # and each who joined since the last refresh entered once (at go-live, nobody;
+            # after the late events, not those the event path entered)
+            made, joined = JourneyRun.objects.filter(version=version).count() - runs[version.pk], want - before[version.pk]
+            assert made == (0 if n == 0 else len(joined)) or (n == 80 and made <= len(joined)), (offset, rule)
+            before[version.pk] = want
+        read.append(due)
+    assert sum(JourneyRun.objects.filter(version=v).exists() for v in versions) >= 3  # joins happened
+    if connection.vendor == "postgresql":
+        # and after the first walk, a refresh compared a fraction of the customers
+        assert sum(read[1:]) / len(read[1:]) < everyone / 3, read
+
+
+@on_postgres
+def test_an_idle_hour_reads_no_customer_and_a_due_day_reads_those_due():
+    # given a trigger on the last visit and 300 customers seen in the last ten days, walked once
+    version = publish("profile.days_since_last_seen > 30")
+    Customer.objects.bulk_create([
+        Customer(external_id=f"c{i}", last_seen=NOW - dt.timedelta(days=i % 10)) for i in range(300)])
+    segment_entries_refresh(now=NOW)
+    assert SegmentRecheck.objects.count() == 300
+    # when the next hour's refresh runs
+    with select_rows(Customer._meta.db_table) as rows:
+        assert segment_entries_refresh(now=NOW + dt.timedelta(hours=1)) == 0
+    # then it reads no customer row
+    assert sum(rows) == 0, rows
+    # and when the first of them lapse, only those due are read, and they enter once
+    with select_rows(Customer._meta.db_table) as rows:
+        assert segment_entries_refresh(now=NOW + dt.timedelta(days=21, hours=1)) == 0
+    assert rows == [30, 30], rows  # seen 30 days ago: read (then held to write their next moment), not yet in
+    assert segment_entries_refresh(now=NOW + dt.timedelta(days=21, hours=2)) == 0  # not due again before 31 days
+    assert segment_entries_refresh(now=NOW + dt.timedelta(days=22, hours=1)) == 30
+    assert len(members(version)) == 30 and not SegmentRecheck.objects.filter(
+        customer_id__in=members(version)).exists()  # in for good unless their data changes
+
+
+@on_postgres
+def test_a_late_event_a_rule_counts_makes_its_customer_due():
+    # given a trigger on two orders in 30 days and a buyer with one order, walked
+    now = dt.datetime.now(dt.UTC)
+    version = publish("events_in_last('Order', days=30) >= 2")
+    source = make_source("late")[0]
+    buyer = Customer.objects.create(external_id="buyer", last_seen=now)
+    Event.objects.create(source=source, customer=buyer, name="Order", type="track", properties={},
+                         timestamp=now - dt.timedelta(days=2), received_at=now, status="processed")
+    segment_entries_refresh(now=now)
+    assert SegmentRecheck.objects.get(customer=buyer).due_at == now + dt.timedelta(days=28)
+    # when an order from twenty days ago arrives and is processed
+    late = Event.objects.create(source=source, customer=buyer, name="Order", type="track", properties={},
+                                timestamp=now - dt.timedelta(days=20), received_at=now, status="pending")
+    events_process(event_ids=[late.pk])
+    JourneyRun.objects.all().delete()
+    # then the buyer is due, and the next refresh records them (the event path entered them)
+    assert SegmentRecheck.objects.filter(customer=buyer, due_at__lte=now).exists()
+    segment_entries_refresh(now=now + dt.timedelta(minutes=1))
+    assert members(version) == {buyer.pk}
+
+
+@on_postgres
+def test_a_new_version_going_live_walks_everyone_and_records_without_entering():
+    # given customers compared under one live trigger
+    publish("profile.plan == 'pro'", name="pro")
+    for i in range(10):
+        Customer.objects.create(external_id=f"c{i}", traits={"plan": "pro" if i < 4 else "free", "vip": i % 2 == 0})
+    segment_entries_refresh(now=NOW)
+    assert SegmentRecheck.objects.count() == 0  # no clock, nothing changed since
+    # when another trigger goes live
+    vip = publish("profile.vip == true", name="vip")
+    segment_entries_refresh(now=NOW + dt.timedelta(hours=1))
+    # then its members are recorded from everyone, nobody enters, and later joiners do
+    assert len(members(vip)) == 5 and not JourneyRun.objects.exists()
+    Customer.objects.filter(external_id="c5").update(traits={"plan": "pro", "vip": True})
+    assert segment_entries_refresh(now=NOW + dt.timedelta(hours=2)) == 2
+    assert set(JourneyRun.objects.values_list("customer__external_id", flat=True)) == {"c5"}
+
+
+@on_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_customer_changed_after_the_refresh_read_them_is_not_compared_on_what_it_read():
+    # given a trigger on lapsed customers, walked, and two who lapse at the next moment
+    version = publish("profile.days_since_last_seen > 30")
+    back, other = (Customer.objects.create(external_id=name, last_seen=NOW - dt.timedelta(days=31, hours=-1))
+                   for name in ("back", "other"))
+    segment_entries_refresh(now=NOW)
+
+    def comes_back() -> None:  # another process records a visit and commits
+        Customer.objects.filter(pk=back.pk).update(last_seen=NOW)
+        connection.close()
+
+    def visit_after_the_read(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if sql.startswith("SELECT") and "AS states" in sql:
+            thread = threading.Thread(target=comes_back)
+            thread.start()
+            thread.join()
+        return result
+
+    # when one of them comes back between the refresh's read and its writes
+    with connection.execute_wrapper(visit_after_the_read):
+        assert segment_entries_refresh(now=NOW + dt.timedelta(hours=2)) == 1
+    # then the one who came back is not entered on the stale read, and stays due
+    assert members(version) == {other.pk}
+    assert SegmentRecheck.objects.filter(customer=back, due_at__lte=NOW).exists()
+    assert segment_entries_refresh(now=NOW + dt.timedelta(hours=3)) == 0
+    assert members(version) == {other.pk}
+
+
+@on_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_customer_held_by_a_worker_stays_due_and_is_compared_once_released():
+    # given a trigger on a trait, walked, and two customers who come into it with no event
+    version = publish("profile.plan == 'gold'")
+    held, other = (Customer.objects.create(external_id=name) for name in ("held", "other"))
+    segment_entries_refresh(now=NOW)
+    Customer.objects.update(traits={"plan": "gold"})
+    # when a worker holds one of them (a step changing its traits) during the refresh
+    with row_held(Customer, held.pk):
+        assert segment_entries_refresh(now=NOW + dt.timedelta(hours=1)) == 1
+    # then the one held is still due, and enters at the next refresh
+    assert members(version) == {other.pk}
+    assert SegmentRecheck.objects.filter(customer=held, due_at__lte=NOW).exists()
+    assert segment_entries_refresh(now=NOW + dt.timedelta(hours=2)) == 1
+    assert members(version) == {held.pk, other.pk}
