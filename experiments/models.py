@@ -72,6 +72,8 @@ class Experiment(Timestamped):
     concluded_at = models.DateTimeField(null=True, blank=True)
     weights_updated_at = models.DateTimeField(null=True, blank=True)
     assignments_at_update = models.PositiveIntegerField(default=0, editable=False)
+    # The newest assignment the last update saw: the minute's check counts past it, at most bandit_every.
+    assignment_id_at_update = models.BigIntegerField(default=0, editable=False)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     history = HistoricalRecords()
 

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 from django.db import transaction
+from django.db.models import Count, Max
 from django.utils import timezone
 
 from experiments.choices import ExperimentMode, ExperimentStatus
@@ -27,15 +28,17 @@ def bandits_update_due(*, now: datetime | None = None) -> int:
     assignments: an update reads the outcome of every assignment and locks the experiment, which a
     batch of a broadcast must not wait for, nor do once per batch. So the weights move at most once
     a minute, and an update that came due within the minute is made at the next one. New means
-    counted since the update (the total against the count it recorded): a batch that was assigning
-    while the update ran is counted the next time, whatever its clock said. Returns how many were
+    after the newest assignment the update saw (by id, not by anyone's clock), and the check reads
+    at most `bandit_every` of them, never the experiment's whole history; a batch still assigning
+    while the update ran, with older ids, is in the next update's counts. Returns how many were
     updated."""
     now = now or timezone.now()
     done = 0
     for experiment in Experiment.objects.filter(status=ExperimentStatus.RUNNING, mode=ExperimentMode.BANDIT):
-        assigned = Assignment.objects.filter(experiment=experiment, holdout=False).count()
-        if experiment.weights_updated_at is not None and (
-                assigned - experiment.assignments_at_update < max(1, experiment.bandit_every)):
+        every = max(1, experiment.bandit_every)
+        new = Assignment.objects.filter(experiment=experiment, holdout=False,
+                                        pk__gt=experiment.assignment_id_at_update).order_by("pk")[:every]
+        if experiment.weights_updated_at is not None and new.count() < every:
             continue
         experiment_bandit_update(experiment=experiment, now=now)
         done += 1
@@ -62,7 +65,8 @@ def experiment_bandit_update(
     counts = group_counts(experiment=experiment, now=now)
     s = [counts.get(a.name, (0, 0))[1] for a in arms]
     f = [counts.get(a.name, (0, 0))[0] - counts.get(a.name, (0, 0))[1] for a in arms]
-    n_total = Assignment.objects.filter(experiment=experiment, holdout=False).count()
+    latest = Assignment.objects.filter(experiment=experiment, holdout=False).aggregate(n=Count("pk"), last=Max("pk"))
+    n_total = latest["n"]
     seed = int(hash_unit(experiment.salt, "bandit", n_total) * 2**32)
     probs = thompson_prob_best(s, f, draws=draws, rng=np.random.default_rng(seed))
     floor = min(max(experiment.bandit_floor, 0.0), 1.0 / max(1, len(arms)))
@@ -77,8 +81,10 @@ def experiment_bandit_update(
         arm.save(update_fields=["weight"])
     experiment.weights_updated_at = now
     experiment.assignments_at_update = n_total
+    experiment.assignment_id_at_update = latest["last"] or 0
     experiment._change_reason = "bandit weights updated"
-    experiment.save(update_fields=["weights_updated_at", "assignments_at_update", "updated_at"])
+    experiment.save(update_fields=["weights_updated_at", "assignments_at_update", "assignment_id_at_update",
+                                   "updated_at"])
     return result
 
 
