@@ -10,11 +10,12 @@ compares customers with the members recorded last time (`SegmentMember`) and:
   unless they already entered this workflow since the previous refresh (the event path did);
 - forgets who left (they may enter again when they come back).
 
-Which customers it compares: on PostgreSQL, when every live rule translates, only those due
+Which customers it compares: on PostgreSQL, for the live rules that translate, only those due
 (`SegmentRecheck`, journeys.services.rechecks): changed since the last refresh, or at the
-moment a rule's answer may change with time alone; all the live rules in one statement a
-chunk. After the live versions change, everyone once. Elsewhere, every customer each hour,
-a version at a time, through the segment service in id pages.
+moment one of those rules' answer may change with time alone; all of them in one statement a
+chunk. After the set of those versions changes, everyone once. A rule that does not translate
+(and every rule on SQLite) is walked whole each hour, a version at a time, through the
+segment service in id pages.
 
 The first refresh after a version goes live only records the members: entry is a change, and
 customers already in the segment have not entered it. Its cost is the segment's evaluation
@@ -107,16 +108,20 @@ def segment_entries_run(*, routed: list[tuple[int, tuple[int, int, bool] | None]
     enrolled = 0
     translations = [segment_translation(rule=v.rule, now=now, prefix=f"v{i}_", due=True) if v.rule.strip() else None
                     for i, v in enumerate(live)]
-    done = False
-    if live and all(t is not None for t in translations):
-        try:
-            enrolled, done = _refresh_sql(live=live, translations=translations, key=key, now=now), True
-        except DatabaseError:  # a translation bug must not stop the refresh: say so, compare everyone
-            logger.exception("segment-entry refresh SQL failed; comparing every customer")
-    if not done:
+    # Versions whose rule translates are compared through the rechecks; any other is walked
+    # whole each hour (SQLite: all of them).
+    sql = [(v, t) for v, t in zip(live, translations) if t is not None]
+    walked = [v for v, t in zip(live, translations) if t is None]
+    try:
+        if sql:
+            enrolled += _refresh_sql(live=[v for v, _ in sql], translations=[t for _, t in sql], key=key, now=now)
+    except DatabaseError:  # a translation bug must not stop the refresh: say so, compare everyone
+        logger.exception("segment-entry refresh SQL failed; comparing every customer")
+        sql, walked = [], live
+    if not sql:
         SegmentRules.objects.all().delete()  # nobody is marked meanwhile: the SQL refresh walks everyone again
-        for v in live:
-            enrolled += _version_walk(v, key=key, now=now)
+    for v in walked:
+        enrolled += _version_walk(v, key=key, now=now)
     with transaction.atomic():
         for v in live:
             TriggerState.objects.filter(version_id=v.vid, prepared_at__isnull=True).update(prepared_at=now)

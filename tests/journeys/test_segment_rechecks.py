@@ -201,3 +201,24 @@ def test_a_customer_held_by_a_worker_stays_due_and_is_compared_once_released():
     assert SegmentRecheck.objects.filter(customer=held, due_at__lte=NOW).exists()
     assert segment_entries_refresh(now=NOW + dt.timedelta(hours=2)) == 1
     assert members(version) == {held.pk, other.pk}
+
+
+@on_postgres
+def test_a_rule_that_does_not_translate_is_walked_and_the_others_still_follow_their_rechecks():
+    # given a live trigger whose rule only Python answers, beside one that translates
+    odd = publish("profile.total % 2 == 0", name="odd")
+    lapsed = publish("profile.days_since_last_seen > 30", name="lapsed")
+    assert segment_plan("profile.total % 2 == 0") == "python"
+    Customer.objects.bulk_create([Customer(external_id=f"c{i}", traits={"total": i},
+                                           last_seen=NOW - dt.timedelta(days=i % 10)) for i in range(40)])
+    segment_entries_refresh(now=NOW)
+    assert len(members(odd)) == 20 and SegmentRecheck.objects.count() == 40
+    # when time passes and a total changes with no event
+    Customer.objects.filter(external_id="c1").update(traits={"total": 2})
+    with select_rows(Customer._meta.db_table) as rows:
+        assert segment_entries_refresh(now=NOW + dt.timedelta(hours=1)) == 1
+    # then the Python rule was walked whole and the other read only the one marked
+    assert members(odd) == selected("profile.total % 2 == 0", NOW) and len(members(odd)) == 21
+    assert 40 in rows and rows.count(1) >= 1, rows
+    assert segment_entries_refresh(now=NOW + dt.timedelta(days=22, hours=1)) == 4  # seen 9 days before NOW
+    assert members(lapsed) == selected("profile.days_since_last_seen > 30", NOW + dt.timedelta(days=22, hours=1))
