@@ -6,6 +6,7 @@ INSERT ... SELECT FROM generate_series into a private PostgreSQL, in insertion o
 first, as a real install writes them). `audit_run(days=14)` is timed (best of `--rounds`) over
 `--history-days` of history plus the 28 newest days (what the audit reads: 14 days of steps, 28
 of runs), then again after everything older than 28 days was deleted (the same window alone).
+The oldest run of all is a year-long journey that took a step today: it stays in both.
 Ratio = full / window: the audit's cost must not grow with the history (target: <= 1.5).
 
     .venv/bin/python bench/audit.py [--runs-per-day 10000] [--history-days 337] [--rounds 3]
@@ -113,6 +114,11 @@ def main() -> int:
         history_s = load(28, total)
         log(f"loaded in {history_s:.0f} s; loading the 28 newest days")
         window_s_load = load(0, 28)
+        long_run = JourneyRun.objects.order_by("pk").values_list("pk", flat=True).first()
+        with connection.cursor() as cursor:  # a year-long journey takes a step today
+            cursor.execute("INSERT INTO journeys_stepexecution (run_id, step_key, step_kind, visit, outcome, detail,"
+                           " error, started_at, finished_at) VALUES (%s, 'std', 'update_profile', 2, 'next', '{}',"
+                           " '', now() - interval '1 hour', now() - interval '1 hour')", [long_run])
         runs, steps = JourneyRun.objects.count(), StepExecution.objects.count()
         at = timezone.now()  # both audits see the same window
         full_s, findings = audit(at)
@@ -120,8 +126,8 @@ def main() -> int:
         with connection.cursor() as cursor:  # the same window without the history
             cutoff = at - timedelta(days=28)
             cursor.execute("DELETE FROM journeys_stepexecution WHERE run_id IN"
-                           " (SELECT id FROM journeys_journeyrun WHERE created_at < %s)", [cutoff])
-            cursor.execute("DELETE FROM journeys_journeyrun WHERE created_at < %s", [cutoff])
+                           " (SELECT id FROM journeys_journeyrun WHERE created_at < %s AND id <> %s)", [cutoff, long_run])
+            cursor.execute("DELETE FROM journeys_journeyrun WHERE created_at < %s AND id <> %s", [cutoff, long_run])
         with connection.cursor() as cursor:
             cursor.execute("VACUUM ANALYZE journeys_journeyrun")
             cursor.execute("VACUUM ANALYZE journeys_stepexecution")

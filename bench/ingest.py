@@ -1,7 +1,7 @@
 """Ingestion throughput: events/s through POST /v1/batch vs. a raw COPY of the same rows.
 
     .venv/bin/python bench/ingest.py [--events 50000] [--batch 250] [--clients 4] [--gzip]
-                                     [--stage-rule 'profile.days_since_last_seen > 30']
+                                     [--stage-rule 'profile.days_since_last_seen > 30'] [--segment-rechecks]
 
 Sends N realistic Segment events (track/identify/page mix over ~5,000 users)
 to a real gunicorn server on PostgreSQL from several keep-alive HTTP clients,
@@ -420,6 +420,8 @@ def main() -> int:
     parser.add_argument("--py-spy", metavar="PREFIX", help="profile the workers with py-spy")
     parser.add_argument("--stage-rule", metavar="RULE",
                         help="a lifecycle stage with this rule exists (the customer table's recheck trigger marks)")
+    parser.add_argument("--segment-rechecks", action="store_true",
+                        help="the segment-entry refresh keeps rechecks (its customer-table trigger marks)")
     args = parser.parse_args()
     exit_on_sigterm()
 
@@ -446,6 +448,9 @@ def main() -> int:
                 conn.execute("INSERT INTO journeys_lifecyclestage (key, name, \"order\", rule, description,"
                              " created_at, updated_at) VALUES ('bench', 'bench', 1, %s, '', now(), now())",
                              [args.stage_rule])
+                conn.commit()
+            if args.segment_rechecks:  # as after a refresh with a live segment-entry trigger
+                conn.execute("INSERT INTO journeys_segmentrules (fingerprint, walked_at) VALUES ('bench', now())")
                 conn.commit()
         spies = start_py_spy(args.py_spy, worker_pids(s.server)) if args.py_spy else []
         log(f"sending from {args.clients} clients to 127.0.0.1:{s.port}")

@@ -732,20 +732,22 @@ def _window_steps_sql(since: datetime) -> tuple[Groups, set[tuple[int, str]]]:
     """PostgreSQL, one pass over the window (BRIN on started_at): per (workflow, step, kind) the
     executions, errors, mean and 95th percentile of the finished ones' duration in ms (waits
     left out; `percentile_cont` interpolates as `statistics.quantiles(method="inclusive")`),
-    and per (version, step) that it was reached. The runs are joined from the window's oldest
-    run on (a run is older than its steps), so the join reads the runs of the journeys still
-    moving, not every run ever made."""
+    and per (version, step) that it was reached. The runs are looked up by the window's distinct
+    run ids (primary key), so the join reads the runs that moved in the window, not every run
+    made since the oldest of them (a year-long journey would stretch that to most of the table)."""
     sql = f"""
         WITH w AS MATERIALIZED (
             SELECT s.run_id, s.step_key, s.step_kind, (s.outcome = 'error' OR s.error <> '') AS failed,
                    CASE WHEN s.finished_at IS NOT NULL AND s.step_kind <> ALL(%s)
                         THEN extract(epoch FROM s.finished_at - s.started_at)::float8 * 1000 END AS ms
             FROM {StepExecution._meta.db_table} AS s WHERE s.started_at >= %s)
+        , r AS MATERIALIZED (
+            SELECT id, version_id, workflow_id FROM {JourneyRun._meta.db_table}
+            WHERE id = ANY(ARRAY(SELECT DISTINCT run_id FROM w)))
         SELECT GROUPING(r.version_id), wf.name, r.version_id, w.step_key, w.step_kind, count(*),
                count(*) FILTER (WHERE w.failed), avg(w.ms), percentile_cont(0.95) WITHIN GROUP (ORDER BY w.ms)
-        FROM w JOIN {JourneyRun._meta.db_table} AS r ON r.id = w.run_id
+        FROM w JOIN r ON r.id = w.run_id
         JOIN {Workflow._meta.db_table} AS wf ON wf.id = r.workflow_id
-        WHERE r.id >= (SELECT min(run_id) FROM w)
         GROUP BY GROUPING SETS ((wf.name, w.step_key, w.step_kind), (r.version_id, w.step_key))"""
     groups: Groups = {}
     reached: set[tuple[int, str]] = set()
