@@ -14,10 +14,10 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from journeys.choices import TriggerKind, VersionState
-from journeys.engine.registry import StepKind, get_kind
 from django.db import models
 
+from journeys.choices import TriggerKind, VersionState
+from journeys.engine.registry import StepKind, get_kind
 from journeys.models import EngineGeneration, Workflow, WorkflowVersion
 from journeys.rules import compile_rule
 
@@ -109,7 +109,9 @@ class TriggerIndex:
     inactivity_start: dict[str, list[int]] = field(default_factory=dict)
     inactivity_stop: dict[str, list[int]] = field(default_factory=dict)
     profile_triggers: list[int] = field(default_factory=list)  # attribute change + segment entry
-    segment_rules: tuple[str, ...] = ()  # of the segment-entry triggers (what their rules count is heard)
+    # Rules of the segment-entry versions taking entries or whose members are kept (a paused one,
+    # until a refresh forgets them): what they count is heard, and marks its customers.
+    segment_rules: tuple[str, ...] = ()
     goal_events: frozenset[str] = frozenset()
     # Event names a trigger, an inactivity window or the goal of any version that may still have
     # runs (every one past review) reacts to; runs waiting for an event are read from the runs.
@@ -200,6 +202,9 @@ def trigger_index(*, force: bool = False) -> TriggerIndex:
             fresh.profile_triggers.append(vid)
             if kind == TriggerKind.SEGMENT_ENTRY:
                 fresh.segment_rules += ((config or {}).get("rule", ""),)
+    kept = WorkflowVersion.objects.filter(trigger_kind=TriggerKind.SEGMENT_ENTRY, trigger_state__prepared_at__isnull=False
+                                          ).exclude(pk__in=fresh.profile_triggers).values_list("trigger_config", flat=True)
+    fresh.segment_rules += tuple((config or {}).get("rule", "") for config in kept)
     fresh.by_event, fresh.inactivity_start, fresh.inactivity_stop = dict(by_event), dict(start), dict(stop)
     fresh.goal_events = frozenset(goals)
     old_goals = WorkflowVersion.objects.exclude(state__in=[VersionState.DRAFT, VersionState.IN_REVIEW]).exclude(

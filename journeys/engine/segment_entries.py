@@ -112,19 +112,23 @@ def segment_entries_run(*, routed: list[tuple[int, tuple[int, int, bool] | None]
     # whole each hour (SQLite: all of them).
     sql = [(v, t) for v, t in zip(live, translations) if t is not None]
     walked = [v for v, t in zip(live, translations) if t is None]
+    complete = True  # every customer compared: a version just live has its members (prepared)
     try:
         if sql:
-            enrolled += _refresh_sql(live=[v for v, _ in sql], translations=[t for _, t in sql], key=key, now=now)
+            done, complete = _refresh_sql(live=[v for v, _ in sql], translations=[t for _, t in sql], key=key,
+                                          now=now)
+            enrolled += done
     except DatabaseError:  # a translation bug must not stop the refresh: say so, compare everyone
         logger.exception("segment-entry refresh SQL failed; comparing every customer")
-        sql, walked = [], live
+        sql, walked, complete = [], live, True
     if not sql:
         SegmentRules.objects.all().delete()  # nobody is marked meanwhile: the SQL refresh walks everyone again
     for v in walked:
         enrolled += _version_walk(v, key=key, now=now)
     with transaction.atomic():
         for v in live:
-            TriggerState.objects.filter(version_id=v.vid, prepared_at__isnull=True).update(prepared_at=now)
+            if complete or v.vid in {w.vid for w in walked}:  # else a chunk of the first walk was lost: it walks again
+                TriggerState.objects.filter(version_id=v.vid, prepared_at__isnull=True).update(prepared_at=now)
             TriggerState.objects.filter(version_id=v.vid).update(last_tick_at=now)
     # Versions that stopped taking entries forget their members (a later go-live starts afresh).
     stale = TriggerState.objects.filter(prepared_at__isnull=False, version__trigger_kind=TriggerKind.SEGMENT_ENTRY
@@ -146,15 +150,22 @@ class _Live:
     since: datetime | None  # the previous refresh: who entered since (the event path) is not enrolled again
 
 
-def _enter(v: _Live, members: set[int], stored: set[int], *, key: str, now: datetime) -> int:
-    """Record who joined and forget who left (of the customers compared); enrol those who joined."""
+def _enter(v: _Live, members: set[int], stored: set[int], *, key: str, now: datetime,
+           since: dict[int, datetime] | None = None) -> int:
+    """Record who joined and forget who left (of the customers compared); enrol those who joined,
+    but not those the event path entered since they were last compared (the previous refresh,
+    or `since` for a customer left uncompared then)."""
     gone = stored - members
     if gone:
         SegmentMember.objects.filter(version_id=v.vid, customer_id__in=sorted(gone)).delete()
     joined = _record(v.vid, sorted(members - stored))
     if not joined or v.baseline:
         return 0
-    already = _entered_since(v.version.workflow_id, joined, v.since)
+    by_since: dict[datetime | None, list[int]] = {}
+    for pk in joined:
+        earlier = (since or {}).get(pk)
+        by_since.setdefault(v.since if earlier is None or v.since is None else min(earlier, v.since), []).append(pk)
+    already = set().union(*(_entered_since(v.version.workflow_id, pks, at) for at, pks in by_since.items()))
     candidates = [Candidate(customer_id=c, trigger_key=key) for c in joined if c not in already]
     return enroll_candidates(version=v.version, candidates=candidates, now=now, routing=v.routing).enrolled
 
@@ -177,10 +188,11 @@ def _version_walk(v: _Live, *, key: str, now: datetime) -> int:
 DUE_VERSION = 1  # bump when journeys.rules.sql.due works moments out differently: everyone is walked again
 
 
-def _refresh_sql(*, live: list[_Live], translations: list, key: str, now: datetime) -> int:
+def _refresh_sql(*, live: list[_Live], translations: list, key: str, now: datetime) -> tuple[int, bool]:
     """PostgreSQL: the customers due (SegmentRecheck), or everyone once after the live versions
     changed, a chunk a statement: each one's answer to every live rule ('?' bits: Python tells)
-    and the next moment any answer may change with time alone."""
+    and the next moment any answer may change with time alone. Returns the runs made and
+    whether every chunk was applied (a deadlocked one stays due)."""
     fingerprint = hashlib.sha256(json.dumps([DUE_VERSION, sorted(v.vid for v in live)]).encode()).hexdigest()
     known = SegmentRules.objects.filter(pk=1).values_list("fingerprint", flat=True).first()
     params: dict = {}
@@ -191,9 +203,22 @@ def _refresh_sql(*, live: list[_Live], translations: list, key: str, now: dateti
     due = "NULL::timestamptz" if not dues else dues[0] if len(dues) == 1 else f"LEAST({', '.join(dues)})"
     joins = " ".join(join for t in translations for join in t.joins)
     columns = (f"c.id, r.xmin::text AS version, CASE WHEN c.merged_into_id IS NULL THEN {due} END AS due,"
-               f" ARRAY[{states}] AS states")
+               f" ARRAY[{states}] AS states, r.since")
     customers, rechecks = Customer._meta.db_table, SegmentRecheck._meta.db_table
-    enrolled = 0
+    # The refresh that last compared everyone not left uncompared since (versions live together
+    # are compared together; a version just live enters nobody).
+    previous = min((v.since for v in live if v.since is not None), default=None)
+    enrolled, complete = 0, True
+
+    def apply(rows: list, span: tuple[int, int | None] | None = None) -> None:
+        nonlocal enrolled, complete
+        done, left, applied = _rows_apply(rows, live=live, key=key, now=now, span=span)
+        enrolled += done
+        complete = complete and applied
+        # Those a worker held, that changed meanwhile or whose chunk failed: due at the next
+        # refresh, remembering when they were last compared (this holds no customer).
+        rechecks_mark(SegmentRecheck, sorted(left), existing=True, since=previous)
+
     if known == fingerprint and not any(v.baseline for v in live):
         with connection.cursor() as cursor:
             cursor.execute(f"SELECT customer_id FROM {rechecks} WHERE due_at <= %s ORDER BY customer_id", [now])
@@ -201,14 +226,14 @@ def _refresh_sql(*, live: list[_Live], translations: list, key: str, now: dateti
         sql = (f"SELECT * FROM (SELECT {columns} FROM {rechecks} AS r JOIN {customers} AS c ON c.id = r.customer_id"
                f" {joins} WHERE r.customer_id = ANY(%(ids)s::bigint[]) OFFSET 0) AS q ORDER BY id")
         for i in range(0, len(due_ids), CHUNK):
-            chunk = due_ids[i:i + CHUNK]
             with connection.cursor() as cursor:
-                cursor.execute(sql, {**params, "ids": "{" + ",".join(map(str, chunk)) + "}"})
+                cursor.execute(sql, {**params, "ids": "{" + ",".join(map(str, due_ids[i:i + CHUNK])) + "}"})
                 rows = cursor.fetchall()
-            enrolled += _rows_apply(rows, live=live, key=key, now=now)[0]  # those left are still due
-        return enrolled
+            apply(rows)
+        return enrolled, complete
     # The live versions changed (or never ran here): everyone once. Marks start before the walk
-    # reads anyone, so a change made meanwhile is seen by the next refresh.
+    # reads anyone; a writer whose change the walk cannot see yet holds the customer, which the
+    # walk then skips and marks.
     SegmentRules.objects.update_or_create(pk=1, defaults={"fingerprint": "", "walked_at": None})
     sql = (f"SELECT * FROM (SELECT {columns} FROM {customers} AS c LEFT JOIN {rechecks} AS r ON r.customer_id = c.id"
            f" {joins} WHERE c.id > %(after)s ORDER BY c.id LIMIT %(limit)s OFFSET 0) AS q ORDER BY id")
@@ -218,62 +243,62 @@ def _refresh_sql(*, live: list[_Live], translations: list, key: str, now: dateti
             cursor.execute(sql, {**params, "after": after, "limit": CHUNK})
             rows = cursor.fetchall()
         high = rows[-1][0] if len(rows) == CHUNK else None
-        done, left = _rows_apply(rows, live=live, key=key, now=now, span=(after, high))
-        enrolled += done
-        # Those a worker held (or that changed meanwhile): due at the next refresh (this holds no customer).
-        rechecks_mark(SegmentRecheck, sorted(left), existing=True)
+        apply(rows, span=(after, high))
         if high is None:
             break
         after = high
     SegmentRules.objects.filter(pk=1).update(fingerprint=fingerprint, walked_at=now)
-    return enrolled
+    return enrolled, complete
 
 
 CHUNK = 5000  # customers compared per transaction
 
 
 def _rows_apply(rows: list, *, live: list[_Live], key: str, now: datetime,
-                span: tuple[int, int | None] | None = None) -> tuple[int, set[int]]:
-    """One transaction for a chunk of (id, recheck version, next moment, [state per version]):
-    the customers are held FOR KEY SHARE (skipping those a worker holds for an update), their
-    recheck rows claimed; where the row is the one read, memberships are compared, joiners
-    enrolled and the next moment written. `span`: the whole id range was read (a walk), so
-    members in it who were not read (deleted customers) are forgotten too. Returns how many
-    runs were made and the ids left as they were (still due)."""
+                span: tuple[int, int | None] | None = None) -> tuple[int, set[int], bool]:
+    """One transaction for a chunk of (id, recheck version, next moment, [state per version],
+    since): the customers are locked FOR NO KEY UPDATE SKIP LOCKED (one a worker or a writer
+    holds is skipped: it stays due), their recheck rows claimed; where the row is the one read,
+    memberships are compared, joiners enrolled and the next moment written. A version just live
+    records the members of every row read, skipped or not: that is who was in at go-live.
+    `span`: the whole id range was read (a walk), so members in it who were not read (deleted
+    customers) are forgotten too. Returns the runs made, the ids left uncompared (still due),
+    and whether the chunk was applied."""
     from journeys.services.segments import PROFILE_FIELDS, customers_matching
 
     read = {row[0]: row for row in rows}
     enrolled = 0
     try:
         with transaction.atomic():
-            held = _customers_hold(sorted(read))
+            held = _customers_lock(sorted(read))
             current = rechecks_claim(SegmentRecheck, held)
-            fresh = sorted(pk for pk, version in current.items() if version == read[pk][1])
-            kept = set(fresh)
+            kept = {pk for pk, version in current.items() if version == read[pk][1]}
+            since = {pk: read[pk][4] for pk in kept if read[pk][4] is not None}
             for i, v in enumerate(live):
-                members = {pk for pk in fresh if read[pk][3][i] == 2}
-                unsure = [pk for pk in fresh if read[pk][3][i] not in (0, 2) and read[pk][3][i] & 2]
+                compared = set(read) if v.baseline else kept
+                members = {pk for pk in compared if read[pk][3][i] == 2}
+                unsure = [pk for pk in compared if read[pk][3][i] not in (0, 2) and read[pk][3][i] & 2]
                 if unsure:
                     customers = Customer.objects.filter(pk__in=unsure).only(*PROFILE_FIELDS)
                     members |= {c.pk for c in customers_matching(rule=v.rule, now=now, customers=customers)}
                 if span is None:
-                    stored = set(SegmentMember.objects.filter(version_id=v.vid, customer_id__in=fresh)
+                    stored = set(SegmentMember.objects.filter(version_id=v.vid, customer_id__in=sorted(compared))
                                  .values_list("customer_id", flat=True))
                 else:
-                    stored = {pk for pk in _members(v.vid, *span) if pk in kept or pk not in read}
-                enrolled += _enter(v, members, stored, key=key, now=now)
-            rechecks_write(SegmentRecheck, {pk: read[pk][2] for pk in fresh})
+                    stored = {pk for pk in _members(v.vid, *span) if pk in compared or pk not in read}
+                enrolled += _enter(v, members, stored, key=key, now=now, since=since)
+            rechecks_write(SegmentRecheck, {pk: read[pk][2] for pk in kept})
     except OperationalError:  # a deadlock with a mark made by a transaction that does not hold the customer
         logger.exception("segment-entry refresh: a chunk of %d customers stays due", len(read))
-        return 0, set(read)
-    return enrolled, set(read) - kept
+        return 0, set(read), False
+    return enrolled, set(read) - kept, True
 
 
-def _customers_hold(ids: list[int]) -> list[int]:
-    """FOR KEY SHARE in id order, skipping customers another transaction holds FOR UPDATE (a
-    step changing their traits: they stay due). The runs enrolled reference them; a plain
-    update (FOR NO KEY UPDATE) does not block it."""
+def _customers_lock(ids: list[int]) -> list[int]:
+    """FOR NO KEY UPDATE in id order, skipping customers another transaction holds (a worker, a
+    step, an import whose change this refresh may not see yet: they stay due). It waits for no
+    writer, and a writer of a customer locked here waits, then its trigger marks them."""
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT id FROM {Customer._meta.db_table} WHERE id = ANY(%s::bigint[])"
-                       " ORDER BY id FOR KEY SHARE SKIP LOCKED", ["{" + ",".join(map(str, ids)) + "}"])
+                       " ORDER BY id FOR NO KEY UPDATE SKIP LOCKED", ["{" + ",".join(map(str, ids)) + "}"])
         return [pk for (pk,) in cursor.fetchall()]

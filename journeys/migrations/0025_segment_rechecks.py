@@ -77,6 +77,7 @@ class Migration(migrations.Migration):
             fields=[
                 ('customer', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='+', serialize=False, to='journeys.customer')),
                 ('due_at', models.DateTimeField()),
+                ('since', models.DateTimeField(null=True)),
             ],
             options={
                 'indexes': [models.Index(fields=['due_at'], name='segment_recheck_due_idx')],

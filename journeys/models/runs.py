@@ -181,6 +181,10 @@ class SegmentRecheck(models.Model):
     customer = models.OneToOneField("journeys.Customer", primary_key=True, on_delete=models.CASCADE,
                                     related_name="+")
     due_at = models.DateTimeField()
+    # Set when a refresh left the customer due without comparing them (a worker held them, or they
+    # changed meanwhile): the refresh that last compared them. Who entered through the event path
+    # since then is not entered again when they are compared.
+    since = models.DateTimeField(null=True)
 
     class Meta:
         indexes = [models.Index(fields=["due_at"], name="segment_recheck_due_idx")]

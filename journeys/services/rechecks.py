@@ -42,38 +42,54 @@ def rechecks_claim(model, ids: list[int]) -> dict[int, str | None]:
 
 
 def rechecks_write(model, dues: dict[int, datetime | None]) -> None:
-    """Each customer's next moment; no row for those whose answer time cannot change."""
+    """Each customer's next moment; no row for those whose answer time cannot change (and a
+    `since` column, where the table has one, is cleared: they were compared)."""
     table = model._meta.db_table
     later = sorted((pk, due) for pk, due in dues.items() if due is not None)
     never = sorted(pk for pk, due in dues.items() if due is None)
+    since = ", since = NULL" if _has_since(model) else ""
     with connection.cursor() as cursor:
         if later:
             cursor.execute(f"INSERT INTO {table} (customer_id, due_at)"
                            " SELECT * FROM unnest(%s::bigint[], %s::timestamptz[])"
-                           " ON CONFLICT (customer_id) DO UPDATE SET due_at = EXCLUDED.due_at",
+                           f" ON CONFLICT (customer_id) DO UPDATE SET due_at = EXCLUDED.due_at{since}",
                            [[pk for pk, _ in later], [due for _, due in later]])
         if never:
             cursor.execute(f"DELETE FROM {table} WHERE customer_id = ANY(%s::bigint[])", [never])
 
 
-def rechecks_mark(model, ids: list[int], existing: bool = False) -> None:
+def rechecks_mark(model, ids: list[int], existing: bool = False, since: datetime | None = None) -> None:
     """Due at the next refresh ('-infinity'), in id order. `existing`: only the customers that
-    still exist when it commits (one deleted meanwhile is left out, not a foreign key error)."""
+    still exist when it commits (one deleted meanwhile is left out, not a foreign key error).
+    `since` (a table with that column): kept where already set, else set (left uncompared)."""
     if not ids:
         return
-    sql = (f"INSERT INTO {model._meta.db_table} (customer_id, due_at)"
-           " SELECT id, '-infinity' FROM unnest(%s::bigint[]) AS id ORDER BY id"
-           " ON CONFLICT (customer_id) DO UPDATE SET due_at = EXCLUDED.due_at")
+    table = model._meta.db_table
+    if _has_since(model):
+        sql = (f"INSERT INTO {table} (customer_id, due_at, since)"
+               " SELECT id, '-infinity', %s::timestamptz FROM unnest(%s::bigint[]) AS id ORDER BY id"
+               f" ON CONFLICT (customer_id) DO UPDATE SET due_at = EXCLUDED.due_at,"
+               f" since = COALESCE({table}.since, EXCLUDED.since)")
+        params: list = [since, ids]
+    else:
+        sql = (f"INSERT INTO {table} (customer_id, due_at)"
+               " SELECT id, '-infinity' FROM unnest(%s::bigint[]) AS id ORDER BY id"
+               " ON CONFLICT (customer_id) DO UPDATE SET due_at = EXCLUDED.due_at")
+        params = [ids]
     if not existing:
         with connection.cursor() as cursor:
-            cursor.execute(sql, [ids])
+            cursor.execute(sql, params)
         return
     try:
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(sql, [ids])
+            cursor.execute(sql, params)
     except IntegrityError:
         ids = list(Customer.objects.filter(pk__in=ids).order_by("pk").values_list("pk", flat=True))
-        rechecks_mark(model, ids)
+        rechecks_mark(model, ids, since=since)
+
+
+def _has_since(model) -> bool:
+    return any(f.name == "since" for f in model._meta.concrete_fields)
 
 
 def counted_event_names(rules, among=None) -> set[str | None]:

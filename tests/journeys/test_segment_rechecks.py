@@ -8,12 +8,24 @@ import datetime as dt
 import threading
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
+from journeys.choices import RunStatus
+from journeys.engine.compiled import load_version
+from journeys.engine.enrolment import Candidate, enroll_candidates
 from journeys.engine.processor import events_process
 from journeys.engine.scheduler import segment_entries_refresh
-from journeys.models import BusinessUnit, Customer, Event, JourneyRun, SegmentMember, SegmentRecheck
+from journeys.models import (
+    BusinessUnit,
+    Customer,
+    Event,
+    JourneyRun,
+    SegmentMember,
+    SegmentRecheck,
+    Source,
+)
 from journeys.rules import compile_rule
+from journeys.services.governance import workflow_pause_set
 from journeys.services.segments import customer_rule_contexts, segment_plan
 from journeys.services.workflows import version_build, version_publish, workflow_create
 from tests.factories import make_source, row_held, select_rows
@@ -21,6 +33,7 @@ from tests.journeys.test_stage_rechecks import NOW, population, steps
 
 pytestmark = pytest.mark.django_db
 on_postgres = pytest.mark.skipif(connection.vendor != "postgresql", reason="rechecks are PostgreSQL's")
+H = dt.timedelta(hours=1)
 
 RULES = [
     "profile.days_since_last_seen > 30 or events_in_last('Order', days=90) == 0",
@@ -46,6 +59,12 @@ def selected(rule: str, now: dt.datetime) -> set[int]:
     return {c.pk for c, ctx in customer_rule_contexts(customers=customers, now=now) if compiled.evaluate(ctx).value}
 
 
+def order(customer: Customer, at: dt.datetime, status: str = "pending") -> Event:
+    source = Source.objects.filter(name="late").first() or make_source("late")[0]
+    return Event.objects.create(source=source, customer=customer, name="Order", type="track", properties={},
+                                timestamp=at, received_at=dt.datetime.now(dt.UTC), status=status)
+
+
 def members(version) -> set[int]:
     return set(SegmentMember.objects.filter(version_id=version.pk).values_list("customer_id", flat=True))
 
@@ -58,7 +77,7 @@ def test_moving_through_time_the_due_customers_give_the_members_and_entries_ever
     versions = [publish(rule, name=f"w{i}") for i, rule in enumerate(RULES)]
     population(seed=seed)
     before = {v.pk: set() for v in versions}
-    read, everyone, source = [], Customer.objects.count(), make_source("late")[0]
+    read, everyone = [], Customer.objects.count()
     for n, offset in enumerate(steps()):
         now = NOW + offset
         if n == 60:  # data changes through ORM updates, as imports, steps and the admin make them
@@ -66,8 +85,7 @@ def test_moving_through_time_the_due_customers_give_the_members_and_entries_ever
             Customer.objects.filter(external_id__in=["c4", "c5"]).update(last_seen=now - dt.timedelta(days=2))
             Customer.objects.create(external_id="new", first_seen=now, last_seen=now)
         if n == 80:  # late orders, processed (they change no column of their customer)
-            late = [Event.objects.create(source=source, customer=c, name="Order", type="track", properties={},
-                                         timestamp=now - dt.timedelta(days=20), received_at=now, status="pending")
+            late = [order(c, now - dt.timedelta(days=20))
                     for c in Customer.objects.filter(merged_into__isnull=True).order_by("pk")[:40]]
             events_process(event_ids=[e.pk for e in late])
         runs = {v.pk: JourneyRun.objects.filter(version=v).count() for v in versions}
@@ -119,15 +137,12 @@ def test_a_late_event_a_rule_counts_makes_its_customer_due():
     # given a trigger on two orders in 30 days and a buyer with one order, walked
     now = dt.datetime.now(dt.UTC)
     version = publish("events_in_last('Order', days=30) >= 2")
-    source = make_source("late")[0]
     buyer = Customer.objects.create(external_id="buyer", last_seen=now)
-    Event.objects.create(source=source, customer=buyer, name="Order", type="track", properties={},
-                         timestamp=now - dt.timedelta(days=2), received_at=now, status="processed")
+    order(buyer, now - dt.timedelta(days=2), status="processed")
     segment_entries_refresh(now=now)
     assert SegmentRecheck.objects.get(customer=buyer).due_at == now + dt.timedelta(days=28)
     # when an order from twenty days ago arrives and is processed
-    late = Event.objects.create(source=source, customer=buyer, name="Order", type="track", properties={},
-                                timestamp=now - dt.timedelta(days=20), received_at=now, status="pending")
+    late = order(buyer, now - dt.timedelta(days=20))
     events_process(event_ids=[late.pk])
     JourneyRun.objects.all().delete()
     # then the buyer is due, and the next refresh records them (the event path entered them)
@@ -222,3 +237,90 @@ def test_a_rule_that_does_not_translate_is_walked_and_the_others_still_follow_th
     assert 40 in rows and rows.count(1) >= 1, rows
     assert segment_entries_refresh(now=NOW + dt.timedelta(days=22, hours=1)) == 4  # seen 9 days before NOW
     assert members(lapsed) == selected("profile.days_since_last_seen > 30", NOW + dt.timedelta(days=22, hours=1))
+
+
+@on_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_customer_held_during_the_go_live_walk_is_not_entered_afterwards():
+    # given a trigger going live on a trait two customers already have
+    version = publish("profile.plan == 'gold'")
+    held, other = (Customer.objects.create(external_id=n, traits={"plan": "gold"}) for n in ("held", "other"))
+    # when a worker holds one of them during the first (go-live) refresh
+    with row_held(Customer, held.pk):
+        assert segment_entries_refresh(now=NOW) == 0
+    # then neither ever enters: both were in the segment at go-live and nothing changed
+    assert segment_entries_refresh(now=NOW + H) == 0, "the customer held at go-live entered"
+    assert members(version) == {held.pk, other.pk}
+    assert not JourneyRun.objects.exists()
+
+
+@on_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_customer_the_event_path_entered_is_not_entered_again_when_compared_one_refresh_late():
+    # given a live trigger, walked at go-live, and a customer not in its segment
+    version = publish("profile.plan == 'gold'")
+    c = Customer.objects.create(external_id="c", traits={"plan": "free"})
+    segment_entries_refresh(now=NOW)
+    # when the customer comes in through an event (traits written, the event path enrols them; the run ends)
+    Customer.objects.filter(pk=c.pk).update(traits={"plan": "gold"})
+    enroll_candidates(version=load_version(version.pk), candidates=[Candidate(customer_id=c.pk, trigger_key="profile:1")],
+                      now=NOW + 1.5 * H)
+    JourneyRun.objects.update(created_at=NOW + 1.5 * H, status=RunStatus.COMPLETED)
+    # and a worker holds them during the next refresh (they stay due), then the refresh after runs
+    with row_held(Customer, c.pk):
+        assert segment_entries_refresh(now=NOW + 2 * H) == 0
+    segment_entries_refresh(now=NOW + 3 * H)
+    # then they entered once (the event path), as comparing everyone at NOW+2h would leave it
+    assert members(version) == {c.pk}
+    assert JourneyRun.objects.filter(customer=c).count() == 1, "entered twice for one join"
+
+
+@on_postgres
+def test_an_event_counted_while_the_workflow_was_paused_between_two_refreshes_is_not_lost():
+    # given a trigger on two orders in 30 days, walked, and a buyer with one order
+    now = dt.datetime.now(dt.UTC)
+    version = publish("events_in_last('Order', days=30) >= 2")
+    buyer = Customer.objects.create(external_id="buyer", last_seen=now)
+    order(buyer, now - dt.timedelta(days=2), status="processed")
+    segment_entries_refresh(now=now)
+    assert members(version) == set()
+    # when the workflow is paused for a few minutes (between two refreshes) while a late order is processed
+    workflow_pause_set(workflow=version.workflow, paused=True, reason="maintenance")
+    late = order(buyer, now - dt.timedelta(days=20))
+    events_process(event_ids=[late.pk])
+    workflow_pause_set(workflow=version.workflow, paused=False, reason="maintenance over")
+    # then the next refresh compares the buyer (now in the segment) and enters them
+    segment_entries_refresh(now=now + dt.timedelta(minutes=5))
+    assert members(version) == {buyer.pk}, "the buyer's new count was never compared"
+    assert JourneyRun.objects.filter(customer=buyer).count() == 1
+
+
+@on_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_write_in_flight_when_rechecks_start_is_not_lost():
+    # given a live trigger that has never been refreshed (first deploy, or after a Python
+    # fallback / no live version: no SegmentRules row, so the customer trigger marks nobody)
+    version = publish("profile.plan == 'gold'")
+    a = Customer.objects.create(external_id="a", traits={"plan": "free"})
+    updated, release = threading.Event(), threading.Event()
+
+    def import_in_flight() -> None:  # an import updates the trait, commits after the refresh
+        with transaction.atomic():
+            Customer.objects.filter(pk=a.pk).update(traits={"plan": "gold"})
+            updated.set()
+            release.wait(3)  # commits a moment later (or once the refresh is done)
+        connection.close()
+
+    thread = threading.Thread(target=import_in_flight)
+    thread.start()
+    try:
+        assert updated.wait(10)
+        assert segment_entries_refresh(now=NOW) == 0  # go-live walk: 'a' is read as it was
+    finally:
+        release.set()
+        thread.join()
+    # then, once it committed, the next refresh has 'a' as a member (as comparing everyone would;
+    # entered too, unless the walk waited for the import and recorded them at go-live)
+    entered = segment_entries_refresh(now=NOW + H)
+    assert members(version) == {a.pk}, "the imported change was never compared"
+    assert entered == JourneyRun.objects.count() <= 1
