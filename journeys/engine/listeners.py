@@ -10,6 +10,7 @@ from journeys.choices import RunStatus
 from journeys.engine.compiled import trigger_index
 from journeys.models import JourneyRun
 from journeys.models.catalog import LifecycleStage
+from journeys.rules.counted import counted_event_names
 
 STAGE_EVENTS = ("Stage Entered", "Stage Left")  # they never re-evaluate the stage they report
 
@@ -36,7 +37,10 @@ def events_unheard(names: set[str]) -> set[str]:
     (journeys.services.internal_events): the engine would lock, load and mark them for nothing."""
     index = trigger_index()
     if any("events_in_last" in rule for rule in index.segment_rules):
-        return set()  # a segment-entry rule may count them: the processor marks their customers for its refresh
+        counted = counted_event_names(index.segment_rules)  # the processor marks their customers for its refresh
+        if None in counted:
+            return set()
+        names = set(names) - counted
     if rule_stages():
         names = {n for n in names if n in STAGE_EVENTS}
     names = set(names) - index.heard

@@ -44,7 +44,12 @@ from journeys.models import (
     SegmentRules,
     TriggerState,
 )
-from journeys.services.rechecks import rechecks_claim, rechecks_mark, rechecks_write
+from journeys.services.rechecks import (
+    rechecks_claim,
+    rechecks_drop_missing,
+    rechecks_mark,
+    rechecks_write,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +108,8 @@ def segment_entries_run(*, routed: list[tuple[int, tuple[int, int, bool] | None]
         with transaction.atomic():
             state, _ = TriggerState.objects.select_for_update().get_or_create(version_id=vid)
         live.append(_Live(vid=vid, routing=routing, version=version, rule=version.trigger_config.get("rule", ""),
-                          baseline=state.prepared_at is None, since=state.last_tick_at))
+                          baseline=state.prepared_at is None, since=state.last_tick_at,
+                          prepared=state.prepared_at))
     key = f"segment:{now.replace(second=0, microsecond=0).isoformat()}"
     enrolled = 0
     translations = [segment_translation(rule=v.rule, now=now, prefix=f"v{i}_", due=True) if v.rule.strip() else None
@@ -123,6 +129,7 @@ def segment_entries_run(*, routed: list[tuple[int, tuple[int, int, bool] | None]
         sql, walked, complete = [], live, True
     if not sql:
         SegmentRules.objects.all().delete()  # nobody is marked meanwhile: the SQL refresh walks everyone again
+        SegmentRecheck.objects.filter(since__isnull=False).update(since=None)  # everyone is compared below
     for v in walked:
         enrolled += _version_walk(v, key=key, now=now)
     with transaction.atomic():
@@ -148,6 +155,7 @@ class _Live:
     rule: str
     baseline: bool  # the first refresh since go-live: members are recorded, nobody enters
     since: datetime | None  # the previous refresh: who entered since (the event path) is not enrolled again
+    prepared: datetime | None  # when it recorded who was in at go-live (it compared everyone then)
 
 
 def _enter(v: _Live, members: set[int], stored: set[int], *, key: str, now: datetime,
@@ -164,6 +172,8 @@ def _enter(v: _Live, members: set[int], stored: set[int], *, key: str, now: date
     by_since: dict[datetime | None, list[int]] = {}
     for pk in joined:
         earlier = (since or {}).get(pk)
+        if earlier is not None and v.prepared is not None:
+            earlier = max(earlier, v.prepared)  # this version compared them at go-live, at the latest
         by_since.setdefault(v.since if earlier is None or v.since is None else min(earlier, v.since), []).append(pk)
     already = set().union(*(_entered_since(v.version.workflow_id, pks, at) for at, pks in by_since.items()))
     candidates = [Candidate(customer_id=c, trigger_key=key) for c in joined if c not in already]
@@ -203,7 +213,7 @@ def _refresh_sql(*, live: list[_Live], translations: list, key: str, now: dateti
     due = "NULL::timestamptz" if not dues else dues[0] if len(dues) == 1 else f"LEAST({', '.join(dues)})"
     joins = " ".join(join for t in translations for join in t.joins)
     columns = (f"c.id, r.xmin::text AS version, CASE WHEN c.merged_into_id IS NULL THEN {due} END AS due,"
-               f" ARRAY[{states}] AS states, r.since")
+               f" ARRAY[{states}] AS states, r.since, c.xmin::text AS written")
     customers, rechecks = Customer._meta.db_table, SegmentRecheck._meta.db_table
     # The refresh that last compared everyone not left uncompared since (versions live together
     # are compared together; a version just live enters nobody).
@@ -217,7 +227,7 @@ def _refresh_sql(*, live: list[_Live], translations: list, key: str, now: dateti
         complete = complete and applied
         # Those a worker held, that changed meanwhile or whose chunk failed: due at the next
         # refresh, remembering when they were last compared (this holds no customer).
-        rechecks_mark(SegmentRecheck, sorted(left), existing=True, since=previous)
+        rechecks_mark(SegmentRecheck, sorted(left), since=previous)
 
     if known == fingerprint and not any(v.baseline for v in live):
         with connection.cursor() as cursor:
@@ -226,9 +236,11 @@ def _refresh_sql(*, live: list[_Live], translations: list, key: str, now: dateti
         sql = (f"SELECT * FROM (SELECT {columns} FROM {rechecks} AS r JOIN {customers} AS c ON c.id = r.customer_id"
                f" {joins} WHERE r.customer_id = ANY(%(ids)s::bigint[]) OFFSET 0) AS q ORDER BY id")
         for i in range(0, len(due_ids), CHUNK):
+            ids = due_ids[i:i + CHUNK]
             with connection.cursor() as cursor:
-                cursor.execute(sql, {**params, "ids": "{" + ",".join(map(str, due_ids[i:i + CHUNK])) + "}"})
+                cursor.execute(sql, {**params, "ids": "{" + ",".join(map(str, ids)) + "}"})
                 rows = cursor.fetchall()
+            rechecks_drop_missing(SegmentRecheck, ids, [row[0] for row in rows])
             apply(rows)
         return enrolled, complete
     # The live versions changed (or never ran here): everyone once. Marks start before the walk
@@ -257,48 +269,66 @@ CHUNK = 5000  # customers compared per transaction
 def _rows_apply(rows: list, *, live: list[_Live], key: str, now: datetime,
                 span: tuple[int, int | None] | None = None) -> tuple[int, set[int], bool]:
     """One transaction for a chunk of (id, recheck version, next moment, [state per version],
-    since): the customers are locked FOR NO KEY UPDATE SKIP LOCKED (one a worker or a writer
-    holds is skipped: it stays due), their recheck rows claimed; where the row is the one read,
-    memberships are compared, joiners enrolled and the next moment written. A version just live
-    records the members of every row read, skipped or not: that is who was in at go-live.
-    `span`: the whole id range was read (a walk), so members in it who were not read (deleted
-    customers) are forgotten too. Returns the runs made, the ids left uncompared (still due),
-    and whether the chunk was applied."""
-    from journeys.services.segments import PROFILE_FIELDS, customers_matching
-
+    since, customer version): the customers are locked FOR NO KEY UPDATE SKIP LOCKED (one a
+    worker or a writer holds, or that changed since the read, is left: it stays due), their
+    recheck rows claimed; where the row is the one read, memberships are compared, joiners
+    enrolled and the next moment written. A version just live records the members of every row
+    read, left or not: that is who was in at go-live (also when the chunk fails). `span`: the
+    whole id range was read (a walk), so members in it who were not read (deleted customers)
+    are forgotten too. Returns the runs made, the ids left uncompared (still due), and whether
+    the chunk was applied."""
     read = {row[0]: row for row in rows}
     enrolled = 0
     try:
         with transaction.atomic():
-            held = _customers_lock(sorted(read))
-            current = rechecks_claim(SegmentRecheck, held)
+            locked = _customers_lock(sorted(read))
+            current = rechecks_claim(SegmentRecheck, sorted(pk for pk, cv in locked.items() if cv == read[pk][5]))
             kept = {pk for pk, version in current.items() if version == read[pk][1]}
             since = {pk: read[pk][4] for pk in kept if read[pk][4] is not None}
             for i, v in enumerate(live):
                 compared = set(read) if v.baseline else kept
-                members = {pk for pk in compared if read[pk][3][i] == 2}
-                unsure = [pk for pk in compared if read[pk][3][i] not in (0, 2) and read[pk][3][i] & 2]
-                if unsure:
-                    customers = Customer.objects.filter(pk__in=unsure).only(*PROFILE_FIELDS)
-                    members |= {c.pk for c in customers_matching(rule=v.rule, now=now, customers=customers)}
-                if span is None:
-                    stored = set(SegmentMember.objects.filter(version_id=v.vid, customer_id__in=sorted(compared))
-                                 .values_list("customer_id", flat=True))
-                else:
-                    stored = {pk for pk in _members(v.vid, *span) if pk in compared or pk not in read}
-                enrolled += _enter(v, members, stored, key=key, now=now, since=since)
+                enrolled += _enter(v, _members_read(v, i, compared, read, now), _stored(v, compared, read, span),
+                                   key=key, now=now, since=since)
             rechecks_write(SegmentRecheck, {pk: read[pk][2] for pk in kept})
     except OperationalError:  # a deadlock with a mark made by a transaction that does not hold the customer
         logger.exception("segment-entry refresh: a chunk of %d customers stays due", len(read))
-        return 0, set(read), False
+        try:  # who was in at go-live is what was read: recorded without any lock
+            with transaction.atomic():
+                for i, v in enumerate(live):
+                    if v.baseline:
+                        _enter(v, _members_read(v, i, set(read), read, now), _stored(v, set(read), read, span),
+                               key=key, now=now)
+        except OperationalError:
+            return 0, set(read), False
+        return 0, set(read), True
     return enrolled, set(read) - kept, True
 
 
-def _customers_lock(ids: list[int]) -> list[int]:
+def _members_read(v: _Live, i: int, ids: set[int], read: dict, now: datetime) -> set[int]:
+    """Of these customers, those the read puts in version `i`'s segment (Python where it was unsure)."""
+    from journeys.services.segments import PROFILE_FIELDS, customers_matching
+
+    members = {pk for pk in ids if read[pk][3][i] == 2}
+    if unsure := [pk for pk in ids if read[pk][3][i] not in (0, 2) and read[pk][3][i] & 2]:
+        customers = Customer.objects.filter(pk__in=unsure).only(*PROFILE_FIELDS)
+        members |= {c.pk for c in customers_matching(rule=v.rule, now=now, customers=customers)}
+    return members
+
+
+def _stored(v: _Live, compared: set[int], read: dict, span: tuple[int, int | None] | None) -> set[int]:
+    """The recorded members among the customers compared (and, over a walked span, those not read: gone)."""
+    if span is None:
+        return set(SegmentMember.objects.filter(version_id=v.vid, customer_id__in=sorted(compared))
+                   .values_list("customer_id", flat=True))
+    return {pk for pk in _members(v.vid, *span) if pk in compared or pk not in read}
+
+
+def _customers_lock(ids: list[int]) -> dict[int, str]:
     """FOR NO KEY UPDATE in id order, skipping customers another transaction holds (a worker, a
-    step, an import whose change this refresh may not see yet: they stay due). It waits for no
-    writer, and a writer of a customer locked here waits, then its trigger marks them."""
+    step, an import whose change this refresh may not see yet: they stay due): id -> the row's
+    version (xmin), to tell one written since the read. It waits for no writer, and a writer
+    of a customer locked here waits, then its trigger marks them."""
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT id FROM {Customer._meta.db_table} WHERE id = ANY(%s::bigint[])"
+        cursor.execute(f"SELECT id, xmin::text FROM {Customer._meta.db_table} WHERE id = ANY(%s::bigint[])"
                        " ORDER BY id FOR NO KEY UPDATE SKIP LOCKED", ["{" + ",".join(map(str, ids)) + "}"])
-        return [pk for (pk,) in cursor.fetchall()]
+        return dict(cursor.fetchall())

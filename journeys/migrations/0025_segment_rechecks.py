@@ -75,13 +75,20 @@ class Migration(migrations.Migration):
         migrations.CreateModel(
             name='SegmentRecheck',
             fields=[
-                ('customer', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='+', serialize=False, to='journeys.customer')),
+                ('customer', models.OneToOneField(db_constraint=False, on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='+', serialize=False, to='journeys.customer')),
                 ('due_at', models.DateTimeField()),
                 ('since', models.DateTimeField(null=True)),
             ],
             options={
                 'indexes': [models.Index(fields=['due_at'], name='segment_recheck_due_idx')],
             },
+        ),
+        # No foreign keys in the database for the recheck tables: a mark never waits on a worker's
+        # lock of the customer (the key check would); the refresh drops marks of deleted customers.
+        migrations.AlterField(
+            model_name='stagerecheck',
+            name='customer',
+            field=models.OneToOneField(db_constraint=False, on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='+', serialize=False, to='journeys.customer'),
         ),
         migrations.RunPython(create_triggers, drop_triggers),
     ]

@@ -81,8 +81,10 @@ class StageRecheck(models.Model):
     processor does so for the customers of events a rule counts (a late event changes no row).
     """
 
+    # No foreign key in the database: a mark never waits on a lock a worker holds on the customer
+    # (its check would); a mark left by a customer deleted meanwhile is dropped by the refresh.
     customer = models.OneToOneField("journeys.Customer", primary_key=True, on_delete=models.CASCADE,
-                                    related_name="+")
+                                    related_name="+", db_constraint=False)
     due_at = models.DateTimeField()
 
     class Meta:

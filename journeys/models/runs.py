@@ -179,7 +179,7 @@ class SegmentRecheck(models.Model):
     changes on the row, while the refresh keeps rechecks (a SegmentRules row exists)."""
 
     customer = models.OneToOneField("journeys.Customer", primary_key=True, on_delete=models.CASCADE,
-                                    related_name="+")
+                                    related_name="+", db_constraint=False)  # as StageRecheck's
     due_at = models.DateTimeField()
     # Set when a refresh left the customer due without comparing them (a worker held them, or they
     # changed meanwhile): the refresh that last compared them. Who entered through the event path

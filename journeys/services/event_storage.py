@@ -199,7 +199,7 @@ def events_partitions_drop(*, now: datetime | None = None) -> list[str]:
                 cur.execute(f"ALTER TABLE {TABLE} DETACH PARTITION {name}")  # checks nothing points into it
                 cur.execute(f"DROP TABLE {name}")
             dropped.append(name)
-    customers_recheck([(pk, None) for pk in recount], existing=True)
+    customers_recheck([(pk, None) for pk in recount])
     return dropped
 
 

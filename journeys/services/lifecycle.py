@@ -16,11 +16,12 @@ from journeys.engine.listeners import STAGE_EVENTS, rule_stages
 from journeys.engine.queue import enqueue_events
 from journeys.models import Customer
 from journeys.models.catalog import LifecycleStage, StageRecheck, StageRules, StageTransition
+from journeys.rules.counted import counted_event_names
 from journeys.services.bulk_ingest import events_insert
 from journeys.services.internal_events import internal_event_row, internal_source
 from journeys.services.rechecks import (
-    counted_event_names,
     rechecks_claim,
+    rechecks_drop_missing,
     rechecks_mark,
     rechecks_write,
 )
@@ -262,9 +263,11 @@ def _stages_refresh_sql(*, translations: list, stages: list[tuple[str, str]], no
                f" JOIN {customers} AS c ON c.id = r.customer_id {joins}"
                f" WHERE r.customer_id = ANY(%(ids)s::bigint[]) OFFSET 0) AS q ORDER BY id")
         for i in range(0, len(due_ids), chunk):
+            ids = due_ids[i:i + chunk]
             with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute(sql, {**params, "ids": "{" + ",".join(map(str, due_ids[i:i + chunk])) + "}"})
+                cursor.execute(sql, {**params, "ids": "{" + ",".join(map(str, ids)) + "}"})
                 rows = cursor.fetchall()
+                rechecks_drop_missing(StageRecheck, ids, [row[0] for row in rows])
             moved += _stage_rows_apply(rows, stages=stages, now=now)[0]  # those left are still due
         return moved
     # The rules changed (or never ran here): everyone once, returning only the customers who move
@@ -282,7 +285,7 @@ def _stages_refresh_sql(*, translations: list, stages: list[tuple[str, str]], no
         moved += done
         # Those a worker held (or that changed meanwhile) may keep a moment of the old rules:
         # due now, marked once their locks are gone (this holds no customer).
-        rechecks_mark(StageRecheck, sorted(left), existing=True)
+        rechecks_mark(StageRecheck, sorted(left))
         if len(rows) < chunk:
             break
         last = rows[-1][0]

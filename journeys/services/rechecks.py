@@ -15,13 +15,12 @@ the missing ones) and writes their next moments (`rechecks_write`) only where th
 
 from __future__ import annotations
 
-import functools
 import logging
 from datetime import datetime
 
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 
-from journeys.models import Customer
+from journeys.rules.counted import counted_event_names
 
 logger = logging.getLogger(__name__)
 
@@ -58,70 +57,35 @@ def rechecks_write(model, dues: dict[int, datetime | None]) -> None:
             cursor.execute(f"DELETE FROM {table} WHERE customer_id = ANY(%s::bigint[])", [never])
 
 
-def rechecks_mark(model, ids: list[int], existing: bool = False, since: datetime | None = None) -> None:
-    """Due at the next refresh ('-infinity'), in id order. `existing`: only the customers that
-    still exist when it commits (one deleted meanwhile is left out, not a foreign key error).
-    `since` (a table with that column): kept where already set, else set (left uncompared)."""
+def rechecks_mark(model, ids: list[int], since: datetime | None = None) -> None:
+    """Due at the next refresh ('-infinity'), in id order. The tables have no foreign key in the
+    database: a mark waits for no lock on the customer, and one for a customer deleted meanwhile
+    is dropped by the next refresh. `since` (a table with that column): kept where already set,
+    else set (left uncompared)."""
     if not ids:
         return
     table = model._meta.db_table
-    if _has_since(model):
-        sql = (f"INSERT INTO {table} (customer_id, due_at, since)"
-               " SELECT id, '-infinity', %s::timestamptz FROM unnest(%s::bigint[]) AS id ORDER BY id"
-               f" ON CONFLICT (customer_id) DO UPDATE SET due_at = EXCLUDED.due_at,"
-               f" since = COALESCE({table}.since, EXCLUDED.since)")
-        params: list = [since, ids]
-    else:
-        sql = (f"INSERT INTO {table} (customer_id, due_at)"
-               " SELECT id, '-infinity' FROM unnest(%s::bigint[]) AS id ORDER BY id"
-               " ON CONFLICT (customer_id) DO UPDATE SET due_at = EXCLUDED.due_at")
-        params = [ids]
-    if not existing:
+    with connection.cursor() as cursor:
+        if _has_since(model):
+            cursor.execute(f"INSERT INTO {table} (customer_id, due_at, since)"
+                           " SELECT id, '-infinity', %s::timestamptz FROM unnest(%s::bigint[]) AS id ORDER BY id"
+                           " ON CONFLICT (customer_id) DO UPDATE SET due_at = EXCLUDED.due_at,"
+                           f" since = COALESCE({table}.since, EXCLUDED.since)", [since, ids])
+        else:
+            cursor.execute(f"INSERT INTO {table} (customer_id, due_at)"
+                           " SELECT id, '-infinity' FROM unnest(%s::bigint[]) AS id ORDER BY id"
+                           " ON CONFLICT (customer_id) DO UPDATE SET due_at = EXCLUDED.due_at", [ids])
+
+
+def rechecks_drop_missing(model, ids: list[int], found) -> None:
+    """Of the due ids a refresh asked for, drop the rows of customers that no longer exist."""
+    if missing := sorted(set(ids) - set(found)):
         with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-        return
-    try:
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(sql, params)
-    except IntegrityError:
-        ids = list(Customer.objects.filter(pk__in=ids).order_by("pk").values_list("pk", flat=True))
-        rechecks_mark(model, ids, since=since)
+            cursor.execute(f"DELETE FROM {model._meta.db_table} WHERE customer_id = ANY(%s::bigint[])", [missing])
 
 
 def _has_since(model) -> bool:
     return any(f.name == "since" for f in model._meta.concrete_fields)
-
-
-def counted_event_names(rules, among=None) -> set[str | None]:
-    """The event names these rules count with events_in_last (None: a name read from the data,
-    which may be any), limited to `among` when given."""
-    names: set[str | None] = set().union(*(_counted_in(rule) for rule in rules))
-    if among is not None and None not in names:
-        names &= set(among)
-    return names
-
-
-@functools.lru_cache(maxsize=256)
-def _counted_in(rule: str) -> frozenset[str | None]:
-    """One rule's counted names, parsed once (the event processor asks on every batch)."""
-    from journeys.rules import RuleSyntaxError
-    from journeys.rules.nodes import Call, Const, children
-    from journeys.rules.parser import parse
-
-    if "events_in_last" not in rule:
-        return frozenset()
-    try:
-        stack = [parse(rule).tree]
-    except RuleSyntaxError:
-        return frozenset({None})  # it may count anything; the refresh says what is wrong with it
-    names: set[str | None] = set()
-    while stack:
-        node = stack.pop()
-        if isinstance(node, Call) and node.name == "events_in_last":
-            first = node.args[0] if node.args else None
-            names.add(first.value if isinstance(first, Const) and isinstance(first.value, str) else None)
-        stack.extend(children(node))
-    return frozenset(names)
 
 
 def _counting() -> list[tuple[type, set[str | None]]]:
@@ -135,7 +99,7 @@ def _counting() -> list[tuple[type, set[str | None]]]:
     return [(model, names) for model, names in tables if names]
 
 
-def customers_recheck(events, existing: bool = False, guarded: bool = False) -> None:
+def customers_recheck(events, guarded: bool = False) -> None:
     """Mark the customers of these events (customer id, event name; None: any name) due at the
     next refresh whose rules count events of that name: an event that arrives late (older than
     the customer's last one), moves in a merge or is deleted changes a count without changing
@@ -149,13 +113,16 @@ def customers_recheck(events, existing: bool = False, guarded: bool = False) -> 
         if not ids:
             continue
         if not guarded:
-            rechecks_mark(model, ids, existing=existing)
+            rechecks_mark(model, ids)
             continue
-        try:
-            with transaction.atomic():
-                rechecks_mark(model, ids, existing=existing)
-        except Exception:
-            logger.exception("marking %d customers in %s failed", len(ids), model._meta.db_table)
+        for attempt in (1, 2):  # a deadlock's victim tries once more: the other side has gone on by then
+            try:
+                with transaction.atomic():
+                    rechecks_mark(model, ids)
+                break
+            except Exception:  # it costs a late event's mark, not the batch
+                logger.exception("marking %d customers in %s failed (attempt %d)", len(ids), model._meta.db_table,
+                                 attempt)
 
 
 def rechecks_counted_sql() -> tuple[str, list] | None:

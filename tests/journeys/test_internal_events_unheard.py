@@ -119,3 +119,19 @@ def test_with_a_stage_rule_every_message_sent_event_is_processed_by_the_engine(
     assert engine_passes() > before  # the Message Sent pass (and the Stage Entered one it causes)
     customer.refresh_from_db()
     assert customer.stage == "mailed"
+
+
+@pytest.mark.parametrize("counted, heard", [("Message Sent", True), ("Order Completed", False)])
+def test_a_segment_entry_rule_that_counts_an_event_name_makes_only_that_name_heard(
+        mail, unit, django_capture_on_commit_callbacks, counted, heard):
+    workflow = workflow_create(name="engaged", business_unit=unit)
+    publish(workflow, {"trigger_kind": "segment_entry", "reentry_policy": "always",
+                       "trigger_config": {"rule": f"events_in_last('{counted}', days=7) >= 3"},
+                       "steps": [{"key": "done", "kind": "goal", "config": {}}]})
+    customer = CustomerFactory(email="ann@example.com")
+    before = engine_passes()
+
+    send_one(customer, django_capture_on_commit_callbacks)
+
+    # the engine marks the customers of counted events for the segment-entry refresh
+    assert (engine_passes() > before) is heard

@@ -8,13 +8,13 @@ import datetime as dt
 import threading
 
 import pytest
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 
 from journeys.choices import RunStatus
 from journeys.engine.compiled import load_version
 from journeys.engine.enrolment import Candidate, enroll_candidates
 from journeys.engine.processor import events_process
-from journeys.engine.scheduler import segment_entries_refresh
+from journeys.engine.scheduler import segment_entries_refresh, stages_refresh
 from journeys.models import (
     BusinessUnit,
     Customer,
@@ -23,13 +23,15 @@ from journeys.models import (
     SegmentMember,
     SegmentRecheck,
     Source,
+    StageRecheck,
 )
 from journeys.rules import compile_rule
 from journeys.services.governance import workflow_pause_set
+from journeys.services.rechecks import customers_recheck
 from journeys.services.segments import customer_rule_contexts, segment_plan
 from journeys.services.workflows import version_build, version_publish, workflow_create
 from tests.factories import make_source, row_held, select_rows
-from tests.journeys.test_stage_rechecks import NOW, population, steps
+from tests.journeys.test_stage_rechecks import NOW, make_stages, population, steps
 
 pytestmark = pytest.mark.django_db
 on_postgres = pytest.mark.skipif(connection.vendor != "postgresql", reason="rechecks are PostgreSQL's")
@@ -324,3 +326,158 @@ def test_a_write_in_flight_when_rechecks_start_is_not_lost():
     entered = segment_entries_refresh(now=NOW + H)
     assert members(version) == {a.pk}, "the imported change was never compared"
     assert entered == JourneyRun.objects.count() <= 1
+
+
+@on_postgres
+def test_a_mark_for_a_customer_deleted_meanwhile_waits_on_nothing_and_is_dropped_by_the_refresh():
+    # given stage and segment-entry rules that count orders, walked
+    make_stages([("buyer", "events_in_last('Order', days=30) >= 1")])
+    publish("events_in_last('Order', days=30) >= 2")
+    gone, kept = (Customer.objects.create(external_id=name, last_seen=NOW) for name in ("gone", "kept"))
+    stages_refresh(now=NOW)
+    segment_entries_refresh(now=NOW)
+    # when a customer is deleted and a late mark names them (a retention pass that read their events before)
+    gone_pk = gone.pk
+    gone.delete()
+    customers_recheck([(gone_pk, "Order"), (kept.pk, "Order")])
+    assert StageRecheck.objects.filter(customer_id=gone_pk).exists()  # no foreign key: nothing waited or failed
+    assert SegmentRecheck.objects.filter(customer_id=gone_pk).exists()
+    # then the next refreshes drop the marks of the customer who is gone, and compare the other
+    stages_refresh(now=NOW + H)
+    segment_entries_refresh(now=NOW + H)
+    assert not StageRecheck.objects.filter(customer_id=gone_pk).exists()
+    assert not SegmentRecheck.objects.filter(customer_id=gone_pk).exists()
+    assert not SegmentRecheck.objects.filter(customer=kept, due_at__lte=NOW + H).exists()
+
+
+@on_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_write_committed_between_the_go_live_walks_read_and_its_lock_is_compared_later():
+    # given a live trigger never refreshed (no rechecks yet: the customer trigger marks nobody)
+    version = publish("profile.plan == 'gold'")
+    a = Customer.objects.create(external_id="a", traits={"plan": "free"})
+    updated, release = threading.Event(), threading.Event()
+
+    def import_in_flight() -> None:  # an import updates the trait before the walk starts ...
+        with transaction.atomic():
+            Customer.objects.filter(pk=a.pk).update(traits={"plan": "gold"})
+            updated.set()
+            release.wait(10)  # ... and commits just after the walk read 'a' (before it locks 'a')
+        connection.close()
+
+    thread = threading.Thread(target=import_in_flight)
+
+    def commit_after_the_read(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if sql.startswith("SELECT") and "AS states" in sql and thread.is_alive():
+            release.set()
+            thread.join()
+        return result
+
+    thread.start()
+    try:
+        assert updated.wait(10)
+        with connection.execute_wrapper(commit_after_the_read):
+            segment_entries_refresh(now=NOW)
+    finally:
+        release.set()
+        thread.join()
+    # then the next refresh compares 'a' again (its row changed after the read) and has it as a member
+    segment_entries_refresh(now=NOW + H)
+    assert members(version) == {a.pk}
+
+
+def deadlock_on(chunk_of: int):
+    """A database fault: the refresh's customer lock of the chunk holding this customer fails once
+    as PostgreSQL fails a deadlock's victim."""
+    from django.db import OperationalError
+
+    failed = []
+
+    def wrapper(execute, sql, params, many, context):
+        if "FOR NO KEY UPDATE SKIP LOCKED" in sql and f"{{{chunk_of}}}" in str(params) and not failed:
+            failed.append(sql)
+            raise OperationalError("deadlock detected")
+        return execute(sql, params, many, context)
+
+    return wrapper, failed
+
+
+@on_postgres
+def test_a_go_live_walk_whose_chunk_deadlocked_still_records_who_was_in_and_enters_later_joiners(monkeypatch):
+    # given a trigger going live, a customer a chunk, and the second chunk's lock failing once
+    from journeys.engine import segment_entries
+
+    version = publish("profile.plan == 'gold'")
+    c1, c2, c3 = (Customer.objects.create(external_id=n, traits={"plan": p})
+                  for n, p in (("c1", "free"), ("c2", "free"), ("c3", "gold")))
+    monkeypatch.setattr(segment_entries, "CHUNK", 1)
+    wrapper, failed = deadlock_on(c3.pk)
+    with connection.execute_wrapper(wrapper):
+        segment_entries_refresh(now=NOW)
+    assert failed and members(version) == {c3.pk}  # in at go-live, recorded from the read
+    # when c1 comes in with no event during the next hour
+    Customer.objects.filter(pk=c1.pk).update(traits={"plan": "gold"})
+    # then c1 enters (a join after go-live), and c3 does not (in at go-live)
+    assert segment_entries_refresh(now=NOW + H) == 1
+    assert set(JourneyRun.objects.values_list("customer_id", flat=True)) == {c1.pk}
+    assert members(version) == {c1.pk, c3.pk}
+
+
+@on_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_version_live_later_counts_from_when_it_recorded_a_customer_left_uncompared_by_the_others():
+    # given trigger A, walked; then trigger B goes live, and the event path enters c into B's
+    # workflow before B's first refresh
+    publish("profile.plan == 'gold'", name="a")
+    c = Customer.objects.create(external_id="c", traits={"plan": "free", "vip": False})
+    segment_entries_refresh(now=NOW)
+    b = publish("profile.vip == true", name="b")
+    enroll_candidates(version=load_version(b.pk), candidates=[Candidate(customer_id=c.pk, trigger_key="profile:1")],
+                      now=NOW + 0.5 * H)
+    JourneyRun.objects.update(created_at=NOW + 0.5 * H, status=RunStatus.COMPLETED)
+    # when c is held during B's go-live walk (B records c as out; A leaves c uncompared since NOW)
+    with row_held(Customer, c.pk):
+        segment_entries_refresh(now=NOW + H)
+    assert members(b) == set() and SegmentRecheck.objects.filter(customer=c).values_list("since", flat=True).get() == NOW
+    # and c comes into B with no event
+    Customer.objects.filter(pk=c.pk).update(traits={"plan": "free", "vip": True})
+    segment_entries_refresh(now=NOW + 2 * H)
+    # then c joined B after B recorded them out, with no entry since: they enter
+    assert members(b) == {c.pk}
+    assert JourneyRun.objects.filter(customer=c, version=b).count() == 2
+
+
+@on_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_python_walk_after_a_failed_sql_refresh_resets_when_customers_were_last_compared():
+    # given a trigger, walked; the event path enters c, then an import takes them out again
+    version = publish("profile.plan == 'gold'")
+    c = Customer.objects.create(external_id="c", traits={"plan": "free"})
+    segment_entries_refresh(now=NOW)
+    enroll_candidates(version=load_version(version.pk),
+                      candidates=[Candidate(customer_id=c.pk, trigger_key="profile:1")], now=NOW + 0.5 * H)
+    JourneyRun.objects.update(created_at=NOW + 0.5 * H, status=RunStatus.COMPLETED)
+    Customer.objects.filter(pk=c.pk).update(traits={"plan": "gold"})
+    Customer.objects.filter(pk=c.pk).update(traits={"plan": "free"})
+    # and c is held at the next refresh (left uncompared since NOW), then the SQL refresh fails
+    # once and every trigger is walked in Python (which compares c: out)
+    with row_held(Customer, c.pk):
+        segment_entries_refresh(now=NOW + H)
+    failed = []
+
+    def sql_fails_once(execute, sql, params, many, context):
+        if "AS states" in sql and not failed:
+            failed.append(sql)
+            raise DatabaseError("a translation bug")
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(sql_fails_once):
+        segment_entries_refresh(now=NOW + 2 * H)
+    assert failed and members(version) == set()
+    # when c comes in with no event, and the SQL refresh works again
+    Customer.objects.filter(pk=c.pk).update(traits={"plan": "gold"})
+    segment_entries_refresh(now=NOW + 3 * H)
+    # then c (compared out at NOW+2h, no entry since) enters
+    assert members(version) == {c.pk}
+    assert JourneyRun.objects.filter(customer=c).count() == 2
