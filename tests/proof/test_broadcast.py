@@ -103,7 +103,9 @@ def test_cron_broadcast_with_overlapping_ticks_and_a_killed_worker_reaches_every
             return (Delivery.objects.filter(status="sent").count() == PROS
                     and not JourneyRun.objects.exclude(status="completed").exists())
 
-        wait_until(done, timeout=120, interval=0.5, message=f"every run completed and sent\n{main.output()}")
+        # A page whose task is not handed out again after the kill costs its lease, not its runs:
+        # they are due again when the lease ends (WAKE_LEASE, 2 minutes) and a minute tick claims them.
+        wait_until(done, timeout=240, interval=0.5, message=f"every run completed and sent\n{main.output()}")
         # The schedules cluster's own tick (its first comes ~30 s after it started): nothing more to do.
         wait_until(lambda: Task.objects.filter(func="journeys.tasks.engine_tick", cluster="schedules").exists(),
                    timeout=90, interval=1, message=f"a tick on the schedules cluster\n{schedules.output()}")
