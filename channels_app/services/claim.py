@@ -240,13 +240,16 @@ def deliveries_claim(*, ids: Sequence[int] | None = None, now: datetime | None =
                         out.later.append(d.pk)
                         continue
                 if fallback_ok:
-                    d.notes = {**d.notes, "rerouted": [*d.notes.get("rerouted", []),
-                               {"from": channel.name, "to": fallback.name, "at": now.isoformat(),
-                                "why": "breaker open" if channel.enabled else "channel disabled"}]}
-                    d.requested_channel_id = d.requested_channel_id or channel.pk
-                    d.channel, d.to = fallback, to
+                    _reroute(d, fallback, to, now)
                     rerouted.add(d.pk)
                     channel = fallback
+                elif not channel.enabled and fallback is not None and fallback.paused:
+                    # A disabled channel's message waits on its fallback's pause, as a message sent
+                    # there would: held (deferred) on the fallback, released when it resumes.
+                    _reroute(d, fallback, to, now)
+                    hold(d, Reason.PAUSED, now + PAUSE_RECHECK,
+                         f"channel {fallback.name} (the fallback of disabled {channel.name}) is paused")
+                    continue
                 elif not channel.enabled:
                     hold(d, Reason.NO_ADDRESS, None, f"channel {channel.name} is disabled, no usable fallback{kept}")
                     continue
@@ -275,6 +278,16 @@ def deliveries_claim(*, ids: Sequence[int] | None = None, now: datetime | None =
 
 
 _ROUTE_FIELDS = ("channel_id", "to", "requested_channel_id", "notes")
+
+
+def _reroute(d: Delivery, fallback: Channel, to: str, now: datetime) -> None:
+    """Move the message to its channel's fallback, noting where from, when and why."""
+    channel = d.channel
+    d.notes = {**d.notes, "rerouted": [*d.notes.get("rerouted", []),
+               {"from": channel.name, "to": fallback.name, "at": now.isoformat(),
+                "why": "breaker open" if channel.enabled else "channel disabled"}]}
+    d.requested_channel_id = d.requested_channel_id or channel.pk
+    d.channel, d.to = fallback, to
 
 
 _UNANSWERED = " (its last send got no answer and may have arrived: it is not sent on the fallback as well)"

@@ -243,6 +243,38 @@ def test_paused_channel_holds_sends_without_losing_them(sms, bea, template, vend
                                                                                              "vendor back"]
 
 
+def test_a_disabled_channel_whose_fallback_is_paused_holds_its_messages_until_the_fallback_resumes(
+        sms, bea, template, vendor, on_commit, django_capture_on_commit_callbacks):
+    """Given an email fallback that ops paused and an SMS queued before SMS was disabled, when it
+    is dispatched it waits on the fallback's pause (deferred there, not suppressed: a pause holds,
+    it never drops), and the fallback's resume sends it there, once."""
+    from channels_app.services import channel_pause_set
+    from tests.factories import UserFactory
+
+    ops = UserFactory(is_superuser=True)
+    email = ChannelFactory(name="email", kind="email", provider="console")
+    sms.fallback = email
+    sms.save()
+    with django_capture_on_commit_callbacks(execute=False):  # its send task is dropped
+        queued = message_send(customer=bea, template=template, channel=sms, idempotency_key="k", context={})
+    channel_pause_set(channel=email, paused=True, actor=ops, reason="template review")
+    sms.enabled = False
+    sms.save()
+
+    delivery_dispatch(delivery_id=queued.pk)
+    queued.refresh_from_db()
+    assert (queued.status, queued.reason, queued.channel_id) == ("deferred", "paused", email.pk)
+    assert queued.requested_channel_id == sms.pk and queued.to == "bea@example.com"
+    assert "email (the fallback of disabled sms) is paused" in queued.error
+    assert queued.notes["rerouted"][0]["why"] == "channel disabled"
+
+    with on_commit():
+        channel_pause_set(channel=email, paused=False, actor=ops, reason="reviewed")
+    queued.refresh_from_db()
+    assert (queued.status, queued.channel_id) == ("sent", email.pk) and vendor.requests == []
+    assert len(queued.notes["rerouted"]) == 1
+
+
 @pytest.mark.parametrize("where", ["resume action", "change form", "history revert"])
 def test_resuming_a_channel_in_the_admin_releases_what_its_pause_held(sms, bea, template, vendor, on_commit,
                                                                       admin_client, where):
