@@ -51,8 +51,31 @@ class Exposure:
 
 
 def exposures_list(*, experiment: Experiment, now: datetime | None = None) -> list[Exposure]:
+    """Every assigned customer, in the order assigned (the report page's per-customer metrics)."""
     now = now or timezone.now()
     qs = Assignment.objects.filter(experiment=experiment, customer__merged_into__isnull=True, assigned_at__lte=now)
+    return _exposures(experiment, qs, now, order=("assigned_at", "id"))
+
+
+def exposures_sample(*, experiment: Experiment, limit: int, now: datetime | None = None) -> list[Exposure]:
+    """At most `limit` randomised exposures (hash-assigned, not held out) to learn from, newest
+    first: those whose window has closed (their outcome is known) before those still open. Read
+    with LIMIT, so a model's retraining costs the sample, not the experiment's whole history."""
+    now = now or timezone.now()
+    qs = Assignment.objects.filter(experiment=experiment, customer__merged_into__isnull=True, assigned_at__lte=now,
+                                   via=AssignmentVia.HASH, holdout=False)
+    closed_by = now - timedelta(seconds=experiment.window_s)
+    newest = ("-assigned_at", "-id")
+    sample = _exposures(experiment, qs.filter(assigned_at__lte=closed_by), now, order=newest, limit=limit)
+    if len(sample) < limit:
+        sample += _exposures(experiment, qs.filter(assigned_at__gt=closed_by), now, order=newest,
+                             limit=limit - len(sample))
+    return sample
+
+
+def _exposures(experiment: Experiment, qs, now: datetime, *, order: tuple[str, ...],
+               limit: int | None = None) -> list[Exposure]:
+    """These assignments, in this order (the first `limit`), with their first conversion in the window."""
     if experiment.goal_event:
         goal = (
             Event.objects.filter(
@@ -65,11 +88,10 @@ def exposures_list(*, experiment: Experiment, now: datetime | None = None) -> li
         goal = JourneyRun.objects.filter(pk=OuterRef("run_id"), converted_at__gte=OuterRef("assigned_at")).values(
             "converted_at"
         )[:1]
-    rows = (
-        qs.annotate(goal_at=Subquery(goal))
-        .values_list("id", "customer_id", "arm__name", "holdout", "assigned_at", "goal_at", "run_id")
-        .order_by("assigned_at", "id")
-    )
+    rows = qs.annotate(goal_at=Subquery(goal)).values_list(
+        "id", "customer_id", "arm__name", "holdout", "assigned_at", "goal_at", "run_id").order_by(*order)
+    if limit is not None:
+        rows = rows[:limit]
     window = timedelta(seconds=experiment.window_s)
     out = []
     for pk, cid, arm, holdout, assigned_at, goal_at, run_id in rows:

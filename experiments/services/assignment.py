@@ -94,8 +94,9 @@ def _sticky(existing: Assignment, control: Arm, reason: str = "assigned earlier 
 
 
 def _fresh(*, experiment: Experiment, all_arms: list[Arm], control: Arm, customer, now: datetime,
-           arm_names: list[str] | None) -> Decision:
-    """A first assignment: holdout by hash, then the arm by hash of the weights (or the model)."""
+           arm_names: list[str] | None, model=None) -> Decision:
+    """A first assignment: holdout by hash, then the arm by hash of the weights (or the model:
+    a callable giving the next-best-action model, else the latest is read)."""
     weights = assignment_weights(experiment=experiment, arm_names=arm_names, arms=all_arms)
     arms = {a.name: a for a in all_arms}
     u_holdout = hash_unit(experiment.salt, "holdout", customer.pk)
@@ -109,9 +110,10 @@ def _fresh(*, experiment: Experiment, all_arms: list[Arm], control: Arm, custome
         name = pick_by_weight(arm_weights, u_arm)
         reason = f"hash bucket {u_arm:.4f} of weights {_rounded(arm_weights)}"
         if experiment.mode == ExperimentMode.PERSONALIZED:
-            from experiments.services.nba import nba_choose
+            from experiments.services.nba import LATEST, nba_choose
 
-            choice = nba_choose(experiment=experiment, customer=customer, arm_names=list(arm_weights), now=now)
+            choice = nba_choose(experiment=experiment, customer=customer, arm_names=list(arm_weights), now=now,
+                                model=model() if model is not None else LATEST)
             if (
                 choice is not None
                 and hash_unit(experiment.salt, "explore", customer.pk) >= experiment.exploration_share
@@ -192,6 +194,7 @@ class AssignmentBatch:
         self.now = batch.now
         self._experiments: dict[str, tuple[Experiment | None, list[Arm]]] = {}
         self._assigned: dict[int, dict[int, Assignment]] = {}
+        self._models: dict[int, object] = {}
         self.pending: list[Assignment] = []
 
     @classmethod
@@ -216,6 +219,14 @@ class AssignmentBatch:
             self._assigned[experiment.pk] = {a.customer_id: a for a in found}
         return self._assigned[experiment.pk]
 
+    def _model(self, experiment: Experiment):
+        """The next-best-action model, read once per batch (personalized experiments only ask)."""
+        if experiment.pk not in self._models:
+            from experiments.services.nba import nba_model
+
+            self._models[experiment.pk] = nba_model(experiment)
+        return self._models[experiment.pk]
+
     def decide(self, *, experiment: Experiment, customer, now: datetime, arm_names: list[str] | None,
                run_id: int | None, version_id: int | None) -> Decision:
         all_arms = self._experiments[experiment.key][1]
@@ -227,7 +238,7 @@ class AssignmentBatch:
         if customer.pk in assigned:
             return _sticky(assigned[customer.pk], control)
         decision = _fresh(experiment=experiment, all_arms=all_arms, control=control, customer=customer, now=now,
-                          arm_names=arm_names)
+                          arm_names=arm_names, model=lambda: self._model(experiment))
         assignment = _assignment(experiment, customer, decision, run_id=run_id, version_id=version_id, now=now)
         assigned[customer.pk] = decision.assignment = assignment
         decision.recorded = True

@@ -16,15 +16,24 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from experiments.models import Experiment, PropensityModel
-from experiments.services.analysis import exposures_list
+from experiments.services.analysis import exposures_sample
+from journeys.engine.batch import ids_q
 from journeys.engine.runtime import profile_dict
 from journeys.models import Customer
 
 MIN_SAMPLES = 30
+# A model learns from at most this many randomised exposures (the newest settled ones), so the
+# daily retraining costs the sample, not the whole history (settings.NBA_TRAIN_SAMPLES).
+TRAIN_SAMPLES = 50_000
+
+
+def train_samples() -> int:
+    return max(MIN_SAMPLES, int(getattr(settings, "NBA_TRAIN_SAMPLES", TRAIN_SAMPLES)))
 
 
 def _number(value) -> float:
@@ -49,7 +58,8 @@ def nba_features(*, customer: Customer, features: list[str], now: datetime) -> n
 def nba_train(
     *, experiment: Experiment, features: list[str], now: datetime | None = None, actor=None
 ) -> PropensityModel:
-    """Fit one logistic regression per arm on randomised (hash-assigned) exposures and store it.
+    """Fit one logistic regression per arm on randomised (hash-assigned) exposures and store it:
+    the newest `NBA_TRAIN_SAMPLES` (50,000) whose window has closed, then the newest still open.
     The model decides who gets which arm, so training it is an ops operation (actor None: the system)."""
     from experiments.services.experiments import experiment_authorize
 
@@ -60,14 +70,12 @@ def nba_train(
     now = now or timezone.now()
     if not features:
         raise ValidationError({"features": "name at least one profile trait"})
-    exposures = [e for e in exposures_list(experiment=experiment, now=now) if not e.holdout]
-    from experiments.models import Assignment
-
-    random_ids = set(Assignment.objects.filter(experiment=experiment, via="hash").values_list("pk", flat=True))
-    exposures = [e for e in exposures if e.assignment_id in random_ids]
+    exposures = exposures_sample(experiment=experiment, now=now, limit=train_samples())
     if len(exposures) < MIN_SAMPLES:
         raise ValidationError(f"need at least {MIN_SAMPLES} randomised exposures to train (have {len(exposures)})")
-    customers = {c.pk: c for c in Customer.objects.filter(pk__in=[e.customer_id for e in exposures])}
+    ids = [e.customer_id for e in exposures]
+    customers = {c.pk: c for start in range(0, len(ids), 5_000)
+                 for c in Customer.objects.filter(ids_q("pk", ids[start:start + 5_000]))}
     X_all = np.array([nba_features(customer=customers[e.customer_id], features=features, now=now) for e in exposures])
     y_all = np.array([e.converted_at is not None for e in exposures], dtype=int)
     mean = X_all.mean(axis=0)
@@ -134,9 +142,21 @@ class Choice:
     explanation: str
 
 
-def nba_choose(*, experiment: Experiment, customer: Customer, arm_names: list[str], now: datetime) -> Choice | None:
-    """The arm with the highest predicted response among `arm_names` (None without a trained model)."""
-    model = PropensityModel.objects.filter(experiment=experiment).first()
+LATEST = object()
+
+
+def nba_model(experiment: Experiment) -> PropensityModel | None:
+    """The model the split uses: the latest trained."""
+    return PropensityModel.objects.filter(experiment=experiment).first()
+
+
+def nba_choose(*, experiment: Experiment, customer: Customer, arm_names: list[str], now: datetime,
+               model: PropensityModel | None | object = LATEST) -> Choice | None:
+    """The arm with the highest predicted response among `arm_names` (None without a trained model).
+    `model`: the experiment's latest model when the caller has read it already (an engine batch
+    reads it once, not once per customer)."""
+    if model is LATEST:
+        model = nba_model(experiment)
     if model is None:
         return None
     ranked = [e for e in nba_explain(model=model, customer=customer, now=now) if e.arm in arm_names]

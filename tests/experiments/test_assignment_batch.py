@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 
 import psycopg
 import pytest
@@ -111,3 +112,33 @@ def test_a_customer_another_worker_assigned_first_keeps_that_arm(publish):
     run = JourneyRun.objects.get(customer=target)
     assert run.variables["experiment_arm"] == other.name
     assert run.executions.order_by("id").first().outcome == other.name
+
+
+@pytest.mark.django_db
+def test_a_personalized_split_reads_its_model_once_a_batch_not_once_a_customer(publish):
+    """Given a next-best-action experiment with a trained model, when batches of 10 and of 120
+    new customers enter, then both take the same statements give or take a few (the model is read
+    once a batch) and the model picks the arm of those it does not leave to explore."""
+    from experiments.services.nba import nba_train
+    from tests.experiments.factories import make_goal_events
+
+    experiment = make_experiment(mode="personalized", goal_event="Order Completed", exploration_share=0.1,
+                                 arms=[{"name": "control", "control": True}, {"name": "short"}])
+    learners = make_customers(60, prefix="t", traits={"ltv": 100})
+    decisions = [assignment_decide(experiment=experiment, customer=c, now=timezone.now()) for c in learners]
+    make_goal_events([d.assignment.customer for d in decisions if d.arm.name == "short"], name="Order Completed",
+                     at=timezone.now() + timedelta(minutes=1))
+    nba_train(experiment=experiment, features=["ltv"], now=timezone.now() + timedelta(hours=1))
+    publish(split_then_wait())
+    reset_caches()
+    small, large = make_customers(10, prefix="s", traits={"ltv": 100}), make_customers(120, prefix="l",
+                                                                                      traits={"ltv": 100})
+
+    statements_small = events_process_counted(pending_events(small, source="s"))
+    statements_large = events_process_counted(pending_events(large, source="l"))
+
+    assert statements_large - statements_small <= 6, (statements_small, statements_large)
+    chosen = Assignment.objects.filter(customer__in=small + large).select_related("arm")
+    assert chosen.count() == 130
+    by_model = [a for a in chosen if a.via == "model"]
+    assert len(by_model) > 100 and {a.arm.name for a in by_model} == {"short"}

@@ -103,3 +103,36 @@ def test_the_scheduled_task_retrains_a_day_old_model_on_new_evidence():
     latest = PropensityModel.objects.filter(experiment=experiment).first()
     assert latest.pk != first.pk and latest.features == ["ltv"] and latest.samples == 80
     assert experiments_refresh() == 0  # fresh model: nothing to do
+
+
+def test_retraining_learns_from_the_newest_settled_exposures_up_to_the_sample_size(settings):
+    """Given 60 randomised exposures whose window has closed (the 20 oldest converted), 20 still
+    open (all converted already) and 10 held out, when the model is trained with a sample of 40,
+    then it learns from the 40 newest settled ones: none of them converted, and neither the open
+    ones nor the holdout are in it."""
+    settings.NBA_TRAIN_SAMPLES = 40
+    experiment = make_experiment(mode="personalized", goal_event="Order Completed", window_s=86400,
+                                 arms=[{"name": "control", "control": True}, {"name": "vip"}])
+    now = timezone.now()
+    settled = make_customers(60, prefix="s", traits={"ltv": 100})
+    for i, customer in enumerate(settled):  # the oldest first, two days ago and earlier
+        assignment_decide(experiment=experiment, customer=customer, now=now - timedelta(days=3, minutes=60 - i))
+    open_ = make_customers(20, prefix="o", traits={"ltv": 100})
+    for customer in open_:
+        assignment_decide(experiment=experiment, customer=customer, now=now - timedelta(hours=2))
+    make_goal_events(settled[:20], name="Order Completed", at=now - timedelta(days=2, hours=23))
+    make_goal_events(open_, name="Order Completed", at=now - timedelta(hours=1), prefix="open")
+    held = make_customers(10, prefix="h", traits={"ltv": 100})
+    Assignment.objects.bulk_create([Assignment(experiment=experiment, customer=c, arm=experiment.control, holdout=True,
+                                               bucket=0.5, assigned_at=now - timedelta(days=3)) for c in held])
+
+    model = nba_train(experiment=experiment, features=["ltv"], now=now)
+
+    assert model.samples == 40
+    assert sum(p["n"] for p in model.params["arms"].values()) == 40
+    assert sum(p["positives"] for p in model.params["arms"].values()) == 0
+
+    settings.NBA_TRAIN_SAMPLES = 70  # more than settled: the newest open ones fill the sample
+    model = nba_train(experiment=experiment, features=["ltv"], now=now)
+    assert model.samples == 70
+    assert sum(p["positives"] for p in model.params["arms"].values()) == 20 + 10  # every settled one, 10 open
