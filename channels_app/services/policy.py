@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
-from django.db.models import Count, Min, Q
+from django.db.models import Count, F, Min, Q
 from django.db.models.functions import Coalesce
 
 from channels_app.choices import SENT_STATUSES, ChannelKind, DeliveryStatus, PressureAction, Reason
@@ -54,11 +54,19 @@ def quiet_hours_hold(*, channel: Channel, customer, now: datetime) -> Hold | Non
                 detail=f"quiet hours {channel.quiet_start:%H:%M}-{channel.quiet_end:%H:%M} {zone.key}")
 
 
-def _contacts():
-    """Messages that reached the customer or are being sent to them (webhook calls are
-    integrations, not contacts), with the moment they count from."""
-    return (Delivery.objects.filter(Q(status__in=SENT_STATUSES, sent_at__isnull=False) | Q(status=DeliveryStatus.SENDING))
-            .exclude(channel__kind=ChannelKind.WEBHOOK).annotate(at=Coalesce("sent_at", "claimed_at")))
+def _contacts(customer_ids: list[int], since: datetime):
+    """Messages since then that reached these customers or are being sent to them (webhook calls
+    are integrations, not contacts), with the moment they count from (sent, else claimed). Two
+    parts, each an index range: those sent since then (customer, sent_at), and those in flight
+    (status `sending`, a few at any time), so a customer's older history is never read."""
+    from journeys.engine.batch import ids_q
+
+    contacts = Delivery.objects.filter(ids_q("customer_id", customer_ids)).exclude(channel__kind=ChannelKind.WEBHOOK)
+    fields = ("pk", "customer_id", "channel_id", "channel__kind", "topic_id", "at")
+    sent = contacts.filter(status__in=SENT_STATUSES, sent_at__gt=since).annotate(at=F("sent_at"))
+    sending = contacts.filter(status=DeliveryStatus.SENDING).annotate(at=Coalesce("sent_at", "claimed_at")).filter(
+        at__gt=since)
+    return sent.values_list(*fields).order_by().union(sending.values_list(*fields).order_by(), all=True)
 
 
 @dataclass(frozen=True)
@@ -86,8 +94,6 @@ class PressureBook:
                  customer_ids: Iterable[int] = (), window_s: int = 0):
         """`customer_ids` and `window_s` add customers and a longer look back than the deliveries
         need (a batch that reads its customers' contacts once for the checks it will make)."""
-        from journeys.engine.batch import ids_q
-
         deliveries = list(deliveries)
         self.caps = enabled_caps() if caps is None else caps
         self.contacts: dict[int, list[Contact]] = defaultdict(list)
@@ -96,9 +102,7 @@ class PressureBook:
         if not customer_ids or not max(windows, default=0):
             return
         since = now - timedelta(seconds=max(windows))
-        rows = (_contacts().filter(ids_q("customer_id", sorted(customer_ids)), at__gt=since)
-                .values_list("pk", "customer_id", "channel_id", "channel__kind", "topic_id", "at"))
-        for pk, customer_id, channel_id, kind, topic_id, at in rows:
+        for pk, customer_id, channel_id, kind, topic_id, at in _contacts(sorted(customer_ids), since):
             self.contacts[customer_id].append(Contact(pk, channel_id, kind, topic_id, at))
 
     def add(self, delivery: Delivery, at: datetime) -> None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, time, timedelta
 
 import pytest
+from django.db import connection
+from django.utils import timezone
 
 from channels_app.models import Delivery
-from channels_app.services import deliveries_dispatch_due, delivery_dispatch, message_send
+from channels_app.services import deliveries_dispatch, deliveries_dispatch_due, delivery_dispatch, message_send
 from tests.channels_app.factories import CapFactory, ChannelFactory, CustomerFactory, TemplateFactory, topic
 
 pytestmark = pytest.mark.django_db
@@ -148,3 +150,45 @@ def test_recent_engagement_counts_as_contact(sms, django_capture_on_commit_callb
     held = queue(sms, ada, "x", policy={"min_gap_other_channel_s": 3600, "recent_contact_action": "suppress"},
                  django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
     assert held.reason == "recent_contact"
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="reads PostgreSQL's per-transaction table counters")
+def test_a_frequency_cap_reads_the_recent_contacts_not_the_customers_whole_history(
+        email, django_capture_on_commit_callbacks):
+    """Given a daily cap of 3 and 21 customers with 300 messages each from the last year and one
+    (the last customer: three) today, when a batch of one new message each for the first 20 is
+    claimed, then the claim fetches their recent contacts from the deliveries table, not every
+    row of their histories, and all 20 go out; the last customer's is held by the cap."""
+    CapFactory(limit=3, window_s=86400)
+    people = [CustomerFactory(external_id=f"h{i}", email=f"h{i}@example.com") for i in range(21)]
+    now = timezone.now()
+    Delivery.objects.bulk_create([
+        Delivery(idempotency_key=f"old-{c.pk}-{n}", customer=c, channel=email, status="sent", attempts=1,
+                 claimed_at=now - timedelta(days=n + 2), sent_at=now - timedelta(days=n + 2))
+        for c in people for n in range(300)])
+    recent = [1] * 20 + [3]  # the last customer has had 3 today
+    Delivery.objects.bulk_create([
+        Delivery(idempotency_key=f"today-{c.pk}-{n}", customer=c, channel=email, status="delivered", attempts=1,
+                 claimed_at=now - timedelta(hours=n + 1), sent_at=now - timedelta(hours=n + 1))
+        for c, count in zip(people, recent) for n in range(count)])
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE channels_app_delivery")
+    template = TemplateFactory(topic=topic("product_updates"))
+    with django_capture_on_commit_callbacks(execute=False):
+        new = [message_send(customer=c, template=template, channel=email, idempotency_key=f"new-{c.pk}", context={})
+               for c in people]
+
+    def fetched() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"
+                           " WHERE relname = 'channels_app_delivery'")
+            return cursor.fetchone()[0]
+
+    before = fetched()
+    deliveries_dispatch(delivery_ids=[d.pk for d in new[:20]])
+    read = fetched() - before
+    deliveries_dispatch(delivery_ids=[new[20].pk])
+
+    states = dict(Delivery.objects.filter(pk__in=[d.pk for d in new]).values_list("customer_id", "status"))
+    assert [states[c.pk] for c in people] == ["sent"] * 20 + ["suppressed"]
+    assert read < 300, read  # the 20 new rows, their 20 recent contacts, locks and rereads; not 6,000 old rows
