@@ -14,6 +14,10 @@ Ratio = analysis / baseline (target: <= 3). Also reported: the Python memory the
 allocated at its peak (tracemalloc). Before the analysis was counted in SQL it read every
 assignment into Python, with its conversion, three times over.
 
+Also timed once: `nba_train` on a trait (`ltv`), the next-best-action model the same refresh retrains
+daily for a personalized experiment (`nba_s`, `nba_peak_mb`, `nba_samples`): it learns from at most
+NBA_TRAIN_SAMPLES (50,000) exposures, where it read every assignment and customer before.
+
     .venv/bin/python bench/experiments_analysis.py [--customers 300000] [--rounds 3]
 
 Last stdout line: {"bench": "experiments_analysis", "ratio": ..., "analysis_s": ..., "baseline_s": ..., ...}
@@ -35,7 +39,7 @@ from common import django_in_process, exit_on_sigterm, log, postgres, report  # 
 CUSTOMERS = """
 INSERT INTO journeys_customer (external_id, email, phone, timezone, locale, traits, first_seen, last_seen,
                                last_engaged_at, stage, merged_into_id, created_at, updated_at)
-SELECT 'u-' || g, '', '', 'UTC', '', '{}', now(), now(), NULL, '', NULL, now(), now()
+SELECT 'u-' || g, '', '', 'UTC', '', jsonb_build_object('ltv', g %% 1000), now(), now(), NULL, '', NULL, now(), now()
 FROM generate_series(1, %(n)s) AS g
 """
 
@@ -78,6 +82,7 @@ def main() -> int:
         from experiments.models import Assignment
         from experiments.services.analysis import experiment_auto_retire, group_counts
         from experiments.services.experiments import experiment_create, experiment_start
+        from experiments.services.nba import nba_train
         from journeys.services.internal_events import internal_source
 
         experiment = experiment_create(key="offer", name="Offer", goal_event="Buy", window_s=7 * 86400,
@@ -111,6 +116,16 @@ def main() -> int:
         peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
         counts = group_counts(experiment=experiment, now=now)
+        import sklearn.linear_model  # noqa: F401  (imported once per worker: not the training's cost)
+
+        started = time.perf_counter()
+        model = nba_train(experiment=experiment, features=["ltv"], now=now)
+        nba_s = time.perf_counter() - started
+        tracemalloc.start()
+        nba_train(experiment=experiment, features=["ltv"], now=now)
+        nba_peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        log(f"nba_train: {nba_s:.2f} s on {model.samples:,} samples, peak Python memory {nba_peak_mb:.1f} MB")
         log(f"{assignments:,} assignments: analysis {analysis_s:.2f} s, group counts {baseline_s:.2f} s, "
             f"peak Python memory {peak_mb:.1f} MB; {counts}")
 
@@ -123,6 +138,9 @@ def main() -> int:
         assignments=assignments,
         conversions=sum(x for _, x in counts.values()),
         load_s=round(load_s, 1),
+        nba_s=round(nba_s, 2),
+        nba_peak_mb=round(nba_peak_mb, 1),
+        nba_samples=model.samples,
         ok=analysis_s / baseline_s <= 3,
     )
     return 0
