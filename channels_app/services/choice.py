@@ -38,6 +38,9 @@ ENGAGEMENT_EVENTS: dict[str, str | None] = {
     "Message Engaged": None,
 }
 HISTORY_DAYS = 90
+# An open or click counts when its message was sent at most this long before the history's
+# start: the deliveries are read by (customer, sent_at) range, never a customer's whole history.
+OPEN_LAG = timedelta(days=30)
 MIN_ENGAGEMENTS = 5
 
 
@@ -91,14 +94,15 @@ HISTORY_ROWS = 500  # per customer and kind: the newest, enough for a best hour 
 
 
 def _engagement_rows(customer_ids: list[int], *, now: datetime, days: int) -> tuple[dict, dict]:
-    """Opened/clicked deliveries and engagement events of these customers since `days` ago, by
-    customer, newest first (at most HISTORY_ROWS each): one query for each of the two kinds."""
+    """Opened/clicked deliveries (sent at most OPEN_LAG before the start) and engagement events of
+    these customers since `days` ago, by customer, newest first (at most HISTORY_ROWS each): one
+    query for each of the two kinds."""
     from journeys.engine.batch import ids_q
     from journeys.models import Event
 
     since = now - timedelta(days=days)
     deliveries: dict[int, list] = {}
-    for row in (Delivery.objects.filter(ids_q("customer_id", customer_ids))
+    for row in (Delivery.objects.filter(ids_q("customer_id", customer_ids), sent_at__gte=since - OPEN_LAG)
                 .filter(Q(opened_at__gte=since) | Q(clicked_at__gte=since))
                 .values_list("customer_id", "pk", "channel__kind", "opened_at", "clicked_at").order_by("-id")
                 [:HISTORY_ROWS if len(customer_ids) == 1 else None]):

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, time, timedelta
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.db import connection
 
 from channels_app.models import Delivery
 from channels_app.services import consent_set, deliveries_dispatch_due, delivery_dispatch
@@ -344,3 +345,34 @@ def test_end_to_end_an_urgent_event_goes_out_by_push_over_http(api, vendor, monk
 
     detail = StepExecution.objects.get(step_key="tell").detail
     assert detail["chosen_by"] == "urgency" and detail["why"][0] == "push: urgent: push/sms first"
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="reads PostgreSQL's per-transaction table counters")
+def test_the_last_engaged_channel_is_read_from_recent_messages_not_the_whole_history(channels, step):
+    """Given a customer with 2,000 old SMS messages (opened years ago) and one push opened
+    yesterday, when the best channel is chosen, then push wins on the recent open (an open of a
+    message sent before the 90-day history and its 30-day lag does not count) and the choice
+    fetches the recent messages from the deliveries table, not the customer's whole history."""
+    customer = ada()
+    Delivery.objects.bulk_create([
+        Delivery(idempotency_key=f"old:{n}", customer=customer, channel=channels["sms"], status="opened",
+                 sent_at=T0 - timedelta(days=400 + n), opened_at=T0 - timedelta(days=400 + n))
+        for n in range(2000)])
+    late_open = Delivery.objects.create(idempotency_key="late-open", customer=customer, channel=channels["sms"],
+                                        status="opened", sent_at=T0 - timedelta(days=200),
+                                        opened_at=T0 - timedelta(hours=1))
+    engaged(customer, channels["push"], T0 - timedelta(days=1))
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE channels_app_delivery")
+        cursor.execute("SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"
+                       " WHERE relname = 'channels_app_delivery'")
+        before = cursor.fetchone()[0]
+
+    delivery = step(customer, send_time="now")
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"
+                       " WHERE relname = 'channels_app_delivery'")
+        read = cursor.fetchone()[0] - before
+    assert (delivery.channel.name, delivery.notes["channel_choice"]["chosen_by"]) == ("push", "last_engaged")
+    assert read < 100, read
