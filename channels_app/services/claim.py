@@ -244,11 +244,11 @@ def deliveries_claim(*, ids: Sequence[int] | None = None, now: datetime | None =
                     rerouted.add(d.pk)
                     channel = fallback
                 elif not channel.enabled and fallback is not None and fallback.paused:
-                    # A disabled channel's message waits on its fallback's pause, as a message sent
-                    # there would: held (deferred) on the fallback, released when it resumes.
-                    _reroute(d, fallback, to, now)
+                    # A disabled channel's message waits on its fallback's pause (held, deferred, on its
+                    # own channel): the fallback's resume releases it (deliveries_release_held follows
+                    # fallback chains), and so does its own channel's return at the hourly recheck.
                     hold(d, Reason.PAUSED, now + PAUSE_RECHECK,
-                         f"channel {fallback.name} (the fallback of disabled {channel.name}) is paused")
+                         f"channel {channel.name} is disabled and its fallback {fallback.name} is paused")
                     continue
                 elif not channel.enabled:
                     hold(d, Reason.NO_ADDRESS, None, f"channel {channel.name} is disabled, no usable fallback{kept}")

@@ -596,6 +596,21 @@ def deliveries_release_on_resume(*, scope: str, key: str) -> None:
     async_task("channels_app.services.dispatch.deliveries_release_held", scope, key, group="deliveries")
 
 
+def _falling_back_to(channel_id: int) -> set[int]:
+    """This channel and every channel whose fallback chain reaches it (a handful of rows)."""
+    fallback_of = dict(Channel.objects.values_list("pk", "fallback_id"))
+    found = set()
+    for start in fallback_of:
+        seen, current = set(), start
+        while current is not None and current not in seen:
+            if current == channel_id:
+                found.add(start)
+                break
+            seen.add(current)
+            current = fallback_of.get(current)
+    return found | {channel_id}
+
+
 def deliveries_release_held(scope: str = "", key: str = "", now: datetime | None = None) -> int:
     """Send the deliveries held by a pause, oldest first, through the normal send path (consent,
     quiet hours, caps and breakers apply again; one still held stays deferred): they are made
@@ -606,8 +621,8 @@ def deliveries_release_held(scope: str = "", key: str = "", now: datetime | None
     held = Delivery.objects.filter(status=DeliveryStatus.DEFERRED, reason=Reason.PAUSED)
     if scope == "workflow":
         held = held.filter(run_id__in=JourneyRun.objects.filter(workflow_id=int(key)).values("pk"))
-    elif scope == "channel":
-        held = held.filter(channel_id=int(key))
+    elif scope == "channel":  # and the messages of channels that fall back to it (held on its pause)
+        held = held.filter(channel_id__in=_falling_back_to(int(key)))
     count = held.update(next_attempt_at=at)
     if count:
         deliveries_dispatch_due(now=now)

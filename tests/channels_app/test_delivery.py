@@ -243,11 +243,13 @@ def test_paused_channel_holds_sends_without_losing_them(sms, bea, template, vend
                                                                                              "vendor back"]
 
 
-def test_a_disabled_channel_whose_fallback_is_paused_holds_its_messages_until_the_fallback_resumes(
-        sms, bea, template, vendor, on_commit, django_capture_on_commit_callbacks):
+@pytest.mark.parametrize("back", ["fallback resumed", "channel enabled again"])
+def test_a_disabled_channel_whose_fallback_is_paused_holds_its_messages_until_either_is_back(
+        sms, bea, template, vendor, on_commit, django_capture_on_commit_callbacks, back):
     """Given an email fallback that ops paused and an SMS queued before SMS was disabled, when it
-    is dispatched it waits on the fallback's pause (deferred there, not suppressed: a pause holds,
-    it never drops), and the fallback's resume sends it there, once."""
+    is dispatched it waits (deferred, not suppressed: a pause holds, it never drops), on its own
+    channel; the fallback's resume sends it there at once, or SMS enabled again sends it by SMS
+    at the hourly recheck. Once either way."""
     from channels_app.services import channel_pause_set
     from tests.factories import UserFactory
 
@@ -263,16 +265,21 @@ def test_a_disabled_channel_whose_fallback_is_paused_holds_its_messages_until_th
 
     delivery_dispatch(delivery_id=queued.pk)
     queued.refresh_from_db()
-    assert (queued.status, queued.reason, queued.channel_id) == ("deferred", "paused", email.pk)
-    assert queued.requested_channel_id == sms.pk and queued.to == "bea@example.com"
-    assert "email (the fallback of disabled sms) is paused" in queued.error
-    assert queued.notes["rerouted"][0]["why"] == "channel disabled"
+    assert (queued.status, queued.reason, queued.channel_id) == ("deferred", "paused", sms.pk)
+    assert "sms is disabled and its fallback email is paused" in queued.error
 
-    with on_commit():
-        channel_pause_set(channel=email, paused=False, actor=ops, reason="reviewed")
-    queued.refresh_from_db()
-    assert (queued.status, queued.channel_id) == ("sent", email.pk) and vendor.requests == []
-    assert len(queued.notes["rerouted"]) == 1
+    if back == "fallback resumed":
+        with on_commit():
+            channel_pause_set(channel=email, paused=False, actor=ops, reason="reviewed")
+        queued.refresh_from_db()  # released at once by the resume
+        assert (queued.status, queued.channel_id, queued.requested_channel_id) == ("sent", email.pk, sms.pk)
+        assert queued.notes["rerouted"][0]["why"] == "channel disabled" and vendor.requests == []
+    else:
+        sms.enabled = True
+        sms.save()
+        deliveries_dispatch_due(now=timezone.now() + timedelta(hours=1, minutes=1))
+        queued.refresh_from_db()
+        assert (queued.status, queued.channel_id) == ("sent", sms.pk) and len(vendor.requests) == 1
 
 
 @pytest.mark.parametrize("where", ["resume action", "change form", "history revert"])
