@@ -41,7 +41,18 @@ QUEUED_GRACE = timedelta(seconds=30)
 # A message held by a pause (the channel's, a workflow's, safe mode) is released at once when the pause
 # is lifted (deliveries_release_held); this recheck is a safety net only (a channel resumed by hand in
 # the database): a paused campaign of a million messages is not claimed and written again every minute.
+# The recheck backs off with the pause: after an hour, then as long again as the message has been held
+# (notes.held_since), at most a day, so a week's pause rewrites its messages ~10 times, not 168.
 PAUSE_RECHECK = timedelta(hours=1)
+PAUSE_RECHECK_MAX = timedelta(days=1)
+
+
+def pause_recheck(d: Delivery, now: datetime) -> datetime:
+    """When a message held by a pause is looked at again; notes when it was first held."""
+    held_since = (d.notes or {}).get("held_since") if d.reason == Reason.PAUSED else None
+    since = datetime.fromisoformat(held_since) if held_since else now
+    d.notes = {**(d.notes or {}), "held_since": since.isoformat()}
+    return now + min(PAUSE_RECHECK_MAX, max(PAUSE_RECHECK, now - since))
 # Advisory lock namespaces (pg_advisory_xact_lock(namespace, key)).
 LOCK_CUSTOMER, LOCK_CHANNEL_RATE = 7301, 7302
 
@@ -212,11 +223,11 @@ def deliveries_claim(*, ids: Sequence[int] | None = None, now: datetime | None =
                 hold(d, refusal, None, "consent changed before sending")
                 continue
             if channel.paused:
-                hold(d, Reason.PAUSED, now + PAUSE_RECHECK, f"channel {channel.name} is paused")
+                hold(d, Reason.PAUSED, pause_recheck(d, now), f"channel {channel.name} is paused")
                 continue
             # Journeys' outage switches: global safe mode and workflow pauses hold the message (deferred, not lost).
             if why := hold_of(d.run_id):
-                hold(d, Reason.PAUSED, now + PAUSE_RECHECK, why)
+                hold(d, Reason.PAUSED, pause_recheck(d, now), why)
                 continue
             allowed, later, retry_at = admit.take(channel) if channel.enabled else (False, False, None)
             if later:
@@ -247,7 +258,7 @@ def deliveries_claim(*, ids: Sequence[int] | None = None, now: datetime | None =
                     # A disabled channel's message waits on its fallback's pause (held, deferred, on its
                     # own channel): the fallback's resume releases it (deliveries_release_held follows
                     # fallback chains), and so does its own channel's return at the hourly recheck.
-                    hold(d, Reason.PAUSED, now + PAUSE_RECHECK,
+                    hold(d, Reason.PAUSED, pause_recheck(d, now),
                          f"channel {channel.name} is disabled and its fallback {fallback.name} is paused")
                     continue
                 elif not channel.enabled:

@@ -243,6 +243,35 @@ def test_paused_channel_holds_sends_without_losing_them(sms, bea, template, vend
                                                                                              "vendor back"]
 
 
+def test_a_long_pause_looks_at_its_held_messages_less_and_less_often(sms, bea, template, vendor, on_commit):
+    """Given a paused channel holding a message, when its hourly safety-net rechecks find the
+    channel still paused, then each waits as long again as the message has been held (1 h, 1 h,
+    2 h, 4 h...), at most a day: a week's pause rewrites it about 10 times, not 168. The resume
+    still sends it at once."""
+    from channels_app.services import channel_pause_set
+    from tests.factories import UserFactory
+
+    ops = UserFactory(is_superuser=True)
+    channel_pause_set(channel=sms, paused=True, actor=ops, reason="vendor incident")
+    delivery = send(sms, bea, template, "k", on_commit)
+    held_at = delivery.claimed_at or timezone.now()
+    assert (delivery.status, delivery.reason) == ("deferred", "paused")
+    waits, rewrites, now = [], 0, delivery.next_attempt_at
+    while now < held_at + timedelta(days=7):
+        rewrites += deliveries_dispatch_due(now=now) > 0
+        delivery.refresh_from_db()
+        assert (delivery.status, delivery.reason) == ("deferred", "paused")
+        waits.append(round((delivery.next_attempt_at - now).total_seconds() / 3600, 1))
+        now = delivery.next_attempt_at
+    assert waits[:4] == [1.0, 2.0, 4.0, 8.0] and max(waits) == 24.0, waits
+    assert rewrites <= 12 and vendor.requests == []
+
+    with on_commit():
+        channel_pause_set(channel=sms, paused=False, actor=ops, reason="vendor back")
+    delivery.refresh_from_db()
+    assert delivery.status == "sent" and len(vendor.requests) == 1
+
+
 @pytest.mark.parametrize("back", ["fallback resumed", "channel enabled again"])
 def test_a_disabled_channel_whose_fallback_is_paused_holds_its_messages_until_either_is_back(
         sms, bea, template, vendor, on_commit, django_capture_on_commit_callbacks, back):
