@@ -14,6 +14,12 @@ Ratio = analysis / baseline (target: <= 3). Also reported: the Python memory the
 allocated at its peak (tracemalloc). Before the analysis was counted in SQL it read every
 assignment into Python, with its conversion, three times over.
 
+--history-events N: before the experiment, N events of the year before it (received over a month
+before its first assignment, a third of them "Buy"), in partitions of --partition-ids ids (the
+production default is 10,000,000; a small size stands in for a year of a busy install's events).
+The goal queries skip those partitions (events_id_floor); before, each customer's probe went
+through every partition. Reported: `partitions`, `history_events`.
+
 Also timed once: `nba_train` on a trait (`ltv`), the next-best-action model the same refresh retrains
 daily for a personalized experiment (`nba_s`, `nba_peak_mb`, `nba_samples`): it learns from at most
 NBA_TRAIN_SAMPLES (50,000) exposures, where it read every assignment and customer before.
@@ -26,6 +32,7 @@ Last stdout line: {"bench": "experiments_analysis", "ratio": ..., "analysis_s": 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import tracemalloc
@@ -68,12 +75,48 @@ WHERE a.experiment_id = %(experiment)s AND (a.customer_id / 3) %% 5 = 0
 """
 
 
+# A year of events before the experiment (ended over a month before its first assignment), by customer.
+HISTORY = """
+INSERT INTO journeys_event (source_id, message_id, type, name, user_id, anonymous_id, previous_id, group_id,
+                            category, channel, version, customer_id, properties, traits, context, integrations,
+                            metadata, other, violations, changes, timestamp, received_at, status, attempts,
+                            processed_at, error)
+SELECT %(source)s, 'h-' || g, 'track', (ARRAY['Buy', 'Page Viewed', 'Cart Updated'])[1 + g %% 3], '', '', '', '', '',
+       'server', '', 1 + (g * 7919) %% %(customers)s, '{}', '{}', '{}', '{}', '{}', '{}', '[]', '{}', ts, ts,
+       'processed', 1, ts, ''
+FROM generate_series(%(start)s::bigint, %(stop)s::bigint) g,
+     LATERAL (SELECT now() - interval '32 days' - interval '365 days' * (1 - g::float / %(total)s) AS ts) t
+"""
+
+
+def _history(total: int, source: int) -> None:
+    from django.conf import settings
+    from django.db import connection
+
+    from journeys.services.event_storage import events_partitions_ensure
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM journeys_customer")
+        customers = cursor.fetchone()[0]
+        step = min(500_000, settings.EVENT_API["PARTITION_IDS"])  # the partitions ahead take each step
+        for start in range(1, total + 1, step):
+            events_partitions_ensure()  # as the housekeeping schedule does while the table grows
+            cursor.execute(HISTORY, {"source": source, "customers": customers, "start": start,
+                                     "stop": min(total, start + step - 1), "total": total})
+            log(f"history: {min(total, start + step - 1):,} of {total:,} events")
+        events_partitions_ensure()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--customers", type=int, default=300_000)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--history-events", type=int, default=0, help="events of the year before the experiment")
+    p.add_argument("--partition-ids", type=int, default=0, help="event ids per partition (default: the setting's)")
     args = p.parse_args()
     exit_on_sigterm()
+    if args.partition_ids:
+        os.environ["EVENT_PARTITION_IDS"] = str(args.partition_ids)
     with postgres() as url:
         django_in_process(url)
         from django.db import connection
@@ -95,10 +138,15 @@ def main() -> int:
         with connection.cursor() as cursor:
             cursor.execute(CUSTOMERS, {"n": args.customers})
             cursor.execute(ASSIGNMENTS, {"experiment": experiment.pk, "control": arms["control"], "b": arms["b"]})
+            if args.history_events:  # the year before, in the partitions the ids then move past
+                _history(args.history_events, internal_source().pk)
             cursor.execute(GOALS, {"experiment": experiment.pk, "source": internal_source().pk})
             cursor.execute("ANALYZE journeys_customer; ANALYZE journeys_event; ANALYZE experiments_assignment")
         load_s = time.perf_counter() - started
         assignments = Assignment.objects.filter(experiment=experiment).count()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'journeys_event'::regclass")
+            partitions = cursor.fetchone()[0]
         now = timezone.now()
 
         def best(fn) -> float:
@@ -141,6 +189,8 @@ def main() -> int:
         nba_s=round(nba_s, 2),
         nba_peak_mb=round(nba_peak_mb, 1),
         nba_samples=model.samples,
+        history_events=args.history_events,
+        partitions=partitions,
         ok=analysis_s / baseline_s <= 3,
     )
     return 0

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
 from django.apps import apps
-from django.db.models import Count, Exists, OuterRef, Q, Subquery
+from django.db.models import Count, Exists, Min, OuterRef, Q, Subquery
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
@@ -79,7 +79,8 @@ def _exposures(experiment: Experiment, qs, now: datetime, *, order: tuple[str, .
     if experiment.goal_event:
         goal = (
             Event.objects.filter(
-                customer_id=OuterRef("customer_id"), name=experiment.goal_event, timestamp__gte=OuterRef("assigned_at")
+                customer_id=OuterRef("customer_id"), name=experiment.goal_event, timestamp__gte=OuterRef("assigned_at"),
+                pk__gte=_events_floor(experiment, now),
             )
             .order_by("timestamp")
             .values("timestamp")[:1]
@@ -184,13 +185,24 @@ def _expected_counts(experiment: Experiment, now: datetime) -> tuple[dict[str, i
     return dict(observed), dict(expected)
 
 
+def _events_floor(experiment: Experiment, now: datetime) -> int:
+    """No event received long before the experiment's first assignment can convert it: the goal
+    queries start at this event id, so PostgreSQL skips the partitions of older events
+    (journeys.services.event_storage.events_id_floor) instead of probing each for every customer."""
+    from journeys.services.event_storage import events_id_floor
+
+    return events_id_floor(happened_after=lambda: Assignment.objects.filter(
+        experiment=experiment, assigned_at__lte=now).aggregate(first=Min("assigned_at"))["first"])
+
+
 def _conversions(experiment: Experiment, now: datetime):
     """An assignment's conversions (a subquery on OuterRef), as `exposures_list` counts them: goal
     events (or its run's conversion) from the assignment to the end of the window, not after now."""
     window = timedelta(seconds=experiment.window_s)
     if experiment.goal_event:
         return (Event.objects.filter(customer_id=OuterRef("customer_id"), name=experiment.goal_event,
-                                     timestamp__gte=OuterRef("assigned_at"), timestamp__lte=now)
+                                     timestamp__gte=OuterRef("assigned_at"), timestamp__lte=now,
+                                     pk__gte=_events_floor(experiment, now))
                 .filter(timestamp__lte=OuterRef("assigned_at") + window).order_by("timestamp"))
     return (JourneyRun.objects.filter(pk=OuterRef("run_id"), converted_at__gte=OuterRef("assigned_at"),
                                       converted_at__lte=now)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -138,6 +139,45 @@ def _partitioned() -> bool:
 def _last_id(cur) -> int:
     cur.execute(f"SELECT last_value FROM {event_id_sequence()}")
     return cur.fetchone()[0]
+
+
+# An event's timestamp is never more than this ahead of its receipt (the API clamps it to 5 minutes;
+# internal events and imports are stamped when recorded): a day, to be generous.
+RECEIPT_LEAD = timedelta(days=1)
+
+
+def events_id_floor(*, happened_after: datetime | Callable[[], datetime | None]) -> int:
+    """The lowest id an event that happened at or after this moment can have, to a partition's
+    granularity (PostgreSQL; 0 elsewhere): the low bound of the first partition that holds an event
+    received within RECEIPT_LEAD before it. Ids follow arrival, so the partitions before it hold only
+    older events, and a query over events since then can say `id >= floor` and skip them (pruned
+    when planned), instead of probing every partition of years of events. Every row of a skipped
+    partition was received over RECEIPT_LEAD before the moment, so it happened before it, whatever
+    its id (a replayed event keeps its old receipt). A partition still filling (or ahead of the
+    sequence) is always kept. Costs one index probe per closed partition and source. `happened_after`
+    may be a function, asked only when some partition is closed (None: nothing to skip)."""
+    if not _partitioned():
+        return 0
+    floor = 0
+    with connection.cursor() as cur:
+        last = _last_id(cur)
+        closed = [(name, high) for name, _, high in _partitions(cur) if high <= last]
+        if not closed:
+            return 0
+        moment = happened_after() if callable(happened_after) else happened_after
+        if moment is None:
+            return 0
+        received_after = moment - RECEIPT_LEAD
+        sources = list(Source.objects.values_list("pk", flat=True))
+        for name, high in closed:
+            # the newest receipt by source: one probe of the (source, received_at) index each
+            cur.execute(f"SELECT max(m) FROM (SELECT (SELECT max(received_at) FROM {name} WHERE source_id = s)"
+                        " AS m FROM unnest(%s::bigint[]) AS s) x", [sources])
+            newest = cur.fetchone()[0]
+            if newest is not None and newest >= received_after:
+                break
+            floor = high
+    return floor
 
 
 def events_partitions_ensure(*, ahead: int = 2) -> list[str]:

@@ -15,11 +15,13 @@ from django.utils import timezone
 
 from experiments.models import Assignment
 from experiments.services.analysis import MAX_DAYS, experiment_analyze, experiment_auto_retire, exposures_list
+from experiments.services.assignment import assignment_decide
 from journeys.engine.compiled import reset_caches
 from journeys.engine.processor import events_process
 from journeys.models import Customer, JourneyRun
 from tests.experiments.factories import make_customers, make_experiment, make_goal_events, split_then_wait
 from tests.factories import pending_events, select_rows
+from tests.journeys.test_event_storage import sequence_at  # noqa: F401  (the fixture: moves the event ids)
 
 pytestmark = pytest.mark.django_db
 
@@ -145,3 +147,49 @@ def test_auto_retire_reads_counts_not_a_row_per_assignment(publish):
     with select_rows("experiments_assignment") as rows:
         experiment_auto_retire(experiment=experiment, now=timezone.now() + timedelta(minutes=2))
     assert rows and sum(rows) <= 20, rows
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the event table is partitioned on PostgreSQL only")
+@pytest.mark.parametrize("received_late", [False, True])
+def test_the_analysis_skips_the_partitions_of_events_received_before_the_experiment(settings, sequence_at,
+                                                                                    received_late):
+    """Given last month's purchases in a partition the ids have moved past, when the experiment is
+    analysed, then its goal queries do not probe that partition for each customer (only its newest
+    receipt is read, once a query), and count the same conversions; unless the partition also holds
+    an event received lately (a replay, say), when it is probed and that event counts."""
+    from experiments.services.analysis import group_counts
+
+    experiment = make_experiment(goal_event="Buy", window_s=86400, arms=ARMS)
+    now = timezone.now()
+    people = make_customers(30, prefix="p")
+    make_goal_events(people, name="Buy", at=now - timedelta(days=30), prefix="old")  # before the experiment
+    if received_late:
+        make_goal_events(people[:5], name="Buy", at=now - timedelta(minutes=30), prefix="late")
+    sequence_at(settings.EVENT_API["PARTITION_IDS"] + 5)  # that partition is full: new events go to the next
+    for customer in people:
+        assert assignment_decide(experiment=experiment, customer=customer, now=now - timedelta(hours=2)).recorded
+    make_goal_events(people[10:20], name="Buy", at=now - timedelta(hours=1), prefix="new")
+
+    def old_partition_reads() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables"
+                           " WHERE relname = 'journeys_event_p0'")
+            return cursor.fetchone()[0]
+
+    before = old_partition_reads()
+    counts = group_counts(experiment=experiment, now=now)
+    analysis = experiment_analyze(experiment=experiment, now=now)
+    read = old_partition_reads() - before
+
+    converted = {e.customer_id for e in exposures_list(experiment=experiment, now=now) if e.converted_at}
+    expected = {c.pk for c in people[10:20]} | ({c.pk for c in people[:5]} if received_late else set())
+    assert converted == expected
+    assert sum(x for _, x in counts.values()) == len(expected)
+    assert sum(g.conversions for g in analysis.groups) == len(expected)
+    from journeys.models import Source
+
+    floor_probes = 2 * Source.objects.count()  # two queries, each asks the partition's newest receipt by source
+    if received_late:
+        assert read >= len(people), read  # probed for each customer
+    else:
+        assert read <= floor_probes, read
