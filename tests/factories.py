@@ -100,6 +100,18 @@ def row_held(model, pk: int):
         thread.join()
 
 
+def xact_table_stat(table: str, *counters: str) -> int:
+    """PostgreSQL: the sum of these counters of `table` in pg_stat_xact_user_tables, for the current
+    transaction (e.g. seq_tup_read + idx_tup_fetch: the rows a code path fetched, inside a test's
+    transaction; seq_scan + idx_scan: how often it was scanned at all)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {' + '.join(f'coalesce({c}, 0)' for c in counters)} FROM pg_stat_xact_user_tables"
+                       " WHERE relname = %s", [table])
+        return cursor.fetchone()[0]
+
+
 @contextlib.contextmanager
 def select_rows(table: str):
     """PostgreSQL: the row counts of the SELECTs on `table` made inside the block (a list, filled

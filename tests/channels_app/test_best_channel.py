@@ -19,6 +19,7 @@ from journeys.services.dry_run import version_dry_run
 from journeys.services.internal_events import event_record_internal
 from journeys.services.workflows import version_build, version_publish, workflow_create
 from tests.channels_app.factories import CapFactory, ChannelFactory, CustomerFactory, TemplateFactory, topic
+from tests.factories import xact_table_stat
 
 pytestmark = pytest.mark.django_db
 
@@ -364,15 +365,10 @@ def test_the_last_engaged_channel_is_read_from_recent_messages_not_the_whole_his
     engaged(customer, channels["push"], T0 - timedelta(days=1))
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE channels_app_delivery")
-        cursor.execute("SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"
-                       " WHERE relname = 'channels_app_delivery'")
-        before = cursor.fetchone()[0]
+    before = xact_table_stat("channels_app_delivery", "seq_tup_read", "idx_tup_fetch")
 
     delivery = step(customer, send_time="now")
 
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"
-                       " WHERE relname = 'channels_app_delivery'")
-        read = cursor.fetchone()[0] - before
+    read = xact_table_stat("channels_app_delivery", "seq_tup_read", "idx_tup_fetch") - before
     assert (delivery.channel.name, delivery.notes["channel_choice"]["chosen_by"]) == ("push", "last_engaged")
     assert read < 100, read

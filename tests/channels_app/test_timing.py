@@ -12,6 +12,7 @@ from django.utils import timezone
 from channels_app.models import Delivery
 from channels_app.services import deliveries_dispatch, deliveries_dispatch_due, delivery_dispatch, message_send
 from tests.channels_app.factories import CapFactory, ChannelFactory, CustomerFactory, TemplateFactory, topic
+from tests.factories import xact_table_stat
 
 pytestmark = pytest.mark.django_db
 
@@ -178,15 +179,9 @@ def test_a_frequency_cap_reads_the_recent_contacts_not_the_customers_whole_histo
         new = [message_send(customer=c, template=template, channel=email, idempotency_key=f"new-{c.pk}", context={})
                for c in people]
 
-    def fetched() -> int:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"
-                           " WHERE relname = 'channels_app_delivery'")
-            return cursor.fetchone()[0]
-
-    before = fetched()
+    before = xact_table_stat("channels_app_delivery", "seq_tup_read", "idx_tup_fetch")
     deliveries_dispatch(delivery_ids=[d.pk for d in new[:20]])
-    read = fetched() - before
+    read = xact_table_stat("channels_app_delivery", "seq_tup_read", "idx_tup_fetch") - before
     deliveries_dispatch(delivery_ids=[new[20].pk])
 
     states = dict(Delivery.objects.filter(pk__in=[d.pk for d in new]).values_list("customer_id", "status"))

@@ -20,7 +20,7 @@ from journeys.engine.compiled import reset_caches
 from journeys.engine.processor import events_process
 from journeys.models import Customer, JourneyRun
 from tests.experiments.factories import make_customers, make_experiment, make_goal_events, split_then_wait
-from tests.factories import pending_events, select_rows
+from tests.factories import pending_events, select_rows, xact_table_stat
 from tests.journeys.test_event_storage import sequence_at  # noqa: F401  (the fixture: moves the event ids)
 
 pytestmark = pytest.mark.django_db
@@ -170,16 +170,10 @@ def test_the_analysis_skips_the_partitions_of_events_received_before_the_experim
         assert assignment_decide(experiment=experiment, customer=customer, now=now - timedelta(hours=2)).recorded
     make_goal_events(people[10:20], name="Buy", at=now - timedelta(hours=1), prefix="new")
 
-    def old_partition_reads() -> int:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables"
-                           " WHERE relname = 'journeys_event_p0'")
-            return cursor.fetchone()[0]
-
-    before = old_partition_reads()
+    before = xact_table_stat("journeys_event_p0", "seq_scan", "idx_scan")
     counts = group_counts(experiment=experiment, now=now)
     analysis = experiment_analyze(experiment=experiment, now=now)
-    read = old_partition_reads() - before
+    read = xact_table_stat("journeys_event_p0", "seq_scan", "idx_scan") - before
 
     converted = {e.customer_id for e in exposures_list(experiment=experiment, now=now) if e.converted_at}
     expected = {c.pk for c in people[10:20]} | ({c.pk for c in people[:5]} if received_late else set())
