@@ -88,17 +88,20 @@ class CustomerProfile:
     def traits(self) -> str:
         return "c.traits"
 
-    def event_count(self, name: str, since: str) -> str:
+    def event_count(self, name: str, since: str, floor: str | None = None) -> str:
+        return f"SELECT count(*) {self._events(name, since, floor)}"
+
+    def event_first(self, name: str, since: str, floor: str | None = None) -> str:
+        return f"SELECT min(ev.timestamp) {self._events(name, since, floor)}"
+
+    @staticmethod
+    def _events(name: str, since: str, floor: str | None) -> str:
+        """The row's events of that name since then; from the floor id on, when there is one (the
+        partitions of older events skipped: journeys.services.event_storage.events_id_floor)."""
         from journeys.models import Event
 
-        return (f"SELECT count(*) FROM {Event._meta.db_table} AS ev"
-                f" WHERE ev.customer_id = c.id AND ev.name = {name} AND ev.timestamp >= {since}")
-
-    def event_first(self, name: str, since: str) -> str:
-        from journeys.models import Event
-
-        return (f"SELECT min(ev.timestamp) FROM {Event._meta.db_table} AS ev"
-                f" WHERE ev.customer_id = c.id AND ev.name = {name} AND ev.timestamp >= {since}")
+        return (f"FROM {Event._meta.db_table} AS ev WHERE ev.customer_id = c.id AND ev.name = {name}"
+                f" AND ev.timestamp >= {since}" + (f" AND ev.id >= {floor}" if floor else ""))
 
     def attribute(self, key: str, tr: Builder) -> Val:
         if key == "user_id":

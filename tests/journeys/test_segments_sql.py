@@ -30,6 +30,7 @@ from journeys.services.segments import (
     segment_plan,
     segment_translation,
 )
+from tests.journeys.test_event_storage import sequence_at  # noqa: F401  (the fixture: moves the event ids)
 from tests.journeys.test_rules import _random_rule
 
 pytestmark = pytest.mark.django_db
@@ -631,3 +632,33 @@ def test_text_equality_on_stored_traits_gives_the_database_a_containment_to_skip
         "profile.plan in ['pro', null]",
     ]:
         assert segment_translation(rule=rule, now=NOW).prefilter is None, rule
+
+
+@on_postgres
+def test_event_counts_skip_the_partitions_of_events_received_before_their_window(settings, sequence_at):
+    """Given last year's purchases in a partition the event ids have moved past and this week's
+    events in the next, when rules counting events are walked in SQL, then they select what Python
+    selects, and the old partition is not probed for each customer (only its newest receipt is
+    read, once a source)."""
+    from django.db import transaction
+
+    from journeys.models import Event, Source
+    from tests.factories import make_source, xact_table_stat
+
+    customers = populate(120)
+    source = make_source("old")[0]
+    year_ago = NOW - dt.timedelta(days=200)
+    Event.objects.bulk_create([Event(source=source, customer=c, name="Buy", type="track", timestamp=year_ago,
+                                     received_at=year_ago, status="processed", properties={}) for c in customers])
+    sequence_at(settings.EVENT_API["PARTITION_IDS"] + 5)  # that partition is full: new events go to the next
+    with_events(customers)
+
+    translated, wrong = mismatches(EVENT_RULES, customers)
+    assert not wrong, "\n".join(wrong)
+    assert translated == len(EVENT_RULES)
+    with transaction.atomic():
+        before = xact_table_stat("journeys_event_p0", "seq_scan", "idx_scan")
+        found = segment_customer_ids(rule="events_in_last('Buy', days=7) > 1", now=NOW, limit=10**6)
+        read = xact_table_stat("journeys_event_p0", "seq_scan", "idx_scan") - before
+    assert found == python_ids("events_in_last('Buy', days=7) > 1", customers) != []
+    assert read <= Source.objects.count(), read

@@ -231,6 +231,7 @@ def _first_leaves(tr, node: Call) -> str | None:
     if not ok or not asked:
         return None
     ((name, since),) = asked
-    first = tr.profile.event_first(tr.param(name, "text"), tr.param(since.isoformat(), "timestamptz"))
+    first = tr.profile.event_first(tr.param(name, "text"), tr.param(since.isoformat(), "timestamptz"),
+                                   tr.events_floor(since))
     window = tr.param(repr((tr.now - since).total_seconds()), "float8")
     return tr.lateral(f"({first}) + {window} * interval '1 second'")

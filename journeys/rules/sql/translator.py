@@ -80,6 +80,14 @@ class Translator(Comparisons, Functions):
             self._bound[key] = f"%({name})s::{cast}"
         return self._bound[key]
 
+    def events_floor(self, since: dt.datetime) -> str | None:
+        """SQL of the lowest event id an event since then can have (PostgreSQL, when partitions of
+        older events can be skipped), else None."""
+        from journeys.services.event_storage import events_id_floor
+
+        floor = events_id_floor(happened_after=since)
+        return self.param(floor, "bigint") if floor else None
+
     def alias(self) -> str:
         self._aliases += 1
         return f"{self.prefix}x{self._aliases}"
@@ -324,7 +332,8 @@ class Translator(Comparisons, Functions):
         ((name, since),) = asked
         if "\x00" in name:
             raise NotTranslatable("text with a NUL character")
-        count = self.profile.event_count(self.param(name, "text"), self.param(since.isoformat(), "timestamptz"))
+        count = self.profile.event_count(self.param(name, "text"), self.param(since.isoformat(), "timestamptz"),
+                                         self.events_floor(since))
         return Val((Alt(INT, None, self.lateral(f"(({count}))::numeric")),))
 
     def fold(self, node: Node, events_in_last=None) -> tuple[bool, object]:

@@ -69,9 +69,10 @@ class ProfileSource(Protocol):
 
     def attribute(self, key: str, tr: Builder) -> Val: ...
 
-    def event_count(self, name: str, since: str) -> str: ...  # SQL: the row's events named `name` since `since`
+    # SQL: the row's events named `name` since `since` (`floor`: SQL of the lowest event id that can be one)
+    def event_count(self, name: str, since: str, floor: str | None = None) -> str: ...
 
-    def event_first(self, name: str, since: str) -> str: ...  # SQL: the first one's timestamp (NULL: none)
+    def event_first(self, name: str, since: str, floor: str | None = None) -> str: ...  # the first one's timestamp
 
     def elapsed(self, key: str, tr: Builder) -> str: ...  # SQL: days before rounding, of a whole-day attribute
 
