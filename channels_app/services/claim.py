@@ -53,6 +53,8 @@ def pause_recheck(d: Delivery, now: datetime) -> datetime:
     since = datetime.fromisoformat(held_since) if held_since else now
     d.notes = {**(d.notes or {}), "held_since": since.isoformat()}
     return now + min(PAUSE_RECHECK_MAX, max(PAUSE_RECHECK, now - since))
+
+
 # Advisory lock namespaces (pg_advisory_xact_lock(namespace, key)).
 LOCK_CUSTOMER, LOCK_CHANNEL_RATE = 7301, 7302
 
@@ -257,7 +259,7 @@ def deliveries_claim(*, ids: Sequence[int] | None = None, now: datetime | None =
                 elif not channel.enabled and fallback is not None and fallback.paused:
                     # A disabled channel's message waits on its fallback's pause (held, deferred, on its
                     # own channel): the fallback's resume releases it (deliveries_release_held follows
-                    # fallback chains), and so does its own channel's return at the hourly recheck.
+                    # fallback chains), and so does its own channel's return at the next recheck.
                     hold(d, Reason.PAUSED, pause_recheck(d, now),
                          f"channel {channel.name} is disabled and its fallback {fallback.name} is paused")
                     continue
