@@ -84,9 +84,12 @@ def test_a_breaker_that_opens_mid_batch_stops_every_connection_and_nothing_goes_
     statuses = Counter(rows.values_list("status", "reason"))
     assert statuses[("sent", "")] == 10
     # every call is on record, one per message at most: the ones a lane had made when the breaker
-    # opened are taken too; no lane starts another after that (at most one more per lane)
+    # opened are taken too; no lane starts another after that (one more in flight on each of the three
+    # other lanes at most). The breaker counts consecutive failures as their answers are taken: the
+    # tenth success, answered after up to two failures on faster lanes, starts the count again, so it
+    # opens after 3 to 5 failures (a CI run under load took 5)
     calls = len(vendor.requests)
-    assert DeliveryAttempt.objects.filter(delivery__in=rows).count() == calls <= 10 + 3 + 4
+    assert DeliveryAttempt.objects.filter(delivery__in=rows).count() == calls <= 10 + 5 + 3
     assert not rows.annotate(n=Count("attempt_log")).filter(n__gt=1).exists()
     assert len({r.headers["Idempotency-Key"] for r in vendor.requests}) == calls
     assert statuses[("deferred", "retry")] == calls - 10  # the failed calls: retried later
