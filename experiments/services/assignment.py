@@ -110,10 +110,10 @@ def _fresh(*, experiment: Experiment, all_arms: list[Arm], control: Arm, custome
         name = pick_by_weight(arm_weights, u_arm)
         reason = f"hash bucket {u_arm:.4f} of weights {_rounded(arm_weights)}"
         if experiment.mode == ExperimentMode.PERSONALIZED:
-            from experiments.services.nba import LATEST, nba_choose
+            from experiments.services.nba import nba_choose, nba_model
 
-            choice = nba_choose(experiment=experiment, customer=customer, arm_names=list(arm_weights), now=now,
-                                model=model() if model is not None else LATEST)
+            choice = nba_choose(model=model() if model is not None else nba_model(experiment), customer=customer,
+                                arm_names=list(arm_weights), now=now)
             if (
                 choice is not None
                 and hash_unit(experiment.salt, "explore", customer.pk) >= experiment.exploration_share

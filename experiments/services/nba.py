@@ -142,21 +142,14 @@ class Choice:
     explanation: str
 
 
-LATEST = object()
-
-
 def nba_model(experiment: Experiment) -> PropensityModel | None:
-    """The model the split uses: the latest trained."""
+    """The model the split uses: the latest trained (an engine batch reads it once, not per customer)."""
     return PropensityModel.objects.filter(experiment=experiment).first()
 
 
-def nba_choose(*, experiment: Experiment, customer: Customer, arm_names: list[str], now: datetime,
-               model: PropensityModel | None | object = LATEST) -> Choice | None:
-    """The arm with the highest predicted response among `arm_names` (None without a trained model).
-    `model`: the experiment's latest model when the caller has read it already (an engine batch
-    reads it once, not once per customer)."""
-    if model is LATEST:
-        model = nba_model(experiment)
+def nba_choose(*, model: PropensityModel | None, customer: Customer, arm_names: list[str],
+               now: datetime) -> Choice | None:
+    """The arm with the highest predicted response among `arm_names` (None without a trained model)."""
     if model is None:
         return None
     ranked = [e for e in nba_explain(model=model, customer=customer, now=now) if e.arm in arm_names]

@@ -154,8 +154,8 @@ def events_id_floor(*, happened_after: datetime | Callable[[], datetime | None])
     when planned), instead of probing every partition of years of events. Every row of a skipped
     partition was received over RECEIPT_LEAD before the moment, so it happened before it, whatever
     its id (a replayed event keeps its old receipt). A partition still filling (or ahead of the
-    sequence) is always kept. Costs one index probe per closed partition and source. `happened_after`
-    may be a function, asked only when some partition is closed (None: nothing to skip)."""
+    sequence) is always kept. Costs one statement: an index probe per closed partition and source.
+    `happened_after` may be a function, asked only when some partition is closed (None: nothing to skip)."""
     if not _partitioned():
         return 0
     floor = 0
@@ -169,11 +169,11 @@ def events_id_floor(*, happened_after: datetime | Callable[[], datetime | None])
             return 0
         received_after = moment - RECEIPT_LEAD
         sources = list(Source.objects.values_list("pk", flat=True))
-        for name, high in closed:
-            # the newest receipt by source: one probe of the (source, received_at) index each
-            cur.execute(f"SELECT max(m) FROM (SELECT (SELECT max(received_at) FROM {name} WHERE source_id = s)"
-                        " AS m FROM unnest(%s::bigint[]) AS s) x", [sources])
-            newest = cur.fetchone()[0]
+        # each partition's newest receipt, by source: one probe of its (source, received_at) index each
+        cur.execute("SELECT " + ", ".join(
+            f"(SELECT max(m) FROM (SELECT (SELECT max(received_at) FROM {name} WHERE source_id = s) AS m"
+            " FROM unnest(%(sources)s::bigint[]) AS s) x)" for name, _ in closed), {"sources": sources})
+        for (_, high), newest in zip(closed, cur.fetchone()):
             if newest is not None and newest >= received_after:
                 break
             floor = high

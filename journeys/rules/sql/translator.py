@@ -71,6 +71,7 @@ class Translator(Comparisons, Functions):
     # the same LATERAL (an event count, a parsed date) is joined once however often it is read.
     _bound: dict[tuple, str] = field(default_factory=dict)
     _laterals: dict[str, str] = field(default_factory=dict)
+    _floors: dict[dt.datetime, int] = field(default_factory=dict)  # events_floor, by window start
 
     def param(self, value: object, cast: str) -> str:
         key = (type(value), tuple(value) if isinstance(value, list) else value, cast)  # lists: of text
@@ -85,8 +86,9 @@ class Translator(Comparisons, Functions):
         older events can be skipped), else None."""
         from journeys.services.event_storage import events_id_floor
 
-        floor = events_id_floor(happened_after=since)
-        return self.param(floor, "bigint") if floor else None
+        if since not in self._floors:  # a count read twice, or its first moment too: asked once
+            self._floors[since] = events_id_floor(happened_after=since)
+        return self.param(self._floors[since], "bigint") if self._floors[since] else None
 
     def alias(self) -> str:
         self._aliases += 1
