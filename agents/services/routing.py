@@ -10,12 +10,13 @@ Sweepers pick cases with SKIP LOCKED so parallel ticks share the work.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.utils import timezone
 from django_q.tasks import async_task
 
@@ -83,9 +84,9 @@ class Candidate:
         )
 
 
-def teams_for(*, case: Case) -> list[Team]:
+def teams_for(*, case: Case, teams: list[Team] | None = None) -> list[Team]:
     """Teams that serve the case's category: the named team if set, else those listing it, else catch-all teams."""
-    teams = list(Team.objects.all())
+    teams = list(Team.objects.all()) if teams is None else teams
     if case.team_id and not case.team.is_fallback:
         return [t for t in teams if t.pk == case.team_id]
     listing = [t for t in teams if case.category and case.category in (t.categories or [])]
@@ -197,23 +198,75 @@ def case_route(*, case_id: int, now: datetime | None = None) -> Case:
         return case
 
 
+@dataclass
+class FreePlaces:
+    """Who can take a case now, per team: the free places of agents who are active, not offline,
+    within their working hours and under capacity. A snapshot read without locks, two queries:
+    it only decides which cases are worth a routing attempt (routing re-checks under the agent's lock)."""
+
+    teams: list[Team]
+    places: Counter  # team id -> free places
+
+    @classmethod
+    def read(cls, now: datetime) -> FreePlaces:
+        agents = list(Agent.objects.filter(user__is_active=True).exclude(status=AgentStatus.OFFLINE)
+                      .only("pk", "team_id", "capacity", "timezone", "working_hours"))
+        loads = _loads([a.pk for a in agents])
+        places = Counter()
+        for agent in agents:
+            free = agent.capacity - loads.get(agent.pk, 0)
+            if free > 0 and agent.is_working(now):
+                places[agent.team_id] += free
+        return cls(list(Team.objects.all()) if places else [], places)
+
+    def can_serve(self, case: Case) -> bool:
+        return any(self.places[t.pk] > 0 for t in teams_for(case=case, teams=self.teams))
+
+    def took(self, agent: Agent) -> None:
+        self.places[agent.team_id] -= 1
+
+    def cases_q(self) -> Q:
+        """The cases a team with free places serves (teams_for, as a filter)."""
+        open_teams = [t for t in self.teams if self.places[t.pk] > 0]
+        named = Q(team_id__in=[t.pk for t in open_teams if not t.is_fallback])
+        unnamed = Q(team__isnull=True) | Q(team__is_fallback=True)
+        if any(not t.categories for t in open_teams):
+            return named | unnamed
+        return named | unnamed & Q(category__in=sorted({c for t in open_teams for c in t.categories}))
+
+
 def cases_route_waiting(*, now: datetime | None = None, limit: int = 500) -> int:
-    """Try again to route queued cases, oldest-highest first (agents came online or freed up)."""
+    """Try again to route queued cases, highest priority and oldest first (agents came online or
+    freed up). Only the cases someone free can serve are tried: a minute with nobody free costs the
+    two queries of the snapshot, and a case a free agent serves is never stuck behind `limit`
+    older ones nobody can take. A case left without a team is queued in one."""
     now = now or timezone.now()
-    waiting = Case.objects.filter(status=CaseStatus.NEW).order_by("-priority", "created_at")
-    ids = list(waiting.values_list("pk", flat=True)[:limit])
+    free = FreePlaces.read(now)
     routed = 0
-    for case_id in ids:
+    if free.places:
+        waiting = (Case.objects.filter(free.cases_q(), status=CaseStatus.NEW).select_related("team")
+                   .defer("text", "escalation_reasons").order_by("-priority", "created_at"))
+        for seen in waiting[:limit]:
+            if not free.can_serve(seen):
+                continue  # the places of the teams serving it were taken in this pass
+            with transaction.atomic():
+                case = (
+                    Case.objects.select_for_update(of=("self",), **skip_locked())
+                    .select_related("team").filter(pk=seen.pk, status=CaseStatus.NEW).first()
+                )
+                if case is None:
+                    continue  # taken meanwhile, or another worker holds it
+                agent = _route_locked(case=case, now=now, reason="routed from queue")
+                if agent is not None:
+                    routed += 1
+                    free.took(agent)
+            if not +free.places:
+                break  # no free place left
+    for case_id in Case.objects.filter(team__isnull=True, status=CaseStatus.NEW).values_list("pk", flat=True)[:limit]:
         with transaction.atomic():
-            case = (
-                Case.objects.select_for_update(of=("self",), **skip_locked())
-                .select_related("team").filter(pk=case_id, status=CaseStatus.NEW).first()
-            )
-            if case is None:
-                continue  # taken meanwhile, or another worker holds it
-            if _route_locked(case=case, now=now, reason="routed from queue") is not None:
-                routed += 1
-            elif case.team_id is None:
+            case = (Case.objects.select_for_update(of=("self",), **skip_locked())
+                    .filter(pk=case_id, team__isnull=True, status=CaseStatus.NEW).first())
+            if case is not None:
                 _queue_locked(case=case, team=queue_team_for(case=case), reason="no agent can take it now")
     return routed
 
@@ -264,6 +317,7 @@ def cases_sla_check(*, now: datetime | None = None, limit: int = 500) -> dict:
     """
     now = now or timezone.now()
     stats = {"rerouted": 0, "raised": 0}
+    free = FreePlaces.read(now)  # a case no free agent serves skips the routing attempt's queries
     for _ in range(limit):
         with transaction.atomic():
             case = (
@@ -280,8 +334,11 @@ def cases_sla_check(*, now: datetime | None = None, limit: int = 500) -> dict:
             exclude = (previous.pk,) if previous else ()
             waited = f"no first response by {case.sla_due_at:%Y-%m-%d %H:%M} UTC"
             case.sla_due_at = sla_due(priority=case.priority, start=now)
-            agent = _route_locked(case=case, now=now, exclude=exclude, reason=f"SLA re-route: {waited}")
+            agent = None
+            if free.can_serve(case):
+                agent = _route_locked(case=case, now=now, exclude=exclude, reason=f"SLA re-route: {waited}")
             if agent is not None:
+                free.took(agent)
                 stats["rerouted"] += 1
                 _entry(case, EntryKind.SLA, f"SLA breached ({waited}): re-routed from {previous or 'the queue'} to {agent}")
                 continue

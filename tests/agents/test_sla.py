@@ -92,3 +92,56 @@ def test_the_tick_task_checks_slas_and_routes_the_queue(team, django_capture_on_
     assert tasks.sla_tick() == {"rerouted": 0, "raised": 0, "routed": 1}
     case.refresh_from_db()
     assert case.assigned_agent == agent
+
+
+def _waiting(team, n, *, category="billing", priority=3):
+    """n cases queued in `team` that nobody has taken, written as rows (no routing on open)."""
+    from agents.models import Case
+    from tests.factories import CustomerFactory
+
+    customer = CustomerFactory()
+    return Case.objects.bulk_create(
+        Case(customer=customer, category=category, priority=priority, status="new", team=team,
+             sla_due_at=timezone.now() + timedelta(hours=1)) for _ in range(n))
+
+
+def test_a_case_someone_can_take_is_not_stuck_behind_a_full_page_nobody_can(team, django_capture_on_commit_callbacks):
+    """501 high-priority billing cases wait with nobody free for billing; a newer, lower one for
+    the returns desk (whose agent just came online) is routed by the tick all the same."""
+    _waiting(team, 501)
+    returns = TeamFactory(slug="returns", categories=["returns"])
+    agent = AgentFactory(team=returns, status="online")
+    [case] = _waiting(None, 1, category="returns", priority=1)
+
+    assert tasks.sla_tick()["routed"] == 1
+    case.refresh_from_db()
+    assert case.assigned_agent == agent
+    assert not team.cases.exclude(status="new").exists()
+
+
+def test_the_queue_sweep_with_nobody_free_reads_no_waiting_case(team, django_assert_max_num_queries):
+    """The minute's sweep costs what can be done: with every agent offline or full, 600 waiting
+    cases are not each locked and tried (the code before made ~6 queries per case, 500 a minute)."""
+    from agents.services.routing import cases_route_waiting
+
+    AgentFactory(team=team, status="offline")
+    full = AgentFactory(team=team, capacity=1)
+    _waiting(team, 600)
+    from agents.models import Case
+
+    Case.objects.filter(pk=Case.objects.order_by("pk").first().pk).update(status="assigned", assigned_agent=full)
+
+    with django_assert_max_num_queries(4):
+        assert cases_route_waiting() == 0
+
+
+def test_the_sweep_stops_when_the_free_places_are_taken(team, django_assert_max_num_queries):
+    from agents.models import Case
+    from agents.services.routing import cases_route_waiting
+
+    agent = AgentFactory(team=team, capacity=2)
+    _waiting(team, 300)
+
+    with django_assert_max_num_queries(60):
+        assert cases_route_waiting() == 2
+    assert list(Case.objects.filter(assigned_agent=agent).values_list("status", flat=True)) == ["assigned"] * 2
