@@ -460,8 +460,9 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
             moved = Delivery.objects.filter(pk__in=ids, status=DeliveryStatus.SENDING).update(
                 status=DeliveryStatus.SENT, sent_at=F("accepted_at"), next_attempt_at=None, reason="", error="",
                 updated_at=now)
-            if moved < len(ids):  # those a callback moved on keep their status, and get their sent_at
-                Delivery.objects.filter(pk__in=ids, sent_at__isnull=True).update(sent_at=F("accepted_at"))
+            if moved < len(ids):  # those a callback moved on keep their status, and get their send's moment
+                # (a callback sets sent_at itself, to its own moment when it came before the send's mark)
+                Delivery.objects.filter(pk__in=ids).exclude(status=DeliveryStatus.SENT).update(sent_at=F("accepted_at"))
         rows_set(Delivery, [{"id": d.pk, "status": d.status, "reason": d.reason, "error": d.error,
                              "next_attempt_at": d.next_attempt_at, "attempts": d.attempts, "notes": d.notes}
                             for d in changed],

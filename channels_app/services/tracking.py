@@ -41,6 +41,14 @@ def _advance(delivery: Delivery, status: str) -> None:
         delivery.status = status
 
 
+def _was_sent(delivery: Delivery, at: datetime | None) -> None:
+    """A message the vendor reports on went out: its report can come before the batch's result write
+    sets `sent_at` (the send's mark has set `accepted_at`), and caps count contacts by `sent_at`.
+    `at`: the report's moment, for a report that proves the message reached the customer."""
+    if delivery.sent_at is None:
+        delivery.sent_at = delivery.accepted_at or at
+
+
 def _engaged(delivery: Delivery, at: datetime) -> None:
     from journeys.models import Customer
 
@@ -60,9 +68,11 @@ def delivery_status_record(*, delivery_id: int, status: str, detail: str = "", a
     if ours == DeliveryStatus.DELIVERED:
         delivery.delivered_at = delivery.delivered_at or at
         _advance(delivery, ours)
+        _was_sent(delivery, at)
     elif delivery.status in (DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.SENDING):
         delivery.status = ours
         delivery.error = (detail or status)[:4000]
+        _was_sent(delivery, None)
     delivery.save()
     event_record_internal(customer=delivery.customer, name=EVENT_NAMES[ours], at=at,
                           message_id=f"status:{delivery.pk}:{ours}",
@@ -82,6 +92,7 @@ def delivery_open_record(*, delivery_id: int, at: datetime | None = None) -> Del
     at = at or timezone.now()
     delivery.opened_at = delivery.opened_at or at
     _advance(delivery, DeliveryStatus.OPENED)
+    _was_sent(delivery, at)
     delivery.save()
     _engaged(delivery, at)
     event_record_internal(customer=delivery.customer, name="Email Opened", message_id=f"open:{delivery.pk}",
@@ -102,6 +113,7 @@ def delivery_click_record(*, delivery_id: int, url: str, at: datetime | None = N
     delivery.opened_at = delivery.opened_at or at
     delivery.clicked_at = delivery.clicked_at or at
     _advance(delivery, DeliveryStatus.CLICKED)
+    _was_sent(delivery, at)
     delivery.save()
     _engaged(delivery, at)
     digest = hashlib.sha256(url.encode()).hexdigest()[:16]
