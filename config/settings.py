@@ -109,6 +109,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # CORS for the tracking API (/v1/) only: browsers' analytics SDKs post from other origins.
+    "journeys.api.cors.TrackingCorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "config.csp.ContentSecurityPolicyMiddleware",
     # Serves our own static files from gunicorn (no CDN, no separate web server needed).
@@ -335,6 +337,11 @@ STREAM = {
 }
 
 # Event API limits (the Segment HTTP Tracking API's own limits).
+# Origins whose pages may call the tracking API (/v1/) from a browser: "*" (any, the default: a
+# browser source's write key is public in its pages anyway, and /v1/ reads no cookie) or a
+# comma-separated list such as "https://shop.example.com,https://www.example.com".
+EVENT_API_CORS_ORIGINS = [o.strip().rstrip("/") for o in os.environ.get("EVENT_API_CORS_ORIGINS", "*").split(",")
+                          if o.strip()]
 EVENT_API = {
     "MAX_EVENT_BYTES": 32 * 1024,
     # RudderStack's SDKs send batches of up to 4 MB; Segment's up to 500 KB.

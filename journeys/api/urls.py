@@ -12,4 +12,11 @@ urlpatterns = [
         path(kind, views.SingleEventView.as_view(event_type=kind), name=f"api-{kind}")
         for kind in ("track", "identify", "page", "screen", "group", "alias")
     ],
+    # Segment's analytics.js in browsers: its settings, its one-letter paths and its batch path.
+    path("projects/<str:write_key>/settings", views.BrowserSettingsView.as_view(), name="api-browser-settings"),
+    *[
+        path(short, views.ShortSingleEventView.as_view(event_type=kind), name=f"api-{short}")
+        for short, kind in views.BROWSER_SHORT_PATHS.items()
+    ],
+    path("b", views.ShortBatchView.as_view(), name="api-b"),
 ]

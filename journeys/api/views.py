@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import threading
 import zlib
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError
@@ -80,12 +82,36 @@ def _read_json(request, *, max_bytes: int) -> object:
     except UnicodeDecodeError as exc:
         raise _BodyError(400, f"body is not valid UTF-8 (byte {exc.start})", "invalid_body") from None
     try:
-        return json_strict(text)
+        try:
+            return json_strict(text)
+        except RecursionError:
+            return _parse_on_a_fresh_stack(text)
     except RecursionError:
         where = nesting_path(text)
         raise _BodyError(400, f"is nested more than {MAX_DEPTH} levels deep", "too_deep", field=where or "body") from None
     except ValueError as exc:
         raise _BodyError(400, f"malformed JSON: {exc}", "invalid_json") from None
+
+
+def _parse_on_a_fresh_stack(text: str) -> object:
+    """The parser's recursion budget is shared with the request's own frames (middleware, views):
+    a body nesting deep, yet within the budget, is parsed again on a thread of its own, so whether
+    it parses (and its too-deep event is quarantined alone, the rest of its batch stored) never
+    depends on how deep the request's stack happens to be. Deeper still: RecursionError again."""
+    outcome: dict = {}
+
+    def parse() -> None:
+        try:
+            outcome["value"] = json_strict(text)
+        except (RecursionError, ValueError) as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=parse, name="json-deep")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def _basic_write_key(request) -> str | None:
@@ -144,7 +170,8 @@ class _TrackingView(APIView):
             if wait:
                 return _error(
                     429, f"rate limit exceeded for source {source.name!r}; retry after {wait}s",
-                    code="rate_limited", headers={"Retry-After": str(wait)},
+                    # X-RateLimit-Reset: the seconds Segment's analytics.js waits before it retries
+                    code="rate_limited", headers={"Retry-After": str(wait), "X-RateLimit-Reset": str(wait)},
                 )
             result = self.handle_payload(source=source, body=body, received_at=received_at, ip=client_ip(request.META))
         except _BodyError as exc:
@@ -208,3 +235,49 @@ class BatchView(_TrackingView):
         return events_receive(source=source, payloads=batch, received_at=received_at, ip=ip,
                               batch_defaults=defaults, in_batch=True)
 
+
+class ShortSingleEventView(SingleEventView):
+    """/v1/t, /v1/p, /v1/i, /v1/g, /v1/a, /v1/s: where Segment's analytics.js posts each call
+    (`{apiHost}/{first letter of the type}`, a text/plain JSON body with its writeKey). The same
+    endpoint as /v1/track and the others; not listed twice in the OpenAPI document."""
+
+    schema = None
+
+
+class ShortBatchView(BatchView):
+    """/v1/b: analytics.js's batching delivery strategy (`{apiHost}/b`); /v1/batch under another name."""
+
+    schema = None
+
+
+BROWSER_SHORT_PATHS = {"t": "track", "p": "page", "i": "identify", "g": "group", "a": "alias", "s": "screen"}
+
+
+class BrowserSettingsView(APIView):
+    """GET /v1/projects/{write key}/settings: the settings Segment's analytics.js (analytics-next)
+    loads from its CDN before it sends anything. With `cdnURL` pointed at this server, its one
+    destination is this server's /v1 (PUBLIC_BASE_URL): no other destination, no remote metrics."""
+
+    authentication_classes: list = []
+    permission_classes: list = []
+    renderer_classes = [JSONRenderer]
+    schema = None
+
+    def get(self, request, write_key: str):
+        try:
+            source_authenticate(write_key=write_key)
+        except AuthenticationFailed as exc:
+            return _error(401, exc.message, code=exc.code)
+        except SourceDisabled as exc:
+            return _error(403, exc.message, code=exc.code)
+        base = urlsplit(settings.PUBLIC_BASE_URL)
+        segment = {"apiKey": write_key, "apiHost": f"{base.netloc}{base.path.rstrip('/')}/v1",
+                   "protocol": base.scheme or "https", "unbundledIntegrations": [], "addBundledMetadata": True,
+                   "maybeBundledConfigIds": {}}
+        everything = {"__default": {"enabled": True, "integrations": {}}}
+        return Response({
+            "integrations": {"Segment.io": segment},
+            "plan": {"track": everything, "identify": everything, "group": everything},
+            "edgeFunction": {}, "analyticsNextEnabled": True, "middlewareSettings": {}, "enabledMiddleware": {},
+            "metrics": {"sampleRate": 0}, "legacyVideoPluginsEnabled": False, "remotePlugins": [],
+        }, headers={"Cache-Control": "public, max-age=300"})
