@@ -165,14 +165,15 @@ def _queue_locked(*, case: Case, team: Team | None, reason: str) -> Case:
     return case
 
 
-def queue_team_for(*, case: Case) -> Team | None:
+def queue_team_for(*, case: Case, teams: list[Team] | None = None) -> Team | None:
     """Where a case waits when nobody can take it: the team serving its category, else the fallback queue."""
     if case.team_id and not case.team.is_fallback:
         return case.team
-    serving = [t for t in teams_for(case=case) if case.category and case.category in (t.categories or [])]
+    teams = list(Team.objects.all()) if teams is None else teams
+    serving = [t for t in teams_for(case=case, teams=teams) if case.category and case.category in (t.categories or [])]
     if serving:
         return serving[0]
-    return Team.objects.filter(is_fallback=True).first()
+    return next((t for t in teams if t.is_fallback), None)
 
 
 def _route_locked(*, case: Case, now: datetime, exclude: tuple[int, ...] = (), reason: str = "routed") -> Agent | None:
@@ -202,7 +203,8 @@ def case_route(*, case_id: int, now: datetime | None = None) -> Case:
 class FreePlaces:
     """Who can take a case now, per team: the free places of agents who are active, not offline,
     within their working hours and under capacity. A snapshot read without locks, two queries:
-    it only decides which cases are worth a routing attempt (routing re-checks under the agent's lock)."""
+    it only decides which cases are worth a routing attempt (routing re-checks under the agent's
+    lock), and is kept current as this pass assigns cases (`took`) and moves them away (`freed`)."""
 
     teams: list[Team]
     places: Counter  # team id -> free places
@@ -217,13 +219,21 @@ class FreePlaces:
             free = agent.capacity - loads.get(agent.pk, 0)
             if free > 0 and agent.is_working(now):
                 places[agent.team_id] += free
-        return cls(list(Team.objects.all()) if places else [], places)
+        return cls(list(Team.objects.all()), places)
+
+    def __bool__(self) -> bool:
+        return any(n > 0 for n in self.places.values())
 
     def can_serve(self, case: Case) -> bool:
         return any(self.places[t.pk] > 0 for t in teams_for(case=case, teams=self.teams))
 
     def took(self, agent: Agent) -> None:
         self.places[agent.team_id] -= 1
+
+    def freed(self, agent: Agent, now: datetime) -> None:
+        """A case moved away from this agent: a place, if they can take cases now."""
+        if agent.status != AgentStatus.OFFLINE and agent.user.is_active and agent.is_working(now):
+            self.places[agent.team_id] += 1
 
     def cases_q(self) -> Q:
         """The cases a team with free places serves (teams_for, as a filter)."""
@@ -235,39 +245,53 @@ class FreePlaces:
         return named | unnamed & Q(category__in=sorted({c for t in open_teams for c in t.categories}))
 
 
+def _route_waiting_case(case_id: int, *, now: datetime, free: FreePlaces, teamless: bool = False) -> bool:
+    """One queued case, in its own transaction: routed if someone free serves it; a case without a
+    team that nobody can take is queued in the team serving its category (else the fallback)."""
+    with transaction.atomic():
+        case = (Case.objects.select_for_update(of=("self",), **skip_locked())
+                .select_related("team").filter(pk=case_id, status=CaseStatus.NEW).first())
+        if case is None or (teamless and case.team_id is not None):
+            return False  # taken meanwhile, queued, or another worker holds it
+        if free.can_serve(case):
+            agent = _route_locked(case=case, now=now, reason="routed from queue")
+            if agent is not None:
+                free.took(agent)
+                return True
+        if case.team_id is None:
+            _queue_locked(case=case, team=queue_team_for(case=case, teams=free.teams), reason="no agent can take it now")
+        return False
+
+
 def cases_route_waiting(*, now: datetime | None = None, limit: int = 500) -> int:
     """Try again to route queued cases, highest priority and oldest first (agents came online or
-    freed up). Only the cases someone free can serve are tried: a minute with nobody free costs the
-    two queries of the snapshot, and a case a free agent serves is never stuck behind `limit`
-    older ones nobody can take. A case left without a team is queued in one."""
+    freed up). Only the cases a team with a free place serves are read and tried, at most `limit`
+    of them: the list is read again when a team's last place is taken, so a case some free agent
+    serves is never stuck behind older ones nobody can take now. A case without a team is routed
+    if it can be, else queued in one (a case nobody could ever queue is left alone)."""
     now = now or timezone.now()
     free = FreePlaces.read(now)
-    routed = 0
-    if free.places:
-        waiting = (Case.objects.filter(free.cases_q(), status=CaseStatus.NEW).select_related("team")
-                   .defer("text", "escalation_reasons").order_by("-priority", "created_at"))
-        for seen in waiting[:limit]:
+    routed, tried = 0, []
+    while free and len(tried) < limit:
+        waiting = list(Case.objects.filter(free.cases_q(), status=CaseStatus.NEW).exclude(pk__in=tried)
+                       .select_related("team").only("pk", "team", "category")
+                       .order_by("-priority", "created_at")[: limit - len(tried)])
+        exhausted = False
+        for seen in waiting:
             if not free.can_serve(seen):
-                continue  # the places of the teams serving it were taken in this pass
-            with transaction.atomic():
-                case = (
-                    Case.objects.select_for_update(of=("self",), **skip_locked())
-                    .select_related("team").filter(pk=seen.pk, status=CaseStatus.NEW).first()
-                )
-                if case is None:
-                    continue  # taken meanwhile, or another worker holds it
-                agent = _route_locked(case=case, now=now, reason="routed from queue")
-                if agent is not None:
-                    routed += 1
-                    free.took(agent)
-            if not +free.places:
-                break  # no free place left
-    for case_id in Case.objects.filter(team__isnull=True, status=CaseStatus.NEW).values_list("pk", flat=True)[:limit]:
-        with transaction.atomic():
-            case = (Case.objects.select_for_update(of=("self",), **skip_locked())
-                    .filter(pk=case_id, team__isnull=True, status=CaseStatus.NEW).first())
-            if case is not None:
-                _queue_locked(case=case, team=queue_team_for(case=case), reason="no agent can take it now")
+                continue  # its teams' places were taken in this pass
+            tried.append(seen.pk)
+            if _route_waiting_case(seen.pk, now=now, free=free):
+                routed += 1
+                if not free.can_serve(seen):
+                    exhausted = True  # that team's last place: list again, for the teams still free
+                    break
+        if not exhausted:
+            break  # every case listed was tried, or is served only by teams now full
+    for case in (Case.objects.filter(team__isnull=True, status=CaseStatus.NEW).exclude(pk__in=tried)
+                 .only("pk", "team", "category").order_by("-priority", "created_at")[:limit]):
+        if free.can_serve(case) or queue_team_for(case=case, teams=free.teams) is not None:
+            routed += _route_waiting_case(case.pk, now=now, free=free, teamless=True)
     return routed
 
 
@@ -339,6 +363,8 @@ def cases_sla_check(*, now: datetime | None = None, limit: int = 500) -> dict:
                 agent = _route_locked(case=case, now=now, exclude=exclude, reason=f"SLA re-route: {waited}")
             if agent is not None:
                 free.took(agent)
+                if previous is not None:
+                    free.freed(previous, now)
                 stats["rerouted"] += 1
                 _entry(case, EntryKind.SLA, f"SLA breached ({waited}): re-routed from {previous or 'the queue'} to {agent}")
                 continue

@@ -145,3 +145,70 @@ def test_the_sweep_stops_when_the_free_places_are_taken(team, django_assert_max_
     with django_assert_max_num_queries(60):
         assert cases_route_waiting() == 2
     assert list(Case.objects.filter(assigned_agent=agent).values_list("status", flat=True)) == ["assigned"] * 2
+
+
+def test_a_free_desk_is_reached_even_when_another_team_frees_a_place_every_minute(team):
+    """The review's starvation case: billing frees one place a minute and has 600 waiting; the
+    returns desk's newer, lower case is routed in the same pass as billing's one."""
+    from agents.models import Case
+    from agents.services.routing import cases_route_waiting
+
+    AgentFactory(team=team, capacity=1)
+    _waiting(team, 600)
+    returns = TeamFactory(slug="returns", categories=["returns"])
+    agent = AgentFactory(team=returns, status="online")
+    [case] = _waiting(returns, 1, category="returns", priority=1)
+
+    assert cases_route_waiting() == 2
+    case.refresh_from_db()
+    assert case.assigned_agent == agent
+    assert Case.objects.filter(team=team, status="assigned").count() == 1
+
+
+def test_a_teamless_case_goes_to_a_free_catch_all_desk_not_into_its_categorys_busy_queue(team):
+    """A case without a team whose category team is busy, while a catch-all desk has room: it is
+    routed to the catch-all agent, not queued in billing (where only billing could take it)."""
+    from agents.services.routing import cases_route_waiting
+
+    AgentFactory(team=team, status="offline")
+    anything = TeamFactory(slug="anything", categories=[])
+    generalist = AgentFactory(team=anything, capacity=5)
+    [other] = _waiting(None, 1, category="other", priority=3)
+    [billing] = _waiting(None, 1, category="billing", priority=1)
+
+    assert cases_route_waiting(limit=1) == 2
+    for case in (other, billing):
+        case.refresh_from_db()
+        assert (case.status, case.assigned_agent) == ("assigned", generalist)
+
+
+def test_a_teamless_case_nobody_can_ever_queue_is_left_alone_without_a_history_row_a_minute(team):
+    from agents.models import Case
+    from agents.services.routing import cases_route_waiting
+
+    [case] = _waiting(None, 1, category="gardening")  # no team lists it; no fallback, no catch-all
+    history = Case.history.count()
+
+    cases_route_waiting()
+    cases_route_waiting()
+
+    assert Case.history.count() == history
+    case.refresh_from_db()
+    assert (case.status, case.team) == ("new", None)
+
+
+def test_a_re_route_gives_the_previous_agent_a_place_for_the_next_breach(team, django_capture_on_commit_callbacks):
+    """P holds c1 (full), Q is free; c1 breaches and goes to Q, so P can take c2 when it breaches in
+    the same tick: both re-routed, no priority raised."""
+    p = AgentFactory(team=team, capacity=1, skills={"billing": 5})
+    c1 = open_case(priority=3, capture=django_capture_on_commit_callbacks)
+    assert c1.assigned_agent == p
+    q = AgentFactory(team=team, capacity=1, skills={"billing": 1})
+    [c2] = _waiting(team, 1, priority=3)
+    later = timezone.now() + timedelta(hours=2)
+
+    assert cases_sla_check(now=later) == {"rerouted": 2, "raised": 0}
+    c1.refresh_from_db()
+    c2.refresh_from_db()
+    assert (c1.assigned_agent, c2.assigned_agent) == (q, p)
+    assert c2.get_priority_display() == "High"
