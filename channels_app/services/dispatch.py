@@ -462,7 +462,8 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
                 updated_at=now)
             if moved < len(ids):  # those a callback moved on keep their status, and get their send's moment
                 # (a callback sets sent_at itself, to its own moment when it came before the send's mark)
-                Delivery.objects.filter(pk__in=ids).exclude(status=DeliveryStatus.SENT).update(sent_at=F("accepted_at"))
+                (Delivery.objects.filter(pk__in=ids, accepted_at__isnull=False).exclude(status=DeliveryStatus.SENT)
+                 .update(sent_at=F("accepted_at")))
         rows_set(Delivery, [{"id": d.pk, "status": d.status, "reason": d.reason, "error": d.error,
                              "next_attempt_at": d.next_attempt_at, "attempts": d.attempts, "notes": d.notes}
                             for d in changed],

@@ -44,9 +44,10 @@ def _advance(delivery: Delivery, status: str) -> None:
 def _was_sent(delivery: Delivery, at: datetime | None) -> None:
     """A message the vendor reports on went out: its report can come before the batch's result write
     sets `sent_at` (the send's mark has set `accepted_at`), and caps count contacts by `sent_at`.
-    `at`: the report's moment, for a report that proves the message reached the customer."""
+    The moment is the mark's, else the claim's (as the caps count a message in flight), else - for
+    a report that proves the message reached the customer - the report's own (`at`)."""
     if delivery.sent_at is None:
-        delivery.sent_at = delivery.accepted_at or at
+        delivery.sent_at = delivery.accepted_at or (delivery.claimed_at if at else None) or at
 
 
 def _engaged(delivery: Delivery, at: datetime) -> None:

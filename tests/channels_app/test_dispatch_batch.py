@@ -343,6 +343,8 @@ def test_a_delivered_callback_before_an_error_answer_keeps_delivered_and_nothing
     row = Delivery.objects.get(pk=delivery.pk)
     assert row.status == "delivered" and len(vendor.requests) == 1  # statuses only move forward
     assert DeliveryAttempt.objects.filter(delivery=row, ok=False).count() == 1  # the answer is on record
+    # it was a contact, from its claim (the caps count it from then), whatever its answer said
+    assert row.accepted_at is None and row.sent_at == row.claimed_at is not None
     assert not Event.objects.filter(name="Message Failed").exists()
 
 
