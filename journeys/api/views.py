@@ -103,7 +103,7 @@ def _parse_on_a_fresh_stack(text: str) -> object:
     def parse() -> None:
         try:
             outcome["value"] = json_strict(text)
-        except (RecursionError, ValueError) as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the request's thread as it is
             outcome["error"] = exc
 
     thread = threading.Thread(target=parse, name="json-deep")
@@ -136,6 +136,7 @@ class _TrackingView(APIView):
     renderer_classes = [JSONRenderer]
     schema = TrackingSchema()
     event_type: str | None = None
+    key_in_query = False  # the write key may come as ?writeKey= (a beacon cannot set a header)
     max_body_setting = "MAX_EVENT_BYTES"
     # The shapes, for the OpenAPI document (journeys.api.openapi / drf-spectacular): input and output apart.
     request_serializer = BatchIn
@@ -165,7 +166,10 @@ class _TrackingView(APIView):
             if not isinstance(body, dict):
                 return _error(400, "body must be a JSON object", code="invalid_body")
             if source is None:
-                source = source_authenticate(write_key=body.get("writeKey"))
+                key = body.get("writeKey")
+                if key is None and self.key_in_query:
+                    key = request.GET.get("writeKey")
+                source = source_authenticate(write_key=key)
             wait = source_rate_check(source=source)
             if wait:
                 return _error(
@@ -253,31 +257,63 @@ class ShortBatchView(BatchView):
 BROWSER_SHORT_PATHS = {"t": "track", "p": "page", "i": "identify", "g": "group", "a": "alias", "s": "screen"}
 
 
-class BrowserSettingsView(APIView):
-    """GET /v1/projects/{write key}/settings: the settings Segment's analytics.js (analytics-next)
-    loads from its CDN before it sends anything. With `cdnURL` pointed at this server, its one
-    destination is this server's /v1 (PUBLIC_BASE_URL): no other destination, no remote metrics."""
+class BeaconBatchView(BatchView):
+    """POST /beacon/v1/batch?writeKey=...: RudderStack's JavaScript SDK with `useBeacon` (the
+    browser's sendBeacon: a text/plain body, no header, the write key in the query)."""
+
+    schema = None
+    key_in_query = True
+
+
+class _BrowserSourceView(APIView):
+    """What a browser SDK loads before it sends anything, for one write key (from the path, the
+    query or HTTP Basic). Every URL in it is this server's, as the browser reached it (scheme,
+    host, script prefix), so a page is never sent somewhere else."""
 
     authentication_classes: list = []
     permission_classes: list = []
     renderer_classes = [JSONRenderer]
     schema = None
 
-    def get(self, request, write_key: str):
+    def get(self, request, write_key: str | None = None):
+        key = write_key or request.GET.get("writeKey") or _basic_write_key(request)
         try:
-            source_authenticate(write_key=write_key)
+            source = source_authenticate(write_key=key)
         except AuthenticationFailed as exc:
             return _error(401, exc.message, code=exc.code)
         except SourceDisabled as exc:
             return _error(403, exc.message, code=exc.code)
-        base = urlsplit(settings.PUBLIC_BASE_URL)
-        segment = {"apiKey": write_key, "apiHost": f"{base.netloc}{base.path.rstrip('/')}/v1",
-                   "protocol": base.scheme or "https", "unbundledIntegrations": [], "addBundledMetadata": True,
-                   "maybeBundledConfigIds": {}}
+        script = request.path.removesuffix(request.path_info)  # a prefix the site is served under
+        v1 = urlsplit(request.build_absolute_uri(f"{script}/v1"))
+        return Response(self.settings_for(source, key, v1), headers={"Cache-Control": "private, max-age=300"})
+
+    def settings_for(self, source, key: str, v1) -> dict:  # pragma: no cover - each view says
+        raise NotImplementedError
+
+
+class BrowserSettingsView(_BrowserSourceView):
+    """GET /v1/projects/{write key}/settings: the settings Segment's analytics.js (analytics-next)
+    loads from its CDN. With `cdnURL` pointed at this server, its one destination is this
+    server's /v1: no other destination, no remote metrics."""
+
+    def settings_for(self, source, key: str, v1) -> dict:
+        segment = {"apiKey": key, "apiHost": f"{v1.netloc}{v1.path}", "protocol": v1.scheme,
+                   "unbundledIntegrations": [], "addBundledMetadata": True, "maybeBundledConfigIds": {}}
         everything = {"__default": {"enabled": True, "integrations": {}}}
-        return Response({
+        return {
             "integrations": {"Segment.io": segment},
             "plan": {"track": everything, "identify": everything, "group": everything},
             "edgeFunction": {}, "analyticsNextEnabled": True, "middlewareSettings": {}, "enabledMiddleware": {},
             "metrics": {"sampleRate": 0}, "legacyVideoPluginsEnabled": False, "remotePlugins": [],
-        }, headers={"Cache-Control": "public, max-age=300"})
+        }
+
+
+class RudderSourceConfigView(_BrowserSourceView):
+    """GET /v1/sourceConfig/?writeKey=...: the source configuration RudderStack's JavaScript SDK
+    loads from its control plane (`configUrl` pointed at this server's /v1) before it sends to
+    its `dataPlaneUrl`: an enabled source with no device-mode destinations."""
+
+    def settings_for(self, source, key: str, v1) -> dict:
+        return {"isHosted": False, "source": {
+            "id": str(source.pk), "name": source.name, "writeKey": key, "enabled": True,
+            "workspaceId": "journeys", "config": {}, "destinations": []}}
