@@ -202,7 +202,7 @@ def case_route(*, case_id: int, now: datetime | None = None) -> Case:
 @dataclass
 class FreePlaces:
     """Who can take a case now, per team: the free places of agents who are active, not offline,
-    within their working hours and under capacity. A snapshot read without locks, two queries:
+    within their working hours and under capacity. A snapshot read without locks, three queries:
     it only decides which cases are worth a routing attempt (routing re-checks under the agent's
     lock), and is kept current as this pass assigns cases (`took`) and moves them away (`freed`)."""
 
@@ -245,22 +245,23 @@ class FreePlaces:
         return named | unnamed & Q(category__in=sorted({c for t in open_teams for c in t.categories}))
 
 
-def _route_waiting_case(case_id: int, *, now: datetime, free: FreePlaces, teamless: bool = False) -> bool:
-    """One queued case, in its own transaction: routed if someone free serves it; a case without a
-    team that nobody can take is queued in the team serving its category (else the fallback)."""
+def _route_waiting_case(case_id: int, *, now: datetime, free: FreePlaces, teamless: bool = False) -> Agent | None:
+    """One queued case, in its own transaction: routed if someone free serves it (the agent is
+    returned); a case without a team that nobody can take is queued in the team serving its
+    category, else the fallback queue (left alone when there is neither)."""
     with transaction.atomic():
         case = (Case.objects.select_for_update(of=("self",), **skip_locked())
                 .select_related("team").filter(pk=case_id, status=CaseStatus.NEW).first())
         if case is None or (teamless and case.team_id is not None):
-            return False  # taken meanwhile, queued, or another worker holds it
+            return None  # taken meanwhile, queued, or another worker holds it
         if free.can_serve(case):
             agent = _route_locked(case=case, now=now, reason="routed from queue")
             if agent is not None:
                 free.took(agent)
-                return True
-        if case.team_id is None:
-            _queue_locked(case=case, team=queue_team_for(case=case, teams=free.teams), reason="no agent can take it now")
-        return False
+                return agent
+        if case.team_id is None and (team := queue_team_for(case=case, teams=free.teams)) is not None:
+            _queue_locked(case=case, team=team, reason="no agent can take it now")
+        return None
 
 
 def cases_route_waiting(*, now: datetime | None = None, limit: int = 500) -> int:
@@ -281,9 +282,10 @@ def cases_route_waiting(*, now: datetime | None = None, limit: int = 500) -> int
             if not free.can_serve(seen):
                 continue  # its teams' places were taken in this pass
             tried.append(seen.pk)
-            if _route_waiting_case(seen.pk, now=now, free=free):
+            agent = _route_waiting_case(seen.pk, now=now, free=free)
+            if agent is not None:
                 routed += 1
-                if not free.can_serve(seen):
+                if free.places[agent.team_id] <= 0:
                     exhausted = True  # that team's last place: list again, for the teams still free
                     break
         if not exhausted:
@@ -291,7 +293,7 @@ def cases_route_waiting(*, now: datetime | None = None, limit: int = 500) -> int
     for case in (Case.objects.filter(team__isnull=True, status=CaseStatus.NEW).exclude(pk__in=tried)
                  .only("pk", "team", "category").order_by("-priority", "created_at")[:limit]):
         if free.can_serve(case) or queue_team_for(case=case, teams=free.teams) is not None:
-            routed += _route_waiting_case(case.pk, now=now, free=free, teamless=True)
+            routed += _route_waiting_case(case.pk, now=now, free=free, teamless=True) is not None
     return routed
 
 

@@ -398,6 +398,10 @@ def _error_text(error: ProviderError) -> str:
     return str(error).replace("\x00", "\N{REPLACEMENT CHARACTER}")[:4000]
 
 
+_NOT_OUT = (DeliveryStatus.SENT, DeliveryStatus.SENDING, DeliveryStatus.DEFERRED, DeliveryStatus.QUEUED,
+            DeliveryStatus.SUPPRESSED)  # the rows a callback moved on are in none of these
+
+
 def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) -> None:
     """Write a batch's results in one transaction: delivery rows (sent; deferred for a retry
     with backoff; failed; not sent: due again now), one attempt row per provider call, each
@@ -457,13 +461,14 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
         if accepted:
             # a status callback may already have moved a row on (delivered): statuses only move forward
             ids = [d.pk for d in accepted]
-            moved = Delivery.objects.filter(pk__in=ids, status=DeliveryStatus.SENDING).update(
+            # accepted_at: this send's mark (a row whose lease expired and was claimed again has none)
+            marked = Delivery.objects.filter(pk__in=ids, accepted_at__isnull=False)
+            moved = marked.filter(status=DeliveryStatus.SENDING).update(
                 status=DeliveryStatus.SENT, sent_at=F("accepted_at"), next_attempt_at=None, reason="", error="",
                 updated_at=now)
             if moved < len(ids):  # those a callback moved on keep their status, and get their send's moment
                 # (a callback sets sent_at itself, to its own moment when it came before the send's mark)
-                (Delivery.objects.filter(pk__in=ids, accepted_at__isnull=False).exclude(status=DeliveryStatus.SENT)
-                 .update(sent_at=F("accepted_at")))
+                marked.exclude(status__in=_NOT_OUT).update(sent_at=F("accepted_at"))
         rows_set(Delivery, [{"id": d.pk, "status": d.status, "reason": d.reason, "error": d.error,
                              "next_attempt_at": d.next_attempt_at, "attempts": d.attempts, "notes": d.notes}
                             for d in changed],

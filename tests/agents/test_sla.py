@@ -212,3 +212,24 @@ def test_a_re_route_gives_the_previous_agent_a_place_for_the_next_breach(team, d
     c2.refresh_from_db()
     assert (c1.assigned_agent, c2.assigned_agent) == (q, p)
     assert c2.get_priority_display() == "High"
+
+
+def test_when_a_case_two_teams_serve_takes_a_teams_last_place_the_list_is_read_again(team):
+    """The top case waits in the fallback queue and both billing and a catch-all desk serve it; it
+    takes billing's only place. The 500 billing cases behind it are now nobody's to take, and the
+    returns case after them is still routed in the same pass."""
+    from agents.services.routing import cases_route_waiting
+
+    triage = TeamFactory(slug="triage", is_fallback=True, categories=["none"])
+    AgentFactory(team=team, capacity=1, skills={"billing": 5})
+    AgentFactory(team=TeamFactory(slug="anything", categories=[]), capacity=3)
+    [top] = _waiting(triage, 1, priority=4)
+    _waiting(team, 500)
+    returns = TeamFactory(slug="returns", categories=["returns"])
+    clerk = AgentFactory(team=returns)
+    [late] = _waiting(returns, 1, category="returns", priority=1)
+
+    assert cases_route_waiting() == 2
+    top.refresh_from_db()
+    late.refresh_from_db()
+    assert (top.status, late.assigned_agent) == ("assigned", clerk)

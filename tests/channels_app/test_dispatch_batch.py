@@ -12,6 +12,7 @@ from email.utils import parsedate_to_datetime
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.conf import settings
 from django.utils import timezone
 from django_q.models import Task
 
@@ -470,3 +471,42 @@ def test_an_smtp_server_asking_for_the_channels_login_does_not_fail_the_messages
     assert smtp.messages == []
     assert status(deliveries) == [("deferred", "retry")] * 2 + [("deferred", "breaker_open")]
     assert "credentials" in Delivery.objects.get(pk=deliveries[0].pk).error
+
+
+@provider
+class OutlivedLease(WebhookProvider):
+    """A worker so slow that its claim's lease passes while it sends: the first message's send
+    sees the sweeper defer the batch (nothing marked yet), the second sees another worker claim
+    the first message again."""
+
+    name = "outlived_lease_for_tests"
+
+    def send(self, message):
+        from channels_app.services.claim import deliveries_claim
+        from channels_app.services.dispatch import deliveries_lease_expire
+
+        later = timezone.now() + timedelta(seconds=settings.DELIVERY_SENDING_LEASE_S + 1)
+        if message.to == "p0":
+            deliveries_lease_expire(now=later)
+        else:
+            deliveries_claim(ids=[self.settings["first"]], now=later)
+        return super().send(message)
+
+
+def test_the_results_of_a_worker_that_outlived_its_lease_leave_the_next_claim_alone(
+        vendor, people, monkeypatch, django_capture_on_commit_callbacks):
+    """The slow worker's answers come after its lease: its late mark of the first message landed on
+    a deferred row, another worker then claimed it (no mark of its own yet). The slow worker's
+    results must not record that claim as sent - with no send moment, caps would never count it."""
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_HOOK", "s3cret")
+    channel = ChannelFactory(name="hook", kind="in_app", provider="outlived_lease_for_tests",
+                             settings={"url": vendor.url, "secret_env": "JOURNEYS_SECRET_TEST_HOOK"})
+    first, second = record(channel, people[:2], django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+    channel.settings = {**channel.settings, "first": first.pk}
+    channel.save()
+
+    deliveries_dispatch(delivery_ids=[first.pk, second.pk])
+
+    row = Delivery.objects.get(pk=first.pk)
+    assert (row.status, row.sent_at, row.accepted_at) == ("sending", None, None)  # the other worker's claim
+    assert row.attempts == 2
