@@ -16,6 +16,7 @@ urlpatterns = [
     path("projects/<str:write_key>/settings", views.BrowserSettingsView.as_view(), name="api-browser-settings"),
     # RudderStack's JavaScript SDK: its source configuration (configUrl = this server's /v1).
     path("sourceConfig/", views.RudderSourceConfigView.as_view(), name="api-rudder-source-config"),
+    path("sourceConfig", views.RudderSourceConfigView.as_view()),  # a configUrl ending in /sourceConfig
     *[
         path(short, views.ShortSingleEventView.as_view(event_type=kind), name=f"api-{short}")
         for short, kind in views.BROWSER_SHORT_PATHS.items()

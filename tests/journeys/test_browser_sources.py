@@ -7,6 +7,7 @@ SDK the answer only when it carries CORS headers; the console and the management
 from __future__ import annotations
 
 import base64
+import io
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -106,23 +107,25 @@ def test_origins_can_be_narrowed_and_the_console_and_management_api_answer_no_ot
 
 
 @pytest.mark.django_db
-def test_under_a_script_prefix_the_preflight_and_the_answers_are_the_same(client, write_key):
+def test_under_a_script_prefix_the_preflight_and_the_answers_are_the_same(client, write_key, settings):
+    settings.PUBLIC_BASE_URL = "https://shop.example.com"
     preflight = client.options("/v1/t", SCRIPT_NAME="/journeys", HTTP_ORIGIN=SHOP,
                                HTTP_ACCESS_CONTROL_REQUEST_METHOD="POST")
     assert preflight.status_code == 204 and preflight["Access-Control-Allow-Origin"] == "*"
 
     settings_ = client.get(f"/v1/projects/{write_key}/settings", SCRIPT_NAME="/journeys", HTTP_ORIGIN=SHOP)
-    assert settings_.json()["integrations"]["Segment.io"]["apiHost"] == "testserver/journeys/v1"
+    assert settings_.json()["integrations"]["Segment.io"]["apiHost"] == "shop.example.com/journeys/v1"
 
 
 @pytest.mark.django_db
-def test_analytics_js_settings_point_its_one_destination_at_this_server(client, source, write_key):
-    response = client.get(f"/v1/projects/{write_key}/settings", HTTP_ORIGIN=SHOP, secure=True)
+def test_analytics_js_settings_point_its_one_destination_at_this_server(client, source, write_key, settings):
+    settings.PUBLIC_BASE_URL = "https://journeys.example.com/"  # as in the links of messages, whatever the Host
+    response = client.get(f"/v1/projects/{write_key}/settings", HTTP_ORIGIN=SHOP, HTTP_HOST="localhost:8000")
 
     assert response.status_code == 200 and response["Access-Control-Allow-Origin"] == "*"
     body = response.json()
     assert body["integrations"] == {"Segment.io": {
-        "apiKey": write_key, "apiHost": "testserver/v1", "protocol": "https",  # as the browser reached it
+        "apiKey": write_key, "apiHost": "journeys.example.com/v1", "protocol": "https",
         "unbundledIntegrations": [], "addBundledMetadata": True, "maybeBundledConfigIds": {}}}
     assert body["metrics"]["sampleRate"] == 0 and body["remotePlugins"] == []
 
@@ -145,6 +148,7 @@ def test_rudderstack_js_loads_its_source_config_and_posts_beacons(client, source
     assert config["id"] == str(source.pk) and config["config"] == {} and config["destinations"] == []
     basic = "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()
     assert client.get("/v1/sourceConfig/", HTTP_AUTHORIZATION=basic).status_code == 200
+    assert client.get("/v1/sourceConfig", {"writeKey": write_key}).status_code == 200  # configUrl ".../sourceConfig"
     assert client.get("/v1/sourceConfig/", {"writeKey": "wk_nope"}).status_code == 401
 
     beacon = client.post(f"/beacon/v1/batch?writeKey={write_key}", content_type="text/plain;charset=UTF-8",
@@ -156,6 +160,26 @@ def test_rudderstack_js_loads_its_source_config_and_posts_beacons(client, source
     assert list(Event.objects.values_list("message_id", flat=True)) == ["bcn-1"]
     assert client.post("/beacon/v1/batch?writeKey=wk_nope", content_type="text/plain",
                        data=json.dumps({"batch": [{"type": "track", "event": "X", "userId": "u"}]})).status_code == 401
+
+
+@pytest.mark.django_db
+def test_a_chunked_batch_without_content_length_is_read_not_refused_as_empty(client, write_key):
+    """Segment's Android SDK streams its batches (Transfer-Encoding: chunked, no Content-Length) to
+    /v1/b and deletes a batch answered with a 4xx. gunicorn de-chunks the body into wsgi.input;
+    Django reads nothing without a Content-Length, and the batch was refused as empty."""
+    body = json.dumps({"writeKey": write_key, "batch": [
+        {"type": "track", "event": "App Opened", "anonymousId": "android-1", "messageId": "and-1"},
+        {"type": "screen", "name": "Home", "anonymousId": "android-1", "messageId": "and-2"}]}).encode()
+
+    response = client.generic("POST", "/v1/b", b"", content_type="text/plain", CONTENT_LENGTH="",
+                              HTTP_TRANSFER_ENCODING="chunked", **{"wsgi.input": io.BytesIO(body)})
+
+    assert response.status_code == 200, response.content
+    assert sorted(Event.objects.values_list("message_id", flat=True)) == ["and-1", "and-2"]
+    # a chunked body over the limit is still a 413, however it came
+    big = io.BytesIO(b'{"batch": [' + b" " * (5 * 1024 * 1024) + b"]}")
+    assert client.generic("POST", "/v1/b", b"", content_type="text/plain", CONTENT_LENGTH="",
+                          HTTP_TRANSFER_ENCODING="chunked", **{"wsgi.input": big}).status_code == 413
 
 
 # -- a real browser: Chromium enforces CORS on a page served from another origin -------------------
