@@ -73,7 +73,7 @@ def delivery_status_record(*, delivery_id: int, status: str, detail: str = "", a
     elif delivery.status in (DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.SENDING):
         delivery.status = ours
         delivery.error = (detail or status)[:4000]
-        _was_sent(delivery, None)
+        _was_sent(delivery, None if ours == DeliveryStatus.FAILED else at)  # a bounce: it went out
     delivery.save()
     event_record_internal(customer=delivery.customer, name=EVENT_NAMES[ours], at=at,
                           message_id=f"status:{delivery.pk}:{ours}",

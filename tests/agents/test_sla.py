@@ -233,3 +233,17 @@ def test_when_a_case_two_teams_serve_takes_a_teams_last_place_the_list_is_read_a
     top.refresh_from_db()
     late.refresh_from_db()
     assert (top.status, late.assigned_agent) == ("assigned", clerk)
+
+
+def test_teamless_cases_nobody_can_queue_do_not_hide_one_that_can_be(team):
+    """500 teamless cases of a category no team lists (and no fallback queue) come first; the
+    billing case behind them is still queued in billing's team, in the same pass."""
+    from agents.services.routing import cases_route_waiting
+
+    _waiting(None, 500, category="gardening", priority=4)
+    [billing] = _waiting(None, 1, category="billing", priority=1)
+
+    cases_route_waiting()
+
+    billing.refresh_from_db()
+    assert (billing.status, billing.team) == ("new", team)
