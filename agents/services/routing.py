@@ -285,7 +285,7 @@ def cases_route_waiting(*, now: datetime | None = None, limit: int = 500) -> int
             agent = _route_waiting_case(seen.pk, now=now, free=free)
             if agent is not None:
                 routed += 1
-                if free.places[agent.team_id] <= 0:
+                if free.places[agent.team_id] == 0:
                     exhausted = True  # that team's last place: list again, for the teams still free
                     break
         if not exhausted:

@@ -24,17 +24,19 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import queue
 import threading
 import time
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 from datetime import datetime
+from functools import reduce
 
 import psycopg
 from django.conf import settings
 from django.db import connection, connections, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from channels_app.choices import ChannelKind, DeliveryStatus, Reason
@@ -90,7 +92,9 @@ class Sent:
     at: datetime | None = None  # when the answer came (retries, Retry-After and the breaker count from it)
 
 
-_MARK_SQL = "UPDATE channels_app_delivery SET accepted_at = %s, provider_message_id = %s, latency_ms = %s WHERE id = %s"
+# Only on the worker's own claim: a worker that outlived its lease must not mark a row claimed again since.
+_MARK_SQL = ("UPDATE channels_app_delivery SET accepted_at = %s, provider_message_id = %s, latency_ms = %s"
+             " WHERE id = %s AND claimed_at = %s")
 
 
 class _Marks:
@@ -110,8 +114,10 @@ class _Marks:
         delivery.accepted_at = delivery.sent_at = now
         delivery.latency_ms = latency_ms
         delivery.provider_message_id = (result.provider_message_id or "").replace("\x00", "")[:255]
-        params = [now, delivery.provider_message_id, latency_ms, delivery.pk]
+        params = [now, delivery.provider_message_id, latency_ms, delivery.pk, delivery.claimed_at]
         if not self.prepared:
+            adapt = connection.ops.adapt_datetimefield_value  # SQLite compares datetimes as stored text
+            params = [adapt(now), params[1], latency_ms, delivery.pk, adapt(delivery.claimed_at)]
             with connection.cursor() as cursor:
                 cursor.execute(_MARK_SQL, params)
             return
@@ -398,6 +404,15 @@ def _error_text(error: ProviderError) -> str:
     return str(error).replace("\x00", "\N{REPLACEMENT CHARACTER}")[:4000]
 
 
+def _own_claims(deliveries: list[Delivery]) -> Q:
+    """These rows, still under the claim this worker made (a row whose lease expired may have been
+    claimed again by another worker, whose results are its own to write)."""
+    by_claim: dict = defaultdict(list)
+    for d in deliveries:
+        by_claim[d.claimed_at].append(d.pk)
+    return reduce(operator.or_, (Q(pk__in=ids, claimed_at=at) for at, ids in by_claim.items()), Q(pk__in=[]))
+
+
 _NOT_OUT = (DeliveryStatus.SENT, DeliveryStatus.SENDING, DeliveryStatus.DEFERRED, DeliveryStatus.QUEUED,
             DeliveryStatus.SUPPRESSED)  # the rows a callback moved on are in none of these
 
@@ -452,7 +467,7 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
             # vendor delivered it, then our read timed out): statuses only move forward, so such a row
             # keeps its status and is neither retried nor failed.
             ours = set(Delivery.objects.select_for_update().filter(
-                pk__in=[d.pk for d in changed], status=DeliveryStatus.SENDING).values_list("pk", flat=True))
+                _own_claims(changed), status=DeliveryStatus.SENDING).values_list("pk", flat=True))
             changed = [d for d in changed if d.pk in ours]
             failed_at = {s.delivery.pk: s.at or now for s in sent}
             events += [_event(d, "Message Failed", f"status:{d.pk}:failed", failed_at[d.pk], error=d.error[:500])
@@ -462,7 +477,7 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
             # a status callback may already have moved a row on (delivered): statuses only move forward
             ids = [d.pk for d in accepted]
             # accepted_at: this send's mark (a row whose lease expired and was claimed again has none)
-            marked = Delivery.objects.filter(pk__in=ids, accepted_at__isnull=False)
+            marked = Delivery.objects.filter(_own_claims(accepted), accepted_at__isnull=False)
             moved = marked.filter(status=DeliveryStatus.SENDING).update(
                 status=DeliveryStatus.SENT, sent_at=F("accepted_at"), next_attempt_at=None, reason="", error="",
                 updated_at=now)

@@ -58,10 +58,12 @@ def _read_json(request, *, max_bytes: int) -> object:
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise _BodyError(413, f"body is {declared} bytes; the limit is {max_bytes} bytes", "too_large")
     stream = request.stream  # None when the body is empty; bounded by Content-Length
-    if not declared and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+    if (not declared and request.META.get("wsgi.input_terminated")
+            and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower()):
         # A chunked upload has no Content-Length (Segment's Android SDK streams its batches): Django
-        # then reads an empty body, so read what the server de-chunked (gunicorn does; Django's
-        # development server hands over nothing, and the body is refused as empty).
+        # then reads an empty body, so read what the server de-chunked and ended (it says so with
+        # wsgi.input_terminated, as gunicorn does; Django's development server hands over nothing,
+        # and the body is refused as empty).
         stream = request.META.get("wsgi.input")
     raw = stream.read(max_bytes + 1) if stream is not None else b""
     if len(raw) > max_bytes:
@@ -274,7 +276,8 @@ class _BrowserSourceView(APIView):
     """What a browser or app SDK loads before it sends anything, for one write key (from the path,
     the query or HTTP Basic). Every URL in it is this server's public one (PUBLIC_BASE_URL, as in
     the links of messages, and the script prefix the site is served under): a proxy that rewrites
-    the Host header does not send the SDKs to an internal name."""
+    the Host header does not send the SDKs to an internal name. Left unset, the origin the SDK
+    itself reached."""
 
     authentication_classes: list = []
     permission_classes: list = []
@@ -290,7 +293,10 @@ class _BrowserSourceView(APIView):
         except SourceDisabled as exc:
             return _error(403, exc.message, code=exc.code)
         script = request.path.removesuffix(request.path_info)  # a prefix the site is served under
-        v1 = urlsplit(f"{settings.PUBLIC_BASE_URL.rstrip('/')}{script}/v1")
+        base = settings.PUBLIC_BASE_URL.rstrip("/")
+        if base == settings.PUBLIC_BASE_URL_DEFAULT or "://" not in base:  # not set: as the SDK reached us
+            base = request.build_absolute_uri("/").rstrip("/")
+        v1 = urlsplit(f"{base}{script}/v1")
         return Response(self.settings_for(source, key, v1), headers={"Cache-Control": "private, max-age=300"})
 
     def settings_for(self, source, key: str, v1) -> dict:  # pragma: no cover - each view says

@@ -510,3 +510,40 @@ def test_the_results_of_a_worker_that_outlived_its_lease_leave_the_next_claim_al
     row = Delivery.objects.get(pk=first.pk)
     assert (row.status, row.sent_at, row.accepted_at) == ("sending", None, None)  # the other worker's claim
     assert row.attempts == 2
+
+
+@provider
+class OutlivedLeaseThenAnswer(WebhookProvider):
+    """A worker that outlived its lease (the sweeper deferred its message, another worker claimed
+    it again) and then got its answer: the vendor took the message, or an error."""
+
+    name = "outlived_lease_then_answer_for_tests"
+
+    def send(self, message):
+        from channels_app.providers import TransientError
+        from channels_app.services.claim import deliveries_claim
+        from channels_app.services.dispatch import deliveries_lease_expire
+
+        later = timezone.now() + timedelta(seconds=settings.DELIVERY_SENDING_LEASE_S + 1)
+        deliveries_lease_expire(now=later)
+        deliveries_claim(ids=[message.delivery_id], now=later)
+        if self.settings["answer"] == "error":
+            raise TransientError("read timed out")
+        return super().send(message)
+
+
+@pytest.mark.parametrize("answer", ["ok", "error"])
+def test_the_answer_of_a_worker_that_outlived_its_lease_leaves_the_next_claim_alone(
+        vendor, people, monkeypatch, answer, django_capture_on_commit_callbacks):
+    """Neither its mark nor its results touch the row the other worker now holds: the other worker's
+    own answer decides (before, an error deferred the row under it, and an acceptance marked it
+    sent while the other worker was sending it again)."""
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_HOOK", "s3cret")
+    channel = ChannelFactory(name="hook", kind="in_app", provider="outlived_lease_then_answer_for_tests",
+                             settings={"url": vendor.url, "secret_env": "JOURNEYS_SECRET_TEST_HOOK", "answer": answer})
+    [message] = record(channel, people[:1], django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+
+    deliveries_dispatch(delivery_ids=[message.pk])
+
+    row = Delivery.objects.get(pk=message.pk)
+    assert (row.status, row.attempts, row.accepted_at, row.sent_at) == ("sending", 2, None, None)

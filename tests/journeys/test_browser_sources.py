@@ -129,6 +129,10 @@ def test_analytics_js_settings_point_its_one_destination_at_this_server(client, 
         "unbundledIntegrations": [], "addBundledMetadata": True, "maybeBundledConfigIds": {}}}
     assert body["metrics"]["sampleRate"] == 0 and body["remotePlugins"] == []
 
+    settings.PUBLIC_BASE_URL = settings.PUBLIC_BASE_URL_DEFAULT  # not set: the origin the SDK reached
+    assert client.get(f"/v1/projects/{write_key}/settings", secure=True).json()["integrations"]["Segment.io"][
+        "apiHost"] == "testserver/v1"
+
     wrong = client.get("/v1/projects/wk_nope/settings")
     assert wrong.status_code == 401 and wrong.json()["message"] == "invalid write key"
     source.enabled = False
@@ -172,14 +176,15 @@ def test_a_chunked_batch_without_content_length_is_read_not_refused_as_empty(cli
         {"type": "screen", "name": "Home", "anonymousId": "android-1", "messageId": "and-2"}]}).encode()
 
     response = client.generic("POST", "/v1/b", b"", content_type="text/plain", CONTENT_LENGTH="",
-                              HTTP_TRANSFER_ENCODING="chunked", **{"wsgi.input": io.BytesIO(body)})
+                              HTTP_TRANSFER_ENCODING="chunked", **{"wsgi.input": io.BytesIO(body), "wsgi.input_terminated": True})
 
     assert response.status_code == 200, response.content
     assert sorted(Event.objects.values_list("message_id", flat=True)) == ["and-1", "and-2"]
     # a chunked body over the limit is still a 413, however it came
     big = io.BytesIO(b'{"batch": [' + b" " * (5 * 1024 * 1024) + b"]}")
     assert client.generic("POST", "/v1/b", b"", content_type="text/plain", CONTENT_LENGTH="",
-                          HTTP_TRANSFER_ENCODING="chunked", **{"wsgi.input": big}).status_code == 413
+                          HTTP_TRANSFER_ENCODING="chunked",
+                          **{"wsgi.input": big, "wsgi.input_terminated": True}).status_code == 413
 
 
 # -- a real browser: Chromium enforces CORS on a page served from another origin -------------------
