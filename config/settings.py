@@ -337,9 +337,9 @@ STREAM = {
 }
 
 # Event API limits (the Segment HTTP Tracking API's own limits).
-# Origins whose pages may call the tracking API (/v1/) from a browser: "*" (any, the default: a
-# browser source's write key is public in its pages anyway, and /v1/ reads no cookie) or a
-# comma-separated list such as "https://shop.example.com,https://www.example.com".
+# Origins whose pages may read the tracking API's (/v1/) answers from a browser: "*" (any, the
+# default: a browser source's write key is public in its pages anyway, and the answers are never
+# credentialed, journeys.api.cors) or a list such as "https://shop.example.com,https://www.example.com".
 EVENT_API_CORS_ORIGINS = [o.strip().rstrip("/") for o in os.environ.get("EVENT_API_CORS_ORIGINS", "*").split(",")
                           if o.strip()]
 EVENT_API = {

@@ -293,7 +293,7 @@ def cases_route_waiting(*, now: datetime | None = None, limit: int = 500) -> int
     teamless = Case.objects.filter(team__isnull=True, status=CaseStatus.NEW).exclude(pk__in=tried)
     if not any(t.is_fallback for t in free.teams):  # only the cases some team would queue or take
         listed = sorted({c for t in free.teams for c in t.categories or []})
-        teamless = teamless.filter(Q(category__in=listed) | (free.cases_q() if free else Q(pk__in=[])))
+        teamless = teamless.filter(Q(category__in=listed) | free.cases_q())
     for case in teamless.only("pk", "team", "category").order_by("-priority", "created_at")[:limit]:
         if free.can_serve(case) or queue_team_for(case=case, teams=free.teams) is not None:
             routed += _route_waiting_case(case.pk, now=now, free=free, teamless=True) is not None

@@ -41,13 +41,13 @@ def _advance(delivery: Delivery, status: str) -> None:
         delivery.status = status
 
 
-def _was_sent(delivery: Delivery, at: datetime | None) -> None:
-    """A message the vendor reports on went out: its report can come before the batch's result write
-    sets `sent_at` (the send's mark has set `accepted_at`), and caps count contacts by `sent_at`.
-    The moment is the mark's, else the claim's (as the caps count a message in flight), else - for
-    a report that proves the message reached the customer - the report's own (`at`)."""
+def _went_out(delivery: Delivery, at: datetime) -> None:
+    """The vendor reports on a message (delivered, bounced, opened, clicked): it went out, so it is a
+    contact for the caps, which count by `sent_at`. The report can come before the batch's result
+    write sets `sent_at`: the moment is the send's mark, else its claim's (as the caps count a
+    message in flight), else the report's own."""
     if delivery.sent_at is None:
-        delivery.sent_at = delivery.accepted_at or (delivery.claimed_at if at else None) or at
+        delivery.sent_at = delivery.accepted_at or delivery.claimed_at or at
 
 
 def _engaged(delivery: Delivery, at: datetime) -> None:
@@ -69,11 +69,14 @@ def delivery_status_record(*, delivery_id: int, status: str, detail: str = "", a
     if ours == DeliveryStatus.DELIVERED:
         delivery.delivered_at = delivery.delivered_at or at
         _advance(delivery, ours)
-        _was_sent(delivery, at)
+        _went_out(delivery, at)
     elif delivery.status in (DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.SENDING):
         delivery.status = ours
         delivery.error = (detail or status)[:4000]
-        _was_sent(delivery, None if ours == DeliveryStatus.FAILED else at)  # a bounce: it went out
+        if ours == DeliveryStatus.BOUNCED:
+            _went_out(delivery, at)
+        elif delivery.sent_at is None:  # failed: a contact only if the vendor had taken it (the mark)
+            delivery.sent_at = delivery.accepted_at
     delivery.save()
     event_record_internal(customer=delivery.customer, name=EVENT_NAMES[ours], at=at,
                           message_id=f"status:{delivery.pk}:{ours}",
@@ -93,7 +96,7 @@ def delivery_open_record(*, delivery_id: int, at: datetime | None = None) -> Del
     at = at or timezone.now()
     delivery.opened_at = delivery.opened_at or at
     _advance(delivery, DeliveryStatus.OPENED)
-    _was_sent(delivery, at)
+    _went_out(delivery, at)
     delivery.save()
     _engaged(delivery, at)
     event_record_internal(customer=delivery.customer, name="Email Opened", message_id=f"open:{delivery.pk}",
@@ -114,7 +117,7 @@ def delivery_click_record(*, delivery_id: int, url: str, at: datetime | None = N
     delivery.opened_at = delivery.opened_at or at
     delivery.clicked_at = delivery.clicked_at or at
     _advance(delivery, DeliveryStatus.CLICKED)
-    _was_sent(delivery, at)
+    _went_out(delivery, at)
     delivery.save()
     _engaged(delivery, at)
     digest = hashlib.sha256(url.encode()).hexdigest()[:16]

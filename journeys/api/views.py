@@ -11,7 +11,6 @@ import binascii
 import logging
 import threading
 import zlib
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError
@@ -34,7 +33,7 @@ from journeys.errors import (
 from journeys.services.api_tokens import api_call_log, token_track_source
 from journeys.services.event_parsing import MAX_DEPTH, batch_defaults_check, json_strict, nesting_path
 from journeys.services.ingest import ReceiveResult, events_receive
-from journeys.services.sources import source_authenticate
+from journeys.services.sources import source_authenticate, source_rudder_config, source_segment_settings
 
 logger = logging.getLogger(__name__)
 
@@ -274,10 +273,9 @@ class BeaconBatchView(BatchView):
 
 class _BrowserSourceView(APIView):
     """What a browser or app SDK loads before it sends anything, for one write key (from the path,
-    the query or HTTP Basic). Every URL in it is this server's public one (PUBLIC_BASE_URL, as in
-    the links of messages, and the script prefix the site is served under): a proxy that rewrites
-    the Host header does not send the SDKs to an internal name. Left unset, the origin the SDK
-    itself reached."""
+    the query or HTTP Basic). Its URLs are this server's public one (PUBLIC_BASE_URL, as in the
+    links of messages, and the script prefix the site is served under): a proxy that rewrites the
+    Host header does not send the SDKs to an internal name. Left unset, the origin the SDK reached."""
 
     authentication_classes: list = []
     permission_classes: list = []
@@ -296,36 +294,24 @@ class _BrowserSourceView(APIView):
         base = settings.PUBLIC_BASE_URL.rstrip("/")
         if base == settings.PUBLIC_BASE_URL_DEFAULT or "://" not in base:  # not set: as the SDK reached us
             base = request.build_absolute_uri("/").rstrip("/")
-        v1 = urlsplit(f"{base}{script}/v1")
-        return Response(self.settings_for(source, key, v1), headers={"Cache-Control": "private, max-age=300"})
+        return Response(self.document(source=source, write_key=key, api_base=f"{base}{script}/v1"),
+                        headers={"Cache-Control": "private, max-age=300"})
 
-    def settings_for(self, source, key: str, v1) -> dict:  # pragma: no cover - each view says
+    def document(self, *, source, write_key: str, api_base: str) -> dict:  # pragma: no cover - each view says
         raise NotImplementedError
 
 
 class BrowserSettingsView(_BrowserSourceView):
-    """GET /v1/projects/{write key}/settings: the settings Segment's analytics.js (analytics-next)
-    loads from its CDN. With `cdnURL` pointed at this server, its one destination is this
-    server's /v1: no other destination, no remote metrics."""
+    """GET /v1/projects/{write key}/settings: what Segment's analytics.js (analytics-next) loads from
+    its CDN; with `cdnURL` pointed here, its one destination is this server's /v1."""
 
-    def settings_for(self, source, key: str, v1) -> dict:
-        segment = {"apiKey": key, "apiHost": f"{v1.netloc}{v1.path}", "protocol": v1.scheme,
-                   "unbundledIntegrations": [], "addBundledMetadata": True, "maybeBundledConfigIds": {}}
-        everything = {"__default": {"enabled": True, "integrations": {}}}
-        return {
-            "integrations": {"Segment.io": segment},
-            "plan": {"track": everything, "identify": everything, "group": everything},
-            "edgeFunction": {}, "analyticsNextEnabled": True, "middlewareSettings": {}, "enabledMiddleware": {},
-            "metrics": {"sampleRate": 0}, "legacyVideoPluginsEnabled": False, "remotePlugins": [],
-        }
+    def document(self, *, source, write_key: str, api_base: str) -> dict:
+        return source_segment_settings(write_key=write_key, api_base=api_base)
 
 
 class RudderSourceConfigView(_BrowserSourceView):
-    """GET /v1/sourceConfig/?writeKey=...: the source configuration RudderStack's JavaScript SDK
-    loads from its control plane (`configUrl` pointed at this server's /v1) before it sends to
-    its `dataPlaneUrl`: an enabled source with no device-mode destinations."""
+    """GET /v1/sourceConfig/?writeKey=...: what RudderStack's JavaScript SDK loads from its control
+    plane (`configUrl` pointed at this server's /v1) before it sends to its `dataPlaneUrl`."""
 
-    def settings_for(self, source, key: str, v1) -> dict:
-        return {"isHosted": False, "source": {
-            "id": str(source.pk), "name": source.name, "writeKey": key, "enabled": True,
-            "workspaceId": "journeys", "config": {}, "destinations": []}}
+    def document(self, *, source, write_key: str, api_base: str) -> dict:
+        return source_rudder_config(source=source, write_key=write_key)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.db import transaction
 from django.utils import timezone
@@ -95,3 +96,27 @@ def source_authenticate(*, write_key: str | None) -> Source:
     if not source.enabled:
         raise SourceDisabled(f"source {source.name!r} is disabled")
     return source
+
+
+def source_segment_settings(*, write_key: str, api_base: str) -> dict:
+    """The settings Segment's analytics.js (and its mobile SDKs) load before they send anything:
+    one destination, this server's tracking API at `api_base` (e.g. https://host/v1), no other
+    destination, no remote metrics. The write key has been authenticated by the caller."""
+    api = urlsplit(api_base)
+    segment = {"apiKey": write_key, "apiHost": f"{api.netloc}{api.path}", "protocol": api.scheme,
+               "unbundledIntegrations": [], "addBundledMetadata": True, "maybeBundledConfigIds": {}}
+    everything = {"__default": {"enabled": True, "integrations": {}}}
+    return {
+        "integrations": {"Segment.io": segment},
+        "plan": {"track": everything, "identify": everything, "group": everything},
+        "edgeFunction": {}, "analyticsNextEnabled": True, "middlewareSettings": {}, "enabledMiddleware": {},
+        "metrics": {"sampleRate": 0}, "legacyVideoPluginsEnabled": False, "remotePlugins": [],
+    }
+
+
+def source_rudder_config(*, source: Source, write_key: str) -> dict:
+    """The source configuration RudderStack's JavaScript SDK loads from its control plane before it
+    starts (it needs an id, a config object and a list of destinations): no device-mode destination."""
+    return {"isHosted": False, "source": {
+        "id": str(source.pk), "name": source.name, "writeKey": write_key, "enabled": True,
+        "workspaceId": "journeys", "config": {}, "destinations": []}}
