@@ -41,6 +41,9 @@ class Team(Timestamped):
     def clean(self) -> None:
         if not isinstance(self.categories, list) or not all(isinstance(c, str) for c in self.categories):
             raise ValidationError({"categories": 'a list of category slugs, e.g. ["billing", "hardware"]'})
+        if any(not c.strip() for c in self.categories):
+            raise ValidationError({"categories": 'a category cannot be blank: remove the empty "" entry '
+                                                 '(an empty list already means the team serves any category)'})
 
 
 class Agent(Timestamped):

@@ -377,8 +377,10 @@ def cases_sla_check(*, now: datetime | None = None, limit: int = 500) -> dict:
             _raise_priority(case, now)
             stats["raised"] += 1
             if previous is None:
-                fallback = Team.objects.filter(is_fallback=True).first() or case.team
-                _queue_locked(case=case, team=fallback, reason="SLA breached: widened to the fallback queue")
+                fallback = Team.objects.filter(is_fallback=True).first()
+                _queue_locked(case=case, team=fallback or case.team,
+                              reason="SLA breached: widened to the fallback queue" if fallback
+                              else "SLA breached: no fallback queue to widen to")
             else:
                 case._change_reason = "SLA breached: priority raised"
                 case.save()

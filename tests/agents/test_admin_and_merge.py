@@ -48,6 +48,14 @@ def test_a_team_created_in_the_admin_gets_its_permission_group(admin_client):
     assert Team.objects.get(slug="returns").group == Group.objects.get(name="agents-team-returns")
 
 
+def test_a_blank_category_is_refused_with_what_to_fix(admin_client):
+    response = admin_client.post(reverse("admin:agents_team_add"), {
+        "name": "Returns", "slug": "returns", "categories": '["returns", ""]', "change_reason": "returns get a queue"})
+    assert response.status_code == 200
+    assert "a category cannot be blank" in response.content.decode()
+    assert not Team.objects.filter(slug="returns").exists()
+
+
 def test_an_agent_saved_in_the_admin_joins_only_their_teams_group(admin_client):
     agents_demo_load()
     agent = Agent.objects.get(user__username="agent")

@@ -71,6 +71,21 @@ def test_a_queued_case_widens_to_the_fallback_queue_and_goes_up(team, django_cap
     assert (case.status, case.team, case.get_priority_display()) == ("new", fallback, "High")
 
 
+def test_a_breach_with_no_fallback_team_does_not_claim_it_widened(django_capture_on_commit_callbacks):
+    from agents.models import Case
+
+    case = open_case(priority=2, category="gardening", capture=django_capture_on_commit_callbacks)
+    assert (case.status, case.team) == ("new", None)  # no team serves it, and there is no fallback
+
+    cases_sla_check(now=timezone.now() + timedelta(hours=5))
+
+    case.refresh_from_db()
+    assert case.get_priority_display() == "High"
+    reasons = [h.history_change_reason for h in Case.history.filter(id=case.pk)]
+    assert "SLA breached: no fallback queue to widen to" in reasons
+    assert not any("widened" in (r or "") for r in reasons)
+
+
 def test_an_answered_case_is_left_alone(team, django_capture_on_commit_callbacks, email_channel):
     from agents.services.cases import case_reply_send
 
