@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from channels_app.models import Delivery
 from channels_app.services.transactional import transactional_send
 from journeys.api.base import TokenApiView
-from journeys.api.fields import JSONObjectField
+from journeys.api.fields import MAX_ID, JSONObjectField
 from journeys.api.management import INPUT_REFUSALS, REFUSALS
 from journeys.choices import ApiScope
 from journeys.models import Customer
@@ -24,7 +24,7 @@ class MessageIn(serializers.Serializer):
     channel = serializers.CharField(required=False, max_length=100,
                                     help_text="channel name; default: the first enabled channel of the template's kind")
     user_id = serializers.CharField(required=False, max_length=255)
-    customer_id = serializers.IntegerField(required=False, min_value=1)
+    customer_id = serializers.IntegerField(required=False, min_value=1, max_value=MAX_ID)
     to = serializers.CharField(required=False, max_length=320, help_text="an email address or phone number")
     data = JSONObjectField(required=False, max_bytes=16 * 1024, help_text="read by the template as journey.*")
 
@@ -75,7 +75,8 @@ class MessageViewSet(TokenApiView, mixins.RetrieveModelMixin, viewsets.GenericVi
             if found is None:
                 field = "user_id" if "user_id" in data else "customer_id"
                 raise serializers.ValidationError({field: "no such customer"})
-            customer = customers_api.customer_get(pk=found.pk)
+            customer = customers_api.customer_writable(customer=customers_api.customer_get(pk=found.pk),
+                                                       field="user_id" if "user_id" in data else "customer_id")
         delivery, created = transactional_send(
             template_name=data["template"], channel_name=data.get("channel"), token=request.auth,
             key=data["idempotency_key"], data=data.get("data") or {}, customer=customer, to=data.get("to", ""),

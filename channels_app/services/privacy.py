@@ -13,7 +13,10 @@ The erasure policy (also in docs/PRIVACY.md):
 - Deliveries are **anonymised**: address, subject, bodies, provider id and errors are
   cleared; channel, status, timestamps and the content hash stay for reporting.
   Queued or deferred deliveries are suppressed (reason `erased`).
-- Merge audit rows keep who/when but lose their details.
+- Merge audit rows keep who/when but lose their details; refused merges (which name
+  both user ids) are **deleted**.
+- Exports of the customer (`Job` results) lose the copy and the user id, whatever
+  their age; the job and its section counts stay.
 - An ErasureRecord (customer id, actor, reason, counts) proves the erasure happened.
 - Other apps add their own rows through ERASERS / EXPORTERS (callables registered in
   their AppConfig.ready()).
@@ -34,7 +37,8 @@ from channels_app.choices import DeliveryStatus, Reason
 from channels_app.models import Consent, Delivery, DeliveryAttempt, ErasureRecord
 from journeys.choices import RunStatus
 from journeys.engine.runner import runs_end
-from journeys.models import Customer, CustomerMerge, Event, Identity, JourneyRun, StepExecution
+from journeys.models import Customer, CustomerMerge, Event, Identity, JourneyRun, MergeRefusal, StepExecution
+from journeys.services.jobs import jobs_erase_exports
 
 # (customer) -> (section name, JSON-able data); (customer) -> {what: count}
 EXPORTERS: list[Callable[[Customer], tuple[str, object]]] = []
@@ -128,10 +132,14 @@ def customer_erase(*, customer: Customer, actor: str, reason: str = "") -> Erasu
         choice_reason="")
     DeliveryAttempt.objects.filter(delivery__customer_id__in=ids).update(error="")
     CustomerMerge.objects.filter(Q(target_id__in=ids) | Q(merged_id__in=ids)).update(details={})
+    counts["exports_dropped"] = jobs_erase_exports(customer_ids=ids)
+    # a refused alias names both user ids (and the other profile's page shows it): it goes too
+    counts["merge_refusals"] = MergeRefusal.objects.filter(Q(customer_id__in=ids) | Q(other_id__in=ids)).delete()[0]
+    erased_at = timezone.now()
     for pk in ids:
         Customer.objects.filter(pk=pk).update(
             external_id=f"erased-{pk}", email="", phone="", locale="", timezone="UTC", traits={},
-            first_seen=None, last_seen=None, last_engaged_at=None)
+            first_seen=None, last_seen=None, last_engaged_at=None, erased_at=erased_at)
     counts["profiles"] = len(ids)
     return ErasureRecord.objects.create(customer_id_erased=customer.pk, actor=actor[:255], reason=reason[:255],
                                         counts=counts)

@@ -26,6 +26,7 @@ from rest_framework.throttling import BaseThrottle
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from journeys import errors
+from journeys.api.fields import MAX_ID
 from journeys.models import ApiToken
 from journeys.services.api_tokens import api_request_record, token_authenticate, token_has_scope
 from journeys.services.client_ip import client_ip
@@ -185,7 +186,6 @@ def api_exception_handler(exc, context):
     return response
 
 
-MAX_ID = 2**63 - 1
 
 
 def id_or_404(value) -> int:
@@ -225,6 +225,17 @@ def bad_request_view(request, exception=None):
     return JsonResponse(body, status=400)
 
 
+class BoundedJSONParser(JSONParser):
+    """JSON bodies; one nested beyond what the parser can walk is a 400 naming the body, not a 500
+    (the services refuse anything nested over 64 levels with the field; this is far past that)."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise exceptions.ParseError("body: JSON nested too deeply (at most 64 levels)") from None
+
+
 class TokenApiView:
     """Mixin for APIView/ViewSet classes of the management API.
 
@@ -237,7 +248,7 @@ class TokenApiView:
     permission_classes = [HasScope]
     throttle_classes = [TokenRateThrottle]
     renderer_classes = [JSONRenderer]
-    parser_classes = [JSONParser]
+    parser_classes = [BoundedJSONParser]
     scope: str = ""
     scopes: dict[str, str] = {}
 

@@ -9,6 +9,8 @@ from rest_framework import serializers
 from journeys.errors import JourneyError
 from journeys.services.event_parsing import check_event_size
 
+MAX_ID = 2**63 - 1  # the largest row id (a bigint): larger ids are refused before any query
+
 
 @extend_schema_field(OpenApiTypes.OBJECT)
 class JSONObjectField(serializers.JSONField):

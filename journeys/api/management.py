@@ -81,7 +81,7 @@ class CustomerViewSet(TokenApiView, viewsets.GenericViewSet):
                    summary="Set traits (as an identify call: attribute-change triggers fire)")
     @action(detail=True, methods=["patch"])
     def traits(self, request, pk=None):
-        customer = _customer(pk)
+        customer = customers_api.customer_writable(customer=_customer(pk))
         body = TraitsIn(data=request.data)
         body.is_valid(raise_exception=True)
         changes = customers_api.customer_traits_set(customer=customer, traits=body.validated_data["traits"],
@@ -93,12 +93,13 @@ class CustomerViewSet(TokenApiView, viewsets.GenericViewSet):
                    summary="Merge another customer into this one (identities, events, runs move)")
     @action(detail=True, methods=["post"])
     def merge(self, request, pk=None):
-        target = _customer(pk)
+        target = customers_api.customer_writable(customer=_customer(pk))
         body = MergeIn(data=request.data)
         body.is_valid(raise_exception=True)
         merged = Customer.objects.filter(pk=body.validated_data["merge"]).first()
         if merged is None:
             raise serializers.ValidationError({"merge": f"no customer with id {body.validated_data['merge']}"})
+        customers_api.customer_writable(customer=merged, field="merge")
         customers_api.customers_merge(target=target, merged=merged, actor=request.auth.actor,
                                       reason=body.validated_data.get("reason", ""))
         target.refresh_from_db()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.conf import settings
 from rest_framework import serializers
 
-from journeys.api.fields import JSONObjectField
+from journeys.api.fields import MAX_ID, JSONObjectField
 from journeys.models import Job
 
 # --------------------------------------------------------------------------- customers
@@ -71,7 +71,7 @@ class TraitsOut(serializers.Serializer):
 
 
 class MergeIn(serializers.Serializer):
-    merge = serializers.IntegerField(min_value=1, help_text="id of the customer folded into this one")
+    merge = serializers.IntegerField(min_value=1, max_value=MAX_ID, help_text="id of the customer folded into this one")
     reason = serializers.CharField(required=False, allow_blank=True, max_length=255)
 
 
@@ -98,7 +98,7 @@ class RecipientIn(serializers.Serializer):
 
     user_id = serializers.CharField(required=False, max_length=255)
     email = serializers.EmailField(required=False, max_length=320)
-    customer_id = serializers.IntegerField(required=False, min_value=1)
+    customer_id = serializers.IntegerField(required=False, min_value=1, max_value=MAX_ID)
     data = JSONObjectField(required=False, max_bytes=16 * 1024,
                            help_text="this recipient's journey variables (journey.*)")
 

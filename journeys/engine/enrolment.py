@@ -104,7 +104,7 @@ def runs_enroll_bulk(
     same customers again with the same key does nothing. `variables` gives per-customer run
     variables ({customer id: {...}}), readable as `journey.*` by entry rules, steps and templates.
     Honours entry rules, the re-entry policy (enforced in the database), one open run per
-    customer and the version's business hours; merged-away profiles are skipped.
+    customer and the version's business hours; merged-away and erased profiles are skipped.
     Runs in the caller's transaction; raises VersionNotLive if the version takes no entries.
     """
     compiled = load_version(version.pk if isinstance(version, WorkflowVersion) else version.id)
@@ -113,7 +113,8 @@ def runs_enroll_bulk(
         raise VersionNotLive(f"version {compiled.id} takes no new entries (not live nor a canary of an active workflow)")
     variables = variables or {}
     ids = sorted({int(c) for c in customer_ids})
-    live = set(Customer.objects.filter(pk__in=ids, merged_into__isnull=True).values_list("pk", flat=True)) if ids else set()
+    live = set(Customer.objects.filter(pk__in=ids, merged_into__isnull=True, erased_at__isnull=True)
+               .values_list("pk", flat=True)) if ids else set()
     result = EnrolmentResult(skipped=len(ids) - len(live))
     ids = [c for c in ids if c in live]
     routing = routing_of(compiled)

@@ -27,6 +27,8 @@ class Customer(Timestamped):
     merged_into = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="absorbed"
     )
+    erased_at = models.DateTimeField(null=True, blank=True, editable=False,
+                                     help_text="erased (right to erasure): a tombstone that takes no new data")
 
     class Meta:
         ordering = ["-last_seen", "-id"]

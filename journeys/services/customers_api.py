@@ -22,6 +22,19 @@ class CustomerNotFound(JourneyError):
     code = "not_found"
 
 
+class CustomerErased(JourneyError):
+    code = "erased"
+
+
+def customer_writable(*, customer: Customer, field: str = "id") -> Customer:
+    """The customer, unless it was erased: a tombstone takes no traits, merges, runs or messages
+    (its user id is gone, so anything written would land on a new, unrelated profile)."""
+    if customer.erased_at is not None:
+        raise CustomerErased(f"customer {customer.pk} was erased on {customer.erased_at:%Y-%m-%d}; "
+                             "it takes no new data", field=field)
+    return customer
+
+
 def customers_lookup(*, user_id: str = "", email: str = "", phone: str = "", anonymous_id: str = "") -> QuerySet:
     """Profiles (never absorbed ones) having every identity given; all profiles when none is."""
     queryset = Customer.objects.filter(merged_into__isnull=True)

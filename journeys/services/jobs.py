@@ -107,11 +107,22 @@ def jobs_purge_exports(*, now: datetime | None = None) -> int:
     """Drop the personal data of exports older than EXPORT_KEEP (the summary stays). Called when
     jobs are started or looked at, so no copy outlives its day by more than a page view."""
     cutoff = (now or timezone.now()) - EXPORT_KEEP
-    purged = 0
-    for job in Job.objects.filter(kind=JobKind.EXPORT, finished_at__lt=cutoff, result__has_key="export"):
-        result = {k: v for k, v in job.result.items() if k != "export"}
-        purged += Job.objects.filter(pk=job.pk).update(result={**result, "expired": True})
-    return purged
+    return _drop_exports(Job.objects.filter(finished_at__lt=cutoff), mark="expired")
+
+
+def jobs_erase_exports(*, customer_ids: list[int]) -> int:
+    """Drop the exports of these customers whatever their age (the customer is being erased):
+    the copy and the user id it was filed under go; the job and its section counts stay."""
+    return _drop_exports(Job.objects.filter(params__customer_id__in=list(customer_ids)), mark="erased",
+                         drop=("export", "external_id"))
+
+
+def _drop_exports(jobs, *, mark: str, drop: tuple[str, ...] = ("export",)) -> int:
+    dropped = 0
+    for job in jobs.filter(kind=JobKind.EXPORT, result__has_key="export"):
+        result = {k: v for k, v in job.result.items() if k not in drop}
+        dropped += Job.objects.filter(pk=job.pk).update(result={**result, mark: True})
+    return dropped
 
 
 # --------------------------------------------------------------------------- the q2 task

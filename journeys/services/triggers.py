@@ -51,7 +51,7 @@ def trigger_validate(*, workflow: Workflow, recipients: list[dict] | None, segme
 
 
 def recipients_resolve(recipients: list[dict]) -> tuple[dict[int, dict], list[int]]:
-    """({customer id: journey variables}, indexes of recipients not found), a few queries for the
+    """({customer id: journey variables}, indexes of recipients not found or erased), a few queries for the
     whole list. A customer named twice gets the data of both (the later wins)."""
 
     def key(r: dict) -> tuple[str, str] | None:
@@ -64,7 +64,8 @@ def recipients_resolve(recipients: list[dict]) -> tuple[dict[int, dict], list[in
     keys = [key(r) for r in recipients]
     owners = identities_find({k for k in keys if k is not None})
     ids = {int(r["customer_id"]) for r, k in zip(recipients, keys) if k is None and r.get("customer_id")}
-    known = {pk: merged for pk, merged in Customer.objects.filter(pk__in=set(owners.values()) | ids)
+    known = {pk: merged for pk, merged in Customer.objects.filter(pk__in=set(owners.values()) | ids,
+                                                                   erased_at__isnull=True)
              .values_list("pk", "merged_into_id")}
     out: dict[int, dict] = {}
     missing: list[int] = []

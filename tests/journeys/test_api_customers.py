@@ -177,3 +177,56 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(api, settings):
     customer = CustomerFactory()
     response = api.patch(f"customers/{customer.pk}/traits", {"traits": {"x": "y" * 200}})
     assert response.status_code == 413 and "limit" in response.body["message"]
+
+
+def test_erasing_a_customer_drops_their_exports_and_refused_merges(api, django_capture_on_commit_callbacks):
+    from journeys.models import MergeRefusal
+
+    # given an export of a customer, and an alias refused between them and another known user
+    customer = CustomerFactory(external_id="leaving", email="leaving@example.com", traits={"city": "Lyon"})
+    other = CustomerFactory(external_id="staying")
+    MergeRefusal.objects.create(customer=other, other=customer, user_id="staying", previous_id="leaving",
+                                reason="alias of known user leaving into staying")
+    with django_capture_on_commit_callbacks(execute=True):
+        export_id = api.post(f"customers/{customer.pk}/export").body["job"]["id"]
+    assert "export" in api.get(f"jobs/{export_id}").body["result"]
+
+    # when the customer is erased
+    with django_capture_on_commit_callbacks(execute=True):
+        api.delete(f"customers/{customer.pk}", {"reason": "GDPR"})
+
+    # then the export no longer holds the copy (nor the user id), only its summary
+    result = api.get(f"jobs/{export_id}").body["result"]
+    assert result["erased"] is True and "export" not in result and "external_id" not in result
+    assert "leaving" not in str(Job.objects.get(pk=export_id).result)
+    assert not MergeRefusal.objects.exists()
+
+
+def test_an_erased_customer_takes_no_new_traits_merges_runs_or_messages(api, django_capture_on_commit_callbacks):
+    from channels_app.models import Delivery
+    from journeys.choices import ApiScope as S
+
+    customer = CustomerFactory(external_id="erase-me")
+    alive = CustomerFactory(external_id="alive")
+    with django_capture_on_commit_callbacks(execute=True):
+        api.delete(f"customers/{customer.pk}", {"reason": "GDPR"})
+    customer.refresh_from_db()
+    assert customer.erased_at is not None
+    customers = Customer.objects.count()
+
+    response = api.patch(f"customers/{customer.pk}/traits", {"traits": {"plan": "x"}})
+    assert (response.status_code, response.body["code"], response.body["field"]) == (422, "erased", "id")
+    assert "was erased" in response.body["message"]
+    response = api.post(f"customers/{alive.pk}/merge", {"merge": customer.pk})
+    assert (response.status_code, response.body["field"]) == (422, "merge")
+    assert api.post(f"customers/{customer.pk}/merge", {"merge": alive.pk}).status_code == 422
+    # nothing was written anywhere: no new profile under the tombstone's name, no merge
+    assert Customer.objects.count() == customers
+    assert not Customer.objects.filter(traits__plan="x").exists() and not CustomerMerge.objects.exists()
+
+    # a transactional message to it is refused naming the field
+    _, key = make_token(S.SEND, name="app")
+    response = Api(key).post("messages", {"template": "any", "customer_id": customer.pk, "idempotency_key": "m-1"})
+    assert (response.status_code, response.body["field"]) == (422, "customer_id"), response.body
+    assert not Delivery.objects.exists()
+

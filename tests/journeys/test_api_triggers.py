@@ -134,3 +134,30 @@ def test_a_workflow_that_is_not_live_is_refused(api):
     response = api.post(f"workflows/{draft.pk}/trigger", {"idempotency_key": "k", "recipients": [{"user_id": "a"}]})
     assert response.status_code == 422 and response.body["field"] == "workflow"
     assert api.post("workflows/999999/trigger", {"idempotency_key": "k", "segment": ""}).status_code == 404
+
+
+def test_an_erased_customer_is_not_enrolled_and_counts_as_not_found(api, workflow, django_capture_on_commit_callbacks):
+    from channels_app.services.privacy import customer_erase
+
+    gone, kept = CustomerFactory(external_id="gone"), CustomerFactory(external_id="kept")
+    customer_erase(customer=gone, actor="test", reason="GDPR")
+
+    response = trigger(api, workflow, django_capture_on_commit_callbacks,
+                       recipients=[{"customer_id": gone.pk}, {"customer_id": kept.pk}])
+
+    assert response.status_code == 200, response.body
+    assert (response.body["job"]["result"]["enrolled"], response.body["job"]["result"]["not_found"]) == (1, [0])
+    assert list(JourneyRun.objects.values_list("customer_id", flat=True)) == [kept.pk]
+
+
+def test_ids_beyond_a_bigint_are_refused_naming_the_field(api, workflow):
+    response = api.post(f"workflows/{workflow.pk}/trigger",
+                        {"idempotency_key": "k", "recipients": [{"customer_id": 2**70}]})
+    assert (response.status_code, response.body["field"]) == (400, "recipients[0].customer_id"), response.body
+    assert not Job.objects.exists()
+
+
+def test_a_body_nested_past_the_parser_is_a_400_not_a_500(api, workflow):
+    deep = b'{"idempotency_key": "k", "data": ' + b'{"a": ' * 3000 + b"1" + b"}" * 3000 + b"}"
+    response = api.post(f"workflows/{workflow.pk}/trigger", raw=deep)
+    assert response.status_code == 400 and "nested too deeply" in response.body["message"], response.body
