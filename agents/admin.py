@@ -12,7 +12,7 @@ from agents.models import (
     Agent, AgentSkill, Case, CaseEntry, Conversation, ConversationMessage, ReplyTemplate, Team, TriageBot, TriageNode,
 )
 from agents.services.cases import agent_save, team_save
-from journeys.admin.base import HistoryReasonMixin
+from journeys.admin.base import HistoryReasonMixin, HistoryRevertGuard
 
 
 @admin.register(Team)
@@ -59,7 +59,8 @@ class CaseEntryInline(admin.TabularInline):
 
 
 @admin.register(Case)
-class CaseAdmin(SimpleHistoryAdmin):
+class CaseAdmin(HistoryRevertGuard, SimpleHistoryAdmin):
+    history_revert = False
     list_display = ("__str__", "customer", "category", "priority", "status", "assigned_agent", "sla_due_at", "created_at")
     list_filter = ("status", "priority", "category", "team")
     search_fields = ("subject", "customer__external_id", "customer__email")

@@ -11,7 +11,7 @@ from django.shortcuts import render
 from django.urls import path
 from simple_history.admin import SimpleHistoryAdmin
 
-from journeys.admin.base import ReadOnlyAdmin
+from journeys.admin.base import HistoryRevertGuard, ReadOnlyAdmin
 from journeys.admin.common import (
     ScopedAdminMixin,
     error_text,
@@ -47,11 +47,9 @@ class AuditEntryAdmin(ScopedAdminMixin, ReadOnlyAdmin):
 
 
 @admin.register(OperationsSwitch)
-class OperationsSwitchAdmin(SimpleHistoryAdmin, ReadOnlyAdmin):
+class OperationsSwitchAdmin(HistoryRevertGuard, SimpleHistoryAdmin, ReadOnlyAdmin):
     list_display = ("__str__", "scope", "key", "active", "reason", "changed_by", "changed_at")
-
-    def revert_disabled(self, request, obj=None):
-        return True
+    history_revert = False  # switches change through their services (who, why, release on commit)
 
 
 class AuditForm(forms.Form):

@@ -12,7 +12,8 @@ from django import forms
 from django.contrib import admin
 from django.contrib.admin.actions import delete_selected
 from django.contrib.admin.helpers import ActionForm
-from django.contrib.admin.utils import flatten_fieldsets
+from django.contrib.admin.utils import flatten_fieldsets, unquote
+from django.core.exceptions import PermissionDenied
 from django.http import QueryDict
 
 from journeys.services.governance import history_stamp, run_user_can_view, runs_visible_to
@@ -53,12 +54,43 @@ def with_reason(form_class: type[forms.ModelForm]) -> type[forms.ModelForm]:
     return _REASON_FORMS[form_class]
 
 
-class HistoryReasonMixin:
+class HistoryRevertGuard:
+    """For every SimpleHistoryAdmin here. simple_history's history page saves a posted revert
+    whatever `revert_disabled` says (that only hides the button), for anyone who may *view* the
+    object (a view-only user's form has no fields, so the whole old version is saved), and writes
+    every column of the old version, read-only ones included (a revoked token's revocation, a
+    rotated key). A revert here is an edit with the old values filled in: refused where the admin
+    has no revert or the user may not change the object, and only the change form's fields move."""
+
+    history_revert = True
+
+    def revert_disabled(self, request, obj=None):
+        return not self.history_revert or super().revert_disabled(request, obj)
+
+    def history_form_view(self, request, object_id, version_id, extra_context=None):
+        if request.method == "POST":
+            current = self.get_object(request, unquote(object_id))
+            if (current is None or self.revert_disabled(request, current)
+                    or not self.has_change_permission(request, current)):
+                raise PermissionDenied("this history cannot be reverted by you")
+            request._history_revert_of = current
+        return super().history_form_view(request, object_id, version_id, extra_context)
+
+    def save_form(self, request, form, change):
+        obj = super().save_form(request, form, change)
+        current = getattr(request, "_history_revert_of", None)
+        if current is not None and current.pk == obj.pk:
+            for field in obj._meta.concrete_fields:
+                if field.name not in form.fields and not field.primary_key:
+                    setattr(obj, field.attname, getattr(current, field.attname))
+        return obj
+
+
+class HistoryReasonMixin(HistoryRevertGuard):
     """For a SimpleHistoryAdmin of a configuration model: a required change reason on the form,
     stored with the acting user on the history rows of the object and of its inline rows."""
 
     # Reverting from the history page saves through the same form (a reason is asked there too).
-    history_revert = True
     reason_fieldset = ("Change", {"fields": (REASON_FIELD,)})
 
     def get_form(self, request, obj=None, **kwargs):
@@ -136,9 +168,6 @@ class HistoryReasonMixin:
     def delete_queryset(self, request, queryset):
         for obj in queryset:  # one by one, so each history row carries who and why
             self.delete_model(request, obj)
-
-    def revert_disabled(self, request, obj=None):
-        return not self.history_revert or super().revert_disabled(request, obj)
 
 
 class RunScopeMixin:

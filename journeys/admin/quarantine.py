@@ -15,7 +15,7 @@ from django.core.exceptions import ValidationError
 from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
 
-from journeys.admin.base import REASON_FIELD, ReasonActionForm, action_reason, reason_field
+from journeys.admin.base import REASON_FIELD, HistoryRevertGuard, ReasonActionForm, action_reason, reason_field
 from journeys.choices import QuarantineStatus
 from journeys.models import QuarantinedEvent
 from journeys.services.quarantine import quarantine_check, quarantine_discard, quarantine_fix, quarantine_replay
@@ -49,7 +49,8 @@ class QuarantineFixForm(forms.ModelForm):
 
 
 @admin.register(QuarantinedEvent)
-class QuarantinedEventAdmin(SimpleHistoryAdmin):
+class QuarantinedEventAdmin(HistoryRevertGuard, SimpleHistoryAdmin):
+    history_revert = False  # an event is fixed, replayed or discarded through its actions
     form = QuarantineFixForm
     action_form = ReasonActionForm
     list_display = ("received_at", "source", "code", "field", "short_message", "status", "batch_index", "message_id")

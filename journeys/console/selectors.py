@@ -377,12 +377,23 @@ def _attribute_warnings(references: list[str], version: WorkflowVersion, event: 
 
 
 def jobs_for_user(user: Any):
-    """Ops admins (who may view jobs) see every job; everyone else their own."""
+    """Ops admins (who may view jobs) see every job; everyone else their own, of the kinds they may
+    still start (an editor's replays of a unit they still edit): a role taken away takes the
+    results of the jobs it started with it (exports hold personal data)."""
+    from journeys.errors import JourneyError, PermissionDenied
     from journeys.models import Job
+    from journeys.services.jobs import job_check_allowed
 
     if user.is_superuser or user.has_perm("journeys.view_job"):
         return Job.objects.all()
-    return Job.objects.filter(created_by=user)
+    visible = []
+    for pk, kind, params in Job.objects.filter(created_by=user).values_list("pk", "kind", "params"):
+        try:
+            job_check_allowed(actor=user, kind=kind, params=params)
+        except (PermissionDenied, JourneyError):
+            continue
+        visible.append(pk)
+    return Job.objects.filter(pk__in=visible)
 
 
 def template_preview(*, user: Any, template: str, locale: str = "", customer_ref: str = "", event_name: str = "",

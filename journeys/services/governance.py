@@ -140,6 +140,8 @@ def _perms(q: Q) -> list[Permission]:
 # `experiments.services.experiments.experiment_user_can`, so they are not in this global list.
 CHANNEL_CONFIG_MODELS = ("channel", "messagetemplate", "templatevariant", "contentblock", "topic", "frequencycap")
 EXPERIMENT_CONFIG_MODELS = ("experiment", "arm")
+Q2_OPS_PERMS = ("view_schedule", "view_task", "view_success", "view_failure", "view_ormq",
+                "delete_success", "delete_failure")
 
 
 def _view(app_label: str, models: tuple[str, ...]) -> Q:
@@ -158,7 +160,10 @@ def _role_permissions() -> dict[str, list[Permission]]:
     return {
         # Ops may see who is who, and grant roles only through journeys.manage_roles (user_roles_set,
         # business_unit_grant_editor): never a raw auth permission, with which a group edit makes a superuser.
+        # The task queue they may watch and clean up, not write: a q2 schedule or task names any Python
+        # callable with any arguments (os.system), which the workers run.
         ROLE_OPS: _perms(Q(content_type__app_label__in=CONFIG_APPS) | Q(content_type__app_label="django_q")
+                         & Q(codename__in=Q2_OPS_PERMS)
                          | (app("auth") & Q(codename__in=["view_user", "view_group"]))),
         # Editors get their reach per unit through guardian (business_unit_grant_editor); globally they
         # only read the channel configuration they need to fill in a step.

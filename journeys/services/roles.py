@@ -27,6 +27,7 @@ class RolesChange:
     granted: list[str] = field(default_factory=list)
     revoked: list[str] = field(default_factory=list)
     staff_granted: bool = False
+    staff_revoked: bool = False
 
 
 def user_roles(*, user: Any) -> list[str]:
@@ -38,7 +39,8 @@ def user_roles(*, user: Any) -> list[str]:
 @transaction.atomic
 def user_roles_set(*, user: Any, roles: Iterable[str], actor: Any = None, reason: str = "") -> RolesChange:
     """Make `user` hold exactly `roles` (names from ROLES), recording each grant and revocation
-    with who and why. A role worked in the admin also lets the person log into it (is_staff).
+    with who and why. A role worked in the admin also lets the person log into it (is_staff); taking
+    every role away takes the admin login away too (a superuser keeps theirs).
 
     Refused: an actor without journeys.manage_roles; a non-superuser changing a superuser's
     roles; an unknown role name."""
@@ -63,9 +65,16 @@ def user_roles_set(*, user: Any, roles: Iterable[str], actor: Any = None, reason
     if not user.is_staff and any(role in ADMIN_ROLES for role in wanted):
         user.is_staff = change.staff_granted = True
         user.save(update_fields=["is_staff"])
+    elif user.is_staff and not wanted and not user.is_superuser:  # no role left: no admin login either
+        user.is_staff = False
+        change.staff_revoked = True
+        user.save(update_fields=["is_staff"])
     for role in change.granted:
         audit_record(action="role_granted", actor=actor, reason=reason,
                      data={"user": user.get_username(), "role": role, "admin_login": change.staff_granted})
     for role in change.revoked:
-        audit_record(action="role_revoked", actor=actor, reason=reason, data={"user": user.get_username(), "role": role})
+        data = {"user": user.get_username(), "role": role}
+        if change.staff_revoked:
+            data["admin_login_revoked"] = True
+        audit_record(action="role_revoked", actor=actor, reason=reason, data=data)
     return change

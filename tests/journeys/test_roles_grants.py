@@ -134,3 +134,39 @@ def test_a_superuser_still_manages_accounts(people):
         "date_joined_0": "2026-01-01", "date_joined_1": "00:00:00", "initial-date_joined_0": "2026-01-01",
         "initial-date_joined_1": "00:00:00"})
     assert response.status_code == 302
+
+
+def test_ops_watch_the_task_queue_but_cannot_schedule_code_on_the_workers(people):
+    q2 = set(Permission.objects.filter(group__name=gov.ROLE_OPS, content_type__app_label="django_q")
+             .values_list("codename", flat=True))
+    assert "view_schedule" in q2 and "view_failure" in q2
+    assert not {p for p in q2 if p.startswith(("add_", "change_"))}
+    client = as_(people["ops"])
+    assert client.get("/admin/django_q/schedule/").status_code == 200
+    response = client.post("/admin/django_q/schedule/add/", {
+        "name": "probe", "func": "os.system", "args": "'id'", "schedule_type": "O", "repeats": "-1"})
+    assert response.status_code == 403
+    from django_q.models import Schedule
+
+    assert not Schedule.objects.filter(name="probe").exists()
+
+
+def test_taking_every_role_away_takes_the_admin_login_and_the_jobs_it_started(people):
+    from journeys.models import Job
+    from journeys.services.jobs import job_start
+    from tests.factories import CustomerFactory
+
+    ops = people["ops"]
+    job = job_start(kind="export", actor=ops, params={"customer_id": CustomerFactory().pk})
+    Job.objects.filter(pk=job.pk).update(status="succeeded", result={"export": {"email": "x@example.com"}})
+    client = as_(ops)
+    assert client.get(f"/console/jobs/{job.pk}/download/").status_code == 200
+
+    user_roles_set(user=fresh(ops), roles=[], actor=people["nobody"].__class__.objects.create_superuser(
+        "root", "root@example.com", "pw"), reason="left the company")
+
+    ops = fresh(ops)
+    assert not ops.is_staff
+    assert client.get(f"/console/jobs/{job.pk}/download/").status_code in (302, 403, 404)
+    revoked = AuditEntry.objects.filter(action="role_revoked").get()
+    assert revoked.data["admin_login_revoked"] is True
