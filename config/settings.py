@@ -205,6 +205,7 @@ AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # per account, and per add
 AXES_RESET_ON_SUCCESS = True
 AXES_CLIENT_IP_CALLABLE = "journeys.services.client_ip.request_client_ip"
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_LOCKOUT_CALLABLE = "journeys.services.throttle.login_lockout"  # that page, the wait in words, Retry-After
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -212,7 +213,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Where `manage.py collectstatic` gathers the files whitenoise serves (check --deploy: journeys.W002).
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", "").strip() or BASE_DIR / "staticfiles")
 WHITENOISE_USE_FINDERS = DEBUG  # serve app static files without collectstatic while developing
 LOGIN_URL = "admin:login"
 
@@ -368,6 +370,7 @@ EVENT_API = {
 # processes. Only a request arriving from one of them may name the client's address in
 # X-Forwarded-For; the address recorded with an event, in the API access log and by login
 # throttling is the last one in that chain that is not a trusted proxy. Empty (the default): the TCP peer's address, X-Forwarded-For ignored.
+# IP addresses and networks only: a host name (lb.internal) is refused by every manage.py command (journeys.E004).
 TRUSTED_PROXIES = [p.strip() for p in os.environ.get("TRUSTED_PROXIES", "").split(",") if p.strip()]
 
 # Email: real SMTP (tests point it at a local aiosmtpd server). Secrets only from the environment.
@@ -384,7 +387,11 @@ DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "journeys@localhost")
 # gateway: OUTBOUND_ALLOWED_HOSTS=sms-gw.corp.internal, OUTBOUND_ALLOWED_NETWORKS=10.20.0.0/16.
 OUTBOUND_ALLOWED_HOSTS = [h.strip() for h in os.environ.get("OUTBOUND_ALLOWED_HOSTS", "").split(",") if h.strip()]
 OUTBOUND_ALLOWED_NETWORKS = [n.strip() for n in os.environ.get("OUTBOUND_ALLOWED_NETWORKS", "").split(",") if n.strip()]
-# Public base URL used in signed links (unsubscribe, preferences, tracking).
+# The address customers and providers reach this server at (https://journeys.example.com): the
+# base of signed links in messages (List-Unsubscribe, preferences, clicks, opens) and of the URLs
+# given to providers (status callbacks, inbound messages). The default only suits `make run`;
+# with DEBUG off `check --deploy` fails until it is set (journeys.E005). The SDK settings
+# endpoints fall back to the origin the SDK reached while it is left at the default.
 PUBLIC_BASE_URL_DEFAULT = "http://127.0.0.1:8000"
 PUBLIC_BASE_URL = os.environ.get("PUBLIC_BASE_URL", PUBLIC_BASE_URL_DEFAULT)
 

@@ -7,14 +7,33 @@ with each event), the management API's access log, and login throttling (django-
 from __future__ import annotations
 
 import ipaddress
+import logging
 from functools import lru_cache
 
 from django.conf import settings
 
+logger = logging.getLogger(__name__)
+
+
+def network_parse(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """An address or a network (CIDR) as a network, or None when `text` is neither (a host name)."""
+    try:
+        return ipaddress.ip_network(str(text).strip(), strict=False)
+    except ValueError:
+        return None
+
 
 @lru_cache(maxsize=8)
 def _networks(proxies: tuple[str, ...]) -> tuple:
-    return tuple(ipaddress.ip_network(p, strict=False) for p in proxies)
+    """The trusted networks. An entry that is not one (journeys.E004 names it at every manage.py
+    command) trusts nothing, rather than failing every request that asks for the client's address."""
+    networks = []
+    for proxy in proxies:
+        if (network := network_parse(proxy)) is None:
+            logger.error("TRUSTED_PROXIES: %r is not an address or a network; it is ignored", proxy)
+        else:
+            networks.append(network)
+    return tuple(networks)
 
 
 def _address(text: str):

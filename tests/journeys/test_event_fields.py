@@ -57,6 +57,10 @@ def test_the_write_key_in_a_body_is_never_stored(api, write_key):
         (["10.0.0.0/8"], "10.0.0.2", "6.6.6.6, 198.51.100.1, 10.0.0.9", "198.51.100.1"),  # forged left part unused
         (["10.0.0.0/8", "::1"], "::1", "2001:db8::7", "2001:db8::7"),
         (["10.0.0.0/8"], "10.0.0.2", "not-an-ip", "10.0.0.2"),
+        # a host name (journeys.E004 refuses it at every manage.py command) is trusted for nothing,
+        # the other entries still are; before, every request failed (500, ValueError)
+        (["lb.internal", "10.0.0.0/8"], "10.0.0.2", "198.51.100.1", "198.51.100.1"),
+        (["lb.internal"], "10.0.0.2", "198.51.100.1", "10.0.0.2"),
     ],
 )
 def test_sender_address_honours_only_trusted_proxies(api, settings, trusted, remote, forwarded, expected):

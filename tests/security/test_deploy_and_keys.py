@@ -22,10 +22,79 @@ def manage(*args: str, **env: str) -> subprocess.CompletedProcess:
                                **env})
 
 
-def test_check_deploy_is_clean_for_production_settings_and_debug_is_off_by_default():
-    # given a deploy with a key of its own and nothing else said (DEBUG not set)
-    result = manage("check", "--deploy", "--fail-level", "WARNING", SECRET_KEY=secrets.token_urlsafe(50))
+def test_check_deploy_is_clean_for_production_settings_and_debug_is_off_by_default(tmp_path):
+    # given a deploy with a key of its own, its public address and its static files collected,
+    # and nothing else said (DEBUG not set)
+    deploy = {"SECRET_KEY": secrets.token_urlsafe(50), "PUBLIC_BASE_URL": "https://journeys.example.com",
+              "STATIC_ROOT": str(tmp_path / "static")}
+    collected = manage("collectstatic", "--noinput", "-v", "0", **deploy)
+    assert collected.returncode == 0, collected.stderr
+
+    result = manage("check", "--deploy", "--fail-level", "WARNING", **deploy)
+
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_check_deploy_fails_on_a_deploy_that_forgot_its_public_address_and_collectstatic(tmp_path):
+    # given the production settings with PUBLIC_BASE_URL unset and STATIC_ROOT empty
+    deploy = {"SECRET_KEY": secrets.token_urlsafe(50), "STATIC_ROOT": str(tmp_path)}
+
+    result = manage("check", "--deploy", "--fail-level", "WARNING", **deploy)
+
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "journeys.E005" in out and "PUBLIC_BASE_URL is not set" in out and "PUBLIC_BASE_URL=https://" in out
+    assert "journeys.W002" in out and "collectstatic" in out
+    # while the checks every command runs (make run's migrate, gunicorn's and qcluster's start) stay quiet
+    assert manage("check", "--fail-level", "WARNING", **deploy).returncode == 0
+
+
+@pytest.mark.parametrize("url, problem", [
+    ("http://127.0.0.1:8000", "is not set"),
+    ("http://localhost:8000/", "names this machine"),
+    ("https://[::1]", "names this machine"),
+    ("http://127.0.1.1", "names this machine"),
+    ("http://0.0.0.0:8000", "names this machine"),
+    ("http://journeys.localhost", "names this machine"),
+    ("journeys.example.com", "is not an absolute http(s) URL"),
+    ("", "is not an absolute http(s) URL"),
+])
+def test_a_public_base_url_no_customer_reaches_is_an_error(settings, url, problem):
+    from journeys.checks import public_base_url_check
+
+    settings.DEBUG, settings.PUBLIC_BASE_URL = False, url
+    (error,) = public_base_url_check(None)
+    assert error.id == "journeys.E005" and problem in error.msg
+
+
+@pytest.mark.parametrize("url, debug", [("https://journeys.example.com", False), ("http://10.1.2.3:8000", False),
+                                        ("http://127.0.0.1:8000", True)])
+def test_a_reachable_public_base_url_or_debug_passes(settings, url, debug):
+    from journeys.checks import public_base_url_check
+
+    settings.DEBUG, settings.PUBLIC_BASE_URL = debug, url
+    assert public_base_url_check(None) == []
+
+
+def test_static_files_not_collected_are_a_warning_unless_served_from_the_apps(settings, tmp_path):
+    from journeys.checks import static_root_check
+
+    settings.DEBUG, settings.WHITENOISE_USE_FINDERS = False, False
+    for root in (tmp_path / "missing", tmp_path):
+        settings.STATIC_ROOT = root
+        (warning,) = static_root_check(None)
+        assert warning.id == "journeys.W002" and "collectstatic" in warning.hint
+    (tmp_path / "admin").mkdir()
+    assert static_root_check(None) == []
+    settings.STATIC_ROOT, settings.WHITENOISE_USE_FINDERS = tmp_path / "missing", True  # the test settings
+    assert static_root_check(None) == []
+
+
+def test_a_trusted_proxy_that_is_no_address_stops_every_command_naming_it():
+    result = manage("check", SECRET_KEY=secrets.token_urlsafe(50), TRUSTED_PROXIES="10.0.0.0/24, lb.internal")
+    assert result.returncode != 0
+    assert "journeys.E004" in result.stderr and "TRUSTED_PROXIES: 'lb.internal' is not an address" in result.stderr
+    assert result.stderr.count("journeys.E004") == 1  # the network before it is fine
 
 
 def test_production_settings_refuse_to_start_without_a_key_of_their_own():
@@ -59,6 +128,34 @@ def test_known_and_weak_keys_are_errors(settings, key, finding):
     settings.SECRET_KEY = key
     messages = [e.msg for e in secret_key_check(None)]
     assert any(finding in m for m in messages), messages
+
+
+def test_a_key_file_git_does_not_track_is_not_public_but_a_tracked_one_is(settings, tmp_path):
+    # given a code base where git tracks docs/example.env and not secrets/django_key
+    from journeys.checks import secret_key_check
+
+    kept, shown = secrets.token_urlsafe(50), secrets.token_urlsafe(50)
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "django_key").write_text(kept + "\n")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "example.env").write_text(f"SECRET_KEY={shown}\n")
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "add", "docs/example.env"], check=True)
+    settings.BASE_DIR = tmp_path
+
+    settings.SECRET_KEY = kept
+    assert secret_key_check(None) == []
+    settings.SECRET_KEY = shown
+    assert [e.msg for e in secret_key_check(None)] == ["SECRET_KEY is public: it is written in docs/example.env"]
+    settings.SECRET_KEY = shown[:-1]  # a key inside a longer one is not that key
+    assert secret_key_check(None) == []
+
+
+def test_a_short_key_is_weak_not_written_in_some_file(settings):
+    from journeys.checks import secret_key_check
+
+    settings.SECRET_KEY = "abc"  # in "collections.abc" of many files, and quoted in some tests
+    assert [e.id for e in secret_key_check(None)] == ["journeys.E002"]
 
 
 def test_a_fresh_random_key_passes(settings):

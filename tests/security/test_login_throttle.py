@@ -62,6 +62,29 @@ def test_behind_a_trusted_proxy_the_lock_is_per_client_not_per_proxy(settings):
     assert through_proxy("hal", "pw", "198.51.100.67").status_code == 302  # another client is not
 
 
+def test_the_locked_page_says_how_long_in_words_and_when_to_retry(settings):
+    UserFactory(username="ida", is_staff=True)
+    for _ in range(settings.AXES_FAILURE_LIMIT):
+        attempt("/admin/login/", "ida", "guess")
+
+    locked, _ = attempt("/admin/login/", "ida", "pw")
+
+    text = locked.content.decode().replace("\xa0", " ")
+    assert locked.status_code == 429 and "Try again in 15 minutes" in text and "PT15M" not in text
+    assert locked["Retry-After"] == "900"
+
+
+def test_a_trusted_proxy_written_as_a_host_name_does_not_break_sign_in(settings):
+    # given a TRUSTED_PROXIES entry that is no address (journeys.E004 names it at every manage.py command)
+    settings.TRUSTED_PROXIES = ["lb.internal"]
+    UserFactory(username="jo", is_staff=True)
+
+    wrong, _ = attempt("/admin/login/", "jo", "guess")
+    right, _ = attempt("/admin/login/", "jo", "pw")
+
+    assert (wrong.status_code, right.status_code) == (200, 302)  # the form again, then in; not 500
+
+
 def test_a_success_before_the_limit_forgets_the_failures(settings):
     UserFactory(username="gus", is_staff=True)
     for _ in range(settings.AXES_FAILURE_LIMIT - 1):
