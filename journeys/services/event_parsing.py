@@ -57,6 +57,11 @@ class ParsedEvent:
     extra: dict = field(default_factory=dict)
 
 
+# Before this, a timestamp is a client's unset clock, not a moment (the client's value stays in
+# originalTimestamp); the event is dated by its receipt, as one sent without a timestamp.
+EARLIEST_TIMESTAMP = datetime(2000, 1, 1, tzinfo=dt_timezone.utc)
+
+
 def _where(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
@@ -217,6 +222,11 @@ def check_depth(value: Any, *, field: str, limit: int = MAX_DEPTH) -> None:
         raise EventValidationError(f"is nested more than {limit} levels deep", field=shown or "body", code="too_deep")
 
 
+# json.dumps writes a NUL as \u0000; a backslash written before it is itself escaped (\\), so a NUL is
+# \u0000 after an even number of backslashes, and the six characters \u0000 in a text are \\u0000.
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def _unstorable_text(value: str) -> str | None:
     if "\x00" in value:
         return "contains a NUL character (\\u0000), which cannot be stored"
@@ -290,12 +300,14 @@ def check_event_size(raw: dict, *, max_bytes: int, prefix: str) -> int:
     try:
         encoded = text.encode("utf-8")
     except UnicodeEncodeError:
+        check_storable_text(raw, field=prefix)  # names where the lone surrogate sits
         raise EventValidationError("contains text that is not valid Unicode", field=prefix or "body") from None
     if len(encoded) > max_bytes:
         raise PayloadTooLarge(
             f"is {len(encoded)} bytes; the limit is {max_bytes} bytes per event", field=prefix or "body"
         )
-    if b"\\u0000" in encoded or b"\x00" in encoded:
+    if b"\\u0000" in encoded and _NUL_ESCAPE.search(encoded):  # (text that says \u0000 is escaped: \\u0000)
+        check_storable_text(raw, field=prefix)  # names where the NUL sits
         raise EventValidationError("contains a NUL character (\\u0000), which cannot be stored", field=prefix or "body")
     return len(encoded)
 
@@ -441,6 +453,8 @@ def parse_event(
         corrected = client_ts or received_at
     if corrected > received_at + timedelta(minutes=5):
         corrected = received_at  # never in the future: a wrong clock must not delay journeys
+    elif corrected < EARLIEST_TIMESTAMP:
+        corrected = received_at  # an unset clock (Go's zero time, the epoch) must not date a profile to year 1
 
     if kind == EventType.PAGE and category:
         properties = {**properties, "category": raw.get("category")}

@@ -209,7 +209,7 @@ def test_malformed_bodies_are_4xx(api, raw, needle):
         ({"userId": "u", "event": "E", "sentAt": 12}, "sentAt"),
         ({"userId": "u", "event": "E", "properties": [1]}, "properties"),
         ({"userId": {"a": 1}, "event": "E"}, "userId"),
-        ({"userId": "u", "event": "E", "properties": {"t": "bad\u0000null"}}, "body"),
+        ({"userId": "u", "event": "E", "properties": {"t": "bad\u0000null"}}, "properties.t"),
         ({"userId": "u", "event": "E", "messageId": "x" * 300}, "messageId"),
         ({"userId": "u", "event": "E", "timestamp": "0001-01-01T00:00:00Z", "sentAt": "9999-12-31T00:00:00Z"}, "timestamp"),
     ],
@@ -220,6 +220,24 @@ def test_invalid_track_names_the_field(api, strict, body, field):
     assert response.json()["field"] == field
     assert field in response.json()["message"]
     assert Event.objects.count() == 0
+
+
+@pytest.mark.parametrize("stamp", ["0001-01-01T00:00:00Z", "1970-01-01T00:00:00Z"])
+def test_an_unset_client_clock_dates_the_event_by_its_receipt(api, stamp):
+    before = datetime.now(timezone.utc)
+    response = api.post("track", {"userId": "zero", "event": "E", "timestamp": stamp})
+    assert response.status_code == 200, response.json()
+    event = Event.objects.get()
+    assert event.timestamp >= before - timedelta(seconds=1)
+    assert event.original_timestamp.year in (1, 1970)  # what the client said is kept
+    assert event.customer.first_seen >= before - timedelta(seconds=1)
+
+
+def test_text_that_spells_a_nul_escape_is_stored_as_written(api):
+    snippet = 'printf("\\u0000"); path C:\\\\u0000'  # backslash-u-0000 as characters, no NUL in it
+    response = api.post("track", {"userId": "u", "event": "E", "properties": {"snippet": snippet}})
+    assert response.status_code == 200 and not response.json().get("rejected"), response.json()
+    assert Event.objects.get().properties["snippet"] == snippet
 
 
 def test_invalid_track_of_a_lenient_source_is_quarantined_naming_the_field(api):
