@@ -195,6 +195,10 @@ def customer_resolve(
         # A new device of a known person: written with the batch's other claims, in key order
         # (one at a time in event order, two batches claiming the same ids deadlocked).
         imap.claim_later(IdentityKind.ANONYMOUS_ID, anonymous_id, known)
+    if previous_id and previous is None and previous_id not in (user_id, anonymous_id):
+        # An alias naming an id nobody has yet (the app's events from before the sign-in are still
+        # queued on the device): the id is the person's from now on, so those events find them.
+        imap.claim_later(IdentityKind.ANONYMOUS_ID, previous_id, known)
     return known
 
 

@@ -66,3 +66,18 @@ def test_an_alias_of_an_anonymous_visitor_still_merges(api):
     api.post("alias", {"userId": "erin", "previousId": "visitor-1"})
     assert CustomerMerge.objects.get().reason == "alias of visitor-1"
     assert MergeRefusal.objects.count() == 0
+
+
+def test_an_alias_that_arrives_first_still_links_the_device_events_sent_after_it(api):
+    # given a sign-in's alias reaching the server before the device's queued anonymous events
+    api.post("alias", {"previousId": "device-9", "userId": "frank"})
+
+    # when those events arrive, alone and beside another event in a batch
+    api.post("track", {"anonymousId": "device-9", "event": "Cart Viewed"})
+    api.post("batch", {"batch": [{"type": "track", "anonymousId": "device-9", "event": "Checkout Started"}]})
+
+    # then they are frank's: one profile, no anonymous orphan
+    frank = profile("frank")
+    assert set(Event.objects.filter(customer=frank).values_list("name", flat=True)) >= {"Cart Viewed",
+                                                                                       "Checkout Started"}
+    assert Customer.objects.filter(merged_into__isnull=True).count() == 1
