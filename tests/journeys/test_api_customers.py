@@ -41,6 +41,19 @@ def test_lookup_by_user_id_or_email_pages_by_id(api):
     assert [c["user_id"] for c in first["results"] + second["results"]] == ["u0", "u1", "u2"]
 
 
+@pytest.mark.parametrize(("query", "field"), [("limit=-1", "limit"), ("limit=abc", "limit"), ("limit=0", "limit"),
+                                              ("cursor=garbage", "cursor")])
+def test_bad_paging_parameters_are_refused_naming_them(api, query, field):
+    CustomerFactory()
+    response = api.get(f"customers?{query}")
+    assert (response.status_code, response.body["field"]) == (400, field), response.body
+
+
+def test_a_huge_limit_is_cut_to_the_largest_page(api):
+    CustomerFactory()
+    assert api.get(f"customers?limit={10**22}").status_code == 200
+
+
 def test_profile_shows_identities_consents_stage_and_traits(api):
     from channels_app.models import Consent
 

@@ -119,8 +119,9 @@ def test_a_segment_enrols_everyone_matching_it(api, workflow, django_capture_on_
     ({"idempotency_key": "k", "recipients": [{"user_id": "a", "data": {"case_id": 1}}]}, 422,
      "recipients[0].data.case_id"),
     ({"idempotency_key": "k", "segment": "profile.plan =="}, 422, "segment"),
+    ({"idempotency_key": "k", "segment": "event.x == 1"}, 422, "segment"),
 ], ids=["no-key", "no-audience", "both", "empty-list", "two-ids", "bad-id", "reserved", "reserved-recipient",
-        "bad-rule"])
+        "bad-rule", "event-in-segment"])
 def test_bad_requests_name_the_field_and_enrol_nobody(api, workflow, body, status, field):
     CustomerFactory(external_id="a")
     response = api.post(f"workflows/{workflow.pk}/trigger", body)
