@@ -14,16 +14,24 @@ class ProviderError(Exception):
     """A send failed. `transient` errors are retried (with backoff); others are not.
     `unanswered`: the message was handed over and no answer came (a timeout, a connection lost
     after the request was written): the vendor may have taken it, so it is retried with the
-    same idempotency key on the same channel, never rerouted to a fallback."""
+    same idempotency key on the same channel, never rerouted to a fallback.
+    `recipient_only`: a temporary refusal of this one recipient (greylisting, a full mailbox):
+    retried, but it says nothing about the channel, so it never counts toward its breaker."""
 
     transient: bool = False
 
     def __init__(self, message: str, *, status_code: int | None = None, retry_after: float | None = None,
-                 unanswered: bool = False):
+                 unanswered: bool = False, recipient_only: bool = False):
         super().__init__(message)
         self.status_code = status_code
         self.retry_after = retry_after
         self.unanswered = unanswered
+        self.recipient_only = recipient_only
+
+    @property
+    def channel_failure(self) -> bool:
+        """Whether this failure counts toward the channel's circuit breaker."""
+        return self.transient and not self.recipient_only
 
 
 class TransientError(ProviderError):

@@ -33,6 +33,9 @@ CONNECTION_ERRORS = (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, s
 # way until someone fixes the settings, so they count toward the breaker (it opens, messages wait)
 # instead of failing a whole campaign one message at a time.
 SMTP_AUTH_CODES = frozenset({454, 530, 534, 535, 538})
+# A recipient refused for now is tried again no sooner than this: greylisting lets a sender through
+# after some minutes, so the channel's usual backoff (seconds) would spend every attempt in vain.
+RECIPIENT_RETRY_S = 600
 
 
 def smtp_error(exc: Exception) -> ProviderError:
@@ -43,8 +46,10 @@ def smtp_error(exc: Exception) -> ProviderError:
                               "credentials (check its username and password_env)", status_code=exc.smtp_code)
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         codes = [code for code, _ in exc.recipients.values()]
-        error = TransientError if codes and all(400 <= c < 500 for c in codes) else PermanentError
-        return error(f"recipient refused: {exc.recipients}", status_code=codes[0] if codes else None)
+        if codes and all(400 <= c < 500 for c in codes):  # greylisting, a full mailbox: this recipient, later
+            return TransientError(f"recipient refused for now: {exc.recipients}", status_code=codes[0],
+                                  retry_after=RECIPIENT_RETRY_S, recipient_only=True)
+        return PermanentError(f"recipient refused: {exc.recipients}", status_code=codes[0] if codes else None)
     if isinstance(exc, smtplib.SMTPResponseException):
         error = TransientError if 400 <= exc.smtp_code < 500 else PermanentError
         return error(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}", status_code=exc.smtp_code)
@@ -261,7 +266,12 @@ class SmtpProvider(Provider):
     def message_id(self, message: OutgoingMessage) -> str:
         """Stable per delivery: a resend after a crash carries the same id, so receivers can deduplicate."""
         digest = hashlib.sha256(message.idempotency_key.encode()).hexdigest()[:20]
-        domain = (self.settings.get("from_email") or django_settings.DEFAULT_FROM_EMAIL).rpartition("@")[2]
+        sender = self.settings.get("from_email") or django_settings.DEFAULT_FROM_EMAIL
+        domain = parseaddr(sender)[1].rpartition("@")[2]  # the address's, not the display name's
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            domain = ""
         return f"<delivery-{message.delivery_id}.{digest}@{domain or 'localhost'}>"
 
     def send(self, message: OutgoingMessage) -> SendResult:

@@ -248,7 +248,7 @@ class DispatchRun:
                     failures = 0
                 elif isinstance(outcome, NotSent):
                     source.stop()
-                elif outcome.transient:
+                elif outcome.channel_failure:
                     failures += 1
                     if (probe or failures >= channel.breaker_threshold) and not why_stopped:
                         why_stopped = f"the breaker of {channel.name} opened during the batch"
@@ -440,7 +440,7 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
         attempts.append({"delivery_id": d.pk, "channel_id": channel.pk, "at": at, "ok": ok,
                          "latency_ms": s.latency_ms, "transient": bool(not ok and outcome.transient),
                          "error": error, "status_code": outcome.status_code})
-        if ok or outcome.transient:
+        if ok or outcome.channel_failure:
             per_channel.setdefault(channel.pk, (channel, []))[1].append((ok, error))
             last_at[channel.pk] = max(at, last_at.get(channel.pk, at))
         if ok:

@@ -145,6 +145,29 @@ def test_non_ascii_subjects_bodies_and_named_senders_arrive_intact(smtp, on_comm
     assert text == "Ligne 1 : déjà vu = 100 %\n" + "é" * 300 + "\n.leading dot"
     assert "<b>Zoë</b>" in mail.get_body(("html",)).get_content()
     assert all(len(line) <= 998 for line in mail.as_string().splitlines())
+    [message_id] = re.findall(r"(?m)^Message-ID: (.*)$", mail.as_string())  # as written, not as parsed
+    assert re.fullmatch(r"<delivery-\d+\.[0-9a-f]{20}@shop\.test>", message_id.strip()), message_id
+
+
+def test_recipients_refused_for_now_are_retried_later_without_opening_the_breaker(email_setup, smtp, on_commit):
+    from channels_app.models import ChannelBreaker
+
+    channel, template, _ = email_setup
+    greylisted = [CustomerFactory(external_id=f"g{n}", email=f"g{n}@example.com") for n in range(6)]
+    for customer in greylisted:
+        smtp.refuse[customer.email] = "451 4.7.1 greylisted, try again later"
+    for n, customer in enumerate(greylisted):
+        send(on_commit, channel, template, customer, key=f"grey-{n}")
+    ok = send(on_commit, channel, template, CustomerFactory(external_id="fine", email="fine@example.com"), key="ok")
+
+    # the greylisted ones wait to be tried again in some minutes; the channel stays closed-circuit
+    for delivery in Delivery.objects.filter(customer__in=greylisted):
+        assert (delivery.status, delivery.reason) == ("deferred", "retry")
+        assert (delivery.next_attempt_at - delivery.updated_at).total_seconds() >= 590
+    breaker = ChannelBreaker.objects.filter(channel=channel).first()
+    assert breaker is None or (breaker.state, breaker.consecutive_failures) == ("closed", 0)
+    ok.refresh_from_db()
+    assert ok.status == "sent" and [m["To"] for m in smtp.messages] == ["fine@example.com"]
 
 
 def test_a_session_the_server_closed_while_idle_is_opened_again_before_the_next_message(smtp):
