@@ -40,11 +40,16 @@ class DeliveryOut(serializers.ModelSerializer):
     channel_kind = serializers.CharField(source="channel.kind")
     template = serializers.CharField(source="template.name", allow_null=True, default=None)
     reason_label = serializers.CharField(source="get_reason_display")
+    missing = serializers.SerializerMethodField(help_text="template variables that had no value (rendered empty)")
 
     class Meta:
         model = Delivery
         fields = ("id", "status", "reason", "reason_label", "error", "attempts", "channel", "channel_kind", "template",
-                  "customer_id", "created_at", "sent_at", "delivered_at", "opened_at", "clicked_at", "next_attempt_at")
+                  "customer_id", "created_at", "sent_at", "delivered_at", "opened_at", "clicked_at", "next_attempt_at",
+                  "missing")
+
+    def get_missing(self, delivery: Delivery) -> list[str]:
+        return list((delivery.notes or {}).get("missing", []))
 
 
 class MessageOut(serializers.Serializer):

@@ -180,6 +180,13 @@ def _render_into(delivery: Delivery, *, template: MessageTemplate, data: dict, c
         delivery.status, delivery.reason = DeliveryStatus.FAILED, Reason.TEMPLATE_ERROR
         delivery.error = f"{type(exc).__name__}: {exc}"[:4000]
         return
+    if not (rendered.subject.strip() or rendered.body.strip() or rendered.html_body.strip()):
+        # every part came from data that is not there: nothing worth sending (a blank email)
+        delivery.status, delivery.reason = DeliveryStatus.FAILED, Reason.TEMPLATE_ERROR
+        delivery.error = ("the message rendered empty" + (f": no value for {', '.join(rendered.missing)}"
+                                                          if rendered.missing else ""))[:4000]
+        delivery.notes = {**(notes or {}), "missing": rendered.missing}
+        return
     html = rendered.html_body
     if html and delivery.channel.kind == ChannelKind.EMAIL and (delivery.channel.settings or {}).get("track", True):
         html = _track_html(html, delivery, set(links.values()))

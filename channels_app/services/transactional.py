@@ -15,7 +15,7 @@ from django.core.validators import validate_email
 from django.db import transaction
 from django.utils import timezone
 
-from channels_app.choices import ChannelKind
+from channels_app.choices import ChannelKind, Reason
 from channels_app.models import Channel, Delivery, MessageTemplate
 from channels_app.services.sending import message_record
 from journeys.choices import IdentityKind
@@ -90,6 +90,11 @@ def transactional_send(*, template_name: str, token: ApiToken, key: str, data: d
         stamp = {"api_token": token.name, "api_request": request_hash}
         delivery, created = message_record(customer=customer, template=template, channel=channel,
                                            idempotency_key=idempotency_key, context=context, now=now, notes=stamp)
+        if created and delivery.reason == Reason.TEMPLATE_ERROR:  # the caller can fix it: refused, nothing kept
+            unfilled = [m.split(".", 1)[1] for m in (delivery.notes or {}).get("missing", [])
+                        if m.startswith("journey.")]
+            raise JourneyError(f"template {template.name!r} cannot be sent: {delivery.error}",
+                               field=f"data.{unfilled[0]}" if unfilled else "template")
         if "api_request" not in (delivery.notes or {}):  # a template that failed to render keeps no notes
             delivery.notes = {**(delivery.notes or {}), **stamp}
             Delivery.objects.filter(pk=delivery.pk).update(notes=delivery.notes)

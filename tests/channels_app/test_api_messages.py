@@ -123,3 +123,26 @@ def test_status_is_readable_only_for_messages_sent_through_the_api(api, receipt)
     journey_message = message_send(customer=customer, template=receipt, channel=Channel.objects.get(),
                                    idempotency_key="run:1:mail:1", context={})
     assert api.get(f"messages/{journey_message.pk}").status_code == 404
+
+
+def test_a_message_whose_data_is_all_missing_is_refused_naming_it_and_nothing_is_kept(api, smtp, on_commit):
+    Channel.objects.create(name="email", kind="email", provider="smtp", settings={"from": "shop@example.com"})
+    MessageTemplate.objects.create(name="note", channel_kind="email", subject="{{ journey.subject }}",
+                                   body="{{ journey.text }}")
+    CustomerFactory(external_id="ada", email="ada@example.com")
+
+    response = send(api, on_commit, template="note", user_id="ada")
+
+    assert (response.status_code, response.body["field"]) == (422, "data.subject"), response.body
+    assert "rendered empty" in response.body["message"]
+    assert not Delivery.objects.exists() and smtp.messages == []
+    # with the data, the same key sends it
+    assert send(api, on_commit, template="note", user_id="ada",
+                data={"subject": "Hi", "text": "There"}).status_code == 202
+
+
+def test_a_partly_filled_message_goes_out_and_says_what_was_missing(api, receipt, smtp, on_commit):
+    CustomerFactory(external_id="ada", email="ada@example.com", traits={"first_name": "Ada"})
+    response = send(api, on_commit, user_id="ada", data={"total": "9.90"})
+    assert response.status_code == 202
+    assert response.body["delivery"]["missing"] == ["journey.order_id"]
