@@ -20,9 +20,9 @@ START_WORDS = {"START", "YES", "UNSTOP", "OPTIN"}
 def consent_refusal(*, customer: Customer, channel_kind: str, topic: Topic | None) -> Reason | None:
     """Why this customer may not get this message now (None = may).
 
-    Order: global do-not-contact (always wins) -> transactional topics pass ->
-    channel-wide opt-out (SMS STOP, "unsubscribe from all email") -> topic opt-out
-    on this channel or on every channel -> topics that require an opt-in.
+    Order: global do-not-contact (always wins) -> an SMS opt-out (STOP) for any SMS ->
+    transactional topics pass -> channel-wide opt-out ("unsubscribe from all email") ->
+    topic opt-out on this channel or on every channel -> topics that require an opt-in.
     """
     rows = list(Consent.objects.filter(customer=customer, channel_kind__in=["", channel_kind])
                 .filter(Q(topic__isnull=True) | Q(topic=topic) if topic else Q(topic__isnull=True)))
@@ -35,6 +35,8 @@ def refusal_from(*, status: dict[tuple[str, int | None], str], channel_kind: str
     (a batch loads every consent of its customers with one query)."""
     if status.get(("", None)) == ConsentStatus.OPTED_OUT:
         return Reason.DO_NOT_CONTACT
+    if channel_kind == ChannelKind.SMS and status.get((channel_kind, None)) == ConsentStatus.OPTED_OUT:
+        return Reason.CHANNEL_OPT_OUT  # after STOP the carriers refuse every message, receipts included
     if topic is not None and topic.transactional:
         return None
     if status.get((channel_kind, None)) == ConsentStatus.OPTED_OUT:

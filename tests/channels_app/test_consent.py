@@ -153,6 +153,10 @@ def test_sms_stop_and_start_keywords(sms_channel, ada, client, on_commit):
     assert stop.status_code == 200 and b"unsubscribed" in stop.content
     assert send(sms_channel, ada, template, "s1", on_commit).reason == "channel_opt_out"
 
+    # a receipt too: after STOP the carriers refuse every SMS from the number
+    assert send(sms_channel, ada, TemplateFactory(topic=topic("transactional")), "s1-tx",
+                on_commit).reason == "channel_opt_out"
+
     start = inbound(client, sms_channel, "START")
     assert start.status_code == 200
     assert send(sms_channel, ada, template, "s2", on_commit).status == "sent"
