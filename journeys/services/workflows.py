@@ -27,7 +27,7 @@ from journeys.engine.cron import parse_cron
 from journeys.engine.durations import parse_duration
 from journeys.engine.registry import STEP_KINDS, get_kind
 from journeys.errors import PermissionDenied
-from journeys.models import BusinessUnit, ChangeRequest, ChangeRequestStatus, Edge, Step, Workflow, WorkflowVersion
+from journeys.models import AuditEntry, BusinessUnit, ChangeRequest, ChangeRequestStatus, Edge, Step, Workflow, WorkflowVersion
 from journeys.rules import RuleSyntaxError, compile_rule
 from journeys.selectors import EDIT, PROPOSE, PUBLISH, REVIEW, business_units_for_user, user_can
 from journeys.services.definitions import version_definition
@@ -342,6 +342,7 @@ def version_check_editable(*, version: WorkflowVersion, actor=None) -> None:
 def version_note_changed(*, version: WorkflowVersion, actor=None, reason: str = "") -> WorkflowVersion:
     """Record an edit of a version's settings, steps or edges (the admin calls it after saving).
 
+    The editor becomes one of the version's authors (`version_authors`), who may not approve it.
     Any change after approval sends the version back to review: the approval was for other content.
     The actor's scope is re-checked inside the transaction, so an edit outside it rolls back.
     """
@@ -349,29 +350,47 @@ def version_note_changed(*, version: WorkflowVersion, actor=None, reason: str = 
     version_check_editable(version=version, actor=actor)
     reason = require_reason(actor, reason)
     fingerprint = version_fingerprint(version=version)
-    if version.state == VersionState.APPROVED and fingerprint != version.approved_fingerprint:
+    back_to_review = version.state == VersionState.APPROVED and fingerprint != version.approved_fingerprint
+    if back_to_review:
         if version.is_canary:
             raise ValidationError("a canary version cannot change; stop the canary or create a new draft")
         version.state = VersionState.IN_REVIEW
         version.approved_fingerprint, version.approved_at, version.approved_by = "", None, None
         _save(version, f"changed after approval, back to review: {reason}",
               ["state", "approved_fingerprint", "approved_at", "approved_by"])
-        request = _open_request(version)
-        if request is not None:
-            request.status, request.decided_at, request.decided_by = ChangeRequestStatus.OPEN, None, None
-            request.save(update_fields=["status", "decided_at", "decided_by"])
+    request = _open_request(version)
+    if request is not None and back_to_review:
+        request.status, request.decided_at, request.decided_by = ChangeRequestStatus.OPEN, None, None
+        request.save(update_fields=["status", "decided_at", "decided_by"])
+    if request is not None and version.state == VersionState.IN_REVIEW and request.fingerprint != fingerprint:
+        # The reviewer must judge what is there now: refresh the reports of the open request.
+        analysis = change_request_analyse(version=version, baseline=version.workflow.live_version)
+        request.validation, request.dry_run, request.fingerprint = analysis["validation"], analysis["dry_run"], fingerprint
+        request.save(update_fields=["validation", "dry_run", "fingerprint"])
+    audit_record(action="version_edited", actor=actor, version=version, change_request=request,
+                 reason=reason, data={"state": version.state, "fingerprint": fingerprint})
+    if back_to_review:
         audit_record(action="returned_to_review", actor=actor, version=version, change_request=request,
                      reason=reason, data={"fingerprint": fingerprint})
-    else:
-        request = _open_request(version)
-        if request is not None and version.state == VersionState.IN_REVIEW and request.fingerprint != fingerprint:
-            # The reviewer must judge what is there now: refresh the reports of the open request.
-            analysis = change_request_analyse(version=version, baseline=version.workflow.live_version)
-            request.validation, request.dry_run, request.fingerprint = analysis["validation"], analysis["dry_run"], fingerprint
-            request.save(update_fields=["validation", "dry_run", "fingerprint"])
-        audit_record(action="version_edited", actor=actor, version=version, change_request=request,
-                     reason=reason, data={"state": version.state, "fingerprint": fingerprint})
     return version
+
+
+# What makes someone an author of a version, in the audit log: who built it (a new draft, a copy,
+# an import), changed it through any edit path (all of them end in `version_note_changed`) or proposed it.
+AUTHORING_ACTIONS = ("version_created", "version_edited", "proposed")
+
+
+def version_authors(*, version: WorkflowVersion) -> set[int]:
+    """The ids of the people who wrote this version, at any time of its life (four eyes: none of
+    them may approve it). An edit made while the version is in review makes its editor an author
+    as much as one made in the draft."""
+    authors = set(AuditEntry.objects.filter(version=version, action__in=AUTHORING_ACTIONS, actor__isnull=False)
+                  .values_list("actor_id", flat=True))
+    authors.update(ChangeRequest.objects.filter(version=version, proposed_by__isnull=False)
+                   .values_list("proposed_by_id", flat=True))
+    if version.created_by_id:
+        authors.add(version.created_by_id)
+    return authors
 
 
 def change_request_analyse(*, version: WorkflowVersion, baseline: WorkflowVersion | None) -> dict:
@@ -442,8 +461,9 @@ def version_approve(*, version: WorkflowVersion, actor=None, comment: str = "",
     if version.state != VersionState.IN_REVIEW:
         raise ValidationError(f"only versions in review can be approved; v{version.number} is {version.state}")
     request = _open_request(version)
-    if actor is not None and request is not None and request.proposed_by_id == actor.pk and not actor.is_superuser:
-        raise PermissionDenied("a change must be approved by someone other than its author")
+    if actor is not None and not actor.is_superuser and actor.pk in version_authors(version=version):
+        raise PermissionDenied(f"a change must be approved by someone other than its authors: {actor} created, "
+                               f"edited or proposed v{version.number}; ask another reviewer")
     fingerprint = version_fingerprint(version=version)
     if expected_fingerprint and expected_fingerprint != fingerprint:
         raise ValidationError("the version changed while you were reviewing it; reload the review page")
