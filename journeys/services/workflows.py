@@ -58,6 +58,8 @@ class ValidationReport:
 def _rule_error(text: str, where: str) -> str | None:
     if not text:
         return None
+    if not isinstance(text, str):
+        return f"{where}: a rule is written as text, e.g. profile.ltv >= 500"
     try:
         compile_rule(text)
     except RuleSyntaxError as exc:
@@ -65,9 +67,19 @@ def _rule_error(text: str, where: str) -> str | None:
     return None
 
 
+TRIGGER_CONFIG_NOT_OBJECT = ("must be a JSON object of the trigger's settings, e.g. "
+                             '{"filter": "event.properties.total > 50"} ({} for none)')
+TRIGGER_TEXT_EXAMPLES = {"followed_by": "Order Completed", "attribute": "signup_date", "cron": "0 9 * * 1"}
+
+
 def trigger_clean(*, kind: str, event: str, config: dict) -> dict:
     """Validate a trigger's settings; errors name the field to fix."""
+    if config is not None and not isinstance(config, dict):
+        raise ValidationError({"trigger_config": TRIGGER_CONFIG_NOT_OBJECT})
     config = dict(config or {})
+    for name in ("followed_by", "attribute", "cron"):
+        if not isinstance(config.get(name, ""), str):
+            raise ValidationError({"trigger_config": f"{name}: must be text, e.g. {TRIGGER_TEXT_EXAMPLES[name]}"})
     if kind not in TriggerKind.values:
         raise ValidationError({"trigger_kind": f"unknown trigger kind {kind!r}"})
     if kind in (TriggerKind.EVENT, TriggerKind.INACTIVITY) and not event:
@@ -398,7 +410,9 @@ def change_request_analyse(*, version: WorkflowVersion, baseline: WorkflowVersio
     report = version_validate(version=version)
     return {
         "validation": {"errors": report.errors, "warnings": report.warnings},
-        "dry_run": version_replay(proposed=version, baseline=baseline),
+        # The replay runs the version's rules: only a valid version can be replayed.
+        "dry_run": version_replay(proposed=version, baseline=baseline) if report.ok else
+        {"skipped": "the version has validation errors; it is replayed once they are fixed"},
     }
 
 

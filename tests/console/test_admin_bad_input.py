@@ -4,6 +4,7 @@ hold, and uploads the import cannot read. Each answer says what to do, none is a
 
 from __future__ import annotations
 
+import html
 import json
 
 import pytest
@@ -368,3 +369,55 @@ def test_the_dry_run_command_refuses_nan_naming_the_field(live):
     with pytest.raises(CommandError, match=r"--event\.properties\.total: is not a finite number"):
         call_command("dry_run", str(live.pk), "--customer", f"#{Customer.objects.order_by('pk').first().pk}",
                      "--event", '{"event": "Checkout Started", "properties": {"total": NaN}}')
+
+
+# --------------------------------------------------------------------------- trigger settings that are not an object
+
+
+@pytest.mark.parametrize("typed", ["[1, 2]", "5", '"str"', "null"])
+def test_trigger_settings_that_are_not_an_object_are_refused_at_their_field(ops, draft, typed):
+    # given a draft's version page as the browser would post it back
+    from tests.journeys.test_governance_fixtures import admin_form_data
+
+    url = reverse("admin:journeys_workflowversion_change", args=[draft.pk])
+    before = WorkflowVersion.objects.get(pk=draft.pk).trigger_config
+
+    # when its trigger settings are typed as a list, a number, a string or null
+    response = ops.post(url, admin_form_data(ops.get(url), trigger_config=typed, change_reason="try"))
+
+    # then the field says it must be a JSON object, and nothing changed
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert "must be a JSON object of the trigger's settings" in " ".join(errors["trigger_config"]), errors
+    assert WorkflowVersion.objects.get(pk=draft.pk).trigger_config == before
+
+
+@pytest.mark.parametrize(("stored", "problem"), [
+    ([1, 2], "trigger: must be a JSON object of the trigger's settings"),
+    (5, "trigger: must be a JSON object of the trigger's settings"),
+    ("str", "trigger: must be a JSON object of the trigger's settings"),
+    ({"filter": 5}, "trigger: filter: a rule is written as text"),
+    ({"filter": "1 +"}, "trigger: filter: unexpected end of rule"),
+])
+def test_a_stored_trigger_config_nothing_can_read_is_reported_not_a_server_error(ops, draft, stored, problem):
+    # given a draft whose trigger settings were written around every form (shell, old data)
+    from journeys.models import Identity
+
+    WorkflowVersion.objects.filter(pk=draft.pk).update(trigger_config=stored)
+    customer = Identity.objects.values_list("value", flat=True).first()
+
+    # when its pages are opened, it is dry-run and it is proposed
+    page = ops.get(reverse("admin:journeys_workflowversion_change", args=[draft.pk]))
+    propose_url = reverse("admin:journeys_workflowversion_propose", args=[draft.pk])
+    propose_page = ops.get(propose_url)
+    proposed = ops.post(propose_url, {"summary": "try it"})
+    graph = ops.get(reverse("console:version_graph", args=[draft.pk]))
+    dry_run = ops.post(reverse("admin:journeys_workflowversion_dry_run", args=[draft.pk]),
+                       {"customer": customer, "event": '{"event": "Checkout Started"}'})
+
+    # then each page opens and the problem is named; the draft is not proposed
+    for response in (page, propose_page, proposed, graph, dry_run):
+        assert response.status_code == 200
+    for response in (page, propose_page, proposed):
+        assert problem in html.unescape(response.content.decode())
+    assert WorkflowVersion.objects.get(pk=draft.pk).state == "draft"
