@@ -25,13 +25,12 @@ from journeys.choices import ReentryPolicy, VersionState
 from journeys.engine.registry import get_kind
 from journeys.models import Edge, Step, WorkflowVersion
 from journeys.rules import RuleSyntaxError, compile_rule
-from journeys.services.definitions import VERSION_FIELDS
+from journeys.services.definitions import MAX_COORDINATE, VERSION_FIELDS
 from journeys.services.governance import history_stamp, require_reason
 from journeys.services.workflows import step_save, trigger_clean, version_check_editable, version_note_changed
 
 T = TypeVar("T")
 START = "start"  # the edge from the trigger to the entry step (not a row: the version's entry_step)
-MAX_COORDINATE = 100_000  # a canvas position further out is a mistake, not a drawing
 SETTINGS = tuple(f for f in VERSION_FIELDS if f != "notes")
 
 

@@ -30,7 +30,7 @@ from journeys.errors import PermissionDenied
 from journeys.models import AuditEntry, BusinessUnit, ChangeRequest, ChangeRequestStatus, Edge, Step, Workflow, WorkflowVersion
 from journeys.rules import RuleSyntaxError, compile_rule
 from journeys.selectors import EDIT, PROPOSE, PUBLISH, REVIEW, business_units_for_user, user_can
-from journeys.services.definitions import version_definition
+from journeys.services.definitions import definition_read, version_definition, workflow_meta_read
 from journeys.services.governance import (
     audit_record,
     history_stamp,
@@ -204,77 +204,69 @@ def workflow_create(*, name: str, business_unit: BusinessUnit, description: str 
 def version_build(*, workflow: Workflow, definition: dict, actor=None) -> WorkflowVersion:
     """Create a draft version from a definition dict (the export format's `version`).
 
-    The whole definition is validated first; a bad step or edge raises
-    ValidationError naming it and nothing is stored.
+    The whole definition is validated first; a bad value raises ValidationError naming its path
+    in the document (`steps[0].config.rule`, `edges[1].to`) and nothing is stored.
     """
     require(actor, EDIT, workflow)
-    definition = dict(definition or {})
-    kind = definition.get("trigger_kind", TriggerKind.EVENT)
-    config = trigger_clean(kind=kind, event=definition.get("trigger_event", ""), config=definition.get("trigger_config", {}))
-    if definition.get("reentry_policy", ReentryPolicy.ONCE) not in ReentryPolicy.values:
+    reason = definition.get("reason") if isinstance(definition, dict) else None
+    definition = definition_read(definition)
+    kind = definition["trigger_kind"] or TriggerKind.EVENT
+    config = trigger_clean(kind=kind, event=definition["trigger_event"], config=definition["trigger_config"])
+    policy = definition["reentry_policy"] or ReentryPolicy.ONCE
+    if policy not in ReentryPolicy.values:
         raise ValidationError({"reentry_policy": f"must be one of {', '.join(ReentryPolicy.values)}"})
     for key in ("entry_rule", "goal_filter"):
-        if error := _rule_error(definition.get(key, ""), key):
+        if error := _rule_error(definition[key], key):
             raise ValidationError({key: error})
     try:
-        business_hours = business_hours_clean(definition.get("business_hours"))
+        business_hours = business_hours_clean(definition["business_hours"])
     except BusinessHoursError as exc:
         raise ValidationError({"business_hours": str(exc)}) from None
-    raw_steps = definition.get("steps") or []
-    if not isinstance(raw_steps, list) or not raw_steps:
+    if not definition["steps"]:
         raise ValidationError({"steps": "at least one step is required"})
-    cleaned_steps = []
-    for i, raw in enumerate(raw_steps):
-        if not isinstance(raw, dict) or not raw.get("key"):
-            raise ValidationError({"steps": f"step {i + 1} needs a key"})
-        step_kind = get_kind(raw.get("kind", ""))
+    seen: set[str] = set()
+    for i, raw in enumerate(definition["steps"]):
+        if raw["key"] in seen:
+            raise ValidationError({f"steps[{i}].key": f"another step already has the key {raw['key']!r}"})
+        seen.add(raw["key"])
         try:
-            step_config = step_kind.clean(dict(raw.get("config") or {}))
+            step_kind = get_kind(raw["kind"])
         except ValidationError as exc:
-            detail = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
-            raise ValidationError({"steps": f"step {raw['key']}: {detail}"}) from None
-        cleaned_steps.append((raw, step_config))
-    keys = [raw["key"] for raw, _ in cleaned_steps]
-    if len(set(keys)) != len(keys):
-        raise ValidationError({"steps": "step keys must be unique"})
+            raise ValidationError({f"steps[{i}].kind": exc.message_dict["kind"]}) from None
+        try:
+            raw["config"] = step_kind.clean(dict(raw["config"]))
+        except ValidationError as exc:
+            raise ValidationError({f"steps[{i}].config" + ("" if name == "__all__" else f".{name}"): messages
+                                   for name, messages in exc.message_dict.items()}) from None
+    entry_step = definition["entry_step"] or definition["steps"][0]["key"]
+    if entry_step not in seen:
+        raise ValidationError({"entry_step": f"{entry_step!r} is not a step key; the steps: {', '.join(sorted(seen))}"})
     number = (workflow.versions.order_by("-number").values_list("number", flat=True).first() or 0) + 1
     version = WorkflowVersion(
-        workflow=workflow,
-        number=number,
-        created_by=actor,
-        trigger_kind=kind,
-        trigger_event=definition.get("trigger_event", ""),
-        trigger_config=config,
-        entry_rule=definition.get("entry_rule", ""),
-        reentry_policy=definition.get("reentry_policy", ReentryPolicy.ONCE),
-        reentry_cooldown_s=int(definition.get("reentry_cooldown_s", 0) or 0),
-        allow_concurrent_runs=bool(definition.get("allow_concurrent_runs", False)),
-        goal_event=definition.get("goal_event", ""),
-        goal_filter=definition.get("goal_filter", ""),
-        entry_step=definition.get("entry_step") or keys[0],
-        business_hours=business_hours,
-        notes=definition.get("notes", ""),
+        workflow=workflow, number=number, created_by=actor, trigger_kind=kind,
+        trigger_event=definition["trigger_event"], trigger_config=config, entry_rule=definition["entry_rule"],
+        reentry_policy=policy, reentry_cooldown_s=definition["reentry_cooldown_s"],
+        allow_concurrent_runs=definition["allow_concurrent_runs"], goal_event=definition["goal_event"],
+        goal_filter=definition["goal_filter"], entry_step=entry_step, business_hours=business_hours,
+        notes=definition["notes"],
     )
-    version._change_reason = definition.get("reason") or "version created"
+    version._change_reason = reason or "version created"
     version.save()
     by_key = {}
-    for raw, step_config in cleaned_steps:
-        step = Step.objects.create(
-            version=version, key=raw["key"], kind=raw["kind"], name=raw.get("name", ""), config=step_config,
-            x=int(raw.get("x", 0)), y=int(raw.get("y", 0)),
-        )
-        by_key[step.key] = step
-    for i, raw in enumerate(definition.get("edges") or []):
-        try:
-            source, target = by_key[raw["from"]], by_key[raw["to"]]
-        except (KeyError, TypeError):
-            raise ValidationError({"edges": f"edge {i + 1}: 'from' and 'to' must name steps of this version"}) from None
-        outcome = raw.get("outcome", "next")
-        if outcome not in get_kind(source.kind).outcomes(source.config) and get_kind(source.kind).outcomes(source.config):
-            raise ValidationError({"edges": f"edge {i + 1}: step {source.key} has no outcome {outcome!r}"})
-        Edge.objects.create(version=version, source=source, outcome=outcome, target=target)
-    if version.entry_step not in by_key:
-        raise ValidationError({"entry_step": f"{version.entry_step!r} is not a step key"})
+    for raw in definition["steps"]:
+        by_key[raw["key"]] = Step.objects.create(version=version, key=raw["key"], kind=raw["kind"], name=raw["name"],
+                                                 config=raw["config"], x=raw["x"], y=raw["y"])
+    for i, raw in enumerate(definition["edges"]):
+        for end in ("from", "to"):
+            if raw[end] not in by_key:
+                raise ValidationError({f"edges[{i}].{end}": f"{raw[end]!r} is not a step of this version; the steps: "
+                                                            f"{', '.join(sorted(by_key))}"})
+        source, outcome = by_key[raw["from"]], raw["outcome"]
+        outcomes = get_kind(source.kind).outcomes(source.config)
+        if outcomes and outcome not in outcomes:
+            raise ValidationError({f"edges[{i}].outcome": f"step {source.key} has no outcome {outcome!r}; its "
+                                                          f"outcomes: {', '.join(outcomes)}"})
+        Edge.objects.create(version=version, source=source, outcome=outcome, target=by_key[raw["to"]])
     audit_record(action="version_created", actor=actor, version=version, reason=version._change_reason)
     return version
 
@@ -293,16 +285,19 @@ def workflow_import(*, data: dict, actor=None, name: str | None = None) -> Workf
     """Import an export as a new draft (of an existing workflow with that name, or a new one)."""
     if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
         raise ValidationError({"format": f"expected format {EXPORT_FORMAT!r}"})
-    meta = data.get("workflow") or {}
-    unit_slug = meta.get("business_unit") or "default"
+    meta = workflow_meta_read(data.get("workflow"))
+    version = data.get("version")
+    if not isinstance(version, dict):  # read before anything is created, like the workflow's part
+        raise ValidationError({"version": "must be a JSON object (the version's settings, steps and edges)"})
+    unit_slug = meta["business_unit"] or "default"
     unit, _ = BusinessUnit.objects.get_or_create(slug=unit_slug, defaults={"name": unit_slug.title()})
-    workflow_name = name or meta.get("name")
+    workflow_name = name or meta["name"]
     if not workflow_name:
         raise ValidationError({"workflow.name": "is required"})
     workflow = Workflow.objects.filter(name=workflow_name).first() or workflow_create(
-        name=workflow_name, business_unit=unit, description=meta.get("description", ""), actor=actor
+        name=workflow_name, business_unit=unit, description=meta["description"], actor=actor
     )
-    return version_build(workflow=workflow, definition={**data.get("version", {}), "reason": "imported"}, actor=actor)
+    return version_build(workflow=workflow, definition={**version, "reason": "imported"}, actor=actor)
 
 
 # --------------------------------------------------------------------------- the governed lifecycle

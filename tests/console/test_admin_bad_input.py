@@ -421,3 +421,67 @@ def test_a_stored_trigger_config_nothing_can_read_is_reported_not_a_server_error
     for response in (page, propose_page, proposed):
         assert problem in html.unescape(response.content.decode())
     assert WorkflowVersion.objects.get(pk=draft.pk).state == "draft"
+
+
+# --------------------------------------------------------------------------- exports edited by hand
+
+
+def _edited_export(live, change) -> bytes:
+    from journeys.services.workflows import workflow_export
+
+    data = workflow_export(version=live)
+    change(data)
+    return json.dumps(data).encode()
+
+
+def _set(part, key, value):
+    return lambda data: (data[part] if part else data).__setitem__(key, value)
+
+
+def _set_step(key, value):
+    return lambda data: data["version"]["steps"][0].__setitem__(key, value)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (_set("version", "trigger_config", [1, 2]), "trigger_config: must be a JSON object of the trigger's settings"),
+    (_set("version", "reentry_cooldown_s", "abc"), "reentry_cooldown_s: must be an integer, not 'abc'"),
+    (_set("version", "reentry_cooldown_s", -5), "reentry_cooldown_s: must be an integer from 0 to"),
+    (_set_step("x", "abc"), "steps[0].x: must be an integer, not 'abc'"),
+    (_set_step("y", 1.5), "steps[0].y: must be an integer, not 1.5"),
+    (_set_step("config", "abc"), "steps[0].config: must be a JSON object (the step's settings)"),
+    (_set_step("key", "no spaces"), "steps[0].key: 'no spaces' is not a step key"),
+    (_set_step("kind", "fax"), "steps[0].kind: unknown step kind 'fax'"),
+    (_set(None, "version", [1]), "version: must be a JSON object (the version's settings, steps and edges)"),
+    (_set(None, "workflow", [1]), "workflow: must be a JSON object (name, description, business_unit)"),
+    (_set("version", "allow_concurrent_runs", "false"), "allow_concurrent_runs: must be true or false, not 'false'"),
+    (_set("version", "notes", {"a": 1}), "notes: must be text, not dict"),
+    (_set("version", "goal_event", "x" * 1000), "goal_event: must be at most 255 characters (it has 1000)"),
+    (_set("version", "steps", {"key": "a"}), "steps: must be a JSON list (of step objects)"),
+    (lambda data: data["version"]["edges"][0].__setitem__("to", "nowhere"), "edges[0].to: 'nowhere' is not a step"),
+    (lambda data: data["version"]["edges"][0].__setitem__("outcome", 5), "edges[0].outcome: must be text, not int"),
+])
+def test_an_export_edited_into_what_no_field_holds_is_refused_naming_its_path(ops, live, change, message):
+    # given an export edited by hand: a value of the wrong type or size somewhere in it
+    versions, workflows = WorkflowVersion.objects.count(), Workflow.objects.count()
+    upload = SimpleUploadedFile("flow.json", _edited_export(live, change))
+
+    # when it is imported through the admin under a new name
+    response = ops.post(reverse("admin:journeys_workflow_import"), {"file": upload, "name": "Hand edited"})
+
+    # then the import says where and what, and nothing was stored
+    assert response.status_code == 200
+    errors = " | ".join(response.context["form"].non_field_errors())
+    assert message in errors, errors
+    assert (WorkflowVersion.objects.count(), Workflow.objects.count()) == (versions, workflows)
+
+
+def test_an_unedited_export_still_imports_value_for_value(ops, live):
+    from journeys.services.workflows import workflow_export
+
+    upload = SimpleUploadedFile("flow.json", _edited_export(live, lambda data: None))
+
+    response = ops.post(reverse("admin:journeys_workflow_import"), {"file": upload, "name": "Copy"})
+
+    assert response.status_code == 302
+    copy = Workflow.objects.get(name="Copy").versions.get()
+    assert workflow_export(version=copy)["version"] == workflow_export(version=live)["version"]
