@@ -166,7 +166,9 @@ class ExperimentAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     list_display = ("key", "name", "status", "mode", "holdout_share", "goal_event", "started_at", "report_link")
     list_filter = ("status", "mode")
     search_fields = ("key", "name", "hypothesis")
-    readonly_fields = ("status", "winner", "started_at", "stopped_at", "concluded_at", "weights_updated_at", "used_by")
+    # created_by is who added it (set by experiment_settings_save), not a setting anyone picks.
+    readonly_fields = ("status", "winner", "started_at", "stopped_at", "concluded_at", "weights_updated_at", "used_by",
+                       "created_by")
     inlines = [ArmInline]
     action_form = ReasonActionForm
     actions = ["start_selected", "stop_selected", "bandit_update_selected"]

@@ -1,5 +1,6 @@
 """Arms and weights as the admin takes them: one control, weights that are numbers a share can be
-drawn from, and a split that never fails a run on a weight it finds."""
+drawn from, and a split that never fails a run on a weight it finds. And who created an
+experiment is a fact, not a setting."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from django.urls import reverse
 from experiments.models import Arm, Assignment, Experiment
 from journeys.models import JourneyRun
 from tests.experiments.factories import make_experiment, split_workflow
+from tests.factories import UserFactory
 from tests.journeys.test_governance_fixtures import admin_form_data
 
 pytestmark = pytest.mark.django_db
@@ -133,3 +135,24 @@ def test_a_running_split_never_fails_on_a_weight_it_finds(publish, send, control
     assert not JourneyRun.objects.filter(status="failed").exists()
     assert JourneyRun.objects.filter(status="completed").count() == 30
     assert set(Assignment.objects.values_list("arm__name", flat=True)) == arms
+
+
+# --------------------------------------------------------------------------- who created it
+
+
+def test_created_by_is_shown_but_not_changed_on_the_experiment_page(admin_client, admin_user):
+    # given an experiment created by the admin user
+    data = _add_form(admin_client, {"name": "control", "is_control": "on", "weight": 1}, {"name": "short", "weight": 1})
+    admin_client.post(ADD, data)
+    experiment = Experiment.objects.get(key="welcome")
+    url = reverse("admin:experiments_experiment_change", args=[experiment.pk])
+    page = admin_client.get(url)
+    someone = UserFactory(username="someone")
+
+    # when a change posts another creator
+    response = admin_client.post(url, {**admin_form_data(page), "created_by": someone.pk, "change_reason": "x"})
+
+    # then the page offers no such field and the creator stays who created it
+    assert response.status_code == 302
+    assert 'name="created_by"' not in page.content.decode()
+    assert Experiment.objects.get(pk=experiment.pk).created_by == admin_user
