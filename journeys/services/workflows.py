@@ -90,9 +90,12 @@ def trigger_clean(*, kind: str, event: str, config: dict) -> dict:
         if not config.get("followed_by"):
             raise ValidationError({"trigger_config": "followed_by: the event that must follow (e.g. Order Completed)"})
         try:
-            parse_duration(config.get("within"), field="within")
+            window = parse_duration(config.get("within"), field="within")
         except ValueError as exc:
             raise ValidationError({"trigger_config": str(exc)}) from None
+        if not window:  # nobody could act in time: every start would count as inactive at once
+            raise ValidationError({"trigger_config": f"within: {config.get('within')!r} is no time at all; give the "
+                                                     "window in which the event must follow, e.g. 1h or 2d"})
     elif kind == TriggerKind.ATTRIBUTE_CHANGE and not config.get("attribute"):
         raise ValidationError({"trigger_config": "attribute: the profile trait to watch"})
     elif kind == TriggerKind.SEGMENT_ENTRY:
