@@ -6,8 +6,8 @@ import csv
 
 from django import forms
 from django.contrib import admin, messages
-from django.forms.models import BaseInlineFormSet
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.forms.models import BaseInlineFormSet
 from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import path, reverse
@@ -29,8 +29,8 @@ from experiments.services.experiments import (
     ONE_CONTROL,
     OPERATE,
     VIEW,
-    arm_weight_problem,
     arm_retire,
+    arm_weight_problem,
     experiment_authorize,
     experiment_conclude,
     experiment_set_weights,

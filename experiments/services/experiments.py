@@ -149,9 +149,9 @@ def experiment_create(
     if len(set(names)) != len(names) or HOLDOUT in names or "" in names:
         raise ValidationError({"arms": "arm names must be unique, non-empty and not 'holdout'"})
     weights = {a["name"]: a.get("weight", 1.0) for a in arms}
-    for name, weight in weights.items():
+    for arm_name, weight in weights.items():
         if problem := arm_weight_problem(weight):
-            raise ValidationError({"arms": f"{name}: weight {problem}"})
+            raise ValidationError({"arms": f"{arm_name}: weight {problem}"})
     if not any(weights.values()):
         raise ValidationError({"arms": NO_ACTIVE_WEIGHT})
     for metric in secondary_metrics or []:

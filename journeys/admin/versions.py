@@ -33,6 +33,7 @@ from journeys.models import (
     Step,
     WorkflowVersion,
 )
+from journeys.rules import RuleSyntaxError
 from journeys.selectors import (
     EDIT,
     PROPOSE,
@@ -45,7 +46,6 @@ from journeys.selectors import (
     versions_for_user,
     workflows_for_user,
 )
-from journeys.rules import RuleSyntaxError
 from journeys.services import governance as gov
 from journeys.services.event_parsing import json_read_storable
 from journeys.services.workflows import (

@@ -340,8 +340,8 @@ def test_an_inactivity_window_of_no_time_is_refused_at_its_field(editor, draft, 
 
 
 @pytest.mark.parametrize(("after", "message"), [
-    ("condition_1", "'condition_1' lacks the outcome the new step follows: write key:outcome, e.g. condition_1:yes "
-                    "(outcomes of condition_1: yes, no)"),
+    ("condition_1", ("'condition_1' lacks the outcome the new step follows: write key:outcome, e.g. condition_1:yes "
+                     "(outcomes of condition_1: yes, no)")),
     ("nowhere", "this version has no step 'nowhere'"),
     ("condition_1:maybe", "step condition_1 has no outcome 'maybe'; its outcomes: yes, no"),
 ])

@@ -111,6 +111,26 @@ def test_weights_the_split_cannot_use_are_refused_on_the_report(admin_client, we
     assert dict(Arm.objects.values_list("name", "weight")) == {"control": 1.0, "short": 1.0}
 
 
+def test_the_services_refuse_the_same_weights_and_keep_the_experiments_name():
+    from django.core.exceptions import ValidationError
+
+    from experiments.services.experiments import experiment_create, experiment_set_weights
+
+    control = {"name": "control", "control": True}
+    with pytest.raises(ValidationError, match="short: weight must be from 0 to 1,000,000"):
+        experiment_create(key="huge", name="Huge", arms=[control, {"name": "short", "weight": 1e308}])
+    with pytest.raises(ValidationError, match="at least one active arm needs a weight above 0"):
+        experiment_create(key="none", name="None", arms=[{**control, "weight": 0}, {"name": "short", "weight": 0}])
+    created = experiment_create(key="welcome", name="Welcome mail", arms=[control, {"name": "short", "weight": 3}])
+    assert created.name == "Welcome mail" and not Experiment.objects.exclude(pk=created.pk).exists()
+
+    with pytest.raises(ValidationError, match="control: weight must be a number"):
+        experiment_set_weights(experiment=created, weights={"control": float("inf")}, reason="more")
+    with pytest.raises(ValidationError, match="at least one active arm needs a weight above 0"):
+        experiment_set_weights(experiment=created, weights={"control": 0, "short": 0}, reason="none")
+    assert dict(Arm.objects.values_list("name", "weight")) == {"control": 1.0, "short": 3.0}
+
+
 # --------------------------------------------------------------------------- the split step
 
 

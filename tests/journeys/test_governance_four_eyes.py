@@ -11,7 +11,7 @@ from django.urls import reverse
 from journeys.errors import PermissionDenied
 from journeys.models import ChangeRequest, Edge, Step, WorkflowVersion
 from journeys.services.workflows import version_approve, version_new_draft, version_submit
-from tests.journeys.test_governance_fixtures import *  # noqa: F401,F403
+from tests.journeys.test_governance_fixtures import *  # the fixtures: people, live_workflow
 from tests.journeys.test_governance_fixtures import admin_form_data, draft_of, login
 
 pytestmark = pytest.mark.django_db
@@ -56,7 +56,7 @@ def test_editing_a_step_in_review_makes_ops_an_author_who_cannot_approve(client,
 
 def test_editing_an_edge_or_a_setting_on_the_version_page_counts_too(client, people, live_workflow):
     # given a proposed draft and its version page as ops's browser shows it
-    draft, request = _proposed_by_editor(live_workflow, people)
+    draft, _ = _proposed_by_editor(live_workflow, people)
     login(client, people["ops"])
     url = reverse("admin:journeys_workflowversion_change", args=[draft.pk])
     data = admin_form_data(client.get(url))
@@ -102,7 +102,7 @@ def test_who_built_the_version_cannot_approve_it(people, live_workflow):
 def test_a_reviewer_who_edits_an_approved_version_must_leave_the_new_approval_to_another(client, people,
                                                                                          live_workflow):
     # given a version the approver approved, which ops then changes (back to review)
-    draft, request = _proposed_by_editor(live_workflow, people)
+    draft, _ = _proposed_by_editor(live_workflow, people)
     version_approve(version=draft, actor=people["approver"], comment="fine")
     step = draft.steps.get(key="check")
     login(client, people["ops"])
