@@ -9,14 +9,25 @@ from django import forms
 from agents.choices import AgentStatus, ResolutionCode
 
 
+def _text_messages(what: str) -> dict[str, str]:
+    """What the console says about a reply or note it cannot take, as the view shows it."""
+    return {"required": f"Write a {what} first.",
+            "max_length": f"A {what} can be at most %(limit_value)d characters; this one has %(show_value)d. "
+                          "Shorten it (or split it) and send again."}
+
+
 class ReplyForm(forms.Form):
-    body = forms.CharField(widget=forms.Textarea(attrs={"rows": 5, "id": "reply-body"}), max_length=5000)
+    body = forms.CharField(widget=forms.Textarea(attrs={"rows": 5, "id": "reply-body"}), max_length=5000,
+                           error_messages=_text_messages("reply"))
     # One key per rendered form: a double click or a resent POST sends once.
-    nonce = forms.CharField(widget=forms.HiddenInput, max_length=64, initial=lambda: uuid.uuid4().hex)
+    nonce = forms.CharField(widget=forms.HiddenInput, max_length=64, initial=lambda: uuid.uuid4().hex,
+                            error_messages={"required": "This form is out of date: reload the case and send again.",
+                                            "max_length": "This form is out of date: reload the case and send again."})
 
 
 class NoteForm(forms.Form):
-    body = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), max_length=5000)
+    body = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), max_length=5000,
+                           error_messages=_text_messages("note"))
 
 
 class ResolveForm(forms.Form):

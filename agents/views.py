@@ -87,14 +87,19 @@ def case_take(request, pk: int):
                 lambda case: routing.case_take(case=case, actor=request.user), "The case is yours.")
 
 
+def _refused(request, form, pk: int):
+    """Back to the case, saying what to fix (the form's own messages: empty, too long, out of date)."""
+    messages.error(request, " ".join(dict.fromkeys(m for errors in form.errors.values() for m in errors)))
+    return redirect("agents:case", pk=pk)
+
+
 @login_required
 @require_POST
 def case_reply(request, pk: int):
     case = _case(request, pk)
     form = forms.ReplyForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "Write a reply first.")
-        return redirect("agents:case", pk=pk)
+        return _refused(request, form, pk)
     data = form.cleaned_data
     return _act(request, case, lambda case: case_services.case_reply_send(
         case=case, actor=request.user, body=data["body"], idempotency_key=data["nonce"]), "Reply sent.")
@@ -106,8 +111,7 @@ def case_note(request, pk: int):
     case = _case(request, pk)
     form = forms.NoteForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "Write a note first.")
-        return redirect("agents:case", pk=pk)
+        return _refused(request, form, pk)
     return _act(request, case, lambda case: case_services.case_note_add(
         case=case, actor=request.user, body=form.cleaned_data["body"]), "Note added.")
 

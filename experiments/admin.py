@@ -7,6 +7,7 @@ import csv
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.forms.models import BaseInlineFormSet
 from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import path, reverse
@@ -23,9 +24,13 @@ from experiments.services.bandits import experiment_bandit_update
 from experiments.services.experiments import (
     ADD,
     CHANGE,
+    MAX_ARM_WEIGHT,
+    NO_ACTIVE_WEIGHT,
+    ONE_CONTROL,
     OPERATE,
     VIEW,
     arm_retire,
+    arm_weight_problem,
     experiment_authorize,
     experiment_conclude,
     experiment_set_weights,
@@ -49,10 +54,59 @@ def _errors(exc: ValidationError | PermissionDenied) -> str:
     return "; ".join(exc.messages)
 
 
+def _form_errors(form: forms.Form) -> str:
+    """A form's errors in one line, each after the label of its field ("weight short: ...")."""
+    return "; ".join(f"{form.fields[name].label or name}: {message}" if name in form.fields else message
+                     for name, messages_ in form.errors.items() for message in messages_)
+
+
+class ArmForm(forms.ModelForm):
+    class Meta:
+        model = Arm
+        fields = "__all__"
+
+    def clean_weight(self):
+        weight = self.cleaned_data.get("weight")
+        if weight is not None and (problem := arm_weight_problem(weight)):
+            raise ValidationError(problem)
+        return weight
+
+
+class ArmAdminForm(ArmForm):
+    """An arm on its own page, checked against its experiment's other arms."""
+
+    def clean(self):
+        data = super().clean()
+        experiment = data.get("experiment") or (self.instance.experiment if self.instance.experiment_id else None)
+        others = Arm.objects.filter(experiment=experiment).exclude(pk=self.instance.pk)
+        control = others.filter(is_control=True).first()
+        if data.get("is_control") and control is not None:
+            self.add_error("is_control", f"{ONE_CONTROL}: {control.name} is the control of {experiment.key}")
+        if (self.instance.retired_at is None and data.get("weight") == 0
+                and not others.filter(retired_at__isnull=True, weight__gt=0).exists()):
+            self.add_error("weight", f"{NO_ACTIVE_WEIGHT}: this is the only active arm that could have one")
+        return data
+
+
+class ArmFormSet(BaseInlineFormSet):
+    """The arms of one experiment, checked together: one control, and a weight to assign by."""
+
+    def clean(self):
+        super().clean()
+        kept = [f for f in self.forms if getattr(f, "cleaned_data", None) and not self._should_delete_form(f)]
+        for form in [f for f in kept if f.cleaned_data.get("is_control")][1:]:
+            form.add_error("is_control", f"{ONE_CONTROL}: untick it on all but one arm")
+        active = [f for f in kept if f.instance.retired_at is None]
+        if active and not any(f.errors for f in active) and not any(f.cleaned_data.get("weight") for f in active):
+            raise ValidationError(f"{NO_ACTIVE_WEIGHT}: give one a weight such as 1")
+
+
 class ArmInline(admin.TabularInline):
     """Arms change exactly when their experiment's settings may."""
 
     model = Arm
+    form = ArmForm
+    formset = ArmFormSet
     fields = ("name", "is_control", "weight", "description", "retired_at", "retired_reason")
     readonly_fields = ("retired_at", "retired_reason")
     extra = 0
@@ -96,7 +150,15 @@ class WeightsForm(forms.Form):
     def __init__(self, *args, arms=(), **kwargs):
         super().__init__(*args, **kwargs)
         for arm in arms:
-            self.fields[f"w_{arm.name}"] = forms.FloatField(min_value=0, initial=arm.weight, label=f"weight {arm.name}")
+            self.fields[f"w_{arm.name}"] = forms.FloatField(min_value=0, max_value=MAX_ARM_WEIGHT, initial=arm.weight,
+                                                            label=f"weight {arm.name}")
+
+    def clean(self):
+        data = super().clean()
+        weights = [data.get(name) for name in self.fields if name.startswith("w_")]
+        if weights and None not in weights and not any(weights):
+            raise ValidationError(NO_ACTIVE_WEIGHT)
+        return data
 
 
 @admin.register(Experiment)
@@ -104,7 +166,9 @@ class ExperimentAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     list_display = ("key", "name", "status", "mode", "holdout_share", "goal_event", "started_at", "report_link")
     list_filter = ("status", "mode")
     search_fields = ("key", "name", "hypothesis")
-    readonly_fields = ("status", "winner", "started_at", "stopped_at", "concluded_at", "weights_updated_at", "used_by")
+    # created_by is who added it (set by experiment_settings_save), not a setting anyone picks.
+    readonly_fields = ("status", "winner", "started_at", "stopped_at", "concluded_at", "weights_updated_at", "used_by",
+                       "created_by")
     inlines = [ArmInline]
     action_form = ReasonActionForm
     actions = ["start_selected", "stop_selected", "bandit_update_selected"]
@@ -297,7 +361,7 @@ class ExperimentAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
                 form = ConcludeForm(request.POST)
                 form.fields["winner"].queryset = active
                 if not form.is_valid():
-                    raise ValidationError(form.errors.as_text())
+                    raise ValidationError(_form_errors(form))
                 experiment_conclude(
                     experiment=experiment,
                     winner=form.cleaned_data["winner"],
@@ -309,13 +373,13 @@ class ExperimentAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
                 form = RetireForm(request.POST)
                 form.fields["arm"].queryset = active
                 if not form.is_valid():
-                    raise ValidationError(form.errors.as_text())
+                    raise ValidationError(_form_errors(form))
                 arm_retire(arm=form.cleaned_data["arm"], actor=user, reason=form.cleaned_data["reason"])
                 done = f"retired {form.cleaned_data['arm'].name}"
             elif action == "weights":
                 form = WeightsForm(request.POST, arms=active)
                 if not form.is_valid():
-                    raise ValidationError(form.errors.as_text())
+                    raise ValidationError(_form_errors(form))
                 weights = {k[2:]: v for k, v in form.cleaned_data.items() if k.startswith("w_")}
                 experiment_set_weights(
                     experiment=experiment, weights=weights, actor=user, reason=form.cleaned_data["reason"]
@@ -324,7 +388,7 @@ class ExperimentAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
             elif action == "train":
                 form = TrainForm(request.POST)
                 if not form.is_valid():
-                    raise ValidationError(form.errors.as_text())
+                    raise ValidationError(_form_errors(form))
                 features = [f.strip() for f in form.cleaned_data["features"].split(",") if f.strip()]
                 model = nba_train(experiment=experiment, features=features, actor=user)
                 done = f"model trained on {model.samples} exposures"
@@ -345,6 +409,7 @@ class ExperimentAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
 
 @admin.register(Arm)
 class ArmAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
+    form = ArmAdminForm
     list_display = ("__str__", "is_control", "weight", "retired_at", "retired_reason")
     list_filter = ("experiment", "is_control")
     readonly_fields = ("retired_at", "retired_reason")

@@ -8,6 +8,7 @@ reuse it, so changing weights only affects customers not yet assigned.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -24,17 +25,30 @@ def assignment_weights(
     """The current assignment distribution: active arms (normalised, net of holdout) plus 'holdout'."""
     all_arms = arms if arms is not None else list(experiment.arms.all())
     arms = [a for a in all_arms if a.active and (arm_names is None or a.name in arm_names)]
-    total = sum(a.weight for a in arms)
     share = experiment.holdout_share
-    if total <= 0:
+    arms_w = _shares(arms)
+    if not arms_w:
         control = next((a for a in all_arms if a.is_control), None)
         arms_w = {control.name: 1.0} if control else {}
-    else:
-        arms_w = {a.name: a.weight / total for a in arms}
     weights = {name: w * (1 - share) for name, w in arms_w.items()}
     if share > 0:
         weights[HOLDOUT] = share
     return weights
+
+
+def _shares(arms: list[Arm]) -> dict[str, float]:
+    """The arms' weights as shares of one. A running journey never fails on a weight it finds:
+    weights no form lets through (not a number, infinite, negative) give every arm an equal share;
+    huge ones are scaled before they are added (1e308 + 1e308 is infinite, and every share 0).
+    All 0 (or no arm): {} - the caller sends everyone to control."""
+    weights = [a.weight for a in arms]
+    if not all(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in weights):
+        return {a.name: 1 / len(arms) for a in arms}
+    top = max(weights, default=0)
+    if top <= 0:
+        return {}
+    total = sum(w / top for w in weights)
+    return {a.name: w / top / total for a, w in zip(arms, weights)}
 
 
 def pick_by_weight(weights: dict[str, float], u: float) -> str:

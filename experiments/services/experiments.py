@@ -6,6 +6,7 @@ carrying the actor and the reason.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -19,6 +20,21 @@ from journeys.services.governance import history_stamp, require_reason
 
 
 VIEW, ADD, CHANGE, OPERATE = "view", "add", "change", "operate"
+
+# Weights are relative (1 and 3 split a quarter / three quarters): beyond this a weight is a typo,
+# and sums of such weights overflow to infinity, where every share becomes 0.
+MAX_ARM_WEIGHT = 1_000_000
+NO_ACTIVE_WEIGHT = "at least one active arm needs a weight above 0"
+ONE_CONTROL = "only one arm can be the control"
+
+
+def arm_weight_problem(weight: object) -> str:
+    """What is wrong with an arm's weight, said so that it can be fixed ("" when nothing is)."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+        return f"must be a number from 0 to {MAX_ARM_WEIGHT:,}, e.g. 1"
+    if not 0 <= weight <= MAX_ARM_WEIGHT:
+        return f"must be from 0 to {MAX_ARM_WEIGHT:,} (weights are relative: 1 and 3 give a quarter and three quarters)"
+    return ""
 
 
 def _active(user) -> bool:
@@ -132,6 +148,12 @@ def experiment_create(
     names = [a.get("name", "") for a in arms]
     if len(set(names)) != len(names) or HOLDOUT in names or "" in names:
         raise ValidationError({"arms": "arm names must be unique, non-empty and not 'holdout'"})
+    weights = {a["name"]: a.get("weight", 1.0) for a in arms}
+    for arm_name, weight in weights.items():
+        if problem := arm_weight_problem(weight):
+            raise ValidationError({"arms": f"{arm_name}: weight {problem}"})
+    if not any(weights.values()):
+        raise ValidationError({"arms": NO_ACTIVE_WEIGHT})
     for metric in secondary_metrics or []:
         if metric not in Metric.values:
             raise ValidationError({"secondary_metrics": f"unknown metric {metric!r}"})
@@ -257,11 +279,14 @@ def experiment_set_weights(*, experiment: Experiment, weights: dict[str, float],
     if unknown:
         raise ValidationError({"weights": f"unknown arm(s): {', '.join(sorted(unknown))}"})
     for name, weight in weights.items():
-        if weight < 0:
-            raise ValidationError({"weights": f"{name}: weight must be >= 0"})
-        arm = arms[name]
-        if arm.retired_at is not None and weight > 0:
+        if problem := arm_weight_problem(weight):
+            raise ValidationError({"weights": f"{name}: weight {problem}"})
+        if arms[name].retired_at is not None and weight > 0:
             raise ValidationError({"weights": f"{name} is retired"})
+    if not any(weights.get(name, arm.weight) for name, arm in arms.items() if arm.retired_at is None):
+        raise ValidationError({"weights": NO_ACTIVE_WEIGHT})
+    for name, weight in weights.items():
+        arm = arms[name]
         if arm.weight != weight:
             arm.weight = float(weight)
             _stamp(arm, actor=actor, reason=reason)

@@ -33,6 +33,7 @@ from journeys.models import (
     Step,
     WorkflowVersion,
 )
+from journeys.rules import RuleSyntaxError
 from journeys.selectors import (
     EDIT,
     PROPOSE,
@@ -48,6 +49,7 @@ from journeys.selectors import (
 from journeys.services import governance as gov
 from journeys.services.event_parsing import json_read_storable
 from journeys.services.workflows import (
+    TRIGGER_CONFIG_NOT_OBJECT,
     version_approve,
     version_canary_start,
     version_check_editable,
@@ -194,6 +196,12 @@ class WorkflowVersionForm(ReasonForm):
             if name in self.fields:  # checked as typed, like the rules of the step forms
                 self.fields[name].widget = RuleInput(version_id=version_id,
                                                      event=getattr(self.instance, event, "") or "")
+
+    def clean_trigger_config(self):
+        config = self.cleaned_data.get("trigger_config")
+        if not isinstance(config, dict):  # a list, a number, a string or null: no trigger reads it
+            raise ValidationError(TRIGGER_CONFIG_NOT_OBJECT)
+        return config
 
 
 @admin.register(WorkflowVersion)
@@ -351,7 +359,13 @@ class WorkflowVersionAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAd
                 form.add_error("customer", f"no customer with id or email {value!r}")
             if not form.errors:
                 later = [e.strip() for e in form.cleaned_data["later_events"].split(",") if e.strip()]
-                report = version_dry_run(version=version, customer=identity.customer, event=payload, later_events=later)
+                try:
+                    report = version_dry_run(version=version, customer=identity.customer, event=payload,
+                                             later_events=later)
+                except (RuleSyntaxError, TypeError):  # a rule that does not compile: validation names it
+                    if not (problems := version_validate(version=version).errors):
+                        raise
+                    form.add_error(None, f"this version cannot run until it is fixed: {'; '.join(problems)}")
         context = {**self.admin_site.each_context(request), "form": form, "report": report, "version": version,
                    "title": f"Dry run of {version}", "opts": self.model._meta}
         return render(request, "admin/journeys/dry_run.html", context)

@@ -214,7 +214,7 @@ def _colour(kind: str) -> str:
 
 def trigger_summary(version) -> str:
     """The trigger in words, for the start node."""
-    config, event = version.trigger_config or {}, version.trigger_event
+    config, event = version.trigger_settings, version.trigger_event
     kind = version.trigger_kind
     if kind == TriggerKind.INACTIVITY:
         return f"{event or '?'} not followed by {config.get('followed_by') or '?'} within {config.get('within') or '?'}"

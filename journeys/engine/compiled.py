@@ -63,7 +63,7 @@ def compile_version(version: WorkflowVersion) -> CompiledVersion:
         number=version.number,
         trigger_kind=version.trigger_kind,
         trigger_event=version.trigger_event,
-        trigger_config=version.trigger_config or {},
+        trigger_config=version.trigger_settings,
         entry_rule=version.entry_rule,
         reentry_policy=version.reentry_policy,
         reentry_cooldown_s=version.reentry_cooldown_s,
@@ -79,7 +79,7 @@ def compile_version(version: WorkflowVersion) -> CompiledVersion:
             compile_rule(text)
         compiled.steps[step.key] = CompiledStep(step.key, step.name, kind, step.config, edges.get(pk, {}))
     compiled.moves = any(step.kind.kind == "start_workflow" for step in compiled.steps.values())
-    for text in (version.entry_rule, version.goal_filter, version.trigger_config.get("filter", "")):
+    for text in (version.entry_rule, version.goal_filter, version.trigger_settings.get("filter", "")):
         if text:
             compile_rule(text)
     return compiled

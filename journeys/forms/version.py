@@ -90,7 +90,7 @@ class VersionSettingsForm(forms.Form):
 
     @staticmethod
     def initial_from(version: WorkflowVersion) -> dict:
-        config = dict(version.trigger_config or {})
+        config = dict(version.trigger_settings)
         known = {k: config.pop(k) for k in CONFIG_FIELDS if k in config}
         return {
             "trigger_kind": version.trigger_kind, "trigger_event": version.trigger_event, **known,

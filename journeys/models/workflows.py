@@ -133,6 +133,13 @@ class WorkflowVersion(Timestamped):
         return self.workflow.canary_version_id == self.pk
 
     @property
+    def trigger_settings(self) -> dict:
+        """`trigger_config` when it is a JSON object, as every save path makes it, else {}: what
+        pages and the engine read, so that a bad row written around them cannot break a page
+        (validation reports it: `trigger_clean`)."""
+        return self.trigger_config if isinstance(self.trigger_config, dict) else {}
+
+    @property
     def stage(self) -> str:
         """The lifecycle stage shown to people: the state, or 'canary' while it takes a share of entries."""
         return "canary" if self.state == "approved" and self.is_canary else self.state

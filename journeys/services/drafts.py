@@ -25,13 +25,12 @@ from journeys.choices import ReentryPolicy, VersionState
 from journeys.engine.registry import get_kind
 from journeys.models import Edge, Step, WorkflowVersion
 from journeys.rules import RuleSyntaxError, compile_rule
-from journeys.services.definitions import VERSION_FIELDS
+from journeys.services.definitions import MAX_COORDINATE, VERSION_FIELDS
 from journeys.services.governance import history_stamp, require_reason
 from journeys.services.workflows import step_save, trigger_clean, version_check_editable, version_note_changed
 
 T = TypeVar("T")
 START = "start"  # the edge from the trigger to the entry step (not a row: the version's entry_step)
-MAX_COORDINATE = 100_000  # a canvas position further out is a mistake, not a drawing
 SETTINGS = tuple(f for f in VERSION_FIELDS if f != "notes")
 
 
@@ -76,6 +75,22 @@ def _check_outcome(step: Step, outcome: str) -> None:
                                           f"{', '.join(outcomes)}"})
     if not outcome:
         raise ValidationError({"outcome": f"say which outcome of {step.key} the edge leaves by"})
+
+
+def _after(version: WorkflowVersion, after: str) -> tuple[Step, str]:
+    """The step and outcome a new step follows, written "key:outcome" (e.g. email:sent)."""
+    source_key, colon, outcome = after.rpartition(":")
+    if not colon:  # a step's key alone: which of its outcomes?
+        outcomes = _outcomes(_step(version, after, "after"))
+        raise ValidationError({"after": f"{after!r} lacks the outcome the new step follows: write key:outcome, e.g. "
+                                        f"{after}:{outcomes[0] if outcomes else 'next'}"
+                                        + (f" (outcomes of {after}: {', '.join(outcomes)})" if outcomes else "")})
+    source = _step(version, source_key, "after")
+    try:
+        _check_outcome(source, outcome)
+    except ValidationError as exc:  # said of the field the canvas sent
+        raise ValidationError({"after": exc.message_dict["outcome"]}) from None
+    return source, outcome
 
 
 def _save(obj: Any, actor: Any, reason: str, **kwargs: Any) -> Any:
@@ -170,9 +185,7 @@ def step_add(*, version: WorkflowVersion, kind: str, x: float, y: float, after: 
     _place(version, {step.key: [x, y]}, actor, reason)
     first = next(iter(step_kind.outcomes(config) or []), None)
     if after:
-        source_key, _, outcome = str(after).rpartition(":")
-        source = _step(version, source_key, "after")
-        _check_outcome(source, outcome)
+        source, outcome = _after(version, str(after))
         old = Edge.objects.filter(source=source, outcome=outcome).select_related("target").first()
         _connect(version, source, outcome, step, actor, reason)
         if old is not None and first:

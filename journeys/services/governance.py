@@ -276,9 +276,10 @@ def _rules_of(definition: dict) -> dict[str, str]:
     for name in ("entry_rule", "goal_filter"):
         if definition.get(name):
             rules[name.replace("_", " ")] = definition[name]
+    trigger_config = definition.get("trigger_config")
     for name in ("filter", "rule", "segment"):
-        if (definition.get("trigger_config") or {}).get(name):
-            rules[f"trigger {name}"] = definition["trigger_config"][name]
+        if isinstance(trigger_config, dict) and isinstance(trigger_config.get(name), str) and trigger_config[name]:
+            rules[f"trigger {name}"] = trigger_config[name]
     for step in definition["steps"]:
         try:
             texts = get_kind(step["kind"]).rules(step["config"])
@@ -460,7 +461,7 @@ def _known_attributes(version: WorkflowVersion, sample: int = 500) -> dict[str, 
 
     for traits in Customer.objects.order_by("-id").values_list("traits", flat=True)[:sample]:
         known["profile"].update((traits or {}).keys())
-    names = {n for n in (version.trigger_event, version.goal_event, (version.trigger_config or {}).get("followed_by"))
+    names = {n for n in (version.trigger_event, version.goal_event, version.trigger_settings.get("followed_by"))
              if n}
     for step in version.steps.all():
         config = step.config or {}

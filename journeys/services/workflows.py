@@ -27,10 +27,10 @@ from journeys.engine.cron import parse_cron
 from journeys.engine.durations import parse_duration
 from journeys.engine.registry import STEP_KINDS, get_kind
 from journeys.errors import PermissionDenied
-from journeys.models import BusinessUnit, ChangeRequest, ChangeRequestStatus, Edge, Step, Workflow, WorkflowVersion
+from journeys.models import AuditEntry, BusinessUnit, ChangeRequest, ChangeRequestStatus, Edge, Step, Workflow, WorkflowVersion
 from journeys.rules import RuleSyntaxError, compile_rule
 from journeys.selectors import EDIT, PROPOSE, PUBLISH, REVIEW, business_units_for_user, user_can
-from journeys.services.definitions import version_definition
+from journeys.services.definitions import definition_read, version_definition, workflow_meta_read
 from journeys.services.governance import (
     audit_record,
     history_stamp,
@@ -58,6 +58,8 @@ class ValidationReport:
 def _rule_error(text: str, where: str) -> str | None:
     if not text:
         return None
+    if not isinstance(text, str):
+        return f"{where}: a rule is written as text, e.g. profile.ltv >= 500"
     try:
         compile_rule(text)
     except RuleSyntaxError as exc:
@@ -65,9 +67,19 @@ def _rule_error(text: str, where: str) -> str | None:
     return None
 
 
+TRIGGER_CONFIG_NOT_OBJECT = ("must be a JSON object of the trigger's settings, e.g. "
+                             '{"filter": "event.properties.total > 50"} ({} for none)')
+TRIGGER_TEXT_EXAMPLES = {"followed_by": "Order Completed", "attribute": "signup_date", "cron": "0 9 * * 1"}
+
+
 def trigger_clean(*, kind: str, event: str, config: dict) -> dict:
     """Validate a trigger's settings; errors name the field to fix."""
+    if config is not None and not isinstance(config, dict):
+        raise ValidationError({"trigger_config": TRIGGER_CONFIG_NOT_OBJECT})
     config = dict(config or {})
+    for name in ("followed_by", "attribute", "cron"):
+        if not isinstance(config.get(name, ""), str):
+            raise ValidationError({"trigger_config": f"{name}: must be text, e.g. {TRIGGER_TEXT_EXAMPLES[name]}"})
     if kind not in TriggerKind.values:
         raise ValidationError({"trigger_kind": f"unknown trigger kind {kind!r}"})
     if kind in (TriggerKind.EVENT, TriggerKind.INACTIVITY) and not event:
@@ -78,9 +90,12 @@ def trigger_clean(*, kind: str, event: str, config: dict) -> dict:
         if not config.get("followed_by"):
             raise ValidationError({"trigger_config": "followed_by: the event that must follow (e.g. Order Completed)"})
         try:
-            parse_duration(config.get("within"), field="within")
+            window = parse_duration(config.get("within"), field="within")
         except ValueError as exc:
             raise ValidationError({"trigger_config": str(exc)}) from None
+        if not window:  # nobody could act in time: every start would count as inactive at once
+            raise ValidationError({"trigger_config": f"within: {config.get('within')!r} is no time at all; give the "
+                                                     "window in which the event must follow, e.g. 1h or 2d"})
     elif kind == TriggerKind.ATTRIBUTE_CHANGE and not config.get("attribute"):
         raise ValidationError({"trigger_config": "attribute: the profile trait to watch"})
     elif kind == TriggerKind.SEGMENT_ENTRY:
@@ -192,77 +207,69 @@ def workflow_create(*, name: str, business_unit: BusinessUnit, description: str 
 def version_build(*, workflow: Workflow, definition: dict, actor=None) -> WorkflowVersion:
     """Create a draft version from a definition dict (the export format's `version`).
 
-    The whole definition is validated first; a bad step or edge raises
-    ValidationError naming it and nothing is stored.
+    The whole definition is validated first; a bad value raises ValidationError naming its path
+    in the document (`steps[0].config.rule`, `edges[1].to`) and nothing is stored.
     """
     require(actor, EDIT, workflow)
-    definition = dict(definition or {})
-    kind = definition.get("trigger_kind", TriggerKind.EVENT)
-    config = trigger_clean(kind=kind, event=definition.get("trigger_event", ""), config=definition.get("trigger_config", {}))
-    if definition.get("reentry_policy", ReentryPolicy.ONCE) not in ReentryPolicy.values:
+    reason = definition.get("reason") if isinstance(definition, dict) else None
+    definition = definition_read(definition)
+    kind = definition["trigger_kind"] or TriggerKind.EVENT
+    config = trigger_clean(kind=kind, event=definition["trigger_event"], config=definition["trigger_config"])
+    policy = definition["reentry_policy"] or ReentryPolicy.ONCE
+    if policy not in ReentryPolicy.values:
         raise ValidationError({"reentry_policy": f"must be one of {', '.join(ReentryPolicy.values)}"})
     for key in ("entry_rule", "goal_filter"):
-        if error := _rule_error(definition.get(key, ""), key):
+        if error := _rule_error(definition[key], key):
             raise ValidationError({key: error})
     try:
-        business_hours = business_hours_clean(definition.get("business_hours"))
+        business_hours = business_hours_clean(definition["business_hours"])
     except BusinessHoursError as exc:
         raise ValidationError({"business_hours": str(exc)}) from None
-    raw_steps = definition.get("steps") or []
-    if not isinstance(raw_steps, list) or not raw_steps:
+    if not definition["steps"]:
         raise ValidationError({"steps": "at least one step is required"})
-    cleaned_steps = []
-    for i, raw in enumerate(raw_steps):
-        if not isinstance(raw, dict) or not raw.get("key"):
-            raise ValidationError({"steps": f"step {i + 1} needs a key"})
-        step_kind = get_kind(raw.get("kind", ""))
+    seen: set[str] = set()
+    for i, raw in enumerate(definition["steps"]):
+        if raw["key"] in seen:
+            raise ValidationError({f"steps[{i}].key": f"another step already has the key {raw['key']!r}"})
+        seen.add(raw["key"])
         try:
-            step_config = step_kind.clean(dict(raw.get("config") or {}))
+            step_kind = get_kind(raw["kind"])
         except ValidationError as exc:
-            detail = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
-            raise ValidationError({"steps": f"step {raw['key']}: {detail}"}) from None
-        cleaned_steps.append((raw, step_config))
-    keys = [raw["key"] for raw, _ in cleaned_steps]
-    if len(set(keys)) != len(keys):
-        raise ValidationError({"steps": "step keys must be unique"})
+            raise ValidationError({f"steps[{i}].kind": exc.message_dict["kind"]}) from None
+        try:
+            raw["config"] = step_kind.clean(dict(raw["config"]))
+        except ValidationError as exc:
+            raise ValidationError({f"steps[{i}].config" + ("" if name == "__all__" else f".{name}"): messages
+                                   for name, messages in exc.message_dict.items()}) from None
+    entry_step = definition["entry_step"] or definition["steps"][0]["key"]
+    if entry_step not in seen:
+        raise ValidationError({"entry_step": f"{entry_step!r} is not a step key; the steps: {', '.join(sorted(seen))}"})
     number = (workflow.versions.order_by("-number").values_list("number", flat=True).first() or 0) + 1
     version = WorkflowVersion(
-        workflow=workflow,
-        number=number,
-        created_by=actor,
-        trigger_kind=kind,
-        trigger_event=definition.get("trigger_event", ""),
-        trigger_config=config,
-        entry_rule=definition.get("entry_rule", ""),
-        reentry_policy=definition.get("reentry_policy", ReentryPolicy.ONCE),
-        reentry_cooldown_s=int(definition.get("reentry_cooldown_s", 0) or 0),
-        allow_concurrent_runs=bool(definition.get("allow_concurrent_runs", False)),
-        goal_event=definition.get("goal_event", ""),
-        goal_filter=definition.get("goal_filter", ""),
-        entry_step=definition.get("entry_step") or keys[0],
-        business_hours=business_hours,
-        notes=definition.get("notes", ""),
+        workflow=workflow, number=number, created_by=actor, trigger_kind=kind,
+        trigger_event=definition["trigger_event"], trigger_config=config, entry_rule=definition["entry_rule"],
+        reentry_policy=policy, reentry_cooldown_s=definition["reentry_cooldown_s"],
+        allow_concurrent_runs=definition["allow_concurrent_runs"], goal_event=definition["goal_event"],
+        goal_filter=definition["goal_filter"], entry_step=entry_step, business_hours=business_hours,
+        notes=definition["notes"],
     )
-    version._change_reason = definition.get("reason") or "version created"
+    version._change_reason = reason or "version created"
     version.save()
     by_key = {}
-    for raw, step_config in cleaned_steps:
-        step = Step.objects.create(
-            version=version, key=raw["key"], kind=raw["kind"], name=raw.get("name", ""), config=step_config,
-            x=int(raw.get("x", 0)), y=int(raw.get("y", 0)),
-        )
-        by_key[step.key] = step
-    for i, raw in enumerate(definition.get("edges") or []):
-        try:
-            source, target = by_key[raw["from"]], by_key[raw["to"]]
-        except (KeyError, TypeError):
-            raise ValidationError({"edges": f"edge {i + 1}: 'from' and 'to' must name steps of this version"}) from None
-        outcome = raw.get("outcome", "next")
-        if outcome not in get_kind(source.kind).outcomes(source.config) and get_kind(source.kind).outcomes(source.config):
-            raise ValidationError({"edges": f"edge {i + 1}: step {source.key} has no outcome {outcome!r}"})
-        Edge.objects.create(version=version, source=source, outcome=outcome, target=target)
-    if version.entry_step not in by_key:
-        raise ValidationError({"entry_step": f"{version.entry_step!r} is not a step key"})
+    for raw in definition["steps"]:
+        by_key[raw["key"]] = Step.objects.create(version=version, key=raw["key"], kind=raw["kind"], name=raw["name"],
+                                                 config=raw["config"], x=raw["x"], y=raw["y"])
+    for i, raw in enumerate(definition["edges"]):
+        for end in ("from", "to"):
+            if raw[end] not in by_key:
+                raise ValidationError({f"edges[{i}].{end}": f"{raw[end]!r} is not a step of this version; the steps: "
+                                                            f"{', '.join(sorted(by_key))}"})
+        source, outcome = by_key[raw["from"]], raw["outcome"]
+        outcomes = get_kind(source.kind).outcomes(source.config)
+        if outcomes and outcome not in outcomes:
+            raise ValidationError({f"edges[{i}].outcome": f"step {source.key} has no outcome {outcome!r}; its "
+                                                          f"outcomes: {', '.join(outcomes)}"})
+        Edge.objects.create(version=version, source=source, outcome=outcome, target=by_key[raw["to"]])
     audit_record(action="version_created", actor=actor, version=version, reason=version._change_reason)
     return version
 
@@ -281,16 +288,19 @@ def workflow_import(*, data: dict, actor=None, name: str | None = None) -> Workf
     """Import an export as a new draft (of an existing workflow with that name, or a new one)."""
     if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
         raise ValidationError({"format": f"expected format {EXPORT_FORMAT!r}"})
-    meta = data.get("workflow") or {}
-    unit_slug = meta.get("business_unit") or "default"
+    meta = workflow_meta_read(data.get("workflow"))
+    version = data.get("version")
+    if not isinstance(version, dict):  # read before anything is created, like the workflow's part
+        raise ValidationError({"version": "must be a JSON object (the version's settings, steps and edges)"})
+    unit_slug = meta["business_unit"] or "default"
     unit, _ = BusinessUnit.objects.get_or_create(slug=unit_slug, defaults={"name": unit_slug.title()})
-    workflow_name = name or meta.get("name")
+    workflow_name = name or meta["name"]
     if not workflow_name:
         raise ValidationError({"workflow.name": "is required"})
     workflow = Workflow.objects.filter(name=workflow_name).first() or workflow_create(
-        name=workflow_name, business_unit=unit, description=meta.get("description", ""), actor=actor
+        name=workflow_name, business_unit=unit, description=meta["description"], actor=actor
     )
-    return version_build(workflow=workflow, definition={**data.get("version", {}), "reason": "imported"}, actor=actor)
+    return version_build(workflow=workflow, definition={**version, "reason": "imported"}, actor=actor)
 
 
 # --------------------------------------------------------------------------- the governed lifecycle
@@ -342,6 +352,7 @@ def version_check_editable(*, version: WorkflowVersion, actor=None) -> None:
 def version_note_changed(*, version: WorkflowVersion, actor=None, reason: str = "") -> WorkflowVersion:
     """Record an edit of a version's settings, steps or edges (the admin calls it after saving).
 
+    The editor becomes one of the version's authors (`version_authors`), who may not approve it.
     Any change after approval sends the version back to review: the approval was for other content.
     The actor's scope is re-checked inside the transaction, so an edit outside it rolls back.
     """
@@ -349,29 +360,47 @@ def version_note_changed(*, version: WorkflowVersion, actor=None, reason: str = 
     version_check_editable(version=version, actor=actor)
     reason = require_reason(actor, reason)
     fingerprint = version_fingerprint(version=version)
-    if version.state == VersionState.APPROVED and fingerprint != version.approved_fingerprint:
+    back_to_review = version.state == VersionState.APPROVED and fingerprint != version.approved_fingerprint
+    if back_to_review:
         if version.is_canary:
             raise ValidationError("a canary version cannot change; stop the canary or create a new draft")
         version.state = VersionState.IN_REVIEW
         version.approved_fingerprint, version.approved_at, version.approved_by = "", None, None
         _save(version, f"changed after approval, back to review: {reason}",
               ["state", "approved_fingerprint", "approved_at", "approved_by"])
-        request = _open_request(version)
-        if request is not None:
-            request.status, request.decided_at, request.decided_by = ChangeRequestStatus.OPEN, None, None
-            request.save(update_fields=["status", "decided_at", "decided_by"])
+    request = _open_request(version)
+    if request is not None and back_to_review:
+        request.status, request.decided_at, request.decided_by = ChangeRequestStatus.OPEN, None, None
+        request.save(update_fields=["status", "decided_at", "decided_by"])
+    if request is not None and version.state == VersionState.IN_REVIEW and request.fingerprint != fingerprint:
+        # The reviewer must judge what is there now: refresh the reports of the open request.
+        analysis = change_request_analyse(version=version, baseline=version.workflow.live_version)
+        request.validation, request.dry_run, request.fingerprint = analysis["validation"], analysis["dry_run"], fingerprint
+        request.save(update_fields=["validation", "dry_run", "fingerprint"])
+    audit_record(action="version_edited", actor=actor, version=version, change_request=request,
+                 reason=reason, data={"state": version.state, "fingerprint": fingerprint})
+    if back_to_review:
         audit_record(action="returned_to_review", actor=actor, version=version, change_request=request,
                      reason=reason, data={"fingerprint": fingerprint})
-    else:
-        request = _open_request(version)
-        if request is not None and version.state == VersionState.IN_REVIEW and request.fingerprint != fingerprint:
-            # The reviewer must judge what is there now: refresh the reports of the open request.
-            analysis = change_request_analyse(version=version, baseline=version.workflow.live_version)
-            request.validation, request.dry_run, request.fingerprint = analysis["validation"], analysis["dry_run"], fingerprint
-            request.save(update_fields=["validation", "dry_run", "fingerprint"])
-        audit_record(action="version_edited", actor=actor, version=version, change_request=request,
-                     reason=reason, data={"state": version.state, "fingerprint": fingerprint})
     return version
+
+
+# What makes someone an author of a version, in the audit log: who built it (a new draft, a copy,
+# an import), changed it through any edit path (all of them end in `version_note_changed`) or proposed it.
+AUTHORING_ACTIONS = ("version_created", "version_edited", "proposed")
+
+
+def version_authors(*, version: WorkflowVersion) -> set[int]:
+    """The ids of the people who wrote this version, at any time of its life (four eyes: none of
+    them may approve it). An edit made while the version is in review makes its editor an author
+    as much as one made in the draft."""
+    authors = set(AuditEntry.objects.filter(version=version, action__in=AUTHORING_ACTIONS, actor__isnull=False)
+                  .values_list("actor_id", flat=True))
+    authors.update(ChangeRequest.objects.filter(version=version, proposed_by__isnull=False)
+                   .values_list("proposed_by_id", flat=True))
+    if version.created_by_id:
+        authors.add(version.created_by_id)
+    return authors
 
 
 def change_request_analyse(*, version: WorkflowVersion, baseline: WorkflowVersion | None) -> dict:
@@ -379,7 +408,9 @@ def change_request_analyse(*, version: WorkflowVersion, baseline: WorkflowVersio
     report = version_validate(version=version)
     return {
         "validation": {"errors": report.errors, "warnings": report.warnings},
-        "dry_run": version_replay(proposed=version, baseline=baseline),
+        # The replay runs the version's rules: only a valid version can be replayed.
+        "dry_run": version_replay(proposed=version, baseline=baseline) if report.ok else
+        {"skipped": "the version has validation errors; it is replayed once they are fixed"},
     }
 
 
@@ -442,8 +473,9 @@ def version_approve(*, version: WorkflowVersion, actor=None, comment: str = "",
     if version.state != VersionState.IN_REVIEW:
         raise ValidationError(f"only versions in review can be approved; v{version.number} is {version.state}")
     request = _open_request(version)
-    if actor is not None and request is not None and request.proposed_by_id == actor.pk and not actor.is_superuser:
-        raise PermissionDenied("a change must be approved by someone other than its author")
+    if actor is not None and not actor.is_superuser and actor.pk in version_authors(version=version):
+        raise PermissionDenied(f"a change must be approved by someone other than its authors: {actor} created, "
+                               f"edited or proposed v{version.number}; ask another reviewer")
     fingerprint = version_fingerprint(version=version)
     if expected_fingerprint and expected_fingerprint != fingerprint:
         raise ValidationError("the version changed while you were reviewing it; reload the review page")

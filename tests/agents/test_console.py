@@ -191,3 +191,22 @@ def test_a_customer_who_asked_not_to_be_contacted_gets_no_reply(client, world):
     entry = world["alices"].entries.get(kind="message")
     assert entry.delivery == delivery and entry.data["status"] == "suppressed"
     assert Case.objects.get(pk=world["alices"].pk).first_response_at is None
+
+
+@pytest.mark.parametrize(("url", "body", "message"), [
+    ("agents:reply", "x" * 200_000, "A reply can be at most 5000 characters; this one has 200000."),
+    ("agents:reply", "", "Write a reply first."),
+    ("agents:note", "x" * 200_000, "A note can be at most 5000 characters; this one has 200000."),
+    ("agents:note", "", "Write a note first."),
+])
+def test_a_reply_or_note_the_console_cannot_take_says_what_to_fix(client, world, url, body, message):
+    from channels_app.models import Delivery
+
+    # given alice's case; when she sends a reply or note that is empty or far too long
+    client = login(client, world["alice"])
+    response = client.post(reverse(url, args=[world["alices"].pk]), {"body": body, "nonce": "form-1"}, follow=True)
+
+    # then the case page says what to fix, and nothing was sent or noted
+    shown = " ".join(str(m) for m in response.context["messages"])
+    assert message in shown, shown
+    assert Delivery.objects.count() == 0 and not world["alices"].entries.filter(kind__in=["message", "note"]).exists()

@@ -4,6 +4,7 @@ hold, and uploads the import cannot read. Each answer says what to do, none is a
 
 from __future__ import annotations
 
+import html
 import json
 
 import pytest
@@ -368,3 +369,119 @@ def test_the_dry_run_command_refuses_nan_naming_the_field(live):
     with pytest.raises(CommandError, match=r"--event\.properties\.total: is not a finite number"):
         call_command("dry_run", str(live.pk), "--customer", f"#{Customer.objects.order_by('pk').first().pk}",
                      "--event", '{"event": "Checkout Started", "properties": {"total": NaN}}')
+
+
+# --------------------------------------------------------------------------- trigger settings that are not an object
+
+
+@pytest.mark.parametrize("typed", ["[1, 2]", "5", '"str"', "null"])
+def test_trigger_settings_that_are_not_an_object_are_refused_at_their_field(ops, draft, typed):
+    # given a draft's version page as the browser would post it back
+    from tests.journeys.test_governance_fixtures import admin_form_data
+
+    url = reverse("admin:journeys_workflowversion_change", args=[draft.pk])
+    before = WorkflowVersion.objects.get(pk=draft.pk).trigger_config
+
+    # when its trigger settings are typed as a list, a number, a string or null
+    response = ops.post(url, admin_form_data(ops.get(url), trigger_config=typed, change_reason="try"))
+
+    # then the field says it must be a JSON object, and nothing changed
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert "must be a JSON object of the trigger's settings" in " ".join(errors["trigger_config"]), errors
+    assert WorkflowVersion.objects.get(pk=draft.pk).trigger_config == before
+
+
+@pytest.mark.parametrize(("stored", "problem"), [
+    ([1, 2], "trigger: must be a JSON object of the trigger's settings"),
+    (5, "trigger: must be a JSON object of the trigger's settings"),
+    ("str", "trigger: must be a JSON object of the trigger's settings"),
+    ({"filter": 5}, "trigger: filter: a rule is written as text"),
+    ({"filter": "1 +"}, "trigger: filter: unexpected end of rule"),
+])
+def test_a_stored_trigger_config_nothing_can_read_is_reported_not_a_server_error(ops, draft, stored, problem):
+    # given a draft whose trigger settings were written around every form (shell, old data)
+    from journeys.models import Identity
+
+    WorkflowVersion.objects.filter(pk=draft.pk).update(trigger_config=stored)
+    customer = Identity.objects.values_list("value", flat=True).first()
+
+    # when its pages are opened, it is dry-run and it is proposed
+    page = ops.get(reverse("admin:journeys_workflowversion_change", args=[draft.pk]))
+    propose_url = reverse("admin:journeys_workflowversion_propose", args=[draft.pk])
+    propose_page = ops.get(propose_url)
+    proposed = ops.post(propose_url, {"summary": "try it"})
+    graph = ops.get(reverse("console:version_graph", args=[draft.pk]))
+    dry_run = ops.post(reverse("admin:journeys_workflowversion_dry_run", args=[draft.pk]),
+                       {"customer": customer, "event": '{"event": "Checkout Started"}'})
+
+    # then each page opens and the problem is named; the draft is not proposed
+    for response in (page, propose_page, proposed, graph, dry_run):
+        assert response.status_code == 200
+    for response in (page, propose_page, proposed):
+        assert problem in html.unescape(response.content.decode())
+    assert WorkflowVersion.objects.get(pk=draft.pk).state == "draft"
+
+
+# --------------------------------------------------------------------------- exports edited by hand
+
+
+def _edited_export(live, change) -> bytes:
+    from journeys.services.workflows import workflow_export
+
+    data = workflow_export(version=live)
+    change(data)
+    return json.dumps(data).encode()
+
+
+def _set(part, key, value):
+    return lambda data: (data[part] if part else data).__setitem__(key, value)
+
+
+def _set_step(key, value):
+    return lambda data: data["version"]["steps"][0].__setitem__(key, value)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (_set("version", "trigger_config", [1, 2]), "trigger_config: must be a JSON object of the trigger's settings"),
+    (_set("version", "reentry_cooldown_s", "abc"), "reentry_cooldown_s: must be an integer, not 'abc'"),
+    (_set("version", "reentry_cooldown_s", -5), "reentry_cooldown_s: must be an integer from 0 to"),
+    (_set_step("x", "abc"), "steps[0].x: must be an integer, not 'abc'"),
+    (_set_step("y", 1.5), "steps[0].y: must be an integer, not 1.5"),
+    (_set_step("config", "abc"), "steps[0].config: must be a JSON object (the step's settings)"),
+    (_set_step("key", "no spaces"), "steps[0].key: 'no spaces' is not a step key"),
+    (_set_step("kind", "fax"), "steps[0].kind: unknown step kind 'fax'"),
+    (_set(None, "version", [1]), "version: must be a JSON object (the version's settings, steps and edges)"),
+    (_set(None, "workflow", [1]), "workflow: must be a JSON object (name, description, business_unit)"),
+    (_set("version", "allow_concurrent_runs", "false"), "allow_concurrent_runs: must be true or false, not 'false'"),
+    (_set("version", "notes", {"a": 1}), "notes: must be text, not dict"),
+    (_set("version", "goal_event", "x" * 1000), "goal_event: must be at most 255 characters (it has 1000)"),
+    (_set("version", "steps", {"key": "a"}), "steps: must be a JSON list (of step objects)"),
+    (lambda data: data["version"]["edges"][0].__setitem__("to", "nowhere"), "edges[0].to: 'nowhere' is not a step"),
+    (lambda data: data["version"]["edges"][0].__setitem__("outcome", 5), "edges[0].outcome: must be text, not int"),
+])
+def test_an_export_edited_into_what_no_field_holds_is_refused_naming_its_path(ops, live, change, message):
+    # given an export edited by hand: a value of the wrong type or size somewhere in it
+    versions, workflows = WorkflowVersion.objects.count(), Workflow.objects.count()
+    upload = SimpleUploadedFile("flow.json", _edited_export(live, change))
+
+    # when it is imported through the admin under a new name
+    response = ops.post(reverse("admin:journeys_workflow_import"), {"file": upload, "name": "Hand edited"})
+
+    # then the import says where and what, and nothing was stored
+    assert response.status_code == 200
+    errors = " | ".join(response.context["form"].non_field_errors())
+    assert message in errors, errors
+    assert (WorkflowVersion.objects.count(), Workflow.objects.count()) == (versions, workflows)
+
+
+def test_an_unedited_export_still_imports_value_for_value(ops, live):
+    from journeys.services.workflows import workflow_export
+
+    upload = SimpleUploadedFile("flow.json", _edited_export(live, lambda data: None))
+
+    response = ops.post(reverse("admin:journeys_workflow_import"), {"file": upload, "name": "Copy"})
+
+    assert response.status_code == 302
+    copy = Workflow.objects.get(name="Copy").versions.get()
+    assert workflow_export(version=copy)["version"] == workflow_export(version=live)["version"]

@@ -324,6 +324,40 @@ def test_the_start_node_edits_the_trigger_and_entry_settings(editor, draft):
     assert 'Start · Inactivity' in ok(good)["svg"]
 
 
+@pytest.mark.parametrize("within", ["0s", "0", "0m0s"])
+def test_an_inactivity_window_of_no_time_is_refused_at_its_field(editor, draft, within):
+    # given the start node's settings of an inactivity trigger; when its window is no time at all
+    url = reverse("console:canvas_settings", args=[draft.pk])
+    response = editor.post(url, {"trigger_kind": "inactivity", "trigger_event": "Checkout Started",
+                                 "followed_by": "Order Completed", "within": within, "reentry_policy": "once",
+                                 "change_reason": WHY})
+
+    # then the window says what to fix, and the draft keeps its trigger
+    answer = response.json()
+    assert response.status_code == 400 and answer["field"] == "within", answer
+    assert "is no time at all; give the window in which the event must follow, e.g. 1h" in answer["message"]
+    assert WorkflowVersion.objects.get(pk=draft.pk).trigger_kind == "event"
+
+
+@pytest.mark.parametrize(("after", "message"), [
+    ("condition_1", ("'condition_1' lacks the outcome the new step follows: write key:outcome, e.g. condition_1:yes "
+                     "(outcomes of condition_1: yes, no)")),
+    ("nowhere", "this version has no step 'nowhere'"),
+    ("condition_1:maybe", "step condition_1 has no outcome 'maybe'; its outcomes: yes, no"),
+])
+def test_adding_a_step_after_a_step_without_its_outcome_shows_the_expected_form(editor, draft, after, message):
+    # given a draft with a condition
+    ok(command(editor, draft, op="add_step", kind="condition", x=100, y=150))
+
+    # when a step is added "after" the condition without saying which outcome
+    response = command(editor, draft, op="add_step", kind="goal", x=100, y=300, after=after)
+
+    # then the answer names the field and the form it expects; nothing was added
+    assert response.status_code == 400 and response.json()["field"] == "after", response.content
+    assert message in response.json()["message"]
+    assert set(steps(draft)) == {"condition_1"}
+
+
 @pytest.mark.parametrize(("cooldown", "message"), [
     ("soon", "'soon' is not a duration. Enter a duration like 30m, 2h or 7d"),
     ("-1h", "'-1h' is negative: a duration cannot be. Enter a duration like 30m, 2h or 7d"),

@@ -406,14 +406,14 @@ def test_export_import_round_trips_exactly(publish):
 @pytest.mark.parametrize(
     "definition, field",
     [
-        ({"trigger_event": "E", "steps": steps(("c", "condition", {"rule": "event.x >"}))}, "steps"),
-        ({"trigger_event": "E", "steps": steps(("c", "nope", {}))}, "kind"),
+        ({"trigger_event": "E", "steps": steps(("c", "condition", {"rule": "event.x >"}))}, "steps[0].config.rule"),
+        ({"trigger_event": "E", "steps": steps(("c", "nope", {}))}, "steps[0].kind"),
         ({"trigger_event": "", "steps": steps(("g", "goal", {}))}, "trigger_event"),
-        ({"trigger_event": "E", "steps": steps(("w", "wait_for_event", {"event": "X", "timeout": "soon"}))}, "steps"),
+        ({"trigger_event": "E", "steps": steps(("w", "wait_for_event", {"event": "X", "timeout": "soon"}))}, "steps[0].config.timeout"),
         # too long to represent (an imported workflow): a clear error, never a server error
-        ({"trigger_event": "E", "steps": steps(("d", "delay", {"duration": "99999999999999999999d"}))}, "steps"),
-        ({"trigger_event": "E", "steps": steps(("d", "delay", {"duration": float("nan")}))}, "steps"),
-        ({"trigger_event": "E", "steps": steps(("g", "goal", {})), "edges": edges(("g", "next", "zz"))}, "edges"),
+        ({"trigger_event": "E", "steps": steps(("d", "delay", {"duration": "99999999999999999999d"}))}, "steps[0].config.duration"),
+        ({"trigger_event": "E", "steps": steps(("d", "delay", {"duration": float("nan")}))}, "steps[0].config.duration"),
+        ({"trigger_event": "E", "steps": steps(("g", "goal", {})), "edges": edges(("g", "next", "zz"))}, "edges[0].to"),
         ({"trigger_kind": "schedule", "trigger_config": {"cron": "61 * * * *"}, "steps": steps(("g", "goal", {}))}, "trigger_config"),
         ({"trigger_event": "E", "entry_rule": "os.system('x')", "steps": steps(("g", "goal", {}))}, "entry_rule"),
     ],
