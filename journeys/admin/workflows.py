@@ -195,16 +195,25 @@ class WorkflowAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAdmin):
         reason = request.POST.get("reason", "")
         for workflow in queryset:
             try:
-                func(workflow, reason)
+                result = func(workflow, reason)
             except (ValidationError, PermissionDenied) as exc:
                 self.message_user(request, f"{workflow}: {error_text(exc)}", messages.ERROR)
             else:
-                self.message_user(request, f"{workflow}: {done}")
+                self.message_user(request, f"{workflow}: {done(result) if callable(done) else done}")
 
     @admin.action(description="Roll back (previous version live again, or stop the canary)", permissions=["publish"])
     def rollback(self, request, queryset):
-        self._each(request, queryset, lambda w, r: workflow_rollback(workflow=w, actor=request.user, reason=r),
-                   "rolled back")
+        def rollback_one(workflow, reason):
+            had_canary = Workflow.objects.filter(pk=workflow.pk, canary_version__isnull=False).exists()
+            return had_canary, workflow_rollback(workflow=workflow, actor=request.user, reason=reason)
+
+        def said(result) -> str:
+            had_canary, live = result
+            if had_canary:
+                return f"canary stopped; v{live.number} stays live" if live else "canary stopped"
+            return f"rolled back: v{live.number} is live again"
+
+        self._each(request, queryset, rollback_one, said)
 
     @admin.action(description="Stop the canary", permissions=["publish"])
     def stop_canary(self, request, queryset):

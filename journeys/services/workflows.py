@@ -664,7 +664,9 @@ def workflow_canary_stop(*, workflow: Workflow, actor=None, reason: str = "canar
 @transaction.atomic
 def workflow_rollback(*, workflow: Workflow, actor=None, reason: str = "rolled back") -> WorkflowVersion:
     """One-click rollback: a running canary stops; otherwise the version that was live before the
-    current one becomes live again. Runs in flight stay on their versions; workers reload."""
+    current one becomes live again. Runs in flight stay on their versions; workers reload.
+    A version rolled back from is never a target again until it is published anew: a second
+    rollback goes one step further back (or is refused), it does not undo the first."""
     require(actor, PUBLISH, workflow)
     reason = require_reason(actor, reason) or "rolled back"
     workflow = _lock_workflow(workflow.pk)
@@ -672,9 +674,15 @@ def workflow_rollback(*, workflow: Workflow, actor=None, reason: str = "rolled b
         workflow_canary_stop(workflow=workflow, actor=actor, reason=f"rollback: {reason}")
         return workflow.live_version
     current = workflow.live_version
-    previous = (WorkflowVersion.objects.filter(workflow=workflow, state=VersionState.RETIRED,
-                                               published_at__isnull=False)
-                .exclude(pk=getattr(current, "pk", None)).order_by("-retired_at", "-number").first())
+    rejected = {}  # version number -> when it was last rolled back from
+    for at, data in AuditEntry.objects.filter(action="rolled_back", workflow=workflow).values_list("at", "data"):
+        if isinstance(data, dict) and data.get("from") is not None:
+            rejected[data["from"]] = max(at, rejected.get(data["from"], at))
+    candidates = (WorkflowVersion.objects.filter(workflow=workflow, state=VersionState.RETIRED,
+                                                 published_at__isnull=False)
+                  .exclude(pk=getattr(current, "pk", None)).order_by("-retired_at", "-number"))
+    previous = next((v for v in candidates if not (v.number in rejected and rejected[v.number] >= v.published_at)),
+                    None)
     if previous is None:
         raise ValidationError(f"{workflow} has no earlier live version to roll back to")
     previous = _lock(previous)

@@ -197,6 +197,31 @@ def test_canary_takes_its_share_of_new_entries_and_rollback_restores(people, liv
     assert AuditEntry.objects.filter(action="rolled_back", reason="bad metrics").exists()
 
 
+def test_a_second_rollback_goes_further_back_never_to_the_version_just_rolled_back_from(people, live_workflow,
+                                                                                      client):
+    v1 = live_workflow.live_version
+    v2 = approved_draft(live_workflow, people)
+    version_publish(version=v2, actor=people["approver"], reason="v2")
+    v3 = approved_draft(live_workflow, people)
+    version_publish(version=v3, actor=people["approver"], reason="v3")
+
+    # through the admin action, which says which version went live
+    login(client, people["approver"])
+    url = reverse("admin:journeys_workflow_changelist")
+    page = client.post(url, {"action": "rollback", "_selected_action": [live_workflow.pk], "reason": "v3 is bad"},
+                       follow=True)
+    assert f"rolled back: v{v2.number} is live again" in page.content.decode()
+    assert workflow_rollback(workflow=live_workflow, actor=people["approver"], reason="v2 too") == v1
+    with pytest.raises(ValidationError, match="no earlier live version"):  # v2 and v3 were both rolled back from
+        workflow_rollback(workflow=live_workflow, actor=people["approver"], reason="again")
+    assert Workflow.objects.get(pk=live_workflow.pk).live_version == v1
+
+    # a new version published over v1: rolling it back brings v1, the last good one, back
+    v4 = approved_draft(live_workflow, people)
+    version_publish(version=v4, actor=people["approver"], reason="v4")
+    assert workflow_rollback(workflow=live_workflow, actor=people["approver"], reason="v4 is bad") == v1
+
+
 def test_rollback_during_a_canary_stops_the_canary(people, live_workflow, send):
     v1 = live_workflow.live_version
     v2 = approved_draft(live_workflow, people)
