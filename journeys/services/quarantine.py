@@ -173,9 +173,13 @@ def quarantine_customer_erase(customer) -> dict:
         return {"quarantined_events": 0}
     match = Q()
     for value in values:
-        quoted = json.dumps(value)  # ASCII escapes, as payload_text stores it
-        for key in PERSON_KEYS:
-            match |= Q(payload__contains=f'"{key}": {quoted}') | Q(payload__contains=f'"{key}":{quoted}')
+        # ASCII escapes, as payload_text stores it; an id of digits may have been sent as a number
+        # (userId 777 is the customer "777"): then followed by whatever ends a JSON number
+        forms = [json.dumps(value)]
+        if value.isascii() and value.lstrip("-").isdigit():
+            forms += [f"{value}{end}" for end in (",", "}", "]", " ", "\n")]
+        for key, form in ((key, form) for key in PERSON_KEYS for form in forms):
+            match |= Q(payload__contains=f'"{key}": {form}') | Q(payload__contains=f'"{key}":{form}')
     entries = QuarantinedEvent.objects.filter(match)
     ids = list(entries.values_list("pk", flat=True))
     QuarantinedEvent.objects.filter(pk__in=ids).delete()

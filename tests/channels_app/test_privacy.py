@@ -96,6 +96,17 @@ def test_erasure_takes_the_quarantined_events_that_name_the_customer(history, ap
     assert ErasureRecord.objects.get().counts["quarantined_events"] == 3
 
 
+def test_erasure_takes_quarantined_events_that_sent_a_numeric_user_id_as_a_number(api):
+    bad = {"type": "track", "event": "x" * 300}
+    api.post("batch", {"batch": [{"type": "track", "userId": 777, "event": "Good"}, {**bad, "userId": 777},
+                                 {**bad, "userId": 7771}]})
+    assert Customer.objects.filter(external_id="777").exists()
+
+    call_command("erase_customer", "777", "--yes", "--reason", "GDPR")
+
+    assert [json.loads(e.payload)["userId"] for e in QuarantinedEvent.objects.all()] == [7771]
+
+
 def test_admin_export_and_erase_actions(history, admin_client):
     url = "/admin/channels_app/datasubject/"
     export = admin_client.post(url, {"action": "export_selected", "_selected_action": [history.pk]})
