@@ -115,6 +115,9 @@ class QuarantinedEventAdmin(HistoryRevertGuard, SimpleHistoryAdmin):
             self.message_user(request, f"{len(result.replayed)} event(s) replayed: stored and sent to the engine.")
         for entry, error in result.still_bad:
             self.message_user(request, f"#{entry.pk} is still refused: {error}", messages.ERROR)
+        if skipped := len(entries) - len(result.replayed) - len(result.still_bad):
+            self.message_user(request, f"{skipped} event(s) left as they were: already replayed or discarded.",
+                              messages.WARNING)
 
     @admin.action(description="Replay the selected events (through the API's ingestion)", permissions=["change"])
     def replay_selected(self, request, queryset):

@@ -196,7 +196,11 @@ def _records(job: Job) -> tuple[list[tuple[int, Any]], bool]:
     try:
         if not reader.fieldnames:
             raise JourneyError("the CSV file has no header row", field="file")
-        return [(reader.line_num, {k.strip(): v for k, v in row.items() if k}) for row in reader], False
+        columns = len(reader.fieldnames)
+        return [(reader.line_num, {k.strip(): v for k, v in row.items() if k} if None not in row else
+                 _Broken(f"{columns + len(row[None])} cells, but the header names {columns} columns "
+                         "(a comma inside a value needs quotes)"))
+                for row in reader], False
     except csv.Error as exc:
         raise JourneyError(f"line {reader.line_num}: {exc}", field="file") from None
 

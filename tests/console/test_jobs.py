@@ -61,6 +61,18 @@ def test_ops_imports_customers_from_csv_bad_rows_are_rejected_with_their_row_num
     assert rejected.splitlines()[:2] == ["row,field,error", "3,user_id,is required"]
 
 
+def test_a_csv_row_with_more_cells_than_the_header_is_rejected_not_cut(ops, source,
+                                                                       django_capture_on_commit_callbacks):
+    csv_text = "user_id,email,plan\nu-ok,ok@example.com,pro\nu-extra,extra@example.com,pro,Berlin, Mitte\n"
+    start(ops, "import_customers", {"file": SimpleUploadedFile("people.csv", csv_text.encode()),
+                                    "source": source.pk}, django_capture_on_commit_callbacks)
+    job = Job.objects.get()
+    assert (job.result["imported"], job.result["rejected"]) == (1, 1)
+    [rejected] = job.result["rejected_rows"]
+    assert rejected["row"] == 3 and "5 cells, but the header names 3 columns" in rejected["error"]
+    assert not Customer.objects.filter(external_id="u-extra").exists()
+
+
 def test_importing_the_same_file_twice_stores_nothing_twice(ops, source, django_capture_on_commit_callbacks):
     data = b'[{"user_id": "u-j1", "plan": "pro"}, {"user_id": "u-j2"}, "not an object"]'
     start(ops, "import_customers", {"file": SimpleUploadedFile("p.json", data), "source": source.pk},

@@ -162,6 +162,18 @@ def test_replay_action_keeps_what_is_still_bad_and_names_why(api, people, client
     assert (entry.status, entry.field) == ("quarantined", "timestamp")
 
 
+def test_replaying_what_was_already_replayed_says_so(api, people, client):  # noqa: F811
+    api.post("batch", {"batch": [good("r-2", timestamp="yesterday")]})
+    entry = QuarantinedEvent.objects.get()
+    QuarantinedEvent.objects.filter(pk=entry.pk).update(status="discarded")
+    ops = login(client, people["ops"])
+
+    response = ops.post(reverse(CHANGELIST), {"action": "replay_selected", "_selected_action": [entry.pk],
+                                              "reason": "again"}, follow=True)
+
+    assert "1 event(s) left as they were: already replayed or discarded." in response.text
+
+
 def test_people_without_the_permission_can_neither_list_nor_replay(api, people, client):  # noqa: F811
     api.post("track", {"event": "No one"})
     entry = QuarantinedEvent.objects.get()
