@@ -8,6 +8,8 @@ from channels_app.models.channels import Channel
 from channels_app.models.consent import Topic
 from channels_app.models.templates import MessageTemplate
 
+SUBJECT_MAX = 998
+
 
 class Delivery(models.Model):
     """One message to one customer, and the outbox row that sends it.
@@ -35,7 +37,8 @@ class Delivery(models.Model):
     run_id = models.BigIntegerField(null=True, blank=True, db_index=True)
     step_key = models.CharField(max_length=64, blank=True)
     to = models.CharField(max_length=320, blank=True)
-    subject = models.CharField(max_length=255, blank=True)
+    # as rendered: a subject line may run to 998 characters (RFC 5322); a template's own is shorter
+    subject = models.CharField(max_length=SUBJECT_MAX, blank=True)
     body = models.TextField(blank=True)
     html_body = models.TextField(blank=True)
     content_hash = models.CharField(max_length=64, blank=True)

@@ -14,6 +14,7 @@ from django.utils.html import escape
 
 from channels_app.choices import ChannelKind, DeliveryStatus, Reason
 from channels_app.models import Channel, Delivery, MessageTemplate
+from channels_app.models.deliveries import SUBJECT_MAX
 from channels_app.services.consent import ConsentBook, consent_refusal, personalization_allowed
 from journeys.engine.batch import instance_new, objects_insert, reserve_ids
 from channels_app.services.links import link_url
@@ -190,7 +191,12 @@ def _render_into(delivery: Delivery, *, template: MessageTemplate, data: dict, c
     html = rendered.html_body
     if html and delivery.channel.kind == ChannelKind.EMAIL and (delivery.channel.settings or {}).get("track", True):
         html = _track_html(html, delivery, set(links.values()))
-    delivery.subject, delivery.body, delivery.html_body = rendered.subject[:255], rendered.body, html
+    # one line (a value with a line break, such as a name typed with Enter, would break the header),
+    # as long as a subject may be; a longer one is cut, and the notes say so
+    subject = " ".join(part.strip() for part in rendered.subject.splitlines())
+    if len(subject) > SUBJECT_MAX:
+        notes = {**(notes or {}), "subject_cut": len(subject)}
+    delivery.subject, delivery.body, delivery.html_body = subject[:SUBJECT_MAX], rendered.body, html
     delivery.locale, delivery.content_hash = rendered.locale, rendered.content_hash
     delivery.notes = {**(notes or {}),
                       **{k: v for k, v in (("missing", rendered.missing), ("render_errors", rendered.errors)) if v}}

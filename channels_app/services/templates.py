@@ -250,11 +250,16 @@ def text_render(*, text: str, data: dict, autoescape: bool = False) -> str:
 
 
 def template_check(*, text: str) -> str | None:
-    """The syntax error of a template text, or None (shown at save time in the admin)."""
+    """The syntax error of a template text, or None (shown at save time in the admin). An opening
+    {{ or {% without its closing is one too: Django would send it as literal text."""
     try:
-        _ENGINE.from_string(text)
+        compiled = _ENGINE.from_string(text)
     except TemplateSyntaxError as exc:
         return str(exc)
+    for node in compiled.nodelist.get_nodes_by_type(TextNode):
+        for opening, closing in (("{{", "}}"), ("{%", "%}")):
+            if (at := node.s.find(opening)) >= 0:
+                return f"{opening} without a closing {closing} near {node.s[at:at + 40]!r}"
     return None
 
 

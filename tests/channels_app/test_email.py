@@ -170,6 +170,19 @@ def test_recipients_refused_for_now_are_retried_later_without_opening_the_breake
     assert ok.status == "sent" and [m["To"] for m in smtp.messages] == ["fine@example.com"]
 
 
+def test_a_line_break_in_a_value_does_not_lose_the_message_and_a_long_subject_arrives_whole(smtp, on_commit):
+    channel = ChannelFactory(name="email", kind="email", provider="smtp", settings={"from_email": "news@shop.test"})
+    template = TemplateFactory(topic=topic("transactional"), subject="Hi {{ profile.first_name }}: {{ journey.s }} END",
+                               body="Body")
+    typed = CustomerFactory(external_id="crlf", email="crlf@example.com", traits={"first_name": "Ada\r\nBcc: x@evil.test"})
+
+    send(on_commit, channel, template, typed, journey={"s": "ä" * 300})
+
+    [mail] = smtp.messages
+    assert mail["Subject"] == "Hi Ada Bcc: x@evil.test: " + "ä" * 300 + " END"
+    assert mail["Bcc"] is None and Delivery.objects.get().status == "sent"
+
+
 def test_a_session_the_server_closed_while_idle_is_opened_again_before_the_next_message(smtp):
     """SMTP servers hang up idle sessions; the next message of a dispatcher run goes over a fresh
     session instead of failing (a lost session counts as 'may have arrived': it could not be

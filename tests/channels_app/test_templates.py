@@ -56,6 +56,15 @@ def test_tags_that_reach_outside_the_context_are_syntax_errors(text):
     assert template_check(text=text) is not None
 
 
+@pytest.mark.parametrize(("text", "said"), [
+    ("Hi {{ profile.first_name", "{{ without a closing }}"),
+    ("{% if profile.vip %}VIP{% endif %} and {% if x", "{% without a closing %}"),
+    ("{% if profile.vip %}Dear {{ profile.first_name{% endif %}", "{{ without a closing }}"),
+])
+def test_an_opening_without_its_closing_is_an_error_not_literal_text(text, said):
+    assert said in (template_check(text=text) or "")
+
+
 def test_a_template_reads_only_the_plain_data_it_is_given():
     customer = CustomerFactory(external_id="victim")
     template = TemplateFactory(
