@@ -33,6 +33,10 @@ CONNECTION_ERRORS = (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, s
 # way until someone fixes the settings, so they count toward the breaker (it opens, messages wait)
 # instead of failing a whole campaign one message at a time.
 SMTP_AUTH_CODES = frozenset({454, 530, 534, 535, 538})
+# Answers to RCPT about the recipient's mailbox (450 unavailable, greylisted; 451 local error, greylisted;
+# 452 mailbox full): that message waits. Others (421 closing, 454 and the credentials' codes) are about
+# the server or the channel and count toward its breaker.
+RECIPIENT_CODES = frozenset({450, 451, 452})
 # A recipient refused for now is tried again no sooner than this: greylisting lets a sender through
 # after some minutes, so the channel's usual backoff (seconds) would spend every attempt in vain.
 RECIPIENT_RETRY_S = 600
@@ -46,10 +50,11 @@ def smtp_error(exc: Exception) -> ProviderError:
                               "credentials (check its username and password_env)", status_code=exc.smtp_code)
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         codes = [code for code, _ in exc.recipients.values()]
-        if codes and all(400 <= c < 500 for c in codes):  # greylisting, a full mailbox: this recipient, later
+        if codes and all(c in RECIPIENT_CODES for c in codes):  # greylisting, a full mailbox: this recipient, later
             return TransientError(f"recipient refused for now: {exc.recipients}", status_code=codes[0],
                                   retry_after=RECIPIENT_RETRY_S, recipient_only=True)
-        return PermanentError(f"recipient refused: {exc.recipients}", status_code=codes[0] if codes else None)
+        error = TransientError if codes and all(400 <= c < 500 for c in codes) else PermanentError
+        return error(f"recipient refused: {exc.recipients}", status_code=codes[0] if codes else None)
     if isinstance(exc, smtplib.SMTPResponseException):
         error = TransientError if 400 <= exc.smtp_code < 500 else PermanentError
         return error(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}", status_code=exc.smtp_code)

@@ -10,7 +10,7 @@ from datetime import datetime
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
-from django.utils.html import escape
+from django.utils.html import escape, strip_tags
 
 from channels_app.choices import ChannelKind, DeliveryStatus, Reason
 from channels_app.models import Channel, Delivery, MessageTemplate
@@ -181,7 +181,7 @@ def _render_into(delivery: Delivery, *, template: MessageTemplate, data: dict, c
         delivery.status, delivery.reason = DeliveryStatus.FAILED, Reason.TEMPLATE_ERROR
         delivery.error = f"{type(exc).__name__}: {exc}"[:4000]
         return
-    if not (rendered.subject.strip() or rendered.body.strip() or rendered.html_body.strip()):
+    if not (rendered.subject.strip() or rendered.body.strip() or strip_tags(rendered.html_body).strip()):
         # every part came from data that is not there: nothing worth sending (a blank email)
         delivery.status, delivery.reason = DeliveryStatus.FAILED, Reason.TEMPLATE_ERROR
         delivery.error = ("the message rendered empty" + (f": no value for {', '.join(rendered.missing)}"

@@ -111,17 +111,22 @@ class IdCursorPagination(CursorPagination):
         raw = request.query_params.get(self.page_size_query_param)
         if raw is None:
             return self.page_size
-        if not raw.isdigit() or int(raw) < 1:
+        if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
             raise exceptions.ValidationError(
                 {self.page_size_query_param: f"must be a whole number from 1 to {self.max_page_size}"})
         return min(int(raw), self.max_page_size)
 
     def decode_cursor(self, request):
+        refused = exceptions.ValidationError(
+            {self.cursor_query_param: "is not a cursor this API handed out (use the `next` link as it is)"})
         try:
-            return super().decode_cursor(request)
+            cursor = super().decode_cursor(request)
         except exceptions.NotFound:
-            raise exceptions.ValidationError(
-                {self.cursor_query_param: "is not a cursor this API handed out (use the `next` link as it is)"}) from None
+            raise refused from None
+        position = cursor.position if cursor is not None else None
+        if position is not None and not (position.isascii() and position.isdigit() and int(position) <= MAX_ID):
+            raise refused  # the position is an id: anything else would reach the query
+        return cursor
 
 
 class BodyTooLarge(exceptions.APIException):

@@ -141,6 +141,15 @@ def test_a_message_whose_data_is_all_missing_is_refused_naming_it_and_nothing_is
                 data={"subject": "Hi", "text": "There"}).status_code == 202
 
 
+def test_a_message_empty_but_for_its_html_wrapper_is_refused_too(api, smtp, on_commit):
+    Channel.objects.create(name="email", kind="email", provider="smtp", settings={"from": "shop@example.com"})
+    MessageTemplate.objects.create(name="wrapped", channel_kind="email", subject="{{ journey.subject }}",
+                                   body="{{ journey.text }}", html_body="<html><body><p>{{ journey.text }}</p></body></html>")
+    CustomerFactory(external_id="ada", email="ada@example.com")
+    response = send(api, on_commit, template="wrapped", user_id="ada")
+    assert (response.status_code, response.body["field"]) == (422, "data.subject"), response.body
+
+
 def test_a_partly_filled_message_goes_out_and_says_what_was_missing(api, receipt, smtp, on_commit):
     CustomerFactory(external_id="ada", email="ada@example.com", traits={"first_name": "Ada"})
     response = send(api, on_commit, user_id="ada", data={"total": "9.90"})

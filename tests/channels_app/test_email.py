@@ -170,6 +170,17 @@ def test_recipients_refused_for_now_are_retried_later_without_opening_the_breake
     assert ok.status == "sent" and [m["To"] for m in smtp.messages] == ["fine@example.com"]
 
 
+def test_a_server_refusing_every_recipient_for_itself_counts_toward_the_breaker(email_setup, smtp, on_commit):
+    from channels_app.models import ChannelBreaker
+
+    channel, template, customer = email_setup
+    smtp.refuse[customer.email] = "421 4.3.2 service shutting down"
+    delivery = send(on_commit, channel, template, customer)
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.reason) == ("deferred", "retry")
+    assert ChannelBreaker.objects.get(channel=channel).consecutive_failures == 1
+
+
 def test_a_line_break_in_a_value_does_not_lose_the_message_and_a_long_subject_arrives_whole(smtp, on_commit):
     channel = ChannelFactory(name="email", kind="email", provider="smtp", settings={"from_email": "news@shop.test"})
     template = TemplateFactory(topic=topic("transactional"), subject="Hi {{ profile.first_name }}: {{ journey.s }} END",
