@@ -40,7 +40,7 @@ def user_roles(*, user: Any) -> list[str]:
 def user_roles_set(*, user: Any, roles: Iterable[str], actor: Any = None, reason: str = "") -> RolesChange:
     """Make `user` hold exactly `roles` (names from ROLES), recording each grant and revocation
     with who and why. A role worked in the admin also lets the person log into it (is_staff); taking
-    every role away takes the admin login away too (a superuser keeps theirs).
+    away the last such role takes the admin login away too (a superuser keeps theirs).
 
     Refused: an actor without journeys.manage_roles; a non-superuser changing a superuser's
     roles; an unknown role name."""
@@ -65,16 +65,15 @@ def user_roles_set(*, user: Any, roles: Iterable[str], actor: Any = None, reason
     if not user.is_staff and any(role in ADMIN_ROLES for role in wanted):
         user.is_staff = change.staff_granted = True
         user.save(update_fields=["is_staff"])
-    elif user.is_staff and not wanted and not user.is_superuser:  # no role left: no admin login either
-        user.is_staff = False
+    elif user.is_staff and not user.is_superuser and not any(role in ADMIN_ROLES for role in wanted):
+        user.is_staff = False  # no role worked in the admin left (agents work in their console): no admin login
         change.staff_revoked = True
         user.save(update_fields=["is_staff"])
     for role in change.granted:
         audit_record(action="role_granted", actor=actor, reason=reason,
                      data={"user": user.get_username(), "role": role, "admin_login": change.staff_granted})
     for role in change.revoked:
-        data = {"user": user.get_username(), "role": role}
-        if change.staff_revoked:
-            data["admin_login_revoked"] = True
-        audit_record(action="role_revoked", actor=actor, reason=reason, data=data)
+        audit_record(action="role_revoked", actor=actor, reason=reason, data={"user": user.get_username(), "role": role})
+    if change.staff_revoked:
+        audit_record(action="admin_login_revoked", actor=actor, reason=reason, data={"user": user.get_username()})
     return change
