@@ -26,8 +26,13 @@ from journeys.services.outbound import outbound_secret_read
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 
 
-def _bad(request: HttpRequest, error: BadLink) -> HttpResponse:
-    return render(request, "channels_app/link_invalid.html", {"error": str(error)}, status=400)
+def _bad(request: HttpRequest, error: BadLink, status: int = 400) -> HttpResponse:
+    return render(request, "channels_app/link_invalid.html", {"error": str(error)}, status=status)
+
+
+def _erased(request: HttpRequest) -> HttpResponse:
+    """A link of someone erased since: nothing is stored about them any more, nor will be."""
+    return _bad(request, BadLink("this link no longer works: the profile it was made for was erased"), status=410)
 
 
 @csrf_exempt  # RFC 8058: mail clients POST "List-Unsubscribe=One-Click" without a CSRF token
@@ -39,6 +44,8 @@ def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
     except BadLink as exc:
         return _bad(request, exc)
     customer = get_object_or_404(Customer, pk=data.get("c"))
+    if customer.erased_at is not None:
+        return _erased(request)
     if request.method == "POST":
         one_click = request.POST.get("List-Unsubscribe") == "One-Click"
         unsubscribe_apply(customer=customer, channel_kind=data.get("k") or "", topic_slug=data.get("t"),
@@ -57,6 +64,8 @@ def preferences(request: HttpRequest, token: str) -> HttpResponse:
     except BadLink as exc:
         return _bad(request, exc)
     customer = get_object_or_404(Customer, pk=data.get("c"))
+    if customer.erased_at is not None:
+        return _erased(request)
     saved = False
     if request.method == "POST":
         checked = {key for key in request.POST if key.startswith("t:")}

@@ -112,6 +112,9 @@ def customer_export(*, customer: Customer) -> dict:
 def customer_erase(*, customer: Customer, actor: str, reason: str = "") -> ErasureRecord:
     """Erase a customer per the policy in this module's docstring (right to erasure)."""
     ids = _profile_ids(customer)
+    # the profiles' rows first: an export finishing meanwhile stores its copy before this (and it is
+    # dropped below) or after it, seeing them erased (journeys.services.jobs.run_job)
+    list(Customer.objects.select_for_update().filter(pk__in=ids).values_list("pk", flat=True))
     counts: dict[str, int] = {}
     for exporter_counts in (eraser(customer) for eraser in ERASERS):
         for key, value in (exporter_counts or {}).items():

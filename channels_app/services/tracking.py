@@ -78,6 +78,8 @@ def delivery_status_record(*, delivery_id: int, status: str, detail: str = "", a
         elif delivery.sent_at is None:  # failed: a contact only if the vendor had taken it (the mark)
             delivery.sent_at = delivery.accepted_at
     delivery.save()
+    if delivery.customer.erased_at is not None:
+        return delivery  # the row's statistics move; the erased person gets no new event
     event_record_internal(customer=delivery.customer, name=EVENT_NAMES[ours], at=at,
                           message_id=f"status:{delivery.pk}:{ours}",
                           properties={**_event_properties(delivery), "status": ours, "detail": detail[:500]})
@@ -98,6 +100,8 @@ def delivery_open_record(*, delivery_id: int, at: datetime | None = None) -> Del
     _advance(delivery, DeliveryStatus.OPENED)
     _went_out(delivery, at)
     delivery.save()
+    if delivery.customer.erased_at is not None:
+        return delivery
     _engaged(delivery, at)
     event_record_internal(customer=delivery.customer, name="Email Opened", message_id=f"open:{delivery.pk}",
                           properties=_event_properties(delivery), at=at)
@@ -119,6 +123,8 @@ def delivery_click_record(*, delivery_id: int, url: str, at: datetime | None = N
     _advance(delivery, DeliveryStatus.CLICKED)
     _went_out(delivery, at)
     delivery.save()
+    if delivery.customer.erased_at is not None:
+        return delivery
     _engaged(delivery, at)
     digest = hashlib.sha256(url.encode()).hexdigest()[:16]
     event_record_internal(customer=delivery.customer, name="Link Clicked", message_id=f"click:{delivery.pk}:{digest}",

@@ -141,6 +141,11 @@ def enroll_candidates(*, version: CompiledVersion, candidates: list[Candidate], 
         candidates = admitted
     if not candidates:
         return result
+    erased = set(Customer.objects.filter(pk__in=[c.customer_id for c in candidates], erased_at__isnull=False)
+                 .values_list("pk", flat=True))
+    if erased:  # a tombstone takes no new data, whichever trigger found it
+        result.skipped += len(erased)
+        candidates = [c for c in candidates if c.customer_id not in erased]
     customers = _customers_needed(version, candidates)
     history = entry_history(wanted=[(version, c.customer_id, c.trigger_key) for c in candidates], now=now)
     lease = now + WAKE_LEASE

@@ -74,8 +74,11 @@ def run_enroll(
 ) -> JourneyRun | None:
     """Start a run if entry rules, re-entry policy and concurrency allow; then execute it.
 
-    Idempotent: the same (workflow, customer, trigger_key) never makes two runs.
+    Idempotent: the same (workflow, customer, trigger_key) never makes two runs. An erased
+    profile (a tombstone) is never enrolled.
     """
+    if customer.erased_at is not None:
+        return None
     if rule_ctx is None:
         from journeys.engine.runtime import context_dict, event_dict
 

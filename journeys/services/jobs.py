@@ -110,11 +110,14 @@ def jobs_purge_exports(*, now: datetime | None = None) -> int:
     return _drop_exports(Job.objects.filter(finished_at__lt=cutoff), mark="expired")
 
 
+ERASED_EXPORT_KEYS = ("export", "external_id")  # what an export of an erased customer no longer holds
+
+
 def jobs_erase_exports(*, customer_ids: list[int]) -> int:
     """Drop the exports of these customers whatever their age (the customer is being erased):
     the copy and the user id it was filed under go; the job and its section counts stay."""
     return _drop_exports(Job.objects.filter(params__customer_id__in=list(customer_ids)), mark="erased",
-                         drop=("export", "external_id"))
+                         drop=ERASED_EXPORT_KEYS)
 
 
 def _drop_exports(jobs, *, mark: str, drop: tuple[str, ...] = ("export",)) -> int:
@@ -154,9 +157,20 @@ def run_job(job_id: int) -> str:
         Job.objects.filter(pk=job.pk).update(status=JobStatus.FAILED, error=str(exc)[:5000] or type(exc).__name__,
                                              finished_at=timezone.now())
         return JobStatus.FAILED
-    Job.objects.filter(pk=job.pk).update(status=JobStatus.SUCCEEDED, result=result, finished_at=timezone.now(),
-                                         message="finished")
+    with transaction.atomic():
+        if job.kind == JobKind.EXPORT and _erased_meanwhile(job.params.get("customer_id")):
+            result = {**{k: v for k, v in result.items() if k not in ERASED_EXPORT_KEYS}, "erased": True}
+        Job.objects.filter(pk=job.pk).update(status=JobStatus.SUCCEEDED, result=result, finished_at=timezone.now(),
+                                             message="finished")
     return JobStatus.SUCCEEDED
+
+
+def _erased_meanwhile(customer_id: Any) -> bool:
+    """Whether the exported customer was erased while the export ran. The row lock orders this
+    against the erasure (which locks its profiles first): either the erasure comes first and the
+    copy is not kept, or the copy is stored first and the erasure drops it (jobs_erase_exports)."""
+    erased = Customer.objects.select_for_update().filter(pk=customer_id).values_list("erased_at", flat=True)
+    return next(iter(erased), None) is not None
 
 
 # --------------------------------------------------------------------------- imports

@@ -186,7 +186,7 @@ def segment_customer_ids(
         return []
     if not rule.strip():
         return list(
-            Customer.objects.filter(merged_into__isnull=True, pk__gt=after_id)
+            Customer.objects.filter(merged_into__isnull=True, erased_at__isnull=True, pk__gt=after_id)
             .order_by("pk")
             .values_list("pk", flat=True)[:limit]
         )
@@ -235,7 +235,8 @@ def _sql_page(translation: Translation, *, now: datetime, after_id: int, limit: 
     state = f"({translation.state})"
     sql = (
         f"SELECT c.id, {state} FROM {Customer._meta.db_table} AS c {' '.join(translation.joins)}"
-        f" WHERE c.merged_into_id IS NULL AND c.id > %(after)s AND {translation.prefilter or 'TRUE'}"
+        f" WHERE c.merged_into_id IS NULL AND c.erased_at IS NULL AND c.id > %(after)s"
+        f" AND {translation.prefilter or 'TRUE'}"
         f" AND ({state} & 2) <> 0"
         f" ORDER BY c.id LIMIT %(limit)s"
     )
@@ -266,7 +267,7 @@ def _sql_page(translation: Translation, *, now: datetime, after_id: int, limit: 
 def _python_page(*, rule: str, now: datetime, after_id: int, limit: int) -> list[int]:
     selected: list[int] = []
     last = after_id
-    base = Customer.objects.filter(merged_into__isnull=True).only(*PROFILE_FIELDS)
+    base = Customer.objects.filter(merged_into__isnull=True, erased_at__isnull=True).only(*PROFILE_FIELDS)
     while len(selected) < limit:
         page = list(base.filter(pk__gt=last).order_by("pk")[:PAGE])
         if not page:

@@ -122,3 +122,43 @@ def test_admin_export_and_erase_actions(history, admin_client):
     assert done.status_code == 302
     assert Customer.objects.get(pk=history.pk).email == ""
     assert ErasureRecord.objects.get().actor == "admin:admin"
+
+
+def test_an_erased_persons_old_links_reports_and_broadcasts_write_nothing_about_them(history, client):
+    from channels_app.services.links import link_url
+    from channels_app.services.tracking import delivery_open_record, delivery_status_record
+    from journeys.services.segments import segment_customer_ids
+
+    delivery = Delivery.objects.get(customer=history)
+    call_command("erase_customer", "dana", "--yes", "--reason", "GDPR")
+    history.refresh_from_db()
+    events = Event.objects.count()
+
+    # an old email is opened, the vendor reports it delivered, its unsubscribe and preference links are followed
+    delivery_open_record(delivery_id=delivery.pk)
+    delivery_status_record(delivery_id=delivery.pk, status="delivered")
+    for purpose, data in (("unsubscribe", {"c": history.pk, "k": "email"}), ("preferences", {"c": history.pk})):
+        path = "/" + link_url(purpose=purpose, data=data).split("/", 3)[3]
+        assert client.get(path).status_code == 410
+        assert client.post(path, {"List-Unsubscribe": "One-Click"}).status_code == 410
+
+    history.refresh_from_db()
+    assert Event.objects.count() == events and history.last_engaged_at is None
+    assert not Consent.objects.filter(customer=history).exists()
+    # and a broadcast to everyone leaves the tombstone out
+    assert history.pk not in segment_customer_ids(rule="", now=history.created_at, limit=100)
+    assert history.pk not in segment_customer_ids(rule="profile.plan != 'pro'", now=history.created_at, limit=100)
+
+
+def test_an_export_that_finishes_after_the_erasure_keeps_no_copy(history):
+    from journeys.models import Job
+    from journeys.services.jobs import run_job
+
+    job = Job.objects.create(kind="export", params={"customer_id": history.pk})
+    call_command("erase_customer", "dana", "--yes", "--reason", "GDPR")  # while the export was queued or running
+
+    run_job(job.pk)
+
+    job.refresh_from_db()
+    assert job.status == "succeeded" and job.result["erased"] is True
+    assert "export" not in job.result and "dana" not in json.dumps(job.result)

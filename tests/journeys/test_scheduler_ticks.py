@@ -104,6 +104,19 @@ def test_missed_cron_moments_are_caught_up_once_for_the_latest():
 
 
 @pytest.mark.django_db
+def test_a_tick_never_enrols_an_erased_profile():
+    version = publish(cron("* * * * *"))
+    alive, gone = people(2)
+    Customer.objects.filter(pk=gone.pk).update(erased_at=djtz.now())
+
+    result = enroll_candidates(version=load_version(version.pk), now=djtz.now(),
+                               candidates=[Candidate(c.pk, "schedule:x") for c in (alive, gone)])
+
+    assert (result.enrolled, result.skipped) == (1, 1)
+    assert list(JourneyRun.objects.values_list("customer_id", flat=True)) == [alive.pk]
+
+
+@pytest.mark.django_db
 def test_a_broadcast_cut_short_resumes_after_its_last_committed_page(monkeypatch):
     version = publish(cron("0 9 * * *", "profile.plan == 'pro'"))
     pros = people(7, plan="pro")
