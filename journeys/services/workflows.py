@@ -30,7 +30,7 @@ from journeys.errors import PermissionDenied
 from journeys.models import AuditEntry, BusinessUnit, ChangeRequest, ChangeRequestStatus, Edge, Step, Workflow, WorkflowVersion
 from journeys.rules import RuleSyntaxError, compile_rule
 from journeys.selectors import EDIT, PROPOSE, PUBLISH, REVIEW, business_units_for_user, user_can
-from journeys.services.definitions import definition_read, version_definition, workflow_meta_read
+from journeys.services.definitions import MAX_COORDINATE, definition_read, version_definition, workflow_meta_read
 from journeys.services.governance import (
     audit_record,
     history_stamp,
@@ -204,17 +204,24 @@ def workflow_create(*, name: str, business_unit: BusinessUnit, description: str 
 
 
 @transaction.atomic
-def version_build(*, workflow: Workflow, definition: dict, actor=None) -> WorkflowVersion:
+def version_build(*, workflow: Workflow, definition: dict, actor=None, lenient: bool = False) -> WorkflowVersion:
     """Create a draft version from a definition dict (the export format's `version`).
 
     The whole definition is validated first; a bad value raises ValidationError naming its path
-    in the document (`steps[0].config.rule`, `edges[1].to`) and nothing is stored.
+    in the document (`steps[0].config.rule`, `edges[1].to`) and nothing is stored. `lenient`
+    (a copy of a stored version): a trigger or step setting that today's checks refuse is copied
+    as it is, for the draft's validation report to name, instead of refusing the copy.
     """
     require(actor, EDIT, workflow)
     reason = definition.get("reason") if isinstance(definition, dict) else None
     definition = definition_read(definition)
     kind = definition["trigger_kind"] or TriggerKind.EVENT
-    config = trigger_clean(kind=kind, event=definition["trigger_event"], config=definition["trigger_config"])
+    try:
+        config = trigger_clean(kind=kind, event=definition["trigger_event"], config=definition["trigger_config"])
+    except ValidationError:
+        if not lenient:
+            raise
+        config = definition["trigger_config"]
     policy = definition["reentry_policy"] or ReentryPolicy.ONCE
     if policy not in ReentryPolicy.values:
         raise ValidationError({"reentry_policy": f"must be one of {', '.join(ReentryPolicy.values)}"})
@@ -239,6 +246,8 @@ def version_build(*, workflow: Workflow, definition: dict, actor=None) -> Workfl
         try:
             raw["config"] = step_kind.clean(dict(raw["config"]))
         except ValidationError as exc:
+            if lenient:
+                continue
             raise ValidationError({f"steps[{i}].config" + ("" if name == "__all__" else f".{name}"): messages
                                    for name, messages in exc.message_dict.items()}) from None
     entry_step = definition["entry_step"] or definition["steps"][0]["key"]
@@ -334,7 +343,11 @@ def version_new_draft(*, version: WorkflowVersion, actor=None, reason: str = "")
     """Editing a frozen version means copying it into a new draft."""
     require(actor, EDIT, version.workflow)
     definition = version_definition(version=version)
-    return version_build(workflow=version.workflow, actor=actor,
+    for step in definition.get("steps", []):  # a position stored before the canvas bounded them
+        for axis in ("x", "y"):
+            if isinstance(step.get(axis), int):
+                step[axis] = max(-MAX_COORDINATE, min(MAX_COORDINATE, step[axis]))
+    return version_build(workflow=version.workflow, actor=actor, lenient=True,
                          definition={**definition, "reason": reason or f"copied from v{version.number}"})
 
 

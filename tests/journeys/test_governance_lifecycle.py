@@ -222,6 +222,21 @@ def test_a_second_rollback_goes_further_back_never_to_the_version_just_rolled_ba
     assert workflow_rollback(workflow=live_workflow, actor=people["approver"], reason="v4 is bad") == v1
 
 
+def test_a_live_version_that_todays_checks_would_refuse_can_still_be_copied_and_is_reported(people, live_workflow):
+    from journeys.services.workflows import version_new_draft, version_validate
+
+    v1 = live_workflow.live_version
+    # stored before the checks were stricter: a zero inactivity window, a step far off the canvas
+    WorkflowVersion.objects.filter(pk=v1.pk).update(
+        trigger_kind="inactivity", trigger_config={"followed_by": "Order Completed", "within": "0s"})
+    Step.objects.filter(version=v1).update(x=150_000)
+
+    draft = version_new_draft(version=WorkflowVersion.objects.get(pk=v1.pk), actor=people["editor"], reason="fix it")
+
+    assert draft.trigger_config["within"] == "0s" and max(s.x for s in draft.steps.all()) == 100_000
+    assert any("within" in error for error in version_validate(version=draft).errors)
+
+
 def test_rollback_during_a_canary_stops_the_canary(people, live_workflow, send):
     v1 = live_workflow.live_version
     v2 = approved_draft(live_workflow, people)
