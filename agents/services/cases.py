@@ -391,3 +391,20 @@ def cases_merge_customers(merged: Customer, target: Customer) -> None:
     """MERGE_HOOKS entry: an absorbed profile's cases belong to the surviving customer."""
     Case.objects.filter(customer=merged).update(customer=target)
 
+
+
+ERASED_SUBJECT = "(erased)"
+
+
+def cases_erase_customer(customer: Customer) -> dict:
+    """ERASERS entry: the customer's cases stay for the support statistics (status, times, team,
+    resolution), but what the customer wrote and what was written to them goes: the subject and
+    text (also in the case's history), every entry's body and data (replies, notes, transcripts)."""
+    cases = Case.objects.filter(customer=customer)
+    ids = list(cases.values_list("pk", flat=True))
+    if not ids:
+        return {"cases_cleared": 0}
+    cases.update(subject=ERASED_SUBJECT, text="", escalation_reasons=[])
+    Case.history.filter(id__in=ids).update(subject=ERASED_SUBJECT, text="", escalation_reasons=[])
+    CaseEntry.objects.filter(case_id__in=ids).update(body="", data={})
+    return {"cases_cleared": len(ids)}

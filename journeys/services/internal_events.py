@@ -55,12 +55,16 @@ def event_record_internal(
     at: datetime | None = None,
     message_id: str | None = None,
     context: dict | None = None,
-) -> Event:
+) -> Event | None:
     """Store an internal event in the outbox so journeys can react to it like any other.
 
-    `message_id` makes it idempotent (e.g. one `Email Opened` per delivery).
+    `message_id` makes it idempotent (e.g. one `Email Opened` per delivery). None for an erased
+    profile: a tombstone takes no new data (an agent resolving its old case, a late report).
     """
     from journeys.engine.queue import enqueue_events
+
+    if customer.erased_at is not None:
+        return None
 
     from journeys.services.bulk_ingest import events_insert
 

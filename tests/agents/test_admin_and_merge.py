@@ -88,3 +88,27 @@ def test_the_admin_refuses_working_hours_that_do_not_parse(admin_client):
             "skills-TOTAL_FORMS": 0, "skills-INITIAL_FORMS": 0, "skills-MIN_NUM_FORMS": 0, "skills-MAX_NUM_FORMS": 1000}
     response = admin_client.post(reverse("admin:agents_agent_change", args=[agent.pk]), data)
     assert response.status_code == 200 and "per weekday (mon..sun)" in response.content.decode()
+
+
+def test_erasing_a_customer_clears_what_their_cases_say_and_resolving_one_records_nothing(
+        django_capture_on_commit_callbacks):
+    from agents.models import CaseEntry
+    from agents.services.cases import case_note_add, case_resolve
+    from channels_app.services.privacy import customer_erase
+    from journeys.models import Event
+    from tests.factories import UserFactory
+
+    customer = CustomerFactory(external_id="parcel-person")
+    case = open_case(customer=customer, text="where is my parcel, I live at 1 Main St")
+    admin = UserFactory(is_superuser=True, is_staff=True)
+    case_note_add(case=case, actor=admin, body="she lives at 1 Main St")
+
+    customer_erase(customer=customer, actor="test", reason="GDPR")
+
+    case.refresh_from_db()
+    assert (case.subject, case.text) == ("(erased)", "")
+    assert not CaseEntry.objects.filter(case=case).exclude(body="").exists()
+    assert not any("Main St" in (h.text + h.subject) for h in case.history.all())
+    events = Event.objects.count()
+    case_resolve(case=case, actor=admin, code="answered")
+    assert Event.objects.count() == events  # the tombstone gets no "Case Resolved"
