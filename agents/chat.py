@@ -65,6 +65,13 @@ def _message(body: dict) -> tuple[str, str, str, str]:
     return str(body.get("chat_id") or ""), str(body.get("text") or ""), str(body.get("message_id") or ""), ""
 
 
+def _message_key(channel: Channel, chat_id: str, message_id: str) -> str:
+    """A message id is the platform's within one chat (a per-chat counter, Slack's ts): two chats'
+    message 1 are two messages. Qualified by channel and chat, hashed when that is too long."""
+    key = f"{channel.pk}:{chat_id}:{message_id}"
+    return key if len(key) <= 200 else f"{channel.pk}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
 @csrf_exempt
 @require_POST
 def chat_inbound(request: HttpRequest, token: str) -> HttpResponse:
@@ -101,7 +108,8 @@ def chat_inbound(request: HttpRequest, token: str) -> HttpResponse:
     bot = TriageBot.objects.filter(channel=channel, active=True).order_by("pk").first()
     if bot is None:
         return JsonResponse({"ok": False, "error": "no active triage bot on this channel"})
-    result = chat_message_receive(customer=customer, text=text, bot=bot, external_id=message_id or None)
+    result = chat_message_receive(customer=customer, text=text, bot=bot,
+                                  external_id=_message_key(channel, chat_id, message_id) if message_id else None)
     return JsonResponse({"ok": True, "conversation": result.conversation.pk, "action": result.action,
                          "reply": result.reply.text if result.reply else None,
                          "case": result.case.pk if result.case else None})

@@ -290,6 +290,18 @@ def test_signed_webhook_message_is_answered_once(client, chat, bot, ada, slack, 
     assert len(posted(slack)) == 1
 
 
+def test_two_chats_message_numbers_do_not_clash(client, chat, bot, ada, slack, django_capture_on_commit_callbacks):
+    CustomerFactory(external_id="bea", traits={"chat_id": "D-BEA"})
+    plain = {"chat_id": "D-ADA", "text": "What are your opening hours?", "message_id": "1"}
+    with django_capture_on_commit_callbacks(execute=True):
+        first = slack_post(client, chat, plain)
+        second = slack_post(client, chat, {**plain, "chat_id": "D-BEA", "text": "my card was charged twice"})
+
+    assert first.json()["action"] != "duplicate" and second.json()["action"] != "duplicate", second.json()
+    assert first.json()["conversation"] != second.json()["conversation"]
+    assert ConversationMessage.objects.filter(sender="customer").count() == 2
+
+
 def test_webhook_refuses_bad_signatures_and_tokens(client, chat, bot, ada):
     assert slack_post(client, chat, event("hi"), secret="wrong").status_code == 403
     assert slack_post(client, chat, event("hi"), stamp=int(time.time()) - 3600).status_code == 403
