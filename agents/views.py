@@ -26,18 +26,29 @@ def _case(request, pk: int):
     return get_object_or_404(selectors.cases_for_user(user=request.user), pk=pk)
 
 
-def _act(request, case, action, ok: str):
-    """Run a service for a case the user can see; errors become messages, forbidden becomes 403."""
+def _act(request, case, action, ok):
+    """Run a service for a case the user can see; errors become messages, forbidden becomes 403.
+    `ok` is the success message, or a function of the service's result giving (level, message)."""
     try:
-        action(case)
+        result = action(case)
     except CaseForbidden as exc:
         raise PermissionDenied(exc.message) from None
     except CaseError as exc:
         messages.error(request, exc.message)
     else:
-        if ok:
-            messages.success(request, ok)
+        level, text = ok(result) if callable(ok) else (messages.SUCCESS, ok)
+        if text:
+            messages.add_message(request, level, text)
     return redirect("agents:case", pk=case.pk)
+
+
+def _reply_outcome(entry) -> tuple[int, str]:
+    """What became of a reply: it may be kept on the case but not leave (no address, an opt-out)."""
+    delivery = entry.delivery
+    if delivery is not None and delivery.status in ("suppressed", "failed"):
+        why = delivery.get_reason_display() if delivery.reason else (delivery.error or delivery.status)
+        return messages.ERROR, f"The reply is on the case but was not sent: {why}."
+    return messages.SUCCESS, "Reply sent."
 
 
 @login_required
@@ -102,7 +113,7 @@ def case_reply(request, pk: int):
         return _refused(request, form, pk)
     data = form.cleaned_data
     return _act(request, case, lambda case: case_services.case_reply_send(
-        case=case, actor=request.user, body=data["body"], idempotency_key=data["nonce"]), "Reply sent.")
+        case=case, actor=request.user, body=data["body"], idempotency_key=data["nonce"]), _reply_outcome)
 
 
 @login_required

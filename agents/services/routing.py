@@ -378,9 +378,12 @@ def cases_sla_check(*, now: datetime | None = None, limit: int = 500) -> dict:
             stats["raised"] += 1
             if previous is None:
                 fallback = Team.objects.filter(is_fallback=True).first()
+                serving = case.team
                 _queue_locked(case=case, team=fallback or case.team,
                               reason="SLA breached: widened to the fallback queue" if fallback
                               else "SLA breached: no fallback queue to widen to")
+                if serving is not None and fallback is not None and serving.pk != fallback.pk:
+                    permissions.case_grant_queue(case=case, group=serving.group)  # widened: its team keeps it
             else:
                 case._change_reason = "SLA breached: priority raised"
                 case.save()

@@ -171,6 +171,7 @@ def test_a_reply_that_cannot_reach_the_customer_is_recorded_and_keeps_the_sla_ru
     case = Case.objects.get(pk=world["alices"].pk)
     assert case.first_response_at is None and case.sla_due_at is not None and case.status == "assigned"
     assert "suppressed" in page.split('id="timeline"')[1]
+    assert "The reply is on the case but was not sent" in page and "Reply sent." not in page
 
 
 def test_a_customer_who_asked_not_to_be_contacted_gets_no_reply(client, world):

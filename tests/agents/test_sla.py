@@ -69,6 +69,9 @@ def test_a_queued_case_widens_to_the_fallback_queue_and_goes_up(team, django_cap
 
     case.refresh_from_db()
     assert (case.status, case.team, case.get_priority_display()) == ("new", fallback, "High")
+    # widened, not moved: the billing desk still sees the case and can take it
+    billing = AgentFactory(team=team, skills={"billing": 5})
+    assert billing.user.has_perm("agents.view_case", case)
 
 
 def test_a_breach_with_no_fallback_team_does_not_claim_it_widened(django_capture_on_commit_callbacks):
