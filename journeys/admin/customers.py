@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
+from django.shortcuts import redirect
+from django.urls import reverse
 from django.db.models import Q
 from simple_history.admin import SimpleHistoryAdmin
 
@@ -19,6 +21,17 @@ from journeys.models import (
 )
 
 
+def _survivor_of(object_id: str) -> Customer | None:
+    """The profile an absorbed one was merged into, following a chain of merges."""
+    if not (str(object_id).isascii() and str(object_id).isdigit() and int(object_id) < 2**63):
+        return None
+    customer, seen = Customer.objects.filter(pk=int(object_id)).first(), set()
+    while customer is not None and customer.merged_into_id and customer.pk not in seen:
+        seen.add(customer.pk)
+        customer = Customer.objects.filter(pk=customer.merged_into_id).first()
+    return customer if customer is not None and seen else None
+
+
 @admin.register(Customer)
 class CustomerAdmin(admin.ModelAdmin):
     list_display = ("__str__", "email", "phone", "stage", "timezone", "first_seen", "last_seen")
@@ -30,6 +43,10 @@ class CustomerAdmin(admin.ModelAdmin):
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         customer = self.get_object(request, unquote(object_id))
+        if customer is None and (survivor := _survivor_of(unquote(object_id))) is not None:
+            # an absorbed profile's page (an old link, an id in a log): the profile it became
+            messages.info(request, f"Customer #{object_id} was merged into #{survivor.pk}; this is that profile.")
+            return redirect(reverse("admin:journeys_customer_change", args=[survivor.pk]))
         extra = dict(extra_context or {})
         if customer is not None and self.has_view_permission(request, customer):
             extra["c360"] = customer_360(customer=customer, user=request.user)

@@ -101,3 +101,17 @@ def test_the_page_works_without_the_other_apps(traffic, admin_client, monkeypatc
     assert data["consents"] is data["deliveries"] is data["cases"] is None
     assert 'id="c360-runs"' in page and 'id="c360-cases"' not in page and 'id="c360-messages"' not in page
     assert dashboard["deliveries"] is dashboard["cases"] is dashboard["circuits"] is None
+
+
+def test_an_absorbed_profiles_page_leads_to_the_profile_it_was_merged_into(admin_client):
+    from journeys.services.identity import customer_merge
+    from tests.factories import CustomerFactory
+
+    anonymous, known = CustomerFactory(), CustomerFactory(external_id="known-one")
+    customer_merge(target=known, merged=anonymous, reason="identified", actor="test")
+
+    response = admin_client.get(f"/admin/journeys/customer/{anonymous.pk}/change/", follow=True)
+
+    assert response.redirect_chain[-1][0] == f"/admin/journeys/customer/{known.pk}/change/"
+    assert f"was merged into #{known.pk}" in response.content.decode()
+    assert admin_client.get(f"/admin/journeys/customer/{10**30}/change/").status_code == 302  # no such id: no 500
