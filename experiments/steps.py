@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
 
 from experiments.choices import HOLDOUT
@@ -67,13 +65,13 @@ class ExperimentSplit(StepKind):
         if experiment is None:
             return StepResult(outcome=config["control"], error=f"experiment {config['experiment']} is gone: control")
         if batch is not None:
-            decision = batch.decide(experiment=experiment, customer=ctx.customer, now=entry_moment(ctx),
+            decision = batch.decide(experiment=experiment, customer=ctx.customer, now=ctx.now,
                                     arm_names=config["arms"], run_id=ctx.run.pk, version_id=ctx.version_id)
         else:
             decision = assignment_decide(
                 experiment=experiment,
                 customer=ctx.customer,
-                now=entry_moment(ctx),
+                now=ctx.now,
                 arm_names=config["arms"],
                 run_id=None if ctx.dry_run else ctx.run.pk,
                 version_id=ctx.version_id,
@@ -102,23 +100,6 @@ class ExperimentSplit(StepKind):
         if decision.scores:
             detail["scores"] = decision.scores
         return StepResult(outcome=outcome, detail=detail)
-
-
-SAME_PASS = timedelta(minutes=1)
-
-
-def entry_moment(ctx: StepContext) -> datetime:
-    """When the customer entered the experiment: the moment its conversion window opens. A split
-    reached in the pass that enrolled the run (no wait before it) dates from the trigger event,
-    when it happened (a mobile batch delivered late, a queue that lagged): a goal event sent a
-    minute after it must count, though both are processed together. Later in a journey, now."""
-    event, run = ctx.event, ctx.run
-    happened = getattr(event, "timestamp", None) if event is not None else None
-    created = getattr(run, "created_at", None)
-    if (happened is None or created is None or getattr(run, "trigger_event_id", None) != getattr(event, "pk", None)
-            or ctx.now - created > SAME_PASS):
-        return ctx.now
-    return min(happened, ctx.now)
 
 
 def _edges(ctx: StepContext) -> dict | None:

@@ -187,24 +187,3 @@ def test_the_analysis_skips_the_partitions_of_events_received_before_the_experim
         assert read >= len(people), read  # probed for each customer
     else:
         assert read <= floor_probes, read
-
-
-def test_a_goal_sent_soon_after_a_late_trigger_counts_though_both_are_processed_together(publish):
-    from experiments.services.analysis import group_counts
-
-    experiment = make_experiment(key="late", arms=ARMS, goal_event="Order Completed", window_s=86400)
-    publish(split_then_wait(experiment.key))
-    reset_caches()
-    customers = make_customers(10, prefix="late")
-    # a mobile batch, delivered 30 minutes late: the trigger, and the order 5 minutes after it
-    ids = pending_events(customers)
-    now = timezone.now()
-    from journeys.models import Event
-
-    Event.objects.filter(pk__in=ids).update(timestamp=now - timedelta(minutes=30))
-    make_goal_events(customers, name="Order Completed", at=now - timedelta(minutes=25))
-
-    events_process(event_ids=ids)
-
-    assert Assignment.objects.filter(experiment=experiment).count() == 10
-    assert sum(x for _, x in group_counts(experiment=experiment, now=timezone.now()).values()) == 10
