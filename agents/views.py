@@ -48,6 +48,8 @@ def _reply_outcome(entry) -> tuple[int, str]:
     if delivery is not None and delivery.status in ("suppressed", "failed"):
         why = delivery.get_reason_display() if delivery.reason else (delivery.error or delivery.status)
         return messages.ERROR, f"The reply is on the case but was not sent: {why}."
+    if delivery is not None and delivery.status == "deferred":
+        return messages.WARNING, f"The reply will go out later: {delivery.get_reason_display() or 'deferred'}."
     return messages.SUCCESS, "Reply sent."
 
 

@@ -175,11 +175,18 @@ def _locked(case: Case) -> Case:
     return Case.objects.select_for_update(of=("self",)).select_related("customer", "assigned_agent__user").get(pk=case.pk)
 
 
+def _writable(case: Case) -> None:
+    if case.customer.erased_at is not None:
+        raise CaseError(ErrorCode.WRONG_STATUS, f"the customer of case #{case.pk} was erased: nothing more is "
+                                                "written on it")
+
+
 @transaction.atomic
 def case_note_add(*, case: Case, actor, body: str) -> CaseEntry:
     """An internal note: the customer never sees it."""
     case = _locked(case)
     permissions.case_check(user=actor, case=case, perm="agents.change_case")
+    _writable(case)
     if not body.strip():
         raise CaseError(ErrorCode.WRONG_STATUS, "a note needs some text")
     return CaseEntry.objects.create(case=case, kind=EntryKind.NOTE, author=actor, body=body.strip())
@@ -232,6 +239,7 @@ def case_reply_send(*, case: Case, actor, body: str, idempotency_key: str) -> Ca
     done = CaseEntry.objects.filter(idempotency_key=key).first()
     if done is not None:
         return done
+    _writable(case)
     if not case.is_open:
         raise CaseError(ErrorCode.WRONG_STATUS, f"case #{case.pk} is {case.status}; reopen it to reply")
     if not body.strip():
@@ -399,12 +407,14 @@ ERASED_SUBJECT = "(erased)"
 def cases_erase_customer(customer: Customer) -> dict:
     """ERASERS entry: the customer's cases stay for the support statistics (status, times, team,
     resolution), but what the customer wrote and what was written to them goes: the subject and
-    text (also in the case's history), every entry's body and data (replies, notes, transcripts)."""
+    text (also in the case's history), every entry's body and data (replies, notes, transcripts).
+    Open cases are closed: nobody can answer the person any more."""
     cases = Case.objects.filter(customer=customer)
     ids = list(cases.values_list("pk", flat=True))
     if not ids:
         return {"cases_cleared": 0}
     cases.update(subject=ERASED_SUBJECT, text="", escalation_reasons=[])
+    cases.exclude(status=CaseStatus.CLOSED).update(status=CaseStatus.CLOSED, closed_at=timezone.now(), sla_due_at=None)
     Case.history.filter(id__in=ids).update(subject=ERASED_SUBJECT, text="", escalation_reasons=[])
     CaseEntry.objects.filter(case_id__in=ids).update(body="", data={})
     return {"cases_cleared": len(ids)}

@@ -378,12 +378,14 @@ def cases_sla_check(*, now: datetime | None = None, limit: int = 500) -> dict:
             stats["raised"] += 1
             if previous is None:
                 fallback = Team.objects.filter(is_fallback=True).first()
-                serving = case.team
+                serving = [t for t in Team.objects.filter(is_fallback=False)
+                           if t.pk == case.team_id or (case.category and case.category in (t.categories or []))]
                 _queue_locked(case=case, team=fallback or case.team,
                               reason="SLA breached: widened to the fallback queue" if fallback
                               else "SLA breached: no fallback queue to widen to")
-                if serving is not None and fallback is not None and serving.pk != fallback.pk:
-                    permissions.case_grant_queue(case=case, group=serving.group)  # widened: its team keeps it
+                if fallback is not None:
+                    for team in serving:  # widened, not moved: the teams serving it keep it (every breach)
+                        permissions.case_grant_queue(case=case, group=team.group)
             else:
                 case._change_reason = "SLA breached: priority raised"
                 case.save()

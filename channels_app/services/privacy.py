@@ -112,9 +112,6 @@ def customer_export(*, customer: Customer) -> dict:
 def customer_erase(*, customer: Customer, actor: str, reason: str = "") -> ErasureRecord:
     """Erase a customer per the policy in this module's docstring (right to erasure)."""
     ids = _profile_ids(customer)
-    # the profiles' rows first: an export finishing meanwhile stores its copy before this (and it is
-    # dropped below) or after it, seeing them erased (journeys.services.jobs.run_job)
-    list(Customer.objects.select_for_update().filter(pk__in=ids).values_list("pk", flat=True))
     counts: dict[str, int] = {}
     for exporter_counts in (eraser(customer) for eraser in ERASERS):
         for key, value in (exporter_counts or {}).items():
@@ -135,6 +132,11 @@ def customer_erase(*, customer: Customer, actor: str, reason: str = "") -> Erasu
         choice_reason="")
     DeliveryAttempt.objects.filter(delivery__customer_id__in=ids).update(error="")
     CustomerMerge.objects.filter(Q(target_id__in=ids) | Q(merged_id__in=ids)).update(details={})
+    # The profiles' rows, in id order, before the exports (as run_job: customer, then job), and only
+    # now: every other path locks its own rows (events, runs, deliveries, cases) before the customer's,
+    # so taking it first would deadlock with them. An export finishing meanwhile stores its copy
+    # before this (and it is dropped here) or after, seeing the profiles erased.
+    list(Customer.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", flat=True))
     counts["exports_dropped"] = jobs_erase_exports(customer_ids=ids)
     # a refused alias names both user ids (and the other profile's page shows it): it goes too
     counts["merge_refusals"] = MergeRefusal.objects.filter(Q(customer_id__in=ids) | Q(other_id__in=ids)).delete()[0]

@@ -43,7 +43,8 @@ class CustomerAdmin(admin.ModelAdmin):
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         customer = self.get_object(request, unquote(object_id))
-        if customer is None and (survivor := _survivor_of(unquote(object_id))) is not None:
+        if customer is None and self.has_view_permission(request) and (
+                survivor := _survivor_of(unquote(object_id))) is not None:
             # an absorbed profile's page (an old link, an id in a log): the profile it became
             messages.info(request, f"Customer #{object_id} was merged into #{survivor.pk}; this is that profile.")
             return redirect(reverse("admin:journeys_customer_change", args=[survivor.pk]))

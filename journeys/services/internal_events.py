@@ -63,8 +63,8 @@ def event_record_internal(
     """
     from journeys.engine.queue import enqueue_events
 
-    if customer.erased_at is not None:
-        return None
+    if customer.erased_at is not None or Customer.objects.filter(pk=customer.pk, erased_at__isnull=False).exists():
+        return None  # (asked of the database too: the caller's copy may predate the erasure)
 
     from journeys.services.bulk_ingest import events_insert
 
@@ -108,6 +108,12 @@ def events_record_internal(*, events: list[InternalEvent]) -> list[int]:
     from journeys.engine.queue import enqueue_events
     from journeys.services.bulk_ingest import events_insert
 
+    if not events:
+        return []
+    erased = set(Customer.objects.filter(pk__in={e.customer_id for e in events}, erased_at__isnull=False)
+                 .values_list("pk", flat=True))
+    events = [e for e in events if e.customer_id not in erased]  # a tombstone takes no new data (a send
+    # that was under way while it was erased would put its old user id back on it)
     if not events:
         return []
     source_id, received = internal_source().pk, timezone.now()

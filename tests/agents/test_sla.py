@@ -69,9 +69,13 @@ def test_a_queued_case_widens_to_the_fallback_queue_and_goes_up(team, django_cap
 
     case.refresh_from_db()
     assert (case.status, case.team, case.get_priority_display()) == ("new", fallback, "High")
-    # widened, not moved: the billing desk still sees the case and can take it
-    billing = AgentFactory(team=team, skills={"billing": 5})
+    # widened, not moved: the billing desk still sees the case and can take it, after the next breach too
+    billing = AgentFactory(team=team, status="offline", skills={"billing": 5})
     assert billing.user.has_perm("agents.view_case", case)
+    cases_sla_check(now=timezone.now() + timedelta(hours=7))
+    case.refresh_from_db()
+    assert case.sla_breaches == 2
+    assert type(billing.user).objects.get(pk=billing.user.pk).has_perm("agents.view_case", case)
 
 
 def test_a_breach_with_no_fallback_team_does_not_claim_it_widened(django_capture_on_commit_callbacks):

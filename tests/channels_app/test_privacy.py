@@ -162,3 +162,14 @@ def test_an_export_that_finishes_after_the_erasure_keeps_no_copy(history):
     job.refresh_from_db()
     assert job.status == "succeeded" and job.result["erased"] is True
     assert "export" not in job.result and "dana" not in json.dumps(job.result)
+
+
+def test_a_send_under_way_during_the_erasure_writes_no_event_with_the_old_user_id(history):
+    from journeys.services.internal_events import InternalEvent, events_record_internal
+
+    call_command("erase_customer", "dana", "--yes", "--reason", "GDPR")
+    late = InternalEvent(customer_id=history.pk, user_id="dana", name="Message Sent", message_id="sent:late",
+                         at=history.created_at, properties={})
+
+    assert events_record_internal(events=[late]) == []
+    assert not Event.objects.filter(user_id="dana").exists()
