@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
 
 from experiments.choices import HOLDOUT
@@ -65,13 +67,13 @@ class ExperimentSplit(StepKind):
         if experiment is None:
             return StepResult(outcome=config["control"], error=f"experiment {config['experiment']} is gone: control")
         if batch is not None:
-            decision = batch.decide(experiment=experiment, customer=ctx.customer, now=ctx.now,
+            decision = batch.decide(experiment=experiment, customer=ctx.customer, now=entry_moment(ctx, experiment),
                                     arm_names=config["arms"], run_id=ctx.run.pk, version_id=ctx.version_id)
         else:
             decision = assignment_decide(
                 experiment=experiment,
                 customer=ctx.customer,
-                now=ctx.now,
+                now=entry_moment(ctx, experiment),
                 arm_names=config["arms"],
                 run_id=None if ctx.dry_run else ctx.run.pk,
                 version_id=ctx.version_id,
@@ -100,6 +102,27 @@ class ExperimentSplit(StepKind):
         if decision.scores:
             detail["scores"] = decision.scores
         return StepResult(outcome=outcome, detail=detail)
+
+
+SAME_PASS = timedelta(minutes=1)  # a run created this long before the split is still in its enrolling pass
+AFTER_TRIGGER = timedelta(microseconds=1)  # the entry: just after its trigger (goals are `timestamp >= entry`)
+
+
+def entry_moment(ctx: StepContext, experiment) -> datetime:
+    """When the customer entered the experiment: the moment its conversion window opens. A split
+    reached in the pass that enrolled the run (no wait before it) dates from just after the trigger
+    event happened (a batching SDK, a mobile batch delivered late, a queue that lagged: a goal event
+    sent seconds after the trigger must count, though both are processed together), never before
+    the experiment started; the trigger itself is not after it, so a goal event of the trigger's
+    own name does not convert on the trigger. Later in a journey (after a wait), now."""
+    event, run = ctx.event, ctx.run
+    happened = getattr(event, "timestamp", None) if event is not None else None
+    created = getattr(run, "created_at", None)
+    if (happened is None or created is None or getattr(run, "trigger_event_id", None) != getattr(event, "pk", None)
+            or ctx.now - created > SAME_PASS):
+        return ctx.now
+    moment = min(happened + AFTER_TRIGGER, ctx.now)
+    return max(moment, experiment.started_at) if experiment.started_at else moment
 
 
 def _edges(ctx: StepContext) -> dict | None:

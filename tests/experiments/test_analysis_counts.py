@@ -187,3 +187,45 @@ def test_the_analysis_skips_the_partitions_of_events_received_before_the_experim
         assert read >= len(people), read  # probed for each customer
     else:
         assert read <= floor_probes, read
+
+
+def test_a_goal_sent_soon_after_a_late_trigger_counts_though_both_are_processed_together(publish):
+    from experiments.services.analysis import group_counts
+
+    experiment = make_experiment(key="late", arms=ARMS, goal_event="Order Completed", window_s=86400,
+                                 now=timezone.now() - timedelta(hours=1))
+    publish(split_then_wait(experiment.key))
+    reset_caches()
+    customers = make_customers(10, prefix="late")
+    # a mobile batch, delivered 30 minutes late: the trigger, and the order 5 minutes after it
+    ids = pending_events(customers)
+    now = timezone.now()
+    from journeys.models import Event
+
+    Event.objects.filter(pk__in=ids).update(timestamp=now - timedelta(minutes=30))
+    make_goal_events(customers, name="Order Completed", at=now - timedelta(minutes=25))
+
+    events_process(event_ids=ids)
+
+    assert Assignment.objects.filter(experiment=experiment).count() == 10
+    assert sum(x for _, x in group_counts(experiment=experiment, now=timezone.now()).values()) == 10
+
+
+def test_a_late_trigger_is_not_its_own_conversion_nor_an_entry_before_the_start(publish):
+    from experiments.services.analysis import group_counts
+    from journeys.models import Event
+
+    # the goal is the trigger's own name (a repeat purchase); the experiment started 10 minutes ago
+    started = timezone.now() - timedelta(minutes=10)
+    experiment = make_experiment(key="repeat", arms=ARMS, goal_event="Signed Up", window_s=86400, now=started)
+    publish(split_then_wait(experiment.key))
+    reset_caches()
+    customers = make_customers(4, prefix="rep")
+    ids = pending_events(customers)
+    Event.objects.filter(pk__in=ids).update(timestamp=timezone.now() - timedelta(hours=3))  # before the start
+
+    events_process(event_ids=ids)
+
+    assignments = Assignment.objects.filter(experiment=experiment)
+    assert assignments.count() == 4 and all(a.assigned_at >= started for a in assignments)
+    assert sum(x for _, x in group_counts(experiment=experiment, now=timezone.now()).values()) == 0
