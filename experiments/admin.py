@@ -153,12 +153,6 @@ class WeightsForm(forms.Form):
             self.fields[f"w_{arm.name}"] = forms.FloatField(min_value=0, max_value=MAX_ARM_WEIGHT, initial=arm.weight,
                                                             label=f"weight {arm.name}")
 
-    def clean(self):
-        data = super().clean()
-        weights = [data.get(name) for name in self.fields if name.startswith("w_")]
-        if weights and None not in weights and not any(weights):
-            raise ValidationError(NO_ACTIVE_WEIGHT)
-        return data
 
 
 @admin.register(Experiment)

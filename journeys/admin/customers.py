@@ -11,7 +11,9 @@ from django.db.models import Q
 from simple_history.admin import SimpleHistoryAdmin
 
 from journeys.admin.base import HistoryReasonMixin, ReadOnlyAdmin
+from journeys.api.fields import MAX_ID
 from journeys.console.selectors import customer_360
+from journeys.services.customers_api import CustomerNotFound, customer_get
 from journeys.models import (
     Customer,
     CustomerMerge,
@@ -22,14 +24,14 @@ from journeys.models import (
 
 
 def _survivor_of(object_id: str) -> Customer | None:
-    """The profile an absorbed one was merged into, following a chain of merges."""
-    if not (str(object_id).isascii() and str(object_id).isdigit() and int(object_id) < 2**63):
+    """The profile an absorbed one was merged into (None: no such id, or not merged)."""
+    if not (object_id.isascii() and object_id.isdigit() and int(object_id) <= MAX_ID):
         return None
-    customer, seen = Customer.objects.filter(pk=int(object_id)).first(), set()
-    while customer is not None and customer.merged_into_id and customer.pk not in seen:
-        seen.add(customer.pk)
-        customer = Customer.objects.filter(pk=customer.merged_into_id).first()
-    return customer if customer is not None and seen else None
+    try:
+        survivor = customer_get(pk=int(object_id))
+    except CustomerNotFound:
+        return None
+    return survivor if survivor.pk != int(object_id) else None
 
 
 @admin.register(Customer)

@@ -204,12 +204,11 @@ class WorkflowAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAdmin):
     @admin.action(description="Roll back (previous version live again, or stop the canary)", permissions=["publish"])
     def rollback(self, request, queryset):
         def rollback_one(workflow, reason):
-            had_canary = Workflow.objects.filter(pk=workflow.pk, canary_version__isnull=False).exists()
-            return had_canary, workflow_rollback(workflow=workflow, actor=request.user, reason=reason)
+            return workflow.live_version_id, workflow_rollback(workflow=workflow, actor=request.user, reason=reason)
 
         def said(result) -> str:
-            had_canary, live = result
-            if had_canary:
+            live_before, live = result  # the same live version: the rollback stopped a canary
+            if live is None or live.pk == live_before:
                 return f"canary stopped; v{live.number} stays live" if live else "canary stopped"
             return f"rolled back: v{live.number} is live again"
 

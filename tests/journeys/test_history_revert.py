@@ -41,14 +41,21 @@ def test_every_history_admin_guards_its_revert():
     assert unguarded == []
 
 
-def test_a_user_who_may_only_view_cannot_revert(people):
+@pytest.fixture
+def renamed_channel(db):
+    """A channel first named "mail", now "mail-v2"; returns it and the history id of its first version."""
     from channels_app.models import Channel
 
-    # given a channel renamed by ops; the approver may view channels, not change them
     channel = Channel.objects.create(name="mail", kind="email", provider="console")
     first = channel.history.earliest().history_id
     channel.name = "mail-v2"
     channel.save()
+    return channel, first
+
+
+def test_a_user_who_may_only_view_cannot_revert(people, renamed_channel):
+    # the approver may view channels, not change them
+    channel, first = renamed_channel
 
     response = revert(login(Client(), people["approver"]), channel, first, {"change_reason": "back"})
 
@@ -76,13 +83,8 @@ def test_where_the_admin_has_no_revert_a_posted_one_is_refused(people, live_work
     assert Workflow.objects.get(pk=live_workflow.pk).live_version_id == live_workflow.live_version_id
 
 
-def test_ops_still_revert_a_channel_with_a_reason(people):
-    from channels_app.models import Channel
-
-    channel = Channel.objects.create(name="mail", kind="email", provider="console")
-    first = channel.history.earliest().history_id
-    channel.name = "mail-v2"
-    channel.save()
+def test_ops_still_revert_a_channel_with_a_reason(people, renamed_channel):
+    channel, first = renamed_channel
 
     response = revert(login(Client(), people["ops"]), channel, first, {"change_reason": "the old name was right"})
 
