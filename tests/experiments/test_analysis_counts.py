@@ -66,7 +66,7 @@ def reference_totals(experiment, now) -> dict[str, tuple[int, int]]:
 def assigned_over_days(publish, n: int, **experiment) -> tuple:
     """An experiment (split, then a day's wait) and `n` customers assigned through the engine, their
     assignments then moved over the last six days, at hours that put windows across midnight, and
-    five of them 450 days back (a long experiment: before the first day a series shows).
+    five or more of them 450 days back (some of every group) (a long experiment: before the first day a series shows).
     Returns (experiment, customers, now, {customer id: assigned at})."""
     experiment = make_experiment(arms=ARMS, **experiment)
     publish(split_then_wait(experiment.key))
@@ -74,10 +74,16 @@ def assigned_over_days(publish, n: int, **experiment) -> tuple:
     customers = make_customers(n)
     events_process(event_ids=pending_events(customers))
     now = timezone.now()
+    # the long-ago five: the last customers, and the last of every group (the hash picks the groups,
+    # and the ids differ from run to run: without it, no control customer was long ago once in 13 runs)
+    last_of_group = {}
+    for a in Assignment.objects.filter(experiment=experiment).select_related("arm").order_by("customer_id"):
+        last_of_group[a.group] = a.customer_id
+    long_ago = set(last_of_group.values()) | {c.pk for c in customers[-5:]}
     at = {}
     for i, customer in enumerate(customers):
         when = now - timedelta(days=i % 6, hours=(i * 7) % 24, minutes=i)
-        if i >= len(customers) - 5:
+        if customer.pk in long_ago:
             when = now - timedelta(days=450 + i % 3)
         at[customer.pk] = when
         Assignment.objects.filter(customer=customer).update(assigned_at=when)
