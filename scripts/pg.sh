@@ -61,11 +61,23 @@ EOF
     port=$(sed -n 4p "$dir/postmaster.pid")      # already running: reuse it
   else
     port=${PG_PORT:-54329}
-    if [ -z "${PG_PORT:-}" ]; then
-      while port_in_use "$port"; do port=$((port + 1)); done
-    fi
-    as_pg "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -o "-p $port" -w -t 60 start >&2 ||
-      { cat "$dir/server.log" >&2; exit 1; }
+    local tries=1
+    [ -n "${PG_PORT:-}" ] || tries=20
+    while true; do
+      if [ -z "${PG_PORT:-}" ]; then
+        while port_in_use "$port"; do port=$((port + 1)); done
+      fi
+      rm -f "$dir/server.log"
+      as_pg "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -o "-p $port" -w -t 60 start >&2 && break
+      # Someone else bound the free port between the check and our start: take the next one.
+      tries=$((tries - 1))
+      if ((tries > 0)) && grep -q "Address already in use" "$dir/server.log"; then
+        port=$((port + 1))
+        continue
+      fi
+      cat "$dir/server.log" >&2
+      exit 1
+    done
   fi
 
   mkdir -p "$(dirname "$STATE")"
