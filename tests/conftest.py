@@ -71,6 +71,15 @@ def _clear_cache():
 
 
 @pytest.fixture(autouse=True)
+def _fixed_customer_ids():
+    """make_customers hands out the same ids in every run of a test (hash-placed groups)."""
+    from tests.experiments.factories import fixed_ids_reset
+
+    fixed_ids_reset()
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _fresh_engine():
     """Compiled versions, the trigger index and the rule-defined stages (read again every few
     seconds) are cached per process; primary keys repeat between tests."""

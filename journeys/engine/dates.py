@@ -25,6 +25,7 @@ an occurrence to one run per customer, however often it is recomputed.
 
 from __future__ import annotations
 
+import logging
 import time as monotonic
 from collections import defaultdict
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ from journeys.models import Customer, DateTriggerDue, DateTriggerStale, TriggerS
 
 STALE_PAGE = 2000
 FIRE_PAGE = 1000
+MAX_OFFSET_DAYS = 365
+logger = logging.getLogger(__name__)
 UTC = dt_timezone.utc
 
 
@@ -57,9 +60,23 @@ class DateRule:
 
     @classmethod
     def of(cls, config: dict) -> DateRule:
-        hour, minute = (int(p) for p in str(config.get("at") or "09:00").split(":"))
-        return cls(attribute=str(config.get("attribute", "")), offset_days=int(config.get("offset_days") or 0),
-                   at=time(hour, minute), yearly=bool(config.get("yearly", True)))
+        """Read the settings; a ValueError names the setting to fix."""
+        at = config.get("at") or "09:00"
+        try:
+            digits = at[:2] + at[3:] if isinstance(at, str) and len(at) == 5 and at[2] == ":" else ""
+            if not (digits.isascii() and digits.isdigit()):
+                raise ValueError
+            at_time = time(int(at[:2]), int(at[3:]))
+        except ValueError:
+            raise ValueError(f"at: {at!r} is not a local time; give HH:MM from 00:00 to 23:59, e.g. 09:00") from None
+        offset = config.get("offset_days") or 0
+        if isinstance(offset, str) and offset.strip().lstrip("-").isascii() and offset.strip().lstrip("-").isdigit():
+            offset = int(offset)  # "3", as an older import wrote it
+        if isinstance(offset, bool) or not isinstance(offset, int) or not -MAX_OFFSET_DAYS <= offset <= MAX_OFFSET_DAYS:
+            raise ValueError(f"offset_days: {offset!r} is not a whole number of days from -{MAX_OFFSET_DAYS} "
+                             f"to {MAX_OFFSET_DAYS} (negative: before the date)")
+        return cls(attribute=str(config.get("attribute", "")), offset_days=offset, at=at_time,
+                   yearly=bool(config.get("yearly", True)))
 
 
 @lru_cache(maxsize=1024)
@@ -136,10 +153,17 @@ class DateVersion:
 
 
 def date_versions(routed: list[tuple[int, tuple[int, int, bool] | None]]) -> dict[int, DateVersion]:
+    """The live date triggers; one whose stored settings cannot be read (saved before they were
+    checked) is left out with an error in the log, and the others still fire."""
     out = {}
     for vid, routing in routed:
         version = load_version(vid)
-        out[vid] = DateVersion(version=version, rule=DateRule.of(version.trigger_config), routing=routing)
+        try:
+            rule = DateRule.of(version.trigger_config)
+        except ValueError as exc:
+            logger.error("date trigger of workflow version %s is not run: trigger_config %s", vid, exc)
+            continue
+        out[vid] = DateVersion(version=version, rule=rule, routing=routing)
     return out
 
 

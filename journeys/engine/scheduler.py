@@ -226,7 +226,14 @@ def engine_tick(*, now: datetime | None = None) -> dict:
             ("stages", lambda: stages_refresh(now=now) if now.minute == 0 else 0),  # hourly
             ("segments", lambda: segment_entries_refresh(now=now) if now.minute == 0 else 0),  # hourly
         ):
-            out[name] = part()
+            try:
+                out[name] = part()
+            except LeaseLost:
+                raise
+            except Exception:  # one broken part must not stop the others (nor every later tick)
+                logger.exception("engine tick: the %s part failed; the other parts still run", name)
+                out[name] = 0
+                out.setdefault("failed", []).append(name)
             lease.renew()
     except LeaseLost:
         logger.warning("engine tick lost its lease (it ran longer than %s); stopping", TICK_TTL)

@@ -43,8 +43,8 @@ class VersionSettingsForm(forms.Form):
     attribute = forms.CharField(required=False, label="Profile attribute",
                                 help_text="attribute change: the trait watched; date: the trait holding the date")
     rule = forms.CharField(required=False, label="Segment rule", help_text="segment entry: e.g. profile.ltv >= 500")
-    at = forms.RegexField(r"^\d{2}:\d{2}$", required=False, label="At (local time)", help_text="date trigger: HH:MM",
-                          error_messages={"invalid": "must be HH:MM (24-hour), e.g. 09:00"},
+    at = forms.RegexField(r"^([01][0-9]|2[0-3]):[0-5][0-9]$", required=False, label="At (local time)", help_text="date trigger: HH:MM",
+                          error_messages={"invalid": "must be HH:MM (24-hour, 00:00 to 23:59), e.g. 09:00"},
                           widget=forms.TextInput(attrs={"size": 6, "placeholder": "09:00"}))
     offset_days = forms.IntegerField(required=False, label="Days before (-) or after", min_value=-365, max_value=365)
     yearly = forms.BooleanField(required=False, label="Every year", help_text="date trigger: an anniversary")

@@ -24,6 +24,7 @@ from journeys.choices import ReentryPolicy, TriggerKind, VersionState
 from journeys.engine.business_hours import BusinessHoursError, business_hours_clean
 from journeys.engine.compiled import bump_generation
 from journeys.engine.cron import parse_cron
+from journeys.engine.dates import DateRule
 from journeys.engine.durations import parse_duration
 from journeys.engine.registry import STEP_KINDS, get_kind
 from journeys.errors import PermissionDenied
@@ -106,9 +107,10 @@ def trigger_clean(*, kind: str, event: str, config: dict) -> dict:
     elif kind == TriggerKind.DATE_ATTRIBUTE:
         if not config.get("attribute"):
             raise ValidationError({"trigger_config": "attribute: the date trait, e.g. signup_date"})
-        at = config.get("at", "09:00")
-        if not isinstance(at, str) or len(at) != 5 or at[2] != ":" or not (at[:2] + at[3:]).isdigit():
-            raise ValidationError({"trigger_config": "at: HH:MM local time"})
+        try:
+            DateRule.of(config)
+        except ValueError as exc:
+            raise ValidationError({"trigger_config": str(exc)}) from None
     elif kind == TriggerKind.SCHEDULE:
         try:
             parse_cron(config.get("cron", ""))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from django.db.models import Max
 from django.utils import timezone
 
 from experiments.models import Experiment
@@ -22,10 +23,27 @@ def make_experiment(*, key: str = "welcome", arms=None, start: bool = True, **kw
     return Experiment.objects.get(pk=experiment.pk)
 
 
+FIXED_IDS_FROM = 10**9
+_next_fixed_id = [FIXED_IDS_FROM]
+
+
+def fixed_ids_reset() -> None:
+    """Called before every test (tests/conftest.py): each test's customers get the same ids on
+    every run and both databases."""
+    _next_fixed_id[0] = FIXED_IDS_FROM
+
+
 def make_customers(n: int, *, prefix: str = "c", traits=None, first_seen: datetime | None = None) -> list[Customer]:
-    """Many customers at once (bulk insert), for statistical tests."""
+    """Many customers at once (bulk insert), for statistical tests. Their ids are fixed per test
+    (from 10**9 up, far above what the sequences hand out): experiment arms, holdouts and canary
+    sides are hashes of the id, and PostgreSQL's sequences, never rolled back, would otherwise
+    give each run other ids and so other groups than the run before."""
+    taken = Customer.objects.aggregate(last=Max("pk"))["last"] or 0  # SQLite's ids follow the largest
+    first = max(_next_fixed_id[0], taken + 1)
+    _next_fixed_id[0] = first + n
     Customer.objects.bulk_create(
-        [Customer(external_id=f"{prefix}{i}", traits=dict(traits or {}), first_seen=first_seen) for i in range(n)]
+        [Customer(pk=first + i, external_id=f"{prefix}{i}", traits=dict(traits or {}), first_seen=first_seen)
+         for i in range(n)]
     )
     return list(Customer.objects.filter(external_id__startswith=prefix).order_by("id"))
 

@@ -111,6 +111,54 @@ def test_each_customer_enters_at_their_own_local_time_once_per_day():
     assert entered(version)["other"] == ["date:2026-06-16"]
 
 
+@pytest.mark.parametrize("config, names", [
+    ({"at": "24:30"}, "at: '24:30' is not a local time"),
+    ({"at": "09:60"}, "at: '09:60'"),
+    ({"at": "+1:00"}, "at: '+1:00'"),
+    ({"offset_days": "3d"}, "offset_days: '3d' is not a whole number of days"),
+    ({"offset_days": 10**9}, "offset_days: 1000000000"),
+])
+def test_settings_the_tick_could_not_read_are_refused_when_built(config, names):
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError) as refused:
+        publish({"attribute": "birthday", **config})
+    assert names in str(refused.value.message_dict["trigger_config"])
+
+
+def test_a_trigger_stored_with_bad_settings_does_not_stop_the_others_or_the_tick(caplog):
+    """Saved before the settings were checked (or written to the database by hand): that trigger
+    is left out with an error in the log; every other date trigger and every other part of the
+    tick still run, this tick and the next."""
+    from journeys.models import WorkflowVersion
+
+    broken = publish({"attribute": "birthday", "at": "09:00"}, name="broken")
+    WorkflowVersion.objects.filter(pk=broken.pk).update(trigger_config={"attribute": "birthday", "at": "24:30"})
+    version = publish({"attribute": "birthday", "at": "09:00"})
+    person("p", birthday="1990-06-15")
+
+    result = engine_tick(now=at(2025, 6, 15, 9, 0))
+    assert result["date"] == 1 and "failed" not in result
+    assert entered(version) == {"p": ["date:2025-06-15"]} and entered(broken) == {}
+    assert f"date trigger of workflow version {broken.pk} is not run: trigger_config at: '24:30'" in caplog.text
+
+
+def test_a_part_of_the_tick_that_fails_does_not_stop_the_parts_after_it(monkeypatch, caplog):
+    import journeys.engine.scheduler as scheduler
+
+    def broken(**kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(scheduler, "watches_fire_due", broken)
+    version = publish({"attribute": "birthday", "at": "09:00"})
+    person("p", birthday="1990-06-15")
+
+    result = engine_tick(now=at(2025, 6, 15, 9, 0))
+    assert result["failed"] == ["inactivity"] and result["date"] == 1
+    assert entered(version) == {"p": ["date:2025-06-15"]}
+    assert "the inactivity part failed" in caplog.text and "boom" in caplog.text
+
+
 def test_feb_29_birthdays_are_celebrated_on_feb_28_in_common_years():
     version = publish({"attribute": "birthday", "at": "09:00"})
     person("leapling", birthday="2000-02-29")
