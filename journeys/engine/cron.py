@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import NamedTuple
 
 _RANGES = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 6)]
 _NAMES = ["minute", "hour", "day of month", "month", "day of week"]
@@ -36,20 +37,33 @@ def _field(text: str, low: int, high: int, name: str) -> frozenset[int]:
     return frozenset(values)
 
 
-def parse_cron(expr: str) -> list[frozenset[int]]:
+class Cron(NamedTuple):
+    minute: frozenset[int]
+    hour: frozenset[int]
+    dom: frozenset[int]
+    month: frozenset[int]
+    dow: frozenset[int]
+    either_day: bool  # both day fields restricted: either one matching is enough (as cron reads them)
+
+
+def parse_cron(expr: str) -> Cron:
     """Parse e.g. '0 9 * * 1-5'; raises ValueError naming the bad field."""
     parts = (expr or "").split()
     if len(parts) != 5:
         raise ValueError("cron needs 5 fields: minute hour day-of-month month day-of-week")
-    return [_field(p, lo, hi, n) for p, (lo, hi), n in zip(parts, _RANGES, _NAMES)]
+    fields = [_field(p, lo, hi, n) for p, (lo, hi), n in zip(parts, _RANGES, _NAMES)]
+    # Vixie cron and its heirs: '0 9 1,15 * 1' runs on the 1st, the 15th and every Monday; a day
+    # field written with * (also */2) leaves the other one alone to decide.
+    either_day = not parts[2].startswith("*") and not parts[4].startswith("*")
+    return Cron(*fields, either_day=either_day)
 
 
-def cron_matches(fields: list[frozenset[int]], moment: datetime) -> bool:
-    minute, hour, dom, month, dow = fields
+def cron_matches(cron: Cron, moment: datetime) -> bool:
+    on_dom = moment.day in cron.dom
+    on_dow = (moment.isoweekday() % 7) in cron.dow
     return (
-        moment.minute in minute
-        and moment.hour in hour
-        and moment.day in dom
-        and moment.month in month
-        and (moment.isoweekday() % 7) in dow
+        moment.minute in cron.minute
+        and moment.hour in cron.hour
+        and moment.month in cron.month
+        and ((on_dom or on_dow) if cron.either_day else (on_dom and on_dow))
     )

@@ -104,6 +104,25 @@ def test_missed_cron_moments_are_caught_up_once_for_the_latest():
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("expr, fires_on", [
+    # both day fields given: either one (the 1st, the 15th, and every Monday), as cron reads them
+    ("0 9 1,15 * 1", {(2026, 12, 1), (2026, 12, 7), (2026, 12, 14), (2026, 12, 15), (2026, 12, 21)}),
+    ("0 9 15 * *", {(2026, 12, 15)}),  # a * leaves the other field alone to decide
+    ("0 9 * * 1", {(2026, 12, 7), (2026, 12, 14), (2026, 12, 21)}),
+    ("0 9 */10 * 1", {(2026, 12, 21)}),  # */10 starts with *: days 1, 11, 21 that are Mondays (as Vixie cron)
+])
+def test_cron_day_fields_are_read_as_cron_reads_them(expr, fires_on):
+    version = publish(cron(expr))
+    people(1)
+    fired = set()
+    for day in range(1, 22):
+        TriggerState.objects.update_or_create(version=version, defaults={"last_tick_at": at(2026, 12, day, 8, 59)})
+        if schedules_run(now=at(2026, 12, day, 9, 0)):
+            fired.add((2026, 12, day))
+    assert fired == fires_on
+
+
+@pytest.mark.django_db
 def test_a_tick_never_enrols_an_erased_profile():
     version = publish(cron("* * * * *"))
     alive, gone = people(2)
