@@ -141,6 +141,29 @@ def _finish(run: JourneyRun, status: str, now: datetime, error: str = "") -> Non
     run.error = error[:4000]
 
 
+def runs_merge(*, merged: Customer, target: Customer, now: datetime) -> int:
+    """An absorbed profile's runs go on as the survivor's (a cart run begun on a device waits for
+    the purchase the signed-in customer makes). Where both are on one journey, the survivor's run
+    goes on and the absorbed one ends (one open run per customer); a run whose trigger the survivor
+    also entered stays, ended, with the absorbed profile. Open inactivity windows move too.
+    Returns how many runs moved."""
+    from django.db.models import Exists, OuterRef
+
+    from journeys.models import TriggerWatch
+
+    theirs = JourneyRun.objects.filter(customer=target)
+    mine = JourneyRun.objects.filter(customer=merged)
+    runs_end(mine.filter(exclusive=True, workflow_id__in=theirs.filter(
+        exclusive=True, status__in=(RunStatus.ACTIVE, RunStatus.WAITING)).values("workflow_id")),
+        status=RunStatus.EXITED, now=now, error=f"merged into customer {target.pk}, already on this journey")
+    same_trigger = Exists(theirs.filter(workflow_id=OuterRef("workflow_id"), trigger_key=OuterRef("trigger_key")))
+    runs_end(mine.filter(same_trigger), status=RunStatus.EXITED, now=now,
+             error=f"merged into customer {target.pk}, who entered on the same trigger")
+    moved = mine.exclude(same_trigger).update(customer=target)
+    TriggerWatch.objects.filter(customer=merged, fired_at__isnull=True, cancelled_at__isnull=True).update(customer=target)
+    return moved
+
+
 def runs_end(runs, *, status: str, now: datetime, error: str) -> int:
     """End the open runs of a queryset with one UPDATE (another run's move ends them; a wake-up
     that broke fails one); returns how many. The outbound stream hears of each (journey.exited),

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from journeys.choices import IdentityKind
 from journeys.models import Customer, CustomerMerge, Event, Identity, MergeRefusal, Source
@@ -241,14 +242,20 @@ def customer_merge(*, target: Customer, merged: Customer, reason: str, actor: st
     """Fold `merged` into `target`: identities, events and traits move; the merge is recorded."""
     if target.pk == merged.pk:
         raise ValueError("cannot merge a customer into itself")
+    from journeys.engine.runner import runs_merge
+
     identities = list(Identity.objects.filter(customer=merged).values_list("kind", "value"))
     Identity.objects.filter(customer=merged).update(customer=target)
     moved_events = Event.objects.filter(customer=merged).update(customer=target)
+    # the runs before the customer row, the order the engine locks them in
+    moved_runs = runs_merge(merged=merged, target=target, now=timezone.now())
     # The known profile's traits win; the anonymous one fills gaps.
     target.traits = {**merged.traits, **target.traits}
     for column in ("email", "phone", "locale"):
         if not getattr(target, column) and getattr(merged, column):
             setattr(target, column, getattr(merged, column))
+    if target.timezone in ("", "UTC") and merged.timezone not in ("", "UTC"):  # the device's zone, as on identify
+        target.timezone = merged.timezone
     if merged.first_seen and (not target.first_seen or merged.first_seen < target.first_seen):
         target.first_seen = merged.first_seen
     if merged.last_seen and (not target.last_seen or merged.last_seen > target.last_seen):
@@ -268,5 +275,6 @@ def customer_merge(*, target: Customer, merged: Customer, reason: str, actor: st
         merged=merged,
         reason=reason,
         actor=actor,
-        details={"identities": [f"{k}:{v}" for k, v in identities], "events_moved": moved_events},
+        details={"identities": [f"{k}:{v}" for k, v in identities], "events_moved": moved_events,
+                 "runs_moved": moved_runs},
     )

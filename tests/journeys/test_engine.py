@@ -131,6 +131,41 @@ def test_wait_for_event_times_out(publish, send):
     assert Customer.objects.get(external_id="u1").traits["nudged"] is True
 
 
+def test_a_run_begun_anonymously_goes_on_as_the_customer_who_signs_in(publish, send):
+    """A cart run begun on a device waits for the purchase; the visitor signs in (their profile
+    merges into the known one) and buys: the run hears it, and no reminder goes out after it."""
+    publish(WAIT)
+    send("identify", userId="m1")
+    send(anonymousId="dev-1", event="Signed Up", context={"timezone": "Asia/Tokyo"})
+    anonymous = Customer.objects.get(identities__value="dev-1")
+    send("identify", anonymousId="dev-1", userId="m1")
+    known = Customer.objects.get(external_id="m1")
+    assert Customer.objects.get(pk=anonymous.pk).merged_into_id == known.pk
+    assert known.timezone == "Asia/Tokyo"  # the device's zone, as an identify from it would set it
+
+    run = JourneyRun.objects.get()
+    assert (run.customer_id, run.status) == (known.pk, "waiting")
+    send(userId="m1", event="Activated", properties={"ok": True})
+    run.refresh_from_db()
+    assert run.status == "completed" and run.converted_at is not None
+    assert runs_wake_due(now=djtz.now() + timedelta(days=2)) == 0  # no timeout branch after the purchase
+
+
+def test_when_both_profiles_are_on_the_journey_the_survivors_run_goes_on_alone(publish, send):
+    publish(WAIT)
+    send(userId="m1", event="Signed Up")
+    send(anonymousId="dev-1", event="Signed Up")
+    send("identify", anonymousId="dev-1", userId="m1")
+    known = Customer.objects.get(external_id="m1")
+
+    runs = {r.status: r for r in JourneyRun.objects.all()}
+    assert set(runs) == {"waiting", "exited"}
+    assert runs["waiting"].customer_id == known.pk and runs["waiting"].trigger_event.message_id
+    assert "already on this journey" in runs["exited"].error
+    assert JourneyRun.objects.filter(customer=known, status__in=("active", "waiting")).count() == 1
+    assert runs_wake_due(now=djtz.now() + timedelta(days=2)) == 1  # one timeout, one nudge
+
+
 def test_delay_until_local_time_uses_customer_timezone(publish, send):
     publish({
         "trigger_event": "Signed Up",
