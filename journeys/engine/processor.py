@@ -227,6 +227,18 @@ class Enrolments:
         return [(run, version, event) for run, version, event in self.accepted if run.pk in kept and kept[run.pk] is run]
 
 
+def _before_entry(run: JourneyRun, event: Event) -> bool:
+    """Whether the event happened before the run began: before its trigger event (or, without
+    one, before the run was made). Read from the database only for an event stamped before the
+    run was made (a late batch, or the trigger's own batch)."""
+    if event.timestamp >= run.created_at:
+        return False
+    if run.trigger_event_id is None:
+        return True
+    began = Event.objects.filter(pk=run.trigger_event_id).values_list("timestamp", flat=True).first()
+    return began is not None and event.timestamp < began
+
+
 def event_route(*, event: Event, open_runs: dict, index, now, enrol=None):
     """Everything one event can do: convert, wake waiting runs, open/close inactivity windows, enrol.
 
@@ -246,6 +258,8 @@ def event_route(*, event: Event, open_runs: dict, index, now, enrol=None):
     acted = False  # once one of the customer's runs went on, it may have ended the others (a move)
     for run in list(runs):
         version = load_version(run.version_id)
+        if event.name in (version.goal_event, run.wait_event) and _before_entry(run, event):
+            continue  # it happened before the run began (a late offline queue): not what it waits for
         if version.goal_event and version.goal_event == event.name:
             if rule_true(version.goal_filter, replace(rctx, journey=run.variables))[0]:
                 if acted and not _still_open(run):
@@ -279,8 +293,14 @@ def event_route(*, event: Event, open_runs: dict, index, now, enrol=None):
         if not rule_true(version.trigger_config.get("filter", ""), rctx)[0]:
             continue
         window = parse_duration(version.trigger_config.get("within", "1h"), field="within")
+        # the follow-up may be stored already (sent in a later request, stamped later, processed first)
+        followed = Event.objects.filter(
+            customer=customer, name=version.trigger_config.get("followed_by", ""),
+            timestamp__gte=event.timestamp, timestamp__lte=event.timestamp + window,
+        ).exists()
         TriggerWatch.objects.get_or_create(
-            version_id=vid, start_event=event, defaults={"customer": customer, "due_at": event.timestamp + window}
+            version_id=vid, start_event=event,
+            defaults={"customer": customer, "due_at": event.timestamp + window, "cancelled_at": now if followed else None},
         )
 
     def start(version, trigger_key: str) -> None:

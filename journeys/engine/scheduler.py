@@ -34,7 +34,7 @@ from django.utils import timezone
 
 from journeys.choices import TriggerKind, VersionState
 from journeys.engine.batch import ids_q, skip_locked
-from journeys.engine.compiled import load_version, routable_versions
+from journeys.engine.compiled import canary_admits, load_version, routable_versions
 from journeys.engine.cron import cron_matches, parse_cron
 from journeys.engine.dates import date_versions, dates_fire_due, dates_prepare, dates_refresh_stale
 from journeys.engine.enrolment import Candidate, enroll_candidates
@@ -69,12 +69,15 @@ def watches_fire_due(*, now: datetime | None = None, deadline: float | None = No
                 .select_related("start_event").order_by("due_at")[:BATCH]
             )
             serving = _serving({w.version_id for w in watches})
+            successors = _successors([w for w in watches if w.version_id not in serving])
             groups: dict[int, list[Candidate]] = defaultdict(list)
             for watch in watches:
                 # Routed when the window opened (canary share): it enrols on that version while
-                # the version still serves (live, or the workflow's canary).
-                if watch.version_id in serving:
-                    groups[watch.version_id].append(Candidate(
+                # the version still serves (live, or the workflow's canary); after a publish, on the
+                # version that now takes the customer's entries, if it still starts on that event.
+                vid = watch.version_id if watch.version_id in serving else successors.get(watch.pk)
+                if vid is not None:
+                    groups[vid].append(Candidate(
                         customer_id=watch.customer_id, trigger_key=f"inactivity:{watch.start_event_id}",
                         event=watch.start_event))
             for vid, candidates in sorted(groups.items()):
@@ -83,6 +86,28 @@ def watches_fire_due(*, now: datetime | None = None, deadline: float | None = No
         fired += len(watches)
         if len(watches) < BATCH or (deadline is not None and monotonic.monotonic() > deadline):
             return fired
+
+
+def _successors(watches: list[TriggerWatch]) -> dict[int, int]:
+    """watch id -> the version that now takes its customer's new entries in the watch's workflow
+    (live or canary, by the canary share), where that version is an inactivity trigger on the
+    event that opened the window. A window opened before a publish is not lost with its version."""
+    if not watches:
+        return {}
+    workflow_of = dict(WorkflowVersion.objects.filter(pk__in={w.version_id for w in watches})
+                       .values_list("pk", "workflow_id"))
+    takers: dict[int, list[tuple[int, str, tuple[int, int, bool] | None]]] = defaultdict(list)
+    for vid, wid, event, canary_id, percent in routable_versions().filter(
+            trigger_kind=TriggerKind.INACTIVITY, workflow_id__in=set(workflow_of.values())).values_list(
+            "pk", "workflow_id", "trigger_event", "workflow__canary_version_id", "workflow__canary_percent"):
+        takers[wid].append((vid, event, None if canary_id is None else (wid, percent, vid == canary_id)))
+    out = {}
+    for watch in watches:
+        for vid, event, routing in takers.get(workflow_of.get(watch.version_id), ()):
+            if event == watch.start_event.name and canary_admits(routing, watch.customer_id):
+                out[watch.pk] = vid
+                break
+    return out
 
 
 def _serving(version_ids: set[int]) -> set[int]:

@@ -276,6 +276,59 @@ def test_inactivity_trigger_is_cancelled_by_the_follow_up(publish, send):
     assert JourneyRun.objects.count() == 0
 
 
+def test_a_follow_up_processed_before_the_start_still_closes_the_window(publish, send):
+    """Two requests out of order (two devices, a retried request): the order, stamped five
+    minutes after the checkout, is processed first. No reminder to someone who ordered."""
+    publish(CART)
+    t0 = djtz.now() - timedelta(minutes=10)
+    send(userId="u1", event="Order Completed", timestamp=(t0 + timedelta(minutes=5)).isoformat())
+    send(userId="u1", event="Checkout Started", timestamp=t0.isoformat())
+    send(userId="u2", event="Order Completed", timestamp=(t0 - timedelta(minutes=5)).isoformat())  # before it
+    send(userId="u2", event="Checkout Started", timestamp=t0.isoformat())
+
+    assert watches_fire_due(now=djtz.now() + timedelta(hours=2)) == 1  # u1's window opened closed
+    assert list(JourneyRun.objects.values_list("customer__external_id", flat=True)) == ["u2"]
+
+
+def test_a_window_opened_before_a_publish_fires_on_the_new_live_version(publish, send):
+    v1 = publish(CART, name="cart")
+    send(userId="u1", event="Checkout Started")
+    v2 = version_publish(version=version_new_draft(version=v1), reason="copy edits")
+
+    watches_fire_due(now=djtz.now() + timedelta(hours=2))
+
+    run = JourneyRun.objects.get()
+    assert run.version_id == v2.pk and run.trigger_key.startswith("inactivity:")
+    assert Customer.objects.get(external_id="u1").traits["reminded"] is True
+
+
+def test_a_window_is_not_moved_to_a_version_that_starts_on_another_event(publish, send):
+    v1 = publish(CART, name="cart")
+    send(userId="u1", event="Checkout Started")
+    draft = version_new_draft(version=v1)
+    draft.trigger_event = "Cart Viewed"
+    draft.save()
+    version_publish(version=draft, reason="another trigger")
+
+    watches_fire_due(now=djtz.now() + timedelta(hours=2))
+    assert JourneyRun.objects.count() == 0
+
+
+def test_an_event_from_before_the_run_began_neither_ends_its_wait_nor_converts_it(publish, send):
+    """A late offline queue delivers an Activated stamped a week ago: the run, begun now, waits on."""
+    publish({**WAIT, "goal_event": "Bought"})
+    send(userId="u1", event="Signed Up")
+    week_ago = (djtz.now() - timedelta(days=7)).isoformat()
+    send(userId="u1", event="Activated", properties={"ok": True}, timestamp=week_ago)
+    send(userId="u1", event="Bought", timestamp=week_ago)
+    run = JourneyRun.objects.get()
+    assert (run.status, run.converted_at) == ("waiting", None)
+
+    send(userId="u1", event="Activated", properties={"ok": True})
+    run.refresh_from_db()
+    assert run.status == "completed"
+
+
 def test_attribute_change_trigger(publish, send):
     publish({"trigger_kind": "attribute_change", "trigger_config": {"attribute": "plan", "to": "pro"},
              "reentry_policy": "always", "steps": steps(("g", "goal", {}))})

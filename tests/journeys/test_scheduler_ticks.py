@@ -78,14 +78,16 @@ def test_a_lease_whose_holder_died_expires():
 
 @pytest.mark.django_db
 def test_a_tick_that_fails_releases_its_lease(monkeypatch):
-    def broken(**kwargs):
+    def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(scheduler, "date_triggers_run", broken)
+    assert engine_tick(now=at(2025, 1, 6, 9, 1))["failed"] == ["date"]  # the other parts ran
+    monkeypatch.setattr(scheduler.Lease, "renew", broken)  # what no part catches
     with pytest.raises(RuntimeError):
-        engine_tick(now=at(2025, 1, 6, 9, 1))
+        engine_tick(now=at(2025, 1, 6, 9, 2))
     monkeypatch.undo()
-    assert "skipped" not in engine_tick(now=at(2025, 1, 6, 9, 2))
+    assert "skipped" not in engine_tick(now=at(2025, 1, 6, 9, 3))
 
 
 # --------------------------------------------------------------------------- cron moments
