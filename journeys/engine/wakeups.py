@@ -141,8 +141,8 @@ def _wake_one(run: JourneyRun, now: datetime) -> None:
     if not run.current_step:
         run_start(run=run, version=version)
         run_execute(run=run, version=version, customer=run.customer, event=run.trigger_event, now=now)
-    else:
-        run_execute(run=run, version=version, customer=run.customer, event=None, now=now,
+    else:  # after a delay or a timeout the steps still read the trigger event (event.*), as before it
+        run_execute(run=run, version=version, customer=run.customer, event=run.trigger_event, now=now,
                     resume_outcome=_outcome(run))
 
 

@@ -196,6 +196,29 @@ def test_delay_then_wake(publish, send):
     assert runs_wake_due(now=djtz.now() + timedelta(hours=4)) == 0  # nothing runs twice
 
 
+def test_steps_after_a_delay_or_a_timeout_still_read_the_trigger_event(publish, send):
+    """An order's total decides the branch an hour later: event.* is the trigger event after a
+    delay and after a wait's timeout (it was empty: the condition silently took "no")."""
+    publish({
+        "trigger_event": "Order Placed",
+        "steps": steps(("later", "delay", {"duration": "1h"}),
+                       ("big", "condition", {"rule": "event.properties.total >= 100"}),
+                       ("wait", "wait_for_event", {"event": "Reviewed", "timeout": "1d"}),
+                       ("still", "condition", {"rule": "event.properties.total >= 100"}),
+                       ("vip", "update_profile", {"traits": {"vip": True}}),
+                       ("small", "update_profile", {"traits": {"vip": False}})),
+        "edges": edges(("later", "next", "big"), ("big", "yes", "wait"), ("big", "no", "small"),
+                       ("wait", "timeout", "still"), ("still", "yes", "vip"), ("still", "no", "small")),
+    })
+    send(userId="u1", event="Order Placed", properties={"total": 150.5})
+    runs_wake_due(now=djtz.now() + timedelta(hours=2))
+    runs_wake_due(now=djtz.now() + timedelta(days=2))
+
+    run = JourneyRun.objects.get()
+    assert [s for s, _ in run.executions.values_list("step_key", "outcome")] == ["later", "big", "wait", "still", "vip"]
+    assert Customer.objects.get(external_id="u1").traits["vip"] is True
+
+
 def test_split_takes_first_matching_branch_else_default(publish, send):
     publish({
         "trigger_event": "Visit",
