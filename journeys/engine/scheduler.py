@@ -206,6 +206,14 @@ def segment_entries_refresh(*, now: datetime | None = None) -> int:
     return segment_entries_run(routed=_routed(TriggerKind.SEGMENT_ENTRY), now=now or timezone.now())
 
 
+def segment_entries_new() -> bool:
+    """Whether a segment-entry trigger went live and has not recorded its members yet: the
+    refresh then runs at the next minute, not the next hour (who comes into the segment without
+    an event before that first refresh counts as in at go-live, and does not enter)."""
+    return routable_versions().filter(trigger_kind=TriggerKind.SEGMENT_ENTRY).filter(
+        Q(trigger_state__isnull=True) | Q(trigger_state__prepared_at__isnull=True)).exists()
+
+
 def _in_chunks(queryset, size: int = 500):
     """Customers page by page (by id), with no cursor held open between pages.
 
@@ -249,7 +257,7 @@ def engine_tick(*, now: datetime | None = None) -> dict:
             ("date", lambda: date_triggers_run(now=now, deadline=deadline)),
             ("schedule", lambda: schedules_run(now=now, deadline=deadline)),
             ("stages", lambda: stages_refresh(now=now) if now.minute == 0 else 0),  # hourly
-            ("segments", lambda: segment_entries_refresh(now=now) if now.minute == 0 else 0),  # hourly
+            ("segments", lambda: segment_entries_refresh(now=now) if now.minute == 0 or segment_entries_new() else 0),  # hourly; a new trigger at once
         ):
             try:
                 out[name] = part()

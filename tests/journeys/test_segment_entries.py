@@ -41,6 +41,21 @@ def test_who_is_in_the_segment_at_go_live_does_not_enter_and_newcomers_enter_onc
     assert entered() == ["quiet"]
 
 
+def test_a_new_trigger_records_its_members_at_the_next_minute_not_the_next_hour():
+    """Who comes into the segment without an event before the first refresh counts as in at
+    go-live; that first refresh runs at the next minute tick, the later ones hourly."""
+    publish("profile.ltv >= 500")
+    Customer.objects.create(external_id="already", traits={"ltv": 900})
+    quiet = Customer.objects.create(external_id="quiet", traits={"ltv": 100})
+    engine_tick(now=datetime(2026, 12, 7, 10, 1, tzinfo=UTC))  # 10:01: the baseline, at once
+    assert SegmentMember.objects.count() == 1
+
+    Customer.objects.filter(pk=quiet.pk).update(traits={"ltv": 700})  # at 10:05, through the admin or SQL
+    assert engine_tick(now=datetime(2026, 12, 7, 10, 6, tzinfo=UTC))["segments"] == 0  # hourly from now on
+    assert engine_tick(now=datetime(2026, 12, 7, 11, 0, tzinfo=UTC))["segments"] == 1
+    assert entered() == ["quiet"]
+
+
 def test_time_passing_brings_customers_into_a_segment():
     publish("profile.days_since_last_seen >= 30")
     now = djtz.now()
@@ -84,10 +99,13 @@ def test_pages_of_the_audience_are_compared_range_by_range(monkeypatch):
 def test_the_refresh_is_hourly_and_a_paused_workflow_forgets_its_members():
     version = publish("profile.ltv >= 500")
     Customer.objects.create(external_id="a", traits={"ltv": 900})
-    engine_tick(now=datetime(2025, 1, 6, 9, 1, tzinfo=UTC))
-    assert not SegmentMember.objects.exists()  # not at :01
-    engine_tick(now=datetime(2025, 1, 6, 10, 0, tzinfo=UTC))
+    engine_tick(now=datetime(2025, 1, 6, 9, 1, tzinfo=UTC))  # just live: its members at once
     assert SegmentMember.objects.count() == 1
+    Customer.objects.create(external_id="b", traits={"ltv": 900})
+    engine_tick(now=datetime(2025, 1, 6, 9, 2, tzinfo=UTC))
+    assert SegmentMember.objects.count() == 1  # then not at :02
+    engine_tick(now=datetime(2025, 1, 6, 10, 0, tzinfo=UTC))
+    assert SegmentMember.objects.count() == 2
 
     Workflow.objects.filter(pk=version.workflow_id).update(status="paused")
     segment_entries_refresh(now=djtz.now())
