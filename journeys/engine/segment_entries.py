@@ -18,7 +18,8 @@ chunk. After the set of those versions changes, everyone once. A rule that does 
 segment service in id pages.
 
 The first refresh after a version goes live only records the members: entry is a change, and
-customers already in the segment have not entered it. Its cost is the segment's evaluation
+customers already in the segment have not entered it. It runs at the next minute tick, not the
+next hour (journeys.engine.scheduler.segment_entries_new), so that "already in" means in at go-live. Its cost is the segment's evaluation
 and the changes, never one statement per customer.
 """
 
