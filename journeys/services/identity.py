@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -203,6 +205,18 @@ def customer_resolve(
     return known
 
 
+@lru_cache(maxsize=2048)
+def timezone_known(name: object) -> bool:
+    """An IANA zone name this machine knows ("Mars/Olympus", "+05:30" and paths are not)."""
+    if not isinstance(name, str) or not name or len(name) > 64:
+        return False
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
 def customer_apply_traits(*, imap: IdentityMap, customer: Customer, traits: dict, context: dict) -> dict:
     """Copy identify traits onto the profile; well-known traits also fill the typed columns.
 
@@ -217,6 +231,8 @@ def customer_apply_traits(*, imap: IdentityMap, customer: Customer, traits: dict
             changed = True
         for trait, column in PROFILE_TRAIT_FIELDS.items():
             value = traits.get(trait)
+            if column == "timezone" and not timezone_known(value):
+                continue  # kept as a trait; the profile's zone (quiet hours, local times) stays a real one
             if isinstance(value, str) and value and getattr(customer, column) != value[:255]:
                 setattr(customer, column, value[:255])
                 changed = True
@@ -229,6 +245,8 @@ def customer_apply_traits(*, imap: IdentityMap, customer: Customer, traits: dict
     # The device's timezone/locale fill the profile only where nothing better is known.
     for column in ("timezone", "locale"):
         value = context.get(column)
+        if column == "timezone" and not timezone_known(value):
+            continue
         if isinstance(value, str) and value and getattr(customer, column) in ("", "UTC") and value != getattr(customer, column):
             setattr(customer, column, value[:64])
             changed = True

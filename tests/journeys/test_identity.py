@@ -97,6 +97,14 @@ def test_context_timezone_fills_profile(api):
     assert (customer.timezone, customer.locale) == ("Europe/Paris", "fr-FR")
 
 
+@pytest.mark.parametrize("zone", ["Mars/Olympus", "+05:30", "../../etc/passwd", "", 5])
+def test_a_timezone_nobody_knows_is_kept_as_a_trait_but_not_as_the_profiles_zone(api, zone):
+    api.post("identify", {"userId": "u", "traits": {"timezone": "Asia/Tokyo"}})
+    api.post("identify", {"userId": "u", "traits": {"timezone": zone}, "context": {"timezone": zone}})
+    customer = live_customers().get()
+    assert customer.timezone == "Asia/Tokyo" and customer.traits["timezone"] == zone
+
+
 def test_events_before_a_merge_in_the_same_batch_land_on_the_survivor(api):
     api.post("identify", {"userId": "known", "traits": {"plan": "pro"}})
     batch = [
