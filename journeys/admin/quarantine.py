@@ -15,7 +15,14 @@ from django.core.exceptions import ValidationError
 from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
 
-from journeys.admin.base import REASON_FIELD, HistoryRevertGuard, ReasonActionForm, action_reason, reason_field
+from journeys.admin.base import (
+    REASON_FIELD,
+    HistoryRevertGuard,
+    LargeTableMixin,
+    ReasonActionForm,
+    action_reason,
+    reason_field,
+)
 from journeys.choices import QuarantineStatus
 from journeys.models import QuarantinedEvent
 from journeys.services.quarantine import quarantine_check, quarantine_discard, quarantine_fix, quarantine_replay
@@ -49,7 +56,7 @@ class QuarantineFixForm(forms.ModelForm):
 
 
 @admin.register(QuarantinedEvent)
-class QuarantinedEventAdmin(HistoryRevertGuard, SimpleHistoryAdmin):
+class QuarantinedEventAdmin(LargeTableMixin, HistoryRevertGuard, SimpleHistoryAdmin):
     history_revert = False  # an event is fixed, replayed or discarded through its actions
     form = QuarantineFixForm
     action_form = ReasonActionForm
@@ -57,8 +64,6 @@ class QuarantinedEventAdmin(HistoryRevertGuard, SimpleHistoryAdmin):
     list_filter = ("status", "source", "code", ("received_at", admin.DateFieldListFilter))
     search_fields = ("message_id", "field", "message")
     list_select_related = ("source",)
-    date_hierarchy = "received_at"
-    show_full_result_count = False
     actions = ["replay_selected", "discard_selected"]
     readonly_fields = ("source", "status", "code", "field", "message", "defaults_shown", "endpoint_type", "message_id",
                        "batch_index", "received_at", "ip", "resolved_at", "resolved_by", "resolution", "event",
