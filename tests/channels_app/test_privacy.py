@@ -107,6 +107,37 @@ def test_erasure_takes_quarantined_events_that_sent_a_numeric_user_id_as_a_numbe
     assert [json.loads(e.payload)["userId"] for e in QuarantinedEvent.objects.all()] == [7771]
 
 
+def test_export_reads_the_steps_of_all_runs_in_one_query(history, django_assert_max_num_queries):
+    from django.utils import timezone
+
+    from channels_app.services import customer_export
+    from journeys.models import BusinessUnit, JourneyRun, StepExecution
+    from journeys.services.workflows import version_build, version_publish, workflow_create
+
+    # given a customer with many runs, each with its step executions
+    unit = BusinessUnit.objects.create(slug="growth", name="Growth")
+    version = version_publish(version=version_build(workflow=workflow_create(name="nurture", business_unit=unit), definition={
+        "trigger_kind": "event", "trigger_event": "Never",
+        "steps": [{"key": "wait", "kind": "delay", "config": {"duration": "7d"}}], "edges": []}), reason="test")
+    for n in range(12):
+        run = JourneyRun.objects.create(workflow=version.workflow, version=version, customer=history,
+                                        trigger_key=f"t:{n}", status="completed")
+        StepExecution.objects.bulk_create([
+            StepExecution(run=run, step_key=key, step_kind="delay", visit=1, started_at=timezone.now())
+            for key in ("second", "first")])
+    runs = list(JourneyRun.objects.filter(customer=history).order_by("created_at"))
+    assert len(runs) == 12
+    # when the export is made, then the number of queries does not grow with the runs
+    with django_assert_max_num_queries(20):
+        data = customer_export(customer=history)
+    # and each run carries its own steps, in order
+    assert [r["id"] for r in data["journey_runs"]] == [r.pk for r in runs]
+    for row in data["journey_runs"]:
+        expected = list(StepExecution.objects.filter(run_id=row["id"]).values_list("id", flat=True))
+        assert [step["id"] for step in row["steps"]] == expected and expected
+        assert all(step["run"] == row["id"] for step in row["steps"])
+
+
 def test_admin_export_and_erase_actions(history, admin_client):
     url = "/admin/channels_app/datasubject/"
     export = admin_client.post(url, {"action": "export_selected", "_selected_action": [history.pk]})
