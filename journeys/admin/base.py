@@ -209,6 +209,22 @@ class ReasonActionForm(ActionForm):
     reason = forms.CharField(required=False, label="Reason", widget=forms.TextInput(attrs={"size": 40}))
 
 
+def action_selection_within(model_admin: admin.ModelAdmin, request, queryset, *, limit: int, instead: str) -> bool:
+    """Whether an admin action may work through this selection inside the web request. A "select
+    all" over a big list would run past the web server's timeout, half done and unreported; above
+    `limit` rows the action is refused with a message: how many were selected, the limit, and
+    `instead` (what to do: a narrower filter, the command or API for bulk work)."""
+    from django.contrib import messages
+
+    selected = queryset.count()
+    if selected <= limit:
+        return True
+    noun = model_admin.model._meta.verbose_name_plural
+    model_admin.message_user(request, f"Nothing done: {selected:,} {noun} are selected and this action takes at most "
+                                      f"{limit:,} at a time. {instead}", messages.ERROR)
+    return False
+
+
 def action_reason(model_admin: admin.ModelAdmin, request) -> str:
     """The reason typed next to an admin action; empty means the action is refused with a message."""
     from django.contrib import messages

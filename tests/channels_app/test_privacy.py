@@ -155,6 +155,40 @@ def test_admin_export_and_erase_actions(history, admin_client):
     assert ErasureRecord.objects.get().actor == "admin:admin"
 
 
+def test_select_all_above_the_limit_is_refused_saying_how_many_and_what_to_do(admin_client, monkeypatch):
+    from channels_app.admin import privacy
+    from tests.factories import CustomerFactory
+
+    # given more customers selected ("select all") than the actions take at a time
+    monkeypatch.setattr(privacy, "ACTION_LIMIT", 4, raising=False)
+    customers = CustomerFactory.create_batch(6)
+    url = "/admin/channels_app/datasubject/"
+    for action in ("export_selected", "erase_selected"):
+        # when ops run the action on all of them
+        response = admin_client.post(url, {"action": action, "select_across": "1", "index": "0",
+                                           "_selected_action": [customers[0].pk], "confirm": "1", "reason": "r"},
+                                     follow=True)
+        # then nothing is exported or erased, and the message says how many, the limit and what instead
+        assert response["Content-Type"].startswith("text/html")
+        text = response.content.decode()
+        assert "6 data subjects are selected and this action takes at most 4 at a time" in text
+        assert ("manage.py export_customer" if action == "export_selected" else "manage.py erase_customer") in text
+    assert not ErasureRecord.objects.exists()
+
+
+def test_the_erase_confirmation_names_fifty_and_counts_the_rest(admin_client):
+    from tests.factories import CustomerFactory
+
+    customers = CustomerFactory.create_batch(61)
+    response = admin_client.post("/admin/channels_app/datasubject/", {
+        "action": "erase_selected", "select_across": "1", "index": "0", "_selected_action": [customers[0].pk]})
+    text = response.content.decode()
+    listed = text[text.index('id="erase-list"'):text.index("</ul>", text.index('id="erase-list"'))]
+    assert listed.count("<li>") == 50 and "and 11 more" in listed
+    assert "Erase 61 customers?" in text and text.count('name="_selected_action"') == 61
+    assert Customer.objects.filter(email__endswith="@example.com").count() == 61  # nothing erased yet
+
+
 def test_an_erased_persons_old_links_reports_and_broadcasts_write_nothing_about_them(history, client):
     from channels_app.services.links import link_url
     from channels_app.services.tracking import delivery_open_record, delivery_status_record
