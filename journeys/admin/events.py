@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db.models import Q
 from django.shortcuts import render
 from django.urls import path
@@ -60,7 +62,7 @@ class EventAdmin(LargeTableMixin, ReadOnlyAdmin):
     list_filter = ("type", "status", "source", ("timestamp", admin.DateFieldListFilter), CatalogNameFilter)
     search_fields = ("=customer__external_id", "=name", "=message_id")  # see event_search
     search_help_text = ("Exact match: a user id, anonymous id or email (that customer's events), an event name, "
-                        "a message id (of the last 30 days) or an event number.")
+                        f"a message id (of the last {settings.EVENT_API['DEDUP_DAYS']} days) or an event number.")
     list_select_related = ("customer", "source")
     sortable_by = ()  # receipt order: sorting by another column would sort every event
 
@@ -152,12 +154,13 @@ class EventDefinitionAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
         return [path("report/", self.admin_site.admin_view(self.report_view), name="journeys_eventdefinition_report")] + super().get_urls()
 
     def report_view(self, request):
-        from journeys.services.catalog import catalog_report
+        from journeys.services.catalog import catalog_report, catalog_report_days
 
         try:
-            days = max(1, min(int(request.GET.get("days", 7)), 365))
-        except ValueError:
+            days = catalog_report_days(request.GET.get("days", 7))
+        except ValidationError as exc:
             days = 7
+            messages.error(request, f"days {exc.message_dict['days'][0]}: showing the last {days} days instead.")
         context = {**self.admin_site.each_context(request), "rows": catalog_report(days=days), "days": days,
                    "title": f"Unknown and drifting events (last {days} days)", "opts": self.model._meta}
         return render(request, "admin/journeys/catalog_report.html", context)
