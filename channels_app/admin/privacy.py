@@ -12,7 +12,7 @@ from simple_history.admin import SimpleHistoryAdmin
 from channels_app.admin.base import ReadOnlyMixin
 from channels_app.models import Consent, DataSubject, ErasureRecord, Topic
 from channels_app.services import customer_erase, customer_export
-from journeys.admin.base import HistoryReasonMixin, action_selection_within
+from journeys.admin.base import HistoryReasonMixin, LargeTableMixin, action_selection_within
 
 
 @admin.register(Topic)
@@ -53,7 +53,7 @@ ERASE_INSTEAD = ("Narrow the list with the search or a filter, or erase each cus
 
 
 @admin.register(DataSubject)
-class DataSubjectAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class DataSubjectAdmin(LargeTableMixin, ReadOnlyMixin, admin.ModelAdmin):
     """Consent per customer, export and erasure (data-subject requests)."""
 
     list_display = ("__str__", "email", "phone", "last_seen")
