@@ -12,7 +12,7 @@ from agents.models import (
     Agent, AgentSkill, Case, CaseEntry, Conversation, ConversationMessage, ReplyTemplate, Team, TriageBot, TriageNode,
 )
 from agents.services.cases import agent_save, team_save
-from journeys.admin.base import HistoryReasonMixin, HistoryRevertGuard
+from journeys.admin.base import HistoryReasonMixin, HistoryRevertGuard, LargeTableMixin
 
 
 @admin.register(Team)
@@ -59,11 +59,12 @@ class CaseEntryInline(admin.TabularInline):
 
 
 @admin.register(Case)
-class CaseAdmin(HistoryRevertGuard, SimpleHistoryAdmin):
+class CaseAdmin(LargeTableMixin, HistoryRevertGuard, SimpleHistoryAdmin):
     history_revert = False
     list_display = ("__str__", "customer", "category", "priority", "status", "assigned_agent", "sla_due_at", "created_at")
     list_filter = ("status", "priority", "category", "team")
     search_fields = ("subject", "customer__external_id", "customer__email")
+    list_select_related = ("customer", "assigned_agent__user")
     inlines = [CaseEntryInline]
 
     def has_add_permission(self, request):

@@ -27,13 +27,17 @@ def cases_for_user(*, user, perm: str = "agents.view_case") -> QuerySet[Case]:
     return get_objects_for_user(user, perm, klass=Case.objects.select_related("customer", "assigned_agent__user", "team"))
 
 
+# Most urgent first, then the longest waiting (ids break ties, so pages of the queue never overlap).
+QUEUE_ORDER = ("-priority", "created_at", "pk")
+
+
 def my_cases(*, user) -> QuerySet[Case]:
-    return cases_for_user(user=user).filter(assigned_agent__user=user, status__in=OPEN_CASE_STATUSES)
+    return cases_for_user(user=user).filter(assigned_agent__user=user, status__in=OPEN_CASE_STATUSES).order_by(*QUEUE_ORDER)
 
 
 def team_queue(*, user) -> QuerySet[Case]:
     """Unassigned cases the user may take (their team's queue)."""
-    return cases_for_user(user=user, perm="agents.take_case").filter(status=CaseStatus.NEW)
+    return cases_for_user(user=user, perm="agents.take_case").filter(status=CaseStatus.NEW).order_by(*QUEUE_ORDER)
 
 
 def agent_for(*, user) -> Agent | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required as _login_required
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
@@ -53,13 +54,22 @@ def _reply_outcome(entry) -> tuple[int, str]:
     return messages.SUCCESS, "Reply sent."
 
 
+QUEUE_PAGE = 50  # cases per section of the queue page; the rest on the next pages
+
+
+def _queue_page(request, cases, param: str):
+    """One page of a section of the queue (`?<param>=<n>`): its cases and one COUNT of them all.
+    A page number out of range or not a number shows the nearest page."""
+    return Paginator(cases, QUEUE_PAGE).get_page(request.GET.get(param))
+
+
 @login_required
 def queue(request):
     agent = selectors.agent_for(user=request.user)
     return render(request, "agents/queue.html", {
         "agent": agent,
-        "my_cases": selectors.my_cases(user=request.user),
-        "team_queue": selectors.team_queue(user=request.user),
+        "my_cases": _queue_page(request, selectors.my_cases(user=request.user), "mine"),
+        "team_queue": _queue_page(request, selectors.team_queue(user=request.user), "queue"),
         "status_form": forms.StatusForm(initial={"status": agent.status}) if agent else None,
     })
 

@@ -42,7 +42,7 @@ from experiments.services.experiments import (
 )
 from experiments.services.nba import nba_explain, nba_train
 from experiments.services.reports import experiment_attribution, experiment_cohorts, version_funnel
-from journeys.admin.base import HistoryReasonMixin, ReasonActionForm, action_reason
+from journeys.admin.base import HistoryReasonMixin, LargeTableMixin, ReasonActionForm, action_reason
 from journeys.models import Customer, Step
 
 
@@ -437,7 +437,7 @@ class ArmAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
 
 
 @admin.register(Assignment)
-class AssignmentAdmin(admin.ModelAdmin):
+class AssignmentAdmin(LargeTableMixin, admin.ModelAdmin):
     """Read-only: assignments are made by the split step and never edited."""
 
     list_display = ("experiment", "customer", "arm", "holdout", "via", "bucket", "assigned_at", "run_id")

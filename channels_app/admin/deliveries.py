@@ -7,6 +7,7 @@ from django.contrib import admin
 from channels_app.admin.base import ReadOnlyMixin
 from channels_app.models import Delivery, DeliveryAttempt
 from channels_app.services import delivery_requeue
+from journeys.admin.base import LargeTableMixin
 
 
 class AttemptInline(ReadOnlyMixin, admin.TabularInline):
@@ -20,13 +21,12 @@ class AttemptInline(ReadOnlyMixin, admin.TabularInline):
 
 
 @admin.register(Delivery)
-class DeliveryAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class DeliveryAdmin(LargeTableMixin, ReadOnlyMixin, admin.ModelAdmin):
     list_display = ("created_at", "customer", "channel", "to", "subject", "status", "reason", "attempts",
                     "latency_ms", "choice_reason")
     list_filter = ("status", "reason", "channel", "channel__kind", "topic", ("created_at", admin.DateFieldListFilter))
     search_fields = ("to", "customer__external_id", "idempotency_key", "provider_message_id", "choice_reason")
     list_select_related = ("customer", "channel")
-    date_hierarchy = "created_at"
     inlines = (AttemptInline,)
     actions = ("requeue",)
 

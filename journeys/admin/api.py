@@ -9,7 +9,14 @@ from django.utils import timezone
 from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
 
-from journeys.admin.base import HistoryReasonMixin, ReadOnlyAdmin, ReasonActionForm, ReasonForm, action_reason
+from journeys.admin.base import (
+    HistoryReasonMixin,
+    LargeTableMixin,
+    ReadOnlyAdmin,
+    ReasonActionForm,
+    ReasonForm,
+    action_reason,
+)
 from journeys.choices import ApiScope
 from journeys.models import ApiRequest, ApiToken
 from journeys.services.api_tokens import scopes_clean, token_create, token_revoke
@@ -92,15 +99,13 @@ class ApiTokenAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
 
 
 @admin.register(ApiRequest)
-class ApiRequestAdmin(ReadOnlyAdmin):
+class ApiRequestAdmin(LargeTableMixin, ReadOnlyAdmin):
     """The access log: every call made with a token."""
 
     list_display = ("at", "token", "method", "path", "status", "duration_ms", "ip")
-    list_filter = ("status", "method", "token")
+    list_filter = ("status", "method", "token", ("at", admin.DateFieldListFilter))
     search_fields = ("path",)
     list_select_related = ("token",)
-    date_hierarchy = "at"
-    show_full_result_count = False
 
 
 # --------------------------------------------------------------------------- outbound event stream
@@ -203,7 +208,7 @@ class StreamAttemptInline(admin.TabularInline):
 
 
 @admin.register(StreamBatch)
-class StreamBatchAdmin(ReadOnlyAdmin):
+class StreamBatchAdmin(LargeTableMixin, ReadOnlyAdmin):
     """The delivery log: each signed request, its attempts and answers."""
 
     list_display = ("created_at", "destination", "webhook_id", "events_count", "attempts", "last_status_code",
@@ -212,7 +217,6 @@ class StreamBatchAdmin(ReadOnlyAdmin):
     search_fields = ("webhook_id",)
     list_select_related = ("destination",)
     inlines = [StreamAttemptInline]
-    show_full_result_count = False
 
     def has_view_permission(self, request, obj=None):
         return request.user.has_perm("journeys.view_streamdestination")

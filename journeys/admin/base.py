@@ -14,7 +14,10 @@ from django.contrib.admin.actions import delete_selected
 from django.contrib.admin.helpers import ActionForm
 from django.contrib.admin.utils import flatten_fieldsets, unquote
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db import connections
 from django.http import QueryDict
+from django.utils.functional import cached_property
 
 from journeys.services.governance import history_stamp, run_user_can_view, runs_visible_to
 
@@ -206,6 +209,22 @@ class ReasonActionForm(ActionForm):
     reason = forms.CharField(required=False, label="Reason", widget=forms.TextInput(attrs={"size": 40}))
 
 
+def action_selection_within(model_admin: admin.ModelAdmin, request, queryset, *, limit: int, instead: str) -> bool:
+    """Whether an admin action may work through this selection inside the web request. A "select
+    all" over a big list would run past the web server's timeout, half done and unreported; above
+    `limit` rows the action is refused with a message: how many were selected, the limit, and
+    `instead` (what to do: a narrower filter, the command or API for bulk work)."""
+    from django.contrib import messages
+
+    selected = queryset.count()
+    if selected <= limit:
+        return True
+    noun = model_admin.model._meta.verbose_name_plural
+    model_admin.message_user(request, f"Nothing done: {selected:,} {noun} are selected and this action takes at most "
+                                      f"{limit:,} at a time. {instead}", messages.ERROR)
+    return False
+
+
 def action_reason(model_admin: admin.ModelAdmin, request) -> str:
     """The reason typed next to an admin action; empty means the action is refused with a message."""
     from django.contrib import messages
@@ -215,3 +234,68 @@ def action_reason(model_admin: admin.ModelAdmin, request) -> str:
         model_admin.message_user(request, "Nothing changed: type a reason in the Reason box next to the action.",
                                  messages.ERROR)
     return reason
+
+
+# --------------------------------------------------------------------------- tables that grow without bound
+
+COUNT_CAP = 10_000  # a changelist counts at most this many rows (100 pages); past it, "more than"
+
+
+class AtLeast(int):
+    """A count that stopped counting: compares as the number, reads as "more than N"."""
+
+    def __str__(self) -> str:
+        return f"more than {int(self):,}"
+
+
+class About(int):
+    """A count read from the planner's statistics, not counted."""
+
+    def __str__(self) -> str:
+        return f"about {int(self):,}"
+
+
+def table_rows_estimate(model, using: str = "default") -> int | None:
+    """PostgreSQL's own estimate of the rows in a model's table (the sum over its partitions, for
+    the event table partitioned by id), from the last ANALYZE; None elsewhere or never analysed."""
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT SUM(GREATEST(c.reltuples, 0)), MAX(c.reltuples) FROM pg_class c WHERE c.relkind = 'r' AND "
+            "(c.oid = %s::regclass OR c.oid IN (SELECT relid FROM pg_partition_tree(%s::regclass)))",
+            [model._meta.db_table] * 2)
+        total, best = cursor.fetchone()
+    return int(total) if best is not None and best >= 0 else None
+
+
+class BoundedCountPaginator(Paginator):
+    """The admin changelist always asks its paginator for a count. Over a table of millions of rows
+    a COUNT(*) reads every row, on every page load. This one never does: the whole table (no
+    filter, no search) on PostgreSQL is PostgreSQL's estimate; anything else is counted up to
+    COUNT_CAP + 1 rows with a LIMIT, and past that says "more than COUNT_CAP"."""
+
+    cap = COUNT_CAP
+
+    @cached_property
+    def count(self) -> int:
+        queryset = self.object_list
+        if not queryset.query.where:
+            estimate = table_rows_estimate(queryset.model, queryset.db)
+            if estimate is not None and estimate > self.cap:
+                return About(estimate)
+        counted = queryset.order_by()[: self.cap + 1].count()
+        return AtLeast(self.cap) if counted > self.cap else counted
+
+
+class LargeTableMixin:
+    """For the changelist of a table that grows without bound (events, deliveries, runs, logs):
+    newest first by primary key, whose index serves `ORDER BY id DESC LIMIT 100` (an order on
+    an unindexed column sorts the whole table for every page), and a paginator that never
+    counts the whole table. Filter by date with a date list filter on the page, not a date
+    hierarchy (its year links are a DISTINCT over every row)."""
+
+    ordering = ("-pk",)
+    paginator = BoundedCountPaginator
+    show_full_result_count = False

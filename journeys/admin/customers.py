@@ -10,7 +10,7 @@ from django.urls import reverse
 from django.db.models import Q
 from simple_history.admin import SimpleHistoryAdmin
 
-from journeys.admin.base import HistoryReasonMixin, ReadOnlyAdmin
+from journeys.admin.base import HistoryReasonMixin, LargeTableMixin, ReadOnlyAdmin
 from journeys.api.fields import MAX_ID
 from journeys.console.selectors import customer_360
 from journeys.services.customers_api import CustomerNotFound, customer_get
@@ -35,7 +35,7 @@ def _survivor_of(object_id: str) -> Customer | None:
 
 
 @admin.register(Customer)
-class CustomerAdmin(admin.ModelAdmin):
+class CustomerAdmin(LargeTableMixin, admin.ModelAdmin):
     list_display = ("__str__", "email", "phone", "stage", "timezone", "first_seen", "last_seen")
     list_filter = ("stage", "timezone")
     search_fields = ("external_id", "email", "phone")

@@ -3,34 +3,75 @@
 from __future__ import annotations
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db.models import Q
 from django.shortcuts import render
 from django.urls import path
 from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
 
-from journeys.admin.base import HistoryReasonMixin, ReadOnlyAdmin, ReasonForm
+from journeys.admin.base import HistoryReasonMixin, LargeTableMixin, ReadOnlyAdmin, ReasonForm
+from journeys.choices import IdentityKind
 from journeys.models import (
+    Customer,
     Event,
     EventDefinition,
+    EventKey,
+    Identity,
     Source,
 )
 from journeys.services.sources import source_create, source_rotate_key, source_set_enabled
 
 
+class CatalogNameFilter(admin.SimpleListFilter):
+    """By event name, offering the names of the event catalog: the names actually stored would be
+    a DISTINCT over every event. Any other name: type it in the search box."""
+
+    title = "name"
+    parameter_name = "name"
+
+    def lookups(self, request, model_admin):
+        return [(name, name) for name in EventDefinition.objects.values_list("name", flat=True)]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(name=self.value()) if self.value() else queryset
+
+
+def event_search(term: str) -> Q:
+    """The events a search term names, found through indexes only: the events of the customer
+    it identifies (user id, anonymous id, email or phone), of that name, with that message id
+    (received within the dedup window, or internal), or with that id. The ids are looked up
+    first, so the event query is index probes OR-ed together, never a scan of every event."""
+    customers = set(Customer.objects.filter(Q(external_id=term) | Q(email=term)).values_list("pk", flat=True))
+    customers.update(Identity.objects.filter(kind__in=IdentityKind.values, value=term).values_list("customer_id", flat=True))
+    events = set(EventKey.objects.filter(source_id__in=list(Source.objects.values_list("pk", flat=True)),
+                                         message_id=term).values_list("event_id", flat=True))
+    if term.isascii() and term.isdigit() and len(term) < 19:
+        events.add(int(term))
+    return Q(name=term) | Q(customer_id__in=customers) | Q(pk__in=events)
+
+
 @admin.register(Event)
-class EventAdmin(ReadOnlyAdmin):
-    """Read-only: events are facts."""
+class EventAdmin(LargeTableMixin, ReadOnlyAdmin):
+    """Read-only: events are facts. Newest received first; the list reads one page of the table
+    whatever its size (no date hierarchy, no DISTINCT of names, exact search through indexes)."""
 
     list_display = ("timestamp", "type", "name", "customer", "source", "status")
-    list_filter = ("type", "status", "source", ("timestamp", admin.DateFieldListFilter), "name")
-    search_fields = ("name", "message_id", "user_id", "anonymous_id")
-    date_hierarchy = "timestamp"
+    list_filter = ("type", "status", "source", ("timestamp", admin.DateFieldListFilter), CatalogNameFilter)
+    search_fields = ("=customer__external_id", "=name", "=message_id")  # see event_search
+    search_help_text = ("Exact match: a user id, anonymous id or email (that customer's events), an event name, "
+                        f"a message id (of the last {settings.EVENT_API['DEDUP_DAYS']} days) or an event number.")
     list_select_related = ("customer", "source")
-    show_full_result_count = False
+    sortable_by = ()  # receipt order: sorting by another column would sort every event
 
     def has_view_permission(self, request, obj=None):
         return request.user.has_perm("journeys.view_event")
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        return (queryset.filter(event_search(term)) if term else queryset), False
 
 
 class SourceForm(ReasonForm):
@@ -113,12 +154,13 @@ class EventDefinitionAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
         return [path("report/", self.admin_site.admin_view(self.report_view), name="journeys_eventdefinition_report")] + super().get_urls()
 
     def report_view(self, request):
-        from journeys.services.catalog import catalog_report
+        from journeys.services.catalog import catalog_report, catalog_report_days
 
         try:
-            days = max(1, min(int(request.GET.get("days", 7)), 365))
-        except ValueError:
+            days = catalog_report_days(request.GET.get("days", 7))
+        except ValidationError as exc:
             days = 7
+            messages.error(request, f"days {exc.message_dict['days'][0]}: showing the last {days} days instead.")
         context = {**self.admin_site.each_context(request), "rows": catalog_report(days=days), "days": days,
                    "title": f"Unknown and drifting events (last {days} days)", "opts": self.model._meta}
         return render(request, "admin/journeys/catalog_report.html", context)

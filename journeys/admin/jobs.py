@@ -205,13 +205,15 @@ class JobAdmin(admin.ModelAdmin):
         return render(request, "admin/journeys/job/start.html", context)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        from journeys.console.selectors import job_result
         from journeys.console.views import job_status
         from journeys.services.jobs import jobs_purge_exports
 
         jobs_purge_exports()
         job = object_or_404(self.get_queryset(request), object_id)
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, "job": job,
-                   "status": job_status(job), "title": f"Job #{job.pk}: {job.get_kind_display()}"}
+                   "result": job_result(job), "status": job_status(job),
+                   "title": f"Job #{job.pk}: {job.get_kind_display()}"}
         return render(request, "admin/journeys/job/job.html", context)
 
 

@@ -379,16 +379,21 @@ def _attribute_warnings(references: list[str], version: WorkflowVersion, event: 
 def jobs_for_user(user: Any):
     """Ops admins (who may view jobs) see every job; everyone else their own, of the kinds they may
     still start (an editor's replays of a unit they still edit): a role taken away takes the
-    results of the jobs it started with it (exports hold personal data)."""
+    results of the jobs it started with it (exports hold personal data).
+
+    Without their result and uploaded file (`job_result` reads the result): an export's result
+    holds everything about a customer, up to a hundred megabytes, which a list or a progress
+    poll must not read."""
     from journeys.models import Job, JobKind, WorkflowVersion
     from journeys.selectors import EDIT, REVIEW, user_has_global, workflows_for_user
     from journeys.services.jobs import DATA_JOB_PERM
 
+    jobs = Job.objects.defer("result", "input_text")
     if user.is_superuser or user.has_perm("journeys.view_job"):
-        return Job.objects.all()
+        return jobs
     if not user.is_active:
-        return Job.objects.none()
-    own = Job.objects.filter(created_by=user)
+        return jobs.none()
+    own = jobs.filter(created_by=user)
     kinds = [kind for kind in (JobKind.IMPORT_CUSTOMERS, JobKind.IMPORT_EVENTS, JobKind.EXPORT)
              if user.has_perm(DATA_JOB_PERM)]
     if user_has_global(user, REVIEW):
@@ -399,6 +404,18 @@ def jobs_for_user(user: Any):
                                                   workflow__in=workflows_for_user(user, EDIT))
                    .values_list("pk", flat=True))
     return own.filter(Q(kind__in=kinds) | Q(pk__in=[pk for pk, v in replays.items() if v in editable]))
+
+
+def job_result(job) -> dict:
+    """The result the job page shows: an export's without the copy of the personal data (its size
+    instead; the copy is downloaded), any other job's whole (counts, capped rejected rows, the
+    replay report)."""
+    from journeys.models import Job, JobKind
+    from journeys.services.jobs import export_summaries
+
+    if job.kind == JobKind.EXPORT:
+        return export_summaries(Job.objects.filter(pk=job.pk)).get(job.pk, {})
+    return job.result
 
 
 def template_preview(*, user: Any, template: str, locale: str = "", customer_ref: str = "", event_name: str = "",

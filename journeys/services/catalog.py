@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
+from django.core.exceptions import ValidationError
 from django.db.models import Count, Max
 from django.utils import timezone
 from jsonschema import Draft202012Validator
@@ -102,8 +103,24 @@ class CatalogRow:
     flagged: int
 
 
+REPORT_DAYS = (1, 90)  # the report reads every event received in its period: at most a quarter
+
+
+def catalog_report_days(value: object) -> int:
+    """The report's period as asked for (`?days=`), or a ValidationError on `days` saying what is allowed."""
+    low, high = REPORT_DAYS
+    try:
+        days = int(str(value).strip())
+    except ValueError:
+        days = None
+    if days is None or not low <= days <= high:
+        raise ValidationError({"days": f"must be a whole number of days from {low} to {high}, not {str(value)[:40]!r}"})
+    return days
+
+
 def catalog_report(*, days: int = 7) -> list[CatalogRow]:
-    """Events seen in the last N days that are unknown to the catalog or break their schema."""
+    """Events seen in the last N days (1 to 90) that are unknown to the catalog or break their schema."""
+    days = catalog_report_days(days)
     since = timezone.now() - timedelta(days=days)
     known = set(EventDefinition.objects.values_list("name", flat=True))
     rows = (

@@ -22,6 +22,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
+from django.db.models.fields.json import KT
+from django.db.models.functions import Length
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -122,10 +124,29 @@ def jobs_erase_exports(*, customer_ids: list[int]) -> int:
 
 def _drop_exports(jobs, *, mark: str, drop: tuple[str, ...] = ("export",)) -> int:
     dropped = 0
-    for job in jobs.filter(kind=JobKind.EXPORT, result__has_key="export"):
-        result = {k: v for k, v in job.result.items() if k not in drop}
-        dropped += Job.objects.filter(pk=job.pk).update(result={**result, mark: True})
+    for pk, summary in export_summaries(jobs.filter(kind=JobKind.EXPORT, result__has_key="export")).items():
+        result = {k: v for k, v in summary.items() if k not in drop and k != "export_size"}
+        dropped += Job.objects.filter(pk=pk).update(result={**result, mark: True})
     return dropped
+
+
+EXPORT_SUMMARY_KEYS = ("customer", "external_id", "sections", "expired", "erased")
+
+
+def export_summaries(jobs) -> dict[int, dict]:
+    """The results of these export jobs without their copy of the personal data: what `_export`
+    returns and the marks dropping it adds, and the copy's size in characters (`export_size`,
+    while it is kept). The copy can be a hundred megabytes of JSON for a long-lived customer:
+    it is measured in the database and never read here."""
+    rows = jobs.values("pk", *(f"result__{key}" for key in EXPORT_SUMMARY_KEYS),
+                       export_size=Length(KT("result__export")))
+    summaries = {}
+    for row in rows:
+        summary = {key: row[f"result__{key}"] for key in EXPORT_SUMMARY_KEYS if row[f"result__{key}"] is not None}
+        if row["export_size"] is not None:
+            summary["export_size"] = row["export_size"]
+        summaries[row["pk"]] = summary
+    return summaries
 
 
 # --------------------------------------------------------------------------- the q2 task

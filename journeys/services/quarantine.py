@@ -82,6 +82,24 @@ def quarantine_fix(*, entry: QuarantinedEvent, payload: str, actor: Any = None, 
 class ReplayResult:
     replayed: list[QuarantinedEvent] = field(default_factory=list)
     still_bad: list[tuple[QuarantinedEvent, str]] = field(default_factory=list)
+    skipped: int = 0  # already replayed or discarded by then
+
+    def summary(self, *, reasons: int = 5) -> str:
+        """One message for whoever replayed: how many were replayed, how many are still refused,
+        grouped by the field at fault (each with an example), the most common first."""
+        parts = [f"{len(self.replayed):,} event(s) replayed: stored and sent to the engine."]
+        groups: dict[str, list[tuple[QuarantinedEvent, str]]] = {}
+        for entry, error in self.still_bad:
+            groups.setdefault(entry.field or "payload", []).append((entry, error))
+        ranked = sorted(groups.items(), key=lambda group: -len(group[1]))
+        if ranked:
+            named = "; ".join(f"{len(bad):,} at {name} (e.g. #{bad[0][0].pk}: {bad[0][1]})" for name, bad in ranked[:reasons])
+            others = sum(len(bad) for _name, bad in ranked[reasons:])
+            parts.append(f"{len(self.still_bad):,} still refused, left in the quarantine: {named}"
+                         + (f"; {others:,} for other reasons." if others else "."))
+        if self.skipped:
+            parts.append(f"{self.skipped:,} event(s) left as they were: already replayed or discarded.")
+        return " ".join(parts)
 
 
 def quarantine_replay(*, entries, actor: Any = None, reason: str = "") -> ReplayResult:
@@ -98,6 +116,7 @@ def quarantine_replay(*, entries, actor: Any = None, reason: str = "") -> Replay
             entry = QuarantinedEvent.objects.select_for_update().select_related("source").filter(
                 pk=pk, status=QuarantineStatus.QUARANTINED).first()
             if entry is None:
+                result.skipped += 1
                 continue
             try:
                 payload = _loads(entry.payload, field_name="payload")

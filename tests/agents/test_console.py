@@ -57,6 +57,31 @@ def test_my_queue_lists_my_cases_and_my_teams_queue_only(client, world):
     assert f"#{world['queued'].pk}<" not in carol_page  # another team's queue
 
 
+def test_the_queue_shows_fifty_cases_a_section_with_a_count_and_pages(client, world, django_capture_on_commit_callbacks):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    # given a long team queue (alice and bob are full: new cases wait, most urgent first)
+    waiting = [open_case(capture=django_capture_on_commit_callbacks, priority=1 + n % 3) for n in range(61)]
+    queued = sorted([world["queued"], *waiting], key=lambda c: (-c.priority, c.created_at, c.pk))
+    assert all(c.status == "new" for c in queued)
+    # when alice opens her queue
+    with CaptureQueriesContext(connection) as queries:
+        page = login(client, world["alice"]).get(reverse("agents:queue")).content.decode()
+    # then the section shows the 50 most urgent, says how many there are, and links the next page
+    section = page.split('id="team-queue"')[1].split("</section>")[0]
+    shown = [int(pk) for pk in re.findall(r'agents/cases/(\d+)/take/', section)]
+    assert shown == [c.pk for c in queued[:50]]
+    assert "Team queue (62)" in section and "Showing 1–50 of 62" in section and "?queue=2" in section
+    # the count is one COUNT query and the rows are read with a LIMIT
+    on_cases = [q["sql"] for q in queries.captured_queries if 'FROM "agents_case"' in q["sql"]]
+    assert sum("COUNT(" in sql for sql in on_cases) == 2  # one per section
+    assert all("LIMIT" in sql for sql in on_cases if "COUNT(" not in sql)
+    # the next page shows the rest
+    section = client.get(reverse("agents:queue") + "?queue=2").content.decode().split('id="team-queue"')[1]
+    assert [int(pk) for pk in re.findall(r'agents/cases/(\d+)/take/', section)] == [c.pk for c in queued[50:]]
+
+
 @pytest.mark.parametrize("url", ["case", "reply", "note", "resolve", "take", "reopen", "close", "followup"])
 def test_someone_elses_case_is_not_found(client, world, url):
     client = login(client, world["alice"])

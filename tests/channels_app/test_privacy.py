@@ -107,6 +107,37 @@ def test_erasure_takes_quarantined_events_that_sent_a_numeric_user_id_as_a_numbe
     assert [json.loads(e.payload)["userId"] for e in QuarantinedEvent.objects.all()] == [7771]
 
 
+def test_export_reads_the_steps_of_all_runs_in_one_query(history, django_assert_max_num_queries):
+    from django.utils import timezone
+
+    from channels_app.services import customer_export
+    from journeys.models import BusinessUnit, JourneyRun, StepExecution
+    from journeys.services.workflows import version_build, version_publish, workflow_create
+
+    # given a customer with many runs, each with its step executions
+    unit = BusinessUnit.objects.create(slug="growth", name="Growth")
+    version = version_publish(version=version_build(workflow=workflow_create(name="nurture", business_unit=unit), definition={
+        "trigger_kind": "event", "trigger_event": "Never",
+        "steps": [{"key": "wait", "kind": "delay", "config": {"duration": "7d"}}], "edges": []}), reason="test")
+    for n in range(12):
+        run = JourneyRun.objects.create(workflow=version.workflow, version=version, customer=history,
+                                        trigger_key=f"t:{n}", status="completed")
+        StepExecution.objects.bulk_create([
+            StepExecution(run=run, step_key=key, step_kind="delay", visit=1, started_at=timezone.now())
+            for key in ("second", "first")])
+    runs = list(JourneyRun.objects.filter(customer=history).order_by("created_at"))
+    assert len(runs) == 12
+    # when the export is made, then the number of queries does not grow with the runs
+    with django_assert_max_num_queries(20):
+        data = customer_export(customer=history)
+    # and each run carries its own steps, in order
+    assert [r["id"] for r in data["journey_runs"]] == [r.pk for r in runs]
+    for row in data["journey_runs"]:
+        expected = list(StepExecution.objects.filter(run_id=row["id"]).values_list("id", flat=True))
+        assert [step["id"] for step in row["steps"]] == expected and expected
+        assert all(step["run"] == row["id"] for step in row["steps"])
+
+
 def test_admin_export_and_erase_actions(history, admin_client):
     url = "/admin/channels_app/datasubject/"
     export = admin_client.post(url, {"action": "export_selected", "_selected_action": [history.pk]})
@@ -122,6 +153,40 @@ def test_admin_export_and_erase_actions(history, admin_client):
     assert done.status_code == 302
     assert Customer.objects.get(pk=history.pk).email == ""
     assert ErasureRecord.objects.get().actor == "admin:admin"
+
+
+def test_select_all_above_the_limit_is_refused_saying_how_many_and_what_to_do(admin_client, monkeypatch):
+    from channels_app.admin import privacy
+    from tests.factories import CustomerFactory
+
+    # given more customers selected ("select all") than the actions take at a time
+    monkeypatch.setattr(privacy, "ACTION_LIMIT", 4, raising=False)
+    customers = CustomerFactory.create_batch(6)
+    url = "/admin/channels_app/datasubject/"
+    for action in ("export_selected", "erase_selected"):
+        # when ops run the action on all of them
+        response = admin_client.post(url, {"action": action, "select_across": "1", "index": "0",
+                                           "_selected_action": [customers[0].pk], "confirm": "1", "reason": "r"},
+                                     follow=True)
+        # then nothing is exported or erased, and the message says how many, the limit and what instead
+        assert response["Content-Type"].startswith("text/html")
+        text = response.content.decode()
+        assert "6 data subjects are selected and this action takes at most 4 at a time" in text
+        assert ("manage.py export_customer" if action == "export_selected" else "manage.py erase_customer") in text
+    assert not ErasureRecord.objects.exists()
+
+
+def test_the_erase_confirmation_names_fifty_and_counts_the_rest(admin_client):
+    from tests.factories import CustomerFactory
+
+    customers = CustomerFactory.create_batch(61)
+    response = admin_client.post("/admin/channels_app/datasubject/", {
+        "action": "erase_selected", "select_across": "1", "index": "0", "_selected_action": [customers[0].pk]})
+    text = response.content.decode()
+    listed = text[text.index('id="erase-list"'):text.index("</ul>", text.index('id="erase-list"'))]
+    assert listed.count("<li>") == 50 and "and 11 more" in listed
+    assert "Erase 61 customers?" in text and text.count('name="_selected_action"') == 61
+    assert Customer.objects.filter(email__endswith="@example.com").count() == 61  # nothing erased yet
 
 
 def test_an_erased_persons_old_links_reports_and_broadcasts_write_nothing_about_them(history, client):

@@ -162,6 +162,30 @@ def test_ops_exports_everything_held_about_a_customer(ops, django_capture_on_com
     assert "no customer with id or email 'ghost'" in nobody.context["form"].errors["customer"][0]
 
 
+def test_job_list_page_and_progress_poll_never_read_an_exports_copy(ops, django_capture_on_commit_callbacks):
+    import re
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    # given a finished export (its result holds everything about the customer)
+    start(ops, "export", {"customer": "alan@example.com"}, django_capture_on_commit_callbacks)
+    job = Job.objects.get()
+    whole_column = re.compile(r'(SELECT |, )"journeys_job"\."(result|input_text)"(,| FROM)')
+    for url in (reverse("admin:journeys_job_changelist"), reverse("console:job_status", args=[job.pk]),
+                reverse("admin:journeys_job_change", args=[job.pk])):
+        # when ops list the jobs, poll its progress and open its page
+        with CaptureQueriesContext(connection) as queries:
+            response = ops.get(url)
+        # then no query loads the result column (the page measures the copy in the database)
+        assert response.status_code == 200
+        assert [q["sql"] for q in queries.captured_queries if whole_column.search(q["sql"])] == []
+    page = response.content.decode()
+    assert "alan@example.com" not in page  # the copy is not on the page: its size and a download link are
+    assert 'id="export-download"' in page and re.search(r"JSON, [0-9.]+\xa0(bytes|KB)\)", page)
+    assert json.loads(ops.get(reverse("console:job_download", args=[job.pk])).content)["customer"]["id"]
+
+
 def test_an_editor_replays_a_version_of_their_unit_in_the_background(client, demo, send,
                                                                      django_capture_on_commit_callbacks):
     send(userId="u-ada", event="Checkout Started", properties={"total": 90})

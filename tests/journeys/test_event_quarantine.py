@@ -157,9 +157,66 @@ def test_replay_action_keeps_what_is_still_bad_and_names_why(api, people, client
     response = ops.post(reverse(CHANGELIST), {"action": "replay_selected", "_selected_action": [entry.pk],
                                               "reason": "try again"}, follow=True)
 
-    assert "still refused: timestamp: cannot parse" in response.text
+    assert "1 still refused, left in the quarantine: 1 at timestamp" in response.text
+    assert f"#{entry.pk}: timestamp: cannot parse" in response.text
     entry.refresh_from_db()
     assert (entry.status, entry.field) == ("quarantined", "timestamp")
+
+
+def test_replay_of_many_says_in_one_message_how_many_were_replayed_and_why_the_rest_were_not(
+        api, people, client, tagging_workflow):  # noqa: F811
+    # given entries still wrong in two ways, and some fixed ones
+    api.post("batch", {"batch": [good(f"t-{n}", timestamp="yesterday") for n in range(3)]
+                       + [good(f"e-{n}", event=7) for n in range(2)] + [good(f"ok-{n}", timestamp="x") for n in range(4)]})
+    for entry in QuarantinedEvent.objects.filter(message_id__startswith="ok-"):
+        entry.payload = json.dumps(good(entry.message_id))
+        entry.save()
+    ops = login(client, people["ops"])
+    # when ops replay them all
+    response = ops.post(reverse(CHANGELIST), {"action": "replay_selected", "select_across": "1", "index": "0",
+                                              "_selected_action": [QuarantinedEvent.objects.first().pk],
+                                              "reason": "try again"}, follow=True)
+    # then one message says it all, the most common refusal first
+    said = [str(m) for m in response.context["messages"]]
+    assert len(said) == 1, said
+    assert said[0].startswith("4 event(s) replayed: stored and sent to the engine. 5 still refused, left in the "
+                              "quarantine: 3 at timestamp (e.g. #")
+    assert "; 2 at event (e.g. #" in said[0]
+    assert QuarantinedEvent.objects.filter(status="replayed").count() == 4
+
+
+def test_replay_of_more_than_the_action_takes_is_refused_naming_the_command(api, people, client, monkeypatch):  # noqa: F811
+    from journeys.admin import quarantine
+
+    monkeypatch.setattr(quarantine, "REPLAY_ACTION_LIMIT", 2, raising=False)
+    api.post("batch", {"batch": [good(f"t-{n}", timestamp="yesterday") for n in range(3)]})
+    ops = login(client, people["ops"])
+    response = ops.post(reverse(CHANGELIST), {"action": "replay_selected", "select_across": "1", "index": "0",
+                                              "_selected_action": [QuarantinedEvent.objects.first().pk],
+                                              "reason": "try again"}, follow=True)
+    assert "Nothing done: 3 quarantined events are selected and this action takes at most 2 at a time" in response.text
+    assert "manage.py quarantine_replay" in response.text
+    assert not QuarantinedEvent.history.filter(history_change_reason__startswith="replay").exists()
+
+
+def test_the_replay_command_replays_what_its_filters_match(api, source, tagging_workflow, capsys):
+    from django.core.management import CommandError, call_command
+
+    api.post("batch", {"batch": [good(f"t-{n}", timestamp="x") for n in range(3)] + [good("e-1", event=7)]})
+    for entry in QuarantinedEvent.objects.filter(message_id__startswith="t-"):
+        entry.payload = json.dumps(good(entry.message_id))
+        entry.save()
+    call_command("quarantine_replay", "--reason", "fixed", "--dry-run")
+    assert "4 quarantined event(s) match; nothing replayed" in capsys.readouterr().out
+    call_command("quarantine_replay", "--reason", "fixed", "--source", source.name, "--limit", "3")
+    out = capsys.readouterr().out
+    assert "3 event(s) replayed" in out and QuarantinedEvent.objects.filter(status="replayed").count() == 3
+    call_command("quarantine_replay", "--reason", "again", "--received-after", "2000-01-01")
+    assert "0 event(s) replayed: stored and sent to the engine. 1 still refused" in capsys.readouterr().out
+    for bad, option in ((["--source", "nope"], "--source"), (["--received-after", "2025-02-31"], "--received-after"),
+                        (["--limit", "0"], "--limit"), (["--reason", " "], "--reason")):
+        with pytest.raises(CommandError, match=option):
+            call_command("quarantine_replay", *(["--reason", "r"] if "--reason" not in bad else []), *bad)
 
 
 def test_replaying_what_was_already_replayed_says_so(api, people, client):  # noqa: F811

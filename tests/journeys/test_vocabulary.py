@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.core.exceptions import ValidationError
 
 from journeys.engine.compiled import reset_caches
 from journeys.models import (
@@ -100,6 +101,23 @@ def test_catalog_admin_rejects_invalid_schema_and_shows_report(admin_client, ord
                                  {"name": "X", "schema": '{"type": "nonsense"}', "owner": "", "description": ""})
     assert response.status_code == 200 and b"not a valid JSON Schema" in response.content
     assert admin_client.get("/admin/journeys/eventdefinition/report/").status_code == 200
+
+
+@pytest.mark.parametrize("days", ["100000", "0", "-3", "seven", "1e3"])
+def test_the_report_period_out_of_range_or_not_a_number_is_refused_saying_so(admin_client, days):
+    response = admin_client.get(f"/admin/journeys/eventdefinition/report/?days={days}", follow=True)
+    assert response.status_code == 200
+    said = [str(m) for m in response.context["messages"]]
+    assert said == [f"days must be a whole number of days from 1 to 90, not {days!r}: showing the last 7 days instead."]
+    assert response.context["days"] == 7 and "last 7 days" in response.context["title"]
+    with pytest.raises(ValidationError, match="days"):
+        catalog_report(days=int(days) if days.lstrip("-").isdigit() else days)
+
+
+def test_the_report_covers_any_period_from_a_day_to_ninety(admin_client):
+    for days in (1, 90):
+        response = admin_client.get(f"/admin/journeys/eventdefinition/report/?days={days}")
+        assert response.context["days"] == days and not list(response.context["messages"])
 
 
 @pytest.fixture
