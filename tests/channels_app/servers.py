@@ -35,6 +35,7 @@ class SmtpSink:
         self.refuse: dict[str, str] = {}  # recipient -> SMTP reply
         self.drop: set[str] = set()  # recipients whose RCPT closes the connection (once each)
         self.hang_up_after_data = False  # close each session right after accepting its message (an idle timeout)
+        self.hung_up = 0  # sessions closed so
         self.mail_reply = ""  # an answer to give every MAIL command instead of 250
         self.pipelining = True  # offer PIPELINING (RFC 2920), as real relays do
         self.pipelined = 0  # MAIL commands whose RCPT and DATA had already arrived (sent in one write)
@@ -68,7 +69,11 @@ class SmtpSink:
         self.messages.append(message_from_bytes(envelope.content, policy=policy.default))
         self.peers.append(session.peer)
         if self.hang_up_after_data:
-            asyncio.get_running_loop().call_later(0.02, server.transport.close)
+            def hang_up():
+                server.transport.close()
+                self.hung_up += 1
+
+            asyncio.get_running_loop().call_later(0.02, hang_up)
         return "250 Message accepted for delivery"
 
 

@@ -207,7 +207,9 @@ def test_a_session_the_server_closed_while_idle_is_opened_again_before_the_next_
             result = provider.send(OutgoingMessage(delivery_id=i, idempotency_key=f"idle-{i}", kind="email",
                                                    to=f"idle{i}@example.com", subject="Hi", body="Hello"))
             assert result.provider_message_id
-            time.sleep(0.2)  # the server hangs up meanwhile
+            deadline = time.monotonic() + 5
+            while smtp.hung_up <= i and time.monotonic() < deadline:  # the server hangs up meanwhile
+                time.sleep(0.005)
     finally:
         provider.close()
     assert [m["To"] for m in smtp.messages] == ["idle0@example.com", "idle1@example.com", "idle2@example.com"]

@@ -150,7 +150,7 @@ class RawServer:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
         self.bodies: list[bytes] = []
-        self.connections = 0
+        self.connections = self.closed = 0
         self.close_after_answer, self.cut_at = close_after_answer, cut_at
         import threading
 
@@ -177,6 +177,13 @@ class RawServer:
                     break
             reader.close()  # the file holds the socket open too
             conn.close()
+            self.closed += 1
+
+    def wait_closed(self, n: int, timeout: float = 5.0) -> None:
+        """Until the server has closed n connections (their FIN is on its way: loopback, no delay)."""
+        deadline = time.monotonic() + timeout
+        while self.closed < n and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def stop(self):
         self.sock.close()
@@ -204,9 +211,9 @@ def test_a_keep_alive_connection_the_server_closed_while_idle_is_replaced_before
     server = RawServer(close_after_answer=True)
     session = OutboundSession(timeout=2)
     try:
-        for body in (b"one", b"two", b"three"):
+        for n, body in enumerate((b"one", b"two", b"three"), start=1):
             assert session.post(server.url, body=body).status == 200
-            time.sleep(0.05)  # the server's FIN reaches us while the connection is idle
+            server.wait_closed(n)  # the server's FIN reaches us while the connection is idle
     finally:
         session.close()
         server.stop()
