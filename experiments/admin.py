@@ -282,9 +282,9 @@ class ExperimentAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
         if cohort_form.is_valid():
             kind, trait = cohort_form.cleaned_data["kind"], cohort_form.cleaned_data["trait"]
         try:
-            cohorts = experiment_cohorts(experiment=experiment, kind=kind, trait=trait)
+            cohorts = experiment_cohorts(experiment=experiment, kind=kind, trait=trait, daily=analysis.daily)
         except ValueError as exc:
-            cohorts = experiment_cohorts(experiment=experiment, kind=CohortKind.ENTRY_WEEK)
+            cohorts = experiment_cohorts(experiment=experiment, kind=CohortKind.ENTRY_WEEK, daily=analysis.daily)
             messages.warning(request, str(exc))
         funnels = [
             (f, svg.funnel_chart(f))

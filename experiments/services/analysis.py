@@ -9,14 +9,32 @@ left out (their events moved to the survivor).
 
 from __future__ import annotations
 
-import statistics
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
 from django.apps import apps
-from django.db.models import Count, Exists, Min, OuterRef, Q, Subquery
-from django.db.models.functions import TruncDate
+from django.db import connection, transaction
+from django.db.models import (
+    Case,
+    CharField,
+    Count,
+    DurationField,
+    Exists,
+    ExpressionWrapper,
+    F,
+    Min,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+    When,
+    Window,
+)
+from django.db.models.functions import RowNumber, TruncDate
 from django.utils import timezone
 
 from experiments.choices import HOLDOUT, AssignmentVia, ExperimentMode, ExperimentStatus, Metric
@@ -50,11 +68,31 @@ class Exposure:
     run_id: int | None
 
 
+@contextmanager
+def without_jit() -> Iterator[None]:
+    """PostgreSQL: no JIT compilation for the statements inside (a context or a decorator). The
+    report's statements run a subquery per assignment, so the planner's cost estimate passes
+    `jit_above_cost`, and compiling them took ~0.9 s a statement that then ran in 0.1 s."""
+    if connection.vendor != "postgresql":
+        yield
+        return
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL jit = off")  # undone with the savepoint if the block fails
+        yield
+        cursor.execute("SET LOCAL jit TO DEFAULT")  # inside a longer transaction, for what follows
+
+
+def exposed_assignments(*, experiment: Experiment, now: datetime) -> QuerySet:
+    """The assignments the analysis counts: assigned by `now`, of customers not merged into another
+    profile (their events moved to the survivor)."""
+    return Assignment.objects.filter(experiment=experiment, customer__merged_into__isnull=True, assigned_at__lte=now)
+
+
 def exposures_list(*, experiment: Experiment, now: datetime | None = None) -> list[Exposure]:
-    """Every assigned customer, in the order assigned (the report page's per-customer metrics)."""
+    """Every assigned customer, in the order assigned, with their conversion: a row per assignment
+    in Python, the reference the database counts are checked against (the report counts in SQL)."""
     now = now or timezone.now()
-    qs = Assignment.objects.filter(experiment=experiment, customer__merged_into__isnull=True, assigned_at__lte=now)
-    return _exposures(experiment, qs, now, order=("assigned_at", "id"))
+    return _exposures(experiment, exposed_assignments(experiment=experiment, now=now), now, order=("assigned_at", "id"))
 
 
 def exposures_sample(*, experiment: Experiment, limit: int, now: datetime | None = None) -> list[Exposure]:
@@ -106,7 +144,7 @@ def group_counts(*, experiment: Experiment, now: datetime | None = None) -> dict
     customers and conversions as `exposures_list`, without a row per assignment in Python)."""
     now = now or timezone.now()
     rows = (
-        Assignment.objects.filter(experiment=experiment, customer__merged_into__isnull=True, assigned_at__lte=now)
+        exposed_assignments(experiment=experiment, now=now)
         .annotate(hit=Exists(_conversions(experiment, now)))
         .values("arm__name", "holdout")
         .annotate(n=Count("pk"), x=Count("pk", filter=Q(hit=True)))
@@ -156,6 +194,7 @@ class Analysis:
     recommendation: str
     computed_at: datetime
     series: dict[str, list[dict]] = field(default_factory=dict)  # the daily looks behind the chart
+    daily: dict[str, Counter] = field(default_factory=dict)  # `daily_counts`, for the entry-week cohorts
 
     @property
     def plan_reached(self) -> bool:
@@ -165,14 +204,10 @@ class Analysis:
 def _expected_counts(experiment: Experiment, now: datetime) -> tuple[dict[str, int], dict[str, float]]:
     """Observed group sizes and the sizes the recorded weights promised (hash-assigned only),
     counted by the database per (arm, holdout, recorded weights)."""
-    rows = Assignment.objects.filter(
-        experiment=experiment, via=AssignmentVia.HASH, customer__merged_into__isnull=True, assigned_at__lte=now
-    )
+    rows = exposed_assignments(experiment=experiment, now=now)
     personalized = experiment.mode == ExperimentMode.PERSONALIZED
-    if personalized:  # the model picks arms: only the holdout share is a planned ratio
-        rows = Assignment.objects.filter(
-            experiment=experiment, customer__merged_into__isnull=True, assigned_at__lte=now
-        )
+    if not personalized:  # hash-assigned only (where a model picks arms, only the holdout share is planned)
+        rows = rows.filter(via=AssignmentVia.HASH)
     observed: Counter = Counter()
     expected: dict[str, float] = defaultdict(float)
     for row in rows.values("arm__name", "holdout", "weights").annotate(n=Count("pk")).order_by():
@@ -220,7 +255,7 @@ def daily_counts(*, experiment: Experiment, now: datetime) -> dict[str, Counter]
     in one statement (UTC days; the same customers and conversions as `exposures_list`, without a
     row per assignment in Python: what the report and the 15-minute auto-retire read)."""
     rows = (
-        Assignment.objects.filter(experiment=experiment, customer__merged_into__isnull=True, assigned_at__lte=now)
+        exposed_assignments(experiment=experiment, now=now)
         .annotate(converted_at=_first_conversion(experiment, now))
         .values("arm__name", "holdout", assigned_day=TruncDate("assigned_at", tzinfo=UTC),
                 converted_day=TruncDate("converted_at", tzinfo=UTC))
@@ -340,9 +375,8 @@ def experiment_analyze(*, experiment: Experiment, now: datetime | None = None, s
         _compare(messaging, holdout, alpha=experiment.alpha)
         messaging.p_always_valid = _always_valid(series, base.name, HOLDOUT, tau)
     metrics = set(experiment.secondary_metrics or []) if secondary else set()
-    if metrics:  # per customer: the exposures themselves (the report page, not the 15-minute auto-retire)
-        exposures = exposures_list(experiment=experiment, now=now)
-        secondary_values = secondary_metrics(experiment=experiment, exposures=exposures, metrics=metrics)
+    if metrics:  # the report page's extra columns (not the 15-minute auto-retire)
+        secondary_values = secondary_metrics(experiment=experiment, metrics=metrics, now=now, groups=set(counts))
         for g in groups:
             g.secondary = secondary_values.get(g.name, {})
 
@@ -378,6 +412,7 @@ def experiment_analyze(*, experiment: Experiment, now: datetime | None = None, s
         recommendation=recommendation,
         computed_at=now,
         series=series,
+        daily=daily,
     )
 
 
@@ -436,17 +471,15 @@ def experiment_auto_retire(*, experiment: Experiment, actor=None, now: datetime 
     return retired
 
 
-def _delivery_flags() -> tuple[object, object] | None:
+def _delivery_flags() -> tuple[Q, Q] | None:
     """Q objects for opened/clicked deliveries, using whatever fields the channels app has."""
-    from django.db.models import Q
-
     try:
         Delivery = apps.get_model("channels_app", "Delivery")
     except LookupError:
         return None
     names = {f.name for f in Delivery._meta.get_fields()}
     statuses = {c[0] for c in Delivery._meta.get_field("status").choices or []} if "status" in names else set()
-    opened, clicked = Q(pk__in=[]), Q(pk__in=[])
+    opened, clicked = Q(pk__isnull=True), Q(pk__isnull=True)  # no row: nothing yet
     open_statuses = [s for s in ("opened", "clicked") if s in statuses]
     if open_statuses:
         opened |= Q(status__in=open_statuses)
@@ -460,27 +493,63 @@ def _delivery_flags() -> tuple[object, object] | None:
     return opened, clicked
 
 
-def secondary_metrics(*, experiment: Experiment, exposures: list[Exposure], metrics: set[str]) -> dict[str, dict]:
-    """group -> {metric: value, ...}. Open/click rates are over messages actually sent in the window."""
-    by_customer = {e.customer_id: e for e in exposures}
+EXPOSED = "customer__experiment_assignments__"  # from a customer's rows (deliveries, cases) to their assignment
+
+
+def in_window_of_assignment(experiment: Experiment, now: datetime, *, at: str = "created_at") -> Q:
+    """Rows of a customer's (a delivery, a case: `customer` foreign key) whose `at` falls in the
+    window of the customer's assignment in this experiment, joined through EXPOSED (the customers
+    and assignments of `exposed_assignments`): a join, not a list of customer ids."""
     window = timedelta(seconds=experiment.window_s)
+    return Q(**{
+        f"{EXPOSED}experiment": experiment, f"{EXPOSED}assigned_at__lte": now, "customer__merged_into__isnull": True,
+        f"{at}__gte": F(f"{EXPOSED}assigned_at"), f"{at}__lte": F(f"{EXPOSED}assigned_at") + window,
+    })
+
+
+def group_of_assignment(prefix: str = "") -> Case:
+    """The group of an assignment as an expression (HOLDOUT for the held out, else the arm's name)."""
+    return Case(When(**{f"{prefix}holdout": True}, then=Value(HOLDOUT)), default=F(f"{prefix}arm__name"),
+                output_field=CharField())
+
+
+def middle_rows(order_by, *, partition_by) -> ExpressionWrapper:
+    """0, 1 or 2 for the rows a median is read from (the middle one of an odd count, the two middle
+    ones of an even count, in `order_by` order within each partition), other numbers elsewhere:
+    filter on it between 0 and 2, and the database hands back two rows per partition at most."""
+    rank = Window(RowNumber(), partition_by=partition_by, order_by=order_by)
+    return rank * 2 - Window(Count("pk"), partition_by=partition_by)
+
+
+def median_of_middle(values: list[float]) -> float | None:
+    """`statistics.median` of a partition from its middle rows (see `middle_rows`)."""
+    values = sorted(values)
+    return (values[0] + values[1]) / 2 if len(values) == 2 else (values[0] if values else None)
+
+
+@without_jit()
+def secondary_metrics(*, experiment: Experiment, metrics: set[str], now: datetime, groups: set[str]) -> dict[str, dict]:
+    """group -> {metric: value, ...} for these groups (those with exposures), counted by the
+    database per group (the customers of `exposures_list`). Open/click rates are over messages
+    actually sent in the window."""
     out: dict[str, dict] = defaultdict(dict)
-    groups = {e.group for e in exposures}
-    if metrics & {Metric.OPEN_RATE, Metric.CLICK_RATE} and exposures:
+    if metrics & {Metric.OPEN_RATE, Metric.CLICK_RATE} and groups:
         flags = _delivery_flags()
         if flags is not None:
             Delivery = apps.get_model("channels_app", "Delivery")
             opened_q, clicked_q = flags
-            since = min(e.assigned_at for e in exposures)
-            base = Delivery.objects.filter(customer_id__in=list(by_customer), created_at__gte=since).exclude(
-                status__in=["suppressed", "failed"]
+            rows = (
+                Delivery.objects.filter(in_window_of_assignment(experiment, now))
+                .exclude(status__in=["suppressed", "failed"])
+                .values(group=group_of_assignment(EXPOSED))
+                .annotate(sent=Count("pk"), opened=Count("pk", filter=opened_q), clicked=Count("pk", filter=clicked_q))
+                .order_by()
             )
             sent, opened, clicked = Counter(), Counter(), Counter()
-            for qs, counter in ((base, sent), (base.filter(opened_q), opened), (base.filter(clicked_q), clicked)):
-                for cid, created in qs.values_list("customer_id", "created_at"):
-                    e = by_customer[cid]
-                    if e.assigned_at <= created <= e.assigned_at + window:
-                        counter[e.group] += 1
+            for row in rows:
+                sent[row["group"]] += row["sent"]
+                opened[row["group"]] += row["opened"]
+                clicked[row["group"]] += row["clicked"]
             for g in groups:
                 if Metric.OPEN_RATE in metrics:
                     out[g]["open_rate"] = _ratio(opened[g], sent[g])
@@ -488,21 +557,25 @@ def secondary_metrics(*, experiment: Experiment, exposures: list[Exposure], metr
                     out[g]["click_rate"] = _ratio(clicked[g], sent[g])
                 out[g]["messages"] = sent[g]
     if Metric.COMPLETION in metrics:
-        runs = dict(
-            JourneyRun.objects.filter(pk__in=[e.run_id for e in exposures if e.run_id]).values_list("pk", "status")
+        run_status = JourneyRun.objects.filter(pk=OuterRef("run_id")).values("status")[:1]
+        rows = (
+            exposed_assignments(experiment=experiment, now=now)
+            .annotate(run_status=Subquery(run_status))
+            .filter(run_status__isnull=False)
+            .values(group=group_of_assignment())
+            .annotate(total=Count("pk"), done=Count("pk", filter=Q(run_status="completed")))
+            .order_by()
         )
         done, total = Counter(), Counter()
-        for e in exposures:
-            if e.run_id in runs:
-                total[e.group] += 1
-                done[e.group] += runs[e.run_id] == "completed"
+        for row in rows:
+            total[row["group"]] += row["total"]
+            done[row["group"]] += row["done"]
         for g in groups:
             out[g]["completion"] = _ratio(done[g], total[g])
     if Metric.RESOLUTION in metrics:
-        hours = _resolution_hours(by_customer, window)
+        hours = _resolution_hours(experiment, now)
         for g in groups:
-            values = hours.get(g, [])
-            out[g]["resolution_time_h"] = statistics.median(values) if values else None
+            out[g]["resolution_time_h"] = median_of_middle(hours.get(g, []))
     return dict(out)
 
 
@@ -511,23 +584,28 @@ def _ratio(x: int, n: int) -> dict:
     return {"x": x, "n": n, "rate": x / n if n else None, "low": lo, "high": hi}
 
 
-def _resolution_hours(by_customer: dict[int, Exposure], window: timedelta) -> dict[str, list[float]]:
-    """Hours from case opening to resolution, per group (needs the agents app's Case; optional)."""
+def _resolution_hours(experiment: Experiment, now: datetime) -> dict[str, list[float]]:
+    """Per group, the middle values (see `middle_rows`) of the hours from case opening to
+    resolution, for cases opened in the window (needs the agents app's Case; optional)."""
     try:
-        Case = apps.get_model("agents", "Case")
+        Cases = apps.get_model("agents", "Case")
     except LookupError:
         return {}
-    names = {f.name for f in Case._meta.get_fields()}
+    names = {f.name for f in Cases._meta.get_fields()}
     if not {"customer", "created_at", "resolved_at"} <= names:
         return {}
-    out: dict[str, list[float]] = defaultdict(list)
-    rows = Case.objects.filter(customer_id__in=list(by_customer), resolved_at__isnull=False).values_list(
-        "customer_id", "created_at", "resolved_at"
+    took = ExpressionWrapper(F("resolved_at") - F("created_at"), output_field=DurationField())
+    rows = (
+        Cases.objects.filter(in_window_of_assignment(experiment, now), resolved_at__isnull=False)
+        .annotate(group=group_of_assignment(EXPOSED), took=took)
+        .annotate(middle=middle_rows(F("took").asc(), partition_by=[F("group")]))
+        .filter(middle__gte=0, middle__lte=2)
+        .order_by()
+        .values_list("group", "took")
     )
-    for cid, created, resolved in rows:
-        e = by_customer[cid]
-        if e.assigned_at <= created <= e.assigned_at + window:
-            out[e.group].append((resolved - created).total_seconds() / 3600)
+    out: dict[str, list[float]] = defaultdict(list)
+    for group, took_ in rows:
+        out[group].append(took_.total_seconds() / 3600)
     return out
 
 

@@ -14,15 +14,13 @@ SECTIONS = ("arms", "timeseries", "cohorts", "funnel", "attribution")
 
 def experiment_versions(*, experiment: Experiment) -> list[WorkflowVersion]:
     """Versions whose runs were assigned in this experiment, else the attached workflow's published ones."""
-    ids = set(
-        Assignment.objects.filter(experiment=experiment, version_id__isnull=False)
-        .values_list("version_id", flat=True)
-        .distinct()
-    )
-    qs = WorkflowVersion.objects.filter(pk__in=ids)
-    if not ids and experiment.workflow_id:
-        qs = WorkflowVersion.objects.filter(workflow_id=experiment.workflow_id, published_at__isnull=False)
-    return list(qs.select_related("workflow").order_by("workflow__name", "number"))
+    used = Assignment.objects.filter(experiment=experiment, version_id__isnull=False).values("version_id")
+    versions = list(WorkflowVersion.objects.filter(pk__in=used).select_related("workflow")
+                    .order_by("workflow__name", "number"))
+    if not versions and experiment.workflow_id and not used.exists():
+        versions = list(WorkflowVersion.objects.filter(workflow_id=experiment.workflow_id, published_at__isnull=False)
+                        .select_related("workflow").order_by("workflow__name", "number"))
+    return versions
 
 
 def _f(v: float | None, digits: int = 6) -> str:

@@ -5,26 +5,60 @@ customer assigned at A is credited to the last message (Delivery) the customer
 was sent in [max(A, T - window), T], together with the customer's arm. With no
 such message (always the case for holdout customers) the conversion is credited
 to "(no message)" in that arm. Suppressed and failed deliveries never get credit.
+
+Everything is counted by the database (GROUP BY, correlated subqueries, window functions)
+over the customers and conversions of `exposures_list`: what comes back to Python is a row
+per group and cohort value, step or message, never a row (or an id) per assignment.
 """
 
 from __future__ import annotations
 
-import statistics
+import json
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.apps import apps
+from django.db import NotSupportedError, connection
+from django.db.models import (
+    Case,
+    CharField,
+    Count,
+    Exists,
+    F,
+    Field,
+    Func,
+    Min,
+    OuterRef,
+    Q,
+    Subquery,
+    Value,
+    When,
+)
+from django.db.models.functions import Cast, Coalesce, Concat, Length, NullIf, Substr, TruncMonth
 from django.utils import timezone
 
 from experiments.choices import HOLDOUT, CohortKind
 from experiments.models import Experiment
-from experiments.services.analysis import Exposure, exposures_list, group_order
+from experiments.services.analysis import (
+    _conversions,
+    _first_conversion,
+    daily_counts,
+    exposed_assignments,
+    group_of_assignment,
+    group_order,
+    median_of_middle,
+    without_jit,
+)
 from experiments.stats import wilson_interval
-from journeys.models import Customer, Edge, JourneyRun, Step, StepExecution, WorkflowVersion
+from journeys.models import Edge, JourneyRun, Step, StepExecution, WorkflowVersion
+from journeys.models.fields import MAX_DEPTH, json_text_limit_depth
 
 NO_MESSAGE = "(no message)"
 FINISHED = ("completed", "exited", "failed")
+TOP_COHORTS = 30  # a cohort table shows the values with the most exposures; the rest are one row, OTHER
+OTHER = "(other values)"
 
 
 @dataclass
@@ -53,66 +87,183 @@ class CohortTable:
         return self.cells.get((cohort, group), Cell())
 
 
-def _deliveries(customer_ids: list[int], since: datetime, *, credited_only: bool):
-    """(customer_id, at, label, channel kind) of messages, oldest first; empty without the channels app."""
+class JSONKey(Func):
+    """One top-level key of a JSON column as the database has it: its JSON type (`part="type"`:
+    jsonb_typeof's words on PostgreSQL, json_type's on SQLite, NULL when the key is absent) or its
+    value (`part="value"`: text on PostgreSQL, the SQL value on SQLite, arrays and objects as JSON
+    text). Grouped by both, two values stay apart exactly when Python would tell them apart (1,
+    1.0, "1" and true); `json_decode` turns a pair back into the value Python would have read."""
+
+    def __init__(self, column: str, key: str, part: str):
+        super().__init__(F(column), key=key, part=part,
+                         output_field=CharField() if part == "type" else Field())
+        self.key, self.part = key, part
+
+    def as_postgresql(self, compiler, connection, **extra):
+        column, params = compiler.compile(self.get_source_expressions()[0])
+        template = "jsonb_typeof(%s -> %%s)" if self.part == "type" else "(%s ->> %%s)"
+        return template % column, (*params, self.key)
+
+    def as_sqlite(self, compiler, connection, **extra):
+        column, params = compiler.compile(self.get_source_expressions()[0])
+        template = "json_type(%s, %%s)" if self.part == "type" else "json_extract(%s, %%s)"
+        return template % column, (*params, "$." + json.dumps(self.key))
+
+    def as_sql(self, compiler, connection, **extra):
+        raise NotSupportedError("JSONKey: PostgreSQL and SQLite only")
+
+
+def json_columns(name: str, column: str, key: str) -> dict[str, JSONKey]:
+    """`{name}_type` and `{name}_value` of `column`'s `key` (see JSONKey), to annotate or group by."""
+    return {f"{name}_type": JSONKey(column, key, "type"), f"{name}_value": JSONKey(column, key, "value")}
+
+
+def json_decode(row: dict, name: str):
+    """The Python value of a key read with `json_columns` (None when absent), as it reads in the
+    whole document (nested no deeper than the JSON fields allow)."""
+    kind, value = row[f"{name}_type"], row[f"{name}_value"]
+    if kind in (None, "null"):
+        return None
+    if kind in ("string", "text", "integer", "real"):  # PostgreSQL's text; SQLite's own scalars
+        return value
+    if kind in ("true", "false"):
+        return kind == "true"
+    if kind == "boolean":
+        return value == "true"
+    return json.loads(json_text_limit_depth(value, max_depth=MAX_DEPTH - 1))  # a number's text, array, object
+
+
+def _json_falsy(name: str) -> Q:
+    """A key read with `json_columns` (annotated as `name`) whose value Python finds false: absent,
+    null, false, 0, "", [] or {}."""
+    kind, value = f"{name}_type", f"{name}_value"
+    empty = Q(**{f"{kind}__isnull": True}) | Q(**{kind: "null"}) | Q(**{kind: "array", value: "[]"}) | Q(
+        **{kind: "object", value: "{}"})
+    if connection.vendor == "postgresql":
+        return empty | Q(**{kind: "boolean", value: "false"}) | Q(**{kind: "string", value: ""}) | Q(
+            **{kind: "number", f"{value}__regex": r"^-?0+(\.0*)?$"})
+    return empty | Q(**{kind: "false"}) | Q(**{kind: "text", value: ""}) | Q(
+        **{f"{kind}__in": ("integer", "real"), value: 0})
+
+
+def _json_string() -> str:
+    return "string" if connection.vendor == "postgresql" else "text"
+
+
+def _signup_columns() -> tuple[dict, dict]:
+    """(aliases, columns): the signup month as the database reads it from the profile: the first
+    seven characters of the `signup_date` trait (or, when that is false, `signed_up_at`) when it is
+    text that long, else the month (UTC) the customer was first seen, or created."""
+    string = _json_string()
+    aliases = {**json_columns("sd", "customer__traits", "signup_date"),
+               **json_columns("sua", "customer__traits", "signed_up_at")}
+    aliases |= {"sd_len": Length("sd_value"), "sua_len": Length("sua_value")}
+    head = Case(
+        When(Q(sd_type=string) & ~Q(sd_value=""),
+             then=Case(When(sd_len__gte=7, then=Substr("sd_value", 1, 7)), default=Value(None))),
+        When(~_json_falsy("sd"), then=Value(None)),
+        When(Q(sua_type=string, sua_len__gte=7), then=Substr("sua_value", 1, 7)),
+        default=Value(None), output_field=CharField(),
+    )
+    month = TruncMonth(Coalesce("customer__first_seen", "customer__created_at"), tzinfo=UTC)
+    return aliases, {"label": Coalesce(head, Substr(Cast(month, CharField()), 1, 7), Value("(unknown)"))}
+
+
+def _trait_label(row: dict) -> str:
+    value = json_decode(row, "trait")
+    return "(none)" if value in (None, "") else str(value)
+
+
+def _first_channel(experiment: Experiment) -> Subquery | Value:
+    """The channel kind of the first message (any status) sent to the customer in the window of
+    their assignment; NULL when none."""
     try:
         Delivery = apps.get_model("channels_app", "Delivery")
     except LookupError:
-        return []
-    qs = Delivery.objects.filter(customer_id__in=customer_ids, created_at__gte=since)
-    if credited_only:
-        qs = qs.exclude(status__in=["suppressed", "failed"])
-    rows = qs.order_by("created_at", "id").values_list(
-        "customer_id", "created_at", "template__name", "step_key", "channel__kind"
-    )
-    return [(cid, at, template or step or "message", kind) for cid, at, template, step, kind in rows]
+        return Value(None, output_field=CharField())
+    window = timedelta(seconds=experiment.window_s)
+    first = (Delivery.objects.filter(customer_id=OuterRef("customer_id"), created_at__gte=OuterRef("assigned_at"))
+             .filter(created_at__lte=OuterRef("assigned_at") + window).order_by("created_at", "id"))
+    return Subquery(first.values("channel__kind")[:1])
 
 
-def _signup_month(customer: Customer) -> str:
-    raw = (customer.traits or {}).get("signup_date") or (customer.traits or {}).get("signed_up_at")
-    if isinstance(raw, str) and len(raw) >= 7:
-        return raw[:7]
-    moment = customer.first_seen or customer.created_at
-    return moment.strftime("%Y-%m") if moment else "(unknown)"
-
-
+@without_jit()
 def experiment_cohorts(
-    *, experiment: Experiment, kind: str, trait: str = "", now: datetime | None = None
+    *, experiment: Experiment, kind: str, trait: str = "", now: datetime | None = None,
+    daily: dict[str, Counter] | None = None,
 ) -> CohortTable:
-    """Conversion by cohort (entry week, signup month, a trait, channel) x arm."""
+    """Conversion by cohort (entry week, signup month, a trait, channel) x arm, counted by the
+    database per cohort value and group. Signup months, traits and channels show the TOP_COHORTS
+    values with the most exposures, the others together as OTHER (a trait such as an email
+    address has as many values as customers). Entry weeks are read from `daily` (`daily_counts`,
+    e.g. the analysis' own) when given."""
     if kind not in CohortKind.values:
         raise ValueError(f"unknown cohort kind {kind!r}")
     if kind == CohortKind.TRAIT and not trait:
         raise ValueError("a trait cohort needs the trait name")
-    exposures = exposures_list(experiment=experiment, now=now)
-    customers = {c.pk: c for c in Customer.objects.filter(pk__in=[e.customer_id for e in exposures])}
-    channel_of: dict[int, str] = {}
-    if kind == CohortKind.CHANNEL and exposures:
-        window = timedelta(seconds=experiment.window_s)
-        first = {e.customer_id: e for e in exposures}
-        for cid, at, _label, channel in _deliveries(
-            list(first), min(e.assigned_at for e in exposures), credited_only=False
-        ):
-            e = first[cid]
-            if cid not in channel_of and e.assigned_at <= at <= e.assigned_at + window:
-                channel_of[cid] = channel
-    cells: dict[tuple[str, str], Cell] = defaultdict(Cell)
-    for e in exposures:
-        if kind == CohortKind.ENTRY_WEEK:
-            year, week, _ = e.assigned_at.isocalendar()
-            label = f"{year}-W{week:02d}"
-        elif kind == CohortKind.SIGNUP_MONTH:
-            label = _signup_month(customers[e.customer_id])
-        elif kind == CohortKind.TRAIT:
-            value = (customers[e.customer_id].traits or {}).get(trait)
-            label = "(none)" if value in (None, "") else str(value)
-        else:
-            label = channel_of.get(e.customer_id, NO_MESSAGE)
-        cell = cells[(label, e.group)]
-        cell.n += 1
-        cell.x += e.converted_at is not None
+    now = now or timezone.now()
+    if kind == CohortKind.ENTRY_WEEK:
+        cells = _entry_week_cells(daily if daily is not None else daily_counts(experiment=experiment, now=now))
+    elif kind == CohortKind.SIGNUP_MONTH:
+        aliases, columns = _signup_columns()
+        cells = _cohort_cells(experiment, now, columns, lambda row: row["label"], aliases=aliases)
+    elif kind == CohortKind.TRAIT:
+        cells = _cohort_cells(experiment, now, json_columns("trait", "customer__traits", trait), _trait_label)
+    else:
+        channel = {"channel": _first_channel(experiment)}
+        cells = _cohort_cells(experiment, now, channel, lambda row: NO_MESSAGE if row["channel"] is None
+                              else row["channel"])
     groups = group_order(experiment, {g for _, g in cells})
-    return CohortTable(kind=kind, trait=trait, cohorts=sorted({c for c, _ in cells}), groups=groups, cells=dict(cells))
+    labels = {c for c, _ in cells}
+    cohorts = sorted(labels - {OTHER}) + ([OTHER] if OTHER in labels else [])
+    return CohortTable(kind=kind, trait=trait, cohorts=cohorts, groups=groups, cells=dict(cells))
+
+
+def _entry_week_cells(daily: dict[str, Counter]) -> dict[tuple[str, str], Cell]:
+    """The ISO week (UTC) of each day of the daily counts."""
+    cells: dict[tuple[str, str], Cell] = defaultdict(Cell)
+    for group, counts in daily.items():
+        for (assigned_day, converted_day), n in counts.items():
+            year, week, _ = assigned_day.isocalendar()
+            cell = cells[(f"{year}-W{week:02d}", group)]
+            cell.n += n
+            cell.x += n if converted_day is not None else 0
+    return cells
+
+
+def _cohort_cells(experiment: Experiment, now: datetime, columns: dict, label: Callable[[dict], str], *,
+                  aliases: dict | None = None) -> dict[tuple[str, str], Cell]:
+    """One statement: a row per value of `columns` (the TOP_COHORTS + 1 with the most exposures)
+    with the exposures and conversions of each group as columns; then `label` names each value.
+    When there were more values, OTHER holds what the group totals (a second statement) leave."""
+    names = [a.name for a in experiment.arms.all()]
+    names += [] if HOLDOUT in names else [HOLDOUT]
+    per_group = {}
+    for i, name in enumerate(names):
+        member = Q(holdout=False, arm__name=name)
+        if name == HOLDOUT:
+            member |= Q(holdout=True)
+        per_group[f"n{i}"] = Count("pk", filter=member)
+        per_group[f"x{i}"] = Count("pk", filter=member & Q(hit=True))  # the conversion probe after the group test
+    exposed = exposed_assignments(experiment=experiment, now=now).alias(
+        hit=Exists(_conversions(experiment, now)), **(aliases or {}))
+    rows = list(exposed.annotate(**columns).values(*columns).annotate(total=Count("pk"), **per_group)
+                .order_by("-total", *columns)[:TOP_COHORTS + 1])
+    cells: dict[tuple[str, str], Cell] = defaultdict(Cell)
+    for row in rows[:TOP_COHORTS]:
+        cohort = label(row)
+        for i, name in enumerate(names):
+            if row[f"n{i}"]:
+                cells[(cohort, name)].n += row[f"n{i}"]
+                cells[(cohort, name)].x += row[f"x{i}"]
+    if len(rows) > TOP_COHORTS:
+        totals = exposed.aggregate(**per_group)
+        for i, name in enumerate(names):
+            n = totals[f"n{i}"] - sum(c.n for (_, g), c in cells.items() if g == name)
+            if n:
+                x = totals[f"x{i}"] - sum(c.x for (_, g), c in cells.items() if g == name)
+                cells[(OTHER, name)] = Cell(n, x)
+    return cells
 
 
 @dataclass
@@ -165,56 +316,109 @@ def _step_order(version: WorkflowVersion) -> list[Step]:
     return order + [s for k, s in steps.items() if k not in seen]
 
 
+def _run_columns(prefix: str = "") -> dict[str, JSONKey]:
+    """The run variables an experiment split records (see `_run_group`)."""
+    return {**json_columns("exp", f"{prefix}variables", "experiment"),
+            **json_columns("hold", f"{prefix}variables", "holdout"),
+            **json_columns("arm", f"{prefix}variables", "experiment_arm")}
+
+
+def _run_group(row: dict, experiment: Experiment | None) -> str | None:
+    """The group of the runs of a row read with `_run_columns`: None unless split in `experiment`."""
+    if experiment is None or json_decode(row, "exp") != experiment.pk:
+        return None
+    return HOLDOUT if json_decode(row, "hold") else json_decode(row, "arm")
+
+
+def _step_visits(version: WorkflowVersion) -> tuple[Counter, dict[str, list[float]]]:
+    """(runs that left off at each step, the middle gaps of each step), one statement: a run
+    "visits" a step at its first execution there (ordered by start, then id); it left off at the
+    step visited last if it finished without converting; a step's gap is the seconds from the step
+    visited before, and only the one or two middle gaps (`middle`) of each step come back."""
+    if connection.vendor == "postgresql":
+        gap = "(extract(epoch FROM v.started_at - v.previous) * 1000000)::bigint"
+    else:
+        gap = "django_timestamp_diff(v.started_at, v.previous)"  # Django's SQLite function: microseconds
+    runs, executions = JourneyRun._meta.db_table, StepExecution._meta.db_table
+    sql = f"""
+        WITH firsts AS (
+            SELECT s.id, s.run_id, s.step_key, s.started_at,
+                   row_number() OVER (PARTITION BY s.run_id, s.step_key ORDER BY s.started_at, s.id) AS nth
+            FROM {executions} s JOIN {runs} r ON r.id = s.run_id WHERE r.version_id = %s
+        ), visits AS (
+            SELECT f.run_id, f.step_key, f.started_at,
+                   lag(f.started_at) OVER (PARTITION BY f.run_id ORDER BY f.started_at, f.id) AS previous,
+                   row_number() OVER (PARTITION BY f.run_id ORDER BY f.started_at DESC, f.id DESC) AS from_end
+            FROM firsts f WHERE f.nth = 1
+        ), gaps AS (
+            SELECT v.step_key, {gap} AS micros FROM visits v WHERE v.previous IS NOT NULL
+        ), ranked AS (
+            SELECT step_key, micros,
+                   2 * row_number() OVER (PARTITION BY step_key ORDER BY micros)
+                   - count(*) OVER (PARTITION BY step_key) AS middle
+            FROM gaps
+        )
+        SELECT step_key, micros, NULL FROM ranked WHERE middle BETWEEN 0 AND 2
+        UNION ALL
+        SELECT v.step_key, NULL, count(*) FROM visits v JOIN {runs} r ON r.id = v.run_id
+        WHERE v.from_end = 1 AND r.status IN (%s, %s, %s) AND r.converted_at IS NULL
+        GROUP BY v.step_key"""
+    dropped: Counter = Counter()
+    gaps: dict[str, list[float]] = defaultdict(list)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [version.pk, *FINISHED])
+        for key, micros, n in cursor.fetchall():
+            if n is None:
+                gaps[key].append(micros / 10**6)
+            else:
+                dropped[key] += n
+    return dropped, gaps
+
+
+@without_jit()
 def version_funnel(*, version: WorkflowVersion, experiment: Experiment | None = None) -> Funnel:
     """Entered, reached each step, converted, dropped out (finished without converting, last seen
-    at that step) and the median time from the step reached before, from StepExecution rows.
-    With an experiment, counts are also split by the arm stored in the run's variables."""
-    runs = {
-        pk: (status, converted, variables)
-        for pk, status, converted, variables in JourneyRun.objects.filter(version=version).values_list(
-            "pk", "status", "converted_at", "variables"
-        )
-    }
-
-    def group_of(variables: dict) -> str | None:
-        if experiment is None or (variables or {}).get("experiment") != experiment.pk:
-            return None
-        return HOLDOUT if variables.get("holdout") else variables.get("experiment_arm")
-
-    first_at: dict[int, dict[str, datetime]] = defaultdict(dict)
-    for run_id, key, started in (
-        StepExecution.objects.filter(run__version=version)
-        .order_by("run_id", "started_at", "id")
-        .values_list("run_id", "step_key", "started_at")
-    ):
-        first_at[run_id].setdefault(key, started)
+    at that step) and the median time from the step reached before, from StepExecution rows,
+    counted by the database. With an experiment, counts are also split by the arm stored in the
+    run's variables."""
+    columns = _run_columns() if experiment is not None else {}
+    totals = (JourneyRun.objects.filter(version=version).values(**columns)
+              .annotate(n=Count("pk"), converted=Count("pk", filter=Q(converted_at__isnull=False)),
+                        open=Count("pk", filter=~Q(status__in=FINISHED)))
+              .order_by())
+    entered = converted = in_progress = 0
+    entered_by, converted_by = Counter(), Counter()
+    for row in totals:
+        entered, converted, in_progress = entered + row["n"], converted + row["converted"], in_progress + row["open"]
+        group = _run_group(row, experiment)
+        if group:
+            entered_by[group] += row["n"]
+            converted_by[group] += row["converted"]
     order = _step_order(version)
     rows = {s.key: FunnelRow(step=s.key, kind=s.kind) for s in order}
-    gaps: dict[str, list[float]] = defaultdict(list)
-    entered_by, converted_by = Counter(), Counter()
-    for run_id, (status, converted, variables) in runs.items():
-        group = group_of(variables)
+    reached = (StepExecution.objects.filter(run__version=version)
+               .values("step_key", **(_run_columns("run__") if experiment is not None else {}))
+               .annotate(runs=Count("run_id", distinct=True))
+               .order_by())
+    unknown: dict[str, FunnelRow] = {}
+    for r in reached:
+        row = rows.get(r["step_key"]) or unknown.setdefault(r["step_key"], FunnelRow(step=r["step_key"], kind="?"))
+        row.reached += r["runs"]
+        group = _run_group(r, experiment)
         if group:
-            entered_by[group] += 1
-            converted_by[group] += converted is not None
-        visited = sorted(first_at.get(run_id, {}).items(), key=lambda kv: kv[1])
-        for i, (key, at) in enumerate(visited):
-            row = rows.setdefault(key, FunnelRow(step=key, kind="?"))
-            row.reached += 1
-            if group:
-                row.by_group[group] = row.by_group.get(group, 0) + 1
-            if i:
-                gaps[key].append((at - visited[i - 1][1]).total_seconds())
-        if visited and status in FINISHED and converted is None:
-            rows[visited[-1][0]].dropped += 1
+            row.by_group[group] = row.by_group.get(group, 0) + r["runs"]
+    rows |= dict(sorted(unknown.items()))  # steps no longer in the version, after its own
+    dropped, gaps = _step_visits(version)
+    for key, n in dropped.items():
+        rows[key].dropped += n
     for key, values in gaps.items():
-        rows[key].median_from_previous_s = statistics.median(values)
+        rows[key].median_from_previous_s = median_of_middle(values)
     groups = group_order(experiment, set(entered_by)) if experiment else []
     return Funnel(
         version=version,
-        entered=len(runs),
-        converted=sum(1 for r in runs.values() if r[1] is not None),
-        in_progress=sum(1 for r in runs.values() if r[0] not in FINISHED),
+        entered=entered,
+        converted=converted,
+        in_progress=in_progress,
         rows=list(rows.values()),
         groups=groups,
         entered_by_group=dict(entered_by),
@@ -230,23 +434,38 @@ class Credit:
     conversions: int
 
 
+SEPARATOR = "\x1f"  # between a touch's channel kind and its message (no kind has one)
+
+
+@without_jit()
 def experiment_attribution(*, experiment: Experiment, now: datetime | None = None) -> list[Credit]:
-    """Conversions credited by last touch within the window (see the module docstring)."""
+    """Conversions credited by last touch within the window (see the module docstring), counted by
+    the database per group and (channel, message); in each group the most credited first (ties:
+    the one whose first credited customer was assigned first, then by name)."""
     now = now or timezone.now()
-    exposures: list[Exposure] = [e for e in exposures_list(experiment=experiment, now=now) if e.converted_at]
-    if not exposures:
-        return []
-    window = timedelta(seconds=experiment.window_s)
-    by_customer: dict[int, list[tuple]] = defaultdict(list)
-    for cid, at, label, channel in _deliveries(
-        [e.customer_id for e in exposures], min(e.assigned_at for e in exposures), credited_only=True
-    ):
-        by_customer[cid].append((at, label, channel))
+    converted = exposed_assignments(experiment=experiment, now=now).annotate(
+        converted_at=_first_conversion(experiment, now)).filter(converted_at__isnull=False)
+    try:
+        Delivery = apps.get_model("channels_app", "Delivery")
+    except LookupError:
+        touch = Value(None, output_field=CharField())
+    else:
+        window = timedelta(seconds=experiment.window_s)
+        last = (Delivery.objects.filter(customer_id=OuterRef("customer_id"), created_at__gte=OuterRef("assigned_at"),
+                                        created_at__lte=OuterRef("converted_at"))
+                .filter(created_at__gte=OuterRef("converted_at") - window)
+                .exclude(status__in=["suppressed", "failed"]).order_by("-created_at", "-id"))
+        message = Coalesce(NullIf("template__name", Value("")), NullIf("step_key", Value("")), Value("message"))
+        touch = Subquery(last.values(touch=Concat("channel__kind", Value(SEPARATOR), message))[:1])
+    rows = (converted.values(group=group_of_assignment(), touch=touch)
+            .annotate(n=Count("pk"), first=Min("assigned_at")).order_by())
     credits: Counter = Counter()
-    for e in exposures:
-        start = max(e.assigned_at, e.converted_at - window)
-        touches = [t for t in by_customer.get(e.customer_id, []) if start <= t[0] <= e.converted_at]
-        label, channel = (touches[-1][1], touches[-1][2]) if touches else (NO_MESSAGE, "")
-        credits[(e.group, label, channel)] += 1
+    first: dict[tuple[str, str, str], datetime] = {}
+    for row in rows:
+        channel, message = row["touch"].split(SEPARATOR, 1) if row["touch"] is not None else ("", NO_MESSAGE)
+        key = (row["group"], message, channel)
+        credits[key] += row["n"]
+        first[key] = min(first.get(key, row["first"]), row["first"])
     order = {g: i for i, g in enumerate(group_order(experiment, {g for g, _, _ in credits}))}
-    return [Credit(g, m, c, n) for (g, m, c), n in sorted(credits.items(), key=lambda kv: (order[kv[0][0]], -kv[1]))]
+    ranked = sorted(credits.items(), key=lambda kv: (order[kv[0][0]], -kv[1], first[kv[0]], kv[0][1], kv[0][2]))
+    return [Credit(g, m, c, n) for (g, m, c), n in ranked]
