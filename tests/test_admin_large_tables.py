@@ -39,6 +39,7 @@ def three_customers_events(send):
 
 def test_events_list_reads_one_page_newest_received_first(admin_client, three_customers_events, monkeypatch):
     from journeys.admin.events import EventAdmin
+    from journeys.models import EventDefinition
 
     # given more events than the count cap (pages of 2, counting stops past 5)
     monkeypatch.setattr(EventAdmin.paginator, "cap", 5, raising=False)
@@ -63,6 +64,10 @@ def test_events_list_reads_one_page_newest_received_first(admin_client, three_cu
     response, sqls = _page(admin_client, "/admin/journeys/event/?name=Step+3")
     assert "Step 3" in response.content.decode() and "Step 4" not in response.content.decode()
     assert _unbounded("journeys_event", sqls) == []
+    # a name the catalog does not know (an empty catalog, a bookmark) still filters, never ignored
+    EventDefinition.objects.all().delete()
+    response, _ = _page(admin_client, "/admin/journeys/event/?name=Step+3")
+    assert "Step 3" in response.content.decode() and "Step 4" not in response.content.decode()
 
 
 @pytest.mark.parametrize("term, expected", [
@@ -73,7 +78,7 @@ def test_events_list_reads_one_page_newest_received_first(admin_client, three_cu
     ("u-", set()),                                            # exact, not a substring
 ])
 def test_event_search_is_exact_and_uses_no_like(admin_client, three_customers_events, term, expected):
-    from journeys.models import Event
+    from journeys.models import EventDefinition, Event
 
     response, sqls = _page(admin_client, f"/admin/journeys/event/?q={term}")
     assert not [sql for sql in _on("journeys_event", sqls) if "LIKE" in sql]

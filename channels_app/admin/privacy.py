@@ -13,6 +13,7 @@ from channels_app.admin.base import ReadOnlyMixin
 from channels_app.models import Consent, DataSubject, ErasureRecord, Topic
 from channels_app.services import customer_erase, customer_export
 from journeys.admin.base import HistoryReasonMixin, LargeTableMixin, action_selection_within
+from journeys.models import Event
 
 
 @admin.register(Topic)
@@ -43,6 +44,7 @@ class ConsentInline(admin.TabularInline):
 # customer with a short history on SQLite, several times that for a long one on PostgreSQL, so a
 # few hundred stay well inside the web server's 30 s timeout. More: the command or the API.
 ACTION_LIMIT = 200
+HISTORY_LIMIT = 20_000  # events of the selected customers together: one customer can have 150,000
 CONFIRM_SHOWN = 50  # the erase confirmation names this many, then "and N more"
 EXPORT_INSTEAD = ("Narrow the list with the search or a filter, or export each customer with "
                   "`manage.py export_customer <user id>` or the management API (POST /api/v1/customers/<id>/export, "
@@ -66,9 +68,22 @@ class DataSubjectAdmin(LargeTableMixin, ReadOnlyMixin, admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
+    def _history_within(self, request, queryset, instead: str) -> bool:
+        """A long history is slow to export or erase whatever the number of customers: past
+        HISTORY_LIMIT events (counted with a LIMIT) the action says so and does nothing."""
+        events = Event.objects.filter(customer__in=queryset.values("pk"))[: HISTORY_LIMIT + 1].count()
+        if events <= HISTORY_LIMIT:
+            return True
+        self.message_user(request, f"Nothing done: the selected customers have more than {HISTORY_LIMIT:,} events "
+                                   f"between them, more than this page can handle before the web server's timeout. "
+                                   f"{instead}", messages.ERROR)
+        return False
+
     @admin.action(description="Export selected customers (JSON)")
     def export_selected(self, request, queryset):
         if not action_selection_within(self, request, queryset, limit=ACTION_LIMIT, instead=EXPORT_INSTEAD):
+            return None
+        if not self._history_within(request, queryset, EXPORT_INSTEAD):
             return None
         data = [customer_export(customer=c) for c in queryset]
         response = HttpResponse(json.dumps(data[0] if len(data) == 1 else data, indent=2),
@@ -79,6 +94,8 @@ class DataSubjectAdmin(LargeTableMixin, ReadOnlyMixin, admin.ModelAdmin):
     @admin.action(description="Erase selected customers…")
     def erase_selected(self, request, queryset):
         if not action_selection_within(self, request, queryset, limit=ACTION_LIMIT, instead=ERASE_INSTEAD):
+            return None
+        if not self._history_within(request, queryset, ERASE_INSTEAD):
             return None
         if request.POST.get("confirm") and request.POST.get("reason"):
             for customer in queryset:

@@ -33,7 +33,11 @@ class CatalogNameFilter(admin.SimpleListFilter):
     parameter_name = "name"
 
     def lookups(self, request, model_admin):
-        return [(name, name) for name in EventDefinition.objects.values_list("name", flat=True)]
+        names = list(EventDefinition.objects.values_list("name", flat=True))
+        asked = request.GET.get(self.parameter_name)
+        if asked and asked not in names:  # a name the catalog does not know still filters (a link, a bookmark)
+            names.append(asked)
+        return [(name, name) for name in names]
 
     def queryset(self, request, queryset):
         return queryset.filter(name=self.value()) if self.value() else queryset

@@ -6,10 +6,11 @@ import json
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
 from channels_app.models import Consent, Delivery, ErasureRecord
 from channels_app.services import consent_set, message_send
-from journeys.models import Customer, Event, Identity, QuarantinedEvent
+from journeys.models import Customer, Event, Identity, QuarantinedEvent, Source
 from tests.channels_app.factories import ChannelFactory, TemplateFactory, topic
 
 pytestmark = pytest.mark.django_db
@@ -174,6 +175,29 @@ def test_select_all_above_the_limit_is_refused_saying_how_many_and_what_to_do(ad
         assert "6 data subjects are selected and this action takes at most 4 at a time" in text
         assert ("manage.py export_customer" if action == "export_selected" else "manage.py erase_customer") in text
     assert not ErasureRecord.objects.exists()
+
+
+def test_a_selection_with_a_long_history_is_refused_whatever_the_number_of_customers(admin_client, monkeypatch):
+    """One customer with 150,000 events took the export past the web server's timeout (a 500)."""
+    from channels_app.admin import privacy
+    from tests.factories import CustomerFactory
+
+    monkeypatch.setattr(privacy, "HISTORY_LIMIT", 3)
+    heavy, light = CustomerFactory.create_batch(2)
+    source = Source.objects.create(name="web")
+    now = timezone.now()
+    Event.objects.bulk_create([Event(source=source, message_id=f"h{i}", type="track", name="Seen", customer=heavy,
+                                     timestamp=now, received_at=now) for i in range(4)])
+    url = "/admin/channels_app/datasubject/"
+    for action in ("export_selected", "erase_selected"):
+        response = admin_client.post(url, {"action": action, "_selected_action": [heavy.pk], "confirm": "1",
+                                           "reason": "r"}, follow=True)
+        text = response.content.decode()
+        assert "the selected customers have more than 3 events between them" in text
+        assert ("POST /api/v1/customers/&lt;id&gt;/export" if action == "export_selected" else "erase_customer") in text
+    assert not ErasureRecord.objects.exists()
+    response = admin_client.post(url, {"action": "export_selected", "_selected_action": [light.pk]})
+    assert response["Content-Type"] == "application/json"
 
 
 def test_the_erase_confirmation_names_fifty_and_counts_the_rest(admin_client):
