@@ -339,6 +339,40 @@ def test_attribute_change_trigger(publish, send):
     assert JourneyRun.objects.count() == 1
 
 
+def test_attribute_change_trigger_from_a_value_fires_only_on_changes_from_it(publish, send):
+    # given a trigger on tier changing from silver to gold
+    publish({"trigger_kind": "attribute_change", "trigger_config": {"attribute": "tier", "from": "silver", "to": "gold"},
+             "reentry_policy": "always", "steps": steps(("g", "goal", {}))})
+    for user, tier in (("bronze", "bronze"), ("silver", "silver")):
+        send("identify", userId=user, traits={"tier": tier})
+
+    # when both reach gold
+    for user in ("bronze", "silver"):
+        send("identify", userId=user, traits={"tier": "gold"})
+
+    # then only the one who was silver entered
+    assert list(JourneyRun.objects.values_list("customer__external_id", flat=True)) == ["silver"]
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"attribute": "tier", "within": "1h"}, "within: is a setting of inactivity triggers; the attribute change "
+                                            "trigger does not read it (it reads attribute, from, to): remove it"),
+    ({"attribute": "tier", "form": "silver"}, "form: the attribute change trigger has no such setting; did you mean "
+                                              "'from'?"),
+], ids=["other-kind", "misspelled"])
+def test_a_setting_of_another_trigger_kind_or_a_misspelled_one_is_refused_naming_it(unit, config, message):
+    workflow = workflow_create(name="tiers", business_unit=unit)
+    with pytest.raises(ValidationError) as refused:
+        version_build(workflow=workflow, definition={"trigger_kind": "attribute_change", "trigger_config": config,
+                                                     "steps": steps(("g", "goal", {}))})
+    assert refused.value.message_dict["trigger_config"] == [message]
+    # settings of no trigger (a note) are kept as they are
+    version = version_build(workflow=workflow, definition={
+        "trigger_kind": "attribute_change", "trigger_config": {"attribute": "tier", "note": "tiers v2"},
+        "steps": steps(("g", "goal", {}))})
+    assert version.trigger_config == {"attribute": "tier", "note": "tiers v2"}
+
+
 def test_segment_entry_trigger_fires_when_rule_becomes_true(publish, send):
     publish({"trigger_kind": "segment_entry", "trigger_config": {"rule": "profile.ltv >= 500"},
              "reentry_policy": "always", "allow_concurrent_runs": True, "steps": steps(("g", "goal", {}))})
