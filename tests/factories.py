@@ -36,6 +36,17 @@ class CustomerFactory(factory.django.DjangoModelFactory):
             Identity.objects.get_or_create(kind="user_id", value=obj.external_id, defaults={"customer": obj})
 
 
+def live_workflow(*, name: str, definition: dict, unit: str = "growth"):
+    """A workflow whose version built from `definition` is published (live), in business unit `unit`."""
+    from journeys.models import BusinessUnit
+    from journeys.services.workflows import version_build, version_publish, workflow_create
+
+    business_unit, _ = BusinessUnit.objects.get_or_create(slug=unit, defaults={"name": unit.title()})
+    workflow = workflow_create(name=name, business_unit=business_unit)
+    version_publish(version=version_build(workflow=workflow, definition=definition), reason="test")
+    return workflow
+
+
 def make_source(name: str = "web", **kwargs):
     """A source and its write key (keys are only known at creation)."""
     return source_create(name=name, **kwargs)

@@ -2,7 +2,8 @@
 
 A template sees only the plain data it is given (dicts, lists, strings, numbers,
 dates): no model instances, no settings, no `{% load %}`, `{% include %}`,
-`{% debug %}` or `{% url %}`. Missing variables render empty and are reported.
+`{% debug %}` or `{% url %}`. Missing variables, and those that are null, render empty and are
+reported.
 """
 
 from __future__ import annotations
@@ -164,11 +165,29 @@ def plain(value, depth: int = 0):
     return str(value)
 
 
+class _NullIsMissing(Variable):
+    """A {{ variable }} whose value is null (a trait cleared with null, data sent as null) reads
+    as a missing one: it renders empty, |default applies and `missing` lists it, rather than
+    the text "None". Tags ({% if x is None %}) and |default_if_none still see the null."""
+
+    def resolve(self, context):
+        value = super().resolve(context)
+        if value is None:
+            raise VariableDoesNotExist("%s is null", (self.var,))
+        return value
+
+
 @functools.lru_cache(maxsize=1024)
 def _compiled(text: str):
     """A parsed template per text: parsing costs more than rendering, and a text never changes
     what it parses to (a compiled Template only reads the context it is rendered with)."""
-    return _ENGINE.from_string(text)
+    template = _ENGINE.from_string(text)
+    for node in template.nodelist.get_nodes_by_type(VariableNode):
+        expr = node.filter_expression
+        if type(expr.var) is Variable and expr.var.lookups and \
+                not any(f[0].__name__ == "default_if_none" for f in expr.filters):
+            expr.var = _NullIsMissing(expr.var.var)
+    return template
 
 
 @functools.lru_cache(maxsize=1024)
@@ -196,7 +215,7 @@ _MISSING = object()
 
 def _lookup(data: dict, lookups: tuple):
     """Django's lookup (key, else index) over plain dicts and lists; _MISSING when it does not
-    resolve; None when Django would do more (an attribute, a method, another type)."""
+    resolve or is null; None when Django would do more (an attribute, a method, another type)."""
     current = data
     for bit in lookups:
         kind = type(current)
@@ -216,6 +235,8 @@ def _lookup(data: dict, lookups: tuple):
                 return _MISSING
         else:
             return None
+    if current is None:  # null renders as a missing value does (_NullIsMissing)
+        return _MISSING
     return current if current is _MISSING or type(current) in (str, int, bool) else None
 
 

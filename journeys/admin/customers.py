@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.shortcuts import redirect
@@ -13,7 +14,9 @@ from simple_history.admin import SimpleHistoryAdmin
 from journeys.admin.base import HistoryReasonMixin, LargeTableMixin, ReadOnlyAdmin
 from journeys.api.fields import MAX_ID
 from journeys.console.selectors import customer_360
-from journeys.services.customers_api import CustomerNotFound, customer_get
+from journeys.errors import JourneyError
+from journeys.services.customers_api import CustomerNotFound, customer_edit, customer_get
+from journeys.services.event_parsing import check_event_size
 from journeys.models import (
     Customer,
     CustomerMerge,
@@ -34,8 +37,29 @@ def _survivor_of(object_id: str) -> Customer | None:
     return survivor if survivor.pk != int(object_id) else None
 
 
+class CustomerForm(forms.ModelForm):
+    """Traits are checked as the API checks them: saved through an identify (`customer_edit`)."""
+
+    def clean_traits(self):
+        traits = self.cleaned_data.get("traits")
+        if not isinstance(traits, dict):
+            raise forms.ValidationError('must be a JSON object of trait -> value, e.g. {"plan": "pro"}')
+        try:
+            check_event_size(traits, max_bytes=settings.EVENT_API["MAX_EVENT_BYTES"], prefix="traits")
+        except JourneyError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        return traits
+
+    def clean(self):
+        if self.instance.pk and self.instance.erased_at is not None:
+            raise forms.ValidationError(f"This customer was erased on {self.instance.erased_at:%Y-%m-%d}; "
+                                        "it takes no new data.")
+        return super().clean()
+
+
 @admin.register(Customer)
 class CustomerAdmin(LargeTableMixin, admin.ModelAdmin):
+    form = CustomerForm
     list_display = ("__str__", "email", "phone", "stage", "timezone", "first_seen", "last_seen")
     list_filter = ("stage", "timezone")
     search_fields = ("external_id", "email", "phone")
@@ -54,6 +78,12 @@ class CustomerAdmin(LargeTableMixin, admin.ModelAdmin):
         if customer is not None and self.has_view_permission(request, customer):
             extra["c360"] = customer_360(customer=customer, user=request.user)
         return super().change_view(request, object_id, form_url, extra)
+
+    def save_model(self, request, obj, form, change):
+        """An edit is saved as an identify (attribute-change triggers fire), as the API saves traits."""
+        if not change:
+            return super().save_model(request, obj, form, change)
+        customer_edit(customer=obj, changed=form.changed_data, actor=f"admin:{request.user.get_username()}")
 
     def get_queryset(self, request):
         return super().get_queryset(request).filter(merged_into__isnull=True)

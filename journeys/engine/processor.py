@@ -347,7 +347,8 @@ def _profile_triggers(*, event, customer, traits: dict, index, rctx, start) -> N
             attribute = config.get("attribute")
             if attribute not in event.changes:
                 continue
-            if "to" in config and event.changes[attribute][1] != config["to"]:
+            before, after = event.changes[attribute]
+            if "to" in config and after != config["to"] or "from" in config and before != config["from"]:
                 continue
         else:
             rule = config.get("rule", "")

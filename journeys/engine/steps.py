@@ -12,7 +12,8 @@ from journeys.engine.durations import duration_text, parse_duration
 from journeys.engine.registry import Palette, StepKind, StepResult, register, require
 from journeys.forms import kinds as forms
 from journeys.engine.runtime import StepContext, add_local
-from journeys.rules import RuleSyntaxError, compile_rule
+from journeys.models.fields import MAX_DEPTH
+from journeys.rules import RuleEvaluationError, RuleSyntaxError, compile_rule
 
 FLOW = Palette(group="Flow", colour="#fff8e1", order=20)
 WAITS = Palette(group="Flow", colour="#f3e5f5", order=22)
@@ -221,7 +222,11 @@ class WaitForEvent(StepKind):
 class UpdateProfile(StepKind):
     kind = "update_profile"
     label = "Update profile"
-    help = "Sets profile traits and journey variables. Values are literals, or rules when written as {\"rule\": \"...\"}."
+    help = ("Sets profile traits and journey variables. Values are literals, or rules when written as "
+            "{\"rule\": \"...\"}, also inside an object or a list ({\"address\": {\"city\": {\"rule\": "
+            "\"event.properties.city\"}}}). null sets the trait to null, as an identify does (rules read it as "
+            "a missing value; messages render it empty). A rule that fails (a type error) leaves its trait or "
+            "variable as it was; the error is recorded on the step and the run goes on.")
     side_effects = True
     batch_safe = True  # in an engine batch the profiles are written at its flush (ProfileBatch)
     fields = {"traits": '{"stage": "onboarding"}', "variables": '{"discount": 10}'}
@@ -239,23 +244,31 @@ class UpdateProfile(StepKind):
             if not isinstance(value, dict):
                 raise ValidationError({key: "must be an object of name -> value"})
             for name, item in value.items():
-                if isinstance(item, dict) and "rule" in item:
-                    try:
-                        compile_rule(item["rule"])
-                    except RuleSyntaxError as exc:
-                        raise ValidationError({key: f"{name}: rule error: {exc}"}) from None
+                try:
+                    _with_rules(item, _rule_checked, name)
+                except ValidationError as exc:
+                    raise ValidationError({key: exc.messages[0]}) from None
             cleaned[key] = value
         if not cleaned["traits"] and not cleaned["variables"]:
             raise ValidationError({"traits": "set at least one trait or variable"})
         return cleaned
 
-    def _values(self, ctx, mapping):
+    def _values(self, ctx, mapping, key: str, skipped: dict) -> dict:
+        """The values to set; one whose rule fails is left out (in `skipped`, and recorded on the
+        step as a condition's rule error is)."""
+        def evaluated(where: str, text: str):
+            try:
+                return _jsonable(compile_rule(text).value(ctx.rule_context()))
+            except RuleEvaluationError as exc:
+                raise _RuleFailed(where, text, exc.error) from None
+
         out = {}
         for name, item in mapping.items():
-            if isinstance(item, dict) and "rule" in item:
-                out[name] = _jsonable(compile_rule(item["rule"]).value(ctx.rule_context()))
-            else:
-                out[name] = item
+            try:
+                out[name] = _with_rules(item, evaluated, f"{key}.{name}")
+            except _RuleFailed as exc:
+                skipped[exc.where] = exc.error
+                ctx.notes.setdefault("rule_errors", []).append(f"{exc.where}: {exc.text}: {exc.error}")
         return out
 
     def execute(self, ctx):
@@ -273,8 +286,9 @@ class UpdateProfile(StepKind):
 
                 ctx.customer.traits = Customer.objects.select_for_update().get(pk=ctx.customer.pk).traits
             ctx.profile.update(profile_dict(ctx.customer, ctx.now))
-        traits = self._values(ctx, ctx.config["traits"])
-        variables = self._values(ctx, ctx.config["variables"])
+        skipped: dict = {}
+        traits = self._values(ctx, ctx.config["traits"], "traits", skipped)
+        variables = self._values(ctx, ctx.config["variables"], "journey", skipped)
         ctx.run.variables = {**ctx.run.variables, **variables}
         ctx.profile.update(traits)
         if traits and not ctx.dry_run:
@@ -283,7 +297,39 @@ class UpdateProfile(StepKind):
                 batch.update(customer=ctx.customer, traits=traits, reason=reason)
             else:
                 customer_update_traits(customer=ctx.customer, traits=traits, reason=reason)
-        return StepResult(outcome="next", detail={"traits": traits, "variables": variables})
+        detail = {"traits": traits, "variables": variables}
+        return StepResult(outcome="next", detail={**detail, "skipped": skipped} if skipped else detail)
+
+
+def _is_rule(item) -> bool:
+    return isinstance(item, dict) and "rule" in item
+
+
+def _with_rules(item, on_rule, where: str, depth: int = 0):
+    """`item` with every {"rule": ...} in it, in objects and lists at any depth, replaced by
+    on_rule(path, rule), the path naming where it sits (e.g. address.city)."""
+    if _is_rule(item):
+        return on_rule(where, item["rule"])
+    if depth >= MAX_DEPTH or not isinstance(item, dict | list):
+        return item
+    if isinstance(item, dict):
+        return {k: _with_rules(v, on_rule, f"{where}.{k}", depth + 1) for k, v in item.items()}
+    return [_with_rules(v, on_rule, f"{where}[{i}]", depth + 1) for i, v in enumerate(item)]
+
+
+def _rule_checked(where: str, text) -> None:
+    if not isinstance(text, str):
+        raise ValidationError(f'{where}: a rule is written as text, e.g. {{"rule": "coalesce(profile.orders, 0) + 1"}}')
+    try:
+        compile_rule(text)
+    except RuleSyntaxError as exc:
+        raise ValidationError(f"{where}: rule error: {exc}") from None
+
+
+class _RuleFailed(Exception):
+    def __init__(self, where: str, text: str, error: str) -> None:
+        super().__init__(error)
+        self.where, self.text, self.error = where, text, error
 
 
 def _jsonable(value):

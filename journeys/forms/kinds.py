@@ -147,7 +147,8 @@ VALUE_KINDS = [("text", "text"), ("number", "number"), ("bool", "yes / no"), ("r
 
 class UpdateProfileForm(StepConfigForm):
     kind = "update_profile"
-    help = "Each row sets a profile trait or a journey variable. A 'rule' value is computed when the step runs."
+    help = ("Each row sets a profile trait or a journey variable. A 'rule' value is computed when the step runs; "
+            'in a JSON value, {"rule": "..."} is computed too, at any depth. JSON null sets the trait to null.')
 
     def setup(self):
         config = self.step.config if self.step else {}
@@ -217,8 +218,12 @@ class UpdateProfileForm(StepConfigForm):
     def field_for(self, key, message):
         if key in self.fields:
             return key
-        name = message.split(":", 1)[0]
-        row = next((i for i in range(1, self.rows + 1) if self.cleaned_data.get(f"name_{i}") == name
+        where = message.split(":", 1)[0]  # the row's name, or a path inside its value (address.city)
+
+        def names_row(name: str) -> bool:
+            return bool(name) and (where == name or where.startswith(name) and where[len(name)] in ".[")
+
+        row = next((i for i in range(1, self.rows + 1) if names_row(self.cleaned_data.get(f"name_{i}") or "")
                     and (self.cleaned_data.get(f"set_{i}") or "traits") == key), None)
         return f"value_{row}" if row else "name_1"
 

@@ -135,8 +135,10 @@ class VersionSettingsForm(forms.Form):
     def field_for(self, key: str, message: str) -> str | None:
         """The field a service error (`{key: message}`) belongs to: trigger_config errors name
         their setting first ("within: ..."), cooldown is typed as a duration."""
-        if key == "trigger_config":
+        if key == "trigger_config":  # a setting this kind does not show as a field was typed in "more"
             name = message.split(":", 1)[0].strip()
-            return name if name in self.fields else "trigger_kind"
+            if name in TRIGGER_FIELDS.get(self.cleaned_data.get("trigger_kind"), ()):
+                return name
+            return "more" if name in (self.cleaned_data.get("more") or {}) else "trigger_kind"
         return {"reentry_cooldown_s": "reentry_cooldown"}.get(key, key if key in self.fields else None)
 

@@ -109,6 +109,35 @@ def customer_traits_set(*, customer: Customer, traits: dict, actor: str, now: da
 
 
 @transaction.atomic
+def customer_edit(*, customer: Customer, changed: list[str], actor: str) -> dict:
+    """Save an edit of a profile made in the console as the API's trait updates are saved:
+    `customer` holds the values typed, `changed` names the fields changed. Traits, and an email,
+    phone, timezone or locale typed, go through customer_traits_set (an identify: attribute-change
+    and segment triggers fire, identities follow, the stored event names `actor`); a trait removed
+    is set to null, as an identify clears one. What an identify leaves alone (the user id, a column
+    emptied, the columns of a profile known only by an address) is then written as typed.
+    Returns {trait: [old, new]} for the traits that changed."""
+    from journeys.services.identity import PROFILE_TRAIT_FIELDS
+
+    stored = customer_writable(customer=Customer.objects.select_for_update().get(pk=customer.pk))
+    traits = {}
+    if "traits" in changed:
+        traits = {k: v for k, v in customer.traits.items() if k not in stored.traits or stored.traits[k] != v}
+        traits.update({k: None for k, v in stored.traits.items() if k not in customer.traits and v is not None})
+    for trait, column in PROFILE_TRAIT_FIELDS.items():
+        if column in changed and getattr(customer, column):
+            traits[trait] = getattr(customer, column)
+    changes = customer_traits_set(customer=stored, traits=traits, actor=actor) if traits else {}
+    typed = [name for name in changed if name != "traits" and getattr(stored, name) != getattr(customer, name)]
+    for name in typed:
+        setattr(stored, name, getattr(customer, name))
+    if typed:
+        stored.save(update_fields=[*typed, "updated_at"])
+    customer.refresh_from_db()
+    return changes
+
+
+@transaction.atomic
 def customers_merge(*, target: Customer, merged: Customer, actor: str, reason: str = "") -> CustomerMerge:
     """Fold `merged` into `target` through the identity service (recorded with `actor`)."""
     from journeys.services.identity import customer_merge

@@ -14,6 +14,7 @@ what proposing and publishing require. Editing a draft step by step (the canvas)
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 
 from django.core.exceptions import ValidationError
@@ -71,6 +72,31 @@ def _rule_error(text: str, where: str) -> str | None:
 TRIGGER_CONFIG_NOT_OBJECT = ("must be a JSON object of the trigger's settings, e.g. "
                              '{"filter": "event.properties.total > 50"} ({} for none)')
 TRIGGER_TEXT_EXAMPLES = {"followed_by": "Order Completed", "attribute": "signup_date", "cron": "0 9 * * 1"}
+# The settings each kind of trigger reads. Other keys are kept as they are (notes, settings of
+# other tools), except one another kind reads or one that is a near miss of this kind's.
+TRIGGER_SETTINGS = {
+    TriggerKind.EVENT: ("filter",),
+    TriggerKind.INACTIVITY: ("followed_by", "within", "filter"),
+    TriggerKind.ATTRIBUTE_CHANGE: ("attribute", "from", "to"),
+    TriggerKind.SEGMENT_ENTRY: ("rule",),
+    TriggerKind.DATE_ATTRIBUTE: ("attribute", "at", "offset_days", "yearly"),
+    TriggerKind.SCHEDULE: ("cron", "segment"),
+}
+
+
+def _setting_error(kind: str, name: str) -> str | None:
+    """Why a trigger of `kind` refuses the setting `name`: another kind's, or a misspelling of its own."""
+    own = TRIGGER_SETTINGS.get(kind, ())
+    if name in own:
+        return None
+    label = kind.replace("_", " ")
+    readers = [str(k).replace("_", " ") for k, names in TRIGGER_SETTINGS.items() if name in names]
+    if readers:
+        return (f"{name}: is a setting of {' and '.join(readers)} triggers; the {label} trigger does not read it "
+                f"(it reads {', '.join(own) or 'none'}): remove it")
+    if close := difflib.get_close_matches(name, own, n=1, cutoff=0.75):
+        return f"{name}: the {label} trigger has no such setting; did you mean {close[0]!r}?"
+    return None
 
 
 def trigger_clean(*, kind: str, event: str, config: dict) -> dict:
@@ -83,6 +109,9 @@ def trigger_clean(*, kind: str, event: str, config: dict) -> dict:
             raise ValidationError({"trigger_config": f"{name}: must be text, e.g. {TRIGGER_TEXT_EXAMPLES[name]}"})
     if kind not in TriggerKind.values:
         raise ValidationError({"trigger_kind": f"unknown trigger kind {kind!r}"})
+    for name in config:
+        if error := _setting_error(kind, name):
+            raise ValidationError({"trigger_config": error})
     if kind in (TriggerKind.EVENT, TriggerKind.INACTIVITY) and not event:
         raise ValidationError({"trigger_event": "is required for this trigger (the event name)"})
     if error := _rule_error(config.get("filter", ""), "filter"):

@@ -125,13 +125,14 @@ def test_status_is_readable_only_for_messages_sent_through_the_api(api, receipt)
     assert api.get(f"messages/{journey_message.pk}").status_code == 404
 
 
-def test_a_message_whose_data_is_all_missing_is_refused_naming_it_and_nothing_is_kept(api, smtp, on_commit):
+@pytest.mark.parametrize("data", [{}, {"subject": None, "text": None}], ids=["absent", "null"])
+def test_a_message_whose_data_is_all_missing_is_refused_naming_it_and_nothing_is_kept(api, smtp, on_commit, data):
     Channel.objects.create(name="email", kind="email", provider="smtp", settings={"from": "shop@example.com"})
     MessageTemplate.objects.create(name="note", channel_kind="email", subject="{{ journey.subject }}",
                                    body="{{ journey.text }}")
     CustomerFactory(external_id="ada", email="ada@example.com")
 
-    response = send(api, on_commit, template="note", user_id="ada")
+    response = send(api, on_commit, template="note", user_id="ada", data=data)
 
     assert (response.status_code, response.body["field"]) == (422, "data.subject"), response.body
     assert "rendered empty" in response.body["message"]

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from channels_app.models import ContentBlock, TemplateVariant
 from channels_app.services import message_send, template_check, template_render
+from journeys.models import Customer
 from tests.channels_app.factories import ChannelFactory, CustomerFactory, TemplateFactory
 
 pytestmark = pytest.mark.django_db
@@ -87,6 +88,28 @@ def test_missing_variables_render_empty_and_are_reported(on_commit):
     assert (delivery.subject, delivery.body) == ("Hi", " -")
     assert delivery.notes["missing"] == ["profile.nickname", "event.properties.total"]
     assert delivery.status == "queued" or delivery.status == "sent"
+
+
+def test_a_trait_set_to_null_renders_empty_and_is_reported_like_a_missing_one(on_commit, api):
+    # given a customer whose color an identify cleared (Segment's null) and whose first name is null
+    CustomerFactory(external_id="nul", traits={"color": "red", "first_name": None})
+    with on_commit():
+        assert api.post("identify", {"userId": "nul", "traits": {"color": None}}).status_code == 200
+    customer = Customer.objects.get(external_id="nul")
+    assert customer.traits["color"] is None
+    # and a template read both ways: plain variables, and filters and tags (Django's renderer)
+    template = TemplateFactory(subject="color=[{{ profile.color }}]",
+                               body="Hi [{{ profile.first_name|title }}] {{ profile.color|default:'any' }}"
+                                    "{% if profile.color is None %}, none{% endif %}")
+    email = ChannelFactory(name="email", kind="email", provider="console")
+
+    # when a message is sent to them
+    with on_commit():
+        delivery = message_send(customer=customer, template=template, channel=email, idempotency_key="k", context={})
+
+    # then the nulls render empty (a default still applies, a tag still sees null) and are listed missing
+    assert (delivery.subject, delivery.body) == ("color=[]", "Hi [] any, none")
+    assert delivery.notes["missing"] == ["profile.color", "profile.first_name"]
 
 
 def test_delivery_records_template_version_and_content_hash(on_commit):

@@ -324,6 +324,17 @@ def test_the_start_node_edits_the_trigger_and_entry_settings(editor, draft):
     assert 'Start · Inactivity' in ok(good)["svg"]
 
 
+def test_a_setting_another_trigger_kind_reads_is_refused_at_more_settings(editor, draft):
+    url = reverse("console:canvas_settings", args=[draft.pk])
+    response = editor.post(url, {"trigger_kind": "attribute_change", "attribute": "tier", "reentry_policy": "once",
+                                 "more": '{"to": "gold", "within": "1h"}', "change_reason": WHY})
+
+    answer = response.json()
+    assert response.status_code == 400 and answer["field"] == "more", answer
+    assert answer["message"].startswith("within: is a setting of inactivity triggers")
+    assert WorkflowVersion.objects.get(pk=draft.pk).trigger_kind == "event"
+
+
 @pytest.mark.parametrize("within", ["0s", "0", "0m0s"])
 def test_an_inactivity_window_of_no_time_is_refused_at_its_field(editor, draft, within):
     # given the start node's settings of an inactivity trigger; when its window is no time at all

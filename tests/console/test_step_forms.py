@@ -119,6 +119,9 @@ ERRORS = [
      "value_1", "n: rule error"),
     ("update_profile", {"name_1": "vip", "as_1": "bool", "value_1": "maybe", "set_1": "traits"}, "value_1",
      "write yes or no"),
+    ("update_profile", {"name_1": "n", "as_1": "text", "value_1": "a", "name_2": "address", "as_2": "json",
+                        "value_2": '{"city": {"rule": "event.properties."}}', "set_2": "traits"},
+     "value_2", "address.city: rule error"),
     ("send_message", {"channel": "sms", "template": "cart-reminder"}, None, None),  # filled below
     ("escalate_to_agent", {"priority": "normal"}, "sentiment_below", "set at least one threshold"),
     ("experiment_split", {"experiment": "welcome", "arms": "short"}, "arms", "the control arm must be one"),

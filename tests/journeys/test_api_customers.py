@@ -6,10 +6,9 @@ from __future__ import annotations
 import pytest
 
 from journeys.choices import ApiScope
-from journeys.models import BusinessUnit, Customer, CustomerMerge, Identity, Job, JourneyRun
-from journeys.services.workflows import version_build, version_publish, workflow_create
+from journeys.models import Customer, CustomerMerge, Identity, Job, JourneyRun
 from tests.apiclient import Api, make_token
-from tests.factories import CustomerFactory
+from tests.factories import CustomerFactory, live_workflow
 
 pytestmark = pytest.mark.django_db
 
@@ -71,12 +70,9 @@ def test_profile_shows_identities_consents_stage_and_traits(api):
 
 def test_setting_traits_goes_through_ingestion_so_attribute_triggers_fire(api, django_capture_on_commit_callbacks):
     # given a live workflow triggered when `plan` changes to "pro"
-    unit = BusinessUnit.objects.create(name="Growth", slug="growth")
-    workflow = workflow_create(name="upgrade", business_unit=unit)
-    version_publish(version=version_build(workflow=workflow, definition={
+    workflow = live_workflow(name="upgrade", definition={
         "trigger_kind": "attribute_change", "trigger_config": {"attribute": "plan", "to": "pro"},
-        "steps": [{"key": "done", "kind": "goal", "config": {}}], "edges": [],
-    }), reason="test")
+        "steps": [{"key": "done", "kind": "goal", "config": {}}], "edges": []})
     customer = CustomerFactory(external_id="bo", traits={"plan": "free"})
 
     # when the API sets the trait (and an email)

@@ -14,7 +14,7 @@ from journeys.engine.scheduler import (
     schedules_run,
     watches_fire_due,
 )
-from journeys.models import BusinessUnit, Customer, Event, JourneyRun, StepExecution
+from journeys.models import BusinessUnit, Customer, Event, JourneyRun, LifecycleStage, StepExecution
 from journeys.services.workflows import (
     version_build,
     version_new_draft,
@@ -24,6 +24,7 @@ from journeys.services.workflows import (
     workflow_export,
     workflow_import,
 )
+from tests.factories import CustomerFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -361,6 +362,40 @@ def test_attribute_change_trigger(publish, send):
     assert JourneyRun.objects.count() == 1
 
 
+def test_attribute_change_trigger_from_a_value_fires_only_on_changes_from_it(publish, send):
+    # given a trigger on tier changing from silver to gold
+    publish({"trigger_kind": "attribute_change", "trigger_config": {"attribute": "tier", "from": "silver", "to": "gold"},
+             "reentry_policy": "always", "steps": steps(("g", "goal", {}))})
+    for user, tier in (("bronze", "bronze"), ("silver", "silver")):
+        send("identify", userId=user, traits={"tier": tier})
+
+    # when both reach gold
+    for user in ("bronze", "silver"):
+        send("identify", userId=user, traits={"tier": "gold"})
+
+    # then only the one who was silver entered
+    assert list(JourneyRun.objects.values_list("customer__external_id", flat=True)) == ["silver"]
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"attribute": "tier", "within": "1h"}, "within: is a setting of inactivity triggers; the attribute change "
+                                            "trigger does not read it (it reads attribute, from, to): remove it"),
+    ({"attribute": "tier", "form": "silver"}, "form: the attribute change trigger has no such setting; did you mean "
+                                              "'from'?"),
+], ids=["other-kind", "misspelled"])
+def test_a_setting_of_another_trigger_kind_or_a_misspelled_one_is_refused_naming_it(unit, config, message):
+    workflow = workflow_create(name="tiers", business_unit=unit)
+    with pytest.raises(ValidationError) as refused:
+        version_build(workflow=workflow, definition={"trigger_kind": "attribute_change", "trigger_config": config,
+                                                     "steps": steps(("g", "goal", {}))})
+    assert refused.value.message_dict["trigger_config"] == [message]
+    # settings of no trigger (a note) are kept as they are
+    version = version_build(workflow=workflow, definition={
+        "trigger_kind": "attribute_change", "trigger_config": {"attribute": "tier", "note": "tiers v2"},
+        "steps": steps(("g", "goal", {}))})
+    assert version.trigger_config == {"attribute": "tier", "note": "tiers v2"}
+
+
 def test_segment_entry_trigger_fires_when_rule_becomes_true(publish, send):
     publish({"trigger_kind": "segment_entry", "trigger_config": {"rule": "profile.ltv >= 500"},
              "reentry_policy": "always", "allow_concurrent_runs": True, "steps": steps(("g", "goal", {}))})
@@ -417,24 +452,73 @@ def test_type_error_in_rule_is_false_and_recorded(publish, send):
 
 
 def test_failing_step_fails_only_that_run_and_can_be_retried(publish, send):
+    # given a workflow that moves VIPs to a stage deleted after it was published
+    stage = LifecycleStage.objects.create(key="vip", name="VIP", order=1)
     publish({"trigger_event": "Visit", "reentry_policy": "always", "allow_concurrent_runs": True,
-             "steps": steps(("calc", "update_profile", {"variables": {"ratio": {"rule": "100 / event.properties.n"}}}))})
+             "steps": steps(("calc", "update_profile", {"variables": {"ratio": {"rule": "100 / event.properties.n"}}}),
+                            ("is_vip", "condition", {"rule": "event.properties.vip == true"}),
+                            ("tag", "set_stage", {"stage": "vip"})),
+             "edges": edges(("calc", "next", "is_vip"), ("is_vip", "yes", "tag"))})
+    stage.delete()
 
-    send(userId="u1", event="Visit", properties={"n": 0})
+    send(userId="u1", event="Visit", properties={"n": 5, "vip": True})
     send(userId="u2", event="Visit", properties={"n": 4})
 
     bad, good = JourneyRun.objects.order_by("id")
-    assert bad.status == "failed" and "calc" in bad.error
+    assert bad.status == "failed" and "tag" in bad.error
     assert good.status == "completed" and good.variables == {"ratio": 25.0}
     assert Event.objects.filter(status="processed").count() == 2
 
     from journeys.engine.runner import run_retry
 
-    bad.trigger_event.properties = {"n": 5}
-    bad.trigger_event.save()
+    LifecycleStage.objects.create(key="vip", name="VIP", order=1)
     run_retry(run=bad, now=djtz.now())
     bad.refresh_from_db()
-    assert bad.status == "completed" and bad.variables == {"ratio": 20.0}
+    assert bad.status == "completed" and bad.customer.stage == "vip"
+
+
+def test_update_profile_computes_rules_nested_in_a_value(publish, send):
+    # given a step setting an address whose city, and a list's item, are rules; and a trait to null
+    publish({"trigger_event": "Order Completed", "steps": steps(("keep", "update_profile", {"traits": {
+        "address": {"city": {"rule": "event.properties.city"}, "country": "FR"},
+        "cities": [{"rule": "upper(event.properties.city)"}], "tmp": None}}))})
+    CustomerFactory(external_id="u1", traits={"tmp": "x"})
+
+    # when the event arrives
+    send(userId="u1", event="Order Completed", properties={"city": "Lyon"})
+
+    # then the stored values are computed at every depth, and null sets the trait to null
+    traits = Customer.objects.get(external_id="u1").traits
+    assert traits["address"] == {"city": "Lyon", "country": "FR"} and traits["cities"] == ["LYON"]
+    assert "tmp" in traits and traits["tmp"] is None
+
+
+def test_a_nested_rule_that_does_not_parse_is_refused_naming_where_it_is(unit):
+    workflow = workflow_create(name="bad", business_unit=unit)
+    config = {"traits": {"address": {"city": {"rule": "event.properties."}}}}
+    with pytest.raises(ValidationError, match="address.city: rule error"):
+        version_build(workflow=workflow, definition={"trigger_event": "Visit",
+                                                     "steps": steps(("keep", "update_profile", config))})
+
+
+def test_a_rule_error_in_update_profile_leaves_that_value_and_the_run_goes_on(publish, send):
+    # given a step that doubles a total, sets a flag, then a goal
+    publish({"trigger_event": "Order Completed",
+             "steps": steps(("calc", "update_profile", {"traits": {"double": {"rule": "event.properties.total * 2"},
+                                                                   "seen": True}}),
+                            ("done", "goal", {})),
+             "edges": edges(("calc", "next", "done"))})
+    CustomerFactory(external_id="u1", traits={"double": 1})
+
+    # when the total arrives as text
+    send(userId="u1", event="Order Completed", properties={"total": "150"})
+
+    # then the other trait is set, the failing one kept, the error recorded on the step, the run completed
+    assert Customer.objects.get(external_id="u1").traits == {"double": 1, "seen": True}
+    calc = StepExecution.objects.get(step_key="calc")
+    assert calc.outcome == "next" and "traits.double: event.properties.total * 2: TypeError" in calc.error
+    assert calc.detail["skipped"] == {"traits.double": "TypeError: unsupported operand type(s) for *: 'text' and 'number'"}
+    assert JourneyRun.objects.get().status == "completed"
 
 
 def test_processing_an_event_twice_does_nothing_more(publish, send):

@@ -1,0 +1,115 @@
+"""Editing a customer in the admin saves as the API's trait update does (an identify): attribute
+triggers fire, identities follow, the event names who did it; bad input is a form error."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from journeys.models import Customer, Event, Identity, JourneyRun
+from tests.factories import CustomerFactory, live_workflow
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def upgrade():
+    """A live workflow triggered when `plan` changes to "pro"."""
+    return live_workflow(name="upgrade", definition={
+        "trigger_kind": "attribute_change", "trigger_config": {"attribute": "plan", "to": "pro"},
+        "steps": [{"key": "done", "kind": "goal", "config": {}}], "edges": []})
+
+
+def _form(customer: Customer, **changes) -> dict:
+    data = {"external_id": customer.external_id, "email": customer.email, "phone": customer.phone,
+            "timezone": customer.timezone, "locale": customer.locale, "traits": json.dumps(customer.traits)}
+    return {**data, **changes}
+
+
+def _save(client, customer, capture, **changes):
+    with capture(execute=True):
+        return client.post(reverse("admin:journeys_customer_change", args=[customer.pk]), _form(customer, **changes))
+
+
+def test_changing_a_trait_in_the_admin_fires_the_attribute_change_trigger(
+        admin_client, upgrade, django_capture_on_commit_callbacks):
+    # given a customer on the free plan
+    customer = CustomerFactory(external_id="bo", traits={"plan": "free", "city": "Lyon"})
+
+    # when an admin sets the plan to "pro" and saves
+    response = _save(admin_client, customer, django_capture_on_commit_callbacks,
+                     traits=json.dumps({"plan": "pro", "city": "Lyon"}))
+
+    # then the profile changed, through an identify naming the admin, and the workflow started
+    assert response.status_code == 302, response.content.decode()[:2000]
+    customer.refresh_from_db()
+    assert customer.traits == {"plan": "pro", "city": "Lyon"}
+    event = Event.objects.get(customer=customer, type="identify")
+    assert event.changes == {"plan": ["free", "pro"]} and event.context["actor"] == "admin:admin"
+    assert JourneyRun.objects.filter(workflow=upgrade, customer=customer).exists()
+
+
+def test_an_email_typed_in_the_admin_becomes_an_identity_and_a_removed_trait_is_cleared(
+        admin_client, django_capture_on_commit_callbacks):
+    # given a known customer with a temporary trait
+    customer = CustomerFactory(external_id="cy", email="", traits={"tmp": 1, "plan": "free"})
+
+    # when an admin types an email and timezone, and removes the trait
+    response = _save(admin_client, customer, django_capture_on_commit_callbacks, email="Cy@Example.com",
+                     timezone="Europe/Paris", traits=json.dumps({"plan": "free"}))
+
+    # then the columns are set, the address finds the customer, and the trait is cleared (null)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    customer.refresh_from_db()
+    assert (customer.email, customer.timezone) == ("Cy@Example.com", "Europe/Paris")
+    assert Identity.objects.filter(kind="email", value="cy@example.com", customer=customer).exists()
+    assert customer.traits["tmp"] is None and customer.traits["plan"] == "free"
+    assert Event.objects.get(customer=customer, type="identify").changes["tmp"] == [1, None]
+
+
+def test_a_profile_known_only_by_an_address_is_updated_and_its_trigger_fires(
+        admin_client, upgrade, django_capture_on_commit_callbacks):
+    # given a profile that has no user id nor anonymous id (made by a message to an address)
+    customer = CustomerFactory(external_id="", email="lee@example.com", traits={"plan": "free"})
+
+    # when an admin sets its plan and phone
+    response = _save(admin_client, customer, django_capture_on_commit_callbacks, phone="+33612345678",
+                     traits=json.dumps({"plan": "pro"}))
+
+    # then both are stored and the workflow started
+    assert response.status_code == 302, response.content.decode()[:2000]
+    customer.refresh_from_db()
+    assert customer.traits["plan"] == "pro" and customer.phone == "+33612345678"
+    assert JourneyRun.objects.filter(workflow=upgrade, customer=customer).exists()
+
+
+@pytest.mark.parametrize(("traits", "message"), [
+    ('["pro"]', "must be a JSON object"),
+    ('{"n": NaN}', "traits.n: is not a finite number"),
+    ('{"x": "a\\u0000b"}', "traits.x: contains a NUL character"),
+], ids=["not-object", "nan", "nul"])
+def test_bad_traits_are_a_form_error_naming_them(admin_client, traits, message):
+    customer = CustomerFactory(external_id="dee", traits={"plan": "free"})
+
+    response = admin_client.post(reverse("admin:journeys_customer_change", args=[customer.pk]),
+                                 _form(customer, traits=traits))
+
+    assert response.status_code == 200
+    assert message in " ".join(response.context["adminform"].form.errors["traits"])
+    assert Customer.objects.get(pk=customer.pk).traits == {"plan": "free"}
+
+
+def test_an_erased_customer_cannot_be_edited(admin_client):
+    customer = CustomerFactory(external_id="gone", traits={})
+    Customer.objects.filter(pk=customer.pk).update(erased_at=timezone.now())
+    customer.refresh_from_db()
+
+    response = admin_client.post(reverse("admin:journeys_customer_change", args=[customer.pk]),
+                                 _form(customer, traits=json.dumps({"plan": "x"})))
+
+    assert response.status_code == 200
+    assert "takes no new data" in " ".join(response.context["adminform"].form.non_field_errors())
+    assert Customer.objects.get(pk=customer.pk).traits == {}
