@@ -16,7 +16,8 @@ pytestmark = pytest.mark.django_db
 def _export(finished_ago: timedelta) -> Job:
     return Job.objects.create(
         kind=JobKind.EXPORT, status=JobStatus.SUCCEEDED, finished_at=timezone.now() - finished_ago,
-        result={"export": {"customer": {"email": "ada@example.com"}}, "summary": {"events": 3}},
+        result={"customer": 7, "external_id": "ada", "sections": {"events": 3},  # what an export job returns
+                "export": {"customer": {"email": "ada@example.com"}}},
     )
 
 
@@ -30,5 +31,6 @@ def test_scheduled_purge_drops_day_old_exports_and_keeps_fresh_ones():
     old.refresh_from_db()
     fresh.refresh_from_db()
     assert "export" not in old.result and old.result["expired"] is True
-    assert old.result["summary"] == {"events": 3}  # the summary of what was exported stays
+    assert old.result == {"customer": 7, "external_id": "ada", "sections": {"events": 3},  # the summary stays
+                          "expired": True}
     assert fresh.result["export"]["customer"]["email"] == "ada@example.com"
