@@ -50,6 +50,15 @@ class CustomerForm(forms.ModelForm):
             raise forms.ValidationError(str(exc)) from None
         return traits
 
+    def clean_timezone(self):
+        from journeys.services.identity import timezone_known
+
+        zone = self.cleaned_data.get("timezone") or ""
+        if zone and not timezone_known(zone):
+            raise forms.ValidationError(f"{zone!r} is not a timezone this server knows; give an IANA name, "
+                                        "e.g. Europe/Paris or America/New_York")
+        return zone
+
     def clean(self):
         if self.instance.pk and self.instance.erased_at is not None:
             raise forms.ValidationError(f"This customer was erased on {self.instance.erased_at:%Y-%m-%d}; "

@@ -113,3 +113,15 @@ def test_an_erased_customer_cannot_be_edited(admin_client):
     assert response.status_code == 200
     assert "takes no new data" in " ".join(response.context["adminform"].form.non_field_errors())
     assert Customer.objects.get(pk=customer.pk).traits == {}
+
+
+def test_a_timezone_the_server_does_not_know_is_a_form_error(admin_client):
+    customer = CustomerFactory(external_id="tz", timezone="Asia/Tokyo", traits={})
+
+    response = admin_client.post(reverse("admin:journeys_customer_change", args=[customer.pk]),
+                                 _form(customer, timezone="Mars/Olympus"))
+
+    assert response.status_code == 200
+    assert "'Mars/Olympus' is not a timezone this server knows" in " ".join(
+        response.context["adminform"].form.errors["timezone"])
+    assert Customer.objects.get(pk=customer.pk).timezone == "Asia/Tokyo"
