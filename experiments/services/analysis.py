@@ -77,9 +77,12 @@ def without_jit() -> Iterator[None]:
         yield
         return
     with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('jit')")
+        (before,) = cursor.fetchone()
         cursor.execute("SET LOCAL jit = off")  # undone with the savepoint if the block fails
         yield
-        cursor.execute("SET LOCAL jit TO DEFAULT")  # inside a longer transaction, for what follows
+        # inside a longer transaction (or another such block): what it was, for what follows
+        cursor.execute("SELECT set_config('jit', %s, true)", [before])
 
 
 def exposed_assignments(*, experiment: Experiment, now: datetime) -> QuerySet:

@@ -32,7 +32,7 @@ def report_rows(
 ) -> list[list]:
     """Rows (header first) of one report section."""
     if section == "arms":
-        a = experiment_analyze(experiment=experiment, now=now)
+        a = experiment_analyze(experiment=experiment, now=now, secondary=False)  # no secondary columns here
         rows = [
             [
                 "group",

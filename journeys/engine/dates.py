@@ -26,6 +26,7 @@ an occurrence to one run per customer, however often it is recomputed.
 from __future__ import annotations
 
 import logging
+import re
 import time as monotonic
 from collections import defaultdict
 from dataclasses import dataclass
@@ -70,7 +71,7 @@ class DateRule:
         except ValueError:
             raise ValueError(f"at: {at!r} is not a local time; give HH:MM from 00:00 to 23:59, e.g. 09:00") from None
         offset = config.get("offset_days") or 0
-        if isinstance(offset, str) and offset.strip().lstrip("-").isascii() and offset.strip().lstrip("-").isdigit():
+        if isinstance(offset, str) and re.fullmatch(r"-?[0-9]+", offset.strip()):
             offset = int(offset)  # "3", as an older import wrote it
         if isinstance(offset, bool) or not isinstance(offset, int) or not -MAX_OFFSET_DAYS <= offset <= MAX_OFFSET_DAYS:
             raise ValueError(f"offset_days: {offset!r} is not a whole number of days from -{MAX_OFFSET_DAYS} "

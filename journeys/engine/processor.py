@@ -258,7 +258,7 @@ def event_route(*, event: Event, open_runs: dict, index, now, enrol=None):
     acted = False  # once one of the customer's runs went on, it may have ended the others (a move)
     for run in list(runs):
         version = load_version(run.version_id)
-        if event.name in (version.goal_event, run.wait_event) and _before_entry(run, event):
+        if event.name and event.name in (version.goal_event, run.wait_event) and _before_entry(run, event):
             continue  # it happened before the run began (a late offline queue): not what it waits for
         if version.goal_event and version.goal_event == event.name:
             if rule_true(version.goal_filter, replace(rctx, journey=run.variables))[0]:
@@ -297,7 +297,7 @@ def event_route(*, event: Event, open_runs: dict, index, now, enrol=None):
         followed = Event.objects.filter(
             customer=customer, name=version.trigger_config.get("followed_by", ""),
             timestamp__gte=event.timestamp, timestamp__lte=event.timestamp + window,
-        ).exists()
+        ).exclude(pk=event.pk).exists()  # "X not followed by X": the start is not its own follow-up
         TriggerWatch.objects.get_or_create(
             version_id=vid, start_event=event,
             defaults={"customer": customer, "due_at": event.timestamp + window, "cancelled_at": now if followed else None},

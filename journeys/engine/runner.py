@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
 
-from journeys.choices import ReentryPolicy, RunStatus, StreamEventType
+from journeys.choices import OPEN_RUN_STATUSES, ReentryPolicy, RunStatus, StreamEventType
 from journeys.engine.batch import batch_suspended, current_batch
 from journeys.engine.compiled import CompiledVersion, load_version
 from journeys.engine.entry_gate import entries_admit, entry_history
@@ -154,7 +154,7 @@ def runs_merge(*, merged: Customer, target: Customer, now: datetime) -> int:
     theirs = JourneyRun.objects.filter(customer=target)
     mine = JourneyRun.objects.filter(customer=merged)
     runs_end(mine.filter(exclusive=True, workflow_id__in=theirs.filter(
-        exclusive=True, status__in=(RunStatus.ACTIVE, RunStatus.WAITING)).values("workflow_id")),
+        exclusive=True, status__in=OPEN_RUN_STATUSES).values("workflow_id")),
         status=RunStatus.EXITED, now=now, error=f"merged into customer {target.pk}, already on this journey")
     same_trigger = Exists(theirs.filter(workflow_id=OuterRef("workflow_id"), trigger_key=OuterRef("trigger_key")))
     runs_end(mine.filter(same_trigger), status=RunStatus.EXITED, now=now,

@@ -97,10 +97,9 @@ def _successors(watches: list[TriggerWatch]) -> dict[int, int]:
     workflow_of = dict(WorkflowVersion.objects.filter(pk__in={w.version_id for w in watches})
                        .values_list("pk", "workflow_id"))
     takers: dict[int, list[tuple[int, str, tuple[int, int, bool] | None]]] = defaultdict(list)
-    for vid, wid, event, canary_id, percent in routable_versions().filter(
-            trigger_kind=TriggerKind.INACTIVITY, workflow_id__in=set(workflow_of.values())).values_list(
-            "pk", "workflow_id", "trigger_event", "workflow__canary_version_id", "workflow__canary_percent"):
-        takers[wid].append((vid, event, None if canary_id is None else (wid, percent, vid == canary_id)))
+    for vid, routing in _routed(TriggerKind.INACTIVITY):
+        version = load_version(vid)
+        takers[version.workflow_id].append((vid, version.trigger_event, routing))
     out = {}
     for watch in watches:
         for vid, event, routing in takers.get(workflow_of.get(watch.version_id), ()):

@@ -205,11 +205,13 @@ def customer_resolve(
     return known
 
 
-@lru_cache(maxsize=2048)
 def timezone_known(name: object) -> bool:
-    """An IANA zone name this machine knows ("Mars/Olympus", "+05:30" and paths are not)."""
-    if not isinstance(name, str) or not name or len(name) > 64:
-        return False
+    """An IANA zone name this machine knows ("Mars/Olympus", "+05:30", paths and non-text are not)."""
+    return isinstance(name, str) and 0 < len(name) <= 64 and _zone_exists(name)
+
+
+@lru_cache(maxsize=2048)
+def _zone_exists(name: str) -> bool:
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):

@@ -161,7 +161,7 @@ def test_select_all_above_the_limit_is_refused_saying_how_many_and_what_to_do(ad
     from tests.factories import CustomerFactory
 
     # given more customers selected ("select all") than the actions take at a time
-    monkeypatch.setattr(privacy, "ACTION_LIMIT", 4, raising=False)
+    monkeypatch.setattr(privacy, "ACTION_LIMIT", 4)
     customers = CustomerFactory.create_batch(6)
     url = "/admin/channels_app/datasubject/"
     for action in ("export_selected", "erase_selected"):

@@ -39,7 +39,6 @@ from experiments.services.reports import (
 from journeys.models import Customer, Event, JourneyRun, StepExecution
 from journeys.services.internal_events import internal_source
 from tests.experiments.factories import make_customers, make_experiment, split_then_wait
-from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -381,12 +380,6 @@ def test_a_trait_with_more_values_than_a_table_shows_keeps_the_top_ones_and_the_
     for group, (n, x) in counts.items():
         assert sum(table.cell(c, group).n for c in table.cohorts) == n
         assert sum(table.cell(c, group).x for c in table.cohorts) == x
-
-
-@pytest.fixture
-def admin_client(client):
-    client.force_login(UserFactory(username="ops", is_staff=True, is_superuser=True))
-    return client
 
 
 def report_queries(client, experiment) -> tuple[list[int], int]:

@@ -116,6 +116,7 @@ def test_each_customer_enters_at_their_own_local_time_once_per_day():
     ({"at": "09:60"}, "at: '09:60'"),
     ({"at": "+1:00"}, "at: '+1:00'"),
     ({"offset_days": "3d"}, "offset_days: '3d' is not a whole number of days"),
+    ({"offset_days": "--3"}, "offset_days: '--3' is not a whole number of days"),
     ({"offset_days": 10**9}, "offset_days: 1000000000"),
 ])
 def test_settings_the_tick_could_not_read_are_refused_when_built(config, names):

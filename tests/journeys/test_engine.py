@@ -314,6 +314,16 @@ def test_a_follow_up_processed_before_the_start_still_closes_the_window(publish,
     assert list(JourneyRun.objects.values_list("customer__external_id", flat=True)) == ["u2"]
 
 
+def test_an_event_not_followed_by_itself_is_not_its_own_follow_up(publish, send):
+    publish({**CART, "trigger_config": {"followed_by": "Checkout Started", "within": "1h"}})
+    send(userId="u1", event="Checkout Started")
+    send(userId="u2", event="Checkout Started")
+    send(userId="u2", event="Checkout Started")  # u2 came back within the hour: their first window closes
+
+    assert watches_fire_due(now=djtz.now() + timedelta(hours=2)) >= 2
+    assert sorted(JourneyRun.objects.values_list("customer__external_id", flat=True)) == ["u1", "u2"]
+
+
 def test_a_window_opened_before_a_publish_fires_on_the_new_live_version(publish, send):
     v1 = publish(CART, name="cart")
     send(userId="u1", event="Checkout Started")

@@ -188,7 +188,7 @@ def test_replay_of_many_says_in_one_message_how_many_were_replayed_and_why_the_r
 def test_replay_of_more_than_the_action_takes_is_refused_naming_the_command(api, people, client, monkeypatch):  # noqa: F811
     from journeys.admin import quarantine
 
-    monkeypatch.setattr(quarantine, "REPLAY_ACTION_LIMIT", 2, raising=False)
+    monkeypatch.setattr(quarantine, "REPLAY_ACTION_LIMIT", 2)
     api.post("batch", {"batch": [good(f"t-{n}", timestamp="yesterday") for n in range(3)]})
     ops = login(client, people["ops"])
     response = ops.post(reverse(CHANGELIST), {"action": "replay_selected", "select_across": "1", "index": "0",

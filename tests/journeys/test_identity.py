@@ -97,7 +97,7 @@ def test_context_timezone_fills_profile(api):
     assert (customer.timezone, customer.locale) == ("Europe/Paris", "fr-FR")
 
 
-@pytest.mark.parametrize("zone", ["Mars/Olympus", "+05:30", "../../etc/passwd", "", 5])
+@pytest.mark.parametrize("zone", ["Mars/Olympus", "+05:30", "../../etc/passwd", "", 5, ["Asia/Tokyo"], {"z": 1}])
 def test_a_timezone_nobody_knows_is_kept_as_a_trait_but_not_as_the_profiles_zone(api, zone):
     api.post("identify", {"userId": "u", "traits": {"timezone": "Asia/Tokyo"}})
     api.post("identify", {"userId": "u", "traits": {"timezone": zone}, "context": {"timezone": zone}})
