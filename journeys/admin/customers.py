@@ -16,7 +16,7 @@ from journeys.api.fields import MAX_ID
 from journeys.console.selectors import customer_360
 from journeys.errors import JourneyError
 from journeys.services.customers_api import CustomerNotFound, customer_edit, customer_get
-from journeys.services.event_parsing import check_event_size
+from journeys.services.event_parsing import MAX_DEPTH, check_depth, check_event_size
 from journeys.models import (
     Customer,
     CustomerMerge,
@@ -46,6 +46,7 @@ class CustomerForm(forms.ModelForm):
             raise forms.ValidationError('must be a JSON object of trait -> value, e.g. {"plan": "pro"}')
         try:
             check_event_size(traits, max_bytes=settings.EVENT_API["MAX_EVENT_BYTES"], prefix="traits")
+            check_depth(traits, field="traits", limit=MAX_DEPTH - 1)  # saved inside an identify: one level more
         except JourneyError as exc:
             raise forms.ValidationError(str(exc)) from None
         return traits

@@ -102,6 +102,24 @@ def test_bad_traits_are_a_form_error_naming_them(admin_client, traits, message):
     assert Customer.objects.get(pk=customer.pk).traits == {"plan": "free"}
 
 
+@pytest.mark.parametrize(("depth", "refused"), [(62, False), (63, True)])
+def test_traits_nested_deeper_than_an_identify_takes_are_a_form_error(admin_client, depth, refused):
+    """Saved through an identify, the traits sit one level down: the form refuses what ingest would
+    (it answered 500 at 63 levels)."""
+    customer = CustomerFactory(external_id="deep", traits={})
+    deep = node = {}
+    for _ in range(depth):
+        node["a"] = node = {}
+
+    response = admin_client.post(reverse("admin:journeys_customer_change", args=[customer.pk]),
+                                 _form(customer, traits=json.dumps(deep)))
+
+    assert response.status_code == (200 if refused else 302)
+    if refused:
+        assert "is nested more than 63 levels deep" in " ".join(response.context["adminform"].form.errors["traits"])
+        assert Customer.objects.get(pk=customer.pk).traits == {}
+
+
 def test_an_erased_customer_cannot_be_edited(admin_client):
     customer = CustomerFactory(external_id="gone", traits={})
     Customer.objects.filter(pk=customer.pk).update(erased_at=timezone.now())
