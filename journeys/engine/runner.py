@@ -146,7 +146,23 @@ def runs_merge(*, merged: Customer, target: Customer, now: datetime) -> int:
     the purchase the signed-in customer makes). Where both are on one journey, the survivor's run
     goes on and the absorbed one ends (one open run per customer); a run whose trigger the survivor
     also entered stays, ended, with the absorbed profile. Open inactivity windows move too.
-    Returns how many runs moved."""
+    Returns how many runs moved.
+
+    A run the survivor enters while this runs (another worker's batch) makes the move break the
+    one-open-run or one-run-per-trigger constraint once that batch commits: the move is then
+    undone to its savepoint and done again, and sees that run."""
+    attempts = 3
+    while True:
+        attempts -= 1
+        try:
+            with transaction.atomic():
+                return _runs_merge(merged=merged, target=target, now=now)
+        except IntegrityError:
+            if not attempts:
+                raise
+
+
+def _runs_merge(*, merged: Customer, target: Customer, now: datetime) -> int:
     from django.db.models import Exists, OuterRef
 
     from journeys.models import TriggerWatch
