@@ -33,10 +33,14 @@ from journeys.services.workflows import (
 )
 
 
+CANARY_SHARE = "a whole number from 1 to 99 (the share of new entries the canary takes)"
+
+
 class DecisionForm(forms.Form):
     comment = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2, "cols": 80}))
     fingerprint = forms.CharField(required=False, widget=forms.HiddenInput)
-    percent = forms.IntegerField(required=False, min_value=1, max_value=99)
+    percent = forms.IntegerField(required=False, min_value=1, max_value=99, label="Canary %",
+                                 error_messages={key: CANARY_SHARE for key in ("invalid", "min_value", "max_value")})
 
 
 @admin.register(ChangeRequest)
@@ -70,7 +74,9 @@ class ChangeRequestAdmin(ScopedAdminMixin, admin.ModelAdmin):
             raise DjangoPermissionDenied
         user, version = request.user, change_request.version
         form = DecisionForm(request.POST or None)
-        if request.method == "POST" and form.is_valid():
+        if request.method == "POST" and not form.is_valid():
+            messages.error(request, "Nothing was done: correct the errors below.")
+        elif request.method == "POST":
             comment = form.cleaned_data["comment"]
             decision = request.POST.get("decision", "")
             handlers = {
@@ -94,7 +100,8 @@ class ChangeRequestAdmin(ScopedAdminMixin, admin.ModelAdmin):
                     messages.success(request, f"{decision}: done")
                     return HttpResponseRedirect(request.path)
         review = change_request_review(change_request=change_request, user=user)
+        if not form.is_bound or form.is_valid():  # a refused form is shown again with its errors
+            form = DecisionForm(initial={"fingerprint": review["fingerprint"]})
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, **review,
-                   "title": f"Review: {review['workflow']} v{review['version'].number}",
-                   "form": DecisionForm(initial={"fingerprint": review["fingerprint"]})}
+                   "title": f"Review: {review['workflow']} v{review['version'].number}", "form": form}
         return render(request, "admin/journeys/change_request.html", context)

@@ -276,3 +276,28 @@ def test_reports_follow_edits_made_during_review(client, people, demo, send):
     url = reverse("admin:journeys_changerequest_change", args=[request.pk])
     assert client.post(url, {"decision": "refresh", "comment": ""}).status_code == 302
     assert request.entries.filter(action="reports_refreshed", actor=people["approver"]).exists()
+
+
+@pytest.mark.parametrize("percent", ["150", "0", "-5", "abc"])
+def test_a_canary_share_out_of_range_on_the_review_page_is_shown_with_its_error(client, people, demo, percent):
+    # given a version approved on its review page
+    from journeys.models import AuditEntry, ChangeRequest
+
+    draft = _broader_draft(demo, people["editor"])
+    request = version_submit(version=draft, actor=people["editor"], summary="escalate valuable customers sooner")
+    version_approve(version=draft, actor=people["approver"], comment="fine")
+    login(client, people["approver"])
+    url = reverse("admin:journeys_changerequest_change", args=[request.pk])
+
+    # when the approver stages it as a canary with a share that is not 1 to 99
+    response = client.post(url, {"decision": "canary", "percent": percent, "comment": "stage it"})
+
+    # then the page comes back with the error next to what was typed, and nothing is staged
+    page = html.unescape(response.content.decode())
+    assert response.status_code == 200
+    assert "Canary %: a whole number from 1 to 99" in page
+    assert f'name="percent" value="{percent}"' in page
+    demo.refresh_from_db()
+    assert demo.canary_version_id is None and demo.canary_percent == 0
+    assert ChangeRequest.objects.get(pk=request.pk).status == "approved"
+    assert not AuditEntry.objects.filter(action="canary_started").exists()
