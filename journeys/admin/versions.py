@@ -7,6 +7,7 @@ import json
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError
 from django.http import HttpResponse, HttpResponseRedirect
@@ -49,14 +50,16 @@ from journeys.selectors import (
 from journeys.services import governance as gov
 from journeys.services.event_parsing import json_read_storable
 from journeys.services.workflows import (
+    CHANGED_MEANWHILE,
     TRIGGER_CONFIG_NOT_OBJECT,
     version_approve,
     version_canary_start,
-    version_check_editable,
     version_new_draft,
     version_note_changed,
     version_publish,
     version_reject,
+    version_save,
+    version_stage,
     version_submit,
     version_validate,
     workflow_export,
@@ -197,6 +200,16 @@ class WorkflowVersionForm(ReasonForm):
                 self.fields[name].widget = RuleInput(version_id=version_id,
                                                      event=getattr(self.instance, event, "") or "")
 
+    def clean(self):
+        cleaned = super().clean()
+        if self.instance.pk is not None:  # read-only on a version's page; a forged value is refused
+            for name, stored in (("workflow", self.instance.workflow_id), ("number", self.instance.number)):
+                posted = self.data.get(self.add_prefix(name))
+                if posted not in (None, "", str(stored)):
+                    self.add_error(None, f"{name}: a version stays in its workflow under its number (its review and "
+                                         "approval were given there); create a new draft instead")
+        return cleaned
+
     def clean_trigger_config(self):
         config = self.cleaned_data.get("trigger_config")
         if not isinstance(config, dict):  # a list, a number, a string or null: no trigger reads it
@@ -234,6 +247,10 @@ class WorkflowVersionAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAd
 
     def get_queryset(self, request):
         return (versions_for_user(request.user, VIEW) & super().get_queryset(request)).select_related("workflow")
+
+    def get_readonly_fields(self, request, obj=None):
+        readonly = super().get_readonly_fields(request, obj)
+        return readonly if obj is None else (*readonly, "workflow", "number")
 
     def get_fieldsets(self, request, obj=None):
         if obj is not None and not self.has_change_permission(request, obj):
@@ -287,12 +304,15 @@ class WorkflowVersionAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAd
         return format_html("<ul>{}</ul>", format_html_join("", "<li><b>{}</b>: {}</li>", items))
 
     def save_model(self, request, obj, form, change):
-        if change:
-            version_check_editable(version=WorkflowVersion.objects.get(pk=obj.pk), actor=request.user)
-        else:
-            if not user_can(request.user, EDIT, obj.workflow):
-                raise DjangoPermissionDenied
-            obj.created_by = request.user
+        if change:  # only the settings, onto the row read again under its lock (refused if published meanwhile)
+            try:
+                version_save(version=obj, actor=request.user, reason=self._reason(request, form))
+            except PermissionDenied as exc:
+                raise DjangoPermissionDenied(str(exc)) from None
+            return
+        if not user_can(request.user, EDIT, obj.workflow):
+            raise DjangoPermissionDenied
+        obj.created_by = request.user
         obj._change_reason = self._reason(request, form)
         obj._history_user = request.user
         super().save_model(request, obj, form, change)
@@ -305,8 +325,23 @@ class WorkflowVersionAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAd
             raise DjangoPermissionDenied(str(exc)) from None
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        if request.method == "POST" and (version := self.get_object(request, unquote(object_id))) is not None:
+            if user_can(request.user, EDIT, version.workflow) and not version_editable(request.user, version):
+                # published, staged or retired since the page was opened: say so rather than 403
+                said = CHANGED_MEANWHILE.format(number=version.number, stage=version_stage(version))
+                self.message_user(request, said, messages.ERROR)
+                return HttpResponseRedirect(request.path)
         extra_context = {**(extra_context or {}), **version_tools(version_id=object_id, user=request.user)}
         return super().change_view(request, object_id, form_url, extra_context)
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except ValidationError as exc:  # refused while saving (under the row's lock): all of it rolled back
+            if request.method != "POST" or object_id is None:
+                raise
+            self.message_user(request, error_text(exc), messages.ERROR)
+            return HttpResponseRedirect(request.path)
 
     def get_urls(self):
         return [

@@ -188,8 +188,7 @@ class WorkflowAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAdmin):
             obj.pk = saved.pk
             obj.created_by = saved.created_by
             return
-        obj._history_user = request.user
-        workflow_save(workflow=obj, actor=request.user, reason=reason)
+        workflow_save(workflow=obj, actor=request.user, reason=reason)  # the form's fields only, under the row's lock
 
     def _each(self, request, queryset, func, done: str):
         reason = request.POST.get("reason", "")

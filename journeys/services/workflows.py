@@ -32,7 +32,13 @@ from journeys.errors import PermissionDenied
 from journeys.models import AuditEntry, BusinessUnit, ChangeRequest, ChangeRequestStatus, Edge, Step, Workflow, WorkflowVersion
 from journeys.rules import RuleSyntaxError, compile_rule
 from journeys.selectors import EDIT, PROPOSE, PUBLISH, REVIEW, business_units_for_user, user_can
-from journeys.services.definitions import MAX_COORDINATE, definition_read, version_definition, workflow_meta_read
+from journeys.services.definitions import (
+    MAX_COORDINATE,
+    VERSION_FIELDS,
+    definition_read,
+    version_definition,
+    workflow_meta_read,
+)
 from journeys.services.governance import (
     audit_record,
     history_stamp,
@@ -382,6 +388,51 @@ def version_new_draft(*, version: WorkflowVersion, actor=None, reason: str = "")
                          definition={**definition, "reason": reason or f"copied from v{version.number}"})
 
 
+# What a person edits on a version's page: how it behaves, and its notes. Where it stands
+# (workflow, number) and its lifecycle stamps (state, frozen, published, approved) belong to the
+# governed operations below, which lock the row to change them.
+VERSION_EDITABLE_FIELDS = (*VERSION_FIELDS, "business_hours")
+CHANGED_MEANWHILE = ("v{number} changed by someone else meanwhile (it is now {stage}): reload the page; "
+                     "nothing was saved")
+
+
+def version_stage(version: WorkflowVersion) -> str:
+    """Where a version stands, in words: its state, or "canary" while it takes a share."""
+    return "canary" if version.is_canary else version.get_state_display().lower()
+
+
+def _editable(version: WorkflowVersion) -> bool:
+    return not version.is_frozen and version.state in EDITABLE_STATES and not version.is_canary
+
+
+@transaction.atomic
+def version_save(*, version: WorkflowVersion, actor=None, reason: str = "") -> WorkflowVersion:
+    """Save the settings edited on an existing version's page (`version` carries the edited values,
+    over what was read when the page was posted). Record the edit with `version_note_changed`
+    once its steps and edges are saved too.
+
+    The stored row is locked and checked again: a version published, staged or retired since it
+    was read is refused ("changed by someone else meanwhile") rather than unfrozen by a write of
+    the stale copy, and only the editable settings are written; a version never moves to another
+    workflow or number (its approval was given there)."""
+    current = _lock(version)
+    if (version.workflow_id, version.number) != (current.workflow_id, current.number):
+        raise ValidationError("a version stays in its workflow under its number (its review and approval were "
+                              "given there); create a new draft instead")
+    if not _editable(version):
+        version_check_editable(version=version, actor=actor)
+    if not _editable(current):
+        raise ValidationError(CHANGED_MEANWHILE.format(number=current.number, stage=version_stage(current)),
+                              code="changed_meanwhile")
+    require(actor, EDIT, current.workflow)
+    reason = require_reason(actor, reason)
+    for name in VERSION_EDITABLE_FIELDS:
+        setattr(current, name, getattr(version, name))
+    history_stamp(current, actor=actor, reason=reason or "edited")
+    current.save(update_fields=[*VERSION_EDITABLE_FIELDS, "updated_at"])
+    return current
+
+
 def version_check_editable(*, version: WorkflowVersion, actor=None) -> None:
     """A version that has been live (or canary) is immutable: raise, pointing at 'new draft'.
     With an actor, also refuse people who may not edit this workflow."""
@@ -588,6 +639,12 @@ def _check_publishable(version: WorkflowVersion, actor) -> None:
         raise ValidationError(f"v{version.number} is {version.state}: only approved versions can go live")
     if version_fingerprint(version=version) != version.approved_fingerprint:
         raise ValidationError(f"v{version.number} changed after approval; it needs a new review")
+    request = _open_request(version)
+    if request is not None and request.workflow_id != version.workflow_id:
+        # The fingerprint is of what the version does, not where: bound to its workflow here, so
+        # that existing approvals keep their fingerprints.
+        raise ValidationError(f"v{version.number} was approved for workflow {request.workflow.name!r}, not "
+                              f"{version.workflow.name!r}; it needs a new review there")
 
 
 def _retire(version: WorkflowVersion, reason: str, now) -> None:
@@ -769,19 +826,39 @@ def workflow_version_diff(*, old: WorkflowVersion | None, new: WorkflowVersion, 
     return version_diff(old=old, new=new)
 
 
+# What a person edits on a workflow's page. Its status (pause) and its live and canary pointers
+# belong to the governed operations (pause and resume, publish, canary, rollback).
+WORKFLOW_EDITABLE_FIELDS = ("name", "description", "business_unit")
+
+
 @transaction.atomic
 def workflow_save(*, workflow: Workflow, actor=None, reason: str = "") -> Workflow:
-    """Save a workflow edited in a form. The actor must be allowed to edit it before and after
-    the change (an editor cannot move a workflow into a unit they do not own)."""
+    """Save a workflow edited in a form (`workflow` carries the edited values). The actor must be
+    allowed to edit it before and after the change (an editor cannot move a workflow into a unit
+    they do not own).
+
+    Only the editable fields are written, onto the stored row read again under its lock: a pause,
+    publish or canary that committed while the form was open or being saved stays as it is (a
+    whole-row save of the form's copy would resume the workflow or move its live pointer back,
+    with an audit record saying only "edited")."""
     reason = require_reason(actor, reason)
-    if workflow.pk:
-        before = Workflow.objects.select_for_update().select_related("business_unit").get(pk=workflow.pk)
-        require(actor, EDIT, before)
-    require(actor, EDIT, workflow)
-    workflow._change_reason = reason or "edited"
-    workflow.save()
-    audit_record(action="workflow_edited", actor=actor, workflow=workflow, reason=reason)
-    return workflow
+    if not workflow.pk:
+        require(actor, EDIT, workflow)
+        history_stamp(workflow, actor=actor, reason=reason or "edited").save()
+        audit_record(action="workflow_edited", actor=actor, workflow=workflow, reason=reason)
+        return workflow
+    current = Workflow.objects.select_for_update().select_related("business_unit").get(pk=workflow.pk)
+    require(actor, EDIT, current)
+    changed = [name for name in WORKFLOW_EDITABLE_FIELDS
+               if getattr(current, Workflow._meta.get_field(name).attname)
+               != getattr(workflow, Workflow._meta.get_field(name).attname)]
+    for name in WORKFLOW_EDITABLE_FIELDS:
+        setattr(current, name, getattr(workflow, name))
+    require(actor, EDIT, current)
+    history_stamp(current, actor=actor, reason=reason or "edited")
+    current.save(update_fields=[*WORKFLOW_EDITABLE_FIELDS, "updated_at"])
+    audit_record(action="workflow_edited", actor=actor, workflow=current, reason=reason, data={"fields": changed})
+    return current
 
 
 @transaction.atomic

@@ -115,3 +115,55 @@ def test_a_reviewer_who_edits_an_approved_version_must_leave_the_new_approval_to
     with pytest.raises(PermissionDenied, match="someone other than its authors"):
         version_approve(version=draft, actor=people["ops"], comment="ok")
     version_approve(version=draft, actor=people["approver"], comment="business is fine")
+
+
+def _approved_by_the_approver(workflow, people):
+    draft, request = _proposed_by_editor(workflow, people)
+    version_approve(version=draft, actor=people["approver"], comment="ok for this workflow")
+    return WorkflowVersion.objects.get(pk=draft.pk), request
+
+
+def test_an_approved_version_cannot_be_moved_to_another_workflow_or_renumbered_on_its_page(
+        client, people, units, live_workflow):
+    # given a version approved for Signup, and another workflow the editor may edit
+    from journeys.services.workflows import version_build, version_publish, workflow_create
+    from tests.journeys.test_governance_fixtures import SIGNUP
+
+    other = workflow_create(name="Winback", business_unit=units["retention"])
+    version_publish(version=version_build(workflow=other, definition=SIGNUP), reason="first")
+    version, request = _approved_by_the_approver(live_workflow, people)
+    login(client, people["editor"])
+    url = reverse("admin:journeys_workflowversion_change", args=[version.pk])
+    page = client.get(url)
+
+    # then its page shows the workflow and the number read-only
+    assert "workflow" not in page.context["adminform"].form.fields
+    assert "number" not in page.context["adminform"].form.fields
+
+    # when the editor posts another workflow and number anyway
+    moved = client.post(url, admin_form_data(page, workflow=str(other.pk), number="50", change_reason="moving"))
+
+    # then it is refused, naming the field, and the version stays where it was approved
+    assert moved.status_code == 200
+    assert "workflow: a version stays in its workflow under its number" in moved.content.decode()
+    stored = WorkflowVersion.objects.get(pk=version.pk)
+    assert (stored.workflow_id, stored.number, stored.state) == (live_workflow.pk, version.number, "approved")
+
+
+def test_an_approval_does_not_carry_over_to_another_workflow(people, units, live_workflow):
+    # given a version approved for Signup that was moved to another workflow behind the admin's back
+    from django.core.exceptions import ValidationError
+
+    from journeys.services.workflows import version_build, version_publish, workflow_create
+    from tests.journeys.test_governance_fixtures import SIGNUP
+
+    other = workflow_create(name="Winback", business_unit=units["retention"])
+    version_publish(version=version_build(workflow=other, definition=SIGNUP), reason="first")
+    version, _ = _approved_by_the_approver(live_workflow, people)
+    WorkflowVersion.objects.filter(pk=version.pk).update(workflow=other, number=50)
+
+    # when the approver publishes it there, then it is refused: it needs a review in that workflow
+    with pytest.raises(ValidationError, match="approved for workflow 'Signup', not 'Winback'"):
+        version_publish(version=WorkflowVersion.objects.get(pk=version.pk), actor=people["approver"], reason="go")
+    other.refresh_from_db()
+    assert other.live_version.number == 1
