@@ -4,7 +4,7 @@ outage switches (safe mode, channel and workflow pauses) and the scheduled audit
 Lifecycle operations (propose, approve, publish, canary, rollback) live in
 `journeys.services.workflows`; they use the permission check and audit log from here.
 
-One module (about 700 lines) because the lifecycle and the admin use it as one surface
+One module (about 800 lines) because the lifecycle and the admin use it as one surface
 (`gov.`): the permission check, history stamp and audit record every governed change shares.
 Its sections (roles, audit log, diffs, replay, outage switches, the scheduled audit) depend on
 that core and not on each other; they are where it splits when one of them grows.

@@ -5,7 +5,7 @@ Every operation takes the acting user (`actor=None` is the system: demo data, im
 operators on the command line, tests), re-checks the actor's rights itself, and records
 who, when and why in the audit log inside its own transaction.
 
-One file (about 700 lines) because the lifecycle is one state machine: every transition locks
+One file (about 870 lines) because the lifecycle is one state machine: every transition locks
 the same rows (`_lock`, `_lock_workflow`), checks the same states (`EDITABLE_STATES`,
 `version_check_editable`) and ends in the same audit record, and validation (at the top) is
 what proposing and publishing require. Editing a draft step by step (the canvas) is apart, in
