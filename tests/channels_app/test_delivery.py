@@ -417,6 +417,30 @@ def test_signed_status_callback_records_delivery_once(sms, bea, template, vendor
     assert not Event.objects.filter(name="Message Failed").exists()
 
 
+@pytest.mark.parametrize("late", [{"MessageStatus": "undelivered", "ErrorCode": "30005"},
+                                  {"MessageStatus": "failed"}, {"MessageStatus": "bounced"}])
+def test_a_failure_reported_after_delivered_is_kept_aside_and_the_message_stays_delivered(
+        sms, bea, template, vendor, on_commit, client, late):
+    # given a sent message the vendor reported delivered
+    delivery = send(sms, bea, template, "k", on_commit)
+    callback = urlparse(vendor.requests[0].form()["StatusCallback"]).path
+    assert client.post(callback, {"MessageStatus": "delivered"}).json() == {"ok": True, "status": "delivered"}
+    delivered_at = Delivery.objects.get(pk=delivery.pk).delivered_at
+
+    # when a contradictory failure comes late, and then the delivered receipt again
+    first = client.post(callback, late)
+    again = client.post(callback, {"MessageStatus": "delivered"})
+
+    # then the message stays delivered throughout: the failure is noted, with no event or status change
+    assert first.json() == again.json() == {"ok": True, "status": "delivered"}
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.delivered_at, delivery.error) == ("delivered", delivered_at, "")
+    [receipt] = delivery.notes["late_receipts"]
+    assert receipt["status"] == {"undelivered": "failed"}.get(late["MessageStatus"], late["MessageStatus"])
+    assert not Event.objects.filter(name__in=["Message Failed", "Message Bounced"]).exists()
+    assert Event.objects.filter(name="Message Delivered", customer=bea).count() == 1
+
+
 def test_bounce_callback_as_json(sms, bea, template, vendor, on_commit, client):
     send(sms, bea, template, "k", on_commit)
     callback = urlparse(vendor.requests[0].form()["StatusCallback"]).path
