@@ -261,6 +261,20 @@ def test_a_phone_written_with_spaces_is_stored_and_matched_as_one_number(api):
         ("+15557770001", customer.pk)]
 
 
+def test_a_phone_or_locale_too_long_for_the_profile_is_kept_as_a_trait_only(api):
+    # when a user is identified with a "phone" of 100 digits and a locale of 40 characters
+    response = api.post("identify", {"userId": "u-9", "traits": {"phone": "1" * 100, "locale": "x" * 40},
+                                     "context": {"locale": "y" * 40}})
+
+    # then the event is stored (not a storage error to retry forever) and the profile's columns
+    # stay empty rather than holding a number or locale cut short; the traits keep what was sent
+    assert response.status_code == 200
+    customer = live_customers().get()
+    assert (customer.phone, customer.locale) == ("", "")
+    assert customer.traits == {"phone": "1" * 100, "locale": "x" * 40}
+    assert not Identity.objects.filter(kind="phone").exists()
+
+
 def test_the_migration_normalises_stored_phone_numbers_and_leaves_clashing_identities_alone():
     from importlib import import_module
 
