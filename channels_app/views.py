@@ -21,6 +21,7 @@ from channels_app.services.tracking import delivery_click_record, delivery_open_
 from journeys.errors import JourneyError, SecretUnavailable
 from journeys.models import Customer
 from journeys.services.event_parsing import json_read_storable
+from journeys.services.identity import phone_normalize
 from journeys.services.outbound import outbound_secret_read
 
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
@@ -157,8 +158,10 @@ def inbound_sms(request: HttpRequest, token: str) -> HttpResponse:
         if not any(hmac.compare_digest(twilio_signature(auth_token=auth_token, url=url, params=params), given)
                    for url in urls):
             return HttpResponseBadRequest("bad signature")
-    result = inbound_sms_handle(channel=channel, from_number=request.POST.get("From", ""),
-                                body=request.POST.get("Body", ""))
+    from_number = request.POST.get("From", "")
+    if not phone_normalize(from_number):  # whose STOP? never every customer without a number
+        return HttpResponseBadRequest("From: the sender's phone number is required")
+    result = inbound_sms_handle(channel=channel, from_number=from_number, body=request.POST.get("Body", ""))
     reply = {"opted_out": "You are unsubscribed and will get no more messages. Reply START to resubscribe.",
              "opted_in": "You are subscribed again. Reply STOP to unsubscribe."}.get(result["action"], "")
     twiml = f"<Response>{f'<Message>{reply}</Message>' if reply else ''}</Response>"

@@ -22,6 +22,7 @@ from typing import Any
 from django.db.models import Q, QuerySet
 from guardian.shortcuts import get_objects_for_user
 
+from journeys.choices import IdentityKind
 from journeys.models import (
     AuditEntry,
     BusinessUnit,
@@ -142,7 +143,11 @@ def customer_find(*, value: str) -> Customer | None:
     value = (value or "").strip()
     if not value:
         return None
-    identity = Identity.objects.filter(value__in=[value, value.lower()]).select_related("customer").first()
+    from journeys.services.identity import phone_normalize
+
+    identity = (Identity.objects.filter(value__in=[value, value.lower()]).select_related("customer").first()
+                or Identity.objects.filter(kind=IdentityKind.PHONE, value=phone_normalize(value))
+                .select_related("customer").first())
     if identity is not None:
         return identity.customer
     found = (Customer.objects.filter(external_id=value).first()

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
 from django.db.models import Count, F, Min, Q
 from django.db.models.functions import Coalesce
@@ -39,17 +39,41 @@ def _in_window(local: time, start: time, end: time) -> bool:
     return local >= start or local < end  # wraps midnight, e.g. 21:00-08:00
 
 
+def _clock_reads(day: date, at: time, zone: tzinfo) -> list[datetime]:
+    """The moments (UTC) at which a clock in `zone` comes to read `at` on `day`: one on most days;
+    two when the clock is set back over it (fold 0 and fold 1); when it is set forward over it
+    (the time does not exist that day), the jump, the first moment it reads `at` or later."""
+    wall = datetime.combine(day, at)
+    moments = {wall.replace(tzinfo=zone, fold=fold).astimezone(UTC) for fold in (0, 1)}
+    real = sorted(m for m in moments if m.astimezone(zone).replace(tzinfo=None) == wall)
+    if real:
+        return real
+    before, after = sorted(moments)  # skipped: the jump lies between its two readings, to the second
+    while after - before > timedelta(seconds=1):
+        middle = before + timedelta(seconds=(after - before).total_seconds() // 2)
+        if middle.astimezone(zone).replace(tzinfo=None) >= wall:
+            after = middle
+        else:
+            before = middle
+    return [after]
+
+
 def quiet_hours_hold(*, channel: Channel, customer, now: datetime) -> Hold | None:
-    """Inside the channel's quiet hours on the customer's clock: wait for the window to end."""
+    """Inside the channel's quiet hours on the customer's clock: wait for the window to end.
+
+    The end is the first moment after `now` at which the customer's clock reads the window's end,
+    compared in UTC: on the night the clock is set back a local time comes twice (the hold at the
+    second 01:10 lasts until the second 01:30, never a moment already past), and on the night it
+    is set forward an end the clock skips is reached when it jumps."""
     if channel.quiet_start is None or channel.quiet_end is None:
         return None
     zone = customer_zone(customer)
     local = now.astimezone(zone)
     if not _in_window(local.timetz().replace(tzinfo=None), channel.quiet_start, channel.quiet_end):
         return None
-    end = datetime.combine(local.date(), channel.quiet_end, tzinfo=zone)
-    if end <= local:
-        end = datetime.combine(local.date() + timedelta(days=1), channel.quiet_end, tzinfo=zone)
+    end = min(moment for days in range(3)
+              for moment in _clock_reads(local.date() + timedelta(days=days), channel.quiet_end, zone)
+              if moment > now)
     return Hold(Reason.QUIET_HOURS, until=end.astimezone(now.tzinfo),
                 detail=f"quiet hours {channel.quiet_start:%H:%M}-{channel.quiet_end:%H:%M} {zone.key}")
 

@@ -23,6 +23,7 @@ CALLBACK_STATUSES = {
     "bounced": DeliveryStatus.BOUNCED, "bounce": DeliveryStatus.BOUNCED,
     "failed": DeliveryStatus.FAILED, "undelivered": DeliveryStatus.FAILED, "dropped": DeliveryStatus.FAILED,
 }
+MAX_LATE_RECEIPTS = 10  # contradictory receipts kept on a delivery (a vendor repeating one stays bounded)
 STREAM_TYPES = {
     DeliveryStatus.DELIVERED: StreamEventType.MESSAGE_DELIVERED,
     DeliveryStatus.BOUNCED: StreamEventType.MESSAGE_BOUNCED,
@@ -58,7 +59,13 @@ def _engaged(delivery: Delivery, at: datetime) -> None:
 
 @transaction.atomic
 def delivery_status_record(*, delivery_id: int, status: str, detail: str = "", at: datetime | None = None) -> Delivery | None:
-    """A provider told us what became of a message (delivered, bounced, failed)."""
+    """A provider told us what became of a message (delivered, bounced, failed).
+
+    Statuses only move forward: a failure or bounce reported for a message already known to have
+    arrived (delivered, opened, clicked) contradicts it; such a late receipt is kept in the
+    delivery's notes (`late_receipts`) and changes nothing else (no status, event or stream
+    record). A 'delivered' for a message reported failed is the stronger word and is recorded,
+    so the outcome does not depend on the order the receipts come in."""
     from journeys.services.internal_events import event_record_internal
 
     ours = CALLBACK_STATUSES.get((status or "").strip().lower())
@@ -66,11 +73,17 @@ def delivery_status_record(*, delivery_id: int, status: str, detail: str = "", a
     if delivery is None or ours is None:
         return delivery
     at = at or timezone.now()
+    if ours != DeliveryStatus.DELIVERED and STATUS_RANK.get(delivery.status, 0) >= STATUS_RANK[DeliveryStatus.DELIVERED]:
+        receipts = [*(delivery.notes or {}).get("late_receipts", []),
+                    {"status": ours, "detail": (detail or status)[:500], "at": at.isoformat()}]
+        delivery.notes = {**(delivery.notes or {}), "late_receipts": receipts[-MAX_LATE_RECEIPTS:]}
+        delivery.save(update_fields=["notes", "updated_at"])
+        return delivery
     if ours == DeliveryStatus.DELIVERED:
         delivery.delivered_at = delivery.delivered_at or at
         _advance(delivery, ours)
         _went_out(delivery, at)
-    elif delivery.status in (DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.SENDING):
+    elif delivery.status in (DeliveryStatus.SENT, DeliveryStatus.SENDING):
         delivery.status = ours
         delivery.error = (detail or status)[:4000]
         if ours == DeliveryStatus.BOUNCED:

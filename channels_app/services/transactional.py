@@ -24,10 +24,13 @@ from journeys.errors import JourneyError
 from journeys.models import ApiToken, Customer
 from journeys.services.api_jobs import idempotency_check, request_fingerprint
 from journeys.services.customers_api import customer_for_address
+from journeys.services.identity import phone_normalize
 
 ADDRESS_KINDS = {ChannelKind.EMAIL: IdentityKind.EMAIL, ChannelKind.SMS: IdentityKind.PHONE,
                  ChannelKind.VOICE: IdentityKind.PHONE}
 ADDRESS_FIELDS = {ChannelKind.EMAIL: "email", ChannelKind.SMS: "phone", ChannelKind.VOICE: "phone"}
+MAX_EMAIL_LENGTH = 254  # RFC 5321's longest address path; identities hold at most 255
+MAX_PHONE_DIGITS = 20  # E.164 has 15; room for an international prefix (00...) written out
 
 
 def _template_and_channel(template_name: str, channel_name: str | None) -> tuple[MessageTemplate, Channel]:
@@ -58,12 +61,21 @@ def _address_customer(channel: Channel, to: str, now: datetime) -> tuple[Custome
         raise JourneyError(f"a raw address needs an email, SMS or voice channel, not {channel.kind}", field="to")
     to = to.strip()
     if kind == IdentityKind.EMAIL:
+        if len(to) > MAX_EMAIL_LENGTH:
+            raise JourneyError(f"is too long for an email address (at most {MAX_EMAIL_LENGTH} characters)",
+                               field="to")
         try:
             validate_email(to)
         except ValidationError:
             raise JourneyError("is not a valid email address", field="to") from None
-    elif not to.lstrip("+").replace(" ", "").isdigit():
-        raise JourneyError("is not a phone number (digits, optionally after +)", field="to")
+    else:
+        to = phone_normalize(to)  # stored and matched as inbound SMS (STOP) will name it
+        digits = to.removeprefix("+")
+        if not (digits.isascii() and digits.isdigit()):
+            raise JourneyError("is not a phone number (digits, optionally after + and with spaces, dashes, dots "
+                               "or parentheses)", field="to")
+        if len(digits) > MAX_PHONE_DIGITS:
+            raise JourneyError(f"is too long for a phone number (at most {MAX_PHONE_DIGITS} digits)", field="to")
     return customer_for_address(kind=kind, value=to, now=now), to
 
 

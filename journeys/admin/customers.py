@@ -13,6 +13,7 @@ from simple_history.admin import SimpleHistoryAdmin
 
 from journeys.admin.base import HistoryReasonMixin, LargeTableMixin, ReadOnlyAdmin
 from journeys.api.fields import MAX_ID
+from journeys.choices import IdentityKind
 from journeys.console.selectors import customer_360
 from journeys.errors import JourneyError
 from journeys.services.customers_api import CustomerNotFound, customer_edit, customer_get
@@ -50,6 +51,12 @@ class CustomerForm(forms.ModelForm):
         except JourneyError as exc:
             raise forms.ValidationError(str(exc)) from None
         return traits
+
+    def clean_phone(self):
+        """Stored as messages and inbound SMS match it: without spaces, dashes, dots, parentheses."""
+        from journeys.services.identity import phone_normalize
+
+        return phone_normalize(self.cleaned_data.get("phone") or "")
 
     def clean_timezone(self):
         from journeys.services.identity import timezone_known
@@ -99,11 +106,14 @@ class CustomerAdmin(LargeTableMixin, admin.ModelAdmin):
         return super().get_queryset(request).filter(merged_into__isnull=True)
 
     def get_search_results(self, request, queryset, search_term):
-        """Search by any identity value (anonymous id, user id, email, phone) too."""
+        """Search by any identity value (anonymous id, user id, email, phone written any way) too."""
+        from journeys.services.identity import phone_normalize
+
         queryset, may_have_duplicates = super().get_search_results(request, queryset, search_term)
         term = search_term.strip()
         if term:
-            ids = Identity.objects.filter(Q(value=term) | Q(value=term.lower())).values("customer_id")
+            ids = Identity.objects.filter(Q(value=term) | Q(value=term.lower()) | Q(
+                kind=IdentityKind.PHONE, value=phone_normalize(term))).values("customer_id")
             queryset = queryset | self.model.objects.filter(pk__in=ids, merged_into__isnull=True)
         return queryset, may_have_duplicates
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import datetime
 from functools import lru_cache
@@ -19,6 +20,15 @@ from journeys.services.bulk_ingest import identities_find, identities_insert
 MERGE_HOOKS: list[Callable[[Customer, Customer], None]] = []
 
 PROFILE_TRAIT_FIELDS = {"email": "email", "phone": "phone", "timezone": "timezone", "locale": "locale"}
+PHONE_SEPARATORS = re.compile(r"[\s\-.()]")
+
+
+def phone_normalize(value: str) -> str:
+    """A phone number as it is stored and matched: without the spaces, dashes, dots and
+    parentheses people write in it ('+1 (555) 777-0001' -> '+15557770001'), a leading + kept.
+    One person's number written two ways is one profile, and a carrier's STOP from
+    '+15557770001' finds the customer whose number was typed with spaces."""
+    return PHONE_SEPARATORS.sub("", value or "")
 
 
 class IdentityMap:
@@ -219,6 +229,11 @@ def _zone_exists(name: str) -> bool:
     return True
 
 
+def _fits(column: str, value: str) -> bool:
+    """Whether `value` fits the profile column (PostgreSQL refuses a longer one: the whole batch)."""
+    return len(value) <= Customer._meta.get_field(column).max_length
+
+
 def customer_apply_traits(*, imap: IdentityMap, customer: Customer, traits: dict, context: dict) -> dict:
     """Copy identify traits onto the profile; well-known traits also fill the typed columns.
 
@@ -235,22 +250,27 @@ def customer_apply_traits(*, imap: IdentityMap, customer: Customer, traits: dict
             value = traits.get(trait)
             if column == "timezone" and not timezone_known(value):
                 continue  # kept as a trait; the profile's zone (quiet hours, local times) stays a real one
-            if isinstance(value, str) and value and getattr(customer, column) != value[:255]:
-                setattr(customer, column, value[:255])
+            if column == "phone" and isinstance(value, str):
+                value = phone_normalize(value)  # the trait keeps what was sent
+            if isinstance(value, str) and not _fits(column, value):
+                continue  # kept as a trait: cut short it would be someone else's number or address
+            if isinstance(value, str) and value and getattr(customer, column) != value:
+                setattr(customer, column, value)
                 changed = True
         email = traits.get("email")
         if isinstance(email, str) and email:
             imap.claim_later(IdentityKind.EMAIL, email.strip().lower()[:255], customer)
-        phone = traits.get("phone")
-        if isinstance(phone, str) and phone:
-            imap.claim_later(IdentityKind.PHONE, phone.strip()[:255], customer)
+        phone = phone_normalize(traits["phone"]) if isinstance(traits.get("phone"), str) else ""
+        if phone and _fits("phone", phone):
+            imap.claim_later(IdentityKind.PHONE, phone, customer)
     # The device's timezone/locale fill the profile only where nothing better is known.
     for column in ("timezone", "locale"):
         value = context.get(column)
         if column == "timezone" and not timezone_known(value):
             continue
-        if isinstance(value, str) and value and getattr(customer, column) in ("", "UTC") and value != getattr(customer, column):
-            setattr(customer, column, value[:64])
+        if (isinstance(value, str) and value and _fits(column, value) and getattr(customer, column) in ("", "UTC")
+                and value != getattr(customer, column)):
+            setattr(customer, column, value)
             changed = True
     if changed:
         imap.dirty.add(customer.pk)

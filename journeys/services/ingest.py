@@ -13,7 +13,7 @@ from journeys.choices import EventType, IdentityKind
 from journeys.models import EventKey, Source
 from journeys.services.bulk_ingest import customers_precreate, customers_save, events_insert, identity_keys_lock
 from journeys.services.event_parsing import ParsedEvent, check_event_size, event_with_defaults, parse_event
-from journeys.services.identity import IdentityMap, customer_apply_traits, customer_resolve
+from journeys.services.identity import IdentityMap, customer_apply_traits, customer_resolve, phone_normalize
 from journeys.services.quarantine_store import quarantine_store
 from journeys.errors import EventValidationError, PayloadTooLarge
 
@@ -181,8 +181,9 @@ def event_ingest(
                 email, phone = e.traits.get("email"), e.traits.get("phone")
                 if isinstance(email, str) and email:
                     keys.add((IdentityKind.EMAIL, email.strip().lower()[:255]))
-                if isinstance(phone, str) and phone:
-                    keys.add((IdentityKind.PHONE, phone.strip()[:255]))
+                phone = phone_normalize(phone) if isinstance(phone, str) else ""
+                if phone:
+                    keys.add((IdentityKind.PHONE, phone[:255]))
         imap = IdentityMap(keys)
         new_keys = [key for key in keys if key not in imap.ids]  # the only keys this batch may insert
         if identity_keys_lock(new_keys):  # waited for a batch that may have stored some of them

@@ -16,7 +16,8 @@ environment variable (DATABASE_URL, SECRET_KEY...) into a request header.
 - `OutboundSession` sends HTTP(S) requests through that check: keep-alive connections,
   pinned, TLS verified against the host name, 307/308 redirects followed only to allowed
   places (other redirects are refused: a POST is not silently turned into a GET), bounded
-  response size.
+  response size, and a deadline for the whole exchange (`timeout`): a server that sends its
+  headers and then trickles or stalls its body cannot hold the caller past it.
 - `backoff_delay(...)` is how long to wait before calling a failing destination again
   (exponential with jitter, capped, never sooner than its Retry-After in either form).
 - `outbound_secret_read(name=)` reads a secret only from an environment variable whose name
@@ -27,6 +28,7 @@ environment variable (DATABASE_URL, SECRET_KEY...) into a request header.
 from __future__ import annotations
 
 import http.client
+import io
 import ipaddress
 import math
 import os
@@ -34,11 +36,12 @@ import random
 import select
 import socket
 import ssl
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
-from functools import lru_cache
+from functools import lru_cache, partial
 from urllib.parse import urljoin, urlsplit
 
 from django.conf import settings
@@ -318,6 +321,53 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
+class _DeadlineReader(io.RawIOBase):
+    """The socket as a response reads it: each read waits only until the exchange's deadline, so
+    the per-read timeout cannot be renewed forever by a server sending a byte now and then."""
+
+    def __init__(self, sock: socket.socket, deadline: float):
+        super().__init__()
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no complete answer within the timeout")
+        self._sock.settimeout(remaining)
+        return self._sock.recv_into(buffer)
+
+
+class _DeadlineSocket:
+    """What http.client.HTTPResponse is built from: only its `makefile` is used."""
+
+    def __init__(self, sock: socket.socket, deadline: float):
+        self._sock = sock
+        self._deadline = deadline
+
+    def makefile(self, mode: str = "rb", *args: object, **kwargs: object) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    """A response whose status line, headers and body must all arrive before `deadline`."""
+
+    def __init__(self, sock: socket.socket, *, deadline: float, **kwargs):
+        super().__init__(_DeadlineSocket(sock, deadline), **kwargs)
+
+
+def _deadline_set(connection: http.client.HTTPConnection, deadline: float) -> None:
+    """Bound connecting, writing the request and reading the whole answer by `deadline`."""
+    remaining = max(0.001, deadline - time.monotonic())
+    connection.timeout = remaining  # a new connection's connect (and its socket's first timeout)
+    if connection.sock is not None:
+        connection.sock.settimeout(remaining)
+    connection.response_class = partial(_DeadlineResponse, deadline=deadline)  # type: ignore[assignment]
+
+
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
@@ -351,6 +401,9 @@ class OutboundSession:
 
         with OutboundSession(timeout=5) as session:
             response = session.request("POST", url, body=b"...", headers={...})
+
+    `timeout` is the deadline of one whole exchange, from connecting to the last byte of the
+    answer: a server that trickles or stalls its answer times out like one that never answers.
 
     Raises OutboundRefused (do not retry: fix the configuration) or OutboundUnreachable
     (DNS, connect, reset, timeout: retry later). HTTP errors are returned as responses."""
@@ -413,6 +466,8 @@ class OutboundSession:
         key = (scheme, host.lower(), port)
         parts = urlsplit(url.strip())
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # `timeout` bounds the whole exchange (connect, request, status, headers, body), not each read
+        deadline = time.monotonic() + self.timeout
         for _attempt in (1, 2):
             # an open connection stays pinned to the address checked when it was opened
             connection = self._connections.get(key)
@@ -426,6 +481,7 @@ class OutboundSession:
                                                        address=target.address))
             sent = False
             try:
+                _deadline_set(connection, deadline)
                 connection.request(method, path, body=body, headers=headers)
                 sent = True
                 raw = connection.getresponse()

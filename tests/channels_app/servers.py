@@ -1,5 +1,6 @@
 """Real servers for the channel tests: an SMTP server (aiosmtpd) and an HTTP server that
-records requests and fails on demand (timeouts, 5xx, 429 with Retry-After)."""
+records requests and fails on demand (timeouts, answers trickled a byte at a time, 5xx, 429
+with Retry-After)."""
 
 from __future__ import annotations
 
@@ -98,6 +99,7 @@ class Plan:
     headers: dict = field(default_factory=dict)
     delay: float = 0.0
     raw: bytes = b""  # an answer's body as it is (instead of `body` as JSON)
+    trickle: float = 0.0  # send the headers at once, then the body one byte every `trickle` seconds
 
 
 class FakeVendor:
@@ -137,7 +139,14 @@ class FakeVendor:
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
-                    self.wfile.write(payload)
+                    if plan.trickle:
+                        self.wfile.flush()
+                        for i in range(len(payload)):
+                            time.sleep(plan.trickle)
+                            self.wfile.write(payload[i:i + 1])
+                            self.wfile.flush()
+                    else:
+                        self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 

@@ -116,6 +116,27 @@ def test_bad_input_names_the_field_and_sends_nothing(api, receipt, body, status,
     assert Customer.objects.count() == 1
 
 
+@pytest.mark.parametrize(("kind", "to", "message"), [
+    ("sms", "1" * 65, "too long for a phone number"),
+    ("sms", "+" + "4" * 21, "too long for a phone number"),
+    ("voice", "+1 555 " + "7" * 60, "too long for a phone number"),
+    ("email", "a" * 250 + "@example.com", "too long for an email address"),
+], ids=["65-digits", "21-digits", "voice-spaced", "email-262"])
+def test_an_address_too_long_for_its_channel_is_a_422_naming_to(api, kind, to, message):
+    # given a channel and a transactional template of that kind
+    topic, _ = Topic.objects.get_or_create(slug="codes", defaults={"name": "Codes", "transactional": True})
+    Channel.objects.create(name=kind, kind=kind, provider="console")
+    MessageTemplate.objects.create(name="code", channel_kind=kind, topic=topic, subject="Code", body="Code 1")
+
+    # when a message goes to an address longer than any of that kind
+    response = api.post("messages", {"idempotency_key": "x", "template": "code", "to": to})
+
+    # then it is refused naming `to`, and nothing is stored
+    assert (response.status_code, response.body["field"]) == (422, "to"), response.body
+    assert message in response.body["message"]
+    assert not Delivery.objects.exists() and not Customer.objects.exists()
+
+
 def test_status_is_readable_only_for_messages_sent_through_the_api(api, receipt):
     from channels_app.services.sending import message_send
 

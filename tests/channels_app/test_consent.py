@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from channels_app.models import Consent, Delivery
+from channels_app.models import Consent, Delivery, MessageTemplate
 from channels_app.services import consent_set, message_send
 from channels_app.services.links import link_url
 from channels_app.views import twilio_signature
+from journeys.choices import ApiScope
+from journeys.models import Customer, Identity
+from tests.apiclient import Api, make_token
 from tests.channels_app.factories import ChannelFactory, CustomerFactory, TemplateFactory, topic
 
 pytestmark = pytest.mark.django_db
@@ -141,7 +144,7 @@ def sms_channel(monkeypatch):
 def inbound(client, channel, body, sign_with="tw-secret", sender="+15550001"):
     url = link_url(purpose="inbound", data={"ch": channel.pk})
     path = url.split("8000", 1)[1]
-    params = {"From": sender, "Body": body, "To": "+15559999"}
+    params = {"Body": body, "To": "+15559999", **({} if sender is None else {"From": sender})}
     signature = twilio_signature(auth_token=sign_with, url="http://testserver" + path, params=params)
     return client.post(path, params, HTTP_X_TWILIO_SIGNATURE=signature)
 
@@ -163,6 +166,49 @@ def test_sms_stop_and_start_keywords(sms_channel, ada, client, on_commit):
     reasons = list(Consent.history.filter(customer_id=ada.pk, channel_kind="sms").order_by("history_date")
                    .values_list("history_change_reason", flat=True))
     assert reasons == ["sms_keyword:STOP", "sms_keyword:START"]
+
+
+@pytest.mark.parametrize("sender", [None, "", "  ", "(-)"], ids=["absent", "empty", "blank", "no-digits"])
+@pytest.mark.parametrize("word", ["STOP", "START"])
+def test_an_inbound_sms_without_a_sender_is_refused_naming_from_and_changes_no_consent(
+        sms_channel, ada, client, sender, word):
+    # given customers without a phone number, and one with
+    phoneless = [CustomerFactory(external_id=f"nophone-{i}", phone="") for i in range(3)]
+
+    # when a correctly signed inbound SMS with no sender says STOP (or START)
+    response = inbound(client, sms_channel, word, sender=sender)
+
+    # then it is refused naming From, and nobody's consent changes (least of all every phone-less customer's)
+    assert response.status_code == 400 and b"From" in response.content
+    assert not Consent.objects.exists()
+    assert len(phoneless) == Customer.objects.filter(phone="").count() == 3
+
+
+def test_a_stop_reaches_a_customer_whose_number_the_api_got_with_spaces(sms_channel, client, on_commit):
+    # given an SMS receipt sent through the messages API to a number written with spaces and dashes
+    _, key = make_token(ApiScope.SEND, name="shop")
+    api = Api(key)
+    MessageTemplate.objects.create(name="otp", channel_kind="sms", topic=topic("transactional"), body="Code 1")
+    with on_commit():
+        first = api.post("messages", {"idempotency_key": "k1", "template": "otp", "to": "+1 555-777 0001"})
+    assert first.status_code == 202, first.body
+    customer = Customer.objects.get(pk=first.body["delivery"]["customer_id"])
+    assert customer.phone == "+15557770001"
+
+    # when the carrier reports STOP from the number as it writes it
+    assert inbound(client, sms_channel, "STOP", sender="+15557770001").status_code == 200
+
+    # then that customer is opted out of SMS, and the next message to the number, written either
+    # way, finds the same profile and is not sent
+    assert Consent.objects.get(customer=customer, channel_kind="sms").status == "opted_out"
+    for n, to in enumerate(["+15557770001", "+1 (555) 777.0001"]):
+        with on_commit():
+            again = api.post("messages", {"idempotency_key": f"k{n + 2}", "template": "otp", "to": to})
+        assert again.body["delivery"]["customer_id"] == customer.pk
+        assert (again.body["delivery"]["status"], again.body["delivery"]["reason"]) == ("suppressed",
+                                                                                     "channel_opt_out")
+    assert Customer.objects.count() == 1
+    assert list(Identity.objects.values_list("kind", "value")) == [("phone", "+15557770001")]
 
 
 def test_inbound_sms_with_a_bad_signature_changes_nothing(sms_channel, ada, client):

@@ -4,6 +4,7 @@ signed status callbacks."""
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from urllib.parse import urlparse
 
@@ -11,7 +12,7 @@ import pytest
 from django.utils import timezone
 
 from channels_app.models import ChannelBreaker, Delivery, DeliveryAttempt
-from channels_app.services import deliveries_dispatch_due, delivery_dispatch, message_send
+from channels_app.services import deliveries_dispatch, deliveries_dispatch_due, delivery_dispatch, message_send
 from journeys.models import Event
 from tests.channels_app.factories import ChannelFactory, CustomerFactory, TemplateFactory, topic
 from tests.channels_app.servers import Plan
@@ -123,6 +124,37 @@ def test_timeout_is_transient(sms, bea, template, vendor, on_commit):
     delivery = send(sms, bea, template, "k", on_commit)
     assert (delivery.status, delivery.reason) == ("deferred", "retry")
     assert "timed out" in delivery.error.lower() or "timeout" in delivery.error.lower()
+
+
+def test_an_answer_trickled_a_byte_a_second_times_out_at_the_channel_timeout_and_the_others_go_on(
+        sms, bea, template, vendor, django_capture_on_commit_callbacks):
+    # given a vendor that sends its headers at once and then one answer's body a byte a second
+    # (each read comes well inside the channel's 1 s timeout), and two messages to send
+    vendor.plan(Plan(200, {"sid": "SM-slow-answer"}, trickle=1.0))
+    cy = CustomerFactory(external_id="cy", phone="+15550002", traits={"first_name": "Cy"})
+    with django_capture_on_commit_callbacks(execute=False):
+        queued = [send(sms, customer, template, key) for customer, key in ((bea, "a"), (cy, "b"))]
+
+    # when the dispatcher sends them
+    started = time.monotonic()
+    deliveries_dispatch(delivery_ids=[d.pk for d in queued])
+    elapsed = time.monotonic() - started
+
+    # then the trickled answer times out after about the channel's timeout, not the body's 14 s: that
+    # message waits for a retry as unanswered, and the other one is sent meanwhile
+    rows = {d.pk: d for d in Delivery.objects.filter(pk__in=[d.pk for d in queued])}
+    [slow] = [d for d in rows.values() if d.status != "sent"]
+    assert elapsed < 5
+    assert (slow.status, slow.reason, slow.notes.get("unanswered")) == ("deferred", "retry", True)
+    assert "timed out" in slow.error.lower() or "timeout" in slow.error.lower()
+    assert [d.status for d in rows.values()].count("sent") == 1
+
+    # and its retry goes to the same vendor with the same idempotency key, once
+    deliveries_dispatch_due(now=slow.next_attempt_at)
+    slow.refresh_from_db()
+    assert slow.status == "sent" and len(vendor.requests) == 3
+    tokens = [r.headers["I-Twilio-Idempotency-Token"] for r in vendor.requests]
+    assert tokens.count(tokens[0]) == 2 and tokens[-1] == tokens[0]
 
 
 def test_permanent_4xx_is_not_retried(sms, bea, template, vendor, on_commit):
@@ -383,6 +415,30 @@ def test_signed_status_callback_records_delivery_once(sms, bea, template, vendor
     assert delivery.status == "delivered" and delivery.delivered_at
     assert Event.objects.filter(name="Message Delivered", customer=bea).count() == 1
     assert not Event.objects.filter(name="Message Failed").exists()
+
+
+@pytest.mark.parametrize("late", [{"MessageStatus": "undelivered", "ErrorCode": "30005"},
+                                  {"MessageStatus": "failed"}, {"MessageStatus": "bounced"}])
+def test_a_failure_reported_after_delivered_is_kept_aside_and_the_message_stays_delivered(
+        sms, bea, template, vendor, on_commit, client, late):
+    # given a sent message the vendor reported delivered
+    delivery = send(sms, bea, template, "k", on_commit)
+    callback = urlparse(vendor.requests[0].form()["StatusCallback"]).path
+    assert client.post(callback, {"MessageStatus": "delivered"}).json() == {"ok": True, "status": "delivered"}
+    delivered_at = Delivery.objects.get(pk=delivery.pk).delivered_at
+
+    # when a contradictory failure comes late, and then the delivered receipt again
+    first = client.post(callback, late)
+    again = client.post(callback, {"MessageStatus": "delivered"})
+
+    # then the message stays delivered throughout: the failure is noted, with no event or status change
+    assert first.json() == again.json() == {"ok": True, "status": "delivered"}
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.delivered_at, delivery.error) == ("delivered", delivered_at, "")
+    [receipt] = delivery.notes["late_receipts"]
+    assert receipt["status"] == {"undelivered": "failed"}.get(late["MessageStatus"], late["MessageStatus"])
+    assert not Event.objects.filter(name__in=["Message Failed", "Message Bounced"]).exists()
+    assert Event.objects.filter(name="Message Delivered", customer=bea).count() == 1
 
 
 def test_bounce_callback_as_json(sms, bea, template, vendor, on_commit, client):

@@ -69,6 +69,45 @@ def test_quiet_hours_end_is_computed_in_local_time_across_a_dst_change(sms, djan
     assert held.next_attempt_at == datetime(2026, 3, 8, 12, 0, tzinfo=UTC)  # 08:00 EDT, not 13:00 UTC
 
 
+@pytest.mark.parametrize(("now", "until"), [
+    # 2026-11-01, clocks set back at 02:00 EDT: 01:00-02:00 comes twice
+    (datetime(2026, 11, 1, 5, 10, tzinfo=UTC), datetime(2026, 11, 1, 5, 30, tzinfo=UTC)),  # first 01:10 (EDT)
+    (datetime(2026, 11, 1, 6, 10, tzinfo=UTC), datetime(2026, 11, 1, 6, 30, tzinfo=UTC)),  # second 01:10 (EST)
+])
+def test_quiet_hours_ending_in_the_hour_the_clock_repeats_hold_until_a_moment_to_come(
+        now, until, django_capture_on_commit_callbacks):
+    # given quiet hours 23:00-01:30 on a New York customer's clock, on the night it is set back
+    night = ChannelFactory(name="night", kind="sms", provider="console", quiet_start=time(23, 0),
+                           quiet_end=time(1, 30))
+    new_york = person("ny", "America/New_York")
+
+    # when a message is sent at 01:10, the first or the second time the clock reads it
+    held = queue(night, new_york, "n", now=now, django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+
+    # then it waits for the 01:30 that follows it (never a moment already past, which the
+    # dispatcher would claim and hold again at once, over and over)
+    assert (held.status, held.reason, held.next_attempt_at) == ("deferred", "quiet_hours", until)
+    assert deliveries_dispatch_due(now=now + timedelta(minutes=1)) == 0
+    assert Delivery.objects.get(pk=held.pk).attempts == held.attempts
+    deliveries_dispatch_due(now=until)
+    assert Delivery.objects.get(pk=held.pk).status == "sent"
+
+
+def test_quiet_hours_ending_at_a_time_the_clock_skips_end_when_it_jumps(django_capture_on_commit_callbacks):
+    # given quiet hours 23:00-02:30 on a New York customer's clock, on the night it jumps from 02:00 to 03:00
+    night = ChannelFactory(name="night", kind="sms", provider="console", quiet_start=time(23, 0),
+                           quiet_end=time(2, 30))
+    new_york = person("ny", "America/New_York")
+
+    # when a message is sent at 01:30 EST
+    held = queue(night, new_york, "n", now=datetime(2026, 3, 8, 6, 30, tzinfo=UTC),
+                 django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+
+    # then it waits until the jump (03:00 EDT, the first moment the clock reads 02:30 or later)
+    assert (held.status, held.reason) == ("deferred", "quiet_hours")
+    assert held.next_attempt_at == datetime(2026, 3, 8, 7, 0, tzinfo=UTC)
+
+
 def test_transactional_messages_ignore_quiet_hours(sms, django_capture_on_commit_callbacks):
     tokyo = person("tokyo", "Asia/Tokyo")
     receipt = TemplateFactory(topic=topic("transactional"))

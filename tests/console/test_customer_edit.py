@@ -143,3 +143,17 @@ def test_a_timezone_the_server_does_not_know_is_a_form_error(admin_client):
     assert "'Mars/Olympus' is not a timezone this server knows" in " ".join(
         response.context["adminform"].form.errors["timezone"])
     assert Customer.objects.get(pk=customer.pk).timezone == "Asia/Tokyo"
+
+
+def test_a_phone_typed_in_the_admin_is_stored_without_separators(admin_client, django_capture_on_commit_callbacks):
+    # given a known customer
+    customer = CustomerFactory(external_id="di", phone="")
+
+    # when an admin types a phone number with spaces, dashes and parentheses
+    response = _save(admin_client, customer, django_capture_on_commit_callbacks, phone="+44 (20) 7946-0958")
+
+    # then the profile and its identity hold it as inbound SMS will name it
+    assert response.status_code == 302, response.content.decode()[:2000]
+    customer.refresh_from_db()
+    assert customer.phone == "+442079460958"
+    assert Identity.objects.filter(kind="phone", value="+442079460958", customer=customer).exists()
