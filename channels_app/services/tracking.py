@@ -57,6 +57,16 @@ def _engaged(delivery: Delivery, at: datetime) -> None:
     Customer.objects.filter(pk=delivery.customer_id).update(last_engaged_at=at)
 
 
+def _locked(delivery_id: int) -> Delivery | None:
+    """The delivery, locked, with its channel and customer as they are once the lock is held. The
+    lock is taken on the row alone: locking a join that a merge changes meanwhile (the delivery
+    moves to the surviving customer) makes PostgreSQL recheck the old customer row, which no longer
+    matches, and the receipt would find no delivery."""
+    if Delivery.objects.select_for_update().filter(pk=delivery_id).values_list("pk", flat=True).first() is None:
+        return None
+    return Delivery.objects.select_related("channel", "customer").get(pk=delivery_id)
+
+
 @transaction.atomic
 def delivery_status_record(*, delivery_id: int, status: str, detail: str = "", at: datetime | None = None) -> Delivery | None:
     """A provider told us what became of a message (delivered, bounced, failed).
@@ -69,7 +79,7 @@ def delivery_status_record(*, delivery_id: int, status: str, detail: str = "", a
     from journeys.services.internal_events import event_record_internal
 
     ours = CALLBACK_STATUSES.get((status or "").strip().lower())
-    delivery = Delivery.objects.select_for_update(of=("self",)).select_related("channel", "customer").filter(pk=delivery_id).first()
+    delivery = _locked(delivery_id)
     if delivery is None or ours is None:
         return delivery
     at = at or timezone.now()
@@ -105,7 +115,7 @@ def delivery_open_record(*, delivery_id: int, at: datetime | None = None) -> Del
     """The open pixel was loaded: one `Email Opened` event per delivery."""
     from journeys.services.internal_events import event_record_internal
 
-    delivery = Delivery.objects.select_for_update(of=("self",)).select_related("channel", "customer").filter(pk=delivery_id).first()
+    delivery = _locked(delivery_id)
     if delivery is None:
         return None
     at = at or timezone.now()
@@ -127,7 +137,7 @@ def delivery_click_record(*, delivery_id: int, url: str, at: datetime | None = N
     """A tracked link was followed: one `Link Clicked` per delivery and URL (a click implies an open)."""
     from journeys.services.internal_events import event_record_internal
 
-    delivery = Delivery.objects.select_for_update(of=("self",)).select_related("channel", "customer").filter(pk=delivery_id).first()
+    delivery = _locked(delivery_id)
     if delivery is None:
         return None
     at = at or timezone.now()

@@ -165,3 +165,39 @@ def test_a_resume_waits_for_a_claim_that_is_holding_messages_for_the_pause(vendo
     assert errors == []
     delivery.refresh_from_db()
     assert delivery.status == "sent" and len(vendor.requests) == 1
+
+
+def test_a_receipt_that_waits_on_a_merge_is_recorded_for_the_surviving_customer(django_capture_on_commit_callbacks):
+    """The vendor reports an SMS delivered while the customer's profile is being merged into
+    another (the delivery moves to the survivor): the receipt waits for the merge and is recorded,
+    as the survivor's, not dropped as a message nobody knows."""
+    from channels_app.services.tracking import delivery_status_record
+    from journeys.models import Customer
+
+    sms = ChannelFactory(name="sms", kind="sms")
+    device, known = CustomerFactory(), CustomerFactory()
+    delivery = Delivery.objects.create(idempotency_key="merging", customer=device, channel=sms, status="sent",
+                                       attempts=1, claimed_at=timezone.now(), sent_at=timezone.now())
+    moved, release = threading.Event(), threading.Event()
+
+    def merge():
+        try:
+            with transaction.atomic():
+                Delivery.objects.filter(customer=device).update(customer=known)
+                moved.set()
+                release.wait(10)
+        finally:
+            moved.set()
+            connection.close()
+
+    merging = threading.Thread(target=merge)
+    merging.start()
+    assert moved.wait(10)
+    threading.Timer(0.5, release.set).start()  # commits while the receipt waits on the row
+    recorded = delivery_status_record(delivery_id=delivery.pk, status="delivered")
+    merging.join(10)
+
+    assert recorded is not None and recorded.customer_id == known.pk
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.customer_id) == ("delivered", known.pk)
+    assert Customer.objects.get(pk=known.pk).events.filter(name="Message Delivered").exists()
