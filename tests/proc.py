@@ -507,3 +507,46 @@ def run_in_threads(*calls, timeout: float = 60):
     if errors:
         raise errors[0]
     return out
+
+
+class committed_meanwhile:
+    """`with committed_meanwhile(write):` runs `write` in a transaction on another connection (a
+    thread) before the body, and commits it `after` seconds into the body: a body that touches the
+    same rows waits on them and sees the write commit under its feet (another worker's batch)."""
+
+    def __init__(self, write, *, after: float = 0.5):
+        import threading
+
+        self.write, self.after = write, after
+        self.written, self.release = threading.Event(), threading.Event()
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        from django.db import connections, transaction
+
+        try:
+            with transaction.atomic():
+                self.write()
+                self.written.set()
+                self.release.wait(10)
+        except BaseException as exc:  # noqa: BLE001 - reported when the body ends
+            self.errors.append(exc)
+        finally:
+            self.written.set()
+            connections.close_all()
+
+    def __enter__(self):
+        import threading
+
+        self.thread.start()
+        assert self.written.wait(10), "the other transaction never wrote"
+        threading.Timer(self.after, self.release.set).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.release.set()
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "the other transaction hung"
+        if self.errors and exc[0] is None:
+            raise self.errors[0]

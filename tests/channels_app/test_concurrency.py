@@ -16,7 +16,7 @@ from channels_app.services import deliveries_dispatch, deliveries_drain, deliver
 from tests.channels_app.factories import CapFactory, ChannelFactory, CustomerFactory, TemplateFactory, topic
 from tests.channels_app.servers import Plan
 from tests.marks import on_postgres
-from tests.proc import run_in_threads
+from tests.proc import committed_meanwhile, run_in_threads
 
 
 # Real commits and threads (SQLite's shared in-memory test database locks whole tables).
@@ -178,24 +178,8 @@ def test_a_receipt_that_waits_on_a_merge_is_recorded_for_the_surviving_customer(
     device, known = CustomerFactory(), CustomerFactory()
     delivery = Delivery.objects.create(idempotency_key="merging", customer=device, channel=sms, status="sent",
                                        attempts=1, claimed_at=timezone.now(), sent_at=timezone.now())
-    moved, release = threading.Event(), threading.Event()
-
-    def merge():
-        try:
-            with transaction.atomic():
-                Delivery.objects.filter(customer=device).update(customer=known)
-                moved.set()
-                release.wait(10)
-        finally:
-            moved.set()
-            connection.close()
-
-    merging = threading.Thread(target=merge)
-    merging.start()
-    assert moved.wait(10)
-    threading.Timer(0.5, release.set).start()  # commits while the receipt waits on the row
-    recorded = delivery_status_record(delivery_id=delivery.pk, status="delivered")
-    merging.join(10)
+    with committed_meanwhile(lambda: Delivery.objects.filter(customer=device).update(customer=known)):
+        recorded = delivery_status_record(delivery_id=delivery.pk, status="delivered")
 
     assert recorded is not None and recorded.customer_id == known.pk
     delivery.refresh_from_db()

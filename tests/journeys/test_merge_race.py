@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
-from django.db import connection, transaction
 
 from journeys.models import Customer, JourneyRun
 from journeys.services.identity import customer_merge
 from tests.marks import on_postgres
+from tests.proc import committed_meanwhile
 
 from .test_engine import WAIT, publish, unit  # noqa: F401  (fixtures)
 
@@ -27,26 +25,12 @@ def test_a_merge_that_races_an_enrolment_of_the_survivor_ends_the_absorbed_run(p
     known = Customer.objects.get(external_id="m1")
     theirs = JourneyRun.objects.get(customer=anonymous)
 
-    inserted, release = threading.Event(), threading.Event()
+    def other_worker_enrols():
+        JourneyRun.objects.create(workflow_id=theirs.workflow_id, version_id=theirs.version_id, customer=known,
+                                  trigger_key="other-batch", status="waiting", exclusive=True)
 
-    def other_worker():
-        try:
-            with transaction.atomic():
-                JourneyRun.objects.create(
-                    workflow_id=theirs.workflow_id, version_id=theirs.version_id, customer=known,
-                    trigger_key="other-batch", status="waiting", exclusive=True)
-                inserted.set()
-                release.wait(10)
-        finally:
-            inserted.set()
-            connection.close()
-
-    worker = threading.Thread(target=other_worker)
-    worker.start()
-    assert inserted.wait(10)
-    threading.Timer(0.5, release.set).start()  # commits while the merge waits on its row
-    customer_merge(target=known, merged=anonymous, reason="signed in", actor="test")
-    worker.join(10)
+    with committed_meanwhile(other_worker_enrols):
+        customer_merge(target=known, merged=anonymous, reason="signed in", actor="test")
 
     runs = {r.trigger_key: r for r in JourneyRun.objects.all()}
     assert runs["other-batch"].status == "waiting" and runs["other-batch"].customer_id == known.pk
