@@ -93,4 +93,6 @@ class ErrorCode(models.TextChoices):
     NOT_ALLOWED = "not_allowed", "You may not do this to this case"
     WRONG_STATUS = "wrong_status", "The case is not in a status that allows this"
     NO_CAPACITY = "no_capacity", "The agent has no free capacity"
+    TAKEN = "taken", "Another agent took the case first"
+    ALREADY_YOURS = "already_yours", "The case is already yours"
     NO_CHANNEL = "no_channel", "No channel can reach the customer"

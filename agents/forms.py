@@ -31,12 +31,20 @@ class NoteForm(forms.Form):
 
 
 class ResolveForm(forms.Form):
-    code = forms.ChoiceField(choices=ResolutionCode.choices, label="Resolution")
-    note = forms.CharField(required=False, max_length=2000, widget=forms.TextInput(attrs={"placeholder": "note (optional)"}))
+    code = forms.ChoiceField(choices=ResolutionCode.choices, label="Resolution",
+                             error_messages={"required": "Pick a resolution code.",
+                                             "invalid_choice": "Pick a resolution code: %(value)s is not one."})
+    note = forms.CharField(required=False, max_length=2000, widget=forms.TextInput(attrs={"placeholder": "note (optional)"}),
+                           error_messages={"max_length": "A resolution note can be at most %(limit_value)d characters; "
+                                                         "this one has %(show_value)d. Shorten it and resolve again "
+                                                         "(a longer text fits in a note on the case)."})
 
 
 class FollowUpForm(forms.Form):
-    workflow = forms.ModelChoiceField(queryset=None, empty_label=None)
+    workflow = forms.ModelChoiceField(queryset=None, empty_label=None,
+                                      error_messages={"required": "Pick a live workflow.",
+                                                      "invalid_choice": "Pick a live workflow: that one is not live "
+                                                                        "(any more)."})
 
     def __init__(self, *args, workflows=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -44,4 +52,6 @@ class FollowUpForm(forms.Form):
 
 
 class StatusForm(forms.Form):
-    status = forms.ChoiceField(choices=AgentStatus.choices)
+    status = forms.ChoiceField(choices=AgentStatus.choices, error_messages={
+        "required": "Pick a status: " + ", ".join(label for _, label in AgentStatus.choices) + ".",
+        "invalid_choice": "%(value)s is not a status: pick " + ", ".join(label for _, label in AgentStatus.choices) + "."})

@@ -10,10 +10,13 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required as _login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from agents import forms, selectors
+from agents.choices import ErrorCode
+from agents.models import Case
 from agents.errors import CaseError, CaseForbidden
 from agents.services import cases as case_services
 from agents.services import routing
@@ -78,9 +81,12 @@ def queue(request):
 @require_POST
 def status_set(request):
     agent = selectors.agent_for(user=request.user)
-    form = forms.StatusForm(request.POST)
-    if agent is None or not form.is_valid():
+    if agent is None:
         raise PermissionDenied("only agents have a status")
+    form = forms.StatusForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, _form_errors(form))
+        return redirect("agents:queue")
     case_services.agent_status_set(agent=agent, status=form.cleaned_data["status"], actor=request.user)
     return redirect("agents:queue")
 
@@ -106,13 +112,33 @@ def case_detail(request, pk: int):
 @login_required
 @require_POST
 def case_take(request, pk: int):
-    return _act(request, _case(request, pk),
-                lambda case: routing.case_take(case=case, actor=request.user), "The case is yours.")
+    """Take a case from the queue. Losing the race for it (or pressing Take on a case already routed
+    to you or a colleague) is a message, on the case if you may still see it, else on the queue."""
+    case = get_object_or_404(Case.objects.only("pk"), pk=pk)
+    try:
+        routing.case_take(case=case, actor=request.user)
+    except CaseForbidden as exc:
+        if not selectors.cases_for_user(user=request.user).filter(pk=pk).exists():
+            raise Http404 from None  # a case outside the user's reach is not revealed
+        raise PermissionDenied(exc.message) from None
+    except CaseError as exc:
+        level = messages.INFO if exc.code == ErrorCode.ALREADY_YOURS else messages.ERROR
+        messages.add_message(request, level, exc.message)
+        if not selectors.cases_for_user(user=request.user).filter(pk=pk).exists():
+            return redirect("agents:queue")
+    else:
+        messages.success(request, "The case is yours.")
+    return redirect("agents:case", pk=pk)
+
+
+def _form_errors(form) -> str:
+    """The form's own messages (empty, too long, out of date, not a choice), each once."""
+    return " ".join(dict.fromkeys(m for errors in form.errors.values() for m in errors))
 
 
 def _refused(request, form, pk: int):
-    """Back to the case, saying what to fix (the form's own messages: empty, too long, out of date)."""
-    messages.error(request, " ".join(dict.fromkeys(m for errors in form.errors.values() for m in errors)))
+    """Back to the case, saying what to fix."""
+    messages.error(request, _form_errors(form))
     return redirect("agents:case", pk=pk)
 
 
@@ -145,8 +171,7 @@ def case_resolve(request, pk: int):
     case = _case(request, pk)
     form = forms.ResolveForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "Pick a resolution code.")
-        return redirect("agents:case", pk=pk)
+        return _refused(request, form, pk)
     return _act(request, case, lambda case: case_services.case_resolve(
         case=case, actor=request.user, code=form.cleaned_data["code"], note=form.cleaned_data["note"]), "Case resolved.")
 
@@ -171,8 +196,7 @@ def case_followup(request, pk: int):
     case = _case(request, pk)
     form = forms.FollowUpForm(request.POST, workflows=case_services.followup_workflows())
     if not form.is_valid():
-        messages.error(request, "Pick a live workflow.")
-        return redirect("agents:case", pk=pk)
+        return _refused(request, form, pk)
 
     def enroll(case):
         run = case_services.case_followup_enroll(case=case, actor=request.user, workflow=form.cleaned_data["workflow"])

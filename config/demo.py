@@ -14,6 +14,13 @@ from journeys.services.sources import source_create
 DEMO_ADMIN = ("admin", "admin")
 
 
+def demo_logins() -> list[tuple[str, str]]:
+    """Every login demo_load creates, with its password: the deploy check journeys.E006 refuses them."""
+    from agents.demo import DEMO_AGENTS
+
+    return [DEMO_ADMIN, *((name, name) for name in DEMO_ROLE_USERS), *((row[0], row[0]) for row in DEMO_AGENTS)]
+
+
 @transaction.atomic
 def demo_load() -> list[str]:
     """Idempotent: safe to run on every start."""

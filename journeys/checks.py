@@ -12,11 +12,20 @@
   loopback address) with DEBUG off: every link in a message (List-Unsubscribe, preferences,
   clicks, opens) and every URL given to a provider (status callbacks, inbound messages) would
   point at the server's own loopback, which no customer or provider can reach.
+- journeys.E006: an active user still has the password `load_demo` gave it (admin/admin, the role
+  and agent logins whose password is their name): anyone who read the README signs in.
+- journeys.E007: TRUSTED_PROXIES trusts every address (0.0.0.0/0, ::/0): any client may name any
+  address in X-Forwarded-For, so login throttling and the addresses recorded with events are
+  whatever the client says (always checked, like E004).
 - journeys.W001: DELIVERY_SENDING_LEASE_S is not longer than the task timeout of the cluster that
   sends (always checked; a warning, so that tests may shorten the lease on purpose): a dispatcher
   still sending when its claim's lease ends would send again what the sweeper hands to another one.
 - journeys.W002: STATIC_ROOT is missing or empty with DEBUG off: without `collectstatic` the
   admin has no styles and the console no scripts (404).
+- journeys.W003: ALLOWED_HOSTS accepts any host ('*') with DEBUG off: the Host header of a
+  request is taken as it comes, and nothing else in front may be checking it.
+- journeys.W004: PUBLIC_BASE_URL is plain http with DEBUG off: the signed links in messages
+  (unsubscribe, preferences) and the providers' callbacks travel unencrypted.
 """
 
 from __future__ import annotations
@@ -131,6 +140,17 @@ def trusted_proxies_check(app_configs, **kwargs) -> list[Error]:
                                 check_id="journeys.E004")
 
 
+@register(Tags.security)
+def trusted_proxies_everyone_check(app_configs, **kwargs) -> list[Error]:
+    everyone = [item for item in getattr(settings, "TRUSTED_PROXIES", ()) or ()
+                if (network := network_parse(item)) is not None and network.prefixlen == 0]
+    return [Error(f"TRUSTED_PROXIES: {item!r} trusts every address: any client can name any address in "
+                  "X-Forwarded-For, so login throttling and the addresses recorded with events and in the access "
+                  "log are whatever it says", hint="list only the load balancers' own addresses or networks, e.g. "
+                  "TRUSTED_PROXIES=10.0.0.5 or 10.0.0.0/24 (empty: the TCP peer's address is used)",
+                  id="journeys.E007") for item in everyone]
+
+
 @register()
 def sending_lease_check(app_configs, **kwargs) -> list[Warning]:
     lease = int(getattr(settings, "DELIVERY_SENDING_LEASE_S", 600))
@@ -184,3 +204,48 @@ def static_root_check(app_configs, **kwargs) -> list[Warning]:
     return [Warning(f"STATIC_ROOT ({root}) is missing or empty: the admin's styles and the console's scripts "
                     "would answer 404", hint="run `manage.py collectstatic --noinput` with the deploy's settings "
                     "after installing each version of the code", id="journeys.W002")]
+
+
+@register(Tags.security, deploy=True)
+def allowed_hosts_check(app_configs, **kwargs) -> list[Warning]:
+    if settings.DEBUG or "*" not in (getattr(settings, "ALLOWED_HOSTS", ()) or ()):
+        return []
+    return [Warning("ALLOWED_HOSTS accepts any host ('*'): requests naming any Host are served, so a forged Host "
+                    "header reaches the application", hint="set ALLOWED_HOSTS to the names the console is reached "
+                    "at, comma-separated, e.g. ALLOWED_HOSTS=journeys.example.com", id="journeys.W003")]
+
+
+@register(Tags.security, deploy=True)
+def public_base_url_https_check(app_configs, **kwargs) -> list[Warning]:
+    base = str(getattr(settings, "PUBLIC_BASE_URL", "") or "")
+    if settings.DEBUG or urlsplit(base).scheme != "http" or base.rstrip("/") == settings.PUBLIC_BASE_URL_DEFAULT:
+        return []  # the default is journeys.E005's
+    return [Warning(f"PUBLIC_BASE_URL {base!r} is plain http: the signed unsubscribe, preference and click links "
+                    "in messages and the providers' status and inbound callbacks would travel unencrypted",
+                    hint="serve the console over https and set PUBLIC_BASE_URL=https://...", id="journeys.W004")]
+
+
+@register(Tags.security, deploy=True)
+def demo_logins_check(app_configs, **kwargs) -> list[Error]:
+    """Only the few logins load_demo creates are read and tried (a password hash costs time on
+    purpose): the cost is the same with ten users or a million."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.hashers import check_password
+    from django.db import DatabaseError
+
+    from config.demo import demo_logins
+
+    logins = dict(demo_logins())
+    try:
+        users = list(get_user_model().objects.filter(username__in=logins, is_active=True)
+                     .values_list("username", "password"))
+    except DatabaseError:
+        return []  # not migrated yet: no user at all
+    # hashers.check_password, not User.check_password: a check must not rewrite the stored hash.
+    found = sorted(name for name, encoded in users if check_password(logins[name], encoded))
+    if not found:
+        return []
+    return [Error(f"demo logins are active: {', '.join(found)} still sign in with the password `load_demo` gave "
+                  "them (admin/admin, the others their own name)", hint="give each a password of its own "
+                  "(manage.py changepassword NAME) or deactivate it in the admin; load_demo is for a local demo only",
+                  id="journeys.E006")]

@@ -23,7 +23,8 @@ export DEBUG=${DEBUG:-0} SECURE_SSL_REDIRECT=0 SESSION_COOKIE_SECURE=0 CSRF_COOK
 
 $PY manage.py migrate --noinput
 $PY manage.py collectstatic --noinput -v 0
-$PY manage.py load_demo
+# A local demo with DEBUG off: load_demo refuses that unless told (its logins are admin/admin...).
+$PY manage.py load_demo --allow-production
 
 pids=()
 stop() {

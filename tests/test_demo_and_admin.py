@@ -18,6 +18,28 @@ def test_demo_loads_three_live_workflows_idempotently():
     assert Workflow.objects.filter(live_version__isnull=False).count() == 3
 
 
+def test_load_demo_refuses_a_production_deploy_unless_told(settings):
+    """With DEBUG off (a deploy) the demo's guessable logins are not created without --allow-production."""
+    from django.contrib.auth import get_user_model
+    from django.core.management import CommandError, call_command
+
+    settings.DEBUG = False
+    with pytest.raises(CommandError, match="DEBUG is off.*--allow-production"):
+        call_command("load_demo")
+    assert not get_user_model().objects.filter(username="admin").exists()
+
+    call_command("load_demo", "--allow-production")  # what make run does
+    assert get_user_model().objects.get(username="admin").check_password("admin")
+
+
+def test_load_demo_runs_with_debug_on(settings, capsys):
+    from django.core.management import call_command
+
+    settings.DEBUG = True
+    call_command("load_demo")
+    assert "Demo admin login: username=admin password=admin" in capsys.readouterr().out
+
+
 @pytest.fixture
 def admin_client_with_demo(client):
     demo_load()

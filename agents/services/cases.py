@@ -172,7 +172,10 @@ def case_open(*, draft: CaseDraft, idempotency_key: str, now: datetime | None = 
 
 
 def _locked(case: Case) -> Case:
-    return Case.objects.select_for_update(of=("self",)).select_related("customer", "assigned_agent__user").get(pk=case.pk)
+    """The case, locked, then read with its customer and agent: locking the joined statement would
+    return the case row as it is after a wait but its customer and agent as they were before it."""
+    Case.objects.select_for_update().filter(pk=case.pk).values_list("pk", flat=True).get()
+    return Case.objects.select_related("customer", "assigned_agent__user").get(pk=case.pk)
 
 
 def _writable(case: Case) -> None:

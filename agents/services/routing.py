@@ -5,6 +5,11 @@ An assignment to an agent holds that agent's row FOR UPDATE while it counts the
 agent's open cases, so two workers can never push an agent over capacity; the
 case row lock plus a status re-check means a case is never assigned twice.
 Sweepers pick cases with SKIP LOCKED so parallel ticks share the work.
+
+A case is locked alone, never with rows joined to it (select_related): when the
+lock had to wait, PostgreSQL re-reads the case row but keeps the joined rows of
+the statement's older snapshot (a team that was NULL, or the team it just left).
+Its team and agent are read after the lock, in statements of their own.
 """
 
 from __future__ import annotations
@@ -191,7 +196,7 @@ def case_route(*, case_id: int, now: datetime | None = None) -> Case:
     """
     now = now or timezone.now()
     with transaction.atomic():
-        case = Case.objects.select_for_update(of=("self",)).select_related("team", "assigned_agent").get(pk=case_id)
+        case = Case.objects.select_for_update().get(pk=case_id)
         if case.status != CaseStatus.NEW:
             return case
         if _route_locked(case=case, now=now) is None:
@@ -250,8 +255,7 @@ def _route_waiting_case(case_id: int, *, now: datetime, free: FreePlaces, teamle
     returned); a case without a team that nobody can take is queued in the team serving its
     category, else the fallback queue (left alone when there is neither)."""
     with transaction.atomic():
-        case = (Case.objects.select_for_update(of=("self",), **skip_locked())
-                .select_related("team").filter(pk=case_id, status=CaseStatus.NEW).first())
+        case = Case.objects.select_for_update(**skip_locked()).filter(pk=case_id, status=CaseStatus.NEW).first()
         if case is None or (teamless and case.team_id is not None):
             return None  # taken meanwhile, queued, or another worker holds it
         if free.can_serve(case):
@@ -300,13 +304,32 @@ def cases_route_waiting(*, now: datetime | None = None, limit: int = 500) -> int
     return routed
 
 
+def _served_by(case: Case, team: Team) -> bool:
+    """Whether the case is one the team's queue holds or could have held: its team, a category the
+    team serves, or any case for the fallback team (SLA breaches widen cases to it)."""
+    return case.team_id == team.pk or team.is_fallback or bool(case.category and case.category in (team.categories or []))
+
+
 def case_take(*, case: Case, actor) -> Case:
-    """An agent takes a case from their team's queue (capacity still applies)."""
-    agent = Agent.objects.filter(user=actor).first()
+    """An agent takes a case from their team's queue (capacity still applies).
+
+    The status is read before the permission: whoever took the case first revoked the queue's
+    permission, so the agent who lost the race (or pressed Take on a case already routed to them)
+    is told who has it rather than refused. Only for a case their team's queue serves; any other
+    case is refused as before, without a word about it."""
+    agent = Agent.objects.select_related("team").filter(user=actor).first()
     if agent is None:
         raise CaseError(ErrorCode.NOT_ALLOWED, "only agents can take cases")
     with transaction.atomic():
         case = Case.objects.select_for_update().get(pk=case.pk)
+        if case.status != CaseStatus.NEW:
+            if case.assigned_agent_id == agent.pk and case.is_open:
+                raise CaseError(ErrorCode.ALREADY_YOURS, f"Case #{case.pk} is already yours.")
+            if _served_by(case, agent.team) or actor.has_perm("agents.view_case", case):
+                holder = case.assigned_agent
+                if holder is not None and case.is_open:
+                    raise CaseError(ErrorCode.TAKEN, f"Case #{case.pk} was taken by {holder}.")
+                raise CaseError(ErrorCode.WRONG_STATUS, f"Case #{case.pk} is already {case.get_status_display().lower()}.")
         permissions.case_check(user=actor, case=case, perm="agents.take_case")
         if case.status != CaseStatus.NEW:
             raise CaseError(ErrorCode.WRONG_STATUS, f"case #{case.pk} is already {case.get_status_display().lower()}")
@@ -321,7 +344,7 @@ def case_assign(*, case: Case, agent: Agent, actor) -> Case:
     if not actor.has_perm("agents.change_case"):
         raise CaseError(ErrorCode.NOT_ALLOWED, "only supervisors can assign cases")
     with transaction.atomic():
-        case = Case.objects.select_for_update(of=("self",)).select_related("assigned_agent").get(pk=case.pk)
+        case = Case.objects.select_for_update().get(pk=case.pk)
         if not case.is_open:
             raise CaseError(ErrorCode.WRONG_STATUS, f"case #{case.pk} is {case.status}")
         agent = Agent.objects.select_for_update().get(pk=agent.pk)
@@ -350,8 +373,7 @@ def cases_sla_check(*, now: datetime | None = None, limit: int = 500) -> dict:
     for _ in range(limit):
         with transaction.atomic():
             case = (
-                Case.objects.select_for_update(of=("self",), **skip_locked())
-                .select_related("team", "assigned_agent__user")
+                Case.objects.select_for_update(**skip_locked())
                 .filter(status__in=WAITING_CASE_STATUSES, sla_due_at__lte=now)
                 .order_by("sla_due_at", "pk")
                 .first()

@@ -125,12 +125,13 @@ def _say(*, conversation: Conversation, text: str, in_reply_to: ConversationMess
 def _conversation_for(*, customer: Customer, bot: TriageBot | None, conversation: Conversation | None) -> Conversation:
     """The conversation to continue (locked), or a new one with the bot."""
     if conversation is not None:
-        return Conversation.objects.select_for_update(of=("self",)).select_related("bot", "case").get(pk=conversation.pk)
+        # Locked alone: after a wait PostgreSQL re-reads the locked row, not the bot and case joined to it.
+        return Conversation.objects.select_for_update().get(pk=conversation.pk)
     if bot is None:
         bot = TriageBot.objects.filter(active=True).order_by("pk").first()
         if bot is None:
             raise TriageBot.DoesNotExist("no active triage bot")
-    current = (Conversation.objects.select_for_update(of=("self",)).select_related("bot", "case")
+    current = (Conversation.objects.select_for_update()
                .filter(customer=customer, bot=bot, status__in=[ConversationStatus.BOT, ConversationStatus.HANDED_OFF])
                .order_by("-id").first())
     if current is not None and (current.status == ConversationStatus.BOT or (current.case and current.case.is_open)):

@@ -226,16 +226,39 @@ def not_found_view(request, *args, **kwargs):
     return JsonResponse(_body(code="not_found", message=f"no API endpoint at {request.path[:200]}"), status=404)
 
 
+def _too_large(exception) -> str | None:
+    """What is over Django's limits on a request body, or None when the 400 is about something else."""
+    from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+
+    if isinstance(exception, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return f"The form is over the limit of {limit:,} bytes ({limit / 1024 / 1024:.1f} MB)."
+    if isinstance(exception, TooManyFieldsSent):
+        return f"The form has more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS:,} fields, the limit."
+    if isinstance(exception, TooManyFilesSent):
+        return f"The form has more than {settings.DATA_UPLOAD_MAX_NUMBER_FILES:,} files, the limit."
+    return None
+
+
 @csrf_exempt
 def bad_request_view(request, exception=None):
     """Django's 400 (an unknown or malformed Host header, a form with too many fields) answers the
-    APIs' clients in their error format; the console keeps Django's page. Never reads the Host."""
+    APIs' clients in their error format; the console keeps Django's page. A body over Django's
+    limits (size, number of fields or files) is a 413 saying the limit, on the console too.
+    Never reads the Host."""
     from django.core.exceptions import DisallowedHost
     from django.http import JsonResponse
+    from django.shortcuts import render
     from django.views.defaults import bad_request
 
+    too_large = _too_large(exception)
     if not request.path.startswith(("/v1/", "/api/")):
+        if too_large:
+            return render(request, "413.html", {"problem": too_large}, status=413)
         return bad_request(request, exception)
+    if too_large:
+        body = _body(code="too_large", message=too_large)
+        return JsonResponse({"success": False, **body} if request.path.startswith("/v1/") else body, status=413)
     if isinstance(exception, DisallowedHost):
         host = request.META.get("HTTP_X_FORWARDED_HOST" if settings.USE_X_FORWARDED_HOST else "HTTP_HOST", "")
         body = _body(code="bad_host", field="Host",

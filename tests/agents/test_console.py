@@ -87,7 +87,10 @@ def test_someone_elses_case_is_not_found(client, world, url):
     client = login(client, world["alice"])
     target = reverse(f"agents:{url}", args=[world["bobs"].pk])
     response = client.get(target) if url == "case" else client.post(target, {"body": "hi", "code": "fixed", "nonce": "x"})
-    assert response.status_code == 404
+    if url == "take":  # a colleague's case: Take says who has it (see below), and shows nothing of it
+        assert response.status_code == 302 and response["Location"] == reverse("agents:queue")
+    else:
+        assert response.status_code == 404
     other_team = reverse(f"agents:{url}", args=[world["carols"].pk])
     response = client.get(other_team) if url == "case" else client.post(other_team, {"body": "hi", "code": "fixed"})
     assert response.status_code == 404
@@ -107,6 +110,59 @@ def test_a_queued_case_can_be_seen_by_the_team_but_not_worked_until_taken(client
 
     carol_client = login(client.__class__(), world["carol"])
     assert carol_client.post(reverse("agents:take", args=[queued.pk])).status_code == 404
+
+
+def _messages(response) -> list[str]:
+    return re.findall(r'class="msg [^"]*" role="status">([^<]+)<', response.content.decode())
+
+
+def test_take_on_a_case_someone_took_first_says_who_has_it(client, world, django_capture_on_commit_callbacks):
+    # given dave, a billing agent with room, and bob, who saw the same queued case on his page
+    dave = AgentFactory(team=world["bob"].team, capacity=3, user__username="dave", user__first_name="Dave")
+    queued = world["queued"]
+    take = reverse("agents:take", args=[queued.pk])
+    dave_client = login(client.__class__(), dave)
+    assert "The case is yours." in _messages(dave_client.post(take, follow=True))
+
+    # when bob presses Take a moment later: back to his queue, told who took it (no bare 403/404)
+    bob_client = login(client.__class__(), world["bob"])
+    response = bob_client.post(take)
+    assert response.status_code == 302 and response["Location"] == reverse("agents:queue")
+    assert _messages(bob_client.get(response["Location"])) == [f"Case #{queued.pk} was taken by Dave."]
+
+    # dave pressing Take again (a second tab) stays on the case, which is his
+    response = dave_client.post(take)
+    assert response["Location"] == reverse("agents:case", args=[queued.pk])
+    assert _messages(dave_client.get(response["Location"])) == [f"Case #{queued.pk} is already yours."]
+
+    # Take on a case routed to a colleague says so too; another team's case stays unknown
+    alice_client = login(client.__class__(), world["alice"])
+    response = alice_client.post(reverse("agents:take", args=[world["bobs"].pk]), follow=True)
+    assert _messages(response) == [f"Case #{world['bobs'].pk} was taken by bob."]
+    assert alice_client.post(reverse("agents:take", args=[world["carols"].pk])).status_code == 404
+    assert Case.objects.get(pk=queued.pk).assigned_agent == dave
+
+
+def test_a_status_that_is_not_one_is_a_message_on_the_queue(client, world):
+    client = login(client, world["carol"])
+    response = client.post(reverse("agents:status"), {"status": "bogus"})
+    assert response.status_code == 302 and response["Location"] == reverse("agents:queue")
+    assert _messages(client.get(reverse("agents:queue"))) == ["bogus is not a status: pick Online, Away, Offline."]
+    world["carol"].refresh_from_db()
+    assert world["carol"].status == "online"
+
+
+def test_resolve_and_follow_up_say_what_is_wrong_with_the_form(client, world):
+    client = login(client, world["alice"])
+    case = world["alices"]
+    response = client.post(reverse("agents:resolve", args=[case.pk]), {"code": "fixed", "note": "y" * 3000}, follow=True)
+    assert _messages(response) == ["A resolution note can be at most 2000 characters; this one has 3000. Shorten it "
+                                   "and resolve again (a longer text fits in a note on the case)."]
+    response = client.post(reverse("agents:resolve", args=[case.pk]), {"code": "bogus"}, follow=True)
+    assert _messages(response) == ["Pick a resolution code: bogus is not one."]
+    response = client.post(reverse("agents:followup", args=[case.pk]), {"workflow": "abc"}, follow=True)
+    assert _messages(response) == ["Pick a live workflow: that one is not live (any more)."]
+    assert Case.objects.get(pk=case.pk).status == "assigned"
 
 
 def test_a_supervisor_with_model_permissions_sees_every_case(client, world):

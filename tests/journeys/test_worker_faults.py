@@ -403,6 +403,21 @@ def test_the_same_trigger_enrolled_twice_at_once_makes_one_run(publish, both_pas
     assert StepExecution.objects.count() == 1
 
 
+def test_a_cluster_stopped_as_the_documented_systemd_unit_stops_it_leaves_no_process(clusters):
+    """docs/SCALING.md's unit (KillMode=mixed) sends SIGTERM to the main process only: the cluster
+    stops its own processes and exits within seconds (SIGTERM to the whole group hangs django-q2)."""
+    cluster = clusters("stop", workers=2)
+    wait_until(lambda: "running." in cluster.output(), timeout=60, message="the cluster to start")
+    assert len(cluster.pids()) >= 4  # main, guard/pusher/monitor and the workers
+
+    began = time.monotonic()
+    cluster.signal(signal.SIGTERM, cluster.pgid)
+    cluster.proc.wait(timeout=30)
+
+    wait_until(lambda: not cluster.pids(), timeout=10, message="every process of the cluster to exit")
+    assert time.monotonic() - began < 30 and "has stopped" in cluster.output(), cluster.output()
+
+
 # -- known bug ------------------------------------------------------------------------------------
 
 

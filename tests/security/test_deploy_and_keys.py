@@ -6,6 +6,7 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def manage(*args: str, **env: str) -> subprocess.CompletedProcess:
-    """manage.py with the production settings module and only the given settings in the environment."""
+    """manage.py with the production settings module and only the given settings in the environment,
+    on an empty database of its own (not the checkout's db.sqlite3, where `make run` keeps its demo logins)."""
     base = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DEBUG", "DATABASE_URL", "SECRET_KEY_FILE"}}
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**base, "DJANGO_SETTINGS_MODULE": "config.settings", "ALLOWED_HOSTS": "journeys.example.com",
-                               **env})
+    with tempfile.TemporaryDirectory() as empty:
+        return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, capture_output=True, text=True,
+                              env={**base, "DJANGO_SETTINGS_MODULE": "config.settings",
+                                   "ALLOWED_HOSTS": "journeys.example.com", "SQLITE_PATH": str(Path(empty) / "db.sqlite3"),
+                                   **env})
 
 
 def test_check_deploy_is_clean_for_production_settings_and_debug_is_off_by_default(tmp_path):
@@ -114,6 +118,76 @@ def test_check_deploy_is_loud_for_a_public_key_debug_and_plain_http():
     assert result.returncode != 0
     for finding in ("journeys.E001", "security.W018", "security.W012", "security.W008"):
         assert finding in out
+
+
+@pytest.fixture
+def deploy_settings(settings):
+    """Production settings that pass `check --deploy` as they are (a key of its own, https everywhere)."""
+    settings.DEBUG, settings.SECRET_KEY = False, secrets.token_urlsafe(50)
+    settings.PUBLIC_BASE_URL, settings.ALLOWED_HOSTS = "https://journeys.example.com", ["journeys.example.com"]
+    settings.TRUSTED_PROXIES = ["10.0.0.0/24"]
+    settings.SECURE_SSL_REDIRECT = settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = True
+    settings.SECURE_HSTS_SECONDS = 31536000
+    return settings
+
+
+def check_deploy() -> str:
+    """`manage.py check --deploy --fail-level WARNING`: what it reports ("" when it passes)."""
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    try:
+        call_command("check", "--deploy", "--fail-level", "WARNING")
+    except SystemCheckError as exc:
+        return str(exc)
+    return ""
+
+
+@pytest.mark.django_db
+def test_check_deploy_fails_while_a_demo_login_still_works(deploy_settings):
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    from tests.factories import UserFactory
+
+    deploy_settings.WHITENOISE_USE_FINDERS = True  # (collected static files are journeys.W002's business)
+    assert check_deploy() == ""
+    UserFactory.create_batch(3)  # other users cost nothing: only the demo's names are tried
+    call_command("load_demo", "--allow-production")
+
+    report = check_deploy()
+    assert "journeys.E006" in report and "admin, agent, agent2, analyst, approver, editor, ops, triage" in report
+    assert "changepassword" in report
+
+    User = get_user_model()
+    for user in User.objects.exclude(username="admin").filter(username__in=["agent", "agent2", "analyst", "approver",
+                                                                          "editor", "ops"]):
+        user.set_password(secrets.token_urlsafe(12))
+        user.save()
+    User.objects.filter(username="triage").update(is_active=False)
+    report = check_deploy()
+    assert "journeys.E006" in report and "active: admin still" in report
+    admin = User.objects.get(username="admin")
+    admin.set_password(secrets.token_urlsafe(12))
+    admin.save()
+    assert check_deploy() == ""
+
+
+@pytest.mark.parametrize("setting, value, finding", [
+    ("ALLOWED_HOSTS", ["*"], "journeys.W003"),
+    ("ALLOWED_HOSTS", ["journeys.example.com", "*"], "journeys.W003"),
+    ("PUBLIC_BASE_URL", "http://journeys.example.com", "journeys.W004"),
+    ("TRUSTED_PROXIES", ["0.0.0.0/0"], "journeys.E007"),
+    ("TRUSTED_PROXIES", ["10.0.0.5", "::/0"], "journeys.E007"),
+])
+@pytest.mark.django_db
+def test_check_deploy_fails_on_any_host_plain_http_and_trusting_every_proxy(deploy_settings, setting, value, finding):
+    deploy_settings.WHITENOISE_USE_FINDERS = True
+    setattr(deploy_settings, setting, value)
+
+    report = check_deploy()
+
+    assert finding in report and "identified 1 issue" in report and "HINT:" in report, report
 
 
 @pytest.mark.parametrize("key, finding", [
