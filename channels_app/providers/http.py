@@ -237,7 +237,8 @@ class FcmPush(HttpProvider):
         body = json.dumps({"message": {
             "token": message.to,
             "notification": {"title": message.subject, "body": message.body},
-            "data": {"delivery_id": str(message.delivery_id), **{k: str(v) for k, v in message.metadata.items()}},
+            "data": {"delivery_id": str(message.delivery_id),  # FCM data values are strings; a missing one is left out
+                     **{k: str(v) for k, v in message.metadata.items() if v is not None}},
         }}).encode()
         status, raw = self.request(
             f"{self.base_url()}/v1/projects/{urllib.parse.quote(project)}/messages:send", data=body,

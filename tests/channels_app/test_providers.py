@@ -37,6 +37,8 @@ def test_fcm_push_json_with_bearer_token_from_env(vendor, customer, on_commit, m
     message = request.json()["message"]
     assert message["token"] == "device-token-1"
     assert message["notification"] == {"title": "Title for Cy", "body": "Body & <text>"}
+    # a message outside any journey has no run: the key is left out, not sent as the text "None"
+    assert message["data"] == {"delivery_id": str(delivery.pk), "customer": customer.external_id, "step": ""}
     assert delivery.provider_message_id == "projects/p/messages/9"
 
 
