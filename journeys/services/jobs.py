@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import math
+import time
 from collections import Counter
 from datetime import datetime, timedelta
 from collections.abc import Callable
@@ -163,20 +164,27 @@ def job_progress(*, job: Job, done: int, total: int | None = None, message: str 
                                          message=job.message)
 
 
-def run_job(job_id: int) -> str:
-    """The q2 task: run one job to its end. A job that already finished is left alone (a retried
-    task does not run twice); imports are idempotent anyway (message ids derive from each row's content)."""
+def run_job(job_id: int, part: int | None = None) -> str:
+    """The q2 task: run one job to its end, or (imports) one bounded part of it. A job that
+    already finished is left alone (a retried task does not run twice); imports are idempotent
+    anyway (message ids derive from each row's content)."""
+    from django_q.exceptions import TimeoutException
+
     job = Job.objects.filter(pk=job_id).first()
     if job is None or job.finished:
         return "gone" if job is None else job.status
+    if job.kind in IMPORT_KINDS:
+        return _import_part(job, start=part or 0)
     Job.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, started_at=timezone.now())
     runner = RUNNERS[job.kind]
     try:
         result = runner(job)
+    except TimeoutException:  # a SystemExit: q2 drops the task (ack_failures), so say so on the job
+        _job_fail(job.pk, f"stopped by the task queue's time limit ({_task_timeout()} s) before it finished")
+        raise
     except Exception as exc:  # noqa: BLE001 - a job reports any failure on its page
         logger.exception("job %s failed", job.pk)
-        Job.objects.filter(pk=job.pk).update(status=JobStatus.FAILED, error=str(exc)[:5000] or type(exc).__name__,
-                                             finished_at=timezone.now())
+        _job_fail(job.pk, str(exc)[:5000] or type(exc).__name__)
         return JobStatus.FAILED
     with transaction.atomic():
         if job.kind == JobKind.EXPORT and _erased_meanwhile(job.params.get("customer_id")):
@@ -184,6 +192,45 @@ def run_job(job_id: int) -> str:
         Job.objects.filter(pk=job.pk).update(status=JobStatus.SUCCEEDED, result=result, finished_at=timezone.now(),
                                              message="finished")
     return JobStatus.SUCCEEDED
+
+
+def _job_fail(job_id: int, error: str, **fields: Any) -> int:
+    return Job.objects.filter(pk=job_id).exclude(status__in=(JobStatus.SUCCEEDED, JobStatus.FAILED)).update(
+        status=JobStatus.FAILED, error=error, finished_at=timezone.now(), **fields)
+
+
+def _task_timeout() -> int:
+    return int(settings.Q_CLUSTER.get("timeout") or 120)
+
+
+def jobs_sweep_stalled(*, now: datetime | None = None) -> dict:
+    """Find jobs left `running` by a task that never came back (the queue's time limit struck,
+    or the worker died and q2 dropped or lost the task): nothing else would ever move them.
+
+    Silence longer than the time limit plus q2's retry delay means no task is on it. An import
+    goes on from the part after what it stored (its parts are idempotent), up to
+    IMPORT_REQUEUES times; after that, and for the other kinds (one task each), the job fails
+    with a message saying what happened and, for an import, how many rows landed.
+    Called by the events housekeeping schedule."""
+    now = now or timezone.now()
+    quiet = timedelta(seconds=_task_timeout() + int(settings.Q_CLUSTER.get("retry") or 0))
+    requeued = failed = 0
+    running = Job.objects.filter(status=JobStatus.RUNNING).values_list("pk", "kind", "started_at", "result")
+    for pk, kind, started_at, result in running.iterator(chunk_size=100):
+        state = result if isinstance(result, dict) and result.get("partial") else {}
+        last = datetime.fromisoformat(state["at"]) if state.get("at") else started_at
+        if last is not None and now - last <= quiet:
+            continue
+        silent = int((now - last).total_seconds()) if last is not None else None
+        why = f"no progress for {silent} s" if silent is not None else "it never started"
+        if kind in IMPORT_KINDS:
+            outcome = _import_resume(pk, why=why + " (the worker timed out or died)", now=now)
+            requeued += outcome == "requeued"
+            failed += outcome == "failed"
+        else:
+            failed += _job_fail(pk, f"stopped: {why}; the worker running it timed out (limit "
+                                    f"{_task_timeout()} s) or died. Start it again.")
+    return {"requeued": requeued, "failed": failed}
 
 
 def _erased_meanwhile(customer_id: Any) -> bool:
@@ -344,9 +391,103 @@ def _event_payload(row: dict, *, from_json: bool) -> dict:
     return payload
 
 
-def _import(job: Job, build: Callable[..., dict]) -> dict:
-    """Validate every row (a bad one is rejected with its row number and field), then store the
-    good rows in batches: each batch is one transaction, so a batch is stored whole or not at all."""
+def _import_part(job: Job, *, start: int) -> str:
+    """One part of an import: rows `start`.. for at most `JOB_IMPORT_PART_ROWS` rows or
+    `JOB_IMPORT_PART_SECONDS` (a quarter of the queue's time limit by default), then the next part
+    is queued. So no task nears the time limit whatever the file's size, and a part that is lost
+    is found by `jobs_sweep_stalled`. The job's progress (next row, counts, rejected rows) is on
+    the Job row, saved in the transaction that stores each batch."""
+    from django_q.exceptions import TimeoutException
+    from django_q.tasks import async_task
+
+    state = _import_claim(job, start=start)
+    if state is None:  # a duplicate delivery of a part that is done or being done
+        return JobStatus.RUNNING
+    build = _customer_payload if job.kind == JobKind.IMPORT_CUSTOMERS else _event_payload
+    try:
+        state = _import_rows(job, state=state, build=build)
+    except TimeoutException:
+        _import_resume(job.pk, why=f"a part was stopped by the task queue's time limit ({_task_timeout()} s)")
+        raise
+    except Exception as exc:  # noqa: BLE001 - a job reports any failure on its page
+        logger.exception("job %s failed", job.pk)
+        _job_fail(job.pk, str(exc)[:5000] or type(exc).__name__)
+        return JobStatus.FAILED
+    if state["next_row"] < state["rows"]:
+        next_row = state["next_row"]
+        transaction.on_commit(lambda: async_task("journeys.services.jobs.run_job", job.pk, next_row,
+                                                 task_name=f"job-{job.pk}-{next_row}"))
+        return JobStatus.RUNNING
+    result = {key: state[key] for key in IMPORT_RESULT_KEYS}
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.SUCCEEDED, result=result, finished_at=timezone.now(),
+                                         message="finished")
+    return JobStatus.SUCCEEDED
+
+
+IMPORT_KINDS = (JobKind.IMPORT_CUSTOMERS, JobKind.IMPORT_EVENTS)
+IMPORT_RESULT_KEYS = ("rows", "imported", "duplicates", "rejected", "rejected_rows", "failed_batches", "source",
+                      "parts")
+# How often a stalled import is queued again from where it stopped before it is failed.
+IMPORT_REQUEUES = 3
+
+
+def _import_claim(job: Job, *, start: int) -> dict | None:
+    """Take the part starting at row `start`, or None when it is not this part's turn: the job
+    is past it (a re-delivered task) or another task took it within the time limit."""
+    now = timezone.now()
+    with transaction.atomic():
+        row = Job.objects.select_for_update().filter(pk=job.pk).first()
+        if row is None or row.finished:
+            return None
+        state = row.result if row.result.get("partial") else {}
+        if state.get("next_row", 0) != start:
+            return None
+        taken = state.get("claimed_at")
+        if taken and state.get("claimed") == start and now - datetime.fromisoformat(taken) < timedelta(
+                seconds=_task_timeout()):
+            return None
+        state = {"partial": True, "rows": None, "next_row": 0, "imported": 0, "duplicates": 0, "rejected": 0,
+                 "rejected_rows": [], "failed_batches": [], "stored_rows": 0, "parts": 0, "requeued": 0,
+                 **state, "claimed": start, "claimed_at": now.isoformat(), "at": now.isoformat()}
+        state["parts"] += 1
+        Job.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, result=state,
+                                             started_at=row.started_at or now)
+    return state
+
+
+def _import_resume(job_id: int, *, why: str, now: datetime | None = None) -> str:
+    """A part stopped before it finished (`why`): queue the job's next part again, or fail it
+    saying how many rows landed once it was queued again IMPORT_REQUEUES times."""
+    from django_q.tasks import async_task
+
+    now = now or timezone.now()
+    with transaction.atomic():
+        job = Job.objects.select_for_update().filter(pk=job_id, status=JobStatus.RUNNING).first()
+        if job is None:
+            return "gone"
+        state = job.result if job.result.get("partial") else {"next_row": 0, "requeued": 0}
+        landed = (f"{state.get('next_row', 0)} of {state.get('rows') or 'the'} rows were processed: "
+                  f"{state.get('imported', 0)} imported, {state.get('duplicates', 0)} already stored, "
+                  f"{state.get('rejected', 0)} rejected")
+        if state.get("requeued", 0) >= IMPORT_REQUEUES:
+            _job_fail(job.pk, f"stopped: {why}, {IMPORT_REQUEUES + 1} times. {landed}. Import the file again to "
+                              "store the rest (rows already stored are skipped).")
+            return "failed"
+        # claimed_at goes, so the queued part may start at once; `at` restarts the sweep's clock
+        state = {k: v for k, v in state.items() if k not in ("claimed", "claimed_at")}
+        state.update(partial=True, requeued=state.get("requeued", 0) + 1, at=now.isoformat())
+        Job.objects.filter(pk=job.pk).update(result=state, message=f"resumed: {why}; {landed}"[:255])
+        next_row = state.get("next_row", 0)
+        transaction.on_commit(lambda: async_task("journeys.services.jobs.run_job", job_id, next_row,
+                                                 task_name=f"job-{job_id}-{next_row}"))
+    logger.warning("job %s: %s; queued again from row index %s", job_id, why, next_row)
+    return "requeued"
+
+
+def _import_rows(job: Job, *, state: dict, build: Callable[..., dict]) -> dict:
+    """Validate the part's rows (a bad one is rejected with its row number and field) and store
+    the good ones batch by batch: each batch is one transaction with the job's progress, so a
+    batch is stored whole or not at all and the job knows exactly where it is."""
     from journeys.services.catalog import catalog_apply
     from journeys.services.event_parsing import check_event_size, check_storable_text
     from journeys.services.ingest import event_ingest, events_parse
@@ -355,58 +496,72 @@ def _import(job: Job, build: Callable[..., dict]) -> dict:
     rows, from_json = _records(job)
     if len(rows) > MAX_ROWS:
         raise JourneyError(f"{len(rows)} rows; the limit is {MAX_ROWS} per file", field="file")
-    total = len(rows)
-    job_progress(job=job, done=0, total=total * 2, message=f"checking {total} rows")
+    total, start = len(rows), state["next_row"]
+    state.update(rows=total, source=source.name)
+    part_rows = max(1, int(getattr(settings, "JOB_IMPORT_PART_ROWS", 5000)))
+    part_seconds = float(getattr(settings, "JOB_IMPORT_PART_SECONDS", 0) or _task_timeout() / 4)
+    deadline = time.monotonic() + part_seconds
     received = timezone.now()
     message_id = _content_ids(job.kind)
-    good, rejected = [], []
-    for index, (number, row) in enumerate(rows):
+    for _, row in rows[:start]:  # identical rows before this part count towards the `-2` suffixes
+        if isinstance(row, dict) and not isinstance(row, _Broken):
+            try:
+                if build(row, from_json=from_json).get("messageId") in (None, ""):
+                    message_id(row)
+            except (EventValidationError, PayloadTooLarge):
+                pass
+    position, end = start, min(total, start + part_rows)
+    job_progress(job=job, done=start + state["stored_rows"], total=2 * total - state["rejected"],
+                 message=f"rows {start + 1} to {end} of {total}")
+    while position < end and (position == start or time.monotonic() < deadline):
+        batch_end = min(end, position + IMPORT_BATCH)
+        good, rejected = [], []
+        for number, row in rows[position:batch_end]:
+            try:
+                if isinstance(row, _Broken):
+                    raise EventValidationError(row.reason, field="row")
+                if not isinstance(row, dict):
+                    raise EventValidationError("must be an object", field="row")
+                payload = build(row, from_json=from_json)
+                if payload.get("messageId") in (None, ""):  # the row's own messageId wins
+                    payload["messageId"] = message_id(row)
+                if where := _non_finite(payload):
+                    raise EventValidationError("not a finite number", field=where)
+                check_storable_text(payload, field="")  # NUL, lone surrogates: named by their field
+                check_event_size(payload, max_bytes=settings.EVENT_API["MAX_EVENT_BYTES"], prefix="")
+                parsed = events_parse(payloads=[payload], received_at=received)
+                catalog_apply(policy=source.schema_policy, events=parsed)
+            except (EventValidationError, PayloadTooLarge) as exc:
+                rejected.append({"row": number, "field": exc.field or "", "error": exc.message})
+            else:
+                good.append((number, parsed[0]))
+        step = dict(state)
+        step.update(next_row=batch_end, rejected=state["rejected"] + len(rejected),
+                    rejected_rows=(state["rejected_rows"] + rejected)[:1000], stored_rows=state["stored_rows"] + len(good),
+                    at=timezone.now().isoformat(), requeued=0)  # stalls count only while nothing moves
         try:
-            if isinstance(row, _Broken):
-                raise EventValidationError(row.reason, field="row")
-            if not isinstance(row, dict):
-                raise EventValidationError("must be an object", field="row")
-            payload = build(row, from_json=from_json)
-            if payload.get("messageId") in (None, ""):  # the row's own messageId wins
-                payload["messageId"] = message_id(row)
-            if where := _non_finite(payload):
-                raise EventValidationError("not a finite number", field=where)
-            check_storable_text(payload, field="")  # NUL, lone surrogates: named by their field
-            check_event_size(payload, max_bytes=settings.EVENT_API["MAX_EVENT_BYTES"], prefix="")
-            parsed = events_parse(payloads=[payload], received_at=received)
-            catalog_apply(policy=source.schema_policy, events=parsed)
-        except (EventValidationError, PayloadTooLarge) as exc:
-            rejected.append({"row": number, "field": exc.field or "", "error": exc.message})
-        else:
-            good.append((number, parsed[0]))
-        if index % 200 == 199:
-            job_progress(job=job, done=index + 1)
-    job_progress(job=job, done=total, total=total + len(good), message=f"storing {len(good)} rows")
-    stored = duplicates = 0
-    failed_batches = []
-    for start in range(0, len(good), IMPORT_BATCH):
-        batch = good[start : start + IMPORT_BATCH]
-        try:
-            outcome = event_ingest(source=source, events=[p for _, p in batch])
+            with transaction.atomic():
+                outcome = event_ingest(source=source, events=[p for _, p in good]) if good else None
+                if outcome is not None:
+                    step.update(imported=state["imported"] + outcome.stored,
+                                duplicates=state["duplicates"] + outcome.duplicates)
+                _import_save(job, step)
         except (JourneyError, DatabaseError) as exc:  # the batch's transaction rolled back: none of it is stored
-            failed_batches.append({"rows": f"{batch[0][0]}-{batch[-1][0]}", "error": str(exc)[:500]})
-        else:
-            stored += outcome.stored
-            duplicates += outcome.duplicates
-        job_progress(job=job, done=total + start + len(batch))
-        # What is stored so far stays on the job even if a later batch brings the worker down.
-        Job.objects.filter(pk=job.pk).update(result={"rows": total, "imported": stored, "duplicates": duplicates,
-                                                     "rejected": len(rejected), "partial": True})
-    return {"rows": total, "imported": stored, "duplicates": duplicates, "rejected": len(rejected),
-            "rejected_rows": rejected[:1000], "failed_batches": failed_batches, "source": source.name}
+            step.update(imported=state["imported"], duplicates=state["duplicates"],
+                        failed_batches=[*state["failed_batches"],
+                                        {"rows": f"{good[0][0]}-{good[-1][0]}", "error": str(exc)[:500]}])
+            _import_save(job, step)
+        state, position = step, batch_end
+    return state
 
 
-def _import_customers(job: Job) -> dict:
-    return _import(job, _customer_payload)
-
-
-def _import_events(job: Job) -> dict:
-    return _import(job, _event_payload)
+def _import_save(job: Job, state: dict) -> None:
+    """The job's place in its file and its counts, with the progress the status page shows:
+    a row checked counts one, a good row stored one more."""
+    total = state["rows"]
+    Job.objects.filter(pk=job.pk).update(result=state, progress_done=state["next_row"] + state["stored_rows"],
+                                         progress_total=2 * total - state["rejected"],
+                                         message=f"{state['next_row']} of {total} rows: {state['imported']} imported")
 
 
 # --------------------------------------------------------------------------- replay, export
@@ -461,8 +616,6 @@ def _trigger(job: Job) -> dict:
 
 
 RUNNERS: dict[str, Callable[[Job], dict]] = {
-    JobKind.IMPORT_CUSTOMERS: _import_customers,
-    JobKind.IMPORT_EVENTS: _import_events,
     JobKind.REPLAY: _replay,
     JobKind.EXPORT: _export,
     JobKind.ERASE: _erase,
