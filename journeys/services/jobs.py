@@ -94,6 +94,8 @@ def job_start(*, kind: str, actor: Any, params: dict | None = None, input_name: 
                                field="file")
         if len(input_text.encode("utf-8")) > MAX_INPUT_BYTES:
             raise JourneyError(f"the file is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MB", field="file")
+        if not input_text.lstrip("\ufeff").strip().startswith(("[", "{")):
+            _csv_columns_check(next(csv.reader(io.StringIO(input_text.lstrip("\ufeff"))), []))
         if not Source.objects.filter(pk=params.get("source_id")).exists():
             raise JourneyError("choose the source the rows are attributed to", field="source")
     if kind == JobKind.EXPORT and not Customer.objects.filter(pk=params.get("customer_id")).exists():
@@ -263,21 +265,24 @@ def _records(job: Job) -> tuple[list[tuple[int, Any]], bool]:
             raise JourneyError(f"not valid JSON: {exc}", field="file") from None
         return list(enumerate(data, 1)), True
     if stripped.startswith("{"):
-        rows: list[Any] = []
-        for line in stripped.splitlines():
+        rows: list[tuple[int, Any]] = []
+        # numbered by the file's own lines, blank ones included; only line ends split (JSON text
+        # holds no raw CR or LF, but may hold U+2028, which str.splitlines would also split at)
+        for number, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    rows.append((number, json.loads(line)))
                 except RecursionError:
-                    rows.append(_Broken(f"nested more than {MAX_DEPTH} levels deep"))
+                    rows.append((number, _Broken(f"nested more than {MAX_DEPTH} levels deep")))
                 except ValueError as exc:
-                    rows.append(_Broken(f"not valid JSON ({exc.msg})"))
-        return list(enumerate(rows, 1)), True
+                    rows.append((number, _Broken(f"not valid JSON ({exc.msg})")))
+        return rows, True
     csv.field_size_limit(max(csv.field_size_limit(), MAX_INPUT_BYTES))
     reader = csv.DictReader(io.StringIO(text))
     try:
         if not reader.fieldnames:
             raise JourneyError("the CSV file has no header row", field="file")
+        _csv_columns_check(reader.fieldnames)
         columns = len(reader.fieldnames)
         return [(reader.line_num, {k.strip(): v for k, v in row.items() if k} if None not in row else
                  _Broken(f"{columns + len(row[None])} cells, but the header names {columns} columns "
@@ -285,6 +290,17 @@ def _records(job: Job) -> tuple[list[tuple[int, Any]], bool]:
                 for row in reader], False
     except csv.Error as exc:
         raise JourneyError(f"line {reader.line_num}: {exc}", field="file") from None
+
+
+def _csv_columns_check(names: list[str]) -> None:
+    """A header naming a column twice is refused: every row would silently keep only the last
+    of its cells."""
+    seen: dict[str, int] = {}
+    for position, name in enumerate((name.strip() for name in names), 1):
+        if name and name in seen:
+            raise JourneyError(f"the CSV header names the column {name!r} twice (columns {seen[name]} and "
+                               f"{position}): rename or remove one", field="file")
+        seen.setdefault(name, position)
 
 
 class _Broken(dict):
