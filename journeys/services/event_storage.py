@@ -245,7 +245,6 @@ def events_partitions_drop(*, now: datetime | None = None) -> list[str]:
 
 def events_housekeeping(*, now: datetime | None = None) -> dict:
     """The scheduled upkeep of the event tables and their neighbours (every few minutes)."""
-    from journeys.services.jobs import jobs_sweep_stalled
     from journeys.services.quarantine import quarantine_purge
     from journeys.services.ratelimit import rate_counters_purge
     from journeys.services.task_results import task_results_prune
@@ -258,5 +257,4 @@ def events_housekeeping(*, now: datetime | None = None) -> dict:
         "quarantine_purged": quarantine_purge(now=now),
         "rate_counters_purged": rate_counters_purge(now=now),
         "task_results_pruned": task_results_prune(),
-        "jobs_stalled": jobs_sweep_stalled(now=now),
     }

@@ -11,7 +11,7 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from journeys.models import Customer, Event, Job, Source
-from journeys.services.event_storage import events_housekeeping
+from journeys.tasks import events_housekeeping  # the q2 schedule's task
 from journeys.services.jobs import job_start, run_job
 from tests.console.conftest import demo, ops  # noqa: F401 - the demo data and its signed-in ops admin
 
