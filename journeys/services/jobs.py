@@ -4,7 +4,7 @@
 `run_job` (the q2 task) reloads the row and calls the service of the job's kind, which
 reports progress as it goes. The work itself is done by existing services: ingestion
 (`events_parse` / `event_ingest`) for imports, `version_replay` for dry-run replays and the
-channels app's `customer_export` for data-subject exports.
+channels app's `customer_export_write` for data-subject exports (stored in JobChunk rows).
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import math
 import time
 from collections import Counter
 from datetime import datetime, timedelta
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
+from django.db.models import Q
 from django.db.models.fields.json import KT
 from django.db.models.functions import Length
 from django.utils import timezone
@@ -30,7 +31,7 @@ from django.utils.module_loading import import_string
 
 from journeys.errors import EventValidationError, JourneyError, PermissionDenied, PayloadTooLarge
 from journeys.services.event_parsing import MAX_DEPTH, nesting_path
-from journeys.models import Customer, Job, JobKind, JobStatus, Source, WorkflowVersion
+from journeys.models import Customer, Job, JobChunk, JobKind, JobStatus, Source, WorkflowVersion
 from journeys.selectors import EDIT, REVIEW, user_can, user_has_global
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,9 @@ MAX_ROWS = 100_000
 EXPORT_KEEP = timedelta(hours=24)
 DATA_JOB_PERM = "journeys.run_data_jobs"
 # The channels app owns the export of everything held about a person; journeys does not import it.
-EXPORT_SERVICE = "channels_app.services.privacy.customer_export"
+EXPORT_SERVICE = "channels_app.services.privacy.customer_export_write"
+# An export is stored in pieces of about this many characters (JobChunk rows; setting JOB_EXPORT_CHUNK_CHARS).
+EXPORT_CHUNK_CHARS = 256 * 1024
 ERASE_SERVICE = "channels_app.services.privacy.customer_erase"
 # Jobs a person starts from the console; the others are started through the API (api_jobs.py).
 CONSOLE_KINDS = (JobKind.IMPORT_CUSTOMERS, JobKind.IMPORT_EVENTS, JobKind.REPLAY, JobKind.EXPORT)
@@ -115,21 +118,29 @@ def jobs_purge_exports(*, now: datetime | None = None) -> int:
     return _drop_exports(Job.objects.filter(finished_at__lt=cutoff), mark="expired")
 
 
-ERASED_EXPORT_KEYS = ("export", "external_id")  # what an export of an erased customer no longer holds
+# What holds an export's copy: its JSON text in JobChunk rows (`export_size` in bytes, `export_chunks`
+# rows) or, for exports made before the copy was chunked, the whole of it in `export`.
+EXPORT_COPY_KEYS = ("export", "export_size", "export_chunks")
+ERASED_EXPORT_KEYS = (*EXPORT_COPY_KEYS, "external_id")  # what an export of an erased customer no longer holds
 
 
 def jobs_erase_exports(*, customer_ids: list[int]) -> int:
     """Drop the exports of these customers whatever their age (the customer is being erased):
-    the copy and the user id it was filed under go; the job and its section counts stay."""
+    the copy and the user id it was filed under go; the job and its section counts stay. The
+    pieces of an export still being written go too (it keeps none: see `run_job`)."""
+    JobChunk.objects.filter(job__kind=JobKind.EXPORT, job__params__customer_id__in=list(customer_ids)).delete()
     return _drop_exports(Job.objects.filter(params__customer_id__in=list(customer_ids)), mark="erased",
                          drop=ERASED_EXPORT_KEYS)
 
 
-def _drop_exports(jobs, *, mark: str, drop: tuple[str, ...] = ("export",)) -> int:
+def _drop_exports(jobs, *, mark: str, drop: tuple[str, ...] = EXPORT_COPY_KEYS) -> int:
     dropped = 0
-    for pk, summary in export_summaries(jobs.filter(kind=JobKind.EXPORT, result__has_key="export")).items():
-        result = {k: v for k, v in summary.items() if k not in drop and k != "export_size"}
-        dropped += Job.objects.filter(pk=pk).update(result={**result, mark: True})
+    kept = jobs.filter(kind=JobKind.EXPORT).filter(Q(result__has_key="export") | Q(result__has_key="export_size"))
+    for pk, summary in export_summaries(kept).items():
+        result = {k: v for k, v in summary.items() if k not in drop and k not in EXPORT_COPY_KEYS}
+        with transaction.atomic():
+            JobChunk.objects.filter(job_id=pk).delete()
+            dropped += Job.objects.filter(pk=pk).update(result={**result, mark: True})
     return dropped
 
 
@@ -138,18 +149,37 @@ EXPORT_SUMMARY_KEYS = ("customer", "external_id", "sections", "expired", "erased
 
 def export_summaries(jobs) -> dict[int, dict]:
     """The results of these export jobs without their copy of the personal data: what `_export`
-    returns and the marks dropping it adds, and the copy's size in characters (`export_size`,
-    while it is kept). The copy can be a hundred megabytes of JSON for a long-lived customer:
-    it is measured in the database and never read here."""
-    rows = jobs.values("pk", *(f"result__{key}" for key in EXPORT_SUMMARY_KEYS),
-                       export_size=Length(KT("result__export")))
+    returns and the marks dropping it adds, and the copy's size (`export_size`, while it is
+    kept). The copy can be a hundred megabytes of JSON for a long-lived customer: it is never
+    read here (an export made before the copy was chunked is measured in the database)."""
+    rows = jobs.values("pk", *(f"result__{key}" for key in (*EXPORT_SUMMARY_KEYS, "export_size")),
+                       inline_size=Length(KT("result__export")))
     summaries = {}
     for row in rows:
         summary = {key: row[f"result__{key}"] for key in EXPORT_SUMMARY_KEYS if row[f"result__{key}"] is not None}
-        if row["export_size"] is not None:
-            summary["export_size"] = row["export_size"]
+        size = row["result__export_size"] if row["result__export_size"] is not None else row["inline_size"]
+        if size is not None:
+            summary["export_size"] = size
         summaries[row["pk"]] = summary
     return summaries
+
+
+def job_chunks(job: Job, *, rows: int = 4) -> Iterator[str]:
+    """A job's stored result text (an export's JSON), piece by piece in order, reading a few
+    pieces at a time: what the downloads stream."""
+    seq = 0
+    while True:
+        texts = list(JobChunk.objects.filter(job_id=job.pk, seq__gte=seq, seq__lt=seq + rows).order_by("seq")
+                     .values_list("text", flat=True))
+        if not texts:
+            return
+        yield from texts
+        seq += rows
+
+
+def job_has_chunks(job: Job) -> bool:
+    """Whether the job's result is downloaded from its stored pieces (an export with its copy)."""
+    return job.kind == JobKind.EXPORT and "export_size" in job.result
 
 
 # --------------------------------------------------------------------------- the q2 task
@@ -191,6 +221,7 @@ def run_job(job_id: int, part: int | None = None) -> str:
     with transaction.atomic():
         if job.kind == JobKind.EXPORT and _erased_meanwhile(job.params.get("customer_id")):
             result = {**{k: v for k, v in result.items() if k not in ERASED_EXPORT_KEYS}, "erased": True}
+            JobChunk.objects.filter(job_id=job.pk).delete()
         Job.objects.filter(pk=job.pk).update(status=JobStatus.SUCCEEDED, result=result, finished_at=timezone.now(),
                                              message="finished")
     return JobStatus.SUCCEEDED
@@ -607,12 +638,38 @@ def _replay(job: Job) -> dict:
 
 
 def _export(job: Job) -> dict:
+    """Write the export's JSON into JobChunk rows as the channels app produces it (a page of rows
+    at a time), so the worker never holds the whole copy; the result keeps a summary only."""
     customer = Customer.objects.get(pk=job.params["customer_id"])
     job_progress(job=job, done=0, total=1, message=f"collecting everything held about customer #{customer.pk}")
-    data = import_string(EXPORT_SERVICE)(customer=customer)
+    JobChunk.objects.filter(job_id=job.pk).delete()  # a task run again writes the copy anew
+    writer = _ChunkWriter(job.pk)
+    sections = import_string(EXPORT_SERVICE)(customer=customer, write=writer.write)
+    writer.flush()
     job_progress(job=job, done=1)
-    sections = {k: len(v) for k, v in data.items() if isinstance(v, list)}
-    return {"customer": customer.pk, "external_id": customer.external_id, "sections": sections, "export": data}
+    return {"customer": customer.pk, "external_id": customer.external_id, "sections": sections,
+            "export_size": writer.size, "export_chunks": writer.seq}
+
+
+class _ChunkWriter:
+    """Collects written text and stores it as numbered JobChunk rows of about EXPORT_CHUNK_CHARS."""
+
+    def __init__(self, job_id: int) -> None:
+        self.job_id, self.seq, self.size = job_id, 0, 0
+        self.parts: list[str] = []
+        self.buffered = 0
+
+    def write(self, text: str) -> None:
+        self.parts.append(text)
+        self.buffered += len(text)
+        self.size += len(text.encode("utf-8"))
+        if self.buffered >= getattr(settings, "JOB_EXPORT_CHUNK_CHARS", EXPORT_CHUNK_CHARS):
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            JobChunk.objects.create(job_id=self.job_id, seq=self.seq, text="".join(self.parts))
+            self.seq, self.parts, self.buffered = self.seq + 1, [], 0
 
 
 def _erase(job: Job) -> dict:
