@@ -29,6 +29,16 @@ def start_import(text: str = EVENTS) -> Job:
                      input_text=text)
 
 
+def first_part_only(capture) -> Job:
+    """Start an import and run its first part; the task queued for the next part is lost."""
+    with capture(execute=False):
+        job = start_import()
+    with capture(execute=False):
+        assert run_job(job.pk) == "running"
+    job.refresh_from_db()
+    return job
+
+
 def test_a_file_is_imported_in_parts_of_the_configured_size_with_exact_counts(demo, settings,  # noqa: F811
                                                                              django_capture_on_commit_callbacks):
     # given parts of three rows
@@ -56,11 +66,7 @@ def test_an_import_whose_next_part_was_lost_is_resumed_by_the_housekeeping_sweep
                                                                                 django_capture_on_commit_callbacks):
     # given an import whose first part ran and whose next part's task was lost (worker died)
     settings.JOB_IMPORT_PART_ROWS = 4
-    with django_capture_on_commit_callbacks(execute=False):
-        job = start_import()
-    with django_capture_on_commit_callbacks(execute=False):
-        assert run_job(job.pk) == "running"
-    job.refresh_from_db()
+    job = first_part_only(django_capture_on_commit_callbacks)
     assert job.status == "running" and job.result["next_row"] == 4
     # when housekeeping runs while the job has been quiet for less than the time limit plus retry
     assert events_housekeeping()["jobs_stalled"] == {"requeued": 0, "failed": 0}
@@ -79,12 +85,9 @@ def test_an_import_that_never_moves_again_fails_saying_how_many_rows_landed(demo
                                                                            django_capture_on_commit_callbacks):
     # given an import that stored its first part and whose next parts are lost every time
     settings.JOB_IMPORT_PART_ROWS = 3
-    with django_capture_on_commit_callbacks(execute=False):
-        job = start_import()
-    with django_capture_on_commit_callbacks(execute=False):
-        run_job(job.pk)
+    job = first_part_only(django_capture_on_commit_callbacks)
     now = timezone.now()
-    for sweep in range(1, 4):
+    for _ in range(3):
         now += timedelta(minutes=10)
         with django_capture_on_commit_callbacks(execute=False):
             assert events_housekeeping(now=now)["jobs_stalled"] == {"requeued": 1, "failed": 0}
