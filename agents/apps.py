@@ -7,13 +7,13 @@ class AgentsConfig(AppConfig):
 
     def ready(self) -> None:
         from agents import steps  # noqa: F401  registers escalate_to_agent
-        from agents.services.cases import cases_erase_customer, cases_merge_customers
+        from agents.services.cases import cases_erase_customer, cases_export, cases_merge_customers
         from agents.services.triage import conversations_erase, conversations_export, conversations_merge_customers
         from channels_app.services.privacy import ERASERS, EXPORTERS
         from journeys.services.identity import MERGE_HOOKS
 
         for hooks, hook in ((MERGE_HOOKS, cases_merge_customers), (MERGE_HOOKS, conversations_merge_customers),
                             (EXPORTERS, conversations_export), (ERASERS, conversations_erase),
-                            (ERASERS, cases_erase_customer)):
+                            (EXPORTERS, cases_export), (ERASERS, cases_erase_customer)):
             if hook not in hooks:
                 hooks.append(hook)

@@ -37,10 +37,12 @@ def engine_tick() -> dict:
     return scheduler.engine_tick()
 
 
-def events_housekeeping() -> dict:
+def events_housekeeping(now=None) -> dict:
+    """The schedule's upkeep of the event tables, and the sweep of jobs a lost task left running."""
     from journeys.services.event_storage import events_housekeeping as run
+    from journeys.services.jobs import jobs_sweep_stalled
 
-    return run()
+    return {**run(now=now), "jobs_stalled": jobs_sweep_stalled(now=now)}
 
 
 def runs_wake(run_ids: list[int], lease, now=None) -> int:

@@ -24,9 +24,11 @@ The erasure policy (also in docs/PRIVACY.md):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterator
 from datetime import date, datetime
 from decimal import Decimal
+from typing import Any
 
 from django.db import transaction
 from django.db.models import Q
@@ -57,15 +59,21 @@ def _json(value):
     return value
 
 
+def _row(obj, exclude=()) -> dict:
+    row = model_to_dict(obj, exclude=exclude)
+    for f in obj._meta.fields:
+        if f.name not in exclude and f.name not in row:
+            row[f.name] = getattr(obj, f.attname)
+    return _json(row)
+
+
 def _rows(queryset, exclude=()) -> list[dict]:
-    out = []
-    for obj in queryset:
-        row = model_to_dict(obj, exclude=exclude)
-        for f in obj._meta.fields:
-            if f.name not in exclude and f.name not in row:
-                row[f.name] = getattr(obj, f.attname)
-        out.append(_json(row))
-    return out
+    return [_row(obj, exclude) for obj in queryset]
+
+
+def _paged(queryset, exclude=()) -> Iterator[dict]:
+    """The rows of a section that can be long (events, runs, deliveries), a page at a time."""
+    return (_row(obj, exclude) for obj in queryset.iterator(chunk_size=EXPORT_PAGE))
 
 
 def _profile_ids(customer: Customer) -> list[int]:
@@ -78,41 +86,94 @@ def _profile_ids(customer: Customer) -> list[int]:
     return sorted(ids)
 
 
-def _runs_with_steps(ids: list[int]) -> list[dict]:
-    """The profiles' journey runs, each with its step executions: one query for all the steps (a
-    customer with thousands of runs is two queries, not one per run)."""
+def _runs_with_steps(ids: list[int]) -> Iterator[dict]:
+    """The profiles' journey runs, each with its step executions: a page of runs, then one query
+    for all the steps of that page (a customer with thousands of runs is a few queries, not one
+    per run, and only a page of them is in memory)."""
+    runs = JourneyRun.objects.filter(customer_id__in=ids).order_by("created_at", "id")
+    page: list[dict] = []
+    for row in _paged(runs):
+        page.append(row)
+        if len(page) == EXPORT_PAGE:
+            yield from _with_steps(page)
+            page = []
+    yield from _with_steps(page)
+
+
+def _with_steps(runs: list[dict]) -> list[dict]:
     steps: dict[int, list[dict]] = {}
-    for row in _rows(StepExecution.objects.filter(run__customer_id__in=ids)):  # per run: started_at, id
-        steps.setdefault(row["run"], []).append(row)
-    return [{**row, "steps": steps.get(row["id"], [])}
-            for row in _rows(JourneyRun.objects.filter(customer_id__in=ids).order_by("created_at"))]
+    if runs:
+        for row in _rows(StepExecution.objects.filter(run_id__in=[r["id"] for r in runs])):  # per run: started_at, id
+            steps.setdefault(row["run"], []).append(row)
+    return [{**row, "steps": steps.get(row["id"], [])} for row in runs]
+
+
+def _consents(ids: list[int]) -> list[dict]:
+    consents = Consent.objects.filter(customer_id__in=ids).select_related("topic")
+    return [{**_row(c), "topic": c.topic.slug if c.topic_id else None} for c in consents]
+
+
+def _consent_history(ids: list[int]) -> Iterator[dict]:
+    history = Consent.history.filter(customer_id__in=ids).order_by("history_date")
+    return (_json({"channel_kind": h.channel_kind, "topic_id": h.topic_id, "status": h.status, "source": h.source,
+                   "at": h.history_date, "change": h.history_type})
+            for h in history.iterator(chunk_size=EXPORT_PAGE))
+
+
+EXPORT_FORMAT = "journey-console/data-subject-export@1"
+EXPORT_PAGE = 500  # rows of a long section read (and held) at a time
+
+
+def customer_export_sections(*, customer: Customer) -> Iterator[tuple[str, Any]]:
+    """Everything held about a customer, section by section, in the export's order: a section
+    is a value, or an iterator of rows for those that can be long (read a page at a time)."""
+    ids = _profile_ids(customer)
+    yield "format", EXPORT_FORMAT
+    yield "customer", _rows(Customer.objects.filter(pk=customer.pk))[0]
+    yield "merged_profiles", _rows(Customer.objects.filter(pk__in=ids).exclude(pk=customer.pk))
+    yield "identities", _rows(Identity.objects.filter(customer_id__in=ids))
+    yield "merges", _rows(CustomerMerge.objects.filter(Q(target_id__in=ids) | Q(merged_id__in=ids)))
+    yield "events", _paged(Event.objects.filter(customer_id__in=ids).order_by("timestamp", "id"))
+    yield "journey_runs", _runs_with_steps(ids)
+    yield "deliveries", _paged(Delivery.objects.filter(customer_id__in=ids).order_by("created_at", "id"))
+    yield "consents", _consents(ids)
+    yield "consent_history", _consent_history(ids)
+    for exporter in EXPORTERS:
+        name, section = exporter(customer)
+        yield name, _json(section)
 
 
 def customer_export(*, customer: Customer) -> dict:
     """Everything held about a customer, as JSON-able data (right of access / portability)."""
-    ids = _profile_ids(customer)
-    consents = Consent.objects.filter(customer_id__in=ids).select_related("topic")
-    data = {
-        "format": "journey-console/data-subject-export@1",
-        "customer": _rows(Customer.objects.filter(pk=customer.pk))[0],
-        "merged_profiles": _rows(Customer.objects.filter(pk__in=ids).exclude(pk=customer.pk)),
-        "identities": _rows(Identity.objects.filter(customer_id__in=ids)),
-        "merges": _rows(CustomerMerge.objects.filter(Q(target_id__in=ids) | Q(merged_id__in=ids))),
-        "events": _rows(Event.objects.filter(customer_id__in=ids).order_by("timestamp", "id")),
-        "journey_runs": _runs_with_steps(ids),
-        "deliveries": _rows(Delivery.objects.filter(customer_id__in=ids).order_by("created_at")),
-        "consents": [{**row, "topic": c.topic.slug if c.topic_id else None}
-                     for c, row in zip(consents, _rows(consents))],
-        "consent_history": [
-            _json({"channel_kind": h.channel_kind, "topic_id": h.topic_id, "status": h.status, "source": h.source,
-                   "at": h.history_date, "change": h.history_type})
-            for h in Consent.history.filter(customer_id__in=ids).order_by("history_date")
-        ],
-    }
-    for exporter in EXPORTERS:
-        name, section = exporter(customer)
-        data[name] = _json(section)
-    return data
+    return {name: list(value) if isinstance(value, Iterator) else value
+            for name, value in customer_export_sections(customer=customer)}
+
+
+def customer_export_write(*, customer: Customer, write: Callable[[str], None]) -> dict[str, int]:
+    """The export as JSON text handed to `write` piece by piece while it is read, the same text
+    as `json.dumps(customer_export(...), indent=2, default=str)`; holds a page of rows at a time
+    (a background job stores the pieces, see journeys.services.jobs). Returns each list
+    section's number of rows."""
+    counts: dict[str, int] = {}
+    write("{")
+    for number, (name, value) in enumerate(customer_export_sections(customer=customer)):
+        write(("," if number else "") + "\n  " + json.dumps(name) + ": ")
+        if not isinstance(value, (list, Iterator)):
+            write(_dumps(value, "  "))
+            continue
+        count = 0
+        for count, row in enumerate(value, 1):
+            write(("[" if count == 1 else ",") + "\n    " + _dumps(row, "    "))
+        write("\n  ]" if count else "[]")
+        counts[name] = count
+    write("\n}")
+    return counts
+
+
+def _dumps(value: Any, indent: str) -> str:
+    """`value` as json.dumps(indent=2) writes it nested at `indent` (JSON text has no raw line
+    break inside a string, so every line break is the layout's)."""
+    return json.dumps(value, indent=2, default=str).replace("\n", "\n" + indent)
 
 
 @transaction.atomic

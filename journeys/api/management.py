@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import uuid
 
+from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
+from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -175,7 +177,28 @@ class JobViewSet(TokenApiView, mixins.RetrieveModelMixin, viewsets.GenericViewSe
     @extend_schema(responses={200: JobOut, 404: OpenApiResponse(description="no such job"), **REFUSALS},
                    summary="A background job's status, progress and result")
     def retrieve(self, request, *args, **kwargs):
-        from journeys.services.jobs import jobs_purge_exports
+        from journeys.services.jobs import job_has_chunks, jobs_purge_exports
 
         jobs_purge_exports()
-        return super().retrieve(request, *args, **kwargs)
+        job = self.get_object()
+        data = self.get_serializer(job).data
+        if job_has_chunks(job):  # the copy itself is downloaded (streamed), not put inline
+            data["result"] = {**data["result"], "download": request.build_absolute_uri(
+                reverse("api-job-download", args=[job.pk]))}
+        return Response(data)
+
+    @extend_schema(responses={200: OpenApiResponse(description="the data-subject export (JSON), streamed"),
+                              404: OpenApiResponse(description="no such job, or it has no export to download "
+                                                               "(not finished, expired or erased)"), **REFUSALS},
+                   summary="Download a data-subject export job's result")
+    @action(detail=True, methods=["get"])
+    def download(self, request, pk=None):
+        from journeys.services.jobs import job_chunks, job_has_chunks, jobs_purge_exports
+
+        jobs_purge_exports()
+        job = self.get_object()
+        if job.status != "succeeded" or not job_has_chunks(job):
+            raise NotFound("this job has no export to download (not finished, expired after a day, or erased)")
+        response = StreamingHttpResponse(job_chunks(job), content_type="application/json")
+        response["Content-Disposition"] = f'attachment; filename="job-{job.pk}-export.json"'
+        return response

@@ -12,7 +12,9 @@ from typing import Any
 
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.http import (
+    Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse, StreamingHttpResponse,
+)
 from django.shortcuts import render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -286,7 +288,7 @@ def job_download(request: HttpRequest, pk: int) -> HttpResponse:
     import csv
     import io
 
-    from journeys.services.jobs import jobs_purge_exports
+    from journeys.services.jobs import job_chunks, job_has_chunks, jobs_purge_exports
 
     jobs_purge_exports()
     job = _job(request, pk)
@@ -294,7 +296,10 @@ def job_download(request: HttpRequest, pk: int) -> HttpResponse:
         raise Http404("the job has no result yet")
     if job.result.get("expired"):
         raise Http404("this export has expired (exports are kept for a day); start a new one")
-    if job.kind.startswith("import_"):
+    if job_has_chunks(job):  # streamed from its stored pieces: never the whole copy in memory
+        response = StreamingHttpResponse(job_chunks(job), content_type="application/json")
+        name = f"job-{job.pk}-{job.kind}.json"
+    elif job.kind.startswith("import_"):
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=["row", "field", "error"])
         writer.writeheader()

@@ -73,9 +73,9 @@ from journeys.models.catalog import (  # noqa: E402
 
 __all__ += ["EventDefinition", "LifecycleStage", "StageRecheck", "StageRules", "StageTransition"]
 
-from journeys.models.jobs import Job, JobKind, JobStatus  # noqa: E402
+from journeys.models.jobs import Job, JobChunk, JobKind, JobStatus  # noqa: E402
 
-__all__ += ["Job", "JobKind", "JobStatus"]
+__all__ += ["Job", "JobChunk", "JobKind", "JobStatus"]
 
 from journeys.models.api import ApiRequest, ApiToken  # noqa: E402
 from journeys.models.stream import StreamAttempt, StreamBatch, StreamDestination, StreamEvent  # noqa: E402

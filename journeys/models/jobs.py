@@ -26,7 +26,9 @@ class Job(models.Model):
     """One long operation run by a django-q2 worker.
 
     The console page polls `progress_done / progress_total`; the result (counts, rejected rows,
-    the replay report, the export) stays here so the result page can be opened again later.
+    the replay report, an export's summary) stays here so the result page can be opened again
+    later; an export's copy itself is in JobChunk rows. While an import runs, `result` holds its
+    place in the file and its counts so far (`partial`), so its parts and the sweep go on from there.
     The uploaded input is kept in the row because the worker may run on another machine.
     """
 
@@ -68,3 +70,20 @@ class Job(models.Model):
         if self.finished and self.status == JobStatus.SUCCEEDED:
             return 100
         return int(100 * self.progress_done / self.progress_total) if self.progress_total else 0
+
+
+class JobChunk(models.Model):
+    """A piece of a job's result too large for one row: a data-subject export is written here as
+    ordered pieces of its JSON text while it is produced, page by page, and the download streams
+    them back in order, so neither the worker nor the web process ever holds the whole of it.
+    They go with the job (cascade), when the export expires and when the customer is erased."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="chunks")
+    seq = models.PositiveIntegerField()
+    text = models.TextField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "seq"], name="jobchunk_job_seq_unique")]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} chunk {self.seq}"

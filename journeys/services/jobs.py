@@ -4,7 +4,7 @@
 `run_job` (the q2 task) reloads the row and calls the service of the job's kind, which
 reports progress as it goes. The work itself is done by existing services: ingestion
 (`events_parse` / `event_ingest`) for imports, `version_replay` for dry-run replays and the
-channels app's `customer_export` for data-subject exports.
+channels app's `customer_export_write` for data-subject exports (stored in JobChunk rows).
 """
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ import io
 import json
 import logging
 import math
+import time
 from collections import Counter
 from datetime import datetime, timedelta
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
+from django.db.models import Q
 from django.db.models.fields.json import KT
 from django.db.models.functions import Length
 from django.utils import timezone
@@ -29,7 +31,7 @@ from django.utils.module_loading import import_string
 
 from journeys.errors import EventValidationError, JourneyError, PermissionDenied, PayloadTooLarge
 from journeys.services.event_parsing import MAX_DEPTH, nesting_path
-from journeys.models import Customer, Job, JobKind, JobStatus, Source, WorkflowVersion
+from journeys.models import Customer, Job, JobChunk, JobKind, JobStatus, Source, WorkflowVersion
 from journeys.selectors import EDIT, REVIEW, user_can, user_has_global
 
 logger = logging.getLogger(__name__)
@@ -42,7 +44,9 @@ MAX_ROWS = 100_000
 EXPORT_KEEP = timedelta(hours=24)
 DATA_JOB_PERM = "journeys.run_data_jobs"
 # The channels app owns the export of everything held about a person; journeys does not import it.
-EXPORT_SERVICE = "channels_app.services.privacy.customer_export"
+EXPORT_SERVICE = "channels_app.services.privacy.customer_export_write"
+# An export is stored in pieces of about this many characters (JobChunk rows; setting JOB_EXPORT_CHUNK_CHARS).
+EXPORT_CHUNK_CHARS = 256 * 1024
 ERASE_SERVICE = "channels_app.services.privacy.customer_erase"
 # Jobs a person starts from the console; the others are started through the API (api_jobs.py).
 CONSOLE_KINDS = (JobKind.IMPORT_CUSTOMERS, JobKind.IMPORT_EVENTS, JobKind.REPLAY, JobKind.EXPORT)
@@ -93,6 +97,8 @@ def job_start(*, kind: str, actor: Any, params: dict | None = None, input_name: 
                                field="file")
         if len(input_text.encode("utf-8")) > MAX_INPUT_BYTES:
             raise JourneyError(f"the file is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MB", field="file")
+        if not input_text.lstrip("\ufeff").strip().startswith(("[", "{")):
+            _csv_columns_check(next(csv.reader(io.StringIO(input_text.lstrip("\ufeff"))), []))
         if not Source.objects.filter(pk=params.get("source_id")).exists():
             raise JourneyError("choose the source the rows are attributed to", field="source")
     if kind == JobKind.EXPORT and not Customer.objects.filter(pk=params.get("customer_id")).exists():
@@ -112,21 +118,29 @@ def jobs_purge_exports(*, now: datetime | None = None) -> int:
     return _drop_exports(Job.objects.filter(finished_at__lt=cutoff), mark="expired")
 
 
-ERASED_EXPORT_KEYS = ("export", "external_id")  # what an export of an erased customer no longer holds
+# What holds an export's copy: its JSON text in JobChunk rows (`export_size` in bytes, `export_chunks`
+# rows) or, for exports made before the copy was chunked, the whole of it in `export`.
+EXPORT_COPY_KEYS = ("export", "export_size", "export_chunks")
+ERASED_EXPORT_KEYS = (*EXPORT_COPY_KEYS, "external_id")  # what an export of an erased customer no longer holds
 
 
 def jobs_erase_exports(*, customer_ids: list[int]) -> int:
     """Drop the exports of these customers whatever their age (the customer is being erased):
-    the copy and the user id it was filed under go; the job and its section counts stay."""
+    the copy and the user id it was filed under go; the job and its section counts stay. The
+    pieces of an export still being written go too (it keeps none: see `run_job`)."""
+    JobChunk.objects.filter(job__kind=JobKind.EXPORT, job__params__customer_id__in=list(customer_ids)).delete()
     return _drop_exports(Job.objects.filter(params__customer_id__in=list(customer_ids)), mark="erased",
                          drop=ERASED_EXPORT_KEYS)
 
 
-def _drop_exports(jobs, *, mark: str, drop: tuple[str, ...] = ("export",)) -> int:
+def _drop_exports(jobs, *, mark: str, drop: tuple[str, ...] = EXPORT_COPY_KEYS) -> int:
     dropped = 0
-    for pk, summary in export_summaries(jobs.filter(kind=JobKind.EXPORT, result__has_key="export")).items():
-        result = {k: v for k, v in summary.items() if k not in drop and k != "export_size"}
-        dropped += Job.objects.filter(pk=pk).update(result={**result, mark: True})
+    kept = jobs.filter(kind=JobKind.EXPORT).filter(Q(result__has_key="export") | Q(result__has_key="export_size"))
+    for pk, summary in export_summaries(kept).items():
+        result = {k: v for k, v in summary.items() if k not in drop and k not in EXPORT_COPY_KEYS}
+        with transaction.atomic():
+            JobChunk.objects.filter(job_id=pk).delete()
+            dropped += Job.objects.filter(pk=pk).update(result={**result, mark: True})
     return dropped
 
 
@@ -135,18 +149,37 @@ EXPORT_SUMMARY_KEYS = ("customer", "external_id", "sections", "expired", "erased
 
 def export_summaries(jobs) -> dict[int, dict]:
     """The results of these export jobs without their copy of the personal data: what `_export`
-    returns and the marks dropping it adds, and the copy's size in characters (`export_size`,
-    while it is kept). The copy can be a hundred megabytes of JSON for a long-lived customer:
-    it is measured in the database and never read here."""
-    rows = jobs.values("pk", *(f"result__{key}" for key in EXPORT_SUMMARY_KEYS),
-                       export_size=Length(KT("result__export")))
+    returns and the marks dropping it adds, and the copy's size (`export_size`, while it is
+    kept). The copy can be a hundred megabytes of JSON for a long-lived customer: it is never
+    read here (an export made before the copy was chunked is measured in the database)."""
+    rows = jobs.values("pk", *(f"result__{key}" for key in (*EXPORT_SUMMARY_KEYS, "export_size")),
+                       inline_size=Length(KT("result__export")))
     summaries = {}
     for row in rows:
         summary = {key: row[f"result__{key}"] for key in EXPORT_SUMMARY_KEYS if row[f"result__{key}"] is not None}
-        if row["export_size"] is not None:
-            summary["export_size"] = row["export_size"]
+        size = row["result__export_size"] if row["result__export_size"] is not None else row["inline_size"]
+        if size is not None:
+            summary["export_size"] = size
         summaries[row["pk"]] = summary
     return summaries
+
+
+def job_chunks(job: Job, *, rows: int = 4) -> Iterator[str]:
+    """A job's stored result text (an export's JSON), piece by piece in order, reading a few
+    pieces at a time: what the downloads stream."""
+    seq = 0
+    while True:
+        texts = list(JobChunk.objects.filter(job_id=job.pk, seq__gte=seq, seq__lt=seq + rows).order_by("seq")
+                     .values_list("text", flat=True))
+        if not texts:
+            return
+        yield from texts
+        seq += rows
+
+
+def job_has_chunks(job: Job) -> bool:
+    """Whether the job's result is downloaded from its stored pieces (an export with its copy)."""
+    return job.kind == JobKind.EXPORT and "export_size" in job.result
 
 
 # --------------------------------------------------------------------------- the q2 task
@@ -163,27 +196,74 @@ def job_progress(*, job: Job, done: int, total: int | None = None, message: str 
                                          message=job.message)
 
 
-def run_job(job_id: int) -> str:
-    """The q2 task: run one job to its end. A job that already finished is left alone (a retried
-    task does not run twice); imports are idempotent anyway (message ids derive from each row's content)."""
+def run_job(job_id: int, part: int | None = None) -> str:
+    """The q2 task: run one job to its end, or (imports) one bounded part of it. A job that
+    already finished is left alone (a retried task does not run twice); imports are idempotent
+    anyway (message ids derive from each row's content)."""
+    from django_q.exceptions import TimeoutException
+
     job = Job.objects.filter(pk=job_id).first()
     if job is None or job.finished:
         return "gone" if job is None else job.status
+    if job.kind in IMPORT_KINDS:
+        return _import_part(job, start=part or 0)
     Job.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, started_at=timezone.now())
     runner = RUNNERS[job.kind]
     try:
         result = runner(job)
+    except TimeoutException:  # a SystemExit: q2 drops the task (ack_failures), so say so on the job
+        _job_fail(job.pk, f"stopped by the task queue's time limit ({_task_timeout()} s) before it finished")
+        raise
     except Exception as exc:  # noqa: BLE001 - a job reports any failure on its page
         logger.exception("job %s failed", job.pk)
-        Job.objects.filter(pk=job.pk).update(status=JobStatus.FAILED, error=str(exc)[:5000] or type(exc).__name__,
-                                             finished_at=timezone.now())
+        _job_fail(job.pk, str(exc)[:5000] or type(exc).__name__)
         return JobStatus.FAILED
     with transaction.atomic():
         if job.kind == JobKind.EXPORT and _erased_meanwhile(job.params.get("customer_id")):
             result = {**{k: v for k, v in result.items() if k not in ERASED_EXPORT_KEYS}, "erased": True}
+            JobChunk.objects.filter(job_id=job.pk).delete()
         Job.objects.filter(pk=job.pk).update(status=JobStatus.SUCCEEDED, result=result, finished_at=timezone.now(),
                                              message="finished")
     return JobStatus.SUCCEEDED
+
+
+def _job_fail(job_id: int, error: str, **fields: Any) -> int:
+    return Job.objects.filter(pk=job_id).exclude(status__in=(JobStatus.SUCCEEDED, JobStatus.FAILED)).update(
+        status=JobStatus.FAILED, error=error, finished_at=timezone.now(), **fields)
+
+
+def _task_timeout() -> int:
+    return int(settings.Q_CLUSTER.get("timeout") or 120)
+
+
+def jobs_sweep_stalled(*, now: datetime | None = None) -> dict:
+    """Find jobs left `running` by a task that never came back (the queue's time limit struck,
+    or the worker died and q2 dropped or lost the task): nothing else would ever move them.
+
+    Silence longer than the time limit plus q2's retry delay means no task is on it. An import
+    goes on from the part after what it stored (its parts are idempotent), up to
+    IMPORT_REQUEUES times; after that, and for the other kinds (one task each), the job fails
+    with a message saying what happened and, for an import, how many rows landed.
+    Called by the events housekeeping schedule."""
+    now = now or timezone.now()
+    quiet = timedelta(seconds=_task_timeout() + int(settings.Q_CLUSTER.get("retry") or 0))
+    requeued = failed = 0
+    running = Job.objects.filter(status=JobStatus.RUNNING).values_list("pk", "kind", "started_at", "result")
+    for pk, kind, started_at, result in running.iterator(chunk_size=100):
+        state = result if isinstance(result, dict) and result.get("partial") else {}
+        last = datetime.fromisoformat(state["at"]) if state.get("at") else started_at
+        if last is not None and now - last <= quiet:
+            continue
+        silent = int((now - last).total_seconds()) if last is not None else None
+        why = f"no progress for {silent} s" if silent is not None else "it never started"
+        if kind in IMPORT_KINDS:
+            outcome = _import_resume(pk, why=why + " (the worker timed out or died)", now=now)
+            requeued += outcome == "requeued"
+            failed += outcome == "failed"
+        else:
+            failed += _job_fail(pk, f"stopped: {why}; the worker running it timed out (limit "
+                                    f"{_task_timeout()} s) or died. Start it again.")
+    return {"requeued": requeued, "failed": failed}
 
 
 def _erased_meanwhile(customer_id: Any) -> bool:
@@ -216,21 +296,24 @@ def _records(job: Job) -> tuple[list[tuple[int, Any]], bool]:
             raise JourneyError(f"not valid JSON: {exc}", field="file") from None
         return list(enumerate(data, 1)), True
     if stripped.startswith("{"):
-        rows: list[Any] = []
-        for line in stripped.splitlines():
+        rows: list[tuple[int, Any]] = []
+        # numbered by the file's own lines, blank ones included; only line ends split (JSON text
+        # holds no raw CR or LF, but may hold U+2028, which str.splitlines would also split at)
+        for number, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    rows.append((number, json.loads(line)))
                 except RecursionError:
-                    rows.append(_Broken(f"nested more than {MAX_DEPTH} levels deep"))
+                    rows.append((number, _Broken(f"nested more than {MAX_DEPTH} levels deep")))
                 except ValueError as exc:
-                    rows.append(_Broken(f"not valid JSON ({exc.msg})"))
-        return list(enumerate(rows, 1)), True
+                    rows.append((number, _Broken(f"not valid JSON ({exc.msg})")))
+        return rows, True
     csv.field_size_limit(max(csv.field_size_limit(), MAX_INPUT_BYTES))
     reader = csv.DictReader(io.StringIO(text))
     try:
         if not reader.fieldnames:
             raise JourneyError("the CSV file has no header row", field="file")
+        _csv_columns_check(reader.fieldnames)
         columns = len(reader.fieldnames)
         return [(reader.line_num, {k.strip(): v for k, v in row.items() if k} if None not in row else
                  _Broken(f"{columns + len(row[None])} cells, but the header names {columns} columns "
@@ -238,6 +321,17 @@ def _records(job: Job) -> tuple[list[tuple[int, Any]], bool]:
                 for row in reader], False
     except csv.Error as exc:
         raise JourneyError(f"line {reader.line_num}: {exc}", field="file") from None
+
+
+def _csv_columns_check(names: list[str]) -> None:
+    """A header naming a column twice is refused: every row would silently keep only the last
+    of its cells."""
+    seen: dict[str, int] = {}
+    for position, name in enumerate((name.strip() for name in names), 1):
+        if name and name in seen:
+            raise JourneyError(f"the CSV header names the column {name!r} twice (columns {seen[name]} and "
+                               f"{position}): rename or remove one", field="file")
+        seen.setdefault(name, position)
 
 
 class _Broken(dict):
@@ -344,9 +438,103 @@ def _event_payload(row: dict, *, from_json: bool) -> dict:
     return payload
 
 
-def _import(job: Job, build: Callable[..., dict]) -> dict:
-    """Validate every row (a bad one is rejected with its row number and field), then store the
-    good rows in batches: each batch is one transaction, so a batch is stored whole or not at all."""
+def _import_part(job: Job, *, start: int) -> str:
+    """One part of an import: rows `start`.. for at most `JOB_IMPORT_PART_ROWS` rows or
+    `JOB_IMPORT_PART_SECONDS` (a quarter of the queue's time limit by default), then the next part
+    is queued. So no task nears the time limit whatever the file's size, and a part that is lost
+    is found by `jobs_sweep_stalled`. The job's progress (next row, counts, rejected rows) is on
+    the Job row, saved in the transaction that stores each batch."""
+    from django_q.exceptions import TimeoutException
+    from django_q.tasks import async_task
+
+    state = _import_claim(job, start=start)
+    if state is None:  # a duplicate delivery of a part that is done or being done
+        return JobStatus.RUNNING
+    build = _customer_payload if job.kind == JobKind.IMPORT_CUSTOMERS else _event_payload
+    try:
+        state = _import_rows(job, state=state, build=build)
+    except TimeoutException:
+        _import_resume(job.pk, why=f"a part was stopped by the task queue's time limit ({_task_timeout()} s)")
+        raise
+    except Exception as exc:  # noqa: BLE001 - a job reports any failure on its page
+        logger.exception("job %s failed", job.pk)
+        _job_fail(job.pk, str(exc)[:5000] or type(exc).__name__)
+        return JobStatus.FAILED
+    if state["next_row"] < state["rows"]:
+        next_row = state["next_row"]
+        transaction.on_commit(lambda: async_task("journeys.services.jobs.run_job", job.pk, next_row,
+                                                 task_name=f"job-{job.pk}-{next_row}"))
+        return JobStatus.RUNNING
+    result = {key: state[key] for key in IMPORT_RESULT_KEYS}
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.SUCCEEDED, result=result, finished_at=timezone.now(),
+                                         message="finished")
+    return JobStatus.SUCCEEDED
+
+
+IMPORT_KINDS = (JobKind.IMPORT_CUSTOMERS, JobKind.IMPORT_EVENTS)
+IMPORT_RESULT_KEYS = ("rows", "imported", "duplicates", "rejected", "rejected_rows", "failed_batches", "source",
+                      "parts")
+# How often a stalled import is queued again from where it stopped before it is failed.
+IMPORT_REQUEUES = 3
+
+
+def _import_claim(job: Job, *, start: int) -> dict | None:
+    """Take the part starting at row `start`, or None when it is not this part's turn: the job
+    is past it (a re-delivered task) or another task took it within the time limit."""
+    now = timezone.now()
+    with transaction.atomic():
+        row = Job.objects.select_for_update().filter(pk=job.pk).first()
+        if row is None or row.finished:
+            return None
+        state = row.result if row.result.get("partial") else {}
+        if state.get("next_row", 0) != start:
+            return None
+        taken = state.get("claimed_at")
+        if taken and state.get("claimed") == start and now - datetime.fromisoformat(taken) < timedelta(
+                seconds=_task_timeout()):
+            return None
+        state = {"partial": True, "rows": None, "next_row": 0, "imported": 0, "duplicates": 0, "rejected": 0,
+                 "rejected_rows": [], "failed_batches": [], "stored_rows": 0, "parts": 0, "requeued": 0,
+                 **state, "claimed": start, "claimed_at": now.isoformat(), "at": now.isoformat()}
+        state["parts"] += 1
+        Job.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, result=state,
+                                             started_at=row.started_at or now)
+    return state
+
+
+def _import_resume(job_id: int, *, why: str, now: datetime | None = None) -> str:
+    """A part stopped before it finished (`why`): queue the job's next part again, or fail it
+    saying how many rows landed once it was queued again IMPORT_REQUEUES times."""
+    from django_q.tasks import async_task
+
+    now = now or timezone.now()
+    with transaction.atomic():
+        job = Job.objects.select_for_update().filter(pk=job_id, status=JobStatus.RUNNING).first()
+        if job is None:
+            return "gone"
+        state = job.result if job.result.get("partial") else {"next_row": 0, "requeued": 0}
+        landed = (f"{state.get('next_row', 0)} of {state.get('rows') or 'the'} rows were processed: "
+                  f"{state.get('imported', 0)} imported, {state.get('duplicates', 0)} already stored, "
+                  f"{state.get('rejected', 0)} rejected")
+        if state.get("requeued", 0) >= IMPORT_REQUEUES:
+            _job_fail(job.pk, f"stopped: {why}, {IMPORT_REQUEUES + 1} times. {landed}. Import the file again to "
+                              "store the rest (rows already stored are skipped).")
+            return "failed"
+        # claimed_at goes, so the queued part may start at once; `at` restarts the sweep's clock
+        state = {k: v for k, v in state.items() if k not in ("claimed", "claimed_at")}
+        state.update(partial=True, requeued=state.get("requeued", 0) + 1, at=now.isoformat())
+        Job.objects.filter(pk=job.pk).update(result=state, message=f"resumed: {why}; {landed}"[:255])
+        next_row = state.get("next_row", 0)
+        transaction.on_commit(lambda: async_task("journeys.services.jobs.run_job", job_id, next_row,
+                                                 task_name=f"job-{job_id}-{next_row}"))
+    logger.warning("job %s: %s; queued again from row index %s", job_id, why, next_row)
+    return "requeued"
+
+
+def _import_rows(job: Job, *, state: dict, build: Callable[..., dict]) -> dict:
+    """Validate the part's rows (a bad one is rejected with its row number and field) and store
+    the good ones batch by batch: each batch is one transaction with the job's progress, so a
+    batch is stored whole or not at all and the job knows exactly where it is."""
     from journeys.services.catalog import catalog_apply
     from journeys.services.event_parsing import check_event_size, check_storable_text
     from journeys.services.ingest import event_ingest, events_parse
@@ -355,58 +543,72 @@ def _import(job: Job, build: Callable[..., dict]) -> dict:
     rows, from_json = _records(job)
     if len(rows) > MAX_ROWS:
         raise JourneyError(f"{len(rows)} rows; the limit is {MAX_ROWS} per file", field="file")
-    total = len(rows)
-    job_progress(job=job, done=0, total=total * 2, message=f"checking {total} rows")
+    total, start = len(rows), state["next_row"]
+    state.update(rows=total, source=source.name)
+    part_rows = max(1, int(getattr(settings, "JOB_IMPORT_PART_ROWS", 5000)))
+    part_seconds = float(getattr(settings, "JOB_IMPORT_PART_SECONDS", 0) or _task_timeout() / 4)
+    deadline = time.monotonic() + part_seconds
     received = timezone.now()
     message_id = _content_ids(job.kind)
-    good, rejected = [], []
-    for index, (number, row) in enumerate(rows):
+    for _, row in rows[:start]:  # identical rows before this part count towards the `-2` suffixes
+        if isinstance(row, dict) and not isinstance(row, _Broken):
+            try:
+                if build(row, from_json=from_json).get("messageId") in (None, ""):
+                    message_id(row)
+            except (EventValidationError, PayloadTooLarge):
+                pass
+    position, end = start, min(total, start + part_rows)
+    job_progress(job=job, done=start + state["stored_rows"], total=2 * total - state["rejected"],
+                 message=f"rows {start + 1} to {end} of {total}")
+    while position < end and (position == start or time.monotonic() < deadline):
+        batch_end = min(end, position + IMPORT_BATCH)
+        good, rejected = [], []
+        for number, row in rows[position:batch_end]:
+            try:
+                if isinstance(row, _Broken):
+                    raise EventValidationError(row.reason, field="row")
+                if not isinstance(row, dict):
+                    raise EventValidationError("must be an object", field="row")
+                payload = build(row, from_json=from_json)
+                if payload.get("messageId") in (None, ""):  # the row's own messageId wins
+                    payload["messageId"] = message_id(row)
+                if where := _non_finite(payload):
+                    raise EventValidationError("not a finite number", field=where)
+                check_storable_text(payload, field="")  # NUL, lone surrogates: named by their field
+                check_event_size(payload, max_bytes=settings.EVENT_API["MAX_EVENT_BYTES"], prefix="")
+                parsed = events_parse(payloads=[payload], received_at=received)
+                catalog_apply(policy=source.schema_policy, events=parsed)
+            except (EventValidationError, PayloadTooLarge) as exc:
+                rejected.append({"row": number, "field": exc.field or "", "error": exc.message})
+            else:
+                good.append((number, parsed[0]))
+        step = dict(state)
+        step.update(next_row=batch_end, rejected=state["rejected"] + len(rejected),
+                    rejected_rows=(state["rejected_rows"] + rejected)[:1000], stored_rows=state["stored_rows"] + len(good),
+                    at=timezone.now().isoformat(), requeued=0)  # stalls count only while nothing moves
         try:
-            if isinstance(row, _Broken):
-                raise EventValidationError(row.reason, field="row")
-            if not isinstance(row, dict):
-                raise EventValidationError("must be an object", field="row")
-            payload = build(row, from_json=from_json)
-            if payload.get("messageId") in (None, ""):  # the row's own messageId wins
-                payload["messageId"] = message_id(row)
-            if where := _non_finite(payload):
-                raise EventValidationError("not a finite number", field=where)
-            check_storable_text(payload, field="")  # NUL, lone surrogates: named by their field
-            check_event_size(payload, max_bytes=settings.EVENT_API["MAX_EVENT_BYTES"], prefix="")
-            parsed = events_parse(payloads=[payload], received_at=received)
-            catalog_apply(policy=source.schema_policy, events=parsed)
-        except (EventValidationError, PayloadTooLarge) as exc:
-            rejected.append({"row": number, "field": exc.field or "", "error": exc.message})
-        else:
-            good.append((number, parsed[0]))
-        if index % 200 == 199:
-            job_progress(job=job, done=index + 1)
-    job_progress(job=job, done=total, total=total + len(good), message=f"storing {len(good)} rows")
-    stored = duplicates = 0
-    failed_batches = []
-    for start in range(0, len(good), IMPORT_BATCH):
-        batch = good[start : start + IMPORT_BATCH]
-        try:
-            outcome = event_ingest(source=source, events=[p for _, p in batch])
+            with transaction.atomic():
+                outcome = event_ingest(source=source, events=[p for _, p in good]) if good else None
+                if outcome is not None:
+                    step.update(imported=state["imported"] + outcome.stored,
+                                duplicates=state["duplicates"] + outcome.duplicates)
+                _import_save(job, step)
         except (JourneyError, DatabaseError) as exc:  # the batch's transaction rolled back: none of it is stored
-            failed_batches.append({"rows": f"{batch[0][0]}-{batch[-1][0]}", "error": str(exc)[:500]})
-        else:
-            stored += outcome.stored
-            duplicates += outcome.duplicates
-        job_progress(job=job, done=total + start + len(batch))
-        # What is stored so far stays on the job even if a later batch brings the worker down.
-        Job.objects.filter(pk=job.pk).update(result={"rows": total, "imported": stored, "duplicates": duplicates,
-                                                     "rejected": len(rejected), "partial": True})
-    return {"rows": total, "imported": stored, "duplicates": duplicates, "rejected": len(rejected),
-            "rejected_rows": rejected[:1000], "failed_batches": failed_batches, "source": source.name}
+            step.update(imported=state["imported"], duplicates=state["duplicates"],
+                        failed_batches=[*state["failed_batches"],
+                                        {"rows": f"{good[0][0]}-{good[-1][0]}", "error": str(exc)[:500]}])
+            _import_save(job, step)
+        state, position = step, batch_end
+    return state
 
 
-def _import_customers(job: Job) -> dict:
-    return _import(job, _customer_payload)
-
-
-def _import_events(job: Job) -> dict:
-    return _import(job, _event_payload)
+def _import_save(job: Job, state: dict) -> None:
+    """The job's place in its file and its counts, with the progress the status page shows:
+    a row checked counts one, a good row stored one more."""
+    total = state["rows"]
+    Job.objects.filter(pk=job.pk).update(result=state, progress_done=state["next_row"] + state["stored_rows"],
+                                         progress_total=2 * total - state["rejected"],
+                                         message=f"{state['next_row']} of {total} rows: {state['imported']} imported")
 
 
 # --------------------------------------------------------------------------- replay, export
@@ -436,12 +638,38 @@ def _replay(job: Job) -> dict:
 
 
 def _export(job: Job) -> dict:
+    """Write the export's JSON into JobChunk rows as the channels app produces it (a page of rows
+    at a time), so the worker never holds the whole copy; the result keeps a summary only."""
     customer = Customer.objects.get(pk=job.params["customer_id"])
     job_progress(job=job, done=0, total=1, message=f"collecting everything held about customer #{customer.pk}")
-    data = import_string(EXPORT_SERVICE)(customer=customer)
+    JobChunk.objects.filter(job_id=job.pk).delete()  # a task run again writes the copy anew
+    writer = _ChunkWriter(job.pk)
+    sections = import_string(EXPORT_SERVICE)(customer=customer, write=writer.write)
+    writer.flush()
     job_progress(job=job, done=1)
-    sections = {k: len(v) for k, v in data.items() if isinstance(v, list)}
-    return {"customer": customer.pk, "external_id": customer.external_id, "sections": sections, "export": data}
+    return {"customer": customer.pk, "external_id": customer.external_id, "sections": sections,
+            "export_size": writer.size, "export_chunks": writer.seq}
+
+
+class _ChunkWriter:
+    """Collects written text and stores it as numbered JobChunk rows of about EXPORT_CHUNK_CHARS."""
+
+    def __init__(self, job_id: int) -> None:
+        self.job_id, self.seq, self.size = job_id, 0, 0
+        self.parts: list[str] = []
+        self.buffered = 0
+
+    def write(self, text: str) -> None:
+        self.parts.append(text)
+        self.buffered += len(text)
+        self.size += len(text.encode("utf-8"))
+        if self.buffered >= getattr(settings, "JOB_EXPORT_CHUNK_CHARS", EXPORT_CHUNK_CHARS):
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            JobChunk.objects.create(job_id=self.job_id, seq=self.seq, text="".join(self.parts))
+            self.seq, self.parts, self.buffered = self.seq + 1, [], 0
 
 
 def _erase(job: Job) -> dict:
@@ -461,8 +689,6 @@ def _trigger(job: Job) -> dict:
 
 
 RUNNERS: dict[str, Callable[[Job], dict]] = {
-    JobKind.IMPORT_CUSTOMERS: _import_customers,
-    JobKind.IMPORT_EVENTS: _import_events,
     JobKind.REPLAY: _replay,
     JobKind.EXPORT: _export,
     JobKind.ERASE: _erase,

@@ -10,6 +10,7 @@ on the entry's history with who and why.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -39,15 +40,29 @@ def _loads(text: str, *, field_name: str) -> Any:
 
 
 def _check(entry: QuarantinedEvent, payload: Any) -> list:
-    """Parse and check a payload as the API would (catalog included); raises the API's errors."""
-    from journeys.services.catalog import catalog_apply
+    """Parse and check a payload as the API would (catalog included); raises the API's errors,
+    a catalog refusal with the code ingest gives it (`schema`), so a replay that is refused again
+    is still found by `quarantine_replay --code schema` once the catalog is fixed."""
+    from journeys.services.catalog import catalog_split
     from journeys.services.ingest import events_parse
 
     defaults = _loads(entry.defaults, field_name="defaults") if entry.defaults else None
     events = events_parse(payloads=[payload], received_at=entry.received_at, event_type=entry.endpoint_type or None,
                           batch_defaults=defaults)
-    catalog_apply(policy=entry.source.schema_policy, events=events)
+    _kept, refused = catalog_split(policy=entry.source.schema_policy, events=events, strict=False)
+    if refused:
+        error = refused[0][1]
+        raise EventValidationError(error.message, field=error.field, code=QuarantineReason.SCHEMA)
     return events
+
+
+def _ingest_path(entry: QuarantinedEvent, field_name: str) -> str:
+    """A field as ingest named it: an event of a batch is `batch[i].<field>` (the payload alone
+    is checked on replay, so its errors name the field inside the event)."""
+    if entry.batch_index is None:
+        return field_name
+    prefix = f"batch[{entry.batch_index}]"
+    return prefix if field_name in ("", "body") else f"{prefix}.{field_name}"
 
 
 def quarantine_check(*, entry: QuarantinedEvent, payload: str) -> Any:
@@ -89,8 +104,8 @@ class ReplayResult:
         grouped by the field at fault (each with an example), the most common first."""
         parts = [f"{len(self.replayed):,} event(s) replayed: stored and sent to the engine."]
         groups: dict[str, list[tuple[QuarantinedEvent, str]]] = {}
-        for entry, error in self.still_bad:
-            groups.setdefault(entry.field or "payload", []).append((entry, error))
+        for entry, error in self.still_bad:  # by the field inside the event, whatever its place in its batch
+            groups.setdefault(re.sub(r"^batch\[\d+\]\.?", "", entry.field) or "payload", []).append((entry, error))
         ranked = sorted(groups.items(), key=lambda group: -len(group[1]))
         if ranked:
             named = "; ".join(f"{len(bad):,} at {name} (e.g. #{bad[0][0].pk}: {bad[0][1]})" for name, bad in ranked[:reasons])
@@ -127,7 +142,7 @@ def quarantine_replay(*, entries, actor: Any = None, reason: str = "") -> Replay
                 result.still_bad.append((entry, entry.message))
             except JourneyError as exc:
                 entry.code = exc.code if exc.code in CODES else QuarantineReason.INVALID
-                entry.field, entry.message = (exc.field or "")[:300], exc.message
+                entry.field, entry.message = _ingest_path(entry, exc.field or "")[:300], exc.message
                 result.still_bad.append((entry, str(exc)))
             else:
                 entry.status, entry.resolved_at, entry.resolution = QuarantineStatus.REPLAYED, timezone.now(), reason

@@ -262,3 +262,32 @@ def test_a_send_under_way_during_the_erasure_writes_no_event_with_the_old_user_i
 
     assert events_record_internal(events=[late]) == []
     assert not Event.objects.filter(user_id="dana").exists()
+
+
+def test_the_export_holds_the_customers_support_cases_with_every_reply_and_note(history, tmp_path,
+                                                                                django_assert_max_num_queries):
+    from django.contrib.auth.models import User
+
+    from agents.services.cases import CaseDraft, case_note_add, case_open
+    from channels_app.services import customer_export
+
+    # given a customer with a dozen support cases, one with an internal note
+    def draft(n):
+        return CaseDraft(customer=history, subject=f"Charged twice #{n}", text=f"My card was charged twice ({n})",
+                         category=f"billing-{n}", intent="complaint", language="en", priority=2, sentiment=-0.5,
+                         complexity=0.2, reasons=["angry"])
+
+    admin = User.objects.create_superuser("boss", "boss@example.com", "pw")
+    cases = [case_open(draft=draft(n), idempotency_key=f"case-{n}")[0] for n in range(12)]
+    case_note_add(case=cases[0], actor=admin, body="Refund approved for Dana")
+    # when the export is made, then the number of queries does not grow with the cases
+    with django_assert_max_num_queries(25):
+        customer_export(customer=history)
+    # and the export command's file holds each case: what the customer wrote and every entry
+    out = tmp_path / "dana.json"
+    call_command("export_customer", "dana", "--output", str(out))
+    exported = json.loads(out.read_text())["support_cases"]
+    assert [c["subject"] for c in exported] == [f"Charged twice #{n}" for n in range(12)]
+    assert exported[0]["text"] == "My card was charged twice (0)"
+    assert [(e["kind"], e["body"]) for e in exported[0]["entries"]][-1] == ("note", "Refund approved for Dana")
+    assert any(e["body"] == "My card was charged twice (0)" for e in exported[0]["entries"])

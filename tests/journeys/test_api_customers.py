@@ -3,10 +3,12 @@ merge (recorded with the token), erase and export as jobs; bad input names the f
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from journeys.choices import ApiScope
-from journeys.models import Customer, CustomerMerge, Identity, Job, JourneyRun
+from journeys.models import Customer, CustomerMerge, Identity, Job, JobChunk, JourneyRun
 from tests.apiclient import Api, make_token
 from tests.factories import CustomerFactory, live_workflow
 
@@ -158,12 +160,20 @@ def test_delete_erases_in_the_background_like_erase_customer(api, django_capture
     assert (record.actor, record.reason) == ("api-token:crm", "GDPR ticket 9")
 
 
-def test_export_is_a_job_whose_result_holds_the_data(api, django_capture_on_commit_callbacks):
+def test_export_is_a_job_whose_result_links_the_data_streamed(api, django_capture_on_commit_callbacks):
     customer = CustomerFactory(external_id="exp")
     with django_capture_on_commit_callbacks(execute=True):
         response = api.post(f"customers/{customer.pk}/export", headers={"Idempotency-Key": "exp-1"})
     job = api.get(f"jobs/{response.body['job']['id']}").body
-    assert job["status"] == "succeeded" and job["result"]["export"]["customer"]["external_id"] == "exp"
+    # the result is a summary with a link: the copy itself is streamed from there
+    assert job["status"] == "succeeded" and job["result"]["sections"]["identities"] == 1
+    assert job["result"]["download"] == f"http://testserver/api/v1/jobs/{job['id']}/download"
+    download = api.client.get(job["result"]["download"], HTTP_AUTHORIZATION=f"Bearer {api.key}")
+    assert download.status_code == 200 and download.streaming
+    assert json.loads(download.getvalue())["customer"]["external_id"] == "exp"
+    # a token without the export scope does not get it
+    _, other = make_token(ApiScope.TRIGGER, name="trigger-only")
+    assert api.client.get(job["result"]["download"], HTTP_AUTHORIZATION=f"Bearer {other}").status_code == 404
 
 
 def test_jobs_are_seen_only_by_tokens_whose_scopes_start_them(api, django_capture_on_commit_callbacks):
@@ -199,7 +209,7 @@ def test_erasing_a_customer_drops_their_exports_and_refused_merges(api, django_c
                                 reason="alias of known user leaving into staying")
     with django_capture_on_commit_callbacks(execute=True):
         export_id = api.post(f"customers/{customer.pk}/export").body["job"]["id"]
-    assert "export" in api.get(f"jobs/{export_id}").body["result"]
+    assert "download" in api.get(f"jobs/{export_id}").body["result"]
 
     # when the customer is erased
     with django_capture_on_commit_callbacks(execute=True):
@@ -207,8 +217,9 @@ def test_erasing_a_customer_drops_their_exports_and_refused_merges(api, django_c
 
     # then the export no longer holds the copy (nor the user id), only its summary
     result = api.get(f"jobs/{export_id}").body["result"]
-    assert result["erased"] is True and "export" not in result and "external_id" not in result
+    assert result["erased"] is True and "download" not in result and "external_id" not in result
     assert "leaving" not in str(Job.objects.get(pk=export_id).result)
+    assert not JobChunk.objects.exists() and api.get(f"jobs/{export_id}/download").status_code == 404
     assert not MergeRefusal.objects.exists()
 
 

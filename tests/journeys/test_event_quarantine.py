@@ -160,7 +160,7 @@ def test_replay_action_keeps_what_is_still_bad_and_names_why(api, people, client
     assert "1 still refused, left in the quarantine: 1 at timestamp" in response.text
     assert f"#{entry.pk}: timestamp: cannot parse" in response.text
     entry.refresh_from_db()
-    assert (entry.status, entry.field) == ("quarantined", "timestamp")
+    assert (entry.status, entry.field) == ("quarantined", "batch[0].timestamp")  # as ingest named it
 
 
 def test_replay_of_many_says_in_one_message_how_many_were_replayed_and_why_the_rest_were_not(
@@ -217,6 +217,39 @@ def test_the_replay_command_replays_what_its_filters_match(api, source, tagging_
                         (["--limit", "0"], "--limit"), (["--reason", " "], "--reason")):
         with pytest.raises(CommandError, match=option):
             call_command("quarantine_replay", *(["--reason", "r"] if "--reason" not in bad else []), *bad)
+
+
+def test_a_schema_refusal_replayed_too_early_keeps_its_code_and_path_for_the_command_later(
+        api, source, people, capsys):  # noqa: F811
+    from django.core.management import call_command
+
+    from journeys.models import EventDefinition
+    from journeys.services.catalog import catalog_reset
+
+    # given a source whose catalog refuses a total sent as text, and such an event in a batch
+    source.schema_policy, source.strict = "reject", False
+    source.save()
+    definition = EventDefinition.objects.create(name="Order Completed", schema={
+        "type": "object", "properties": {"total": {"type": "number"}}})
+    catalog_reset()
+    api.post("batch", {"batch": [good("s-0"), good("s-1", properties={"total": "12.50"})]})
+    entry = QuarantinedEvent.objects.get()
+    assert (entry.code, entry.field) == ("schema", "batch[1].properties.total")
+    # when it is replayed while the catalog still refuses it
+    result = quarantine_replay(entries=[entry], actor=people["ops"], reason="try again")
+    # then it stays quarantined with the same reason and path as at ingest
+    entry.refresh_from_db()
+    assert result.still_bad and (entry.status, entry.code, entry.field) == ("quarantined", "schema",
+                                                                            "batch[1].properties.total")
+    assert "1 still refused, left in the quarantine: 1 at properties.total" in result.summary()
+    # and once the catalog is fixed, the documented command finds and replays it
+    definition.schema = {"type": "object", "properties": {"total": {"type": ["number", "string"]}}}
+    definition.save()
+    catalog_reset()
+    call_command("quarantine_replay", "--reason", "schema fixed", "--code", "schema")
+    assert "1 event(s) replayed" in capsys.readouterr().out
+    entry.refresh_from_db()
+    assert entry.status == "replayed"
 
 
 def test_replaying_what_was_already_replayed_says_so(api, people, client):  # noqa: F811

@@ -125,3 +125,39 @@ def test_the_job_page_says_when_not_every_rejected_row_is_kept(ops, run_import):
     # then its page says the list is cut rather than letting it pass for all of them
     page = ops.get(reverse("admin:journeys_job_change", args=[job.pk])).content.decode()
     assert "Only the first 1000 of the 1001 rejected rows are kept" in page
+
+
+def test_a_csv_naming_a_column_twice_is_refused_naming_the_column(ops, demo):  # noqa: F811
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from journeys.errors import JourneyError
+
+    source = Source.objects.get(name="demo-web")
+    text = "user_id,plan,plan\nu-dup,free,pro\n"
+    # when ops upload it on the console, then the form refuses the file, naming the column
+    upload = SimpleUploadedFile("people.csv", text.encode())
+    response = ops.post(f"{reverse('admin:journeys_job_add')}?kind=import_customers",
+                        {"file": upload, "source": source.pk})
+    assert response.status_code == 200 and not Job.objects.exists()
+    assert response.context["form"].errors["file"] == [
+        "the CSV header names the column 'plan' twice (columns 2 and 3): rename or remove one"]
+    # and the service refuses it however it is started (a space around the name changes nothing)
+    with pytest.raises(JourneyError, match="'plan' twice") as refused:
+        job_start(kind="import_customers", actor=User.objects.get(username="ops"), params={"source_id": source.pk},
+                  input_name="p.csv", input_text="\ufeffuser_id, plan,plan \nu-dup,free,pro\n")
+    assert refused.value.field == "file"
+    assert not Customer.objects.filter(external_id="u-dup").exists()
+
+
+def test_json_lines_rows_are_numbered_by_the_files_own_lines_blank_lines_included(run_import):
+    # given JSON lines that start with two blank lines and have a blank line and a CRLF in between
+    text = ('\n\n{"userId": "jl-1", "event": "Order Completed"}\r\n'
+            '{"event": "Order Completed"}\n\n'
+            '{"userId": "jl-3", "event": "Order Completed"}\n'
+            '{"userId": "jl-4", "event": "Order Completed", "note": "a\u2028b"}\n'
+            '{oops\n')
+    # when they are imported
+    job = run_import("import_events", text, "orders.jsonl")
+    # then the bad rows carry the line numbers an editor shows
+    assert [(r["row"], r["field"]) for r in job.result["rejected_rows"]] == [(4, "userId"), (8, "row")]
+    assert job.result["imported"] == 3
