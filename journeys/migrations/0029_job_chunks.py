@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('journeys', '0027_ops_read_only_task_queue'),
+        ('journeys', '0028_phone_numbers_normalised'),
     ]
 
     operations = [
