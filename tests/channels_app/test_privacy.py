@@ -45,6 +45,16 @@ def test_export_command_writes_everything_held(history, tmp_path):
     assert data["consents"][0]["topic"] == "marketing" and data["consent_history"][0]["source"] == "signup"
 
 
+def test_export_command_streams_the_same_document_to_standard_output(history, tmp_path):
+    import io
+
+    out = tmp_path / "dana.json"
+    call_command("export_customer", "dana", "--output", str(out))
+    printed = io.StringIO()
+    call_command("export_customer", "dana", stdout=printed)
+    assert json.loads(printed.getvalue()) == json.loads(out.read_text())
+
+
 def test_erase_command_deletes_and_anonymises_per_policy(history, capsys):
     from django.utils import timezone
 

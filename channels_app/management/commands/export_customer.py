@@ -1,11 +1,9 @@
 """Data-subject access request: everything held about a customer, as JSON."""
 
-import json
-
 from django.core.management import BaseCommand
 
 from channels_app.management.commands._customer import find_customer
-from channels_app.services import customer_export
+from channels_app.services.privacy import customer_export_write
 
 
 class Command(BaseCommand):
@@ -16,10 +14,13 @@ class Command(BaseCommand):
         parser.add_argument("--output", "-o", help="file to write (default: standard output)")
 
     def handle(self, *args, customer, output=None, **options):
-        data = json.dumps(customer_export(customer=find_customer(customer)), indent=2, ensure_ascii=False)
+        """Written while it is read, a page of rows at a time (a customer with years of events
+        would not fit in memory as one document), the same JSON the console's download gives."""
+        customer = find_customer(customer)
         if output:
             with open(output, "w", encoding="utf-8") as f:
-                f.write(data)
+                customer_export_write(customer=customer, write=f.write)
             self.stdout.write(f"written to {output}")
         else:
-            self.stdout.write(data)
+            customer_export_write(customer=customer, write=lambda piece: self.stdout.write(piece, ending=""))
+            self.stdout.write("")
