@@ -129,7 +129,7 @@ def test_analysis_numbers_match_statsmodels():
     z, p = proportions_ztest([t.conversions, c.conversions], [t.exposures, c.exposures])
     assert (t.z, t.p_value) == pytest.approx((z, p))
     low, high = confint_proportions_2indep(
-        t.conversions, t.exposures, c.conversions, c.exposures, compare="diff", method="wald"
+        t.conversions, t.exposures, c.conversions, c.exposures, compare="diff", method="newcomb"
     )
     assert t.diff[1:] == pytest.approx((low, high))
     low, high = confint_proportions_2indep(
