@@ -247,6 +247,21 @@ def _conversions(experiment: Experiment, now: datetime):
             .filter(converted_at__lte=OuterRef("assigned_at") + window))
 
 
+def goal_events_counted(customer_ids: list[int]) -> list[int]:
+    """The goal events that convert these customers' assignments (the first in each window): an
+    erasure keeps them, stripped (channels_app.services.privacy.EVENTS_KEPT), so that erasing a
+    converted customer does not lower an experiment's conversions after the fact."""
+    kept: list[int] = []
+    experiments = Experiment.objects.filter(assignments__customer_id__in=customer_ids).exclude(goal_event="").distinct()
+    for experiment in experiments:
+        # `now` at the end of the longest window still open: goal events stamped ahead of the clock count too
+        now = timezone.now() + timedelta(seconds=experiment.window_s)
+        first = _conversions(experiment, now).values("pk")[:1]
+        kept += (Assignment.objects.filter(experiment=experiment, customer_id__in=customer_ids)
+                 .annotate(goal=Subquery(first)).filter(goal__isnull=False).values_list("goal", flat=True))
+    return kept
+
+
 def _first_conversion(experiment: Experiment, now: datetime) -> Subquery:
     """An assignment's conversion moment: the first of `_conversions`, else NULL."""
     column = "timestamp" if experiment.goal_event else "converted_at"
