@@ -178,11 +178,12 @@ class GroupStats:
     p_value: float | None = None
     p_always_valid: float | None = None
     secondary: dict = field(default_factory=dict)
+    alpha: float = 0.05  # the experiment's significance level
 
     @property
     def significant(self) -> bool:
-        """Read with the always-valid p-value: safe however often someone looks."""
-        return self.p_always_valid is not None and self.p_always_valid < 0.05
+        """Read with the always-valid p-value at the experiment's alpha: safe however often someone looks."""
+        return self.p_always_valid is not None and self.p_always_valid < self.alpha
 
 
 @dataclass
@@ -373,6 +374,7 @@ def experiment_analyze(*, experiment: Experiment, now: datetime | None = None, s
         holdout = GroupStats(name=HOLDOUT, holdout=True, weight=experiment.holdout_share, exposures=n, conversions=x)
         groups.append(holdout)
     for g in groups:
+        g.alpha = experiment.alpha
         g.rate = g.conversions / g.exposures if g.exposures else 0.0
         g.ci = wilson_interval(g.conversions, g.exposures, alpha=experiment.alpha)
     base = next((g for g in groups if g.is_control), None)
@@ -389,6 +391,7 @@ def experiment_analyze(*, experiment: Experiment, now: datetime | None = None, s
             conversions=base.conversions,
             rate=base.rate,
             ci=base.ci,
+            alpha=experiment.alpha,
         )
         _compare(messaging, holdout, alpha=experiment.alpha)
         messaging.p_always_valid = _always_valid(series, base.name, HOLDOUT, tau)
