@@ -24,16 +24,19 @@ from experiments.services.bandits import experiment_bandit_update
 from experiments.services.experiments import (
     ADD,
     CHANGE,
+    EXACTLY_ONE_CONTROL,
     MAX_ARM_WEIGHT,
     NO_ACTIVE_WEIGHT,
     ONE_CONTROL,
     OPERATE,
     VIEW,
+    arm_name_problem,
     arm_retire,
     arm_weight_problem,
     experiment_authorize,
     experiment_conclude,
     experiment_set_weights,
+    experiment_settings_problems,
     experiment_settings_save,
     experiment_start,
     experiment_stop,
@@ -60,10 +63,31 @@ def _form_errors(form: forms.Form) -> str:
                      for name, messages_ in form.errors.items() for message in messages_)
 
 
+class ExperimentForm(forms.ModelForm):
+    """The experiment's settings, checked by the rules its service enforces (at the field)."""
+
+    class Meta:
+        model = Experiment
+        fields = "__all__"
+
+    def clean(self):
+        data = super().clean()
+        for name, problem in experiment_settings_problems(data).items():
+            if name in self.fields and name in data:
+                self.add_error(name, problem)
+        return data
+
+
 class ArmForm(forms.ModelForm):
     class Meta:
         model = Arm
         fields = "__all__"
+
+    def clean_name(self):
+        name = self.cleaned_data.get("name")
+        if name is not None and (problem := arm_name_problem(name)):
+            raise ValidationError(problem)
+        return name
 
     def clean_weight(self):
         weight = self.cleaned_data.get("weight")
@@ -82,6 +106,8 @@ class ArmAdminForm(ArmForm):
         control = others.filter(is_control=True).first()
         if data.get("is_control") and control is not None:
             self.add_error("is_control", f"{ONE_CONTROL}: {control.name} is the control of {experiment.key}")
+        if experiment is not None and not data.get("is_control") and control is None:
+            self.add_error("is_control", f"{EXACTLY_ONE_CONTROL}: {experiment.key} has no other")
         if (self.instance.retired_at is None and data.get("weight") == 0
                 and not others.filter(retired_at__isnull=True, weight__gt=0).exists()):
             self.add_error("weight", f"{NO_ACTIVE_WEIGHT}: this is the only active arm that could have one")
@@ -94,8 +120,11 @@ class ArmFormSet(BaseInlineFormSet):
     def clean(self):
         super().clean()
         kept = [f for f in self.forms if getattr(f, "cleaned_data", None) and not self._should_delete_form(f)]
-        for form in [f for f in kept if f.cleaned_data.get("is_control")][1:]:
+        controls = [f for f in kept if f.cleaned_data.get("is_control", f.instance.is_control)]
+        for form in controls[1:]:
             form.add_error("is_control", f"{ONE_CONTROL}: untick it on all but one arm")
+        if not controls:
+            raise ValidationError(f"{EXACTLY_ONE_CONTROL}: tick “is control” on one arm")
         active = [f for f in kept if f.instance.retired_at is None]
         if active and not any(f.errors for f in active) and not any(f.cleaned_data.get("weight") for f in active):
             raise ValidationError(f"{NO_ACTIVE_WEIGHT}: give one a weight such as 1")
@@ -157,6 +186,7 @@ class WeightsForm(forms.Form):
 
 @admin.register(Experiment)
 class ExperimentAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
+    form = ExperimentForm
     list_display = ("key", "name", "status", "mode", "holdout_share", "goal_event", "started_at", "report_link")
     list_filter = ("status", "mode")
     search_fields = ("key", "name", "hypothesis")

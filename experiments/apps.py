@@ -12,3 +12,8 @@ class ExperimentsConfig(AppConfig):
 
         if assignments_merge not in MERGE_HOOKS:
             MERGE_HOOKS.append(assignments_merge)
+        from channels_app.services.privacy import EVENTS_KEPT
+        from experiments.services.analysis import goal_events_counted
+
+        if goal_events_counted not in EVENTS_KEPT:  # an erasure keeps the conversions experiments count
+            EVENTS_KEPT.append(goal_events_counted)

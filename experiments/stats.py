@@ -45,13 +45,17 @@ def two_proportion_ztest(x1: int, n1: int, x2: int, n2: int) -> tuple[float, flo
 
 
 def diff_interval(x1: int, n1: int, x2: int, n2: int, *, alpha: float = 0.05) -> tuple[float, float, float]:
-    """Absolute lift p1 - p2 with an unpooled (Wald) interval: (diff, low, high)."""
+    """Absolute lift p1 - p2 with Newcombe's hybrid score interval (from the two Wilson intervals):
+    (diff, low, high). Unlike the Wald interval it keeps a width at small samples and at rates of 0
+    or 1 (0/4 vs 4/4 is not "exactly +100%", nor 0/110 vs 0/90 "exactly 0")."""
     if n1 <= 0 or n2 <= 0:
         return 0.0, -1.0, 1.0
     p1, p2 = x1 / n1, x2 / n2
-    se = math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
-    z = z_crit(alpha)
-    return p1 - p2, p1 - p2 - z * se, p1 - p2 + z * se
+    low1, high1 = wilson_interval(x1, n1, alpha=alpha)
+    low2, high2 = wilson_interval(x2, n2, alpha=alpha)
+    diff = p1 - p2
+    return (diff, diff - math.sqrt((p1 - low1) ** 2 + (high2 - p2) ** 2),
+            diff + math.sqrt((high1 - p1) ** 2 + (p2 - low2) ** 2))
 
 
 def ratio_interval(x1: int, n1: int, x2: int, n2: int, *, alpha: float = 0.05) -> tuple[float, float, float] | None:

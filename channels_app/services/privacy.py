@@ -3,7 +3,10 @@
 The erasure policy (also in docs/PRIVACY.md):
 
 - Events of the customer (and of profiles merged into it) are **deleted**: their
-  properties, traits and context are personal data.
+  properties, traits and context are personal data. Except the events that an
+  aggregate still counts (EVENTS_KEPT hooks, e.g. the goal event that converted an
+  experiment assignment): those keep their name, source, type, times and the
+  tombstone, and lose everything else (ids, properties, traits, context, address).
 - Identities are **deleted**; consents and their history are **deleted**.
 - The Customer row is **kept as an anonymous tombstone** (user id `erased-<id>`, no
   email, phone, locale or traits) so that aggregate numbers (runs, conversions,
@@ -25,7 +28,7 @@ The erasure policy (also in docs/PRIVACY.md):
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -45,6 +48,16 @@ from journeys.services.jobs import jobs_erase_exports
 # (customer) -> (section name, JSON-able data); (customer) -> {what: count}
 EXPORTERS: list[Callable[[Customer], tuple[str, object]]] = []
 ERASERS: list[Callable[[Customer], dict]] = []
+# (profile ids) -> ids of their events that an aggregate counts: kept, stripped of everything personal
+EVENTS_KEPT: list[Callable[[list[int]], Iterable[int]]] = []
+
+# What an event kept by an erasure still says: its name, source, type, times (when it happened and
+# was received, its processing) and the tombstone; every other column goes back to empty.
+EVENT_STRIPPED = {
+    "message_id": "erased", "user_id": "", "anonymous_id": "", "previous_id": "", "group_id": "", "category": "",
+    "channel": "", "version": "", "properties": {}, "traits": {}, "context": {}, "integrations": {}, "metadata": {},
+    "other": {}, "violations": [], "changes": {}, "original_timestamp": None, "sent_at": None, "ip": None, "error": "",
+}
 
 
 def _json(value):
@@ -184,7 +197,10 @@ def customer_erase(*, customer: Customer, actor: str, reason: str = "") -> Erasu
     for exporter_counts in (eraser(customer) for eraser in ERASERS):
         for key, value in (exporter_counts or {}).items():
             counts[key] = counts.get(key, 0) + int(value)
-    counts["events"] = Event.objects.filter(customer_id__in=ids).delete()[1].get("journeys.Event", 0)
+    kept = sorted({pk for keeper in EVENTS_KEPT for pk in keeper(ids)})
+    events = Event.objects.filter(customer_id__in=ids)
+    counts["events"] = events.exclude(pk__in=kept).delete()[1].get("journeys.Event", 0)
+    counts["events_kept_stripped"] = events.filter(pk__in=kept).update(**EVENT_STRIPPED)
     counts["identities"] = Identity.objects.filter(customer_id__in=ids).delete()[0]
     counts["consents"] = Consent.objects.filter(customer_id__in=ids).delete()[0]
     Consent.history.filter(customer_id__in=ids).delete()

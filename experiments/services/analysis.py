@@ -178,11 +178,12 @@ class GroupStats:
     p_value: float | None = None
     p_always_valid: float | None = None
     secondary: dict = field(default_factory=dict)
+    alpha: float = 0.05  # the experiment's significance level
 
     @property
     def significant(self) -> bool:
-        """Read with the always-valid p-value: safe however often someone looks."""
-        return self.p_always_valid is not None and self.p_always_valid < 0.05
+        """Read with the always-valid p-value at the experiment's alpha: safe however often someone looks."""
+        return self.p_always_valid is not None and self.p_always_valid < self.alpha
 
 
 @dataclass
@@ -245,6 +246,21 @@ def _conversions(experiment: Experiment, now: datetime):
     return (JourneyRun.objects.filter(pk=OuterRef("run_id"), converted_at__gte=OuterRef("assigned_at"),
                                       converted_at__lte=now)
             .filter(converted_at__lte=OuterRef("assigned_at") + window))
+
+
+def goal_events_counted(customer_ids: list[int]) -> list[int]:
+    """The goal events that convert these customers' assignments (the first in each window): an
+    erasure keeps them, stripped (channels_app.services.privacy.EVENTS_KEPT), so that erasing a
+    converted customer does not lower an experiment's conversions after the fact."""
+    kept: list[int] = []
+    experiments = Experiment.objects.filter(assignments__customer_id__in=customer_ids).exclude(goal_event="").distinct()
+    for experiment in experiments:
+        # `now` at the end of the longest window still open: goal events stamped ahead of the clock count too
+        now = timezone.now() + timedelta(seconds=experiment.window_s)
+        first = _conversions(experiment, now).values("pk")[:1]
+        kept += (Assignment.objects.filter(experiment=experiment, customer_id__in=customer_ids)
+                 .annotate(goal=Subquery(first)).filter(goal__isnull=False).values_list("goal", flat=True))
+    return kept
 
 
 def _first_conversion(experiment: Experiment, now: datetime) -> Subquery:
@@ -358,6 +374,7 @@ def experiment_analyze(*, experiment: Experiment, now: datetime | None = None, s
         holdout = GroupStats(name=HOLDOUT, holdout=True, weight=experiment.holdout_share, exposures=n, conversions=x)
         groups.append(holdout)
     for g in groups:
+        g.alpha = experiment.alpha
         g.rate = g.conversions / g.exposures if g.exposures else 0.0
         g.ci = wilson_interval(g.conversions, g.exposures, alpha=experiment.alpha)
     base = next((g for g in groups if g.is_control), None)
@@ -374,6 +391,7 @@ def experiment_analyze(*, experiment: Experiment, now: datetime | None = None, s
             conversions=base.conversions,
             rate=base.rate,
             ci=base.ci,
+            alpha=experiment.alpha,
         )
         _compare(messaging, holdout, alpha=experiment.alpha)
         messaging.p_always_valid = _always_valid(series, base.name, HOLDOUT, tau)

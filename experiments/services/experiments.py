@@ -26,6 +26,8 @@ VIEW, ADD, CHANGE, OPERATE = "view", "add", "change", "operate"
 MAX_ARM_WEIGHT = 1_000_000
 NO_ACTIVE_WEIGHT = "at least one active arm needs a weight above 0"
 ONE_CONTROL = "only one arm can be the control"
+EXACTLY_ONE_CONTROL = "exactly one arm must be the control"
+RESERVED_ARM_NAME = f"{HOLDOUT!r} is reserved for the customers held out (they get no arm): name the arm otherwise"
 
 
 def arm_weight_problem(weight: object) -> str:
@@ -35,6 +37,53 @@ def arm_weight_problem(weight: object) -> str:
     if not 0 <= weight <= MAX_ARM_WEIGHT:
         return f"must be from 0 to {MAX_ARM_WEIGHT:,} (weights are relative: 1 and 3 give a quarter and three quarters)"
     return ""
+
+
+def arm_name_problem(name: str) -> str:
+    """What is wrong with an arm's name ("" when nothing is); unique within the experiment is checked apart."""
+    if not name:
+        return "an arm needs a name"
+    if name == HOLDOUT:
+        return RESERVED_ARM_NAME
+    return ""
+
+
+# The settings an experiment runs by, as the service and the admin form check them:
+# field -> (lowest, highest, what the number is); None = no bound on that side.
+SETTING_RANGES: dict[str, tuple[float | None, float | None, str]] = {
+    "window_s": (1, None, "the conversion window in seconds, e.g. 604800 for 7 days"),
+    "bandit_floor": (0.0, 0.5, "each arm's minimum share under the bandit, e.g. 0.02"),
+    "exploration_share": (0.0, 1.0, "the share of next-best-action entrants assigned at random, e.g. 0.1"),
+}
+
+
+def experiment_settings_problems(values: dict) -> dict[str, str]:
+    """field -> what is wrong with it, for the settings among `values` (a form's cleaned data, or an
+    experiment's fields); empty when nothing is. The service refuses what this finds, and the admin
+    form shows it at the field."""
+    problems: dict[str, str] = {}
+    for name, (low, high, what) in SETTING_RANGES.items():
+        value = values.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+                low is not None and value < low) or (high is not None and value > high):
+            bounds = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
+            problems[name] = f"must be {bounds}: {what}"
+    if "secondary_metrics" in values:
+        metrics, known = values["secondary_metrics"] or [], ", ".join(Metric.values)
+        if not isinstance(metrics, list):
+            problems["secondary_metrics"] = f'must be a list of metric names, e.g. ["open_rate"] (known: {known})'
+        elif unknown := [m for m in metrics if m not in Metric.values]:
+            problems["secondary_metrics"] = f"unknown metric {unknown[0]!r} (known: {known})"
+    return problems
+
+
+def experiment_settings_check(experiment: Experiment) -> None:
+    """Raise ValidationError (per field) for settings the experiment cannot run by."""
+    if problems := experiment_settings_problems({name: getattr(experiment, name)
+                                                  for name in (*SETTING_RANGES, "secondary_metrics")}):
+        raise ValidationError(problems)
 
 
 def _active(user) -> bool:
@@ -115,6 +164,7 @@ def experiment_settings_save(*, experiment: Experiment, actor, reason: str) -> E
         stored = Experiment.objects.select_for_update().get(pk=experiment.pk)
         experiment_authorize(actor=actor, action=CHANGE, experiment=stored)
         experiment_authorize(actor=actor, action=CHANGE, experiment=experiment)
+    experiment_settings_check(experiment)
     _stamp(experiment, actor=actor, reason=reason)
     experiment.save()
     return experiment
@@ -144,19 +194,19 @@ def experiment_create(
     experiment_authorize(actor=actor, action=ADD, workflow=workflow)
     controls = [a for a in arms if a.get("control")]
     if len(controls) != 1:
-        raise ValidationError({"arms": "exactly one arm must be the control"})
+        raise ValidationError({"arms": EXACTLY_ONE_CONTROL})
     names = [a.get("name", "") for a in arms]
-    if len(set(names)) != len(names) or HOLDOUT in names or "" in names:
-        raise ValidationError({"arms": "arm names must be unique, non-empty and not 'holdout'"})
+    for arm_name in names:
+        if problem := arm_name_problem(arm_name):
+            raise ValidationError({"arms": f"arm {arm_name!r}: {problem}"})
+    if len(set(names)) != len(names):
+        raise ValidationError({"arms": "arm names must be unique"})
     weights = {a["name"]: a.get("weight", 1.0) for a in arms}
     for arm_name, weight in weights.items():
         if problem := arm_weight_problem(weight):
             raise ValidationError({"arms": f"{arm_name}: weight {problem}"})
     if not any(weights.values()):
         raise ValidationError({"arms": NO_ACTIVE_WEIGHT})
-    for metric in secondary_metrics or []:
-        if metric not in Metric.values:
-            raise ValidationError({"secondary_metrics": f"unknown metric {metric!r}"})
     experiment = Experiment(
         key=key,
         name=name,
@@ -170,6 +220,7 @@ def experiment_create(
         created_by=actor if getattr(actor, "pk", None) else None,
         **options,
     )
+    experiment_settings_check(experiment)
     experiment.full_clean(exclude=["winner", "salt"])
     _stamp(experiment, actor=actor, reason="created")
     experiment.save()

@@ -176,3 +176,102 @@ def test_created_by_is_shown_but_not_changed_on_the_experiment_page(admin_client
     assert response.status_code == 302
     assert 'name="created_by"' not in page.content.decode()
     assert Experiment.objects.get(pk=experiment.pk).created_by == admin_user
+
+
+# --------------------------------------------------------------------------- the rules the services enforce
+
+
+def test_an_arm_named_holdout_is_refused_at_its_name_on_the_add_form_and_on_its_own_page(admin_client):
+    from experiments.services.experiments import RESERVED_ARM_NAME
+
+    # given the add form with an arm named like the held-out group (assignment would give it nobody)
+    data = _add_form(admin_client, {"name": "control", "is_control": "on", "weight": 1},
+                     {"name": "holdout", "weight": 1})
+
+    response = admin_client.post(ADD, data)
+
+    # then that arm's name says why, as the service does, and nothing was created
+    assert response.status_code == 200
+    formset = response.context["inline_admin_formsets"][0].formset
+    assert formset.errors[1] == {"name": [RESERVED_ARM_NAME]}
+    assert not Experiment.objects.exists()
+
+    # and an existing arm cannot be renamed so on its own page
+    short = make_experiment(start=False).arms.get(name="short")
+    url = reverse("admin:experiments_arm_change", args=[short.pk])
+    response = admin_client.post(url, admin_form_data(admin_client.get(url), name="holdout", change_reason="rename"))
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors["name"] == [RESERVED_ARM_NAME]
+    assert Arm.objects.get(pk=short.pk).name == "short"
+
+
+def test_arms_without_a_control_are_refused_on_the_add_form_and_on_the_arms_page(admin_client):
+    data = _add_form(admin_client, {"name": "control", "weight": 1}, {"name": "short", "weight": 1})
+
+    response = admin_client.post(ADD, data)
+
+    assert response.status_code == 200
+    assert "exactly one arm must be the control" in _inline_errors(response)
+    assert not Experiment.objects.exists()
+
+    control = make_experiment(start=False).arms.get(name="control")
+    url = reverse("admin:experiments_arm_change", args=[control.pk])
+    data = admin_form_data(admin_client.get(url), change_reason="untick")
+    data.pop("is_control")
+    response = admin_client.post(url, data)
+    assert response.status_code == 200
+    assert "exactly one arm must be the control" in " ".join(response.context["adminform"].form.errors["is_control"])
+    assert Arm.objects.get(pk=control.pk).is_control
+
+
+SETTINGS = [
+    ("bandit_floor", "-3", "must be from 0 to 0.5"),
+    ("exploration_share", "7", "must be from 0 to 1"),
+    ("window_s", "0", "must be at least 1"),
+    ("secondary_metrics", '["nope"]', "unknown metric 'nope'"),
+    ("secondary_metrics", '{"a": 1}', "must be a list of metric names"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), SETTINGS)
+def test_settings_the_service_refuses_are_refused_at_their_field_in_the_admin(admin_client, field, value, message):
+    # given the add form with usable arms and one setting the experiment cannot run by
+    data = _add_form(admin_client, {"name": "control", "is_control": "on", "weight": 1}, {"name": "short", "weight": 1})
+    data[field] = value
+
+    response = admin_client.post(ADD, data)
+
+    # then that field says what is wrong, and nothing was created
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert message in " ".join(errors.get(field, [])), errors
+    assert not Experiment.objects.exists()
+
+    # and so does the change form of an existing experiment
+    experiment = make_experiment(start=False)
+    url = reverse("admin:experiments_experiment_change", args=[experiment.pk])
+    response = admin_client.post(url, admin_form_data(admin_client.get(url), **{field: value, "change_reason": "x"}))
+    assert response.status_code == 200
+    assert message in " ".join(response.context["adminform"].form.errors.get(field, []))
+
+
+@pytest.mark.parametrize(("field", "value", "message"), SETTINGS)
+def test_the_services_refuse_the_same_settings_naming_the_field(field, value, message):
+    import json
+
+    from django.core.exceptions import ValidationError
+
+    from experiments.services.experiments import experiment_create, experiment_settings_save
+
+    value = json.loads(value)
+    arms = [{"name": "control", "control": True}, {"name": "short"}]
+    with pytest.raises(ValidationError) as created:
+        experiment_create(key="bad", name="Bad", arms=arms, **{field: value})
+    assert message in " ".join(created.value.message_dict[field])
+    experiment = make_experiment(start=False)
+    setattr(experiment, field, value)
+    with pytest.raises(ValidationError) as saved:
+        experiment_settings_save(experiment=experiment, actor=None, reason="x")
+    assert message in " ".join(saved.value.message_dict[field])
+    with pytest.raises(ValidationError, match=f"arm 'holdout': 'holdout' is reserved"):
+        experiment_create(key="held", name="Held", arms=[*arms, {"name": "holdout"}])

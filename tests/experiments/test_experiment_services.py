@@ -129,7 +129,7 @@ def test_analysis_numbers_match_statsmodels():
     z, p = proportions_ztest([t.conversions, c.conversions], [t.exposures, c.exposures])
     assert (t.z, t.p_value) == pytest.approx((z, p))
     low, high = confint_proportions_2indep(
-        t.conversions, t.exposures, c.conversions, c.exposures, compare="diff", method="wald"
+        t.conversions, t.exposures, c.conversions, c.exposures, compare="diff", method="newcomb"
     )
     assert t.diff[1:] == pytest.approx((low, high))
     low, high = confint_proportions_2indep(
@@ -261,3 +261,26 @@ def test_bandit_converges_to_the_better_arm_on_simulated_data():
     # unlucky start (0.33, 0.11, 0.16; +0.52).
     assert share_c[0] < 0.5 and sum(share_c[-3:]) > sum(share_c[:3]) + 0.1, share_c
     assert experiment.arms.get(name="c").history.filter(history_change_reason__startswith="bandit update").exists()
+
+
+def test_significant_reads_the_experiments_alpha():
+    from experiments.stats import msprt_pvalue
+
+    # given an experiment tested at alpha 0.2, where short beats control with an always-valid p
+    # between 0.05 and 0.2 (all on one day: one look)
+    now = timezone.now()
+    t0 = now - timedelta(hours=6)
+    experiment = make_experiment(key="alpha", goal_event="buy", alpha=0.2, min_detectable_effect=0.1, now=t0)
+    groups: dict[str, list] = {"control": [], "short": []}
+    for customer in make_customers(200, prefix="al"):
+        groups[assignment_decide(experiment=experiment, customer=customer, now=t0).group].append(customer)
+    n1, n2 = len(groups["short"]), len(groups["control"])
+    x2 = n2 // 10
+    x1 = next(x for x in range(x2, n1) if msprt_pvalue(x, n1, x2, n2, tau=0.1) < 0.15)
+    make_goal_events(groups["short"][:x1] + groups["control"][:x2], name="buy", at=t0 + timedelta(minutes=1))
+
+    short = next(g for g in experiment_analyze(experiment=experiment, now=now).groups if g.name == "short")
+
+    # then it is significant at the experiment's alpha, not at a fixed 0.05
+    assert 0.05 < short.p_always_valid < 0.2
+    assert short.significant

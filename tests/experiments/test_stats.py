@@ -35,13 +35,23 @@ def test_two_proportion_ztest_matches_statsmodels(a, b):
     assert stats.two_proportion_ztest(a[0], a[1], b[0], b[1]) == pytest.approx((z, p), rel=1e-9)
 
 
-@pytest.mark.parametrize("a, b", PAIRS)
+# small samples and rates of 0 or 1, where a Wald interval collapses to a point
+TINY_PAIRS = [((4, 4), (0, 4)), ((0, 110), (0, 90)), ((0, 3), (3, 3)), ((1, 2), (2, 2))]
+
+
+@pytest.mark.parametrize("a, b", PAIRS + TINY_PAIRS)
 @pytest.mark.parametrize("alpha", [0.05, 0.1])
 def test_absolute_lift_interval_matches_statsmodels(a, b, alpha):
-    low, high = confint_proportions_2indep(a[0], a[1], b[0], b[1], method="wald", compare="diff", alpha=alpha)
+    low, high = confint_proportions_2indep(a[0], a[1], b[0], b[1], method="newcomb", compare="diff", alpha=alpha)
     diff, lo, hi = stats.diff_interval(a[0], a[1], b[0], b[1], alpha=alpha)
     assert diff == pytest.approx(a[0] / a[1] - b[0] / b[1])
-    assert (lo, hi) == pytest.approx((low, high), rel=1e-9)
+    assert (lo, hi) == pytest.approx((low, high), rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("a, b", TINY_PAIRS)
+def test_absolute_lift_interval_keeps_a_width_at_tiny_samples(a, b):
+    diff, lo, hi = stats.diff_interval(a[0], a[1], b[0], b[1])
+    assert -1 <= lo <= diff <= hi <= 1 and hi - lo > 0.05  # e.g. 4/4 vs 0/4: [0.31, 1.00], not [1, 1]
 
 
 @pytest.mark.parametrize("a, b", PAIRS)
