@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
+
 
 class JourneyError(Exception):
     """Base for errors a caller can show to a person."""
@@ -62,3 +64,8 @@ class SecretUnavailable(JourneyError):
     """A configured secret name is not allowed (no JOURNEYS_SECRET_ prefix) or holds nothing."""
 
     code = "secret_unavailable"
+
+
+class DraftChanged(ValidationError):
+    """A change made on a stale view of a draft (a drawing or a form loaded before someone else
+    saved): refused, nothing written, so that nobody's change is overwritten unseen (HTTP 409)."""

@@ -14,12 +14,20 @@ Bad input is a 400 {"ok": false, "field", "message"} naming what to fix; a versi
 not see is a 404; a change the user may not make is a 403. Django's CSRF check applies to every
 POST (the script sends the page's token). Each change is kept in the session so that "undo"
 puts the draft back as it was, as long as nobody changed it since.
+
+Nobody's change is overwritten unseen: the drawing carries a token of the draft it shows
+("loaded", `drafts.draft_fingerprint`) and every command sends it back; a side-panel form
+carries a token of the step (or the settings) it was opened with. When the draft, step or
+settings changed since (another tab, another editor), the change is refused with a 409 and
+nothing is written; a refused command's answer carries the drawing as it is now. A client that
+sends no token changes the draft as it is.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -47,7 +55,7 @@ from journeys.console.graph import (
 )
 from journeys.console.selectors import version_for_user
 from journeys.engine.registry import STEP_KINDS
-from journeys.errors import JourneyError, PermissionDenied
+from journeys.errors import DraftChanged, JourneyError, PermissionDenied
 from journeys.forms.steps import kind_palette, step_form_class
 from journeys.forms.version import VersionSettingsForm
 from journeys.models import Step, WorkflowVersion
@@ -62,6 +70,7 @@ UNDO_BYTES = 256 * 1024  # at most this much of one version's past in the sessio
 MAX_TEXT = 200
 MAX_REASON = 500  # as the admin's "Reason for this change"
 MAX_POSITIONS = 2000  # steps placed in one change
+TOKEN = re.compile(r"[0-9a-f]{64}")  # a fingerprint of what a drawing or a form was loaded from
 
 
 def _version(request: HttpRequest, pk: int) -> WorkflowVersion:
@@ -85,18 +94,41 @@ def _refusal(exc: Exception, default_field: str) -> JsonResponse:
     return _fail(default_field, " ".join(exc.messages))
 
 
+def _token(value: Any) -> str:
+    """The "loaded" token a drawing or form sends back ("" when it sends none)."""
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or not TOKEN.fullmatch(value):
+        raise ValidationError({"loaded": "loaded must be the token the page was loaded with (64 hex digits); "
+                                         "reload the page"})
+    return value
+
+
+def _conflict(request: HttpRequest, version: WorkflowVersion, exc: DraftChanged, *,
+              drawing: bool = True) -> JsonResponse:
+    """A change made on a stale drawing or form: 409, nothing written; with the drawing as it is
+    now (not for a form: the panel, and what was typed in it, stay as they are)."""
+    state = {}
+    if drawing:
+        version.refresh_from_db()
+        state = canvas_state(version=version, request=request)
+    return _fail("loaded", " ".join(exc.messages), status=409, conflict=True, **state)
+
+
 # --------------------------------------------------------------------------- the drawing
 
 
 def canvas_state(*, version: WorkflowVersion, request: HttpRequest | None = None) -> dict:
-    """The drawing (SVG), what the script needs to edit it and the validation report."""
+    """The drawing (SVG), what the script needs to edit it, the validation report and the token
+    of the draft drawn (taken first: a change saved meanwhile makes it older, never newer)."""
+    loaded = drafts.draft_fingerprint(version=version)
     graph = version_graph(version=version)
     by_step, report = version_issues(version=version)
     step_url = reverse("admin:journeys_workflowversion_change", args=[version.pk])
     runs_url = reverse("admin:journeys_journeyrun_changelist") + f"?version__id__exact={version.pk}"
     return {"svg": str(svg_graph(graph, step_url=step_url, runs_url=runs_url, issues=by_step)),
             "graph": graph_data(graph, issues=by_step), "issues": report,
-            "undo": len(_undo_stack(request, version)) if request is not None else 0}
+            "undo": len(_undo_stack(request, version)) if request is not None else 0, "loaded": loaded}
 
 
 def canvas_context(request: HttpRequest, version: WorkflowVersion) -> dict:
@@ -104,6 +136,7 @@ def canvas_context(request: HttpRequest, version: WorkflowVersion) -> dict:
     state = canvas_state(version=version, request=request)
     return {"palette": kind_palette(), "state": state, "svg": state["svg"],
             "script_data": {**state["graph"], "undo": state["undo"], "issues": state["issues"],
+                            "loaded": state["loaded"],
                             "urls": {"command": reverse("console:canvas_command", args=[version.pk]),
                                      "step": reverse("console:canvas_step", args=[version.pk, 0]),
                                      "settings": reverse("console:canvas_settings", args=[version.pk])}},
@@ -137,7 +170,7 @@ def _undo_push(request: HttpRequest, version: WorkflowVersion, edit: drafts.Draf
     request.session[UNDO_KEY] = dict(list(stacks.items())[-UNDO_VERSIONS:])
 
 
-def _undo(request: HttpRequest, version: WorkflowVersion, reason: str) -> JsonResponse:
+def _undo(request: HttpRequest, version: WorkflowVersion, reason: str, loaded: str) -> JsonResponse:
     stacks = dict(request.session.get(UNDO_KEY, {}))
     stack = list(stacks.get(str(version.pk), []))
     if not stack:
@@ -145,7 +178,9 @@ def _undo(request: HttpRequest, version: WorkflowVersion, reason: str) -> JsonRe
     last = stack.pop()
     try:
         drafts.version_restore(version=version, snapshot=last["before"], expected=last["after"], actor=request.user,
-                               reason=reason or f"undo: {last['what']}")
+                               reason=reason or f"undo: {last['what']}", loaded=loaded)
+    except DraftChanged as exc:  # the drawing is stale: show the draft as it is, keep what can be undone
+        return _conflict(request, version, exc)
     except (ValidationError, PermissionDenied) as exc:
         if isinstance(exc, ValidationError) and not hasattr(exc, "error_dict"):
             stack = []  # the draft moved on: older changes cannot be undone either
@@ -260,12 +295,15 @@ def canvas_command(request: HttpRequest, pk: int) -> HttpResponse:
         return _fail("body", "the request body must be a JSON object")
     try:
         op, reason = _text(data, "op"), _text(data, "reason", required=False, limit=MAX_REASON)
+        loaded = _token(data.get("loaded"))
         if op == "undo":
-            return _undo(request, version, reason)
+            return _undo(request, version, reason, loaded)
         if op not in COMMANDS:
             return _fail("op", f"unknown op {op!r}; one of: undo, {', '.join(COMMANDS)}")
         change, describe = COMMANDS[op](data, request.user, reason)
-        edit = drafts.draft_edit(version=version, actor=request.user, reason=reason, change=change)
+        edit = drafts.draft_edit(version=version, actor=request.user, reason=reason, change=change, loaded=loaded)
+    except DraftChanged as exc:
+        return _conflict(request, version, exc)
     except (ValidationError, PermissionDenied) as exc:
         return _refusal(exc, "version")
     what = describe(edit.result)
@@ -277,17 +315,24 @@ def canvas_command(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def _form_answer(request: HttpRequest, version: WorkflowVersion, form, template: str, context: dict,
-                 save: Callable[[str], Any], what: str) -> HttpResponse:
-    """GET: the panel. POST: validate, save through the service, answer with the new drawing
-    (or a 400 naming the first field to fix, with the panel showing every error)."""
+                 save: Callable[[str, str], Any], what: str, loaded: Callable[[], str]) -> HttpResponse:
+    """GET: the panel, with the token of what it shows (`loaded()`). POST: validate, save through
+    the service (refused with a 409 when what the form was opened with changed since), answer
+    with the new drawing (or a 400 naming the first field to fix, with the panel showing every
+    error and still the token it was opened with)."""
     editable = version_canvas_editable(user=request.user, version=version)
     context = {**context, "form": form, "version": version, "editable": editable}
     if request.method == "GET":
-        return render(request, template, context)
+        return render(request, template, {**context, "loaded": loaded()})
     if request.method != "POST":
         return HttpResponseNotAllowed(["GET", "POST"])
     if not editable:
         return _fail("version", f"v{version.number} is {version.stage.replace('_', ' ')}: read-only on the canvas", status=403)
+    try:
+        token = _token(request.POST.get("loaded"))
+    except ValidationError as exc:
+        return _refusal(exc, "loaded")
+    context["loaded"] = token
     reason = (request.POST.get("change_reason") or "").strip()
     if not reason or "\x00" in reason or len(reason) > MAX_REASON:
         form.is_valid()  # show the form's own errors too
@@ -295,7 +340,10 @@ def _form_answer(request: HttpRequest, version: WorkflowVersion, form, template:
                      f"{MAX_REASON} characters", panel=render_to_string(template, context, request))
     if form.is_valid():
         try:
-            edit = drafts.draft_edit(version=version, actor=request.user, reason=reason, change=lambda v: save(reason))
+            edit = drafts.draft_edit(version=version, actor=request.user, reason=reason,
+                                     change=lambda v: save(reason, token))
+        except DraftChanged as exc:
+            return _conflict(request, version, exc, drawing=False)
         except PermissionDenied as exc:
             return _fail("version", str(exc), status=403)
         except ValidationError as exc:
@@ -306,14 +354,18 @@ def _form_answer(request: HttpRequest, version: WorkflowVersion, form, template:
         else:
             _undo_push(request, version, edit, what)
             version.refresh_from_db()
+            context["loaded"] = loaded()
             return _answer(request, version, f"Saved {what}", panel=render_to_string(template, context, request))
     field, texts = next(iter(form.errors.items()))
     return _fail("form" if field == "__all__" else field, str(texts[0]),
                  panel=render_to_string(template, context, request))
 
 
-def _step_of(version: WorkflowVersion, step_pk: int) -> Step:
+def _step_of(request: HttpRequest, version: WorkflowVersion, step_pk: int) -> Step | JsonResponse:
     step = Step.objects.filter(version=version, pk=step_pk).first()
+    if step is None and request.method == "POST":  # deleted while its form was open: said in the status line
+        return _fail("step", "this step is no longer in the draft (deleted in another tab or by another editor): "
+                     "nothing was saved", status=404)
     if step is None:
         raise Http404("no such step in this version")
     return step
@@ -324,7 +376,9 @@ def canvas_step(request: HttpRequest, pk: int, step_pk: int) -> HttpResponse:
     """A step's own form in the side panel (the rule editor and template preview included),
     with its connections and delete button."""
     version = _version(request, pk)
-    step = _step_of(version, step_pk)
+    step = _step_of(request, version, step_pk)
+    if isinstance(step, JsonResponse):
+        return step
     kind = STEP_KINDS.get(step.kind)
     context = {"step": step, "kind_label": kind.label if kind else f"{step.kind} (unknown kind)", "others": list(version.steps.exclude(pk=step.pk).order_by("key").values_list("key", flat=True)),
                "connections": {e.outcome: e.target.key for e in step.out_edges.select_related("target")}}
@@ -340,13 +394,14 @@ def canvas_step(request: HttpRequest, pk: int, step_pk: int) -> HttpResponse:
     form.fields.pop("after", None)  # connections are drawn (or chosen below the form)
     context["outcomes"] = _outcomes_of(step, context["connections"])
 
-    def save(reason: str) -> Step:
+    def save(reason: str, loaded: str) -> Step:
         data = form.cleaned_data
         return drafts.step_form_save(version=version, step=step, key=data["key"], kind=step.kind,
-                                     name=data.get("name", ""), config=form.config, actor=request.user, reason=reason)
+                                     name=data.get("name", ""), config=form.config, actor=request.user, reason=reason,
+                                     loaded=loaded)
 
     return _form_answer(request, version, form, "console/_canvas_step.html", context, save,
-                        f"step {form.data.get('key') or step.key}")
+                        f"step {form.data.get('key') or step.key}", lambda: drafts.step_fingerprint(step=step))
 
 
 def _outcomes_of(step: Step, connections: dict) -> list[dict]:
@@ -365,10 +420,15 @@ def canvas_settings(request: HttpRequest, pk: int) -> HttpResponse:
     version = _version(request, pk)
     form = VersionSettingsForm(request.POST if request.method == "POST" else None, version=version)
 
-    def save(reason: str) -> WorkflowVersion:
-        return drafts.version_settings_save(version=version, values=form.values(), actor=request.user, reason=reason)
+    def save(reason: str, loaded: str) -> WorkflowVersion:
+        return drafts.version_settings_save(version=version, values=form.values(), actor=request.user, reason=reason,
+                                            loaded=loaded)
 
-    return _form_answer(request, version, form, "console/_canvas_settings.html", {}, save, "the trigger settings")
+    def loaded() -> str:
+        return drafts.settings_fingerprint(version=WorkflowVersion.objects.get(pk=version.pk))
+
+    return _form_answer(request, version, form, "console/_canvas_settings.html", {}, save, "the trigger settings",
+                        loaded)
 
 
 def version_draft_from(request: HttpRequest, pk: int) -> HttpResponse:

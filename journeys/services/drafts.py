@@ -23,6 +23,7 @@ from django.db import transaction
 
 from journeys.choices import ReentryPolicy, VersionState
 from journeys.engine.registry import get_kind
+from journeys.errors import DraftChanged
 from journeys.models import Edge, Step, WorkflowVersion
 from journeys.rules import RuleSyntaxError, compile_rule
 from journeys.services.definitions import MAX_COORDINATE, VERSION_FIELDS
@@ -32,6 +33,8 @@ from journeys.services.workflows import step_save, trigger_clean, version_check_
 T = TypeVar("T")
 START = "start"  # the edge from the trigger to the entry step (not a row: the version's entry_step)
 SETTINGS = tuple(f for f in VERSION_FIELDS if f != "notes")
+DRAWING_CHANGED = ("the draft changed since this drawing of it was loaded (in another tab or by another editor): "
+                   "nothing was changed; the drawing now shows the draft as it is, do it again if you still want it")
 
 
 def _stage(version: WorkflowVersion) -> str:
@@ -156,13 +159,18 @@ class DraftEdit:
 
 
 def draft_edit(*, version: WorkflowVersion, actor: Any, reason: str,
-               change: Callable[[WorkflowVersion], T]) -> DraftEdit:
+               change: Callable[[WorkflowVersion], T], loaded: str = "") -> DraftEdit:
     """Run one change of a draft (`change(version)` calls the services below) in one transaction,
-    keeping the graph as it was before, so that the change can be undone."""
+    keeping the graph as it was before, so that the change can be undone. `loaded` is the
+    `draft_fingerprint` of the drawing the change was made on: when the draft has changed since
+    (another tab, another editor), nothing is changed (`DraftChanged`). Without it, the change
+    applies to the draft as it is."""
     with transaction.atomic():
         reason = require_reason(actor, reason)
         locked = _draft(version, actor)
         before = version_snapshot(version=locked)
+        if loaded and snapshot_fingerprint(before) != loaded:
+            raise DraftChanged(DRAWING_CHANGED)
         result = change(locked)
         after = version_snapshot(version=WorkflowVersion.objects.get(pk=locked.pk))  # the services saved their own copy
         return DraftEdit(result=result, before=before, after=snapshot_fingerprint(after))
@@ -286,9 +294,21 @@ def step_delete(*, version: WorkflowVersion, step: str, actor: Any = None, reaso
 
 @transaction.atomic
 def step_form_save(*, version: WorkflowVersion, step: Step, key: str, kind: str, name: str, config: dict,
-                   actor: Any = None, reason: str = "") -> Step:
-    """A step's form saved from the canvas's side panel: `step_save` on a draft."""
+                   actor: Any = None, reason: str = "", loaded: str = "") -> Step:
+    """A step's form saved from the canvas's side panel: `step_save` on a draft. `loaded` is the
+    `step_fingerprint` of the step as the form showed it: when the step has been saved (or
+    deleted) since, by another tab or editor, nothing is saved (`DraftChanged`) rather than
+    their change being overwritten unseen. `step` is read again once the draft is locked."""
     version = _draft(version, actor)
+    shown = step.key
+    try:
+        step.refresh_from_db()
+    except Step.DoesNotExist:
+        raise DraftChanged(f"step {shown} is no longer in the draft (deleted in another tab or by another "
+                           "editor): nothing was saved") from None
+    if loaded and step_fingerprint(step=step) != loaded:
+        raise DraftChanged(f"step {shown} changed since you opened it (in another tab or by another editor): "
+                           "nothing was saved; reload it to see the change (your text is still in the form)")
     return step_save(version=version, step=step, key=key, kind=kind, name=name, config=config, actor=actor,
                      reason=reason)
 
@@ -303,10 +323,16 @@ def _rule_field(values: dict, name: str) -> None:
 
 @transaction.atomic
 def version_settings_save(*, version: WorkflowVersion, values: dict, actor: Any = None,
-                          reason: str = "") -> WorkflowVersion:
+                          reason: str = "", loaded: str = "") -> WorkflowVersion:
     """The trigger and entry settings of a draft (the canvas's start node): trigger kind, event
-    and config, entry rule and step, re-entry policy, goal event and filter."""
+    and config, entry rule and step, re-entry policy, goal event and filter. `loaded` is the
+    `settings_fingerprint` the form was opened with: settings saved since by someone else are
+    never overwritten unseen (`DraftChanged`)."""
     version, reason = _editing(version, actor, reason)
+    if loaded and settings_fingerprint(version=version) != loaded:
+        raise DraftChanged("the trigger settings changed since you opened them (in another tab or by another "
+                           "editor): nothing was saved; reload them to see the change (your text is still in "
+                           "the form)")
     unknown = set(values) - set(SETTINGS)
     if unknown:
         raise ValidationError({sorted(unknown)[0]: "is not a setting of a version"})
@@ -344,21 +370,46 @@ def version_snapshot(*, version: WorkflowVersion) -> dict:
     }
 
 
+def _digest(content: Any) -> str:
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def draft_fingerprint(*, version: WorkflowVersion) -> str:
+    """The draft as it is now (settings, steps with their positions, edges): the token the
+    canvas's drawing carries, so that a change made on an older drawing is refused."""
+    return snapshot_fingerprint(version_snapshot(version=version))
+
+
+def step_fingerprint(*, step: Step) -> str:
+    """What a step's form edits (key, kind, name, settings), as stored: the token its side-panel
+    form carries. Moving the step or connecting it does not change it."""
+    return _digest({"key": step.key, "kind": step.kind, "name": step.name, "config": step.config})
+
+
+def settings_fingerprint(*, version: WorkflowVersion) -> str:
+    """The trigger and entry settings as stored: the token the start node's form carries."""
+    return _digest({f: getattr(version, f) for f in SETTINGS})
+
+
 def snapshot_fingerprint(snapshot: dict) -> str:
     """What the draft looks like, whatever its rows' ids (undo re-creates a deleted step as a new row)."""
     content = {**snapshot, "steps": sorted(({k: v for k, v in s.items() if k != "id"} for s in snapshot["steps"]),
                                            key=lambda s: s["key"])}
-    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+    return _digest(content)
 
 
 @transaction.atomic
 def version_restore(*, version: WorkflowVersion, snapshot: dict, expected: str, actor: Any = None,
-                    reason: str = "") -> None:
+                    reason: str = "", loaded: str = "") -> None:
     """Undo: put the draft back as `snapshot` (taken by `draft_edit` before a change), provided
-    the draft is still as that change left it (`expected`): someone else's later edit is never
-    undone unseen. Steps are matched by id, then by key; each restored row records who and why."""
+    the draft is still as that change left it (`expected`) and as the drawing showed it
+    (`loaded`, as for `draft_edit`): someone else's later edit is never undone unseen. Steps
+    are matched by id, then by key; each restored row records who and why."""
     version, reason = _editing(version, actor, reason)
-    if snapshot_fingerprint(version_snapshot(version=version)) != expected:
+    now = snapshot_fingerprint(version_snapshot(version=version))
+    if loaded and now != loaded:
+        raise DraftChanged(DRAWING_CHANGED)
+    if now != expected:
         raise ValidationError("the draft changed after your last change (another edit, perhaps by someone "
                               "else); nothing was undone")
     current = list(Step.objects.filter(version=version))

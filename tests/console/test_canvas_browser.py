@@ -5,7 +5,10 @@ onto the outcome it follows and filled in its side panel. The editor proposes it
 export is the demo's (modulo positions and order, which the export keeps but which say nothing
 about what the journey does). On the way an outcome is connected by dragging it (and the Undo
 button takes it back) and a step is moved. Then the keyboard: a step is moved, connected and deleted, and
-the last change undone, without the mouse.
+the last change undone, without the mouse. Two tabs on one draft: the tab opened before the
+other's save is refused, saying so, and keeps what was typed; a save the server answers without
+JSON (the security token gone, the session expired) says why instead of "saving…" forever; and
+the console's pages log no 404 for their icon.
 """
 
 from __future__ import annotations
@@ -248,3 +251,109 @@ def test_keyboard_moves_connects_deletes_and_undoes(demo, live_server, browser, 
     _status(browser, "Undone: deleted exit_1")
     assert draft.edges.filter(source__key="condition_1", outcome="no", target__key="exit_1").exists()
     shot("canvas-keyboard.png")
+
+
+def _condition_draft(name: str) -> WorkflowVersion:
+    workflow = workflow_create(name=name, business_unit=BusinessUnit.objects.get(slug="retention"))
+    draft = WorkflowVersion.objects.create(workflow=workflow, number=1, trigger_event="Signed Up",
+                                           entry_step="condition_1")
+    Step.objects.create(version=draft, key="condition_1", kind="condition", config={"rule": "profile.ltv > 1"},
+                        x=100, y=150)
+    return draft
+
+
+def _open_step(browser, key: str) -> None:
+    _node(browser, key).click()
+    _wait(browser, lambda b: b.find_elements(_by().CSS_SELECTOR, f'#canvas-panel [data-step="{key}"] #save-step'))
+
+
+def _panel_value(browser, name: str) -> str:
+    return browser.find_element(_by().CSS_SELECTOR, f'#canvas-panel [name="{name}"]').get_attribute("value")
+
+
+def test_a_tab_opened_before_another_tab_saved_is_refused_not_overwriting(demo, live_server, browser):
+    # given condition_1's form open in tab A, then in tab B
+    By = _by()
+    base = live_server.url
+    draft = _condition_draft("Two tabs")
+    graph = f"{base}{reverse('console:version_graph', args=[draft.pk])}"
+    login(browser, base, "editor")
+    browser.get(graph)
+    _open_step(browser, "condition_1")
+    tab_a = browser.current_window_handle
+    browser.switch_to.new_window("tab")
+    browser.get(graph)
+    _open_step(browser, "condition_1")
+
+    # when tab B saves a rule, then tab A (opened before B's save) saves another
+    _fill(browser, {"rule": "profile.ltv > 111"})
+    browser.find_element(By.ID, "save-step").click()
+    _give_reason_if_asked(browser)
+    _status(browser, "Saved step condition_1")
+    browser.switch_to.window(tab_a)
+    _fill(browser, {"rule": "profile.ltv > 222"})
+    browser.find_element(By.ID, "save-step").click()
+    _give_reason_if_asked(browser)
+
+    # then tab A says why it did not save, keeps what was typed, and B's rule stays
+    _status(browser, "step condition_1 changed since you opened it (in another tab or by another editor): "
+                     "nothing was saved")
+    assert "error" in browser.find_element(By.ID, "canvas-status").get_attribute("class")
+    assert _panel_value(browser, "rule") == "profile.ltv > 222"
+    assert Step.objects.get(version=draft).config["rule"] == "profile.ltv > 111"
+
+    # and a drag on tab A's drawing, older than the draft, moves nothing but redraws the draft as it is
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    browser.switch_to.window(browser.window_handles[1])
+    browser.find_element(By.CSS_SELECTOR, '.palette-item[data-kind="goal"]').send_keys(Keys.ENTER)
+    _status(browser, "Added goal_1")
+    y = Step.objects.get(version=draft, key="condition_1").y
+    browser.switch_to.window(tab_a)
+    assert not browser.find_elements(By.CSS_SELECTOR, 'g.node[data-key="goal_1"]')
+    ActionChains(browser).click_and_hold(_node(browser, "condition_1")).move_by_offset(0, 20).move_by_offset(0, 20) \
+        .release().perform()
+    _status(browser, "the draft changed since this drawing of it was loaded")
+    _wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, 'g.node[data-key="goal_1"]'))
+    assert Step.objects.get(version=draft, key="condition_1").y == y
+
+
+def test_a_save_the_server_refuses_without_json_says_why_and_keeps_the_form(demo, live_server, browser):
+    # given condition_1's form open, its name typed, and the security token (CSRF cookie) gone
+    By = _by()
+    base = live_server.url
+    draft = _condition_draft("Lost token")
+    login(browser, base, "editor")
+    browser.get(f"{base}{reverse('console:version_graph', args=[draft.pk])}")
+    _open_step(browser, "condition_1")
+    _fill(browser, {"name": "work in progress"})
+    browser.delete_cookie("csrftoken")
+
+    # when it is saved
+    browser.find_element(By.ID, "save-step").click()
+    _give_reason_if_asked(browser)
+
+    # then the status says the server refused it and why, not "saving…" forever; the form keeps the text
+    _status(browser, "Not saved: the server answered 403 — your session may have expired or the security token "
+                     "was refused; reload the page and sign in (your text is still in the form)")
+    assert _panel_value(browser, "name") == "work in progress"
+    assert Step.objects.get(version=draft).name == ""
+
+    # and with the session expired, opening a step says so instead of showing the sign-in page as its panel
+    browser.delete_cookie("sessionid")
+    browser.find_element(By.ID, "canvas-settings-button").click()
+    _status(browser, "Could not open it: the server answered with its sign-in page — your session has expired")
+    problem = browser.find_element(By.ID, "canvas-panel-problem").text
+    assert "sign in" in problem and not browser.find_elements(By.CSS_SELECTOR, "#canvas-panel #id_username")
+
+
+def test_console_pages_name_their_icon_so_the_browser_logs_no_404(demo, live_server, browser):
+    base = live_server.url
+    login(browser, base, "ops")
+    for path in ("/admin/", "/console/", "/console/dashboard.json", "/agents/"):
+        browser.get(base + path)
+        wait_for(browser, "</body>" if not path.endswith(".json") else "{")
+
+    messages = [e["message"] for e in browser.get_log("browser")]
+    assert not [m for m in messages if "favicon" in m or "404" in m], messages

@@ -31,3 +31,14 @@ def test_console_static_files_are_served_by_the_app(client):
     for name in ("console/console.js", "console/console.css", "admin/css/base.css"):
         response = client.get(f"/static/{name}")
         assert response.status_code == 200, name
+
+
+@pytest.mark.django_db
+def test_pages_name_the_console_icon_and_favicon_ico_leads_to_it(client):
+    page = client.get("/admin/login/").content.decode()
+    icon = client.get("/favicon.ico")
+
+    assert 'rel="icon" href="/static/console/favicon.svg"' in page
+    assert icon.status_code == 302 and icon["Location"] == "/static/console/favicon.svg"
+    served = client.get(icon["Location"])
+    assert served.status_code == 200 and served["Content-Type"] == "image/svg+xml"

@@ -2,8 +2,13 @@
 
    The server draws the graph (SVG) and validates it; this script turns pointer and keyboard
    gestures into small JSON commands (POST /console/versions/<id>/canvas/) and swaps in the
-   drawing the server answers with. A step's own form opens in the side panel (editor.js wires
-   its rule editor and template preview). The reason for the session's changes is asked once.
+   drawing the server answers with. Changes are sent one at a time, each with the token of the
+   drawing it was made on ("loaded"): the server refuses a change made on a drawing older than
+   the draft (another tab, another editor) and answers with the draft as it is. A step's own
+   form opens in the side panel (editor.js wires its rule editor and template preview); it
+   carries a token of the step it was opened with. An answer that is not JSON (an expired
+   session, a refused security token) is said in the status line, the form kept as typed.
+   The reason for the session's changes is asked once.
    No library, nothing from the internet, no inline script or handler (Content-Security-Policy). */
 (function () {
   "use strict";
@@ -111,18 +116,56 @@
 
   // ------------------------------------------------------------------ talking to the server
 
-  function answered(response) {
-    return response.json().catch(function () {
-      return {ok: false, field: "", message: "the server answered " + response.status + " without details"};
-    }).then(function (answer) {
-      if (!answer.ok) {
-        say(answer.message || "refused", true);
-        if (answer.field === "reason") { reason = ""; window.sessionStorage.removeItem(reasonKey); showReason(); }
-        return Promise.reject(answer);
-      }
-      apply(answer);
-      return answer;
+  // Why an answer is not the JSON the canvas expects: an expired session is sent to the sign-in
+  // page, a refused security token (CSRF) is a 403 page, a deleted step a 404.
+  function unreadable(response, what) {
+    if (response.redirected && /\/login\//.test(response.url)) {
+      return what + ": the server answered with its sign-in page — your session has expired; " +
+        "reload the page and sign in";
+    }
+    if (response.status === 403) {
+      return what + ": the server answered 403 — your session may have expired or the security token was refused; " +
+        "reload the page and sign in";
+    }
+    if (response.status === 404) {
+      return what + ": the server answered 404 — it is no longer there " +
+        "(deleted in another tab or by another editor?); reload the page";
+    }
+    return what + ": the server answered " + response.status + " without details; reload the page and try again";
+  }
+
+  // Send a request; its answer as an object whatever came back: the endpoint's JSON, or
+  // {ok: false, message} saying why there is none (no connection, the sign-in page, a 403 page).
+  function send(url, options, what) {
+    return fetch(url, options).then(function (response) {
+      var json = !response.redirected && /json/.test(response.headers.get("Content-Type") || "");
+      return (json ? response.json() : Promise.reject(null)).catch(function () {
+        return {ok: false, field: "", message: unreadable(response, what)};
+      });
+    }, function () {
+      return {ok: false, field: "", message: what + ": the server could not be reached (connection lost?); try again"};
     });
+  }
+
+  // One change at a time: each is sent once the one before it is answered, so that it carries
+  // the token of the drawing as the server last drew it.
+  var queue = Promise.resolve();
+
+  function inTurn(work) {
+    var turn = queue.then(work);
+    queue = turn.catch(function () { return null; });
+    return turn;
+  }
+
+  function answered(answer) {
+    if (!answer.ok) {
+      if (answer.conflict && answer.svg) { apply(answer); }  // the draft as it is now
+      say(answer.message || "refused", true);
+      if (answer.field === "reason") { reason = ""; window.sessionStorage.removeItem(reasonKey); showReason(); }
+      return Promise.reject(answer);
+    }
+    apply(answer);
+    return answer;
   }
 
   // The drawing as the server last drew it: put back when a change is refused (a dragged box
@@ -137,15 +180,18 @@
   }
 
   function command(body) {
-    return askReason().then(function (why) {
-      body.reason = why;
-      say("saving…");
-      return fetch(urls.command, {
-        method: "POST", credentials: "same-origin", cache: "no-store",
-        headers: {"Content-Type": "application/json", "Accept": "application/json", "X-CSRFToken": root.dataset.csrf},
-        body: JSON.stringify(body)
-      });
-    }).then(answered).catch(function (refusal) {
+    return inTurn(function () {
+      return askReason().then(function (why) {
+        body.reason = why;
+        body.loaded = data.loaded;
+        say("saving…");
+        return send(urls.command, {
+          method: "POST", credentials: "same-origin", cache: "no-store",
+          headers: {"Content-Type": "application/json", "Accept": "application/json", "X-CSRFToken": root.dataset.csrf},
+          body: JSON.stringify(body)
+        }, "Nothing changed");
+      }).then(answered);
+    }).catch(function (refusal) {
       restore();
       return Promise.reject(refusal);
     });
@@ -157,6 +203,7 @@
     surface.innerHTML = answer.svg;
     data = answer.graph;
     data.urls = urls;
+    data.loaded = answer.loaded;
     drawn = {svg: answer.svg, graph: JSON.stringify(data)};
     undoButton.disabled = !answer.undo;
     showIssues(answer.issues);
@@ -234,11 +281,26 @@
     }
     loading.url = url;
     loading.promise = fetch(url, {credentials: "same-origin", cache: "no-store", headers: {"Accept": "text/html"}})
-      .then(function (response) { return response.text(); })
-      .then(function (html) {
+      .then(function (response) {
+        // a panel answers 200 HTML from its own address; anything else (the sign-in page of an
+        // expired session, a 404 of a deleted step) is said, not shown as the panel
+        if (!response.ok || response.redirected) { return {problem: unreadable(response, "Could not open it")}; }
+        return response.text().then(function (html) { return {html: html}; });
+      }, function () {
+        return {problem: "Could not open it: the server could not be reached (connection lost?); try again"};
+      })
+      .then(function (got) {
         loading.promise = null;
         if (loading.url !== url) { return; }  // another panel was asked for meanwhile
-        showPanel(html);
+        if (got.problem) {
+          loading.url = "";  // asking again tries again
+          panel.textContent = "";
+          delete panel.dataset.url;
+          panel.appendChild(el("p", {"class": "errornote", id: "canvas-panel-problem"}, got.problem));
+          say(got.problem, true);
+          return;
+        }
+        showPanel(got.html);
         panel.dataset.url = url;
         wirePanel(url);
       });
@@ -261,18 +323,23 @@
     return edgePanel(edgeData(what.id));
   }
 
+  // A side-panel form saved; when it is not (refused, a stale form, an expired session), the
+  // status line says why and the form keeps what was typed in it.
   function submitForm(form, url) {
-    return askReason().then(function (why) {
-      var field = form.querySelector("input[name=change_reason]");
-      if (field) { field.value = why; }
-      say("saving…");
-      return fetch(url, {method: "POST", credentials: "same-origin", body: new FormData(form),
-                         headers: {"Accept": "application/json", "X-CSRFToken": root.dataset.csrf}});
-    }).then(function (response) {
-      return response.json().then(function (answer) {
+    return inTurn(function () {
+      return askReason().then(function (why) {
+        var field = form.querySelector("input[name=change_reason]");
+        if (field) { field.value = why; }
+        say("saving…");
+        return send(url, {method: "POST", credentials: "same-origin", body: new FormData(form),
+                          headers: {"Accept": "application/json", "X-CSRFToken": root.dataset.csrf}}, "Not saved");
+      }).then(function (answer) {
         if (answer.panel) { showPanel(answer.panel); panel.dataset.url = url; wirePanel(url); }
         if (!answer.ok) {
-          say(answer.message, true);
+          if (answer.field === "reason") { reason = ""; window.sessionStorage.removeItem(reasonKey); showReason(); }
+          if (answer.conflict) { delete panel.dataset.url; }  // opening it again loads it as it is now
+          var kept = answer.panel || /your text is still in the form/.test(answer.message || "");
+          say((answer.message || "Not saved") + (kept ? "" : " (your text is still in the form)"), true);
           return null;
         }
         var holder = form.closest("[data-step-id]");
