@@ -83,8 +83,6 @@ def job_check_allowed(*, actor: Any, kind: str, params: dict) -> None:
 def job_start(*, kind: str, actor: Any, params: dict | None = None, input_name: str = "",
               input_text: str = "") -> Job:
     """Store a job and hand it to a q2 worker once the transaction commits."""
-    from django_q.tasks import async_task
-
     params = dict(params or {})
     job_check_allowed(actor=actor, kind=kind, params=params)
     jobs_purge_exports()
@@ -106,8 +104,7 @@ def job_start(*, kind: str, actor: Any, params: dict | None = None, input_name: 
     with transaction.atomic():
         job = Job.objects.create(kind=kind, params=params, input_name=input_name[:255], input_text=input_text,
                                  created_by=actor)
-        transaction.on_commit(lambda: async_task("journeys.services.jobs.run_job", job.pk,
-                                                 task_name=f"job-{job.pk}"))
+        job_queue(job.pk)
     return job
 
 
@@ -194,6 +191,15 @@ def job_progress(*, job: Job, done: int, total: int | None = None, message: str 
         job.message = message[:255]
     Job.objects.filter(pk=job.pk).update(progress_done=job.progress_done, progress_total=job.progress_total,
                                          message=job.message)
+
+
+def job_queue(job_id: int, *, part: int | None = None) -> None:
+    """Hand the job (an import: its part from row index `part`) to a q2 worker once the
+    transaction commits."""
+    from django_q.tasks import async_task
+
+    args, name = ((job_id,), f"job-{job_id}") if part is None else ((job_id, part), f"job-{job_id}-{part}")
+    transaction.on_commit(lambda: async_task("journeys.services.jobs.run_job", *args, task_name=name))
 
 
 def run_job(job_id: int, part: int | None = None) -> str:
@@ -445,7 +451,6 @@ def _import_part(job: Job, *, start: int) -> str:
     is found by `jobs_sweep_stalled`. The job's progress (next row, counts, rejected rows) is on
     the Job row, saved in the transaction that stores each batch."""
     from django_q.exceptions import TimeoutException
-    from django_q.tasks import async_task
 
     state = _import_claim(job, start=start)
     if state is None:  # a duplicate delivery of a part that is done or being done
@@ -461,9 +466,7 @@ def _import_part(job: Job, *, start: int) -> str:
         _job_fail(job.pk, str(exc)[:5000] or type(exc).__name__)
         return JobStatus.FAILED
     if state["next_row"] < state["rows"]:
-        next_row = state["next_row"]
-        transaction.on_commit(lambda: async_task("journeys.services.jobs.run_job", job.pk, next_row,
-                                                 task_name=f"job-{job.pk}-{next_row}"))
+        job_queue(job.pk, part=state["next_row"])
         return JobStatus.RUNNING
     result = {key: state[key] for key in IMPORT_RESULT_KEYS}
     Job.objects.filter(pk=job.pk).update(status=JobStatus.SUCCEEDED, result=result, finished_at=timezone.now(),
@@ -505,8 +508,6 @@ def _import_claim(job: Job, *, start: int) -> dict | None:
 def _import_resume(job_id: int, *, why: str, now: datetime | None = None) -> str:
     """A part stopped before it finished (`why`): queue the job's next part again, or fail it
     saying how many rows landed once it was queued again IMPORT_REQUEUES times."""
-    from django_q.tasks import async_task
-
     now = now or timezone.now()
     with transaction.atomic():
         job = Job.objects.select_for_update().filter(pk=job_id, status=JobStatus.RUNNING).first()
@@ -525,8 +526,7 @@ def _import_resume(job_id: int, *, why: str, now: datetime | None = None) -> str
         state.update(partial=True, requeued=state.get("requeued", 0) + 1, at=now.isoformat())
         Job.objects.filter(pk=job.pk).update(result=state, message=f"resumed: {why}; {landed}"[:255])
         next_row = state.get("next_row", 0)
-        transaction.on_commit(lambda: async_task("journeys.services.jobs.run_job", job_id, next_row,
-                                                 task_name=f"job-{job_id}-{next_row}"))
+        job_queue(job_id, part=next_row)
     logger.warning("job %s: %s; queued again from row index %s", job_id, why, next_row)
     return "requeued"
 
