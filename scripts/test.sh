@@ -13,9 +13,12 @@ if [ "$workers" = 0 ]; then
 fi
 # --dist load hands out tests in collection order, so each worker still runs the tests that
 # flush the database (transactional ones, ordered last by pytest-django) after all the others.
-.venv/bin/python -m pytest -n "$workers" --dist load -m "not serial" "$@"
+# --create-db --reuse-db: the test databases are made anew (migrated) and kept afterwards, so the
+# serial run (one xdist worker: the database name of the first run's worker gw0) does not migrate
+# a third database; each run still starts from an empty one (the tests before flushed or rolled back).
+.venv/bin/python -m pytest -n "$workers" --dist load --create-db --reuse-db -m "not serial" "$@"
 first=$?
-.venv/bin/python -m pytest -m serial "$@"
+.venv/bin/python -m pytest -n 1 --reuse-db -m serial "$@"
 second=$?
 [ "$first" = 5 ] && first=0    # 5: nothing selected (e.g. a path with only serial tests)
 [ "$second" = 5 ] && second=0
