@@ -407,7 +407,9 @@ GUARDIAN_RAISE_403 = False
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    # Write keys in a request path ("Unauthorized: /v1/projects/<key>/settings") are masked.
+    "filters": {"write_keys": {"()": "config.log_masking.WriteKeyFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["write_keys"]}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
