@@ -202,7 +202,7 @@ def gunicorn(
     port = port or free_port()
     LOG_DIR.mkdir(exist_ok=True)
     logpath = LOG_DIR / f"bench-{name}.log"
-    command = [str(GUNICORN), "config.wsgi", "--workers", str(workers)]
+    command = [str(GUNICORN), "-c", "python:config.gunicorn", "config.wsgi", "--workers", str(workers)]
     command += ["--bind", f"127.0.0.1:{port}"]
     # The default control socket path is shared with any other gunicorn (make run).
     command += ["--no-control-socket"]

@@ -350,12 +350,14 @@ EVENT_API_CORS_ORIGINS = [o.strip().rstrip("/") for o in os.environ.get("EVENT_A
                           if o.strip()]
 EVENT_API = {
     "MAX_EVENT_BYTES": 32 * 1024,
-    # RudderStack's SDKs send batches of up to 4 MB; Segment's up to 500 KB.
-    "MAX_BATCH_BYTES": env_int("EVENT_API_MAX_BATCH_BYTES", 4 * 1024 * 1024),
+    # A request body, plain or once decompressed (a gzip bomb is cut off one byte past it). Every
+    # batch the SDKs build must fit, or their oversized event costs the whole batch (a 413 is
+    # fatal to them) instead of being quarantined alone. rudder-sdk-python builds the largest: it
+    # takes events of up to 4 MiB and stops filling a batch only once it holds 4 MiB, so a batch
+    # reaches 8 MiB and its JSON punctuation; 9 MiB leaves room for that. (Its Node SDK flushes at
+    # 450 KB and sends a larger event alone; Segment's SDKs stay under 500 KB + one 32 KB event.)
+    "MAX_BATCH_BYTES": env_int("EVENT_API_MAX_BATCH_BYTES", 9 * 1024 * 1024),
     "MAX_BATCH_EVENTS": 2500,
-    # Max decompressed size of a gzip body (above the batch limit, so a full batch may be
-    # compressed, and a gzip bomb is cut off after this many bytes).
-    "MAX_DECOMPRESSED_BYTES": env_int("EVENT_API_MAX_DECOMPRESSED_BYTES", 5 * 1024 * 1024),
     # A resent (source, messageId) is stored once if it comes back within this many days.
     "DEDUP_DAYS": env_int("EVENT_API_DEDUP_DAYS", 30),
     # PostgreSQL: ids per partition of journeys_event (partitioned by id range; docs/SCALING.md).
@@ -405,7 +407,9 @@ GUARDIAN_RAISE_403 = False
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    # Write keys in a request path ("Unauthorized: /v1/projects/<key>/settings") are masked.
+    "filters": {"write_keys": {"()": "config.log_masking.WriteKeyFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["write_keys"]}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }

@@ -35,7 +35,7 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-.venv/bin/gunicorn config.wsgi --bind "127.0.0.1:$PORT" --workers "${WEB_WORKERS:-2}" --access-logfile - &
+.venv/bin/gunicorn -c python:config.gunicorn config.wsgi --bind "127.0.0.1:$PORT" --workers "${WEB_WORKERS:-2}" --access-logfile - &
 pids+=($!)
 $PY manage.py qcluster &
 pids+=($!)

@@ -306,8 +306,8 @@ def server_env(db_url: str, **extra: str) -> dict:
 class WebServer:
     """gunicorn serving config.wsgi (sync workers, as in production) in its own process group."""
 
-    def __init__(self, *, env: dict, workers: int = 2, name: str = "web"):
-        self.env, self.workers, self.name = env, workers, name
+    def __init__(self, *, env: dict, workers: int = 2, name: str = "web", args: tuple[str, ...] = ()):
+        self.env, self.workers, self.name, self.args = env, workers, name, args
         self.port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
         self.proc: subprocess.Popen | None = None
@@ -315,8 +315,8 @@ class WebServer:
     def start(self) -> "WebServer":
         gunicorn = Path(sys.executable).with_name("gunicorn")
         self.proc = subprocess.Popen(
-            [str(gunicorn), "config.wsgi", "--workers", str(self.workers), "--bind", f"127.0.0.1:{self.port}",
-             "--no-control-socket", "--timeout", "60"],
+            [str(gunicorn), "-c", "python:config.gunicorn", "config.wsgi", "--workers", str(self.workers),
+             "--bind", f"127.0.0.1:{self.port}", "--no-control-socket", "--timeout", "60", *self.args],
             cwd=BASE_DIR, env=self.env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )

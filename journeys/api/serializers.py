@@ -65,7 +65,7 @@ EVENT_SERIALIZERS: dict[str, type[serializers.Serializer]] = {
 
 
 class BatchIn(serializers.Serializer):
-    """/v1/batch and /v1/import: up to 2,500 events and 4 MB; each item carries its `type`."""
+    """/v1/batch and /v1/import: up to 2,500 events and 9 MB; each item carries its `type`."""
 
     batch = serializers.ListField(child=serializers.DictField(), min_length=1, max_length=2500,
                                   help_text="events, each with `type` and the fields of that type's endpoint")

@@ -1,8 +1,8 @@
 """The sender's address: the TCP peer, or what trusted proxies say in X-Forwarded-For.
 
 One rule for everything that records or counts a client's address: the event API (the IP kept
-with each event), the management API's access log, and login throttling (django-axes calls
-`request_client_ip`)."""
+with each event, unless the event names its user's own in `context.ip`: `event_ip`), the
+management API's access log, and login throttling (django-axes calls `request_client_ip`)."""
 
 from __future__ import annotations
 
@@ -77,3 +77,17 @@ def client_ip(meta: dict) -> str | None:
 def request_client_ip(request) -> str:
     """client_ip of a request ('' when unknown): django-axes' AXES_CLIENT_IP_CALLABLE."""
     return client_ip(request.META) or ""
+
+
+def event_ip(*, context: dict, sender: str | None) -> str | None:
+    """The address kept with an event: `context.ip` when the event names one, as Segment does (a
+    server-side SDK sends it for its user: the request itself comes from the customer's server),
+    else the sender's. Anything that is not a plain IP address stays in the context, unused."""
+    named = context.get("ip")
+    if not isinstance(named, str) or not named or len(named) > 45 or "%" in named:  # (no IPv6 zone)
+        return sender
+    try:
+        address = ipaddress.ip_address(named.strip())
+    except ValueError:
+        return sender
+    return str(address.ipv4_mapped or address if address.version == 6 else address)

@@ -163,6 +163,8 @@ def customer_resolve(
     event goes to the known user and nothing is merged. An alias that would fold
     one known user into another is refused (a MergeRefusal row records it) unless
     `allow_known_merge` (the source's setting) and its previousId is that user's id.
+    An alias from a known user's id to a userId nobody has yet merges nobody: the new id
+    becomes that user's.
     """
     known = imap.get(IdentityKind.USER_ID, user_id) if user_id else None
     anon = imap.get(IdentityKind.ANONYMOUS_ID, anonymous_id) if anonymous_id else None
@@ -173,6 +175,14 @@ def customer_resolve(
                 previous_kind = kind
                 break
 
+    if known is None and user_id and previous is not None and previous_kind == IdentityKind.USER_ID:
+        # A known user changes their id (alias(newId, previousId=their old userId)): nobody has the
+        # new id yet, so no two people meet. It becomes theirs (the old one stays an identity of the
+        # profile); an empty profile for it would cut their later events off from their history.
+        known = imap.claim(IdentityKind.USER_ID, user_id, previous)
+        if known.pk == previous.pk and known.external_id != user_id:
+            known.external_id = user_id
+            imap.dirty.add(known.pk)
     if known is None and user_id and anon is not None and not _has_other_user_id(anon, user_id):
         known = imap.claim(IdentityKind.USER_ID, user_id, anon)
         if not known.external_id:

@@ -12,6 +12,7 @@ from django.db import transaction
 from journeys.choices import EventType, IdentityKind
 from journeys.models import EventKey, Source
 from journeys.services.bulk_ingest import customers_precreate, customers_save, events_insert, identity_keys_lock
+from journeys.services.client_ip import event_ip
 from journeys.services.event_parsing import ParsedEvent, check_event_size, event_with_defaults, parse_event
 from journeys.services.identity import IdentityMap, customer_apply_traits, customer_resolve, phone_normalize
 from journeys.services.quarantine_store import quarantine_store
@@ -238,7 +239,7 @@ def event_ingest(
                 "original_timestamp": e.original_timestamp,
                 "sent_at": e.sent_at,
                 "received_at": e.received_at,
-                "ip": ip,
+                "ip": event_ip(context=e.context, sender=ip),
             })
         if imap.redirects:  # a later event of this batch merged a profile an earlier event pointed at
             for row in rows:

@@ -167,7 +167,7 @@ def test_rudderstack_js_loads_its_source_config_and_posts_beacons(client, source
 
 
 @pytest.mark.django_db
-def test_a_chunked_batch_without_content_length_is_read_not_refused_as_empty(client, write_key):
+def test_a_chunked_batch_without_content_length_is_read_not_refused_as_empty(client, write_key, settings):
     """Segment's Android SDK streams its batches (Transfer-Encoding: chunked, no Content-Length) to
     /v1/b and deletes a batch answered with a 4xx. gunicorn de-chunks the body into wsgi.input;
     Django reads nothing without a Content-Length, and the batch was refused as empty."""
@@ -181,7 +181,7 @@ def test_a_chunked_batch_without_content_length_is_read_not_refused_as_empty(cli
     assert response.status_code == 200, response.content
     assert sorted(Event.objects.values_list("message_id", flat=True)) == ["and-1", "and-2"]
     # a chunked body over the limit is still a 413, however it came
-    big = io.BytesIO(b'{"batch": [' + b" " * (5 * 1024 * 1024) + b"]}")
+    big = io.BytesIO(b'{"batch": [' + b" " * settings.EVENT_API["MAX_BATCH_BYTES"] + b"]}")
     assert client.generic("POST", "/v1/b", b"", content_type="text/plain", CONTENT_LENGTH="",
                           HTTP_TRANSFER_ENCODING="chunked",
                           **{"wsgi.input": big, "wsgi.input_terminated": True}).status_code == 413

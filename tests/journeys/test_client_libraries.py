@@ -74,7 +74,7 @@ def test_rudderstack_python_gzip_batch_with_a_bad_and_a_big_event(live_server, w
     errors: list = []
     client = rudder.Client(write_key=key, host=live_server.url, upload_size=100, upload_interval=1, max_retries=3,
                            on_error=lambda exc, batch: errors.append(exc))  # gzip is its default
-    # Its SDK sends events of up to 4 MB and batches of up to 4 MB: 20 x 30 KB (600 KB, over the old
+    # Its SDK sends events of up to 4 MB in batches of up to 8 MB: 20 x 30 KB (600 KB, over the old
     # 500 KB limit) and one of 40 KB, which is over our 32 KB per event and is quarantined.
     for n in range(20):
         client.track("bea", "Photo Uploaded", {"n": n, "exif": "e" * 30_000})
@@ -88,6 +88,30 @@ def test_rudderstack_python_gzip_batch_with_a_bad_and_a_big_event(live_server, w
         ("batch[20]", "too_large"), ("batch[23].event", "invalid_event")}
     stored = Event.objects.get(source=source, name="Order Completed")
     assert stored.channel == "server"  # a field Segment's spec has and the old columns dropped
+
+
+@pytest.mark.parametrize("gzip", [True, False], ids=["gzip", "plain"])
+def test_rudderstack_python_largest_batch_keeps_its_good_events_beside_a_4mb_one(live_server, wire, gzip):
+    """rudder-sdk-python closes a batch only once it holds 4 MiB and takes events of up to 4 MiB:
+    128 events of ~32 KB (4.1 MB) and then one of ~4 MB go out as one 8 MB batch. That batch was
+    a 413, which the SDK takes as final: it dropped every good event of it."""
+    source, key = make_source(f"rudder-python-{'gzip' if gzip else 'plain'}")
+    errors: list = []
+    client = rudder.Client(write_key=key, host=live_server.url, upload_size=200, upload_interval=2, max_retries=3,
+                           on_error=lambda exc, batch: errors.append(exc), gzip=gzip)
+    for n in range(128):
+        client.track("cleo", "Photo Uploaded", {"n": n, "exif": "e" * 31_500})
+    client.track("cleo", "Page Pasted", {"html": "h" * (4 * 1024 * 1024 - 1024)})
+    for n in range(10):
+        client.track("cleo", "Photo Viewed", {"n": n})
+    client.flush()
+    client.shutdown()
+
+    assert errors == [] and set(wire) == {200}
+    assert Event.objects.filter(source=source, name="Photo Uploaded").count() == 128
+    assert Event.objects.filter(source=source, name="Photo Viewed").count() == 10
+    held = QuarantinedEvent.objects.get(source=source)  # batch[128]: the 8 MB batch arrived whole
+    assert (held.field, held.code, held.batch_index) == ("batch[128]", "too_large", 128)
 
 
 # -- the Node clients (@segment/analytics-node, @rudderstack/rudder-sdk-node), when Node is here ----------

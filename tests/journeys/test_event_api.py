@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from journeys.models import Customer, CustomerMerge, Event, Identity
+from journeys.models import Customer, CustomerMerge, Event, Identity, QuarantinedEvent
 from tests.factories import make_source
 
 pytestmark = pytest.mark.django_db
@@ -117,10 +118,20 @@ def test_bad_gzip_is_400(api):
     assert "gzip" in response.json()["message"]
 
 
-def test_gzip_bomb_is_413(api):
-    bomb = json.dumps({"batch": [], "pad": "x" * (8 * 1024 * 1024)}).encode()
-    response = api.post("batch", None, raw=bomb, gzip_body=True)
+def test_gzip_bomb_is_413_and_never_inflated_past_the_limit(api, settings):
+    limit = settings.EVENT_API["MAX_BATCH_BYTES"]
+    bomb = json.dumps({"batch": [], "pad": "x" * (64 * 1024 * 1024)}).encode()  # 64 MB, ~64 KB compressed
+
+    tracemalloc.start()
+    try:
+        response = api.post("batch", None, raw=bomb, gzip_body=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
     assert response.status_code == 413
+    assert f"over the limit of {limit} bytes" in response.json()["message"]
+    assert peak < len(bomb) + 2 * limit  # the bomb itself, and at most the limit (+1 byte) inflated
 
 
 def test_event_over_32kb_is_413(api):
@@ -129,20 +140,57 @@ def test_event_over_32kb_is_413(api):
     assert Event.objects.count() == 0
 
 
-def test_batch_of_4mb_is_stored_and_over_4mb_is_413(api):
-    # RudderStack's SDKs send up to 4 MB per batch: 134 events of ~31 KB (3.97 MiB) are stored.
-    batch = [{"type": "track", **track(messageId=f"big-{i}", properties={"blob": "x" * 31_000})} for i in range(134)]
-    body = json.dumps({"batch": batch}).encode()
-    assert 4_150_000 < len(body) <= 4 * 1024 * 1024
+def rudder_python_batch() -> tuple[bytes, int]:
+    """The largest batch rudder-sdk-python sends, as it sends it (json.dumps' own separators), and
+    the index of its big event. The SDK takes events of up to 4 MiB (as json.dumps measures them)
+    and closes a batch only once it holds 4 MiB, so the event that crosses 4 MiB may be a 4 MiB
+    one: here events of ~31.6 KB up to just under 4 MiB, then one of exactly 4 MiB (over our 32 KB
+    per event)."""
+    mib4 = 4 * 1024 * 1024
+    events: list[dict] = []
+    size = 0
+    while True:
+        event = {"type": "track", **track(messageId=f"g-{len(events)}", properties={"blob": "x" * 31_500})}
+        if size + len(json.dumps(event)) >= mib4:
+            break
+        events.append(event)
+        size += len(json.dumps(event))
+    big = {"type": "track", **track(messageId="big", properties={"blob": ""})}
+    big["properties"]["blob"] = "b" * (mib4 - len(json.dumps(big)))
+    assert len(json.dumps(big)) == mib4
+    body = json.dumps({"batch": [*events, big], "sentAt": "2025-01-02T03:04:05.678901+00:00"}).encode()
+    return body, len(events)
 
-    assert api.post("batch", None, raw=body).json() == {"success": True}
-    assert Event.objects.count() == 134
 
-    batch.append({"type": "track", **track(properties={"blob": "x" * 31_000})})
-    response = api.post("batch", {"batch": batch})
+@pytest.mark.parametrize("gzip_body", [False, True], ids=["plain", "gzip"])
+def test_the_largest_rudderstack_python_batch_stores_its_good_events_and_quarantines_the_big_one(api, gzip_body):
+    body, big = rudder_python_batch()
+    assert len(body) > 8 * 1024 * 1024 - 32 * 1024  # ~twice the 4 MiB the server took before (413 for all of it)
+
+    response = api.post("batch", None, raw=body, gzip_body=gzip_body)
+
+    assert response.status_code == 200, response.content[:300]
+    [rejected] = response.json()["rejected"]
+    assert (rejected["index"], rejected["field"], rejected["code"]) == (big, f"batch[{big}]", "too_large")
+    assert Event.objects.count() == big  # every good event
+    held = QuarantinedEvent.objects.get()
+    assert (held.field, held.code, held.batch_index, held.message_id) == (f"batch[{big}]", "too_large", big, "big")
+
+
+@pytest.mark.parametrize("gzip_body", [False, True], ids=["plain", "gzip"])
+def test_a_batch_body_up_to_the_limit_is_taken_and_one_byte_more_is_413_naming_the_limit(api, settings, gzip_body):
+    limit = settings.EVENT_API["MAX_BATCH_BYTES"]
+    head = json.dumps({"batch": [{"type": "track", **track(messageId="edge")}], "pad": ""}).encode()
+    body = head[:-2] + b"p" * (limit - len(head)) + b'"}'
+    assert len(body) == limit
+
+    assert api.post("batch", None, raw=body, gzip_body=gzip_body).json() == {"success": True}
+
+    response = api.post("batch", None, raw=body[:-2] + b'p"}', gzip_body=gzip_body)
     assert response.status_code == 413
-    assert "limit" in response.json()["message"]
-    assert Event.objects.count() == 134
+    message = response.json()["message"]
+    assert response.json()["code"] == "too_large" and "limit" in message and f"{limit} bytes" in message
+    assert Event.objects.count() == 1
 
 
 def test_gzip_batch_of_4mb_is_stored_and_a_bomb_is_cut_off(api):

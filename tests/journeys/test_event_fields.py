@@ -71,6 +71,26 @@ def test_sender_address_honours_only_trusted_proxies(api, settings, trusted, rem
     assert Event.objects.get().ip == expected
 
 
+def test_an_events_context_ip_is_its_address_as_segment_records_it(api):
+    # a server-side SDK names its user's address; the request comes from the customer's server
+    batch = [
+        {"type": "track", "userId": "u", "event": "Own", "context": {"ip": "203.0.113.9"}},
+        {"type": "track", "userId": "u", "event": "Batch"},  # the batch-level context's
+        {"type": "track", "userId": "u", "event": "Mapped", "context": {"ip": "::ffff:198.51.100.3"}},
+        {"type": "track", "userId": "u", "event": "V6", "context": {"ip": "2001:db8::7"}},
+        {"type": "track", "userId": "u", "event": "Junk", "context": {"ip": "not-an-ip"}},
+        {"type": "track", "userId": "u", "event": "Zone", "context": {"ip": "fe80::1%eth0"}},
+        {"type": "track", "userId": "u", "event": "Number", "context": {"ip": 12}},
+    ]
+    response = api.post("batch", {"batch": batch, "context": {"ip": "192.0.2.1"}}, headers={"REMOTE_ADDR": "10.1.1.1"})
+
+    assert response.json() == {"success": True}
+    assert dict(Event.objects.values_list("name", "ip")) == {
+        "Own": "203.0.113.9", "Batch": "192.0.2.1", "Mapped": "198.51.100.3", "V6": "2001:db8::7",
+        "Junk": "10.1.1.1", "Zone": "10.1.1.1", "Number": "10.1.1.1"}
+    assert Event.objects.get(name="Junk").context["ip"] == "not-an-ip"  # kept as sent
+
+
 def test_quarantined_event_keeps_the_address_too(api):
     api.post("track", {"userId": "u"}, headers={"REMOTE_ADDR": "192.0.2.44"})
     assert QuarantinedEvent.objects.get().ip == "192.0.2.44"

@@ -81,3 +81,53 @@ def test_an_alias_that_arrives_first_still_links_the_device_events_sent_after_it
     assert set(Event.objects.filter(customer=frank).values_list("name", flat=True)) >= {"Cart Viewed",
                                                                                        "Checkout Started"}
     assert Customer.objects.filter(merged_into__isnull=True).count() == 1
+
+
+def test_an_alias_from_a_known_user_to_a_new_user_id_renames_them(api):
+    # given dave, known with his email, a device and events
+    api.post("identify", {"userId": "dave", "anonymousId": "a", "traits": {"email": "dave@example.com"}})
+    api.post("track", {"userId": "dave", "event": "Order Completed"})
+
+    # when he changes his id (RudderStack's JS sends the device's anonymousId with the alias)
+    response = api.post("alias", {"userId": "dave-2", "previousId": "dave", "anonymousId": "a", "messageId": "m-a"})
+
+    # then no empty profile is made and nothing is refused: dave-2 is dave
+    assert response.json() == {"success": True}
+    assert MergeRefusal.objects.count() == 0 and CustomerMerge.objects.count() == 0
+    dave = Customer.objects.get()
+    assert (dave.external_id, dave.email) == ("dave-2", "dave@example.com")
+    assert Event.objects.get(message_id="m-a").customer == dave
+    # and his later events, under either id, reach his history
+    api.post("track", {"userId": "dave-2", "event": "Checkout Started"})
+    api.post("track", {"userId": "dave", "event": "Late Event"})
+    assert Customer.objects.count() == 1 and Event.objects.filter(customer=dave).count() == 5
+
+
+def test_an_alias_to_a_new_user_id_in_a_batch_takes_the_events_after_it(api):
+    api.post("identify", {"userId": "erin", "traits": {"email": "erin@example.com", "plan": "pro"}})
+
+    batch = [
+        {"type": "alias", "userId": "erin-2", "previousId": "erin"},
+        {"type": "track", "userId": "erin-2", "event": "Checkout Started"},
+        {"type": "identify", "userId": "erin-2", "traits": {"plan": "team"}},
+    ]
+    assert api.post("batch", {"batch": batch}).json() == {"success": True}
+
+    erin = Customer.objects.get()
+    assert erin.external_id == "erin-2" and erin.traits == {"email": "erin@example.com", "plan": "team"}
+    assert Event.objects.filter(customer=erin).count() == 4
+    assert MergeRefusal.objects.count() == 0
+
+
+def test_an_alias_of_one_known_user_into_another_existing_one_is_still_refused_in_a_batch(api):
+    api.post("identify", {"userId": "dave", "traits": {"email": "dave@example.com"}})
+    batch = [
+        {"type": "identify", "userId": "erin"},
+        {"type": "alias", "userId": "erin", "previousId": "dave"},
+        {"type": "track", "userId": "erin", "event": "Viewed"},
+    ]
+    assert api.post("batch", {"batch": batch}).status_code == 200
+
+    assert CustomerMerge.objects.count() == 0 and profile("dave").email == "dave@example.com"
+    assert "does not allow known-to-known merges" in MergeRefusal.objects.get().reason
+    assert Event.objects.filter(customer=profile("erin")).count() == 3

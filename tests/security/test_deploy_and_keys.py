@@ -254,3 +254,45 @@ def test_write_key_lookup_uses_hash_and_constant_time_compare(source, write_key)
 
     assert source_authenticate(write_key=write_key) == source
     assert source.key_hash != write_key and len(source.key_hash) == 64
+
+
+def test_the_web_servers_access_log_never_shows_a_write_key(tmp_path):
+    """gunicorn as `make run` and docs/SCALING.md start it (config.gunicorn) logs each request; a
+    write key in HTTP Basic (every server-side SDK), in `?writeKey=` (RudderStack's beacon and
+    source config) or in Segment's settings path appears as its prefix, as the admin lists it."""
+    import base64
+    import http.client
+
+    from tests.proc import WebServer, server_env
+
+    key = "wk_" + secrets.token_urlsafe(32)
+    env = {k: v for k, v in server_env("").items() if k != "DATABASE_URL"}
+    env["SQLITE_PATH"] = str(tmp_path / "db.sqlite3")  # the answers do not matter here, only the log lines
+    basic = {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode(),
+             "Content-Type": "application/json"}
+    with WebServer(env=env, workers=1, name="access-log", args=("--access-logfile", "-")) as web:
+        for method, path, headers in [
+            ("POST", "/v1/batch", basic),
+            ("POST", f"/beacon/v1/batch?writeKey={key}", {"Content-Type": "text/plain"}),
+            ("GET", f"/v1/sourceConfig/?p=npm&v=3.34.1&writeKey={key}", {}),
+            ("GET", f"/v1/projects/{key}/settings", {}),
+        ]:
+            conn = http.client.HTTPConnection("127.0.0.1", web.port, timeout=30)
+            conn.request(method, path, body=b'{"batch": []}' if method == "POST" else None, headers=headers)
+            conn.getresponse().read()
+            conn.close()
+        log = wait_for_lines(web, "/v1/projects/", 4)
+
+    assert key not in log  # nor in Django's own lines ("Internal Server Error: /v1/projects/...")
+    shown = f"{key[:10]}***"
+    assert f'127.0.0.1 - {shown} [' in log  # the Basic user
+    assert f'"POST /beacon/v1/batch?writeKey={shown} HTTP/1.1"' in log
+    assert f'"GET /v1/sourceConfig/?p=npm&v=3.34.1&writeKey={shown} HTTP/1.1"' in log
+    assert f'"GET /v1/projects/{shown}/settings HTTP/1.1"' in log
+
+
+def wait_for_lines(web, needle: str, count: int) -> str:
+    from tests.proc import wait_until
+
+    return wait_until(lambda: (out := web.output(20_000)).count('HTTP/1.1"') >= count and needle in out and out,
+                      timeout=30, message="the access log lines")
