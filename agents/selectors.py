@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.db.models import Q, QuerySet
-from django.template import Context, Engine, TemplateSyntaxError
+from django.template import TemplateSyntaxError
 from django.utils import timezone
 from guardian.shortcuts import get_objects_for_user
 
@@ -15,9 +15,6 @@ from agents.choices import OPEN_CASE_STATUSES, CaseStatus
 from agents.models import Agent, Case, ReplyTemplate
 from journeys.engine.runtime import profile_dict
 from journeys.models import Event, StepExecution
-
-# Suggestions are plain text: no autoescape, no custom tags, nothing but the profile and case.
-_SUGGESTION_ENGINE = Engine(autoescape=False, string_if_invalid="")
 
 
 def cases_for_user(*, user, perm: str = "agents.view_case") -> QuerySet[Case]:
@@ -147,13 +144,16 @@ def case_suggested_replies(*, case: Case, limit: int = 3, now: datetime | None =
     ranked = sorted(templates, key=score, reverse=True)
     if any(t.language[:2] == language for t in ranked):
         ranked = [t for t in ranked if t.language[:2] == language]
-    context = Context({"profile": profile_dict(case.customer, now), "case": {"id": case.pk, "subject": case.subject,
-                                                                                  "category": case.category}})
+    from channels_app.services.templates import TemplateRenderError, text_render
+
+    # plain text (no autoescape) in the message templates' sandbox and within their cost bounds
+    data = {"profile": profile_dict(case.customer, now), "case": {"id": case.pk, "subject": case.subject,
+                                                                   "category": case.category}}
     out = []
     for t in ranked[:limit]:
         try:
-            text = _SUGGESTION_ENGINE.from_string(t.body).render(context).strip()
-        except TemplateSyntaxError:
+            text = text_render(text=t.body, data=data).strip()
+        except (TemplateSyntaxError, TemplateRenderError):
             continue
         why = ", ".join(w for w, on in (("category " + t.category, t.category), ("intent " + t.intent, t.intent)) if on)
         out.append(Suggestion(template_id=t.pk, name=t.name, text=text, why=why or "general"))

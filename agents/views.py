@@ -112,8 +112,9 @@ def case_detail(request, pk: int):
 @login_required
 @require_POST
 def case_take(request, pk: int):
-    """Take a case from the queue. Losing the race for it (or pressing Take on a case already routed
-    to you or a colleague) is a message, on the case if you may still see it, else on the queue."""
+    """Take a case from the queue. Losing the race for a case your queue showed (or pressing Take on
+    a case already yours) is a message, on the case if you may still see it, else on the queue; a
+    case outside your reach is a 404 like every other action on it, whatever the refusal."""
     case = get_object_or_404(Case.objects.only("pk"), pk=pk)
     try:
         routing.case_take(case=case, actor=request.user)
@@ -122,9 +123,12 @@ def case_take(request, pk: int):
             raise Http404 from None  # a case outside the user's reach is not revealed
         raise PermissionDenied(exc.message) from None
     except CaseError as exc:
+        visible = selectors.cases_for_user(user=request.user).filter(pk=pk).exists()
+        if not visible and exc.code != ErrorCode.TAKEN:  # the service says TAKEN to them only for a lost race
+            raise Http404 from None
         level = messages.INFO if exc.code == ErrorCode.ALREADY_YOURS else messages.ERROR
         messages.add_message(request, level, exc.message)
-        if not selectors.cases_for_user(user=request.user).filter(pk=pk).exists():
+        if not visible:
             return redirect("agents:queue")
     else:
         messages.success(request, "The case is yours.")

@@ -131,15 +131,13 @@ class Webhook(StepKind):
 
     def _payload(self, ctx: StepContext, personalized: bool | None = None) -> dict:
         from channels_app.services import message_context
-        from channels_app.services.templates import text_render
+        from channels_app.services.templates import payload_render
 
         context = {"event": event_dict(ctx.event), "journey": ctx.run.variables, "profile": ctx.profile}
         if getattr(ctx.customer, "pk", None):  # only the data the customer allowed (personalization consent)
             context = message_context(customer=ctx.customer, context=context, now=ctx.now, personalized=personalized)
         data = {k: context[k] for k in ("profile", "event", "journey")}
-        out = {}
-        for key, value in ctx.config["payload"].items():
-            out[key] = text_render(text=value, data=data) if isinstance(value, str) else value
+        out = payload_render(payload=ctx.config["payload"], data=data)
         out.setdefault("event", (event_dict(ctx.event) or {}).get("name"))
         out.setdefault("user_id", ctx.profile.get("user_id"))
         return out

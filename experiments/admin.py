@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 
 from django import forms
 from django.contrib import admin, messages
@@ -47,6 +46,7 @@ from experiments.services.nba import nba_explain, nba_train
 from experiments.services.reports import experiment_attribution, experiment_cohorts, version_funnel
 from journeys.admin.base import HistoryReasonMixin, LargeTableMixin, ReasonActionForm, action_reason
 from journeys.models import Customer, Step
+from journeys.services.spreadsheets import spreadsheet_csv
 
 
 def _errors(exc: ValidationError | PermissionDenied) -> str:
@@ -368,10 +368,8 @@ class ExperimentAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
             )
         except ValueError as exc:
             return HttpResponse(str(exc), status=400, content_type="text/plain")
-        response = HttpResponse(content_type="text/csv")
+        response = HttpResponse(spreadsheet_csv(rows), content_type="text/csv")  # trait values are customer data
         response["Content-Disposition"] = f'attachment; filename="{experiment.key}-{section}.csv"'
-        writer = csv.writer(response)
-        writer.writerows(rows)
         return response
 
     def act_view(self, request, pk):

@@ -304,19 +304,21 @@ def cases_route_waiting(*, now: datetime | None = None, limit: int = 500) -> int
     return routed
 
 
-def _served_by(case: Case, team: Team) -> bool:
-    """Whether the case is one the team's queue holds or could have held: its team, a category the
-    team serves, or any case for the fallback team (SLA breaches widen cases to it)."""
-    return case.team_id == team.pk or team.is_fallback or bool(case.category and case.category in (team.categories or []))
+def _taken_from_queue(case: Case, team: Team) -> bool:
+    """Whether the case's current assignment took it out of `team`'s queue, where the team's agents
+    saw it (and one of them may have pressed Take a moment too late)."""
+    last = list(case.entries.filter(kind=EntryKind.ASSIGNMENT).order_by("-id").values_list("data", flat=True)[:2])
+    return len(last) == 2 and "agent" in last[0] and "agent" not in last[1] and last[1].get("team") == team.pk
 
 
 def case_take(*, case: Case, actor) -> Case:
     """An agent takes a case from their team's queue (capacity still applies).
 
     The status is read before the permission: whoever took the case first revoked the queue's
-    permission, so the agent who lost the race (or pressed Take on a case already routed to them)
-    is told who has it rather than refused. Only for a case their team's queue serves; any other
-    case is refused as before, without a word about it."""
+    permission, so the agent who lost the race for a case their queue showed is told that a
+    colleague has it (not who: they may no longer see the case) rather than refused; whoever may
+    see the case is told who has it, or its status. Any other case is refused as one out of
+    reach (CaseForbidden), without a word about it."""
     agent = Agent.objects.select_related("team").filter(user=actor).first()
     if agent is None:
         raise CaseError(ErrorCode.NOT_ALLOWED, "only agents can take cases")
@@ -325,11 +327,13 @@ def case_take(*, case: Case, actor) -> Case:
         if case.status != CaseStatus.NEW:
             if case.assigned_agent_id == agent.pk and case.is_open:
                 raise CaseError(ErrorCode.ALREADY_YOURS, f"Case #{case.pk} is already yours.")
-            if _served_by(case, agent.team) or actor.has_perm("agents.view_case", case):
+            if actor.has_perm("agents.view_case", case):
                 holder = case.assigned_agent
                 if holder is not None and case.is_open:
                     raise CaseError(ErrorCode.TAKEN, f"Case #{case.pk} was taken by {holder}.")
                 raise CaseError(ErrorCode.WRONG_STATUS, f"Case #{case.pk} is already {case.get_status_display().lower()}.")
+            if case.is_open and _taken_from_queue(case, agent.team):
+                raise CaseError(ErrorCode.TAKEN, f"Case #{case.pk} was taken by a colleague first.")
         permissions.case_check(user=actor, case=case, perm="agents.take_case")
         if case.status != CaseStatus.NEW:
             raise CaseError(ErrorCode.WRONG_STATUS, f"case #{case.pk} is already {case.get_status_display().lower()}")

@@ -15,16 +15,17 @@ import socket
 import time
 from email.header import Header
 from email.utils import formatdate, parseaddr
+from functools import partial
 
 from django.conf import settings as django_settings
-from django.core.mail import get_connection
+from django.core.mail.backends.smtp import EmailBackend
 from django.core.mail.message import sanitize_address
 
 from channels_app.providers.base import (
     OutgoingMessage, PermanentError, Provider, ProviderError, SendResult, TransientError, provider,
 )
 from journeys.errors import OutboundRefused, OutboundUnreachable
-from journeys.services.outbound import outbound_host_check, socket_closed_by_peer
+from journeys.services.outbound import host_key, outbound_host_check, socket_closed_by_peer
 
 CONNECTION_ERRORS = (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, socket.timeout, OSError)
 
@@ -206,10 +207,42 @@ def mime_bytes(message: OutgoingMessage, *, sender: str, recipient: str, headers
                      b"--", boundary, b"--\r\n"])
 
 
+class _PinnedSMTP(smtplib.SMTP):
+    """An SMTP client that connects to `address`, the one the outbound check passed, instead of
+    resolving the host name again (a rebinding DNS server could answer a loopback or private
+    address the second time). The name stays the session's host: STARTTLS sends it as SNI and
+    verifies the certificate against it. An empty address: the name, resolved as usual."""
+
+    def __init__(self, host: str = "", port: int = 0, *, address: str = "", **kwargs):
+        self._address = address
+        super().__init__(host, port, **kwargs)
+
+    def _get_socket(self, host, port, timeout):
+        return super()._get_socket(self._address or host, port, timeout)
+
+
+class _PinnedSMTPSSL(_PinnedSMTP, smtplib.SMTP_SSL):
+    """The same over implicit TLS (EMAIL_USE_SSL): SMTP_SSL wraps the socket with the name."""
+
+
+class PinnedEmailBackend(EmailBackend):
+    """Django's SMTP backend whose connections go to `address` (see _PinnedSMTP)."""
+
+    def __init__(self, *, address: str = "", **kwargs):
+        super().__init__(**kwargs)
+        self.address = address
+
+    @property
+    def connection_class(self):
+        return partial(_PinnedSMTPSSL if self.use_ssl else _PinnedSMTP, address=self.address)
+
+
 @provider
 class SmtpProvider(Provider):
     """settings: from_email, host, port, username, password_env, use_tls, timeout (all
-    optional: Django's EMAIL_* settings are the defaults)."""
+    optional: Django's EMAIL_* settings are the defaults, except that EMAIL_HOST_USER and
+    EMAIL_HOST_PASSWORD are used only with EMAIL_HOST on EMAIL_PORT, never with a host or port
+    the channel names)."""
 
     name = "smtp"
     kinds = ("email",)
@@ -231,25 +264,27 @@ class SmtpProvider(Provider):
                 return self._backend
             self._drop()
         s = self.settings
+        host = str(s.get("host") or django_settings.EMAIL_HOST)
+        port = int(s.get("port") or django_settings.EMAIL_PORT)
+        address = ""
         if s.get("host"):
             # a host typed into the channel (not the deployment's EMAIL_HOST) is an outbound target like a
-            # URL: checked whenever a session is opened
+            # URL: checked whenever a session is opened, and the session goes to the address checked
             try:
-                outbound_host_check(host=str(s["host"]), port=int(s.get("port") or django_settings.EMAIL_PORT))
+                address = outbound_host_check(host=host, port=port)
             except OutboundRefused as exc:
                 raise PermanentError(f"smtp: {exc.message}") from exc
             except OutboundUnreachable as exc:
                 raise TransientError(f"smtp: {exc.message}") from exc
-        backend = get_connection(
-            backend="django.core.mail.backends.smtp.EmailBackend",
-            host=s.get("host") or django_settings.EMAIL_HOST,
-            port=int(s.get("port") or django_settings.EMAIL_PORT),
-            username=s.get("username") or django_settings.EMAIL_HOST_USER,
-            password=(self.secret("password", required=False) if s.get("password_env")
-                      else django_settings.EMAIL_HOST_PASSWORD),
-            use_tls=bool(s.get("use_tls", django_settings.EMAIL_USE_TLS)),
-            timeout=float(s.get("timeout") or django_settings.EMAIL_TIMEOUT or 30),
-            fail_silently=False,
+        # the deployment's own relay (EMAIL_HOST on EMAIL_PORT) is the only server its credentials go to
+        relay = host_key(host) == host_key(str(django_settings.EMAIL_HOST)) and port == int(django_settings.EMAIL_PORT)
+        username, password = self._credentials(deployment_relay=relay)
+        use_tls = bool(s.get("use_tls", django_settings.EMAIL_USE_TLS))
+        if relay and password and password == django_settings.EMAIL_HOST_PASSWORD:
+            use_tls = use_tls or bool(django_settings.EMAIL_USE_TLS)  # a channel cannot send them in clear text
+        backend = PinnedEmailBackend(
+            address=address, host=host, port=port, username=username, password=password, use_tls=use_tls,
+            timeout=float(s.get("timeout") or django_settings.EMAIL_TIMEOUT or 30), fail_silently=False,
         )
         self._backend = backend
         try:
@@ -258,6 +293,19 @@ class SmtpProvider(Provider):
             self._drop()
             raise smtp_error(exc) from exc
         return backend
+
+    def _credentials(self, *, deployment_relay: bool) -> tuple[str, str]:
+        """(username, password) for a session: the channel's own (`username`, the secret that
+        `password_env` names). The deployment's EMAIL_HOST_USER / EMAIL_HOST_PASSWORD fill in only
+        for the deployment's own relay: a channel that names another server never hands it the
+        deployment's password (whoever edits a channel must not be able to read environment
+        secrets, journeys.services.outbound)."""
+        username = str(self.settings.get("username") or "")
+        password = self.secret("password", required=False) if self.settings.get("password_env") else ""
+        if deployment_relay:
+            username = username or django_settings.EMAIL_HOST_USER
+            password = password or django_settings.EMAIL_HOST_PASSWORD
+        return username, password
 
     def _drop(self) -> None:
         """Forget a broken session (without waiting for a QUIT answer that will not come)."""

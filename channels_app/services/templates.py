@@ -11,13 +11,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 
-from django.template import Context, Engine, Library, Node, NodeList, TemplateSyntaxError, Variable, VariableDoesNotExist
+from django.template import (
+    Context, Engine, Library, Node, NodeList, Template, TemplateSyntaxError, Variable, VariableDoesNotExist,
+)
 from django.template import defaultfilters, defaulttags
-from django.template.base import TextNode, VariableNode
+from django.template.base import Lexer, Parser, TextNode, VariableNode
 from django.utils.html import conditional_escape
 from django.utils import timezone
 
@@ -30,39 +34,144 @@ _BLOCKED_TAGS = {"debug", "load", "url", "csrf_token", "querystring", "include",
                  "lorem"}
 
 # Cost bounds (issue #15: `{{ 'a'|ljust:'50000000' }}` made a 50 MB preview; a block including
-# itself was a 500): every rendered part, every loop and every padding filter is bounded.
-MAX_RENDERED_CHARS = 200_000  # one rendered subject / body / HTML body
+# itself was a 500; nesting `|make_list|join` or `|add` in {% with %} built 200 MB from 400
+# characters): what a render writes, every value a filter builds, every loop and every padding
+# filter is bounded, whatever the template nests, so that a render costs at most a few MB.
+MAX_RENDERED_CHARS = 200_000  # written by one subject / body / HTML body / webhook payload (all its values)
+MAX_VALUE_CHARS = MAX_RENDERED_CHARS  # one value a filter builds: characters of a text, items of a list
+MAX_BUILT_CHARS = 10 * MAX_RENDERED_CHARS  # all the values filters build in one render, together
 MAX_LOOP_ITERATIONS = 10_000  # {% for %} iterations in one message, all loops together
+MAX_BLOCK_RENDERS = MAX_LOOP_ITERATIONS  # content blocks rendered in one message (inside loops, inside blocks)
 MAX_FILTER_WIDTH = 1_000  # ljust/rjust/center width, stringformat width, floatformat digits
 MAX_BLOCK_DEPTH = 5  # content blocks inside content blocks
+MAX_TAG_DEPTH = 40  # tags inside tags ({% if %} in {% with %} in {% for %}...): Python's stack is not a budget
 
 
 class TemplateRenderError(ValueError):
-    """A template would cost more than a message may (too long, too many loop runs)."""
+    """A template would cost more than a message may (too long, too many loop runs, a filter
+    building too much)."""
 
 
 sandbox = Library()
 for _name, _tag in defaulttags.register.tags.items():
     if _name not in _BLOCKED_TAGS:
         sandbox.tags[_name] = _tag
-sandbox.filters.update(defaultfilters.register.filters)
 
 
-def _spend(context, *, iterations: int = 0, chars: int = 0) -> None:
-    budget = getattr(context, "budget", None)
+@dataclass
+class _Budget:
+    """What one render has spent so far (a subject, a body, an HTML body, a webhook payload):
+    text written by the nodes that write (literal text, {{ values }}, cycle, firstof...), loop
+    runs, content blocks rendered, and the values filters built."""
+
+    written: int = 0
+    iterations: int = 0
+    blocks: int = 0
+    built: int = 0
+
+
+# The budget of the render in progress: filters are plain functions that never see the context.
+_BUDGET: ContextVar[_Budget | None] = ContextVar("template_budget", default=None)
+
+
+@contextmanager
+def _budgeted():
+    """Run a render under a fresh budget (content blocks rendered inside it share it)."""
+    token = _BUDGET.set(_Budget())
+    try:
+        yield
+    finally:
+        _BUDGET.reset(token)
+
+
+def _spend(*, written: int = 0, iterations: int = 0, blocks: int = 0) -> None:
+    budget = _BUDGET.get()
     if budget is None:
         return
-    budget[0] += iterations
-    budget[1] += chars
-    if budget[0] > MAX_LOOP_ITERATIONS:
+    budget.written += written
+    budget.iterations += iterations
+    budget.blocks += blocks
+    if budget.written > MAX_RENDERED_CHARS:
+        raise TemplateRenderError(f"the text would be longer than {MAX_RENDERED_CHARS:,} characters")
+    if budget.iterations > MAX_LOOP_ITERATIONS:
         raise TemplateRenderError(f"loops ran more than {MAX_LOOP_ITERATIONS:,} times")
-    if budget[1] > MAX_RENDERED_CHARS:
-        raise TemplateRenderError(f"the message is longer than {MAX_RENDERED_CHARS:,} characters")
+    if budget.blocks > MAX_BLOCK_RENDERS:
+        raise TemplateRenderError(f"content blocks were rendered more than {MAX_BLOCK_RENDERS:,} times")
+
+
+def _size(value) -> int:
+    """What a value costs to hold: its characters, or its items (a list, a dict); 0 for a number."""
+    return len(value) if isinstance(value, (str, list, tuple, dict)) else 0
+
+
+def _value_check(name: str, size: int) -> None:
+    if size > MAX_VALUE_CHARS:
+        raise TemplateRenderError(f"|{name} would build a value of {size:,} characters or items; "
+                                  f"at most {MAX_VALUE_CHARS:,}")
+
+
+def _build(name: str, size: int) -> None:
+    """Account for a value of `size` that filter `name` built."""
+    _value_check(name, size)
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget.built += size
+        if budget.built > MAX_BUILT_CHARS:
+            raise TemplateRenderError(f"filters built more than {MAX_BUILT_CHARS:,} characters in all")
+
+
+def _largest_number(value, arg=None) -> int:
+    """The largest number written in a filter's argument: "50000000", "-3g", "%050000000d"."""
+    numbers = re.findall(r"\d+", str(arg if arg is not None else ""))
+    return max((int(n) if len(n) < 10 else 10 ** 10 for n in numbers), default=0)
+
+
+def _added_size(value, arg=None) -> int:
+    """The length of value|add:arg when it concatenates two texts or two lists."""
+    return _size(value) + _size(arg) if isinstance(value, (str, list, tuple)) else 0
+
+
+def _joined_size(value, arg=None) -> int:
+    """The length of value|join:arg, from the lengths of its parts (the filter would build it first)."""
+    if isinstance(value, str):
+        parts, count = len(value), len(value)
+    elif isinstance(value, (list, tuple, dict)):
+        parts, count = sum(len(v) if isinstance(v, str) else len(str(v)) for v in value), len(value)
+    else:
+        return 0
+    return parts + len(str(arg if arg is not None else "")) * max(count - 1, 0)
+
+
+def _budgeted_filter(name: str, original, *, width=None, size=None):
+    """`original` bounded: `width(value, arg)` above MAX_FILTER_WIDTH is refused, so is a value
+    larger than MAX_VALUE_CHARS, before it is built where the filter could multiply its input
+    (`size(value, arg)`, the size it would build), after it is built otherwise (a filter without
+    `size` builds at most a few times its input and its argument, themselves bounded); every value
+    built counts toward the render's budget."""
+
+    @functools.wraps(original)
+    def budgeted(value, *args, **kwargs):
+        if width is not None and width(value, *args) > MAX_FILTER_WIDTH:
+            raise TemplateRenderError(f"|{name}: at most {MAX_FILTER_WIDTH:,}")
+        if size is not None:
+            _value_check(name, size(value, *args))
+        result = original(value, *args, **kwargs)
+        if result is not value:
+            _build(name, _size(result))
+        return result
+
+    return budgeted
+
+
+for _name, _filter in defaultfilters.register.filters.items():
+    sandbox.filters[_name] = _budgeted_filter(
+        _name, _filter, width=_largest_number if _name in ("ljust", "rjust", "center", "floatformat", "stringformat")
+        else None, size={"join": _joined_size, "add": _added_size}.get(_name))
 
 
 class _LoopBody(Node):
-    """A loop's body as one node (ForNode renders its body node by node): each run is counted,
-    and what it writes, against the message's budget."""
+    """A loop's body as one node (ForNode renders its body node by node): each run is counted
+    against the message's budget."""
 
     child_nodelists = ("nodelist",)
 
@@ -70,10 +179,8 @@ class _LoopBody(Node):
         self.nodelist = nodelist
 
     def render(self, context) -> str:
-        _spend(context, iterations=1)
-        out = self.nodelist.render(context)
-        _spend(context, chars=len(out))
-        return out
+        _spend(iterations=1)
+        return self.nodelist.render(context)
 
 
 @sandbox.tag("for")
@@ -83,27 +190,72 @@ def bounded_for(parser, token):
     return node
 
 
-def _largest_number(arg) -> int:
-    """The largest number written in a filter's argument: "50000000", "-3g", "%050000000d"."""
-    return max((int(n) for n in re.findall(r"\d+", str(arg if arg is not None else ""))), default=0)
+class _WrittenText(TextNode):
+    def render(self, context) -> str:
+        _spend(written=len(self.s))
+        return self.s
 
 
-def _bounded_filter(name: str, measure):
-    original = defaultfilters.register.filters[name]
-
-    def bounded(value, arg=None):
-        if measure(arg) > MAX_FILTER_WIDTH:
-            raise TemplateRenderError(f"|{name}: at most {MAX_FILTER_WIDTH:,}")
-        return original(value, arg) if arg is not None else original(value)
-
-    for attr in ("is_safe", "needs_autoescape", "expects_localtime"):
-        if hasattr(original, attr):
-            setattr(bounded, attr, getattr(original, attr))
-    return bounded
+class _WrittenVariable(VariableNode):
+    def render(self, context) -> str:
+        out = super().render(context)
+        _spend(written=len(out))
+        return out
 
 
-for _name in ("ljust", "rjust", "center", "floatformat", "stringformat"):
-    sandbox.filters[_name] = _bounded_filter(_name, _largest_number)
+class _Written(Node):
+    """A tag that writes text itself ({% cycle %}, {% firstof %}, {% verbatim %}...): what it writes
+    is counted."""
+
+    child_nodelists = ("nodelist",)
+
+    def __init__(self, node: Node):
+        self.nodelist = NodeList([node])
+
+    def render(self, context) -> str:
+        out = self.nodelist[0].render_annotated(context)
+        _spend(written=len(out))
+        return out
+
+
+class _SandboxParser(Parser):
+    """Every node that writes text counts what it writes against the render's budget: literal
+    text, {{ values }} and tags without a body. Tags with a body (if, for, with, filter...) write
+    what their nodes write; a content block's nodes count for themselves. Tags nest at most
+    MAX_TAG_DEPTH deep (deeper, Django would run out of stack rendering them)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.depth = -1  # the template's own nodes are parsed at depth 0, a tag's body one deeper
+
+    def parse(self, parse_until=None):
+        self.depth += 1
+        try:
+            if self.depth > MAX_TAG_DEPTH:
+                raise TemplateSyntaxError(f"tags are nested more than {MAX_TAG_DEPTH} deep")
+            return super().parse(parse_until)
+        finally:
+            self.depth -= 1
+
+    def extend_nodelist(self, nodelist, node, token):
+        if type(node) is TextNode:
+            node = _WrittenText(node.s)
+        elif type(node) is VariableNode:
+            node = _WrittenVariable(node.filter_expression)
+        elif not isinstance(node, ContentBlockNode) and not any(hasattr(node, attr) for attr in node.child_nodelists):
+            node.token, node.origin = token, self.origin
+            node = _Written(node)
+        super().extend_nodelist(nodelist, node, token)
+
+
+class _SandboxTemplate(Template):
+    def compile_nodelist(self):
+        parser = _SandboxParser(Lexer(self.source).tokenize(), self.engine.template_libraries,
+                                self.engine.template_builtins, self.origin)
+        nodelist = parser.parse()
+        self.extra_data = parser.extra_data
+        return nodelist
+
 
 ROOTS = ("profile", "traits", "event", "journey", "scores", "links")
 _BLOCK_REF = re.compile(r"""{%\s*content_block\s+["']([\w-]+)["']\s*%}""")
@@ -112,12 +264,16 @@ _BLOCK_REF = re.compile(r"""{%\s*content_block\s+["']([\w-]+)["']\s*%}""")
 class SandboxEngine(Engine):
     default_builtins: list[str] = []
 
+    def from_string(self, template_code):
+        return _SandboxTemplate(template_code, engine=self)
+
 
 class ContentBlockNode(Node):
     def __init__(self, name: str):
         self.name = name
 
     def render(self, context) -> str:
+        _spend(blocks=1)
         renderer = getattr(context, "block_renderer", None)
         return renderer(self.name, context) if renderer else ""
 
@@ -263,9 +419,36 @@ def _render_plain(parts: tuple, context: dict, autoescape: bool) -> tuple[str, l
 
 def text_render(*, text: str, data: dict, autoescape: bool = False) -> str:
     """One template text (e.g. a webhook payload value) rendered with `data` (plain dicts and
-    values): the parsed template is cached per text, plain variables are read without Django."""
+    values): the parsed template is cached per text, plain variables are read without Django.
+    Raises TemplateRenderError when it would cost too much (the MAX_ bounds above)."""
+    return payload_render(payload={"text": text}, data=data, autoescape=autoescape, what="")["text"]
+
+
+def payload_render(*, payload: dict, data: dict, autoescape: bool = False, what: str = "payload") -> dict:
+    """A webhook payload: its text values rendered with `data`, the others as they are. One
+    budget for the whole payload (one request body, at most MAX_RENDERED_CHARS of rendered text);
+    raises TemplateRenderError naming the value that went over it ("payload 'key': ...", or
+    without a name when `what` is empty)."""
+    out, total = {}, 0
+    with _budgeted():
+        for key, value in payload.items():
+            if not isinstance(value, str):
+                out[key] = value
+                continue
+            try:
+                out[key] = _text(value, data, autoescape)
+                total += len(out[key])
+                if total > MAX_RENDERED_CHARS:
+                    raise TemplateRenderError(f"the text would be longer than {MAX_RENDERED_CHARS:,} characters")
+            except TemplateRenderError as exc:
+                raise TemplateRenderError(f"{what} {key!r}: {exc}" if what else str(exc)) from None
+    return out
+
+
+def _text(text: str, data: dict, autoescape: bool) -> str:
     parts = _plain_parts(text)
     if parts is not None and (fast := _render_plain(parts, data, autoescape)) is not None:
+        _spend(written=len(fast[0]))  # written without Django's nodes, which count for themselves
         return fast[0]
     return _compiled(text).render(Context(plain(data), autoescape=autoescape))
 
@@ -408,7 +591,6 @@ def template_render(*, template: MessageTemplate, context: dict, locale: str = "
     HTML part is. Missing variables render empty and are listed in `missing`; a missing or
     self-including content block renders empty and is listed in `errors`. Raises
     TemplateRenderError when a part would be too costly (see the MAX_ bounds above)."""
-    data = None
     variant = template_variant(template=template, locale=locale)
     subject = (variant.subject if variant and variant.subject else template.subject) or ""
     body = (variant.body if variant and variant.body else template.body) or ""
@@ -416,28 +598,33 @@ def template_render(*, template: MessageTemplate, context: dict, locale: str = "
     names = set(_BLOCK_REF.findall(subject + body + html))
     blocks = {b.name: b for b in ContentBlock.objects.filter(name__in=names)} if names else {}
     result = Rendered("", "", "", locale=variant.locale if variant else "")
-    parts = []
-    for text, escape in ((subject, False), (body, False), (html, True)):
+    label = f"template {template.name!r}" + (f" ({variant.locale})" if variant else "")
+    parts, data = [], None
+    for part, text, escape in (("subject", subject, False), ("body", body, False), ("HTML body", html, True)):
         if not text:  # most messages have no HTML part: nothing to render or report
             parts.append("")
             continue
         quick = _plain_parts(text)
         quick = _render_plain(quick, context, escape) if quick is not None and type(context) is dict else None
         if quick is not None:
-            parts.append(quick[0])
+            rendered = quick[0]
             result.missing.extend(m for m in quick[1] if m not in result.missing)
-            continue
-        if data is None:
-            data = plain(context)
-            data["now"] = context.get("now") if isinstance(context.get("now"), datetime) else None
-        ctx = Context(data, autoescape=escape)
-        ctx.block_renderer = _block_renderer(blocks, data, result)
-        ctx.budget = [0, 0]  # loop runs, characters written by loops
-        compiled = _compiled(text)
-        rendered = compiled.render(ctx)
+        else:
+            if data is None:
+                data = plain(context)
+                data["now"] = context.get("now") if isinstance(context.get("now"), datetime) else None
+            ctx = Context(data, autoescape=escape)
+            ctx.block_renderer = _block_renderer(blocks, data, result)
+            compiled = _compiled(text)
+            try:
+                with _budgeted():  # each part has its own
+                    rendered = compiled.render(ctx)
+            except TemplateRenderError as exc:
+                raise TemplateRenderError(f"{label}, {part}: {exc}") from None
+            result.missing.extend(m for m in _missing(compiled, ctx) if m not in result.missing)
         if len(rendered) > MAX_RENDERED_CHARS:
-            raise TemplateRenderError(f"the message is longer than {MAX_RENDERED_CHARS:,} characters")
+            raise TemplateRenderError(f"{label}, {part}: the text would be longer than {MAX_RENDERED_CHARS:,} "
+                                      "characters")
         parts.append(rendered)
-        result.missing.extend(m for m in _missing(compiled, ctx) if m not in result.missing)
     result.subject, result.body, result.html_body = parts[0].strip().replace("\n", " "), parts[1], parts[2]
     return result

@@ -285,10 +285,8 @@ def job_status_view(request: HttpRequest, pk: int) -> JsonResponse:
 
 def job_download(request: HttpRequest, pk: int) -> HttpResponse:
     """The result as a file: the export, the replay report, or the import's rejected rows (CSV)."""
-    import csv
-    import io
-
     from journeys.services.jobs import job_chunks, job_has_chunks, jobs_purge_exports
+    from journeys.services.spreadsheets import spreadsheet_csv
 
     jobs_purge_exports()
     job = _job(request, pk)
@@ -299,12 +297,10 @@ def job_download(request: HttpRequest, pk: int) -> HttpResponse:
     if job_has_chunks(job):  # streamed from its stored pieces: never the whole copy in memory
         response = StreamingHttpResponse(job_chunks(job), content_type="application/json")
         name = f"job-{job.pk}-{job.kind}.json"
-    elif job.kind.startswith("import_"):
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=["row", "field", "error"])
-        writer.writeheader()
-        writer.writerows(job.result.get("rejected_rows", []))
-        response = HttpResponse(out.getvalue(), content_type="text/csv")
+    elif job.kind.startswith("import_"):  # errors quote the file's values: made safe for a spreadsheet
+        columns = ["row", "field", "error"]
+        rejected = [[row.get(c, "") for c in columns] for row in job.result.get("rejected_rows", [])]
+        response = HttpResponse(spreadsheet_csv([columns, *rejected]), content_type="text/csv")
         name = f"job-{job.pk}-rejected.csv"
     else:
         body = job.result.get("export", job.result) if job.kind == "export" else job.result

@@ -93,14 +93,14 @@ def allowed_networks() -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, .
     return _networks(tuple(getattr(settings, "OUTBOUND_ALLOWED_NETWORKS", ()) or ()))
 
 
-def _host_key(host: str) -> str:
+def host_key(host: str) -> str:
     """A host name as the allow-list compares it: case, surrounding space, a final dot and IPv6
     brackets do not matter."""
     return (host or "").strip().lower().rstrip(".").removeprefix("[").removesuffix("]")
 
 
 def _allowed_hosts() -> set[str]:
-    return {_host_key(h) for h in getattr(settings, "OUTBOUND_ALLOWED_HOSTS", ()) or () if h.strip()}
+    return {host_key(h) for h in getattr(settings, "OUTBOUND_ALLOWED_HOSTS", ()) or () if h.strip()}
 
 
 def _embedded_v4(ip: IPAddress) -> ipaddress.IPv4Address | None:
@@ -135,7 +135,7 @@ def host_allowlisted(host: str) -> bool:
     """OUTBOUND_ALLOWED_HOSTS names `host`, or it is an address literal inside
     OUTBOUND_ALLOWED_NETWORKS: the places ops opened on purpose (a local gateway, a test server),
     compared as the guard compares them (no DNS lookup)."""
-    key = _host_key(host)
+    key = host_key(host)
     if not key:
         return False
     if key in _allowed_hosts():
@@ -165,8 +165,9 @@ def outbound_host_check(*, host: str, port: int) -> str:
     """Resolve `host` and return the address to connect to; raise OutboundRefused when any of
     its addresses is not allowed, OutboundUnreachable when it does not resolve.
 
-    For non-HTTP clients (SMTP) that cannot be pinned: call it right before connecting."""
-    host = _host_key(host)
+    For non-HTTP clients (SMTP): call it right before connecting, and connect to the address it
+    returns, not to the name (channels_app.providers.email.PinnedEmailBackend)."""
+    host = host_key(host)
     if not host:
         raise OutboundRefused("no host")
     addresses = _resolve(host, port)

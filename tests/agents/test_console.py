@@ -87,10 +87,7 @@ def test_someone_elses_case_is_not_found(client, world, url):
     client = login(client, world["alice"])
     target = reverse(f"agents:{url}", args=[world["bobs"].pk])
     response = client.get(target) if url == "case" else client.post(target, {"body": "hi", "code": "fixed", "nonce": "x"})
-    if url == "take":  # a colleague's case: Take says who has it (see below), and shows nothing of it
-        assert response.status_code == 302 and response["Location"] == reverse("agents:queue")
-    else:
-        assert response.status_code == 404
+    assert response.status_code == 404 and b"bob" not in response.content  # a colleague's case: not even who has it
     other_team = reverse(f"agents:{url}", args=[world["carols"].pk])
     response = client.get(other_team) if url == "case" else client.post(other_team, {"body": "hi", "code": "fixed"})
     assert response.status_code == 404
@@ -116,7 +113,7 @@ def _messages(response) -> list[str]:
     return re.findall(r'class="msg [^"]*" role="status">([^<]+)<', response.content.decode())
 
 
-def test_take_on_a_case_someone_took_first_says_who_has_it(client, world, django_capture_on_commit_callbacks):
+def test_take_on_a_case_someone_took_first_says_a_colleague_has_it(client, world, django_capture_on_commit_callbacks):
     # given dave, a billing agent with room, and bob, who saw the same queued case on his page
     dave = AgentFactory(team=world["bob"].team, capacity=3, user__username="dave", user__first_name="Dave")
     queued = world["queued"]
@@ -124,23 +121,40 @@ def test_take_on_a_case_someone_took_first_says_who_has_it(client, world, django
     dave_client = login(client.__class__(), dave)
     assert "The case is yours." in _messages(dave_client.post(take, follow=True))
 
-    # when bob presses Take a moment later: back to his queue, told who took it (no bare 403/404)
+    # when bob presses Take a moment later: back to his queue, told a colleague took it (no bare 403/404),
+    # not who: he may no longer see the case
     bob_client = login(client.__class__(), world["bob"])
     response = bob_client.post(take)
     assert response.status_code == 302 and response["Location"] == reverse("agents:queue")
-    assert _messages(bob_client.get(response["Location"])) == [f"Case #{queued.pk} was taken by Dave."]
+    assert _messages(bob_client.get(response["Location"])) == [f"Case #{queued.pk} was taken by a colleague first."]
 
     # dave pressing Take again (a second tab) stays on the case, which is his
     response = dave_client.post(take)
     assert response["Location"] == reverse("agents:case", args=[queued.pk])
     assert _messages(dave_client.get(response["Location"])) == [f"Case #{queued.pk} is already yours."]
 
-    # Take on a case routed to a colleague says so too; another team's case stays unknown
+    # a case routed straight to a colleague (never in the queue) and another team's case stay unknown
     alice_client = login(client.__class__(), world["alice"])
-    response = alice_client.post(reverse("agents:take", args=[world["bobs"].pk]), follow=True)
-    assert _messages(response) == [f"Case #{world['bobs'].pk} was taken by bob."]
+    assert alice_client.post(reverse("agents:take", args=[world["bobs"].pk])).status_code == 404
     assert alice_client.post(reverse("agents:take", args=[world["carols"].pk])).status_code == 404
+    assert _messages(alice_client.get(reverse("agents:queue"))) == []
     assert Case.objects.get(pk=queued.pk).assigned_agent == dave
+
+
+@pytest.mark.parametrize("who", ["another team's agent", "the fallback team's agent", "a user who is no agent"])
+def test_take_on_a_case_out_of_reach_answers_like_a_case_that_does_not_exist(client, world, who):
+    """Pressing Take on case ids one after another must not tell which exist or who holds them."""
+    user = {"another team's agent": lambda: world["carol"].user,
+            "the fallback team's agent": lambda: AgentFactory(team=TeamFactory(slug="triage", is_fallback=True)).user,
+            "a user who is no agent": lambda: UserFactory()}[who]()
+    client.force_login(user)
+
+    for case in (world["alices"], world["bobs"], world["queued"]):
+        response = client.post(reverse("agents:take", args=[case.pk]))
+        assert response.status_code == 404 and b"alice" not in response.content and b"bob" not in response.content
+    assert client.post(reverse("agents:take", args=[999_999])).status_code == 404
+    assert _messages(client.get(reverse("agents:queue"))) == []
+    assert Case.objects.get(pk=world["queued"].pk).status == "new"
 
 
 def test_a_status_that_is_not_one_is_a_message_on_the_queue(client, world):

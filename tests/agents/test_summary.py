@@ -78,3 +78,20 @@ def test_suggestions_in_the_customers_language_when_there_are_some():
     ReplyTemplateFactory(name="de", category="billing", language="de", body="Hallo {{ profile.first_name }}")
     case = open_case(customer=CustomerFactory(traits={"first_name": "Jo"}), language="de")
     assert [s.text for s in case_suggested_replies(case=case)] == ["Hallo Jo"]
+
+
+def test_suggestions_render_in_the_message_sandbox_within_its_bounds():
+    """Reply templates are typed into the admin like message templates: the same sandbox (no
+    {% debug %} dump of the server's modules) and the same cost bounds (a 400-character template
+    cannot build 200 MB on the agent's page); a template that cannot render is left out."""
+    a = "x" * 100
+    ReplyTemplateFactory(name="bomb", category="billing", intent="refund",
+                         body="{% with a='" + a + "' %}{% with b=a|make_list|join:a %}{% with c=b|make_list|join:b %}"
+                              "{{ c|length }}{% endwith %}{% endwith %}{% endwith %}")
+    ReplyTemplateFactory(name="debug", category="billing", body="{% debug %}")
+    ReplyTemplateFactory(name="fine", body="Hi {{ profile.first_name }}{{ profile.nickname }}.")
+    case = open_case(customer=CustomerFactory(traits={"first_name": "Ada", "nickname": None}), intent="refund")
+
+    suggestions = case_suggested_replies(case=case)
+
+    assert [(s.name, s.text) for s in suggestions] == [("fine", "Hi Ada.")]

@@ -15,11 +15,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -40,6 +41,11 @@ class SmtpSink:
         self.mail_reply = ""  # an answer to give every MAIL command instead of 250
         self.pipelining = True  # offer PIPELINING (RFC 2920), as real relays do
         self.pipelined = 0  # MAIL commands whose RCPT and DATA had already arrived (sent in one write)
+        self.logins: list[tuple[str, str]] = []  # (username, password) of each AUTH (servers started with auth=True)
+
+    def authenticate(self, server, session, envelope, mechanism, auth_data):
+        self.logins.append((auth_data.login.decode(), auth_data.password.decode()))
+        return AuthResult(success=True)
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
@@ -174,8 +180,13 @@ class FakeVendor:
         self.server.server_close()
 
 
-def start_smtp() -> tuple[Controller, SmtpSink]:
+def start_smtp(host: str = "127.0.0.1", port: int = 0, *, auth: bool = False,
+               **options) -> tuple[Controller, SmtpSink]:
+    """A server on host:port (a free port by default). auth=True: it offers AUTH, even without TLS
+    (as a hostile server would), and records every login in `sink.logins`."""
     sink = SmtpSink()
-    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
+    if auth:
+        options = {"authenticator": sink.authenticate, "auth_require_tls": False, **options}
+    controller = Controller(sink, hostname=host, port=port or free_port(host), **options)
     controller.start()
     return controller, sink

@@ -241,3 +241,22 @@ def test_customer_360_offers_the_export_to_those_who_may_run_it(client, demo):
     assert f"{reverse('admin:journeys_job_add')}?kind=export&amp;customer=u-alan" in client.get(url).content.decode()
     client.login(username="admin", password="admin")
     assert b'id="export-job-link"' in client.get(url).content
+
+
+def test_the_rejected_rows_csv_never_hands_a_spreadsheet_a_formula(ops, source, django_capture_on_commit_callbacks):
+    """The rejected rows are for a spreadsheet and their errors quote the file's values: a cell that
+    would start like a formula gets a leading quote (OWASP, CSV injection), whatever a validator writes."""
+    start(ops, "import_customers", {"file": SimpleUploadedFile("p.json", b'[{"user_id": "u-ok"}, "=1+1"]'),
+                                    "source": source.pk}, django_capture_on_commit_callbacks)
+    job = Job.objects.get()
+    assert job.result["rejected_rows"] == [{"row": 2, "field": "row", "error": "must be an object"}]
+    # given errors that begin with a value of the file (as a validator may write them)
+    job.result["rejected_rows"] += [{"row": 3, "field": "=HYPERLINK(\"http://x\",\"y\")", "error": "@SUM(A1)"},
+                                    {"row": 4, "field": "plan", "error": "-2+3 is not a plan"}]
+    job.save()
+
+    rejected = ops.get(reverse("console:job_download", args=[job.pk])).content.decode()
+
+    assert rejected.splitlines() == ["row,field,error", "2,row,must be an object",
+                                     "3,\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\",'@SUM(A1)",
+                                     "4,plan,'-2+3 is not a plan"]

@@ -187,3 +187,23 @@ def test_report_of_a_fresh_draft_without_arms_or_exposures_opens(admin_client):
     assert response.status_code == 200 and b"No exposures yet" in response.content
     csv_url = reverse("admin:experiments_experiment_csv", args=[experiment.pk])
     assert admin_client.get(csv_url, {"section": "arms"}).status_code == 200
+
+
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_arrive_as_text(admin_client):
+    """Trait values are customer data (a form, a client app): in the cohort CSV a value that
+    starts like a formula gets a leading quote (OWASP, CSV injection); numbers stay numbers."""
+    experiment = make_experiment()
+    values = ['=HYPERLINK("http://x","y")', "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A9)", "\tTAB", "\rCR",
+              "-0.25", "42", "pro"]
+    for n, value in enumerate(values):
+        for c in make_customers(3, prefix=f"v{n}-", traits={"plan": value}):
+            assignment_decide(experiment=experiment, customer=c, now=timezone.now())
+    url = reverse("admin:experiments_experiment_csv", args=[experiment.pk])
+
+    response = admin_client.get(url, {"section": "cohorts", "kind": "trait", "trait": "plan"})
+
+    cohorts = {row["cohort"] for row in csv.DictReader(io.StringIO(response.content.decode()))}
+    assert cohorts == {"'=HYPERLINK(\"http://x\",\"y\")", "'+cmd|' /C calc'!A0", "'-2+3", "'@SUM(A1:A9)", "'\tTAB",
+                       "'\rCR", "-0.25", "42", "pro"}
+    rows = list(csv.reader(io.StringIO(response.content.decode())))
+    assert all(not cell.startswith(("=", "+", "@", "\t", "\r")) for row in rows for cell in row)
