@@ -12,7 +12,7 @@ from django.utils import timezone
 from channels_app.choices import ChannelKind, ConsentStatus, Reason
 from channels_app.models import Channel, Consent, Topic
 from journeys.models import Customer, Identity
-from journeys.services.identity import phone_normalize
+from journeys.services.identity import phone_lookup_values, phone_normalize
 
 STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
 START_WORDS = {"START", "YES", "UNSTOP", "OPTIN"}
@@ -175,12 +175,13 @@ def preferences_save(*, customer: Customer, checked: set[str], do_not_contact: b
 
 def customers_by_phone(phone: str) -> list[Customer]:
     """The customers a phone number belongs to (its identity, or the profile's number), matched
-    normalised as numbers are stored; nobody for an empty number (never every phone-less customer)."""
-    phone = phone_normalize(phone)
-    if not phone:
+    normalised as numbers are stored, or in the spelling an identity stored before that holds
+    (`phone_lookup_values`); nobody for an empty number (never every phone-less customer)."""
+    values = phone_lookup_values(phone)
+    if not phone_normalize(phone):
         return []
-    ids = set(Identity.objects.filter(kind="phone", value=phone).values_list("customer_id", flat=True))
-    ids |= set(Customer.objects.filter(phone=phone, merged_into__isnull=True).values_list("pk", flat=True))
+    ids = set(Identity.objects.filter(kind="phone", value__in=values).values_list("customer_id", flat=True))
+    ids |= set(Customer.objects.filter(phone=values[0], merged_into__isnull=True).values_list("pk", flat=True))
     return list(Customer.objects.filter(pk__in=ids))
 
 

@@ -59,7 +59,7 @@ def _address_customer(channel: Channel, to: str, now: datetime) -> tuple[Custome
     kind = ADDRESS_KINDS.get(channel.kind)
     if kind is None:
         raise JourneyError(f"a raw address needs an email, SMS or voice channel, not {channel.kind}", field="to")
-    to = to.strip()
+    typed = to = to.strip()
     if kind == IdentityKind.EMAIL:
         if len(to) > MAX_EMAIL_LENGTH:
             raise JourneyError(f"is too long for an email address (at most {MAX_EMAIL_LENGTH} characters)",
@@ -76,7 +76,7 @@ def _address_customer(channel: Channel, to: str, now: datetime) -> tuple[Custome
                                "or parentheses)", field="to")
         if len(digits) > MAX_PHONE_DIGITS:
             raise JourneyError(f"is too long for a phone number (at most {MAX_PHONE_DIGITS} digits)", field="to")
-    return customer_for_address(kind=kind, value=to, now=now), to
+    return customer_for_address(kind=kind, value=typed, now=now), to
 
 
 def transactional_send(*, template_name: str, token: ApiToken, key: str, data: dict, customer: Customer | None = None,

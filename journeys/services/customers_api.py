@@ -37,13 +37,14 @@ def customer_writable(*, customer: Customer, field: str = "id") -> Customer:
 
 def customers_lookup(*, user_id: str = "", email: str = "", phone: str = "", anonymous_id: str = "") -> QuerySet:
     """Profiles (never absorbed ones) having every identity given; all profiles when none is."""
-    from journeys.services.identity import phone_normalize
+    from journeys.services.identity import phone_lookup_values
 
     queryset = Customer.objects.filter(merged_into__isnull=True)
-    for kind, value in ((IdentityKind.USER_ID, user_id), (IdentityKind.EMAIL, email.strip().lower()),
-                        (IdentityKind.PHONE, phone_normalize(phone)), (IdentityKind.ANONYMOUS_ID, anonymous_id)):
-        if value:
-            queryset = queryset.filter(pk__in=Identity.objects.filter(kind=kind, value=value).values("customer_id"))
+    for kind, values in ((IdentityKind.USER_ID, [user_id]), (IdentityKind.EMAIL, [email.strip().lower()]),
+                         (IdentityKind.PHONE, phone_lookup_values(phone)), (IdentityKind.ANONYMOUS_ID, [anonymous_id])):
+        if values := [v for v in values if v]:
+            queryset = queryset.filter(pk__in=Identity.objects.filter(kind=kind, value__in=values)
+                                       .values("customer_id"))
     return queryset
 
 
@@ -173,11 +174,14 @@ def customer_export_request(*, customer: Customer, token: ApiToken, key: str) ->
 def customer_for_address(*, kind: str, value: str, now: datetime | None = None) -> Customer:
     """The customer an email address or phone number belongs to; a new profile known only by
     that address when nobody has it yet (so consent and erasure apply to it like to anyone).
-    A phone number is matched and stored normalised (see `phone_normalize`)."""
-    from journeys.services.identity import IdentityMap, phone_normalize
+    A phone number is stored normalised and matched as `phone_owner` does."""
+    from journeys.services.identity import IdentityMap, phone_normalize, phone_owner
 
-    value = value.strip().lower() if kind == IdentityKind.EMAIL else phone_normalize(value)
-    owner = Identity.objects.filter(kind=kind, value=value).values_list("customer_id", flat=True).first()
+    if kind == IdentityKind.EMAIL:
+        value = value.strip().lower()
+        owner = Identity.objects.filter(kind=kind, value=value).values_list("customer_id", flat=True).first()
+    else:
+        owner, value = phone_owner(value), phone_normalize(value)
     if owner is not None:
         return customer_get(pk=owner)
     now = now or timezone.now()

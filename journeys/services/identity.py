@@ -20,15 +20,41 @@ from journeys.services.bulk_ingest import identities_find, identities_insert
 MERGE_HOOKS: list[Callable[[Customer, Customer], None]] = []
 
 PROFILE_TRAIT_FIELDS = {"email": "email", "phone": "phone", "timezone": "timezone", "locale": "locale"}
-PHONE_SEPARATORS = re.compile(r"[\s\-.()]")
+# What Python's \s matches, spelled out, so that the same patterns give the same result in
+# PostgreSQL's regexp_replace (journeys.services.phones rewrites stored numbers in SQL with them).
+PHONE_SPACES = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+                "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+PHONE_SEPARATOR = f"[-.(){PHONE_SPACES}]"
+# '+44 (0)20 7946 0010': the national trunk 0 written after a country code is not dialled from abroad
+PHONE_TRUNK = f"^([{PHONE_SPACES}]*\\+[0-9]{{1,3}})[-.{PHONE_SPACES}]*\\([{PHONE_SPACES}]*0[{PHONE_SPACES}]*\\)"
+PHONE_SEPARATORS = re.compile(PHONE_SEPARATOR)
+PHONE_TRUNK_ZERO = re.compile(PHONE_TRUNK)
 
 
 def phone_normalize(value: str) -> str:
     """A phone number as it is stored and matched: without the spaces, dashes, dots and
-    parentheses people write in it ('+1 (555) 777-0001' -> '+15557770001'), a leading + kept.
-    One person's number written two ways is one profile, and a carrier's STOP from
-    '+15557770001' finds the customer whose number was typed with spaces."""
-    return PHONE_SEPARATORS.sub("", value or "")
+    parentheses people write in it ('+1 (555) 777-0001' -> '+15557770001'), a leading + kept,
+    and without the trunk '(0)' written after a country code ('+44 (0)20 7946 0010' ->
+    '+442079460010', as a carrier sends it). One person's number written two ways is one
+    profile, and a carrier's STOP from '+15557770001' finds the customer whose number was typed
+    with spaces."""
+    return PHONE_SEPARATORS.sub("", PHONE_TRUNK_ZERO.sub(r"\1", value or ""))
+
+
+def phone_lookup_values(value: str) -> list[str]:
+    """The phone identity values a number is looked up by, best first: the normalised number,
+    then the number exactly as given. An identity stored before numbers were normalised keeps
+    its typed spelling when its normalised form belongs to another customer (migration 0028,
+    `manage.py phones_normalise --collisions` lists them); it is still found by that spelling,
+    so the number's owner is not given a new, empty profile."""
+    return [v for v in dict.fromkeys((phone_normalize(value), value or "")) if v]
+
+
+def phone_owner(value: str) -> int | None:
+    """The id of the customer a phone identity (see `phone_lookup_values`) points at, if any."""
+    values = phone_lookup_values(value)
+    found = dict(Identity.objects.filter(kind=IdentityKind.PHONE, value__in=values).values_list("value", "customer_id"))
+    return next((found[v] for v in values if v in found), None)
 
 
 class IdentityMap:
@@ -270,8 +296,10 @@ def customer_apply_traits(*, imap: IdentityMap, customer: Customer, traits: dict
         email = traits.get("email")
         if isinstance(email, str) and email:
             imap.claim_later(IdentityKind.EMAIL, email.strip().lower()[:255], customer)
-        phone = phone_normalize(traits["phone"]) if isinstance(traits.get("phone"), str) else ""
-        if phone and _fits("phone", phone):
+        typed = traits.get("phone")
+        phone = phone_normalize(typed) if isinstance(typed, str) else ""
+        # a number someone's identity holds as typed (a collision 0028 left) is theirs: not claimed again
+        if phone and _fits("phone", phone) and (IdentityKind.PHONE, typed[:255]) not in imap.ids:
             imap.claim_later(IdentityKind.PHONE, phone, customer)
     # The device's timezone/locale fill the profile only where nothing better is known.
     for column in ("timezone", "locale"):

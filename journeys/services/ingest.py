@@ -14,7 +14,7 @@ from journeys.models import EventKey, Source
 from journeys.services.bulk_ingest import customers_precreate, customers_save, events_insert, identity_keys_lock
 from journeys.services.client_ip import event_ip
 from journeys.services.event_parsing import ParsedEvent, check_event_size, event_with_defaults, parse_event
-from journeys.services.identity import IdentityMap, customer_apply_traits, customer_resolve, phone_normalize
+from journeys.services.identity import IdentityMap, customer_apply_traits, customer_resolve, phone_lookup_values
 from journeys.services.quarantine_store import quarantine_store
 from journeys.errors import EventValidationError, PayloadTooLarge
 
@@ -170,6 +170,7 @@ def event_ingest(
             return IngestResult(stored=0, duplicates=len(events), event_ids=[])
 
         keys: set[tuple[str, str]] = set()
+        legacy: set[tuple[str, str]] = set()  # phone numbers as typed, as identities stored before 0028 hold them
         for e in fresh:
             if e.user_id:
                 keys.add((IdentityKind.USER_ID, e.user_id))
@@ -182,11 +183,12 @@ def event_ingest(
                 email, phone = e.traits.get("email"), e.traits.get("phone")
                 if isinstance(email, str) and email:
                     keys.add((IdentityKind.EMAIL, email.strip().lower()[:255]))
-                phone = phone_normalize(phone) if isinstance(phone, str) else ""
-                if phone:
-                    keys.add((IdentityKind.PHONE, phone[:255]))
-        imap = IdentityMap(keys)
-        new_keys = [key for key in keys if key not in imap.ids]  # the only keys this batch may insert
+                if isinstance(phone, str) and (spellings := phone_lookup_values(phone)):
+                    keys.add((IdentityKind.PHONE, spellings[0][:255]))
+                    legacy.update((IdentityKind.PHONE, v[:255]) for v in spellings[1:])
+        imap = IdentityMap(keys | legacy)
+        # the only keys this batch may insert (a number is stored normalised, never as typed)
+        new_keys = [key for key in keys if key not in imap.ids]
         if identity_keys_lock(new_keys):  # waited for a batch that may have stored some of them
             imap.refresh(new_keys)
         customers_precreate(imap, fresh)

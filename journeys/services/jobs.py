@@ -256,7 +256,7 @@ def jobs_sweep_stalled(*, now: datetime | None = None) -> dict:
     requeued = failed = 0
     running = Job.objects.filter(status=JobStatus.RUNNING).values_list("pk", "kind", "started_at", "result")
     for pk, kind, started_at, result in running.iterator(chunk_size=100):
-        state = result if isinstance(result, dict) and result.get("partial") else {}
+        state = _import_state(result)
         last = datetime.fromisoformat(state["at"]) if state.get("at") else started_at
         if last is not None and now - last <= quiet:
             continue
@@ -481,6 +481,14 @@ IMPORT_RESULT_KEYS = ("rows", "imported", "duplicates", "rejected", "rejected_ro
 IMPORT_REQUEUES = 3
 
 
+def _import_state(result: Any) -> dict:
+    """Where an unfinished import stands: the state its parts keep on the job (next row, counts).
+    The previous release kept only counts there (no `next_row`): a job it left unfinished starts
+    again from the first row with counts at zero, so the rows it stored count as already stored
+    and the counts add up to the rows read."""
+    return result if isinstance(result, dict) and result.get("partial") and "next_row" in result else {}
+
+
 def _import_claim(job: Job, *, start: int) -> dict | None:
     """Take the part starting at row `start`, or None when it is not this part's turn: the job
     is past it (a re-delivered task) or another task took it within the time limit."""
@@ -489,7 +497,7 @@ def _import_claim(job: Job, *, start: int) -> dict | None:
         row = Job.objects.select_for_update().filter(pk=job.pk).first()
         if row is None or row.finished:
             return None
-        state = row.result if row.result.get("partial") else {}
+        state = _import_state(row.result)
         if state.get("next_row", 0) != start:
             return None
         taken = state.get("claimed_at")
@@ -513,7 +521,7 @@ def _import_resume(job_id: int, *, why: str, now: datetime | None = None) -> str
         job = Job.objects.select_for_update().filter(pk=job_id, status=JobStatus.RUNNING).first()
         if job is None:
             return "gone"
-        state = job.result if job.result.get("partial") else {"next_row": 0, "requeued": 0}
+        state = _import_state(job.result) or {"next_row": 0, "requeued": 0}
         landed = (f"{state.get('next_row', 0)} of {state.get('rows') or 'the'} rows were processed: "
                   f"{state.get('imported', 0)} imported, {state.get('duplicates', 0)} already stored, "
                   f"{state.get('rejected', 0)} rejected")

@@ -115,3 +115,23 @@ def test_an_absorbed_profiles_page_leads_to_the_profile_it_was_merged_into(admin
     assert response.redirect_chain[-1][0] == f"/admin/journeys/customer/{known.pk}/change/"
     assert f"was merged into #{known.pk}" in response.content.decode()
     assert admin_client.get(f"/admin/journeys/customer/{10**30}/change/").status_code == 302  # no such id: no 500
+
+
+def test_a_message_whose_template_was_deleted_is_listed_by_its_text(admin_client):
+    from channels_app.models import Delivery, MessageTemplate
+    from tests.channels_app.factories import ChannelFactory, TemplateFactory
+
+    # given an SMS sent to a customer from a template (no subject), and a template-less email
+    customer = Customer.objects.create(external_id="u-tpl")
+    template = TemplateFactory(name="winback", channel_kind="sms", subject="")
+    sms = ChannelFactory(name="sms", kind="sms", provider="webhook")
+    Delivery.objects.create(idempotency_key="k-1", customer=customer, channel=sms, template=template,
+                            body="We miss you, come back for 10% off")
+    # when the template is deleted in the admin (the delivery keeps its text, template SET_NULL)
+    response = admin_client.post(reverse("admin:channels_app_messagetemplate_delete", args=[template.pk]),
+                                 {"post": "yes", "change_reason": "campaign over"})
+    assert response.status_code == 302 and not MessageTemplate.objects.filter(pk=template.pk).exists()
+
+    # then the customer's page opens and names the message by its text
+    messages = _section(_page(admin_client, customer), "messages")
+    assert "We miss you, come back" in messages

@@ -261,6 +261,16 @@ def test_a_phone_written_with_spaces_is_stored_and_matched_as_one_number(api):
         ("+15557770001", customer.pk)]
 
 
+def test_a_trunk_zero_written_after_the_country_code_is_not_part_of_the_number(api):
+    # when a user is identified with a UK number written with its national trunk prefix
+    api.post("identify", {"userId": "u-8", "traits": {"phone": "+44 (0)20 7946 0010"}})
+
+    # then the number is stored as a carrier sends it (E.164), which finds the same profile
+    customer = live_customers().get()
+    assert customer.phone == "+442079460010"
+    assert list(Identity.objects.filter(kind="phone").values_list("value", flat=True)) == ["+442079460010"]
+
+
 def test_a_phone_or_locale_too_long_for_the_profile_is_kept_as_a_trait_only(api):
     # when a user is identified with a "phone" of 100 digits and a locale of 40 characters
     response = api.post("identify", {"userId": "u-9", "traits": {"phone": "1" * 100, "locale": "x" * 40},
@@ -273,29 +283,3 @@ def test_a_phone_or_locale_too_long_for_the_profile_is_kept_as_a_trait_only(api)
     assert (customer.phone, customer.locale) == ("", "")
     assert customer.traits == {"phone": "1" * 100, "locale": "x" * 40}
     assert not Identity.objects.filter(kind="phone").exists()
-
-
-def test_the_migration_normalises_stored_phone_numbers_and_leaves_clashing_identities_alone():
-    from importlib import import_module
-
-    from django.apps import apps
-
-    # given numbers stored as typed: profiles, and identities of which two would become one
-    ada = Customer.objects.create(external_id="ada", phone="+1 (555) 777-0001")
-    bo = Customer.objects.create(external_id="bo", phone="+15557770002")
-    cy = Customer.objects.create(external_id="cy", phone="+1 555 777 0002")
-    di = Customer.objects.create(external_id="di", phone="")
-    Identity.objects.create(kind="phone", value="+1 (555) 777-0001", customer=ada)
-    Identity.objects.create(kind="phone", value="+15557770002", customer=bo)
-    Identity.objects.create(kind="phone", value="+1 555 777 0002", customer=cy)
-    Identity.objects.create(kind="user_id", value="e. (f)", customer=di)
-
-    # when the data migration runs
-    import_module("journeys.migrations.0028_phone_numbers_normalised").normalise(apps, None)
-
-    # then every profile's number is normalised; identities too, unless another one holds the value
-    assert dict(Customer.objects.values_list("external_id", "phone")) == {
-        "ada": "+15557770001", "bo": "+15557770002", "cy": "+15557770002", "di": ""}
-    assert set(Identity.objects.values_list("kind", "value", "customer")) == {
-        ("phone", "+15557770001", ada.pk), ("phone", "+15557770002", bo.pk), ("phone", "+1 555 777 0002", cy.pk),
-        ("user_id", "e. (f)", di.pk)}

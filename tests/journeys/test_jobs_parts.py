@@ -81,6 +81,27 @@ def test_an_import_whose_next_part_was_lost_is_resumed_by_the_housekeeping_sweep
     assert Customer.objects.filter(external_id__startswith="u-p").count() == 7
 
 
+def test_an_import_the_previous_release_left_half_done_counts_each_row_once(demo, settings,  # noqa: F811
+                                                                           django_capture_on_commit_callbacks):
+    # given the previous release's worker stored the file's first five rows (4 events, row 4
+    # rejected), kept only its counts on the job (no next row) and died
+    head = "".join(EVENTS.splitlines(keepends=True)[:6])
+    with django_capture_on_commit_callbacks(execute=True):
+        start_import(head)
+    with django_capture_on_commit_callbacks(execute=False):
+        job = start_import()
+    Job.objects.filter(pk=job.pk).update(status="running", started_at=timezone.now(), result={
+        "rows": 10, "imported": 4, "duplicates": 0, "rejected": 1, "partial": True})
+    # when the new worker runs the task queued then (the old signature: the job id only)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert run_job(job.pk) == "succeeded"
+    # then the file was read once more from its first row, and the counts add up to its rows
+    job.refresh_from_db()
+    assert (job.result["rows"], job.result["imported"], job.result["duplicates"], job.result["rejected"]) == (
+        10, 5, 4, 1)
+    assert Event.objects.filter(name="Order Completed").count() == 9
+
+
 def test_an_import_that_never_moves_again_fails_saying_how_many_rows_landed(demo, settings,  # noqa: F811
                                                                            django_capture_on_commit_callbacks):
     # given an import that stored its first part and whose next parts are lost every time
