@@ -60,16 +60,12 @@ class ChannelAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     def save_model(self, request, obj, form, change):
         channel_save(channel=obj, actor=request.user, reason=self._reason(request, form))
 
-    def _health(self, obj):
-        cache = getattr(self, "_health_cache", {})
-        if obj.pk not in cache:
-            cache[obj.pk] = channel_health(channel=obj)
-            self._health_cache = cache
-        return cache[obj.pk]
-
-    def changelist_view(self, request, extra_context=None):
-        self._health_cache = {}
-        return super().changelist_view(request, extra_context)
+    @staticmethod
+    def _health(obj):
+        """Read once per row and page (kept on the row's instance, which lives for one request)."""
+        if not hasattr(obj, "_health_now"):
+            obj._health_now = channel_health(channel=obj)
+        return obj._health_now
 
     @admin.display(description="circuit")
     def circuit(self, obj):
@@ -77,13 +73,11 @@ class ChannelAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
 
     @admin.display(description="errors (1h)")
     def error_rate(self, obj):
-        h = self._health(obj)
-        return "-" if h.error_rate is None else f"{h.error_rate:.0%} of {h.attempts}"
+        return self._health(obj).errors_text
 
     @admin.display(description="p95 latency (1h)")
     def p95_latency(self, obj):
-        ms = self._health(obj).p95_ms
-        return "-" if ms is None else f"{ms} ms"
+        return self._health(obj).p95_text
 
     @admin.display(description="settings check")
     def settings_check(self, obj):
@@ -97,8 +91,7 @@ class ChannelAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     def health(self, obj):
         if obj is None or obj.pk is None:
             return "-"
-        h = channel_health(channel=obj)
-        return f"circuit {h.state}; {h.attempts} attempts; errors {self.error_rate(obj)}; p95 {self.p95_latency(obj)}"
+        return self._health(obj).summary
 
     def _set_paused(self, request, queryset, paused: bool):
         if not (reason := action_reason(self, request)):

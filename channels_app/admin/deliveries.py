@@ -1,11 +1,18 @@
-"""The deliveries log: filters, attempts, requeue."""
+"""The deliveries log: filters (by workflow, by what holds a message now), attempts, requeue."""
 
 from __future__ import annotations
 
 from django.contrib import admin
+from django.contrib.admin.filters import ChoicesFieldListFilter
+from django.contrib.admin.options import IncorrectLookupParameters
 
 from channels_app.admin.base import ReadOnlyMixin
+from channels_app.choices import Reason
 from channels_app.models import Delivery, DeliveryAttempt
+from channels_app.selectors import (
+    HOLD_LABELS, deliveries_held_by, deliveries_of_workflow, deliveries_with_hold, delivery_hold_text,
+    delivery_workflow_choices,
+)
 from channels_app.services import delivery_requeue
 from journeys.admin.base import LargeTableMixin
 
@@ -20,15 +27,72 @@ class AttemptInline(ReadOnlyMixin, admin.TabularInline):
         return False
 
 
+class WorkflowFilter(admin.SimpleListFilter):
+    """By workflow: the choices come from the workflows table, the filter is the workflow's runs."""
+
+    title = "workflow"
+    parameter_name = "workflow"
+
+    def lookups(self, request, model_admin):
+        return delivery_workflow_choices(user=request.user, selected=self.value())
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value:
+            return queryset
+        if not value.isdigit():
+            raise IncorrectLookupParameters(f"workflow must be a workflow id, not {value[:40]!r}")
+        return deliveries_of_workflow(queryset, workflow_id=int(value))
+
+
+class HoldFilter(admin.SimpleListFilter):
+    """What holds a waiting message at this moment (not the reason it was last held with)."""
+
+    title = "waiting for (now)"
+    parameter_name = "hold"
+
+    def lookups(self, request, model_admin):
+        return list(HOLD_LABELS.items())
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value:
+            return queryset
+        if value not in HOLD_LABELS:
+            raise IncorrectLookupParameters(f"unknown hold {value[:40]!r}")
+        return deliveries_held_by(queryset, hold=value)
+
+
+class ReasonFilter(ChoicesFieldListFilter):
+    """The stored reason. `paused` is recorded for a channel pause, a workflow pause and safe mode
+    alike (the message's text says which), so it is not called "Channel paused" here."""
+
+    def choices(self, changelist):
+        for choice in super().choices(changelist):
+            if choice["display"] == Reason.PAUSED.label:
+                choice = {**choice, "display": "Paused (channel, workflow or safe mode)"}
+            yield choice
+
+
 @admin.register(Delivery)
 class DeliveryAdmin(LargeTableMixin, ReadOnlyMixin, admin.ModelAdmin):
-    list_display = ("created_at", "customer", "channel", "to", "subject", "status", "reason", "attempts",
+    list_display = ("created_at", "customer", "channel", "to", "subject", "status", "held_by", "attempts",
                     "latency_ms", "choice_reason")
-    list_filter = ("status", "reason", "channel", "channel__kind", "topic", ("created_at", admin.DateFieldListFilter))
+    list_filter = (WorkflowFilter, "status", HoldFilter, ("reason", ReasonFilter), "channel", "channel__kind",
+                   "topic", ("created_at", admin.DateFieldListFilter))
     search_fields = ("to", "customer__external_id", "idempotency_key", "provider_message_id", "choice_reason")
     list_select_related = ("customer", "channel")
+    readonly_fields = ("held_by",)
+    exclude = ("reason",)  # shown by held_by: the stored reason may be a hold that has ended
     inlines = (AttemptInline,)
     actions = ("requeue",)
+
+    def get_queryset(self, request):
+        return deliveries_with_hold(super().get_queryset(request))
+
+    @admin.display(description="reason / waiting for")
+    def held_by(self, obj):
+        return delivery_hold_text(obj)
 
     @admin.action(description="Send failed or deferred deliveries again now")
     def requeue(self, request, queryset):

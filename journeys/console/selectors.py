@@ -19,13 +19,14 @@ from django.db.models import Count, Max, Min, Q
 from django.db.models.functions import TruncHour, TruncMinute
 from django.utils import timezone
 
-from journeys.choices import EventStatus, RunStatus
+from journeys.choices import EventStatus, RunStatus, WorkflowStatus
 from journeys.models import (
     Customer,
     CustomerMerge,
     Event,
     JourneyRun,
     MergeRefusal,
+    Source,
     StageTransition,
     WorkflowVersion,
 )
@@ -71,21 +72,34 @@ def _may_view(user: Any, model) -> bool:
 
 
 def dashboard_events_per_minute(*, now: datetime, minutes: int = EVENT_MINUTES) -> list[dict]:
-    """Events received per minute over the last `minutes` minutes, oldest first, zeros included."""
+    """Events received per minute over the last `minutes` minutes, oldest first, zeros included:
+    `n` those customers' apps and pipelines sent, `product` those the product recorded itself
+    (Message Sent, Case Resolved...: source `internal`), so a campaign's own sends do not pass for
+    customer traffic."""
     end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
     start = end - timedelta(minutes=minutes)
+    internal = _internal_source_id()
     rows = (
         Event.objects.filter(received_at__gte=start, received_at__lt=end)
         .annotate(minute=TruncMinute("received_at", tzinfo=dt_timezone.utc))
         .values("minute")
-        .annotate(n=Count("id"))
+        .annotate(n=Count("id", filter=~Q(source_id=internal)), product=Count("id", filter=Q(source_id=internal)))
+        .order_by()
     )
-    counts = {row["minute"]: row["n"] for row in rows if row["minute"]}
+    counts = {row["minute"]: row for row in rows if row["minute"]}
     buckets = []
     for i in range(minutes):
         at = start + timedelta(minutes=i)
-        buckets.append({"at": at, "label": f"{at:%H:%M}", "n": counts.get(at, 0)})
+        row = counts.get(at, {})
+        buckets.append({"at": at, "label": f"{at:%H:%M}", "n": row.get("n", 0), "product": row.get("product", 0)})
     return buckets
+
+
+def _internal_source_id() -> int:
+    """The product's own event source (-1 before it exists: then every event is a customer's)."""
+    from journeys.services.internal_events import INTERNAL_SOURCE
+
+    return Source.objects.filter(name=INTERNAL_SOURCE).values_list("pk", flat=True).first() or -1
 
 
 def dashboard_deliveries(*, now: datetime, hours: int = DELIVERY_HOURS) -> dict | None:
@@ -195,11 +209,15 @@ def dashboard_cases(*, now: datetime) -> dict | None:
             "unassigned": open_cases.filter(assigned_agent__isnull=True).count()}
 
 
-def dashboard_workflows(*, user: Any) -> list[dict]:
-    """Live workflows the user may see, with their open runs."""
-    workflows = (
+def dashboard_workflows(*, user: Any, now: datetime | None = None) -> list[dict]:
+    """Workflows with a live version the user may see, live or paused (a paused one is marked and
+    keeps its row: its messages are held, not gone), with their open runs and, when the channels
+    app is installed, their messages now: queued, held (by what), sending, the send rate over the
+    last minutes and an ETA for the queued ones."""
+    now = now or timezone.now()
+    workflows = list(
         workflows_for_user(user, VIEW)
-        .filter(live_version__isnull=False, status="active")
+        .filter(live_version__isnull=False, status__in=(WorkflowStatus.ACTIVE, WorkflowStatus.PAUSED))
         .select_related("live_version", "canary_version", "business_unit")
         .annotate(
             active=Count("runs", filter=Q(runs__status=RunStatus.ACTIVE)),
@@ -207,13 +225,59 @@ def dashboard_workflows(*, user: Any) -> list[dict]:
         )
         .order_by("name")
     )
+    reader = _channels_reader(WORKFLOW_MESSAGES)
+    messages = reader(workflow_ids=[w.pk for w in workflows], now=now) if reader else {}
     return [
         {"id": w.pk, "name": w.name, "unit": w.business_unit.name, "version_id": w.live_version_id,
+         "status": w.status, "paused": w.status == WorkflowStatus.PAUSED,
          "version": w.live_version.number, "canary": (f"v{w.canary_version.number} at {w.canary_percent}%"
                                                       if w.canary_version_id else ""),
-         "active": w.active, "waiting": w.waiting}
+         "active": w.active, "waiting": w.waiting, "messages": _with_eta_label(messages.get(w.pk))}
         for w in workflows
     ]
+
+
+# The channels app's reads of a workflow's messages (journeys does not import it).
+WORKFLOW_MESSAGES = "channels_app.selectors.workflow_messages"
+VERSION_MESSAGE_TOTALS = "channels_app.selectors.version_message_totals"
+
+
+def _channels_reader(path: str):
+    """A read of the channels app by its dotted path, or None when the app is not installed."""
+    from django.utils.module_loading import import_string
+
+    return import_string(path) if _model("channels_app", "Delivery") is not None else None
+
+
+def duration_label(seconds: int) -> str:
+    """An ETA as people say it: "< 1 min", "~12 min", "~2 h 5 min"."""
+    if seconds < 60:
+        return "< 1 min"
+    minutes = round(seconds / 60)
+    return f"~{minutes} min" if minutes < 60 else f"~{minutes // 60} h {minutes % 60} min"
+
+
+def _with_eta_label(messages: dict | None) -> dict | None:
+    if messages is None:
+        return None
+    if not messages["queued"] + messages["sending"]:
+        label = "nothing due, all held" if messages["held"] else "done"
+    elif messages["eta_s"] is None:
+        label = f"unknown: nothing sent in the last {messages['window_min']} min"
+    else:
+        label = duration_label(messages["eta_s"])
+    return {**messages, "eta_label": label}
+
+
+def workflow_messages_for(*, version: WorkflowVersion, now: datetime | None = None) -> dict | None:
+    """What the graph page shows about a version's messages: every message of its runs by outcome
+    ("x of y sent"), and its workflow's messages now (queued, held, sending, rate, ETA)."""
+    live, totals = _channels_reader(WORKFLOW_MESSAGES), _channels_reader(VERSION_MESSAGE_TOTALS)
+    if live is None or totals is None:
+        return None
+    now = now or timezone.now()
+    return {"totals": totals(version_id=version.pk),
+            "now": _with_eta_label(live(workflow_ids=[version.workflow_id], now=now)[version.workflow_id])}
 
 
 def dashboard_summary(*, user: Any, now: datetime | None = None) -> dict:
@@ -222,18 +286,22 @@ def dashboard_summary(*, user: Any, now: datetime | None = None) -> dict:
         raise PermissionError("the ops dashboard needs journeys.view_ops_dashboard")
     now = now or timezone.now()
     per_minute = dashboard_events_per_minute(now=now)
-    last_minute = Event.objects.filter(received_at__gte=now - timedelta(minutes=1)).count()
+    internal = _internal_source_id()
+    last_minute = Event.objects.filter(received_at__gte=now - timedelta(minutes=1)).aggregate(
+        n=Count("id", filter=~Q(source_id=internal)), product=Count("id", filter=Q(source_id=internal)))
     runs = dict(
         runs_for_user(user).filter(status__in=(RunStatus.ACTIVE, RunStatus.WAITING))
         .values_list("status").annotate(n=Count("id")).values_list("status", "n")
     )
     failed_runs = runs_for_user(user).filter(status=RunStatus.FAILED, updated_at__gte=now - timedelta(hours=24)).count()
-    workflows = dashboard_workflows(user=user)
+    workflows = dashboard_workflows(user=user, now=now)
     return {
         "now": now,
         "workflows": workflows,
         "live_workflows": len(workflows),
-        "events": {"last_minute": last_minute, "per_minute": per_minute,
+        "paused_workflows": sum(1 for w in workflows if w["paused"]),
+        "events": {"last_minute": last_minute["n"], "product_last_minute": last_minute["product"],
+                   "per_minute": per_minute,
                    "avg_per_minute": round(sum(b["n"] for b in per_minute) / max(len(per_minute), 1), 1)},
         "runs": {"active": runs.get(RunStatus.ACTIVE, 0), "waiting": runs.get(RunStatus.WAITING, 0),
                  "failed_24h": failed_runs},

@@ -31,35 +31,17 @@ from journeys.console.graph import (
     version_canvas_editable,
     version_graph,
 )
-from journeys.console.selectors import dashboard_summary, version_for_user
+from journeys.console.selectors import dashboard_summary, version_for_user, workflow_messages_for
 from journeys.selectors import EDIT, user_can, user_can_view_dashboard
 
 DEFAULT_REFRESH_S = 15
 BREAKER_COLOURS = {"closed": "#2e7d32", "half_open": "#ef6c00", "open": "#c62828"}
-SERIES_COLOURS = {"sent": "#2e7d32", "suppressed": "#9e9e9e", "failed": "#c62828"}
+SERIES_COLOURS = {"sent": "#2e7d32", "suppressed": "#9e9e9e", "failed": "#c62828", "customer": "#417690",
+                  "product": "#b0bec5"}
 SLA_COLOURS = {"breached": "#c62828", "due_15m": "#ef6c00", "due_1h": "#f9a825", "on_track": "#2e7d32",
                "answered": "#78909c"}
 
 # --------------------------------------------------------------------------- small SVG charts
-
-
-def svg_bars(values: list[int], labels: list[str], *, title: str, width: int = 360, height: int = 90,
-             colour: str = "#417690") -> SafeString:
-    """A bar chart with a tooltip per bar and the maximum on the axis."""
-    top = max(values) if values and max(values) > 0 else 1
-    n = max(len(values), 1)
-    step = (width - 30) / n
-    bars = format_html_join(
-        "", '<rect x="{}" y="{}" width="{}" height="{}" fill="{}"><title>{}: {}</title></rect>',
-        ((f"{30 + i * step:.1f}", f"{height - 14 - (v / top) * (height - 24):.1f}", f"{max(step - 1, 1):.1f}",
-          f"{(v / top) * (height - 24):.1f}", colour, label, v) for i, (v, label) in enumerate(zip(values, labels))),
-    )
-    ticks = format_html(
-        '<text x="0" y="12" class="axis">{}</text><text x="0" y="{}" class="axis">0</text>'
-        '<text x="30" y="{}" class="axis">{}</text><text x="{}" y="{}" class="axis" text-anchor="end">{}</text>',
-        top, height - 14, height - 2, labels[0] if labels else "", width, height - 2, labels[-1] if labels else "")
-    return format_html('<svg class="chart" role="img" viewBox="0 0 {} {}" width="{}" height="{}"><title>{}</title>{}{}</svg>',
-                       width, height, width, height, title, bars, ticks)
 
 
 def svg_stacked(rows: list[dict], keys: tuple[str, ...], *, title: str, width: int = 360, height: int = 90) -> SafeString:
@@ -117,8 +99,10 @@ def _dashboard_context(request: HttpRequest) -> dict[str, Any]:
         raise PermissionDenied
     data = dashboard_summary(user=request.user)
     per_minute = data["events"]["per_minute"]
-    charts = {"events": svg_bars([b["n"] for b in per_minute], [b["label"] for b in per_minute],
-                                 title="events received per minute, last 30 minutes")}
+    charts = {"events": svg_stacked([{"label": b["label"], "customer": b["n"], "product": b["product"]}
+                                     for b in per_minute], ("customer", "product"),
+                                    title="events received per minute, last 30 minutes: from customers' apps "
+                                          "and pipelines, and recorded by the product itself")}
     if data["deliveries"] is not None:
         charts["deliveries"] = svg_stacked(data["deliveries"]["hourly"], ("sent", "suppressed", "failed"),
                                            title="messages per hour, last 24 hours")
@@ -132,8 +116,13 @@ def _metrics(data: dict) -> dict:
     queue = data["queue"]
     return {
         "live_workflows": data["live_workflows"],
+        "paused_workflows": data["paused_workflows"],
+        "workflows": {w["name"]: {"status": w["status"], "active": w["active"], "waiting": w["waiting"],
+                                  "messages": _messages_json(w["messages"])} for w in data["workflows"]},
         "events_last_minute": data["events"]["last_minute"],
         "events_per_minute": [b["n"] for b in data["events"]["per_minute"]],
+        "product_events_last_minute": data["events"]["product_last_minute"],
+        "product_events_per_minute": [b["product"] for b in data["events"]["per_minute"]],
         "runs": data["runs"],
         "deliveries": data["deliveries"]["totals"] if data["deliveries"] else None,
         "circuits": {c["name"]: c["state"] for c in data["circuits"]} if data["circuits"] is not None else None,
@@ -141,6 +130,13 @@ def _metrics(data: dict) -> dict:
         "cases": ({"total": data["cases"]["total"], **{b["key"]: b["n"] for b in data["cases"]["buckets"]}}
                   if data["cases"] else None),
     }
+
+
+def _messages_json(messages: dict | None) -> dict | None:
+    if messages is None:
+        return None
+    return {**messages, "held_by": [{**h, "until": h["until"].isoformat() if h["until"] else None}
+                                    for h in messages["held_by"]]}
 
 
 @never_cache
@@ -198,6 +194,8 @@ def version_graph_view(request: HttpRequest, pk: int) -> HttpResponse:
     if other is None and version_canvas_editable(user=request.user, version=version):
         context["canvas"] = canvas_context(request, version)
         context["is_nav_sidebar_enabled"] = False  # the drawing needs the width
+    elif other is None:  # a version that ran: its messages, and its workflow's now
+        context["sending"] = workflow_messages_for(version=version)
     return render(request, "console/graph.html", context)
 
 

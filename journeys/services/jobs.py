@@ -48,6 +48,8 @@ EXPORT_SERVICE = "channels_app.services.privacy.customer_export_write"
 # An export is stored in pieces of about this many characters (JobChunk rows; setting JOB_EXPORT_CHUNK_CHARS).
 EXPORT_CHUNK_CHARS = 256 * 1024
 ERASE_SERVICE = "channels_app.services.privacy.customer_erase"
+# The channels app owns consent: a customer import's `consent.*` columns are read and stored by it.
+CONSENT_COLUMNS = "channels_app.services.consent_import.ConsentColumns"
 # Jobs a person starts from the console; the others are started through the API (api_jobs.py).
 CONSOLE_KINDS = (JobKind.IMPORT_CUSTOMERS, JobKind.IMPORT_EVENTS, JobKind.REPLAY, JobKind.EXPORT)
 # Columns of a customer CSV that fill the profile (every other column becomes a trait).
@@ -413,10 +415,30 @@ def _customer_payload(row: dict, *, from_json: bool) -> dict:
     given = row.get("traits")
     traits = {k: _cell(k, v, typed=False) for k, v in given.items()} if isinstance(given, dict) else {}
     for key, raw in row.items():
-        if key in (*CUSTOMER_ID_COLUMNS, "traits") or raw in (None, ""):
+        if key in (*CUSTOMER_ID_COLUMNS, "traits") or raw in (None, "") or _consent_column(key):
             continue
         traits[key] = _cell(key, raw)
     return {"type": "identify", "userId": user_id, "traits": traits}
+
+
+def _consent_column(key: Any) -> bool:
+    """`consent` and `consent.*` columns hold consent (CONSENT_COLUMNS), never a trait."""
+    return isinstance(key, str) and (key.strip() == "consent" or key.strip().startswith("consent."))
+
+
+class _NoConsentColumns:
+    """Without the channels app there is no consent to store: a row that sets one is refused."""
+
+    def parse(self, row: dict) -> list:
+        if any(_consent_column(key) and value not in (None, "") for key, value in row.items()):
+            raise EventValidationError("consent columns need the channels app", field="consent")
+        return []
+
+
+def _consent_columns() -> Any:
+    from django.apps import apps
+
+    return import_string(CONSENT_COLUMNS)() if apps.is_installed("channels_app") else _NoConsentColumns()
 
 
 def _event_payload(row: dict, *, from_json: bool) -> dict:
@@ -468,7 +490,7 @@ def _import_part(job: Job, *, start: int) -> str:
     if state["next_row"] < state["rows"]:
         job_queue(job.pk, part=state["next_row"])
         return JobStatus.RUNNING
-    result = {key: state[key] for key in IMPORT_RESULT_KEYS}
+    result = {key: state[key] for key in IMPORT_RESULT_KEYS if key in state}
     Job.objects.filter(pk=job.pk).update(status=JobStatus.SUCCEEDED, result=result, finished_at=timezone.now(),
                                          message="finished")
     return JobStatus.SUCCEEDED
@@ -476,7 +498,7 @@ def _import_part(job: Job, *, start: int) -> str:
 
 IMPORT_KINDS = (JobKind.IMPORT_CUSTOMERS, JobKind.IMPORT_EVENTS)
 IMPORT_RESULT_KEYS = ("rows", "imported", "duplicates", "rejected", "rejected_rows", "failed_batches", "source",
-                      "parts")
+                      "parts", "consents")
 # How often a stalled import is queued again from where it stopped before it is failed.
 IMPORT_REQUEUES = 3
 
@@ -505,6 +527,7 @@ def _import_claim(job: Job, *, start: int) -> dict | None:
                 seconds=_task_timeout()):
             return None
         state = {"partial": True, "rows": None, "next_row": 0, "imported": 0, "duplicates": 0, "rejected": 0,
+                 "consents": 0,
                  "rejected_rows": [], "failed_batches": [], "stored_rows": 0, "parts": 0, "requeued": 0,
                  **state, "claimed": start, "claimed_at": now.isoformat(), "at": now.isoformat()}
         state["parts"] += 1
@@ -565,6 +588,7 @@ def _import_rows(job: Job, *, state: dict, build: Callable[..., dict]) -> dict:
                     message_id(row)
             except (EventValidationError, PayloadTooLarge):
                 pass
+    consents = _consent_columns() if job.kind == JobKind.IMPORT_CUSTOMERS else None
     position, end = start, min(total, start + part_rows)
     job_progress(job=job, done=start + state["stored_rows"], total=2 * total - state["rejected"],
                  message=f"rows {start + 1} to {end} of {total}")
@@ -586,23 +610,28 @@ def _import_rows(job: Job, *, state: dict, build: Callable[..., dict]) -> dict:
                 check_event_size(payload, max_bytes=settings.EVENT_API["MAX_EVENT_BYTES"], prefix="")
                 parsed = events_parse(payloads=[payload], received_at=received)
                 catalog_apply(policy=source.schema_policy, events=parsed)
+                choices = consents.parse(row) if consents is not None else []
             except (EventValidationError, PayloadTooLarge) as exc:
                 rejected.append({"row": number, "field": exc.field or "", "error": exc.message})
             else:
-                good.append((number, parsed[0]))
+                good.append((number, parsed[0], choices))
         step = dict(state)
         step.update(next_row=batch_end, rejected=state["rejected"] + len(rejected),
                     rejected_rows=(state["rejected_rows"] + rejected)[:1000], stored_rows=state["stored_rows"] + len(good),
                     at=timezone.now().isoformat(), requeued=0)  # stalls count only while nothing moves
         try:
             with transaction.atomic():
-                outcome = event_ingest(source=source, events=[p for _, p in good]) if good else None
+                outcome = event_ingest(source=source, events=[p for _, p, _ in good]) if good else None
                 if outcome is not None:
                     step.update(imported=state["imported"] + outcome.stored,
                                 duplicates=state["duplicates"] + outcome.duplicates)
+                if any(choices for _, _, choices in good):  # after the ingest: its customers exist now
+                    step["consents"] = state.get("consents", 0) + consents.apply(
+                        rows=[(p.user_id, choices) for _, p, choices in good], source=f"import job {job.pk}",
+                        actor=job.created_by)
                 _import_save(job, step)
         except (JourneyError, DatabaseError) as exc:  # the batch's transaction rolled back: none of it is stored
-            step.update(imported=state["imported"], duplicates=state["duplicates"],
+            step.update(imported=state["imported"], duplicates=state["duplicates"], consents=state.get("consents", 0),
                         failed_batches=[*state["failed_batches"],
                                         {"rows": f"{good[0][0]}-{good[-1][0]}", "error": str(exc)[:500]}])
             _import_save(job, step)

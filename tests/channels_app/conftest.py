@@ -29,6 +29,34 @@ def vendor():
 
 
 @pytest.fixture
+def chat(vendor, monkeypatch):
+    """A chat channel on the fake vendor whose breaker opens at the first failure (cooldown 60 s)."""
+    from tests.channels_app.factories import ChannelFactory
+
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_SLACK_TOKEN", "x")
+    return ChannelFactory(name="chat", kind="chat", provider="slack", breaker_threshold=1, breaker_cooldown_s=60,
+                          retry_base_s=10, settings={"base_url": vendor.url,
+                                                     "bot_token_env": "JOURNEYS_SECRET_TEST_SLACK_TOKEN"})
+
+
+@pytest.fixture
+def chat_messages(chat, django_capture_on_commit_callbacks):
+    """`make(n, now=None, key="m")`: n messages to n new customers on the chat channel, recorded
+    (queued) but not handed to a worker; returns their ids."""
+    from channels_app.services import message_send
+    from tests.channels_app.factories import CustomerFactory, TemplateFactory
+
+    def make(n, *, now=None, key="m"):
+        template = TemplateFactory()
+        with django_capture_on_commit_callbacks(execute=False):
+            return [message_send(customer=CustomerFactory(traits={"chat_id": f"U{i}"}), template=template,
+                                 channel=chat, idempotency_key=f"{key}{i}", context={}, now=now).pk
+                    for i in range(n)]
+
+    return make
+
+
+@pytest.fixture
 def on_commit(django_capture_on_commit_callbacks):
     """Run a block and then its on-commit callbacks (the sends), as a real commit would."""
     return lambda: django_capture_on_commit_callbacks(execute=True)

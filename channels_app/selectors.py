@@ -1,0 +1,258 @@
+"""Reads of the channels app for ops: what holds a waiting message *now*, and how the messages of
+a workflow stand (queued, held, sending, sent, failed, the send rate and an ETA).
+
+A deferred delivery keeps the reason it was held with (`reason`, `error`, `next_attempt_at`)
+until a dispatcher claims it again, which during a large send can be minutes after the hold
+ended. So the reason a delivery shows is worked out from what holds it at the moment of
+reading: a pause (the channel's, safe mode, the workflow's) and an open breaker from the live
+switches, a timed hold (quiet hours, caps, rate limit, send time, a retry's backoff) from
+`next_attempt_at`. A hold that no longer applies reads "due (was held: ...)".
+
+Every count here starts from an index: waiting messages from the status index
+(`delivery_due_idx`), recent sends from `(channel, sent_at)`, recent failures from the attempt
+log's `at`; a message's workflow is its run's (`run_id` -> the run's primary key).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import Case, CharField, Count, F, Max, OuterRef, Q, QuerySet, Subquery, Value, When
+from django.utils import timezone
+
+from channels_app.choices import SENT_STATUSES, BreakerState, DeliveryStatus, Reason
+from channels_app.models import Channel, ChannelBreaker, Delivery, DeliveryAttempt
+from journeys.choices import WorkflowStatus
+from journeys.models import JourneyRun, Workflow
+
+PENDING = (DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED, DeliveryStatus.SENDING)
+FAILED = (DeliveryStatus.FAILED,)
+# Holds that end at `next_attempt_at` by themselves.
+TIMED = (Reason.QUIET_HOURS, Reason.FREQUENCY_CAP, Reason.RECENT_CONTACT, Reason.RATE_LIMIT, Reason.SEND_TIME,
+         Reason.RETRY)
+RATE_MINUTES = 5  # the send rate (and the ETA) is taken over the last few minutes
+
+# What a waiting message is waiting for now (the `hold` annotation). "due": held before, no longer.
+HOLD_LABELS = {
+    "queued": "Queued",
+    "sending": "Sending",
+    "channel_paused": "Held: channel paused",
+    "safe_mode": "Held: safe mode (every message held)",
+    "workflow_paused": "Held: workflow paused",
+    "breaker_open": "Held: circuit breaker open",
+    Reason.QUIET_HOURS.value: "Held: quiet hours",
+    Reason.FREQUENCY_CAP.value: "Held: frequency cap",
+    Reason.RECENT_CONTACT.value: "Held: contacted recently on another channel",
+    Reason.RATE_LIMIT.value: "Held: channel send rate limit",
+    Reason.SEND_TIME.value: "Held: waiting for the customer's usual hour",
+    Reason.RETRY.value: "Retrying after a transient error",
+    "due": "Due, waiting its turn (no longer held)",
+}
+
+
+@dataclass(frozen=True)
+class Switches:
+    """The holds that are switched on and off (a handful of rows): read once per page."""
+
+    paused_channels: frozenset[int]
+    open_breakers: frozenset[int]
+    safe_mode: bool
+    paused_workflows: frozenset[int]
+
+
+def switches_now() -> Switches:
+    """Paused channels (and disabled ones whose fallback is paused: their messages wait on that
+    pause), channels whose breaker is not closed, journeys' safe mode and the paused workflows."""
+    from journeys.services.governance import safe_mode_active
+
+    channels = {pk: (paused, enabled, fallback) for pk, paused, enabled, fallback
+                in Channel.objects.values_list("pk", "paused", "enabled", "fallback_id")}
+    paused = {pk for pk, (is_paused, enabled, fallback) in channels.items()
+              if is_paused or (not enabled and fallback in channels and channels[fallback][0])}
+    breakers = ChannelBreaker.objects.exclude(state=BreakerState.CLOSED).values_list("channel_id", flat=True)
+    workflows = Workflow.objects.filter(status=WorkflowStatus.PAUSED).values_list("pk", flat=True)
+    return Switches(frozenset(paused), frozenset(breakers), safe_mode_active(), frozenset(workflows))
+
+
+def _run_workflow(run: str = "run_id") -> Subquery:
+    """A delivery's workflow: its run's (a primary-key probe; deliveries hold the run's id)."""
+    return Subquery(JourneyRun.objects.filter(pk=OuterRef(run)).order_by().values("workflow_id")[:1])
+
+
+def hold_expression(*, now: datetime, switches: Switches | None = None) -> Case:
+    """The `hold` of a delivery as SQL (a key of HOLD_LABELS, '' for a message that is done), in
+    the order the dispatcher's claim checks them: channel pause, safe mode, workflow pause, breaker.
+    Reads the `run_workflow` annotation (deliveries_with_hold adds it)."""
+    switches = switches or switches_now()
+    paused = Q(status=DeliveryStatus.DEFERRED, reason=Reason.PAUSED)
+    whens = [
+        When(status=DeliveryStatus.QUEUED, then=Value("queued")),
+        When(status=DeliveryStatus.SENDING, then=Value("sending")),
+        When(~Q(status=DeliveryStatus.DEFERRED), then=Value("")),
+        When(paused & Q(channel_id__in=switches.paused_channels), then=Value("channel_paused")),
+    ]
+    if switches.safe_mode:
+        whens.append(When(paused, then=Value("safe_mode")))
+    whens += [
+        When(paused & Q(run_workflow__in=switches.paused_workflows), then=Value("workflow_paused")),
+        When(reason=Reason.BREAKER_OPEN, channel_id__in=switches.open_breakers, then=Value("breaker_open")),
+        When(reason__in=TIMED, next_attempt_at__gt=now, then=F("reason")),
+    ]
+    return Case(*whens, default=Value("due"), output_field=CharField())
+
+
+def deliveries_with_hold(queryset: QuerySet, *, now: datetime | None = None,
+                         switches: Switches | None = None) -> QuerySet:
+    """The deliveries, each annotated with `run_workflow` (its run's workflow id) and `hold`: what
+    it waits for at this moment (a queryset annotated already is returned as it is)."""
+    if "hold" in queryset.query.annotations:
+        return queryset
+    return (queryset.annotate(run_workflow=_run_workflow())
+            .annotate(hold=hold_expression(now=now or timezone.now(), switches=switches)))
+
+
+def deliveries_held_by(queryset: QuerySet, *, hold: str, now: datetime | None = None) -> QuerySet:
+    """The deliveries waiting for `hold` now (a HOLD_LABELS key), from the status index."""
+    if hold not in HOLD_LABELS:
+        raise ValueError(f"unknown hold {hold!r}")
+    status = {"queued": DeliveryStatus.QUEUED, "sending": DeliveryStatus.SENDING}.get(hold, DeliveryStatus.DEFERRED)
+    return deliveries_with_hold(queryset.filter(status=status), now=now).filter(hold=hold)
+
+
+def _at(moment: datetime | None) -> str:
+    return f"{timezone.localtime(moment):%Y-%m-%d %H:%M:%S}" if moment else "?"
+
+
+def delivery_hold_text(delivery: Delivery, now: datetime | None = None) -> str:
+    """What the deliveries list says about a message: what holds it now (annotated `hold`); for
+    one whose hold has ended, that it was held and since when it is due; for one that is done,
+    why it was not sent (its reason)."""
+    hold = getattr(delivery, "hold", None)
+    if not hold:
+        return delivery.get_reason_display() if delivery.reason else ""
+    if hold in ("queued", "sending"):
+        return ""
+    when = delivery.next_attempt_at
+    if hold == "due":
+        was = delivery.error or delivery.get_reason_display() or "held"
+        if when and when > (now or timezone.now()):
+            return f"No longer held (was: {was}); looked at again {_at(when)}"
+        return f"Due{f' since {_at(when)}' if when else ''}, waiting its turn (was held: {was})"
+    text = HOLD_LABELS[hold]
+    if (hold in TIMED or hold == "breaker_open") and when:
+        text += f" until {_at(when)}"
+    if hold in ("channel_paused", "workflow_paused", "safe_mode") and (delivery.notes or {}).get("held_since"):
+        text += f", since {_at(datetime.fromisoformat(delivery.notes['held_since']))}"
+    return text
+
+
+# --------------------------------------------------------------------------- a workflow's messages
+
+
+@contextmanager
+def _without_jit() -> Iterator[None]:
+    """These reads probe a run per message: with a few thousand messages PostgreSQL's estimate
+    passes jit_above_cost, and compiling took longer than the statements themselves (0.3-0.7 s
+    of 1-2 s with 36,000 waiting messages), so it is off for them (as in engine/entry_gate.py)."""
+    with transaction.atomic():
+        if connection.vendor != "postgresql":
+            yield
+            return
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL jit = off")
+        yield
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL jit TO DEFAULT")
+
+
+def workflow_messages(*, workflow_ids: list[int], now: datetime | None = None) -> dict[int, dict[str, Any]]:
+    """Per workflow: its messages waiting now by what holds them (queued, held, sending), those
+    sent and failed over the last RATE_MINUTES, the send rate per minute and an ETA (seconds) for
+    the queued and sending ones at that rate. Costs what is waiting plus what was sent lately
+    (three indexed queries), not the workflow's history."""
+    now = now or timezone.now()
+    since = now - timedelta(minutes=RATE_MINUTES)
+    wanted = set(workflow_ids)
+    out = {pk: {"queued": 0, "held": 0, "sending": 0, "held_by": [], "sent_recent": 0, "failed_recent": 0,
+                "rate_per_min": 0.0, "eta_s": None, "window_min": RATE_MINUTES} for pk in wanted}
+    if not wanted:
+        return out
+    channels = list(Channel.objects.values_list("pk", flat=True))
+    with _without_jit():
+        waiting = list(deliveries_with_hold(Delivery.objects.filter(status__in=PENDING, run_id__isnull=False), now=now)
+                       .values("run_workflow", "hold").annotate(n=Count("id"), until=Max("next_attempt_at"))
+                       .order_by())
+        sent = list(Delivery.objects.filter(channel_id__in=channels, sent_at__gte=since, run_id__isnull=False)
+                    .annotate(workflow_id=_run_workflow()).values("workflow_id").annotate(n=Count("id")).order_by())
+        failed = list(DeliveryAttempt.objects.filter(at__gte=since, ok=False, delivery__status__in=FAILED,
+                                                     delivery__run_id__isnull=False)
+                      .annotate(workflow_id=_run_workflow("delivery__run_id"))
+                      .values("workflow_id").annotate(n=Count("delivery_id", distinct=True)).order_by())
+    for row in waiting:
+        if row["run_workflow"] not in wanted:
+            continue
+        entry, hold = out[row["run_workflow"]], row["hold"]
+        if hold in ("queued", "due"):
+            entry["queued"] += row["n"]
+        elif hold == "sending":
+            entry["sending"] += row["n"]
+        else:
+            entry["held"] += row["n"]
+            entry["held_by"].append({"key": hold, "label": HOLD_LABELS[hold], "n": row["n"],
+                                     "until": row["until"] if hold in TIMED or hold == "breaker_open" else None})
+    for key, rows in (("sent_recent", sent), ("failed_recent", failed)):
+        for row in rows:
+            if row["workflow_id"] in wanted:
+                out[row["workflow_id"]][key] = row["n"]
+    for entry in out.values():
+        entry["held_by"].sort(key=lambda h: -h["n"])
+        entry["rate_per_min"] = round(entry["sent_recent"] / RATE_MINUTES, 1)
+        todo = entry["queued"] + entry["sending"]
+        if todo and entry["sent_recent"]:
+            entry["eta_s"] = int(todo * RATE_MINUTES * 60 / entry["sent_recent"])
+        elif not todo:
+            entry["eta_s"] = 0
+    return out
+
+
+def version_message_totals(*, version_id: int) -> dict[str, int]:
+    """Every message of a version's runs by outcome (sent, suppressed, failed, waiting) and the
+    total: "x of y sent". Reads the version's runs (index) and their messages (run_id index)."""
+    by_status = dict(Delivery.objects.filter(run_id__in=JourneyRun.objects.filter(version_id=version_id).values("pk"))
+                     .values_list("status").annotate(n=Count("id")).values_list("status", "n").order_by())
+    return {"total": sum(by_status.values()), "sent": sum(by_status.get(s, 0) for s in SENT_STATUSES),
+            "suppressed": by_status.get(DeliveryStatus.SUPPRESSED, 0),
+            "failed": by_status.get(DeliveryStatus.FAILED, 0),
+            "waiting": sum(by_status.get(s, 0) for s in PENDING)}
+
+
+# --------------------------------------------------------------------------- the deliveries list
+
+
+WORKFLOW_CHOICES_MAX = 50
+
+
+def delivery_workflow_choices(*, user: Any, selected: str | None = None) -> list[tuple[str, str]]:
+    """The workflows the deliveries list offers to filter by, read from the workflows table (never
+    from the deliveries): those with a live version the user may see, live and paused, the most
+    recently changed first (at most WORKFLOW_CHOICES_MAX), plus the one selected (any workflow id
+    is accepted in the URL: the dashboard and the graph page link to it)."""
+    from journeys.selectors import VIEW, workflows_for_user
+
+    visible = workflows_for_user(user, VIEW)
+    rows = list(visible.filter(live_version__isnull=False, status__in=(WorkflowStatus.ACTIVE, WorkflowStatus.PAUSED))
+                .order_by("-updated_at").values_list("pk", "name", "status")[:WORKFLOW_CHOICES_MAX])
+    if selected and selected.isdigit() and all(str(pk) != selected for pk, _, _ in rows):
+        rows += list(visible.filter(pk=int(selected)).values_list("pk", "name", "status"))
+    return [(str(pk), f"{name} (paused)" if status == WorkflowStatus.PAUSED else name)
+            for pk, name, status in sorted(rows, key=lambda r: r[1].lower())]
+
+
+def deliveries_of_workflow(queryset: QuerySet, *, workflow_id: int) -> QuerySet:
+    """The deliveries of a workflow's runs (run_id -> the runs of the workflow, by its index)."""
+    return queryset.filter(run_id__in=JourneyRun.objects.filter(workflow_id=workflow_id).values("pk"))
