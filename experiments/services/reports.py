@@ -25,7 +25,6 @@ from django.db.models import (
     Case,
     CharField,
     Count,
-    Exists,
     F,
     Field,
     Func,
@@ -42,10 +41,12 @@ from django.utils import timezone
 from experiments.choices import HOLDOUT, CohortKind
 from experiments.models import Experiment
 from experiments.services.analysis import (
-    _conversions,
+    _events_floor,
     _first_conversion,
+    converted_assignments,
     daily_counts,
     exposed_assignments,
+    group_counts,
     group_of_assignment,
     group_order,
     median_of_middle,
@@ -208,7 +209,8 @@ def experiment_cohorts(
         aliases, columns = _signup_columns()
         cells = _cohort_cells(experiment, now, columns, lambda row: row["label"], aliases=aliases)
     elif kind == CohortKind.TRAIT:
-        cells = _cohort_cells(experiment, now, json_columns("trait", "customer__traits", trait), _trait_label)
+        cells = _cohort_cells(experiment, now, json_columns("trait", "customer__traits", trait), _trait_label,
+                              many_values=True)
     else:
         channel = {"channel": _first_channel(experiment)}
         cells = _cohort_cells(experiment, now, channel, lambda row: NO_MESSAGE if row["channel"] is None
@@ -232,10 +234,13 @@ def _entry_week_cells(daily: dict[str, Counter]) -> dict[tuple[str, str], Cell]:
 
 
 def _cohort_cells(experiment: Experiment, now: datetime, columns: dict, label: Callable[[dict], str], *,
-                  aliases: dict | None = None) -> dict[tuple[str, str], Cell]:
+                  aliases: dict | None = None, many_values: bool = False) -> dict[tuple[str, str], Cell]:
     """One statement: a row per value of `columns` (the TOP_COHORTS + 1 with the most exposures)
-    with the exposures and conversions of each group as columns; then `label` names each value.
-    When there were more values, OTHER holds what the group totals (a second statement) leave."""
+    with the exposures of each group as columns; a second one: the conversions per value the same
+    way, over `converted_assignments` (a semi-join, not a conversion looked up per assignment),
+    for the values shown only when the column may have `many_values` (a trait: as many as
+    customers); then `label` names each value. When there were more values, OTHER holds what the
+    group totals (`group_counts`, a third statement) leave."""
     names = [a.name for a in experiment.arms.all()]
     names += [] if HOLDOUT in names else [HOLDOUT]
     per_group = {}
@@ -244,26 +249,50 @@ def _cohort_cells(experiment: Experiment, now: datetime, columns: dict, label: C
         if name == HOLDOUT:
             member |= Q(holdout=True)
         per_group[f"n{i}"] = Count("pk", filter=member)
-        per_group[f"x{i}"] = Count("pk", filter=member & Q(hit=True))  # the conversion probe after the group test
-    exposed = exposed_assignments(experiment=experiment, now=now).alias(
-        hit=Exists(_conversions(experiment, now)), **(aliases or {}))
+    exposed = exposed_assignments(experiment=experiment, now=now).alias(**(aliases or {}))
     rows = list(exposed.annotate(**columns).values(*columns).annotate(total=Count("pk"), **per_group)
                 .order_by("-total", *columns)[:TOP_COHORTS + 1])
+    top = rows[:TOP_COHORTS]
+    converted = converted_assignments(experiment=experiment, now=now).alias(**(aliases or {})).annotate(**columns)
+    if many_values:
+        converted = converted.filter(_values_in(top, list(columns)))
+    converted = converted.values(*columns).annotate(**per_group).order_by()
+    hits = {tuple(row[c] for c in columns): row for row in converted} if top else {}
     cells: dict[tuple[str, str], Cell] = defaultdict(Cell)
-    for row in rows[:TOP_COHORTS]:
-        cohort = label(row)
+    for row in top:
+        cohort, hit = label(row), hits.get(tuple(row[c] for c in columns), {})
         for i, name in enumerate(names):
             if row[f"n{i}"]:
                 cells[(cohort, name)].n += row[f"n{i}"]
-                cells[(cohort, name)].x += row[f"x{i}"]
+                cells[(cohort, name)].x += min(hit.get(f"n{i}", 0), row[f"n{i}"])
     if len(rows) > TOP_COHORTS:
-        totals = exposed.aggregate(**per_group)
-        for i, name in enumerate(names):
-            n = totals[f"n{i}"] - sum(c.n for (_, g), c in cells.items() if g == name)
+        totals = group_counts(experiment=experiment, now=now)
+        for name in names:
+            n = totals.get(name, (0, 0))[0] - sum(c.n for (_, g), c in cells.items() if g == name)
             if n:
-                x = totals[f"x{i}"] - sum(c.x for (_, g), c in cells.items() if g == name)
-                cells[(OTHER, name)] = Cell(n, x)
+                x = totals[name][1] - sum(c.x for (_, g), c in cells.items() if g == name)
+                cells[(OTHER, name)] = Cell(n, max(0, min(x, n)))
     return cells
+
+
+def _values_in(rows: list[dict], columns: list[str]) -> Q:
+    """The rows whose `columns` hold the values of one of `rows` (NULL matching NULL), written as
+    IN lists under the leading columns' values, so that each column's expression is written out
+    (with its parameters) once per distinct leading value, not once per row."""
+    if not rows:
+        return Q(pk__in=[])
+    head, last = columns[:-1], columns[-1]
+    groups: dict[tuple, list] = defaultdict(list)
+    for row in rows:
+        groups[tuple(row[c] for c in head)].append(row[last])
+    match = Q(pk__in=[])
+    for key, values in groups.items():
+        lead = Q(*(Q(**{f"{c}__isnull": True}) if v is None else Q(**{c: v}) for c, v in zip(head, key)))
+        present = [v for v in values if v is not None]
+        last_q = (Q(**{f"{last}__in": present}) if present else Q(pk__in=[])) | (
+            Q(**{f"{last}__isnull": True}) if len(present) < len(values) else Q(pk__in=[]))
+        match |= lead & last_q
+    return match
 
 
 @dataclass
@@ -286,6 +315,14 @@ class Funnel:
     groups: list[str]
     entered_by_group: dict[str, int]
     converted_by_group: dict[str, int]
+
+    @property
+    def goal(self) -> str:
+        """What `converted` counts, in words: runs that reached the version's own goal while open
+        (not the experiment's metric, which also counts conversions after a run has ended)."""
+        event = self.version.goal_event
+        return (f"its goal event {event!r} arrived while the run was open, or it passed a goal step" if event
+                else "it passed a goal step (the version has no goal event)")
 
     @property
     def group_summary(self) -> list[tuple[str, int, int]]:
@@ -443,8 +480,9 @@ def experiment_attribution(*, experiment: Experiment, now: datetime | None = Non
     the database per group and (channel, message); in each group the most credited first (ties:
     the one whose first credited customer was assigned first, then by name)."""
     now = now or timezone.now()
-    converted = exposed_assignments(experiment=experiment, now=now).annotate(
-        converted_at=_first_conversion(experiment, now)).filter(converted_at__isnull=False)
+    floor = _events_floor(experiment, now) if experiment.goal_event else 0
+    converted = converted_assignments(experiment=experiment, now=now, floor=floor).annotate(
+        converted_at=_first_conversion(experiment, now, floor))
     try:
         Delivery = apps.get_model("channels_app", "Delivery")
     except LookupError:
