@@ -55,7 +55,9 @@ def _template_and_channel(template_name: str, channel_name: str | None) -> tuple
     return template, channel
 
 
-def _address_customer(channel: Channel, to: str, now: datetime) -> tuple[Customer, str]:
+def address_clean(*, channel: Channel, to: str) -> str:
+    """An email address or phone number typed for `channel`, checked and normalised (a phone
+    number as inbound SMS will name it); raises JourneyError(field="to") saying what is wrong."""
     kind = ADDRESS_KINDS.get(channel.kind)
     if kind is None:
         raise JourneyError(f"a raw address needs an email, SMS or voice channel, not {channel.kind}", field="to")
@@ -76,7 +78,12 @@ def _address_customer(channel: Channel, to: str, now: datetime) -> tuple[Custome
                                "or parentheses)", field="to")
         if len(digits) > MAX_PHONE_DIGITS:
             raise JourneyError(f"is too long for a phone number (at most {MAX_PHONE_DIGITS} digits)", field="to")
-    return customer_for_address(kind=kind, value=to, now=now), to
+    return to
+
+
+def _address_customer(channel: Channel, to: str, now: datetime) -> tuple[Customer, str]:
+    to = address_clean(channel=channel, to=to)
+    return customer_for_address(kind=ADDRESS_KINDS[channel.kind], value=to, now=now), to
 
 
 def transactional_send(*, template_name: str, token: ApiToken, key: str, data: dict, customer: Customer | None = None,
