@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from django.apps import apps
 from django.db import connection, transaction
 from django.db.models import (
+    BooleanField,
     Case,
     CharField,
     Count,
@@ -212,28 +213,23 @@ class Maturity:
         return min(self.closed_by_arm.values(), default=0)
 
 
-def _maturity(experiment: Experiment, now: datetime, arms: list[str], plan: int) -> Maturity:
-    """The compared arms' exposures and how many have had their full window, counted by the
-    database per arm; while most are open, also the middle exposure's moment (when most will
-    have closed) and, when every arm has its plan's worth of exposures, when the plan-th of each
-    closes: a few LIMIT 1 reads, only in that case."""
+def _maturity(experiment: Experiment, now: datetime, exposures: dict[str, int], closed: dict[str, int],
+              plan: int) -> Maturity:
+    """The compared arms' maturity from their exposures and closed windows (`_daily_and_closed`);
+    while most are open, also the middle exposure's moment (when most will have closed) and, when
+    every arm has its plan's worth of exposures, when the plan-th of each closes: a LIMIT 1 read
+    each, only in those cases."""
     window = timedelta(seconds=experiment.window_s)
-    maturity = Maturity(window=window)
+    arms = list(exposures)
+    maturity = Maturity(window=window, exposures=sum(exposures.values()),
+                        closed_by_arm={arm: closed.get(arm, 0) for arm in arms})
+    maturity.closed = sum(maturity.closed_by_arm.values())
     compared = exposed_assignments(experiment=experiment, now=now).filter(holdout=False, arm__name__in=arms)
-    rows = (compared.values("arm__name")
-            .annotate(n=Count("pk"), closed=Count("pk", filter=Q(assigned_at__lte=now - window)))
-            .order_by())
-    exposures: dict[str, int] = {}
-    for row in rows:
-        exposures[row["arm__name"]] = row["n"]
-        maturity.closed_by_arm[row["arm__name"]] = row["closed"]
-    maturity.closed_by_arm = {arm: maturity.closed_by_arm.get(arm, 0) for arm in arms}
-    maturity.exposures, maturity.closed = sum(exposures.values()), sum(maturity.closed_by_arm.values())
     in_order = ("assigned_at",)  # the assigned_at index can hand the rows over in order
     if not maturity.readable:
         maturity.middle_at = compared.order_by(*in_order).values_list("assigned_at", flat=True)[
             (maturity.exposures - 1) // 2]
-    if plan and arms and maturity.min_arm_closed < plan and all(exposures.get(a, 0) >= plan for a in arms):
+    if plan and arms and maturity.min_arm_closed < plan and all(n >= plan for n in exposures.values()):
         maturity.plan_at = max(compared.filter(arm__name=a).order_by(*in_order).values_list(
             "assigned_at", flat=True)[plan - 1] for a in arms) + window
     return maturity
@@ -363,13 +359,24 @@ def daily_counts(*, experiment: Experiment, now: datetime) -> dict[str, Counter]
     in one statement (UTC days; the same customers and conversions as `exposures_list`, without a
     row per assignment in Python, nor a lookup per assignment in the database: what the report
     and the 15-minute auto-retire read)."""
+    return _daily_and_closed(experiment, now)[0]
+
+
+def _daily_and_closed(experiment: Experiment, now: datetime) -> tuple[dict[str, Counter], Counter]:
+    """`daily_counts`, and per group the exposures whose conversion window has closed by `now`
+    (for `Maturity`), from the same statement."""
+    closed_by = now - timedelta(seconds=experiment.window_s)
     exposed: dict[tuple[str, date], int] = Counter()
     converted: dict[tuple[str, date], Counter] = defaultdict(Counter)
+    closed: Counter = Counter()
     for row in _with_conversions(experiment, now, "arm__name", "holdout", converted_at=True,
-                                 assigned_day=TruncDate("assigned_at", tzinfo=UTC)):
-        key = (HOLDOUT if row["holdout"] else row["arm__name"], row["assigned_day"])
+                                 assigned_day=TruncDate("assigned_at", tzinfo=UTC),
+                                 closed=ExpressionWrapper(Q(assigned_at__lte=closed_by), output_field=BooleanField())):
+        group = HOLDOUT if row["holdout"] else row["arm__name"]
+        key = (group, row["assigned_day"])
         if row["part"] == EXPOSED_PART:
             exposed[key] += row["n"]
+            closed[group] += row["n"] if row["closed"] else 0
         else:
             converted[key][row["converted_day"]] += row["n"]
     counts: dict[str, Counter] = defaultdict(Counter)
@@ -379,7 +386,7 @@ def daily_counts(*, experiment: Experiment, now: datetime) -> dict[str, Counter]
             n -= min(x, n)
         if n:
             counts[group][(assigned_day, None)] += n
-    return dict(counts)
+    return dict(counts), closed
 
 
 def experiment_timeseries(
@@ -441,7 +448,7 @@ def experiment_analyze(*, experiment: Experiment, now: datetime | None = None, s
     """Everything the report shows for one experiment, computed from the stored rows (counted by
     the database; per-customer rows only for secondary metrics, skipped with `secondary=False`)."""
     now = now or timezone.now()
-    daily = daily_counts(experiment=experiment, now=now)
+    daily, closed = _daily_and_closed(experiment, now)
     series = experiment_timeseries(experiment=experiment, now=now, counts=daily)
     arms = list(Arm.objects.filter(experiment=experiment))
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -515,7 +522,7 @@ def experiment_analyze(*, experiment: Experiment, now: datetime | None = None, s
             f"{experiment.get_mode_display()}: traffic is not split at fixed weights, so the fixed-horizon "
             "z-test is descriptive; read the always-valid p-value."
         )
-    maturity = _maturity(experiment, now, [g.name for g in active], plan)
+    maturity = _maturity(experiment, now, {g.name: g.exposures for g in active}, closed, plan)
     recommendation = _recommend(experiment, groups, srm, plan, maturity, now)
     return Analysis(
         experiment=experiment,

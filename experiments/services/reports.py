@@ -367,16 +367,25 @@ def _run_group(row: dict, experiment: Experiment | None) -> str | None:
     return HOLDOUT if json_decode(row, "hold") else json_decode(row, "arm")
 
 
-def _step_visits(version: WorkflowVersion) -> tuple[Counter, dict[str, list[float]]]:
-    """(runs that left off at each step, the middle gaps of each step), one statement: a run
-    "visits" a step at its first execution there (ordered by start, then id); it left off at the
-    step visited last if it finished without converting; a step's gap is the seconds from the step
-    visited before, and only the one or two middle gaps (`middle`) of each step come back."""
+def _step_visits(version: WorkflowVersion, experiment: Experiment | None) -> tuple[Counter, dict[str, list[float]],
+                                                                             list[dict]]:
+    """(runs that left off at each step, the middle gaps of each step, the runs that reached each
+    step per the runs' experiment variables), one statement: a run "visits" a step at its first
+    execution there (ordered by start, then id), and has reached the step once it has; it left off
+    at the step visited last if it finished without converting; a step's gap is the seconds from
+    the step visited before, and only the one or two middle gaps (`middle`) of each step come back.
+    The reached rows (one per step and group) are counted from the first visits, not by a
+    COUNT(DISTINCT run) over every execution."""
     if connection.vendor == "postgresql":
         gap = "(extract(epoch FROM v.started_at - v.previous) * 1000000)::bigint"
     else:
         gap = "django_timestamp_diff(v.started_at, v.previous)"  # Django's SQLite function: microseconds
     runs, executions = JourneyRun._meta.db_table, StepExecution._meta.db_table
+    columns = list(_run_columns()) if experiment is not None else []
+    groups, group_params = JourneyRun.objects.filter(version=version).values(
+        run_pk=F("pk"), **(_run_columns() if experiment is not None else {})).order_by().query.sql_with_params()
+    padding = "".join(", NULL" for _ in columns)
+    picked = "".join(f", g.{connection.ops.quote_name(c)}" for c in columns)
     sql = f"""
         WITH firsts AS (
             SELECT s.id, s.run_id, s.step_key, s.started_at,
@@ -395,21 +404,27 @@ def _step_visits(version: WorkflowVersion) -> tuple[Counter, dict[str, list[floa
                    - count(*) OVER (PARTITION BY step_key) AS middle
             FROM gaps
         )
-        SELECT step_key, micros, NULL FROM ranked WHERE middle BETWEEN 0 AND 2
+        SELECT 'gap', step_key, micros, NULL{padding} FROM ranked WHERE middle BETWEEN 0 AND 2
         UNION ALL
-        SELECT v.step_key, NULL, count(*) FROM visits v JOIN {runs} r ON r.id = v.run_id
+        SELECT 'dropped', v.step_key, NULL, count(*){padding} FROM visits v JOIN {runs} r ON r.id = v.run_id
         WHERE v.from_end = 1 AND r.status IN (%s, %s, %s) AND r.converted_at IS NULL
-        GROUP BY v.step_key"""
+        GROUP BY v.step_key
+        UNION ALL
+        SELECT 'reached', v.step_key, NULL, count(*){picked} FROM visits v JOIN ({groups}) g ON g.run_pk = v.run_id
+        GROUP BY v.step_key{picked}"""
     dropped: Counter = Counter()
     gaps: dict[str, list[float]] = defaultdict(list)
+    reached: list[dict] = []
     with connection.cursor() as cursor:
-        cursor.execute(sql, [version.pk, *FINISHED])
-        for key, micros, n in cursor.fetchall():
-            if n is None:
+        cursor.execute(sql, [version.pk, *FINISHED, *group_params])
+        for part, key, micros, n, *values in cursor.fetchall():
+            if part == "gap":
                 gaps[key].append(micros / 10**6)
-            else:
+            elif part == "dropped":
                 dropped[key] += n
-    return dropped, gaps
+            else:
+                reached.append({"step_key": key, "runs": n, **dict(zip(columns, values))})
+    return dropped, gaps, reached
 
 
 @without_jit()
@@ -433,10 +448,7 @@ def version_funnel(*, version: WorkflowVersion, experiment: Experiment | None = 
             converted_by[group] += row["converted"]
     order = _step_order(version)
     rows = {s.key: FunnelRow(step=s.key, kind=s.kind) for s in order}
-    reached = (StepExecution.objects.filter(run__version=version)
-               .values("step_key", **(_run_columns("run__") if experiment is not None else {}))
-               .annotate(runs=Count("run_id", distinct=True))
-               .order_by())
+    dropped, gaps, reached = _step_visits(version, experiment)
     unknown: dict[str, FunnelRow] = {}
     for r in reached:
         row = rows.get(r["step_key"]) or unknown.setdefault(r["step_key"], FunnelRow(step=r["step_key"], kind="?"))
@@ -445,7 +457,6 @@ def version_funnel(*, version: WorkflowVersion, experiment: Experiment | None = 
         if group:
             row.by_group[group] = row.by_group.get(group, 0) + r["runs"]
     rows |= dict(sorted(unknown.items()))  # steps no longer in the version, after its own
-    dropped, gaps = _step_visits(version)
     for key, n in dropped.items():
         rows[key].dropped += n
     for key, values in gaps.items():

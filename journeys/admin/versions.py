@@ -431,14 +431,14 @@ class WorkflowVersionAdmin(RefusedActionMixin, ScopedAdminMixin, HistoryReasonMi
             try:
                 result = step_test_send(version=version, step_key=form.cleaned_data["step"],
                                         to=form.cleaned_data["to"], actor=request.user)
+            except PermissionDenied as exc:  # (a JourneyError too: first)
+                raise DjangoPermissionDenied(str(exc)) from None
             except JourneyError as exc:
                 form.add_error("to" if exc.field == "to" else None, exc.message)
             except ValidationError as exc:
                 to_only = getattr(exc, "error_dict", {}).keys() == {"to"}
                 form.add_error("to" if to_only else None, "; ".join(exc.message_dict["to"]) if to_only
                                else error_text(exc))
-            except PermissionDenied as exc:
-                raise DjangoPermissionDenied(str(exc)) from None
             else:
                 where = f"{result['to']} through {result['channel']}"
                 if result["sent"]:
