@@ -14,6 +14,14 @@ Ratio = analysis / baseline (target: <= 3). Also reported: the Python memory the
 allocated at its peak (tracemalloc). Before the analysis was counted in SQL it read every
 assignment into Python, with its conversion, three times over.
 
+--broadcast: the shape of a cron broadcast a few minutes after its send (what ops open then): every
+assignment made within one minute, ten minutes ago; each assigned customer has a run of a published
+workflow version (split -> send_a / send_b, the holdout exits at the split) with its step
+executions, a sent message (a Delivery) and its "Message Sent" event, and an identify event from
+before the send; a goal event for one in five (at the time of the look). The report then has its
+funnel, secondary metrics and attribution over real rows, and the event table holds more than goal
+events.
+
 --history-events N: before the experiment, N events of the year before it (received over a month
 before its first assignment, a third of them "Buy"), in partitions of --partition-ids ids (the
 production default is 10,000,000; a small size stands in for a year of a busy install's events).
@@ -44,6 +52,7 @@ import os
 import sys
 import time
 import tracemalloc
+from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -67,6 +76,10 @@ SELECT %(experiment)s, c.id, CASE WHEN (c.id / 7) %% 2 = 0 THEN %(control)s ELSE
        now() - (c.id %% 43200) * interval '1 minute'
 FROM journeys_customer c
 """
+
+# A broadcast: everyone assigned within the same minute, ten minutes before the look.
+ASSIGNMENTS_BROADCAST = ASSIGNMENTS.replace("now() - (c.id %% 43200) * interval '1 minute'",
+                                            "now() - interval '10 minutes' + (c.id %% 60) * interval '1 second'")
 
 # One customer in five buys: most inside the 7-day window, every third of those after it.
 GOALS = """
@@ -115,6 +128,69 @@ def _history(total: int, source: int) -> None:
         events_partitions_ensure()
 
 
+def _broadcast_rows(experiment) -> None:
+    """The rows a broadcast leaves behind for the report (see --broadcast): a published version,
+    a run per assignment with its step executions, a sent message and its event, an identify event."""
+    from django.db import connection
+    from django.utils import timezone
+
+    from channels_app.models import Channel, Delivery, MessageTemplate
+    from experiments.models import Assignment
+    from journeys.models import BusinessUnit, Event, JourneyRun, StepExecution
+    from journeys.services.internal_events import internal_source
+    from journeys.services.workflows import version_build, version_publish, workflow_create
+
+    channel = Channel.objects.create(name="campaign", kind="email", provider="console")
+    template = MessageTemplate.objects.create(name="offer", subject="Offer", body="Hello")
+    unit = BusinessUnit.objects.get_or_create(slug="bench", defaults={"name": "Bench"})[0]
+    workflow = workflow_create(name="Broadcast", business_unit=unit)
+    send = {"channel": channel.name, "template": template.name}
+    version = version_publish(version=version_build(workflow=workflow, definition={
+        "trigger_kind": "schedule", "trigger_config": {"cron": "0 5 * * *", "segment": ""},
+        "steps": [{"key": "split", "kind": "experiment_split", "config": {"experiment": experiment.key}},
+                  {"key": "send_a", "kind": "send_message", "config": send},
+                  {"key": "send_b", "kind": "send_message", "config": send}],
+        "edges": [{"from": "split", "outcome": "control", "to": "send_a"},
+                  {"from": "split", "outcome": "b", "to": "send_b"}]}), reason="bench")
+    source, now = internal_source(), timezone.now()
+    rows = list(Assignment.objects.filter(experiment=experiment).values_list(
+        "customer_id", "arm__name", "holdout", "assigned_at").order_by("customer_id"))
+    for start in range(0, len(rows), 5000):
+        page = rows[start:start + 5000]
+        runs = JourneyRun.objects.bulk_create([JourneyRun(
+            workflow=workflow, version=version, customer_id=cid, trigger_key="schedule:bench",
+            status="exited" if holdout else "completed", exclusive=False, finished_at=at,
+            variables={"experiment": experiment.pk, "experiment_arm": arm, "holdout": holdout},
+            visits={"split": 1} if holdout else {"split": 1, f"send_{'a' if arm == 'control' else 'b'}": 1},
+        ) for cid, arm, holdout, at in page])
+        executions, deliveries, events = [], [], []
+        for run, (cid, arm, holdout, at) in zip(runs, page):
+            executions.append(StepExecution(run=run, step_key="split", step_kind="experiment_split",
+                                            outcome="holdout" if holdout else arm, started_at=at, finished_at=at))
+            events.append(Event(source=source, message_id=f"identify-{cid}", type="identify", customer_id=cid,
+                                timestamp=at - timedelta(minutes=15), received_at=at - timedelta(minutes=15),
+                                status="processed", processed_at=at))
+            if holdout:
+                continue
+            key = "send_a" if arm == "control" else "send_b"
+            executions.append(StepExecution(run=run, step_key=key, step_kind="send_message", outcome="next",
+                                            started_at=at, finished_at=at))
+            deliveries.append(Delivery(idempotency_key=f"bench:{run.pk}", customer_id=cid, channel=channel,
+                                       template=template, run_id=run.pk, step_key=key, to=f"u{cid}@example.com",
+                                       status="sent", sent_at=now))
+            events.append(Event(source=source, message_id=f"sent-{cid}", type="track", name="Message Sent",
+                                customer_id=cid, timestamp=now, received_at=now, status="processed",
+                                processed_at=now))
+        StepExecution.objects.bulk_create(executions)
+        Delivery.objects.bulk_create(deliveries)
+        Event.objects.bulk_create(events)
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE experiments_assignment a SET run_id = r.id, version_id = r.version_id"
+                       " FROM journeys_journeyrun r WHERE r.customer_id = a.customer_id AND r.version_id = %s"
+                       " AND a.experiment_id = %s", [version.pk, experiment.pk])
+        cursor.execute("ANALYZE journeys_journeyrun; ANALYZE journeys_stepexecution; ANALYZE channels_app_delivery")
+
+
 def _report_times(experiment, best) -> tuple[float, float, float]:
     """(the report page, the page by the `ltv` trait, the five CSV sections), each the best of the rounds."""
     from django.contrib.auth import get_user_model
@@ -141,6 +217,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--customers", type=int, default=300_000)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--broadcast", action="store_true", help="everyone assigned in one minute, with runs and messages")
     p.add_argument("--history-events", type=int, default=0, help="events of the year before the experiment")
     p.add_argument("--partition-ids", type=int, default=0, help="event ids per partition (default: the setting's)")
     args = p.parse_args()
@@ -168,10 +245,14 @@ def main() -> int:
         started = time.perf_counter()
         with connection.cursor() as cursor:
             cursor.execute(CUSTOMERS, {"n": args.customers})
-            cursor.execute(ASSIGNMENTS, {"experiment": experiment.pk, "control": arms["control"], "b": arms["b"]})
+            cursor.execute(ASSIGNMENTS_BROADCAST if args.broadcast else ASSIGNMENTS,
+                           {"experiment": experiment.pk, "control": arms["control"], "b": arms["b"]})
             if args.history_events:  # the year before, in the partitions the ids then move past
                 _history(args.history_events, internal_source().pk)
             cursor.execute(GOALS, {"experiment": experiment.pk, "source": internal_source().pk})
+        if args.broadcast:
+            _broadcast_rows(experiment)
+        with connection.cursor() as cursor:
             cursor.execute("ANALYZE journeys_customer; ANALYZE journeys_event; ANALYZE experiments_assignment")
         load_s = time.perf_counter() - started
         assignments = Assignment.objects.filter(experiment=experiment).count()
@@ -226,6 +307,7 @@ def main() -> int:
         nba_s=round(nba_s, 2),
         nba_peak_mb=round(nba_peak_mb, 1),
         nba_samples=model.samples,
+        broadcast=args.broadcast,
         history_events=args.history_events,
         partitions=partitions,
         ok=analysis_s / baseline_s <= 3,

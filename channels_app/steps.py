@@ -13,6 +13,19 @@ from journeys.engine.runtime import StepContext, event_dict
 MESSAGES = Palette(group="Messages", colour="#e3f2fd", order=10)
 
 
+def _channel_and_template(channel: str | None, template: str | None):
+    """A message step's channel and template, by name; a ValidationError names one that is gone."""
+    from channels_app.models import Channel, MessageTemplate
+
+    found_channel = Channel.objects.filter(name=channel or "").first()
+    if found_channel is None:
+        raise ValidationError({"channel": f"no channel named {channel!r}"})
+    found_template = MessageTemplate.objects.select_related("topic").filter(name=template or "").first()
+    if found_template is None:
+        raise ValidationError({"template": f"no template named {template!r}"})
+    return found_channel, found_template
+
+
 def _gap(config: dict) -> dict:
     """Optional pressure settings shared by messaging steps."""
     out = {}
@@ -45,9 +58,16 @@ class SendMessage(StepKind):
     }
     form = forms.SendMessageForm
     palette = MESSAGES
+    sends_tests = True
 
     def summary(self, config):
         return ": ".join(v for v in (config.get("channel"), config.get("template")) if v)
+
+    def test_send(self, *, config, to, now):
+        from channels_app.services.testsend import message_test_send
+
+        channel, template = _channel_and_template(config.get("channel"), config.get("template"))
+        return message_test_send(channel=channel, template=template, to=to, now=now).as_dict()
 
     def clean(self, config):
         from channels_app.models import Channel, MessageTemplate
@@ -186,6 +206,21 @@ class SendBestChannel(StepKind):
     }
     form = forms.SendBestChannelForm
     palette = Palette(group="Messages", colour="#e3f2fd", order=11)
+    sends_tests = True
+
+    def test_send(self, *, config, to, now):
+        """On the first of the step's channels that takes the address (an email address: email; a
+        phone number: SMS, then voice), with that channel kind's template."""
+        from channels_app.services.testsend import channel_takes_address, message_test_send
+
+        channel = next((c for c in self._channels(config) if c.enabled and channel_takes_address(channel=c, to=to)),
+                       None)
+        if channel is None:
+            raise ValidationError({"to": "none of this step's enabled channels sends to that address; type an email "
+                                         "address or a phone number one of them takes"})
+        _, template = _channel_and_template(channel.name, (config.get("templates") or {}).get(channel.kind)
+                                            or config.get("template"))
+        return message_test_send(channel=channel, template=template, to=to, now=now).as_dict()
 
     def summary(self, config):
         urgency = config.get("urgency")

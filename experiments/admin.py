@@ -18,7 +18,7 @@ from experiments import svg
 from experiments.choices import CohortKind, ExperimentStatus
 from experiments.models import Arm, Assignment, Experiment, PropensityModel
 from experiments.services import report_export
-from experiments.services.analysis import experiment_analyze, experiment_auto_retire
+from experiments.services.analysis import experiment_analyze, experiment_auto_retire_check
 from experiments.services.bandits import experiment_bandit_update
 from experiments.services.experiments import (
     ADD,
@@ -415,8 +415,8 @@ class ExperimentAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
                 model = nba_train(experiment=experiment, features=features, actor=user)
                 done = f"model trained on {model.samples} exposures"
             elif action == "auto_retire":
-                retired = experiment_auto_retire(experiment=experiment, actor=user)
-                done = f"auto-retired: {', '.join(a.name for a in retired) or 'none'}"
+                retired, held = experiment_auto_retire_check(experiment=experiment, actor=user)
+                done = f"auto-retired: {', '.join(a.name for a in retired) or 'none'}{f' ({held})' if held else ''}"
             elif action == "bandit":
                 weights = experiment_bandit_update(experiment=experiment, actor=user)
                 done = f"bandit weights: {weights or 'not a running bandit'}"

@@ -55,11 +55,13 @@ def _template_and_channel(template_name: str, channel_name: str | None) -> tuple
     return template, channel
 
 
-def _address_customer(channel: Channel, to: str, now: datetime) -> tuple[Customer, str]:
+def address_clean(*, channel: Channel, to: str) -> str:
+    """An email address or phone number typed for `channel`, checked and normalised (a phone
+    number as inbound SMS will name it); raises JourneyError(field="to") saying what is wrong."""
     kind = ADDRESS_KINDS.get(channel.kind)
     if kind is None:
         raise JourneyError(f"a raw address needs an email, SMS or voice channel, not {channel.kind}", field="to")
-    typed = to = to.strip()
+    to = to.strip()
     if kind == IdentityKind.EMAIL:
         if len(to) > MAX_EMAIL_LENGTH:
             raise JourneyError(f"is too long for an email address (at most {MAX_EMAIL_LENGTH} characters)",
@@ -76,7 +78,14 @@ def _address_customer(channel: Channel, to: str, now: datetime) -> tuple[Custome
                                "or parentheses)", field="to")
         if len(digits) > MAX_PHONE_DIGITS:
             raise JourneyError(f"is too long for a phone number (at most {MAX_PHONE_DIGITS} digits)", field="to")
-    return customer_for_address(kind=kind, value=typed, now=now), to
+    return to
+
+
+def _address_customer(channel: Channel, to: str, now: datetime) -> tuple[Customer, str]:
+    """The customer `to` belongs to (found by the spelling typed too: a number an older release
+    stored as typed, journeys 0028), and `to` checked and normalised."""
+    address = address_clean(channel=channel, to=to)
+    return customer_for_address(kind=ADDRESS_KINDS[channel.kind], value=to.strip(), now=now), address
 
 
 def transactional_send(*, template_name: str, token: ApiToken, key: str, data: dict, customer: Customer | None = None,

@@ -18,9 +18,11 @@ from datetime import UTC, date, datetime, time, timedelta
 from django.apps import apps
 from django.db import connection, transaction
 from django.db.models import (
+    BooleanField,
     Case,
     CharField,
     Count,
+    DateField,
     DurationField,
     Exists,
     ExpressionWrapper,
@@ -146,19 +148,11 @@ def group_counts(*, experiment: Experiment, now: datetime | None = None) -> dict
     """group -> (exposures, conversions), counted by the database in one statement (the same
     customers and conversions as `exposures_list`, without a row per assignment in Python)."""
     now = now or timezone.now()
-    rows = (
-        exposed_assignments(experiment=experiment, now=now)
-        .annotate(hit=Exists(_conversions(experiment, now)))
-        .values("arm__name", "holdout")
-        .annotate(n=Count("pk"), x=Count("pk", filter=Q(hit=True)))
-        .order_by()
-    )
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for row in rows:
+    for row in _with_conversions(experiment, now, "arm__name", "holdout"):
         group = counts[HOLDOUT if row["holdout"] else row["arm__name"]]
-        group[0] += row["n"]
-        group[1] += row["x"]
-    return {k: (v[0], v[1]) for k, v in counts.items()}
+        group[0 if row["part"] == EXPOSED_PART else 1] += row["n"]
+    return {k: (n, min(x, n)) for k, (n, x) in counts.items()}
 
 
 @dataclass
@@ -186,6 +180,61 @@ class GroupStats:
         return self.p_always_valid is not None and self.p_always_valid < self.alpha
 
 
+READABLE_SHARE = 0.5  # of the compared arms' exposures whose window must have closed before anything is concluded
+
+
+@dataclass
+class Maturity:
+    """How far the compared arms' exposures (active arms, no holdout) are into their conversion
+    window. A conversion can arrive until the window closes, so while most windows are open the
+    counts are partial: a broadcast assigns everyone in a minute, and minutes later its "planned
+    sample" is reached with nobody's window closed. Nothing is concluded (by the report or by
+    auto-retire) until `readable`."""
+
+    window: timedelta
+    exposures: int = 0
+    closed: int = 0  # exposures whose window has closed (their outcome is known)
+    closed_by_arm: dict[str, int] = field(default_factory=dict)
+    middle_at: datetime | None = None  # the middle one (in assignment order), while not readable
+    plan_at: datetime | None = None  # when every arm has its planned sample with closed windows
+
+    @property
+    def readable(self) -> bool:
+        """Most exposures have had their full window (or there are none to read)."""
+        return self.closed >= READABLE_SHARE * self.exposures
+
+    @property
+    def readable_at(self) -> datetime | None:
+        """When the window of the exposures so far will have closed for most of them."""
+        return None if self.readable or self.middle_at is None else self.middle_at + self.window
+
+    @property
+    def min_arm_closed(self) -> int:
+        return min(self.closed_by_arm.values(), default=0)
+
+
+def _maturity(experiment: Experiment, now: datetime, exposures: dict[str, int], closed: dict[str, int],
+              plan: int) -> Maturity:
+    """The compared arms' maturity from their exposures and closed windows (`_daily_and_closed`);
+    while most are open, also the middle exposure's moment (when most will have closed) and, when
+    every arm has its plan's worth of exposures, when the plan-th of each closes: a LIMIT 1 read
+    each, only in those cases."""
+    window = timedelta(seconds=experiment.window_s)
+    arms = list(exposures)
+    maturity = Maturity(window=window, exposures=sum(exposures.values()),
+                        closed_by_arm={arm: closed.get(arm, 0) for arm in arms})
+    maturity.closed = sum(maturity.closed_by_arm.values())
+    compared = exposed_assignments(experiment=experiment, now=now).filter(holdout=False, arm__name__in=arms)
+    in_order = ("assigned_at",)  # the assigned_at index can hand the rows over in order
+    if not maturity.readable:
+        maturity.middle_at = compared.order_by(*in_order).values_list("assigned_at", flat=True)[
+            (maturity.exposures - 1) // 2]
+    if plan and arms and maturity.min_arm_closed < plan and all(n >= plan for n in exposures.values()):
+        maturity.plan_at = max(compared.filter(arm__name=a).order_by(*in_order).values_list(
+            "assigned_at", flat=True)[plan - 1] for a in arms) + window
+    return maturity
+
+
 @dataclass
 class Analysis:
     experiment: Experiment
@@ -193,6 +242,7 @@ class Analysis:
     srm: SrmResult | None
     plan_per_arm: int
     min_arm_exposures: int
+    maturity: Maturity
     messaging_effect: GroupStats | None  # control vs holdout
     warnings: list[str]
     recommendation: str
@@ -202,7 +252,8 @@ class Analysis:
 
     @property
     def plan_reached(self) -> bool:
-        return self.min_arm_exposures >= self.plan_per_arm
+        """Every active arm has the planned customers, counting those whose window has closed."""
+        return self.maturity.min_arm_closed >= self.plan_per_arm
 
 
 def _expected_counts(experiment: Experiment, now: datetime) -> tuple[dict[str, int], dict[str, float]]:
@@ -234,14 +285,15 @@ def _events_floor(experiment: Experiment, now: datetime) -> int:
         experiment=experiment, assigned_at__lte=now).aggregate(first=Min("assigned_at"))["first"])
 
 
-def _conversions(experiment: Experiment, now: datetime):
+def _conversions(experiment: Experiment, now: datetime, floor: int | None = None):
     """An assignment's conversions (a subquery on OuterRef), as `exposures_list` counts them: goal
-    events (or its run's conversion) from the assignment to the end of the window, not after now."""
+    events (or its run's conversion) from the assignment to the end of the window, not after now.
+    `floor`: `_events_floor`, when the caller has it already."""
     window = timedelta(seconds=experiment.window_s)
     if experiment.goal_event:
         return (Event.objects.filter(customer_id=OuterRef("customer_id"), name=experiment.goal_event,
                                      timestamp__gte=OuterRef("assigned_at"), timestamp__lte=now,
-                                     pk__gte=_events_floor(experiment, now))
+                                     pk__gte=_events_floor(experiment, now) if floor is None else floor)
                 .filter(timestamp__lte=OuterRef("assigned_at") + window).order_by("timestamp"))
     return (JourneyRun.objects.filter(pk=OuterRef("run_id"), converted_at__gte=OuterRef("assigned_at"),
                                       converted_at__lte=now)
@@ -263,29 +315,78 @@ def goal_events_counted(customer_ids: list[int]) -> list[int]:
     return kept
 
 
-def _first_conversion(experiment: Experiment, now: datetime) -> Subquery:
+def _first_conversion(experiment: Experiment, now: datetime, floor: int | None = None) -> Subquery:
     """An assignment's conversion moment: the first of `_conversions`, else NULL."""
     column = "timestamp" if experiment.goal_event else "converted_at"
-    return Subquery(_conversions(experiment, now).values(column)[:1])
+    return Subquery(_conversions(experiment, now, floor).values(column)[:1])
+
+
+def converted_assignments(*, experiment: Experiment, now: datetime, floor: int | None = None) -> QuerySet:
+    """The assignments of `exposed_assignments` with a conversion in their window. The test is a
+    semi-join (EXISTS in WHERE, which the database plans as a join: e.g. the goal events, found
+    by name, hashed by customer), not a lookup per assignment; annotate `_first_conversion` on it
+    and the moment is looked up for the converted rows only. So what it costs follows the
+    conversions and one pass over the assignments, however many assignments have none."""
+    return exposed_assignments(experiment=experiment, now=now).filter(Exists(_conversions(experiment, now, floor)))
+
+
+EXPOSED_PART, CONVERTED_PART = "exposed", "converted"
+
+
+def _with_conversions(experiment: Experiment, now: datetime, *fields: str, converted_at: bool = False,
+                      **expressions) -> QuerySet:
+    """One statement (one snapshot): the exposures grouped by `fields` and `expressions`, then
+    (UNION ALL) the converted ones grouped the same way, each row with `part` (EXPOSED_PART or
+    CONVERTED_PART) and `n`; with `converted_at`, the converted rows also say the day (UTC) of
+    their conversion (`converted_day`, NULL on the exposure rows)."""
+    def grouped(qs: QuerySet, part: str, day) -> QuerySet:
+        columns = {**expressions, "part": Value(part, output_field=CharField())}
+        if converted_at:
+            columns["converted_day"] = day
+        return qs.values(*fields, **columns).annotate(n=Count("pk")).order_by()
+
+    exposed = grouped(exposed_assignments(experiment=experiment, now=now), EXPOSED_PART,
+                      Value(None, output_field=DateField()))
+    floor = _events_floor(experiment, now) if experiment.goal_event else 0
+    converted = converted_assignments(experiment=experiment, now=now, floor=floor)
+    if converted_at:
+        converted = converted.annotate(converted_at=_first_conversion(experiment, now, floor))
+    return exposed.union(grouped(converted, CONVERTED_PART, TruncDate("converted_at", tzinfo=UTC)), all=True)
 
 
 def daily_counts(*, experiment: Experiment, now: datetime) -> dict[str, Counter]:
     """group -> Counter of (day assigned, day converted or None) -> customers, counted by the database
     in one statement (UTC days; the same customers and conversions as `exposures_list`, without a
-    row per assignment in Python: what the report and the 15-minute auto-retire read)."""
-    rows = (
-        exposed_assignments(experiment=experiment, now=now)
-        .annotate(converted_at=_first_conversion(experiment, now))
-        .values("arm__name", "holdout", assigned_day=TruncDate("assigned_at", tzinfo=UTC),
-                converted_day=TruncDate("converted_at", tzinfo=UTC))
-        .annotate(n=Count("pk"))
-        .order_by()
-    )
-    counts: dict[str, Counter] = defaultdict(Counter)
-    for row in rows:
+    row per assignment in Python, nor a lookup per assignment in the database: what the report
+    and the 15-minute auto-retire read)."""
+    return _daily_and_closed(experiment, now)[0]
+
+
+def _daily_and_closed(experiment: Experiment, now: datetime) -> tuple[dict[str, Counter], Counter]:
+    """`daily_counts`, and per group the exposures whose conversion window has closed by `now`
+    (for `Maturity`), from the same statement."""
+    closed_by = now - timedelta(seconds=experiment.window_s)
+    exposed: dict[tuple[str, date], int] = Counter()
+    converted: dict[tuple[str, date], Counter] = defaultdict(Counter)
+    closed: Counter = Counter()
+    for row in _with_conversions(experiment, now, "arm__name", "holdout", converted_at=True,
+                                 assigned_day=TruncDate("assigned_at", tzinfo=UTC),
+                                 closed=ExpressionWrapper(Q(assigned_at__lte=closed_by), output_field=BooleanField())):
         group = HOLDOUT if row["holdout"] else row["arm__name"]
-        counts[group][(row["assigned_day"], row["converted_day"])] += row["n"]
-    return dict(counts)
+        key = (group, row["assigned_day"])
+        if row["part"] == EXPOSED_PART:
+            exposed[key] += row["n"]
+            closed[group] += row["n"] if row["closed"] else 0
+        else:
+            converted[key][row["converted_day"]] += row["n"]
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for (group, assigned_day), n in exposed.items():
+        for converted_day, x in converted[(group, assigned_day)].items():
+            counts[group][(assigned_day, converted_day)] += min(x, n)
+            n -= min(x, n)
+        if n:
+            counts[group][(assigned_day, None)] += n
+    return dict(counts), closed
 
 
 def experiment_timeseries(
@@ -347,7 +448,7 @@ def experiment_analyze(*, experiment: Experiment, now: datetime | None = None, s
     """Everything the report shows for one experiment, computed from the stored rows (counted by
     the database; per-customer rows only for secondary metrics, skipped with `secondary=False`)."""
     now = now or timezone.now()
-    daily = daily_counts(experiment=experiment, now=now)
+    daily, closed = _daily_and_closed(experiment, now)
     series = experiment_timeseries(experiment=experiment, now=now, counts=daily)
     arms = list(Arm.objects.filter(experiment=experiment))
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -421,13 +522,15 @@ def experiment_analyze(*, experiment: Experiment, now: datetime | None = None, s
             f"{experiment.get_mode_display()}: traffic is not split at fixed weights, so the fixed-horizon "
             "z-test is descriptive; read the always-valid p-value."
         )
-    recommendation = _recommend(experiment, groups, srm, plan, min_n)
+    maturity = _maturity(experiment, now, {g.name: g.exposures for g in active}, closed, plan)
+    recommendation = _recommend(experiment, groups, srm, plan, maturity, now)
     return Analysis(
         experiment=experiment,
         groups=groups,
         srm=srm,
         plan_per_arm=plan,
         min_arm_exposures=min_n,
+        maturity=maturity,
         messaging_effect=messaging,
         warnings=warnings,
         recommendation=recommendation,
@@ -437,11 +540,42 @@ def experiment_analyze(*, experiment: Experiment, now: datetime | None = None, s
     )
 
 
-def _recommend(experiment, groups, srm, plan, min_n) -> str:
+def _when(moment: datetime) -> str:
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+
+
+def duration_words(span: timedelta) -> str:
+    """A span as people say it: 40 s, 7 min, 5 h, 2.5 days."""
+    seconds = span.total_seconds()
+    if seconds < 60:
+        return f"{max(seconds, 0):.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h".replace(".0 h", " h")
+    return f"{seconds / 86400:.1f} days".replace(".0 days", " days")
+
+
+def _too_early(experiment: Experiment, maturity: Maturity, now: datetime) -> str:
+    """What the report says while most compared exposures are inside their conversion window."""
+    window = experiment.window_label
+    passed = min(now - maturity.middle_at, maturity.window) if maturity.middle_at else timedelta(0)
+    text = (f"Too early to conclude: {maturity.closed} of the {maturity.exposures} exposures have had their full "
+            f"{window} conversion window, and for the middle one {duration_words(passed)} of it has passed "
+            f"({passed / maturity.window:.0%}), so conversions so far are partial. "
+            f"The result is readable from {_when(maturity.readable_at)}, when most windows have closed")
+    if maturity.plan_at is not None:
+        text += f" (the planned sample per arm has its full window from {_when(maturity.plan_at)})"
+    return text + "; until then neither conclude nor retire an arm on these numbers."
+
+
+def _recommend(experiment, groups, srm, plan, maturity: Maturity, now: datetime) -> str:
     if srm is not None and srm.mismatch:
         return "Do not act: the sample ratio is off. Find the assignment or logging bug first."
     if experiment.status == ExperimentStatus.CONCLUDED:
         return f"Concluded: {experiment.winner.name if experiment.winner else '-'} receives every entry."
+    if not maturity.readable:
+        return _too_early(experiment, maturity, now)
     alpha = experiment.alpha
     better = [
         g for g in groups if g.diff and g.p_always_valid is not None and g.p_always_valid < alpha and g.diff[0] > 0
@@ -458,10 +592,12 @@ def _recommend(experiment, groups, srm, plan, min_n) -> str:
     if worse:
         parts.append("Worse than control: " + ", ".join(g.name for g in worse) + " (consider retiring).")
     if not parts:
-        if min_n < plan:
+        closed = maturity.min_arm_closed
+        if closed < plan:
+            when = f" (from {_when(maturity.plan_at)})" if maturity.plan_at is not None else ""
             parts.append(
-                f"Keep running: {min_n} of the {plan} customers per arm the fixed-horizon plan needs; "
-                "do not act on the z-test p-value before then."
+                f"Keep running: {closed} of the {plan} customers per arm the fixed-horizon plan needs have had "
+                f"their full {experiment.window_label} window{when}; do not act on the z-test p-value before then."
             )
         else:
             parts.append("Planned sample reached without a clear difference.")
@@ -470,11 +606,24 @@ def _recommend(experiment, groups, srm, plan, min_n) -> str:
 
 def experiment_auto_retire(*, experiment: Experiment, actor=None, now: datetime | None = None) -> list[Arm]:
     """Retire arms the always-valid test finds worse than control (safe to run on every look)."""
+    return experiment_auto_retire_check(experiment=experiment, actor=actor, now=now)[0]
+
+
+def experiment_auto_retire_check(*, experiment: Experiment, actor=None,
+                                 now: datetime | None = None) -> tuple[list[Arm], str]:
+    """Auto-retire, and why it retired nothing when it held back: (arms retired, "" or the
+    reason). It holds back where the report concludes nothing: on a sample-ratio mismatch, and
+    while most exposures are inside their conversion window (an arm whose customers convert
+    later would look worse on partial counts)."""
     from experiments.services.experiments import arm_retire
 
     analysis = experiment_analyze(experiment=experiment, now=now, secondary=False)
     if analysis.srm is not None and analysis.srm.mismatch:
-        return []
+        return [], "the sample ratio is off"
+    if not analysis.maturity.readable:
+        return [], (f"too early: {analysis.maturity.closed} of {analysis.maturity.exposures} exposures have had "
+                    f"their full {experiment.window_label} window (readable from "
+                    f"{_when(analysis.maturity.readable_at)})")
     retired = []
     for g in analysis.groups:
         if g.holdout or g.is_control or g.retired or g.diff is None or g.p_always_valid is None:
@@ -489,7 +638,7 @@ def experiment_auto_retire(*, experiment: Experiment, actor=None, now: datetime 
                     reason=f"auto-retired: {g.diff[0]:+.2%} vs control, always-valid p={g.p_always_valid:.3g}",
                 )
             )
-    return retired
+    return retired, ""
 
 
 def _delivery_flags() -> tuple[Q, Q] | None:
@@ -578,21 +727,19 @@ def secondary_metrics(*, experiment: Experiment, metrics: set[str], now: datetim
                     out[g]["click_rate"] = _ratio(clicked[g], sent[g])
                 out[g]["messages"] = sent[g]
     if Metric.COMPLETION in metrics:
-        run_status = JourneyRun.objects.filter(pk=OuterRef("run_id")).values("status")[:1]
-        rows = (
-            exposed_assignments(experiment=experiment, now=now)
-            .annotate(run_status=Subquery(run_status))
-            .filter(run_status__isnull=False)
-            .values(group=group_of_assignment())
-            .annotate(total=Count("pk"), done=Count("pk", filter=Q(run_status="completed")))
-            .order_by()
-        )
+        # Two semi-joins on the run's id (in one statement), not a lookup of each assignment's run.
+        exposed = exposed_assignments(experiment=experiment, now=now)
+        runs = JourneyRun.objects.order_by()
+        rows = (exposed.filter(run_id__in=runs.values("pk")).values(group=group_of_assignment(), done=Value(False))
+                .annotate(n=Count("pk")).order_by()
+                .union(exposed.filter(run_id__in=runs.filter(status="completed").values("pk"))
+                       .values(group=group_of_assignment(), done=Value(True)).annotate(n=Count("pk")).order_by(),
+                       all=True))
         done, total = Counter(), Counter()
         for row in rows:
-            total[row["group"]] += row["total"]
-            done[row["group"]] += row["done"]
+            (done if row["done"] else total)[row["group"]] += row["n"]
         for g in groups:
-            out[g]["completion"] = _ratio(done[g], total[g])
+            out[g]["completion"] = _ratio(min(done[g], total[g]), total[g])
     if Metric.RESOLUTION in metrics:
         hours = _resolution_hours(experiment, now)
         for g in groups:

@@ -121,7 +121,7 @@ def report_rows(
                 ]
                 for r in f.rows
             ]
-            rows.append([version.workflow.name, version.number, "(converted)", "", f.converted, "", ""])
+            rows.append([version.workflow.name, version.number, "(runs that reached the version's goal)", "", f.converted, "", ""])
         return rows
     if section == "attribution":
         rows = [["group", "message", "channel", "conversions"]]

@@ -25,7 +25,6 @@ from django.db.models import (
     Case,
     CharField,
     Count,
-    Exists,
     F,
     Field,
     Func,
@@ -42,10 +41,12 @@ from django.utils import timezone
 from experiments.choices import HOLDOUT, CohortKind
 from experiments.models import Experiment
 from experiments.services.analysis import (
-    _conversions,
+    _events_floor,
     _first_conversion,
+    converted_assignments,
     daily_counts,
     exposed_assignments,
+    group_counts,
     group_of_assignment,
     group_order,
     median_of_middle,
@@ -208,7 +209,8 @@ def experiment_cohorts(
         aliases, columns = _signup_columns()
         cells = _cohort_cells(experiment, now, columns, lambda row: row["label"], aliases=aliases)
     elif kind == CohortKind.TRAIT:
-        cells = _cohort_cells(experiment, now, json_columns("trait", "customer__traits", trait), _trait_label)
+        cells = _cohort_cells(experiment, now, json_columns("trait", "customer__traits", trait), _trait_label,
+                              many_values=True)
     else:
         channel = {"channel": _first_channel(experiment)}
         cells = _cohort_cells(experiment, now, channel, lambda row: NO_MESSAGE if row["channel"] is None
@@ -232,10 +234,13 @@ def _entry_week_cells(daily: dict[str, Counter]) -> dict[tuple[str, str], Cell]:
 
 
 def _cohort_cells(experiment: Experiment, now: datetime, columns: dict, label: Callable[[dict], str], *,
-                  aliases: dict | None = None) -> dict[tuple[str, str], Cell]:
+                  aliases: dict | None = None, many_values: bool = False) -> dict[tuple[str, str], Cell]:
     """One statement: a row per value of `columns` (the TOP_COHORTS + 1 with the most exposures)
-    with the exposures and conversions of each group as columns; then `label` names each value.
-    When there were more values, OTHER holds what the group totals (a second statement) leave."""
+    with the exposures of each group as columns; a second one: the conversions per value the same
+    way, over `converted_assignments` (a semi-join, not a conversion looked up per assignment),
+    for the values shown only when the column may have `many_values` (a trait: as many as
+    customers); then `label` names each value. When there were more values, OTHER holds what the
+    group totals (`group_counts`, a third statement) leave."""
     names = [a.name for a in experiment.arms.all()]
     names += [] if HOLDOUT in names else [HOLDOUT]
     per_group = {}
@@ -244,26 +249,50 @@ def _cohort_cells(experiment: Experiment, now: datetime, columns: dict, label: C
         if name == HOLDOUT:
             member |= Q(holdout=True)
         per_group[f"n{i}"] = Count("pk", filter=member)
-        per_group[f"x{i}"] = Count("pk", filter=member & Q(hit=True))  # the conversion probe after the group test
-    exposed = exposed_assignments(experiment=experiment, now=now).alias(
-        hit=Exists(_conversions(experiment, now)), **(aliases or {}))
+    exposed = exposed_assignments(experiment=experiment, now=now).alias(**(aliases or {}))
     rows = list(exposed.annotate(**columns).values(*columns).annotate(total=Count("pk"), **per_group)
                 .order_by("-total", *columns)[:TOP_COHORTS + 1])
+    top = rows[:TOP_COHORTS]
+    converted = converted_assignments(experiment=experiment, now=now).alias(**(aliases or {})).annotate(**columns)
+    if many_values:
+        converted = converted.filter(_values_in(top, list(columns)))
+    converted = converted.values(*columns).annotate(**per_group).order_by()
+    hits = {tuple(row[c] for c in columns): row for row in converted} if top else {}
     cells: dict[tuple[str, str], Cell] = defaultdict(Cell)
-    for row in rows[:TOP_COHORTS]:
-        cohort = label(row)
+    for row in top:
+        cohort, hit = label(row), hits.get(tuple(row[c] for c in columns), {})
         for i, name in enumerate(names):
             if row[f"n{i}"]:
                 cells[(cohort, name)].n += row[f"n{i}"]
-                cells[(cohort, name)].x += row[f"x{i}"]
+                cells[(cohort, name)].x += min(hit.get(f"n{i}", 0), row[f"n{i}"])
     if len(rows) > TOP_COHORTS:
-        totals = exposed.aggregate(**per_group)
-        for i, name in enumerate(names):
-            n = totals[f"n{i}"] - sum(c.n for (_, g), c in cells.items() if g == name)
+        totals = group_counts(experiment=experiment, now=now)
+        for name in names:
+            n = totals.get(name, (0, 0))[0] - sum(c.n for (_, g), c in cells.items() if g == name)
             if n:
-                x = totals[f"x{i}"] - sum(c.x for (_, g), c in cells.items() if g == name)
-                cells[(OTHER, name)] = Cell(n, x)
+                x = totals[name][1] - sum(c.x for (_, g), c in cells.items() if g == name)
+                cells[(OTHER, name)] = Cell(n, max(0, min(x, n)))
     return cells
+
+
+def _values_in(rows: list[dict], columns: list[str]) -> Q:
+    """The rows whose `columns` hold the values of one of `rows` (NULL matching NULL), written as
+    IN lists under the leading columns' values, so that each column's expression is written out
+    (with its parameters) once per distinct leading value, not once per row."""
+    if not rows:
+        return Q(pk__in=[])
+    head, last = columns[:-1], columns[-1]
+    groups: dict[tuple, list] = defaultdict(list)
+    for row in rows:
+        groups[tuple(row[c] for c in head)].append(row[last])
+    match = Q(pk__in=[])
+    for key, values in groups.items():
+        lead = Q(*(Q(**{f"{c}__isnull": True}) if v is None else Q(**{c: v}) for c, v in zip(head, key)))
+        present = [v for v in values if v is not None]
+        last_q = (Q(**{f"{last}__in": present}) if present else Q(pk__in=[])) | (
+            Q(**{f"{last}__isnull": True}) if len(present) < len(values) else Q(pk__in=[]))
+        match |= lead & last_q
+    return match
 
 
 @dataclass
@@ -286,6 +315,14 @@ class Funnel:
     groups: list[str]
     entered_by_group: dict[str, int]
     converted_by_group: dict[str, int]
+
+    @property
+    def goal(self) -> str:
+        """What `converted` counts, in words: runs that reached the version's own goal while open
+        (not the experiment's metric, which also counts conversions after a run has ended)."""
+        event = self.version.goal_event
+        return (f"its goal event {event!r} arrived while the run was open, or it passed a goal step" if event
+                else "it passed a goal step (the version has no goal event)")
 
     @property
     def group_summary(self) -> list[tuple[str, int, int]]:
@@ -330,16 +367,25 @@ def _run_group(row: dict, experiment: Experiment | None) -> str | None:
     return HOLDOUT if json_decode(row, "hold") else json_decode(row, "arm")
 
 
-def _step_visits(version: WorkflowVersion) -> tuple[Counter, dict[str, list[float]]]:
-    """(runs that left off at each step, the middle gaps of each step), one statement: a run
-    "visits" a step at its first execution there (ordered by start, then id); it left off at the
-    step visited last if it finished without converting; a step's gap is the seconds from the step
-    visited before, and only the one or two middle gaps (`middle`) of each step come back."""
+def _step_visits(version: WorkflowVersion, experiment: Experiment | None) -> tuple[Counter, dict[str, list[float]],
+                                                                             list[dict]]:
+    """(runs that left off at each step, the middle gaps of each step, the runs that reached each
+    step per the runs' experiment variables), one statement: a run "visits" a step at its first
+    execution there (ordered by start, then id), and has reached the step once it has; it left off
+    at the step visited last if it finished without converting; a step's gap is the seconds from
+    the step visited before, and only the one or two middle gaps (`middle`) of each step come back.
+    The reached rows (one per step and group) are counted from the first visits, not by a
+    COUNT(DISTINCT run) over every execution."""
     if connection.vendor == "postgresql":
         gap = "(extract(epoch FROM v.started_at - v.previous) * 1000000)::bigint"
     else:
         gap = "django_timestamp_diff(v.started_at, v.previous)"  # Django's SQLite function: microseconds
     runs, executions = JourneyRun._meta.db_table, StepExecution._meta.db_table
+    columns = list(_run_columns()) if experiment is not None else []
+    groups, group_params = JourneyRun.objects.filter(version=version).values(
+        run_pk=F("pk"), **(_run_columns() if experiment is not None else {})).order_by().query.sql_with_params()
+    padding = "".join(", NULL" for _ in columns)
+    picked = "".join(f", g.{connection.ops.quote_name(c)}" for c in columns)
     sql = f"""
         WITH firsts AS (
             SELECT s.id, s.run_id, s.step_key, s.started_at,
@@ -358,21 +404,27 @@ def _step_visits(version: WorkflowVersion) -> tuple[Counter, dict[str, list[floa
                    - count(*) OVER (PARTITION BY step_key) AS middle
             FROM gaps
         )
-        SELECT step_key, micros, NULL FROM ranked WHERE middle BETWEEN 0 AND 2
+        SELECT 'gap', step_key, micros, NULL{padding} FROM ranked WHERE middle BETWEEN 0 AND 2
         UNION ALL
-        SELECT v.step_key, NULL, count(*) FROM visits v JOIN {runs} r ON r.id = v.run_id
+        SELECT 'dropped', v.step_key, NULL, count(*){padding} FROM visits v JOIN {runs} r ON r.id = v.run_id
         WHERE v.from_end = 1 AND r.status IN (%s, %s, %s) AND r.converted_at IS NULL
-        GROUP BY v.step_key"""
+        GROUP BY v.step_key
+        UNION ALL
+        SELECT 'reached', v.step_key, NULL, count(*){picked} FROM visits v JOIN ({groups}) g ON g.run_pk = v.run_id
+        GROUP BY v.step_key{picked}"""
     dropped: Counter = Counter()
     gaps: dict[str, list[float]] = defaultdict(list)
+    reached: list[dict] = []
     with connection.cursor() as cursor:
-        cursor.execute(sql, [version.pk, *FINISHED])
-        for key, micros, n in cursor.fetchall():
-            if n is None:
+        cursor.execute(sql, [version.pk, *FINISHED, *group_params])
+        for part, key, micros, n, *values in cursor.fetchall():
+            if part == "gap":
                 gaps[key].append(micros / 10**6)
-            else:
+            elif part == "dropped":
                 dropped[key] += n
-    return dropped, gaps
+            else:
+                reached.append({"step_key": key, "runs": n, **dict(zip(columns, values))})
+    return dropped, gaps, reached
 
 
 @without_jit()
@@ -396,10 +448,7 @@ def version_funnel(*, version: WorkflowVersion, experiment: Experiment | None = 
             converted_by[group] += row["converted"]
     order = _step_order(version)
     rows = {s.key: FunnelRow(step=s.key, kind=s.kind) for s in order}
-    reached = (StepExecution.objects.filter(run__version=version)
-               .values("step_key", **(_run_columns("run__") if experiment is not None else {}))
-               .annotate(runs=Count("run_id", distinct=True))
-               .order_by())
+    dropped, gaps, reached = _step_visits(version, experiment)
     unknown: dict[str, FunnelRow] = {}
     for r in reached:
         row = rows.get(r["step_key"]) or unknown.setdefault(r["step_key"], FunnelRow(step=r["step_key"], kind="?"))
@@ -408,7 +457,6 @@ def version_funnel(*, version: WorkflowVersion, experiment: Experiment | None = 
         if group:
             row.by_group[group] = row.by_group.get(group, 0) + r["runs"]
     rows |= dict(sorted(unknown.items()))  # steps no longer in the version, after its own
-    dropped, gaps = _step_visits(version)
     for key, n in dropped.items():
         rows[key].dropped += n
     for key, values in gaps.items():
@@ -443,8 +491,9 @@ def experiment_attribution(*, experiment: Experiment, now: datetime | None = Non
     the database per group and (channel, message); in each group the most credited first (ties:
     the one whose first credited customer was assigned first, then by name)."""
     now = now or timezone.now()
-    converted = exposed_assignments(experiment=experiment, now=now).annotate(
-        converted_at=_first_conversion(experiment, now)).filter(converted_at__isnull=False)
+    floor = _events_floor(experiment, now) if experiment.goal_event else 0
+    converted = converted_assignments(experiment=experiment, now=now, floor=floor).annotate(
+        converted_at=_first_conversion(experiment, now, floor))
     try:
         Delivery = apps.get_model("channels_app", "Delivery")
     except LookupError:

@@ -5,6 +5,7 @@ and when a version's steps may change."""
 from __future__ import annotations
 
 from django import forms
+from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import Http404
 from django.shortcuts import get_object_or_404
@@ -45,6 +46,27 @@ class ReasonActionForm(SharedReasonActionForm):
     # selected"); the canary action says what is wrong with it instead.
     percent = forms.CharField(required=False, label="Canary %",
                               widget=forms.NumberInput(attrs={"style": "width:4em", "min": 1, "max": 99}))
+
+
+class RefusedActionMixin:
+    """An action posted by someone it is not offered to (another role's habit, a page kept open
+    after a role change, a scripted POST): Django drops it with "No action selected."; here the
+    person is told it is refused and who may take it. `action_refusals`: the action's permission
+    (as in `@admin.action(permissions=...)`) -> who may."""
+
+    action_refusals: dict[str, str] = {}
+
+    def response_action(self, request, queryset):
+        name = request.POST.get("action", "")
+        known = {n: (func, description) for func, n, description in self._get_base_actions()}
+        if name in known and name not in self.get_actions(request):
+            func, description = known[name]
+            what = str(description).split(" (")[0].lower()
+            who = "; ".join(self.action_refusals[p] for p in getattr(func, "allowed_permissions", ())
+                            if p in self.action_refusals) or "your role does not include it"
+            self.message_user(request, f"You may not {what}: {who}. Nothing was changed.", messages.ERROR)
+            return None
+        return super().response_action(request, queryset)
 
 
 class HistoryReasonMixin(SharedHistoryReasonMixin):

@@ -23,6 +23,7 @@ from journeys.selectors import (
     change_requests_for_user,
     user_has_any_scope,
 )
+from journeys.services.segments import trigger_audience
 from journeys.services.workflows import (
     change_request_comment,
     change_request_refresh,
@@ -103,5 +104,6 @@ class ChangeRequestAdmin(ScopedAdminMixin, admin.ModelAdmin):
         if not form.is_bound or form.is_valid():  # a refused form is shown again with its errors
             form = DecisionForm(initial={"fingerprint": review["fingerprint"]})
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, **review,
-                   "title": f"Review: {review['workflow']} v{review['version'].number}", "form": form}
+                   "title": f"Review: {review['workflow']} v{review['version'].number}", "form": form,
+                   "audience": trigger_audience(version=review["version"])}
         return render(request, "admin/journeys/change_request.html", context)

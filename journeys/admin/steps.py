@@ -16,6 +16,7 @@ from journeys.admin.common import (
     object_or_404,
     version_editable,
 )
+from journeys.choices import VersionState
 from journeys.engine.registry import STEP_KINDS
 from journeys.errors import PermissionDenied
 from journeys.models import (
@@ -31,6 +32,7 @@ from journeys.selectors import (
     workflows_for_user,
 )
 from journeys.services.workflows import (
+    RETURNED_TO_REVIEW,
     step_save,
 )
 
@@ -141,6 +143,9 @@ class StepAdmin(admin.ModelAdmin):
                 form.add_error(None, error_text(exc))
             else:
                 messages.success(request, f"Step {saved.key} ({saved.kind}) saved.")
+                if form.version.state == VersionState.APPROVED and WorkflowVersion.objects.filter(
+                        pk=form.version.pk, state=VersionState.IN_REVIEW).exists():
+                    messages.warning(request, RETURNED_TO_REVIEW.format(number=form.version.number) + ".")
                 if "_addanother" in request.POST:
                     return HttpResponseRedirect(f"{reverse('admin:journeys_step_add')}?version={version.pk}")
                 if "_continue" in request.POST:

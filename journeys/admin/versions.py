@@ -21,11 +21,12 @@ from journeys.admin.base import ReasonForm
 from journeys.admin.common import (
     HistoryReasonMixin,
     ReasonActionForm,
+    RefusedActionMixin,
     ScopedAdminMixin,
     error_text,
     version_editable,
 )
-from journeys.choices import VersionState
+from journeys.choices import TriggerKind, VersionState
 from journeys.console.governance import version_tools
 from journeys.engine.registry import STEP_KINDS
 from journeys.errors import JourneyError, PermissionDenied
@@ -48,9 +49,13 @@ from journeys.selectors import (
     workflows_for_user,
 )
 from journeys.services import governance as gov
+from journeys.services.dry_run import TRIGGERS_EVENT_OPTIONAL, TRIGGERS_WITHOUT_EVENT, version_dry_run
 from journeys.services.event_parsing import json_read_storable
+from journeys.services.segments import trigger_audience
+from journeys.services.testsend import step_test_send, version_message_steps
 from journeys.services.workflows import (
     CHANGED_MEANWHILE,
+    RETURNED_TO_REVIEW,
     TRIGGER_CONFIG_NOT_OBJECT,
     version_approve,
     version_canary_start,
@@ -146,6 +151,15 @@ class DryRunForm(forms.Form):
     event = forms.CharField(widget=forms.Textarea(attrs={"rows": 4}), help_text='e.g. {"event": "Checkout Started", "properties": {"total": 80}}')
     later_events = forms.CharField(required=False, help_text="comma-separated events assumed to arrive while waiting")
 
+    def __init__(self, *args, trigger_kind: str = TriggerKind.EVENT, **kwargs):
+        super().__init__(*args, **kwargs)
+        if trigger_kind in TRIGGERS_WITHOUT_EVENT:  # a broadcast's or a date's runs start with no event
+            del self.fields["event"]
+        elif trigger_kind in TRIGGERS_EVENT_OPTIONAL:
+            self.fields["event"].required = False
+            self.fields["event"].help_text = ("optional: the event that brought the customer into the segment; "
+                                              "leave empty for the hourly refresh (no event)")
+
 
 def _dry_run_event_problem(payload) -> str:
     """What is wrong with a dry run's event, said so that it can be fixed ("" when nothing is)."""
@@ -159,6 +173,17 @@ def _dry_run_event_problem(payload) -> str:
         if payload.get(key) is not None and not isinstance(payload[key], dict):
             return f'"{key}" must be a JSON object, e.g. {{"total": 80}}'
     return ""
+
+
+class TestSendForm(forms.Form):
+    step = forms.ChoiceField(help_text="the message step whose message is sent")
+    to = forms.CharField(max_length=320, label="Send to",
+                         help_text="your email address or phone number (as the step's channel takes it)")
+
+    def __init__(self, *args, steps=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["step"].choices = [(s.key, f"{s.key} ({STEP_KINDS[s.kind].summary(s.config or {})})")
+                                       for s in steps]
 
 
 class ProposeForm(forms.Form):
@@ -218,9 +243,15 @@ class WorkflowVersionForm(ReasonForm):
 
 
 @admin.register(WorkflowVersion)
-class WorkflowVersionAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAdmin):
+class WorkflowVersionAdmin(RefusedActionMixin, ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAdmin):
     form = WorkflowVersionForm
     action_form = ReasonActionForm
+    action_refusals = {
+        "review": "approving and rejecting are for reviewers (the Approvers and Ops admins roles), and nobody "
+                  "approves a change they wrote",
+        "publish": "publishing and canaries are for publishers (the Approvers and Ops admins roles)",
+        "propose": "proposing is for the editors of the workflow's business unit",
+    }
     list_display = ("workflow", "number", "stage", "trigger_kind", "trigger_event", "published_at")
     list_filter = ("state", "trigger_kind", "workflow__business_unit")
     search_fields = ("workflow__name", "trigger_event")
@@ -320,9 +351,18 @@ class WorkflowVersionAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAd
     def save_related(self, request, form, formsets, change):
         super().save_related(request, form, formsets, change)
         try:
-            version_note_changed(version=form.instance, actor=request.user, reason=self._reason(request, form))
+            saved = version_note_changed(version=form.instance, actor=request.user, reason=self._reason(request, form))
         except PermissionDenied as exc:
             raise DjangoPermissionDenied(str(exc)) from None
+        # The page's copy still says what it was when posted: the message names the state it is in now.
+        request._returned_to_review = (form.instance.state, saved.state) == (VersionState.APPROVED,
+                                                                             VersionState.IN_REVIEW)
+        form.instance.state = saved.state
+
+    def response_change(self, request, obj):
+        if getattr(request, "_returned_to_review", False):
+            self.message_user(request, RETURNED_TO_REVIEW.format(number=obj.number) + ".", messages.WARNING)
+        return super().response_change(request, obj)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         if request.method == "POST" and (version := self.get_object(request, unquote(object_id))) is not None:
@@ -332,6 +372,12 @@ class WorkflowVersionAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAd
                 self.message_user(request, said, messages.ERROR)
                 return HttpResponseRedirect(request.path)
         extra_context = {**(extra_context or {}), **version_tools(version_id=object_id, user=request.user)}
+        version = extra_context.get("version")
+        if version is not None:
+            extra_context["can_test_send"] = (user_can(request.user, EDIT, version.workflow)
+                                              and bool(version_message_steps(version=version)))
+            if request.method == "GET":  # what the trigger reaches now, for whoever reviews or publishes it
+                extra_context["audience"] = trigger_audience(version=version)
         return super().change_view(request, object_id, form_url, extra_context)
 
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
@@ -347,6 +393,8 @@ class WorkflowVersionAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAd
         return [
             path("<int:pk>/dry-run/", self.admin_site.admin_view(self.dry_run_view), name="journeys_workflowversion_dry_run"),
             path("<int:pk>/propose/", self.admin_site.admin_view(self.propose_view), name="journeys_workflowversion_propose"),
+            path("<int:pk>/test-send/", self.admin_site.admin_view(self.test_send_view),
+                 name="journeys_workflowversion_test_send"),
         ] + super().get_urls()
 
     def _version_for(self, request, pk, action=VIEW) -> WorkflowVersion:
@@ -373,23 +421,54 @@ class WorkflowVersionAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAd
                    "title": f"Propose {version.workflow} v{version.number} for review"}
         return render(request, "admin/journeys/propose.html", context)
 
+    def test_send_view(self, request, pk):
+        """Send one message step's message to an address the person types (those who may edit the
+        workflow): rendered with sample data, straight through the step's channel."""
+        version = self._version_for(request, pk, EDIT)
+        steps = version_message_steps(version=version)
+        form = TestSendForm(request.POST or None, steps=steps)
+        if request.method == "POST" and form.is_valid():
+            try:
+                result = step_test_send(version=version, step_key=form.cleaned_data["step"],
+                                        to=form.cleaned_data["to"], actor=request.user)
+            except PermissionDenied as exc:  # (a JourneyError too: first)
+                raise DjangoPermissionDenied(str(exc)) from None
+            except JourneyError as exc:
+                form.add_error("to" if exc.field == "to" else None, exc.message)
+            except ValidationError as exc:
+                to_only = getattr(exc, "error_dict", {}).keys() == {"to"}
+                form.add_error("to" if to_only else None, "; ".join(exc.message_dict["to"]) if to_only
+                               else error_text(exc))
+            else:
+                where = f"{result['to']} through {result['channel']}"
+                if result["sent"]:
+                    missing = f"; no sample value for {', '.join(result['missing'])}" if result["missing"] else ""
+                    messages.success(request, f"Test sent to {where}: “{result['subject']}”{missing}.")
+                else:
+                    messages.error(request, f"The test to {where} was not sent: {result['error']}")
+                return HttpResponseRedirect(request.path)
+        context = {**self.admin_site.each_context(request), "form": form, "version": version, "steps": steps,
+                   "title": f"Send a test of {version}", "opts": self.model._meta}
+        return render(request, "admin/journeys/test_send.html", context)
+
     def dry_run_view(self, request, pk):
         from journeys.models import Identity
-        from journeys.services.dry_run import version_dry_run
 
         version = self._version_for(request, pk, VIEW)
-        form = DryRunForm(request.POST or None)
+        form = DryRunForm(request.POST or None, trigger_kind=version.trigger_kind)
         report = None
         if request.method == "POST" and form.is_valid():
             value = form.cleaned_data["customer"].strip()
             identity = Identity.objects.filter(value__in=[value, value.lower()]).select_related("customer").first()
-            try:
-                payload = json_read_storable(form.cleaned_data["event"], field="event")
-            except JourneyError as exc:
-                form.add_error("event", str(exc))
-            else:
-                if problem := _dry_run_event_problem(payload):
-                    form.add_error("event", problem)
+            payload = None
+            if form.cleaned_data.get("event", "").strip():
+                try:
+                    payload = json_read_storable(form.cleaned_data["event"], field="event")
+                except JourneyError as exc:
+                    form.add_error("event", str(exc))
+                else:
+                    if problem := _dry_run_event_problem(payload):
+                        form.add_error("event", problem)
             if identity is None:
                 form.add_error("customer", f"no customer with id or email {value!r}")
             if not form.errors:
@@ -402,7 +481,7 @@ class WorkflowVersionAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAd
                         raise
                     form.add_error(None, f"this version cannot run until it is fixed: {'; '.join(problems)}")
         context = {**self.admin_site.each_context(request), "form": form, "report": report, "version": version,
-                   "title": f"Dry run of {version}", "opts": self.model._meta}
+                   "title": f"Dry run of {version}", "opts": self.model._meta, "asks_event": "event" in form.fields}
         return render(request, "admin/journeys/dry_run.html", context)
 
     def _each(self, request, queryset, func, done):

@@ -58,6 +58,9 @@ class StepKind:
     # Its form: a `journeys.forms.steps.StepConfigForm` subclass (None: generated from `fields`).
     form: ClassVar[type | None] = None
     palette: ClassVar[Palette] = Palette()
+    # A kind that sends a message can send it once as a test (`test_send`): the version page's
+    # "Send a test" lists the steps of such kinds (journeys.services.testsend).
+    sends_tests: ClassVar[bool] = False
 
     def outcomes(self, config: dict) -> list[str]:
         return ["next"]
@@ -75,6 +78,12 @@ class StepKind:
         return []
 
     def execute(self, ctx: StepContext) -> StepResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def test_send(self, *, config: dict, to: str, now: datetime) -> dict:  # pragma: no cover - abstract
+        """Send a step's message once to `to` (typed by a person), outside any run, and say what
+        happened: {"sent", "channel", "to", "subject", "error", ...}. Raise ValidationError (or
+        JourneyError) for what the person can fix. Only kinds with `sends_tests`."""
         raise NotImplementedError
 
 

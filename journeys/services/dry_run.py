@@ -3,6 +3,11 @@
 Uses the same step kinds as the engine, with `dry_run=True` (action kinds
 describe what they would send) and a simulated clock that jumps over delays.
 Nothing is written to the database.
+
+A cron broadcast and a date trigger start their runs with no event, so their dry run needs a
+customer only: it checks what the engine checks for them (the segment, the customer's next
+date) and walks from there. A segment-entry run may start from the event that changed the
+profile or from the hourly refresh (no event): the event is optional.
 """
 
 from __future__ import annotations
@@ -14,11 +19,16 @@ from types import SimpleNamespace
 from django.utils import timezone
 
 from journeys.choices import TriggerKind
+from journeys.engine.dates import DateRule, occurrence_next, zone_named
 from journeys.engine.compiled import CompiledVersion, compile_version
 from journeys.engine.runner import MAX_STEPS_PER_ADVANCE, entry_refusal, rule_true
 from journeys.engine.runtime import StepContext, context_dict, event_dict, events_counter, profile_dict
 from journeys.models import Customer, WorkflowVersion
 from journeys.rules import RuleContext
+
+
+TRIGGERS_WITHOUT_EVENT = (TriggerKind.SCHEDULE, TriggerKind.DATE_ATTRIBUTE)  # their runs start with no event
+TRIGGERS_EVENT_OPTIONAL = (TriggerKind.SEGMENT_ENTRY,)  # the profile change's event, or none (the refresh)
 
 
 @dataclass
@@ -29,10 +39,41 @@ class DryRunReport:
     actions: list[dict] = field(default_factory=list)
     end: str = ""
     converted: bool = False
+    entry: str = ""  # how and when the customer enters, for triggers without an event
 
     def as_dict(self) -> dict:
         return {"entered": self.entered, "reason": self.reason, "path": self.path, "actions": self.actions,
-                "end": self.end, "converted": self.converted}
+                "end": self.end, "converted": self.converted, "entry": self.entry}
+
+
+def _trigger_audience(compiled: CompiledVersion, customer: Customer, now: datetime) -> tuple[str, str, datetime]:
+    """What the engine checks before a trigger without an event enrols the customer:
+    (why not, or "", how and when they enter, the moment the run would start)."""
+    from journeys.services.segments import customers_matching
+
+    config = compiled.trigger_config or {}
+    if compiled.trigger_kind in (TriggerKind.SCHEDULE, TriggerKind.SEGMENT_ENTRY):
+        rule = config.get("segment" if compiled.trigger_kind == TriggerKind.SCHEDULE else "rule", "") or ""
+        if rule.strip() and not customers_matching(rule=rule, now=now, customers=[customer]):
+            return f"not in the trigger's segment ({rule})", "", now
+        members = f"in the segment ({rule})" if rule.strip() else "everyone is in the audience"
+        if compiled.trigger_kind == TriggerKind.SCHEDULE:
+            return "", f"{members}: enters at each cron moment ({config.get('cron', '')} UTC); walked as if now", now
+        return "", f"{members}: enters on coming into it; walked as if now", now
+    if compiled.trigger_kind == TriggerKind.DATE_ATTRIBUTE:
+        try:
+            rule = DateRule.of(config)
+        except ValueError as exc:
+            return f"the trigger's settings: {exc}", "", now
+        value = (customer.traits or {}).get(rule.attribute)
+        zone = zone_named(customer.timezone)
+        upcoming = occurrence_next(value, rule=rule, zone=zone, from_date=now.astimezone(zone).date())
+        if upcoming is None:
+            return f"no upcoming date in {rule.attribute} (it is {value!r})", "", now
+        local, due, _ = upcoming
+        return "", f"enters on {local} at {rule.at:%H:%M} {zone.key} ({rule.attribute} {value}); walked from then", \
+            max(now, due)
+    return "", "", now
 
 
 def version_dry_run(
@@ -48,6 +89,9 @@ def version_dry_run(
     while the run waits (a wait_for_event for one of them takes the 'event' branch)."""
     compiled = version if isinstance(version, CompiledVersion) else compile_version(version)
     now = now or timezone.now()
+    refusal, entry, now = _trigger_audience(compiled, customer, now)
+    if refusal:
+        return DryRunReport(entered=False, reason=refusal)
     event = event or {}
     if isinstance(event, dict):
         event = {"name": event.get("name") or event.get("event", ""), "type": event.get("type", "track"),
@@ -63,7 +107,7 @@ def version_dry_run(
     if check_entry and (why := entry_refusal(version=compiled, customer=customer, ctx=rctx, now=now)):
         return DryRunReport(entered=False, reason=why)
 
-    report = DryRunReport(entered=True)
+    report = DryRunReport(entered=True, entry=entry)
     run = SimpleNamespace(pk="dry", variables={}, visits={compiled.entry_step: 1}, converted_at=None)
     key, clock, pending = compiled.entry_step, now, list(later_events or [])
     for _ in range(MAX_STEPS_PER_ADVANCE):

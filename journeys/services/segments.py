@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, OperationalError, connection, transaction
+from django.db.models.functions import Mod
 from django.utils import timezone
 
 from journeys.models import Customer
@@ -199,6 +201,107 @@ def segment_customer_ids(
     return _python_page(rule=rule, now=now, after_id=after_id, limit=limit)
 
 
+COUNT_TIMEOUT_MS = 5000  # a count that takes longer is given up (the database's statement timeout)
+PYTHON_BUDGET = 20_000  # customers a count evaluates in Python at most; beyond, it samples
+
+
+@dataclass
+class SegmentSize:
+    """How many customers a segment rule selects now, as `segment_customer_ids` would walk them.
+    `exact` False: estimated from `checked` of `base` customers (a Python-evaluated rule over a
+    large base, or more rows than the budget left to Python by the SQL); `count` None: the count
+    took longer than COUNT_TIMEOUT_MS."""
+
+    rule: str
+    count: int | None
+    exact: bool
+    plan: Plan
+    base: int = 0  # unmerged, not erased customers
+    checked: int = 0  # customers evaluated in Python
+
+
+def segment_size(*, rule: str, now: datetime, budget: int = PYTHON_BUDGET,
+                 timeout_ms: int = COUNT_TIMEOUT_MS) -> SegmentSize:
+    """Count the audience a segment rule selects now, with the segment code the engine enrols
+    with and a bounded cost: on PostgreSQL, a rule that translates is counted by one statement
+    (the rows it cannot decide re-checked here, at most `budget` of them, the rest estimated in
+    proportion); anything else is evaluated in Python, over every customer when there are at most
+    `budget`, else over a systematic sample of `budget` (every k-th id) and estimated. Raises
+    RuleSyntaxError for a rule that does not compile."""
+    now = utc(now)
+    base = Customer.objects.filter(merged_into__isnull=True, erased_at__isnull=True)
+    if not rule.strip():
+        count = _bounded(lambda: base.count(), timeout_ms)
+        return SegmentSize(rule=rule, count=count, exact=count is not None, plan="sql", base=count or 0)
+    translation = segment_translation(rule=rule, now=now)
+    if translation is not None:
+        try:
+            return _sql_size(translation, now=now, budget=budget, timeout_ms=timeout_ms)
+        except DatabaseError:  # as segment_customer_ids: a translation bug falls back to Python
+            logger.exception("segment SQL count failed; evaluating in Python: %s", rule)
+    return _python_size(rule=rule, now=now, budget=budget, base=base, timeout_ms=timeout_ms)
+
+
+def _bounded(count: Callable[[], int], timeout_ms: int) -> int | None:
+    """`count()`, or None when PostgreSQL gives it up after `timeout_ms` (statement timeout)."""
+    if connection.vendor != "postgresql":
+        return count()
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL statement_timeout = %s", [int(timeout_ms)])
+            return count()
+    except OperationalError as exc:  # QueryCanceled: the timeout
+        if "statement timeout" not in str(exc):
+            raise
+        return None
+
+
+def _sql_size(translation: Translation, *, now: datetime, budget: int, timeout_ms: int) -> SegmentSize:
+    state, selected = _sql_selected(translation)
+    params = {**translation.params, "after": 0}
+
+    def count() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT count(*) FILTER (WHERE {state} = 2), count(*) FILTER (WHERE {state} <> 2)"
+                           f"{selected}", params)
+            return cursor.fetchone()
+
+    counted = _bounded(count, timeout_ms)
+    if counted is None:
+        return SegmentSize(rule=translation.text, count=None, exact=False, plan="sql")
+    sure, unsure = counted
+    if not unsure:
+        return SegmentSize(rule=translation.text, count=sure, exact=True, plan="sql")
+    with connection.cursor() as cursor:  # the rows the SQL leaves to Python: re-checked as _sql_page does
+        cursor.execute(f"SELECT c.id{selected} AND {state} <> 2 ORDER BY c.id LIMIT %(limit)s",
+                       {**params, "limit": budget})
+        ids = [row[0] for row in cursor.fetchall()]
+    customers = Customer.objects.filter(pk__in=ids).only(*PROFILE_FIELDS)
+    matched = len(customers_matching(rule=translation.text, now=now, customers=customers))
+    estimate = round(matched * unsure / len(ids)) if ids else 0
+    return SegmentSize(rule=translation.text, count=sure + estimate, exact=len(ids) == unsure, plan="sql",
+                       checked=len(ids))
+
+
+def _python_size(*, rule: str, now: datetime, budget: int, base, timeout_ms: int) -> SegmentSize:
+    total = _bounded(lambda: base.count(), timeout_ms)
+    if total is None:
+        return SegmentSize(rule=rule, count=None, exact=False, plan="python")
+    stride = max(1, -(-total // budget))  # every stride-th customer by id: at most `budget` of them
+    sample = base.only(*PROFILE_FIELDS) if stride == 1 else \
+        base.annotate(nth=Mod("pk", stride)).filter(nth=0).only(*PROFILE_FIELDS)
+    matched, checked, last = 0, 0, 0
+    while checked < budget:
+        page = list(sample.filter(pk__gt=last).order_by("pk")[:PAGE])
+        if not page:
+            break
+        last, checked = page[-1].pk, checked + len(page)
+        matched += len(customers_matching(rule=rule, now=now, customers=page))
+    exact = checked == total
+    count = matched if exact else (round(matched * total / checked) if checked else 0)
+    return SegmentSize(rule=rule, count=count, exact=exact, plan="python", base=total, checked=checked)
+
+
 def customers_matching(
     *, rule: str, now: datetime, customers: Iterable[Customer]
 ) -> list[Customer]:
@@ -231,15 +334,20 @@ def customer_rule_contexts(
         )
 
 
-def _sql_page(translation: Translation, *, now: datetime, after_id: int, limit: int) -> list[int]:
+def _sql_selected(translation: Translation) -> tuple[str, str]:
+    """(the row's state, FROM ... WHERE ...) of the customers the SQL selects or leaves to Python."""
     state = f"({translation.state})"
-    sql = (
-        f"SELECT c.id, {state} FROM {Customer._meta.db_table} AS c {' '.join(translation.joins)}"
+    return state, (
+        f" FROM {Customer._meta.db_table} AS c {' '.join(translation.joins)}"
         f" WHERE c.merged_into_id IS NULL AND c.erased_at IS NULL AND c.id > %(after)s"
         f" AND {translation.prefilter or 'TRUE'}"
         f" AND ({state} & 2) <> 0"
-        f" ORDER BY c.id LIMIT %(limit)s"
     )
+
+
+def _sql_page(translation: Translation, *, now: datetime, after_id: int, limit: int) -> list[int]:
+    state, selected = _sql_selected(translation)
+    sql = f"SELECT c.id, {state}{selected} ORDER BY c.id LIMIT %(limit)s"
     selected: list[int] = []
     last = after_id
     while len(selected) < limit:
@@ -334,3 +442,54 @@ class _PageEventCounter:
             .values_list("customer_id", "n")
         )
         return dict(rows)
+
+
+@dataclass
+class TriggerAudience:
+    """Who a version's trigger reaches, in a sentence for the pages where a version is reviewed
+    and published, with the segment's size now when the trigger has a segment (`size`)."""
+
+    trigger_kind: str
+    summary: str
+    size: SegmentSize | None = None
+
+
+def _customers(size: SegmentSize) -> str:
+    if size.count is None:
+        return f"an audience that could not be counted within {COUNT_TIMEOUT_MS // 1000} s"
+    if size.exact:
+        return f"{size.count:,} customer{'s' if size.count != 1 else ''}"
+    return f"about {size.count:,} customers (estimated from {size.checked:,} of {size.base or size.checked:,} checked)"
+
+
+def trigger_audience(*, version, now: datetime | None = None) -> TriggerAudience:
+    """The audience of `version`'s trigger now: for a cron broadcast and a segment entry the
+    customers their segment selects (`segment_size`: the engine's segment code, bounded cost);
+    for the other triggers, who enters (there is no fixed audience to count)."""
+    from journeys.choices import TriggerKind
+    from journeys.rules import RuleSyntaxError
+
+    now = now or timezone.now()
+    kind, config = version.trigger_kind, version.trigger_config or {}
+    if kind in (TriggerKind.SCHEDULE, TriggerKind.SEGMENT_ENTRY):
+        rule = str(config.get("segment" if kind == TriggerKind.SCHEDULE else "rule", "") or "")
+        try:
+            size = segment_size(rule=rule, now=now)
+        except RuleSyntaxError as exc:
+            return TriggerAudience(kind, f"The segment rule does not compile, so nobody can be counted: {exc}")
+        segment = f"the segment {rule}" if rule.strip() else "everyone (no segment rule)"
+        if kind == TriggerKind.SCHEDULE:
+            text = (f"{_customers(size)} now: {segment}. Each cron moment ({config.get('cron', '')} UTC) enrols "
+                    "the segment as it is then, less those the entry rule or the re-entry policy turns away.")
+        else:
+            text = (f"{_customers(size)} in {segment} now. They do not enter when the version goes live: only "
+                    "customers who come into the segment afterwards do.")
+        return TriggerAudience(kind, text[0].upper() + text[1:], size)
+    if kind in (TriggerKind.EVENT, TriggerKind.INACTIVITY):
+        return TriggerAudience(kind, f"Customers enter on each {version.trigger_event!r} event "
+                                     "(no fixed audience to count).")
+    if kind == TriggerKind.ATTRIBUTE_CHANGE:
+        return TriggerAudience(kind, f"Customers enter when profile.{config.get('attribute', '')} changes "
+                                     "(no fixed audience to count).")
+    return TriggerAudience(kind, f"Customers enter on their {config.get('attribute', '')} date "
+                                 "(no fixed audience to count).")

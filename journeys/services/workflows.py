@@ -396,6 +396,10 @@ CHANGED_MEANWHILE = ("v{number} changed by someone else meanwhile (it is now {st
                      "nothing was saved")
 
 
+RETURNED_TO_REVIEW = ("v{number} was approved; this change sent it back to review: it needs a new approval before "
+                      "it can be published")
+
+
 def version_stage(version: WorkflowVersion) -> str:
     """Where a version stands, in words: its state, or "canary" while it takes a share."""
     return "canary" if version.is_canary else version.get_state_display().lower()

@@ -212,8 +212,10 @@ def test_stopped_experiment_sends_control_unrecorded():
 
 
 def test_auto_retire_removes_a_clearly_worse_arm():
+    # a 30-minute window: an hour later every window has closed (before that auto-retire waits)
     experiment = make_experiment(
-        goal_event="Order Completed", auto_retire=True, arms=[{"name": "control", "control": True}, {"name": "bad"}]
+        goal_event="Order Completed", auto_retire=True, window_s=1800,
+        arms=[{"name": "control", "control": True}, {"name": "bad"}]
     )
     decisions = assign_batch(experiment, make_customers(2000))
     rng = np.random.default_rng(5)

@@ -73,8 +73,9 @@ def test_journey_completion_rate_per_arm(publish, send):
 
 def test_scheduled_task_updates_bandits_and_auto_retires():
     bandit = make_experiment(key="bandit", mode="bandit", goal_event="Buy", bandit_every=10_000)
-    fixed = make_experiment(
-        key="fixed", goal_event="Buy", auto_retire=True, arms=[{"name": "control", "control": True}, {"name": "bad"}]
+    fixed = make_experiment(  # a 30-minute window: the hour-old exposures' windows have closed
+        key="fixed", goal_event="Buy", auto_retire=True, window_s=1800,
+        arms=[{"name": "control", "control": True}, {"name": "bad"}]
     )
     customers = make_customers(1200)
     for c in customers[:200]:

@@ -1,0 +1,319 @@
+"""What a campaign's people have before it goes live: a test send of a message step to their own
+address, the audience the trigger's segment selects now (on the version page and where it is
+reviewed and published), a dry run of a cron broadcast with a customer only, a clear refusal of
+an action the role does not include, and a word when an edit sends an approved version back to
+review."""
+
+from __future__ import annotations
+
+from datetime import UTC, time
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from channels_app.choices import ConsentStatus
+from channels_app.models import Channel, Consent, Delivery, MessageTemplate
+from journeys.errors import PermissionDenied
+from journeys.models import AuditEntry, Customer, Identity, WorkflowVersion
+from journeys.services.workflows import version_approve, version_build, version_submit, workflow_create
+from tests.channels_app.conftest import smtp  # noqa: F401  (the fixture: a real SMTP server)
+from tests.journeys.test_governance_fixtures import *  # the fixtures: people, units
+from tests.journeys.test_governance_fixtures import admin_form_data, login, steps
+
+pytestmark = pytest.mark.django_db
+
+OPS_ADDRESS = "ops.team@example.org"
+
+
+def customer(external_id: str, traits: dict, **fields) -> Customer:
+    """A customer known by their user id (what the dry run's "customer" field looks up)."""
+    now = timezone.now()
+    made = Customer.objects.create(external_id=external_id, traits=traits, first_seen=now, last_seen=now, **fields)
+    Identity.objects.create(customer=made, kind="user_id", value=external_id)
+    return made
+
+
+def _messages(response) -> list[str]:
+    return [str(m) for m in response.context["messages"]]
+
+
+@pytest.fixture
+def campaign(units):
+    """A Retention cron broadcast over the pro plan, drafted by the system: split-free, one email on
+    a channel whose quiet hours cover every hour (a real send would wait) and a cap of 0 a day."""
+    now = timezone.now().astimezone(UTC)
+    channel = Channel.objects.create(name="campaign-email", kind="email", provider="smtp",
+                                     quiet_start=time(0, 0), quiet_end=time(23, 59),
+                                     settings={"from_email": "shop@example.com"})
+    MessageTemplate.objects.create(name="winter", subject="Winter sale for {{ profile.first_name }}",
+                                   body="Hi {{ profile.first_name }}, {{ profile.plan }} members save 20%.")
+    for i in range(7):
+        customer(f"pro{i}", {"plan": "pro"}, email=f"pro{i}@example.com")
+    for i in range(3):
+        customer(f"free{i}", {"plan": "free"})
+    workflow = workflow_create(name="Winter sale broadcast", business_unit=units["retention"])
+    return version_build(workflow=workflow, definition={
+        "trigger_kind": "schedule", "trigger_config": {"cron": "20 5 7 12 *", "segment": "profile.plan == 'pro'"},
+        "steps": steps(("send", "send_message", {"channel": channel.name, "template": "winter"})),
+        "edges": []})
+
+
+def _test_send(client, version, **data):
+    return client.post(reverse("admin:journeys_workflowversion_test_send", args=[version.pk]),
+                       {"step": "send", "to": OPS_ADDRESS, **data}, follow=True)
+
+
+# --------------------------------------------------------------------------- test send
+
+
+def test_an_editor_sends_a_test_to_their_address_at_once_leaving_no_profile_or_delivery(client, people, campaign,
+                                                                                       smtp):
+    # given the campaign's channel is in quiet hours, and the editor of the workflow on its version page
+    customers = Customer.objects.count()
+    login(client, people["editor"])
+    page = client.get(reverse("admin:journeys_workflowversion_change", args=[campaign.pk]))
+    assert 'id="test-send-link"' in page.content.decode()
+
+    # when they send a test of the email step to their own address
+    response = _test_send(client, campaign)
+
+    # then the SMTP server has it now, rendered with sample data, marked as a test
+    assert [m["To"] for m in smtp.messages] == [OPS_ADDRESS]
+    assert smtp.messages[0]["Subject"] == "[Test] Winter sale for Sam"
+    assert "Hi Sam" in smtp.messages[0].get_body(("plain",)).get_content()
+    said = " ".join(_messages(response))
+    assert f"Test sent to {OPS_ADDRESS} through campaign-email" in said and "no sample value for profile.plan" in said
+    # and nothing else changed: no profile for the address, no delivery (no cap or quiet hours counted)
+    assert Customer.objects.count() == customers
+    assert not Identity.objects.filter(value=OPS_ADDRESS).exists()
+    assert not Delivery.objects.exists()
+    # and the audit log says who sent what where
+    entry = AuditEntry.objects.get(action="test_sent")
+    assert entry.actor == people["editor"] and entry.version == campaign
+    assert entry.data["to"] == OPS_ADDRESS and entry.data["sent"] is True and entry.data["step"] == "send"
+
+
+def test_people_who_may_not_edit_the_workflow_cannot_send_a_test(client, people, campaign, smtp):
+    # given an approver (reviews and publishes, does not edit) and an editor of another unit
+    for name in ("approver", "other_editor"):
+        login(client, people[name])
+
+        # when they open the version page or post a test send
+        page = client.get(reverse("admin:journeys_workflowversion_change", args=[campaign.pk]))
+        response = client.post(reverse("admin:journeys_workflowversion_test_send", args=[campaign.pk]),
+                               {"step": "send", "to": OPS_ADDRESS})
+
+        # then no link is offered, the send is refused and nothing is sent
+        assert 'id="test-send-link"' not in page.content.decode()
+        assert response.status_code == 403
+    from journeys.services.testsend import step_test_send
+
+    with pytest.raises(PermissionDenied):
+        step_test_send(version=campaign, step_key="send", to=OPS_ADDRESS, actor=people["approver"])
+    assert smtp.messages == [] and not AuditEntry.objects.filter(action="test_sent").exists()
+
+
+def test_a_test_is_refused_for_an_address_whose_customer_opted_out_and_for_a_bad_address(client, people, campaign,
+                                                                                         smtp):
+    # given a customer who asked never to be contacted
+    customer = Customer.objects.get(external_id="pro1")
+    Identity.objects.create(customer=customer, kind="email", value="pro1@example.com")
+    Consent.objects.create(customer=customer, channel_kind="", topic=None, status=ConsentStatus.OPTED_OUT,
+                           source="admin", updated_at=timezone.now())
+    login(client, people["editor"])
+
+    # when the editor sends a test to that customer's address, then to something that is no address
+    opted_out = _test_send(client, campaign, to="pro1@example.com")
+    bad = _test_send(client, campaign, to="not an address")
+
+    # then both are refused at the address, saying why, and nothing is sent
+    assert "belongs to a customer who may not get this message" in " ".join(opted_out.context["form"].errors["to"])
+    assert "is not a valid email address" in " ".join(bad.context["form"].errors["to"])
+    assert smtp.messages == []
+
+
+def test_a_provider_failure_is_said_and_audited(client, people, campaign, settings):
+    # given the SMTP server is down
+    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", 9, 2
+    login(client, people["editor"])
+
+    # when the editor sends a test
+    response = _test_send(client, campaign)
+
+    # then the page says it was not sent, and the audit log has the attempt
+    assert any(m.startswith(f"The test to {OPS_ADDRESS} through campaign-email was not sent") for m in _messages(response))
+    assert AuditEntry.objects.get(action="test_sent").data["sent"] is False
+
+
+# --------------------------------------------------------------------------- audience
+
+
+def test_the_audience_now_is_on_the_version_page_and_where_it_is_approved_and_published(client, people, campaign):
+    # given the editor proposed the broadcast
+    request = version_submit(version=campaign, actor=people["editor"], summary="winter sale")
+    pro = sum(1 for c in Customer.objects.all() if (c.traits or {}).get("plan") == "pro")
+
+    # when the approver opens the version page and the review page
+    login(client, people["approver"])
+    version_page = client.get(reverse("admin:journeys_workflowversion_change", args=[campaign.pk])).content.decode()
+    review = client.get(reverse("admin:journeys_changerequest_change", args=[request.pk])).content.decode()
+
+    # then both say how many customers the segment selects now
+    for text in (version_page, review):
+        assert f"Audience now:</b> {pro} customers now: the segment profile.plan == &#x27;pro&#x27;" in text
+    assert 'id="approve-button"' in review
+
+    # and once approved, the publisher reads it where they publish
+    version_approve(version=campaign, actor=people["approver"], comment="ok")
+    login(client, people["ops"])
+    review = client.get(reverse("admin:journeys_changerequest_change", args=[request.pk])).content.decode()
+    assert 'id="publish-button"' in review and f"{pro} customers now" in review
+
+
+def test_the_segment_count_is_the_engines_audience_and_bounded():
+    # given 120 customers, a third of them on the pro plan
+    now = timezone.now()
+    for i in range(120):
+        Customer.objects.create(external_id=f"c{i}", traits={"plan": "pro" if i % 3 == 0 else "free"},
+                                first_seen=now, last_seen=now)
+
+    # when the segment is counted, in full and with a budget of 30 customers
+    from journeys.services.segments import segment_customer_ids, segment_size
+
+    full = segment_size(rule="profile.plan == 'pro'", now=now)
+    sampled = segment_size(rule="profile.plan == 'pro'", now=now, budget=30)
+
+    # then the full count is the audience the engine walks; the budget is kept by an estimate
+    assert full.count == len(segment_customer_ids(rule="profile.plan == 'pro'", now=now, limit=1000)) == 40
+    assert full.exact
+    if sampled.plan == "python":  # PostgreSQL counts a rule that translates in SQL, exactly
+        assert not sampled.exact and sampled.checked <= 30 and 25 <= sampled.count <= 55
+    else:
+        assert sampled.exact and sampled.count == 40
+
+
+@pytest.mark.parametrize("rule", ["days_since(profile.signup_at) > 30", "profile.plan == 'pro' or exists(profile.tags)",
+                                  "int(profile.total) > 40", "lower(profile.plan) == 'pro' and profile.ltv >= 100"])
+def test_the_segment_count_matches_the_walk_on_traits_of_every_shape(rule):
+    """Dates in unusual forms, text that looks like numbers, wrong types: on PostgreSQL some rows
+    are left to Python by the SQL and re-checked; the count is still the audience walked."""
+    from journeys.services.segments import segment_customer_ids, segment_size
+    from tests.journeys.test_segments_sql import NOW, populate
+
+    populate(240)
+
+    size = segment_size(rule=rule, now=NOW)
+
+    assert size.exact and size.count == len(segment_customer_ids(rule=rule, now=NOW, limit=10_000))
+
+
+def test_an_event_trigger_says_who_enters_and_counts_nothing(live_workflow):
+    from journeys.services.segments import trigger_audience
+
+    audience = trigger_audience(version=live_workflow.live_version)
+    assert audience.size is None and audience.summary.startswith("Customers enter on each 'Signed Up' event")
+
+
+# --------------------------------------------------------------------------- dry run without an event
+
+
+def test_the_dry_run_of_a_cron_broadcast_needs_a_customer_only(client, people, campaign):
+    login(client, people["editor"])
+    url = reverse("admin:journeys_workflowversion_dry_run", args=[campaign.pk])
+
+    # when the editor opens the dry run and names a pro customer, then a free one
+    page = client.get(url).content.decode()
+    member = client.post(url, {"customer": "pro2"})
+    outsider = client.post(url, {"customer": "free0"})
+
+    # then no event is asked for, the pro customer would get the email and the free one is not in the audience
+    assert 'name="event"' not in page and "starts its runs without an event" in page
+    report = member.context["report"]
+    assert report.entered and report.actions[0]["would_send"] == "winter"
+    assert "Enters:</b> in the segment (profile.plan == &#x27;pro&#x27;): enters at each cron moment" in member.content.decode()
+    assert not outsider.context["report"].entered
+    assert "not in the trigger&#x27;s segment (profile.plan == &#x27;pro&#x27;)" in outsider.content.decode()
+
+
+def test_the_dry_run_of_a_date_trigger_walks_from_the_customers_next_date(client, people, units):
+    workflow = workflow_create(name="Anniversary", business_unit=units["retention"])
+    version = version_build(workflow=workflow, definition={
+        "trigger_kind": "date_attribute", "trigger_config": {"attribute": "signup_date", "at": "09:00"},
+        "steps": steps(("tag", "update_profile", {"traits": {"celebrated": True}})), "edges": []})
+    customer("dated", {"signup_date": "2020-03-01"})
+    customer("undated", {})
+    login(client, people["editor"])
+    url = reverse("admin:journeys_workflowversion_dry_run", args=[version.pk])
+
+    dated, undated = client.post(url, {"customer": "dated"}), client.post(url, {"customer": "undated"})
+
+    assert dated.context["report"].entered and "-03-01 at 09:00 UTC" in dated.context["report"].entry
+    assert dated.context["report"].path[0]["at"][5:16] == "03-01T09:00"
+    assert undated.context["report"].reason == "no upcoming date in signup_date (it is None)"
+
+
+def test_a_segment_entry_dry_run_takes_an_event_or_none(client, people, units):
+    workflow = workflow_create(name="Became VIP", business_unit=units["retention"])
+    version = version_build(workflow=workflow, definition={
+        "trigger_kind": "segment_entry", "trigger_config": {"rule": "profile.plan == 'pro'"},
+        "steps": steps(("tag", "update_profile", {"traits": {"vip": True}})), "edges": []})
+    customer("p", {"plan": "pro"})
+    login(client, people["editor"])
+    url = reverse("admin:journeys_workflowversion_dry_run", args=[version.pk])
+
+    without = client.post(url, {"customer": "p"})
+    with_event = client.post(url, {"customer": "p", "event": '{"event": "Plan Changed"}'})
+
+    assert without.context["report"].entered and with_event.context["report"].entered
+
+
+# --------------------------------------------------------------------------- refusals and messages
+
+
+def test_an_editor_choosing_approve_is_told_they_may_not(client, people, campaign):
+    version_submit(version=campaign, actor=people["editor"], summary="winter sale")
+    login(client, people["editor"])
+
+    response = client.post(reverse("admin:journeys_workflowversion_changelist"),
+                           {"action": "approve", "_selected_action": [campaign.pk], "index": 0,
+                            "reason": "looks good to me"}, follow=True)
+
+    said = _messages(response)
+    assert not any("No action selected" in m for m in said)
+    assert any(m.startswith("You may not approve: approving and rejecting are for reviewers") for m in said), said
+    assert WorkflowVersion.objects.get(pk=campaign.pk).state == "in_review"
+
+
+def test_editing_an_approved_version_says_it_went_back_to_review(client, people, campaign):
+    # given the broadcast proposed by the editor and approved
+    version_submit(version=campaign, actor=people["editor"], summary="winter sale")
+    version_approve(version=campaign, actor=people["approver"], comment="ok")
+    login(client, people["editor"])
+    url = reverse("admin:journeys_workflowversion_change", args=[campaign.pk])
+
+    # when the editor moves the cron on the version page
+    data = admin_form_data(client.get(url), trigger_config='{"cron": "30 5 7 12 *", "segment": "profile.plan == \'pro\'"}',
+                           change_reason="half an hour later")
+    response = client.post(url, data, follow=True)
+
+    # then the page says the change sent it back to review, not that it is still approved
+    said = " ".join(_messages(response))
+    assert "v1 was approved; this change sent it back to review" in said
+    assert "(approved)" not in said and "v1 (in_review)</a>” was changed successfully" in said
+    assert WorkflowVersion.objects.get(pk=campaign.pk).state == "in_review"
+
+
+def test_editing_a_step_of_an_approved_version_says_it_went_back_to_review(client, people, campaign):
+    version_submit(version=campaign, actor=people["editor"], summary="winter sale")
+    version_approve(version=campaign, actor=people["approver"], comment="ok")
+    login(client, people["editor"])
+    step = campaign.steps.get(key="send")
+
+    response = client.post(reverse("admin:journeys_step_change", args=[step.pk]),
+                           {"key": "send", "channel": "campaign-email", "template": "winter",
+                            "change_reason": "same, saved again with a new name", "name": "Winter email",
+                            "_save": "Save"}, follow=True)
+
+    assert any("this change sent it back to review" in m for m in _messages(response)), _messages(response)
+
