@@ -49,12 +49,13 @@ class DryRunReport:
 def _trigger_audience(compiled: CompiledVersion, customer: Customer, now: datetime) -> tuple[str, str, datetime]:
     """What the engine checks before a trigger without an event enrols the customer:
     (why not, or "", how and when they enter, the moment the run would start)."""
-    from journeys.services.segments import customers_matching
-
     config = compiled.trigger_config or {}
     if compiled.trigger_kind in (TriggerKind.SCHEDULE, TriggerKind.SEGMENT_ENTRY):
         rule = config.get("segment" if compiled.trigger_kind == TriggerKind.SCHEDULE else "rule", "") or ""
-        if rule.strip() and not customers_matching(rule=rule, now=now, customers=[customer]):
+        # what a segment walk sees of one customer (journeys.services.segments.customer_rule_contexts),
+        # evaluated here: importing the segments module would close a circle through governance
+        seen = RuleContext(profile=profile_dict(customer, now), now=now, events_in_last=events_counter(customer.pk))
+        if rule.strip() and not rule_true(rule, seen)[0]:
             return f"not in the trigger's segment ({rule})", "", now
         members = f"in the segment ({rule})" if rule.strip() else "everyone is in the audience"
         if compiled.trigger_kind == TriggerKind.SCHEDULE:
