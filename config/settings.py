@@ -312,6 +312,9 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # The API's one PATCH (customer traits) reads its whole body, not a partial one: keep the
+    # required fields (drf-spectacular would describe every PATCH body as all-optional "Patched*").
+    "COMPONENT_SPLIT_PATCH": False,
     "ENUM_NAME_OVERRIDES": {"ApiScopeEnum": "journeys.choices.ApiScope"},
 }
 

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.response import Response
 
 from channels_app.models import Delivery
 from channels_app.services.transactional import transactional_send
 from journeys.api.base import TokenApiView
-from journeys.api.fields import MAX_ID, JSONObjectField
-from journeys.api.management import INPUT_REFUSALS, REFUSALS
+from journeys.api.fields import MAX_ID, InputSerializer, JSONObjectField
+from journeys.api.management import INPUT_REFUSALS, REFUSALS, refusal
 from journeys.choices import ApiScope
 from journeys.models import Customer
 from journeys.services import customers_api
 
 
-class MessageIn(serializers.Serializer):
+class MessageIn(InputSerializer):
     """A template to a customer (user_id or customer_id) or to a raw address (`to`)."""
 
     idempotency_key = serializers.CharField(max_length=190, help_text="a replay returns the same delivery")
@@ -89,7 +89,7 @@ class MessageViewSet(TokenApiView, mixins.RetrieveModelMixin, viewsets.GenericVi
         return Response({"delivery": DeliveryOut(delivery).data, "replayed": not created},
                         status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK)
 
-    @extend_schema(responses={200: DeliveryOut, 404: OpenApiResponse(description="no such message"), **REFUSALS},
+    @extend_schema(responses={200: DeliveryOut, 404: refusal("no such message"), **REFUSALS},
                    summary="A message's status: queued, deferred, sent, delivered, failed, suppressed (with reason)")
     def retrieve(self, request, *args, **kwargs):
         return super().retrieve(request, *args, **kwargs)

@@ -7,6 +7,7 @@ names the bad input (`recipients[2].user_id`) and `errors` keeps every message b
 
 from __future__ import annotations
 
+import io
 import time
 
 from django.conf import settings
@@ -26,6 +27,7 @@ from rest_framework.throttling import BaseThrottle
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from journeys import errors
+from journeys.api.body import BodyRefused, body_read
 from journeys.api.fields import MAX_ID
 from journeys.models import ApiToken
 from journeys.services.api_tokens import api_request_record, token_authenticate, token_has_scope
@@ -116,6 +118,17 @@ class IdCursorPagination(CursorPagination):
                 {self.page_size_query_param: f"must be a whole number from 1 to {self.max_page_size}"})
         return min(int(raw), self.max_page_size)
 
+    def get_schema_operation_parameters(self, view):
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"] = {"type": "integer", "minimum": 1, "maximum": self.max_page_size}
+                parameter["description"] = (f"rows per page, 1 to {self.max_page_size} (default {self.page_size}; "
+                                            f"more is cut to {self.max_page_size}); 0 or not a number: 400")
+            elif parameter["name"] == self.cursor_query_param:
+                parameter["description"] = "the `next` link's cursor, as it is (anything else is a 400)"
+        return parameters
+
     def decode_cursor(self, request):
         refused = exceptions.ValidationError(
             {self.cursor_query_param: "is not a cursor this API handed out (use the `next` link as it is)"})
@@ -127,11 +140,6 @@ class IdCursorPagination(CursorPagination):
         if position is not None and not (position.isascii() and position.isdigit() and int(position) <= MAX_ID):
             raise refused  # the position is an id: anything else would reach the query
         return cursor
-
-
-class BodyTooLarge(exceptions.APIException):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    default_code = "too_large"
 
 
 class Unprocessable(exceptions.APIException):
@@ -187,6 +195,8 @@ def api_exception_handler(exc, context):
         exc = exceptions.NotFound(str(exc) or "not found")
     elif isinstance(exc, errors.PermissionDenied):
         exc = exceptions.PermissionDenied(exc.message)
+    elif isinstance(exc, BodyRefused):  # while the body was read: 400, 413 or 415
+        return Response(_body(code=exc.code, message=exc.message, field=exc.field or ""), status=exc.status)
     elif isinstance(exc, errors.PayloadTooLarge):
         return Response(_body(code=exc.code, message=exc.message, field=exc.field or ""), status=413)
     elif isinstance(exc, errors.JourneyError):
@@ -305,9 +315,13 @@ class TokenApiView:
         return api_exception_handler
 
     def get_object(self):
-        self.kwargs[self.lookup_url_kwarg or self.lookup_field] = id_or_404(self.kwargs[self.lookup_url_kwarg or
-                                                                                        self.lookup_field])
-        return super().get_object()
+        key = self.lookup_url_kwarg or self.lookup_field
+        self.kwargs[key] = id_or_404(self.kwargs[key])
+        try:
+            return super().get_object()
+        except Http404:
+            name = self.get_queryset().model._meta.verbose_name
+            raise exceptions.NotFound(f"no {name} with id {self.kwargs[key]}") from None
 
     def permission_denied(self, request, message=None, code=None):
         if request.auth is None:  # no or a bad token: 401 with WWW-Authenticate, never 403
@@ -315,10 +329,16 @@ class TokenApiView:
         super().permission_denied(request, message=message, code=code)
 
     def initial(self, request, *args, **kwargs):
-        declared = request.META.get("CONTENT_LENGTH")
-        limit = settings.API["MAX_BODY_BYTES"]
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise BodyTooLarge(f"body is {declared} bytes; the limit is {limit} bytes")
+        # A method this route does not offer is a 405 (with Allow), before any scope is looked for.
+        method = request.method.lower()
+        if method not in self.http_method_names or not hasattr(self, method):
+            raise exceptions.MethodNotAllowed(request.method)
+        # The body is read here, before authentication: its size limit is enforced while reading
+        # (also when it came chunked, without Content-Length) and gzip is inflated, as the
+        # tracking API does; the parser then reads these bytes.
+        raw = body_read(request, max_bytes=settings.API["MAX_BODY_BYTES"])
+        request._stream = io.BytesIO(raw) if raw else None  # what DRF's parsers read (its JSON parser:
+        request._request._body = raw  # HttpRequest.body, which is these bytes once it was read)
         super().initial(request, *args, **kwargs)
 
     def dispatch(self, request, *args, **kwargs):

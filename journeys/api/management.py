@@ -9,7 +9,6 @@ from __future__ import annotations
 import uuid
 
 from django.http import StreamingHttpResponse
-from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
@@ -19,7 +18,7 @@ from rest_framework.response import Response
 
 from journeys.api.base import IdCursorPagination, TokenApiView, id_or_404
 from journeys.api.management_serializers import (
-    CustomerListOut, CustomerOut, CustomerQuery, EraseIn, JobOut, MergeIn, TraitsIn, TraitsOut, TriggerIn, TriggerOut,
+    ApiErrorOut, CustomerListOut, CustomerOut, CustomerQuery, EraseIn, JobOut, MergeIn, TraitsIn, TraitsOut, TriggerIn, TriggerOut,
 )
 from journeys.choices import ApiScope
 from journeys.models import Customer, Job, JobKind, Workflow
@@ -31,14 +30,28 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
     description="repeat a request safely: the same key returns the same job",
 )
+ERASE_REASON = OpenApiParameter(
+    "reason", str, OpenApiParameter.QUERY, required=False,
+    description="why the customer is erased (e.g. the request's ticket number), kept on the erasure record; "
+                "a JSON body {\"reason\": ...} is read too",
+)
+
+
+def refusal(description: str) -> OpenApiResponse:
+    """A documented 4xx: its body is the API's error (`code`, `message`, `field`)."""
+    return OpenApiResponse(ApiErrorOut, description=description)
+
+
 REFUSALS = {
-    401: OpenApiResponse(description="missing, unknown, revoked or expired token"),
-    403: OpenApiResponse(description="the token lacks the scope"),
-    429: OpenApiResponse(description="the token's rate limit; see Retry-After"),
+    401: refusal("missing, unknown, revoked or expired token"),
+    403: refusal("the token lacks the scope"),
+    406: refusal("the Accept header asks for something other than JSON"),
+    429: refusal("the token's rate limit; see Retry-After"),
 }
-INPUT_REFUSALS = {**REFUSALS, 400: OpenApiResponse(description="bad input; `field` names it"),
-                  413: OpenApiResponse(description="body too large"),
-                  422: OpenApiResponse(description="well-formed but cannot be done; `field` names why")}
+INPUT_REFUSALS = {**REFUSALS, 400: refusal("bad input (a malformed body, a missing or unknown field); `field` names it"),
+                  413: refusal("body over 2 MB (also once gzip is inflated)"),
+                  415: refusal("a Content-Type other than application/json, or a Content-Encoding other than gzip"),
+                  422: refusal("well-formed but cannot be done; `field` names why")}
 
 
 def _customer(pk) -> Customer:
@@ -67,18 +80,21 @@ class CustomerViewSet(TokenApiView, viewsets.GenericViewSet):
         query.is_valid(raise_exception=True)
         return customers_api.customers_lookup(**query.validated_data)
 
-    @extend_schema(parameters=[CustomerQuery], responses={200: CustomerListOut(many=True), **REFUSALS},
+    @extend_schema(parameters=[CustomerQuery],
+                   responses={200: CustomerListOut(many=True),
+                              400: refusal("a bad `limit` (not 1 to 500), `cursor` or filter; `field` names it"),
+                              **REFUSALS},
                    summary="List or look up customers (by user id, email, phone or anonymous id)")
     def list(self, request):
         page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response(CustomerListOut(page, many=True).data)
 
-    @extend_schema(responses={200: CustomerOut, 404: OpenApiResponse(description="no such customer"), **REFUSALS},
+    @extend_schema(responses={200: CustomerOut, 404: refusal("no such customer"), **REFUSALS},
                    summary="A customer's profile: identities, consents, stage, traits")
     def retrieve(self, request, pk=None):
         return Response(CustomerOut(customers_api.customer_profile(customer=_customer(pk))).data)
 
-    @extend_schema(request=TraitsIn, responses={200: TraitsOut, 404: OpenApiResponse(description="no such customer"),
+    @extend_schema(request=TraitsIn, responses={200: TraitsOut, 404: refusal("no such customer"),
                                                 **INPUT_REFUSALS},
                    summary="Set traits (as an identify call: attribute-change triggers fire)")
     @action(detail=True, methods=["patch"])
@@ -90,7 +106,7 @@ class CustomerViewSet(TokenApiView, viewsets.GenericViewSet):
                                                     actor=request.auth.actor)
         return Response(TraitsOut({"changes": changes, "customer": customers_api.customer_profile(customer=customer)}).data)
 
-    @extend_schema(request=MergeIn, responses={200: CustomerOut, 404: OpenApiResponse(description="no such customer"),
+    @extend_schema(request=MergeIn, responses={200: CustomerOut, 404: refusal("no such customer"),
                                                **INPUT_REFUSALS},
                    summary="Merge another customer into this one (identities, events, runs move)")
     @action(detail=True, methods=["post"])
@@ -107,20 +123,30 @@ class CustomerViewSet(TokenApiView, viewsets.GenericViewSet):
         target.refresh_from_db()
         return Response(CustomerOut(customers_api.customer_profile(customer=target)).data)
 
-    @extend_schema(request=EraseIn, parameters=[IDEMPOTENCY_HEADER],
-                   responses={202: TriggerOut, 404: OpenApiResponse(description="no such customer"), **INPUT_REFUSALS},
+    @extend_schema(parameters=[IDEMPOTENCY_HEADER, ERASE_REASON],
+                   responses={202: TriggerOut, 404: refusal("no such customer"), **INPUT_REFUSALS},
                    summary="Erase a customer (as manage.py erase_customer), in the background; poll the job")
     def destroy(self, request, pk=None):
         customer = _customer(pk)
-        body = EraseIn(data=request.data if isinstance(request.data, dict) else {})
+        # The reason comes as ?reason= (generated clients send no body with DELETE) or in a JSON
+        # body {"reason": ...} (as before); both at once must agree.
+        body = EraseIn(data=request.data)
         body.is_valid(raise_exception=True)
+        reason = body.validated_data.get("reason")
+        if "reason" in request.query_params:
+            query = EraseIn(data={"reason": request.query_params["reason"]})
+            query.is_valid(raise_exception=True)
+            if reason is not None and reason != query.validated_data["reason"]:
+                raise serializers.ValidationError({"reason": "given twice (query and body) with different values"})
+            reason = query.validated_data["reason"]
         key = request.headers.get("Idempotency-Key") or f"customer:{customer.pk}"
         job, created = customers_api.customer_erase_request(customer=customer, token=request.auth, key=key[:200],
-                                                            reason=body.validated_data.get("reason", ""))
+                                                            reason=reason or "")
         return Response(_job_body(job, not created), status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(request=None, parameters=[IDEMPOTENCY_HEADER],
-                   responses={202: TriggerOut, 404: OpenApiResponse(description="no such customer"), **REFUSALS},
+                   responses={202: TriggerOut, 404: refusal("no such customer"),
+                              422: refusal("the Idempotency-Key was used for another request"), **REFUSALS},
                    summary="Export everything held about a customer, in the background (kept 24 h)")
     @action(detail=True, methods=["post"])
     def export(self, request, pk=None):
@@ -139,12 +165,12 @@ class WorkflowTriggerViewSet(TokenApiView, viewsets.GenericViewSet):
     lookup_value_regex = r"[0-9]+"
 
     @extend_schema(request=TriggerIn, responses={200: TriggerOut, 202: TriggerOut,
-                                                 404: OpenApiResponse(description="no such workflow"),
+                                                 404: refusal("no such workflow"),
                                                  **INPUT_REFUSALS},
                    summary="Enrol customers (or a segment) in the workflow's live version, idempotently")
     @action(detail=True, methods=["post"])
     def trigger(self, request, pk=None):
-        workflow = get_object_or_404(Workflow, pk=id_or_404(pk))
+        workflow = self.get_object()
         body = TriggerIn(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
@@ -174,7 +200,7 @@ class JobViewSet(TokenApiView, mixins.RetrieveModelMixin, viewsets.GenericViewSe
         kinds = [kind for kind, scope in JOB_SCOPES.items() if scope in self.request.auth.scopes]
         return Job.objects.filter(api_token__isnull=False, kind__in=kinds)
 
-    @extend_schema(responses={200: JobOut, 404: OpenApiResponse(description="no such job"), **REFUSALS},
+    @extend_schema(responses={200: JobOut, 404: refusal("no such job"), **REFUSALS},
                    summary="A background job's status, progress and result")
     def retrieve(self, request, *args, **kwargs):
         from journeys.services.jobs import job_has_chunks, jobs_purge_exports
@@ -188,8 +214,8 @@ class JobViewSet(TokenApiView, mixins.RetrieveModelMixin, viewsets.GenericViewSe
         return Response(data)
 
     @extend_schema(responses={200: OpenApiResponse(description="the data-subject export (JSON), streamed"),
-                              404: OpenApiResponse(description="no such job, or it has no export to download "
-                                                               "(not finished, expired or erased)"), **REFUSALS},
+                              404: refusal("no such job, or it has no export to download (not finished, expired "
+                                            "or erased)"), **REFUSALS},
                    summary="Download a data-subject export job's result")
     @action(detail=True, methods=["get"])
     def download(self, request, pk=None):

@@ -6,8 +6,22 @@ from __future__ import annotations
 from django.conf import settings
 from rest_framework import serializers
 
-from journeys.api.fields import MAX_ID, JSONObjectField
+from journeys.api.fields import MAX_ID, InputSerializer, JSONObjectField
 from journeys.models import Job
+
+# --------------------------------------------------------------------------- errors
+
+
+class ApiErrorOut(serializers.Serializer):
+    """Every 4xx of the management API (journeys.api.base.api_exception_handler)."""
+
+    code = serializers.CharField(help_text="invalid, required, unknown_field, not_found, idempotency_key_reused, "
+                                           "too_large, unsupported_media_type, not_acceptable, method_not_allowed, "
+                                           "not_authenticated, permission_denied, throttled...")
+    message = serializers.CharField(help_text="for people; starts with the field when there is one")
+    field = serializers.CharField(required=False, help_text="the bad input, e.g. recipients[2].user_id")
+    errors = serializers.JSONField(required=False, help_text="every message, by field (validation errors)")
+
 
 # --------------------------------------------------------------------------- customers
 
@@ -56,7 +70,7 @@ class CustomerQuery(serializers.Serializer):
     anonymous_id = serializers.CharField(required=False, max_length=255)
 
 
-class TraitsIn(serializers.Serializer):
+class TraitsIn(InputSerializer):
     traits = JSONObjectField(help_text="traits to set (others are kept); email and phone also fill the profile")
 
     def validate_traits(self, value: dict) -> dict:
@@ -70,12 +84,12 @@ class TraitsOut(serializers.Serializer):
     customer = CustomerOut()
 
 
-class MergeIn(serializers.Serializer):
+class MergeIn(InputSerializer):
     merge = serializers.IntegerField(min_value=1, max_value=MAX_ID, help_text="id of the customer folded into this one")
     reason = serializers.CharField(required=False, allow_blank=True, max_length=255)
 
 
-class EraseIn(serializers.Serializer):
+class EraseIn(InputSerializer):
     reason = serializers.CharField(required=False, allow_blank=True, max_length=255,
                                    help_text="e.g. the request's ticket number")
 
@@ -93,7 +107,7 @@ class JobOut(serializers.ModelSerializer):
 # --------------------------------------------------------------------------- triggers
 
 
-class RecipientIn(serializers.Serializer):
+class RecipientIn(InputSerializer):
     """One recipient: exactly one of user_id, email or customer_id."""
 
     user_id = serializers.CharField(required=False, max_length=255)
@@ -110,7 +124,7 @@ class RecipientIn(serializers.Serializer):
         return attrs
 
 
-class TriggerIn(serializers.Serializer):
+class TriggerIn(InputSerializer):
     idempotency_key = serializers.CharField(max_length=200, help_text="the same key and request return the same "
                                                                       "result and never enrol twice")
     recipients = RecipientIn(many=True, required=False, allow_empty=False)

@@ -21,10 +21,16 @@ ANSWERS = {
     401: "missing or wrong write key (or API token)",
     403: "the source is disabled (or the token lacks the track scope)",
     413: "over {event} bytes per event (strict source), {batch} bytes or {events} events per batch",
-    415: "unsupported Content-Encoding",
+    406: "the Accept header asks for something other than JSON",
+    415: "a Content-Type other than application/json or text/plain, or a Content-Encoding other than gzip",
     429: "the source's rate limit; retry after Retry-After seconds",
     503: "storage unavailable; retry after Retry-After seconds",
 }
+BODY = ("The body is one JSON object, sent as `application/json` or as `text/plain` (what browsers send "
+        "without a preflight; a body without Content-Type is read as JSON too, and so is a JSON object labelled "
+        "`application/x-www-form-urlencoded`, as RudderStack's Node SDK sends its gzip bodies); any other type, a "
+        "real form or multipart, gets 415. It may be "
+        "gzip-compressed (`Content-Encoding: gzip`): the size limits apply once decompressed.")
 WRITE_KEY = {"type": "http", "scheme": "basic",
              "description": "the source's write key as username, empty password (or `writeKey` in the body)"}
 
@@ -40,6 +46,9 @@ class TrackingSchema(AutoSchema):
 
     def get_tags(self) -> list[str]:
         return ["tracking"]
+
+    def get_description(self) -> str:
+        return "\n\n".join(part for part in (super().get_description(), BODY) if part)
 
     def get_request_serializer(self):
         return self.view.request_serializer

@@ -96,10 +96,11 @@ class ErrorOut(serializers.Serializer):
 
     success = serializers.BooleanField(help_text="always false")
     code = serializers.CharField(help_text="too_large, invalid_event, too_deep, invalid_json, invalid_body, "
-                                 "unauthorized, source_disabled, rate_limited, unavailable...")
+                                 "unsupported_media_type, unsupported_encoding, not_acceptable, unauthorized, "
+                                 "source_disabled, rate_limited, unavailable...")
     field = serializers.CharField(required=False, help_text="the field at fault, with its batch index")
     message = serializers.CharField()
 
 
-RESPONSES = {200: AcceptedOut, 400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 413: ErrorOut, 415: ErrorOut,
+RESPONSES = {200: AcceptedOut, 400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 406: ErrorOut, 413: ErrorOut, 415: ErrorOut,
              429: ErrorOut, 503: ErrorOut}

@@ -10,15 +10,17 @@ import base64
 import binascii
 import logging
 import threading
-import zlib
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.utils import timezone
+from rest_framework.exceptions import APIException
+from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from journeys.api.body import BodyRefused, body_read, media_type_check, unsupported_media_type
 from journeys.services.client_ip import client_ip
 from journeys.api.openapi import TrackingSchema
 from journeys.api.serializers import EVENT_SERIALIZERS, RESPONSES, BatchIn
@@ -45,47 +47,24 @@ def _error(status: int, message: str, *, code: str, field: str | None = None, he
     return Response(body, status=status, headers=headers)
 
 
-class _BodyError(Exception):
-    def __init__(self, status: int, message: str, code: str, field: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.code, self.field = status, message, code, field
+# RudderStack's Node SDK (rudder-sdk-node 2 and 3, gzip on by default) posts its gzip JSON with
+# axios's default Content-Type for a buffer, application/x-www-form-urlencoded: such a body is read
+# as JSON when it is a JSON object. A real form is a 415, as any other type the API does not read.
+MISLABELLED_JSON = ("application/x-www-form-urlencoded",)
 
 
-def _read_json(request, *, max_bytes: int) -> object:
+def _read_json(request, *, max_bytes: int, accepted: list[str]) -> object:
     """Read, size-check, decompress and parse the body; every failure is a 4xx."""
-    declared = request.META.get("CONTENT_LENGTH")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise _BodyError(413, f"body is {declared} bytes; the limit is {max_bytes} bytes", "too_large")
-    stream = request.stream  # None when the body is empty; bounded by Content-Length
-    if (not declared and request.META.get("wsgi.input_terminated")
-            and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower()):
-        # A chunked upload has no Content-Length (Segment's Android SDK streams its batches): Django
-        # then reads an empty body, so read what the server de-chunked and ended (it says so with
-        # wsgi.input_terminated, as gunicorn does; Django's development server hands over nothing,
-        # and the body is refused as empty).
-        stream = request.META.get("wsgi.input")
-    raw = stream.read(max_bytes + 1) if stream is not None else b""
-    if len(raw) > max_bytes:
-        raise _BodyError(413, f"body is over the limit of {max_bytes} bytes", "too_large")
-    encoding = request.META.get("HTTP_CONTENT_ENCODING", "").strip().lower()
-    if encoding == "gzip":
-        # The same limit once decompressed: never more than max_bytes + 1 bytes are inflated, so a
-        # gzip bomb costs no more memory than a plain body.
-        try:
-            decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            raw = decompressor.decompress(raw, max_bytes + 1)
-        except zlib.error:
-            raise _BodyError(400, "body is not valid gzip", "invalid_body") from None
-        if len(raw) > max_bytes:
-            raise _BodyError(413, f"decompressed body is over the limit of {max_bytes} bytes", "too_large")
-    elif encoding not in ("", "identity"):
-        raise _BodyError(415, f"unsupported Content-Encoding {encoding!r}; use gzip", "unsupported_encoding")
+    media_type = media_type_check(request, accepted=accepted, tolerated=MISLABELLED_JSON)
+    raw = body_read(request, max_bytes=max_bytes)
+    if media_type in MISLABELLED_JSON and raw.lstrip()[:1] != b"{":
+        raise unsupported_media_type(media_type, accepted=accepted)
     if not raw:
-        raise _BodyError(400, "body is empty; send a JSON object", "invalid_body")
+        raise BodyRefused(400, "body is empty; send a JSON object", "invalid_body")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _BodyError(400, f"body is not valid UTF-8 (byte {exc.start})", "invalid_body") from None
+        raise BodyRefused(400, f"body is not valid UTF-8 (byte {exc.start})", "invalid_body") from None
     del raw  # not held beside the text and the parsed body
     try:
         try:
@@ -94,9 +73,9 @@ def _read_json(request, *, max_bytes: int) -> object:
             return _parse_on_a_fresh_stack(text)
     except RecursionError:
         where = nesting_path(text)
-        raise _BodyError(400, f"is nested more than {MAX_DEPTH} levels deep", "too_deep", field=where or "body") from None
+        raise BodyRefused(400, f"is nested more than {MAX_DEPTH} levels deep", "too_deep", field=where or "body") from None
     except ValueError as exc:
-        raise _BodyError(400, f"malformed JSON: {exc}", "invalid_json") from None
+        raise BodyRefused(400, f"malformed JSON: {exc}", "invalid_json") from None
 
 
 def _parse_on_a_fresh_stack(text: str) -> object:
@@ -136,10 +115,20 @@ def _bearer_token(request) -> str | None:
     return header[7:].strip() if header.lower().startswith("bearer ") else None
 
 
+class TextJSONParser(JSONParser):
+    """JSON sent as text/plain: what browsers send without a CORS preflight (analytics.js's
+    fetch and sendBeacon, RudderStack's beacon)."""
+
+    media_type = "text/plain"
+
+
 class _TrackingView(APIView):
     authentication_classes: list = []
     permission_classes: list = []
     renderer_classes = [JSONRenderer]
+    # The media types the body is read as (always as JSON); any other is a 415. The views read
+    # the body themselves (_read_json): these name the types, for the check and the document.
+    parser_classes = [JSONParser, TextJSONParser]
     schema = TrackingSchema()
     event_type: str | None = None
     key_in_query = False  # the write key may come as ?writeKey= (a beacon cannot set a header)
@@ -151,6 +140,14 @@ class _TrackingView(APIView):
     def http_method_not_allowed(self, request, *args, **kwargs):
         return _error(405, f"method {request.method} not allowed; use POST", code="method_not_allowed",
                       headers={"Allow": "POST"})
+
+    def handle_exception(self, exc):
+        """What DRF refuses before the view runs (an Accept header no renderer satisfies: 406) in
+        this API's error format."""
+        if isinstance(exc, APIException):
+            codes = exc.get_codes()
+            return _error(exc.status_code, str(exc.detail), code=codes if isinstance(codes, str) else exc.default_code)
+        return super().handle_exception(exc)
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
@@ -168,7 +165,8 @@ class _TrackingView(APIView):
             source = source_authenticate(write_key=header_key) if header_key else None
             if bearer is not None:  # an API token with the track scope (its calls are logged)
                 source = token_track_source(key=bearer, request=request)
-            body = _read_json(request, max_bytes=settings.EVENT_API[self.max_body_setting])
+            body = _read_json(request, max_bytes=settings.EVENT_API[self.max_body_setting],
+                              accepted=[parser.media_type for parser in self.get_parsers()])
             if not isinstance(body, dict):
                 return _error(400, "body must be a JSON object", code="invalid_body")
             if source is None:
@@ -184,7 +182,7 @@ class _TrackingView(APIView):
                     code="rate_limited", headers={"Retry-After": str(wait), "X-RateLimit-Reset": str(wait)},
                 )
             result = self.handle_payload(source=source, body=body, received_at=received_at, ip=client_ip(request.META))
-        except _BodyError as exc:
+        except BodyRefused as exc:
             return _error(exc.status, exc.message, code=exc.code, field=exc.field)
         except AuthenticationFailed as exc:
             return _error(401, exc.message, code=exc.code, headers={"WWW-Authenticate": 'Basic realm="events"'})

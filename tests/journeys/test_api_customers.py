@@ -160,6 +160,26 @@ def test_delete_erases_in_the_background_like_erase_customer(api, django_capture
     assert (record.actor, record.reason) == ("api-token:crm", "GDPR ticket 9")
 
 
+def test_delete_takes_the_reason_as_a_query_parameter_and_records_it(api, django_capture_on_commit_callbacks):
+    # given two customers
+    by_query, by_both = CustomerFactory(external_id="q"), CustomerFactory(external_id="b")
+
+    # when one is erased with ?reason= (what generated clients send: no body on DELETE)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.delete(f"customers/{by_query.pk}?reason=DSR%20ticket%2012")
+    # and the other with the reason twice, disagreeing, then agreeing
+    conflict = api.delete(f"customers/{by_both.pk}?reason=a", {"reason": "b"})
+    with django_capture_on_commit_callbacks(execute=True):
+        agreed = api.delete(f"customers/{by_both.pk}?reason=same", {"reason": "same"})
+
+    # then the reason is on the erasure record; two different reasons are refused naming it
+    from channels_app.models import ErasureRecord
+
+    assert response.status_code == 202 and agreed.status_code == 202
+    assert (conflict.status_code, conflict.body["field"]) == (400, "reason")
+    assert sorted(ErasureRecord.objects.values_list("reason", flat=True)) == ["DSR ticket 12", "same"]
+
+
 def test_export_is_a_job_whose_result_links_the_data_streamed(api, django_capture_on_commit_callbacks):
     customer = CustomerFactory(external_id="exp")
     with django_capture_on_commit_callbacks(execute=True):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import tracemalloc
 from datetime import datetime, timedelta, timezone
@@ -527,3 +529,51 @@ def test_other_sources_are_not_limited_by_a_busy_one(api, source):
 
 def test_get_is_not_allowed(api):
     assert api.client.get("/v1/track").status_code == 405
+
+
+def basic(write_key: str) -> str:
+    return "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()
+
+
+def test_a_body_of_a_type_the_api_does_not_read_is_a_415_naming_it(api, write_key):
+    # given the same track call sent as a multipart form and as a urlencoded form
+    auth = basic(write_key)
+    multipart = api.client.post("/v1/track", {"userId": "u1", "event": "Form"}, HTTP_AUTHORIZATION=auth)
+    form = api.client.generic("POST", "/v1/track", "userId=u1&event=Form",
+                              content_type="application/x-www-form-urlencoded", HTTP_AUTHORIZATION=auth)
+
+    # then each is a 415 that names its content type, in the API's error format, and nothing is stored
+    assert multipart.status_code == 415, multipart.content
+    assert multipart.json()["success"] is False and multipart.json()["code"] == "unsupported_media_type"
+    assert multipart.json()["field"] == "Content-Type" and "'multipart/form-data'" in multipart.json()["message"]
+    assert form.status_code == 415 and "'application/x-www-form-urlencoded'" in form.json()["message"]
+    assert not Event.objects.exists()
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8",
+                                          "text/plain;charset=UTF-8", ""])
+def test_json_as_application_json_or_text_plain_or_without_a_type_is_read(client, write_key, content_type):
+    # ("": no Content-Type at all; analytics.js and beacons send text/plain, server SDKs application/json)
+    body = json.dumps({**track(), "writeKey": write_key})
+    response = client.generic("POST", "/v1/track", body, content_type=content_type)
+    assert response.status_code == 200, response.content
+    assert Event.objects.count() == 1
+
+
+def test_gzip_json_labelled_as_a_form_is_read_as_rudderstacks_node_sdk_sends_it(api, write_key):
+    # rudder-sdk-node posts gzip JSON with axios's default type for a buffer (tests/clients/node)
+    body = gzip.compress(json.dumps({"batch": [{"type": "track", **track()}]}).encode())
+    response = api.client.generic("POST", "/v1/batch", body, content_type="application/x-www-form-urlencoded",
+                                  HTTP_CONTENT_ENCODING="gzip",
+                                  HTTP_AUTHORIZATION=basic(write_key))
+    assert response.status_code == 200, response.content
+    assert Event.objects.count() == 1
+
+
+def test_an_accept_header_the_api_cannot_satisfy_is_a_406_in_its_error_format(api):
+    response = api.post("track", track(), headers={"HTTP_ACCEPT": "application/xml"})
+
+    assert response.status_code == 406
+    assert response.json() == {"success": False, "code": "not_acceptable",
+                               "message": "Could not satisfy the request Accept header."}
+    assert not Event.objects.exists()
