@@ -69,6 +69,13 @@ class CustomerQuery(serializers.Serializer):
     phone = serializers.CharField(required=False, max_length=64)
     anonymous_id = serializers.CharField(required=False, max_length=255)
 
+    def to_internal_value(self, data):
+        # An empty filter (?user_id=) would be read as no filter, listing everyone: refuse it.
+        blank = next((name for name in self.fields if data.get(name) == ""), None)
+        if blank:
+            raise serializers.ValidationError({blank: ["may not be blank (leave the filter out to list everyone)"]})
+        return super().to_internal_value(data)
+
 
 class TraitsIn(InputSerializer):
     traits = JSONObjectField(help_text="traits to set (others are kept); email and phone also fill the profile")

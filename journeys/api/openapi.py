@@ -50,6 +50,14 @@ class TrackingSchema(AutoSchema):
     def get_description(self) -> str:
         return "\n\n".join(part for part in (super().get_description(), BODY) if part)
 
+    def _get_request_body(self, direction="request"):
+        # Every tracking call needs its JSON object, even one whose fields are all optional
+        # (identify, page, screen): an empty body is a 400.
+        body = super()._get_request_body(direction)
+        if body is not None:
+            body["required"] = True
+        return body
+
     def get_request_serializer(self):
         return self.view.request_serializer
 

@@ -44,7 +44,8 @@ def test_lookup_by_user_id_or_email_pages_by_id(api):
 
 @pytest.mark.parametrize(("query", "field"), [("limit=-1", "limit"), ("limit=abc", "limit"), ("limit=0", "limit"),
                                               ("limit=%C2%B2", "limit"), ("cursor=garbage", "cursor"),
-                                              ("cursor=cD1hYmM%3D", "cursor")])  # p=abc: decodes, not an id
+                                              ("cursor=cD1hYmM%3D", "cursor"),  # p=abc: decodes, not an id
+                                              ("user_id=", "user_id"), ("email=", "email")])  # not "everyone"
 def test_bad_paging_parameters_are_refused_naming_them(api, query, field):
     CustomerFactory()
     response = api.get(f"customers?{query}")

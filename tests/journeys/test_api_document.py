@@ -34,6 +34,7 @@ def test_tracking_operations_take_json_or_text_plain_only_and_say_gzip(document)
     for path in TRACKING:
         operation = document["paths"][path]["post"]
         assert list(operation["requestBody"]["content"]) == ["application/json", "text/plain"], path
+        assert operation["requestBody"]["required"] is True, path  # an empty body is a 400, also for identify
         assert "Content-Encoding: gzip" in operation["description"], path
         assert {"406", "415"} <= set(operation["responses"]), path
 
