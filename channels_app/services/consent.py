@@ -16,6 +16,19 @@ from journeys.services.identity import phone_lookup_values, phone_normalize
 
 STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
 START_WORDS = {"START", "YES", "UNSTOP", "OPTIN"}
+HELP_WORDS = {"HELP", "INFO"}
+HELP_REPLY = "Reply STOP to unsubscribe, START to subscribe again."
+# What people type around a keyword: ASCII punctuation, inverted marks, curly quotes, an ellipsis.
+_KEYWORD_PUNCTUATION = ("".join(chr(c) for c in range(0x21, 0x7f) if not chr(c).isalnum())
+                        + "\u00a1\u00bf\u2018\u2019\u201c\u201d\u2026")
+
+
+def sms_keyword(body: str) -> str:
+    """The keyword of an inbound SMS: its first word, upper case, without the punctuation people
+    type around it ("Stop.", "STOP!", " stop ", "'stop'" -> "STOP"). Carriers and the FCC treat
+    any such reply as the keyword; comparing the raw word would ignore a revocation."""
+    words = (body or "").split()
+    return words[0].strip(_KEYWORD_PUNCTUATION).upper() if words else ""
 
 
 def consent_refusal(*, customer: Customer, channel_kind: str, topic: Topic | None) -> Reason | None:
@@ -186,14 +199,19 @@ def customers_by_phone(phone: str) -> list[Customer]:
 
 
 def inbound_sms_handle(*, channel: Channel, from_number: str, body: str) -> dict:
-    """SMS keywords: STOP (and synonyms) opts the sender out of all SMS; START opts back in.
+    """SMS keywords (`sms_keyword`: the first word, case and punctuation aside): STOP (and
+    synonyms) opts the sender out of all SMS; START opts back in; HELP/INFO is answered with
+    how to stop (the channel's settings.help_reply, else HELP_REPLY), as carriers require.
     Other texts are acknowledged and ignored here. Returns what was done."""
-    word = (body or "").strip().upper().split(" ")[0] if body else ""
+    word = sms_keyword(body)
     customers = customers_by_phone(from_number)
     if word in STOP_WORDS:
         status = ConsentStatus.OPTED_OUT
     elif word in START_WORDS:
         status = ConsentStatus.OPTED_IN
+    elif word in HELP_WORDS:
+        reply = str((channel.settings or {}).get("help_reply") or HELP_REPLY)
+        return {"action": "help", "reply": reply, "customers": [c.pk for c in customers]}
     else:
         return {"action": "ignored", "customers": [c.pk for c in customers]}
     for customer in customers:

@@ -254,3 +254,32 @@ def test_an_expired_preference_link_is_refused(ada, client, monkeypatch):
     response = client.post(path, {"do_not_contact": "on"})
     assert response.status_code == 400 and b"expired" in response.content
     assert not Consent.objects.exists()
+
+
+@pytest.mark.parametrize("body", ["Stop.", "STOP!", " stop ", "stop please", "'Stop'", "Unsubscribe!!", "¡STOP!"])
+def test_a_stop_with_punctuation_opts_the_sender_out(sms_channel, ada, client, on_commit, body):
+    # given a customer with a phone number
+    # when they answer a keyword with punctuation around it
+    answer = inbound(client, sms_channel, body)
+
+    # then they are opted out, answered so, and the next SMS (a receipt too) is not sent
+    assert answer.status_code == 200 and b"unsubscribed" in answer.content
+    assert send(sms_channel, ada, TemplateFactory(topic=topic("transactional")), "after-stop",
+                on_commit).reason == "channel_opt_out"
+
+
+@pytest.mark.parametrize("body", ["Start!", "start.", "YES!"])
+def test_a_start_with_punctuation_opts_the_sender_in_again(sms_channel, ada, client, on_commit, body):
+    inbound(client, sms_channel, "STOP")
+
+    inbound(client, sms_channel, body)
+
+    assert send(sms_channel, ada, TemplateFactory(topic=topic("product_updates")), "after-start",
+                on_commit).status == "sent"
+
+
+def test_help_is_answered_with_how_to_stop_and_changes_no_consent(sms_channel, ada, client):
+    answer = inbound(client, sms_channel, "Help?")
+
+    assert answer.status_code == 200 and b"Reply STOP to unsubscribe" in answer.content
+    assert not Consent.objects.filter(customer=ada).exists()
