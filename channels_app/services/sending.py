@@ -176,7 +176,8 @@ def _render_into(delivery: Delivery, *, template: MessageTemplate, data: dict, c
     to render fails the delivery (recorded), not the caller."""
     links = _links(delivery) if _uses_links(template) else {}
     try:
-        rendered = template_render(template=template, context={**data, "links": links}, locale=customer.locale or "")
+        rendered = template_render(template=template, context={**data, "links": links}, locale=customer.locale or "",
+                                   json_body=delivery.channel.kind == ChannelKind.WEBHOOK)
     except Exception as exc:  # a template saved around the admin's check, or a filter that raised
         delivery.status, delivery.reason = DeliveryStatus.FAILED, Reason.TEMPLATE_ERROR
         delivery.error = f"{type(exc).__name__}: {exc}"[:4000]
