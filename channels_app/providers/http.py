@@ -16,6 +16,7 @@ from xml.sax.saxutils import escape
 from channels_app.providers.base import (
     OutgoingMessage, PermanentError, Provider, ProviderError, SendResult, TransientError, provider,
 )
+from channels_app.providers.limits import PUSH_MAX_BYTES, push_payload, push_size
 from journeys.errors import JourneyError, OutboundRefused, OutboundUnreachable
 from journeys.services.event_parsing import json_read_storable
 from journeys.services.outbound import OutboundSession, retry_after_seconds
@@ -253,12 +254,13 @@ class FcmPush(HttpProvider):
         project = self.settings.get("project_id") or ""
         if not project:
             raise PermanentError("fcm: settings.project_id is required")
-        body = json.dumps({"message": {
-            "token": message.to,
-            "notification": {"title": message.subject, "body": message.body},
-            "data": {"delivery_id": str(message.delivery_id),  # FCM data values are strings; a missing one is left out
-                     **{k: str(v) for k, v in message.metadata.items() if v is not None}},
-        }}).encode()
+        payload = {**push_payload(title=message.subject, body=message.body),
+                   "data": {"delivery_id": str(message.delivery_id),  # FCM data values are strings; a missing one is left out
+                            **{k: str(v) for k, v in message.metadata.items() if v is not None}}}
+        if (size := push_size(payload)) > PUSH_MAX_BYTES:  # FCM would answer 400: refused here, saying why
+            raise PermanentError(f"fcm: the payload is {size:,} bytes (notification and data as JSON, UTF-8), over "
+                                 f"FCM's {PUSH_MAX_BYTES:,}-byte limit")
+        body = json.dumps({"message": {"token": message.to, **payload}}, ensure_ascii=False).encode()
         status, raw = self.request(
             f"{self.base_url()}/v1/projects/{urllib.parse.quote(project)}/messages:send", data=body,
             headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.secret('access_token')}"},

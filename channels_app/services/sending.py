@@ -17,6 +17,7 @@ from channels_app.models import Channel, Delivery, MessageTemplate
 from channels_app.models.deliveries import SUBJECT_MAX
 from channels_app.services.consent import ConsentBook, consent_refusal, personalization_allowed
 from journeys.engine.batch import instance_new, objects_insert, reserve_ids
+from channels_app.providers.limits import size_problem, sms_segments
 from channels_app.services.links import link_url
 from channels_app.services.streaming import deliveries_stream
 from channels_app.services.templates import template_render
@@ -189,6 +190,11 @@ def _render_into(delivery: Delivery, *, template: MessageTemplate, data: dict, c
                                                           if rendered.missing else ""))[:4000]
         delivery.notes = {**(notes or {}), "missing": rendered.missing}
         return
+    if problem := size_problem(kind=delivery.channel.kind, subject=rendered.subject, body=rendered.body):
+        delivery.status, delivery.reason, delivery.error = DeliveryStatus.FAILED, Reason.TEMPLATE_ERROR, problem
+        return
+    if delivery.channel.kind == ChannelKind.SMS:
+        notes = {**(notes or {}), "sms": dict(zip(("encoding", "segments"), sms_segments(rendered.body)))}
     html = rendered.html_body
     if html and delivery.channel.kind == ChannelKind.EMAIL and (delivery.channel.settings or {}).get("track", True):
         html = _track_html(html, delivery, set(links.values()))
