@@ -8,6 +8,7 @@ apply as to any message. Idempotent by the client's key: the Delivery's own uniq
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from django.core.exceptions import ValidationError
@@ -31,6 +32,8 @@ ADDRESS_KINDS = {ChannelKind.EMAIL: IdentityKind.EMAIL, ChannelKind.SMS: Identit
 ADDRESS_FIELDS = {ChannelKind.EMAIL: "email", ChannelKind.SMS: "phone", ChannelKind.VOICE: "phone"}
 MAX_EMAIL_LENGTH = 254  # RFC 5321's longest address path; identities hold at most 255
 MAX_PHONE_DIGITS = 20  # E.164 has 15; room for an international prefix (00...) written out
+# an RFC 6531 local part: dot-atoms of ASCII atext or any non-ASCII character
+_UTF8_LOCAL = re.compile(r"[^\x00-\x20\x7f\"(),.:;<>@\[\\\]]+(?:\.[^\x00-\x20\x7f\"(),.:;<>@\[\\\]]+)*")
 
 
 def _template_and_channel(template_name: str, channel_name: str | None) -> tuple[MessageTemplate, Channel]:
@@ -66,8 +69,13 @@ def address_clean(*, channel: Channel, to: str) -> str:
         if len(to) > MAX_EMAIL_LENGTH:
             raise JourneyError(f"is too long for an email address (at most {MAX_EMAIL_LENGTH} characters)",
                                field="to")
+        local, _, domain = to.rpartition("@")
         try:
-            validate_email(to)
+            # a non-ASCII local part (RFC 6531) is valid: sent with SMTPUTF8 where the mail server offers it,
+            # else failed saying so, as the same address from a journey (Django's validator knows only ASCII)
+            validate_email(to if local.isascii() else f"x@{domain}")
+            if not local.isascii() and not _UTF8_LOCAL.fullmatch(local):
+                raise ValidationError("bad local part")
         except ValidationError:
             raise JourneyError("is not a valid email address", field="to") from None
     else:
