@@ -19,6 +19,7 @@ from channels_app.providers.base import (
 from channels_app.providers.limits import PUSH_MAX_BYTES, push_payload, push_size
 from journeys.errors import JourneyError, OutboundRefused, OutboundUnreachable
 from journeys.services.event_parsing import json_read_storable
+from journeys.services.identity import phone_e164
 from journeys.services.outbound import OutboundSession, retry_after_seconds
 from journeys.services.stream import stream_sign
 
@@ -208,7 +209,10 @@ class TwilioStyle(HttpProvider):
         if not sid:
             raise PermanentError(f"{self.name}: settings.account_sid is required")
         token = self.secret("auth_token")
-        fields = {"To": message.to, "From": self.settings.get("from_number", ""), **self.fields(message)}
+        to = phone_e164(message.to)
+        if not to:  # the vendor would refuse it (21211) or guess its country
+            raise PermanentError(f"{self.name}: {message.to!r} is not an E.164 number ('+' and the country code)")
+        fields = {"To": to, "From": self.settings.get("from_number", ""), **self.fields(message)}
         if message.status_callback_url:
             fields["StatusCallback"] = message.status_callback_url
         auth = base64.b64encode(f"{sid}:{token}".encode()).decode()

@@ -17,6 +17,7 @@ from channels_app.models import Channel, Delivery, MessageTemplate
 from channels_app.models.deliveries import SUBJECT_MAX
 from channels_app.services.consent import ConsentBook, consent_refusal, personalization_allowed
 from journeys.engine.batch import instance_new, objects_insert, reserve_ids
+from journeys.services.identity import phone_e164
 from channels_app.providers.limits import size_problem, sms_segments
 from channels_app.services.links import link_url
 from channels_app.services.streaming import deliveries_stream
@@ -172,9 +173,33 @@ def _uses_links(template: MessageTemplate) -> bool:
     return found
 
 
+def phone_address(channel: Channel) -> bool:
+    """Whether a channel reaches customers by phone number (SMS, voice, a chat channel whose
+    settings.address_field is `phone`): its vendors take E.164 numbers only."""
+    field = (channel.settings or {}).get("address_field") or ADDRESS_FIELDS.get(channel.kind, "user_id")
+    return field == "phone"
+
+
+def _address_into(delivery: Delivery) -> None:
+    """A phone number as it goes out (E.164, `phone_e164`); one without a country code fails the
+    delivery for good, saying so, rather than reaching a vendor that would guess its country."""
+    if delivery.status not in (DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED) or not phone_address(delivery.channel):
+        return
+    number = phone_e164(delivery.to)
+    if number:
+        delivery.to = number
+        return
+    delivery.status, delivery.reason, delivery.next_attempt_at = DeliveryStatus.FAILED, Reason.PERMANENT_ERROR, None
+    delivery.error = (f"the phone number {delivery.to!r} has no country code: SMS and voice numbers go out in "
+                      "E.164 ('+' and the country code first); fix it on the profile")[:4000]
+
+
 def _render_into(delivery: Delivery, *, template: MessageTemplate, data: dict, customer, notes: dict | None) -> None:
     """Content of a delivery that has its primary key (links carry it); a template that fails
     to render fails the delivery (recorded), not the caller."""
+    _address_into(delivery)
+    if delivery.status == DeliveryStatus.FAILED:
+        return
     links = _links(delivery) if _uses_links(template) else {}
     try:
         rendered = template_render(template=template, context={**data, "links": links}, locale=customer.locale or "",

@@ -25,7 +25,7 @@ from journeys.errors import JourneyError
 from journeys.models import ApiToken, Customer
 from journeys.services.api_jobs import idempotency_check, request_fingerprint
 from journeys.services.customers_api import customer_for_address
-from journeys.services.identity import phone_normalize
+from journeys.services.identity import phone_e164, phone_normalize
 
 ADDRESS_KINDS = {ChannelKind.EMAIL: IdentityKind.EMAIL, ChannelKind.SMS: IdentityKind.PHONE,
                  ChannelKind.VOICE: IdentityKind.PHONE}
@@ -86,6 +86,10 @@ def address_clean(*, channel: Channel, to: str) -> str:
                                "or parentheses)", field="to")
         if len(digits) > MAX_PHONE_DIGITS:
             raise JourneyError(f"is too long for a phone number (at most {MAX_PHONE_DIGITS} digits)", field="to")
+        to = phone_e164(to)
+        if not to:
+            raise JourneyError("has no country code: SMS and voice numbers go out in E.164, '+' and the country "
+                               "code first (e.g. +14155550199; an international 00 prefix is taken as +)", field="to")
     return to
 
 
