@@ -22,14 +22,6 @@ def push(vendor, monkeypatch):
         "base_url": vendor.url, "project_id": "shop", "access_token_env": "JOURNEYS_SECRET_TEST_FCM_TOKEN"})
 
 
-@pytest.fixture
-def sms(vendor, monkeypatch):
-    monkeypatch.setenv("JOURNEYS_SECRET_TEST_TWILIO_TOKEN", "tw")
-    return ChannelFactory(name="sms", kind="sms", provider="twilio_sms", settings={
-        "base_url": vendor.url, "account_sid": "AC1", "from_number": "+15550000",
-        "auth_token_env": "JOURNEYS_SECRET_TEST_TWILIO_TOKEN"})
-
-
 def send(channel, on_commit, text, key="k"):
     customer = CustomerFactory(external_id=f"c-{key}", phone="+15550001", traits={"push_token": "device-1"})
     with on_commit():

@@ -15,14 +15,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def sms(vendor, monkeypatch):
-    monkeypatch.setenv("JOURNEYS_SECRET_TEST_TWILIO_TOKEN", "tw")
-    return ChannelFactory(name="sms", kind="sms", provider="twilio_sms", settings={
-        "base_url": vendor.url, "account_sid": "AC1", "from_number": "+15550000",
-        "auth_token_env": "JOURNEYS_SECRET_TEST_TWILIO_TOKEN"})
-
-
-@pytest.fixture
 def api(sms):
     MessageTemplate.objects.create(name="code", channel_kind="sms", subject="", body="Your code is 1234")
     _, key = make_token(ApiScope.SEND, name="shop")
