@@ -43,6 +43,22 @@ RECIPIENT_CODES = frozenset({450, 451, 452})
 RECIPIENT_RETRY_S = 600
 
 
+# RCPT answers that say the mailbox does not exist (RFC 3463 5.1.x: bad mailbox, bad domain; 550/551/553
+# without an enhanced code). Others (5.7.x policy or spam blocks, 552/5.2.2 a full mailbox) are about
+# this message or this sender, not the address: failed, but the address is not suppressed.
+HARD_BOUNCE_CODES = frozenset({550, 551, 553})
+_ENHANCED = re.compile(rb"^\s*([245])\.(\d{1,3})\.(\d{1,3})")
+
+
+def _hard_bounce(code: int, answer: bytes | str) -> bool:
+    """Whether an SMTP refusal of a recipient says that its address does not exist."""
+    raw = answer.encode() if isinstance(answer, str) else (answer or b"")
+    enhanced = _ENHANCED.match(raw)
+    if enhanced:
+        return enhanced.group(1) == b"5" and enhanced.group(2) == b"1"
+    return code in HARD_BOUNCE_CODES
+
+
 def smtp_error(exc: Exception) -> ProviderError:
     """Ours for an SMTP failure: 4xx answers are transient, 5xx permanent, a lost connection
     transient; an authentication failure is transient (the channel's settings, see above)."""
@@ -54,8 +70,11 @@ def smtp_error(exc: Exception) -> ProviderError:
         if codes and all(c in RECIPIENT_CODES for c in codes):  # greylisting, a full mailbox: this recipient, later
             return TransientError(f"recipient refused for now: {exc.recipients}", status_code=codes[0],
                                   retry_after=RECIPIENT_RETRY_S, recipient_only=True)
-        error = TransientError if codes and all(400 <= c < 500 for c in codes) else PermanentError
-        return error(f"recipient refused: {exc.recipients}", status_code=codes[0] if codes else None)
+        if codes and all(400 <= c < 500 for c in codes):
+            return TransientError(f"recipient refused: {exc.recipients}", status_code=codes[0])
+        answers = [answer for _, answer in exc.recipients.values()]
+        return PermanentError(f"recipient refused: {exc.recipients}", status_code=codes[0] if codes else None,
+                              bounce=bool(codes) and all(_hard_bounce(c, a) for c, a in zip(codes, answers)))
     if isinstance(exc, smtplib.SMTPResponseException):
         error = TransientError if 400 <= exc.smtp_code < 500 else PermanentError
         return error(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}", status_code=exc.smtp_code)

@@ -41,7 +41,7 @@ def channel_pick(*, channel: Channel, profile: dict, customer=None, topic=None,
                  refuse=None) -> tuple[Channel | None, str, str]:
     """Follow the fallback chain past channels that are disabled, cannot reach the customer
     or that the customer refused; returns (channel, address, reason when none fits).
-    `refuse(channel_kind, topic)` replaces the consent query (a batch's preloaded consents)."""
+    `refuse(channel_kind, topic, address)` replaces the consent query (a batch's preloaded consents)."""
     seen: set[int] = set()
     current, first_reason = channel, ""
     while current is not None and current.pk not in seen:
@@ -49,9 +49,10 @@ def channel_pick(*, channel: Channel, profile: dict, customer=None, topic=None,
         address = channel_address(current, profile)
         if current.enabled and address:
             if refuse is not None:
-                refusal = refuse(current.kind, topic)
+                refusal = refuse(current.kind, topic, address)
             else:
-                refusal = consent_refusal(customer=customer, channel_kind=current.kind, topic=topic) if customer else None
+                refusal = consent_refusal(customer=customer, channel_kind=current.kind, topic=topic,
+                                          address=address) if customer else None
             if refusal is None:
                 return current, address, ""
             first_reason = first_reason or refusal

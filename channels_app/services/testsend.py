@@ -78,7 +78,8 @@ def _owner_refusal(channel: Channel, template: MessageTemplate, address: str) ->
                                     else address).select_related("customer").first()
     if owner is None:
         return ""
-    refusal = consent_refusal(customer=owner.customer, channel_kind=channel.kind, topic=template.topic)
+    refusal = consent_refusal(customer=owner.customer, channel_kind=channel.kind, topic=template.topic,
+                              address=address)
     return Reason(refusal).label.lower() if refusal else ""
 
 
