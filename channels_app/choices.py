@@ -49,6 +49,7 @@ class Reason(models.TextChoices):
     FREQUENCY_CAP = "frequency_cap", "Frequency cap reached"
     RECENT_CONTACT = "recent_contact", "Contacted recently on another channel"
     ERASED = "erased", "Customer erased"
+    UNDELIVERABLE = "undeliverable", "The address bounced for good (hard bounce)"
     QUIET_HOURS = "quiet_hours", "Quiet hours"
     PAUSED = "paused", "Channel paused"
     BREAKER_OPEN = "breaker_open", "Circuit breaker open"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from xml.sax.saxutils import escape as xml_escape
 
 from django.http import (
     HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden, HttpResponseRedirect, JsonResponse,
@@ -163,6 +164,7 @@ def inbound_sms(request: HttpRequest, token: str) -> HttpResponse:
         return HttpResponseBadRequest("From: the sender's phone number is required")
     result = inbound_sms_handle(channel=channel, from_number=from_number, body=request.POST.get("Body", ""))
     reply = {"opted_out": "You are unsubscribed and will get no more messages. Reply START to resubscribe.",
-             "opted_in": "You are subscribed again. Reply STOP to unsubscribe."}.get(result["action"], "")
-    twiml = f"<Response>{f'<Message>{reply}</Message>' if reply else ''}</Response>"
+             "opted_in": "You are subscribed again. Reply STOP to unsubscribe."}.get(result["action"],
+                                                                                  result.get("reply", ""))
+    twiml = f"<Response>{f'<Message>{xml_escape(reply)}</Message>' if reply else ''}</Response>"
     return HttpResponse(twiml, content_type="text/xml")

@@ -16,13 +16,16 @@ class ProviderError(Exception):
     after the request was written): the vendor may have taken it, so it is retried with the
     same idempotency key on the same channel, never rerouted to a fallback.
     `recipient_only`: a temporary refusal of this one recipient (greylisting, a full mailbox):
-    retried, but it says nothing about the channel, so it never counts toward its breaker."""
+    retried, but it says nothing about the channel, so it never counts toward its breaker.
+    `bounce`: the recipient's address does not exist (a hard bounce): recorded as bounced, and
+    the address is not sent to again (consent.address_suppress)."""
 
     transient: bool = False
 
     def __init__(self, message: str, *, status_code: int | None = None, retry_after: float | None = None,
-                 unanswered: bool = False, recipient_only: bool = False):
+                 unanswered: bool = False, recipient_only: bool = False, bounce: bool = False):
         super().__init__(message)
+        self.bounce = bounce
         self.status_code = status_code
         self.retry_after = retry_after
         self.unanswered = unanswered

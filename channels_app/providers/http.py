@@ -16,9 +16,12 @@ from xml.sax.saxutils import escape
 from channels_app.providers.base import (
     OutgoingMessage, PermanentError, Provider, ProviderError, SendResult, TransientError, provider,
 )
+from channels_app.providers.limits import PUSH_MAX_BYTES, push_payload, push_size
 from journeys.errors import JourneyError, OutboundRefused, OutboundUnreachable
 from journeys.services.event_parsing import json_read_storable
+from journeys.services.identity import phone_e164
 from journeys.services.outbound import OutboundSession, retry_after_seconds
+from journeys.services.stream import stream_sign
 
 DEFAULT_TIMEOUT_S = 10.0
 
@@ -84,8 +87,12 @@ class HttpProvider(Provider):
 
 @provider
 class WebhookProvider(HttpProvider):
-    """POSTs JSON to settings.url, signed: `X-Signature: sha256=<hex HMAC of "<timestamp>.<body>">`
-    with the secret named by settings.secret_env, plus `X-Timestamp` and `Idempotency-Key`.
+    """POSTs JSON to settings.url, signed with the secret named by settings.secret_env two ways
+    (README, "Webhook channel signatures"): Standard Webhooks (`webhook-id` = the idempotency key,
+    the same on every retry, `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256 of
+    "id.timestamp.body">`, the key being a `whsec_` secret's decoded bytes or else the secret's own
+    bytes), and the older `X-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">` with
+    `X-Timestamp`, kept for receivers built on it; plus `Idempotency-Key`.
 
     Bulk endpoint (optional): with settings.batch_url, a batch goes out as
     `{"messages": [<the single-message document>, ...]}` (at most settings.batch_size, default
@@ -99,10 +106,15 @@ class WebhookProvider(HttpProvider):
 
     @staticmethod
     def document(message: OutgoingMessage) -> dict:
-        try:
-            payload = json.loads(message.body) if message.kind == "webhook" else None
-        except ValueError:
-            payload = None
+        """The request's JSON: a webhook message's body is its `payload` when it is written as
+        JSON (rendered with JSON-escaped values, templates.template_render), else {"text": body}.
+        A body written as JSON that does not parse is refused, never sent in another shape."""
+        payload = None
+        if message.kind == "webhook" and message.body.lstrip()[:1] in ("{", "["):
+            try:
+                payload = json.loads(message.body)
+            except ValueError as exc:
+                raise PermanentError(f"webhook: the body is not valid JSON ({exc})") from None
         return {
             "id": message.delivery_id, "idempotency_key": message.idempotency_key, "kind": message.kind,
             "to": message.to, "subject": message.subject,
@@ -117,6 +129,9 @@ class WebhookProvider(HttpProvider):
         signature = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
         return self.request(url, data=body, headers={
             "Content-Type": "application/json", "X-Timestamp": timestamp, "X-Signature": f"sha256={signature}",
+            "webhook-id": idempotency_key, "webhook-timestamp": timestamp,
+            "webhook-signature": stream_sign(secret=standard_webhooks_secret(secret), webhook_id=idempotency_key,
+                                             timestamp=int(timestamp), body=body),
             "Idempotency-Key": idempotency_key, "User-Agent": "journey-console",
         })
 
@@ -167,6 +182,12 @@ def _bulk_outcome(result: dict | None, message: OutgoingMessage, status: int) ->
     return PermanentError(error, status_code=code or None)
 
 
+def standard_webhooks_secret(secret: str) -> str:
+    """The channel's secret as a Standard Webhooks library takes it: a `whsec_...` secret as it
+    is, any other as `whsec_` + base64 of its bytes (what a receiver passes to `Webhook(...)`)."""
+    return secret if secret.startswith("whsec_") else "whsec_" + base64.b64encode(secret.encode()).decode()
+
+
 def webhook_signature_valid(*, secret: str, timestamp: str, body: bytes, header: str) -> bool:
     """For receivers (and tests): check an `X-Signature` header made by WebhookProvider."""
     expected = "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
@@ -188,7 +209,10 @@ class TwilioStyle(HttpProvider):
         if not sid:
             raise PermanentError(f"{self.name}: settings.account_sid is required")
         token = self.secret("auth_token")
-        fields = {"To": message.to, "From": self.settings.get("from_number", ""), **self.fields(message)}
+        to = phone_e164(message.to)
+        if not to:  # the vendor would refuse it (21211) or guess its country
+            raise PermanentError(f"{self.name}: {message.to!r} is not an E.164 number ('+' and the country code)")
+        fields = {"To": to, "From": self.settings.get("from_number", ""), **self.fields(message)}
         if message.status_callback_url:
             fields["StatusCallback"] = message.status_callback_url
         auth = base64.b64encode(f"{sid}:{token}".encode()).decode()
@@ -234,12 +258,13 @@ class FcmPush(HttpProvider):
         project = self.settings.get("project_id") or ""
         if not project:
             raise PermanentError("fcm: settings.project_id is required")
-        body = json.dumps({"message": {
-            "token": message.to,
-            "notification": {"title": message.subject, "body": message.body},
-            "data": {"delivery_id": str(message.delivery_id),  # FCM data values are strings; a missing one is left out
-                     **{k: str(v) for k, v in message.metadata.items() if v is not None}},
-        }}).encode()
+        payload = {**push_payload(title=message.subject, body=message.body),
+                   "data": {"delivery_id": str(message.delivery_id),  # FCM data values are strings; a missing one is left out
+                            **{k: str(v) for k, v in message.metadata.items() if v is not None}}}
+        if (size := push_size(payload)) > PUSH_MAX_BYTES:  # FCM would answer 400: refused here, saying why
+            raise PermanentError(f"fcm: the payload is {size:,} bytes (notification and data as JSON, UTF-8), over "
+                                 f"FCM's {PUSH_MAX_BYTES:,}-byte limit")
+        body = json.dumps({"message": {"token": message.to, **payload}}, ensure_ascii=False).encode()
         status, raw = self.request(
             f"{self.base_url()}/v1/projects/{urllib.parse.quote(project)}/messages:send", data=body,
             headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.secret('access_token')}"},

@@ -309,8 +309,8 @@ def channel_hold(*, channel: Channel, customer, profile: dict, topic: Topic | No
         return Reason.NO_ADDRESS, address, f"no {channel.kind} address on the profile", False
     real = getattr(customer, "pk", None) is not None
     if real:
-        refusal = refuse(channel.kind, topic) if refuse is not None else \
-            consent_refusal(customer=customer, channel_kind=channel.kind, topic=topic)
+        refusal = refuse(channel.kind, topic, address) if refuse is not None else \
+            consent_refusal(customer=customer, channel_kind=channel.kind, topic=topic, address=address)
         if refusal:
             return refusal, address, Reason(refusal).label, False
     if channel.paused:

@@ -220,7 +220,8 @@ def deliveries_claim(*, ids: Sequence[int] | None = None, now: datetime | None =
 
         for d in rows:
             channel = d.channel
-            refusal = consents.refusal(d.customer_id, channel.kind, d.topic) if channel.kind != ChannelKind.WEBHOOK else None
+            refusal = consents.refusal(d.customer_id, channel.kind, d.topic, d.to) \
+                if channel.kind != ChannelKind.WEBHOOK else None
             if refusal:
                 hold(d, refusal, None, "consent changed before sending")
                 continue

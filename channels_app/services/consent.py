@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -16,26 +17,64 @@ from journeys.services.identity import phone_lookup_values, phone_normalize
 
 STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
 START_WORDS = {"START", "YES", "UNSTOP", "OPTIN"}
+HELP_WORDS = {"HELP", "INFO"}
+HELP_REPLY = "Reply STOP to unsubscribe, START to subscribe again."
+# What people type around a keyword: ASCII punctuation, inverted marks, curly quotes, an ellipsis.
+_KEYWORD_PUNCTUATION = ("".join(chr(c) for c in range(0x21, 0x7f) if not chr(c).isalnum())
+                        + "\u00a1\u00bf\u2018\u2019\u201c\u201d\u2026")
 
 
-def consent_refusal(*, customer: Customer, channel_kind: str, topic: Topic | None) -> Reason | None:
+def sms_keyword(body: str) -> str:
+    """The keyword of an inbound SMS: its first word, upper case, without the punctuation people
+    type around it ("Stop.", "STOP!", " stop ", "'stop'" -> "STOP"). Carriers and the FCC treat
+    any such reply as the keyword; comparing the raw word would ignore a revocation."""
+    words = (body or "").split()
+    return words[0].strip(_KEYWORD_PUNCTUATION).upper() if words else ""
+
+
+# A channel-wide opt-out recorded because the address bounced for good (or the vendor said the
+# number does not exist): its source names the address (a digest), so a new address is not held.
+BOUNCE_SOURCE = "hard_bounce:"
+
+
+def address_digest(address: str) -> str:
+    """What a bounce's consent row keeps of the address (not the address itself)."""
+    return hashlib.sha256(address.strip().lower().encode()).hexdigest()[:16]
+
+
+def _status(status: str, source: str) -> str:
+    """A row's status as refusal_from reads it: a bounce's opt-out carries its address's digest."""
+    if status == ConsentStatus.OPTED_OUT and (source or "").startswith(BOUNCE_SOURCE):
+        return source
+    return status
+
+
+def consent_refusal(*, customer: Customer, channel_kind: str, topic: Topic | None, address: str = "") -> Reason | None:
     """Why this customer may not get this message now (None = may).
 
-    Order: global do-not-contact (always wins) -> an SMS opt-out (STOP) for any SMS ->
-    transactional topics pass -> channel-wide opt-out ("unsubscribe from all email") ->
-    topic opt-out on this channel or on every channel -> topics that require an opt-in.
+    Order: global do-not-contact (always wins) -> the address bounced for good on this channel
+    kind (every message, receipts too) -> an SMS opt-out (STOP) for any SMS -> transactional
+    topics pass -> channel-wide opt-out ("unsubscribe from all email", a complaint) -> topic
+    opt-out on this channel or on every channel -> topics that require an opt-in.
     """
     rows = list(Consent.objects.filter(customer=customer, channel_kind__in=["", channel_kind])
                 .filter(Q(topic__isnull=True) | Q(topic=topic) if topic else Q(topic__isnull=True)))
-    return refusal_from(status={(r.channel_kind, r.topic_id): r.status for r in rows}, channel_kind=channel_kind,
-                        topic=topic)
+    return refusal_from(status={(r.channel_kind, r.topic_id): _status(r.status, r.source) for r in rows},
+                        channel_kind=channel_kind, topic=topic, address=address)
 
 
-def refusal_from(*, status: dict[tuple[str, int | None], str], channel_kind: str, topic: Topic | None) -> Reason | None:
+def refusal_from(*, status: dict[tuple[str, int | None], str], channel_kind: str, topic: Topic | None,
+                 address: str = "") -> Reason | None:
     """consent_refusal over rows already loaded: {(channel kind or "", topic id or None): status}
-    (a batch loads every consent of its customers with one query)."""
+    (a batch loads every consent of its customers with one query). A bounce (`_status`) holds
+    `address`, or any address when none is given; another address of the customer is not held."""
     if status.get(("", None)) == ConsentStatus.OPTED_OUT:
         return Reason.DO_NOT_CONTACT
+    wide = status.get((channel_kind, None)) or ""
+    if wide.startswith(BOUNCE_SOURCE):
+        if not address or wide == BOUNCE_SOURCE + address_digest(address):
+            return Reason.UNDELIVERABLE
+        status = {**status, (channel_kind, None): ConsentStatus.UNKNOWN}
     if channel_kind == ChannelKind.SMS and status.get((channel_kind, None)) == ConsentStatus.OPTED_OUT:
         return Reason.CHANNEL_OPT_OUT  # after STOP the carriers refuse every message, receipts included
     if topic is not None and topic.transactional:
@@ -52,6 +91,11 @@ def refusal_from(*, status: dict[tuple[str, int | None], str], channel_kind: str
     return None
 
 
+def _book_row(row: tuple) -> tuple:
+    kind, topic_id, status, slug, source = row
+    return kind, topic_id, _status(status, source), slug
+
+
 class ConsentBook:
     """The consents of many customers, loaded with one query on first use: consent_refusal and
     personalization_allowed for a batch (the engine's SendBatch, the dispatcher's claim)
@@ -62,28 +106,28 @@ class ConsentBook:
         self._rows: dict[int, list[tuple]] | None = None
 
     def rows(self, customer_id: int) -> list[tuple]:
-        """(channel kind, topic id, status, topic slug) of each of the customer's consents."""
+        """(channel kind, topic id, status as refusal_from reads it, topic slug) of each of the
+        customer's consents."""
+        fields = ("channel_kind", "topic_id", "status", "topic__slug", "source")
         if self._rows is None:
             self._rows = {}
-            for row in Consent.objects.filter(customer_id__in=self.customer_ids).values_list(
-                "customer_id", "channel_kind", "topic_id", "status", "topic__slug"
-            ):
-                self._rows.setdefault(row[0], []).append(row[1:])
+            for row in Consent.objects.filter(customer_id__in=self.customer_ids).values_list("customer_id", *fields):
+                self._rows.setdefault(row[0], []).append(_book_row(row[1:]))
         if customer_id not in self.customer_ids:
             self.customer_ids.add(customer_id)
-            self._rows[customer_id] = list(Consent.objects.filter(customer_id=customer_id).values_list(
-                "channel_kind", "topic_id", "status", "topic__slug"))
+            self._rows[customer_id] = [_book_row(row) for row in
+                                       Consent.objects.filter(customer_id=customer_id).values_list(*fields)]
         return self._rows.get(customer_id, [])
 
-    def refusal(self, customer_id: int, channel_kind: str, topic: Topic | None) -> Reason | None:
+    def refusal(self, customer_id: int, channel_kind: str, topic: Topic | None, address: str = "") -> Reason | None:
         wanted = {None, topic.pk} if topic is not None else {None}
         status = {(kind, topic_id): st for kind, topic_id, st, _ in self.rows(customer_id)
                   if kind in ("", channel_kind) and topic_id in wanted}
-        return refusal_from(status=status, channel_kind=channel_kind, topic=topic)
+        return refusal_from(status=status, channel_kind=channel_kind, topic=topic, address=address)
 
     def refuser(self, customer_id: int):
-        """`refuse(channel_kind, topic)` for channel_pick."""
-        return lambda channel_kind, topic: self.refusal(customer_id, channel_kind, topic)
+        """`refuse(channel_kind, topic, address)` for channel_pick."""
+        return lambda channel_kind, topic, address="": self.refusal(customer_id, channel_kind, topic, address)
 
     def personalized(self, customer_id: int) -> bool:
         return not any(kind == "" and slug == Topic.PERSONALIZATION and status == ConsentStatus.OPTED_OUT
@@ -99,19 +143,36 @@ def personalization_allowed(*, customer: Customer) -> bool:
 
 @transaction.atomic
 def consent_set(*, customer: Customer, channel_kind: str, topic: Topic | None, status: str, source: str,
-                at: datetime | None = None) -> Consent:
-    """Record one choice; the previous one stays in the history (with the source as reason)."""
+                at: datetime | None = None, reason: str = "") -> Consent:
+    """Record one choice; the previous one stays in the history (with `reason`, else the source)."""
     at = at or timezone.now()
     consent = (Consent.objects.select_for_update()
                .filter(customer=customer, channel_kind=channel_kind, topic=topic).first())
     if consent is None:
         consent = Consent(customer=customer, channel_kind=channel_kind, topic=topic)
-    elif consent.status == status:
+    elif consent.status == status:  # an opt-out stays as it was made (a later bounce does not replace it)
         return consent
     consent.status, consent.source, consent.updated_at = status, source[:100], at
-    consent._change_reason = source
+    consent._change_reason = reason or source
     consent.save()
     return consent
+
+
+def address_suppress(*, customer: Customer, channel_kind: str, address: str, detail: str) -> Consent:
+    """The address bounced for good (an SMTP 5xx about the mailbox, a vendor's permanent
+    'unknown number'): no message on this channel kind goes to it again, receipts included (a
+    mailbox that does not exist gets nothing, and every try costs the sender's reputation). Kept
+    as a channel-wide opt-out whose source names the address (a digest), with its history; a
+    new address on the profile is not held, and an operator lifts it by changing the consent."""
+    return consent_set(customer=customer, channel_kind=channel_kind, topic=None, status=ConsentStatus.OPTED_OUT,
+                       source=BOUNCE_SOURCE + address_digest(address), reason=f"hard bounce: {detail}"[:300])
+
+
+def complaint_apply(*, customer: Customer, channel_kind: str, detail: str) -> Consent:
+    """The customer marked a message as spam (a feedback loop, a vendor's complaint event): out of
+    everything but transactional messages on that channel kind, as an unsubscribe from all."""
+    return consent_set(customer=customer, channel_kind=channel_kind, topic=None, status=ConsentStatus.OPTED_OUT,
+                       source="complaint", reason=f"complaint: {detail}"[:300])
 
 
 def unsubscribe_apply(*, customer: Customer, channel_kind: str, topic_slug: str | None, source: str) -> Consent:
@@ -186,14 +247,19 @@ def customers_by_phone(phone: str) -> list[Customer]:
 
 
 def inbound_sms_handle(*, channel: Channel, from_number: str, body: str) -> dict:
-    """SMS keywords: STOP (and synonyms) opts the sender out of all SMS; START opts back in.
+    """SMS keywords (`sms_keyword`: the first word, case and punctuation aside): STOP (and
+    synonyms) opts the sender out of all SMS; START opts back in; HELP/INFO is answered with
+    how to stop (the channel's settings.help_reply, else HELP_REPLY), as carriers require.
     Other texts are acknowledged and ignored here. Returns what was done."""
-    word = (body or "").strip().upper().split(" ")[0] if body else ""
+    word = sms_keyword(body)
     customers = customers_by_phone(from_number)
     if word in STOP_WORDS:
         status = ConsentStatus.OPTED_OUT
     elif word in START_WORDS:
         status = ConsentStatus.OPTED_IN
+    elif word in HELP_WORDS:
+        reply = str((channel.settings or {}).get("help_reply") or HELP_REPLY)
+        return {"action": "help", "reply": reply, "customers": [c.pk for c in customers]}
     else:
         return {"action": "ignored", "customers": [c.pk for c in customers]}
     for customer in customers:

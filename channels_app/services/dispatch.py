@@ -49,6 +49,7 @@ from channels_app.services.channel_settings import MAX_CONNECTIONS
 from channels_app.services.claim import (
     QUEUED_GRACE, Claimed, batch_size, deliveries_claim, deliveries_due_q, sending_lease,
 )
+from channels_app.services.consent import address_suppress
 from channels_app.services.links import link_url
 from channels_app.services.streaming import deliveries_stream
 from channels_app.services.sending import _enqueue, _event_properties, unsubscribe_url
@@ -460,6 +461,8 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
         else:
             d.status, d.next_attempt_at = DeliveryStatus.FAILED, None
             d.reason = Reason.ATTEMPTS_EXHAUSTED if outcome.transient else Reason.PERMANENT_ERROR
+            if outcome.bounce and not outcome.transient:  # the address does not exist: never tried again
+                d.status, d.reason = DeliveryStatus.BOUNCED, Reason.UNDELIVERABLE
         changed.append(d)
     with transaction.atomic():
         if changed:
@@ -472,6 +475,11 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
             failed_at = {s.delivery.pk: s.at or now for s in sent}
             events += [_event(d, "Message Failed", f"status:{d.pk}:failed", failed_at[d.pk], error=d.error[:500])
                        for d in changed if d.status == DeliveryStatus.FAILED]
+            bounced = [d for d in changed if d.status == DeliveryStatus.BOUNCED]
+            events += [_event(d, "Message Bounced", f"status:{d.pk}:bounced", failed_at[d.pk], status="bounced",
+                              detail=d.error[:500]) for d in bounced]
+            for d in bounced:
+                address_suppress(customer=d.customer, channel_kind=d.channel.kind, address=d.to, detail=d.error)
         rows_insert(DeliveryAttempt, attempts)
         if accepted:
             # a status callback may already have moved a row on (delivered): statuses only move forward
@@ -492,7 +500,9 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
             for channel, outcomes in per_channel.values():
                 breakers.breaker_record_many(channel=channel, outcomes=outcomes, now=last_at[channel.pk])
         events_record_internal(events=events)
-        deliveries_stream(deliveries=[*accepted, *(d for d in changed if d.status == DeliveryStatus.FAILED)], at=now)
+        deliveries_stream(deliveries=[*accepted, *(d for d in changed
+                                                   if d.status in (DeliveryStatus.FAILED, DeliveryStatus.BOUNCED))],
+                          at=now)
 
 
 def deliveries_dispatch(*, delivery_ids: list[int], now: datetime | None = None) -> dict:

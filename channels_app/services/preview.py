@@ -14,6 +14,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from channels_app.choices import ChannelKind
 from channels_app.models import MessageTemplate
 from channels_app.services.sending import message_context
 from channels_app.services.templates import TemplateRenderError, template_render
@@ -66,7 +67,7 @@ def template_preview(*, user: Any, template: MessageTemplate | str, customer_ref
     else:
         context = {**context, "profile": dict(SAMPLE_PROFILE), "now": now}
     try:
-        rendered = template_render(template=found, context=context,
+        rendered = template_render(template=found, context=context, json_body=found.channel_kind == ChannelKind.WEBHOOK,
                                    locale=locale.strip() or (customer.locale if customer else ""))
     except TemplateRenderError as exc:
         return {"ok": False, "field": "template", "error": f"the template cannot be rendered: {exc}"}

@@ -17,6 +17,8 @@ from channels_app.models import Channel, Delivery, MessageTemplate
 from channels_app.models.deliveries import SUBJECT_MAX
 from channels_app.services.consent import ConsentBook, consent_refusal, personalization_allowed
 from journeys.engine.batch import instance_new, objects_insert, reserve_ids
+from journeys.services.identity import phone_e164
+from channels_app.providers.limits import size_problem, sms_segments
 from channels_app.services.links import link_url
 from channels_app.services.streaming import deliveries_stream
 from channels_app.services.templates import template_render
@@ -39,7 +41,7 @@ def channel_pick(*, channel: Channel, profile: dict, customer=None, topic=None,
                  refuse=None) -> tuple[Channel | None, str, str]:
     """Follow the fallback chain past channels that are disabled, cannot reach the customer
     or that the customer refused; returns (channel, address, reason when none fits).
-    `refuse(channel_kind, topic)` replaces the consent query (a batch's preloaded consents)."""
+    `refuse(channel_kind, topic, address)` replaces the consent query (a batch's preloaded consents)."""
     seen: set[int] = set()
     current, first_reason = channel, ""
     while current is not None and current.pk not in seen:
@@ -47,9 +49,10 @@ def channel_pick(*, channel: Channel, profile: dict, customer=None, topic=None,
         address = channel_address(current, profile)
         if current.enabled and address:
             if refuse is not None:
-                refusal = refuse(current.kind, topic)
+                refusal = refuse(current.kind, topic, address)
             else:
-                refusal = consent_refusal(customer=customer, channel_kind=current.kind, topic=topic) if customer else None
+                refusal = consent_refusal(customer=customer, channel_kind=current.kind, topic=topic,
+                                          address=address) if customer else None
             if refusal is None:
                 return current, address, ""
             first_reason = first_reason or refusal
@@ -171,12 +174,37 @@ def _uses_links(template: MessageTemplate) -> bool:
     return found
 
 
+def phone_address(channel: Channel) -> bool:
+    """Whether a channel reaches customers by phone number (SMS, voice, a chat channel whose
+    settings.address_field is `phone`): its vendors take E.164 numbers only."""
+    field = (channel.settings or {}).get("address_field") or ADDRESS_FIELDS.get(channel.kind, "user_id")
+    return field == "phone"
+
+
+def _address_into(delivery: Delivery) -> None:
+    """A phone number as it goes out (E.164, `phone_e164`); one without a country code fails the
+    delivery for good, saying so, rather than reaching a vendor that would guess its country."""
+    if delivery.status not in (DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED) or not phone_address(delivery.channel):
+        return
+    number = phone_e164(delivery.to)
+    if number:
+        delivery.to = number
+        return
+    delivery.status, delivery.reason, delivery.next_attempt_at = DeliveryStatus.FAILED, Reason.PERMANENT_ERROR, None
+    delivery.error = (f"the phone number {delivery.to!r} has no country code: SMS and voice numbers go out in "
+                      "E.164 ('+' and the country code first); fix it on the profile")[:4000]
+
+
 def _render_into(delivery: Delivery, *, template: MessageTemplate, data: dict, customer, notes: dict | None) -> None:
     """Content of a delivery that has its primary key (links carry it); a template that fails
     to render fails the delivery (recorded), not the caller."""
+    _address_into(delivery)
+    if delivery.status == DeliveryStatus.FAILED:
+        return
     links = _links(delivery) if _uses_links(template) else {}
     try:
-        rendered = template_render(template=template, context={**data, "links": links}, locale=customer.locale or "")
+        rendered = template_render(template=template, context={**data, "links": links}, locale=customer.locale or "",
+                                   json_body=delivery.channel.kind == ChannelKind.WEBHOOK)
     except Exception as exc:  # a template saved around the admin's check, or a filter that raised
         delivery.status, delivery.reason = DeliveryStatus.FAILED, Reason.TEMPLATE_ERROR
         delivery.error = f"{type(exc).__name__}: {exc}"[:4000]
@@ -188,6 +216,11 @@ def _render_into(delivery: Delivery, *, template: MessageTemplate, data: dict, c
                                                           if rendered.missing else ""))[:4000]
         delivery.notes = {**(notes or {}), "missing": rendered.missing}
         return
+    if problem := size_problem(kind=delivery.channel.kind, subject=rendered.subject, body=rendered.body):
+        delivery.status, delivery.reason, delivery.error = DeliveryStatus.FAILED, Reason.TEMPLATE_ERROR, problem
+        return
+    if delivery.channel.kind == ChannelKind.SMS:
+        notes = {**(notes or {}), "sms": dict(zip(("encoding", "segments"), sms_segments(rendered.body)))}
     html = rendered.html_body
     if html and delivery.channel.kind == ChannelKind.EMAIL and (delivery.channel.settings or {}).get("track", True):
         html = _track_html(html, delivery, set(links.values()))

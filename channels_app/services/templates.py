@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import re
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -585,12 +586,36 @@ def content_block_cycle(*, name: str, variants: list) -> str | None:
     return None
 
 
-def template_render(*, template: MessageTemplate, context: dict, locale: str = "") -> Rendered:
+def json_strings(value, depth: int = 0):
+    """`value` with every text JSON-escaped as it goes between the quotes of a JSON string
+    (quotes, backslashes and control characters escaped): what a JSON document's template reads,
+    so that customer data can never end a string and add keys to the document."""
+    if depth > 20:
+        return None
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)[1:-1]
+    if isinstance(value, dict):
+        return {k: json_strings(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [json_strings(v, depth + 1) for v in value]
+    return value
+
+
+def _json_body(text: str) -> bool:
+    """Whether a body is a JSON document's template (a webhook channel's body written as JSON)."""
+    return text.lstrip()[:1] in ("{", "[")
+
+
+def template_render(*, template: MessageTemplate, context: dict, locale: str = "", json_body: bool = False) -> Rendered:
     """Render subject, text body and HTML body of `template` (its locale variant when
     there is one) with a plain copy of `context`. Text parts are not HTML-escaped; the
     HTML part is. Missing variables render empty and are listed in `missing`; a missing or
     self-including content block renders empty and is listed in `errors`. Raises
-    TemplateRenderError when a part would be too costly (see the MAX_ bounds above)."""
+    TemplateRenderError when a part would be too costly (see the MAX_ bounds above).
+
+    `json_body` (a webhook channel's message): a body written as JSON (it starts with { or [)
+    reads every text JSON-escaped (`json_strings`) and must render to valid JSON, else
+    TemplateRenderError; a body that is not JSON is sent as text, as before."""
     variant = template_variant(template=template, locale=locale)
     subject = (variant.subject if variant and variant.subject else template.subject) or ""
     body = (variant.body if variant and variant.body else template.body) or ""
@@ -600,18 +625,22 @@ def template_render(*, template: MessageTemplate, context: dict, locale: str = "
     result = Rendered("", "", "", locale=variant.locale if variant else "")
     label = f"template {template.name!r}" + (f" ({variant.locale})" if variant else "")
     parts, data = [], None
+    as_json = json_body and _json_body(body)
     for part, text, escape in (("subject", subject, False), ("body", body, False), ("HTML body", html, True)):
         if not text:  # most messages have no HTML part: nothing to render or report
             parts.append("")
             continue
+        source = context
+        if as_json and part == "body":
+            source, data = json_strings(context), None  # this part alone reads escaped texts
         quick = _plain_parts(text)
-        quick = _render_plain(quick, context, escape) if quick is not None and type(context) is dict else None
+        quick = _render_plain(quick, source, escape) if quick is not None and type(source) is dict else None
         if quick is not None:
             rendered = quick[0]
             result.missing.extend(m for m in quick[1] if m not in result.missing)
         else:
             if data is None:
-                data = plain(context)
+                data = plain(source)
                 data["now"] = context.get("now") if isinstance(context.get("now"), datetime) else None
             ctx = Context(data, autoescape=escape)
             ctx.block_renderer = _block_renderer(blocks, data, result)
@@ -625,6 +654,14 @@ def template_render(*, template: MessageTemplate, context: dict, locale: str = "
         if len(rendered) > MAX_RENDERED_CHARS:
             raise TemplateRenderError(f"{label}, {part}: the text would be longer than {MAX_RENDERED_CHARS:,} "
                                       "characters")
+        if as_json and part == "body":
+            data = None  # the other parts read the texts as they are
+            try:
+                json.loads(rendered)
+            except ValueError as exc:
+                raise TemplateRenderError(
+                    f"{label}, body: not valid JSON once rendered ({exc}); values are inserted JSON-escaped, so "
+                    "a text value belongs between quotes (\"{{ journey.text }}\")") from None
         parts.append(rendered)
     result.subject, result.body, result.html_body = parts[0].strip().replace("\n", " "), parts[1], parts[2]
     return result

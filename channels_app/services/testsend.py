@@ -78,7 +78,8 @@ def _owner_refusal(channel: Channel, template: MessageTemplate, address: str) ->
                                     else address).select_related("customer").first()
     if owner is None:
         return ""
-    refusal = consent_refusal(customer=owner.customer, channel_kind=channel.kind, topic=template.topic)
+    refusal = consent_refusal(customer=owner.customer, channel_kind=channel.kind, topic=template.topic,
+                              address=address)
     return Reason(refusal).label.lower() if refusal else ""
 
 
@@ -101,7 +102,7 @@ def message_test_send(*, channel: Channel, template: MessageTemplate, to: str,
     context = {"profile": {**SAMPLE_PROFILE, field_name: address}, "traits": {}, "scores": {},
                "event": {"name": "Sample Event", "properties": {}}, "journey": {}, "links": PREVIEW_LINKS, "now": now}
     try:
-        rendered = template_render(template=template, context=context)
+        rendered = template_render(template=template, context=context, json_body=channel.kind == ChannelKind.WEBHOOK)
     except TemplateRenderError as exc:
         raise ValidationError(f"template {template.name!r} cannot be rendered: {exc}") from None
     subject, body = rendered.subject, rendered.body

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from channels_app.choices import STATUS_RANK, DeliveryStatus
 from channels_app.models import Delivery
+from channels_app.services.consent import address_suppress, complaint_apply
 from channels_app.services.sending import _event_properties
 from channels_app.services.streaming import deliveries_stream
 from journeys.choices import StreamEventType
@@ -23,6 +24,12 @@ CALLBACK_STATUSES = {
     "bounced": DeliveryStatus.BOUNCED, "bounce": DeliveryStatus.BOUNCED,
     "failed": DeliveryStatus.FAILED, "undelivered": DeliveryStatus.FAILED, "dropped": DeliveryStatus.FAILED,
 }
+# Vendor error codes of an undelivered SMS that say the number itself cannot get messages (Twilio:
+# 30005 unknown or inactive number, 30006 landline or unreachable carrier, 21211 invalid number,
+# 21614 not a mobile number): recorded as a bounce, and the number suppressed like a hard bounce.
+PERMANENT_NUMBER_CODES = frozenset({"30005", "30006", "21211", "21614"})
+# Words for "the recipient marked it as spam" (SES/SendGrid/Postmark feedback loops).
+COMPLAINT_STATUSES = frozenset({"complained", "complaint", "spamreport", "spam_report", "abuse"})
 MAX_LATE_RECEIPTS = 10  # contradictory receipts kept on a delivery (a vendor repeating one stays bounded)
 STREAM_TYPES = {
     DeliveryStatus.DELIVERED: StreamEventType.MESSAGE_DELIVERED,
@@ -78,11 +85,19 @@ def delivery_status_record(*, delivery_id: int, status: str, detail: str = "", a
     so the outcome does not depend on the order the receipts come in."""
     from journeys.services.internal_events import event_record_internal
 
-    ours = CALLBACK_STATUSES.get((status or "").strip().lower())
+    word = (status or "").strip().lower()
+    ours = CALLBACK_STATUSES.get(word)
+    if ours == DeliveryStatus.FAILED and (detail or "").strip() in PERMANENT_NUMBER_CODES:
+        ours = DeliveryStatus.BOUNCED
     delivery = _locked(delivery_id)
-    if delivery is None or ours is None:
+    if delivery is None:
         return delivery
     at = at or timezone.now()
+    if word in COMPLAINT_STATUSES:
+        _complained(delivery, detail or word, at)
+        return delivery
+    if ours is None:
+        return delivery
     if ours != DeliveryStatus.DELIVERED and STATUS_RANK.get(delivery.status, 0) >= STATUS_RANK[DeliveryStatus.DELIVERED]:
         receipts = [*(delivery.notes or {}).get("late_receipts", []),
                     {"status": ours, "detail": (detail or status)[:500], "at": at.isoformat()}]
@@ -101,6 +116,10 @@ def delivery_status_record(*, delivery_id: int, status: str, detail: str = "", a
         elif delivery.sent_at is None:  # failed: a contact only if the vendor had taken it (the mark)
             delivery.sent_at = delivery.accepted_at
     delivery.save()
+    if ours == DeliveryStatus.BOUNCED and delivery.status == DeliveryStatus.BOUNCED and delivery.to \
+            and delivery.customer.erased_at is None:
+        address_suppress(customer=delivery.customer, channel_kind=delivery.channel.kind, address=delivery.to,
+                         detail=f"{status} {detail}".strip())
     if delivery.customer.erased_at is not None:
         return delivery  # the row's statistics move; the erased person gets no new event
     event_record_internal(customer=delivery.customer, name=EVENT_NAMES[ours], at=at,
@@ -108,6 +127,17 @@ def delivery_status_record(*, delivery_id: int, status: str, detail: str = "", a
                           properties={**_event_properties(delivery), "status": ours, "detail": detail[:500]})
     deliveries_stream(deliveries=[delivery], event_type=STREAM_TYPES[ours], at=at)
     return delivery
+
+
+def _complained(delivery: Delivery, detail: str, at: datetime) -> None:
+    """A spam complaint about this message: noted on it (once), and the customer is out of all but
+    transactional messages on its channel kind (complaint_apply)."""
+    if (delivery.notes or {}).get("complaint"):
+        return
+    delivery.notes = {**(delivery.notes or {}), "complaint": {"detail": detail[:500], "at": at.isoformat()}}
+    delivery.save(update_fields=["notes", "updated_at"])
+    if delivery.customer.erased_at is None:
+        complaint_apply(customer=delivery.customer, channel_kind=delivery.channel.kind, detail=detail)
 
 
 @transaction.atomic

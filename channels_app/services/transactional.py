@@ -8,6 +8,7 @@ apply as to any message. Idempotent by the client's key: the Delivery's own uniq
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from django.core.exceptions import ValidationError
@@ -24,13 +25,15 @@ from journeys.errors import JourneyError
 from journeys.models import ApiToken, Customer
 from journeys.services.api_jobs import idempotency_check, request_fingerprint
 from journeys.services.customers_api import customer_for_address
-from journeys.services.identity import phone_normalize
+from journeys.services.identity import phone_e164, phone_normalize
 
 ADDRESS_KINDS = {ChannelKind.EMAIL: IdentityKind.EMAIL, ChannelKind.SMS: IdentityKind.PHONE,
                  ChannelKind.VOICE: IdentityKind.PHONE}
 ADDRESS_FIELDS = {ChannelKind.EMAIL: "email", ChannelKind.SMS: "phone", ChannelKind.VOICE: "phone"}
 MAX_EMAIL_LENGTH = 254  # RFC 5321's longest address path; identities hold at most 255
 MAX_PHONE_DIGITS = 20  # E.164 has 15; room for an international prefix (00...) written out
+# an RFC 6531 local part: dot-atoms of ASCII atext or any non-ASCII character
+_UTF8_LOCAL = re.compile(r"[^\x00-\x20\x7f\"(),.:;<>@\[\\\]]+(?:\.[^\x00-\x20\x7f\"(),.:;<>@\[\\\]]+)*")
 
 
 def _template_and_channel(template_name: str, channel_name: str | None) -> tuple[MessageTemplate, Channel]:
@@ -66,8 +69,13 @@ def address_clean(*, channel: Channel, to: str) -> str:
         if len(to) > MAX_EMAIL_LENGTH:
             raise JourneyError(f"is too long for an email address (at most {MAX_EMAIL_LENGTH} characters)",
                                field="to")
+        local, _, domain = to.rpartition("@")
         try:
-            validate_email(to)
+            # a non-ASCII local part (RFC 6531) is valid: sent with SMTPUTF8 where the mail server offers it,
+            # else failed saying so, as the same address from a journey (Django's validator knows only ASCII)
+            validate_email(to if local.isascii() else f"x@{domain}")
+            if not local.isascii() and not _UTF8_LOCAL.fullmatch(local):
+                raise ValidationError("bad local part")
         except ValidationError:
             raise JourneyError("is not a valid email address", field="to") from None
     else:
@@ -78,6 +86,10 @@ def address_clean(*, channel: Channel, to: str) -> str:
                                "or parentheses)", field="to")
         if len(digits) > MAX_PHONE_DIGITS:
             raise JourneyError(f"is too long for a phone number (at most {MAX_PHONE_DIGITS} digits)", field="to")
+        to = phone_e164(to)
+        if not to:
+            raise JourneyError("has no country code: SMS and voice numbers go out in E.164, '+' and the country "
+                               "code first (e.g. +14155550199; an international 00 prefix is taken as +)", field="to")
     return to
 
 

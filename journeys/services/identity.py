@@ -41,6 +41,20 @@ def phone_normalize(value: str) -> str:
     return PHONE_SEPARATORS.sub("", PHONE_TRUNK_ZERO.sub(r"\1", value or ""))
 
 
+def phone_e164(value: str) -> str:
+    """The number in E.164, as SMS and voice vendors take it ('+', the country code and the
+    number, 15 digits at most): `phone_normalize`d, an international '00' prefix written as '+'
+    ('0044 20 7946 0011' -> '+442079460011'); "" when it has no country code ('(415) 555-0199')
+    or is not a number, which a vendor would refuse or route relative to the sender's country."""
+    number = phone_normalize(value)
+    if number.startswith("00"):
+        number = "+" + number[2:]
+    digits = number[1:]
+    if number[:1] == "+" and digits.isascii() and digits.isdigit() and 2 <= len(digits) <= 15 and digits[0] != "0":
+        return number
+    return ""
+
+
 def phone_lookup_values(value: str) -> list[str]:
     """The phone identity values a number is looked up by, best first: the normalised number,
     then the number exactly as given. An identity stored before numbers were normalised keeps

@@ -29,6 +29,17 @@ def vendor():
 
 
 @pytest.fixture
+def sms(vendor, monkeypatch):
+    """A Twilio-style SMS channel on the fake vendor."""
+    from tests.channels_app.factories import ChannelFactory
+
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_TWILIO_TOKEN", "tw")
+    return ChannelFactory(name="sms", kind="sms", provider="twilio_sms", settings={
+        "base_url": vendor.url, "account_sid": "AC1", "from_number": "+15550000",
+        "auth_token_env": "JOURNEYS_SECRET_TEST_TWILIO_TOKEN"})
+
+
+@pytest.fixture
 def chat(vendor, monkeypatch):
     """A chat channel on the fake vendor whose breaker opens at the first failure (cooldown 60 s)."""
     from tests.channels_app.factories import ChannelFactory

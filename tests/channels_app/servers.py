@@ -32,6 +32,8 @@ class SmtpSink:
 
     def __init__(self):
         self.messages = []
+        self.envelopes: list[tuple] = []  # (MAIL FROM, RCPT TOs, MAIL options) of each message, as on the wire
+        self.raw: list[bytes] = []  # each message's bytes
         self.peers: list[tuple] = []
         self.refuse_next: list[str] = []  # SMTP replies to give to the next RCPT commands
         self.refuse: dict[str, str] = {}  # recipient -> SMTP reply
@@ -74,6 +76,8 @@ class SmtpSink:
 
     async def handle_DATA(self, server, session, envelope):
         self.messages.append(message_from_bytes(envelope.content, policy=policy.default))
+        self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos), list(envelope.mail_options)))
+        self.raw.append(envelope.original_content or envelope.content)
         self.peers.append(session.peer)
         if self.hang_up_after_data:
             def hang_up():

@@ -214,26 +214,26 @@ def test_a_stop_reaches_a_customer_whose_number_the_api_got_with_spaces(sms_chan
 def test_a_number_two_customers_hold_in_their_own_spellings_reaches_each_of_them(sms_channel, client, on_commit):
     # given two profiles for one number, made before numbers were normalised: the migration
     # normalised their profile numbers and left their identities as typed (listed to merge)
-    dan = CustomerFactory(external_id="dan", phone="5550000007")
-    eve = CustomerFactory(external_id="eve", phone="5550000007")
-    Identity.objects.create(kind="phone", value="(555) 000-0007", customer=dan)
-    Identity.objects.create(kind="phone", value="(555)000 0007", customer=eve)
+    dan = CustomerFactory(external_id="dan", phone="+15550000007")
+    eve = CustomerFactory(external_id="eve", phone="+15550000007")
+    Identity.objects.create(kind="phone", value="+1 (555) 000-0007", customer=dan)
+    Identity.objects.create(kind="phone", value="+1 (555)000 0007", customer=eve)
     api = Api(make_token(ApiScope.SEND, name="shop")[1])
     MessageTemplate.objects.create(name="otp", channel_kind="sms", topic=topic("transactional"), body="Code 1")
 
-    # when the messages API sends to the number as each of them has it
+    # when the messages API sends to the number as each of them has it (with its country code: SMS goes in E.164)
     sent = {}
-    for n, to in enumerate(["(555) 000-0007", "(555)000 0007"]):
+    for n, to in enumerate(["+1 (555) 000-0007", "+1 (555)000 0007"]):
         with on_commit():
             response = api.post("messages", {"idempotency_key": f"k{n}", "template": "otp", "to": to})
         assert response.status_code == 202, response.body
         sent[to] = response.body["delivery"]["customer_id"]
 
     # then each message went to the profile holding that spelling, not to a new empty profile
-    assert sent == {"(555) 000-0007": dan.pk, "(555)000 0007": eve.pk}
-    assert Customer.objects.count() == 2 and not Identity.objects.filter(value="5550000007").exists()
+    assert sent == {"+1 (555) 000-0007": dan.pk, "+1 (555)000 0007": eve.pk}
+    assert Customer.objects.count() == 2 and not Identity.objects.filter(value="+15550000007").exists()
     # and a STOP from the number opts both out
-    assert inbound(client, sms_channel, "STOP", sender="5550000007").status_code == 200
+    assert inbound(client, sms_channel, "STOP", sender="+15550000007").status_code == 200
     assert set(Consent.objects.filter(channel_kind="sms", status="opted_out").values_list("customer", flat=True)) \
         == {dan.pk, eve.pk}
 
@@ -254,3 +254,32 @@ def test_an_expired_preference_link_is_refused(ada, client, monkeypatch):
     response = client.post(path, {"do_not_contact": "on"})
     assert response.status_code == 400 and b"expired" in response.content
     assert not Consent.objects.exists()
+
+
+@pytest.mark.parametrize("body", ["Stop.", "STOP!", " stop ", "stop please", "'Stop'", "Unsubscribe!!", "¡STOP!"])
+def test_a_stop_with_punctuation_opts_the_sender_out(sms_channel, ada, client, on_commit, body):
+    # given a customer with a phone number
+    # when they answer a keyword with punctuation around it
+    answer = inbound(client, sms_channel, body)
+
+    # then they are opted out, answered so, and the next SMS (a receipt too) is not sent
+    assert answer.status_code == 200 and b"unsubscribed" in answer.content
+    assert send(sms_channel, ada, TemplateFactory(topic=topic("transactional")), "after-stop",
+                on_commit).reason == "channel_opt_out"
+
+
+@pytest.mark.parametrize("body", ["Start!", "start.", "YES!"])
+def test_a_start_with_punctuation_opts_the_sender_in_again(sms_channel, ada, client, on_commit, body):
+    inbound(client, sms_channel, "STOP")
+
+    inbound(client, sms_channel, body)
+
+    assert send(sms_channel, ada, TemplateFactory(topic=topic("product_updates")), "after-start",
+                on_commit).status == "sent"
+
+
+def test_help_is_answered_with_how_to_stop_and_changes_no_consent(sms_channel, ada, client):
+    answer = inbound(client, sms_channel, "Help?")
+
+    assert answer.status_code == 200 and b"Reply STOP to unsubscribe" in answer.content
+    assert not Consent.objects.filter(customer=ada).exists()

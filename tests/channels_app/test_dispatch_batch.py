@@ -67,9 +67,9 @@ def test_a_batch_of_emails_goes_over_one_smtp_session_and_a_refused_recipient_fa
     assert sorted(m["To"] for m in smtp.messages) == ["p0@example.com", "p1@example.com", "p3@example.com",
                                                        "p4@example.com"]
     assert len({peer for peer in smtp.peers}) == 1  # one connection for the whole batch
-    assert status(deliveries) == [("sent", "")] * 2 + [("failed", "permanent_error")] + [("sent", "")] * 2
+    assert status(deliveries) == [("sent", "")] * 2 + [("bounced", "undeliverable")] + [("sent", "")] * 2
     assert Event.objects.filter(name="Message Sent").count() == 4
-    assert Event.objects.filter(name="Message Failed").count() == 1
+    assert Event.objects.filter(name="Message Bounced").count() == 1
     # each message has its own stable Message-ID, and the time it was sent
     assert len({m["Message-ID"] for m in smtp.messages}) == 4
     dates = [parsedate_to_datetime(m["Date"]) for m in smtp.messages]  # "-0000": UTC, naive

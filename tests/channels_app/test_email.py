@@ -119,12 +119,13 @@ def test_transactional_email_has_no_list_unsubscribe(email_setup, smtp, on_commi
 
 def test_smtp_permanent_rejection_fails_without_retry(email_setup, smtp, on_commit):
     channel, template, customer = email_setup
-    smtp.refuse_next = ["550 5.1.1 no such user"]
+    smtp.refuse_next = ["550 5.7.1 relaying denied"]
     delivery = send(on_commit, channel, template, customer)
     delivery.refresh_from_db()
     assert (delivery.status, delivery.reason, delivery.attempts) == ("failed", "permanent_error", 1)
     assert "550" in delivery.error and smtp.messages == []
     assert Event.objects.filter(name="Message Failed").count() == 1
+    # (a 5.1.x refusal, an address that does not exist, is a bounce: test_bounces.py)
 
 
 def test_non_ascii_subjects_bodies_and_named_senders_arrive_intact(smtp, on_commit):
