@@ -242,7 +242,7 @@ def customers_by_phone(phone: str) -> list[Customer]:
     if not phone_normalize(phone):
         return []
     ids = set(Identity.objects.filter(kind="phone", value__in=values).values_list("customer_id", flat=True))
-    ids |= set(Customer.objects.filter(phone=values[0], merged_into__isnull=True).values_list("pk", flat=True))
+    ids |= set(Customer.objects.filter(phone__in=values[:2], merged_into__isnull=True).values_list("pk", flat=True))
     return list(Customer.objects.filter(pk__in=ids))
 
 

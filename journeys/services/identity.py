@@ -60,8 +60,12 @@ def phone_lookup_values(value: str) -> list[str]:
     then the number exactly as given. An identity stored before numbers were normalised keeps
     its typed spelling when its normalised form belongs to another customer (migration 0028,
     `manage.py phones_normalise --collisions` lists them); it is still found by that spelling,
-    so the number's owner is not given a new, empty profile."""
-    return [v for v in dict.fromkeys((phone_normalize(value), value or "")) if v]
+    so the number's owner is not given a new, empty profile. A number written with the
+    international '00' prefix and the same number in E.164 ('0044...' and '+44...', as carriers
+    write a STOP's sender) find each other: a customer who typed 00 is still reached and opted out."""
+    number = phone_normalize(value)
+    other = ("00" + number[1:]) if number.startswith("+") else phone_e164(number) if number.startswith("00") else ""
+    return [v for v in dict.fromkeys((number, other, value or "")) if v]
 
 
 def phone_owner(value: str) -> int | None:

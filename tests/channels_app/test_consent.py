@@ -283,3 +283,24 @@ def test_help_is_answered_with_how_to_stop_and_changes_no_consent(sms_channel, a
 
     assert answer.status_code == 200 and b"Reply STOP to unsubscribe" in answer.content
     assert not Consent.objects.filter(customer=ada).exists()
+
+
+def test_a_stop_reaches_a_customer_whose_number_was_written_with_the_00_international_prefix(
+        sms_channel, api, client, on_commit):
+    # given a customer who typed their number with 00 instead of +, identified through the event API
+    with on_commit():
+        assert api.post("identify", {"userId": "u-00", "traits": {"phone": "0044 20 7946 0022"}}).status_code == 200
+    customer = Customer.objects.get(external_id="u-00")
+
+    # when the carrier reports STOP from the number in E.164, as carriers write it
+    assert inbound(client, sms_channel, "STOP", sender="+442079460022").status_code == 200
+
+    # then that customer is opted out, and a receipt to the number in E.164 finds the same profile
+    assert Consent.objects.get(customer=customer, channel_kind="sms").status == "opted_out"
+    _, key = make_token(ApiScope.SEND, name="shop")
+    MessageTemplate.objects.create(name="otp", channel_kind="sms", topic=topic("transactional"), body="Code 1")
+    with on_commit():
+        sent = Api(key).post("messages", {"idempotency_key": "k00", "template": "otp", "to": "+442079460022"})
+    assert sent.body["delivery"]["customer_id"] == customer.pk
+    assert (sent.body["delivery"]["status"], sent.body["delivery"]["reason"]) == ("suppressed", "channel_opt_out")
+    assert Customer.objects.count() == 1
