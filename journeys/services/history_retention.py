@@ -193,10 +193,10 @@ def sessions_purge() -> int:
 
     from django.contrib.sessions.models import Session
 
-    engine = import_module(settings.SESSION_ENGINE)
-    before = Session.objects.count() if settings.SESSION_ENGINE.endswith(".db") else None
-    engine.SessionStore.clear_expired()
-    return before - Session.objects.count() if before is not None else 0
+    expired = (Session.objects.filter(expire_date__lt=timezone.now()).count()  # expire_date index
+               if settings.SESSION_ENGINE.endswith(".db") else 0)
+    import_module(settings.SESSION_ENGINE).SessionStore.clear_expired()
+    return expired
 
 
 def login_log_purge(*, now: datetime, batch: int = 5000) -> int:
