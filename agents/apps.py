@@ -17,3 +17,8 @@ class AgentsConfig(AppConfig):
                             (EXPORTERS, cases_export), (ERASERS, cases_erase_customer)):
             if hook not in hooks:
                 hooks.append(hook)
+        from agents.services.cases import cases_prune
+        from journeys.services.history_retention import HISTORY_PRUNERS
+
+        if cases_prune not in HISTORY_PRUNERS:  # the history retention: closed cases by age
+            HISTORY_PRUNERS.append(cases_prune)

@@ -248,6 +248,15 @@ Q_CLUSTER = {
     "label": "Task queue",
 }
 Q_SUCCESS_KEEP = env_int("Q_SUCCESS_KEEP", 1000)
+
+# History retention (docs/SCALING.md "Retention"), applied by the events housekeeping schedule in
+# bounded batches: finished journey runs (with their step executions and messages), closed cases
+# and finished jobs older than this many days are deleted, and anonymous profiles left with
+# nothing. Unset: kept forever (an upgrade deletes nothing). Re-entry limits and frequency caps
+# keep holding (see journeys.services.history_retention).
+HISTORY_RETENTION_DAYS = env_int("HISTORY_RETENTION_DAYS", 0) or None
+# The login access log (django-axes) is kept this many days; expired sessions go at once.
+LOGIN_LOG_KEEP_DAYS = env_int("LOGIN_LOG_KEEP_DAYS", 90)
 # Q_BROKER picks the queue: "orm" (default without REDIS_URL) or "redis" (default with it).
 # Q_BROKER=orm with REDIS_URL keeps the at-least-once ORM queue and still shares the cache.
 Q_BROKER = os.environ.get("Q_BROKER", "redis" if REDIS_URL else "orm").strip().lower()

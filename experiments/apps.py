@@ -17,3 +17,8 @@ class ExperimentsConfig(AppConfig):
 
         if goal_events_counted not in EVENTS_KEPT:  # an erasure keeps the conversions experiments count
             EVENTS_KEPT.append(goal_events_counted)
+        from experiments.services.experiments import experiment_workflows_kept
+        from journeys.services.history_retention import HISTORY_KEEPERS
+
+        if experiment_workflows_kept not in HISTORY_KEEPERS:  # the retention keeps what open experiments read
+            HISTORY_KEEPERS.append(experiment_workflows_kept)

@@ -38,11 +38,13 @@ def engine_tick() -> dict:
 
 
 def events_housekeeping(now=None) -> dict:
-    """The schedule's upkeep of the event tables, and the sweep of jobs a lost task left running."""
+    """The schedule's upkeep of the event tables, the sweep of jobs a lost task left running, and
+    the retention of finished history (runs, cases, jobs, empty profiles, sessions, login log)."""
     from journeys.services.event_storage import events_housekeeping as run
+    from journeys.services.history_retention import history_housekeeping
     from journeys.services.jobs import jobs_sweep_stalled
 
-    return {**run(now=now), "jobs_stalled": jobs_sweep_stalled(now=now)}
+    return {**run(now=now), "jobs_stalled": jobs_sweep_stalled(now=now), "history": history_housekeeping(now=now)}
 
 
 def runs_wake(run_ids: list[int], lease, now=None) -> int:

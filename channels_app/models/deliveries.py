@@ -73,6 +73,8 @@ class Delivery(models.Model):
             models.Index(fields=["status", "next_attempt_at"], name="delivery_due_idx"),
             models.Index(fields=["customer", "sent_at"], name="delivery_customer_sent_idx"),
             models.Index(fields=["channel", "sent_at"], name="delivery_channel_sent_idx"),
+            # messages sent outside any run (API, transactional, test sends; few): the history retention
+            models.Index(fields=["created_at"], condition=models.Q(run_id__isnull=True), name="delivery_standalone_idx"),
         ]
         constraints = [models.UniqueConstraint(fields=["idempotency_key"], name="delivery_idempotency_key_unique")]
 

@@ -16,15 +16,18 @@ import hashlib
 import json
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.core.exceptions import ValidationError
+from django.db import connection
 from django.db.models import Count, Q
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
-from journeys.choices import RunStatus, TriggerKind, VersionState
+from journeys.choices import OPEN_RUN_STATUSES, RunStatus, TriggerKind, VersionState
 from journeys.engine.registry import STEP_KINDS
+from journeys.console.selectors import CountWindow, version_recent_runs
 from journeys.models import JourneyRun, Step, StepExecution, WorkflowVersion
 from journeys.selectors import EDIT, user_can
 
@@ -66,6 +69,9 @@ class VersionGraph:
     edges: list[GraphEdge]
     layout: str  # "saved" (the steps' x/y) or "layered" (computed)
     runs: dict = field(default_factory=dict)
+    window: CountWindow = field(default_factory=CountWindow)
+
+
 
     @property
     def node_map(self) -> dict[str, GraphNode]:
@@ -159,11 +165,43 @@ def _kind_reading(step: Step) -> dict:
     return reading
 
 
-def version_graph(*, version: WorkflowVersion) -> VersionGraph:
+# PostgreSQL: the window's runs (a range of run_version_created_idx), then each run's step
+# executions by its index (LATERAL ... OFFSET 0 keeps the probe per run). Joined plainly, the
+# planner hashed every step execution ever written once the window held a few thousand runs.
+_STEP_COUNTS = f"""
+SELECT se.step_key, COUNT(DISTINCT r.id), COUNT(DISTINCT r.id) FILTER (WHERE r.converted_at IS NOT NULL),
+       COUNT(*) FILTER (WHERE se.error <> '' OR se.outcome = 'error')
+FROM {JourneyRun._meta.db_table} r
+CROSS JOIN LATERAL (SELECT step_key, error, outcome FROM {StepExecution._meta.db_table}
+                    WHERE run_id = r.id OFFSET 0) se
+WHERE r.version_id = %s AND r.created_at >= %s
+GROUP BY se.step_key
+"""
+
+
+def _step_counts(*, version: WorkflowVersion, since: datetime) -> dict[str, dict]:
+    """step key -> runs that reached it (entered), of them those that converted, visits with an
+    error: over the version's runs started since `since`."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_STEP_COUNTS, [version.pk, since])
+            return {key: {"entered": entered, "converted": converted, "errors": errors}
+                    for key, entered, converted, errors in cursor.fetchall()}
+    executions = StepExecution.objects.filter(run__version=version, run__created_at__gte=since)
+    return {row["step_key"]: row for row in executions.values("step_key").annotate(
+        entered=Count("run", distinct=True),
+        converted=Count("run", distinct=True, filter=Q(run__converted_at__isnull=False)),
+        errors=Count("id", filter=~Q(error="") | Q(outcome="error")),
+    )}
+
+
+def version_graph(*, version: WorkflowVersion, now: datetime | None = None) -> VersionGraph:
     """The version as nodes and labelled edges with per-step counts, laid out for drawing.
 
-    Counts: entered = runs that reached the step; waiting = runs waiting at it now; converted =
-    runs through the step that reached the goal; errors = visits that failed or noted an error.
+    Counts, over the version's recent runs (`version_recent_runs`: the page says which): entered =
+    runs that reached the step; converted = runs through the step that reached the goal; errors =
+    visits that failed or noted an error. Waiting = runs waiting at it now (all of them: the
+    open-runs index holds only open runs).
     """
     steps = list(Step.objects.filter(version=version).order_by("y", "x", "id"))
     nodes = [GraphNode(key=s.key, kind=s.kind, name=s.name, index=i, x=s.x, y=s.y, is_entry=s.key == version.entry_step,
@@ -176,27 +214,24 @@ def version_graph(*, version: WorkflowVersion) -> VersionGraph:
     layout = "saved" if len(steps) > 1 and len(positions) == len(steps) else "layered"
     if layout == "layered":
         _layered_layout(nodes, edges, version.entry_step or (steps[0].key if steps else ""))
-    executions = StepExecution.objects.filter(run__version=version)
-    stats = {
-        row["step_key"]: row
-        for row in executions.values("step_key").annotate(
-            entered=Count("run", distinct=True),
-            converted=Count("run", distinct=True, filter=Q(run__converted_at__isnull=False)),
-            errors=Count("id", filter=~Q(error="") | Q(outcome="error")),
-        )
-    }
-    waiting = dict(
-        JourneyRun.objects.filter(version=version, status=RunStatus.WAITING)
-        .values_list("current_step").annotate(n=Count("id")).values_list("current_step", "n")
+    window = version_recent_runs(version=version, now=now)
+    recent = JourneyRun.objects.filter(version=version, created_at__gte=window.since)
+    stats = _step_counts(version=version, since=window.since)
+    open_runs = list(  # run_open_idx (the workflow leads it): every open run, however old
+        JourneyRun.objects.filter(workflow_id=version.workflow_id, version=version, status__in=OPEN_RUN_STATUSES)
+        .values_list("status", "current_step").annotate(n=Count("*")).order_by()
     )
+    waiting = {step: n for status, step, n in open_runs if status == RunStatus.WAITING}
     for n in nodes:
         row = stats.get(n.key, {})
         n.entered, n.converted, n.errors = row.get("entered", 0), row.get("converted", 0), row.get("errors", 0)
         n.waiting = waiting.get(n.key, 0)
-    runs = dict(JourneyRun.objects.filter(version=version).values_list("status").annotate(n=Count("id"))
-                .values_list("status", "n"))
-    runs["converted"] = JourneyRun.objects.filter(version=version, converted_at__isnull=False).count()
-    return VersionGraph(version=version, nodes=nodes, edges=edges, layout=layout, runs=runs)
+    runs = dict(recent.exclude(status__in=OPEN_RUN_STATUSES).values_list("status").annotate(n=Count("*"))
+                .values_list("status", "n").order_by())
+    for status in OPEN_RUN_STATUSES:
+        runs[status] = sum(n for s, _, n in open_runs if s == status)
+    runs["converted"] = recent.filter(converted_at__isnull=False).count()
+    return VersionGraph(version=version, nodes=nodes, edges=edges, layout=layout, runs=runs, window=window)
 
 
 # --------------------------------------------------------------------------- drawing

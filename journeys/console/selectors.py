@@ -9,6 +9,7 @@ user and shows only what that user may see.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from typing import Any
@@ -19,7 +20,7 @@ from django.db.models import Count, Max, Min, Q
 from django.db.models.functions import TruncHour, TruncMinute
 from django.utils import timezone
 
-from journeys.choices import EventStatus, RunStatus, WorkflowStatus
+from journeys.choices import OPEN_RUN_STATUSES, EventStatus, RunStatus, WorkflowStatus
 from journeys.models import (
     Customer,
     CustomerMerge,
@@ -219,12 +220,11 @@ def dashboard_workflows(*, user: Any, now: datetime | None = None) -> list[dict]
         workflows_for_user(user, VIEW)
         .filter(live_version__isnull=False, status__in=(WorkflowStatus.ACTIVE, WorkflowStatus.PAUSED))
         .select_related("live_version", "canary_version", "business_unit")
-        .annotate(
-            active=Count("runs", filter=Q(runs__status=RunStatus.ACTIVE)),
-            waiting=Count("runs", filter=Q(runs__status=RunStatus.WAITING)),
-        )
         .order_by("name")
     )
+    open_runs = open_runs_by_workflow(workflow_ids=[w.pk for w in workflows])
+    for w in workflows:
+        w.active, w.waiting = (open_runs.get((w.pk, status), 0) for status in OPEN_RUN_STATUSES)
     reader = _channels_reader(WORKFLOW_MESSAGES)
     messages = reader(workflow_ids=[w.pk for w in workflows], now=now) if reader else {}
     return [
@@ -235,6 +235,14 @@ def dashboard_workflows(*, user: Any, now: datetime | None = None) -> list[dict]
          "active": w.active, "waiting": w.waiting, "messages": _with_eta_label(messages.get(w.pk))}
         for w in workflows
     ]
+
+
+def open_runs_by_workflow(*, workflow_ids: list[int]) -> dict[tuple[int, str], int]:
+    """(workflow id, status) -> open runs: read from the open-runs index (run_open_idx), which
+    holds only open runs, so the count costs what is open, not every run ever made."""
+    rows = (JourneyRun.objects.filter(workflow_id__in=workflow_ids, status__in=OPEN_RUN_STATUSES)
+            .values_list("workflow_id", "status").annotate(n=Count("*")).order_by())
+    return {(workflow_id, status): n for workflow_id, status, n in rows}
 
 
 # The channels app's reads of a workflow's messages (journeys does not import it).
@@ -269,6 +277,36 @@ def _with_eta_label(messages: dict | None) -> dict | None:
     return {**messages, "eta_label": label}
 
 
+@dataclass
+class CountWindow:
+    """Which runs the graph's counts cover: the newest of the version, started within
+    COUNT_WINDOW and at most COUNT_RUNS_MAX of them (so the page costs the same after years)."""
+
+    runs: int = 0
+    since: datetime | None = None  # the first run counted
+    capped: bool = False  # more runs started in the window than were counted
+
+
+# The graph counts the version's recent runs, not its whole history: a broadcast version gains a
+# million runs a day, and counting them all made the page cost grow with every run ever made.
+COUNT_WINDOW = timedelta(days=7)
+COUNT_RUNS_MAX = 20_000
+
+
+def version_recent_runs(*, version: WorkflowVersion, now: datetime | None = None) -> CountWindow:
+    """The runs the graph counts: the version's runs started since `since` (COUNT_WINDOW ago, or
+    later when more than COUNT_RUNS_MAX started since: then the start of the newest of them).
+    Read as a range of run_version_created_idx, so the page never reads older history."""
+    since = (now or timezone.now()) - COUNT_WINDOW
+    recent = JourneyRun.objects.filter(version=version, created_at__gte=since)
+    edge = recent.order_by("-created_at").values_list("created_at", flat=True)[COUNT_RUNS_MAX - 1:COUNT_RUNS_MAX]
+    capped = bool(edge)
+    if capped:
+        since = edge[0]
+    return CountWindow(runs=JourneyRun.objects.filter(version=version, created_at__gte=since).count(),
+                       since=since, capped=capped)
+
+
 def workflow_messages_for(*, version: WorkflowVersion, now: datetime | None = None) -> dict | None:
     """What the graph page shows about a version's messages: every message of its runs by outcome
     ("x of y sent"), and its workflow's messages now (queued, held, sending, rate, ETA)."""
@@ -276,7 +314,8 @@ def workflow_messages_for(*, version: WorkflowVersion, now: datetime | None = No
     if live is None or totals is None:
         return None
     now = now or timezone.now()
-    return {"totals": totals(version_id=version.pk),
+    window = version_recent_runs(version=version, now=now)
+    return {"totals": totals(version_id=version.pk, since=window.since), "window": window,
             "now": _with_eta_label(live(workflow_ids=[version.workflow_id], now=now)[version.workflow_id])}
 
 
@@ -290,10 +329,11 @@ def dashboard_summary(*, user: Any, now: datetime | None = None) -> dict:
     last_minute = Event.objects.filter(received_at__gte=now - timedelta(minutes=1)).aggregate(
         n=Count("id", filter=~Q(source_id=internal)), product=Count("id", filter=Q(source_id=internal)))
     runs = dict(
-        runs_for_user(user).filter(status__in=(RunStatus.ACTIVE, RunStatus.WAITING))
-        .values_list("status").annotate(n=Count("id")).values_list("status", "n")
+        runs_for_user(user).filter(status__in=OPEN_RUN_STATUSES)
+        .values_list("status").annotate(n=Count("*")).values_list("status", "n").order_by()
     )
-    failed_runs = runs_for_user(user).filter(status=RunStatus.FAILED, updated_at__gte=now - timedelta(hours=24)).count()
+    # the finished-runs index: the failures of the last day, not every failure ever
+    failed_runs = runs_for_user(user).filter(status=RunStatus.FAILED, finished_at__gte=now - timedelta(hours=24)).count()
     workflows = dashboard_workflows(user=user, now=now)
     return {
         "now": now,

@@ -31,7 +31,7 @@ from journeys.console.graph import (
     version_canvas_editable,
     version_graph,
 )
-from journeys.console.selectors import dashboard_summary, version_for_user, workflow_messages_for
+from journeys.console.selectors import COUNT_WINDOW, dashboard_summary, version_for_user, workflow_messages_for
 from journeys.selectors import EDIT, user_can, user_can_view_dashboard
 
 DEFAULT_REFRESH_S = 15
@@ -190,7 +190,8 @@ def version_graph_view(request: HttpRequest, pk: int) -> HttpResponse:
     versions = list(version.workflow.versions.order_by("-number"))
     context = {**admin.site.each_context(request), "title": f"Graph of {version}", "version": version,
                "workflow": version.workflow, "panels": panels, "versions": versions, "other": other,
-               "may_draft": version.state != VersionState.DRAFT and user_can(request.user, EDIT, version.workflow)}
+               "may_draft": version.state != VersionState.DRAFT and user_can(request.user, EDIT, version.workflow),
+               "count_window_days": COUNT_WINDOW.days}
     if other is None and version_canvas_editable(user=request.user, version=version):
         context["canvas"] = canvas_context(request, version)
         context["is_nav_sidebar_enabled"] = False  # the drawing needs the width

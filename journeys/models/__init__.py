@@ -1,7 +1,7 @@
 """Models of the journeys core, split by concept and re-exported here."""
 
 from journeys.models.base import Timestamped
-from journeys.models.customers import Customer, CustomerMerge, Identity, MergeRefusal
+from journeys.models.customers import Customer, CustomerMerge, Identity, MergeRefusal, ProfileCheck
 from journeys.models.events import Event, EventKey, Source
 from journeys.models.runs import (
     DateTriggerDue,
@@ -35,6 +35,7 @@ __all__ = [
     "Customer",
     "CustomerMerge",
     "Identity",
+    "ProfileCheck",
     "Event",
     "EventKey",
     "Source",

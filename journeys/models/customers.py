@@ -103,3 +103,12 @@ class MergeRefusal(models.Model):
 
     def __str__(self) -> str:
         return f"{self.previous_id} -> {self.user_id}: {self.reason}"
+
+
+class ProfileCheck(models.Model):
+    """A customer who may have been left with nothing (their events or runs were deleted by
+    retention): the history housekeeping looks at these, a batch at a time, and deletes the
+    anonymous profiles among them that hold nothing any more (journeys.services.history_retention).
+    Only the ids to look at, so the housekeeping never reads every customer."""
+
+    customer_id = models.BigIntegerField(primary_key=True)

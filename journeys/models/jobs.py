@@ -54,6 +54,8 @@ class Job(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["finished_at"], condition=models.Q(finished_at__isnull=False),
+                                name="job_finished_idx")]  # the history retention, oldest first
         permissions = [
             ("run_data_jobs", "Can run bulk imports and data-subject exports"),
         ]

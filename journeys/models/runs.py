@@ -16,7 +16,8 @@ class JourneyRun(Timestamped):
 
     # workflow_id and customer_id lead the indexes below: their own FK indexes would only slow inserts.
     workflow = models.ForeignKey("journeys.Workflow", on_delete=models.CASCADE, related_name="runs", db_index=False)
-    version = models.ForeignKey("journeys.WorkflowVersion", on_delete=models.PROTECT, related_name="runs")
+    version = models.ForeignKey("journeys.WorkflowVersion", on_delete=models.PROTECT, related_name="runs",
+                                db_index=False)  # run_version_created_idx leads with it
     customer = models.ForeignKey("journeys.Customer", on_delete=models.CASCADE, related_name="runs", db_index=False)
     trigger_key = models.CharField(max_length=100)
     trigger_event = models.ForeignKey(
@@ -49,6 +50,16 @@ class JourneyRun(Timestamped):
             # "does any run wait for this event?" (internal events nobody hears are stored processed)
             models.Index(fields=["wait_event"], condition=models.Q(status="waiting") & ~models.Q(wait_event=""),
                          name="run_waiting_event_idx"),
+            # Open runs per workflow and version (dashboard, graph page): holds only open runs, so
+            # counting them costs what is open, not every run ever made.
+            models.Index(fields=["workflow", "status", "version"], condition=models.Q(status__in=["active", "waiting"]),
+                         name="run_open_idx"),
+            # Finished runs by when they finished: the history retention (oldest first) and the
+            # dashboard's failures of the last day.
+            models.Index(fields=["status", "finished_at"], condition=models.Q(finished_at__isnull=False),
+                         name="run_finished_idx"),
+            # A version's runs, the newest first: the graph page counts a recent window of them.
+            models.Index(fields=["version", "created_at"], name="run_version_created_idx"),
         ]
 
     def __str__(self) -> str:

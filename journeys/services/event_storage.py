@@ -20,8 +20,9 @@ from django.conf import settings
 from django.db import connection, models, transaction
 from django.utils import timezone
 
-from journeys.models import Event, EventKey, Source
+from journeys.models import Event, EventKey, ProfileCheck, Source
 from journeys.services.bulk_ingest import event_id_sequence
+from journeys.services.history_retention import profiles_check_later, relations_detach
 from journeys.services.internal_events import INTERNAL_SOURCE, internal_source
 from journeys.services.rechecks import customers_recheck, rechecks_counted_sql
 
@@ -34,17 +35,8 @@ DROP_MARGIN = timedelta(hours=1)
 
 
 def _detach(ids_filter: dict) -> None:
-    """What points at the events about to go, as each relation says (SET_NULL, CASCADE),
-    found through the model's relations, so other apps' references (cases) are handled too."""
-    for rel in Event._meta.get_fields(include_hidden=True):  # hidden: related_name="+" relations too
-        if not (rel.auto_created and not rel.concrete and (rel.one_to_many or rel.one_to_one)):
-            continue
-        lookup = {f"{rel.field.attname}__{k}": v for k, v in ids_filter.items()}
-        manager = rel.related_model._base_manager
-        if rel.on_delete is models.SET_NULL:
-            manager.filter(**lookup).update(**{rel.field.attname: None})
-        elif rel.on_delete is models.CASCADE:
-            manager.filter(**lookup).delete()
+    """What points at the events about to go, as each relation says (SET_NULL, CASCADE)."""
+    relations_detach(Event, ids_filter)
 
 
 def events_delete(*, ids: list[int], source: Source | None = None) -> int:
@@ -63,6 +55,7 @@ def events_delete(*, ids: list[int], source: Source | None = None) -> int:
                         " RETURNING customer_id, name", ids)
             gone = cur.fetchall()
         customers_recheck(gone)  # a stage or segment rule's count of them drops
+        profiles_check_later(customer for customer, _ in gone)  # an anonymous profile may hold nothing now
         return len(gone)
 
 
@@ -229,6 +222,8 @@ def events_partitions_drop(*, now: datetime | None = None) -> list[str]:
                     cur.execute(f"SELECT max(received_at) FROM {name}")
                     _internal_keys_delete(event_ids={"event_id__gte": low or 0, "event_id__lt": high},
                                           newest=cur.fetchone()[0])
+                    cur.execute(f"INSERT INTO {ProfileCheck._meta.db_table} (customer_id) SELECT DISTINCT customer_id"
+                                f" FROM {name} WHERE customer_id IS NOT NULL ON CONFLICT DO NOTHING")
                     counted = rechecks_counted_sql()
                     if counted is not None:  # a rule's counts of its customers drop: marked
                         where, params = counted  # once dropped (holding no lock of the event table)

@@ -178,14 +178,23 @@ def quarantine_discard(*, entries, actor: Any = None, reason: str) -> int:
 
 def quarantine_purge(*, now=None, batch: int = 5000) -> int:
     """Delete replayed and discarded entries resolved over EVENT_API['QUARANTINE_KEEP_DAYS'] days ago
-    (bounded per call); open entries stay until someone decides."""
+    (bounded per call), with their history rows: every one of those holds the payload the client
+    sent (personal data), and the keep period is what ops were given to look at it. Open entries
+    stay until someone decides."""
     now = now or timezone.now()
     cutoff = now - timedelta(days=settings.EVENT_API["QUARANTINE_KEEP_DAYS"])
     ids = list(QuarantinedEvent.objects.filter(status__in=[QuarantineStatus.REPLAYED, QuarantineStatus.DISCARDED],
                                                resolved_at__lt=cutoff).values_list("pk", flat=True)[:batch])
-    if ids:  # their history rows (who fixed, replayed or discarded them, and why) stay
-        QuarantinedEvent.objects.filter(pk__in=ids).delete()
+    if ids:
+        quarantine_entries_delete(ids=ids)
     return len(ids)
+
+
+@transaction.atomic
+def quarantine_entries_delete(*, ids: list[int]) -> None:
+    """Delete these entries and every history row of theirs (the deletion's own included)."""
+    QuarantinedEvent.objects.filter(pk__in=ids).delete()
+    QuarantinedEvent.history.filter(id__in=ids).delete()  # after: the deletion itself wrote a history row
 
 
 # Payload keys that name a person: an entry that names the erased customer under one of them goes.
@@ -216,6 +225,5 @@ def quarantine_customer_erase(customer) -> dict:
             match |= Q(payload__contains=f'"{key}": {form}') | Q(payload__contains=f'"{key}":{form}')
     entries = QuarantinedEvent.objects.filter(match)
     ids = list(entries.values_list("pk", flat=True))
-    QuarantinedEvent.objects.filter(pk__in=ids).delete()
-    QuarantinedEvent.history.filter(id__in=ids).delete()  # after: the deletion itself wrote a history row
+    quarantine_entries_delete(ids=ids)
     return {"quarantined_events": len(ids)}

@@ -127,3 +127,28 @@ def test_analyst_can_read_graphs(traffic, client):
     analyst.user_permissions.add(Permission.objects.get(codename="view_workflow"))
     client.force_login(analyst)
     assert client.get(reverse("console:version_graph", args=[traffic.pk])).status_code == 200
+
+
+def test_counts_cover_the_recent_runs_and_the_page_says_since_when(traffic, admin_client):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from journeys.console.selectors import COUNT_WINDOW
+    from journeys.models import JourneyRun
+
+    # Given the three sign-ups, one of which finished long ago (its run started before the window)
+    finished = JourneyRun.objects.filter(version=traffic).exclude(status="waiting").get()
+    JourneyRun.objects.filter(pk=finished.pk).update(created_at=timezone.now() - COUNT_WINDOW - timedelta(hours=1))
+
+    # When ops open the graph
+    page = admin_client.get(reverse("console:version_graph", args=[traffic.pk])).content.decode()
+
+    # Then the per-step counts cover the two recent runs only; the waiting ones are all counted;
+    # the page says which runs the counts cover
+    nodes = _nodes(page)
+    assert nodes["welcome"] == {"entered": 2, "waiting": 0, "converted": 0, "errors": 0}
+    assert nodes["wait"]["waiting"] == 2
+    assert "2 waiting" in page and "0 completed" in page
+    window = re.search(r'id="count-window-v1">(.*?)</span>', page, re.S).group(1)
+    assert "cover the 2 runs" in " ".join(window.split()) and f"the last {COUNT_WINDOW.days} days" in window

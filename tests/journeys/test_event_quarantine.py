@@ -345,3 +345,70 @@ def test_resolved_entries_are_purged_after_the_keep_window(api, settings):
     assert quarantine_purge() == 1
     assert list(QuarantinedEvent.objects.values_list("pk", flat=True)) == [second.pk]
     assert Customer.objects.count() == 0
+
+
+def rows_holding(text: str) -> list[str]:
+    """Every stored row, in any table Django knows (history tables included), whose text holds `text`."""
+    from django.apps import apps
+    from django.db import models
+    from django.db.models import Q
+    from django.db.models.functions import Cast
+
+    found = []
+    for model in apps.get_models(include_auto_created=True):
+        fields = [f.name for f in model._meta.concrete_fields
+                  if isinstance(f, (models.CharField, models.TextField, models.JSONField))]
+        if not fields:
+            continue
+        rows = model._base_manager.annotate(**{f"t_{name}": Cast(name, models.TextField()) for name in fields})
+        match = Q()
+        for name in fields:
+            match |= Q(**{f"t_{name}__contains": text})
+        found += [f"{model._meta.db_table} #{pk}" for pk in rows.filter(match).values_list("pk", flat=True)]
+    return found
+
+
+def test_the_purge_leaves_no_copy_of_the_payload_anywhere_history_included(api, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from journeys.tasks import events_housekeeping
+
+    # Given a quarantined event holding a personal value, discarded with a reason (a history row with the payload)
+    secret = "secret-note-0451"
+    api.post("batch", {"batch": [good("s-1", event="", properties={"note": secret}), good("s-2", event="")]})
+    entry, other = QuarantinedEvent.objects.order_by("batch_index")
+    quarantine_discard(entries=[entry], reason="junk from a test device")
+    assert rows_holding(secret)
+    # ... resolved past the keep period
+    QuarantinedEvent.objects.filter(pk=entry.pk).update(
+        resolved_at=timezone.now() - timedelta(days=settings.EVENT_API["QUARANTINE_KEEP_DAYS"] + 1))
+
+    # When the scheduled housekeeping purges it
+    result = events_housekeeping()
+
+    # Then no row anywhere (entry, history) holds the payload; the open entry stays
+    assert result["quarantine_purged"] == 1
+    assert rows_holding(secret) == []
+    assert list(QuarantinedEvent.objects.values_list("pk", flat=True)) == [other.pk]
+
+
+def test_the_upgrade_deletes_the_payloads_earlier_purges_left_in_history(api):
+    import importlib
+
+    from django.apps import apps
+
+    # Given an entry purged by an older release: gone, its history rows (with the payload) left behind
+    api.post("batch", {"batch": [good("o-1", event="", properties={"note": "old-secret-77"}), good("o-2", event="")]})
+    gone, kept = QuarantinedEvent.objects.order_by("batch_index")
+    quarantine_discard(entries=[gone, kept], reason="junk")
+    QuarantinedEvent.objects.filter(pk=gone.pk).delete()
+    assert QuarantinedEvent.history.filter(id=gone.pk).count() == 2
+
+    # When the migration runs
+    importlib.import_module("journeys.migrations.0030_quarantine_history_purged").purge_orphan_history(apps, None)
+
+    # Then the gone entry's history is gone, the kept entry's stays
+    assert rows_holding("old-secret-77") == []
+    assert QuarantinedEvent.history.filter(id=kept.pk).count() == 1
