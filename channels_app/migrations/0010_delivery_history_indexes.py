@@ -29,7 +29,7 @@ def drop(apps, schema_editor):
 
 class Migration(migrations.Migration):
     atomic = False
-    dependencies = [("channels_app", "0008_delivery_subject_998")]
+    dependencies = [("channels_app", "0009_delivery_reason_undeliverable")]
     operations = [
         migrations.RunPython(create, drop),
         migrations.AddIndex(
