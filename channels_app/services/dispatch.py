@@ -54,6 +54,7 @@ from channels_app.services.links import link_url
 from channels_app.services.streaming import deliveries_stream
 from channels_app.services.sending import _enqueue, _event_properties, unsubscribe_url
 from journeys.engine.batch import rows_insert, rows_set, skip_locked
+from journeys.engine.queue import task_send
 from journeys.services.outbound import backoff_delay
 
 logger = logging.getLogger(__name__)
@@ -623,9 +624,7 @@ def delivery_requeue(*, delivery: Delivery, actor: str) -> Delivery:
 def deliveries_release_on_resume(*, scope: str, key: str) -> None:
     """Journeys' HOLD_RELEASE_HOOKS entry: safe mode ended or a workflow resumed (runs on commit);
     also a channel resumed (`channels.channel_save`). One task releases them, so they go out oldest first."""
-    from django_q.tasks import async_task
-
-    async_task("channels_app.services.dispatch.deliveries_release_held", scope, key, group="deliveries")
+    task_send("channels_app.services.dispatch.deliveries_release_held", scope, key, group="deliveries")
 
 
 def _falling_back_to(channel_id: int) -> set[int]:
