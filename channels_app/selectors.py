@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from channels_app.choices import SENT_STATUSES, BreakerState, DeliveryStatus, Reason
 from channels_app.models import Channel, ChannelBreaker, Delivery, DeliveryAttempt
+from channels_app.services.claim import sending_lease, sending_orphaned_after
 from journeys.choices import WorkflowStatus
 from journeys.models import JourneyRun, Workflow
 
@@ -41,6 +42,7 @@ RATE_MINUTES = 5  # the send rate (and the ETA) is taken over the last few minut
 HOLD_LABELS = {
     "queued": "Queued",
     "sending": "Sending",
+    "lease": "Waiting for a lost worker's lease",
     "channel_paused": "Held: channel paused",
     "safe_mode": "Held: safe mode (every message held)",
     "workflow_paused": "Held: workflow paused",
@@ -92,6 +94,8 @@ def hold_expression(*, now: datetime, switches: Switches | None = None) -> Case:
     paused = Q(status=DeliveryStatus.DEFERRED, reason=Reason.PAUSED)
     whens = [
         When(status=DeliveryStatus.QUEUED, then=Value("queued")),
+        # a claim older than any live task's: its worker died, the rows wait for the lease to end
+        When(status=DeliveryStatus.SENDING, claimed_at__lt=now - sending_orphaned_after(), then=Value("lease")),
         When(status=DeliveryStatus.SENDING, then=Value("sending")),
         When(~Q(status=DeliveryStatus.DEFERRED), then=Value("")),
         When(paused & Q(channel_id__in=switches.paused_channels), then=Value("channel_paused")),
@@ -120,7 +124,8 @@ def deliveries_held_by(queryset: QuerySet, *, hold: str, now: datetime | None = 
     """The deliveries waiting for `hold` now (a HOLD_LABELS key), from the status index."""
     if hold not in HOLD_LABELS:
         raise ValueError(f"unknown hold {hold!r}")
-    status = {"queued": DeliveryStatus.QUEUED, "sending": DeliveryStatus.SENDING}.get(hold, DeliveryStatus.DEFERRED)
+    status = {"queued": DeliveryStatus.QUEUED, "sending": DeliveryStatus.SENDING,
+              "lease": DeliveryStatus.SENDING}.get(hold, DeliveryStatus.DEFERRED)
     return deliveries_with_hold(queryset.filter(status=status), now=now).filter(hold=hold)
 
 
@@ -144,6 +149,8 @@ def delivery_hold_text(delivery: Delivery, now: datetime | None = None) -> str:
             return f"No longer held (was: {was}); looked at again {_at(when)}"
         return f"Due{f' since {_at(when)}' if when else ''}, waiting its turn (was held: {was})"
     text = HOLD_LABELS[hold]
+    if hold == "lease" and delivery.claimed_at:
+        return f"{text} (until {_at(delivery.claimed_at + sending_lease())}, then sent or recorded)"
     if (hold in TIMED or hold == "breaker_open") and when:
         text += f" until {_at(when)}"
     if hold in ("channel_paused", "workflow_paused", "safe_mode") and (delivery.notes or {}).get("held_since"):
@@ -185,7 +192,8 @@ def workflow_messages(*, workflow_ids: list[int], now: datetime | None = None) -
     channels = list(Channel.objects.values_list("pk", flat=True))
     with _without_jit():
         waiting = list(deliveries_with_hold(Delivery.objects.filter(status__in=PENDING, run_id__isnull=False), now=now)
-                       .values("run_workflow", "hold").annotate(n=Count("id"), until=Max("next_attempt_at"))
+                       .values("run_workflow", "hold")
+                       .annotate(n=Count("id"), until=Max("next_attempt_at"), claimed=Max("claimed_at"))
                        .order_by())
         sent = list(Delivery.objects.filter(channel_id__in=channels, sent_at__gte=since, run_id__isnull=False)
                     .annotate(workflow_id=_run_workflow()).values("workflow_id").annotate(n=Count("id")).order_by())
@@ -202,9 +210,11 @@ def workflow_messages(*, workflow_ids: list[int], now: datetime | None = None) -
         elif hold == "sending":
             entry["sending"] += row["n"]
         else:
+            until = row["until"] if hold in TIMED or hold == "breaker_open" else None
+            if hold == "lease":  # the last of these claims' leases to end
+                until = row["claimed"] + sending_lease() if row["claimed"] else None
             entry["held"] += row["n"]
-            entry["held_by"].append({"key": hold, "label": HOLD_LABELS[hold], "n": row["n"],
-                                     "until": row["until"] if hold in TIMED or hold == "breaker_open" else None})
+            entry["held_by"].append({"key": hold, "label": HOLD_LABELS[hold], "n": row["n"], "until": until})
     for key, rows in (("sent_recent", sent), ("failed_recent", failed)):
         for row in rows:
             if row["workflow_id"] in wanted:

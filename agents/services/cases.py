@@ -23,6 +23,7 @@ from agents.services import permissions
 from agents.services.conversations import conversation_for_case
 from agents.services.routing import enqueue_route, sla_due
 from journeys.choices import StreamEventType
+from journeys.engine.queue import task_send_on_commit
 from journeys.engine.runtime import profile_dict
 from journeys.models import Customer, JourneyRun, Workflow
 from journeys.services.governance import history_stamp, require_reason
@@ -67,9 +68,7 @@ def agent_save(*, agent: Agent, actor=None, reason: str = "") -> Agent:
 
 
 def _route_waiting_on_commit() -> None:
-    from django_q.tasks import async_task
-
-    transaction.on_commit(lambda: async_task("agents.tasks.cases_route_waiting", group="agents"))
+    task_send_on_commit("agents.tasks.cases_route_waiting", group="agents")
 
 
 def agent_status_set(*, agent: Agent, status: str, actor) -> Agent:

@@ -39,6 +39,7 @@ from agents.errors import CaseError
 from agents.models import Agent, AgentSkill, Case, CaseEntry, Team
 from agents.services import permissions
 from journeys.engine.batch import skip_locked
+from journeys.engine.queue import task_send_on_commit
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def enqueue_route(*, case_id: int) -> None:
     if "orm" in cluster and not cluster.get("sync"):
         async_task("agents.tasks.case_route", case_id, group="agents")
     else:
-        transaction.on_commit(lambda: async_task("agents.tasks.case_route", case_id, group="agents"))
+        task_send_on_commit("agents.tasks.case_route", case_id, group="agents")
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,14 @@ def sending_lease() -> timedelta:
     return timedelta(seconds=int(getattr(settings, "DELIVERY_SENDING_LEASE_S", 600)))
 
 
+def sending_orphaned_after() -> timedelta:
+    """A claim older than this has no live worker: the queue stops a task at its time limit
+    (Q_CLUSTER timeout), and a dispatcher never holds a claim longer than its task. Its rows only
+    wait for the lease (shown as such, not as being sent)."""
+    timeout = (getattr(settings, "Q_CLUSTER", {}) or {}).get("timeout") or 120
+    return min(timedelta(seconds=int(timeout)), sending_lease())
+
+
 @dataclass
 class Claimed:
     """One claimed batch: `deliveries` are `sending` now (with `channel`, `customer` (but its

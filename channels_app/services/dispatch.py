@@ -29,13 +29,15 @@ import queue
 import threading
 import time
 from collections import Counter, defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import reduce
+from typing import TypeVar
 
 import psycopg
 from django.conf import settings
-from django.db import connection, connections, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, connections, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -54,6 +56,7 @@ from channels_app.services.links import link_url
 from channels_app.services.streaming import deliveries_stream
 from channels_app.services.sending import _enqueue, _event_properties, unsubscribe_url
 from journeys.engine.batch import rows_insert, rows_set, skip_locked
+from journeys.engine.queue import task_send
 from journeys.services.outbound import backoff_delay
 
 logger = logging.getLogger(__name__)
@@ -81,6 +84,7 @@ class NotSent:
 
     def __init__(self, why: str) -> None:
         self.why = why
+        self.attempt_returned = False  # the claim's attempt given back once, however often the write is tried
 
 
 @dataclass
@@ -98,12 +102,49 @@ _MARK_SQL = ("UPDATE channels_app_delivery SET accepted_at = %s, provider_messag
              " WHERE id = %s AND claimed_at = %s")
 
 
+def record_window() -> float:
+    """How long a dispatcher keeps the outcomes it holds and retries writing them while the
+    database is unreachable (a restart takes seconds, a failover tens): half the send lease,
+    and inside the queue's time limit for the task (a worker the queue kills loses them)."""
+    window = sending_lease().total_seconds() / 2
+    timeout = (getattr(settings, "Q_CLUSTER", {}) or {}).get("timeout")
+    return min(window, timeout * 0.9) if timeout else window
+
+
+_T = TypeVar("_T")
+
+
+def _db_retry(write: Callable[[], _T], *, what: str, until: float) -> _T:
+    """Run `write` (outcomes held in memory) until it succeeds: a lost database connection is
+    closed, and the write tried again on a new one with backoff up to `until` (monotonic). Only
+    outside a caller's transaction (one open there is lost with the connection): then it raises.
+    Meanwhile the send loop waits, so no message goes out that could not be recorded."""
+    delay = 0.05
+    while True:
+        try:
+            return write()
+        except (OperationalError, InterfaceError) as exc:
+            if connection.in_atomic_block or time.monotonic() + delay > until:
+                raise
+            logger.warning("dispatch: %s failed (%s); reconnecting, trying again in %.2f s", what,
+                           str(exc).strip() or type(exc).__name__, delay)
+            try:
+                connection.close()
+            except DatabaseError:  # already gone
+                pass
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
 class _Marks:
     """Each message the provider has is marked on its row at once (its own statement, committed
     unless a caller's transaction is open), so a worker killed before the batch's results are
-    written never sends it again. One channel's part of a batch: one cursor for all its marks."""
+    written never sends it again. One channel's part of a batch: one cursor for all its marks.
+    A mark the database does not take (connection lost) is retried on a new connection until
+    `until` (the send loop waits meanwhile): a live worker never forgets what it sent."""
 
-    def __init__(self) -> None:
+    def __init__(self, until: float | None = None) -> None:
+        self.until = time.monotonic() + record_window() if until is None else until
         # The one statement per message of the send loop, prepared once per connection: Django's
         # cursors bind client-side, so PostgreSQL would parse and plan it for every message (~40%
         # of its cost). Off behind PgBouncer (DB_DISABLE_SERVER_SIDE_CURSORS, docs/SCALING.md).
@@ -116,9 +157,20 @@ class _Marks:
         delivery.latency_ms = latency_ms
         delivery.provider_message_id = (result.provider_message_id or "").replace("\x00", "")[:255]
         params = [now, delivery.provider_message_id, latency_ms, delivery.pk, delivery.claimed_at]
+
+        def write() -> None:
+            try:
+                self._execute(params)
+            except (OperationalError, InterfaceError):
+                self.close()  # its connection is gone: the next try prepares on the new one
+                raise
+
+        _db_retry(write, what=f"marking delivery {delivery.pk} accepted", until=self.until)
+
+    def _execute(self, params: list) -> None:
         if not self.prepared:
             adapt = connection.ops.adapt_datetimefield_value  # SQLite compares datetimes as stored text
-            params = [adapt(now), params[1], latency_ms, delivery.pk, adapt(delivery.claimed_at)]
+            params = [adapt(params[0]), params[1], params[2], params[3], adapt(params[4])]
             with connection.cursor() as cursor:
                 cursor.execute(_MARK_SQL, params)
             return
@@ -139,7 +191,10 @@ class _Marks:
 
     def close(self) -> None:
         if self.cursor is not None:
-            self.cursor.close()
+            try:
+                self.cursor.close()
+            except psycopg.Error:  # its connection is gone
+                pass
             self.cursor = None
 
 
@@ -156,6 +211,7 @@ class DispatchRun:
     def __init__(self, now: datetime | None = None, seconds: float | None = None) -> None:
         self.fixed_now = now
         self.deadline = None if seconds is None else time.monotonic() + seconds
+        self.record_until = time.monotonic() + record_window()  # outcomes held are retried until then
         self.providers: dict[tuple, Provider] = {}
         self.outcome: Counter = Counter()
 
@@ -203,7 +259,8 @@ class DispatchRun:
         sent: list[Sent] = []
         for group in by_channel.values():
             sent += self._send(group, claimed.admissions.get(group[0].channel.pk), now)
-        deliveries_record(sent=sent, now=now)
+        _db_retry(lambda: deliveries_record(sent=sent, now=now), what="recording a batch's results",
+                  until=self.record_until)
         again = list(claimed.later)
         for s in sent:
             if isinstance(s.outcome, NotSent):
@@ -230,7 +287,7 @@ class DispatchRun:
         out: list[Sent] = []
         unit = provider.batch_unit()
         source = _Lanes(providers, group, messages) if lanes > 1 else _Session(provider, group, messages)
-        marks = _Marks()
+        marks = _Marks(until=self.record_until)
         try:
             for d, outcome, latency in source:
                 if outcome is _NO_OUTCOME:  # handed over, but no word on it: retried later (same idempotency key)
@@ -432,7 +489,9 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
         d, outcome, at = s.delivery, s.outcome, s.at or now
         channel = d.channel
         if isinstance(outcome, NotSent):
-            d.attempts -= 1  # the claim counted an attempt the provider never saw
+            if not outcome.attempt_returned:  # the claim counted an attempt the provider never saw
+                d.attempts -= 1
+                outcome.attempt_returned = True
             d.status, d.reason, d.next_attempt_at, d.error = DeliveryStatus.DEFERRED, Reason.RETRY, now, outcome.why
             changed.append(d)
             continue
@@ -623,9 +682,7 @@ def delivery_requeue(*, delivery: Delivery, actor: str) -> Delivery:
 def deliveries_release_on_resume(*, scope: str, key: str) -> None:
     """Journeys' HOLD_RELEASE_HOOKS entry: safe mode ended or a workflow resumed (runs on commit);
     also a channel resumed (`channels.channel_save`). One task releases them, so they go out oldest first."""
-    from django_q.tasks import async_task
-
-    async_task("channels_app.services.dispatch.deliveries_release_held", scope, key, group="deliveries")
+    task_send("channels_app.services.dispatch.deliveries_release_held", scope, key, group="deliveries")
 
 
 def _falling_back_to(channel_id: int) -> set[int]:

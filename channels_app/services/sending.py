@@ -17,6 +17,7 @@ from channels_app.models import Channel, Delivery, MessageTemplate
 from channels_app.models.deliveries import SUBJECT_MAX
 from channels_app.services.consent import ConsentBook, consent_refusal, personalization_allowed
 from journeys.engine.batch import instance_new, objects_insert, reserve_ids
+from journeys.engine.queue import task_send, task_send_on_commit
 from journeys.services.identity import phone_e164
 from channels_app.providers.limits import size_problem, sms_segments
 from channels_app.services.links import link_url
@@ -113,18 +114,13 @@ def _links(delivery: Delivery) -> dict:
 
 
 def _enqueue(delivery: Delivery) -> None:
-    from django_q.tasks import async_task
-
-    pk = delivery.pk
-    transaction.on_commit(lambda: async_task("channels_app.tasks.delivery_send", pk, group="deliveries"))
+    task_send_on_commit("channels_app.tasks.delivery_send", delivery.pk, group="deliveries")
 
 
 def _enqueue_collected(ids: list[int]) -> None:
     """One dispatch task, after commit, for the deliveries in `ids` then (its batch may add more
     until the commit; the dispatch sweeper finds them if the enqueue is lost)."""
-    from django_q.tasks import async_task
-
-    transaction.on_commit(lambda: async_task("channels_app.tasks.deliveries_send", list(ids), group="deliveries"))
+    transaction.on_commit(lambda: task_send("channels_app.tasks.deliveries_send", list(ids), group="deliveries"))
 
 
 def _decide(*, customer, template: MessageTemplate, channel: Channel, context: dict, now: datetime,

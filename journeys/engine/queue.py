@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from django.conf import settings
 from django.db import transaction
 from django_q.tasks import async_task
+
+logger = logging.getLogger(__name__)
 
 BATCH = 200
 
@@ -36,6 +39,29 @@ def _uses_orm_broker() -> bool:
     return "orm" in cluster and not cluster.get("sync")
 
 
+def task_send(func: str | Callable, *args, **kwargs) -> str | None:
+    """`async_task` for work already committed (called after the commit): a broker that is
+    down (Redis unreachable) is logged, not raised, because the rows are the outbox and a
+    sweeper finds the work again (events_sweep, the deliveries' due sweep, the SLA tick,
+    jobs_sweep_stalled). Raising here would answer a 500 for work that is stored, and a client
+    that retries would store it twice. In sync mode (tests) the task runs now and errors surface."""
+    if settings.Q_CLUSTER.get("sync"):
+        return async_task(func, *args, **kwargs)
+    try:
+        return async_task(func, *args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any broker failure: the sweepers have the work
+        name = func if isinstance(func, str) else getattr(func, "__name__", repr(func))
+        logger.warning("queue: enqueue of %s failed after commit (%s: %s); a sweeper will pick the work up",
+                       name, type(exc).__name__, exc)
+        return None
+
+
+def task_send_on_commit(func: str | Callable, *args, **kwargs) -> None:
+    """Queue a task once the caller's transaction commits (at once outside one), never failing
+    the caller for a broker that is down: see `task_send`."""
+    transaction.on_commit(lambda: task_send(func, *args, **kwargs))
+
+
 def enqueue_events(event_ids: list[int]) -> None:
     """Queue processing for freshly stored events.
 
@@ -52,15 +78,15 @@ def enqueue_events(event_ids: list[int]) -> None:
         return
     chunks = [event_ids[i : i + BATCH] for i in range(0, len(event_ids), BATCH)]
 
-    def send() -> None:
+    def send(enqueue: Callable = async_task) -> None:
         for chunk in chunks:  # the event workers' queue, also when stored by a schedule (see enqueue_work)
-            async_task("journeys.tasks.events_process", chunk, task_name=None, group="events",
-                       cluster=settings.Q_CLUSTER.get("name"))
+            enqueue("journeys.tasks.events_process", chunk, task_name=None, group="events",
+                    cluster=settings.Q_CLUSTER.get("name"))
 
     if _uses_orm_broker():
-        send()
+        send()  # inside the transaction: a failure rolls the events back (the API answers 503)
     else:
-        transaction.on_commit(send)
+        transaction.on_commit(lambda: send(task_send))
 
 
 def enqueue_work(func: str, *args, group: str) -> None:
@@ -74,10 +100,7 @@ def enqueue_work(func: str, *args, group: str) -> None:
     """
     cluster = settings.Q_CLUSTER
 
-    def send() -> None:
-        async_task(func, *args, task_name=None, group=group, cluster=cluster.get("name"))
-
     if cluster.get("sync") or _uses_orm_broker():
-        send()
+        async_task(func, *args, task_name=None, group=group, cluster=cluster.get("name"))
     else:
-        transaction.on_commit(send)
+        task_send_on_commit(func, *args, task_name=None, group=group, cluster=cluster.get("name"))

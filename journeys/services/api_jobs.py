@@ -13,6 +13,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
+from journeys.engine.queue import task_send_on_commit
 from journeys.errors import JourneyError
 from journeys.models import ApiToken, Job, JobStatus
 
@@ -49,7 +50,6 @@ def api_job_start(*, kind: str, token: ApiToken, params: dict, key: str, request
     `status`/`result` store a job that was done synchronously (a small trigger), so a replay of
     its key answers the same way without doing the work again."""
     from django.utils import timezone
-    from django_q.tasks import async_task
 
     existing = idempotent_job_find(key=key, request_hash=request_hash)
     if existing is not None:
@@ -63,5 +63,5 @@ def api_job_start(*, kind: str, token: ApiToken, params: dict, key: str, request
     except IntegrityError:  # a concurrent request with the same key stored it first
         return idempotent_job_find(key=key, request_hash=request_hash), False
     if enqueue and not finished:
-        transaction.on_commit(lambda: async_task("journeys.services.jobs.run_job", job.pk, task_name=f"job-{job.pk}"))
+        task_send_on_commit("journeys.services.jobs.run_job", job.pk, task_name=f"job-{job.pk}")
     return job, True

@@ -198,10 +198,10 @@ def job_progress(*, job: Job, done: int, total: int | None = None, message: str 
 def job_queue(job_id: int, *, part: int | None = None) -> None:
     """Hand the job (an import: its part from row index `part`) to a q2 worker once the
     transaction commits."""
-    from django_q.tasks import async_task
+    from journeys.engine.queue import task_send_on_commit
 
     args, name = ((job_id,), f"job-{job_id}") if part is None else ((job_id, part), f"job-{job_id}-{part}")
-    transaction.on_commit(lambda: async_task("journeys.services.jobs.run_job", *args, task_name=name))
+    task_send_on_commit("journeys.services.jobs.run_job", *args, task_name=name)
 
 
 def run_job(job_id: int, part: int | None = None) -> str:
@@ -245,7 +245,7 @@ def _task_timeout() -> int:
 
 
 def jobs_sweep_stalled(*, now: datetime | None = None) -> dict:
-    """Find jobs left `running` by a task that never came back (the queue's time limit struck,
+    """Find jobs left `running` by a task that never came back, or left `queued` by a task never handed out (the queue's time limit struck,
     or the worker died and q2 dropped or lost the task): nothing else would ever move them.
 
     Silence longer than the time limit plus q2's retry delay means no task is on it. An import
@@ -256,6 +256,11 @@ def jobs_sweep_stalled(*, now: datetime | None = None) -> dict:
     now = now or timezone.now()
     quiet = timedelta(seconds=_task_timeout() + int(settings.Q_CLUSTER.get("retry") or 0))
     requeued = failed = 0
+    # Never started: its task was lost on the way (the broker was down when the job was stored).
+    for pk in Job.objects.filter(status=JobStatus.QUEUED, created_at__lt=now - quiet).values_list("pk", flat=True):
+        logger.warning("job %s: still queued after %s s, queued again (its task was lost)", pk, int(quiet.total_seconds()))
+        job_queue(pk)
+        requeued += 1
     running = Job.objects.filter(status=JobStatus.RUNNING).values_list("pk", "kind", "started_at", "result")
     for pk, kind, started_at, result in running.iterator(chunk_size=100):
         state = _import_state(result)

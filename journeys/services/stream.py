@@ -162,13 +162,13 @@ _last_kick = {"at": 0.0}
 def _kick() -> None:
     """After a commit that recorded events: one delivery task, at most once a second per process
     (the minute tick catches whatever a skipped kick would have sent)."""
-    from django_q.tasks import async_task
+    from journeys.engine.queue import task_send
 
     now = time.monotonic()
     if now - _last_kick["at"] < 1.0 and not settings.Q_CLUSTER.get("sync"):
         return
     _last_kick["at"] = now
-    async_task("journeys.services.stream.stream_deliver_due", group="stream")
+    task_send("journeys.services.stream.stream_deliver_due", group="stream")
 
 
 # --------------------------------------------------------------------------- journeys' own events
@@ -262,9 +262,9 @@ def destination_clean(destination: StreamDestination) -> None:
 
 
 def deliver_later(destination_id: int) -> None:
-    from django_q.tasks import async_task
+    from journeys.engine.queue import task_send
 
-    async_task("journeys.services.stream.stream_deliver", destination_id=destination_id, group="stream")
+    task_send("journeys.services.stream.stream_deliver", destination_id=destination_id, group="stream")
 
 
 # --------------------------------------------------------------------------- sending

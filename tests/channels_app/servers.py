@@ -122,6 +122,7 @@ class FakeVendor:
         self.in_flight = self.max_in_flight = 0  # requests being answered at once (concurrent connections)
         self.default = Plan(200, {"id": "ok-1", "sid": "SM123", "name": "projects/p/messages/9", "ok": True, "ts": "1.2"})
         self.lock = threading.Lock()
+        self.on_request = None  # called with the request's number (1, 2...) before it is answered
         vendor = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -137,6 +138,9 @@ class FakeVendor:
                     plan = vendor.queue.pop(0) if vendor.queue else vendor.default
                     vendor.in_flight += 1
                     vendor.max_in_flight = max(vendor.max_in_flight, vendor.in_flight)
+                    number = len(vendor.requests)
+                if vendor.on_request is not None:
+                    vendor.on_request(number)
                 if plan.delay:
                     time.sleep(plan.delay)
                 with vendor.lock:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from html import unescape
 
 import pytest
 from django.urls import reverse
@@ -213,3 +214,31 @@ def test_events_per_minute_tell_customer_events_from_the_products_own(sale, ops,
     assert metrics["product_events_last_minute"] >= 3 and sum(metrics["product_events_per_minute"]) >= 3
     html = _dashboard(ops)["html"]
     assert 'id="m-product-events-last-minute"' in html and "recorded by the product" in html
+
+
+def test_messages_whose_worker_died_show_as_waiting_for_its_lease_not_as_sending(
+        sale, ops, send, django_capture_on_commit_callbacks):
+    # given a campaign with three messages claimed by a worker that died three minutes ago (its
+    # claim waits for the send lease) and one claimed just now by a live worker
+    from channels_app.services.claim import deliveries_claim, sending_lease
+
+    customers = CustomerFactory.create_batch(4)
+    _sent_to(send, customers)
+    ids = _queued(sale, customers, django_capture_on_commit_callbacks)
+    died_at = timezone.now() - timedelta(minutes=3)
+    deliveries_claim(ids=ids[:3], now=died_at)
+    deliveries_claim(ids=ids[3:], now=timezone.now())
+    assert Delivery.objects.filter(pk__in=ids, status="sending").count() == 4
+
+    # when ops reads the dashboard
+    data = _dashboard(ops)
+    messages = data["metrics"]["workflows"]["Winter sale"]["messages"]
+
+    # then only the live worker's message is "sending"; the three others wait for the lost
+    # worker's lease, until it ends, and the ETA does not count them as being sent
+    assert (messages["queued"], messages["held"], messages["sending"]) == (0, 3, 1)
+    until = Delivery.objects.get(pk=ids[0]).claimed_at + sending_lease()
+    assert [(h["key"], h["n"]) for h in messages["held_by"]] == [("lease", 3)]
+    html = unescape(re.sub(r"\s+", " ", data["html"]))
+    assert f"3 held (Waiting for a lost worker's lease until {timezone.localtime(until):%H:%M})" in html
+    assert "1 sending" in html
