@@ -215,7 +215,13 @@ def run_job(job_id: int, part: int | None = None) -> str:
         return "gone" if job is None else job.status
     if job.kind in IMPORT_KINDS:
         return _import_part(job, start=part or 0)
-    Job.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, started_at=timezone.now())
+    # One task runs a job: a second one (the sweep queued it again while the first waited in a
+    # long queue) finds it taken. A job left running longer than the queue's time limit has no
+    # task on it any more (the queue stops every task at that limit), so it may be taken again.
+    now = timezone.now()
+    free = Q(status=JobStatus.QUEUED) | Q(status=JobStatus.RUNNING, started_at__lt=now - timedelta(seconds=_task_timeout()))
+    if not Job.objects.filter(free, pk=job.pk).update(status=JobStatus.RUNNING, started_at=now):
+        return Job.objects.filter(pk=job.pk).values_list("status", flat=True).first() or "gone"
     runner = RUNNERS[job.kind]
     try:
         result = runner(job)
@@ -256,11 +262,19 @@ def jobs_sweep_stalled(*, now: datetime | None = None) -> dict:
     now = now or timezone.now()
     quiet = timedelta(seconds=_task_timeout() + int(settings.Q_CLUSTER.get("retry") or 0))
     requeued = failed = 0
-    # Never started: its task was lost on the way (the broker was down when the job was stored).
-    for pk in Job.objects.filter(status=JobStatus.QUEUED, created_at__lt=now - quiet).values_list("pk", flat=True):
-        logger.warning("job %s: still queued after %s s, queued again (its task was lost)", pk, int(quiet.total_seconds()))
-        job_queue(pk)
-        requeued += 1
+    # Never started: its task was lost on the way (the broker was down when the job was stored),
+    # or waits behind a long queue. Queued again once per quiet period (run_job lets one task run it).
+    stale = Job.objects.filter(status=JobStatus.QUEUED, created_at__lt=now - quiet).values_list("pk", "result")
+    for pk, result in stale:
+        sent = (result or {}).get("requeued_at") if isinstance(result, dict) else None
+        if sent and now - datetime.fromisoformat(sent) <= quiet:
+            continue
+        marked = {**(result if isinstance(result, dict) else {}), "requeued_at": now.isoformat()}
+        if Job.objects.filter(pk=pk, status=JobStatus.QUEUED).update(result=marked):
+            logger.warning("job %s: still queued after %s s, queued again (its task was lost or waits)",
+                           pk, int(quiet.total_seconds()))
+            job_queue(pk)
+            requeued += 1
     running = Job.objects.filter(status=JobStatus.RUNNING).values_list("pk", "kind", "started_at", "result")
     for pk, kind, started_at, result in running.iterator(chunk_size=100):
         state = _import_state(result)

@@ -93,3 +93,28 @@ def test_an_import_stored_while_the_broker_is_down_is_accepted_and_queued_again_
     # then the job was queued again and ran (it is no longer waiting for a task that never comes)
     assert outcome["requeued"] == 1
     assert Job.objects.get(pk=job.pk).status != JobStatus.QUEUED
+
+
+def test_a_job_another_task_is_running_is_not_run_again_by_a_second_task(broker_down):
+    # given an export job a worker has started (its task was queued again by the sweep meanwhile,
+    # because it waited in a long queue past the time limit)
+    from journeys.services.jobs import jobs_sweep_stalled, run_job
+
+    job = Job.objects.create(kind="export", params={}, status=JobStatus.RUNNING, started_at=timezone.now())
+
+    # when the second task for it is delivered
+    outcome = run_job(job.pk)
+
+    # then it leaves the job to the task running it
+    assert outcome == JobStatus.RUNNING
+    job.refresh_from_db()
+    assert (job.status, job.finished_at) == (JobStatus.RUNNING, None)
+
+    # and a job still queued (its task waits behind others, or was lost: the broker is down) is
+    # queued again once per quiet period, not at every sweep
+    waiting = Job.objects.create(kind="export", params={"customer_id": 0})
+    Job.objects.filter(pk=waiting.pk).update(created_at=timezone.now() - timedelta(hours=2))
+    now = timezone.now()
+    assert jobs_sweep_stalled(now=now)["requeued"] == 1
+    assert jobs_sweep_stalled(now=now + timedelta(seconds=60))["requeued"] == 0
+    assert jobs_sweep_stalled(now=now + timedelta(hours=1))["requeued"] == 1
