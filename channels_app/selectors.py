@@ -284,21 +284,19 @@ def channels_list() -> QuerySet[Channel]:
 
 
 def templates_list() -> QuerySet[MessageTemplate]:
+    """Templates with their topic (its slug is shown); one join."""
     return MessageTemplate.objects.select_related("topic")
 
 
-# Which filters the deliveries list offers, and the index each one starts from. A filter without
-# an index (a time range alone: neither created_at nor sent_at leads an index) would read every
-# delivery on a large table, so `since` only narrows a selection made by an indexed filter.
-DELIVERY_FILTER_INDEXES = {
-    "customer_id": "delivery_customer_sent_idx (customer, sent_at)",
-    "workflow_id": "the runs' (workflow, ...) unique index, then the deliveries' run_id index",
-    "status": "delivery_due_idx (status, next_attempt_at)",
-}
-SINCE_NEEDS = ("customer_id", "workflow_id")
+# The deliveries list offers only filters an index serves: customer_id (delivery_customer_sent_idx),
+# workflow_id (the runs' (workflow, customer, trigger_key) index, then the deliveries' run_id index)
+# and status (delivery_due_idx). A time range alone would read every delivery on a large table
+# (neither created_at nor sent_at leads an index), so `since` only narrows customer_id or workflow_id.
 
 
 class DeliveryFilterRefused(ValueError):
+    """A filter combination no index serves; `field` names the filter to drop or complete."""
+
     def __init__(self, field: str, message: str):
         super().__init__(message)
         self.field = field
@@ -307,7 +305,7 @@ class DeliveryFilterRefused(ValueError):
 def deliveries_lookup(*, customer_id: int | None = None, workflow_id: int | None = None, status: str = "",
                       since: datetime | None = None) -> QuerySet[Delivery]:
     """Deliveries matching every filter given (all when none is), each filter through an index
-    (DELIVERY_FILTER_INDEXES); `since` (created at or after) only with customer_id or workflow_id.
+    (see above); `since` (created at or after) only with customer_id or workflow_id.
     A merged-away customer's id reads its survivor's deliveries (merges move them there)."""
     if since is not None and customer_id is None and workflow_id is None:
         raise DeliveryFilterRefused("since", "give customer_id or workflow_id with since (no index serves a time "
