@@ -22,14 +22,28 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Case, CharField, Count, F, Max, OuterRef, Q, QuerySet, Subquery, Value, When
+from django.db.models import (
+    Case,
+    CharField,
+    Count,
+    F,
+    Max,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+    When,
+)
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from channels_app.choices import SENT_STATUSES, BreakerState, DeliveryStatus, Reason
-from channels_app.models import Channel, ChannelBreaker, Delivery, DeliveryAttempt
+from channels_app.models import Channel, ChannelBreaker, Delivery, DeliveryAttempt, MessageTemplate
 from channels_app.services.claim import sending_lease, sending_orphaned_after
 from journeys.choices import WorkflowStatus
 from journeys.models import JourneyRun, Workflow
+from journeys.services.customers_api import CustomerNotFound, customer_get
 
 PENDING = (DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED, DeliveryStatus.SENDING)
 FAILED = (DeliveryStatus.FAILED,)
@@ -269,3 +283,57 @@ def delivery_workflow_choices(*, user: Any, selected: str | None = None) -> list
 def deliveries_of_workflow(queryset: QuerySet, *, workflow_id: int) -> QuerySet:
     """The deliveries of a workflow's runs (run_id -> the runs of the workflow, by its index)."""
     return queryset.filter(run_id__in=JourneyRun.objects.filter(workflow_id=workflow_id).values("pk"))
+
+
+# --------------------------------------------------------------------------- management API reads
+
+
+def channels_list() -> QuerySet[Channel]:
+    """Channels with their breaker's state (closed when it never opened); one left join."""
+    return Channel.objects.annotate(
+        breaker_state=Coalesce(F("breaker__state"), Value(BreakerState.CLOSED)),
+        breaker_opened_at=F("breaker__opened_at"),
+    )
+
+
+def templates_list() -> QuerySet[MessageTemplate]:
+    """Templates with their topic (its slug is shown); one join."""
+    return MessageTemplate.objects.select_related("topic")
+
+
+# The deliveries list offers only filters an index serves: customer_id (delivery_customer_sent_idx),
+# workflow_id (the runs' (workflow, customer, trigger_key) index, then the deliveries' run_id index)
+# and status (delivery_due_idx). A time range alone would read every delivery on a large table
+# (neither created_at nor sent_at leads an index), so `since` only narrows customer_id or workflow_id.
+
+
+class DeliveryFilterRefused(ValueError):
+    """A filter combination no index serves; `field` names the filter to drop or complete."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def deliveries_lookup(*, customer_id: int | None = None, workflow_id: int | None = None, status: str = "",
+                      since: datetime | None = None) -> QuerySet[Delivery]:
+    """Deliveries matching every filter given (all when none is), each filter through an index
+    (see above); `since` (created at or after) only with customer_id or workflow_id.
+    A merged-away customer's id reads its survivor's deliveries (merges move them there)."""
+    if since is not None and customer_id is None and workflow_id is None:
+        raise DeliveryFilterRefused("since", "give customer_id or workflow_id with since (no index serves a time "
+                                             "range over every delivery)")
+    queryset = Delivery.objects.select_related("channel", "template", "topic").annotate(workflow_id=_run_workflow())
+    if customer_id is not None:
+        try:
+            customer_id = customer_get(pk=customer_id).pk
+        except CustomerNotFound:
+            return queryset.none()
+        queryset = queryset.filter(customer_id=customer_id)
+    if workflow_id is not None:
+        queryset = deliveries_of_workflow(queryset, workflow_id=workflow_id)
+    if status:
+        queryset = queryset.filter(status=status)
+    if since is not None:
+        queryset = queryset.filter(created_at__gte=since)
+    return queryset

@@ -6,9 +6,12 @@ from django.urls import path, re_path
 from drf_spectacular.views import SpectacularJSONAPIView
 from rest_framework.routers import SimpleRouter
 
+from channels_app.api.reads import ChannelViewSet, DeliveryViewSet, TemplateViewSet
 from channels_app.api.views import MessageViewSet
+from experiments.api.views import ExperimentViewSet
 from journeys.api.base import not_found_view
-from journeys.api.management import CustomerViewSet, JobViewSet, WorkflowTriggerViewSet
+from journeys.api.management import CustomerViewSet, JobViewSet, WorkflowViewSet
+
 
 class Router(SimpleRouter):
     """Paths answer with or without a trailing slash (/api/v1/customers and /api/v1/customers/)."""
@@ -20,9 +23,13 @@ class Router(SimpleRouter):
 
 router = Router()
 router.register("customers", CustomerViewSet, basename="api-customer")
-router.register("workflows", WorkflowTriggerViewSet, basename="api-workflow")
+router.register("workflows", WorkflowViewSet, basename="api-workflow")
 router.register("messages", MessageViewSet, basename="api-message")
 router.register("jobs", JobViewSet, basename="api-job")
+router.register("channels", ChannelViewSet, basename="api-channel")
+router.register("templates", TemplateViewSet, basename="api-template")
+router.register("deliveries", DeliveryViewSet, basename="api-delivery")
+router.register("experiments", ExperimentViewSet, basename="api-experiment")
 
 urlpatterns = [
     path("openapi.json", SpectacularJSONAPIView.as_view(), name="api-v1-openapi"),

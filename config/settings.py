@@ -324,7 +324,16 @@ SPECTACULAR_SETTINGS = {
     # The API's one PATCH (customer traits) reads its whole body, not a partial one: keep the
     # required fields (drf-spectacular would describe every PATCH body as all-optional "Patched*").
     "COMPONENT_SPLIT_PATCH": False,
-    "ENUM_NAME_OVERRIDES": {"ApiScopeEnum": "journeys.choices.ApiScope"},
+    # Choice sets sharing a field name (status, kind) keep one stable name each in generated clients.
+    "ENUM_NAME_OVERRIDES": {
+        "ApiScopeEnum": "journeys.choices.ApiScope",
+        "KindEnum": "journeys.models.jobs.JobKind",
+        "JobOutStatusEnum": "journeys.models.jobs.JobStatus",
+        "DeliveryOutStatusEnum": "channels_app.choices.DeliveryStatus",
+        "ChannelKindEnum": "channels_app.choices.ChannelKind",
+        "WorkflowStatusEnum": "journeys.choices.WorkflowStatus",
+        "ExperimentStatusEnum": "experiments.choices.ExperimentStatus",
+    },
 }
 
 # Management API (/api/v1): bearer tokens made in the admin.

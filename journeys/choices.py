@@ -74,6 +74,11 @@ class ApiScope(models.TextChoices):
     CUSTOMERS_READ = "customers:read", "Read customer profiles"
     CUSTOMERS_WRITE = "customers:write", "Update, merge and delete customers"
     EXPORT = "export", "Export a customer's data"
+    # Read-only views of the configuration and of what happened (ids and names for the calls above):
+    WORKFLOWS_READ = "workflows:read", "Read workflows and their versions"
+    CHANNELS_READ = "channels:read", "Read channels and message templates (never settings or secrets)"
+    DELIVERIES_READ = "deliveries:read", "Read deliveries (every message's status, of every customer)"
+    EXPERIMENTS_READ = "experiments:read", "Read experiments and their results"
 
 
 class StreamEventType(models.TextChoices):

@@ -57,3 +57,16 @@ class Api:
 
     def delete(self, path, body=None, **kw):
         return self.call("DELETE", path, body, **kw)
+
+    def pages(self, path: str, *, between=None) -> list[dict]:
+        """Every row of a list endpoint, following its `next` links as a client does; `between()`
+        runs before each next page (to insert rows while the client pages)."""
+        response, rows = self.get(path), []
+        while True:
+            assert response.status_code == 200, response.body
+            rows += response.body["results"]
+            if not response.body["next"]:
+                return rows
+            if between is not None:
+                between()
+            response = self.get(response.body["next"].split("/api/v1/", 1)[1])

@@ -1,4 +1,4 @@
-"""Management API views of the journeys core (/api/v1): customers, workflow triggers, jobs.
+"""Management API views of the journeys core (/api/v1): customers, workflows (read, trigger), jobs.
 
 Thin: an input serializer checks the shape, a service does the work, an output serializer
 renders it. Authentication, scopes, throttling and the access log come from `TokenApiView`.
@@ -10,7 +10,12 @@ import uuid
 
 from django.http import StreamingHttpResponse
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
@@ -18,11 +23,23 @@ from rest_framework.response import Response
 
 from journeys.api.base import IdCursorPagination, TokenApiView, id_or_404
 from journeys.api.management_serializers import (
-    ApiErrorOut, CustomerListOut, CustomerOut, CustomerQuery, EraseIn, JobOut, MergeIn, TraitsIn, TraitsOut, TriggerIn, TriggerOut,
+    ApiErrorOut,
+    CustomerListOut,
+    CustomerOut,
+    CustomerQuery,
+    EraseIn,
+    JobOut,
+    MergeIn,
+    TraitsIn,
+    TraitsOut,
+    TriggerIn,
+    TriggerOut,
+    WorkflowListOut,
+    WorkflowOut,
 )
 from journeys.choices import ApiScope
-from journeys.models import Customer, Job, JobKind, Workflow
-from journeys.services import customers_api
+from journeys.models import Customer, Job
+from journeys.services import customers_api, workflows_api
 from journeys.services.customers_api import CustomerNotFound
 from journeys.services.triggers import workflow_trigger
 
@@ -48,10 +65,39 @@ REFUSALS = {
     406: refusal("the Accept header asks for something other than JSON"),
     429: refusal("the token's rate limit; see Retry-After"),
 }
+PAGE_REFUSAL = refusal("a bad `limit` (not 1 to 500) or `cursor`; `field` names it")
 INPUT_REFUSALS = {**REFUSALS, 400: refusal("bad input (a malformed body, a missing or unknown field); `field` names it"),
                   413: refusal("body over 2 MB (also once gzip is inflated)"),
                   415: refusal("a Content-Type other than application/json, or a Content-Encoding other than gzip"),
                   422: refusal("well-formed but cannot be done; `field` names why")}
+
+
+class PagedList:
+    """`list` of a viewset: `get_queryset()` a page at a time by id (IdCursorPagination),
+    each row rendered with `list_serializer`."""
+
+    pagination_class = IdCursorPagination
+    lookup_value_regex = r"[0-9]+"
+    list_serializer: type[serializers.Serializer]
+
+    def list(self, request):
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(self.list_serializer(page, many=True).data)
+
+
+class ReadOnlyViewSet(TokenApiView, PagedList, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """A read-only resource: a list paged by id and one row by id (`serializer_class`)."""
+
+
+def read_schema(*, list_out, list_summary: str, noun: str = "", one_out=None, one_summary: str = "",
+                parameters=None, list_refusal: OpenApiResponse = PAGE_REFUSAL):
+    """The documented answers of a viewset's list (and, given `one_out`, its read by id)."""
+    views = {"list": extend_schema(parameters=parameters, summary=list_summary,
+                                   responses={200: list_out(many=True), 400: list_refusal, **REFUSALS})}
+    if one_out is not None:
+        views["retrieve"] = extend_schema(summary=one_summary,
+                                          responses={200: one_out, 404: refusal(f"no such {noun}"), **REFUSALS})
+    return extend_schema_view(**views)
 
 
 def _customer(pk) -> Customer:
@@ -65,29 +111,22 @@ def _job_body(job: Job, replayed: bool) -> dict:
     return {"job": JobOut(job).data, "replayed": replayed}
 
 
-class CustomerViewSet(TokenApiView, viewsets.GenericViewSet):
+@read_schema(list_out=CustomerListOut, parameters=[CustomerQuery],
+             list_summary="List or look up customers (by user id, email, phone or anonymous id)",
+             list_refusal=refusal("a bad `limit` (not 1 to 500), `cursor` or filter; `field` names it"))
+class CustomerViewSet(TokenApiView, PagedList, viewsets.GenericViewSet):
     """Customer profiles: look up, read, set traits, merge, erase, export."""
 
     scopes = {"list": ApiScope.CUSTOMERS_READ, "retrieve": ApiScope.CUSTOMERS_READ,
               "traits": ApiScope.CUSTOMERS_WRITE, "merge": ApiScope.CUSTOMERS_WRITE,
               "destroy": ApiScope.CUSTOMERS_WRITE, "export": ApiScope.EXPORT}
-    pagination_class = IdCursorPagination
     serializer_class = CustomerOut
-    lookup_value_regex = r"[0-9]+"
+    list_serializer = CustomerListOut
 
     def get_queryset(self):
         query = CustomerQuery(data=self.request.query_params)
         query.is_valid(raise_exception=True)
         return customers_api.customers_lookup(**query.validated_data)
-
-    @extend_schema(parameters=[CustomerQuery],
-                   responses={200: CustomerListOut(many=True),
-                              400: refusal("a bad `limit` (not 1 to 500), `cursor` or filter; `field` names it"),
-                              **REFUSALS},
-                   summary="List or look up customers (by user id, email, phone or anonymous id)")
-    def list(self, request):
-        page = self.paginate_queryset(self.get_queryset())
-        return self.get_paginated_response(CustomerListOut(page, many=True).data)
 
     @extend_schema(responses={200: CustomerOut, 404: refusal("no such customer"), **REFUSALS},
                    summary="A customer's profile: identities, consents, stage, traits")
@@ -156,13 +195,20 @@ class CustomerViewSet(TokenApiView, viewsets.GenericViewSet):
         return Response(_job_body(job, not created), status=status.HTTP_202_ACCEPTED)
 
 
-class WorkflowTriggerViewSet(TokenApiView, viewsets.GenericViewSet):
-    """Trigger a live workflow for customers or a segment."""
+@read_schema(list_out=WorkflowListOut, list_summary="List workflows: id, name, status, live version and its "
+                                                     "trigger (by id, pages)",
+             noun="workflow", one_out=WorkflowOut, one_summary="A workflow and its versions (number, state, "
+                                                               "published_at)")
+class WorkflowViewSet(ReadOnlyViewSet):
+    """Workflows: list and read them (ids, names, live version, trigger); trigger a live one for
+    customers or a segment."""
 
-    scope = ApiScope.TRIGGER
-    serializer_class = TriggerIn
-    queryset = Workflow.objects.all()
-    lookup_value_regex = r"[0-9]+"
+    scopes = {"list": ApiScope.WORKFLOWS_READ, "retrieve": ApiScope.WORKFLOWS_READ, "trigger": ApiScope.TRIGGER}
+    serializer_class = WorkflowOut
+    list_serializer = WorkflowListOut
+
+    def get_queryset(self):
+        return workflows_api.workflows_list(with_versions=self.action == "retrieve")
 
     @extend_schema(request=TriggerIn, responses={200: TriggerOut, 202: TriggerOut,
                                                  404: refusal("no such workflow"),
@@ -181,15 +227,12 @@ class WorkflowTriggerViewSet(TokenApiView, viewsets.GenericViewSet):
         return Response(_job_body(job, not created), status=code)
 
 
-JOB_SCOPES = {JobKind.TRIGGER: ApiScope.TRIGGER, JobKind.ERASE: ApiScope.CUSTOMERS_WRITE,
-              JobKind.EXPORT: ApiScope.EXPORT}
-
-
-class JobViewSet(TokenApiView, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+@read_schema(list_out=JobOut, list_summary="List the API's background jobs of the kinds this token starts "
+                                            "(oldest first, pages)")
+class JobViewSet(TokenApiView, PagedList, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Background jobs started through the API; a token sees the kinds its scopes start."""
 
-    serializer_class = JobOut
-    lookup_value_regex = r"[0-9]+"
+    serializer_class = list_serializer = JobOut
 
     def scope_for(self, request) -> str:
         token = request.auth
@@ -197,8 +240,7 @@ class JobViewSet(TokenApiView, mixins.RetrieveModelMixin, viewsets.GenericViewSe
                     ApiScope.TRIGGER)
 
     def get_queryset(self):
-        kinds = [kind for kind, scope in JOB_SCOPES.items() if scope in self.request.auth.scopes]
-        return Job.objects.filter(api_token__isnull=False, kind__in=kinds)
+        return workflows_api.jobs_for_token(token=self.request.auth)
 
     @extend_schema(responses={200: JobOut, 404: refusal("no such job"), **REFUSALS},
                    summary="A background job's status, progress and result")

@@ -7,6 +7,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from journeys.api.fields import MAX_ID, InputSerializer, JSONObjectField
+from journeys.choices import TriggerKind, VersionState, WorkflowStatus
 from journeys.models import Job
 
 # --------------------------------------------------------------------------- errors
@@ -63,11 +64,8 @@ class CustomerListOut(serializers.Serializer):
     last_seen = serializers.DateTimeField(allow_null=True)
 
 
-class CustomerQuery(serializers.Serializer):
-    user_id = serializers.CharField(required=False, max_length=255)
-    email = serializers.CharField(required=False, max_length=320)
-    phone = serializers.CharField(required=False, max_length=64)
-    anonymous_id = serializers.CharField(required=False, max_length=255)
+class FilterQuery(serializers.Serializer):
+    """The query parameters filtering a list: each optional; a bad value is a 400 naming it."""
 
     def to_internal_value(self, data):
         # An empty filter (?user_id=) would be read as no filter, listing everyone: refuse it.
@@ -75,6 +73,13 @@ class CustomerQuery(serializers.Serializer):
         if blank:
             raise serializers.ValidationError({blank: ["may not be blank (leave the filter out to list everyone)"]})
         return super().to_internal_value(data)
+
+
+class CustomerQuery(FilterQuery):
+    user_id = serializers.CharField(required=False, max_length=255)
+    email = serializers.CharField(required=False, max_length=320)
+    phone = serializers.CharField(required=False, max_length=64)
+    anonymous_id = serializers.CharField(required=False, max_length=255)
 
 
 class TraitsIn(InputSerializer):
@@ -99,6 +104,42 @@ class MergeIn(InputSerializer):
 class EraseIn(InputSerializer):
     reason = serializers.CharField(required=False, allow_blank=True, max_length=255,
                                    help_text="e.g. the request's ticket number")
+
+
+# --------------------------------------------------------------------------- workflows
+
+
+class WorkflowListOut(serializers.Serializer):
+    """A workflow as listed: enough to trigger it (`id`) and to know whether it runs."""
+
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    status = serializers.ChoiceField(choices=WorkflowStatus.choices, help_text="active, paused or archived")
+    paused = serializers.BooleanField(help_text="true while ops have paused it (no new entries, sends wait)")
+    live_version = serializers.IntegerField(source="live_number", allow_null=True,
+                                            help_text="number of the live version; null: never published")
+    trigger_kind = serializers.ChoiceField(choices=TriggerKind.choices, allow_null=True,
+                                           help_text="the live version's trigger; null without a live version")
+    trigger_event = serializers.CharField(allow_null=True, help_text="event name, for event triggers")
+    updated_at = serializers.DateTimeField()
+
+
+class WorkflowVersionOut(serializers.Serializer):
+    number = serializers.IntegerField()
+    state = serializers.ChoiceField(choices=VersionState.choices)
+    trigger_kind = serializers.ChoiceField(choices=TriggerKind.choices)
+    published_at = serializers.DateTimeField(allow_null=True, help_text="when it went live; null: never")
+    retired_at = serializers.DateTimeField(allow_null=True)
+
+
+class WorkflowOut(WorkflowListOut):
+    description = serializers.CharField()
+    business_unit = serializers.CharField(source="business_unit.slug")
+    canary_version = serializers.IntegerField(source="canary_number", allow_null=True,
+                                              help_text="number of a version taking a share of new entries")
+    canary_percent = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    versions = WorkflowVersionOut(many=True, help_text="every version, by number")
 
 
 # --------------------------------------------------------------------------- jobs

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from experiments.models import Experiment
 from journeys.models import BusinessUnit
 from journeys.services.workflows import version_build, version_publish, workflow_create
 
@@ -20,3 +21,19 @@ def publish(db):
     return make
 
 
+
+
+@pytest.fixture
+def running(publish, send):
+    """An experiment run through the engine: 40 sign-ups, a third convert."""
+    from tests.experiments.factories import make_experiment, split_workflow
+
+    experiment = make_experiment(
+        goal_event="Order Completed", holdout_share=0.2, secondary_metrics=["completion", "open_rate"]
+    )
+    publish(split_workflow(holdout=True))
+    for i in range(40):
+        send(userId=f"a{i}", event="Signed Up")
+    for i in range(0, 40, 3):
+        send(userId=f"a{i}", event="Order Completed")
+    return Experiment.objects.get(pk=experiment.pk)

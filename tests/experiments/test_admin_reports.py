@@ -18,7 +18,6 @@ from tests.experiments.factories import (
     make_customers,
     make_experiment,
     make_goal_events,
-    split_workflow,
 )
 from tests.factories import UserFactory
 
@@ -39,20 +38,6 @@ def viewer_client(client):
     user.user_permissions.add(Permission.objects.get(codename="view_experiment"))
     client.force_login(user)
     return client
-
-
-@pytest.fixture
-def running(publish, send):
-    """An experiment run through the engine: 40 sign-ups, a third convert."""
-    experiment = make_experiment(
-        goal_event="Order Completed", holdout_share=0.2, secondary_metrics=["completion", "open_rate"]
-    )
-    publish(split_workflow(holdout=True))
-    for i in range(40):
-        send(userId=f"a{i}", event="Signed Up")
-    for i in range(0, 40, 3):
-        send(userId=f"a{i}", event="Order Completed")
-    return Experiment.objects.get(pk=experiment.pk)
 
 
 def report(client, experiment, **params):

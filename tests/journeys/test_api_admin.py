@@ -81,3 +81,19 @@ def test_a_destination_made_in_the_admin_shows_its_secret_once_and_refuses_plain
     assert _shown(response).startswith("whsec_")
     assert destination.event_types == ["message.sent", "case.opened"]
     assert destination.history.get().history_change_reason == "BI wants message events"
+
+
+def test_the_admin_grants_the_read_scopes_and_a_token_reads_only_what_they_name(admin_client):
+    # when ops make a token for a platform team with the read scopes for workflows and channels
+    page = admin_client.get(reverse("admin:journeys_apitoken_add")).content.decode()
+    for scope in ("workflows:read", "channels:read", "deliveries:read", "experiments:read"):
+        assert f'value="{scope}"' in page  # offered on the form
+    response = admin_client.post(reverse("admin:journeys_apitoken_add"), {
+        "name": "platform", "description": "", "scopes": ["workflows:read", "channels:read"], "source": "",
+        "expires_at": "", "rate_limit": "", "change_reason": "platform team's deploy tooling"}, follow=True)
+    key = _shown(response)
+
+    # then it lists workflows, channels and templates, and nothing else
+    api = Api(key)
+    assert [api.get(path).status_code for path in ("workflows", "channels", "templates")] == [200, 200, 200]
+    assert [api.get(path).status_code for path in ("deliveries", "experiments", "customers")] == [403, 403, 403]

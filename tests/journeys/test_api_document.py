@@ -75,3 +75,49 @@ def test_the_erasure_reason_is_a_documented_query_parameter(document):
     erase = document["paths"]["/api/v1/customers/{id}/"]["delete"]
     reason = next(p for p in erase["parameters"] if p["name"] == "reason")
     assert reason["in"] == "query" and reason["schema"]["type"] == "string"
+
+
+READ_OPERATIONS = {  # operation -> a field its 200 answer's schema (or each listed row's) has
+    "/api/v1/workflows/": "trigger_kind", "/api/v1/workflows/{id}/": "versions",
+    "/api/v1/templates/": "channel_kind", "/api/v1/templates/{id}/": "topic",
+    "/api/v1/channels/": "breaker_state", "/api/v1/channels/{id}/": "provider",
+    "/api/v1/deliveries/": "workflow_id", "/api/v1/deliveries/{id}/": "attempts",
+    "/api/v1/jobs/": "progress_done",
+    "/api/v1/experiments/": "key", "/api/v1/experiments/{id}/": "arms",
+    "/api/v1/experiments/{id}/results/": "recommendation",
+}
+
+
+def answer_schema(document: dict, operation: dict) -> dict:
+    """The 200 answer's schema; for a list, that of one of its `results`."""
+    schema = component(document, operation["responses"]["200"]["content"]["application/json"]["schema"])
+    if "results" in schema["properties"]:
+        schema = component(document, schema["properties"]["results"]["items"])
+    return schema
+
+
+@pytest.mark.parametrize("path", list(READ_OPERATIONS))
+def test_the_read_operations_are_documented_with_their_schemas(document, path):
+    operation = document["paths"][path]["get"]
+    assert READ_OPERATIONS[path] in answer_schema(document, operation)["properties"]
+    assert {"401", "403", "406", "429"} <= set(operation["responses"]), path
+    assert {"404"} <= set(operation["responses"]) if "{id}" in path else {"400"} <= set(operation["responses"])
+    if "{id}" not in path:  # a list: pages by cursor, limit 1 to 500
+        names = {p["name"]: p for p in operation["parameters"]}
+        assert {"cursor", "limit"} <= set(names)
+        assert (names["limit"]["schema"]["minimum"], names["limit"]["schema"]["maximum"]) == (1, 500)
+
+
+def test_the_deliveries_filters_are_documented_with_their_types(document):
+    parameters = {p["name"]: p["schema"] for p in document["paths"]["/api/v1/deliveries/"]["get"]["parameters"]}
+    assert parameters["customer_id"]["type"] == parameters["workflow_id"]["type"] == "integer"
+    assert parameters["since"] == {"type": "string", "format": "date-time"}
+    status = parameters["status"]
+    status = component(document, status) if "$ref" in status else status
+    assert "failed" in status["enum"] and "delivered" in status["enum"]
+
+
+def test_a_channel_is_documented_without_its_settings(document):
+    channel = answer_schema(document, document["paths"]["/api/v1/channels/{id}/"]["get"])
+    assert "settings" not in channel["properties"]
+
