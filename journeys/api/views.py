@@ -61,6 +61,7 @@ def _read_json(request, *, max_bytes: int, accepted: list[str]) -> object:
         raise unsupported_media_type(media_type, accepted=accepted)
     if not raw:
         raise BodyRefused(400, "body is empty; send a JSON object", "invalid_body")
+    containers_check(raw)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -76,6 +77,25 @@ def _read_json(request, *, max_bytes: int, accepted: list[str]) -> object:
         raise BodyRefused(400, f"is nested more than {MAX_DEPTH} levels deep", "too_deep", field=where or "body") from None
     except ValueError as exc:
         raise BodyRefused(400, f"malformed JSON: {exc}", "invalid_json") from None
+
+
+# Real events hold one JSON object or array per ~100 bytes (an order with 50 products: one per
+# ~25); `[{},{},...]` holds one per 3 bytes, and each becomes a Python dict or list of 56-64
+# bytes: a 9 MiB body of them took ~250 MB to parse. Bodies denser than this are refused unparsed.
+CONTAINER_BYTES = 12
+CONTAINER_ALLOWANCE = 10_000
+
+
+def containers_check(raw: bytes) -> None:
+    """Refuse (413) a body with more JSON objects and arrays than its size warrants, before
+    parsing it: what a body may cost in memory is then bounded by its size (a count of bytes,
+    so braces inside strings count too, which real events do not have by the thousand)."""
+    allowed = len(raw) // CONTAINER_BYTES + CONTAINER_ALLOWANCE
+    found = raw.count(b"{") + raw.count(b"[")
+    if found > allowed:
+        raise BodyRefused(413, f"holds {found} JSON objects and arrays in {len(raw)} bytes; at most one per "
+                               f"{CONTAINER_BYTES} bytes (plus {CONTAINER_ALLOWANCE}) is read: send fewer, "
+                               "larger events per request", "too_large", field="body")
 
 
 def _parse_on_a_fresh_stack(text: str) -> object:

@@ -136,6 +136,31 @@ def test_gzip_bomb_is_413_and_never_inflated_past_the_limit(api, settings):
     assert peak < len(bomb) + 2 * limit  # the bomb itself, and at most the limit (+1 byte) inflated
 
 
+def test_a_body_made_of_empty_objects_is_refused_before_it_is_parsed(api, settings):
+    # given a batch under the size limit made only of empty objects (browser write keys are
+    # public: anyone can send it), which Python's parser would turn into millions of dicts
+    limit = settings.EVENT_API["MAX_BATCH_BYTES"]
+    bomb = b'{"batch": [' + b"{}," * ((limit - 100) // 3) + b"{}]}"
+    assert len(bomb) <= limit
+
+    tracemalloc.start()
+    try:
+        response = api.post("batch", None, raw=bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    # then it is a 413 saying why, and the request never held more than a few copies of the body
+    assert response.status_code == 413, response.content
+    assert peak < len(bomb) * 4, f"peak {peak / 1e6:.0f} MB"
+    assert response.json()["field"] == "body"
+    assert "JSON objects and arrays" in response.json()["message"]
+    # while a batch of ordinary events as dense as real ones (products in an order) is read
+    order = {"type": "track", "userId": "u1", "event": "Order Completed",
+             "properties": {"products": [{"sku": f"s{i}", "qty": 1} for i in range(50)]}}
+    assert api.post("batch", {"batch": [order] * 20}).status_code == 200
+
+
 def test_event_over_32kb_is_413(api):
     response = api.post("track", track(properties={"blob": "x" * 33_000}))
     assert response.status_code == 413
