@@ -250,6 +250,9 @@ def _task_timeout() -> int:
     return int(settings.Q_CLUSTER.get("timeout") or 120)
 
 
+REQUEUED = "waiting for a worker; queued again at "
+
+
 def jobs_sweep_stalled(*, now: datetime | None = None) -> dict:
     """Find jobs left `running` by a task that never came back, or left `queued` by a task never handed out (the queue's time limit struck,
     or the worker died and q2 dropped or lost the task): nothing else would ever move them.
@@ -264,13 +267,14 @@ def jobs_sweep_stalled(*, now: datetime | None = None) -> dict:
     requeued = failed = 0
     # Never started: its task was lost on the way (the broker was down when the job was stored),
     # or waits behind a long queue. Queued again once per quiet period (run_job lets one task run it).
-    stale = Job.objects.filter(status=JobStatus.QUEUED, created_at__lt=now - quiet).values_list("pk", "result")
-    for pk, result in stale:
-        sent = (result or {}).get("requeued_at") if isinstance(result, dict) else None
+    # The time it was last queued again is kept in its `message` (what the job page shows), not in
+    # `result`, which is the job's outcome as the API hands it out.
+    stale = Job.objects.filter(status=JobStatus.QUEUED, created_at__lt=now - quiet).values_list("pk", "message")
+    for pk, message in stale:
+        sent = message.removeprefix(REQUEUED) if message.startswith(REQUEUED) else None
         if sent and now - datetime.fromisoformat(sent) <= quiet:
             continue
-        marked = {**(result if isinstance(result, dict) else {}), "requeued_at": now.isoformat()}
-        if Job.objects.filter(pk=pk, status=JobStatus.QUEUED).update(result=marked):
+        if Job.objects.filter(pk=pk, status=JobStatus.QUEUED).update(message=REQUEUED + now.isoformat()):
             logger.warning("job %s: still queued after %s s, queued again (its task was lost or waits)",
                            pk, int(quiet.total_seconds()))
             job_queue(pk)

@@ -118,3 +118,5 @@ def test_a_job_another_task_is_running_is_not_run_again_by_a_second_task(broker_
     assert jobs_sweep_stalled(now=now)["requeued"] == 1
     assert jobs_sweep_stalled(now=now + timedelta(seconds=60))["requeued"] == 0
     assert jobs_sweep_stalled(now=now + timedelta(hours=1))["requeued"] == 1
+    waiting.refresh_from_db()  # the job's page says so; its result (what the API shows) is untouched
+    assert waiting.message.startswith("waiting for a worker; queued again at ") and waiting.result == {}
