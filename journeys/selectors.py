@@ -137,17 +137,24 @@ def user_can_view_customers(user: Any) -> bool:
     return _active(user) and (user.is_superuser or user.has_perm("journeys.view_customer"))
 
 
+def identities_matching(term: str) -> QuerySet[Identity]:
+    """The identities a search term names: any id as written (or lower-cased, as emails are
+    stored), or a phone number in any spelling the identity may hold (`phone_lookup_values`:
+    normalised, 00 or +, or as typed before numbers were normalised), as STOP matching finds it."""
+    from journeys.services.identity import phone_lookup_values
+
+    term = (term or "").strip()
+    return Identity.objects.filter(Q(value__in=[term, term.lower()])
+                                   | Q(kind=IdentityKind.PHONE, value__in=phone_lookup_values(term)))
+
+
 def customer_find(*, value: str) -> Customer | None:
     """A customer by any of their ids (user id, anonymous id, email, phone), their external id,
     their profile email, or `#<number>` / a number (the customer's row id)."""
     value = (value or "").strip()
     if not value:
         return None
-    from journeys.services.identity import phone_normalize
-
-    identity = (Identity.objects.filter(value__in=[value, value.lower()]).select_related("customer").first()
-                or Identity.objects.filter(kind=IdentityKind.PHONE, value=phone_normalize(value))
-                .select_related("customer").first())
+    identity = identities_matching(value).select_related("customer").order_by("pk").first()
     if identity is not None:
         return identity.customer
     found = (Customer.objects.filter(external_id=value).first()

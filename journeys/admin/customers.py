@@ -8,20 +8,18 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.shortcuts import redirect
 from django.urls import reverse
-from django.db.models import Q
 from simple_history.admin import SimpleHistoryAdmin
 
 from journeys.admin.base import HistoryReasonMixin, LargeTableMixin, ReadOnlyAdmin
 from journeys.api.fields import MAX_ID
-from journeys.choices import IdentityKind
 from journeys.console.selectors import customer_360
+from journeys.selectors import identities_matching
 from journeys.errors import JourneyError
 from journeys.services.customers_api import CustomerNotFound, customer_edit, customer_get
 from journeys.services.event_parsing import MAX_DEPTH, check_depth, check_event_size
 from journeys.models import (
     Customer,
     CustomerMerge,
-    Identity,
     LifecycleStage,
     MergeRefusal,
 )
@@ -107,13 +105,9 @@ class CustomerAdmin(LargeTableMixin, admin.ModelAdmin):
 
     def get_search_results(self, request, queryset, search_term):
         """Search by any identity value (anonymous id, user id, email, phone written any way) too."""
-        from journeys.services.identity import phone_normalize
-
         queryset, may_have_duplicates = super().get_search_results(request, queryset, search_term)
-        term = search_term.strip()
-        if term:
-            ids = Identity.objects.filter(Q(value=term) | Q(value=term.lower()) | Q(
-                kind=IdentityKind.PHONE, value=phone_normalize(term))).values("customer_id")
+        if search_term.strip():
+            ids = identities_matching(search_term).values("customer_id")
             queryset = queryset | self.model.objects.filter(pk__in=ids, merged_into__isnull=True)
         return queryset, may_have_duplicates
 

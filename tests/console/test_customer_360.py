@@ -135,3 +135,19 @@ def test_a_message_whose_template_was_deleted_is_listed_by_its_text(admin_client
     # then the customer's page opens and names the message by its text
     messages = _section(_page(admin_client, customer), "messages")
     assert "We miss you, come back" in messages
+
+
+@pytest.mark.parametrize("typed", ["+44 20 7946 0022", "+442079460022", "0044 20 7946 0022"])
+def test_the_customer_search_finds_a_number_in_either_international_spelling(
+        admin_client, api, django_capture_on_commit_callbacks, typed):
+    # given a customer who gave their number with 00 (stored as 0044...), as the STOP matching finds it
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.post("identify", {"userId": "u-00", "traits": {"phone": "0044 20 7946 0022"}}).status_code == 200
+    customer = Customer.objects.get(external_id="u-00")
+
+    # when ops search the customers list for it, written as a carrier or the customer would
+    response = admin_client.get("/admin/journeys/customer/", {"q": typed})
+
+    # then the customer is listed
+    assert response.status_code == 200
+    assert f"/admin/journeys/customer/{customer.pk}/change/" in response.content.decode()
