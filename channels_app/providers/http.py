@@ -258,9 +258,8 @@ class FcmPush(HttpProvider):
         project = self.settings.get("project_id") or ""
         if not project:
             raise PermanentError("fcm: settings.project_id is required")
-        payload = {**push_payload(title=message.subject, body=message.body),
-                   "data": {"delivery_id": str(message.delivery_id),  # FCM data values are strings; a missing one is left out
-                            **{k: str(v) for k, v in message.metadata.items() if v is not None}}}
+        payload = push_payload(title=message.subject, body=message.body, delivery_id=message.delivery_id,
+                               metadata=message.metadata)
         if (size := push_size(payload)) > PUSH_MAX_BYTES:  # FCM would answer 400: refused here, saying why
             raise PermanentError(f"fcm: the payload is {size:,} bytes (notification and data as JSON, UTF-8), over "
                                  f"FCM's {PUSH_MAX_BYTES:,}-byte limit")

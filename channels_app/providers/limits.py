@@ -23,9 +23,12 @@ GSM7_BASIC = set(
 GSM7_EXTENDED = set("^{}\\[~]|€\f")
 
 
-def push_payload(*, title: str, body: str) -> dict:
-    """The part of a push message a vendor counts (title and body; the data keys come on top)."""
-    return {"notification": {"title": title, "body": body}}
+def push_payload(*, title: str, body: str, delivery_id: int | None, metadata: dict) -> dict:
+    """A push message as the vendor gets and counts it: the notification (title and body) and its
+    data (the delivery id and the message's metadata; FCM data values are strings, a missing one is
+    left out). The render-time check and the provider build it here, so both measure the same."""
+    return {"notification": {"title": title, "body": body},
+            "data": {"delivery_id": str(delivery_id), **{k: str(v) for k, v in metadata.items() if v is not None}}}
 
 
 def push_size(payload: dict) -> int:
@@ -48,12 +51,14 @@ def sms_max_segments() -> int:
     return int(getattr(settings, "SMS_MAX_SEGMENTS", SMS_MAX_SEGMENTS_DEFAULT))
 
 
-def size_problem(*, kind: str, subject: str, body: str) -> str:
-    """Why a rendered message is too large for its channel kind ("" when it fits)."""
+def size_problem(*, kind: str, subject: str, body: str, delivery_id: int | None = None,
+                 metadata: dict | None = None) -> str:
+    """Why a rendered message is too large for its channel kind ("" when it fits). A push counts
+    its data too (`push_payload`: the delivery id and `metadata`, as the provider sends them)."""
     if kind == ChannelKind.PUSH:
-        size = push_size(push_payload(title=subject, body=body))
+        size = push_size(push_payload(title=subject, body=body, delivery_id=delivery_id, metadata=metadata or {}))
         if size > PUSH_MAX_BYTES:
-            return (f"the push payload would be {size:,} bytes (title and body as JSON, UTF-8), over the "
+            return (f"the push payload would be {size:,} bytes (notification and data as JSON, UTF-8), over the "
                     f"{PUSH_MAX_BYTES:,}-byte limit of FCM and APNs: shorten the template or the data it shows")
     if kind == ChannelKind.SMS:
         encoding, segments = sms_segments(body)

@@ -13,7 +13,7 @@ from django.utils import timezone
 from channels_app.choices import ChannelKind, ConsentStatus, Reason
 from channels_app.models import Channel, Consent, Topic
 from journeys.models import Customer, Identity
-from journeys.services.identity import phone_lookup_values, phone_normalize
+from journeys.services.identity import phone_e164, phone_lookup_values, phone_normalize
 
 STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
 START_WORDS = {"START", "YES", "UNSTOP", "OPTIN"}
@@ -34,19 +34,51 @@ def sms_keyword(body: str) -> str:
 
 # A channel-wide opt-out recorded because the address bounced for good (or the vendor said the
 # number does not exist): its source names the address (a digest), so a new address is not held.
+# A customer's own opt-out of the channel is kept in the same row: its source comes first and the
+# bounce's mark last ("complaint hard_bounce:<digest>"), so each holds what it holds (`consent_change`).
 BOUNCE_SOURCE = "hard_bounce:"
+PHONE_KINDS = (ChannelKind.SMS, ChannelKind.VOICE)
 
 
-def address_digest(address: str) -> str:
-    """What a bounce's consent row keeps of the address (not the address itself)."""
-    return hashlib.sha256(address.strip().lower().encode()).hexdigest()[:16]
+def address_digest(channel_kind: str, address: str) -> str:
+    """What a bounce's consent row keeps of the address (not the address itself). A phone number
+    is digested in one spelling (E.164, else normalised): a bounce names the number as it went out
+    ('+44...'), the profile may hold it as typed ('0044 ...'), and both must be the same address."""
+    canonical = (phone_e164(address) or phone_normalize(address)) if channel_kind in PHONE_KINDS else address
+    return hashlib.sha256(canonical.strip().lower().encode()).hexdigest()[:16]
+
+
+def _source_split(source: str) -> tuple[str, str]:
+    """(the choice's own source, the bounce's mark or "") of a consent row's source."""
+    head, _, tail = (source or "").rpartition(" ")
+    return (head, tail) if tail.startswith(BOUNCE_SOURCE) else (source or "", "")
+
+
+def consent_change(*, status_was: str, source_was: str, status: str, source: str) -> str | None:
+    """The source to store when `status` (from `source`) comes to a row holding (status_was,
+    source_was); None when the row stays as it is.
+
+    An opt-out stays as it was first made, but a customer's own opt-out always lands on a row
+    that only held a bounce (the bounce's mark stays, its address is still dead), and a bounce
+    lands on a row the customer had opted out of (the opt-out's source stays). A later bounce of
+    another address replaces the earlier one's mark (the profile moved on to it). Any other
+    status lifts the bounce with the opt-out (an operator or the customer changed the consent)."""
+    if status != ConsentStatus.OPTED_OUT:
+        return None if status == status_was else source[:100]
+    choice_was, bounce_was = _source_split(source_was) if status_was == ConsentStatus.OPTED_OUT else ("", "")
+    choice, bounce = _source_split(source)
+    choice, bounce = choice_was or choice, bounce or bounce_was
+    joined = f"{choice[:99 - len(bounce)]} {bounce}" if choice and bounce else (choice or bounce)[:100]
+    return None if status_was == ConsentStatus.OPTED_OUT and joined == source_was else joined
 
 
 def _status(status: str, source: str) -> str:
-    """A row's status as refusal_from reads it: a bounce's opt-out carries its address's digest."""
-    if status == ConsentStatus.OPTED_OUT and (source or "").startswith(BOUNCE_SOURCE):
-        return source
-    return status
+    """A row's status as refusal_from reads it: a bounce's mark follows the status of a customer's
+    own opt-out ("opted_out hard_bounce:<digest>"), or stands alone when the row holds only it."""
+    choice, bounce = _source_split(source)
+    if status != ConsentStatus.OPTED_OUT or not bounce:
+        return status
+    return f"{status} {bounce}" if choice else bounce
 
 
 def consent_refusal(*, customer: Customer, channel_kind: str, topic: Topic | None, address: str = "") -> Reason | None:
@@ -67,14 +99,15 @@ def refusal_from(*, status: dict[tuple[str, int | None], str], channel_kind: str
                  address: str = "") -> Reason | None:
     """consent_refusal over rows already loaded: {(channel kind or "", topic id or None): status}
     (a batch loads every consent of its customers with one query). A bounce (`_status`) holds
-    `address`, or any address when none is given; another address of the customer is not held."""
+    `address`, or any address when none is given; another address of the customer is held only
+    by the customer's own opt-out kept with it."""
     if status.get(("", None)) == ConsentStatus.OPTED_OUT:
         return Reason.DO_NOT_CONTACT
-    wide = status.get((channel_kind, None)) or ""
-    if wide.startswith(BOUNCE_SOURCE):
-        if not address or wide == BOUNCE_SOURCE + address_digest(address):
+    held, _, bounce = (status.get((channel_kind, None)) or "").rpartition(" ")
+    if bounce.startswith(BOUNCE_SOURCE):
+        if not address or bounce == BOUNCE_SOURCE + address_digest(channel_kind, address):
             return Reason.UNDELIVERABLE
-        status = {**status, (channel_kind, None): ConsentStatus.UNKNOWN}
+        status = {**status, (channel_kind, None): held or ConsentStatus.UNKNOWN}  # the customer's own opt-out
     if channel_kind == ChannelKind.SMS and status.get((channel_kind, None)) == ConsentStatus.OPTED_OUT:
         return Reason.CHANNEL_OPT_OUT  # after STOP the carriers refuse every message, receipts included
     if topic is not None and topic.transactional:
@@ -144,15 +177,19 @@ def personalization_allowed(*, customer: Customer) -> bool:
 @transaction.atomic
 def consent_set(*, customer: Customer, channel_kind: str, topic: Topic | None, status: str, source: str,
                 at: datetime | None = None, reason: str = "") -> Consent:
-    """Record one choice; the previous one stays in the history (with `reason`, else the source)."""
+    """Record one choice; the previous one stays in the history (with `reason`, else the source).
+    A choice over a stored one follows `consent_change` (a bounce and an opt-out are both kept)."""
     at = at or timezone.now()
     consent = (Consent.objects.select_for_update()
                .filter(customer=customer, channel_kind=channel_kind, topic=topic).first())
     if consent is None:
         consent = Consent(customer=customer, channel_kind=channel_kind, topic=topic)
-    elif consent.status == status:  # an opt-out stays as it was made (a later bounce does not replace it)
-        return consent
-    consent.status, consent.source, consent.updated_at = status, source[:100], at
+        source = source[:100]
+    else:
+        source = consent_change(status_was=consent.status, source_was=consent.source, status=status, source=source)
+        if source is None:
+            return consent
+    consent.status, consent.source, consent.updated_at = status, source, at
     consent._change_reason = reason or source
     consent.save()
     return consent
@@ -163,9 +200,11 @@ def address_suppress(*, customer: Customer, channel_kind: str, address: str, det
     'unknown number'): no message on this channel kind goes to it again, receipts included (a
     mailbox that does not exist gets nothing, and every try costs the sender's reputation). Kept
     as a channel-wide opt-out whose source names the address (a digest), with its history; a
-    new address on the profile is not held, and an operator lifts it by changing the consent."""
+    new address on the profile is not held (unless the customer opted out of the channel too: that
+    opt-out is kept with the bounce), and an operator lifts it by changing the consent."""
     return consent_set(customer=customer, channel_kind=channel_kind, topic=None, status=ConsentStatus.OPTED_OUT,
-                       source=BOUNCE_SOURCE + address_digest(address), reason=f"hard bounce: {detail}"[:300])
+                       source=BOUNCE_SOURCE + address_digest(channel_kind, address),
+                       reason=f"hard bounce: {detail}"[:300])
 
 
 def complaint_apply(*, customer: Customer, channel_kind: str, detail: str) -> Consent:

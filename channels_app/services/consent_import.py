@@ -7,9 +7,10 @@ one topic on it, `consent.all` every channel and topic (opted out: global do-not
 `consent.all.<topic>` a topic on every channel. A cell holds `opted_in`, `opted_out` or
 `unknown` (also `granted`/`revoked`, `yes`/`no`, `true`/`false`); an empty cell changes nothing.
 
-The rules are consent_set's, for many rows at once: a choice equal to the stored one writes
-nothing; a new or changed one stores the status, the source and the time, and its history row
-carries the source as the change reason and the job's author as the user.
+The rules are consent_set's (`consent_change`), for many rows at once: a choice equal to the
+stored one writes nothing (an opt-out over a bounce is stored, the bounce kept); a new or changed
+one stores the status, the source and the time, and its history row carries the source as the
+change reason and the job's author as the user.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from simple_history.utils import bulk_create_with_history, bulk_update_with_hist
 
 from channels_app.choices import ChannelKind, ConsentStatus
 from channels_app.models import Consent, Topic
+from channels_app.services.consent import consent_change
 from journeys.choices import IdentityKind
 from journeys.errors import EventValidationError
 from journeys.models import Customer, Identity
@@ -127,8 +129,9 @@ class ConsentColumns:
             if consent is None:
                 created.append(Consent(customer_id=customer_id, channel_kind=kind, topic_id=topic_id, status=status,
                                        source=source, updated_at=at))
-            elif consent.status != status:
-                consent.status, consent.source, consent.updated_at = status, source, at
+            elif (kept := consent_change(status_was=consent.status, source_was=consent.source, status=status,
+                                         source=source)) is not None:
+                consent.status, consent.source, consent.updated_at = status, kept, at
                 changed.append(consent)
         user = actor if getattr(actor, "pk", None) else None
         if created:

@@ -54,7 +54,7 @@ from channels_app.services.claim import (
 from channels_app.services.consent import address_suppress
 from channels_app.services.links import link_url
 from channels_app.services.streaming import deliveries_stream
-from channels_app.services.sending import _enqueue, _event_properties, unsubscribe_url
+from channels_app.services.sending import _enqueue, _event_properties, message_metadata, unsubscribe_url
 from journeys.engine.batch import rows_insert, rows_set, skip_locked
 from journeys.engine.queue import task_send
 from journeys.services.outbound import backoff_delay
@@ -74,7 +74,7 @@ def _outgoing(delivery: Delivery, *, status_callback: bool) -> OutgoingMessage:
         delivery_id=delivery.pk, idempotency_key=delivery.idempotency_key, kind=delivery.channel.kind,
         to=delivery.to, subject=delivery.subject, body=delivery.body, html_body=delivery.html_body, headers=headers,
         status_callback_url=link_url(purpose="status", data={"d": delivery.pk}) if status_callback else "",
-        metadata={"customer": delivery.customer.external_id, "run_id": delivery.run_id, "step": delivery.step_key},
+        metadata=message_metadata(delivery),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from channels_app.choices import ConsentStatus
 from channels_app.models import Consent, Delivery
+from channels_app.services.consent import consent_change
 
 
 def customer_merge_channels(merged, target) -> None:
@@ -17,8 +18,10 @@ def customer_merge_channels(merged, target) -> None:
             consent._change_reason = f"merged from customer {merged.pk}"
             consent.save()
             continue
-        if consent.status == ConsentStatus.OPTED_OUT and mine.status != ConsentStatus.OPTED_OUT:
-            mine.status, mine.source, mine.updated_at = consent.status, consent.source, consent.updated_at
+        kept = consent_change(status_was=mine.status, source_was=mine.source, status=consent.status,
+                              source=consent.source) if consent.status == ConsentStatus.OPTED_OUT else None
+        if kept is not None:  # an opt-out and a bounce of either profile are both kept
+            mine.status, mine.source, mine.updated_at = consent.status, kept, consent.updated_at
             mine._change_reason = f"merged from customer {merged.pk}"
             mine.save()
         consent.delete()

@@ -191,6 +191,12 @@ def _address_into(delivery: Delivery) -> None:
                       "E.164 ('+' and the country code first); fix it on the profile")[:4000]
 
 
+def message_metadata(delivery: Delivery) -> dict:
+    """What a provider gets beside the content (`OutgoingMessage.metadata`; a push sends it as data,
+    so its size is checked at render with it)."""
+    return {"customer": delivery.customer.external_id, "run_id": delivery.run_id, "step": delivery.step_key}
+
+
 def _render_into(delivery: Delivery, *, template: MessageTemplate, data: dict, customer, notes: dict | None) -> None:
     """Content of a delivery that has its primary key (links carry it); a template that fails
     to render fails the delivery (recorded), not the caller."""
@@ -212,7 +218,8 @@ def _render_into(delivery: Delivery, *, template: MessageTemplate, data: dict, c
                                                           if rendered.missing else ""))[:4000]
         delivery.notes = {**(notes or {}), "missing": rendered.missing}
         return
-    if problem := size_problem(kind=delivery.channel.kind, subject=rendered.subject, body=rendered.body):
+    if problem := size_problem(kind=delivery.channel.kind, subject=rendered.subject, body=rendered.body,
+                               delivery_id=delivery.pk, metadata=message_metadata(delivery)):
         delivery.status, delivery.reason, delivery.error = DeliveryStatus.FAILED, Reason.TEMPLATE_ERROR, problem
         return
     if delivery.channel.kind == ChannelKind.SMS:

@@ -38,6 +38,32 @@ def test_merge_moves_deliveries_and_keeps_the_stricter_consent(api, django_captu
     assert not Consent.objects.filter(customer=anon).exists()
 
 
+def test_merge_keeps_an_opt_out_of_the_absorbed_profile_beside_the_survivors_bounce(api,
+                                                                                  django_capture_on_commit_callbacks):
+    from channels_app.services.consent import address_suppress, consent_refusal, unsubscribe_apply
+
+    # given a known profile whose email bounced, and an anonymous one that unsubscribed from all email
+    with django_capture_on_commit_callbacks(execute=True):
+        api.post("identify", {"userId": "known", "traits": {"email": "dead@example.com"}})
+        api.post("track", {"anonymousId": "device-2", "event": "Viewed"})
+    known = Customer.objects.get(external_id="known")
+    anon = Customer.objects.exclude(pk=known.pk).get()
+    address_suppress(customer=known, channel_kind="email", address="dead@example.com", detail="550 5.1.1")
+    unsubscribe_apply(customer=anon, channel_kind="email", topic_slug=None, source="one_click_unsubscribe")
+
+    # when they merge
+    with django_capture_on_commit_callbacks(execute=True):
+        api.post("identify", {"userId": "known", "anonymousId": "device-2"})
+
+    # then both hold: the dead address gets nothing, another address gets no marketing
+    consent = Consent.objects.get(customer=known, channel_kind="email", topic__isnull=True)
+    assert consent.source.startswith("one_click_unsubscribe hard_bounce:")
+    assert consent_refusal(customer=known, channel_kind="email", topic=topic("transactional"),
+                           address="dead@example.com") == "undeliverable"
+    assert consent_refusal(customer=known, channel_kind="email", topic=topic("product_updates"),
+                           address="new@example.com") == "channel_opt_out"
+
+
 def test_tasks_dispatch_by_id_and_tick(django_capture_on_commit_callbacks):
     from tests.channels_app.factories import CustomerFactory
 

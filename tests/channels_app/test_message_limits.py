@@ -49,6 +49,18 @@ def test_a_push_that_fits_goes_as_utf8(push, vendor, on_commit):
     assert "😀".encode() in vendor.requests[0].body
 
 
+def test_a_push_that_fits_only_without_its_data_fails_at_render_not_at_the_vendor(push, vendor, on_commit):
+    # given a text whose notification alone is under 4,096 bytes, but not with the data the
+    # provider sends beside it (the delivery id, the customer, the step)
+    text = "x" * (4096 - len('{"notification":{"title":"Hi","body":""}}') - 10)
+
+    delivery = send(push, on_commit, text, key="data-counts")
+
+    # then it is refused when rendered, as a template error, and the vendor gets nothing
+    assert (delivery.status, delivery.reason) == ("failed", "template_error")
+    assert "4,096-byte limit" in delivery.error and vendor.requests == []
+
+
 def test_the_fcm_provider_refuses_a_payload_over_4kb_itself():
     provider = get_provider("fcm", {"base_url": "https://fcm.example", "project_id": "p"})
     message = OutgoingMessage(delivery_id=1, idempotency_key="k", kind="push", to="t", subject="s", body="x" * 4100)
