@@ -219,7 +219,8 @@ def run_job(job_id: int, part: int | None = None) -> str:
     # long queue) finds it taken. A job left running longer than the queue's time limit has no
     # task on it any more (the queue stops every task at that limit), so it may be taken again.
     now = timezone.now()
-    free = Q(status=JobStatus.QUEUED) | Q(status=JobStatus.RUNNING, started_at__lt=now - timedelta(seconds=_task_timeout()))
+    free = Q(status=JobStatus.QUEUED) | Q(status=JobStatus.RUNNING) & (
+        Q(started_at__isnull=True) | Q(started_at__lt=now - timedelta(seconds=_task_timeout())))
     if not Job.objects.filter(free, pk=job.pk).update(status=JobStatus.RUNNING, started_at=now):
         return Job.objects.filter(pk=job.pk).values_list("status", flat=True).first() or "gone"
     runner = RUNNERS[job.kind]
