@@ -17,8 +17,9 @@ class AgentsConfig(AppConfig):
                             (EXPORTERS, cases_export), (ERASERS, cases_erase_customer)):
             if hook not in hooks:
                 hooks.append(hook)
-        from agents.services.cases import cases_prune
-        from journeys.services.history_retention import HISTORY_PRUNERS
+        from agents.services.cases import cases_prune, runs_of_open_cases
+        from journeys.services.history_retention import HISTORY_PRUNERS, RUN_HOLDS
 
-        if cases_prune not in HISTORY_PRUNERS:  # the history retention: closed cases by age
-            HISTORY_PRUNERS.append(cases_prune)
+        for hooks, hook in ((HISTORY_PRUNERS, cases_prune), (RUN_HOLDS, runs_of_open_cases)):
+            if hook not in hooks:  # the history retention: closed cases by age; open cases keep their run
+                hooks.append(hook)

@@ -252,8 +252,9 @@ Q_SUCCESS_KEEP = env_int("Q_SUCCESS_KEEP", 1000)
 # History retention (docs/SCALING.md "Retention"), applied by the events housekeeping schedule in
 # bounded batches: finished journey runs (with their step executions and messages), closed cases
 # and finished jobs older than this many days are deleted, and anonymous profiles left with
-# nothing. Unset: kept forever (an upgrade deletes nothing). Re-entry limits and frequency caps
-# keep holding (see journeys.services.history_retention).
+# nothing. Unset: kept forever, profiles too (an upgrade deletes nothing). Re-entry limits,
+# frequency caps, experiments, unsent messages and open cases keep holding (see
+# journeys.services.history_retention).
 HISTORY_RETENTION_DAYS = env_int("HISTORY_RETENTION_DAYS", 0) or None
 # The login access log (django-axes) is kept this many days; expired sessions go at once.
 LOGIN_LOG_KEEP_DAYS = env_int("LOGIN_LOG_KEEP_DAYS", 90)

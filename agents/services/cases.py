@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.contrib.auth.models import Group
 from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from agents.choices import CaseStatus, EntryKind, ErrorCode, ResolutionCode
@@ -441,6 +442,12 @@ def cases_erase_customer(customer: Customer) -> dict:
     Case.history.filter(id__in=ids).update(subject=ERASED_SUBJECT, text="", escalation_reasons=[])
     CaseEntry.objects.filter(case_id__in=ids).update(body="", data={})
     return {"cases_cleared": len(ids)}
+
+
+def runs_of_open_cases() -> Q:
+    """RUN_HOLDS entry: a run a case not yet closed came from stays (the case shows its journey
+    path and workflow), whatever its age (origin_run index)."""
+    return Q(Exists(Case.objects.filter(origin_run_id=OuterRef("pk")).exclude(status=CaseStatus.CLOSED)))
 
 
 def cases_prune(cutoff: datetime, deadline: float, batch: int) -> dict:

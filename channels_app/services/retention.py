@@ -8,7 +8,7 @@ import time
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Exists, Max, OuterRef, Q
 
 from channels_app.choices import DeliveryStatus
 from channels_app.models import Delivery, FrequencyCap
@@ -22,6 +22,12 @@ def cap_window_floor() -> timedelta:
     messages sent within it, so none of those may go)."""
     longest = FrequencyCap.objects.filter(enabled=True).aggregate(s=Max("window_s"))["s"]
     return timedelta(seconds=longest or 0)
+
+
+def runs_with_unsent_messages() -> Q:
+    """RUN_HOLDS entry: a run with a message not yet sent (held by a paused channel, safe mode or
+    its send time) stays, so that message is sent, not deleted (run_id index)."""
+    return Q(Exists(Delivery.objects.filter(run_id=OuterRef("pk"), status__in=UNFINISHED)))
 
 
 def run_deliveries_delete(run_ids: list[int]) -> dict:

@@ -347,13 +347,14 @@ def experiment_set_weights(*, experiment: Experiment, weights: dict[str, float],
 
 def experiment_workflows_kept() -> set[int]:
     """HISTORY_KEEPERS entry: the workflows whose finished history the retention keeps while an
-    experiment on them is not concluded (its report reads their runs, steps and messages): the
+    experiment on them exists, running or concluded (its report reads their runs, steps and
+    messages: a concluded one's conversions too), until the experiment is deleted: the
     experiment's workflow and every workflow with a version whose split step names it."""
     from journeys.models import Step
 
-    open_experiments = Experiment.objects.exclude(status=ExperimentStatus.CONCLUDED)
-    kept = set(open_experiments.exclude(workflow=None).values_list("workflow_id", flat=True))
-    keys = list(open_experiments.values_list("key", flat=True))
+    experiments = Experiment.objects.all()
+    kept = set(experiments.exclude(workflow=None).values_list("workflow_id", flat=True))
+    keys = list(experiments.values_list("key", flat=True))
     if keys:
         kept |= set(Step.objects.filter(kind="experiment_split", config__experiment__in=keys)
                     .values_list("version__workflow_id", flat=True))

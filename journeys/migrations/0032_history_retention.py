@@ -1,18 +1,15 @@
-"""The history retention (HISTORY_RETENTION_DAYS): the profiles it looks at (every anonymous
-profile once, so those retention already left empty are found too) and finished jobs by age."""
+"""The history retention (HISTORY_RETENTION_DAYS): the profiles it looks at, how far it has walked
+the profiles made before (the housekeeping queues those a batch at a time, only with a retention
+set: the migration reads no customer), and finished jobs by age (built CONCURRENTLY on
+PostgreSQL: the migration is not atomic)."""
 
 from django.db import migrations, models
 
-
-# Anonymous profiles made before: looked at once by the housekeeping (deleted if they hold nothing).
-BACKFILL = """
-INSERT INTO journeys_profilecheck (customer_id)
-SELECT id FROM journeys_customer WHERE external_id = '' AND email = '' AND merged_into_id IS NULL
-"""
+from journeys.concurrent_indexes import concurrent_index_operation
 
 
 class Migration(migrations.Migration):
-
+    atomic = False
     dependencies = [
         ('journeys', '0031_history_indexes'),
     ]
@@ -24,9 +21,15 @@ class Migration(migrations.Migration):
                 ('customer_id', models.BigIntegerField(primary_key=True, serialize=False)),
             ],
         ),
-        migrations.RunSQL(BACKFILL, migrations.RunSQL.noop, elidable=True),
-        migrations.AddIndex(
-            model_name='job',
-            index=models.Index(condition=models.Q(('finished_at__isnull', False)), fields=['finished_at'], name='job_finished_idx'),
+        migrations.CreateModel(
+            name='ProfileCheckBackfill',
+            fields=[
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('last_id', models.BigIntegerField(default=0)),
+                ('done', models.BooleanField(default=False)),
+            ],
         ),
+        concurrent_index_operation("journeys", add=[(
+            "Job", models.Index(condition=models.Q(('finished_at__isnull', False)), fields=['finished_at'],
+                                name='job_finished_idx'))]),
     ]

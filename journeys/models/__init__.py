@@ -1,7 +1,14 @@
 """Models of the journeys core, split by concept and re-exported here."""
 
 from journeys.models.base import Timestamped
-from journeys.models.customers import Customer, CustomerMerge, Identity, MergeRefusal, ProfileCheck
+from journeys.models.customers import (
+    Customer,
+    CustomerMerge,
+    Identity,
+    MergeRefusal,
+    ProfileCheck,
+    ProfileCheckBackfill,
+)
 from journeys.models.events import Event, EventKey, Source
 from journeys.models.runs import (
     DateTriggerDue,
@@ -36,6 +43,7 @@ __all__ = [
     "CustomerMerge",
     "Identity",
     "ProfileCheck",
+    "ProfileCheckBackfill",
     "Event",
     "EventKey",
     "Source",

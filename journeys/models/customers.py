@@ -112,3 +112,14 @@ class ProfileCheck(models.Model):
     Only the ids to look at, so the housekeeping never reads every customer."""
 
     customer_id = models.BigIntegerField(primary_key=True)
+
+
+class ProfileCheckBackfill(models.Model):
+    """How far the history housekeeping has walked the profiles made before it queued profiles
+    itself (by id), queueing the anonymous ones in ProfileCheck: one row, advanced a batch at a
+    time, so profiles earlier event retention left empty are found without a migration reading
+    the whole customer table. `done` once it reached the end: later profiles are queued as their
+    events, runs or cases go."""
+
+    last_id = models.BigIntegerField(default=0)
+    done = models.BooleanField(default=False)

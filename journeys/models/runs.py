@@ -54,10 +54,13 @@ class JourneyRun(Timestamped):
             # counting them costs what is open, not every run ever made.
             models.Index(fields=["workflow", "status", "version"], condition=models.Q(status__in=["active", "waiting"]),
                          name="run_open_idx"),
-            # Finished runs by when they finished: the history retention (oldest first) and the
-            # dashboard's failures of the last day.
+            # Finished runs by when they finished: the dashboard's failures of the last day.
             models.Index(fields=["status", "finished_at"], condition=models.Q(finished_at__isnull=False),
                          name="run_finished_idx"),
+            # The same per workflow: the retention walks only the workflows whose history goes,
+            # never the old runs of those it keeps (open experiments).
+            models.Index(fields=["workflow", "status", "finished_at"], condition=models.Q(finished_at__isnull=False),
+                         name="run_workflow_finished_idx"),
             # A version's runs, the newest first: the graph page counts a recent window of them.
             models.Index(fields=["version", "created_at"], name="run_version_created_idx"),
         ]

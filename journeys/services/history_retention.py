@@ -2,38 +2,43 @@
 expired sessions and the login log (docs/SCALING.md "Retention").
 
 `history_housekeeping` runs with the events housekeeping schedule. With HISTORY_RETENTION_DAYS
-set, finished runs older than that go, oldest first, `batch` ids at a time, each batch one short
-transaction (found through run_finished_idx, never by reading the table), with what hangs off
-them: step executions, their messages and attempts (the channels app), the case's link to them.
-What must keep holding does:
+set, finished runs older than that go, oldest first, workflow by workflow, `batch` ids at a time,
+each batch one short transaction (found through run_workflow_finished_idx, never by reading the
+table), with what hangs off them: step executions, their messages and attempts (the channels
+app), the case's link to them. What must keep holding does:
 
 - re-entry limits (`once`, cooldown): before a run goes, its (workflow, customer) entry is kept
   as an EntryGate row (the one the engine's conditional upsert already enforces limits with),
   so a customer whose `once` run was deleted still cannot enter again;
 - frequency caps: nothing younger than the longest enabled cap's window goes (a floor the
   channels app registers);
-- experiments: the history of a workflow with an experiment not yet concluded stays (its report
-  reads the runs and messages); the experiments app registers which workflows those are.
+- experiments: the history of a workflow with an experiment, running or concluded, stays until
+  the experiment is deleted (its report reads the runs and messages); the experiments app
+  registers which workflows those are;
+- a run with a message not yet sent (held by a pause, safe mode or its send time), or that a
+  case not yet closed came from, stays (RUN_HOLDS, registered by the channels and agents apps).
 
-Other apps prune their own finished history (closed cases) through HISTORY_PRUNERS. Anonymous
-profiles that retention left with nothing (no event, run, message, case, identity but their
-anonymous ids...) are deleted too: their ids are queued in ProfileCheck when their events or
-runs go, and looked at a batch at a time.
+Other apps prune their own finished history (closed cases) through HISTORY_PRUNERS. With a
+retention set, anonymous profiles that retention left with nothing (no event, run, message,
+case, identity but their anonymous ids...) are deleted too: their ids are queued in ProfileCheck
+when their events or runs go (and, once, those made before: profiles_backfill), and looked at a
+batch at a time. Without one, no profile is deleted.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, models, transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import BooleanField, Exists, ExpressionWrapper, OuterRef, Q, Value
 from django.utils import timezone
 
 from journeys.choices import IdentityKind, RunStatus
-from journeys.models import Customer, Identity, JourneyRun, ProfileCheck
+from journeys.models import Customer, Identity, JourneyRun, ProfileCheck, ProfileCheckBackfill
 from journeys.models.jobs import Job, JobStatus
 
 BATCH = 2000
@@ -46,6 +51,8 @@ PROFILE_GRACE = timedelta(days=1)
 HISTORY_KEEPERS: list[Callable[[], set[int]]] = []
 # how far back other apps read finished history (the longest frequency-cap window): nothing younger goes
 HISTORY_FLOORS: list[Callable[[], timedelta]] = []
+# runs that must stay whatever their age, as a condition on JourneyRun (a message not yet sent, an open case)
+RUN_HOLDS: list[Callable[[], Q]] = []
 # delete other apps' rows of these runs (messages), inside the batch's transaction; returns counts
 RUN_DEPENDENTS: list[Callable[[list[int]], dict]] = []
 # other apps' own finished history older than the cutoff: (cutoff, deadline, batch) -> counts
@@ -113,20 +120,33 @@ def runs_delete(*, ids: list[int]) -> dict:
 
 
 def runs_retention_run(*, cutoff: datetime, deadline: float, batch: int = BATCH) -> dict:
-    """Delete runs finished before `cutoff`, oldest first, `batch` at a time (run_finished_idx),
-    except those of workflows whose history another app keeps (HISTORY_KEEPERS)."""
+    """Delete runs finished before `cutoff`, oldest first, `batch` at a time, workflow by workflow
+    (run_workflow_finished_idx), skipping the workflows whose history another app keeps
+    (HISTORY_KEEPERS: their old runs are never read) and the runs another app holds (RUN_HOLDS:
+    read again each pass, but few), which the walk steps past (finished_at, id)."""
+    from journeys.models import Workflow
+
     kept: set[int] = set()
     for keeper in HISTORY_KEEPERS:
         kept |= keeper()
+    held = Q()
+    for hold in RUN_HOLDS:
+        held |= hold()
     counts: dict = {"runs": 0}
-    for status in FINISHED_RUN_STATUSES:
-        while time.monotonic() < deadline:
-            ids = list(JourneyRun.objects.filter(status=status, finished_at__lt=cutoff)
-                       .exclude(workflow_id__in=kept).order_by("finished_at").values_list("pk", flat=True)[:batch])
-            for key, n in runs_delete(ids=ids).items():
-                counts[key] = counts.get(key, 0) + n
-            if len(ids) < batch:
-                break
+    for workflow_id in Workflow.objects.exclude(pk__in=kept).order_by("pk").values_list("pk", flat=True):
+        for status in FINISHED_RUN_STATUSES:
+            after = Q()
+            while time.monotonic() < deadline:
+                rows = list(JourneyRun.objects.filter(after, workflow_id=workflow_id, status=status,
+                                                      finished_at__lt=cutoff)
+                            .annotate(held=ExpressionWrapper(held, output_field=BooleanField()) if held else Value(False))
+                            .order_by("finished_at", "pk").values_list("pk", "finished_at", "held")[:batch])
+                for key, n in runs_delete(ids=[pk for pk, _, hold in rows if not hold]).items():
+                    counts[key] = counts.get(key, 0) + n
+                if len(rows) < batch:
+                    break
+                last_pk, last_at, _ = rows[-1]
+                after = Q(finished_at__gt=last_at) | Q(finished_at=last_at, pk__gt=last_pk)
     return counts
 
 
@@ -187,6 +207,24 @@ def profiles_prune(*, now: datetime, deadline: float, batch: int = 500) -> int:
     return deleted
 
 
+def profiles_backfill(*, deadline: float, batch: int = 5000) -> int:
+    """Queue the anonymous profiles made before the retention queued its own (those earlier event
+    retention left empty), walking customers by id from the stored watermark, `batch` at a time,
+    until the end is reached once (ProfileCheckBackfill). Returns how many were queued."""
+    mark, _ = ProfileCheckBackfill.objects.get_or_create(pk=1)
+    queued = 0
+    while not mark.done and time.monotonic() < deadline:
+        rows = list(Customer.objects.filter(pk__gt=mark.last_id).order_by("pk")
+                    .values_list("pk", "external_id", "email", "merged_into_id")[:batch])
+        anonymous = [pk for pk, external_id, email, merged in rows if not (external_id or email or merged)]
+        profiles_check_later(anonymous)
+        queued += len(anonymous)
+        mark.last_id = rows[-1][0] if rows else mark.last_id
+        mark.done = len(rows) < batch
+        mark.save(update_fields=["last_id", "done"])
+    return queued
+
+
 def sessions_purge() -> int:
     """Expired sessions (Django keeps them until `clearsessions`): the session engine's own clean-up."""
     from importlib import import_module
@@ -201,7 +239,7 @@ def sessions_purge() -> int:
 
 def login_log_purge(*, now: datetime, batch: int = 5000) -> int:
     """The login access log (django-axes: one row per login and logout, and per failure) older
-    than LOGIN_LOG_KEEP_DAYS."""
+    than LOGIN_LOG_KEEP_DAYS, `batch` rows per table and run, read through the primary key."""
     from django.apps import apps
 
     cutoff = now - timedelta(days=settings.LOGIN_LOG_KEEP_DAYS)
@@ -211,7 +249,9 @@ def login_log_purge(*, now: datetime, batch: int = 5000) -> int:
             model = apps.get_model("axes", name)
         except LookupError:
             continue
-        ids = list(model.objects.filter(attempt_time__lt=cutoff).values_list("pk", flat=True)[:batch])
+        # oldest first by id (attempt_time has no index): up to the first row young enough to stay
+        rows = list(model.objects.order_by("pk").values_list("pk", "attempt_time")[:batch])
+        ids = [pk for pk, _ in itertools.takewhile(lambda row: row[1] < cutoff, rows)]
         purged += model.objects.filter(pk__in=ids)._raw_delete(connection.alias) if ids else 0
     return purged
 
@@ -229,5 +269,6 @@ def history_housekeeping(*, now: datetime | None = None, budget_s: float = 20.0,
         result["jobs"] = jobs_retention_run(cutoff=cutoff, deadline=deadline, batch=batch)
         for pruner in HISTORY_PRUNERS:
             result.update(pruner(cutoff, deadline, batch))
-    result["profiles_deleted"] = profiles_prune(now=now, deadline=deadline)
+        profiles_backfill(deadline=deadline)
+        result["profiles_deleted"] = profiles_prune(now=now, deadline=deadline)
     return result

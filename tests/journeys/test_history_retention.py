@@ -148,8 +148,12 @@ def test_the_history_of_a_workflow_with_an_open_experiment_stays(retention, send
     events_housekeeping()
     assert list(JourneyRun.objects.values_list("workflow__name", flat=True)) == ["tested"]
 
-    # and once the experiment is concluded, its history follows
+    # and a concluded experiment's history stays too (its report reads the runs' conversions) ...
     Experiment.objects.filter(pk=experiment.pk).update(status="concluded")
+    events_housekeeping()
+    assert list(JourneyRun.objects.values_list("workflow__name", flat=True)) == ["tested"]
+    # ... until the experiment is deleted
+    Experiment.objects.filter(pk=experiment.pk).delete()
     events_housekeeping()
     assert not JourneyRun.objects.exists()
 
@@ -232,3 +236,86 @@ def test_expired_sessions_and_the_old_login_log_are_cleaned(settings):
     # Then the expired session and the login older than LOGIN_LOG_KEEP_DAYS (90) are gone
     assert result["history"]["sessions_purged"] == 1 and result["history"]["login_log_purged"] == 1
     assert Session.objects.count() == 1 and AccessLog.objects.count() == 1
+
+
+def test_an_empty_anonymous_profile_stays_without_a_retention_and_goes_with_one(retention, send, source):
+    # Given an anonymous visitor whose old events the source's retention deletes, and no history retention
+    retention.HISTORY_RETENTION_DAYS = None
+    send(anonymousId="anon-1", event="Page Viewed")
+    Event.objects.update(received_at=timezone.now() - OLD)
+    Customer.objects.update(updated_at=timezone.now() - OLD)
+    source.retention_days = 30
+    source.save(update_fields=["retention_days"])
+
+    # When the housekeeping runs, the profile stays (nothing of history goes without a retention)
+    result = events_housekeeping()
+    assert result["events_deleted"] == 1 and "profiles_deleted" not in result["history"]
+    assert Identity.objects.filter(value="anon-1").exists()
+
+    # and once a retention is set, it goes
+    retention.HISTORY_RETENTION_DAYS = 30
+    assert events_housekeeping()["history"]["profiles_deleted"] == 1
+    assert not Identity.objects.filter(value="anon-1").exists()
+
+
+def test_empty_anonymous_profiles_from_before_the_upgrade_are_found_a_batch_at_a_time(retention):
+    from journeys.models import ProfileCheck, ProfileCheckBackfill
+    from journeys.services.history_retention import profiles_backfill
+    from tests.factories import CustomerFactory
+
+    # Given profiles made before the retention queued any (none in ProfileCheck): two empty anonymous, one known
+    long_ago = timezone.now() - OLD
+    empty = [Customer.objects.create() for _ in range(2)]
+    CustomerFactory(external_id="ada")
+    Customer.objects.update(updated_at=long_ago)
+    assert not ProfileCheck.objects.exists()
+
+    # When the backfill walks them one at a time, it stops where it was and goes on from there
+    profiles_backfill(deadline=float("inf"), batch=1)
+    assert ProfileCheckBackfill.objects.get().done
+
+    # and the housekeeping deletes the two empty ones, the known customer stays
+    events_housekeeping()
+    assert not Customer.objects.filter(pk__in=[c.pk for c in empty]).exists()
+    assert list(Customer.objects.values_list("external_id", flat=True)) == ["ada"]
+
+
+def test_a_finished_run_whose_message_was_never_sent_stays(retention, send):
+    # Given two old finished runs, one whose message is still queued (a paused channel held it)
+    journey("welcome", policy="always")
+    send(userId="ada", event="Signed Up")
+    send(userId="bob", event="Signed Up")
+    age(JourneyRun.objects.all())
+    JourneyRun.objects.update(status="completed")
+    Delivery.objects.filter(customer__external_id="ada").update(status="queued")
+    Delivery.objects.filter(customer__external_id="bob").update(status="sent")
+
+    # When the housekeeping runs
+    events_housekeeping()
+
+    # Then ada's run and her unsent message stay; bob's go
+    assert list(JourneyRun.objects.values_list("customer__external_id", flat=True)) == ["ada"]
+    assert list(Delivery.objects.values_list("status", flat=True)) == ["queued"]
+
+
+def test_a_run_an_open_case_came_from_stays_linked(retention, send):
+    from agents.models import Case
+
+    # Given two old finished runs, each the origin of a case: one open, one closed yesterday
+    journey("welcome", policy="always")
+    send(userId="ada", event="Signed Up")
+    send(userId="bob", event="Signed Up")
+    age(JourneyRun.objects.all())
+    ada_run, bob_run = (JourneyRun.objects.get(customer__external_id=name) for name in ("ada", "bob"))
+    open_case = Case.objects.create(customer=ada_run.customer, subject="help", status="new", origin_run=ada_run)
+    closed = Case.objects.create(customer=bob_run.customer, subject="done", status="closed", origin_run=bob_run,
+                                 closed_at=timezone.now() - timedelta(days=1))
+
+    # When the housekeeping runs
+    events_housekeeping()
+
+    # Then the open case keeps its run; the closed case's run goes (the case loses the link)
+    assert list(JourneyRun.objects.values_list("pk", flat=True)) == [ada_run.pk]
+    open_case.refresh_from_db()
+    closed.refresh_from_db()
+    assert open_case.origin_run_id == ada_run.pk and closed.origin_run_id is None
