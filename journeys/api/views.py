@@ -79,17 +79,23 @@ def _read_json(request, *, max_bytes: int, accepted: list[str]) -> object:
         raise BodyRefused(400, f"malformed JSON: {exc}", "invalid_json") from None
 
 
-# Real events hold one JSON object or array per ~100 bytes (an order with 50 products: one per
-# ~25); `[{},{},...]` holds one per 3 bytes, and each becomes a Python dict or list of 56-64
-# bytes: a 9 MiB body of them took ~250 MB to parse. Bodies denser than this are refused unparsed.
+# Real events hold one JSON object or array per ~100 bytes (an order with 50 small products: one
+# per ~25); `[{},{},...]` holds one per 3 bytes, and each becomes a Python dict or list: a 9 MiB
+# body of them took ~230-260 MB to parse (~25x its size). Large bodies denser than one per 12
+# bytes are refused unparsed, which holds the worst case near ~17x (short strings alone: ~12x).
+# Under 1 MiB a body costs ~30 MB at worst whatever it holds, and its errors stay the precise
+# ones (a body nested too deep is a 400 naming where).
 CONTAINER_BYTES = 12
 CONTAINER_ALLOWANCE = 10_000
+CONTAINER_CHECK_FROM = 1024 * 1024
 
 
 def containers_check(raw: bytes) -> None:
-    """Refuse (413) a body with more JSON objects and arrays than its size warrants, before
-    parsing it: what a body may cost in memory is then bounded by its size (a count of bytes,
-    so braces inside strings count too, which real events do not have by the thousand)."""
+    """Refuse (413) a large body with more JSON objects and arrays than its size warrants,
+    before parsing it (a count of bytes, so braces inside strings count too, which real events
+    do not hold by the thousand)."""
+    if len(raw) < CONTAINER_CHECK_FROM:
+        return
     allowed = len(raw) // CONTAINER_BYTES + CONTAINER_ALLOWANCE
     found = raw.count(b"{") + raw.count(b"[")
     if found > allowed:

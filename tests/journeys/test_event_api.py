@@ -136,11 +136,12 @@ def test_gzip_bomb_is_413_and_never_inflated_past_the_limit(api, settings):
     assert peak < len(bomb) + 2 * limit  # the bomb itself, and at most the limit (+1 byte) inflated
 
 
-def test_a_body_made_of_empty_objects_is_refused_before_it_is_parsed(api, settings):
-    # given a batch under the size limit made only of empty objects (browser write keys are
-    # public: anyone can send it), which Python's parser would turn into millions of dicts
+@pytest.mark.parametrize("unit", [b"{}", b'{"a":1}'])
+def test_a_body_made_of_tiny_objects_is_refused_before_it_is_parsed(api, settings, unit):
+    # given a batch under the size limit made only of tiny objects (browser write keys are
+    # public: anyone can send it), which Python's parser would turn into a million dicts or more
     limit = settings.EVENT_API["MAX_BATCH_BYTES"]
-    bomb = b'{"batch": [' + b"{}," * ((limit - 100) // 3) + b"{}]}"
+    bomb = b'{"batch": [' + (unit + b",") * ((limit - 100) // (len(unit) + 1)) + b"{}]}"
     assert len(bomb) <= limit
 
     tracemalloc.start()
