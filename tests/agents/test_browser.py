@@ -28,10 +28,15 @@ def test_agent_opens_a_case_uses_a_suggested_reply_and_resolves_it(live_server, 
     from journeys.models import Event
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     def wait_text(element_id: str, text: str):
-        WebDriverWait(browser, 10).until(ec.text_to_be_present_in_element((By.ID, element_id), text))
+        # The page replaces the element when it refreshes; Chromium may then answer the check with
+        # "Node with given id does not belong to the document" (a WebDriverException, not a
+        # stale-element one): look again, as a person would (CI of 94e47b1, once).
+        WebDriverWait(browser, 10, ignored_exceptions=(WebDriverException,)).until(
+            ec.text_to_be_present_in_element((By.ID, element_id), text))
 
     Channel.objects.create(name="email", kind="email")
     agent = AgentFactory(team=TeamFactory(categories=["billing"]), skills={"billing": 4}, user__username="alice")
