@@ -390,12 +390,23 @@ def _deadline_set(connection: http.client.HTTPConnection, deadline: float) -> li
 
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
-def _unreachable(host: str, exc: Exception, sent: bool) -> OutboundUnreachable:
-    error = OutboundUnreachable(f"{host}: {type(exc).__name__}: {exc}")
+def _unreachable(host: str, exc: Exception, sent: bool, answer: OutboundResponse | None) -> OutboundUnreachable:
+    cut = f" (after the answer's status, HTTP {answer.status}; its body did not come in full)" if answer else ""
+    error = OutboundUnreachable(f"{host}: {type(exc).__name__}: {exc}{cut}")
     error.maybe_received = sent
+    error.answer = answer
     return error
+
+
+def _cut_answer(raw: http.client.HTTPResponse | None, exc: Exception, url: str) -> OutboundResponse | None:
+    """The answer whose body failed (its status and headers, what came of its body), if it had begun."""
+    if raw is None:
+        return None
+    partial = exc.partial if isinstance(exc, http.client.IncompleteRead) else b""
+    return OutboundResponse(status=raw.status, headers=raw.headers, body=bytes(partial), url=url)
 
 
 def socket_closed_by_peer(sock: socket.socket) -> bool:
@@ -428,7 +439,9 @@ class OutboundSession:
     body may come after the headers); the next request opens a new connection.
 
     Raises OutboundRefused (do not retry: fix the configuration) or OutboundUnreachable
-    (DNS, connect, reset, timeout: retry later). HTTP errors are returned as responses."""
+    (DNS, connect, reset, timeout, a body cut short of its length: retry later; when only the
+    body failed, its `answer` holds the status and headers). HTTP errors are returned as
+    responses."""
 
     timeout: float = DEFAULT_TIMEOUT_S
     max_redirects: int = MAX_REDIRECTS
@@ -454,7 +467,7 @@ class OutboundSession:
                 headers: Mapping[str, str] | None = None) -> OutboundResponse:
         for _hop in range(self.max_redirects + 1):
             response = self._send(method, url, body=body, headers=dict(headers or {}))
-            if response.status not in (301, 302, 303, 307, 308):
+            if response.status not in _REDIRECTS:
                 return response
             location = response.headers.get("Location", "")
             if response.status in (301, 302, 303) and method not in ("GET", "HEAD"):
@@ -502,6 +515,7 @@ class OutboundSession:
                 connection = self._open(OutboundTarget(url=target.url, scheme=scheme, host=key[1], port=port,
                                                        address=target.address))
             sent = False
+            raw: http.client.HTTPResponse | None = None  # once its status line and headers have come
             responses: list[http.client.HTTPResponse] = []
             try:
                 responses = _deadline_set(connection, deadline)
@@ -509,6 +523,8 @@ class OutboundSession:
                 sent = True
                 raw = connection.getresponse()  # an answer that will close has closed `connection` already
                 data = raw.read(self.max_response_bytes + 1)  # ... and still reads its body to the end
+                if raw.length and len(data) <= self.max_response_bytes and raw.status not in _REDIRECTS:
+                    raise http.client.IncompleteRead(data, raw.length)  # closed short of its Content-Length
             except _STALE as exc:
                 self._drop(key)
                 # Tried again on a fresh connection only when the server cannot have acted on it: the
@@ -516,10 +532,10 @@ class OutboundSession:
                 # cut off may have been processed (the caller retries later, with its idempotency key).
                 if reused and (not sent or method in _IDEMPOTENT):
                     continue
-                raise _unreachable(host, exc, sent) from exc
+                raise _unreachable(host, exc, sent, _cut_answer(raw, exc, url.strip())) from exc
             except (OSError, http.client.HTTPException) as exc:
                 self._drop(key)
-                raise _unreachable(host, exc, sent) from exc
+                raise _unreachable(host, exc, sent, _cut_answer(raw, exc, url.strip())) from exc
             finally:
                 for response in responses:
                     response.close()  # releases the socket of an answer that closed its connection (or was cut)

@@ -116,6 +116,7 @@ class Plan:
     pause: float = 0.0  # send the headers, wait this long, then the body: separate TCP writes
     chunked: bool = False  # the body in two chunks (Transfer-Encoding: chunked), `pause` before each
     no_body: bool = False  # no body and no Content-Length: the answer ends when the server closes
+    cut: bool = False  # send the headers (the whole body's Content-Length) and half the body, then close
 
 
 class FakeVendor:
@@ -155,7 +156,7 @@ class FakeVendor:
                 try:
                     if plan.http10:
                         self.protocol_version = "HTTP/1.0"
-                    if plan.close or plan.http10 or plan.no_body:
+                    if plan.close or plan.http10 or plan.no_body or plan.cut:
                         self.close_connection = True
                     self.send_response(plan.status)
                     for k, v in plan.headers.items():
@@ -174,6 +175,9 @@ class FakeVendor:
                             time.sleep(plan.pause)
                             self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                         self.wfile.write(b"0\r\n\r\n")
+                    elif plan.cut:
+                        time.sleep(plan.pause)
+                        self.wfile.write(payload[: len(payload) // 2])
                     elif plan.pause:
                         time.sleep(plan.pause)  # the headers went in a write of their own (end_headers)
                         self.wfile.write(payload)

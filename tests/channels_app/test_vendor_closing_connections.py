@@ -2,7 +2,8 @@
 many proxies and load balancers), with the body in TCP writes of its own after the headers:
 each message they accept is recorded as sent, once, and the next one goes on a new connection.
 (The connection closed by getresponse() used to close the socket under the unread body: EBADF,
-recorded as unanswered and retried, so the customer got the message two or three times.)"""
+recorded as unanswered and retried, so the customer got the message two or three times.)
+An answer cut off after its status is judged by its status, unless its body decides."""
 
 from __future__ import annotations
 
@@ -25,7 +26,10 @@ ANSWERS = {
     "http-1.0": dict(http10=True, pause=0.05),
     "chunked-close": dict(close=True, chunked=True, pause=0.03),
     "close-no-body": dict(no_body=True, pause=0.05),
+    # closed halfway through the body: the vendor said 201, so it took the message (status decides)
+    "cut-mid-body": dict(cut=True, pause=0.05),
 }
+LOST = ("close-no-body", "cut-mid-body")  # no vendor id: no body, or the id was in the part that did not come
 BODY = {"id": "hook-77", "sid": "SM77"}
 
 
@@ -57,7 +61,7 @@ def key_header(channel) -> str:
 def test_each_message_a_closing_vendor_accepts_is_sent_once(
         request, vendor, answer, channel_name, django_capture_on_commit_callbacks):
     # given a vendor that accepts every message and then closes the connection, its answer's body
-    # coming after the headers in writes of their own (or no body at all)
+    # coming after the headers in writes of their own (or no body at all, or half of it)
     channel = request.getfixturevalue(channel_name)
     vendor.default = Plan(201, BODY, **ANSWERS[answer])
     people = [CustomerFactory(external_id=f"c{i}", phone=f"+1555010{i:04d}") for i in range(5)]
@@ -83,8 +87,8 @@ def test_each_message_a_closing_vendor_accepts_is_sent_once(
 def vendor_id(channel, delivery, answer) -> str:
     """The id a delivery keeps: the vendor's, read from the answer's body (a made-up one without)."""
     if channel.provider == "twilio_sms":
-        return "" if answer == "close-no-body" else BODY["sid"]
-    return f"webhook-{delivery.pk}" if answer == "close-no-body" else BODY["id"]
+        return "" if answer in LOST else BODY["sid"]
+    return f"webhook-{delivery.pk}" if answer in LOST else BODY["id"]
 
 
 @pytest.mark.parametrize("answer", ["connection-close", "chunked-close"])
@@ -110,3 +114,25 @@ def test_an_sms_through_the_messages_api_to_a_closing_vendor_is_sent_once(vendor
     status = api.get(f"messages/{response.body['delivery']['id']}").body
     assert (status["status"], status["attempts"]) == ("sent", 1)
     assert Delivery.objects.get().provider_message_id == "SM77" and Channel.objects.count() == 1
+
+
+@pytest.mark.parametrize(("channel_name", "status", "unanswered"), [("chat", 200, True), ("sms", 503, False)])
+def test_a_cut_off_answer_is_judged_by_its_status_unless_its_body_decides(
+        request, vendor, channel_name, status, unanswered, django_capture_on_commit_callbacks):
+    """A 503 whose body is cut off is a 503 (retried, and free to go to a fallback). Slack's 200
+    may say {"ok": false}: when its body is cut off the message may or may not have gone, so it
+    waits for a retry on its own channel (never rerouted to a fallback as well)."""
+    channel = request.getfixturevalue(channel_name)
+    vendor.default = Plan(status, {"ok": True, "ts": "1.2", "sid": "SM1"}, cut=True, pause=0.05)
+    customer = CustomerFactory(external_id="c", phone="+15550100001", traits={"chat_id": "U1"})
+    with django_capture_on_commit_callbacks(execute=False):
+        delivery = message_send(customer=customer, template=TemplateFactory(channel_kind=channel.kind), channel=channel,
+                                idempotency_key="k", context={})
+
+    deliveries_dispatch(delivery_ids=[delivery.pk])
+
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.reason) == ("deferred", "retry") and len(vendor.requests) == 1
+    assert bool(delivery.notes.get("unanswered")) is unanswered
+    expected = "HTTP 503: " if status == 503 else "(after the answer's status, HTTP 200; its body did not come in full)"
+    assert expected in delivery.error

@@ -274,3 +274,19 @@ def test_an_https_answer_that_closes_the_connection_is_read_to_its_end(settings,
     finally:
         listener.close()
     assert [(a.status, a.body) for a in answers] == [(201, b'{"sid": "SM1"}')] * 2 and len(received) == 2
+
+
+def test_a_body_cut_short_of_its_length_is_an_error_that_keeps_the_answers_status(vendor, settings):
+    # given a server that answers 201 with a Content-Length and closes halfway through the body
+    settings.OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.0/8"]
+    vendor.plan(Plan(201, {"sid": "SM1"}, cut=True, pause=0.05))
+
+    # when a request gets that answer, then it is not taken for the whole answer: the error says
+    # the request may have been received, with the answer's status and what came of its body
+    with OutboundSession(timeout=2) as session:
+        with pytest.raises(OutboundUnreachable, match="IncompleteRead.*HTTP 201; its body did not come in full") as cut:
+            session.post(vendor.url + "/m", body=b"x")
+        # and the next request goes on a new connection
+        assert session.post(vendor.url + "/m", body=b"y").status == 200
+    assert cut.value.maybe_received and (cut.value.answer.status, cut.value.answer.body) == (201, b'{"sid":')
+    assert [r.body for r in vendor.requests] == [b"x", b"y"] and len(set(vendor.ports)) == 2
