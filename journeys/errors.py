@@ -54,10 +54,14 @@ class OutboundRefused(JourneyError):
 class OutboundUnreachable(JourneyError):
     """A connection to an allowed place failed (DNS, refused, reset, timeout): worth retrying.
     `maybe_received`: the request had been written in full (a timeout or a cut-off while waiting
-    for the answer), so the other side may have acted on it."""
+    for the answer), so the other side may have acted on it.
+    `answer`: when the answer's status line and headers had come and only its body did not (cut
+    off, or stalled past the deadline), that answer (an OutboundResponse holding what came of the
+    body); None when no answer came."""
 
     code = "outbound_unreachable"
     maybe_received = False
+    answer = None
 
 
 class SecretUnavailable(JourneyError):

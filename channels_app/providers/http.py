@@ -8,9 +8,11 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
+from typing import ClassVar
 from xml.sax.saxutils import escape
 
 from channels_app.providers.base import (
@@ -25,6 +27,8 @@ from journeys.services.stream import stream_sign
 
 DEFAULT_TIMEOUT_S = 10.0
 
+logger = logging.getLogger(__name__)
+
 
 class HttpProvider(Provider):
     """Shared request/response handling: timeouts and 5xx/429 are transient, other 4xx permanent.
@@ -33,6 +37,13 @@ class HttpProvider(Provider):
 
     url_settings = ("base_url", "url")
     concurrent = True
+    # Whether an answer's status alone says what became of the message (its body only carries the
+    # vendor's id or an error text): when the status came and the body was then cut off or stalled
+    # past the timeout, the status decides; a 2xx is a sent message, never sent again. Where the
+    # body decides (Slack's 200 {"ok": false}), such a message is unanswered: retried with its
+    # key on its own channel, never rerouted. (A bulk endpoint's lost results leave each of its
+    # messages unanswered too.)
+    status_decides: ClassVar[bool] = True
 
     def timeout(self) -> float:
         return float(self.settings.get("timeout") or DEFAULT_TIMEOUT_S)
@@ -59,7 +70,10 @@ class HttpProvider(Provider):
         except OutboundRefused as exc:
             raise PermanentError(f"{self.name}: {exc.message}") from exc
         except OutboundUnreachable as exc:
-            raise TransientError(exc.message, unanswered=exc.maybe_received) from exc
+            if exc.answer is None or not self.status_decides:
+                raise TransientError(exc.message, unanswered=exc.maybe_received) from exc
+            logger.warning("%s: the answer's body was lost, its status decides: %s", self.name, exc.message)
+            response = exc.answer
         if response.status < 300:
             return response.status, response.body
         body = response.body[:500].decode("utf-8", "replace")
@@ -278,6 +292,7 @@ class SlackChat(HttpProvider):
 
     name = "slack"
     kinds = ("chat",)
+    status_decides = False  # a 200 may say {"ok": false}
 
     def send(self, message: OutgoingMessage) -> SendResult:
         body = json.dumps({"channel": message.to, "text": message.body}).encode()

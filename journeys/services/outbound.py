@@ -324,22 +324,35 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
 
 class _DeadlineReader(io.RawIOBase):
     """The socket as a response reads it: each read waits only until the exchange's deadline, so
-    the per-read timeout cannot be renewed forever by a server sending a byte now and then."""
+    the per-read timeout cannot be renewed forever by a server sending a byte now and then.
+
+    It reads through the socket's own file (`socket.makefile`), which holds a reference on the
+    socket as http.client expects: for an answer that says it will close (`Connection: close`,
+    HTTP/1.0) getresponse() closes the connection before the body is read, and the socket's file
+    descriptor must stay open until the response is done with it (closing it at once made the
+    read of a body that came after the headers fail with EBADF, and an accepted message be sent
+    again)."""
 
     def __init__(self, sock: socket.socket, deadline: float):
         super().__init__()
         self._sock = sock
+        self._file = sock.makefile("rb", buffering=0)
         self._deadline = deadline
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
+    def readinto(self, buffer) -> int | None:  # type: ignore[override]
         remaining = self._deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("no complete answer within the timeout")
         self._sock.settimeout(remaining)
-        return self._sock.recv_into(buffer)
+        return self._file.readinto(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._file.close()  # the last reference: a connection closed meanwhile closes its socket now
+        super().close()
 
 
 class _DeadlineSocket:
@@ -354,29 +367,46 @@ class _DeadlineSocket:
 
 
 class _DeadlineResponse(http.client.HTTPResponse):
-    """A response whose status line, headers and body must all arrive before `deadline`."""
+    """A response whose status line, headers and body must all arrive before `deadline`. Each
+    one is added to `made`, so that the caller can close it (and release its socket) even when
+    getresponse() failed before handing it over."""
 
-    def __init__(self, sock: socket.socket, *, deadline: float, **kwargs):
+    def __init__(self, sock: socket.socket, *, deadline: float, made: list[http.client.HTTPResponse], **kwargs):
         super().__init__(_DeadlineSocket(sock, deadline), **kwargs)
+        made.append(self)
 
 
-def _deadline_set(connection: http.client.HTTPConnection, deadline: float) -> None:
-    """Bound connecting, writing the request and reading the whole answer by `deadline`."""
+def _deadline_set(connection: http.client.HTTPConnection, deadline: float) -> list[http.client.HTTPResponse]:
+    """Bound connecting, writing the request and reading the whole answer by `deadline`; returns
+    the list the exchange's response will be added to (to be closed when done with it)."""
     remaining = max(0.001, deadline - time.monotonic())
     connection.timeout = remaining  # a new connection's connect (and its socket's first timeout)
     if connection.sock is not None:
         connection.sock.settimeout(remaining)
-    connection.response_class = partial(_DeadlineResponse, deadline=deadline)  # type: ignore[assignment]
+    made: list[http.client.HTTPResponse] = []
+    connection.response_class = partial(_DeadlineResponse, deadline=deadline, made=made)  # type: ignore[assignment]
+    return made
 
 
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
-def _unreachable(host: str, exc: Exception, sent: bool) -> OutboundUnreachable:
-    error = OutboundUnreachable(f"{host}: {type(exc).__name__}: {exc}")
+def _unreachable(host: str, exc: Exception, sent: bool, answer: OutboundResponse | None) -> OutboundUnreachable:
+    cut = f" (after the answer's status, HTTP {answer.status}; its body did not come in full)" if answer else ""
+    error = OutboundUnreachable(f"{host}: {type(exc).__name__}: {exc}{cut}")
     error.maybe_received = sent
+    error.answer = answer
     return error
+
+
+def _cut_answer(raw: http.client.HTTPResponse | None, exc: Exception, url: str) -> OutboundResponse | None:
+    """The answer whose body failed (its status and headers, what came of its body), if it had begun."""
+    if raw is None:
+        return None
+    partial = exc.partial if isinstance(exc, http.client.IncompleteRead) else b""
+    return OutboundResponse(status=raw.status, headers=raw.headers, body=bytes(partial), url=url)
 
 
 def socket_closed_by_peer(sock: socket.socket) -> bool:
@@ -405,9 +435,13 @@ class OutboundSession:
 
     `timeout` is the deadline of one whole exchange, from connecting to the last byte of the
     answer: a server that trickles or stalls its answer times out like one that never answers.
+    An answer that closes the connection (`Connection: close`, HTTP/1.0) is read to its end (its
+    body may come after the headers); the next request opens a new connection.
 
     Raises OutboundRefused (do not retry: fix the configuration) or OutboundUnreachable
-    (DNS, connect, reset, timeout: retry later). HTTP errors are returned as responses."""
+    (DNS, connect, reset, timeout, a body cut short of its length: retry later; when only the
+    body failed, its `answer` holds the status and headers). HTTP errors are returned as
+    responses."""
 
     timeout: float = DEFAULT_TIMEOUT_S
     max_redirects: int = MAX_REDIRECTS
@@ -433,7 +467,7 @@ class OutboundSession:
                 headers: Mapping[str, str] | None = None) -> OutboundResponse:
         for _hop in range(self.max_redirects + 1):
             response = self._send(method, url, body=body, headers=dict(headers or {}))
-            if response.status not in (301, 302, 303, 307, 308):
+            if response.status not in _REDIRECTS:
                 return response
             location = response.headers.get("Location", "")
             if response.status in (301, 302, 303) and method not in ("GET", "HEAD"):
@@ -481,12 +515,16 @@ class OutboundSession:
                 connection = self._open(OutboundTarget(url=target.url, scheme=scheme, host=key[1], port=port,
                                                        address=target.address))
             sent = False
+            raw: http.client.HTTPResponse | None = None  # once its status line and headers have come
+            responses: list[http.client.HTTPResponse] = []
             try:
-                _deadline_set(connection, deadline)
+                responses = _deadline_set(connection, deadline)
                 connection.request(method, path, body=body, headers=headers)
                 sent = True
-                raw = connection.getresponse()
-                data = raw.read(self.max_response_bytes + 1)
+                raw = connection.getresponse()  # an answer that will close has closed `connection` already
+                data = raw.read(self.max_response_bytes + 1)  # ... and still reads its body to the end
+                if raw.length and len(data) <= self.max_response_bytes and raw.status not in _REDIRECTS:
+                    raise http.client.IncompleteRead(data, raw.length)  # closed short of its Content-Length
             except _STALE as exc:
                 self._drop(key)
                 # Tried again on a fresh connection only when the server cannot have acted on it: the
@@ -494,12 +532,15 @@ class OutboundSession:
                 # cut off may have been processed (the caller retries later, with its idempotency key).
                 if reused and (not sent or method in _IDEMPOTENT):
                     continue
-                raise _unreachable(host, exc, sent) from exc
+                raise _unreachable(host, exc, sent, _cut_answer(raw, exc, url.strip())) from exc
             except (OSError, http.client.HTTPException) as exc:
                 self._drop(key)
-                raise _unreachable(host, exc, sent) from exc
+                raise _unreachable(host, exc, sent, _cut_answer(raw, exc, url.strip())) from exc
+            finally:
+                for response in responses:
+                    response.close()  # releases the socket of an answer that closed its connection (or was cut)
             if len(data) > self.max_response_bytes or raw.will_close:
-                self._drop(key)
+                self._drop(key)  # the next request opens (and checks) a new connection
             return OutboundResponse(status=raw.status, headers=raw.headers, body=data[: self.max_response_bytes],
                                     url=url.strip())
         raise OutboundUnreachable(f"{host}: the connection was closed twice")

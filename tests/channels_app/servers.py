@@ -1,6 +1,7 @@
 """Real servers for the channel tests: an SMTP server (aiosmtpd) and an HTTP server that
 records requests and fails on demand (timeouts, answers trickled a byte at a time, 5xx, 429
-with Retry-After)."""
+with Retry-After) or answers as servers that close the connection do (`Connection: close`,
+HTTP/1.0, chunked, no body: the body in writes of its own after the headers)."""
 
 from __future__ import annotations
 
@@ -110,6 +111,12 @@ class Plan:
     delay: float = 0.0
     raw: bytes = b""  # an answer's body as it is (instead of `body` as JSON)
     trickle: float = 0.0  # send the headers at once, then the body one byte every `trickle` seconds
+    close: bool = False  # say `Connection: close` and close the connection after this answer
+    http10: bool = False  # answer as an HTTP/1.0 server does (no keep-alive: closed after the answer)
+    pause: float = 0.0  # send the headers, wait this long, then the body: separate TCP writes
+    chunked: bool = False  # the body in two chunks (Transfer-Encoding: chunked), `pause` before each
+    no_body: bool = False  # no body and no Content-Length: the answer ends when the server closes
+    cut: bool = False  # send the headers (the whole body's Content-Length) and half the body, then close
 
 
 class FakeVendor:
@@ -145,15 +152,36 @@ class FakeVendor:
                     time.sleep(plan.delay)
                 with vendor.lock:
                     vendor.in_flight -= 1  # answered (before the client can read the answer)
-                payload = plan.raw or json.dumps(plan.body).encode()
+                payload = b"" if plan.no_body else plan.raw or json.dumps(plan.body).encode()
                 try:
+                    if plan.http10:
+                        self.protocol_version = "HTTP/1.0"
+                    if plan.close or plan.http10 or plan.no_body or plan.cut:
+                        self.close_connection = True
                     self.send_response(plan.status)
                     for k, v in plan.headers.items():
                         self.send_header(k, v)
+                    if plan.close or plan.no_body:
+                        self.send_header("Connection", "close")
                     self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
+                    if plan.chunked:
+                        self.send_header("Transfer-Encoding", "chunked")
+                    elif not plan.no_body:
+                        self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
-                    if plan.trickle:
+                    if plan.chunked:
+                        half = len(payload) // 2
+                        for chunk in (payload[:half], payload[half:]):
+                            time.sleep(plan.pause)
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                        self.wfile.write(b"0\r\n\r\n")
+                    elif plan.cut:
+                        time.sleep(plan.pause)
+                        self.wfile.write(payload[: len(payload) // 2])
+                    elif plan.pause:
+                        time.sleep(plan.pause)  # the headers went in a write of their own (end_headers)
+                        self.wfile.write(payload)
+                    elif plan.trickle:
                         self.wfile.flush()
                         for i in range(len(payload)):
                             time.sleep(plan.trickle)
@@ -186,6 +214,36 @@ class FakeVendor:
     def stop(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+def self_signed_certificate(tmp_path, name: str) -> tuple[str, str]:
+    """A self-signed certificate for `name` (a host name or an IP address): (cert file, key file)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    try:
+        alt_name = x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        alt_name = x509.DNSName(name)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([alt_name]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
 
 
 def start_smtp(host: str = "127.0.0.1", port: int = 0, *, auth: bool = False,

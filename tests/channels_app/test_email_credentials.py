@@ -7,7 +7,6 @@ is reached at the address the outbound check passed, not at whatever a second DN
 
 from __future__ import annotations
 
-import datetime
 import socket
 import ssl
 
@@ -16,7 +15,7 @@ import pytest
 from channels_app.models import Delivery
 from channels_app.services import message_send
 from tests.channels_app.factories import ChannelFactory, CustomerFactory, TemplateFactory, topic
-from tests.channels_app.servers import free_port, start_smtp
+from tests.channels_app.servers import free_port, self_signed_certificate, start_smtp
 
 pytestmark = pytest.mark.django_db
 
@@ -138,38 +137,9 @@ def test_a_channel_host_is_reached_at_the_address_checked_not_at_a_second_lookup
     assert lookups == ["mail.rebind.test"]  # one lookup: the checked one
 
 
-def _certificate(tmp_path, name: str) -> tuple[str, str]:
-    """A self-signed certificate for `name` (a host name or an IP address): (cert file, key file)."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    try:
-        alt_name = x509.IPAddress(ipaddress.ip_address(name))
-    except ValueError:
-        alt_name = x509.DNSName(name)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([alt_name]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return str(cert_file), str(key_file)
-
-
 def _tls_trusted(tmp_path, monkeypatch, name: str) -> ssl.SSLContext:
     """A server TLS context with a certificate for `name`, which the client trusts (and only it)."""
-    cert_file, key_file = _certificate(tmp_path, name)
+    cert_file, key_file = self_signed_certificate(tmp_path, name)
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(cert_file, key_file)
     real_context = ssl.create_default_context

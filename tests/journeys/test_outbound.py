@@ -12,7 +12,7 @@ from journeys.errors import OutboundRefused, OutboundUnreachable, SecretUnavaila
 from journeys.services.outbound import (
     OutboundSession, outbound_secret_read, outbound_url_check, outbound_url_problem,
 )
-from tests.channels_app.servers import FakeVendor, Plan, free_port
+from tests.channels_app.servers import FakeVendor, Plan, free_port, self_signed_certificate
 
 
 @pytest.fixture
@@ -218,3 +218,75 @@ def test_a_keep_alive_connection_the_server_closed_while_idle_is_replaced_before
         session.close()
         server.stop()
     assert server.bodies == [b"one", b"two", b"three"] and server.connections == 3
+
+
+@pytest.mark.parametrize("answer", [
+    dict(close=True, pause=0.05), dict(http10=True, pause=0.05), dict(close=True, chunked=True, pause=0.03),
+    dict(close=True), dict(no_body=True, pause=0.05),
+], ids=["connection-close", "http-1.0", "chunked-close", "close-no-pause", "close-no-body"])
+def test_an_answer_that_closes_the_connection_is_read_to_its_end_and_the_next_request_reconnects(
+        vendor, settings, answer):
+    # given a server that closes the connection after each answer, the body coming after the headers
+    settings.OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.0/8"]
+    vendor.default = Plan(201, {"sid": "SM1"}, **answer)
+    body = b"" if answer.get("no_body") else b'{"sid": "SM1"}'
+
+    # when one session posts three times
+    with OutboundSession(timeout=2) as session:
+        answers = [session.post(vendor.url + "/m", body=f"n={n}".encode()) for n in range(3)]
+
+    # then each answer is read in full with its status, and each request went once, on a new connection
+    assert [(a.status, a.body) for a in answers] == [(201, body)] * 3
+    assert [r.body for r in vendor.requests] == [b"n=0", b"n=1", b"n=2"] and len(set(vendor.ports)) == 3
+
+
+def test_an_https_answer_that_closes_the_connection_is_read_to_its_end(settings, tmp_path):
+    """The same over TLS (what vendors speak): the body, sent after the headers, is read after
+    getresponse() closed the connection."""
+    import ssl
+    import threading
+
+    settings.OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.0/8"]
+    cert_file, key_file = self_signed_certificate(tmp_path, "127.0.0.1")
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert_file, key_file)
+    listener = socket.create_server(("127.0.0.1", 0))
+    received: list[bytes] = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with server_context.wrap_socket(conn, server_side=True) as tls:
+                received.append(tls.recv(65536))
+                tls.sendall(b"HTTP/1.1 201 Created\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: 14\r\n\r\n")
+                time.sleep(0.05)
+                tls.sendall(b'{"sid": "SM1"}')
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        with OutboundSession(timeout=2, _context=ssl.create_default_context(cafile=cert_file)) as session:
+            url = f"https://127.0.0.1:{listener.getsockname()[1]}/m"
+            answers = [session.post(url, body=b"x") for _ in range(2)]
+    finally:
+        listener.close()
+    assert [(a.status, a.body) for a in answers] == [(201, b'{"sid": "SM1"}')] * 2 and len(received) == 2
+
+
+def test_a_body_cut_short_of_its_length_is_an_error_that_keeps_the_answers_status(vendor, settings):
+    # given a server that answers 201 with a Content-Length and closes halfway through the body
+    settings.OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.0/8"]
+    vendor.plan(Plan(201, {"sid": "SM1"}, cut=True, pause=0.05))
+
+    # when a request gets that answer, then it is not taken for the whole answer: the error says
+    # the request may have been received, with the answer's status and what came of its body
+    with OutboundSession(timeout=2) as session:
+        with pytest.raises(OutboundUnreachable, match="IncompleteRead.*HTTP 201; its body did not come in full") as cut:
+            session.post(vendor.url + "/m", body=b"x")
+        # and the next request goes on a new connection
+        assert session.post(vendor.url + "/m", body=b"y").status == 200
+    assert cut.value.maybe_received and (cut.value.answer.status, cut.value.answer.body) == (201, b'{"sid":')
+    assert [r.body for r in vendor.requests] == [b"x", b"y"] and len(set(vendor.ports)) == 2
