@@ -9,8 +9,9 @@ switches, a timed hold (quiet hours, caps, rate limit, send time, a retry's back
 `next_attempt_at`. A hold that no longer applies reads "due (was held: ...)".
 
 Every count here starts from an index: waiting messages from the status index
-(`delivery_due_idx`), recent sends from `(channel, sent_at)`, recent failures from the attempt
-log's `at`; a message's workflow is its run's (`run_id` -> the run's primary key).
+(`delivery_due_idx`), recent sends from `(channel, sent_at)`, recent failures from the failed
+rows by when they failed (`delivery_failed_idx`); a message's workflow is its run's (`run_id` ->
+the run's primary key).
 """
 
 from __future__ import annotations
@@ -39,18 +40,18 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from channels_app.choices import SENT_STATUSES, BreakerState, DeliveryStatus, Reason
-from channels_app.models import Channel, ChannelBreaker, Delivery, DeliveryAttempt, MessageTemplate
+from channels_app.models import Channel, ChannelBreaker, Delivery, MessageTemplate
 from channels_app.services.claim import sending_lease, sending_orphaned_after
 from journeys.choices import WorkflowStatus
 from journeys.models import JourneyRun, Workflow
 from journeys.services.customers_api import CustomerNotFound, customer_get
 
 PENDING = (DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED, DeliveryStatus.SENDING)
-FAILED = (DeliveryStatus.FAILED,)
 # Holds that end at `next_attempt_at` by themselves.
 TIMED = (Reason.QUIET_HOURS, Reason.FREQUENCY_CAP, Reason.RECENT_CONTACT, Reason.RATE_LIMIT, Reason.SEND_TIME,
          Reason.RETRY)
 RATE_MINUTES = 5  # the send rate (and the ETA) is taken over the last few minutes
+FAILED_WINDOW = timedelta(hours=1)  # a workflow's failures are shown by reason over the last hour
 
 # What a waiting message is waiting for now (the `hold` annotation). "due": held before, no longer.
 HOLD_LABELS = {
@@ -143,6 +144,10 @@ def deliveries_held_by(queryset: QuerySet, *, hold: str, now: datetime | None = 
     return deliveries_with_hold(queryset.filter(status=status), now=now).filter(hold=hold)
 
 
+def _reason_label(reason: str) -> str:
+    return Reason(reason).label if reason in Reason.values else (reason or "failed")
+
+
 def _at(moment: datetime | None) -> str:
     return f"{timezone.localtime(moment):%Y-%m-%d %H:%M:%S}" if moment else "?"
 
@@ -194,13 +199,16 @@ def _without_jit() -> Iterator[None]:
 def workflow_messages(*, workflow_ids: list[int], now: datetime | None = None) -> dict[int, dict[str, Any]]:
     """Per workflow: its messages waiting now by what holds them (queued, held, sending), those
     sent and failed over the last RATE_MINUTES, the send rate per minute and an ETA (seconds) for
-    the queued and sending ones at that rate. Costs what is waiting plus what was sent lately
-    (three indexed queries), not the workflow's history."""
+    the queued and sending ones at that rate; and those failed over the last hour by reason (a
+    template that fails to render fails every message: those count, as do the ones a provider
+    refused). Costs what is waiting plus what was sent or failed lately (three indexed queries),
+    not the workflow's history."""
     now = now or timezone.now()
     since = now - timedelta(minutes=RATE_MINUTES)
     wanted = set(workflow_ids)
     out = {pk: {"queued": 0, "held": 0, "sending": 0, "held_by": [], "sent_recent": 0, "failed_recent": 0,
-                "rate_per_min": 0.0, "eta_s": None, "window_min": RATE_MINUTES} for pk in wanted}
+                "failed_hour": 0, "failed_by": [], "rate_per_min": 0.0, "eta_s": None, "window_min": RATE_MINUTES}
+           for pk in wanted}
     if not wanted:
         return out
     channels = list(Channel.objects.values_list("pk", flat=True))
@@ -211,10 +219,11 @@ def workflow_messages(*, workflow_ids: list[int], now: datetime | None = None) -
                        .order_by())
         sent = list(Delivery.objects.filter(channel_id__in=channels, sent_at__gte=since, run_id__isnull=False)
                     .annotate(workflow_id=_run_workflow()).values("workflow_id").annotate(n=Count("id")).order_by())
-        failed = list(DeliveryAttempt.objects.filter(at__gte=since, ok=False, delivery__status__in=FAILED,
-                                                     delivery__run_id__isnull=False)
-                      .annotate(workflow_id=_run_workflow("delivery__run_id"))
-                      .values("workflow_id").annotate(n=Count("delivery_id", distinct=True)).order_by())
+        # delivery_failed_idx: the failed rows by when they failed (a render failure has no attempt)
+        failed = list(Delivery.objects.filter(status=DeliveryStatus.FAILED, updated_at__gte=now - FAILED_WINDOW,
+                                              run_id__isnull=False)
+                      .annotate(workflow_id=_run_workflow()).values("workflow_id", "reason")
+                      .annotate(n=Count("id"), recent=Count("id", filter=Q(updated_at__gte=since))).order_by())
     for row in waiting:
         if row["run_workflow"] not in wanted:
             continue
@@ -229,12 +238,18 @@ def workflow_messages(*, workflow_ids: list[int], now: datetime | None = None) -
                 until = row["claimed"] + sending_lease() if row["claimed"] else None
             entry["held"] += row["n"]
             entry["held_by"].append({"key": hold, "label": HOLD_LABELS[hold], "n": row["n"], "until": until})
-    for key, rows in (("sent_recent", sent), ("failed_recent", failed)):
-        for row in rows:
-            if row["workflow_id"] in wanted:
-                out[row["workflow_id"]][key] = row["n"]
+    for row in sent:
+        if row["workflow_id"] in wanted:
+            out[row["workflow_id"]]["sent_recent"] = row["n"]
+    for row in failed:
+        if row["workflow_id"] in wanted:
+            entry = out[row["workflow_id"]]
+            entry["failed_recent"] += row["recent"]
+            entry["failed_hour"] += row["n"]
+            entry["failed_by"].append({"reason": row["reason"], "label": _reason_label(row["reason"]), "n": row["n"]})
     for entry in out.values():
         entry["held_by"].sort(key=lambda h: -h["n"])
+        entry["failed_by"].sort(key=lambda f: -f["n"])
         entry["rate_per_min"] = round(entry["sent_recent"] / RATE_MINUTES, 1)
         todo = entry["queued"] + entry["sending"]
         if todo and entry["sent_recent"]:

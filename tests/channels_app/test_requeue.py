@@ -7,38 +7,12 @@ from __future__ import annotations
 import pytest
 
 from channels_app.models import Delivery
-from tests.channels_app.factories import ChannelFactory, TemplateFactory, topic
-from tests.factories import live_workflow
+from tests.channels_app.conftest import HOOK, orders
+from tests.channels_app.factories import TemplateFactory, topic
 
 pytestmark = pytest.mark.django_db
 
 ACTION = "/admin/channels_app/delivery/"
-HOOK = '{"ref": "{{ event.properties.ref }}", "user": "{{ profile.user_id }}", "total": {{ event.properties.total%s }}}'
-
-
-@pytest.fixture
-def hook(vendor, monkeypatch):
-    monkeypatch.setenv("JOURNEYS_SECRET_TEST_HOOK", "hook-secret")
-    return ChannelFactory(name="hook", kind="webhook", provider="webhook",
-                          settings={"url": vendor.url, "secret_env": "JOURNEYS_SECRET_TEST_HOOK"})
-
-
-@pytest.fixture
-def order_hook(hook):
-    """'order confirm': each Order Completed posts the order to the hook; the template breaks (invalid
-    JSON) for an order without a total."""
-    template = TemplateFactory(name="order-hook", subject="", body=HOOK % "")
-    live_workflow(name="order confirm", definition={
-        "trigger_event": "Order Completed",
-        "steps": [{"key": "hook", "kind": "send_message", "config": {"channel": "hook", "template": "order-hook"}}]})
-    return template
-
-
-def orders(api, capture, *orders: dict) -> None:
-    batch = [{"type": "track", "userId": f"u-{o['ref']}", "event": "Order Completed", "messageId": f"m-{o['ref']}",
-              "properties": o} for o in orders]
-    with capture(execute=True):
-        assert api.post("batch", {"batch": batch}).status_code == 200
 
 
 def requeue(client, capture, ids, **extra):
