@@ -54,12 +54,16 @@ def export_to_file(*, customer, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)
+        return
     except BaseException as exc:
         try:
             os.unlink(temp)
         except OSError:
             pass
-        if isinstance(exc, OSError):
-            raise CommandError(f"could not write the export to {path}: {exc.strerror or exc}; "
-                               "nothing was written (no partial file is left)") from None
-        raise
+        if not isinstance(exc, OSError):
+            raise
+        reason = exc.strerror or str(exc)
+    # Raised once the OSError (and with it the export's frames) is gone: the export's open database
+    # cursor is closed now, inside the caller's transaction, not whenever the frames are collected.
+    raise CommandError(f"could not write the export to {path}: {reason}; nothing was written "
+                       "(no partial file is left)")
