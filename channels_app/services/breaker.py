@@ -123,7 +123,8 @@ def _record_locked(channel: Channel, outcomes: Sequence[tuple[bool, str]], now: 
         breaker.last_error = error[:2000]
         if breaker.state == BreakerState.HALF_OPEN or breaker.consecutive_failures >= channel.breaker_threshold:
             if breaker.state != BreakerState.OPEN:
-                _log_on_commit(logging.WARNING, _opened_text(channel, breaker, probe=breaker.state == BreakerState.HALF_OPEN))
+                probe = breaker.state == BreakerState.HALF_OPEN
+                _log_on_commit(logging.WARNING, _opened_text(channel, breaker, probe=probe))
             breaker.state, breaker.opened_at, breaker.probe_started_at = BreakerState.OPEN, now, None
     breaker.save()
     if was != BreakerState.CLOSED and breaker.state == BreakerState.CLOSED:
@@ -138,8 +139,8 @@ def _record_locked(channel: Channel, outcomes: Sequence[tuple[bool, str]], now: 
 def _opened_text(channel: Channel, breaker: ChannelBreaker, *, probe: bool) -> str:
     why = ("its half-open probe failed" if probe
            else f"{breaker.consecutive_failures} consecutive failures (threshold {channel.breaker_threshold})")
-    return (f"breaker of {_named(channel)} open after {why}; last error {_last_error(breaker.last_error)}; its messages "
-            f"wait (or go to its fallback channel) and a probe is sent in {channel.breaker_cooldown_s} s")
+    return (f"breaker of {_named(channel)} open after {why}; last error {_last_error(breaker.last_error)}; "
+            f"its messages wait (or go to its fallback channel) and a probe is sent in {channel.breaker_cooldown_s} s")
 
 
 def _failures_logged(channel: Channel, failed: Counter, last_error: str) -> None:

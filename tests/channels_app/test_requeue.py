@@ -83,8 +83,9 @@ def test_an_sms_that_never_rendered_outside_any_run_is_refused(
     from tests.channels_app.factories import CustomerFactory
 
     # given a message of a run whose SMS template renders over the segment limit (a bad edit)
-    long = TemplateFactory(topic=topic("product_updates"), subject="", body="{% for c in 'abcdefghijklmnopqrstuvwxyz"
-                           "abcdefghijklmnopqrstuvwxyz' %}Hi {{ profile.first_name }}, your cart is waiting. {% endfor %}")
+    long = TemplateFactory(topic=topic("product_updates"), subject="", body=(
+        "{% for c in 'abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyz' %}"
+        "Hi {{ profile.first_name }}, your cart is waiting. {% endfor %}"))
     customer = CustomerFactory(phone="+15550001", traits={"first_name": "Bea"})
     with django_capture_on_commit_callbacks(execute=True):
         blank = message_send(customer=customer, template=long, channel=sms, idempotency_key="no-run", context={})
