@@ -371,3 +371,43 @@ def deliveries_lookup(*, customer_id: int | None = None, workflow_id: int | None
     if since is not None:
         queryset = queryset.filter(created_at__gte=since)
     return queryset
+
+
+# --------------------------------------------------------------------------- /metrics
+
+
+HELD_REASONS = (Reason.PAUSED, Reason.BREAKER_OPEN)
+
+
+def channel_metrics(*, now: datetime) -> list:
+    """The channels' part of /metrics (journeys.console.metrics): per channel, the messages waiting
+    by state (queued, sending, held by a pause or an open breaker, deferred for a time: quiet hours,
+    caps, retries...), those that failed in the last hour, the breaker's state and whether it is
+    paused. From delivery_due_idx (what waits) and delivery_failed_idx (what failed lately)."""
+    from journeys.console.metrics import Family
+
+    names = dict(Channel.objects.values_list("pk", "name"))
+    waiting = Family("journeys_deliveries_waiting", "Messages not sent yet, per channel and state: queued, sending, "
+                                                    "held (a pause or an open breaker), deferred (for a time).")
+    counts: dict[tuple[str, str], int] = {}
+    for row in (Delivery.objects.filter(status__in=PENDING).values("channel_id", "status", "reason")
+                .annotate(n=Count("id")).order_by()):
+        state = row["status"] if row["status"] != DeliveryStatus.DEFERRED else (
+            "held" if row["reason"] in HELD_REASONS else "deferred")
+        key = (names.get(row["channel_id"], str(row["channel_id"])), state)
+        counts[key] = counts.get(key, 0) + row["n"]
+    for name in sorted(names.values()):
+        for state in ("queued", "sending", "held", "deferred"):
+            waiting.add(counts.get((name, state), 0), channel=name, state=state)
+    failed = Family("journeys_deliveries_failed_last_hour",
+                    "Messages that failed for good in the last hour (never rendered, or refused by the provider).")
+    by_channel = dict(Delivery.objects.filter(status=DeliveryStatus.FAILED, updated_at__gte=now - FAILED_WINDOW)
+                      .values_list("channel_id").annotate(n=Count("id")).values_list("channel_id", "n").order_by())
+    breaker = Family("journeys_channel_breaker_state", "1 for the state a channel's circuit breaker is in.")
+    paused = Family("journeys_channel_paused", "1 while a channel is paused (its messages are held).")
+    for channel in channels_list().order_by("name"):
+        failed.add(by_channel.get(channel.pk, 0), channel=channel.name)
+        for state in BreakerState.values:
+            breaker.add(int(channel.breaker_state == state), channel=channel.name, state=state)
+        paused.add(int(channel.paused), channel=channel.name)
+    return [waiting, failed, breaker, paused]

@@ -166,36 +166,40 @@ def _cluster_limits(key: str) -> tuple[int, int]:
     return int(own.get("retry", conf.get("retry", 60))), int(own.get("timeout", conf.get("timeout") or 0))
 
 
-def tasks_running(*, now: datetime) -> dict | None:
-    """Tasks the q2 workers have taken from the ORM broker (its lock is then the moment taken plus
-    the cluster's `retry`): how many, how long the oldest was taken, and whether any was taken longer
-    ago than its cluster's task timeout: a worker that ran it would have been stopped by then, so its
-    workers are stuck or gone (frozen workers keep the tasks they took; the count alone looked busy).
-    None with another broker. Reads the queue table (what is queued, not the history)."""
+def tasks_by_cluster(*, now: datetime) -> dict[str, dict] | None:
+    """Per q2 cluster (the name its queue has): tasks waiting, tasks its workers have taken from the
+    ORM broker (a taken task's lock is the moment taken plus the cluster's `retry`), how long ago the
+    oldest was taken, and how many were taken longer ago than the cluster's task timeout: a worker
+    running one would have been stopped by then, so the workers are stuck or gone, or so far behind
+    that the task will be handed out again (frozen workers keep the tasks they took: the count alone
+    looked busy). None with another broker. Reads the queue table (what is queued, not the history)."""
     OrmQ = _model("django_q", "OrmQ")
     if "orm" not in getattr(settings, "Q_CLUSTER", {}) or OrmQ is None:
         return None
-    n, oldest_s, stale = 0, None, 0
-    for row in OrmQ.objects.filter(lock__gte=now).values("key").annotate(n=Count("id"), first=Min("lock")).order_by():
+    out = {}
+    for row in OrmQ.objects.values("key").annotate(
+            waiting=Count("id", filter=Q(lock__isnull=True) | Q(lock__lt=now)),
+            taken=Count("id", filter=Q(lock__gte=now)), first=Min("lock", filter=Q(lock__gte=now))).order_by():
         retry, timeout = _cluster_limits(row["key"])
-        age = max(0, int((now - (row["first"] - timedelta(seconds=retry))).total_seconds()))
-        n += row["n"]
-        oldest_s = age if oldest_s is None else max(oldest_s, age)
-        if timeout and age > timeout:
-            stale += OrmQ.objects.filter(key=row["key"], lock__gte=now,
-                                         lock__lt=now + timedelta(seconds=retry - timeout)).count()
-    return {"n": n, "oldest_s": oldest_s, "stale": stale}
+        age = max(0, int((now - (row["first"] - timedelta(seconds=retry))).total_seconds())) if row["first"] else None
+        stale = 0
+        if age is not None and timeout and age > timeout:
+            stale = OrmQ.objects.filter(key=row["key"], lock__gte=now,
+                                        lock__lt=now + timedelta(seconds=retry - timeout)).count()
+        out[row["key"]] = {"waiting": row["waiting"], "taken": row["taken"], "oldest_s": age, "stale": stale}
+    return out
 
 
 def dashboard_queue(*, now: datetime) -> dict:
     """Tasks waiting in the q2 ORM broker and those taken (with the age of the oldest taken, and
     how many are older than a task may run: stuck workers), and the event outbox: how many and how old."""
-    OrmQ = _model("django_q", "OrmQ")
-    queued = in_progress = running = None
-    if "orm" in getattr(settings, "Q_CLUSTER", {}) and OrmQ is not None:
-        queued = OrmQ.objects.filter(Q(lock__isnull=True) | Q(lock__lt=now)).count()
-        running = tasks_running(now=now)
-        in_progress = running["n"]
+    queued = in_progress = oldest_s = stale = None
+    clusters = tasks_by_cluster(now=now)
+    if clusters is not None:
+        queued = sum(c["waiting"] for c in clusters.values())
+        in_progress = sum(c["taken"] for c in clusters.values())
+        oldest_s = max((c["oldest_s"] for c in clusters.values() if c["oldest_s"] is not None), default=None)
+        stale = sum(c["stale"] for c in clusters.values())
     else:  # another broker (Redis): ask it; a broker that cannot tell shows "n/a"
         try:
             from django_q.brokers import get_broker
@@ -208,8 +212,8 @@ def dashboard_queue(*, now: datetime) -> dict:
     return {
         "queued": queued,
         "in_progress": in_progress,
-        "running_oldest_s": running["oldest_s"] if running else None,
-        "running_stale": running["stale"] if running else None,
+        "running_oldest_s": oldest_s,
+        "running_stale": stale,
         "pending_events": outbox["n"],
         "failed_events": Event.objects.filter(status=EventStatus.FAILED).count(),
         "oldest_pending_at": oldest,
