@@ -9,8 +9,9 @@ switches, a timed hold (quiet hours, caps, rate limit, send time, a retry's back
 `next_attempt_at`. A hold that no longer applies reads "due (was held: ...)".
 
 Every count here starts from an index: waiting messages from the status index
-(`delivery_due_idx`), recent sends from `(channel, sent_at)`, recent failures from the attempt
-log's `at`; a message's workflow is its run's (`run_id` -> the run's primary key).
+(`delivery_due_idx`), recent sends from `(channel, sent_at)`, recent failures from the failed
+rows by when they failed (`delivery_failed_idx`); a message's workflow is its run's (`run_id` ->
+the run's primary key).
 """
 
 from __future__ import annotations
@@ -39,18 +40,18 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from channels_app.choices import SENT_STATUSES, BreakerState, DeliveryStatus, Reason
-from channels_app.models import Channel, ChannelBreaker, Delivery, DeliveryAttempt, MessageTemplate
+from channels_app.models import Channel, ChannelBreaker, Delivery, MessageTemplate
 from channels_app.services.claim import sending_lease, sending_orphaned_after
 from journeys.choices import WorkflowStatus
 from journeys.models import JourneyRun, Workflow
 from journeys.services.customers_api import CustomerNotFound, customer_get
 
 PENDING = (DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED, DeliveryStatus.SENDING)
-FAILED = (DeliveryStatus.FAILED,)
 # Holds that end at `next_attempt_at` by themselves.
 TIMED = (Reason.QUIET_HOURS, Reason.FREQUENCY_CAP, Reason.RECENT_CONTACT, Reason.RATE_LIMIT, Reason.SEND_TIME,
          Reason.RETRY)
 RATE_MINUTES = 5  # the send rate (and the ETA) is taken over the last few minutes
+FAILED_WINDOW = timedelta(hours=1)  # a workflow's failures are shown by reason over the last hour
 
 # What a waiting message is waiting for now (the `hold` annotation). "due": held before, no longer.
 HOLD_LABELS = {
@@ -143,6 +144,10 @@ def deliveries_held_by(queryset: QuerySet, *, hold: str, now: datetime | None = 
     return deliveries_with_hold(queryset.filter(status=status), now=now).filter(hold=hold)
 
 
+def _reason_label(reason: str) -> str:
+    return Reason(reason).label if reason in Reason.values else (reason or "failed")
+
+
 def _at(moment: datetime | None) -> str:
     return f"{timezone.localtime(moment):%Y-%m-%d %H:%M:%S}" if moment else "?"
 
@@ -194,13 +199,16 @@ def _without_jit() -> Iterator[None]:
 def workflow_messages(*, workflow_ids: list[int], now: datetime | None = None) -> dict[int, dict[str, Any]]:
     """Per workflow: its messages waiting now by what holds them (queued, held, sending), those
     sent and failed over the last RATE_MINUTES, the send rate per minute and an ETA (seconds) for
-    the queued and sending ones at that rate. Costs what is waiting plus what was sent lately
-    (three indexed queries), not the workflow's history."""
+    the queued and sending ones at that rate; and those failed over the last hour by reason (a
+    template that fails to render fails every message: those count, as do the ones a provider
+    refused). Costs what is waiting plus what was sent or failed lately (three indexed queries),
+    not the workflow's history."""
     now = now or timezone.now()
     since = now - timedelta(minutes=RATE_MINUTES)
     wanted = set(workflow_ids)
     out = {pk: {"queued": 0, "held": 0, "sending": 0, "held_by": [], "sent_recent": 0, "failed_recent": 0,
-                "rate_per_min": 0.0, "eta_s": None, "window_min": RATE_MINUTES} for pk in wanted}
+                "failed_hour": 0, "failed_by": [], "rate_per_min": 0.0, "eta_s": None, "window_min": RATE_MINUTES}
+           for pk in wanted}
     if not wanted:
         return out
     channels = list(Channel.objects.values_list("pk", flat=True))
@@ -211,10 +219,11 @@ def workflow_messages(*, workflow_ids: list[int], now: datetime | None = None) -
                        .order_by())
         sent = list(Delivery.objects.filter(channel_id__in=channels, sent_at__gte=since, run_id__isnull=False)
                     .annotate(workflow_id=_run_workflow()).values("workflow_id").annotate(n=Count("id")).order_by())
-        failed = list(DeliveryAttempt.objects.filter(at__gte=since, ok=False, delivery__status__in=FAILED,
-                                                     delivery__run_id__isnull=False)
-                      .annotate(workflow_id=_run_workflow("delivery__run_id"))
-                      .values("workflow_id").annotate(n=Count("delivery_id", distinct=True)).order_by())
+        # delivery_failed_idx: the failed rows by when they failed (a render failure has no attempt)
+        failed = list(Delivery.objects.filter(status=DeliveryStatus.FAILED, updated_at__gte=now - FAILED_WINDOW,
+                                              run_id__isnull=False)
+                      .annotate(workflow_id=_run_workflow()).values("workflow_id", "reason")
+                      .annotate(n=Count("id"), recent=Count("id", filter=Q(updated_at__gte=since))).order_by())
     for row in waiting:
         if row["run_workflow"] not in wanted:
             continue
@@ -229,12 +238,18 @@ def workflow_messages(*, workflow_ids: list[int], now: datetime | None = None) -
                 until = row["claimed"] + sending_lease() if row["claimed"] else None
             entry["held"] += row["n"]
             entry["held_by"].append({"key": hold, "label": HOLD_LABELS[hold], "n": row["n"], "until": until})
-    for key, rows in (("sent_recent", sent), ("failed_recent", failed)):
-        for row in rows:
-            if row["workflow_id"] in wanted:
-                out[row["workflow_id"]][key] = row["n"]
+    for row in sent:
+        if row["workflow_id"] in wanted:
+            out[row["workflow_id"]]["sent_recent"] = row["n"]
+    for row in failed:
+        if row["workflow_id"] in wanted:
+            entry = out[row["workflow_id"]]
+            entry["failed_recent"] += row["recent"]
+            entry["failed_hour"] += row["n"]
+            entry["failed_by"].append({"reason": row["reason"], "label": _reason_label(row["reason"]), "n": row["n"]})
     for entry in out.values():
         entry["held_by"].sort(key=lambda h: -h["n"])
+        entry["failed_by"].sort(key=lambda f: -f["n"])
         entry["rate_per_min"] = round(entry["sent_recent"] / RATE_MINUTES, 1)
         todo = entry["queued"] + entry["sending"]
         if todo and entry["sent_recent"]:
@@ -259,6 +274,25 @@ def version_message_totals(*, version_id: int, since: datetime) -> dict[str, int
 
 
 # --------------------------------------------------------------------------- the deliveries list
+
+
+REQUEUE_STATUSES = (DeliveryStatus.FAILED, DeliveryStatus.DEFERRED)
+
+
+def deliveries_requeue_preview(*, ids: list[int]) -> dict[str, Any]:
+    """What "send again" would do with these deliveries, for its confirmation page: per channel
+    and status, how many would be queued (failed or deferred ones) and how many of those never
+    rendered (they are rendered again first, or refused); how many are left alone. One query."""
+    rows = (Delivery.objects.filter(pk__in=ids).order_by().values("channel__name", "status")
+            .annotate(n=Count("id"), blank=Count("id", filter=Q(subject="", body="", html_body=""))))
+    groups = [{"channel": r["channel__name"], "status": r["status"], "n": r["n"], "never_rendered": r["blank"]}
+              for r in rows if r["status"] in REQUEUE_STATUSES]
+    groups.sort(key=lambda g: (g["channel"], g["status"]))
+    to_send = sum(g["n"] for g in groups)
+    return {"selected": len(ids), "to_send": to_send, "never_rendered": sum(g["never_rendered"] for g in groups),
+            "left_alone": len(ids) - to_send, "groups": groups}
+
+
 
 
 WORKFLOW_CHOICES_MAX = 50
@@ -337,3 +371,43 @@ def deliveries_lookup(*, customer_id: int | None = None, workflow_id: int | None
     if since is not None:
         queryset = queryset.filter(created_at__gte=since)
     return queryset
+
+
+# --------------------------------------------------------------------------- /metrics
+
+
+HELD_REASONS = (Reason.PAUSED, Reason.BREAKER_OPEN)
+
+
+def channel_metrics(*, now: datetime) -> list:
+    """The channels' part of /metrics (journeys.console.metrics): per channel, the messages waiting
+    by state (queued, sending, held by a pause or an open breaker, deferred for a time: quiet hours,
+    caps, retries...), those that failed in the last hour, the breaker's state and whether it is
+    paused. From delivery_due_idx (what waits) and delivery_failed_idx (what failed lately)."""
+    from journeys.console.metrics import Family
+
+    names = dict(Channel.objects.values_list("pk", "name"))
+    waiting = Family("journeys_deliveries_waiting", "Messages not sent yet, per channel and state: queued, sending, "
+                                                    "held (a pause or an open breaker), deferred (for a time).")
+    counts: dict[tuple[str, str], int] = {}
+    for row in (Delivery.objects.filter(status__in=PENDING).values("channel_id", "status", "reason")
+                .annotate(n=Count("id")).order_by()):
+        state = row["status"] if row["status"] != DeliveryStatus.DEFERRED else (
+            "held" if row["reason"] in HELD_REASONS else "deferred")
+        key = (names.get(row["channel_id"], str(row["channel_id"])), state)
+        counts[key] = counts.get(key, 0) + row["n"]
+    for name in sorted(names.values()):
+        for state in ("queued", "sending", "held", "deferred"):
+            waiting.add(counts.get((name, state), 0), channel=name, state=state)
+    failed = Family("journeys_deliveries_failed_last_hour",
+                    "Messages that failed for good in the last hour (never rendered, or refused by the provider).")
+    by_channel = dict(Delivery.objects.filter(status=DeliveryStatus.FAILED, updated_at__gte=now - FAILED_WINDOW)
+                      .values_list("channel_id").annotate(n=Count("id")).values_list("channel_id", "n").order_by())
+    breaker = Family("journeys_channel_breaker_state", "1 for the state a channel's circuit breaker is in.")
+    paused = Family("journeys_channel_paused", "1 while a channel is paused (its messages are held).")
+    for channel in channels_list().order_by("name"):
+        failed.add(by_channel.get(channel.pk, 0), channel=channel.name)
+        for state in BreakerState.values:
+            breaker.add(int(channel.breaker_state == state), channel=channel.name, state=state)
+        paused.add(int(channel.paused), channel=channel.name)
+    return [waiting, failed, breaker, paused]

@@ -26,6 +26,15 @@ def _channel_and_template(channel: str | None, template: str | None):
     return found_channel, found_template
 
 
+def _not_sent(delivery) -> str:
+    """The visit's error when its message failed as it was recorded (its template did not render,
+    its address was refused): the run goes on, but its page and the workflow's graph show the step
+    in error instead of a clean pass."""
+    if delivery.status != "failed":
+        return ""
+    return f"message {delivery.pk} not sent: {delivery.get_reason_display()}: {delivery.error}"[:500]
+
+
 def _gap(config: dict) -> dict:
     """Optional pressure settings shared by messaging steps."""
     out = {}
@@ -117,7 +126,8 @@ class SendMessage(StepKind):
                         idempotency_key=ctx.idempotency_key, context=context, run_id=ctx.run.pk,
                         step_key=ctx.step_key, policy_options=policy, now=ctx.now)
         return StepResult(outcome="next", detail={"delivery": delivery.pk, "channel": delivery.channel.name,
-                                                  "status": delivery.status, "reason": delivery.reason})
+                                                  "status": delivery.status, "reason": delivery.reason},
+                          error=_not_sent(delivery))
 
 
 @register
@@ -336,4 +346,5 @@ class SendBestChannel(StepKind):
                         notes={"channel_choice": {**choice.as_dict(), "urgency": urgency}},
                         choice_reason=choice.summary)
         return StepResult(outcome="next", detail={"delivery": delivery.pk, "channel": delivery.channel.name,
-                                                  "status": delivery.status, "reason": delivery.reason, **summary})
+                                                  "status": delivery.status, "reason": delivery.reason, **summary},
+                          error=_not_sent(delivery))

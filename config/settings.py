@@ -109,6 +109,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # /healthz and /readyz (config.health): first, before the host check, the HTTPS redirect and sessions.
+    "config.health.HealthCheckMiddleware",
     # CORS for the tracking API (/v1/) only: browsers' analytics SDKs post from other origins.
     "journeys.api.cors.TrackingCorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -400,6 +402,13 @@ EVENT_API = {
 # throttling is the last one in that chain that is not a trusted proxy. Empty (the default): the TCP peer's address, X-Forwarded-For ignored.
 # IP addresses and networks only: a host name (lb.internal) is refused by every manage.py command (journeys.E004).
 TRUSTED_PROXIES = [p.strip() for p in os.environ.get("TRUSTED_PROXIES", "").split(",") if p.strip()]
+# /metrics (Prometheus text, config.metrics) answers a token with the metrics:read scope, or any
+# request from these addresses or networks (IP or CIDR; the client's address as TRUSTED_PROXIES
+# reads it), e.g. the Prometheus server's. Empty: a token only.
+METRICS_ALLOWED_IPS = [p.strip() for p in os.environ.get("METRICS_ALLOWED_IPS", "").split(",") if p.strip()]
+# The aggregated WARNINGs an on-call alerts on (journeys.services.oplog: quarantine storms, provider
+# errors): at most one line per source or channel per this many seconds, in each process.
+OPS_LOG_INTERVAL_S = env_int("OPS_LOG_INTERVAL_S", 60)
 
 # Email: real SMTP (tests point it at a local aiosmtpd server). Secrets only from the environment.
 EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
@@ -440,6 +449,8 @@ LOGGING = {
 # explicitly through the environment; `manage.py check --deploy` then says so.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+# A Prometheus server on an allowed address scrapes the web processes directly, over plain http.
+SECURE_REDIRECT_EXEMPT = [r"^metrics$"] if METRICS_ALLOWED_IPS else []
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000)

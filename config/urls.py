@@ -3,6 +3,7 @@ from django.http import HttpRequest, HttpResponseRedirect
 from django.templatetags.static import static
 from django.urls import include, path
 
+from config.metrics import metrics_view
 from journeys.api.views import BeaconBatchView
 
 
@@ -16,6 +17,8 @@ def favicon(request: HttpRequest) -> HttpResponseRedirect:
 
 urlpatterns = [
     path("favicon.ico", favicon),
+    # Prometheus text for monitoring (config.metrics); /healthz and /readyz: config.health (a middleware)
+    path("metrics", metrics_view, name="metrics"),
     path("v1/", include("journeys.api.urls")),
     # RudderStack's JavaScript SDK with useBeacon posts here (dataPlaneUrl = this server).
     path("beacon/v1/batch", BeaconBatchView.as_view(), name="api-beacon-batch"),

@@ -79,6 +79,7 @@ class ApiScope(models.TextChoices):
     CHANNELS_READ = "channels:read", "Read channels and message templates (never settings or secrets)"
     DELIVERIES_READ = "deliveries:read", "Read deliveries (every message's status, of every customer)"
     EXPERIMENTS_READ = "experiments:read", "Read experiments and their results"
+    METRICS_READ = "metrics:read", "Read the operational metrics (/metrics: backlogs, queues, breakers)"
 
 
 class StreamEventType(models.TextChoices):

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.filters import ChoicesFieldListFilter
 from django.contrib.admin.options import IncorrectLookupParameters
+from django.template.response import TemplateResponse
 
 from channels_app.admin.base import ReadOnlyMixin
 from channels_app.choices import Reason
 from channels_app.models import Delivery, DeliveryAttempt
 from channels_app.selectors import (
-    HOLD_LABELS, deliveries_held_by, deliveries_of_workflow, deliveries_with_hold, delivery_hold_text,
-    delivery_workflow_choices,
+    HOLD_LABELS, deliveries_held_by, deliveries_of_workflow, deliveries_requeue_preview, deliveries_with_hold,
+    delivery_hold_text, delivery_workflow_choices,
 )
-from channels_app.services import delivery_requeue
-from journeys.admin.base import LargeTableMixin
+from channels_app.services.dispatch import deliveries_requeue
+from journeys.admin.base import LargeTableMixin, action_selection_within
+
+# Each message sent again may be rendered again first (a few queries): a web request takes this many.
+REQUEUE_LIMIT = 1000
+REQUEUE_INSTEAD = "Filter the list further (by workflow, status, channel or day) and send them again in parts."
 
 
 class AttemptInline(ReadOnlyMixin, admin.TabularInline):
@@ -94,7 +100,19 @@ class DeliveryAdmin(LargeTableMixin, ReadOnlyMixin, admin.ModelAdmin):
     def held_by(self, obj):
         return delivery_hold_text(obj)
 
-    @admin.action(description="Send failed or deferred deliveries again now")
+    @admin.action(description="Send failed or deferred deliveries again now…")
     def requeue(self, request, queryset):
-        for delivery in queryset:
-            delivery_requeue(delivery=delivery, actor=f"admin:{request.user.get_username()}")
+        """A confirmation page first (how many, on which channels, how many must be rendered again),
+        as Django's delete action has; then the service, and what it did as messages."""
+        if not action_selection_within(self, request, queryset, limit=REQUEUE_LIMIT, instead=REQUEUE_INSTEAD):
+            return None
+        ids = list(queryset.order_by("pk").values_list("pk", flat=True))
+        if request.POST.get("post") != "yes":
+            return TemplateResponse(request, "admin/channels_app/delivery/requeue_confirmation.html", {
+                **self.admin_site.each_context(request), "opts": self.model._meta, "ids": ids,
+                "title": "Send deliveries again?", "preview": deliveries_requeue_preview(ids=ids),
+                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME})
+        result = deliveries_requeue(ids=ids, actor=f"admin:{request.user.get_username()}")
+        for level, text in result.report():
+            self.message_user(request, text, getattr(messages, level.upper()))
+        return None

@@ -75,6 +75,10 @@ class Delivery(models.Model):
             models.Index(fields=["channel", "sent_at"], name="delivery_channel_sent_idx"),
             # messages sent outside any run (API, transactional, test sends; few): the history retention
             models.Index(fields=["created_at"], condition=models.Q(run_id__isnull=True), name="delivery_standalone_idx"),
+            # failed messages by when they failed (few: only failed rows are in it): the dashboard's
+            # failures per workflow, those that never rendered as much as those a provider refused
+            models.Index(fields=["updated_at"], condition=models.Q(status="failed"),
+                         name="delivery_failed_idx"),
         ]
         constraints = [models.UniqueConstraint(fields=["idempotency_key"], name="delivery_idempotency_key_unique")]
 

@@ -2,18 +2,45 @@
 
 closed --N consecutive transient failures--> open --cooldown--> half_open (one probe)
 half_open --probe succeeds--> closed;  half_open --probe fails--> open again.
+
+Every change of state is logged once it is committed (WARNING when it opens or closes, INFO for a
+probe), with the channel and its last error (code and text, without addresses or numbers); the
+failed attempts of a channel are logged in aggregate, at most a line a minute per channel and
+process (journeys.services.oplog). The lines an on-call alerts on: docs/SCALING.md, "On call".
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import transaction
+from django.utils import timezone
 
 from channels_app.choices import BreakerState
 from channels_app.models import Channel, ChannelBreaker
+from journeys.services.oplog import counts_text, error_code, ops_warning, text_scrubbed
+
+logger = logging.getLogger(__name__)
+
+
+def _named(channel: Channel) -> str:
+    return f"channel {channel.name!r} ({channel.kind}, {channel.provider})"
+
+
+def _last_error(error: str) -> str:
+    """A provider's error as logged: its code first, then its text without addresses or numbers."""
+    if not error:
+        return "none recorded"
+    code, text = error_code(error), text_scrubbed(error)
+    return text if text.startswith(code) else f"{code}: {text}"
+
+
+def _log_on_commit(level: int, message: str) -> None:
+    transaction.on_commit(lambda: logger.log(level, message))
 
 
 def _locked(channel: Channel) -> ChannelBreaker:
@@ -58,6 +85,8 @@ def _admit_locked(channel: Channel, now: datetime) -> Admission:
             return Admission(False, retry_at=reopen)
         breaker.state, breaker.probe_started_at = BreakerState.HALF_OPEN, now
         breaker.save(update_fields=["state", "probe_started_at", "updated_at"])
+        _log_on_commit(logging.INFO, f"breaker of {_named(channel)} half-open after its {channel.breaker_cooldown_s} s "
+                                     "cooldown: one probe message is sent")
         return Admission(True, probe=True)
     # half-open: a probe is in flight; a stale probe (its worker died) is replaced
     if breaker.probe_started_at and now - breaker.probe_started_at < cooldown:
@@ -84,20 +113,51 @@ def breaker_record_many(*, channel: Channel, outcomes: Sequence[tuple[bool, str]
 @transaction.atomic
 def _record_locked(channel: Channel, outcomes: Sequence[tuple[bool, str]], now: datetime) -> ChannelBreaker:
     breaker = _locked(channel)
+    was, opened_at, failed = breaker.state, breaker.opened_at, Counter()
     for ok, error in outcomes:
         if ok:
             breaker.state, breaker.consecutive_failures, breaker.probe_started_at = BreakerState.CLOSED, 0, None
             continue
+        failed[error_code(error)] += 1
         breaker.consecutive_failures += 1
         breaker.last_error = error[:2000]
         if breaker.state == BreakerState.HALF_OPEN or breaker.consecutive_failures >= channel.breaker_threshold:
+            if breaker.state != BreakerState.OPEN:
+                probe = breaker.state == BreakerState.HALF_OPEN
+                _log_on_commit(logging.WARNING, _opened_text(channel, breaker, probe=probe))
             breaker.state, breaker.opened_at, breaker.probe_started_at = BreakerState.OPEN, now, None
     breaker.save()
+    if was != BreakerState.CLOSED and breaker.state == BreakerState.CLOSED:
+        since = f" (open since {timezone.localtime(opened_at):%Y-%m-%d %H:%M:%S})" if opened_at else ""
+        _log_on_commit(logging.WARNING, f"breaker of {_named(channel)} closed: the provider answers again{since}")
+    if failed:
+        last = breaker.last_error
+        transaction.on_commit(lambda: _failures_logged(channel, failed, last))
     return breaker
+
+
+def _opened_text(channel: Channel, breaker: ChannelBreaker, *, probe: bool) -> str:
+    why = ("its half-open probe failed" if probe
+           else f"{breaker.consecutive_failures} consecutive failures (threshold {channel.breaker_threshold})")
+    return (f"breaker of {_named(channel)} open after {why}; last error {_last_error(breaker.last_error)}; "
+            f"its messages wait (or go to its fallback channel) and a probe is sent in {channel.breaker_cooldown_s} s")
+
+
+def _failures_logged(channel: Channel, failed: Counter, last_error: str) -> None:
+    """The channel's failed provider attempts, at most one WARNING a minute per channel and process."""
+    def render(counts: Counter, seconds: float | None) -> str:
+        window = f" in the last {seconds:.0f} s" if seconds is not None else ""
+        return (f"provider errors on {_named(channel)}: {sum(counts.values())} failed attempt(s){window} "
+                f"({counts_text(counts)}); last error {_last_error(last_error)}")
+
+    ops_warning(logger, key=f"attempts:{channel.pk}", counts=failed, render=render)
 
 
 @transaction.atomic
 def breaker_reset(*, channel: Channel) -> None:
     """Admin action: close the breaker by hand (e.g. after fixing the provider)."""
+    was = ChannelBreaker.objects.select_for_update().filter(channel=channel).values_list("state", flat=True).first()
     ChannelBreaker.objects.filter(channel=channel).update(
         state=BreakerState.CLOSED, consecutive_failures=0, opened_at=None, probe_started_at=None)
+    if was not in (None, BreakerState.CLOSED):
+        _log_on_commit(logging.WARNING, f"breaker of {_named(channel)} closed by hand")

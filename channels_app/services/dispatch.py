@@ -54,7 +54,7 @@ from channels_app.services.claim import (
 from channels_app.services.consent import address_suppress
 from channels_app.services.links import link_url
 from channels_app.services.streaming import deliveries_stream
-from channels_app.services.sending import _enqueue, _event_properties, message_metadata, unsubscribe_url
+from channels_app.services.sending import _event_properties, message_metadata, unsubscribe_url
 from journeys.engine.batch import rows_insert, rows_set, skip_locked
 from journeys.engine.queue import task_send
 from journeys.services.outbound import backoff_delay
@@ -62,7 +62,7 @@ from journeys.services.outbound import backoff_delay
 logger = logging.getLogger(__name__)
 
 __all__ = ["QUEUED_GRACE", "deliveries_dispatch", "deliveries_dispatch_due", "deliveries_drain", "delivery_dispatch",
-           "delivery_requeue"]
+           "deliveries_requeue", "delivery_requeue"]
 
 
 def _outgoing(delivery: Delivery, *, status_callback: bool) -> OutgoingMessage:
@@ -664,19 +664,74 @@ def deliveries_dispatch_due(*, now: datetime | None = None) -> int:
     return found
 
 
-@transaction.atomic
+@dataclass
+class Requeued:
+    """What sending deliveries again did: the ids queued (of them, those rendered again first),
+    those refused and why (why -> how many), and those left alone (not failed or deferred)."""
+
+    queued: list[int]
+    refused: Counter
+    rendered: int = 0
+    skipped: int = 0
+
+    def report(self) -> list[tuple[str, str]]:
+        """What the operator is told, as (level: success, error or warning; text)."""
+        def deliveries(n: int) -> str:
+            return f"{n} deliver{'y' if n == 1 else 'ies'}"
+
+        out = []
+        if self.queued:
+            rendered = f" ({self.rendered} rendered again from their template first)" if self.rendered else ""
+            out.append(("success", f"{deliveries(len(self.queued))} queued to be sent again now{rendered}."))
+        if self.refused:
+            shown = self.refused.most_common(3)
+            others = sum(self.refused.values()) - sum(n for _, n in shown)
+            why = "; ".join(f"{n}: {text}" for text, n in shown) + (f"; {others}: other reasons" if others else "")
+            out.append(("error", f"{deliveries(sum(self.refused.values()))} not sent (a message is never sent "
+                                 f"without content) - {why}. Fix the template or the customer's data, then send "
+                                 "them again."))
+        if self.skipped:
+            out.append(("warning", f"{deliveries(self.skipped)} left alone: only failed or deferred deliveries are "
+                                   "sent again."))
+        return out
+
+
+def deliveries_requeue(*, ids: list[int], actor: str, now: datetime | None = None) -> Requeued:
+    """Send failed or deferred deliveries again now (an operator's decision after an outage or a
+    fixed template), each in its own transaction, with the same idempotency key. A message that
+    never rendered (its template failed) is rendered again first, as the engine would now
+    (`delivery_render_again`); one that still cannot be is refused and left as it is: a message
+    is never sent without content. One dispatch task sends those queued, after commit."""
+    from channels_app.services.sending import _enqueue_collected, delivery_never_rendered, delivery_render_again
+
+    result = Requeued([], Counter())
+    for pk in ids:
+        with transaction.atomic():
+            delivery = (Delivery.objects.select_for_update(of=("self",))
+                        .select_related("channel", "customer", "topic").filter(pk=pk).first())
+            if delivery is None or delivery.status not in (DeliveryStatus.FAILED, DeliveryStatus.DEFERRED):
+                result.skipped += 1
+                continue
+            rendered = delivery_never_rendered(delivery)
+            if rendered and (why := delivery_render_again(delivery, now=now or timezone.now())):
+                result.refused[why[:300]] += 1
+                continue
+            delivery.status, delivery.reason, delivery.next_attempt_at, delivery.error = (
+                DeliveryStatus.QUEUED, "", None, "")
+            delivery.attempts = 0
+            delivery.notes = {**delivery.notes, "requeued": [*delivery.notes.get("requeued", []), actor]}
+            delivery.save()
+        result.queued.append(pk)
+        result.rendered += rendered
+    if result.queued:
+        _enqueue_collected(result.queued)
+    return result
+
+
 def delivery_requeue(*, delivery: Delivery, actor: str) -> Delivery:
-    """Send a failed or bounced delivery again (an operator's decision after an outage).
-    Only rows that never reached the customer for sure; the same idempotency key is kept."""
-    delivery = Delivery.objects.select_for_update().get(pk=delivery.pk)
-    if delivery.status not in (DeliveryStatus.FAILED, DeliveryStatus.DEFERRED):
-        return delivery
-    delivery.status, delivery.reason, delivery.next_attempt_at = DeliveryStatus.QUEUED, "", None
-    delivery.attempts = 0
-    delivery.notes = {**delivery.notes, "requeued": [*delivery.notes.get("requeued", []), actor]}
-    delivery.save()
-    _enqueue(delivery)
-    return delivery
+    """`deliveries_requeue` for one delivery; returns the row as it is then."""
+    deliveries_requeue(ids=[delivery.pk], actor=actor)
+    return Delivery.objects.get(pk=delivery.pk)
 
 
 def deliveries_release_on_resume(*, scope: str, key: str) -> None:

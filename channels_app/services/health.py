@@ -1,7 +1,9 @@
-"""Channel health for the admin: breaker state, errors and p95 latency over the last hour.
+"""Channel health for the admin: breaker state, errors (and what the last one said) and p95
+latency over the last hour.
 
 Read fresh on every page (no cache: a cached figure hid an outage), from the attempt log's
-`at` index: one aggregate and, for the p95, one ordered read of that hour's latencies.
+`at` index: one aggregate, the newest failed attempt and, for the p95, one ordered read of that
+hour's latencies.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from django.utils import timezone
 
 from channels_app.choices import BreakerState
 from channels_app.models import Channel, ChannelBreaker, DeliveryAttempt
+from journeys.services.oplog import text_scrubbed
 
 WINDOW = timedelta(hours=1)
 
@@ -26,6 +29,7 @@ class Health:
     p95_ms: int | None
     errors: int = 0
     last_error_at: datetime | None = None
+    last_error: str = ""  # what the last one said (its status code first), addresses and numbers taken out
     opened_at: datetime | None = None  # when the breaker last opened (kept after it closed again)
 
     @property
@@ -50,6 +54,8 @@ class Health:
         text += f"; {self.attempts:,} attempts; errors {self.errors_text}"
         if self.last_error_at:
             text += f", last at {timezone.localtime(self.last_error_at):%H:%M:%S}"
+            if self.last_error:
+                text += f" ({self.last_error})"
         return f"{text}; p95 {self.p95_text}"
 
 
@@ -70,6 +76,13 @@ def channel_health(*, channel: Channel, now: datetime | None = None) -> Health:
         p95 = (hour.filter(ok=True, latency_ms__isnull=False).order_by("latency_ms")
                .values_list("latency_ms", flat=True)[_rank(counts["timed"], 95) - 1])
     attempts = counts["attempts"]
+    last_error = ""
+    if counts["errors"]:  # the newest failed attempt (the `at` index, read backwards)
+        last = hour.filter(ok=False).order_by("-at", "-id").values("status_code", "error").first()
+        if last:
+            text = text_scrubbed(last["error"], limit=300)
+            code = str(last["status_code"] or "")
+            last_error = text if not code or code in text else f"{code}: {text}"
     return Health(
         state=breaker.state if breaker else BreakerState.CLOSED,
         attempts=attempts,
@@ -77,5 +90,6 @@ def channel_health(*, channel: Channel, now: datetime | None = None) -> Health:
         p95_ms=p95,
         errors=counts["errors"],
         last_error_at=counts["last_error_at"],
+        last_error=last_error,
         opened_at=breaker.opened_at if breaker else None,
     )

@@ -242,6 +242,53 @@ def _latest_version(template: MessageTemplate) -> int | None:
     return template.history.order_by("-history_id").values_list("history_id", flat=True).first()
 
 
+def delivery_never_rendered(delivery: Delivery) -> bool:
+    """A message with no content: its template failed to render, or its address was refused
+    before rendering (a phone number without a country code). Sent as it is, it would go out
+    blank; a rendered message always has some content (`_render_into` fails an empty one)."""
+    return not (delivery.subject or delivery.body or delivery.html_body)
+
+
+def delivery_render_again(delivery: Delivery, *, now: datetime) -> str:
+    """Render a message that never was (`delivery_never_rendered`) as the engine renders it: the
+    delivery's template as it is now (fixed since, perhaps), with its run's data (the trigger event
+    and the journey's variables) and the customer's profile, consents and address as they are now.
+    Sets the content (and address, template version) on `delivery`, not saved, and returns ''; or
+    returns why it cannot be sent (then nothing the caller would save has changed).
+    Only messages of journey runs: an API or agent message's data is not kept."""
+    from journeys.engine.runtime import event_dict, profile_dict
+    from journeys.models import JourneyRun
+
+    if delivery.template_id is None:
+        return "never rendered, and it has no template to render it from"
+    if delivery.run_id is None:
+        return "never rendered, and it was not sent by a journey run: the data it was to be rendered from is not kept"
+    run = JourneyRun.objects.select_related("trigger_event").filter(pk=delivery.run_id).first()
+    if run is None:
+        return "never rendered, and its journey run is gone"
+    customer = delivery.customer
+    if customer.erased_at is not None:
+        return "the customer was erased"
+    template = MessageTemplate.objects.select_related("topic").get(pk=delivery.template_id)
+    context = {"profile": profile_dict(customer, now), "event": event_dict(run.trigger_event),
+               "journey": run.variables or {}}
+    data = message_context(customer=customer, context=context, now=now)
+    to = channel_address(delivery.channel, data["profile"])
+    if not to:
+        return "never rendered, and the customer has no address on this channel now"
+    trial = Delivery(pk=delivery.pk, idempotency_key=delivery.idempotency_key, customer=customer,
+                     channel=delivery.channel, template=template, topic=delivery.topic, run_id=delivery.run_id,
+                     step_key=delivery.step_key, to=to, status=DeliveryStatus.QUEUED)
+    notes = {k: v for k, v in (delivery.notes or {}).items() if k not in ("missing", "render_errors", "sms")}
+    _render_into(trial, template=template, data=data, customer=customer, notes=notes)
+    if trial.status == DeliveryStatus.FAILED:
+        return f"never rendered, and it still fails: {trial.error}"
+    for name in ("to", "subject", "body", "html_body", "locale", "content_hash", "notes"):
+        setattr(delivery, name, getattr(trial, name))
+    delivery.template, delivery.template_version = template, _latest_version(template)
+    return ""
+
+
 @transaction.atomic
 def message_send(*, customer, template: MessageTemplate, channel: Channel, idempotency_key: str, context: dict,
                  run_id=None, step_key: str = "", policy_options: dict | None = None,

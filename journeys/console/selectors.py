@@ -20,13 +20,14 @@ from django.db.models import Count, Max, Min, Q
 from django.db.models.functions import TruncHour, TruncMinute
 from django.utils import timezone
 
-from journeys.choices import OPEN_RUN_STATUSES, EventStatus, RunStatus, WorkflowStatus
+from journeys.choices import OPEN_RUN_STATUSES, EventStatus, QuarantineStatus, RunStatus, WorkflowStatus
 from journeys.models import (
     Customer,
     CustomerMerge,
     Event,
     JourneyRun,
     MergeRefusal,
+    QuarantinedEvent,
     Source,
     StageTransition,
     WorkflowVersion,
@@ -158,13 +159,47 @@ def dashboard_circuits() -> list[dict] | None:
     return rows
 
 
-def dashboard_queue(*, now: datetime) -> dict:
-    """Tasks waiting in the q2 ORM broker, and the event outbox: how many and how old."""
+def _cluster_limits(key: str) -> tuple[int, int]:
+    """(retry, timeout) in seconds of the q2 cluster whose queue is `key` (its name)."""
+    conf = getattr(settings, "Q_CLUSTER", {}) or {}
+    own = (conf.get("ALT_CLUSTERS") or {}).get(key) or {}
+    return int(own.get("retry", conf.get("retry", 60))), int(own.get("timeout", conf.get("timeout") or 0))
+
+
+def tasks_by_cluster(*, now: datetime) -> dict[str, dict] | None:
+    """Per q2 cluster (the name its queue has): tasks waiting, tasks its workers have taken from the
+    ORM broker (a taken task's lock is the moment taken plus the cluster's `retry`), how long ago the
+    oldest was taken, and how many were taken longer ago than the cluster's task timeout: a worker
+    running one would have been stopped by then, so the workers are stuck or gone, or so far behind
+    that the task will be handed out again (frozen workers keep the tasks they took: the count alone
+    looked busy). None with another broker. Reads the queue table (what is queued, not the history)."""
     OrmQ = _model("django_q", "OrmQ")
-    queued = in_progress = None
-    if "orm" in getattr(settings, "Q_CLUSTER", {}) and OrmQ is not None:
-        queued = OrmQ.objects.filter(Q(lock__isnull=True) | Q(lock__lt=now)).count()
-        in_progress = OrmQ.objects.filter(lock__gte=now).count()
+    if "orm" not in getattr(settings, "Q_CLUSTER", {}) or OrmQ is None:
+        return None
+    out = {}
+    for row in OrmQ.objects.values("key").annotate(
+            waiting=Count("id", filter=Q(lock__isnull=True) | Q(lock__lt=now)),
+            taken=Count("id", filter=Q(lock__gte=now)), first=Min("lock", filter=Q(lock__gte=now))).order_by():
+        retry, timeout = _cluster_limits(row["key"])
+        age = max(0, int((now - (row["first"] - timedelta(seconds=retry))).total_seconds())) if row["first"] else None
+        stale = 0
+        if age is not None and timeout and age > timeout:
+            stale = OrmQ.objects.filter(key=row["key"], lock__gte=now,
+                                        lock__lt=now + timedelta(seconds=retry - timeout)).count()
+        out[row["key"]] = {"waiting": row["waiting"], "taken": row["taken"], "oldest_s": age, "stale": stale}
+    return out
+
+
+def dashboard_queue(*, now: datetime) -> dict:
+    """Tasks waiting in the q2 ORM broker and those taken (with the age of the oldest taken, and
+    how many are older than a task may run: stuck workers), and the event outbox: how many and how old."""
+    queued = in_progress = oldest_s = stale = None
+    clusters = tasks_by_cluster(now=now)
+    if clusters is not None:
+        queued = sum(c["waiting"] for c in clusters.values())
+        in_progress = sum(c["taken"] for c in clusters.values())
+        oldest_s = max((c["oldest_s"] for c in clusters.values() if c["oldest_s"] is not None), default=None)
+        stale = sum(c["stale"] for c in clusters.values())
     else:  # another broker (Redis): ask it; a broker that cannot tell shows "n/a"
         try:
             from django_q.brokers import get_broker
@@ -177,11 +212,35 @@ def dashboard_queue(*, now: datetime) -> dict:
     return {
         "queued": queued,
         "in_progress": in_progress,
+        "running_oldest_s": oldest_s,
+        "running_stale": stale,
         "pending_events": outbox["n"],
         "failed_events": Event.objects.filter(status=EventStatus.FAILED).count(),
         "oldest_pending_at": oldest,
         "oldest_pending_age_s": int((now - oldest).total_seconds()) if oldest else None,
     }
+
+
+QUARANTINE_HOUR = timedelta(hours=1)
+QUARANTINE_COUNT_CAP = 100_000  # the unreviewed events are counted up to this many ("100000+")
+
+
+def dashboard_quarantine(*, now: datetime) -> dict:
+    """Events refused into the quarantine and not reviewed yet: those of the last hour per source
+    with their reason codes (a client release that breaks its events shows at once), and how many
+    wait in all (counted up to QUARANTINE_COUNT_CAP). Both from quarantine_status_idx (status,
+    received_at): they cost what was refused lately and what waits, not the history."""
+    waiting = QuarantinedEvent.objects.filter(status=QuarantineStatus.QUARANTINED)
+    by_source: dict[int, dict] = {}
+    for row in (waiting.filter(received_at__gte=now - QUARANTINE_HOUR).values("source_id", "source__name", "code")
+                .annotate(n=Count("id")).order_by()):
+        entry = by_source.setdefault(row["source_id"], {"source": row["source__name"], "n": 0, "codes": {}})
+        entry["n"] += row["n"]
+        entry["codes"][row["code"]] = row["n"]
+    unreviewed = waiting.order_by()[:QUARANTINE_COUNT_CAP].count()
+    return {"last_hour": sum(e["n"] for e in by_source.values()), "unreviewed": unreviewed,
+            "unreviewed_capped": unreviewed >= QUARANTINE_COUNT_CAP,
+            "by_source": sorted(by_source.values(), key=lambda e: (-e["n"], e["source"]))}
 
 
 def dashboard_cases(*, now: datetime) -> dict | None:
@@ -348,6 +407,7 @@ def dashboard_summary(*, user: Any, now: datetime | None = None) -> dict:
         "deliveries": dashboard_deliveries(now=now),
         "circuits": dashboard_circuits(),
         "queue": dashboard_queue(now=now),
+        "quarantine": dashboard_quarantine(now=now) if _may_view(user, QuarantinedEvent) else None,
         "cases": dashboard_cases(now=now),
     }
 

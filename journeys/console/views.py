@@ -127,6 +127,7 @@ def _metrics(data: dict) -> dict:
         "deliveries": data["deliveries"]["totals"] if data["deliveries"] else None,
         "circuits": {c["name"]: c["state"] for c in data["circuits"]} if data["circuits"] is not None else None,
         "queue": {**queue, "oldest_pending_at": queue["oldest_pending_at"].isoformat() if queue["oldest_pending_at"] else None},
+        "quarantine": data["quarantine"],
         "cases": ({"total": data["cases"]["total"], **{b["key"]: b["n"] for b in data["cases"]["buckets"]}}
                   if data["cases"] else None),
     }

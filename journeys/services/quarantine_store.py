@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from django.db import transaction
+
 from journeys.choices import QuarantineReason
 from journeys.models import QuarantinedEvent, Source
+from journeys.services.oplog import counts_text, ops_warning
+
+logger = logging.getLogger(__name__)
 
 CODES = {c.value for c in QuarantineReason}
 
@@ -89,4 +96,19 @@ def quarantine_store(
             batch_index=r.index, digest=digest, received_at=received_at, ip=ip,
         ))
     QuarantinedEvent.objects.bulk_create(rows, ignore_conflicts=True)
+    codes = Counter(row.code for row in rows)
+    transaction.on_commit(lambda: _quarantine_logged(source=source, codes=codes))
     return len(rows)
+
+
+def _quarantine_logged(*, source: Source, codes: Counter) -> None:
+    """A WARNING per source and process at most once a minute, with every refusal since the last
+    one by reason code: a client release that breaks its events shows in the logs, not only in the
+    admin. The source's name and the codes only (an event's content may be anyone's data)."""
+    def render(counts: Counter, seconds: float | None) -> str:
+        window = f" in the last {seconds:.0f} s" if seconds is not None else ""
+        return (f"quarantine: {sum(counts.values())} event(s) from source {source.name!r} (id {source.pk}) refused "
+                f"into the quarantine{window}: {counts_text(counts)}; review them in Journeys > Quarantined events "
+                "(manage.py quarantine_replay --dry-run counts them)")
+
+    ops_warning(logger, key=f"quarantine:{source.pk}", counts=codes, render=render)

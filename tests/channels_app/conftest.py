@@ -86,3 +86,33 @@ def _channel_defaults(request):
 
     import_module("channels_app.migrations.0003_delivery_schedule_and_topics").forwards(apps, None)
     yield
+
+
+# The day2ops QA's "order confirm": each Order Completed posts the order to a webhook channel, through a
+# JSON template that renders invalid JSON for an order without a total (%s: a filter, e.g. |default:0).
+HOOK = '{"ref": "{{ event.properties.ref }}", "user": "{{ profile.user_id }}", "total": {{ event.properties.total%s }}}'
+
+
+@pytest.fixture
+def order_hook(vendor, monkeypatch):
+    """The workflow 'order confirm' (live) and its template 'order-hook' on the webhook channel 'hook'."""
+    from tests.channels_app.factories import ChannelFactory, TemplateFactory
+    from tests.factories import live_workflow
+
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_HOOK", "hook-secret")
+    ChannelFactory(name="hook", kind="webhook", provider="webhook",
+                   settings={"url": vendor.url, "secret_env": "JOURNEYS_SECRET_TEST_HOOK"})
+    template = TemplateFactory(name="order-hook", subject="", body=HOOK % "")
+    live_workflow(name="order confirm", definition={
+        "trigger_event": "Order Completed",
+        "steps": [{"key": "hook", "kind": "send_message", "config": {"channel": "hook", "template": "order-hook"}}]})
+    return template
+
+
+def orders(api, capture, *orders: dict) -> None:
+    """Post Order Completed events (one per dict: its properties, `ref` names the order and its customer)
+    through /v1/batch, and run what they set off (processing, sending) as a commit would."""
+    batch = [{"type": "track", "userId": f"u-{o['ref']}", "event": "Order Completed", "messageId": f"m-{o['ref']}",
+              "properties": o} for o in orders]
+    with capture(execute=True):
+        assert api.post("batch", {"batch": batch}).status_code == 200

@@ -56,3 +56,43 @@ def test_a_few_errors_among_many_attempts_are_not_zero_percent(admin_client, cha
 
     # then the error shows as what it is, and the p95 is the nearest-rank value of the hour
     assert "200 attempts; errors 1 of 200 (0.50%), last at " in health and health.endswith("p95 190 ms")
+
+
+def test_an_outage_is_logged_and_the_channel_page_says_what_the_last_error_was(
+        admin_client, chat, vendor, chat_messages, caplog, django_capture_on_commit_callbacks):
+    from journeys.services.oplog import ops_log_reset
+    from tests.channels_app.servers import Plan
+
+    ops_log_reset()
+    caplog.set_level("INFO", logger="channels_app.services.breaker")
+    # given a provider that fails, quoting the recipient's address and number in its answer
+    vendor.plan(Plan(503, {"error": "upstream down for ada@example.com / +44 7700 900123"}))
+
+    # when a batch goes out: the breaker (threshold 1) opens at the first failure
+    with django_capture_on_commit_callbacks(execute=True):
+        deliveries_dispatch(delivery_ids=chat_messages(2))
+
+    # then the page says what the last error was, without the address or the number
+    health = _health(admin_client, chat)
+    assert "errors 1 of 1 (100%), last at " in health
+    assert "(HTTP 503: {&quot;error&quot;: &quot;upstream down for &lt;email&gt; / &lt;number&gt;&quot;})" in health
+    # and one WARNING says the breaker opened, with the channel and the error code, another counts the failures
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert ("WARNING", "breaker of channel 'chat' (chat, slack) open after 1 consecutive failures (threshold 1); "
+                       'last error HTTP 503: {"error": "upstream down for <email> / <number>"}; its messages wait '
+                       "(or go to its fallback channel) and a probe is sent in 60 s") in lines
+    assert ("WARNING", "provider errors on channel 'chat' (chat, slack): 1 failed attempt(s) (HTTP 503 1); last error "
+                       'HTTP 503: {"error": "upstream down for <email> / <number>"}') in lines
+    assert "ada@example.com" not in caplog.text and "900123" not in caplog.text
+
+    # when the cooldown has passed and the probe goes through
+    caplog.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        deliveries_dispatch(delivery_ids=chat_messages(1, key="later"), now=timezone.now() + timedelta(seconds=61))
+
+    # then the probe and the closing are logged
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert ("INFO", "breaker of channel 'chat' (chat, slack) half-open after its 60 s cooldown: one probe message "
+                    "is sent") in lines
+    assert any(level == "WARNING" and text.startswith("breaker of channel 'chat' (chat, slack) closed: the provider "
+                                                      "answers again (open since ") for level, text in lines), lines

@@ -503,7 +503,7 @@ def test_admin_requeues_a_failed_delivery_with_the_same_key(sms, bea, template, 
 
     with django_capture_on_commit_callbacks(execute=True):
         response = admin_client.post("/admin/channels_app/delivery/",
-                                     {"action": "requeue", "_selected_action": [delivery.pk]})
+                                     {"action": "requeue", "_selected_action": [delivery.pk], "post": "yes"})
 
     assert response.status_code == 302
     delivery.refresh_from_db()
