@@ -100,7 +100,12 @@ class DeliveryAdmin(LargeTableMixin, ReadOnlyMixin, admin.ModelAdmin):
     def held_by(self, obj):
         return delivery_hold_text(obj)
 
-    @admin.action(description="Send failed or deferred deliveries again now…")
+    def has_resend_permission(self, request) -> bool:
+        """Sending again is a change, though the rows are never edited by hand: who may change
+        deliveries (ops admins), not everyone who may read them."""
+        return request.user.has_perm(f"{self.opts.app_label}.change_{self.opts.model_name}")
+
+    @admin.action(description="Send failed or deferred deliveries again now…", permissions=["resend"])
     def requeue(self, request, queryset):
         """A confirmation page first (how many, on which channels, how many must be rendered again),
         as Django's delete action has; then the service, and what it did as messages."""

@@ -99,3 +99,34 @@ def test_an_sms_that_never_rendered_outside_any_run_is_refused(
     assert "never rendered, and it was not sent by a journey run" in told(done)[0]
     blank.refresh_from_db()
     assert blank.status == "failed"
+
+
+def test_only_who_may_change_deliveries_may_send_them_again(
+        order_hook, api, vendor, client, django_capture_on_commit_callbacks):
+    # given a message that failed, someone given only the right to read deliveries, and an ops admin
+    from django.contrib.auth.models import Group, Permission
+
+    from journeys.services.governance import ROLE_OPS, roles_setup
+    from tests.factories import UserFactory
+
+    orders(api, django_capture_on_commit_callbacks, {"ref": "B"})
+    failed = Delivery.objects.get(status="failed")
+    roles_setup()
+    reader, ops = (UserFactory(username=name, is_staff=True) for name in ("reader", "ops"))
+    reader.user_permissions.add(Permission.objects.get(codename="view_delivery"))
+    ops.groups.add(Group.objects.get(name=ROLE_OPS))
+
+    # when the reader opens the list and posts the action anyway
+    client.force_login(reader)
+    listed = client.get(ACTION)
+    refused = requeue(client, django_capture_on_commit_callbacks, [failed.pk], post="yes")
+
+    # then the action is not offered, and nothing is queued
+    assert listed.status_code == 200 and b'value="requeue"' not in listed.content
+    assert refused.status_code == 200 and "queued" not in " ".join(told(refused))
+    failed.refresh_from_db()
+    assert failed.status == "failed"
+
+    # while an ops admin is offered it
+    client.force_login(ops)
+    assert b'value="requeue"' in client.get(ACTION).content
