@@ -17,9 +17,13 @@ class AgentsConfig(AppConfig):
                             (EXPORTERS, cases_export), (ERASERS, cases_erase_customer)):
             if hook not in hooks:
                 hooks.append(hook)
-        from agents.services.cases import cases_prune, runs_of_open_cases
+        from agents.services.cases import cases_prune, cases_sms_answer, runs_of_open_cases
+        from channels_app.services.consent import INBOUND_SMS_HOOKS
         from journeys.services.history_retention import HISTORY_PRUNERS, RUN_HOLDS
 
-        for hooks, hook in ((HISTORY_PRUNERS, cases_prune), (RUN_HOLDS, runs_of_open_cases)):
-            if hook not in hooks:  # the history retention: closed cases by age; open cases keep their run
+        # the history retention: closed cases by age; open cases keep their run. A customer's SMS
+        # answers the case an agent texted them about.
+        for hooks, hook in ((HISTORY_PRUNERS, cases_prune), (RUN_HOLDS, runs_of_open_cases),
+                            (INBOUND_SMS_HOOKS, cases_sms_answer)):
+            if hook not in hooks:
                 hooks.append(hook)

@@ -21,6 +21,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from agents.models import TriageBot
+from agents.services.cases import case_answer_receive
 from agents.services.triage import chat_message_receive
 from channels_app.models import Channel
 from channels_app.services.links import BadLink, absolute, link_load, link_sign
@@ -105,11 +106,16 @@ def chat_inbound(request: HttpRequest, token: str) -> HttpResponse:
     customer = Customer.objects.filter(traits__chat_id=chat_id, merged_into__isnull=True).order_by("pk").first()
     if customer is None:
         return JsonResponse({"ok": False, "error": "unknown chat id"})
+    key = _message_key(channel, chat_id, message_id) if message_id else None
     bot = TriageBot.objects.filter(channel=channel, active=True).order_by("pk").first()
     if bot is None:
-        return JsonResponse({"ok": False, "error": "no active triage bot on this channel"})
-    result = chat_message_receive(customer=customer, text=text, bot=bot,
-                                  external_id=_message_key(channel, chat_id, message_id) if message_id else None)
+        # No bot hears this channel: an answer to an agent's message still reaches its case.
+        case = case_answer_receive(customers=[customer], channel=channel, text=text,
+                                   idempotency_key=f"chat:{key}" if key else None)
+        if case is None:
+            return JsonResponse({"ok": False, "error": "no active triage bot on this channel"})
+        return JsonResponse({"ok": True, "conversation": None, "action": "to_agent", "reply": None, "case": case.pk})
+    result = chat_message_receive(customer=customer, text=text, bot=bot, external_id=key)
     return JsonResponse({"ok": True, "conversation": result.conversation.pk, "action": result.action,
                          "reply": result.reply.text if result.reply else None,
                          "case": result.case.pk if result.case else None})

@@ -11,8 +11,9 @@ from django.template import TemplateSyntaxError
 from django.utils import timezone
 from guardian.shortcuts import get_objects_for_user
 
-from agents.choices import OPEN_CASE_STATUSES, CaseStatus
-from agents.models import Agent, Case, ReplyTemplate
+from agents.choices import OPEN_CASE_STATUSES, AgentStatus, CaseStatus
+from agents.models import Agent, Case, ReplyTemplate, Team
+from agents.services.routing import agent_loads
 from journeys.engine.runtime import profile_dict
 from journeys.models import Event, StepExecution
 
@@ -39,6 +40,29 @@ def team_queue(*, user) -> QuerySet[Case]:
 
 def agent_for(*, user) -> Agent | None:
     return Agent.objects.select_related("team").filter(user=user).first() if user.is_authenticated else None
+
+
+@dataclass
+class TransferTarget:
+    value: str  # "team:<id>" or "agent:<id>", as the form posts it
+    label: str
+    target: Team | Agent
+
+
+def transfer_targets(*, user, case: Case) -> dict[str, list[TransferTarget]]:
+    """Where the user may transfer the case, as the console offers it: every team's queue, and the
+    colleagues who may receive it (for supervisors, any agent who can sign in; for an agent, those
+    online), with their status and load. The services check again. Three queries."""
+    agents = Agent.objects.filter(user__is_active=True).exclude(pk=case.assigned_agent_id).select_related("user", "team")
+    if not user.has_perm("agents.change_case"):
+        agents = agents.filter(status=AgentStatus.ONLINE)
+    agents = list(agents.order_by("team__name", "user__username"))
+    loads = agent_loads([a.pk for a in agents])
+    return {
+        "Queues": [TransferTarget(f"team:{t.pk}", f"{t.name} queue", t) for t in Team.objects.order_by("name")],
+        "Colleagues": [TransferTarget(f"agent:{a.pk}", f"{a} ({a.team}, {a.get_status_display().lower()}, "
+                                      f"{loads.get(a.pk, 0)}/{a.capacity} cases)", a) for a in agents],
+    }
 
 
 # --- the prefilled case ----------------------------------------------------------------------------

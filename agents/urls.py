@@ -18,6 +18,7 @@ urlpatterns = [
     path("cases/<int:pk>/resolve/", views.case_resolve, name="resolve"),
     path("cases/<int:pk>/reopen/", views.case_reopen, name="reopen"),
     path("cases/<int:pk>/close/", views.case_close, name="close"),
+    path("cases/<int:pk>/transfer/", views.case_transfer, name="transfer"),
     path("cases/<int:pk>/follow-up/", views.case_followup, name="followup"),
     path("chat/inbound/<str:token>/", chat.chat_inbound, name="chat_inbound"),
 ]

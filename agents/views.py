@@ -16,7 +16,7 @@ from django.views.decorators.http import require_POST
 
 from agents import forms, selectors
 from agents.choices import ErrorCode
-from agents.models import Case
+from agents.models import Case, Team
 from agents.errors import CaseError, CaseForbidden
 from agents.services import cases as case_services
 from agents.services import routing
@@ -47,13 +47,19 @@ def _act(request, case, action, ok):
 
 
 def _reply_outcome(entry) -> tuple[int, str]:
-    """What became of a reply: it may be kept on the case but not leave (no address, an opt-out)."""
+    """What became of a reply so far: it may be kept on the case but not leave (no address, an
+    opt-out). The send itself happens after the reply is stored (a worker takes it), so the
+    delivery is read again and a reply still on its way is said to be queued, not sent."""
     delivery = entry.delivery
-    if delivery is not None and delivery.status in ("suppressed", "failed"):
+    if delivery is not None:
+        delivery.refresh_from_db(fields=["status", "reason", "error"])
+    if delivery is not None and delivery.status in ("suppressed", "failed", "bounced"):
         why = delivery.get_reason_display() if delivery.reason else (delivery.error or delivery.status)
         return messages.ERROR, f"The reply is on the case but was not sent: {why}."
     if delivery is not None and delivery.status == "deferred":
         return messages.WARNING, f"The reply will go out later: {delivery.get_reason_display() or 'deferred'}."
+    if delivery is not None and delivery.status in ("queued", "sending"):
+        return messages.SUCCESS, "Reply queued: it goes out in a moment (the timeline shows when it has)."
     return messages.SUCCESS, "Reply sent."
 
 
@@ -87,24 +93,36 @@ def status_set(request):
     if not form.is_valid():
         messages.error(request, _form_errors(form))
         return redirect("agents:queue")
-    case_services.agent_status_set(agent=agent, status=form.cleaned_data["status"], actor=request.user)
+    moved = case_services.agent_status_set(agent=agent, status=form.cleaned_data["status"], actor=request.user)
+    if moved:
+        messages.info(request, f"{moved} case{'s' if moved != 1 else ''} you had not answered yet "
+                               f"went to an online colleague or back to the queue.")
     return redirect("agents:queue")
+
+
+TIMELINE_PAGE = 50  # timeline entries on the case page, newest; older ones on the next pages
 
 
 @login_required
 def case_detail(request, pk: int):
     case = _case(request, pk)
     can_change = request.user.has_perm("agents.change_case") or request.user.has_perm("agents.change_case", case)
+    # `?timeline=2` and on: older entries. Each page reads as the timeline does, oldest first.
+    timeline = Paginator(case.entries.select_related("author", "delivery").order_by("-created_at", "-id"),
+                         TIMELINE_PAGE).get_page(request.GET.get("timeline"))
     return render(request, "agents/case_detail.html", {
         "case": case,
         "can_change": can_change,
         "can_take": request.user.has_perm("agents.take_case", case) and case.status == "new",
         "summary": selectors.case_summary(case=case),
         "suggestions": selectors.case_suggested_replies(case=case),
-        "entries": case.entries.select_related("author", "delivery").all(),
+        "entries": list(reversed(timeline.object_list)),
+        "timeline": timeline,
         "reply_form": forms.ReplyForm(),
         "note_form": forms.NoteForm(),
         "resolve_form": forms.ResolveForm(),
+        "transfer_form": forms.TransferForm(targets=selectors.transfer_targets(user=request.user, case=case))
+        if can_change and case.is_open else None,
         "followup_form": forms.FollowUpForm(workflows=case_services.followup_workflows()),
     })
 
@@ -178,6 +196,32 @@ def case_resolve(request, pk: int):
         return _refused(request, form, pk)
     return _act(request, case, lambda case: case_services.case_resolve(
         case=case, actor=request.user, code=form.cleaned_data["code"], note=form.cleaned_data["note"]), "Case resolved.")
+
+
+@login_required
+@require_POST
+def case_transfer(request, pk: int):
+    """Hand the case to a colleague or a team's queue. Whoever no longer sees it afterwards (the
+    agent who handed it on) lands on their queue."""
+    case = _case(request, pk)
+    form = forms.TransferForm(request.POST, targets=selectors.transfer_targets(user=request.user, case=case))
+    if not form.is_valid():
+        return _refused(request, form, pk)
+    target = form.cleaned_data["to"]
+
+    def transfer(case):
+        if isinstance(target, Team):
+            return routing.case_queue(case=case, team=target, actor=request.user)
+        return routing.case_assign(case=case, agent=target, actor=request.user)
+
+    def outcome(moved):
+        where = f"is now with {moved.assigned_agent}" if moved.assigned_agent else f"waits in the {moved.team} queue"
+        return messages.SUCCESS, f"Case #{moved.pk} transferred: it {where}."
+
+    response = _act(request, case, transfer, outcome)
+    if not selectors.cases_for_user(user=request.user).filter(pk=pk).exists():
+        return redirect("agents:queue")
+    return response
 
 
 @login_required

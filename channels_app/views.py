@@ -138,8 +138,9 @@ def twilio_signature(*, auth_token: str, url: str, params: dict) -> str:
 @csrf_exempt
 @require_http_methods(["POST"])
 def inbound_sms(request: HttpRequest, token: str) -> HttpResponse:
-    """Inbound SMS (Twilio form post) for STOP/START. The URL carries a signed channel id; when
-    the channel names an auth token, Twilio's X-Twilio-Signature must match too."""
+    """Inbound SMS (Twilio form post): STOP/START/HELP, and customers' answers to agents (see
+    inbound_sms_handle). The URL carries a signed channel id; when the channel names an auth
+    token, Twilio's X-Twilio-Signature must match too."""
     try:
         data = link_load(purpose="inbound", token=token)
     except BadLink:
@@ -162,7 +163,8 @@ def inbound_sms(request: HttpRequest, token: str) -> HttpResponse:
     from_number = request.POST.get("From", "")
     if not phone_normalize(from_number):  # whose STOP? never every customer without a number
         return HttpResponseBadRequest("From: the sender's phone number is required")
-    result = inbound_sms_handle(channel=channel, from_number=from_number, body=request.POST.get("Body", ""))
+    result = inbound_sms_handle(channel=channel, from_number=from_number, body=request.POST.get("Body", ""),
+                                message_id=request.POST.get("MessageSid", ""))
     reply = {"opted_out": "You are unsubscribed and will get no more messages. Reply START to resubscribe.",
              "opted_in": "You are subscribed again. Reply STOP to unsubscribe."}.get(result["action"],
                                                                                   result.get("reply", ""))

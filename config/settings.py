@@ -290,6 +290,9 @@ Q_CLUSTER["ALT_CLUSTERS"] = {
 # The engine tick stops claiming new work after this many seconds (what is left stays due for the
 # next tick); keep it well under a minute and under the schedules cluster's timeout.
 ENGINE_TICK_BUDGET_S = env_int("ENGINE_TICK_BUDGET_S", 45)
+# The agents' SLA tick (same cluster, every minute) stops claiming breached cases after this many
+# seconds; what is left is still due at the next tick.
+AGENTS_SLA_TICK_BUDGET_S = env_int("AGENTS_SLA_TICK_BUDGET_S", 20)
 # A bulk import runs as a chain of q2 tasks, each taking at most this many rows of the file or
 # this many seconds (0: a quarter of Q_CLUSTER's timeout), so none nears the task time limit.
 JOB_IMPORT_PART_ROWS = env_int("JOB_IMPORT_PART_ROWS", 5000)

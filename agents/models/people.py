@@ -57,7 +57,13 @@ class Agent(Timestamped):
     team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="agents")
     languages = models.JSONField(default=list, blank=True, help_text='language codes, e.g. ["en", "de"]')
     capacity = models.PositiveSmallIntegerField(default=5, help_text="open cases at most")
-    status = models.CharField(max_length=10, choices=AgentStatus.choices, default=AgentStatus.OFFLINE)
+    status = models.CharField(
+        max_length=10, choices=AgentStatus.choices, default=AgentStatus.OFFLINE,
+        help_text="Online: gets new cases from routing. Away (a break) and Offline: gets none, not even when "
+                  "nobody is online (cases wait in the team's queue, which the agent still sees and may take "
+                  "from); setting Away or Offline hands the cases they have not answered yet to an online "
+                  "colleague, else back to the queue. Answered cases stay theirs.",
+    )
     timezone = models.CharField(max_length=64, default="UTC")
     working_hours = models.JSONField(
         default=dict, blank=True,

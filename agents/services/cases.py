@@ -17,12 +17,12 @@ from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from agents.choices import CaseStatus, EntryKind, ErrorCode, ResolutionCode
+from agents.choices import AgentStatus, CaseStatus, EntryKind, ErrorCode, ResolutionCode
 from agents.errors import CaseError
 from agents.models import Agent, Case, CaseEntry, Team
 from agents.services import permissions
 from agents.services.conversations import conversation_for_case
-from agents.services.routing import enqueue_route, sla_due
+from agents.services.routing import agent_cases_requeue, enqueue_route, sla_due
 from journeys.choices import StreamEventType
 from journeys.engine.queue import task_send_on_commit
 from journeys.engine.runtime import profile_dict
@@ -59,12 +59,18 @@ def team_save(*, team: Team, actor=None, reason: str = "") -> Team:
 @transaction.atomic
 def agent_save(*, agent: Agent, actor=None, reason: str = "") -> Agent:
     """Save an agent (team, capacity, languages, hours) and keep their membership in exactly their
-    team's group."""
+    team's group. A status changed here (the admin) has the console's effect, after commit."""
     _routing_change_check(obj=agent, actor=actor, reason=reason)
+    before = Agent.objects.filter(pk=agent.pk).values_list("status", flat=True).first() if agent.pk else None
     agent.save()
     other_groups = Group.objects.filter(agent_team__isnull=False).exclude(pk=agent.team.group_id)
     agent.user.groups.remove(*other_groups)
     agent.user.groups.add(agent.team.group)
+    if before is not None and before != agent.status:
+        if agent.status == AgentStatus.ONLINE:
+            _route_waiting_on_commit()
+        else:
+            transaction.on_commit(lambda: _cases_hand_back(agent))
     return agent
 
 
@@ -72,16 +78,26 @@ def _route_waiting_on_commit() -> None:
     task_send_on_commit("agents.tasks.cases_route_waiting", group="agents")
 
 
-def agent_status_set(*, agent: Agent, status: str, actor) -> Agent:
-    """Online/away/offline. Coming online routes waiting cases that this agent may take."""
+def agent_status_set(*, agent: Agent, status: str, actor) -> int:
+    """Online/away/offline. Only online agents get cases from routing: coming online routes the
+    waiting cases this agent may take; going away or offline hands the cases nobody has answered
+    yet to a colleague, else back to the queue (routing.agent_cases_requeue). Returns how many
+    cases were handed back."""
     if actor != agent.user and not actor.has_perm("agents.change_agent"):
         raise CaseError(ErrorCode.NOT_ALLOWED, "you may only change your own status")
     with transaction.atomic():
         Agent.objects.filter(pk=agent.pk).update(status=status, updated_at=timezone.now())
         agent.status = status
-        if status != "offline":
+        if status == AgentStatus.ONLINE:
             _route_waiting_on_commit()
-    return agent
+    if status == AgentStatus.ONLINE:
+        return 0
+    return _cases_hand_back(agent)
+
+
+def _cases_hand_back(agent: Agent) -> int:
+    """After the status commits (routers read it under the agent's lock), one case at a time."""
+    return agent_cases_requeue(agent=agent, reason=f"{agent} went {AgentStatus(agent.status).label.lower()}")
 
 
 # --- opening a case -------------------------------------------------------------------------------
@@ -135,19 +151,10 @@ def case_open(*, draft: CaseDraft, idempotency_key: str, now: datetime | None = 
         if recent is not None:
             open_case = _reopen_locked(case=recent, actor=None, reason="the customer wrote again")
     if open_case is not None:
-        CaseEntry.objects.create(
-            case=open_case, kind=EntryKind.INBOUND, body=draft.text, idempotency_key=idempotency_key,
-            data={"sentiment": draft.sentiment, "complexity": draft.complexity,
-                  "run": draft.run.pk if draft.run else None},
-        )
-        # The customer answered: the ball is in the agent's court again, with a fresh SLA.
         open_case.priority = max(open_case.priority, draft.priority)
-        if open_case.status == CaseStatus.PENDING:
-            open_case.status = CaseStatus.ASSIGNED
-        if open_case.sla_due_at is None:
-            open_case.sla_due_at = sla_due(priority=open_case.priority, start=now)
-        open_case._change_reason = "customer wrote again"
-        open_case.save()
+        _customer_wrote(open_case, text=draft.text, idempotency_key=idempotency_key, now=now,
+                        data={"sentiment": draft.sentiment, "complexity": draft.complexity,
+                              "run": draft.run.pk if draft.run else None})
         return open_case, False
     try:
         with transaction.atomic():
@@ -166,6 +173,74 @@ def case_open(*, draft: CaseDraft, idempotency_key: str, now: datetime | None = 
     case_stream(case=case, event_type=StreamEventType.CASE_OPENED, at=now)
     enqueue_route(case_id=case.pk)
     return case, True
+
+
+def _customer_wrote(case: Case, *, text: str, idempotency_key: str | None, data: dict, now: datetime) -> None:
+    """The customer wrote on their open case: the message goes on its timeline and the ball is in
+    the agent's court again (pending -> assigned), with a fresh SLA if none runs."""
+    CaseEntry.objects.create(case=case, kind=EntryKind.INBOUND, body=text, idempotency_key=idempotency_key, data=data)
+    if case.status == CaseStatus.PENDING:
+        case.status = CaseStatus.ASSIGNED
+    if case.sla_due_at is None:
+        case.sla_due_at = sla_due(priority=case.priority, start=now)
+    case._change_reason = "customer wrote again"
+    case.save()
+
+
+def case_replied_on(*, customers: list[Customer], channel, since: datetime | None = None,
+                    resolved_since: datetime | None = None) -> Case | None:
+    """The case an agent last wrote to one of these customers about on this kind of channel (SMS,
+    chat), if it is open (or, with `resolved_since`, resolved since then) and, with `since`, that
+    message is newer: the case the customer's next message on that channel answers. A reply that
+    never left (suppressed) does not count."""
+    statuses = Q(case__status__in=[CaseStatus.NEW, CaseStatus.ASSIGNED, CaseStatus.PENDING])
+    if resolved_since is not None:
+        statuses |= Q(case__status=CaseStatus.RESOLVED, case__resolved_at__gte=resolved_since)
+    replies = (CaseEntry.objects.filter(statuses, kind=EntryKind.MESSAGE, case__customer__in=customers,
+                                        delivery__channel__kind=channel.kind)
+               .exclude(delivery__status="suppressed"))
+    if since is not None:
+        replies = replies.filter(created_at__gt=since)
+    last = replies.order_by("-created_at", "-id").select_related("case").first()
+    return last.case if last else None
+
+
+@transaction.atomic
+def case_answer_receive(*, customers: list[Customer], channel, text: str, idempotency_key: str | None = None,
+                        reopen: bool = True, now: datetime | None = None) -> Case | None:
+    """A customer wrote on a channel that has no conversation of its own (an SMS; a chat without a
+    bot) after an agent wrote to them there: the message goes on that case (`case_replied_on`),
+    which is the agent's to answer again. With `reopen`, a case resolved within
+    AGENTS_REOPEN_WINDOW_DAYS reopens (the answer would be lost otherwise), as when the customer
+    writes again through a workflow. None when there is no such case (the caller treats the
+    message as before). Once per key."""
+    now = now or timezone.now()
+    text = text.replace("\x00", "").strip()[:5000]  # PostgreSQL stores no NUL in text
+    if not text or not customers:
+        return None
+    window = timedelta(days=getattr(settings, "AGENTS_REOPEN_WINDOW_DAYS", 7))
+    found = case_replied_on(customers=customers, channel=channel, resolved_since=now - window if reopen else None)
+    if found is None:
+        return None
+    case = _locked(found)
+    if idempotency_key and CaseEntry.objects.filter(idempotency_key=idempotency_key).exists():
+        return case  # the provider retried its webhook
+    if case.status == CaseStatus.CLOSED or case.customer.erased_at is not None or (not reopen and not case.is_open):
+        return None  # resolved, closed (or erased) meanwhile
+    if case.status == CaseStatus.RESOLVED:
+        case = _reopen_locked(case=case, actor=None, reason=f"the customer answered by {channel.get_kind_display()}")
+    _customer_wrote(case, text=text, idempotency_key=idempotency_key, now=now,
+                    data={"channel": channel.name, "channel_kind": channel.kind})
+    return case
+
+
+def cases_sms_answer(*, channel, customers: list[Customer], body: str, message_id: str = "",
+                     reopen: bool = True) -> dict | None:
+    """INBOUND_SMS_HOOKS entry: an SMS answers the case an agent last texted the sender about
+    (Twilio's MessageSid makes a retried webhook count once)."""
+    key = f"sms:{channel.pk}:{message_id}"[:200] if message_id else None
+    case = case_answer_receive(customers=customers, channel=channel, text=body, idempotency_key=key, reopen=reopen)
+    return {"action": "to_case", "case": case.pk} if case is not None else None
 
 
 # --- working a case -------------------------------------------------------------------------------

@@ -48,6 +48,19 @@ def case_revoke_queues(*, case: Case) -> None:
     CaseGroupObjectPermission.objects.filter(content_object=case).delete()
 
 
+def cases_queues_set(*, case_ids: list[int], grants: list[tuple[Case, int]]) -> None:
+    """Set-based, for many cases at once: their queue permissions become exactly `grants`
+    ((case, group id) pairs; the cases in `case_ids` without one are in no queue)."""
+    CaseGroupObjectPermission.objects.filter(content_object_id__in=case_ids).delete()
+    pairs = {(case.pk, group_id): case for case, group_id in grants}
+    perms = _permissions(QUEUE_PERMS) if pairs else []
+    CaseGroupObjectPermission.objects.bulk_create(
+        [CaseGroupObjectPermission(permission=p, group_id=group_id, content_object=case)
+         for (_, group_id), case in pairs.items() for p in perms],
+        ignore_conflicts=True,
+    )
+
+
 def case_revoke_all_agents(*, case: Case, keep_user_id: int | None = None) -> None:
     CaseUserObjectPermission.objects.filter(content_object=case).exclude(user_id=keep_user_id).delete()
 

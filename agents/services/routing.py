@@ -10,18 +10,25 @@ A case is locked alone, never with rows joined to it (select_related): when the
 lock had to wait, PostgreSQL re-reads the case row but keeps the joined rows of
 the statement's older snapshot (a team that was NULL, or the team it just left).
 Its team and agent are read after the lock, in statements of their own.
+
+Only Online agents get cases pushed to them (routing, SLA re-routes). Away and Offline agents get
+none, not even when nobody is Online: the case waits in the team's queue, which they still see and
+may take from, and the SLA timer raises and widens it as for any queued case. An agent who goes
+Away or Offline hands back the cases nobody has answered yet (`agent_cases_requeue`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
+from django.db.models.functions import Least
 from django.utils import timezone
 from django_q.tasks import async_task
 
@@ -75,14 +82,13 @@ class Candidate:
 
     def rank(self, case: Case) -> tuple:
         """Higher is better: the agent who had a reopened case, then category experience, language,
-        online, free capacity, least loaded, longest idle."""
+        free capacity, least loaded, longest idle (every candidate is online)."""
         agent = self.agent
         idle = -agent.last_assigned_at.timestamp() if agent.last_assigned_at else float("inf")
         return (
             1 if case.assigned_agent_id == agent.pk else 0,
             self.level,
             1 if case.language and case.language in (agent.languages or []) else 0,
-            1 if agent.status == AgentStatus.ONLINE else 0,
             self.free,
             -(self.load / agent.capacity if agent.capacity else 1),
             idle,
@@ -100,7 +106,8 @@ def teams_for(*, case: Case, teams: list[Team] | None = None) -> list[Team]:
     return listing + catch_all
 
 
-def _loads(agent_ids: list[int]) -> dict[int, int]:
+def agent_loads(agent_ids: list[int]) -> dict[int, int]:
+    """Open cases per agent (what counts against their capacity); one query."""
     rows = (
         Case.objects.filter(assigned_agent_id__in=agent_ids, status__in=OPEN_CASE_STATUSES)
         .values("assigned_agent_id")
@@ -109,12 +116,13 @@ def _loads(agent_ids: list[int]) -> dict[int, int]:
     return {r["assigned_agent_id"]: r["n"] for r in rows}
 
 
-def routing_candidates(*, case: Case, now: datetime, exclude: tuple[int, ...] = (), lock: bool = False) -> list[Candidate]:
-    """Agents who may take the case now, best first. With `lock`, their rows are held FOR UPDATE."""
-    team_ids = [t.pk for t in teams_for(case=case)]
+def routing_candidates(*, case: Case, now: datetime, exclude: tuple[int, ...] = (), lock: bool = False,
+                       team: Team | None = None) -> list[Candidate]:
+    """Online agents who may take the case now (of `team` only, if given), best first. With `lock`,
+    their rows are held FOR UPDATE."""
+    team_ids = [team.pk] if team is not None else [t.pk for t in teams_for(case=case)]
     agents = (
-        Agent.objects.filter(team_id__in=team_ids, user__is_active=True)
-        .exclude(status=AgentStatus.OFFLINE)
+        Agent.objects.filter(team_id__in=team_ids, user__is_active=True, status=AgentStatus.ONLINE)
         .exclude(pk__in=exclude)
     )
     if lock:
@@ -124,7 +132,7 @@ def routing_candidates(*, case: Case, now: datetime, exclude: tuple[int, ...] = 
     found = list(agents.select_related("user"))
     ids = [a.pk for a in found]
     levels = dict(AgentSkill.objects.filter(agent_id__in=ids, category=case.category).values_list("agent_id", "level"))
-    loads = _loads(ids)
+    loads = agent_loads(ids)
     candidates = [Candidate(agent=a, load=loads.get(a.pk, 0), level=levels.get(a.pk, 0)) for a in found]
     candidates = [c for c in candidates if c.free > 0 and c.agent.is_working(now)]
     return sorted(candidates, key=lambda c: c.rank(case), reverse=True)
@@ -135,11 +143,13 @@ def _entry(case: Case, kind: str, body: str, *, author=None, **data) -> CaseEntr
 
 
 def _assign_locked(*, case: Case, agent: Agent, now: datetime, actor=None, reason: str) -> Case:
-    """Assign a locked case to a locked agent; permissions follow the case."""
+    """Assign a locked case to a locked agent; permissions follow the case. A case waiting on the
+    customer (transferred) stays pending."""
     previous = case.assigned_agent
     case.assigned_agent = agent
     case.team_id = agent.team_id
-    case.status = CaseStatus.ASSIGNED
+    if case.status != CaseStatus.PENDING:
+        case.status = CaseStatus.ASSIGNED
     case.assigned_at = now
     case._change_reason = reason
     case.save()
@@ -152,8 +162,8 @@ def _assign_locked(*, case: Case, agent: Agent, now: datetime, actor=None, reaso
     return case
 
 
-def _queue_locked(*, case: Case, team: Team | None, reason: str) -> Case:
-    """Put a locked, unassigned case in a team's queue (visible to and takeable by the team)."""
+def _queue_locked(*, case: Case, team: Team | None, reason: str, actor=None) -> Case:
+    """Put a locked case in a team's queue, unassigned (visible to and takeable by the team)."""
     changed = case.team_id != (team.pk if team else None) or case.assigned_agent_id is not None
     previous_agent = case.assigned_agent
     case.team = team
@@ -167,7 +177,8 @@ def _queue_locked(*, case: Case, team: Team | None, reason: str) -> Case:
     if team is not None:
         permissions.case_grant_queue(case=case, group=team.group)
     if changed:
-        _entry(case, EntryKind.ASSIGNMENT, f"queued in {team or 'no team'} ({reason})", team=team.pk if team else None)
+        _entry(case, EntryKind.ASSIGNMENT, f"queued in {team or 'no team'} ({reason})", author=actor,
+               team=team.pk if team else None)
     return case
 
 
@@ -182,8 +193,9 @@ def queue_team_for(*, case: Case, teams: list[Team] | None = None) -> Team | Non
     return next((t for t in teams if t.is_fallback), None)
 
 
-def _route_locked(*, case: Case, now: datetime, exclude: tuple[int, ...] = (), reason: str = "routed") -> Agent | None:
-    candidates = routing_candidates(case=case, now=now, exclude=exclude, lock=True)
+def _route_locked(*, case: Case, now: datetime, exclude: tuple[int, ...] = (), reason: str = "routed",
+                  team: Team | None = None) -> Agent | None:
+    candidates = routing_candidates(case=case, now=now, exclude=exclude, lock=True, team=team)
     if candidates:
         _assign_locked(case=case, agent=candidates[0].agent, now=now, reason=reason)
         return candidates[0].agent
@@ -207,39 +219,46 @@ def case_route(*, case_id: int, now: datetime | None = None) -> Case:
 
 @dataclass
 class FreePlaces:
-    """Who can take a case now, per team: the free places of agents who are active, not offline,
+    """Who can take a case now, per team: the free places of agents who are active, online,
     within their working hours and under capacity. A snapshot read without locks, three queries:
     it only decides which cases are worth a routing attempt (routing re-checks under the agent's
     lock), and is kept current as this pass assigns cases (`took`) and moves them away (`freed`)."""
 
     teams: list[Team]
     places: Counter  # team id -> free places
+    own: Counter  # agent id -> their free places (an SLA re-route never goes back to the same agent)
 
     @classmethod
     def read(cls, now: datetime) -> FreePlaces:
-        agents = list(Agent.objects.filter(user__is_active=True).exclude(status=AgentStatus.OFFLINE)
+        agents = list(Agent.objects.filter(user__is_active=True, status=AgentStatus.ONLINE)
                       .only("pk", "team_id", "capacity", "timezone", "working_hours"))
-        loads = _loads([a.pk for a in agents])
-        places = Counter()
+        loads = agent_loads([a.pk for a in agents])
+        places, own = Counter(), Counter()
         for agent in agents:
             free = agent.capacity - loads.get(agent.pk, 0)
             if free > 0 and agent.is_working(now):
                 places[agent.team_id] += free
-        return cls(list(Team.objects.all()), places)
+                own[agent.pk] = free
+        return cls(list(Team.objects.all()), places, own)
 
     def __bool__(self) -> bool:
         return any(n > 0 for n in self.places.values())
 
-    def can_serve(self, case: Case) -> bool:
-        return any(self.places[t.pk] > 0 for t in teams_for(case=case, teams=self.teams))
+    def can_serve(self, case: Case, *, besides: int | None = None) -> bool:
+        """Someone has a free place for the case (`besides`: someone other than that agent, whose
+        own places do not count; their team is the case's while they hold it)."""
+        return any(self.places[t.pk] - (self.own[besides] if besides and t.pk == case.team_id else 0) > 0
+                   for t in teams_for(case=case, teams=self.teams))
 
     def took(self, agent: Agent) -> None:
         self.places[agent.team_id] -= 1
+        self.own[agent.pk] -= 1
 
     def freed(self, agent: Agent, now: datetime) -> None:
         """A case moved away from this agent: a place, if they can take cases now."""
-        if agent.status != AgentStatus.OFFLINE and agent.user.is_active and agent.is_working(now):
+        if agent.status == AgentStatus.ONLINE and agent.user.is_active and agent.is_working(now):
             self.places[agent.team_id] += 1
+            self.own[agent.pk] += 1
 
     def cases_q(self) -> Q:
         """The cases a team with free places serves (teams_for, as a filter)."""
@@ -339,83 +358,211 @@ def case_take(*, case: Case, actor) -> Case:
         if case.status != CaseStatus.NEW:
             raise CaseError(ErrorCode.WRONG_STATUS, f"case #{case.pk} is already {case.get_status_display().lower()}")
         agent = Agent.objects.select_for_update().get(pk=agent.pk)
-        if _loads([agent.pk]).get(agent.pk, 0) >= agent.capacity:
+        if agent_loads([agent.pk]).get(agent.pk, 0) >= agent.capacity:
             raise CaseError(ErrorCode.NO_CAPACITY, f"you already hold {agent.capacity} open cases")
         return _assign_locked(case=case, agent=agent, now=timezone.now(), actor=actor, reason=f"taken by {agent}")
 
 
+def _transfer_check(*, case: Case, actor) -> bool:
+    """Who may transfer an open, locked case: a supervisor (model-wide change permission, returns
+    True) or the agent working it (change permission on the case, returns False)."""
+    if actor.has_perm("agents.change_case"):
+        supervisor = True
+    else:
+        permissions.case_check(user=actor, case=case, perm="agents.change_case")
+        supervisor = False
+    if not case.is_open:
+        raise CaseError(ErrorCode.WRONG_STATUS, f"Case #{case.pk} is {case.get_status_display().lower()}: "
+                                                "reopen it to transfer it.")
+    return supervisor
+
+
 def case_assign(*, case: Case, agent: Agent, actor) -> Case:
-    """A supervisor hands a case to a named agent (needs the model-wide change permission)."""
-    if not actor.has_perm("agents.change_case"):
-        raise CaseError(ErrorCode.NOT_ALLOWED, "only supervisors can assign cases")
+    """Transfer an open case to a named agent. A supervisor (model-wide change permission) may give
+    any open case to any agent; the agent working a case may hand it to a colleague who is online.
+    The receiver's capacity applies either way; a case waiting on the customer stays pending, and
+    the first-response deadline runs on (the customer has been waiting all along)."""
     with transaction.atomic():
         case = Case.objects.select_for_update().get(pk=case.pk)
-        if not case.is_open:
-            raise CaseError(ErrorCode.WRONG_STATUS, f"case #{case.pk} is {case.status}")
+        supervisor = _transfer_check(case=case, actor=actor)
         agent = Agent.objects.select_for_update().get(pk=agent.pk)
-        held = _loads([agent.pk]).get(agent.pk, 0) - (1 if case.assigned_agent_id == agent.pk else 0)
-        if held >= agent.capacity:
+        if case.assigned_agent_id == agent.pk:
+            raise CaseError(ErrorCode.ALREADY_YOURS, f"Case #{case.pk} is already with {agent}.")
+        if not agent.user.is_active:
+            raise CaseError(ErrorCode.NOT_ALLOWED, f"{agent} can no longer sign in: pick someone else.")
+        if not supervisor and agent.status != AgentStatus.ONLINE:
+            raise CaseError(ErrorCode.NOT_ALLOWED, f"{agent} is {agent.get_status_display().lower()}: hand the case "
+                                                   "to a colleague who is online, or to a queue.")
+        if agent_loads([agent.pk]).get(agent.pk, 0) >= agent.capacity:
             raise CaseError(ErrorCode.NO_CAPACITY, f"{agent} already holds {agent.capacity} open cases")
-        return _assign_locked(case=case, agent=agent, now=timezone.now(), actor=actor, reason=f"assigned by {actor}")
+        return _assign_locked(case=case, agent=agent, now=timezone.now(), actor=actor, reason=f"transferred by {actor}")
 
 
-def _raise_priority(case: Case, now: datetime) -> None:
-    if case.priority < Priority.URGENT:
-        case.priority += 1
-    case.sla_due_at = sla_due(priority=case.priority, start=now)
+def case_queue(*, case: Case, team: Team, actor) -> Case:
+    """Transfer an open case to a team's queue (the agent's own, to hand it back, or another desk's):
+    it goes to the best online agent of that team who can take it, never back to the one who had it,
+    else waits in that queue. Same permissions as `case_assign`."""
+    now = timezone.now()
+    with transaction.atomic():
+        case = Case.objects.select_for_update().get(pk=case.pk)
+        _transfer_check(case=case, actor=actor)
+        previous = case.assigned_agent_id
+        _queue_locked(case=case, team=team, reason=f"transferred by {actor}", actor=actor)
+        _route_locked(case=case, now=now, exclude=(previous,) if previous else (), reason=f"transferred to {team}",
+                      team=team)
+        return case
 
 
-def cases_sla_check(*, now: datetime | None = None, limit: int = 500) -> dict:
+def agent_cases_requeue(*, agent: Agent, reason: str, now: datetime | None = None) -> int:
+    """The agent is no longer online: each case they hold that nobody has answered yet (assigned,
+    no first response) goes to another online agent who can take it, else back to the queue (where
+    the agent still sees it and may take it again). Cases already answered stay theirs: the
+    customer is talking to them, and the SLA timer moves a case they leave unanswered too long.
+    Each case in its own short transaction (case lock, then agent locks); stops if the agent came
+    back online meanwhile. Returns how many cases moved."""
+    now = now or timezone.now()
+    ids = list(Case.objects.filter(assigned_agent=agent, status=CaseStatus.ASSIGNED, first_response_at__isnull=True)
+               .order_by("-priority", "created_at", "pk").values_list("pk", flat=True))
+    moved = 0
+    for pk in ids:
+        with transaction.atomic():
+            case = (Case.objects.select_for_update()
+                    .filter(pk=pk, assigned_agent=agent, status=CaseStatus.ASSIGNED, first_response_at__isnull=True)
+                    .first())
+            if case is None:
+                continue  # answered, resolved or moved meanwhile
+            if Agent.objects.filter(pk=agent.pk, status=AgentStatus.ONLINE).exists():
+                break  # back online: the rest stays theirs
+            if _route_locked(case=case, now=now, exclude=(agent.pk,), reason=reason) is None:
+                _queue_locked(case=case, team=queue_team_for(case=case), reason=reason)
+            moved += 1
+    return moved
+
+
+SLA_BATCH = 200  # breached cases read (and raised set-based) at a time
+MAX_BREACHES = 32767  # sla_breaches is a small integer: an urgent case nobody takes breaches 96 times a day
+
+
+def _sla_reroute(case_id: int, *, now: datetime, free: FreePlaces) -> bool | None:
+    """One breached case some free agent serves, in its own transaction: given to another online
+    agent (True), or not (False: nobody but its own agent could take it; it is raised with the
+    rest). None when it is no longer due (answered, taken, or another worker holds it)."""
+    with transaction.atomic():
+        case = (Case.objects.select_for_update(**skip_locked())
+                .filter(pk=case_id, status__in=WAITING_CASE_STATUSES, sla_due_at__lte=now).first())
+        if case is None:
+            return None
+        previous = case.assigned_agent
+        waited = f"no first response by {case.sla_due_at:%Y-%m-%d %H:%M} UTC"
+        case.sla_breaches = min(case.sla_breaches + 1, MAX_BREACHES)
+        case.sla_due_at = sla_due(priority=case.priority, start=now)
+        agent = _route_locked(case=case, now=now, exclude=(previous.pk,) if previous else (),
+                              reason=f"SLA re-route: {waited}")
+        if agent is None:
+            return False  # nothing was written
+        free.took(agent)
+        if previous is not None:
+            free.freed(previous, now)
+        _entry(case, EntryKind.SLA, f"SLA breached ({waited}): re-routed from {previous or 'the queue'} to {agent}")
+        return True
+
+
+def _sla_raise(case_ids: list[int], *, now: datetime, teams: list[Team], stats: dict) -> None:
+    """Breached cases nobody else can take now, in one transaction of a few statements whatever
+    their number: the priority goes up one level with a new, shorter deadline (an urgent case
+    stays urgent: a new deadline, no timeline entry), and a queued case is widened to the
+    fallback queue while the teams serving its category keep it. An UPDATE per new priority,
+    history rows, queue permissions and timeline entries in bulk."""
+    fallback = next((t for t in teams if t.is_fallback), None)
+    by_id = {t.pk: t for t in teams}
+    with transaction.atomic():
+        cases = list(Case.objects.select_for_update(**skip_locked())
+                     .filter(pk__in=case_ids, status__in=WAITING_CASE_STATUSES, sla_due_at__lte=now).order_by("pk"))
+        entries, queued, grants = [], [], []
+        groups: dict[tuple[int, bool], list[int]] = {}  # (new priority, widened) -> cases: one UPDATE each
+        for case in cases:
+            waited = f"no first response by {case.sla_due_at:%Y-%m-%d %H:%M} UTC"
+            old = case.get_priority_display()
+            raised = case.priority < Priority.URGENT
+            if raised:
+                case.priority += 1
+            case.sla_breaches = min(case.sla_breaches + 1, MAX_BREACHES)
+            case.sla_due_at = sla_due(priority=case.priority, start=now)
+            case.updated_at = now
+            case._change_reason = "SLA breached: priority raised" if raised else "SLA breached: still urgent"
+            if case.assigned_agent_id is None:  # queued: widened, not moved (the serving teams keep it)
+                serving = [t for t in teams if not t.is_fallback and (
+                    t.pk == case.team_id or (case.category and case.category in (t.categories or [])))]
+                team = fallback or by_id.get(case.team_id)
+                if (team.pk if team else None) != case.team_id:
+                    entries.append(CaseEntry(case=case, kind=EntryKind.ASSIGNMENT, data={"team": team.pk},
+                                             body=f"queued in {team} (SLA breached: widened to the fallback queue)"))
+                case.team_id = team.pk if team else None
+                case._change_reason = ("SLA breached: widened to the fallback queue" if fallback
+                                       else "SLA breached: no fallback queue to widen to")
+                queued.append(case.pk)
+                grants += [(case, t.group_id) for t in ([team] if team else []) + (serving if fallback else [])]
+            if raised:
+                stats["raised"] += 1
+                entries.append(CaseEntry(case=case, kind=EntryKind.SLA, body=(
+                    f"SLA breached ({waited}): nobody else can take it; priority {old} -> "
+                    f"{case.get_priority_display()}, next deadline {case.sla_due_at:%Y-%m-%d %H:%M} UTC")))
+            else:
+                stats["still_urgent"] += 1
+            groups.setdefault((case.priority, case.assigned_agent_id is None and fallback is not None), []).append(case.pk)
+        for (priority, to_fallback), ids in groups.items():  # the deadline follows from the priority
+            Case.objects.filter(pk__in=ids).update(
+                priority=priority, sla_due_at=sla_due(priority=priority, start=now), updated_at=now,
+                sla_breaches=Least(F("sla_breaches") + 1, MAX_BREACHES), **({"team": fallback} if to_fallback else {}))
+        if cases:
+            Case.history.bulk_history_create(cases, update=True)
+        if queued:
+            permissions.cases_queues_set(grants=grants, case_ids=queued)
+        if entries:
+            CaseEntry.objects.bulk_create(entries)
+
+
+def cases_sla_check(*, now: datetime | None = None, limit: int = 10_000, batch: int = SLA_BATCH,
+                    deadline: float | None = None) -> dict:
     """Cases still waiting for a first response after their SLA: re-route, else raise priority.
 
-    An assigned case goes to another agent who can take it; a queued case is routed
+    An assigned case goes to another online agent who can take it; a queued case is routed
     if anyone can take it now. When nobody can, the priority goes up one level (with a
     new, shorter deadline) and a queued case moves to the fallback queue.
+
+    Cost follows what can be done: the breached cases are read `batch` at a time, oldest deadline
+    first; only those a free agent serves (FreePlaces, read once) are tried one by one, and each
+    success takes one of the free places; the rest of the batch is raised set-based (a few
+    statements per batch, `_sla_raise`). The sweep stops claiming after `limit` cases or when
+    `deadline` (time.monotonic(); default AGENTS_SLA_TICK_BUDGET_S from now) has passed: the
+    schedules cluster runs the other minute ticks too. What is left is still due at the next tick.
     """
     now = now or timezone.now()
-    stats = {"rerouted": 0, "raised": 0}
+    if deadline is None:
+        deadline = time.monotonic() + getattr(settings, "AGENTS_SLA_TICK_BUDGET_S", 20)
+    stats = {"rerouted": 0, "raised": 0, "still_urgent": 0}
     free = FreePlaces.read(now)  # a case no free agent serves skips the routing attempt's queries
-    for _ in range(limit):
-        with transaction.atomic():
-            case = (
-                Case.objects.select_for_update(**skip_locked())
-                .filter(status__in=WAITING_CASE_STATUSES, sla_due_at__lte=now)
-                .order_by("sla_due_at", "pk")
-                .first()
-            )
-            if case is None:
-                break
-            case.sla_breaches += 1
-            previous = case.assigned_agent
-            exclude = (previous.pk,) if previous else ()
-            waited = f"no first response by {case.sla_due_at:%Y-%m-%d %H:%M} UTC"
-            case.sla_due_at = sla_due(priority=case.priority, start=now)
-            agent = None
-            if free.can_serve(case):
-                agent = _route_locked(case=case, now=now, exclude=exclude, reason=f"SLA re-route: {waited}")
-            if agent is not None:
-                free.took(agent)
-                if previous is not None:
-                    free.freed(previous, now)
-                stats["rerouted"] += 1
-                _entry(case, EntryKind.SLA, f"SLA breached ({waited}): re-routed from {previous or 'the queue'} to {agent}")
-                continue
-            old = case.get_priority_display()
-            _raise_priority(case, now)
-            stats["raised"] += 1
-            if previous is None:
-                fallback = Team.objects.filter(is_fallback=True).first()
-                serving = [t for t in Team.objects.filter(is_fallback=False)
-                           if t.pk == case.team_id or (case.category and case.category in (t.categories or []))]
-                _queue_locked(case=case, team=fallback or case.team,
-                              reason="SLA breached: widened to the fallback queue" if fallback
-                              else "SLA breached: no fallback queue to widen to")
-                if fallback is not None:
-                    for team in serving:  # widened, not moved: the teams serving it keep it (every breach)
-                        permissions.case_grant_queue(case=case, group=team.group)
-            else:
-                case._change_reason = "SLA breached: priority raised"
-                case.save()
-            _entry(case, EntryKind.SLA, f"SLA breached ({waited}): nobody else can take it; priority {old} -> "
-                   f"{case.get_priority_display()}, next deadline {case.sla_due_at:%Y-%m-%d %H:%M} UTC")
+    after: tuple[datetime, int] | None = None  # where the last batch ended (a case another worker holds is passed)
+    seen = 0
+    while seen < limit and time.monotonic() < deadline:
+        due = Case.objects.filter(status__in=WAITING_CASE_STATUSES, sla_due_at__lte=now)
+        if after is not None:
+            due = due.filter(Q(sla_due_at__gt=after[0]) | Q(sla_due_at=after[0], pk__gt=after[1]))
+        page = list(due.select_related("team").only("pk", "sla_due_at", "team", "category", "assigned_agent_id")
+                    .order_by("sla_due_at", "pk")[: min(batch, limit - seen)])
+        if not page:
+            break
+        seen += len(page)
+        after = (page[-1].sla_due_at, page[-1].pk)
+        rest = []
+        for case in page:
+            if free.can_serve(case, besides=case.assigned_agent_id) and time.monotonic() < deadline:
+                rerouted = _sla_reroute(case.pk, now=now, free=free)
+                if rerouted is None:
+                    continue
+                if rerouted:
+                    stats["rerouted"] += 1
+                    continue
+            rest.append(case.pk)
+        _sla_raise(rest, now=now, teams=free.teams, stats=stats)
     return stats

@@ -174,6 +174,12 @@ def chat_message_receive(*, customer: Customer, text: str, conversation: Convers
                           properties={"channel_kind": "chat", "conversation_id": conversation.pk,
                                       "intent": message.intent, "sentiment": message.sentiment})
 
+    if conversation.status != ConversationStatus.HANDED_OFF and (answered := _answered_case(conversation)) is not None:
+        # An agent wrote to the customer in this chat (a case a workflow opened) since the bot last
+        # spoke: this message answers the agent. The chat is theirs from now on, as after a hand-off.
+        conversation.status, conversation.case, conversation.handed_off_at = (
+            ConversationStatus.HANDED_OFF, answered, now)
+        conversation.handoff_reason = "the customer answered an agent's message"
     if conversation.status == ConversationStatus.HANDED_OFF:
         case = _to_case(conversation=conversation, message=message, scores=scores, reason="", now=now)
         conversation.save()
@@ -239,6 +245,17 @@ def chat_message_receive(*, customer: Customer, text: str, conversation: Convers
                           at=now, properties={"conversation_id": conversation.pk, "case_id": case.pk, "reason": reason})
     return TriageResult(conversation=conversation, message=message, action="handed_off", reply=reply, reason=reason,
                         case=case)
+
+
+def _answered_case(conversation: Conversation) -> Case | None:
+    """The open case an agent last wrote to the customer about on chat, if that was after the
+    bot's last words to them (else the customer is talking to the bot)."""
+    from agents.services.cases import case_replied_on
+
+    bot_spoke = (ConversationMessage.objects.filter(conversation__customer_id=conversation.customer_id,
+                                                    sender=Sender.BOT)
+                 .order_by("-created_at").values_list("created_at", flat=True).first())
+    return case_replied_on(customers=[conversation.customer], channel=conversation.channel, since=bot_spoke)
 
 
 def _to_case(*, conversation: Conversation, message: ConversationMessage, scores: TextScores, reason: str,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from django.db import transaction
@@ -285,23 +285,38 @@ def customers_by_phone(phone: str) -> list[Customer]:
     return list(Customer.objects.filter(pk__in=ids))
 
 
-def inbound_sms_handle(*, channel: Channel, from_number: str, body: str) -> dict:
+# Other apps hear inbound SMS through these (registered in their AppConfig.ready()): each is called
+# as hook(channel=, customers=, body=, message_id=, reopen=) and returns a dict of what it did, or
+# None. The agents app puts the text on the case an agent last texted the sender about.
+INBOUND_SMS_HOOKS: list[Callable[..., dict | None]] = []
+
+
+def inbound_sms_handle(*, channel: Channel, from_number: str, body: str, message_id: str = "") -> dict:
     """SMS keywords (`sms_keyword`: the first word, case and punctuation aside): STOP (and
     synonyms) opts the sender out of all SMS; START opts back in; HELP/INFO is answered with
     how to stop (the channel's settings.help_reply, else HELP_REPLY), as carriers require.
-    Other texts are acknowledged and ignored here. Returns what was done."""
+    Every text, keyword or not, is then offered to INBOUND_SMS_HOOKS ("Cancel it" is a STOP and
+    may answer an agent too); a bare keyword ("STOP", "Yes") may join an open case but never
+    reopens a resolved one. `message_id` (Twilio's MessageSid) makes a retried webhook count
+    once. Returns what was done: the keyword's action, else "to_case" or "ignored"."""
     word = sms_keyword(body)
     customers = customers_by_phone(from_number)
     if word in STOP_WORDS:
-        status = ConsentStatus.OPTED_OUT
+        result = {"action": ConsentStatus.OPTED_OUT}
     elif word in START_WORDS:
-        status = ConsentStatus.OPTED_IN
+        result = {"action": ConsentStatus.OPTED_IN}
     elif word in HELP_WORDS:
-        reply = str((channel.settings or {}).get("help_reply") or HELP_REPLY)
-        return {"action": "help", "reply": reply, "customers": [c.pk for c in customers]}
+        result = {"action": "help", "reply": str((channel.settings or {}).get("help_reply") or HELP_REPLY)}
     else:
-        return {"action": "ignored", "customers": [c.pk for c in customers]}
-    for customer in customers:
-        consent_set(customer=customer, channel_kind=channel.kind, topic=None, status=status,
-                    source=f"sms_keyword:{word}")
-    return {"action": status, "customers": [c.pk for c in customers]}
+        result = {"action": "ignored"}
+    if result["action"] in (ConsentStatus.OPTED_OUT, ConsentStatus.OPTED_IN):
+        for customer in customers:
+            consent_set(customer=customer, channel_kind=channel.kind, topic=None, status=result["action"],
+                        source=f"sms_keyword:{word}")
+    bare_keyword = result["action"] != "ignored" and len(body.split()) == 1
+    for hook in INBOUND_SMS_HOOKS:
+        if customers and (done := hook(channel=channel, customers=customers, body=body, message_id=message_id,
+                                       reopen=not bare_keyword)):
+            result = {**result, **done} if result["action"] == "ignored" else {**done, **result}  # a keyword's action stays
+            break
+    return {**result, "customers": [c.pk for c in customers]}

@@ -201,7 +201,9 @@ def test_reply_goes_out_on_the_preferred_channel_once_and_stops_the_sla_clock(cl
     with pytest.MonkeyPatch.context():
         for _ in range(2):  # a double click posts the same form twice
             response = client.post(url, {"body": "I'm on it, Ada.", "nonce": "form-1"}, follow=True)
-    assert "Reply sent." in response.content.decode()
+    # the send happens after the reply is stored (a worker takes it): the agent is not told it went out
+    assert "Reply queued: it goes out in a moment" in response.content.decode()
+    assert "Reply sent." not in response.content.decode()
     delivery = Delivery.objects.get()
     assert (delivery.channel, delivery.to, delivery.body) == (sms, "+15550100", "I'm on it, Ada.")
     case = Case.objects.get(pk=world["alices"].pk)
@@ -306,3 +308,126 @@ def test_a_reply_or_note_the_console_cannot_take_says_what_to_fix(client, world,
     shown = " ".join(str(m) for m in response.context["messages"])
     assert message in shown, shown
     assert Delivery.objects.count() == 0 and not world["alices"].entries.filter(kind__in=["message", "note"]).exists()
+
+
+@pytest.mark.parametrize(("url", "data", "message"), [
+    ("agents:reply", {"body": "Hello\x00there", "nonce": "n1"},
+     "The reply cannot contain null characters (\\0): remove them and send again."),
+    ("agents:note", {"body": "Called\x00the bank"},
+     "The note cannot contain null characters (\\0): remove them and add it again."),
+    ("agents:resolve", {"code": "fixed", "note": "Refunded\x00"},
+     "The resolution note cannot contain null characters (\\0): remove them and resolve again."),
+])
+def test_a_null_character_is_refused_naming_the_field(client, world, url, data, message):
+    response = login(client, world["alice"]).post(reverse(url, args=[world["alices"].pk]), data, follow=True)
+
+    assert _messages(response) == [message]
+    case = Case.objects.get(pk=world["alices"].pk)
+    assert case.status == "assigned" and not case.entries.filter(kind__in=["message", "note"]).exists()
+
+
+def _transfer(client, case, to):
+    return client.post(reverse("agents:transfer", args=[case.pk]), {"to": to})
+
+
+def test_an_agent_transfers_a_case_to_an_online_colleague(client, world):
+    # given alice's case, and carol (hardware, online, room for 2 more) offered on the case page
+    client = login(client, world["alice"])
+    case, carol = world["alices"], world["carol"]
+    page = client.get(reverse("agents:case", args=[case.pk])).content.decode()
+    assert f'value="agent:{carol.pk}"' in page and f'value="agent:{world["alice"].pk}"' not in page
+
+    # when she hands it to carol
+    response = _transfer(client, case, f"agent:{carol.pk}")
+
+    # then carol has it (and its deadline still runs); alice no longer sees it and lands on her queue
+    assert response.status_code == 302 and response["Location"] == reverse("agents:queue")
+    assert _messages(client.get(response["Location"])) == [f"Case #{case.pk} transferred: it is now with carol."]
+    moved = Case.objects.get(pk=case.pk)
+    assert (moved.assigned_agent, moved.team, moved.status, moved.sla_due_at) == (carol, carol.team, "assigned",
+                                                                                  case.sla_due_at)
+    assert moved.entries.filter(kind="assignment", author=world["alice"].user,
+                                body__contains="assigned to carol (transferred by alice)").exists()
+    assert client.get(reverse("agents:case", args=[case.pk])).status_code == 404
+    assert login(client.__class__(), carol).post(reverse("agents:note", args=[case.pk]),
+                                                 {"body": "mine now"}).status_code == 302
+
+
+def test_a_transfer_to_a_queue_goes_to_an_online_agent_of_that_team_never_back(client, world):
+    from agents.models import Team
+
+    client = login(client, world["alice"])
+    hardware = Team.objects.get(slug="hardware")
+    case = world["alices"]
+
+    _transfer(client, case, f"team:{hardware.pk}")
+    assert Case.objects.get(pk=case.pk).assigned_agent == world["carol"]
+
+    # carol hands her own case back to her team's queue: she is its only agent, so it waits there
+    carols = world["carols"]
+    carol_client = login(client.__class__(), world["carol"])
+    response = _transfer(carol_client, carols, f"team:{hardware.pk}")
+    assert _messages(carol_client.get(response["Location"])) == [
+        f"Case #{carols.pk} transferred: it waits in the {hardware} queue."]
+    carols.refresh_from_db()
+    assert (carols.status, carols.team, carols.assigned_agent) == ("new", hardware, None)
+    queue = carol_client.get(reverse("agents:queue")).content.decode()
+    assert f"#{carols.pk}<" in queue.split('id="team-queue"')[1]  # she, or a colleague, may take it later
+
+
+def test_a_transfer_is_refused_to_an_away_colleague_a_full_one_and_by_someone_who_only_sees_the_queue(client, world):
+    carol = world["carol"]
+    carol.status = "away"
+    carol.save()
+    client = login(client, world["alice"])
+    case = world["alices"]
+
+    page = client.get(reverse("agents:case", args=[case.pk])).content.decode()
+    assert f'value="agent:{carol.pk}"' not in page  # away: not offered
+    response = _transfer(client, case, f"agent:{carol.pk}")
+    assert _messages(client.get(response["Location"])) == [
+        f"Pick a queue or a colleague from the list: agent:{carol.pk} is not one (any more)."]
+    response = _transfer(client, case, f"agent:{world['bob'].pk}")  # bob is full
+    assert _messages(client.get(response["Location"])) == ["bob already holds 1 open cases"]
+    assert Case.objects.get(pk=case.pk).assigned_agent == world["alice"]
+
+    # bob sees the queued case but may not hand it anywhere
+    bob = login(client.__class__(), world["bob"])
+    assert _transfer(bob, world["queued"], f"agent:{world['alice'].pk}").status_code == 403
+
+
+def test_a_supervisor_may_transfer_any_case_to_any_agent(client, world):
+    from agents.services.routing import case_assign
+
+    lead = UserFactory()
+    lead.user_permissions.add(*Permission.objects.filter(codename__in=["view_case", "change_case"]))
+    carol = world["carol"]
+    carol.status = "away"
+    carol.save()
+    client.force_login(lead)
+    assert f'value="agent:{carol.pk}"' in client.get(reverse("agents:case", args=[world["queued"].pk])).content.decode()
+
+    response = _transfer(client, world["queued"], f"agent:{carol.pk}")
+
+    assert response["Location"] == reverse("agents:case", args=[world["queued"].pk])  # a supervisor still sees it
+    assert Case.objects.get(pk=world["queued"].pk).assigned_agent == carol
+    with pytest.raises(Exception, match="already with carol"):
+        case_assign(case=world["queued"], agent=carol, actor=lead)
+
+
+def test_the_case_page_shows_the_newest_timeline_entries_and_links_the_older_ones(client, world):
+    from agents.models import CaseEntry
+
+    case = world["alices"]
+    CaseEntry.objects.bulk_create(CaseEntry(case=case, kind="note", body=f"note {n}.") for n in range(120))
+    client = login(client, world["alice"])
+
+    timeline = client.get(reverse("agents:case", args=[case.pk])).content.decode().split('id="timeline"')[1]
+    shown = re.findall(r"note (\d+)\.", timeline.split("</section>")[0])
+    assert shown == [str(n) for n in range(70, 120)]  # the newest 50, oldest first
+    assert "Entries 1–50 of 122, counted from the newest" in timeline and "?timeline=2" in timeline
+
+    oldest = client.get(reverse("agents:case", args=[case.pk]) + "?timeline=3").content.decode()
+    section = oldest.split('id="timeline"')[1].split("</section>")[0]
+    assert re.findall(r"note (\d+)\.", section) == [str(n) for n in range(0, 20)]
+    assert "My invoice is wrong" in section and "?timeline=2" in section  # what opened the case, and newer

@@ -45,7 +45,18 @@ def test_among_equals_the_customers_language_wins(team, django_capture_on_commit
     assert case.assigned_agent == german
 
 
-def test_online_beats_away_and_offline_agents_get_nothing(team, django_capture_on_commit_callbacks):
+def test_an_away_expert_gets_no_case_while_an_online_novice_has_room(team, django_capture_on_commit_callbacks):
+    """The QA's loyalty desk: the away agent is the expert (skill 5), the online one a novice (1)."""
+    away = AgentFactory(team=team, status="away", capacity=5, skills={"billing": 5})
+    online = AgentFactory(team=team, status="online", capacity=5, skills={"billing": 1})
+
+    cases = [open_case(capture=django_capture_on_commit_callbacks) for _ in range(2)]
+
+    assert [c.assigned_agent for c in cases] == [online, online]
+    assert not away.cases.exists()
+
+
+def test_away_and_offline_agents_get_nothing_even_when_nobody_is_online(team, django_capture_on_commit_callbacks):
     AgentFactory(team=team, status="offline", skills={"billing": 5})
     away = AgentFactory(team=team, status="away", skills={"billing": 3})
     online = AgentFactory(team=team, status="online", skills={"billing": 3})
@@ -56,7 +67,10 @@ def test_online_beats_away_and_offline_agents_get_nothing(team, django_capture_o
     online.status = "offline"
     online.save()
     second = open_case(capture=django_capture_on_commit_callbacks)
-    assert second.assigned_agent == away
+    # the case waits in the team's queue, where the away agent sees it and may take it
+    assert (second.status, second.team, second.assigned_agent) == ("new", team, None)
+    assert cases_route_waiting() == 0
+    assert case_take(case=second, actor=away.user).assigned_agent == away
 
 
 def test_least_loaded_agent_then_free_capacity_spreads_the_work(team, django_capture_on_commit_callbacks):
@@ -180,3 +194,52 @@ def test_resolving_a_case_hands_the_agent_the_next_waiting_one(team, django_capt
 
     waiting.refresh_from_db()
     assert waiting.assigned_agent == agent
+
+
+def test_going_away_hands_back_the_cases_nobody_has_answered_yet(client, team, django_capture_on_commit_callbacks,
+                                                                 email_channel):
+    from agents.services.cases import case_reply_send
+
+    cap = django_capture_on_commit_callbacks
+    agent = AgentFactory(team=team, capacity=3, skills={"billing": 5})
+    answered, first, second = (open_case(capture=cap) for _ in range(3))
+    case_reply_send(case=answered, actor=agent.user, body="On it", idempotency_key="k")
+    colleague = AgentFactory(team=team, capacity=1, skills={"billing": 1})
+    client.force_login(agent.user)
+
+    # when the agent sets themself away in the console
+    with cap(execute=True):
+        response = client.post("/agents/status/", {"status": "away"}, follow=True)
+
+    # then the unanswered cases go to the online colleague (room for one) or back to the team's queue;
+    # the case they answered (waiting on the customer) stays theirs
+    assert "2 cases you had not answered yet went to an online colleague or back to the queue." in \
+        response.content.decode()
+    for case in (answered, first, second):
+        case.refresh_from_db()
+    assert (answered.assigned_agent, answered.status) == (agent, "pending")
+    assert (first.assigned_agent, first.status) == (colleague, "assigned")
+    assert (second.assigned_agent, second.status, second.team) == (None, "new", team)
+    assert "queued in" in second.entries.filter(kind="assignment").last().body
+    assert f"#{second.pk}<" in client.get("/agents/").content.decode().split('id="team-queue"')[1]
+
+    # back online, the queue's case comes back to them
+    with cap(execute=True):
+        client.post("/agents/status/", {"status": "online"})
+    second.refresh_from_db()
+    assert second.assigned_agent == agent
+
+
+def test_an_agent_set_offline_in_the_admin_hands_back_their_unanswered_cases(team, django_capture_on_commit_callbacks):
+    from agents.services.cases import agent_save
+
+    agent = AgentFactory(team=team, skills={"billing": 5})
+    case = open_case(capture=django_capture_on_commit_callbacks)
+    assert case.assigned_agent == agent
+
+    agent.status = "offline"
+    with django_capture_on_commit_callbacks(execute=True):
+        agent_save(agent=agent)
+
+    case.refresh_from_db()
+    assert (case.status, case.assigned_agent, case.team) == ("new", None, team)

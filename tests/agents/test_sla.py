@@ -32,11 +32,11 @@ def test_an_unanswered_case_moves_to_another_agent_after_its_sla(team, django_ca
     case = open_case(priority=3, capture=django_capture_on_commit_callbacks)  # high: 1 hour
     assert case.assigned_agent == slow
 
-    assert cases_sla_check(now=timezone.now() + timedelta(minutes=30)) == {"rerouted": 0, "raised": 0}
+    assert cases_sla_check(now=timezone.now() + timedelta(minutes=30)) == {"rerouted": 0, "raised": 0, "still_urgent": 0}
     stats = cases_sla_check(now=timezone.now() + timedelta(minutes=61))
 
     case.refresh_from_db()
-    assert stats == {"rerouted": 1, "raised": 0}
+    assert stats == {"rerouted": 1, "raised": 0, "still_urgent": 0}
     assert case.assigned_agent == backup and case.sla_breaches == 1
     assert case.sla_due_at > timezone.now() + timedelta(minutes=100)
     assert "re-routed from" in case.entries.get(kind="sla").body
@@ -49,7 +49,7 @@ def test_when_nobody_else_can_take_it_the_priority_goes_up(team, django_capture_
     case = open_case(priority=2, capture=django_capture_on_commit_callbacks)  # normal: 4 hours
     later = timezone.now() + timedelta(hours=5)
 
-    assert cases_sla_check(now=later) == {"rerouted": 0, "raised": 1}
+    assert cases_sla_check(now=later) == {"rerouted": 0, "raised": 1, "still_urgent": 0}
     case.refresh_from_db()
     assert (case.assigned_agent, case.get_priority_display()) == (only, "High")
     assert case.sla_due_at == later + timedelta(hours=1)
@@ -102,7 +102,7 @@ def test_an_answered_case_is_left_alone(team, django_capture_on_commit_callbacks
     with django_capture_on_commit_callbacks(execute=True):
         case_reply_send(case=case, actor=agent.user, body="Looking into it", idempotency_key="k")
 
-    assert cases_sla_check(now=timezone.now() + timedelta(days=1)) == {"rerouted": 0, "raised": 0}
+    assert cases_sla_check(now=timezone.now() + timedelta(days=1)) == {"rerouted": 0, "raised": 0, "still_urgent": 0}
 
 
 def test_the_tick_task_checks_slas_and_routes_the_queue(team, django_capture_on_commit_callbacks):
@@ -111,7 +111,7 @@ def test_the_tick_task_checks_slas_and_routes_the_queue(team, django_capture_on_
     agent.status = "online"
     agent.save()
 
-    assert tasks.sla_tick() == {"rerouted": 0, "raised": 0, "routed": 1}
+    assert tasks.sla_tick() == {"rerouted": 0, "raised": 0, "still_urgent": 0, "routed": 1}
     case.refresh_from_db()
     assert case.assigned_agent == agent
 
@@ -229,7 +229,7 @@ def test_a_re_route_gives_the_previous_agent_a_place_for_the_next_breach(team, d
     [c2] = _waiting(team, 1, priority=3)
     later = timezone.now() + timedelta(hours=2)
 
-    assert cases_sla_check(now=later) == {"rerouted": 2, "raised": 0}
+    assert cases_sla_check(now=later) == {"rerouted": 2, "raised": 0, "still_urgent": 0}
     c1.refresh_from_db()
     c2.refresh_from_db()
     assert (c1.assigned_agent, c2.assigned_agent) == (q, p)
@@ -269,3 +269,91 @@ def test_teamless_cases_nobody_can_queue_do_not_hide_one_that_can_be(team):
 
     billing.refresh_from_db()
     assert (billing.status, billing.team) == ("new", team)
+
+
+def test_a_breach_storm_costs_a_few_statements_a_batch_not_a_dozen_a_case(team, django_assert_max_num_queries):
+    """The QA's morning with a full queue: 500 breached cases nobody else can take (the old sweep
+    made ~17 queries per case, 40-70 s for 500). Queued ones are widened to the fallback queue
+    (the billing desk keeps them), assigned ones raised, with history rows and timeline entries."""
+    from agents.models import Case, CaseEntry
+    from tests.factories import CustomerFactory
+
+    fallback = TeamFactory(slug="triage", is_fallback=True)
+    busy = AgentFactory(team=team, capacity=250, skills={"billing": 5})
+    queued = _waiting(team, 250, priority=2)
+    customer = CustomerFactory()
+    Case.objects.bulk_create(Case(customer=customer, category="billing", priority=2, status="assigned", team=team,
+                                  assigned_agent=busy, sla_due_at=timezone.now()) for _ in range(250))
+    history, later = Case.history.count(), timezone.now() + timedelta(hours=5)
+
+    with django_assert_max_num_queries(60):  # 3 batches; SQLite splits the bulk statements by its 999 variables
+        stats = cases_sla_check(now=later)
+
+    assert stats == {"rerouted": 0, "raised": 500, "still_urgent": 0}
+    assert set(Case.objects.values_list("priority", "sla_breaches")) == {(3, 1)}
+    assert Case.objects.filter(team=fallback, status="new").count() == 250
+    assert Case.objects.filter(assigned_agent=busy, status="assigned").count() == 250
+    assert Case.history.count() == history + 500
+    assert CaseEntry.objects.filter(kind="sla", body__contains="priority Normal -> High").count() == 500
+    assert CaseEntry.objects.filter(kind="assignment", body__contains="queued in").count() == 250
+    billing = AgentFactory(team=team, status="offline")
+    assert type(billing.user).objects.get(pk=billing.user.pk).has_perm("agents.view_case", queued[0])
+    assert cases_sla_check(now=later) == {"rerouted": 0, "raised": 0, "still_urgent": 0}
+
+
+def test_an_urgent_case_nobody_else_can_take_is_not_raised_again(team, django_capture_on_commit_callbacks):
+    only = AgentFactory(team=team, skills={"billing": 5})
+    case = open_case(priority=4, capture=django_capture_on_commit_callbacks)  # urgent: 15 minutes
+    later = timezone.now() + timedelta(minutes=20)
+
+    assert cases_sla_check(now=later) == {"rerouted": 0, "raised": 0, "still_urgent": 1}
+
+    case.refresh_from_db()
+    assert (case.assigned_agent, case.get_priority_display(), case.sla_breaches) == (only, "Urgent", 1)
+    assert case.sla_due_at == later + timedelta(minutes=15)  # looked at again in 15 minutes, not every minute
+    assert not case.entries.filter(kind="sla").exists()  # no "priority Urgent -> Urgent"
+    assert cases_sla_check(now=later + timedelta(minutes=5)) == {"rerouted": 0, "raised": 0, "still_urgent": 0}
+
+
+def test_the_sla_tick_stops_claiming_when_its_time_budget_is_spent(team, settings):
+    """The schedules cluster runs the engine, deliveries and stream ticks too: the SLA tick has a budget."""
+    settings.AGENTS_SLA_TICK_BUDGET_S = 0
+    [case] = _waiting(team, 1, priority=2)
+    from agents.models import Case
+
+    Case.objects.filter(pk=case.pk).update(sla_due_at=timezone.now() - timedelta(minutes=1))
+
+    assert tasks.sla_tick() == {"rerouted": 0, "raised": 0, "still_urgent": 0, "routed": 0}
+    case.refresh_from_db()
+    assert (case.priority, case.sla_breaches) == (2, 0)  # still due: the next tick takes it
+
+    settings.AGENTS_SLA_TICK_BUDGET_S = 20
+    assert tasks.sla_tick()["raised"] == 1
+
+
+def test_breached_cases_are_read_a_batch_at_a_time(team, django_capture_on_commit_callbacks):
+    from agents.models import Case
+
+    _waiting(team, 7, priority=1)
+    Case.objects.update(sla_due_at=timezone.now() - timedelta(minutes=1))
+
+    assert cases_sla_check(batch=3, limit=5)["raised"] == 5
+    assert cases_sla_check(batch=3)["raised"] == 2
+
+
+def test_an_agent_with_room_who_leaves_cases_unanswered_costs_no_routing_attempt_per_case(
+        team, django_assert_max_num_queries):
+    """Their own free places do not count for a re-route (it never goes back to them): their 100
+    breached cases are raised together, not each locked and tried."""
+    from agents.models import Case
+    from tests.factories import CustomerFactory
+
+    slow = AgentFactory(team=team, capacity=200, skills={"billing": 5})
+    customer = CustomerFactory()
+    Case.objects.bulk_create(Case(customer=customer, category="billing", priority=2, status="assigned", team=team,
+                                  assigned_agent=slow, sla_due_at=timezone.now()) for _ in range(100))
+
+    with django_assert_max_num_queries(20):
+        assert cases_sla_check(now=timezone.now() + timedelta(hours=5)) == {"rerouted": 0, "raised": 100,
+                                                                            "still_urgent": 0}
+    assert set(Case.objects.values_list("assigned_agent", "priority")) == {(slow.pk, 3)}

@@ -385,3 +385,69 @@ def test_ops_build_the_tree_in_the_admin(admin_client, chat, ada, django_capture
         chat_message_receive(customer=ada, text="I want to return something", bot=bot)
         result = chat_message_receive(customer=ada, text="the shoes", bot=bot)
     assert result.action == "resolved" and result.reply.text == "Shoes go back free within 30 days."
+
+
+@pytest.fixture
+def workflow_case(ada, agent, django_capture_on_commit_callbacks):
+    """A case a workflow opened (no chat with the bot) for a customer who prefers chat; the agent
+    asked a question, which went out in the chat."""
+    from tests.agents.conftest import open_case
+
+    ada.traits = {**ada.traits, "preferred_channel": "chat"}
+    ada.save()
+    case = open_case(customer=ada, category="general", capture=django_capture_on_commit_callbacks)
+    with django_capture_on_commit_callbacks(execute=True):
+        case_reply_send(case=case, actor=agent.user, body="Could you send me your order number?", idempotency_key="r1")
+    case.refresh_from_db()
+    assert (case.assigned_agent, case.status) == (agent, "pending")
+    return case
+
+
+def test_an_answer_in_the_chat_to_an_agent_of_a_workflow_case_goes_to_the_case_not_the_bot(
+        client, chat, bot, slack, agent, workflow_case, django_capture_on_commit_callbacks):
+    assert posted(slack)[-1] == {"channel": "D-ADA", "text": "Could you send me your order number?"}
+    sent = len(posted(slack))
+
+    # when the customer answers in the chat
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = slack_post(client, chat, {"chat_id": "D-ADA", "text": "My order number is 12345, please hurry",
+                                           "message_id": "m1"})
+
+    # then it is on the case, which waits on the agent again; the bot kept quiet
+    assert answer.json()["action"] == "to_agent" and answer.json()["case"] == workflow_case.pk
+    workflow_case.refresh_from_db()
+    assert workflow_case.status == "assigned" and workflow_case.sla_due_at is not None
+    assert workflow_case.entries.filter(kind="inbound", body="My order number is 12345, please hurry").exists()
+    assert len(posted(slack)) == sent
+    # the chat is the agent's from now on, as after a hand-off
+    with django_capture_on_commit_callbacks(execute=True):
+        case_reply_send(case=workflow_case, actor=agent.user, body="Thanks, it ships today.", idempotency_key="r2")
+    conversation = Conversation.objects.get()
+    assert (conversation.status, conversation.case) == ("handed_off", workflow_case)
+    assert [m.sender for m in conversation.messages.all()] == ["customer", "agent"]
+    assert slack_post(client, chat, {"chat_id": "D-ADA", "text": "great", "message_id": "m2"}).json()["action"] == "to_agent"
+
+
+def test_after_the_workflow_case_is_resolved_the_bot_answers_the_chat_again(
+        client, chat, bot, slack, agent, workflow_case, django_capture_on_commit_callbacks):
+    from agents.services.cases import case_resolve
+
+    case_resolve(case=workflow_case, actor=agent.user, code="answered")
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = slack_post(client, chat, {"chat_id": "D-ADA", "text": "What are your opening hours?", "message_id": "m1"})
+
+    assert answer.json()["action"] == "resolved" and answer.json()["case"] is None
+    assert Case.objects.get(pk=workflow_case.pk).status == "resolved"
+
+
+def test_on_a_chat_channel_without_a_bot_an_answer_to_an_agent_still_reaches_the_case(
+        client, chat, bot, slack, workflow_case, django_capture_on_commit_callbacks):
+    TriageBot.objects.update(active=False)
+
+    answer = slack_post(client, chat, {"chat_id": "D-ADA", "text": "It is 12345", "message_id": "m1"})
+    again = slack_post(client, chat, {"chat_id": "D-ADA", "text": "It is 12345", "message_id": "m1"})  # retried
+
+    assert answer.json() == {"ok": True, "conversation": None, "action": "to_agent", "reply": None,
+                             "case": workflow_case.pk} == again.json()
+    assert workflow_case.entries.filter(kind="inbound", body="It is 12345").count() == 1
+    assert Case.objects.get(pk=workflow_case.pk).status == "assigned"

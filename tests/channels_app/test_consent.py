@@ -141,10 +141,11 @@ def sms_channel(monkeypatch):
     return ChannelFactory(name="sms", kind="sms", provider="console", settings={"auth_token_env": "JOURNEYS_SECRET_TEST_TWILIO_TOKEN"})
 
 
-def inbound(client, channel, body, sign_with="tw-secret", sender="+15550001"):
+def inbound(client, channel, body, sign_with="tw-secret", sender="+15550001", **extra):
+    """A Twilio-signed inbound SMS on the channel's own endpoint (`extra`: more form fields, e.g. MessageSid)."""
     url = link_url(purpose="inbound", data={"ch": channel.pk})
     path = url.split("8000", 1)[1]
-    params = {"Body": body, "To": "+15559999", **({} if sender is None else {"From": sender})}
+    params = {"Body": body, "To": "+15559999", **({} if sender is None else {"From": sender}), **extra}
     signature = twilio_signature(auth_token=sign_with, url="http://testserver" + path, params=params)
     return client.post(path, params, HTTP_X_TWILIO_SIGNATURE=signature)
 
