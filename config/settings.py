@@ -307,6 +307,9 @@ DELIVERY_DRAIN_SECONDS = env_int("DELIVERY_DRAIN_SECONDS", 40)
 # channel's part of a batch (at least 20 messages a session) with a provider across a network;
 # a channel's settings {"connections": n} override it (1: one session, one message at a time).
 DELIVERY_CONNECTIONS = env_int("DELIVERY_CONNECTIONS", 4)
+# A channel's breaker also opens when its consecutive failures took this many seconds together
+# (a vendor that hangs each request to the channel's timeout); 0: only breaker_threshold counts.
+DELIVERY_BREAKER_FAILING_S = env_int("DELIVERY_BREAKER_FAILING_S", 30)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
