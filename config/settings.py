@@ -285,6 +285,14 @@ Q_CLUSTER["ALT_CLUSTERS"] = {
         "retry": env_int("Q_SCHEDULE_RETRY", 900),
     },
 } if Q_SCHEDULE_CLUSTER else {}
+# Sending (the deliveries' tasks: providers, retries, drains) can run on a cluster of its own, so a
+# slow or hanging vendor never takes the workers that process events (docs/SCALING.md): set
+# Q_DELIVERY_CLUSTER=deliveries and run `Q_CLUSTER_NAME=deliveries manage.py qcluster` beside the
+# main one. "" (default): deliveries are sent by the main cluster's workers.
+Q_DELIVERY_CLUSTER = os.environ.get("Q_DELIVERY_CLUSTER", "").strip()
+if Q_DELIVERY_CLUSTER:
+    Q_CLUSTER["ALT_CLUSTERS"] = {**Q_CLUSTER["ALT_CLUSTERS"],
+                                 Q_DELIVERY_CLUSTER: {"workers": env_int("Q_DELIVERY_WORKERS", 2)}}
 # The engine tick stops claiming new work after this many seconds (what is left stays due for the
 # next tick); keep it well under a minute and under the schedules cluster's timeout.
 ENGINE_TICK_BUDGET_S = env_int("ENGINE_TICK_BUDGET_S", 45)

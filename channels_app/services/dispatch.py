@@ -57,7 +57,9 @@ from channels_app.services.claim import (
 from channels_app.services.consent import address_suppress
 from channels_app.services.links import link_url
 from channels_app.services.streaming import deliveries_stream
-from channels_app.services.sending import _enqueue, _event_properties, message_metadata, unsubscribe_url
+from channels_app.services.sending import (
+    _enqueue, _event_properties, deliveries_cluster, message_metadata, unsubscribe_url,
+)
 from journeys.engine.batch import rows_insert, rows_set, skip_locked
 from journeys.engine.queue import task_send
 from journeys.services.outbound import backoff_delay
@@ -613,7 +615,8 @@ def deliveries_dispatch(*, delivery_ids: list[int], now: datetime | None = None)
             if not pending:
                 break
             if run.time_up():  # a slow provider: the rest goes on in a task of its own
-                async_task("channels_app.tasks.deliveries_send", pending, group="deliveries")
+                async_task("channels_app.tasks.deliveries_send", pending, group="deliveries",
+                           cluster=deliveries_cluster())
                 run.outcome["handed_on"] += len(pending)
                 break
             chunk, pending = pending[:size], pending[size:]
@@ -693,9 +696,9 @@ def deliveries_dispatch_due(*, now: datetime | None = None) -> int:
     due = Delivery.objects.filter(deliveries_due_q(at)).values_list("pk", flat=True)[: size * tasks]
     found = len(due)
     for _ in range(min(tasks, -(-found // size))):
-        # named for the main cluster: the tick may run on a schedules cluster of its own
+        # named for the sending cluster: the tick may run on a schedules cluster of its own
         async_task("channels_app.tasks.deliveries_drain", now.isoformat() if now else None, group="deliveries",
-                   cluster=settings.Q_CLUSTER.get("name"))
+                   cluster=deliveries_cluster())
     return found
 
 
@@ -717,7 +720,8 @@ def delivery_requeue(*, delivery: Delivery, actor: str) -> Delivery:
 def deliveries_release_on_resume(*, scope: str, key: str) -> None:
     """Journeys' HOLD_RELEASE_HOOKS entry: safe mode ended or a workflow resumed (runs on commit);
     also a channel resumed (`channels.channel_save`). One task releases them, so they go out oldest first."""
-    task_send("channels_app.services.dispatch.deliveries_release_held", scope, key, group="deliveries")
+    task_send("channels_app.services.dispatch.deliveries_release_held", scope, key, group="deliveries",
+              cluster=deliveries_cluster())
 
 
 def _falling_back_to(channel_id: int) -> set[int]:

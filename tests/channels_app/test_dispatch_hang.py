@@ -141,3 +141,22 @@ def test_a_retry_after_longer_than_the_cooldown_delays_the_half_open_probe(
     late.refresh_from_db()
     assert len(vendor.requests) == 3 and late.status == "sent"
     assert ChannelBreaker.objects.get(channel=hook).state == "closed"
+
+
+def test_deliveries_can_be_sent_by_a_cluster_of_their_own(
+        email, people, settings, orm_broker, django_capture_on_commit_callbacks):
+    """Q_DELIVERY_CLUSTER: every sending task (the send of new messages, the tick's drains) is
+    queued for that cluster, so a hanging vendor never takes the workers that process events."""
+    from django_q.models import OrmQ
+
+    from channels_app.services import deliveries_dispatch_due
+
+    settings.Q_DELIVERY_CLUSTER = "deliveries"
+    template = TemplateFactory(topic=topic("product_updates"), body="Hi")
+    with django_capture_on_commit_callbacks(execute=True):
+        message_send(customer=people[0], template=template, channel=email, context={}, idempotency_key="c-1")
+    deliveries_dispatch_due(now=timezone.now() + timedelta(minutes=5))  # the enqueue "lost": the tick drains it
+
+    queued = {(q.key, q.task["func"]) for q in OrmQ.objects.all()}
+    assert queued == {("deliveries", "channels_app.tasks.delivery_send"),
+                      ("deliveries", "channels_app.tasks.deliveries_drain")}
