@@ -287,6 +287,14 @@ Q_CLUSTER["ALT_CLUSTERS"] = {
         "retry": env_int("Q_SCHEDULE_RETRY", 900),
     },
 } if Q_SCHEDULE_CLUSTER else {}
+# Sending (the deliveries' tasks: providers, retries, drains) can run on a cluster of its own, so a
+# slow or hanging vendor never takes the workers that process events (docs/SCALING.md): set
+# Q_DELIVERY_CLUSTER=deliveries and run `Q_CLUSTER_NAME=deliveries manage.py qcluster` beside the
+# main one. "" (default): deliveries are sent by the main cluster's workers.
+Q_DELIVERY_CLUSTER = os.environ.get("Q_DELIVERY_CLUSTER", "").strip()
+if Q_DELIVERY_CLUSTER:
+    Q_CLUSTER["ALT_CLUSTERS"] = {**Q_CLUSTER["ALT_CLUSTERS"],
+                                 Q_DELIVERY_CLUSTER: {"workers": env_int("Q_DELIVERY_WORKERS", 2)}}
 # The engine tick stops claiming new work after this many seconds (what is left stays due for the
 # next tick); keep it well under a minute and under the schedules cluster's timeout.
 ENGINE_TICK_BUDGET_S = env_int("ENGINE_TICK_BUDGET_S", 45)
@@ -312,6 +320,9 @@ DELIVERY_DRAIN_SECONDS = env_int("DELIVERY_DRAIN_SECONDS", 40)
 # channel's part of a batch (at least 20 messages a session) with a provider across a network;
 # a channel's settings {"connections": n} override it (1: one session, one message at a time).
 DELIVERY_CONNECTIONS = env_int("DELIVERY_CONNECTIONS", 4)
+# A channel's breaker also opens when its consecutive failures took this many seconds together
+# (a vendor that hangs each request to the channel's timeout); 0: only breaker_threshold counts.
+DELIVERY_BREAKER_FAILING_S = env_int("DELIVERY_BREAKER_FAILING_S", 30)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],

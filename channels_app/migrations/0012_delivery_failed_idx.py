@@ -12,7 +12,7 @@ from journeys.concurrent_indexes import concurrent_index_operation
 
 class Migration(migrations.Migration):
     atomic = False
-    dependencies = [("channels_app", "0010_delivery_history_indexes")]
+    dependencies = [("channels_app", "0011_channelbreaker_failing_ms_retry_after")]
     operations = [
         concurrent_index_operation("channels_app", add=[(
             "Delivery", models.Index(condition=models.Q(status="failed"), fields=["updated_at"],

@@ -45,6 +45,10 @@ class ChannelBreaker(models.Model):
     channel = models.OneToOneField(Channel, on_delete=models.CASCADE, related_name="breaker")
     state = models.CharField(max_length=10, choices=BreakerState.choices, default=BreakerState.CLOSED)
     consecutive_failures = models.PositiveIntegerField(default=0)
+    # how long those failures took together (DELIVERY_BREAKER_FAILING_S opens the breaker on time lost)
+    failing_ms = models.PositiveBigIntegerField(default=0)
+    # the vendor's last Retry-After (a moment): the half-open probe waits for it, not only the cooldown
+    retry_after_until = models.DateTimeField(null=True, blank=True)
     opened_at = models.DateTimeField(null=True, blank=True)
     probe_started_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)

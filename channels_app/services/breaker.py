@@ -3,6 +3,11 @@
 closed --N consecutive transient failures--> open --cooldown--> half_open (one probe)
 half_open --probe succeeds--> closed;  half_open --probe fails--> open again.
 
+It also opens on time lost: consecutive failures whose durations add up to
+DELIVERY_BREAKER_FAILING_S (default 30 s; 0: count only), so a vendor that hangs each request
+to the timeout opens it after a few timeouts, not `breaker_threshold` of them one after another.
+When the vendor's last failed answer carried Retry-After, the half-open probe waits for it too.
+
 Every change of state is logged once it is committed (WARNING when it opens or closes, INFO for a
 probe), with the channel and its last error (code and text, without addresses or numbers); the
 failed attempts of a channel are logged in aggregate, at most a line a minute per channel and
@@ -16,7 +21,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -56,14 +63,36 @@ class Admission:
     probe: bool = False  # half-open: this caller's one message is the probe; look again after it
     retry_at: datetime | None = None  # when not allowed: when to look again
     failures: int = 0  # consecutive transient failures so far (a closed breaker opens at the threshold)
+    failing_ms: int = 0  # how long those failures took, together
+
+
+class Outcome(NamedTuple):
+    """One send, as the breaker counts it: how long it took, and when the vendor said to come back."""
+
+    ok: bool
+    error: str = ""
+    latency_ms: int = 0
+    retry_at: datetime | None = None  # the failed answer's Retry-After, as a moment
+
+
+def failing_budget_ms() -> int:
+    """Consecutive failures that took this long together open the breaker (0: never by time)."""
+    return int(float(getattr(settings, "DELIVERY_BREAKER_FAILING_S", 30)) * 1000)
+
+
+def breaker_opens(*, channel: Channel, failures: int, failing_ms: int) -> bool:
+    """Whether this many consecutive failures, taking this long together, open a closed breaker."""
+    budget = failing_budget_ms()
+    return failures >= channel.breaker_threshold or bool(budget and failures and failing_ms >= budget)
 
 
 def breaker_admit(*, channel: Channel, now: datetime) -> Admission:
     """May sends go to this channel now? After the cooldown exactly one caller becomes the
     half-open probe (and should send one message before asking again)."""
-    row = ChannelBreaker.objects.filter(channel=channel).values_list("state", "consecutive_failures").first()
-    if row is None or row[0] == BreakerState.CLOSED:
-        return Admission(True, failures=row[1] if row else 0)  # the common case: one read, no lock, no write
+    row = (ChannelBreaker.objects.filter(channel=channel)
+           .values_list("state", "consecutive_failures", "failing_ms").first())
+    if row is None or row[0] == BreakerState.CLOSED:  # the common case: one read, no lock, no write
+        return Admission(True, failures=row[1] if row else 0, failing_ms=row[2] if row else 0)
     return _admit_locked(channel, now)
 
 
@@ -78,9 +107,11 @@ def _admit_locked(channel: Channel, now: datetime) -> Admission:
     breaker = _locked(channel)
     cooldown = timedelta(seconds=channel.breaker_cooldown_s)
     if breaker.state == BreakerState.CLOSED:
-        return Admission(True, failures=breaker.consecutive_failures)
+        return Admission(True, failures=breaker.consecutive_failures, failing_ms=breaker.failing_ms)
     if breaker.state == BreakerState.OPEN:
         reopen = (breaker.opened_at or now) + cooldown
+        if breaker.retry_after_until and breaker.retry_after_until > reopen:
+            reopen = breaker.retry_after_until  # the vendor asked for more time than the cooldown
         if now < reopen:
             return Admission(False, retry_at=reopen)
         breaker.state, breaker.probe_started_at = BreakerState.HALF_OPEN, now
@@ -96,32 +127,39 @@ def _admit_locked(channel: Channel, now: datetime) -> Admission:
     return Admission(True, probe=True)
 
 
-def breaker_record(*, channel: Channel, ok: bool, now: datetime, error: str = "") -> ChannelBreaker:
+def breaker_record(*, channel: Channel, ok: bool, now: datetime, error: str = "", latency_ms: int = 0,
+                   retry_at: datetime | None = None) -> ChannelBreaker:
     """Count a success (closes the breaker) or a transient failure (may open it)."""
-    return breaker_record_many(channel=channel, outcomes=[(ok, error)], now=now)
+    return breaker_record_many(channel=channel, outcomes=[Outcome(ok, error, latency_ms, retry_at)], now=now)
 
 
-def breaker_record_many(*, channel: Channel, outcomes: Sequence[tuple[bool, str]], now: datetime) -> ChannelBreaker:
-    """Count the successes and transient failures of a batch, in the order they happened,
-    with one locked update (as many breaker_record calls would)."""
-    if not outcomes or (all(ok for ok, _ in outcomes) and not ChannelBreaker.objects.filter(channel=channel).exclude(
+def breaker_record_many(*, channel: Channel, outcomes: Sequence[tuple], now: datetime) -> ChannelBreaker:
+    """Count the successes and transient failures of a batch, in the order they happened
+    (`Outcome`s, or (ok, error) pairs), with one locked update (as many breaker_record calls would)."""
+    outcomes = [Outcome(*o) for o in outcomes]
+    if not outcomes or (all(o.ok for o in outcomes) and not ChannelBreaker.objects.filter(channel=channel).exclude(
             state=BreakerState.CLOSED, consecutive_failures=0).exists()):
         return ChannelBreaker(channel=channel)  # already closed and clean (or never failed): nothing to write
     return _record_locked(channel, outcomes, now)
 
 
 @transaction.atomic
-def _record_locked(channel: Channel, outcomes: Sequence[tuple[bool, str]], now: datetime) -> ChannelBreaker:
+def _record_locked(channel: Channel, outcomes: Sequence[Outcome], now: datetime) -> ChannelBreaker:
     breaker = _locked(channel)
     was, opened_at, failed = breaker.state, breaker.opened_at, Counter()
-    for ok, error in outcomes:
+    for ok, error, latency_ms, retry_at in outcomes:
         if ok:
             breaker.state, breaker.consecutive_failures, breaker.probe_started_at = BreakerState.CLOSED, 0, None
+            breaker.failing_ms, breaker.retry_after_until = 0, None
             continue
         failed[error_code(error)] += 1
         breaker.consecutive_failures += 1
+        breaker.failing_ms += max(0, latency_ms)
         breaker.last_error = error[:2000]
-        if breaker.state == BreakerState.HALF_OPEN or breaker.consecutive_failures >= channel.breaker_threshold:
+        if retry_at is not None:
+            breaker.retry_after_until = retry_at
+        if breaker.state == BreakerState.HALF_OPEN or breaker_opens(
+                channel=channel, failures=breaker.consecutive_failures, failing_ms=breaker.failing_ms):
             if breaker.state != BreakerState.OPEN:
                 probe = breaker.state == BreakerState.HALF_OPEN
                 _log_on_commit(logging.WARNING, _opened_text(channel, breaker, probe=probe))
@@ -138,7 +176,10 @@ def _record_locked(channel: Channel, outcomes: Sequence[tuple[bool, str]], now: 
 
 def _opened_text(channel: Channel, breaker: ChannelBreaker, *, probe: bool) -> str:
     why = ("its half-open probe failed" if probe
-           else f"{breaker.consecutive_failures} consecutive failures (threshold {channel.breaker_threshold})")
+           else f"{breaker.consecutive_failures} consecutive failures (threshold {channel.breaker_threshold})"
+           if breaker.consecutive_failures >= channel.breaker_threshold
+           else f"{breaker.consecutive_failures} consecutive failures taking {breaker.failing_ms / 1000:.1f} s"
+                f" (DELIVERY_BREAKER_FAILING_S {failing_budget_ms() / 1000:g} s)")
     return (f"breaker of {_named(channel)} open after {why}; last error {_last_error(breaker.last_error)}; "
             f"its messages wait (or go to its fallback channel) and a probe is sent in {channel.breaker_cooldown_s} s")
 
@@ -158,6 +199,7 @@ def breaker_reset(*, channel: Channel) -> None:
     """Admin action: close the breaker by hand (e.g. after fixing the provider)."""
     was = ChannelBreaker.objects.select_for_update().filter(channel=channel).values_list("state", flat=True).first()
     ChannelBreaker.objects.filter(channel=channel).update(
-        state=BreakerState.CLOSED, consecutive_failures=0, opened_at=None, probe_started_at=None)
+        state=BreakerState.CLOSED, consecutive_failures=0, failing_ms=0, opened_at=None, probe_started_at=None,
+        retry_after_until=None)
     if was not in (None, BreakerState.CLOSED):
         _log_on_commit(logging.WARNING, f"breaker of {_named(channel)} closed by hand")

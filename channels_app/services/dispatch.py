@@ -13,7 +13,10 @@ mid-batch leaves its accepted messages marked; when its claim's lease expires th
 records those as sent and retries only the others (with the same idempotency key /
 Message-ID). Transient errors are retried with exponential backoff and jitter (never
 sooner than Retry-After); a breaker that opens mid-batch stops that channel's part, and
-the rest is claimed again at once: rerouted to the fallback channel or deferred.
+the rest is claimed again at once: rerouted to the fallback channel or deferred. A send that
+times out stops its channel's part for the pass too: the rest waits the
+channel's first retry delay, and the batch's other channels go on (channels already failing
+are sent last), so a hanging vendor costs a pass one timeout, not one per message.
 
 Deferred deliveries (quiet hours, send time, retries, pauses) are released by drain
 tasks that claim due batches (SKIP LOCKED) one after another while due work remains,
@@ -31,7 +34,7 @@ import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import reduce
 from typing import TypeVar
 
@@ -54,7 +57,9 @@ from channels_app.services.claim import (
 from channels_app.services.consent import address_suppress
 from channels_app.services.links import link_url
 from channels_app.services.streaming import deliveries_stream
-from channels_app.services.sending import _event_properties, message_metadata, unsubscribe_url
+from channels_app.services.sending import (
+    _enqueue, _event_properties, deliveries_cluster, message_metadata, unsubscribe_url,
+)
 from journeys.engine.batch import rows_insert, rows_set, skip_locked
 from journeys.engine.queue import task_send
 from journeys.services.outbound import backoff_delay
@@ -80,10 +85,12 @@ def _outgoing(delivery: Delivery, *, status_callback: bool) -> OutgoingMessage:
 
 class NotSent:
     """A claimed message the provider never got (its channel's breaker opened first, or the
-    provider crashed on an earlier message): claimed again at once."""
+    provider crashed on an earlier message): claimed again at once, or at `retry_at` (its
+    channel timed out earlier in the pass)."""
 
-    def __init__(self, why: str) -> None:
+    def __init__(self, why: str, retry_at: datetime | None = None) -> None:
         self.why = why
+        self.retry_at = retry_at
         self.attempt_returned = False  # the claim's attempt given back once, however often the write is tried
 
 
@@ -257,14 +264,16 @@ class DispatchRun:
         for d in claimed.deliveries:
             by_channel[d.channel.pk].append(d)
         sent: list[Sent] = []
-        for group in by_channel.values():
+        # Channels already failing go last: a healthy channel's part is not kept waiting behind them.
+        for group in sorted(by_channel.values(), key=lambda g: _failing(claimed.admissions.get(g[0].channel.pk))):
             sent += self._send(group, claimed.admissions.get(group[0].channel.pk), now)
         _db_retry(lambda: deliveries_record(sent=sent, now=now), what="recording a batch's results",
                   until=self.record_until)
         again = list(claimed.later)
         for s in sent:
             if isinstance(s.outcome, NotSent):
-                again.append(s.delivery.pk)
+                if s.outcome.retry_at is None:
+                    again.append(s.delivery.pk)
             else:
                 self.outcome[s.delivery.status] += 1
         return claimed, again
@@ -272,7 +281,10 @@ class DispatchRun:
     def _send(self, group: list[Delivery], admission: breakers.Admission | None, now: datetime) -> list[Sent]:
         """One channel's part of a batch, through the provider's batch entry point (a large part of
         a concurrent provider's: over several sessions at once, `_Lanes`). Stops at the failure
-        that opens the breaker (the rest is not sent: claimed again at once)."""
+        that opens the breaker (the rest is not sent: claimed again at once), and at the first
+        send that timed out: a hanging vendor costs one timeout a pass (a timeout per lane in
+        flight, at once), and the rest waits the channel's first retry delay (`retry_base_s`) for a
+        later pass, so the other channels of the batch and the worker are not held up."""
         channel = group[0].channel
         probe = bool(admission and admission.probe)
         try:
@@ -283,7 +295,8 @@ class DispatchRun:
         except ProviderError as exc:  # unknown provider, bad settings
             return [Sent(d, exc) for d in group]
         failures = admission.failures if admission else 0
-        why_stopped = ""
+        failing_ms = admission.failing_ms if admission else 0
+        why_stopped, retry_at = "", None
         out: list[Sent] = []
         unit = provider.batch_unit()
         source = _Lanes(providers, group, messages) if lanes > 1 else _Session(provider, group, messages)
@@ -307,9 +320,13 @@ class DispatchRun:
                 elif isinstance(outcome, NotSent):
                     source.stop()
                 elif outcome.channel_failure:
-                    failures += 1
-                    if (probe or failures >= channel.breaker_threshold) and not why_stopped:
+                    failures, failing_ms = failures + 1, failing_ms + latency
+                    if (probe or breakers.breaker_opens(channel=channel, failures=failures, failing_ms=failing_ms)
+                            ) and not why_stopped:
                         why_stopped = f"the breaker of {channel.name} opened during the batch"
+                    elif _timed_out(outcome) and not why_stopped:
+                        why_stopped = f"{channel.name} timed out earlier in the batch"
+                        retry_at = at + timedelta(seconds=channel.retry_base_s)
                 if not why_stopped and self.time_up():
                     why_stopped = _TIME_UP
                 if why_stopped and len(out) % unit == 0:  # never inside a bulk request already made
@@ -322,8 +339,25 @@ class DispatchRun:
         if why_stopped == _CRASHED:
             self._forget(channel)
         reported = {s.delivery.pk for s in out}
-        out += [Sent(d, NotSent(why_stopped or "not sent")) for d in group if d.pk not in reported]
+        out += [Sent(d, NotSent(why_stopped or "not sent", retry_at)) for d in group if d.pk not in reported]
         return out
+
+
+def _failing(admission: breakers.Admission | None) -> bool:
+    return bool(admission and (admission.failures or admission.probe))
+
+
+def _timed_out(error: ProviderError) -> bool:
+    """A send that cost a whole timeout (connecting, or waiting for the answer); a connection
+    dropped at once is not one (the next message reconnects)."""
+    cause: BaseException | None = error
+    for _ in range(5):  # the provider's error, the transport's, the socket's
+        cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            return False
+        if isinstance(cause, TimeoutError):
+            return True
+    return False
 
 
 _CRASHED = "the provider crashed"
@@ -483,7 +517,7 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
     from journeys.services.internal_events import events_record_internal
 
     attempts, events, accepted, changed = [], [], [], []
-    per_channel: dict[int, tuple[Channel, list[tuple[bool, str]]]] = {}
+    per_channel: dict[int, tuple[Channel, list[breakers.Outcome]]] = {}
     last_at: dict[int, datetime] = {}
     for s in sent:
         d, outcome, at = s.delivery, s.outcome, s.at or now
@@ -492,7 +526,8 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
             if not outcome.attempt_returned:  # the claim counted an attempt the provider never saw
                 d.attempts -= 1
                 outcome.attempt_returned = True
-            d.status, d.reason, d.next_attempt_at, d.error = DeliveryStatus.DEFERRED, Reason.RETRY, now, outcome.why
+            d.status, d.reason, d.error = DeliveryStatus.DEFERRED, Reason.RETRY, outcome.why
+            d.next_attempt_at = outcome.retry_at or now
             changed.append(d)
             continue
         ok = isinstance(outcome, SendResult)
@@ -501,7 +536,9 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
                          "latency_ms": s.latency_ms, "transient": bool(not ok and outcome.transient),
                          "error": error, "status_code": outcome.status_code})
         if ok or outcome.channel_failure:
-            per_channel.setdefault(channel.pk, (channel, []))[1].append((ok, error))
+            retry_at = at + timedelta(seconds=outcome.retry_after) if not ok and outcome.retry_after else None
+            per_channel.setdefault(channel.pk, (channel, []))[1].append(
+                breakers.Outcome(ok, error, s.latency_ms, retry_at))
             last_at[channel.pk] = max(at, last_at.get(channel.pk, at))
         if ok:
             accepted.append(d)
@@ -578,7 +615,8 @@ def deliveries_dispatch(*, delivery_ids: list[int], now: datetime | None = None)
             if not pending:
                 break
             if run.time_up():  # a slow provider: the rest goes on in a task of its own
-                async_task("channels_app.tasks.deliveries_send", pending, group="deliveries")
+                async_task("channels_app.tasks.deliveries_send", pending, group="deliveries",
+                           cluster=deliveries_cluster())
                 run.outcome["handed_on"] += len(pending)
                 break
             chunk, pending = pending[:size], pending[size:]
@@ -658,9 +696,9 @@ def deliveries_dispatch_due(*, now: datetime | None = None) -> int:
     due = Delivery.objects.filter(deliveries_due_q(at)).values_list("pk", flat=True)[: size * tasks]
     found = len(due)
     for _ in range(min(tasks, -(-found // size))):
-        # named for the main cluster: the tick may run on a schedules cluster of its own
+        # named for the sending cluster: the tick may run on a schedules cluster of its own
         async_task("channels_app.tasks.deliveries_drain", now.isoformat() if now else None, group="deliveries",
-                   cluster=settings.Q_CLUSTER.get("name"))
+                   cluster=deliveries_cluster())
     return found
 
 
@@ -737,7 +775,8 @@ def delivery_requeue(*, delivery: Delivery, actor: str) -> Delivery:
 def deliveries_release_on_resume(*, scope: str, key: str) -> None:
     """Journeys' HOLD_RELEASE_HOOKS entry: safe mode ended or a workflow resumed (runs on commit);
     also a channel resumed (`channels.channel_save`). One task releases them, so they go out oldest first."""
-    task_send("channels_app.services.dispatch.deliveries_release_held", scope, key, group="deliveries")
+    task_send("channels_app.services.dispatch.deliveries_release_held", scope, key, group="deliveries",
+              cluster=deliveries_cluster())
 
 
 def _falling_back_to(channel_id: int) -> set[int]:

@@ -8,6 +8,7 @@ import json
 import re
 from datetime import datetime
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.html import escape, strip_tags
@@ -113,14 +114,23 @@ def _links(delivery: Delivery) -> dict:
     }
 
 
+def deliveries_cluster() -> str | None:
+    """The q2 cluster whose workers send deliveries: Q_DELIVERY_CLUSTER (a cluster of their own, so
+    a slow vendor never takes the event workers), else the main one; named either way, as work
+    queued from a schedule or the web would otherwise land on that process's own cluster."""
+    return getattr(settings, "Q_DELIVERY_CLUSTER", "") or settings.Q_CLUSTER.get("name")
+
+
 def _enqueue(delivery: Delivery) -> None:
-    task_send_on_commit("channels_app.tasks.delivery_send", delivery.pk, group="deliveries")
+    task_send_on_commit("channels_app.tasks.delivery_send", delivery.pk, group="deliveries",
+                        cluster=deliveries_cluster())
 
 
 def _enqueue_collected(ids: list[int]) -> None:
     """One dispatch task, after commit, for the deliveries in `ids` then (its batch may add more
     until the commit; the dispatch sweeper finds them if the enqueue is lost)."""
-    transaction.on_commit(lambda: task_send("channels_app.tasks.deliveries_send", list(ids), group="deliveries"))
+    transaction.on_commit(lambda: task_send("channels_app.tasks.deliveries_send", list(ids), group="deliveries",
+                                            cluster=deliveries_cluster()))
 
 
 def _decide(*, customer, template: MessageTemplate, channel: Channel, context: dict, now: datetime,
