@@ -44,7 +44,13 @@ from experiments.services.experiments import (
 )
 from experiments.services.nba import nba_explain, nba_train
 from experiments.services.reports import experiment_attribution, experiment_cohorts, version_funnel
-from journeys.admin.base import HistoryReasonMixin, LargeTableMixin, ReasonActionForm, action_reason
+from journeys.admin.base import (
+    HistoryReasonMixin,
+    LargeTableMixin,
+    ReasonActionForm,
+    action_reason,
+    scoped_list_filter,
+)
 from journeys.models import Customer, Step
 from journeys.services.spreadsheets import spreadsheet_csv
 
@@ -429,11 +435,16 @@ class ExperimentAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
         return HttpResponseRedirect(reverse("admin:experiments_experiment_report", args=[experiment.pk]))
 
 
+# The experiments the viewer may see: an editor never learns another unit's experiments from the sidebar.
+VisibleExperimentFilter = scoped_list_filter(lambda user: experiments_for_user(user).order_by("name", "pk"))
+
+
 @admin.register(Arm)
 class ArmAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     form = ArmAdminForm
     list_display = ("__str__", "is_control", "weight", "retired_at", "retired_reason")
-    list_filter = ("experiment", "is_control")
+    list_filter = (("experiment", VisibleExperimentFilter), "is_control")
+    list_select_related = ("experiment",)  # an arm is named by its experiment's key
     readonly_fields = ("retired_at", "retired_reason")
 
     def get_queryset(self, request):
@@ -469,7 +480,7 @@ class AssignmentAdmin(LargeTableMixin, admin.ModelAdmin):
     """Read-only: assignments are made by the split step and never edited."""
 
     list_display = ("experiment", "customer", "arm", "holdout", "via", "bucket", "assigned_at", "run_id")
-    list_filter = ("experiment", "holdout", "via")
+    list_filter = (("experiment", VisibleExperimentFilter), "holdout", "via")
     search_fields = ("customer__external_id", "customer__email")
     list_select_related = ("experiment", "customer", "arm")
     readonly_fields = [f.name for f in Assignment._meta.fields]

@@ -2,6 +2,16 @@
 
 from django.db import models
 
+# The roles: groups `roles_setup` maintains (journeys.services.governance), granted and revoked through
+# `user_roles_set`. Business-unit editors also need a unit (`business_unit_grant_editor`): the role
+# without a unit edits nothing, and a unit grant without the role edits nothing either.
+ROLE_OPS = "Ops admins"
+ROLE_EDITORS = "Business-unit editors"
+ROLE_APPROVERS = "Approvers"
+ROLE_AGENTS = "Agents"
+ROLE_ANALYSTS = "Analysts"
+ROLES = (ROLE_OPS, ROLE_EDITORS, ROLE_APPROVERS, ROLE_AGENTS, ROLE_ANALYSTS)
+
 
 class IdentityKind(models.TextChoices):
     USER_ID = "user_id", "User id"

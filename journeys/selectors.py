@@ -4,8 +4,9 @@ Who may do what to a workflow:
 
 - view:    global `journeys.view_workflow` (ops, approvers, analysts) or an edit scope below
 - edit:    global `journeys.change_workflow` (ops admins), or, through django-guardian,
-           `journeys.edit_unit_workflows` on the workflow's BusinessUnit (business-unit editors)
-           or `journeys.change_workflow` on the workflow itself
+           `journeys.edit_unit_workflows` on the workflow's BusinessUnit together with the
+           Business-unit editors role (business-unit editors), or `journeys.change_workflow` on
+           the workflow itself
 - propose: global `journeys.propose_workflow`, or the edit scope (editors propose their own changes)
 - review:  global `journeys.review_workflow` (approvers)
 - publish: global `journeys.publish_workflow` (approvers, ops admins): publish, canary, roll back
@@ -17,12 +18,16 @@ hide what a user may not touch.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.db.models import Q, QuerySet
 from guardian.shortcuts import get_objects_for_user
 
-from journeys.choices import IdentityKind
+from journeys.choices import ROLE_EDITORS, IdentityKind
 from journeys.models import (
     AuditEntry,
     BusinessUnit,
@@ -61,6 +66,75 @@ def user_has_global(user: Any, action: str) -> bool:
     )
 
 
+# --------------------------------------------------------------------------- a user's grants, read once a request
+
+# user id -> Scope, and a few answers about everyone ("any workflow"), for the current request.
+_REQUEST_SCOPES: ContextVar[dict[int | str, Any] | None] = ContextVar("journeys_request_scopes", default=None)
+
+
+@dataclass
+class Scope:
+    """What a user reaches through grants rather than roles: the units whose workflows they edit
+    (a guardian permission on the unit, and the Business-unit editors role: a unit grant left
+    behind by a role taken away reaches nothing) and the workflows granted to them one by one."""
+
+    unit_ids: frozenset[int]
+    workflow_ids: frozenset[int]
+    _any_workflow: bool | None = field(default=None, repr=False)
+
+    def workflows(self) -> QuerySet[Workflow]:
+        if not self.unit_ids and not self.workflow_ids:
+            return Workflow.objects.none()
+        return Workflow.objects.filter(Q(business_unit_id__in=self.unit_ids) | Q(pk__in=self.workflow_ids))
+
+    def reaches(self, workflow: Workflow) -> bool:
+        return workflow.business_unit_id in self.unit_ids or workflow.pk in self.workflow_ids
+
+    def any_workflow(self) -> bool:
+        if self._any_workflow is None:
+            self._any_workflow = self.workflows().exists()
+        return self._any_workflow
+
+
+@contextmanager
+def scopes_cached() -> Iterator[None]:
+    """Inside the block (one web request: `journeys.middleware.PermissionScopeMiddleware`) a user's
+    grants are read once: an admin page asks "may they see / change this?" for every row, inline
+    and menu entry, and each answer used to read the guardian tables again. Outside it (tasks,
+    commands, tests calling services) they are read on every question."""
+    token = _REQUEST_SCOPES.set({})
+    try:
+        yield
+    finally:
+        _REQUEST_SCOPES.reset(token)
+
+
+def scope_forget(user: Any) -> None:
+    """The user's grants changed (granted, revoked, a role taken away): read them again."""
+    cache = _REQUEST_SCOPES.get()
+    if cache is not None:
+        cache.pop(getattr(user, "pk", None), None)
+
+
+def user_scope(user: Any) -> Scope:
+    """The user's grants (see Scope); an inactive or anonymous user has none."""
+    if not _active(user):
+        return Scope(frozenset(), frozenset())
+    cache = _REQUEST_SCOPES.get()
+    if cache is not None and user.pk in cache:
+        return cache[user.pk]
+    units: frozenset[int] = frozenset()
+    if user.groups.filter(name=ROLE_EDITORS).exists():
+        units = frozenset(get_objects_for_user(user, UNIT_PERM, BusinessUnit, accept_global_perms=True)
+                          .values_list("pk", flat=True))
+    direct = frozenset(get_objects_for_user(user, "journeys.change_workflow", Workflow, accept_global_perms=False)
+                       .values_list("pk", flat=True))
+    scope = Scope(units, direct)
+    if cache is not None:
+        cache[user.pk] = scope
+    return scope
+
+
 def business_units_for_user(user: Any, action: str = EDIT) -> QuerySet[BusinessUnit]:
     """Units whose workflows the user may edit (a global right covers every unit)."""
     if not _active(user):
@@ -69,7 +143,15 @@ def business_units_for_user(user: Any, action: str = EDIT) -> QuerySet[BusinessU
         return BusinessUnit.objects.all()
     if action not in SCOPED_ACTIONS:
         return BusinessUnit.objects.none()
-    return get_objects_for_user(user, UNIT_PERM, BusinessUnit, accept_global_perms=True)
+    return BusinessUnit.objects.filter(pk__in=user_scope(user).unit_ids)
+
+
+def business_units_visible_to(user: Any) -> QuerySet[BusinessUnit]:
+    """Units whose names the user may read: all for those who view every workflow, else the units
+    of the workflows in their reach (an editor never learns other units' names from a filter)."""
+    if user_has_global(user, VIEW):
+        return BusinessUnit.objects.all()
+    return BusinessUnit.objects.filter(pk__in=workflows_for_user(user, VIEW).values("business_unit_id"))
 
 
 def workflows_for_user(user: Any, action: str = VIEW) -> QuerySet[Workflow]:
@@ -80,9 +162,7 @@ def workflows_for_user(user: Any, action: str = VIEW) -> QuerySet[Workflow]:
         return Workflow.objects.all()
     if action not in SCOPED_ACTIONS:
         return Workflow.objects.none()
-    units = get_objects_for_user(user, UNIT_PERM, BusinessUnit, accept_global_perms=True)
-    direct = get_objects_for_user(user, "journeys.change_workflow", Workflow, accept_global_perms=False)
-    return Workflow.objects.filter(Q(business_unit__in=units) | Q(pk__in=direct.values("pk")))
+    return user_scope(user).workflows()
 
 
 def user_can(user: Any, action: str, workflow: Workflow) -> bool:
@@ -95,14 +175,42 @@ def user_can(user: Any, action: str, workflow: Workflow) -> bool:
         return True
     if action not in SCOPED_ACTIONS:
         return False
-    return user.has_perm(UNIT_PERM, workflow.business_unit) or user.has_perm("journeys.change_workflow", workflow)
+    return user_scope(user).reaches(workflow)
 
 
 def user_has_any_scope(user: Any) -> bool:
     """Whether the user sees the workflow part of the admin at all."""
     if not _active(user):
         return False
-    return any(user_has_global(user, a) for a in ACTIONS) or workflows_for_user(user, VIEW).exists()
+    return any(user_has_global(user, a) for a in ACTIONS) or user_scope(user).any_workflow()
+
+
+def _request_memo(key: str, read: Callable[[], bool]) -> bool:
+    cache = _REQUEST_SCOPES.get()
+    if cache is None:
+        return read()
+    if key not in cache:
+        cache[key] = read()
+    return cache[key]
+
+
+def user_has_workflows(user: Any, action: str = VIEW) -> bool:
+    """Whether `action` reaches any workflow at all (`workflows_for_user(...).exists()`), as the
+    admin's menu and model-level checks ask again and again within one page: read once a request."""
+    if not _active(user):
+        return False
+    if user_has_global(user, action):
+        return _request_memo("any workflow", Workflow.objects.exists)
+    return action in SCOPED_ACTIONS and user_scope(user).any_workflow()
+
+
+def user_has_units(user: Any, action: str = EDIT) -> bool:
+    """Whether the user may create workflows in some unit (`business_units_for_user(...).exists()`)."""
+    if not _active(user):
+        return False
+    if user_has_global(user, EDIT if action in SCOPED_ACTIONS else action):
+        return _request_memo("any unit", BusinessUnit.objects.exists)
+    return action in SCOPED_ACTIONS and bool(user_scope(user).unit_ids)
 
 
 def versions_for_user(user: Any, action: str = VIEW) -> QuerySet[WorkflowVersion]:

@@ -11,7 +11,7 @@ from channels_app.providers import PROVIDERS
 from channels_app.services.breaker import breaker_reset
 from channels_app.services.channel_settings import channel_settings_problems
 from channels_app.services.channels import channel_pause_set, channel_save
-from channels_app.services.health import channel_health
+from channels_app.services.health import channel_health, channels_health
 from journeys.admin.base import HistoryReasonMixin, ReasonActionForm, action_reason
 
 
@@ -57,8 +57,18 @@ class ChannelAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
                                         "retry_base_s", "retry_max_s", "breaker_threshold", "breaker_cooldown_s")}),
     )
 
+    list_select_related = ("fallback",)
+
     def save_model(self, request, obj, form, change):
         channel_save(channel=obj, actor=request.user, reason=self._reason(request, form))
+
+    def get_changelist_instance(self, request):
+        """The health of the page's channels, read together (three queries for the page, not two a row)."""
+        changelist = super().get_changelist_instance(request)
+        healths = channels_health(channels=changelist.result_list)
+        for channel in changelist.result_list:
+            channel._health_now = healths[channel.pk]
+        return changelist
 
     @staticmethod
     def _health(obj):

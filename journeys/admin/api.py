@@ -19,7 +19,7 @@ from journeys.admin.base import (
 )
 from journeys.choices import ApiScope
 from journeys.models import ApiRequest, ApiToken
-from journeys.services.api_tokens import scopes_clean, token_create, token_revoke
+from journeys.services.api_tokens import scopes_clean, token_create, token_maker_deactivated, token_revoke
 
 
 class ApiTokenForm(ReasonForm):
@@ -54,6 +54,7 @@ class ApiTokenAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     action_form = ReasonActionForm
     list_display = ("name", "key_prefix", "scope_list", "state", "expires_at", "last_used_at", "created_by")
     list_filter = ("revoked_at",)
+    list_select_related = ("created_by",)
     search_fields = ("name", "key_prefix")
     readonly_fields = ("key_prefix", "created_by", "created_reason", "revoked_at", "revoked_by", "revoked_reason",
                        "last_used_at", "created_at")
@@ -73,7 +74,9 @@ class ApiTokenAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     def state(self, obj):
         if obj.revoked_at:
             return "revoked"
-        return "active" if obj.active_at() else "expired"
+        if not obj.active_at():
+            return "expired"
+        return "stopped: its maker's account is deactivated" if token_maker_deactivated(obj) else "active"
 
     def save_model(self, request, obj, form, change):
         if change:

@@ -14,6 +14,7 @@ from simple_history.admin import SimpleHistoryAdmin
 from journeys.admin.base import HistoryRevertGuard, ReadOnlyAdmin
 from journeys.admin.common import (
     ScopedAdminMixin,
+    VisibleWorkflowFilter,
     error_text,
     object_or_404,
 )
@@ -35,9 +36,11 @@ from journeys.services import governance as gov
 @admin.register(AuditEntry)
 class AuditEntryAdmin(ScopedAdminMixin, ReadOnlyAdmin):
     list_display = ("at", "actor", "action", "workflow", "version", "change_request", "reason")
-    list_filter = ("action", "workflow")
+    list_filter = ("action", ("workflow", VisibleWorkflowFilter))
     search_fields = ("reason", "action", "workflow__name")
-    list_select_related = ("actor", "workflow", "version", "change_request")
+    # The version and change request columns name their workflow (and the request its version).
+    list_select_related = ("actor", "workflow", "version__workflow", "change_request__workflow",
+                           "change_request__version")
 
     def get_queryset(self, request):
         return audit_entries_for_user(request.user) & super().get_queryset(request)

@@ -8,6 +8,9 @@ history page shows who, when and why.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from django import forms
 from django.contrib import admin
 from django.contrib.admin.actions import delete_selected
@@ -16,6 +19,7 @@ from django.contrib.admin.utils import flatten_fieldsets, unquote
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connections
+from django.db.models import QuerySet
 from django.http import QueryDict
 from django.utils.functional import cached_property
 
@@ -171,6 +175,18 @@ class HistoryReasonMixin(HistoryRevertGuard):
     def delete_queryset(self, request, queryset):
         for obj in queryset:  # one by one, so each history row carries who and why
             self.delete_model(request, obj)
+
+
+def scoped_list_filter(choices: Callable[[Any], QuerySet]) -> type[admin.RelatedFieldListFilter]:
+    """A filter by a related object that lists `choices(user)`, the objects the viewer may see,
+    not every row of the related table: an editor never learns another unit's workflow or
+    experiment names from a list's sidebar (the rows are scoped; the sidebar must be too)."""
+
+    class ScopedRelatedFilter(admin.RelatedFieldListFilter):
+        def field_choices(self, field, request, model_admin):
+            return [(obj.pk, str(obj)) for obj in choices(request.user)]
+
+    return ScopedRelatedFilter
 
 
 class RunScopeMixin:

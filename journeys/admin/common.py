@@ -12,14 +12,18 @@ from django.shortcuts import get_object_or_404
 
 from journeys.admin.base import HistoryReasonMixin as SharedHistoryReasonMixin
 from journeys.admin.base import ReasonActionForm as SharedReasonActionForm
+from journeys.admin.base import scoped_list_filter
 from journeys.choices import VersionState
 from journeys.models import (
     WorkflowVersion,
 )
 from journeys.selectors import (
     EDIT,
+    VIEW,
+    business_units_visible_to,
     user_can,
     user_has_any_scope,
+    workflows_for_user,
 )
 
 
@@ -73,6 +77,13 @@ class HistoryReasonMixin(SharedHistoryReasonMixin):
     """The shared change-reason mixin (journeys.admin.base), without revert from the history page."""
 
     history_revert = False  # reverting through history would skip review: make a new draft instead
+
+
+# The workflows the viewer may see (an editor never learns other units' workflow names), read from
+# the workflow table: listing the workflows that have runs (or audit entries) would read all of them.
+VisibleWorkflowFilter = scoped_list_filter(lambda user: workflows_for_user(user, VIEW).order_by("name"))
+# The units whose workflows the viewer may see.
+VisibleUnitFilter = scoped_list_filter(lambda user: business_units_visible_to(user).order_by("name"))
 
 
 class ScopedAdminMixin:

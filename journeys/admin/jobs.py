@@ -24,8 +24,8 @@ from journeys.selectors import (
     EDIT,
     REVIEW,
     user_has_global,
+    user_has_workflows,
     versions_for_user,
-    workflows_for_user,
 )
 
 
@@ -166,7 +166,7 @@ class JobAdmin(admin.ModelAdmin):
         return jobs_for_user(request.user).filter(pk=obj.pk).exists()
 
     def has_add_permission(self, request):
-        return _may_start_data_jobs(request.user) or workflows_for_user(request.user, EDIT).exists() or \
+        return _may_start_data_jobs(request.user) or user_has_workflows(request.user, EDIT) or \
             user_has_global(request.user, REVIEW)
 
     def has_change_permission(self, request, obj=None):

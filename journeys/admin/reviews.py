@@ -11,6 +11,7 @@ from django.shortcuts import render
 
 from journeys.admin.common import (
     ScopedAdminMixin,
+    VisibleUnitFilter,
     error_text,
     object_or_404,
 )
@@ -47,7 +48,7 @@ class DecisionForm(forms.Form):
 @admin.register(ChangeRequest)
 class ChangeRequestAdmin(ScopedAdminMixin, admin.ModelAdmin):
     list_display = ("__str__", "workflow", "status", "proposed_by", "created_at", "decided_by", "decided_at")
-    list_filter = ("status", "workflow__business_unit")
+    list_filter = ("status", ("workflow__business_unit", VisibleUnitFilter))
     list_select_related = ("workflow", "version", "proposed_by", "decided_by")
 
     def get_queryset(self, request):

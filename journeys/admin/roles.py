@@ -9,13 +9,14 @@ are edited by superusers only, whatever permissions a group has been given by mi
 from __future__ import annotations
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, User
+from django.db.models import Prefetch
 
 from journeys.admin.base import reason_field
 from journeys.models import RoleMember
-from journeys.services.governance import ROLES, roles_can_manage
+from journeys.services.governance import ROLE_EDITORS, ROLES, business_units_granted, roles_can_manage
 from journeys.services.roles import user_roles, user_roles_set
 
 
@@ -25,7 +26,7 @@ class RolesForm(forms.ModelForm):
     roles = forms.MultipleChoiceField(choices=[(r, r) for r in ROLES], required=False,
                                       widget=forms.CheckboxSelectMultiple,
                                       help_text="Business-unit editors also need a unit: grant it on the unit's "
-                                                "editors page.")
+                                                "editors page. Taking the role away takes their units away too.")
     change_reason = reason_field()
 
     class Meta:
@@ -45,9 +46,10 @@ class RoleMemberAdmin(admin.ModelAdmin):
     list_filter = ("groups", "is_active")
     search_fields = ("username", "first_name", "last_name", "email")
     ordering = ("username",)
-    readonly_fields = ("username", "full_name", "email", "is_active", "is_superuser", "is_staff", "last_login")
+    readonly_fields = ("username", "full_name", "email", "is_active", "is_superuser", "is_staff", "last_login",
+                       "units_edited")
     fields = ("username", "full_name", "email", "is_active", "is_superuser", "is_staff", "last_login", "roles",
-              "change_reason")
+              "units_edited", "change_reason")
 
     @admin.display(description="name")
     def full_name(self, obj):
@@ -55,10 +57,24 @@ class RoleMemberAdmin(admin.ModelAdmin):
 
     @admin.display(description="roles")
     def roles(self, obj):
-        return ", ".join(user_roles(user=obj)) or "-"
+        """The roles, and the units an editor edits (from the groups prefetched for the page)."""
+        held = user_roles(user=obj)
+        units = sorted(unit.name for unit in map(_unit_of, obj.groups.all()) if unit is not None)
+        shown = [f"{role} ({', '.join(units) or 'no unit'})" if role == ROLE_EDITORS else role for role in held]
+        if units and ROLE_EDITORS not in held:
+            shown.append(f"unit grants without the editors role, which edit nothing: {', '.join(units)}")
+        return ", ".join(shown) or "-"
+
+    @admin.display(description="edits the workflows of")
+    def units_edited(self, obj):
+        if obj is None or obj.pk is None:
+            return "-"
+        units = business_units_granted(user=obj)
+        return ", ".join(f"{u.name} ({u.slug})" for u in units) or "no business unit"
 
     def get_queryset(self, request):
-        return super().get_queryset(request).prefetch_related("groups")
+        return super().get_queryset(request).prefetch_related(
+            Prefetch("groups", queryset=Group.objects.select_related("editing_unit")))
 
     def has_module_permission(self, request):
         return roles_can_manage(user=request.user)
@@ -78,11 +94,21 @@ class RoleMemberAdmin(admin.ModelAdmin):
         return False
 
     def save_model(self, request, obj, form, change):
-        user_roles_set(user=obj, roles=form.cleaned_data["roles"], actor=request.user,
-                       reason=form.cleaned_data["change_reason"])
+        done = user_roles_set(user=obj, roles=form.cleaned_data["roles"], actor=request.user,
+                              reason=form.cleaned_data["change_reason"])
+        if done.units_revoked:
+            self.message_user(request, f"{obj} no longer edits the workflows of "
+                                       f"{', '.join(u.name for u in done.units_revoked)}.", messages.WARNING)
 
     def save_related(self, request, form, formsets, change):
         """Nothing else of the account is saved from this page."""
+
+
+def _unit_of(group: Group):
+    try:
+        return group.editing_unit
+    except Group.editing_unit.RelatedObjectDoesNotExist:
+        return None
 
 
 class SuperuserOnly:

@@ -6,13 +6,13 @@ from django.contrib import admin, messages
 from django.utils import timezone
 
 from journeys.admin.base import LargeTableMixin, RunScopeMixin
+from journeys.admin.common import VisibleWorkflowFilter
 from journeys.choices import RunStatus
 from journeys.engine.runner import RunFailed, run_retry
 from journeys.models import (
     JourneyRun,
     StepExecution,
 )
-from journeys.selectors import VIEW, workflows_for_user
 
 
 class StepExecutionInline(admin.TabularInline):
@@ -27,14 +27,6 @@ class StepExecutionInline(admin.TabularInline):
 
     def has_view_permission(self, request, obj=None):
         return True
-
-
-class VisibleWorkflowFilter(admin.RelatedFieldListFilter):
-    """The workflows the viewer may see (an editor never learns other units' workflow names), read
-    from the workflow table: listing the workflows that have runs would read every run."""
-
-    def field_choices(self, field, request, model_admin):
-        return [(w.pk, str(w)) for w in workflows_for_user(request.user, VIEW).order_by("name")]
 
 
 @admin.register(JourneyRun)

@@ -28,8 +28,8 @@ from journeys.selectors import (
     VIEW,
     user_can,
     user_has_any_scope,
+    user_has_workflows,
     versions_for_user,
-    workflows_for_user,
 )
 from journeys.services.workflows import (
     RETURNED_TO_REVIEW,
@@ -60,7 +60,7 @@ class StepAdmin(admin.ModelAdmin):
         return user_has_any_scope(request.user) if obj is None else user_can(request.user, VIEW, obj.version.workflow)
 
     def has_add_permission(self, request):
-        return workflows_for_user(request.user, EDIT).exists()
+        return user_has_workflows(request.user, EDIT)
 
     def has_change_permission(self, request, obj=None):
         return self.has_add_permission(request) if obj is None else version_editable(request.user, obj.version)

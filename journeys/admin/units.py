@@ -41,10 +41,10 @@ class BusinessUnitAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
         return format_html('<a href="{}">editors</a>', reverse("admin:journeys_businessunit_editors", args=[obj.pk]))
 
     def save_model(self, request, obj, form, change):
-        obj._change_reason = self._reason(request, form)
-        super().save_model(request, obj, form, change)
-        gov.audit_record(action="business_unit_saved", actor=request.user, reason=obj._change_reason,
-                         data={"unit": obj.slug})
+        gov.business_unit_save(unit=obj, actor=request.user, reason=self._reason(request, form))
+
+    def delete_model(self, request, obj):
+        gov.business_unit_delete(unit=obj, actor=request.user, reason=self._delete_reason(request))
 
     def get_urls(self):
         return [
@@ -65,13 +65,15 @@ class BusinessUnitAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
             if user is None:
                 form.add_error("username", "no such user")
             else:
-                service = gov.business_unit_grant_editor if data["grant"] == "grant" else gov.business_unit_revoke_editor
+                granting = data["grant"] == "grant"
+                service = gov.business_unit_grant_editor if granting else gov.business_unit_revoke_editor
                 try:
                     service(unit=unit, user=user, actor=request.user, reason=data["reason"])
                 except (ValidationError, PermissionDenied) as exc:
                     form.add_error(None, error_text(exc))
                 else:
-                    messages.success(request, f"{user}: {data['grant']}ed")
+                    said = "granted: now edits" if granting else "revoked: no longer edits"
+                    messages.success(request, f"{user}: {said} the workflows of {unit}")
                     return HttpResponseRedirect(request.path)
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, "unit": unit, "form": form,
                    "editors": gov.business_unit_editors(unit=unit),

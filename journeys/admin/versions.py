@@ -10,6 +10,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError
+from django.forms.models import BaseInlineFormSet
 from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import path, reverse
@@ -23,13 +24,14 @@ from journeys.admin.common import (
     ReasonActionForm,
     RefusedActionMixin,
     ScopedAdminMixin,
+    VisibleUnitFilter,
     error_text,
     version_editable,
 )
 from journeys.choices import TriggerKind, VersionState
 from journeys.console.governance import version_tools
 from journeys.engine.registry import STEP_KINDS
-from journeys.errors import JourneyError, PermissionDenied
+from journeys.errors import DraftChanged, JourneyError, PermissionDenied
 from journeys.models import (
     Edge,
     Step,
@@ -45,6 +47,7 @@ from journeys.selectors import (
     user_can,
     user_has_any_scope,
     user_has_global,
+    user_has_workflows,
     versions_for_user,
     workflows_for_user,
 )
@@ -66,9 +69,12 @@ from journeys.services.workflows import (
     version_save,
     version_stage,
     version_submit,
+    version_token,
     version_validate,
     workflow_export,
 )
+
+PAGE_OUT_OF_DATE = "this page does not say which state of the version it shows: reload it, then save again"
 
 
 class VersionChildInline(admin.TabularInline):
@@ -78,7 +84,7 @@ class VersionChildInline(admin.TabularInline):
 
     def _editable(self, request, obj) -> bool:
         if obj is None:  # asked without a version (the inline's queryset): the user's general reach
-            return workflows_for_user(request.user, EDIT).exists()
+            return user_has_workflows(request.user, EDIT)
         return version_editable(request.user, obj)
 
     def has_view_permission(self, request, obj=None):
@@ -135,9 +141,33 @@ class StepInline(VersionChildInline):
                            "edit in its form" if getattr(self, "editable", False) else "view in its form")
 
 
+class StepChoicesOnceFormSet(BaseInlineFormSet):
+    """Every edge row offers the version's steps as its source and target: read once for the
+    page, not twice per row (a select's choices are otherwise read again for each form)."""
+
+    def _construct_form(self, i, **kwargs):
+        return self._shared(super()._construct_form(i, **kwargs))
+
+    @property
+    def empty_form(self):
+        return self._shared(super().empty_form)
+
+    def _shared(self, form):
+        if not hasattr(self, "_step_choices"):
+            self._step_choices = {name: list(form.fields[name].choices) for name in ("source", "target")
+                                  if name in form.fields}
+        for name, choices in self._step_choices.items():
+            form.fields[name].choices = choices
+        return form
+
+
 class EdgeInline(VersionChildInline):
     model = Edge
+    formset = StepChoicesOnceFormSet
     fields = ("source", "outcome", "target")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("source", "target")  # each row is named by its steps
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         version_id = request.resolver_match.kwargs.get("object_id")
@@ -206,6 +236,12 @@ class CatalogNameInput(forms.TextInput):
 
 
 class WorkflowVersionForm(ReasonForm):
+    # The version as the page showed it (`version_token`): saving over a version changed since is refused.
+    loaded = forms.CharField(widget=forms.HiddenInput, required=False,
+                             error_messages={"required": PAGE_OUT_OF_DATE})
+    # Set by the admin when the save was refused because the version changed since the page was opened.
+    refused = ""
+
     class Meta:
         model = WorkflowVersion
         fields = "__all__"
@@ -220,6 +256,9 @@ class WorkflowVersionForm(ReasonForm):
 
         super().__init__(*args, **kwargs)
         version_id = self.instance.pk if self.instance else None
+        if version_id is not None and "loaded" in self.fields:
+            self.fields["loaded"].required = True
+            self.fields["loaded"].initial = version_token(version=self.instance)
         for name, event in (("entry_rule", "trigger_event"), ("goal_filter", "goal_event")):
             if name in self.fields:  # checked as typed, like the rules of the step forms
                 self.fields[name].widget = RuleInput(version_id=version_id,
@@ -227,6 +266,8 @@ class WorkflowVersionForm(ReasonForm):
 
     def clean(self):
         cleaned = super().clean()
+        if self.refused:
+            self.add_error(None, self.refused)
         if self.instance.pk is not None:  # read-only on a version's page; a forged value is refused
             for name, stored in (("workflow", self.instance.workflow_id), ("number", self.instance.number)):
                 posted = self.data.get(self.add_prefix(name))
@@ -253,7 +294,7 @@ class WorkflowVersionAdmin(RefusedActionMixin, ScopedAdminMixin, HistoryReasonMi
         "propose": "proposing is for the editors of the workflow's business unit",
     }
     list_display = ("workflow", "number", "stage", "trigger_kind", "trigger_event", "published_at")
-    list_filter = ("state", "trigger_kind", "workflow__business_unit")
+    list_filter = ("state", "trigger_kind", ("workflow__business_unit", VisibleUnitFilter))
     search_fields = ("workflow__name", "trigger_event")
     readonly_fields = ("state", "stage", "frozen_at", "published_at", "approved_at", "approved_by", "created_by",
                        "validation")
@@ -265,7 +306,7 @@ class WorkflowVersionAdmin(RefusedActionMixin, ScopedAdminMixin, HistoryReasonMi
         ("Entry and exit", {"fields": ("entry_step", "entry_rule", "reentry_policy", "reentry_cooldown_s",
                                        "allow_concurrent_runs", "business_hours", "goal_event", "goal_filter")}),
         ("Publishing", {"fields": ("state", "frozen_at", "published_at", "approved_at", "approved_by", "created_by")}),
-        ("Why", {"fields": ("change_reason",)}),
+        ("Why", {"fields": ("change_reason", "loaded")}),
     )
 
     @admin.display(description="stage")
@@ -296,11 +337,11 @@ class WorkflowVersionAdmin(RefusedActionMixin, ScopedAdminMixin, HistoryReasonMi
 
     def has_change_permission(self, request, obj=None):
         if obj is None:
-            return workflows_for_user(request.user, EDIT).exists()
+            return user_has_workflows(request.user, EDIT)
         return self._editable(request, obj)
 
     def has_add_permission(self, request):
-        return workflows_for_user(request.user, EDIT).exists()
+        return user_has_workflows(request.user, EDIT)
 
     def has_delete_permission(self, request, obj=None):
         if obj is None:
@@ -308,7 +349,7 @@ class WorkflowVersionAdmin(RefusedActionMixin, ScopedAdminMixin, HistoryReasonMi
         return request.user.is_superuser and obj.state == VersionState.DRAFT and not obj.is_frozen
 
     def has_propose_permission(self, request, obj=None):
-        return workflows_for_user(request.user, PROPOSE).exists()
+        return user_has_workflows(request.user, PROPOSE)
 
     def has_review_permission(self, request, obj=None):
         return user_has_global(request.user, REVIEW)
@@ -334,10 +375,17 @@ class WorkflowVersionAdmin(RefusedActionMixin, ScopedAdminMixin, HistoryReasonMi
         items = [("error", e) for e in report.errors] + [("warning", w) for w in report.warnings]
         return format_html("<ul>{}</ul>", format_html_join("", "<li><b>{}</b>: {}</li>", items))
 
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if refused := getattr(request, "_version_changed_meanwhile", ""):
+            return type(form.__name__, (form,), {"refused": refused})
+        return form
+
     def save_model(self, request, obj, form, change):
-        if change:  # only the settings, onto the row read again under its lock (refused if published meanwhile)
+        if change:  # only the settings, onto the row read again under its lock (refused if changed meanwhile)
             try:
-                version_save(version=obj, actor=request.user, reason=self._reason(request, form))
+                version_save(version=obj, actor=request.user, reason=self._reason(request, form),
+                             loaded=form.cleaned_data.get("loaded") or None)
             except PermissionDenied as exc:
                 raise DjangoPermissionDenied(str(exc)) from None
             return
@@ -382,6 +430,12 @@ class WorkflowVersionAdmin(RefusedActionMixin, ScopedAdminMixin, HistoryReasonMi
 
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
         try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except DraftChanged as exc:  # saved by someone else since the page was opened: all of it rolled back
+            if request.method != "POST" or object_id is None or getattr(request, "_version_changed_meanwhile", ""):
+                raise
+            # The page again, with what was typed and the refusal on the form (nothing is saved from an invalid form).
+            request._version_changed_meanwhile = error_text(exc)
             return super().changeform_view(request, object_id, form_url, extra_context)
         except ValidationError as exc:  # refused while saving (under the row's lock): all of it rolled back
             if request.method != "POST" or object_id is None:

@@ -6,6 +6,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError
+from django.forms.models import BaseInlineFormSet
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import path, reverse
@@ -17,6 +18,7 @@ from journeys.admin.common import (
     HistoryReasonMixin,
     ReasonActionForm,
     ScopedAdminMixin,
+    VisibleUnitFilter,
     error_messages,
     error_text,
 )
@@ -35,6 +37,8 @@ from journeys.selectors import (
     user_can,
     user_has_any_scope,
     user_has_global,
+    user_has_units,
+    user_has_workflows,
     workflows_for_user,
 )
 from journeys.services import governance as gov
@@ -48,14 +52,32 @@ from journeys.services.workflows import (
 )
 
 
+VERSIONS_SHOWN = 20  # on a workflow's page; all of them on the versions list, filtered to the workflow
+
+
+class LatestVersionsFormSet(BaseInlineFormSet):
+    """The newest VERSIONS_SHOWN versions only: a workflow changed daily for years has hundreds,
+    and its page must not grow with them (the "versions" line links to all of them)."""
+
+    def get_queryset(self):
+        if not hasattr(self, "_latest"):
+            self._latest = self._queryset = super().get_queryset()[:VERSIONS_SHOWN]
+        return self._latest
+
+
 class VersionInline(admin.TabularInline):
     model = WorkflowVersion
     fk_name = "workflow"
+    formset = LatestVersionsFormSet
+    verbose_name_plural = f"latest versions (at most {VERSIONS_SHOWN}, newest first)"
     fields = ("number", "state", "trigger_kind", "trigger_event", "published_at")
     readonly_fields = fields
     extra = 0
     show_change_link = True
     can_delete = False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("workflow")  # each row is shown by its name
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -83,10 +105,10 @@ class WorkflowAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAdmin):
     form = WorkflowForm
     action_form = ReasonActionForm
     list_display = ("name", "business_unit", "status", "live_version_link", "canary", "updated_at")
-    list_filter = ("status", "business_unit")
+    list_filter = ("status", ("business_unit", VisibleUnitFilter))
     search_fields = ("name", "description")
-    readonly_fields = ("status", "live_version", "canary_version", "canary_percent", "created_by", "created_at",
-                       "updated_at")
+    readonly_fields = ("status", "live_version", "canary_version", "canary_percent", "versions", "created_by",
+                       "created_at", "updated_at")
     inlines = [VersionInline]
     actions = ["rollback", "stop_canary", "pause", "resume"]
 
@@ -96,6 +118,20 @@ class WorkflowAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAdmin):
             return "-"
         url = reverse("admin:journeys_workflowversion_change", args=[obj.live_version_id])
         return format_html('<a href="{}">v{}</a>', url, obj.live_version.number)
+
+    @admin.display(description="versions")
+    def versions(self, obj):
+        if obj is None or obj.pk is None:
+            return "-"
+        count = obj.versions.count()
+        url = reverse("admin:journeys_workflowversion_changelist") + f"?workflow__id__exact={obj.pk}"
+        shown = "listed below" if count <= VERSIONS_SHOWN else f"the latest {VERSIONS_SHOWN} are listed below"
+        return format_html('{} ({}): <a href="{}">all versions of this workflow</a>', count, shown, url)
+
+    def get_history_queryset(self, request, history_manager, pk_name, object_id):
+        """The history rows name their live and canary versions, and a version is named by its workflow."""
+        return super().get_history_queryset(request, history_manager, pk_name, object_id).select_related(
+            "live_version__workflow", "canary_version__workflow")
 
     @admin.display(description="canary")
     def canary(self, obj):
@@ -112,11 +148,11 @@ class WorkflowAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAdmin):
 
     def has_change_permission(self, request, obj=None):
         if obj is None:
-            return workflows_for_user(request.user, EDIT).exists() or business_units_for_user(request.user).exists()
+            return user_has_workflows(request.user, EDIT) or user_has_units(request.user)
         return user_can(request.user, EDIT, obj)
 
     def has_add_permission(self, request):
-        return business_units_for_user(request.user, EDIT).exists()
+        return user_has_units(request.user, EDIT)
 
     def has_publish_permission(self, request, obj=None):
         return user_has_global(request.user, PUBLISH)

@@ -14,7 +14,14 @@ class BusinessUnit(Timestamped):
 
     name = models.CharField(max_length=100, unique=True)
     slug = models.SlugField(max_length=100, unique=True)
-    history = HistoricalRecords()
+    # The group whose members edit this unit's workflows (it holds edit_unit_workflows on this
+    # unit). Found through this key, never by its name: a slug renamed or reused later must not
+    # move anyone's rights (`business_unit_grant_editor`, `business_unit_revoke_editor`).
+    editors_group = models.OneToOneField(
+        "auth.Group", null=True, blank=True, editable=False, on_delete=models.SET_NULL, related_name="editing_unit",
+        help_text="the group of this unit's editors (made at the first grant)",
+    )
+    history = HistoricalRecords(excluded_fields=["editors_group"])
 
     class Meta:
         permissions = [

@@ -87,13 +87,25 @@ def token_revoke(*, token: ApiToken, actor: Any = None, reason: str = "") -> Api
     return token
 
 
+MAKER_DEACTIVATED = ("API token {prefix}… stopped working when the account that made it was deactivated: ask ops "
+                     "for a new token, made by someone still here")
+
+
+def token_maker_deactivated(token: ApiToken) -> bool:
+    """A token made by a person works only while that person's account is active: someone who
+    leaves (deactivated) takes the access they handed out with them. Tokens made by the system
+    (no maker) are not tied to anyone."""
+    return token.created_by_id is not None and not token.created_by.is_active
+
+
 def token_authenticate(*, key: str | None, now: datetime | None = None) -> ApiToken:
     """The active token for a bearer value: found by its SHA-256 (an index hit), compared in
-    constant time; a revoked or expired token is refused like an unknown one (401)."""
+    constant time; a revoked or expired token, or one whose maker's account is deactivated, is
+    refused like an unknown one (401), saying which."""
     if not key or not isinstance(key, str):
         raise AuthenticationFailed("missing API token (Authorization: Bearer <token>)")
     digest = hash_token(key)
-    token = ApiToken.objects.select_related("source").filter(key_hash=digest).first()
+    token = ApiToken.objects.select_related("source", "created_by").filter(key_hash=digest).first()
     if token is None or not hmac.compare_digest(token.key_hash, digest):
         raise AuthenticationFailed("invalid API token")
     now = now or timezone.now()
@@ -101,6 +113,8 @@ def token_authenticate(*, key: str | None, now: datetime | None = None) -> ApiTo
         raise AuthenticationFailed(f"API token {token.key_prefix}… was revoked")
     if token.expires_at is not None and token.expires_at <= now:
         raise AuthenticationFailed(f"API token {token.key_prefix}… expired at {token.expires_at.isoformat()}")
+    if token_maker_deactivated(token):
+        raise AuthenticationFailed(MAKER_DEACTIVATED.format(prefix=token.key_prefix))
     return token
 
 

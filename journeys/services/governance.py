@@ -22,12 +22,23 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import Group, Permission
+from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
-from guardian.shortcuts import assign_perm, remove_perm
+from guardian.shortcuts import assign_perm
 
-from journeys.choices import TriggerKind, VersionState, WorkflowStatus
+from journeys.choices import (  # noqa: F401 (the role names are read as gov.ROLE_*)
+    ROLE_AGENTS,
+    ROLE_ANALYSTS,
+    ROLE_APPROVERS,
+    ROLE_EDITORS,
+    ROLE_OPS,
+    ROLES,
+    TriggerKind,
+    VersionState,
+    WorkflowStatus,
+)
 from journeys.engine.compiled import bump_generation, compile_version
 from journeys.engine.registry import get_kind
 from journeys.errors import PermissionDenied
@@ -44,7 +55,14 @@ from journeys.models import (
     Workflow,
     WorkflowVersion,
 )
-from journeys.selectors import UNIT_PERM, VIEW, runs_for_user, user_can, workflows_for_user
+from journeys.selectors import (
+    UNIT_PERM,
+    VIEW,
+    runs_for_user,
+    scope_forget,
+    user_can,
+    user_has_workflows,
+)
 from journeys.services.definitions import VERSION_FIELDS, version_definition
 
 logger = logging.getLogger(__name__)
@@ -71,8 +89,6 @@ def require_reason(actor: Any, reason: str, what: str = "reason") -> str:
     """People must say why they change configuration; the system may stay silent."""
     reason = (reason or "").strip()
     if actor is not None and not reason:
-        from django.core.exceptions import ValidationError
-
         raise ValidationError({what: "a reason is required for every change made by a person"})
     return reason
 
@@ -116,18 +132,12 @@ def runs_visible_to(*, user: Any) -> QuerySet[JourneyRun]:
 def run_user_can_view(*, user: Any, run: JourneyRun | None = None) -> bool:
     """Whether the user may open this run (run=None: whether they may see any run at all)."""
     if run is None:
-        return workflows_for_user(user, VIEW).exists()
+        return user_has_workflows(user, VIEW)
     return user_can(user, VIEW, run.workflow)
 
 
 # --------------------------------------------------------------------------- roles
 
-ROLE_OPS = "Ops admins"
-ROLE_EDITORS = "Business-unit editors"
-ROLE_APPROVERS = "Approvers"
-ROLE_AGENTS = "Agents"
-ROLE_ANALYSTS = "Analysts"
-ROLES = (ROLE_OPS, ROLE_EDITORS, ROLE_APPROVERS, ROLE_AGENTS, ROLE_ANALYSTS)
 CONFIG_APPS = ("journeys", "channels_app", "agents", "experiments")
 
 
@@ -204,44 +214,139 @@ def roles_can_manage(*, user: Any) -> bool:
     return bool(user.is_active and (user.is_superuser or user.has_perm("journeys.manage_roles")))
 
 
-def _unit_group(unit: BusinessUnit) -> Group:
-    group, created = Group.objects.get_or_create(name=f"Editors: {unit.slug}")
-    if created:
-        assign_perm(UNIT_PERM, group, unit)
+UNIT_CODENAME = UNIT_PERM.split(".", 1)[1]
+
+
+def _editors_group_name(unit: BusinessUnit) -> str:
+    """"Editors: <slug>", for people reading group lists; the rights never depend on it."""
+    name = f"Editors: {unit.slug}"
+    if Group.objects.filter(name=name).exclude(editing_unit__pk=unit.pk).exists():  # a group left by hand
+        name = f"Editors: {unit.slug} (unit {unit.pk})"
+    return name
+
+
+def _unit_group(unit: BusinessUnit, *, create: bool) -> Group | None:
+    """The group of the unit's editors, found through the unit's key (`BusinessUnit.editors_group`),
+    never by a name made from the slug, which a rename changes and another unit may take later.
+    Made at the first grant, under the unit's row lock (two first grants at once make one group)."""
+    locked = BusinessUnit.objects.select_for_update(of=("self",)).select_related("editors_group").get(pk=unit.pk)
+    if locked.editors_group is not None or not create:
+        return locked.editors_group
+    group = Group.objects.create(name=_editors_group_name(locked))
+    assign_perm(UNIT_PERM, group, locked)
+    BusinessUnit.objects.filter(pk=locked.pk).update(editors_group=group)
+    unit.editors_group = group
     return group
 
 
 @transaction.atomic
+def business_unit_save(*, unit: BusinessUnit, actor: Any = None, reason: str = "") -> BusinessUnit:
+    """Save a unit's name and slug as edited on its admin page. Its editors keep their rights
+    whatever the slug becomes (the group is the unit's by key); the group's name follows the slug,
+    so that group lists read right and the old slug is free for a new unit."""
+    reason = require_reason(actor, reason) or "saved"
+    history_stamp(unit, actor=actor, reason=reason).save()
+    if unit.editors_group_id is not None:
+        Group.objects.filter(pk=unit.editors_group_id).update(name=_editors_group_name(unit))
+    audit_record(action="business_unit_saved", actor=actor, reason=reason, data={"unit": unit.slug})
+    return unit
+
+
+@transaction.atomic
+def business_unit_delete(*, unit: BusinessUnit, actor: Any = None, reason: str = "") -> None:
+    """Delete a unit (one that owns no workflow) and its editors group: the group's permission
+    names the unit's id, which must not reach a unit made later under the same id."""
+    reason = require_reason(actor, reason) or "deleted"
+    group_id = unit.editors_group_id
+    history_stamp(unit, actor=actor, reason=reason).delete()
+    if group_id is not None:
+        Group.objects.filter(pk=group_id).delete()
+    audit_record(action="business_unit_deleted", actor=actor, reason=reason, data={"unit": unit.slug})
+
+
+@transaction.atomic
 def business_unit_grant_editor(*, unit: BusinessUnit, user: Any, actor: Any = None, reason: str = "") -> None:
-    """Make `user` an editor of `unit`'s workflows (guardian object permission through a per-unit group)."""
+    """Make `user` an editor of `unit`'s workflows: the Business-unit editors role and the unit's
+    editors group (which holds the guardian object permission on the unit)."""
     if actor is not None and not roles_can_manage(user=actor):
         raise PermissionDenied(f"{actor} may not grant roles")
     reason = require_reason(actor, reason)
     roles_group, _ = Group.objects.get_or_create(name=ROLE_EDITORS)
-    user.groups.add(roles_group, _unit_group(unit))
+    user.groups.add(roles_group, _unit_group(unit, create=True))
+    scope_forget(user)
     audit_record(action="role_granted", actor=actor, reason=reason,
                  data={"user": user.get_username(), "role": "editor", "unit": unit.slug})
 
 
 def business_unit_editors(*, unit: BusinessUnit) -> list:
-    """The users who may edit this unit's workflows through the unit (not the global editors)."""
+    """The users who may edit this unit's workflows through the unit (not the global editors):
+    holders of its permission (through its group or given directly) who hold the role."""
     from django.contrib.auth import get_user_model
     from guardian.shortcuts import get_users_with_perms
 
-    users = get_users_with_perms(unit, only_with_perms_in=["edit_unit_workflows"], with_group_users=True,
+    users = get_users_with_perms(unit, only_with_perms_in=[UNIT_CODENAME], with_group_users=True,
                                  with_superusers=False)
-    return list(get_user_model().objects.filter(pk__in=[u.pk for u in users]).order_by("username"))
+    return list(get_user_model().objects.filter(pk__in=[u.pk for u in users], groups__name=ROLE_EDITORS)
+                .order_by("username"))
+
+
+def business_units_granted(*, user: Any) -> list[BusinessUnit]:
+    """The units whose editors group the user is in, or whose permission was given to them directly
+    (what the Roles page shows beside the Business-unit editors role)."""
+    from guardian.shortcuts import get_objects_for_user
+
+    direct = get_objects_for_user(user, UNIT_PERM, BusinessUnit, use_groups=False, with_superuser=False,
+                                  accept_global_perms=False)
+    return list(BusinessUnit.objects.filter(Q(editors_group__user=user) | Q(pk__in=direct.values("pk")))
+                .distinct().order_by("name"))
+
+
+def _unit_revoke(unit: BusinessUnit, user: Any) -> bool:
+    """Take the user out of the unit's editors group and drop a permission on the unit given to
+    them directly; whether there was anything to take away."""
+    from guardian.utils import get_user_obj_perms_model
+
+    group = _unit_group(unit, create=False)
+    in_group = group is not None and user.groups.filter(pk=group.pk).exists()
+    if in_group:
+        user.groups.remove(group)
+    direct, _ = get_user_obj_perms_model(unit).objects.remove_perm(UNIT_CODENAME, user, unit)
+    scope_forget(user)
+    return in_group or bool(direct)
 
 
 @transaction.atomic
 def business_unit_revoke_editor(*, unit: BusinessUnit, user: Any, actor: Any = None, reason: str = "") -> None:
+    """Stop `user` editing `unit`'s workflows. Refused, nothing changed, when they were no editor
+    of it, or would still be one through another group (made by hand on Django's group page, which
+    only a superuser changes): the editors page never says "revoked" when nothing was."""
+    from guardian.shortcuts import get_groups_with_perms
+
     if actor is not None and not roles_can_manage(user=actor):
         raise PermissionDenied(f"{actor} may not revoke roles")
     reason = require_reason(actor, reason)
-    user.groups.remove(_unit_group(unit))
-    remove_perm(UNIT_PERM, user, unit)
+    if not _unit_revoke(unit, user):
+        raise ValidationError(f"{user} is not an editor of {unit}: nothing was revoked")
+    held = get_groups_with_perms(unit, attach_perms=True)
+    still = sorted(g.name for g, perms in held.items() if UNIT_CODENAME in perms and user.groups.filter(pk=g.pk).exists())
+    if still:
+        raise ValidationError(f"{user} also edits {unit} through the group {', '.join(still)}, which only a "
+                              "superuser changes (on Django's group page): nothing was revoked")
     audit_record(action="role_revoked", actor=actor, reason=reason,
                  data={"user": user.get_username(), "role": "editor", "unit": unit.slug})
+
+
+@transaction.atomic
+def business_unit_grants_revoke_all(*, user: Any, actor: Any = None, reason: str = "") -> list[BusinessUnit]:
+    """Every unit grant of the user, taken away with the Business-unit editors role (`user_roles_set`):
+    the units they edited, each recorded in the audit log."""
+    units = business_units_granted(user=user)
+    for unit in units:
+        _unit_revoke(unit, user)
+        audit_record(action="role_revoked", actor=actor, reason=reason,
+                     data={"user": user.get_username(), "role": "editor", "unit": unit.slug,
+                           "with_role": ROLE_EDITORS})
+    return units
 
 
 # --------------------------------------------------------------------------- diffs

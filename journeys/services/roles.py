@@ -14,8 +14,11 @@ from django.contrib.auth.models import Group
 from django.db import transaction
 
 from journeys.errors import JourneyError, PermissionDenied
+from journeys.models import BusinessUnit
+from journeys.selectors import scope_forget
 from journeys.services.governance import (
-    ROLE_AGENTS, ROLES, audit_record, require_reason, roles_can_manage, roles_setup,
+    ROLE_AGENTS, ROLE_EDITORS, ROLES, audit_record, business_unit_grants_revoke_all, require_reason, roles_can_manage,
+    roles_setup,
 )
 
 # Roles whose work is in the Django admin (agents work in /agents/ and need no admin login).
@@ -28,11 +31,13 @@ class RolesChange:
     revoked: list[str] = field(default_factory=list)
     staff_granted: bool = False
     staff_revoked: bool = False
+    units_revoked: list[BusinessUnit] = field(default_factory=list)
 
 
 def user_roles(*, user: Any) -> list[str]:
-    """The roles `user` holds, in ROLES order."""
-    held = set(user.groups.filter(name__in=ROLES).values_list("name", flat=True))
+    """The roles `user` holds, in ROLES order (from the user's groups as prefetched, when a list
+    prefetched them: one query for the page, not one per person)."""
+    held = {group.name for group in user.groups.all()}
     return [role for role in ROLES if role in held]
 
 
@@ -41,6 +46,9 @@ def user_roles_set(*, user: Any, roles: Iterable[str], actor: Any = None, reason
     """Make `user` hold exactly `roles` (names from ROLES), recording each grant and revocation
     with who and why. A role worked in the admin also lets the person log into it (is_staff); taking
     away the last such role takes the admin login away too (a superuser keeps theirs).
+
+    Taking away Business-unit editors takes away the units the person edited too (each recorded):
+    a grant left behind would come back with the role, unseen on this page.
 
     Refused: an actor without journeys.manage_roles; a non-superuser changing a superuser's
     roles; an unknown role name."""
@@ -62,6 +70,9 @@ def user_roles_set(*, user: Any, roles: Iterable[str], actor: Any = None, reason
         user.groups.add(*Group.objects.filter(name__in=change.granted))
     if change.revoked:
         user.groups.remove(*Group.objects.filter(name__in=change.revoked))
+    if ROLE_EDITORS not in wanted:
+        change.units_revoked = business_unit_grants_revoke_all(user=user, actor=actor, reason=reason)
+    scope_forget(user)
     if not user.is_staff and any(role in ADMIN_ROLES for role in wanted):
         user.is_staff = change.staff_granted = True
         user.save(update_fields=["is_staff"])

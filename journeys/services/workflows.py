@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -28,10 +29,10 @@ from journeys.engine.cron import parse_cron
 from journeys.engine.dates import DateRule
 from journeys.engine.durations import parse_duration
 from journeys.engine.registry import STEP_KINDS, get_kind
-from journeys.errors import PermissionDenied
+from journeys.errors import DraftChanged, PermissionDenied
 from journeys.models import AuditEntry, BusinessUnit, ChangeRequest, ChangeRequestStatus, Edge, Step, Workflow, WorkflowVersion
 from journeys.rules import RuleSyntaxError, compile_rule
-from journeys.selectors import EDIT, PROPOSE, PUBLISH, REVIEW, business_units_for_user, user_can
+from journeys.selectors import EDIT, PROPOSE, PUBLISH, REVIEW, VIEW, business_units_for_user, user_can
 from journeys.services.definitions import (
     MAX_COORDINATE,
     VERSION_FIELDS,
@@ -329,9 +330,14 @@ def workflow_export(*, version: WorkflowVersion) -> dict:
     }
 
 
+NAME_IN_USE = "the workflow name {name!r} is in use: import under another name"
+
+
 @transaction.atomic
 def workflow_import(*, data: dict, actor=None, name: str | None = None) -> WorkflowVersion:
-    """Import an export as a new draft (of an existing workflow with that name, or a new one)."""
+    """Import an export as a new draft (of an existing workflow with that name, or a new one).
+    A name taken by a workflow the actor may not see is refused as a name in use, as creating a
+    workflow under it would be: the answer never tells whose it is."""
     if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
         raise ValidationError({"format": f"expected format {EXPORT_FORMAT!r}"})
     meta = workflow_meta_read(data.get("workflow"))
@@ -343,7 +349,11 @@ def workflow_import(*, data: dict, actor=None, name: str | None = None) -> Workf
     workflow_name = name or meta["name"]
     if not workflow_name:
         raise ValidationError({"workflow.name": "is required"})
-    workflow = Workflow.objects.filter(name=workflow_name).first() or workflow_create(
+    workflow = Workflow.objects.filter(name=workflow_name).first()
+    if workflow is not None and actor is not None and not user_can(actor, VIEW, workflow):
+        # Said as the workflow form says a name in use: nothing about whose workflow it is.
+        raise ValidationError({"name": NAME_IN_USE.format(name=workflow_name)})
+    workflow = workflow or workflow_create(
         name=workflow_name, business_unit=unit, description=meta["description"], actor=actor
     )
     return version_build(workflow=workflow, definition={**version, "reason": "imported"}, actor=actor)
@@ -394,6 +404,9 @@ def version_new_draft(*, version: WorkflowVersion, actor=None, reason: str = "")
 VERSION_EDITABLE_FIELDS = (*VERSION_FIELDS, "business_hours")
 CHANGED_MEANWHILE = ("v{number} changed by someone else meanwhile (it is now {stage}): reload the page; "
                      "nothing was saved")
+SAVED_MEANWHILE = ("v{number} was changed by {who} since you opened this page: nothing was saved, so that their "
+                   "change is not undone. Reload the page to see it, then make your change again (what you typed "
+                   "is still in this form)")
 
 
 RETURNED_TO_REVIEW = ("v{number} was approved; this change sent it back to review: it needs a new approval before "
@@ -409,8 +422,32 @@ def _editable(version: WorkflowVersion) -> bool:
     return not version.is_frozen and version.state in EDITABLE_STATES and not version.is_canary
 
 
+def version_token(*, version: WorkflowVersion) -> str:
+    """What a version's page was opened with, for `version_save(loaded=...)`: the version's last
+    change (`updated_at`), which every save of its settings, every edit of its steps or edges
+    (`version_note_changed`) and every lifecycle step moves."""
+    return version.updated_at.isoformat()
+
+
+def _claim_unchanged(version: WorkflowVersion, loaded: str) -> bool:
+    """Compare and set, in the database: move the version's `updated_at` only where it still is
+    what the page was opened with (`UPDATE ... WHERE id = %s AND updated_at = %s`). Of two saves
+    from pages opened alike, the second's UPDATE waits for the first's row lock and then finds
+    the stamp moved: 0 rows."""
+    try:
+        stamp = datetime.fromisoformat(loaded)
+    except (TypeError, ValueError):
+        return False
+    return WorkflowVersion.objects.filter(pk=version.pk, updated_at=stamp).update(updated_at=timezone.now()) == 1
+
+
+def _last_changed_by(version: WorkflowVersion) -> str:
+    entry = AuditEntry.objects.filter(version=version).select_related("actor").order_by("-at", "-id").first()
+    return str(entry.actor) if entry is not None and entry.actor is not None else "someone else"
+
+
 @transaction.atomic
-def version_save(*, version: WorkflowVersion, actor=None, reason: str = "") -> WorkflowVersion:
+def version_save(*, version: WorkflowVersion, actor=None, reason: str = "", loaded: str | None = None) -> WorkflowVersion:
     """Save the settings edited on an existing version's page (`version` carries the edited values,
     over what was read when the page was posted). Record the edit with `version_note_changed`
     once its steps and edges are saved too.
@@ -418,7 +455,10 @@ def version_save(*, version: WorkflowVersion, actor=None, reason: str = "") -> W
     The stored row is locked and checked again: a version published, staged or retired since it
     was read is refused ("changed by someone else meanwhile") rather than unfrozen by a write of
     the stale copy, and only the editable settings are written; a version never moves to another
-    workflow or number (its approval was given there)."""
+    workflow or number (its approval was given there). `loaded` (`version_token` of the version
+    the page showed): a version changed since then, by another editor or another tab, is not
+    written over (`DraftChanged`, nothing saved), or the first editor's change would be lost
+    unseen."""
     current = _lock(version)
     if (version.workflow_id, version.number) != (current.workflow_id, current.number):
         raise ValidationError("a version stays in its workflow under its number (its review and approval were "
@@ -430,6 +470,9 @@ def version_save(*, version: WorkflowVersion, actor=None, reason: str = "") -> W
                               code="changed_meanwhile")
     require(actor, EDIT, current.workflow)
     reason = require_reason(actor, reason)
+    if loaded is not None and not _claim_unchanged(current, loaded):
+        raise DraftChanged(SAVED_MEANWHILE.format(number=current.number, who=_last_changed_by(current)),
+                           code="changed_meanwhile")
     for name in VERSION_EDITABLE_FIELDS:
         setattr(current, name, getattr(version, name))
     history_stamp(current, actor=actor, reason=reason or "edited")
@@ -476,6 +519,8 @@ def version_note_changed(*, version: WorkflowVersion, actor=None, reason: str = 
         analysis = change_request_analyse(version=version, baseline=version.workflow.live_version)
         request.validation, request.dry_run, request.fingerprint = analysis["validation"], analysis["dry_run"], fingerprint
         request.save(update_fields=["validation", "dry_run", "fingerprint"])
+    version.updated_at = timezone.now()  # a page opened before this edit may not save over it (version_save)
+    WorkflowVersion.objects.filter(pk=version.pk).update(updated_at=version.updated_at)
     audit_record(action="version_edited", actor=actor, version=version, change_request=request,
                  reason=reason, data={"state": version.state, "fingerprint": fingerprint})
     if back_to_review:

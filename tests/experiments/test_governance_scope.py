@@ -86,3 +86,22 @@ def test_an_editor_edits_their_draft_in_the_admin_and_cannot_move_it(client, peo
     act = client.post(reverse("admin:experiments_experiment_act", args=[experiment.pk]),
                       {"action": "weights", "w_control": 1, "w_short": 3, "reason": "more"})
     assert act.status_code == 403  # operating an experiment is for ops
+
+
+def test_the_arm_lists_experiment_filter_names_only_the_editors_experiments(client, people, live_workflow,
+                                                                           support_workflow):
+    # given two experiments on the editor's workflow and one on the other unit's
+    experiment_create(key="mine", name="Mine", arms=ARMS, workflow=live_workflow)
+    experiment_create(key="mine2", name="Mine too", arms=ARMS, workflow=live_workflow)
+    experiment_create(key="theirs", name="Theirs", arms=ARMS, workflow=support_workflow)
+
+    # when the Retention editor opens the arm list
+    login(client, people["editor"])
+    page = client.get(reverse("admin:experiments_arm_changelist")).content.decode()
+
+    # then the rows and the sidebar name their experiment, and not the other unit's
+    assert "Mine (mine)" in page and "Mine too (mine2)" in page and "mine:control" in page
+    assert "theirs" not in page.lower()
+    # and ops see both in the sidebar
+    login(client, people["ops"])
+    assert "Theirs (theirs)" in client.get(reverse("admin:experiments_arm_changelist")).content.decode()

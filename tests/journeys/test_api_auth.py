@@ -154,3 +154,37 @@ def test_each_token_is_throttled_on_its_own_with_retry_after(customer):
     response = Api(slow).get(f"customers/{customer.pk}")
     assert int(response["Retry-After"]) >= 1 and "throttled" in response.body["message"].lower()
     assert Api(fast).get(f"customers/{customer.pk}").status_code == 200
+
+
+def test_a_token_stops_when_the_account_that_made_it_is_deactivated(customer, admin_client):
+    # given a token an ops person made (through the service, as the admin does), in use
+    from django.contrib.auth.models import Permission
+    from django.urls import reverse
+
+    from journeys.services.api_tokens import token_create
+    from tests.factories import UserFactory
+
+    maker = UserFactory(username="leaver", is_staff=True)
+    maker.user_permissions.add(*Permission.objects.filter(codename__in=["add_apitoken", "change_apitoken"]))
+    token, key = token_create(name="crm sync", scopes=[ApiScope.CUSTOMERS_READ], actor=maker, reason="crm")
+    system_token, system_key = make_token(ApiScope.CUSTOMERS_READ, name="system")
+    assert Api(key).call("GET", f"customers/{customer.pk}").status_code == 200
+
+    # when the person leaves and their account is deactivated
+    maker.is_active = False
+    maker.save(update_fields=["is_active"])
+
+    # then their token is refused, saying why and what to do; a token made by the system still works
+    refused = Api(key).call("GET", f"customers/{customer.pk}")
+    assert refused.status_code == 401 and refused["WWW-Authenticate"].startswith("Bearer")
+    assert "stopped working when the account that made it was deactivated" in refused.body["message"]
+    assert "ask ops for a new token" in refused.body["message"]
+    assert Api(system_key).call("GET", f"customers/{customer.pk}").status_code == 200
+    # and the token list shows it stopped
+    listed = admin_client.get(reverse("admin:journeys_apitoken_changelist")).content.decode()
+    assert "stopped: its maker&#x27;s account is deactivated" in listed
+
+    # and when the account is active again, so is the token
+    maker.is_active = True
+    maker.save(update_fields=["is_active"])
+    assert Api(key).call("GET", f"customers/{customer.pk}").status_code == 200
