@@ -15,6 +15,7 @@ from channels_app.selectors import (
 )
 from channels_app.services import delivery_requeue
 from journeys.admin.base import LargeTableMixin
+from journeys.services.api_jobs import idempotency_key_stored
 
 
 class AttemptInline(ReadOnlyMixin, admin.TabularInline):
@@ -89,6 +90,12 @@ class DeliveryAdmin(LargeTableMixin, ReadOnlyMixin, admin.ModelAdmin):
 
     def get_queryset(self, request):
         return deliveries_with_hold(super().get_queryset(request))
+
+    def get_search_results(self, request, queryset, search_term):
+        found, duplicates = super().get_search_results(request, queryset, search_term)
+        if key := search_term.strip().removeprefix("api:"):  # an API message's key is stored as its digest
+            found |= queryset.filter(idempotency_key=idempotency_key_stored(f"api:{key}"))
+        return found, duplicates
 
     @admin.display(description="reason / waiting for")
     def held_by(self, obj):
