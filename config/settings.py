@@ -259,6 +259,14 @@ Q_SUCCESS_KEEP = env_int("Q_SUCCESS_KEEP", 1000)
 # frequency caps, experiments, unsent messages and open cases keep holding (see
 # journeys.services.history_retention).
 HISTORY_RETENTION_DAYS = env_int("HISTORY_RETENTION_DAYS", 0) or None
+# A job's input (an import's uploaded file, an API trigger's recipients and their data) is kept
+# this many days after the job finished, then deleted by the same schedule (0: at its next run);
+# an erasure takes the person out of the inputs still kept (docs/PRIVACY.md).
+JOB_INPUT_KEEP_DAYS = env_int("JOB_INPUT_KEEP_DAYS", 7)
+# The key of the digests that recognise a personal value without keeping it (API idempotency
+# keys, an erased person's suppressions, hard-bounce marks): journeys.services.digests. Empty:
+# derived from SECRET_KEY. Set it before rotating SECRET_KEY, or those digests are forgotten.
+PRIVACY_DIGEST_KEY = os.environ.get("PRIVACY_DIGEST_KEY", "").strip()
 # The login access log (django-axes) is kept this many days; expired sessions go at once.
 LOGIN_LOG_KEEP_DAYS = env_int("LOGIN_LOG_KEEP_DAYS", 90)
 # Q_BROKER picks the queue: "orm" (default without REDIS_URL) or "redis" (default with it).

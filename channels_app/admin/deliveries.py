@@ -17,6 +17,7 @@ from channels_app.selectors import (
 )
 from channels_app.services.dispatch import deliveries_requeue
 from journeys.admin.base import LargeTableMixin, action_selection_within
+from journeys.services.api_jobs import idempotency_key_stored
 
 # Each message sent again may be rendered again first (a few queries): a web request takes this many.
 REQUEUE_LIMIT = 1000
@@ -95,6 +96,12 @@ class DeliveryAdmin(LargeTableMixin, ReadOnlyMixin, admin.ModelAdmin):
 
     def get_queryset(self, request):
         return deliveries_with_hold(super().get_queryset(request))
+
+    def get_search_results(self, request, queryset, search_term):
+        found, duplicates = super().get_search_results(request, queryset, search_term)
+        if key := search_term.strip().removeprefix("api:"):  # an API message's key is stored as its digest
+            found |= queryset.filter(idempotency_key=idempotency_key_stored(f"api:{key}"))
+        return found, duplicates
 
     @admin.display(description="reason / waiting for")
     def held_by(self, obj):

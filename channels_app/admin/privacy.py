@@ -12,6 +12,8 @@ from simple_history.admin import SimpleHistoryAdmin
 from channels_app.admin.base import ReadOnlyMixin
 from channels_app.models import Consent, DataSubject, ErasureRecord, Topic
 from channels_app.services import customer_erase, customer_export
+from channels_app.services.consent import consent_record_by_operator
+from channels_app.services.privacy import data_subjects
 from journeys.admin.base import HistoryReasonMixin, LargeTableMixin, action_selection_within
 from journeys.models import Event
 
@@ -23,11 +25,23 @@ class TopicAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
 
 @admin.register(Consent)
 class ConsentAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
+    """Ops record a customer's choice with a reason; who and when are set by the service
+    (`consent_record_by_operator`), not typed. A stored choice changes status only."""
+
     list_display = ("customer", "channel_kind", "topic", "status", "source", "updated_at")
     list_filter = ("status", "channel_kind", "topic", "source")
     search_fields = ("customer__external_id", "customer__email")
     list_select_related = ("customer", "topic")
     raw_id_fields = ("customer",)
+    readonly_fields = ("source", "updated_at")
+
+    def get_readonly_fields(self, request, obj=None):
+        return (*self.readonly_fields, *(("customer", "channel_kind", "topic") if obj is not None else ()))
+
+    def save_model(self, request, obj, form, change):
+        saved = consent_record_by_operator(customer=obj.customer, channel_kind=obj.channel_kind, topic=obj.topic,
+                                           status=obj.status, actor=request.user, reason=self._reason(request, form))
+        obj.pk, obj.source, obj.updated_at = saved.pk, saved.source, saved.updated_at
 
 
 class ConsentInline(admin.TabularInline):
@@ -85,7 +99,7 @@ class DataSubjectAdmin(LargeTableMixin, ReadOnlyMixin, admin.ModelAdmin):
             return None
         if not self._history_within(request, queryset, EXPORT_INSTEAD):
             return None
-        data = [customer_export(customer=c) for c in queryset]
+        data = [customer_export(customer=c) for c in data_subjects(queryset)]
         response = HttpResponse(json.dumps(data[0] if len(data) == 1 else data, indent=2),
                                 content_type="application/json")
         response["Content-Disposition"] = 'attachment; filename="customer-export.json"'
@@ -97,16 +111,18 @@ class DataSubjectAdmin(LargeTableMixin, ReadOnlyMixin, admin.ModelAdmin):
             return None
         if not self._history_within(request, queryset, ERASE_INSTEAD):
             return None
+        people = data_subjects(queryset)  # a merged-away profile is erased as its survivor
         if request.POST.get("confirm") and request.POST.get("reason"):
-            for customer in queryset:
+            for customer in people:
                 customer_erase(customer=customer, actor=f"admin:{request.user.get_username()}",
                                reason=request.POST["reason"])
-            self.message_user(request, f"Erased {queryset.count()} customer(s).", messages.SUCCESS)
+            self.message_user(request, f"Erased {len(people)} customer(s).", messages.SUCCESS)
             return None
         ids = list(queryset.values_list("pk", flat=True))
         return TemplateResponse(request, "channels_app/erase_confirm.html", {
             **self.admin_site.each_context(request), "opts": self.model._meta, "title": "Erase customers",
-            "ids": ids, "shown": list(queryset[:CONFIRM_SHOWN]), "more": max(0, len(ids) - CONFIRM_SHOWN)})
+            "ids": ids, "count": len(people), "shown": people[:CONFIRM_SHOWN],
+            "more": max(0, len(people) - CONFIRM_SHOWN)})
 
 
 @admin.register(ErasureRecord)

@@ -2,7 +2,7 @@
 
 from channels_app.choices import ChannelKind, DeliveryStatus
 from channels_app.models.channels import Channel, ChannelBreaker
-from channels_app.models.consent import Consent, DataSubject, ErasureRecord, Topic
+from channels_app.models.consent import Consent, DataSubject, ErasureRecord, Suppression, Topic
 from channels_app.models.deliveries import Delivery, DeliveryAttempt, FrequencyCap
 from channels_app.models.templates import ContentBlock, MessageTemplate, TemplateVariant
 
@@ -14,6 +14,7 @@ __all__ = [
     "Consent",
     "DataSubject",
     "ErasureRecord",
+    "Suppression",
     "Topic",
     "Delivery",
     "DeliveryAttempt",

@@ -28,6 +28,17 @@ class Topic(models.Model):
         return self.name
 
 
+def choice_unique(owner: str, prefix: str) -> list[models.UniqueConstraint]:
+    """One row per `owner` x channel kind x topic. A missing topic means every topic, and NULLs
+    never clash in a unique index, so that row has a constraint of its own."""
+    return [
+        models.UniqueConstraint(fields=[owner, "channel_kind", "topic"], condition=Q(topic__isnull=False),
+                                name=f"{prefix}_kind_topic_unique"),
+        models.UniqueConstraint(fields=[owner, "channel_kind"], condition=Q(topic__isnull=True),
+                                name=f"{prefix}_kind_alltopics_unique"),
+    ]
+
+
 class Consent(models.Model):
     """One choice of one customer: channel kind x topic. Empty channel kind = every
     channel; no topic = every topic (a channel-wide opt-out such as SMS STOP). Both
@@ -42,15 +53,33 @@ class Consent(models.Model):
     history = HistoricalRecords()
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["customer", "channel_kind", "topic"], condition=Q(topic__isnull=False),
-                                    name="consent_customer_kind_topic_unique"),
-            models.UniqueConstraint(fields=["customer", "channel_kind"], condition=Q(topic__isnull=True),
-                                    name="consent_customer_kind_alltopics_unique"),
-        ]
+        constraints = choice_unique("customer", "consent_customer")
 
     def __str__(self) -> str:
         return f"{self.customer_id} {self.channel_kind or '*'}/{self.topic_id or '*'}: {self.status}"
+
+
+class Suppression(models.Model):
+    """What an erasure keeps of a person's objection, so that it still holds when they come back
+    under a new profile (a stale app or a CRM import brings their address again): the keyed
+    digest of one of their addresses (an email address or phone number, `address_digest`) and
+    the channel kind x topic they had opted out of, with the status as the consent check reads
+    it (`opted_out`, or a hard bounce's mark). No address, name or profile is kept.
+
+    Sending reads it as a consent of whoever has that address, until that person opts in again
+    explicitly (the preference centre, SMS START, ops on the Consent form), which lifts it."""
+
+    digest = models.CharField(max_length=64, help_text="keyed digest of the address (never the address)")
+    channel_kind = models.CharField(max_length=10, choices=ChannelKind.choices, blank=True)
+    topic = models.ForeignKey(Topic, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    status = models.CharField(max_length=100, help_text="opted_out, or a hard bounce's mark")
+    created_at = models.DateTimeField()
+
+    class Meta:
+        constraints = choice_unique("digest", "suppression_digest")
+
+    def __str__(self) -> str:
+        return f"{self.digest[:8]}… {self.channel_kind or '*'}/{self.topic_id or '*'}: {self.status}"
 
 
 class DataSubject(Customer):

@@ -5,14 +5,18 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from typing import Any
 
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from channels_app.choices import ChannelKind, ConsentStatus, Reason
-from channels_app.models import Channel, Consent, Topic
+from channels_app.models import Channel, Consent, Suppression, Topic
+from journeys.errors import JourneyError
 from journeys.models import Customer, Identity
+from journeys.services.digests import personal_digest
+from journeys.services.governance import history_stamp
 from journeys.services.identity import phone_e164, phone_lookup_values, phone_normalize
 
 STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
@@ -40,12 +44,30 @@ BOUNCE_SOURCE = "hard_bounce:"
 PHONE_KINDS = (ChannelKind.SMS, ChannelKind.VOICE)
 
 
-def address_digest(channel_kind: str, address: str) -> str:
-    """What a bounce's consent row keeps of the address (not the address itself). A phone number
-    is digested in one spelling (E.164, else normalised): a bounce names the number as it went out
-    ('+44...'), the profile may hold it as typed ('0044 ...'), and both must be the same address."""
+def _address_canonical(channel_kind: str, address: str) -> str:
+    """An address in the one spelling its digests are made of: a phone number in E.164 (else
+    normalised), as a bounce names it ('+44...') and the profile may hold it as typed ('0044 ...');
+    an email address in lower case."""
     canonical = (phone_e164(address) or phone_normalize(address)) if channel_kind in PHONE_KINDS else address
-    return hashlib.sha256(canonical.strip().lower().encode()).hexdigest()[:16]
+    return canonical.strip().lower()
+
+
+def address_digest(channel_kind: str, address: str) -> str:
+    """What is kept of an address that must be recognised but not read: a hard bounce's mark on
+    the consent row, and an erased person's suppressions (a keyed digest, journeys.services.digests)."""
+    return personal_digest(_address_canonical(channel_kind, address), purpose="address")
+
+
+LEGACY_MARK_CHARS = 16  # marks written before they were keyed: sha256 of the address, 16 hex digits
+
+
+def bounce_holds(mark: str, channel_kind: str, address: str) -> bool:
+    """Whether a hard bounce's mark (`hard_bounce:<digest>`) names `address`. A mark written before
+    marks were keyed is a bare sha256 of the address, and still holds it."""
+    digest = mark.removeprefix(BOUNCE_SOURCE)
+    if len(digest) == LEGACY_MARK_CHARS:
+        return digest == hashlib.sha256(_address_canonical(channel_kind, address).encode()).hexdigest()[:16]
+    return digest == address_digest(channel_kind, address)
 
 
 def _source_split(source: str) -> tuple[str, str]:
@@ -87,12 +109,10 @@ def consent_refusal(*, customer: Customer, channel_kind: str, topic: Topic | Non
     Order: global do-not-contact (always wins) -> the address bounced for good on this channel
     kind (every message, receipts too) -> an SMS opt-out (STOP) for any SMS -> transactional
     topics pass -> channel-wide opt-out ("unsubscribe from all email", a complaint) -> topic
-    opt-out on this channel or on every channel -> topics that require an opt-in.
+    opt-out on this channel or on every channel -> topics that require an opt-in. The customer's
+    consents count with the suppressions an erasure kept for their addresses (`ConsentBook`).
     """
-    rows = list(Consent.objects.filter(customer=customer, channel_kind__in=["", channel_kind])
-                .filter(Q(topic__isnull=True) | Q(topic=topic) if topic else Q(topic__isnull=True)))
-    return refusal_from(status={(r.channel_kind, r.topic_id): _status(r.status, r.source) for r in rows},
-                        channel_kind=channel_kind, topic=topic, address=address)
+    return ConsentBook.of(customer).refusal(customer.pk, channel_kind, topic, address)
 
 
 def refusal_from(*, status: dict[tuple[str, int | None], str], channel_kind: str, topic: Topic | None,
@@ -105,7 +125,7 @@ def refusal_from(*, status: dict[tuple[str, int | None], str], channel_kind: str
         return Reason.DO_NOT_CONTACT
     held, _, bounce = (status.get((channel_kind, None)) or "").rpartition(" ")
     if bounce.startswith(BOUNCE_SOURCE):
-        if not address or bounce == BOUNCE_SOURCE + address_digest(channel_kind, address):
+        if not address or bounce_holds(bounce, channel_kind, address):
             return Reason.UNDELIVERABLE
         status = {**status, (channel_kind, None): held or ConsentStatus.UNKNOWN}  # the customer's own opt-out
     if channel_kind == ChannelKind.SMS and status.get((channel_kind, None)) == ConsentStatus.OPTED_OUT:
@@ -129,32 +149,108 @@ def _book_row(row: tuple) -> tuple:
     return kind, topic_id, _status(status, source), slug
 
 
+def _status_parts(status: str) -> tuple[bool, str]:
+    """(opted out by a choice, a bounce's mark or "") of a status as refusal_from reads it."""
+    head, _, tail = status.rpartition(" ")
+    if tail.startswith(BOUNCE_SOURCE):
+        return head == ConsentStatus.OPTED_OUT, tail
+    return status == ConsentStatus.OPTED_OUT, ""
+
+
+def _status_joined(own: str, held: str) -> str:
+    """A consent's status with a suppression's over it: out if either is out, with the mark of a
+    bounce either holds (the suppression's first). A suppression holds until an explicit opt-in
+    lifts it, so a later choice from elsewhere (an import's opt-in) does not undo it."""
+    out_own, mark_own = _status_parts(own)
+    out_held, mark_held = _status_parts(held)
+    mark = mark_held or mark_own
+    if out_own or out_held:
+        return f"{ConsentStatus.OPTED_OUT} {mark}".rstrip()
+    return mark or own
+
+
+def profile_digests(*addresses: tuple[str, str]) -> set[str]:
+    """The digests of (channel kind, address) pairs that are set: what suppressions are found by."""
+    return {address_digest(kind, address) for kind, address in addresses if address and address.strip()}
+
+
+def _suppressions(digests: Iterable[str]) -> dict[str, list[tuple]]:
+    """The suppressions of these digests, as consent rows (kind, topic id, status, topic slug)."""
+    found: dict[str, list[tuple]] = {d: [] for d in digests}
+    if found:
+        for digest, *row in Suppression.objects.filter(digest__in=list(found)).values_list(
+                "digest", "channel_kind", "topic_id", "status", "topic__slug"):
+            found[digest].append(tuple(row))
+    return found
+
+
 class ConsentBook:
     """The consents of many customers, loaded with one query on first use: consent_refusal and
     personalization_allowed for a batch (the engine's SendBatch, the dispatcher's claim)
-    without a query per message. A customer outside the book is looked up on its own."""
+    without a query per message. A customer outside the book is looked up on its own.
 
-    def __init__(self, customer_ids: Iterable[int]) -> None:
+    An erased person's suppressions count as consents of whoever has their address now: the
+    book reads those of its customers' email addresses and phone numbers with one more query
+    (`addresses`: customer id -> (email, phone) when the caller has them, else read), and those
+    of a message's own address when it is another one."""
+
+    def __init__(self, customer_ids: Iterable[int], addresses: dict[int, tuple[str, str]] | None = None) -> None:
         self.customer_ids = set(customer_ids)
+        self.addresses = dict(addresses or {})
         self._rows: dict[int, list[tuple]] | None = None
+        self._digests: dict[int, set[str]] = {}
+        self._held: dict[str, list[tuple]] = {}
+
+    @classmethod
+    def of(cls, customer: Customer) -> ConsentBook:
+        """A book of one customer whose profile is at hand."""
+        return cls([customer.pk] if customer.pk else [], {customer.pk: (customer.email, customer.phone)})
+
+    def _load(self, customer_ids: set[int]) -> None:
+        fields = ("channel_kind", "topic_id", "status", "topic__slug", "source")
+        rows: dict[int, list[tuple]] = {pk: [] for pk in customer_ids}
+        if customer_ids:
+            for row in Consent.objects.filter(customer_id__in=customer_ids).values_list("customer_id", *fields):
+                rows[row[0]].append(_book_row(row[1:]))
+            unknown = customer_ids - self.addresses.keys()
+            if unknown:
+                self.addresses.update({pk: (email, phone) for pk, email, phone in
+                                       Customer.objects.filter(pk__in=unknown).values_list("pk", "email", "phone")})
+        for pk in customer_ids:
+            email, phone = self.addresses.get(pk) or ("", "")
+            self._digests[pk] = profile_digests((ChannelKind.EMAIL, email), (ChannelKind.SMS, phone))
+        self._held.update(_suppressions({d for pk in customer_ids for d in self._digests[pk]} - self._held.keys()))
+        for pk in customer_ids:
+            rows[pk] = self._overlaid(rows[pk], [r for d in sorted(self._digests[pk]) for r in self._held[d]])
+        self._rows = {**(self._rows or {}), **rows}
+
+    @staticmethod
+    def _overlaid(rows: list[tuple], held: list[tuple]) -> list[tuple]:
+        by_key = {(kind, topic_id): (kind, topic_id, status, slug) for kind, topic_id, status, slug in rows}
+        for kind, topic_id, status, slug in held:
+            own = by_key.get((kind, topic_id))
+            by_key[(kind, topic_id)] = (kind, topic_id, _status_joined(own[2] if own else "", status), slug)
+        return list(by_key.values())
 
     def rows(self, customer_id: int) -> list[tuple]:
         """(channel kind, topic id, status as refusal_from reads it, topic slug) of each of the
-        customer's consents."""
-        fields = ("channel_kind", "topic_id", "status", "topic__slug", "source")
+        customer's consents, with the suppressions of their addresses over them."""
         if self._rows is None:
-            self._rows = {}
-            for row in Consent.objects.filter(customer_id__in=self.customer_ids).values_list("customer_id", *fields):
-                self._rows.setdefault(row[0], []).append(_book_row(row[1:]))
-        if customer_id not in self.customer_ids:
+            self._load(self.customer_ids)
+        if customer_id not in self._rows:
             self.customer_ids.add(customer_id)
-            self._rows[customer_id] = [_book_row(row) for row in
-                                       Consent.objects.filter(customer_id=customer_id).values_list(*fields)]
+            self._load({customer_id})
         return self._rows.get(customer_id, [])
 
     def refusal(self, customer_id: int, channel_kind: str, topic: Topic | None, address: str = "") -> Reason | None:
         wanted = {None, topic.pk} if topic is not None else {None}
-        status = {(kind, topic_id): st for kind, topic_id, st, _ in self.rows(customer_id)
+        rows = self.rows(customer_id)
+        digest = address_digest(channel_kind, address) if address and address.strip() else None
+        if digest is not None and digest not in self._digests.get(customer_id, ()):
+            if digest not in self._held:  # a message to another address than the profile's
+                self._held.update(_suppressions([digest]))
+            rows = self._overlaid(rows, self._held[digest])
+        status = {(kind, topic_id): st for kind, topic_id, st, _ in rows
                   if kind in ("", channel_kind) and topic_id in wanted}
         return refusal_from(status=status, channel_kind=channel_kind, topic=topic, address=address)
 
@@ -163,22 +259,81 @@ class ConsentBook:
         return lambda channel_kind, topic, address="": self.refusal(customer_id, channel_kind, topic, address)
 
     def personalized(self, customer_id: int) -> bool:
-        return not any(kind == "" and slug == Topic.PERSONALIZATION and status == ConsentStatus.OPTED_OUT
+        return not any(kind == "" and slug == Topic.PERSONALIZATION and _status_parts(status)[0]
                        for kind, _, status, slug in self.rows(customer_id))
+
+    def do_not_contact(self, customer_id: int) -> bool:
+        return any(kind == "" and topic_id is None and _status_parts(status)[0]
+                   for kind, topic_id, status, _ in self.rows(customer_id))
 
 
 def personalization_allowed(*, customer: Customer) -> bool:
     """False when the customer opted out of the `personalization` purpose: messages then
     use only the minimal profile (name, locale, addresses), not traits or scores."""
-    return not Consent.objects.filter(customer=customer, channel_kind="", topic__slug=Topic.PERSONALIZATION,
-                                      status=ConsentStatus.OPTED_OUT).exists()
+    return ConsentBook.of(customer).personalized(customer.pk)
+
+
+# --------------------------------------------------------------------------- suppressions
+
+
+def suppressions_keep(*, customer_ids: list[int], emails: Iterable[str], phones: Iterable[str],
+                      now: datetime | None = None) -> int:
+    """What an erasure keeps of the person's objections (before their consents go): for each
+    opt-out (a topic, a channel, do-not-contact, personalization) a suppression under the digest
+    of each of their email addresses and phone numbers, and for a hard bounce one under the
+    bounced address's. Opt-ins are not kept: they were permissions, and the person is gone.
+    Returns how many suppressions hold now."""
+    now = now or timezone.now()
+    digests = profile_digests(*((ChannelKind.EMAIL, e) for e in emails), *((ChannelKind.SMS, p) for p in phones))
+    addresses = [(ChannelKind.EMAIL, e) for e in emails] + [(ChannelKind.SMS, p) for p in phones]
+    kept: dict[tuple[str, str, int | None], str] = {}
+    for kind, topic_id, status, source in Consent.objects.filter(customer_id__in=customer_ids).values_list(
+            "channel_kind", "topic_id", "status", "source"):
+        out, mark = _status_parts(_status(status, source))
+        if out:
+            for digest in digests:
+                kept[(digest, kind, topic_id)] = ConsentStatus.OPTED_OUT
+        if not mark:
+            continue
+        bounced = mark.removeprefix(BOUNCE_SOURCE)
+        if len(bounced) == LEGACY_MARK_CHARS:  # a bare hash: the person's address it names, keyed
+            named = [a for a in addresses if a[1] and bounce_holds(mark, kind or a[0], a[1])]
+            bounced = address_digest(kind or named[0][0], named[0][1]) if named else ""
+            mark = BOUNCE_SOURCE + bounced
+        if bounced:
+            key = (bounced, kind, topic_id)
+            kept[key] = _status_joined(kept.get(key, ""), mark)
+    for (digest, kind, topic_id), status in kept.items():
+        held = Suppression.objects.select_for_update().filter(digest=digest, channel_kind=kind, topic_id=topic_id).first()
+        if held is None:
+            Suppression.objects.create(digest=digest, channel_kind=kind, topic_id=topic_id, status=status, created_at=now)
+        elif _status_joined(held.status, status) != held.status:
+            Suppression.objects.filter(pk=held.pk).update(status=_status_joined(held.status, status), created_at=now)
+    return len(kept)
+
+
+def suppressions_lift(*, customer: Customer, choices: Iterable[tuple[str, Topic | None]]) -> int:
+    """The customer opted in again explicitly (the preference centre, SMS START, ops on the
+    Consent form): the suppressions of those (channel kind, topic) choices kept for their
+    addresses by an erasure go. Other ways in (an import, an API's traits) lift nothing."""
+    emails = Identity.objects.filter(customer=customer, kind="email").values_list("value", flat=True)
+    phones = Identity.objects.filter(customer=customer, kind="phone").values_list("value", flat=True)
+    digests = profile_digests((ChannelKind.EMAIL, customer.email), (ChannelKind.SMS, customer.phone),
+                              *((ChannelKind.EMAIL, e) for e in emails), *((ChannelKind.SMS, p) for p in phones))
+    match = Q()
+    for kind, topic in choices:
+        match |= Q(channel_kind=kind, topic=topic) if topic is not None else Q(channel_kind=kind, topic__isnull=True)
+    if not digests or not match:
+        return 0
+    return Suppression.objects.filter(match, digest__in=digests).delete()[0]
 
 
 @transaction.atomic
 def consent_set(*, customer: Customer, channel_kind: str, topic: Topic | None, status: str, source: str,
-                at: datetime | None = None, reason: str = "") -> Consent:
-    """Record one choice; the previous one stays in the history (with `reason`, else the source).
-    A choice over a stored one follows `consent_change` (a bounce and an opt-out are both kept)."""
+                at: datetime | None = None, reason: str = "", actor: Any = None) -> Consent:
+    """Record one choice; the previous one stays in the history (with `reason`, else the source,
+    and `actor`, the user who recorded it, when one did). A choice over a stored one follows
+    `consent_change` (a bounce and an opt-out are both kept)."""
     at = at or timezone.now()
     consent = (Consent.objects.select_for_update()
                .filter(customer=customer, channel_kind=channel_kind, topic=topic).first())
@@ -190,8 +345,24 @@ def consent_set(*, customer: Customer, channel_kind: str, topic: Topic | None, s
         if source is None:
             return consent
     consent.status, consent.source, consent.updated_at = status, source, at
-    consent._change_reason = reason or source
+    history_stamp(consent, actor=actor, reason=reason or source)
     consent.save()
+    return consent
+
+
+def consent_record_by_operator(*, customer: Customer, channel_kind: str, topic: Topic | None, status: str,
+                               actor: Any, reason: str) -> Consent:
+    """A choice ops record on the admin's Consent form (the customer asked by phone, by letter):
+    its source names the operator (`admin:<username>`) and its time is now, both set here rather
+    than typed, so what the API and the export show is who recorded it and when; the reason and
+    the user are on the history row. An opt-in recorded so is explicit: it lifts what an erasure
+    kept for that choice (`suppressions_lift`)."""
+    if not reason.strip():
+        raise JourneyError("say why the consent changes (e.g. the customer's request)", field="reason")
+    consent = consent_set(customer=customer, channel_kind=channel_kind, topic=topic, status=status,
+                          source=f"admin:{actor.get_username()}", at=timezone.now(), reason=reason, actor=actor)
+    if status == ConsentStatus.OPTED_IN:
+        suppressions_lift(customer=customer, choices=[(channel_kind, topic)])
     return consent
 
 
@@ -229,22 +400,23 @@ def preference_kinds() -> list[str]:
 
 
 def preferences_get(*, customer: Customer) -> dict:
-    """What the preference centre shows: each non-transactional topic x channel kind, on or off."""
+    """What the preference centre shows: each non-transactional topic x channel kind, on or off
+    (with what an erasure kept for the customer's addresses, `ConsentBook`)."""
     kinds = preference_kinds()
     topics = list(Topic.objects.filter(transactional=False).exclude(slug=Topic.PERSONALIZATION).order_by("name"))
+    book = ConsentBook.of(customer)
     rows = []
     for topic in topics:
         cells = []
         for kind in kinds:
-            refused = consent_refusal(customer=customer, channel_kind=kind, topic=topic)
+            refused = book.refusal(customer.pk, kind, topic)
             cells.append({"kind": kind, "field": f"t:{topic.slug}:{kind}", "on": refused is None})
         rows.append({"topic": topic, "cells": cells})
     return {
         "kinds": kinds,
         "rows": rows,
-        "do_not_contact": Consent.objects.filter(customer=customer, channel_kind="", topic__isnull=True,
-                                                 status=ConsentStatus.OPTED_OUT).exists(),
-        "personalization": personalization_allowed(customer=customer),
+        "do_not_contact": book.do_not_contact(customer.pk),
+        "personalization": book.personalized(customer.pk),
     }
 
 
@@ -254,13 +426,16 @@ def preferences_save(*, customer: Customer, checked: set[str], do_not_contact: b
     """Store the preference centre form: every shown cell becomes an explicit choice.
 
     Turning a topic on for a channel also lifts a channel-wide opt-out of that channel
-    (the customer just said they want messages there)."""
+    (the customer just said they want messages there). What the customer turns on, or off for
+    do-not-contact, is an explicit choice: it lifts the suppressions an erasure kept for it."""
+    lifted: list[tuple[str, Topic | None]] = []
     for kind in preference_kinds():
         for topic in Topic.objects.filter(transactional=False).exclude(slug=Topic.PERSONALIZATION):
             on = f"t:{topic.slug}:{kind}" in checked
             consent_set(customer=customer, channel_kind=kind, topic=topic, source=source,
                         status=ConsentStatus.OPTED_IN if on else ConsentStatus.OPTED_OUT)
             if on:
+                lifted += [(kind, topic), (kind, None), ("", topic)]
                 wide = Consent.objects.filter(customer=customer, channel_kind=kind, topic__isnull=True,
                                               status=ConsentStatus.OPTED_OUT).first()
                 if wide:
@@ -271,6 +446,11 @@ def preferences_save(*, customer: Customer, checked: set[str], do_not_contact: b
     purpose, _ = Topic.objects.get_or_create(slug=Topic.PERSONALIZATION, defaults={"name": "Personalization"})
     consent_set(customer=customer, channel_kind="", topic=purpose, source=source,
                 status=ConsentStatus.OPTED_IN if personalization else ConsentStatus.OPTED_OUT)
+    if not do_not_contact:
+        lifted.append(("", None))
+    if personalization:
+        lifted.append(("", purpose))
+    suppressions_lift(customer=customer, choices=lifted)
 
 
 def customers_by_phone(phone: str) -> list[Customer]:
@@ -313,6 +493,8 @@ def inbound_sms_handle(*, channel: Channel, from_number: str, body: str, message
         for customer in customers:
             consent_set(customer=customer, channel_kind=channel.kind, topic=None, status=result["action"],
                         source=f"sms_keyword:{word}")
+            if result["action"] == ConsentStatus.OPTED_IN:  # the person texted START: their own, explicit choice
+                suppressions_lift(customer=customer, choices=[(channel.kind, None)])
     bare_keyword = result["action"] != "ignored" and len(body.split()) == 1
     for hook in INBOUND_SMS_HOOKS:
         if customers and (done := hook(channel=channel, customers=customers, body=body, message_id=message_id,

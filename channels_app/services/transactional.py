@@ -3,7 +3,8 @@ customer or to a raw address, with per-message data the template reads as `journ
 
 It goes through `message_send`, so consent (the template's topic decides: a transactional
 topic passes everything but global do-not-contact), reachability, idempotency and dispatch
-apply as to any message. Idempotent by the client's key: the Delivery's own unique key.
+apply as to any message. Idempotent by the client's key: the Delivery's own unique key, holding
+the client's key as a keyed digest (`api:#<digest>`: keys often name the person).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from journeys.choices import IdentityKind
 from journeys.engine.runtime import profile_dict
 from journeys.errors import JourneyError
 from journeys.models import ApiToken, Customer
-from journeys.services.api_jobs import idempotency_check, request_fingerprint
+from journeys.services.api_jobs import idempotency_check, idempotency_key_forms, request_fingerprint
 from journeys.services.customers_api import customer_for_address
 from journeys.services.identity import phone_e164, phone_normalize
 
@@ -105,13 +106,12 @@ def transactional_send(*, template_name: str, token: ApiToken, key: str, data: d
                        now: datetime | None = None) -> tuple[Delivery, bool]:
     """Record the message (sent after commit by the dispatcher); returns (delivery, created).
     A replay of the key returns the first delivery; the same key for another message is refused."""
-    request_hash = request_fingerprint({"template": template_name, "channel": channel_name, "data": data,
-                                        "customer": customer.pk if customer else None, "to": to})
-    idempotency_key = f"api:{key}"
-    existing = Delivery.objects.filter(idempotency_key=idempotency_key).first()
+    request = {"template": template_name, "channel": channel_name, "data": data,
+               "customer": customer.pk if customer else None, "to": to}
+    stored, *older = idempotency_key_forms(f"api:{key}")
+    existing = Delivery.objects.filter(idempotency_key__in=[stored, *older]).order_by("pk").first()
     if existing is not None:
-        idempotency_check(stored_hash=(existing.notes or {}).get("api_request"), request_hash=request_hash,
-                          what="message")
+        idempotency_check(stored_hash=(existing.notes or {}).get("api_request"), request=request, what="message")
         return existing, False
     now = now or timezone.now()
     template, channel = _template_and_channel(template_name, channel_name)
@@ -120,9 +120,9 @@ def transactional_send(*, template_name: str, token: ApiToken, key: str, data: d
         if customer is None:
             customer, address = _address_customer(channel, to, now)
             context["profile"] = {**profile_dict(customer, now), ADDRESS_FIELDS[channel.kind]: address}
-        stamp = {"api_token": token.name, "api_request": request_hash}
+        stamp = {"api_token": token.name, "api_request": request_fingerprint(request)}
         delivery, created = message_record(customer=customer, template=template, channel=channel,
-                                           idempotency_key=idempotency_key, context=context, now=now, notes=stamp)
+                                           idempotency_key=stored, context=context, now=now, notes=stamp)
         if created and delivery.reason == Reason.TEMPLATE_ERROR:  # the caller can fix it: refused, nothing kept
             unfilled = [m.split(".", 1)[1] for m in (delivery.notes or {}).get("missing", [])
                         if m.startswith("journey.")]
@@ -132,5 +132,5 @@ def transactional_send(*, template_name: str, token: ApiToken, key: str, data: d
             delivery.notes = {**(delivery.notes or {}), **stamp}
             Delivery.objects.filter(pk=delivery.pk).update(notes=delivery.notes)
     # a concurrent request with this key stored it first: the same message is a replay (200), another is refused
-    idempotency_check(stored_hash=delivery.notes["api_request"], request_hash=request_hash, what="message")
+    idempotency_check(stored_hash=delivery.notes["api_request"], request=request, what="message")
     return delivery, created

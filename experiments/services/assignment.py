@@ -286,3 +286,20 @@ def assignments_merge(merged, target) -> None:
             continue
         assignment.customer = target
         assignment.save(update_fields=["customer"])
+
+
+def assignments_export(customer) -> tuple[str, list]:
+    """EXPORTERS entry (right of access): the person's experiment assignments, theirs and those of
+    the profiles merged into them: the experiment, the arm or holdout they got and how, their
+    hash position, the weights in force and, for next-best-action, the response predicted for
+    each arm (a profiling decision about them)."""
+    from channels_app.services.privacy import customer_profile_ids
+
+    assignments = (Assignment.objects.filter(customer_id__in=customer_profile_ids(customer))
+                   .select_related("experiment", "arm").order_by("assigned_at", "id"))
+    return "experiment_assignments", [
+        {"experiment": a.experiment_id, "experiment_name": a.experiment.name, "arm": a.arm.name,
+         "holdout": a.holdout, "via": a.via, "bucket": a.bucket, "weights": a.weights, "scores": a.scores,
+         "run": a.run_id, "version": a.version_id, "assigned_at": a.assigned_at}
+        for a in assignments
+    ]

@@ -15,6 +15,10 @@ class JobKind(models.TextChoices):
     ERASE = "erase", "Data-subject erasure (API)"
 
 
+# Jobs that read an uploaded file (`Job.input_text`).
+IMPORT_KINDS = (JobKind.IMPORT_CUSTOMERS, JobKind.IMPORT_EVENTS)
+
+
 class JobStatus(models.TextChoices):
     QUEUED = "queued", "Queued"
     RUNNING = "running", "Running"

@@ -15,7 +15,7 @@ from django.utils import timezone
 from journeys.choices import EventType, IdentityKind
 from journeys.errors import JourneyError
 from journeys.models import ApiToken, Customer, CustomerMerge, Identity, Job, JobKind
-from journeys.services.api_jobs import api_job_start, request_fingerprint
+from journeys.services.api_jobs import api_job_start
 
 
 class CustomerNotFound(JourneyError):
@@ -161,14 +161,13 @@ def customer_erase_request(*, customer: Customer, token: ApiToken, key: str, rea
     params = {"customer_id": customer.pk, "actor": token.actor, "reason": reason[:255]}
     # The customer is what the request is about: a retry with another reason finds the first job.
     return api_job_start(kind=JobKind.ERASE, token=token, params=params, key=f"erase:{key}",
-                         request_hash=request_fingerprint({"customer_id": customer.pk}))
+                         request={"customer_id": customer.pk})
 
 
 def customer_export_request(*, customer: Customer, token: ApiToken, key: str) -> tuple[Job, bool]:
     """Export everything held about a customer in the background (kept 24 h, like console exports)."""
     params = {"customer_id": customer.pk}
-    return api_job_start(kind=JobKind.EXPORT, token=token, params=params, key=f"export:{key}",
-                         request_hash=request_fingerprint(params))
+    return api_job_start(kind=JobKind.EXPORT, token=token, params=params, key=f"export:{key}", request=params)
 
 
 def customer_for_address(*, kind: str, value: str, now: datetime | None = None) -> Customer:

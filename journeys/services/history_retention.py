@@ -1,5 +1,6 @@
 """Keeping finished history bounded: runs, step executions, messages, cases, jobs, empty profiles,
-expired sessions and the login log (docs/SCALING.md "Retention").
+expired sessions and the login log (docs/SCALING.md "Retention"); and, whatever the retention,
+the inputs of finished jobs after JOB_INPUT_KEEP_DAYS (journeys.services.job_inputs).
 
 `history_housekeeping` runs with the events housekeeping schedule. With HISTORY_RETENTION_DAYS
 set, finished runs older than that go, oldest first, workflow by workflow, `batch` ids at a time,
@@ -40,6 +41,7 @@ from django.utils import timezone
 from journeys.choices import IdentityKind, RunStatus
 from journeys.models import Customer, Identity, JourneyRun, ProfileCheck, ProfileCheckBackfill
 from journeys.models.jobs import Job, JobStatus
+from journeys.services.job_inputs import job_inputs_purge
 
 BATCH = 2000
 FINISHED_RUN_STATUSES = (RunStatus.COMPLETED, RunStatus.EXITED, RunStatus.FAILED)
@@ -262,7 +264,8 @@ def history_housekeeping(*, now: datetime | None = None, budget_s: float = 20.0,
     several runs."""
     now = now or timezone.now()
     deadline = time.monotonic() + budget_s
-    result: dict = {"sessions_purged": sessions_purge(), "login_log_purged": login_log_purge(now=now)}
+    result: dict = {"sessions_purged": sessions_purge(), "login_log_purged": login_log_purge(now=now),
+                    "job_inputs_purged": job_inputs_purge(now=now, budget_s=budget_s / 4)}
     cutoff = history_cutoff(now=now)
     if cutoff is not None:
         # Runs get half the budget at most: with a backlog of them (the first runs after the

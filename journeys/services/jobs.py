@@ -32,6 +32,7 @@ from django.utils.module_loading import import_string
 from journeys.errors import EventValidationError, JourneyError, PermissionDenied, PayloadTooLarge
 from journeys.services.event_parsing import MAX_DEPTH, nesting_path
 from journeys.models import Customer, Job, JobChunk, JobKind, JobStatus, Source, WorkflowVersion
+from journeys.models.jobs import IMPORT_KINDS
 from journeys.selectors import EDIT, REVIEW, user_can, user_has_global
 
 logger = logging.getLogger(__name__)
@@ -520,7 +521,6 @@ def _import_part(job: Job, *, start: int) -> str:
     return JobStatus.SUCCEEDED
 
 
-IMPORT_KINDS = (JobKind.IMPORT_CUSTOMERS, JobKind.IMPORT_EVENTS)
 IMPORT_RESULT_KEYS = ("rows", "imported", "duplicates", "rejected", "rejected_rows", "failed_batches", "source",
                       "parts", "consents")
 # How often a stalled import is queued again from where it stopped before it is failed.
@@ -734,8 +734,11 @@ class _ChunkWriter:
 
 
 def _erase(job: Job) -> dict:
-    """Erasure requested through the API: the same service as `manage.py erase_customer`."""
-    customer = Customer.objects.get(pk=job.params["customer_id"])
+    """Erasure requested through the API: the same service as `manage.py erase_customer`. A
+    customer merged into another since the request is the survivor now (the API's lookup)."""
+    from journeys.services.customers_api import customer_get
+
+    customer = customer_get(pk=job.params["customer_id"])
     job_progress(job=job, done=0, total=1, message=f"erasing customer #{customer.pk}")
     record = import_string(ERASE_SERVICE)(customer=customer, actor=job.params.get("actor") or "api",
                                           reason=job.params.get("reason") or "")

@@ -20,7 +20,7 @@ from django.utils import timezone
 from journeys.choices import IdentityKind, WorkflowStatus
 from journeys.errors import JourneyError
 from journeys.models import ApiToken, Customer, Job, JobKind, JobStatus, JourneyRun, Workflow
-from journeys.services.api_jobs import api_job_start, request_fingerprint
+from journeys.services.api_jobs import api_job_start
 from journeys.services.bulk_ingest import identities_find
 
 # Run variables other parts of the product give a meaning to (docs/CONVENTIONS.md).
@@ -115,16 +115,15 @@ def workflow_trigger(*, workflow: Workflow, token: ApiToken, key: str, recipient
     `data` on top of it."""
     data = data or {}
     version_id = trigger_validate(workflow=workflow, recipients=recipients, segment=segment, data=data)
-    params: dict[str, Any] = {"workflow_id": workflow.pk, "recipients": recipients, "segment": segment, "data": data}
-    request_hash = request_fingerprint(params)
-    params["version_id"] = version_id
+    request: dict[str, Any] = {"workflow_id": workflow.pk, "recipients": recipients, "segment": segment, "data": data}
+    params = {**request, "version_id": version_id}
     key = f"trigger:{key}"
     if segment is not None or len(recipients or []) > settings.API["TRIGGER_SYNC_MAX"]:
-        return api_job_start(kind=JobKind.TRIGGER, token=token, params=params, key=key, request_hash=request_hash)
+        return api_job_start(kind=JobKind.TRIGGER, token=token, params=params, key=key, request=request)
     now = now or timezone.now()
     with transaction.atomic():
         job, created = api_job_start(kind=JobKind.TRIGGER, token=token, params=params, key=key,
-                                     request_hash=request_hash, status=JobStatus.RUNNING, enqueue=False)
+                                     request=request, status=JobStatus.RUNNING, enqueue=False)
         if not created:
             return job, False
         variables, missing = recipients_resolve(recipients or [])

@@ -68,6 +68,17 @@ def chat_messages(chat, django_capture_on_commit_callbacks):
 
 
 @pytest.fixture
+def post(api, django_capture_on_commit_callbacks):
+    """`post("identify", userId=..., traits=...)`: the client app's tracking call (/v1), with the
+    work it starts (the workflows it triggers, the messages they send)."""
+    def call(kind="track", **body):
+        with django_capture_on_commit_callbacks(execute=True):
+            assert api.post(kind, body).status_code == 200
+
+    return call
+
+
+@pytest.fixture
 def on_commit(django_capture_on_commit_callbacks):
     """Run a block and then its on-commit callbacks (the sends), as a real commit would."""
     return lambda: django_capture_on_commit_callbacks(execute=True)

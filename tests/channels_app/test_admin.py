@@ -125,3 +125,59 @@ def test_secret_values_are_never_shown_in_the_admin(admin_client, monkeypatch):
                 f"/admin/channels_app/channel/{sms.pk}/history/"):
         page = admin_client.get(url)
         assert page.status_code == 200 and b"tw-very-secret-value" not in page.content
+
+
+def test_the_consent_form_records_who_changed_it_and_when_not_what_ops_type(admin_client):
+    from datetime import datetime, timedelta
+
+    from django.utils import timezone
+
+    from channels_app.models import Consent
+    from journeys.choices import ApiScope
+    from tests.apiclient import Api, make_token
+
+    ada = CustomerFactory(external_id="ada")
+    # the form asks for the choice and the reason; source and time are not fields to type
+    form = admin_client.get("/admin/channels_app/consent/add/").content.decode()
+    assert 'name="source"' not in form and 'name="updated_at' not in form and 'name="change_reason"' in form
+
+    # when ops record an opt-out (a typed source and time are ignored)
+    before = timezone.now()
+    response = admin_client.post("/admin/channels_app/consent/add/", {
+        "customer": ada.pk, "channel_kind": "email", "topic": topic("product_updates").pk, "status": "opted_out",
+        "source": "typed", "updated_at_0": "2020-01-01", "updated_at_1": "11:36:00",
+        "change_reason": "asked by phone, ticket 9"})
+
+    # then the consent says who recorded it and when, and so do its history and the API
+    assert response.status_code == 302, response.content.decode()[:2000]
+    consent = Consent.objects.get(customer=ada)
+    assert consent.source == "admin:admin" and before <= consent.updated_at <= timezone.now()
+    change = consent.history.get()
+    assert (change.history_user.username, change.history_change_reason) == ("admin", "asked by phone, ticket 9")
+    _, key = make_token(ApiScope.CUSTOMERS_READ, name="crm")
+    [shown] = Api(key).get(f"customers/{ada.pk}").body["consents"]
+    shown_at = datetime.fromisoformat(shown["updated_at"].replace("Z", "+00:00"))
+    assert shown["source"] == "admin:admin" and abs(shown_at - consent.updated_at) < timedelta(seconds=1)
+
+    # a change later changes the status only: the customer, channel and topic stay as they are
+    page = admin_client.get(f"/admin/channels_app/consent/{consent.pk}/change/").content.decode()
+    assert 'name="customer"' not in page and 'name="status"' in page
+    admin_client.post(f"/admin/channels_app/consent/{consent.pk}/change/", {
+        "status": "opted_in", "change_reason": "subscribed again by letter"})
+    consent.refresh_from_db()
+    assert (consent.status, consent.source) == ("opted_in", "admin:admin") and consent.history.count() == 2
+
+
+def test_ops_find_an_api_message_by_the_clients_key_though_only_its_digest_is_stored(admin_client):
+    from channels_app.models import Delivery
+    from journeys.services.api_jobs import idempotency_key_stored
+
+    email = ChannelFactory(name="email", kind="email", provider="console")
+    wanted = Delivery.objects.create(idempotency_key=idempotency_key_stored("api:receipt-4711"),
+                                     customer=CustomerFactory(), channel=email, to="a@example.com", status="sent")
+    Delivery.objects.create(idempotency_key=idempotency_key_stored("api:receipt-4712"), customer=CustomerFactory(),
+                            channel=email, to="b@example.com", status="sent")
+
+    page = admin_client.get("/admin/channels_app/delivery/", {"q": "receipt-4711"}).content.decode()
+
+    assert f"/admin/channels_app/delivery/{wanted.pk}/change/" in page and "b@example.com" not in page

@@ -177,3 +177,53 @@ def test_a_partly_filled_message_goes_out_and_says_what_was_missing(api, receipt
     response = send(api, on_commit, user_id="ada", data={"total": "9.90"})
     assert response.status_code == 202
     assert response.body["delivery"]["missing"] == ["journey.order_id"]
+
+
+def test_a_key_naming_the_person_is_not_kept_and_a_replay_after_their_erasure_sends_nothing(
+        api, receipt, smtp, on_commit):
+    from channels_app.services.privacy import customer_erase
+
+    # given a receipt whose key names the person, as integrations name keys after what they send
+    key = "receipt-ada@example.com-4711"
+    first = send(api, on_commit, to="ada@example.com", idempotency_key=key, data={"order_id": "4711"})
+    assert first.status_code == 202 and len(smtp.messages) == 1
+
+    # then the key is stored as a digest, and a replay finds the message
+    delivery = Delivery.objects.get()
+    assert "ada" not in delivery.idempotency_key and "4711" not in delivery.idempotency_key
+    assert delivery.idempotency_key.startswith("api:#")
+    again = send(api, on_commit, to="ada@example.com", idempotency_key=key, data={"order_id": "4711"})
+    assert again.status_code == 200 and again.body["replayed"] is True
+
+    # when Ada is erased, the anonymised message keeps the key's digest and the request's, nothing else
+    customer_erase(customer=delivery.customer, actor="test", reason="GDPR")
+    delivery.refresh_from_db()
+    assert (delivery.to, delivery.body) == ("", "") and list(delivery.notes) == ["api_request"]
+    assert "4711" not in delivery.notes["api_request"]
+
+    # and the client's retry is still a replay (nothing sent again), another request with the key still refused
+    late = send(api, on_commit, to="ada@example.com", idempotency_key=key, data={"order_id": "4711"})
+    assert (late.status_code, late.body["delivery"]["id"]) == (200, delivery.pk) and len(smtp.messages) == 1
+    other = send(api, on_commit, to="ada@example.com", idempotency_key=key, data={"order_id": "4712"})
+    assert other.status_code == 422 and other.body["field"] == "idempotency_key"
+
+
+def test_a_key_stored_as_sent_by_an_older_release_is_replayed_and_digested_by_the_erasure(
+        api, receipt, smtp, on_commit):
+    import hashlib
+    import json
+
+    from channels_app.services.privacy import customer_erase
+
+    ada = CustomerFactory(external_id="ada", email="ada@example.com")
+    request = {"template": "receipt", "channel": None, "data": {}, "customer": ada.pk, "to": ""}
+    bare = hashlib.sha256(json.dumps(request, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    old = Delivery.objects.create(idempotency_key="api:receipt-ada", customer=ada, channel=Channel.objects.get(),
+                                  template=receipt, to="ada@example.com", status="sent", notes={"api_request": bare})
+
+    assert send(api, on_commit, user_id="ada", idempotency_key="receipt-ada").body["delivery"]["id"] == old.pk
+
+    customer_erase(customer=ada, actor="test", reason="GDPR")
+    old.refresh_from_db()
+    assert old.idempotency_key.startswith("api:#") and "ada" not in old.idempotency_key and old.notes == {}
+    assert smtp.messages == [] and Delivery.objects.count() == 1

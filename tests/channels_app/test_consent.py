@@ -305,3 +305,26 @@ def test_a_stop_reaches_a_customer_whose_number_was_written_with_the_00_internat
     assert sent.body["delivery"]["customer_id"] == customer.pk
     assert (sent.body["delivery"]["status"], sent.body["delivery"]["reason"]) == ("suppressed", "channel_opt_out")
     assert Customer.objects.count() == 1
+
+
+def test_an_sms_stop_holds_for_the_number_after_erasure_until_it_texts_start(sms_channel, client, on_commit):
+    from channels_app.models import Suppression
+    from channels_app.services.consent import address_digest
+    from channels_app.services.privacy import customer_erase
+
+    # given a customer who texted STOP, then was erased
+    gone = CustomerFactory(external_id="ada", phone="+15550001")
+    assert inbound(client, sms_channel, "STOP").status_code == 200
+    customer_erase(customer=gone, actor="dpo", reason="GDPR")
+
+    # when the number comes back under a new profile
+    back = CustomerFactory(external_id="ada-again", phone="+15550001")
+    template = TemplateFactory(topic=topic("transactional"))
+
+    # then no SMS goes to it, receipts included (the carriers refuse them after STOP)
+    assert send(sms_channel, back, template, "s1", on_commit).reason == "channel_opt_out"
+
+    # until the person texts START again
+    assert inbound(client, sms_channel, "START").status_code == 200
+    assert not Suppression.objects.filter(digest=address_digest("sms", "+15550001")).exists()
+    assert send(sms_channel, back, template, "s2", on_commit).status == "sent"

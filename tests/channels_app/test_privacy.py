@@ -301,3 +301,80 @@ def test_the_export_holds_the_customers_support_cases_with_every_reply_and_note(
     assert exported[0]["text"] == "My card was charged twice (0)"
     assert [(e["kind"], e["body"]) for e in exported[0]["entries"]][-1] == ("note", "Refund approved for Dana")
     assert any(e["body"] == "My card was charged twice (0)" for e in exported[0]["entries"])
+
+
+@pytest.fixture
+def shell(history, api, django_capture_on_commit_callbacks):
+    """A second visit of dana's as an anonymous visitor, merged into her profile when she signed in."""
+    with django_capture_on_commit_callbacks(execute=True):
+        api.post("track", {"anonymousId": "anon-2", "event": "Viewed", "properties": {"page": "/other-page"}})
+        api.post("identify", {"userId": "dana", "anonymousId": "anon-2"})
+    return Customer.objects.get(merged_into=history)
+
+
+def test_the_commands_given_a_merged_away_profiles_number_act_on_the_profile_that_holds_its_data(
+        history, shell, tmp_path):
+    import io
+
+    # given dana's anonymous profile, merged into hers at identify (an old ticket names its number)
+    out, said = tmp_path / "export.json", io.StringIO()
+
+    # when the DPO exports and erases by that number
+    call_command("export_customer", str(shell.pk), "--output", str(out), stderr=said)
+    call_command("erase_customer", str(shell.pk), "--yes", "--reason", "old ticket", stderr=said)
+
+    # then the export is dana's (her email, her events) and the erasure is hers, each saying so
+    exported = json.loads(out.read_text())
+    assert exported["customer"]["id"] == history.pk and exported["customer"]["email"] == "dana@example.com"
+    assert any(e["properties"].get("page") == "/secret-page" for e in exported["events"])
+    assert said.getvalue().count(f"customer #{shell.pk} was merged into #{history.pk}") == 2
+    assert list(ErasureRecord.objects.values_list("customer_id_erased", flat=True)) == [history.pk]
+    assert Customer.objects.get(pk=history.pk).email == "" and not Event.objects.filter(customer=shell).exists()
+
+
+def test_an_erasure_of_a_merged_away_profile_is_refused_naming_the_survivor_and_records_nothing(
+        history, shell, admin_client):
+    from channels_app.services import customer_erase
+    from journeys.errors import JourneyError
+
+    with pytest.raises(JourneyError, match=f"merged into #{history.pk}"):
+        customer_erase(customer=shell, actor="test", reason="r")
+    assert not ErasureRecord.objects.exists()
+
+    # the admin's action, given the shell, erases the person it stands for
+    done = admin_client.post("/admin/channels_app/datasubject/", {
+        "action": "erase_selected", "_selected_action": [shell.pk], "confirm": "1", "reason": "ticket 8"})
+    assert done.status_code == 302
+    assert list(ErasureRecord.objects.values_list("customer_id_erased", flat=True)) == [history.pk]
+
+
+def test_the_export_holds_experiment_assignments_workflow_entries_and_stage_changes(history):
+    from channels_app.services import customer_export
+    from experiments.models import Assignment
+    from experiments.services.assignment import assignment_decide
+    from journeys.models import EntryGate, LifecycleStage
+    from journeys.services.lifecycle import customer_set_stage
+    from tests.experiments.factories import make_experiment
+    from tests.factories import live_workflow
+
+    # given dana's arm in an experiment (with the scores a next-best-action model predicted), an
+    # entry into a workflow that lets people in once, and a lifecycle stage change
+    experiment = make_experiment(key="promo")
+    assignment_decide(experiment=experiment, customer=history, now=timezone.now())
+    Assignment.objects.filter(customer=history).update(scores={"control": 0.1, "short": 0.7})
+    workflow = live_workflow(name="welcome once", definition={"trigger_event": "Signed Up", "reentry_policy": "once",
+                                                              "steps": [{"key": "g", "kind": "goal", "config": {}}]})
+    EntryGate.objects.create(workflow=workflow, customer=history, entered_at=timezone.now())
+    LifecycleStage.objects.get_or_create(key="active", defaults={"name": "Active"})
+    customer_set_stage(customer=history, stage="active", reason="first order")
+
+    data = customer_export(customer=history)
+
+    [assigned] = data["experiment_assignments"]
+    arm = Assignment.objects.get(customer=history)
+    assert (assigned["experiment_name"], assigned["arm"], assigned["holdout"], assigned["bucket"]) == (
+        experiment.name, arm.arm.name, arm.holdout, arm.bucket)
+    assert assigned["scores"] == {"control": 0.1, "short": 0.7} and assigned["weights"] == arm.weights
+    assert [(e["workflow"], e["workflow_name"]) for e in data["workflow_entries"]] == [(workflow.pk, "welcome once")]
+    assert [(t["to_stage"], t["reason"]) for t in data["stage_transitions"]] == [("active", "first order")]
+    assert data["suppressions"] == []

@@ -28,15 +28,6 @@ def publish(db):
     return make
 
 
-@pytest.fixture
-def post(api, django_capture_on_commit_callbacks):
-    def call(kind="track", **body):
-        with django_capture_on_commit_callbacks(execute=True):
-            assert api.post(kind, body).status_code == 200
-
-    return call
-
-
 def test_holdout_customers_are_suppressed_with_reason_holdout(publish, post):
     ChannelFactory(name="email", kind="email", provider="console")
     TemplateFactory(name="hello")

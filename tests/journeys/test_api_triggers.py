@@ -3,6 +3,8 @@ or a segment, idempotent by the client's key, small lists at once and large ones
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from journeys.choices import ApiScope
@@ -162,3 +164,67 @@ def test_a_body_nested_past_the_parser_is_a_400_not_a_500(api, workflow):
     deep = b'{"idempotency_key": "k", "data": ' + b'{"a": ' * 3000 + b"1" + b"}" * 3000 + b"}"
     response = api.post(f"workflows/{workflow.pk}/trigger", raw=deep)
     assert response.status_code == 400 and "nested too deeply" in response.body["message"], response.body
+
+
+def test_erasure_empties_the_persons_entries_of_a_trigger_and_its_key_is_kept_as_a_digest(
+        api, workflow, django_capture_on_commit_callbacks):
+    from channels_app.models import ErasureRecord
+    from journeys.models import Identity
+
+    # given a trigger naming two people by email and user id (with private data), and a third one
+    first = CustomerFactory(external_id="c47000", email="person47000@mail.example.org")
+    Identity.objects.create(kind="email", value="person47000@mail.example.org", customer=first)
+    second, other = CustomerFactory(external_id="c47001"), CustomerFactory(external_id="c47002")
+    body = {"idempotency_key": "welcome-batch-47000", "recipients": [
+        {"email": "person47000@mail.example.org"}, {"user_id": "c47001", "data": {"tier": "private-47001"}},
+        {"customer_id": other.pk}]}
+    with django_capture_on_commit_callbacks(execute=True):
+        sent = api.post(f"workflows/{workflow.pk}/trigger", body)
+    assert sent.status_code == 200, sent.body
+
+    # when both are erased through the API
+    _, dpo = make_token(ApiScope.CUSTOMERS_WRITE, name="dpo")
+    for customer in (first, second):
+        with django_capture_on_commit_callbacks(execute=True):
+            assert Api(dpo).delete(f"customers/{customer.pk}").status_code == 202
+
+    # then the job keeps its counts and the third recipient, not their identifiers or data
+    job = Job.objects.get(kind="trigger")
+    assert job.params["recipients"] == [{}, {}, {"customer_id": other.pk}]
+    stored = json.dumps([job.params, job.result, job.idempotency_key, job.request_hash])
+    assert "47000" not in stored and "47001" not in stored and "welcome-batch" not in stored
+    assert (job.result["requested"], job.result["enrolled"]) == (3, 3)
+    assert [r.counts["job_input_trigger_recipients"] for r in ErasureRecord.objects.order_by("pk")] == [1, 1]
+
+    # and a replay of the request is still recognised as one: the first answer, nobody enrolled again
+    with django_capture_on_commit_callbacks(execute=True):
+        again = api.post(f"workflows/{workflow.pk}/trigger", body)
+    assert again.status_code == 200 and again.body["replayed"] is True and again.body["job"]["id"] == job.pk
+    assert api.post(f"workflows/{workflow.pk}/trigger", {**body, "data": {"tier": "x"}}).status_code == 422
+
+
+def test_a_key_stored_as_sent_by_an_older_release_is_still_replayed_and_digested_by_the_erasure(
+        api, workflow, django_capture_on_commit_callbacks):
+    import hashlib
+
+    from channels_app.services.privacy import customer_erase
+
+    # given a trigger job an older release stored with the client's key and a bare hash of the request
+    person = CustomerFactory(external_id="c47010")
+    request = {"workflow_id": workflow.pk, "recipients": [{"user_id": "c47010"}], "segment": None, "data": {}}
+    bare = hashlib.sha256(json.dumps(request, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    old = Job.objects.create(kind="trigger", status="succeeded", idempotency_key="trigger:welcome-c47010",
+                             request_hash=bare, params={**request, "version_id": workflow.live_version_id},
+                             result={"requested": 1, "enrolled": 1, "not_found": []}, finished_at=person.first_seen)
+    body = {"idempotency_key": "welcome-c47010", "recipients": [{"user_id": "c47010"}]}
+
+    # a replay finds it
+    assert trigger(api, workflow, django_capture_on_commit_callbacks, **body).body["job"]["id"] == old.pk
+
+    # when the person is erased, the key and the request's hash are digested, and a replay still finds it
+    customer_erase(customer=person, actor="test", reason="GDPR")
+    old.refresh_from_db()
+    assert "c47010" not in old.idempotency_key and old.request_hash != bare and old.params["recipients"] == [{}]
+    again = trigger(api, workflow, django_capture_on_commit_callbacks, **body)
+    assert (again.status_code, again.body["replayed"], again.body["job"]["id"]) == (200, True, old.pk)
+    assert Job.objects.count() == 1 and not JourneyRun.objects.exists()

@@ -291,6 +291,35 @@ def test_the_web_servers_access_log_never_shows_a_write_key(tmp_path):
     assert f'"GET /v1/projects/{shown}/settings HTTP/1.1"' in log
 
 
+def test_the_web_servers_access_log_keeps_no_identifier_of_a_customer_lookup(tmp_path):
+    """A DPO's `GET /api/v1/customers?user_id=...` or `?email=` (or the admin's search and export
+    link) names the person in the request line; a log file is out of an erasure's reach, so
+    gunicorn's access log writes `***` instead."""
+    import http.client
+
+    from tests.proc import WebServer, server_env
+
+    env = {k: v for k, v in server_env("").items() if k != "DATABASE_URL"}
+    env["SQLITE_PATH"] = str(tmp_path / "db.sqlite3")
+    lookups = ["/api/v1/customers?user_id=c7-private", "/api/v1/customers?limit=5&email=person7%40mail.example.org",
+               "/api/v1/customers?phone=%2B15557770007&anonymous_id=anon-7-private", "/api/v1/customers?userId=c7-x",
+               "/admin/channels_app/datasubject/?q=c7-search", "/admin/journeys/job/add/?kind=export&customer=c7-y"]
+    with WebServer(env=env, workers=1, name="access-log-lookups", args=("--access-logfile", "-")) as web:
+        for path in lookups:
+            conn = http.client.HTTPConnection("127.0.0.1", web.port, timeout=30)
+            conn.request("GET", path, headers={"Authorization": "Bearer not-a-token"})
+            conn.getresponse().read()
+            conn.close()
+        log = wait_for_lines(web, "customer=", 6)
+
+    for private in ("c7-private", "person7", "15557770007", "anon-7-private", "c7-x", "c7-search", "c7-y"):
+        assert private not in log
+    assert '"GET /api/v1/customers?user_id=*** HTTP/1.1"' in log
+    assert '"GET /api/v1/customers?limit=5&email=*** HTTP/1.1"' in log
+    assert '"GET /api/v1/customers?phone=***&anonymous_id=*** HTTP/1.1"' in log
+    assert '"GET /admin/journeys/job/add/?kind=export&customer=*** HTTP/1.1"' in log
+
+
 def wait_for_lines(web, needle: str, count: int) -> str:
     from tests.proc import wait_until
 

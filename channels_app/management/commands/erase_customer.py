@@ -17,7 +17,7 @@ class Command(BaseCommand):
         parser.add_argument("--yes", action="store_true", help="confirm the erasure")
 
     def handle(self, *args, customer, reason, yes, **options):
-        target = find_customer(customer)
+        target = find_customer(customer, note=self.stderr.write)
         if not yes:
             raise CommandError(f"this erases customer {target} irreversibly; add --yes to confirm")
         record = customer_erase(customer=target, actor=f"command:{getpass.getuser()}", reason=reason)

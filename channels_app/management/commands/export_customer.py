@@ -21,7 +21,7 @@ class Command(BaseCommand):
     def handle(self, *args, customer, output=None, **options):
         """Written while it is read, a page of rows at a time (a customer with years of events
         would not fit in memory as one document), the same JSON the console's download gives."""
-        customer = find_customer(customer)
+        customer = find_customer(customer, note=self.stderr.write)
         if output:
             export_to_file(customer=customer, path=Path(output))
             self.stdout.write(f"written to {output}")
