@@ -560,7 +560,9 @@ def cases_sla_check(*, now: datetime | None = None, limit: int = 10_000, batch: 
         after = (page[-1].sla_due_at, page[-1].pk)
         rest = []
         for case in page:
-            if free.can_serve(case, besides=case.assigned_agent_id) and time.monotonic() < deadline:
+            if time.monotonic() >= deadline:
+                break  # out of time: the rest of the page is still due at the next tick (not raised untried)
+            if free.can_serve(case, besides=case.assigned_agent_id):
                 rerouted = _sla_reroute(case.pk, now=now, free=free)
                 if rerouted is None:
                     continue
