@@ -282,15 +282,18 @@ REQUEUE_STATUSES = (DeliveryStatus.FAILED, DeliveryStatus.DEFERRED)
 def deliveries_requeue_preview(*, ids: list[int]) -> dict[str, Any]:
     """What "send again" would do with these deliveries, for its confirmation page: per channel
     and status, how many would be queued (failed or deferred ones) and how many of those never
-    rendered (they are rendered again first, or refused); how many are left alone. One query."""
+    rendered (they are rendered again first, or refused); how many are left alone, and of those how
+    many are held until their send time (`deliveries_requeue` keeps that time). One query."""
+    held = Q(status=DeliveryStatus.DEFERRED, reason=Reason.SEND_TIME, next_attempt_at__gt=timezone.now())
     rows = (Delivery.objects.filter(pk__in=ids).order_by().values("channel__name", "status")
-            .annotate(n=Count("id"), blank=Count("id", filter=Q(subject="", body="", html_body=""))))
+            .annotate(n=Count("id", filter=~held), held=Count("id", filter=held),
+                      blank=Count("id", filter=Q(subject="", body="", html_body="") & ~held)))
     groups = [{"channel": r["channel__name"], "status": r["status"], "n": r["n"], "never_rendered": r["blank"]}
-              for r in rows if r["status"] in REQUEUE_STATUSES]
+              for r in rows if r["status"] in REQUEUE_STATUSES and r["n"]]
     groups.sort(key=lambda g: (g["channel"], g["status"]))
     to_send = sum(g["n"] for g in groups)
     return {"selected": len(ids), "to_send": to_send, "never_rendered": sum(g["never_rendered"] for g in groups),
-            "left_alone": len(ids) - to_send, "groups": groups}
+            "left_alone": len(ids) - to_send, "send_time": sum(r["held"] for r in rows), "groups": groups}
 
 
 

@@ -130,3 +130,24 @@ def test_only_who_may_change_deliveries_may_send_them_again(
     # while an ops admin is offered it
     client.force_login(ops)
     assert b'value="requeue"' in client.get(ACTION).content
+
+
+def test_a_message_held_until_its_send_time_is_left_alone_and_keeps_its_time(
+        order_hook, api, vendor, admin_client, django_capture_on_commit_callbacks):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    orders(api, django_capture_on_commit_callbacks, {"ref": "A", "total": 5})
+    held = Delivery.objects.get()
+    at = timezone.now() + timedelta(hours=3)
+    Delivery.objects.filter(pk=held.pk).update(status="deferred", reason="send_time", next_attempt_at=at)
+
+    page = requeue(admin_client, django_capture_on_commit_callbacks, [held.pk])
+    assert "usual engagement hour (1: they go out then)" in page.content.decode()
+    done = requeue(admin_client, django_capture_on_commit_callbacks, [held.pk], post="yes")
+
+    held.refresh_from_db()
+    assert (held.status, held.reason, held.next_attempt_at) == ("deferred", "send_time", at)
+    assert len(vendor.requests) == 1
+    assert told(done) == ["1 delivery left alone: held until the customer's usual engagement hour, they go out then."]
