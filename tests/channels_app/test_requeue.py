@@ -151,3 +151,37 @@ def test_a_message_held_until_its_send_time_is_left_alone_and_keeps_its_time(
     assert (held.status, held.reason, held.next_attempt_at) == ("deferred", "send_time", at)
     assert len(vendor.requests) == 1
     assert told(done) == ["1 delivery left alone: held until the customer's usual engagement hour, they go out then."]
+
+
+def test_a_message_sent_after_waiting_for_an_event_is_rendered_again_from_that_event(
+        vendor, api, admin_client, django_capture_on_commit_callbacks, monkeypatch):
+    """The engine renders a send step after wait_for_event with the awaited event, not the trigger."""
+    from tests.channels_app.conftest import HOOK
+    from tests.channels_app.factories import ChannelFactory
+    from tests.factories import live_workflow
+
+    monkeypatch.setenv("JOURNEYS_SECRET_TEST_HOOK", "hook-secret")
+    ChannelFactory(name="hook", kind="webhook", provider="webhook",
+                   settings={"url": vendor.url, "secret_env": "JOURNEYS_SECRET_TEST_HOOK"})
+    template = TemplateFactory(name="order-hook", subject="", body=HOOK % "")
+    live_workflow(name="checkout", definition={
+        "trigger_event": "Checkout Started",
+        "steps": [{"key": "wait", "kind": "wait_for_event", "config": {"event": "Order Completed", "timeout": "1d"}},
+                  {"key": "hook", "kind": "send_message", "config": {"channel": "hook", "template": "order-hook"}}],
+        "edges": [{"from": "wait", "outcome": "event", "to": "hook"}]})
+    with django_capture_on_commit_callbacks(execute=True):
+        api.post("batch", {"batch": [{"type": "track", "userId": "u-A", "event": "Checkout Started", "messageId": "m1",
+                                      "properties": {"ref": "cart", "total": 9}}]})
+    with django_capture_on_commit_callbacks(execute=True):
+        api.post("batch", {"batch": [{"type": "track", "userId": "u-A", "event": "Order Completed", "messageId": "m2",
+                                      "properties": {"ref": "order"}}]})  # no total: the message fails to render
+    failed = Delivery.objects.get()
+    assert (failed.status, failed.reason) == ("failed", "template_error")
+
+    template.body = HOOK % "|default:0"
+    template.save()
+    requeue(admin_client, django_capture_on_commit_callbacks, [failed.pk], post="yes")
+
+    failed.refresh_from_db()
+    assert failed.status == "sent"
+    assert vendor.requests[-1].json()["payload"] == {"ref": "order", "user": "u-A", "total": 0}
