@@ -386,22 +386,22 @@ def channel_metrics(*, now: datetime) -> list:
     """The channels' part of /metrics (journeys.console.metrics): per channel, the messages waiting
     by state (queued, sending, held by a pause or an open breaker, deferred for a time: quiet hours,
     caps, retries...), those that failed in the last hour, the breaker's state and whether it is
-    paused. From delivery_due_idx (what waits) and delivery_failed_idx (what failed lately)."""
-    from journeys.console.metrics import Family
+    paused. From delivery_due_idx (what waits) and delivery_failed_idx (what failed lately). The
+    waiting messages are counted up to COUNT_CAP per channel and state: a scrape reads at most that
+    many rows each, however long the backlog."""
+    from journeys.console.metrics import COUNT_CAP, Family, _capped_count
 
     names = dict(Channel.objects.values_list("pk", "name"))
     waiting = Family("journeys_deliveries_waiting", "Messages not sent yet, per channel and state: queued, sending, "
-                                                    "held (a pause or an open breaker), deferred (for a time).")
-    counts: dict[tuple[str, str], int] = {}
-    for row in (Delivery.objects.filter(status__in=PENDING).values("channel_id", "status", "reason")
-                .annotate(n=Count("id")).order_by()):
-        state = row["status"] if row["status"] != DeliveryStatus.DEFERRED else (
-            "held" if row["reason"] in HELD_REASONS else "deferred")
-        key = (names.get(row["channel_id"], str(row["channel_id"])), state)
-        counts[key] = counts.get(key, 0) + row["n"]
-    for name in sorted(names.values()):
-        for state in ("queued", "sending", "held", "deferred"):
-            waiting.add(counts.get((name, state), 0), channel=name, state=state)
+                                                    "held (a pause or an open breaker), deferred (for a time); "
+                                                    f"counted up to {COUNT_CAP}.")
+    deferred = Delivery.objects.filter(status=DeliveryStatus.DEFERRED)
+    states = {"queued": Delivery.objects.filter(status=DeliveryStatus.QUEUED),
+              "sending": Delivery.objects.filter(status=DeliveryStatus.SENDING),
+              "held": deferred.filter(reason__in=HELD_REASONS), "deferred": deferred.exclude(reason__in=HELD_REASONS)}
+    for pk, name in sorted(names.items(), key=lambda item: item[1]):
+        for state, queryset in states.items():
+            waiting.add(_capped_count(queryset.filter(channel_id=pk)), channel=name, state=state)
     failed = Family("journeys_deliveries_failed_last_hour",
                     "Messages that failed for good in the last hour (never rendered, or refused by the provider).")
     by_channel = dict(Delivery.objects.filter(status=DeliveryStatus.FAILED, updated_at__gte=now - FAILED_WINDOW)
