@@ -156,15 +156,9 @@ def test_a_message_held_until_its_send_time_is_left_alone_and_keeps_its_time(
 def test_a_message_sent_after_waiting_for_an_event_is_rendered_again_from_that_event(
         vendor, api, admin_client, django_capture_on_commit_callbacks, monkeypatch):
     """The engine renders a send step after wait_for_event with the awaited event, not the trigger."""
-    from tests.channels_app.conftest import HOOK
-    from tests.channels_app.factories import ChannelFactory
-    from tests.factories import live_workflow
+    from tests.channels_app.conftest import HOOK, hook_workflow
 
-    monkeypatch.setenv("JOURNEYS_SECRET_TEST_HOOK", "hook-secret")
-    ChannelFactory(name="hook", kind="webhook", provider="webhook",
-                   settings={"url": vendor.url, "secret_env": "JOURNEYS_SECRET_TEST_HOOK"})
-    template = TemplateFactory(name="order-hook", subject="", body=HOOK % "")
-    live_workflow(name="checkout", definition={
+    template = hook_workflow(vendor, monkeypatch, name="checkout", definition={
         "trigger_event": "Checkout Started",
         "steps": [{"key": "wait", "kind": "wait_for_event", "config": {"event": "Order Completed", "timeout": "1d"}},
                   {"key": "hook", "kind": "send_message", "config": {"channel": "hook", "template": "order-hook"}}],
