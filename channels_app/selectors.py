@@ -282,15 +282,18 @@ REQUEUE_STATUSES = (DeliveryStatus.FAILED, DeliveryStatus.DEFERRED)
 def deliveries_requeue_preview(*, ids: list[int]) -> dict[str, Any]:
     """What "send again" would do with these deliveries, for its confirmation page: per channel
     and status, how many would be queued (failed or deferred ones) and how many of those never
-    rendered (they are rendered again first, or refused); how many are left alone. One query."""
+    rendered (they are rendered again first, or refused); how many are left alone, and of those how
+    many are held until their send time (`deliveries_requeue` keeps that time). One query."""
+    held = Q(status=DeliveryStatus.DEFERRED, reason=Reason.SEND_TIME, next_attempt_at__gt=timezone.now())
     rows = (Delivery.objects.filter(pk__in=ids).order_by().values("channel__name", "status")
-            .annotate(n=Count("id"), blank=Count("id", filter=Q(subject="", body="", html_body=""))))
+            .annotate(n=Count("id", filter=~held), held=Count("id", filter=held),
+                      blank=Count("id", filter=Q(subject="", body="", html_body="") & ~held)))
     groups = [{"channel": r["channel__name"], "status": r["status"], "n": r["n"], "never_rendered": r["blank"]}
-              for r in rows if r["status"] in REQUEUE_STATUSES]
+              for r in rows if r["status"] in REQUEUE_STATUSES and r["n"]]
     groups.sort(key=lambda g: (g["channel"], g["status"]))
     to_send = sum(g["n"] for g in groups)
     return {"selected": len(ids), "to_send": to_send, "never_rendered": sum(g["never_rendered"] for g in groups),
-            "left_alone": len(ids) - to_send, "groups": groups}
+            "left_alone": len(ids) - to_send, "send_time": sum(r["held"] for r in rows), "groups": groups}
 
 
 
@@ -383,22 +386,22 @@ def channel_metrics(*, now: datetime) -> list:
     """The channels' part of /metrics (journeys.console.metrics): per channel, the messages waiting
     by state (queued, sending, held by a pause or an open breaker, deferred for a time: quiet hours,
     caps, retries...), those that failed in the last hour, the breaker's state and whether it is
-    paused. From delivery_due_idx (what waits) and delivery_failed_idx (what failed lately)."""
-    from journeys.console.metrics import Family
+    paused. From delivery_due_idx (what waits) and delivery_failed_idx (what failed lately). The
+    waiting messages are counted up to COUNT_CAP per channel and state: a scrape reads at most that
+    many rows each, however long the backlog."""
+    from journeys.console.metrics import COUNT_CAP, Family, _capped_count
 
     names = dict(Channel.objects.values_list("pk", "name"))
     waiting = Family("journeys_deliveries_waiting", "Messages not sent yet, per channel and state: queued, sending, "
-                                                    "held (a pause or an open breaker), deferred (for a time).")
-    counts: dict[tuple[str, str], int] = {}
-    for row in (Delivery.objects.filter(status__in=PENDING).values("channel_id", "status", "reason")
-                .annotate(n=Count("id")).order_by()):
-        state = row["status"] if row["status"] != DeliveryStatus.DEFERRED else (
-            "held" if row["reason"] in HELD_REASONS else "deferred")
-        key = (names.get(row["channel_id"], str(row["channel_id"])), state)
-        counts[key] = counts.get(key, 0) + row["n"]
-    for name in sorted(names.values()):
-        for state in ("queued", "sending", "held", "deferred"):
-            waiting.add(counts.get((name, state), 0), channel=name, state=state)
+                                                    "held (a pause or an open breaker), deferred (for a time); "
+                                                    f"counted up to {COUNT_CAP}.")
+    deferred = Delivery.objects.filter(status=DeliveryStatus.DEFERRED)
+    states = {"queued": Delivery.objects.filter(status=DeliveryStatus.QUEUED),
+              "sending": Delivery.objects.filter(status=DeliveryStatus.SENDING),
+              "held": deferred.filter(reason__in=HELD_REASONS), "deferred": deferred.exclude(reason__in=HELD_REASONS)}
+    for pk, name in sorted(names.items(), key=lambda item: item[1]):
+        for state, queryset in states.items():
+            waiting.add(_capped_count(queryset.filter(channel_id=pk)), channel=name, state=state)
     failed = Family("journeys_deliveries_failed_last_hour",
                     "Messages that failed for good in the last hour (never rendered, or refused by the provider).")
     by_channel = dict(Delivery.objects.filter(status=DeliveryStatus.FAILED, updated_at__gte=now - FAILED_WINDOW)

@@ -126,8 +126,19 @@ class SendMessage(StepKind):
                         idempotency_key=ctx.idempotency_key, context=context, run_id=ctx.run.pk,
                         step_key=ctx.step_key, policy_options=policy, now=ctx.now)
         return StepResult(outcome="next", detail={"delivery": delivery.pk, "channel": delivery.channel.name,
-                                                  "status": delivery.status, "reason": delivery.reason},
+                                                  "status": delivery.status, "reason": delivery.reason,
+                                                  **_event_ran_on(ctx)},
                           error=_not_sent(delivery))
+
+
+def _event_ran_on(ctx: StepContext) -> dict:
+    """The event a send step rendered its message with (the trigger, or after wait_for_event the
+    awaited one), by id, so "send again" renders a message that never was from the same data
+    (`delivery_render_again`). Nothing when it was no stored event."""
+    if ctx.event is None:
+        return {"event": None}
+    pk = getattr(ctx.event, "pk", None)
+    return {"event": pk} if pk is not None else {}
 
 
 @register
@@ -346,5 +357,6 @@ class SendBestChannel(StepKind):
                         notes={"channel_choice": {**choice.as_dict(), "urgency": urgency}},
                         choice_reason=choice.summary)
         return StepResult(outcome="next", detail={"delivery": delivery.pk, "channel": delivery.channel.name,
-                                                  "status": delivery.status, "reason": delivery.reason, **summary},
+                                                  "status": delivery.status, "reason": delivery.reason, **summary,
+                                                  **_event_ran_on(ctx)},
                           error=_not_sent(delivery))

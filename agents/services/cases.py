@@ -175,10 +175,14 @@ def case_open(*, draft: CaseDraft, idempotency_key: str, now: datetime | None = 
     return case, True
 
 
-def _customer_wrote(case: Case, *, text: str, idempotency_key: str | None, data: dict, now: datetime) -> None:
-    """The customer wrote on their open case: the message goes on its timeline and the ball is in
-    the agent's court again (pending -> assigned), with a fresh SLA if none runs."""
+def _customer_wrote(case: Case, *, text: str, idempotency_key: str | None, data: dict, now: datetime,
+                    answer: bool = True) -> None:
+    """The customer wrote on their open case: the message goes on its timeline and, if it is an
+    `answer`, the ball is in the agent's court again (pending -> assigned), with a fresh SLA if none
+    runs. A bare SMS keyword (STOP, HELP, ...) is no answer: status and deadline stay as they are."""
     CaseEntry.objects.create(case=case, kind=EntryKind.INBOUND, body=text, idempotency_key=idempotency_key, data=data)
+    if not answer:
+        return
     if case.status == CaseStatus.PENDING:
         case.status = CaseStatus.ASSIGNED
     if case.sla_due_at is None:
@@ -190,19 +194,25 @@ def _customer_wrote(case: Case, *, text: str, idempotency_key: str | None, data:
 def case_replied_on(*, customers: list[Customer], channel, since: datetime | None = None,
                     resolved_since: datetime | None = None) -> Case | None:
     """The case an agent last wrote to one of these customers about on this kind of channel (SMS,
-    chat), if it is open (or, with `resolved_since`, resolved since then) and, with `since`, that
-    message is newer: the case the customer's next message on that channel answers. A reply that
-    never left (suppressed) does not count."""
-    statuses = Q(case__status__in=[CaseStatus.NEW, CaseStatus.ASSIGNED, CaseStatus.PENDING])
-    if resolved_since is not None:
-        statuses |= Q(case__status=CaseStatus.RESOLVED, case__resolved_at__gte=resolved_since)
-    replies = (CaseEntry.objects.filter(statuses, kind=EntryKind.MESSAGE, case__customer__in=customers,
+    chat), with `since` only if that message is newer: the case the customer's next message on that
+    channel answers. The newest such message decides, whatever its case's status: that case if it
+    is open (or, with `resolved_since`, resolved since then), else None (an older open case is not
+    given an answer meant for a newer, closed one). A reply that never left (suppressed) does not count."""
+    replies = (CaseEntry.objects.filter(kind=EntryKind.MESSAGE, case__customer__in=customers,
                                         delivery__channel__kind=channel.kind)
                .exclude(delivery__status="suppressed"))
     if since is not None:
         replies = replies.filter(created_at__gt=since)
     last = replies.order_by("-created_at", "-id").select_related("case").first()
-    return last.case if last else None
+    if last is None:
+        return None
+    case = last.case
+    if case.is_open:
+        return case
+    if (resolved_since is not None and case.status == CaseStatus.RESOLVED and case.resolved_at is not None
+            and case.resolved_at >= resolved_since):
+        return case
+    return None
 
 
 @transaction.atomic
@@ -212,10 +222,12 @@ def case_answer_receive(*, customers: list[Customer], channel, text: str, idempo
     bot) after an agent wrote to them there: the message goes on that case (`case_replied_on`),
     which is the agent's to answer again. With `reopen`, a case resolved within
     AGENTS_REOPEN_WINDOW_DAYS reopens (the answer would be lost otherwise), as when the customer
-    writes again through a workflow. None when there is no such case (the caller treats the
-    message as before). Once per key."""
+    writes again through a workflow. Without `reopen` (a bare SMS keyword: STOP, HELP, ...) the
+    message only goes on an open case's timeline: its status and deadline stay as they are. None
+    when there is no such case (the caller treats the message as before). Once per key. The whole
+    text is kept (no length limit: a case entry's body is unbounded text)."""
     now = now or timezone.now()
-    text = text.replace("\x00", "").strip()[:5000]  # PostgreSQL stores no NUL in text
+    text = text.replace("\x00", "").strip()  # PostgreSQL stores no NUL in text
     if not text or not customers:
         return None
     window = timedelta(days=getattr(settings, "AGENTS_REOPEN_WINDOW_DAYS", 7))
@@ -229,7 +241,7 @@ def case_answer_receive(*, customers: list[Customer], channel, text: str, idempo
         return None  # resolved, closed (or erased) meanwhile
     if case.status == CaseStatus.RESOLVED:
         case = _reopen_locked(case=case, actor=None, reason=f"the customer answered by {channel.get_kind_display()}")
-    _customer_wrote(case, text=text, idempotency_key=idempotency_key, now=now,
+    _customer_wrote(case, text=text, idempotency_key=idempotency_key, now=now, answer=reopen,
                     data={"channel": channel.name, "channel_kind": channel.kind})
     return case
 

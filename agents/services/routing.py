@@ -401,12 +401,16 @@ def case_assign(*, case: Case, agent: Agent, actor) -> Case:
 def case_queue(*, case: Case, team: Team, actor) -> Case:
     """Transfer an open case to a team's queue (the agent's own, to hand it back, or another desk's):
     it goes to the best online agent of that team who can take it, never back to the one who had it,
-    else waits in that queue. Same permissions as `case_assign`."""
+    else waits in that queue. Same permissions as `case_assign`. A case already answered (no
+    deadline running) needs an answer again: it gets a fresh SLA deadline from now, so the sweep
+    sees it if nobody takes it."""
     now = timezone.now()
     with transaction.atomic():
         case = Case.objects.select_for_update().get(pk=case.pk)
         _transfer_check(case=case, actor=actor)
         previous = case.assigned_agent_id
+        if case.sla_due_at is None:
+            case.sla_due_at = sla_due(priority=case.priority, start=now)
         _queue_locked(case=case, team=team, reason=f"transferred by {actor}", actor=actor)
         _route_locked(case=case, now=now, exclude=(previous,) if previous else (), reason=f"transferred to {team}",
                       team=team)
@@ -556,7 +560,9 @@ def cases_sla_check(*, now: datetime | None = None, limit: int = 10_000, batch: 
         after = (page[-1].sla_due_at, page[-1].pk)
         rest = []
         for case in page:
-            if free.can_serve(case, besides=case.assigned_agent_id) and time.monotonic() < deadline:
+            if time.monotonic() >= deadline:
+                break  # out of time: the rest of the page is still due at the next tick (not raised untried)
+            if free.can_serve(case, besides=case.assigned_agent_id):
                 rerouted = _sla_reroute(case.pk, now=now, free=free)
                 if rerouted is None:
                     continue

@@ -705,12 +705,14 @@ def deliveries_dispatch_due(*, now: datetime | None = None) -> int:
 @dataclass
 class Requeued:
     """What sending deliveries again did: the ids queued (of them, those rendered again first),
-    those refused and why (why -> how many), and those left alone (not failed or deferred)."""
+    those refused and why (why -> how many), and those left alone (not failed or deferred; or
+    held until their send time, which they keep)."""
 
     queued: list[int]
     refused: Counter
     rendered: int = 0
     skipped: int = 0
+    held: int = 0
 
     def report(self) -> list[tuple[str, str]]:
         """What the operator is told, as (level: success, error or warning; text)."""
@@ -731,6 +733,9 @@ class Requeued:
         if self.skipped:
             out.append(("warning", f"{deliveries(self.skipped)} left alone: only failed or deferred deliveries are "
                                    "sent again."))
+        if self.held:
+            out.append(("warning", f"{deliveries(self.held)} left alone: held until the customer's usual "
+                                   "engagement hour, they go out then."))
         return out
 
 
@@ -739,9 +744,12 @@ def deliveries_requeue(*, ids: list[int], actor: str, now: datetime | None = Non
     fixed template), each in its own transaction, with the same idempotency key. A message that
     never rendered (its template failed) is rendered again first, as the engine would now
     (`delivery_render_again`); one that still cannot be is refused and left as it is: a message
-    is never sent without content. One dispatch task sends those queued, after commit."""
+    is never sent without content. A delivery deferred to its send time (reason `send_time`, the
+    customer's usual engagement hour) is not failing: it is left alone and keeps its time. One
+    dispatch task sends those queued, after commit."""
     from channels_app.services.sending import _enqueue_collected, delivery_never_rendered, delivery_render_again
 
+    now = now or timezone.now()
     result = Requeued([], Counter())
     for pk in ids:
         with transaction.atomic():
@@ -750,8 +758,12 @@ def deliveries_requeue(*, ids: list[int], actor: str, now: datetime | None = Non
             if delivery is None or delivery.status not in (DeliveryStatus.FAILED, DeliveryStatus.DEFERRED):
                 result.skipped += 1
                 continue
+            if (delivery.status == DeliveryStatus.DEFERRED and delivery.reason == Reason.SEND_TIME
+                    and delivery.next_attempt_at is not None and delivery.next_attempt_at > now):
+                result.held += 1
+                continue
             rendered = delivery_never_rendered(delivery)
-            if rendered and (why := delivery_render_again(delivery, now=now or timezone.now())):
+            if rendered and (why := delivery_render_again(delivery, now=now)):
                 result.refused[why[:300]] += 1
                 continue
             delivery.status, delivery.reason, delivery.next_attempt_at, delivery.error = (

@@ -259,10 +259,34 @@ def delivery_never_rendered(delivery: Delivery) -> bool:
     return not (delivery.subject or delivery.body or delivery.html_body)
 
 
+def _event_sent_on(delivery: Delivery, run) -> tuple[object, str]:
+    """The event the engine rendered a journey's message with: the one its send step ran on
+    (recorded on the step's execution: the trigger, or after wait_for_event the awaited event).
+    An execution recorded before that was kept: the trigger event, unless the run had resumed on
+    an awaited event before that step (then it cannot be known: returns why)."""
+    from journeys.models import Event, StepExecution
+
+    step = (StepExecution.objects.filter(run_id=run.pk, step_key=delivery.step_key, detail__delivery=delivery.pk)
+            .values("detail", "started_at").first())
+    if step is not None and "event" in step["detail"]:
+        pk = step["detail"]["event"]
+        event = Event.objects.filter(pk=pk).first() if pk is not None else None
+        if pk is not None and event is None:
+            return None, "never rendered, and the event it was sent on is gone"
+        return event, ""
+    awaited = StepExecution.objects.filter(run_id=run.pk, step_kind="wait_for_event", outcome="event")
+    if step is not None:
+        awaited = awaited.filter(started_at__lte=step["started_at"])
+    if awaited.exists():
+        return None, ("never rendered, and the event it was to be rendered from (a waited-for event, not the "
+                      "trigger) was not recorded")
+    return run.trigger_event, ""
+
+
 def delivery_render_again(delivery: Delivery, *, now: datetime) -> str:
     """Render a message that never was (`delivery_never_rendered`) as the engine renders it: the
-    delivery's template as it is now (fixed since, perhaps), with its run's data (the trigger event
-    and the journey's variables) and the customer's profile, consents and address as they are now.
+    delivery's template as it is now (fixed since, perhaps), with its run's data (the event its send
+    step ran on, `_event_sent_on`, and the journey's variables) and the customer's profile, consents and address as they are now.
     Sets the content (and address, template version) on `delivery`, not saved, and returns ''; or
     returns why it cannot be sent (then nothing the caller would save has changed).
     Only messages of journey runs: an API or agent message's data is not kept."""
@@ -279,9 +303,11 @@ def delivery_render_again(delivery: Delivery, *, now: datetime) -> str:
     customer = delivery.customer
     if customer.erased_at is not None:
         return "the customer was erased"
+    event, why = _event_sent_on(delivery, run)
+    if why:
+        return why
     template = MessageTemplate.objects.select_related("topic").get(pk=delivery.template_id)
-    context = {"profile": profile_dict(customer, now), "event": event_dict(run.trigger_event),
-               "journey": run.variables or {}}
+    context = {"profile": profile_dict(customer, now), "event": event_dict(event), "journey": run.variables or {}}
     data = message_context(customer=customer, context=context, now=now)
     to = channel_address(delivery.channel, data["profile"])
     if not to:

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from django.apps import apps
 from django.conf import settings
-from django.db.models import Count, Min
+from django.db.models import Min
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -111,14 +111,16 @@ def _clusters() -> list[Family]:
 def journeys_metrics(*, now: datetime) -> list[Family]:
     from journeys.services.governance import safe_mode_active
 
-    outbox = Event.objects.filter(status=EventStatus.PENDING).aggregate(n=Count("id"), oldest=Min("received_at"))
+    pending = Event.objects.filter(status=EventStatus.PENDING)
+    outbox = {"n": _capped_count(pending), "oldest": pending.aggregate(oldest=Min("received_at"))["oldest"]}
     quarantine = dashboard_quarantine(now=now)
     by_source = Family("journeys_quarantine_refused_last_hour_by_source",
                        "Events refused into the quarantine in the last hour and not reviewed, per source.")
     for entry in quarantine["by_source"]:
         by_source.add(entry["n"], source=entry["source"])
     return [
-        Family("journeys_events_pending", "Events stored and not processed yet (the outbox).").add(outbox["n"]),
+        Family("journeys_events_pending",
+               f"Events stored and not processed yet (the outbox; counted up to {COUNT_CAP}).").add(outbox["n"]),
         Family("journeys_events_oldest_pending_age_seconds",
                "Age of the oldest event not processed yet (0 when none).").add(round(_age(now, outbox["oldest"]), 1)),
         Family("journeys_events_failed", f"Events whose processing failed (counted up to {COUNT_CAP}).").add(

@@ -375,6 +375,29 @@ def test_a_transfer_to_a_queue_goes_to_an_online_agent_of_that_team_never_back(c
     assert f"#{carols.pk}<" in queue.split('id="team-queue"')[1]  # she, or a colleague, may take it later
 
 
+def test_an_answered_case_sent_back_to_a_queue_gets_a_fresh_deadline_the_sla_sweep_sees(client, world):
+    """A reply clears the deadline (the case is pending); sent to a queue it needs an answer again."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from agents.services.routing import cases_sla_check
+    from agents.models import Team
+
+    carols = world["carols"]
+    Case.objects.filter(pk=carols.pk).update(status="pending", sla_due_at=None, first_response_at=timezone.now())
+    hardware = Team.objects.get(slug="hardware")
+    before = timezone.now()
+
+    _transfer(login(client, world["carol"]), carols, f"team:{hardware.pk}")
+
+    carols.refresh_from_db()
+    assert (carols.status, carols.assigned_agent) == ("new", None)
+    assert carols.sla_due_at is not None and carols.sla_due_at > before
+    cases_sla_check(now=carols.sla_due_at + timedelta(minutes=1))
+    assert Case.objects.get(pk=carols.pk).sla_breaches == 1
+
+
 def test_a_transfer_is_refused_to_an_away_colleague_a_full_one_and_by_someone_who_only_sees_the_queue(client, world):
     carol = world["carol"]
     carol.status = "away"

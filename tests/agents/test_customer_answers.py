@@ -109,3 +109,41 @@ def test_an_sms_answer_to_an_email_reply_is_not_taken_for_it(client, sms, django
     inbound(client.__class__(), sms, ANSWER, MessageSid="SM8")
 
     assert answers(case) == [] and Case.objects.get(pk=case.pk).status == "pending"
+
+
+def test_a_bare_keyword_on_an_open_case_is_on_its_timeline_but_no_answer(client, sms, texted):
+    """STOP on its own: the agent sees it, but the case still waits on the customer (no deadline)."""
+    inbound(client.__class__(), sms, "STOP", MessageSid="SM9")
+
+    texted.refresh_from_db()
+    assert answers(texted) == ["STOP"]
+    assert (texted.status, texted.sla_due_at) == ("pending", None)
+
+
+def test_an_answer_to_a_newer_case_that_was_closed_does_not_land_on_an_older_open_one(
+        client, sms, texted, django_capture_on_commit_callbacks):
+    from django.utils import timezone
+
+    # given a newer case (about something else) the agent texted the same customer about after the first one
+    Case.objects.filter(pk=texted.pk).update(category="refunds")
+    newer = open_case(customer=texted.customer, capture=django_capture_on_commit_callbacks)
+    client.force_login(texted.assigned_agent.user)
+    client.post(reverse("agents:reply", args=[newer.pk]), {"body": "Your refund is on its way", "nonce": "n2"})
+    assert newer.pk != texted.pk and newer.entries.filter(kind="message").exists()
+
+    # resolved within the reopen window: the answer reopens the newer case, not the older open one
+    Case.objects.filter(pk=newer.pk).update(status="resolved", resolved_at=timezone.now())
+    inbound(client.__class__(), sms, ANSWER, MessageSid="SM10")
+    assert answers(Case.objects.get(pk=texted.pk)) == []
+    assert (Case.objects.get(pk=newer.pk).reopen_count, answers(newer)) == (1, [ANSWER])
+
+    # closed: the answer goes to neither
+    Case.objects.filter(pk=newer.pk).update(status="closed")
+    inbound(client.__class__(), sms, "And another thing", MessageSid="SM11")
+    assert answers(Case.objects.get(pk=texted.pk)) == [] and answers(newer) == [ANSWER]
+
+
+def test_a_long_answer_is_kept_whole(client, sms, texted):
+    long = "x" * 1590 + " " + "y" * 10  # longer than the old 5000-character cut once repeated below
+    inbound(client.__class__(), sms, long * 4, MessageSid="SM12")
+    assert answers(Case.objects.get(pk=texted.pk)) == [long * 4]

@@ -331,6 +331,25 @@ def test_the_sla_tick_stops_claiming_when_its_time_budget_is_spent(team, setting
     assert tasks.sla_tick()["raised"] == 1
 
 
+def test_when_the_budget_runs_out_mid_page_the_rest_is_left_due_not_raised_untried(team, monkeypatch):
+    """A free agent could take all three; the budget is spent after the first: the other two wait
+    for the next tick as they are (no priority raised without a routing attempt)."""
+    import types
+
+    from agents.models import Case
+    from agents.services import routing
+
+    free = AgentFactory(team=team, capacity=5, skills={"billing": 5})
+    cases = _waiting(team, 3, priority=2)
+    Case.objects.update(sla_due_at=timezone.now() - timedelta(minutes=1))
+    ticks = iter([0, 0])  # the page read and the first case are within budget, then time is up
+    monkeypatch.setattr(routing, "time", types.SimpleNamespace(monotonic=lambda: next(ticks, 100)))
+
+    assert cases_sla_check(deadline=50) == {"rerouted": 1, "raised": 0, "still_urgent": 0}
+    rows = [(c.assigned_agent_id or 0, c.priority, c.sla_breaches) for c in Case.objects.order_by("pk")]
+    assert rows == [(free.pk, 2, 1), (0, 2, 0), (0, 2, 0)] and len(cases) == 3
+
+
 def test_breached_cases_are_read_a_batch_at_a_time(team, django_capture_on_commit_callbacks):
     from agents.models import Case
 

@@ -107,6 +107,13 @@ HOOK = '{"ref": "{{ event.properties.ref }}", "user": "{{ profile.user_id }}", "
 @pytest.fixture
 def order_hook(vendor, monkeypatch):
     """The workflow 'order confirm' (live) and its template 'order-hook' on the webhook channel 'hook'."""
+    return hook_workflow(vendor, monkeypatch, name="order confirm", definition={
+        "trigger_event": "Order Completed",
+        "steps": [{"key": "hook", "kind": "send_message", "config": {"channel": "hook", "template": "order-hook"}}]})
+
+
+def hook_workflow(vendor, monkeypatch, *, name: str, definition: dict):
+    """The webhook channel 'hook', its template 'order-hook' (returned) and a live workflow."""
     from tests.channels_app.factories import ChannelFactory, TemplateFactory
     from tests.factories import live_workflow
 
@@ -114,9 +121,7 @@ def order_hook(vendor, monkeypatch):
     ChannelFactory(name="hook", kind="webhook", provider="webhook",
                    settings={"url": vendor.url, "secret_env": "JOURNEYS_SECRET_TEST_HOOK"})
     template = TemplateFactory(name="order-hook", subject="", body=HOOK % "")
-    live_workflow(name="order confirm", definition={
-        "trigger_event": "Order Completed",
-        "steps": [{"key": "hook", "kind": "send_message", "config": {"channel": "hook", "template": "order-hook"}}]})
+    live_workflow(name=name, definition=definition)
     return template
 
 

@@ -130,3 +130,52 @@ def test_only_who_may_change_deliveries_may_send_them_again(
     # while an ops admin is offered it
     client.force_login(ops)
     assert b'value="requeue"' in client.get(ACTION).content
+
+
+def test_a_message_held_until_its_send_time_is_left_alone_and_keeps_its_time(
+        order_hook, api, vendor, admin_client, django_capture_on_commit_callbacks):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    orders(api, django_capture_on_commit_callbacks, {"ref": "A", "total": 5})
+    held = Delivery.objects.get()
+    at = timezone.now() + timedelta(hours=3)
+    Delivery.objects.filter(pk=held.pk).update(status="deferred", reason="send_time", next_attempt_at=at)
+
+    page = requeue(admin_client, django_capture_on_commit_callbacks, [held.pk])
+    assert "usual engagement hour (1: they go out then)" in page.content.decode()
+    done = requeue(admin_client, django_capture_on_commit_callbacks, [held.pk], post="yes")
+
+    held.refresh_from_db()
+    assert (held.status, held.reason, held.next_attempt_at) == ("deferred", "send_time", at)
+    assert len(vendor.requests) == 1
+    assert told(done) == ["1 delivery left alone: held until the customer's usual engagement hour, they go out then."]
+
+
+def test_a_message_sent_after_waiting_for_an_event_is_rendered_again_from_that_event(
+        vendor, api, admin_client, django_capture_on_commit_callbacks, monkeypatch):
+    """The engine renders a send step after wait_for_event with the awaited event, not the trigger."""
+    from tests.channels_app.conftest import HOOK, hook_workflow
+
+    template = hook_workflow(vendor, monkeypatch, name="checkout", definition={
+        "trigger_event": "Checkout Started",
+        "steps": [{"key": "wait", "kind": "wait_for_event", "config": {"event": "Order Completed", "timeout": "1d"}},
+                  {"key": "hook", "kind": "send_message", "config": {"channel": "hook", "template": "order-hook"}}],
+        "edges": [{"from": "wait", "outcome": "event", "to": "hook"}]})
+    with django_capture_on_commit_callbacks(execute=True):
+        api.post("batch", {"batch": [{"type": "track", "userId": "u-A", "event": "Checkout Started", "messageId": "m1",
+                                      "properties": {"ref": "cart", "total": 9}}]})
+    with django_capture_on_commit_callbacks(execute=True):
+        api.post("batch", {"batch": [{"type": "track", "userId": "u-A", "event": "Order Completed", "messageId": "m2",
+                                      "properties": {"ref": "order"}}]})  # no total: the message fails to render
+    failed = Delivery.objects.get()
+    assert (failed.status, failed.reason) == ("failed", "template_error")
+
+    template.body = HOOK % "|default:0"
+    template.save()
+    requeue(admin_client, django_capture_on_commit_callbacks, [failed.pk], post="yes")
+
+    failed.refresh_from_db()
+    assert failed.status == "sent"
+    assert vendor.requests[-1].json()["payload"] == {"ref": "order", "user": "u-A", "total": 0}

@@ -108,3 +108,23 @@ def test_every_figure_is_read_through_an_index_not_the_history(backlog):
 
     # then no table that grows with the history is read whole (small ones may be: channels, the queue)
     assert scanned == {}
+
+
+def test_waiting_messages_and_pending_events_are_counted_up_to_the_cap(client, backlog, monkeypatch):
+    """A scrape reads at most the cap's rows per figure, however long the backlog."""
+    from channels_app.models import Channel, Delivery
+    from journeys.console import metrics
+
+    monkeypatch.setattr(metrics, "COUNT_CAP", 2)
+    email, customer = Channel.objects.get(name="email"), CustomerFactory()
+    for n in range(3):
+        Delivery.objects.create(idempotency_key=f"q{n}", customer=customer, channel=email, status="queued", body="x")
+        Event.objects.create(source=Event.objects.get(message_id="late").source, message_id=f"p{n}", type="track",
+                             name="Stuck", customer=customer, timestamp=timezone.now(), received_at=timezone.now())
+    token, key = make_token("metrics:read")
+
+    text = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {key}").content.decode()
+
+    assert "\njourneys_events_pending 2\n" in text
+    assert 'journeys_deliveries_waiting{channel="email",state="queued"} 2' in text
+    assert 'journeys_deliveries_waiting{channel="sms",state="held"} 1' in text
