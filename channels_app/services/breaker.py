@@ -175,11 +175,14 @@ def _record_locked(channel: Channel, outcomes: Sequence[Outcome], now: datetime)
 
 
 def _opened_text(channel: Channel, breaker: ChannelBreaker, *, probe: bool) -> str:
-    why = ("its half-open probe failed" if probe
-           else f"{breaker.consecutive_failures} consecutive failures (threshold {channel.breaker_threshold})"
-           if breaker.consecutive_failures >= channel.breaker_threshold
-           else f"{breaker.consecutive_failures} consecutive failures taking {breaker.failing_ms / 1000:.1f} s"
-                f" (DELIVERY_BREAKER_FAILING_S {failing_budget_ms() / 1000:g} s)")
+    failures = breaker.consecutive_failures
+    if probe:
+        why = "its half-open probe failed"
+    elif failures >= channel.breaker_threshold:
+        why = f"{failures} consecutive failures (threshold {channel.breaker_threshold})"
+    else:  # opened on the time lost
+        why = (f"{failures} consecutive failures taking {breaker.failing_ms / 1000:.1f} s"
+               f" (DELIVERY_BREAKER_FAILING_S {failing_budget_ms() / 1000:g} s)")
     return (f"breaker of {_named(channel)} open after {why}; last error {_last_error(breaker.last_error)}; "
             f"its messages wait (or go to its fallback channel) and a probe is sent in {channel.breaker_cooldown_s} s")
 
