@@ -24,10 +24,12 @@ from agents.services import permissions
 from agents.services.conversations import conversation_for_case
 from agents.services.routing import agent_cases_requeue, enqueue_route, sla_due
 from journeys.choices import StreamEventType
+from journeys.engine.batch import rows_move
 from journeys.engine.queue import task_send_on_commit
 from journeys.engine.runtime import profile_dict
 from journeys.models import Customer, JourneyRun, Workflow
 from journeys.services.governance import history_stamp, require_reason
+from journeys.services.identity import MergePairs, merge_hook
 
 REPLY_TEMPLATE_NAME = "agent-reply"
 
@@ -485,9 +487,10 @@ def case_stream(*, case: Case, event_type: str, at: datetime) -> None:
                                   case.customer_id)])
 
 
-def cases_merge_customers(merged: Customer, target: Customer) -> None:
-    """MERGE_HOOKS entry: an absorbed profile's cases belong to the surviving customer."""
-    Case.objects.filter(customer=merged).update(customer=target)
+@merge_hook
+def cases_merge_customers(pairs: MergePairs) -> None:
+    """MERGE_HOOKS entry: absorbed profiles' cases belong to the surviving customers (one UPDATE)."""
+    rows_move(Case.objects.all(), pairs)
 
 
 

@@ -21,7 +21,9 @@ from django.utils import timezone
 from agents.choices import ConversationStatus, EntryKind, Priority, Sender
 from agents.models import Case, CaseEntry, Conversation, ConversationMessage, TriageBot, TriageNode
 from agents.scoring import TextScores, get_scorer
+from journeys.engine.batch import rows_move
 from journeys.models import Customer
+from journeys.services.identity import MergePairs, merge_hook
 
 BOT_TEMPLATE_NAME = "triage-bot-reply"
 MAX_TRANSCRIPT_CHARS = 20000
@@ -278,9 +280,10 @@ def _to_case(*, conversation: Conversation, message: ConversationMessage, scores
     return case
 
 
-def conversations_merge_customers(merged: Customer, target: Customer) -> None:
-    """MERGE_HOOKS entry: an absorbed profile's chats belong to the surviving customer."""
-    Conversation.objects.filter(customer=merged).update(customer=target)
+@merge_hook
+def conversations_merge_customers(pairs: MergePairs) -> None:
+    """MERGE_HOOKS entry: absorbed profiles' chats belong to the surviving customers (one UPDATE)."""
+    rows_move(Conversation.objects.all(), pairs)
 
 
 def conversations_export(customer: Customer) -> tuple[str, list]:

@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef
 
 from experiments.choices import HOLDOUT, AssignmentVia, ExperimentMode, ExperimentStatus
 from experiments.models import Arm, Assignment, Experiment
 from experiments.services.hashing import hash_unit
+from journeys.engine.batch import IdMap, rows_move
+from journeys.services.identity import MergePairs, merge_hook
 
 
 def assignment_weights(
@@ -279,13 +282,14 @@ def _rounded(weights: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 3) for k, v in weights.items()}
 
 
-def assignments_merge(merged, target) -> None:
-    """Identity merge hook: the survivor keeps its own assignment, else takes the absorbed one's."""
-    for assignment in Assignment.objects.filter(customer=merged):
-        if Assignment.objects.filter(experiment_id=assignment.experiment_id, customer=target).exists():
-            continue
-        assignment.customer = target
-        assignment.save(update_fields=["customer"])
+@merge_hook
+def assignments_merge(pairs: MergePairs) -> None:
+    """Identity merge hook: per experiment, the survivor keeps its own assignment, else takes the
+    absorbed one's (which otherwise stays with the absorbed profile). One UPDATE for all pairs."""
+    survivors = {merged.pk: target.pk for merged, target in pairs}
+    survivor_has_one = Exists(Assignment.objects.filter(customer_id=IdMap(OuterRef("customer_id"), survivors),
+                                                        experiment_id=OuterRef("experiment_id")))
+    rows_move(Assignment.objects.exclude(survivor_has_one), pairs)
 
 
 def assignments_export(customer) -> tuple[str, list]:

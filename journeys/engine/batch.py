@@ -73,21 +73,57 @@ def ids_q(field: str, ids: list[int]) -> models.Q:
     return models.Q(**{f"{field}__in": list(ids)})
 
 
-def customer_waves(items: list, customer_id: Callable[[Any], int | None]) -> list[list]:
+def customer_waves(items: list, customer_id: Callable[[Any], int | tuple[int, ...] | None]) -> list[list]:
     """Split a batch so that a customer appears at most once per wave (the n-th item of every
     customer is in wave n): a customer's items still act in order, and the work of one wave is
-    independent per customer. Items without a customer all go in the first wave."""
+    independent per customer. Items without a customer all go in the first wave. An item of
+    several customers (a merge: the absorbed and the surviving profile) goes in the first wave
+    after the last one holding any of them."""
     waves: list[list] = []
     seen: dict[int, int] = {}
     for item in items:
         key = customer_id(item)
-        n = seen.get(key, 0) if key is not None else 0
-        if key is not None:
-            seen[key] = n + 1
+        keys = () if key is None else key if isinstance(key, tuple) else (key,)
+        n = max((seen.get(k, 0) for k in keys), default=0)
+        for k in keys:
+            seen[k] = n + 1
         if n == len(waves):
             waves.append([])
         waves[n].append(item)
     return waves
+
+
+class IdMap(models.Func):
+    """The value a {id: value} mapping gives for an id (a column, or an OuterRef in a subquery),
+    computed by the database: the mapping travels as one JSON parameter whatever its size. One
+    UPDATE moves the rows of many customers each to its own survivor
+    (`.update(customer=IdMap(F("customer_id"), {absorbed: survivor}))`), or ends runs each with
+    its customer's message (`output_field=TextField()`); an id the mapping lacks gives NULL.
+    Values are integers (ids) unless `output_field` says otherwise."""
+
+    def __init__(self, expression: Any, mapping: dict[int, Any], output_field: models.Field | None = None) -> None:
+        document = json.dumps({str(k): v for k, v in mapping.items()}, separators=(",", ":"))
+        super().__init__(expression, models.Value(document), output_field=output_field or models.BigIntegerField())
+
+    def as_sql(self, compiler, connection, **extra_context):  # noqa: ANN001, ANN201 - Django's signature
+        (key, key_params), (document, document_params) = (compiler.compile(e) for e in self.get_source_expressions())
+        params = [*document_params, *key_params]
+        if connection.vendor == "postgresql":
+            value = f"(({document})::jsonb ->> ({key})::text)"
+            return (f"{value}::bigint" if isinstance(self.output_field, models.IntegerField) else value), params
+        return f"json_extract({document}, '$.\"' || ({key}) || '\"')", params
+
+
+def rows_move(rows: models.QuerySet, pairs: Iterable[tuple[models.Model, models.Model]],
+              field: str = "customer") -> int:
+    """Point the rows of `rows` whose `field` is the first of a (from, to) pair at the second (an
+    absorbed profile's rows at its survivor): one UPDATE whatever the number of pairs; returns how
+    many rows moved."""
+    moves = {old.pk: new.pk for old, new in pairs}
+    if not moves:
+        return 0
+    column = rows.model._meta.get_field(field).attname
+    return rows.filter(ids_q(column, list(moves))).update(**{field: IdMap(models.F(column), moves)})
 
 
 def current_batch() -> EngineBatch | None:

@@ -12,13 +12,14 @@ import traceback
 from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
+from django.db.models import Count, Exists, F, OuterRef, TextField
 
 from journeys.choices import OPEN_RUN_STATUSES, ReentryPolicy, RunStatus, StreamEventType
-from journeys.engine.batch import batch_suspended, current_batch
+from journeys.engine.batch import IdMap, batch_suspended, current_batch, ids_q, rows_move
 from journeys.engine.compiled import CompiledVersion, load_version
 from journeys.engine.entry_gate import entries_admit, entry_history
 from journeys.engine.runtime import StepContext, events_counter, profile_dict
-from journeys.models import Customer, JourneyRun, StepExecution
+from journeys.models import Customer, JourneyRun, StepExecution, TriggerWatch
 from journeys.rules import RuleContext, compile_rule
 from journeys.services.stream import stream_run_converted, stream_run_progress, stream_runs_ended, stream_wanted
 
@@ -141,14 +142,16 @@ def _finish(run: JourneyRun, status: str, now: datetime, error: str = "") -> Non
     run.error = error[:4000]
 
 
-def runs_merge(*, merged: Customer, target: Customer, now: datetime) -> int:
-    """An absorbed profile's runs go on as the survivor's (a cart run begun on a device waits for
-    the purchase the signed-in customer makes). Where both are on one journey, the survivor's run
-    goes on and the absorbed one ends (one open run per customer); a run whose trigger the survivor
-    also entered stays, ended, with the absorbed profile. Open inactivity windows move too.
-    Returns how many runs moved.
+def runs_merge(*, pairs: list[tuple[Customer, Customer]], now: datetime) -> dict[int, int]:
+    """Absorbed profiles' runs go on as their survivors' (a cart run begun on a device waits for
+    the purchase the signed-in customer makes), for many (merged, target) pairs at once, each
+    customer in at most one pair (a wave of `customer_waves`). Where both are on one journey, the
+    survivor's run goes on and the absorbed one ends (one open run per customer); a run whose
+    trigger the survivor also entered stays, ended, with the absorbed profile. Open inactivity
+    windows move too. A fixed number of statements whatever the number of pairs. Returns how
+    many runs moved, per absorbed customer id.
 
-    A run the survivor enters while this runs (another worker's batch) makes the move break the
+    A run a survivor enters while this runs (another worker's batch) makes the move break the
     one-open-run or one-run-per-trigger constraint once that batch commits: the move is then
     undone to its savepoint and done again, and sees that run."""
     attempts = 3
@@ -156,33 +159,38 @@ def runs_merge(*, merged: Customer, target: Customer, now: datetime) -> int:
         attempts -= 1
         try:
             with transaction.atomic():
-                return _runs_merge(merged=merged, target=target, now=now)
+                return _runs_merge(pairs=pairs, now=now)
         except IntegrityError:
             if not attempts:
                 raise
 
 
-def _runs_merge(*, merged: Customer, target: Customer, now: datetime) -> int:
-    from django.db.models import Exists, OuterRef
-
-    from journeys.models import TriggerWatch
-
-    theirs = JourneyRun.objects.filter(customer=target)
-    mine = JourneyRun.objects.filter(customer=merged)
-    runs_end(mine.filter(exclusive=True, workflow_id__in=theirs.filter(
-        exclusive=True, status__in=OPEN_RUN_STATUSES).values("workflow_id")),
-        status=RunStatus.EXITED, now=now, error=f"merged into customer {target.pk}, already on this journey")
-    same_trigger = Exists(theirs.filter(workflow_id=OuterRef("workflow_id"), trigger_key=OuterRef("trigger_key")))
+def _runs_merge(*, pairs: list[tuple[Customer, Customer]], now: datetime) -> dict[int, int]:
+    survivors = {merged.pk: target.pk for merged, target in pairs}
+    if not survivors:
+        return {}
+    mine = JourneyRun.objects.filter(ids_q("customer_id", list(survivors)))
+    # the survivor's runs, beside each absorbed run (its workflow)
+    theirs = JourneyRun.objects.filter(customer_id=IdMap(OuterRef("customer_id"), survivors),
+                                       workflow_id=OuterRef("workflow_id"))
+    runs_end(mine.filter(Exists(theirs.filter(exclusive=True, status__in=OPEN_RUN_STATUSES)), exclusive=True),
+             status=RunStatus.EXITED, now=now,
+             error={m: f"merged into customer {t}, already on this journey" for m, t in survivors.items()})
+    same_trigger = Exists(theirs.filter(trigger_key=OuterRef("trigger_key")))
     runs_end(mine.filter(same_trigger), status=RunStatus.EXITED, now=now,
-             error=f"merged into customer {target.pk}, who entered on the same trigger")
-    moved = mine.exclude(same_trigger).update(customer=target)
-    TriggerWatch.objects.filter(customer=merged, fired_at__isnull=True, cancelled_at__isnull=True).update(customer=target)
+             error={m: f"merged into customer {t}, who entered on the same trigger" for m, t in survivors.items()})
+    moving = mine.exclude(same_trigger)
+    moved = dict(moving.order_by().values_list("customer_id").annotate(n=Count("pk")))
+    if moved:
+        rows_move(moving, pairs)
+    rows_move(TriggerWatch.objects.filter(fired_at__isnull=True, cancelled_at__isnull=True), pairs)
     return moved
 
 
-def runs_end(runs, *, status: str, now: datetime, error: str) -> int:
+def runs_end(runs, *, status: str, now: datetime, error: str | dict[int, str]) -> int:
     """End the open runs of a queryset with one UPDATE (another run's move ends them; a wake-up
-    that broke fails one); returns how many. The outbound stream hears of each (journey.exited),
+    that broke fails one); returns how many. `error`: one message for all, or one per customer
+    id (a merge of many profiles). The outbound stream hears of each (journey.exited),
     as of a run that ends on its own: the rows are read (and locked) first only when a
     destination wants that."""
     runs = runs.filter(status__in=(RunStatus.ACTIVE, RunStatus.WAITING))
@@ -199,9 +207,13 @@ def runs_end(runs, *, status: str, now: datetime, error: str) -> int:
         batch.close_held(runs, outcome=status, finished_at=now)
     StepExecution.objects.filter(run__in=runs.values("pk"), finished_at__isnull=True).update(
         outcome=status, finished_at=now)
-    count = runs.update(status=status, finished_at=now, next_wake_at=None, wait_event="", error=error[:4000])
+    if isinstance(error, dict):
+        text = IdMap(F("customer_id"), {k: v[:4000] for k, v in error.items()}, output_field=TextField())
+    else:
+        text = error[:4000]
+    count = runs.update(status=status, finished_at=now, next_wake_at=None, wait_event="", error=text)
     for run in ended:
-        _finish(run, status, now, error)
+        _finish(run, status, now, error[run.customer_id] if isinstance(error, dict) else error)
     stream_runs_ended(runs=ended, now=now)
     return count
 

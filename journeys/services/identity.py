@@ -3,22 +3,45 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
+from functools import lru_cache, update_wrapper
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.db import IntegrityError, transaction
+from django.db.models import Count, F
 from django.utils import timezone
 
 from journeys.choices import IdentityKind
+from journeys.engine.batch import IdMap, customer_waves, ids_q, objects_insert, rows_move, rows_set
 from journeys.models import Customer, CustomerMerge, Event, Identity, MergeRefusal, Source
 from journeys.services.bulk_ingest import identities_find, identities_insert
 
-# Other apps append callables here (in AppConfig.ready) to move their own rows
-# (runs, cases, deliveries) from a merged profile to the survivor.
+MergePairs = list[tuple[Customer, Customer]]  # (merged, target), each customer in at most one pair
+
+
+def merge_hook(move: Callable[[MergePairs], None]) -> Callable[[Customer, Customer], None]:
+    """A MERGE_HOOKS entry made of a function that moves an app's rows for many (merged, target)
+    pairs at once (in a fixed number of statements; no customer is in two pairs): called as
+    hook(merged, target) it moves one profile's, and `hook.pairs(pairs)` is its batch form."""
+
+    def hook(merged: Customer, target: Customer) -> None:
+        move([(merged, target)])
+
+    update_wrapper(hook, move)
+    hook.pairs = move  # type: ignore[attr-defined]
+    return hook
+
+
+# Other apps append hooks here (in AppConfig.ready) to move their own rows (cases,
+# deliveries, consents) from a merged profile to the survivor; `merge_hook` gives them their
+# batch form, which merges of many profiles at once call (a plain hook is called per pair).
 MERGE_HOOKS: list[Callable[[Customer, Customer], None]] = []
 
+# The profile columns a merge changes besides the traits (which an absorbed profile loses).
+MERGE_SAVED_COLUMNS = ("external_id", "email", "phone", "timezone", "locale", "first_seen", "last_seen")
 PROFILE_TRAIT_FIELDS = {"email": "email", "phone": "phone", "timezone": "timezone", "locale": "locale"}
 # What Python's \s matches, spelled out, so that the same patterns give the same result in
 # PostgreSQL's regexp_replace (journeys.services.phones rewrites stored numbers in SQL with them).
@@ -84,11 +107,14 @@ class IdentityMap:
     """
 
     def __init__(self, keys: set[tuple[str, str]]):
-        self.ids: dict[tuple[str, str], int] = {}
+        self.ids: dict[tuple[str, str], int] = {}  # as loaded or claimed; a merged owner: see `survivor`
         self.customers: dict[int, Customer] = {}
         self.dirty: set[int] = set()
         self.redirects: dict[int, int] = {}  # merged customer -> survivor, for rows not yet written
         self.later: dict[tuple[str, str], int] = {}  # claims written by claims_flush (contact keys)
+        self.merges: list[Merge] = []  # decided (profiles folded in memory), written by merges_flush
+        self.merges_saved: dict[int, dict] = {}  # survivor -> its profile columns just after its merge
+        self._user_ids: dict[int, set[str]] | None = None  # customer -> its user id identities
         if keys:
             self._load(keys)
 
@@ -111,7 +137,7 @@ class IdentityMap:
 
     def get(self, kind: str, value: str) -> Customer | None:
         customer_id = self.ids.get((kind, value))
-        return self.customers.get(customer_id) if customer_id else None
+        return self.customers.get(self.survivor(customer_id)) if customer_id else None
 
     def claim(self, kind: str, value: str, customer: Customer) -> Customer:
         """Point (kind, value) at `customer` unless someone got there first; returns the owner."""
@@ -124,12 +150,15 @@ class IdentityMap:
         except IntegrityError:
             # A concurrent request created it after we loaded the map: theirs wins.
             owner_id = Identity.objects.filter(kind=kind, value=value).values_list("customer_id", flat=True).get()
+            owner_id = self.survivor(owner_id)  # a profile this batch merged (its rows move at merges_flush)
             owner = self.customers.get(owner_id) or Customer.objects.get(pk=owner_id)
             self.customers[owner.pk] = owner
             self.ids[(kind, value)] = owner.pk
+            self._user_id_add(kind, value, owner.pk)
             return owner
         self.ids[(kind, value)] = customer.pk
         self.customers[customer.pk] = customer
+        self._user_id_add(kind, value, customer.pk)
         return customer
 
     def claim_later(self, kind: str, value: str, customer: Customer) -> None:
@@ -150,33 +179,70 @@ class IdentityMap:
     def new_customer(self, *, user_id: str, seen_at: datetime) -> Customer:
         customer = Customer.objects.create(external_id=user_id, first_seen=seen_at, last_seen=seen_at)
         self.customers[customer.pk] = customer
+        if self._user_ids is not None:
+            self._user_ids[customer.pk] = set()
         return customer
 
+    def user_ids(self, customer: Customer) -> set[str]:
+        """The user ids `customer`'s identities hold, as the database would answer with this batch's
+        merges written: read once for every customer of the batch (not once per merge decided),
+        then kept up to date by `claim` and `merge`."""
+        if self._user_ids is None:
+            self._user_ids = defaultdict(set)
+            ids = list(self.customers)
+            for customer_id, value in Identity.objects.filter(
+                    ids_q("customer_id", ids), kind=IdentityKind.USER_ID).values_list("customer_id", "value"):
+                self._user_ids[customer_id].add(value)
+            for customer_id in ids:
+                self._user_ids.setdefault(customer_id, set())
+        if customer.pk not in self._user_ids:  # a profile met after the batch's were read (a lost race)
+            self._user_ids[customer.pk] = set(Identity.objects.filter(
+                customer=customer, kind=IdentityKind.USER_ID).values_list("value", flat=True))
+        return self._user_ids[customer.pk]
+
+    def _user_id_add(self, kind: str, value: str, customer_id: int) -> None:
+        if kind == IdentityKind.USER_ID and self._user_ids is not None and customer_id in self._user_ids:
+            self._user_ids[customer_id].add(value)
+
+    def has_other_user_id(self, customer: Customer, user_id: str) -> bool:
+        """Whether `customer` is known under a user id other than `user_id`."""
+        if customer.external_id and customer.external_id != user_id:
+            return True
+        return any(value != user_id for value in self.user_ids(customer))
+
+    def merge(self, *, target: Customer, merged: Customer, reason: str, actor: str) -> None:
+        """Fold `merged` into `target` now, in memory (the batch's later events see the merged
+        profile), and keep the merge for `merges_flush`, which moves the rows of all of them."""
+        self.user_ids(target).update(self.user_ids(merged))
+        customer_fold(target=target, merged=merged)
+        # the profile as its own merge of this batch (a survivor then) saved it: see Merge.profile
+        profile = self.merges_saved.pop(merged.pk, None)
+        self.merges.append(Merge(target=target, merged=merged, reason=reason, actor=actor, profile=profile))
+        self.merges_saved[target.pk] = {column: getattr(target, column) for column in MERGE_SAVED_COLUMNS}
+        self.dirty.add(target.pk)
+        self.forget(merged)
+
+    def merges_flush(self) -> list[CustomerMerge]:
+        """Write the merges decided so far (before `claims_flush`, as each was written when decided)."""
+        merges, self.merges = self.merges, []
+        return customers_merge_batch(merges=merges) if merges else []
+
     def forget(self, customer: Customer) -> None:
-        """After a merge, every key that pointed at `customer` points at its survivor."""
-        target_id = customer.merged_into_id
-        self.redirects[customer.pk] = target_id
-        for key, cid in list(self.ids.items()):
-            if cid == customer.pk:
-                self.ids[key] = target_id
+        """After a merge, every key that pointed at `customer` points at its survivor (`get` follows
+        the redirect: rewriting every key of the batch per merge made a batch of merges quadratic)."""
+        self.redirects[customer.pk] = customer.merged_into_id
         self.customers.pop(customer.pk, None)
         self.dirty.discard(customer.pk)
 
 
-def _has_other_user_id(customer: Customer, user_id: str) -> bool:
-    if customer.external_id and customer.external_id != user_id:
-        return True
-    return Identity.objects.filter(customer=customer, kind=IdentityKind.USER_ID).exclude(value=user_id).exists()
-
-
-def _alias_refusal(*, other: Customer, previous_kind: str, previous_id: str, user_id: str,
+def _alias_refusal(*, imap: IdentityMap, other: Customer, previous_kind: str, previous_id: str, user_id: str,
                    allow_known_merge: bool) -> str:
     """Why an alias must not fold `other` (found by previousId) into the event's customer; '' = merge.
 
     An anonymous profile merges. A known user merges into another known user only when the
     previousId *is* their user id and the source allows known-to-known merges; an anonymous id
     that belongs to a known user (a shared device) never merges two known users."""
-    if not _has_other_user_id(other, user_id):
+    if not imap.has_other_user_id(other, user_id):
         return ""
     if previous_kind == IdentityKind.ANONYMOUS_ID:
         return (f"anonymous id {previous_id} belongs to known user {other.external_id or f'#{other.pk}'}: "
@@ -227,7 +293,7 @@ def customer_resolve(
         if known.pk == previous.pk and known.external_id != user_id:
             known.external_id = user_id
             imap.dirty.add(known.pk)
-    if known is None and user_id and anon is not None and not _has_other_user_id(anon, user_id):
+    if known is None and user_id and anon is not None and not imap.has_other_user_id(anon, user_id):
         known = imap.claim(IdentityKind.USER_ID, user_id, anon)
         if not known.external_id:
             known.external_id = user_id
@@ -247,16 +313,15 @@ def customer_resolve(
     for other, reason in ((anon, "anonymousId and userId on one event"), (previous, f"alias of {previous_id}")):
         if other is None or other.pk == known.pk:
             continue
-        if user_id and _has_other_user_id(other, user_id) and reason.startswith("anonymousId"):
+        if user_id and imap.has_other_user_id(other, user_id) and reason.startswith("anonymousId"):
             continue  # shared device: do not fold one known user into another
-        if reason.startswith("alias") and (refusal := _alias_refusal(other=other, previous_kind=previous_kind,
-                                                            previous_id=previous_id, user_id=user_id,
-                                                            allow_known_merge=allow_known_merge)):
+        if reason.startswith("alias") and (refusal := _alias_refusal(
+                imap=imap, other=other, previous_kind=previous_kind, previous_id=previous_id, user_id=user_id,
+                allow_known_merge=allow_known_merge)):
             MergeRefusal.objects.create(customer=known, other=other, source=source, message_id=message_id[:255],
                                         user_id=user_id[:255], previous_id=previous_id[:255], reason=refusal[:255])
             continue
-        customer_merge(target=known, merged=other, reason=reason, actor=actor)
-        imap.forget(other)
+        imap.merge(target=known, merged=other, reason=reason, actor=actor)
 
     if anonymous_id and imap.get(IdentityKind.ANONYMOUS_ID, anonymous_id) is None:
         # A new device of a known person: written with the batch's other claims, in key order
@@ -333,19 +398,25 @@ def customer_apply_traits(*, imap: IdentityMap, customer: Customer, traits: dict
     return changes
 
 
-@transaction.atomic
-def customer_merge(*, target: Customer, merged: Customer, reason: str, actor: str) -> CustomerMerge:
-    """Fold `merged` into `target`: identities, events and traits move; the merge is recorded."""
-    if target.pk == merged.pk:
-        raise ValueError("cannot merge a customer into itself")
-    from journeys.engine.runner import runs_merge
+@dataclass(frozen=True, slots=True)
+class Merge:
+    """One merge decided: `merged` folds into `target` (see `customers_merge_batch`)."""
 
-    identities = list(Identity.objects.filter(customer=merged).values_list("kind", "value"))
-    Identity.objects.filter(customer=merged).update(customer=target)
-    moved_events = Event.objects.filter(customer=merged).update(customer=target)
-    # the runs before the customer row, the order the engine locks them in
-    moved_runs = runs_merge(merged=merged, target=target, now=timezone.now())
-    # The known profile's traits win; the anonymous one fills gaps.
+    target: Customer
+    merged: Customer
+    reason: str
+    actor: str
+    # The absorbed profile's columns to store with it, when it absorbed another profile earlier in
+    # the same batch (a chain: a into b, then b into c): b's row keeps what that merge saved, as
+    # when each merge was written at once. None: its row keeps its columns.
+    profile: dict | None = None
+
+
+def customer_fold(*, target: Customer, merged: Customer) -> None:
+    """The profile half of a merge, in memory: the known profile's traits win and the absorbed
+    one fills gaps (email, phone, locale; its device's zone where the survivor has none); first
+    and last seen span both. `merged` points at `target` and keeps no traits. The caller saves
+    `target`; `customers_merge_batch` writes `merged`."""
     target.traits = {**merged.traits, **target.traits}
     for column in ("email", "phone", "locale"):
         if not getattr(target, column) and getattr(merged, column):
@@ -356,21 +427,77 @@ def customer_merge(*, target: Customer, merged: Customer, reason: str, actor: st
         target.first_seen = merged.first_seen
     if merged.last_seen and (not target.last_seen or merged.last_seen > target.last_seen):
         target.last_seen = merged.last_seen
-    target.save()
-    if moved_events:  # counts of events change without a column a trigger sees
-        from journeys.services.rechecks import customers_recheck
-
-        customers_recheck([(target.pk, None)])
-    for hook in MERGE_HOOKS:
-        hook(merged, target)
     merged.merged_into = target
     merged.traits = {}
-    merged.save(update_fields=["merged_into", "traits", "updated_at"])
-    return CustomerMerge.objects.create(
-        target=target,
-        merged=merged,
-        reason=reason,
-        actor=actor,
-        details={"identities": [f"{k}:{v}" for k, v in identities], "events_moved": moved_events,
-                 "runs_moved": moved_runs},
-    )
+
+
+@transaction.atomic
+def customer_merge(*, target: Customer, merged: Customer, reason: str, actor: str) -> CustomerMerge:
+    """Fold `merged` into `target`: identities, events and traits move; the merge is recorded."""
+    if target.pk == merged.pk:
+        raise ValueError("cannot merge a customer into itself")
+    customer_fold(target=target, merged=merged)
+    (record,) = customers_merge_batch(merges=[Merge(target=target, merged=merged, reason=reason, actor=actor)])
+    target.save()
+    return record
+
+
+@transaction.atomic
+def customers_merge_batch(*, merges: Sequence[Merge]) -> list[CustomerMerge]:
+    """Write merges whose profiles are folded already (`customer_fold`, in memory, when each was
+    decided: the later events of an ingested batch see the merged profile; the caller saves the
+    survivors): identities, events and runs move, the MERGE_HOOKS move the other apps' rows, the
+    absorbed profiles point at their survivors, and one CustomerMerge row each records what moved.
+
+    A fixed number of statements per wave, not per merge: merges are written in waves in which
+    each customer appears at most once (`customer_waves`), so a chain within one batch (a into b,
+    then b into c) or a survivor absorbing several profiles acts as merged one after the other."""
+    from journeys.engine.runner import runs_merge
+    from journeys.services.rechecks import customers_recheck
+
+    absorbed_before: set[int] = set()
+    for merge in merges:
+        if merge.target.pk == merge.merged.pk:
+            raise ValueError("cannot merge a customer into itself")
+        if absorbed_before & {merge.target.pk, merge.merged.pk}:
+            raise ValueError(f"customer {merge.merged.pk} or {merge.target.pk} is merged earlier in the list")
+        absorbed_before.add(merge.merged.pk)
+    now = timezone.now()
+    details: dict[int, dict] = {}  # absorbed customer id -> what moved
+    for wave in customer_waves(list(merges), lambda m: (m.merged.pk, m.target.pk)):
+        survivors = {m.merged.pk: m.target.pk for m in wave}
+        absorbed = list(survivors)
+        pairs = [(m.merged, m.target) for m in wave]
+        identities: dict[int, list[str]] = defaultdict(list)
+        for customer_id, kind, value in Identity.objects.filter(ids_q("customer_id", absorbed)).order_by(
+                "pk").values_list("customer_id", "kind", "value"):
+            identities[customer_id].append(f"{kind}:{value}")
+        if identities:
+            rows_move(Identity.objects.all(), pairs)
+        moved_events = dict(Event.objects.filter(ids_q("customer_id", absorbed)).order_by().values_list(
+            "customer_id").annotate(n=Count("pk")))
+        if moved_events:
+            rows_move(Event.objects.all(), pairs)
+        # the runs before the customer rows, the order the engine locks them in
+        moved_runs = runs_merge(pairs=pairs, now=now)
+        if moved_events:  # counts of events change without a column a trigger sees
+            customers_recheck([(survivors[pk], None) for pk in moved_events])
+        for hook in MERGE_HOOKS:
+            if (pairs_hook := getattr(hook, "pairs", None)) is not None:
+                pairs_hook(pairs)
+            else:
+                for merged, target in pairs:
+                    hook(merged, target)
+        if profiles := [{"id": m.merged.pk, **m.profile} for m in wave if m.profile]:
+            rows_set(Customer, profiles, MERGE_SAVED_COLUMNS, stamp=now)
+        Customer.objects.filter(ids_q("pk", absorbed)).update(merged_into=IdMap(F("id"), survivors), traits={},
+                                                              updated_at=now)
+        for pk in absorbed:
+            details[pk] = {"identities": identities.get(pk, []), "events_moved": moved_events.get(pk, 0),
+                           "runs_moved": moved_runs.get(pk, 0)}
+    records = [CustomerMerge(target=m.target, merged=m.merged, reason=m.reason, actor=m.actor,
+                             details=details[m.merged.pk]) for m in merges]
+    ids = {merged_id: pk for pk, merged_id in objects_insert(CustomerMerge, records, returning=["id", "merged_id"])}
+    for record in records:  # a profile is absorbed once (checked above)
+        record.pk = ids[record.merged_id]
+    return records

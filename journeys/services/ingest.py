@@ -246,6 +246,7 @@ def event_ingest(
         if imap.redirects:  # a later event of this batch merged a profile an earlier event pointed at
             for row in rows:
                 row["customer_id"] = imap.survivor(row["customer_id"])
+        imap.merges_flush()  # the merges its events decided, set-based
         imap.claims_flush()
         customers_save(imap.customers[pk] for pk in imap.dirty if pk in imap.customers)
         # ON CONFLICT / ignore_conflicts covers a concurrent request carrying the same messageId.
