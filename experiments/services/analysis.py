@@ -111,7 +111,7 @@ class CountedTime:
             (f"Stopped from {_when(start)} to {_when(end)}" if end is not None else f"Stopped since {_when(start)}")
             + ": conversions in that time are not counted (while stopped, holdout customers got no messages and "
               "customers of every arm who entered followed control, so their conversions then are not their "
-              "arm's effect)."
+              "arm's effect; one who entered then and converts after the restart still counts for their arm)."
             for start, end in self.paused
         ]
         if self.concluded_at is not None:
