@@ -4,7 +4,8 @@ Primary metric: a customer converts when the experiment's goal event arrives
 within `window_s` after their assignment (without a goal event: when the run
 they entered with converts within the window). The unit is the customer: one
 assignment, at most one conversion. Customers merged into another profile are
-left out (their events moved to the survivor).
+left out (their events moved to the survivor). Conversions count in the experiment's
+counted time only (`counted_time`): not while it was stopped, not after its conclusion.
 """
 
 from __future__ import annotations
@@ -87,6 +88,63 @@ def without_jit() -> Iterator[None]:
         cursor.execute("SELECT set_config('jit', %s, true)", [before])
 
 
+@dataclass(frozen=True)
+class CountedTime:
+    """When a conversion counts: not while the experiment was stopped (customers assigned an arm
+    who entered then followed control: their conversions then are not their arm's effect) and
+    not after it was concluded (every entry, the holdout's too, follows the winner since)."""
+
+    paused: tuple[tuple[datetime, datetime | None], ...] = ()  # (stopped, restarted or None: still)
+    concluded_at: datetime | None = None
+
+    def q(self, column: str) -> Q:
+        """The rows whose `column` (a conversion moment) falls in counted time."""
+        counted = Q(**{f"{column}__lte": self.concluded_at}) if self.concluded_at is not None else Q()
+        for start, end in self.paused:
+            during = Q(**{f"{column}__gte": start}) & (Q(**{f"{column}__lt": end}) if end is not None else Q())
+            counted &= ~during
+        return counted
+
+    def notes(self) -> list[str]:
+        """What the report says about the conversions it leaves out."""
+        notes = [
+            (f"Stopped from {_when(start)} to {_when(end)}" if end is not None else f"Stopped since {_when(start)}")
+            + ": conversions in that time are not counted (while stopped, holdout customers got no messages and "
+              "customers of every arm who entered followed control, so their conversions then are not their "
+              "arm's effect; one who entered then and converts after the restart still counts for their arm)."
+            for start, end in self.paused
+        ]
+        if self.concluded_at is not None:
+            notes.append(f"Concluded at {_when(self.concluded_at)}: conversions after it are not counted (since "
+                         "then every entry, the holdout's too, follows the winner).")
+        return notes
+
+
+def paused_periods(experiment: Experiment) -> tuple[tuple[datetime, datetime | None], ...]:
+    """The times the experiment was stopped, read from its history (in the order saved): from a
+    stop (its `stopped_at`) to the next save that is not stopped (a restart or the conclusion),
+    or still stopped (None)."""
+    periods: list[tuple[datetime, datetime | None]] = []
+    start = None
+    rows = experiment.history.order_by("history_id").values_list("status", "stopped_at", "history_date")
+    for status, stopped_at, at in rows:
+        if status == ExperimentStatus.STOPPED and start is None:
+            start = stopped_at or at
+        elif status != ExperimentStatus.STOPPED and start is not None:
+            if at > start:
+                periods.append((start, at))
+            start = None
+    if start is not None:
+        periods.append((start, None))
+    return tuple(periods)
+
+
+def counted_time(experiment: Experiment) -> CountedTime:
+    """When the experiment's conversions count (see CountedTime)."""
+    concluded = experiment.concluded_at if experiment.status == ExperimentStatus.CONCLUDED else None
+    return CountedTime(paused=paused_periods(experiment), concluded_at=concluded)
+
+
 def exposed_assignments(*, experiment: Experiment, now: datetime) -> QuerySet:
     """The assignments the analysis counts: assigned by `now`, of customers not merged into another
     profile (their events moved to the survivor)."""
@@ -119,19 +177,19 @@ def exposures_sample(*, experiment: Experiment, limit: int, now: datetime | None
 def _exposures(experiment: Experiment, qs, now: datetime, *, order: tuple[str, ...],
                limit: int | None = None) -> list[Exposure]:
     """These assignments, in this order (the first `limit`), with their first conversion in the window."""
+    counted = counted_time(experiment)
     if experiment.goal_event:
         goal = (
             Event.objects.filter(
-                customer_id=OuterRef("customer_id"), name=experiment.goal_event, timestamp__gte=OuterRef("assigned_at"),
-                pk__gte=_events_floor(experiment, now),
+                counted.q("timestamp"), customer_id=OuterRef("customer_id"), name=experiment.goal_event,
+                timestamp__gte=OuterRef("assigned_at"), pk__gte=_events_floor(experiment, now),
             )
             .order_by("timestamp")
             .values("timestamp")[:1]
         )
     else:
-        goal = JourneyRun.objects.filter(pk=OuterRef("run_id"), converted_at__gte=OuterRef("assigned_at")).values(
-            "converted_at"
-        )[:1]
+        goal = JourneyRun.objects.filter(counted.q("converted_at"), pk=OuterRef("run_id"),
+                                         converted_at__gte=OuterRef("assigned_at")).values("converted_at")[:1]
     rows = qs.annotate(goal_at=Subquery(goal)).values_list(
         "id", "customer_id", "arm__name", "holdout", "assigned_at", "goal_at", "run_id").order_by(*order)
     if limit is not None:
@@ -287,16 +345,19 @@ def _events_floor(experiment: Experiment, now: datetime) -> int:
 
 def _conversions(experiment: Experiment, now: datetime, floor: int | None = None):
     """An assignment's conversions (a subquery on OuterRef), as `exposures_list` counts them: goal
-    events (or its run's conversion) from the assignment to the end of the window, not after now.
+    events (or its run's conversion) from the assignment to the end of the window, not after now,
+    in counted time (`counted_time`: not while stopped, not after the conclusion).
     `floor`: `_events_floor`, when the caller has it already."""
     window = timedelta(seconds=experiment.window_s)
+    counted = counted_time(experiment)
     if experiment.goal_event:
-        return (Event.objects.filter(customer_id=OuterRef("customer_id"), name=experiment.goal_event,
-                                     timestamp__gte=OuterRef("assigned_at"), timestamp__lte=now,
+        return (Event.objects.filter(counted.q("timestamp"), customer_id=OuterRef("customer_id"),
+                                     name=experiment.goal_event, timestamp__gte=OuterRef("assigned_at"),
+                                     timestamp__lte=now,
                                      pk__gte=_events_floor(experiment, now) if floor is None else floor)
                 .filter(timestamp__lte=OuterRef("assigned_at") + window).order_by("timestamp"))
-    return (JourneyRun.objects.filter(pk=OuterRef("run_id"), converted_at__gte=OuterRef("assigned_at"),
-                                      converted_at__lte=now)
+    return (JourneyRun.objects.filter(counted.q("converted_at"), pk=OuterRef("run_id"),
+                                      converted_at__gte=OuterRef("assigned_at"), converted_at__lte=now)
             .filter(converted_at__lte=OuterRef("assigned_at") + window))
 
 
@@ -502,7 +563,7 @@ def experiment_analyze(*, experiment: Experiment, now: datetime | None = None, s
         for g in groups:
             g.secondary = secondary_values.get(g.name, {})
 
-    warnings: list[str] = []
+    warnings: list[str] = counted_time(experiment).notes()
     srm = None
     observed, expected = _expected_counts(experiment, now)
     if sum(observed.values()) and len(expected) > 1:

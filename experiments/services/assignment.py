@@ -93,13 +93,27 @@ def _control(experiment: Experiment, arms: list[Arm]) -> Arm:
 
 
 def _settled(experiment: Experiment, all_arms: list[Arm], control: Arm) -> Decision | None:
-    """The decision of an experiment that no longer assigns (concluded, or not running)."""
+    """The decision of a concluded experiment: every entry, the holdout's too, follows the winner
+    (the report counts conversions up to `concluded_at` only)."""
     if experiment.status == ExperimentStatus.CONCLUDED:
         winner = next((a for a in all_arms if a.pk == experiment.winner_id), control)
         return Decision(arm=winner, holdout=False, reason=f"concluded: every entry goes to the winner {winner.name}")
-    if experiment.status != ExperimentStatus.RUNNING:
-        return Decision(arm=control, holdout=False, reason=f"experiment is {experiment.status}: control, not recorded")
     return None
+
+
+def _paused(experiment: Experiment, control: Arm, existing: Assignment | None) -> Decision:
+    """The decision of an experiment that does not assign (draft, stopped): control, nothing
+    recorded; a customer held out earlier stays held out (no messages while it is paused), one
+    assigned an arm follows control (the safe stop; the report does not count conversions while
+    it is stopped)."""
+    status = experiment.status
+    if existing is not None and existing.holdout:
+        return Decision(arm=control, holdout=True, assignment=existing, bucket=existing.bucket,
+                        reason=f"experiment is {status}: held out earlier, still no messages")
+    if existing is not None:
+        return Decision(arm=control, holdout=False, assignment=existing, bucket=existing.bucket,
+                        reason=f"experiment is {status}: assigned {existing.arm.name} earlier, follows control")
+    return Decision(arm=control, holdout=False, reason=f"experiment is {status}: control, not recorded")
 
 
 def _sticky(existing: Assignment, control: Arm, reason: str = "assigned earlier (sticky)") -> Decision:
@@ -161,9 +175,9 @@ def assignment_decide(
 ) -> Decision:
     """Choose the path for this entry; record the assignment unless this is a dry run.
 
-    Draft/stopped experiments send everyone down control unrecorded; a concluded
-    one sends every entry to the winner. A customer already assigned keeps the
-    arm (unless it was retired: then control).
+    Draft/stopped experiments send everyone down control unrecorded, except that a customer held
+    out earlier stays held out; a concluded one sends every entry to the winner. A customer
+    already assigned keeps the arm (unless it was retired: then control).
     """
     all_arms = list(experiment.arms.all())
     control = _control(experiment, all_arms)
@@ -171,6 +185,8 @@ def assignment_decide(
     if settled is not None:
         return settled
     existing = Assignment.objects.select_related("arm").filter(experiment=experiment, customer=customer).first()
+    if experiment.status != ExperimentStatus.RUNNING:
+        return _paused(experiment, control, existing)
     if existing is not None:
         return _sticky(existing, control)
     decision = _fresh(experiment=experiment, all_arms=all_arms, control=control, customer=customer, now=now,
@@ -252,6 +268,8 @@ class AssignmentBatch:
         if settled is not None:
             return settled
         assigned = self._earlier(experiment)
+        if experiment.status != ExperimentStatus.RUNNING:
+            return _paused(experiment, control, assigned.get(customer.pk))
         if customer.pk in assigned:
             return _sticky(assigned[customer.pk], control)
         decision = _fresh(experiment=experiment, all_arms=all_arms, control=control, customer=customer, now=now,

@@ -170,8 +170,12 @@ def experiment_settings_save(*, experiment: Experiment, actor, reason: str) -> E
     return experiment
 
 
-def _stamp(obj, *, actor, reason: str) -> None:
+def _stamp(obj, *, actor, reason: str, at: datetime | None = None) -> None:
+    """Who and why on the history row; `at`: the moment of a status change, which the report reads
+    from the history (`experiments.services.analysis.paused_periods`)."""
     history_stamp(obj, actor=actor, reason=reason)
+    if at is not None:
+        obj._history_date = at
 
 
 @transaction.atomic
@@ -252,10 +256,11 @@ def experiment_start(
         raise ValidationError("a concluded experiment cannot restart; create a new one")
     if experiment.control is None or experiment.arms.filter(retired_at__isnull=True).count() < 2:
         raise ValidationError("an experiment needs a control and at least one other active arm")
+    now = now or timezone.now()
     experiment.status = ExperimentStatus.RUNNING
-    experiment.started_at = experiment.started_at or now or timezone.now()
+    experiment.started_at = experiment.started_at or now
     experiment.stopped_at = None
-    _stamp(experiment, actor=actor, reason=reason)
+    _stamp(experiment, actor=actor, reason=reason, at=now)
     experiment.save()
     return experiment
 
@@ -264,14 +269,16 @@ def experiment_start(
 def experiment_stop(
     *, experiment: Experiment, actor=None, reason: str = "stopped", now: datetime | None = None
 ) -> Experiment:
-    """Pause: new entries follow control unrecorded; recorded assignments are kept for analysis."""
+    """Pause: new entries follow control unrecorded, customers held out stay without messages,
+    customers assigned an arm follow control; recorded assignments are kept for analysis, which
+    does not count conversions while it is stopped."""
     experiment_authorize(actor=actor)
     experiment = _locked(experiment)
     if experiment.status != ExperimentStatus.RUNNING:
         raise ValidationError(f"only a running experiment can stop (it is {experiment.status})")
     experiment.status = ExperimentStatus.STOPPED
     experiment.stopped_at = now or timezone.now()
-    _stamp(experiment, actor=actor, reason=reason)
+    _stamp(experiment, actor=actor, reason=reason, at=experiment.stopped_at)
     experiment.save()
     return experiment
 
@@ -280,7 +287,8 @@ def experiment_stop(
 def experiment_conclude(
     *, experiment: Experiment, winner: Arm, actor=None, reason: str, now: datetime | None = None
 ) -> Experiment:
-    """Declare the winner: from now on every entry goes down the winner's path."""
+    """Declare the winner: from now on every entry goes down the winner's path (the holdout's
+    too); the report counts conversions up to the conclusion only."""
     experiment_authorize(actor=actor)
     experiment = _locked(experiment)
     if winner.experiment_id != experiment.pk:
@@ -292,7 +300,7 @@ def experiment_conclude(
     experiment.status = ExperimentStatus.CONCLUDED
     experiment.winner = winner
     experiment.concluded_at = now or timezone.now()
-    _stamp(experiment, actor=actor, reason=f"concluded, winner {winner.name}: {reason}")
+    _stamp(experiment, actor=actor, reason=f"concluded, winner {winner.name}: {reason}", at=experiment.concluded_at)
     experiment.save()
     return experiment
 

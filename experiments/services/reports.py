@@ -3,8 +3,10 @@
 Attribution model (last touch within the window): a conversion at time T by a
 customer assigned at A is credited to the last message (Delivery) the customer
 was sent in [max(A, T - window), T], together with the customer's arm. With no
-such message (always the case for holdout customers) the conversion is credited
-to "(no message)" in that arm. Suppressed and failed deliveries never get credit.
+such message the conversion is credited to "(no message)" in that arm (so for holdout
+customers: their messages are suppressed while the experiment runs or is stopped, and
+conversions count in running time only, up to the conclusion, after which the holdout
+follows the winner). Suppressed and failed deliveries never get credit.
 
 Everything is counted by the database (GROUP BY, correlated subqueries, window functions)
 over the customers and conversions of `exposures_list`: what comes back to Python is a row
