@@ -8,7 +8,9 @@ from django.db.models import Max
 from django.utils import timezone
 
 from experiments.models import Experiment
+from experiments.services.assignment import AssignmentBatch
 from experiments.services.experiments import experiment_create, experiment_start
+from journeys.engine.batch import EngineBatch
 from journeys.models import Customer, Event
 from journeys.services.internal_events import internal_source
 
@@ -96,3 +98,17 @@ def split_then_wait(key: str) -> dict:
                        ("wait_a", "delay", {"duration": "1d"}), ("wait_b", "delay", {"duration": "1d"})),
         "edges": edges(("split", "control", "wait_a"), ("split", "b", "wait_b")),
     }
+
+
+def assign_batch(experiment, customers, now=None):
+    """Assign many customers at once through the engine batch's path (AssignmentBatch: event batches, wake-ups and
+    broadcasts), recorded with the batch's flush."""
+    now = now or timezone.now()
+    batch = EngineBatch(customer_ids=[c.pk for c in customers], now=now)
+    with batch.active():
+        assign = AssignmentBatch.current()
+        experiment = assign.experiment(experiment.key)
+        decisions = [assign.decide(experiment=experiment, customer=c, now=now, arm_names=None, run_id=None,
+                                   version_id=None) for c in customers]
+        batch.flush()
+    return decisions

@@ -18,11 +18,10 @@ from django.utils import timezone
 
 from experiments.models import Arm, Assignment, Experiment
 from experiments.services.analysis import experiment_analyze, experiment_auto_retire
-from experiments.services.assignment import assignment_decide
 from experiments.tasks import experiments_refresh
 from journeys.engine.scheduler import schedules_run
 from journeys.models import Event
-from tests.experiments.factories import make_customers, make_experiment, make_goal_events, steps
+from tests.experiments.factories import assign_batch, make_customers, make_experiment, make_goal_events, steps
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -56,8 +55,7 @@ def broadcast(publish, experiment: Experiment, audience: int) -> None:
 
 
 def assign(experiment, customers, now=None) -> list:
-    now = now or timezone.now()
-    return [assignment_decide(experiment=experiment, customer=c, now=now) for c in customers]
+    return assign_batch(experiment, customers, now=now)  # the engine's path, recorded as a batch
 
 
 def time_passes(span: timedelta) -> None:
