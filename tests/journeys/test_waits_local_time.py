@@ -71,3 +71,26 @@ def test_hours_stay_elapsed_time():
     assert run.next_wake_at == datetime(2027, 10, 2, 22, 0, tzinfo=UTC)  # 12 elapsed hours: 09:00 AEDT
     assert runs_wake_due(now=run.next_wake_at + timedelta(minutes=1)) == 1
     assert JourneyRun.objects.get().status == "completed"
+
+
+def test_a_wait_until_a_local_time_follows_a_later_change_of_zone(api):
+    publish({"kind": "delay", "config": {"until_local_time": "09:00"}}, at="20:00")
+    for name in ("moves", "stays"):
+        api.post("identify", {"userId": name, "traits": {"timezone": "Australia/Lord_Howe", "birthday": "1990-12-06"}})
+    date_triggers_run(now=datetime(2026, 12, 6, 9, 0, tzinfo=UTC))  # 20:00 on Lord Howe (+11)
+    assert set(JourneyRun.objects.values_list("next_wake_at", flat=True)) == {
+        datetime(2026, 12, 6, 22, 0, tzinfo=UTC)}  # 09:00 on Lord Howe
+
+    # when the customer's zone changes before the wait ends
+    assert api.post("identify", {"userId": "moves", "traits": {"timezone": "Asia/Tokyo"}}).status_code == 200
+    runs_wake_due(now=datetime(2026, 12, 6, 22, 1, tzinfo=UTC))
+
+    # then the one who stayed wakes as planned, the one who moved at 09:00 Tokyo time
+    moved, stayed = (JourneyRun.objects.get(customer__external_id=n) for n in ("moves", "stays"))
+    assert stayed.status == "completed"
+    assert (moved.status, moved.next_wake_at) == ("waiting", datetime(2026, 12, 7, 0, 0, tzinfo=UTC))
+    assert runs_wake_due(now=datetime(2026, 12, 6, 23, 59, tzinfo=UTC)) == 0
+    assert runs_wake_due(now=datetime(2026, 12, 7, 0, 0, tzinfo=UTC)) == 1
+    moved.refresh_from_db()
+    assert moved.status == "completed"
+    assert list(moved.executions.values_list("step_key", "visit")) == [("wait", 1), ("done", 1)]  # slept once more, no second visit
