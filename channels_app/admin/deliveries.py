@@ -17,6 +17,7 @@ from channels_app.selectors import (
 )
 from channels_app.services.dispatch import deliveries_requeue
 from journeys.admin.base import LargeTableMixin, action_selection_within
+from journeys.engine.runtime import customer_zone
 from journeys.services.api_jobs import idempotency_key_stored
 
 # Each message sent again may be rendered again first (a few queries): a web request takes this many.
@@ -89,7 +90,7 @@ class DeliveryAdmin(LargeTableMixin, ReadOnlyMixin, admin.ModelAdmin):
                    "topic", ("created_at", admin.DateFieldListFilter))
     search_fields = ("to", "customer__external_id", "idempotency_key", "provider_message_id", "choice_reason")
     list_select_related = ("customer", "channel")
-    readonly_fields = ("held_by",)
+    readonly_fields = ("held_by", "customer_local_time")
     exclude = ("reason",)  # shown by held_by: the stored reason may be a hold that has ended
     inlines = (AttemptInline,)
     actions = ("requeue",)
@@ -102,6 +103,15 @@ class DeliveryAdmin(LargeTableMixin, ReadOnlyMixin, admin.ModelAdmin):
         if key := search_term.strip().removeprefix("api:"):  # an API message's key is stored as its digest
             found |= queryset.filter(idempotency_key=idempotency_key_stored(f"api:{key}"))
         return found, duplicates
+
+    @admin.display(description="sent at, the customer's time")
+    def customer_local_time(self, obj):
+        """Quiet hours and local-time sends are decided on the customer's clock; the page's other
+        times are UTC (a 08:00 Tokyo send reads 11 p.m. there)."""
+        if obj.sent_at is None or obj.customer is None:
+            return "-"
+        zone = customer_zone(obj.customer)
+        return f"{obj.sent_at.astimezone(zone):%Y-%m-%d %H:%M} {zone.key}"
 
     @admin.display(description="reason / waiting for")
     def held_by(self, obj):

@@ -15,6 +15,7 @@ from journeys.api.fields import MAX_ID
 from journeys.console.selectors import customer_360
 from journeys.selectors import identities_matching
 from journeys.errors import JourneyError
+from journeys.timezones import traits_zone_checked, zone_check
 from journeys.services.customers_api import CustomerNotFound, customer_edit, customer_get
 from journeys.services.event_parsing import MAX_DEPTH, check_depth, check_event_size
 from journeys.models import (
@@ -46,6 +47,7 @@ class CustomerForm(forms.ModelForm):
         try:
             check_event_size(traits, max_bytes=settings.EVENT_API["MAX_EVENT_BYTES"], prefix="traits")
             check_depth(traits, field="traits", limit=MAX_DEPTH - 1)  # saved inside an identify: one level more
+            traits = traits_zone_checked(traits)
         except JourneyError as exc:
             raise forms.ValidationError(str(exc)) from None
         return traits
@@ -57,13 +59,12 @@ class CustomerForm(forms.ModelForm):
         return phone_normalize(self.cleaned_data.get("phone") or "")
 
     def clean_timezone(self):
-        from journeys.services.identity import timezone_known
-
-        zone = self.cleaned_data.get("timezone") or ""
-        if zone and not timezone_known(zone):
-            raise forms.ValidationError(f"{zone!r} is not a timezone this server knows; give an IANA name, "
-                                        "e.g. Europe/Paris or America/New_York")
-        return zone
+        """Checked and spelled as the API does (journeys.timezones): `asia/kolkata` is Asia/Kolkata."""
+        zone = (self.cleaned_data.get("timezone") or "").strip()
+        try:
+            return zone_check(zone, field="timezone") if zone else ""
+        except JourneyError as exc:
+            raise forms.ValidationError(exc.message) from None
 
     def clean(self):
         if self.instance.pk and self.instance.erased_at is not None:

@@ -8,7 +8,9 @@ from rest_framework import serializers
 
 from journeys.api.fields import MAX_ID, InputSerializer, JSONObjectField
 from journeys.choices import TriggerKind, VersionState, WorkflowStatus
+from journeys.errors import JourneyError
 from journeys.models import Job
+from journeys.timezones import traits_zone_checked
 
 # --------------------------------------------------------------------------- errors
 
@@ -88,7 +90,10 @@ class TraitsIn(InputSerializer):
     def validate_traits(self, value: dict) -> dict:
         if not value:
             raise serializers.ValidationError("name at least one trait")
-        return value
+        try:
+            return traits_zone_checked(value)
+        except JourneyError as exc:  # 400 naming traits.timezone, nothing changed
+            raise serializers.ValidationError({"timezone": [exc.message]}) from None
 
 
 class TraitsOut(serializers.Serializer):

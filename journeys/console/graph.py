@@ -260,7 +260,8 @@ def trigger_summary(version) -> str:
     if kind == TriggerKind.DATE_ATTRIBUTE:
         return f"on profile.{config.get('attribute') or '?'} at {config.get('at', '09:00')}"
     if kind == TriggerKind.SCHEDULE:
-        return f"cron {config.get('cron') or '?'}" + (f" over {config['segment']}" if config.get("segment") else "")
+        return (f"cron {config.get('cron') or '?'} ({config.get('timezone') or 'UTC'})"
+                + (f" over {config['segment']}" if config.get("segment") else ""))
     return f"{event or '?'} received" + (" (filtered)" if config.get("filter") else "")
 
 

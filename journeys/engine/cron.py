@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import NamedTuple
+from zoneinfo import ZoneInfo
 
 _RANGES = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 6)]
 _NAMES = ["minute", "hour", "day of month", "month", "day of week"]
@@ -67,3 +68,23 @@ def cron_matches(cron: Cron, moment: datetime) -> bool:
         and moment.month in cron.month
         and ((on_dom or on_dow) if cron.either_day else (on_dom and on_dow))
     )
+
+
+def cron_fires(cron: Cron, moment: datetime, zone: ZoneInfo) -> bool:
+    """Whether a schedule read on `zone`'s wall clock fires at the UTC minute `moment`.
+
+    A local time that does not exist (skipped when clocks spring forward) fires once, at the
+    first real minute after the jump; a local time that happens twice (clocks fall back) fires
+    at its first occurrence only, unless the schedule runs every hour anyway (`* * * * *`,
+    `*/15 * * * *`), whose second pass through the repeated hour is an hour like any other."""
+    local = moment.astimezone(zone)
+    wall = local.replace(tzinfo=None, fold=0)
+    if cron_matches(cron, wall):
+        return local.fold == 0 or len(cron.hour) == 24
+    before = (moment - timedelta(minutes=1)).astimezone(zone).replace(tzinfo=None)
+    skipped = before + timedelta(minutes=1)
+    while skipped < wall:  # the wall-clock minutes the jump left out (none on most minutes)
+        if cron_matches(cron, skipped):
+            return True
+        skipped += timedelta(minutes=1)
+    return False

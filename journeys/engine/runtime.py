@@ -143,6 +143,23 @@ def events_counter(customer_id: int | None):
     return count
 
 
+DAY_SECONDS = 86400
+_UTC = ZoneInfo("UTC")
+
+
+def add_wait(now: datetime, zone: ZoneInfo, *, seconds: int) -> datetime:
+    """`seconds` after `now`, with the whole days of it (1d, 1w; also 24h, the same stored
+    number) counted on the customer's calendar: a day later is the same wall-clock time the
+    next day, across a DST change too; the rest (hours, minutes) is elapsed time. A wall time
+    the change skips or repeats is read as a date trigger reads it (fold 0: 02:30 on
+    spring-forward day is 03:30, a repeated time its first occurrence)."""
+    days, rest = divmod(int(seconds), DAY_SECONDS)
+    if days:
+        wall = now.astimezone(zone).replace(tzinfo=None, fold=0) + timedelta(days=days)
+        now = wall.replace(tzinfo=zone).astimezone(_UTC)
+    return now + timedelta(seconds=rest)
+
+
 def add_local(now: datetime, zone: ZoneInfo, *, at: str) -> datetime:
     """The next moment after `now` when the customer's clock shows `at` (HH:MM)."""
     hour, minute = (int(p) for p in at.split(":"))

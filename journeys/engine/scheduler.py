@@ -26,6 +26,7 @@ import logging
 import time as monotonic
 from collections import defaultdict
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import transaction
@@ -35,8 +36,8 @@ from django.utils import timezone
 from journeys.choices import TriggerKind, VersionState
 from journeys.engine.batch import ids_q, skip_locked
 from journeys.engine.compiled import canary_admits, load_version, routable_versions
-from journeys.engine.cron import cron_matches, parse_cron
-from journeys.engine.dates import date_versions, dates_fire_due, dates_prepare, dates_refresh_stale
+from journeys.engine.cron import cron_fires, parse_cron
+from journeys.engine.dates import date_versions, dates_fire_due, dates_prepare, dates_refresh_stale, zone_named
 from journeys.engine.enrolment import Candidate, enroll_candidates
 from journeys.engine.lease import Lease, LeaseLost
 from journeys.engine.wakeups import runs_claim_due
@@ -138,17 +139,17 @@ def date_triggers_run(*, now: datetime | None = None, deadline: float | None = N
     return dates_fire_due(versions=versions, now=now, deadline=deadline).enrolled
 
 
-def _moment_claim(version_id: int, fields, now: datetime) -> TriggerState:
+def _moment_claim(version_id: int, fields, zone: ZoneInfo, now: datetime) -> TriggerState:
     """Under the TriggerState row lock: if no broadcast is in progress, claim the latest cron
-    moment in (last moment considered, now] (missed moments are not sent once each: one catch-up
-    broadcast, for the latest, within CATCH_UP)."""
+    moment in (last moment considered, now], read on `zone`'s wall clock (missed moments are not
+    sent once each: one catch-up broadcast, for the latest, within CATCH_UP)."""
     state, _ = TriggerState.objects.select_for_update().get_or_create(version_id=version_id)
     if state.broadcast_at is not None:
         return state
     start = max(state.last_tick_at or (now - timedelta(minutes=1)), now - CATCH_UP)
     moment, claimed = now, None
     while moment > start:
-        if cron_matches(fields, moment):
+        if cron_fires(fields, moment, zone):
             claimed = moment
             break
         moment -= timedelta(minutes=1)
@@ -160,7 +161,9 @@ def _moment_claim(version_id: int, fields, now: datetime) -> TriggerState:
 
 
 def schedules_run(*, now: datetime | None = None, deadline: float | None = None) -> int:
-    """Cron triggers over a segment: {"cron": "0 9 * * 1", "segment": "profile.plan == 'pro'"} (UTC).
+    """Cron triggers over a segment: {"cron": "0 9 * * 1", "segment": "profile.plan == 'pro'",
+    "timezone": "Europe/Paris"}, the cron read on that zone's wall clock (UTC without one; DST
+    rules: `cron_fires`).
 
     Each cron moment is claimed once under the TriggerState row lock, and its audience is
     enrolled page by page with trigger key schedule:<moment>; each page commits together with
@@ -174,8 +177,9 @@ def schedules_run(*, now: datetime | None = None, deadline: float | None = None)
     for vid, routing in _routed(TriggerKind.SCHEDULE):
         version = load_version(vid)
         fields = parse_cron(version.trigger_config.get("cron", ""))
+        zone = zone_named(version.trigger_config.get("timezone"))
         with transaction.atomic():
-            pending = _moment_claim(vid, fields, now).broadcast_at is not None
+            pending = _moment_claim(vid, fields, zone, now).broadcast_at is not None
         while pending:
             with transaction.atomic():
                 state = TriggerState.objects.select_for_update().get(version_id=vid)

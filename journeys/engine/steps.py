@@ -11,7 +11,7 @@ from django.core.exceptions import ValidationError
 from journeys.engine.durations import duration_text, parse_duration
 from journeys.engine.registry import Palette, StepKind, StepResult, register, require
 from journeys.forms import kinds as forms
-from journeys.engine.runtime import StepContext, add_local
+from journeys.engine.runtime import StepContext, add_local, add_wait
 from journeys.models.fields import MAX_DEPTH
 from journeys.rules import RuleEvaluationError, RuleSyntaxError, compile_rule
 
@@ -164,7 +164,7 @@ class Delay(StepKind):
     def execute(self, ctx):
         config = ctx.config
         if "duration" in config:
-            until = ctx.now + timedelta(seconds=config["duration"])
+            until = add_wait(ctx.now, ctx.zone(), seconds=config["duration"])
         elif "until_local_time" in config:
             until = add_local(ctx.now, ctx.zone(), at=config["until_local_time"])
         else:
@@ -215,7 +215,8 @@ class WaitForEvent(StepKind):
         return [config["filter"]] if config.get("filter") else []
 
     def execute(self, ctx):
-        return StepResult(wait_until=ctx.now + timedelta(seconds=ctx.config["timeout"]), wait_event=ctx.config["event"])
+        return StepResult(wait_until=add_wait(ctx.now, ctx.zone(), seconds=ctx.config["timeout"]),
+                          wait_event=ctx.config["event"])
 
 
 @register

@@ -26,11 +26,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from journeys.choices import RunStatus
-from journeys.engine.batch import EngineBatch, batch_suspended, customer_waves, ids_q, skip_locked
+from journeys.engine.batch import EngineBatch, batch_suspended, customer_waves, ids_q, rows_set, skip_locked
 from journeys.engine.compiled import load_version
 from journeys.engine.queue import enqueue_work
 from journeys.engine.runner import run_execute, run_start, runs_end
-from journeys.models import JourneyRun
+from journeys.engine.runtime import add_local, customer_zone
+from journeys.models import JourneyRun, StepExecution
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def runs_wake(*, run_ids: list[int], lease: datetime, now: datetime | None = Non
     move that exits its workflow) stays ended and takes no step."""
     now = now or timezone.now()
     with transaction.atomic():
-        runs = _lock(run_ids, lease)
+        runs = _local_times_moved(_lock(run_ids, lease), now)
         if not runs:
             return 0
         try:
@@ -111,6 +112,33 @@ def _lock(run_ids: list[int], lease: datetime) -> list[JourneyRun]:
     for run in runs:
         run.customer = shared.setdefault(run.customer_id, run.customer)
     return runs
+
+
+def _local_times_moved(runs: list[JourneyRun], now: datetime) -> list[JourneyRun]:
+    """The runs to wake now. A delay `until_local_time` was timed on the customer's zone when it
+    began; its time is read again here on the customer's zone of now (an identify may have changed
+    it), counted from the step's start: a run whose time has not come in the new zone sleeps again
+    until it (one query for the page's step starts, one UPDATE for the runs put back to sleep;
+    nothing when the page holds no such wait). A new zone whose time came earlier wakes now."""
+    waits: dict[int, str] = {}
+    for run in runs:
+        step = load_version(run.version_id).steps.get(run.current_step) if run.current_step else None
+        if step is not None and step.kind.kind == "delay" and step.config.get("until_local_time"):
+            waits[run.pk] = step.config["until_local_time"]
+    if not waits:
+        return runs
+    started = {(run_id, key, visit): at for run_id, key, visit, at in StepExecution.objects.filter(
+        ids_q("run_id", list(waits)), finished_at__isnull=True).values_list("run_id", "step_key", "visit", "started_at")}
+    due, later = [], []
+    for run in runs:
+        began = started.get((run.pk, run.current_step, run.visits.get(run.current_step, 1))) if run.pk in waits else None
+        moment = add_local(began, customer_zone(run.customer), at=waits[run.pk]) if began else None
+        if moment is not None and moment > now:
+            later.append({"id": run.pk, "next_wake_at": moment})
+        else:
+            due.append(run)
+    rows_set(JourneyRun, later, ("next_wake_at",), stamp=now)
+    return due
 
 
 def _still_waiting(runs: list[JourneyRun], lease: datetime) -> list[JourneyRun]:

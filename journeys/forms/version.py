@@ -23,9 +23,10 @@ TRIGGER_FIELDS = {
     TriggerKind.ATTRIBUTE_CHANGE: ("attribute",),
     TriggerKind.SEGMENT_ENTRY: ("rule",),
     TriggerKind.DATE_ATTRIBUTE: ("attribute", "at", "offset_days", "yearly"),
-    TriggerKind.SCHEDULE: ("cron", "segment"),
+    TriggerKind.SCHEDULE: ("cron", "timezone", "segment"),
 }
-CONFIG_FIELDS = ("filter", "followed_by", "within", "attribute", "rule", "at", "offset_days", "yearly", "cron", "segment")
+CONFIG_FIELDS = ("filter", "followed_by", "within", "attribute", "rule", "at", "offset_days", "yearly", "cron", "timezone",
+                 "segment")
 
 
 class VersionSettingsForm(forms.Form):
@@ -48,7 +49,11 @@ class VersionSettingsForm(forms.Form):
                           widget=forms.TextInput(attrs={"size": 6, "placeholder": "09:00"}))
     offset_days = forms.IntegerField(required=False, label="Days before (-) or after", min_value=-365, max_value=365)
     yearly = forms.BooleanField(required=False, label="Every year", help_text="date trigger: an anniversary")
-    cron = forms.CharField(required=False, label="Cron schedule", help_text="schedule: e.g. 0 9 * * 1 (Mondays 09:00)")
+    cron = forms.CharField(required=False, label="Cron schedule",
+                           help_text="schedule: e.g. 0 9 * * 1 (Mondays 09:00 in the time zone below; UTC if none)")
+    timezone = forms.CharField(required=False, max_length=64, label="Schedule time zone",
+                               help_text="schedule: the clock the cron reads, e.g. Europe/Paris (empty: UTC); "
+                                         "a time skipped by a DST change runs at the jump, a repeated one once")
     segment = forms.CharField(required=False, label="Over the segment", help_text="schedule: a rule over the profile")
     more = forms.CharField(required=False, label="More trigger settings (JSON)",
                            help_text="settings this form does not show, kept as they are",
@@ -109,7 +114,7 @@ class VersionSettingsForm(forms.Form):
         except ValueError as exc:
             raise ValidationError(f"not valid JSON: {getattr(exc, 'msg', exc)}") from None
         if not isinstance(value, dict):
-            raise ValidationError('must be a JSON object, e.g. {"timezone": "Europe/Paris"}')
+            raise ValidationError('must be a JSON object, e.g. {"note": "spring campaign"}')
         return value
 
     def values(self) -> dict:

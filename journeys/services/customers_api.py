@@ -16,6 +16,7 @@ from journeys.choices import EventType, IdentityKind
 from journeys.errors import JourneyError
 from journeys.models import ApiToken, Customer, CustomerMerge, Identity, Job, JobKind
 from journeys.services.api_jobs import api_job_start
+from journeys.timezones import traits_zone_checked
 
 
 class CustomerNotFound(JourneyError):
@@ -94,6 +95,7 @@ def customer_traits_set(*, customer: Customer, traits: dict, actor: str, now: da
     from journeys.services.profiles import customer_update_traits
 
     now = now or timezone.now()
+    traits = traits_zone_checked(traits)  # every door checks the zone as the tracking API does
     anonymous_id = "" if customer.external_id else (
         Identity.objects.filter(customer=customer, kind=IdentityKind.ANONYMOUS_ID).values_list("value", flat=True)
         .order_by("id").first() or "")

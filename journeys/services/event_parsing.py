@@ -17,6 +17,7 @@ from typing import Any
 
 from journeys.choices import EventType
 from journeys.errors import EventValidationError, PayloadTooLarge
+from journeys.timezones import traits_zone_checked
 
 MAX_ID_LENGTH = 255
 MAX_DEPTH = 64  # levels of objects and arrays in one event, the event itself being the first
@@ -427,9 +428,14 @@ def parse_event(
     context = _object(raw, "context", prefix)
     integrations = _object(raw, "integrations", prefix)
     metadata = _object(raw, "_metadata", prefix)
+    traits_field = _where(prefix, "traits")
     if kind == EventType.IDENTIFY and not traits:
         # analytics.js puts identify traits in context.traits for some calls.
         traits = context.get("traits") if isinstance(context.get("traits"), dict) else {}
+        traits_field = _where(prefix, "context.traits")
+    if kind == EventType.IDENTIFY:
+        # the profile's zone: a name no one can read is refused, not dropped with the customer left on UTC
+        traits = traits_zone_checked(traits, field=traits_field)
     category = _optional_text(raw, "category", prefix, MAX_ID_LENGTH)
     channel = _optional_text(raw, "channel", prefix, 64)
     version = _optional_text(raw, "version", prefix, 32)

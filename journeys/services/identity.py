@@ -7,8 +7,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache, update_wrapper
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from functools import update_wrapper
 
 from django.db import IntegrityError, transaction
 from django.db.models import Count, F
@@ -18,6 +17,7 @@ from journeys.choices import IdentityKind
 from journeys.engine.batch import IdMap, customer_waves, ids_q, objects_insert, rows_move, rows_set
 from journeys.models import Customer, CustomerMerge, Event, Identity, MergeRefusal, Source
 from journeys.services.bulk_ingest import identities_find, identities_insert
+from journeys.timezones import zone_canonical
 
 MergePairs = list[tuple[Customer, Customer]]  # (merged, target), each customer in at most one pair
 
@@ -334,20 +334,6 @@ def customer_resolve(
     return known
 
 
-def timezone_known(name: object) -> bool:
-    """An IANA zone name this machine knows ("Mars/Olympus", "+05:30", paths and non-text are not)."""
-    return isinstance(name, str) and 0 < len(name) <= 64 and _zone_exists(name)
-
-
-@lru_cache(maxsize=2048)
-def _zone_exists(name: str) -> bool:
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return False
-    return True
-
-
 def _fits(column: str, value: str) -> bool:
     """Whether `value` fits the profile column (PostgreSQL refuses a longer one: the whole batch)."""
     return len(value) <= Customer._meta.get_field(column).max_length
@@ -367,8 +353,8 @@ def customer_apply_traits(*, imap: IdentityMap, customer: Customer, traits: dict
             changed = True
         for trait, column in PROFILE_TRAIT_FIELDS.items():
             value = traits.get(trait)
-            if column == "timezone" and not timezone_known(value):
-                continue  # kept as a trait; the profile's zone (quiet hours, local times) stays a real one
+            if column == "timezone" and value is not None:
+                value = zone_canonical(value)  # the API refused a name no one reads (journeys.timezones)
             if column == "phone" and isinstance(value, str):
                 value = phone_normalize(value)  # the trait keeps what was sent
             if isinstance(value, str) and not _fits(column, value):
@@ -384,11 +370,12 @@ def customer_apply_traits(*, imap: IdentityMap, customer: Customer, traits: dict
         # a number someone's identity holds as typed (a collision 0028 left) is theirs: not claimed again
         if phone and _fits("phone", phone) and (IdentityKind.PHONE, typed[:255]) not in imap.ids:
             imap.claim_later(IdentityKind.PHONE, phone, customer)
-    # The device's timezone/locale fill the profile only where nothing better is known.
+    # The device's timezone/locale fill the profile only where nothing better is known. A device
+    # zone is forgiven its case and spaces; one no one reads is not used (the SDK sets it, not a person).
     for column in ("timezone", "locale"):
         value = context.get(column)
-        if column == "timezone" and not timezone_known(value):
-            continue
+        if column == "timezone":
+            value = zone_canonical(value)
         if (isinstance(value, str) and value and _fits(column, value) and getattr(customer, column) in ("", "UTC")
                 and value != getattr(customer, column)):
             setattr(customer, column, value)

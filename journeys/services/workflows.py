@@ -29,7 +29,7 @@ from journeys.engine.cron import parse_cron
 from journeys.engine.dates import DateRule
 from journeys.engine.durations import parse_duration
 from journeys.engine.registry import STEP_KINDS, get_kind
-from journeys.errors import DraftChanged, PermissionDenied
+from journeys.errors import DraftChanged, JourneyError, PermissionDenied
 from journeys.models import AuditEntry, BusinessUnit, ChangeRequest, ChangeRequestStatus, Edge, Step, Workflow, WorkflowVersion
 from journeys.rules import RuleSyntaxError, compile_rule
 from journeys.selectors import EDIT, PROPOSE, PUBLISH, REVIEW, VIEW, business_units_for_user, user_can
@@ -50,6 +50,7 @@ from journeys.services.governance import (
     version_fingerprint,
     version_replay,
 )
+from journeys.timezones import zone_check
 
 EXPORT_FORMAT = "journey-console/workflow@1"
 
@@ -87,8 +88,12 @@ TRIGGER_SETTINGS = {
     TriggerKind.ATTRIBUTE_CHANGE: ("attribute", "from", "to"),
     TriggerKind.SEGMENT_ENTRY: ("rule",),
     TriggerKind.DATE_ATTRIBUTE: ("attribute", "at", "offset_days", "yearly"),
-    TriggerKind.SCHEDULE: ("cron", "segment"),
+    TriggerKind.SCHEDULE: ("cron", "segment", "timezone"),
 }
+# Kinds that refuse every key they do not read: a schedule's `tz` would otherwise be kept and
+# ignored while the broadcast goes out on UTC.
+TRIGGER_SETTINGS_CLOSED = (TriggerKind.SCHEDULE,)
+ZONE_SPELLINGS = ("tz", "time_zone", "timeZone", "zone", "time zone")
 
 
 def _setting_error(kind: str, name: str) -> str | None:
@@ -103,6 +108,9 @@ def _setting_error(kind: str, name: str) -> str | None:
                 f"(it reads {', '.join(own) or 'none'}): remove it")
     if close := difflib.get_close_matches(name, own, n=1, cutoff=0.75):
         return f"{name}: the {label} trigger has no such setting; did you mean {close[0]!r}?"
+    if kind in TRIGGER_SETTINGS_CLOSED:
+        hint = " (did you mean 'timezone'?)" if name in ZONE_SPELLINGS and "timezone" in own else ""
+        return f"{name}: unknown setting{hint}; the {label} trigger reads {', '.join(own)}: remove or rename it"
     return None
 
 
@@ -154,6 +162,11 @@ def trigger_clean(*, kind: str, event: str, config: dict) -> dict:
             raise ValidationError({"trigger_config": f"cron: {exc}"}) from None
         if error := _rule_error(config.get("segment", ""), "segment"):
             raise ValidationError({"trigger_config": error})
+        if config.get("timezone") not in (None, ""):  # the cron's wall clock; none: UTC
+            try:
+                config["timezone"] = zone_check(config["timezone"], field="timezone")
+            except JourneyError as exc:
+                raise ValidationError({"trigger_config": str(exc)}) from None
     return config
 
 

@@ -181,3 +181,19 @@ def test_ops_find_an_api_message_by_the_clients_key_though_only_its_digest_is_st
     page = admin_client.get("/admin/channels_app/delivery/", {"q": "receipt-4711"}).content.decode()
 
     assert f"/admin/channels_app/delivery/{wanted.pk}/change/" in page and "b@example.com" not in page
+
+
+def test_a_delivery_shows_its_send_time_on_the_customers_clock_and_the_admin_says_times_are_utc(admin_client):
+    from datetime import datetime, timezone
+
+    from channels_app.models import Delivery
+
+    email = ChannelFactory(name="email", kind="email", provider="console")
+    sent = Delivery.objects.create(idempotency_key="tokyo-1", customer=CustomerFactory(timezone="Asia/Tokyo"),
+                                   channel=email, to="a@example.com", status="sent",
+                                   sent_at=datetime(2026, 12, 7, 23, 0, tzinfo=timezone.utc))
+
+    page = admin_client.get(f"/admin/channels_app/delivery/{sent.pk}/change/").content.decode()
+
+    assert "2026-12-08 08:00 Asia/Tokyo" in page  # the quiet-hours release at 08:00 there, not 11 p.m.
+    assert "Times are shown in UTC." in page

@@ -140,9 +140,31 @@ def test_a_timezone_the_server_does_not_know_is_a_form_error(admin_client):
                                  _form(customer, timezone="Mars/Olympus"))
 
     assert response.status_code == 200
-    assert "'Mars/Olympus' is not a timezone this server knows" in " ".join(
+    assert "'Mars/Olympus' is not an IANA time zone" in " ".join(
         response.context["adminform"].form.errors["timezone"])
     assert Customer.objects.get(pk=customer.pk).timezone == "Asia/Tokyo"
+
+
+def test_a_timezone_in_the_traits_is_checked_as_the_api_checks_it(admin_client):
+    customer = CustomerFactory(external_id="tz", timezone="Asia/Tokyo", traits={})
+
+    response = admin_client.post(reverse("admin:journeys_customer_change", args=[customer.pk]),
+                                 _form(customer, traits=json.dumps({"timezone": "+05:30"})))
+
+    assert response.status_code == 200
+    assert "traits.timezone: '+05:30' is not an IANA time zone" in " ".join(
+        response.context["adminform"].form.errors["traits"])
+    assert Customer.objects.get(pk=customer.pk).traits == {}
+
+
+def test_a_timezone_typed_in_another_case_is_stored_in_its_own_spelling(admin_client):
+    customer = CustomerFactory(external_id="tz", timezone="Asia/Tokyo", traits={})
+
+    response = admin_client.post(reverse("admin:journeys_customer_change", args=[customer.pk]),
+                                 _form(customer, timezone=" europe/paris"))
+
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    assert Customer.objects.get(pk=customer.pk).timezone == "Europe/Paris"
 
 
 def test_a_phone_typed_in_the_admin_is_stored_without_separators(admin_client, django_capture_on_commit_callbacks):

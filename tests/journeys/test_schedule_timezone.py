@@ -1,0 +1,110 @@
+"""A cron schedule read on a time zone's wall clock: the setting is checked when the version is
+saved, the broadcast goes out at that local time on both sides of a DST change, a time the
+change skips runs once at the jump and a repeated one once (UTC when no zone is set)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from journeys.engine.scheduler import engine_tick, schedules_run
+from journeys.models import BusinessUnit, Customer, JourneyRun
+from journeys.services.workflows import version_build, version_publish, version_validate, workflow_create
+
+pytestmark = pytest.mark.django_db
+UTC = timezone.utc
+GOAL = [{"key": "done", "kind": "goal", "config": {}}]
+
+
+def definition(**config) -> dict:
+    return {"trigger_kind": "schedule", "trigger_config": {"segment": "", **config}, "reentry_policy": "always",
+            "steps": GOAL}
+
+
+def build(**config):
+    unit, _ = BusinessUnit.objects.get_or_create(slug="tz", defaults={"name": "TZ"})
+    return version_build(workflow=workflow_create(name="tz", business_unit=unit), definition=definition(**config))
+
+
+def fires(version, start: datetime, end: datetime) -> list[str]:
+    """Tick every 15 minutes from `start` to `end` (UTC), as a slow scheduler would (each tick
+    claims the latest moment since the last); the broadcasts' moments, in UTC."""
+    Customer.objects.get_or_create(external_id="someone")
+    moment = start
+    while moment <= end:
+        schedules_run(now=moment)
+        moment += timedelta(minutes=15)
+    return sorted(set(JourneyRun.objects.filter(version=version).values_list("trigger_key", flat=True)))
+
+
+def test_the_zone_is_stored_in_its_own_spelling():
+    assert build(cron="0 9 * * *", timezone=" america/new_york").trigger_config["timezone"] == "America/New_York"
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"timezone": "Not/AZone"}, "timezone: 'Not/AZone' is not an IANA time zone"),
+    ({"timezone": "+05:00"}, "timezone: '+05:00' is not an IANA time zone"),
+    ({"tz": "America/New_York"}, "tz: unknown setting (did you mean 'timezone'?); the schedule trigger reads cron, "
+                                 "segment, timezone"),
+    ({"time_zone": "America/New_York"}, "time_zone: the schedule trigger has no such setting; did you mean 'timezone'?"),
+    ({"notes": "x"}, "notes: unknown setting; the schedule trigger reads cron, segment, timezone"),
+])
+def test_a_bad_zone_or_an_unknown_setting_is_refused_saying_what_to_fix(config, message):
+    with pytest.raises(ValidationError) as exc:
+        build(cron="0 9 * * *", **config)
+    assert message in exc.value.message_dict["trigger_config"][0]
+
+
+def test_a_saved_version_with_a_bad_zone_fails_validation():
+    version = build(cron="0 9 * * *")
+    type(version).objects.filter(pk=version.pk).update(trigger_config={"cron": "0 9 * * *", "timezone": "Mars/Olympus"})
+    version.refresh_from_db()
+    assert any("timezone: 'Mars/Olympus' is not an IANA time zone" in e for e in version_validate(version=version).errors)
+
+
+def test_fires_at_nine_new_york_time_before_and_after_the_spring_change():
+    version = version_publish(version=build(cron="0 9 * * *", timezone="America/New_York"), reason="t")
+
+    # 2027-03-14: New York springs forward (EST -5 -> EDT -4)
+    keys = fires(version, datetime(2027, 3, 13, 12, 50, tzinfo=UTC), datetime(2027, 3, 15, 14, 10, tzinfo=UTC))
+
+    assert keys == ["schedule:2027-03-13T14:00:00+00:00", "schedule:2027-03-14T13:00:00+00:00",
+                    "schedule:2027-03-15T13:00:00+00:00"]
+
+
+def test_a_time_the_spring_change_skips_runs_once_at_the_jump():
+    version = version_publish(version=build(cron="30 2 * * *", timezone="America/New_York"), reason="t")
+
+    keys = fires(version, datetime(2027, 3, 14, 6, 0, tzinfo=UTC), datetime(2027, 3, 14, 8, 0, tzinfo=UTC))
+
+    assert keys == ["schedule:2027-03-14T07:00:00+00:00"]  # 03:00 EDT, the first real minute after 01:59 EST
+
+
+def test_a_time_the_autumn_change_repeats_runs_once():
+    version = version_publish(version=build(cron="30 1 * * *", timezone="America/New_York"), reason="t")
+
+    # 2027-11-07: 01:30 happens at 05:30 UTC (EDT) and again at 06:30 UTC (EST)
+    keys = fires(version, datetime(2027, 11, 7, 5, 0, tzinfo=UTC), datetime(2027, 11, 7, 7, 0, tzinfo=UTC))
+
+    assert keys == ["schedule:2027-11-07T05:30:00+00:00"]
+
+
+def test_an_every_half_hour_schedule_keeps_running_through_the_repeated_hour():
+    version = version_publish(version=build(cron="0,30 * * * *", timezone="America/New_York"), reason="t")
+
+    keys = fires(version, datetime(2027, 11, 7, 5, 0, tzinfo=UTC), datetime(2027, 11, 7, 7, 0, tzinfo=UTC))
+
+    assert len(keys) == 5  # 05:00, 05:30, 06:00, 06:30, 07:00 UTC: no hour left out
+
+
+def test_without_a_zone_the_schedule_is_utc_through_the_tick():
+    version = version_publish(version=build(cron="0 9 * * *"), reason="t")
+    Customer.objects.create(external_id="someone")
+
+    engine_tick(now=datetime(2027, 3, 14, 8, 59, tzinfo=UTC))
+    engine_tick(now=datetime(2027, 3, 14, 9, 0, tzinfo=UTC))
+
+    assert list(JourneyRun.objects.filter(version=version).values_list("trigger_key", flat=True)) == [
+        "schedule:2027-03-14T09:00:00+00:00"]
