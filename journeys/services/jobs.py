@@ -100,6 +100,11 @@ def job_start(*, kind: str, actor: Any, params: dict | None = None, input_name: 
             raise JourneyError(f"the file is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MB", field="file")
         if not input_text.lstrip("\ufeff").strip().startswith(("[", "{")):
             csv_header_check(input_text, kind=kind)
+        if input_text.count("\n") > MAX_ROWS:  # only a file that may be over the limit is counted
+            rows = sum(1 for _ in _records(Job(kind=kind, input_text=input_text))[0])
+            if rows > MAX_ROWS:
+                raise JourneyError(f"the file has {rows} rows; the limit is {MAX_ROWS} per file: split it into "
+                                   "smaller files and import them one after the other", field="file")
         if not Source.objects.filter(pk=params.get("source_id")).exists():
             raise JourneyError("choose the source the rows are attributed to", field="source")
     if kind == JobKind.EXPORT and not Customer.objects.filter(pk=params.get("customer_id")).exists():
@@ -770,7 +775,8 @@ def _import_rows(job: Job, *, state: dict, build: Callable[..., dict]) -> dict:
                 catalog_apply(policy=source.schema_policy, events=parsed)
                 choices = consents.parse(row) if consents is not None else []
             except (EventValidationError, PayloadTooLarge) as exc:
-                rejected.append({"row": number, "field": exc.field or "", "error": exc.message})
+                rejected.append({"row": number, "field": _row_field(exc.field or "", kind=job.kind, from_json=from_json),
+                                 "error": exc.message})
             else:
                 good.append((number, parsed[0], choices))
         step = dict(state)
@@ -796,6 +802,14 @@ def _import_rows(job: Job, *, state: dict, build: Callable[..., dict]) -> dict:
             _import_save(job, step)
         state, position = step, batch_end
     return state
+
+
+def _row_field(field: str, *, kind: str, from_json: bool) -> str:
+    """The field a rejected row is named by: a customer CSV's columns are the identify's traits,
+    so `traits.email` is the file's column `email`."""
+    if kind == JobKind.IMPORT_CUSTOMERS and not from_json and field.startswith("traits."):
+        return field.removeprefix("traits.")
+    return field
 
 
 def import_history_reason(job: Job) -> str:

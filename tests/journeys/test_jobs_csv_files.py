@@ -109,3 +109,30 @@ def test_a_parts_memory_does_not_grow_with_the_file(demo, django_capture_on_comm
     grown = part_peak(large, django_capture_on_commit_callbacks) - part_peak(small, django_capture_on_commit_callbacks)
     # then the larger file costs the part about its own text more, not rows of the whole file
     assert grown < 3 * (len(large) - len(small)), (grown, len(large) - len(small))
+
+
+def test_a_customer_row_with_an_invalid_email_or_phone_is_rejected_naming_row_and_column(demo,  # noqa: F811
+                                                                                         django_capture_on_commit_callbacks):
+    # given a customers file: a good row, one with `not-an-email`, one with the phone `12-abc`, a good phone spelled with separators
+    text = ("user_id,email,phone\nv-1,v1@example.com,+44 7700 900001\nv-2,not-an-email,\nv-3,v3@example.com,12-abc\n"
+            "v-4,V4@Example.com,(0)20 7946-0010\n")
+    # when it is imported
+    job = start("import_customers", text, django_capture_on_commit_callbacks)
+    # then the two bad rows are rejected by row and column, and the others are stored
+    assert [(r["row"], r["field"]) for r in job.result["rejected_rows"]] == [(3, "email"), (4, "phone")]
+    assert job.result["imported"] == 2
+    assert sorted(Customer.objects.filter(external_id__startswith="v-").values_list("external_id", flat=True)) == [
+        "v-1", "v-4"]
+    assert not Customer.objects.filter(email="not-an-email").exists()
+
+
+def test_a_file_over_the_row_limit_is_refused_at_upload(ops, monkeypatch):  # noqa: F811
+    # given a row limit of 3 and a file of 4 rows (one of them a record spanning two lines)
+    monkeypatch.setattr("journeys.services.jobs.MAX_ROWS", 3)
+    upload = SimpleUploadedFile("big.csv", b'user_id,note\nl-1,"a\nb"\nl-2,\nl-3,\nl-4,\n')
+    # when ops upload it, then no job is started and the page says the limit and what to do
+    response = ops.post(f"{reverse('admin:journeys_job_add')}?kind=import_customers",
+                        {"file": upload, "source": Source.objects.get(name="demo-web").pk})
+    assert response.status_code == 200 and not Job.objects.exists()
+    assert response.context["form"].errors["file"] == [
+        "the file has 4 rows; the limit is 3 per file: split it into smaller files and import them one after the other"]
