@@ -397,6 +397,11 @@ def _json_lines(lines: Iterator[str], where: list[int], *, number: int) -> Itera
             yield number, row, after
 
 
+def csv_delimiter(text: str) -> str:
+    """The delimiter of a CSV upload (erasures rewrite its rows with it): see `_csv_delimiter`."""
+    return _csv_delimiter(text, 1 if text.startswith("\ufeff") else 0)
+
+
 def _csv_delimiter(text: str, begin: int = 0) -> str:
     """Comma, semicolon or tab: whichever the header line holds most of outside quotes (a comma
     when it holds none: a one-column file)."""

