@@ -41,8 +41,14 @@ class JobStartForm(forms.Form):
     days = forms.IntegerField(required=False, min_value=1, max_value=60, initial=7,
                               help_text="replay the events of this many past days")
     customer = forms.CharField(required=False, help_text="the customer's user id or email")
+    start_workflows = forms.BooleanField(
+        required=False, label="Start workflows for these events",
+        help_text="off (the default): the events are stored as history - they count for segments, reports and "
+                  "event-count rules but start and advance no workflow, so a backfill sends nothing. Tick it only "
+                  "for recent events that should act as if they arrived live (events older than "
+                  "EVENT_TRIGGER_MAX_AGE_S start nothing anyway)")
 
-    FIELDS = {"import_customers": ("file", "source"), "import_events": ("file", "source"),
+    FIELDS = {"import_customers": ("file", "source"), "import_events": ("file", "source", "start_workflows"),
               "replay": ("version", "days"), "export": ("customer",)}
 
     def __init__(self, *args, kind: str, user, **kwargs):
@@ -56,7 +62,7 @@ class JobStartForm(forms.Form):
         for name in list(self.fields):
             if name not in self.FIELDS[kind]:
                 del self.fields[name]
-            elif name != "days":
+            elif name not in ("days", "start_workflows"):
                 self.fields[name].required = True
 
     def params(self) -> dict:
@@ -65,6 +71,8 @@ class JobStartForm(forms.Form):
             return {"version_id": data["version"].pk, "days": data.get("days") or 7}
         if self.kind == "export":
             return {"customer_id": self.customer.pk}
+        if self.kind == "import_events":
+            return {"source_id": data["source"].pk, "start_workflows": bool(data.get("start_workflows"))}
         return {"source_id": data["source"].pk}
 
     def clean_customer(self):

@@ -109,7 +109,7 @@ class Event(models.Model):
     status = models.CharField(max_length=12, choices=EventStatus.choices, default=EventStatus.PENDING)
     attempts = models.PositiveSmallIntegerField(default=0)
     processed_at = models.DateTimeField(null=True, blank=True)
-    error = models.TextField(blank=True)
+    error = models.TextField(blank=True, help_text="why it failed, or (history) why it started no workflow")
 
     class Meta:
         ordering = ["-timestamp", "-id"]

@@ -369,6 +369,42 @@ def event_with_defaults(raw: dict, defaults: dict | None) -> dict:
     return merged
 
 
+def email_problem(value: str) -> str:
+    """Why `value` cannot be an email address messages are sent to ("" when it can)."""
+    from django.core.exceptions import ValidationError
+    from django.core.validators import validate_email
+
+    address = value.strip()
+    local, _, domain = address.rpartition("@")
+    try:  # an internationalised local part (RFC 6531) is fine; the domain is checked as Django does
+        validate_email(address if local.isascii() else f"x@{domain}")
+    except ValidationError:
+        return "is not an email address"
+    return ""
+
+
+def phone_problem(value: str) -> str:
+    """Why `value` cannot be a phone number ("" when it can): once written without the spaces,
+    dashes, dots and parentheses people use, it is digits with an optional leading +."""
+    from journeys.services.identity import phone_normalize
+
+    number = phone_normalize(value.strip())
+    digits = number[1:] if number.startswith("+") else number
+    if not (digits.isascii() and digits.isdigit() and len(digits) >= 3):  # one too long is kept as a trait only
+        return "is not a phone number (digits, with spaces, dashes, dots, parentheses and a leading + allowed)"
+    return ""
+
+
+def contact_traits_check(traits: dict, *, field: str = "traits") -> None:
+    """An identify's `email` and `phone` traits fill the profile and claim identities messages are
+    sent to: one that cannot be an address rejects the event (the API quarantines it, an import
+    rejects its row), naming the field, rather than storing `not-an-email` as someone's address."""
+    for trait, problem in (("email", email_problem), ("phone", phone_problem)):
+        value = traits.get(trait)
+        if isinstance(value, str) and value.strip() and (why := problem(value)):
+            raise EventValidationError(why, field=f"{field}.{trait}")
+
+
 def parse_event(
     raw: Any,
     *,
@@ -434,8 +470,10 @@ def parse_event(
         traits = context.get("traits") if isinstance(context.get("traits"), dict) else {}
         traits_field = _where(prefix, "context.traits")
     if kind == EventType.IDENTIFY:
-        # the profile's zone: a name no one can read is refused, not dropped with the customer left on UTC
+        # the profile's zone and contact points: a value no one can read or send to is refused,
+        # naming the field, not dropped (the customer left on UTC) or stored as an address
         traits = traits_zone_checked(traits, field=traits_field)
+        contact_traits_check(traits, field=traits_field)
     category = _optional_text(raw, "category", prefix, MAX_ID_LENGTH)
     channel = _optional_text(raw, "channel", prefix, 64)
     version = _optional_text(raw, "version", prefix, 32)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
 
-from journeys.choices import EventType, IdentityKind
+from journeys.choices import EventStatus, EventType, IdentityKind
 from journeys.models import EventKey, Source
 from journeys.services.bulk_ingest import customers_precreate, customers_save, events_insert, identity_keys_lock
 from journeys.services.client_ip import event_ip
@@ -134,17 +134,41 @@ def events_receive(
     return ReceiveResult(result.stored, result.duplicates, result.event_ids, rejected)
 
 
+def trigger_max_age() -> timedelta | None:
+    """How old an event may be when received and still start or advance a workflow (None: any age)."""
+    seconds = int(getattr(settings, "EVENT_TRIGGER_MAX_AGE_S", 0) or 0)
+    return timedelta(seconds=seconds) if seconds > 0 else None
+
+
+def _history_fields(event: ParsedEvent, history: str) -> dict:
+    """The status an event is stored with: pending (the engine takes it) or history, with why."""
+    max_age = trigger_max_age()
+    if not history and max_age is not None and event.received_at - event.timestamp > max_age:
+        age = event.received_at - event.timestamp
+        history = (f"history: its timestamp was {age.days} days {age.seconds // 3600} h old when received, older than "
+                   f"EVENT_TRIGGER_MAX_AGE_S ({int(max_age.total_seconds())} s), so it started no workflow")
+    if not history:
+        return {"status": EventStatus.PENDING, "processed_at": None, "error": ""}
+    return {"status": EventStatus.HISTORY, "processed_at": event.received_at, "error": history}
+
+
 def event_ingest(
-    *, source: Source, events: list[ParsedEvent], ip: str | None = None, catalog: bool = True
+    *, source: Source, events: list[ParsedEvent], ip: str | None = None, catalog: bool = True, history: str = ""
 ) -> IngestResult:
     """Store a validated request in one transaction and hand it to the engine.
 
     Duplicates (same source and messageId, earlier or within this request) are
     accepted and ignored. Identity resolution and profile traits are applied in
     the same transaction, so an event is never stored without its customer.
+
+    An event stored as history (`history`: why, for all of them, e.g. an import that did not opt
+    in; or its timestamp older than EVENT_TRIGGER_MAX_AGE_S when received) is not handed to the
+    engine: it counts for segments and reports but starts and advances no workflow, and its row
+    says why (status `history`, the reason in `error`).
     """
     from journeys.engine.queue import enqueue_events
     from journeys.services.catalog import catalog_apply
+    from journeys.services.rechecks import customers_recheck
 
     if catalog:  # may reject before anything is stored (events_receive has split them already)
         catalog_apply(policy=source.schema_policy, events=events)
@@ -242,6 +266,7 @@ def event_ingest(
                 "sent_at": e.sent_at,
                 "received_at": e.received_at,
                 "ip": event_ip(context=e.context, sender=ip),
+                **_history_fields(e, history),
             })
         if imap.redirects:  # a later event of this batch merged a profile an earlier event pointed at
             for row in rows:
@@ -250,6 +275,11 @@ def event_ingest(
         imap.claims_flush()
         customers_save(imap.customers[pk] for pk in imap.dirty if pk in imap.customers)
         # ON CONFLICT / ignore_conflicts covers a concurrent request carrying the same messageId.
-        event_ids = events_insert(rows)
-        enqueue_events(event_ids)
+        live = [row for row in rows if row["status"] == EventStatus.PENDING]
+        past = [row for row in rows if row["status"] != EventStatus.PENDING]
+        live_ids = events_insert(live)
+        event_ids = sorted(live_ids + events_insert(past))  # one INSERT each (they differ in their status)
+        if past:  # event-count rules see them as they see processed events
+            customers_recheck([(row["customer_id"], row["name"]) for row in past])
+        enqueue_events(live_ids)
     return IngestResult(stored=len(event_ids), duplicates=len(events) - len(event_ids), event_ids=event_ids)

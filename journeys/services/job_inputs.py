@@ -257,8 +257,8 @@ def _json_lines_without(text: str, keys: PersonKeys) -> tuple[str, int]:
 
 def _csv_without(text: str, keys: PersonKeys) -> tuple[str, int]:
     """CSV rows naming the person become rows of empty cells (`"",,,`: read as a row with no user
-    id, rejected by its number, never skipped), one line each plus the line ends the row had, so
-    the following rows keep their line numbers. The rest of the file is kept byte for byte: the
+    id, rejected by its number, never skipped), a record spanning lines keeping its line ends
+    inside the first cell's quotes, so the following rows keep their line and row numbers. The rest of the file is kept byte for byte: the
     reader is fed line by line and each row's lines are taken as they were."""
     consumed: list[str] = []
 
@@ -267,8 +267,11 @@ def _csv_without(text: str, keys: PersonKeys) -> tuple[str, int]:
             consumed.append(line)
             yield line
 
+    from journeys.services.jobs import csv_delimiter
+
+    delimiter = csv_delimiter(text)
     csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
-    reader = csv.reader(lines())
+    reader = csv.reader(lines(), delimiter=delimiter)
     header = [name.lstrip("\ufeff").strip() for name in next(reader, [])]
     out, emptied = ["".join(consumed)], 0
     consumed.clear()
@@ -276,8 +279,8 @@ def _csv_without(text: str, keys: PersonKeys) -> tuple[str, int]:
         raw = "".join(consumed)
         consumed.clear()
         if keys.named_by(dict(zip(header, cells)), ROW_FIELDS):
-            body = raw.rstrip("\r\n")
-            raw = '""' + "," * (max(len(header), 1) - 1) + raw[len(body):] + "\n" * body.count("\n")
+            body = raw.rstrip("\r\n")  # one record still (its line ends inside the quotes): rows keep their numbers
+            raw = '"' + "\n" * body.count("\n") + '"' + delimiter * (max(len(header), 1) - 1) + raw[len(body):]
             emptied += 1
         out.append(raw)
     out.append("".join(consumed))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
+import itertools
 import json
 import logging
 import math
@@ -99,7 +99,12 @@ def job_start(*, kind: str, actor: Any, params: dict | None = None, input_name: 
         if len(input_text.encode("utf-8")) > MAX_INPUT_BYTES:
             raise JourneyError(f"the file is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MB", field="file")
         if not input_text.lstrip("\ufeff").strip().startswith(("[", "{")):
-            _csv_columns_check(next(csv.reader(io.StringIO(input_text.lstrip("\ufeff"))), []))
+            csv_header_check(input_text, kind=kind)
+        if input_text.count("\n") > MAX_ROWS:  # only a file that may be over the limit is counted
+            rows = sum(1 for _ in _records(Job(kind=kind, input_text=input_text))[0])
+            if rows > MAX_ROWS:
+                raise JourneyError(f"the file has {rows} rows; the limit is {MAX_ROWS} per file: split it into "
+                                   "smaller files and import them one after the other", field="file")
         if not Source.objects.filter(pk=params.get("source_id")).exists():
             raise JourneyError("choose the source the rows are attributed to", field="source")
     if kind == JobKind.EXPORT and not Customer.objects.filter(pk=params.get("customer_id")).exists():
@@ -310,61 +315,173 @@ def _erased_meanwhile(customer_id: Any) -> bool:
 # --------------------------------------------------------------------------- imports
 
 
-def _records(job: Job) -> tuple[list[tuple[int, Any]], bool]:
-    """The uploaded rows, each with the number people know it by, and whether the file is JSON.
+# How a CSV file's delimiter is named in messages (told from its header line).
+CSV_DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab"}
 
-    A JSON list of objects (rows count from 1), JSON lines (one row a line), or CSV with a header
-    row (the header is line 1, a row is numbered by its line). A CSV cell may be as large as the
-    file: an oversized row is then rejected by its number like any other bad row, instead of the
-    csv module failing the whole file."""
-    text = job.input_text.lstrip("\ufeff")
-    stripped = text.strip()
-    if stripped.startswith("["):
+
+def _records(job: Job, *, start: int = 0, offset: int | None = None,
+             number: int | None = None) -> tuple[Iterator[tuple[int, Any, int | None]], bool]:
+    """The uploaded rows from row index `start` on, read as a stream (none is kept), each with the
+    number people know it by and the place in the text after it; and whether the file is JSON.
+
+    A JSON list of objects (rows count from 1), JSON lines (numbered by line), or CSV with a header
+    row, separated by commas, semicolons or tabs (told from the header line). A CSV row is numbered
+    as a spreadsheet shows it: the header is row 1, each record one row even when a quoted cell
+    spans several lines (an empty line is an empty row, skipped). `offset` and `number` (the place
+    after row `start - 1` and its number, as an earlier part left them) let a part start reading at
+    its own rows instead of reading past the ones before; without them the rows before are read
+    and dropped. A CSV cell may be as large as the file: an oversized row is then rejected by its
+    number like any other bad row, instead of the csv module failing the whole file."""
+    text = job.input_text
+    begin = 1 if text.startswith("\ufeff") else 0
+    first = next((c for c in itertools.islice(text, begin, None) if not c.isspace()), "")
+    if first == "[":  # one document: read whole, then walked
         try:
-            data = json.loads(stripped)
+            data = json.loads(text[begin:])
         except RecursionError:
-            raise JourneyError(f"nested more than {MAX_DEPTH} levels deep at {nesting_path(stripped)}",
+            raise JourneyError(f"nested more than {MAX_DEPTH} levels deep at {nesting_path(text[begin:])}",
                                field="file") from None
         except ValueError as exc:
             raise JourneyError(f"not valid JSON: {exc}", field="file") from None
-        return list(enumerate(data, 1)), True
-    if stripped.startswith("{"):
-        rows: list[tuple[int, Any]] = []
-        # numbered by the file's own lines, blank ones included; only line ends split (JSON text
-        # holds no raw CR or LF, but may hold U+2028, which str.splitlines would also split at)
-        for number, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), 1):
-            if line.strip():
-                try:
-                    rows.append((number, json.loads(line)))
-                except RecursionError:
-                    rows.append((number, _Broken(f"nested more than {MAX_DEPTH} levels deep")))
-                except ValueError as exc:
-                    rows.append((number, _Broken(f"not valid JSON ({exc.msg})")))
-        return rows, True
+        return ((n, row, None) for n, row in itertools.islice(enumerate(data, 1), start, None)), True
+    resume = offset is not None and number is not None and start > 0
+    where = [offset if resume else begin]
+    lines = _lines_from(text, where[0], where)
+    if first == "{":
+        rows = _json_lines(lines, where, number=number if resume else 0)
+        return (rows if resume else itertools.islice(rows, start, None)), True
+    delimiter = _csv_delimiter(text, begin)
     csv.field_size_limit(max(csv.field_size_limit(), MAX_INPUT_BYTES))
-    reader = csv.DictReader(io.StringIO(text))
+    header_lines = _lines_from(text, begin, [begin])
+    header, header_number = _csv_header(csv.reader(header_lines, delimiter=delimiter))
+    _csv_header_check(header, kind=job.kind, delimiter=delimiter)
+    if not resume:
+        where[0] = begin
+        lines = _lines_from(text, begin, where)
+        reader = csv.reader(lines, delimiter=delimiter)
+        _csv_header(reader)
+        rows = _csv_rows(reader, header, where, number=header_number, delimiter=delimiter)
+        return itertools.islice(rows, start, None), False
+    return _csv_rows(csv.reader(lines, delimiter=delimiter), header, where, number=number,
+                     delimiter=delimiter), False
+
+
+def _lines_from(text: str, position: int, where: list[int]) -> Iterator[str]:
+    """The text's lines from `position`, split at "\n" only (each keeps its line end); `where[0]`
+    is the place after the last line handed out (the csv reader takes no line ahead of a record)."""
+    size = len(text)
+    while position < size:
+        end = text.find("\n", position)
+        end = size if end < 0 else end + 1
+        where[0] = end
+        yield text[position:end]
+        position = end
+
+
+def _json_lines(lines: Iterator[str], where: list[int], *, number: int) -> Iterator[tuple[int, Any, int]]:
+    # numbered by the file's own lines, blank ones included; only line ends split (JSON text
+    # holds no raw CR or LF, but may hold U+2028, which str.splitlines would also split at)
+    for raw in lines:
+        pieces = raw.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n").split("\n")
+        after = where[0] if len(pieces) == 1 else None  # lone CRs: no place a part could start at
+        for line in pieces:
+            number += 1
+            if not line.strip():
+                continue
+            try:
+                row: Any = json.loads(line)
+            except RecursionError:
+                row = _Broken(f"nested more than {MAX_DEPTH} levels deep")
+            except ValueError as exc:
+                row = _Broken(f"not valid JSON ({exc.msg})")
+            yield number, row, after
+
+
+def csv_delimiter(text: str) -> str:
+    """The delimiter of a CSV upload (erasures rewrite its rows with it): see `_csv_delimiter`."""
+    return _csv_delimiter(text, 1 if text.startswith("\ufeff") else 0)
+
+
+def _csv_delimiter(text: str, begin: int = 0) -> str:
+    """Comma, semicolon or tab: whichever the header line holds most of outside quotes (a comma
+    when it holds none: a one-column file)."""
+    end = text.find("\n", begin)
+    counts = dict.fromkeys(CSV_DELIMITERS, 0)
+    quoted = False
+    for char in text[begin:end if end >= 0 else len(text)]:
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char in counts:
+            counts[char] += 1
+    best = max(counts, key=counts.__getitem__)  # the first of equals: the comma
+    return best if counts[best] else ","
+
+
+def _csv_header(reader: Any) -> tuple[list[str], int]:
+    """The header row's names and its row number (empty lines before it are rows too)."""
+    number = 0
     try:
-        if not reader.fieldnames:
-            raise JourneyError("the CSV file has no header row", field="file")
-        _csv_columns_check(reader.fieldnames)
-        columns = len(reader.fieldnames)
-        return [(reader.line_num, {k.strip(): v for k, v in row.items() if k} if None not in row else
-                 _Broken(f"{columns + len(row[None])} cells, but the header names {columns} columns "
-                         "(a comma inside a value needs quotes)"))
-                for row in reader], False
+        for cells in reader:
+            number += 1
+            if cells:
+                return [name.strip() for name in cells], number
     except csv.Error as exc:
-        raise JourneyError(f"line {reader.line_num}: {exc}", field="file") from None
+        raise JourneyError(f"row {number + 1}: {exc}", field="file") from None
+    raise JourneyError("the CSV file has no header row", field="file")
 
 
-def _csv_columns_check(names: list[str]) -> None:
+def _csv_rows(reader: Any, header: list[str], where: list[int], *, number: int,
+              delimiter: str) -> Iterator[tuple[int, Any, int]]:
+    columns = len(header)
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise JourneyError(f"row {number + 1}: {exc}", field="file") from None
+        number += 1
+        if not cells:  # an empty line: an empty row in a spreadsheet, not a record
+            continue
+        if len(cells) > columns:
+            yield number, _Broken(f"{len(cells)} cells, but the header names {columns} columns (a "
+                                  f"{CSV_DELIMITERS[delimiter]} inside a value needs quotes)"), where[0]
+            continue
+        cells = cells + [None] * (columns - len(cells))
+        yield number, {name: value for name, value in zip(header, cells) if name}, where[0]
+
+
+def csv_header_check(text: str, *, kind: str) -> None:
+    """The upload's CSV header, checked before a job is stored: see `_csv_header_check`."""
+    begin = 1 if text.startswith("\ufeff") else 0
+    delimiter = _csv_delimiter(text, begin)
+    header, _ = _csv_header(csv.reader(_lines_from(text, begin, [begin]), delimiter=delimiter))
+    _csv_header_check(header, kind=kind, delimiter=delimiter)
+
+
+def _csv_header_check(names: list[str], *, kind: str, delimiter: str) -> None:
     """A header naming a column twice is refused: every row would silently keep only the last
-    of its cells."""
+    of its cells. One naming none of the columns the import reads (a file exported with another
+    delimiter, or from a tool that calls the id `external_id`) is refused naming what it found:
+    otherwise every row would be rejected, each with the same "is required"."""
     seen: dict[str, int] = {}
     for position, name in enumerate((name.strip() for name in names), 1):
         if name and name in seen:
             raise JourneyError(f"the CSV header names the column {name!r} twice (columns {seen[name]} and "
                                f"{position}): rename or remove one", field="file")
         seen.setdefault(name, position)
+    if kind == JobKind.IMPORT_CUSTOMERS:
+        expected, known = CUSTOMER_ID_COLUMNS, any(name in CUSTOMER_ID_COLUMNS for name in seen)
+    elif kind == JobKind.IMPORT_EVENTS:
+        expected, known = ("user_id", "anonymous_id", "event"), any(name.lower() in EVENT_COLUMNS for name in seen)
+    else:
+        return
+    if not known:
+        found = ", ".join(repr(name) for name in list(seen)[:10]) + (", ..." if len(seen) > 10 else "")
+        raise JourneyError(f"the CSV header ({CSV_DELIMITERS[delimiter]}-separated) names none of the columns "
+                           f"this import reads: found {found}; expected {', '.join(expected)}. Save the file as "
+                           "CSV separated by commas, semicolons or tabs, with a header row naming these columns",
+                           field="file")
 
 
 class _Broken(dict):
@@ -418,19 +535,45 @@ def _non_finite(value: Any, path: str = "") -> str | None:
     return next((found for where, item in items if (found := _non_finite(item, where))), None)
 
 
-def _content_ids(kind: str) -> Callable[[dict], str]:
+class _ContentIds:
     """Message ids derived from what a row says, not from the job: the same file imported again
     (by another job) gives the same ids, so what is already stored is skipped. Identical rows in
     one file stay apart by their occurrence (the second is `...-2`)."""
-    seen: Counter[str] = Counter()
 
-    def message_id(row: dict) -> str:
-        canonical = json.dumps([kind, row], sort_keys=True, separators=(",", ":"), default=str)
-        digest = hashlib.sha256(canonical.encode()).hexdigest()[:40]
-        seen[digest] += 1
-        return f"import-{digest}" + (f"-{seen[digest]}" if seen[digest] > 1 else "")
+    def __init__(self, kind: str) -> None:
+        self.kind, self.seen = kind, Counter()
 
-    return message_id
+    def digest(self, row: dict) -> str:
+        canonical = json.dumps([self.kind, row], sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:40]
+
+    def __call__(self, row: dict) -> str:
+        digest = self.digest(row)
+        self.seen[digest] += 1
+        return f"import-{digest}" + (f"-{self.seen[digest]}" if self.seen[digest] > 1 else "")
+
+    def count_before(self, job: Job, *, start: int, rows: list, own_id: Callable[[dict], bool]) -> None:
+        """Count the occurrences, in the rows before `start`, of this part's rows (those without
+        their own messageId): the file is read again up to there, keeping no row."""
+        wanted = {self.digest(row) for row in rows if _readable(row) and not _safe(own_id, row, True)}
+        if not wanted or not start:
+            return
+        records, _ = _records(job)
+        for _, row, _ in itertools.islice(records, start):
+            if _readable(row) and not _safe(own_id, row, True) and (digest := self.digest(row)) in wanted:
+                self.seen[digest] += 1
+
+
+def _readable(row: Any) -> bool:
+    return isinstance(row, dict) and not isinstance(row, _Broken)
+
+
+def _safe(check: Callable[[dict], bool], row: dict, default: bool) -> bool:
+    """`check(row)`, or `default` for a row the check rejects (it is rejected by number later)."""
+    try:
+        return check(row)
+    except (EventValidationError, PayloadTooLarge):
+        return default
 
 
 def _customer_payload(row: dict, *, from_json: bool) -> dict:
@@ -595,31 +738,32 @@ def _import_rows(job: Job, *, state: dict, build: Callable[..., dict]) -> dict:
     from journeys.services.ingest import event_ingest, events_parse
 
     source = Source.objects.get(pk=job.params["source_id"])
-    rows, from_json = _records(job)
-    if len(rows) > MAX_ROWS:
-        raise JourneyError(f"{len(rows)} rows; the limit is {MAX_ROWS} per file", field="file")
-    total, start = len(rows), state["next_row"]
+    total, start = state.get("rows"), state["next_row"]
+    if total is None:  # the first part counts the rows (reading, keeping none)
+        records, _ = _records(job)
+        total = sum(1 for _ in records)
+        if total > MAX_ROWS:
+            raise JourneyError(f"{total} rows; the limit is {MAX_ROWS} per file", field="file")
     state.update(rows=total, source=source.name)
     part_rows = max(1, int(getattr(settings, "JOB_IMPORT_PART_ROWS", 5000)))
     part_seconds = float(getattr(settings, "JOB_IMPORT_PART_SECONDS", 0) or _task_timeout() / 4)
     deadline = time.monotonic() + part_seconds
     received = timezone.now()
-    message_id = _content_ids(job.kind)
-    for _, row in rows[:start]:  # identical rows before this part count towards the `-2` suffixes
-        if isinstance(row, dict) and not isinstance(row, _Broken):
-            try:
-                if build(row, from_json=from_json).get("messageId") in (None, ""):
-                    message_id(row)
-            except (EventValidationError, PayloadTooLarge):
-                pass
+    end = min(total, start + part_rows)
+    records, from_json = _records(job, start=start, offset=state.get("offset"), number=state.get("number"))
+    rows = list(itertools.islice(records, end - start))  # this part's rows only
+    message_id = _ContentIds(job.kind)
+    message_id.count_before(job, start=start, rows=[row for _, row, _ in rows],
+                            own_id=lambda row: build(row, from_json=from_json).get("messageId") not in (None, ""))
     consents = _consent_columns() if job.kind == JobKind.IMPORT_CUSTOMERS else None
-    position, end = start, min(total, start + part_rows)
+    history = import_history_reason(job)
+    position = start
     job_progress(job=job, done=start + state["stored_rows"], total=2 * total - state["rejected"],
                  message=f"rows {start + 1} to {end} of {total}")
     while position < end and (position == start or time.monotonic() < deadline):
         batch_end = min(end, position + IMPORT_BATCH)
         good, rejected = [], []
-        for number, row in rows[position:batch_end]:
+        for number, row, _ in rows[position - start:batch_end - start]:
             try:
                 if isinstance(row, _Broken):
                     raise EventValidationError(row.reason, field="row")
@@ -636,16 +780,18 @@ def _import_rows(job: Job, *, state: dict, build: Callable[..., dict]) -> dict:
                 catalog_apply(policy=source.schema_policy, events=parsed)
                 choices = consents.parse(row) if consents is not None else []
             except (EventValidationError, PayloadTooLarge) as exc:
-                rejected.append({"row": number, "field": exc.field or "", "error": exc.message})
+                rejected.append({"row": number, "field": _row_field(exc.field or "", kind=job.kind, from_json=from_json),
+                                 "error": exc.message})
             else:
                 good.append((number, parsed[0], choices))
         step = dict(state)
         step.update(next_row=batch_end, rejected=state["rejected"] + len(rejected),
                     rejected_rows=(state["rejected_rows"] + rejected)[:1000], stored_rows=state["stored_rows"] + len(good),
+                    number=rows[batch_end - start - 1][0], offset=rows[batch_end - start - 1][2],
                     at=timezone.now().isoformat(), requeued=0)  # stalls count only while nothing moves
         try:
             with transaction.atomic():
-                outcome = event_ingest(source=source, events=[p for _, p, _ in good]) if good else None
+                outcome = event_ingest(source=source, events=[p for _, p, _ in good], history=history) if good else None
                 if outcome is not None:
                     step.update(imported=state["imported"] + outcome.stored,
                                 duplicates=state["duplicates"] + outcome.duplicates)
@@ -661,6 +807,23 @@ def _import_rows(job: Job, *, state: dict, build: Callable[..., dict]) -> dict:
             _import_save(job, step)
         state, position = step, batch_end
     return state
+
+
+def _row_field(field: str, *, kind: str, from_json: bool) -> str:
+    """The field a rejected row is named by: a customer CSV's columns are the identify's traits,
+    so `traits.email` is the file's column `email`."""
+    if kind == JobKind.IMPORT_CUSTOMERS and not from_json and field.startswith("traits."):
+        return field.removeprefix("traits.")
+    return field
+
+
+def import_history_reason(job: Job) -> str:
+    """Why an event import's events start no workflow ("" when they may): an event import is
+    history (a backfill) unless whoever started it ticked "Start workflows for these events"."""
+    if job.kind != JobKind.IMPORT_EVENTS or job.params.get("start_workflows"):
+        return ""
+    return (f"history: imported by job {job.pk} without \"Start workflows for these events\", "
+            "so it started no workflow")
 
 
 def _import_save(job: Job, state: dict) -> None:

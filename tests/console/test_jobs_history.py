@@ -1,0 +1,103 @@
+"""An event import is history unless ops opt in: a backfill of old sign-ups stores the events (they
+count) but starts no workflow and sends nothing; events older than EVENT_TRIGGER_MAX_AGE_S never
+start one, whatever the API they came through."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import override_settings
+from django.urls import reverse
+from django.utils import timezone
+
+from journeys.engine.processor import events_process
+from journeys.models import Event, Job, JourneyRun, Source
+from tests.console.conftest import demo, ops  # noqa: F401 - the demo data and its signed-in ops admin
+from tests.factories import live_workflow
+
+pytestmark = pytest.mark.django_db
+
+WELCOME = {"trigger_event": "Backfill Signed Up", "steps": [{"key": "done", "kind": "goal", "config": {}}],
+           "edges": []}
+
+
+def upload(client, capture, text: str, **extra):
+    source = Source.objects.get(name="demo-web")
+    with capture(execute=True):
+        response = client.post(f"{reverse('admin:journeys_job_add')}?kind=import_events",
+                               {"file": SimpleUploadedFile("history.csv", text.encode()), "source": source.pk, **extra})
+    assert response.status_code == 302, response.content.decode()[-2000:]
+    job = Job.objects.latest("pk")
+    assert job.status == "succeeded", job.error
+    return job
+
+
+def process_pending() -> None:
+    events_process(event_ids=list(Event.objects.filter(status="pending").values_list("pk", flat=True)))
+
+
+def test_an_event_import_is_history_unless_start_workflows_is_ticked(ops, django_capture_on_commit_callbacks):  # noqa: F811
+    # given a live workflow started by "Backfill Signed Up", and a file of sign-ups (two in 2023, one today)
+    workflow = live_workflow(name="backfill welcome", definition=WELCOME)
+    today = timezone.now().replace(microsecond=0).isoformat()
+    text = ("user_id,event,timestamp\n"
+            "h-1,Backfill Signed Up,2023-01-05T10:00:00Z\n"
+            "h-2,Backfill Signed Up,2023-05-05T10:00:00Z\n"
+            f"h-3,Backfill Signed Up,{today}\n")
+    # when it is imported without ticking "Start workflows for these events"
+    job = upload(ops, django_capture_on_commit_callbacks, text)
+    process_pending()
+    # then the three events are stored as history, saying why, and no run started
+    events = Event.objects.filter(name="Backfill Signed Up")
+    assert sorted(events.values_list("status", flat=True)) == ["history"] * 3
+    assert all(f"imported by job {job.pk}" in e.error for e in events)
+    assert not JourneyRun.objects.filter(version__workflow=workflow).exists()
+    page = ops.get(reverse("admin:journeys_job_change", args=[job.pk])).content.decode()
+    assert "Workflows: none started" in page
+
+    # when another file is imported with the box ticked (today's sign-up of h-4, one of 2023)
+    text = ("user_id,event,timestamp\n"
+            "h-4,Backfill Signed Up,2023-02-01T10:00:00Z\n"
+            f"h-5,Backfill Signed Up,{today}\n")
+    job = upload(ops, django_capture_on_commit_callbacks, text, start_workflows="on")
+    process_pending()
+    # then only today's event starts a run: the 2023 one is older than EVENT_TRIGGER_MAX_AGE_S
+    assert job.params["start_workflows"] is True
+    runs = JourneyRun.objects.filter(version__workflow=workflow)
+    assert list(runs.values_list("customer__external_id", flat=True)) == ["h-5"]
+    old = Event.objects.get(user_id="h-4")
+    assert old.status == "history" and "EVENT_TRIGGER_MAX_AGE_S" in old.error
+    assert Event.objects.get(user_id="h-5").status == "processed"
+
+
+def test_the_start_page_offers_the_opt_in_unticked(ops):  # noqa: F811
+    page = ops.get(f"{reverse('admin:journeys_job_add')}?kind=import_events").content.decode()
+    assert "Start workflows for these events" in page
+    assert 'name="start_workflows"' in page and "checked" not in page.split('name="start_workflows"')[1][:40]
+
+
+def test_an_api_event_older_than_the_max_age_starts_no_workflow(api, source):
+    # given a live workflow, and a backfill through /v1/import: one sign-up of 2023, one of an hour ago
+    workflow = live_workflow(name="backfill welcome", definition=WELCOME)
+    hour_ago = (timezone.now() - timedelta(hours=1)).isoformat()
+    batch = [{"type": "track", "userId": "b-old", "event": "Backfill Signed Up", "timestamp": "2023-02-01T00:00:00Z"},
+             {"type": "track", "userId": "b-new", "event": "Backfill Signed Up", "timestamp": hour_ago}]
+    # when it is posted and the engine runs
+    assert api.post("import", {"batch": batch}).status_code == 200
+    process_pending()
+    # then both are stored, only the recent one started a run, and the old one says why
+    runs = JourneyRun.objects.filter(version__workflow=workflow)
+    assert list(runs.values_list("customer__external_id", flat=True)) == ["b-new"]
+    old = Event.objects.get(user_id="b-old")
+    assert old.status == "history" and "older than EVENT_TRIGGER_MAX_AGE_S" in old.error
+
+
+@override_settings(EVENT_TRIGGER_MAX_AGE_S=0)
+def test_with_the_max_age_off_an_old_api_event_starts_its_workflow(api, source):
+    workflow = live_workflow(name="backfill welcome", definition=WELCOME)
+    event = {"userId": "b-old", "event": "Backfill Signed Up", "timestamp": "2023-02-01T00:00:00Z"}
+    assert api.post("track", event).status_code == 200
+    process_pending()
+    assert JourneyRun.objects.filter(version__workflow=workflow).count() == 1
