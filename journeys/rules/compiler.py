@@ -164,3 +164,18 @@ def validate_rule(text: str) -> list[str]:
     except RuleSyntaxError as exc:
         return [str(exc)]
     return []
+
+
+def validate_profile_rule(text: str) -> list[str]:
+    """validate_rule for a rule read from each customer's profile alone, with no event, context or
+    journey (segments, segment entry, lifecycle stages, cron audiences): a path under another root
+    has no value there, so such a rule could never select anyone through it."""
+    try:
+        references = compile_rule(text).references
+    except RuleSyntaxError as exc:
+        return [str(exc)]
+    elsewhere = sorted(r for r in references if r != "profile" and not r.startswith(("profile.", "profile[")))
+    if not elsewhere:
+        return []
+    return [f"{', '.join(elsewhere)} has no value here: this rule is read from each customer's profile, with no "
+            "event, context or journey; only profile.* paths can be used (e.g. profile.plan == 'pro')"]
