@@ -1,6 +1,7 @@
 """Rules read from each customer's profile alone, with no event (cron segments, segment-entry rules,
 lifecycle stages, API segments): a path under event, context or journey has no value there, so it is
-refused where the rule is written (admin form, version validation, management API), naming the path."""
+refused where the rule is written (admin form, version validation, management API), naming the path.
+A call whose constant arguments always fail (date('2024-02-30')) is refused in any rule."""
 
 from __future__ import annotations
 
@@ -78,3 +79,37 @@ def test_the_admin_still_adds_a_profile_stage_rule(admin_client):
                                   REASON_FIELD: "lapsed customers"})
     assert response.status_code == 302
     assert LifecycleStage.objects.get().rule == "profile.days_since_last_seen > 30"
+
+
+ALWAYS_FAILING = ["profile.signup > date('2024-02-30')", "days_since('yesterday') > 1",
+                  "events_in_last('Order Completed', days='3') > 1", "profile.plan == 'pro' or int('abc') > 1"]
+
+
+@pytest.mark.parametrize("rule", ALWAYS_FAILING)
+def test_a_call_whose_constant_arguments_always_fail_is_refused_where_rules_are_written(workflow, admin_client, rule):
+    # when such a rule is a segment-entry rule, an entry rule, a condition step's rule or a stage rule
+    with pytest.raises(ValidationError) as refused:
+        version_build(workflow=workflow, definition=definition("segment_entry", rule))
+    with pytest.raises(ValidationError) as entry:
+        version_build(workflow=workflow, definition={**definition("segment_entry", "profile.plan == 'pro'"),
+                                                     "entry_rule": rule})
+    with pytest.raises(ValidationError) as step:
+        version_build(workflow=workflow, definition={
+            **definition("segment_entry", "profile.plan == 'pro'"),
+            "steps": [{"key": "check", "kind": "condition", "config": {"rule": rule}},
+                      {"key": "done", "kind": "goal", "config": {}}],
+            "edges": [{"from": "check", "outcome": "yes", "to": "done"}]})
+    response = admin_client.post(reverse("admin:journeys_lifecyclestage_add"),
+                                 {"key": "never", "name": "Never", "order": 1, "rule": rule, "description": "",
+                                  REASON_FIELD: "try"})
+    # then each says which call fails with which value, and where
+    name = rule.split("(")[0].split()[-1]
+    for message in (refused.value.message_dict["trigger_config"][0], str(entry.value), str(step.value),
+                    response.context["adminform"].form.errors["rule"][0]):
+        assert f"{name}() fails with these constant arguments" in message and "at column" in message, message
+    assert not LifecycleStage.objects.exists()
+
+
+def test_constant_calls_that_work_are_accepted(workflow):
+    rule = "date(profile.signup) > date('2024-02-29') and days_since('2024-01-01') > 1 and int('3') == 3"
+    assert version_validate(version=version_build(workflow=workflow, definition=definition("segment_entry", rule))).ok
