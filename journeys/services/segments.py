@@ -311,8 +311,8 @@ SAMPLE_DRAWS = 10  # ids drawn at most per customer of the budget (gaps in the i
 
 def _random_pages(base, *, total: int, budget: int) -> Iterator[list[Customer]]:
     """At most `budget` customers of `base`, each as likely as any other: ids drawn at random between the
-    lowest and the highest, those that are customers of `base` kept (in the order drawn). A primary key
-    probe a drawn id, so the cost follows the budget, not the base; and data that repeats in step with
+    lowest and the highest, those that are customers of `base` kept (in the order drawn). One primary-key
+    probe per drawn id, so the cost follows the budget, not the base; and data that repeats in step with
     the ids (bulk imports cycling through plans or regions) is sampled as it is. The draw is seeded by
     the base's bounds and size: the same base gives the same estimate on every page load."""
     bounds = base.aggregate(lo=Min("pk"), hi=Max("pk"))
