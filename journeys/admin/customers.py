@@ -132,10 +132,10 @@ class LifecycleStageForm(forms.ModelForm):
         fields = ("key", "name", "order", "rule", "description")
 
     def clean_rule(self):
-        from journeys.rules import validate_rule
+        from journeys.rules import validate_profile_rule
 
         rule = self.cleaned_data.get("rule", "")
-        if rule and (errors := validate_rule(rule)):
+        if rule and (errors := validate_profile_rule(rule)):
             raise forms.ValidationError(errors)
         return rule
 

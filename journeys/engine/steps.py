@@ -13,7 +13,7 @@ from journeys.engine.registry import Palette, StepKind, StepResult, register, re
 from journeys.forms import kinds as forms
 from journeys.engine.runtime import StepContext, add_local, add_wait
 from journeys.models.fields import MAX_DEPTH
-from journeys.rules import RuleEvaluationError, RuleSyntaxError, compile_rule
+from journeys.rules import RuleEvaluationError, compile_rule, validate_rule
 
 FLOW = Palette(group="Flow", colour="#fff8e1", order=20)
 WAITS = Palette(group="Flow", colour="#f3e5f5", order=22)
@@ -31,10 +31,8 @@ def check_rule(config: dict, key: str, *, required: bool = True) -> str:
         return ""
     if not isinstance(text, str):
         raise ValidationError({key: "must be a rule written as text"})
-    try:
-        compile_rule(text)
-    except RuleSyntaxError as exc:
-        raise ValidationError({key: f"rule error: {exc}"}) from None
+    if problems := validate_rule(text):
+        raise ValidationError({key: f"rule error: {problems[0]}"})
     return text
 
 
@@ -321,10 +319,8 @@ def _with_rules(item, on_rule, where: str, depth: int = 0):
 def _rule_checked(where: str, text) -> None:
     if not isinstance(text, str):
         raise ValidationError(f'{where}: a rule is written as text, e.g. {{"rule": "coalesce(profile.orders, 0) + 1"}}')
-    try:
-        compile_rule(text)
-    except RuleSyntaxError as exc:
-        raise ValidationError(f"{where}: rule error: {exc}") from None
+    if problems := validate_rule(text):
+        raise ValidationError(f"{where}: rule error: {problems[0]}")
 
 
 class _RuleFailed(Exception):

@@ -158,9 +158,49 @@ def compile_rule(text: str) -> Rule:
 
 
 def validate_rule(text: str) -> list[str]:
-    """Error messages for a form field; an empty list means the rule compiles."""
+    """Error messages for a form field; an empty list means the rule compiles and none of its
+    function calls fails whatever the data (constant arguments it refuses: date('2024-02-30'))."""
     try:
         compile_rule(text)
+        _constant_calls_check(text)
     except RuleSyntaxError as exc:
         return [str(exc)]
     return []
+
+
+def _constant_calls_check(text: str) -> None:
+    """Raise RuleSyntaxError for a call whose arguments are all constants and that fails: it fails
+    the same way for every customer and every event, so the rule could never be true through it."""
+    from datetime import UTC, datetime
+
+    from .nodes import Call, children, reads_no_data
+
+    ctx = RuleContext(now=datetime.now(UTC), events_in_last=lambda name, since: 0)
+    stack: list[Node] = [parse(text).tree]
+    while stack:
+        node = stack.pop()
+        stack.extend(children(node))
+        if not isinstance(node, Call) or not all(
+            reads_no_data(arg) for arg in (*node.args, *(value for _, value in node.kwargs))
+        ):
+            continue
+        function = _load(node, fast=False, text="<constant>")[1]["_rule"]
+        try:
+            function(ctx.event, ctx.profile, ctx.context, ctx.journey, ctx)
+        except Exception as exc:  # noqa: BLE001 - any failure of constants is the rule's mistake
+            raise RuleSyntaxError(f"{node.name}() fails with these constant arguments ({describe_error(exc)}), "
+                                  "for every customer and event: correct the value", node.pos, text) from None
+
+
+def validate_profile_rule(text: str) -> list[str]:
+    """validate_rule for a rule read from each customer's profile alone, with no event, context or
+    journey (segments, segment entry, lifecycle stages, cron audiences): a path under another root
+    has no value there, so such a rule could never select anyone through it."""
+    if errors := validate_rule(text):
+        return errors
+    references = compile_rule(text).references
+    elsewhere = sorted(r for r in references if r != "profile" and not r.startswith(("profile.", "profile[")))
+    if not elsewhere:
+        return []
+    return [f"{', '.join(elsewhere)} has no value here: this rule is read from each customer's profile, with no "
+            "event, context or journey; only profile.* paths can be used (e.g. profile.plan == 'pro')"]

@@ -25,7 +25,7 @@ from journeys.choices import ReentryPolicy, VersionState
 from journeys.engine.registry import get_kind
 from journeys.errors import DraftChanged
 from journeys.models import Edge, Step, WorkflowVersion
-from journeys.rules import RuleSyntaxError, compile_rule
+from journeys.rules import validate_rule
 from journeys.services.definitions import MAX_COORDINATE, VERSION_FIELDS
 from journeys.services.governance import history_stamp, require_reason
 from journeys.services.workflows import step_save, trigger_clean, version_check_editable, version_note_changed
@@ -314,11 +314,8 @@ def step_form_save(*, version: WorkflowVersion, step: Step, key: str, kind: str,
 
 
 def _rule_field(values: dict, name: str) -> None:
-    if text := values.get(name):
-        try:
-            compile_rule(text)
-        except RuleSyntaxError as exc:
-            raise ValidationError({name: f"rule error: {exc}"}) from None
+    if (text := values.get(name)) and (problems := validate_rule(text)):
+        raise ValidationError({name: f"rule error: {problems[0]}"})
 
 
 @transaction.atomic

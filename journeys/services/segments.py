@@ -20,13 +20,14 @@ and the tests).
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
 from django.db import DatabaseError, OperationalError, connection, transaction
-from django.db.models.functions import Mod
+from django.db.models import Max, Min
 from django.utils import timezone
 
 from journeys.models import Customer
@@ -220,15 +221,16 @@ class SegmentSize:
     checked: int = 0  # customers evaluated in Python
 
 
-def segment_size(*, rule: str, now: datetime, budget: int = PYTHON_BUDGET,
+def segment_size(*, rule: str, now: datetime, budget: int | None = None,
                  timeout_ms: int = COUNT_TIMEOUT_MS) -> SegmentSize:
     """Count the audience a segment rule selects now, with the segment code the engine enrols
     with and a bounded cost: on PostgreSQL, a rule that translates is counted by one statement
-    (the rows it cannot decide re-checked here, at most `budget` of them, the rest estimated in
-    proportion); anything else is evaluated in Python, over every customer when there are at most
-    `budget`, else over a systematic sample of `budget` (every k-th id) and estimated. Raises
+    (the rows it cannot decide re-checked here, at most `budget` of them picked at random, the rest
+    estimated in proportion); anything else is evaluated in Python, over every customer when there
+    are at most `budget`, else over a random sample of `budget` (_random_pages) and estimated. Raises
     RuleSyntaxError for a rule that does not compile."""
     now = utc(now)
+    budget = PYTHON_BUDGET if budget is None else budget
     base = Customer.objects.filter(merged_into__isnull=True, erased_at__isnull=True)
     if not rule.strip():
         count = _bounded(lambda: base.count(), timeout_ms)
@@ -273,7 +275,7 @@ def _sql_size(translation: Translation, *, now: datetime, budget: int, timeout_m
     if not unsure:
         return SegmentSize(rule=translation.text, count=sure, exact=True, plan="sql")
     with connection.cursor() as cursor:  # the rows the SQL leaves to Python: re-checked as _sql_page does
-        cursor.execute(f"SELECT c.id{selected} AND {state} <> 2 ORDER BY c.id LIMIT %(limit)s",
+        cursor.execute(f"SELECT c.id{selected} AND {state} <> 2 ORDER BY md5(c.id::text) LIMIT %(limit)s",
                        {**params, "limit": budget})
         ids = [row[0] for row in cursor.fetchall()]
     customers = Customer.objects.filter(pk__in=ids).only(*PROFILE_FIELDS)
@@ -287,19 +289,49 @@ def _python_size(*, rule: str, now: datetime, budget: int, base, timeout_ms: int
     total = _bounded(lambda: base.count(), timeout_ms)
     if total is None:
         return SegmentSize(rule=rule, count=None, exact=False, plan="python")
-    stride = max(1, -(-total // budget))  # every stride-th customer by id: at most `budget` of them
-    sample = base.only(*PROFILE_FIELDS) if stride == 1 else \
-        base.annotate(nth=Mod("pk", stride)).filter(nth=0).only(*PROFILE_FIELDS)
-    matched, checked, last = 0, 0, 0
-    while checked < budget:
-        page = list(sample.filter(pk__gt=last).order_by("pk")[:PAGE])
-        if not page:
-            break
-        last, checked = page[-1].pk, checked + len(page)
+    pages = _id_pages(base) if total <= budget else _random_pages(base, total=total, budget=budget)
+    matched, checked = 0, 0
+    for page in pages:
+        checked += len(page)
         matched += len(customers_matching(rule=rule, now=now, customers=page))
     exact = checked == total
     count = matched if exact else (round(matched * total / checked) if checked else 0)
     return SegmentSize(rule=rule, count=count, exact=exact, plan="python", base=total, checked=checked)
+
+
+def _id_pages(base) -> Iterator[list[Customer]]:
+    last = 0
+    while page := list(base.filter(pk__gt=last).order_by("pk").only(*PROFILE_FIELDS)[:PAGE]):
+        last = page[-1].pk
+        yield page
+
+
+SAMPLE_DRAWS = 10  # ids drawn at most per customer of the budget (gaps in the ids: merged, erased, deleted)
+
+
+def _random_pages(base, *, total: int, budget: int) -> Iterator[list[Customer]]:
+    """At most `budget` customers of `base`, each as likely as any other: ids drawn at random between the
+    lowest and the highest, those that are customers of `base` kept (in the order drawn). One primary-key
+    probe per drawn id, so the cost follows the budget, not the base; and data that repeats in step with
+    the ids (bulk imports cycling through plans or regions) is sampled as it is. The draw is seeded by
+    the base's bounds and size: the same base gives the same estimate on every page load."""
+    bounds = base.aggregate(lo=Min("pk"), hi=Max("pk"))
+    if bounds["lo"] is None:
+        return
+    lo, hi = bounds["lo"], bounds["hi"]
+    span = hi - lo + 1
+    rng = random.Random(f"{lo}:{hi}:{total}")
+    drawn = rng.sample(range(lo, hi + 1), min(span, SAMPLE_DRAWS * budget, -(-budget * span * 5 // (4 * total))))
+    kept = 0
+    for start in range(0, len(drawn), PAGE):
+        ids = drawn[start:start + PAGE]
+        found = {c.pk: c for c in base.filter(pk__in=ids).only(*PROFILE_FIELDS)}
+        page = [found[pk] for pk in ids if pk in found][:budget - kept]
+        kept += len(page)
+        if page:
+            yield page
+        if kept >= budget:
+            return
 
 
 def customers_matching(
@@ -459,7 +491,11 @@ def _customers(size: SegmentSize) -> str:
         return f"an audience that could not be counted within {COUNT_TIMEOUT_MS // 1000} s"
     if size.exact:
         return f"{size.count:,} customer{'s' if size.count != 1 else ''}"
-    return f"about {size.count:,} customers (estimated from {size.checked:,} of {size.base or size.checked:,} checked)"
+    if size.plan == "python":
+        return (f"about {size.count:,} customers (an estimate from a random sample: {size.checked:,} of the "
+                f"{size.base:,} customers were checked)")
+    return (f"about {size.count:,} customers (an estimate: {size.checked:,} customers the database could not "
+            "decide, picked at random, were checked)")
 
 
 def trigger_audience(*, version, now: datetime | None = None) -> TriggerAudience:

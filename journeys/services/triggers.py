@@ -36,7 +36,7 @@ def _check_data(data: dict, field: str) -> None:
 
 def trigger_validate(*, workflow: Workflow, recipients: list[dict] | None, segment: str | None, data: dict) -> int:
     """Refuse what cannot be done, naming the field; returns the live version's id."""
-    from journeys.rules import compile_rule, validate_rule
+    from journeys.rules import validate_profile_rule
 
     if workflow.live_version_id is None:
         raise JourneyError(f"workflow {workflow.name!r} has no live version", field="workflow")
@@ -45,12 +45,8 @@ def trigger_validate(*, workflow: Workflow, recipients: list[dict] | None, segme
     _check_data(data, "data")
     for index, recipient in enumerate(recipients or []):
         _check_data(recipient.get("data") or {}, f"recipients[{index}].data")
-    if segment is not None and (problems := validate_rule(segment)):
-        raise JourneyError("; ".join(map(str, problems)), field="segment")
-    if segment is not None and (events := sorted(r for r in compile_rule(segment).references
-                                                 if r == "event" or r.startswith(("event.", "event[")))):
-        raise JourneyError(f"a segment is read from profiles, with no event: {events[0]} would match nobody; "
-                           "use profile.* (e.g. profile.plan == 'pro')", field="segment")
+    if segment is not None and (problems := validate_profile_rule(segment)):
+        raise JourneyError("; ".join(problems), field="segment")
     return workflow.live_version_id
 
 

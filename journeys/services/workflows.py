@@ -31,7 +31,7 @@ from journeys.engine.durations import parse_duration
 from journeys.engine.registry import STEP_KINDS, get_kind
 from journeys.errors import DraftChanged, JourneyError, PermissionDenied
 from journeys.models import AuditEntry, BusinessUnit, ChangeRequest, ChangeRequestStatus, Edge, Step, Workflow, WorkflowVersion
-from journeys.rules import RuleSyntaxError, compile_rule
+from journeys.rules import validate_profile_rule, validate_rule
 from journeys.selectors import EDIT, PROPOSE, PUBLISH, REVIEW, VIEW, business_units_for_user, user_can
 from journeys.services.definitions import (
     MAX_COORDINATE,
@@ -65,16 +65,15 @@ class ValidationReport:
         return not self.errors
 
 
-def _rule_error(text: str, where: str) -> str | None:
+def _rule_error(text: str, where: str, *, profile_only: bool = False) -> str | None:
+    """Why the rule setting `where` is refused, or None. `profile_only`: a rule read from each customer's
+    profile with no event (a segment), which may only read profile.*."""
     if not text:
         return None
     if not isinstance(text, str):
         return f"{where}: a rule is written as text, e.g. profile.ltv >= 500"
-    try:
-        compile_rule(text)
-    except RuleSyntaxError as exc:
-        return f"{where}: {exc}"
-    return None
+    problems = (validate_profile_rule if profile_only else validate_rule)(text)
+    return f"{where}: {problems[0]}" if problems else None
 
 
 TRIGGER_CONFIG_NOT_OBJECT = ("must be a JSON object of the trigger's settings, e.g. "
@@ -146,7 +145,7 @@ def trigger_clean(*, kind: str, event: str, config: dict) -> dict:
     elif kind == TriggerKind.SEGMENT_ENTRY:
         if not config.get("rule"):
             raise ValidationError({"trigger_config": "rule: the segment rule, e.g. profile.ltv >= 500"})
-        if error := _rule_error(config["rule"], "rule"):
+        if error := _rule_error(config["rule"], "rule", profile_only=True):
             raise ValidationError({"trigger_config": error})
     elif kind == TriggerKind.DATE_ATTRIBUTE:
         if not config.get("attribute"):
@@ -160,7 +159,7 @@ def trigger_clean(*, kind: str, event: str, config: dict) -> dict:
             parse_cron(config.get("cron", ""))
         except ValueError as exc:
             raise ValidationError({"trigger_config": f"cron: {exc}"}) from None
-        if error := _rule_error(config.get("segment", ""), "segment"):
+        if error := _rule_error(config.get("segment", ""), "segment", profile_only=True):
             raise ValidationError({"trigger_config": error})
         if config.get("timezone") not in (None, ""):  # the cron's wall clock; none: UTC
             try:

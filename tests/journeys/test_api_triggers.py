@@ -122,13 +122,17 @@ def test_a_segment_enrols_everyone_matching_it(api, workflow, django_capture_on_
      "recipients[0].data.case_id"),
     ({"idempotency_key": "k", "segment": "profile.plan =="}, 422, "segment"),
     ({"idempotency_key": "k", "segment": "event.x == 1"}, 422, "segment"),
+    ({"idempotency_key": "k", "segment": "context.device == 'ios'"}, 422, "segment"),
+    ({"idempotency_key": "k", "segment": "journey.x == 1", "data": {"x": 1}}, 422, "segment"),
 ], ids=["no-key", "no-audience", "both", "empty-list", "two-ids", "bad-id", "reserved", "reserved-recipient",
-        "bad-rule", "event-in-segment"])
+        "bad-rule", "event-in-segment", "context-in-segment", "journey-in-segment"])
 def test_bad_requests_name_the_field_and_enrol_nobody(api, workflow, body, status, field):
     CustomerFactory(external_id="a")
     response = api.post(f"workflows/{workflow.pk}/trigger", body)
     assert (response.status_code, response.body.get("field")) == (status, field), response.body
     assert not JourneyRun.objects.exists() and not Job.objects.exists()
+    if "-in-segment" in field or body.get("segment", "").startswith(("event", "context", "journey")):
+        assert "has no value here" in response.body["message"] and "only profile.* paths" in response.body["message"]
 
 
 def test_a_workflow_that_is_not_live_is_refused(api):

@@ -456,6 +456,69 @@ def test_rules_that_only_a_running_journey_can_answer_stay_in_python():
         assert segment_translation(rule=rule) is None
 
 
+BIG = "9" * 20  # past int8, let alone the int4 `jsonb -> int` takes
+# Literals of any size: a subscript no list can have is "no such item" (null), numbers past int8 or
+# float8 compare as Python compares them; none of them may make PostgreSQL refuse the statement.
+LITERAL_SIZE_RULES = [
+    f"profile.tags[{BIG}] == 'a'",
+    "profile.tags[-9223372036854775809] == 'a'",
+    "profile.tags[2147483648] == null",
+    "not profile.tags[-2147483649]",
+    f"profile.address[{BIG}] == null",
+    f"profile.properties.items[{BIG}].sku == 'A1'",
+    f"profile.tags[{BIG}][{BIG}] == null",
+    f"profile.plan == 'pro' or profile.tags[{BIG}] == 'a'",
+    f"coalesce(profile.tags[{BIG}], 1) == 1",
+    f"profile.tags[{BIG}] in ['a', null]",
+    f"profile.total == {'9' * 40}",
+    f"profile.total == -{BIG}",
+    f"profile.total >= {2**63}",
+    f"profile.total + {BIG} > 0",
+    f"profile.total in [{BIG}, 1e308, 5e-324, 1e999, -1e999]",
+    f"contains(profile.tags, {BIG})",
+    "profile.total < 1e308",
+    "profile.total == 1e999",
+    "1e999 > profile.total",
+    "profile.total < 5e-324",
+    "profile.total * 1e308 > 1",
+    "profile.total / 1e-320 > 1",
+    "profile.total == 1.7976931348623157e308",
+    f"days_since(profile.signup_at) > {BIG}",
+    "days_since(profile.signup_at) > 1e308",
+    "hours_since(profile.signup_at) < 1e999",
+    "days_until(profile.signup_at) < -1e308",
+    f"len(profile.tags) > {BIG}",
+    f"int(profile.total) == {BIG}",
+    "abs(profile.total) > 1e308",
+    f"events_in_last('Buy', days={BIG}) > 1",
+    "events_in_last('Buy', hours=2147483648) > 0",
+    f"profile.ltv > {BIG}",
+]
+
+
+@on_postgres
+def test_literals_of_any_size_translate_and_agree_with_python_in_segments_counts_and_stages():
+    from journeys.models import LifecycleStage
+    from journeys.services.lifecycle import customer_stages_refresh
+    from journeys.services.segments import segment_size
+
+    # given the varied population (with lists to subscript) and its events
+    customers = populate(120)
+    with_events(customers)
+    # when rules with subscripts and numbers too large for int4, int8 or float8 are run both ways
+    translated, wrong = mismatches(LITERAL_SIZE_RULES, customers)
+    # then every one is SQL, the SQL is accepted (no fallback: the fixture) and agrees with Python
+    assert not wrong, "\n".join(wrong)
+    assert translated == len(LITERAL_SIZE_RULES)
+    big_index = f"profile.tags[{BIG}] == null"
+    size = segment_size(rule=big_index, now=NOW)
+    assert (size.count, size.exact, size.plan) == (len(customers), True, "sql")
+    # and a stage with such a rule is refreshed in SQL, every customer in it as Python says
+    LifecycleStage.objects.create(key="huge", name="Huge", order=1, rule=big_index)
+    assert customer_stages_refresh(now=NOW) == len(customers)
+    assert set(Customer.objects.values_list("stage", flat=True)) == {"huge"}
+
+
 EVENT_RULES = [
     "events_in_last('Buy', days=7) > 1",
     "events_in_last('Buy', days=7) == 0",

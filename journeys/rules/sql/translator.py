@@ -36,6 +36,8 @@ from .values import (
     json_literal,
 )
 
+INT4_MIN, INT4_MAX = -(2**31), 2**31 - 1  # the subscripts `jsonb -> int` takes
+
 
 def translate(
     text: str, *, now: dt.datetime, profile: ProfileSource, prefix: str = "", due: bool = False
@@ -184,7 +186,12 @@ class Translator(Comparisons, Functions):
         """`value.key` / `value[n]`: only objects and lists are indexed, anything else is null."""
         if isinstance(key, str) and "\x00" in key:
             raise NotTranslatable("a key with a NUL character")
-        index = self.param(key, "text") if isinstance(key, str) else self.param(key, "int")
+        if isinstance(key, str):
+            index = self.param(key, "text")
+        elif INT4_MIN <= key <= INT4_MAX:
+            index = self.param(key, "int")
+        else:  # no list has such an item (PostgreSQL's `->` takes an int4): null, as in Python
+            index = "NULL::int"
         if val.json is not None:
             if isinstance(key, int):  # PostgreSQL reads a JSON scalar as a one-item array
                 array = f"jsonb_typeof({val.json}) = 'array'"
