@@ -2,11 +2,16 @@
 
     .venv/bin/python bench/ingest.py [--events 50000] [--batch 250] [--clients 4] [--gzip]
                                      [--stage-rule 'profile.days_since_last_seen > 30'] [--segment-rechecks]
+                                     [--sign-ins 0.1]
 
 Sends N realistic Segment events (track/identify/page mix over ~5,000 users)
 to a real gunicorn server on PostgreSQL from several keep-alive HTTP clients,
 checks every answer (429/503 are resent and reported as non_200, any other
 non-200 fails the run) and that exactly N Event rows were stored.
+--sign-ins SHARE makes that share of the events sign-ins on a new device: a visit with only a
+fresh anonymousId (a new anonymous profile), and in a later request an identify with the known
+userId and that anonymousId, which merges the anonymous profile (and its events) into the known
+customer; `merges` in the result counts the CustomerMerge rows made.
 Then, in the same run and on the same database, the baseline: the same
 request bodies turned into the same rows and loaded with psycopg COPY, one
 transaction per batch, into a copy of the event table (same indexes, no
@@ -76,21 +81,28 @@ GUESTS = 1000  # anonymous visitors who never sign in
 # --- the workload -----------------------------------------------------------
 
 
-def make_batches(*, events: int, batch: int, users: int, seed: int) -> list[dict]:
+def make_batches(*, events: int, batch: int, users: int, seed: int, sign_ins: float = 0.0) -> list[dict]:
     """Batch bodies as a Segment library sends them; deterministic for a seed.
 
     Mix: 70% track, 15% identify (traits incl. email), 10% page, all with
     userId + the user's anonymousId (as analytics.js sends after sign-in), and
     5% track from anonymous-only guests. A user's ids never change, so the run
     exercises identity lookups and first-seen customer creation, not merges.
+    With `sign_ins`, that share of the events are new-device sign-ins instead (see the module's
+    doc): a visit from a fresh anonymousId, then, in a later batch, the identify that merges it.
     """
     rng = random.Random(seed)
     now = datetime.now(UTC)
     bodies = []
+    devices: dict[int, str] = {}  # user -> the anonymousId of a visit in an earlier batch, not signed in yet
     for start in range(0, events, batch):
-        items = []
+        items, visits = [], {}
         for i in range(start, min(start + batch, events)):
             u = rng.randrange(users)
+            if sign_ins and rng.random() < sign_ins:
+                items.append(_sign_in_step(u, i, seed=seed, now=now, devices=devices, visits=visits,
+                                           ts=(now - timedelta(milliseconds=(events - i) * 3)).isoformat()))
+                continue
             ts = (now - timedelta(milliseconds=(events - i) * 3)).isoformat()
             context = {
                 "library": {"name": "analytics-python", "version": "2.3.1"},
@@ -152,7 +164,22 @@ def make_batches(*, events: int, batch: int, users: int, seed: int) -> list[dict
                 )
             items.append(event)
         bodies.append({"batch": items, "sentAt": now.isoformat()})
+        devices.update(visits)
     return bodies
+
+
+def _sign_in_step(u: int, i: int, *, seed: int, now: datetime, devices: dict, visits: dict, ts: str) -> dict:
+    """A user's next new-device event: the identify that signs in the device visited in an
+    earlier batch (a merge of its anonymous profile into the known customer), else a visit
+    from a new device (only an anonymousId)."""
+    event = {"messageId": f"bench-{seed}-{i}", "timestamp": ts,
+             "context": {"library": {"name": "analytics.js", "version": "5.2.0"}, "timezone": "Europe/Paris"}}
+    device = devices.pop(u, None)
+    if device is not None:
+        return {**event, "type": "identify", "userId": f"user-{u:05d}", "anonymousId": device,
+                "traits": {"email": f"user{u}@example.com"}}
+    device = visits.setdefault(u, f"device-{u:05d}-{seed}-{i}")
+    return {**event, "type": "page", "name": "Home", "anonymousId": device, "properties": {"path": "/"}}
 
 
 # --- the HTTP phase ---------------------------------------------------------
@@ -416,6 +443,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
     parser.add_argument("--users", type=int, default=5_000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--sign-ins", type=float, default=0.0, metavar="SHARE",
+                        help="share of events that are new-device visits and the sign-ins that merge them")
     parser.add_argument("--gzip", action="store_true", help="send gzip-compressed bodies")
     parser.add_argument("--py-spy", metavar="PREFIX", help="profile the workers with py-spy")
     parser.add_argument("--stage-rule", metavar="RULE",
@@ -425,7 +454,8 @@ def main() -> int:
     args = parser.parse_args()
     exit_on_sigterm()
 
-    batches = make_batches(events=args.events, batch=args.batch, users=args.users, seed=args.seed)
+    batches = make_batches(events=args.events, batch=args.batch, users=args.users, seed=args.seed,
+                           sign_ins=args.sign_ins)
     plain = [json.dumps(b, separators=(",", ":")).encode() for b in batches]
     wire = [gzip.compress(b, 6) for b in plain] if args.gzip else plain
     log(
@@ -489,6 +519,7 @@ def main() -> int:
                 " AND NOT EXISTS (SELECT 1 FROM journeys_identity i WHERE i.customer_id = c.id)"
             ).fetchone()[0]
             tasks = conn.execute("SELECT count(*) FROM django_q_ormq").fetchone()[0]
+            merges = conn.execute("SELECT count(*) FROM journeys_customermerge").fetchone()[0]
             log(
                 f"stored {stored} events, {customers} customers ({orphans} without identity),"
                 f" {tasks} queued tasks;"
@@ -542,6 +573,8 @@ def main() -> int:
         loadavg=round(load, 2),
         customers=customers,
         orphan_customers=orphans,
+        sign_ins=args.sign_ins,
+        merges=merges,
         ok=not problems,
     )
     return 1 if problems else 0
