@@ -38,6 +38,7 @@ from journeys.models.jobs import IMPORT_KINDS
 from journeys.services.api_jobs import (
     KEY_DIGEST_MARK, LEGACY_FINGERPRINT_CHARS, idempotency_key_hidden, request_fingerprint, request_matches,
 )
+from journeys.services.csv_files import csv_delimiter
 from journeys.services.identity import phone_e164, phone_normalize
 
 TRIGGER_INPUT_KEYS = ("recipients", "data")  # a trigger's params that say who and with what
@@ -266,8 +267,6 @@ def _csv_without(text: str, keys: PersonKeys) -> tuple[str, int]:
         for line in io.StringIO(text):  # as `_records` reads it: split at "\n" only
             consumed.append(line)
             yield line
-
-    from journeys.services.jobs import csv_delimiter
 
     delimiter = csv_delimiter(text)
     csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))

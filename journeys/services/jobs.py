@@ -30,6 +30,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from journeys.errors import EventValidationError, JourneyError, PermissionDenied, PayloadTooLarge
+from journeys.services.csv_files import CSV_DELIMITERS, csv_delimiter
 from journeys.services.event_parsing import MAX_DEPTH, nesting_path
 from journeys.models import Customer, Job, JobChunk, JobKind, JobStatus, Source, WorkflowVersion
 from journeys.models.jobs import IMPORT_KINDS
@@ -316,7 +317,6 @@ def _erased_meanwhile(customer_id: Any) -> bool:
 
 
 # How a CSV file's delimiter is named in messages (told from its header line).
-CSV_DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab"}
 
 
 def _records(job: Job, *, start: int = 0, offset: int | None = None,
@@ -350,7 +350,7 @@ def _records(job: Job, *, start: int = 0, offset: int | None = None,
     if first == "{":
         rows = _json_lines(lines, where, number=number if resume else 0)
         return (rows if resume else itertools.islice(rows, start, None)), True
-    delimiter = _csv_delimiter(text, begin)
+    delimiter = csv_delimiter(text, begin)
     csv.field_size_limit(max(csv.field_size_limit(), MAX_INPUT_BYTES))
     header_lines = _lines_from(text, begin, [begin])
     header, header_number = _csv_header(csv.reader(header_lines, delimiter=delimiter))
@@ -397,26 +397,6 @@ def _json_lines(lines: Iterator[str], where: list[int], *, number: int) -> Itera
             yield number, row, after
 
 
-def csv_delimiter(text: str) -> str:
-    """The delimiter of a CSV upload (erasures rewrite its rows with it): see `_csv_delimiter`."""
-    return _csv_delimiter(text, 1 if text.startswith("\ufeff") else 0)
-
-
-def _csv_delimiter(text: str, begin: int = 0) -> str:
-    """Comma, semicolon or tab: whichever the header line holds most of outside quotes (a comma
-    when it holds none: a one-column file)."""
-    end = text.find("\n", begin)
-    counts = dict.fromkeys(CSV_DELIMITERS, 0)
-    quoted = False
-    for char in text[begin:end if end >= 0 else len(text)]:
-        if char == '"':
-            quoted = not quoted
-        elif not quoted and char in counts:
-            counts[char] += 1
-    best = max(counts, key=counts.__getitem__)  # the first of equals: the comma
-    return best if counts[best] else ","
-
-
 def _csv_header(reader: Any) -> tuple[list[str], int]:
     """The header row's names and its row number (empty lines before it are rows too)."""
     number = 0
@@ -454,7 +434,7 @@ def _csv_rows(reader: Any, header: list[str], where: list[int], *, number: int,
 def csv_header_check(text: str, *, kind: str) -> None:
     """The upload's CSV header, checked before a job is stored: see `_csv_header_check`."""
     begin = 1 if text.startswith("\ufeff") else 0
-    delimiter = _csv_delimiter(text, begin)
+    delimiter = csv_delimiter(text, begin)
     header, _ = _csv_header(csv.reader(_lines_from(text, begin, [begin]), delimiter=delimiter))
     _csv_header_check(header, kind=kind, delimiter=delimiter)
 
