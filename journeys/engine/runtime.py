@@ -148,9 +148,10 @@ _UTC = ZoneInfo("UTC")
 
 
 def add_wait(now: datetime, zone: ZoneInfo, *, seconds: int) -> datetime:
-    """`seconds` after `now`, with the whole days of it (1d, 1w; also 24h, the same stored
-    number) counted on the customer's calendar: a day later is the same wall-clock time the
-    next day, across a DST change too; the rest (hours, minutes) is elapsed time. A wall time
+    """`seconds` after `now`, with every whole 24 hours of it counted as a day on the customer's
+    calendar, whatever unit the wait was written in (1d, 1w; also 24h, 36h's first day, 48h: only
+    seconds are stored): a day later is the same wall-clock time the next day, across a DST
+    change too; the rest under a day is elapsed time (README, "Waits in days or weeks"). A wall time
     the change skips or repeats is read as a date trigger reads it (fold 0: 02:30 on
     spring-forward day is 03:30, a repeated time its first occurrence)."""
     days, rest = divmod(int(seconds), DAY_SECONDS)

@@ -384,25 +384,30 @@ def email_problem(value: str) -> str:
 
 
 def phone_problem(value: str) -> str:
-    """Why `value` cannot be a phone number ("" when it can): once written without the spaces,
-    dashes, dots and parentheses people use, it is digits with an optional leading +."""
-    from journeys.services.identity import phone_normalize
+    """Why `value` cannot be a phone number ("" when it can): `phone_number`, the reading the
+    profile and its identity use (separators, `tel:` and an extension allowed), finds none."""
+    from journeys.services.identity import phone_number
 
-    number = phone_normalize(value.strip())
-    digits = number[1:] if number.startswith("+") else number
-    if not (digits.isascii() and digits.isdigit() and len(digits) >= 3):  # one too long is kept as a trait only
-        return "is not a phone number (digits, with spaces, dashes, dots, parentheses and a leading + allowed)"
+    if not phone_number(value):
+        return ("is not a phone number (digits, with spaces, dashes, dots, slashes, parentheses, "
+                "a leading + or tel: and an extension allowed)")
     return ""
 
 
-def contact_traits_check(traits: dict, *, field: str = "traits") -> None:
+def contact_traits_check(traits: dict, *, field: str = "traits") -> list[tuple[str, str]]:
     """An identify's `email` and `phone` traits fill the profile and claim identities messages are
-    sent to: one that cannot be an address rejects the event (the API quarantines it, an import
-    rejects its row), naming the field, rather than storing `not-an-email` as someone's address."""
-    for trait, problem in (("email", email_problem), ("phone", phone_problem)):
-        value = traits.get(trait)
-        if isinstance(value, str) and value.strip() and (why := problem(value)):
-            raise EventValidationError(why, field=f"{field}.{trait}")
+    sent to. An email that cannot be an address rejects the event (the API quarantines it, an
+    import rejects its row), naming the field, rather than storing `not-an-email` as someone's
+    address. A phone that is not a number is only kept as a trait (`phone_number` gives the
+    profile and identities nothing), so the identify and its merge still count: returned as
+    (field, why) for the event to record and an import to name."""
+    email = traits.get("email")
+    if isinstance(email, str) and email.strip() and (why := email_problem(email)):
+        raise EventValidationError(why, field=f"{field}.email")
+    phone = traits.get("phone")
+    if isinstance(phone, str) and phone.strip() and (why := phone_problem(phone)):
+        return [(f"{field}.phone", why)]
+    return []
 
 
 def parse_event(
@@ -432,7 +437,7 @@ def parse_event(
     if not user_id and not anonymous_id:
         raise EventValidationError("userId or anonymousId is required", field=_where(prefix, "userId"))
 
-    name = ""
+    name, unreadable = "", []
     if kind == EventType.TRACK:
         name = raw.get("event")
         if name is None or name == "":
@@ -473,7 +478,7 @@ def parse_event(
         # the profile's zone and contact points: a value no one can read or send to is refused,
         # naming the field, not dropped (the customer left on UTC) or stored as an address
         traits = traits_zone_checked(traits, field=traits_field)
-        contact_traits_check(traits, field=traits_field)
+        unreadable = contact_traits_check(traits, field=traits_field)
     category = _optional_text(raw, "category", prefix, MAX_ID_LENGTH)
     channel = _optional_text(raw, "channel", prefix, 64)
     version = _optional_text(raw, "version", prefix, 32)
@@ -526,5 +531,15 @@ def parse_event(
         metadata=metadata,
         other={k: v for k, v in raw.items() if k not in KNOWN_FIELDS},
         raw=raw,
-        extra={"prefix": prefix} if prefix else {},
+        extra={**({"prefix": prefix} if prefix else {}), **_unreadable_extra(unreadable)},
     )
+
+
+def _unreadable_extra(unreadable: list[tuple[str, str]]) -> dict:
+    """A contact trait kept but not used (a phone that is not a number): recorded on the Event row
+    as a violation (the events admin shows it) and kept as (field, why) for an import to name."""
+    if not unreadable:
+        return {}
+    return {"unreadable": unreadable,
+            "violations": [f"{where}: {why}; kept as a trait, not used as the customer's number"
+                           for where, why in unreadable]}

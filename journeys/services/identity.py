@@ -47,21 +47,41 @@ PROFILE_TRAIT_FIELDS = {"email": "email", "phone": "phone", "timezone": "timezon
 # PostgreSQL's regexp_replace (journeys.services.phones rewrites stored numbers in SQL with them).
 PHONE_SPACES = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
                 "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
-PHONE_SEPARATOR = f"[-.(){PHONE_SPACES}]"
+# Dashes as documents and OS autoformat write them (U+2010-2015: hyphen, non-breaking hyphen, en/em
+# dash; U+2212 minus) and the slash of the German national format ('030/12345678') separate too.
+PHONE_SEPARATOR = f"[-./(){PHONE_SPACES}\u2010-\u2015\u2212]"
+# Written around a number, not part of it: a `tel:` URI's scheme and an extension ('x123',
+# 'ext. 12', 'extension 12', RFC 3966 ';ext=12'). The trait keeps them; the number is without.
+# Letters spelled as classes, not a flag, so that PostgreSQL reads the pattern the same way.
+PHONE_AFFIX = (f"^[{PHONE_SPACES}]*[tT][eE][lL]:|[{PHONE_SPACES}]*(?:;[{PHONE_SPACES}]*[eE][xX][tT][{PHONE_SPACES}]*="
+               f"|[xX]|[eE][xX][tT](?:[eE][nN][sS][iI][oO][nN])?[.:]?)[{PHONE_SPACES}]*[0-9]+[{PHONE_SPACES}]*$")
+# A stored number `phone_normalize` would still change (journeys.services.phones finds them with it)
+PHONE_UNNORMALISED = f"{PHONE_SEPARATOR}|{PHONE_AFFIX}"
 # '+44 (0)20 7946 0010': the national trunk 0 written after a country code is not dialled from abroad
 PHONE_TRUNK = f"^([{PHONE_SPACES}]*\\+[0-9]{{1,3}})[-.{PHONE_SPACES}]*\\([{PHONE_SPACES}]*0[{PHONE_SPACES}]*\\)"
 PHONE_SEPARATORS = re.compile(PHONE_SEPARATOR)
 PHONE_TRUNK_ZERO = re.compile(PHONE_TRUNK)
+PHONE_AFFIXES = re.compile(PHONE_AFFIX)
 
 
 def phone_normalize(value: str) -> str:
     """A phone number as it is stored and matched: without the spaces, dashes, dots and
-    parentheses people write in it ('+1 (555) 777-0001' -> '+15557770001'), a leading + kept,
-    and without the trunk '(0)' written after a country code ('+44 (0)20 7946 0010' ->
-    '+442079460010', as a carrier sends it). One person's number written two ways is one
-    profile, and a carrier's STOP from '+15557770001' finds the customer whose number was typed
-    with spaces."""
-    return PHONE_SEPARATORS.sub("", PHONE_TRUNK_ZERO.sub(r"\1", value or ""))
+    parentheses, slashes and unicode dashes people write in it ('+1 (555) 777-0001' ->
+    '+15557770001'), a leading + kept, without a `tel:` scheme or an extension ('tel:+1...',
+    '... x123', '...;ext=12'), and without the trunk '(0)' written after a country code
+    ('+44 (0)20 7946 0010' -> '+442079460010', as a carrier sends it). One person's number
+    written two ways is one profile, and a carrier's STOP from '+15557770001' finds the customer
+    whose number was typed with spaces."""
+    return PHONE_SEPARATORS.sub("", PHONE_TRUNK_ZERO.sub(r"\1", PHONE_AFFIXES.sub("", value or "")))
+
+
+def phone_number(value: str) -> str:
+    """The number a phone trait gives the profile and its identity: `phone_normalize`d, "" when
+    what is left is not a number (digits, at least 3 for short codes, after an optional +). Such
+    a value stays a trait only: nobody is texted at, or merged by, 'call me after 6'."""
+    number = phone_normalize(value)
+    digits = number[1:] if number.startswith("+") else number
+    return number if digits.isascii() and digits.isdigit() and len(digits) >= 3 else ""
 
 
 def phone_e164(value: str) -> str:
@@ -356,7 +376,7 @@ def customer_apply_traits(*, imap: IdentityMap, customer: Customer, traits: dict
             if column == "timezone" and value is not None:
                 value = zone_canonical(value)  # the API refused a name no one reads (journeys.timezones)
             if column == "phone" and isinstance(value, str):
-                value = phone_normalize(value)  # the trait keeps what was sent
+                value = phone_number(value)  # the trait keeps what was sent; "": not a number
             if isinstance(value, str) and not _fits(column, value):
                 continue  # kept as a trait: cut short it would be someone else's number or address
             if isinstance(value, str) and value and getattr(customer, column) != value:
@@ -366,7 +386,7 @@ def customer_apply_traits(*, imap: IdentityMap, customer: Customer, traits: dict
         if isinstance(email, str) and email:
             imap.claim_later(IdentityKind.EMAIL, email.strip().lower()[:255], customer)
         typed = traits.get("phone")
-        phone = phone_normalize(typed) if isinstance(typed, str) else ""
+        phone = phone_number(typed) if isinstance(typed, str) else ""
         # a number someone's identity holds as typed (a collision 0028 left) is theirs: not claimed again
         if phone and _fits("phone", phone) and (IdentityKind.PHONE, typed[:255]) not in imap.ids:
             imap.claim_later(IdentityKind.PHONE, phone, customer)

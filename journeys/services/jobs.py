@@ -757,6 +757,8 @@ def _import_rows(job: Job, *, state: dict, build: Callable[..., dict]) -> dict:
                 check_storable_text(payload, field="")  # NUL, lone surrogates: named by their field
                 check_event_size(payload, max_bytes=settings.EVENT_API["MAX_EVENT_BYTES"], prefix="")
                 parsed = events_parse(payloads=[payload], received_at=received)
+                for where, why in parsed[0].extra.get("unreadable", ()):  # a phone no one can dial: fix the file
+                    raise EventValidationError(why, field=where)
                 catalog_apply(policy=source.schema_policy, events=parsed)
                 choices = consents.parse(row) if consents is not None else []
             except (EventValidationError, PayloadTooLarge) as exc:

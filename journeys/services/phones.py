@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from django.db import IntegrityError, OperationalError, connection, models, transaction
 
-from journeys.services.identity import PHONE_SEPARATOR, PHONE_TRUNK, phone_normalize
+from journeys.services.identity import PHONE_AFFIX, PHONE_SEPARATOR, PHONE_TRUNK, PHONE_UNNORMALISED, phone_normalize
 
 PHONE = "phone"
 CHUNK = 5000  # rows (ids) per statement: each one holds its row locks well under a second
@@ -82,7 +82,7 @@ class _Postgres:
 
     @staticmethod
     def norm(column: str) -> str:
-        return f"regexp_replace(regexp_replace({column}, %s, '\\1'), %s, '', 'g')"
+        return f"regexp_replace(regexp_replace(regexp_replace({column}, %s, '', 'g'), %s, '\\1'), %s, '', 'g')"
 
     def _ranges(self, cur, table: str):
         cur.execute(f"SELECT min(id), max(id) FROM {table}")
@@ -113,7 +113,7 @@ class _Postgres:
             for low, high in self._ranges(cur, self.customers_table):
                 changed += self._commit(cur, f"UPDATE {self.customers_table} SET phone = {self.norm('phone')}"
                                              f" WHERE id >= %s AND id < %s AND phone ~ %s",
-                                        [PHONE_TRUNK, PHONE_SEPARATOR, low, high, PHONE_SEPARATOR])
+                                        [PHONE_AFFIX, PHONE_TRUNK, PHONE_SEPARATOR, low, high, PHONE_UNNORMALISED])
         return changed
 
     def identities(self) -> tuple[int, int, list]:
@@ -138,7 +138,7 @@ class _Postgres:
                 f"  WHEN h.id IS NULL AND t.id = n.first_id THEN 'move' ELSE 'drop' END AS step"
                 f" FROM typed t JOIN numbers n ON n.norm = t.norm"
                 f" LEFT JOIN {table} h ON h.kind = %s AND h.value = t.norm",
-                [PHONE_TRUNK, PHONE_SEPARATOR, PHONE, PHONE_SEPARATOR, PHONE])
+                [PHONE_AFFIX, PHONE_TRUNK, PHONE_SEPARATOR, PHONE, PHONE_UNNORMALISED, PHONE])
             cur.execute(f"CREATE INDEX ON {PLAN} (step, id)")
             cur.execute(f"ANALYZE {PLAN}")
             planned = "i.id = p.id AND i.value = p.value AND i.customer_id = p.customer_id AND p.step = %s" \
@@ -186,7 +186,7 @@ class _Python:
 
     def customers(self) -> int:
         changed = 0
-        for page in self._pages(self.Customer.objects.filter(phone__regex=PHONE_SEPARATOR), "phone"):
+        for page in self._pages(self.Customer.objects.filter(phone__regex=PHONE_UNNORMALISED), "phone"):
             with transaction.atomic():
                 for pk, phone in page:
                     changed += self.Customer.objects.filter(pk=pk, phone=phone).update(phone=phone_normalize(phone))
@@ -194,7 +194,7 @@ class _Python:
 
     def identities(self) -> tuple[int, int, list]:
         Identity = self.Identity
-        typed = Identity.objects.filter(kind=PHONE, value__regex=PHONE_SEPARATOR)
+        typed = Identity.objects.filter(kind=PHONE, value__regex=PHONE_UNNORMALISED)
         spellings: dict[str, list[tuple[int, str, int]]] = defaultdict(list)
         for page in self._pages(typed, "value", "customer_id"):
             for pk, value, customer_id in page:

@@ -89,10 +89,9 @@ TRIGGER_SETTINGS = {
     TriggerKind.DATE_ATTRIBUTE: ("attribute", "at", "offset_days", "yearly"),
     TriggerKind.SCHEDULE: ("cron", "segment", "timezone"),
 }
-# Kinds that refuse every key they do not read: a schedule's `tz` would otherwise be kept and
-# ignored while the broadcast goes out on UTC.
-TRIGGER_SETTINGS_CLOSED = (TriggerKind.SCHEDULE,)
-ZONE_SPELLINGS = ("tz", "time_zone", "timeZone", "zone", "time zone")
+# A schedule's `tz` would be kept and ignored while the broadcast goes out on UTC: the usual
+# spellings of `timezone` are refused where a kind reads it (other unknown keys are kept).
+ZONE_SPELLINGS = ("tz", "time_zone", "timezone", "zone", "time zone", "time-zone")
 
 
 def _setting_error(kind: str, name: str) -> str | None:
@@ -105,11 +104,10 @@ def _setting_error(kind: str, name: str) -> str | None:
     if readers:
         return (f"{name}: is a setting of {' and '.join(readers)} triggers; the {label} trigger does not read it "
                 f"(it reads {', '.join(own) or 'none'}): remove it")
+    if "timezone" in own and name.strip().lower() in ZONE_SPELLINGS:  # tz, timeZone, Timezone ...
+        return f"{name}: the {label} trigger has no such setting; did you mean 'timezone'?"
     if close := difflib.get_close_matches(name, own, n=1, cutoff=0.75):
         return f"{name}: the {label} trigger has no such setting; did you mean {close[0]!r}?"
-    if kind in TRIGGER_SETTINGS_CLOSED:
-        hint = " (did you mean 'timezone'?)" if name in ZONE_SPELLINGS and "timezone" in own else ""
-        return f"{name}: unknown setting{hint}; the {label} trigger reads {', '.join(own)}: remove or rename it"
     return None
 
 

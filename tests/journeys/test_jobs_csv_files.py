@@ -126,6 +126,21 @@ def test_a_customer_row_with_an_invalid_email_or_phone_is_rejected_naming_row_an
     assert not Customer.objects.filter(email="not-an-email").exists()
 
 
+def test_a_customer_file_with_phones_written_as_apps_and_people_write_them_is_imported(demo,  # noqa: F811
+                                                                                     django_capture_on_commit_callbacks):
+    # given a CRM export: extensions, a tel: URI, a German slash, an en dash
+    phones = ["+1 555-777-0001 x123", "+1 555 777 0002 ext. 12", "+1-555-777-0003;ext=12", "tel:+15557770004",
+              "030/12345678", "+1 (555) 777\u20130006"]
+    text = "user_id,phone\n" + "".join(f"w-{i},{phone}\n" for i, phone in enumerate(phones))
+    # when it is imported
+    job = start("import_customers", text, django_capture_on_commit_callbacks)
+    # then every row is stored: the trait as written, the profile's number without separators or extension
+    assert job.result["rejected_rows"] == []
+    stored = dict(Customer.objects.filter(external_id__startswith="w-").values_list("traits__phone", "phone"))
+    assert stored == dict(zip(phones, ["+15557770001", "+15557770002", "+15557770003", "+15557770004", "03012345678",
+                                       "+15557770006"]))
+
+
 def test_a_file_over_the_row_limit_is_refused_at_upload(ops, monkeypatch):  # noqa: F811
     # given a row limit of 3 and a file of 4 rows (one of them a record spanning two lines)
     monkeypatch.setattr("journeys.services.jobs.MAX_ROWS", 3)

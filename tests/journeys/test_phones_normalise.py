@@ -33,11 +33,12 @@ def phones() -> dict:
 def spellings(count: int) -> list[str]:
     """Numbers written every way people (and bad data) write them: country codes with a trunk
     '(0)', every character Python's \\s matches, dashes, dots, parentheses, a zero-width space
-    and non-ASCII digits (neither is a separator), letters."""
+    and non-ASCII digits (neither is a separator), unicode dashes, a `tel:` prefix, letters."""
     rng = random.Random(28)
     starts = ["", "+1 ", "+44 (0)", "+44(0)", " +49 (0) ", "+353-(0)", "+44 ( 0 )", "(0)", "+44 20 (0)", "+(0)",
-              "+1234 (0)", "\u00a0+33\u2009(0)\t", "+٤٤ (0)", "0044 (0)"]
-    alphabet = list("0123456789-.()+x/") + list(PHONE_SPACES) + ["\u200b", "٣"]
+              "+1234 (0)", "\u00a0+33\u2009(0)\t", "+٤٤ (0)", "0044 (0)", "tel:", "TEL:+44 (0)", " tel:+1-"]
+    # no 'x': the identities' distinguishing ' 00012' after it would be an extension, not part of the number
+    alphabet = list("0123456789-.()+a/") + list(PHONE_SPACES) + ["\u200b", "٣", "\u2011", "\u2013", "\u2212"]
     return [rng.choice(starts) + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14)))
             for _ in range(count)]
 
@@ -46,8 +47,10 @@ def test_every_spelling_is_stored_as_phone_normalize_gives_and_normalised_rows_a
     # given profiles and phone identities holding numbers written in 600 ways (the identities
     # made distinct by a last group of digits), and some already normalised
     typed = spellings(600)
+    extensions = ["", "", " x12", " ext. 7", ";ext=99", "\tExtension 3", "X 5", " ext:8"]
+    profiles = [value[:50] + extensions[i % len(extensions)] for i, value in enumerate(typed)]
     for i, value in enumerate(typed):
-        customer = Customer.objects.create(external_id=f"c{i}", phone=value[:64])
+        customer = Customer.objects.create(external_id=f"c{i}", phone=profiles[i])
         Identity.objects.create(kind="phone", value=f"{value} {i:05d}", customer=customer)
     clean = Customer.objects.create(external_id="clean", phone="+15557770001")
     Identity.objects.create(kind="phone", value="+15557770001", customer=clean)
@@ -58,10 +61,11 @@ def test_every_spelling_is_stored_as_phone_normalize_gives_and_normalised_rows_a
 
     # then every number is what phone_normalize makes of it, on SQLite and PostgreSQL alike
     for i, value in enumerate(typed):
-        assert Customer.objects.get(external_id=f"c{i}").phone == phone_normalize(value[:64]), repr(value)
+        assert Customer.objects.get(external_id=f"c{i}").phone == phone_normalize(profiles[i]), repr(profiles[i])
     assert phones() == {phone_normalize(f"{v} {i:05d}"): f"c{i}" for i, v in enumerate(typed)} | {
         "+15557770001": "clean"}
     assert phone_normalize("+44 (0)20 7946 0010") == "+442079460010"
+    assert phone_normalize("tel:+44 (0)20 7946\u20130010;ext=12") == "+442079460010"
     # and the rows that were normalised already were not written (PostgreSQL: same row version)
     after = _row_versions()
     for table, row in before.items():

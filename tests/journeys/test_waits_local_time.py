@@ -73,6 +73,22 @@ def test_hours_stay_elapsed_time():
     assert JourneyRun.objects.get().status == "completed"
 
 
+@pytest.mark.parametrize(("duration", "expected"), [
+    ("24h", "2027-11-07 09:00"),  # 1d: the same wall time, 25 elapsed hours across fall-back
+    ("36h", "2027-11-07 21:00"),  # one calendar day, then 12 elapsed hours
+    ("48h", "2027-11-08 09:00"),  # two calendar days: 49 elapsed hours
+])
+def test_a_wait_of_24_hours_or_more_counts_its_whole_days_on_the_calendar(duration, expected):
+    # given a New York customer entering at 09:00 EDT the day before clocks go back
+    publish({"kind": "delay", "config": {"duration": duration}})
+    Customer.objects.create(external_id="America/New_York", timezone="America/New_York",
+                            traits={"birthday": "1990-11-06"})
+    # when the delay starts
+    date_triggers_run(now=datetime(2027, 11, 6, 13, 0, tzinfo=UTC))
+    # then every whole 24 hours is a calendar day (durations are stored in seconds, not units), as README says
+    assert wakes_local("America/New_York") == expected
+
+
 def test_a_wait_until_a_local_time_follows_a_later_change_of_zone(api):
     publish({"kind": "delay", "config": {"until_local_time": "09:00"}}, at="20:00")
     for name in ("moves", "stays"):
