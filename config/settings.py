@@ -419,10 +419,11 @@ EVENT_API = {
     "RATE_LIMIT_WINDOW_S": env_int("EVENT_API_RATE_WINDOW", 60),
 }
 
-# An event whose timestamp is older than this many seconds when it is received (a backfill through
-# /v1/import or /v1/batch, a replayed pipeline) is stored as history: it counts for segments,
-# reports and event-count rules but starts and advances no workflow, and says so on its row
-# (status `history`). 7 days: SDK offline queues and retrying pipelines deliver hours to a few
+# An event whose timestamp is older than this many seconds when it is accepted (a backfill through
+# /v1/import or /v1/batch, a replayed pipeline, a quarantined event replayed late) is stored as
+# history: it counts for segments, reports and event-count rules and still stops what is under
+# way (converts goals, closes inactivity windows, answers a wait that began before it happened),
+# but starts no workflow, and says so on its row (status `history`). 7 days: SDK offline queues and retrying pipelines deliver hours to a few
 # days late, and a journey step about something older than a week ("Welcome!") is stale. 0: off.
 EVENT_TRIGGER_MAX_AGE_S = env_int("EVENT_TRIGGER_MAX_AGE_S", 7 * 24 * 3600)
 

@@ -33,8 +33,9 @@ class EventStatus(models.TextChoices):
     PENDING = "pending", "Pending"
     PROCESSED = "processed", "Processed"
     FAILED = "failed", "Failed"
-    # Stored as history: it counts for segments, reports and event-count rules, but started and
-    # advanced no workflow (an import that did not opt in, or older than EVENT_TRIGGER_MAX_AGE_S).
+    # Stored as history: it counts for segments, reports and event-count rules and stopped what it
+    # stops (goals, inactivity windows, a wait begun before it), but started no workflow (an import
+    # that did not opt in, or older than EVENT_TRIGGER_MAX_AGE_S when accepted).
     HISTORY = "history", "History (no workflow)"
 
 

@@ -44,7 +44,8 @@ class JobStartForm(forms.Form):
     start_workflows = forms.BooleanField(
         required=False, label="Start workflows for these events",
         help_text="off (the default): the events are stored as history - they count for segments, reports and "
-                  "event-count rules but start and advance no workflow, so a backfill sends nothing. Tick it only "
+                  "event-count rules and still convert goals and close windows, but start no workflow, so a backfill "
+                  "sends no welcome. Tick it only "
                   "for recent events that should act as if they arrived live (events older than "
                   "EVENT_TRIGGER_MAX_AGE_S start nothing anyway)")
 

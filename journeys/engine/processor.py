@@ -21,7 +21,7 @@ from journeys.engine.listeners import STAGE_EVENTS
 from journeys.engine import runner
 from journeys.engine.runner import run_convert, run_enroll, run_execute, run_resume, rule_true
 from journeys.engine.runtime import context_dict, event_dict, events_counter, profile_dict
-from journeys.models import Event, JourneyRun, TriggerWatch
+from journeys.models import Event, JourneyRun, StepExecution, TriggerWatch
 from journeys.rules import RuleContext
 from journeys.services.lifecycle import customer_evaluate_stage
 from journeys.services.rechecks import customers_recheck
@@ -68,12 +68,15 @@ def events_process(*, event_ids: list[int]) -> int:
 
 
 def _lock_events(event_ids: list[int]) -> list[Event]:
-    events = list(
+    return _customers_shared(list(
         Event.objects.select_for_update(of=("self",), **skip_locked())
         .filter(pk__in=event_ids, status=EventStatus.PENDING)
         .select_related("customer")
         .order_by("timestamp", "id")
-    )
+    ))
+
+
+def _customers_shared(events: list[Event]) -> list[Event]:
     # One Customer object per customer for the whole batch, so a later event sees
     # what an earlier one changed (select_related gives each event its own copy).
     shared: dict = {}
@@ -81,6 +84,41 @@ def _lock_events(event_ids: list[int]) -> list[Event]:
         if event.customer_id:
             event.customer = shared.setdefault(event.customer_id, event.customer)
     return events
+
+
+HISTORY_PAGE = 500  # history events settled per set-based pass
+
+
+def history_events_settle(*, event_ids: list[int]) -> None:
+    """What history events (just stored by ingestion, in its transaction) still do: stop or
+    resolve existing work, set-based as `events_process` is (see `event_route`: goals convert,
+    inactivity windows close, a wait that began before the event resumes); never start any.
+
+    Done in the transaction that stores them, so it is neither lost nor done twice, and their
+    rows stay `history`. If the set-based pass fails (a bug, not a failing step), it is replayed
+    one event at a time; an event that still fails is logged and says so on its row."""
+    now = timezone.now()
+    index = trigger_index()
+    for i in range(0, len(event_ids), HISTORY_PAGE):
+        page = event_ids[i : i + HISTORY_PAGE]
+        try:
+            with transaction.atomic():
+                _process_set(events=_history_load(page), index=index, now=now)
+        except Exception:
+            logger.exception("set-based settling of %d history events failed; replaying them one by one", len(page))
+            events = _history_load(page)
+            reasons = {e.pk: e.error for e in events}
+            _processed, failed = _process_each(events=events, index=index, now=now)
+            for event in failed:
+                Event.objects.filter(pk=event.pk).update(
+                    error=f"{reasons[event.pk]}; what it stops failed: {event.error}"[:4000])
+
+
+def _history_load(event_ids: list[int]) -> list[Event]:
+    return _customers_shared(list(
+        Event.objects.filter(pk__in=event_ids, status=EventStatus.HISTORY, customer__isnull=False)
+        .select_related("customer").order_by("timestamp", "id")
+    ))
 
 
 def _open_runs(events: list[Event]) -> dict[int, list[JourneyRun]]:
@@ -239,17 +277,39 @@ def _before_entry(run: JourneyRun, event: Event) -> bool:
     return began is not None and event.timestamp < began
 
 
+def _waited_before(run: JourneyRun, event: Event) -> bool:
+    """Whether the event happened before the run began to wait for it (a history event: an
+    import or a late delivery may be about something from before the wait). Read from the
+    database only for an event stamped before the run was last saved (it began waiting then or
+    earlier)."""
+    if run.updated_at is not None and event.timestamp >= run.updated_at:
+        return False
+    began = StepExecution.objects.filter(
+        run_id=run.pk, step_key=run.current_step, visit=run.visits.get(run.current_step, 1)
+    ).values_list("started_at", flat=True).first()
+    return began is not None and event.timestamp < began
+
+
 def event_route(*, event: Event, open_runs: dict, index, now, enrol=None):
     """Everything one event can do: convert, wake waiting runs, open/close inactivity windows, enrol.
 
     With `enrol` (set-based processing), enrolments are handed to it instead of being made
     here, and the event's remaining work (lifecycle stage) comes back as a callable to run
     after them; without it, everything happens now and None is returned.
+
+    A history event (`EventStatus.HISTORY`: an import that did not opt in, or older than
+    EVENT_TRIGGER_MAX_AGE_S when accepted) only does what stops or resolves existing work: it
+    converts runs whose goal it is, closes the inactivity windows it follows up, and resumes a
+    run waiting for it if it happened after the wait began. It starts nothing: no enrolment, no
+    inactivity window, no attribute-change or segment entry, no lifecycle stage.
     """
     customer = event.customer
     if customer is None:
         return None
     runs = open_runs[customer.pk]
+    history = event.status == EventStatus.HISTORY
+    if history and not runs and event.name not in index.inactivity_stop:
+        return None  # the usual backfilled event: nothing of its customer it could stop
     rctx = RuleContext(
         event=event_dict(event), profile=profile_dict(customer, now), context=context_dict(event, now),
         journey={}, now=now, events_in_last=events_counter(customer.pk),
@@ -273,6 +333,8 @@ def event_route(*, event: Event, open_runs: dict, index, now, enrol=None):
             step = version.steps.get(run.current_step)
             text = (step.config.get("filter") if step else "") or ""
             if rule_true(text, replace(rctx, journey=run.variables))[0]:
+                if history and _waited_before(run, event):
+                    continue  # it happened before the wait began: not an answer to it
                 if acted and not _still_open(run):
                     runs.remove(run)
                     continue
@@ -286,6 +348,8 @@ def event_route(*, event: Event, open_runs: dict, index, now, enrol=None):
             version_id=vid, customer=customer, fired_at__isnull=True, cancelled_at__isnull=True,
             start_event__timestamp__lte=event.timestamp,
         ).update(cancelled_at=now)
+    if history:
+        return None
     for vid in index.inactivity_start.get(event.name, ()):
         if not index.admits(vid, customer.pk):  # the window belongs to the version the customer is routed to
             continue

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from journeys.choices import EventStatus, EventType, IdentityKind
 from journeys.models import EventKey, Source
@@ -26,6 +27,7 @@ class IngestResult:
     stored: int
     duplicates: int
     event_ids: list[int]
+    history: int = 0  # of those stored, how many as history (they start no workflow)
 
 
 @dataclass(slots=True)
@@ -135,25 +137,32 @@ def events_receive(
 
 
 def trigger_max_age() -> timedelta | None:
-    """How old an event may be when received and still start or advance a workflow (None: any age)."""
+    """How old an event may be when accepted and still start workflows (None: any age)."""
     seconds = int(getattr(settings, "EVENT_TRIGGER_MAX_AGE_S", 0) or 0)
     return timedelta(seconds=seconds) if seconds > 0 else None
 
 
-def _history_fields(event: ParsedEvent, history: str) -> dict:
-    """The status an event is stored with: pending (the engine takes it) or history, with why."""
+def _history_fields(event: ParsedEvent, history: str, accepted_at: datetime) -> dict:
+    """The status an event is stored with: pending (the engine takes it) or history, with why.
+
+    Its age is measured when it is accepted, not when it was first received: an event
+    quarantined a week ago and replayed now keeps its receipt time (for clock-skew correction)
+    but is as stale as one received now."""
     max_age = trigger_max_age()
-    if not history and max_age is not None and event.received_at - event.timestamp > max_age:
-        age = event.received_at - event.timestamp
-        history = (f"history: its timestamp was {age.days} days {age.seconds // 3600} h old when received, older than "
+    accepted = max(event.received_at, accepted_at)
+    if not history and max_age is not None and accepted - event.timestamp > max_age:
+        age = accepted - event.timestamp
+        when = "received" if accepted == event.received_at else "accepted (replayed)"
+        history = (f"history: its timestamp was {age.days} days {age.seconds // 3600} h old when {when}, older than "
                    f"EVENT_TRIGGER_MAX_AGE_S ({int(max_age.total_seconds())} s), so it started no workflow")
     if not history:
         return {"status": EventStatus.PENDING, "processed_at": None, "error": ""}
-    return {"status": EventStatus.HISTORY, "processed_at": event.received_at, "error": history}
+    return {"status": EventStatus.HISTORY, "processed_at": accepted, "error": history}
 
 
 def event_ingest(
-    *, source: Source, events: list[ParsedEvent], ip: str | None = None, catalog: bool = True, history: str = ""
+    *, source: Source, events: list[ParsedEvent], ip: str | None = None, catalog: bool = True, history: str = "",
+    accepted_at: datetime | None = None,
 ) -> IngestResult:
     """Store a validated request in one transaction and hand it to the engine.
 
@@ -162,10 +171,13 @@ def event_ingest(
     the same transaction, so an event is never stored without its customer.
 
     An event stored as history (`history`: why, for all of them, e.g. an import that did not opt
-    in; or its timestamp older than EVENT_TRIGGER_MAX_AGE_S when received) is not handed to the
-    engine: it counts for segments and reports but starts and advances no workflow, and its row
-    says why (status `history`, the reason in `error`).
+    in; or its timestamp older than EVENT_TRIGGER_MAX_AGE_S when accepted: `accepted_at`, now
+    unless given) starts no workflow, and its row says why (status `history`, the reason in
+    `error`). It counts for segments and reports, and it still stops or resolves existing work,
+    in this transaction (`history_events_settle`): it converts runs whose goal it is, closes the
+    inactivity windows it follows up, and answers a wait for it that began before it happened.
     """
+    from journeys.engine.processor import history_events_settle
     from journeys.engine.queue import enqueue_events
     from journeys.services.catalog import catalog_apply
     from journeys.services.rechecks import customers_recheck
@@ -181,6 +193,7 @@ def event_ingest(
             seen.add(event.message_id)
             unique.append(event)
     actor = f"source:{source.name}"
+    accepted_at = accepted_at or timezone.now()
 
     with transaction.atomic():
         existing: set[str] = set()
@@ -266,7 +279,7 @@ def event_ingest(
                 "sent_at": e.sent_at,
                 "received_at": e.received_at,
                 "ip": event_ip(context=e.context, sender=ip),
-                **_history_fields(e, history),
+                **_history_fields(e, history, accepted_at),
             })
         if imap.redirects:  # a later event of this batch merged a profile an earlier event pointed at
             for row in rows:
@@ -278,8 +291,12 @@ def event_ingest(
         live = [row for row in rows if row["status"] == EventStatus.PENDING]
         past = [row for row in rows if row["status"] != EventStatus.PENDING]
         live_ids = events_insert(live)
-        event_ids = sorted(live_ids + events_insert(past))  # one INSERT each (they differ in their status)
+        past_ids = events_insert(past)
+        event_ids = sorted(live_ids + past_ids)  # one INSERT each (they differ in their status)
+        if past_ids:
+            history_events_settle(event_ids=past_ids)  # what they stop: goals, windows, waits
         if past:  # event-count rules see them as they see processed events
             customers_recheck([(row["customer_id"], row["name"]) for row in past])
         enqueue_events(live_ids)
-    return IngestResult(stored=len(event_ids), duplicates=len(events) - len(event_ids), event_ids=event_ids)
+    return IngestResult(stored=len(event_ids), duplicates=len(events) - len(event_ids), event_ids=event_ids,
+                        history=len(past_ids))

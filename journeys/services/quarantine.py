@@ -98,11 +98,14 @@ class ReplayResult:
     replayed: list[QuarantinedEvent] = field(default_factory=list)
     still_bad: list[tuple[QuarantinedEvent, str]] = field(default_factory=list)
     skipped: int = 0  # already replayed or discarded by then
+    history: int = 0  # of those replayed, stored as history: too old by now to start a workflow
 
     def summary(self, *, reasons: int = 5) -> str:
         """One message for whoever replayed: how many were replayed, how many are still refused,
         grouped by the field at fault (each with an example), the most common first."""
         parts = [f"{len(self.replayed):,} event(s) replayed: stored and sent to the engine."]
+        if self.history:
+            parts.append(_history_text(self.history))
         groups: dict[str, list[tuple[QuarantinedEvent, str]]] = {}
         for entry, error in self.still_bad:  # by the field inside the event, whatever its place in its batch
             groups.setdefault(re.sub(r"^batch\[\d+\]\.?", "", entry.field) or "payload", []).append((entry, error))
@@ -117,10 +120,22 @@ class ReplayResult:
         return " ".join(parts)
 
 
+def _history_text(count: int) -> str:
+    from journeys.services.ingest import trigger_max_age
+
+    age = trigger_max_age()
+    limit = f"{age.days} days" if age and not age.seconds else f"{int(age.total_seconds()) if age else 0} s"
+    return (f"{count:,} of them stored as history: by the time they were replayed they were older than "
+            f"EVENT_TRIGGER_MAX_AGE_S ({limit}), so they started no workflow (they still convert goals and close "
+            f"windows; each event's row says why).")
+
+
 def quarantine_replay(*, entries, actor: Any = None, reason: str = "") -> ReplayResult:
     """Send quarantined events through the ingestion service again (each on its own: one that is
     still bad stays quarantined with its new field and reason; the others are stored and processed).
-    A replayed event keeps its original receipt time, so clock-skew correction is unchanged."""
+    A replayed event keeps its original receipt time, so clock-skew correction is unchanged, but
+    its age is measured now: one older than EVENT_TRIGGER_MAX_AGE_S by the time it is replayed is
+    stored as history (it starts no workflow), and the result counts those."""
     from journeys.services.ingest import event_ingest
 
     require_model_perm(actor, PERM, "replay quarantined events")
@@ -150,6 +165,9 @@ def quarantine_replay(*, entries, actor: Any = None, reason: str = "") -> Replay
                 entry.event_id = outcome.event_ids[0] if outcome.event_ids else None
                 if not outcome.event_ids:
                     entry.resolution = f"{reason} (its messageId was already stored: nothing new)"
+                elif outcome.history:
+                    result.history += outcome.history
+                    entry.resolution = f"{reason} (stored as history: too old by now to start a workflow)"
                 result.replayed.append(entry)
             history_stamp(entry, actor=actor, reason=reason if entry.status == QuarantineStatus.REPLAYED
                           else f"replay failed: {entry.message}"[:500])

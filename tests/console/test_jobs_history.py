@@ -13,7 +13,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from journeys.engine.processor import events_process
-from journeys.models import Event, Job, JourneyRun, Source
+from journeys.engine.scheduler import watches_fire_due
+from journeys.models import Event, Job, JourneyRun, Source, TriggerWatch
 from tests.console.conftest import demo, ops  # noqa: F401 - the demo data and its signed-in ops admin
 from tests.factories import live_workflow
 
@@ -101,3 +102,32 @@ def test_with_the_max_age_off_an_old_api_event_starts_its_workflow(api, source):
     assert api.post("track", event).status_code == 200
     process_pending()
     assert JourneyRun.objects.filter(version__workflow=workflow).count() == 1
+
+
+CART = {"trigger_kind": "inactivity", "trigger_event": "Checkout Started",
+        "trigger_config": {"followed_by": "Order Completed", "within": "2d"},
+        "steps": [{"key": "remind", "kind": "update_profile", "config": {"traits": {"reminded": True}}}], "edges": []}
+
+
+def test_an_imported_order_closes_the_cart_window_and_converts_the_run(ops, api, django_capture_on_commit_callbacks):  # noqa: F811
+    # given a cart reminder window opened by a checkout an hour ago, and a run whose goal is an order
+    cart = live_workflow(name="cart reminder", definition=CART)
+    buying = live_workflow(name="buying", definition={
+        "trigger_event": "Trial Started", "goal_event": "Order Completed",
+        "steps": [{"key": "wait", "kind": "delay", "config": {"duration": "3d"}}], "edges": []})
+    hour_ago = (timezone.now() - timedelta(hours=1)).isoformat()
+    with django_capture_on_commit_callbacks(execute=True):
+        for name in ("Checkout Started", "Trial Started"):
+            api.post("track", {"userId": "pos-1", "event": name, "timestamp": hour_ago})
+    run = JourneyRun.objects.get(version__workflow=buying)
+    assert run.status == "waiting"
+    # when today's POS orders are imported without ticking "Start workflows for these events"
+    now = timezone.now().replace(microsecond=0).isoformat()
+    upload(ops, django_capture_on_commit_callbacks, f"user_id,event,timestamp\npos-1,Order Completed,{now}\n")
+    # then the order is history, yet it closed the window (no reminder) and converted the run
+    assert Event.objects.get(name="Order Completed").status == "history"
+    assert TriggerWatch.objects.get(version__workflow=cart, customer__external_id="pos-1").cancelled_at is not None
+    watches_fire_due(now=timezone.now() + timedelta(days=3))
+    run.refresh_from_db()
+    assert run.status == "completed" and run.converted_at is not None
+    assert not JourneyRun.objects.filter(version__workflow=cart).exists()

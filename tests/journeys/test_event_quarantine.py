@@ -412,3 +412,30 @@ def test_the_upgrade_deletes_the_payloads_earlier_purges_left_in_history(api):
     # Then the gone entry's history is gone, the kept entry's stays
     assert rows_holding("old-secret-77") == []
     assert QuarantinedEvent.history.filter(id=kept.pk).count() == 1
+
+
+def test_an_event_replayed_after_the_max_age_is_history_and_the_command_says_so(api, source, tagging_workflow, capsys):
+    """Its age is measured when it is replayed: quarantined 8 days ago and fixed now, an order of
+    then would start 'Thanks for your order' 8 days late."""
+    from datetime import timedelta
+
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    # given an event quarantined 8 days ago (bad timestamp) whose payload is fixed now
+    api.post("batch", {"batch": [good("q-1", timestamp="x")]})
+    entry = QuarantinedEvent.objects.get(message_id="q-1")
+    QuarantinedEvent.objects.filter(pk=entry.pk).update(received_at=timezone.now() - timedelta(days=8))
+    entry.refresh_from_db()
+    entry.payload = json.dumps(good("q-1"))  # no timestamp: its receipt, 8 days ago
+    entry.save()
+    # when it is replayed now
+    call_command("quarantine_replay", "--reason", "fixed")
+    # then it is stored as history, saying why, started no workflow, and the command said how many and why
+    event = Event.objects.get(message_id="q-1")
+    assert event.status == "history" and "when accepted (replayed)" in event.error
+    assert "ordered" not in Customer.objects.get(external_id="ada").traits
+    out = capsys.readouterr().out
+    assert "1 event(s) replayed" in out and "1 of them stored as history" in out and "EVENT_TRIGGER_MAX_AGE_S (7 days)" in out
+    entry.refresh_from_db()
+    assert "stored as history" in entry.resolution

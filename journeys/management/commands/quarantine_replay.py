@@ -71,5 +71,6 @@ class Command(BaseCommand):
             total.replayed += result.replayed
             total.still_bad += result.still_bad
             total.skipped += result.skipped
+            total.history += result.history
             self.stderr.write(f"{start + len(chunk):,} of {len(ids):,} done")
         self.stdout.write(total.summary())
