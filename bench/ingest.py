@@ -94,9 +94,9 @@ def make_batches(*, events: int, batch: int, users: int, seed: int, sign_ins: fl
     rng = random.Random(seed)
     now = datetime.now(UTC)
     bodies = []
-    devices: dict[int, str] = {}  # user -> the anonymousId of a visit in an earlier batch, not signed in yet
+    devices: list[tuple[int, str]] = []  # (user, anonymousId) of visits in earlier batches, not signed in yet
     for start in range(0, events, batch):
-        items, visits = [], {}
+        items, visits = [], []
         for i in range(start, min(start + batch, events)):
             u = rng.randrange(users)
             if sign_ins and rng.random() < sign_ins:
@@ -164,21 +164,22 @@ def make_batches(*, events: int, batch: int, users: int, seed: int, sign_ins: fl
                 )
             items.append(event)
         bodies.append({"batch": items, "sentAt": now.isoformat()})
-        devices.update(visits)
+        devices.extend(visits)
     return bodies
 
 
-def _sign_in_step(u: int, i: int, *, seed: int, now: datetime, devices: dict, visits: dict, ts: str) -> dict:
-    """A user's next new-device event: the identify that signs in the device visited in an
-    earlier batch (a merge of its anonymous profile into the known customer), else a visit
-    from a new device (only an anonymousId)."""
+def _sign_in_step(u: int, i: int, *, seed: int, now: datetime, devices: list, visits: list, ts: str) -> dict:
+    """The next new-device event: the identify that signs in the oldest device visited in an
+    earlier batch (a merge of its anonymous profile into the user's customer, where the user was
+    seen before), else a visit of user `u` from a new device (only an anonymousId)."""
     event = {"messageId": f"bench-{seed}-{i}", "timestamp": ts,
              "context": {"library": {"name": "analytics.js", "version": "5.2.0"}, "timezone": "Europe/Paris"}}
-    device = devices.pop(u, None)
-    if device is not None:
-        return {**event, "type": "identify", "userId": f"user-{u:05d}", "anonymousId": device,
-                "traits": {"email": f"user{u}@example.com"}}
-    device = visits.setdefault(u, f"device-{u:05d}-{seed}-{i}")
+    if devices:
+        user, device = devices.pop(0)
+        return {**event, "type": "identify", "userId": f"user-{user:05d}", "anonymousId": device,
+                "traits": {"email": f"user{user}@example.com"}}
+    device = f"device-{u:05d}-{seed}-{i}"
+    visits.append((u, device))
     return {**event, "type": "page", "name": "Home", "anonymousId": device, "properties": {"path": "/"}}
 
 
