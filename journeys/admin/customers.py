@@ -53,10 +53,15 @@ class CustomerForm(forms.ModelForm):
         return traits
 
     def clean_phone(self):
-        """Stored as messages and inbound SMS match it: without spaces, dashes, dots, parentheses."""
-        from journeys.services.identity import phone_normalize
+        """Stored as messages and inbound SMS match it (without spaces, dashes, dots, parentheses,
+        an extension or `tel:`), read as the API reads a phone trait: what is no number is refused."""
+        from journeys.services.identity import phone_number
 
-        return phone_normalize(self.cleaned_data.get("phone") or "")
+        typed = (self.cleaned_data.get("phone") or "").strip()
+        number = phone_number(typed)
+        if typed and not number:
+            raise forms.ValidationError(f"{typed!r} is not a phone number: type digits, e.g. +44 20 7946 0958")
+        return number
 
     def clean_timezone(self):
         """Checked and spelled as the API does (journeys.timezones): `asia/kolkata` is Asia/Kolkata."""

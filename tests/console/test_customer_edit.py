@@ -179,3 +179,17 @@ def test_a_phone_typed_in_the_admin_is_stored_without_separators(admin_client, d
     customer.refresh_from_db()
     assert customer.phone == "+442079460958"
     assert Identity.objects.filter(kind="phone", value="+442079460958", customer=customer).exists()
+
+
+def test_a_phone_that_is_no_number_is_a_form_error_and_changes_nothing(admin_client):
+    # given a customer with a number
+    customer = CustomerFactory(external_id="ph", phone="+33612345678", traits={})
+
+    # when an admin types words in the phone box
+    response = admin_client.post(reverse("admin:journeys_customer_change", args=[customer.pk]),
+                                 _form(customer, phone="call me after 6"))
+
+    # then the form says what to fix and the number stays
+    assert response.status_code == 200
+    assert "'call me after 6' is not a phone number" in " ".join(response.context["adminform"].form.errors["phone"])
+    assert Customer.objects.get(pk=customer.pk).phone == "+33612345678"
