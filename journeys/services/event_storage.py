@@ -240,7 +240,7 @@ def events_partitions_drop(*, now: datetime | None = None) -> list[str]:
 
 def events_housekeeping(*, now: datetime | None = None) -> dict:
     """The scheduled upkeep of the event tables and their neighbours (every few minutes)."""
-    from journeys.services.quarantine import quarantine_purge
+    from journeys.services.quarantine_store import quarantine_purge
     from journeys.services.ratelimit import rate_counters_purge
     from journeys.services.task_results import task_results_prune
 

@@ -12,10 +12,8 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -25,7 +23,7 @@ from journeys.errors import EventValidationError, JourneyError, PayloadTooLarge
 from journeys.models import QuarantinedEvent
 from journeys.services.event_parsing import json_strict
 from journeys.services.governance import history_stamp, require_model_perm, require_reason
-from journeys.services.quarantine_store import CODES, payload_text, storable_text
+from journeys.services.quarantine_store import CODES, payload_text, quarantine_entries_delete, storable_text
 
 PERM = "change_quarantinedevent"
 
@@ -192,27 +190,6 @@ def quarantine_discard(*, entries, actor: Any = None, reason: str) -> int:
         entry.save()
         count += 1
     return count
-
-
-def quarantine_purge(*, now=None, batch: int = 5000) -> int:
-    """Delete replayed and discarded entries resolved over EVENT_API['QUARANTINE_KEEP_DAYS'] days ago
-    (bounded per call), with their history rows: every one of those holds the payload the client
-    sent (personal data), and the keep period is what ops were given to look at it. Open entries
-    stay until someone decides."""
-    now = now or timezone.now()
-    cutoff = now - timedelta(days=settings.EVENT_API["QUARANTINE_KEEP_DAYS"])
-    ids = list(QuarantinedEvent.objects.filter(status__in=[QuarantineStatus.REPLAYED, QuarantineStatus.DISCARDED],
-                                               resolved_at__lt=cutoff).values_list("pk", flat=True)[:batch])
-    if ids:
-        quarantine_entries_delete(ids=ids)
-    return len(ids)
-
-
-@transaction.atomic
-def quarantine_entries_delete(*, ids: list[int]) -> None:
-    """Delete these entries and every history row of theirs (the deletion's own included)."""
-    QuarantinedEvent.objects.filter(pk__in=ids).delete()
-    QuarantinedEvent.history.filter(id__in=ids).delete()  # after: the deletion itself wrote a history row
 
 
 # Payload keys that name a person: an entry that names the erased customer under one of them goes.

@@ -1,4 +1,5 @@
-"""Writing refused events into the quarantine (called by ingestion, in its transaction).
+"""Writing refused events into the quarantine (called by ingestion, in its transaction), and
+deleting resolved entries after their keep period (called by the events housekeeping).
 
 Apart from journeys.services.quarantine (fix, replay, discard), which calls ingestion itself:
 this way the two never import each other.
@@ -11,11 +12,14 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
-from journeys.choices import QuarantineReason
+from journeys.choices import QuarantineReason, QuarantineStatus
 from journeys.models import QuarantinedEvent, Source
 from journeys.services.oplog import counts_text, ops_warning
 
@@ -112,3 +116,24 @@ def _quarantine_logged(*, source: Source, codes: Counter) -> None:
                 "(manage.py quarantine_replay --dry-run counts them)")
 
     ops_warning(logger, key=f"quarantine:{source.pk}", counts=codes, render=render)
+
+
+def quarantine_purge(*, now=None, batch: int = 5000) -> int:
+    """Delete replayed and discarded entries resolved over EVENT_API['QUARANTINE_KEEP_DAYS'] days ago
+    (bounded per call), with their history rows: every one of those holds the payload the client
+    sent (personal data), and the keep period is what ops were given to look at it. Open entries
+    stay until someone decides."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.EVENT_API["QUARANTINE_KEEP_DAYS"])
+    ids = list(QuarantinedEvent.objects.filter(status__in=[QuarantineStatus.REPLAYED, QuarantineStatus.DISCARDED],
+                                               resolved_at__lt=cutoff).values_list("pk", flat=True)[:batch])
+    if ids:
+        quarantine_entries_delete(ids=ids)
+    return len(ids)
+
+
+@transaction.atomic
+def quarantine_entries_delete(*, ids: list[int]) -> None:
+    """Delete these entries and every history row of theirs (the deletion's own included)."""
+    QuarantinedEvent.objects.filter(pk__in=ids).delete()
+    QuarantinedEvent.history.filter(id__in=ids).delete()  # after: the deletion itself wrote a history row

@@ -8,7 +8,8 @@ import pytest
 from django.urls import reverse
 
 from journeys.models import BusinessUnit, Customer, Event, QuarantinedEvent
-from journeys.services.quarantine import quarantine_discard, quarantine_purge, quarantine_replay
+from journeys.services.quarantine import quarantine_discard, quarantine_replay
+from journeys.services.quarantine_store import quarantine_purge
 from journeys.services.workflows import version_build, version_publish, workflow_create
 from tests.factories import make_source
 from tests.journeys.test_governance_fixtures import login, people, units  # noqa: F401
