@@ -51,13 +51,8 @@ def events_process(*, event_ids: list[int]) -> int:
         events = _lock_events(event_ids)
         if not events:
             return 0
-        try:
-            with transaction.atomic():
-                _process_set(events=events, index=index, now=now)
-            processed, failed = [e.pk for e in events], []
-        except Exception:
-            logger.exception("set-based processing of %d events failed; replaying them one by one", len(events))
-            processed, failed = _process_each(events=_lock_events([e.pk for e in events]), index=index, now=now)
+        processed, failed = _process_or_replay(events, reload=lambda: _lock_events([e.pk for e in events]),
+                                               index=index, now=now)
         Event.objects.filter(pk__in=processed).update(status=EventStatus.PROCESSED, processed_at=now)
         for event in failed:
             Event.objects.filter(pk=event.pk).update(
@@ -101,17 +96,25 @@ def history_events_settle(*, event_ids: list[int]) -> None:
     index = trigger_index()
     for i in range(0, len(event_ids), HISTORY_PAGE):
         page = event_ids[i : i + HISTORY_PAGE]
-        try:
-            with transaction.atomic():
-                _process_set(events=_history_load(page), index=index, now=now)
-        except Exception:
-            logger.exception("set-based settling of %d history events failed; replaying them one by one", len(page))
-            events = _history_load(page)
-            reasons = {e.pk: e.error for e in events}
-            _processed, failed = _process_each(events=events, index=index, now=now)
-            for event in failed:
-                Event.objects.filter(pk=event.pk).update(
-                    error=f"{reasons[event.pk]}; what it stops failed: {event.error}"[:4000])
+        events = _history_load(page)
+        reasons = {e.pk: e.error for e in events}
+        _processed, failed = _process_or_replay(events, reload=lambda: _history_load(page), index=index, now=now)
+        for event in failed:
+            Event.objects.filter(pk=event.pk).update(
+                error=f"{reasons[event.pk]}; what it stops failed: {event.error}"[:4000])
+
+
+def _process_or_replay(events: list[Event], *, reload, index, now) -> tuple[list[int], list[Event]]:
+    """Process the events set-based under one savepoint; if anything escapes that (a bug, not a
+    failing step), roll it back and replay `reload()`'s fresh copies one at a time, each in its
+    own savepoint (`_process_each`). Returns the ids processed and the events that failed."""
+    try:
+        with transaction.atomic():
+            _process_set(events=events, index=index, now=now)
+        return [e.pk for e in events], []
+    except Exception:
+        logger.exception("set-based processing of %d events failed; replaying them one by one", len(events))
+        return _process_each(events=reload(), index=index, now=now)
 
 
 def _history_load(event_ids: list[int]) -> list[Event]:
