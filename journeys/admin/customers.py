@@ -15,6 +15,7 @@ from journeys.api.fields import MAX_ID
 from journeys.console.selectors import customer_360
 from journeys.selectors import identities_matching
 from journeys.errors import JourneyError
+from journeys.forms.fields import RuleInput
 from journeys.timezones import traits_zone_checked, zone_check
 from journeys.services.customers_api import CustomerNotFound, customer_edit, customer_get
 from journeys.services.event_parsing import MAX_DEPTH, check_depth, check_event_size
@@ -135,6 +136,7 @@ class LifecycleStageForm(forms.ModelForm):
     class Meta:
         model = LifecycleStage
         fields = ("key", "name", "order", "rule", "description")
+        widgets = {"rule": RuleInput(profile_only=True)}
 
     def clean_rule(self):
         from journeys.rules import validate_profile_rule
@@ -158,6 +160,10 @@ class MergeRefusalAdmin(ReadOnlyAdmin):
 @admin.register(LifecycleStage)
 class LifecycleStageAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     form = LifecycleStageForm
+
+    class Media:  # the rule is checked as it is typed, as in the workflow forms
+        css = {"all": ("console/console.css",)}
+        js = ("console/editor.js",)
     list_display = ("order", "key", "name", "rule", "customers")
     list_display_links = ("key",)
     ordering = ("order",)

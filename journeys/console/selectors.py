@@ -501,16 +501,19 @@ def _activity(data: dict, *, limit: int) -> list[dict]:
 # --------------------------------------------------------------------------- rule editor
 
 
-def rule_diagnose(*, text: str, version: WorkflowVersion | None = None, event: str = "") -> dict:
-    """What the rule editor shows while typing: ok, or the parser's message and its position;
-    for a rule that compiles, the attributes it reads and warnings for those nobody has (the
-    event catalog's schema, the profiles seen, the traits and variables the version's steps set)."""
-    from journeys.rules import RuleSyntaxError, compile_rule
+def rule_diagnose(*, text: str, version: WorkflowVersion | None = None, event: str = "",
+                  profile_only: bool = False) -> dict:
+    """What the rule editor shows while typing: ok, or the message the form would give on save and
+    its position (the parser's, a constant call that always fails, and with `profile_only` a path
+    a profile-only rule has no value for); for a rule that passes, the attributes it reads and
+    warnings for those nobody has (the event catalog's schema, the profiles seen, the traits and
+    variables the version's steps set)."""
+    from journeys.rules import RuleSyntaxError, rule_checked
 
     if not text.strip():
         return {"ok": True, "empty": True, "references": [], "warnings": []}
     try:
-        rule = compile_rule(text)
+        rule = rule_checked(text, profile_only=profile_only)
     except RuleSyntaxError as exc:
         return {"ok": False, "error": exc.message, "position": exc.position, "column": exc.column,
                 "message": str(exc)}

@@ -220,8 +220,9 @@ def _bad_parameter(data, *, ids: tuple[str, ...] = (), texts: tuple[str, ...] = 
 
 @never_cache
 def rule_check(request: HttpRequest) -> JsonResponse:
-    """Staff-only: parse a rule with the real rule parser while it is typed (GET or POST `rule`,
-    optional `version` and `event` for attribute warnings); 400 naming a parameter that cannot be used."""
+    """Staff-only: check a rule with the real rule checks while it is typed (GET or POST `rule`,
+    optional `version` and `event` for attribute warnings, `profile=1` for a rule read from the
+    profile alone: a segment or a stage); 400 naming a parameter that cannot be used."""
     from journeys.console.selectors import rule_diagnose
     from journeys.selectors import VIEW, user_can
 
@@ -233,7 +234,8 @@ def rule_check(request: HttpRequest) -> JsonResponse:
         version = version_for_user(user=request.user, pk=int(data["version"]))
         if version is not None and not user_can(request.user, VIEW, version.workflow):
             version = None
-    return JsonResponse(rule_diagnose(text=data.get("rule", ""), version=version, event=data.get("event", "")))
+    return JsonResponse(rule_diagnose(text=data.get("rule", ""), version=version, event=data.get("event", ""),
+                                      profile_only=data.get("profile") == "1"))
 
 
 @never_cache

@@ -18,15 +18,18 @@ DURATION_HELP = "a duration: 30m, 1h, 2d, 1h30m or a number of seconds"
 
 class _RuleChecked:
     """Rule inputs checked as you type (journeys/static/console/editor.js asks the rule endpoint
-    and marks the error position under the field); without JS the form checks on save."""
+    and marks the error position under the field); without JS the form checks on save.
+    `profile_only`: a rule read from the profile alone (a segment, a stage), checked as such."""
 
-    def __init__(self, attrs=None, *, version_id: int | None = None, event: str = "", when: str = ""):
+    def __init__(self, attrs=None, *, version_id: int | None = None, event: str = "", when: str = "",
+                 profile_only: bool = False):
         super().__init__(attrs)
-        self.version_id, self.event, self.when = version_id, event, when
+        self.version_id, self.event, self.when, self.profile_only = version_id, event, when, profile_only
 
     def render(self, name, value, attrs=None, renderer=None):
         attrs = {**(attrs or {}), "data-rule-check": reverse("console:rule_check"), "data-version": self.version_id or "",
-                 "data-event": self.event, "autocomplete": "off", **({"data-rule-when": self.when} if self.when else {})}
+                 "data-event": self.event, "autocomplete": "off", **({"data-rule-when": self.when} if self.when else {}),
+                 **({"data-rule-profile": "1"} if self.profile_only else {})}
         html = super().render(name, value, attrs, renderer)
         return format_html('{}<div class="rule-feedback" id="{}-feedback" aria-live="polite"></div>', html,
                            attrs.get("id") or name)

@@ -80,9 +80,11 @@ class VersionSettingsForm(forms.Form):
         for name in ("trigger_event", "followed_by", "goal_event"):
             self.fields[name].widget = NamesInput(events, attrs={"id": f"id_{name}"})
         self.fields["attribute"].widget = NamesInput(trait_names())
-        for name, event in (("filter", version.trigger_event), ("rule", ""), ("segment", ""),
-                            ("entry_rule", version.trigger_event), ("goal_filter", version.goal_event)):
+        for name, event in (("filter", version.trigger_event), ("entry_rule", version.trigger_event),
+                            ("goal_filter", version.goal_event)):
             self.fields[name].widget = RuleInput(version_id=version.pk, event=event)
+        for name in ("rule", "segment"):  # segment entry and a schedule's audience: read from profiles
+            self.fields[name].widget = RuleInput(version_id=version.pk, profile_only=True)
         self.fields["entry_step"].choices = [("", "-")] + [
             (key, key) for key in version.steps.order_by("y", "x", "id").values_list("key", flat=True)]
 

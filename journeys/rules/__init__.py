@@ -8,7 +8,7 @@ can evaluate them for every event. This package must not import Django: the
 benchmark and the engine's hot path use it standalone.
 """
 
-from .compiler import Rule, RuleContext, RuleResult, compile_rule, validate_profile_rule, validate_rule
+from .compiler import Rule, RuleContext, RuleResult, compile_rule, rule_checked, validate_profile_rule, validate_rule
 from .errors import RuleEvaluationError, RuleSyntaxError
 from .functions import FUNCTIONS
 from .parser import MAX_DEPTH, MAX_LENGTH
@@ -23,6 +23,7 @@ __all__ = [
     "RuleResult",
     "RuleSyntaxError",
     "compile_rule",
+    "rule_checked",
     "validate_profile_rule",
     "validate_rule",
 ]

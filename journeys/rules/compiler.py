@@ -8,6 +8,7 @@ into generated Python plus the bookkeeping needed to never raise at runtime.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -157,12 +158,44 @@ def compile_rule(text: str) -> Rule:
     )
 
 
+def rule_checked(text: str, *, profile_only: bool = False) -> Rule:
+    """compile_rule and the checks made where a rule is written (forms, the API, the editor as it
+    is typed): a function call whose constant arguments fail whatever the data
+    (`date('2024-02-30')`), and with `profile_only` (segments, segment entry, lifecycle stages, cron
+    audiences: read from each customer's profile alone, with no event, context or journey) a path
+    under another root, which has no value there. Raises RuleSyntaxError pointing at the problem."""
+    rule = compile_rule(text)
+    _constant_calls_check(text)
+    if profile_only:
+        elsewhere = sorted(r for r in rule.references if r != "profile" and not r.startswith(("profile.", "profile[")))
+        if elsewhere:
+            raise RuleSyntaxError(
+                f"{', '.join(elsewhere)} has no value here: this rule is read from each customer's profile, with no "
+                "event, context or journey; only profile.* paths can be used (e.g. profile.plan == 'pro')",
+                _position_of_root(text, elsewhere[0]), text)
+    return rule
+
+
+def _position_of_root(text: str, path: str) -> int:
+    """Where the path's root name (`event` of event.name) first stands as a name of its own in the text."""
+    root = re.split(r"[.\[]", path, maxsplit=1)[0]
+    found = re.search(rf"(?<![\w.]){re.escape(root)}\b", text)
+    return found.start() if found else 0
+
+
 def validate_rule(text: str) -> list[str]:
-    """Error messages for a form field; an empty list means the rule compiles and none of its
-    function calls fails whatever the data (constant arguments it refuses: date('2024-02-30'))."""
+    """Error messages for a form field; an empty list means the rule passes rule_checked."""
     try:
-        compile_rule(text)
-        _constant_calls_check(text)
+        rule_checked(text)
+    except RuleSyntaxError as exc:
+        return [str(exc)]
+    return []
+
+
+def validate_profile_rule(text: str) -> list[str]:
+    """validate_rule for a rule read from each customer's profile alone (rule_checked's `profile_only`)."""
+    try:
+        rule_checked(text, profile_only=True)
     except RuleSyntaxError as exc:
         return [str(exc)]
     return []
@@ -190,17 +223,3 @@ def _constant_calls_check(text: str) -> None:
         except Exception as exc:  # noqa: BLE001 - any failure of constants is the rule's mistake
             raise RuleSyntaxError(f"{node.name}() fails with these constant arguments ({describe_error(exc)}), "
                                   "for every customer and event: correct the value", node.pos, text) from None
-
-
-def validate_profile_rule(text: str) -> list[str]:
-    """validate_rule for a rule read from each customer's profile alone, with no event, context or
-    journey (segments, segment entry, lifecycle stages, cron audiences): a path under another root
-    has no value there, so such a rule could never select anyone through it."""
-    if errors := validate_rule(text):
-        return errors
-    references = compile_rule(text).references
-    elsewhere = sorted(r for r in references if r != "profile" and not r.startswith(("profile.", "profile[")))
-    if not elsewhere:
-        return []
-    return [f"{', '.join(elsewhere)} has no value here: this rule is read from each customer's profile, with no "
-            "event, context or journey; only profile.* paths can be used (e.g. profile.plan == 'pro')"]

@@ -82,3 +82,33 @@ def test_update_profile_values_are_checked_as_rules_when_they_are_rules(ops):
     draft = version_new_draft(version=Workflow.objects.get(name="Cart abandonment").live_version)
     page = ops.get(f"{reverse('admin:journeys_step_add')}?version={draft.pk}&kind=update_profile").content.decode()
     assert 'data-rule-when="id_as_1"' in page and 'id="id_value_1-feedback"' in page
+
+
+def test_a_constant_call_that_always_fails_is_an_error_as_typed_as_on_save(ops):
+    data = check(ops, "profile.ltv > 1 and profile.signup < date('2024-02-30')")
+    assert data["ok"] is False
+    assert "date() fails with these constant arguments" in data["error"]
+    assert data["position"] == len("profile.ltv > 1 and profile.signup < ")
+
+
+def test_a_segment_or_stage_rule_is_checked_as_read_from_the_profile_alone(ops):
+    rule = "profile.plan == 'pro' and event.properties.total > 10"
+    assert check(ops, rule)["ok"] is True  # a filter or entry rule may read the event
+    data = check(ops, rule, profile="1")
+    assert data["ok"] is False
+    assert data["error"].startswith("event.properties.total has no value here") and "only profile.*" in data["error"]
+    assert data["position"] == rule.index("event")
+    other = "profile.event_count > 1 and context.device == 'ios'"  # the root, not a trait that begins with it
+    assert check(ops, other, profile="1")["position"] == other.index("context")
+
+
+def test_segment_and_stage_inputs_ask_for_the_profile_only_check(ops):
+    from journeys.services.workflows import version_new_draft
+
+    draft = version_new_draft(version=Workflow.objects.get(name="Cart abandonment").live_version)
+    page = ops.get(reverse("console:canvas_settings", args=[draft.pk])).content.decode()
+    for name in ("rule", "segment"):
+        assert f'name="{name}"' in page
+    assert page.count('data-rule-profile="1"') == 2
+    stage_page = ops.get(reverse("admin:journeys_lifecyclestage_add")).content.decode()
+    assert 'data-rule-profile="1"' in stage_page and "console/editor.js" in stage_page

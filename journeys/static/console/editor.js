@@ -50,7 +50,8 @@
       var mine = ++sequence;
       if (when && when.value !== "rule") { box.textContent = ""; box.className = "rule-feedback"; return; }
       var rule = input.value;
-      var params = {rule: rule, version: input.dataset.version || "", event: input.dataset.event || ""};
+      var params = {rule: rule, version: input.dataset.version || "", event: input.dataset.event || "",
+                    profile: input.dataset.ruleProfile || ""};
       var eventField = document.getElementById("id_event");
       if (eventField && !params.event) { params.event = eventField.value; }
       getJSON(input.dataset.ruleCheck, params).then(function (data) {
