@@ -49,7 +49,13 @@ class JobStartForm(forms.Form):
                   "for recent events that should act as if they arrived live (events older than "
                   "EVENT_TRIGGER_MAX_AGE_S start nothing anyway)")
 
-    FIELDS = {"import_customers": ("file", "source"), "import_events": ("file", "source", "start_workflows"),
+    CUSTOMERS_HELP = ("off (the default): the rows set traits and consents (date triggers read the dates they set) "
+                      "but start no attribute-change or segment-entry workflow, so moving customers in does not "
+                      "greet everyone on the pro plan. Tick it for a sync of real changes that should act as if "
+                      "the customers had changed live")
+
+    FIELDS = {"import_customers": ("file", "source", "start_workflows"),
+              "import_events": ("file", "source", "start_workflows"),
               "replay": ("version", "days"), "export": ("customer",)}
 
     def __init__(self, *args, kind: str, user, **kwargs):
@@ -65,6 +71,12 @@ class JobStartForm(forms.Form):
                 del self.fields[name]
             elif name not in ("days", "start_workflows"):
                 self.fields[name].required = True
+        if "start_workflows" in self.fields:
+            from journeys.services.jobs import START_WORKFLOWS_LABELS
+
+            self.fields["start_workflows"].label = START_WORKFLOWS_LABELS[kind]
+            if kind == "import_customers":
+                self.fields["start_workflows"].help_text = self.CUSTOMERS_HELP
 
     def params(self) -> dict:
         data = self.cleaned_data
@@ -72,9 +84,7 @@ class JobStartForm(forms.Form):
             return {"version_id": data["version"].pk, "days": data.get("days") or 7}
         if self.kind == "export":
             return {"customer_id": self.customer.pk}
-        if self.kind == "import_events":
-            return {"source_id": data["source"].pk, "start_workflows": bool(data.get("start_workflows"))}
-        return {"source_id": data["source"].pk}
+        return {"source_id": data["source"].pk, "start_workflows": bool(data.get("start_workflows"))}
 
     def clean_customer(self):
         from journeys.selectors import customer_find

@@ -54,6 +54,9 @@ ERASE_SERVICE = "channels_app.services.privacy.customer_erase"
 CONSENT_COLUMNS = "channels_app.services.consent_import.ConsentColumns"
 # Jobs a person starts from the console; the others are started through the API (api_jobs.py).
 CONSOLE_KINDS = (JobKind.IMPORT_CUSTOMERS, JobKind.IMPORT_EVENTS, JobKind.REPLAY, JobKind.EXPORT)
+# The box an import's rows start workflows only with (import_history_reason), by kind.
+START_WORKFLOWS_LABELS = {JobKind.IMPORT_CUSTOMERS: "Start workflows for these changes",
+                          JobKind.IMPORT_EVENTS: "Start workflows for these events"}
 # Columns of a customer CSV that fill the profile (every other column becomes a trait).
 CUSTOMER_ID_COLUMNS = ("user_id", "userId")
 EVENT_COLUMNS = {"user_id": "userId", "userid": "userId", "anonymous_id": "anonymousId",
@@ -800,11 +803,14 @@ def _row_field(field: str, *, kind: str, from_json: bool) -> str:
 
 
 def import_history_reason(job: Job) -> str:
-    """Why an event import's events start no workflow ("" when they may): an event import is
-    history (a backfill) unless whoever started it ticked "Start workflows for these events"."""
-    if job.kind != JobKind.IMPORT_EVENTS or job.params.get("start_workflows"):
+    """Why an import's rows start no workflow ("" when they may): an import is history (a
+    backfill, a migration) unless whoever started it ticked "Start workflows for these events"
+    (or "... these changes" for customers). A customer file's rows still set traits and consents,
+    and the date triggers read the dates they set; they start no attribute-change or segment-entry
+    run, so moving 100,000 customers in does not greet the 10,000 on the pro plan."""
+    if job.kind not in IMPORT_KINDS or job.params.get("start_workflows"):
         return ""
-    return (f"history: imported by job {job.pk} without \"Start workflows for these events\", "
+    return (f"history: imported by job {job.pk} without \"{START_WORKFLOWS_LABELS[job.kind]}\", "
             "so it started no workflow")
 
 

@@ -1,5 +1,6 @@
-"""An event import is history unless ops opt in: a backfill of old sign-ups stores the events (they
-count) but starts no workflow and sends nothing; events older than EVENT_TRIGGER_MAX_AGE_S never
+"""An import is history unless ops opt in: a backfill of old sign-ups stores the events (they
+count) but starts no workflow, and customers moved in get their traits but enter no
+attribute-change or segment-entry workflow and sends nothing; events older than EVENT_TRIGGER_MAX_AGE_S never
 start one, whatever the API they came through."""
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ WELCOME = {"trigger_event": "Backfill Signed Up", "steps": [{"key": "done", "kin
            "edges": []}
 
 
-def upload(client, capture, text: str, **extra):
+def upload(client, capture, text: str, *, kind: str = "import_events", **extra):
     source = Source.objects.get(name="demo-web")
     with capture(execute=True):
-        response = client.post(f"{reverse('admin:journeys_job_add')}?kind=import_events",
-                               {"file": SimpleUploadedFile("history.csv", text.encode()), "source": source.pk, **extra})
+        response = client.post(f"{reverse('admin:journeys_job_add')}?kind={kind}",
+                               {"file": SimpleUploadedFile("import.csv", text.encode()), "source": source.pk, **extra})
     assert response.status_code == 302, response.content.decode()[-2000:]
     job = Job.objects.latest("pk")
     assert job.status == "succeeded", job.error
@@ -131,3 +132,36 @@ def test_an_imported_order_closes_the_cart_window_and_converts_the_run(ops, api,
     run.refresh_from_db()
     assert run.status == "completed" and run.converted_at is not None
     assert not JourneyRun.objects.filter(version__workflow=cart).exists()
+
+
+
+def test_a_customer_import_sets_traits_but_starts_workflows_only_when_ticked(ops, django_capture_on_commit_callbacks):  # noqa: F811
+    # given live "plan changed to pro" (attribute change) and "joined the pro segment" (segment entry) workflows
+    done = {"steps": [{"key": "done", "kind": "goal", "config": {}}], "edges": []}
+    changed = live_workflow(name="to pro", definition={
+        "trigger_kind": "attribute_change", "trigger_config": {"attribute": "imp_plan", "to": "pro"}, **done})
+    joined = live_workflow(name="pro segment", definition={
+        "trigger_kind": "segment_entry", "trigger_config": {"rule": "profile.imp_plan == 'pro'"}, **done})
+    runs = JourneyRun.objects.filter(version__workflow__in=[changed, joined])
+    # when customers are moved in from another tool, the box left unticked
+    job = upload(ops, django_capture_on_commit_callbacks,
+                 "user_id,email,imp_plan\nm-1,m1@example.com,pro\nm-2,m2@example.com,free\n", kind="import_customers")
+    process_pending()
+    # then their traits are set, nobody entered either workflow, and the job page says so
+    from journeys.models import Customer
+
+    assert Customer.objects.get(external_id="m-1").traits["imp_plan"] == "pro"
+    assert not runs.exists()
+    page = ops.get(reverse("admin:journeys_job_change", args=[job.pk])).content.decode()
+    assert "Workflows: none started" in page
+
+    # when a sync of real changes is imported with "Start workflows for these changes" ticked
+    job = upload(ops, django_capture_on_commit_callbacks, "user_id,imp_plan\nm-2,pro\n", kind="import_customers",
+                 start_workflows="on")
+    process_pending()
+    # then m-2's upgrade starts both, and m-1 (imported before) still none
+    assert job.params["start_workflows"] is True
+    assert sorted(runs.values_list("version__workflow__name", "customer__external_id")) == [
+        ("pro segment", "m-2"), ("to pro", "m-2")]
+    assert "Start workflows for these changes" in ops.get(
+        f"{reverse('admin:journeys_job_add')}?kind=import_customers").content.decode()
