@@ -109,3 +109,27 @@ def test_growing_tables_are_listed_by_primary_key_without_a_full_count(admin_cli
                    and "ORDER BY" in sql]
         assert listing and all(re.search(rf'ORDER BY "{table}"\."id" DESC', sql) for sql in listing), listing
 
+
+
+def test_runs_list_runs_as_many_queries_for_50_runs_as_for_5(admin_client):
+    from journeys.models import JourneyRun, Workflow
+    from tests.factories import CustomerFactory, live_workflow
+
+    # given a live workflow and one customer's finished runs of it
+    workflow: Workflow = live_workflow(name="welcome", definition={"trigger_event": "Signed Up", "steps": [
+        {"key": "done", "kind": "exit", "config": {}}]})
+    workflow.refresh_from_db()
+    customer = CustomerFactory()
+
+    def runs_page_queries(n: int) -> int:
+        JourneyRun.objects.all().delete()
+        JourneyRun.objects.bulk_create(JourneyRun(workflow=workflow, version_id=workflow.live_version_id,
+                                                  customer=customer, trigger_key=f"k{i}", status="completed")
+                                       for i in range(n))
+        response, sqls = _page(admin_client, "/admin/journeys/journeyrun/?all=")
+        assert response.content.decode().count("welcome v1 (live)") == n  # each row names its version
+        return len(sqls)
+
+    # when ops list 5 runs, then 50
+    # then the page runs the same queries: a row's version does not load its workflow on its own
+    assert runs_page_queries(50) == runs_page_queries(5)

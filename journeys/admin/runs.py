@@ -34,7 +34,7 @@ class JourneyRunAdmin(LargeTableMixin, RunScopeMixin, admin.ModelAdmin):
     list_display = ("id", "workflow", "version", "customer", "status", "current_step", "next_wake_at", "converted_at", "created_at")
     list_filter = ("status", ("workflow", VisibleWorkflowFilter))
     search_fields = ("customer__external_id", "customer__email", "trigger_key")
-    list_select_related = ("workflow", "version", "customer")
+    list_select_related = ("workflow", "version__workflow", "customer")  # a version names its workflow
     inlines = [StepExecutionInline]
     actions = ["retry_failed"]
 
