@@ -310,6 +310,10 @@ ENGINE_TICK_BUDGET_S = env_int("ENGINE_TICK_BUDGET_S", 45)
 # The agents' SLA tick (same cluster, every minute) stops claiming breached cases after this many
 # seconds; what is left is still due at the next tick.
 AGENTS_SLA_TICK_BUDGET_S = env_int("AGENTS_SLA_TICK_BUDGET_S", 20)
+# "Audience now" of a version (journeys.services.segments.segment_size) takes at most this long in
+# all: the SQL count, and the Python check of a rule that cannot run as SQL (an estimate from the
+# customers checked by then, or given up).
+SEGMENT_COUNT_TIMEOUT_MS = env_int("SEGMENT_COUNT_TIMEOUT_MS", 5000)
 # A bulk import runs as a chain of q2 tasks, each taking at most this many rows of the file or
 # this many seconds (0: a quarter of Q_CLUSTER's timeout), so none nears the task time limit.
 JOB_IMPORT_PART_ROWS = env_int("JOB_IMPORT_PART_ROWS", 5000)

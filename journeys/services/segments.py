@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+from django.conf import settings
 from django.db import DatabaseError, OperationalError, connection, transaction
 from django.db.models import Max, Min
 from django.utils import timezone
@@ -202,16 +204,23 @@ def segment_customer_ids(
     return _python_page(rule=rule, now=now, after_id=after_id, limit=limit)
 
 
-COUNT_TIMEOUT_MS = 5000  # a count that takes longer is given up (the database's statement timeout)
+COUNT_TIMEOUT_MS = 5000  # a count that takes longer is given up (SEGMENT_COUNT_TIMEOUT_MS overrides it)
 PYTHON_BUDGET = 20_000  # customers a count evaluates in Python at most; beyond, it samples
+MIN_TIMEOUT_MS = 50  # what a statement is given at least, once the time is (almost) spent
+
+
+def count_timeout_ms() -> int:
+    """How long a segment count may take in all (statements and Python together), in milliseconds."""
+    return int(getattr(settings, "SEGMENT_COUNT_TIMEOUT_MS", COUNT_TIMEOUT_MS))
 
 
 @dataclass
 class SegmentSize:
     """How many customers a segment rule selects now, as `segment_customer_ids` would walk them.
     `exact` False: estimated from `checked` of `base` customers (a Python-evaluated rule over a
-    large base, or more rows than the budget left to Python by the SQL); `count` None: the count
-    took longer than COUNT_TIMEOUT_MS."""
+    large base, or more rows than the budget left to Python by the SQL); `stopped`: the time limit
+    ended the Python check before its sample did, the estimate is from the `checked` ones (random
+    either way); `count` None: the count took longer than the time limit (`timeout_ms`)."""
 
     rule: str
     count: int | None
@@ -219,38 +228,59 @@ class SegmentSize:
     plan: Plan
     base: int = 0  # unmerged, not erased customers
     checked: int = 0  # customers evaluated in Python
+    stopped: bool = False
+    timeout_ms: int = COUNT_TIMEOUT_MS
+
+
+class _Deadline:
+    """The time a count has left: statements get what remains (PostgreSQL's statement timeout),
+    Python checks stop between pages once it is spent."""
+
+    def __init__(self, timeout_ms: int) -> None:
+        self.timeout_ms = timeout_ms
+        self.end = time.monotonic() + timeout_ms / 1000
+
+    def left_ms(self) -> int:
+        return max(MIN_TIMEOUT_MS, int((self.end - time.monotonic()) * 1000))
+
+    def spent(self) -> bool:
+        return time.monotonic() >= self.end
 
 
 def segment_size(*, rule: str, now: datetime, budget: int | None = None,
-                 timeout_ms: int = COUNT_TIMEOUT_MS) -> SegmentSize:
+                 timeout_ms: int | None = None) -> SegmentSize:
     """Count the audience a segment rule selects now, with the segment code the engine enrols
     with and a bounded cost: on PostgreSQL, a rule that translates is counted by one statement
     (the rows it cannot decide re-checked here, at most `budget` of them picked at random, the rest
     estimated in proportion); anything else is evaluated in Python, over every customer when there
-    are at most `budget`, else over a random sample of `budget` (_random_pages) and estimated. Raises
-    RuleSyntaxError for a rule that does not compile."""
+    are at most `budget`, else over a random sample of `budget` (_random_pages) and estimated. The
+    whole count takes at most `timeout_ms` (count_timeout_ms()) and about one page more: a random
+    check the limit stops is an estimate from the customers checked by then, a full walk it stops
+    (not random) gives up. Raises RuleSyntaxError for a rule that does not compile."""
     now = utc(now)
     budget = PYTHON_BUDGET if budget is None else budget
+    deadline = _Deadline(count_timeout_ms() if timeout_ms is None else timeout_ms)
     base = Customer.objects.filter(merged_into__isnull=True, erased_at__isnull=True)
     if not rule.strip():
-        count = _bounded(lambda: base.count(), timeout_ms)
-        return SegmentSize(rule=rule, count=count, exact=count is not None, plan="sql", base=count or 0)
+        count = _bounded(lambda: base.count(), deadline)
+        return SegmentSize(rule=rule, count=count, exact=count is not None, plan="sql", base=count or 0,
+                           timeout_ms=deadline.timeout_ms)
     translation = segment_translation(rule=rule, now=now)
     if translation is not None:
         try:
-            return _sql_size(translation, now=now, budget=budget, timeout_ms=timeout_ms)
+            return _sql_size(translation, now=now, budget=budget, deadline=deadline)
         except DatabaseError:  # as segment_customer_ids: a translation bug falls back to Python
             logger.exception("segment SQL count failed; evaluating in Python: %s", rule)
-    return _python_size(rule=rule, now=now, budget=budget, base=base, timeout_ms=timeout_ms)
+    return _python_size(rule=rule, now=now, budget=budget, base=base, deadline=deadline)
 
 
-def _bounded(count: Callable[[], int], timeout_ms: int) -> int | None:
-    """`count()`, or None when PostgreSQL gives it up after `timeout_ms` (statement timeout)."""
+def _bounded(count: Callable[[], int], deadline: _Deadline) -> int | None:
+    """`count()`, or None when PostgreSQL gives it up after the time left (statement timeout)."""
     if connection.vendor != "postgresql":
         return count()
     try:
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute("SET LOCAL statement_timeout = %s", [int(timeout_ms)])
+            cursor.execute("SET LOCAL statement_timeout = %s", [deadline.left_ms()])
             return count()
     except OperationalError as exc:  # QueryCanceled: the timeout
         if "statement timeout" not in str(exc):
@@ -258,7 +288,20 @@ def _bounded(count: Callable[[], int], timeout_ms: int) -> int | None:
         return None
 
 
-def _sql_size(translation: Translation, *, now: datetime, budget: int, timeout_ms: int) -> SegmentSize:
+def _matching_until(*, rule: str, now: datetime, pages: Iterable[list[Customer]],
+                    deadline: _Deadline) -> tuple[int, int, bool]:
+    """(matched, checked, stopped): the customers of `pages` the rule selects, page by page until
+    the pages end or the time is spent (`stopped`)."""
+    matched = checked = 0
+    for page in pages:
+        if deadline.spent():
+            return matched, checked, True
+        checked += len(page)
+        matched += len(customers_matching(rule=rule, now=now, customers=page))
+    return matched, checked, False
+
+
+def _sql_size(translation: Translation, *, now: datetime, budget: int, deadline: _Deadline) -> SegmentSize:
     state, selected = _sql_selected(translation)
     params = {**translation.params, "after": 0}
 
@@ -268,35 +311,47 @@ def _sql_size(translation: Translation, *, now: datetime, budget: int, timeout_m
                            f"{selected}", params)
             return cursor.fetchone()
 
-    counted = _bounded(count, timeout_ms)
+    counted = _bounded(count, deadline)
     if counted is None:
-        return SegmentSize(rule=translation.text, count=None, exact=False, plan="sql")
+        return SegmentSize(rule=translation.text, count=None, exact=False, plan="sql", timeout_ms=deadline.timeout_ms)
     sure, unsure = counted
     if not unsure:
-        return SegmentSize(rule=translation.text, count=sure, exact=True, plan="sql")
-    with connection.cursor() as cursor:  # the rows the SQL leaves to Python: re-checked as _sql_page does
-        cursor.execute(f"SELECT c.id{selected} AND {state} <> 2 ORDER BY md5(c.id::text) LIMIT %(limit)s",
-                       {**params, "limit": budget})
-        ids = [row[0] for row in cursor.fetchall()]
-    customers = Customer.objects.filter(pk__in=ids).only(*PROFILE_FIELDS)
-    matched = len(customers_matching(rule=translation.text, now=now, customers=customers))
-    estimate = round(matched * unsure / len(ids)) if ids else 0
-    return SegmentSize(rule=translation.text, count=sure + estimate, exact=len(ids) == unsure, plan="sql",
-                       checked=len(ids))
+        return SegmentSize(rule=translation.text, count=sure, exact=True, plan="sql", timeout_ms=deadline.timeout_ms)
+
+    def ids_at_random():  # the rows the SQL leaves to Python, in a random order: re-checked as _sql_page does
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT c.id{selected} AND {state} <> 2 ORDER BY md5(c.id::text) LIMIT %(limit)s",
+                           {**params, "limit": budget})
+            return [row[0] for row in cursor.fetchall()]
+
+    ids = _bounded(ids_at_random, deadline)
+    if ids is None:
+        return SegmentSize(rule=translation.text, count=None, exact=False, plan="sql", timeout_ms=deadline.timeout_ms)
+    pages = (list(Customer.objects.filter(pk__in=ids[start:start + PAGE]).only(*PROFILE_FIELDS))
+             for start in range(0, len(ids), PAGE))
+    matched, checked, stopped = _matching_until(rule=translation.text, now=now, pages=pages, deadline=deadline)
+    if ids and not checked:
+        return SegmentSize(rule=translation.text, count=None, exact=False, plan="sql", stopped=True,
+                           timeout_ms=deadline.timeout_ms)
+    estimate = round(matched * unsure / checked) if checked else 0
+    return SegmentSize(rule=translation.text, count=sure + estimate, exact=checked == unsure, plan="sql",
+                       checked=checked, stopped=stopped, timeout_ms=deadline.timeout_ms)
 
 
-def _python_size(*, rule: str, now: datetime, budget: int, base, timeout_ms: int) -> SegmentSize:
-    total = _bounded(lambda: base.count(), timeout_ms)
+def _python_size(*, rule: str, now: datetime, budget: int, base, deadline: _Deadline) -> SegmentSize:
+    total = _bounded(lambda: base.count(), deadline)
     if total is None:
-        return SegmentSize(rule=rule, count=None, exact=False, plan="python")
-    pages = _id_pages(base) if total <= budget else _random_pages(base, total=total, budget=budget)
-    matched, checked = 0, 0
-    for page in pages:
-        checked += len(page)
-        matched += len(customers_matching(rule=rule, now=now, customers=page))
+        return SegmentSize(rule=rule, count=None, exact=False, plan="python", timeout_ms=deadline.timeout_ms)
+    walk = total <= budget  # every customer, by id: a walk the time stops is no sample, so it gives up
+    pages = _id_pages(base) if walk else _random_pages(base, total=total, budget=budget)
+    matched, checked, stopped = _matching_until(rule=rule, now=now, pages=pages, deadline=deadline)
+    if stopped and (walk or not checked):
+        return SegmentSize(rule=rule, count=None, exact=False, plan="python", base=total, checked=checked,
+                           stopped=True, timeout_ms=deadline.timeout_ms)
     exact = checked == total
     count = matched if exact else (round(matched * total / checked) if checked else 0)
-    return SegmentSize(rule=rule, count=count, exact=exact, plan="python", base=total, checked=checked)
+    return SegmentSize(rule=rule, count=count, exact=exact, plan="python", base=total, checked=checked,
+                       stopped=stopped, timeout_ms=deadline.timeout_ms)
 
 
 def _id_pages(base) -> Iterator[list[Customer]]:
@@ -487,15 +542,18 @@ class TriggerAudience:
 
 
 def _customers(size: SegmentSize) -> str:
+    limit = f"{size.timeout_ms / 1000:g} s"
     if size.count is None:
-        return f"an audience that could not be counted within {COUNT_TIMEOUT_MS // 1000} s"
+        checked = f" ({size.checked:,} of {size.base:,} checked by then)" if size.plan == "python" and size.base else ""
+        return f"an audience that could not be counted within {limit}{checked}"
     if size.exact:
         return f"{size.count:,} customer{'s' if size.count != 1 else ''}"
+    stopped = f", all the {limit} limit allowed" if size.stopped else ""
     if size.plan == "python":
         return (f"about {size.count:,} customers (an estimate from a random sample: {size.checked:,} of the "
-                f"{size.base:,} customers were checked)")
+                f"{size.base:,} customers were checked{stopped})")
     return (f"about {size.count:,} customers (an estimate: {size.checked:,} customers the database could not "
-            "decide, picked at random, were checked)")
+            f"decide, picked at random, were checked{stopped})")
 
 
 def trigger_audience(*, version, now: datetime | None = None) -> TriggerAudience:

@@ -6,7 +6,10 @@ review."""
 
 from __future__ import annotations
 
-from datetime import UTC, time
+import re
+import time
+from datetime import UTC
+from datetime import time as clock
 
 import pytest
 from django.urls import reverse
@@ -44,7 +47,7 @@ def campaign(units):
     a channel whose quiet hours cover every hour (a real send would wait) and a cap of 0 a day."""
     now = timezone.now().astimezone(UTC)
     channel = Channel.objects.create(name="campaign-email", kind="email", provider="smtp",
-                                     quiet_start=time(0, 0), quiet_end=time(23, 59),
+                                     quiet_start=clock(0, 0), quiet_end=clock(23, 59),
                                      settings={"from_email": "shop@example.com"})
     MessageTemplate.objects.create(name="winter", subject="Winter sale for {{ profile.first_name }}",
                                    body="Hi {{ profile.first_name }}, {{ profile.plan }} members save 20%.")
@@ -353,3 +356,44 @@ def test_editing_a_step_of_an_approved_version_says_it_went_back_to_review(clien
 
     assert any("this change sent it back to review" in m for m in _messages(response)), _messages(response)
 
+
+
+def test_the_audience_of_a_python_segment_is_bounded_by_the_count_time_limit(admin_client, units, settings,
+                                                                             monkeypatch):
+    """A rule that cannot run as SQL is checked in Python page by page: the time limit that gives up
+    a count (SEGMENT_COUNT_TIMEOUT_MS) stops the sample too, and the page says from how many."""
+    from journeys.services import segments
+
+    # given 1,200 customers who all match a Python-only rule, and a check that takes 0.2 s a page of 100
+    Customer.objects.bulk_create(Customer(external_id=f"t{i}", traits={"age": 10}) for i in range(1200))
+    rule = "min(profile.age, 20) == 10"
+    assert segments.segment_plan(rule) == "python"
+    matching = segments.customers_matching
+
+    def slow(**kwargs):
+        time.sleep(0.2)
+        return matching(**kwargs)
+
+    monkeypatch.setattr(segments, "customers_matching", slow)
+    monkeypatch.setattr(segments, "PAGE", 100)
+    settings.SEGMENT_COUNT_TIMEOUT_MS = 500
+    workflow = workflow_create(name="Ten year olds", business_unit=units["retention"])
+    version = version_build(workflow=workflow, definition={
+        "trigger_kind": "schedule", "trigger_config": {"cron": "0 9 * * 1", "segment": rule},
+        "steps": steps(("done", "goal", {}))})
+    url = reverse("admin:journeys_workflowversion_change", args=[version.pk])
+
+    # when the version page is opened with a sample of 600 to draw
+    monkeypatch.setattr(segments, "PYTHON_BUDGET", 600)
+    page = admin_client.get(url).content.decode()
+
+    # then the sample stopped at the limit, and the estimate is from the customers checked by then
+    said = re.search(r"About 1,200 customers \(an estimate from a random sample: (\d+) of the 1,200 customers were "
+                     r"checked, all the 0.5 s limit allowed\) now", page)
+    assert said and 0 < int(said.group(1)) < 600, page
+
+    # and a walk of every customer (no sample: 1,200 within the budget) that the limit stops gives up, saying so
+    monkeypatch.setattr(segments, "PYTHON_BUDGET", 20_000)
+    page = admin_client.get(url).content.decode()
+    said = re.search(r"An audience that could not be counted within 0.5 s \((\d+) of 1,200 checked by then\) now", page)
+    assert said and 0 < int(said.group(1)) < 1200, page
