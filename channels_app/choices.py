@@ -26,11 +26,13 @@ class DeliveryStatus(models.TextChoices):
     BOUNCED = "bounced", "Bounced"
 
 
-# Statuses that count as "a message reached the provider" (frequency caps, rate limits).
-SENT_STATUSES = (
-    DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.OPENED, DeliveryStatus.CLICKED,
-    DeliveryStatus.BOUNCED,
-)
+# Statuses of a message that was sent: the provider took it and nobody refused it. A bounced one
+# (the recipient's server refused the address) was not: it is counted as "bounced", beside "failed",
+# wherever messages are counted (graph page, dashboard, /metrics).
+SENT_STATUSES = (DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.OPENED, DeliveryStatus.CLICKED)
+# Statuses of a message that counts as a contact for frequency caps: every one that went out to the
+# provider (`sent_at` set), a bounce reported after the provider took it included.
+CONTACT_STATUSES = (*SENT_STATUSES, DeliveryStatus.BOUNCED)
 # Only ever moves forward: a late "delivered" callback must not undo "opened".
 STATUS_RANK = {
     DeliveryStatus.SENT: 1, DeliveryStatus.DELIVERED: 2, DeliveryStatus.OPENED: 3, DeliveryStatus.CLICKED: 4,

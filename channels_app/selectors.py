@@ -1,5 +1,5 @@
 """Reads of the channels app for ops: what holds a waiting message *now*, and how the messages of
-a workflow stand (queued, held, sending, sent, failed, the send rate and an ETA).
+a workflow stand (queued, held, sending, sent, failed, bounced, the send rate and an ETA).
 
 A deferred delivery keeps the reason it was held with (`reason`, `error`, `next_attempt_at`)
 until a dispatcher claims it again, which during a large send can be minutes after the hold
@@ -10,8 +10,9 @@ switches, a timed hold (quiet hours, caps, rate limit, send time, a retry's back
 
 Every count here starts from an index: waiting messages from the status index
 (`delivery_due_idx`), recent sends from `(channel, sent_at)`, recent failures from the failed
-rows by when they failed (`delivery_failed_idx`); a message's workflow is its run's (`run_id` ->
-the run's primary key).
+rows by when they failed (`delivery_failed_idx`) and the bounced ones by status (`delivery_due_idx`:
+few, an address is suppressed after its first bounce); a message's workflow is its run's
+(`run_id` -> the run's primary key).
 """
 
 from __future__ import annotations
@@ -196,18 +197,34 @@ def _without_jit() -> Iterator[None]:
             cursor.execute("SET LOCAL jit TO DEFAULT")
 
 
+def _not_delivered_since(moment: datetime) -> Q:
+    """Messages that failed for good or bounced since `moment` (by when they did: `updated_at`). One
+    arm per status so that each is an index range: the failed rows from delivery_failed_idx (a
+    render failure has no attempt), the bounced ones from delivery_due_idx (status first)."""
+    return (Q(status=DeliveryStatus.FAILED, updated_at__gte=moment)
+            | Q(status=DeliveryStatus.BOUNCED, updated_at__gte=moment))
+
+
+def _not_delivered_label(status: str, reason: str) -> str:
+    if status == DeliveryStatus.BOUNCED:
+        return "bounced: the recipient's server refused the address"
+    return _reason_label(reason)
+
+
 def workflow_messages(*, workflow_ids: list[int], now: datetime | None = None) -> dict[int, dict[str, Any]]:
     """Per workflow: its messages waiting now by what holds them (queued, held, sending), those
-    sent and failed over the last RATE_MINUTES, the send rate per minute and an ETA (seconds) for
-    the queued and sending ones at that rate; and those failed over the last hour by reason (a
-    template that fails to render fails every message: those count, as do the ones a provider
-    refused). Costs what is waiting plus what was sent or failed lately (three indexed queries),
-    not the workflow's history."""
+    sent, failed and bounced over the last RATE_MINUTES, the send rate per minute and an ETA
+    (seconds) for the queued and sending ones at that rate; and those not delivered over the last
+    hour, failed (a template that fails to render fails every message; a provider's permanent
+    error; the last retry) and bounced (the recipient's server refused the address) apart, by
+    reason in `failed_by`. Costs what is waiting plus what was sent or not delivered lately (three
+    indexed queries), not the workflow's history."""
     now = now or timezone.now()
     since = now - timedelta(minutes=RATE_MINUTES)
     wanted = set(workflow_ids)
     out = {pk: {"queued": 0, "held": 0, "sending": 0, "held_by": [], "sent_recent": 0, "failed_recent": 0,
-                "failed_hour": 0, "failed_by": [], "rate_per_min": 0.0, "eta_s": None, "window_min": RATE_MINUTES}
+                "failed_hour": 0, "bounced_recent": 0, "bounced_hour": 0, "failed_by": [], "rate_per_min": 0.0,
+                "eta_s": None, "window_min": RATE_MINUTES}
            for pk in wanted}
     if not wanted:
         return out
@@ -219,10 +236,8 @@ def workflow_messages(*, workflow_ids: list[int], now: datetime | None = None) -
                        .order_by())
         sent = list(Delivery.objects.filter(channel_id__in=channels, sent_at__gte=since, run_id__isnull=False)
                     .annotate(workflow_id=_run_workflow()).values("workflow_id").annotate(n=Count("id")).order_by())
-        # delivery_failed_idx: the failed rows by when they failed (a render failure has no attempt)
-        failed = list(Delivery.objects.filter(status=DeliveryStatus.FAILED, updated_at__gte=now - FAILED_WINDOW,
-                                              run_id__isnull=False)
-                      .annotate(workflow_id=_run_workflow()).values("workflow_id", "reason")
+        failed = list(Delivery.objects.filter(_not_delivered_since(now - FAILED_WINDOW), run_id__isnull=False)
+                      .annotate(workflow_id=_run_workflow()).values("workflow_id", "status", "reason")
                       .annotate(n=Count("id"), recent=Count("id", filter=Q(updated_at__gte=since))).order_by())
     for row in waiting:
         if row["run_workflow"] not in wanted:
@@ -243,10 +258,11 @@ def workflow_messages(*, workflow_ids: list[int], now: datetime | None = None) -
             out[row["workflow_id"]]["sent_recent"] = row["n"]
     for row in failed:
         if row["workflow_id"] in wanted:
-            entry = out[row["workflow_id"]]
-            entry["failed_recent"] += row["recent"]
-            entry["failed_hour"] += row["n"]
-            entry["failed_by"].append({"reason": row["reason"], "label": _reason_label(row["reason"]), "n": row["n"]})
+            entry, status = out[row["workflow_id"]], row["status"]
+            entry[f"{status}_recent"] += row["recent"]
+            entry[f"{status}_hour"] += row["n"]
+            entry["failed_by"].append({"status": status, "reason": row["reason"], "n": row["n"],
+                                       "label": _not_delivered_label(status, row["reason"])})
     for entry in out.values():
         entry["held_by"].sort(key=lambda h: -h["n"])
         entry["failed_by"].sort(key=lambda f: -f["n"])
@@ -261,7 +277,8 @@ def workflow_messages(*, workflow_ids: list[int], now: datetime | None = None) -
 
 def version_message_totals(*, version_id: int, since: datetime) -> dict[str, int]:
     """The messages of a version's runs started since `since` (the graph page's window) by outcome
-    (sent, suppressed, failed, waiting) and the total: "x of y sent". Reads the runs as a range of
+    (sent, suppressed, failed, bounced, waiting) and the total: "x of y sent" (a bounced one was
+    not sent: the recipient's server refused it). Reads the runs as a range of
     run_version_created_idx and their messages through the run_id index (ids read first: as a
     subquery the planner may hash the whole delivery table)."""
     runs = list(JourneyRun.objects.filter(version_id=version_id, created_at__gte=since).values_list("pk", flat=True))
@@ -269,7 +286,7 @@ def version_message_totals(*, version_id: int, since: datetime) -> dict[str, int
                      .values_list("status").annotate(n=Count("id")).values_list("status", "n").order_by())
     return {"total": sum(by_status.values()), "sent": sum(by_status.get(s, 0) for s in SENT_STATUSES),
             "suppressed": by_status.get(DeliveryStatus.SUPPRESSED, 0),
-            "failed": by_status.get(DeliveryStatus.FAILED, 0),
+            "failed": by_status.get(DeliveryStatus.FAILED, 0), "bounced": by_status.get(DeliveryStatus.BOUNCED, 0),
             "waiting": sum(by_status.get(s, 0) for s in PENDING)}
 
 
@@ -393,7 +410,8 @@ def channel_metrics(*, now: datetime) -> list:
 
     names = dict(Channel.objects.values_list("pk", "name"))
     waiting = Family("journeys_deliveries_waiting", "Messages not sent yet, per channel and state: queued, sending, "
-                                                    "held (a pause or an open breaker), deferred (for a time); "
+                                                    "held (a pause or an open breaker), deferred (for a time: quiet "
+                                                    "hours, caps, retries; the dashboard shows these as held too); "
                                                     f"counted up to {COUNT_CAP}.")
     deferred = Delivery.objects.filter(status=DeliveryStatus.DEFERRED)
     states = {"queued": Delivery.objects.filter(status=DeliveryStatus.QUEUED),
@@ -403,14 +421,19 @@ def channel_metrics(*, now: datetime) -> list:
         for state, queryset in states.items():
             waiting.add(_capped_count(queryset.filter(channel_id=pk)), channel=name, state=state)
     failed = Family("journeys_deliveries_failed_last_hour",
-                    "Messages that failed for good in the last hour (never rendered, or refused by the provider).")
-    by_channel = dict(Delivery.objects.filter(status=DeliveryStatus.FAILED, updated_at__gte=now - FAILED_WINDOW)
-                      .values_list("channel_id").annotate(n=Count("id")).values_list("channel_id", "n").order_by())
+                    "Messages that failed for good in the last hour (never rendered, a provider's permanent error, "
+                    "or the last retry); bounced ones are in journeys_deliveries_bounced_last_hour.")
+    bounced = Family("journeys_deliveries_bounced_last_hour",
+                     "Messages that bounced in the last hour: the recipient's server refused the address (not sent).")
+    counts = {(row["channel_id"], row["status"]): row["n"]
+              for row in Delivery.objects.filter(_not_delivered_since(now - FAILED_WINDOW))
+              .values("channel_id", "status").annotate(n=Count("id")).order_by()}
     breaker = Family("journeys_channel_breaker_state", "1 for the state a channel's circuit breaker is in.")
     paused = Family("journeys_channel_paused", "1 while a channel is paused (its messages are held).")
     for channel in channels_list().order_by("name"):
-        failed.add(by_channel.get(channel.pk, 0), channel=channel.name)
+        failed.add(counts.get((channel.pk, DeliveryStatus.FAILED), 0), channel=channel.name)
+        bounced.add(counts.get((channel.pk, DeliveryStatus.BOUNCED), 0), channel=channel.name)
         for state in BreakerState.values:
             breaker.add(int(channel.breaker_state == state), channel=channel.name, state=state)
         paused.add(int(channel.paused), channel=channel.name)
-    return [waiting, failed, breaker, paused]
+    return [waiting, failed, bounced, breaker, paused]

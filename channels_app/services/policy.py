@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from django.db.models import Count, F, Min, Q
 from django.db.models.functions import Coalesce
 
-from channels_app.choices import SENT_STATUSES, ChannelKind, DeliveryStatus, PressureAction, Reason
+from channels_app.choices import CONTACT_STATUSES, ChannelKind, DeliveryStatus, PressureAction, Reason
 from channels_app.models import Channel, Delivery, FrequencyCap
 from journeys.engine.runtime import customer_zone
 
@@ -87,7 +87,7 @@ def _contacts(customer_ids: list[int], since: datetime):
 
     contacts = Delivery.objects.filter(ids_q("customer_id", customer_ids)).exclude(channel__kind=ChannelKind.WEBHOOK)
     fields = ("pk", "customer_id", "channel_id", "channel__kind", "topic_id", "at")
-    sent = contacts.filter(status__in=SENT_STATUSES, sent_at__gt=since).annotate(at=F("sent_at"))
+    sent = contacts.filter(status__in=CONTACT_STATUSES, sent_at__gt=since).annotate(at=F("sent_at"))
     sending = contacts.filter(status=DeliveryStatus.SENDING).annotate(at=Coalesce("sent_at", "claimed_at")).filter(
         at__gt=since)
     return sent.values_list(*fields).order_by().union(sending.values_list(*fields).order_by(), all=True)

@@ -57,7 +57,8 @@ def _tasks(now: datetime) -> list[Family]:
     taken one was taken and how many were taken longer ago than a task may run (`tasks_by_cluster`).
     With the Redis broker only the waiting ones (Redis cannot say what workers took)."""
     queued = Family("journeys_tasks_queued", "Tasks waiting in the queue for a worker, per cluster.")
-    running = Family("journeys_tasks_running", "Tasks the workers of a cluster have taken (ORM broker).")
+    running = Family("journeys_tasks_running", "Tasks the workers of a cluster have taken (ORM broker): running, "
+                                               "or fetched ahead by a worker and waiting for it.")
     oldest = Family("journeys_tasks_running_oldest_age_seconds",
                     "How long ago the oldest task a cluster's workers took was taken; 0 when none (ORM broker).")
     stale = Family("journeys_tasks_stale", "Tasks taken longer ago than the cluster's task timeout: its workers are "

@@ -43,8 +43,11 @@ from journeys.selectors import (
 EVENT_MINUTES = 30  # the events-per-minute chart covers the last half hour
 DELIVERY_HOURS = 24  # the messages chart covers the last day, per hour
 # Delivery statuses grouped the way ops read them (strings: channels_app is not imported).
+# A bounced message (the recipient's server refused the address) was not sent and did not fail on
+# our side: it is a count of its own, as on the graph page and in /metrics.
 SENT = ("sent", "delivered", "opened", "clicked")
-FAILED = ("failed", "bounced")
+FAILED = ("failed",)
+BOUNCED = ("bounced",)
 PENDING_DELIVERY = ("queued", "deferred", "sending")
 CLOSED_CASE = ("resolved", "closed")
 # Open cases by where they stand against their first-response SLA, most urgent first.
@@ -117,19 +120,21 @@ def dashboard_deliveries(*, now: datetime, hours: int = DELIVERY_HOURS) -> dict 
         "sent": sum(by_status.get(s, 0) for s in SENT),
         "suppressed": by_status.get("suppressed", 0),
         "failed": sum(by_status.get(s, 0) for s in FAILED),
+        "bounced": sum(by_status.get(s, 0) for s in BOUNCED),
         "pending": sum(by_status.get(s, 0) for s in PENDING_DELIVERY),
     }
-    series: dict[Any, dict[str, int]] = defaultdict(lambda: {"sent": 0, "suppressed": 0, "failed": 0})
+    empty = {"sent": 0, "suppressed": 0, "failed": 0, "bounced": 0}
+    series: dict[Any, dict[str, int]] = defaultdict(lambda: dict(empty))
     rows = recent.annotate(hour=TruncHour("created_at", tzinfo=dt_timezone.utc)).values("hour", "status").annotate(n=Count("id"))
     for row in rows:
         group = "sent" if row["status"] in SENT else "failed" if row["status"] in FAILED else (
-            "suppressed" if row["status"] == "suppressed" else None)
+            "bounced" if row["status"] in BOUNCED else "suppressed" if row["status"] == "suppressed" else None)
         if group and row["hour"]:
             series[row["hour"]][group] += row["n"]
     hourly = []
     for i in range(hours):
         at = start + timedelta(hours=i)
-        hourly.append({"at": at, "label": f"{at:%H}h", **series.get(at, {"sent": 0, "suppressed": 0, "failed": 0})})
+        hourly.append({"at": at, "label": f"{at:%H}h", **series.get(at, empty)})
     return {"totals": totals, "hourly": hourly}
 
 

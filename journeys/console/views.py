@@ -36,7 +36,8 @@ from journeys.selectors import EDIT, user_can, user_can_view_dashboard
 
 DEFAULT_REFRESH_S = 15
 BREAKER_COLOURS = {"closed": "#2e7d32", "half_open": "#ef6c00", "open": "#c62828"}
-SERIES_COLOURS = {"sent": "#2e7d32", "suppressed": "#9e9e9e", "failed": "#c62828", "customer": "#417690",
+SERIES_COLOURS = {"sent": "#2e7d32", "suppressed": "#9e9e9e", "failed": "#c62828", "bounced": "#8e24aa",
+                  "customer": "#417690",
                   "product": "#b0bec5"}
 SLA_COLOURS = {"breached": "#c62828", "due_15m": "#ef6c00", "due_1h": "#f9a825", "on_track": "#2e7d32",
                "answered": "#78909c"}
@@ -104,7 +105,7 @@ def _dashboard_context(request: HttpRequest) -> dict[str, Any]:
                                     title="events received per minute, last 30 minutes: from customers' apps "
                                           "and pipelines, and recorded by the product itself")}
     if data["deliveries"] is not None:
-        charts["deliveries"] = svg_stacked(data["deliveries"]["hourly"], ("sent", "suppressed", "failed"),
+        charts["deliveries"] = svg_stacked(data["deliveries"]["hourly"], ("sent", "suppressed", "failed", "bounced"),
                                            title="messages per hour, last 24 hours")
     if data["cases"] is not None:
         charts["cases"] = svg_hbars(data["cases"]["buckets"], title="open cases by SLA", colours=SLA_COLOURS)

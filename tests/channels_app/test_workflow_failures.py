@@ -30,10 +30,10 @@ def test_messages_that_failed_to_render_count_as_the_workflows_failures(
     # then the workflow's row counts them, by reason, and stands out with a link to them
     messages = feed["metrics"]["workflows"]["order confirm"]["messages"]
     assert (messages["failed_recent"], messages["failed_hour"]) == (2, 2)
-    assert messages["failed_by"] == [{"reason": "template_error", "label": "The template could not be rendered",
-                                      "n": 2}]
+    assert messages["failed_by"] == [{"status": "failed", "reason": "template_error",
+                                      "label": "The template could not be rendered", "n": 2}]
     assert f'<tr data-workflow="{workflow.pk}" class="workflow-failing">' in feed["html"]
-    assert f"?workflow={workflow.pk}&amp;status__exact=failed" in feed["html"]
+    assert f"?workflow={workflow.pk}&amp;status__in=failed,bounced" in feed["html"]
     assert "2 failed in the last hour (The template could not be rendered: 2)" in feed["html"]
 
     # and the runs' visits of the step are in error (the runs go on: completed, but not clean)

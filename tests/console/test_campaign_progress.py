@@ -129,7 +129,7 @@ def test_each_live_workflow_shows_its_messages_with_a_send_rate_and_an_eta(
     # and the graph page of the live version says how far the send is and links to its messages
     page = ops.get(reverse("console:version_graph", args=[sale.live_version_id])).content.decode()
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page))
-    assert "Messages of v1: 6 of 9 sent · 0 suppressed · 0 failed · 3 not sent yet" in text
+    assert "Messages of v1: 6 of 9 sent · 0 suppressed · 0 failed · 0 bounced · 3 not sent yet" in text
     assert "3 queued · 0 held · 0 sending · 1.2/min · ETA ~2 min" in text
     link = re.search(r'href="(/admin/channels_app/delivery/\?workflow=[^"]+)"', page).group(1).replace("&amp;", "&")
     listed = ops.get(link)
@@ -240,5 +240,5 @@ def test_messages_whose_worker_died_show_as_waiting_for_its_lease_not_as_sending
     until = Delivery.objects.get(pk=ids[0]).claimed_at + sending_lease()
     assert [(h["key"], h["n"]) for h in messages["held_by"]] == [("lease", 3)]
     html = unescape(re.sub(r"\s+", " ", data["html"]))
-    assert f"3 held (Waiting for a lost worker's lease until {timezone.localtime(until):%H:%M})" in html
+    assert f"3 held (Waiting for a lost worker's lease until {timezone.localtime(until):%H:%M} UTC)" in html
     assert "1 sending" in html

@@ -38,7 +38,8 @@ def test_dashboard_shows_live_traffic(traffic, admin_client):
     assert sum(metrics["events_per_minute"][-2:]) == sum(metrics["events_per_minute"]) == received
     assert metrics["product_events_last_minute"] == sum(metrics["product_events_per_minute"]) == product
     assert metrics["runs"] == {"active": 0, "waiting": 2, "failed_24h": 0}
-    assert metrics["deliveries"] == {"sent": 1, "suppressed": 0, "failed": 0, "pending": 0}
+    assert metrics["deliveries"] == {"sent": 1, "suppressed": 0, "failed": 0, "bounced": 0,
+                                     "pending": 0}
     assert {"email", "push", "sms"} <= set(metrics["circuits"])
     assert set(metrics["circuits"].values()) == {"closed"}
     assert metrics["cases"]["total"] == 1 and metrics["cases"]["breached"] == 0
@@ -90,7 +91,8 @@ def test_open_breakers_and_failed_messages_stand_out(traffic, admin_client):
     response = admin_client.get(reverse("console:dashboard_data")).json()
 
     assert response["metrics"]["circuits"]["sms"] == "open"
-    assert response["metrics"]["deliveries"] == {"sent": 1, "suppressed": 1, "failed": 1, "pending": 0}
+    assert response["metrics"]["deliveries"] == {"sent": 1, "suppressed": 1, "failed": 1,
+                                                     "bounced": 0, "pending": 0}
     assert 'class="breaker-open" data-channel="sms"' in response["html"]
     assert 'title="HTTP 503"' in response["html"]
     this_hour = dashboard_deliveries(now=timezone.now())["hourly"][-1]

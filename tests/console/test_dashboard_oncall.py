@@ -57,8 +57,9 @@ def test_a_storm_of_refused_events_shows_on_the_dashboard_and_in_a_few_log_lines
         "last_hour": 20, "unreviewed": 20, "unreviewed_capped": False,
         "by_source": [{"source": "web", "n": 20, "codes": {code: 20}}]}
     html = feed["html"]
-    assert '<div class="bad"><dt>refused (1 h)</dt><dd id="m-quarantine-hour"><a href="/admin/journeys/' \
-           'quarantinedevent/?status__exact=quarantined">20</a>' in html
+    assert '<div class="bad"><dt title="events refused into the quarantine in the last hour and not reviewed yet ' \
+           '(replayed or discarded ones are not counted)">refused (1 h), unreviewed</dt><dd id="m-quarantine-hour">' \
+           '<a href="/admin/journeys/quarantinedevent/?status__exact=quarantined">20</a>' in html
     assert f'<li data-source="web">web: 20 refused in the last hour ({code} 20)</li>' in html
 
 
@@ -74,7 +75,10 @@ def test_tasks_taken_longer_ago_than_a_task_may_run_are_marked_stale(admin_clien
     # when the on-call looks at the dashboard
     feed = _feed(admin_client)
 
-    # then "tasks running" says how old the oldest is, and that one is stale
+    # then "tasks taken" says how old the oldest is, and that one is stale
     queue = feed["metrics"]["queue"]
     assert queue["in_progress"] == 2 and 149 <= queue["running_oldest_s"] <= 155 and queue["running_stale"] == 1
     assert re.search(r'<small id="m-tasks-oldest">oldest 1[45]\d s: 1 stale</small>', feed["html"])
+    # and the card says "taken", not "running": a worker fetches tasks ahead of running them
+    assert ("fetched ahead by a worker (q2 hands out several at a time) and waiting for it\">tasks taken</dt>"
+            in feed["html"])
