@@ -42,7 +42,7 @@ from journeys.engine.dates import date_versions, dates_fire_due, dates_prepare, 
 from journeys.engine.enrolment import Candidate, enroll_candidates
 from journeys.engine.lease import Lease, LeaseLost
 from journeys.engine.wakeups import runs_claim_due
-from journeys.models import TriggerState, TriggerWatch, WorkflowVersion
+from journeys.models import JourneyRun, TriggerState, TriggerWatch, WorkflowVersion
 
 logger = logging.getLogger(__name__)
 BATCH = 1000  # inactivity windows per page
@@ -173,10 +173,7 @@ def _sent_on_the_utc_clock(workflow_id: int, fields, zone: ZoneInfo, moment: dat
     workflow keyed by it, made since then, while this zone's clock never fires then, can only
     come from the previous release. One look-up per claimed moment, through the runs' (version,
     created_at) index over the hours between the two moments."""
-    from journeys.models import JourneyRun
-
-    utc = dt_timezone.utc
-    earlier = moment.astimezone(zone).replace(tzinfo=utc, fold=0)
+    earlier = moment.astimezone(zone).replace(tzinfo=dt_timezone.utc, fold=0)
     if not moment - CATCH_UP <= earlier < moment or not cron_fires(fields, earlier, ZoneInfo("UTC")) \
             or cron_fires(fields, earlier, zone):
         return False

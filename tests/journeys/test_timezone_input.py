@@ -49,6 +49,15 @@ def test_identify_with_a_zone_no_one_reads_applies_its_other_traits_keeps_the_zo
     assert "the customer keeps the zone they had" in violation
 
 
+def test_the_events_admin_shows_why_the_zone_was_not_used(api, admin_client):
+    api.post("identify", {"userId": "u", "traits": {"timezone": "GMT+5", "plan": "pro"}})
+
+    page = admin_client.get(f"/admin/journeys/event/{Event.objects.get().pk}/change/")
+
+    assert page.status_code == 200
+    assert "traits.timezone: &#x27;GMT+5&#x27; is not an IANA time zone" in page.content.decode()
+
+
 def test_a_new_customer_identified_with_an_offset_is_not_given_a_zone(api):
     response = api.post("identify", {"userId": "n", "traits": {"timezone": "+05:30", "plan": "pro"}})
 
