@@ -1,10 +1,13 @@
 """IANA time zone names as clients send them: one rule for every door a zone comes in by.
 
-A profile's zone decides when its local-time messages go out and when quiet hours apply, so
-a name the server cannot read is refused where it arrives (the tracking API, the traits API,
-the admin form, a cron trigger's setting), naming the field, instead of being dropped while
-the customer stays on UTC. Surrounding spaces and the letter case are forgiven
-(`" asia/kolkata"` is `Asia/Kolkata`); offsets such as `+05:30` or `GMT+5` are not zones.
+A profile's zone decides when its local-time messages go out and when quiet hours apply.
+Surrounding spaces and the letter case are forgiven (`" asia/kolkata"` is `Asia/Kolkata`);
+offsets such as `+05:30` or `GMT+5` are not zones. Where a person types a zone (the traits
+API, the admin form, a cron trigger's setting) a name the server cannot read is refused,
+naming the field. An identify from the tracking API (or a quarantine replay) is kept: its
+other traits apply, the unreadable zone stays a trait only, the customer keeps the zone they
+had (never reset to UTC), and the event records why in its `violations` (`traits_zone_read`);
+an import rejects such a row naming its row and column, as it does an unreadable phone.
 Pure functions: nothing here touches the database.
 """
 
@@ -40,13 +43,20 @@ def _canonical(text: str) -> str | None:
     return text
 
 
+def zone_problem(value: object) -> str:
+    """Why `value` names no zone ("" when it does)."""
+    if zone_canonical(value) is not None:
+        return ""
+    shown = repr(value[:40]) if isinstance(value, str) else f"a {type(value).__name__}"
+    return (f"{shown} is not an IANA time zone; give a name such as Europe/Paris or America/New_York "
+            "(offsets like +05:30 are not zones)")
+
+
 def zone_check(value: object, *, field: str) -> str:
     """A zone a client sent, in its canonical spelling; EventValidationError naming `field` otherwise."""
     zone = zone_canonical(value)
     if zone is None:
-        shown = repr(value[:40]) if isinstance(value, str) else f"a {type(value).__name__}"
-        raise EventValidationError(f"{shown} is not an IANA time zone; give a name such as Europe/Paris or "
-                                   "America/New_York (offsets like +05:30 are not zones)", field=field)
+        raise EventValidationError(zone_problem(value), field=field)
     return zone
 
 
@@ -58,3 +68,16 @@ def traits_zone_checked(traits: dict, *, field: str = "traits") -> dict:
     if value is None or value == "":
         return traits
     return {**traits, "timezone": zone_check(value, field=f"{field}.timezone")}
+
+
+def traits_zone_read(traits: dict, *, field: str = "traits") -> tuple[dict, list[tuple[str, str]]]:
+    """An identify's traits as the tracking API keeps them: a readable `timezone` in its canonical
+    spelling, and the (field, why) of one no one can read, which is left as sent (a trait only:
+    the profile's zone is not changed by it, see `customer_apply_traits`)."""
+    value = traits.get("timezone")
+    if value is None or value == "":
+        return traits, []
+    zone = zone_canonical(value)
+    if zone is None:
+        return traits, [(f"{field}.timezone", zone_problem(value))]
+    return {**traits, "timezone": zone}, []

@@ -26,6 +26,7 @@ import logging
 import time as monotonic
 from collections import defaultdict
 from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -41,7 +42,7 @@ from journeys.engine.dates import date_versions, dates_fire_due, dates_prepare, 
 from journeys.engine.enrolment import Candidate, enroll_candidates
 from journeys.engine.lease import Lease, LeaseLost
 from journeys.engine.wakeups import runs_claim_due
-from journeys.models import TriggerState, TriggerWatch, WorkflowVersion
+from journeys.models import JourneyRun, TriggerState, TriggerWatch, WorkflowVersion
 
 logger = logging.getLogger(__name__)
 BATCH = 1000  # inactivity windows per page
@@ -139,10 +140,12 @@ def date_triggers_run(*, now: datetime | None = None, deadline: float | None = N
     return dates_fire_due(versions=versions, now=now, deadline=deadline).enrolled
 
 
-def _moment_claim(version_id: int, fields, zone: ZoneInfo, now: datetime) -> TriggerState:
+def _moment_claim(version_id: int, workflow_id: int, fields, zone: ZoneInfo, now: datetime) -> TriggerState:
     """Under the TriggerState row lock: if no broadcast is in progress, claim the latest cron
     moment in (last moment considered, now], read on `zone`'s wall clock (missed moments are not
-    sent once each: one catch-up broadcast, for the latest, within CATCH_UP)."""
+    sent once each: one catch-up broadcast, for the latest, within CATCH_UP). A moment whose
+    occurrence the previous release already broadcast on the UTC clock is passed over
+    (`_sent_on_the_utc_clock`)."""
     state, _ = TriggerState.objects.select_for_update().get_or_create(version_id=version_id)
     if state.broadcast_at is not None:
         return state
@@ -154,10 +157,35 @@ def _moment_claim(version_id: int, fields, zone: ZoneInfo, now: datetime) -> Tri
             break
         moment -= timedelta(minutes=1)
     state.last_tick_at = now
+    if claimed is not None and _sent_on_the_utc_clock(workflow_id, fields, zone, claimed):
+        claimed = None
     if claimed is not None:
         state.broadcast_at, state.broadcast_after_id = claimed, 0
     state.save()
     return state
+
+
+def _sent_on_the_utc_clock(workflow_id: int, fields, zone: ZoneInfo, moment: datetime) -> bool:
+    """Whether release 0921fe7 (or before), which read every schedule on the UTC clock, already
+    broadcast this occurrence: for a zone west of UTC its moment came first (Monday 10:00 UTC for
+    "0 10 * * 1" in New York, now 15:00 UTC), so an install upgraded in between would send the
+    same week's broadcast twice. That moment is this one's wall time read as UTC; a run of the
+    workflow keyed by it, made since then, while this zone's clock never fires then, can only
+    come from the previous release. One look-up per claimed moment, through the runs' (version,
+    created_at) index over the hours between the two moments."""
+    earlier = moment.astimezone(zone).replace(tzinfo=dt_timezone.utc, fold=0)
+    if not moment - CATCH_UP <= earlier < moment or not cron_fires(fields, earlier, ZoneInfo("UTC")) \
+            or cron_fires(fields, earlier, zone):
+        return False
+    # the runs made since that moment by the real clock (`moment` may be a catch-up's or a test's)
+    since = min(earlier, timezone.now() - (moment - earlier)) - timedelta(minutes=5)
+    versions = WorkflowVersion.objects.filter(workflow_id=workflow_id).values("pk")
+    sent = JourneyRun.objects.filter(version_id__in=versions, created_at__gte=since,
+                                     trigger_key=f"schedule:{earlier.isoformat()}").exists()
+    if sent:
+        logger.warning("schedule of workflow %s: the %s occurrence was already sent at %s by the release that read "
+                       "schedules in UTC; not sent again", workflow_id, moment.isoformat(), earlier.isoformat())
+    return sent
 
 
 def schedules_run(*, now: datetime | None = None, deadline: float | None = None) -> int:
@@ -179,7 +207,7 @@ def schedules_run(*, now: datetime | None = None, deadline: float | None = None)
         fields = parse_cron(version.trigger_config.get("cron", ""))
         zone = zone_named(version.trigger_config.get("timezone"))
         with transaction.atomic():
-            pending = _moment_claim(vid, fields, zone, now).broadcast_at is not None
+            pending = _moment_claim(vid, version.workflow_id, fields, zone, now).broadcast_at is not None
         while pending:
             with transaction.atomic():
                 state = TriggerState.objects.select_for_update().get(version_id=vid)

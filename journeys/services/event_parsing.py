@@ -17,7 +17,7 @@ from typing import Any
 
 from journeys.choices import EventType
 from journeys.errors import EventValidationError, PayloadTooLarge
-from journeys.timezones import traits_zone_checked
+from journeys.timezones import traits_zone_read
 
 MAX_ID_LENGTH = 255
 MAX_DEPTH = 64  # levels of objects and arrays in one event, the event itself being the first
@@ -475,10 +475,10 @@ def parse_event(
         traits = context.get("traits") if isinstance(context.get("traits"), dict) else {}
         traits_field = _where(prefix, "context.traits")
     if kind == EventType.IDENTIFY:
-        # the profile's zone and contact points: a value no one can read or send to is refused,
-        # naming the field, not dropped (the customer left on UTC) or stored as an address
-        traits = traits_zone_checked(traits, field=traits_field)
-        unreadable = contact_traits_check(traits, field=traits_field)
+        # the profile's zone and contact points: an email no one can send to is refused, naming
+        # the field; a zone or phone no one can read is kept as a trait only and named on the event
+        traits, unreadable = traits_zone_read(traits, field=traits_field)
+        unreadable += contact_traits_check(traits, field=traits_field)
     category = _optional_text(raw, "category", prefix, MAX_ID_LENGTH)
     channel = _optional_text(raw, "channel", prefix, 64)
     version = _optional_text(raw, "version", prefix, 32)
@@ -535,11 +535,16 @@ def parse_event(
     )
 
 
+# What the profile does instead of using an unreadable trait, by the trait's name.
+_KEPT_AS = {"phone": "kept as a trait, not used as the customer's number",
+            "timezone": "kept as a trait, not used: the customer keeps the zone they had"}
+
+
 def _unreadable_extra(unreadable: list[tuple[str, str]]) -> dict:
-    """A contact trait kept but not used (a phone that is not a number): recorded on the Event row
-    as a violation (the events admin shows it) and kept as (field, why) for an import to name."""
+    """A trait kept but not used (a phone that is not a number, a zone that names none): recorded
+    on the Event row as a violation (the events admin shows it) and kept as (field, why) for an
+    import to name."""
     if not unreadable:
         return {}
     return {"unreadable": unreadable,
-            "violations": [f"{where}: {why}; kept as a trait, not used as the customer's number"
-                           for where, why in unreadable]}
+            "violations": [f"{where}: {why}; {_KEPT_AS[where.rsplit('.', 1)[-1]]}" for where, why in unreadable]}

@@ -374,7 +374,7 @@ def customer_apply_traits(*, imap: IdentityMap, customer: Customer, traits: dict
         for trait, column in PROFILE_TRAIT_FIELDS.items():
             value = traits.get(trait)
             if column == "timezone" and value is not None:
-                value = zone_canonical(value)  # the API refused a name no one reads (journeys.timezones)
+                value = zone_canonical(value)  # a name no one reads stays a trait: the zone is kept (journeys.timezones)
             if column == "phone" and isinstance(value, str):
                 value = phone_number(value)  # the trait keeps what was sent; "": not a number
             if isinstance(value, str) and not _fits(column, value):

@@ -142,17 +142,19 @@ def trigger_max_age() -> timedelta | None:
     return timedelta(seconds=seconds) if seconds > 0 else None
 
 
-def _history_fields(event: ParsedEvent, history: str, accepted_at: datetime) -> dict:
+def _history_fields(event: ParsedEvent, history: str, accepted_at: datetime, replayed: bool) -> dict:
     """The status an event is stored with: pending (the engine takes it) or history, with why.
 
     Its age is measured when it is accepted, not when it was first received: an event
-    quarantined a week ago and replayed now keeps its receipt time (for clock-skew correction)
-    but is as stale as one received now."""
+    quarantined a week ago and replayed now (`replayed`) keeps its receipt time (for clock-skew
+    correction) but is as stale as one received now. A live request's events are accepted as
+    they are received, and their reason says so."""
     max_age = trigger_max_age()
     accepted = max(event.received_at, accepted_at)
     if not history and max_age is not None and accepted - event.timestamp > max_age:
         age = accepted - event.timestamp
-        when = "received" if accepted == event.received_at else "accepted (replayed)"
+        when = (f"accepted (replayed; first received {event.received_at:%Y-%m-%d %H:%M} UTC)" if replayed
+                else "received")
         history = (f"history: its timestamp was {age.days} days {age.seconds // 3600} h old when {when}, older than "
                    f"EVENT_TRIGGER_MAX_AGE_S ({int(max_age.total_seconds())} s), so it started no workflow")
     if not history:
@@ -162,7 +164,7 @@ def _history_fields(event: ParsedEvent, history: str, accepted_at: datetime) -> 
 
 def event_ingest(
     *, source: Source, events: list[ParsedEvent], ip: str | None = None, catalog: bool = True, history: str = "",
-    accepted_at: datetime | None = None,
+    accepted_at: datetime | None = None, replayed: bool = False,
 ) -> IngestResult:
     """Store a validated request in one transaction and hand it to the engine.
 
@@ -176,6 +178,7 @@ def event_ingest(
     `error`). It counts for segments and reports, and it still stops or resolves existing work,
     in this transaction (`history_events_settle`): it converts runs whose goal it is, closes the
     inactivity windows it follows up, and answers a wait for it that began before it happened.
+    `replayed`: the events were received earlier (the quarantine's replay), which their reason says.
     """
     from journeys.engine.processor import history_events_settle
     from journeys.engine.queue import enqueue_events
@@ -279,7 +282,7 @@ def event_ingest(
                 "sent_at": e.sent_at,
                 "received_at": e.received_at,
                 "ip": event_ip(context=e.context, sender=ip),
-                **_history_fields(e, history, accepted_at),
+                **_history_fields(e, history, accepted_at, replayed),
             })
         if imap.redirects:  # a later event of this batch merged a profile an earlier event pointed at
             for row in rows:

@@ -149,7 +149,7 @@ def quarantine_replay(*, entries, actor: Any = None, reason: str = "") -> Replay
             try:
                 payload = _loads(entry.payload, field_name="payload")
                 events = _check(entry, payload)
-                outcome = event_ingest(source=entry.source, events=events, ip=entry.ip, catalog=False)
+                outcome = event_ingest(source=entry.source, events=events, ip=entry.ip, catalog=False, replayed=True)
             except ValidationError as exc:
                 entry.code, entry.field, entry.message = QuarantineReason.INVALID, "payload", "; ".join(exc.messages)
                 result.still_bad.append((entry, entry.message))

@@ -434,9 +434,26 @@ def test_an_event_replayed_after_the_max_age_is_history_and_the_command_says_so(
     call_command("quarantine_replay", "--reason", "fixed")
     # then it is stored as history, saying why, started no workflow, and the command said how many and why
     event = Event.objects.get(message_id="q-1")
-    assert event.status == "history" and "when accepted (replayed)" in event.error
+    assert event.status == "history" and "when accepted (replayed; first received " in event.error
     assert "ordered" not in Customer.objects.get(external_id="ada").traits
     out = capsys.readouterr().out
     assert "1 event(s) replayed" in out and "1 of them stored as history" in out and "EVENT_TRIGGER_MAX_AGE_S (7 days)" in out
     entry.refresh_from_db()
     assert "stored as history" in entry.resolution
+
+
+def test_a_live_event_older_than_the_max_age_says_it_was_received_so_not_replayed(api, tagging_workflow):
+    """A /v1/batch event 8 days old is history because of its age when received: nothing replayed it."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    # given a batch with an order stamped 8 days ago and one of now
+    old = (timezone.now() - timedelta(days=8)).isoformat()
+    response = api.post("batch", {"batch": [good("late-1", timestamp=old), good("fresh-1")]})
+    assert response.status_code == 200, response.content
+    # then the old one is history saying it was that old when received, and the fresh one is live
+    late, fresh = Event.objects.get(message_id="late-1"), Event.objects.get(message_id="fresh-1")
+    assert late.status == "history" and "days 0 h old when received, older than EVENT_TRIGGER_MAX_AGE_S" in late.error
+    assert "replayed" not in late.error and late.error.startswith("history: its timestamp was 8 days")
+    assert fresh.status != "history" and fresh.error == ""

@@ -99,7 +99,7 @@ def test_context_timezone_fills_profile(api):
 
 @pytest.mark.parametrize("zone", ["Mars/Olympus", "+05:30", "../../etc/passwd", "", 5, ["Asia/Tokyo"], {"z": 1}])
 def test_a_device_timezone_nobody_knows_is_not_the_profiles_zone(api, zone):
-    # (a zone sent as a trait is refused naming it: tests/journeys/test_timezone_input.py)
+    # (a zone sent as a trait that names none is kept as a trait only, named on the event: test_timezone_input.py)
     api.post("identify", {"userId": "u", "traits": {"timezone": "Asia/Tokyo"}})
     api.post("identify", {"userId": "u", "traits": {"plan": "pro"}, "context": {"timezone": zone}})
     customer = live_customers().get()

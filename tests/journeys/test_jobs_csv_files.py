@@ -151,3 +151,16 @@ def test_a_file_over_the_row_limit_is_refused_at_upload(ops, monkeypatch):  # no
     assert response.status_code == 200 and not Job.objects.exists()
     assert response.context["form"].errors["file"] == [
         "the file has 4 rows; the limit is 3 per file: split it into smaller files and import them one after the other"]
+
+
+def test_a_customer_row_with_an_offset_zone_is_rejected_naming_row_and_column(demo,  # noqa: F811
+                                                                               django_capture_on_commit_callbacks):
+    # given a customers file: a zone spelled in lower case with a space, an offset, GMT+5
+    text = "user_id,timezone,plan\nz-1, asia/kolkata,pro\nz-2,+05:30,pro\nz-3,GMT+5,pro\n"
+    # when it is imported
+    job = start("import_customers", text, django_capture_on_commit_callbacks)
+    # then the offsets are rejected by row and column (the file can be fixed), the readable zone is stored canonically
+    assert [(r["row"], r["field"]) for r in job.result["rejected_rows"]] == [(3, "timezone"), (4, "timezone")]
+    assert "is not an IANA time zone" in job.result["rejected_rows"][0]["error"]
+    assert dict(Customer.objects.filter(external_id__startswith="z-").values_list("external_id", "timezone")) == {
+        "z-1": "Asia/Kolkata"}

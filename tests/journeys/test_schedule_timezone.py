@@ -121,3 +121,44 @@ def test_without_a_zone_the_schedule_is_utc_through_the_tick():
 
     assert list(JourneyRun.objects.filter(version=version).values_list("trigger_key", flat=True)) == [
         "schedule:2027-03-14T09:00:00+00:00"]
+
+
+def upgraded_on(monkeypatch, version, *, old_ticks: tuple[datetime, datetime], new_ticks: tuple[datetime, datetime]):
+    """The previous release ticks (it read every schedule on the UTC clock, whatever its
+    `timezone` key), then the new code from the upgrade on."""
+    from zoneinfo import ZoneInfo
+
+    from journeys.engine import scheduler
+
+    with monkeypatch.context() as old_release:
+        old_release.setattr(scheduler, "zone_named", lambda name: ZoneInfo("UTC"))
+        fires(version, *old_ticks)
+    return fires(version, *new_ticks)
+
+
+@pytest.mark.parametrize(("cron", "zone", "old_moment", "new_moment"), [
+    ("0 10 * * 1", "America/New_York", "2026-12-07T10:00", "2026-12-07T15:00"),
+    ("0 6 * * 1", "America/Los_Angeles", "2026-12-07T06:00", "2026-12-07T14:00"),
+])
+def test_an_upgrade_between_the_utc_moment_and_the_local_one_sends_that_weeks_broadcast_once(
+        monkeypatch, cron, zone, old_moment, new_moment):
+    # given a weekly schedule with a zone west of UTC, broadcast on Monday by the previous release at its UTC moment
+    version = version_publish(version=build(cron=cron, timezone=zone), reason="t")
+    monday = datetime(2026, 12, 7, tzinfo=UTC)
+    upgrade = datetime.fromisoformat(old_moment + "+00:00") + timedelta(hours=1)
+    # when the new code runs from an hour later until past that zone's moment, and again the next Monday
+    keys = upgraded_on(monkeypatch, version, old_ticks=(monday, upgrade),
+                       new_ticks=(upgrade + timedelta(minutes=15), monday + timedelta(days=7, hours=23)))
+    # then that Monday's broadcast went out once (the old moment); the next Monday's at the zone's moment
+    next_monday = (datetime.fromisoformat(new_moment + "+00:00") + timedelta(days=7)).isoformat()
+    assert keys == [f"schedule:{old_moment}:00+00:00", f"schedule:{next_monday}"]
+    assert JourneyRun.objects.filter(version=version).count() == 2
+
+
+def test_an_hourly_schedule_with_a_zone_is_not_held_back_by_its_own_earlier_hours():
+    # given an hourly schedule in New York: every UTC hour is also one of its own moments
+    version = version_publish(version=build(cron="0 * * * *", timezone="America/New_York"), reason="t")
+    # when it ticks for five hours
+    keys = fires(version, datetime(2026, 12, 7, 9, 50, tzinfo=UTC), datetime(2026, 12, 7, 14, 10, tzinfo=UTC))
+    # then each hour goes out
+    assert len(keys) == 5

@@ -1,6 +1,8 @@
 """A customer's timezone as clients send it: the tracking API, the traits API and the admin form
-forgive spaces and letter case (the zone's own spelling is stored) and refuse anything else
-naming the field, instead of answering 200 while the profile stays on UTC."""
+forgive spaces and letter case (the zone's own spelling is stored). The traits API refuses a
+name no one reads with a 400 naming the field; an identify from the tracking API is kept (its
+other traits apply), the unreadable zone stays a trait only, the customer keeps their zone,
+and the event names `traits.timezone` and why, as it does an unreadable phone."""
 
 from __future__ import annotations
 
@@ -31,47 +33,92 @@ def test_identify_trims_spaces_and_stores_the_zones_own_spelling(api, sent, stor
 
 
 @pytest.mark.parametrize("zone", BAD)
-def test_identify_with_a_zone_no_one_reads_is_refused_naming_the_field(api, zone):
-    api.post("identify", {"userId": "u", "traits": {"timezone": "Asia/Tokyo"}})
-
-    response = api.post("identify", {"userId": "u", "traits": {"timezone": zone, "plan": "pro"}})
-
-    [rejected] = response.json()["rejected"]
-    assert (rejected["field"], rejected["code"]) == ("traits.timezone", "invalid_event")
-    assert "is not an IANA time zone" in rejected["message"]
-    assert QuarantinedEvent.objects.get().field == "traits.timezone"
+def test_identify_with_a_zone_no_one_reads_applies_its_other_traits_keeps_the_zone_and_says_why(api, zone):
+    # given a customer on Tokyo time with an email
+    api.post("identify", {"userId": "u", "traits": {"timezone": "Asia/Tokyo", "email": "old@example.com"}})
+    # when an old app's identify changes the email and plan and sends an offset for a zone
+    response = api.post("identify", {"userId": "u", "traits": {"timezone": zone, "plan": "pro",
+                                                               "email": "new@example.com"}})
+    # then the identify is kept: the other traits apply, the zone stays Tokyo, the event says why
+    assert response.status_code == 200 and "rejected" not in response.json(), response.json()
+    assert not QuarantinedEvent.objects.exists()
     customer = profile("u")
-    assert customer.timezone == "Asia/Tokyo" and customer.traits == {"timezone": "Asia/Tokyo"}
+    assert (customer.timezone, customer.email, customer.traits["plan"]) == ("Asia/Tokyo", "new@example.com", "pro")
+    (violation,) = Event.objects.filter(type="identify").order_by("pk").last().violations
+    assert violation.startswith("traits.timezone: ") and "is not an IANA time zone" in violation
+    assert "the customer keeps the zone they had" in violation
 
 
-def test_strict_source_answers_400_naming_the_field(api, source):
+def test_the_events_admin_shows_why_the_zone_was_not_used(api, admin_client):
+    api.post("identify", {"userId": "u", "traits": {"timezone": "GMT+5", "plan": "pro"}})
+
+    page = admin_client.get(f"/admin/journeys/event/{Event.objects.get().pk}/change/")
+
+    assert page.status_code == 200
+    assert "traits.timezone: &#x27;GMT+5&#x27; is not an IANA time zone" in page.content.decode()
+
+
+def test_a_new_customer_identified_with_an_offset_is_not_given_a_zone(api):
+    response = api.post("identify", {"userId": "n", "traits": {"timezone": "+05:30", "plan": "pro"}})
+
+    assert response.status_code == 200 and "rejected" not in response.json(), response.json()
+    assert profile("n").timezone in ("", "UTC") and profile("n").traits["plan"] == "pro"
+
+
+def test_strict_source_keeps_the_identify_as_it_keeps_an_unreadable_phone(api, source):
+    # given a strict source (all or nothing for refused events)
     source.strict = True
     source.save()
+    # when an identify carries a zone and a phone no one can read
+    response = api.post("identify", {"userId": "u", "traits": {"timezone": "GMT+5", "phone": "call me after 6",
+                                                               "plan": "pro"}})
+    # then neither refuses it: both are named on the stored event, as the phone alone always was
+    assert response.status_code == 200, response.json()
+    assert [v.split(":")[0] for v in Event.objects.get().violations] == ["traits.timezone", "traits.phone"]
+    assert profile("u").traits["plan"] == "pro"
 
-    response = api.post("identify", {"userId": "u", "traits": {"timezone": "Mars/Olympus"}})
 
-    assert response.status_code == 400 and response.json()["field"] == "traits.timezone"
-    assert not Event.objects.exists()
-
-
-def test_batch_quarantines_the_item_naming_it_and_stores_the_rest(api):
+def test_batch_keeps_the_item_with_an_offset_naming_it_on_the_event(api):
     batch = [{"type": "identify", "userId": f"u{i}", "traits": {"timezone": "Europe/Paris"}} for i in range(5)]
     batch[3]["traits"]["timezone"] = "+05:30"
     batch[1]["traits"]["timezone"] = "europe/london "
 
     response = api.post("batch", {"batch": batch})
 
-    [rejected] = response.json()["rejected"]
-    assert (rejected["index"], rejected["field"]) == (3, "batch[3].traits.timezone")
-    assert Event.objects.count() == 4
+    assert response.status_code == 200 and "rejected" not in response.json(), response.json()
+    assert Event.objects.count() == 5
     assert dict(Customer.objects.values_list("external_id", "timezone")) == {
-        "u0": "Europe/Paris", "u1": "Europe/London", "u2": "Europe/Paris", "u4": "Europe/Paris"}
+        "u0": "Europe/Paris", "u1": "Europe/London", "u2": "Europe/Paris", "u3": "UTC", "u4": "Europe/Paris"}
+    (violation,) = Event.objects.get(customer__external_id="u3").violations
+    assert violation.startswith("batch[3].traits.timezone: '+05:30' is not an IANA time zone")
 
 
-def test_identify_traits_sent_in_context_are_checked_under_their_path(api):
+def test_identify_traits_sent_in_context_are_named_under_their_path(api):
     response = api.post("identify", {"userId": "u", "context": {"traits": {"timezone": "Mars/Olympus"}}})
 
-    assert response.json()["rejected"][0]["field"] == "context.traits.timezone"
+    assert response.status_code == 200 and "rejected" not in response.json(), response.json()
+    assert Event.objects.get().violations[0].startswith("context.traits.timezone: ")
+
+
+def test_a_quarantined_identify_replayed_with_an_offset_zone_is_stored_keeping_the_zone(api):
+    import json
+
+    from journeys.services.quarantine import quarantine_replay
+
+    # given a customer on Tokyo time and an identify quarantined for its email, sent with an offset zone
+    api.post("identify", {"userId": "u", "traits": {"timezone": "Asia/Tokyo"}})
+    api.post("identify", {"userId": "u", "traits": {"timezone": "+05:30", "email": "not-an-email"}})
+    entry = QuarantinedEvent.objects.get()
+    assert entry.field == "traits.email"
+    # when its email is corrected and it is replayed
+    entry.payload = json.dumps({**json.loads(entry.payload), "traits": {"timezone": "+05:30", "email": "u@example.com"}})
+    entry.save()
+    result = quarantine_replay(entries=[entry], reason="email fixed")
+    # then it is stored: the email applies, the zone stays Tokyo, the event names the zone
+    assert len(result.replayed) == 1, result.still_bad
+    customer = profile("u")
+    assert (customer.email, customer.timezone) == ("u@example.com", "Asia/Tokyo")
+    assert Event.objects.filter(type="identify").order_by("pk").last().violations[0].startswith("traits.timezone: ")
 
 
 def test_a_device_zone_is_forgiven_its_case_and_one_no_one_reads_is_not_used(api):
