@@ -72,11 +72,11 @@ class SendMessage(StepKind):
     def summary(self, config):
         return ": ".join(v for v in (config.get("channel"), config.get("template")) if v)
 
-    def test_send(self, *, config, to, now):
+    def test_send(self, *, config, to, now, locale=""):
         from channels_app.services.testsend import message_test_send
 
         channel, template = _channel_and_template(config.get("channel"), config.get("template"))
-        return message_test_send(channel=channel, template=template, to=to, now=now).as_dict()
+        return message_test_send(channel=channel, template=template, to=to, locale=locale, now=now).as_dict()
 
     def clean(self, config):
         from channels_app.models import Channel, MessageTemplate
@@ -229,7 +229,7 @@ class SendBestChannel(StepKind):
     palette = Palette(group="Messages", colour="#e3f2fd", order=11)
     sends_tests = True
 
-    def test_send(self, *, config, to, now):
+    def test_send(self, *, config, to, now, locale=""):
         """On the first of the step's channels that takes the address (an email address: email; a
         phone number: SMS, then voice), with that channel kind's template."""
         from channels_app.services.testsend import channel_takes_address, message_test_send
@@ -241,7 +241,7 @@ class SendBestChannel(StepKind):
                                          "address or a phone number one of them takes"})
         _, template = _channel_and_template(channel.name, (config.get("templates") or {}).get(channel.kind)
                                             or config.get("template"))
-        return message_test_send(channel=channel, template=template, to=to, now=now).as_dict()
+        return message_test_send(channel=channel, template=template, to=to, locale=locale, now=now).as_dict()
 
     def summary(self, config):
         urgency = config.get("urgency")

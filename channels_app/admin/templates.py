@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -14,7 +14,10 @@ from simple_history.admin import SimpleHistoryAdmin
 from channels_app.models import ContentBlock, MessageTemplate, TemplateVariant
 from channels_app.services import template_check
 from channels_app.services.preview import template_preview
-from channels_app.services.templates import content_block_cycle
+from channels_app.services.templates import (
+    content_block_cycle, content_block_missing_error, template_unknown_warning, variant_locale_clean,
+    variant_locale_duplicates,
+)
 from journeys.admin.base import HistoryReasonMixin
 from journeys.errors import JourneyError
 from journeys.services.event_parsing import json_read_storable
@@ -27,10 +30,17 @@ class TemplateForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
+        self.warnings = []  # shown once saved (MessageTemplateAdmin.save_related)
         for field in ("subject", "body", "html_body"):
-            if error := template_check(text=data.get(field) or ""):
+            text = data.get(field) or ""
+            if error := template_check(text=text) or content_block_missing_error(text=text):
                 self.add_error(field, f"template error: {error}")
+            elif warning := template_unknown_warning(text=text):
+                self.warnings.append(f"{self._label()}{self.fields[field].label}: {warning}")
         return data
+
+    def _label(self) -> str:
+        return ""
 
 
 class VariantForm(TemplateForm):
@@ -38,10 +48,30 @@ class VariantForm(TemplateForm):
         model = TemplateVariant
         fields = ("locale", "subject", "body", "html_body")
 
+    def clean_locale(self):
+        try:
+            return variant_locale_clean(locale=self.cleaned_data.get("locale") or "")
+        except JourneyError as exc:
+            raise forms.ValidationError(exc.message) from None
+
+    def _label(self) -> str:
+        return f"variant {self.cleaned_data.get('locale') or ''}, "
+
+
+class VariantFormSet(forms.BaseInlineFormSet):
+    def clean(self):
+        """One variant per language tag, tags compared ignoring case (`fr-CA` and `fr-ca` are one)."""
+        super().clean()
+        kept = [f for f in self.forms if f.cleaned_data.get("locale") and not self._should_delete_form(f)]
+        for form, problem in zip(kept, variant_locale_duplicates(locales=[f.cleaned_data["locale"] for f in kept])):
+            if problem:
+                form.add_error("locale", problem)
+
 
 class VariantInline(admin.StackedInline):
     model = TemplateVariant
     form = VariantForm
+    formset = VariantFormSet
     extra = 0
 
 
@@ -51,6 +81,9 @@ class PreviewForm(forms.Form):
     event = forms.CharField(widget=forms.Textarea(attrs={"rows": 4}), required=False,
                             help_text='sample event JSON, e.g. {"name": "Checkout Started", "properties": {"total": 120}}')
     journey = forms.CharField(required=False, help_text="journey variables JSON")
+    locale = forms.CharField(required=False, max_length=35,
+                             help_text="e.g. fr or pt-BR: the variant customers with this locale get "
+                                       "(empty: the customer's locale)")
 
     def _json(self, field):
         raw = self.cleaned_data.get(field) or ""
@@ -81,6 +114,12 @@ class MessageTemplateAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     list_filter = ("channel_kind", "topic")
     search_fields = ("name", "subject", "body")
 
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        for each in (form, *(f for formset in formsets for f in formset.forms)):
+            for warning in getattr(each, "warnings", ()):
+                self.message_user(request, warning, messages.WARNING)
+
     def get_urls(self):
         return [path("<int:pk>/preview/", self.admin_site.admin_view(self.preview_view),
                      name="channels_app_messagetemplate_preview"), *super().get_urls()]
@@ -100,7 +139,7 @@ class MessageTemplateAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
             result = template_preview(user=request.user, template=template, customer_ref=data["customer"],
-                                      event=data["event"], journey=data["journey"])
+                                      event=data["event"], journey=data["journey"], locale=data["locale"])
             if result["ok"]:
                 rendered = result
             else:

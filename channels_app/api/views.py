@@ -27,6 +27,10 @@ class MessageIn(InputSerializer):
     customer_id = serializers.IntegerField(required=False, min_value=1, max_value=MAX_ID)
     to = serializers.CharField(required=False, max_length=320, help_text="an email address or phone number")
     data = JSONObjectField(required=False, max_bytes=16 * 1024, help_text="read by the template as journey.*")
+    locale = serializers.CharField(required=False, max_length=255, allow_blank=True,
+                                   help_text="language tag (fr, pt-BR; pt_BR is read as pt-BR) choosing the "
+                                             "template's variant instead of the customer's locale: the tag, then "
+                                             "less specific ones (pt-BR, then pt), else the template itself")
 
     def validate(self, attrs: dict) -> dict:
         given = [k for k in ("user_id", "customer_id", "to") if k in attrs]
@@ -85,6 +89,7 @@ class MessageViewSet(TokenApiView, mixins.RetrieveModelMixin, viewsets.GenericVi
         delivery, created = transactional_send(
             template_name=data["template"], channel_name=data.get("channel"), token=request.auth,
             key=data["idempotency_key"], data=data.get("data") or {}, customer=customer, to=data.get("to", ""),
+            locale=data.get("locale", ""),
         )
         return Response({"delivery": DeliveryOut(delivery).data, "replayed": not created},
                         status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK)

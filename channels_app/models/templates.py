@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.db import models
+from django.db.models.functions import Lower
 from simple_history.models import HistoricalRecords
 
 from channels_app.choices import ChannelKind
@@ -28,17 +29,23 @@ class MessageTemplate(models.Model):
 
 
 class TemplateVariant(models.Model):
-    """The same message in another locale (`fr`, `pt-BR`); empty fields fall back to the template."""
+    """The same message in another locale (`fr`, `pt-BR`); empty fields fall back to the template.
+
+    `locale` is a BCP 47 language tag in its canonical form (checked and written so at save,
+    `variant_locale_clean`); one variant per tag whatever its case, as customers' locales are
+    matched ignoring case (`template_variant`)."""
 
     template = models.ForeignKey(MessageTemplate, on_delete=models.CASCADE, related_name="variants")
-    locale = models.CharField(max_length=16)
+    locale = models.CharField(max_length=16, help_text="language tag, e.g. fr, pt-BR, zh-Hant-TW")
     subject = models.CharField(max_length=255, blank=True)
     body = models.TextField(blank=True)
     html_body = models.TextField(blank=True)
     history = HistoricalRecords()
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["template", "locale"], name="template_variant_locale_unique")]
+        constraints = [models.UniqueConstraint(
+            "template", Lower("locale"), name="template_variant_locale_ci_unique",
+            violation_error_message="there is a variant for this language tag already (whatever its case)")]
 
     def __str__(self) -> str:
         return f"{self.template.name} [{self.locale}]"

@@ -16,8 +16,10 @@ from django.utils import timezone
 
 from channels_app.choices import ChannelKind
 from channels_app.models import MessageTemplate
+from channels_app.services.locales import locale_clean
 from channels_app.services.sending import message_context
-from channels_app.services.templates import TemplateRenderError, template_render
+from channels_app.services.templates import ROOTS, TemplateRenderError, template_render
+from journeys.errors import JourneyError
 from journeys.models import Customer, Event
 from journeys.selectors import customer_find, user_can_view_customers
 
@@ -38,9 +40,13 @@ def template_preview(*, user: Any, template: MessageTemplate | str, customer_ref
     `event_name` picks the customer's latest such event (never another customer's).
 
     Returns {"ok": True, "template", "customer", "subject", "body", "html", "locale", "missing",
-    "errors"} or {"ok": False, "field", "error"} with "status": 403 for a refusal."""
+    "errors", "unknown" (the missing ones under a root no data has: `trait.x`)} or {"ok": False, "field", "error"} with "status": 403 for a refusal."""
     if not template_may_preview(user=user):
         return {"ok": False, "status": 403, "field": "template", "error": "you may not preview templates"}
+    try:
+        locale = locale_clean(locale)
+    except JourneyError as exc:
+        return {"ok": False, "field": "locale", "error": exc.message}
     found = template if isinstance(template, MessageTemplate) else \
         MessageTemplate.objects.filter(name=str(template)).first()
     if found is None:
@@ -68,10 +74,11 @@ def template_preview(*, user: Any, template: MessageTemplate | str, customer_ref
         context = {**context, "profile": dict(SAMPLE_PROFILE), "now": now}
     try:
         rendered = template_render(template=found, context=context, json_body=found.channel_kind == ChannelKind.WEBHOOK,
-                                   locale=locale.strip() or (customer.locale if customer else ""))
+                                   locale=locale or (customer.locale if customer else ""))
     except TemplateRenderError as exc:
         return {"ok": False, "field": "template", "error": f"the template cannot be rendered: {exc}"}
     return {"ok": True, "template": found.name,
             "customer": (customer.external_id or f"#{customer.pk}") if customer else "sample",
             "subject": rendered.subject, "body": rendered.body, "html": rendered.html_body,
-            "locale": rendered.locale or "default", "missing": rendered.missing, "errors": rendered.errors}
+            "locale": rendered.locale or "default", "missing": rendered.missing, "errors": rendered.errors,
+            "unknown": [name for name in rendered.missing if name.split(".")[0] not in ROOTS]}

@@ -207,15 +207,17 @@ def message_metadata(delivery: Delivery) -> dict:
     return {"customer": delivery.customer.external_id, "run_id": delivery.run_id, "step": delivery.step_key}
 
 
-def _render_into(delivery: Delivery, *, template: MessageTemplate, data: dict, customer, notes: dict | None) -> None:
+def _render_into(delivery: Delivery, *, template: MessageTemplate, data: dict, customer, notes: dict | None,
+                 locale: str | None = None) -> None:
     """Content of a delivery that has its primary key (links carry it); a template that fails
-    to render fails the delivery (recorded), not the caller."""
+    to render fails the delivery (recorded), not the caller. `locale` (the messages API's)
+    picks the variant instead of the customer's locale."""
     _address_into(delivery)
     if delivery.status == DeliveryStatus.FAILED:
         return
     links = _links(delivery) if _uses_links(template) else {}
     try:
-        rendered = template_render(template=template, context={**data, "links": links}, locale=customer.locale or "",
+        rendered = template_render(template=template, context={**data, "links": links}, locale=customer.locale or "" if locale is None else locale,
                                    json_body=delivery.channel.kind == ChannelKind.WEBHOOK)
     except Exception as exc:  # a template saved around the admin's check, or a filter that raised
         delivery.status, delivery.reason = DeliveryStatus.FAILED, Reason.TEMPLATE_ERROR
@@ -339,7 +341,7 @@ def message_send(*, customer, template: MessageTemplate, channel: Channel, idemp
 def message_record(*, customer, template: MessageTemplate, channel: Channel, idempotency_key: str, context: dict,
                    run_id=None, step_key: str = "", policy_options: dict | None = None,
                    now: datetime | None = None, send_at: datetime | None = None, notes: dict | None = None,
-                   choice_reason: str = "") -> tuple[Delivery, bool]:
+                   choice_reason: str = "", locale: str | None = None) -> tuple[Delivery, bool]:
     """Record a message once per idempotency key; it is sent after commit. Returns the delivery and
     whether this call stored it: False when the key was there already, or when a concurrent call
     with the same key stored it first (the unique key decided; what it stored is returned).
@@ -347,7 +349,8 @@ def message_record(*, customer, template: MessageTemplate, channel: Channel, ide
     Holdout, consent and reachability are decided here (a refused message is stored as
     suppressed with its reason); quiet hours, caps, pauses and breakers at send time.
     `send_at` (later than now) holds the message until then (reason `send_time`);
-    `notes` and `choice_reason` record why a best-channel step chose this channel.
+    `notes` and `choice_reason` record why a best-channel step chose this channel; `locale`
+    (a language tag) chooses the template's variant instead of the customer's locale.
     (The engine's send_message step uses `SendBatch.message`, the same decisions for a
     whole batch of events.)
     """
@@ -366,7 +369,7 @@ def message_record(*, customer, template: MessageTemplate, channel: Channel, ide
             delivery.save(force_insert=True)
     except IntegrityError:
         return Delivery.objects.get(idempotency_key=idempotency_key), False
-    _render_into(delivery, template=template, data=data, customer=customer, notes=notes)
+    _render_into(delivery, template=template, data=data, customer=customer, notes=notes, locale=locale)
     delivery.save()
     if delivery.status == DeliveryStatus.QUEUED:
         _enqueue(delivery)

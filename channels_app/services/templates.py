@@ -8,6 +8,7 @@ reported.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import json
@@ -22,11 +23,15 @@ from django.template import (
     Context, Engine, Library, Node, NodeList, Template, TemplateSyntaxError, Variable, VariableDoesNotExist,
 )
 from django.template import defaultfilters, defaulttags
-from django.template.base import Lexer, Parser, TextNode, VariableNode
+from django.template.base import FilterExpression, Lexer, Parser, TextNode, VariableNode
+from django.template.defaulttags import FilterNode
+from django.template.smartif import TokenBase
 from django.utils.html import conditional_escape
 from django.utils import timezone
 
 from channels_app.models import ContentBlock, MessageTemplate, TemplateVariant
+from channels_app.services.locales import LOCALE_HELP, locale_clean, locale_fallbacks, locale_key
+from journeys.errors import JourneyError
 
 # Tags that read outside the given context (debug dumps sys.modules, load/include/url reach
 # the project) are left out; everything else of the default language is available.
@@ -259,6 +264,8 @@ class _SandboxTemplate(Template):
 
 
 ROOTS = ("profile", "traits", "event", "journey", "scores", "links")
+# names every render has besides the data: {{ now }}, a loop's {{ forloop }}, Django's True/False/None
+BUILTIN_NAMES = frozenset({"now", "forloop", "True", "False", "None", "block"})
 _BLOCK_REF = re.compile(r"""{%\s*content_block\s+["']([\w-]+)["']\s*%}""")
 
 
@@ -411,7 +418,7 @@ def _render_plain(parts: tuple, context: dict, autoescape: bool) -> tuple[str, l
         if value is None:
             return None
         if value is _MISSING:
-            if lookups[0] in ROOTS:
+            if lookups[0] not in BUILTIN_NAMES:  # a root nothing gives (trait.x) is missing too
                 missing.append(name)
             continue
         out.append(conditional_escape(value) if autoescape else str(value))
@@ -483,26 +490,61 @@ class Rendered:
 
 
 def template_variant(*, template: MessageTemplate, locale: str) -> TemplateVariant | None:
-    """Exact locale first (pt-BR), then its language (pt)."""
-    if not locale:
+    """The variant a customer whose locale is `locale` gets: the variant tagged with the whole tag,
+    then with the tag less its last subtag, and so on (`zh-Hant-TW`, `zh-Hant`, `zh`; `pt_BR` is
+    `pt-BR`, then `pt`), tags compared as BCP 47 compares them (`locales.locale_fallbacks`); None
+    (the template itself) when none is tagged so or the locale is no language tag."""
+    wanted = locale_fallbacks(locale or "")
+    if not wanted:
         return None
-    wanted = [locale, locale.replace("_", "-").split("-")[0]]
-    variants = {v.locale.lower(): v for v in template.variants.all()}
+    variants = {}
+    for variant in sorted(template.variants.all(), key=lambda v: v.pk or 0):
+        variants[locale_key(variant.locale)] = variant  # the latest of two saved before case was compared
     for candidate in wanted:
-        if candidate.lower() in variants:
-            return variants[candidate.lower()]
+        if candidate in variants:
+            return variants[candidate]
     return None
 
 
+def variant_locale_clean(*, locale: str) -> str:
+    """A variant's language tag as saved: canonical (`pt_BR` -> `pt-BR`, `FR` -> `fr`). Raises
+    JourneyError(field "locale") saying what to write for one that is no language tag."""
+    tag = locale_clean(locale)
+    if not tag:
+        raise JourneyError(f"give the variant's language: {LOCALE_HELP}", field="locale")
+    if len(tag) > TemplateVariant._meta.get_field("locale").max_length:
+        raise JourneyError(f"{tag!r} is too long for a variant's language tag; write the language and region only "
+                           "(e.g. pt-BR)", field="locale")
+    return tag
+
+
+def variant_locale_duplicates(*, locales: list[str]) -> list[str]:
+    """For the language tags of one template's variants, in order, why each cannot be saved
+    beside the ones before it ("" when it can): tags compare ignoring case, as customers' locales
+    are matched, so `fr-ca` after `fr-CA` would be a second variant for the same customers."""
+    seen: dict[str, int] = {}
+    problems = []
+    for i, locale in enumerate(locales):
+        first = locales[seen.setdefault(locale_key(locale), i)]
+        problems.append("" if seen[locale_key(locale)] == i else
+                        f"there is a variant for {first!r} already (language tags are the same whatever their case); "
+                        f"edit that one, or write another tag here")
+    return problems
+
+
 def _missing(template, context: Context) -> list[str]:
-    """Variables under a known root (profile.x, event.y) that did not resolve and have no |default."""
+    """Variables that did not resolve and have no |default: under a root the data has (profile.x,
+    event.y), or under a root nothing gives (trait.x, a misspelt root); not those of a name the
+    template binds itself (a loop variable, {% with %}), which are not there after the render."""
     missing = []
+    bound = template_scope(template)[0]
     for node in template.nodelist.get_nodes_by_type(VariableNode):
         expr = node.filter_expression
         var = expr.var
         if not isinstance(var, Variable) or var.literal is not None or var.lookups is None:
             continue
-        if var.lookups[0] not in ROOTS or any(f[0].__name__ in ("default", "default_if_none") for f in expr.filters):
+        if var.lookups[0] in bound or var.lookups[0] in BUILTIN_NAMES or \
+                any(f[0].__name__ in ("default", "default_if_none") for f in expr.filters):
             continue
         try:
             with context.bind_template(template):
@@ -510,6 +552,100 @@ def _missing(template, context: Context) -> list[str]:
         except VariableDoesNotExist:
             missing.append(var.var)
     return missing
+
+
+def _expressions(value, depth: int = 0):
+    """The filter expressions in a node's attribute: a value, a list or dict of them, an {% if %}
+    condition's operands (not in nested nodes: each node is read for itself)."""
+    if depth > MAX_TAG_DEPTH or value is None or isinstance(value, (str, Node)):
+        return
+    if isinstance(value, FilterExpression):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _expressions(item, depth + 1)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _expressions(item, depth + 1)
+    elif isinstance(value, TokenBase):
+        for name in ("first", "second", "value"):
+            yield from _expressions(getattr(value, name, None), depth + 1)
+
+
+def template_scope(template) -> tuple[frozenset[str], tuple[str, ...]]:
+    """(the names a compiled template binds itself: loop variables, {% with %} names, `as` targets;
+    the variables it reads, in order, whose root is none of those, no root of the data (ROOTS) and
+    no built-in name: they can never have a value). Kept on the (cached) template."""
+    found = getattr(template, "_scope", None)
+    if found is not None:
+        return found
+    bound, read = set(), []
+    for node in template.nodelist.get_nodes_by_type(Node):
+        bound.update(getattr(node, "loopvars", None) or ())
+        if isinstance(getattr(node, "extra_context", None), dict):
+            bound.update(node.extra_context)
+        for name in ("asvar", "variable_name", "var_name"):
+            if isinstance(getattr(node, name, None), str):
+                bound.add(getattr(node, name))
+        for attr, value in vars(node).items():
+            if attr in ("token", "origin") or attr in node.child_nodelists:
+                continue
+            for expr in _expressions(value):
+                variables = [arg for func, args in expr.filters for lookup, arg in args if lookup]
+                if not isinstance(node, FilterNode):  # {% filter lower %} reads a `var` of its own
+                    variables.insert(0, expr.var)
+                read.extend(v.var for v in variables if isinstance(v, Variable) and v.lookups)
+    unknown = tuple(dict.fromkeys(
+        name for name in read if name.split(".")[0] not in bound | set(ROOTS) | BUILTIN_NAMES))
+    template._scope = (frozenset(bound), unknown)
+    return template._scope
+
+
+def template_unknown_names(*, text: str) -> list[str]:
+    """Variables of a template text that no message's data can have (`trait.first_name`, where the
+    roots are profile, traits, event, journey, scores, links and now, or names the template binds
+    itself): they always render empty. Shown as a warning when the template is saved; a variable
+    under a known root that a customer may lack is fine (optional). None if it does not parse."""
+    try:
+        return list(template_scope(_compiled(text))[1])
+    except TemplateSyntaxError:
+        return []
+
+
+def template_unknown_warning(*, text: str) -> str:
+    """A warning naming the variables of `text` that can never have a value, with the root that
+    was probably meant; "" when there are none."""
+    names = template_unknown_names(text=text)
+    if not names:
+        return ""
+    hints = []
+    for name in names:
+        root = name.split(".")[0]
+        close = difflib.get_close_matches(root, (*ROOTS, "now"), n=1)
+        hints.append(f"{name}" + (f" (did you mean {close[0]}{name[len(root):]}?)" if close else ""))
+    return (f"{', '.join(hints)}: no message has such a value, so it renders empty; the data's roots are "
+            f"{', '.join(ROOTS)} and now")
+
+
+def content_blocks_missing(*, text: str) -> list[str]:
+    """The content blocks a template text includes that do not exist (a typo in a block's name
+    would send the message with that part empty); none if the text does not parse."""
+    names = content_block_names(text)
+    if not names:
+        return []
+    known = set(ContentBlock.objects.filter(name__in=names).values_list("name", flat=True))
+    return sorted(names - known)
+
+
+def content_block_missing_error(*, text: str) -> str:
+    """Why a template's `text` cannot be saved because of a content block it names that does not
+    exist (and the nearest existing name), else ""."""
+    missing = content_blocks_missing(text=text)
+    if not missing:
+        return ""
+    close = difflib.get_close_matches(missing[0], ContentBlock.objects.values_list("name", flat=True), n=1)
+    return (f"content block {missing[0]!r} does not exist" + (f" (did you mean {close[0]!r}?)" if close else "")
+            + "; create it under Content blocks or fix the name")
 
 
 def _block_renderer(blocks: dict[str, ContentBlock], data: dict, result: Rendered):

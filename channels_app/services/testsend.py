@@ -24,6 +24,7 @@ from channels_app.choices import ChannelKind, Reason
 from channels_app.models import Channel, MessageTemplate
 from channels_app.providers import OutgoingMessage, ProviderError, get_provider
 from channels_app.services.consent import consent_refusal
+from channels_app.services.locales import locale_clean
 from channels_app.services.preview import PREVIEW_LINKS, SAMPLE_PROFILE
 from channels_app.services.sending import ADDRESS_FIELDS
 from channels_app.services.templates import TemplateRenderError, template_render
@@ -46,6 +47,7 @@ class SendTestResult:
     provider_message_id: str = ""
     error: str = ""
     missing: list[str] = field(default_factory=list)  # template variables the sample data has no value for
+    locale: str = ""  # the variant sent ("" : the template itself)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -83,14 +85,17 @@ def _owner_refusal(channel: Channel, template: MessageTemplate, address: str) ->
     return Reason(refusal).label.lower() if refusal else ""
 
 
-def message_test_send(*, channel: Channel, template: MessageTemplate, to: str,
+def message_test_send(*, channel: Channel, template: MessageTemplate, to: str, locale: str = "",
                       now: datetime | None = None) -> SendTestResult:
     """Render `template` with the sample profile (its address field set to `to`) and hand it to
-    `channel`'s provider once. Raises ValidationError / JourneyError (field "to") for what the
+    `channel`'s provider once. `locale` (a language tag) chooses the variant as a customer's locale
+    does (`fr_CA` gets fr-CA, else fr), so that a test shows what those customers get; the sample
+    profile's locale is it too. Without one, the template itself. Raises ValidationError / JourneyError (field "to") for what the
     person can fix (a disabled channel, an address the channel cannot take, a template that cannot
     be rendered, an address whose owner opted out); a provider's refusal or failure is returned
     (`sent` False, `error`), as it would be recorded for a delivery."""
     now = now or timezone.now()
+    locale = locale_clean(locale)
     if not channel.enabled:
         raise ValidationError(f"channel {channel.name!r} is disabled: the step's messages go to its fallback; "
                               "test that step once the channel is enabled")
@@ -99,10 +104,12 @@ def message_test_send(*, channel: Channel, template: MessageTemplate, to: str,
         raise JourneyError(f"{address} belongs to a customer who may not get this message ({refusal}); send the test "
                            "to your own address", field="to")
     field_name = (channel.settings or {}).get("address_field") or ADDRESS_FIELDS.get(channel.kind, "user_id")
-    context = {"profile": {**SAMPLE_PROFILE, field_name: address}, "traits": {}, "scores": {},
+    profile = {**SAMPLE_PROFILE, **({"locale": locale} if locale else {}), field_name: address}
+    context = {"profile": profile, "traits": {}, "scores": {},
                "event": {"name": "Sample Event", "properties": {}}, "journey": {}, "links": PREVIEW_LINKS, "now": now}
     try:
-        rendered = template_render(template=template, context=context, json_body=channel.kind == ChannelKind.WEBHOOK)
+        rendered = template_render(template=template, context=context, locale=locale,
+                                   json_body=channel.kind == ChannelKind.WEBHOOK)
     except TemplateRenderError as exc:
         raise ValidationError(f"template {template.name!r} cannot be rendered: {exc}") from None
     subject, body = rendered.subject, rendered.body
@@ -111,7 +118,7 @@ def message_test_send(*, channel: Channel, template: MessageTemplate, to: str,
     else:
         body = TEST_PREFIX + body
     result = SendTestResult(channel=channel.name, template=template.name, to=address, subject=subject, sent=False,
-                      missing=list(rendered.missing))
+                            missing=list(rendered.missing), locale=rendered.locale)
     message = OutgoingMessage(delivery_id=0, idempotency_key=f"test:{uuid.uuid4().hex}", kind=channel.kind,
                               to=address, subject=subject, body=body, html_body=rendered.html_body,
                               metadata={"test": True, "template": template.name})

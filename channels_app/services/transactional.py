@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from channels_app.choices import ChannelKind, Reason
 from channels_app.models import Channel, Delivery, MessageTemplate
+from channels_app.services.locales import locale_clean
 from channels_app.services.sending import message_record
 from journeys.choices import IdentityKind
 from journeys.engine.runtime import profile_dict
@@ -102,12 +103,17 @@ def _address_customer(channel: Channel, to: str, now: datetime) -> tuple[Custome
 
 
 def transactional_send(*, template_name: str, token: ApiToken, key: str, data: dict, customer: Customer | None = None,
-                       to: str = "", channel_name: str | None = None,
+                       to: str = "", channel_name: str | None = None, locale: str = "",
                        now: datetime | None = None) -> tuple[Delivery, bool]:
     """Record the message (sent after commit by the dispatcher); returns (delivery, created).
-    A replay of the key returns the first delivery; the same key for another message is refused."""
+    A replay of the key returns the first delivery; the same key for another message is refused.
+    `locale` (a language tag, `pt-BR` or `pt_BR`) picks the template's variant instead of the
+    customer's locale; one that is no language tag is refused (JourneyError, field "locale")."""
+    locale = locale_clean(locale)
     request = {"template": template_name, "channel": channel_name, "data": data,
                "customer": customer.pk if customer else None, "to": to}
+    if locale:  # (a request without one keeps the fingerprint it always had: replays of older keys)
+        request["locale"] = locale
     stored, *older = idempotency_key_forms(f"api:{key}")
     existing = Delivery.objects.filter(idempotency_key__in=[stored, *older]).order_by("pk").first()
     if existing is not None:
@@ -122,7 +128,8 @@ def transactional_send(*, template_name: str, token: ApiToken, key: str, data: d
             context["profile"] = {**profile_dict(customer, now), ADDRESS_FIELDS[channel.kind]: address}
         stamp = {"api_token": token.name, "api_request": request_fingerprint(request)}
         delivery, created = message_record(customer=customer, template=template, channel=channel,
-                                           idempotency_key=stored, context=context, now=now, notes=stamp)
+                                           idempotency_key=stored, context=context, now=now, notes=stamp,
+                                           locale=locale or None)
         if created and delivery.reason == Reason.TEMPLATE_ERROR:  # the caller can fix it: refused, nothing kept
             unfilled = [m.split(".", 1)[1] for m in (delivery.notes or {}).get("missing", [])
                         if m.startswith("journey.")]

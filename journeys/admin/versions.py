@@ -209,6 +209,9 @@ class TestSendForm(forms.Form):
     step = forms.ChoiceField(help_text="the message step whose message is sent")
     to = forms.CharField(max_length=320, label="Send to",
                          help_text="your email address or phone number (as the step's channel takes it)")
+    locale = forms.CharField(max_length=35, required=False, label="As sent to locale",
+                             help_text="the message customers with this locale get, e.g. fr, pt-BR, ar (their "
+                                       "language variant); empty: the template itself")
 
     def __init__(self, *args, steps=(), **kwargs):
         super().__init__(*args, **kwargs)
@@ -484,11 +487,12 @@ class WorkflowVersionAdmin(RefusedActionMixin, ScopedAdminMixin, HistoryReasonMi
         if request.method == "POST" and form.is_valid():
             try:
                 result = step_test_send(version=version, step_key=form.cleaned_data["step"],
-                                        to=form.cleaned_data["to"], actor=request.user)
+                                        to=form.cleaned_data["to"], locale=form.cleaned_data["locale"],
+                                        actor=request.user)
             except PermissionDenied as exc:  # (a JourneyError too: first)
                 raise DjangoPermissionDenied(str(exc)) from None
             except JourneyError as exc:
-                form.add_error("to" if exc.field == "to" else None, exc.message)
+                form.add_error(exc.field if exc.field in ("to", "locale") else None, exc.message)
             except ValidationError as exc:
                 to_only = getattr(exc, "error_dict", {}).keys() == {"to"}
                 form.add_error("to" if to_only else None, "; ".join(exc.message_dict["to"]) if to_only
@@ -497,7 +501,8 @@ class WorkflowVersionAdmin(RefusedActionMixin, ScopedAdminMixin, HistoryReasonMi
                 where = f"{result['to']} through {result['channel']}"
                 if result["sent"]:
                     missing = f"; no sample value for {', '.join(result['missing'])}" if result["missing"] else ""
-                    messages.success(request, f"Test sent to {where}: “{result['subject']}”{missing}.")
+                    variant = f" in the {result['locale']} variant" if result.get("locale") else ""
+                    messages.success(request, f"Test sent to {where}{variant}: “{result['subject']}”{missing}.")
                 else:
                     messages.error(request, f"The test to {where} was not sent: {result['error']}")
                 return HttpResponseRedirect(request.path)

@@ -80,9 +80,10 @@ class StepKind:
     def execute(self, ctx: StepContext) -> StepResult:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def test_send(self, *, config: dict, to: str, now: datetime) -> dict:  # pragma: no cover - abstract
+    def test_send(self, *, config: dict, to: str, now: datetime, locale: str = "") -> dict:  # pragma: no cover
         """Send a step's message once to `to` (typed by a person), outside any run, and say what
-        happened: {"sent", "channel", "to", "subject", "error", ...}. Raise ValidationError (or
+        happened: {"sent", "channel", "to", "subject", "error", "locale", ...}; `locale` (a language
+        tag) is the customers' locale whose message is shown. Raise ValidationError (or
         JourneyError) for what the person can fix. Only kinds with `sends_tests`."""
         raise NotImplementedError
 

@@ -28,10 +28,11 @@ def version_message_steps(*, version: WorkflowVersion) -> list[Step]:
     return list(version.steps.filter(kind__in=kinds).order_by("key"))
 
 
-def step_test_send(*, version: WorkflowVersion, step_key: str, to: str, actor: Any,
+def step_test_send(*, version: WorkflowVersion, step_key: str, to: str, actor: Any, locale: str = "",
                    now: datetime | None = None) -> dict:
     """Send the message of step `step_key` once to `to`, as a test; returns what the step's kind
-    said ({"sent", "channel", "to", "subject", "error", "missing", ...}). Refused (PermissionDenied)
+    said ({"sent", "channel", "to", "subject", "error", "missing", "locale", ...}). `locale`: the
+    message customers with that locale get (its template's variant), else the template itself. Refused (PermissionDenied)
     to people who may not edit the workflow; a ValidationError says what to fix. Every attempt that
     reached the provider is in the audit log (`test_sent`), with where it went and the answer."""
     require(actor, EDIT, version.workflow)
@@ -39,11 +40,11 @@ def step_test_send(*, version: WorkflowVersion, step_key: str, to: str, actor: A
     kind = STEP_KINDS.get(step.kind) if step is not None else None
     if kind is None or not kind.sends_tests:
         raise ValidationError({"step": f"v{version.number} has no message step {step_key!r} to test"})
-    result = kind.test_send(config=step.config or {}, to=to, now=now or timezone.now())
+    result = kind.test_send(config=step.config or {}, to=to, now=now or timezone.now(), locale=locale)
     with transaction.atomic():
         audit_record(action="test_sent", actor=actor, version=version,
                      reason=f"test of {step.key} to {result['to']}: "
                             + ("sent" if result["sent"] else f"not sent ({result['error']})"),
                      data={"step": step.key, **{k: result.get(k) for k in (
-                         "channel", "template", "to", "subject", "sent", "error", "provider_message_id")}})
+                         "channel", "template", "to", "subject", "sent", "error", "provider_message_id", "locale")}})
     return result

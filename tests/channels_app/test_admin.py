@@ -197,3 +197,108 @@ def test_a_delivery_shows_its_send_time_on_the_customers_clock_and_the_admin_say
 
     assert "2026-12-08 08:00 Asia/Tokyo" in page  # the quiet-hours release at 08:00 there, not 11 p.m.
     assert "Times are shown in UTC." in page
+
+
+def template_form(variants=(), **fields):
+    """The template add/change form as the admin posts it, with inline variants (locale, subject)."""
+    data = {"name": "promo", "subject": "Hello", "body": "Hello", "change_reason": "test",
+            "variants-TOTAL_FORMS": len(variants), "variants-INITIAL_FORMS": 0, **fields}
+    for i, (locale, subject) in enumerate(variants):
+        data.update({f"variants-{i}-locale": locale, f"variants-{i}-subject": subject})
+    return data
+
+
+def test_a_variants_locale_is_saved_as_a_canonical_language_tag(admin_client):
+    # when variants are typed as pt_BR, FR and zh_hant_tw
+    response = admin_client.post("/admin/channels_app/messagetemplate/add/", template_form(
+        [("pt_BR", "Olá"), ("FR", "Bonjour"), ("zh_hant_tw", "您好")]))
+
+    # then they are saved as the tags customers' locales are matched with
+    assert response.status_code == 302
+    saved = MessageTemplate.objects.get(name="promo").variants.order_by("pk")
+    assert [v.locale for v in saved] == ["pt-BR", "fr", "zh-Hant-TW"]
+
+
+@pytest.mark.parametrize("locale", ["zz zz!!", "fr-", "pt__BR", "français", "12"])
+def test_a_variant_whose_locale_is_no_language_tag_is_refused_saying_what_to_write(admin_client, locale):
+    response = admin_client.post("/admin/channels_app/messagetemplate/add/", template_form([(locale, "Hi")]))
+
+    assert response.status_code == 200
+    errors = response.context["inline_admin_formsets"][0].formset.forms[0].errors
+    assert "is not a language tag" in errors["locale"][0] and "e.g. fr, pt-BR" in errors["locale"][0]
+    assert not MessageTemplate.objects.filter(name="promo").exists()
+
+
+def test_a_second_variant_with_the_same_tag_in_another_case_is_refused(admin_client):
+    # when fr-CA and fr-ca are posted together
+    response = admin_client.post("/admin/channels_app/messagetemplate/add/", template_form(
+        [("fr-CA", "Allo"), ("fr-ca", "Bonjour")]))
+
+    # then the second one's locale field says there is one already, and nothing is saved
+    forms = response.context["inline_admin_formsets"][0].formset.forms
+    assert not forms[0].errors
+    assert "there is a variant for 'fr-CA' already" in forms[1].errors["locale"][0]
+    assert not MessageTemplate.objects.filter(name="promo").exists()
+
+    # and the database refuses it too, whatever writes it
+    from django.db import IntegrityError, transaction
+    template = TemplateFactory()
+    template.variants.create(locale="fr-CA")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        template.variants.create(locale="fr-ca")
+
+
+def test_a_template_naming_a_content_block_that_does_not_exist_is_refused_at_save(admin_client):
+    from channels_app.models import ContentBlock
+
+    ContentBlock.objects.create(name="spring-offer", variants=[{"rule": "", "body": "10% off"}])
+
+    # when the body names a block with a typo, and a variant's HTML another missing one
+    response = admin_client.post("/admin/channels_app/messagetemplate/add/", template_form(
+        [("fr", "Salut")], body='Your offer: {% content_block "spring-offre" %}',
+        **{"variants-0-html_body": "<p>{% content_block 'nope' %}</p>"}))
+
+    # then the body field names the block and the one meant; the variant's HTML field names its block
+    assert response.status_code == 200
+    body_error = response.context["adminform"].form.errors["body"][0]
+    assert "content block 'spring-offre' does not exist (did you mean 'spring-offer'?)" in body_error
+    variant_errors = response.context["inline_admin_formsets"][0].formset.forms[0].errors
+    assert "content block 'nope' does not exist" in variant_errors["html_body"][0]
+    assert not MessageTemplate.objects.filter(name="promo").exists()
+
+    # and with the right name it saves
+    fixed = admin_client.post("/admin/channels_app/messagetemplate/add/", template_form(
+        body='Your offer: {% content_block "spring-offer" %}'))
+    assert fixed.status_code == 302
+
+
+def test_a_variable_no_data_can_have_is_a_warning_at_save_and_in_the_preview(admin_client):
+    # when a template reads trait.first_name (the root is traits), next to a loop variable and an optional trait
+    response = admin_client.post("/admin/channels_app/messagetemplate/add/", template_form(
+        body="Hi {{ trait.first_name }} {{ profile.nickname }} "
+             "{% for item in event.properties.items %}{{ item.name }}{% endfor %}"), follow=True)
+
+    # then it is saved, with a warning naming it and the root meant (not the optional or the loop variable)
+    assert MessageTemplate.objects.filter(name="promo").exists()
+    warnings = [str(m) for m in response.context["messages"] if m.level_tag == "warning"]
+    assert len(warnings) == 1 and "trait.first_name (did you mean traits.first_name?)" in warnings[0]
+    assert "profile.nickname" not in warnings[0] and "item.name" not in warnings[0]
+
+    # and the preview lists it as unknown, and as missing
+    template = MessageTemplate.objects.get(name="promo")
+    preview = admin_client.post(f"/admin/channels_app/messagetemplate/{template.pk}/preview/", {"customer": ""})
+    assert preview.context["rendered"]["unknown"] == ["trait.first_name"]
+    assert "trait.first_name" in preview.context["rendered"]["missing"]
+    assert "Unknown names" in preview.content.decode()
+
+
+def test_the_preview_shows_the_variant_of_a_locale_typed_as_sdks_send_it(admin_client):
+    template = TemplateFactory(subject="Hello")
+    template.variants.create(locale="pt-BR", subject="Olá")
+    url = f"/admin/channels_app/messagetemplate/{template.pk}/preview/"
+
+    shown = admin_client.post(url, {"locale": "pt_br"})
+    refused = admin_client.post(url, {"locale": "zz zz!!"})
+
+    assert (shown.context["rendered"]["subject"], shown.context["rendered"]["locale"]) == ("Olá", "pt-BR")
+    assert "is not a language tag" in refused.context["form"].errors["locale"][0]

@@ -227,3 +227,41 @@ def test_a_key_stored_as_sent_by_an_older_release_is_replayed_and_digested_by_th
     old.refresh_from_db()
     assert old.idempotency_key.startswith("api:#") and "ada" not in old.idempotency_key and old.notes == {}
     assert smtp.messages == [] and Delivery.objects.count() == 1
+
+
+def test_a_message_can_choose_its_locale_overriding_the_customers(api, receipt, smtp, on_commit):
+    # given a receipt with fr and pt-BR variants, and a customer whose stored locale is de
+    receipt.variants.create(locale="fr", subject="Commande {{ journey.order_id }}")
+    receipt.variants.create(locale="pt-BR", subject="Pedido {{ journey.order_id }}")
+    CustomerFactory(external_id="ada", email="ada@example.com", locale="de")
+
+    # when the API sends it with locale fr, and to a raw address with pt_BR (as Java spells it)
+    first = send(api, on_commit, user_id="ada", data={"order_id": "1"}, locale="fr")
+    second = send(api, on_commit, to="new@example.com", data={"order_id": "2"}, locale="pt_BR", idempotency_key="k2")
+
+    # then each is in the variant asked for
+    assert (first.status_code, second.status_code) == (202, 202)
+    assert [m["Subject"] for m in smtp.messages] == ["Commande 1", "Pedido 2"]
+    assert list(Delivery.objects.order_by("pk").values_list("locale", flat=True)) == ["fr", "pt-BR"]
+    # and a replay of the key with the same locale is the same message, with another locale it is refused
+    assert send(api, on_commit, user_id="ada", data={"order_id": "1"}, locale="fr").status_code == 200
+    assert send(api, on_commit, user_id="ada", data={"order_id": "1"}, locale="de").body["field"] == "idempotency_key"
+
+
+@pytest.mark.parametrize("locale", ["zz zz!!", "fr-", "x" * 40])
+def test_a_locale_that_is_no_language_tag_is_refused_naming_it(api, receipt, smtp, on_commit, locale):
+    CustomerFactory(external_id="ada", email="ada@example.com")
+
+    response = send(api, on_commit, user_id="ada", data={"order_id": "1"}, locale=locale)
+
+    assert response.status_code == 422 and response.body["field"] == "locale", response.body
+    assert "language tag" in response.body["message"]
+    assert not Delivery.objects.exists() and smtp.messages == []
+
+
+def test_the_api_document_describes_the_messages_locale(client):
+    document = client.get("/v1/openapi.json").json()
+    body = document["paths"]["/api/v1/messages/"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    schema = document["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
+    assert "locale" in schema["properties"] and "locale" not in schema.get("required", [])
+    assert "pt-BR" in schema["properties"]["locale"]["description"]

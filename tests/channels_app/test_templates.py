@@ -134,3 +134,66 @@ def test_a_template_that_cannot_render_fails_the_delivery_not_the_journey(on_com
                                 idempotency_key="k", context={})
     assert (delivery.status, delivery.reason) == ("failed", "template_error")
     assert "ZeroDivisionError" in delivery.error
+
+
+@pytest.mark.parametrize(("locale", "chosen"), [
+    ("pt_BR", "pt-BR"), ("pt_br", "pt-BR"), ("PT-br", "pt-BR"), ("pt", "pt"),
+    ("FR-ca", "fr-CA"), ("fr_CA", "fr-CA"), ("fr_FR", "fr"), (" fr ", "fr"), ("fr_CA.UTF-8", "fr-CA"),
+    ("zh-Hant-TW", "zh-Hant"), ("zh_hant_hk", "zh-Hant"), ("zh-Hans-CN", "zh"),
+    ("en-US", ""), ("", ""), ("garbage!!", ""), ("zz zz!!", ""), ("pt__BR", ""),
+])
+def test_a_customers_locale_is_matched_as_a_language_tag_then_less_specific_tags(locale, chosen):
+    # given variants pt-BR, pt, fr-CA, fr, zh-Hant and zh
+    template = TemplateFactory(subject="Hello", body="Hello")
+    for tag in ("pt-BR", "pt", "fr-CA", "fr", "zh-Hant", "zh"):
+        TemplateVariant.objects.create(template=template, locale=tag, subject=f"[{tag}]")
+
+    # when a customer's locale is spelled as SDKs send it
+    rendered = template_render(template=template, context={}, locale=locale)
+
+    # then underscore is a hyphen, case does not matter, and the tag loses subtags from the end
+    # until a variant has it (none: the template itself)
+    assert (rendered.locale, rendered.subject) == (chosen, f"[{chosen}]" if chosen else "Hello")
+
+
+def test_a_pt_br_customer_gets_the_pt_br_message_on_a_real_send(on_commit):
+    # given a template with a pt-BR variant and customers whose SDKs wrote pt_BR and pt_br
+    template = TemplateFactory(subject="Hello", body="Hello {{ profile.first_name }}")
+    TemplateVariant.objects.create(template=template, locale="pt-BR", subject="Olá", body="Olá {{ profile.first_name }}")
+    email = ChannelFactory(name="email", kind="email", provider="console")
+    sent = []
+    for i, locale in enumerate(("pt_BR", "pt_br")):
+        customer = CustomerFactory(traits={"first_name": "Ana"}, locale=locale)
+        with on_commit():
+            sent.append(message_send(customer=customer, template=template, channel=email, idempotency_key=f"k{i}",
+                                     context={}))
+
+    # then both messages are the Brazilian ones
+    assert [(d.subject, d.body, d.locale) for d in sent] == [("Olá", "Olá Ana", "pt-BR")] * 2
+
+
+def test_the_migration_makes_saved_locales_canonical_and_parks_duplicates_without_losing_text(capsys):
+    from importlib import import_module
+
+    from django.apps import apps
+
+    # given variants saved before tags were checked: pt_BR beside a later pt-BR with another text,
+    # de_de beside a later de-DE with the same text, FR, and a locale that is no tag
+    template = TemplateFactory()
+    make = lambda locale, subject: TemplateVariant.objects.create(template=template, locale=locale, subject=subject)  # noqa: E731
+    old_pt, new_pt = make("pt_BR", "Oi"), make("pt-BR", "Olá")
+    old_de, new_de = make("de_de", "Hallo"), make("de-DE", "Hallo")
+    french, junk = make("FR", "Bonjour"), make("zz zz!!", "?")
+
+    # when the migration's data step runs
+    import_module("channels_app.migrations.0014_template_variant_locale_tags").forwards(apps, None)
+
+    # then the latest of each tag keeps it, canonical; a different older text is parked under a tag
+    # no customer has, the same older text is deleted; a locale that is no tag is left as it was
+    locales = dict(TemplateVariant.objects.values_list("pk", "locale"))
+    assert locales == {old_pt.pk: f"x-dup-{old_pt.pk}", new_pt.pk: "pt-BR", new_de.pk: "de-DE", french.pk: "fr",
+                       junk.pk: "zz zz!!"}
+    assert old_de.pk not in locales
+    assert template_render(template=template, context={}, locale="pt_BR").subject == "Olá"
+    said = capsys.readouterr().out
+    assert f"renamed x-dup-{old_pt.pk}" in said and "'zz zz!!', which is no language tag" in said

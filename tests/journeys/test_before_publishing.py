@@ -397,3 +397,31 @@ def test_the_audience_of_a_python_segment_is_bounded_by_the_count_time_limit(adm
     page = admin_client.get(url).content.decode()
     said = re.search(r"An audience that could not be counted within 0.5 s \((\d+) of 1,200 checked by then\) now", page)
     assert said and 0 < int(said.group(1)) < 1200, page
+
+
+def test_a_test_send_shows_the_variant_a_locale_gets(client, people, campaign, smtp):
+    # given the campaign's template has fr, fr-CA and ar variants
+    winter = MessageTemplate.objects.get(name="winter")
+    for locale, subject in (("fr", "Soldes d'hiver pour {{ profile.first_name }}"), ("fr-CA", "Soldes d'hiver, allo"),
+                            ("ar", "تخفيضات الشتاء")):
+        winter.variants.create(locale=locale, subject=subject)
+    login(client, people["editor"])
+
+    # when the editor sends tests as customers whose locales are fr_FR, FR-ca and ar-EG get them
+    said = [" ".join(_messages(_test_send(client, campaign, locale=locale))) for locale in ("fr_FR", "FR-ca", "ar-EG")]
+
+    # then each arrives in that variant, the page says which, and the audit log records it
+    assert [m["Subject"] for m in smtp.messages] == [
+        "[Test] Soldes d'hiver pour Sam", "[Test] Soldes d'hiver, allo", "[Test] تخفيضات الشتاء"]
+    assert "in the fr variant" in said[0] and "in the fr-CA variant" in said[1] and "in the ar variant" in said[2]
+    assert [e.data["locale"] for e in AuditEntry.objects.filter(action="test_sent").order_by("pk")] == ["fr", "fr-CA",
+                                                                                                      "ar"]
+
+
+def test_a_test_send_refuses_a_locale_that_is_no_language_tag_on_its_field(client, people, campaign, smtp):
+    login(client, people["editor"])
+
+    response = _test_send(client, campaign, locale="zz zz!!")
+
+    assert "is not a language tag" in response.context["form"].errors["locale"][0]
+    assert smtp.messages == [] and not AuditEntry.objects.filter(action="test_sent").exists()
