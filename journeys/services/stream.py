@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 COLLECTOR_KEY = "journeys.stream"
 FINISHED = (RunStatus.COMPLETED, RunStatus.EXITED, RunStatus.FAILED)
+LAG_BEHIND = timedelta(minutes=5)  # a destination whose oldest waiting event is older reads "behind", not "ok"
 JOURNEY_TYPES = (StreamEventType.JOURNEY_ENTERED, StreamEventType.JOURNEY_STEP_REACHED,
                  StreamEventType.JOURNEY_CONVERTED, StreamEventType.JOURNEY_EXITED)
 
@@ -351,7 +352,11 @@ def _claim(destination_id: int, now: datetime, *, holding: bool = False) -> tupl
     """Lock the destination, pick its open batch (or make one of its oldest settled events) and
     take the send lease; None when there is nothing to send now. `holding`: the caller holds the
     lease already (it waited out its own backoff)."""
-    size = StreamDestination.objects.filter(pk=destination_id).values_list("batch_size", flat=True).first() or 1
+    row = StreamDestination.objects.filter(pk=destination_id).values_list(
+        "batch_size", "lease_until", "next_attempt_at", "paused_at").first()
+    if row is None or row[3] is not None or (row[2] and row[2] > now) or (row[1] and row[1] > now and not holding):
+        return None  # paused, backing off or another task sending: no need to wait for writers
+    size = row[0]
     oldest = list(StreamEvent.objects.filter(destination_id=destination_id, batch__isnull=True).order_by("id")
                   .values_list("id", flat=True)[:size])
     upto = _settled_upto(wanted=oldest[-1]) if oldest else None  # outside the transaction: it may wait
@@ -502,6 +507,19 @@ def stream_deliver_due(*, now: datetime | None = None) -> int:
     for pk in due:
         deliver_later(pk, now=now)
     return len(due)
+
+
+def destination_backlog(*, destination: StreamDestination, now: datetime | None = None) -> tuple[int, timedelta | None]:
+    """(events waiting, age of the oldest: the destination's lag, None when nothing waits): the
+    open batch's events and the pending ones, each read through an index."""
+    now = now or timezone.now()
+    open_batches = StreamBatch.objects.filter(destination=destination, delivered_at__isnull=True)
+    pending = StreamEvent.objects.filter(destination=destination, batch__isnull=True)
+    waiting = pending.count() + sum(open_batches.values_list("events_count", flat=True))
+    first = open_batches.order_by("id").values_list("first_event_id", flat=True).first()
+    oldest = (StreamEvent.objects.filter(pk=first) if first else pending.order_by("id")).values_list(
+        "created_at", flat=True).first()
+    return waiting, (now - oldest if oldest else None)
 
 
 def stream_purge(*, now: datetime | None = None) -> int:

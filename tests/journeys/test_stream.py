@@ -407,3 +407,25 @@ def test_events_go_out_in_id_order_when_a_transaction_with_lower_ids_commits_lat
     ids = [int(e["id"].removeprefix("evt_")) for e in events]
     assert ids == sorted(ids) and len(ids) == 6
     assert [e["data"]["delivery_id"] for e in events] == [0, 1, 2, 3, 4, 5]
+
+
+def test_the_destination_list_shows_the_lag_and_a_backlog_is_not_ok(destination, vendor, admin_client):
+    """A destination whose oldest waiting event is old reads "behind by ...", with its age, even
+    when its last request succeeded (a flaky one resets its failure count on every success)."""
+    from django.urls import reverse
+
+    # given a destination with 3 events waiting, the oldest recorded 2 hours ago
+    dest, _ = destination(name="flaky")
+    stream_emit(items=items(3))
+    StreamEvent.objects.filter(destination=dest).update(created_at=timezone.now() - timedelta(hours=2))
+    destination(name="caught-up")
+
+    # when ops open the destination list
+    page = admin_client.get(reverse("admin:journeys_streamdestination_changelist")).content.decode()
+
+    # then the backlog's age shows, and the state says it is behind, not ok
+    row = page[page.index(">flaky<"):]
+    row = row[:row.index("</tr>")]
+    assert "behind by 2h" in row and ">3<" in row
+    other = page[page.index(">caught-up<"):]
+    assert ">ok<" in other[:other.index("</tr>")]
