@@ -395,6 +395,8 @@ STREAM = {
     # Order (PostgreSQL): before sending events, the stream waits for the transactions that may
     # still commit lower ids; one open longer than this is not waited for (see README).
     "SETTLE_S": env_int("STREAM_SETTLE_S", 5),
+    # After a secret rotation, requests are signed with the old secret too for this long.
+    "ROTATION_OVERLAP_S": env_int("STREAM_ROTATION_OVERLAP_S", 86400),
 }
 
 # Event API limits (the Segment HTTP Tracking API's own limits).

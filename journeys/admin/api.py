@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.utils import timezone
@@ -209,8 +210,10 @@ class StreamDestinationAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
             for destination in queryset:
                 secret = stream_destinations.destination_rotate_secret(destination=destination, actor=request.user,
                                                                   reason=reason)
-                messages.warning(request, format_html("New signing secret for {}: <code>{}</code> — copy it now.",
-                                                      destination.name, secret))
+                messages.warning(request, format_html(
+                    "New signing secret for {}: <code>{}</code> — copy it now. Requests are signed with the "
+                    "old one too for {}, so the receiver can switch meanwhile.", destination.name, secret,
+                    duration_text(settings.STREAM["ROTATION_OVERLAP_S"]) or "no time"))
 
 
 class StreamAttemptInline(admin.TabularInline):

@@ -235,12 +235,27 @@ def stream_run_converted(*, run, now: datetime) -> None:
 # --------------------------------------------------------------------------- destinations
 
 
+def _secret(salt: str) -> str:
+    key = hmac.new(settings.SECRET_KEY.encode(), f"stream-destination:{salt}".encode(), hashlib.sha256).digest()
+    return "whsec_" + base64.b64encode(key).decode()
+
+
 def destination_secret(destination: StreamDestination) -> str:
     """The destination's signing secret (`whsec_` + base64 of 32 bytes), derived from the
     server's SECRET_KEY and the destination's salt: never stored."""
-    key = hmac.new(settings.SECRET_KEY.encode(), f"stream-destination:{destination.secret_salt}".encode(),
-                   hashlib.sha256).digest()
-    return "whsec_" + base64.b64encode(key).decode()
+    return _secret(destination.secret_salt)
+
+
+def destination_signing_secrets(destination: StreamDestination, *, now: datetime | None = None) -> list[str]:
+    """The secrets a request is signed with: the current one and, for STREAM["ROTATION_OVERLAP_S"]
+    after a rotation, the previous one too (Standard Webhooks: several space-separated
+    signatures), so a receiver can switch to the new secret any time in that window."""
+    secrets = [destination_secret(destination)]
+    rotated = destination.secret_rotated_at
+    if destination.previous_secret_salt and rotated and \
+            (now or timezone.now()) - rotated < timedelta(seconds=settings.STREAM["ROTATION_OVERLAP_S"]):
+        secrets.append(_secret(destination.previous_secret_salt))
+    return secrets
 
 
 def destination_url_problem(url: str) -> str:
@@ -393,8 +408,8 @@ def _send(session, destination: StreamDestination, batch: StreamBatch) -> tuple[
     headers = {
         "Content-Type": "application/json", "User-Agent": "journeys-stream/1",
         "webhook-id": batch.webhook_id, "webhook-timestamp": str(stamp),
-        "webhook-signature": stream_sign(secret=destination_secret(destination), webhook_id=batch.webhook_id,
-                                         timestamp=stamp, body=body),
+        "webhook-signature": " ".join(stream_sign(secret=secret, webhook_id=batch.webhook_id, timestamp=stamp, body=body)
+                                      for secret in destination_signing_secrets(destination)),
     }
     started = time.monotonic()
     code, response_headers, error = _post(session, destination.url, body, headers)

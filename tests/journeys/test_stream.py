@@ -429,3 +429,48 @@ def test_the_destination_list_shows_the_lag_and_a_backlog_is_not_ok(destination,
     assert "behind by 2h" in row and ">3<" in row
     other = page[page.index(">caught-up<"):]
     assert ">ok<" in other[:other.index("</tr>")]
+
+
+def test_after_a_rotation_requests_verify_with_the_new_and_the_old_secret_for_the_overlap(destination, vendor):
+    """Standard Webhooks allows several signatures: for STREAM["ROTATION_OVERLAP_S"] after a
+    rotation both secrets sign, so a receiver switches when it likes; then only the new one."""
+    from standardwebhooks.webhooks import WebhookVerificationError
+
+    from journeys.services.stream import stream_deliver
+    from journeys.services.stream_destinations import destination_rotate_secret
+
+    # given a destination whose secret was just rotated
+    dest, old = destination()
+    new = destination_rotate_secret(destination=dest, reason="yearly rotation")
+    assert new != old
+
+    # when an event goes out
+    stream_emit(items=items(1))
+    stream_deliver(destination_id=dest.pk)
+
+    # then it verifies with either secret
+    request = vendor.requests[-1]
+    assert len(headers(request)["webhook-signature"].split(" ")) == 2
+    Webhook(new).verify(request.body, headers(request))
+    Webhook(old).verify(request.body, headers(request))
+
+    # and once the overlap is over, only with the new one
+    StreamDestination.objects.filter(pk=dest.pk).update(secret_rotated_at=timezone.now() - timedelta(days=2))
+    stream_emit(items=items(1, start=1))
+    stream_deliver(destination_id=dest.pk)
+    request = vendor.requests[-1]
+    Webhook(new).verify(request.body, headers(request))
+    with pytest.raises(WebhookVerificationError):
+        Webhook(old).verify(request.body, headers(request))
+
+
+def test_rotating_in_the_admin_shows_the_new_secret_and_the_overlap(destination, vendor, admin_client):
+    from django.urls import reverse
+
+    dest, old = destination()
+    response = admin_client.post(reverse("admin:journeys_streamdestination_changelist"), {
+        "action": "rotate_secrets", "_selected_action": [dest.pk], "reason": "yearly"}, follow=True)
+    text = response.content.decode()
+    dest.refresh_from_db()
+    assert "New signing secret for warehouse" in text and "old one too for 1d" in text
+    assert dest.previous_secret_salt and dest.secret_rotated_at is not None
