@@ -348,7 +348,8 @@ def _settled_upto(*, wanted: int) -> int | None:
                        [StreamEvent._meta.db_table])
         upto = cursor.fetchone()[0] or 0
         cursor.execute("SELECT pid, backend_xid::text FROM pg_stat_activity WHERE backend_xid IS NOT NULL "
-                       "AND pid <> pg_backend_pid() AND xact_start > clock_timestamp() - make_interval(secs => %s)",
+                       "AND pid <> pg_backend_pid() AND datname = current_database() "
+                       "AND xact_start > clock_timestamp() - make_interval(secs => %s)",
                        [settle])
         writers = [f"{pid}:{xid}" for pid, xid in cursor.fetchall()]
         deadline = time.monotonic() + settle
