@@ -389,8 +389,18 @@ STREAM = {
     "KEEP_DAYS": env_int("STREAM_KEEP_DAYS", 7),
     # Workers re-read the list of destinations this often (a change in this process: at once).
     "CACHE_S": 5,
-    # Batches one delivery task sends to a destination before it hands over to the next task.
-    "BATCHES_PER_TASK": 20,
+    # The first QUICK_RETRIES failures in a row are retried after about QUICK_RETRY_S seconds (an
+    # error now and then costs little); then the backoff above (a 429 or a Retry-After: that at once).
+    "QUICK_RETRIES": 3,
+    "QUICK_RETRY_S": 0.1,
+    # Seconds one delivery task sends to a destination (and waits out its short backoffs) before
+    # it hands over to the next task.
+    "TASK_S": env_int("STREAM_TASK_S", 20),
+    # Order (PostgreSQL): before sending events, the stream waits for the transactions that may
+    # still commit lower ids; one open longer than this is not waited for (see README).
+    "SETTLE_S": env_int("STREAM_SETTLE_S", 5),
+    # After a secret rotation, requests are signed with the old secret too for this long.
+    "ROTATION_OVERLAP_S": env_int("STREAM_ROTATION_OVERLAP_S", 86400),
 }
 
 # Event API limits (the Segment HTTP Tracking API's own limits).

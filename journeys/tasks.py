@@ -54,9 +54,9 @@ def runs_wake(run_ids: list[int], lease, now=None) -> int:
 
 
 def stream_tick() -> dict:
-    """The minute schedule: deliver what is due on the event stream, purge what was delivered
-    long ago and the old API access log."""
+    """The minute schedule: start a delivery task for each stream destination with something
+    due, purge what was delivered long ago and the old API access log."""
     from journeys.services.api_tokens import api_requests_purge
     from journeys.services.stream import stream_deliver_due, stream_purge
 
-    return {"batches": stream_deliver_due(), "purged": stream_purge(), "api_log_purged": api_requests_purge()}
+    return {"destinations": stream_deliver_due(), "purged": stream_purge(), "api_log_purged": api_requests_purge()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.utils import timezone
@@ -115,6 +116,7 @@ class ApiRequestAdmin(LargeTableMixin, ReadOnlyAdmin):
 
 from journeys.choices import StreamEventType  # noqa: E402
 from journeys.models import StreamAttempt, StreamBatch, StreamDestination  # noqa: E402
+from journeys.engine.durations import duration_text  # noqa: E402
 from journeys.services import stream as stream_service  # noqa: E402
 from journeys.services import stream_destinations  # noqa: E402
 
@@ -145,7 +147,7 @@ class StreamDestinationAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
 
     form = StreamDestinationForm
     action_form = ReasonActionForm
-    list_display = ("name", "url", "enabled", "state", "pending", "last_success_at", "consecutive_failures")
+    list_display = ("name", "url", "enabled", "state", "pending", "lag", "last_success_at", "consecutive_failures")
     list_filter = ("enabled",)
     search_fields = ("name", "url")
     readonly_fields = ("paused_at", "pause_reason", "consecutive_failures", "next_attempt_at", "last_success_at",
@@ -156,18 +158,30 @@ class StreamDestinationAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
         fields = ["name", "url", "event_types", "enabled", "batch_size", "max_failures"]
         return fields + list(self.readonly_fields) if obj is not None else fields
 
+    def _backlog(self, obj):
+        if not hasattr(obj, "_backlog"):
+            obj._backlog = stream_service.destination_backlog(destination=obj)
+        return obj._backlog
+
     @admin.display(description="state")
     def state(self, obj):
         if obj.paused_at:
             return format_html("paused: {}", obj.pause_reason)
         if obj.consecutive_failures:
             return f"retrying ({obj.consecutive_failures} failed)"
+        _, lag = self._backlog(obj)
+        if lag is not None and lag > stream_service.LAG_BEHIND:
+            return f"behind by {duration_text(max(1, int(lag.total_seconds())))}"
         return "ok"
 
     @admin.display(description="waiting events")
     def pending(self, obj):
-        return obj.events.filter(batch__isnull=True).count() + sum(
-            obj.batches.filter(delivered_at__isnull=True).values_list("events_count", flat=True))
+        return self._backlog(obj)[0]
+
+    @admin.display(description="oldest waiting")
+    def lag(self, obj):
+        _, lag = self._backlog(obj)
+        return "-" if lag is None else duration_text(max(1, int(lag.total_seconds())))
 
     def save_model(self, request, obj, form, change):
         secret = stream_destinations.destination_save(destination=obj, actor=request.user, reason=self._reason(request, form))
@@ -196,8 +210,10 @@ class StreamDestinationAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
             for destination in queryset:
                 secret = stream_destinations.destination_rotate_secret(destination=destination, actor=request.user,
                                                                   reason=reason)
-                messages.warning(request, format_html("New signing secret for {}: <code>{}</code> — copy it now.",
-                                                      destination.name, secret))
+                messages.warning(request, format_html(
+                    "New signing secret for {}: <code>{}</code> — copy it now. Requests are signed with the "
+                    "old one too for {}, so the receiver can switch meanwhile.", destination.name, secret,
+                    duration_text(settings.STREAM["ROTATION_OVERLAP_S"]) or "no time"))
 
 
 class StreamAttemptInline(admin.TabularInline):

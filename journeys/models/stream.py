@@ -26,6 +26,8 @@ class StreamDestination(Timestamped):
     )
     secret_salt = models.CharField(max_length=64, editable=False)
     secret_rotated_at = models.DateTimeField(null=True, blank=True, editable=False)
+    previous_secret_salt = models.CharField(max_length=64, blank=True, editable=False,
+                                            help_text="the secret before the last rotation also signs, for a while")
     paused_at = models.DateTimeField(null=True, blank=True, editable=False)
     pause_reason = models.CharField(max_length=255, blank=True, editable=False)
     consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
@@ -34,7 +36,7 @@ class StreamDestination(Timestamped):
                                        help_text="a worker is sending a batch until then")
     last_success_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_error = models.TextField(blank=True, editable=False)
-    history = HistoricalRecords(excluded_fields=["secret_salt", "consecutive_failures", "next_attempt_at",
+    history = HistoricalRecords(excluded_fields=["secret_salt", "previous_secret_salt", "consecutive_failures", "next_attempt_at",
                                                  "lease_until", "last_success_at", "last_error"])
 
     class Meta:

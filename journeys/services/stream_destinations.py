@@ -36,12 +36,15 @@ def destination_save(*, destination: StreamDestination, actor: Any = None, reaso
 
 @transaction.atomic
 def destination_rotate_secret(*, destination: StreamDestination, actor: Any = None, reason: str = "") -> str:
-    """A new signing secret from now on (the old one stops verifying); returns it (shown once)."""
+    """A new signing secret from now on; returns it (shown once). For STREAM["ROTATION_OVERLAP_S"]
+    (a day) requests carry a signature with the old one too, so receivers can switch when they
+    like; after that the old one stops verifying. Rotating again drops the one before."""
     require_model_perm(actor, "change_streamdestination", "rotate stream secrets")
+    destination.previous_secret_salt = destination.secret_salt
     destination.secret_salt = secrets.token_hex(16)
     destination.secret_rotated_at = timezone.now()
     history_stamp(destination, actor=actor, reason=require_reason(actor, reason) or "secret rotated")
-    destination.save(update_fields=["secret_salt", "secret_rotated_at", "updated_at"])
+    destination.save(update_fields=["secret_salt", "previous_secret_salt", "secret_rotated_at", "updated_at"])
     return destination_secret(destination)
 
 

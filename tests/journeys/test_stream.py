@@ -4,10 +4,12 @@ the destination is down, delivered in order, paused after repeated failure, noth
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from email.utils import format_datetime
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 from standardwebhooks import Webhook
 
@@ -19,6 +21,13 @@ from journeys.services.workflows import version_build, version_publish, workflow
 from tests.channels_app.servers import FakeVendor, Plan
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def stream_timing(settings):
+    """Quick retries in milliseconds, and a task time (2 s) shorter than the first backoff (2.5-5 s):
+    a task retries an error at once but leaves a real backoff to the tick, as the tests drive it."""
+    settings.STREAM = {**settings.STREAM, "QUICK_RETRY_S": 0.01, "TASK_S": 2}
 
 
 @pytest.fixture
@@ -99,7 +108,7 @@ def test_a_destination_down_for_a_while_gets_everything_in_order_once_back(desti
 
     # when 5 events are recorded and delivery is attempted now and later
     stream_emit(items=items(5))
-    assert stream_deliver_due(now=now) == 0
+    assert stream_deliver_due(now=now) == 1  # one delivery task started
     dest.refresh_from_db()
     assert dest.consecutive_failures == 1 and dest.next_attempt_at >= now + timedelta(seconds=30)
     assert stream_deliver_due(now=now + timedelta(seconds=10)) == 0  # still backing off: nothing sent
@@ -191,12 +200,12 @@ def test_nothing_is_recorded_without_destinations_and_a_fact_is_recorded_once(de
     assert StreamEvent.objects.count() == 2
 
 
-def test_delivered_batches_are_purged_after_the_keep_period_and_undelivered_never(destination, vendor,
+def test_delivered_batches_are_purged_after_the_keep_period_and_undelivered_never(destination, vendor, settings,
                                                                                     django_capture_on_commit_callbacks):
     dest, _ = destination(batch_size=1)
     with django_capture_on_commit_callbacks(execute=True):
         stream_emit(items=items(1))
-    vendor.fail(1)
+    vendor.fail(settings.STREAM["QUICK_RETRIES"] + 1)  # failed, and again on each quick retry: backing off
     stream_emit(items=items(1, start=1))
     stream_deliver_due()
     assert stream_purge(now=timezone.now() + timedelta(days=8)) == 1
@@ -303,3 +312,165 @@ def test_cases_opened_and_resolved_and_message_callbacks_reach_the_stream(destin
     assert by_type["message.opened"]["delivery_id"] == sent.pk
     assert by_type["message.clicked"]["url"] == "https://shop.example.com/a"
     assert by_type["message.bounced"]["delivery_id"] == lost.pk
+
+
+# --------------------------------------------------------------------------- at volume
+
+
+def test_a_destination_failing_every_third_request_drains_its_backlog_in_one_task(destination, vendor, settings):
+    """A destination that errs now and then keeps draining: each failed request is retried when
+    its (short) backoff ends, by the same task, under the same webhook-id, on one keep-alive
+    connection; it does not wait for new events or the minute tick."""
+    from journeys.services.stream import stream_deliver
+    from tests.channels_app.servers import Plan
+
+    # given 300 waiting events, batches of 10, and a server failing every third request
+    settings.STREAM = {**settings.STREAM, "TASK_S": 30}
+    dest, secret = destination(batch_size=10)
+    stream_emit(items=items(300))
+    vendor.plan(*[Plan(200), Plan(200), Plan(500, {"error": "flaky"})] * 30)
+
+    # when one delivery task runs (no kick, no tick)
+    delivered = stream_deliver(destination_id=dest.pk)
+
+    # then every batch went out, every event exactly once and in order
+    assert delivered == 30
+    assert delivered_ids(vendor) == list(range(300))
+    statuses = [200, 200, 500] * 30
+    accepted = [r for r, status in zip(vendor.requests, statuses) if status == 200]
+    assert sorted(e["data"]["delivery_id"] for r in accepted for e in r.json()["data"]["events"]) == list(range(300))
+    # and each failed request was re-sent next, under the same webhook-id, still verifying
+    for i, status in enumerate(statuses[:len(vendor.requests)]):
+        if status == 500:
+            assert headers(vendor.requests[i + 1])["webhook-id"] == headers(vendor.requests[i])["webhook-id"]
+            Webhook(secret).verify(vendor.requests[i + 1].body, headers(vendor.requests[i + 1]))
+    assert len(vendor.requests) == 44  # 30 batches + 14 re-sends
+    assert len(set(vendor.ports)) == 1  # one keep-alive connection for the whole task
+    dest.refresh_from_db()
+    assert dest.consecutive_failures == 0 and dest.lease_until is None
+    assert not StreamEvent.objects.filter(batch__delivered_at__isnull=True).exists()
+
+
+def test_a_delivery_task_hands_over_when_its_time_is_up(destination, vendor, settings, monkeypatch):
+    """One destination never holds a worker longer than STREAM["TASK_S"]: the task stops after
+    the request that used its time and queues the next one, which goes on from there."""
+    from journeys.services import stream
+
+    settings.STREAM = {**settings.STREAM, "TASK_S": 0}
+    dest, _ = destination(batch_size=10)
+    stream_emit(items=items(30))
+    queued = []
+    monkeypatch.setattr(stream, "deliver_later", lambda pk, now=None: queued.append(pk))
+
+    assert stream.stream_deliver(destination_id=dest.pk) == 1
+    assert queued == [dest.pk]
+    assert stream.stream_deliver(destination_id=dest.pk) == 1
+    assert delivered_ids(vendor) == list(range(20))
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="concurrent writers (SQLite has one writer at a time)")
+def test_events_go_out_in_id_order_when_a_transaction_with_lower_ids_commits_later(destination, vendor):
+    """Two transactions record events; the one that took the lower ids commits last. The stream
+    waits for it (it is still open when delivery starts) instead of sending the higher ids first."""
+    from django.db import connections, transaction
+
+    from journeys.services.stream import stream_deliver
+
+    dest, _ = destination(batch_size=100)
+    recorded, release = threading.Event(), threading.Event()
+
+    def slow_writer():  # takes ids first, commits after the other one
+        try:
+            with transaction.atomic():
+                stream_emit(items=items(3, start=0))
+                recorded.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=slow_writer)
+    thread.start()
+    assert recorded.wait(10)
+    threading.Timer(0.5, release.set).start()  # the first transaction commits half a second from now
+    with transaction.atomic():
+        stream_emit(items=items(3, start=3))  # higher ids, committed now (its kick delivers at once)
+
+    # when delivery runs while the first transaction is still open (and again until all is out)
+    for _ in range(5):
+        stream_deliver(destination_id=dest.pk)
+    thread.join()
+    stream_deliver(destination_id=dest.pk)
+
+    # then the receiver got the events in id order: the lower ids first
+    events = [e for r in vendor.requests for e in r.json()["data"]["events"]]
+    ids = [int(e["id"].removeprefix("evt_")) for e in events]
+    assert ids == sorted(ids) and len(ids) == 6
+    assert [e["data"]["delivery_id"] for e in events] == [0, 1, 2, 3, 4, 5]
+
+
+def test_the_destination_list_shows_the_lag_and_a_backlog_is_not_ok(destination, vendor, admin_client):
+    """A destination whose oldest waiting event is old reads "behind by ...", with its age, even
+    when its last request succeeded (a flaky one resets its failure count on every success)."""
+    from django.urls import reverse
+
+    # given a destination with 3 events waiting, the oldest recorded 2 hours ago
+    dest, _ = destination(name="flaky")
+    stream_emit(items=items(3))
+    StreamEvent.objects.filter(destination=dest).update(created_at=timezone.now() - timedelta(hours=2))
+    destination(name="caught-up")
+
+    # when ops open the destination list
+    page = admin_client.get(reverse("admin:journeys_streamdestination_changelist")).content.decode()
+
+    # then the backlog's age shows, and the state says it is behind, not ok
+    row = page[page.index(">flaky<"):]
+    row = row[:row.index("</tr>")]
+    assert "behind by 2h" in row and ">3<" in row
+    other = page[page.index(">caught-up<"):]
+    assert ">ok<" in other[:other.index("</tr>")]
+
+
+def test_after_a_rotation_requests_verify_with_the_new_and_the_old_secret_for_the_overlap(destination, vendor):
+    """Standard Webhooks allows several signatures: for STREAM["ROTATION_OVERLAP_S"] after a
+    rotation both secrets sign, so a receiver switches when it likes; then only the new one."""
+    from standardwebhooks.webhooks import WebhookVerificationError
+
+    from journeys.services.stream import stream_deliver
+    from journeys.services.stream_destinations import destination_rotate_secret
+
+    # given a destination whose secret was just rotated
+    dest, old = destination()
+    new = destination_rotate_secret(destination=dest, reason="yearly rotation")
+    assert new != old
+
+    # when an event goes out
+    stream_emit(items=items(1))
+    stream_deliver(destination_id=dest.pk)
+
+    # then it verifies with either secret
+    request = vendor.requests[-1]
+    assert len(headers(request)["webhook-signature"].split(" ")) == 2
+    Webhook(new).verify(request.body, headers(request))
+    Webhook(old).verify(request.body, headers(request))
+
+    # and once the overlap is over, only with the new one
+    StreamDestination.objects.filter(pk=dest.pk).update(secret_rotated_at=timezone.now() - timedelta(days=2))
+    stream_emit(items=items(1, start=1))
+    stream_deliver(destination_id=dest.pk)
+    request = vendor.requests[-1]
+    Webhook(new).verify(request.body, headers(request))
+    with pytest.raises(WebhookVerificationError):
+        Webhook(old).verify(request.body, headers(request))
+
+
+def test_rotating_in_the_admin_shows_the_new_secret_and_the_overlap(destination, vendor, admin_client):
+    from django.urls import reverse
+
+    dest, old = destination()
+    response = admin_client.post(reverse("admin:journeys_streamdestination_changelist"), {
+        "action": "rotate_secrets", "_selected_action": [dest.pk], "reason": "yearly"}, follow=True)
+    text = response.content.decode()
+    dest.refresh_from_db()
+    assert "New signing secret for warehouse" in text and "old one too for 1d" in text
+    assert dest.previous_secret_salt and dest.secret_rotated_at is not None
