@@ -394,8 +394,9 @@ STREAM = {
     "QUICK_RETRIES": 3,
     "QUICK_RETRY_S": 0.1,
     # Seconds one delivery task sends to a destination (and waits out its short backoffs) before
-    # it hands over to the next task.
-    "TASK_S": env_int("STREAM_TASK_S", 20),
+    # it hands over to the next task: tasks share the event workers, so this is also how long a
+    # destination may keep one from the journeys' events.
+    "TASK_S": env_int("STREAM_TASK_S", 5),
     # Order (PostgreSQL): before sending events, the stream waits for the transactions that may
     # still commit lower ids; one open longer than this is not waited for (see README).
     "SETTLE_S": env_int("STREAM_SETTLE_S", 5),
