@@ -50,6 +50,7 @@ AUDIENCE_PAGE = 2000  # customers of a cron audience enrolled per transaction
 CATCH_UP = timedelta(days=1)  # how far back a cron trigger looks for a missed moment
 TICK_LEASE = "journeys.engine_tick"
 TICK_TTL = timedelta(minutes=5)
+GUARD_PROBE = 10  # runs read to find the previous release's broadcast (`_broadcast_found`)
 
 
 
@@ -140,7 +141,7 @@ def date_triggers_run(*, now: datetime | None = None, deadline: float | None = N
     return dates_fire_due(versions=versions, now=now, deadline=deadline).enrolled
 
 
-def _moment_claim(version_id: int, workflow_id: int, fields, zone: ZoneInfo, now: datetime) -> TriggerState:
+def _moment_claim(version_id: int, fields, zone: ZoneInfo, now: datetime) -> TriggerState:
     """Under the TriggerState row lock: if no broadcast is in progress, claim the latest cron
     moment in (last moment considered, now], read on `zone`'s wall clock (missed moments are not
     sent once each: one catch-up broadcast, for the latest, within CATCH_UP). A moment whose
@@ -157,7 +158,7 @@ def _moment_claim(version_id: int, workflow_id: int, fields, zone: ZoneInfo, now
             break
         moment -= timedelta(minutes=1)
     state.last_tick_at = now
-    if claimed is not None and _sent_on_the_utc_clock(workflow_id, fields, zone, claimed):
+    if claimed is not None and _sent_on_the_utc_clock(version_id, fields, zone, claimed):
         claimed = None
     if claimed is not None:
         state.broadcast_at, state.broadcast_after_id = claimed, 0
@@ -165,27 +166,56 @@ def _moment_claim(version_id: int, workflow_id: int, fields, zone: ZoneInfo, now
     return state
 
 
-def _sent_on_the_utc_clock(workflow_id: int, fields, zone: ZoneInfo, moment: datetime) -> bool:
+def _sent_on_the_utc_clock(version_id: int, fields, zone: ZoneInfo, moment: datetime,
+                           floor: datetime | None = None) -> bool:
     """Whether release 0921fe7 (or before), which read every schedule on the UTC clock, already
     broadcast this occurrence: for a zone west of UTC its moment came first (Monday 10:00 UTC for
     "0 10 * * 1" in New York, now 15:00 UTC), so an install upgraded in between would send the
-    same week's broadcast twice. That moment is this one's wall time read as UTC; a run of the
-    workflow keyed by it, made since then, while this zone's clock never fires then, can only
-    come from the previous release. One look-up per claimed moment, through the runs' (version,
-    created_at) index over the hours between the two moments."""
-    earlier = moment.astimezone(zone).replace(tzinfo=dt_timezone.utc, fold=0)
-    if not moment - CATCH_UP <= earlier < moment or not cron_fires(fields, earlier, ZoneInfo("UTC")) \
-            or cron_fires(fields, earlier, zone):
+    same period's broadcast twice. That moment is the wall time this one stands for read as UTC
+    (`_utc_reading`); the old broadcast is a run of this version keyed by it (`_broadcast_found`).
+
+    Where the zone's clock also fires at that moment ("0 10,15 * * 1-5": 15:00 UTC is 10:00 in
+    New York), the run may be this code's own broadcast of it; it is the old release's only if
+    this guard passed that moment over, which is the same question one step back (at most
+    CATCH_UP back from the first moment asked about, so an hourly schedule is never held back)."""
+    floor = floor or moment - CATCH_UP
+    earlier = _utc_reading(fields, zone, moment)
+    if earlier is None or not floor <= earlier < moment:
         return False
     # the runs made since that moment by the real clock (`moment` may be a catch-up's or a test's)
     since = min(earlier, timezone.now() - (moment - earlier)) - timedelta(minutes=5)
-    versions = WorkflowVersion.objects.filter(workflow_id=workflow_id).values("pk")
-    sent = JourneyRun.objects.filter(version_id__in=versions, created_at__gte=since,
-                                     trigger_key=f"schedule:{earlier.isoformat()}").exists()
-    if sent:
-        logger.warning("schedule of workflow %s: the %s occurrence was already sent at %s by the release that read "
-                       "schedules in UTC; not sent again", workflow_id, moment.isoformat(), earlier.isoformat())
-    return sent
+    if not _broadcast_found(version_id, f"schedule:{earlier.isoformat()}", since):
+        return False
+    if cron_fires(fields, earlier, zone) and not _sent_on_the_utc_clock(version_id, fields, zone, earlier, floor):
+        return False
+    logger.warning("schedule of version %s: the %s occurrence was already sent at %s by the release that read "
+                   "schedules in UTC; not sent again", version_id, moment.isoformat(), earlier.isoformat())
+    return True
+
+
+def _utc_reading(fields, zone: ZoneInfo, moment: datetime) -> datetime | None:
+    """The UTC minute at which the UTC clock fired the occurrence `zone`'s clock fires at `moment`:
+    its wall time read as UTC, or, at the first minute after a spring-forward jump, the latest
+    skipped wall time the cron names ("0 2 * * *" in New York fires at 07:00 UTC that day, for
+    02:00). None if the UTC clock never fired it."""
+    wall = moment.astimezone(zone).replace(tzinfo=dt_timezone.utc, fold=0)
+    before = (moment - timedelta(minutes=1)).astimezone(zone).replace(tzinfo=dt_timezone.utc, fold=0)
+    candidate = wall
+    while candidate > before:
+        if cron_fires(fields, candidate, dt_timezone.utc):
+            return candidate
+        candidate -= timedelta(minutes=1)
+    return None
+
+
+def _broadcast_found(version_id: int, key: str, since: datetime) -> bool:
+    """Whether the broadcast keyed `key` is among the first GUARD_PROBE runs this version made
+    from `since`: a broadcast creates its first page of runs at its moment, so those are read
+    in created_at order through run_version_created_idx (LIMIT GUARD_PROBE), whatever the size
+    of the segment or of the version's history, while the TriggerState row lock is held."""
+    first = (JourneyRun.objects.filter(version_id=version_id, created_at__gte=since)
+             .order_by("created_at").values_list("trigger_key", flat=True)[:GUARD_PROBE])
+    return key in list(first)
 
 
 def schedules_run(*, now: datetime | None = None, deadline: float | None = None) -> int:
@@ -207,7 +237,7 @@ def schedules_run(*, now: datetime | None = None, deadline: float | None = None)
         fields = parse_cron(version.trigger_config.get("cron", ""))
         zone = zone_named(version.trigger_config.get("timezone"))
         with transaction.atomic():
-            pending = _moment_claim(vid, version.workflow_id, fields, zone, now).broadcast_at is not None
+            pending = _moment_claim(vid, fields, zone, now).broadcast_at is not None
         while pending:
             with transaction.atomic():
                 state = TriggerState.objects.select_for_update().get(version_id=vid)

@@ -11,7 +11,13 @@ from django.core.exceptions import ValidationError
 
 from journeys.engine.scheduler import engine_tick, schedules_run
 from journeys.models import BusinessUnit, Customer, JourneyRun
-from journeys.services.workflows import version_build, version_publish, version_validate, workflow_create
+from journeys.services.workflows import (
+    version_build,
+    version_canary_start,
+    version_publish,
+    version_validate,
+    workflow_create,
+)
 
 pytestmark = pytest.mark.django_db
 UTC = timezone.utc
@@ -162,3 +168,96 @@ def test_an_hourly_schedule_with_a_zone_is_not_held_back_by_its_own_earlier_hour
     keys = fires(version, datetime(2026, 12, 7, 9, 50, tzinfo=UTC), datetime(2026, 12, 7, 14, 10, tzinfo=UTC))
     # then each hour goes out
     assert len(keys) == 5
+
+
+def test_an_upgrade_of_an_hourly_schedule_with_a_zone_holds_back_no_hour(monkeypatch):
+    # given an hourly schedule in New York broadcast every UTC hour by the previous release until 12:00 UTC
+    version = version_publish(version=build(cron="0 * * * *", timezone="America/New_York"), reason="t")
+    monday = datetime(2026, 12, 7, tzinfo=UTC)
+    # when the new code runs from 12:15 to 16:10 UTC
+    keys = upgraded_on(monkeypatch, version, old_ticks=(monday, monday + timedelta(hours=12)),
+                       new_ticks=(monday + timedelta(hours=12, minutes=15), monday + timedelta(hours=16, minutes=10)))
+    # then every hour went out once: 00:00 to 12:00 by the old release, 13:00 to 16:00 by the new code
+    assert keys == [f"schedule:{(monday + timedelta(hours=h)).isoformat()}" for h in range(17)]
+
+
+def test_a_canary_with_a_zone_beside_a_utc_live_version_sends_its_own_broadcast():
+    # given a live daily 10:00 UTC schedule and a canary of it at 10:00 New York time on half the customers
+    live = version_publish(version=build(cron="0 10 * * *"), reason="t")
+    canary = version_build(workflow=live.workflow, definition=definition(cron="0 10 * * *", timezone="America/New_York"))
+    version_canary_start(version=canary, percent=50)
+    for n in range(40):
+        Customer.objects.create(external_id=f"c{n}")
+    # when both tick through the day
+    live_keys = fires(live, datetime(2026, 12, 7, 9, 50, tzinfo=UTC), datetime(2026, 12, 7, 15, 10, tzinfo=UTC))
+    canary_keys = sorted(set(JourneyRun.objects.filter(version=canary).values_list("trigger_key", flat=True)))
+    # then the live version went out at 10:00 UTC and the canary at 15:00 UTC: the live one's runs are not its own
+    assert live_keys == ["schedule:2026-12-07T10:00:00+00:00"]
+    assert canary_keys == ["schedule:2026-12-07T15:00:00+00:00"]
+
+
+def test_a_utc_schedule_republished_with_a_zone_the_same_day_sends_at_the_zones_moment():
+    # given a daily 10:00 UTC schedule that went out this morning
+    first = version_publish(version=build(cron="0 10 * * *"), reason="t")
+    assert fires(first, datetime(2026, 12, 7, 9, 50, tzinfo=UTC), datetime(2026, 12, 7, 10, 10, tzinfo=UTC)) == [
+        "schedule:2026-12-07T10:00:00+00:00"]
+    # when it is republished at noon with the New York zone and ticks until the afternoon
+    second = version_publish(version=version_build(workflow=first.workflow, definition=definition(
+        cron="0 10 * * *", timezone="America/New_York")), reason="t")
+    keys = fires(second, datetime(2026, 12, 7, 12, 0, tzinfo=UTC), datetime(2026, 12, 7, 15, 10, tzinfo=UTC))
+    # then the new version sends its own 10:00 New York broadcast (the new schedule was asked for today)
+    assert keys == ["schedule:2026-12-07T15:00:00+00:00"]
+
+
+@pytest.mark.parametrize(("upgrade_hour", "expected"), [
+    # upgraded at 16:00 UTC: the previous release sent both of Monday's (10:00 and 15:00 UTC)
+    (16, ["2026-12-07T10:00", "2026-12-07T15:00", "2026-12-08T15:00", "2026-12-08T20:00"]),
+    # upgraded at 08:00 UTC: the new code sends both of Monday's, at 10:00 and 15:00 New York time
+    (8, ["2026-12-07T15:00", "2026-12-07T20:00", "2026-12-08T15:00", "2026-12-08T20:00"]),
+])
+def test_an_upgrade_of_a_schedule_firing_on_both_clocks_sends_each_occurrence_once(monkeypatch, upgrade_hour, expected):
+    # given "0 10,15 * * 1-5" in New York: 15:00 UTC is 15:00 on the old clock and 10:00 on the new one
+    version = version_publish(version=build(cron="0 10,15 * * 1-5", timezone="America/New_York"), reason="t")
+    upgrade = datetime(2026, 12, 7, upgrade_hour, tzinfo=UTC)
+    # when the previous release runs Monday until the upgrade, then the new code until Tuesday night
+    keys = upgraded_on(monkeypatch, version, old_ticks=(datetime(2026, 12, 7, tzinfo=UTC), upgrade),
+                       new_ticks=(upgrade + timedelta(minutes=15), datetime(2026, 12, 8, 22, tzinfo=UTC)))
+    # then Monday had two broadcasts, as Tuesday
+    assert keys == [f"schedule:{moment}:00+00:00" for moment in expected]
+
+
+def test_an_upgrade_on_the_spring_change_day_sends_a_skipped_time_once(monkeypatch):
+    # given "0 2 * * *" in New York, sent at 02:00 UTC by the previous release on the day 02:00 local is skipped
+    version = version_publish(version=build(cron="0 2 * * *", timezone="America/New_York"), reason="t")
+    # when the new code runs from 03:15 UTC (its moment that day is 07:00 UTC, the jump) to the next day
+    keys = upgraded_on(monkeypatch, version,
+                       old_ticks=(datetime(2027, 3, 14, 1, 50, tzinfo=UTC), datetime(2027, 3, 14, 3, 0, tzinfo=UTC)),
+                       new_ticks=(datetime(2027, 3, 14, 3, 15, tzinfo=UTC), datetime(2027, 3, 15, 8, 10, tzinfo=UTC)))
+    # then that day's broadcast went out once, and the next day's at 02:00 EDT
+    assert keys == ["schedule:2027-03-14T02:00:00+00:00", "schedule:2027-03-15T06:00:00+00:00"]
+
+
+def test_the_upgrade_guard_reads_a_bounded_number_of_runs_whatever_the_history(monkeypatch):
+    # given a weekly New York schedule broadcast at 10:00 UTC by the previous release
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from journeys.engine import scheduler
+
+    version = version_publish(version=build(cron="0 10 * * 1", timezone="America/New_York"), reason="t")
+    monday = datetime(2026, 12, 7, tzinfo=UTC)
+    upgraded_on(monkeypatch, version, old_ticks=(monday + timedelta(hours=9, minutes=50), monday + timedelta(hours=10, minutes=5)),
+                new_ticks=(monday + timedelta(hours=14), monday + timedelta(hours=14)))
+    # when the new code claims 15:00 UTC (10:00 in New York)
+    with CaptureQueriesContext(connection) as queries:
+        schedules_run(now=monday + timedelta(hours=15))
+    # then it passes the moment over, having read the version's first runs in created_at order, LIMITed:
+    # no query filters runs by trigger_key (which would walk every run of the version since the moment)
+    probes = [q["sql"] for q in queries if '"trigger_key"' in q["sql"] and "journeys_journeyrun" in q["sql"]
+              and q["sql"].lstrip().upper().startswith("SELECT")]
+    assert probes, [q["sql"] for q in queries]
+    for sql in probes:
+        assert f"LIMIT {scheduler.GUARD_PROBE}" in sql
+        assert '"created_at" ASC' in sql
+        assert '"trigger_key" =' not in sql and '"workflow_id"' not in sql
+    assert JourneyRun.objects.filter(version=version).count() == 1
