@@ -235,6 +235,7 @@ def workflow_messages(*, workflow_ids: list[int], now: datetime | None = None) -
                        .annotate(n=Count("id"), until=Max("next_attempt_at"), claimed=Max("claimed_at"))
                        .order_by())
         sent = list(Delivery.objects.filter(channel_id__in=channels, sent_at__gte=since, run_id__isnull=False)
+                    .exclude(status=DeliveryStatus.BOUNCED)  # a bounce reported after sending is counted as bounced
                     .annotate(workflow_id=_run_workflow()).values("workflow_id").annotate(n=Count("id")).order_by())
         failed = list(Delivery.objects.filter(_not_delivered_since(now - FAILED_WINDOW), run_id__isnull=False)
                       .annotate(workflow_id=_run_workflow()).values("workflow_id", "status", "reason")

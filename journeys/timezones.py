@@ -60,12 +60,14 @@ def zone_check(value: object, *, field: str) -> str:
     return zone
 
 
-def traits_zone_checked(traits: dict, *, field: str = "traits") -> dict:
+def traits_zone_checked(traits: dict, *, field: str = "traits", stored: dict | None = None) -> dict:
     """Identify traits with their `timezone` (the profile's zone) checked and spelled canonically;
-    null or empty is left as sent (it sets no zone). Raises EventValidationError naming
-    `<field>.timezone` for a name no one can read."""
+    null or empty is left as sent (it sets no zone), and so is the `timezone` trait already
+    `stored` (the tracking API keeps an unreadable one as a trait: a save that does not change it
+    is not refused for it). Raises EventValidationError naming `<field>.timezone` for a name no
+    one can read."""
     value = traits.get("timezone")
-    if value is None or value == "":
+    if value is None or value == "" or (stored is not None and value == stored.get("timezone")):
         return traits
     return {**traits, "timezone": zone_check(value, field=f"{field}.timezone")}
 

@@ -758,6 +758,12 @@ def median_of_middle(values: list[float]) -> float | None:
     return (values[0] + values[1]) / 2 if len(values) == 2 else (values[0] if values else None)
 
 
+# The delivery statuses of a message actually sent: channels_app.choices.SENT_STATUSES (a bounced,
+# failed, suppressed or still pending one is not), spelled here since experiments does not import
+# channels_app; a test keeps the two equal.
+SENT_STATUSES = ("sent", "delivered", "opened", "clicked")
+
+
 @without_jit()
 def secondary_metrics(*, experiment: Experiment, metrics: set[str], now: datetime, groups: set[str]) -> dict[str, dict]:
     """group -> {metric: value, ...} for these groups (those with exposures), counted by the
@@ -771,7 +777,7 @@ def secondary_metrics(*, experiment: Experiment, metrics: set[str], now: datetim
             opened_q, clicked_q = flags
             rows = (
                 Delivery.objects.filter(in_window_of_assignment(experiment, now))
-                .exclude(status__in=["suppressed", "failed"])
+                .filter(status__in=SENT_STATUSES)
                 .values(group=group_of_assignment(EXPOSED))
                 .annotate(sent=Count("pk"), opened=Count("pk", filter=opened_q), clicked=Count("pk", filter=clicked_q))
                 .order_by()

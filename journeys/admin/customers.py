@@ -48,7 +48,7 @@ class CustomerForm(forms.ModelForm):
         try:
             check_event_size(traits, max_bytes=settings.EVENT_API["MAX_EVENT_BYTES"], prefix="traits")
             check_depth(traits, field="traits", limit=MAX_DEPTH - 1)  # saved inside an identify: one level more
-            traits = traits_zone_checked(traits)
+            traits = traits_zone_checked(traits, stored=self.instance.traits if self.instance.pk else None)
         except JourneyError as exc:
             raise forms.ValidationError(str(exc)) from None
         return traits

@@ -139,7 +139,7 @@ class CustomerViewSet(TokenApiView, PagedList, viewsets.GenericViewSet):
     @action(detail=True, methods=["patch"])
     def traits(self, request, pk=None):
         customer = customers_api.customer_writable(customer=_customer(pk))
-        body = TraitsIn(data=request.data)
+        body = TraitsIn(data=request.data, context={"stored_traits": customer.traits})
         body.is_valid(raise_exception=True)
         changes = customers_api.customer_traits_set(customer=customer, traits=body.validated_data["traits"],
                                                     actor=request.auth.actor)

@@ -91,7 +91,7 @@ class TraitsIn(InputSerializer):
         if not value:
             raise serializers.ValidationError("name at least one trait")
         try:
-            return traits_zone_checked(value)
+            return traits_zone_checked(value, stored=self.context.get("stored_traits"))
         except JourneyError as exc:  # 400 naming traits.timezone, nothing changed
             raise serializers.ValidationError({"timezone": [exc.message]}) from None
 

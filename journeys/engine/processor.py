@@ -20,10 +20,12 @@ from journeys.engine.durations import parse_duration
 from journeys.engine.listeners import STAGE_EVENTS
 from journeys.engine import runner
 from journeys.engine.runner import run_convert, run_enroll, run_execute, run_resume, rule_true
+from journeys.engine.segment_entries import segment_members_settle
 from journeys.engine.runtime import context_dict, event_dict, events_counter, profile_dict
-from journeys.models import Event, JourneyRun, StepExecution, TriggerWatch
+from journeys.models import Customer, Event, JourneyRun, StepExecution, TriggerWatch
 from journeys.rules import RuleContext
-from journeys.services.lifecycle import customer_evaluate_stage
+from journeys.services.lifecycle import customer_evaluate_stage, customers_stage_settle
+from journeys.services.segments import PROFILE_FIELDS
 from journeys.services.rechecks import customers_recheck
 
 logger = logging.getLogger(__name__)
@@ -102,6 +104,12 @@ def history_events_settle(*, event_ids: list[int]) -> None:
         for event in failed:
             Event.objects.filter(pk=event.pk).update(
                 error=f"{reasons[event.pk]}; what it stops failed: {event.error}"[:4000])
+        # What the history changed about them is where they stand, not a change to act on: the
+        # refreshes must not take it for one (no segment entry, no live `Stage Entered`).
+        customers = list(Customer.objects.filter(pk__in={e.customer_id for e in events}, merged_into__isnull=True)
+                         .order_by("pk").only(*PROFILE_FIELDS))
+        segment_members_settle(customers=customers, now=now)
+        customers_stage_settle(customers=customers, now=now)
 
 
 def _process_or_replay(events: list[Event], *, reload, index, now) -> tuple[list[int], list[Event]]:

@@ -75,11 +75,44 @@ def _record(version_id: int, customer_ids: list[int]) -> list[int]:
                            f"ON CONFLICT DO NOTHING RETURNING customer_id", [version_id, customer_ids])
             return sorted(row[0] for row in cursor.fetchall())
         inserted = []
-        for customer_id in customer_ids:
-            cursor.execute(f"INSERT INTO {table} (version_id, customer_id) VALUES (%s, %s) "
-                           f"ON CONFLICT DO NOTHING RETURNING customer_id", [version_id, customer_id])
+        for i in range(0, len(customer_ids), 400):  # one statement per 400 (SQLite's parameter limit)
+            page = customer_ids[i:i + 400]
+            cursor.execute(f"INSERT INTO {table} (version_id, customer_id) VALUES {', '.join(['(%s, %s)'] * len(page))} "
+                           f"ON CONFLICT DO NOTHING RETURNING customer_id",
+                           [value for customer_id in page for value in (version_id, customer_id)])
             inserted += [row[0] for row in cursor.fetchall()]
-        return inserted
+        return sorted(inserted)
+
+
+def segment_members_settle(*, customers: list[Customer], now: datetime) -> int:
+    """History (an import that did not opt in, an identify older than EVENT_TRIGGER_MAX_AGE_S)
+    puts customers into segments without entering them: called in the transaction that stores
+    it, this records them as members of each live segment-entry version whose rule they now
+    match, so the next refresh sees them as already in and enrols nobody. Cost follows the
+    batch: the rules evaluated for these customers (events counted for all of them at once),
+    one INSERT ... ON CONFLICT DO NOTHING per version. Returns the memberships recorded."""
+    from journeys.rules import compile_rule
+    from journeys.services.segments import customer_rule_contexts
+
+    customers = [c for c in customers if c.merged_into_id is None]
+    rules = [(v.id, v.trigger_config.get("rule", "")) for v in _live_segment_versions()]
+    if not customers or not rules:
+        return 0
+    contexts = list(customer_rule_contexts(customers=customers, now=now))
+    recorded = 0
+    for vid, rule in rules:
+        if not rule.strip():
+            continue
+        compiled = compile_rule(rule)
+        recorded += len(_record(vid, sorted(c.pk for c, ctx in contexts if compiled.evaluate(ctx).value)))
+    return recorded
+
+
+def _live_segment_versions() -> list:
+    from journeys.engine.compiled import trigger_index
+
+    versions = (load_version(vid) for vid in trigger_index().profile_triggers)
+    return [v for v in versions if v.trigger_kind == TriggerKind.SEGMENT_ENTRY]
 
 
 def _entered_since(workflow_id: int, customer_ids: list[int], since: datetime | None) -> set[int]:

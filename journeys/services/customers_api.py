@@ -95,7 +95,8 @@ def customer_traits_set(*, customer: Customer, traits: dict, actor: str, now: da
     from journeys.services.profiles import customer_update_traits
 
     now = now or timezone.now()
-    traits = traits_zone_checked(traits)  # every door checks the zone as the tracking API does
+    # every door checks a zone it is given as the tracking API does (the one stored is left as it is)
+    traits = traits_zone_checked(traits, stored=customer.traits)
     anonymous_id = "" if customer.external_id else (
         Identity.objects.filter(customer=customer, kind=IdentityKind.ANONYMOUS_ID).values_list("value", flat=True)
         .order_by("id").first() or "")

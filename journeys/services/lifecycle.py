@@ -175,6 +175,24 @@ def customer_evaluate_stage(*, customer: Customer, now: datetime, rule_ctx=None)
     return None
 
 
+def customers_stage_settle(*, customers: list[Customer], now: datetime) -> int:
+    """The rule stage of customers that history just changed (an import that did not opt in, an
+    identify older than EVENT_TRIGGER_MAX_AGE_S), set quietly as their traits were: the move and
+    its transition are recorded (reason "history: ..."), but no `Stage Left`/`Stage Entered`
+    event, so neither this nor the hourly refresh (which then finds them where they belong)
+    starts a workflow. Called in the transaction that stores the history, which holds these
+    customers. Returns how many moved."""
+    stages = rule_stages()
+    if not customers or not stages:
+        return 0
+    moves = _stage_targets(customers=customers, stages=list(stages), now=now)
+    if moves:
+        locked = _customers_lock(sorted(pk for pk, _, _ in moves))
+        moves = [move for move in moves if move[0] in locked and locked[move[0]][0] == move[1]]
+        _stage_moves_write(moves=moves, rules=dict(stages), locked=locked, now=now, quiet=True)
+    return len(moves)
+
+
 STAGE_CHUNK = 5000  # stage changes applied per transaction
 DUE_VERSION = 1  # bump when journeys.rules.sql.due works moments out differently: everyone is walked again
 
@@ -357,7 +375,8 @@ def _stage_moves_apply(
 
 
 def _stage_moves_write(*, moves: list[Move], rules: dict[str, str], locked: dict[int, tuple[str, str]],
-                       now: datetime) -> None:
+                       now: datetime, quiet: bool = False) -> None:
+    """Move and record the transitions; their Stage events too unless `quiet` (history)."""
     from journeys.engine.batch import rows_insert, rows_update
     from journeys.services.internal_events import InternalEvent, events_record_internal
 
@@ -372,11 +391,14 @@ def _stage_moves_write(*, moves: list[Move], rules: dict[str, str], locked: dict
     transitions = rows_insert(
         StageTransition,
         [
-            {"customer_id": pk, "from_stage": frm, "to_stage": to, "reason": f"rule: {rules[to]}"[:255], "at": now}
+            {"customer_id": pk, "from_stage": frm, "to_stage": to, "reason": f"{'history: ' if quiet else ''}rule: {rules[to]}"[:255],
+             "at": now}
             for pk, frm, to in moves
         ],
         returning=("id", "customer_id", "from_stage", "to_stage"),
     )
+    if quiet:
+        return
     events = []
     for transition_id, pk, frm, to in sorted(transitions):
         user_id = locked[pk][1]

@@ -126,6 +126,14 @@ def test_each_live_workflow_shows_its_messages_with_a_send_rate_and_an_eta(
     assert (messages["sent_recent"], messages["window_min"], messages["rate_per_min"]) == (6, 5, 1.2)
     assert messages["eta_s"] == 150 and messages["eta_label"] == "~2 min"
 
+    # and a message sent then reported bounced counts as bounced, not also as sent
+    bounced = Delivery.objects.filter(run_id__in=JourneyRun.objects.filter(workflow=sale).values("pk"),
+                                      status="sent").order_by("pk").first()
+    Delivery.objects.filter(pk=bounced.pk).update(status="bounced", updated_at=timezone.now())
+    messages = _dashboard(ops)["metrics"]["workflows"]["Winter sale"]["messages"]
+    assert (messages["sent_recent"], messages["bounced_recent"], messages["rate_per_min"]) == (5, 1, 1.0)
+    Delivery.objects.filter(pk=bounced.pk).update(status="sent")
+
     # and the graph page of the live version says how far the send is and links to its messages
     page = ops.get(reverse("console:version_graph", args=[sale.live_version_id])).content.decode()
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page))

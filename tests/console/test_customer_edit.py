@@ -157,6 +157,25 @@ def test_a_timezone_in_the_traits_is_checked_as_the_api_checks_it(admin_client):
     assert Customer.objects.get(pk=customer.pk).traits == {}
 
 
+def test_a_customer_whose_stored_zone_trait_is_an_offset_can_still_be_edited(
+        admin_client, django_capture_on_commit_callbacks):
+    # given a customer the tracking API identified with timezone "+05:30" (kept as a trait only)
+    customer = CustomerFactory(external_id="off", email="old@example.com", timezone="Asia/Tokyo",
+                               traits={"timezone": "+05:30", "plan": "free"})
+    # when ops fix their email, the traits left as they are
+    response = _save(admin_client, customer, django_capture_on_commit_callbacks, email="new@example.com")
+    # then it saves
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    customer.refresh_from_db()
+    assert customer.email == "new@example.com" and customer.traits["timezone"] == "+05:30"
+    # but changing that trait to another offset is still refused, naming it
+    response = _save(admin_client, customer, django_capture_on_commit_callbacks,
+                     traits=json.dumps({"timezone": "+06:00", "plan": "free"}))
+    assert response.status_code == 200
+    assert "traits.timezone: '+06:00' is not an IANA time zone" in " ".join(
+        response.context["adminform"].form.errors["traits"])
+
+
 def test_a_timezone_typed_in_another_case_is_stored_in_its_own_spelling(admin_client):
     customer = CustomerFactory(external_id="tz", timezone="Asia/Tokyo", traits={})
 

@@ -165,3 +165,48 @@ def test_a_customer_import_sets_traits_but_starts_workflows_only_when_ticked(ops
         ("pro segment", "m-2"), ("to pro", "m-2")]
     assert "Start workflows for these changes" in ops.get(
         f"{reverse('admin:journeys_job_add')}?kind=import_customers").content.decode()
+
+
+def test_an_unticked_customer_import_enters_nobody_at_the_next_refreshes(ops, django_capture_on_commit_callbacks):  # noqa: F811
+    """The refreshes compare who is in a segment (or a rule stage) with what was recorded: a
+    history import records the segment members and sets the stage quietly, so neither the hourly
+    segment-entry refresh nor the stage refresh takes the imported customers for newcomers."""
+    from journeys.engine.listeners import stages_reset
+    from journeys.engine.scheduler import segment_entries_refresh, stages_refresh
+    from journeys.models import Customer, LifecycleStage, StageTransition
+
+    # given a live segment-entry workflow (its members recorded at go-live), a rule stage and a
+    # workflow started by entering that stage
+    done = {"steps": [{"key": "done", "kind": "goal", "config": {}}], "edges": []}
+    joined = live_workflow(name="pro segment", definition={
+        "trigger_kind": "segment_entry", "trigger_config": {"rule": "profile.imp_plan == 'pro'"}, **done})
+    LifecycleStage.objects.create(key="imp_pro", name="Imported pro", order=0, rule="profile.imp_plan == 'pro'")
+    stages_reset()
+    staged = live_workflow(name="pro stage", definition={
+        "trigger_event": "Stage Entered", "trigger_config": {"filter": "event.properties.stage == 'imp_pro'"}, **done})
+    runs = JourneyRun.objects.filter(version__workflow__in=[joined, staged])
+    now = timezone.now()
+    segment_entries_refresh(now=now)
+    # when a customer is moved in with the box unticked, then the hourly refreshes run
+    upload(ops, django_capture_on_commit_callbacks, "user_id,imp_plan\nm-1,pro\n", kind="import_customers")
+    process_pending()
+    with django_capture_on_commit_callbacks(execute=True):
+        stages_refresh(now=now + timedelta(hours=1))
+        segment_entries_refresh(now=now + timedelta(hours=1))
+    process_pending()
+    # then m-1 entered neither workflow, and is in the stage (moved quietly, saying why)
+    assert not runs.exists()
+    assert Customer.objects.get(external_id="m-1").stage == "imp_pro"
+    assert StageTransition.objects.get(customer__external_id="m-1").reason.startswith("history: ")
+    assert not Event.objects.filter(user_id="m-1", name__startswith="Stage ").exists()
+
+    # when another customer is imported with the box ticked, they enter both
+    upload(ops, django_capture_on_commit_callbacks, "user_id,imp_plan\nm-2,pro\n", kind="import_customers",
+           start_workflows="on")
+    for _ in range(2):
+        with django_capture_on_commit_callbacks(execute=True):
+            process_pending()
+    with django_capture_on_commit_callbacks(execute=True):
+        segment_entries_refresh(now=now + timedelta(hours=2))
+    assert sorted(runs.values_list("version__workflow__name", "customer__external_id")) == [
+        ("pro segment", "m-2"), ("pro stage", "m-2")]

@@ -45,12 +45,16 @@ def test_open_and_click_rates_come_from_deliveries_in_the_window():
             template=template,
             status="suppressed",
         )
+        Delivery.objects.create(  # sent, then the recipient's server refused the address
+            idempotency_key=f"b{i}", customer=d.assignment.customer, channel=email, template=template,
+            status="bounced", sent_at=timezone.now(),
+        )
 
     analysis = experiment_analyze(experiment=experiment, now=timezone.now() + timedelta(minutes=1))
 
     for g in analysis.groups:
         n = sum(d.group == g.name for d in decisions)
-        assert g.secondary["open_rate"]["n"] == n  # suppressed messages are not in the denominator
+        assert g.secondary["open_rate"]["n"] == n  # suppressed and bounced messages are not in the denominator
         assert g.secondary["open_rate"]["x"] == opened.get(g.name, 0)
         assert g.secondary["click_rate"]["x"] == 0
         assert g.secondary["resolution_time_h"] is None  # no cases (or no agents app): tolerated
@@ -132,3 +136,10 @@ def test_resolution_time_per_arm_from_agent_cases():
     for g in analysis.groups:
         if g.exposures:
             assert g.secondary["resolution_time_h"] == pytest.approx(statistics.median(hours[g.name]))
+
+
+def test_the_statuses_counted_as_sent_are_those_channels_counts_as_sent():
+    from channels_app.choices import SENT_STATUSES
+    from experiments.services.analysis import SENT_STATUSES as EXPERIMENTS_SENT
+
+    assert set(EXPERIMENTS_SENT) == {str(s) for s in SENT_STATUSES}

@@ -156,3 +156,18 @@ def test_traits_api_stores_and_reports_the_canonical_zone(crm):
     assert response.status_code == 200, response.body
     assert response.body["changes"] == {"timezone": ["Pacific/Chatham", "Asia/Kolkata"]}
     assert response.body["customer"]["timezone"] == "Asia/Kolkata"
+
+
+def test_traits_api_takes_a_customer_whose_stored_zone_trait_is_an_offset(crm):
+    # given a customer the tracking API identified with timezone "+05:30" (kept as a trait only)
+    customer = CustomerFactory(external_id="c", timezone="Asia/Tokyo", traits={"timezone": "+05:30"})
+    # when a client sends their traits back with a new email, the zone unchanged
+    response = crm.patch(f"customers/{customer.pk}/traits",
+                         {"traits": {"timezone": "+05:30", "email": "fixed@example.com"}})
+    # then it is taken, and the customer keeps their zone
+    assert response.status_code == 200, response.body
+    customer.refresh_from_db()
+    assert customer.email == "fixed@example.com" and customer.timezone == "Asia/Tokyo"
+    # but a changed offset is still refused naming it
+    response = crm.patch(f"customers/{customer.pk}/traits", {"traits": {"timezone": "+06:00"}})
+    assert (response.status_code, response.body["field"]) == (400, "traits.timezone"), response.body
