@@ -16,8 +16,14 @@ fi
 # --create-db: each run makes its test databases anew. On PostgreSQL they are copies of one
 # migrated template (tests/pgtemplate.py: migrated once, ~1 s a copy), so the serial run (no
 # xdist: one process, nothing to share) gets a fresh database of its own without migrating.
+# On PostgreSQL the template is migrated meanwhile the workers start and collect the tests.
+template=
+if [ -n "${DATABASE_URL:-}" ]; then
+  .venv/bin/python -m tests.pgtemplate & template=$!
+fi
 .venv/bin/python -m pytest -n "$workers" --dist load --create-db -m "not serial" "$@"
 first=$?
+[ -z "$template" ] || wait "$template"
 .venv/bin/python -m pytest --create-db -m serial "$@"
 second=$?
 [ "$first" = 5 ] && first=0    # 5: nothing selected (e.g. a path with only serial tests)

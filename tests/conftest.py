@@ -39,12 +39,12 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
     (tests/pgtemplate.py): the migrations run once per suite, not once per worker."""
     from django.conf import settings
 
-    from tests.pgtemplate import template_ensure
+    from tests.pgtemplate import template_ensure, template_name
 
     db = settings.DATABASES["default"]
     if db["ENGINE"] != "django.db.backends.postgresql":
         return
-    name = f"test_{db['NAME']}_template"
+    name = template_name(db)
     template_ensure(db, name)
     db.setdefault("TEST", {})["TEMPLATE"] = name
 

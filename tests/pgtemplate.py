@@ -26,6 +26,11 @@ from pathlib import Path
 from tests.proc import BASE_DIR, database_url
 
 
+def template_name(settings_dict: dict) -> str:
+    """The template of the test databases of this DATABASES entry."""
+    return f"test_{settings_dict['NAME']}_template"
+
+
 def migrations_digest() -> str:
     """What the migrations would build: every migration file on disk (all apps), Django's version."""
     import django
@@ -107,3 +112,18 @@ def template_dump_into(settings_dict: dict, target_url: str) -> bool:
     if dump.wait() or load.returncode:
         raise AssertionError(f"copying the template {name} failed:\n{load.stderr[-3000:]}")
     return True
+
+
+if __name__ == "__main__":
+    # scripts/test.sh starts this before the parallel run: the template is migrated while the
+    # xdist workers import and collect the tests (they wait on its lock afterwards, or build it
+    # themselves if this failed).
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings_test")
+    django.setup()
+    from django.conf import settings
+
+    default = settings.DATABASES["default"]
+    if default["ENGINE"] == "django.db.backends.postgresql":
+        template_ensure(default, template_name(default))
