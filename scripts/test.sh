@@ -13,12 +13,18 @@ if [ "$workers" = 0 ]; then
 fi
 # --dist load hands out tests in collection order, so each worker still runs the tests that
 # flush the database (transactional ones, ordered last by pytest-django) after all the others.
-# --create-db --reuse-db: the test databases are made anew (migrated) and kept afterwards, so the
-# serial run (one xdist worker: the database name of the first run's worker gw0) does not migrate
-# a third database; each run still starts from an empty one (the tests before flushed or rolled back).
-.venv/bin/python -m pytest -n "$workers" --dist load --create-db --reuse-db -m "not serial" "$@"
+# --create-db: each run makes its test databases anew. On PostgreSQL they are copies of one
+# migrated template (tests/pgtemplate.py: migrated once, ~1 s a copy), so the serial run (no
+# xdist: one process, nothing to share) gets a fresh database of its own without migrating.
+# On PostgreSQL the template is migrated meanwhile the workers start and collect the tests.
+template=
+if [ -n "${DATABASE_URL:-}" ]; then
+  .venv/bin/python -m tests.pgtemplate & template=$!
+fi
+.venv/bin/python -m pytest -n "$workers" --dist load --create-db -m "not serial" "$@"
 first=$?
-.venv/bin/python -m pytest -n 1 --reuse-db -m serial "$@"
+[ -z "$template" ] || wait "$template"
+.venv/bin/python -m pytest --create-db -m serial "$@"
 second=$?
 [ "$first" = 5 ] && first=0    # 5: nothing selected (e.g. a path with only serial tests)
 [ "$second" = 5 ] && second=0

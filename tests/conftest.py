@@ -15,10 +15,38 @@ SERIAL = ("tests/proof/", "tests/journeys/test_worker_faults.py", "tests/agents/
           "tests/channels_app/test_concurrency.py")
 
 
+def pytest_ignore_collect(collection_path, config):
+    """`-m serial` (scripts/test.sh's second run) selects exactly the tests under SERIAL: the other
+    test files are not even imported (collecting all ~3,000 tests to deselect them costs ~20 s)."""
+    if config.option.markexpr != "serial" or not collection_path.name.startswith("test_"):
+        return None
+    try:
+        relative = collection_path.relative_to(config.rootpath).as_posix()
+    except ValueError:
+        return None
+    return None if relative.startswith(SERIAL) else True
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid.startswith(SERIAL):
             item.add_marker(pytest.mark.serial)
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    """On PostgreSQL each test database (one per xdist worker) is a copy of one migrated template
+    (tests/pgtemplate.py): the migrations run once per suite, not once per worker."""
+    from django.conf import settings
+
+    from tests.pgtemplate import template_ensure, template_name
+
+    db = settings.DATABASES["default"]
+    if db["ENGINE"] != "django.db.backends.postgresql":
+        return
+    name = template_name(db)
+    template_ensure(db, name)
+    db.setdefault("TEST", {})["TEMPLATE"] = name
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from tests.proc import (
     server_env,
     wait_until,
 )
+from tests.pgtemplate import template_dump_into
 
 pytestmark = [
     pytest.mark.postgres,
@@ -49,10 +50,15 @@ def _in_flight(url: str) -> bool:
         return False
 
 
-def test_database_restart_during_ingestion_gives_503_then_every_event_lands_once_and_is_processed(batch_sender):
+def test_database_restart_during_ingestion_gives_503_then_every_event_lands_once_and_is_processed(
+    batch_sender, django_db_setup
+):
+    """django_db_setup: the suite's migrated template (tests/pgtemplate.py), to copy into the private server."""
     with PrivatePostgres() as pg:
         env = server_env(pg.url, DB_CONN_MAX_AGE="60", PGAPPNAME=WEB_APP)
-        manage("migrate", "--noinput", "-v", "0", env=env)
+        # The schema and rows `migrate` gives, copied from the suite's migrated template (or migrated here).
+        if not template_dump_into(connection.settings_dict, pg.url):
+            manage("migrate", "--noinput", "-v", "0", env=env)
         key = manage("create_source", "restart-proof", env=env).strip().splitlines()[-1]
 
         with WebServer(env=env, workers=2, name="proof-restart-web") as web:
