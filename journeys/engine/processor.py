@@ -106,8 +106,8 @@ def history_events_settle(*, event_ids: list[int]) -> None:
                 error=f"{reasons[event.pk]}; what it stops failed: {event.error}"[:4000])
         # What the history changed about them is where they stand, not a change to act on: the
         # refreshes must not take it for one (no segment entry, no live `Stage Entered`).
-        customers = list(Customer.objects.filter(pk__in={e.customer_id for e in events}, merged_into__isnull=True)
-                         .order_by("pk").only(*PROFILE_FIELDS))
+        customers = list(Customer.objects.filter(pk__in={e.customer_id for e in events}, merged_into__isnull=True,
+                                                 erased_at__isnull=True).order_by("pk").only(*PROFILE_FIELDS))
         segment_members_settle(customers=customers, now=now)
         customers_stage_settle(customers=customers, now=now)
 

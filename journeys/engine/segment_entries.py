@@ -90,11 +90,11 @@ def segment_members_settle(*, customers: list[Customer], now: datetime) -> int:
     it, this records them as members of each live segment-entry version whose rule they now
     match, so the next refresh sees them as already in and enrols nobody. Cost follows the
     batch: the rules evaluated for these customers (events counted for all of them at once),
-    one INSERT ... ON CONFLICT DO NOTHING per version. Returns the memberships recorded."""
+    one INSERT ... ON CONFLICT DO NOTHING per version. `customers`: neither merged nor erased,
+    loaded with segments.PROFILE_FIELDS. Returns the memberships recorded."""
     from journeys.rules import compile_rule
     from journeys.services.segments import customer_rule_contexts
 
-    customers = [c for c in customers if c.merged_into_id is None]
     rules = [(v.id, v.trigger_config.get("rule", "")) for v in _live_segment_versions()]
     if not customers or not rules:
         return 0

@@ -108,3 +108,21 @@ def test_a_history_event_starts_no_run_whatever_the_trigger(publish, source):  #
     # then they are stored (the profile has the trait) and nothing started
     assert Customer.objects.get(external_id="u1").traits["plan"] == "pro"
     assert JourneyRun.objects.count() == 0
+
+
+def test_history_of_more_customers_costs_no_more_statements(source):  # noqa: F811
+    """What history settles (goals, windows, waits, segment members, stages) is read set-based:
+    an import page of 40 customers takes as many statements as one of 5, not one more each."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def statements(first: int, count: int) -> int:
+        payloads = [{"type": "identify", "userId": f"hq-{i}", "traits": {"plan": "pro"}, "messageId": f"hq-{i}"}
+                    for i in range(first, first + count)]
+        with CaptureQueriesContext(connection) as queries:
+            event_ingest(source=source, events=events_parse(payloads=payloads, received_at=djtz.now()),
+                         history=IMPORTED)
+        return len(queries)
+
+    statements(0, 3)  # caches warm
+    assert statements(100, 40) <= statements(200, 5) + 5
