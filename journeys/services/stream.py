@@ -56,6 +56,7 @@ logger = logging.getLogger(__name__)
 COLLECTOR_KEY = "journeys.stream"
 FINISHED = (RunStatus.COMPLETED, RunStatus.EXITED, RunStatus.FAILED)
 LAG_BEHIND = timedelta(minutes=5)  # a destination whose oldest waiting event is older reads "behind", not "ok"
+QUICK_RETRY_MAX_MS = 1000  # a failed request that took this long is not retried quickly (_retry_delay)
 JOURNEY_TYPES = (StreamEventType.JOURNEY_ENTERED, StreamEventType.JOURNEY_STEP_REACHED,
                  StreamEventType.JOURNEY_CONVERTED, StreamEventType.JOURNEY_EXITED)
 
@@ -354,7 +355,7 @@ def _settled_upto(*, wanted: int) -> int | None:
         writers = [f"{pid}:{xid}" for pid, xid in cursor.fetchall()]
         deadline = time.monotonic() + settle
         while writers and time.monotonic() < deadline:
-            time.sleep(0.005)
+            time.sleep(0.02)
             cursor.execute("SELECT pg_stat_clear_snapshot()")
             cursor.execute("SELECT pid::text || ':' || backend_xid::text FROM pg_stat_activity "
                            "WHERE backend_xid IS NOT NULL AND pid::text || ':' || backend_xid::text = ANY(%s)",
@@ -372,10 +373,12 @@ def _claim(destination_id: int, now: datetime, *, holding: bool = False) -> tupl
         "batch_size", "lease_until", "next_attempt_at", "paused_at").first()
     if row is None or row[3] is not None or (row[2] and row[2] > now) or (row[1] and row[1] > now and not holding):
         return None  # paused, backing off or another task sending: no need to wait for writers
-    size = row[0]
-    oldest = list(StreamEvent.objects.filter(destination_id=destination_id, batch__isnull=True).order_by("id")
-                  .values_list("id", flat=True)[:size])
-    upto = _settled_upto(wanted=oldest[-1]) if oldest else None  # outside the transaction: it may wait
+    size, upto = row[0], None
+    if not StreamBatch.objects.filter(destination_id=destination_id, delivered_at__isnull=True).exists():
+        # a new batch is to be made: of settled events only (a retry of the open one waits for no one)
+        oldest = list(StreamEvent.objects.filter(destination_id=destination_id, batch__isnull=True).order_by("id")
+                      .values_list("id", flat=True)[:size])
+        upto = _settled_upto(wanted=oldest[-1]) if oldest else None  # outside the transaction: it may wait
     with transaction.atomic():
         destination = (StreamDestination.objects.select_for_update(**skip_locked())
                        .filter(pk=destination_id).first())
@@ -417,14 +420,17 @@ def _send(session, destination: StreamDestination, batch: StreamBatch) -> tuple[
     return code, response_headers, error, int((time.monotonic() - started) * 1000)
 
 
-def _retry_delay(*, failures: int, code: int | None, retry_after: str | None, now: datetime) -> timedelta:
+def _retry_delay(*, failures: int, code: int | None, retry_after: str | None, latency_ms: int,
+                 now: datetime) -> timedelta:
     """The first QUICK_RETRIES failures in a row are retried after about QUICK_RETRY_S (an error now
     and then, e.g. one bad node behind a load balancer, costs a fraction of a second, not a
-    backoff); from then on, or when the destination asked for a pause (429, Retry-After), the
-    exponential backoff from RETRY_BASE_S."""
+    backoff) when the failure came fast; from then on, when the destination asked for a pause
+    (429, Retry-After), or when the request took QUICK_RETRY_MAX_MS or more (a destination that
+    hangs: retried at once, it would keep a worker for a timeout each time), the exponential
+    backoff from RETRY_BASE_S."""
     conf = settings.STREAM
     quick = conf["QUICK_RETRIES"]
-    if failures <= quick and code != 429 and not retry_after:
+    if failures <= quick and code != 429 and not retry_after and latency_ms < QUICK_RETRY_MAX_MS:
         return timedelta(seconds=conf["QUICK_RETRY_S"] * random.uniform(0.5, 1.0))
     return backoff_delay(attempt=max(1, failures - quick), base_s=conf["RETRY_BASE_S"], max_s=conf["RETRY_MAX_S"],
                          retry_after=retry_after, now=now)
@@ -451,7 +457,8 @@ def _record(*, destination: StreamDestination, batch: StreamBatch, code: int | N
         destination.consecutive_failures += 1
         destination.last_error = batch.last_error
         retry_after = {k.lower(): v for k, v in headers.items()}.get("retry-after")
-        delay = _retry_delay(failures=destination.consecutive_failures, code=code, retry_after=retry_after, now=now)
+        delay = _retry_delay(failures=destination.consecutive_failures, code=code, retry_after=retry_after,
+                             latency_ms=latency, now=now)
         destination.next_attempt_at = now + delay
         if code == 410:
             destination.paused_at, destination.pause_reason = now, "the destination answered 410 Gone"

@@ -351,6 +351,27 @@ def test_a_destination_failing_every_third_request_drains_its_backlog_in_one_tas
     assert not StreamEvent.objects.filter(batch__delivered_at__isnull=True).exists()
 
 
+def test_a_destination_that_answers_slowly_when_failing_is_not_retried_at_once(destination, vendor, settings,
+                                                                               monkeypatch):
+    """Quick retries are for failures that come fast: a request that failed after a second or more
+    (a hanging destination) goes to the backoff, so the task lets the worker go instead of holding
+    it for a timeout per retry."""
+    from journeys.services import stream
+    from tests.channels_app.servers import Plan
+
+    monkeypatch.setattr(stream, "QUICK_RETRY_MAX_MS", 200)
+    settings.STREAM = {**settings.STREAM, "TASK_S": 0.5}  # shorter than the backoff
+    dest, _ = destination(batch_size=10)
+    stream_emit(items=items(20))
+    vendor.plan(Plan(500, {"error": "slow"}, delay=0.3), Plan(200), Plan(200))
+
+    assert stream.stream_deliver(destination_id=dest.pk) == 0
+    assert len(vendor.requests) == 1  # not retried by this task: the backoff (the tick) retries it
+    dest.refresh_from_db()
+    assert dest.consecutive_failures == 1 and dest.lease_until is None
+    assert dest.next_attempt_at is not None
+
+
 def test_a_delivery_task_hands_over_when_its_time_is_up(destination, vendor, settings, monkeypatch):
     """One destination never holds a worker longer than STREAM["TASK_S"]: the task stops after
     the request that used its time and queues the next one, which goes on from there."""
