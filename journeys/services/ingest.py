@@ -164,7 +164,7 @@ def _history_fields(event: ParsedEvent, history: str, accepted_at: datetime, rep
 
 def event_ingest(
     *, source: Source, events: list[ParsedEvent], ip: str | None = None, catalog: bool = True, history: str = "",
-    accepted_at: datetime | None = None, replayed: bool = False,
+    replayed: bool = False,
 ) -> IngestResult:
     """Store a validated request in one transaction and hand it to the engine.
 
@@ -173,11 +173,11 @@ def event_ingest(
     the same transaction, so an event is never stored without its customer.
 
     An event stored as history (`history`: why, for all of them, e.g. an import that did not opt
-    in; or its timestamp older than EVENT_TRIGGER_MAX_AGE_S when accepted: `accepted_at`, now
-    unless given) starts no workflow, and its row says why (status `history`, the reason in
-    `error`). It counts for segments and reports, and it still stops or resolves existing work,
-    in this transaction (`history_events_settle`): it converts runs whose goal it is, closes the
-    inactivity windows it follows up, and answers a wait for it that began before it happened.
+    in; or its timestamp older than EVENT_TRIGGER_MAX_AGE_S when accepted, i.e. now) starts no
+    workflow, and its row says why (status `history`, the reason in `error`). It counts for
+    segments and reports, and it still stops or resolves existing work, in this transaction
+    (`history_events_settle`): it converts runs whose goal it is, closes the inactivity windows
+    it follows up, and answers a wait for it that began before it happened.
     `replayed`: the events were received earlier (the quarantine's replay), which their reason says.
     """
     from journeys.engine.processor import history_events_settle
@@ -196,7 +196,7 @@ def event_ingest(
             seen.add(event.message_id)
             unique.append(event)
     actor = f"source:{source.name}"
-    accepted_at = accepted_at or timezone.now()
+    accepted_at = timezone.now()
 
     with transaction.atomic():
         existing: set[str] = set()
