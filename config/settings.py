@@ -251,6 +251,9 @@ Q_CLUSTER = {
     "label": "Task queue",
 }
 Q_SUCCESS_KEEP = env_int("Q_SUCCESS_KEEP", 1000)
+# A cluster whose task queue is stuck this many seconds after one of its workers (or its pusher)
+# was killed restarts its workers on a new queue (journeys.qcluster; django-q2 issue #23).
+Q_FREEZE_S = env_int("Q_FREEZE_S", 10)
 
 # History retention (docs/SCALING.md "Retention"), applied by the events housekeeping schedule in
 # bounded batches: finished journey runs (with their step executions and messages), closed cases

@@ -14,7 +14,11 @@ class JourneysConfig(AppConfig):
         # Core step kinds register themselves in the engine's registry.
         from journeys.engine import steps, steps_vocabulary  # noqa: F401
         from journeys import checks  # noqa: F401  (security system checks)
+        from journeys.qcluster import install as qcluster_install
         from journeys.schedules import schedules_assign
+
+        # q2 clusters come back by themselves from a worker killed while it waited (journeys.qcluster).
+        qcluster_install()
 
         # After every migrate (when apps add their q2 schedules): put them on the schedules cluster.
         post_migrate.connect(schedules_assign, sender=self, dispatch_uid="journeys.schedules_assign")

@@ -17,6 +17,7 @@ there: the module is skipped unless the database is PostgreSQL.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 import time
@@ -416,6 +417,48 @@ def test_a_cluster_stopped_as_the_documented_systemd_unit_stops_it_leaves_no_pro
 
     wait_until(lambda: not cluster.pids(), timeout=10, message="every process of the cluster to exit")
     assert time.monotonic() - began < 30 and "has stopped" in cluster.output(), cluster.output()
+
+
+def test_a_cluster_whose_idle_workers_were_killed_takes_tasks_again_and_still_stops(
+        publish, api, orm_broker, clusters):
+    """The OOM killer takes a cluster's idle workers, one of which held the task queue's read lock
+    while it waited (django-q2 issue #23: the new workers never took a task again, and SIGTERM no
+    longer stopped the cluster). The cluster notices the stuck queue within Q_FREEZE_S, starts its
+    workers again on a new queue, every event is processed once, and SIGTERM stops it."""
+    n = 240
+    publish(ORDER_FLOW)
+    cluster = clusters("freeze", workers=2, extra_env={"Q_FREEZE_S": "2"}, **QUICK_RETRY)
+    wait_until(lambda: cluster.output().count("ready for work at") == 2, timeout=60, message="two idle workers")
+    idle = [int(pid) for pid in re.findall(r"ready for work at (\d+)", cluster.output())]
+    for pid in idle:  # both: one of them is waiting inside the queue's read, holding its lock
+        cluster.signal(signal.SIGKILL, pid)
+    wait_until(lambda: cluster.output().count("after death") == 2, timeout=30, message="both reincarnated")
+
+    post_orders(api, range(n), per_request=120)
+
+    wait_until(lambda: all_done(n), timeout=90, interval=0.2, message="the events processed after the kill")
+    assert_each_step_once(n, ["check", "count", "done"])
+    assert "the task queue is stuck" in cluster.output() and "carried over" in cluster.output()
+    cluster.signal(signal.SIGTERM, cluster.pgid)
+    cluster.proc.wait(timeout=30)
+    wait_until(lambda: not cluster.pids(), timeout=10, message="every process of the cluster to exit")
+    assert "has stopped" in cluster.output(), cluster.output()
+
+
+def test_sigterm_stops_a_cluster_frozen_by_its_killed_workers(clusters):
+    """SIGTERM before the freeze is noticed (Q_FREEZE_S far off): the cluster still stops, where q2
+    alone waited forever for workers that could not read their STOP pills."""
+    cluster = clusters("frozen-stop", workers=2, extra_env={"Q_FREEZE_S": "600"})
+    wait_until(lambda: cluster.output().count("ready for work at") == 2, timeout=60, message="two idle workers")
+    for pid in [int(pid) for pid in re.findall(r"ready for work at (\d+)", cluster.output())]:
+        cluster.signal(signal.SIGKILL, pid)
+    wait_until(lambda: cluster.output().count("after death") == 2, timeout=30, message="both reincarnated")
+
+    cluster.signal(signal.SIGTERM, cluster.pgid)
+    cluster.proc.wait(timeout=30)
+
+    wait_until(lambda: not cluster.pids(), timeout=10, message="every process of the cluster to exit")
+    assert "has stopped" in cluster.output(), cluster.output()
 
 
 # -- known bug ------------------------------------------------------------------------------------
