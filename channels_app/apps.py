@@ -30,6 +30,7 @@ class ChannelsAppConfig(AppConfig):
             HOLD_RELEASE_HOOKS.append(deliveries_release_on_resume)
         from channels_app.services.retention import (
             cap_window_floor,
+            inbound_messages_prune,
             run_deliveries_delete,
             runs_with_unsent_messages,
             standalone_deliveries_prune,
@@ -37,6 +38,7 @@ class ChannelsAppConfig(AppConfig):
         from journeys.services.history_retention import HISTORY_FLOORS, HISTORY_PRUNERS, RUN_DEPENDENTS, RUN_HOLDS
 
         for hooks, hook in ((HISTORY_FLOORS, cap_window_floor), (RUN_DEPENDENTS, run_deliveries_delete),
-                            (HISTORY_PRUNERS, standalone_deliveries_prune), (RUN_HOLDS, runs_with_unsent_messages)):
+                            (HISTORY_PRUNERS, standalone_deliveries_prune), (HISTORY_PRUNERS, inbound_messages_prune),
+                            (RUN_HOLDS, runs_with_unsent_messages)):
             if hook not in hooks:  # the history retention: caps' windows, messages with their runs, unsent ones kept
                 hooks.append(hook)

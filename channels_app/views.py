@@ -21,7 +21,7 @@ from channels_app.services.links import BadLink, absolute, link_load
 from channels_app.services.tracking import delivery_click_record, delivery_open_record, delivery_status_record
 from journeys.errors import JourneyError, SecretUnavailable
 from journeys.models import Customer
-from journeys.services.event_parsing import json_read_storable
+from journeys.services.event_parsing import check_storable_text, json_read_storable
 from journeys.services.identity import phone_normalize
 from journeys.services.outbound import outbound_secret_read
 
@@ -160,11 +160,16 @@ def inbound_sms(request: HttpRequest, token: str) -> HttpResponse:
         if not any(hmac.compare_digest(twilio_signature(auth_token=auth_token, url=url, params=params), given)
                    for url in urls):
             return HttpResponseBadRequest("bad signature")
-    from_number = request.POST.get("From", "")
+    fields = {name: request.POST.get(name, "") for name in ("From", "Body", "MessageSid")}
+    try:  # a NUL (%00) is no text PostgreSQL stores: say which field holds it
+        check_storable_text(fields, field="")
+    except JourneyError as exc:
+        return HttpResponseBadRequest(str(exc))
+    from_number = fields["From"]
     if not phone_normalize(from_number):  # whose STOP? never every customer without a number
         return HttpResponseBadRequest("From: the sender's phone number is required")
-    result = inbound_sms_handle(channel=channel, from_number=from_number, body=request.POST.get("Body", ""),
-                                message_id=request.POST.get("MessageSid", ""))
+    result = inbound_sms_handle(channel=channel, from_number=from_number, body=fields["Body"],
+                                message_id=fields["MessageSid"])
     reply = {"opted_out": "You are unsubscribed and will get no more messages. Reply START to resubscribe.",
              "opted_in": "You are subscribed again. Reply STOP to unsubscribe."}.get(result["action"],
                                                                                   result.get("reply", ""))

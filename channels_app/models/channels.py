@@ -56,3 +56,20 @@ class ChannelBreaker(models.Model):
 
     def __str__(self) -> str:
         return f"{self.channel.name}: {self.state}"
+
+
+class InboundMessage(models.Model):
+    """An inbound message a provider's webhook handed over (Twilio's MessageSid), kept so that
+    the webhook retried (a timeout, Twilio's `#rc` retries) counts once: the unique key is what
+    the retry, or a copy posted at the same moment, runs into. Nothing of the sender or the text
+    is kept."""
+
+    channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="+")
+    message_id = models.CharField(max_length=200, help_text="the provider's id of the message (MessageSid)")
+    received_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["channel", "message_id"], name="inbound_message_once")]
+
+    def __str__(self) -> str:
+        return f"{self.channel_id}:{self.message_id}"

@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from django.db import transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from channels_app.choices import ChannelKind, ConsentStatus, Reason
-from channels_app.models import Channel, Consent, Suppression, Topic
+from channels_app.models import Channel, Consent, InboundMessage, Suppression, Topic
 from journeys.errors import JourneyError
 from journeys.models import Customer, Identity
 from journeys.services.digests import personal_digest
@@ -42,6 +42,7 @@ def sms_keyword(body: str) -> str:
 # bounce's mark last ("complaint hard_bounce:<digest>"), so each holds what it holds (`consent_change`).
 BOUNCE_SOURCE = "hard_bounce:"
 PHONE_KINDS = (ChannelKind.SMS, ChannelKind.VOICE)
+M = TypeVar("M", bound=models.Model)
 
 
 def _address_canonical(channel_kind: str, address: str) -> str:
@@ -273,6 +274,34 @@ def personalization_allowed(*, customer: Customer) -> bool:
     return ConsentBook.of(customer).personalized(customer.pk)
 
 
+def _inserted(row: models.Model) -> bool:
+    """Insert `row` in a savepoint; False when a unique constraint refuses it (the row of its key
+    is there already, or a concurrent transaction has just inserted it: on PostgreSQL the insert
+    waits for that one to end), and the caller's transaction goes on."""
+    try:
+        with transaction.atomic():
+            row.save(force_insert=True)
+    except IntegrityError:
+        return False
+    return True
+
+
+def _locked_or_inserted(model: type[M], new: Callable[[], M], **key: Any) -> tuple[M, bool]:
+    """The row of `key` locked (FOR UPDATE), and False; or, when there is none, `new()` inserted,
+    and True. Writers that all found no row each try the insert: one goes in, the others read that
+    row, locked, once it is committed, and go on as if they had found it (never an IntegrityError)."""
+    rows = model.objects.select_for_update().filter(**key)
+    found = rows.first()
+    if found is None:
+        row = new()
+        if _inserted(row):
+            return row, True
+        found = rows.first()
+        if found is None:  # refused by another constraint (a foreign key): not a concurrent writer
+            row.save(force_insert=True)  # raises that IntegrityError
+    return found, False
+
+
 # --------------------------------------------------------------------------- suppressions
 
 
@@ -304,10 +333,11 @@ def suppressions_keep(*, customer_ids: list[int], emails: Iterable[str], phones:
             key = (bounced, kind, topic_id)
             kept[key] = _status_joined(kept.get(key, ""), mark)
     for (digest, kind, topic_id), status in kept.items():
-        held = Suppression.objects.select_for_update().filter(digest=digest, channel_kind=kind, topic_id=topic_id).first()
-        if held is None:
-            Suppression.objects.create(digest=digest, channel_kind=kind, topic_id=topic_id, status=status, created_at=now)
-        elif _status_joined(held.status, status) != held.status:
+        held, inserted = _locked_or_inserted(
+            Suppression, lambda: Suppression(digest=digest, channel_kind=kind, topic_id=topic_id, status=status,
+                                             created_at=now),
+            digest=digest, channel_kind=kind, topic_id=topic_id)
+        if not inserted and _status_joined(held.status, status) != held.status:
             Suppression.objects.filter(pk=held.pk).update(status=_status_joined(held.status, status), created_at=now)
     return len(kept)
 
@@ -335,15 +365,18 @@ def consent_set(*, customer: Customer, channel_kind: str, topic: Topic | None, s
     and `actor`, the user who recorded it, when one did). A choice over a stored one follows
     `consent_change` (a bounce and an opt-out are both kept)."""
     at = at or timezone.now()
-    consent = (Consent.objects.select_for_update()
-               .filter(customer=customer, channel_kind=channel_kind, topic=topic).first())
-    if consent is None:
-        consent = Consent(customer=customer, channel_kind=channel_kind, topic=topic)
-        source = source[:100]
-    else:
-        source = consent_change(status_was=consent.status, source_was=consent.source, status=status, source=source)
-        if source is None:
-            return consent
+
+    def new() -> Consent:
+        first = Consent(customer=customer, channel_kind=channel_kind, topic=topic, status=status,
+                        source=source[:100], updated_at=at)
+        return history_stamp(first, actor=actor, reason=reason or first.source)
+
+    consent, inserted = _locked_or_inserted(Consent, new, customer=customer, channel_kind=channel_kind, topic=topic)
+    if inserted:
+        return consent
+    source = consent_change(status_was=consent.status, source_was=consent.source, status=status, source=source)
+    if source is None:
+        return consent
     consent.status, consent.source, consent.updated_at = status, source, at
     history_stamp(consent, actor=actor, reason=reason or source)
     consent.save()
@@ -471,6 +504,7 @@ def customers_by_phone(phone: str) -> list[Customer]:
 INBOUND_SMS_HOOKS: list[Callable[..., dict | None]] = []
 
 
+@transaction.atomic
 def inbound_sms_handle(*, channel: Channel, from_number: str, body: str, message_id: str = "") -> dict:
     """SMS keywords (`sms_keyword`: the first word, case and punctuation aside): STOP (and
     synonyms) opts the sender out of all SMS; START opts back in; HELP/INFO is answered with
@@ -478,7 +512,13 @@ def inbound_sms_handle(*, channel: Channel, from_number: str, body: str, message
     Every text, keyword or not, is then offered to INBOUND_SMS_HOOKS ("Cancel it" is a STOP and
     may answer an agent too); a bare keyword ("STOP", "Yes") may join an open case but never
     reopens a resolved one. `message_id` (Twilio's MessageSid) makes a retried webhook count
-    once. Returns what was done: the keyword's action, else "to_case" or "ignored"."""
+    once: a message already handled (or being handled right now) is answered with
+    {"action": "repeated"} and changes nothing, nor is offered to the hooks again (its
+    `InboundMessage` key, inserted in the transaction that does what the message says).
+    Returns what was done: the keyword's action, else "to_case" or "ignored"."""
+    if message_id and not _inserted(InboundMessage(channel=channel, message_id=message_id[:200],
+                                                   received_at=timezone.now())):
+        return {"action": "repeated", "customers": []}
     word = sms_keyword(body)
     customers = customers_by_phone(from_number)
     if word in STOP_WORDS:

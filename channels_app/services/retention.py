@@ -1,6 +1,7 @@
 """The channels app's part of the history retention (journeys.services.history_retention):
 messages go with their runs, messages sent outside any run (API, transactional, test sends) go
-by age, and nothing a frequency cap still counts is deleted."""
+by age, inbound messages' keys (a retried webhook's) go by age, and nothing a frequency cap
+still counts is deleted."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import time
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import Exists, Max, OuterRef, Q
+from django.db.models import Exists, Max, OuterRef, Q, QuerySet
 
 from channels_app.choices import DeliveryStatus
-from channels_app.models import Delivery, FrequencyCap
+from channels_app.models import Delivery, FrequencyCap, InboundMessage
 
 # A message still on its way is never deleted, whatever its age.
 UNFINISHED = (DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED, DeliveryStatus.SENDING)
@@ -39,14 +40,27 @@ def run_deliveries_delete(run_ids: list[int]) -> dict:
 def standalone_deliveries_prune(cutoff: datetime, deadline: float, batch: int) -> dict:
     """HISTORY_PRUNERS entry: finished messages sent outside any run, created before the cutoff
     (delivery_standalone_idx), `batch` at a time, each batch its own transaction."""
+    rows = Delivery.objects.filter(run_id__isnull=True, created_at__lt=cutoff).exclude(status__in=UNFINISHED)
+    return {"standalone_deliveries": _oldest_delete(rows.order_by("created_at"), deadline, batch)}
+
+
+def _oldest_delete(rows: QuerySet, deadline: float, batch: int) -> int:
+    """Delete `rows` in their order (oldest first), `batch` at a time, each batch its own
+    transaction, until none is left or the deadline passes. Returns how many went."""
     deleted = 0
     while time.monotonic() < deadline:
-        ids = list(Delivery.objects.filter(run_id__isnull=True, created_at__lt=cutoff).exclude(status__in=UNFINISHED)
-                   .order_by("created_at").values_list("pk", flat=True)[:batch])
+        ids = list(rows.values_list("pk", flat=True)[:batch])
         if ids:
             with transaction.atomic():
-                Delivery.objects.filter(pk__in=ids).delete()
+                rows.model.objects.filter(pk__in=ids).delete()
         deleted += len(ids)
         if len(ids) < batch:
             break
-    return {"standalone_deliveries": deleted}
+    return deleted
+
+
+def inbound_messages_prune(cutoff: datetime, deadline: float, batch: int) -> dict:
+    """HISTORY_PRUNERS entry: the keys of inbound messages received before the cutoff (a provider
+    retries its webhook within hours), `batch` at a time (received_at index)."""
+    rows = InboundMessage.objects.filter(received_at__lt=cutoff).order_by("received_at")
+    return {"inbound_messages": _oldest_delete(rows, deadline, batch)}

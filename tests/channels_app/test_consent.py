@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
+from datetime import timedelta
 
-from channels_app.models import Consent, Delivery, MessageTemplate
+import pytest
+from django.utils import timezone
+
+from channels_app.models import Consent, Delivery, InboundMessage, MessageTemplate
 from channels_app.services import consent_set, message_send
 from channels_app.services.links import link_url
 from channels_app.views import twilio_signature
 from journeys.choices import ApiScope
 from journeys.models import Customer, Identity
+from journeys.tasks import events_housekeeping
 from tests.apiclient import Api, make_token
 from tests.channels_app.factories import ChannelFactory, CustomerFactory, TemplateFactory, topic
 
@@ -328,3 +332,50 @@ def test_an_sms_stop_holds_for_the_number_after_erasure_until_it_texts_start(sms
     assert inbound(client, sms_channel, "START").status_code == 200
     assert not Suppression.objects.filter(digest=address_digest("sms", "+15550001")).exists()
     assert send(sms_channel, back, template, "s2", on_commit).status == "sent"
+
+
+def test_a_stop_webhook_twilio_retries_after_the_customers_start_changes_nothing(sms_channel, ada, client,
+                                                                                 on_commit):
+    # given a customer who texted STOP, then START
+    template = TemplateFactory(topic=topic("product_updates"))
+    assert b"unsubscribed" in inbound(client, sms_channel, "STOP", MessageSid="SMa").content
+    assert b"subscribed again" in inbound(client, sms_channel, "START", MessageSid="SMb").content
+
+    # when Twilio posts the STOP's webhook again (same MessageSid: a timeout, its #rc retry)
+    again = inbound(client, sms_channel, "STOP", MessageSid="SMa")
+
+    # then it is answered without a second confirmation, and the customer stays subscribed
+    assert again.status_code == 200 and again.content == b"<Response></Response>"
+    assert Consent.objects.get(customer=ada, channel_kind="sms").status == "opted_in"
+    assert Consent.history.filter(customer_id=ada.pk, channel_kind="sms").count() == 2
+    assert send(sms_channel, ada, template, "after-retry", on_commit).status == "sent"
+    # while the same text under a new MessageSid is a new STOP
+    assert b"unsubscribed" in inbound(client, sms_channel, "STOP", MessageSid="SMc").content
+    assert Consent.objects.get(customer=ada, channel_kind="sms").status == "opted_out"
+
+
+@pytest.mark.parametrize("field", ["From", "Body", "MessageSid"])
+def test_an_inbound_sms_with_a_nul_character_is_refused_naming_the_field(sms_channel, ada, client, field):
+    # given a correctly signed inbound STOP whose field holds a NUL (%00), which no text column stores
+    fields = {"From": "+15550001", "Body": "STOP", "MessageSid": "SMnul"}
+    fields[field] += "\x00"
+
+    # when it is posted
+    response = inbound(client, sms_channel, fields["Body"], sender=fields["From"], MessageSid=fields["MessageSid"])
+
+    # then it is refused naming the field, and nothing is recorded
+    assert response.status_code == 400 and response.content.decode().startswith(f"{field}:")
+    assert "NUL" in response.content.decode()
+    assert not Consent.objects.exists()
+
+
+def test_the_keys_of_old_inbound_messages_go_with_the_history_retention(sms_channel, ada, client, settings):
+    # given two texts handled under a 30-day retention, one of them 40 days ago
+    settings.HISTORY_RETENTION_DAYS = 30
+    inbound(client, sms_channel, "HELP", MessageSid="SMold")
+    inbound(client, sms_channel, "HELP", MessageSid="SMnew")
+    InboundMessage.objects.filter(message_id="SMold").update(received_at=timezone.now() - timedelta(days=40))
+
+    # when the housekeeping runs, then the old one's key goes and the recent one's stays
+    assert events_housekeeping()["history"]["inbound_messages"] == 1
+    assert list(InboundMessage.objects.values_list("message_id", flat=True)) == ["SMnew"]
