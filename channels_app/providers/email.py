@@ -250,6 +250,13 @@ def mime_bytes(message: OutgoingMessage, *, sender: str, recipient: str, headers
                      b"--", boundary, b"--\r\n"])
 
 
+def message_id_digest(idempotency_key: str) -> str:
+    """The part of a delivery's Message-ID made of its idempotency key (`<delivery-<id>.<digest>@domain>`):
+    a report that names the Message-ID (a vendor's bounce, channels_app.services.email_events) is taken
+    for the delivery only when it matches, so a guessed id names no message."""
+    return hashlib.sha256(idempotency_key.encode()).hexdigest()[:20]
+
+
 class _PinnedSMTP(smtplib.SMTP):
     """An SMTP client that connects to `address`, the one the outbound check passed, instead of
     resolving the host name again (a rebinding DNS server could answer a loopback or private
@@ -361,7 +368,7 @@ class SmtpProvider(Provider):
 
     def message_id(self, message: OutgoingMessage) -> str:
         """Stable per delivery: a resend after a crash carries the same id, so receivers can deduplicate."""
-        digest = hashlib.sha256(message.idempotency_key.encode()).hexdigest()[:20]
+        digest = message_id_digest(message.idempotency_key)
         sender = self.settings.get("from_email") or django_settings.DEFAULT_FROM_EMAIL
         domain = parseaddr(sender)[1].rpartition("@")[2]  # the address's, not the display name's
         try:
