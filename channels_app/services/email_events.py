@@ -28,8 +28,11 @@ from django.utils.dateparse import parse_datetime
 
 from channels_app.choices import STATUS_RANK, ChannelKind, DeliveryStatus
 from channels_app.models import Delivery
-from channels_app.providers.email import message_id_digest
-from channels_app.services.tracking import delivery_status_record
+from channels_app.providers.email import POSTMARK_METADATA_KEY, message_id_digest
+from channels_app.services.sending import _event_properties
+from channels_app.services.streaming import deliveries_stream
+from channels_app.services.tracking import EVENT_NAMES, _advance, _went_out, delivery_status_record
+from journeys.choices import StreamEventType
 from journeys.errors import JourneyError
 from journeys.models import Customer, Identity
 
@@ -37,11 +40,10 @@ log = logging.getLogger(__name__)
 
 MAX_ITEMS = 5000  # events in one post (SendGrid batches stay far below)
 MAX_SOFT_BOUNCES = 10  # transient bounces kept on a delivery (a vendor retrying for days stays bounded)
-POSTMARK_METADATA_KEY = "journeys_message_id"  # X-PM-Metadata-<key> (Postmark keys are at most 20 characters)
 
 BOUNCE, SOFT_BOUNCE, COMPLAINT, DELIVERED, FAILED = "bounce", "soft_bounce", "complaint", "delivered", "failed"
 # What each kind is called when handed to delivery_status_record (a status callback's words).
-STATUS_WORDS = {BOUNCE: "bounced", COMPLAINT: "complaint", DELIVERED: "delivered", FAILED: "dropped"}
+STATUS_WORDS = {BOUNCE: "bounced", COMPLAINT: "complaint", FAILED: "dropped"}  # delivered: _delivered_record
 
 _OUR_MESSAGE_ID = re.compile(r"^\s*<?delivery-(\d{1,18})\.([0-9a-f]{20})(?:@[^<>\s]*)?>?\s*$", re.IGNORECASE)
 # Postmark bounce types that say the address itself is dead; every other type (SoftBounce,
@@ -412,6 +414,42 @@ def _apply(event: EmailEvent, delivery_id: int) -> None:
                                at=event.at)
 
 
+def _delivered_record(items: list[tuple[int, EmailEvent]]) -> None:
+    """delivery_status_record's 'delivered' for a batch of receipts (most of what SendGrid posts),
+    set-based (the caller holds the rows' locks): read with one query, written with one UPDATE, their
+    `Message Delivered` events with one INSERT (events_record_internal) and their stream records
+    with one per distinct time the receipts name. The same steps as the one-by-one service (tracking's _advance and _went_out),
+    the same event ids (`status:<delivery>:delivered`), so a receipt recorded either way counts once."""
+    from journeys.services.internal_events import InternalEvent, events_record_internal
+
+    ids = sorted({pk for pk, _ in items})
+    deliveries = Delivery.objects.select_related("channel", "customer", "template", "topic").in_bulk(ids)
+    now, changed, events = timezone.now(), {}, []
+    for pk, event in items:
+        delivery = deliveries.get(pk)
+        if delivery is None or pk in changed:
+            continue
+        at = event.at or now
+        delivery.delivered_at = delivery.delivered_at or at
+        _advance(delivery, DeliveryStatus.DELIVERED)
+        _went_out(delivery, at)
+        delivery.updated_at = now
+        changed[pk] = (delivery, at)
+        if delivery.customer.erased_at is None:  # the row's statistics move; the erased person gets no event
+            events.append(InternalEvent(
+                customer_id=delivery.customer_id, user_id=delivery.customer.external_id,
+                name=EVENT_NAMES[DeliveryStatus.DELIVERED], message_id=f"status:{pk}:{DeliveryStatus.DELIVERED}", at=at,
+                properties={**_event_properties(delivery), "status": DeliveryStatus.DELIVERED, "detail": event.detail}))
+    Delivery.objects.bulk_update([d for d, _ in changed.values()], ["status", "delivered_at", "sent_at", "updated_at"])
+    events_record_internal(events=events)
+    by_time: dict[datetime, list[Delivery]] = {}
+    for delivery, at in changed.values():
+        if delivery.customer.erased_at is None:
+            by_time.setdefault(at, []).append(delivery)
+    for at, group in by_time.items():
+        deliveries_stream(deliveries=group, event_type=StreamEventType.MESSAGE_DELIVERED, at=at)
+
+
 def email_events_ingest(*, channel_id: int, payload: Any) -> dict:
     """Apply a vendor's post (already read as JSON) to the deliveries it reports on; returns what
     happened: counts (`applied`, `already`, `unmatched`, `ignored`), `problems` (items skipped,
@@ -440,7 +478,23 @@ def email_events_ingest(*, channel_id: int, payload: Any) -> dict:
         todo.append((row["pk"], event))
     if todo:
         with transaction.atomic():
+            # every row the batch writes, locked at once in one order: two posts of one batch (a vendor's
+            # retry while the first is still running) wait for each other instead of deadlocking
+            list(Delivery.objects.select_for_update().filter(pk__in={pk for pk, _ in todo}).order_by("pk")
+                 .values_list("pk", flat=True))
+            delivered = [(pk, event) for pk, event in todo if event.kind == DELIVERED]
+            if delivered:
+                try:
+                    with transaction.atomic():
+                        _delivered_record(delivered)
+                except DatabaseError as exc:
+                    log.warning("email delivery receipts not applied: %s", exc)
+                    result["failed"] += [{"index": event.index, "error": "not recorded, retry"} for _, event in delivered]
+                else:
+                    result["applied"] += len(delivered)
             for delivery_id, event in sorted(todo, key=lambda item: item[0]):  # rows locked in one order
+                if event.kind == DELIVERED:
+                    continue
                 try:
                     _apply(event, delivery_id)
                 except DatabaseError as exc:
