@@ -340,12 +340,14 @@ def _rows_by_message_id(events: list[EmailEvent]) -> dict[str, dict]:
 
 
 def _rows_by_address(addresses: set[str]) -> dict[str, dict]:
-    """Recipient address (lower case) -> its latest email delivery's row, with three queries
-    whatever the number of addresses: the customers holding the address (on the profile or as an
-    identity, both indexed), then their email deliveries to it, newest first (by customer)."""
+    """Recipient addresses (as the vendor spells them) -> each one's latest email delivery's row, keyed
+    by the address in lower case, with three queries whatever their number: the customers holding the
+    address (on the profile or as an identity, both indexed, as given or in lower case), then their
+    email deliveries to it, newest first."""
     if not addresses:
         return {}
-    spellings = addresses | {a.lower() for a in addresses}
+    spellings = addresses | {a.lower() for a in addresses}  # a profile may hold it as typed ("Ann@Example.com")
+    addresses = {a.lower() for a in addresses}
     customer_ids = set(Customer.objects.filter(email__in=spellings).values_list("pk", flat=True))
     customer_ids |= set(Identity.objects.filter(kind="email", value__in=spellings).values_list("customer_id", flat=True))
     if not customer_ids:
@@ -462,7 +464,7 @@ def email_events_ingest(*, channel_id: int, payload: Any) -> dict:
         _subscription_record(channel_id=channel_id, url=parsed.subscribe_url, payload=payload)
         result["subscription"] = "recorded: visit the SubscribeURL (in the audit log and the server log) to confirm it"
     by_id = _rows_by_message_id(parsed.events)
-    by_address = _rows_by_address({e.address.lower() for e in parsed.events if e.message_id not in by_id and e.address})
+    by_address = _rows_by_address({e.address for e in parsed.events if e.message_id not in by_id and e.address})
     todo: list[tuple[int, EmailEvent]] = []
     seen: set[tuple[int, str, str]] = set()
     for event in parsed.events:
