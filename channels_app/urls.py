@@ -10,4 +10,5 @@ urlpatterns = [
     path("c/<str:token>/", views.click, name="click"),
     path("status/<str:token>/", views.status_callback, name="status"),
     path("inbound/sms/<str:token>/", views.inbound_sms, name="inbound_sms"),
+    path("email-events/<int:channel_id>/", views.email_events, name="email_events"),
 ]

@@ -9,7 +9,8 @@ import hmac
 from xml.sax.saxutils import escape as xml_escape
 
 from django.http import (
-    HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden, HttpResponseRedirect, JsonResponse,
+    HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden, HttpResponseNotFound, HttpResponseRedirect,
+    JsonResponse,
 )
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.csrf import csrf_exempt
@@ -19,7 +20,7 @@ from channels_app.models import Channel
 from channels_app.services import inbound_sms_handle, preferences_get, preferences_save, unsubscribe_apply
 from channels_app.services.links import BadLink, absolute, link_load
 from channels_app.services.tracking import delivery_click_record, delivery_open_record, delivery_status_record
-from journeys.errors import JourneyError, SecretUnavailable
+from journeys.errors import JourneyError, PayloadTooLarge, SecretUnavailable
 from journeys.models import Customer
 from journeys.services.event_parsing import check_storable_text, json_read_storable
 from journeys.services.identity import phone_normalize
@@ -175,3 +176,59 @@ def inbound_sms(request: HttpRequest, token: str) -> HttpResponse:
                                                                                   result.get("reply", ""))
     twiml = f"<Response>{f'<Message>{xml_escape(reply)}</Message>' if reply else ''}</Response>"
     return HttpResponse(twiml, content_type="text/xml")
+
+
+EMAIL_EVENTS_MAX_BODY = 2 * 1024 * 1024  # below DATA_UPLOAD_MAX_MEMORY_SIZE; SendGrid's batches are far smaller
+
+
+def _basic_password(request: HttpRequest) -> str | None:
+    """The password of an `Authorization: Basic` header (the user name is not checked), None without one."""
+    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        return base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")[2]
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+@csrf_exempt
+@require_http_methods(["POST"])
+def email_events(request: HttpRequest, channel_id: int) -> HttpResponse:
+    """Bounces, complaints and delivery receipts posted by an email vendor (Amazon SES through SNS,
+    SendGrid, Postmark, Mailgun) for an email channel whose settings name `events_password_env`:
+    HTTP Basic auth with that password (any user name). See channels_app.services.email_events."""
+    from channels_app.services.email_events import EmailEventsRefused, email_events_ingest
+
+    channel = Channel.objects.filter(pk=channel_id, kind="email").first()
+    env_name = (channel.settings or {}).get("events_password_env") if channel is not None else None
+    if not env_name:
+        return HttpResponseNotFound("no email events endpoint here: the email channel with this id does not exist "
+                                    "or its settings name no events_password_env")
+    try:
+        password = outbound_secret_read(name=str(env_name))
+    except SecretUnavailable:
+        return HttpResponseForbidden("the channel's events password is not configured on the server")
+    given = _basic_password(request)
+    if given is None:
+        response = HttpResponse("HTTP Basic authentication is required (the password the channel's "
+                                "events_password_env names)", status=401, content_type="text/plain")
+        response["WWW-Authenticate"] = 'Basic realm="email events", charset="UTF-8"'
+        return response
+    if not hmac.compare_digest(given.encode(), password.encode()):
+        return HttpResponseForbidden("wrong password for this channel's email events")
+    try:
+        size = int(request.headers.get("Content-Length") or 0)
+    except ValueError:
+        size = 0
+    if size > EMAIL_EVENTS_MAX_BODY or len(request.body) > EMAIL_EVENTS_MAX_BODY:
+        return HttpResponse(f"the body is over the limit of {EMAIL_EVENTS_MAX_BODY:,} bytes", status=413,
+                            content_type="text/plain")
+    try:
+        payload = json_read_storable(request.body or b"", max_bytes=EMAIL_EVENTS_MAX_BODY)
+        result = email_events_ingest(channel_id=channel.pk, payload=payload)
+    except PayloadTooLarge as exc:
+        return HttpResponse(str(exc), status=413, content_type="text/plain")
+    except JourneyError as exc:
+        return HttpResponseBadRequest(str(exc))
+    return JsonResponse(result, status=200 if result["ok"] else 503)

@@ -250,6 +250,19 @@ def mime_bytes(message: OutgoingMessage, *, sender: str, recipient: str, headers
                      b"--", boundary, b"--\r\n"])
 
 
+# Postmark's SMTP relays (smtp.postmarkapp.com, smtp-broadcasts.postmarkapp.com) and the metadata key
+# under which our Message-ID rides (Postmark keys are at most 20 characters).
+POSTMARK_SMTP_DOMAINS = (".postmarkapp.com",)
+POSTMARK_METADATA_KEY = "journeys_message_id"
+
+
+def message_id_digest(idempotency_key: str) -> str:
+    """The part of a delivery's Message-ID made of its idempotency key (`<delivery-<id>.<digest>@domain>`):
+    a report that names the Message-ID (a vendor's bounce, channels_app.services.email_events) is taken
+    for the delivery only when it matches, so a guessed id names no message."""
+    return hashlib.sha256(idempotency_key.encode()).hexdigest()[:20]
+
+
 class _PinnedSMTP(smtplib.SMTP):
     """An SMTP client that connects to `address`, the one the outbound check passed, instead of
     resolving the host name again (a rebinding DNS server could answer a loopback or private
@@ -361,7 +374,7 @@ class SmtpProvider(Provider):
 
     def message_id(self, message: OutgoingMessage) -> str:
         """Stable per delivery: a resend after a crash carries the same id, so receivers can deduplicate."""
-        digest = hashlib.sha256(message.idempotency_key.encode()).hexdigest()[:20]
+        digest = message_id_digest(message.idempotency_key)
         sender = self.settings.get("from_email") or django_settings.DEFAULT_FROM_EMAIL
         domain = parseaddr(sender)[1].rpartition("@")[2]  # the address's, not the display name's
         try:
@@ -376,7 +389,7 @@ class SmtpProvider(Provider):
         self._sender = sender
         recipient = _address(message.to)
         raw = mime_bytes(message, sender=sender[0], recipient=recipient[0],
-                         headers={"Message-ID": message_id, **message.headers})
+                         headers={"Message-ID": message_id, **self._vendor_headers(message_id), **message.headers})
         backend = self._open()
         if not (sender[1].isascii() and recipient[1].isascii()):
             self._smtputf8_check(backend.connection, message.to)
@@ -393,6 +406,15 @@ class SmtpProvider(Provider):
             error.unanswered = not answered  # the session was lost mid-transaction: the server may have queued it
             raise error from exc
         return SendResult(provider_message_id=message_id)
+
+    def _vendor_headers(self, message_id: str) -> dict[str, str]:
+        """Postmark replaces the Message-ID and reports bounces without it: through its SMTP relay a
+        message carries ours as metadata (X-PM-Metadata-..., which Postmark takes off and returns in its
+        bounce and complaint webhooks), so they name the message (channels_app.services.email_events)."""
+        host = str(self.settings.get("host") or django_settings.EMAIL_HOST).strip().rstrip(".").lower()
+        if not host.endswith(POSTMARK_SMTP_DOMAINS):
+            return {}
+        return {f"X-PM-Metadata-{POSTMARK_METADATA_KEY}": message_id.strip("<>").partition("@")[0]}
 
     def _smtputf8_check(self, conn: smtplib.SMTP, to: str) -> None:
         """A non-ASCII address needs a server that offers SMTPUTF8: without it the message fails
