@@ -33,6 +33,15 @@ SENT_STATUSES = (DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.O
 # Statuses of a message that counts as a contact for frequency caps: every one that went out to the
 # provider (`sent_at` set), a bounce reported after the provider took it included.
 CONTACT_STATUSES = (*SENT_STATUSES, DeliveryStatus.BOUNCED)
+# Vendor error codes (Twilio's, in a refusal of its REST API or a status callback's ErrorCode) that say
+# the number itself cannot get messages: 30005 unknown or inactive number, 30006 landline or unreachable
+# carrier, 21211 invalid 'To' number, 21614 not a mobile number. Recorded as a bounce, and the number
+# suppressed like a hard bounce (consent.address_suppress).
+DEAD_NUMBER_CODES = frozenset({"30005", "30006", "21211", "21614"})
+# Twilio 21610 "Attempt to send to unsubscribed recipient": the person texted STOP to the sending
+# number. Recorded as failed (reason channel_opt_out), and the number's customers opted out of the
+# channel kind as an inbound STOP does.
+UNSUBSCRIBED_CODES = frozenset({"21610"})
 # Only ever moves forward: a late "delivered" callback must not undo "opened".
 STATUS_RANK = {
     DeliveryStatus.SENT: 1, DeliveryStatus.DELIVERED: 2, DeliveryStatus.OPENED: 3, DeliveryStatus.CLICKED: 4,

@@ -443,3 +443,10 @@ def channel_metrics(*, now: datetime) -> list:
             breaker.add(int(channel.breaker_state == state), channel=channel.name, state=state)
         paused.add(int(channel.paused), channel=channel.name)
     return [waiting, failed, bounced, breaker, paused]
+
+
+def delivery_channel(*, delivery_id: int) -> Channel | None:
+    """The channel a delivery is on now (its provider and settings: how its status callbacks are
+    checked), with one query; None when there is no such delivery."""
+    return (Channel.objects.filter(pk=Subquery(Delivery.objects.filter(pk=delivery_id).values("channel_id")[:1]))
+            .only("id", "provider", "settings").first())

@@ -17,9 +17,13 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from channels_app.models import Channel
+from channels_app.providers.http import twilio_style
+from channels_app.selectors import delivery_channel
 from channels_app.services import inbound_sms_handle, preferences_get, preferences_save, unsubscribe_apply
 from channels_app.services.links import BadLink, absolute, link_load
-from channels_app.services.tracking import delivery_click_record, delivery_open_record, delivery_status_record
+from channels_app.services.tracking import (
+    CallbackRefused, delivery_click_record, delivery_open_record, delivery_status_record,
+)
 from journeys.errors import JourneyError, PayloadTooLarge, SecretUnavailable
 from journeys.models import Customer
 from journeys.services.event_parsing import check_storable_text, json_read_storable
@@ -105,12 +109,20 @@ def click(request: HttpRequest, token: str) -> HttpResponse:
 @csrf_exempt
 @require_http_methods(["POST"])
 def status_callback(request: HttpRequest, token: str) -> HttpResponse:
-    """Providers report delivered / bounced / failed (Twilio's MessageStatus form field,
-    or JSON {"status": ...})."""
+    """Providers report delivered / bounced / failed (Twilio's MessageStatus or CallStatus form
+    field, or JSON {"status": ...}). On a Twilio-style channel that names an auth token, the post
+    must carry Twilio's X-Twilio-Signature (as inbound SMS), and a MessageSid / CallSid must be the
+    delivery's own: else 403 and nothing is recorded."""
     try:
         data = link_load(purpose="status", token=token)
     except BadLink:
         return HttpResponseBadRequest("bad signature")
+    channel = delivery_channel(delivery_id=data["d"])
+    if channel is not None and twilio_style(channel.provider) and (refused := _twilio_refusal(
+            request, channel, refuse=HttpResponseForbidden,
+            why="X-Twilio-Signature: missing, or not Twilio's signature of this URL and form with the channel's "
+                "auth token")):
+        return refused
     if request.content_type == "application/json":
         try:
             body = json_read_storable(request.body or b"{}")
@@ -124,9 +136,13 @@ def status_callback(request: HttpRequest, token: str) -> HttpResponse:
     if not isinstance(status, str):
         return HttpResponseBadRequest("status must be text")
     detail = str(body.get("detail") or body.get("ErrorCode") or "")[:1000]
-    if "\x00" in status or "\x00" in detail:  # a form post's %00: PostgreSQL stores no NUL in text
+    sid = str(body.get("MessageSid") or body.get("CallSid") or body.get("SmsSid") or "")[:255]
+    if "\x00" in status or "\x00" in detail or "\x00" in sid:  # a form post's %00: PostgreSQL stores no NUL in text
         return HttpResponseBadRequest("status/detail: contains a NUL character (\\u0000), which cannot be stored")
-    delivery = delivery_status_record(delivery_id=data["d"], status=status, detail=detail)
+    try:
+        delivery = delivery_status_record(delivery_id=data["d"], status=status, detail=detail, provider_id=sid)
+    except CallbackRefused as exc:
+        return HttpResponseForbidden(str(exc))
     return JsonResponse({"ok": delivery is not None, "status": getattr(delivery, "status", None)})
 
 
@@ -134,6 +150,28 @@ def twilio_signature(*, auth_token: str, url: str, params: dict) -> str:
     """Twilio's request signature: base64(HMAC-SHA1(token, url + sorted key+value pairs))."""
     payload = url + "".join(f"{key}{params[key]}" for key in sorted(params))
     return base64.b64encode(hmac.new(auth_token.encode(), payload.encode(), hashlib.sha1).digest()).decode()
+
+
+def _twilio_refusal(request: HttpRequest, channel: Channel, *, refuse: type[HttpResponse] = HttpResponseBadRequest,
+                    why: str = "bad signature") -> HttpResponse | None:
+    """When the channel names an auth token, Twilio's X-Twilio-Signature must match: None when it
+    does (or the channel names none), else the answer refusing the request (`refuse(why)`). A named
+    token that cannot be read (unset, or not a JOURNEYS_SECRET_ variable) refuses everything."""
+    env_name = (channel.settings or {}).get("auth_token_env")
+    if not env_name:
+        return None
+    try:
+        auth_token = outbound_secret_read(name=str(env_name))
+    except SecretUnavailable:
+        return HttpResponseForbidden("the channel's auth token is not configured")
+    params = {k: request.POST[k] for k in request.POST}
+    given = request.headers.get("X-Twilio-Signature", "")
+    # Twilio signs the URL it was given (PUBLIC_BASE_URL); behind a proxy the request's own may differ.
+    urls = {absolute(request.get_full_path()), request.build_absolute_uri()}
+    if not any(hmac.compare_digest(twilio_signature(auth_token=auth_token, url=url, params=params), given)
+               for url in urls):
+        return refuse(why)
+    return None
 
 
 @csrf_exempt
@@ -147,20 +185,8 @@ def inbound_sms(request: HttpRequest, token: str) -> HttpResponse:
     except BadLink:
         return HttpResponseBadRequest("bad signature")
     channel = get_object_or_404(Channel, pk=data.get("ch"))
-    env_name = (channel.settings or {}).get("auth_token_env")
-    if env_name:
-        # a named token that cannot be read (unset, or not a JOURNEYS_SECRET_ variable) refuses everything
-        try:
-            auth_token = outbound_secret_read(name=str(env_name))
-        except SecretUnavailable:
-            return HttpResponseForbidden("the channel's auth token is not configured")
-        params = {k: request.POST[k] for k in request.POST}
-        given = request.headers.get("X-Twilio-Signature", "")
-        # Twilio signs the URL it was given (PUBLIC_BASE_URL); behind a proxy the request's own may differ.
-        urls = {absolute(request.get_full_path()), request.build_absolute_uri()}
-        if not any(hmac.compare_digest(twilio_signature(auth_token=auth_token, url=url, params=params), given)
-                   for url in urls):
-            return HttpResponseBadRequest("bad signature")
+    if refused := _twilio_refusal(request, channel):
+        return refused
     fields = {name: request.POST.get(name, "") for name in ("From", "Body", "MessageSid")}
     try:  # a NUL (%00) is no text PostgreSQL stores: say which field holds it
         check_storable_text(fields, field="")

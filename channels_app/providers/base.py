@@ -18,14 +18,19 @@ class ProviderError(Exception):
     `recipient_only`: a temporary refusal of this one recipient (greylisting, a full mailbox):
     retried, but it says nothing about the channel, so it never counts toward its breaker.
     `bounce`: the recipient's address does not exist (a hard bounce): recorded as bounced, and
-    the address is not sent to again (consent.address_suppress)."""
+    the address is not sent to again (consent.address_suppress).
+    `opt_out`: the vendor refused because the recipient unsubscribed there (Twilio 21610, a STOP
+    texted to the sending number): recorded as failed (reason channel_opt_out), and the customer
+    opted out of the channel kind, as our own STOP does."""
 
     transient: bool = False
 
     def __init__(self, message: str, *, status_code: int | None = None, retry_after: float | None = None,
-                 unanswered: bool = False, recipient_only: bool = False, bounce: bool = False):
+                 unanswered: bool = False, recipient_only: bool = False, bounce: bool = False,
+                 opt_out: bool = False):
         super().__init__(message)
         self.bounce = bounce
+        self.opt_out = opt_out
         self.status_code = status_code
         self.retry_after = retry_after
         self.unanswered = unanswered

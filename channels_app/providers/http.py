@@ -15,8 +15,9 @@ from collections.abc import Iterator, Sequence
 from typing import ClassVar
 from xml.sax.saxutils import escape
 
+from channels_app.choices import DEAD_NUMBER_CODES, UNSUBSCRIBED_CODES
 from channels_app.providers.base import (
-    OutgoingMessage, PermanentError, Provider, ProviderError, SendResult, TransientError, provider,
+    PROVIDERS, OutgoingMessage, PermanentError, Provider, ProviderError, SendResult, TransientError, provider,
 )
 from channels_app.providers.limits import PUSH_MAX_BYTES, push_payload, push_size
 from journeys.errors import JourneyError, OutboundRefused, OutboundUnreachable
@@ -85,7 +86,13 @@ class HttpProvider(Provider):
         if response.status == 429 or response.status == 408 or response.status >= 500:
             raise TransientError(f"HTTP {response.status}: {body}", status_code=response.status,
                                  retry_after=retry_after_seconds(response.headers.get("Retry-After")))
-        raise PermanentError(f"HTTP {response.status}: {body}", status_code=response.status)
+        raise self.refusal(response.status, response.body, f"HTTP {response.status}: {body}")
+
+    def refusal(self, status: int, raw: bytes, error: str) -> PermanentError:
+        """The error for a 4xx answer that retrying would not change (`error`: its status and the
+        start of its body). A vendor whose answer says the recipient's address is dead or opted
+        out says so here (`bounce`, `opt_out`), so the address is not tried again."""
+        return PermanentError(error, status_code=status)
 
     @staticmethod
     def json_body(raw: bytes) -> dict:
@@ -238,6 +245,18 @@ class TwilioStyle(HttpProvider):
         )
         return SendResult(provider_message_id=str(self.json_body(raw).get("sid") or ""), status_code=status)
 
+    def refusal(self, status: int, raw: bytes, error: str) -> PermanentError:
+        """Twilio's 4xx answer carries its error `code`: an invalid or non-mobile number (21211,
+        21614) is a bounce, an unsubscribed recipient (21610) an opt-out, as in a status callback."""
+        code = str(self.json_body(raw).get("code") or "")
+        return PermanentError(error, status_code=status, bounce=code in DEAD_NUMBER_CODES,
+                              opt_out=code in UNSUBSCRIBED_CODES)
+
+
+def twilio_style(name: str) -> bool:
+    """Whether provider `name` speaks Twilio's API, whose callbacks carry X-Twilio-Signature."""
+    return issubclass(PROVIDERS.get(name, Provider), TwilioStyle)
+
 
 @provider
 class TwilioSms(TwilioStyle):
@@ -283,6 +302,20 @@ class FcmPush(HttpProvider):
             headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.secret('access_token')}"},
         )
         return SendResult(provider_message_id=str(self.json_body(raw).get("name") or ""), status_code=status)
+
+    def refusal(self, status: int, raw: bytes, error: str) -> PermanentError:
+        """A registration token FCM no longer knows (`UNREGISTERED`: the app was uninstalled, the
+        token expired) or that is not a token at all (`INVALID_ARGUMENT` about `message.token`) is
+        a bounce: FCM's documentation says to stop sending to it, so it is suppressed."""
+        answer = self.json_body(raw).get("error")
+        answer = answer if isinstance(answer, dict) else {}
+        details = [d for d in answer.get("details") or [] if isinstance(d, dict)]
+        codes = {str(d.get("errorCode") or "") for d in details} | {str(answer.get("status") or "")}
+        about_token = "registration token" in str(answer.get("message") or "").lower() or any(
+            isinstance(v, dict) and v.get("field") == "message.token"
+            for d in details if isinstance(d.get("fieldViolations"), list) for v in d["fieldViolations"])
+        dead = "UNREGISTERED" in codes or ("INVALID_ARGUMENT" in codes and about_token)
+        return PermanentError(error, status_code=status, bounce=dead)
 
 
 @provider

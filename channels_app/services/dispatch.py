@@ -57,6 +57,7 @@ from channels_app.services.claim import (
 from channels_app.services.consent import address_suppress
 from channels_app.services.links import link_url
 from channels_app.services.streaming import deliveries_stream
+from channels_app.services.tracking import recipient_opt_out, redial_key
 from channels_app.services.sending import (
     _enqueue, _event_properties, deliveries_cluster, message_metadata, unsubscribe_url,
 )
@@ -76,7 +77,7 @@ def _outgoing(delivery: Delivery, *, status_callback: bool) -> OutgoingMessage:
         headers = {"List-Unsubscribe": f"<{unsubscribe_url(delivery)}>",
                    "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
     return OutgoingMessage(
-        delivery_id=delivery.pk, idempotency_key=delivery.idempotency_key, kind=delivery.channel.kind,
+        delivery_id=delivery.pk, idempotency_key=redial_key(delivery), kind=delivery.channel.kind,
         to=delivery.to, subject=delivery.subject, body=delivery.body, html_body=delivery.html_body, headers=headers,
         status_callback_url=link_url(purpose="status", data={"d": delivery.pk}) if status_callback else "",
         metadata=message_metadata(delivery),
@@ -559,6 +560,8 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
             d.reason = Reason.ATTEMPTS_EXHAUSTED if outcome.transient else Reason.PERMANENT_ERROR
             if outcome.bounce and not outcome.transient:  # the address does not exist: never tried again
                 d.status, d.reason = DeliveryStatus.BOUNCED, Reason.UNDELIVERABLE
+            elif outcome.opt_out and not outcome.transient:  # the recipient unsubscribed at the vendor
+                d.reason = Reason.CHANNEL_OPT_OUT
         changed.append(d)
     with transaction.atomic():
         if changed:
@@ -576,6 +579,9 @@ def deliveries_record(*, sent: list[Sent], now: datetime, breaker: bool = True) 
                               detail=d.error[:500]) for d in bounced]
             for d in bounced:
                 address_suppress(customer=d.customer, channel_kind=d.channel.kind, address=d.to, detail=d.error)
+            for d in changed:
+                if d.reason == Reason.CHANNEL_OPT_OUT and d.status == DeliveryStatus.FAILED:
+                    recipient_opt_out(delivery=d, detail=d.error)
         rows_insert(DeliveryAttempt, attempts)
         if accepted:
             # a status callback may already have moved a row on (delivered): statuses only move forward

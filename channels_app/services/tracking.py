@@ -11,23 +11,32 @@ from datetime import datetime
 from django.db import transaction
 from django.utils import timezone
 
-from channels_app.choices import STATUS_RANK, DeliveryStatus
+from channels_app.choices import (
+    DEAD_NUMBER_CODES, STATUS_RANK, UNSUBSCRIBED_CODES, ConsentStatus, DeliveryStatus, Reason,
+)
 from channels_app.models import Delivery
-from channels_app.services.consent import address_suppress, complaint_apply
+from channels_app.services.consent import (
+    PHONE_KINDS, address_suppress, complaint_apply, consent_set, customers_by_phone,
+)
 from channels_app.services.sending import _event_properties
 from channels_app.services.streaming import deliveries_stream
 from journeys.choices import StreamEventType
+from journeys.errors import JourneyError
+from journeys.services.outbound import backoff_delay
 
-# Vendor words (Twilio MessageStatus, SES/SendGrid event names) -> our status.
+# Vendor words (Twilio MessageStatus and CallStatus, SES/SendGrid event names) -> our status. A call
+# that was answered and ended (`completed`) was heard: delivered. Words of a message still on its way
+# (queued, sent, initiated, ringing, in-progress...) change nothing.
 CALLBACK_STATUSES = {
-    "delivered": DeliveryStatus.DELIVERED,
+    "delivered": DeliveryStatus.DELIVERED, "completed": DeliveryStatus.DELIVERED,
     "bounced": DeliveryStatus.BOUNCED, "bounce": DeliveryStatus.BOUNCED,
     "failed": DeliveryStatus.FAILED, "undelivered": DeliveryStatus.FAILED, "dropped": DeliveryStatus.FAILED,
+    "canceled": DeliveryStatus.FAILED, "busy": DeliveryStatus.FAILED, "no-answer": DeliveryStatus.FAILED,
 }
-# Vendor error codes of an undelivered SMS that say the number itself cannot get messages (Twilio:
-# 30005 unknown or inactive number, 30006 landline or unreachable carrier, 21211 invalid number,
-# 21614 not a mobile number): recorded as a bounce, and the number suppressed like a hard bounce.
-PERMANENT_NUMBER_CODES = frozenset({"30005", "30006", "21211", "21614"})
+# A call nobody took (the line was busy, nobody answered): not delivered, and dialled again later as a
+# transient error is retried (the channel's backoff), with a new idempotency key, until the channel's
+# `max_attempts` are spent; then failed (reason attempts_exhausted).
+REDIAL_STATUSES = frozenset({"busy", "no-answer"})
 # Words for "the recipient marked it as spam" (SES/SendGrid/Postmark feedback loops).
 COMPLAINT_STATUSES = frozenset({"complained", "complaint", "spamreport", "spam_report", "abuse"})
 MAX_LATE_RECEIPTS = 10  # contradictory receipts kept on a delivery (a vendor repeating one stays bounded)
@@ -41,6 +50,13 @@ EVENT_NAMES = {
     DeliveryStatus.BOUNCED: "Message Bounced",
     DeliveryStatus.FAILED: "Message Failed",
 }
+
+
+class CallbackRefused(JourneyError):
+    """A status callback that is not about this delivery's message (its MessageSid or CallSid is
+    another message's): nothing is recorded."""
+
+    code = "callback_refused"
 
 
 def _advance(delivery: Delivery, status: str) -> None:
@@ -65,38 +81,107 @@ def _engaged(delivery: Delivery, at: datetime) -> None:
 
 
 def _locked(delivery_id: int) -> Delivery | None:
-    """The delivery, locked, with its channel and customer as they are once the lock is held. The
-    lock is taken on the row alone: locking a join that a merge changes meanwhile (the delivery
-    moves to the surviving customer) makes PostgreSQL recheck the old customer row, which no longer
-    matches, and the receipt would find no delivery."""
+    """The delivery, locked, with its channel and customer (and the template and topic its events
+    name) as they are once the lock is held. The lock is taken on the row alone: locking a join that
+    a merge changes meanwhile (the delivery moves to the surviving customer) makes PostgreSQL
+    recheck the old customer row, which no longer matches, and the receipt would find no delivery."""
     if Delivery.objects.select_for_update().filter(pk=delivery_id).values_list("pk", flat=True).first() is None:
         return None
-    return Delivery.objects.select_related("channel", "customer").get(pk=delivery_id)
+    return Delivery.objects.select_related("channel", "customer", "template", "topic").get(pk=delivery_id)
 
 
-@transaction.atomic
-def delivery_status_record(*, delivery_id: int, status: str, detail: str = "", at: datetime | None = None) -> Delivery | None:
-    """A provider told us what became of a message (delivered, bounced, failed).
+def _same_message(delivery: Delivery, provider_id: str) -> None:
+    """A callback names its message (Twilio's MessageSid / CallSid): one about another message (a
+    forged post, an earlier call of a redialled one) is refused. Before the send's answer is written
+    the delivery has no id yet, and a callback that names none is taken on its signed URL alone."""
+    provider_id = (provider_id or "").strip()
+    if provider_id and delivery.provider_message_id and provider_id != delivery.provider_message_id:
+        raise CallbackRefused(f"this callback is about message {provider_id[:64]!r}, not this delivery's "
+                              f"({delivery.provider_message_id!r})", field="MessageSid")
+
+
+def redial_key(delivery: Delivery) -> str:
+    """The idempotency key a send of this delivery carries: its own, and for a call dialled again
+    after a busy line or no answer (`notes.redials`) one per dial, so the vendor places the new call
+    rather than answering with the old one."""
+    redials = (delivery.notes or {}).get("redials") or 0
+    return f"{delivery.idempotency_key}:redial-{redials}" if redials else delivery.idempotency_key
+
+
+def recipient_opt_out(*, delivery: Delivery, detail: str) -> None:
+    """The vendor refused a message because its recipient unsubscribed there (Twilio 21610: the
+    person texted STOP to the sending number, and every message to them is blocked until START).
+    Whoever has that number is opted out of the channel kind, as our own inbound STOP does
+    (consent.inbound_sms_handle), so nothing more is sent to a number that said STOP."""
+    kind = delivery.channel.kind
+    customers = {delivery.customer_id: delivery.customer}
+    if kind in PHONE_KINDS:
+        customers.update({c.pk: c for c in customers_by_phone(delivery.to)})
+    for customer in customers.values():
+        if customer.erased_at is None:
+            consent_set(customer=customer, channel_kind=kind, topic=None, status=ConsentStatus.OPTED_OUT,
+                        source="vendor_unsubscribed", reason=f"the vendor says the recipient unsubscribed: {detail}"[:300])
+
+
+def _redial(delivery: Delivery, word: str, at: datetime) -> None:
+    """A call nobody took: dialled again after the channel's backoff (REDIAL_STATUSES)."""
+    channel = delivery.channel
+    delivery.status, delivery.reason, delivery.error = DeliveryStatus.DEFERRED, Reason.RETRY, word
+    delivery.next_attempt_at = at + backoff_delay(attempt=delivery.attempts, base_s=channel.retry_base_s,
+                                                  max_s=channel.retry_max_s)
+    delivery.notes = {**(delivery.notes or {}), "redials": int((delivery.notes or {}).get("redials") or 0) + 1}
+    delivery.save(update_fields=["status", "reason", "error", "next_attempt_at", "notes", "updated_at"])
+
+
+def _failure_reason(ours: str, word: str, code: str) -> str:
+    if ours == DeliveryStatus.BOUNCED:
+        return Reason.UNDELIVERABLE
+    if code in UNSUBSCRIBED_CODES:
+        return Reason.CHANNEL_OPT_OUT
+    return Reason.ATTEMPTS_EXHAUSTED if word in REDIAL_STATUSES else Reason.PERMANENT_ERROR
+
+
+def delivery_status_record(*, delivery_id: int, status: str, detail: str = "", at: datetime | None = None,
+                           provider_id: str = "") -> Delivery | None:
+    """A provider told us what became of a message (delivered, bounced, failed; a call completed,
+    busy, unanswered, canceled). `provider_id`: the vendor's id of the message the callback is
+    about, when it names one (CallbackRefused when it is not this delivery's).
 
     Statuses only move forward: a failure or bounce reported for a message already known to have
     arrived (delivered, opened, clicked) contradicts it; such a late receipt is kept in the
     delivery's notes (`late_receipts`) and changes nothing else (no status, event or stream
     record). A 'delivered' for a message reported failed is the stronger word and is recorded,
-    so the outcome does not depend on the order the receipts come in."""
-    from journeys.services.internal_events import event_record_internal
-
+    so the outcome does not depend on the order the receipts come in. A callback that changes
+    nothing (a repeat, a failure after a bounce) records nothing. A vendor code for a dead number
+    bounces the message and suppresses the number; one for an unsubscribed recipient fails it and
+    opts the customer out (recipient_opt_out); a busy or unanswered call is dialled again while
+    the channel's attempts last (REDIAL_STATUSES)."""
     word = (status or "").strip().lower()
+    if word not in CALLBACK_STATUSES and word not in COMPLAINT_STATUSES:
+        # a message on its way (queued, sent, ringing...): read, with no lock and no transaction
+        delivery = Delivery.objects.filter(pk=delivery_id).only("pk", "status", "provider_message_id").first()
+        if delivery is not None:
+            _same_message(delivery, provider_id)
+        return delivery
+    return _status_apply(delivery_id=delivery_id, status=status, word=word, detail=detail or "",
+                         at=at or timezone.now(), provider_id=provider_id)
+
+
+@transaction.atomic
+def _status_apply(*, delivery_id: int, status: str, word: str, detail: str, at: datetime,
+                  provider_id: str) -> Delivery | None:
+    from journeys.services.internal_events import InternalEvent, events_record_internal
+
+    code = detail.strip()
     ours = CALLBACK_STATUSES.get(word)
-    if ours == DeliveryStatus.FAILED and (detail or "").strip() in PERMANENT_NUMBER_CODES:
+    if ours == DeliveryStatus.FAILED and code in DEAD_NUMBER_CODES:
         ours = DeliveryStatus.BOUNCED
     delivery = _locked(delivery_id)
     if delivery is None:
         return delivery
-    at = at or timezone.now()
+    _same_message(delivery, provider_id)
     if word in COMPLAINT_STATUSES:
         _complained(delivery, detail or word, at)
-        return delivery
-    if ours is None:
         return delivery
     if ours != DeliveryStatus.DELIVERED and STATUS_RANK.get(delivery.status, 0) >= STATUS_RANK[DeliveryStatus.DELIVERED]:
         receipts = [*(delivery.notes or {}).get("late_receipts", []),
@@ -105,26 +190,40 @@ def delivery_status_record(*, delivery_id: int, status: str, detail: str = "", a
         delivery.save(update_fields=["notes", "updated_at"])
         return delivery
     if ours == DeliveryStatus.DELIVERED:
+        was = (delivery.status, delivery.delivered_at)
         delivery.delivered_at = delivery.delivered_at or at
         _advance(delivery, ours)
+        if (delivery.status, delivery.delivered_at) == was:
+            return delivery  # a repeated receipt: nothing moves, nothing is recorded
+        if delivery.status != was[0]:
+            delivery.reason, delivery.next_attempt_at = "", None
         _went_out(delivery, at)
-    elif delivery.status in (DeliveryStatus.SENT, DeliveryStatus.SENDING):
+    elif delivery.status not in (DeliveryStatus.SENT, DeliveryStatus.SENDING):
+        return delivery  # already failed, bounced or waiting to be sent again: nothing moves, nothing is recorded
+    elif word in REDIAL_STATUSES and delivery.attempts < delivery.channel.max_attempts:
+        _redial(delivery, word, at)
+        return delivery
+    else:
         delivery.status = ours
         delivery.error = (detail or status)[:4000]
+        delivery.reason = _failure_reason(ours, word, code)
         if ours == DeliveryStatus.BOUNCED:
             _went_out(delivery, at)
         elif delivery.sent_at is None:  # failed: a contact only if the vendor had taken it (the mark)
             delivery.sent_at = delivery.accepted_at
     delivery.save()
-    if ours == DeliveryStatus.BOUNCED and delivery.status == DeliveryStatus.BOUNCED and delivery.to \
-            and delivery.customer.erased_at is None:
+    live = delivery.customer.erased_at is None
+    if ours == DeliveryStatus.BOUNCED and delivery.to and live:
         address_suppress(customer=delivery.customer, channel_kind=delivery.channel.kind, address=delivery.to,
                          detail=f"{status} {detail}".strip())
-    if delivery.customer.erased_at is not None:
+    if ours == DeliveryStatus.FAILED and delivery.reason == Reason.CHANNEL_OPT_OUT and live:
+        recipient_opt_out(delivery=delivery, detail=f"{status} {detail}".strip())
+    if not live:
         return delivery  # the row's statistics move; the erased person gets no new event
-    event_record_internal(customer=delivery.customer, name=EVENT_NAMES[ours], at=at,
-                          message_id=f"status:{delivery.pk}:{ours}",
-                          properties={**_event_properties(delivery), "status": ours, "detail": detail[:500]})
+    events_record_internal(events=[InternalEvent(
+        customer_id=delivery.customer_id, user_id=delivery.customer.external_id, name=EVENT_NAMES[ours],
+        message_id=f"status:{delivery.pk}:{ours}", at=at,
+        properties={**_event_properties(delivery), "status": ours, "detail": detail[:500]})])
     deliveries_stream(deliveries=[delivery], event_type=STREAM_TYPES[ours], at=at)
     return delivery
 

@@ -54,3 +54,15 @@ class CapFactory(factory.django.DjangoModelFactory):
 def topic(slug: str) -> Topic:
     """The topics created by the data migration (marketing requires opt-in, transactional...)."""
     return Topic.objects.get(slug=slug)
+
+
+def sent_message(channel: Channel, customer, on_commit, key: str, slug: str = "product_updates"):
+    """A message of topic `slug` sent to the customer on the channel as a commit would (message_send,
+    then its dispatch), reloaded as it ended up."""
+    from channels_app.services import message_send
+
+    with on_commit():
+        delivery = message_send(customer=customer, template=TemplateFactory(topic=topic(slug)), channel=channel,
+                                idempotency_key=key, context={})
+    delivery.refresh_from_db()
+    return delivery

@@ -4,16 +4,14 @@ the customer out of all but transactional messages on that channel."""
 
 from __future__ import annotations
 
-from urllib.parse import urlparse
-
 import pytest
 
 from channels_app.models import Consent, Delivery
-from channels_app.services import message_send
 from channels_app.services.links import link_url
 from channels_app.views import twilio_signature
 from journeys.models import Event
-from tests.channels_app.factories import ChannelFactory, CustomerFactory, TemplateFactory, topic
+from tests.channels_app.factories import ChannelFactory, CustomerFactory, sent_message
+from tests.channels_app.twilio import twilio_post
 
 pytestmark = pytest.mark.django_db
 
@@ -24,11 +22,7 @@ def email(smtp):
 
 
 def send(channel, customer, on_commit, key, slug="product_updates"):
-    with on_commit():
-        delivery = message_send(customer=customer, template=TemplateFactory(topic=topic(slug)), channel=channel,
-                                idempotency_key=key, context={})
-    delivery.refresh_from_db()
-    return delivery
+    return sent_message(channel, customer, on_commit, key, slug)
 
 
 def test_a_550_5_1_1_is_a_bounce_and_the_address_is_not_tried_again(email, smtp, on_commit):
@@ -71,9 +65,9 @@ def test_an_sms_the_vendor_says_cannot_reach_the_number_suppresses_it(sms, vendo
                                                                       bounced):
     customer = CustomerFactory(external_id="s1", phone="+15550000005")
     first = send(sms, customer, on_commit, "s1", slug="transactional")
-    path = urlparse(vendor.requests[0].form()["StatusCallback"]).path
+    url = vendor.requests[0].form()["StatusCallback"]
 
-    assert client.post(path, callback).status_code == 200
+    assert twilio_post(client, url, callback, token="tw").status_code == 200
 
     first.refresh_from_db()
     assert first.status == ("bounced" if bounced else "failed")
@@ -84,9 +78,9 @@ def test_an_sms_the_vendor_says_cannot_reach_the_number_suppresses_it(sms, vendo
 def test_a_complaint_opts_the_customer_out_of_marketing_on_that_channel(sms, vendor, on_commit, client):
     customer = CustomerFactory(external_id="c1", phone="+15550000006")
     send(sms, customer, on_commit, "c1")
-    path = urlparse(vendor.requests[0].form()["StatusCallback"]).path
+    url = vendor.requests[0].form()["StatusCallback"]
 
-    answer = client.post(path, {"status": "complained"}, content_type="application/json")
+    answer = twilio_post(client, url, {"status": "complained"}, token="tw", json=True)
 
     assert answer.status_code == 200
     assert Delivery.objects.get(idempotency_key="c1").notes["complaint"]["detail"] == "complained"
@@ -165,8 +159,8 @@ def test_an_sms_stop_after_the_number_bounced_holds_the_customers_new_number(sms
     # given a customer whose number the vendor said does not exist
     customer = CustomerFactory(external_id="o3", phone="+15550000031")
     send(sms, customer, on_commit, "o3-r1", slug="transactional")
-    path = urlparse(vendor.requests[0].form()["StatusCallback"]).path
-    assert client.post(path, {"MessageStatus": "bounced"}).status_code == 200
+    url = vendor.requests[0].form()["StatusCallback"]
+    assert twilio_post(client, url, {"MessageStatus": "bounced"}, token="tw").status_code == 200
 
     # when a STOP comes from that number, and the profile moves to a new number
     inbound_stop(client, monkeypatch, "+15550000031")
@@ -189,8 +183,8 @@ def test_a_bounced_number_typed_with_00_is_refused_when_chosen_and_the_fallback_
     customer = CustomerFactory(external_id="o4", phone="0044 20 7946 0022", email="o4@example.com")
     send(sms, customer, on_commit, "o4-r1", slug="transactional")
     assert vendor.requests[0].form()["To"] == "+442079460022"
-    path = urlparse(vendor.requests[0].form()["StatusCallback"]).path
-    assert client.post(path, {"MessageStatus": "bounced"}).status_code == 200
+    url = vendor.requests[0].form()["StatusCallback"]
+    assert twilio_post(client, url, {"MessageStatus": "bounced"}, token="tw").status_code == 200
 
     # when a message is sent on SMS with email as the fallback
     sms.fallback = email

@@ -16,6 +16,8 @@ from channels_app.services import deliveries_dispatch, deliveries_dispatch_due, 
 from journeys.models import Event
 from tests.channels_app.factories import ChannelFactory, CustomerFactory, TemplateFactory, topic
 from tests.channels_app.servers import Plan
+from tests.channels_app.twilio import twilio_post
+from channels_app.views import twilio_signature
 
 pytestmark = pytest.mark.django_db
 
@@ -414,10 +416,12 @@ def test_channel_rate_limit_defers_the_excess(sms, bea, template, vendor, on_com
 
 def test_signed_status_callback_records_delivery_once(sms, bea, template, vendor, on_commit, client):
     delivery = send(sms, bea, template, "k", on_commit)
-    callback = urlparse(vendor.requests[0].form()["StatusCallback"]).path
+    url = vendor.requests[0].form()["StatusCallback"]
+    callback = urlparse(url).path
 
     for _ in range(2):
-        assert client.post(callback, {"MessageStatus": "delivered", "MessageSid": "SM123"}).status_code == 200
+        assert twilio_post(client, url, {"MessageStatus": "delivered", "MessageSid": "SM123"},
+                           token="tw-secret").status_code == 200
     tampered = callback[:-5] + ("x" if callback[-5] != "x" else "y") + callback[-4:]
     assert client.post(tampered, {"MessageStatus": "failed"}).status_code == 400
 
@@ -433,13 +437,14 @@ def test_a_failure_reported_after_delivered_is_kept_aside_and_the_message_stays_
         sms, bea, template, vendor, on_commit, client, late):
     # given a sent message the vendor reported delivered
     delivery = send(sms, bea, template, "k", on_commit)
-    callback = urlparse(vendor.requests[0].form()["StatusCallback"]).path
-    assert client.post(callback, {"MessageStatus": "delivered"}).json() == {"ok": True, "status": "delivered"}
+    url = vendor.requests[0].form()["StatusCallback"]
+    assert twilio_post(client, url, {"MessageStatus": "delivered"}, token="tw-secret").json() == {
+        "ok": True, "status": "delivered"}
     delivered_at = Delivery.objects.get(pk=delivery.pk).delivered_at
 
     # when a contradictory failure comes late, and then the delivered receipt again
-    first = client.post(callback, late)
-    again = client.post(callback, {"MessageStatus": "delivered"})
+    first = twilio_post(client, url, late, token="tw-secret")
+    again = twilio_post(client, url, {"MessageStatus": "delivered"}, token="tw-secret")
 
     # then the message stays delivered throughout: the failure is noted, with no event or status change
     assert first.json() == again.json() == {"ok": True, "status": "delivered"}
@@ -454,8 +459,8 @@ def test_a_failure_reported_after_delivered_is_kept_aside_and_the_message_stays_
 
 def test_bounce_callback_as_json(sms, bea, template, vendor, on_commit, client):
     send(sms, bea, template, "k", on_commit)
-    callback = urlparse(vendor.requests[0].form()["StatusCallback"]).path
-    response = client.post(callback, {"status": "bounced", "detail": "mailbox full"}, content_type="application/json")
+    url = vendor.requests[0].form()["StatusCallback"]
+    response = twilio_post(client, url, {"status": "bounced", "detail": "mailbox full"}, token="tw-secret", json=True)
     assert response.json() == {"ok": True, "status": "bounced"}
     assert Event.objects.get(name="Message Bounced").properties["detail"] == "mailbox full"
 
@@ -470,11 +475,12 @@ def test_a_status_callback_a_database_cannot_store_is_a_400_naming_the_field(sms
                                                                               client, body, form, message):
     # given a sent message and its signed status callback
     delivery = send(sms, bea, template, "k", on_commit)
-    callback = urlparse(vendor.requests[0].form()["StatusCallback"]).path
+    url = vendor.requests[0].form()["StatusCallback"]
 
     # when the provider reports a bounce holding NaN, NUL or a lone surrogate
-    response = client.post(callback, body) if form else client.generic("POST", callback, body,
-                                                                         content_type="application/json")
+    response = twilio_post(client, url, body, token="tw-secret") if form else client.generic(
+        "POST", urlparse(url).path, body, content_type="application/json",
+        HTTP_X_TWILIO_SIGNATURE=twilio_signature(auth_token="tw-secret", url=url, params={}))
 
     # then it is a 400 naming the field, and the delivery is as it was
     assert response.status_code == 400 and message in response.content.decode()
