@@ -12,7 +12,9 @@ from agents.models import (
     Agent, AgentSkill, Case, CaseEntry, Conversation, ConversationMessage, ReplyTemplate, Team, TriageBot, TriageNode,
 )
 from agents.services.cases import agent_save, team_save
-from journeys.admin.base import HistoryReasonMixin, HistoryRevertGuard, LargeTableMixin
+from django.urls import reverse
+
+from journeys.admin.base import HistoryReasonMixin, HistoryRevertGuard, LargeTableMixin, NewestRowsInline
 
 
 @admin.register(Team)
@@ -47,8 +49,12 @@ class ReplyTemplateAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     list_filter = ("category", "intent", "language", "active")
 
 
-class CaseEntryInline(admin.TabularInline):
+class CaseEntryInline(NewestRowsInline, admin.TabularInline):
+    """The newest entries; the case's page in the agent console pages through all of them."""
+
     model = CaseEntry
+    ordering = ("-created_at", "-pk")
+    list_select_related = ("author", "delivery__channel")
     extra = 0
     fields = ("created_at", "kind", "author", "body", "delivery")
     readonly_fields = fields
@@ -56,6 +62,9 @@ class CaseEntryInline(admin.TabularInline):
 
     def has_add_permission(self, request, obj=None):
         return False
+
+    def full_list_url(self, request, obj):
+        return reverse("agents:case", args=[obj.pk])
 
 
 @admin.register(Case)
@@ -114,8 +123,10 @@ class TriageBotAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
             or format_html("<em>{}</em>", "no options yet")
 
 
-class ConversationMessageInline(admin.TabularInline):
+class ConversationMessageInline(NewestRowsInline, admin.TabularInline):
     model = ConversationMessage
+    ordering = ("-created_at", "-pk")
+    list_select_related = ("node", "delivery__channel")
     extra = 0
     fields = ("created_at", "sender", "text", "node", "sentiment", "intent", "delivery")
     readonly_fields = fields

@@ -16,7 +16,7 @@ from channels_app.selectors import (
     delivery_hold_text, delivery_workflow_choices,
 )
 from channels_app.services.dispatch import deliveries_requeue
-from journeys.admin.base import LargeTableMixin, action_selection_within
+from journeys.admin.base import LargeTableMixin, NewestRowsInline, action_selection_within
 from journeys.engine.runtime import customer_zone
 from journeys.services.api_jobs import idempotency_key_stored
 
@@ -25,14 +25,12 @@ REQUEUE_LIMIT = 1000
 REQUEUE_INSTEAD = "Filter the list further (by workflow, status, channel or day) and send them again in parts."
 
 
-class AttemptInline(ReadOnlyMixin, admin.TabularInline):
+class AttemptInline(NewestRowsInline, ReadOnlyMixin, admin.TabularInline):
     model = DeliveryAttempt
+    ordering = ("-at", "-pk")
     extra = 0
     fields = ("at", "ok", "transient", "status_code", "latency_ms", "error")
     readonly_fields = fields
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 class WorkflowFilter(admin.SimpleListFilter):

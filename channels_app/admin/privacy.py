@@ -79,9 +79,6 @@ class DataSubjectAdmin(LargeTableMixin, ReadOnlyMixin, admin.ModelAdmin):
     inlines = (ConsentInline,)
     actions = ("export_selected", "erase_selected")
 
-    def has_delete_permission(self, request, obj=None):
-        return False
-
     def _history_within(self, request, queryset, instead: str) -> bool:
         """A long history is slow to export or erase whatever the number of customers: past
         HISTORY_LIMIT events (counted with a LIMIT) the action says so and does nothing."""
@@ -128,6 +125,3 @@ class DataSubjectAdmin(LargeTableMixin, ReadOnlyMixin, admin.ModelAdmin):
 @admin.register(ErasureRecord)
 class ErasureRecordAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ("customer_id_erased", "erased_at", "actor", "reason")
-
-    def has_delete_permission(self, request, obj=None):
-        return False

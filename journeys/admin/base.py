@@ -18,6 +18,7 @@ from django.contrib.admin.helpers import ActionForm
 from django.contrib.admin.utils import flatten_fieldsets, unquote
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.forms.models import BaseInlineFormSet
 from django.db import connections
 from django.db.models import QuerySet
 from django.http import QueryDict
@@ -315,3 +316,81 @@ class LargeTableMixin:
     ordering = ("-pk",)
     paginator = BoundedCountPaginator
     show_full_result_count = False
+    # Django's "Delete selected" lists every selected row and every row the delete cascades to on its
+    # confirmation page, built in the request: over a "select all" of such a table, a page of many
+    # megabytes or a worker killed at the web server's timeout. It takes at most this many rows.
+    delete_selected_limit = 100
+    delete_selected_instead = "Narrow the list with a filter or the search and delete in parts."
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        if "delete_selected" in actions:
+            func, name, description = actions["delete_selected"]
+            actions["delete_selected"] = (self._bounded(func), name, description)
+        return actions
+
+    @staticmethod
+    def _bounded(delete: Callable) -> Callable:
+        def delete_within_limit(modeladmin, request, queryset):
+            if not action_selection_within(modeladmin, request, queryset, limit=modeladmin.delete_selected_limit,
+                                           instead=modeladmin.delete_selected_instead):
+                return None
+            return delete(modeladmin, request, queryset)
+
+        return delete_within_limit
+
+
+# --------------------------------------------------------------------------- inlines that grow without bound
+
+
+class NewestRowsFormSet(BaseInlineFormSet):
+    """The newest `shown` rows of an inline only (NewestRowsInline sets `shown` and `full_list_url`
+    on the class it makes for each page): how many there are in all, and where to read them all,
+    are printed under the rows (admin/edit_inline/newest_rows.html)."""
+
+    shown: int = 50
+    full_list_url: str | None = None
+
+    def get_queryset(self):
+        if not hasattr(self, "_newest"):
+            self._all = super().get_queryset()
+            self._newest = self._queryset = self._all[: self.shown]
+        return self._newest
+
+    @cached_property
+    def total(self) -> int:
+        """How many rows there are: counted only when the page shows as many as it may."""
+        shown = len(self.get_queryset())
+        return shown if shown < self.shown else self._all.count()
+
+    @property
+    def hidden(self) -> int:
+        return self.total - len(self.get_queryset())
+
+
+class NewestRowsInline:
+    """For a read-only inline whose rows grow without bound (step executions of a looping run, the
+    entries of a long case, a delivery's attempts): the change page renders every inline row, so
+    a run with 20,000 step executions took 40 s to open. Only the newest `shown` rows are rendered
+    (newest first), with the total and, where `full_list_url` names one, a link to all of them.
+    `list_select_related` names the related rows the columns print (one query, not one per row)."""
+
+    shown = 50
+    ordering = ("-pk",)
+    formset = NewestRowsFormSet
+    template = "admin/edit_inline/newest_rows.html"
+    list_select_related: tuple[str, ...] = ()
+
+    def full_list_url(self, request, obj) -> str | None:
+        """Where all the rows of `obj` can be read (None: nowhere but here)."""
+        return None
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        return queryset.select_related(*self.list_select_related) if self.list_select_related else queryset
+
+    def get_formset(self, request, obj=None, **kwargs):
+        formset = super().get_formset(request, obj, **kwargs)  # a class made for this page
+        formset.shown = self.shown
+        formset.full_list_url = self.full_list_url(request, obj) if obj is not None else None
+        return formset

@@ -110,6 +110,13 @@ class CustomerAdmin(LargeTableMixin, admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).filter(merged_into__isnull=True)
 
+    def has_delete_permission(self, request, obj=None):
+        """A customer leaves through erasure (Data subjects -> "Erase selected customers…",
+        `manage.py erase_customer` or the API; docs/PRIVACY.md): it records who erased whom and why
+        and keeps the suppressions that make an opt-out outlive the profile. A plain delete would
+        keep neither, so no one deletes a customer here; retention removes anonymous leftovers."""
+        return False
+
     def get_search_results(self, request, queryset, search_term):
         """Search by any identity value (anonymous id, user id, email, phone written any way) too."""
         queryset, may_have_duplicates = super().get_search_results(request, queryset, search_term)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.utils import timezone
 
-from journeys.admin.base import LargeTableMixin, RunScopeMixin
+from journeys.admin.base import LargeTableMixin, NewestRowsInline, RunScopeMixin, action_selection_within
 from journeys.admin.common import VisibleWorkflowFilter
 from journeys.choices import RunStatus
 from journeys.engine.runner import RunFailed, run_retry
@@ -15,8 +15,9 @@ from journeys.models import (
 )
 
 
-class StepExecutionInline(admin.TabularInline):
+class StepExecutionInline(NewestRowsInline, admin.TabularInline):
     model = StepExecution
+    ordering = ("-started_at", "-pk")
     fields = ("step_key", "step_kind", "visit", "outcome", "error", "started_at", "finished_at", "detail")
     readonly_fields = fields
     extra = 0
@@ -37,6 +38,14 @@ class JourneyRunAdmin(LargeTableMixin, RunScopeMixin, admin.ModelAdmin):
     list_select_related = ("workflow", "version__workflow", "customer")  # a version names its workflow
     inlines = [StepExecutionInline]
     actions = ["retry_failed"]
+    # Each retried run runs on at once inside the request (its steps, its sends): this many fit well
+    # inside the web server's timeout. More were half retried when the worker was killed, unreported.
+    retry_limit = 100
+    retry_instead = ("Filter the list further (by workflow, or search a customer) and retry them in parts, "
+                     "after fixing what made them fail.")
+    delete_selected_instead = ("Filter the list further and delete in parts; finished runs older than "
+                               "HISTORY_RETENTION_DAYS are deleted by the history housekeeping "
+                               "(docs/SCALING.md, \"Retention of finished history\").")
 
     def get_readonly_fields(self, request, obj=None):
         return [f.name for f in self.model._meta.fields]
@@ -46,10 +55,19 @@ class JourneyRunAdmin(LargeTableMixin, RunScopeMixin, admin.ModelAdmin):
 
     @admin.action(description="Retry the selected failed runs", permissions=["change"])
     def retry_failed(self, request, queryset):
-        for run in queryset.filter(status=RunStatus.FAILED):
+        failed = queryset.filter(status=RunStatus.FAILED)
+        if not action_selection_within(self, request, failed, limit=self.retry_limit, instead=self.retry_instead):
+            return
+        retried: dict[str, int] = {}
+        for run in failed.select_related("customer").order_by("pk"):
             try:
                 run_retry(run=run, now=timezone.now())
             except RunFailed as exc:
                 self.message_user(request, str(exc), messages.ERROR)
             else:
-                self.message_user(request, f"run {run.pk} retried: now {run.status}")
+                retried[run.status] = retried.get(run.status, 0) + 1
+        if retried:
+            now = ", ".join(f"{n} {status}" for status, n in sorted(retried.items()))
+            self.message_user(request, f"{sum(retried.values())} failed run(s) retried; now {now}.", messages.SUCCESS)
+        elif not failed.exists():
+            self.message_user(request, "Nothing retried: none of the selected runs has failed.", messages.WARNING)

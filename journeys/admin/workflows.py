@@ -6,14 +6,13 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError
-from django.forms.models import BaseInlineFormSet
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import path, reverse
 from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
 
-from journeys.admin.base import ReasonForm
+from journeys.admin.base import NewestRowsInline, ReasonForm
 from journeys.admin.common import (
     HistoryReasonMixin,
     ReasonActionForm,
@@ -55,20 +54,15 @@ from journeys.services.workflows import (
 VERSIONS_SHOWN = 20  # on a workflow's page; all of them on the versions list, filtered to the workflow
 
 
-class LatestVersionsFormSet(BaseInlineFormSet):
+class VersionInline(NewestRowsInline, admin.TabularInline):
     """The newest VERSIONS_SHOWN versions only: a workflow changed daily for years has hundreds,
     and its page must not grow with them (the "versions" line links to all of them)."""
 
-    def get_queryset(self):
-        if not hasattr(self, "_latest"):
-            self._latest = self._queryset = super().get_queryset()[:VERSIONS_SHOWN]
-        return self._latest
-
-
-class VersionInline(admin.TabularInline):
     model = WorkflowVersion
     fk_name = "workflow"
-    formset = LatestVersionsFormSet
+    shown = VERSIONS_SHOWN
+    ordering = ("-number",)
+    list_select_related = ("workflow",)  # each row is shown by its name
     verbose_name_plural = f"latest versions (at most {VERSIONS_SHOWN}, newest first)"
     fields = ("number", "state", "trigger_kind", "trigger_event", "published_at")
     readonly_fields = fields
@@ -76,8 +70,8 @@ class VersionInline(admin.TabularInline):
     show_change_link = True
     can_delete = False
 
-    def get_queryset(self, request):
-        return super().get_queryset(request).select_related("workflow")  # each row is shown by its name
+    def full_list_url(self, request, obj):
+        return reverse("admin:journeys_workflowversion_changelist") + f"?workflow__id__exact={obj.pk}"
 
     def has_add_permission(self, request, obj=None):
         return False
