@@ -67,7 +67,11 @@ class Suppression(models.Model):
     it (`opted_out`, or a hard bounce's mark). No address, name or profile is kept.
 
     Sending reads it as a consent of whoever has that address, until that person opts in again
-    explicitly (the preference centre, SMS START, ops on the Consent form), which lifts it."""
+    explicitly (the preference centre, SMS START, ops on the Consent form), which lifts it.
+
+    The status `opted_in` marks such an explicit opt-in made from a live profile with the address
+    (`address_opt_ins_record`), since `created_at`: the opt-outs of other live profiles holding
+    the address made before it no longer hold the address (`ConsentBook.address_rows`)."""
 
     digest = models.CharField(max_length=64, help_text="keyed digest of the address (never the address)")
     channel_kind = models.CharField(max_length=10, choices=ChannelKind.choices, blank=True)

@@ -202,7 +202,8 @@ def deliveries_claim(*, ids: Sequence[int] | None = None, now: datetime | None =
                                        if caps or (d.policy or {}).get("min_gap_other_channel_s")})
         _advisory_lock(LOCK_CHANNEL_RATE, {c.pk for c in _reachable(d.channel for d in rows) if c.rate_limit_per_minute})
         consents = ConsentBook((d.customer_id for d in rows),
-                               addresses={d.customer_id: (d.customer.email, d.customer.phone) for d in rows})
+                               addresses={d.customer_id: (d.customer.email, d.customer.phone) for d in rows},
+                               destinations=[(d.customer_id, d.channel.kind, d.to) for d in rows])
         hold_of = outbound_holds(run_ids=(d.run_id for d in rows))
         pressure = policy.PressureBook(deliveries=pressured, now=now, caps=caps)
         rates, admit = policy.RateBook(now), _Breakers(now)

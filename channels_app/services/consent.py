@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -13,6 +14,7 @@ from django.utils import timezone
 
 from channels_app.choices import ChannelKind, ConsentStatus, Reason
 from channels_app.models import Channel, Consent, InboundMessage, Suppression, Topic
+from journeys.choices import IdentityKind
 from journeys.errors import JourneyError
 from journeys.models import Customer, Identity
 from journeys.services.digests import personal_digest
@@ -111,7 +113,8 @@ def consent_refusal(*, customer: Customer, channel_kind: str, topic: Topic | Non
     kind (every message, receipts too) -> an SMS opt-out (STOP) for any SMS -> transactional
     topics pass -> channel-wide opt-out ("unsubscribe from all email", a complaint) -> topic
     opt-out on this channel or on every channel -> topics that require an opt-in. The customer's
-    consents count with the suppressions an erasure kept for their addresses (`ConsentBook`).
+    consents count with the suppressions an erasure kept for their addresses, and with what other
+    live profiles holding the message's address opted out of (`ConsentBook`, `address_holders`).
     """
     return ConsentBook.of(customer).refusal(customer.pk, channel_kind, topic, address)
 
@@ -175,13 +178,83 @@ def profile_digests(*addresses: tuple[str, str]) -> set[str]:
     return {address_digest(kind, address) for kind, address in addresses if address and address.strip()}
 
 
-def _suppressions(digests: Iterable[str]) -> dict[str, list[tuple]]:
-    """The suppressions of these digests, as consent rows (kind, topic id, status, topic slug)."""
+def _suppressions(digests: Iterable[str]) -> tuple[dict[str, list[tuple]], dict[str, dict[tuple, datetime]]]:
+    """The suppressions of these digests, as consent rows (kind, topic id, status, topic slug), and
+    the explicit opt-ins kept under them ({(kind, topic id): since}, `address_opt_ins_record`)."""
     found: dict[str, list[tuple]] = {d: [] for d in digests}
+    lifted: dict[str, dict[tuple, datetime]] = {d: {} for d in found}
     if found:
-        for digest, *row in Suppression.objects.filter(digest__in=list(found)).values_list(
-                "digest", "channel_kind", "topic_id", "status", "topic__slug"):
-            found[digest].append(tuple(row))
+        for digest, kind, topic_id, status, slug, since in Suppression.objects.filter(digest__in=list(found)).values_list(
+                "digest", "channel_kind", "topic_id", "status", "topic__slug", "created_at"):
+            if status == ConsentStatus.OPTED_IN:
+                lifted[digest][(kind, topic_id)] = since
+            else:
+                found[digest].append((kind, topic_id, status, slug))
+    return found, lifted
+
+
+# --------------------------------------------------------------------------- an address's opt-outs
+
+# An opt-out holds for the address it was made with: what a live profile opted out of on the channel
+# kinds that reach its email address (email) or phone number (SMS, voice), or on every channel, holds
+# that address through any other profile that has it now (a visitor who typed it into a form), as it
+# holds the profile's own messages. Read at send time from the profiles' current addresses, so it
+# follows an address change; lifted only by an explicit opt-in from a profile with the address.
+ADDRESS_CLASS = {ChannelKind.EMAIL: IdentityKind.EMAIL, ChannelKind.SMS: IdentityKind.PHONE,
+                 ChannelKind.VOICE: IdentityKind.PHONE}
+CLASS_KINDS = {IdentityKind.EMAIL: ("", ChannelKind.EMAIL), IdentityKind.PHONE: ("", *PHONE_KINDS)}
+AddressKey = tuple[str, str]  # (IdentityKind.EMAIL or PHONE, the address as `_address_canonical` spells it)
+
+
+def address_key(channel_kind: str, address: str) -> AddressKey | None:
+    """The address a message of this channel kind goes to, in the one spelling holders are matched
+    by; None for a kind no email address or phone number reaches, or no address."""
+    kind = ADDRESS_CLASS.get(channel_kind)
+    canonical = _address_canonical(channel_kind, address) if kind and address and address.strip() else ""
+    return (kind, canonical) if canonical else None
+
+
+def _key_digest(key: AddressKey) -> str:
+    return address_digest(ChannelKind.EMAIL if key[0] == IdentityKind.EMAIL else ChannelKind.SMS, key[1])
+
+
+def address_holders(keys: Iterable[AddressKey], spellings: Iterable[str] = ()) -> dict[AddressKey, set[int]]:
+    """The live profiles (not merged away, not erased) whose email address or phone number is one of
+    these now, with one query of indexed look-ups: the profile's email column in the address's lower
+    case and in the `spellings` the caller has (a profile keeps an address as it was typed), and the
+    profile the address's identity points at (the first to claim it, in any spelling), when its own
+    address is still that one. A second profile holding a phone number without its identity is not
+    found (the phone column has no index): SMS STOP reaches every holder itself."""
+    found: dict[AddressKey, set[int]] = {key: set() for key in keys}
+    emails = {canonical for kind, canonical in found if kind == IdentityKind.EMAIL}
+    phones = {v for kind, canonical in found if kind == IdentityKind.PHONE for v in phone_lookup_values(canonical)}
+    owned = Q()
+    for kind, values in ((IdentityKind.EMAIL, emails), (IdentityKind.PHONE, phones)):
+        if values:
+            owned |= Q(kind=kind, value__in=values)
+    if not owned:
+        return found
+    live = Customer.objects.filter(merged_into__isnull=True, erased_at__isnull=True).order_by()
+    holders = live.filter(pk__in=Identity.objects.filter(owned).values("customer_id")).values_list("pk", "email", "phone")
+    if emails:
+        typed = emails | {s.strip() for s in spellings if s and s.strip()}
+        holders = holders.union(live.filter(email__in=typed).values_list("pk", "email", "phone"))
+    for pk, email, phone in holders:
+        for key in (address_key(ChannelKind.EMAIL, email), address_key(ChannelKind.SMS, phone)):
+            if key in found:
+                found[key].add(pk)
+    return found
+
+
+def _opt_outs(customer_ids: Iterable[int]) -> dict[int, list[tuple]]:
+    """The opt-outs (a bounce's mark with them) of these profiles: (kind, topic id, status as
+    refusal_from reads it, topic slug, since)."""
+    found: dict[int, list[tuple]] = {pk: [] for pk in customer_ids}
+    if found:
+        for pk, kind, topic_id, status, slug, source, since in Consent.objects.filter(
+                customer_id__in=list(found), status=ConsentStatus.OPTED_OUT).values_list(
+                "customer_id", "channel_kind", "topic_id", "status", "topic__slug", "source", "updated_at"):
+            found[pk].append((kind, topic_id, _status(status, source), slug, since))
     return found
 
 
@@ -193,19 +266,33 @@ class ConsentBook:
     An erased person's suppressions count as consents of whoever has their address now: the
     book reads those of its customers' email addresses and phone numbers with one more query
     (`addresses`: customer id -> (email, phone) when the caller has them, else read), and those
-    of a message's own address when it is another one."""
+    of a message's own address when it is another one. So do the opt-outs of other live profiles
+    holding a message's address (`address_rows`): the holders of every address of the book (its
+    customers' own and the `destinations` a batch sends to: (customer id, channel kind, address))
+    are read with one query on first use, and the opt-outs of those shared with one more."""
 
-    def __init__(self, customer_ids: Iterable[int], addresses: dict[int, tuple[str, str]] | None = None) -> None:
+    def __init__(self, customer_ids: Iterable[int], addresses: dict[int, tuple[str, str]] | None = None,
+                 destinations: Iterable[tuple[int, str, str]] = ()) -> None:
         self.customer_ids = set(customer_ids)
         self.addresses = dict(addresses or {})
+        self.destinations = list(destinations)
         self._rows: dict[int, list[tuple]] | None = None
         self._digests: dict[int, set[str]] = {}
         self._held: dict[str, list[tuple]] = {}
+        self._lifted: dict[str, dict[tuple, datetime]] = {}
+        self._holders: dict[AddressKey, set[int]] | None = None
+        self._askers: dict[AddressKey, set[int]] = defaultdict(set)
+        self._opt_outs: dict[int, list[tuple]] = {}
 
     @classmethod
     def of(cls, customer: Customer) -> ConsentBook:
         """A book of one customer whose profile is at hand."""
         return cls([customer.pk] if customer.pk else [], {customer.pk: (customer.email, customer.phone)})
+
+    def _held_load(self, digests: Iterable[str]) -> None:
+        held, lifted = _suppressions(set(digests) - self._held.keys())
+        self._held.update(held)
+        self._lifted.update(lifted)
 
     def _load(self, customer_ids: set[int]) -> None:
         fields = ("channel_kind", "topic_id", "status", "topic__slug", "source")
@@ -220,7 +307,7 @@ class ConsentBook:
         for pk in customer_ids:
             email, phone = self.addresses.get(pk) or ("", "")
             self._digests[pk] = profile_digests((ChannelKind.EMAIL, email), (ChannelKind.SMS, phone))
-        self._held.update(_suppressions({d for pk in customer_ids for d in self._digests[pk]} - self._held.keys()))
+        self._held_load({d for pk in customer_ids for d in self._digests[pk]})
         for pk in customer_ids:
             rows[pk] = self._overlaid(rows[pk], [r for d in sorted(self._digests[pk]) for r in self._held[d]])
         self._rows = {**(self._rows or {}), **rows}
@@ -243,14 +330,62 @@ class ConsentBook:
             self._load({customer_id})
         return self._rows.get(customer_id, [])
 
+    def _address_load(self, wanted: list[tuple[int, str, str]]) -> None:
+        """Read who holds the addresses of these (customer id, channel kind, address) not read
+        yet, the opt-outs of those another profile holds too, and the opt-ins that lifted them."""
+        spellings: set[str] = set()
+        keys: set[AddressKey] = set()
+        for customer_id, channel_kind, address in wanted:
+            if key := address_key(channel_kind, address):
+                self._askers[key].add(customer_id)
+                keys.add(key)
+                if key[0] == IdentityKind.EMAIL:
+                    spellings.add(address)
+        self._holders = self._holders or {}
+        self._holders.update(address_holders({k for k in keys if k not in self._holders}, spellings))
+        shared = {k for k in keys if len(self._holders[k] | self._askers[k]) > 1}
+        self._opt_outs.update(_opt_outs({h for k in shared for h in self._holders[k]} - self._opt_outs.keys()))
+        held = {_key_digest(k) for k in shared if any(self._opt_outs[h] for h in self._holders[k])}
+        self._held_load(held - self._held.keys())
+
+    def address_rows(self, customer_id: int, channel_kind: str, address: str = "") -> list[tuple]:
+        """What the other live profiles holding this address (the customer's own for the kind when
+        none is given) opted out of on the channel kinds that reach it or on every channel, as
+        consent rows: a bounce's mark only where it names this address, and nothing that an
+        explicit opt-in from a profile with the address lifted later (`address_opt_ins_record`)."""
+        self.rows(customer_id)
+        email, phone = self.addresses.get(customer_id) or ("", "")
+        address = address or (email if channel_kind == ChannelKind.EMAIL else phone)
+        key = address_key(channel_kind, address)
+        if key is None:
+            return []
+        if self._holders is None:  # first look-up: every address of the book at once
+            self._address_load([(customer_id, channel_kind, address), *self.destinations, *(
+                (pk, kind, value) for pk in self.customer_ids for kind, value in
+                zip((ChannelKind.EMAIL, ChannelKind.SMS), self.addresses.get(pk) or ("", "")))])
+        elif key not in self._holders or customer_id not in self._askers[key]:
+            self._address_load([(customer_id, channel_kind, address)])
+        lifted = self._lifted.get(_key_digest(key), {})
+        found = []
+        for holder in self._holders[key] - {customer_id}:
+            for kind, topic_id, status, slug, since in self._opt_outs.get(holder, ()):
+                if kind not in CLASS_KINDS[key[0]] or (lifted.get((kind, topic_id)) or since) > since:
+                    continue  # not a kind this address is reached by, or lifted since
+                out, mark = _status_parts(status)
+                mark = mark if mark and bounce_holds(mark, kind or channel_kind, key[1]) else ""
+                if out or mark:
+                    found.append((kind, topic_id, f"{ConsentStatus.OPTED_OUT if out else ''} {mark}".strip(), slug))
+        return found
+
     def refusal(self, customer_id: int, channel_kind: str, topic: Topic | None, address: str = "") -> Reason | None:
         wanted = {None, topic.pk} if topic is not None else {None}
         rows = self.rows(customer_id)
         digest = address_digest(channel_kind, address) if address and address.strip() else None
         if digest is not None and digest not in self._digests.get(customer_id, ()):
             if digest not in self._held:  # a message to another address than the profile's
-                self._held.update(_suppressions([digest]))
+                self._held_load([digest])
             rows = self._overlaid(rows, self._held[digest])
+        rows = self._overlaid(rows, self.address_rows(customer_id, channel_kind, address))
         status = {(kind, topic_id): st for kind, topic_id, st, _ in rows
                   if kind in ("", channel_kind) and topic_id in wanted}
         return refusal_from(status=status, channel_kind=channel_kind, topic=topic, address=address)
@@ -264,8 +399,10 @@ class ConsentBook:
                        for kind, _, status, slug in self.rows(customer_id))
 
     def do_not_contact(self, customer_id: int) -> bool:
-        return any(kind == "" and topic_id is None and _status_parts(status)[0]
-                   for kind, topic_id, status, _ in self.rows(customer_id))
+        """The customer's own do-not-contact, or that of another profile holding their address."""
+        rows = [*self.rows(customer_id), *self.address_rows(customer_id, ChannelKind.EMAIL),
+                *self.address_rows(customer_id, ChannelKind.SMS)]
+        return any(kind == "" and topic_id is None and _status_parts(status)[0] for kind, topic_id, status, _ in rows)
 
 
 def personalization_allowed(*, customer: Customer) -> bool:
@@ -311,9 +448,11 @@ def suppressions_keep(*, customer_ids: list[int], emails: Iterable[str], phones:
     opt-out (a topic, a channel, do-not-contact, personalization) a suppression under the digest
     of each of their email addresses and phone numbers, and for a hard bounce one under the
     bounced address's. Opt-ins are not kept: they were permissions, and the person is gone.
+    The explicit opt-ins kept under their addresses go too: they were permissions as well.
     Returns how many suppressions hold now."""
     now = now or timezone.now()
     digests = profile_digests(*((ChannelKind.EMAIL, e) for e in emails), *((ChannelKind.SMS, p) for p in phones))
+    Suppression.objects.filter(digest__in=digests, status=ConsentStatus.OPTED_IN).delete()
     addresses = [(ChannelKind.EMAIL, e) for e in emails] + [(ChannelKind.SMS, p) for p in phones]
     kept: dict[tuple[str, str, int | None], str] = {}
     for kind, topic_id, status, source in Consent.objects.filter(customer_id__in=customer_ids).values_list(
@@ -345,7 +484,10 @@ def suppressions_keep(*, customer_ids: list[int], emails: Iterable[str], phones:
 def suppressions_lift(*, customer: Customer, choices: Iterable[tuple[str, Topic | None]]) -> int:
     """The customer opted in again explicitly (the preference centre, SMS START, ops on the
     Consent form): the suppressions of those (channel kind, topic) choices kept for their
-    addresses by an erasure go. Other ways in (an import, an API's traits) lift nothing."""
+    addresses by an erasure go, and what other live profiles holding the customer's address
+    opted out of for them no longer holds it (`address_opt_ins_record`). Other ways in (an
+    import, an API's traits) lift nothing. Returns how many suppressions went or were recorded."""
+    choices = list(choices)
     emails = Identity.objects.filter(customer=customer, kind="email").values_list("value", flat=True)
     phones = Identity.objects.filter(customer=customer, kind="phone").values_list("value", flat=True)
     digests = profile_digests((ChannelKind.EMAIL, customer.email), (ChannelKind.SMS, customer.phone),
@@ -353,9 +495,29 @@ def suppressions_lift(*, customer: Customer, choices: Iterable[tuple[str, Topic 
     match = Q()
     for kind, topic in choices:
         match |= Q(channel_kind=kind, topic=topic) if topic is not None else Q(channel_kind=kind, topic__isnull=True)
-    if not digests or not match:
-        return 0
-    return Suppression.objects.filter(match, digest__in=digests).delete()[0]
+    gone = Suppression.objects.filter(match, digest__in=digests).delete()[0] if digests and match else 0
+    return gone + address_opt_ins_record(customer=customer, choices=choices)
+
+
+def address_opt_ins_record(*, customer: Customer, choices: Iterable[tuple[str, Topic | None]],
+                           now: datetime | None = None) -> int:
+    """An explicit opt-in (`suppressions_lift`) from a profile with an address, for these (channel
+    kind, topic) choices: another live profile's opt-out of one of them made before now no longer
+    holds the address (one made later does). Kept where such an opt-out holds now, as a
+    suppression of the address's digest with the status `opted_in` since now: it names no one,
+    and an erasure of someone with the address drops it (`suppressions_keep`). Returns how many."""
+    now = now or timezone.now()
+    book = ConsentBook.of(customer)
+    recorded = 0
+    for channel_kind in (ChannelKind.EMAIL, ChannelKind.SMS):
+        held = {(kind, topic_id) for kind, topic_id, status, _ in book.address_rows(customer.pk, channel_kind)}
+        key = address_key(channel_kind, customer.email if channel_kind == ChannelKind.EMAIL else customer.phone)
+        for kind, topic in choices:
+            if (kind, topic.pk if topic is not None else None) in held and kind in CLASS_KINDS[key[0]]:
+                Suppression.objects.update_or_create(digest=_key_digest(key), channel_kind=kind, topic=topic,
+                                                     defaults={"status": ConsentStatus.OPTED_IN, "created_at": now})
+                recorded += 1
+    return recorded
 
 
 @transaction.atomic

@@ -149,7 +149,8 @@ def _consent_history(ids: list[int]) -> Iterator[dict]:
 
 def _suppressions(ids: list[int]) -> list[dict]:
     """What an earlier erasure kept of objections made under these profiles' addresses (a person
-    who came back): the channel kind x topic and since when; the digest is not theirs to read."""
+    who came back), and the explicit opt-ins that lifted other profiles' opt-outs of them (status
+    `opted_in`): the channel kind x topic and since when; the digest is not theirs to read."""
     emails, phones = [], []
     for kind, value in Identity.objects.filter(customer_id__in=ids, kind__in=["email", "phone"]).values_list(
             "kind", "value"):

@@ -37,15 +37,26 @@ def customer_writable(*, customer: Customer, field: str = "id") -> Customer:
 
 
 def customers_lookup(*, user_id: str = "", email: str = "", phone: str = "", anonymous_id: str = "") -> QuerySet:
-    """Profiles (never absorbed ones) having every identity given; all profiles when none is."""
+    """Profiles (never absorbed ones) having every identity given; all profiles when none is.
+
+    An email address finds every profile with it: the one its identity points at and any other
+    whose profile holds it (a visitor who typed a known customer's address into a form gets a
+    profile of their own, never merged by an address anyone can type), by the indexed email
+    column in the spelling given and in lower case."""
     from journeys.services.identity import phone_lookup_values
 
     queryset = Customer.objects.filter(merged_into__isnull=True)
-    for kind, values in ((IdentityKind.USER_ID, [user_id]), (IdentityKind.EMAIL, [email.strip().lower()]),
+    address = email.strip()
+    for kind, values in ((IdentityKind.USER_ID, [user_id]), (IdentityKind.EMAIL, [address.lower()]),
                          (IdentityKind.PHONE, phone_lookup_values(phone)), (IdentityKind.ANONYMOUS_ID, [anonymous_id])):
         if values := [v for v in values if v]:
-            queryset = queryset.filter(pk__in=Identity.objects.filter(kind=kind, value__in=values)
-                                       .values("customer_id"))
+            owners = Identity.objects.filter(kind=kind, value__in=values).values_list("customer_id", flat=True)
+            if kind == IdentityKind.EMAIL:  # two indexed look-ups, not an OR the planner reads the table for
+                holders = (Customer.objects.filter(email__in={address, address.lower()}).order_by()
+                           .values_list("pk", flat=True))
+                queryset = queryset.filter(pk__in={*owners, *holders})
+            else:
+                queryset = queryset.filter(pk__in=owners)
     return queryset
 
 
