@@ -290,10 +290,12 @@ def _before_entry(run: JourneyRun, event: Event) -> bool:
     return began is not None and event.timestamp < began
 
 
-def _wait_span(run: JourneyRun) -> tuple[datetime | None, datetime | None]:
+def _wait_span(run: JourneyRun, *, history: bool) -> tuple[datetime | None, datetime | None]:
     """(since, until) of the wait the run is at, in the customer's own time: from the time of the
-    event it came on (a wait reached on a timer: when it woke) to its deadline (`WaitForEvent`
-    records both; a row from before it did: the step's start, and its timeout counted from there)."""
+    event it came on (a wait reached on a timer: when it woke) to its deadline, as `WaitForEvent`
+    records them on its row. A row from before it recorded them: since is the step's start for a
+    history event and None (the run's entry: `_before_entry`) for a live one, as then; until is
+    the timeout counted from the step's start."""
     row = StepExecution.objects.filter(
         run_id=run.pk, step_key=run.current_step, visit=run.visits.get(run.current_step, 1)
     ).values_list("started_at", "detail").first()
@@ -304,32 +306,27 @@ def _wait_span(run: JourneyRun) -> tuple[datetime | None, datetime | None]:
         return datetime.fromisoformat(detail["since"]), datetime.fromisoformat(detail["until"])
     step = load_version(run.version_id).steps.get(run.current_step)
     timeout = step.config.get("timeout") if step else None
-    return started, add_wait(started, customer_zone(run.customer), seconds=timeout) if timeout else None
+    until = add_wait(started, customer_zone(run.customer), seconds=timeout) if timeout else None
+    return (started if history else None), until
 
 
-def _waited_before(run: JourneyRun, event: Event) -> bool:
-    """Whether the event happened before the run began to wait for it, in the customer's own time
-    (`_wait_span`: a wait reached on an event began at that event's time; an import or a late
-    delivery may be about something from before). Read from the database only for an event
-    stamped before the run was last saved (it began waiting then or earlier)."""
-    if run.updated_at is not None and event.timestamp >= run.updated_at:
+def _outside_wait(run: JourneyRun, event: Event, now: datetime, *, history: bool) -> bool:
+    """Whether the event happened outside the wait the run is at, in the customer's own time
+    (`_wait_span`): before it began (an import or a late delivery about something from before it;
+    not an answer to it), or after its deadline (the tick that times the run out is late, or claimed
+    it and its task has not run yet: the run is left to the timeout path, as if the tick had been
+    on time). `next_wake_at` is the deadline, or a tick's lease past it (at most `WAKE_LEASE` after
+    the claim, made on the real clock). The wait's row is read only for an event stamped before the
+    run was last saved (it began waiting then or earlier), or when next_wake_at may be a lease."""
+    due = run.next_wake_at
+    if due is not None and event.timestamp > due:
+        return True  # after the deadline, whether next_wake_at is the deadline or a lease past it
+    early = run.updated_at is None or event.timestamp < run.updated_at
+    if not early and (due is None or due - now > WAKE_LEASE):
         return False
-    since = _wait_span(run)[0]
-    return since is not None and event.timestamp < since
-
-
-def _after_deadline(run: JourneyRun, event: Event, now: datetime) -> bool:
-    """Whether the event happened after the wait's deadline: the run is left to the timeout path, as
-    if the tick that times it out had been on time (it is late, or it claimed the run and its wake-up
-    task has not run yet). `next_wake_at` is the deadline, or a tick's lease past it
-    (`WAKE_LEASE` from its claim); read from the database only when it may be a lease."""
-    if run.next_wake_at is None:
-        return False
-    if event.timestamp > run.next_wake_at:
+    since, until = _wait_span(run, history=history)
+    if early and (_before_entry(run, event) if since is None else event.timestamp < since):
         return True
-    if run.next_wake_at - now > WAKE_LEASE:
-        return False  # not claimed: next_wake_at is the deadline itself
-    until = _wait_span(run)[1]
     return until is not None and event.timestamp > until
 
 
@@ -367,8 +364,8 @@ def event_route(*, event: Event, open_runs: dict, index, now, enrol=None):
     acted = False  # once one of the customer's runs went on, it may have ended the others (a move)
     for run in list(runs):
         version = load_version(run.version_id)
-        if event.name and event.name in (version.goal_event, run.wait_event) and _before_entry(run, event):
-            continue  # it happened before the run began (a late offline queue): not what it waits for
+        if event.name and event.name == version.goal_event and _before_entry(run, event):
+            continue  # it happened before the run began (a late offline queue): neither goal nor answer
         if version.goal_event and version.goal_event == event.name:
             if rule_true(version.goal_filter, replace(rctx, journey=run.variables))[0]:
                 if acted and not _still_open(run):
@@ -382,10 +379,8 @@ def event_route(*, event: Event, open_runs: dict, index, now, enrol=None):
             step = version.steps.get(run.current_step)
             text = (step.config.get("filter") if step else "") or ""
             if rule_true(text, replace(rctx, journey=run.variables))[0]:
-                if _waited_before(run, event):
-                    continue  # it happened before the wait began (a late delivery): not an answer to it
-                if _after_deadline(run, event, now):
-                    continue  # it happened after the wait ended: the timeout path's, when the tick comes
+                if _outside_wait(run, event, now, history=history):
+                    continue  # before the wait began or after its deadline (the timeout path's)
                 if acted and not _still_open(run):
                     runs.remove(run)
                     continue
