@@ -182,6 +182,7 @@ class EngineBatch:
         else:
             raise RuntimeError(f"the batch's steps still set off more work after {FLUSH_ROUNDS} rounds "
                                "(start_workflow steps that move customers round a circle?)")
+        self._flush_closes()  # what the extensions resumed (journeys.engine.waits) of rows written before
         if self.executions:
             rows_insert(StepExecution, self.executions)
             self.executions, self._waiting = [], {}

@@ -47,6 +47,7 @@ class Move:
     event: Event | None
     rule_ctx: RuleContext
     exit_workflows: tuple[str, ...]
+    since: datetime | None  # as the moving run's steps (StepContext.since): the new run's steps go on from it
     detail: dict  # the step's logged detail: gets `started_run` at the flush
 
 
@@ -70,7 +71,7 @@ class MoveBatch:
         return self.targets[name]
 
     def add(self, *, run: JourneyRun, customer: Customer, version_id: int, target: str, trigger_key: str,
-            event: Any, now: datetime, exit_workflows: list[str], detail: dict) -> None:
+            event: Any, now: datetime, exit_workflows: list[str], detail: dict, since: datetime | None = None) -> None:
         version = load_version(version_id)
         event = event if isinstance(event, Event) else None
         # What the entry rule reads, as at this visit (alone, run_enroll reads it at the same moment).
@@ -80,7 +81,7 @@ class MoveBatch:
         ) if version.entry_rule else RuleContext(now=now)
         self.moves.append(Move(run_id=run.pk, customer=customer, version=version, target=target,
                                trigger_key=trigger_key, event=event, rule_ctx=rule_ctx,
-                               exit_workflows=tuple(exit_workflows), detail=detail))
+                               exit_workflows=tuple(exit_workflows), since=since, detail=detail))
 
     def flush(self) -> bool:
         """Write the recorded moves and run the new runs' first steps; True when steps ran (their
@@ -122,6 +123,8 @@ class MoveBatch:
         for move in moves:
             run = runs.get((move.version.workflow_id, move.customer.pk, move.trigger_key))
             move.detail["started_run"] = run.pk if run is not None else None
+        since = {(m.version.workflow_id, m.customer.pk, m.trigger_key): m.since for m in moves}
         for run, version, event in started:
-            run_execute(run=run, version=version, customer=run.customer, event=event, now=now)
+            run_execute(run=run, version=version, customer=run.customer, event=event, now=now,
+                        since=since[(run.workflow_id, run.customer_id, run.trigger_key)])
         return bool(started)

@@ -6,7 +6,7 @@ import logging
 import traceback
 from collections import defaultdict
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.utils import timezone
@@ -19,9 +19,10 @@ from journeys.engine.compiled import load_version, trigger_index
 from journeys.engine.durations import parse_duration
 from journeys.engine.listeners import STAGE_EVENTS
 from journeys.engine import runner
-from journeys.engine.runner import run_convert, run_enroll, run_execute, run_resume, rule_true
+from journeys.engine.runner import event_time, run_convert, run_enroll, run_execute, run_resume, rule_true
 from journeys.engine.segment_entries import segment_members_settle
-from journeys.engine.runtime import context_dict, event_dict, events_counter, profile_dict
+from journeys.engine.runtime import add_wait, context_dict, customer_zone, event_dict, events_counter, profile_dict
+from journeys.engine.wakeups import WAKE_LEASE
 from journeys.models import Customer, Event, JourneyRun, StepExecution, TriggerWatch
 from journeys.rules import RuleContext
 from journeys.services.lifecycle import customer_evaluate_stage, customers_stage_settle
@@ -203,7 +204,8 @@ def _process_set(*, events: list[Event], index, now) -> None:
                     if entries.admit(version=version, customer=customer, trigger_key=trigger_key, ctx=rctx):
                         entries.accept(version=version, customer=customer, trigger_key=trigger_key, event=event)
                 for run, version, event in entries.insert():
-                    run_execute(run=run, version=version, customer=run.customer, event=event, now=now)
+                    run_execute(run=run, version=version, customer=run.customer, event=event, now=now,
+                                since=event_time(event))
                     if run.status in (RunStatus.ACTIVE, RunStatus.WAITING):
                         open_runs[run.customer_id].append(run)
             batch.flush()  # the entries' moves start their runs (set_stage among their steps) before
@@ -288,17 +290,44 @@ def _before_entry(run: JourneyRun, event: Event) -> bool:
     return began is not None and event.timestamp < began
 
 
-def _waited_before(run: JourneyRun, event: Event) -> bool:
-    """Whether the event happened before the run began to wait for it (a history event: an
-    import or a late delivery may be about something from before the wait). Read from the
-    database only for an event stamped before the run was last saved (it began waiting then or
-    earlier)."""
-    if run.updated_at is not None and event.timestamp >= run.updated_at:
-        return False
-    began = StepExecution.objects.filter(
+def _wait_span(run: JourneyRun, *, history: bool) -> tuple[datetime | None, datetime | None]:
+    """(since, until) of the wait the run is at, in the customer's own time: from the time of the
+    event it came on (a wait reached on a timer: when it woke) to its deadline, as `WaitForEvent`
+    records them on its row. A row from before it recorded them: since is the step's start for a
+    history event and None (the run's entry: `_before_entry`) for a live one, as then; until is
+    the timeout counted from the step's start."""
+    row = StepExecution.objects.filter(
         run_id=run.pk, step_key=run.current_step, visit=run.visits.get(run.current_step, 1)
-    ).values_list("started_at", flat=True).first()
-    return began is not None and event.timestamp < began
+    ).values_list("started_at", "detail").first()
+    if row is None:
+        return None, None
+    started, detail = row
+    if "since" in (detail or {}):
+        return datetime.fromisoformat(detail["since"]), datetime.fromisoformat(detail["until"])
+    step = load_version(run.version_id).steps.get(run.current_step)
+    timeout = step.config.get("timeout") if step else None
+    until = add_wait(started, customer_zone(run.customer), seconds=timeout) if timeout else None
+    return (started if history else None), until
+
+
+def _outside_wait(run: JourneyRun, event: Event, now: datetime, *, history: bool) -> bool:
+    """Whether the event happened outside the wait the run is at, in the customer's own time
+    (`_wait_span`): before it began (an import or a late delivery about something from before it;
+    not an answer to it), or after its deadline (the tick that times the run out is late, or claimed
+    it and its task has not run yet: the run is left to the timeout path, as if the tick had been
+    on time). `next_wake_at` is the deadline, or a tick's lease past it (at most `WAKE_LEASE` after
+    the claim, made on the real clock). The wait's row is read only for an event stamped before the
+    run was last saved (it began waiting then or earlier), or when next_wake_at may be a lease."""
+    due = run.next_wake_at
+    if due is not None and event.timestamp > due:
+        return True  # after the deadline, whether next_wake_at is the deadline or a lease past it
+    early = run.updated_at is None or event.timestamp < run.updated_at
+    if not early and (due is None or due - now > WAKE_LEASE):
+        return False
+    since, until = _wait_span(run, history=history)
+    if early and (_before_entry(run, event) if since is None else event.timestamp < since):
+        return True
+    return until is not None and event.timestamp > until
 
 
 def event_route(*, event: Event, open_runs: dict, index, now, enrol=None):
@@ -308,10 +337,16 @@ def event_route(*, event: Event, open_runs: dict, index, now, enrol=None):
     here, and the event's remaining work (lifecycle stage) comes back as a callable to run
     after them; without it, everything happens now and None is returned.
 
+    Events act by their own time (timestamp), not by when a worker gets to them: a waiting run
+    is resumed by an event that happened within its wait (from the time of the event the run came
+    to the wait on, to the deadline; `_wait_span`), and an inactivity window is closed by a
+    follow-up that happened within it. One that happened after the deadline or the window's end
+    leaves the run or window to the tick, as if it had been on time.
+
     A history event (`EventStatus.HISTORY`: an import that did not opt in, or older than
     EVENT_TRIGGER_MAX_AGE_S when accepted) only does what stops or resolves existing work: it
     converts runs whose goal it is, closes the inactivity windows it follows up, and resumes a
-    run waiting for it if it happened after the wait began. It starts nothing: no enrolment, no
+    run waiting for it as a live event does. It starts nothing: no enrolment, no
     inactivity window, no attribute-change or segment entry, no lifecycle stage.
     """
     customer = event.customer
@@ -329,8 +364,8 @@ def event_route(*, event: Event, open_runs: dict, index, now, enrol=None):
     acted = False  # once one of the customer's runs went on, it may have ended the others (a move)
     for run in list(runs):
         version = load_version(run.version_id)
-        if event.name and event.name in (version.goal_event, run.wait_event) and _before_entry(run, event):
-            continue  # it happened before the run began (a late offline queue): not what it waits for
+        if event.name and event.name == version.goal_event and _before_entry(run, event):
+            continue  # it happened before the run began (a late offline queue): neither goal nor answer
         if version.goal_event and version.goal_event == event.name:
             if rule_true(version.goal_filter, replace(rctx, journey=run.variables))[0]:
                 if acted and not _still_open(run):
@@ -344,8 +379,8 @@ def event_route(*, event: Event, open_runs: dict, index, now, enrol=None):
             step = version.steps.get(run.current_step)
             text = (step.config.get("filter") if step else "") or ""
             if rule_true(text, replace(rctx, journey=run.variables))[0]:
-                if history and _waited_before(run, event):
-                    continue  # it happened before the wait began: not an answer to it
+                if _outside_wait(run, event, now, history=history):
+                    continue  # before the wait began or after its deadline (the timeout path's)
                 if acted and not _still_open(run):
                     runs.remove(run)
                     continue
@@ -357,8 +392,8 @@ def event_route(*, event: Event, open_runs: dict, index, now, enrol=None):
     for vid in index.inactivity_stop.get(event.name, ()):
         TriggerWatch.objects.filter(
             version_id=vid, customer=customer, fired_at__isnull=True, cancelled_at__isnull=True,
-            start_event__timestamp__lte=event.timestamp,
-        ).update(cancelled_at=now)
+            start_event__timestamp__lte=event.timestamp, due_at__gte=event.timestamp,
+        ).update(cancelled_at=now)  # a follow-up after the window ended leaves it to fire (the tick is late)
     if history:
         return None
     for vid in index.inactivity_start.get(event.name, ()):
@@ -382,7 +417,8 @@ def event_route(*, event: Event, open_runs: dict, index, now, enrol=None):
         if enrol is not None:
             enrol(version=version, customer=customer, trigger_key=trigger_key, event=event, rule_ctx=rctx)
             return
-        run = run_enroll(version=version, customer=customer, trigger_key=trigger_key, now=now, event=event, rule_ctx=rctx)
+        run = run_enroll(version=version, customer=customer, trigger_key=trigger_key, now=now, event=event, rule_ctx=rctx,
+                         since=event_time(event))
         if run is not None and run.status in (RunStatus.ACTIVE, RunStatus.WAITING):
             runs.append(run)
 

@@ -28,6 +28,9 @@ class StepResult:
     end_status: str | None = None  # "completed" or "exited"
     detail: dict = field(default_factory=dict)
     error: str = ""
+    # With outcome "event": the stored event that answered a wait as it began (wait_for_event); the
+    # steps after it read that event as event.*, as they read the event that resumes a wait.
+    event: Any = None
 
 
 @dataclass(frozen=True, slots=True)

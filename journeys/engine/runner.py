@@ -72,8 +72,10 @@ def run_enroll(
     now: datetime,
     event=None,
     rule_ctx: RuleContext | None = None,
+    since: datetime | None = None,
 ) -> JourneyRun | None:
-    """Start a run if entry rules, re-entry policy and concurrency allow; then execute it.
+    """Start a run if entry rules, re-entry policy and concurrency allow; then execute it
+    (`since`: as `run_execute`'s, the time of the event it starts on; None: now).
 
     Idempotent: the same (workflow, customer, trigger_key) never makes two runs. An erased
     profile (a tombstone) is never enrolled.
@@ -110,12 +112,18 @@ def run_enroll(
                 raise _Refused  # the re-entry limit, as the database enforces it (a concurrent entry won)
     except (IntegrityError, _Refused):
         return None  # a concurrent worker enrolled them first
-    run_execute(run=run, version=version, customer=customer, event=event, now=now)
+    run_execute(run=run, version=version, customer=customer, event=event, now=now, since=since)
     return run
 
 
+def event_time(event) -> datetime | None:
+    """When a stored event happened (its timestamp), None for no event or a dry run's dict: the
+    moment a run moving on that event reaches its steps, in the customer's own time."""
+    return getattr(event, "timestamp", None) if event is not None and not isinstance(event, dict) else None
+
+
 def _context(run, version: CompiledVersion, customer, event, now: datetime, step_key: str, dry_run: bool,
-             profile: dict | None = None) -> StepContext:
+             profile: dict | None = None, since: datetime | None = None) -> StepContext:
     step = version.steps[step_key]
     return StepContext(
         run=run,
@@ -131,6 +139,7 @@ def _context(run, version: CompiledVersion, customer, event, now: datetime, step
         version_id=version.id,
         profile=profile if profile is not None else profile_dict(customer, now),
         events_in_last=events_counter(getattr(customer, "pk", None)),
+        since=since,
     )
 
 
@@ -239,10 +248,12 @@ def run_start(*, run: JourneyRun, version: CompiledVersion) -> None:
 
 def run_execute(
     *, run: JourneyRun, version: CompiledVersion, customer, event, now: datetime, resume_outcome: str | None = None,
+    since: datetime | None = None,
 ) -> JourneyRun:
     """Execute steps until the run waits or ends. With `resume_outcome`, the current
     (waiting) step is finished with that outcome first (in an engine batch: with the
-    batch's other resumed runs, at its flush)."""
+    batch's other resumed runs, at its flush). `since`: when the run moves, in the customer's
+    own time (`StepContext.since`): the time of the event it moves on, None for a timer."""
     batch = current_batch()
     if resume_outcome is not None:
         _close_waiting(run, resume_outcome, now)
@@ -263,7 +274,7 @@ def run_execute(
             break
         step = version.steps[key]
         visit = run.visits.get(key, 1)
-        ctx = _context(run, version, customer, event, now, key, dry_run=False, profile=profile)
+        ctx = _context(run, version, customer, event, now, key, dry_run=False, profile=profile, since=since)
         isolated = step.kind.side_effects and not (batch is not None and step.kind.batch_safe)
         if isolated and batch is not None:
             batch.flush()  # the step may read (or lock) rows this batch has not written yet
@@ -302,6 +313,8 @@ def run_execute(
             run.next_wake_at = result.wait_until
             run.wait_event = result.wait_event
             break
+        if result.event is not None:  # a wait answered by a stored event: the steps after it read that event
+            event, since = result.event, event_time(result.event)
         if not _follow(run, version, result.outcome or "next", now):
             break
     else:
@@ -337,7 +350,8 @@ def run_resume(*, run: JourneyRun, outcome: str, now: datetime, event=None) -> J
     """Continue a waiting run (timer fired: 'next'/'timeout'; awaited event: 'event')."""
     version = load_version(run.version_id)
     customer = run.customer
-    return run_execute(run=run, version=version, customer=customer, event=event, now=now, resume_outcome=outcome)
+    return run_execute(run=run, version=version, customer=customer, event=event, now=now, resume_outcome=outcome,
+                       since=event_time(event))
 
 
 def run_convert(*, run: JourneyRun, now: datetime) -> None:

@@ -101,6 +101,10 @@ class StepContext:
     profile: dict
     events_in_last: Any = None
     notes: dict = field(default_factory=dict)
+    # When, in the customer's own time, the run came to this step: the time of the event it is moving
+    # on (the event that started it, or the awaited event that ended its last wait); None: `now` (a
+    # timer woke it, a time-driven entry started it).
+    since: datetime | None = None
 
     @property
     def idempotency_key(self) -> str:

@@ -213,8 +213,15 @@ class WaitForEvent(StepKind):
         return [config["filter"]] if config.get("filter") else []
 
     def execute(self, ctx):
-        return StepResult(wait_until=add_wait(ctx.now, ctx.zone(), seconds=ctx.config["timeout"]),
-                          wait_event=ctx.config["event"])
+        from journeys.engine.waits import wait_begun
+
+        until = add_wait(ctx.now, ctx.zone(), seconds=ctx.config["timeout"])
+        since = min(ctx.since or ctx.now, ctx.now)  # the wait's span, in the customer's own time
+        span = {"since": since.isoformat(), "until": until.isoformat()}
+        answer = wait_begun(ctx, since=since, until=until)  # an answer stored before it began (waits.py)
+        if answer is not None:
+            return StepResult(outcome="event", event=answer, detail={**span, "answered_by": answer.pk})
+        return StepResult(wait_until=until, wait_event=ctx.config["event"], detail=span)
 
 
 @register

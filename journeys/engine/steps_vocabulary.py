@@ -93,7 +93,7 @@ class StartWorkflow(StepKind):
         if moves is not None:  # written, enrolled and started with the batch's other moves at its flush
             detail["started_run"] = None
             moves.add(run=ctx.run, customer=ctx.customer, version_id=live_version_id, target=name,
-                      trigger_key=trigger_key, event=ctx.event, now=ctx.now,
+                      trigger_key=trigger_key, event=ctx.event, now=ctx.now, since=ctx.since,
                       exit_workflows=ctx.config["exit_workflows"], detail=detail)
         else:
             runs_end(JourneyRun.objects.filter(customer=ctx.customer, workflow__name__in=ctx.config["exit_workflows"])
@@ -102,7 +102,7 @@ class StartWorkflow(StepKind):
                 # Close this run first so a workflow that allows one open run at a time can take the customer.
                 JourneyRun.objects.filter(pk=ctx.run.pk).update(status=RunStatus.EXITED)
             run = run_enroll(version=load_version(live_version_id), customer=ctx.customer, trigger_key=trigger_key,
-                             now=ctx.now, event=ctx.event)
+                             now=ctx.now, event=ctx.event, since=ctx.since)
             detail["started_run"] = run.pk if run else None
         if ctx.config["exit_current"]:
             return StepResult(end_status="exited", detail=detail)

@@ -79,19 +79,24 @@ def test_an_imported_goal_event_from_before_the_run_does_not_convert_it(publish,
 
 
 def test_an_imported_event_answers_a_wait_only_if_it_happened_after_the_wait_began(publish, send, source):  # noqa: F811
-    # given two customers who signed up two hours ago and wait (since now) for "Activated"
+    # given customers who signed up two hours ago (delivered late) and wait for "Activated": the
+    # wait began, in their own time, when they signed up
     publish(WAIT)
-    for user in ("after", "before"):
+    for user in ("after", "between", "before"):
         send(userId=user, event="Signed Up", timestamp=ago(hours=2))
-    # when an import brings an Activated of each: one stamped now, one from an hour ago (before the wait began)
+    # when an import brings an Activated of each: one stamped now, one from an hour ago (after the
+    # sign-up, before the worker got to it), one from three hours ago (before the wait began)
     ingest(source, {"type": "track", "userId": "after", "event": "Activated", "messageId": "a-1",
                     "properties": {"ok": True}})
-    ingest(source, {"type": "track", "userId": "before", "event": "Activated", "messageId": "a-2",
+    ingest(source, {"type": "track", "userId": "between", "event": "Activated", "messageId": "a-3",
                     "properties": {"ok": True}, "timestamp": ago(hours=1)})
-    # then the first took the event branch; the second still waits and times out as before
-    after = JourneyRun.objects.get(customer__external_id="after")
-    assert after.status == "completed"
-    assert list(after.executions.values_list("step_key", "outcome")) == [("wait", "event"), ("yay", "next")]
+    ingest(source, {"type": "track", "userId": "before", "event": "Activated", "messageId": "a-2",
+                    "properties": {"ok": True}, "timestamp": ago(hours=3)})
+    # then the first two took the event branch; the third still waits and times out as before
+    for user in ("after", "between"):
+        run = JourneyRun.objects.get(customer__external_id=user)
+        assert run.status == "completed"
+        assert list(run.executions.values_list("step_key", "outcome")) == [("wait", "event"), ("yay", "next")]
     assert JourneyRun.objects.get(customer__external_id="before").status == "waiting"
     runs_wake_due(now=djtz.now() + timedelta(days=1, minutes=1))
     assert Customer.objects.get(external_id="before").traits.get("nudged") is True

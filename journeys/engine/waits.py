@@ -1,0 +1,130 @@
+"""A wait answered before it began: the awaited event reached the API first.
+
+Events act by their own time (timestamp), not by when a worker gets to them. A run that comes to a
+`wait_for_event` step on an event (the event that started it, or the awaited event that ended its
+last wait) begins to wait, in the customer's own time, when that event happened. A matching event
+of the customer that happened from then to the wait's deadline, but that was processed before the
+wait began (sent in a later request, stamped later, processed first: two devices, an SDK flushing
+two queues), answers the wait as it begins, as a stored follow-up closes an inactivity window as
+it opens (journeys.engine.processor). Only events already processed (or stored as history) are
+looked for: a pending one resumes the wait itself when it is processed. The event the run came on
+is not its own answer.
+
+Alone (no engine batch) the step looks at once (`stored_answer`: one query through the
+(customer, timestamp) index, over the wait's span). In an engine batch the waits begun are
+collected (`StoredAnswers`) and looked up together at the batch's flush, one query per awaited
+event name whatever the number of runs; the answered runs are resumed there with the `event`
+outcome, as an event processed later would resume them, and their next steps join the batch.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from journeys.choices import EventStatus, RunStatus
+from journeys.engine.batch import EngineBatch, current_batch, ids_q
+from journeys.models import Event, JourneyRun
+from journeys.rules import RuleContext, compile_rule
+
+KEY = "journeys.stored_answers"
+ANSWERED_STATUSES = (EventStatus.PROCESSED, EventStatus.HISTORY)
+STORED_ANSWERS = 100  # candidates read per wait, alone (the earliest first)
+
+
+@dataclass(slots=True)
+class Wait:
+    run: Any
+    version_id: int
+    customer_id: int
+    event_name: str
+    filter: str
+    since: datetime
+    until: datetime
+    came_on: int | None  # the event the run came to the wait on: not its own answer
+    rule_ctx: RuleContext
+
+
+def wait_begun(ctx, *, since: datetime, until: datetime):
+    """The stored event that answers the wait the run begins at `ctx` (alone), or None; in an engine
+    batch, None now and the wait is looked up at the flush (`StoredAnswers`)."""
+    customer_id = getattr(ctx.customer, "pk", None)
+    if ctx.dry_run or customer_id is None:
+        return None
+    wait = Wait(run=ctx.run, version_id=ctx.version_id, customer_id=customer_id, event_name=ctx.config["event"],
+                filter=ctx.config.get("filter") or "", since=since, until=until,
+                came_on=getattr(ctx.event, "pk", None), rule_ctx=ctx.rule_context())
+    batch = current_batch()
+    if batch is not None:
+        batch.extension(KEY, StoredAnswers).waits.append(wait)
+        return None
+    rows = Event.objects.filter(customer_id=customer_id, name=wait.event_name, timestamp__gte=since,
+                                timestamp__lte=until, status__in=ANSWERED_STATUSES)
+    return _first_answer(wait, rows.order_by("timestamp", "id")[:STORED_ANSWERS])
+
+
+def _first_answer(wait: Wait, candidates) -> Event | None:
+    """The earliest candidate (in timestamp order) within the wait's span that its filter accepts."""
+    rule = compile_rule(wait.filter) if wait.filter else None
+    for event in candidates:
+        if event.pk == wait.came_on or not wait.since <= event.timestamp <= wait.until:
+            continue
+        if rule is None or rule.evaluate(_with_event(wait.rule_ctx, event)).value:
+            return event
+    return None
+
+
+def _with_event(ctx: RuleContext, event: Event) -> RuleContext:
+    from journeys.engine.runtime import context_dict, event_dict
+
+    return replace(ctx, event=event_dict(event), context=context_dict(event, ctx.now))
+
+
+class StoredAnswers:
+    """The waits begun in one engine batch, looked up together at its flush."""
+
+    def __init__(self, batch: EngineBatch) -> None:
+        self.batch = batch
+        self.waits: list[Wait] = []
+
+    def flush(self) -> bool:
+        """Resume the waits a stored event answers; True when runs went on (their rows are in the
+        batch again: it flushes once more)."""
+        if not self.waits:
+            return False
+        waits, self.waits = self.waits, []
+        by_name: dict[str, list[Wait]] = defaultdict(list)
+        for wait in waits:
+            by_name[wait.event_name].append(wait)
+        candidates: dict[tuple[int, str], list[Event]] = defaultdict(list)
+        for name, group in by_name.items():
+            for event in Event.objects.filter(
+                ids_q("customer_id", sorted({w.customer_id for w in group})), name=name,
+                timestamp__gte=min(w.since for w in group), timestamp__lte=max(w.until for w in group),
+                status__in=ANSWERED_STATUSES,
+            ).order_by("timestamp", "id"):
+                candidates[(event.customer_id, name)].append(event)
+        answered = [(wait, answer) for wait in waits
+                    if (answer := _first_answer(wait, candidates.get((wait.customer_id, wait.event_name), ())))]
+        if not answered:
+            return False
+        return self._resume(answered)
+
+    def _resume(self, answered: list[tuple[Wait, Event]]) -> bool:
+        from journeys.engine.compiled import load_version
+        from journeys.engine.runner import event_time, run_execute
+
+        self.batch.flush_runs()  # a move in this flush may have ended some of them: read what is still waiting
+        waiting = set(JourneyRun.objects.filter(ids_q("pk", [w.run.pk for w, _ in answered]), status=RunStatus.WAITING)
+                      .values_list("pk", flat=True))
+        resumed = False
+        for wait, answer in answered:
+            run = wait.run
+            if run.pk not in waiting or run.status != RunStatus.WAITING:
+                continue
+            run_execute(run=run, version=load_version(wait.version_id), customer=run.customer, event=answer,
+                        now=self.batch.now, resume_outcome="event", since=event_time(answer))
+            resumed = True
+        return resumed

@@ -1,0 +1,163 @@
+"""Events act by their own time (their timestamp), not by when a worker gets to them: against an
+inactivity window's end, a wait's start and a wait's deadline. Each case runs in the set-based pass
+and in the one-event-at-a-time replay (`path`)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone as djtz
+
+from journeys.engine import processor, wakeups
+from journeys.engine.scheduler import runs_wake_due, watches_fire_due
+from journeys.models import Customer, JourneyRun, TriggerWatch
+from journeys.tasks import runs_wake
+from tests.journeys.test_engine import CART, edges, publish, steps, unit  # noqa: F401
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(params=["set_based", "one_by_one"])
+def path(request, monkeypatch):
+    """one_by_one: the set-based pass breaks, so every batch is replayed one event at a time."""
+    if request.param == "one_by_one":
+        def broken(**kwargs):
+            raise RuntimeError("set-based pass broken for the test")
+
+        monkeypatch.setattr(processor, "_process_set", broken)
+    return request.param
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """Set Django's clock back (`clock(hours=2)`: two hours ago) until `clock()` puts it right again."""
+    real = djtz.now
+
+    def set_back(**delta):
+        monkeypatch.setattr(djtz, "now", (lambda: real() - timedelta(**delta)) if delta else real)
+
+    return set_back
+
+
+def at(moment) -> str:
+    return moment.isoformat()
+
+
+def traits(user: str) -> dict:
+    return Customer.objects.get(external_id=user).traits
+
+
+def outcomes(user: str) -> list[tuple[str, str]]:
+    return list(JourneyRun.objects.get(customer__external_id=user).executions.values_list("step_key", "outcome"))
+
+
+# "Did they order the cart within 4 hours?" (the QA "cart" journey)
+CART_WAIT = {
+    "trigger_event": "Cart Updated",
+    "reentry_policy": "always",
+    "steps": steps(
+        ("note", "update_profile", {"variables": {"cart_id": {"rule": "event.properties.cart_id"}}}),
+        ("wait", "wait_for_event", {"event": "Order Completed", "timeout": "4h",
+                                    "filter": "event.properties.cart_id == journey.cart_id"}),
+        ("thanks", "update_profile", {"traits": {"thanked": {"rule": "event.properties.cart_id"}}}),
+        ("remind", "update_profile", {"traits": {"reminded": True}}),
+    ),
+    "edges": edges(("note", "next", "wait"), ("wait", "event", "thanks"), ("wait", "timeout", "remind")),
+}
+
+
+def test_a_follow_up_after_the_window_ended_leaves_it_to_fire(publish, send, path):  # noqa: F811
+    # given checkouts two hours ago (1 h windows, not fired yet: the tick is late)
+    publish(CART)
+    two_hours_ago = djtz.now() - timedelta(hours=2)
+    for user in ("late", "inside"):
+        send(userId=user, event="Checkout Started", timestamp=at(two_hours_ago))
+    # when "late" orders 90 minutes after the checkout (after the window), "inside" 30 minutes after
+    send(userId="late", event="Order Completed", timestamp=at(two_hours_ago + timedelta(minutes=90)))
+    send(userId="inside", event="Order Completed", timestamp=at(two_hours_ago + timedelta(minutes=30)))
+    # then the tick enrols "late" (not followed within the hour) and not "inside"
+    watches_fire_due()
+    assert list(JourneyRun.objects.values_list("customer__external_id", flat=True)) == ["late"]
+    assert traits("late")["reminded"] is True
+    assert TriggerWatch.objects.get(customer__external_id="inside").cancelled_at is not None
+
+
+def test_a_wait_is_answered_by_an_order_that_reached_the_api_before_the_cart(publish, send, path):  # noqa: F811
+    # given the cart journey
+    publish(CART_WAIT)
+    t = djtz.now() - timedelta(seconds=30)
+    # when each customer's Order Completed reaches the API one request before the Cart Updated
+    # stamped a second before it (two devices): same cart; another cart; stamped before the cart
+    for user, cart, offset in (("same", "c1", 1), ("other", "c9", 1), ("earlier", "c1", -1)):
+        send(userId=user, event="Order Completed", properties={"cart_id": cart}, timestamp=at(t + timedelta(seconds=offset)))
+        send(userId=user, event="Cart Updated", properties={"cart_id": "c1"}, timestamp=at(t))
+    # then "same" ordered after updating the cart: the run took the event branch at once and read the order
+    assert outcomes("same") == [("note", "next"), ("wait", "event"), ("thanks", "next")]
+    assert traits("same")["thanked"] == "c1"
+    # the others wait: another cart's order does not answer, nor one from before the cart
+    assert set(JourneyRun.objects.exclude(customer__external_id="same").values_list("status", flat=True)) == {"waiting"}
+    runs_wake_due(now=djtz.now() + timedelta(hours=5))
+    assert [traits(u).get("reminded") for u in ("same", "other", "earlier")] == [None, True, True]
+
+
+def test_an_order_that_answered_one_wait_does_not_answer_the_next(publish, send, path):  # noqa: F811
+    # given "ordered after the cart? then ordered again within a week?"
+    publish({
+        "trigger_event": "Cart Updated",
+        "steps": steps(
+            ("first", "wait_for_event", {"event": "Order Completed", "timeout": "4h"}),
+            ("again", "wait_for_event", {"event": "Order Completed", "timeout": "7d"}),
+            ("repeat", "update_profile", {"traits": {"repeat": {"rule": "event.properties.n"}}}),
+        ),
+        "edges": edges(("first", "event", "again"), ("again", "event", "repeat")),
+    })
+    t = djtz.now() - timedelta(minutes=1)
+    # when both of "twice"'s orders, and "once"'s only order, reach the API before the cart
+    for n in (1, 2):
+        send(userId="twice", event="Order Completed", properties={"n": n}, timestamp=at(t + timedelta(seconds=n)))
+    send(userId="once", event="Order Completed", properties={"n": 1}, timestamp=at(t + timedelta(seconds=1)))
+    for user in ("twice", "once"):
+        send(userId=user, event="Cart Updated", timestamp=at(t))
+    # then each order answers one wait: "twice" is through both, "once" waits for a second order
+    assert outcomes("twice") == [("first", "event"), ("again", "event"), ("repeat", "next")]
+    assert traits("twice")["repeat"] == 2
+    assert outcomes("once") == [("first", "event"), ("again", "")]
+    send(userId="once", event="Order Completed", properties={"n": 3})
+    assert traits("once")["repeat"] == 3
+
+
+def test_an_order_after_the_deadline_takes_the_timeout_path_when_the_tick_is_late(publish, send, clock, path):  # noqa: F811
+    # given customers who updated their cart five hours ago (their 4 h waits ended an hour ago)
+    publish(CART_WAIT)
+    clock(hours=5)
+    for user in ("late", "in_time"):
+        send(userId=user, event="Cart Updated", properties={"cart_id": "c1"})
+    clock()
+    # when, before the (late) tick, "late" orders now and "in_time" an order stamped 3 hours ago arrives
+    send(userId="late", event="Order Completed", properties={"cart_id": "c1"})
+    send(userId="in_time", event="Order Completed", properties={"cart_id": "c1"},
+         timestamp=at(djtz.now() - timedelta(hours=3)))
+    # then "late" is left to the tick, which times it out; "in_time" took the event branch
+    assert JourneyRun.objects.get(customer__external_id="late").status == "waiting"
+    assert outcomes("in_time") == [("note", "next"), ("wait", "event"), ("thanks", "next")]
+    runs_wake_due()
+    assert outcomes("late") == [("note", "next"), ("wait", "timeout"), ("remind", "next")]
+    assert traits("late")["reminded"] is True and "thanked" not in traits("late")
+
+
+def test_an_order_after_the_deadline_leaves_a_run_the_tick_claimed_to_its_timeout(publish, send, clock, path, monkeypatch):  # noqa: F811
+    # given a customer whose 4 h wait ended an hour ago, claimed by a tick whose wake-up task has not run yet
+    publish(CART_WAIT)
+    clock(hours=5)
+    send(userId="u1", event="Cart Updated", properties={"cart_id": "c1"})
+    clock()
+    pages = []
+    monkeypatch.setattr(wakeups, "wake_enqueue", lambda **page: pages.append(page))
+    assert runs_wake_due() == 1
+    # when the order, placed now, is processed before that task
+    send(userId="u1", event="Order Completed", properties={"cart_id": "c1"})
+    # then the run is left to the task, which times it out
+    [page] = pages
+    assert runs_wake(page["run_ids"], page["lease"], page["now"]) == 1
+    assert outcomes("u1") == [("note", "next"), ("wait", "timeout"), ("remind", "next")]
