@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.db.models import Q
 from django.utils import timezone
 
 from journeys.admin.base import LargeTableMixin, RunScopeMixin
@@ -13,6 +14,7 @@ from journeys.models import (
     JourneyRun,
     StepExecution,
 )
+from journeys.selectors import customers_named
 
 
 class StepExecutionInline(admin.TabularInline):
@@ -33,10 +35,22 @@ class StepExecutionInline(admin.TabularInline):
 class JourneyRunAdmin(LargeTableMixin, RunScopeMixin, admin.ModelAdmin):
     list_display = ("id", "workflow", "version", "customer", "status", "current_step", "next_wake_at", "converted_at", "created_at")
     list_filter = ("status", ("workflow", VisibleWorkflowFilter))
-    search_fields = ("customer__external_id", "customer__email", "trigger_key")
+    search_fields = ("customer__external_id",)  # see get_search_results: exact, through indexes
+    search_help_text = "Exact match: the customer's user id, anonymous id, email or phone number, or a run's number."
     list_select_related = ("workflow", "version__workflow", "customer")  # a version names its workflow
     inlines = [StepExecutionInline]
     actions = ["retry_failed"]
+
+    def get_search_results(self, request, queryset, search_term):
+        """That customer's runs (resolved first, then read from run_customer_status_idx), or the run
+        of that number: a substring search joins every run to its customer."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        named = Q(customer_id__in=customers_named(term))
+        if term.isdigit() and len(term) < 19:
+            named |= Q(pk=int(term))
+        return queryset.filter(named), False
 
     def get_readonly_fields(self, request, obj=None):
         return [f.name for f in self.model._meta.fields]
