@@ -98,3 +98,24 @@ def test_customer_searches_are_exact_and_use_no_like(admin_client, run_deliverie
     # then that customer's rows are listed; a part of an id is not a match
     assert found("buyer") == set() and found("example.com") == set()
     assert found("") == {d.customer_id for d in run_deliveries}
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="query plans: PostgreSQL only")
+def test_events_per_minute_read_a_range_of_the_source_index_not_all_of_it():
+    from django.utils import timezone
+
+    from journeys.console.selectors import dashboard_events_per_minute
+    from tests.factories import make_source
+
+    make_source("web")
+    # when the dashboard's events-per-minute chart is planned
+    with CaptureQueriesContext(connection) as queries:
+        dashboard_events_per_minute(now=timezone.now())
+    [sql] = [q["sql"] for q in queries.captured_queries if "journeys_event" in q["sql"]]
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute(f"EXPLAIN {sql}")
+        plan = " ".join(row[0] for row in cursor.fetchall())
+    # then the (source, received_at) index is read as a range per source: its leading column is in
+    # the index condition, so the chart reads the window shown, not every event ever received
+    assert "source_id_received_at_idx" in plan and "Index Cond: ((source_id = ANY" in plan, plan
