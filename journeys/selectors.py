@@ -265,9 +265,9 @@ def customers_named(term: str) -> set[int]:
     term = (term or "").strip()
     if not term:
         return set()
-    ids = set(identities_matching(term).values_list("customer_id", flat=True))
+    ids = set(identities_matching(term).order_by().values_list("customer_id", flat=True))
     ids.update(Customer.objects.filter(Q(external_id=term) | Q(email__in={term, term.lower()}))
-               .values_list("pk", flat=True))
+               .order_by().values_list("pk", flat=True))
     if term.startswith("#") and term[1:].isdigit() and len(term) < 20:
         ids.add(int(term[1:]))
     return ids

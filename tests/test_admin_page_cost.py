@@ -67,7 +67,7 @@ def test_deliveries_page_works_out_holds_for_its_rows_only(admin_client, run_del
         # no run probed per row, no join, no sort over another column
         skipping = [sql for sql in sqls if "OFFSET" in sql]
         assert skipping and all("journeys_journeyrun" not in sql and "JOIN" not in sql
-                                and 'ORDER BY 1 DESC' in sql for sql in skipping), skipping
+                                and 'ORDER BY "channels_app_delivery"."id" DESC' in sql for sql in skipping), skipping
         # and the row shown still says what holds it now (its workflow is paused)
         assert [d.pk for d in response.context["cl"].result_list] == [run_deliveries[1].pk]
         assert "Held: workflow paused" in response.content.decode()
@@ -118,4 +118,4 @@ def test_events_per_minute_read_a_range_of_the_source_index_not_all_of_it():
         plan = " ".join(row[0] for row in cursor.fetchall())
     # then the (source, received_at) index is read as a range per source: its leading column is in
     # the index condition, so the chart reads the window shown, not every event ever received
-    assert "source_id_received_at_idx" in plan and "Index Cond: ((source_id = ANY" in plan, plan
+    assert "source_id_received_at_idx" in plan and "Index Cond: ((source_id = " in plan, plan

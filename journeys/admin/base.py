@@ -320,7 +320,7 @@ class PageFirstChangeList(ChangeList):
 
     def get_results(self, request):
         super().get_results(request)
-        ids = list(self.result_list.values_list("pk", flat=True))
+        ids = [row.pk for row in self.result_list.select_related(None).only("pk")]
         self.result_list = self.model_admin.page_queryset(request, self.queryset.filter(pk__in=ids))
 
 
