@@ -107,7 +107,8 @@ def test_growing_tables_are_listed_by_primary_key_without_a_full_count(admin_cli
                 or re.search(r"\b(MIN|MAX)\(", sql)] == []
         listing = [sql for sql in _on(table, sqls) if "COUNT(" not in sql and "DISTINCT" not in sql
                    and "ORDER BY" in sql]
-        assert listing and all(re.search(rf'ORDER BY "{table}"\."id" DESC', sql) for sql in listing), listing
+        # (a search that names nothing may be answered without reading the table at all)
+        assert (listing or query) and all(re.search(rf'ORDER BY "{table}"\."id" DESC', sql) for sql in listing), listing
 
 
 

@@ -6,6 +6,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.filters import ChoicesFieldListFilter
 from django.contrib.admin.options import IncorrectLookupParameters
+from django.db.models import Q
 from django.template.response import TemplateResponse
 
 from channels_app.admin.base import ReadOnlyMixin
@@ -18,6 +19,7 @@ from channels_app.selectors import (
 from channels_app.services.dispatch import deliveries_requeue
 from journeys.admin.base import LargeTableMixin, NewestRowsInline, action_selection_within
 from journeys.engine.runtime import customer_zone
+from journeys.selectors import customers_named
 from journeys.services.api_jobs import idempotency_key_stored
 
 # Each message sent again may be rendered again first (a few queries): a web request takes this many.
@@ -86,21 +88,32 @@ class DeliveryAdmin(LargeTableMixin, ReadOnlyMixin, admin.ModelAdmin):
                     "latency_ms", "choice_reason")
     list_filter = (WorkflowFilter, "status", HoldFilter, ("reason", ReasonFilter), "channel", "channel__kind",
                    "topic", ("created_at", admin.DateFieldListFilter))
-    search_fields = ("to", "customer__external_id", "idempotency_key", "provider_message_id", "choice_reason")
+    search_fields = ("=idempotency_key",)  # see get_search_results: exact, through indexes
+    search_help_text = ("Exact match: the customer's user id, anonymous id, email or phone number (their messages), "
+                        "or a message's idempotency key.")
     list_select_related = ("customer", "channel")
     readonly_fields = ("held_by", "customer_local_time")
     exclude = ("reason",)  # shown by held_by: the stored reason may be a hold that has ended
     inlines = (AttemptInline,)
     actions = ("requeue",)
 
-    def get_queryset(self, request):
-        return deliveries_with_hold(super().get_queryset(request))
+    def page_queryset(self, request, queryset):
+        """What holds each message now, worked out for the rows shown only: a per-row probe of the
+        run's workflow over every row skipped to reach a deep page (or sorted) costs the table."""
+        return deliveries_with_hold(queryset)
+
+    def get_object(self, request, object_id, from_field=None):
+        obj = super().get_object(request, object_id, from_field)
+        return None if obj is None else self.page_queryset(request, self.get_queryset(request)).get(pk=obj.pk)
 
     def get_search_results(self, request, queryset, search_term):
-        found, duplicates = super().get_search_results(request, queryset, search_term)
-        if key := search_term.strip().removeprefix("api:"):  # an API message's key is stored as its digest
-            found |= queryset.filter(idempotency_key=idempotency_key_stored(f"api:{key}"))
-        return found, duplicates
+        """That customer's messages (resolved first, then read from delivery_customer_sent_idx) or the
+        message of that idempotency key: a substring search over the addresses reads every message."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        keys = {term, idempotency_key_stored(f"api:{term.removeprefix('api:')}")}  # an API key is stored as its digest
+        return queryset.filter(Q(customer_id__in=customers_named(term)) | Q(idempotency_key__in=keys)), False
 
     @admin.display(description="sent at, the customer's time")
     def customer_local_time(self, obj):

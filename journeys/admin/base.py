@@ -16,6 +16,7 @@ from django.contrib import admin
 from django.contrib.admin.actions import delete_selected
 from django.contrib.admin.helpers import ActionForm
 from django.contrib.admin.utils import flatten_fieldsets, unquote
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.forms.models import BaseInlineFormSet
@@ -306,16 +307,48 @@ class BoundedCountPaginator(Paginator):
         return AtLeast(self.cap) if counted > self.cap else counted
 
 
+class PageFirstChangeList(ChangeList):
+    """A changelist whose page costs the rows it shows. It reads the page's primary keys first
+    (with the filters and the order, but without the joined rows and per-row extras, so that
+    skipping to a deep page walks an index only), then those rows with their joins and the
+    model admin's `page_queryset` extras. A column left out of `sortable_by` is not sorted by,
+    even from a hand-written `?o=` link."""
+
+    def get_ordering_field(self, field_name):
+        if field_name not in self.sortable_by:
+            return None
+        return super().get_ordering_field(field_name)
+
+    def get_results(self, request):
+        super().get_results(request)
+        ids = [row.pk for row in self.result_list.select_related(None).only("pk")]
+        self.result_list = self.model_admin.page_queryset(request, self.queryset.filter(pk__in=ids))
+
+
 class LargeTableMixin:
     """For the changelist of a table that grows without bound (events, deliveries, runs, logs):
     newest first by primary key, whose index serves `ORDER BY id DESC LIMIT 100` (an order on
     an unindexed column sorts the whole table for every page), and a paginator that never
     counts the whole table. Filter by date with a date list filter on the page, not a date
-    hierarchy (its year links are a DISTINCT over every row)."""
+    hierarchy (its year links are a DISTINCT over every row). For the same reason no "Show counts":
+    Django's facets count every filter choice over the whole table (one scan per workflow on the
+    deliveries), so `?_facets` is ignored here."""
 
     ordering = ("-pk",)
     paginator = BoundedCountPaginator
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    # Sorting by a column sorts the whole table for every page (1M deliveries: 2-8 s); an admin
+    # may list the columns an index serves.
+    sortable_by: tuple[str, ...] = ()
+
+    def get_changelist(self, request, **kwargs):
+        return PageFirstChangeList
+
+    def page_queryset(self, request, queryset: QuerySet) -> QuerySet:
+        """The rows of the page shown (filtered by primary key): per-row extras go here."""
+        return queryset
+
     # Django's "Delete selected" lists every selected row and every row the delete cascades to on its
     # confirmation page, built in the request: over a "select all" of such a table, a page of many
     # megabytes or a worker killed at the web server's timeout. It takes at most this many rows.

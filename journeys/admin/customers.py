@@ -13,7 +13,7 @@ from simple_history.admin import SimpleHistoryAdmin
 from journeys.admin.base import HistoryReasonMixin, LargeTableMixin, ReadOnlyAdmin
 from journeys.api.fields import MAX_ID
 from journeys.console.selectors import customer_360
-from journeys.selectors import identities_matching
+from journeys.selectors import customers_named
 from journeys.errors import JourneyError
 from journeys.forms.fields import RuleInput
 from journeys.timezones import traits_zone_checked, zone_check
@@ -84,7 +84,8 @@ class CustomerAdmin(LargeTableMixin, admin.ModelAdmin):
     form = CustomerForm
     list_display = ("__str__", "email", "phone", "stage", "timezone", "first_seen", "last_seen")
     list_filter = ("stage", "timezone")
-    search_fields = ("external_id", "email", "phone")
+    search_fields = ("external_id",)  # see get_search_results: exact, through indexes
+    search_help_text = "Exact match: a user id, anonymous id, email or phone number (any spelling), or #<number>."
     readonly_fields = ("stage", "first_seen", "last_seen", "last_engaged_at", "merged_into", "created_at", "updated_at")
     # Customer 360: identities, merges, consents, events, messages, runs and cases above the form.
     change_form_template = "admin/journeys/customer/change_form.html"
@@ -118,12 +119,11 @@ class CustomerAdmin(LargeTableMixin, admin.ModelAdmin):
         return False
 
     def get_search_results(self, request, queryset, search_term):
-        """Search by any identity value (anonymous id, user id, email, phone written any way) too."""
-        queryset, may_have_duplicates = super().get_search_results(request, queryset, search_term)
-        if search_term.strip():
-            ids = identities_matching(search_term).values("customer_id")
-            queryset = queryset | self.model.objects.filter(pk__in=ids, merged_into__isnull=True)
-        return queryset, may_have_duplicates
+        """The customers a term names exactly (any identity value, user id, email, phone written
+        any way, row id), found through indexes: a substring search reads every customer."""
+        if not search_term.strip():
+            return queryset, False
+        return queryset.filter(pk__in=customers_named(search_term)), False
 
 
 @admin.register(CustomerMerge)

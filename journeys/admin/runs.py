@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.db.models import Q
 from django.utils import timezone
 
 from journeys.admin.base import LargeTableMixin, NewestRowsInline, RunScopeMixin, action_selection_within
@@ -13,6 +14,7 @@ from journeys.models import (
     JourneyRun,
     StepExecution,
 )
+from journeys.selectors import customers_named
 
 
 class StepExecutionInline(NewestRowsInline, admin.TabularInline):
@@ -34,7 +36,8 @@ class StepExecutionInline(NewestRowsInline, admin.TabularInline):
 class JourneyRunAdmin(LargeTableMixin, RunScopeMixin, admin.ModelAdmin):
     list_display = ("id", "workflow", "version", "customer", "status", "current_step", "next_wake_at", "converted_at", "created_at")
     list_filter = ("status", ("workflow", VisibleWorkflowFilter))
-    search_fields = ("customer__external_id", "customer__email", "trigger_key")
+    search_fields = ("customer__external_id",)  # see get_search_results: exact, through indexes
+    search_help_text = "Exact match: the customer's user id, anonymous id, email or phone number, or a run's number."
     list_select_related = ("workflow", "version__workflow", "customer")  # a version names its workflow
     inlines = [StepExecutionInline]
     actions = ["retry_failed"]
@@ -46,6 +49,17 @@ class JourneyRunAdmin(LargeTableMixin, RunScopeMixin, admin.ModelAdmin):
     delete_selected_instead = ("Filter the list further and delete in parts; finished runs older than "
                                "HISTORY_RETENTION_DAYS are deleted by the history housekeeping "
                                "(docs/SCALING.md, \"Retention of finished history\").")
+
+    def get_search_results(self, request, queryset, search_term):
+        """That customer's runs (resolved first, then read from run_customer_status_idx), or the run
+        of that number: a substring search joins every run to its customer."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        named = Q(customer_id__in=customers_named(term))
+        if term.isdigit() and len(term) < 19:
+            named |= Q(pk=int(term))
+        return queryset.filter(named), False
 
     def get_readonly_fields(self, request, obj=None):
         return [f.name for f in self.model._meta.fields]
