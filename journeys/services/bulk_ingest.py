@@ -319,9 +319,7 @@ def customers_precreate(imap, events) -> None:
             if cid in ours:
                 used.add(cid)
                 imap.customers[cid] = ours[cid]
-    missing = {cid for cid in imap.ids.values() if cid not in imap.customers}
-    for customer in Customer.objects.filter(pk__in=missing):
-        imap.customers[customer.pk] = customer
+    imap.customers_lock({cid for cid in imap.ids.values() if cid not in imap.customers})
     orphans = [pk for pk in ours if pk not in used]
     if orphans:
         # Created a moment ago in this transaction and referenced by nothing (their identities
