@@ -55,7 +55,9 @@ def _pg_recordset(fields, rows: list[dict], *, with_id: bool = False) -> tuple[s
 
 
 def customers_save(customers: Iterable[Customer]) -> None:
-    """Write the profile columns ingestion changes, for many customers at once."""
+    """Write the profile columns ingestion changes, for many customers at once. Every column is
+    written from the in-memory copy: the batch read it under its row lock (`IdentityMap.customers_lock`),
+    so no concurrent change is overwritten."""
     rows = sorted(customers, key=lambda c: c.pk)
     if not rows:
         return

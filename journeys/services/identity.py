@@ -505,6 +505,11 @@ def customers_merge_batch(*, merges: Sequence[Merge]) -> list[CustomerMerge]:
         if absorbed_before & {merge.target.pk, merge.merged.pk}:
             raise ValueError(f"customer {merge.merged.pk} or {merge.target.pk} is merged earlier in the list")
         absorbed_before.add(merge.merged.pk)
+    # Both sides locked (in id order, as ingestion locks its batch's customers) before any row
+    # moves: a batch storing events for them meanwhile commits first and its events move too.
+    involved = sorted({m.merged.pk for m in merges} | {m.target.pk for m in merges})
+    list(Customer.objects.select_for_update(no_key=True).filter(ids_q("pk", involved)).order_by("pk")
+         .values_list("pk", flat=True))
     now = timezone.now()
     details: dict[int, dict] = {}  # absorbed customer id -> what moved
     for wave in customer_waves(list(merges), lambda m: (m.merged.pk, m.target.pk)):
