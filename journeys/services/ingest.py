@@ -140,7 +140,10 @@ def events_receive(
             # rolled back: the batch is stored again without the event whose ids could not be resolved
             if source.strict:
                 raise
-            good = [e for e in good if e is not exc.event]
+            remaining = [e for e in good if e is not exc.event]
+            if len(remaining) == len(good):  # not one of ours: never loop
+                raise
+            good = remaining
             rejected.append(Rejection(exc.event.index, exc.field or "", exc.code, exc.message,
                                       payloads[exc.event.index or 0]))
 
