@@ -55,7 +55,9 @@ def _pg_recordset(fields, rows: list[dict], *, with_id: bool = False) -> tuple[s
 
 
 def customers_save(customers: Iterable[Customer]) -> None:
-    """Write the profile columns ingestion changes, for many customers at once."""
+    """Write the profile columns ingestion changes, for many customers at once. Every column is
+    written from the in-memory copy: the batch read it under its row lock (`IdentityMap.customers_lock`),
+    so no concurrent change is overwritten."""
     rows = sorted(customers, key=lambda c: c.pk)
     if not rows:
         return
@@ -319,9 +321,7 @@ def customers_precreate(imap, events) -> None:
             if cid in ours:
                 used.add(cid)
                 imap.customers[cid] = ours[cid]
-    missing = {cid for cid in imap.ids.values() if cid not in imap.customers}
-    for customer in Customer.objects.filter(pk__in=missing):
-        imap.customers[customer.pk] = customer
+    imap.customers_lock({cid for cid in imap.ids.values() if cid not in imap.customers})
     orphans = [pk for pk in ours if pk not in used]
     if orphans:
         # Created a moment ago in this transaction and referenced by nothing (their identities

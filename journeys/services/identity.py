@@ -122,8 +122,8 @@ class IdentityMap:
     """Resolves (kind, value) pairs to customers for one batch.
 
     Loads every identity the batch mentions in one query, then keeps the
-    answers (and the customers) in memory, so a batch of N events costs a
-    handful of queries rather than N.
+    answers (and the customers, locked by `customers_lock`) in memory, so a
+    batch of N events costs a handful of queries rather than N.
     """
 
     def __init__(self, keys: set[tuple[str, str]]):
@@ -140,14 +140,40 @@ class IdentityMap:
 
     def _load(self, keys: set[tuple[str, str]]) -> None:
         self.ids.update(identities_find(keys))
-        wanted = set(self.ids.values()) - self.customers.keys()
-        if wanted:
-            for customer in Customer.objects.filter(pk__in=wanted):
-                self.customers[customer.pk] = customer
+
+    def customers_lock(self, ids: set[int]) -> None:
+        """Load the customers `ids` not loaded yet, locked (FOR NO KEY UPDATE, in id order) until
+        the batch commits: what the batch writes back (`customers_save`) is what it read plus its
+        own changes, and no concurrent merge moves their events or identities meanwhile.
+
+        A customer a concurrent batch merged away while this one waited for its row is not used:
+        its identities moved with the merge (in the same commit), so they are read again and their
+        survivor is locked instead; the events of this batch never land on a merged-away profile."""
+        seen: set[int] = set()
+        wanted = ids - self.customers.keys() - self.redirects.keys()  # not those this batch merged
+        while wanted:
+            seen |= wanted
+            merged: set[int] = set()
+            for customer in Customer.objects.select_for_update(no_key=True).filter(pk__in=wanted).order_by("pk"):
+                if customer.merged_into_id is None:
+                    self.customers[customer.pk] = customer
+                else:
+                    merged.add(customer.pk)
+                    self.customers[customer.pk] = customer  # kept only if its identities did not move
+            stale = [key for key, cid in self.ids.items() if cid in merged]
+            if not stale:
+                return
+            moved = identities_find(stale)
+            for key, cid in moved.items():
+                if cid != self.ids[key]:
+                    self.customers.pop(self.ids[key], None)
+                    self.ids[key] = cid
+            wanted = {cid for cid in moved.values() if cid not in seen} - self.customers.keys()
 
     def refresh(self, keys: list[tuple[str, str]]) -> None:
         """Look `keys` up again: after waiting for their locks (`identity_keys_lock`) a concurrent
-        batch may have stored some, and this batch must resolve (and merge) as if it came after."""
+        batch may have stored some, and this batch must resolve (and merge) as if it came after.
+        Their customers are loaded by `customers_lock`."""
         self._load(set(keys))
 
     def survivor(self, customer_id: int) -> int:
@@ -170,9 +196,10 @@ class IdentityMap:
         except IntegrityError:
             # A concurrent request created it after we loaded the map: theirs wins.
             owner_id = Identity.objects.filter(kind=kind, value=value).values_list("customer_id", flat=True).get()
-            owner_id = self.survivor(owner_id)  # a profile this batch merged (its rows move at merges_flush)
-            owner = self.customers.get(owner_id) or Customer.objects.get(pk=owner_id)
-            self.customers[owner.pk] = owner
+            self.ids[(kind, value)] = owner_id
+            self.customers_lock({owner_id})  # follows a merge committed meanwhile
+            # a profile this batch merged: its survivor (its rows move at merges_flush)
+            owner = self.customers[self.survivor(self.ids[(kind, value)])]
             self.ids[(kind, value)] = owner.pk
             self._user_id_add(kind, value, owner.pk)
             return owner
@@ -232,7 +259,11 @@ class IdentityMap:
 
     def merge(self, *, target: Customer, merged: Customer, reason: str, actor: str) -> None:
         """Fold `merged` into `target` now, in memory (the batch's later events see the merged
-        profile), and keep the merge for `merges_flush`, which moves the rows of all of them."""
+        profile), and keep the merge for `merges_flush`, which moves the rows of all of them.
+        Refused here, for the event that decided it, when either profile is merged away already
+        (`customers_merge_batch` would refuse the whole batch)."""
+        if target.pk == merged.pk or {target.pk, merged.pk} & self.redirects.keys():
+            raise ValueError(f"customer {merged.pk} or {target.pk} is merged away already in this batch")
         self.user_ids(target).update(self.user_ids(merged))
         customer_fold(target=target, merged=merged)
         # the profile as its own merge of this batch (a survivor then) saved it: see Merge.profile
@@ -331,7 +362,12 @@ def customer_resolve(
             Customer.objects.filter(pk=created.pk).delete()
 
     for other, reason in ((anon, "anonymousId and userId on one event"), (previous, f"alias of {previous_id}")):
-        if other is None or other.pk == known.pk:
+        if other is None:
+            continue
+        # the profile as it is now: analytics.js sends alias with previousId == anonymousId, whose
+        # profile the first pass of this loop has just merged into `known`
+        other = imap.customers.get(imap.survivor(other.pk), other)
+        if other.pk == known.pk:
             continue
         if user_id and imap.has_other_user_id(other, user_id) and reason.startswith("anonymousId"):
             continue  # shared device: do not fold one known user into another
@@ -469,6 +505,11 @@ def customers_merge_batch(*, merges: Sequence[Merge]) -> list[CustomerMerge]:
         if absorbed_before & {merge.target.pk, merge.merged.pk}:
             raise ValueError(f"customer {merge.merged.pk} or {merge.target.pk} is merged earlier in the list")
         absorbed_before.add(merge.merged.pk)
+    # Both sides locked (in id order, as ingestion locks its batch's customers) before any row
+    # moves: a batch storing events for them meanwhile commits first and its events move too.
+    involved = sorted({m.merged.pk for m in merges} | {m.target.pk for m in merges})
+    list(Customer.objects.select_for_update(no_key=True).filter(ids_q("pk", involved)).order_by("pk")
+         .values_list("pk", flat=True))
     now = timezone.now()
     details: dict[int, dict] = {}  # absorbed customer id -> what moved
     for wave in customer_waves(list(merges), lambda m: (m.merged.pk, m.target.pk)):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from journeys.choices import EventStatus, EventType, IdentityKind
@@ -125,15 +127,49 @@ def events_receive(
         )
     good, refused = catalog_split(policy=source.schema_policy, events=good, strict=source.strict)
     rejected.extend(Rejection(e.index, exc.field or "", "schema", exc.message, payloads[e.index or 0]) for e, exc in refused)
-    rejected.sort(key=lambda r: r.index or 0)
-    if not rejected:
-        result = event_ingest(source=source, events=good, ip=ip, catalog=False)
-        return ReceiveResult(result.stored, result.duplicates, result.event_ids, [])
-    with transaction.atomic():
-        result = event_ingest(source=source, events=good, ip=ip, catalog=False)
-        quarantine_store(source=source, rejections=rejected, received_at=received_at, ip=ip,
-                         endpoint_type=event_type or "", batch_defaults=batch_defaults)
-    return ReceiveResult(result.stored, result.duplicates, result.event_ids, rejected)
+    while True:
+        rejected.sort(key=lambda r: r.index or 0)
+        try:
+            with transaction.atomic():
+                result = event_ingest(source=source, events=good, ip=ip, catalog=False)
+                if rejected:
+                    quarantine_store(source=source, rejections=rejected, received_at=received_at, ip=ip,
+                                     endpoint_type=event_type or "", batch_defaults=batch_defaults)
+            return ReceiveResult(result.stored, result.duplicates, result.event_ids, rejected)
+        except IdentityResolutionError as exc:
+            # rolled back: the batch is stored again without the event whose ids could not be resolved
+            if source.strict:
+                raise
+            remaining = [e for e in good if e is not exc.event]
+            if len(remaining) == len(good):  # not one of ours: never loop
+                raise
+            good = remaining
+            rejected.append(Rejection(exc.event.index, exc.field or "", exc.code, exc.message,
+                                      payloads[exc.event.index or 0]))
+
+
+class IdentityResolutionError(EventValidationError):
+    """One event's ids or traits could not be resolved to a customer (a bug or a case nobody
+    foresaw, not a transient database error): `events_receive` quarantines that event, with the
+    field, and stores the rest of its request, rather than losing the whole batch."""
+
+    def __init__(self, message: str, *, field: str, event: ParsedEvent):
+        super().__init__(message, field=field)
+        self.event = event
+
+
+@contextmanager
+def _resolution_of(event: ParsedEvent, field: str) -> Iterator[None]:
+    """Turn any failure of `event`'s identity resolution into an IdentityResolutionError naming it."""
+    try:
+        yield
+    except (OperationalError, InterfaceError):
+        raise  # the database's, not the event's (a deadlock, a lost connection): the client retries
+    except Exception as exc:
+        prefix = f"batch[{event.index}]." if event.index is not None else ""
+        logger.exception("identity resolution failed for %s%s", prefix, field)
+        raise IdentityResolutionError(f"identity resolution failed ({type(exc).__name__}: {exc})",
+                                      field=prefix + field, event=event) from exc
 
 
 def trigger_max_age() -> timedelta | None:
@@ -231,25 +267,30 @@ def event_ingest(
         new_keys = [key for key in keys if key not in imap.ids]
         if identity_keys_lock(new_keys):  # waited for a batch that may have stored some of them
             imap.refresh(new_keys)
+        # after the key locks (taken first by every batch, so the two kinds of lock cannot cross)
+        imap.customers_lock(set(imap.ids.values()))
         customers_precreate(imap, fresh)
 
         rows = []
         for e in fresh:
-            customer = customer_resolve(
-                imap=imap,
-                user_id=e.user_id,
-                anonymous_id=e.anonymous_id,
-                previous_id=e.previous_id if e.type == EventType.ALIAS else "",
-                seen_at=e.timestamp,
-                actor=actor,
-                allow_known_merge=source.allow_known_merges, source=source, message_id=e.message_id,
-            )
+            with _resolution_of(e, "previousId" if e.type == EventType.ALIAS and e.previous_id else
+                                "userId" if e.user_id else "anonymousId"):
+                customer = customer_resolve(
+                    imap=imap,
+                    user_id=e.user_id,
+                    anonymous_id=e.anonymous_id,
+                    previous_id=e.previous_id if e.type == EventType.ALIAS else "",
+                    seen_at=e.timestamp,
+                    actor=actor,
+                    allow_known_merge=source.allow_known_merges, source=source, message_id=e.message_id,
+                )
             traits: dict = {}
             if e.type == EventType.IDENTIFY:
                 traits = e.traits
             elif e.type == EventType.GROUP:
                 traits = {"group_id": e.group_id, **{f"group_{k}": v for k, v in e.traits.items()}}
-            changes = customer_apply_traits(imap=imap, customer=customer, traits=traits, context=e.context)
+            with _resolution_of(e, "traits"):
+                changes = customer_apply_traits(imap=imap, customer=customer, traits=traits, context=e.context)
             if customer.last_seen is None or e.timestamp > customer.last_seen:
                 customer.last_seen = e.timestamp
                 imap.dirty.add(customer.pk)

@@ -3,6 +3,8 @@ refusal is recorded where ops see it (admin list, Customer 360)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from journeys.models import Customer, CustomerMerge, Event, MergeRefusal
@@ -131,3 +133,80 @@ def test_an_alias_of_one_known_user_into_another_existing_one_is_still_refused_i
     assert CustomerMerge.objects.count() == 0 and profile("dave").email == "dave@example.com"
     assert "does not allow known-to-known merges" in MergeRefusal.objects.get().reason
     assert Event.objects.filter(customer=profile("erin")).count() == 3
+
+
+def _ajs_alias(user_id: str, anonymous_id: str, message_id: str) -> dict:
+    """An alias as analytics.js (and analytics-kotlin/swift) send it: previousId defaults to the
+    browser's own anonymousId."""
+    return {"type": "alias", "userId": user_id, "anonymousId": anonymous_id, "previousId": anonymous_id,
+            "messageId": message_id, "context": {"library": {"name": "analytics.js", "version": "next-1.70.0"}}}
+
+
+@pytest.mark.parametrize("path", ["alias", "a", "batch", "beacon"])
+def test_an_analytics_js_alias_of_a_browsed_anonymous_device_merges_it_once(api, client, write_key, path):
+    # given a known user and a browser that browsed anonymously before signing in
+    api.post("identify", {"userId": "u-ajs", "traits": {"plan": "gold"}})
+    api.post("page", {"anonymousId": "A-ajs", "name": "Home", "messageId": "p-1"})
+    anonymous = Customer.objects.get(identities__value="A-ajs")
+
+    # when the site calls analytics.alias("u-ajs") (anonymousId == previousId), alone or in a batch
+    alias = _ajs_alias("u-ajs", "A-ajs", "m-ajs-alias")
+    orders = [{"type": "track", "userId": f"buyer-{i}", "event": "Order Completed", "messageId": f"o-{i}"}
+              for i in range(50)]
+    if path in ("alias", "a"):
+        response = api.post(path, alias)
+    elif path == "batch":
+        response = api.post("batch", {"batch": [*orders[:25], alias, *orders[25:]]})
+    else:
+        response = client.post(f"/beacon/v1/batch?writeKey={write_key}", content_type="text/plain;charset=UTF-8",
+                               data=json.dumps({"batch": [*orders[:25], alias, *orders[25:]]}))
+
+    # then it is accepted, the anonymous profile is merged into the known one once, nothing is lost
+    assert response.status_code == 200, response.content
+    known = profile("u-ajs")
+    assert Customer.objects.get(pk=anonymous.pk).merged_into_id == known.pk
+    assert list(CustomerMerge.objects.values_list("merged_id", "target_id")) == [(anonymous.pk, known.pk)]
+    assert set(Event.objects.filter(message_id__in=["p-1", "m-ajs-alias"]).values_list("customer_id", flat=True)) == {
+        known.pk}
+    assert known.traits["plan"] == "gold"
+    if path in ("batch", "beacon"):
+        assert Event.objects.filter(name="Order Completed").count() == 50
+        assert response.json().get("rejected", []) == []
+
+
+def test_an_event_whose_identity_resolution_fails_is_quarantined_and_its_batch_stored(api, monkeypatch):
+    """Whatever goes wrong resolving one event's ids (a case nobody foresaw), that event is set aside
+    with the field, and the other events of its request are stored: the batch is not lost."""
+    from journeys.models import QuarantinedEvent
+    from journeys.services import ingest
+
+    resolve = ingest.customer_resolve
+
+    def failing_for_one_user(**kwargs):
+        if kwargs["user_id"] == "broken":
+            raise ValueError("an unforeseen case")
+        return resolve(**kwargs)
+
+    monkeypatch.setattr(ingest, "customer_resolve", failing_for_one_user)
+    orders = [{"type": "track", "userId": f"buyer-{i}", "event": "Order Completed", "messageId": f"o-{i}"}
+              for i in range(50)]
+    bad = {"type": "alias", "userId": "broken", "previousId": "x", "messageId": "m-bad"}
+
+    # when a batch carries 50 good events and the one that fails
+    response = api.post("batch", {"batch": [*orders[:10], bad, *orders[10:]]})
+
+    # then the 50 are stored and the bad one is quarantined, naming its field
+    assert response.status_code == 200, response.content
+    assert Event.objects.filter(name="Order Completed").count() == 50
+    assert not Event.objects.filter(message_id="m-bad").exists()
+    (rejected,) = response.json()["rejected"]
+    assert (rejected["index"], rejected["field"], rejected["code"]) == (10, "batch[10].previousId", "invalid_event")
+    entry = QuarantinedEvent.objects.get()
+    assert (entry.field, entry.message_id, entry.batch_index) == ("batch[10].previousId", "m-bad", 10)
+    assert "identity resolution failed" in entry.message and "an unforeseen case" in entry.message
+
+    # and a single-event endpoint answers the same way (the event quarantined, not a 500)
+    response = api.post("identify", {"userId": "broken", "anonymousId": "dev-9", "messageId": "m-bad-2"})
+    assert response.status_code == 200, response.content
+    assert [r["field"] for r in response.json()["rejected"]] == ["userId"]
+    assert QuarantinedEvent.objects.filter(message_id="m-bad-2", field="userId").exists()
