@@ -62,8 +62,11 @@ def test_a_workflows_failures_are_read_from_the_failed_rows_index_not_the_histor
             cursor.execute(f"EXPLAIN {sql}")
             plans.append(" ".join(row[0] for row in cursor.fetchall()))
 
-    # then the failed messages come from the partial index of failed rows, and the bounced ones from
-    # an index range on the status (one query each: an OR of the two let the planner filter instead)
+    # then each status is read from an index range (one query each: an OR of the two let the planner
+    # filter a whole index instead): the failed rows from the partial index of failed rows or the
+    # status range of delivery_due_idx (which the planner picks depends on the table's statistics),
+    # the bounced ones from the status range
     assert "'failed'" in failed and "'bounced'" not in failed
-    assert "delivery_failed_idx" in plans[0], plans[0]
+    assert ("delivery_failed_idx" in plans[0] or "Index Cond: ((status)::text = 'failed'::text)" in plans[0]), plans[0]
     assert "Index Cond: ((status)::text = 'bounced'::text)" in plans[1], plans[1]
+    assert "Seq Scan" not in " ".join(plans)
