@@ -327,20 +327,26 @@ def our_message_id(message_id: str) -> tuple[int, str] | None:
 _ROW = ("pk", "status", "notes", "to", "customer_id", "sent_at", "idempotency_key")
 
 
-def _rows_by_message_id(events: list[EmailEvent]) -> dict[str, dict]:
+def _rows_by_message_id(events: list[EmailEvent], channel_id: int) -> dict[str, dict]:
     """Our Message-ID (as the event gives it) -> the delivery's row, with one query: the id's
-    digest must be the delivery's (a made-up id names no message), on an email channel."""
+    digest must be the delivery's (a made-up id names no message), sent through the channel whose
+    endpoint (and password) the report came in by: a vendor account reaches only its own messages
+    (a rerouted delivery carries the channel that sent it)."""
     wanted = {e.message_id: parsed for e in events if (parsed := our_message_id(e.message_id))}
     if not wanted:
         return {}
     rows = {row["pk"]: row for row in Delivery.objects.filter(
-        pk__in={pk for pk, _ in wanted.values()}, channel__kind=ChannelKind.EMAIL).values(*_ROW)}
-    return {message_id: rows[pk] for message_id, (pk, digest) in wanted.items()
-            if pk in rows and message_id_digest(rows[pk]["idempotency_key"]) == digest}
+        pk__in={pk for pk, _ in wanted.values()}, channel_id=channel_id, channel__kind=ChannelKind.EMAIL).values(*_ROW)}
+    found = {message_id: rows[pk] for message_id, (pk, digest) in wanted.items()
+             if pk in rows and message_id_digest(rows[pk]["idempotency_key"]) == digest}
+    if len(found) < len(wanted):
+        log.warning("email events (channel %s): %s Message-ID(s) of ours name no message of this channel",
+                    channel_id, len(wanted) - len(found))
+    return found
 
 
-def _rows_by_address(addresses: set[str]) -> dict[str, dict]:
-    """Recipient addresses (as the vendor spells them) -> each one's latest email delivery's row, keyed
+def _rows_by_address(addresses: set[str], channel_id: int) -> dict[str, dict]:
+    """Recipient addresses (as the vendor spells them) -> each one's latest delivery of this channel, keyed
     by the address in lower case, with three queries whatever their number: the customers holding the
     address (on the profile or as an identity, both indexed, as given or in lower case), then their
     email deliveries to it, newest first."""
@@ -353,8 +359,8 @@ def _rows_by_address(addresses: set[str]) -> dict[str, dict]:
     if not customer_ids:
         return {}
     latest: dict[str, dict] = {}
-    for row in (Delivery.objects.filter(customer_id__in=customer_ids, channel__kind=ChannelKind.EMAIL,
-                                        sent_at__isnull=False)
+    for row in (Delivery.objects.filter(customer_id__in=customer_ids, channel_id=channel_id,
+                                        channel__kind=ChannelKind.EMAIL, sent_at__isnull=False)
                 .order_by("-sent_at", "-pk").values(*_ROW)):
         address = (row["to"] or "").strip().lower()
         if address in addresses and address not in latest:
@@ -463,12 +469,15 @@ def email_events_ingest(*, channel_id: int, payload: Any) -> dict:
     if parsed.subscribe_url:
         _subscription_record(channel_id=channel_id, url=parsed.subscribe_url, payload=payload)
         result["subscription"] = "recorded: visit the SubscribeURL (in the audit log and the server log) to confirm it"
-    by_id = _rows_by_message_id(parsed.events)
-    by_address = _rows_by_address({e.address for e in parsed.events if e.message_id not in by_id and e.address})
+    by_id = _rows_by_message_id(parsed.events, channel_id)
+    # a Message-ID of ours that names no message of this channel is unmatched, not guessed by address
+    by_address = _rows_by_address({e.address for e in parsed.events if e.address and not our_message_id(e.message_id)},
+                                  channel_id)
     todo: list[tuple[int, EmailEvent]] = []
     seen: set[tuple[int, str, str]] = set()
     for event in parsed.events:
-        row = by_id.get(event.message_id) or by_address.get(event.address.lower())
+        ours = our_message_id(event.message_id) is not None
+        row = by_id.get(event.message_id) if ours else by_address.get(event.address.lower())
         if row is None:
             result["unmatched"] += 1
             continue

@@ -381,6 +381,46 @@ def test_a_made_up_message_id_names_no_message(email, on_commit, client):
     assert delivery.status == "sent"
 
 
+@pytest.fixture
+def other_email(smtp, monkeypatch):
+    """A second email channel (another brand, another vendor account) with its own events password."""
+    monkeypatch.setenv("JOURNEYS_SECRET_OTHER_ESP", "other-secret")
+    return ChannelFactory(name="email-b", kind="email", provider="smtp",
+                          settings={"from_email": "b@brand-b.test", "events_password_env": "JOURNEYS_SECRET_OTHER_ESP"})
+
+
+def test_a_vendor_webhook_of_one_channel_cannot_bounce_another_channels_message(email, other_email, on_commit,
+                                                                               client):
+    # given a message sent through channel B
+    customer = CustomerFactory(external_id="x1", email="x1@example.com")
+    on_b = send(other_email, customer, on_commit, "x1-b")
+    assert on_b.status == "sent"
+
+    # when channel A's endpoint (A's password) reports a permanent bounce naming B's message
+    answer = post(client, email, sns(ses_bounce(on_b)), password=PASSWORD)
+
+    # then nothing of channel B changes: the report is unmatched, the address is not suppressed
+    on_b.refresh_from_db()
+    assert (answer.json()["applied"], answer.json()["unmatched"], on_b.status) == (0, 1, "sent")
+    assert not Consent.objects.filter(customer=customer).exists()
+
+
+def test_a_report_without_message_id_reaches_the_latest_message_of_its_own_channel(email, other_email, on_commit,
+                                                                                  client):
+    # given a message through channel A, then a later one to the same address through channel B
+    customer = CustomerFactory(external_id="x2", email="x2@example.com")
+    on_a = send(email, customer, on_commit, "x2-a")
+    on_b = send(other_email, customer, on_commit, "x2-b")
+
+    # when A's vendor reports a bounce by address only (Postmark without metadata)
+    assert post(client, email, {**postmark_bounce(on_a), "Email": "x2@example.com"}).json()["applied"] == 1
+
+    # then A's own message bounced, not B's later one
+    on_a.refresh_from_db()
+    on_b.refresh_from_db()
+    assert (on_a.status, on_b.status) == ("bounced", "sent")
+
+
 # --------------------------------------------------------------------------- the endpoint's answers
 
 
