@@ -93,9 +93,11 @@ def _locked(delivery_id: int) -> Delivery | None:
 def _same_message(delivery: Delivery, provider_id: str) -> None:
     """A callback names its message (Twilio's MessageSid / CallSid): one about another message (a
     forged post, an earlier call of a redialled one) is refused. Before the send's answer is written
-    the delivery has no id yet, and a callback that names none is taken on its signed URL alone."""
+    the delivery has no id yet (a redial clears the earlier call's id, kept in `notes.previous_ids`),
+    and a callback that names none, or one that is not an earlier call's, is taken on its signed URL alone."""
     provider_id = (provider_id or "").strip()
-    if provider_id and delivery.provider_message_id and provider_id != delivery.provider_message_id:
+    earlier = provider_id in ((delivery.notes or {}).get("previous_ids") or []) if provider_id else False
+    if provider_id and (earlier or delivery.provider_message_id and provider_id != delivery.provider_message_id):
         raise CallbackRefused(f"this callback is about message {provider_id[:64]!r}, not this delivery's "
                               f"({delivery.provider_message_id!r})", field="MessageSid")
 
@@ -129,8 +131,15 @@ def _redial(delivery: Delivery, word: str, at: datetime) -> None:
     delivery.status, delivery.reason, delivery.error = DeliveryStatus.DEFERRED, Reason.RETRY, word
     delivery.next_attempt_at = at + backoff_delay(attempt=delivery.attempts, base_s=channel.retry_base_s,
                                                   max_s=channel.retry_max_s)
-    delivery.notes = {**(delivery.notes or {}), "redials": int((delivery.notes or {}).get("redials") or 0) + 1}
-    delivery.save(update_fields=["status", "reason", "error", "next_attempt_at", "notes", "updated_at"])
+    notes = delivery.notes or {}
+    previous = [*(notes.get("previous_ids") or []), delivery.provider_message_id][-MAX_LATE_RECEIPTS:]
+    # the new call's own callback can come before the batch records its sid: the row then has none, and
+    # only the earlier calls' sids (previous_ids) are refused
+    delivery.notes = {**notes, "redials": int(notes.get("redials") or 0) + 1,
+                      "previous_ids": [sid for sid in previous if sid]}
+    delivery.provider_message_id = ""
+    delivery.save(update_fields=["status", "reason", "error", "next_attempt_at", "notes", "provider_message_id",
+                                 "updated_at"])
 
 
 def _failure_reason(ours: str, word: str, code: str) -> str:
@@ -159,7 +168,7 @@ def delivery_status_record(*, delivery_id: int, status: str, detail: str = "", a
     word = (status or "").strip().lower()
     if word not in CALLBACK_STATUSES and word not in COMPLAINT_STATUSES:
         # a message on its way (queued, sent, ringing...): read, with no lock and no transaction
-        delivery = Delivery.objects.filter(pk=delivery_id).only("pk", "status", "provider_message_id").first()
+        delivery = Delivery.objects.filter(pk=delivery_id).only("pk", "status", "provider_message_id", "notes").first()
         if delivery is not None:
             _same_message(delivery, provider_id)
         return delivery
