@@ -19,7 +19,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone as dt_timezone
+from datetime import datetime, timedelta, timezone as dt_timezone
 from typing import Any
 
 from django.db import DatabaseError, transaction
@@ -324,6 +324,9 @@ def our_message_id(message_id: str) -> tuple[int, str] | None:
     return int(found.group(1)), found.group(2).lower()
 
 
+# How far back a report without our Message-ID looks for the address's latest message: vendors report
+# within days, and a long-time subscriber's older mail is never read for it.
+EMAIL_EVENTS_WINDOW = timedelta(days=14)
 _ROW = ("pk", "status", "notes", "to", "customer_id", "sent_at", "idempotency_key")
 
 
@@ -349,7 +352,7 @@ def _rows_by_address(addresses: set[str], channel_id: int) -> dict[str, dict]:
     """Recipient addresses (as the vendor spells them) -> each one's latest delivery of this channel, keyed
     by the address in lower case, with three queries whatever their number: the customers holding the
     address (on the profile or as an identity, both indexed, as given or in lower case), then their
-    email deliveries to it, newest first."""
+    deliveries of the last EMAIL_EVENTS_WINDOW to it, newest first."""
     if not addresses:
         return {}
     spellings = addresses | {a.lower() for a in addresses}  # a profile may hold it as typed ("Ann@Example.com")
@@ -359,8 +362,9 @@ def _rows_by_address(addresses: set[str], channel_id: int) -> dict[str, dict]:
     if not customer_ids:
         return {}
     latest: dict[str, dict] = {}
+    since = timezone.now() - EMAIL_EVENTS_WINDOW  # a range of delivery_customer_sent_idx, not their whole history
     for row in (Delivery.objects.filter(customer_id__in=customer_ids, channel_id=channel_id,
-                                        channel__kind=ChannelKind.EMAIL, sent_at__isnull=False)
+                                        channel__kind=ChannelKind.EMAIL, sent_at__gte=since)
                 .order_by("-sent_at", "-pk").values(*_ROW)):
         address = (row["to"] or "").strip().lower()
         if address in addresses and address not in latest:

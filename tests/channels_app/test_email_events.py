@@ -421,6 +421,23 @@ def test_a_report_without_message_id_reaches_the_latest_message_of_its_own_chann
     assert (on_a.status, on_b.status) == ("bounced", "sent")
 
 
+def test_a_report_without_message_id_reads_only_the_recent_messages_of_the_address(email, on_commit, client):
+    # given a long-time subscriber: many messages long ago, none lately
+    customer = CustomerFactory(external_id="old1", email="old1@example.com")
+    old = [send(email, customer, on_commit, f"old1-m{i}") for i in range(3)]
+    Delivery.objects.filter(pk__in=[d.pk for d in old]).update(sent_at=timezone.now() - timedelta(days=400))
+
+    # when a vendor reports a bounce by address only
+    with statements() as seen:
+        answer = post(client, email, {**postmark_bounce(old[-1]), "Email": "old1@example.com"}).json()
+
+    # then no old message is taken for it, and the look-up is bounded by time (an index range)
+    assert (answer["applied"], answer["unmatched"]) == (0, 1)
+    assert not Delivery.objects.filter(customer=customer).exclude(status="sent").exists()
+    looked_up = [sql for sql in seen if 'FROM "channels_app_delivery"' in sql and '"sent_at" >=' in sql]
+    assert looked_up, seen
+
+
 # --------------------------------------------------------------------------- the endpoint's answers
 
 
