@@ -29,10 +29,7 @@ from django.utils.dateparse import parse_datetime
 from channels_app.choices import STATUS_RANK, ChannelKind, DeliveryStatus
 from channels_app.models import Delivery
 from channels_app.providers.email import POSTMARK_METADATA_KEY, message_id_digest
-from channels_app.services.sending import _event_properties
-from channels_app.services.streaming import deliveries_stream
-from channels_app.services.tracking import EVENT_NAMES, _advance, _went_out, delivery_status_record
-from journeys.choices import StreamEventType
+from channels_app.services.tracking import deliveries_delivered_record, delivery_status_record
 from journeys.errors import JourneyError
 from journeys.models import Customer, Identity
 
@@ -43,7 +40,7 @@ MAX_SOFT_BOUNCES = 10  # transient bounces kept on a delivery (a vendor retrying
 
 BOUNCE, SOFT_BOUNCE, COMPLAINT, DELIVERED, FAILED = "bounce", "soft_bounce", "complaint", "delivered", "failed"
 # What each kind is called when handed to delivery_status_record (a status callback's words).
-STATUS_WORDS = {BOUNCE: "bounced", COMPLAINT: "complaint", FAILED: "dropped"}  # delivered: _delivered_record
+STATUS_WORDS = {BOUNCE: "bounced", COMPLAINT: "complaint", FAILED: "dropped"}  # delivered: tracking.deliveries_delivered_record
 
 _OUR_MESSAGE_ID = re.compile(r"^\s*<?delivery-(\d{1,18})\.([0-9a-f]{20})(?:@[^<>\s]*)?>?\s*$", re.IGNORECASE)
 # Postmark bounce types that say the address itself is dead; every other type (SoftBounce,
@@ -426,42 +423,6 @@ def _apply(event: EmailEvent, delivery_id: int) -> None:
                                at=event.at)
 
 
-def _delivered_record(items: list[tuple[int, EmailEvent]]) -> None:
-    """delivery_status_record's 'delivered' for a batch of receipts (most of what SendGrid posts),
-    set-based (the caller holds the rows' locks): read with one query, written with one UPDATE, their
-    `Message Delivered` events with one INSERT (events_record_internal) and their stream records
-    with one per distinct time the receipts name. The same steps as the one-by-one service (tracking's _advance and _went_out),
-    the same event ids (`status:<delivery>:delivered`), so a receipt recorded either way counts once."""
-    from journeys.services.internal_events import InternalEvent, events_record_internal
-
-    ids = sorted({pk for pk, _ in items})
-    deliveries = Delivery.objects.select_related("channel", "customer", "template", "topic").in_bulk(ids)
-    now, changed, events = timezone.now(), {}, []
-    for pk, event in items:
-        delivery = deliveries.get(pk)
-        if delivery is None or pk in changed:
-            continue
-        at = event.at or now
-        delivery.delivered_at = delivery.delivered_at or at
-        _advance(delivery, DeliveryStatus.DELIVERED)
-        _went_out(delivery, at)
-        delivery.updated_at = now
-        changed[pk] = (delivery, at)
-        if delivery.customer.erased_at is None:  # the row's statistics move; the erased person gets no event
-            events.append(InternalEvent(
-                customer_id=delivery.customer_id, user_id=delivery.customer.external_id,
-                name=EVENT_NAMES[DeliveryStatus.DELIVERED], message_id=f"status:{pk}:{DeliveryStatus.DELIVERED}", at=at,
-                properties={**_event_properties(delivery), "status": DeliveryStatus.DELIVERED, "detail": event.detail}))
-    Delivery.objects.bulk_update([d for d, _ in changed.values()], ["status", "delivered_at", "sent_at", "updated_at"])
-    events_record_internal(events=events)
-    by_time: dict[datetime, list[Delivery]] = {}
-    for delivery, at in changed.values():
-        if delivery.customer.erased_at is None:
-            by_time.setdefault(at, []).append(delivery)
-    for at, group in by_time.items():
-        deliveries_stream(deliveries=group, event_type=StreamEventType.MESSAGE_DELIVERED, at=at)
-
-
 def email_events_ingest(*, channel_id: int, payload: Any) -> dict:
     """Apply a vendor's post (already read as JSON) to the deliveries it reports on; returns what
     happened: counts (`applied`, `already`, `unmatched`, `ignored`), `problems` (items skipped,
@@ -501,7 +462,9 @@ def email_events_ingest(*, channel_id: int, payload: Any) -> dict:
             if delivered:
                 try:
                     with transaction.atomic():
-                        _delivered_record(delivered)
+                        now = timezone.now()
+                        deliveries_delivered_record(items=[(pk, event.at or now, event.detail)
+                                                           for pk, event in delivered])
                 except DatabaseError as exc:
                     log.warning("email delivery receipts not applied: %s", exc)
                     result["failed"] += [{"index": event.index, "error": "not recorded, retry"} for _, event in delivered]

@@ -176,6 +176,57 @@ def delivery_status_record(*, delivery_id: int, status: str, detail: str = "", a
                          at=at or timezone.now(), provider_id=provider_id)
 
 
+DELIVERED_FIELDS = ("status", "delivered_at", "reason", "next_attempt_at", "sent_at", "updated_at")
+
+
+def delivery_delivered_apply(*, delivery: Delivery, at: datetime) -> bool:
+    """The 'delivered' step on a locked delivery (not saved; DELIVERED_FIELDS are what it changes):
+    False when nothing moves (a repeated receipt, records nothing). A status that moves clears the
+    failure reason and the due time (a message reported failed or deferred, then delivered)."""
+    was = (delivery.status, delivery.delivered_at)
+    delivery.delivered_at = delivery.delivered_at or at
+    _advance(delivery, DeliveryStatus.DELIVERED)
+    if (delivery.status, delivery.delivered_at) == was:
+        return False
+    if delivery.status != was[0]:
+        delivery.reason, delivery.next_attempt_at = "", None
+    _went_out(delivery, at)
+    return True
+
+
+def deliveries_delivered_record(*, items: list[tuple[int, datetime, str]]) -> int:
+    """delivery_status_record's 'delivered' for a batch of receipts (delivery id, time, detail), set-based
+    (the caller holds the rows' locks): read with one query, the same step per row
+    (delivery_delivered_apply), written with one UPDATE, their `Message Delivered` events with one
+    INSERT and their stream records with one per distinct time. The same event ids
+    (`status:<delivery>:delivered`), so a receipt recorded either way counts once. Returns how many moved."""
+    from journeys.services.internal_events import InternalEvent, events_record_internal
+
+    deliveries = Delivery.objects.select_related("channel", "customer", "template", "topic").in_bulk(
+        sorted({pk for pk, _, _ in items}))
+    now, changed, events = timezone.now(), {}, []
+    for pk, at, detail in items:
+        delivery = deliveries.get(pk)
+        if delivery is None or pk in changed or not delivery_delivered_apply(delivery=delivery, at=at):
+            continue
+        delivery.updated_at = now
+        changed[pk] = (delivery, at)
+        if delivery.customer.erased_at is None:  # the row's statistics move; the erased person gets no event
+            events.append(InternalEvent(
+                customer_id=delivery.customer_id, user_id=delivery.customer.external_id,
+                name=EVENT_NAMES[DeliveryStatus.DELIVERED], message_id=f"status:{pk}:{DeliveryStatus.DELIVERED}", at=at,
+                properties={**_event_properties(delivery), "status": DeliveryStatus.DELIVERED, "detail": detail[:500]}))
+    Delivery.objects.bulk_update([d for d, _ in changed.values()], list(DELIVERED_FIELDS))
+    events_record_internal(events=events)
+    by_time: dict[datetime, list[Delivery]] = {}
+    for delivery, at in changed.values():
+        if delivery.customer.erased_at is None:
+            by_time.setdefault(at, []).append(delivery)
+    for at, group in by_time.items():
+        deliveries_stream(deliveries=group, event_type=StreamEventType.MESSAGE_DELIVERED, at=at)
+    return len(changed)
+
+
 @transaction.atomic
 def _status_apply(*, delivery_id: int, status: str, word: str, detail: str, at: datetime,
                   provider_id: str) -> Delivery | None:
@@ -199,14 +250,8 @@ def _status_apply(*, delivery_id: int, status: str, word: str, detail: str, at: 
         delivery.save(update_fields=["notes", "updated_at"])
         return delivery
     if ours == DeliveryStatus.DELIVERED:
-        was = (delivery.status, delivery.delivered_at)
-        delivery.delivered_at = delivery.delivered_at or at
-        _advance(delivery, ours)
-        if (delivery.status, delivery.delivered_at) == was:
+        if not delivery_delivered_apply(delivery=delivery, at=at):
             return delivery  # a repeated receipt: nothing moves, nothing is recorded
-        if delivery.status != was[0]:
-            delivery.reason, delivery.next_attempt_at = "", None
-        _went_out(delivery, at)
     elif delivery.status not in (DeliveryStatus.SENT, DeliveryStatus.SENDING):
         return delivery  # already failed, bounced or waiting to be sent again: nothing moves, nothing is recorded
     elif word in REDIAL_STATUSES and delivery.attempts < delivery.channel.max_attempts:

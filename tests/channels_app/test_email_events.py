@@ -17,6 +17,7 @@ from django.db import connection
 from django.utils import timezone
 
 from channels_app.models import Consent, Delivery
+from channels_app.services.tracking import delivery_status_record
 from journeys.models import AuditEntry, Customer, Event, Identity
 from tests.channels_app.factories import ChannelFactory, CustomerFactory
 from tests.channels_app.test_bounces import send
@@ -436,6 +437,28 @@ def test_a_report_without_message_id_reads_only_the_recent_messages_of_the_addre
     assert not Delivery.objects.filter(customer=customer).exclude(status="sent").exists()
     looked_up = [sql for sql in seen if 'FROM "channels_app_delivery"' in sql and '"sent_at" >=' in sql]
     assert looked_up, seen
+
+
+def test_a_delivered_receipt_in_a_batch_clears_the_failure_as_the_status_callback_does(email, on_commit, client):
+    # given two messages reported failed, with a failure reason
+    a = send(email, CustomerFactory(external_id="y1", email="y1@example.com"), on_commit, "y1")
+    b = send(email, CustomerFactory(external_id="y2", email="y2@example.com"), on_commit, "y2")
+    for d in (a, b):
+        delivery_status_record(delivery_id=d.pk, status="failed", detail="550 rejected")
+        d.refresh_from_db()
+        assert (d.status, d.reason) == ("failed", "permanent_error")
+
+    # when one is reported delivered by a status callback and the other by SendGrid's webhook
+    delivery_status_record(delivery_id=a.pk, status="delivered")
+    ts = int(timezone.now().timestamp())
+    post(client, email, [{"email": b.to, "timestamp": ts, "smtp-id": b.provider_message_id,
+                          "event": "delivered", "sg_event_id": "sg-y2"}])
+
+    # then both end the same way: delivered, no failure reason, no due time
+    a.refresh_from_db()
+    b.refresh_from_db()
+    assert (a.status, a.reason, a.next_attempt_at) == ("delivered", "", None)
+    assert (b.status, b.reason, b.next_attempt_at) == (a.status, a.reason, a.next_attempt_at)
 
 
 # --------------------------------------------------------------------------- the endpoint's answers
