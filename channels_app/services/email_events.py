@@ -19,7 +19,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone as dt_timezone
+from datetime import datetime, timedelta, timezone as dt_timezone
 from typing import Any
 
 from django.db import DatabaseError, transaction
@@ -29,10 +29,7 @@ from django.utils.dateparse import parse_datetime
 from channels_app.choices import STATUS_RANK, ChannelKind, DeliveryStatus
 from channels_app.models import Delivery
 from channels_app.providers.email import POSTMARK_METADATA_KEY, message_id_digest
-from channels_app.services.sending import _event_properties
-from channels_app.services.streaming import deliveries_stream
-from channels_app.services.tracking import EVENT_NAMES, _advance, _went_out, delivery_status_record
-from journeys.choices import StreamEventType
+from channels_app.services.tracking import deliveries_delivered_record, delivery_status_record
 from journeys.errors import JourneyError
 from journeys.models import Customer, Identity
 
@@ -43,7 +40,7 @@ MAX_SOFT_BOUNCES = 10  # transient bounces kept on a delivery (a vendor retrying
 
 BOUNCE, SOFT_BOUNCE, COMPLAINT, DELIVERED, FAILED = "bounce", "soft_bounce", "complaint", "delivered", "failed"
 # What each kind is called when handed to delivery_status_record (a status callback's words).
-STATUS_WORDS = {BOUNCE: "bounced", COMPLAINT: "complaint", FAILED: "dropped"}  # delivered: _delivered_record
+STATUS_WORDS = {BOUNCE: "bounced", COMPLAINT: "complaint", FAILED: "dropped"}  # delivered: tracking.deliveries_delivered_record
 
 _OUR_MESSAGE_ID = re.compile(r"^\s*<?delivery-(\d{1,18})\.([0-9a-f]{20})(?:@[^<>\s]*)?>?\s*$", re.IGNORECASE)
 # Postmark bounce types that say the address itself is dead; every other type (SoftBounce,
@@ -324,26 +321,35 @@ def our_message_id(message_id: str) -> tuple[int, str] | None:
     return int(found.group(1)), found.group(2).lower()
 
 
+# How far back a report without our Message-ID looks for the address's latest message: vendors report
+# within days, and a long-time subscriber's older mail is never read for it.
+EMAIL_EVENTS_WINDOW = timedelta(days=14)
 _ROW = ("pk", "status", "notes", "to", "customer_id", "sent_at", "idempotency_key")
 
 
-def _rows_by_message_id(events: list[EmailEvent]) -> dict[str, dict]:
+def _rows_by_message_id(events: list[EmailEvent], channel_id: int) -> dict[str, dict]:
     """Our Message-ID (as the event gives it) -> the delivery's row, with one query: the id's
-    digest must be the delivery's (a made-up id names no message), on an email channel."""
+    digest must be the delivery's (a made-up id names no message), sent through the channel whose
+    endpoint (and password) the report came in by: a vendor account reaches only its own messages
+    (a rerouted delivery carries the channel that sent it)."""
     wanted = {e.message_id: parsed for e in events if (parsed := our_message_id(e.message_id))}
     if not wanted:
         return {}
     rows = {row["pk"]: row for row in Delivery.objects.filter(
-        pk__in={pk for pk, _ in wanted.values()}, channel__kind=ChannelKind.EMAIL).values(*_ROW)}
-    return {message_id: rows[pk] for message_id, (pk, digest) in wanted.items()
-            if pk in rows and message_id_digest(rows[pk]["idempotency_key"]) == digest}
+        pk__in={pk for pk, _ in wanted.values()}, channel_id=channel_id, channel__kind=ChannelKind.EMAIL).values(*_ROW)}
+    found = {message_id: rows[pk] for message_id, (pk, digest) in wanted.items()
+             if pk in rows and message_id_digest(rows[pk]["idempotency_key"]) == digest}
+    if len(found) < len(wanted):
+        log.warning("email events (channel %s): %s Message-ID(s) of ours name no message of this channel",
+                    channel_id, len(wanted) - len(found))
+    return found
 
 
-def _rows_by_address(addresses: set[str]) -> dict[str, dict]:
-    """Recipient addresses (as the vendor spells them) -> each one's latest email delivery's row, keyed
+def _rows_by_address(addresses: set[str], channel_id: int) -> dict[str, dict]:
+    """Recipient addresses (as the vendor spells them) -> each one's latest delivery of this channel, keyed
     by the address in lower case, with three queries whatever their number: the customers holding the
     address (on the profile or as an identity, both indexed, as given or in lower case), then their
-    email deliveries to it, newest first."""
+    deliveries of the last EMAIL_EVENTS_WINDOW to it, newest first."""
     if not addresses:
         return {}
     spellings = addresses | {a.lower() for a in addresses}  # a profile may hold it as typed ("Ann@Example.com")
@@ -353,8 +359,9 @@ def _rows_by_address(addresses: set[str]) -> dict[str, dict]:
     if not customer_ids:
         return {}
     latest: dict[str, dict] = {}
-    for row in (Delivery.objects.filter(customer_id__in=customer_ids, channel__kind=ChannelKind.EMAIL,
-                                        sent_at__isnull=False)
+    since = timezone.now() - EMAIL_EVENTS_WINDOW  # a range of delivery_customer_sent_idx, not their whole history
+    for row in (Delivery.objects.filter(customer_id__in=customer_ids, channel_id=channel_id,
+                                        channel__kind=ChannelKind.EMAIL, sent_at__gte=since)
                 .order_by("-sent_at", "-pk").values(*_ROW)):
         address = (row["to"] or "").strip().lower()
         if address in addresses and address not in latest:
@@ -416,42 +423,6 @@ def _apply(event: EmailEvent, delivery_id: int) -> None:
                                at=event.at)
 
 
-def _delivered_record(items: list[tuple[int, EmailEvent]]) -> None:
-    """delivery_status_record's 'delivered' for a batch of receipts (most of what SendGrid posts),
-    set-based (the caller holds the rows' locks): read with one query, written with one UPDATE, their
-    `Message Delivered` events with one INSERT (events_record_internal) and their stream records
-    with one per distinct time the receipts name. The same steps as the one-by-one service (tracking's _advance and _went_out),
-    the same event ids (`status:<delivery>:delivered`), so a receipt recorded either way counts once."""
-    from journeys.services.internal_events import InternalEvent, events_record_internal
-
-    ids = sorted({pk for pk, _ in items})
-    deliveries = Delivery.objects.select_related("channel", "customer", "template", "topic").in_bulk(ids)
-    now, changed, events = timezone.now(), {}, []
-    for pk, event in items:
-        delivery = deliveries.get(pk)
-        if delivery is None or pk in changed:
-            continue
-        at = event.at or now
-        delivery.delivered_at = delivery.delivered_at or at
-        _advance(delivery, DeliveryStatus.DELIVERED)
-        _went_out(delivery, at)
-        delivery.updated_at = now
-        changed[pk] = (delivery, at)
-        if delivery.customer.erased_at is None:  # the row's statistics move; the erased person gets no event
-            events.append(InternalEvent(
-                customer_id=delivery.customer_id, user_id=delivery.customer.external_id,
-                name=EVENT_NAMES[DeliveryStatus.DELIVERED], message_id=f"status:{pk}:{DeliveryStatus.DELIVERED}", at=at,
-                properties={**_event_properties(delivery), "status": DeliveryStatus.DELIVERED, "detail": event.detail}))
-    Delivery.objects.bulk_update([d for d, _ in changed.values()], ["status", "delivered_at", "sent_at", "updated_at"])
-    events_record_internal(events=events)
-    by_time: dict[datetime, list[Delivery]] = {}
-    for delivery, at in changed.values():
-        if delivery.customer.erased_at is None:
-            by_time.setdefault(at, []).append(delivery)
-    for at, group in by_time.items():
-        deliveries_stream(deliveries=group, event_type=StreamEventType.MESSAGE_DELIVERED, at=at)
-
-
 def email_events_ingest(*, channel_id: int, payload: Any) -> dict:
     """Apply a vendor's post (already read as JSON) to the deliveries it reports on; returns what
     happened: counts (`applied`, `already`, `unmatched`, `ignored`), `problems` (items skipped,
@@ -463,12 +434,15 @@ def email_events_ingest(*, channel_id: int, payload: Any) -> dict:
     if parsed.subscribe_url:
         _subscription_record(channel_id=channel_id, url=parsed.subscribe_url, payload=payload)
         result["subscription"] = "recorded: visit the SubscribeURL (in the audit log and the server log) to confirm it"
-    by_id = _rows_by_message_id(parsed.events)
-    by_address = _rows_by_address({e.address for e in parsed.events if e.message_id not in by_id and e.address})
+    by_id = _rows_by_message_id(parsed.events, channel_id)
+    # a Message-ID of ours that names no message of this channel is unmatched, not guessed by address
+    by_address = _rows_by_address({e.address for e in parsed.events if e.address and not our_message_id(e.message_id)},
+                                  channel_id)
     todo: list[tuple[int, EmailEvent]] = []
     seen: set[tuple[int, str, str]] = set()
     for event in parsed.events:
-        row = by_id.get(event.message_id) or by_address.get(event.address.lower())
+        ours = our_message_id(event.message_id) is not None
+        row = by_id.get(event.message_id) if ours else by_address.get(event.address.lower())
         if row is None:
             result["unmatched"] += 1
             continue
@@ -488,7 +462,9 @@ def email_events_ingest(*, channel_id: int, payload: Any) -> dict:
             if delivered:
                 try:
                     with transaction.atomic():
-                        _delivered_record(delivered)
+                        now = timezone.now()
+                        deliveries_delivered_record(items=[(pk, event.at or now, event.detail)
+                                                           for pk, event in delivered])
                 except DatabaseError as exc:
                     log.warning("email delivery receipts not applied: %s", exc)
                     result["failed"] += [{"index": event.index, "error": "not recorded, retry"} for _, event in delivered]

@@ -93,9 +93,11 @@ def _locked(delivery_id: int) -> Delivery | None:
 def _same_message(delivery: Delivery, provider_id: str) -> None:
     """A callback names its message (Twilio's MessageSid / CallSid): one about another message (a
     forged post, an earlier call of a redialled one) is refused. Before the send's answer is written
-    the delivery has no id yet, and a callback that names none is taken on its signed URL alone."""
+    the delivery has no id yet (a redial clears the earlier call's id, kept in `notes.previous_ids`),
+    and a callback that names none, or one that is not an earlier call's, is taken on its signed URL alone."""
     provider_id = (provider_id or "").strip()
-    if provider_id and delivery.provider_message_id and provider_id != delivery.provider_message_id:
+    earlier = provider_id in ((delivery.notes or {}).get("previous_ids") or []) if provider_id else False
+    if provider_id and (earlier or delivery.provider_message_id and provider_id != delivery.provider_message_id):
         raise CallbackRefused(f"this callback is about message {provider_id[:64]!r}, not this delivery's "
                               f"({delivery.provider_message_id!r})", field="MessageSid")
 
@@ -129,8 +131,15 @@ def _redial(delivery: Delivery, word: str, at: datetime) -> None:
     delivery.status, delivery.reason, delivery.error = DeliveryStatus.DEFERRED, Reason.RETRY, word
     delivery.next_attempt_at = at + backoff_delay(attempt=delivery.attempts, base_s=channel.retry_base_s,
                                                   max_s=channel.retry_max_s)
-    delivery.notes = {**(delivery.notes or {}), "redials": int((delivery.notes or {}).get("redials") or 0) + 1}
-    delivery.save(update_fields=["status", "reason", "error", "next_attempt_at", "notes", "updated_at"])
+    notes = delivery.notes or {}
+    previous = [*(notes.get("previous_ids") or []), delivery.provider_message_id][-MAX_LATE_RECEIPTS:]
+    # the new call's own callback can come before the batch records its sid: the row then has none, and
+    # only the earlier calls' sids (previous_ids) are refused
+    delivery.notes = {**notes, "redials": int(notes.get("redials") or 0) + 1,
+                      "previous_ids": [sid for sid in previous if sid]}
+    delivery.provider_message_id = ""
+    delivery.save(update_fields=["status", "reason", "error", "next_attempt_at", "notes", "provider_message_id",
+                                 "updated_at"])
 
 
 def _failure_reason(ours: str, word: str, code: str) -> str:
@@ -159,12 +168,63 @@ def delivery_status_record(*, delivery_id: int, status: str, detail: str = "", a
     word = (status or "").strip().lower()
     if word not in CALLBACK_STATUSES and word not in COMPLAINT_STATUSES:
         # a message on its way (queued, sent, ringing...): read, with no lock and no transaction
-        delivery = Delivery.objects.filter(pk=delivery_id).only("pk", "status", "provider_message_id").first()
+        delivery = Delivery.objects.filter(pk=delivery_id).only("pk", "status", "provider_message_id", "notes").first()
         if delivery is not None:
             _same_message(delivery, provider_id)
         return delivery
     return _status_apply(delivery_id=delivery_id, status=status, word=word, detail=detail or "",
                          at=at or timezone.now(), provider_id=provider_id)
+
+
+DELIVERED_FIELDS = ("status", "delivered_at", "reason", "next_attempt_at", "sent_at", "updated_at")
+
+
+def delivery_delivered_apply(*, delivery: Delivery, at: datetime) -> bool:
+    """The 'delivered' step on a locked delivery (not saved; DELIVERED_FIELDS are what it changes):
+    False when nothing moves (a repeated receipt, records nothing). A status that moves clears the
+    failure reason and the due time (a message reported failed or deferred, then delivered)."""
+    was = (delivery.status, delivery.delivered_at)
+    delivery.delivered_at = delivery.delivered_at or at
+    _advance(delivery, DeliveryStatus.DELIVERED)
+    if (delivery.status, delivery.delivered_at) == was:
+        return False
+    if delivery.status != was[0]:
+        delivery.reason, delivery.next_attempt_at = "", None
+    _went_out(delivery, at)
+    return True
+
+
+def deliveries_delivered_record(*, items: list[tuple[int, datetime, str]]) -> int:
+    """delivery_status_record's 'delivered' for a batch of receipts (delivery id, time, detail), set-based
+    (the caller holds the rows' locks): read with one query, the same step per row
+    (delivery_delivered_apply), written with one UPDATE, their `Message Delivered` events with one
+    INSERT and their stream records with one per distinct time. The same event ids
+    (`status:<delivery>:delivered`), so a receipt recorded either way counts once. Returns how many moved."""
+    from journeys.services.internal_events import InternalEvent, events_record_internal
+
+    deliveries = Delivery.objects.select_related("channel", "customer", "template", "topic").in_bulk(
+        sorted({pk for pk, _, _ in items}))
+    now, changed, events = timezone.now(), {}, []
+    for pk, at, detail in items:
+        delivery = deliveries.get(pk)
+        if delivery is None or pk in changed or not delivery_delivered_apply(delivery=delivery, at=at):
+            continue
+        delivery.updated_at = now
+        changed[pk] = (delivery, at)
+        if delivery.customer.erased_at is None:  # the row's statistics move; the erased person gets no event
+            events.append(InternalEvent(
+                customer_id=delivery.customer_id, user_id=delivery.customer.external_id,
+                name=EVENT_NAMES[DeliveryStatus.DELIVERED], message_id=f"status:{pk}:{DeliveryStatus.DELIVERED}", at=at,
+                properties={**_event_properties(delivery), "status": DeliveryStatus.DELIVERED, "detail": detail[:500]}))
+    Delivery.objects.bulk_update([d for d, _ in changed.values()], list(DELIVERED_FIELDS))
+    events_record_internal(events=events)
+    by_time: dict[datetime, list[Delivery]] = {}
+    for delivery, at in changed.values():
+        if delivery.customer.erased_at is None:
+            by_time.setdefault(at, []).append(delivery)
+    for at, group in by_time.items():
+        deliveries_stream(deliveries=group, event_type=StreamEventType.MESSAGE_DELIVERED, at=at)
+    return len(changed)
 
 
 @transaction.atomic
@@ -190,14 +250,8 @@ def _status_apply(*, delivery_id: int, status: str, word: str, detail: str, at: 
         delivery.save(update_fields=["notes", "updated_at"])
         return delivery
     if ours == DeliveryStatus.DELIVERED:
-        was = (delivery.status, delivery.delivered_at)
-        delivery.delivered_at = delivery.delivered_at or at
-        _advance(delivery, ours)
-        if (delivery.status, delivery.delivered_at) == was:
+        if not delivery_delivered_apply(delivery=delivery, at=at):
             return delivery  # a repeated receipt: nothing moves, nothing is recorded
-        if delivery.status != was[0]:
-            delivery.reason, delivery.next_attempt_at = "", None
-        _went_out(delivery, at)
     elif delivery.status not in (DeliveryStatus.SENT, DeliveryStatus.SENDING):
         return delivery  # already failed, bounced or waiting to be sent again: nothing moves, nothing is recorded
     elif word in REDIAL_STATUSES and delivery.attempts < delivery.channel.max_attempts:

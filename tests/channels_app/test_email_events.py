@@ -17,6 +17,7 @@ from django.db import connection
 from django.utils import timezone
 
 from channels_app.models import Consent, Delivery
+from channels_app.services.tracking import delivery_status_record
 from journeys.models import AuditEntry, Customer, Event, Identity
 from tests.channels_app.factories import ChannelFactory, CustomerFactory
 from tests.channels_app.test_bounces import send
@@ -379,6 +380,85 @@ def test_a_made_up_message_id_names_no_message(email, on_commit, client):
     assert post(client, email, [event]).json()["unmatched"] == 1
     delivery.refresh_from_db()
     assert delivery.status == "sent"
+
+
+@pytest.fixture
+def other_email(smtp, monkeypatch):
+    """A second email channel (another brand, another vendor account) with its own events password."""
+    monkeypatch.setenv("JOURNEYS_SECRET_OTHER_ESP", "other-secret")
+    return ChannelFactory(name="email-b", kind="email", provider="smtp",
+                          settings={"from_email": "b@brand-b.test", "events_password_env": "JOURNEYS_SECRET_OTHER_ESP"})
+
+
+def test_a_vendor_webhook_of_one_channel_cannot_bounce_another_channels_message(email, other_email, on_commit,
+                                                                               client):
+    # given a message sent through channel B
+    customer = CustomerFactory(external_id="x1", email="x1@example.com")
+    on_b = send(other_email, customer, on_commit, "x1-b")
+    assert on_b.status == "sent"
+
+    # when channel A's endpoint (A's password) reports a permanent bounce naming B's message
+    answer = post(client, email, sns(ses_bounce(on_b)), password=PASSWORD)
+
+    # then nothing of channel B changes: the report is unmatched, the address is not suppressed
+    on_b.refresh_from_db()
+    assert (answer.json()["applied"], answer.json()["unmatched"], on_b.status) == (0, 1, "sent")
+    assert not Consent.objects.filter(customer=customer).exists()
+
+
+def test_a_report_without_message_id_reaches_the_latest_message_of_its_own_channel(email, other_email, on_commit,
+                                                                                  client):
+    # given a message through channel A, then a later one to the same address through channel B
+    customer = CustomerFactory(external_id="x2", email="x2@example.com")
+    on_a = send(email, customer, on_commit, "x2-a")
+    on_b = send(other_email, customer, on_commit, "x2-b")
+
+    # when A's vendor reports a bounce by address only (Postmark without metadata)
+    assert post(client, email, {**postmark_bounce(on_a), "Email": "x2@example.com"}).json()["applied"] == 1
+
+    # then A's own message bounced, not B's later one
+    on_a.refresh_from_db()
+    on_b.refresh_from_db()
+    assert (on_a.status, on_b.status) == ("bounced", "sent")
+
+
+def test_a_report_without_message_id_reads_only_the_recent_messages_of_the_address(email, on_commit, client):
+    # given a long-time subscriber: many messages long ago, none lately
+    customer = CustomerFactory(external_id="old1", email="old1@example.com")
+    old = [send(email, customer, on_commit, f"old1-m{i}") for i in range(3)]
+    Delivery.objects.filter(pk__in=[d.pk for d in old]).update(sent_at=timezone.now() - timedelta(days=400))
+
+    # when a vendor reports a bounce by address only
+    with statements() as seen:
+        answer = post(client, email, {**postmark_bounce(old[-1]), "Email": "old1@example.com"}).json()
+
+    # then no old message is taken for it, and the look-up is bounded by time (an index range)
+    assert (answer["applied"], answer["unmatched"]) == (0, 1)
+    assert not Delivery.objects.filter(customer=customer).exclude(status="sent").exists()
+    looked_up = [sql for sql in seen if 'FROM "channels_app_delivery"' in sql and '"sent_at" >=' in sql]
+    assert looked_up, seen
+
+
+def test_a_delivered_receipt_in_a_batch_clears_the_failure_as_the_status_callback_does(email, on_commit, client):
+    # given two messages reported failed, with a failure reason
+    a = send(email, CustomerFactory(external_id="y1", email="y1@example.com"), on_commit, "y1")
+    b = send(email, CustomerFactory(external_id="y2", email="y2@example.com"), on_commit, "y2")
+    for d in (a, b):
+        delivery_status_record(delivery_id=d.pk, status="failed", detail="550 rejected")
+        d.refresh_from_db()
+        assert (d.status, d.reason) == ("failed", "permanent_error")
+
+    # when one is reported delivered by a status callback and the other by SendGrid's webhook
+    delivery_status_record(delivery_id=a.pk, status="delivered")
+    ts = int(timezone.now().timestamp())
+    post(client, email, [{"email": b.to, "timestamp": ts, "smtp-id": b.provider_message_id,
+                          "event": "delivered", "sg_event_id": "sg-y2"}])
+
+    # then both end the same way: delivered, no failure reason, no due time
+    a.refresh_from_db()
+    b.refresh_from_db()
+    assert (a.status, a.reason, a.next_attempt_at) == ("delivered", "", None)
+    assert (b.status, b.reason, b.next_attempt_at) == (a.status, a.reason, a.next_attempt_at)
 
 
 # --------------------------------------------------------------------------- the endpoint's answers

@@ -87,6 +87,30 @@ def test_a_busy_or_unanswered_call_is_dialled_again_then_fails_when_the_attempts
     assert events(customer) == ["Message Sent", "Message Failed"]
 
 
+def test_the_redialled_calls_own_callback_is_not_refused_while_the_dial_is_being_recorded(voice, vendor, on_commit,
+                                                                                        client):
+    # given a call that was busy and is being dialled again: between the claim and the record of the
+    # new dial's answer the row is `sending`, and it no longer carries the old CallSid
+    customer = CustomerFactory(external_id="rv1", phone="+15550000901")
+    delivery = send(voice, customer, on_commit, "rv1")
+    url = vendor.requests[0].form()["StatusCallback"]
+    assert twilio_post(client, url, {"CallSid": "SM123", "CallStatus": "busy"}, token="tw").json()["status"] == "deferred"
+    delivery.refresh_from_db()
+    assert (delivery.provider_message_id, delivery.notes["previous_ids"]) == ("", ["SM123"])
+    Delivery.objects.filter(pk=delivery.pk).update(status="sending")  # what the claim of the redial does
+
+    # when a late callback of the earlier call comes, then it is refused, as any other message's
+    assert twilio_post(client, url, {"CallSid": "SM123", "CallStatus": "completed"}, token="tw").status_code == 403
+
+    # when Twilio reports the NEW call (CA2) before our record of its sid commits
+    answer = twilio_post(client, url, {"CallSid": "CA2", "CallStatus": "completed"}, token="tw")
+
+    # then it is taken (Twilio does not retry a refused callback: the outcome would be lost)
+    assert answer.status_code == 200, answer.content
+    delivery.refresh_from_db()
+    assert delivery.status == "delivered"
+
+
 def test_a_canceled_call_fails(voice, vendor, on_commit, client):
     customer = CustomerFactory(external_id="v3", phone="+15550000103")
     delivery = send(voice, customer, on_commit, "v3")
