@@ -33,6 +33,7 @@ from journeys.models import (
     BusinessUnit,
     ChangeRequest,
     Customer,
+    Event,
     Identity,
     JourneyRun,
     Workflow,
@@ -271,6 +272,17 @@ def customers_named(term: str) -> set[int]:
     if term.startswith("#") and term[1:].isdigit() and len(term) < 20:
         ids.add(int(term[1:]))
     return ids
+
+
+def runs_with_trigger_key(term: str) -> Q | None:
+    """The runs an event's trigger key names (`event:<id>`, `inactivity:<id>`), as a filter served
+    by run_customer_status_idx: the event's customer (a primary-key read) and that key. Other keys
+    (`date:`, `moved:`) lead no index without their workflow, so they are not searched."""
+    kind, _, number = (term or "").strip().partition(":")
+    if kind not in ("event", "inactivity") or not number.isdigit() or len(number) >= 19:
+        return None
+    customer_id = Event.objects.filter(pk=int(number)).values_list("customer_id", flat=True).first()
+    return None if customer_id is None else Q(customer_id=customer_id, trigger_key=f"{kind}:{int(number)}")
 
 
 def customer_find(*, value: str) -> Customer | None:

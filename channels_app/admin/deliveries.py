@@ -89,8 +89,9 @@ class DeliveryAdmin(LargeTableMixin, ReadOnlyMixin, admin.ModelAdmin):
     list_filter = (WorkflowFilter, "status", HoldFilter, ("reason", ReasonFilter), "channel", "channel__kind",
                    "topic", ("created_at", admin.DateFieldListFilter))
     search_fields = ("=idempotency_key",)  # see get_search_results: exact, through indexes
-    search_help_text = ("Exact match: the customer's user id, anonymous id, email or phone number (their messages), "
-                        "or a message's idempotency key.")
+    search_help_text = ("Exact match: the customer's current user id, anonymous id, email or phone number (their "
+                        "messages; an address the customer no longer has is not searched), a message's idempotency "
+                        "key, or the provider's message id (a Twilio SID, an SES or SendGrid message id).")
     list_select_related = ("customer", "channel")
     readonly_fields = ("held_by", "customer_local_time")
     exclude = ("reason",)  # shown by held_by: the stored reason may be a hold that has ended
@@ -107,13 +108,17 @@ class DeliveryAdmin(LargeTableMixin, ReadOnlyMixin, admin.ModelAdmin):
         return None if obj is None else self.page_queryset(request, self.get_queryset(request)).get(pk=obj.pk)
 
     def get_search_results(self, request, queryset, search_term):
-        """That customer's messages (resolved first, then read from delivery_customer_sent_idx) or the
-        message of that idempotency key: a substring search over the addresses reads every message."""
+        """That customer's messages (resolved first, then read from delivery_customer_sent_idx), the
+        message of that idempotency key, or of that provider message id (delivery_provider_id_idx,
+        whose condition the filter repeats so PostgreSQL may use the partial index): a substring search
+        over the addresses reads every message."""
         term = search_term.strip()
         if not term:
             return queryset, False
         keys = {term, idempotency_key_stored(f"api:{term.removeprefix('api:')}")}  # an API key is stored as its digest
-        return queryset.filter(Q(customer_id__in=customers_named(term)) | Q(idempotency_key__in=keys)), False
+        provider_id = Q(provider_message_id=term) & ~Q(provider_message_id="")
+        return queryset.filter(Q(customer_id__in=customers_named(term)) | Q(idempotency_key__in=keys)
+                               | provider_id), False
 
     @admin.display(description="sent at, the customer's time")
     def customer_local_time(self, obj):

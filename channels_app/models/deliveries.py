@@ -22,7 +22,8 @@ class Delivery(models.Model):
     # Indexes: every row is written four times on its way out (queued, claimed, accepted, sent) and
     # each version touches every index, so the table keeps only those a query uses: customer and
     # channel are the leading columns of the two (x, sent_at) indexes; the unique key is a
-    # constraint (no LIKE-pattern twin); provider_message_id is only shown and searched by substring.
+    # constraint (no LIKE-pattern twin); provider_message_id is searched exactly in the admin (a support
+    # ticket's Twilio SID / SES id) through a partial index of the rows that have one.
     idempotency_key = models.CharField(max_length=200)
     customer = models.ForeignKey("journeys.Customer", on_delete=models.CASCADE, related_name="deliveries",
                                  db_index=False)
@@ -79,6 +80,10 @@ class Delivery(models.Model):
             # failures per workflow, those that never rendered as much as those a provider refused
             models.Index(fields=["updated_at"], condition=models.Q(status="failed"),
                          name="delivery_failed_idx"),
+            # the admin's exact search by a provider's message id; set once, at acceptance, and the
+            # queued rows' empty ids are left out
+            models.Index(fields=["provider_message_id"], condition=~models.Q(provider_message_id=""),
+                         name="delivery_provider_id_idx"),
         ]
         constraints = [models.UniqueConstraint(fields=["idempotency_key"], name="delivery_idempotency_key_unique")]
 

@@ -14,7 +14,7 @@ from journeys.models import (
     JourneyRun,
     StepExecution,
 )
-from journeys.selectors import customers_named
+from journeys.selectors import customers_named, runs_with_trigger_key
 
 
 class StepExecutionInline(NewestRowsInline, admin.TabularInline):
@@ -37,7 +37,9 @@ class JourneyRunAdmin(LargeTableMixin, RunScopeMixin, admin.ModelAdmin):
     list_display = ("id", "workflow", "version", "customer", "status", "current_step", "next_wake_at", "converted_at", "created_at")
     list_filter = ("status", ("workflow", VisibleWorkflowFilter))
     search_fields = ("customer__external_id",)  # see get_search_results: exact, through indexes
-    search_help_text = "Exact match: the customer's user id, anonymous id, email or phone number, or a run's number."
+    search_help_text = ("Exact match: the customer's user id, anonymous id, email or phone number, a run's number, "
+                        "or an event's trigger key (event:<event id>, inactivity:<event id>; date: and moved: keys "
+                        "are not searched: filter by workflow and customer instead).")
     list_select_related = ("workflow", "version__workflow", "customer")  # a version names its workflow
     inlines = [StepExecutionInline]
     actions = ["retry_failed"]
@@ -59,6 +61,9 @@ class JourneyRunAdmin(LargeTableMixin, RunScopeMixin, admin.ModelAdmin):
         named = Q(customer_id__in=customers_named(term))
         if term.isdigit() and len(term) < 19:
             named |= Q(pk=int(term))
+        triggered = runs_with_trigger_key(term)
+        if triggered is not None:
+            named |= triggered
         return queryset.filter(named), False
 
     def get_readonly_fields(self, request, obj=None):
