@@ -26,7 +26,7 @@ from typing import Any
 
 from journeys.choices import EventStatus, RunStatus
 from journeys.engine.batch import EngineBatch, current_batch, ids_q
-from journeys.models import Event, JourneyRun
+from journeys.models import Event, JourneyRun, StepExecution
 from journeys.rules import RuleContext, compile_rule
 
 KEY = "journeys.stored_answers"
@@ -45,6 +45,7 @@ class Wait:
     until: datetime
     came_on: int | None  # the event the run came to the wait on: not its own answer
     rule_ctx: RuleContext
+    answered: frozenset[int] = frozenset()  # events that answered the run's earlier waits: not answers again
 
 
 def wait_begun(ctx, *, since: datetime, until: datetime):
@@ -60,6 +61,7 @@ def wait_begun(ctx, *, since: datetime, until: datetime):
     if batch is not None:
         batch.extension(KEY, StoredAnswers).waits.append(wait)
         return None
+    wait.answered = frozenset(runs_answered([ctx.run.pk]).get(ctx.run.pk, ()))
     rows = Event.objects.filter(customer_id=customer_id, name=wait.event_name, timestamp__gte=since,
                                 timestamp__lte=until, status__in=ANSWERED_STATUSES)
     return _first_answer(wait, rows.order_by("timestamp", "id")[:STORED_ANSWERS])
@@ -69,11 +71,24 @@ def _first_answer(wait: Wait, candidates) -> Event | None:
     """The earliest candidate (in timestamp order) within the wait's span that its filter accepts."""
     rule = compile_rule(wait.filter) if wait.filter else None
     for event in candidates:
-        if event.pk == wait.came_on or not wait.since <= event.timestamp <= wait.until:
+        if event.pk == wait.came_on or event.pk in wait.answered or not wait.since <= event.timestamp <= wait.until:
             continue
         if rule is None or rule.evaluate(_with_event(wait.rule_ctx, event)).value:
             return event
     return None
+
+
+def runs_answered(run_ids: list[int], batch: EngineBatch | None = None) -> dict[int, set[int]]:
+    """run id -> the events that answered its waits (`answered_by` on the wait rows; with `batch`,
+    also those of the rows it holds, not written yet). An event answers one wait of a run only."""
+    found: dict[int, set[int]] = defaultdict(set)
+    if batch is not None:
+        for run_id, events in batch.answered_held(run_ids).items():
+            found[run_id] |= events
+    rows = StepExecution.objects.filter(ids_q("run_id", run_ids), detail__has_key="answered_by")
+    for run_id, event_id in rows.values_list("run_id", "detail__answered_by"):
+        found[run_id].add(int(event_id))
+    return found
 
 
 def _with_event(ctx: RuleContext, event: Event) -> RuleContext:
@@ -95,6 +110,8 @@ class StoredAnswers:
         if not self.waits:
             return False
         waits, self.waits = self.waits, []
+        answered = runs_answered([w.run.pk for w in waits], self.batch)
+        waits = [replace(w, answered=frozenset(answered.get(w.run.pk, ()))) for w in waits]
         by_name: dict[str, list[Wait]] = defaultdict(list)
         for wait in waits:
             by_name[wait.event_name].append(wait)

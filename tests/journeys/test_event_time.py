@@ -161,3 +161,62 @@ def test_an_order_after_the_deadline_leaves_a_run_the_tick_claimed_to_its_timeou
     [page] = pages
     assert runs_wake(page["run_ids"], page["lease"], page["now"]) == 1
     assert outcomes("u1") == [("note", "next"), ("wait", "timeout"), ("remind", "next")]
+
+
+# Review 2: an event answers one wait of a run only, whichever path (live, stored lookup) meets it.
+THREE_ORDERS = {
+    "trigger_event": "Cart Updated",
+    "steps": steps(
+        ("first", "wait_for_event", {"event": "Order Completed", "timeout": "30d"}),
+        ("second", "wait_for_event", {"event": "Order Completed", "timeout": "30d"}),
+        ("third", "wait_for_event", {"event": "Order Completed", "timeout": "30d"}),
+        ("vip", "update_profile", {"traits": {"vip": True}}),
+    ),
+    "edges": edges(("first", "event", "second"), ("second", "event", "third"), ("third", "event", "vip")),
+}
+
+
+def test_two_imported_orders_answer_two_waits_not_three(api, publish, clock, path):  # noqa: F811
+    from journeys.models import Event
+
+    # given a run that began waiting 10 days ago for three successive orders
+    publish(THREE_ORDERS)
+    clock(days=10)
+    api.post("track", {"userId": "u1", "event": "Cart Updated"})
+    processor.events_process(event_ids=list(Event.objects.values_list("pk", flat=True)))
+    clock()
+    assert JourneyRun.objects.get().status == "waiting"
+    # when two orders from 9 days ago reach /v1/batch together (older than EVENT_TRIGGER_MAX_AGE_S: history)
+    nine = djtz.now() - timedelta(days=9)
+    response = api.post("batch", {"batch": [
+        {"type": "track", "userId": "u1", "event": "Order Completed", "messageId": f"o{n}",
+         "timestamp": at(nine + timedelta(seconds=n))} for n in (1, 2)]})
+    assert response.status_code == 200, response.content
+    assert set(Event.objects.filter(message_id__in=["o1", "o2"]).values_list("status", flat=True)) == {"history"}
+    # then two orders answer two waits: the run waits at "third" and is no VIP
+    assert outcomes("u1") == [("first", "event"), ("second", "event"), ("third", "")]
+    assert "vip" not in traits("u1")
+
+
+def test_an_order_stamped_minutes_ahead_answers_one_wait_only(send, publish):  # noqa: F811
+    """Ingestion keeps a client timestamp up to 5 minutes in the future (no sentAt to correct it)."""
+    # given "ordered? wait a minute, then: ordered again within 4h?"
+    publish({
+        "trigger_event": "Cart Updated",
+        "steps": steps(
+            ("first", "wait_for_event", {"event": "Order Completed", "timeout": "4h"}),
+            ("pause", "delay", {"duration": "1m"}),
+            ("again", "wait_for_event", {"event": "Order Completed", "timeout": "4h"}),
+            ("vip", "update_profile", {"traits": {"vip": True}}),
+        ),
+        "edges": edges(("first", "event", "pause"), ("pause", "next", "again"), ("again", "event", "vip")),
+    })
+    send(userId="u1", event="Cart Updated")
+    # when one order arrives from a device whose clock is 4 minutes fast
+    send(userId="u1", event="Order Completed", timestamp=at(djtz.now() + timedelta(minutes=4)))
+    assert JourneyRun.objects.get().current_step == "pause"
+    runs_wake_due(now=djtz.now() + timedelta(minutes=2))  # the delay ends
+    # then that one order answered the first wait only
+    assert outcomes("u1")[-1] == ("again", "")
+    assert "vip" not in traits("u1")
+
