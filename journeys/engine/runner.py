@@ -253,7 +253,8 @@ def run_execute(
     """Execute steps until the run waits or ends. With `resume_outcome`, the current
     (waiting) step is finished with that outcome first (in an engine batch: with the
     batch's other resumed runs, at its flush). `since`: when the run moves, in the customer's
-    own time (`StepContext.since`): the time of the event it moves on, None for a timer."""
+    own time (`StepContext.since`): the time of the event it moves on; for a timer, when it became
+    due (a delay's end, a wait's deadline; None: now)."""
     batch = current_batch()
     if resume_outcome is not None:
         _close_waiting(run, resume_outcome, now,

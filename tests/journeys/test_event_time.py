@@ -220,3 +220,35 @@ def test_an_order_stamped_minutes_ahead_answers_one_wait_only(send, publish):  #
     assert outcomes("u1")[-1] == ("again", "")
     assert "vip" not in traits("u1")
 
+
+DELAY_THEN_WAIT = {
+    "trigger_event": "Cart Updated",
+    "steps": steps(
+        ("pause", "delay", {"duration": "1h"}),
+        ("wait", "wait_for_event", {"event": "Order Completed", "timeout": "4h"}),
+        ("thanks", "update_profile", {"traits": {"thanked": True}}),
+        ("remind", "update_profile", {"traits": {"reminded": True}}),
+    ),
+    "edges": edges(("pause", "next", "wait"), ("wait", "event", "thanks"), ("wait", "timeout", "remind")),
+}
+
+
+def test_an_order_after_the_delay_ended_but_before_the_late_tick_answers_the_wait(send, publish, clock, monkeypatch):  # noqa: F811
+    # given a 1 h delay before a 4 h wait, entered 61 minutes ago (the delay ended a minute ago)
+    publish(DELAY_THEN_WAIT)
+    clock(minutes=61)
+    send(userId="u1", event="Cart Updated")
+    clock()
+    delay_end = JourneyRun.objects.get().next_wake_at
+    assert delay_end < djtz.now()
+    # when the tick claims it only now (a minute late), and the order the customer placed 30 s
+    # after the delay ended is processed after the wake-up
+    pages = []
+    monkeypatch.setattr(wakeups, "wake_enqueue", lambda **page: pages.append(page))
+    assert runs_wake_due() == 1
+    [page] = pages
+    runs_wake(*page.values())  # the task as wake_enqueue queued it: run_ids, lease, now, due
+    assert JourneyRun.objects.get().current_step == "wait"
+    send(userId="u1", event="Order Completed", timestamp=at(delay_end + timedelta(seconds=30)))
+    # then the order happened within the wait (after the delay ended): the event branch, as if the tick had been on time
+    assert outcomes("u1")[-2:] == [("wait", "event"), ("thanks", "next")]
