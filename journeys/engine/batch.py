@@ -528,7 +528,7 @@ def reserve_ids(model: type[models.Model], count: int) -> list[int]:
 
 def answers_record(answers: list[tuple[int, str, int, int]]) -> None:
     """Record `answered_by` (the event that answered the wait) on the rows of waits answered, given
-    as (run, step, visit, event): one UPDATE on PostgreSQL, one per row elsewhere."""
+    as (run, step, visit, event): one UPDATE (elsewhere than PostgreSQL one per 500 rows)."""
     table = connection.ops.quote_name(StepExecution._meta.db_table)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
@@ -538,6 +538,9 @@ def answers_record(answers: list[tuple[int, str, int, int]]) -> None:
                 "WHERE s.run_id = x.run_id AND s.step_key = x.step_key AND s.visit = x.visit",
                 list(map(list, zip(*answers))))
             return
-        for run_id, step_key, visit, event in answers:
-            cursor.execute(f"UPDATE {table} SET detail = json_set(detail, '$.answered_by', %s) "
-                           "WHERE run_id = %s AND step_key = %s AND visit = %s", [event, run_id, step_key, visit])
+        for i in range(0, len(answers), 500):
+            chunk = answers[i : i + 500]
+            match = " OR ".join(["(run_id = %s AND step_key = %s AND visit = %s)"] * len(chunk))
+            cases = " ".join(["WHEN run_id = %s AND step_key = %s AND visit = %s THEN %s"] * len(chunk))
+            cursor.execute(f"UPDATE {table} SET detail = json_set(detail, '$.answered_by', CASE {cases} END) "
+                           f"WHERE {match}", [v for a in chunk for v in a] + [v for a in chunk for v in a[:3]])
