@@ -252,3 +252,32 @@ def test_an_order_after_the_delay_ended_but_before_the_late_tick_answers_the_wai
     send(userId="u1", event="Order Completed", timestamp=at(delay_end + timedelta(seconds=30)))
     # then the order happened within the wait (after the delay ended): the event branch, as if the tick had been on time
     assert outcomes("u1")[-2:] == [("wait", "event"), ("thanks", "next")]
+
+
+def test_set_based_and_one_by_one_read_the_same_stored_candidates(api, send, publish, path):  # noqa: F811
+    """Each wait reads the earliest 100 stored events of its name in its own span, alone and in a
+    batch alike (review 2 F6/F7): a batch no longer reads every event of the batch's widest span."""
+    from journeys.engine.waits import STORED_ANSWERS
+    from journeys.models import Event
+
+    # given "did they view the checkout page within 4h of the cart?"
+    publish({
+        "trigger_event": "Cart Updated",
+        "steps": steps(
+            ("wait", "wait_for_event", {"event": "Page Viewed", "timeout": "4h",
+                                        "filter": "event.properties.path == '/checkout'"}),
+            ("thanks", "update_profile", {"traits": {"thanked": True}}),
+        ),
+        "edges": edges(("wait", "event", "thanks")),
+    })
+    t = djtz.now() - timedelta(minutes=10)
+    # when 100 other page views and then the checkout view (stamped after the cart) reach the API first
+    views = [{"type": "track", "userId": "u1", "event": "Page Viewed", "messageId": f"v{n}",
+              "properties": {"path": "/checkout" if n > STORED_ANSWERS else f"/p{n}"},
+              "timestamp": at(t + timedelta(seconds=n))} for n in range(1, STORED_ANSWERS + 2)]
+    assert api.post("batch", {"batch": views}).status_code == 200
+    processor.events_process(event_ids=list(Event.objects.filter(status="pending").values_list("pk", flat=True)))
+    send(userId="u1", event="Cart Updated", timestamp=at(t))
+    # then both paths look at the same 100 earliest: the checkout view, the 101st, is not among them
+    assert JourneyRun.objects.get().status == "waiting"
+    assert "thanked" not in traits("u1")
