@@ -47,10 +47,11 @@ def events_housekeeping(now=None) -> dict:
     return {**run(now=now), "jobs_stalled": jobs_sweep_stalled(now=now), "history": history_housekeeping(now=now)}
 
 
-def runs_wake(run_ids: list[int], lease, now=None) -> int:
-    """A page of due runs claimed by the tick (or enrolled in bulk): start or resume them."""
+def runs_wake(run_ids: list[int], lease, now=None, due=None) -> int:
+    """A page of due runs claimed by the tick (or enrolled in bulk): start or resume them (`due`:
+    when each run's timer ended, aligned with run_ids)."""
     worker_gc_tune()
-    return wakeups.runs_wake(run_ids=run_ids, lease=lease, now=now)
+    return wakeups.runs_wake(run_ids=run_ids, lease=lease, now=now, due=due)
 
 
 def stream_tick() -> dict:

@@ -141,6 +141,7 @@ class EngineBatch:
         self._waiting: dict[tuple[int, str, int], dict] = {}  # unfinished rows of self.executions
         # (outcome, finished_at) -> (step_key, visit) -> run ids: rows to finish at the flush
         self._closes: dict[tuple[str, datetime], dict[tuple[str, int], list[int]]] = defaultdict(lambda: defaultdict(list))
+        self._answers: list[tuple[int, str, int, int]] = []  # (run, step, visit, event): answered_by to record
         self.runs: dict[int, JourneyRun] = {}
         self._extensions: dict[str, Any] = {}
 
@@ -157,14 +158,32 @@ class EngineBatch:
         if row.get("finished_at") is None:
             self._waiting[(row["run_id"], row["step_key"], row["visit"])] = row
 
-    def close_step(self, *, run_id: int, step_key: str, visit: int, outcome: str, finished_at: datetime) -> None:
+    def close_step(self, *, run_id: int, step_key: str, visit: int, outcome: str, finished_at: datetime,
+                   answered_by: int | None = None) -> None:
         """Finish a waiting step's row (a resumed run): in memory when the batch holds it, else
-        by `flush()`, with one UPDATE per outcome for every run resumed anywhere (whatever step and visit)."""
+        by `flush()`, with one UPDATE per outcome for every run resumed anywhere (whatever step and visit).
+        `answered_by`: the event that answered the wait, recorded in the row's detail."""
         row = self._waiting.pop((run_id, step_key, visit), None)
         if row is not None:
             row["outcome"], row["finished_at"] = outcome, finished_at
+            if answered_by is not None:
+                row["detail"] = {**(row.get("detail") or {}), "answered_by": answered_by}
             return
         self._closes[(outcome, finished_at)][(step_key, visit)].append(run_id)
+        if answered_by is not None:
+            self._answers.append((run_id, step_key, visit, answered_by))
+
+    def answered_held(self, run_ids: Iterable[int]) -> dict[int, set[int]]:
+        """run id -> the events that answered its waits, of the rows this batch holds (not written yet)."""
+        wanted, found = set(run_ids), defaultdict(set)
+        for row in self.executions:
+            answer = (row.get("detail") or {}).get("answered_by")
+            if answer is not None and row["run_id"] in wanted:
+                found[row["run_id"]].add(answer)
+        for run_id, _, _, answer in self._answers:
+            if run_id in wanted:
+                found[run_id].add(answer)
+        return found
 
     def save_run(self, run: JourneyRun) -> None:
         self.runs[run.pk] = run
@@ -220,6 +239,9 @@ class EngineBatch:
                 where |= models.Q(run_id__in=run_ids, step_key=step_key, visit=visit)
             StepExecution.objects.filter(where, finished_at__isnull=True).update(outcome=outcome, finished_at=finished_at)
         self._closes.clear()
+        answers, self._answers = self._answers, []
+        if answers:
+            answers_record(answers)
 
     def flush_runs(self) -> None:
         """Write the run states collected so far (before an action that reads runs)."""
@@ -502,3 +524,23 @@ def reserve_ids(model: type[models.Model], count: int) -> list[int]:
         if cursor.rowcount == 0:
             cursor.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (%s, %s)", [table, start + count - 1])
         return list(range(start, start + count))
+
+
+def answers_record(answers: list[tuple[int, str, int, int]]) -> None:
+    """Record `answered_by` (the event that answered the wait) on the rows of waits answered, given
+    as (run, step, visit, event): one UPDATE (elsewhere than PostgreSQL one per 500 rows)."""
+    table = connection.ops.quote_name(StepExecution._meta.db_table)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"UPDATE {table} AS s SET detail = s.detail || jsonb_build_object('answered_by', x.event) "
+                "FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::bigint[]) AS x(run_id, step_key, visit, event) "
+                "WHERE s.run_id = x.run_id AND s.step_key = x.step_key AND s.visit = x.visit",
+                list(map(list, zip(*answers))))
+            return
+        for i in range(0, len(answers), 500):
+            chunk = answers[i : i + 500]
+            match = " OR ".join(["(run_id = %s AND step_key = %s AND visit = %s)"] * len(chunk))
+            cases = " ".join(["WHEN run_id = %s AND step_key = %s AND visit = %s THEN %s"] * len(chunk))
+            cursor.execute(f"UPDATE {table} SET detail = json_set(detail, '$.answered_by', CASE {cases} END) "
+                           f"WHERE {match}", [v for a in chunk for v in a] + [v for a in chunk for v in a[:3]])

@@ -310,6 +310,14 @@ def _wait_span(run: JourneyRun, *, history: bool) -> tuple[datetime | None, date
     return (started if history else None), until
 
 
+def _answered_before(run: JourneyRun, event: Event) -> bool:
+    """Whether the event already answered a wait of this run (an event answers one wait of a run
+    only, in the live path as in the stored lookup: journeys.engine.waits). Both run under the run's lock."""
+    from journeys.engine.waits import runs_answered
+
+    return event.pk in runs_answered([run.pk], current_batch()).get(run.pk, ())
+
+
 def _outside_wait(run: JourneyRun, event: Event, now: datetime, *, history: bool) -> bool:
     """Whether the event happened outside the wait the run is at, in the customer's own time
     (`_wait_span`): before it began (an import or a late delivery about something from before it;
@@ -325,6 +333,8 @@ def _outside_wait(run: JourneyRun, event: Event, now: datetime, *, history: bool
     if not early and (due is None or due - now > WAKE_LEASE):
         return False
     since, until = _wait_span(run, history=history)
+    if early and _answered_before(run, event):
+        return True  # it answered an earlier wait of this run (the one it came on, or a stored answer)
     if early and (_before_entry(run, event) if since is None else event.timestamp < since):
         return True
     return until is not None and event.timestamp > until

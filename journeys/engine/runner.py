@@ -15,7 +15,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Exists, F, OuterRef, TextField
 
 from journeys.choices import OPEN_RUN_STATUSES, ReentryPolicy, RunStatus, StreamEventType
-from journeys.engine.batch import IdMap, batch_suspended, current_batch, ids_q, rows_move
+from journeys.engine.batch import IdMap, answers_record, batch_suspended, current_batch, ids_q, rows_move
 from journeys.engine.compiled import CompiledVersion, load_version
 from journeys.engine.entry_gate import entries_admit, entry_history
 from journeys.engine.runtime import StepContext, events_counter, profile_dict
@@ -253,10 +253,12 @@ def run_execute(
     """Execute steps until the run waits or ends. With `resume_outcome`, the current
     (waiting) step is finished with that outcome first (in an engine batch: with the
     batch's other resumed runs, at its flush). `since`: when the run moves, in the customer's
-    own time (`StepContext.since`): the time of the event it moves on, None for a timer."""
+    own time (`StepContext.since`): the time of the event it moves on; for a timer, when it became
+    due (a delay's end, a wait's deadline; None: now)."""
     batch = current_batch()
     if resume_outcome is not None:
-        _close_waiting(run, resume_outcome, now)
+        _close_waiting(run, resume_outcome, now,
+                       answered_by=getattr(event, "pk", None) if resume_outcome == "event" else None)
         run.status, run.next_wake_at, run.wait_event = RunStatus.ACTIVE, None, ""
         if not _follow(run, version, resume_outcome, now):
             if batch is not None:
@@ -327,15 +329,19 @@ def run_execute(
     return run
 
 
-def _close_waiting(run: JourneyRun, outcome: str, now: datetime) -> None:
-    """Finish the row of the step the run waits at (in an engine batch: with the batch's others)."""
+def _close_waiting(run: JourneyRun, outcome: str, now: datetime, *, answered_by: int | None = None) -> None:
+    """Finish the row of the step the run waits at (in an engine batch: with the batch's others).
+    `answered_by`: the event that answered a wait, recorded on its row (an event answers one wait
+    of a run only: journeys.engine.waits)."""
     waiting = {"step_key": run.current_step, "visit": run.visits.get(run.current_step, 1)}
     batch = current_batch()
     if batch is not None:
-        batch.close_step(run_id=run.pk, **waiting, outcome=outcome, finished_at=now)
+        batch.close_step(run_id=run.pk, **waiting, outcome=outcome, finished_at=now, answered_by=answered_by)
     else:
         StepExecution.objects.filter(run=run, **waiting, finished_at__isnull=True).update(
             outcome=outcome, finished_at=now)
+        if answered_by is not None:
+            answers_record([(run.pk, waiting["step_key"], waiting["visit"], answered_by)])
 
 
 def _record(batch, **row) -> None:

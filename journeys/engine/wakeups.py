@@ -44,11 +44,13 @@ def claim_page() -> int:
 
 
 
-def wake_enqueue(*, run_ids: list[int], lease: datetime, now: datetime) -> None:
-    """One `runs_wake` task per page of runs (claim_page()), for the event workers' cluster."""
+def wake_enqueue(*, run_ids: list[int], lease: datetime, now: datetime, due: list[datetime] | None = None) -> None:
+    """One `runs_wake` task per page of runs (claim_page()), for the event workers' cluster. `due`
+    (aligned with run_ids): when each run's timer ended (a delay's end, a wait's deadline)."""
     page = claim_page()
     for i in range(0, len(run_ids), page):
-        enqueue_work("journeys.tasks.runs_wake", run_ids[i : i + page], lease, now, group="runs")
+        args = (run_ids[i : i + page], lease, now) + ((due[i : i + page],) if due is not None else ())
+        enqueue_work("journeys.tasks.runs_wake", *args, group="runs")
 
 
 def runs_claim_due(*, now: datetime, deadline: float | None = None) -> int:
@@ -62,21 +64,23 @@ def runs_claim_due(*, now: datetime, deadline: float | None = None) -> int:
     claimed = 0
     while True:
         with transaction.atomic():
-            ids = list(
+            rows = list(
                 JourneyRun.objects.select_for_update(**skip_locked())
                 .filter(status=RunStatus.WAITING, next_wake_at__lte=now)
                 .order_by("next_wake_at")
-                .values_list("pk", flat=True)[:page]
+                .values_list("pk", "next_wake_at")[:page]
             )
+            ids = [pk for pk, _ in rows]
             if ids:
                 JourneyRun.objects.filter(ids_q("pk", ids)).update(next_wake_at=lease)
-                wake_enqueue(run_ids=ids, lease=lease, now=now)
+                wake_enqueue(run_ids=ids, lease=lease, now=now, due=[due for _, due in rows])
         claimed += len(ids)
         if len(ids) < page or (deadline is not None and time.monotonic() > deadline):
             return claimed
 
 
-def runs_wake(*, run_ids: list[int], lease: datetime, now: datetime | None = None) -> int:
+def runs_wake(*, run_ids: list[int], lease: datetime, now: datetime | None = None,
+              due: list[datetime] | None = None) -> int:
     """Start or resume the runs of one claimed page that still carry its lease; returns how many.
 
     One transaction. Set-based first (one savepoint for the page); if anything escapes that (a
@@ -86,18 +90,24 @@ def runs_wake(*, run_ids: list[int], lease: datetime, now: datetime | None = Non
 
     A customer with several runs in the page wakes them in id order, and a later one only if it is
     still waiting with the page's lease: a run the customer's earlier run ended (a start_workflow
-    move that exits its workflow) stays ended and takes no step."""
+    move that exits its workflow) stays ended and takes no step.
+
+    `due` (aligned with run_ids; None from a task queued before it was passed, or a bulk enrolment):
+    when each run's timer ended. The steps after a delay or a timeout go on from that moment in
+    the customer's own time (`StepContext.since`: a wait that follows begins then, not when a late
+    tick claimed it)."""
     now = now or timezone.now()
+    dues = {pk: min(moment, now) for pk, moment in zip(run_ids, due or ()) if moment is not None}
     with transaction.atomic():
         runs = _local_times_moved(_lock(run_ids, lease), now)
         if not runs:
             return 0
         try:
             with transaction.atomic():
-                _wake_set(runs, now, lease)
+                _wake_set(runs, now, lease, dues)
         except Exception:
             logger.exception("set-based wake-up of %d runs failed; replaying them one by one", len(runs))
-            _wake_each(_lock([r.pk for r in runs], lease), now, lease)
+            _wake_each(_lock([r.pk for r in runs], lease), now, lease, dues)
     return len(runs)
 
 
@@ -152,7 +162,7 @@ def _outcome(run: JourneyRun) -> str:
     return "timeout" if run.wait_event else "next"
 
 
-def _wake_set(runs: list[JourneyRun], now: datetime, lease: datetime) -> None:
+def _wake_set(runs: list[JourneyRun], now: datetime, lease: datetime, dues: dict[int, datetime]) -> None:
     batch = EngineBatch(customer_ids={r.customer_id for r in runs}, now=now)
     with batch.active():
         for i, wave in enumerate(customer_waves(runs, lambda r: r.customer_id)):
@@ -160,21 +170,21 @@ def _wake_set(runs: list[JourneyRun], now: datetime, lease: datetime) -> None:
                 batch.flush()  # the earlier waves' moves are written: the runs they ended are not waiting
                 wave = _still_waiting(wave, lease)
             for run in wave:
-                _wake_one(run, now)
+                _wake_one(run, now, dues.get(run.pk))
         batch.flush()
 
 
-def _wake_one(run: JourneyRun, now: datetime) -> None:
+def _wake_one(run: JourneyRun, now: datetime, due: datetime | None = None) -> None:
     version = load_version(run.version_id)
     if not run.current_step:
         run_start(run=run, version=version)
         run_execute(run=run, version=version, customer=run.customer, event=run.trigger_event, now=now)
     else:  # after a delay or a timeout the steps still read the trigger event (event.*), as before it
         run_execute(run=run, version=version, customer=run.customer, event=run.trigger_event, now=now,
-                    resume_outcome=_outcome(run))
+                    resume_outcome=_outcome(run), since=due)
 
 
-def _wake_each(runs: list[JourneyRun], now: datetime, lease: datetime) -> None:
+def _wake_each(runs: list[JourneyRun], now: datetime, lease: datetime, dues: dict[int, datetime]) -> None:
     woken: set[int] = set()
     with batch_suspended():
         for run in runs:
@@ -183,7 +193,7 @@ def _wake_each(runs: list[JourneyRun], now: datetime, lease: datetime) -> None:
             woken.add(run.customer_id)
             try:
                 with transaction.atomic():
-                    _wake_one(run, now)
+                    _wake_one(run, now, dues.get(run.pk))
             except Exception as exc:  # never let one run stop the others
                 logger.exception("waking run %s failed", run.pk)
                 error = "".join(traceback.format_exception_only(exc)).strip()

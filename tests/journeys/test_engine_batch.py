@@ -293,10 +293,12 @@ def test_runs_resumed_at_different_visits_of_a_loop_are_closed_together(api, mai
     with CaptureQueriesContext(connection) as at_five_visits:
         assert events_process(event_ids=many) == 30
 
-    def closes(captured):
-        return [q["sql"] for q in captured if q["sql"].startswith('UPDATE "journeys_stepexecution"')]
+    def closes(captured, answers=False):  # the rows finished; and `answered_by` recorded on them
+        return [q["sql"] for q in captured if q["sql"].startswith('UPDATE "journeys_stepexecution"')
+                and ("answered_by" in q["sql"]) == answers]
 
     assert len(closes(at_one_visit)) == len(closes(at_five_visits)) == 1, closes(at_five_visits)
+    assert len(closes(at_one_visit, True)) == len(closes(at_five_visits, True)) == 1, closes(at_five_visits, True)
     if connection.vendor == "postgresql":  # SQLite writes run states one UPDATE per distinct state (visits)
         assert len(at_five_visits.captured_queries) <= len(at_one_visit.captured_queries) + 2, (
             [q["sql"][:150] for q in at_five_visits.captured_queries])

@@ -161,3 +161,123 @@ def test_an_order_after_the_deadline_leaves_a_run_the_tick_claimed_to_its_timeou
     [page] = pages
     assert runs_wake(page["run_ids"], page["lease"], page["now"]) == 1
     assert outcomes("u1") == [("note", "next"), ("wait", "timeout"), ("remind", "next")]
+
+
+# Review 2: an event answers one wait of a run only, whichever path (live, stored lookup) meets it.
+THREE_ORDERS = {
+    "trigger_event": "Cart Updated",
+    "steps": steps(
+        ("first", "wait_for_event", {"event": "Order Completed", "timeout": "30d"}),
+        ("second", "wait_for_event", {"event": "Order Completed", "timeout": "30d"}),
+        ("third", "wait_for_event", {"event": "Order Completed", "timeout": "30d"}),
+        ("vip", "update_profile", {"traits": {"vip": True}}),
+    ),
+    "edges": edges(("first", "event", "second"), ("second", "event", "third"), ("third", "event", "vip")),
+}
+
+
+def test_two_imported_orders_answer_two_waits_not_three(api, publish, clock, path):  # noqa: F811
+    from journeys.models import Event
+
+    # given a run that began waiting 10 days ago for three successive orders
+    publish(THREE_ORDERS)
+    clock(days=10)
+    api.post("track", {"userId": "u1", "event": "Cart Updated"})
+    processor.events_process(event_ids=list(Event.objects.values_list("pk", flat=True)))
+    clock()
+    assert JourneyRun.objects.get().status == "waiting"
+    # when two orders from 9 days ago reach /v1/batch together (older than EVENT_TRIGGER_MAX_AGE_S: history)
+    nine = djtz.now() - timedelta(days=9)
+    response = api.post("batch", {"batch": [
+        {"type": "track", "userId": "u1", "event": "Order Completed", "messageId": f"o{n}",
+         "timestamp": at(nine + timedelta(seconds=n))} for n in (1, 2)]})
+    assert response.status_code == 200, response.content
+    assert set(Event.objects.filter(message_id__in=["o1", "o2"]).values_list("status", flat=True)) == {"history"}
+    # then two orders answer two waits: the run waits at "third" and is no VIP
+    assert outcomes("u1") == [("first", "event"), ("second", "event"), ("third", "")]
+    assert "vip" not in traits("u1")
+
+
+def test_an_order_stamped_minutes_ahead_answers_one_wait_only(send, publish):  # noqa: F811
+    """Ingestion keeps a client timestamp up to 5 minutes in the future (no sentAt to correct it)."""
+    # given "ordered? wait a minute, then: ordered again within 4h?"
+    publish({
+        "trigger_event": "Cart Updated",
+        "steps": steps(
+            ("first", "wait_for_event", {"event": "Order Completed", "timeout": "4h"}),
+            ("pause", "delay", {"duration": "1m"}),
+            ("again", "wait_for_event", {"event": "Order Completed", "timeout": "4h"}),
+            ("vip", "update_profile", {"traits": {"vip": True}}),
+        ),
+        "edges": edges(("first", "event", "pause"), ("pause", "next", "again"), ("again", "event", "vip")),
+    })
+    send(userId="u1", event="Cart Updated")
+    # when one order arrives from a device whose clock is 4 minutes fast
+    send(userId="u1", event="Order Completed", timestamp=at(djtz.now() + timedelta(minutes=4)))
+    assert JourneyRun.objects.get().current_step == "pause"
+    runs_wake_due(now=djtz.now() + timedelta(minutes=2))  # the delay ends
+    # then that one order answered the first wait only
+    assert outcomes("u1")[-1] == ("again", "")
+    assert "vip" not in traits("u1")
+
+
+DELAY_THEN_WAIT = {
+    "trigger_event": "Cart Updated",
+    "steps": steps(
+        ("pause", "delay", {"duration": "1h"}),
+        ("wait", "wait_for_event", {"event": "Order Completed", "timeout": "4h"}),
+        ("thanks", "update_profile", {"traits": {"thanked": True}}),
+        ("remind", "update_profile", {"traits": {"reminded": True}}),
+    ),
+    "edges": edges(("pause", "next", "wait"), ("wait", "event", "thanks"), ("wait", "timeout", "remind")),
+}
+
+
+def test_an_order_after_the_delay_ended_but_before_the_late_tick_answers_the_wait(send, publish, clock, monkeypatch):  # noqa: F811
+    # given a 1 h delay before a 4 h wait, entered 61 minutes ago (the delay ended a minute ago)
+    publish(DELAY_THEN_WAIT)
+    clock(minutes=61)
+    send(userId="u1", event="Cart Updated")
+    clock()
+    delay_end = JourneyRun.objects.get().next_wake_at
+    assert delay_end < djtz.now()
+    # when the tick claims it only now (a minute late), and the order the customer placed 30 s
+    # after the delay ended is processed after the wake-up
+    pages = []
+    monkeypatch.setattr(wakeups, "wake_enqueue", lambda **page: pages.append(page))
+    assert runs_wake_due() == 1
+    [page] = pages
+    runs_wake(*page.values())  # the task as wake_enqueue queued it: run_ids, lease, now, due
+    assert JourneyRun.objects.get().current_step == "wait"
+    send(userId="u1", event="Order Completed", timestamp=at(delay_end + timedelta(seconds=30)))
+    # then the order happened within the wait (after the delay ended): the event branch, as if the tick had been on time
+    assert outcomes("u1")[-2:] == [("wait", "event"), ("thanks", "next")]
+
+
+def test_set_based_and_one_by_one_read_the_same_stored_candidates(api, send, publish, path):  # noqa: F811
+    """Each wait reads the earliest 100 stored events of its name in its own span, alone and in a
+    batch alike (review 2 F6/F7): a batch no longer reads every event of the batch's widest span."""
+    from journeys.engine.waits import STORED_ANSWERS
+    from journeys.models import Event
+
+    # given "did they view the checkout page within 4h of the cart?"
+    publish({
+        "trigger_event": "Cart Updated",
+        "steps": steps(
+            ("wait", "wait_for_event", {"event": "Page Viewed", "timeout": "4h",
+                                        "filter": "event.properties.path == '/checkout'"}),
+            ("thanks", "update_profile", {"traits": {"thanked": True}}),
+        ),
+        "edges": edges(("wait", "event", "thanks")),
+    })
+    t = djtz.now() - timedelta(minutes=10)
+    # when 100 other page views and then the checkout view (stamped after the cart) reach the API first
+    views = [{"type": "track", "userId": "u1", "event": "Page Viewed", "messageId": f"v{n}",
+              "properties": {"path": "/checkout" if n > STORED_ANSWERS else f"/p{n}"},
+              "timestamp": at(t + timedelta(seconds=n))} for n in range(1, STORED_ANSWERS + 2)]
+    assert api.post("batch", {"batch": views}).status_code == 200
+    processor.events_process(event_ids=list(Event.objects.filter(status="pending").values_list("pk", flat=True)))
+    send(userId="u1", event="Cart Updated", timestamp=at(t))
+    # then both paths look at the same 100 earliest: the checkout view, the 101st, is not among them
+    assert JourneyRun.objects.get().status == "waiting"
+    assert "thanked" not in traits("u1")
