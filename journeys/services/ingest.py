@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import DatabaseError, OperationalError, transaction
 from django.utils import timezone
+
+try:
+    from psycopg import errors as psycopg_errors
+except ImportError:  # SQLite-only installs
+    psycopg_errors = None
 
 from journeys.choices import EventStatus, EventType, IdentityKind
 from journeys.models import EventKey, Source
@@ -127,25 +134,66 @@ def events_receive(
         )
     good, refused = catalog_split(policy=source.schema_policy, events=good, strict=source.strict)
     rejected.extend(Rejection(e.index, exc.field or "", "schema", exc.message, payloads[e.index or 0]) for e, exc in refused)
-    while True:
-        rejected.sort(key=lambda r: r.index or 0)
+    for attempt in range(DEADLOCK_TRIES):
         try:
-            with transaction.atomic():
-                result = event_ingest(source=source, events=good, ip=ip, catalog=False)
-                if rejected:
-                    quarantine_store(source=source, rejections=rejected, received_at=received_at, ip=ip,
-                                     endpoint_type=event_type or "", batch_defaults=batch_defaults)
-            return ReceiveResult(result.stored, result.duplicates, result.event_ids, rejected)
-        except IdentityResolutionError as exc:
-            # rolled back: the batch is stored again without the event whose ids could not be resolved
-            if source.strict:
+            return _receive_stored(source=source, good=good, rejected=list(rejected), payloads=payloads, ip=ip,
+                                   received_at=received_at, event_type=event_type, batch_defaults=batch_defaults)
+        except OperationalError as exc:
+            # A deadlock with the engine rolled the whole batch back: store it again (bounded), so the
+            # client gets no 500 and the beacon endpoint, which never retries, loses nothing.
+            if (not _is_deadlock(exc) or attempt == DEADLOCK_TRIES - 1
+                    or transaction.get_connection().in_atomic_block):
                 raise
-            remaining = [e for e in good if e is not exc.event]
-            if len(remaining) == len(good):  # not one of ours: never loop
-                raise
-            good = remaining
-            rejected.append(Rejection(exc.event.index, exc.field or "", exc.code, exc.message,
-                                      payloads[exc.event.index or 0]))
+            logger.warning("ingest batch of %d events hit a deadlock; retrying (%d)", len(good), attempt + 1)
+            time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+DEADLOCK_TRIES = 3
+
+
+def _is_deadlock(exc: BaseException) -> bool:
+    cause = exc.__cause__ or exc.__context__
+    return isinstance(cause, psycopg_errors.DeadlockDetected) if psycopg_errors else False
+
+
+def _receive_stored(*, source: Source, good: list[ParsedEvent], rejected: list[Rejection], payloads: list[dict],
+                    ip, received_at, event_type, batch_defaults) -> ReceiveResult:
+    """Store `good` and quarantine `rejected`, in one transaction, in at most two passes.
+
+    The set-based pass stores the whole batch; if one event's identities cannot be resolved, it is
+    rolled back and a second pass stores each event in its own savepoint, quarantining those that
+    fail: linear in the batch, however many fail."""
+    def quarantine() -> None:
+        if rejected:
+            rejected.sort(key=lambda r: r.index or 0)
+            quarantine_store(source=source, rejections=rejected, received_at=received_at, ip=ip,
+                             endpoint_type=event_type or "", batch_defaults=batch_defaults)
+
+    try:
+        with transaction.atomic():
+            result = event_ingest(source=source, events=good, ip=ip, catalog=False)
+            quarantine()
+        return ReceiveResult(result.stored, result.duplicates, result.event_ids, rejected)
+    except IdentityResolutionError:
+        if source.strict:
+            raise
+    stored = duplicates = 0
+    event_ids: list[int] = []
+    with transaction.atomic():
+        for event in good:
+            try:
+                with transaction.atomic():
+                    one = event_ingest(source=source, events=[event], ip=ip, catalog=False)
+            except IdentityResolutionError as exc:
+                rejected.append(Rejection(event.index, exc.field or "", exc.code, exc.message,
+                                          payloads[event.index or 0]))
+                continue
+            stored += one.stored
+            duplicates += one.duplicates
+            event_ids.extend(one.event_ids)
+        quarantine()
+    return ReceiveResult(stored, duplicates, event_ids, rejected)
 
 
 class IdentityResolutionError(EventValidationError):
@@ -163,8 +211,10 @@ def _resolution_of(event: ParsedEvent, field: str) -> Iterator[None]:
     """Turn any failure of `event`'s identity resolution into an IdentityResolutionError naming it."""
     try:
         yield
-    except (OperationalError, InterfaceError):
-        raise  # the database's, not the event's (a deadlock, a lost connection): the client retries
+    except DatabaseError:
+        # the database's or the server's, not the event's (a deadlock, a lost connection, an
+        # IntegrityError from a race, an aborted transaction): the request fails and the client retries
+        raise
     except Exception as exc:
         prefix = f"batch[{event.index}]." if event.index is not None else ""
         logger.exception("identity resolution failed for %s%s", prefix, field)
