@@ -377,7 +377,11 @@ class ConsentBook:
                     found.append((kind, topic_id, f"{ConsentStatus.OPTED_OUT if out else ''} {mark}".strip(), slug))
         return found
 
-    def refusal(self, customer_id: int, channel_kind: str, topic: Topic | None, address: str = "") -> Reason | None:
+    def refusal(self, customer_id: int, channel_kind: str, topic: Topic | None, address: str = "",
+                holds: bool = True) -> Reason | None:
+        """Why this message may not go (None = may); with `holds=False` only by the customer's own
+        consents (and what an erasure kept for their addresses), not what other profiles holding
+        the address opted out of: the preference centre's own choices."""
         wanted = {None, topic.pk} if topic is not None else {None}
         rows = self.rows(customer_id)
         digest = address_digest(channel_kind, address) if address and address.strip() else None
@@ -385,7 +389,8 @@ class ConsentBook:
             if digest not in self._held:  # a message to another address than the profile's
                 self._held_load([digest])
             rows = self._overlaid(rows, self._held[digest])
-        rows = self._overlaid(rows, self.address_rows(customer_id, channel_kind, address))
+        if holds:
+            rows = self._overlaid(rows, self.address_rows(customer_id, channel_kind, address))
         status = {(kind, topic_id): st for kind, topic_id, st, _ in rows
                   if kind in ("", channel_kind) and topic_id in wanted}
         return refusal_from(status=status, channel_kind=channel_kind, topic=topic, address=address)
@@ -399,10 +404,10 @@ class ConsentBook:
                        for kind, _, status, slug in self.rows(customer_id))
 
     def do_not_contact(self, customer_id: int) -> bool:
-        """The customer's own do-not-contact, or that of another profile holding their address."""
-        rows = [*self.rows(customer_id), *self.address_rows(customer_id, ChannelKind.EMAIL),
-                *self.address_rows(customer_id, ChannelKind.SMS)]
-        return any(kind == "" and topic_id is None and _status_parts(status)[0] for kind, topic_id, status, _ in rows)
+        """The customer's own do-not-contact (another profile's, held for a shared address, holds
+        only that address: `address_rows`)."""
+        return any(kind == "" and topic_id is None and _status_parts(status)[0]
+                   for kind, topic_id, status, _ in self.rows(customer_id))
 
 
 def personalization_allowed(*, customer: Customer) -> bool:
@@ -481,12 +486,14 @@ def suppressions_keep(*, customer_ids: list[int], emails: Iterable[str], phones:
     return len(kept)
 
 
-def suppressions_lift(*, customer: Customer, choices: Iterable[tuple[str, Topic | None]]) -> int:
+def suppressions_lift(*, customer: Customer, choices: Iterable[tuple[str, Topic | None]],
+                      address_kinds: Iterable[str] = (ChannelKind.EMAIL, ChannelKind.SMS)) -> int:
     """The customer opted in again explicitly (the preference centre, SMS START, ops on the
     Consent form): the suppressions of those (channel kind, topic) choices kept for their
     addresses by an erasure go, and what other live profiles holding the customer's address
-    opted out of for them no longer holds it (`address_opt_ins_record`). Other ways in (an
-    import, an API's traits) lift nothing. Returns how many suppressions went or were recorded."""
+    opted out of for them no longer holds it (`address_opt_ins_record`) for the addresses of
+    `address_kinds` (none: only the erasure's). Other ways in (an import, an API's traits) lift
+    nothing. Returns how many suppressions went or were recorded."""
     choices = list(choices)
     emails = Identity.objects.filter(customer=customer, kind="email").values_list("value", flat=True)
     phones = Identity.objects.filter(customer=customer, kind="phone").values_list("value", flat=True)
@@ -495,11 +502,13 @@ def suppressions_lift(*, customer: Customer, choices: Iterable[tuple[str, Topic 
     match = Q()
     for kind, topic in choices:
         match |= Q(channel_kind=kind, topic=topic) if topic is not None else Q(channel_kind=kind, topic__isnull=True)
-    gone = Suppression.objects.filter(match, digest__in=digests).delete()[0] if digests and match else 0
-    return gone + address_opt_ins_record(customer=customer, choices=choices)
+    kept = Suppression.objects.filter(match, digest__in=digests).exclude(status=ConsentStatus.OPTED_IN)  # not a lift
+    gone = kept.delete()[0] if digests and match else 0
+    return gone + address_opt_ins_record(customer=customer, choices=choices, address_kinds=address_kinds)
 
 
 def address_opt_ins_record(*, customer: Customer, choices: Iterable[tuple[str, Topic | None]],
+                           address_kinds: Iterable[str] = (ChannelKind.EMAIL, ChannelKind.SMS),
                            now: datetime | None = None) -> int:
     """An explicit opt-in (`suppressions_lift`) from a profile with an address, for these (channel
     kind, topic) choices: another live profile's opt-out of one of them made before now no longer
@@ -509,7 +518,7 @@ def address_opt_ins_record(*, customer: Customer, choices: Iterable[tuple[str, T
     now = now or timezone.now()
     book = ConsentBook.of(customer)
     recorded = 0
-    for channel_kind in (ChannelKind.EMAIL, ChannelKind.SMS):
+    for channel_kind in {ChannelKind.SMS if k in PHONE_KINDS else k for k in address_kinds}:
         held = {(kind, topic_id) for kind, topic_id, status, _ in book.address_rows(customer.pk, channel_kind)}
         key = address_key(channel_kind, customer.email if channel_kind == ChannelKind.EMAIL else customer.phone)
         for kind, topic in choices:
@@ -594,9 +603,11 @@ def preference_kinds() -> list[str]:
     return [k for k in ChannelKind.values if k in kinds]
 
 
-def preferences_get(*, customer: Customer) -> dict:
-    """What the preference centre shows: each non-transactional topic x channel kind, on or off
-    (with what an erasure kept for the customer's addresses, `ConsentBook`)."""
+def _preference_cells(customer: Customer) -> tuple[ConsentBook, list[str], list[dict]]:
+    """The preference centre's cells (topic x channel kind): `own` is the customer's own choice
+    (with what an erasure kept for their addresses), `held` names what another profile holding
+    the address the kind reaches opted out of when that holds the message though the customer's
+    own choice would let it go (`ConsentBook.address_rows`); `on` is what is sent now."""
     kinds = preference_kinds()
     topics = list(Topic.objects.filter(transactional=False).exclude(slug=Topic.PERSONALIZATION).order_by("name"))
     book = ConsentBook.of(customer)
@@ -604,12 +615,25 @@ def preferences_get(*, customer: Customer) -> dict:
     for topic in topics:
         cells = []
         for kind in kinds:
-            refused = book.refusal(customer.pk, kind, topic)
-            cells.append({"kind": kind, "field": f"t:{topic.slug}:{kind}", "on": refused is None})
+            own = book.refusal(customer.pk, kind, topic, holds=False) is None
+            held = own and book.refusal(customer.pk, kind, topic) is not None
+            cells.append({"kind": kind, "field": f"t:{topic.slug}:{kind}", "own": own, "held": held,
+                          "on": own and not held})
         rows.append({"topic": topic, "cells": cells})
+    return book, kinds, rows
+
+
+def preferences_get(*, customer: Customer) -> dict:
+    """What the preference centre shows: each non-transactional topic x channel kind, on or off by
+    the customer's own choices (with what an erasure kept for their addresses, `ConsentBook`), and
+    do-not-contact as the customer chose it. A cell that another profile holding the address
+    opted out of is shown off and marked `held` (a note says so: ticking it subscribes this
+    address again, README's explicit opt-in); it is never shown as the customer's own choice."""
+    book, kinds, rows = _preference_cells(customer)
     return {
         "kinds": kinds,
         "rows": rows,
+        "held": any(cell["held"] for row in rows for cell in row["cells"]),
         "do_not_contact": book.do_not_contact(customer.pk),
         "personalization": book.personalized(customer.pk),
     }
@@ -618,24 +642,38 @@ def preferences_get(*, customer: Customer) -> dict:
 @transaction.atomic
 def preferences_save(*, customer: Customer, checked: set[str], do_not_contact: bool, personalization: bool,
                      source: str = "preference_centre") -> None:
-    """Store the preference centre form: every shown cell becomes an explicit choice.
+    """Store the preference centre form: every shown cell becomes an explicit choice, except a
+    `held` one left off: that off is another profile's opt-out of the address, not this
+    customer's, so nothing is written for it (never copied onto this profile, nor onto its
+    other addresses).
 
     Turning a topic on for a channel also lifts a channel-wide opt-out of that channel
     (the customer just said they want messages there). What the customer turns on, or off for
-    do-not-contact, is an explicit choice: it lifts the suppressions an erasure kept for it."""
+    do-not-contact, is an explicit choice: it lifts the suppressions an erasure kept for it; a
+    held cell ticked lifts, for the address of its kind only, what holds it there
+    (`address_opt_ins_record`)."""
+    _, _, rows = _preference_cells(customer)
     lifted: list[tuple[str, Topic | None]] = []
-    for kind in preference_kinds():
-        for topic in Topic.objects.filter(transactional=False).exclude(slug=Topic.PERSONALIZATION):
-            on = f"t:{topic.slug}:{kind}" in checked
+    for row in rows:
+        topic = row["topic"]
+        for cell in row["cells"]:
+            kind, on = cell["kind"], cell["field"] in checked
+            if cell["held"] and not on:
+                continue
             consent_set(customer=customer, channel_kind=kind, topic=topic, source=source,
                         status=ConsentStatus.OPTED_IN if on else ConsentStatus.OPTED_OUT)
-            if on:
-                lifted += [(kind, topic), (kind, None), ("", topic)]
-                wide = Consent.objects.filter(customer=customer, channel_kind=kind, topic__isnull=True,
-                                              status=ConsentStatus.OPTED_OUT).first()
-                if wide:
-                    consent_set(customer=customer, channel_kind=kind, topic=None, source=source,
-                                status=ConsentStatus.UNKNOWN)
+            if not on:
+                continue
+            choices = [(kind, topic), (kind, None), ("", topic)]
+            if cell["held"]:
+                suppressions_lift(customer=customer, choices=[*choices, ("", None)], address_kinds=[kind])
+            else:
+                lifted += choices
+            wide = Consent.objects.filter(customer=customer, channel_kind=kind, topic__isnull=True,
+                                          status=ConsentStatus.OPTED_OUT).first()
+            if wide:
+                consent_set(customer=customer, channel_kind=kind, topic=None, source=source,
+                            status=ConsentStatus.UNKNOWN)
     consent_set(customer=customer, channel_kind="", topic=None, source=source,
                 status=ConsentStatus.OPTED_OUT if do_not_contact else ConsentStatus.UNKNOWN)
     purpose, _ = Topic.objects.get_or_create(slug=Topic.PERSONALIZATION, defaults={"name": "Personalization"})
@@ -645,7 +683,7 @@ def preferences_save(*, customer: Customer, checked: set[str], do_not_contact: b
         lifted.append(("", None))
     if personalization:
         lifted.append(("", purpose))
-    suppressions_lift(customer=customer, choices=lifted)
+    suppressions_lift(customer=customer, choices=lifted, address_kinds=())
 
 
 def customers_by_phone(phone: str) -> list[Customer]:
