@@ -17,6 +17,7 @@ from channels_app.models import Channel, Consent, InboundMessage, Suppression, T
 from journeys.choices import IdentityKind
 from journeys.errors import JourneyError
 from journeys.models import Customer, Identity
+from journeys.selectors import customers_holding
 from journeys.services.digests import personal_digest
 from journeys.services.governance import history_stamp
 from journeys.services.identity import phone_e164, phone_lookup_values, phone_normalize
@@ -218,28 +219,18 @@ def _key_digest(key: AddressKey) -> str:
     return address_digest(ChannelKind.EMAIL if key[0] == IdentityKind.EMAIL else ChannelKind.SMS, key[1])
 
 
-def address_holders(keys: Iterable[AddressKey], spellings: Iterable[str] = ()) -> dict[AddressKey, set[int]]:
+def address_holders(keys: Iterable[AddressKey]) -> dict[AddressKey, set[int]]:
     """The live profiles (not merged away, not erased) whose email address or phone number is one of
-    these now, with one query of indexed look-ups: the profile's email column in the address's lower
-    case and in the `spellings` the caller has (a profile keeps an address as it was typed), and the
-    profile the address's identity points at (the first to claim it, in any spelling), when its own
-    address is still that one. A second profile holding a phone number without its identity is not
-    found (the phone column has no index): SMS STOP reaches every holder itself."""
+    these now, with one query of indexed look-ups (`journeys.selectors.customers_holding`: the
+    profile's email column in any capitalisation, its phone column in the spellings a number is
+    stored in, and the profile the address's identity points at, when its own address is still
+    that one)."""
     found: dict[AddressKey, set[int]] = {key: set() for key in keys}
     emails = {canonical for kind, canonical in found if kind == IdentityKind.EMAIL}
     phones = {v for kind, canonical in found if kind == IdentityKind.PHONE for v in phone_lookup_values(canonical)}
-    owned = Q()
-    for kind, values in ((IdentityKind.EMAIL, emails), (IdentityKind.PHONE, phones)):
-        if values:
-            owned |= Q(kind=kind, value__in=values)
-    if not owned:
+    if not emails and not phones:
         return found
-    live = Customer.objects.filter(merged_into__isnull=True, erased_at__isnull=True).order_by()
-    holders = live.filter(pk__in=Identity.objects.filter(owned).values("customer_id")).values_list("pk", "email", "phone")
-    if emails:
-        typed = emails | {s.strip() for s in spellings if s and s.strip()}
-        holders = holders.union(live.filter(email__in=typed).values_list("pk", "email", "phone"))
-    for pk, email, phone in holders:
+    for pk, email, phone in customers_holding(emails=emails, phones=phones, fields=("pk", "email", "phone")):
         for key in (address_key(ChannelKind.EMAIL, email), address_key(ChannelKind.SMS, phone)):
             if key in found:
                 found[key].add(pk)
@@ -333,16 +324,13 @@ class ConsentBook:
     def _address_load(self, wanted: list[tuple[int, str, str]]) -> None:
         """Read who holds the addresses of these (customer id, channel kind, address) not read
         yet, the opt-outs of those another profile holds too, and the opt-ins that lifted them."""
-        spellings: set[str] = set()
         keys: set[AddressKey] = set()
         for customer_id, channel_kind, address in wanted:
             if key := address_key(channel_kind, address):
                 self._askers[key].add(customer_id)
                 keys.add(key)
-                if key[0] == IdentityKind.EMAIL:
-                    spellings.add(address)
         self._holders = self._holders or {}
-        self._holders.update(address_holders({k for k in keys if k not in self._holders}, spellings))
+        self._holders.update(address_holders({k for k in keys if k not in self._holders}))
         shared = {k for k in keys if len(self._holders[k] | self._askers[k]) > 1}
         self._opt_outs.update(_opt_outs({h for k in shared for h in self._holders[k]} - self._opt_outs.keys()))
         held = {_key_digest(k) for k in shared if any(self._opt_outs[h] for h in self._holders[k])}
@@ -693,9 +681,7 @@ def customers_by_phone(phone: str) -> list[Customer]:
     values = phone_lookup_values(phone)
     if not phone_normalize(phone):
         return []
-    ids = set(Identity.objects.filter(kind="phone", value__in=values).values_list("customer_id", flat=True))
-    ids |= set(Customer.objects.filter(phone__in=values[:2], merged_into__isnull=True).values_list("pk", flat=True))
-    return list(Customer.objects.filter(pk__in=ids))
+    return list(Customer.objects.filter(pk__in=set(customers_holding(phones=values, live=False))))
 
 
 # Other apps hear inbound SMS through these (registered in their AppConfig.ready()): each is called

@@ -291,3 +291,43 @@ def test_saving_the_preference_centre_as_shown_does_not_copy_another_profiles_do
                      personalization=shown["personalization"])
     assert consent_refusal(customer=guest, channel_kind="email", topic=news, address=guest.email) is None
     assert consent_refusal(customer=owner, channel_kind="email", topic=news, address=owner.email) == "do_not_contact"
+
+
+def test_every_holder_of_an_address_is_found_by_one_lookup_in_any_spelling(shop, post, sms_channel, client,  # noqa: F811
+                                                                         on_commit):
+    # given profiles holding one email address in three capitalisations, and two profiles that hold
+    # one phone number without its identity pointing at the second (review 26, findings 4 and 7)
+    customer = known(post, "k77180")
+    consent_set(customer=customer, channel_kind="email", topic=topic("product_updates"), status="opted_out",
+                source="one_click_unsubscribe")
+    mixed = CustomerFactory(external_id="k77181", email="Person77120@Mail.Example.org")
+    first = CustomerFactory(external_id="k77182", phone="+15550007180")
+    second = CustomerFactory(external_id="k77183", phone="+15550007180")
+    consent_set(customer=first, channel_kind="sms", topic=None, status="opted_out", source="preference_centre")
+
+    # then the hold reaches the profile that typed the address in other capitals, and the number's
+    # second holder, and the customers API lists every capitalisation's profile
+    assert message(shop, on_commit, "news", "n1", mixed).reason == "topic_opt_out"
+    from channels_app.services.consent import consent_refusal, customers_by_phone
+    assert consent_refusal(customer=second, channel_kind="sms", topic=topic("product_updates"),
+                           address=second.phone) == "channel_opt_out"
+    assert {c.pk for c in customers_by_phone("+1 555 000 7180")} == {first.pk, second.pk}
+    ids = {c["id"] for c in shop.get("customers?email=PERSON77120@mail.example.org").body["results"]}
+    assert ids == {customer.pk, mixed.pk}
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="query plans: PostgreSQL only")
+def test_the_holders_of_an_address_are_read_through_indexes_not_the_customers_table():
+    from journeys.selectors import customers_holding
+
+    # when who holds an address and a number is planned with sequential scans priced out
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+    sql, params = customers_holding(emails=["a@example.org"], phones=["+15550001"]).query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN {sql}", params)
+        plan = " ".join(row[0] for row in cursor.fetchall())
+
+    # then both columns are read through their indexes
+    assert "customer_phone_idx" in plan and "customer_email_lower_idx" in plan, plan
+    assert "Seq Scan on journeys_customer" not in plan, plan
