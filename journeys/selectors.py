@@ -18,13 +18,14 @@ hide what a user may not touch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.db.models import Q, QuerySet
+from django.db.models.functions import Lower
 from guardian.shortcuts import get_objects_for_user
 
 from journeys.choices import ROLE_EDITORS, IdentityKind
@@ -299,4 +300,35 @@ def customer_find(*, value: str) -> Customer | None:
     digits = value.removeprefix("#")
     if found is None and digits.isdigit() and len(digits) < 19:
         found = Customer.objects.filter(pk=int(digits)).first()
+    return found
+
+
+def customers_holding(*, emails: Iterable[str] = (), phones: Iterable[str] = (), live: bool = True,
+                      fields: tuple[str, ...] = ("pk",)) -> QuerySet:
+    """The `fields` (`values_list`, flat for one; one query) of the profiles holding one of these email addresses
+    or phone numbers now or first: the profile an address's identity points at, and every profile
+    whose own column holds it, an email address in any capitalisation (`customer_email_lower_idx`),
+    a phone number in the spellings given (`customer_phone_idx`; pass `phone_lookup_values`).
+    Never merged-away profiles; with `live` not erased ones either. Every "who has this address"
+    look-up (the customers API, consent's address holds, SMS STOP, email vendors' reports) is this
+    one, so an address is spelled the same way everywhere."""
+    emails = {e.strip().lower() for e in emails if e and e.strip()}
+    phones = {p for p in phones if p}
+    profiles = Customer.objects.filter(merged_into__isnull=True).order_by()
+    if live:
+        profiles = profiles.filter(erased_at__isnull=True)
+    owned = Q()
+    for kind, values in ((IdentityKind.EMAIL, emails), (IdentityKind.PHONE, phones)):
+        if values:
+            owned |= Q(kind=kind, value__in=values)
+    flat = len(fields) == 1
+    if not owned:
+        return profiles.none().values_list(*fields, flat=flat)
+    found = profiles.filter(pk__in=Identity.objects.filter(owned).values("customer_id")).values_list(*fields, flat=flat)
+    # each column on its own indexed look-up (a UNION), not an OR the planner reads the table for
+    if emails:
+        found = found.union(profiles.annotate(email_lower=Lower("email")).filter(email_lower__in=emails)
+                            .values_list(*fields, flat=flat))
+    if phones:
+        found = found.union(profiles.filter(phone__in=phones).values_list(*fields, flat=flat))
     return found

@@ -17,6 +17,7 @@ from channels_app.models import Channel, Consent, InboundMessage, Suppression, T
 from journeys.choices import IdentityKind
 from journeys.errors import JourneyError
 from journeys.models import Customer, Identity
+from journeys.selectors import customers_holding
 from journeys.services.digests import personal_digest
 from journeys.services.governance import history_stamp
 from journeys.services.identity import phone_e164, phone_lookup_values, phone_normalize
@@ -218,28 +219,18 @@ def _key_digest(key: AddressKey) -> str:
     return address_digest(ChannelKind.EMAIL if key[0] == IdentityKind.EMAIL else ChannelKind.SMS, key[1])
 
 
-def address_holders(keys: Iterable[AddressKey], spellings: Iterable[str] = ()) -> dict[AddressKey, set[int]]:
+def address_holders(keys: Iterable[AddressKey]) -> dict[AddressKey, set[int]]:
     """The live profiles (not merged away, not erased) whose email address or phone number is one of
-    these now, with one query of indexed look-ups: the profile's email column in the address's lower
-    case and in the `spellings` the caller has (a profile keeps an address as it was typed), and the
-    profile the address's identity points at (the first to claim it, in any spelling), when its own
-    address is still that one. A second profile holding a phone number without its identity is not
-    found (the phone column has no index): SMS STOP reaches every holder itself."""
+    these now, with one query of indexed look-ups (`journeys.selectors.customers_holding`: the
+    profile's email column in any capitalisation, its phone column in the spellings a number is
+    stored in, and the profile the address's identity points at, when its own address is still
+    that one)."""
     found: dict[AddressKey, set[int]] = {key: set() for key in keys}
     emails = {canonical for kind, canonical in found if kind == IdentityKind.EMAIL}
     phones = {v for kind, canonical in found if kind == IdentityKind.PHONE for v in phone_lookup_values(canonical)}
-    owned = Q()
-    for kind, values in ((IdentityKind.EMAIL, emails), (IdentityKind.PHONE, phones)):
-        if values:
-            owned |= Q(kind=kind, value__in=values)
-    if not owned:
+    if not emails and not phones:
         return found
-    live = Customer.objects.filter(merged_into__isnull=True, erased_at__isnull=True).order_by()
-    holders = live.filter(pk__in=Identity.objects.filter(owned).values("customer_id")).values_list("pk", "email", "phone")
-    if emails:
-        typed = emails | {s.strip() for s in spellings if s and s.strip()}
-        holders = holders.union(live.filter(email__in=typed).values_list("pk", "email", "phone"))
-    for pk, email, phone in holders:
+    for pk, email, phone in customers_holding(emails=emails, phones=phones, fields=("pk", "email", "phone")):
         for key in (address_key(ChannelKind.EMAIL, email), address_key(ChannelKind.SMS, phone)):
             if key in found:
                 found[key].add(pk)
@@ -333,16 +324,13 @@ class ConsentBook:
     def _address_load(self, wanted: list[tuple[int, str, str]]) -> None:
         """Read who holds the addresses of these (customer id, channel kind, address) not read
         yet, the opt-outs of those another profile holds too, and the opt-ins that lifted them."""
-        spellings: set[str] = set()
         keys: set[AddressKey] = set()
         for customer_id, channel_kind, address in wanted:
             if key := address_key(channel_kind, address):
                 self._askers[key].add(customer_id)
                 keys.add(key)
-                if key[0] == IdentityKind.EMAIL:
-                    spellings.add(address)
         self._holders = self._holders or {}
-        self._holders.update(address_holders({k for k in keys if k not in self._holders}, spellings))
+        self._holders.update(address_holders({k for k in keys if k not in self._holders}))
         shared = {k for k in keys if len(self._holders[k] | self._askers[k]) > 1}
         self._opt_outs.update(_opt_outs({h for k in shared for h in self._holders[k]} - self._opt_outs.keys()))
         held = {_key_digest(k) for k in shared if any(self._opt_outs[h] for h in self._holders[k])}
@@ -377,7 +365,11 @@ class ConsentBook:
                     found.append((kind, topic_id, f"{ConsentStatus.OPTED_OUT if out else ''} {mark}".strip(), slug))
         return found
 
-    def refusal(self, customer_id: int, channel_kind: str, topic: Topic | None, address: str = "") -> Reason | None:
+    def refusal(self, customer_id: int, channel_kind: str, topic: Topic | None, address: str = "",
+                holds: bool = True) -> Reason | None:
+        """Why this message may not go (None = may); with `holds=False` only by the customer's own
+        consents (and what an erasure kept for their addresses), not what other profiles holding
+        the address opted out of: the preference centre's own choices."""
         wanted = {None, topic.pk} if topic is not None else {None}
         rows = self.rows(customer_id)
         digest = address_digest(channel_kind, address) if address and address.strip() else None
@@ -385,7 +377,8 @@ class ConsentBook:
             if digest not in self._held:  # a message to another address than the profile's
                 self._held_load([digest])
             rows = self._overlaid(rows, self._held[digest])
-        rows = self._overlaid(rows, self.address_rows(customer_id, channel_kind, address))
+        if holds:
+            rows = self._overlaid(rows, self.address_rows(customer_id, channel_kind, address))
         status = {(kind, topic_id): st for kind, topic_id, st, _ in rows
                   if kind in ("", channel_kind) and topic_id in wanted}
         return refusal_from(status=status, channel_kind=channel_kind, topic=topic, address=address)
@@ -399,10 +392,10 @@ class ConsentBook:
                        for kind, _, status, slug in self.rows(customer_id))
 
     def do_not_contact(self, customer_id: int) -> bool:
-        """The customer's own do-not-contact, or that of another profile holding their address."""
-        rows = [*self.rows(customer_id), *self.address_rows(customer_id, ChannelKind.EMAIL),
-                *self.address_rows(customer_id, ChannelKind.SMS)]
-        return any(kind == "" and topic_id is None and _status_parts(status)[0] for kind, topic_id, status, _ in rows)
+        """The customer's own do-not-contact (another profile's, held for a shared address, holds
+        only that address: `address_rows`)."""
+        return any(kind == "" and topic_id is None and _status_parts(status)[0]
+                   for kind, topic_id, status, _ in self.rows(customer_id))
 
 
 def personalization_allowed(*, customer: Customer) -> bool:
@@ -481,12 +474,14 @@ def suppressions_keep(*, customer_ids: list[int], emails: Iterable[str], phones:
     return len(kept)
 
 
-def suppressions_lift(*, customer: Customer, choices: Iterable[tuple[str, Topic | None]]) -> int:
+def suppressions_lift(*, customer: Customer, choices: Iterable[tuple[str, Topic | None]],
+                      address_kinds: Iterable[str] = (ChannelKind.EMAIL, ChannelKind.SMS)) -> int:
     """The customer opted in again explicitly (the preference centre, SMS START, ops on the
     Consent form): the suppressions of those (channel kind, topic) choices kept for their
     addresses by an erasure go, and what other live profiles holding the customer's address
-    opted out of for them no longer holds it (`address_opt_ins_record`). Other ways in (an
-    import, an API's traits) lift nothing. Returns how many suppressions went or were recorded."""
+    opted out of for them no longer holds it (`address_opt_ins_record`) for the addresses of
+    `address_kinds` (none: only the erasure's). Other ways in (an import, an API's traits) lift
+    nothing. Returns how many suppressions went or were recorded."""
     choices = list(choices)
     emails = Identity.objects.filter(customer=customer, kind="email").values_list("value", flat=True)
     phones = Identity.objects.filter(customer=customer, kind="phone").values_list("value", flat=True)
@@ -495,11 +490,13 @@ def suppressions_lift(*, customer: Customer, choices: Iterable[tuple[str, Topic 
     match = Q()
     for kind, topic in choices:
         match |= Q(channel_kind=kind, topic=topic) if topic is not None else Q(channel_kind=kind, topic__isnull=True)
-    gone = Suppression.objects.filter(match, digest__in=digests).delete()[0] if digests and match else 0
-    return gone + address_opt_ins_record(customer=customer, choices=choices)
+    kept = Suppression.objects.filter(match, digest__in=digests).exclude(status=ConsentStatus.OPTED_IN)  # not a lift
+    gone = kept.delete()[0] if digests and match else 0
+    return gone + address_opt_ins_record(customer=customer, choices=choices, address_kinds=address_kinds)
 
 
 def address_opt_ins_record(*, customer: Customer, choices: Iterable[tuple[str, Topic | None]],
+                           address_kinds: Iterable[str] = (ChannelKind.EMAIL, ChannelKind.SMS),
                            now: datetime | None = None) -> int:
     """An explicit opt-in (`suppressions_lift`) from a profile with an address, for these (channel
     kind, topic) choices: another live profile's opt-out of one of them made before now no longer
@@ -509,7 +506,7 @@ def address_opt_ins_record(*, customer: Customer, choices: Iterable[tuple[str, T
     now = now or timezone.now()
     book = ConsentBook.of(customer)
     recorded = 0
-    for channel_kind in (ChannelKind.EMAIL, ChannelKind.SMS):
+    for channel_kind in {ChannelKind.SMS if k in PHONE_KINDS else k for k in address_kinds}:
         held = {(kind, topic_id) for kind, topic_id, status, _ in book.address_rows(customer.pk, channel_kind)}
         key = address_key(channel_kind, customer.email if channel_kind == ChannelKind.EMAIL else customer.phone)
         for kind, topic in choices:
@@ -594,9 +591,11 @@ def preference_kinds() -> list[str]:
     return [k for k in ChannelKind.values if k in kinds]
 
 
-def preferences_get(*, customer: Customer) -> dict:
-    """What the preference centre shows: each non-transactional topic x channel kind, on or off
-    (with what an erasure kept for the customer's addresses, `ConsentBook`)."""
+def _preference_cells(customer: Customer) -> tuple[ConsentBook, list[str], list[dict]]:
+    """The preference centre's cells (topic x channel kind): `own` is the customer's own choice
+    (with what an erasure kept for their addresses), `held` names what another profile holding
+    the address the kind reaches opted out of when that holds the message though the customer's
+    own choice would let it go (`ConsentBook.address_rows`); `on` is what is sent now."""
     kinds = preference_kinds()
     topics = list(Topic.objects.filter(transactional=False).exclude(slug=Topic.PERSONALIZATION).order_by("name"))
     book = ConsentBook.of(customer)
@@ -604,12 +603,25 @@ def preferences_get(*, customer: Customer) -> dict:
     for topic in topics:
         cells = []
         for kind in kinds:
-            refused = book.refusal(customer.pk, kind, topic)
-            cells.append({"kind": kind, "field": f"t:{topic.slug}:{kind}", "on": refused is None})
+            own = book.refusal(customer.pk, kind, topic, holds=False) is None
+            held = own and book.refusal(customer.pk, kind, topic) is not None
+            cells.append({"kind": kind, "field": f"t:{topic.slug}:{kind}", "own": own, "held": held,
+                          "on": own and not held})
         rows.append({"topic": topic, "cells": cells})
+    return book, kinds, rows
+
+
+def preferences_get(*, customer: Customer) -> dict:
+    """What the preference centre shows: each non-transactional topic x channel kind, on or off by
+    the customer's own choices (with what an erasure kept for their addresses, `ConsentBook`), and
+    do-not-contact as the customer chose it. A cell that another profile holding the address
+    opted out of is shown off and marked `held` (a note says so: ticking it subscribes this
+    address again, README's explicit opt-in); it is never shown as the customer's own choice."""
+    book, kinds, rows = _preference_cells(customer)
     return {
         "kinds": kinds,
         "rows": rows,
+        "held": any(cell["held"] for row in rows for cell in row["cells"]),
         "do_not_contact": book.do_not_contact(customer.pk),
         "personalization": book.personalized(customer.pk),
     }
@@ -618,24 +630,38 @@ def preferences_get(*, customer: Customer) -> dict:
 @transaction.atomic
 def preferences_save(*, customer: Customer, checked: set[str], do_not_contact: bool, personalization: bool,
                      source: str = "preference_centre") -> None:
-    """Store the preference centre form: every shown cell becomes an explicit choice.
+    """Store the preference centre form: every shown cell becomes an explicit choice, except a
+    `held` one left off: that off is another profile's opt-out of the address, not this
+    customer's, so nothing is written for it (never copied onto this profile, nor onto its
+    other addresses).
 
     Turning a topic on for a channel also lifts a channel-wide opt-out of that channel
     (the customer just said they want messages there). What the customer turns on, or off for
-    do-not-contact, is an explicit choice: it lifts the suppressions an erasure kept for it."""
+    do-not-contact, is an explicit choice: it lifts the suppressions an erasure kept for it; a
+    held cell ticked lifts, for the address of its kind only, what holds it there
+    (`address_opt_ins_record`)."""
+    _, _, rows = _preference_cells(customer)
     lifted: list[tuple[str, Topic | None]] = []
-    for kind in preference_kinds():
-        for topic in Topic.objects.filter(transactional=False).exclude(slug=Topic.PERSONALIZATION):
-            on = f"t:{topic.slug}:{kind}" in checked
+    for row in rows:
+        topic = row["topic"]
+        for cell in row["cells"]:
+            kind, on = cell["kind"], cell["field"] in checked
+            if cell["held"] and not on:
+                continue
             consent_set(customer=customer, channel_kind=kind, topic=topic, source=source,
                         status=ConsentStatus.OPTED_IN if on else ConsentStatus.OPTED_OUT)
-            if on:
-                lifted += [(kind, topic), (kind, None), ("", topic)]
-                wide = Consent.objects.filter(customer=customer, channel_kind=kind, topic__isnull=True,
-                                              status=ConsentStatus.OPTED_OUT).first()
-                if wide:
-                    consent_set(customer=customer, channel_kind=kind, topic=None, source=source,
-                                status=ConsentStatus.UNKNOWN)
+            if not on:
+                continue
+            choices = [(kind, topic), (kind, None), ("", topic)]
+            if cell["held"]:
+                suppressions_lift(customer=customer, choices=[*choices, ("", None)], address_kinds=[kind])
+            else:
+                lifted += choices
+            wide = Consent.objects.filter(customer=customer, channel_kind=kind, topic__isnull=True,
+                                          status=ConsentStatus.OPTED_OUT).first()
+            if wide:
+                consent_set(customer=customer, channel_kind=kind, topic=None, source=source,
+                            status=ConsentStatus.UNKNOWN)
     consent_set(customer=customer, channel_kind="", topic=None, source=source,
                 status=ConsentStatus.OPTED_OUT if do_not_contact else ConsentStatus.UNKNOWN)
     purpose, _ = Topic.objects.get_or_create(slug=Topic.PERSONALIZATION, defaults={"name": "Personalization"})
@@ -645,7 +671,7 @@ def preferences_save(*, customer: Customer, checked: set[str], do_not_contact: b
         lifted.append(("", None))
     if personalization:
         lifted.append(("", purpose))
-    suppressions_lift(customer=customer, choices=lifted)
+    suppressions_lift(customer=customer, choices=lifted, address_kinds=())
 
 
 def customers_by_phone(phone: str) -> list[Customer]:
@@ -655,9 +681,7 @@ def customers_by_phone(phone: str) -> list[Customer]:
     values = phone_lookup_values(phone)
     if not phone_normalize(phone):
         return []
-    ids = set(Identity.objects.filter(kind="phone", value__in=values).values_list("customer_id", flat=True))
-    ids |= set(Customer.objects.filter(phone__in=values[:2], merged_into__isnull=True).values_list("pk", flat=True))
-    return list(Customer.objects.filter(pk__in=ids))
+    return list(Customer.objects.filter(pk__in=set(customers_holding(phones=values, live=False))))
 
 
 # Other apps hear inbound SMS through these (registered in their AppConfig.ready()): each is called

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.db import models
+from django.db.models.functions import Lower
 
 from journeys.choices import IdentityKind
 from journeys.models.base import Timestamped
@@ -32,6 +33,10 @@ class Customer(Timestamped):
 
     class Meta:
         ordering = ["-last_seen", "-id"]
+        indexes = [  # who holds an address (journeys.selectors.customers_holding): SMS STOP, refusals, holds
+            models.Index(fields=["phone"], name="customer_phone_idx"),
+            models.Index(Lower("email"), name="customer_email_lower_idx"),
+        ]
 
     def __str__(self) -> str:
         return self.external_id or self.email or f"anonymous #{self.pk}"

@@ -42,7 +42,8 @@ def customers_lookup(*, user_id: str = "", email: str = "", phone: str = "", ano
     An email address finds every profile with it: the one its identity points at and any other
     whose profile holds it (a visitor who typed a known customer's address into a form gets a
     profile of their own, never merged by an address anyone can type), by the indexed email
-    column in the spelling given and in lower case."""
+    column in any capitalisation (`journeys.selectors.customers_holding`)."""
+    from journeys.selectors import customers_holding
     from journeys.services.identity import phone_lookup_values
 
     queryset = Customer.objects.filter(merged_into__isnull=True)
@@ -51,10 +52,8 @@ def customers_lookup(*, user_id: str = "", email: str = "", phone: str = "", ano
                          (IdentityKind.PHONE, phone_lookup_values(phone)), (IdentityKind.ANONYMOUS_ID, [anonymous_id])):
         if values := [v for v in values if v]:
             owners = Identity.objects.filter(kind=kind, value__in=values).values_list("customer_id", flat=True)
-            if kind == IdentityKind.EMAIL:  # two indexed look-ups, not an OR the planner reads the table for
-                holders = (Customer.objects.filter(email__in={address, address.lower()}).order_by()
-                           .values_list("pk", flat=True))
-                queryset = queryset.filter(pk__in={*owners, *holders})
+            if kind == IdentityKind.EMAIL:
+                queryset = queryset.filter(pk__in=set(customers_holding(emails=values, live=False)))
             else:
                 queryset = queryset.filter(pk__in=owners)
     return queryset

@@ -248,3 +248,86 @@ def test_the_customers_api_lists_every_profile_with_the_address(shop, post):
     assert found(ADDRESS) >= {customer.pk, same.pk}
     assert found(ADDRESS.upper()) == {customer.pk, same.pk, capitals.pk}
     assert found("other77170@mail.example.org") == {Customer.objects.get(email__startswith="other").pk}
+
+
+def test_saving_the_preference_centre_as_shown_does_not_copy_another_profiles_do_not_contact(client):
+    # given a customer who asked not to be contacted at all, and a visitor profile that typed the
+    # same email address but has a phone number of its own (review 26, finding 9)
+    from channels_app.services.consent import consent_refusal, preferences_get, preferences_save
+
+    Channel.objects.create(name="email", kind="email", provider="smtp", settings={"from": "shop@example.com"})
+    Channel.objects.create(name="sms", kind="sms", provider="twilio", settings={})
+    news = topic("product_updates")
+    owner = CustomerFactory(external_id="pc-owner", email="pc@example.org", phone="+15550007001")
+    consent_set(customer=owner, channel_kind="", topic=None, status="opted_out", source="preference_centre")
+    guest = CustomerFactory(external_id="pc-guest", email="pc@example.org", phone="+15550007002")
+    receipt = topic("transactional")
+    assert consent_refusal(customer=guest, channel_kind="sms", topic=receipt, address=guest.phone) is None
+
+    # then the page shows the guest's own choices as theirs and the address's hold apart
+    shown = preferences_get(customer=guest)
+    assert shown["do_not_contact"] is False
+    cells = {cell["kind"]: cell for row in shown["rows"] if row["topic"] == news for cell in row["cells"]}
+    assert (cells["email"]["held"], cells["email"]["on"], cells["sms"]["held"], cells["sms"]["on"]) == (
+        True, False, False, True)
+    page = client.get(client_path("preferences", c=guest.pk)).content.decode()
+    assert "unsubscribed from this elsewhere" in page
+
+    # when the guest's preference centre is saved exactly as it is shown
+    checked = {cell["field"] for row in shown["rows"] for cell in row["cells"] if cell["on"]}
+    preferences_save(customer=guest, checked=checked, do_not_contact=shown["do_not_contact"],
+                     personalization=shown["personalization"])
+
+    # then the guest's own phone still gets its receipts and its newsletter, nothing of the owner's
+    # was stored as the guest's, and the address stays held for email until the guest ticks it
+    assert consent_refusal(customer=guest, channel_kind="sms", topic=receipt, address=guest.phone) is None
+    assert consent_refusal(customer=guest, channel_kind="sms", topic=news, address=guest.phone) is None
+    assert not Consent.objects.filter(customer=guest, status="opted_out", topic__in=[None, news])
+    assert consent_refusal(customer=guest, channel_kind="email", topic=news, address=guest.email) == "do_not_contact"
+    assert consent_refusal(customer=owner, channel_kind="email", topic=news, address=owner.email) == "do_not_contact"
+
+    # when the guest ticks the held newsletter by email, the address is subscribed again for it
+    preferences_save(customer=guest, checked=checked | {"t:product_updates:email"}, do_not_contact=False,
+                     personalization=shown["personalization"])
+    assert consent_refusal(customer=guest, channel_kind="email", topic=news, address=guest.email) is None
+    assert consent_refusal(customer=owner, channel_kind="email", topic=news, address=owner.email) == "do_not_contact"
+
+
+def test_every_holder_of_an_address_is_found_by_one_lookup_in_any_spelling(shop, post, sms_channel, client,  # noqa: F811
+                                                                         on_commit):
+    # given profiles holding one email address in three capitalisations, and two profiles that hold
+    # one phone number without its identity pointing at the second (review 26, findings 4 and 7)
+    customer = known(post, "k77180")
+    consent_set(customer=customer, channel_kind="email", topic=topic("product_updates"), status="opted_out",
+                source="one_click_unsubscribe")
+    mixed = CustomerFactory(external_id="k77181", email="Person77120@Mail.Example.org")
+    first = CustomerFactory(external_id="k77182", phone="+15550007180")
+    second = CustomerFactory(external_id="k77183", phone="+15550007180")
+    consent_set(customer=first, channel_kind="sms", topic=None, status="opted_out", source="preference_centre")
+
+    # then the hold reaches the profile that typed the address in other capitals, and the number's
+    # second holder, and the customers API lists every capitalisation's profile
+    assert message(shop, on_commit, "news", "n1", mixed).reason == "topic_opt_out"
+    from channels_app.services.consent import consent_refusal, customers_by_phone
+    assert consent_refusal(customer=second, channel_kind="sms", topic=topic("product_updates"),
+                           address=second.phone) == "channel_opt_out"
+    assert {c.pk for c in customers_by_phone("+1 555 000 7180")} == {first.pk, second.pk}
+    ids = {c["id"] for c in shop.get("customers?email=PERSON77120@mail.example.org").body["results"]}
+    assert ids == {customer.pk, mixed.pk}
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="query plans: PostgreSQL only")
+def test_the_holders_of_an_address_are_read_through_indexes_not_the_customers_table():
+    from journeys.selectors import customers_holding
+
+    # when who holds an address and a number is planned with sequential scans priced out
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+    sql, params = customers_holding(emails=["a@example.org"], phones=["+15550001"]).query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN {sql}", params)
+        plan = " ".join(row[0] for row in cursor.fetchall())
+
+    # then both columns are read through their indexes
+    assert "customer_phone_idx" in plan and "customer_email_lower_idx" in plan, plan
+    assert "Seq Scan on journeys_customer" not in plan, plan
