@@ -31,7 +31,7 @@ from channels_app.models import Delivery
 from channels_app.providers.email import POSTMARK_METADATA_KEY, message_id_digest
 from channels_app.services.tracking import deliveries_delivered_record, delivery_status_record
 from journeys.errors import JourneyError
-from journeys.models import Customer, Identity
+from journeys.selectors import customers_holding
 
 log = logging.getLogger(__name__)
 
@@ -348,14 +348,12 @@ def _rows_by_message_id(events: list[EmailEvent], channel_id: int) -> dict[str, 
 def _rows_by_address(addresses: set[str], channel_id: int) -> dict[str, dict]:
     """Recipient addresses (as the vendor spells them) -> each one's latest delivery of this channel, keyed
     by the address in lower case, with three queries whatever their number: the customers holding the
-    address (on the profile or as an identity, both indexed, as given or in lower case), then their
+    address (`customers_holding`: on the profile in any capitalisation, or as an identity), then their
     deliveries of the last EMAIL_EVENTS_WINDOW to it, newest first."""
     if not addresses:
         return {}
-    spellings = addresses | {a.lower() for a in addresses}  # a profile may hold it as typed ("Ann@Example.com")
     addresses = {a.lower() for a in addresses}
-    customer_ids = set(Customer.objects.filter(email__in=spellings).values_list("pk", flat=True))
-    customer_ids |= set(Identity.objects.filter(kind="email", value__in=spellings).values_list("customer_id", flat=True))
+    customer_ids = set(customers_holding(emails=addresses, live=False))
     if not customer_ids:
         return {}
     latest: dict[str, dict] = {}
