@@ -20,8 +20,7 @@ from channels_app.models import Channel
 from channels_app.providers.http import twilio_style
 from channels_app.selectors import delivery_channel
 from channels_app.services import inbound_sms_handle, preferences_get, preferences_save, unsubscribe_apply
-from channels_app.choices import ConsentStatus
-from channels_app.services.consent import HELP_REPLY, HELP_WORDS, START_WORDS, STOP_WORDS, sms_keyword
+from channels_app.services.consent import sms_keyword_action
 from channels_app.services.links import BadLink, absolute, link_load
 from channels_app.services.tracking import (
     CallbackRefused, delivery_click_record, delivery_open_record, delivery_status_record,
@@ -176,19 +175,6 @@ def _twilio_refusal(request: HttpRequest, channel: Channel, *, refuse: type[Http
     return None
 
 
-def _keyword_action(channel: Channel, body: str) -> tuple[str, dict]:
-    """The action (and reply) a keyword text asks for, as inbound_sms_handle reads it, applied nowhere:
-    a text that is no keyword gets no reply (an agent's answer comes from its case)."""
-    word = sms_keyword(body)
-    if word in STOP_WORDS:
-        return ConsentStatus.OPTED_OUT, {}
-    if word in START_WORDS:
-        return ConsentStatus.OPTED_IN, {}
-    if word in HELP_WORDS:
-        return "help", {"reply": str((channel.settings or {}).get("help_reply") or HELP_REPLY)}
-    return "repeated", {}
-
-
 @csrf_exempt
 @require_http_methods(["POST"])
 def inbound_sms(request: HttpRequest, token: str) -> HttpResponse:
@@ -215,7 +201,8 @@ def inbound_sms(request: HttpRequest, token: str) -> HttpResponse:
     action = result["action"]
     if action == "repeated":  # Twilio retried (the first answer may never have reached it): the same answer
         # again, the keyword's confirmation, with nothing applied twice
-        action, result = _keyword_action(channel, fields["Body"])
+        result = sms_keyword_action(channel=channel, body=fields["Body"])
+        action = "repeated" if result["action"] == "ignored" else result["action"]
     reply = {"opted_out": "You are unsubscribed and will get no more messages. Reply START to resubscribe.",
              "opted_in": "You are subscribed again. Reply STOP to unsubscribe."}.get(action, result.get("reply", ""))
     twiml = f"<Response>{f'<Message>{xml_escape(reply)}</Message>' if reply else ''}</Response>"

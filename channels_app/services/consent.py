@@ -690,6 +690,20 @@ def customers_by_phone(phone: str) -> list[Customer]:
 INBOUND_SMS_HOOKS: list[Callable[..., dict | None]] = []
 
 
+def sms_keyword_action(*, channel: Channel, body: str) -> dict:
+    """What a text asks for as a keyword, applied nowhere: {"action": opted_out / opted_in / help
+    (with the channel's HELP `reply`) / ignored}. inbound_sms_handle applies it; a retried
+    webhook's answer (the same confirmation again) reads it too."""
+    word = sms_keyword(body)
+    if word in STOP_WORDS:
+        return {"action": ConsentStatus.OPTED_OUT}
+    if word in START_WORDS:
+        return {"action": ConsentStatus.OPTED_IN}
+    if word in HELP_WORDS:
+        return {"action": "help", "reply": str((channel.settings or {}).get("help_reply") or HELP_REPLY)}
+    return {"action": "ignored"}
+
+
 @transaction.atomic
 def inbound_sms_handle(*, channel: Channel, from_number: str, body: str, message_id: str = "") -> dict:
     """SMS keywords (`sms_keyword`: the first word, case and punctuation aside): STOP (and
@@ -705,20 +719,12 @@ def inbound_sms_handle(*, channel: Channel, from_number: str, body: str, message
     if message_id and not _inserted(InboundMessage(channel=channel, message_id=message_id[:200],
                                                    received_at=timezone.now())):
         return {"action": "repeated", "customers": []}
-    word = sms_keyword(body)
     customers = customers_by_phone(from_number)
-    if word in STOP_WORDS:
-        result = {"action": ConsentStatus.OPTED_OUT}
-    elif word in START_WORDS:
-        result = {"action": ConsentStatus.OPTED_IN}
-    elif word in HELP_WORDS:
-        result = {"action": "help", "reply": str((channel.settings or {}).get("help_reply") or HELP_REPLY)}
-    else:
-        result = {"action": "ignored"}
+    result = sms_keyword_action(channel=channel, body=body)
     if result["action"] in (ConsentStatus.OPTED_OUT, ConsentStatus.OPTED_IN):
         for customer in customers:
             consent_set(customer=customer, channel_kind=channel.kind, topic=None, status=result["action"],
-                        source=f"sms_keyword:{word}")
+                        source=f"sms_keyword:{sms_keyword(body)}")
             if result["action"] == ConsentStatus.OPTED_IN:  # the person texted START: their own, explicit choice
                 suppressions_lift(customer=customer, choices=[(channel.kind, None)])
     bare_keyword = result["action"] != "ignored" and len(body.split()) == 1

@@ -112,9 +112,10 @@ def test_one_stop_webhook_posted_several_times_at_once_counts_once(monkeypatch):
     # when Twilio's webhook for one STOP (one MessageSid) arrives five times at once
     answers = _post_all([_inbound(sms, customer.phone, "STOP", "SMonce")] * 5)
 
-    # then all are answered 200, one of them with the confirmation, and the opt-out is recorded once
+    # then all are answered 200 with the confirmation (Twilio keeps the answer to the copy it
+    # counts, which may be any of them), and the opt-out is recorded once
     assert [a.status_code for a in answers] == [200] * 5
-    assert sum(b"unsubscribed" in a.content for a in answers) == 1
+    assert all(b"unsubscribed" in a.content for a in answers)
     assert Consent.history.filter(customer_id=customer.pk, channel_kind="sms").count() == 1
 
 
