@@ -45,6 +45,8 @@ from channels_app.models import Channel, ChannelBreaker, Delivery, MessageTempla
 from channels_app.services.claim import sending_lease, sending_orphaned_after
 from journeys.choices import WorkflowStatus
 from journeys.models import JourneyRun, Workflow
+from journeys.selectors import customers_named
+from journeys.services.api_jobs import idempotency_key_stored
 from journeys.services.customers_api import CustomerNotFound, customer_get
 
 PENDING = (DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED, DeliveryStatus.SENDING)
@@ -450,3 +452,14 @@ def delivery_channel(*, delivery_id: int) -> Channel | None:
     checked), with one query; None when there is no such delivery."""
     return (Channel.objects.filter(pk=Subquery(Delivery.objects.filter(pk=delivery_id).values("channel_id")[:1]))
             .only("id", "provider", "settings").first())
+
+
+def deliveries_searched(term: str) -> Q:
+    """The admin search over messages, exact and through indexes: that customer's messages (resolved
+    first, then read from delivery_customer_sent_idx), the message of that idempotency key (an API
+    message's is stored as its digest), or of that provider message id (delivery_provider_id_idx,
+    whose condition the filter repeats so PostgreSQL may use the partial index). A substring search
+    over the addresses read every message."""
+    keys = {term, idempotency_key_stored(f"api:{term.removeprefix('api:')}")}
+    provider_id = Q(provider_message_id=term) & ~Q(provider_message_id="")
+    return Q(customer_id__in=customers_named(term)) | Q(idempotency_key__in=keys) | provider_id

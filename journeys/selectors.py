@@ -275,6 +275,17 @@ def customers_named(term: str) -> set[int]:
     return ids
 
 
+def runs_searched(term: str) -> Q:
+    """The admin search over runs, exact and through indexes: that customer's runs (resolved first,
+    then read from run_customer_status_idx), the run of that number, or of an event's trigger key
+    (a substring search joined every run to its customer)."""
+    named = Q(customer_id__in=customers_named(term))
+    if term.isdigit() and len(term) < 19:
+        named |= Q(pk=int(term))
+    triggered = runs_with_trigger_key(term)
+    return named | triggered if triggered is not None else named
+
+
 def runs_with_trigger_key(term: str) -> Q | None:
     """The runs an event's trigger key names (`event:<id>`, `inactivity:<id>`), as a filter served
     by run_customer_status_idx: the event's customer (a primary-key read) and that key. Other keys
