@@ -39,14 +39,24 @@ IDLE = -1  # a worker's timer while it waits for a task (q2: django_q.worker)
 
 class _EachCycle:
     """The cluster's stop event as the sentinel's guard loop sees it: the loop waits on it once a
-    cycle, so `each_cycle` runs first. Everything else goes to the event."""
+    cycle, so `each_cycle` runs first. Everything else goes to the event.
+
+    The wait is a sleep, then a look at the event, not `Event.wait`: a process asleep in a
+    multiprocessing Event's wait counts as a sleeper of its condition, and `Event.set` waits for
+    every sleeper to wake. A SIGTERM to the whole process group (systemd's default
+    `KillMode=control-group`, `kill -TERM -- -<pgid>`, supervisord's `stopasgroup`) kills the
+    sentinel (q2 gives it the default SIGTERM action) while it sleeps there, and the main process's
+    `stop_event.set()` then waited for it for ever ("stopping." and nothing more). Now the main
+    process sets the event, finds the sentinel gone and exits; the workers got the same SIGTERM."""
 
     def __init__(self, event, each_cycle) -> None:
         self._event, self._each_cycle = event, each_cycle
 
     def wait(self, timeout: float | None = None) -> bool:
         self._each_cycle()
-        return self._event.wait(timeout)
+        if timeout:
+            time.sleep(timeout)
+        return self._event.is_set()
 
     def __getattr__(self, name: str):
         return getattr(self._event, name)
