@@ -8,9 +8,9 @@ wait began (sent in a later request, stamped later, processed first: two devices
 two queues), answers the wait as it begins, as a stored follow-up closes an inactivity window as
 it opens (journeys.engine.processor). Only events already processed (or stored as history) are
 looked for. A pending one resumes the wait when a worker processes it, if the run still waits
-then; two limits remain: an event still uncommitted in another worker's batch when the wait
-begins is seen by neither (the run times out), nor is one still queued when the tick times the
-run out. An event answers one wait of a run only: the event the run came on, and an event that
+then, and the tick does not time a wait out while such an event is queued (`_answers_queued` in
+journeys.engine.wakeups). One limit remains: an event still uncommitted in another worker's batch
+when the wait begins is seen by neither (the run times out). An event answers one wait of a run only: the event the run came on, and an event that
 answered one of its earlier waits (`answered_by` on the wait's row), are not answers again, here
 as in the live path. A stored answer's filter reads the profile as it was when the wait began.
 

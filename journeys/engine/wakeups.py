@@ -23,19 +23,22 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Min
 from django.utils import timezone
 
-from journeys.choices import RunStatus
+from journeys.choices import EventStatus, RunStatus
 from journeys.engine.batch import EngineBatch, batch_suspended, customer_waves, ids_q, rows_set, skip_locked
 from journeys.engine.compiled import load_version
 from journeys.engine.queue import enqueue_work
 from journeys.engine.runner import run_execute, run_start, runs_end
 from journeys.engine.runtime import add_local, customer_zone
-from journeys.models import JourneyRun, StepExecution
+from journeys.models import Event, JourneyRun, StepExecution
 
 logger = logging.getLogger(__name__)
 
 WAKE_LEASE = timedelta(minutes=2)  # a claimed run is due again if its task has not run by then
+ANSWER_HOLD = timedelta(seconds=15)  # a timeout held for a queued answer is looked at again this much later
+ANSWER_GRACE = timedelta(minutes=10)  # an event pending longer than this (no worker) holds no timeout
 
 
 def claim_page() -> int:
@@ -99,7 +102,7 @@ def runs_wake(*, run_ids: list[int], lease: datetime, now: datetime | None = Non
     now = now or timezone.now()
     dues = {pk: min(moment, now) for pk, moment in zip(run_ids, due or ()) if moment is not None}
     with transaction.atomic():
-        runs = _local_times_moved(_lock(run_ids, lease), now)
+        runs = _answers_queued(_local_times_moved(_lock(run_ids, lease), now), now, dues)
         if not runs:
             return 0
         try:
@@ -149,6 +152,38 @@ def _local_times_moved(runs: list[JourneyRun], now: datetime) -> list[JourneyRun
             due.append(run)
     rows_set(JourneyRun, later, ("next_wake_at",), stamp=now)
     return due
+
+
+def _answers_queued(runs: list[JourneyRun], now: datetime, dues: dict[int, datetime]) -> list[JourneyRun]:
+    """The runs to wake now. A wait does not time out while an event that may answer it waits for
+    a worker: an event of the awaited name, of the run's customer, stamped by the wait's deadline,
+    stored but not processed yet (a backlog, a retried task, a sweep to come). Its run sleeps
+    ANSWER_HOLD more and is looked at again; the event, once processed, answers the wait or not
+    (its filter, its time: journeys.engine.processor) as if the tick had come after it. An event
+    received more than ANSWER_GRACE ago and still pending (no worker takes events) no longer holds
+    a timeout. One query for the page's queued events, one for the held runs' deadlines and one
+    UPDATE for the runs put back to sleep; nothing more when no such event is queued."""
+    waiting = [r for r in runs if r.wait_event and r.pk in dues]
+    if not waiting:
+        return runs
+    queued = dict(((customer, name), first) for customer, name, first in Event.objects.filter(
+        ids_q("customer_id", list({r.customer_id for r in waiting})), name__in={r.wait_event for r in waiting},
+        status=EventStatus.PENDING, timestamp__lte=max(dues[r.pk] for r in waiting),
+        received_at__gte=now - ANSWER_GRACE,
+    ).values("customer_id", "name").annotate(first=Min("timestamp")).values_list("customer_id", "name", "first"))
+    maybe = [r for r in waiting if (r.customer_id, r.wait_event) in queued]
+    if not maybe:
+        return runs
+    # The deadline is on the wait's row: a run held before is due at its hold, past its deadline.
+    deadlines = {run_id: datetime.fromisoformat(detail["until"]) for run_id, detail in StepExecution.objects.filter(
+        ids_q("run_id", [r.pk for r in maybe]), finished_at__isnull=True).values_list("run_id", "detail")
+        if "until" in (detail or {})}
+    held = {r.pk for r in maybe if queued[(r.customer_id, r.wait_event)] <= deadlines.get(r.pk, dues[r.pk])}
+    if held:
+        logger.info("%d wait(s) not timed out yet: an event that may answer them is queued", len(held))
+        rows_set(JourneyRun, [{"id": pk, "next_wake_at": now + ANSWER_HOLD} for pk in sorted(held)],
+                 ("next_wake_at",), stamp=now)
+    return [r for r in runs if r.pk not in held]
 
 
 def _still_waiting(runs: list[JourneyRun], lease: datetime) -> list[JourneyRun]:

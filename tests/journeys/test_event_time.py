@@ -163,6 +163,75 @@ def test_an_order_after_the_deadline_leaves_a_run_the_tick_claimed_to_its_timeou
     assert outcomes("u1") == [("note", "next"), ("wait", "timeout"), ("remind", "next")]
 
 
+def queued(api, **body):
+    """An event stored by the API that no worker has processed yet (its task still in the queue)."""
+    from journeys.models import Event
+
+    response = api.post("track", body)
+    assert response.status_code == 200, response.content
+    event = Event.objects.order_by("-id").first()
+    assert event.status == "pending"
+    return event
+
+
+def test_an_order_still_queued_when_the_tick_comes_holds_the_timeout_until_a_worker_takes_it(api, publish, send, clock):  # noqa: F811
+    # given a customer whose 4 h wait ended an hour ago, and their order placed 3 hours ago that
+    # reached the API but waits in a backlog (no worker has processed it yet)
+    publish(CART_WAIT)
+    clock(hours=5)
+    send(userId="u1", event="Cart Updated", properties={"cart_id": "c1"})
+    clock()
+    order = queued(api, userId="u1", event="Order Completed", properties={"cart_id": "c1"},
+                   timestamp=at(djtz.now() - timedelta(hours=3)))
+    # when the tick comes first
+    runs_wake_due()
+    # then the run is not timed out: no reminder for a customer who ordered
+    run = JourneyRun.objects.get(customer__external_id="u1")
+    assert run.status == "waiting" and "reminded" not in traits("u1")
+    assert run.next_wake_at > djtz.now()
+    # and the order, once processed, answers the wait
+    processor.events_process(event_ids=[order.pk])
+    assert outcomes("u1") == [("note", "next"), ("wait", "event"), ("thanks", "next")]
+    assert traits("u1")["thanked"] == "c1" and "reminded" not in traits("u1")
+
+
+def test_a_queued_event_that_cannot_answer_the_wait_does_not_hold_its_timeout_for_long(api, publish, send, clock):  # noqa: F811
+    # given customers whose 4 h waits ended an hour ago, with queued events that do not answer them:
+    # an order placed after the deadline, and an order of another cart (the wait's filter)
+    publish(CART_WAIT)
+    clock(hours=5)
+    for user in ("after", "other"):
+        send(userId=user, event="Cart Updated", properties={"cart_id": "c1"})
+    clock()
+    queued(api, userId="after", event="Order Completed", properties={"cart_id": "c1"})
+    other = queued(api, userId="other", event="Order Completed", properties={"cart_id": "c2"},
+                   timestamp=at(djtz.now() - timedelta(hours=3)))
+    # when the tick comes: the order after the deadline holds nothing
+    runs_wake_due()
+    assert outcomes("after") == [("note", "next"), ("wait", "timeout"), ("remind", "next")]
+    assert JourneyRun.objects.get(customer__external_id="other").status == "waiting"
+    # and once the other cart's order is processed (it does not pass the filter), the next tick times it out
+    processor.events_process(event_ids=[other.pk])
+    assert JourneyRun.objects.get(customer__external_id="other").status == "waiting"
+    runs_wake_due(now=djtz.now() + timedelta(minutes=1))
+    assert outcomes("other") == [("note", "next"), ("wait", "timeout"), ("remind", "next")]
+
+
+def test_an_event_queued_past_the_grace_no_longer_holds_the_timeout(api, publish, send, clock):  # noqa: F811
+    # given a wait whose deadline passed long ago and an answer that has sat in the queue since
+    publish(CART_WAIT)
+    clock(hours=5)
+    send(userId="u1", event="Cart Updated", properties={"cart_id": "c1"})
+    clock()
+    queued(api, userId="u1", event="Order Completed", properties={"cart_id": "c1"},
+           timestamp=at(djtz.now() - timedelta(hours=3)))
+    runs_wake_due()
+    assert JourneyRun.objects.get(customer__external_id="u1").status == "waiting"
+    # when no worker took it for longer than the grace (the workers are down), the tick times it out
+    runs_wake_due(now=djtz.now() + wakeups.ANSWER_GRACE)
+    assert outcomes("u1") == [("note", "next"), ("wait", "timeout"), ("remind", "next")]
+
+
 # Review 2: an event answers one wait of a run only, whichever path (live, stored lookup) meets it.
 THREE_ORDERS = {
     "trigger_event": "Cart Updated",
