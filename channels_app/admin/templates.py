@@ -18,7 +18,8 @@ from channels_app.services.templates import (
     content_block_cycle, content_block_missing_error, template_unknown_warning, variant_locale_clean,
     variant_locale_duplicates,
 )
-from journeys.admin.base import HistoryReasonMixin
+from channels_app.services.template_edits import template_save, template_token
+from journeys.admin.base import HistoryReasonMixin, StalePageMixin
 from journeys.errors import JourneyError
 from journeys.services.event_parsing import json_read_storable
 
@@ -107,12 +108,18 @@ class PreviewForm(forms.Form):
 
 
 @admin.register(MessageTemplate)
-class MessageTemplateAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
+class MessageTemplateAdmin(StalePageMixin, HistoryReasonMixin, SimpleHistoryAdmin):
     form = TemplateForm
     inlines = (VariantInline,)
     list_display = ("name", "channel_kind", "topic", "subject", "preview_link")
     list_filter = ("channel_kind", "topic")
     search_fields = ("name", "subject", "body")
+
+    def page_token(self, obj) -> str:
+        return template_token(template=obj)
+
+    def save_model(self, request, obj, form, change):
+        template_save(template=obj, actor=request.user, reason=self._reason(request, form), loaded=self.loaded(form))
 
     def save_related(self, request, form, formsets, change):
         super().save_related(request, form, formsets, change)

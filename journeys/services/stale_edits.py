@@ -37,11 +37,15 @@ def fields_token(obj: Model, fields: Iterable[str]) -> str:
     return edit_token({name: getattr(obj, obj._meta.get_field(name).attname) for name in fields})
 
 
-def last_change(history: QuerySet, token_of: Callable[[Any], str] | None = None, now: str = "") -> tuple[str, str]:
-    """Who made the content what it is now, and when, from its history rows (simple-history):
-    the latest row, or with `token_of`, the oldest of the latest rows that already show the
-    content as it is now (a later save that changed something else, a pause, is not named)."""
-    rows = list(history.select_related("history_user").order_by("-history_date", "-history_id")[:50])
+def last_change(history: QuerySet | list[QuerySet], token_of: Callable[[Any], str] | None = None,
+                now: str = "") -> tuple[str, str]:
+    """Who made the content what it is now, and when, from its history rows (simple-history; a
+    list: the rows of a row and of its inline rows): the latest row, or with `token_of`, the
+    oldest of the latest rows that already show the content as it is now (a later save that
+    changed something else, a pause, is not named)."""
+    rows = sorted((row for each in (history if isinstance(history, list) else [history])
+                   for row in each.select_related("history_user").order_by("-history_date", "-history_id")[:50]),
+                  key=lambda row: row.history_date, reverse=True)
     found = rows[0] if rows else None
     if token_of is not None:
         for row in rows:
@@ -54,7 +58,7 @@ def last_change(history: QuerySet, token_of: Callable[[Any], str] | None = None,
     return who, timezone.localtime(found.history_date).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
-def edit_refuse_stale(*, loaded: str | None, now: str, what: str, history: QuerySet,
+def edit_refuse_stale(*, loaded: str | None, now: str, what: str, history: QuerySet | list[QuerySet],
                       token_of: Callable[[Any], str] | None = None) -> None:
     """Refuse (`DraftChanged`) a save from a page that showed `loaded` when the content is `now`
     (both `edit_token`s; call it with the row locked). `loaded=None`: nothing to compare (a save
