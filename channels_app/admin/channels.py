@@ -12,6 +12,7 @@ from channels_app.services.breaker import breaker_reset
 from channels_app.services.channel_settings import channel_settings_problems
 from channels_app.services.channels import channel_pause_set, channel_save, channel_token
 from channels_app.services.health import channel_health, channels_health
+from channels_app.admin.base import InUseDeleteMixin
 from journeys.admin.base import HistoryReasonMixin, ReasonActionForm, StalePageMixin, action_reason
 from journeys.errors import PermissionDenied
 
@@ -43,7 +44,8 @@ class ChannelForm(forms.ModelForm):
 
 
 @admin.register(Channel)
-class ChannelAdmin(StalePageMixin, HistoryReasonMixin, SimpleHistoryAdmin):
+class ChannelAdmin(InUseDeleteMixin, StalePageMixin, HistoryReasonMixin, SimpleHistoryAdmin):
+    in_use_as = "channel"
     form = ChannelForm
     action_form = ReasonActionForm
     list_display = ("name", "kind", "provider", "enabled", "paused", "fallback", "circuit", "error_rate",

@@ -19,6 +19,7 @@ from channels_app.services.templates import (
     variant_locale_duplicates,
 )
 from channels_app.services.template_edits import template_save, template_token
+from channels_app.admin.base import InUseDeleteMixin
 from journeys.admin.base import HistoryReasonMixin, StalePageMixin
 from journeys.errors import JourneyError
 from journeys.services.event_parsing import json_read_storable
@@ -108,7 +109,8 @@ class PreviewForm(forms.Form):
 
 
 @admin.register(MessageTemplate)
-class MessageTemplateAdmin(StalePageMixin, HistoryReasonMixin, SimpleHistoryAdmin):
+class MessageTemplateAdmin(InUseDeleteMixin, StalePageMixin, HistoryReasonMixin, SimpleHistoryAdmin):
+    in_use_as = "template"
     form = TemplateForm
     inlines = (VariantInline,)
     list_display = ("name", "channel_kind", "topic", "subject", "preview_link")
