@@ -28,7 +28,7 @@ def template_save(*, template: MessageTemplate, actor, reason: str, loaded: str 
     when the template or one of its variants was saved since the page was opened, nothing is
     saved (`DraftChanged`, naming who and when), or a live workflow would send the text the other
     person had replaced."""
-    if template.pk is not None:
+    if template.pk is not None and loaded is not None:  # (None: new, or restored from a deleted one's history)
         current = MessageTemplate.objects.select_for_update().filter(pk=template.pk).first()
         if current is None:
             raise DraftChanged(DELETED_SINCE.format(what=f"template {template.name}"), code="changed_meanwhile")
@@ -36,3 +36,15 @@ def template_save(*, template: MessageTemplate, actor, reason: str, loaded: str 
                           history=[current.history.all(), TemplateVariant.history.filter(template_id=current.pk)])
     history_stamp(template, actor=actor, reason=reason).save()
     return template
+
+
+def template_restore_scope(*, template_id: int | str) -> str:
+    """What restoring a template from its history does not do, in words for its page: the locale
+    variants are rows of their own (with their own history) and stay as they are now."""
+    variants = sorted(TemplateVariant.objects.filter(template_id=template_id).values_list("locale", flat=True))
+    if not MessageTemplate.objects.filter(pk=template_id).exists():
+        return ("Restoring brings the template back with the name, channel kind, topic, subject and bodies shown "
+                "here. Its locale variants were deleted with it and are not restored: add them again on its page.")
+    now = f"its variants now: {', '.join(variants)}" if variants else "it has no variants now"
+    return ("Restoring puts back the name, channel kind, topic, subject and bodies shown here. Its locale variants "
+            f"are not restored: they stay as they are now ({now}); change them on the template's page.")

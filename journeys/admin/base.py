@@ -73,15 +73,29 @@ class HistoryRevertGuard:
     has no revert or the user may not change the object, and only the change form's fields move."""
 
     history_revert = True
+    # A deleted object's history page restores it (for people who may add such objects) only
+    # where the admin says so; elsewhere the page says why there is no Revert.
+    history_restore_deleted = False
+    NOT_RESTORED = ("This {what} was deleted: its history shows how it was, but it cannot be restored from here "
+                    "(no Revert). Add it again with the values shown, if it is still wanted.")
 
     def revert_disabled(self, request, obj=None):
+        if obj is not None and obj.pk is not None and not self.model._default_manager.filter(pk=obj.pk).exists():
+            return not self._may_restore(request) or super().revert_disabled(request, obj)
         return not self.history_revert or super().revert_disabled(request, obj)
 
+    def _may_restore(self, request) -> bool:
+        return self.history_revert and self.history_restore_deleted and self.has_add_permission(request)
+
     def history_form_view(self, request, object_id, version_id, extra_context=None):
-        if request.method == "POST":
-            current = self.get_object(request, unquote(object_id))
-            if (current is None or self.revert_disabled(request, current)
-                    or not self.has_change_permission(request, current)):
+        current = self.get_object(request, unquote(object_id))
+        if current is None and not self._may_restore(request):  # deleted: say why there is no Revert
+            messages.warning(request, self.NOT_RESTORED.format(what=self.model._meta.verbose_name))
+            if request.method == "POST":
+                return HttpResponseRedirect(request.path)
+        elif request.method == "POST":
+            if current is not None and (self.revert_disabled(request, current)
+                                        or not self.has_change_permission(request, current)):
                 raise PermissionDenied("this history cannot be reverted by you")
             request._history_revert_of = current
         return super().history_form_view(request, object_id, version_id, extra_context)
@@ -201,7 +215,8 @@ class StalePageMixin:
 
     def get_fieldsets(self, request, obj=None):
         fieldsets = list(super().get_fieldsets(request, obj))
-        if obj is None or obj.pk is None or not self.has_change_permission(request, obj):
+        if (obj is None or obj.pk is None or not self.has_change_permission(request, obj)
+                or not self.model._default_manager.filter(pk=obj.pk).exists()):  # (a deleted one's history)
             return fieldsets
         return [*fieldsets, (None, {"fields": (LOADED_FIELD,), "classes": ("hidden",)})]
 
@@ -213,8 +228,10 @@ class StalePageMixin:
             kwargs["fields"] = [f for f in fields if f != LOADED_FIELD]
         form = super().get_form(request, obj, change=change, **kwargs)
         stored = self.model._default_manager.filter(pk=obj.pk).first()  # a history page shows an older copy
+        if stored is None:  # restoring a deleted one from its history: nobody's change to keep
+            return form
         what = self.model._meta.verbose_name
-        token = self.page_token(stored) if stored is not None else ""
+        token = self.page_token(stored)
         attrs = {LOADED_FIELD: forms.CharField(widget=forms.HiddenInput, initial=token,
                                                error_messages={"required": PAGE_OUT_OF_DATE.format(what=what)}),
                  "refused": getattr(request, "_changed_meanwhile", "")}
