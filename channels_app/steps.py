@@ -26,6 +26,15 @@ def _channel_and_template(channel: str | None, template: str | None):
     return found_channel, found_template
 
 
+def _names(*values) -> set[str]:
+    """The names among a config's values (a name, a list or a mapping of names)."""
+    names = set()
+    for value in values:
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+        names.update(item for item in items if isinstance(item, str) and item)
+    return names
+
+
 def _not_sent(delivery) -> str:
     """The visit's error when its message failed as it was recorded (its template did not render,
     its address was refused): the run goes on, but its page and the workflow's graph show the step
@@ -71,6 +80,9 @@ class SendMessage(StepKind):
 
     def summary(self, config):
         return ": ".join(v for v in (config.get("channel"), config.get("template")) if v)
+
+    def references(self, config):
+        return {"channel": _names(config.get("channel")), "template": _names(config.get("template"))}
 
     def test_send(self, *, config, to, now, locale=""):
         from channels_app.services.testsend import message_test_send
@@ -154,6 +166,9 @@ class Webhook(StepKind):
 
     def summary(self, config):
         return config.get("channel") or ""
+
+    def references(self, config):
+        return {"channel": _names(config.get("channel"))}
 
     def clean(self, config):
         from channels_app.models import Channel
@@ -246,6 +261,10 @@ class SendBestChannel(StepKind):
     def summary(self, config):
         urgency = config.get("urgency")
         return (config.get("template") or "") + (f" ({urgency})" if urgency and urgency != "normal" else "")
+
+    def references(self, config):
+        return {"channel": _names(config.get("channels")),
+                "template": _names(config.get("template"), config.get("templates"))}
 
     def clean(self, config):
         from channels_app.choices import ChannelKind, Urgency

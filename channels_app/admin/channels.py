@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from simple_history.admin import SimpleHistoryAdmin
 
 from channels_app.models import Channel, FrequencyCap
 from channels_app.providers import PROVIDERS
 from channels_app.services.breaker import breaker_reset
 from channels_app.services.channel_settings import channel_settings_problems
-from channels_app.services.channels import channel_pause_set, channel_save
+from channels_app.services.channels import channel_pause_set, channel_save, channel_token
 from channels_app.services.health import channel_health, channels_health
-from journeys.admin.base import HistoryReasonMixin, ReasonActionForm, action_reason
+from channels_app.admin.base import InUseDeleteMixin
+from journeys.admin.base import HistoryReasonMixin, ReasonActionForm, StalePageMixin, action_reason
+from journeys.errors import PermissionDenied
 
 
 class ChannelForm(forms.ModelForm):
@@ -42,14 +44,17 @@ class ChannelForm(forms.ModelForm):
 
 
 @admin.register(Channel)
-class ChannelAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
+class ChannelAdmin(InUseDeleteMixin, StalePageMixin, HistoryReasonMixin, SimpleHistoryAdmin):
+    in_use_as = "channel"
     form = ChannelForm
     action_form = ReasonActionForm
     list_display = ("name", "kind", "provider", "enabled", "paused", "fallback", "circuit", "error_rate",
                     "p95_latency")
     list_filter = ("kind", "enabled", "paused")
     actions = ("pause", "resume", "reset_breaker")
-    readonly_fields = ("health", "settings_check")
+    # Paused and resumed with the list's Pause and Resume actions (with a reason, in the audit log),
+    # never by a save of this page, which may have been opened before the pause.
+    readonly_fields = ("paused", "health", "settings_check")
     fieldsets = (
         (None, {"fields": ("name", "kind", "provider", "settings", "settings_check", "enabled", "paused", "fallback",
                            "health")}),
@@ -60,7 +65,10 @@ class ChannelAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     list_select_related = ("fallback",)
 
     def save_model(self, request, obj, form, change):
-        channel_save(channel=obj, actor=request.user, reason=self._reason(request, form))
+        channel_save(channel=obj, actor=request.user, reason=self._reason(request, form), loaded=self.loaded(form))
+
+    def page_token(self, obj) -> str:
+        return channel_token(channel=obj)
 
     def get_changelist_instance(self, request):
         """The health of the page's channels, read together (three queries for the page, not two a row)."""
@@ -106,8 +114,12 @@ class ChannelAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     def _set_paused(self, request, queryset, paused: bool):
         if not (reason := action_reason(self, request)):
             return
-        for channel in queryset.filter(paused=not paused):
-            channel_pause_set(channel=channel, paused=paused, actor=request.user, reason=reason)
+        try:
+            for channel in queryset.filter(paused=not paused):
+                channel_pause_set(channel=channel, paused=paused, actor=request.user, reason=reason)
+        except PermissionDenied as exc:
+            self.message_user(request, f"Nothing more changed: {exc}", messages.ERROR)
+            return
         self.message_user(request, f"{'paused' if paused else 'resumed'}: {', '.join(c.name for c in queryset)}")
 
     @admin.action(description="Pause (hold sends without losing them; reason required)", permissions=["change"])

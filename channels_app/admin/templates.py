@@ -18,7 +18,9 @@ from channels_app.services.templates import (
     content_block_cycle, content_block_missing_error, template_unknown_warning, variant_locale_clean,
     variant_locale_duplicates,
 )
-from journeys.admin.base import HistoryReasonMixin
+from channels_app.services.template_edits import template_restore_scope, template_save, template_token
+from channels_app.admin.base import InUseDeleteMixin
+from journeys.admin.base import HistoryReasonMixin, StalePageMixin
 from journeys.errors import JourneyError
 from journeys.services.event_parsing import json_read_storable
 
@@ -107,12 +109,28 @@ class PreviewForm(forms.Form):
 
 
 @admin.register(MessageTemplate)
-class MessageTemplateAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
+class MessageTemplateAdmin(InUseDeleteMixin, StalePageMixin, HistoryReasonMixin, SimpleHistoryAdmin):
+    in_use_as = "template"
     form = TemplateForm
     inlines = (VariantInline,)
     list_display = ("name", "channel_kind", "topic", "subject", "preview_link")
     list_filter = ("channel_kind", "topic")
     search_fields = ("name", "subject", "body")
+
+    history_restore_deleted = True  # people who may add templates restore a deleted one from its history
+
+    def page_token(self, obj) -> str:
+        return template_token(template=obj)
+
+    def history_form_view(self, request, object_id, version_id, extra_context=None):
+        current = self.get_object(request, object_id)
+        if request.method == "GET" and (self._may_restore(request) if current is None
+                                        else not self.revert_disabled(request, current)):
+            messages.warning(request, template_restore_scope(template_id=object_id))
+        return super().history_form_view(request, object_id, version_id, extra_context)
+
+    def save_model(self, request, obj, form, change):
+        template_save(template=obj, actor=request.user, reason=self._reason(request, form), loaded=self.loaded(form))
 
     def save_related(self, request, form, formsets, change):
         super().save_related(request, form, formsets, change)

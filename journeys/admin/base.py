@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected
 from django.contrib.admin.helpers import ActionForm
 from django.contrib.admin.utils import flatten_fieldsets, unquote
@@ -20,11 +20,12 @@ from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.forms.models import BaseInlineFormSet
-from django.db import connections
+from django.db import connections, transaction
 from django.db.models import QuerySet
-from django.http import QueryDict
+from django.http import HttpResponseRedirect, QueryDict
 from django.utils.functional import cached_property
 
+from journeys.errors import DraftChanged
 from journeys.services.governance import history_stamp, run_user_can_view, runs_visible_to
 
 REASON_FIELD = "change_reason"
@@ -72,15 +73,29 @@ class HistoryRevertGuard:
     has no revert or the user may not change the object, and only the change form's fields move."""
 
     history_revert = True
+    # A deleted object's history page restores it (for people who may add such objects) only
+    # where the admin says so; elsewhere the page says why there is no Revert.
+    history_restore_deleted = False
+    NOT_RESTORED = ("This {what} was deleted: its history shows how it was, but it cannot be restored from here "
+                    "(no Revert). Add it again with the values shown, if it is still wanted.")
 
     def revert_disabled(self, request, obj=None):
+        if obj is not None and obj.pk is not None and not self.model._default_manager.filter(pk=obj.pk).exists():
+            return not self._may_restore(request) or super().revert_disabled(request, obj)
         return not self.history_revert or super().revert_disabled(request, obj)
 
+    def _may_restore(self, request) -> bool:
+        return self.history_revert and self.history_restore_deleted and self.has_add_permission(request)
+
     def history_form_view(self, request, object_id, version_id, extra_context=None):
-        if request.method == "POST":
-            current = self.get_object(request, unquote(object_id))
-            if (current is None or self.revert_disabled(request, current)
-                    or not self.has_change_permission(request, current)):
+        current = self.get_object(request, unquote(object_id))
+        if current is None and not self._may_restore(request):  # deleted: say why there is no Revert
+            messages.warning(request, self.NOT_RESTORED.format(what=self.model._meta.verbose_name))
+            if request.method == "POST":
+                return HttpResponseRedirect(request.path)
+        elif request.method == "POST":
+            if current is not None and (self.revert_disabled(request, current)
+                                        or not self.has_change_permission(request, current)):
                 raise PermissionDenied("this history cannot be reverted by you")
             request._history_revert_of = current
         return super().history_form_view(request, object_id, version_id, extra_context)
@@ -177,6 +192,82 @@ class HistoryReasonMixin(HistoryRevertGuard):
     def delete_queryset(self, request, queryset):
         for obj in queryset:  # one by one, so each history row carries who and why
             self.delete_model(request, obj)
+
+
+LOADED_FIELD = "loaded"
+PAGE_OUT_OF_DATE = "this page does not say which state of the {what} it shows: reload it, then save again"
+
+
+class StalePageMixin:
+    """For the change page of shared configuration edited by several people (before
+    HistoryReasonMixin in the bases): the page carries what it showed (`page_token` of the
+    stored row, in a hidden `loaded` field) and `save_model` hands it to the service, which
+    refuses a save over a change made since (`journeys.services.stale_edits`, `DraftChanged`).
+    The page then comes back with what was typed and the refusal (who changed it, when: reload)."""
+
+    def page_token(self, obj) -> str:
+        raise NotImplementedError
+
+    @staticmethod
+    def loaded(form) -> str | None:
+        """The token the saved page was opened with (None: a form without one, e.g. an add)."""
+        return form.cleaned_data.get(LOADED_FIELD) if form is not None and LOADED_FIELD in form.fields else None
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = list(super().get_fieldsets(request, obj))
+        if (obj is None or obj.pk is None or not self.has_change_permission(request, obj)
+                or not self.model._default_manager.filter(pk=obj.pk).exists()):  # (a deleted one's history)
+            return fieldsets
+        return [*fieldsets, (None, {"fields": (LOADED_FIELD,), "classes": ("hidden",)})]
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None or obj.pk is None:
+            return super().get_form(request, obj, change=change, **kwargs)
+        fields = kwargs["fields"] if "fields" in kwargs else flatten_fieldsets(self.get_fieldsets(request, obj))
+        if fields is not None:  # not a model field: declared on the page's own form class below
+            kwargs["fields"] = [f for f in fields if f != LOADED_FIELD]
+        form = super().get_form(request, obj, change=change, **kwargs)
+        stored = self.model._default_manager.filter(pk=obj.pk).first()  # a history page shows an older copy
+        if stored is None:  # restoring a deleted one from its history: nobody's change to keep
+            return form
+        what = self.model._meta.verbose_name
+        token = self.page_token(stored)
+        attrs = {LOADED_FIELD: forms.CharField(widget=forms.HiddenInput, initial=token,
+                                               error_messages={"required": PAGE_OUT_OF_DATE.format(what=what)}),
+                 "refused": getattr(request, "_changed_meanwhile", "")}
+        return type(form.__name__, (_RefusedOnClean, form), attrs)
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except DraftChanged as exc:  # saved by someone else since the page was opened: all of it rolled back
+            if request.method != "POST" or object_id is None or getattr(request, "_changed_meanwhile", ""):
+                raise
+            request._changed_meanwhile = "; ".join(exc.messages)  # the page again, what was typed kept
+            return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def history_form_view(self, request, object_id, version_id, extra_context=None):
+        try:
+            with transaction.atomic():
+                return super().history_form_view(request, object_id, version_id, extra_context)
+        except DraftChanged as exc:
+            self.message_user(request, "; ".join(exc.messages), messages.ERROR)
+            return HttpResponseRedirect(request.path)
+
+
+class _RefusedOnClean:
+    """Put the refusal of the save (`refused`, set for the page shown again), or a page that did
+    not say what it showed, at the top of the form."""
+
+    refused = ""
+
+    def clean(self):
+        cleaned = super().clean()
+        for error in self.errors.pop(LOADED_FIELD, []):  # its row is hidden: said at the top of the form
+            self.add_error(None, error)
+        if self.refused:
+            self.add_error(None, self.refused)
+        return cleaned
 
 
 def scoped_list_filter(choices: Callable[[Any], QuerySet]) -> type[admin.RelatedFieldListFilter]:

@@ -34,7 +34,10 @@ from journeys.selectors import (
 from journeys.services.workflows import (
     RETURNED_TO_REVIEW,
     step_save,
+    step_token,
 )
+
+STEP_PAGE_OUT_OF_DATE = "this page does not say which state of the step it shows: reload it, then save again"
 
 
 @admin.register(Step)
@@ -123,7 +126,8 @@ class StepAdmin(admin.ModelAdmin):
             return HttpResponseRedirect(request.path if step is not None else f"{request.path}?version={version.pk}")
         posting = request.method == "POST" and "_preview" not in request.POST
         form = form_class(request.POST if request.method == "POST" else None, version=version, step=step)
-        reason_form = StepReasonForm(request.POST if posting else None)
+        reason_form = StepReasonForm(request.POST if posting else None, step=step,
+                                     shown=request.POST.get("loaded") if request.method == "POST" else None)
         preview = None
         if request.method == "POST" and "_preview" in request.POST and form.is_valid():
             from journeys.console.selectors import template_preview
@@ -138,7 +142,8 @@ class StepAdmin(admin.ModelAdmin):
                 data = form.cleaned_data
                 saved = step_save(version=form.version, step=form.step, key=data["key"], kind=form.kind,
                                   name=data.get("name", ""), config=form.config, after=data.get("after", ""),
-                                  actor=request.user, reason=reason_form.cleaned_data["change_reason"])
+                                  actor=request.user, reason=reason_form.cleaned_data["change_reason"],
+                                  loaded=reason_form.cleaned_data["loaded"] if step is not None else None)
             except (ValidationError, PermissionDenied) as exc:
                 form.add_error(None, error_text(exc))
             else:
@@ -162,3 +167,12 @@ class StepAdmin(admin.ModelAdmin):
 class StepReasonForm(forms.Form):
     change_reason = forms.CharField(label="Reason for this change", max_length=500, help_text=REASON_HELP,
                                     widget=forms.TextInput(attrs={"size": 80}))
+    # The step as the page showed it (`step_token`): a save over a step changed since is refused.
+    loaded = forms.CharField(widget=forms.HiddenInput, required=False,
+                             error_messages={"required": STEP_PAGE_OUT_OF_DATE})
+
+    def __init__(self, *args, step: Step | None = None, shown: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if step is not None:  # a page of an existing step says which state of it it shows
+            self.fields["loaded"].required = True
+            self.fields["loaded"].initial = shown if shown is not None else step_token(step=step)

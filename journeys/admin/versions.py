@@ -18,7 +18,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from simple_history.admin import SimpleHistoryAdmin
 
-from journeys.admin.base import ReasonForm
+from journeys.admin.base import ReasonForm, StalePageMixin
 from journeys.admin.common import (
     HistoryReasonMixin,
     ReasonActionForm,
@@ -31,7 +31,7 @@ from journeys.admin.common import (
 from journeys.choices import TriggerKind, VersionState
 from journeys.console.governance import version_tools
 from journeys.engine.registry import STEP_KINDS
-from journeys.errors import DraftChanged, JourneyError, PermissionDenied
+from journeys.errors import JourneyError, PermissionDenied
 from journeys.models import (
     Edge,
     Step,
@@ -73,9 +73,6 @@ from journeys.services.workflows import (
     version_validate,
     workflow_export,
 )
-
-PAGE_OUT_OF_DATE = "this page does not say which state of the version it shows: reload it, then save again"
-
 
 class VersionChildInline(admin.TabularInline):
     """Steps and edges may change exactly when their version may."""
@@ -239,12 +236,6 @@ class CatalogNameInput(forms.TextInput):
 
 
 class WorkflowVersionForm(ReasonForm):
-    # The version as the page showed it (`version_token`): saving over a version changed since is refused.
-    loaded = forms.CharField(widget=forms.HiddenInput, required=False,
-                             error_messages={"required": PAGE_OUT_OF_DATE})
-    # Set by the admin when the save was refused because the version changed since the page was opened.
-    refused = ""
-
     class Meta:
         model = WorkflowVersion
         fields = "__all__"
@@ -259,9 +250,6 @@ class WorkflowVersionForm(ReasonForm):
 
         super().__init__(*args, **kwargs)
         version_id = self.instance.pk if self.instance else None
-        if version_id is not None and "loaded" in self.fields:
-            self.fields["loaded"].required = True
-            self.fields["loaded"].initial = version_token(version=self.instance)
         for name, event in (("entry_rule", "trigger_event"), ("goal_filter", "goal_event")):
             if name in self.fields:  # checked as typed, like the rules of the step forms
                 self.fields[name].widget = RuleInput(version_id=version_id,
@@ -269,8 +257,6 @@ class WorkflowVersionForm(ReasonForm):
 
     def clean(self):
         cleaned = super().clean()
-        if self.refused:
-            self.add_error(None, self.refused)
         if self.instance.pk is not None:  # read-only on a version's page; a forged value is refused
             for name, stored in (("workflow", self.instance.workflow_id), ("number", self.instance.number)):
                 posted = self.data.get(self.add_prefix(name))
@@ -287,7 +273,8 @@ class WorkflowVersionForm(ReasonForm):
 
 
 @admin.register(WorkflowVersion)
-class WorkflowVersionAdmin(RefusedActionMixin, ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAdmin):
+class WorkflowVersionAdmin(RefusedActionMixin, ScopedAdminMixin, StalePageMixin, HistoryReasonMixin,
+                           SimpleHistoryAdmin):
     form = WorkflowVersionForm
     action_form = ReasonActionForm
     action_refusals = {
@@ -309,7 +296,7 @@ class WorkflowVersionAdmin(RefusedActionMixin, ScopedAdminMixin, HistoryReasonMi
         ("Entry and exit", {"fields": ("entry_step", "entry_rule", "reentry_policy", "reentry_cooldown_s",
                                        "allow_concurrent_runs", "business_hours", "goal_event", "goal_filter")}),
         ("Publishing", {"fields": ("state", "frozen_at", "published_at", "approved_at", "approved_by", "created_by")}),
-        ("Why", {"fields": ("change_reason", "loaded")}),
+        ("Why", {"fields": ("change_reason",)}),
     )
 
     @admin.display(description="stage")
@@ -330,7 +317,7 @@ class WorkflowVersionAdmin(RefusedActionMixin, ScopedAdminMixin, HistoryReasonMi
     def get_fieldsets(self, request, obj=None):
         if obj is not None and not self.has_change_permission(request, obj):
             return self.fieldsets[:-1]
-        return self.fieldsets
+        return super().get_fieldsets(request, obj)
 
     def _editable(self, request, obj) -> bool:
         return version_editable(request.user, obj)
@@ -378,17 +365,14 @@ class WorkflowVersionAdmin(RefusedActionMixin, ScopedAdminMixin, HistoryReasonMi
         items = [("error", e) for e in report.errors] + [("warning", w) for w in report.warnings]
         return format_html("<ul>{}</ul>", format_html_join("", "<li><b>{}</b>: {}</li>", items))
 
-    def get_form(self, request, obj=None, change=False, **kwargs):
-        form = super().get_form(request, obj, change=change, **kwargs)
-        if refused := getattr(request, "_version_changed_meanwhile", ""):
-            return type(form.__name__, (form,), {"refused": refused})
-        return form
+    def page_token(self, obj) -> str:
+        return version_token(version=obj)
 
     def save_model(self, request, obj, form, change):
         if change:  # only the settings, onto the row read again under its lock (refused if changed meanwhile)
             try:
                 version_save(version=obj, actor=request.user, reason=self._reason(request, form),
-                             loaded=form.cleaned_data.get("loaded") or None)
+                             loaded=self.loaded(form))
             except PermissionDenied as exc:
                 raise DjangoPermissionDenied(str(exc)) from None
             return
@@ -432,13 +416,7 @@ class WorkflowVersionAdmin(RefusedActionMixin, ScopedAdminMixin, HistoryReasonMi
         return super().change_view(request, object_id, form_url, extra_context)
 
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
-        try:
-            return super().changeform_view(request, object_id, form_url, extra_context)
-        except DraftChanged as exc:  # saved by someone else since the page was opened: all of it rolled back
-            if request.method != "POST" or object_id is None or getattr(request, "_version_changed_meanwhile", ""):
-                raise
-            # The page again, with what was typed and the refusal on the form (nothing is saved from an invalid form).
-            request._version_changed_meanwhile = error_text(exc)
+        try:  # (saved by someone else since the page was opened: StalePageMixin shows the page again)
             return super().changeform_view(request, object_id, form_url, extra_context)
         except ValidationError as exc:  # refused while saving (under the row's lock): all of it rolled back
             if request.method != "POST" or object_id is None:

@@ -12,7 +12,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
 
-from journeys.admin.base import NewestRowsInline, ReasonForm
+from journeys.admin.base import NewestRowsInline, ReasonForm, StalePageMixin
 from journeys.admin.common import (
     HistoryReasonMixin,
     ReasonActionForm,
@@ -48,6 +48,7 @@ from journeys.services.workflows import (
     workflow_import,
     workflow_rollback,
     workflow_save,
+    workflow_token,
 )
 
 
@@ -95,7 +96,7 @@ class WorkflowForm(ReasonForm):
 
 
 @admin.register(Workflow)
-class WorkflowAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAdmin):
+class WorkflowAdmin(ScopedAdminMixin, StalePageMixin, HistoryReasonMixin, SimpleHistoryAdmin):
     form = WorkflowForm
     action_form = ReasonActionForm
     list_display = ("name", "business_unit", "status", "live_version_link", "canary", "updated_at")
@@ -218,7 +219,11 @@ class WorkflowAdmin(ScopedAdminMixin, HistoryReasonMixin, SimpleHistoryAdmin):
             obj.pk = saved.pk
             obj.created_by = saved.created_by
             return
-        workflow_save(workflow=obj, actor=request.user, reason=reason)  # the form's fields only, under the row's lock
+        # the form's fields only, under the row's lock, unless changed since the page was opened
+        workflow_save(workflow=obj, actor=request.user, reason=reason, loaded=self.loaded(form))
+
+    def page_token(self, obj) -> str:
+        return workflow_token(workflow=obj)
 
     def _each(self, request, queryset, func, done: str):
         reason = request.POST.get("reason", "")

@@ -80,6 +80,11 @@ class StepKind:
         """Rule expressions in the config (compiled once with the version)."""
         return []
 
+    def references(self, config: dict) -> dict[str, set[str]]:
+        """Shared configuration the config names, by what it is: {"template": {...}, "channel": {...}}
+        (what may not be deleted while a version in use names it, journeys.services.references)."""
+        return {}
+
     def execute(self, ctx: StepContext) -> StepResult:  # pragma: no cover - abstract
         raise NotImplementedError
 

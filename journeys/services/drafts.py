@@ -12,8 +12,6 @@ that on the step until its form is saved, and a version with errors cannot be pr
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -28,7 +26,14 @@ from journeys.models import Edge, Step, WorkflowVersion
 from journeys.rules import validate_rule
 from journeys.services.definitions import MAX_COORDINATE, VERSION_FIELDS
 from journeys.services.governance import history_stamp, require_reason
-from journeys.services.workflows import step_save, trigger_clean, version_check_editable, version_note_changed
+from journeys.services.stale_edits import edit_token
+from journeys.services.workflows import (
+    step_save,
+    step_token,
+    trigger_clean,
+    version_check_editable,
+    version_note_changed,
+)
 
 T = TypeVar("T")
 START = "start"  # the edge from the trigger to the entry step (not a row: the version's entry_step)
@@ -367,8 +372,7 @@ def version_snapshot(*, version: WorkflowVersion) -> dict:
     }
 
 
-def _digest(content: Any) -> str:
-    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+_digest = edit_token
 
 
 def draft_fingerprint(*, version: WorkflowVersion) -> str:
@@ -379,8 +383,9 @@ def draft_fingerprint(*, version: WorkflowVersion) -> str:
 
 def step_fingerprint(*, step: Step) -> str:
     """What a step's form edits (key, kind, name, settings), as stored: the token its side-panel
-    form carries. Moving the step or connecting it does not change it."""
-    return _digest({"key": step.key, "kind": step.kind, "name": step.name, "config": step.config})
+    form carries, and its page's (`step_save(loaded=...)`). Moving the step or connecting it does
+    not change it."""
+    return step_token(step=step)
 
 
 def settings_fingerprint(*, version: WorkflowVersion) -> str:

@@ -50,6 +50,7 @@ from journeys.services.governance import (
     version_fingerprint,
     version_replay,
 )
+from journeys.services.stale_edits import DELETED_SINCE, edit_refuse_stale, fields_token
 from journeys.timezones import zone_check
 
 EXPORT_FORMAT = "journey-console/workflow@1"
@@ -890,8 +891,14 @@ def workflow_version_diff(*, old: WorkflowVersion | None, new: WorkflowVersion, 
 WORKFLOW_EDITABLE_FIELDS = ("name", "description", "business_unit")
 
 
+def workflow_token(*, workflow: Workflow) -> str:
+    """The workflow's page as it shows it, for `workflow_save(loaded=...)`: its editable fields
+    (a pause, publish or canary does not change it: they are not written by the page)."""
+    return fields_token(workflow, WORKFLOW_EDITABLE_FIELDS)
+
+
 @transaction.atomic
-def workflow_save(*, workflow: Workflow, actor=None, reason: str = "") -> Workflow:
+def workflow_save(*, workflow: Workflow, actor=None, reason: str = "", loaded: str | None = None) -> Workflow:
     """Save a workflow edited in a form (`workflow` carries the edited values). The actor must be
     allowed to edit it before and after the change (an editor cannot move a workflow into a unit
     they do not own).
@@ -899,7 +906,8 @@ def workflow_save(*, workflow: Workflow, actor=None, reason: str = "") -> Workfl
     Only the editable fields are written, onto the stored row read again under its lock: a pause,
     publish or canary that committed while the form was open or being saved stays as it is (a
     whole-row save of the form's copy would resume the workflow or move its live pointer back,
-    with an audit record saying only "edited")."""
+    with an audit record saying only "edited"). `loaded` (`workflow_token` of the page): a page
+    opened before someone else saved these fields is refused (`DraftChanged`, nothing saved)."""
     reason = require_reason(actor, reason)
     if not workflow.pk:
         require(actor, EDIT, workflow)
@@ -908,6 +916,8 @@ def workflow_save(*, workflow: Workflow, actor=None, reason: str = "") -> Workfl
         return workflow
     current = Workflow.objects.select_for_update().select_related("business_unit").get(pk=workflow.pk)
     require(actor, EDIT, current)
+    edit_refuse_stale(loaded=loaded, now=workflow_token(workflow=current), what=current.name,
+                      history=current.history.all(), token_of=lambda row: workflow_token(workflow=row))
     changed = [name for name in WORKFLOW_EDITABLE_FIELDS
                if getattr(current, Workflow._meta.get_field(name).attname)
                != getattr(workflow, Workflow._meta.get_field(name).attname)]
@@ -920,16 +930,37 @@ def workflow_save(*, workflow: Workflow, actor=None, reason: str = "") -> Workfl
     return current
 
 
+# What a step's form edits: its page and the canvas's side panel carry `step_token` of these.
+STEP_FORM_FIELDS = ("key", "kind", "name", "config")
+
+
+def step_token(*, step: Step) -> str:
+    """The step as its form shows it, for `step_save(loaded=...)`."""
+    return fields_token(step, STEP_FORM_FIELDS)
+
+
+def _step_unchanged(step: Step, loaded: str) -> None:
+    stored = Step.objects.filter(pk=step.pk).first()
+    if stored is None:
+        raise DraftChanged(DELETED_SINCE.format(what=f"step {step.key}"), code="changed_meanwhile")
+    edit_refuse_stale(loaded=loaded, now=step_token(step=stored), what=f"step {stored.key}",
+                      history=stored.history.all(), token_of=lambda row: step_token(step=row))
+
+
 @transaction.atomic
 def step_save(
     *, version: WorkflowVersion, step: Step | None, key: str, kind: str, name: str, config: dict,
-    after: str = "", actor=None, reason: str = "",
+    after: str = "", actor=None, reason: str = "", loaded: str | None = None,
 ) -> Step:
     """Save a step (new when `step` is None) with its validated config, connect it after `after`
     ("<step key>:<outcome>", optional) and record the edit on the version, which re-checks the
-    actor's scope and sends an approved version back to review."""
+    actor's scope and sends an approved version back to review. `loaded` (`step_token` of the step
+    its page showed): a step saved or deleted since by someone else is not written over
+    (`DraftChanged`, nothing saved)."""
     version = WorkflowVersion.objects.select_for_update(of=("self",)).select_related("workflow").get(pk=version.pk)
     version_check_editable(version=version, actor=actor)
+    if step is not None and loaded is not None:  # every step edit locks its version first: read under that lock
+        _step_unchanged(step, loaded)
     step = step or Step(version=version)
     renamed_entry = step.pk is not None and version.entry_step == step.key != key
     step.key, step.kind, step.name, step.config = key, kind, name, config

@@ -8,6 +8,7 @@ import re
 import pytest
 from django.urls import reverse
 
+from journeys.services.workflows import step_token
 from journeys.engine.registry import STEP_KINDS
 from journeys.models import BusinessUnit, Edge, LifecycleStage, Step, WorkflowVersion
 from journeys.services.workflows import workflow_create
@@ -159,7 +160,8 @@ def test_comes_after_connects_an_outcome_and_editing_keeps_the_graph(ops, draft)
     # editing a step changes its config in place
     won = Step.objects.get(version=draft, key="won")
     response = ops.post(reverse("admin:journeys_step_change", args=[won.pk]),
-                        {"key": "won", "goal": "bought", "change_reason": "clearer", "_save": "Save"})
+                        {"key": "won", "goal": "bought", "change_reason": "clearer", "_save": "Save",
+                         "loaded": step_token(step=won)})
     assert response.status_code == 302
     won.refresh_from_db()
     assert won.config == {"name": "bought"} and Edge.objects.get(version=draft).target_id == won.pk
@@ -237,7 +239,8 @@ def test_a_step_can_change_its_kind_through_the_picker(ops, draft):
     assert 'href="?pick=1"' in ops.get(url).content.decode()
     picker = ops.get(f"{url}?pick=1").content.decode()
     assert 'id="kind-goal"' in picker and 'value="exit" id="kind-exit" checked' in picker
-    response = ops.post(f"{url}?kind=goal", {"key": "end", "goal": "done", "change_reason": "count it", "_save": "Save"})
+    response = ops.post(f"{url}?kind=goal", {"key": "end", "goal": "done", "change_reason": "count it", "_save": "Save",
+                                         "loaded": step_token(step=step)})
     assert response.status_code == 302
     step.refresh_from_db()
     assert (step.kind, step.config) == ("goal", {"name": "done"})
@@ -247,5 +250,6 @@ def test_renaming_the_entry_step_keeps_it_the_entry(ops, draft):
     post_step(ops, draft, "exit", {"key": "first"})
     step = Step.objects.get(version=draft, key="first")
     ops.post(reverse("admin:journeys_step_change", args=[step.pk]),
-             {"key": "start", "change_reason": "clearer key", "_save": "Save"})
+             {"key": "start", "change_reason": "clearer key", "_save": "Save",
+              "loaded": step_token(step=step)})
     assert WorkflowVersion.objects.get(pk=draft.pk).entry_step == "start"

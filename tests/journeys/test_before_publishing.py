@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from channels_app.choices import ConsentStatus
 from channels_app.models import Channel, Consent, Delivery, MessageTemplate
+from journeys.services.workflows import step_token
 from journeys.errors import PermissionDenied
 from journeys.models import AuditEntry, Customer, Identity, WorkflowVersion
 from journeys.services.workflows import version_approve, version_build, version_submit, workflow_create
@@ -352,7 +353,7 @@ def test_editing_a_step_of_an_approved_version_says_it_went_back_to_review(clien
     response = client.post(reverse("admin:journeys_step_change", args=[step.pk]),
                            {"key": "send", "channel": "campaign-email", "template": "winter",
                             "change_reason": "same, saved again with a new name", "name": "Winter email",
-                            "_save": "Save"}, follow=True)
+                            "_save": "Save", "loaded": step_token(step=step)}, follow=True)
 
     assert any("this change sent it back to review" in m for m in _messages(response)), _messages(response)
 

@@ -8,6 +8,7 @@ import json
 import pytest
 from django.urls import reverse
 
+from journeys.services.workflows import step_token
 from journeys.errors import PermissionDenied
 from journeys.models import ChangeRequest, Edge, Step, WorkflowVersion
 from journeys.services.workflows import version_approve, version_new_draft, version_submit
@@ -37,7 +38,8 @@ def test_editing_a_step_in_review_makes_ops_an_author_who_cannot_approve(client,
     # when ops changes one of its steps in the admin while it is in review, then tries to approve it
     edited = client.post(reverse("admin:journeys_step_change", args=[step.pk]),
                          {"key": "check", "rule": "profile.plan == 'business'",
-                          "change_reason": "business plan instead", "_save": "Save"})
+                          "change_reason": "business plan instead", "_save": "Save",
+                          "loaded": step_token(step=step)})
     answer = _approve_on_the_review_page(client, request)
 
     # then the edit is stored, but the approval is refused, saying why: ops is one of its authors
@@ -108,7 +110,7 @@ def test_a_reviewer_who_edits_an_approved_version_must_leave_the_new_approval_to
     login(client, people["ops"])
     client.post(reverse("admin:journeys_step_change", args=[step.pk]),
                 {"key": "check", "rule": "profile.plan == 'business'", "change_reason": "business plan",
-                 "_save": "Save"})
+                 "_save": "Save", "loaded": step_token(step=step)})
     assert WorkflowVersion.objects.get(pk=draft.pk).state == "in_review"
 
     # when ops approves the new content, then it is refused; the approver, who wrote none of it, may

@@ -6,6 +6,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 
+from journeys.services.workflows import step_token
 from journeys.engine.compiled import canary_bucket, trigger_index
 from journeys.models import AuditEntry, ChangeRequest, Customer, JourneyRun, Step, Workflow, WorkflowVersion
 from journeys.services.workflows import (
@@ -93,7 +94,8 @@ def test_change_after_approval_through_the_step_form_sends_it_back_to_review(cli
 
     # when the editor changes the rule in the condition's form, saying why
     response = client.post(step_url, {"key": "check", "rule": "profile.plan == 'business'",
-                                      "change_reason": "business plan instead", "_save": "Save"})
+                                      "change_reason": "business plan instead", "_save": "Save",
+                                      "loaded": step_token(step=step)})
 
     # then the step changed, with the reason on its history, and the version went back to review
     assert response.status_code == 302, response.content[:3000]
