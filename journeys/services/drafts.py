@@ -28,7 +28,13 @@ from journeys.models import Edge, Step, WorkflowVersion
 from journeys.rules import validate_rule
 from journeys.services.definitions import MAX_COORDINATE, VERSION_FIELDS
 from journeys.services.governance import history_stamp, require_reason
-from journeys.services.workflows import step_save, trigger_clean, version_check_editable, version_note_changed
+from journeys.services.workflows import (
+    step_save,
+    trigger_clean,
+    version_check_editable,
+    version_lock,
+    version_note_changed,
+)
 
 T = TypeVar("T")
 START = "start"  # the edge from the trigger to the entry step (not a row: the version's entry_step)
@@ -43,7 +49,7 @@ def _stage(version: WorkflowVersion) -> str:
 
 def _draft(version: WorkflowVersion, actor: Any) -> WorkflowVersion:
     """The version locked for this transaction, if it is a draft the actor may edit."""
-    version = WorkflowVersion.objects.select_for_update(of=("self",)).select_related("workflow").get(pk=version.pk)
+    version = version_lock(version)
     version_check_editable(version=version, actor=actor)
     if version.state != VersionState.DRAFT:
         raise ValidationError(f"v{version.number} is {_stage(version)}: only a draft changes on the canvas; "
