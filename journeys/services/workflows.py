@@ -677,6 +677,8 @@ def version_approve(*, version: WorkflowVersion, actor=None, comment: str = "",
     fingerprint = version_fingerprint(version=version)
     if expected_fingerprint and expected_fingerprint != fingerprint:
         raise ValidationError("the version changed while you were reviewing it; reload the review page")
+    if request is not None and (moved := change_request_base_moved(change_request=request, workflow=version.workflow)):
+        raise ValidationError(moved, code="base_moved")  # an approval is of the diff against the live version
     report = version_validate(version=version)
     if not report.ok:
         raise ValidationError({"__all__": report.errors})
@@ -736,10 +738,24 @@ def _guard_approval(version: WorkflowVersion, actor) -> None:
 BASE_MOVED = ("v{number} was approved as a change to {base}, but {live} is live now: publishing it would undo what "
               "went live since. Refresh its review (it is then compared with {live} and needs a new approval), or "
               "reject it and make the change again in a new draft from {live}")
+BASE_MOVED_IN_REVIEW = ("v{number} was proposed as a change to {base}, but {live} is live now: refresh its review "
+                        "(it is then compared with {live}) before approving it")
 
 
 def _numbered(version: WorkflowVersion | None) -> str:
     return f"v{version.number}" if version is not None else "no live version"
+
+
+def change_request_base_moved(*, change_request: ChangeRequest, workflow: Workflow | None = None) -> str:
+    """Why a change request cannot be approved or go live as it stands: another version went live
+    since it was proposed (or last refreshed), so its diff and dry run are against an old base.
+    "" when its base is still the live version. `workflow`: the (locked) row to read the live version from."""
+    workflow = workflow or change_request.workflow
+    if change_request.base_version_id == workflow.live_version_id:
+        return ""
+    said = BASE_MOVED if change_request.status == ChangeRequestStatus.APPROVED else BASE_MOVED_IN_REVIEW
+    return said.format(number=change_request.version.number, base=_numbered(change_request.base_version),
+                       live=_numbered(workflow.live_version))
 
 
 def _check_publishable(version: WorkflowVersion, actor) -> None:
@@ -759,11 +775,10 @@ def _check_publishable(version: WorkflowVersion, actor) -> None:
         # that existing approvals keep their fingerprints.
         raise ValidationError(f"v{version.number} was approved for workflow {request.workflow.name!r}, not "
                               f"{version.workflow.name!r}; it needs a new review there")
-    if request is not None and request.base_version_id != version.workflow.live_version_id:
+    if request is not None and (moved := change_request_base_moved(change_request=request, workflow=version.workflow)):
         # The approval was of the diff against the base: against what is live now it would also
         # take back every change published since, which nobody reviewed.
-        raise ValidationError(BASE_MOVED.format(number=version.number, base=_numbered(request.base_version),
-                                                live=_numbered(version.workflow.live_version)), code="base_moved")
+        raise ValidationError(moved, code="base_moved")
 
 
 def _retire(version: WorkflowVersion, reason: str, now) -> None:

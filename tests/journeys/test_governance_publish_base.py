@@ -83,3 +83,28 @@ def test_the_review_page_says_why_publishing_a_change_to_an_older_base_is_refuse
         f"publish: v{second.number} was approved as a change to v{v1.number}, but v{first.number} is live now")
     assert Workflow.objects.get(pk=live_workflow.pk).live_version_id == first.pk
     assert ChangeRequest.objects.get(pk=request.pk).status == "approved"
+
+
+def test_a_proposal_whose_base_is_no_longer_live_is_approved_only_after_its_review_is_refreshed(client, people,
+                                                                                               live_workflow):
+    # given two changes proposed from v1; the first approved and published, the second still in review
+    v1 = live_workflow.live_version
+    second = draft_of(live_workflow, actor=people["ops"], entry_rule="profile.ltv >= 0")
+    request = version_submit(version=second, actor=people["ops"], summary="only customers with an ltv")
+    first, _ = _approved(live_workflow, people, "editor", {"segment": "gold"})
+    version_publish(version=first, actor=people["approver"], reason="first change")
+
+    # when the approver opens its review page, and approves
+    login(client, people["approver2"])
+    url = reverse("admin:journeys_changerequest_change", args=[request.pk])
+    opened = [m.message for m in get_messages(client.get(url).wsgi_request)]
+    with pytest.raises(ValidationError, match=f"proposed as a change to v{v1.number}, but v{first.number} is live"):
+        version_approve(version=second, actor=people["approver2"], comment="fine")
+
+    # then the page said so, and once refreshed it can be approved and published
+    assert opened == [f"v{second.number} was proposed as a change to v{v1.number}, but v{first.number} is live now: "
+                      f"refresh its review (it is then compared with v{first.number}) before approving it"]
+    change_request_refresh(change_request=request, actor=people["approver2"])
+    version_approve(version=second, actor=people["approver2"], comment="fine")
+    version_publish(version=second, actor=people["approver2"], reason="go")
+    assert Workflow.objects.get(pk=live_workflow.pk).live_version_id == second.pk
