@@ -111,6 +111,44 @@ def row_held(model, pk: int):
         thread.join()
 
 
+def in_a_thread(func) -> tuple:
+    """Call `func` on a thread of its own (its own database connection: a second session), started
+    now; returns the thread and the list that receives its answer or the exception it raised."""
+    import threading
+
+    from django.db import connections
+
+    answers: list = []
+
+    def run() -> None:
+        try:
+            answers.append(func())
+        except Exception as exc:  # surfaced by the test
+            answers.append(exc)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, answers
+
+
+def lock_waiters(count: int = 1, timeout: float = 30) -> bool:
+    """PostgreSQL: at least `count` other connections wait for a lock (a race held open), within `timeout` s."""
+    import time
+
+    from django.db import connection
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(DISTINCT pid) FROM pg_locks WHERE NOT granted AND pid <> pg_backend_pid()")
+            if cursor.fetchone()[0] >= count:
+                return True
+        time.sleep(0.02)
+    return False
+
+
 def xact_table_stat(table: str, *counters: str) -> int:
     """PostgreSQL: the sum of these counters of `table` in pg_stat_xact_user_tables, for the current
     transaction (e.g. seq_tup_read + idx_tup_fetch: the rows a code path fetched, inside a test's

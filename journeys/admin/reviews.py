@@ -102,6 +102,8 @@ class ChangeRequestAdmin(ScopedAdminMixin, admin.ModelAdmin):
                     messages.success(request, f"{decision}: done")
                     return HttpResponseRedirect(request.path)
         review = change_request_review(change_request=change_request, user=user)
+        if review["base_moved"] and request.method == "GET":
+            messages.warning(request, review["base_moved"])
         if not form.is_bound or form.is_valid():  # a refused form is shown again with its errors
             form = DecisionForm(initial={"fingerprint": review["fingerprint"]})
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, **review,

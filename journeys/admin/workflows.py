@@ -52,6 +52,8 @@ from journeys.services.workflows import (
 )
 
 
+RELEASES_SHOWN = "releases_{pk}"  # the hidden input of a list row: the live and canary versions it showed
+RELEASES_NOT_SHOWN = "this page does not say which live version it showed: reload it, then try again"
 VERSIONS_SHOWN = 20  # on a workflow's page; all of them on the versions list, filtered to the workflow
 
 
@@ -109,10 +111,13 @@ class WorkflowAdmin(ScopedAdminMixin, StalePageMixin, HistoryReasonMixin, Simple
 
     @admin.display(description="live version")
     def live_version_link(self, obj):
+        # The releases this row shows, posted with an action: a rollback or canary stop acts on them or is refused.
+        shown = format_html('<input type="hidden" name="{}" value="{}">', RELEASES_SHOWN.format(pk=obj.pk),
+                            workflow_token(workflow=obj))
         if not obj.live_version_id:
-            return "-"
+            return format_html("-{}", shown)
         url = reverse("admin:journeys_workflowversion_change", args=[obj.live_version_id])
-        return format_html('<a href="{}">v{}</a>', url, obj.live_version.number)
+        return format_html('<a href="{}">v{}</a>{}', url, obj.live_version.number, shown)
 
     @admin.display(description="versions")
     def versions(self, obj):
@@ -235,10 +240,19 @@ class WorkflowAdmin(ScopedAdminMixin, StalePageMixin, HistoryReasonMixin, Simple
             else:
                 self.message_user(request, f"{workflow}: {done(result) if callable(done) else done}")
 
+    @staticmethod
+    def _shown(request, workflow) -> str:
+        """The releases of `workflow` the page showed (`workflow_token`), refused when it does not say."""
+        loaded = request.POST.get(RELEASES_SHOWN.format(pk=workflow.pk))
+        if loaded is None:
+            raise ValidationError(RELEASES_NOT_SHOWN)
+        return loaded
+
     @admin.action(description="Roll back (previous version live again, or stop the canary)", permissions=["publish"])
     def rollback(self, request, queryset):
         def rollback_one(workflow, reason):
-            return workflow.live_version_id, workflow_rollback(workflow=workflow, actor=request.user, reason=reason)
+            return workflow.live_version_id, workflow_rollback(workflow=workflow, actor=request.user, reason=reason,
+                                                               loaded=self._shown(request, workflow))
 
         def said(result) -> str:
             live_before, live = result  # the same live version: the rollback stopped a canary
@@ -250,7 +264,8 @@ class WorkflowAdmin(ScopedAdminMixin, StalePageMixin, HistoryReasonMixin, Simple
 
     @admin.action(description="Stop the canary", permissions=["publish"])
     def stop_canary(self, request, queryset):
-        self._each(request, queryset, lambda w, r: workflow_canary_stop(workflow=w, actor=request.user, reason=r),
+        self._each(request, queryset, lambda w, r: workflow_canary_stop(workflow=w, actor=request.user, reason=r,
+                                                                        loaded=self._shown(request, w)),
                    "canary stopped")
 
     @admin.action(description="Pause (no new entries; messages held)", permissions=["operate"])

@@ -27,6 +27,7 @@ from journeys.selectors import (
     workflows_for_user,
 )
 from journeys.services import governance as gov
+from journeys.services.workflows import change_request_base_moved
 
 
 def change_request_review(*, change_request: ChangeRequest, user: Any) -> dict:
@@ -55,6 +56,9 @@ def change_request_review(*, change_request: ChangeRequest, user: Any) -> dict:
         "can_comment": user_can(user, PROPOSE, workflow) or may_review,
         "is_canary": workflow.canary_version_id == version.pk, "canary_percent": workflow.canary_percent,
         "stage": version.stage,
+        # an open or approved request whose base is no longer live: say why approve/publish will be refused
+        "base_moved": change_request_base_moved(change_request=change_request, workflow=workflow)
+        if change_request.status in (ChangeRequestStatus.OPEN, ChangeRequestStatus.APPROVED) else "",
     }
 
 

@@ -32,6 +32,7 @@ from journeys.services.workflows import (
     step_token,
     trigger_clean,
     version_check_editable,
+    version_lock,
     version_note_changed,
 )
 
@@ -48,7 +49,7 @@ def _stage(version: WorkflowVersion) -> str:
 
 def _draft(version: WorkflowVersion, actor: Any) -> WorkflowVersion:
     """The version locked for this transaction, if it is a draft the actor may edit."""
-    version = WorkflowVersion.objects.select_for_update(of=("self",)).select_related("workflow").get(pk=version.pk)
+    version = version_lock(version)
     version_check_editable(version=version, actor=actor)
     if version.state != VersionState.DRAFT:
         raise ValidationError(f"v{version.number} is {_stage(version)}: only a draft changes on the canvas; "

@@ -6,7 +6,7 @@ operators on the command line, tests), re-checks the actor's rights itself, and 
 who, when and why in the audit log inside its own transaction.
 
 One file (about 870 lines) because the lifecycle is one state machine: every transition locks
-the same rows (`_lock`, `_lock_workflow`), checks the same states (`EDITABLE_STATES`,
+the same rows (`version_lock`: the workflow's row, then the version's), checks the same states (`EDITABLE_STATES`,
 `version_check_editable`) and ends in the same audit record, and validation (at the top) is
 what proposing and publishing require. Editing a draft step by step (the canvas) is apart, in
 `journeys.services.drafts`; a version's portable definition in `journeys.services.definitions`.
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from journeys.choices import ReentryPolicy, TriggerKind, VersionState
@@ -253,13 +253,16 @@ def workflow_create(*, name: str, business_unit: BusinessUnit, description: str 
 
 
 @transaction.atomic
-def version_build(*, workflow: Workflow, definition: dict, actor=None, lenient: bool = False) -> WorkflowVersion:
+def version_build(*, workflow: Workflow, definition: dict, actor=None, lenient: bool = False,
+                  copied_from: WorkflowVersion | None = None) -> WorkflowVersion:
     """Create a draft version from a definition dict (the export format's `version`).
 
     The whole definition is validated first; a bad value raises ValidationError naming its path
     in the document (`steps[0].config.rule`, `edges[1].to`) and nothing is stored. `lenient`
     (a copy of a stored version): a trigger or step setting that today's checks refuse is copied
     as it is, for the draft's validation report to name, instead of refusing the copy.
+    `copied_from`: the version the definition is a copy of; when it never went live, who wrote it
+    wrote this draft's content too (`version_authors`: four eyes hold across copies).
     """
     require(actor, EDIT, workflow)
     reason = definition.get("reason") if isinstance(definition, dict) else None
@@ -302,6 +305,7 @@ def version_build(*, workflow: Workflow, definition: dict, actor=None, lenient: 
     entry_step = definition["entry_step"] or definition["steps"][0]["key"]
     if entry_step not in seen:
         raise ValidationError({"entry_step": f"{entry_step!r} is not a step key; the steps: {', '.join(sorted(seen))}"})
+    _lock_workflow(workflow.pk)  # two new drafts at once: the second reads the number the first took
     number = (workflow.versions.order_by("-number").values_list("number", flat=True).first() or 0) + 1
     version = WorkflowVersion(
         workflow=workflow, number=number, created_by=actor, trigger_kind=kind,
@@ -312,7 +316,12 @@ def version_build(*, workflow: Workflow, definition: dict, actor=None, lenient: 
         notes=definition["notes"],
     )
     version._change_reason = reason or "version created"
-    version.save()
+    try:
+        with transaction.atomic():
+            version.save()
+    except IntegrityError:  # a writer that took no lock (SQLite reads before it writes)
+        raise ValidationError(f"another version v{number} of {workflow} was created at the same moment: nothing was "
+                              "created; try again") from None
     by_key = {}
     for raw in definition["steps"]:
         by_key[raw["key"]] = Step.objects.create(version=version, key=raw["key"], kind=raw["kind"], name=raw["name"],
@@ -328,7 +337,12 @@ def version_build(*, workflow: Workflow, definition: dict, actor=None, lenient: 
             raise ValidationError({f"edges[{i}].outcome": f"step {source.key} has no outcome {outcome!r}; its "
                                                           f"outcomes: {', '.join(outcomes)}"})
         Edge.objects.create(version=version, source=source, outcome=outcome, target=by_key[raw["to"]])
-    audit_record(action="version_created", actor=actor, version=version, reason=version._change_reason)
+    copied = {}
+    if copied_from is not None:
+        copied["copied_from"] = copied_from.number
+        if copied_from.published_at is None:  # its content was never reviewed into a live version
+            copied["content_authors"] = sorted(version_authors(version=copied_from))
+    audit_record(action="version_created", actor=actor, version=version, reason=version._change_reason, data=copied)
     return version
 
 
@@ -375,10 +389,17 @@ def workflow_import(*, data: dict, actor=None, name: str | None = None) -> Workf
 EDITABLE_STATES = (VersionState.DRAFT, VersionState.IN_REVIEW, VersionState.APPROVED)
 
 
-# Lock order, everywhere: the workflow row first, then its version rows (no deadlocks between a
-# publish and a rollback of the same workflow on PostgreSQL).
-def _lock(version: WorkflowVersion) -> WorkflowVersion:
-    return WorkflowVersion.objects.select_for_update(of=("self",)).select_related("workflow").get(pk=version.pk)
+# Lock order, everywhere: the workflow row first, then its version rows (no deadlocks on PostgreSQL
+# between a publish and a rollback of the same workflow, or a publish and an edit of the version:
+# an edit that locked only the version would wait at COMMIT for the workflow's row, which the
+# publish holds while it waits for the version's row).
+def version_lock(version: WorkflowVersion) -> WorkflowVersion:
+    """The version's row locked for this transaction, its workflow's row locked before it (every
+    edit and every lifecycle step of a version goes through here). `.workflow` is the locked row."""
+    workflow = _lock_workflow(version.workflow_id)
+    locked = WorkflowVersion.objects.select_for_update(of=("self",)).get(pk=version.pk)
+    locked.workflow = workflow
+    return locked
 
 
 def _lock_workflow(workflow_id: int) -> Workflow:
@@ -405,7 +426,7 @@ def version_new_draft(*, version: WorkflowVersion, actor=None, reason: str = "")
         for axis in ("x", "y"):
             if isinstance(step.get(axis), int):
                 step[axis] = max(-MAX_COORDINATE, min(MAX_COORDINATE, step[axis]))
-    return version_build(workflow=version.workflow, actor=actor, lenient=True,
+    return version_build(workflow=version.workflow, actor=actor, lenient=True, copied_from=version,
                          definition={**definition, "reason": reason or f"copied from v{version.number}"})
 
 
@@ -470,7 +491,7 @@ def version_save(*, version: WorkflowVersion, actor=None, reason: str = "", load
     the page showed): a version changed since then, by another editor or another tab, is not
     written over (`DraftChanged`, nothing saved), or the first editor's change would be lost
     unseen."""
-    current = _lock(version)
+    current = version_lock(version)
     if (version.workflow_id, version.number) != (current.workflow_id, current.number):
         raise ValidationError("a version stays in its workflow under its number (its review and approval were "
                               "given there); create a new draft instead")
@@ -509,7 +530,7 @@ def version_note_changed(*, version: WorkflowVersion, actor=None, reason: str = 
     Any change after approval sends the version back to review: the approval was for other content.
     The actor's scope is re-checked inside the transaction, so an edit outside it rolls back.
     """
-    version = _lock(version)
+    version = version_lock(version)
     version_check_editable(version=version, actor=actor)
     reason = require_reason(actor, reason)
     fingerprint = version_fingerprint(version=version)
@@ -541,16 +562,24 @@ def version_note_changed(*, version: WorkflowVersion, actor=None, reason: str = 
 
 
 # What makes someone an author of a version, in the audit log: who built it (a new draft, a copy,
-# an import), changed it through any edit path (all of them end in `version_note_changed`) or proposed it.
+# an import), changed it through any edit path (all of them end in `version_note_changed`) or proposed it;
+# and, for a copy of a version that never went live, the authors of that version (the `content_authors`
+# its `version_created` row names).
 AUTHORING_ACTIONS = ("version_created", "version_edited", "proposed")
 
 
 def version_authors(*, version: WorkflowVersion) -> set[int]:
     """The ids of the people who wrote this version, at any time of its life (four eyes: none of
     them may approve it). An edit made while the version is in review makes its editor an author
-    as much as one made in the draft."""
-    authors = set(AuditEntry.objects.filter(version=version, action__in=AUTHORING_ACTIONS, actor__isnull=False)
-                  .values_list("actor_id", flat=True))
+    as much as one made in the draft, and so does one made in an unpublished draft this one was
+    copied from (copying a draft does not launder who wrote it)."""
+    authors: set[int] = set()
+    for actor_id, data in AuditEntry.objects.filter(version=version, action__in=AUTHORING_ACTIONS).values_list(
+            "actor_id", "data"):
+        if actor_id is not None:
+            authors.add(actor_id)
+        if isinstance(data, dict) and isinstance(data.get("content_authors"), list):
+            authors.update(a for a in data["content_authors"] if isinstance(a, int))
     authors.update(ChangeRequest.objects.filter(version=version, proposed_by__isnull=False)
                    .values_list("proposed_by_id", flat=True))
     if version.created_by_id:
@@ -572,7 +601,7 @@ def change_request_analyse(*, version: WorkflowVersion, baseline: WorkflowVersio
 @transaction.atomic
 def version_submit(*, version: WorkflowVersion, actor=None, summary: str = "") -> ChangeRequest:
     """An editor proposes a draft: validation must pass; a change request opens with the reports."""
-    version = _lock(version)
+    version = version_lock(version)
     require(actor, PROPOSE, version.workflow)
     summary = require_reason(actor, summary, "summary") or f"v{version.number} proposed"
     if version.state != VersionState.DRAFT or version.is_frozen:
@@ -599,13 +628,27 @@ def change_request_refresh(*, change_request: ChangeRequest, actor=None) -> Chan
     """Re-run validation and the dry-run replay against the current live version."""
     if actor is not None and not user_can(actor, REVIEW, change_request.workflow):
         require(actor, PROPOSE, change_request.workflow)
+    version = version_lock(change_request.version)
     request = ChangeRequest.objects.select_for_update().get(pk=change_request.pk)
-    request.base_version = request.workflow.live_version
-    analysis = change_request_analyse(version=request.version, baseline=request.base_version)
+    rebased = request.base_version_id != version.workflow.live_version_id
+    request.base_version = version.workflow.live_version
+    analysis = change_request_analyse(version=version, baseline=request.base_version)
     request.validation, request.dry_run = analysis["validation"], analysis["dry_run"]
-    request.fingerprint = version_fingerprint(version=request.version)
-    request.save(update_fields=["base_version", "validation", "dry_run", "fingerprint"])
-    audit_record(action="reports_refreshed", actor=actor, version=request.version, change_request=request)
+    request.fingerprint = version_fingerprint(version=version)
+    fields = ["base_version", "validation", "dry_run", "fingerprint"]
+    back_to_review = rebased and version.state == VersionState.APPROVED and not version.is_frozen
+    if back_to_review:  # approved as a change to another base: the new diff needs its own approval
+        version.state = VersionState.IN_REVIEW
+        version.approved_fingerprint, version.approved_at, version.approved_by = "", None, None
+        _save(version, f"compared with {_numbered(request.base_version)} now: back to review",
+              ["state", "approved_fingerprint", "approved_at", "approved_by"])
+        request.status, request.decided_at, request.decided_by = ChangeRequestStatus.OPEN, None, None
+        fields += ["status", "decided_at", "decided_by"]
+    request.save(update_fields=fields)
+    audit_record(action="reports_refreshed", actor=actor, version=version, change_request=request)
+    if back_to_review:
+        audit_record(action="returned_to_review", actor=actor, version=version, change_request=request,
+                     reason=f"compared with {_numbered(request.base_version)} now (the live version changed)")
     return request
 
 
@@ -623,17 +666,20 @@ def change_request_comment(*, change_request: ChangeRequest, actor, comment: str
 def version_approve(*, version: WorkflowVersion, actor=None, comment: str = "",
                     expected_fingerprint: str | None = None) -> WorkflowVersion:
     """A reviewer approves what they saw. The approval is bound to the content's fingerprint."""
-    version = _lock(version)
+    version = version_lock(version)
     require(actor, REVIEW, version.workflow)
     if version.state != VersionState.IN_REVIEW:
         raise ValidationError(f"only versions in review can be approved; v{version.number} is {version.state}")
     request = _open_request(version)
     if actor is not None and not actor.is_superuser and actor.pk in version_authors(version=version):
         raise PermissionDenied(f"a change must be approved by someone other than its authors: {actor} created, "
-                               f"edited or proposed v{version.number}; ask another reviewer")
+                               f"edited or proposed v{version.number} (or the unpublished draft it was copied "
+                               "from); ask another reviewer")
     fingerprint = version_fingerprint(version=version)
     if expected_fingerprint and expected_fingerprint != fingerprint:
         raise ValidationError("the version changed while you were reviewing it; reload the review page")
+    if request is not None and (moved := change_request_base_moved(change_request=request, workflow=version.workflow)):
+        raise ValidationError(moved, code="base_moved")  # an approval is of the diff against the live version
     report = version_validate(version=version)
     if not report.ok:
         raise ValidationError({"__all__": report.errors})
@@ -653,7 +699,7 @@ def version_approve(*, version: WorkflowVersion, actor=None, comment: str = "",
 @transaction.atomic
 def version_reject(*, version: WorkflowVersion, actor=None, comment: str = "") -> WorkflowVersion:
     """A reviewer sends the proposal back to its author as a draft, saying why."""
-    version = _lock(version)
+    version = version_lock(version)
     require(actor, REVIEW, version.workflow)
     comment = require_reason(actor, comment, "comment")
     if version.state not in (VersionState.IN_REVIEW, VersionState.APPROVED) or version.is_frozen:
@@ -676,7 +722,7 @@ def _guard_approval(version: WorkflowVersion, actor) -> None:
     if actor is None:
         return
     with transaction.atomic():
-        version = _lock(version)
+        version = version_lock(version)
         if version.state != VersionState.APPROVED or version_fingerprint(version=version) == version.approved_fingerprint:
             return
         version.state, version.approved_fingerprint = VersionState.IN_REVIEW, ""
@@ -690,7 +736,32 @@ def _guard_approval(version: WorkflowVersion, actor) -> None:
     raise ValidationError(f"v{version.number} changed after approval and is back in review")
 
 
+BASE_MOVED = ("v{number} was approved as a change to {base}, but {live} is live now: publishing it would undo what "
+              "went live since. Refresh its review (it is then compared with {live} and needs a new approval), or "
+              "reject it and make the change again in a new draft from {live}")
+BASE_MOVED_IN_REVIEW = ("v{number} was proposed as a change to {base}, but {live} is live now: refresh its review "
+                        "(it is then compared with {live}) before approving it")
+
+
+def _numbered(version: WorkflowVersion | None) -> str:
+    return f"v{version.number}" if version is not None else "no live version"
+
+
+def change_request_base_moved(*, change_request: ChangeRequest, workflow: Workflow | None = None) -> str:
+    """Why a change request cannot be approved or go live as it stands: another version went live
+    since it was proposed (or last refreshed), so its diff and dry run are against an old base.
+    "" when its base is still the live version. `workflow`: the (locked) row to read the live version from."""
+    workflow = workflow or change_request.workflow
+    if change_request.base_version_id == workflow.live_version_id:
+        return ""
+    said = BASE_MOVED if change_request.status == ChangeRequestStatus.APPROVED else BASE_MOVED_IN_REVIEW
+    return said.format(number=change_request.version.number, base=_numbered(change_request.base_version),
+                       live=_numbered(workflow.live_version))
+
+
 def _check_publishable(version: WorkflowVersion, actor) -> None:
+    """Called under the workflow's row lock (`version.workflow` is the locked row): what it checks
+    cannot change before the caller's publish or canary commits."""
     if actor is None:
         if version.state == VersionState.LIVE:
             raise ValidationError(f"v{version.number} is already live")
@@ -705,6 +776,10 @@ def _check_publishable(version: WorkflowVersion, actor) -> None:
         # that existing approvals keep their fingerprints.
         raise ValidationError(f"v{version.number} was approved for workflow {request.workflow.name!r}, not "
                               f"{version.workflow.name!r}; it needs a new review there")
+    if request is not None and (moved := change_request_base_moved(change_request=request, workflow=version.workflow)):
+        # The approval was of the diff against the base: against what is live now it would also
+        # take back every change published since, which nobody reviewed.
+        raise ValidationError(moved, code="base_moved")
 
 
 def _retire(version: WorkflowVersion, reason: str, now) -> None:
@@ -727,10 +802,9 @@ def version_publish(*, version: WorkflowVersion, actor=None, reason: str = "publ
 
 @transaction.atomic
 def _publish(*, version: WorkflowVersion, actor, reason: str) -> WorkflowVersion:
-    workflow = _lock_workflow(version.workflow_id)
-    version = _lock(version)
+    version = version_lock(version)
+    workflow = version.workflow
     reason = require_reason(actor, reason) or "published"
-    version.workflow = workflow
     _check_publishable(version, actor)
     report = version_validate(version=version)
     if not report.ok:
@@ -770,10 +844,9 @@ def version_canary_start(*, version: WorkflowVersion, percent: int, actor=None,
 
 @transaction.atomic
 def _canary_start(*, version: WorkflowVersion, percent: int, actor, reason: str) -> WorkflowVersion:
-    workflow = _lock_workflow(version.workflow_id)
-    version = _lock(version)
+    version = version_lock(version)
+    workflow = version.workflow
     reason = require_reason(actor, reason) or "canary"
-    version.workflow = workflow
     if not isinstance(percent, int) or not 1 <= percent <= 99:
         raise ValidationError({"percent": "the canary share is a whole percentage from 1 to 99"})
     live = workflow.live_version
@@ -804,13 +877,47 @@ def _canary_start(*, version: WorkflowVersion, percent: int, actor, reason: str)
     return version
 
 
+def workflow_token(*, workflow: Workflow) -> str:
+    """What a page showed of a workflow's releases (its live and canary versions), for the `loaded`
+    of `workflow_rollback` and `workflow_canary_stop`."""
+    return f"{workflow.live_version_id or ''}:{workflow.canary_version_id or ''}"
+
+
+def _releases_said(workflow: Workflow, token: str) -> str:
+    """The live and canary versions a `workflow_token` names, in words ("v4 live, canary v5")."""
+    live_id, _, canary_id = token.partition(":")
+    numbers = dict(WorkflowVersion.objects.filter(workflow=workflow, pk__in=[i for i in (live_id, canary_id)
+                                                                            if i.isdigit()])
+                   .values_list("pk", "number"))
+    live = f"v{numbers[int(live_id)]} live" if live_id.isdigit() and int(live_id) in numbers else "no live version"
+    return live + (f", canary v{numbers[int(canary_id)]}" if canary_id.isdigit() and int(canary_id) in numbers else
+                   ", no canary")
+
+
+RELEASES_MOVED = ("{workflow} changed since this page was opened: it showed {then}, now it has {now}. Nothing was "
+                  "done: reload the page and look again before you {what}")
+
+
+def _check_releases_shown(workflow: Workflow, loaded: str | None, what: str) -> None:
+    """Under the workflow's lock: act only on the live and canary versions the page showed (of two
+    people rolling back one bad release at once, the second would otherwise take out the one
+    before it too, or bring back a release someone just replaced with a fix)."""
+    if loaded is not None and loaded != workflow_token(workflow=workflow):
+        raise ValidationError(RELEASES_MOVED.format(workflow=workflow, then=_releases_said(workflow, loaded),
+                                                    now=_releases_said(workflow, workflow_token(workflow=workflow)),
+                                                    what=what), code="changed_meanwhile")
+
+
 @transaction.atomic
-def workflow_canary_stop(*, workflow: Workflow, actor=None, reason: str = "canary stopped") -> Workflow:
+def workflow_canary_stop(*, workflow: Workflow, actor=None, reason: str = "canary stopped",
+                         loaded: str | None = None) -> Workflow:
     """End a canary without promoting it: new entries all go to the live version again.
-    Runs already on the canary version finish on it."""
+    Runs already on the canary version finish on it. `loaded` (`workflow_token` of the page the
+    person acted on): refused if the live or canary version changed since."""
     require(actor, PUBLISH, workflow)
     reason = require_reason(actor, reason) or "canary stopped"
     workflow = _lock_workflow(workflow.pk)
+    _check_releases_shown(workflow, loaded, "stop the canary")
     canary = workflow.canary_version
     if canary is None:
         raise ValidationError(f"{workflow} has no canary")
@@ -822,15 +929,25 @@ def workflow_canary_stop(*, workflow: Workflow, actor=None, reason: str = "canar
     return workflow
 
 
+ROLLBACK_TARGET_INVALID = ("v{number} cannot be live again: it no longer passes the checks publishing makes "
+                           "({errors}). Nothing was rolled back: fix it in a new draft from v{number} and publish "
+                           "that, or publish another version")
+
+
 @transaction.atomic
-def workflow_rollback(*, workflow: Workflow, actor=None, reason: str = "rolled back") -> WorkflowVersion:
+def workflow_rollback(*, workflow: Workflow, actor=None, reason: str = "rolled back",
+                      loaded: str | None = None) -> WorkflowVersion:
     """One-click rollback: a running canary stops; otherwise the version that was live before the
     current one becomes live again. Runs in flight stay on their versions; workers reload.
     A version rolled back from is never a target again until it is published anew: a second
-    rollback goes one step further back (or is refused), it does not undo the first."""
+    rollback goes one step further back (or is refused), it does not undo the first.
+    `loaded` (`workflow_token` of the page the person acted on): refused if the live or canary
+    version changed since. The target must pass the checks publishing makes (`version_validate`):
+    a template or channel it uses may have been deleted since it was live."""
     require(actor, PUBLISH, workflow)
     reason = require_reason(actor, reason) or "rolled back"
     workflow = _lock_workflow(workflow.pk)
+    _check_releases_shown(workflow, loaded, "roll back")
     if workflow.canary_version_id:
         workflow_canary_stop(workflow=workflow, actor=actor, reason=f"rollback: {reason}")
         return workflow.live_version
@@ -846,7 +963,11 @@ def workflow_rollback(*, workflow: Workflow, actor=None, reason: str = "rolled b
                     None)
     if previous is None:
         raise ValidationError(f"{workflow} has no earlier live version to roll back to")
-    previous = _lock(previous)
+    previous = version_lock(previous)
+    report = version_validate(version=previous)
+    if not report.ok:
+        raise ValidationError(ROLLBACK_TARGET_INVALID.format(number=previous.number, errors="; ".join(report.errors)),
+                              code="invalid")
     now = timezone.now()
     if current is not None:
         _retire(current, f"rolled back to v{previous.number}: {reason}", now)
@@ -863,8 +984,8 @@ def workflow_rollback(*, workflow: Workflow, actor=None, reason: str = "rolled b
 @transaction.atomic
 def version_retire(*, version: WorkflowVersion, actor=None, reason: str = "retired") -> WorkflowVersion:
     """Take a version out of service (the workflow then has no live version)."""
-    workflow = _lock_workflow(version.workflow_id)
-    version = _lock(version)
+    version = version_lock(version)
+    workflow = version.workflow
     require(actor, PUBLISH, version.workflow)
     reason = require_reason(actor, reason) or "retired"
     _retire(version, reason, timezone.now())
@@ -947,6 +1068,9 @@ def _step_unchanged(step: Step, loaded: str) -> None:
                       history=stored.history.all(), token_of=lambda row: step_token(step=row))
 
 
+STEP_KEY_TAKEN = "this version already has a step {key!r}"
+
+
 @transaction.atomic
 def step_save(
     *, version: WorkflowVersion, step: Step | None, key: str, kind: str, name: str, config: dict,
@@ -957,14 +1081,22 @@ def step_save(
     actor's scope and sends an approved version back to review. `loaded` (`step_token` of the step
     its page showed): a step saved or deleted since by someone else is not written over
     (`DraftChanged`, nothing saved)."""
-    version = WorkflowVersion.objects.select_for_update(of=("self",)).select_related("workflow").get(pk=version.pk)
+    version = version_lock(version)
     version_check_editable(version=version, actor=actor)
     if step is not None and loaded is not None:  # every step edit locks its version first: read under that lock
         _step_unchanged(step, loaded)
     step = step or Step(version=version)
     renamed_entry = step.pk is not None and version.entry_step == step.key != key
+    # Checked again under the lock: another editor's step with this key may have committed since
+    # the form checked it (the savepoint answers the same for a writer that takes no lock).
+    if Step.objects.filter(version=version, key=key).exclude(pk=step.pk).exists():
+        raise ValidationError({"key": STEP_KEY_TAKEN.format(key=key)})
     step.key, step.kind, step.name, step.config = key, kind, name, config
-    history_stamp(step, actor=actor, reason=reason).save()
+    try:
+        with transaction.atomic():
+            history_stamp(step, actor=actor, reason=reason).save()
+    except IntegrityError:
+        raise ValidationError({"key": STEP_KEY_TAKEN.format(key=key)}) from None
     if after:
         source_key, _, outcome = after.rpartition(":")
         source = Step.objects.get(version=version, key=source_key)

@@ -11,7 +11,7 @@ from django.urls import reverse
 from journeys.services.workflows import step_token
 from journeys.errors import PermissionDenied
 from journeys.models import ChangeRequest, Edge, Step, WorkflowVersion
-from journeys.services.workflows import version_approve, version_new_draft, version_submit
+from journeys.services.workflows import version_approve, version_new_draft, version_publish, version_submit
 from tests.journeys.test_governance_fixtures import *  # the fixtures: people, live_workflow
 from tests.journeys.test_governance_fixtures import admin_form_data, draft_of, login
 
@@ -99,6 +99,40 @@ def test_who_built_the_version_cannot_approve_it(people, live_workflow):
     # when ops approves, then it is refused
     with pytest.raises(PermissionDenied, match="someone other than its authors"):
         version_approve(version=draft, actor=people["ops"], comment="ok")
+
+
+def test_a_copy_of_a_draft_keeps_its_authors_who_cannot_approve_the_copy(client, people, live_workflow):
+    # given a draft ops made and changed a step of, which the editor copied into a new draft
+    # ("Create a new draft from this version") and proposed unchanged
+    draft = version_new_draft(version=live_workflow.live_version, actor=people["ops"], reason="longer wait")
+    login(client, people["ops"])
+    client.post(reverse("admin:journeys_step_change", args=[draft.steps.get(key="check").pk]),
+                {"key": "check", "rule": "profile.plan == 'business'", "change_reason": "business plan",
+                 "_save": "Save"})
+    copy = version_new_draft(version=draft, actor=people["editor"], reason="take it over")
+    copy_of_copy = version_new_draft(version=copy, actor=people["editor"], reason="again")
+    request = version_submit(version=copy_of_copy, actor=people["editor"], summary="business plan")
+
+    # when ops approves the copy on its review page
+    page = _approve_on_the_review_page(client, request)
+
+    # then it is refused: ops wrote that content; another reviewer may approve it
+    assert "someone other than its authors" in page.content.decode()
+    assert WorkflowVersion.objects.get(pk=copy_of_copy.pk).state == "in_review"
+    version_approve(version=copy_of_copy, actor=people["approver"], comment="fine")
+
+
+def test_a_copy_of_a_published_version_does_not_make_its_authors_authors_of_the_copy(people, live_workflow):
+    # given a version ops wrote, reviewed by the approver and published, copied by the editor and proposed
+    draft = draft_of(live_workflow, actor=people["ops"], entry_rule="profile.ltv >= 0")
+    version_submit(version=draft, actor=people["editor"], summary="ops's rule")
+    version_approve(version=draft, actor=people["approver"], comment="fine")
+    live = version_publish(version=draft, actor=people["approver"], reason="go")
+    copy = version_new_draft(version=live, actor=people["editor"], reason="next change")
+    version_submit(version=copy, actor=people["editor"], summary="next change")
+
+    # when ops reviews the copy, then ops may approve it (the content ops wrote went live reviewed)
+    version_approve(version=copy, actor=people["ops"], comment="fine")
 
 
 def test_a_reviewer_who_edits_an_approved_version_must_leave_the_new_approval_to_another(client, people,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.core.exceptions import ValidationError
 from django.urls import reverse
@@ -215,8 +217,9 @@ def test_a_second_rollback_goes_further_back_never_to_the_version_just_rolled_ba
     # through the admin action, which says which version went live
     login(client, people["approver"])
     url = reverse("admin:journeys_workflow_changelist")
-    page = client.post(url, {"action": "rollback", "_selected_action": [live_workflow.pk], "reason": "v3 is bad"},
-                       follow=True)
+    shown = re.search(rf'name="releases_{live_workflow.pk}" value="([^"]*)"', client.get(url).content.decode())
+    page = client.post(url, {"action": "rollback", "_selected_action": [live_workflow.pk], "reason": "v3 is bad",
+                             f"releases_{live_workflow.pk}": shown.group(1)}, follow=True)
     assert f"rolled back: v{v2.number} is live again" in page.content.decode()
     assert workflow_rollback(workflow=live_workflow, actor=people["approver"], reason="v2 too") == v1
     with pytest.raises(ValidationError, match="no earlier live version"):  # v2 and v3 were both rolled back from

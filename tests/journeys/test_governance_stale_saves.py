@@ -5,17 +5,17 @@ published. The save never undoes the action; a version no longer editable is ref
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 from django.contrib.messages import get_messages
-from django.db import connection, connections, transaction
+from django.db import transaction
 from django.test import Client
 from django.urls import reverse
 
 from journeys.models import AuditEntry, Workflow, WorkflowVersion
 from journeys.services import governance as gov
 from journeys.services.workflows import version_approve, version_publish, version_submit, workflow_save
+from tests.factories import in_a_thread, lock_waiters
 from tests.journeys.test_governance_fixtures import *  # noqa: F401,F403
 from tests.journeys.test_governance_fixtures import admin_form_data, draft_of, login
 from tests.marks import postgres_test
@@ -36,33 +36,9 @@ def _version_page_post(client, version, **changes):
     return url, admin_form_data(client.get(url), **changes)
 
 
-def _waiting_for_a_lock(timeout: float = 30) -> bool:
-    """PostgreSQL: another connection waits for a row this test's open transaction holds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> pg_backend_pid()")
-            if cursor.fetchone()[0]:
-                return True
-        time.sleep(0.02)
-    return False
-
-
 def _post_in_a_thread(client, url, data) -> tuple[threading.Thread, list]:
     """The request on its own connection (a second browser session), started now."""
-    answers: list = []
-
-    def post():
-        try:
-            answers.append(client.post(url, data))
-        except Exception as exc:  # surfaced by the test
-            answers.append(exc)
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=post)
-    thread.start()
-    return thread, answers
+    return in_a_thread(lambda: client.post(url, data))
 
 
 def _assert_published_and_untouched(version, workflow, old_live, cooldown):
@@ -106,7 +82,7 @@ def test_a_version_published_while_its_page_is_being_saved_stays_published(peopl
     with transaction.atomic():
         version_publish(version=version, actor=people["approver"], reason="go")
         thread, answers = _post_in_a_thread(client, url, data)
-        assert _waiting_for_a_lock()
+        assert lock_waiters()
     thread.join(60)
 
     # then the save is refused with the reason, and the version stays live and frozen, the live
@@ -153,7 +129,7 @@ def test_a_workflow_paused_and_published_while_its_page_is_being_saved_stays_so(
         gov.workflow_pause_set(workflow=live_workflow, paused=True, actor=people["approver"], reason="outage")
         version_publish(version=version, actor=people["approver"], reason="go")
         thread, answers = _post_in_a_thread(client, url, data)
-        assert _waiting_for_a_lock()
+        assert lock_waiters()
     thread.join(60)
 
     # then the description is saved, the pause and the live pointer stay, and the edit's audit

@@ -18,10 +18,9 @@ from journeys.models import AuditEntry, WorkflowVersion
 from journeys.services.drafts import version_settings_save
 from journeys.services.governance import business_unit_grant_editor
 from journeys.services.workflows import version_note_changed, version_save
-from tests.factories import UserFactory
+from tests.factories import UserFactory, lock_waiters
 from tests.journeys.test_governance_fixtures import *  # noqa: F401,F403
 from tests.journeys.test_governance_fixtures import admin_form_data, draft_of, login
-from tests.journeys.test_governance_stale_saves import _waiting_for_a_lock
 from tests.marks import postgres_test
 
 SAVED_MEANWHILE = "was changed by {who} since you opened this page: nothing was saved"
@@ -166,7 +165,7 @@ def test_two_editors_saving_the_same_draft_at_the_same_moment_one_wins_one_is_to
         version_note_changed(version=winner, actor=colleague, reason="add a note")
         thread = threading.Thread(target=post, args=("first", first, first_data))
         thread.start()
-        assert _waiting_for_a_lock()
+        assert lock_waiters()
     thread.join(60)
 
     # then the one that waited is refused on its form, and the version is what the winner saved
