@@ -43,6 +43,7 @@ from journeys.selectors import (
 from journeys.services import governance as gov
 from journeys.services.event_parsing import json_read_storable
 from journeys.services.workflows import (
+    releases_token,
     workflow_canary_stop,
     workflow_create,
     workflow_import,
@@ -113,7 +114,7 @@ class WorkflowAdmin(ScopedAdminMixin, StalePageMixin, HistoryReasonMixin, Simple
     def live_version_link(self, obj):
         # The releases this row shows, posted with an action: a rollback or canary stop acts on them or is refused.
         shown = format_html('<input type="hidden" name="{}" value="{}">', RELEASES_SHOWN.format(pk=obj.pk),
-                            workflow_token(workflow=obj))
+                            releases_token(workflow=obj))
         if not obj.live_version_id:
             return format_html("-{}", shown)
         url = reverse("admin:journeys_workflowversion_change", args=[obj.live_version_id])
@@ -242,7 +243,7 @@ class WorkflowAdmin(ScopedAdminMixin, StalePageMixin, HistoryReasonMixin, Simple
 
     @staticmethod
     def _shown(request, workflow) -> str:
-        """The releases of `workflow` the page showed (`workflow_token`), refused when it does not say."""
+        """The releases of `workflow` the page showed (`releases_token`), refused when it does not say."""
         loaded = request.POST.get(RELEASES_SHOWN.format(pk=workflow.pk))
         if loaded is None:
             raise ValidationError(RELEASES_NOT_SHOWN)

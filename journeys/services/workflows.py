@@ -877,14 +877,14 @@ def _canary_start(*, version: WorkflowVersion, percent: int, actor, reason: str)
     return version
 
 
-def workflow_token(*, workflow: Workflow) -> str:
+def releases_token(*, workflow: Workflow) -> str:
     """What a page showed of a workflow's releases (its live and canary versions), for the `loaded`
     of `workflow_rollback` and `workflow_canary_stop`."""
     return f"{workflow.live_version_id or ''}:{workflow.canary_version_id or ''}"
 
 
 def _releases_said(workflow: Workflow, token: str) -> str:
-    """The live and canary versions a `workflow_token` names, in words ("v4 live, canary v5")."""
+    """The live and canary versions a `releases_token` names, in words ("v4 live, canary v5")."""
     live_id, _, canary_id = token.partition(":")
     numbers = dict(WorkflowVersion.objects.filter(workflow=workflow, pk__in=[i for i in (live_id, canary_id)
                                                                             if i.isdigit()])
@@ -902,9 +902,9 @@ def _check_releases_shown(workflow: Workflow, loaded: str | None, what: str) -> 
     """Under the workflow's lock: act only on the live and canary versions the page showed (of two
     people rolling back one bad release at once, the second would otherwise take out the one
     before it too, or bring back a release someone just replaced with a fix)."""
-    if loaded is not None and loaded != workflow_token(workflow=workflow):
+    if loaded is not None and loaded != releases_token(workflow=workflow):
         raise ValidationError(RELEASES_MOVED.format(workflow=workflow, then=_releases_said(workflow, loaded),
-                                                    now=_releases_said(workflow, workflow_token(workflow=workflow)),
+                                                    now=_releases_said(workflow, releases_token(workflow=workflow)),
                                                     what=what), code="changed_meanwhile")
 
 
@@ -912,7 +912,7 @@ def _check_releases_shown(workflow: Workflow, loaded: str | None, what: str) -> 
 def workflow_canary_stop(*, workflow: Workflow, actor=None, reason: str = "canary stopped",
                          loaded: str | None = None) -> Workflow:
     """End a canary without promoting it: new entries all go to the live version again.
-    Runs already on the canary version finish on it. `loaded` (`workflow_token` of the page the
+    Runs already on the canary version finish on it. `loaded` (`releases_token` of the page the
     person acted on): refused if the live or canary version changed since."""
     require(actor, PUBLISH, workflow)
     reason = require_reason(actor, reason) or "canary stopped"
@@ -941,7 +941,7 @@ def workflow_rollback(*, workflow: Workflow, actor=None, reason: str = "rolled b
     current one becomes live again. Runs in flight stay on their versions; workers reload.
     A version rolled back from is never a target again until it is published anew: a second
     rollback goes one step further back (or is refused), it does not undo the first.
-    `loaded` (`workflow_token` of the page the person acted on): refused if the live or canary
+    `loaded` (`releases_token` of the page the person acted on): refused if the live or canary
     version changed since. The target must pass the checks publishing makes (`version_validate`):
     a template or channel it uses may have been deleted since it was live."""
     require(actor, PUBLISH, workflow)

@@ -68,11 +68,11 @@ def test_two_rollbacks_from_pages_showing_the_same_bad_release_take_out_only_tha
 
 def test_a_rollback_from_a_page_opened_before_a_fix_went_live_does_not_bring_the_bad_release_back(people,
                                                                                                    live_workflow):
-    from journeys.services.workflows import workflow_token
+    from journeys.services.workflows import releases_token
 
     # given the bad release live, as an approver's page shows it
     bad = _released(live_workflow, entry_rule="profile.ltv >= 1")
-    shown = workflow_token(workflow=Workflow.objects.get(pk=live_workflow.pk))
+    shown = releases_token(workflow=Workflow.objects.get(pk=live_workflow.pk))
 
     # when another approver publishes a fix, and then the first one's rollback arrives
     fix = _released(live_workflow, entry_rule="profile.ltv >= 2")
