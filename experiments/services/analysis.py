@@ -46,6 +46,7 @@ from experiments.models import Arm, Assignment, Experiment
 from experiments.stats import (
     SrmResult,
     diff_interval,
+    mantel_haenszel_pvalue,
     msprt_pvalue,
     ratio_interval,
     sample_size_per_arm,
@@ -235,6 +236,7 @@ class GroupStats:
     p_always_valid: float | None = None  # the smaller of the two below
     p_better: float | None = None  # always-valid p over the looks where this group converted better than control
     p_worse: float | None = None  # ... and over those where it converted worse
+    p_stratified: float | None = None  # bandit mode: vs control within periods of one allocation (descriptive)
     secondary: dict = field(default_factory=dict)
     alpha: float = 0.05  # the experiment's significance level
     decides: bool = True  # False where the always-valid test is not valid (bandit mode): no direction is claimed
@@ -576,6 +578,27 @@ def _set_always_valid(stats: GroupStats, looks: dict, arm: str, control: str, ta
         stats.p_always_valid = min(sides)
 
 
+def _within_allocations(experiment: Experiment, now: datetime, arms: list[str], control: str) -> dict[str, float]:
+    """Bandit mode: arm -> Mantel-Haenszel p-value vs control, the strata being the recorded weight
+    vectors (the customers assigned under one allocation), over the customers whose window has
+    closed: one aggregate statement. Descriptive (fixed-horizon, not safe to peek at): what the
+    report shows instead of the pooled comparison, which the bandit's changing split biases."""
+    cells: dict[tuple, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    for row in _with_conversions(experiment, now, "arm__name", "holdout", "weights", closed_only=True):
+        if row["holdout"]:
+            continue
+        stratum = tuple(sorted((row["weights"] or {}).items()))
+        cells[stratum][row["arm__name"]][0 if row["part"] == EXPOSED_PART else 1] += row["n"]
+    out = {}
+    for arm in arms:
+        strata = [(min(c[arm][1], c[arm][0]), c[arm][0], min(c[control][1], c[control][0]), c[control][0])
+                  for c in cells.values()]
+        p = mantel_haenszel_pvalue(strata)
+        if p is not None:
+            out[arm] = p
+    return out
+
+
 def _compare(stats: GroupStats, base: GroupStats, *, alpha: float) -> None:
     x1, n1, x2, n2 = stats.conversions, stats.exposures, base.conversions, base.exposures
     if n1 and n2:
@@ -663,6 +686,14 @@ def experiment_analyze(*, experiment: Experiment, now: datetime | None = None, s
         if messaging is not None:  # the holdout's share is fixed, but control's customers come from every period
             messaging.decides = False
         warnings.append(BANDIT_NO_DECISION)
+        compared = [g for g in groups if g.diff is not None and not g.holdout]
+        if base is not None and compared:
+            within = _within_allocations(experiment, now, [g.name for g in compared], base.name)
+            for g in compared:
+                g.p_stratified = within.get(g.name)
+            warnings.append("Within the bandit's allocations (customers assigned under the same weights, windows "
+                            "closed; Mantel-Haenszel, descriptive): " + "; ".join(
+                                f"{g.name} vs {base.name} p = {_p_words(g.p_stratified)}" for g in compared) + ".")
     elif experiment.mode != ExperimentMode.FIXED:
         warnings.append(
             f"{experiment.get_mode_display()}: traffic is not split at fixed weights, so the fixed-horizon "
@@ -684,6 +715,10 @@ def experiment_analyze(*, experiment: Experiment, now: datetime | None = None, s
         series=series,
         daily=daily,
     )
+
+
+def _p_words(p: float | None) -> str:
+    return "-" if p is None else f"{p:.3g}"
 
 
 def _when(moment: datetime) -> str:

@@ -175,6 +175,9 @@ def test_a_bandit_arm_identical_to_control_is_not_retired_for_the_bandits_shifti
     assert "Worse than control" not in analysis.recommendation
     assert Arm.objects.get(experiment=experiment, name="x").retired_at is None
     assert any("Simpson" in w for w in analysis.warnings)
+    # and within each allocation the arms are compared as they are: equal (the QA's Mantel-Haenszel p)
+    assert x.p_stratified == pytest.approx(1.0)
+    assert "Within the bandit's allocations" in " ".join(analysis.warnings)
 
 
 def test_a_truly_worse_bandit_arm_is_left_to_the_bandit_and_the_page_says_why(ops):
@@ -192,3 +195,6 @@ def test_a_truly_worse_bandit_arm_is_left_to_the_bandit_and_the_page_says_why(op
     assert "auto-retire retires none in bandit mode" in page and "Simpson" in page
     assert "Bandit mode: no arm is called better or worse, nor auto-retired" in page
     assert weights["x"] == pytest.approx(experiment.bandit_floor)
+    # and the within-allocation comparison, shown on the page, sees the difference
+    x = next(g for g in experiment_analyze(experiment=experiment).groups if g.name == "x")
+    assert x.p_stratified < 1e-6 and f"x vs ctl p = {x.p_stratified:.3g}" in page
