@@ -172,6 +172,23 @@ def msprt_pvalue(x1: int, n1: int, x2: int, n2: int, *, tau: float) -> float:
     return min(1.0, math.exp(-msprt_log_lambda(x1, n1, x2, n2, tau=tau)))
 
 
+def mantel_haenszel_pvalue(strata: list[tuple[int, int, int, int]]) -> float | None:
+    """Cochran-Mantel-Haenszel test (no continuity correction) of "no difference within any
+    stratum": strata of (x1, n1, x2, n2). Arms compared within periods of one allocation, so a base
+    rate drifting while the allocation moved (a bandit) does not show as a difference. None when no
+    stratum has both groups and both outcomes."""
+    deviation = variance = 0.0
+    for x1, n1, x2, n2 in strata:
+        n, x = n1 + n2, x1 + x2
+        if n1 == 0 or n2 == 0 or n < 2:
+            continue
+        deviation += x1 - n1 * x / n
+        variance += n1 * n2 * x * (n - x) / (n * n * (n - 1))
+    if variance <= 0:
+        return None
+    return chi2_sf(deviation * deviation / variance, 1)
+
+
 def sample_size_per_arm(*, baseline: float, mde: float, alpha: float = 0.05, power: float = 0.8) -> int:
     """Fixed-horizon plan: customers per arm to detect baseline -> baseline + mde (Cohen's h, two-sided)."""
     target = min(0.9999, baseline + mde)

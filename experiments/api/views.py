@@ -63,7 +63,11 @@ class GroupOut(serializers.Serializer):
     z = serializers.FloatField(allow_null=True)
     p_value = serializers.FloatField(allow_null=True, help_text="fixed-horizon two-proportion z-test")
     p_always_valid = serializers.FloatField(allow_null=True, help_text="mSPRT: safe however often one looks")
-    significant = serializers.BooleanField(help_text="p_always_valid below the experiment's alpha")
+    significant = serializers.BooleanField(
+        help_text="the always-valid test rejects, on one side only (see direction); never in bandit mode")
+    direction = serializers.ChoiceField(
+        choices=["better", "worse"], allow_null=True,
+        help_text="vs control, from the looks that rejected (each look counts closed conversion windows only)")
     secondary = serializers.DictField(help_text="secondary metrics by name (open_rate, click_rate, completion...)")
 
 

@@ -24,6 +24,7 @@ from django.db.models import (
     CharField,
     Count,
     DateField,
+    DateTimeField,
     DurationField,
     Exists,
     ExpressionWrapper,
@@ -45,6 +46,7 @@ from experiments.models import Arm, Assignment, Experiment
 from experiments.stats import (
     SrmResult,
     diff_interval,
+    mantel_haenszel_pvalue,
     msprt_pvalue,
     ratio_interval,
     sample_size_per_arm,
@@ -202,12 +204,15 @@ def _exposures(experiment: Experiment, qs, now: datetime, *, order: tuple[str, .
     return out
 
 
-def group_counts(*, experiment: Experiment, now: datetime | None = None) -> dict[str, tuple[int, int]]:
+def group_counts(*, experiment: Experiment, now: datetime | None = None,
+                 closed_only: bool = False) -> dict[str, tuple[int, int]]:
     """group -> (exposures, conversions), counted by the database in one statement (the same
-    customers and conversions as `exposures_list`, without a row per assignment in Python)."""
+    customers and conversions as `exposures_list`, without a row per assignment in Python).
+    `closed_only`: only the customers whose conversion window has closed by `now`, whose outcome
+    is known (what the bandit learns from: see `experiment_bandit_update`)."""
     now = now or timezone.now()
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for row in _with_conversions(experiment, now, "arm__name", "holdout"):
+    for row in _with_conversions(experiment, now, "arm__name", "holdout", closed_only=closed_only):
         group = counts[HOLDOUT if row["holdout"] else row["arm__name"]]
         group[0 if row["part"] == EXPOSED_PART else 1] += row["n"]
     return {k: (n, min(x, n)) for k, (n, x) in counts.items()}
@@ -228,15 +233,44 @@ class GroupStats:
     rel: tuple[float, float, float] | None = None  # relative lift: (rel, low, high)
     z: float | None = None
     p_value: float | None = None
-    p_always_valid: float | None = None
+    p_always_valid: float | None = None  # the smaller of the two below
+    p_better: float | None = None  # always-valid p over the looks where this group converted better than control
+    p_worse: float | None = None  # ... and over those where it converted worse
+    p_stratified: float | None = None  # bandit mode: vs control within periods of one allocation (descriptive)
     secondary: dict = field(default_factory=dict)
     alpha: float = 0.05  # the experiment's significance level
+    decides: bool = True  # False where the always-valid test is not valid (bandit mode): no direction is claimed
+
+    @property
+    def direction(self) -> str | None:
+        """"better" or "worse" than control when the always-valid test rejects on that side only (at
+        the looks where the difference had that sign), else None: an arm rejected as worse at one
+        look is never called better because it leads today, and one rejected on both sides (the
+        effect turned) is neither."""
+        if not self.decides or self.p_better is None or self.p_worse is None:
+            return None
+        better, worse = self.p_better < self.alpha, self.p_worse < self.alpha
+        return "better" if better and not worse else "worse" if worse and not better else None
 
     @property
     def significant(self) -> bool:
         """Read with the always-valid p-value at the experiment's alpha: safe however often someone looks."""
-        return self.p_always_valid is not None and self.p_always_valid < self.alpha
+        return self.direction is not None
 
+    @property
+    def p_claimed(self) -> float | None:
+        """The always-valid p-value of the claimed direction."""
+        return {"better": self.p_better, "worse": self.p_worse}.get(self.direction or "")
+
+
+BANDIT_NO_DECISION = (
+    "Bandit: the arms are compared pooled over time, but the bandit changed the split as it went, so when the "
+    "base rate drifts an arm that got more traffic in a worse period looks worse though it is not (Simpson's "
+    "paradox). Neither the z-test nor the always-valid p-value is valid under this adaptive split, so the "
+    "report recommends no arm and auto-retire retires none in bandit mode: the bandit itself moves traffic away "
+    "from an arm that converts worse (down to its floor). Conclude by hand, or compare the arms in a fixed-weight "
+    "experiment."
+)
 
 READABLE_SHARE = 0.5  # of the compared arms' exposures whose window must have closed before anything is concluded
 
@@ -395,15 +429,18 @@ EXPOSED_PART, CONVERTED_PART = "exposed", "converted"
 
 
 def _with_conversions(experiment: Experiment, now: datetime, *fields: str, converted_at: bool = False,
-                      **expressions) -> QuerySet:
+                      closed_only: bool = False, **expressions) -> QuerySet:
     """One statement (one snapshot): the exposures grouped by `fields` and `expressions`, then
     (UNION ALL) the converted ones grouped the same way, each row with `part` (EXPOSED_PART or
     CONVERTED_PART) and `n`; with `converted_at`, the converted rows also say the day (UTC) of
-    their conversion (`converted_day`, NULL on the exposure rows)."""
+    their conversion (`converted_day`, NULL on the exposure rows). `closed_only`: only the
+    exposures whose conversion window has closed by `now`."""
     def grouped(qs: QuerySet, part: str, day) -> QuerySet:
         columns = {**expressions, "part": Value(part, output_field=CharField())}
         if converted_at:
             columns["converted_day"] = day
+        if closed_only:
+            qs = qs.filter(assigned_at__lte=now - timedelta(seconds=experiment.window_s))
         return qs.values(*fields, **columns).annotate(n=Count("pk")).order_by()
 
     exposed = grouped(exposed_assignments(experiment=experiment, now=now), EXPOSED_PART,
@@ -423,31 +460,52 @@ def daily_counts(*, experiment: Experiment, now: datetime) -> dict[str, Counter]
     return _daily_and_closed(experiment, now)[0]
 
 
-def _daily_and_closed(experiment: Experiment, now: datetime) -> tuple[dict[str, Counter], Counter]:
-    """`daily_counts`, and per group the exposures whose conversion window has closed by `now`
-    (for `Maturity`), from the same statement."""
-    closed_by = now - timedelta(seconds=experiment.window_s)
-    exposed: dict[tuple[str, date], int] = Counter()
-    converted: dict[tuple[str, date], Counter] = defaultdict(Counter)
-    closed: Counter = Counter()
+@dataclass
+class ClosedCounts:
+    """What `_daily_and_closed` reads besides the daily counts: per group, the exposures whose
+    conversion window has closed by `now` (for `Maturity`), and the closed exposures and their
+    conversions by the look that first saw them closed (`looks`: group -> {look day: [n, x]}; the
+    look at the end of a UTC day, today's at `now`). An exposure whose window closed is counted
+    with every conversion in its window, so each look reads final outcomes only."""
+
+    closed: Counter = field(default_factory=Counter)
+    looks: dict[str, dict[date, list[int]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(
+        lambda: [0, 0])))
+
+
+def _daily_and_closed(experiment: Experiment, now: datetime) -> tuple[dict[str, Counter], ClosedCounts]:
+    """`daily_counts`, and the closed exposures (`ClosedCounts`), from the same statement."""
+    window = timedelta(seconds=experiment.window_s)
+    closed_by = now - window
+    exposed: dict[tuple, int] = Counter()
+    converted: dict[tuple, Counter] = defaultdict(Counter)
+    out = ClosedCounts()
+    closes_at = ExpressionWrapper(F("assigned_at") + window, output_field=DateTimeField())
     for row in _with_conversions(experiment, now, "arm__name", "holdout", converted_at=True,
                                  assigned_day=TruncDate("assigned_at", tzinfo=UTC),
+                                 closes_day=TruncDate(closes_at, tzinfo=UTC),
                                  closed=ExpressionWrapper(Q(assigned_at__lte=closed_by), output_field=BooleanField())):
         group = HOLDOUT if row["holdout"] else row["arm__name"]
-        key = (group, row["assigned_day"])
+        # the first look that sees the window closed: the end of the day it closes, or now for today's
+        look = row["closes_day"] if row["closed"] else None
+        key = (group, row["assigned_day"], look)
         if row["part"] == EXPOSED_PART:
             exposed[key] += row["n"]
-            closed[group] += row["n"] if row["closed"] else 0
+            out.closed[group] += row["n"] if row["closed"] else 0
         else:
             converted[key][row["converted_day"]] += row["n"]
     counts: dict[str, Counter] = defaultdict(Counter)
-    for (group, assigned_day), n in exposed.items():
-        for converted_day, x in converted[(group, assigned_day)].items():
+    for (group, assigned_day, look), n in exposed.items():
+        total = n
+        for converted_day, x in converted[(group, assigned_day, look)].items():
             counts[group][(assigned_day, converted_day)] += min(x, n)
             n -= min(x, n)
         if n:
             counts[group][(assigned_day, None)] += n
-    return dict(counts), closed
+        if look is not None:
+            out.looks[group][look][0] += total
+            out.looks[group][look][1] += total - n
+    return dict(counts), out
 
 
 def experiment_timeseries(
@@ -486,15 +544,59 @@ def group_order(experiment: Experiment, present: set[str]) -> list[str]:
     return ordered + ([HOLDOUT] if HOLDOUT in present else [])
 
 
-def _always_valid(series: dict[str, list[dict]], arm: str, control: str, tau: float) -> float | None:
-    """Running minimum of the mSPRT p-value over the daily looks."""
-    if arm not in series or control not in series:
+def _always_valid(looks: dict[str, dict[date, list[int]]], arm: str, control: str,
+                  tau: float) -> tuple[float, float] | None:
+    """The mSPRT p-value's running minimum over the daily looks, per direction: (over the looks
+    where `arm` converted better than `control`, over those where it converted worse). Each look
+    counts the customers whose conversion window had closed by then, with their conversions in the
+    window (`ClosedCounts.looks`): a look on open windows would read an arm whose customers convert
+    later as worse, and that look's p stayed in the minimum after the windows closed. Each
+    direction's minimum is at least the minimum over every look, so each is an always-valid
+    p-value too, and a claim is made in the direction of the looks that rejected."""
+    if arm not in looks or control not in looks:
         return None
-    p = 1.0
-    for a, c in zip(series[arm], series[control]):
-        if a["n"] > 1 and c["n"] > 1:
-            p = min(p, msprt_pvalue(a["x"], a["n"], c["x"], c["n"], tau=tau))
-    return p
+    better = worse = 1.0
+    n = {arm: [0, 0], control: [0, 0]}
+    for day in sorted(set(looks[arm]) | set(looks[control])):
+        for group in n:
+            n[group][0] += looks[group].get(day, (0, 0))[0]
+            n[group][1] += looks[group].get(day, (0, 0))[1]
+        (na, xa), (nc, xc) = n[arm], n[control]
+        if na > 1 and nc > 1 and xa * nc != xc * na:
+            p = msprt_pvalue(xa, na, xc, nc, tau=tau)
+            if xa * nc > xc * na:
+                better = min(better, p)
+            else:
+                worse = min(worse, p)
+    return better, worse
+
+
+def _set_always_valid(stats: GroupStats, looks: dict, arm: str, control: str, tau: float) -> None:
+    sides = _always_valid(looks, arm, control, tau)
+    if sides is not None:
+        stats.p_better, stats.p_worse = sides
+        stats.p_always_valid = min(sides)
+
+
+def _within_allocations(experiment: Experiment, now: datetime, arms: list[str], control: str) -> dict[str, float]:
+    """Bandit mode: arm -> Mantel-Haenszel p-value vs control, the strata being the recorded weight
+    vectors (the customers assigned under one allocation), over the customers whose window has
+    closed: one aggregate statement. Descriptive (fixed-horizon, not safe to peek at): what the
+    report shows instead of the pooled comparison, which the bandit's changing split biases."""
+    cells: dict[tuple, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    for row in _with_conversions(experiment, now, "arm__name", "holdout", "weights", closed_only=True):
+        if row["holdout"]:
+            continue
+        stratum = tuple(sorted((row["weights"] or {}).items()))
+        cells[stratum][row["arm__name"]][0 if row["part"] == EXPOSED_PART else 1] += row["n"]
+    out = {}
+    for arm in arms:
+        strata = [(min(c[arm][1], c[arm][0]), c[arm][0], min(c[control][1], c[control][0]), c[control][0])
+                  for c in cells.values()]
+        p = mantel_haenszel_pvalue(strata)
+        if p is not None:
+            out[arm] = p
+    return out
 
 
 def _compare(stats: GroupStats, base: GroupStats, *, alpha: float) -> None:
@@ -544,7 +646,7 @@ def experiment_analyze(*, experiment: Experiment, now: datetime | None = None, s
     for g in groups:
         if base is not None and g is not base and not g.holdout:
             _compare(g, base, alpha=experiment.alpha)
-            g.p_always_valid = _always_valid(series, g.name, base.name, tau)
+            _set_always_valid(g, closed.looks, g.name, base.name, tau)
     messaging = None
     if base is not None and holdout is not None and holdout.exposures and base.exposures:
         messaging = GroupStats(
@@ -556,7 +658,7 @@ def experiment_analyze(*, experiment: Experiment, now: datetime | None = None, s
             alpha=experiment.alpha,
         )
         _compare(messaging, holdout, alpha=experiment.alpha)
-        messaging.p_always_valid = _always_valid(series, base.name, HOLDOUT, tau)
+        _set_always_valid(messaging, closed.looks, base.name, HOLDOUT, tau)
     metrics = set(experiment.secondary_metrics or []) if secondary else set()
     if metrics:  # the report page's extra columns (not the 15-minute auto-retire)
         secondary_values = secondary_metrics(experiment=experiment, metrics=metrics, now=now, groups=set(counts))
@@ -578,12 +680,26 @@ def experiment_analyze(*, experiment: Experiment, now: datetime | None = None, s
     )
     active = [g for g in groups if not g.holdout and not g.retired]
     min_n = min((g.exposures for g in active), default=0)
-    if experiment.mode != "fixed":
+    if experiment.mode == ExperimentMode.BANDIT:
+        for g in groups:
+            g.decides = False
+        if messaging is not None:  # the holdout's share is fixed, but control's customers come from every period
+            messaging.decides = False
+        warnings.append(BANDIT_NO_DECISION)
+        compared = [g for g in groups if g.diff is not None and not g.holdout]
+        if base is not None and compared:
+            within = _within_allocations(experiment, now, [g.name for g in compared], base.name)
+            for g in compared:
+                g.p_stratified = within.get(g.name)
+            warnings.append("Within the bandit's allocations (customers assigned under the same weights, windows "
+                            "closed; Mantel-Haenszel, descriptive): " + "; ".join(
+                                f"{g.name} vs {base.name} p = {_p_words(g.p_stratified)}" for g in compared) + ".")
+    elif experiment.mode != ExperimentMode.FIXED:
         warnings.append(
             f"{experiment.get_mode_display()}: traffic is not split at fixed weights, so the fixed-horizon "
             "z-test is descriptive; read the always-valid p-value."
         )
-    maturity = _maturity(experiment, now, {g.name: g.exposures for g in active}, closed, plan)
+    maturity = _maturity(experiment, now, {g.name: g.exposures for g in active}, closed.closed, plan)
     recommendation = _recommend(experiment, groups, srm, plan, maturity, now)
     return Analysis(
         experiment=experiment,
@@ -599,6 +715,10 @@ def experiment_analyze(*, experiment: Experiment, now: datetime | None = None, s
         series=series,
         daily=daily,
     )
+
+
+def _p_words(p: float | None) -> str:
+    return "-" if p is None else f"{p:.3g}"
 
 
 def _when(moment: datetime) -> str:
@@ -637,19 +757,12 @@ def _recommend(experiment, groups, srm, plan, maturity: Maturity, now: datetime)
         return f"Concluded: {experiment.winner.name if experiment.winner else '-'} receives every entry."
     if not maturity.readable:
         return _too_early(experiment, maturity, now)
-    alpha = experiment.alpha
-    better = [
-        g for g in groups if g.diff and g.p_always_valid is not None and g.p_always_valid < alpha and g.diff[0] > 0
-    ]
-    worse = [
-        g
-        for g in groups
-        if g.diff and g.p_always_valid is not None and g.p_always_valid < alpha and g.diff[0] < 0 and not g.retired
-    ]
+    better = [g for g in groups if g.direction == "better"]
+    worse = [g for g in groups if g.direction == "worse" and not g.retired]
     parts = []
     if better:
         best = max(better, key=lambda g: g.diff[0])
-        parts.append(f"{best.name} beats control (always-valid p = {best.p_always_valid:.3g}): consider concluding.")
+        parts.append(f"{best.name} beats control (always-valid p = {best.p_claimed:.3g}): consider concluding.")
     if worse:
         parts.append("Worse than control: " + ", ".join(g.name for g in worse) + " (consider retiring).")
     if not parts:
@@ -673,11 +786,13 @@ def experiment_auto_retire(*, experiment: Experiment, actor=None, now: datetime 
 def experiment_auto_retire_check(*, experiment: Experiment, actor=None,
                                  now: datetime | None = None) -> tuple[list[Arm], str]:
     """Auto-retire, and why it retired nothing when it held back: (arms retired, "" or the
-    reason). It holds back where the report concludes nothing: on a sample-ratio mismatch, and
-    while most exposures are inside their conversion window (an arm whose customers convert
-    later would look worse on partial counts)."""
+    reason). It holds back where the report concludes nothing: on a sample-ratio mismatch, while
+    most exposures are inside their conversion window (an arm whose customers convert later
+    would look worse on partial counts), and in bandit mode (BANDIT_NO_DECISION)."""
     from experiments.services.experiments import arm_retire
 
+    if experiment.mode == ExperimentMode.BANDIT:
+        return [], "bandit mode: the pooled comparison is not valid under the bandit's changing split"
     analysis = experiment_analyze(experiment=experiment, now=now, secondary=False)
     if analysis.srm is not None and analysis.srm.mismatch:
         return [], "the sample ratio is off"
@@ -687,16 +802,16 @@ def experiment_auto_retire_check(*, experiment: Experiment, actor=None,
                     f"{_when(analysis.maturity.readable_at)})")
     retired = []
     for g in analysis.groups:
-        if g.holdout or g.is_control or g.retired or g.diff is None or g.p_always_valid is None:
+        if g.holdout or g.is_control or g.retired or g.diff is None:
             continue
-        if g.p_always_valid < experiment.alpha and g.diff[0] < 0:
+        if g.direction == "worse":
             arm = Arm.objects.get(experiment=experiment, name=g.name)
             retired.append(
                 arm_retire(
                     arm=arm,
                     actor=actor,
                     now=now,
-                    reason=f"auto-retired: {g.diff[0]:+.2%} vs control, always-valid p={g.p_always_valid:.3g}",
+                    reason=f"auto-retired: {g.diff[0]:+.2%} vs control, always-valid p={g.p_claimed:.3g}",
                 )
             )
     return retired, ""

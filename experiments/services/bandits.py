@@ -1,7 +1,7 @@
 """Bandit mode: Thompson sampling moves weight toward arms that convert better.
 
 Weights become P(arm is best) under Beta posteriors of each arm's conversions
-(with a floor so no arm starves), recomputed after `bandit_every` new
+among its customers whose conversion window has closed (with a floor so no arm starves), recomputed after `bandit_every` new
 assignments (checked every minute) and by the 15-minute refresh.
 Assignment stays hash-based and sticky; only customers not yet assigned feel
 the new weights.
@@ -62,7 +62,13 @@ def experiment_bandit_update(
     if experiment.mode != ExperimentMode.BANDIT or experiment.status != ExperimentStatus.RUNNING:
         return {}
     arms = [a for a in Arm.objects.select_for_update(no_key=True).filter(experiment=experiment) if a.retired_at is None]
-    counts = group_counts(experiment=experiment, now=now)
+    # Only customers whose conversion window has closed: their outcome is known. A customer still
+    # inside it may yet convert, so counting them as failures makes the arm the bandit just fed
+    # look worse at the next update; counting the open ones that already converted (and not the
+    # others) would make it look better. Which customers have closed windows depends only on when
+    # they were assigned, not on their outcome, so the closed ones' rate is unbiased. An arm with
+    # no closed window yet keeps its prior, Beta(1, 1).
+    counts = group_counts(experiment=experiment, now=now, closed_only=True)
     s = [counts.get(a.name, (0, 0))[1] for a in arms]
     f = [counts.get(a.name, (0, 0))[0] - counts.get(a.name, (0, 0))[1] for a in arms]
     latest = Assignment.objects.filter(experiment=experiment, holdout=False).aggregate(n=Count("pk"), last=Max("pk"))

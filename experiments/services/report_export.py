@@ -27,6 +27,12 @@ def _f(v: float | None, digits: int = 6) -> str:
     return "" if v is None else f"{v:.{digits}f}"
 
 
+def _p(v: float | None) -> str:
+    """A p-value with 6 significant digits (1.08e-07, not 0.000000: a multiple-testing correction
+    needs the order of the small ones)."""
+    return "" if v is None else f"{v:.6g}"
+
+
 def report_rows(
     *, experiment: Experiment, section: str, kind: str = "entry_week", trait: str = "", now: datetime | None = None
 ) -> list[list]:
@@ -71,9 +77,9 @@ def report_rows(
                     *(_f(v) for v in d),
                     *(_f(v) for v in r),
                     _f(g.z),
-                    _f(g.p_value),
-                    _f(g.p_always_valid),
-                    _f(a.srm.p_value if a.srm else None),
+                    _p(g.p_value),
+                    _p(g.p_always_valid),
+                    _p(a.srm.p_value if a.srm else None),
                 ]
             )
         return rows

@@ -46,7 +46,7 @@ def _group(stats: GroupStats) -> dict:
         "rate": _number(stats.rate), "ci_low": _number(stats.ci[0]), "ci_high": _number(stats.ci[1]),
         "abs_lift": _interval(stats.diff), "rel_lift": _interval(stats.rel), "z": _number(stats.z),
         "p_value": _number(stats.p_value), "p_always_valid": _number(stats.p_always_valid),
-        "significant": stats.significant, "secondary": _secondary(stats.secondary),
+        "significant": stats.significant, "direction": stats.direction, "secondary": _secondary(stats.secondary),
     }
 
 

@@ -104,7 +104,7 @@ def test_analysis_numbers_match_statsmodels():
     converters = [d.assignment.customer for d in decisions if rng.random() < rates[d.group]]
     make_goal_events(converters, name="Order Completed", at=timezone.now() + timedelta(hours=1))
 
-    analysis = experiment_analyze(experiment=experiment, now=timezone.now() + timedelta(days=1))
+    analysis = experiment_analyze(experiment=experiment, now=timezone.now() + timedelta(days=8))  # windows closed
 
     by = {g.name: g for g in analysis.groups}
     for name in ("control", "short", "holdout"):
@@ -224,6 +224,7 @@ def test_bandit_converges_to_the_better_arm_on_simulated_data():
     experiment = make_experiment(
         mode="bandit",
         goal_event="Order Completed",
+        window_s=60,  # a batch's outcomes are known by the update, two minutes on
         bandit_every=100,
         arms=[{"name": "control", "control": True}, {"name": "b"}, {"name": "c"}],
     )
@@ -240,7 +241,7 @@ def test_bandit_converges_to_the_better_arm_on_simulated_data():
             name="Order Completed",
             prefix=f"g{batch}",
         )
-        experiment_bandit_update(experiment=experiment)
+        experiment_bandit_update(experiment=experiment, now=timezone.now() + timedelta(minutes=2))
 
     weights = {a.name: a.weight for a in Experiment.objects.get(pk=experiment.pk).arms.all()}
     assert max(weights, key=weights.get) == "c" and weights["c"] > 0.7, weights
@@ -259,7 +260,8 @@ def test_significant_reads_the_experiments_alpha():
     # between 0.05 and 0.2 (all on one day: one look)
     now = timezone.now()
     t0 = now - timedelta(hours=6)
-    experiment = make_experiment(key="alpha", goal_event="buy", alpha=0.2, min_detectable_effect=0.1, now=t0)
+    experiment = make_experiment(key="alpha", goal_event="buy", alpha=0.2, min_detectable_effect=0.1, now=t0,
+                                 window_s=3600)
     groups: dict[str, list] = {"control": [], "short": []}
     for customer in make_customers(200, prefix="al"):
         groups[assignment_decide(experiment=experiment, customer=customer, now=t0).group].append(customer)

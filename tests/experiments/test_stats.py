@@ -162,3 +162,19 @@ def test_thompson_probability_best_matches_exact_integral(s, f):
     probs = stats.thompson_prob_best(list(s), list(f), draws=200_000, rng=np.random.default_rng(1))
     assert probs[1] == pytest.approx(p_second_best, abs=0.005)
     assert sum(probs) == pytest.approx(1.0)
+
+
+def test_mantel_haenszel_matches_statsmodels():
+    from statsmodels.stats.contingency_tables import StratifiedTable
+
+    # the QA's simpson case (two days, allocation 80/20 then 20/80), a sparse case and a zero stratum
+    cases = [
+        [(120, 1000, 480, 4000), (320, 4000, 80, 1000)],
+        [(1, 2, 0, 98), (3, 50, 1, 3), (0, 4, 4, 4)],
+        [(5, 100, 9, 100), (0, 10, 0, 12), (7, 40, 2, 35)],
+    ]
+    for strata in cases:
+        tables = [np.array([[x1, n1 - x1], [x2, n2 - x2]]) for x1, n1, x2, n2 in strata]
+        expected = StratifiedTable(tables).test_null_odds(correction=False).pvalue
+        assert stats.mantel_haenszel_pvalue(strata) == pytest.approx(expected, rel=1e-9)
+    assert stats.mantel_haenszel_pvalue([(0, 10, 0, 10)]) is None
