@@ -13,13 +13,35 @@ from journeys.engine.runtime import StepContext, event_dict
 MESSAGES = Palette(group="Messages", colour="#e3f2fd", order=10)
 
 
+def step_channel(name: str | None, *, webhook: bool = False, field: str = "channel"):
+    """The channel a step names, refused (a ValidationError on `field`) when there is none of that
+    name or it is of the wrong kind: a webhook step calls a webhook channel only, a message step
+    sends on a message channel only (before: an email channel in a webhook step "sent" the payload
+    as an email to nobody, recorded as sent)."""
+    from channels_app.choices import ChannelKind
+    from channels_app.models import Channel
+
+    channel = Channel.objects.filter(name=name or "").first()
+    if channel is None:
+        raise ValidationError({field: f"no channel named {name!r}"})
+    if webhook and channel.kind != ChannelKind.WEBHOOK:
+        raise ValidationError({field: _not_a_webhook(channel)})
+    if not webhook and channel.kind == ChannelKind.WEBHOOK:
+        raise ValidationError({field: f"{name!r} is a webhook channel, which sends no messages; name a message "
+                                      "channel (email, SMS, ...) or call it with a 'Call a webhook' step"})
+    return channel
+
+
+def _not_a_webhook(channel) -> str:
+    return (f"{channel.name!r} is a channel of kind {channel.get_kind_display()}; a webhook step needs a channel "
+            "of kind Webhook (Channels: add one)")
+
+
 def _channel_and_template(channel: str | None, template: str | None):
     """A message step's channel and template, by name; a ValidationError names one that is gone."""
-    from channels_app.models import Channel, MessageTemplate
+    from channels_app.models import MessageTemplate
 
-    found_channel = Channel.objects.filter(name=channel or "").first()
-    if found_channel is None:
-        raise ValidationError({"channel": f"no channel named {channel!r}"})
+    found_channel = step_channel(channel)
     found_template = MessageTemplate.objects.select_related("topic").filter(name=template or "").first()
     if found_template is None:
         raise ValidationError({"template": f"no template named {template!r}"})
@@ -91,16 +113,14 @@ class SendMessage(StepKind):
         return message_test_send(channel=channel, template=template, to=to, locale=locale, now=now).as_dict()
 
     def clean(self, config):
-        from channels_app.models import Channel, MessageTemplate
+        from channels_app.models import MessageTemplate
 
         channel = require(config, "channel", str, "a channel name")
         template = require(config, "template", str, "a template name")
-        if not Channel.objects.filter(name=channel).exists():
-            raise ValidationError({"channel": f"no channel named {channel!r}"})
+        kind = step_channel(channel).kind
         found = MessageTemplate.objects.filter(name=template).first()
         if found is None:
             raise ValidationError({"template": f"no template named {template!r}"})
-        kind = Channel.objects.get(name=channel).kind
         if found.channel_kind and found.channel_kind != kind:
             raise ValidationError({"template": f"template {template!r} is for {found.channel_kind}, "
                                                f"channel {channel!r} is {kind}"})
@@ -171,12 +191,10 @@ class Webhook(StepKind):
         return {"channel": _names(config.get("channel"))}
 
     def clean(self, config):
-        from channels_app.models import Channel
         from channels_app.services import template_check
 
         channel = require(config, "channel", str, "a channel name")
-        if not Channel.objects.filter(name=channel).exists():
-            raise ValidationError({"channel": f"no channel named {channel!r}"})
+        step_channel(channel, webhook=True)
         payload = config.get("payload") or {}
         if not isinstance(payload, dict):
             raise ValidationError({"payload": "must be an object of name -> value"})
@@ -199,6 +217,7 @@ class Webhook(StepKind):
         return out
 
     def execute(self, ctx: StepContext) -> StepResult:
+        from channels_app.choices import ChannelKind
         from channels_app.models import Channel
         from channels_app.services import webhook_send
         from channels_app.services.sending import SendBatch
@@ -210,6 +229,8 @@ class Webhook(StepKind):
         else:
             channel = batch.channel(ctx.config["channel"])
             payload = self._payload(ctx, personalized=batch.consents.personalized(ctx.customer.pk))
+        if channel.kind != ChannelKind.WEBHOOK:  # a version published before clean() refused it: nothing is sent
+            return StepResult(outcome="next", detail={"channel": channel.name}, error=f"not called: {_not_a_webhook(channel)}")
         if ctx.dry_run:
             return StepResult(outcome="next", detail={"would_call": channel.name, "payload": payload})
         send = batch.webhook if batch is not None else webhook_send
@@ -268,7 +289,7 @@ class SendBestChannel(StepKind):
 
     def clean(self, config):
         from channels_app.choices import ChannelKind, Urgency
-        from channels_app.models import Channel, MessageTemplate
+        from channels_app.models import MessageTemplate
 
         name = require(config, "template", str, "a template name")
         templates = config.get("templates") or {}
@@ -282,9 +303,8 @@ class SendBestChannel(StepKind):
         channels = config.get("channels") or []
         if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
             raise ValidationError({"channels": "must be a list of channel names"})
-        known = set(Channel.objects.filter(name__in=channels).values_list("name", flat=True))
-        if missing := [c for c in channels if c not in known]:
-            raise ValidationError({"channels": f"no channel named {missing[0]!r}"})
+        for channel in channels:
+            step_channel(channel, field="channels")
         cleaned = {"template": name, **({"templates": templates} if templates else {}),
                    **({"channels": channels} if channels else {})}
         for candidate in self._channels(cleaned):

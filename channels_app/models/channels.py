@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from simple_history.models import HistoricalRecords
 
@@ -37,6 +38,19 @@ class Channel(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.kind})"
+
+    def clean(self) -> None:
+        """Quiet hours take both ends and two different times: one end alone, or start == end, was
+        saved and meant no quiet hours at all, without a word (the delivery policy holds nothing)."""
+        super().clean()
+        start, end = self.quiet_start, self.quiet_end
+        if (start is None) != (end is None):
+            missing, given = ("quiet_end", "quiet start") if end is None else ("quiet_start", "quiet end")
+            raise ValidationError({missing: f"is required when the {given} is set: quiet hours need both ends "
+                                            "(leave both empty for none)"})
+        if start is not None and start == end:
+            raise ValidationError({"quiet_end": f"must differ from the quiet start ({start:%H:%M}): the same time at "
+                                                "both ends holds nothing (leave both empty for none)"})
 
 
 class ChannelBreaker(models.Model):

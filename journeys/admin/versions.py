@@ -52,6 +52,7 @@ from journeys.selectors import (
     workflows_for_user,
 )
 from journeys.services import governance as gov
+from journeys.services.drafts import SETTINGS, version_settings_clean
 from journeys.services.dry_run import TRIGGERS_EVENT_OPTIONAL, TRIGGERS_WITHOUT_EVENT, version_dry_run
 from journeys.services.event_parsing import json_read_storable
 from journeys.services.segments import trigger_audience
@@ -263,6 +264,17 @@ class WorkflowVersionForm(ReasonForm):
                 if posted not in (None, "", str(stored)):
                     self.add_error(None, f"{name}: a version stays in its workflow under its number (its review and "
                                          "approval were given there); create a new draft instead")
+        # the settings checked as the canvas's Trigger & entry panel checks them (one place): before,
+        # this page saved a bad cron, a missing entry step or a broken goal filter
+        values = {name: cleaned[name] for name in SETTINGS if name in cleaned}
+        try:
+            merged = version_settings_clean(version=self.instance, values=values)
+        except ValidationError as exc:
+            for name, messages in exc.message_dict.items():
+                self.add_error(name if name in self.fields else None, messages)
+        else:
+            if "trigger_config" in cleaned:
+                cleaned["trigger_config"] = merged["trigger_config"]
         return cleaned
 
     def clean_trigger_config(self):

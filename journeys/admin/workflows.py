@@ -48,6 +48,7 @@ from journeys.services.workflows import (
     workflow_create,
     workflow_import,
     workflow_rollback,
+    workflow_rename_check,
     workflow_save,
     workflow_token,
 )
@@ -96,6 +97,15 @@ class WorkflowForm(ReasonForm):
     class Meta:
         model = Workflow
         fields = ("name", "description", "business_unit")
+
+    def clean_name(self):
+        name = self.cleaned_data["name"]
+        if self.instance.pk:  # said on the form; workflow_save checks again under the row's lock
+            try:
+                workflow_rename_check(workflow=self.instance, name=name)
+            except ValidationError as exc:
+                raise ValidationError(exc.message_dict["name"]) from None
+        return name
 
 
 @admin.register(Workflow)

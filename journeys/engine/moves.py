@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from journeys.choices import RunStatus
@@ -35,6 +35,44 @@ from journeys.models import Customer, Event, JourneyRun, Workflow
 from journeys.rules import RuleContext
 
 KEY = "journeys.moves"
+
+# A run started by a move carries who started it in its trigger key (`moved:run:<id>:<step>:<visit>`).
+# More than this many moves in a row (each run started by the previous one's move, all within
+# MOVE_CHAIN_WINDOW) is a loop of workflows moving a customer round (one workflow starting itself,
+# or A -> B -> A through live versions published later): the step fails instead of starting yet
+# another run (and sending its messages again).
+MAX_MOVES_IN_A_ROW = 5
+MOVE_CHAIN_WINDOW = timedelta(hours=1)
+_MOVED_PREFIX = "moved:run:"
+
+
+def _mover_id(trigger_key: str) -> int | None:
+    """The run whose move started a run with this trigger key (None: not started by a move)."""
+    if not trigger_key.startswith(_MOVED_PREFIX):
+        return None
+    head = trigger_key[len(_MOVED_PREFIX):].split(":", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def move_loop(*, run: JourneyRun, target: str, now: datetime) -> str | None:
+    """Why `run` may not move its customer to `target` now: the moves in a row that led to it
+    (named workflow by workflow) are already MAX_MOVES_IN_A_ROW; None when it may. Costs nothing
+    for a run no move started; one query per earlier move otherwise."""
+    parent = _mover_id(run.trigger_key or "")
+    if parent is None:
+        return None
+    names = [Workflow.objects.filter(pk=run.workflow_id).values_list("name", flat=True).first() or "?"]
+    since = now - MOVE_CHAIN_WINDOW
+    while parent is not None and len(names) <= MAX_MOVES_IN_A_ROW:
+        row = JourneyRun.objects.filter(pk=parent, created_at__gte=since).values_list("trigger_key", "workflow__name").first()
+        if row is None:
+            break
+        names.insert(0, row[1])
+        parent = _mover_id(row[0])
+    if len(names) <= MAX_MOVES_IN_A_ROW:
+        return None
+    return (f"stopped a loop of workflow moves: {' -> '.join([*names, target])} (more than {MAX_MOVES_IN_A_ROW} "
+            "moves in a row without a wait; check the start_workflow steps of these workflows)")
 
 
 @dataclass(slots=True)
@@ -51,6 +89,12 @@ class Move:
     detail: dict  # the step's logged detail: gets `started_run` at the flush
 
 
+def move_target(name: str) -> tuple[int, int | None] | None:
+    """(workflow id, live version id) of the workflow a start_workflow step names; None when no
+    workflow has that name (any more)."""
+    return Workflow.objects.values_list("pk", "live_version_id").filter(name=name).first()
+
+
 class MoveBatch:
     """The start_workflow visits of one engine batch (see the module docstring)."""
 
@@ -64,10 +108,11 @@ class MoveBatch:
         batch = current_batch()
         return batch.extension(KEY, cls) if batch is not None else None
 
-    def target(self, name: str) -> tuple[int, int | None]:
-        """(workflow id, live version id) of the workflow called `name`, read once a batch."""
+    def target(self, name: str) -> tuple[int, int | None] | None:
+        """(workflow id, live version id) of the workflow called `name`, read once a batch (None:
+        there is no such workflow)."""
         if name not in self.targets:
-            self.targets[name] = Workflow.objects.values_list("pk", "live_version_id").get(name=name)
+            self.targets[name] = move_target(name)
         return self.targets[name]
 
     def add(self, *, run: JourneyRun, customer: Customer, version_id: int, target: str, trigger_key: str,

@@ -307,8 +307,9 @@ def run_execute(
             started_at=now, finished_at=now if finished else None,
         )
         reached.append((key, visit, step.kind.kind, (result.outcome or result.end_status or "") if finished else ""))
-        if result.end_status:
-            _finish(run, result.end_status, now)
+        if result.end_status:  # a step that fails its run (end_status failed) says why in `error`
+            _finish(run, result.end_status, now,
+                    f"step {key}: {result.error}" if result.end_status == RunStatus.FAILED and result.error else "")
             break
         if result.wait_until is not None:
             run.status = RunStatus.WAITING

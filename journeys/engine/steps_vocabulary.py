@@ -73,22 +73,26 @@ class StartWorkflow(StepKind):
     def execute(self, ctx):
         from journeys.choices import RunStatus
         from journeys.engine.compiled import load_version
-        from journeys.engine.moves import MoveBatch
+        from journeys.engine.moves import MoveBatch, move_loop, move_target
         from journeys.engine.runner import run_enroll, runs_end
-        from journeys.models import JourneyRun, Workflow
+        from journeys.models import JourneyRun
 
         name = ctx.config["workflow"]
         moves = None if ctx.dry_run else MoveBatch.current()
-        if moves is not None:
-            _, live_version_id = moves.target(name)
-        else:
-            live_version_id = Workflow.objects.values_list("live_version_id", flat=True).get(name=name)
+        found = moves.target(name) if moves is not None else move_target(name)
         detail = {"workflow": name, "exit_current": ctx.config["exit_current"]}
+        if found is None:  # renamed or deleted since the version was published
+            return StepResult(end_status=RunStatus.FAILED, detail=detail,
+                              error=f"workflow: there is no workflow named {name!r} any more (renamed or deleted?); "
+                                    "publish a version of this workflow that names the one to start")
+        live_version_id = found[1]
         if live_version_id is None:
             return StepResult(outcome="next", detail=detail, error=f"workflow {name!r} has no live version")
         if ctx.dry_run:
             return StepResult(end_status="exited" if ctx.config["exit_current"] else None,
                               outcome=None if ctx.config["exit_current"] else "next", detail={"would_start": name, **detail})
+        if loop := move_loop(run=ctx.run, target=name, now=ctx.now):
+            return StepResult(end_status=RunStatus.FAILED, detail=detail, error=loop)
         trigger_key = f"moved:{ctx.idempotency_key}"
         if moves is not None:  # written, enrolled and started with the batch's other moves at its flush
             detail["started_run"] = None

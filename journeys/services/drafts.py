@@ -324,6 +324,28 @@ def _rule_field(values: dict, name: str) -> None:
         raise ValidationError({name: f"rule error: {problems[0]}"})
 
 
+def version_settings_clean(*, version: WorkflowVersion, values: dict) -> dict:
+    """A version's trigger and entry settings with `values` over the stored ones, checked: the
+    trigger (kind, event, config: a cron, a window...), the re-entry policy, the entry and goal
+    rules, and the entry step (a step of the version). Every form that edits them (the canvas's
+    start node, the version's admin page) checks them here, so one refuses what the other does.
+    Returns the merged settings (the trigger config normalised); ValidationError names the field."""
+    unknown = set(values) - set(SETTINGS)
+    if unknown:
+        raise ValidationError({sorted(unknown)[0]: "is not a setting of a version"})
+    merged = {f: values.get(f, getattr(version, f)) for f in SETTINGS}
+    merged["trigger_config"] = trigger_clean(kind=merged["trigger_kind"], event=merged["trigger_event"],
+                                             config=merged["trigger_config"])
+    if merged["reentry_policy"] not in ReentryPolicy.values:
+        raise ValidationError({"reentry_policy": f"must be one of {', '.join(ReentryPolicy.values)}"})
+    for name in ("entry_rule", "goal_filter"):
+        _rule_field(merged, name)
+    if (merged["entry_step"] and version.pk is not None
+            and not Step.objects.filter(version=version, key=merged["entry_step"]).exists()):
+        raise ValidationError({"entry_step": f"this version has no step {merged['entry_step']!r}"})
+    return merged
+
+
 @transaction.atomic
 def version_settings_save(*, version: WorkflowVersion, values: dict, actor: Any = None,
                           reason: str = "", loaded: str = "") -> WorkflowVersion:
@@ -336,18 +358,7 @@ def version_settings_save(*, version: WorkflowVersion, values: dict, actor: Any 
         raise DraftChanged("the trigger settings changed since you opened them (in another tab or by another "
                            "editor): nothing was saved; reload them to see the change (your text is still in "
                            "the form)")
-    unknown = set(values) - set(SETTINGS)
-    if unknown:
-        raise ValidationError({sorted(unknown)[0]: "is not a setting of a version"})
-    merged = {f: values.get(f, getattr(version, f)) for f in SETTINGS}
-    merged["trigger_config"] = trigger_clean(kind=merged["trigger_kind"], event=merged["trigger_event"],
-                                             config=merged["trigger_config"])
-    if merged["reentry_policy"] not in ReentryPolicy.values:
-        raise ValidationError({"reentry_policy": f"must be one of {', '.join(ReentryPolicy.values)}"})
-    for name in ("entry_rule", "goal_filter"):
-        _rule_field(merged, name)
-    if merged["entry_step"] and not Step.objects.filter(version=version, key=merged["entry_step"]).exists():
-        raise ValidationError({"entry_step": f"this version has no step {merged['entry_step']!r}"})
+    merged = version_settings_clean(version=version, values=values)
     changed = [f for f in SETTINGS if getattr(version, f) != merged[f]]
     for name in changed:
         setattr(version, name, merged[name])

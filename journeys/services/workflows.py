@@ -15,6 +15,7 @@ what proposing and publishing require. Editing a draft step by step (the canvas)
 from __future__ import annotations
 
 import difflib
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -235,8 +236,76 @@ def version_validate(*, version: WorkflowVersion) -> ValidationReport:
             if node not in visited:
                 visited.add(node)
                 stack.extend(n for n in graph[node] if n not in waiting)
+    report.errors.extend(_move_loops(version=version, steps=steps))
     report.warnings.extend(unknown_attribute_warnings(version=version))
     return report
+
+
+@dataclass(frozen=True)
+class LiveMove:
+    """A start_workflow step of a live version: which workflows it starts and ends, by name."""
+
+    workflow: str  # the workflow whose live version holds the step
+    number: int
+    step_key: str
+    target: str
+    exits: tuple[str, ...]
+
+    def names(self, name: str) -> bool:
+        return name == self.target or name in self.exits
+
+    def __str__(self) -> str:
+        return f"{self.workflow!r} v{self.number} (step {self.step_key})"
+
+
+def live_moves() -> list[LiveMove]:
+    """The start_workflow steps of every live version (one query): what names workflows at run time."""
+    found = []
+    for workflow, number, key, config in Step.objects.filter(
+            kind="start_workflow", version__state=VersionState.LIVE).order_by("version__workflow__name", "key").values_list(
+            "version__workflow__name", "version__number", "key", "config"):
+        config = config if isinstance(config, dict) else {}
+        exits = config.get("exit_workflows") if isinstance(config.get("exit_workflows"), list) else []
+        found.append(LiveMove(workflow=workflow, number=number, step_key=key, target=str(config.get("workflow") or ""),
+                              exits=tuple(str(e) for e in exits)))
+    return found
+
+
+def _move_loops(*, version: WorkflowVersion, steps: dict[str, Step]) -> list[str]:
+    """The start_workflow steps of `version` that would move a customer round a loop: to this
+    workflow itself, or to a workflow whose live version moves them on, and on, back to this one
+    (a run would start the next at once, each sending its messages, without end)."""
+    own = version.workflow.name
+    mine = {key: step.config.get("workflow") for key, step in steps.items()
+            if step.kind == "start_workflow" and isinstance(step.config, dict)}
+    if not mine:
+        return []
+    onward: dict[str, list[str]] = defaultdict(list)  # workflow -> whom its live version starts
+    for move in live_moves():
+        if move.workflow != own:  # this workflow's own live version is what `version` replaces
+            onward[move.workflow].append(move.target)
+    errors = []
+    for key, target in mine.items():
+        if target == own:
+            errors.append(f"step {key}: workflow: {own!r} is this workflow: the step would start it again at once, "
+                          "and again from there, without end; start another workflow")
+            continue
+        came_from, queue = {target: None}, [target]
+        while queue and own not in came_from:
+            name = queue.pop(0)
+            for nxt in onward.get(name, ()):
+                if nxt not in came_from:
+                    came_from[nxt] = name
+                    queue.append(nxt)
+        if own in came_from:
+            path, name = [own], came_from[own]
+            while name is not None:
+                path.insert(0, name)
+                name = came_from[name]
+            errors.append(f"step {key}: workflow: moving to {target!r} makes a loop through the live versions: "
+                          f"{' -> '.join([own, *path])}; a customer would go round it without end: "
+                          "remove one of these moves")
+    return errors
 
 
 @transaction.atomic
@@ -1018,6 +1087,20 @@ def workflow_token(*, workflow: Workflow) -> str:
     return fields_token(workflow, WORKFLOW_EDITABLE_FIELDS)
 
 
+def workflow_rename_check(*, workflow: Workflow, name: str) -> None:
+    """Refuse to rename a workflow while live versions name it in a start_workflow step (the
+    workflow to start, or one whose runs end): they find workflows by name at run time, so after
+    the rename their runs would fail there, or stop ending those runs without a word."""
+    stored = Workflow.objects.filter(pk=workflow.pk).values_list("name", flat=True).first()
+    if stored is None or stored == name:
+        return
+    naming = [str(move) for move in live_moves() if move.names(stored)]
+    if naming:
+        raise ValidationError({"name": (
+            f"live versions start or end runs of {stored!r} by this name: {', '.join(naming)}; renamed, their "
+            "runs would fail at that step. Publish versions of them without those steps first, or keep the name")})
+
+
 @transaction.atomic
 def workflow_save(*, workflow: Workflow, actor=None, reason: str = "", loaded: str | None = None) -> Workflow:
     """Save a workflow edited in a form (`workflow` carries the edited values). The actor must be
@@ -1039,6 +1122,7 @@ def workflow_save(*, workflow: Workflow, actor=None, reason: str = "", loaded: s
     require(actor, EDIT, current)
     edit_refuse_stale(loaded=loaded, now=workflow_token(workflow=current), what=current.name,
                       history=current.history.all(), token_of=lambda row: workflow_token(workflow=row))
+    workflow_rename_check(workflow=current, name=workflow.name)
     changed = [name for name in WORKFLOW_EDITABLE_FIELDS
                if getattr(current, Workflow._meta.get_field(name).attname)
                != getattr(workflow, Workflow._meta.get_field(name).attname)]

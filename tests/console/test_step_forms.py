@@ -8,10 +8,10 @@ import re
 import pytest
 from django.urls import reverse
 
-from journeys.services.workflows import step_token
+from channels_app.models import Channel
 from journeys.engine.registry import STEP_KINDS
 from journeys.models import BusinessUnit, Edge, LifecycleStage, Step, WorkflowVersion
-from journeys.services.workflows import workflow_create
+from journeys.services.workflows import step_token, workflow_create
 from tests.agents.factories import TeamFactory
 from tests.experiments.factories import make_experiment
 
@@ -44,6 +44,7 @@ def _setup_other_apps():
     LifecycleStage.objects.create(key="at_risk", name="At risk")
     TeamFactory(slug="billing", name="Billing")
     make_experiment(key="welcome", arms=[{"name": "control", "control": True}, {"name": "short"}])
+    Channel.objects.create(name="crm", kind="webhook", provider="webhook", settings={"url": "http://127.0.0.1:9/h"})
 
 
 CASES = [
@@ -82,8 +83,8 @@ CASES = [
       "team": "billing", "priority": "high"}),
     ("experiment_split", {"experiment": "welcome", "arms": "control, short", "holdout": "no"},
      {"experiment": "welcome", "arms": ["control", "short"], "holdout": False, "control": "control"}),
-    ("webhook", {"channel": "email", "payload": '{"plan": "{{ profile.plan }}"}'},
-     {"channel": "email", "payload": {"plan": "{{ profile.plan }}"}}),
+    ("webhook", {"channel": "crm", "payload": '{"plan": "{{ profile.plan }}"}'},
+     {"channel": "crm", "payload": {"plan": "{{ profile.plan }}"}}),
 ]
 
 
