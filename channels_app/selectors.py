@@ -260,7 +260,10 @@ def workflow_messages(*, workflow_ids: list[int], now: datetime | None = None) -
             if hold == "lease":  # the last of these claims' leases to end
                 until = row["claimed"] + sending_lease() if row["claimed"] else None
             entry["held"] += row["n"]
-            entry["held_by"].append({"key": hold, "label": HOLD_LABELS[hold], "n": row["n"], "until": until})
+            # a hold that ends on another day says which (the page shows the date then, not only the time)
+            today = until is not None and timezone.localdate(until) == timezone.localdate(now)
+            entry["held_by"].append({"key": hold, "label": HOLD_LABELS[hold], "n": row["n"], "until": until,
+                                     "until_today": today})
     for row in sent:
         if row["workflow_id"] in wanted:
             out[row["workflow_id"]]["sent_recent"] = row["n"]

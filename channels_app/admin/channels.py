@@ -9,6 +9,7 @@ from simple_history.admin import SimpleHistoryAdmin
 from channels_app.models import Channel, FrequencyCap
 from channels_app.providers import PROVIDERS
 from channels_app.services.breaker import breaker_reset
+from channels_app.services.caps import frequency_cap_delete, frequency_cap_save
 from channels_app.services.channel_settings import channel_settings_problems
 from channels_app.services.channels import channel_pause_set, channel_save, channel_token
 from channels_app.services.health import channel_health, channels_health
@@ -140,3 +141,9 @@ class ChannelAdmin(InUseDeleteMixin, StalePageMixin, HistoryReasonMixin, SimpleH
 class FrequencyCapAdmin(HistoryReasonMixin, SimpleHistoryAdmin):
     list_display = ("name", "channel", "topic", "limit", "window_s", "action", "enabled")
     list_filter = ("action", "enabled")
+
+    def save_model(self, request, obj, form, change):
+        frequency_cap_save(cap=obj, actor=request.user, reason=self._reason(request, form))
+
+    def delete_model(self, request, obj):
+        frequency_cap_delete(cap=obj, actor=request.user, reason=self._delete_reason(request) or "deleted in the admin")

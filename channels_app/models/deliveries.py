@@ -72,6 +72,10 @@ class Delivery(models.Model):
         verbose_name_plural = "deliveries"
         indexes = [
             models.Index(fields=["status", "next_attempt_at"], name="delivery_due_idx"),
+            # transactional messages waiting (few): the claim takes those due first, ahead of a marketing
+            # backlog due at the same time (a rate-limited channel), without reading the backlog
+            models.Index(fields=["next_attempt_at", "id"], condition=models.Q(status="deferred", transactional=True),
+                         name="delivery_due_tx_idx"),
             models.Index(fields=["customer", "sent_at"], name="delivery_customer_sent_idx"),
             models.Index(fields=["channel", "sent_at"], name="delivery_channel_sent_idx"),
             # messages sent outside any run (API, transactional, test sends; few): the history retention
@@ -112,14 +116,20 @@ class DeliveryAttempt(models.Model):
 
 class FrequencyCap(models.Model):
     """At most `limit` messages per `window_s` seconds per customer: globally (no channel,
-    no topic), per channel, per topic or both. A capped send is suppressed or deferred."""
+    no topic), per channel, per topic or both. A capped send is suppressed or deferred.
+    Transactional messages are not capped and do not count (services/policy.py); a change
+    that can free messages releases those this cap held (services/caps.py)."""
 
     name = models.CharField(max_length=100, unique=True)
     channel = models.ForeignKey(Channel, null=True, blank=True, on_delete=models.CASCADE)
     topic = models.ForeignKey(Topic, null=True, blank=True, on_delete=models.CASCADE)
-    limit = models.PositiveIntegerField()
-    window_s = models.PositiveIntegerField(help_text="e.g. 86400 for a day")
-    action = models.CharField(max_length=10, choices=PressureAction.choices, default=PressureAction.SUPPRESS)
+    limit = models.PositiveIntegerField(
+        help_text="messages per customer within the window; transactional messages (receipts, one-time codes) "
+                  "are neither held by a cap nor counted towards it")
+    window_s = models.PositiveIntegerField(help_text="e.g. 86400 for a day (a rolling window, not a calendar day)")
+    action = models.CharField(max_length=10, choices=PressureAction.choices, default=PressureAction.SUPPRESS,
+                              help_text="suppress: the extra message is dropped; defer: it waits until the window "
+                                        "frees (a campaign's message may then arrive a day late)")
     enabled = models.BooleanField(default=True)
     history = HistoricalRecords()
 

@@ -1,7 +1,8 @@
 """Channels as operators change them: every save carries its history reason and is made only over
 the channel as its page showed it; a pause is set and lifted only by `channel_pause_set` (the
 outage tool, in the audit log like a workflow's pause), which releases what the pause held at
-once (after the commit), not at its next recheck."""
+once (after the commit), not at its next recheck; a save that changes quiet hours releases what
+the old ones held at once too, not at the end of the old quiet hours."""
 
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ def channel_save(*, channel: Channel, actor, reason: str, loaded: str | None = N
                       history=current.history.all(), token_of=lambda row: channel_token(channel=row))
     channel.paused = current.paused
     history_stamp(channel, actor=actor, reason=reason).save(update_fields=CHANNEL_SAVED_FIELDS)
+    if (current.quiet_start, current.quiet_end) != (channel.quiet_start, channel.quiet_end):
+        # what the old quiet hours held is looked at again now
+        transaction.on_commit(lambda: deliveries_release_on_resume(scope="quiet_hours", key=str(channel.pk)))
     return channel
 
 

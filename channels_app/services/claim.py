@@ -13,7 +13,9 @@ Checks, in the order the single-message path always had: consent again (webhook 
 excepted), the channel's pause, journeys' safe mode and workflow pauses, the breaker
 (falling back to the fallback channel when it is open or the channel is disabled),
 quiet hours, frequency caps and the gap after the last contact (not for transactional
-messages nor replies the customer waits for), and the channel's rate limit."""
+messages nor replies the customer waits for), and the channel's rate limit. Transactional
+messages are claimed first (due ones before the marketing messages due, and first within a
+batch), so they take the rate limit's budget first and never wait behind a marketing backlog."""
 
 from __future__ import annotations
 
@@ -108,13 +110,22 @@ def _locked_rows(ids: Sequence[int] | None, now: datetime, limit: int) -> list[D
     base = (Delivery.objects.select_related("customer", "topic").defer("customer__traits")
             .select_for_update(of=("self",), **skip_locked()))
     if ids is not None:
-        return list(base.filter(_sendable(now), pk__in=list(ids)).order_by("id"))
-    # Stale queued rows (a lost enqueue: few), then deferred ones oldest first (the due index).
+        return _transactional_first(base.filter(_sendable(now), pk__in=list(ids)).order_by("id"))
+    # Stale queued rows (a lost enqueue: few), then the transactional messages due (their partial index,
+    # delivery_due_tx_idx: few), then the others oldest first (the due index): a receipt deferred by a
+    # rate limit to the same moment as a marketing backlog is claimed before the backlog, not after it.
     rows = list(base.filter(status=DeliveryStatus.QUEUED, created_at__lte=now - QUEUED_GRACE).order_by("id")[:limit])
-    if len(rows) < limit:
-        rows += list(base.filter(status=DeliveryStatus.DEFERRED, next_attempt_at__lte=now)
-                     .order_by("next_attempt_at", "id")[: limit - len(rows)])
-    return rows
+    due = base.filter(status=DeliveryStatus.DEFERRED, next_attempt_at__lte=now).order_by("next_attempt_at", "id")
+    for transactional in (True, False):
+        if len(rows) < limit:
+            rows += list(due.filter(transactional=transactional)[: limit - len(rows)])
+    return _transactional_first(rows)
+
+
+def _transactional_first(rows) -> list[Delivery]:
+    """Transactional messages first, each part in its order: they take the channel's rate budget
+    (RateBook) before the marketing messages of the same batch."""
+    return sorted(rows, key=lambda d: not d.transactional)
 
 
 def _advisory_lock(namespace: int, keys: set[int]) -> None:

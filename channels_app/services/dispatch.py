@@ -792,7 +792,8 @@ def delivery_requeue(*, delivery: Delivery, actor: str) -> Delivery:
 
 def deliveries_release_on_resume(*, scope: str, key: str) -> None:
     """Journeys' HOLD_RELEASE_HOOKS entry: safe mode ended or a workflow resumed (runs on commit);
-    also a channel resumed (`channels.channel_save`). One task releases them, so they go out oldest first."""
+    also a channel resumed or its quiet hours changed (`channels.channel_save`), a frequency cap
+    changed or deleted (`caps.frequency_cap_save`). One task releases them, so they go out oldest first."""
     task_send("channels_app.services.dispatch.deliveries_release_held", scope, key, group="deliveries",
               cluster=deliveries_cluster())
 
@@ -813,13 +814,21 @@ def _falling_back_to(channel_id: int) -> set[int]:
 
 
 def deliveries_release_held(scope: str = "", key: str = "", now: datetime | None = None) -> int:
-    """Send the deliveries held by a pause, oldest first, through the normal send path (consent,
-    quiet hours, caps and breakers apply again; one still held stays deferred): they are made
-    due now with one UPDATE and drained in batches."""
+    """Send the deliveries held by a rule that was lifted or changed, oldest first, through the
+    normal send path (consent, quiet hours, caps and breakers apply again; one still held stays
+    deferred, until the moment today's rules give): they are made due now with one UPDATE and
+    drained in batches. Scopes: a pause (safe mode: no scope; "workflow", "channel": its id),
+    "cap" (the cap's name as it held them) and "quiet_hours" (the channel's id)."""
     from journeys.models import JourneyRun
 
     at = now or timezone.now()
-    held = Delivery.objects.filter(status=DeliveryStatus.DEFERRED, reason=Reason.PAUSED)
+    deferred = Delivery.objects.filter(status=DeliveryStatus.DEFERRED)
+    if scope == "cap":  # those still waiting (the due index's range of what is to come), by its name
+        held = deferred.filter(next_attempt_at__gt=at, reason=Reason.FREQUENCY_CAP, error__startswith=f"cap {key}:")
+    elif scope == "quiet_hours":
+        held = deferred.filter(next_attempt_at__gt=at, reason=Reason.QUIET_HOURS, channel_id=int(key))
+    else:
+        held = deferred.filter(reason=Reason.PAUSED)
     if scope == "workflow":
         held = held.filter(run_id__in=JourneyRun.objects.filter(workflow_id=int(key)).values("pk"))
     elif scope == "channel":  # and the messages of channels that fall back to it (held on its pause)

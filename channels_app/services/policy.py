@@ -80,13 +80,14 @@ def quiet_hours_hold(*, channel: Channel, customer, now: datetime) -> Hold | Non
 
 def _contacts(customer_ids: list[int], since: datetime):
     """Messages since then that reached these customers or are being sent to them (webhook calls
-    are integrations, not contacts), with the moment they count from (sent, else claimed). Two
+    are integrations, not contacts), with the moment they count from (sent, else claimed) and
+    whether they are transactional (caps do not count those, see `PressureBook.cap_hold`). Two
     parts, each an index range: those sent since then (customer, sent_at), and those in flight
     (status `sending`, a few at any time), so a customer's older history is never read."""
     from journeys.engine.batch import ids_q
 
     contacts = Delivery.objects.filter(ids_q("customer_id", customer_ids)).exclude(channel__kind=ChannelKind.WEBHOOK)
-    fields = ("pk", "customer_id", "channel_id", "channel__kind", "topic_id", "at")
+    fields = ("pk", "customer_id", "channel_id", "channel__kind", "topic_id", "transactional", "at")
     sent = contacts.filter(status__in=CONTACT_STATUSES, sent_at__gt=since).annotate(at=F("sent_at"))
     sending = contacts.filter(status=DeliveryStatus.SENDING).annotate(at=Coalesce("sent_at", "claimed_at")).filter(
         at__gt=since)
@@ -99,6 +100,7 @@ class Contact:
     channel_id: int
     channel_kind: str
     topic_id: int | None
+    transactional: bool
     at: datetime
 
 
@@ -126,21 +128,27 @@ class PressureBook:
         if not customer_ids or not max(windows, default=0):
             return
         since = now - timedelta(seconds=max(windows))
-        for pk, customer_id, channel_id, kind, topic_id, at in _contacts(sorted(customer_ids), since):
-            self.contacts[customer_id].append(Contact(pk, channel_id, kind, topic_id, at))
+        for pk, customer_id, channel_id, kind, topic_id, transactional, at in _contacts(sorted(customer_ids), since):
+            self.contacts[customer_id].append(Contact(pk, channel_id, kind, topic_id, transactional, at))
 
     def add(self, delivery: Delivery, at: datetime) -> None:
         self.contacts[delivery.customer_id].append(
-            Contact(delivery.pk, delivery.channel_id, delivery.channel.kind, delivery.topic_id, at))
+            Contact(delivery.pk, delivery.channel_id, delivery.channel.kind, delivery.topic_id,
+                    delivery.transactional, at))
 
     def cap_hold(self, delivery: Delivery, now: datetime) -> Hold | None:
-        """The first cap this send would break (global, per channel, per topic)."""
+        """The first cap this send would break (global, per channel, per topic). A cap governs the
+        messages it may hold, so it counts only those: transactional messages (receipts, one-time
+        codes) neither wait for a cap nor use it up, as with Customer.io's message limits and
+        Braze's frequency capping. (The gap after the last contact still counts them: a receipt
+        is a contact a campaign on another channel should not follow at once.)"""
         for cap in self.caps:
             if cap.channel_id not in (None, delivery.channel_id) or cap.topic_id not in (None, delivery.topic_id):
                 continue
             since = now - timedelta(seconds=cap.window_s)
             recent = sorted((c.at for c in self.contacts.get(delivery.customer_id, ())
-                             if c.at > since and (delivery.pk is None or c.delivery_id != delivery.pk)
+                             if c.at > since and not c.transactional
+                             and (delivery.pk is None or c.delivery_id != delivery.pk)
                              and cap.channel_id in (None, c.channel_id) and cap.topic_id in (None, c.topic_id)),
                             reverse=True)
             if len(recent) >= cap.limit:

@@ -185,3 +185,27 @@ def test_a_receipt_that_waits_on_a_merge_is_recorded_for_the_surviving_customer(
     delivery.refresh_from_db()
     assert (delivery.status, delivery.customer_id) == ("delivered", known.pk)
     assert Customer.objects.get(pk=known.pk).events.filter(name="Message Delivered").exists()
+
+
+def test_two_drains_send_the_receipts_first_within_the_rate_limit(settings):
+    """Given an SMS channel limited to 100 a minute, 300 marketing messages due and then 5 receipts due at
+    the same moment (as a rate limit defers them), when two drains claim batches of 50 side by side, the
+    receipts are among the 100 sent (the claims take transactional messages first), and the limit holds."""
+    settings.DELIVERY_BATCH_SIZE = 50
+    sms = ChannelFactory(name="sms", kind="sms", provider="console", rate_limit_per_minute=100)
+    promo, receipt = TemplateFactory(topic=topic("product_updates")), TemplateFactory(topic=topic("transactional"))
+    people = [CustomerFactory(phone=f"+1555100{i:04d}") for i in range(30)]
+    due = timezone.now() - timedelta(seconds=1)
+
+    def rows(template, n, prefix):
+        return Delivery.objects.bulk_create([
+            Delivery(idempotency_key=f"{prefix}-{i}", customer=people[i % 30], channel=sms, template=template,
+                     topic=template.topic, transactional=template.topic.transactional, to=people[i % 30].phone,
+                     status="deferred", reason="rate_limit", next_attempt_at=due) for i in range(n)])
+
+    backlog, receipts = rows(promo, 300, "promo"), rows(receipt, 5, "receipt")
+
+    run_in_threads(*[lambda: deliveries_drain(seconds=20)] * 2)
+
+    assert set(Delivery.objects.filter(pk__in=[d.pk for d in receipts]).values_list("status", flat=True)) == {"sent"}
+    assert Delivery.objects.filter(pk__in=[d.pk for d in backlog], status="sent").count() == 95

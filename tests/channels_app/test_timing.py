@@ -249,3 +249,21 @@ def test_a_message_reported_on_before_its_batch_is_recorded_counts_under_the_cap
     assert (second.status, second.reason) == ("suppressed", "frequency_cap")
     email_sent.refresh_from_db()
     assert (email_sent.status, email_sent.sent_at) == (report, T0)
+
+
+def test_transactional_messages_do_not_use_up_a_marketing_cap(email, sms, django_capture_on_commit_callbacks):
+    """Given a global cap of 1 a day, when a customer gets two receipts, then today's campaign still reaches
+    them (the receipts went out over the cap and are not counted), and a second campaign message is capped."""
+    CapFactory(name="one a day", limit=1, window_s=86400, action="suppress")
+    ada = person("ada", "UTC")
+    kw = {"django_capture_on_commit_callbacks": django_capture_on_commit_callbacks}
+    receipt = TemplateFactory(topic=topic("transactional"))
+
+    receipts = [queue(email, ada, f"r{i}", template=receipt, now=T0 + timedelta(minutes=i), **kw) for i in range(2)]
+    campaign = queue(sms, ada, "c1", now=T0 + timedelta(minutes=5), **kw)
+    another = queue(email, ada, "c2", now=T0 + timedelta(minutes=6), **kw)
+
+    assert [r.status for r in receipts] == ["sent", "sent"] and all(r.transactional for r in receipts)
+    assert campaign.status == "sent"
+    assert (another.status, another.reason, another.error) == ("suppressed", "frequency_cap",
+                                                                "cap one a day: 1/1 in 86400s")
