@@ -15,9 +15,10 @@ MESSAGES = Palette(group="Messages", colour="#e3f2fd", order=10)
 
 def step_channel(name: str | None, *, webhook: bool = False, field: str = "channel"):
     """The channel a step names, refused (a ValidationError on `field`) when there is none of that
-    name or it is of the wrong kind: a webhook step calls a webhook channel only, a message step
-    sends on a message channel only (before: an email channel in a webhook step "sent" the payload
-    as an email to nobody, recorded as sent)."""
+    name or it is of the wrong kind: a webhook step calls a webhook channel only (before: an email
+    channel in a webhook step "sent" the payload as an email to nobody, recorded as sent). A message
+    step may send on any channel, a webhook channel included: it POSTs each message as JSON
+    (README, "Webhook channel")."""
     from channels_app.choices import ChannelKind
     from channels_app.models import Channel
 
@@ -26,9 +27,6 @@ def step_channel(name: str | None, *, webhook: bool = False, field: str = "chann
         raise ValidationError({field: f"no channel named {name!r}"})
     if webhook and channel.kind != ChannelKind.WEBHOOK:
         raise ValidationError({field: _not_a_webhook(channel)})
-    if not webhook and channel.kind == ChannelKind.WEBHOOK:
-        raise ValidationError({field: f"{name!r} is a webhook channel, which sends no messages; name a message "
-                                      "channel (email, SMS, ...) or call it with a 'Call a webhook' step"})
     return channel
 
 

@@ -10,8 +10,9 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from channels_app.models import Delivery, FrequencyCap
+from channels_app.models import Channel, Delivery, FrequencyCap
 from channels_app.services import message_send
+from channels_app.services.channels import channel_token
 from tests.channels_app.factories import CapFactory, ChannelFactory, CustomerFactory, TemplateFactory, topic
 
 pytestmark = pytest.mark.django_db
@@ -110,7 +111,7 @@ def test_removing_quiet_hours_in_the_channel_admin_sends_what_they_held(mail, ad
             "enabled": "on", "max_attempts": mail.max_attempts, "retry_base_s": mail.retry_base_s,
             "retry_max_s": mail.retry_max_s, "breaker_threshold": mail.breaker_threshold,
             "breaker_cooldown_s": mail.breaker_cooldown_s, "quiet_start": "", "quiet_end": "",
-            "change_reason": "no quiet hours for mail"}
+            "change_reason": "no quiet hours for mail", "loaded": channel_token(channel=Channel.objects.get(pk=mail.pk))}
     with on_commit():
         response = admin_client.post(reverse("admin:channels_app_channel_change", args=[mail.pk]), form)
         assert response.status_code == 302

@@ -141,7 +141,7 @@ def test_reverting_a_channel_to_before_its_pause_keeps_the_pause(two_ops):
     ops, _ = two_ops
     email = ChannelFactory(name="email", kind="email", provider="console")
     url = reverse("admin:channels_app_channel_change", args=[email.pk])
-    ops.post(url, admin_form_data(ops.get(url), quiet_start="21:00:00", change_reason="quiet"))
+    ops.post(url, admin_form_data(ops.get(url), quiet_start="21:00:00", quiet_end="08:00:00", change_reason="quiet"))
     before = Channel.history.filter(id=email.pk).order_by("-history_date").first()
     _pause(ops, email)
 
