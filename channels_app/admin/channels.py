@@ -14,7 +14,7 @@ from channels_app.services.channel_settings import channel_settings_problems
 from channels_app.services.channels import channel_pause_set, channel_save, channel_token
 from channels_app.services.health import channel_health, channels_health
 from channels_app.admin.base import InUseDeleteMixin
-from journeys.admin.base import HistoryReasonMixin, ReasonActionForm, StalePageMixin, action_reason
+from journeys.admin.base import HistoryReasonMixin, ReasonActionForm, StalePageMixin, action_reason, form_rename_check
 from journeys.errors import PermissionDenied
 
 
@@ -36,6 +36,13 @@ class ChannelForm(forms.ModelForm):
             if problems:
                 self.add_error("settings", problems)
         return cleaned
+
+    def clean_name(self):
+        name = self.cleaned_data["name"]
+        if self.instance.pk:  # said on the form; channel_save checks again under the row's lock
+            stored = Channel.objects.filter(pk=self.instance.pk).values_list("name", flat=True).first()
+            form_rename_check(what="channel", old=stored, new=name)
+        return name
 
     def clean_provider(self):
         provider = self.cleaned_data["provider"]

@@ -20,7 +20,7 @@ from channels_app.services.templates import (
 )
 from channels_app.services.template_edits import template_restore_scope, template_save, template_token
 from channels_app.admin.base import InUseDeleteMixin
-from journeys.admin.base import HistoryReasonMixin, StalePageMixin
+from journeys.admin.base import HistoryReasonMixin, StalePageMixin, form_rename_check
 from journeys.errors import JourneyError
 from journeys.services.event_parsing import json_read_storable
 
@@ -29,6 +29,13 @@ class TemplateForm(forms.ModelForm):
     class Meta:
         model = MessageTemplate
         fields = ("name", "channel_kind", "topic", "subject", "body", "html_body")
+
+    def clean_name(self):
+        name = self.cleaned_data["name"]
+        if self.instance.pk:  # said on the form; template_save checks again under the row's lock
+            stored = MessageTemplate.objects.filter(pk=self.instance.pk).values_list("name", flat=True).first()
+            form_rename_check(what="template", old=stored, new=name)
+        return name
 
     def clean(self):
         data = super().clean()

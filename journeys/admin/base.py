@@ -26,6 +26,7 @@ from django.http import HttpResponseRedirect, QueryDict
 from django.utils.functional import cached_property
 
 from journeys.errors import DraftChanged
+from journeys.services.references import config_rename_check
 from journeys.services.governance import history_stamp, run_user_can_view, runs_visible_to
 
 REASON_FIELD = "change_reason"
@@ -518,3 +519,14 @@ class NewestRowsInline:
         formset.shown = self.shown
         formset.full_list_url = self.full_list_url(request, obj) if obj is not None else None
         return formset
+
+
+def form_rename_check(*, what: str, old: str | None, new: str) -> None:
+    """In a form's clean_name: a template or channel that versions in use name keeps its name
+    (`config_rename_check`), said on the name field."""
+    from django.core.exceptions import ValidationError
+
+    try:
+        config_rename_check(what=what, old=old or "", new=new)
+    except ValidationError as exc:
+        raise forms.ValidationError(exc.message_dict["name"]) from None
