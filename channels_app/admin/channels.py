@@ -38,11 +38,7 @@ class ChannelForm(forms.ModelForm):
         return cleaned
 
     def clean_name(self):
-        name = self.cleaned_data["name"]
-        if self.instance.pk:  # said on the form; channel_save checks again under the row's lock
-            stored = Channel.objects.filter(pk=self.instance.pk).values_list("name", flat=True).first()
-            form_rename_check(what="channel", old=stored, new=name)
-        return name
+        return form_rename_check(self, what="channel")
 
     def clean_provider(self):
         provider = self.cleaned_data["provider"]

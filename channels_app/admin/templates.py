@@ -31,11 +31,7 @@ class TemplateForm(forms.ModelForm):
         fields = ("name", "channel_kind", "topic", "subject", "body", "html_body")
 
     def clean_name(self):
-        name = self.cleaned_data["name"]
-        if self.instance.pk:  # said on the form; template_save checks again under the row's lock
-            stored = MessageTemplate.objects.filter(pk=self.instance.pk).values_list("name", flat=True).first()
-            form_rename_check(what="template", old=stored, new=name)
-        return name
+        return form_rename_check(self, what="template")
 
     def clean(self):
         data = super().clean()

@@ -521,12 +521,16 @@ class NewestRowsInline:
         return formset
 
 
-def form_rename_check(*, what: str, old: str | None, new: str) -> None:
-    """In a form's clean_name: a template or channel that versions in use name keeps its name
-    (`config_rename_check`), said on the name field."""
+def form_rename_check(form, *, what: str) -> str:
+    """A form's clean_name for a template or channel: one that versions in use name keeps its name
+    (`config_rename_check`, said on the name field; the service checks again under the row's lock)."""
     from django.core.exceptions import ValidationError
 
-    try:
-        config_rename_check(what=what, old=old or "", new=new)
-    except ValidationError as exc:
-        raise forms.ValidationError(exc.message_dict["name"]) from None
+    name = form.cleaned_data["name"]
+    if form.instance.pk:
+        stored = type(form.instance).objects.filter(pk=form.instance.pk).values_list("name", flat=True).first()
+        try:
+            config_rename_check(what=what, old=stored or "", new=name)
+        except ValidationError as exc:
+            raise forms.ValidationError(exc.message_dict["name"]) from None
+    return name
