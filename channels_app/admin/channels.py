@@ -14,7 +14,7 @@ from channels_app.services.channel_settings import channel_settings_problems
 from channels_app.services.channels import channel_pause_set, channel_save, channel_token
 from channels_app.services.health import channel_health, channels_health
 from channels_app.admin.base import InUseDeleteMixin
-from journeys.admin.base import HistoryReasonMixin, ReasonActionForm, StalePageMixin, action_reason
+from journeys.admin.base import HistoryReasonMixin, ReasonActionForm, StalePageMixin, action_reason, form_rename_check
 from journeys.errors import PermissionDenied
 
 
@@ -36,6 +36,9 @@ class ChannelForm(forms.ModelForm):
             if problems:
                 self.add_error("settings", problems)
         return cleaned
+
+    def clean_name(self):
+        return form_rename_check(self, what="channel")
 
     def clean_provider(self):
         provider = self.cleaned_data["provider"]

@@ -20,7 +20,7 @@ from channels_app.services.templates import (
 )
 from channels_app.services.template_edits import template_restore_scope, template_save, template_token
 from channels_app.admin.base import InUseDeleteMixin
-from journeys.admin.base import HistoryReasonMixin, StalePageMixin
+from journeys.admin.base import HistoryReasonMixin, StalePageMixin, form_rename_check
 from journeys.errors import JourneyError
 from journeys.services.event_parsing import json_read_storable
 
@@ -29,6 +29,9 @@ class TemplateForm(forms.ModelForm):
     class Meta:
         model = MessageTemplate
         fields = ("name", "channel_kind", "topic", "subject", "body", "html_body")
+
+    def clean_name(self):
+        return form_rename_check(self, what="template")
 
     def clean(self):
         data = super().clean()

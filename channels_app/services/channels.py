@@ -12,6 +12,7 @@ from channels_app.models import Channel
 from channels_app.services.dispatch import deliveries_release_on_resume
 from journeys.errors import DraftChanged, PermissionDenied
 from journeys.services.governance import audit_record, history_stamp, require_reason
+from journeys.services.references import config_rename_check
 from journeys.services.stale_edits import DELETED_SINCE, edit_refuse_stale, fields_token
 
 # What a channel's page shows (its token covers them all, the pause included) and what it writes.
@@ -39,6 +40,7 @@ def channel_save(*, channel: Channel, actor, reason: str, loaded: str | None = N
         raise DraftChanged(DELETED_SINCE.format(what=f"channel {channel.name}"), code="changed_meanwhile")
     edit_refuse_stale(loaded=loaded, now=channel_token(channel=current), what=f"channel {current.name}",
                       history=current.history.all(), token_of=lambda row: channel_token(channel=row))
+    config_rename_check(what="channel", old=current.name, new=channel.name)
     channel.paused = current.paused
     history_stamp(channel, actor=actor, reason=reason).save(update_fields=CHANNEL_SAVED_FIELDS)
     if (current.quiet_start, current.quiet_end) != (channel.quiet_start, channel.quiet_end):

@@ -8,6 +8,7 @@ from django.db import transaction
 from channels_app.models import MessageTemplate, TemplateVariant
 from journeys.errors import DraftChanged
 from journeys.services.governance import history_stamp
+from journeys.services.references import config_rename_check
 from journeys.services.stale_edits import DELETED_SINCE, edit_refuse_stale, edit_token
 
 TEMPLATE_FIELDS = ("name", "channel_kind", "topic_id", "subject", "body", "html_body")
@@ -34,6 +35,7 @@ def template_save(*, template: MessageTemplate, actor, reason: str, loaded: str 
             raise DraftChanged(DELETED_SINCE.format(what=f"template {template.name}"), code="changed_meanwhile")
         edit_refuse_stale(loaded=loaded, now=template_token(template=current), what=f"template {current.name}",
                           history=[current.history.all(), TemplateVariant.history.filter(template_id=current.pk)])
+        config_rename_check(what="template", old=current.name, new=template.name)
     history_stamp(template, actor=actor, reason=reason).save()
     return template
 

@@ -26,6 +26,7 @@ from django.http import HttpResponseRedirect, QueryDict
 from django.utils.functional import cached_property
 
 from journeys.errors import DraftChanged
+from journeys.services.references import config_rename_check
 from journeys.services.governance import history_stamp, run_user_can_view, runs_visible_to
 
 REASON_FIELD = "change_reason"
@@ -518,3 +519,18 @@ class NewestRowsInline:
         formset.shown = self.shown
         formset.full_list_url = self.full_list_url(request, obj) if obj is not None else None
         return formset
+
+
+def form_rename_check(form, *, what: str) -> str:
+    """A form's clean_name for a template or channel: one that versions in use name keeps its name
+    (`config_rename_check`, said on the name field; the service checks again under the row's lock)."""
+    from django.core.exceptions import ValidationError
+
+    name = form.cleaned_data["name"]
+    if form.instance.pk:
+        stored = type(form.instance).objects.filter(pk=form.instance.pk).values_list("name", flat=True).first()
+        try:
+            config_rename_check(what=what, old=stored or "", new=name)
+        except ValidationError as exc:
+            raise forms.ValidationError(exc.message_dict["name"]) from None
+    return name

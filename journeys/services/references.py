@@ -36,3 +36,15 @@ def config_users(*, what: str, name: str) -> list[str]:
             users.append(f"{version.workflow.name} v{version.number} ({version.stage.replace('_', ' ')}): "
                          f"step {step.key}")
     return users
+
+
+def config_rename_check(*, what: str, old: str, new: str) -> None:
+    """Refuse to rename a `what` ("template", "channel") while versions in use name it: steps find
+    templates and channels by name when they send, so after the rename their sends would fail."""
+    if not old or old == new:
+        return
+    users = config_users(what=what, name=old)
+    if users:
+        raise ValidationError({"name": (
+            f"versions in use name this {what} {old!r}: {'; '.join(users)}. Renamed, their sends would fail. "
+            f"Publish versions of them that name another {what} first, or keep the name")})

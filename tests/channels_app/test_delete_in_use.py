@@ -10,7 +10,7 @@ from django.urls import reverse
 from channels_app.models import Channel, MessageTemplate
 from journeys.services.workflows import version_build, version_publish, workflow_create
 from tests.channels_app.factories import ChannelFactory, TemplateFactory
-from tests.journeys.test_governance_fixtures import units  # noqa: F401
+from tests.journeys.test_governance_fixtures import admin_form_data, units  # noqa: F401
 
 pytestmark = pytest.mark.django_db
 
@@ -64,3 +64,43 @@ def test_a_channel_a_live_workflow_sends_on_is_not_deleted(admin_client, units):
 
     assert "Cart abandonment v1 (live): step sms" in page
     assert refused.status_code == 200 and Channel.objects.filter(pk=sms.pk).exists()
+
+
+@pytest.mark.parametrize("what", ["template", "channel"])
+def test_a_template_or_channel_a_live_workflow_sends_keeps_its_name(admin_client, units, what):  # noqa: F811
+    # given a template and a channel the live "Cart abandonment" names, and a template only a draft names
+    sms = ChannelFactory(name="sms", kind="sms", provider="console")
+    used, drafted = TemplateFactory(name="cart-discount-sms"), TemplateFactory(name="draft-only")
+    _sending(units, "Cart abandonment", used.name, sms.name)
+    _sending(units, "Experiment", drafted.name, sms.name, publish=False)
+    obj = used if what == "template" else sms
+    opts = obj._meta
+    url = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])
+
+    # when ops renames it on its page
+    response = admin_client.post(url, admin_form_data(admin_client.get(url), name="renamed", change_reason="tidy"))
+
+    # then the name field says which versions name it, and nothing is saved
+    assert response.status_code == 200
+    [error] = response.context["adminform"].form.errors["name"]
+    assert error.startswith(f"versions in use name this {what} {obj.name!r}: Cart abandonment v1 (live): step sms.")
+    assert type(obj).objects.get(pk=obj.pk).name == obj.name
+    # and a template only drafts name can be renamed
+    url = reverse("admin:channels_app_messagetemplate_change", args=[drafted.pk])
+    saved = admin_client.post(url, admin_form_data(admin_client.get(url), name="draft-renamed", change_reason="tidy"))
+    assert saved.status_code == 302 and MessageTemplate.objects.get(pk=drafted.pk).name == "draft-renamed"
+
+
+def test_the_service_refuses_the_rename_too(units):  # noqa: F811
+    from django.core.exceptions import ValidationError
+
+    from channels_app.services.channels import channel_save, channel_token
+
+    sms = ChannelFactory(name="sms", kind="sms", provider="console")
+    _sending(units, "Cart abandonment", TemplateFactory(name="t").name, sms.name)
+    loaded = channel_token(channel=sms)
+    sms.name = "text"
+    with pytest.raises(ValidationError) as refused:
+        channel_save(channel=sms, actor=None, reason="tidy", loaded=loaded)
+    assert "Cart abandonment v1 (live): step sms" in refused.value.message_dict["name"][0]
+    assert Channel.objects.get(pk=sms.pk).name == "sms"
