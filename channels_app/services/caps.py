@@ -21,16 +21,20 @@ def _release(name: str) -> None:
 
 def frequency_cap_save(*, cap: FrequencyCap, actor, reason: str) -> FrequencyCap:
     """Save a cap with who and why. When its rule changed (raised, disabled, a longer window...),
-    the messages it deferred are looked at again now (one UPDATE, then the normal dispatch)."""
-    stored = FrequencyCap.objects.filter(pk=cap.pk).first() if cap.pk is not None else None
-    history_stamp(cap, actor=actor, reason=reason).save()
-    if stored is not None and any(getattr(stored, f) != getattr(cap, f) for f in CAP_RULE_FIELDS):
-        _release(stored.name)
+    the messages it deferred are looked at again now (one UPDATE, then the normal dispatch). The cap
+    row is locked first: a claim that read it (FOR SHARE) commits its holds before this save goes
+    on, so the release after the commit sees them."""
+    with transaction.atomic():
+        stored = FrequencyCap.objects.select_for_update().filter(pk=cap.pk).first() if cap.pk is not None else None
+        history_stamp(cap, actor=actor, reason=reason).save()
+        if stored is not None and any(getattr(stored, f) != getattr(cap, f) for f in CAP_RULE_FIELDS):
+            _release(stored.name)
     return cap
 
 
 def frequency_cap_delete(*, cap: FrequencyCap, actor, reason: str) -> None:
-    """Delete a cap with who and why; the messages it deferred are looked at again now."""
+    """Delete a cap with who and why; the messages it deferred are looked at again now (the DELETE
+    waits for the claims that read the cap FOR SHARE, so the release sees their holds)."""
     name = cap.name
     history_stamp(cap, actor=actor, reason=reason).delete()
     _release(name)

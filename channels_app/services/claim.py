@@ -163,11 +163,13 @@ class _Breakers:
 
 def _channels() -> dict[int, Channel]:
     """Every channel, with its fallback chain wired (a handful of rows, one query). On PostgreSQL
-    the paused ones are locked FOR SHARE first, until the claim ends: resuming one (an UPDATE)
-    waits for the claim, so the release after the resume sees what the claim held for the pause."""
+    the paused ones and those with quiet hours are locked FOR SHARE first, until the claim ends:
+    resuming one or changing its quiet hours (an UPDATE) waits for the claim, so the release after
+    the save sees what the claim held under the old rule."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cur:
-            cur.execute(f"SELECT id FROM {Channel._meta.db_table} WHERE paused FOR SHARE")
+            cur.execute(f"SELECT id FROM {Channel._meta.db_table} "
+                        "WHERE paused OR (quiet_start IS NOT NULL AND quiet_end IS NOT NULL) FOR SHARE")
     channels = {c.pk: c for c in Channel.objects.all()}
     for channel in channels.values():
         channel.fallback = channels.get(channel.fallback_id)
@@ -208,7 +210,7 @@ def deliveries_claim(*, ids: Sequence[int] | None = None, now: datetime | None =
             if d.template_id:
                 d.template = templates[d.template_id]
         pressured = [d for d in rows if not d.transactional and not (d.policy or {}).get("in_reply_to")]
-        caps = policy.enabled_caps()
+        caps = policy.enabled_caps(share_lock=True)
         _advisory_lock(LOCK_CUSTOMER, {d.customer_id for d in pressured
                                        if caps or (d.policy or {}).get("min_gap_other_channel_s")})
         _advisory_lock(LOCK_CHANNEL_RATE, {c.pk for c in _reachable(d.channel for d in rows) if c.rate_limit_per_minute})

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
+from django.db import connection
 from django.db.models import Count, F, Min, Q
 from django.db.models.functions import Coalesce
 
@@ -104,8 +105,16 @@ class Contact:
     at: datetime
 
 
-def enabled_caps() -> list[FrequencyCap]:
-    return list(FrequencyCap.objects.filter(enabled=True).order_by("window_s", "id"))
+def enabled_caps(*, share_lock: bool = False) -> list[FrequencyCap]:
+    """The caps that apply, shortest window first. share_lock (a claim, on PostgreSQL): the same
+    query FOR SHARE, held until the claim commits, so saving or deleting one of these caps (an
+    UPDATE/DELETE) waits for the claim and its release sees the holds the claim made under the old
+    rule. Claims do not block each other (shared locks)."""
+    caps = FrequencyCap.objects.filter(enabled=True).order_by("window_s", "id")
+    if share_lock and connection.vendor == "postgresql":
+        sql, params = caps.query.sql_with_params()
+        return list(FrequencyCap.objects.raw(f"{sql} FOR SHARE", params))
+    return list(caps)
 
 
 def gap_s(delivery: Delivery) -> int:

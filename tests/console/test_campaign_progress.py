@@ -252,18 +252,21 @@ def test_messages_whose_worker_died_show_as_waiting_for_its_lease_not_as_sending
     assert "1 sending" in html
 
 
-def test_a_hold_ending_on_another_day_shows_its_date(sale, ops, send, django_capture_on_commit_callbacks):
+def test_a_hold_ending_on_another_day_shows_its_date(sale, ops, send, django_capture_on_commit_callbacks,
+                                                    monkeypatch):
     """Given messages a frequency cap holds until tomorrow and others a rate limit holds for a minute,
     the dashboard gives the date of tomorrow's end (a time alone reads as one already past) and only the
-    time of today's."""
+    time of today's. The dashboard is read at noon, whatever the clock says (a minute before midnight,
+    "in a minute" is tomorrow)."""
     customers = CustomerFactory.create_batch(3)
     _sent_to(send, customers)
     capped = _queued(sale, customers[:2], django_capture_on_commit_callbacks)
     [limited] = _queued(sale, customers[2:], django_capture_on_commit_callbacks)
-    now = timezone.localtime()
-    tomorrow, soon = now + timedelta(days=1), min(now + timedelta(minutes=1), now.replace(hour=23, minute=59))
+    noon = timezone.localtime().replace(hour=12, minute=0, second=0, microsecond=0)
+    tomorrow, soon = noon + timedelta(days=1), noon + timedelta(minutes=1)
     Delivery.objects.filter(pk__in=capped).update(status="deferred", reason="frequency_cap", next_attempt_at=tomorrow)
     Delivery.objects.filter(pk=limited).update(status="deferred", reason="rate_limit", next_attempt_at=soon)
+    monkeypatch.setattr(timezone, "now", lambda: noon)
 
     html = re.sub(r"\s+", " ", _dashboard(ops)["html"])
 
