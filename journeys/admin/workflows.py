@@ -12,7 +12,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
 
-from journeys.admin.base import NewestRowsInline, ReasonForm, StalePageMixin
+from journeys.admin.base import NewestRowsInline, ReasonForm, StalePageMixin, form_rename_check
 from journeys.admin.common import (
     HistoryReasonMixin,
     ReasonActionForm,
@@ -48,7 +48,6 @@ from journeys.services.workflows import (
     workflow_create,
     workflow_import,
     workflow_rollback,
-    workflow_rename_check,
     workflow_save,
     workflow_token,
 )
@@ -99,13 +98,7 @@ class WorkflowForm(ReasonForm):
         fields = ("name", "description", "business_unit")
 
     def clean_name(self):
-        name = self.cleaned_data["name"]
-        if self.instance.pk:  # said on the form; workflow_save checks again under the row's lock
-            try:
-                workflow_rename_check(workflow=self.instance, name=name)
-            except ValidationError as exc:
-                raise ValidationError(exc.message_dict["name"]) from None
-        return name
+        return form_rename_check(self, what="workflow")  # workflow_save checks again under the row's lock
 
 
 @admin.register(Workflow)

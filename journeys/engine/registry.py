@@ -81,8 +81,9 @@ class StepKind:
         return []
 
     def references(self, config: dict) -> dict[str, set[str]]:
-        """Shared configuration the config names, by what it is: {"template": {...}, "channel": {...}}
-        (what may not be deleted while a version in use names it, journeys.services.references)."""
+        """Shared configuration the config names, by what it is: {"template": {...}, "channel": {...},
+        "workflow": {...}} (what may not be deleted or renamed while a version in use names it,
+        journeys.services.references)."""
         return {}
 
     def execute(self, ctx: StepContext) -> StepResult:  # pragma: no cover - abstract

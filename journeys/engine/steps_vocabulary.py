@@ -59,6 +59,10 @@ class StartWorkflow(StepKind):
             return ""
         return ("move to " if config.get("exit_current") else "start ") + config["workflow"]
 
+    def references(self, config):
+        exits = config.get("exit_workflows") if isinstance(config.get("exit_workflows"), list) else []
+        return {"workflow": {name for name in (config.get("workflow"), *exits) if isinstance(name, str) and name}}
+
     def clean(self, config):
         from journeys.models import Workflow
 

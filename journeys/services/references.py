@@ -39,12 +39,12 @@ def config_users(*, what: str, name: str) -> list[str]:
 
 
 def config_rename_check(*, what: str, old: str, new: str) -> None:
-    """Refuse to rename a `what` ("template", "channel") while versions in use name it: steps find
-    templates and channels by name when they send, so after the rename their sends would fail."""
+    """Refuse to rename a `what` ("template", "channel", "workflow") while versions in use name it:
+    steps find them by name when they run, so after the rename those steps would fail."""
     if not old or old == new:
         return
     users = config_users(what=what, name=old)
     if users:
         raise ValidationError({"name": (
-            f"versions in use name this {what} {old!r}: {'; '.join(users)}. Renamed, their sends would fail. "
-            f"Publish versions of them that name another {what} first, or keep the name")})
+            f"versions in use name this {what} {old!r}: {'; '.join(users)}. Renamed, they would no longer find "
+            f"it at that step. Publish versions of them that name another {what} first, or keep the name")})

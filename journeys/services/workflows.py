@@ -51,6 +51,7 @@ from journeys.services.governance import (
     version_fingerprint,
     version_replay,
 )
+from journeys.services.references import config_rename_check
 from journeys.services.stale_edits import DELETED_SINCE, edit_refuse_stale, fields_token
 from journeys.timezones import zone_check
 
@@ -250,9 +251,6 @@ class LiveMove:
     step_key: str
     target: str
     exits: tuple[str, ...]
-
-    def names(self, name: str) -> bool:
-        return name == self.target or name in self.exits
 
     def __str__(self) -> str:
         return f"{self.workflow!r} v{self.number} (step {self.step_key})"
@@ -1088,17 +1086,12 @@ def workflow_token(*, workflow: Workflow) -> str:
 
 
 def workflow_rename_check(*, workflow: Workflow, name: str) -> None:
-    """Refuse to rename a workflow while live versions name it in a start_workflow step (the
+    """Refuse to rename a workflow while versions in use name it in a start_workflow step (the
     workflow to start, or one whose runs end): they find workflows by name at run time, so after
-    the rename their runs would fail there, or stop ending those runs without a word."""
+    the rename their runs would fail there, or stop ending those runs without a word. The same
+    check as for templates and channels (journeys.services.references)."""
     stored = Workflow.objects.filter(pk=workflow.pk).values_list("name", flat=True).first()
-    if stored is None or stored == name:
-        return
-    naming = [str(move) for move in live_moves() if move.names(stored)]
-    if naming:
-        raise ValidationError({"name": (
-            f"live versions start or end runs of {stored!r} by this name: {', '.join(naming)}; renamed, their "
-            "runs would fail at that step. Publish versions of them without those steps first, or keep the name")})
+    config_rename_check(what="workflow", old=stored or "", new=name)
 
 
 @transaction.atomic

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from channels_app.models import Delivery
@@ -18,6 +18,7 @@ from channels_app.services import policy
 from channels_app.services.claim import deliveries_claim
 from channels_app.services.dispatch import deliveries_release_held
 from tests.channels_app.factories import CapFactory, ChannelFactory, CustomerFactory, TemplateFactory, topic
+from tests.factories import in_a_thread
 from tests.marks import on_postgres
 
 pytestmark = on_postgres("row locks between two connections")
@@ -38,34 +39,17 @@ def _pause_after(module, name: str, monkeypatch) -> tuple[threading.Event, threa
     return read, go_on
 
 
-def _in_thread(call) -> tuple[threading.Thread, threading.Event, list]:
-    done, errors = threading.Event(), []
-
-    def run():
-        try:
-            call()
-        except Exception as exc:  # pragma: no cover - reported by the test
-            errors.append(exc)
-        finally:
-            done.set()
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, done, errors
-
-
 def _claim_while_saving(delivery: Delivery, read: threading.Event, go_on: threading.Event, save) -> None:
     """The claim reads the old rule and stops; the operator's save starts meanwhile (on the old code it
     commits and releases at once); then the claim goes on and commits its hold."""
-    claim, _, claim_errors = _in_thread(lambda: deliveries_claim(ids=[delivery.pk], now=timezone.now()))
+    claim, claimed = in_a_thread(lambda: deliveries_claim(ids=[delivery.pk], now=timezone.now()))
     assert read.wait(10)
-    saving, saved, save_errors = _in_thread(save)
-    saved.wait(0.5)  # fixed: the save waits for the claim here
+    saving, saved = in_a_thread(save)
+    saving.join(0.5)  # fixed: the save waits for the claim here
     go_on.set()
     claim.join(20)
     saving.join(20)
-    assert claim_errors == [] and save_errors == []
+    assert not [a for a in [*claimed, *saved] if isinstance(a, Exception)]
 
 
 def _release_now(module, monkeypatch) -> None:

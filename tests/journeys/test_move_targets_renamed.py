@@ -43,9 +43,9 @@ def test_renaming_a_workflow_a_live_step_names_is_refused_on_its_page(moving, ad
 
     assert response.status_code == 200
     errors = response.context["adminform"].form.errors["name"]
-    assert errors == [f"live versions start or end runs of {workflow.name!r} by this name: 'Source' v1 (step move); "
-                      "renamed, their runs would fail at that step. Publish versions of them without those steps "
-                      "first, or keep the name"]
+    assert errors == [f"versions in use name this workflow {workflow.name!r}: Source v1 (live): step move. Renamed, "
+                      "they would no longer find it at that step. Publish versions of them that name another "
+                      "workflow first, or keep the name"]
     assert Workflow.objects.get(pk=workflow.pk).name == workflow.name
 
 
@@ -54,7 +54,7 @@ def test_the_service_refuses_the_rename_too_and_other_edits_go_through(moving):
     target.name = "Renamed"
     with pytest.raises(ValidationError) as refused:
         workflow_save(workflow=target, reason="rename")
-    assert "'Source' v1 (step move)" in refused.value.message_dict["name"][0]
+    assert "Source v1 (live): step move" in refused.value.message_dict["name"][0]
 
     target = Workflow.objects.get(name="Target")
     target.description = "the goal"
